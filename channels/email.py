@@ -1,0 +1,139 @@
+"""Email channel through Django's email backends: SMTP, or any django-anymail ESP backend.
+
+Text and HTML parts come from the type's templates. SMTP and ESP errors are read into
+transient (4xx replies, timeouts, dropped connections, 429/5xx) or permanent (5xx replies,
+refused recipients, invalid addresses).
+"""
+
+from __future__ import annotations
+
+import smtplib
+import socket
+from collections.abc import Sequence
+from email.utils import make_msgid
+from typing import Any, ClassVar
+
+from django.conf import settings
+from django.core.mail import EmailMultiAlternatives, get_connection
+
+from channels.base import Channel, ErrorCode, Outgoing, SendResult, classify_http_status, Outcome
+
+
+def _smtp_code_result(provider: str, code: int, error: str, permanent: ErrorCode) -> SendResult:
+    if 400 <= code < 500:
+        return SendResult.transient(provider, ErrorCode.PROVIDER_UNAVAILABLE, error)
+    return SendResult.permanent(provider, permanent, error)
+
+
+def classify_email_error(provider: str, exc: BaseException) -> SendResult:
+    """Turn an SMTP or anymail exception into a typed result."""
+    if isinstance(exc, smtplib.SMTPRecipientsRefused):
+        codes = [code for code, _ in exc.recipients.values()]
+        detail = "; ".join(f"{addr}: {code} {msg!r}" for addr, (code, msg) in exc.recipients.items())
+        if codes and all(400 <= c < 500 for c in codes):
+            return SendResult.transient(provider, ErrorCode.PROVIDER_UNAVAILABLE, detail)
+        return SendResult.permanent(provider, ErrorCode.INVALID_RECIPIENT, detail)
+    if isinstance(exc, smtplib.SMTPResponseException):
+        return _smtp_code_result(
+            provider, exc.smtp_code, f"{exc.smtp_code} {exc.smtp_error!r}", ErrorCode.REJECTED
+        )
+    if isinstance(exc, (socket.timeout, TimeoutError)):
+        return SendResult.transient(provider, ErrorCode.TIMEOUT, str(exc) or "timed out")
+    if isinstance(exc, (smtplib.SMTPServerDisconnected, smtplib.SMTPConnectError, ConnectionError)):
+        return SendResult.transient(provider, ErrorCode.CONNECTION, str(exc))
+    anymail = _classify_anymail(provider, exc)
+    if anymail is not None:
+        return anymail
+    if isinstance(exc, OSError):
+        return SendResult.transient(provider, ErrorCode.CONNECTION, str(exc))
+    return SendResult.transient(provider, ErrorCode.UNEXPECTED, f"{type(exc).__name__}: {exc}")
+
+
+def _classify_anymail(provider: str, exc: BaseException) -> SendResult | None:
+    try:
+        from anymail.exceptions import (
+            AnymailAPIError,
+            AnymailInvalidAddress,
+            AnymailRecipientsRefused,
+        )
+    except ImportError:  # pragma: no cover - anymail is a declared dependency
+        return None
+    if isinstance(exc, (AnymailRecipientsRefused, AnymailInvalidAddress)):
+        return SendResult.permanent(provider, ErrorCode.INVALID_RECIPIENT, str(exc))
+    if isinstance(exc, AnymailAPIError):
+        status: int | None = getattr(exc, "status_code", None)
+        if status is None or classify_http_status(status) is Outcome.TRANSIENT:
+            code = ErrorCode.RATE_LIMITED if status == 429 else ErrorCode.PROVIDER_UNAVAILABLE
+            return SendResult.transient(provider, code, str(exc))
+        return SendResult.permanent(provider, ErrorCode.REJECTED, str(exc))
+    return None
+
+
+def build_email(outgoing: Outgoing) -> EmailMultiAlternatives:
+    content = outgoing.content
+    message = EmailMultiAlternatives(
+        subject=content.subject,
+        body=content.body,
+        from_email=settings.DEFAULT_FROM_EMAIL,
+        to=[outgoing.email],
+        headers={
+            "Message-ID": make_msgid(idstring=outgoing.idempotency_key, domain=_domain()),
+            "X-Notifier-Delivery": str(outgoing.delivery_id),
+            **outgoing.headers,
+        },
+    )
+    if content.html:
+        message.attach_alternative(content.html, "text/html")
+    return message
+
+
+def _domain() -> str:
+    sender = settings.DEFAULT_FROM_EMAIL
+    return sender.rsplit("@", 1)[-1].rstrip(">") if "@" in sender else "localhost"
+
+
+class DjangoEmailProvider:
+    name: ClassVar[str] = "django"
+    channel: ClassVar[Channel] = Channel.EMAIL
+    in_database: ClassVar[bool] = False
+
+    @classmethod
+    def configuration_problems(cls) -> list[str]:
+        backend = settings.EMAIL_BACKEND
+        if backend.endswith("smtp.EmailBackend") and not settings.EMAIL_HOST:
+            return ["set EMAIL_URL (e.g. smtp://user:password@mail.example.com:587)"]
+        if backend.startswith("anymail.") and not settings.ANYMAIL:
+            return ["set ANYMAIL (e.g. ANYMAIL=MAILGUN_API_KEY=...) for the anymail backend"]
+        return []
+
+    def send_many(self, outgoings: Sequence[Outgoing]) -> list[SendResult]:
+        results: list[SendResult] = []
+        connection: Any = get_connection(fail_silently=False)
+        try:
+            connection.open()
+        except Exception as exc:  # cannot reach the server: every message is a transient failure
+            failure = classify_email_error(self.name, exc)
+            return [failure for _ in outgoings]
+        try:
+            for outgoing in outgoings:
+                email = build_email(outgoing)
+                email.connection = connection
+                try:
+                    email.send()
+                except Exception as exc:
+                    results.append(classify_email_error(self.name, exc))
+                    continue
+                results.append(SendResult.sent(self.name, _provider_id(email)))
+        finally:
+            try:
+                connection.close()
+            except Exception:  # noqa: S110  (closing a broken connection may fail; sends are recorded)
+                pass
+        return results
+
+
+def _provider_id(email: EmailMultiAlternatives) -> str:
+    status = getattr(email, "anymail_status", None)
+    if status is not None and status.message_id:
+        return str(status.message_id)
+    return str(email.extra_headers.get("Message-ID", ""))

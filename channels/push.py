@@ -1,0 +1,189 @@
+"""Push channel: FCM (firebase-admin) for Android and iOS tokens, Web Push (pywebpush) for web.
+
+One delivery goes to every active device of the user. It counts as sent when any device
+accepted it; tokens the services call dead (FCM UNREGISTERED, Web Push 404/410) are returned
+for deactivation whatever the overall outcome.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from collections.abc import Sequence
+from typing import Any, ClassVar
+
+import requests
+from django.conf import settings
+
+from channels.base import (
+    Channel,
+    ErrorCode,
+    Outcome,
+    Outgoing,
+    PushTarget,
+    SendResult,
+    classify_http_status,
+)
+
+FCM_PLATFORMS = frozenset({"android", "ios"})
+FCM_BATCH = 500  # send_each accepts at most 500 messages per call
+
+
+@functools.cache
+def firebase_app() -> Any:
+    import firebase_admin
+    from firebase_admin import credentials
+
+    return firebase_admin.initialize_app(
+        credentials.Certificate(settings.FCM_CREDENTIALS_FILE), name="notifier"
+    )
+
+
+def classify_fcm_error(exc: BaseException) -> tuple[Outcome, ErrorCode, str]:
+    from firebase_admin import exceptions, messaging
+
+    text = f"{type(exc).__name__}: {exc}"
+    if isinstance(exc, (messaging.UnregisteredError, messaging.SenderIdMismatchError)):
+        return Outcome.PERMANENT, ErrorCode.DEVICE_UNREGISTERED, text
+    if isinstance(exc, (messaging.QuotaExceededError, exceptions.ResourceExhaustedError)):
+        return Outcome.TRANSIENT, ErrorCode.RATE_LIMITED, text
+    if isinstance(exc, (exceptions.UnavailableError, exceptions.InternalError,
+                        exceptions.DeadlineExceededError, exceptions.UnknownError)):
+        return Outcome.TRANSIENT, ErrorCode.PROVIDER_UNAVAILABLE, text
+    if isinstance(exc, exceptions.FirebaseError):
+        return Outcome.PERMANENT, ErrorCode.REJECTED, text
+    return Outcome.TRANSIENT, ErrorCode.UNEXPECTED, text
+
+
+def classify_webpush_error(exc: BaseException) -> tuple[Outcome, ErrorCode, str]:
+    from pywebpush import WebPushException
+
+    if isinstance(exc, WebPushException):
+        status = exc.response.status_code if exc.response is not None else 0
+        text = f"web push {status}: {exc.message}"
+        if status in (404, 410):
+            return Outcome.PERMANENT, ErrorCode.DEVICE_UNREGISTERED, text
+        if status == 0 or classify_http_status(status) is Outcome.TRANSIENT:
+            code = ErrorCode.RATE_LIMITED if status == 429 else ErrorCode.PROVIDER_UNAVAILABLE
+            return Outcome.TRANSIENT, code, text
+        return Outcome.PERMANENT, ErrorCode.REJECTED, text
+    if isinstance(exc, requests.Timeout):
+        return Outcome.TRANSIENT, ErrorCode.TIMEOUT, str(exc)
+    if isinstance(exc, requests.ConnectionError):
+        return Outcome.TRANSIENT, ErrorCode.CONNECTION, str(exc)
+    return Outcome.TRANSIENT, ErrorCode.UNEXPECTED, f"{type(exc).__name__}: {exc}"
+
+
+DeviceOutcome = tuple[PushTarget, Outcome, ErrorCode | None, str, str]  # target, outcome, code, error, id
+
+
+class FcmWebPushProvider:
+    name: ClassVar[str] = "push"
+    channel: ClassVar[Channel] = Channel.PUSH
+    in_database: ClassVar[bool] = False
+
+    @classmethod
+    def configuration_problems(cls) -> list[str]:
+        problems = []
+        if not (settings.FCM_CREDENTIALS_FILE or settings.WEBPUSH_VAPID_PRIVATE_KEY):
+            problems.append(
+                "set FCM_CREDENTIALS_FILE (a service-account JSON) and/or "
+                "WEBPUSH_VAPID_PRIVATE_KEY with WEBPUSH_VAPID_SUBJECT"
+            )
+        if settings.WEBPUSH_VAPID_PRIVATE_KEY and not settings.WEBPUSH_VAPID_SUBJECT:
+            problems.append("set WEBPUSH_VAPID_SUBJECT (mailto: or https: contact)")
+        return problems
+
+    def send_many(self, outgoings: Sequence[Outgoing]) -> list[SendResult]:
+        fcm_pairs = [(o, d) for o in outgoings for d in o.devices if d.platform in FCM_PLATFORMS]
+        by_device: dict[tuple[int, int], DeviceOutcome] = {}
+        for start in range(0, len(fcm_pairs), FCM_BATCH):
+            chunk = fcm_pairs[start:start + FCM_BATCH]
+            for (outgoing, device), result in zip(chunk, self._send_fcm(chunk), strict=True):
+                by_device[(outgoing.delivery_id, device.device_id)] = result
+        for outgoing in outgoings:
+            for device in outgoing.devices:
+                if device.platform not in FCM_PLATFORMS:
+                    by_device[(outgoing.delivery_id, device.device_id)] = self._send_web(
+                        outgoing, device
+                    )
+        return [
+            self._combine([by_device[(o.delivery_id, d.device_id)] for d in o.devices])
+            for o in outgoings
+        ]
+
+    def _send_fcm(self, pairs: Sequence[tuple[Outgoing, PushTarget]]) -> list[DeviceOutcome]:
+        if not settings.FCM_CREDENTIALS_FILE:
+            return [(d, Outcome.PERMANENT, ErrorCode.NOT_CONFIGURED,
+                     "FCM is not configured (FCM_CREDENTIALS_FILE)", "") for _, d in pairs]
+        from firebase_admin import messaging
+
+        batch = [
+            messaging.Message(
+                token=device.token,
+                notification=messaging.Notification(
+                    title=outgoing.content.title, body=outgoing.content.body
+                ),
+                data={"delivery_id": str(outgoing.delivery_id), "link": outgoing.content.link},
+            )
+            for outgoing, device in pairs
+        ]
+        try:
+            response = messaging.send_each(batch, app=firebase_app())
+        except Exception as exc:  # the whole batch failed (auth, network)
+            outcome, code, text = classify_fcm_error(exc)
+            return [(d, outcome, code, text, "") for _, d in pairs]
+        results: list[DeviceOutcome] = []
+        for (_, device), item in zip(pairs, response.responses, strict=True):
+            if item.success:
+                results.append((device, Outcome.SENT, None, "", str(item.message_id)))
+            else:
+                outcome, code, text = classify_fcm_error(item.exception)
+                results.append((device, outcome, code, text, ""))
+        return results
+
+    def _send_web(self, outgoing: Outgoing, device: PushTarget) -> DeviceOutcome:
+        if not settings.WEBPUSH_VAPID_PRIVATE_KEY:
+            return (device, Outcome.PERMANENT, ErrorCode.NOT_CONFIGURED,
+                    "Web Push is not configured (WEBPUSH_VAPID_PRIVATE_KEY)", "")
+        from pywebpush import webpush
+
+        payload = json.dumps({
+            "title": outgoing.content.title, "body": outgoing.content.body,
+            "link": outgoing.content.link, "delivery_id": outgoing.delivery_id,
+        })
+        try:
+            response = webpush(
+                subscription_info={"endpoint": device.token, "keys": device.web_push_keys or {}},
+                data=payload,
+                vapid_private_key=settings.WEBPUSH_VAPID_PRIVATE_KEY,
+                vapid_claims={"sub": settings.WEBPUSH_VAPID_SUBJECT},
+                timeout=10,
+            )
+        except Exception as exc:
+            outcome, code, text = classify_webpush_error(exc)
+            return (device, outcome, code, text, "")
+        location = getattr(response, "headers", {}).get("Location", "") if response else ""
+        return (device, Outcome.SENT, None, "", str(location))
+
+    def _combine(self, outcomes: list[DeviceOutcome]) -> SendResult:
+        dead = [d.device_id for d, _, code, _, _ in outcomes if code is ErrorCode.DEVICE_UNREGISTERED]
+        detail = {
+            "devices": [
+                {"device_id": d.device_id, "platform": d.platform, "outcome": str(o),
+                 "error": err}
+                for d, o, _, err, _ in outcomes
+            ]
+        }
+        sent = [pid or f"device-{d.device_id}" for d, o, _, _, pid in outcomes if o is Outcome.SENT]
+        if sent:
+            return SendResult(Outcome.SENT, self.name, provider_message_id=sent[0],
+                              deactivate_device_ids=tuple(dead), detail=detail)
+        errors = "; ".join(err for _, _, _, err, _ in outcomes)
+        transient = [code for _, o, code, _, _ in outcomes if o is Outcome.TRANSIENT]
+        if transient:
+            return SendResult(Outcome.TRANSIENT, self.name, error_code=transient[0], error=errors,
+                              deactivate_device_ids=tuple(dead), detail=detail)
+        code = ErrorCode.DEVICE_UNREGISTERED if len(dead) == len(outcomes) else ErrorCode.REJECTED
+        return SendResult(Outcome.PERMANENT, self.name, error_code=code, error=errors,
+                          deactivate_device_ids=tuple(dead), detail=detail)

@@ -1,0 +1,101 @@
+"""Sandbox providers: record every send in the SandboxSend ledger instead of calling anyone.
+
+They are the default when a channel has no credentials, and what tests and benchmarks count.
+Behaviour is steered like a provider's test mode, by magic recipients, or at random by settings:
+
+- a recipient containing ``fail-permanent`` is refused for good (push: token unregistered);
+- ``fail-transient-N`` fails with a temporary error on attempts 1..N, then succeeds;
+- ``fail-always`` fails with a temporary error on every attempt;
+- SANDBOX_TRANSIENT_FAILURE_RATE / SANDBOX_PERMANENT_FAILURE_RATE fail that share at random;
+- SANDBOX_LATENCY_MS sleeps that long per message, like a provider's round trip.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+import time
+from collections.abc import Sequence
+from typing import ClassVar
+
+from django.conf import settings
+
+from channels.base import Channel, ErrorCode, Outcome, Outgoing, SendResult
+from channels.models import SandboxSend
+
+TRANSIENT_N = re.compile(r"fail-transient-(\d+)")
+
+
+def _decide(outgoing: Outgoing, provider: str) -> SendResult:
+    recipient = outgoing.recipient
+    if "fail-permanent" in recipient:
+        if outgoing.channel is Channel.PUSH:
+            return SendResult.permanent(
+                provider, ErrorCode.DEVICE_UNREGISTERED, "sandbox: token not registered",
+                deactivate=[d.device_id for d in outgoing.devices],
+            )
+        return SendResult.permanent(
+            provider, ErrorCode.INVALID_RECIPIENT, f"sandbox: {recipient} does not exist"
+        )
+    if "fail-always" in recipient:
+        return SendResult.transient(provider, ErrorCode.PROVIDER_UNAVAILABLE, "sandbox: 503")
+    match = TRANSIENT_N.search(recipient)
+    if match and outgoing.attempt <= int(match.group(1)):
+        return SendResult.transient(
+            provider, ErrorCode.TIMEOUT, f"sandbox: timed out (attempt {outgoing.attempt})"
+        )
+    roll = random.random()
+    if roll < settings.SANDBOX_PERMANENT_FAILURE_RATE:
+        return SendResult.permanent(provider, ErrorCode.REJECTED, "sandbox: random rejection")
+    if roll < settings.SANDBOX_PERMANENT_FAILURE_RATE + settings.SANDBOX_TRANSIENT_FAILURE_RATE:
+        return SendResult.transient(provider, ErrorCode.PROVIDER_UNAVAILABLE, "sandbox: random 503")
+    return SendResult.sent(provider, f"sandbox-{outgoing.delivery_id}-{outgoing.attempt}")
+
+
+class _SandboxProvider:
+    name: ClassVar[str] = "sandbox"
+    channel: ClassVar[Channel]
+    in_database: ClassVar[bool] = False
+
+    @classmethod
+    def configuration_problems(cls) -> list[str]:
+        return []
+
+    def send_many(self, outgoings: Sequence[Outgoing]) -> list[SendResult]:
+        latency_s = settings.SANDBOX_LATENCY_MS / 1000.0
+        results: list[SendResult] = []
+        for outgoing in outgoings:
+            if latency_s:
+                time.sleep(latency_s)
+            results.append(_decide(outgoing, self.name))
+        # Written outside the pipeline's transaction, like a real provider's own records.
+        SandboxSend.objects.bulk_create([
+            SandboxSend(
+                channel=outgoing.channel, provider=self.name, delivery_id=outgoing.delivery_id,
+                message_id=outgoing.message_id, attempt=outgoing.attempt,
+                recipient=outgoing.recipient, outcome=result.outcome,
+                payload={"content": outgoing.content.as_dict(), "headers": outgoing.headers},
+            )
+            for outgoing, result in zip(outgoings, results, strict=True)
+        ])
+        return results
+
+
+class SandboxEmailProvider(_SandboxProvider):
+    channel = Channel.EMAIL
+
+
+class SandboxSmsProvider(_SandboxProvider):
+    channel = Channel.SMS
+
+
+class SandboxPushProvider(_SandboxProvider):
+    channel = Channel.PUSH
+
+
+def ledger_sends(channel: Channel | None = None) -> list[SandboxSend]:
+    """Successful sandbox sends (what a real provider would have delivered)."""
+    qs = SandboxSend.objects.filter(outcome=Outcome.SENT)
+    if channel is not None:
+        qs = qs.filter(channel=channel)
+    return list(qs.order_by("id"))

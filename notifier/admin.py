@@ -1,0 +1,1 @@
+"""Admin registrations (the support timeline is added below)."""

@@ -1,0 +1,24 @@
+"""The Celery app: configured from Django settings (CELERY_*), queues from `notifier.queues`."""
+
+from __future__ import annotations
+
+import os
+
+from celery import Celery
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "notifier.settings")
+
+app = Celery("notifier")
+app.config_from_object("django.conf:settings", namespace="CELERY")
+app.autodiscover_tasks(["notifier", "campaigns"])
+
+
+@app.on_after_configure.connect
+def _declare_queues_and_schedule(sender: Celery, **_: object) -> None:
+    from notifier.periodic import BEAT_SCHEDULE
+    from notifier.queues import CELERY_QUEUES, MAINTENANCE_QUEUE, Lane, prepare_queue
+
+    sender.conf.task_queues = CELERY_QUEUES
+    sender.conf.task_default_queue = prepare_queue(Lane.TRANSACTIONAL)
+    sender.conf.task_routes = {"notifier.requeue_stuck_work": {"queue": MAINTENANCE_QUEUE}}
+    sender.conf.beat_schedule = BEAT_SCHEDULE

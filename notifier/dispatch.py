@@ -1,0 +1,50 @@
+"""Publishing pipeline work to Celery. Services call these from `transaction.on_commit`.
+
+Publishing never raises into the caller: if the broker is down, the rows are already in
+PostgreSQL and the re-queue job publishes them again later.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+from django.conf import settings
+
+from channels.base import Channel
+from notifier.queues import Lane, deliver_queue, prepare_queue
+
+log = logging.getLogger(__name__)
+
+# Longest delay ever put in a broker ETA. Longer waits live in PostgreSQL (next_attempt_at)
+# because Redis re-delivers ETA tasks after its visibility timeout, and they fill worker memory.
+MAX_BROKER_COUNTDOWN_S = 300.0
+
+
+def chunks(ids: Sequence[int], size: int | None = None) -> list[list[int]]:
+    size = size or settings.NOTIFIER_BATCH_SIZE
+    return [list(ids[start:start + size]) for start in range(0, len(ids), size)]
+
+
+def publish_prepare(message_ids: Sequence[int], lane: Lane) -> None:
+    from notifier.tasks import prepare_messages
+
+    for batch in chunks(message_ids):
+        try:
+            prepare_messages.apply_async(args=(batch,), queue=prepare_queue(lane))
+        except Exception:
+            log.exception("could not publish prepare for %d messages; re-queue job will", len(batch))
+
+
+def publish_deliver(
+    delivery_ids: Sequence[int], lane: Lane, channel: Channel, *, countdown: float = 0.0
+) -> None:
+    from notifier.tasks import deliver
+
+    options = {"countdown": min(countdown, MAX_BROKER_COUNTDOWN_S)} if countdown > 0 else {}
+    for batch in chunks(delivery_ids):
+        try:
+            deliver.apply_async(args=(batch,), queue=deliver_queue(lane, channel), **options)
+        except Exception:
+            log.exception("could not publish deliver for %d deliveries; re-queue job will",
+                          len(batch))

@@ -1,0 +1,47 @@
+"""The typed errors `notify()` raises for bad input; each message says what to fix."""
+
+from __future__ import annotations
+
+
+class NotifyError(Exception):
+    """Base of every error `notify()` and `notify_many()` raise for bad input. Nothing is written."""
+
+
+class UnknownNotificationType(NotifyError):
+    pass
+
+
+class InactiveNotificationType(NotifyError):
+    pass
+
+
+class InvalidRecipient(NotifyError):
+    """The user is missing, unsaved, deleted or inactive."""
+
+
+class InvalidContext(NotifyError):
+    """The context is not a JSON object of plain JSON values, or is too large."""
+
+
+class MissingContextVariable(InvalidContext):
+    def __init__(self, type_key: str, missing: list[str]) -> None:
+        self.type_key = type_key
+        self.missing = missing
+        names = ", ".join(missing)
+        super().__init__(
+            f"context for {type_key!r} is missing {names}: its templates use "
+            f"{'it' if len(missing) == 1 else 'them'}; pass "
+            f"{'it' if len(missing) == 1 else 'them'} in context"
+        )
+
+
+class ChannelNotAllowed(NotifyError):
+    pass
+
+
+class InvalidIdempotencyKey(NotifyError):
+    pass
+
+
+class IdempotencyKeyReused(NotifyError):
+    """The key already belongs to a message for another user or type."""

@@ -1,0 +1,126 @@
+"""The delivery log: a Message per logical notification, a Delivery per channel, and events.
+
+Support staff read these rows to answer "what did we send her, and why not the SMS?", so every
+status change writes a DeliveryEvent, and every not-sent status carries a reason.
+"""
+
+from __future__ import annotations
+
+from django.conf import settings
+from django.db import models
+from django.db.models import Q
+
+from notifier.status import DeliveryStatus, Reason
+
+
+class Message(models.Model):
+    """One logical notification to one user."""
+
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="messages"
+    )
+    type = models.ForeignKey("notifier.NotificationType", on_delete=models.PROTECT)
+    context = models.JSONField(default=dict, blank=True)
+    channels = models.JSONField(default=list, help_text="The channels this message goes to")
+    lane = models.CharField(max_length=20)
+    idempotency_key = models.CharField(max_length=255, null=True, blank=True, unique=True)
+    campaign = models.ForeignKey(
+        "campaigns.Campaign", null=True, blank=True, on_delete=models.SET_NULL,
+        related_name="messages",
+    )
+    created_at = models.DateTimeField(db_index=True)
+    routed_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        indexes = [
+            models.Index(fields=["user", "-created_at"], name="message_user_created_idx"),
+            # The re-queue job's scan for messages whose prepare task was lost.
+            models.Index(
+                fields=["created_at"], name="message_unrouted_idx",
+                condition=Q(routed_at__isnull=True),
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"#{self.pk} {self.type_id} → user {self.user_id}"
+
+
+class Delivery(models.Model):
+    """One (message, channel): its status, reason, attempts and provider reference."""
+
+    message = models.ForeignKey(Message, on_delete=models.CASCADE, related_name="deliveries")
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="deliveries"
+    )
+    channel = models.CharField(max_length=10)
+    status = models.CharField(
+        max_length=12, choices=DeliveryStatus.choices, default=DeliveryStatus.PENDING
+    )
+    reason = models.CharField(max_length=40, choices=Reason.choices, blank=True, default="")
+    content = models.JSONField(default=dict, blank=True)
+    attempts = models.PositiveIntegerField(default=0)
+    provider = models.CharField(max_length=40, blank=True, default="")
+    provider_message_id = models.CharField(max_length=255, blank=True, default="")
+    last_error = models.TextField(blank=True, default="")
+    created_at = models.DateTimeField()
+    updated_at = models.DateTimeField()
+    next_attempt_at = models.DateTimeField(null=True, blank=True)
+    claimed_at = models.DateTimeField(null=True, blank=True)
+    sent_at = models.DateTimeField(null=True, blank=True)
+    delivered_at = models.DateTimeField(null=True, blank=True)
+    opened_at = models.DateTimeField(null=True, blank=True)
+    clicked_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True, help_text="Reached a terminal status")
+
+    class Meta:
+        verbose_name_plural = "deliveries"
+        constraints = [
+            models.UniqueConstraint(fields=["message", "channel"], name="delivery_message_channel")
+        ]
+        indexes = [
+            models.Index(fields=["user", "-created_at"], name="delivery_user_created_idx"),
+            # The re-queue job's scans of work a lost broker message may have left behind.
+            models.Index(
+                fields=["status", "next_attempt_at"], name="delivery_due_idx",
+                condition=Q(status__in=["queued", "sending", "held"]),
+            ),
+            models.Index(
+                fields=["provider", "provider_message_id"], name="delivery_provider_ref_idx",
+                condition=~Q(provider_message_id=""),
+            ),
+            models.Index(fields=["status", "reason"], name="delivery_status_reason_idx"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.channel} for message #{self.message_id}: {self.status}"
+
+
+class EventKind(models.TextChoices):
+    ROUTED = "routed", "Routed"
+    ATTEMPT = "attempt", "Attempt"
+    REQUEUED = "requeued", "Re-queued"
+    CALLBACK = "callback", "Provider callback"
+    ENGAGEMENT = "engagement", "Engagement"
+    CANCELLED = "cancelled", "Cancelled"
+    MANUAL = "manual", "Operator action"
+
+
+class DeliveryEvent(models.Model):
+    """One step in a delivery's timeline: a routing decision, an attempt, a callback."""
+
+    delivery = models.ForeignKey(Delivery, on_delete=models.CASCADE, related_name="events")
+    at = models.DateTimeField()
+    kind = models.CharField(max_length=12, choices=EventKind.choices)
+    status = models.CharField(max_length=12, choices=DeliveryStatus.choices)
+    reason = models.CharField(max_length=40, choices=Reason.choices, blank=True, default="")
+    attempt = models.PositiveIntegerField(null=True, blank=True)
+    provider = models.CharField(max_length=40, blank=True, default="")
+    error = models.TextField(blank=True, default="")
+    detail = models.JSONField(default=dict, blank=True)
+
+    class Meta:
+        ordering = ["at", "id"]
+        indexes = [models.Index(fields=["delivery", "at"], name="event_delivery_at_idx")]
+
+    def __str__(self) -> str:
+        return f"{self.kind} → {self.status}"

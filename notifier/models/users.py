@@ -1,0 +1,97 @@
+"""Users with their contact points and the profile fields campaigns segment on; push devices."""
+
+from __future__ import annotations
+
+import zoneinfo
+from decimal import Decimal
+
+import phonenumbers
+from django.contrib.auth.models import AbstractUser
+from django.core.exceptions import ValidationError
+from django.db import models
+
+
+def validate_e164(value: str) -> None:
+    """A phone number must be stored in E.164 (+8613800138000) and be a valid number."""
+    if not value:
+        return
+    try:
+        parsed = phonenumbers.parse(value, None)
+    except phonenumbers.NumberParseException as exc:
+        raise ValidationError(
+            f"{value!r} is not a phone number in E.164 form, e.g. +8613800138000"
+        ) from exc
+    if not phonenumbers.is_valid_number(parsed):
+        raise ValidationError(f"{value!r} is not a valid phone number")
+    if phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164) != value:
+        raise ValidationError(f"write {value!r} in E.164 form, e.g. +8613800138000")
+
+
+def validate_time_zone(value: str) -> None:
+    try:
+        zoneinfo.ZoneInfo(value)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError) as exc:
+        raise ValidationError(f"{value!r} is not an IANA time zone, e.g. Asia/Shanghai") from exc
+
+
+def normalize_phone(value: str, default_region: str | None = None) -> str:
+    """Parse a phone number as people type it and return it in E.164, or raise ValidationError."""
+    try:
+        parsed = phonenumbers.parse(value, default_region)
+    except phonenumbers.NumberParseException as exc:
+        raise ValidationError(f"{value!r} is not a phone number") from exc
+    if not phonenumbers.is_valid_number(parsed):
+        raise ValidationError(f"{value!r} is not a valid phone number")
+    return phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164)
+
+
+class User(AbstractUser):
+    phone = models.CharField(
+        max_length=20, blank=True, default="", validators=[validate_e164],
+        help_text="E.164, e.g. +8613800138000",
+    )
+    time_zone = models.CharField(
+        max_length=64, default="UTC", validators=[validate_time_zone],
+        help_text="IANA name, e.g. Asia/Shanghai; quiet hours follow it",
+    )
+    locale = models.CharField(max_length=16, default="en", help_text="e.g. en, zh-hans")
+    # Profile fields campaigns segment on.
+    yearly_spend = models.DecimalField(max_digits=12, decimal_places=2, default=Decimal("0"))
+    last_active_at = models.DateTimeField(null=True, blank=True)
+    interest_tags = models.JSONField(default=list, blank=True)
+
+    class Meta:
+        indexes = [
+            models.Index(fields=["email"], name="user_email_idx"),
+            models.Index(fields=["phone"], name="user_phone_idx"),
+        ]
+
+    def __str__(self) -> str:
+        return self.email or self.username
+
+
+class Platform(models.TextChoices):
+    ANDROID = "android", "Android (FCM)"
+    IOS = "ios", "iOS (FCM)"
+    WEB = "web", "Web Push"
+
+
+class Device(models.Model):
+    user = models.ForeignKey(User, on_delete=models.CASCADE, related_name="devices")
+    platform = models.CharField(max_length=10, choices=Platform.choices)
+    # An FCM registration token, or a Web Push subscription endpoint.
+    token = models.TextField()
+    web_push_keys = models.JSONField(
+        null=True, blank=True, help_text='Web Push only: {"p256dh": "...", "auth": "..."}'
+    )
+    active = models.BooleanField(default=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    deactivated_at = models.DateTimeField(null=True, blank=True)
+    deactivation_reason = models.CharField(max_length=200, blank=True, default="")
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["token"], name="device_token_unique")]
+        indexes = [models.Index(fields=["user", "active"], name="device_user_active_idx")]
+
+    def __str__(self) -> str:
+        return f"{self.get_platform_display()} …{self.token[-8:]}"

@@ -1,0 +1,51 @@
+"""Every Celery queue the pipeline uses, declared once, with why it exists.
+
+Two lanes keep bulk work from starving transactional traffic: a payment receipt must not wait
+behind a million-recipient promotion. Within a lane, each channel has its own delivery queue so
+a slow SMS gateway never blocks in-app delivery. Workers subscribe per lane (see deploy/).
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+from kombu import Queue
+
+from channels.base import Channel
+
+
+class Lane(StrEnum):
+    TRANSACTIONAL = "transactional"  # transactional and service notifications: latency matters
+    BULK = "bulk"  # marketing and social notifications, notify_many and campaign fan-out
+
+
+# Periodic jobs (re-queue stuck work, release held deliveries, roll-ups) run here, apart from
+# the lanes, so a backlog never delays the job that recovers from it.
+MAINTENANCE_QUEUE = "maintenance"
+
+
+def prepare_queue(lane: Lane) -> str:
+    """Queue of the generate + route step for one lane."""
+    return f"{lane}.prepare"
+
+
+def deliver_queue(lane: Lane, channel: Channel) -> str:
+    """Queue of the deliver step for one lane and channel."""
+    return f"{lane}.{channel}"
+
+
+def lane_queues(lane: Lane) -> list[str]:
+    return [prepare_queue(lane)] + [deliver_queue(lane, channel) for channel in Channel]
+
+
+ALL_QUEUES: list[str] = [*lane_queues(Lane.TRANSACTIONAL), *lane_queues(Lane.BULK), MAINTENANCE_QUEUE]
+
+CELERY_QUEUES = [Queue(name, routing_key=name) for name in ALL_QUEUES]
+
+
+BULK_KINDS = frozenset({"marketing", "social"})
+
+
+def lane_for_kind(kind: str) -> Lane:
+    """Marketing and social traffic rides the bulk lane; the rest is transactional."""
+    return Lane.BULK if kind in BULK_KINDS else Lane.TRANSACTIONAL

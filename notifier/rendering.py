@@ -1,0 +1,138 @@
+"""Message templates: where they live, which variables they need, and rendering them.
+
+Templates are Jinja2 files rendered in a sandbox with StrictUndefined, so a template can reach
+only the values it is given, and a missing variable is an error rather than a blank:
+
+    templates/notifications/<type key>/<channel>.<part>.txt     e.g. order.shipped/sms.body.txt
+    templates/notifications/<type key>/email.body.html          (optional HTML part)
+    templates/notifications/<type key>/<locale>/...             per-locale overrides
+
+Every template also sees `user` (first_name, last_name, name, locale), `site_name`, `site_url`.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from django.conf import settings
+from jinja2 import FileSystemLoader, StrictUndefined, TemplateNotFound, meta, select_autoescape
+from jinja2.sandbox import SandboxedEnvironment
+
+from channels.base import Channel, Content
+
+NOTIFICATION_TEMPLATES_DIR = Path(settings.BASE_DIR) / "templates" / "notifications"
+SYSTEM_VARIABLES = frozenset({"user", "site_name", "site_url"})
+
+
+@dataclass(frozen=True)
+class Part:
+    name: str  # the Content field it fills
+    filename: str  # file name without the type directory
+    required: bool = True
+
+
+PARTS: dict[Channel, tuple[Part, ...]] = {
+    Channel.INAPP: (
+        Part("title", "inapp.title.txt"),
+        Part("body", "inapp.body.txt"),
+        Part("link", "inapp.link.txt", required=False),
+    ),
+    Channel.EMAIL: (
+        Part("subject", "email.subject.txt"),
+        Part("body", "email.body.txt"),
+        Part("html", "email.body.html", required=False),
+    ),
+    Channel.SMS: (Part("body", "sms.body.txt"),),
+    Channel.PUSH: (
+        Part("title", "push.title.txt"),
+        Part("body", "push.body.txt"),
+        Part("link", "push.link.txt", required=False),
+    ),
+}
+
+
+class RenderError(Exception):
+    """A template failed to render with a context that passed validation."""
+
+
+@functools.cache
+def environment() -> SandboxedEnvironment:
+    return SandboxedEnvironment(
+        loader=FileSystemLoader(NOTIFICATION_TEMPLATES_DIR),
+        undefined=StrictUndefined,
+        autoescape=select_autoescape(enabled_extensions=("html",), default_for_string=False),
+        trim_blocks=True,
+        lstrip_blocks=True,
+        auto_reload=settings.DEBUG,
+        cache_size=2000,
+    )
+
+
+def locale_chain(locale: str) -> list[str]:
+    """'zh-hans-cn' -> ['zh-hans-cn', 'zh-hans', 'zh']; the default locale lives at the top."""
+    pieces = locale.lower().split("-") if locale else []
+    return ["-".join(pieces[:n]) for n in range(len(pieces), 0, -1)]
+
+
+def template_names(type_key: str, part: Part, locale: str) -> list[str]:
+    names = [f"{type_key}/{loc}/{part.filename}" for loc in locale_chain(locale)]
+    names.append(f"{type_key}/{part.filename}")
+    return names
+
+
+def template_files(type_key: str, channel: Channel) -> list[Path]:
+    """Every template file (all locales) for a type and channel."""
+    base = NOTIFICATION_TEMPLATES_DIR / type_key
+    if not base.is_dir():
+        return []
+    return sorted(p for p in base.rglob(f"{channel}.*") if p.is_file())
+
+
+@functools.cache
+def variables_used(type_key: str, channel: Channel) -> frozenset[str]:
+    """Top-level variables the templates of one type and channel read, in every locale."""
+    env = environment()
+    used: set[str] = set()
+    for path in template_files(type_key, channel):
+        used |= meta.find_undeclared_variables(env.parse(path.read_text(encoding="utf-8")))
+    return frozenset(used - SYSTEM_VARIABLES)
+
+
+def missing_parts(type_key: str, channel: Channel) -> list[str]:
+    """Required template files of the default locale that do not exist."""
+    return [
+        f"{type_key}/{part.filename}"
+        for part in PARTS[channel]
+        if part.required and not (NOTIFICATION_TEMPLATES_DIR / type_key / part.filename).is_file()
+    ]
+
+
+def template_context(context: Mapping[str, Any], user: Mapping[str, Any]) -> dict[str, Any]:
+    return {
+        **context,
+        "user": dict(user),
+        "site_name": settings.NOTIFIER_SITE_NAME,
+        "site_url": settings.NOTIFIER_SITE_URL,
+    }
+
+
+def render(type_key: str, channel: Channel, context: Mapping[str, Any], locale: str) -> Content:
+    """Render every part of one channel; raises RenderError with the template's complaint."""
+    env = environment()
+    rendered: dict[str, str] = {}
+    for part in PARTS[channel]:
+        try:
+            template = env.select_template(template_names(type_key, part, locale))
+        except TemplateNotFound:
+            if part.required:
+                raise RenderError(f"no template {type_key}/{part.filename}") from None
+            continue
+        try:
+            rendered[part.name] = template.render(context).strip()
+        except Exception as exc:  # any template error, with the template's own words
+            raise RenderError(f"{template.name}: {type(exc).__name__}: {exc}") from exc
+    return Content(**rendered)

@@ -1,0 +1,102 @@
+"""Reads: notification types (cached per process), inbox pages, a user's delivery history."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from datetime import datetime
+
+from django.db.models import Prefetch, QuerySet
+
+from notifier.models import Delivery, DeliveryEvent, InboxItem, Message, NotificationType
+from notifier.queues import Lane, lane_for_kind
+
+TYPE_CACHE_TTL_S = 30.0
+
+
+@dataclass(frozen=True, slots=True)
+class TypeInfo:
+    key: str
+    kind: str
+    priority: str
+    channels: tuple[str, ...]
+    optional_context: frozenset[str]
+    is_active: bool
+
+    @property
+    def lane(self) -> Lane:
+        return lane_for_kind(self.kind)
+
+    @classmethod
+    def of(cls, row: NotificationType) -> TypeInfo:
+        return cls(
+            key=row.key, kind=row.kind, priority=row.priority, channels=tuple(row.channels),
+            optional_context=frozenset(row.optional_context), is_active=row.is_active,
+        )
+
+
+_type_cache: dict[str, tuple[float, TypeInfo | None]] = {}
+
+
+def type_info_get(key: str) -> TypeInfo | None:
+    """A type by key, cached for TYPE_CACHE_TTL_S so notify() costs no query for it."""
+    hit = _type_cache.get(key)
+    now = time.monotonic()
+    if hit is not None and now - hit[0] < TYPE_CACHE_TTL_S:
+        return hit[1]
+    row = NotificationType.objects.filter(pk=key).first()
+    info = TypeInfo.of(row) if row is not None else None
+    _type_cache[key] = (now, info)
+    return info
+
+
+def type_cache_clear() -> None:
+    _type_cache.clear()
+
+
+# --- The inbox ------------------------------------------------------------------------------
+
+
+def inbox_items(*, user_id: int, archived: bool = False) -> QuerySet[InboxItem]:
+    return InboxItem.objects.filter(user_id=user_id, archived_at__isnull=not archived).order_by(
+        "-created_at", "-id"
+    )
+
+
+def inbox_page(
+    *, user_id: int, limit: int, before: tuple[datetime, int] | None = None,
+    unread_only: bool = False, archived: bool = False,
+) -> tuple[list[InboxItem], tuple[datetime, int] | None]:
+    """A page of newest-first items and the cursor of the next page (keyset, stable under inserts)."""
+    qs = inbox_items(user_id=user_id, archived=archived)
+    if unread_only:
+        qs = qs.filter(read_at__isnull=True)
+    if before is not None:
+        created, pk = before
+        qs = qs.filter(created_at__lt=created) | qs.filter(created_at=created, id__lt=pk)
+    items = list(qs[: limit + 1])
+    next_cursor = (items[limit - 1].created_at, items[limit - 1].pk) if len(items) > limit else None
+    return items[:limit], next_cursor
+
+
+def inbox_unread_count(*, user_id: int) -> int:
+    return InboxItem.objects.filter(
+        user_id=user_id, read_at__isnull=True, archived_at__isnull=True
+    ).count()
+
+
+# --- Support: a user's whole history --------------------------------------------------------
+
+
+def user_history(*, user_id: int) -> QuerySet[Message]:
+    """Every message to a user, newest first, with deliveries and their events prefetched."""
+    events = DeliveryEvent.objects.order_by("at", "id")
+    deliveries = Delivery.objects.order_by("channel").prefetch_related(
+        Prefetch("events", queryset=events)
+    )
+    return (
+        Message.objects.filter(user_id=user_id)
+        .select_related("type", "campaign")
+        .prefetch_related(Prefetch("deliveries", queryset=deliveries))
+        .order_by("-created_at", "-id")
+    )

@@ -1,0 +1,1 @@
+"""Services: the functions that write. Tasks, views and the public API call these."""

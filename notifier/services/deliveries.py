@@ -1,0 +1,349 @@
+"""Delivering: claim by compare-and-set, call the provider, record the outcome; recover lost work.
+
+A delivery is claimed by moving it queued -> sending in a locked UPDATE, so two workers running
+the same task (a broker re-delivery, a duplicate publish) never both send it. Outcomes are
+written by the retry policy: sent, queued again with a backoff, or failed with a reason.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from functools import partial
+
+from django.conf import settings
+from django.db import transaction
+from django.db.models import F, Q
+from django.utils import timezone
+
+from channels.base import Channel, Content, ErrorCode, Outgoing, PushTarget, SendResult
+from channels.registry import provider_for
+from notifier import dispatch
+from notifier.models import Delivery, DeliveryEvent, Device, EventKind, Message
+from notifier.policies.retry import RetryPolicy, Verdict, after_attempt
+from notifier.queues import Lane
+from notifier.status import (
+    ENGAGEMENT_RANK,
+    DeliveryStatus,
+    Reason,
+    check_move,
+    sources_of,
+)
+
+log = logging.getLogger(__name__)
+S = DeliveryStatus
+
+# A task may arrive a moment before next_attempt_at (clock skew between hosts).
+EARLY_TOLERANCE = timedelta(seconds=2)
+
+
+def retry_policy() -> RetryPolicy:
+    return RetryPolicy(
+        max_attempts=settings.NOTIFIER_MAX_ATTEMPTS,
+        base_delay_s=settings.NOTIFIER_RETRY_BASE_S,
+        max_delay_s=settings.NOTIFIER_RETRY_MAX_S,
+    )
+
+
+# --- Single moves (callbacks, tracking, operators) ------------------------------------------
+
+
+def delivery_move(
+    delivery_id: int, to: DeliveryStatus, *, kind: EventKind, reason: str = "",
+    error: str = "", detail: dict[str, object] | None = None, at: datetime | None = None,
+    **fields: object,
+) -> bool:
+    """Move one delivery to `to` if the state machine allows it from its current status.
+
+    A compare-and-set: returns False (and writes nothing) when the delivery is not in a status
+    that may move to `to`, e.g. a duplicate callback or an out-of-order one.
+    """
+    at = at or timezone.now()
+    updates: dict[str, object] = {"status": to, "updated_at": at, **fields}
+    if reason or to in (S.FAILED, S.SUPPRESSED, S.CANCELLED):
+        updates["reason"] = reason
+    stamp = {S.SENT: "sent_at", S.DELIVERED: "delivered_at", S.OPENED: "opened_at",
+             S.READ: "opened_at", S.CLICKED: "clicked_at"}.get(to)
+    if stamp:
+        updates.setdefault(stamp, at)
+    with transaction.atomic():
+        moved = Delivery.objects.filter(pk=delivery_id, status__in=sources_of(to)).update(**updates)
+        if moved:
+            DeliveryEvent.objects.create(
+                delivery_id=delivery_id, at=at, kind=kind, status=to, reason=reason,
+                error=error, detail=detail or {},
+            )
+    return bool(moved)
+
+
+def delivery_advance(delivery_id: int, to: DeliveryStatus, *, kind: EventKind,
+                     at: datetime | None = None, detail: dict[str, object] | None = None) -> bool:
+    """Move forward along the engagement order only: a late 'delivered' never undoes 'clicked'."""
+    if to not in ENGAGEMENT_RANK:
+        raise ValueError(f"{to} is not an engagement status")
+    return delivery_move(delivery_id, to, kind=kind, at=at, detail=detail)
+
+
+# --- Delivering ----------------------------------------------------------------------------
+
+
+@dataclass
+class DeliverReport:
+    claimed: int = 0
+    sent: int = 0
+    retried: int = 0
+    failed: int = 0
+    skipped: int = 0  # not claimable: already taken, done, or not yet due
+    retries: list[tuple[int, float]] = field(default_factory=list)
+
+
+def _claim(delivery_ids: Sequence[int], now: datetime) -> list[int]:
+    """queued -> sending for the due, unlocked rows among delivery_ids; returns those claimed."""
+    with transaction.atomic():
+        ids = list(
+            Delivery.objects.select_for_update(skip_locked=True)
+            .filter(pk__in=delivery_ids, status=S.QUEUED)
+            .filter(Q(next_attempt_at__isnull=True) | Q(next_attempt_at__lte=now + EARLY_TOLERANCE))
+            .values_list("pk", flat=True)
+        )
+        if ids:
+            Delivery.objects.filter(pk__in=ids).update(
+                status=S.SENDING, attempts=F("attempts") + 1, claimed_at=now, updated_at=now
+            )
+    return ids
+
+
+def _outgoing(delivery: Delivery, devices: list[Device]) -> Outgoing:
+    message: Message = delivery.message
+    return Outgoing(
+        delivery_id=delivery.pk, message_id=delivery.message_id, user_id=delivery.user_id,
+        channel=Channel(delivery.channel), type_key=message.type_id,
+        content=Content.from_dict(delivery.content), attempt=delivery.attempts,
+        email=delivery.user.email, phone=delivery.user.phone,
+        devices=tuple(
+            PushTarget(device_id=d.pk, platform=d.platform, token=d.token,
+                       web_push_keys=d.web_push_keys)
+            for d in devices
+        ),
+        category=message.type.kind,
+    )
+
+
+def _precheck(outgoing: Outgoing) -> SendResult | None:
+    """Contact points can vanish between route and deliver; don't call a provider for nothing."""
+    if outgoing.channel is Channel.PUSH and not outgoing.devices:
+        return SendResult.permanent("pipeline", ErrorCode.DEVICE_UNREGISTERED,
+                                    "no active device left")
+    if outgoing.channel is Channel.EMAIL and not outgoing.email:
+        return SendResult.permanent("pipeline", ErrorCode.INVALID_RECIPIENT, "email removed")
+    if outgoing.channel is Channel.SMS and not outgoing.phone:
+        return SendResult.permanent("pipeline", ErrorCode.INVALID_RECIPIENT, "phone removed")
+    return None
+
+
+def _send(channel: Channel, outgoings: list[Outgoing]) -> list[SendResult]:
+    """Call the channel's provider; an unexpected exception is a transient error, logged."""
+    results: list[SendResult | None] = [_precheck(o) for o in outgoings]
+    to_send = [o for o, r in zip(outgoings, results, strict=True) if r is None]
+    if to_send:
+        provider = provider_for(channel)
+        try:
+            sent = provider.send_many(to_send)
+            if len(sent) != len(to_send):
+                raise RuntimeError(f"{provider.name} returned {len(sent)} results for "
+                                   f"{len(to_send)} messages")
+        except Exception as exc:
+            log.exception("provider %s raised", provider.name)
+            sent = [SendResult.transient(provider.name, ErrorCode.UNEXPECTED,
+                                         f"{type(exc).__name__}: {exc}")] * len(to_send)
+        answers = iter(sent)
+        results = [r if r is not None else next(answers) for r in results]
+    return [r for r in results if r is not None]
+
+
+def _record(deliveries: list[Delivery], results: list[SendResult], now: datetime,
+            report: DeliverReport, rng: random.Random | None = None) -> None:
+    policy = retry_policy()
+    events: list[DeliveryEvent] = []
+    dead_devices: set[int] = set()
+    for delivery, result in zip(deliveries, results, strict=True):
+        decision = after_attempt(result, attempt=delivery.attempts, policy=policy, rng=rng)
+        delivery.provider, delivery.updated_at = result.provider, now
+        delivery.claimed_at = None
+        dead_devices.update(result.deactivate_device_ids)
+        if decision.verdict is Verdict.SENT:
+            check_move(S.SENDING, S.SENT)
+            delivery.status, delivery.reason, delivery.last_error = S.SENT, "", ""
+            delivery.provider_message_id = result.provider_message_id[:255]
+            delivery.sent_at = delivery.finished_at = now
+            report.sent += 1
+        elif decision.verdict is Verdict.RETRY:
+            check_move(S.SENDING, S.QUEUED)
+            delivery.status, delivery.reason, delivery.last_error = (
+                S.QUEUED, decision.reason or "", result.error)
+            delivery.next_attempt_at = now + timedelta(seconds=decision.delay_s)
+            report.retried += 1
+            report.retries.append((delivery.pk, decision.delay_s))
+        else:
+            check_move(S.SENDING, S.FAILED)
+            delivery.status, delivery.reason, delivery.last_error = (
+                S.FAILED, decision.reason or "", result.error)
+            delivery.finished_at = now
+            report.failed += 1
+        events.append(DeliveryEvent(
+            delivery_id=delivery.pk, at=now, kind=EventKind.ATTEMPT, status=delivery.status,
+            reason=delivery.reason, attempt=delivery.attempts, provider=result.provider,
+            error=result.error,
+            detail={k: v for k, v in {
+                "outcome": str(result.outcome),
+                "error_code": str(result.error_code) if result.error_code else None,
+                "provider_message_id": result.provider_message_id or None,
+                "retry_in_s": round(decision.delay_s, 2) if decision.delay_s else None,
+                **result.detail,
+            }.items() if v is not None},
+        ))
+    # Guarded by status: a row whose claim expired and was taken over is not overwritten.
+    Delivery.objects.filter(status=S.SENDING).bulk_update(deliveries, [
+        "status", "reason", "last_error", "provider", "provider_message_id", "updated_at",
+        "claimed_at", "next_attempt_at", "sent_at", "finished_at",
+    ])
+    DeliveryEvent.objects.bulk_create(events)
+    if dead_devices:
+        Device.objects.filter(pk__in=dead_devices, active=True).update(
+            active=False, deactivated_at=now, deactivation_reason="provider: token unregistered"
+        )
+
+
+def deliveries_deliver(*, delivery_ids: Sequence[int]) -> DeliverReport:
+    """Claim, send and record a batch of deliveries (normally all of one channel and lane)."""
+    now = timezone.now()
+    report = DeliverReport()
+    claimed = _claim(delivery_ids, now)
+    report.claimed, report.skipped = len(claimed), len(delivery_ids) - len(claimed)
+    if not claimed:
+        return report
+    deliveries = list(
+        Delivery.objects.filter(pk__in=claimed).select_related("user", "message__type")
+        .order_by("pk")
+    )
+    push_users = [d.user_id for d in deliveries if d.channel == Channel.PUSH]
+    devices: dict[int, list[Device]] = defaultdict(list)
+    for device in Device.objects.filter(user_id__in=push_users, active=True).order_by("pk"):
+        devices[device.user_id].append(device)
+
+    by_channel: dict[Channel, list[Delivery]] = defaultdict(list)
+    for delivery in deliveries:
+        by_channel[Channel(delivery.channel)].append(delivery)
+    for channel, group in by_channel.items():
+        outgoings = [_outgoing(d, devices[d.user_id]) for d in group]
+        provider = provider_for(channel)
+        if provider.in_database:
+            # Our own database is the provider: the send and its record commit together.
+            with transaction.atomic():
+                _record(group, _send(channel, outgoings), timezone.now(), report)
+        else:
+            results = _send(channel, outgoings)
+            with transaction.atomic():
+                _record(group, results, timezone.now(), report)
+    lanes = {d.pk: (Lane(d.message.lane), Channel(d.channel)) for d in deliveries}
+    for delivery_id, delay in report.retries:
+        lane, channel = lanes[delivery_id]
+        dispatch.publish_deliver([delivery_id], lane, channel, countdown=delay)
+    return report
+
+
+# --- Recovering lost work -------------------------------------------------------------------
+
+
+@dataclass
+class RequeueReport:
+    messages: int = 0
+    queued: int = 0
+    expired_claims: int = 0
+    exhausted: int = 0
+
+
+def _publish_grouped(rows: Iterable[tuple[int, str, str]]) -> None:
+    groups: dict[tuple[Lane, Channel], list[int]] = defaultdict(list)
+    for pk, channel, lane in rows:
+        groups[(Lane(lane), Channel(channel))].append(pk)
+    for (lane, channel), ids in groups.items():
+        transaction.on_commit(partial(dispatch.publish_deliver, ids, lane, channel), robust=True)
+
+
+def requeue_stuck_work(*, now: datetime | None = None, limit: int = 5000) -> RequeueReport:
+    """Publish again what a lost broker message left behind. Safe to run twice at once.
+
+    - messages never routed (their prepare task was lost);
+    - deliveries queued and overdue (their deliver task was lost);
+    - deliveries claimed by a worker that died mid-send: back to queued, or failed once the
+      attempts are used up.
+    """
+    now = now or timezone.now()
+    report = RequeueReport()
+    stale = now - timedelta(seconds=settings.NOTIFIER_REQUEUE_AFTER_S)
+    expired = now - timedelta(seconds=settings.NOTIFIER_SENDING_TIMEOUT_S)
+
+    unrouted = list(
+        Message.objects.filter(routed_at__isnull=True, created_at__lt=stale)
+        .order_by("created_at").values_list("pk", "lane")[:limit]
+    )
+    by_lane: dict[Lane, list[int]] = defaultdict(list)
+    for pk, lane in unrouted:
+        by_lane[Lane(lane)].append(pk)
+    for lane, ids in by_lane.items():
+        dispatch.publish_prepare(ids, lane)
+    report.messages = len(unrouted)
+
+    with transaction.atomic():
+        claims = list(
+            Delivery.objects.select_for_update(skip_locked=True, of=("self",))
+            .filter(status=S.SENDING, claimed_at__lt=expired)
+            .values_list("pk", "channel", "message__lane", "attempts")[:limit]
+        )
+        retry = [(pk, ch, lane) for pk, ch, lane, attempts in claims
+                 if attempts < settings.NOTIFIER_MAX_ATTEMPTS]
+        exhausted = [pk for pk, _, _, attempts in claims
+                     if attempts >= settings.NOTIFIER_MAX_ATTEMPTS]
+        if retry:
+            Delivery.objects.filter(pk__in=[r[0] for r in retry]).update(
+                status=S.QUEUED, reason=Reason.CLAIM_EXPIRED, claimed_at=None,
+                next_attempt_at=now, updated_at=now,
+            )
+        if exhausted:
+            Delivery.objects.filter(pk__in=exhausted).update(
+                status=S.FAILED, reason=Reason.RETRIES_EXHAUSTED, claimed_at=None,
+                last_error="the worker stopped mid-send on every attempt",
+                finished_at=now, updated_at=now,
+            )
+        DeliveryEvent.objects.bulk_create(
+            [DeliveryEvent(delivery_id=pk, at=now, kind=EventKind.REQUEUED, status=S.QUEUED,
+                           reason=Reason.CLAIM_EXPIRED) for pk, _, _ in retry]
+            + [DeliveryEvent(delivery_id=pk, at=now, kind=EventKind.REQUEUED, status=S.FAILED,
+                             reason=Reason.RETRIES_EXHAUSTED) for pk in exhausted]
+        )
+        _publish_grouped(retry)
+    report.expired_claims, report.exhausted = len(retry), len(exhausted)
+
+    with transaction.atomic():
+        overdue = list(
+            Delivery.objects.select_for_update(skip_locked=True, of=("self",))
+            .filter(status=S.QUEUED, next_attempt_at__lt=stale)
+            .values_list("pk", "channel", "message__lane")[:limit]
+        )
+        # Restart the clock so the same rows are not published again by the next run.
+        Delivery.objects.filter(pk__in=[pk for pk, _, _ in overdue]).update(
+            next_attempt_at=now, updated_at=now
+        )
+        DeliveryEvent.objects.bulk_create([
+            DeliveryEvent(delivery_id=pk, at=now, kind=EventKind.REQUEUED, status=S.QUEUED,
+                          detail={"why": "its deliver task was overdue, presumed lost"})
+            for pk, _, _ in overdue
+        ])
+        _publish_grouped(overdue)
+    report.queued = len(overdue)
+    return report

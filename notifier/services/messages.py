@@ -1,0 +1,144 @@
+"""Writing messages: one INSERT per call (or per batch), idempotent by key, published on commit.
+
+These functions trust their input; `notifier.api` validates it first.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from functools import partial
+from typing import Any
+
+from django.db import connection, transaction
+from django.utils import timezone
+
+from notifier import dispatch
+from notifier.errors import IdempotencyKeyReused
+from notifier.models import Message
+from notifier.queues import Lane
+
+COLUMNS = ("user", "type", "context", "channels", "lane", "idempotency_key", "campaign",
+           "created_at")
+
+
+@dataclass(frozen=True, slots=True)
+class NewMessage:
+    user_id: int
+    type_key: str
+    context: dict[str, Any]
+    channels: list[str]
+    lane: Lane
+    idempotency_key: str | None
+    campaign_id: int | None = None
+
+
+def _insert_returning(rows: Sequence[NewMessage], now: datetime) -> dict[int, int]:
+    """INSERT ... ON CONFLICT DO NOTHING RETURNING: row index -> new id, for rows inserted.
+
+    One statement whatever the batch size; a row whose idempotency key exists already (or is
+    being inserted by a concurrent transaction, which we then wait for) is skipped, not an error.
+    """
+    fields = [Message._meta.get_field(name) for name in COLUMNS]
+    qn = connection.ops.quote_name
+    values_sql = "(" + ", ".join(["%s"] * len(fields)) + ")"
+    sql = (
+        f"INSERT INTO {qn(Message._meta.db_table)} "
+        f"({', '.join(qn(f.column) for f in fields)}) "
+        f"VALUES {', '.join([values_sql] * len(rows))} "
+        f"ON CONFLICT DO NOTHING RETURNING {qn('id')}, {qn('idempotency_key')}, {qn('user_id')}"
+    )
+    params: list[Any] = []
+    for row in rows:
+        raw = (row.user_id, row.type_key, row.context, row.channels, str(row.lane),
+               row.idempotency_key, row.campaign_id, now)
+        params.extend(f.get_db_prep_save(v, connection) for f, v in zip(fields, raw, strict=True))
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        returned = cursor.fetchall()
+    # Rows come back in no promised order: match them to input rows by key (or by user for
+    # keyless rows, which never conflict and are therefore all returned).
+    by_key = {key: pk for pk, key, _ in returned if key is not None}
+    keyless: dict[int, list[int]] = defaultdict(list)
+    for pk, key, user_id in sorted(returned):
+        if key is None:
+            keyless[user_id].append(pk)
+    ids: dict[int, int] = {}
+    for index, row in enumerate(rows):
+        if row.idempotency_key is not None:
+            if row.idempotency_key in by_key:
+                ids[index] = by_key[row.idempotency_key]
+        else:
+            ids[index] = keyless[row.user_id].pop(0)
+    return ids
+
+
+def _as_instance(row: NewMessage, pk: int, now: datetime) -> Message:
+    message = Message(
+        id=pk, user_id=row.user_id, type_id=row.type_key, context=row.context,
+        channels=row.channels, lane=str(row.lane), idempotency_key=row.idempotency_key,
+        campaign_id=row.campaign_id, created_at=now,
+    )
+    message._state.adding = False
+    message._state.db = "default"
+    return message
+
+
+def _existing_by_key(rows: Sequence[NewMessage]) -> dict[str, Message]:
+    keys = [row.idempotency_key for row in rows if row.idempotency_key is not None]
+    found = Message.objects.filter(idempotency_key__in=keys)
+    existing = {m.idempotency_key: m for m in found if m.idempotency_key is not None}
+    for row in rows:
+        message = existing.get(row.idempotency_key or "")
+        if message is not None and (message.user_id, message.type_id) != (row.user_id,
+                                                                           row.type_key):
+            raise IdempotencyKeyReused(
+                f"idempotency key {row.idempotency_key!r} already belongs to message "
+                f"#{message.pk} ({message.type_id} for user {message.user_id}); "
+                f"use a key unique to this notification, e.g. '{row.type_key}:<your id>'"
+            )
+    return existing
+
+
+@dataclass(frozen=True)
+class Written:
+    messages: list[Message]  # one per input row, in order
+    created: int  # how many of them are new; the rest existed under their idempotency key
+
+
+def messages_create(*, rows: Sequence[NewMessage]) -> Written:
+    """Write messages (existing keys give back their message) and publish new ones on commit."""
+    if not rows:
+        return Written([], 0)
+    now = timezone.now()
+    created: dict[int, Message] = {}
+    with transaction.atomic():
+        for start in range(0, len(rows), 1000):
+            batch = rows[start:start + 1000]
+            for index, pk in _insert_returning(batch, now).items():
+                created[start + index] = _as_instance(batch[index], pk, now)
+        leftovers = [row for index, row in enumerate(rows) if index not in created]
+        existing = _existing_by_key(leftovers) if leftovers else {}
+        by_lane: dict[Lane, list[int]] = defaultdict(list)
+        for index, message in sorted(created.items()):
+            by_lane[rows[index].lane].append(message.pk)
+        for lane, ids in by_lane.items():
+            transaction.on_commit(partial(dispatch.publish_prepare, ids, lane), robust=True)
+    messages = [
+        created[index] if index in created else existing[row.idempotency_key or ""]
+        for index, row in enumerate(rows)
+    ]
+    return Written(messages, len(created))
+
+
+def message_create(*, row: NewMessage) -> Message:
+    """The single-message path of notify(): one INSERT, one publish after commit."""
+    now = timezone.now()
+    ids = _insert_returning([row], now)
+    if not ids:
+        return _existing_by_key([row])[row.idempotency_key or ""]
+    message = _as_instance(row, ids[0], now)
+    transaction.on_commit(partial(dispatch.publish_prepare, [message.pk], row.lane), robust=True)
+    return message

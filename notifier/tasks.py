@@ -1,0 +1,49 @@
+"""Celery tasks: thin. Each takes ids, calls one service, and owns only its delivery options.
+
+Per-delivery retries are decided by `notifier.policies.retry` and scheduled by the service
+(a new deliver task with a countdown), not by Celery's task retry: one failed recipient must
+not re-run its whole batch.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from celery import shared_task
+
+from notifier.services.deliveries import deliveries_deliver, requeue_stuck_work
+from notifier.services.pipeline import messages_prepare
+
+log = logging.getLogger(__name__)
+
+# acks_late + reject_on_worker_lost: a task whose worker dies is re-delivered, not lost. It may
+# therefore run twice; the claim on the delivery row (not the broker) prevents a double send.
+PIPELINE_TASK_OPTIONS: dict[str, Any] = {
+    "acks_late": True,
+    "reject_on_worker_lost": True,
+    "ignore_result": True,
+}
+
+
+@shared_task(name="notifier.prepare_messages", **PIPELINE_TASK_OPTIONS)
+def prepare_messages(message_ids: list[int]) -> dict[str, int]:
+    """Generate + route a batch of messages into deliveries."""
+    return dict(messages_prepare(message_ids=message_ids))
+
+
+@shared_task(name="notifier.deliver", **PIPELINE_TASK_OPTIONS)
+def deliver(delivery_ids: list[int]) -> dict[str, int]:
+    """Send a batch of deliveries of one lane and channel."""
+    report = deliveries_deliver(delivery_ids=delivery_ids)
+    return {"claimed": report.claimed, "sent": report.sent, "retried": report.retried,
+            "failed": report.failed, "skipped": report.skipped}
+
+
+@shared_task(name="notifier.requeue_stuck_work", ignore_result=True)
+def requeue_stuck_work_task() -> dict[str, int]:
+    """Beat: publish again whatever a lost broker message left in PostgreSQL."""
+    report = requeue_stuck_work()
+    if report.messages or report.queued or report.expired_claims or report.exhausted:
+        log.warning("re-queued stuck work: %s", report)
+    return report.__dict__

@@ -1,0 +1,1 @@
+"""HTTP views: the inbox JSON API for the logged-in user."""

@@ -1,0 +1,161 @@
+"""The inbox JSON API. Session-authenticated; POSTs need the CSRF token like any Django form.
+
+GET  /api/inbox/                     ?limit=20&cursor=...&unread=1&archived=1
+GET  /api/inbox/unread-count/
+POST /api/inbox/<id>/read/
+POST /api/inbox/read-all/
+POST /api/inbox/<id>/archive/
+POST /api/inbox/<id>/feedback/       {"feedback": "useful" | "meh" | "irrelevant"}
+
+Errors are JSON {"error": "..."} with a 4xx status that says what to fix.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import Callable
+from datetime import datetime
+from functools import wraps
+from typing import Any
+
+from django.http import HttpRequest, JsonResponse
+from django.views.decorators.http import require_GET, require_POST
+
+from notifier.models import Feedback, InboxItem
+from notifier.selectors import inbox_page, inbox_unread_count
+from notifier.services.inbox import (
+    InboxItemNotFound,
+    inbox_archive,
+    inbox_feedback,
+    inbox_mark_all_read,
+    inbox_mark_read,
+)
+
+MAX_LIMIT = 100
+View = Callable[..., JsonResponse]
+
+
+class BadRequest(ValueError):
+    pass
+
+
+def error(status: int, text: str) -> JsonResponse:
+    return JsonResponse({"error": text}, status=status)
+
+
+def api(view: View) -> View:
+    """Logged-in users only; turns bad input and missing items into clear 4xx answers."""
+
+    @wraps(view)
+    def wrapped(request: HttpRequest, *args: Any, **kwargs: Any) -> JsonResponse:
+        if not request.user.is_authenticated:
+            return error(401, "log in to read your inbox")
+        try:
+            return view(request, *args, **kwargs)
+        except BadRequest as exc:
+            return error(400, str(exc))
+        except InboxItemNotFound as exc:
+            return error(404, str(exc))
+
+    return wrapped
+
+
+def item_json(item: InboxItem) -> dict[str, Any]:
+    return {
+        "id": item.pk,
+        "category": item.category,
+        "type": item.type_key,
+        "title": item.title,
+        "body": item.body,
+        "link": item.link or None,
+        "created_at": item.created_at.isoformat(),
+        "read_at": item.read_at.isoformat() if item.read_at else None,
+        "archived_at": item.archived_at.isoformat() if item.archived_at else None,
+        "feedback": item.feedback or None,
+    }
+
+
+def encode_cursor(cursor: tuple[datetime, int] | None) -> str | None:
+    if cursor is None:
+        return None
+    raw = f"{cursor[0].isoformat()}|{cursor[1]}".encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(value: str) -> tuple[datetime, int]:
+    try:
+        raw = base64.urlsafe_b64decode(value + "=" * (-len(value) % 4)).decode()
+        created, pk = raw.split("|")
+        return datetime.fromisoformat(created), int(pk)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise BadRequest("cursor is not one this API gave out; pass next_cursor as is") from exc
+
+
+def _flag(request: HttpRequest, name: str) -> bool:
+    value = request.GET.get(name, "0").lower()
+    if value not in ("0", "1", "true", "false", ""):
+        raise BadRequest(f"{name} must be 1 or 0")
+    return value in ("1", "true")
+
+
+@require_GET
+@api
+def inbox_list(request: HttpRequest) -> JsonResponse:
+    try:
+        limit = int(request.GET.get("limit", "20"))
+    except ValueError:
+        raise BadRequest("limit must be a whole number") from None
+    if not 1 <= limit <= MAX_LIMIT:
+        raise BadRequest(f"limit must be between 1 and {MAX_LIMIT}")
+    cursor = decode_cursor(request.GET["cursor"]) if request.GET.get("cursor") else None
+    user_id = int(request.user.pk)
+    items, next_cursor = inbox_page(
+        user_id=user_id, limit=limit, before=cursor,
+        unread_only=_flag(request, "unread"), archived=_flag(request, "archived"),
+    )
+    return JsonResponse({
+        "items": [item_json(item) for item in items],
+        "next_cursor": encode_cursor(next_cursor),
+        "unread_count": inbox_unread_count(user_id=user_id),
+    })
+
+
+@require_GET
+@api
+def inbox_unread(request: HttpRequest) -> JsonResponse:
+    return JsonResponse({"unread_count": inbox_unread_count(user_id=int(request.user.pk))})
+
+
+@require_POST
+@api
+def inbox_read(request: HttpRequest, item_id: int) -> JsonResponse:
+    return JsonResponse(item_json(inbox_mark_read(user_id=int(request.user.pk), item_id=item_id)))
+
+
+@require_POST
+@api
+def inbox_read_all(request: HttpRequest) -> JsonResponse:
+    user_id = int(request.user.pk)
+    count = inbox_mark_all_read(user_id=user_id)
+    return JsonResponse({"marked_read": count, "unread_count": inbox_unread_count(user_id=user_id)})
+
+
+@require_POST
+@api
+def inbox_archive_item(request: HttpRequest, item_id: int) -> JsonResponse:
+    return JsonResponse(item_json(inbox_archive(user_id=int(request.user.pk), item_id=item_id)))
+
+
+@require_POST
+@api
+def inbox_give_feedback(request: HttpRequest, item_id: int) -> JsonResponse:
+    try:
+        body = json.loads(request.body or b"{}")
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise BadRequest('send a JSON body such as {"feedback": "useful"}') from None
+    value = body.get("feedback") if isinstance(body, dict) else None
+    if value not in Feedback.values:
+        raise BadRequest(f"feedback must be one of: {', '.join(Feedback.values)}")
+    item = inbox_feedback(user_id=int(request.user.pk), item_id=item_id, feedback=Feedback(value))
+    return JsonResponse(item_json(item))

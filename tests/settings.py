@@ -1,0 +1,18 @@
+"""Test settings: the project's settings, pointed at real PostgreSQL and Redis by default.
+
+Only defaults for the environment are set here; notifier/settings.py still reads everything.
+Override with DATABASE_URL / CELERY_BROKER_URL / REDIS_URL as usual.
+"""
+
+import os
+
+os.environ.setdefault("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/notifier")
+os.environ.setdefault("REDIS_URL", "redis://127.0.0.1:6379/15")
+os.environ.setdefault("CELERY_BROKER_URL", os.environ["REDIS_URL"])
+os.environ.setdefault("NOTIFIER_RETRY_BASE_S", "0.2")
+os.environ.setdefault("NOTIFIER_RETRY_MAX_S", "2")
+
+from notifier.settings import *  # noqa: E402,F403
+
+PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+EMAIL_BACKEND = "django.core.mail.backends.locmem.EmailBackend"
