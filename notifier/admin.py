@@ -1,1 +1,560 @@
-"""Admin registrations (the support timeline is added below)."""
+"""The admin for support staff and operators.
+
+Support staff (the "Support" group, view permissions only) open a user and follow "Delivery
+history" to see every message sent to them: each channel, its status, every attempt with its
+error, and in words why anything was not sent. The delivery log itself is read-only here:
+statuses change only through the pipeline (`notifier.services`).
+"""
+
+from __future__ import annotations
+
+import zoneinfo
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from django.contrib import admin
+from django.contrib.admin.utils import quote, unquote
+from django.contrib.auth.admin import UserAdmin as DjangoUserAdmin
+from django.core.exceptions import PermissionDenied, ValidationError
+from django.core.paginator import Page, Paginator
+from django.db.models import Exists, OuterRef, Q, QuerySet
+from django.http import Http404, HttpRequest, HttpResponse
+from django.template.response import TemplateResponse
+from django.urls import URLPattern, path, reverse
+from django.utils.html import format_html
+from django.utils.http import urlencode
+from django.utils.safestring import SafeString
+
+from channels.base import Channel
+from notifier.models import (
+    Delivery,
+    DeliveryEvent,
+    Device,
+    InboxItem,
+    Message,
+    NotificationType,
+    User,
+)
+from notifier.models.users import normalize_phone
+from notifier.selectors import user_history
+from notifier.status import NOT_SENT, DeliveryStatus, Reason
+
+HISTORY_PAGE_SIZE = 25
+MAX_BIGINT = 2**63 - 1
+S = DeliveryStatus
+
+# Badge colours for the history page and the delivery list.
+STATUS_TONE: dict[str, str] = {
+    S.PENDING: "progress", S.QUEUED: "progress", S.SENDING: "progress",
+    S.HELD: "held",
+    S.SENT: "ok", S.DELIVERED: "ok", S.OPENED: "ok", S.READ: "ok", S.CLICKED: "ok",
+    S.FAILED: "bad",
+    S.SUPPRESSED: "off", S.CANCELLED: "off",
+}
+TONE_COLOURS: dict[str, tuple[str, str]] = {  # (background, text)
+    "ok": ("#1e7e34", "#fff"),
+    "bad": ("#ba2121", "#fff"),
+    "off": ("#6c757d", "#fff"),
+    "held": ("#e0a800", "#212529"),
+    "progress": ("#2b6cb0", "#fff"),
+}
+
+
+def reason_label(value: str) -> str:
+    """The human label of a reason code, for support staff; the code itself if unknown."""
+    if not value:
+        return ""
+    try:
+        return str(Reason(value).label)
+    except ValueError:
+        return value
+
+
+def status_label(value: str) -> str:
+    try:
+        return str(DeliveryStatus(value).label)
+    except ValueError:
+        return value
+
+
+def status_badge(value: str) -> SafeString:
+    background, text = TONE_COLOURS[STATUS_TONE.get(value, "off")]
+    return format_html(
+        '<span class="status-badge status-{}" style="background:{};color:{};padding:1px 8px;'
+        'border-radius:10px;font-size:11px;font-weight:bold;white-space:nowrap">{}</span>',
+        value, background, text, status_label(value),
+    )
+
+
+# --- Users and devices ----------------------------------------------------------------------
+
+
+class DeviceInline(admin.TabularInline):
+    """A user's push devices. Viewers (no change permission on devices) see it read-only."""
+
+    model = Device
+    extra = 0
+    fields = ["platform", "token", "active", "created_at", "deactivated_at",
+              "deactivation_reason"]
+    readonly_fields = ["created_at", "deactivated_at", "deactivation_reason"]
+    ordering = ["-active", "-created_at"]
+
+
+@admin.register(User)
+class UserAdmin(DjangoUserAdmin):
+    fieldsets = (
+        ("Delivery history", {"fields": ("delivery_history_link",)}),
+        *(DjangoUserAdmin.fieldsets or ()),
+        ("Contact and profile", {
+            "fields": ("phone", "time_zone", "locale", "yearly_spend", "last_active_at",
+                       "interest_tags"),
+        }),
+    )
+    add_fieldsets = (
+        (None, {
+            "classes": ("wide",),
+            "fields": ("username", "email", "phone", "usable_password", "password1",
+                       "password2"),
+        }),
+    )
+    readonly_fields = ["delivery_history_link"]
+    list_display = ["email", "username", "phone", "is_active", "is_staff", "history_action"]
+    list_display_links = ["email", "username"]
+    search_fields = ["email", "phone", "username", "first_name", "last_name"]
+    ordering = ["-id"]
+    inlines = [DeviceInline]
+
+    def get_search_results(
+        self, request: HttpRequest, queryset: QuerySet[User], search_term: str
+    ) -> tuple[QuerySet[User], bool]:
+        """The usual search, plus an exact id for a number and an exact E.164 phone match."""
+        results, may_have_duplicates = super().get_search_results(request, queryset, search_term)
+        term = search_term.strip()
+        if term.isdigit() and int(term) <= MAX_BIGINT:
+            results |= queryset.filter(pk=int(term))
+        if term.startswith("+"):
+            try:
+                phone = normalize_phone(term)
+            except ValidationError:
+                pass
+            else:
+                results |= queryset.filter(phone=phone)
+        return results, may_have_duplicates
+
+    def get_urls(self) -> list[URLPattern]:
+        info = self.opts.app_label, self.opts.model_name
+        return [
+            # Placed before the default "<id>/history/" (the admin change log), so the change
+            # form's "History" button leads here too; the change log moves to admin-log/.
+            path(
+                "<path:object_id>/history/",
+                self.admin_site.admin_view(self.delivery_history_view),
+                name="{}_{}_delivery_history".format(*info),
+            ),
+            path(
+                "<path:object_id>/admin-log/",
+                self.admin_site.admin_view(self.history_view),
+                name="{}_{}_admin_log".format(*info),
+            ),
+            *super().get_urls(),
+        ]
+
+    def history_url(self, user: User) -> str:
+        info = self.opts.app_label, self.opts.model_name
+        return reverse(
+            "{}:{}_{}_delivery_history".format(self.admin_site.name, *info),
+            args=[quote(user.pk)],
+        )
+
+    @admin.display(description="Delivery history")
+    def delivery_history_link(self, obj: User) -> str:
+        if obj.pk is None:
+            return "-"
+        return format_html(
+            '<a class="button" href="{}">Open the delivery history</a> '
+            "<span class=\"help\">every message sent to this user, per channel, with the "
+            "reasons for anything not sent</span>",
+            self.history_url(obj),
+        )
+
+    @admin.display(description="History")
+    def history_action(self, obj: User) -> str:
+        return format_html('<a href="{}">Delivery history</a>', self.history_url(obj))
+
+    def delivery_history_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
+        user = self.get_object(request, unquote(object_id))
+        if user is None:
+            raise Http404(f"No user with id {object_id!r}")
+        if not self.has_view_permission(request, user):
+            raise PermissionDenied
+        filters = HistoryFilters.from_request(request)
+        page = Paginator(filters.apply(user_history(user_id=user.pk)),
+                         HISTORY_PAGE_SIZE).get_page(request.GET.get("page"))
+        links = AdminLinks.for_request(request, self.admin_site)
+        messages = [MessageRow.of(message, filters, links) for message in page.object_list]
+        devices = list(Device.objects.filter(user=user).order_by("-active", "-created_at"))
+        context = {
+            **self.admin_site.each_context(request),
+            "opts": self.opts,
+            "title": f"Delivery history: {user}",
+            "subtitle": None,
+            "original": user,
+            "profile": user,
+            "user_tz": _zone(user.time_zone),
+            "active_devices": [d for d in devices if d.active],
+            "inactive_devices": [d for d in devices if not d.active],
+            "messages": messages,
+            "page_obj": page,
+            "page_links": filters.page_links(page),
+            "filters": filters,
+            "channel_links": filters.channel_links(),
+            "not_sent_link": filters.query_string(not_sent="" if filters.not_sent else "1"),
+            "change_url": reverse(
+                f"{self.admin_site.name}:{self.opts.app_label}_{self.opts.model_name}_change",
+                args=[quote(user.pk)],
+            ),
+            "admin_log_url": reverse(
+                f"{self.admin_site.name}:{self.opts.app_label}_{self.opts.model_name}_admin_log",
+                args=[quote(user.pk)],
+            ),
+        }
+        request.current_app = self.admin_site.name
+        return TemplateResponse(request, "admin/notifier/user/history.html", context)
+
+
+def _zone(name: str) -> zoneinfo.ZoneInfo | None:
+    try:
+        return zoneinfo.ZoneInfo(name)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        return None
+
+
+# --- The history page's rows ----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class HistoryFilters:
+    channel: str = ""
+    not_sent: bool = False
+
+    @classmethod
+    def from_request(cls, request: HttpRequest) -> HistoryFilters:
+        channel = request.GET.get("channel", "")
+        return cls(
+            channel=channel if channel in Channel.__members__.values() else "",
+            not_sent=request.GET.get("not_sent") in ("1", "on", "true", "yes"),
+        )
+
+    @property
+    def active(self) -> bool:
+        return bool(self.channel or self.not_sent)
+
+    def delivery_q(self) -> Q:
+        q = Q()
+        if self.channel:
+            q &= Q(channel=self.channel)
+        if self.not_sent:
+            q &= Q(status__in=NOT_SENT)
+        return q
+
+    def apply(self, messages: QuerySet[Message]) -> QuerySet[Message]:
+        """Only messages with at least one matching delivery (EXISTS: no duplicate rows)."""
+        if not self.active:
+            return messages
+        matching = Delivery.objects.filter(self.delivery_q(), message=OuterRef("pk"))
+        return messages.filter(Exists(matching))
+
+    def matches(self, delivery: Delivery) -> bool:
+        """The same test as delivery_q, on prefetched rows (no query)."""
+        if self.channel and delivery.channel != self.channel:
+            return False
+        return not (self.not_sent and delivery.status not in NOT_SENT)
+
+    def channel_links(self) -> list[tuple[str, str, bool]]:
+        """(label, query string, selected) for "all channels" and each channel."""
+        return [("All channels", self.query_string(channel=""), not self.channel)] + [
+            (c.value, self.query_string(channel=c.value), self.channel == c.value)
+            for c in Channel
+        ]
+
+    def page_links(self, page: Page[Message]) -> list[tuple[str, str, bool]]:
+        """(label, query string or "" for an ellipsis, current) for the pagination row."""
+        links: list[tuple[str, str, bool]] = []
+        for number in page.paginator.get_elided_page_range(page.number):
+            if number == page.paginator.ELLIPSIS:
+                links.append((str(number), "", False))
+            else:
+                links.append((str(number), self.query_string(page=str(number)),
+                              number == page.number))
+        return links
+
+    def query_string(self, **overrides: str) -> str:
+        params = {"channel": self.channel, "not_sent": "1" if self.not_sent else ""}
+        params.update(overrides)
+        return "?" + urlencode({k: v for k, v in params.items() if v})
+
+
+@dataclass(frozen=True)
+class AdminLinks:
+    """Change-page URLs for messages and deliveries, when the viewer may open them."""
+
+    site_name: str
+    messages: bool
+    deliveries: bool
+
+    @classmethod
+    def for_request(cls, request: HttpRequest, site: admin.AdminSite) -> AdminLinks:
+        def can_view(model: type[Message] | type[Delivery]) -> bool:
+            model_admin = site.get_model_admin(model) if site.is_registered(model) else None
+            return model_admin is not None and model_admin.has_view_permission(request)
+
+        return cls(site_name=site.name, messages=can_view(Message),
+                   deliveries=can_view(Delivery))
+
+    def message(self, pk: int) -> str:
+        if not self.messages:
+            return ""
+        return reverse(f"{self.site_name}:notifier_message_change", args=[pk])
+
+    def delivery(self, pk: int) -> str:
+        if not self.deliveries:
+            return ""
+        return reverse(f"{self.site_name}:notifier_delivery_change", args=[pk])
+
+
+@dataclass(frozen=True)
+class EventRow:
+    at: datetime
+    kind: str
+    status: str
+    status_badge: SafeString
+    reason: str
+    reason_label: str
+    attempt: int | None
+    provider: str
+    error: str
+    detail: list[tuple[str, Any]]
+
+    @classmethod
+    def of(cls, event: DeliveryEvent) -> EventRow:
+        detail = event.detail if isinstance(event.detail, dict) else {"value": event.detail}
+        return cls(
+            at=event.at, kind=event.get_kind_display(), status=event.status,
+            status_badge=status_badge(event.status), reason=event.reason,
+            reason_label=reason_label(event.reason), attempt=event.attempt,
+            provider=event.provider, error=event.error, detail=sorted(detail.items()),
+        )
+
+
+@dataclass(frozen=True)
+class DeliveryRow:
+    pk: int
+    channel: str
+    status: str
+    status_badge: SafeString
+    not_sent: bool
+    reason: str
+    reason_label: str
+    attempts: int
+    provider: str
+    provider_message_id: str
+    last_error: str
+    created_at: datetime
+    updated_at: datetime
+    sent_at: datetime | None
+    finished_at: datetime | None
+    next_attempt_at: datetime | None
+    url: str
+    events: list[EventRow] = field(default_factory=list)
+
+    @classmethod
+    def of(cls, delivery: Delivery, links: AdminLinks) -> DeliveryRow:
+        return cls(
+            pk=delivery.pk, channel=delivery.channel, status=delivery.status,
+            status_badge=status_badge(delivery.status), not_sent=delivery.status in NOT_SENT,
+            reason=delivery.reason, reason_label=reason_label(delivery.reason),
+            attempts=delivery.attempts, provider=delivery.provider,
+            provider_message_id=delivery.provider_message_id, last_error=delivery.last_error,
+            created_at=delivery.created_at, updated_at=delivery.updated_at,
+            sent_at=delivery.sent_at, finished_at=delivery.finished_at,
+            next_attempt_at=delivery.next_attempt_at, url=links.delivery(delivery.pk),
+            events=[EventRow.of(e) for e in delivery.events.all()],
+        )
+
+
+@dataclass(frozen=True)
+class MessageRow:
+    pk: int
+    created_at: datetime
+    type_key: str
+    type_name: str
+    lane: str
+    channels: Sequence[str]
+    campaign: str
+    idempotency_key: str
+    routed_at: datetime | None
+    url: str
+    deliveries: list[DeliveryRow]
+    hidden_deliveries: int
+
+    @classmethod
+    def of(cls, message: Message, filters: HistoryFilters, links: AdminLinks) -> MessageRow:
+        every = list(message.deliveries.all())  # prefetched by user_history()
+        shown = [d for d in every if filters.matches(d)]
+        return cls(
+            pk=message.pk, created_at=message.created_at, type_key=message.type.key,
+            type_name=message.type.name, lane=message.lane,
+            channels=list(message.channels or []),
+            campaign=str(message.campaign) if message.campaign is not None else "",
+            idempotency_key=message.idempotency_key or "", routed_at=message.routed_at,
+            url=links.message(message.pk),
+            deliveries=[DeliveryRow.of(d, links) for d in shown],
+            hidden_deliveries=len(every) - len(shown),
+        )
+
+
+# --- The delivery log (read-only) -----------------------------------------------------------
+
+
+class ReadOnlyMixin:
+    """Nothing can be added or changed here; the pipeline writes these rows."""
+
+    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
+class ReadOnlyTabularInline(ReadOnlyMixin, admin.TabularInline):
+    extra = 0
+    can_delete = False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
+class ChannelFilter(admin.SimpleListFilter):
+    """Channels from the enum, not a DISTINCT over the whole delivery table."""
+
+    title = "channel"
+    parameter_name = "channel"
+
+    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
+        return [(c.value, c.value) for c in Channel]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet[Any]) -> QuerySet[Any]:
+        value = self.value()
+        return queryset.filter(channel=value) if value else queryset
+
+
+class DeliveryInline(ReadOnlyTabularInline):
+    model = Delivery
+    fields = ["channel", "status", "reason", "attempts", "provider", "provider_message_id",
+              "last_error", "updated_at"]
+    readonly_fields = fields
+    ordering = ["channel"]
+    show_change_link = True
+
+
+class DeliveryEventInline(ReadOnlyTabularInline):
+    model = DeliveryEvent
+    fields = ["at", "kind", "status", "reason", "attempt", "provider", "error", "detail"]
+    readonly_fields = fields
+    ordering = ["at", "id"]
+
+
+@admin.register(Message)
+class MessageAdmin(ReadOnlyMixin, admin.ModelAdmin):
+    list_display = ["id", "user", "type", "lane", "created_at", "routed_at"]
+    list_select_related = ["user", "type"]
+    list_filter = ["type", "lane"]
+    search_fields = ["user__email", "user__phone", "=idempotency_key"]
+    ordering = ["-id"]
+    show_full_result_count = False
+    inlines = [DeliveryInline]
+    fields = ["user", "type", "lane", "channels", "context", "campaign", "idempotency_key",
+              "created_at", "routed_at"]
+    readonly_fields = fields
+
+
+@admin.register(Delivery)
+class DeliveryAdmin(ReadOnlyMixin, admin.ModelAdmin):
+    list_display = ["id", "message", "user", "channel", "status_badge", "reason_text",
+                    "attempts", "provider", "updated_at"]
+    list_select_related = ["message", "user"]
+    list_filter = [ChannelFilter, "status", "reason", "provider"]
+    search_fields = ["user__email", "user__phone", "=provider_message_id"]
+    ordering = ["-id"]
+    show_full_result_count = False
+    inlines = [DeliveryEventInline]
+    fields = ["message", "user", "channel", "status", "reason", "reason_text", "attempts",
+              "provider", "provider_message_id", "last_error", "content", "created_at",
+              "updated_at", "next_attempt_at", "claimed_at", "sent_at", "delivered_at",
+              "opened_at", "clicked_at", "finished_at"]
+    readonly_fields = fields
+
+    @admin.display(description="status", ordering="status")
+    def status_badge(self, obj: Delivery) -> SafeString:
+        return status_badge(obj.status)
+
+    @admin.display(description="why", ordering="reason")
+    def reason_text(self, obj: Delivery) -> str:
+        return reason_label(obj.reason) or "-"
+
+
+@admin.register(InboxItem)
+class InboxItemAdmin(ReadOnlyMixin, admin.ModelAdmin):
+    list_display = ["id", "user", "type_key", "title", "created_at", "read_at", "archived_at",
+                    "feedback"]
+    list_select_related = ["user"]
+    list_filter = ["category", "feedback"]
+    search_fields = ["user__email", "user__phone", "title"]
+    ordering = ["-id"]
+    show_full_result_count = False
+    fields = ["user", "message", "delivery", "category", "type_key", "title", "body", "link",
+              "created_at", "read_at", "archived_at", "feedback", "feedback_at"]
+    readonly_fields = fields
+
+
+@admin.register(Device)
+class DeviceAdmin(admin.ModelAdmin):
+    list_display = ["id", "user", "platform", "active", "created_at", "deactivated_at",
+                    "deactivation_reason"]
+    list_select_related = ["user"]
+    list_filter = ["platform", "active"]
+    search_fields = ["user__email", "user__phone", "=token"]
+    raw_id_fields = ["user"]
+    readonly_fields = ["created_at"]
+    ordering = ["-id"]
+
+
+@admin.register(NotificationType)
+class NotificationTypeAdmin(admin.ModelAdmin):
+    """Types from notifier/catalog.py are synced after migrate: only is_active is editable."""
+
+    list_display = ["key", "name", "kind", "priority", "channel_list", "is_active",
+                    "code_defined"]
+    list_filter = ["kind", "priority", "is_active", "code_defined"]
+    search_fields = ["key", "name"]
+    fields = ["key", "name", "description", "kind", "priority", "channels", "optional_context",
+              "is_active", "code_defined", "updated_at"]
+
+    @admin.display(description="channels")
+    def channel_list(self, obj: NotificationType) -> str:
+        return ", ".join(str(c) for c in obj.channels or [])
+
+    def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> list[str]:
+        if obj is None:
+            return ["code_defined", "updated_at"]
+        if obj.code_defined:
+            return [f for f in self.fields if f != "is_active"]
+        return ["key", "code_defined", "updated_at"]
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        if obj is not None and obj.code_defined:
+            return False
+        return super().has_delete_permission(request, obj)
+

@@ -1,0 +1,115 @@
+"""Shared fixtures: real Celery worker processes on real Redis and the test PostgreSQL database."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+from django.conf import settings
+
+from channels.registry import reset_providers
+from notifier.selectors import type_cache_clear
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def wait_until(predicate: Callable[[], Any], *, timeout: float = 30.0, interval: float = 0.05,
+               message: str = "condition") -> Any:
+    """Poll until predicate() is truthy; fail the test with `message` after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {message}")
+        time.sleep(interval)
+
+
+@pytest.fixture(autouse=True)
+def _fresh_caches() -> Iterator[None]:
+    type_cache_clear()
+    reset_providers()
+    yield
+    type_cache_clear()
+    reset_providers()
+
+
+@pytest.fixture
+def redis_client() -> redis.Redis:
+    return redis.Redis.from_url(settings.CELERY_BROKER_URL)
+
+
+class WorkerProcess:
+    """A `celery worker` subprocess on the test database and the test Redis database."""
+
+    def __init__(self, *, queues: list[str], concurrency: int = 2,
+                 extra_env: dict[str, str] | None = None) -> None:
+        from notifier.celery import app
+
+        self.app = app
+        self.name = f"test-{uuid.uuid4().hex[:8]}@localhost"
+        db = settings.DATABASES["default"]
+        env = {
+            **os.environ,
+            "DJANGO_SETTINGS_MODULE": "tests.settings",
+            "DATABASE_URL": (f"postgres://{db['USER']}@{db['HOST'] or '127.0.0.1'}:"
+                             f"{db['PORT'] or 5432}/{db['NAME']}"),
+            "CELERY_BROKER_URL": settings.CELERY_BROKER_URL,
+            "REDIS_URL": settings.REDIS_URL,
+            "NOTIFIER_RETRY_BASE_S": str(settings.NOTIFIER_RETRY_BASE_S),
+            "NOTIFIER_RETRY_MAX_S": str(settings.NOTIFIER_RETRY_MAX_S),
+            **(extra_env or {}),
+        }
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "celery", "-A", "notifier", "worker",
+             "-Q", ",".join(queues), "-c", str(concurrency), "-P", "prefork",
+             "-n", self.name, "--without-gossip", "--without-mingle", "-l", "warning"],
+            cwd=ROOT, env=env,
+        )
+
+    def wait_ready(self, timeout: float = 60.0) -> None:
+        def answered() -> bool:
+            if self.process.poll() is not None:
+                raise AssertionError(f"worker exited with {self.process.returncode}")
+            return bool(self.app.control.ping(destination=[self.name], timeout=0.5))
+
+        wait_until(answered, timeout=timeout, message=f"worker {self.name} to answer ping")
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+@pytest.fixture(scope="session")
+def celery_worker_process(django_db_setup: None, django_db_blocker: Any) -> Iterator[WorkerProcess]:
+    """One real worker on every queue, shared by the integration tests of a session."""
+    from notifier.queues import ALL_QUEUES
+
+    redis.Redis.from_url(settings.CELERY_BROKER_URL).flushdb()
+    worker = WorkerProcess(queues=ALL_QUEUES)
+    try:
+        worker.wait_ready()
+        yield worker
+    finally:
+        worker.stop()
+
+
+@pytest.fixture
+def worker(celery_worker_process: WorkerProcess, transactional_db: None,
+           redis_client: redis.Redis) -> WorkerProcess:
+    """A running worker, with the test's writes committed so it can see them."""
+    return celery_worker_process
