@@ -59,14 +59,23 @@ class Content:
     link: str = ""
 
     def as_dict(self) -> dict[str, str]:
-        return {k: v for k, v in (
-            ("subject", self.subject), ("title", self.title), ("body", self.body),
-            ("html", self.html), ("link", self.link),
-        ) if v}
+        return {
+            k: v
+            for k, v in (
+                ("subject", self.subject),
+                ("title", self.title),
+                ("body", self.body),
+                ("html", self.html),
+                ("link", self.link),
+            )
+            if v
+        }
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Content:
-        return cls(**{k: str(data.get(k, "")) for k in ("subject", "title", "body", "html", "link")})
+        return cls(
+            **{k: str(data.get(k, "")) for k in ("subject", "title", "body", "html", "link")}
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,15 +130,21 @@ class SendResult:
     def transient(
         cls, provider: str, code: ErrorCode, error: str, *, retry_after_s: float | None = None
     ) -> SendResult:
-        return cls(Outcome.TRANSIENT, provider, error_code=code, error=error,
-                   retry_after_s=retry_after_s)
+        return cls(
+            Outcome.TRANSIENT, provider, error_code=code, error=error, retry_after_s=retry_after_s
+        )
 
     @classmethod
     def permanent(
         cls, provider: str, code: ErrorCode, error: str, *, deactivate: Sequence[int] = ()
     ) -> SendResult:
-        return cls(Outcome.PERMANENT, provider, error_code=code, error=error,
-                   deactivate_device_ids=tuple(deactivate))
+        return cls(
+            Outcome.PERMANENT,
+            provider,
+            error_code=code,
+            error=error,
+            deactivate_device_ids=tuple(deactivate),
+        )
 
 
 @runtime_checkable

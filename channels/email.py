@@ -7,6 +7,7 @@ refused recipients, invalid addresses).
 
 from __future__ import annotations
 
+import contextlib
 import smtplib
 import socket
 from collections.abc import Sequence
@@ -16,7 +17,7 @@ from typing import Any, ClassVar
 from django.conf import settings
 from django.core.mail import EmailMultiAlternatives, get_connection
 
-from channels.base import Channel, ErrorCode, Outgoing, SendResult, classify_http_status, Outcome
+from channels.base import Channel, ErrorCode, Outcome, Outgoing, SendResult, classify_http_status
 
 
 def _smtp_code_result(provider: str, code: int, error: str, permanent: ErrorCode) -> SendResult:
@@ -29,7 +30,9 @@ def classify_email_error(provider: str, exc: BaseException) -> SendResult:
     """Turn an SMTP or anymail exception into a typed result."""
     if isinstance(exc, smtplib.SMTPRecipientsRefused):
         codes = [code for code, _ in exc.recipients.values()]
-        detail = "; ".join(f"{addr}: {code} {msg!r}" for addr, (code, msg) in exc.recipients.items())
+        detail = "; ".join(
+            f"{addr}: {code} {msg!r}" for addr, (code, msg) in exc.recipients.items()
+        )
         if codes and all(400 <= c < 500 for c in codes):
             return SendResult.transient(provider, ErrorCode.PROVIDER_UNAVAILABLE, detail)
         return SendResult.permanent(provider, ErrorCode.INVALID_RECIPIENT, detail)
@@ -125,10 +128,8 @@ class DjangoEmailProvider:
                     continue
                 results.append(SendResult.sent(self.name, _provider_id(email)))
         finally:
-            try:
+            with contextlib.suppress(Exception):  # a broken connection may not close
                 connection.close()
-            except Exception:  # noqa: S110  (closing a broken connection may fail; sends are recorded)
-                pass
         return results
 
 

@@ -26,9 +26,15 @@ class InAppProvider:
         InboxItem.objects.bulk_create(
             [
                 InboxItem(
-                    user_id=o.user_id, message_id=o.message_id, delivery_id=o.delivery_id,
-                    category=o.category, type_key=o.type_key, title=o.content.title[:300],
-                    body=o.content.body, link=o.content.link[:2000], created_at=now,
+                    user_id=o.user_id,
+                    message_id=o.message_id,
+                    delivery_id=o.delivery_id,
+                    category=o.category,
+                    type_key=o.type_key,
+                    title=o.content.title[:300],
+                    body=o.content.body,
+                    link=o.content.link[:2000],
+                    created_at=now,
                 )
                 for o in outgoings
             ],

@@ -47,8 +47,15 @@ def classify_fcm_error(exc: BaseException) -> tuple[Outcome, ErrorCode, str]:
         return Outcome.PERMANENT, ErrorCode.DEVICE_UNREGISTERED, text
     if isinstance(exc, (messaging.QuotaExceededError, exceptions.ResourceExhaustedError)):
         return Outcome.TRANSIENT, ErrorCode.RATE_LIMITED, text
-    if isinstance(exc, (exceptions.UnavailableError, exceptions.InternalError,
-                        exceptions.DeadlineExceededError, exceptions.UnknownError)):
+    if isinstance(
+        exc,
+        (
+            exceptions.UnavailableError,
+            exceptions.InternalError,
+            exceptions.DeadlineExceededError,
+            exceptions.UnknownError,
+        ),
+    ):
         return Outcome.TRANSIENT, ErrorCode.PROVIDER_UNAVAILABLE, text
     if isinstance(exc, exceptions.FirebaseError):
         return Outcome.PERMANENT, ErrorCode.REJECTED, text
@@ -74,7 +81,9 @@ def classify_webpush_error(exc: BaseException) -> tuple[Outcome, ErrorCode, str]
     return Outcome.TRANSIENT, ErrorCode.UNEXPECTED, f"{type(exc).__name__}: {exc}"
 
 
-DeviceOutcome = tuple[PushTarget, Outcome, ErrorCode | None, str, str]  # target, outcome, code, error, id
+DeviceOutcome = tuple[
+    PushTarget, Outcome, ErrorCode | None, str, str
+]  # target, outcome, code, error, id
 
 
 class FcmWebPushProvider:
@@ -98,7 +107,7 @@ class FcmWebPushProvider:
         fcm_pairs = [(o, d) for o in outgoings for d in o.devices if d.platform in FCM_PLATFORMS]
         by_device: dict[tuple[int, int], DeviceOutcome] = {}
         for start in range(0, len(fcm_pairs), FCM_BATCH):
-            chunk = fcm_pairs[start:start + FCM_BATCH]
+            chunk = fcm_pairs[start : start + FCM_BATCH]
             for (outgoing, device), result in zip(chunk, self._send_fcm(chunk), strict=True):
                 by_device[(outgoing.delivery_id, device.device_id)] = result
         for outgoing in outgoings:
@@ -114,8 +123,16 @@ class FcmWebPushProvider:
 
     def _send_fcm(self, pairs: Sequence[tuple[Outgoing, PushTarget]]) -> list[DeviceOutcome]:
         if not settings.FCM_CREDENTIALS_FILE:
-            return [(d, Outcome.PERMANENT, ErrorCode.NOT_CONFIGURED,
-                     "FCM is not configured (FCM_CREDENTIALS_FILE)", "") for _, d in pairs]
+            return [
+                (
+                    d,
+                    Outcome.PERMANENT,
+                    ErrorCode.NOT_CONFIGURED,
+                    "FCM is not configured (FCM_CREDENTIALS_FILE)",
+                    "",
+                )
+                for _, d in pairs
+            ]
         from firebase_admin import messaging
 
         batch = [
@@ -144,14 +161,23 @@ class FcmWebPushProvider:
 
     def _send_web(self, outgoing: Outgoing, device: PushTarget) -> DeviceOutcome:
         if not settings.WEBPUSH_VAPID_PRIVATE_KEY:
-            return (device, Outcome.PERMANENT, ErrorCode.NOT_CONFIGURED,
-                    "Web Push is not configured (WEBPUSH_VAPID_PRIVATE_KEY)", "")
+            return (
+                device,
+                Outcome.PERMANENT,
+                ErrorCode.NOT_CONFIGURED,
+                "Web Push is not configured (WEBPUSH_VAPID_PRIVATE_KEY)",
+                "",
+            )
         from pywebpush import webpush
 
-        payload = json.dumps({
-            "title": outgoing.content.title, "body": outgoing.content.body,
-            "link": outgoing.content.link, "delivery_id": outgoing.delivery_id,
-        })
+        payload = json.dumps(
+            {
+                "title": outgoing.content.title,
+                "body": outgoing.content.body,
+                "link": outgoing.content.link,
+                "delivery_id": outgoing.delivery_id,
+            }
+        )
         try:
             response = webpush(
                 subscription_info={"endpoint": device.token, "keys": device.web_push_keys or {}},
@@ -167,23 +193,44 @@ class FcmWebPushProvider:
         return (device, Outcome.SENT, None, "", str(location))
 
     def _combine(self, outcomes: list[DeviceOutcome]) -> SendResult:
-        dead = [d.device_id for d, _, code, _, _ in outcomes if code is ErrorCode.DEVICE_UNREGISTERED]
+        dead = [
+            d.device_id for d, _, code, _, _ in outcomes if code is ErrorCode.DEVICE_UNREGISTERED
+        ]
         detail = {
             "devices": [
-                {"device_id": d.device_id, "platform": d.platform, "outcome": str(o),
-                 "error": err}
+                {"device_id": d.device_id, "platform": d.platform, "outcome": str(o), "error": err}
                 for d, o, _, err, _ in outcomes
             ]
         }
         sent = [pid or f"device-{d.device_id}" for d, o, _, _, pid in outcomes if o is Outcome.SENT]
         if sent:
-            return SendResult(Outcome.SENT, self.name, provider_message_id=sent[0],
-                              deactivate_device_ids=tuple(dead), detail=detail)
+            return SendResult(
+                Outcome.SENT,
+                self.name,
+                provider_message_id=sent[0],
+                deactivate_device_ids=tuple(dead),
+                detail=detail,
+            )
         errors = "; ".join(err for _, _, _, err, _ in outcomes)
         transient = [code for _, o, code, _, _ in outcomes if o is Outcome.TRANSIENT]
         if transient:
-            return SendResult(Outcome.TRANSIENT, self.name, error_code=transient[0], error=errors,
-                              deactivate_device_ids=tuple(dead), detail=detail)
-        code = ErrorCode.DEVICE_UNREGISTERED if len(dead) == len(outcomes) else ErrorCode.REJECTED
-        return SendResult(Outcome.PERMANENT, self.name, error_code=code, error=errors,
-                          deactivate_device_ids=tuple(dead), detail=detail)
+            return SendResult(
+                Outcome.TRANSIENT,
+                self.name,
+                error_code=transient[0],
+                error=errors,
+                deactivate_device_ids=tuple(dead),
+                detail=detail,
+            )
+        # Every device failed for good: DEVICE_UNREGISTERED only when all are dead, otherwise
+        # why a live one failed (REJECTED, or NOT_CONFIGURED so the pipeline can say so).
+        live = [code for _, _, code, _, _ in outcomes if code is not ErrorCode.DEVICE_UNREGISTERED]
+        code = (live[0] or ErrorCode.REJECTED) if live else ErrorCode.DEVICE_UNREGISTERED
+        return SendResult(
+            Outcome.PERMANENT,
+            self.name,
+            error_code=code,
+            error=errors,
+            deactivate_device_ids=tuple(dead),
+            detail=detail,
+        )

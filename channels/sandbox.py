@@ -31,7 +31,9 @@ def _decide(outgoing: Outgoing, provider: str) -> SendResult:
     if "fail-permanent" in recipient:
         if outgoing.channel is Channel.PUSH:
             return SendResult.permanent(
-                provider, ErrorCode.DEVICE_UNREGISTERED, "sandbox: token not registered",
+                provider,
+                ErrorCode.DEVICE_UNREGISTERED,
+                "sandbox: token not registered",
                 deactivate=[d.device_id for d in outgoing.devices],
             )
         return SendResult.permanent(
@@ -69,15 +71,21 @@ class _SandboxProvider:
                 time.sleep(latency_s)
             results.append(_decide(outgoing, self.name))
         # Written outside the pipeline's transaction, like a real provider's own records.
-        SandboxSend.objects.bulk_create([
-            SandboxSend(
-                channel=outgoing.channel, provider=self.name, delivery_id=outgoing.delivery_id,
-                message_id=outgoing.message_id, attempt=outgoing.attempt,
-                recipient=outgoing.recipient, outcome=result.outcome,
-                payload={"content": outgoing.content.as_dict(), "headers": outgoing.headers},
-            )
-            for outgoing, result in zip(outgoings, results, strict=True)
-        ])
+        SandboxSend.objects.bulk_create(
+            [
+                SandboxSend(
+                    channel=outgoing.channel,
+                    provider=self.name,
+                    delivery_id=outgoing.delivery_id,
+                    message_id=outgoing.message_id,
+                    attempt=outgoing.attempt,
+                    recipient=outgoing.recipient,
+                    outcome=result.outcome,
+                    payload={"content": outgoing.content.as_dict(), "headers": outgoing.headers},
+                )
+                for outgoing, result in zip(outgoings, results, strict=True)
+            ]
+        )
         return results
 
 

@@ -192,10 +192,16 @@ def notify(
     chosen = check_channels(channels, info)
     clean_context = check_context(context, info, chosen)
     key = check_idempotency_key(idempotency_key)
-    return message_create(row=NewMessage(
-        user_id=user_id, type_key=info.key, context=clean_context, channels=chosen,
-        lane=info.lane, idempotency_key=key,
-    ))
+    return message_create(
+        row=NewMessage(
+            user_id=user_id,
+            type_key=info.key,
+            context=clean_context,
+            channels=chosen,
+            lane=info.lane,
+            idempotency_key=key,
+        )
+    )
 
 
 @dataclass(frozen=True)
@@ -250,9 +256,15 @@ def notify_many(
             if -1 not in checked:
                 checked[-1] = check_context(shared, info, chosen)
             merged = checked[-1]
-        rows.append(NewMessage(
-            user_id=user_id, type_key=info.key, context=merged, channels=chosen, lane=info.lane,
-            idempotency_key=f"{key}:{user_id}" if key is not None else None,
-        ))
+        rows.append(
+            NewMessage(
+                user_id=user_id,
+                type_key=info.key,
+                context=merged,
+                channels=chosen,
+                lane=info.lane,
+                idempotency_key=f"{key}:{user_id}" if key is not None else None,
+            )
+        )
     written = messages_create(rows=rows)
     return BulkResult(message_ids=[m.pk for m in written.messages], created=written.created)

@@ -18,18 +18,22 @@ def check_notification_templates(app_configs: Any = None, **kwargs: Any) -> list
     for spec in all_specs():
         for channel in spec.channels:
             for missing in missing_parts(spec.key, channel):
-                errors.append(Error(
-                    f"notification type {spec.key!r} uses {channel} but has no template {missing}",
-                    hint=f"create templates/notifications/{missing}",
-                    id="notifier.E001",
-                ))
+                errors.append(
+                    Error(
+                        f"type {spec.key!r} uses {channel} but has no template {missing}",
+                        hint=f"create templates/notifications/{missing}",
+                        id="notifier.E001",
+                    )
+                )
             for path in template_files(spec.key, channel):
                 try:
                     env.parse(path.read_text(encoding="utf-8"))
                 except TemplateSyntaxError as exc:
-                    errors.append(Error(
-                        f"template {path.name} of {spec.key!r} does not parse: {exc.message}"
-                        f" (line {exc.lineno})",
-                        id="notifier.E002",
-                    ))
+                    errors.append(
+                        Error(
+                            f"template {path.name} of {spec.key!r} does not parse: {exc.message}"
+                            f" (line {exc.lineno})",
+                            id="notifier.E002",
+                        )
+                    )
     return errors

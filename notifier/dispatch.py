@@ -23,7 +23,7 @@ MAX_BROKER_COUNTDOWN_S = 300.0
 
 def chunks(ids: Sequence[int], size: int | None = None) -> list[list[int]]:
     size = size or settings.NOTIFIER_BATCH_SIZE
-    return [list(ids[start:start + size]) for start in range(0, len(ids), size)]
+    return [list(ids[start : start + size]) for start in range(0, len(ids), size)]
 
 
 def publish_prepare(message_ids: Sequence[int], lane: Lane) -> None:
@@ -33,7 +33,9 @@ def publish_prepare(message_ids: Sequence[int], lane: Lane) -> None:
         try:
             prepare_messages.apply_async(args=(batch,), queue=prepare_queue(lane))
         except Exception:
-            log.exception("could not publish prepare for %d messages; re-queue job will", len(batch))
+            log.exception(
+                "could not publish prepare for %d messages; re-queue job will", len(batch)
+            )
 
 
 def publish_deliver(
@@ -46,5 +48,6 @@ def publish_deliver(
         try:
             deliver.apply_async(args=(batch,), queue=deliver_queue(lane, channel), **options)
         except Exception:
-            log.exception("could not publish deliver for %d deliveries; re-queue job will",
-                          len(batch))
+            log.exception(
+                "could not publish deliver for %d deliveries; re-queue job will", len(batch)
+            )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 
 class NotifyError(Exception):
-    """Base of every error `notify()` and `notify_many()` raise for bad input. Nothing is written."""
+    """Base of the errors `notify()` and `notify_many()` raise for bad input; nothing is written."""
 
 
 class UnknownNotificationType(NotifyError):

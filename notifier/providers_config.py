@@ -16,13 +16,14 @@ CHANNELS = ("inapp", "email", "sms", "push")
 def providers_from_env(env: Any) -> dict[str, list[str]]:
     inferred = {
         "inapp": ["inapp"],
-        "email": ["django"] if env.str("EMAIL_URL", default="") or env.str(
-            "EMAIL_BACKEND", default=""
-        ) else ["sandbox"],
+        "email": ["django"]
+        if env.str("EMAIL_URL", default="") or env.str("EMAIL_BACKEND", default="")
+        else ["sandbox"],
         "sms": ["twilio"] if env.str("TWILIO_ACCOUNT_SID", default="") else ["sandbox"],
-        "push": ["push"] if env.str("FCM_CREDENTIALS_FILE", default="") or env.str(
-            "WEBPUSH_VAPID_PRIVATE_KEY", default=""
-        ) else ["sandbox"],
+        "push": ["push"]
+        if env.str("FCM_CREDENTIALS_FILE", default="")
+        or env.str("WEBPUSH_VAPID_PRIVATE_KEY", default="")
+        else ["sandbox"],
     }
     chosen: dict[str, list[str]] = {}
     for channel in CHANNELS:

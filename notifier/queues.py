@@ -38,7 +38,11 @@ def lane_queues(lane: Lane) -> list[str]:
     return [prepare_queue(lane)] + [deliver_queue(lane, channel) for channel in Channel]
 
 
-ALL_QUEUES: list[str] = [*lane_queues(Lane.TRANSACTIONAL), *lane_queues(Lane.BULK), MAINTENANCE_QUEUE]
+ALL_QUEUES: list[str] = [
+    *lane_queues(Lane.TRANSACTIONAL),
+    *lane_queues(Lane.BULK),
+    MAINTENANCE_QUEUE,
+]
 
 CELERY_QUEUES = [Queue(name, routing_key=name) for name in ALL_QUEUES]
 

@@ -30,8 +30,12 @@ class TypeInfo:
     @classmethod
     def of(cls, row: NotificationType) -> TypeInfo:
         return cls(
-            key=row.key, kind=row.kind, priority=row.priority, channels=tuple(row.channels),
-            optional_context=frozenset(row.optional_context), is_active=row.is_active,
+            key=row.key,
+            kind=row.kind,
+            priority=row.priority,
+            channels=tuple(row.channels),
+            optional_context=frozenset(row.optional_context),
+            is_active=row.is_active,
         )
 
 
@@ -64,10 +68,14 @@ def inbox_items(*, user_id: int, archived: bool = False) -> QuerySet[InboxItem]:
 
 
 def inbox_page(
-    *, user_id: int, limit: int, before: tuple[datetime, int] | None = None,
-    unread_only: bool = False, archived: bool = False,
+    *,
+    user_id: int,
+    limit: int,
+    before: tuple[datetime, int] | None = None,
+    unread_only: bool = False,
+    archived: bool = False,
 ) -> tuple[list[InboxItem], tuple[datetime, int] | None]:
-    """A page of newest-first items and the cursor of the next page (keyset, stable under inserts)."""
+    """Newest-first items and the next page's cursor (keyset: stable while items arrive)."""
     qs = inbox_items(user_id=user_id, archived=archived)
     if unread_only:
         qs = qs.filter(read_at__isnull=True)

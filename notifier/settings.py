@@ -67,6 +67,8 @@ TEMPLATES = [
 
 # --- Database -------------------------------------------------------------------------------
 # PostgreSQL is the source of truth in production; SQLite is only the first-run default.
+if not env.str("DATABASE_URL", default=""):
+    (BASE_DIR / "var").mkdir(exist_ok=True)
 DATABASES = {
     "default": env.db_url(
         "DATABASE_URL", default=f"sqlite:///{BASE_DIR / 'var' / 'notifier.sqlite3'}"
@@ -108,7 +110,7 @@ LOGIN_URL = "admin:login"
 # The broker only carries work; a lost broker message is recovered from PostgreSQL by the
 # re-queue job. memory:// is the embedded default (an in-process worker, see `manage.py demo`).
 REDIS_URL = env.str("REDIS_URL", default="")
-CELERY_BROKER_URL = env.str("CELERY_BROKER_URL", default=REDIS_URL or "memory://")
+CELERY_BROKER_URL = env.str("CELERY_BROKER_URL", default=REDIS_URL or "memory://localhost/")
 NOTIFIER_EMBEDDED = CELERY_BROKER_URL.startswith("memory://")
 CELERY_RESULT_BACKEND = None
 CELERY_TASK_IGNORE_RESULT = True

@@ -36,8 +36,13 @@ def prepare_messages(message_ids: list[int]) -> dict[str, int]:
 def deliver(delivery_ids: list[int]) -> dict[str, int]:
     """Send a batch of deliveries of one lane and channel."""
     report = deliveries_deliver(delivery_ids=delivery_ids)
-    return {"claimed": report.claimed, "sent": report.sent, "retried": report.retried,
-            "failed": report.failed, "skipped": report.skipped}
+    return {
+        "claimed": report.claimed,
+        "sent": report.sent,
+        "retried": report.retried,
+        "failed": report.failed,
+        "skipped": report.skipped,
+    }
 
 
 @shared_task(name="notifier.requeue_stuck_work", ignore_result=True)

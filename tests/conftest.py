@@ -21,8 +21,13 @@ from notifier.selectors import type_cache_clear
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def wait_until(predicate: Callable[[], Any], *, timeout: float = 30.0, interval: float = 0.05,
-               message: str = "condition") -> Any:
+def wait_until(
+    predicate: Callable[[], Any],
+    *,
+    timeout: float = 30.0,
+    interval: float = 0.05,
+    message: str = "condition",
+) -> Any:
     """Poll until predicate() is truthy; fail the test with `message` after `timeout` seconds."""
     deadline = time.monotonic() + timeout
     while True:
@@ -51,8 +56,9 @@ def redis_client() -> redis.Redis:
 class WorkerProcess:
     """A `celery worker` subprocess on the test database and the test Redis database."""
 
-    def __init__(self, *, queues: list[str], concurrency: int = 2,
-                 extra_env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, *, queues: list[str], concurrency: int = 2, extra_env: dict[str, str] | None = None
+    ) -> None:
         from notifier.celery import app
 
         self.app = app
@@ -61,8 +67,10 @@ class WorkerProcess:
         env = {
             **os.environ,
             "DJANGO_SETTINGS_MODULE": "tests.settings",
-            "DATABASE_URL": (f"postgres://{db['USER']}@{db['HOST'] or '127.0.0.1'}:"
-                             f"{db['PORT'] or 5432}/{db['NAME']}"),
+            "DATABASE_URL": (
+                f"postgres://{db['USER']}@{db['HOST'] or '127.0.0.1'}:"
+                f"{db['PORT'] or 5432}/{db['NAME']}"
+            ),
             "CELERY_BROKER_URL": settings.CELERY_BROKER_URL,
             "REDIS_URL": settings.REDIS_URL,
             "NOTIFIER_RETRY_BASE_S": str(settings.NOTIFIER_RETRY_BASE_S),
@@ -70,10 +78,28 @@ class WorkerProcess:
             **(extra_env or {}),
         }
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", "notifier", "worker",
-             "-Q", ",".join(queues), "-c", str(concurrency), "-P", "prefork",
-             "-n", self.name, "--without-gossip", "--without-mingle", "-l", "warning"],
-            cwd=ROOT, env=env,
+            [
+                sys.executable,
+                "-m",
+                "celery",
+                "-A",
+                "notifier",
+                "worker",
+                "-Q",
+                ",".join(queues),
+                "-c",
+                str(concurrency),
+                "-P",
+                "prefork",
+                "-n",
+                self.name,
+                "--without-gossip",
+                "--without-mingle",
+                "-l",
+                "warning",
+            ],
+            cwd=ROOT,
+            env=env,
         )
 
     def wait_ready(self, timeout: float = 60.0) -> None:
@@ -109,7 +135,8 @@ def celery_worker_process(django_db_setup: None, django_db_blocker: Any) -> Iter
 
 
 @pytest.fixture
-def worker(celery_worker_process: WorkerProcess, transactional_db: None,
-           redis_client: redis.Redis) -> WorkerProcess:
+def worker(
+    celery_worker_process: WorkerProcess, transactional_db: None, redis_client: redis.Redis
+) -> WorkerProcess:
     """A running worker, with the test's writes committed so it can see them."""
     return celery_worker_process

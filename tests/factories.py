@@ -34,6 +34,9 @@ class DeviceFactory(factory.django.DjangoModelFactory):
 def order_context(**overrides: str) -> dict[str, str]:
     """A complete context for order.shipped."""
     return {
-        "order_number": "A1001", "carrier": "SF Express", "eta": "Tuesday",
-        "tracking_url": "https://example.com/track/A1001", **overrides,
+        "order_number": "A1001",
+        "carrier": "SF Express",
+        "eta": "Tuesday",
+        "tracking_url": "https://example.com/track/A1001",
+        **overrides,
     }

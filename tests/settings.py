@@ -12,7 +12,7 @@ os.environ.setdefault("CELERY_BROKER_URL", os.environ["REDIS_URL"])
 os.environ.setdefault("NOTIFIER_RETRY_BASE_S", "0.2")
 os.environ.setdefault("NOTIFIER_RETRY_MAX_S", "2")
 
-from notifier.settings import *  # noqa: E402,F403
+from notifier.settings import *  # noqa: F403
 
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 EMAIL_BACKEND = "django.core.mail.backends.locmem.EmailBackend"

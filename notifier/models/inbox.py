@@ -35,11 +35,13 @@ class InboxItem(models.Model):
     class Meta:
         indexes = [
             models.Index(
-                fields=["user", "-created_at", "-id"], name="inbox_user_listing_idx",
+                fields=["user", "-created_at", "-id"],
+                name="inbox_user_listing_idx",
                 condition=Q(archived_at__isnull=True),
             ),
             models.Index(
-                fields=["user"], name="inbox_user_unread_idx",
+                fields=["user"],
+                name="inbox_user_unread_idx",
                 condition=Q(read_at__isnull=True, archived_at__isnull=True),
             ),
         ]

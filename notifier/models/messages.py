@@ -25,7 +25,10 @@ class Message(models.Model):
     lane = models.CharField(max_length=20)
     idempotency_key = models.CharField(max_length=255, null=True, blank=True, unique=True)
     campaign = models.ForeignKey(
-        "campaigns.Campaign", null=True, blank=True, on_delete=models.SET_NULL,
+        "campaigns.Campaign",
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
         related_name="messages",
     )
     created_at = models.DateTimeField(db_index=True)
@@ -36,7 +39,8 @@ class Message(models.Model):
             models.Index(fields=["user", "-created_at"], name="message_user_created_idx"),
             # The re-queue job's scan for messages whose prepare task was lost.
             models.Index(
-                fields=["created_at"], name="message_unrouted_idx",
+                fields=["created_at"],
+                name="message_unrouted_idx",
                 condition=Q(routed_at__isnull=True),
             ),
         ]
@@ -81,11 +85,13 @@ class Delivery(models.Model):
             models.Index(fields=["user", "-created_at"], name="delivery_user_created_idx"),
             # The re-queue job's scans of work a lost broker message may have left behind.
             models.Index(
-                fields=["status", "next_attempt_at"], name="delivery_due_idx",
+                fields=["status", "next_attempt_at"],
+                name="delivery_due_idx",
                 condition=Q(status__in=["queued", "sending", "held"]),
             ),
             models.Index(
-                fields=["provider", "provider_message_id"], name="delivery_provider_ref_idx",
+                fields=["provider", "provider_message_id"],
+                name="delivery_provider_ref_idx",
                 condition=~Q(provider_message_id=""),
             ),
             models.Index(fields=["status", "reason"], name="delivery_status_reason_idx"),

@@ -47,11 +47,16 @@ def normalize_phone(value: str, default_region: str | None = None) -> str:
 
 class User(AbstractUser):
     phone = models.CharField(
-        max_length=20, blank=True, default="", validators=[validate_e164],
+        max_length=20,
+        blank=True,
+        default="",
+        validators=[validate_e164],
         help_text="E.164, e.g. +8613800138000",
     )
     time_zone = models.CharField(
-        max_length=64, default="UTC", validators=[validate_time_zone],
+        max_length=64,
+        default="UTC",
+        validators=[validate_time_zone],
         help_text="IANA name, e.g. Asia/Shanghai; quiet hours follow it",
     )
     locale = models.CharField(max_length=16, default="en", help_text="e.g. en, zh-hans")

@@ -53,8 +53,9 @@ def after_attempt(
     if result.outcome is Outcome.SENT:
         return AttemptDecision(Verdict.SENT)
     if result.outcome is Outcome.PERMANENT:
-        reason = PERMANENT_REASONS.get(result.error_code or ErrorCode.REJECTED,
-                                       Reason.PROVIDER_REJECTED)
+        reason = PERMANENT_REASONS.get(
+            result.error_code or ErrorCode.REJECTED, Reason.PROVIDER_REJECTED
+        )
         return AttemptDecision(Verdict.FAIL, reason)
     if attempt >= policy.max_attempts:
         return AttemptDecision(Verdict.FAIL, Reason.RETRIES_EXHAUSTED)

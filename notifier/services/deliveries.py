@@ -53,8 +53,14 @@ def retry_policy() -> RetryPolicy:
 
 
 def delivery_move(
-    delivery_id: int, to: DeliveryStatus, *, kind: EventKind, reason: str = "",
-    error: str = "", detail: dict[str, object] | None = None, at: datetime | None = None,
+    delivery_id: int,
+    to: DeliveryStatus,
+    *,
+    kind: EventKind,
+    reason: str = "",
+    error: str = "",
+    detail: dict[str, object] | None = None,
+    at: datetime | None = None,
     **fields: object,
 ) -> bool:
     """Move one delivery to `to` if the state machine allows it from its current status.
@@ -66,22 +72,38 @@ def delivery_move(
     updates: dict[str, object] = {"status": to, "updated_at": at, **fields}
     if reason or to in (S.FAILED, S.SUPPRESSED, S.CANCELLED):
         updates["reason"] = reason
-    stamp = {S.SENT: "sent_at", S.DELIVERED: "delivered_at", S.OPENED: "opened_at",
-             S.READ: "opened_at", S.CLICKED: "clicked_at"}.get(to)
+    stamp = {
+        S.SENT: "sent_at",
+        S.DELIVERED: "delivered_at",
+        S.OPENED: "opened_at",
+        S.READ: "opened_at",
+        S.CLICKED: "clicked_at",
+    }.get(to)
     if stamp:
         updates.setdefault(stamp, at)
     with transaction.atomic():
         moved = Delivery.objects.filter(pk=delivery_id, status__in=sources_of(to)).update(**updates)
         if moved:
             DeliveryEvent.objects.create(
-                delivery_id=delivery_id, at=at, kind=kind, status=to, reason=reason,
-                error=error, detail=detail or {},
+                delivery_id=delivery_id,
+                at=at,
+                kind=kind,
+                status=to,
+                reason=reason,
+                error=error,
+                detail=detail or {},
             )
     return bool(moved)
 
 
-def delivery_advance(delivery_id: int, to: DeliveryStatus, *, kind: EventKind,
-                     at: datetime | None = None, detail: dict[str, object] | None = None) -> bool:
+def delivery_advance(
+    delivery_id: int,
+    to: DeliveryStatus,
+    *,
+    kind: EventKind,
+    at: datetime | None = None,
+    detail: dict[str, object] | None = None,
+) -> bool:
     """Move forward along the engagement order only: a late 'delivered' never undoes 'clicked'."""
     if to not in ENGAGEMENT_RANK:
         raise ValueError(f"{to} is not an engagement status")
@@ -120,13 +142,19 @@ def _claim(delivery_ids: Sequence[int], now: datetime) -> list[int]:
 def _outgoing(delivery: Delivery, devices: list[Device]) -> Outgoing:
     message: Message = delivery.message
     return Outgoing(
-        delivery_id=delivery.pk, message_id=delivery.message_id, user_id=delivery.user_id,
-        channel=Channel(delivery.channel), type_key=message.type_id,
-        content=Content.from_dict(delivery.content), attempt=delivery.attempts,
-        email=delivery.user.email, phone=delivery.user.phone,
+        delivery_id=delivery.pk,
+        message_id=delivery.message_id,
+        user_id=delivery.user_id,
+        channel=Channel(delivery.channel),
+        type_key=message.type_id,
+        content=Content.from_dict(delivery.content),
+        attempt=delivery.attempts,
+        email=delivery.user.email,
+        phone=delivery.user.phone,
         devices=tuple(
-            PushTarget(device_id=d.pk, platform=d.platform, token=d.token,
-                       web_push_keys=d.web_push_keys)
+            PushTarget(
+                device_id=d.pk, platform=d.platform, token=d.token, web_push_keys=d.web_push_keys
+            )
             for d in devices
         ),
         category=message.type.kind,
@@ -136,8 +164,9 @@ def _outgoing(delivery: Delivery, devices: list[Device]) -> Outgoing:
 def _precheck(outgoing: Outgoing) -> SendResult | None:
     """Contact points can vanish between route and deliver; don't call a provider for nothing."""
     if outgoing.channel is Channel.PUSH and not outgoing.devices:
-        return SendResult.permanent("pipeline", ErrorCode.DEVICE_UNREGISTERED,
-                                    "no active device left")
+        return SendResult.permanent(
+            "pipeline", ErrorCode.DEVICE_UNREGISTERED, "no active device left"
+        )
     if outgoing.channel is Channel.EMAIL and not outgoing.email:
         return SendResult.permanent("pipeline", ErrorCode.INVALID_RECIPIENT, "email removed")
     if outgoing.channel is Channel.SMS and not outgoing.phone:
@@ -154,19 +183,28 @@ def _send(channel: Channel, outgoings: list[Outgoing]) -> list[SendResult]:
         try:
             sent = provider.send_many(to_send)
             if len(sent) != len(to_send):
-                raise RuntimeError(f"{provider.name} returned {len(sent)} results for "
-                                   f"{len(to_send)} messages")
+                raise RuntimeError(
+                    f"{provider.name} returned {len(sent)} results for {len(to_send)} messages"
+                )
         except Exception as exc:
             log.exception("provider %s raised", provider.name)
-            sent = [SendResult.transient(provider.name, ErrorCode.UNEXPECTED,
-                                         f"{type(exc).__name__}: {exc}")] * len(to_send)
+            sent = [
+                SendResult.transient(
+                    provider.name, ErrorCode.UNEXPECTED, f"{type(exc).__name__}: {exc}"
+                )
+            ] * len(to_send)
         answers = iter(sent)
         results = [r if r is not None else next(answers) for r in results]
     return [r for r in results if r is not None]
 
 
-def _record(deliveries: list[Delivery], results: list[SendResult], now: datetime,
-            report: DeliverReport, rng: random.Random | None = None) -> None:
+def _record(
+    deliveries: list[Delivery],
+    results: list[SendResult],
+    now: datetime,
+    report: DeliverReport,
+    rng: random.Random | None = None,
+) -> None:
     policy = retry_policy()
     events: list[DeliveryEvent] = []
     dead_devices: set[int] = set()
@@ -184,33 +222,61 @@ def _record(deliveries: list[Delivery], results: list[SendResult], now: datetime
         elif decision.verdict is Verdict.RETRY:
             check_move(S.SENDING, S.QUEUED)
             delivery.status, delivery.reason, delivery.last_error = (
-                S.QUEUED, decision.reason or "", result.error)
+                S.QUEUED,
+                decision.reason or "",
+                result.error,
+            )
             delivery.next_attempt_at = now + timedelta(seconds=decision.delay_s)
             report.retried += 1
             report.retries.append((delivery.pk, decision.delay_s))
         else:
             check_move(S.SENDING, S.FAILED)
             delivery.status, delivery.reason, delivery.last_error = (
-                S.FAILED, decision.reason or "", result.error)
+                S.FAILED,
+                decision.reason or "",
+                result.error,
+            )
             delivery.finished_at = now
             report.failed += 1
-        events.append(DeliveryEvent(
-            delivery_id=delivery.pk, at=now, kind=EventKind.ATTEMPT, status=delivery.status,
-            reason=delivery.reason, attempt=delivery.attempts, provider=result.provider,
-            error=result.error,
-            detail={k: v for k, v in {
-                "outcome": str(result.outcome),
-                "error_code": str(result.error_code) if result.error_code else None,
-                "provider_message_id": result.provider_message_id or None,
-                "retry_in_s": round(decision.delay_s, 2) if decision.delay_s else None,
-                **result.detail,
-            }.items() if v is not None},
-        ))
+        events.append(
+            DeliveryEvent(
+                delivery_id=delivery.pk,
+                at=now,
+                kind=EventKind.ATTEMPT,
+                status=delivery.status,
+                reason=delivery.reason,
+                attempt=delivery.attempts,
+                provider=result.provider,
+                error=result.error,
+                detail={
+                    k: v
+                    for k, v in {
+                        "outcome": str(result.outcome),
+                        "error_code": str(result.error_code) if result.error_code else None,
+                        "provider_message_id": result.provider_message_id or None,
+                        "retry_in_s": round(decision.delay_s, 2) if decision.delay_s else None,
+                        **result.detail,
+                    }.items()
+                    if v is not None
+                },
+            )
+        )
     # Guarded by status: a row whose claim expired and was taken over is not overwritten.
-    Delivery.objects.filter(status=S.SENDING).bulk_update(deliveries, [
-        "status", "reason", "last_error", "provider", "provider_message_id", "updated_at",
-        "claimed_at", "next_attempt_at", "sent_at", "finished_at",
-    ])
+    Delivery.objects.filter(status=S.SENDING).bulk_update(
+        deliveries,
+        [
+            "status",
+            "reason",
+            "last_error",
+            "provider",
+            "provider_message_id",
+            "updated_at",
+            "claimed_at",
+            "next_attempt_at",
+            "sent_at",
+            "finished_at",
+        ],
+    )
     DeliveryEvent.objects.bulk_create(events)
     if dead_devices:
         Device.objects.filter(pk__in=dead_devices, active=True).update(
@@ -227,7 +293,8 @@ def deliveries_deliver(*, delivery_ids: Sequence[int]) -> DeliverReport:
     if not claimed:
         return report
     deliveries = list(
-        Delivery.objects.filter(pk__in=claimed).select_related("user", "message__type")
+        Delivery.objects.filter(pk__in=claimed)
+        .select_related("user", "message__type")
         .order_by("pk")
     )
     push_users = [d.user_id for d in deliveries if d.channel == Channel.PUSH]
@@ -290,7 +357,8 @@ def requeue_stuck_work(*, now: datetime | None = None, limit: int = 5000) -> Req
 
     unrouted = list(
         Message.objects.filter(routed_at__isnull=True, created_at__lt=stale)
-        .order_by("created_at").values_list("pk", "lane")[:limit]
+        .order_by("created_at")
+        .values_list("pk", "lane")[:limit]
     )
     by_lane: dict[Lane, list[int]] = defaultdict(list)
     for pk, lane in unrouted:
@@ -305,26 +373,52 @@ def requeue_stuck_work(*, now: datetime | None = None, limit: int = 5000) -> Req
             .filter(status=S.SENDING, claimed_at__lt=expired)
             .values_list("pk", "channel", "message__lane", "attempts")[:limit]
         )
-        retry = [(pk, ch, lane) for pk, ch, lane, attempts in claims
-                 if attempts < settings.NOTIFIER_MAX_ATTEMPTS]
-        exhausted = [pk for pk, _, _, attempts in claims
-                     if attempts >= settings.NOTIFIER_MAX_ATTEMPTS]
+        retry = [
+            (pk, ch, lane)
+            for pk, ch, lane, attempts in claims
+            if attempts < settings.NOTIFIER_MAX_ATTEMPTS
+        ]
+        exhausted = [
+            pk for pk, _, _, attempts in claims if attempts >= settings.NOTIFIER_MAX_ATTEMPTS
+        ]
         if retry:
             Delivery.objects.filter(pk__in=[r[0] for r in retry]).update(
-                status=S.QUEUED, reason=Reason.CLAIM_EXPIRED, claimed_at=None,
-                next_attempt_at=now, updated_at=now,
+                status=S.QUEUED,
+                reason=Reason.CLAIM_EXPIRED,
+                claimed_at=None,
+                next_attempt_at=now,
+                updated_at=now,
             )
         if exhausted:
             Delivery.objects.filter(pk__in=exhausted).update(
-                status=S.FAILED, reason=Reason.RETRIES_EXHAUSTED, claimed_at=None,
+                status=S.FAILED,
+                reason=Reason.RETRIES_EXHAUSTED,
+                claimed_at=None,
                 last_error="the worker stopped mid-send on every attempt",
-                finished_at=now, updated_at=now,
+                finished_at=now,
+                updated_at=now,
             )
         DeliveryEvent.objects.bulk_create(
-            [DeliveryEvent(delivery_id=pk, at=now, kind=EventKind.REQUEUED, status=S.QUEUED,
-                           reason=Reason.CLAIM_EXPIRED) for pk, _, _ in retry]
-            + [DeliveryEvent(delivery_id=pk, at=now, kind=EventKind.REQUEUED, status=S.FAILED,
-                             reason=Reason.RETRIES_EXHAUSTED) for pk in exhausted]
+            [
+                DeliveryEvent(
+                    delivery_id=pk,
+                    at=now,
+                    kind=EventKind.REQUEUED,
+                    status=S.QUEUED,
+                    reason=Reason.CLAIM_EXPIRED,
+                )
+                for pk, _, _ in retry
+            ]
+            + [
+                DeliveryEvent(
+                    delivery_id=pk,
+                    at=now,
+                    kind=EventKind.REQUEUED,
+                    status=S.FAILED,
+                    reason=Reason.RETRIES_EXHAUSTED,
+                )
+                for pk in exhausted
+            ]
         )
         _publish_grouped(retry)
     report.expired_claims, report.exhausted = len(retry), len(exhausted)
@@ -339,11 +433,18 @@ def requeue_stuck_work(*, now: datetime | None = None, limit: int = 5000) -> Req
         Delivery.objects.filter(pk__in=[pk for pk, _, _ in overdue]).update(
             next_attempt_at=now, updated_at=now
         )
-        DeliveryEvent.objects.bulk_create([
-            DeliveryEvent(delivery_id=pk, at=now, kind=EventKind.REQUEUED, status=S.QUEUED,
-                          detail={"why": "its deliver task was overdue, presumed lost"})
-            for pk, _, _ in overdue
-        ])
+        DeliveryEvent.objects.bulk_create(
+            [
+                DeliveryEvent(
+                    delivery_id=pk,
+                    at=now,
+                    kind=EventKind.REQUEUED,
+                    status=S.QUEUED,
+                    detail={"why": "its deliver task was overdue, presumed lost"},
+                )
+                for pk, _, _ in overdue
+            ]
+        )
         _publish_grouped(overdue)
     report.queued = len(overdue)
     return report

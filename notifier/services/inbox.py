@@ -27,8 +27,9 @@ def inbox_mark_read(*, user_id: int, item_id: int) -> InboxItem:
     with transaction.atomic():
         if InboxItem.objects.filter(pk=item.pk, read_at__isnull=True).update(read_at=now):
             item.read_at = now
-            delivery_advance(item.delivery_id, DeliveryStatus.READ, kind=EventKind.ENGAGEMENT,
-                             at=now)
+            delivery_advance(
+                item.delivery_id, DeliveryStatus.READ, kind=EventKind.ENGAGEMENT, at=now
+            )
     return item
 
 
@@ -41,17 +42,25 @@ def inbox_mark_all_read(*, user_id: int) -> int:
         delivery_ids = list(unread.values_list("delivery_id", flat=True))
         count = InboxItem.objects.filter(delivery_id__in=delivery_ids).update(read_at=now)
         moving = list(
-            Delivery.objects.filter(pk__in=delivery_ids, status__in=sources_of(DeliveryStatus.READ))
-            .values_list("pk", flat=True)
+            Delivery.objects.filter(
+                pk__in=delivery_ids, status__in=sources_of(DeliveryStatus.READ)
+            ).values_list("pk", flat=True)
         )
         Delivery.objects.filter(pk__in=moving).update(
             status=DeliveryStatus.READ, opened_at=now, updated_at=now
         )
-        DeliveryEvent.objects.bulk_create([
-            DeliveryEvent(delivery_id=pk, at=now, kind=EventKind.ENGAGEMENT,
-                          status=DeliveryStatus.READ, detail={"via": "mark all read"})
-            for pk in moving
-        ])
+        DeliveryEvent.objects.bulk_create(
+            [
+                DeliveryEvent(
+                    delivery_id=pk,
+                    at=now,
+                    kind=EventKind.ENGAGEMENT,
+                    status=DeliveryStatus.READ,
+                    detail={"via": "mark all read"},
+                )
+                for pk in moving
+            ]
+        )
     return count
 
 
@@ -73,7 +82,10 @@ def inbox_feedback(*, user_id: int, item_id: int, feedback: Feedback) -> InboxIt
         InboxItem.objects.filter(pk=item.pk).update(feedback=feedback, feedback_at=now)
         status = Delivery.objects.values_list("status", flat=True).get(pk=item.delivery_id)
         DeliveryEvent.objects.create(
-            delivery_id=item.delivery_id, at=now, kind=EventKind.ENGAGEMENT, status=status,
+            delivery_id=item.delivery_id,
+            at=now,
+            kind=EventKind.ENGAGEMENT,
+            status=status,
             detail={"feedback": str(feedback)},
         )
     item.feedback, item.feedback_at = feedback, now

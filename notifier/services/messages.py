@@ -10,9 +10,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from functools import partial
-from typing import Any
+from typing import Any, cast
 
 from django.db import connection, transaction
+from django.db.models import Field
 from django.utils import timezone
 
 from notifier import dispatch
@@ -20,8 +21,16 @@ from notifier.errors import IdempotencyKeyReused
 from notifier.models import Message
 from notifier.queues import Lane
 
-COLUMNS = ("user", "type", "context", "channels", "lane", "idempotency_key", "campaign",
-           "created_at")
+COLUMNS = (
+    "user",
+    "type",
+    "context",
+    "channels",
+    "lane",
+    "idempotency_key",
+    "campaign",
+    "created_at",
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,19 +50,27 @@ def _insert_returning(rows: Sequence[NewMessage], now: datetime) -> dict[int, in
     One statement whatever the batch size; a row whose idempotency key exists already (or is
     being inserted by a concurrent transaction, which we then wait for) is skipped, not an error.
     """
-    fields = [Message._meta.get_field(name) for name in COLUMNS]
+    fields = [cast("Field[Any, Any]", Message._meta.get_field(name)) for name in COLUMNS]
     qn = connection.ops.quote_name
     values_sql = "(" + ", ".join(["%s"] * len(fields)) + ")"
     sql = (
         f"INSERT INTO {qn(Message._meta.db_table)} "
-        f"({', '.join(qn(f.column) for f in fields)}) "
+        f"({', '.join(qn(f.get_attname_column()[1]) for f in fields)}) "
         f"VALUES {', '.join([values_sql] * len(rows))} "
         f"ON CONFLICT DO NOTHING RETURNING {qn('id')}, {qn('idempotency_key')}, {qn('user_id')}"
     )
     params: list[Any] = []
     for row in rows:
-        raw = (row.user_id, row.type_key, row.context, row.channels, str(row.lane),
-               row.idempotency_key, row.campaign_id, now)
+        raw = (
+            row.user_id,
+            row.type_key,
+            row.context,
+            row.channels,
+            str(row.lane),
+            row.idempotency_key,
+            row.campaign_id,
+            now,
+        )
         params.extend(f.get_db_prep_save(v, connection) for f, v in zip(fields, raw, strict=True))
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
@@ -77,9 +94,15 @@ def _insert_returning(rows: Sequence[NewMessage], now: datetime) -> dict[int, in
 
 def _as_instance(row: NewMessage, pk: int, now: datetime) -> Message:
     message = Message(
-        id=pk, user_id=row.user_id, type_id=row.type_key, context=row.context,
-        channels=row.channels, lane=str(row.lane), idempotency_key=row.idempotency_key,
-        campaign_id=row.campaign_id, created_at=now,
+        id=pk,
+        user_id=row.user_id,
+        type_id=row.type_key,
+        context=row.context,
+        channels=row.channels,
+        lane=str(row.lane),
+        idempotency_key=row.idempotency_key,
+        campaign_id=row.campaign_id,
+        created_at=now,
     )
     message._state.adding = False
     message._state.db = "default"
@@ -92,8 +115,10 @@ def _existing_by_key(rows: Sequence[NewMessage]) -> dict[str, Message]:
     existing = {m.idempotency_key: m for m in found if m.idempotency_key is not None}
     for row in rows:
         message = existing.get(row.idempotency_key or "")
-        if message is not None and (message.user_id, message.type_id) != (row.user_id,
-                                                                           row.type_key):
+        if message is not None and (message.user_id, message.type_id) != (
+            row.user_id,
+            row.type_key,
+        ):
             raise IdempotencyKeyReused(
                 f"idempotency key {row.idempotency_key!r} already belongs to message "
                 f"#{message.pk} ({message.type_id} for user {message.user_id}); "
@@ -116,7 +141,7 @@ def messages_create(*, rows: Sequence[NewMessage]) -> Written:
     created: dict[int, Message] = {}
     with transaction.atomic():
         for start in range(0, len(rows), 1000):
-            batch = rows[start:start + 1000]
+            batch = rows[start : start + 1000]
             for index, pk in _insert_returning(batch, now).items():
                 created[start + index] = _as_instance(batch[index], pk, now)
         leftovers = [row for index, row in enumerate(rows) if index not in created]

@@ -32,14 +32,17 @@ log = logging.getLogger(__name__)
 
 def recipient_of(user: User, active_devices: int) -> Recipient:
     return Recipient(
-        is_active=user.is_active, email=user.email, phone=user.phone,
+        is_active=user.is_active,
+        email=user.email,
+        phone=user.phone,
         active_devices=active_devices,
     )
 
 
 def user_template_values(user: User) -> dict[str, Any]:
     return {
-        "first_name": user.first_name, "last_name": user.last_name,
+        "first_name": user.first_name,
+        "last_name": user.last_name,
         "name": user.get_full_name() or user.first_name or user.username,
         "locale": user.locale,
     }
@@ -49,14 +52,18 @@ def message_route(message: Message, recipient: Recipient) -> dict[Channel, Route
     info = TypeInfo.of(message.type)
     return {
         Channel(channel): decide_channel(
-            Channel(channel), recipient,
-            type_channels=frozenset(info.channels), type_active=info.is_active,
+            Channel(channel),
+            recipient,
+            type_channels=frozenset(info.channels),
+            type_active=info.is_active,
         )
         for channel in message.channels
     }
 
 
-def message_generate(message: Message, channels: Sequence[Channel]) -> dict[Channel, Content | RenderError]:
+def message_generate(
+    message: Message, channels: Sequence[Channel]
+) -> dict[Channel, Content | RenderError]:
     context = template_context(message.context, user_template_values(message.user))
     rendered: dict[Channel, Content | RenderError] = {}
     for channel in channels:
@@ -68,18 +75,32 @@ def message_generate(message: Message, channels: Sequence[Channel]) -> dict[Chan
     return rendered
 
 
-def _delivery_for(message: Message, channel: Channel, decision: RouteDecision,
-                  content: Content | RenderError | None, now: datetime) -> Delivery:
+def _delivery_for(
+    message: Message,
+    channel: Channel,
+    decision: RouteDecision,
+    content: Content | RenderError | None,
+    now: datetime,
+) -> Delivery:
     delivery = Delivery(
-        message_id=message.pk, user_id=message.user_id, channel=channel,
-        created_at=now, updated_at=now,
+        message_id=message.pk,
+        user_id=message.user_id,
+        channel=channel,
+        created_at=now,
+        updated_at=now,
     )
     if not decision.sends:
         delivery.status, delivery.reason, delivery.finished_at = (
-            DeliveryStatus.SUPPRESSED, decision.reason or "", now)
+            DeliveryStatus.SUPPRESSED,
+            decision.reason or "",
+            now,
+        )
     elif isinstance(content, RenderError):
         delivery.status, delivery.reason, delivery.finished_at = (
-            DeliveryStatus.FAILED, Reason.RENDER_FAILED, now)
+            DeliveryStatus.FAILED,
+            Reason.RENDER_FAILED,
+            now,
+        )
         delivery.last_error = str(content)
     else:
         assert content is not None
@@ -102,10 +123,15 @@ def messages_prepare(*, message_ids: Sequence[int]) -> Counter[str]:
         if not messages:
             return written
         push_users = [m.user_id for m in messages if Channel.PUSH in m.channels]
-        devices = Counter(
-            Device.objects.filter(user_id__in=push_users, active=True)
-            .values_list("user_id", flat=True)
-        ) if push_users else Counter()
+        devices = (
+            Counter(
+                Device.objects.filter(user_id__in=push_users, active=True).values_list(
+                    "user_id", flat=True
+                )
+            )
+            if push_users
+            else Counter()
+        )
 
         deliveries: list[Delivery] = []
         for message in messages:
@@ -116,11 +142,19 @@ def messages_prepare(*, message_ids: Sequence[int]) -> Counter[str]:
                 for channel, decision in decisions.items()
             ]
         Delivery.objects.bulk_create(deliveries)
-        DeliveryEvent.objects.bulk_create([
-            DeliveryEvent(delivery_id=d.pk, at=now, kind=EventKind.ROUTED, status=d.status,
-                          reason=d.reason, error=d.last_error)
-            for d in deliveries
-        ])
+        DeliveryEvent.objects.bulk_create(
+            [
+                DeliveryEvent(
+                    delivery_id=d.pk,
+                    at=now,
+                    kind=EventKind.ROUTED,
+                    status=d.status,
+                    reason=d.reason,
+                    error=d.last_error,
+                )
+                for d in deliveries
+            ]
+        )
         Message.objects.filter(pk__in=[m.pk for m in messages]).update(routed_at=now)
 
         lanes = {m.pk: Lane(m.lane) for m in messages}
@@ -130,6 +164,7 @@ def messages_prepare(*, message_ids: Sequence[int]) -> Counter[str]:
             if d.status == DeliveryStatus.QUEUED:
                 to_send[(lanes[d.message_id], Channel(d.channel))].append(d.pk)
         for (lane, channel), ids in to_send.items():
-            transaction.on_commit(partial(dispatch.publish_deliver, ids, lane, channel),
-                                  robust=True)
+            transaction.on_commit(
+                partial(dispatch.publish_deliver, ids, lane, channel), robust=True
+            )
     return written

@@ -61,6 +61,11 @@ def api(view: View) -> View:
     return wrapped
 
 
+def _user_id(request: HttpRequest) -> int:
+    assert request.user.pk is not None  # `api` let only logged-in users through
+    return int(request.user.pk)
+
+
 def item_json(item: InboxItem) -> dict[str, Any]:
     return {
         "id": item.pk,
@@ -109,34 +114,39 @@ def inbox_list(request: HttpRequest) -> JsonResponse:
     if not 1 <= limit <= MAX_LIMIT:
         raise BadRequest(f"limit must be between 1 and {MAX_LIMIT}")
     cursor = decode_cursor(request.GET["cursor"]) if request.GET.get("cursor") else None
-    user_id = int(request.user.pk)
+    user_id = _user_id(request)
     items, next_cursor = inbox_page(
-        user_id=user_id, limit=limit, before=cursor,
-        unread_only=_flag(request, "unread"), archived=_flag(request, "archived"),
+        user_id=user_id,
+        limit=limit,
+        before=cursor,
+        unread_only=_flag(request, "unread"),
+        archived=_flag(request, "archived"),
     )
-    return JsonResponse({
-        "items": [item_json(item) for item in items],
-        "next_cursor": encode_cursor(next_cursor),
-        "unread_count": inbox_unread_count(user_id=user_id),
-    })
+    return JsonResponse(
+        {
+            "items": [item_json(item) for item in items],
+            "next_cursor": encode_cursor(next_cursor),
+            "unread_count": inbox_unread_count(user_id=user_id),
+        }
+    )
 
 
 @require_GET
 @api
 def inbox_unread(request: HttpRequest) -> JsonResponse:
-    return JsonResponse({"unread_count": inbox_unread_count(user_id=int(request.user.pk))})
+    return JsonResponse({"unread_count": inbox_unread_count(user_id=_user_id(request))})
 
 
 @require_POST
 @api
 def inbox_read(request: HttpRequest, item_id: int) -> JsonResponse:
-    return JsonResponse(item_json(inbox_mark_read(user_id=int(request.user.pk), item_id=item_id)))
+    return JsonResponse(item_json(inbox_mark_read(user_id=_user_id(request), item_id=item_id)))
 
 
 @require_POST
 @api
 def inbox_read_all(request: HttpRequest) -> JsonResponse:
-    user_id = int(request.user.pk)
+    user_id = _user_id(request)
     count = inbox_mark_all_read(user_id=user_id)
     return JsonResponse({"marked_read": count, "unread_count": inbox_unread_count(user_id=user_id)})
 
@@ -144,7 +154,7 @@ def inbox_read_all(request: HttpRequest) -> JsonResponse:
 @require_POST
 @api
 def inbox_archive_item(request: HttpRequest, item_id: int) -> JsonResponse:
-    return JsonResponse(item_json(inbox_archive(user_id=int(request.user.pk), item_id=item_id)))
+    return JsonResponse(item_json(inbox_archive(user_id=_user_id(request), item_id=item_id)))
 
 
 @require_POST
@@ -157,5 +167,5 @@ def inbox_give_feedback(request: HttpRequest, item_id: int) -> JsonResponse:
     value = body.get("feedback") if isinstance(body, dict) else None
     if value not in Feedback.values:
         raise BadRequest(f"feedback must be one of: {', '.join(Feedback.values)}")
-    item = inbox_feedback(user_id=int(request.user.pk), item_id=item_id, feedback=Feedback(value))
+    item = inbox_feedback(user_id=_user_id(request), item_id=item_id, feedback=Feedback(value))
     return JsonResponse(item_json(item))

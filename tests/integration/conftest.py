@@ -24,6 +24,10 @@ def worker_idle(worker: WorkerProcess, client: redis.Redis) -> bool:
 def wait_idle(worker, redis_client):
     def wait(timeout: float = 30.0) -> None:
         # twice in a row: a task may be between the queue and the worker's reserved list
-        wait_until(lambda: worker_idle(worker, redis_client) and worker_idle(worker, redis_client),
-                   timeout=timeout, message="the worker to go idle")
+        wait_until(
+            lambda: worker_idle(worker, redis_client) and worker_idle(worker, redis_client),
+            timeout=timeout,
+            message="the worker to go idle",
+        )
+
     return wait

@@ -58,15 +58,19 @@ def test_suppressed_channels_are_logged_with_reasons_and_never_sent(worker):
     rows = {d.channel: d for d in Delivery.objects.filter(message=message)}
     assert rows["inapp"].status == S.SENT
     assert {c: rows[c].reason for c in ("email", "sms", "push")} == {
-        "email": Reason.NO_EMAIL_ADDRESS, "sms": Reason.NO_PHONE_NUMBER,
-        "push": Reason.NO_ACTIVE_DEVICE}
+        "email": Reason.NO_EMAIL_ADDRESS,
+        "sms": Reason.NO_PHONE_NUMBER,
+        "push": Reason.NO_ACTIVE_DEVICE,
+    }
     assert not SandboxSend.objects.filter(message_id=message.pk).exists()
 
 
 def test_a_deliver_task_published_three_times_sends_once(worker, wait_idle):
     message = notify(UserFactory(), "order.shipped", order_context(), channels=["email"])
-    wait_until(lambda: Message.objects.filter(pk=message.pk, routed_at__isnull=False).exists(),
-               message="the message to be routed")
+    wait_until(
+        lambda: Message.objects.filter(pk=message.pk, routed_at__isnull=False).exists(),
+        message="the message to be routed",
+    )
     # routed by the worker, which published its own deliver task: four publishes in all
     email = Delivery.objects.get(message=message)
     for _ in range(3):
@@ -83,11 +87,17 @@ def test_transient_failures_retry_then_succeed(worker):
     wait_until(lambda: all_terminal(message, 2), message="email to be sent after retries")
     email = Delivery.objects.get(message=message, channel=Channel.EMAIL)
     assert (email.status, email.attempts, email.reason) == (S.SENT, 3, "")
-    outcomes = list(SandboxSend.objects.filter(delivery_id=email.pk).order_by("id")
-                    .values_list("outcome", flat=True))
+    outcomes = list(
+        SandboxSend.objects.filter(delivery_id=email.pk)
+        .order_by("id")
+        .values_list("outcome", flat=True)
+    )
     assert outcomes == ["transient", "transient", "sent"]
-    attempts = list(DeliveryEvent.objects.filter(delivery=email, kind="attempt")
-                    .values_list("attempt", "status"))
+    attempts = list(
+        DeliveryEvent.objects.filter(delivery=email, kind="attempt").values_list(
+            "attempt", "status"
+        )
+    )
     assert attempts == [(1, "queued"), (2, "queued"), (3, "sent")]
 
 
@@ -130,20 +140,34 @@ def test_lost_deliver_tasks_are_recovered_by_the_requeue_job(worker, monkeypatch
     monkeypatch.undo()
     assert statuses(message) == {"inapp": "queued", "sms": "queued"}
     Delivery.objects.filter(message=message).update(
-        next_attempt_at=timezone.now() - dt.timedelta(hours=1))
+        next_attempt_at=timezone.now() - dt.timedelta(hours=1)
+    )
     requeue_stuck_work_task.apply_async(queue="maintenance")
-    wait_until(lambda: statuses(message) == {"inapp": "sent", "sms": "sent"},
-               message="recovered deliveries")
+    wait_until(
+        lambda: statuses(message) == {"inapp": "sent", "sms": "sent"},
+        message="recovered deliveries",
+    )
 
 
 def test_notify_many_delivers_every_recipient_once(worker):
     users = UserFactory.create_batch(60)
-    result = notify_many(users, "order.shipped", order_context(), idempotency_key="batch",
-                         channels=["inapp", "email"])
+    result = notify_many(
+        users,
+        "order.shipped",
+        order_context(),
+        idempotency_key="batch",
+        channels=["inapp", "email"],
+    )
     assert result.created == 60
-    wait_until(lambda: Delivery.objects.filter(status=S.SENT).count() == 120,
-               message="120 deliveries sent")
+    wait_until(
+        lambda: Delivery.objects.filter(status=S.SENT).count() == 120, message="120 deliveries sent"
+    )
     assert InboxItem.objects.count() == 60
-    assert SandboxSend.objects.filter(channel="email", outcome="sent").values(
-        "delivery_id").distinct().count() == 60
+    assert (
+        SandboxSend.objects.filter(channel="email", outcome="sent")
+        .values("delivery_id")
+        .distinct()
+        .count()
+        == 60
+    )
     assert set(Message.objects.values_list("lane", flat=True)) == {Lane.TRANSACTIONAL}

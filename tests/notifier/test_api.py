@@ -30,8 +30,12 @@ pytestmark = pytest.mark.django_db
 
 
 def table_counts() -> tuple[int, int, int, int]:
-    return (Message.objects.count(), Delivery.objects.count(), DeliveryEvent.objects.count(),
-            InboxItem.objects.count())
+    return (
+        Message.objects.count(),
+        Delivery.objects.count(),
+        DeliveryEvent.objects.count(),
+        InboxItem.objects.count(),
+    )
 
 
 @pytest.fixture
@@ -43,7 +47,8 @@ def published(monkeypatch):
 
 
 def test_notify_writes_one_message_and_publishes_it_after_commit(
-        published, django_capture_on_commit_callbacks):
+    published, django_capture_on_commit_callbacks
+):
     user = UserFactory()
     with django_capture_on_commit_callbacks(execute=True):
         message = notify(user, "order.shipped", order_context())
@@ -55,9 +60,16 @@ def test_notify_writes_one_message_and_publishes_it_after_commit(
 def test_marketing_rides_the_bulk_lane(published, django_capture_on_commit_callbacks):
     user = UserFactory()
     with django_capture_on_commit_callbacks(execute=True):
-        message = notify(user, "promo.flash_sale", {
-            "sale_name": "Double 11", "starts_at": "tonight", "headline": "Up to 50% off",
-            "sale_url": "https://example.com/sale"})
+        message = notify(
+            user,
+            "promo.flash_sale",
+            {
+                "sale_name": "Double 11",
+                "starts_at": "tonight",
+                "headline": "Up to 50% off",
+                "sale_url": "https://example.com/sale",
+            },
+        )
     assert published == [([message.pk], Lane.BULK)]
 
 
@@ -69,13 +81,17 @@ def test_notify_accepts_a_user_id_and_a_subset_of_channels(published):
 
 
 def test_an_optional_variable_may_be_left_out(published):
-    notify(UserFactory(), "promo.flash_sale", {
-        "sale_name": "S", "starts_at": "now", "headline": "H", "sale_url": "https://x.test"})
+    notify(
+        UserFactory(),
+        "promo.flash_sale",
+        {"sale_name": "S", "starts_at": "now", "headline": "H", "sale_url": "https://x.test"},
+    )
     assert Message.objects.count() == 1
 
 
 def test_same_idempotency_key_returns_the_same_message_and_publishes_once(
-        published, django_capture_on_commit_callbacks):
+    published, django_capture_on_commit_callbacks
+):
     user = UserFactory()
     with django_capture_on_commit_callbacks(execute=True):
         first = notify(user, "order.shipped", order_context(), idempotency_key="ship:A1001")
@@ -91,51 +107,123 @@ def test_same_idempotency_key_returns_the_same_message_and_publishes_once(
 def bad_calls(user: User, inactive: User) -> list[tuple[str, type[NotifyError], dict]]:
     ctx = order_context()
     return [
-        ("unknown type", UnknownNotificationType, dict(user=user, type_key="order.lost", context=ctx)),
+        (
+            "unknown type",
+            UnknownNotificationType,
+            dict(user=user, type_key="order.lost", context=ctx),
+        ),
         ("type not a string", UnknownNotificationType, dict(user=user, type_key=None, context=ctx)),
         ("missing user", InvalidRecipient, dict(user=None, type_key="order.shipped", context=ctx)),
-        ("unsaved user", InvalidRecipient,
-         dict(user=User(username="ghost"), type_key="order.shipped", context=ctx)),
-        ("deleted user id", InvalidRecipient,
-         dict(user=999_999_999, type_key="order.shipped", context=ctx)),
-        ("inactive user", InvalidRecipient, dict(user=inactive, type_key="order.shipped", context=ctx)),
-        ("context not a dict", InvalidContext, dict(user=user, type_key="order.shipped", context=[1])),
-        ("datetime in context", InvalidContext, dict(user=user, type_key="order.shipped",
-         context={**ctx, "eta": datetime.datetime(2026, 1, 1, tzinfo=datetime.UTC)})),
-        ("Decimal in context", InvalidContext,
-         dict(user=user, type_key="order.shipped", context={**ctx, "amount": Decimal("1.5")})),
-        ("set nested in context", InvalidContext,
-         dict(user=user, type_key="order.shipped", context={**ctx, "items": [{"tags": {1}}]})),
-        ("NaN in context", InvalidContext,
-         dict(user=user, type_key="order.shipped", context={**ctx, "score": float("nan")})),
-        ("non-string key", InvalidContext,
-         dict(user=user, type_key="order.shipped", context={**ctx, 1: "one"})),
-        ("reserved variable", InvalidContext,
-         dict(user=user, type_key="order.shipped", context={**ctx, "user": "mallory"})),
-        ("huge context", InvalidContext,
-         dict(user=user, type_key="order.shipped", context={**ctx, "blob": "x" * 70_000})),
-        ("missing variable", MissingContextVariable,
-         dict(user=user, type_key="order.shipped", context={"order_number": "A1"})),
-        ("channel not used by type", ChannelNotAllowed,
-         dict(user=user, type_key="social.new_follower",
-              context={"follower_name": "Bo", "follower_url": "https://x.test"}, channels=["sms"])),
-        ("unknown channel", ChannelNotAllowed,
-         dict(user=user, type_key="order.shipped", context=ctx, channels=["fax"])),
-        ("channels as a string", ChannelNotAllowed,
-         dict(user=user, type_key="order.shipped", context=ctx, channels="email")),
-        ("empty channels", ChannelNotAllowed,
-         dict(user=user, type_key="order.shipped", context=ctx, channels=[])),
-        ("empty key", InvalidIdempotencyKey,
-         dict(user=user, type_key="order.shipped", context=ctx, idempotency_key=" ")),
-        ("key too long", InvalidIdempotencyKey,
-         dict(user=user, type_key="order.shipped", context=ctx, idempotency_key="k" * 300)),
-        ("key not a string", InvalidIdempotencyKey,
-         dict(user=user, type_key="order.shipped", context=ctx, idempotency_key=42)),
+        (
+            "unsaved user",
+            InvalidRecipient,
+            dict(user=User(username="ghost"), type_key="order.shipped", context=ctx),
+        ),
+        (
+            "deleted user id",
+            InvalidRecipient,
+            dict(user=999_999_999, type_key="order.shipped", context=ctx),
+        ),
+        (
+            "inactive user",
+            InvalidRecipient,
+            dict(user=inactive, type_key="order.shipped", context=ctx),
+        ),
+        (
+            "context not a dict",
+            InvalidContext,
+            dict(user=user, type_key="order.shipped", context=[1]),
+        ),
+        (
+            "datetime in context",
+            InvalidContext,
+            dict(
+                user=user,
+                type_key="order.shipped",
+                context={**ctx, "eta": datetime.datetime(2026, 1, 1, tzinfo=datetime.UTC)},
+            ),
+        ),
+        (
+            "Decimal in context",
+            InvalidContext,
+            dict(user=user, type_key="order.shipped", context={**ctx, "amount": Decimal("1.5")}),
+        ),
+        (
+            "set nested in context",
+            InvalidContext,
+            dict(user=user, type_key="order.shipped", context={**ctx, "items": [{"tags": {1}}]}),
+        ),
+        (
+            "NaN in context",
+            InvalidContext,
+            dict(user=user, type_key="order.shipped", context={**ctx, "score": float("nan")}),
+        ),
+        (
+            "non-string key",
+            InvalidContext,
+            dict(user=user, type_key="order.shipped", context={**ctx, 1: "one"}),
+        ),
+        (
+            "reserved variable",
+            InvalidContext,
+            dict(user=user, type_key="order.shipped", context={**ctx, "user": "mallory"}),
+        ),
+        (
+            "huge context",
+            InvalidContext,
+            dict(user=user, type_key="order.shipped", context={**ctx, "blob": "x" * 70_000}),
+        ),
+        (
+            "missing variable",
+            MissingContextVariable,
+            dict(user=user, type_key="order.shipped", context={"order_number": "A1"}),
+        ),
+        (
+            "channel not used by type",
+            ChannelNotAllowed,
+            dict(
+                user=user,
+                type_key="social.new_follower",
+                context={"follower_name": "Bo", "follower_url": "https://x.test"},
+                channels=["sms"],
+            ),
+        ),
+        (
+            "unknown channel",
+            ChannelNotAllowed,
+            dict(user=user, type_key="order.shipped", context=ctx, channels=["fax"]),
+        ),
+        (
+            "channels as a string",
+            ChannelNotAllowed,
+            dict(user=user, type_key="order.shipped", context=ctx, channels="email"),
+        ),
+        (
+            "empty channels",
+            ChannelNotAllowed,
+            dict(user=user, type_key="order.shipped", context=ctx, channels=[]),
+        ),
+        (
+            "empty key",
+            InvalidIdempotencyKey,
+            dict(user=user, type_key="order.shipped", context=ctx, idempotency_key=" "),
+        ),
+        (
+            "key too long",
+            InvalidIdempotencyKey,
+            dict(user=user, type_key="order.shipped", context=ctx, idempotency_key="k" * 300),
+        ),
+        (
+            "key not a string",
+            InvalidIdempotencyKey,
+            dict(user=user, type_key="order.shipped", context=ctx, idempotency_key=42),
+        ),
     ]
 
 
 def test_every_bad_input_raises_its_typed_error_and_writes_nothing(
-        published, django_capture_on_commit_callbacks):
+    published, django_capture_on_commit_callbacks
+):
     user, inactive = UserFactory(), UserFactory(is_active=False)
     before = table_counts()
     for label, error, kwargs in bad_calls(user, inactive):
@@ -157,10 +245,18 @@ def test_the_missing_variable_error_names_every_missing_variable():
 def test_only_the_chosen_channels_templates_must_be_satisfied(published):
     # The SMS template needs tracking_url; the in-app title and body do not... but its link does.
     with pytest.raises(MissingContextVariable):
-        notify(UserFactory(), "order.shipped", {"order_number": "A1", "carrier": "SF", "eta": "x"},
-               channels=["inapp"])
-    notify(UserFactory(), "payment.succeeded", {"amount": "¥10", "order_number": "A1"},
-           channels=["sms"])
+        notify(
+            UserFactory(),
+            "order.shipped",
+            {"order_number": "A1", "carrier": "SF", "eta": "x"},
+            channels=["inapp"],
+        )
+    notify(
+        UserFactory(),
+        "payment.succeeded",
+        {"amount": "¥10", "order_number": "A1"},
+        channels=["sms"],
+    )
 
 
 def test_a_switched_off_type_is_refused():
@@ -183,9 +279,13 @@ def test_reusing_a_key_for_another_user_is_an_error_not_a_silent_return(publishe
 @pytest.mark.django_db(transaction=True)
 def test_a_rolled_back_transaction_sends_nothing(published):
     user = UserFactory()
-    with pytest.raises(RuntimeError), transaction.atomic():
-        notify(user, "order.shipped", order_context())
-        raise RuntimeError("the order failed to save")
+    def place_order() -> None:
+        with transaction.atomic():
+            notify(user, "order.shipped", order_context())
+            raise RuntimeError("the order failed to save")
+
+    with pytest.raises(RuntimeError):
+        place_order()
     assert Message.objects.count() == 0
     assert published == []
 
@@ -210,8 +310,9 @@ def test_racing_calls_with_one_key_make_one_message(published):
         try:
             start.wait()
             with transaction.atomic():
-                results.append(notify(user, "order.shipped", order_context(),
-                                      idempotency_key="race:1").pk)
+                results.append(
+                    notify(user, "order.shipped", order_context(), idempotency_key="race:1").pk
+                )
         except BaseException as exc:  # collected and asserted below
             errors.append(exc)
         finally:
@@ -233,12 +334,19 @@ def test_racing_calls_with_one_key_make_one_message(published):
 
 
 def test_notify_many_writes_one_message_per_user_with_per_user_context(
-        published, django_capture_on_commit_callbacks):
+    published, django_capture_on_commit_callbacks
+):
     users = UserFactory.create_batch(5)
     contexts = {users[0].pk: {"order_number": "SPECIAL"}}
     with django_capture_on_commit_callbacks(execute=True):
-        result = notify_many(users, "order.shipped", order_context(), contexts=contexts,
-                             idempotency_key="wave-1", channels=["inapp", "email"])
+        result = notify_many(
+            users,
+            "order.shipped",
+            order_context(),
+            contexts=contexts,
+            idempotency_key="wave-1",
+            channels=["inapp", "email"],
+        )
     assert result.created == 5
     messages = {m.user_id: m for m in Message.objects.all()}
     assert messages[users[0].pk].context["order_number"] == "SPECIAL"
@@ -250,8 +358,9 @@ def test_notify_many_writes_one_message_per_user_with_per_user_context(
 def test_notify_many_again_with_the_same_key_creates_nothing(published):
     users = UserFactory.create_batch(3)
     first = notify_many(users, "order.shipped", order_context(), idempotency_key="wave-2")
-    again = notify_many(users + [UserFactory()], "order.shipped", order_context(),
-                        idempotency_key="wave-2")
+    again = notify_many(
+        [*users, UserFactory()], "order.shipped", order_context(), idempotency_key="wave-2"
+    )
     assert (again.created, again.existing) == (1, 3)
     assert again.message_ids[:3] == first.message_ids
     assert Message.objects.count() == 4

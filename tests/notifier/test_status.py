@@ -20,18 +20,33 @@ def test_every_status_has_an_entry_in_the_machine():
     assert set(ALLOWED_MOVES) == set(DeliveryStatus)
 
 
-@pytest.mark.parametrize(("current", "target"), [
-    (S.PENDING, S.QUEUED), (S.QUEUED, S.SENDING), (S.SENDING, S.SENT), (S.SENDING, S.QUEUED),
-    (S.SENT, S.DELIVERED), (S.DELIVERED, S.CLICKED), (S.FAILED, S.QUEUED),
-])
+@pytest.mark.parametrize(
+    ("current", "target"),
+    [
+        (S.PENDING, S.QUEUED),
+        (S.QUEUED, S.SENDING),
+        (S.SENDING, S.SENT),
+        (S.SENDING, S.QUEUED),
+        (S.SENT, S.DELIVERED),
+        (S.DELIVERED, S.CLICKED),
+        (S.FAILED, S.QUEUED),
+    ],
+)
 def test_the_happy_and_retry_paths_are_allowed(current, target):
     assert can_move(current, target)
 
 
-@pytest.mark.parametrize(("current", "target"), [
-    (S.CLICKED, S.DELIVERED), (S.READ, S.SENT), (S.SUPPRESSED, S.QUEUED), (S.SENT, S.SENDING),
-    (S.QUEUED, S.SENT), (S.CANCELLED, S.QUEUED),
-])
+@pytest.mark.parametrize(
+    ("current", "target"),
+    [
+        (S.CLICKED, S.DELIVERED),
+        (S.READ, S.SENT),
+        (S.SUPPRESSED, S.QUEUED),
+        (S.SENT, S.SENDING),
+        (S.QUEUED, S.SENT),
+        (S.CANCELLED, S.QUEUED),
+    ],
+)
 def test_backward_and_skipping_moves_are_refused(current, target):
     assert not can_move(current, target)
     with pytest.raises(IllegalMove):

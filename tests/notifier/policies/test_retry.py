@@ -39,12 +39,15 @@ def test_transient_error_retries_until_the_last_attempt():
     assert (last.verdict, last.reason) == (Verdict.FAIL, Reason.RETRIES_EXHAUSTED)
 
 
-@pytest.mark.parametrize(("code", "reason"), [
-    (ErrorCode.INVALID_RECIPIENT, Reason.INVALID_RECIPIENT),
-    (ErrorCode.DEVICE_UNREGISTERED, Reason.DEVICE_UNREGISTERED),
-    (ErrorCode.REJECTED, Reason.PROVIDER_REJECTED),
-    (ErrorCode.NOT_CONFIGURED, Reason.PROVIDER_NOT_CONFIGURED),
-])
+@pytest.mark.parametrize(
+    ("code", "reason"),
+    [
+        (ErrorCode.INVALID_RECIPIENT, Reason.INVALID_RECIPIENT),
+        (ErrorCode.DEVICE_UNREGISTERED, Reason.DEVICE_UNREGISTERED),
+        (ErrorCode.REJECTED, Reason.PROVIDER_REJECTED),
+        (ErrorCode.NOT_CONFIGURED, Reason.PROVIDER_NOT_CONFIGURED),
+    ],
+)
 def test_permanent_error_fails_at_once(code, reason):
     decision = after_attempt(SendResult.permanent("p", code, "no"), attempt=1, policy=POLICY)
     assert (decision.verdict, decision.reason) == (Verdict.FAIL, reason)

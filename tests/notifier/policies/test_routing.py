@@ -19,14 +19,17 @@ def test_a_reachable_user_gets_every_channel(channel):
     assert decide(channel).action is Action.SEND
 
 
-@pytest.mark.parametrize(("channel", "recipient", "reason"), [
-    (Channel.EMAIL, Recipient(True, "", "+8613800138000", 1), Reason.NO_EMAIL_ADDRESS),
-    (Channel.SMS, Recipient(True, "a@x.com", "", 1), Reason.NO_PHONE_NUMBER),
-    (Channel.SMS, Recipient(True, "a@x.com", "+86123", 1), Reason.INVALID_PHONE_NUMBER),
-    (Channel.SMS, Recipient(True, "a@x.com", "not a number", 1), Reason.INVALID_PHONE_NUMBER),
-    (Channel.PUSH, Recipient(True, "a@x.com", "+8613800138000", 0), Reason.NO_ACTIVE_DEVICE),
-    (Channel.INAPP, Recipient(False, "a@x.com", "+8613800138000", 1), Reason.USER_INACTIVE),
-])
+@pytest.mark.parametrize(
+    ("channel", "recipient", "reason"),
+    [
+        (Channel.EMAIL, Recipient(True, "", "+8613800138000", 1), Reason.NO_EMAIL_ADDRESS),
+        (Channel.SMS, Recipient(True, "a@x.com", "", 1), Reason.NO_PHONE_NUMBER),
+        (Channel.SMS, Recipient(True, "a@x.com", "+86123", 1), Reason.INVALID_PHONE_NUMBER),
+        (Channel.SMS, Recipient(True, "a@x.com", "not a number", 1), Reason.INVALID_PHONE_NUMBER),
+        (Channel.PUSH, Recipient(True, "a@x.com", "+8613800138000", 0), Reason.NO_ACTIVE_DEVICE),
+        (Channel.INAPP, Recipient(False, "a@x.com", "+8613800138000", 1), Reason.USER_INACTIVE),
+    ],
+)
 def test_a_missing_contact_point_suppresses_with_its_reason(channel, recipient, reason):
     decision = decide(channel, recipient)
     assert decision.action is Action.SUPPRESS

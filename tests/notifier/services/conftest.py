@@ -19,11 +19,14 @@ class Published:
 @pytest.fixture
 def published(monkeypatch) -> Published:
     record = Published()
-    monkeypatch.setattr(dispatch, "publish_prepare",
-                        lambda ids, lane: record.prepare.append((list(ids), lane)))
     monkeypatch.setattr(
-        dispatch, "publish_deliver",
+        dispatch, "publish_prepare", lambda ids, lane: record.prepare.append((list(ids), lane))
+    )
+    monkeypatch.setattr(
+        dispatch,
+        "publish_deliver",
         lambda ids, lane, channel, countdown=0.0: record.deliver.append(
-            (list(ids), lane, channel, countdown)),
+            (list(ids), lane, channel, countdown)
+        ),
     )
     return record

@@ -14,8 +14,8 @@ from channels.sandbox import ledger_sends
 from notifier.api import notify
 from notifier.models import Delivery, DeliveryEvent, Device, EventKind, InboxItem, Message
 from notifier.services.deliveries import (
-    delivery_advance,
     deliveries_deliver,
+    delivery_advance,
     requeue_stuck_work,
 )
 from notifier.services.pipeline import messages_prepare
@@ -73,7 +73,11 @@ def test_a_transient_failure_is_retried_with_backoff_then_sent(published, settin
     report = deliveries_deliver(delivery_ids=[email.pk])
     assert (report.retried, report.sent) == (1, 0)
     waiting = reload(email)
-    assert (waiting.status, waiting.reason, waiting.attempts) == (S.QUEUED, Reason.RETRY_SCHEDULED, 1)
+    assert (waiting.status, waiting.reason, waiting.attempts) == (
+        S.QUEUED,
+        Reason.RETRY_SCHEDULED,
+        1,
+    )
     assert "timed out" in waiting.last_error
     assert waiting.next_attempt_at > timezone.now()
     # the retry is published with a countdown matching next_attempt_at
@@ -87,8 +91,15 @@ def test_a_transient_failure_is_retried_with_backoff_then_sent(published, settin
         report = deliveries_deliver(delivery_ids=[email.pk])
     done = reload(email)
     assert (report.sent, done.status, done.attempts, done.reason, done.last_error) == (
-        1, S.SENT, 2, "", "")
-    outcomes = list(SandboxSend.objects.filter(delivery_id=email.pk).values_list("outcome", flat=True))
+        1,
+        S.SENT,
+        2,
+        "",
+        "",
+    )
+    outcomes = list(
+        SandboxSend.objects.filter(delivery_id=email.pk).values_list("outcome", flat=True)
+    )
     assert outcomes == ["transient", "sent"]
     kinds = list(DeliveryEvent.objects.filter(delivery=email).values_list("kind", "status"))
     assert kinds == [("routed", "queued"), ("attempt", "queued"), ("attempt", "sent")]
@@ -100,10 +111,15 @@ def test_a_permanent_failure_fails_at_once_with_its_reason(published):
     report = deliveries_deliver(delivery_ids=[email.pk])
     failed = reload(email)
     assert (report.failed, failed.status, failed.reason, failed.attempts) == (
-        1, S.FAILED, Reason.INVALID_RECIPIENT, 1)
+        1,
+        S.FAILED,
+        Reason.INVALID_RECIPIENT,
+        1,
+    )
     assert "does not exist" in failed.last_error
     assert published.deliver == [([email.pk], "transactional", "email", 0.0)] or all(
-        c == 0 for *_, c in published.deliver)
+        c == 0 for *_, c in published.deliver
+    )
 
 
 def test_retries_end_in_failure_with_the_last_error_kept(published, settings):
@@ -114,7 +130,11 @@ def test_retries_end_in_failure_with_the_last_error_kept(published, settings):
         with time_machine.travel(timezone.now() + dt.timedelta(minutes=10)):
             deliveries_deliver(delivery_ids=[email.pk])
     failed = reload(email)
-    assert (failed.status, failed.reason, failed.attempts) == (S.FAILED, Reason.RETRIES_EXHAUSTED, 3)
+    assert (failed.status, failed.reason, failed.attempts) == (
+        S.FAILED,
+        Reason.RETRIES_EXHAUSTED,
+        3,
+    )
     assert "503" in failed.last_error
     assert SandboxSend.objects.filter(delivery_id=email.pk).count() == 3
 
@@ -146,7 +166,8 @@ def test_a_provider_that_raises_is_a_transient_error_not_a_stuck_delivery(publis
 
 
 def test_requeue_publishes_unrouted_messages_and_overdue_deliveries_once(
-        published, settings, django_capture_on_commit_callbacks):
+    published, settings, django_capture_on_commit_callbacks
+):
     user = UserFactory()
     lost_message = notify(user, "order.shipped", order_context(), channels=["inapp"])
     email = prepared(user, channels=["email"])["email"]
@@ -163,14 +184,19 @@ def test_requeue_publishes_unrouted_messages_and_overdue_deliveries_once(
 
 def test_requeue_takes_back_a_claim_left_by_a_dead_worker(published, settings):
     sms = prepared(UserFactory(), channels=["sms"])["sms"]
-    Delivery.objects.filter(pk=sms.pk).update(status=S.SENDING, attempts=1,
-                                              claimed_at=timezone.now())
+    Delivery.objects.filter(pk=sms.pk).update(
+        status=S.SENDING, attempts=1, claimed_at=timezone.now()
+    )
     too_soon = requeue_stuck_work(now=timezone.now() + dt.timedelta(seconds=10))
     assert too_soon.expired_claims == 0
     later = timezone.now() + dt.timedelta(seconds=settings.NOTIFIER_SENDING_TIMEOUT_S + 1)
     report = requeue_stuck_work(now=later)
     fresh = reload(sms)
-    assert (report.expired_claims, fresh.status, fresh.reason) == (1, S.QUEUED, Reason.CLAIM_EXPIRED)
+    assert (report.expired_claims, fresh.status, fresh.reason) == (
+        1,
+        S.QUEUED,
+        Reason.CLAIM_EXPIRED,
+    )
     with time_machine.travel(later):
         deliveries_deliver(delivery_ids=[sms.pk])
     assert (reload(sms).status, reload(sms).attempts) == (S.SENT, 2)
@@ -179,8 +205,9 @@ def test_requeue_takes_back_a_claim_left_by_a_dead_worker(published, settings):
 def test_a_claim_that_kills_every_worker_eventually_fails(published, settings):
     settings.NOTIFIER_MAX_ATTEMPTS = 2
     sms = prepared(UserFactory(), channels=["sms"])["sms"]
-    Delivery.objects.filter(pk=sms.pk).update(status=S.SENDING, attempts=2,
-                                              claimed_at=timezone.now())
+    Delivery.objects.filter(pk=sms.pk).update(
+        status=S.SENDING, attempts=2, claimed_at=timezone.now()
+    )
     later = timezone.now() + dt.timedelta(seconds=settings.NOTIFIER_SENDING_TIMEOUT_S + 1)
     assert requeue_stuck_work(now=later).exhausted == 1
     assert (reload(sms).status, reload(sms).reason) == (S.FAILED, Reason.RETRIES_EXHAUSTED)
@@ -201,7 +228,8 @@ def test_callbacks_move_forward_only_and_duplicates_change_nothing(published):
 
 
 def test_a_batch_is_delivered_with_a_bounded_number_of_queries(
-        published, django_assert_max_num_queries):
+    published, django_assert_max_num_queries
+):
     users = UserFactory.create_batch(30)
     messages = [notify(u, "order.shipped", order_context(), channels=["inapp"]) for u in users]
     messages_prepare(message_ids=[m.pk for m in messages])

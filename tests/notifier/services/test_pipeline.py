@@ -19,7 +19,8 @@ def deliveries(message: Message) -> dict[str, Delivery]:
 
 
 def test_a_reachable_user_gets_four_queued_deliveries_with_rendered_content(
-        published, django_capture_on_commit_callbacks):
+    published, django_capture_on_commit_callbacks
+):
     user = UserFactory(first_name="Ann")
     DeviceFactory(user=user)
     message = notify(user, "order.shipped", order_context())
@@ -36,11 +37,13 @@ def test_a_reachable_user_gets_four_queued_deliveries_with_rendered_content(
     assert sorted(published.delivered_ids()) == sorted(d.pk for d in rows.values())
     # each channel goes to its own queue of the transactional lane
     assert {(lane, channel) for _, lane, channel, _ in published.deliver} == {
-        ("transactional", c) for c in Channel}
+        ("transactional", c) for c in Channel
+    }
 
 
 def test_missing_contact_points_are_suppressed_with_a_reason_and_an_event(
-        published, django_capture_on_commit_callbacks):
+    published, django_capture_on_commit_callbacks
+):
     user = UserFactory(phone="", email="")
     message = notify(user, "order.shipped", order_context())
     with django_capture_on_commit_callbacks(execute=True):
@@ -53,7 +56,10 @@ def test_missing_contact_points_are_suppressed_with_a_reason_and_an_event(
     assert rows["sms"].finished_at is not None
     event = DeliveryEvent.objects.get(delivery=rows["sms"])
     assert (event.kind, event.status, event.reason) == (
-        EventKind.ROUTED, "suppressed", Reason.NO_PHONE_NUMBER)
+        EventKind.ROUTED,
+        "suppressed",
+        Reason.NO_PHONE_NUMBER,
+    )
     assert published.delivered_ids() == [rows["inapp"].pk]
 
 
@@ -83,8 +89,9 @@ def test_a_type_switched_off_after_notify_is_suppressed(published):
 
 def test_the_users_locale_picks_the_template_and_falls_back_per_part(published):
     user = UserFactory(locale="zh-hans")
-    message = notify(user, "order.shipped", order_context(carrier="顺丰"),
-                     channels=["inapp", "email"])
+    message = notify(
+        user, "order.shipped", order_context(carrier="顺丰"), channels=["inapp", "email"]
+    )
     messages_prepare(message_ids=[message.pk])
     rows = deliveries(message)
     assert rows["inapp"].content["title"] == "您的订单 A1001 已发货"
@@ -113,7 +120,8 @@ def test_preparing_twice_writes_nothing_more(published):
 
 
 def test_a_batch_is_prepared_with_a_bounded_number_of_queries(
-        published, django_assert_max_num_queries):
+    published, django_assert_max_num_queries
+):
     users = UserFactory.create_batch(40)
     ids = [notify(u, "order.shipped", order_context()).pk for u in users]
     with django_assert_max_num_queries(12):

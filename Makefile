@@ -1,0 +1,54 @@
+# Two commands matter: `make demo` and `make test`. Both install into .venv first.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV ?= .venv
+BIN := $(VENV)/bin
+PGHOST ?= 127.0.0.1
+PGPORT ?= 5432
+REDIS_HOST ?= 127.0.0.1
+REDIS_PORT ?= 6379
+export PGHOST PGPORT REDIS_HOST REDIS_PORT
+
+# Tests and benchmarks run on real PostgreSQL and Redis (override with the usual variables).
+SERVICES_ENV = DATABASE_URL=$${DATABASE_URL:-postgres://postgres@$(PGHOST):$(PGPORT)/notifier} \
+	REDIS_URL=$${REDIS_URL:-redis://$(REDIS_HOST):$(REDIS_PORT)/15} \
+	CELERY_BROKER_URL=$${CELERY_BROKER_URL:-redis://$(REDIS_HOST):$(REDIS_PORT)/15}
+BENCH_ENV = DATABASE_URL=$${BENCH_DATABASE_URL:-postgres://postgres@$(PGHOST):$(PGPORT)/notifier_bench} \
+	REDIS_URL=redis://$(REDIS_HOST):$(REDIS_PORT)/14 \
+	CELERY_BROKER_URL=redis://$(REDIS_HOST):$(REDIS_PORT)/14
+
+.PHONY: install demo test lint typecheck pytest bench services clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e ".[dev]"
+	touch $@
+
+install: $(VENV)/.installed
+
+## The demo on the embedded default: SQLite, in-memory broker, in-process worker, sandboxes.
+demo: install
+	env -u DATABASE_URL -u CELERY_BROKER_URL -u REDIS_URL $(BIN)/python manage.py demo
+
+## Lint, type-check and the whole test suite on real PostgreSQL, Redis and worker processes.
+test: install services lint typecheck pytest
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: install
+	$(SERVICES_ENV) $(BIN)/mypy notifier channels campaigns
+
+pytest: install services
+	$(SERVICES_ENV) $(BIN)/python -m pytest
+
+services:
+	@scripts/ensure-services
+
+## Throughput and latency of the pipeline against a naive baseline, on PostgreSQL + Redis.
+bench: install services
+	$(BENCH_ENV) $(BIN)/python manage.py bench $(BENCH_ARGS)
+
+clean:
+	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,189 @@
+"""`manage.py demo`: send real notifications through the whole pipeline and show the log."""
+
+from __future__ import annotations
+
+import time
+from datetime import datetime
+from typing import Any
+
+from django.conf import settings
+from django.core.management import call_command
+from django.core.management.base import BaseCommand, CommandError
+
+from notifier.api import notify
+from notifier.embedded import embedded_worker
+from notifier.models import Delivery, Device, Message, Platform, User
+from notifier.selectors import user_history
+from notifier.status import TERMINAL, Reason
+
+PEOPLE: list[dict[str, Any]] = [
+    # Reachable everywhere: all four channels go out.
+    {
+        "username": "mei",
+        "first_name": "Mei",
+        "email": "mei@example.com",
+        "phone": "+8613800138000",
+        "time_zone": "Asia/Shanghai",
+        "locale": "zh-hans",
+        "device": ("android", "demo-fcm-token-mei"),
+    },
+    # Her mail server times out once: the email is retried with backoff, then sent.
+    # No phone on file: the SMS is suppressed with that reason.
+    {
+        "username": "sam",
+        "first_name": "Sam",
+        "email": "sam+fail-transient-1@example.com",
+        "phone": "",
+        "time_zone": "America/New_York",
+        "locale": "en",
+        "device": ("web", "https://push.example.com/demo-sam"),
+    },
+    # An address that no longer exists: a permanent failure, not retried.
+    {
+        "username": "ola",
+        "first_name": "Ola",
+        "email": "ola+fail-permanent@example.com",
+        "phone": "+4791234567",
+        "time_zone": "Europe/Oslo",
+        "locale": "en",
+        "device": None,
+    },
+]
+
+
+class Command(BaseCommand):
+    help = (
+        "Send a few notifications through every channel on the embedded default and print "
+        "each user's delivery history."
+    )
+
+    def add_arguments(self, parser: Any) -> None:
+        parser.add_argument(
+            "--timeout",
+            type=float,
+            default=60.0,
+            help="seconds to wait for every delivery to finish",
+        )
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        call_command("migrate", verbosity=0, interactive=False)
+        users = [self.person(spec) for spec in PEOPLE]
+        mei, sam, ola = users
+        run = datetime.now().strftime("%Y%m%d%H%M%S")
+        self.say(
+            f"Database: {settings.DATABASES['default']['ENGINE'].rsplit('.', 1)[-1]}, "
+            f"broker: {settings.CELERY_BROKER_URL.split('://')[0]}, "
+            f"providers: {settings.NOTIFIER_PROVIDERS}"
+        )
+        with embedded_worker():
+            order = {
+                "order_number": f"A{run[-6:]}",
+                "carrier": "SF Express",
+                "eta": "Tuesday",
+                "tracking_url": f"https://shop.example.com/track/A{run[-6:]}",
+            }
+            sent = [
+                notify(mei, "order.shipped", order, idempotency_key=f"demo:{run}:ship:mei"),
+                notify(
+                    sam,
+                    "payment.succeeded",
+                    {"amount": "$42.00", "order_number": "B77"},
+                    idempotency_key=f"demo:{run}:pay:sam",
+                ),
+                notify(
+                    ola,
+                    "order.shipped",
+                    order,
+                    channels=["email", "inapp"],
+                    idempotency_key=f"demo:{run}:ship:ola",
+                ),
+            ]
+            again = notify(mei, "order.shipped", order, idempotency_key=f"demo:{run}:ship:mei")
+            self.say(
+                f"notify() twice with one idempotency key -> message #{again.pk} both "
+                f"times: {'yes' if again.pk == sent[0].pk else 'NO'}"
+            )
+            self.wait_until_done(sent, options["timeout"])
+        for user in users:
+            self.print_history(user, [m.pk for m in sent])
+
+    def say(self, text: str) -> None:
+        self.stdout.write(text)
+
+    def person(self, spec: dict[str, Any]) -> User:
+        fields = {k: v for k, v in spec.items() if k not in ("username", "device")}
+        user, _ = User.objects.update_or_create(username=spec["username"], defaults=fields)
+        if spec["device"]:
+            platform, token = spec["device"]
+            Device.objects.update_or_create(
+                token=token,
+                defaults={
+                    "user": user,
+                    "platform": Platform(platform),
+                    "active": True,
+                    "web_push_keys": {"p256dh": "demo", "auth": "demo"}
+                    if platform == "web"
+                    else None,
+                },
+            )
+        return user
+
+    def wait_until_done(self, messages: list[Message], timeout: float) -> None:
+        ids = [m.pk for m in messages]
+        deadline = time.monotonic() + timeout
+        last = ""
+        while time.monotonic() < deadline:
+            statuses = list(
+                Delivery.objects.filter(message_id__in=ids).values_list("status", flat=True)
+            )
+            summary = ", ".join(f"{s}={statuses.count(s)}" for s in sorted(set(statuses)))
+            if summary != last:
+                self.say(f"  deliveries: {summary or 'routing...'}")
+                last = summary
+            routed = Message.objects.filter(pk__in=ids, routed_at__isnull=False).count()
+            if routed == len(ids) and all(s in TERMINAL for s in statuses):
+                return
+            time.sleep(0.2)
+        raise CommandError(f"deliveries not finished after {timeout}s; is a worker running?")
+
+    def print_history(self, user: User, message_ids: list[int]) -> None:
+        self.say("")
+        self.say(
+            self.style.MIGRATE_HEADING(
+                f"Delivery history of {user.first_name} <{user.email}> "
+                f"{user.phone or '(no phone)'} [{user.time_zone}]"
+            )
+        )
+        header = (
+            f"{'time':8}  {'message':26} {'channel':7} {'status':10} {'tries':5} "
+            f"{'provider':8} why / error"
+        )
+        self.say(header)
+        self.say("-" * len(header))
+        for message in user_history(user_id=user.pk).filter(pk__in=message_ids):
+            for delivery in message.deliveries.all():
+                why = Reason(delivery.reason).label if delivery.reason else ""
+                if delivery.last_error:
+                    why = f"{why}: {delivery.last_error}" if why else delivery.last_error
+                self.say(
+                    f"{message.created_at:%H:%M:%S}  {f'#{message.pk} {message.type_id}':26} "
+                    f"{delivery.channel:7} {self.colour(delivery.status):10} "
+                    f"{delivery.attempts:<5} {delivery.provider:8} {why}"
+                )
+                for event in delivery.events.all():
+                    if event.kind == "attempt":
+                        note = f"attempt {event.attempt}: {event.detail.get('outcome')}"
+                        if event.error:
+                            note += (
+                                f" ({event.error}); retry in {event.detail.get('retry_in_s')}s"
+                                if event.status == "queued"
+                                else f" ({event.error})"
+                            )
+                        self.say(f"{'':36}  └ {event.at:%H:%M:%S.%f}"[:-3] + f" {note}")
+
+    def colour(self, status: str) -> str:
+        if status in ("sent", "delivered", "read", "opened", "clicked"):
+            return self.style.SUCCESS(f"{status:10}")
+        if status == "failed":
+            return self.style.ERROR(f"{status:10}")
+        return self.style.WARNING(f"{status:10}")
