@@ -20,24 +20,39 @@ class InAppProvider:
         return []
 
     def send_many(self, outgoings: Sequence[Outgoing]) -> list[SendResult]:
+        from notifier.db import insert_rows
         from notifier.models import InboxItem
 
         now = timezone.now()
-        InboxItem.objects.bulk_create(
+        insert_rows(
+            InboxItem,
+            (
+                "user",
+                "message",
+                "delivery",
+                "category",
+                "type_key",
+                "title",
+                "body",
+                "link",
+                "created_at",
+                "feedback",
+            ),
             [
-                InboxItem(
-                    user_id=o.user_id,
-                    message_id=o.message_id,
-                    delivery_id=o.delivery_id,
-                    category=o.category,
-                    type_key=o.type_key,
-                    title=o.content.title[:300],
-                    body=o.content.body,
-                    link=o.content.link[:2000],
-                    created_at=now,
+                (
+                    o.user_id,
+                    o.message_id,
+                    o.delivery_id,
+                    o.category,
+                    o.type_key,
+                    o.content.title[:300],
+                    o.content.body,
+                    o.content.link[:2000],
+                    now,
+                    "",
                 )
                 for o in outgoings
             ],
-            ignore_conflicts=True,  # the delivery's inbox item already exists: nothing to add
+            ignore_conflicts=True,  # the delivery's inbox item exists already: nothing to add
         )
         return [SendResult.sent(self.name) for _ in outgoings]

@@ -19,9 +19,23 @@ from collections.abc import Sequence
 from typing import ClassVar
 
 from django.conf import settings
+from django.utils import timezone
 
 from channels.base import Channel, ErrorCode, Outcome, Outgoing, SendResult
 from channels.models import SandboxSend
+from notifier.db import insert_rows
+
+LEDGER_COLUMNS = (
+    "channel",
+    "provider",
+    "delivery_id",
+    "message_id",
+    "attempt",
+    "recipient",
+    "outcome",
+    "payload",
+    "at",
+)
 
 TRANSIENT_N = re.compile(r"fail-transient-(\d+)")
 
@@ -64,6 +78,7 @@ class _SandboxProvider:
         return []
 
     def send_many(self, outgoings: Sequence[Outgoing]) -> list[SendResult]:
+        now = timezone.now()
         latency_s = settings.SANDBOX_LATENCY_MS / 1000.0
         results: list[SendResult] = []
         for outgoing in outgoings:
@@ -71,20 +86,23 @@ class _SandboxProvider:
                 time.sleep(latency_s)
             results.append(_decide(outgoing, self.name))
         # Written outside the pipeline's transaction, like a real provider's own records.
-        SandboxSend.objects.bulk_create(
+        insert_rows(
+            SandboxSend,
+            LEDGER_COLUMNS,
             [
-                SandboxSend(
-                    channel=outgoing.channel,
-                    provider=self.name,
-                    delivery_id=outgoing.delivery_id,
-                    message_id=outgoing.message_id,
-                    attempt=outgoing.attempt,
-                    recipient=outgoing.recipient,
-                    outcome=result.outcome,
-                    payload={"content": outgoing.content.as_dict(), "headers": outgoing.headers},
+                (
+                    o.channel.value,
+                    self.name,
+                    o.delivery_id,
+                    o.message_id,
+                    o.attempt,
+                    o.recipient,
+                    r.outcome.value,
+                    {"content": o.content.as_dict(), "headers": o.headers},
+                    now,
                 )
-                for outgoing, result in zip(outgoings, results, strict=True)
-            ]
+                for o, r in zip(outgoings, results, strict=True)
+            ],
         )
         return results
 

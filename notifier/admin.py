@@ -47,11 +47,18 @@ S = DeliveryStatus
 
 # Badge colours for the history page and the delivery list.
 STATUS_TONE: dict[str, str] = {
-    S.PENDING: "progress", S.QUEUED: "progress", S.SENDING: "progress",
+    S.PENDING: "progress",
+    S.QUEUED: "progress",
+    S.SENDING: "progress",
     S.HELD: "held",
-    S.SENT: "ok", S.DELIVERED: "ok", S.OPENED: "ok", S.READ: "ok", S.CLICKED: "ok",
+    S.SENT: "ok",
+    S.DELIVERED: "ok",
+    S.OPENED: "ok",
+    S.READ: "ok",
+    S.CLICKED: "ok",
     S.FAILED: "bad",
-    S.SUPPRESSED: "off", S.CANCELLED: "off",
+    S.SUPPRESSED: "off",
+    S.CANCELLED: "off",
 }
 TONE_COLOURS: dict[str, tuple[str, str]] = {  # (background, text)
     "ok": ("#1e7e34", "#fff"),
@@ -84,7 +91,10 @@ def status_badge(value: str) -> SafeString:
     return format_html(
         '<span class="status-badge status-{}" style="background:{};color:{};padding:1px 8px;'
         'border-radius:10px;font-size:11px;font-weight:bold;white-space:nowrap">{}</span>',
-        value, background, text, status_label(value),
+        value,
+        background,
+        text,
+        status_label(value),
     )
 
 
@@ -96,8 +106,7 @@ class DeviceInline(admin.TabularInline):
 
     model = Device
     extra = 0
-    fields = ["platform", "token", "active", "created_at", "deactivated_at",
-              "deactivation_reason"]
+    fields = ["platform", "token", "active", "created_at", "deactivated_at", "deactivation_reason"]
     readonly_fields = ["created_at", "deactivated_at", "deactivation_reason"]
     ordering = ["-active", "-created_at"]
 
@@ -107,17 +116,35 @@ class UserAdmin(DjangoUserAdmin):
     fieldsets = (
         ("Delivery history", {"fields": ("delivery_history_link",)}),
         *(DjangoUserAdmin.fieldsets or ()),
-        ("Contact and profile", {
-            "fields": ("phone", "time_zone", "locale", "yearly_spend", "last_active_at",
-                       "interest_tags"),
-        }),
+        (
+            "Contact and profile",
+            {
+                "fields": (
+                    "phone",
+                    "time_zone",
+                    "locale",
+                    "yearly_spend",
+                    "last_active_at",
+                    "interest_tags",
+                ),
+            },
+        ),
     )
     add_fieldsets = (
-        (None, {
-            "classes": ("wide",),
-            "fields": ("username", "email", "phone", "usable_password", "password1",
-                       "password2"),
-        }),
+        (
+            None,
+            {
+                "classes": ("wide",),
+                "fields": (
+                    "username",
+                    "email",
+                    "phone",
+                    "usable_password",
+                    "password1",
+                    "password2",
+                ),
+            },
+        ),
     )
     readonly_fields = ["delivery_history_link"]
     list_display = ["email", "username", "phone", "is_active", "is_staff", "history_action"]
@@ -174,7 +201,7 @@ class UserAdmin(DjangoUserAdmin):
             return "-"
         return format_html(
             '<a class="button" href="{}">Open the delivery history</a> '
-            "<span class=\"help\">every message sent to this user, per channel, with the "
+            '<span class="help">every message sent to this user, per channel, with the '
             "reasons for anything not sent</span>",
             self.history_url(obj),
         )
@@ -190,10 +217,11 @@ class UserAdmin(DjangoUserAdmin):
         if not self.has_view_permission(request, user):
             raise PermissionDenied
         filters = HistoryFilters.from_request(request)
-        page = Paginator(filters.apply(user_history(user_id=user.pk)),
-                         HISTORY_PAGE_SIZE).get_page(request.GET.get("page"))
+        page = Paginator(filters.apply(user_history(user_id=user.pk)), HISTORY_PAGE_SIZE).get_page(
+            request.GET.get("page")
+        )
         links = AdminLinks.for_request(request, self.admin_site)
-        messages = [MessageRow.of(message, filters, links) for message in page.object_list]
+        rows = [MessageRow.of(message, filters, links) for message in page.object_list]
         devices = list(Device.objects.filter(user=user).order_by("-active", "-created_at"))
         context = {
             **self.admin_site.each_context(request),
@@ -205,7 +233,8 @@ class UserAdmin(DjangoUserAdmin):
             "user_tz": _zone(user.time_zone),
             "active_devices": [d for d in devices if d.active],
             "inactive_devices": [d for d in devices if not d.active],
-            "messages": messages,
+            # Not "messages": that name belongs to django.contrib.messages in admin templates.
+            "history_messages": rows,
             "page_obj": page,
             "page_links": filters.page_links(page),
             "filters": filters,
@@ -275,8 +304,7 @@ class HistoryFilters:
     def channel_links(self) -> list[tuple[str, str, bool]]:
         """(label, query string, selected) for "all channels" and each channel."""
         return [("All channels", self.query_string(channel=""), not self.channel)] + [
-            (c.value, self.query_string(channel=c.value), self.channel == c.value)
-            for c in Channel
+            (c.value, self.query_string(channel=c.value), self.channel == c.value) for c in Channel
         ]
 
     def page_links(self, page: Page[Message]) -> list[tuple[str, str, bool]]:
@@ -286,8 +314,9 @@ class HistoryFilters:
             if number == page.paginator.ELLIPSIS:
                 links.append((str(number), "", False))
             else:
-                links.append((str(number), self.query_string(page=str(number)),
-                              number == page.number))
+                links.append(
+                    (str(number), self.query_string(page=str(number)), number == page.number)
+                )
         return links
 
     def query_string(self, **overrides: str) -> str:
@@ -310,8 +339,7 @@ class AdminLinks:
             model_admin = site.get_model_admin(model) if site.is_registered(model) else None
             return model_admin is not None and model_admin.has_view_permission(request)
 
-        return cls(site_name=site.name, messages=can_view(Message),
-                   deliveries=can_view(Delivery))
+        return cls(site_name=site.name, messages=can_view(Message), deliveries=can_view(Delivery))
 
     def message(self, pk: int) -> str:
         if not self.messages:
@@ -341,10 +369,16 @@ class EventRow:
     def of(cls, event: DeliveryEvent) -> EventRow:
         detail = event.detail if isinstance(event.detail, dict) else {"value": event.detail}
         return cls(
-            at=event.at, kind=event.get_kind_display(), status=event.status,
-            status_badge=status_badge(event.status), reason=event.reason,
-            reason_label=reason_label(event.reason), attempt=event.attempt,
-            provider=event.provider, error=event.error, detail=sorted(detail.items()),
+            at=event.at,
+            kind=event.get_kind_display(),
+            status=event.status,
+            status_badge=status_badge(event.status),
+            reason=event.reason,
+            reason_label=reason_label(event.reason),
+            attempt=event.attempt,
+            provider=event.provider,
+            error=event.error,
+            detail=sorted(detail.items()),
         )
 
 
@@ -372,14 +406,23 @@ class DeliveryRow:
     @classmethod
     def of(cls, delivery: Delivery, links: AdminLinks) -> DeliveryRow:
         return cls(
-            pk=delivery.pk, channel=delivery.channel, status=delivery.status,
-            status_badge=status_badge(delivery.status), not_sent=delivery.status in NOT_SENT,
-            reason=delivery.reason, reason_label=reason_label(delivery.reason),
-            attempts=delivery.attempts, provider=delivery.provider,
-            provider_message_id=delivery.provider_message_id, last_error=delivery.last_error,
-            created_at=delivery.created_at, updated_at=delivery.updated_at,
-            sent_at=delivery.sent_at, finished_at=delivery.finished_at,
-            next_attempt_at=delivery.next_attempt_at, url=links.delivery(delivery.pk),
+            pk=delivery.pk,
+            channel=delivery.channel,
+            status=delivery.status,
+            status_badge=status_badge(delivery.status),
+            not_sent=delivery.status in NOT_SENT,
+            reason=delivery.reason,
+            reason_label=reason_label(delivery.reason),
+            attempts=delivery.attempts,
+            provider=delivery.provider,
+            provider_message_id=delivery.provider_message_id,
+            last_error=delivery.last_error,
+            created_at=delivery.created_at,
+            updated_at=delivery.updated_at,
+            sent_at=delivery.sent_at,
+            finished_at=delivery.finished_at,
+            next_attempt_at=delivery.next_attempt_at,
+            url=links.delivery(delivery.pk),
             events=[EventRow.of(e) for e in delivery.events.all()],
         )
 
@@ -404,11 +447,15 @@ class MessageRow:
         every = list(message.deliveries.all())  # prefetched by user_history()
         shown = [d for d in every if filters.matches(d)]
         return cls(
-            pk=message.pk, created_at=message.created_at, type_key=message.type.key,
-            type_name=message.type.name, lane=message.lane,
+            pk=message.pk,
+            created_at=message.created_at,
+            type_key=message.type.key,
+            type_name=message.type.name,
+            lane=message.lane,
             channels=list(message.channels or []),
             campaign=str(message.campaign) if message.campaign is not None else "",
-            idempotency_key=message.idempotency_key or "", routed_at=message.routed_at,
+            idempotency_key=message.idempotency_key or "",
+            routed_at=message.routed_at,
             url=links.message(message.pk),
             deliveries=[DeliveryRow.of(d, links) for d in shown],
             hidden_deliveries=len(every) - len(shown),
@@ -416,6 +463,88 @@ class MessageRow:
 
 
 # --- The delivery log (read-only) -----------------------------------------------------------
+
+# Field lists, as tuples so they may serve as fields and readonly_fields alike.
+DELIVERY_INLINE_FIELDS = (
+    "channel",
+    "status",
+    "reason",
+    "attempts",
+    "provider",
+    "provider_message_id",
+    "last_error",
+    "updated_at",
+)
+DELIVERY_EVENT_INLINE_FIELDS = (
+    "at",
+    "kind",
+    "status",
+    "reason",
+    "attempt",
+    "provider",
+    "error",
+    "detail",
+)
+MESSAGE_FIELDS = (
+    "user",
+    "type",
+    "lane",
+    "channels",
+    "context",
+    "campaign",
+    "idempotency_key",
+    "created_at",
+    "routed_at",
+)
+DELIVERY_FIELDS = (
+    "message",
+    "user",
+    "channel",
+    "status",
+    "reason",
+    "reason_text",
+    "attempts",
+    "provider",
+    "provider_message_id",
+    "last_error",
+    "content",
+    "created_at",
+    "updated_at",
+    "next_attempt_at",
+    "claimed_at",
+    "sent_at",
+    "delivered_at",
+    "opened_at",
+    "clicked_at",
+    "finished_at",
+)
+INBOX_ITEM_FIELDS = (
+    "user",
+    "message",
+    "delivery",
+    "category",
+    "type_key",
+    "title",
+    "body",
+    "link",
+    "created_at",
+    "read_at",
+    "archived_at",
+    "feedback",
+    "feedback_at",
+)
+NOTIFICATION_TYPE_FIELDS = (
+    "key",
+    "name",
+    "description",
+    "kind",
+    "priority",
+    "channels",
+    "optional_context",
+    "is_active",
+    "code_defined",
+    "updated_at",
+)
 
 
 class ReadOnlyMixin:
@@ -452,17 +581,16 @@ class ChannelFilter(admin.SimpleListFilter):
 
 class DeliveryInline(ReadOnlyTabularInline):
     model = Delivery
-    fields = ["channel", "status", "reason", "attempts", "provider", "provider_message_id",
-              "last_error", "updated_at"]
-    readonly_fields = fields
+    fields = DELIVERY_INLINE_FIELDS
+    readonly_fields = DELIVERY_INLINE_FIELDS
     ordering = ["channel"]
     show_change_link = True
 
 
 class DeliveryEventInline(ReadOnlyTabularInline):
     model = DeliveryEvent
-    fields = ["at", "kind", "status", "reason", "attempt", "provider", "error", "detail"]
-    readonly_fields = fields
+    fields = DELIVERY_EVENT_INLINE_FIELDS
+    readonly_fields = DELIVERY_EVENT_INLINE_FIELDS
     ordering = ["at", "id"]
 
 
@@ -475,26 +603,31 @@ class MessageAdmin(ReadOnlyMixin, admin.ModelAdmin):
     ordering = ["-id"]
     show_full_result_count = False
     inlines = [DeliveryInline]
-    fields = ["user", "type", "lane", "channels", "context", "campaign", "idempotency_key",
-              "created_at", "routed_at"]
-    readonly_fields = fields
+    fields = MESSAGE_FIELDS
+    readonly_fields = MESSAGE_FIELDS
 
 
 @admin.register(Delivery)
 class DeliveryAdmin(ReadOnlyMixin, admin.ModelAdmin):
-    list_display = ["id", "message", "user", "channel", "status_badge", "reason_text",
-                    "attempts", "provider", "updated_at"]
+    list_display = [
+        "id",
+        "message",
+        "user",
+        "channel",
+        "status_badge",
+        "reason_text",
+        "attempts",
+        "provider",
+        "updated_at",
+    ]
     list_select_related = ["message", "user"]
     list_filter = [ChannelFilter, "status", "reason", "provider"]
     search_fields = ["user__email", "user__phone", "=provider_message_id"]
     ordering = ["-id"]
     show_full_result_count = False
     inlines = [DeliveryEventInline]
-    fields = ["message", "user", "channel", "status", "reason", "reason_text", "attempts",
-              "provider", "provider_message_id", "last_error", "content", "created_at",
-              "updated_at", "next_attempt_at", "claimed_at", "sent_at", "delivered_at",
-              "opened_at", "clicked_at", "finished_at"]
-    readonly_fields = fields
+    fields = DELIVERY_FIELDS
+    readonly_fields = DELIVERY_FIELDS
 
     @admin.display(description="status", ordering="status")
     def status_badge(self, obj: Delivery) -> SafeString:
@@ -507,22 +640,36 @@ class DeliveryAdmin(ReadOnlyMixin, admin.ModelAdmin):
 
 @admin.register(InboxItem)
 class InboxItemAdmin(ReadOnlyMixin, admin.ModelAdmin):
-    list_display = ["id", "user", "type_key", "title", "created_at", "read_at", "archived_at",
-                    "feedback"]
+    list_display = [
+        "id",
+        "user",
+        "type_key",
+        "title",
+        "created_at",
+        "read_at",
+        "archived_at",
+        "feedback",
+    ]
     list_select_related = ["user"]
     list_filter = ["category", "feedback"]
     search_fields = ["user__email", "user__phone", "title"]
     ordering = ["-id"]
     show_full_result_count = False
-    fields = ["user", "message", "delivery", "category", "type_key", "title", "body", "link",
-              "created_at", "read_at", "archived_at", "feedback", "feedback_at"]
-    readonly_fields = fields
+    fields = INBOX_ITEM_FIELDS
+    readonly_fields = INBOX_ITEM_FIELDS
 
 
 @admin.register(Device)
 class DeviceAdmin(admin.ModelAdmin):
-    list_display = ["id", "user", "platform", "active", "created_at", "deactivated_at",
-                    "deactivation_reason"]
+    list_display = [
+        "id",
+        "user",
+        "platform",
+        "active",
+        "created_at",
+        "deactivated_at",
+        "deactivation_reason",
+    ]
     list_select_related = ["user"]
     list_filter = ["platform", "active"]
     search_fields = ["user__email", "user__phone", "=token"]
@@ -535,12 +682,10 @@ class DeviceAdmin(admin.ModelAdmin):
 class NotificationTypeAdmin(admin.ModelAdmin):
     """Types from notifier/catalog.py are synced after migrate: only is_active is editable."""
 
-    list_display = ["key", "name", "kind", "priority", "channel_list", "is_active",
-                    "code_defined"]
+    list_display = ["key", "name", "kind", "priority", "channel_list", "is_active", "code_defined"]
     list_filter = ["kind", "priority", "is_active", "code_defined"]
     search_fields = ["key", "name"]
-    fields = ["key", "name", "description", "kind", "priority", "channels", "optional_context",
-              "is_active", "code_defined", "updated_at"]
+    fields = NOTIFICATION_TYPE_FIELDS
 
     @admin.display(description="channels")
     def channel_list(self, obj: NotificationType) -> str:
@@ -550,11 +695,10 @@ class NotificationTypeAdmin(admin.ModelAdmin):
         if obj is None:
             return ["code_defined", "updated_at"]
         if obj.code_defined:
-            return [f for f in self.fields if f != "is_active"]
+            return [f for f in NOTIFICATION_TYPE_FIELDS if f != "is_active"]
         return ["key", "code_defined", "updated_at"]
 
     def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         if obj is not None and obj.code_defined:
             return False
         return super().has_delete_permission(request, obj)
-

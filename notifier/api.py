@@ -188,10 +188,12 @@ def notify(
 ) -> Message:
     """Notify one user. Returns the Message; the same idempotency key returns the same one."""
     info = check_type(type_key)
-    (user_id,) = check_recipients([user])
+    user_id = _user_id(user)
     chosen = check_channels(channels, info)
     clean_context = check_context(context, info, chosen)
     key = check_idempotency_key(idempotency_key)
+    # Whether the user exists and is active is checked by the INSERT itself (one round trip);
+    # check_recipients runs only to name the problem when nothing was written.
     return message_create(
         row=NewMessage(
             user_id=user_id,
@@ -200,7 +202,8 @@ def notify(
             channels=chosen,
             lane=info.lane,
             idempotency_key=key,
-        )
+        ),
+        check_recipient=lambda: check_recipients([user_id]),
     )
 
 

@@ -1,7 +1,7 @@
 """App config for the core: syncs code-defined notification types after migrate."""
 
 from django.apps import AppConfig
-from django.db.models.signals import post_migrate
+from django.db.models.signals import post_delete, post_migrate, post_save
 
 
 class NotifierConfig(AppConfig):
@@ -12,5 +12,10 @@ class NotifierConfig(AppConfig):
     def ready(self) -> None:
         from notifier import checks  # noqa: F401  (registers the system checks)
         from notifier.catalog import sync_catalog_after_migrate
+        from notifier.models import NotificationType
+        from notifier.selectors import type_cache_clear
 
         post_migrate.connect(sync_catalog_after_migrate, sender=self)
+        # This process sees an edited type at once; others within TYPE_CACHE_TTL_S.
+        post_save.connect(lambda **_: type_cache_clear(), sender=NotificationType, weak=False)
+        post_delete.connect(lambda **_: type_cache_clear(), sender=NotificationType, weak=False)

@@ -19,7 +19,14 @@ from pathlib import Path
 from typing import Any
 
 from django.conf import settings
-from jinja2 import FileSystemLoader, StrictUndefined, TemplateNotFound, meta, select_autoescape
+from jinja2 import (
+    FileSystemLoader,
+    StrictUndefined,
+    Template,
+    TemplateNotFound,
+    meta,
+    select_autoescape,
+)
 from jinja2.sandbox import SandboxedEnvironment
 
 from channels.base import Channel, Content
@@ -120,16 +127,28 @@ def template_context(context: Mapping[str, Any], user: Mapping[str, Any]) -> dic
     }
 
 
-def render(type_key: str, channel: Channel, context: Mapping[str, Any], locale: str) -> Content:
-    """Render every part of one channel; raises RenderError with the template's complaint."""
+@functools.lru_cache(maxsize=8192)
+def _templates(
+    type_key: str, channel: Channel, locale: str
+) -> tuple[tuple[Part, Template | None], ...]:
+    """Which file renders each part for a locale; resolved once per process (misses included)."""
     env = environment()
-    rendered: dict[str, str] = {}
+    found: list[tuple[Part, Template | None]] = []
     for part in PARTS[channel]:
         try:
-            template = env.select_template(template_names(type_key, part, locale))
+            found.append((part, env.select_template(template_names(type_key, part, locale))))
         except TemplateNotFound:
+            found.append((part, None))
+    return tuple(found)
+
+
+def render(type_key: str, channel: Channel, context: Mapping[str, Any], locale: str) -> Content:
+    """Render every part of one channel; raises RenderError with the template's complaint."""
+    rendered: dict[str, str] = {}
+    for part, template in _templates(type_key, channel, locale):
+        if template is None:
             if part.required:
-                raise RenderError(f"no template {type_key}/{part.filename}") from None
+                raise RenderError(f"no template {type_key}/{part.filename}")
             continue
         try:
             rendered[part.name] = template.render(context).strip()

@@ -16,16 +16,17 @@ from datetime import datetime, timedelta
 from functools import partial
 
 from django.conf import settings
-from django.db import transaction
-from django.db.models import F, Q
+from django.db import connection, transaction
 from django.utils import timezone
 
 from channels.base import Channel, Content, ErrorCode, Outgoing, PushTarget, SendResult
 from channels.registry import provider_for
 from notifier import dispatch
+from notifier.db import insert_rows, update_rows
 from notifier.models import Delivery, DeliveryEvent, Device, EventKind, Message
 from notifier.policies.retry import RetryPolicy, Verdict, after_attempt
 from notifier.queues import Lane
+from notifier.selectors import type_info_get
 from notifier.status import (
     ENGAGEMENT_RANK,
     DeliveryStatus,
@@ -124,40 +125,108 @@ class DeliverReport:
 
 
 def _claim(delivery_ids: Sequence[int], now: datetime) -> list[int]:
-    """queued -> sending for the due, unlocked rows among delivery_ids; returns those claimed."""
-    with transaction.atomic():
-        ids = list(
-            Delivery.objects.select_for_update(skip_locked=True)
-            .filter(pk__in=delivery_ids, status=S.QUEUED)
-            .filter(Q(next_attempt_at__isnull=True) | Q(next_attempt_at__lte=now + EARLY_TOLERANCE))
-            .values_list("pk", flat=True)
+    """queued -> sending for the due rows among delivery_ids; returns the ids claimed.
+
+    A compare-and-set in one statement: when two workers run the same task, the second waits
+    for the first's row lock, re-reads the status, finds 'sending', and claims nothing.
+    """
+    if not delivery_ids:
+        return []
+    table = connection.ops.quote_name(Delivery._meta.db_table)
+    field = Delivery._meta.get_field("claimed_at")
+    stamp = field.get_db_prep_value(now, connection)
+    due = field.get_db_prep_value(now + EARLY_TOLERANCE, connection)
+    ids = ", ".join(["%s"] * len(delivery_ids))
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"UPDATE {table} SET status = %s, attempts = attempts + 1, claimed_at = %s, "
+            f"updated_at = %s WHERE id IN ({ids}) AND status = %s "
+            f"AND (next_attempt_at IS NULL OR next_attempt_at <= %s) RETURNING id",
+            [S.SENDING, stamp, stamp, *delivery_ids, S.QUEUED, due],
         )
-        if ids:
-            Delivery.objects.filter(pk__in=ids).update(
-                status=S.SENDING, attempts=F("attempts") + 1, claimed_at=now, updated_at=now
+        return [row[0] for row in cursor.fetchall()]
+
+
+@dataclass(slots=True)
+class Claimed:
+    """A claimed delivery: what sending needs, and the outcome to record."""
+
+    pk: int
+    message_id: int
+    user_id: int
+    channel: Channel
+    content: dict[str, str]
+    attempts: int
+    type_key: str
+    lane: Lane
+    email: str
+    phone: str
+    status: str = S.SENDING
+    reason: str = ""
+    last_error: str = ""
+    provider: str = ""
+    provider_message_id: str = ""
+    updated_at: datetime | None = None
+    claimed_at: datetime | None = None
+    next_attempt_at: datetime | None = None
+    sent_at: datetime | None = None
+    finished_at: datetime | None = None
+
+
+CLAIMED_COLUMNS = (
+    "pk",
+    "message_id",
+    "user_id",
+    "channel",
+    "content",
+    "attempts",
+    "message__type_id",
+    "message__lane",
+    "user__email",
+    "user__phone",
+)
+
+
+def _load(claimed_ids: list[int]) -> list[Claimed]:
+    rows = Delivery.objects.filter(pk__in=claimed_ids).order_by("pk").values_list(*CLAIMED_COLUMNS)
+    claimed = []
+    for pk, message_id, user_id, channel, content, attempts, type_key, lane, email, phone in rows:
+        claimed.append(
+            Claimed(
+                pk=pk,
+                message_id=message_id,
+                user_id=user_id,
+                channel=Channel(channel),
+                content=content,
+                attempts=attempts,
+                type_key=type_key,
+                lane=Lane(lane),
+                email=email,
+                phone=phone,
             )
-    return ids
+        )
+    return claimed
 
 
-def _outgoing(delivery: Delivery, devices: list[Device]) -> Outgoing:
-    message: Message = delivery.message
+def _outgoing(delivery: Claimed, devices: list[Device]) -> Outgoing:
+    info = type_info_get(delivery.type_key)
     return Outgoing(
         delivery_id=delivery.pk,
         message_id=delivery.message_id,
         user_id=delivery.user_id,
-        channel=Channel(delivery.channel),
-        type_key=message.type_id,
+        channel=delivery.channel,
+        type_key=delivery.type_key,
         content=Content.from_dict(delivery.content),
         attempt=delivery.attempts,
-        email=delivery.user.email,
-        phone=delivery.user.phone,
+        email=delivery.email,
+        phone=delivery.phone,
         devices=tuple(
             PushTarget(
                 device_id=d.pk, platform=d.platform, token=d.token, web_push_keys=d.web_push_keys
             )
             for d in devices
         ),
-        category=message.type.kind,
+        category=info.kind if info is not None else "",
     )
 
 
@@ -188,30 +257,63 @@ def _send(channel: Channel, outgoings: list[Outgoing]) -> list[SendResult]:
                 )
         except Exception as exc:
             log.exception("provider %s raised", provider.name)
-            sent = [
-                SendResult.transient(
-                    provider.name, ErrorCode.UNEXPECTED, f"{type(exc).__name__}: {exc}"
-                )
-            ] * len(to_send)
+            error = f"{type(exc).__name__}: {exc}"
+            sent = [SendResult.transient(provider.name, ErrorCode.UNEXPECTED, error)] * len(to_send)
         answers = iter(sent)
         results = [r if r is not None else next(answers) for r in results]
     return [r for r in results if r is not None]
 
 
+RECORDED_FIELDS = (
+    "status",
+    "reason",
+    "last_error",
+    "provider",
+    "provider_message_id",
+    "updated_at",
+    "claimed_at",
+    "next_attempt_at",
+    "sent_at",
+    "finished_at",
+)
+EVENT_FIELDS = (
+    "delivery",
+    "at",
+    "kind",
+    "status",
+    "reason",
+    "attempt",
+    "provider",
+    "error",
+    "detail",
+)
+
+
+def _attempt_detail(result: SendResult, delay_s: float) -> dict[str, object]:
+    detail: dict[str, object] = {
+        "outcome": str(result.outcome),
+        "error_code": str(result.error_code) if result.error_code else None,
+        "provider_message_id": result.provider_message_id or None,
+        "retry_in_s": round(delay_s, 2) if delay_s else None,
+        **result.detail,
+    }
+    return {k: v for k, v in detail.items() if v is not None}
+
+
 def _record(
-    deliveries: list[Delivery],
+    deliveries: list[Claimed],
     results: list[SendResult],
     now: datetime,
     report: DeliverReport,
     rng: random.Random | None = None,
 ) -> None:
+    """Write each attempt's outcome as the retry policy decides, in one UPDATE and one INSERT."""
     policy = retry_policy()
-    events: list[DeliveryEvent] = []
+    events: list[tuple[object, ...]] = []
     dead_devices: set[int] = set()
     for delivery, result in zip(deliveries, results, strict=True):
         decision = after_attempt(result, attempt=delivery.attempts, policy=policy, rng=rng)
-        delivery.provider, delivery.updated_at = result.provider, now
-        delivery.claimed_at = None
+        delivery.provider, delivery.updated_at, delivery.claimed_at = result.provider, now, None
         dead_devices.update(result.deactivate_device_ids)
         if decision.verdict is Verdict.SENT:
             check_move(S.SENDING, S.SENT)
@@ -221,63 +323,37 @@ def _record(
             report.sent += 1
         elif decision.verdict is Verdict.RETRY:
             check_move(S.SENDING, S.QUEUED)
-            delivery.status, delivery.reason, delivery.last_error = (
-                S.QUEUED,
-                decision.reason or "",
-                result.error,
-            )
+            delivery.status, delivery.reason = S.QUEUED, decision.reason or ""
+            delivery.last_error = result.error
             delivery.next_attempt_at = now + timedelta(seconds=decision.delay_s)
             report.retried += 1
             report.retries.append((delivery.pk, decision.delay_s))
         else:
             check_move(S.SENDING, S.FAILED)
-            delivery.status, delivery.reason, delivery.last_error = (
-                S.FAILED,
-                decision.reason or "",
-                result.error,
-            )
-            delivery.finished_at = now
+            delivery.status, delivery.reason = S.FAILED, decision.reason or ""
+            delivery.last_error, delivery.finished_at = result.error, now
             report.failed += 1
         events.append(
-            DeliveryEvent(
-                delivery_id=delivery.pk,
-                at=now,
-                kind=EventKind.ATTEMPT,
-                status=delivery.status,
-                reason=delivery.reason,
-                attempt=delivery.attempts,
-                provider=result.provider,
-                error=result.error,
-                detail={
-                    k: v
-                    for k, v in {
-                        "outcome": str(result.outcome),
-                        "error_code": str(result.error_code) if result.error_code else None,
-                        "provider_message_id": result.provider_message_id or None,
-                        "retry_in_s": round(decision.delay_s, 2) if decision.delay_s else None,
-                        **result.detail,
-                    }.items()
-                    if v is not None
-                },
+            (
+                delivery.pk,
+                now,
+                EventKind.ATTEMPT,
+                delivery.status,
+                delivery.reason,
+                delivery.attempts,
+                result.provider,
+                result.error,
+                _attempt_detail(result, decision.delay_s),
             )
         )
     # Guarded by status: a row whose claim expired and was taken over is not overwritten.
-    Delivery.objects.filter(status=S.SENDING).bulk_update(
-        deliveries,
-        [
-            "status",
-            "reason",
-            "last_error",
-            "provider",
-            "provider_message_id",
-            "updated_at",
-            "claimed_at",
-            "next_attempt_at",
-            "sent_at",
-            "finished_at",
-        ],
+    update_rows(
+        Delivery,
+        RECORDED_FIELDS,
+        [(d.pk, *(getattr(d, name) for name in RECORDED_FIELDS)) for d in deliveries],
+        where={"status": S.SENDING},
     )
-    DeliveryEvent.objects.bulk_create(events)
+    insert_rows(DeliveryEvent, EVENT_FIELDS, events)
     if dead_devices:
         Device.objects.filter(pk__in=dead_devices, active=True).update(
             active=False, deactivated_at=now, deactivation_reason="provider: token unregistered"
@@ -286,29 +362,24 @@ def _record(
 
 def deliveries_deliver(*, delivery_ids: Sequence[int]) -> DeliverReport:
     """Claim, send and record a batch of deliveries (normally all of one channel and lane)."""
-    now = timezone.now()
     report = DeliverReport()
-    claimed = _claim(delivery_ids, now)
+    claimed = _claim(delivery_ids, timezone.now())
     report.claimed, report.skipped = len(claimed), len(delivery_ids) - len(claimed)
     if not claimed:
         return report
-    deliveries = list(
-        Delivery.objects.filter(pk__in=claimed)
-        .select_related("user", "message__type")
-        .order_by("pk")
-    )
-    push_users = [d.user_id for d in deliveries if d.channel == Channel.PUSH]
+    deliveries = _load(claimed)
+    push_users = [d.user_id for d in deliveries if d.channel is Channel.PUSH]
     devices: dict[int, list[Device]] = defaultdict(list)
-    for device in Device.objects.filter(user_id__in=push_users, active=True).order_by("pk"):
-        devices[device.user_id].append(device)
+    if push_users:
+        for device in Device.objects.filter(user_id__in=push_users, active=True).order_by("pk"):
+            devices[device.user_id].append(device)
 
-    by_channel: dict[Channel, list[Delivery]] = defaultdict(list)
+    by_channel: dict[Channel, list[Claimed]] = defaultdict(list)
     for delivery in deliveries:
-        by_channel[Channel(delivery.channel)].append(delivery)
+        by_channel[delivery.channel].append(delivery)
     for channel, group in by_channel.items():
         outgoings = [_outgoing(d, devices[d.user_id]) for d in group]
-        provider = provider_for(channel)
-        if provider.in_database:
+        if provider_for(channel).in_database:
             # Our own database is the provider: the send and its record commit together.
             with transaction.atomic():
                 _record(group, _send(channel, outgoings), timezone.now(), report)
@@ -316,7 +387,7 @@ def deliveries_deliver(*, delivery_ids: Sequence[int]) -> DeliverReport:
             results = _send(channel, outgoings)
             with transaction.atomic():
                 _record(group, results, timezone.now(), report)
-    lanes = {d.pk: (Lane(d.message.lane), Channel(d.channel)) for d in deliveries}
+    lanes = {d.pk: (d.lane, d.channel) for d in deliveries}
     for delivery_id, delay in report.retries:
         lane, channel = lanes[delivery_id]
         dispatch.publish_deliver([delivery_id], lane, channel, countdown=delay)

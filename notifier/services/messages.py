@@ -6,7 +6,7 @@ These functions trust their input; `notifier.api` validates it first.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from functools import partial
@@ -17,8 +17,9 @@ from django.db.models import Field
 from django.utils import timezone
 
 from notifier import dispatch
+from notifier.db import insert_rows
 from notifier.errors import IdempotencyKeyReused
-from notifier.models import Message
+from notifier.models import Message, User
 from notifier.queues import Lane
 
 COLUMNS = (
@@ -44,39 +45,34 @@ class NewMessage:
     campaign_id: int | None = None
 
 
+def _values(row: NewMessage, now: datetime) -> tuple[Any, ...]:
+    return (
+        row.user_id,
+        row.type_key,
+        row.context,
+        row.channels,
+        str(row.lane),
+        row.idempotency_key,
+        row.campaign_id,
+        now,
+    )
+
+
 def _insert_returning(rows: Sequence[NewMessage], now: datetime) -> dict[int, int]:
     """INSERT ... ON CONFLICT DO NOTHING RETURNING: row index -> new id, for rows inserted.
 
-    One statement whatever the batch size; a row whose idempotency key exists already (or is
-    being inserted by a concurrent transaction, which we then wait for) is skipped, not an error.
+    A row whose idempotency key exists already (or is being inserted by a concurrent
+    transaction, which we then wait for) is skipped, not an error.
     """
-    fields = [cast("Field[Any, Any]", Message._meta.get_field(name)) for name in COLUMNS]
-    qn = connection.ops.quote_name
-    values_sql = "(" + ", ".join(["%s"] * len(fields)) + ")"
-    sql = (
-        f"INSERT INTO {qn(Message._meta.db_table)} "
-        f"({', '.join(qn(f.get_attname_column()[1]) for f in fields)}) "
-        f"VALUES {', '.join([values_sql] * len(rows))} "
-        f"ON CONFLICT DO NOTHING RETURNING {qn('id')}, {qn('idempotency_key')}, {qn('user_id')}"
+    returned = insert_rows(
+        Message,
+        COLUMNS,
+        [_values(row, now) for row in rows],
+        returning=("id", "idempotency_key", "user"),
+        ignore_conflicts=True,
     )
-    params: list[Any] = []
-    for row in rows:
-        raw = (
-            row.user_id,
-            row.type_key,
-            row.context,
-            row.channels,
-            str(row.lane),
-            row.idempotency_key,
-            row.campaign_id,
-            now,
-        )
-        params.extend(f.get_db_prep_save(v, connection) for f, v in zip(fields, raw, strict=True))
-    with connection.cursor() as cursor:
-        cursor.execute(sql, params)
-        returned = cursor.fetchall()
     # Rows come back in no promised order: match them to input rows by key (or by user for
-    # keyless rows, which never conflict and are therefore all returned).
+    # keyless rows, which never conflict and are therefore all returned, in id order).
     by_key = {key: pk for pk, key, _ in returned if key is not None}
     keyless: dict[int, list[int]] = defaultdict(list)
     for pk, key, user_id in sorted(returned):
@@ -90,6 +86,28 @@ def _insert_returning(rows: Sequence[NewMessage], now: datetime) -> dict[int, in
         else:
             ids[index] = keyless[row.user_id].pop(0)
     return ids
+
+
+def _insert_one_for_active_user(row: NewMessage, now: datetime) -> int | None:
+    """One round trip for notify(): insert only if the user exists and is active, and the key
+    is free. None means one of those did not hold; the caller finds out which."""
+    fields = [cast("Field[Any, Any]", Message._meta.get_field(name)) for name in COLUMNS]
+    qn = connection.ops.quote_name
+    user_table = qn(User._meta.db_table)
+    params = [
+        f.get_db_prep_save(v, connection) for f, v in zip(fields, _values(row, now), strict=True)
+    ]
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"INSERT INTO {qn(Message._meta.db_table)} "
+            f"({', '.join(qn(f.get_attname_column()[1]) for f in fields)}) "
+            f"SELECT {', '.join(['%s'] * len(fields))} WHERE EXISTS "
+            f"(SELECT 1 FROM {user_table} WHERE id = %s AND is_active) "
+            f"ON CONFLICT DO NOTHING RETURNING id",
+            [*params, row.user_id],
+        )
+        found = cursor.fetchone()
+    return int(found[0]) if found else None
 
 
 def _as_instance(row: NewMessage, pk: int, now: datetime) -> Message:
@@ -158,12 +176,17 @@ def messages_create(*, rows: Sequence[NewMessage]) -> Written:
     return Written(messages, len(created))
 
 
-def message_create(*, row: NewMessage) -> Message:
-    """The single-message path of notify(): one INSERT, one publish after commit."""
+def message_create(*, row: NewMessage, check_recipient: Callable[[], object]) -> Message:
+    """The single-message path of notify(): one INSERT, one publish after commit.
+
+    `check_recipient` raises the typed error for a missing or inactive user; it runs only when
+    the INSERT wrote nothing, to tell that case from an existing idempotency key.
+    """
     now = timezone.now()
-    ids = _insert_returning([row], now)
-    if not ids:
+    pk = _insert_one_for_active_user(row, now)
+    if pk is None:
+        check_recipient()
         return _existing_by_key([row])[row.idempotency_key or ""]
-    message = _as_instance(row, ids[0], now)
+    message = _as_instance(row, pk, now)
     transaction.on_commit(partial(dispatch.publish_prepare, [message.pk], row.lane), robust=True)
     return message

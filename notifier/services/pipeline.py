@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 from collections import Counter, defaultdict
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from datetime import datetime
 from functools import partial
 from typing import Any
@@ -20,11 +21,12 @@ from django.utils import timezone
 
 from channels.base import Channel, Content
 from notifier import dispatch
+from notifier.db import insert_rows
 from notifier.models import Delivery, DeliveryEvent, Device, EventKind, Message, User
 from notifier.policies.routing import Recipient, RouteDecision, decide_channel
 from notifier.queues import Lane
 from notifier.rendering import RenderError, render, template_context
-from notifier.selectors import TypeInfo
+from notifier.selectors import type_info_get
 from notifier.status import DeliveryStatus, Reason
 
 log = logging.getLogger(__name__)
@@ -49,7 +51,9 @@ def user_template_values(user: User) -> dict[str, Any]:
 
 
 def message_route(message: Message, recipient: Recipient) -> dict[Channel, RouteDecision]:
-    info = TypeInfo.of(message.type)
+    info = type_info_get(message.type_id)
+    if info is None:  # deleted since notify(): PROTECT makes this near impossible
+        raise LookupError(f"notification type {message.type_id!r} no longer exists")
     return {
         Channel(channel): decide_channel(
             Channel(channel),
@@ -75,38 +79,98 @@ def message_generate(
     return rendered
 
 
-def _delivery_for(
+@dataclass(frozen=True, slots=True)
+class Routed:
+    """One delivery row as route decided it, before it is written."""
+
+    message_id: int
+    user_id: int
+    channel: Channel
+    status: DeliveryStatus
+    reason: str = ""
+    content: dict[str, str] = field(default_factory=dict)
+    last_error: str = ""
+
+
+def routed(
     message: Message,
     channel: Channel,
     decision: RouteDecision,
     content: Content | RenderError | None,
-    now: datetime,
-) -> Delivery:
-    delivery = Delivery(
-        message_id=message.pk,
-        user_id=message.user_id,
-        channel=channel,
-        created_at=now,
-        updated_at=now,
-    )
+) -> Routed:
+    row = partial(Routed, message.pk, message.user_id, channel)
     if not decision.sends:
-        delivery.status, delivery.reason, delivery.finished_at = (
-            DeliveryStatus.SUPPRESSED,
-            decision.reason or "",
-            now,
-        )
-    elif isinstance(content, RenderError):
-        delivery.status, delivery.reason, delivery.finished_at = (
-            DeliveryStatus.FAILED,
-            Reason.RENDER_FAILED,
-            now,
-        )
-        delivery.last_error = str(content)
-    else:
-        assert content is not None
-        delivery.status, delivery.next_attempt_at = DeliveryStatus.QUEUED, now
-        delivery.content = content.as_dict()
-    return delivery
+        return row(DeliveryStatus.SUPPRESSED, reason=decision.reason or "")
+    if isinstance(content, RenderError):
+        return row(DeliveryStatus.FAILED, reason=Reason.RENDER_FAILED, last_error=str(content))
+    assert content is not None
+    return row(DeliveryStatus.QUEUED, content=content.as_dict())
+
+
+DELIVERY_COLUMNS = (
+    "message",
+    "user",
+    "channel",
+    "status",
+    "reason",
+    "content",
+    "last_error",
+    "attempts",
+    "provider",
+    "provider_message_id",
+    "created_at",
+    "updated_at",
+    "next_attempt_at",
+    "finished_at",
+)
+EVENT_COLUMNS = ("delivery", "at", "kind", "status", "reason", "provider", "error", "detail")
+
+
+def _write(rows: list[Routed], now: datetime) -> dict[tuple[int, str], int]:
+    """Insert deliveries and their ROUTED events; returns (message id, channel) -> delivery id."""
+    returned = insert_rows(
+        Delivery,
+        DELIVERY_COLUMNS,
+        [
+            (
+                r.message_id,
+                r.user_id,
+                str(r.channel),
+                str(r.status),
+                r.reason,
+                r.content,
+                r.last_error,
+                0,
+                "",
+                "",
+                now,
+                now,
+                now if r.status == DeliveryStatus.QUEUED else None,
+                None if r.status == DeliveryStatus.QUEUED else now,
+            )
+            for r in rows
+        ],
+        returning=("id", "message", "channel"),
+    )
+    ids = {(message_id, channel): pk for pk, message_id, channel in returned}
+    insert_rows(
+        DeliveryEvent,
+        EVENT_COLUMNS,
+        [
+            (
+                ids[(r.message_id, r.channel)],
+                now,
+                EventKind.ROUTED,
+                str(r.status),
+                r.reason,
+                "",
+                r.last_error,
+                {},
+            )
+            for r in rows
+        ],
+    )
+    return ids
 
 
 def messages_prepare(*, message_ids: Sequence[int]) -> Counter[str]:
@@ -117,7 +181,7 @@ def messages_prepare(*, message_ids: Sequence[int]) -> Counter[str]:
         messages = list(
             Message.objects.select_for_update(skip_locked=True, of=("self",))
             .filter(pk__in=message_ids, routed_at__isnull=True)
-            .select_related("user", "type")
+            .select_related("user")
             .order_by("pk")
         )
         if not messages:
@@ -133,38 +197,25 @@ def messages_prepare(*, message_ids: Sequence[int]) -> Counter[str]:
             else Counter()
         )
 
-        deliveries: list[Delivery] = []
+        rows: list[Routed] = []
         for message in messages:
             decisions = message_route(message, recipient_of(message.user, devices[message.user_id]))
             contents = message_generate(message, [c for c, d in decisions.items() if d.sends])
-            deliveries += [
-                _delivery_for(message, channel, decision, contents.get(channel), now)
+            rows += [
+                routed(message, channel, decision, contents.get(channel))
                 for channel, decision in decisions.items()
             ]
-        Delivery.objects.bulk_create(deliveries)
-        DeliveryEvent.objects.bulk_create(
-            [
-                DeliveryEvent(
-                    delivery_id=d.pk,
-                    at=now,
-                    kind=EventKind.ROUTED,
-                    status=d.status,
-                    reason=d.reason,
-                    error=d.last_error,
-                )
-                for d in deliveries
-            ]
-        )
+        ids = _write(rows, now)
         Message.objects.filter(pk__in=[m.pk for m in messages]).update(routed_at=now)
 
         lanes = {m.pk: Lane(m.lane) for m in messages}
         to_send: dict[tuple[Lane, Channel], list[int]] = defaultdict(list)
-        for d in deliveries:
-            written[d.status] += 1
-            if d.status == DeliveryStatus.QUEUED:
-                to_send[(lanes[d.message_id], Channel(d.channel))].append(d.pk)
-        for (lane, channel), ids in to_send.items():
+        for r in rows:
+            written[r.status] += 1
+            if r.status == DeliveryStatus.QUEUED:
+                to_send[(lanes[r.message_id], r.channel)].append(ids[(r.message_id, r.channel)])
+        for (lane, channel), delivery_ids in to_send.items():
             transaction.on_commit(
-                partial(dispatch.publish_deliver, ids, lane, channel), robust=True
+                partial(dispatch.publish_deliver, delivery_ids, lane, channel), robust=True
             )
     return written

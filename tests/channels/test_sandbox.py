@@ -23,16 +23,28 @@ CONTENT = Content(subject="Your order shipped", title="Shipped", body="It is on 
 
 def email(recipient: str, *, attempt: int = 1, delivery_id: int = 1) -> Outgoing:
     return Outgoing(
-        delivery_id=delivery_id, message_id=100 + delivery_id, user_id=7, channel=Channel.EMAIL,
-        type_key="order.shipped", content=CONTENT, attempt=attempt, email=recipient,
+        delivery_id=delivery_id,
+        message_id=100 + delivery_id,
+        user_id=7,
+        channel=Channel.EMAIL,
+        type_key="order.shipped",
+        content=CONTENT,
+        attempt=attempt,
+        email=recipient,
         headers={"X-Campaign": "spring"},
     )
 
 
 def sms(recipient: str, *, attempt: int = 1, delivery_id: int = 1) -> Outgoing:
     return Outgoing(
-        delivery_id=delivery_id, message_id=100 + delivery_id, user_id=7, channel=Channel.SMS,
-        type_key="order.shipped", content=CONTENT, attempt=attempt, phone=recipient,
+        delivery_id=delivery_id,
+        message_id=100 + delivery_id,
+        user_id=7,
+        channel=Channel.SMS,
+        type_key="order.shipped",
+        content=CONTENT,
+        attempt=attempt,
+        phone=recipient,
     )
 
 
@@ -42,8 +54,14 @@ def push(*tokens: str, attempt: int = 1, delivery_id: int = 1) -> Outgoing:
         for i, token in enumerate(tokens)
     )
     return Outgoing(
-        delivery_id=delivery_id, message_id=100 + delivery_id, user_id=7, channel=Channel.PUSH,
-        type_key="order.shipped", content=CONTENT, attempt=attempt, devices=devices,
+        delivery_id=delivery_id,
+        message_id=100 + delivery_id,
+        user_id=7,
+        channel=Channel.PUSH,
+        type_key="order.shipped",
+        content=CONTENT,
+        attempt=attempt,
+        devices=devices,
     )
 
 
@@ -93,7 +111,10 @@ def test_fail_transient_n_fails_attempts_up_to_n_then_succeeds():
     ]
 
     assert [r.outcome for r in results] == [
-        Outcome.TRANSIENT, Outcome.TRANSIENT, Outcome.SENT, Outcome.SENT
+        Outcome.TRANSIENT,
+        Outcome.TRANSIENT,
+        Outcome.SENT,
+        Outcome.SENT,
     ]
     assert [r.error_code for r in results[:2]] == [ErrorCode.TIMEOUT, ErrorCode.TIMEOUT]
     assert "attempt 2" in results[1].error
@@ -128,7 +149,10 @@ def test_each_outgoing_of_a_batch_gets_its_own_result_in_order():
     results = SandboxEmailProvider().send_many(outgoings)
 
     assert [r.outcome for r in results] == [
-        Outcome.SENT, Outcome.PERMANENT, Outcome.TRANSIENT, Outcome.SENT
+        Outcome.SENT,
+        Outcome.PERMANENT,
+        Outcome.TRANSIENT,
+        Outcome.SENT,
     ]
 
 
@@ -235,7 +259,9 @@ def test_every_attempt_writes_a_ledger_row_with_its_outcome():
     rows = list(SandboxSend.objects.filter(delivery_id=9).order_by("attempt"))
 
     assert [(r.attempt, r.outcome) for r in rows] == [
-        (1, Outcome.TRANSIENT), (2, Outcome.TRANSIENT), (3, Outcome.SENT)
+        (1, Outcome.TRANSIENT),
+        (2, Outcome.TRANSIENT),
+        (3, Outcome.SENT),
     ]
     row = rows[-1]
     assert row.channel == Channel.EMAIL
@@ -243,18 +269,23 @@ def test_every_attempt_writes_a_ledger_row_with_its_outcome():
     assert row.message_id == 109
     assert row.recipient == "fail-transient-2@example.com"
     assert row.payload == {
-        "content": {"subject": "Your order shipped", "title": "Shipped",
-                    "body": "It is on its way."},
+        "content": {
+            "subject": "Your order shipped",
+            "title": "Shipped",
+            "body": "It is on its way.",
+        },
         "headers": {"X-Campaign": "spring"},
     }
 
 
 def test_failed_sends_are_recorded_in_the_ledger_too():
-    SandboxSmsProvider().send_many([
-        sms("+1555fail-permanent", delivery_id=1),
-        sms("+1555fail-always", delivery_id=2),
-        sms("+15550001111", delivery_id=3),
-    ])
+    SandboxSmsProvider().send_many(
+        [
+            sms("+1555fail-permanent", delivery_id=1),
+            sms("+1555fail-always", delivery_id=2),
+            sms("+15550001111", delivery_id=3),
+        ]
+    )
 
     rows = {r.delivery_id: r for r in SandboxSend.objects.all()}
 
@@ -275,9 +306,12 @@ def test_push_ledger_rows_name_every_device_token():
 
 
 def test_ledger_sends_lists_only_successful_sends_filtered_by_channel():
-    SandboxEmailProvider().send_many([
-        email("ok@example.com", delivery_id=1), email("fail-permanent@x.com", delivery_id=2),
-    ])
+    SandboxEmailProvider().send_many(
+        [
+            email("ok@example.com", delivery_id=1),
+            email("fail-permanent@x.com", delivery_id=2),
+        ]
+    )
     SandboxSmsProvider().send_many([sms("+15550001111", delivery_id=3)])
 
     assert [r.delivery_id for r in ledger_sends()] == [1, 3]

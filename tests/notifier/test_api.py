@@ -279,6 +279,7 @@ def test_reusing_a_key_for_another_user_is_an_error_not_a_silent_return(publishe
 @pytest.mark.django_db(transaction=True)
 def test_a_rolled_back_transaction_sends_nothing(published):
     user = UserFactory()
+
     def place_order() -> None:
         with transaction.atomic():
             notify(user, "order.shipped", order_context())

@@ -1,0 +1,116 @@
+"""Bulk SQL the ORM does slowly: multi-row INSERT ... RETURNING and UPDATE ... FROM (VALUES).
+
+Django's bulk_create builds a model instance per row and bulk_update builds a CASE per row and
+field; on the delivery hot path both cost more than the database work itself. These helpers
+write the same SQL by hand for PostgreSQL and for SQLite (3.33+, the embedded default), with
+values prepared by each field, so JSON and datetimes are stored exactly as the ORM would.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any, cast
+
+from django.db import connection, models
+
+# PostgreSQL allows 65535 parameters per statement; SQLite 32766.
+MAX_PARAMS = 30000
+
+
+def _field(model: type[models.Model], name: str) -> models.Field[Any, Any]:
+    return cast("models.Field[Any, Any]", model._meta.get_field(name))
+
+
+def _preparer(field: models.Field[Any, Any]) -> Callable[[Any], Any]:
+    if isinstance(field, (models.JSONField, models.DateTimeField)):
+        return lambda value: field.get_db_prep_save(value, connection)
+    return lambda value: value
+
+
+def _column(field: models.Field[Any, Any]) -> str:
+    return connection.ops.quote_name(field.get_attname_column()[1])
+
+
+def insert_rows(
+    model: type[models.Model],
+    names: Sequence[str],
+    rows: Sequence[Sequence[Any]],
+    *,
+    returning: Sequence[str] = (),
+    ignore_conflicts: bool = False,
+) -> list[tuple[Any, ...]]:
+    """INSERT rows (tuples in the order of `names`); returns the `returning` columns per row
+    inserted, in no promised order."""
+    if not rows:
+        return []
+    fields = [_field(model, name) for name in names]
+    prepare = [_preparer(field) for field in fields]
+    table = connection.ops.quote_name(model._meta.db_table)
+    columns = ", ".join(_column(field) for field in fields)
+    one_row = "(" + ", ".join(["%s"] * len(fields)) + ")"
+    suffix = " ON CONFLICT DO NOTHING" if ignore_conflicts else ""
+    if returning:
+        suffix += " RETURNING " + ", ".join(_column(_field(model, n)) for n in returning)
+    per_statement = max(1, MAX_PARAMS // len(fields))
+    result: list[tuple[Any, ...]] = []
+    with connection.cursor() as cursor:
+        for start in range(0, len(rows), per_statement):
+            chunk = rows[start : start + per_statement]
+            params = [
+                prep(value) for row in chunk for prep, value in zip(prepare, row, strict=True)
+            ]
+            values = ", ".join([one_row] * len(chunk))
+            cursor.execute(f"INSERT INTO {table} ({columns}) VALUES {values}{suffix}", params)
+            if returning:
+                result.extend(tuple(row) for row in cursor.fetchall())
+    return result
+
+
+def update_rows(
+    model: type[models.Model],
+    names: Sequence[str],
+    rows: Sequence[Sequence[Any]],
+    *,
+    where: dict[str, Any] | None = None,
+) -> int:
+    """UPDATE many rows to their own values in one statement. Each row is (pk, *values in the
+    order of `names`). `where` adds equality guards, e.g. {"status": "sending"}: rows that no
+    longer match are left alone (a compare-and-set for the whole batch)."""
+    if not rows:
+        return 0
+    pk = model._meta.pk
+    assert pk is not None
+    fields = [pk, *(_field(model, name) for name in names)]
+    prepare = [_preparer(field) for field in fields]
+    table = connection.ops.quote_name(model._meta.db_table)
+    postgres = connection.vendor == "postgresql"
+    if postgres:
+        # Cast every value: VALUES columns are otherwise typed from their first literal.
+        one_row = "(" + ", ".join(f"%s::{f.db_type(connection)}" for f in fields) + ")"
+        aliases = ", ".join(_column(field) for field in fields)
+        refs = [f'"v".{_column(field)}' for field in fields]
+        source = f'AS "v" ({aliases})'
+    else:  # SQLite names VALUES columns column1, column2, ...
+        one_row = "(" + ", ".join(["%s"] * len(fields)) + ")"
+        refs = [f'"v"."column{i + 1}"' for i in range(len(fields))]
+        source = 'AS "v"'
+    assignments = ", ".join(
+        f"{_column(field)} = {ref}" for field, ref in zip(fields[1:], refs[1:], strict=True)
+    )
+    guards = "".join(f" AND {table}.{_column(_field(model, name))} = %s" for name in where or {})
+    per_statement = max(1, MAX_PARAMS // len(fields))
+    updated = 0
+    with connection.cursor() as cursor:
+        for start in range(0, len(rows), per_statement):
+            chunk = rows[start : start + per_statement]
+            params = [
+                prep(value) for row in chunk for prep, value in zip(prepare, row, strict=True)
+            ]
+            values = ", ".join([one_row] * len(chunk))
+            cursor.execute(
+                f"UPDATE {table} SET {assignments} FROM (VALUES {values})"
+                f" {source} WHERE {table}.{_column(fields[0])} = {refs[0]}{guards}",
+                [*params, *(where or {}).values()],
+            )
+            updated += cursor.rowcount
+    return updated

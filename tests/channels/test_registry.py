@@ -1,0 +1,188 @@
+"""The provider registry: start-up configuration checks and one provider instance per channel."""
+
+from __future__ import annotations
+
+import pytest
+from django.core.exceptions import ImproperlyConfigured
+
+from channels import registry
+from channels.base import Channel
+from channels.email import DjangoEmailProvider
+from channels.push import FcmWebPushProvider
+from channels.registry import check_providers_configured, provider_class, provider_for
+from channels.sandbox import SandboxEmailProvider, SandboxPushProvider, SandboxSmsProvider
+from channels.sms import TwilioSmsProvider
+
+SANDBOX = {"inapp": ["inapp"], "email": ["sandbox"], "sms": ["sandbox"], "push": ["sandbox"]}
+
+
+@pytest.fixture
+def no_credentials(settings):
+    settings.NOTIFIER_PROVIDERS = dict(SANDBOX)
+    settings.TWILIO_ACCOUNT_SID = ""
+    settings.TWILIO_AUTH_TOKEN = ""
+    settings.TWILIO_FROM_NUMBER = ""
+    settings.TWILIO_MESSAGING_SERVICE_SID = ""
+    settings.FCM_CREDENTIALS_FILE = ""
+    settings.WEBPUSH_VAPID_PRIVATE_KEY = ""
+    settings.WEBPUSH_VAPID_SUBJECT = ""
+    registry.reset_providers()
+    return settings
+
+
+def use(settings, **channels: list[str]) -> None:
+    settings.NOTIFIER_PROVIDERS = {**SANDBOX, **channels}
+    registry.reset_providers()
+
+
+def test_sandbox_defaults_pass(no_credentials):
+    check_providers_configured()
+
+
+def test_the_test_settings_defaults_pass():
+    check_providers_configured()
+
+
+def test_twilio_without_credentials_names_the_missing_settings(no_credentials):
+    use(no_credentials, sms=["twilio"])
+
+    with pytest.raises(ImproperlyConfigured) as excinfo:
+        check_providers_configured()
+
+    message = str(excinfo.value)
+    assert "sms provider 'twilio'" in message
+    assert "TWILIO_ACCOUNT_SID" in message
+    assert "TWILIO_AUTH_TOKEN" in message
+    assert "TWILIO_FROM_NUMBER" in message
+
+
+def test_twilio_without_a_sender_names_the_from_number(no_credentials):
+    no_credentials.TWILIO_ACCOUNT_SID = "AC123"
+    no_credentials.TWILIO_AUTH_TOKEN = "secret"
+    use(no_credentials, sms=["twilio"])
+
+    with pytest.raises(ImproperlyConfigured, match="TWILIO_FROM_NUMBER") as excinfo:
+        check_providers_configured()
+
+    assert "TWILIO_ACCOUNT_SID" not in str(excinfo.value)
+
+
+def test_twilio_with_credentials_passes(no_credentials):
+    no_credentials.TWILIO_ACCOUNT_SID = "AC123"
+    no_credentials.TWILIO_AUTH_TOKEN = "secret"
+    no_credentials.TWILIO_FROM_NUMBER = "+15005550006"
+    use(no_credentials, sms=["twilio"])
+
+    check_providers_configured()
+
+
+def test_push_without_fcm_or_vapid_names_both_settings(no_credentials):
+    use(no_credentials, push=["push"])
+
+    with pytest.raises(ImproperlyConfigured) as excinfo:
+        check_providers_configured()
+
+    message = str(excinfo.value)
+    assert "push provider 'push'" in message
+    assert "FCM_CREDENTIALS_FILE" in message
+    assert "WEBPUSH_VAPID_PRIVATE_KEY" in message
+
+
+def test_push_with_a_vapid_key_but_no_subject_names_the_subject(no_credentials):
+    no_credentials.WEBPUSH_VAPID_PRIVATE_KEY = "a-key"
+    use(no_credentials, push=["push"])
+
+    with pytest.raises(ImproperlyConfigured, match="WEBPUSH_VAPID_SUBJECT"):
+        check_providers_configured()
+
+
+def test_push_with_fcm_credentials_passes(no_credentials):
+    no_credentials.FCM_CREDENTIALS_FILE = "/etc/notifier/fcm.json"
+    use(no_credentials, push=["push"])
+
+    check_providers_configured()
+
+
+def test_an_unknown_provider_name_is_refused_with_the_choices(no_credentials):
+    use(no_credentials, sms=["nexmo"])
+
+    with pytest.raises(ImproperlyConfigured) as excinfo:
+        check_providers_configured()
+
+    message = str(excinfo.value)
+    assert "'nexmo'" in message
+    assert "NOTIFIER_SMS_PROVIDERS" in message
+    assert "sandbox, twilio" in message
+
+
+def test_a_provider_of_another_channel_is_refused(no_credentials):
+    use(no_credentials, email=["twilio"])
+
+    with pytest.raises(ImproperlyConfigured, match="'twilio', which is not a email provider"):
+        check_providers_configured()
+
+
+def test_a_channel_without_providers_is_refused(no_credentials):
+    no_credentials.NOTIFIER_PROVIDERS = {k: v for k, v in SANDBOX.items() if k != "push"}
+
+    with pytest.raises(ImproperlyConfigured, match="no provider is configured for push"):
+        check_providers_configured()
+
+
+def test_every_problem_is_reported_at_once(no_credentials):
+    use(no_credentials, sms=["twilio"], push=["push"])
+
+    with pytest.raises(ImproperlyConfigured) as excinfo:
+        check_providers_configured()
+
+    message = str(excinfo.value)
+    assert "TWILIO_ACCOUNT_SID" in message
+    assert "FCM_CREDENTIALS_FILE" in message
+
+
+def test_smtp_email_without_a_host_names_email_url(no_credentials):
+    no_credentials.EMAIL_BACKEND = "django.core.mail.backends.smtp.EmailBackend"
+    no_credentials.EMAIL_HOST = ""
+    use(no_credentials, email=["django"])
+
+    with pytest.raises(ImproperlyConfigured, match="EMAIL_URL"):
+        check_providers_configured()
+
+
+@pytest.mark.parametrize(
+    ("channel", "name", "cls"),
+    [
+        (Channel.EMAIL, "django", DjangoEmailProvider),
+        (Channel.EMAIL, "sandbox", SandboxEmailProvider),
+        (Channel.SMS, "twilio", TwilioSmsProvider),
+        (Channel.SMS, "sandbox", SandboxSmsProvider),
+        (Channel.PUSH, "push", FcmWebPushProvider),
+        (Channel.PUSH, "sandbox", SandboxPushProvider),
+    ],
+)
+def test_provider_class_resolves_every_registered_provider(channel, name, cls):
+    resolved = provider_class(channel, name)
+
+    assert resolved is cls
+    assert resolved.channel is channel
+    assert resolved.name == name
+
+
+def test_provider_for_uses_the_first_name_once_per_process(no_credentials):
+    use(no_credentials, sms=["sandbox", "twilio"])
+
+    provider = provider_for(Channel.SMS)
+
+    assert isinstance(provider, SandboxSmsProvider)
+    assert provider_for(Channel.SMS) is provider
+
+
+def test_reset_providers_picks_up_changed_settings(no_credentials):
+    use(no_credentials, email=["sandbox"])
+    assert isinstance(provider_for(Channel.EMAIL), SandboxEmailProvider)
+
+    no_credentials.NOTIFIER_PROVIDERS = {**SANDBOX, "email": ["django"]}
+    assert isinstance(provider_for(Channel.EMAIL), SandboxEmailProvider)  # still cached
+    registry.reset_providers()
+
+    assert isinstance(provider_for(Channel.EMAIL), DjangoEmailProvider)
