@@ -13,7 +13,7 @@ from django.core.management.base import BaseCommand, CommandError
 from notifier.api import notify
 from notifier.embedded import embedded_worker
 from notifier.models import Delivery, Device, Message, Platform, User
-from notifier.selectors import user_history
+from notifier.selectors import inbox_page, inbox_unread_count, user_history
 from notifier.status import TERMINAL, Reason
 
 PEOPLE: list[dict[str, Any]] = [
@@ -106,6 +106,7 @@ class Command(BaseCommand):
             self.wait_until_done(sent, options["timeout"])
         for user in users:
             self.print_history(user, [m.pk for m in sent])
+        self.print_inbox(mei)
 
     def say(self, text: str) -> None:
         self.stdout.write(text)
@@ -180,6 +181,18 @@ class Command(BaseCommand):
                                 else f" ({event.error})"
                             )
                         self.say(f"{'':36}  └ {event.at:%H:%M:%S.%f}"[:-3] + f" {note}")
+
+    def print_inbox(self, user: User) -> None:
+        items, _ = inbox_page(user_id=user.pk, limit=5)
+        self.say("")
+        self.say(
+            self.style.MIGRATE_HEADING(
+                f"{user.first_name}'s in-app inbox ({user.locale}): "
+                f"{inbox_unread_count(user_id=user.pk)} unread"
+            )
+        )
+        for item in items:
+            self.say(f"  {'●' if item.read_at is None else ' '} {item.title} — {item.body}")
 
     def colour(self, status: str) -> str:
         if status in ("sent", "delivered", "read", "opened", "clicked"):
