@@ -66,11 +66,15 @@ def classify_webpush_error(exc: BaseException) -> tuple[Outcome, ErrorCode, str]
     from pywebpush import WebPushException
 
     if isinstance(exc, WebPushException):
-        status = exc.response.status_code if exc.response is not None else 0
+        if exc.response is None:
+            # Raised before any request: the subscription's keys are unusable. Network errors
+            # arrive as requests exceptions instead, below.
+            return Outcome.PERMANENT, ErrorCode.REJECTED, f"web push: {exc.message}"
+        status = exc.response.status_code
         text = f"web push {status}: {exc.message}"
         if status in (404, 410):
             return Outcome.PERMANENT, ErrorCode.DEVICE_UNREGISTERED, text
-        if status == 0 or classify_http_status(status) is Outcome.TRANSIENT:
+        if classify_http_status(status) is Outcome.TRANSIENT:
             code = ErrorCode.RATE_LIMITED if status == 429 else ErrorCode.PROVIDER_UNAVAILABLE
             return Outcome.TRANSIENT, code, text
         return Outcome.PERMANENT, ErrorCode.REJECTED, text

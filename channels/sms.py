@@ -36,10 +36,13 @@ def twilio_client() -> Any:
 
 
 def classify_twilio_error(provider: str, exc: BaseException) -> SendResult:
-    from twilio.base.exceptions import TwilioRestException
+    from twilio.base.exceptions import TwilioRestException, TwilioServiceException
 
-    if isinstance(exc, TwilioRestException):
-        error = f"twilio {exc.status} code {exc.code}: {exc.msg}"
+    # Twilio raises the classic TwilioRestException, or for newer APIs an RFC 9457 problem
+    # (TwilioServiceException); both carry the HTTP status and Twilio's error code.
+    if isinstance(exc, (TwilioRestException, TwilioServiceException)):
+        words = exc.msg if isinstance(exc, TwilioRestException) else (exc.detail or exc.title)
+        error = f"twilio {exc.status} code {exc.code}: {words}"
         if exc.code in INVALID_NUMBER_CODES:
             return SendResult.permanent(provider, ErrorCode.INVALID_RECIPIENT, error)
         if exc.code in OPTED_OUT_CODES:

@@ -1,4 +1,4 @@
-"""An in-process Celery worker, for the embedded default (memory transport) and the demo.
+"""Starting workers: in-process for the embedded default and the demo, or as processes.
 
 On the in-memory transport only a worker in the same process can see the queues, so the demo
 starts one in a thread. Production runs `celery worker` processes per lane instead (deploy/).
@@ -6,6 +6,7 @@ starts one in a thread. Production runs `celery worker` processes per lane inste
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -13,6 +14,35 @@ from celery.contrib.testing.worker import start_worker
 
 from notifier.celery import app
 from notifier.queues import ALL_QUEUES
+
+
+def worker_argv(
+    *, name: str, queues: list[str], concurrency: int = 2, include: tuple[str, ...] = ()
+) -> list[str]:
+    """The command line of a `celery worker` process on the given queues (tests and bench)."""
+    argv = [
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        "notifier",
+        "worker",
+        "-n",
+        name,
+        "-Q",
+        ",".join(queues),
+        "-c",
+        str(concurrency),
+        "-P",
+        "prefork",
+        "--without-gossip",
+        "--without-mingle",
+        "-l",
+        "warning",
+    ]
+    for module in include:
+        argv += ["-I", module]
+    return argv
 
 
 @contextmanager

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -16,6 +15,7 @@ import redis
 from django.conf import settings
 
 from channels.registry import reset_providers
+from notifier.embedded import worker_argv
 from notifier.selectors import type_cache_clear
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -78,28 +78,7 @@ class WorkerProcess:
             **(extra_env or {}),
         }
         self.process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "celery",
-                "-A",
-                "notifier",
-                "worker",
-                "-Q",
-                ",".join(queues),
-                "-c",
-                str(concurrency),
-                "-P",
-                "prefork",
-                "-n",
-                self.name,
-                "--without-gossip",
-                "--without-mingle",
-                "-l",
-                "warning",
-            ],
-            cwd=ROOT,
-            env=env,
+            worker_argv(name=self.name, queues=queues, concurrency=concurrency), cwd=ROOT, env=env
         )
 
     def wait_ready(self, timeout: float = 60.0) -> None:

@@ -413,6 +413,30 @@ def _publish_grouped(rows: Iterable[tuple[int, str, str]]) -> None:
         transaction.on_commit(partial(dispatch.publish_deliver, ids, lane, channel), robust=True)
 
 
+def _requeued(
+    delivery_ids: list[int],
+    now: datetime,
+    status: DeliveryStatus,
+    *,
+    reason: str = "",
+    detail: dict[str, object] | None = None,
+) -> None:
+    """Log a re-queue step on each delivery's timeline."""
+    DeliveryEvent.objects.bulk_create(
+        [
+            DeliveryEvent(
+                delivery_id=pk,
+                at=now,
+                kind=EventKind.REQUEUED,
+                status=status,
+                reason=reason,
+                detail=detail or {},
+            )
+            for pk in delivery_ids
+        ]
+    )
+
+
 def requeue_stuck_work(*, now: datetime | None = None, limit: int = 5000) -> RequeueReport:
     """Publish again what a lost broker message left behind. Safe to run twice at once.
 
@@ -469,28 +493,8 @@ def requeue_stuck_work(*, now: datetime | None = None, limit: int = 5000) -> Req
                 finished_at=now,
                 updated_at=now,
             )
-        DeliveryEvent.objects.bulk_create(
-            [
-                DeliveryEvent(
-                    delivery_id=pk,
-                    at=now,
-                    kind=EventKind.REQUEUED,
-                    status=S.QUEUED,
-                    reason=Reason.CLAIM_EXPIRED,
-                )
-                for pk, _, _ in retry
-            ]
-            + [
-                DeliveryEvent(
-                    delivery_id=pk,
-                    at=now,
-                    kind=EventKind.REQUEUED,
-                    status=S.FAILED,
-                    reason=Reason.RETRIES_EXHAUSTED,
-                )
-                for pk in exhausted
-            ]
-        )
+        _requeued([pk for pk, _, _ in retry], now, S.QUEUED, reason=Reason.CLAIM_EXPIRED)
+        _requeued(exhausted, now, S.FAILED, reason=Reason.RETRIES_EXHAUSTED)
         _publish_grouped(retry)
     report.expired_claims, report.exhausted = len(retry), len(exhausted)
 
@@ -504,17 +508,11 @@ def requeue_stuck_work(*, now: datetime | None = None, limit: int = 5000) -> Req
         Delivery.objects.filter(pk__in=[pk for pk, _, _ in overdue]).update(
             next_attempt_at=now, updated_at=now
         )
-        DeliveryEvent.objects.bulk_create(
-            [
-                DeliveryEvent(
-                    delivery_id=pk,
-                    at=now,
-                    kind=EventKind.REQUEUED,
-                    status=S.QUEUED,
-                    detail={"why": "its deliver task was overdue, presumed lost"},
-                )
-                for pk, _, _ in overdue
-            ]
+        _requeued(
+            [pk for pk, _, _ in overdue],
+            now,
+            S.QUEUED,
+            detail={"why": "its deliver task was overdue, presumed lost"},
         )
         _publish_grouped(overdue)
     report.queued = len(overdue)

@@ -533,3 +533,13 @@ def test_fcm_credentials_alone_are_enough(settings):
     settings.WEBPUSH_VAPID_PRIVATE_KEY = ""
 
     assert FcmWebPushProvider.configuration_problems() == []
+
+
+def test_a_web_push_error_before_any_request_is_permanent_not_retried():
+    from pywebpush import WebPushException
+
+    from channels.push import classify_webpush_error
+
+    outcome, code, text = classify_webpush_error(WebPushException("invalid p256dh key"))
+    assert (outcome, code) == (Outcome.PERMANENT, ErrorCode.REJECTED)
+    assert "invalid p256dh key" in text

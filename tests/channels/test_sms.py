@@ -11,7 +11,7 @@ import requests
 import responses
 
 from channels.base import Channel, Content, ErrorCode, Outcome, Outgoing
-from channels.sms import TwilioSmsProvider, twilio_client
+from channels.sms import TwilioSmsProvider, classify_twilio_error, twilio_client
 
 SID = "AC00000000000000000000000000000001"
 TOKEN = "test-auth-token"
@@ -250,3 +250,26 @@ def test_configuration_problems_name_the_missing_setting(settings, overrides, pr
 
 def test_complete_credentials_have_no_configuration_problems():
     assert TwilioSmsProvider.configuration_problems() == []
+
+
+@pytest.mark.parametrize(
+    ("status", "code", "outcome", "error_code"),
+    [
+        (400, 21211, Outcome.PERMANENT, ErrorCode.INVALID_RECIPIENT),
+        (429, 20429, Outcome.TRANSIENT, ErrorCode.RATE_LIMITED),
+        (503, 20503, Outcome.TRANSIENT, ErrorCode.PROVIDER_UNAVAILABLE),
+    ],
+)
+def test_rfc9457_problem_errors_are_classified_like_classic_ones(status, code, outcome, error_code):
+    from twilio.base.exceptions import TwilioServiceException
+
+    problem = TwilioServiceException(
+        type_uri="https://www.twilio.com/docs/errors",
+        title="Problem",
+        status=status,
+        code=code,
+        detail="the 'To' number is not valid",
+    )
+    result = classify_twilio_error("twilio", problem)
+    assert (result.outcome, result.error_code) == (outcome, error_code)
+    assert f"code {code}" in result.error

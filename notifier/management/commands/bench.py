@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 import time
 import uuid
 from datetime import UTC, datetime
@@ -25,6 +24,7 @@ from django.db import connection
 from notifier.api import notify, notify_many
 from notifier.benchmarks import NAIVE_QUEUE, naive_notify
 from notifier.celery import app
+from notifier.embedded import worker_argv
 from notifier.models import Delivery, InboxItem, User
 from notifier.queues import ALL_QUEUES
 from notifier.status import TERMINAL
@@ -144,32 +144,13 @@ class Command(BaseCommand):
 
     def start_worker(self, concurrency: int) -> subprocess.Popen[bytes]:
         name = f"bench-{uuid.uuid4().hex[:6]}@localhost"
-        worker = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "celery",
-                "-A",
-                "notifier",
-                "worker",
-                "-I",
-                "notifier.benchmarks",
-                "-Q",
-                ",".join([*ALL_QUEUES, NAIVE_QUEUE]),
-                "-c",
-                str(concurrency),
-                "-P",
-                "prefork",
-                "-n",
-                name,
-                "--without-gossip",
-                "--without-mingle",
-                "-l",
-                "warning",
-            ],
-            cwd=ROOT,
-            env=os.environ.copy(),
+        argv = worker_argv(
+            name=name,
+            queues=[*ALL_QUEUES, NAIVE_QUEUE],
+            concurrency=concurrency,
+            include=("notifier.benchmarks",),
         )
+        worker = subprocess.Popen(argv, cwd=ROOT, env=os.environ.copy())
         deadline = time.monotonic() + 60
         while not app.control.ping(destination=[name], timeout=0.5):
             if worker.poll() is not None or time.monotonic() > deadline:
