@@ -16,14 +16,20 @@ from notifier.status import DeliveryStatus, Reason
 class Message(models.Model):
     """One logical notification to one user."""
 
+    # Each index costs every notify() a write: (user, -created_at) below covers lookups by user,
+    # and types are looked up by key, never the other way round.
     user = models.ForeignKey(
-        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="messages"
+        settings.AUTH_USER_MODEL,
+        on_delete=models.CASCADE,
+        related_name="messages",
+        db_index=False,
     )
-    type = models.ForeignKey("notifier.NotificationType", on_delete=models.PROTECT)
+    type = models.ForeignKey("notifier.NotificationType", on_delete=models.PROTECT, db_index=False)
     context = models.JSONField(default=dict, blank=True)
     channels = models.JSONField(default=list, help_text="The channels this message goes to")
     lane = models.CharField(max_length=20)
-    idempotency_key = models.CharField(max_length=255, null=True, blank=True, unique=True)
+    # NULL, not "", for "no key": the unique constraint must admit any number of keyless rows.
+    idempotency_key = models.CharField(max_length=255, null=True, blank=True)  # noqa: DJ001
     campaign = models.ForeignKey(
         "campaigns.Campaign",
         null=True,
@@ -31,10 +37,14 @@ class Message(models.Model):
         on_delete=models.SET_NULL,
         related_name="messages",
     )
-    created_at = models.DateTimeField(db_index=True)
+    created_at = models.DateTimeField()
     routed_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
+        constraints = [
+            # A constraint rather than unique=True: no extra LIKE index on PostgreSQL.
+            models.UniqueConstraint(fields=["idempotency_key"], name="message_idempotency_key")
+        ]
         indexes = [
             models.Index(fields=["user", "-created_at"], name="message_user_created_idx"),
             # The re-queue job's scan for messages whose prepare task was lost.
@@ -52,9 +62,15 @@ class Message(models.Model):
 class Delivery(models.Model):
     """One (message, channel): its status, reason, attempts and provider reference."""
 
-    message = models.ForeignKey(Message, on_delete=models.CASCADE, related_name="deliveries")
+    # Covered by the (message, channel) constraint and the (user, -created_at) index.
+    message = models.ForeignKey(
+        Message, on_delete=models.CASCADE, related_name="deliveries", db_index=False
+    )
     user = models.ForeignKey(
-        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="deliveries"
+        settings.AUTH_USER_MODEL,
+        on_delete=models.CASCADE,
+        related_name="deliveries",
+        db_index=False,
     )
     channel = models.CharField(max_length=10)
     status = models.CharField(
@@ -114,7 +130,9 @@ class EventKind(models.TextChoices):
 class DeliveryEvent(models.Model):
     """One step in a delivery's timeline: a routing decision, an attempt, a callback."""
 
-    delivery = models.ForeignKey(Delivery, on_delete=models.CASCADE, related_name="events")
+    delivery = models.ForeignKey(  # covered by the (delivery, at) index
+        Delivery, on_delete=models.CASCADE, related_name="events", db_index=False
+    )
     at = models.DateTimeField()
     kind = models.CharField(max_length=12, choices=EventKind.choices)
     status = models.CharField(max_length=12, choices=DeliveryStatus.choices)
