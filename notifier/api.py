@@ -15,13 +15,17 @@ import math
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
+
+from django.utils import timezone
 
 from channels.base import Channel
 from notifier.errors import (
     ChannelNotAllowed,
     InactiveNotificationType,
     InvalidContext,
+    InvalidExpiry,
     InvalidIdempotencyKey,
     InvalidRecipient,
     MissingContextVariable,
@@ -163,6 +167,16 @@ def check_context(context: object, info: TypeInfo, channels: Sequence[str]) -> d
     return dict(context)
 
 
+def check_expires_at(expires_at: object) -> datetime | None:
+    if expires_at is None:
+        return None
+    if not isinstance(expires_at, datetime) or timezone.is_naive(expires_at):
+        raise InvalidExpiry(f"expires_at must be a timezone-aware datetime, got {expires_at!r}")
+    if expires_at <= timezone.now():
+        raise InvalidExpiry(f"expires_at {expires_at.isoformat()} is already in the past")
+    return expires_at
+
+
 def check_idempotency_key(key: object) -> str | None:
     if key is None:
         return None
@@ -185,6 +199,7 @@ def notify(
     *,
     idempotency_key: str | None = None,
     channels: Sequence[str] | None = None,
+    expires_at: datetime | None = None,
 ) -> Message:
     """Notify one user. Returns the Message; the same idempotency key returns the same one."""
     info = check_type(type_key)
@@ -199,9 +214,11 @@ def notify(
             user_id=user_id,
             type_key=info.key,
             context=clean_context,
-            channels=chosen,
+            channels=chosen if channels is not None else [],
             lane=info.lane,
             idempotency_key=key,
+            priority=info.priority,
+            expires_at=check_expires_at(expires_at),
         ),
         check_recipient=lambda: check_recipients([user_id]),
     )
@@ -225,6 +242,7 @@ def notify_many(
     contexts: Mapping[int, Mapping[str, Any]] | None = None,
     idempotency_key: str | None = None,
     channels: Sequence[str] | None = None,
+    expires_at: datetime | None = None,
 ) -> BulkResult:
     """Notify many users with one INSERT per thousand and one task per batch.
 
@@ -243,6 +261,7 @@ def notify_many(
     key = check_idempotency_key(idempotency_key)
     if key is not None:
         check_idempotency_key(f"{key}:{max(user_ids, default=0)}")
+    expiry = check_expires_at(expires_at)
     per_user = dict(contexts or {})
     strangers = set(per_user) - set(user_ids)
     if strangers:
@@ -264,9 +283,11 @@ def notify_many(
                 user_id=user_id,
                 type_key=info.key,
                 context=merged,
-                channels=chosen,
+                channels=chosen if channels is not None else [],
                 lane=info.lane,
                 idempotency_key=f"{key}:{user_id}" if key is not None else None,
+                priority=info.priority,
+                expires_at=expiry,
             )
         )
     written = messages_create(rows=rows)

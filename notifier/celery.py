@@ -20,5 +20,8 @@ def _declare_queues_and_schedule(sender: Celery, **_: object) -> None:
 
     sender.conf.task_queues = CELERY_QUEUES
     sender.conf.task_default_queue = prepare_queue(Lane.TRANSACTIONAL)
-    sender.conf.task_routes = {"notifier.requeue_stuck_work": {"queue": MAINTENANCE_QUEUE}}
+    sender.conf.task_routes = {
+        "notifier.requeue_stuck_work": {"queue": MAINTENANCE_QUEUE},
+        "notifier.release_held": {"queue": MAINTENANCE_QUEUE},
+    }
     sender.conf.beat_schedule = BEAT_SCHEDULE

@@ -39,6 +39,10 @@ class ChannelNotAllowed(NotifyError):
     pass
 
 
+class InvalidExpiry(NotifyError):
+    pass
+
+
 class InvalidIdempotencyKey(NotifyError):
     pass
 

@@ -19,4 +19,12 @@ BEAT_SCHEDULE: dict[str, dict[str, Any]] = {
         "schedule": 60.0,
         "options": {"queue": MAINTENANCE_QUEUE, "expires": 55},
     },
+    # Every 15 seconds: release held deliveries that are due. Quiet-hours releases are spread
+    # over NOTIFIER_QUIET_RELEASE_WINDOW_S by their due times, so each run releases a slice of
+    # the morning rather than everything at 08:00:00.
+    "release-held": {
+        "task": "notifier.release_held",
+        "schedule": 15.0,
+        "options": {"queue": MAINTENANCE_QUEUE, "expires": 14},
+    },
 }

@@ -3,12 +3,27 @@
 from __future__ import annotations
 
 import time
+from collections import defaultdict
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 
-from django.db.models import Prefetch, QuerySet
+from django.db.models import Count, Prefetch, QuerySet
 
-from notifier.models import Delivery, DeliveryEvent, InboxItem, Message, NotificationType
+from notifier.models import (
+    Consent,
+    ConsentPurpose,
+    Delivery,
+    DeliveryEvent,
+    Feedback,
+    InboxItem,
+    MarketingFrequency,
+    Message,
+    NotificationType,
+    Preference,
+    User,
+)
+from notifier.policies.preferences import ConsentRecord, ConsentState, Preferences
 from notifier.queues import Lane, lane_for_kind
 
 TYPE_CACHE_TTL_S = 30.0
@@ -108,3 +123,54 @@ def user_history(*, user_id: int) -> QuerySet[Message]:
         .prefetch_related(Prefetch("deliveries", queryset=deliveries))
         .order_by("-created_at", "-id")
     )
+
+
+# --- What users chose, in bulk for a routing batch ------------------------------------------
+
+
+def preferences_of(*, user_ids: Iterable[int]) -> dict[int, Preferences]:
+    """Each user's overrides and marketing frequency (users without rows get the defaults)."""
+    ids = list(user_ids)
+    overrides: dict[int, dict[tuple[str, str], bool]] = defaultdict(dict)
+    for user_id, category, channel, enabled in Preference.objects.filter(
+        user_id__in=ids
+    ).values_list("user_id", "category", "channel", "enabled"):
+        overrides[user_id][(category, channel)] = enabled
+    frequency = dict(User.objects.filter(pk__in=ids).values_list("pk", "marketing_frequency"))
+    return {
+        user_id: Preferences(
+            overrides=overrides.get(user_id, {}),
+            marketing_frequency=frequency.get(user_id, MarketingFrequency.AS_SENT),
+        )
+        for user_id in ids
+    }
+
+
+def consent_of(
+    *, user_ids: Iterable[int], purpose: str = ConsentPurpose.MARKETING
+) -> dict[int, ConsentState]:
+    """The newest consent record per channel for each user."""
+    ids = list(user_ids)
+    latest: dict[int, dict[str, ConsentRecord]] = defaultdict(dict)
+    rows = (
+        Consent.objects.filter(user_id__in=ids, purpose=purpose)
+        .order_by("user_id", "channel", "at", "id")
+        .values_list("user_id", "channel", "granted", "at")
+    )
+    for user_id, channel, granted, at in rows:
+        latest[user_id][channel] = ConsentRecord(granted=granted, at=at)  # newest last wins
+    return {user_id: ConsentState(latest=latest.get(user_id, {})) for user_id in ids}
+
+
+def irrelevant_feedback_counts(
+    *, user_ids: Iterable[int], since: datetime
+) -> dict[tuple[int, str], int]:
+    """(user id, type key) -> how many 👎 "irrelevant" the user gave that type since `since`."""
+    rows = (
+        InboxItem.objects.filter(
+            user_id__in=list(user_ids), feedback=Feedback.IRRELEVANT, feedback_at__gte=since
+        )
+        .values_list("user_id", "type_key")
+        .annotate(n=Count("id"))
+    )
+    return {(user_id, type_key): n for user_id, type_key, n in rows}

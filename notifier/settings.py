@@ -145,6 +145,33 @@ NOTIFIER_REQUEUE_AFTER_S = env.int("NOTIFIER_REQUEUE_AFTER_S", default=120)
 NOTIFIER_SENDING_TIMEOUT_S = env.int("NOTIFIER_SENDING_TIMEOUT_S", default=300)
 NOTIFIER_BATCH_SIZE = env.int("NOTIFIER_BATCH_SIZE", default=500)
 
+# --- Delivery policies ----------------------------------------------------------------------
+# Marketing needs recorded consent on these channels (in-app messages inside the product do not).
+NOTIFIER_CONSENT_CHANNELS = env.list("NOTIFIER_CONSENT_CHANNELS", default=["email", "sms", "push"])
+# Quiet hours in each user's time zone (overridable per user); held messages are released
+# spread over NOTIFIER_QUIET_RELEASE_WINDOW_S after they end, not all at once.
+NOTIFIER_QUIET_HOURS = env.str("NOTIFIER_QUIET_HOURS", default="22:00-08:00")
+NOTIFIER_QUIET_RELEASE_WINDOW_S = env.int("NOTIFIER_QUIET_RELEASE_WINDOW_S", default=1800)
+# Marketing frequency caps per user, in the user's own calendar days and weeks. Each 👎
+# "irrelevant" on a category within NOTIFIER_FEEDBACK_PENALTY_DAYS lowers its weekly cap by one.
+NOTIFIER_MARKETING_CAP_DAY = env.int("NOTIFIER_MARKETING_CAP_DAY", default=1)
+NOTIFIER_MARKETING_CAP_WEEK = env.int("NOTIFIER_MARKETING_CAP_WEEK", default=2)
+NOTIFIER_FEEDBACK_PENALTY_DAYS = env.int("NOTIFIER_FEEDBACK_PENALTY_DAYS", default=30)
+# A marketing message with no expiry is stale this long after it was made.
+NOTIFIER_MARKETING_TTL_H = env.int("NOTIFIER_MARKETING_TTL_H", default=72)
+# Backpressure: above this many tasks waiting in the bulk queues, marketing and low-priority
+# messages are held instead of queued, and released as the queues drain.
+NOTIFIER_BULK_HIGH_WATER = env.int("NOTIFIER_BULK_HIGH_WATER", default=200)
+# Global provider rate limits shared by all workers, "channel:provider=rate/period", e.g.
+# NOTIFIER_RATE_LIMITS=sms:twilio=10/s,email:django=100/s
+NOTIFIER_RATE_LIMITS = env.dict("NOTIFIER_RATE_LIMITS", default={})
+# Circuit breaker per provider: this many failures within the window open it for the cooldown.
+NOTIFIER_CIRCUIT_FAILURES = env.int("NOTIFIER_CIRCUIT_FAILURES", default=20)
+NOTIFIER_CIRCUIT_WINDOW_S = env.int("NOTIFIER_CIRCUIT_WINDOW_S", default=30)
+NOTIFIER_CIRCUIT_COOLDOWN_S = env.int("NOTIFIER_CIRCUIT_COOLDOWN_S", default=30)
+# Signed links (unsubscribe, preference centre) stay valid this long.
+NOTIFIER_LINK_MAX_AGE_DAYS = env.int("NOTIFIER_LINK_MAX_AGE_DAYS", default=365)
+
 # --- Providers ------------------------------------------------------------------------------
 # Each channel's provider is chosen by NOTIFIER_<CHANNEL>_PROVIDER, or inferred from which
 # credentials are present; "sandbox" (the default) records sends in a ledger instead.

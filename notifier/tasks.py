@@ -14,6 +14,7 @@ from celery import shared_task
 
 from notifier.services.deliveries import deliveries_deliver, requeue_stuck_work
 from notifier.services.pipeline import messages_prepare
+from notifier.services.release import held_release
 
 log = logging.getLogger(__name__)
 
@@ -52,3 +53,10 @@ def requeue_stuck_work_task() -> dict[str, int]:
     if report.messages or report.queued or report.expired_claims or report.exhausted:
         log.warning("re-queued stuck work: %s", report)
     return report.__dict__
+
+
+@shared_task(name="notifier.release_held", ignore_result=True)
+def release_held_task() -> dict[str, int]:
+    """Beat: release held deliveries that are due (quiet hours over, queues drained, new cap
+    window), highest priority first."""
+    return held_release().__dict__

@@ -19,6 +19,8 @@ class UserFactory(factory.django.DjangoModelFactory):
     time_zone = "Asia/Shanghai"
     locale = "en"
     is_active = True
+    # Off unless a test is about quiet hours: tests must not depend on the hour they run at.
+    quiet_hours_enabled = False
 
 
 class DeviceFactory(factory.django.DjangoModelFactory):

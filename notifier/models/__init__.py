@@ -2,20 +2,37 @@
 
 from notifier.models.inbox import Feedback, InboxItem
 from notifier.models.messages import Delivery, DeliveryEvent, EventKind, Message
+from notifier.models.preferences import (
+    ALL_CHANNELS,
+    CapPeriod,
+    Consent,
+    ConsentPurpose,
+    FrequencyCounter,
+    Preference,
+)
+from notifier.models.routing import RoutingRule
 from notifier.models.types import Kind, NotificationType, Priority
-from notifier.models.users import Device, Platform, User
+from notifier.models.users import Device, MarketingFrequency, Platform, User
 
 __all__ = [
+    "ALL_CHANNELS",
+    "CapPeriod",
+    "Consent",
+    "ConsentPurpose",
     "Delivery",
     "DeliveryEvent",
     "Device",
     "EventKind",
     "Feedback",
+    "FrequencyCounter",
     "InboxItem",
     "Kind",
+    "MarketingFrequency",
     "Message",
     "NotificationType",
     "Platform",
+    "Preference",
     "Priority",
+    "RoutingRule",
     "User",
 ]

@@ -26,8 +26,24 @@ class Message(models.Model):
     )
     type = models.ForeignKey("notifier.NotificationType", on_delete=models.PROTECT, db_index=False)
     context = models.JSONField(default=dict, blank=True)
-    channels = models.JSONField(default=list, help_text="The channels this message goes to")
+    channels = models.JSONField(
+        default=list,
+        blank=True,
+        help_text="Channels the caller chose; empty means the routing rules decide",
+    )
+    fallback_chain = models.JSONField(
+        default=list,
+        blank=True,
+        help_text="Channels still to try, in order, if the current one cannot reach the user",
+    )
     lane = models.CharField(max_length=20)
+    priority = models.CharField(max_length=10, default="normal")
+    expires_at = models.DateTimeField(
+        null=True, blank=True, help_text="Not worth sending after this (e.g. a sale that ended)"
+    )
+    # The frequency-cap windows (user-local dates) whose slot this message took, if any.
+    cap_day = models.DateField(null=True, blank=True)
+    cap_week = models.DateField(null=True, blank=True)
     # NULL, not "", for "no key": the unique constraint must admit any number of keyless rows.
     idempotency_key = models.CharField(max_length=255, null=True, blank=True)  # noqa: DJ001
     campaign = models.ForeignKey(
@@ -73,6 +89,16 @@ class Delivery(models.Model):
         db_index=False,
     )
     channel = models.CharField(max_length=10)
+    # 0 = critical ... 3 = low; held deliveries are released highest priority first.
+    priority_rank = models.PositiveSmallIntegerField(default=2)
+    fallback_of = models.ForeignKey(
+        "self",
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="fallbacks",
+        help_text="The delivery on another channel this one stands in for",
+    )
     status = models.CharField(
         max_length=12, choices=DeliveryStatus.choices, default=DeliveryStatus.PENDING
     )
@@ -121,6 +147,8 @@ class EventKind(models.TextChoices):
     ROUTED = "routed", "Routed"
     ATTEMPT = "attempt", "Attempt"
     REQUEUED = "requeued", "Re-queued"
+    RELEASED = "released", "Released from hold"
+    FALLBACK = "fallback", "Fallback to another channel"
     CALLBACK = "callback", "Provider callback"
     ENGAGEMENT = "engagement", "Engagement"
     CANCELLED = "cancelled", "Cancelled"

@@ -45,6 +45,12 @@ def normalize_phone(value: str, default_region: str | None = None) -> str:
     return phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164)
 
 
+class MarketingFrequency(models.TextChoices):
+    AS_SENT = "as_sent", "As they come (within the site's caps)"
+    WEEKLY = "weekly", "At most one a week"
+    OFF = "off", "None"
+
+
 class User(AbstractUser):
     phone = models.CharField(
         max_length=20,
@@ -60,6 +66,17 @@ class User(AbstractUser):
         help_text="IANA name, e.g. Asia/Shanghai; quiet hours follow it",
     )
     locale = models.CharField(max_length=16, default="en", help_text="e.g. en, zh-hans")
+    # Quiet hours in the user's own time zone; empty start/end means the site default
+    # (NOTIFIER_QUIET_HOURS, 22:00-08:00). Transactional and critical messages bypass them.
+    quiet_hours_enabled = models.BooleanField(default=True)
+    quiet_hours_start = models.TimeField(null=True, blank=True)
+    quiet_hours_end = models.TimeField(null=True, blank=True)
+    marketing_frequency = models.CharField(
+        max_length=10,
+        choices=MarketingFrequency.choices,
+        default=MarketingFrequency.AS_SENT,
+        help_text="How often the user accepts marketing messages",
+    )
     # Profile fields campaigns segment on.
     yearly_spend = models.DecimalField(max_digits=12, decimal_places=2, default=Decimal("0"))
     last_active_at = models.DateTimeField(null=True, blank=True)

@@ -74,3 +74,79 @@ def decide_channel(
     if channel is Channel.PUSH and recipient.active_devices == 0:
         return suppress(Reason.NO_ACTIVE_DEVICE)
     return SEND
+
+
+# --- Which channels: routing rules ---------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    """A routing rule's plain values (see notifier.models.RoutingRule)."""
+
+    name: str
+    send_all: tuple[str, ...]
+    fallback_chain: tuple[str, ...] = ()
+    type_key: str = ""
+    kind: str = ""
+    priority: str = ""
+
+    def specificity(self, *, type_key: str, kind: str, priority: str) -> int | None:
+        """How specifically the rule matches (type > kind > priority), or None if it does not."""
+        score = 0
+        for wanted, actual, weight in (
+            (self.type_key, type_key, 4),
+            (self.kind, kind, 2),
+            (self.priority, priority, 1),
+        ):
+            if wanted:
+                if wanted != actual:
+                    return None
+                score += weight
+        return score
+
+
+# Used while the RoutingRule table is empty; the same rules are seeded into it by a migration.
+# Fallback chains are ordered by cost: push and in-app are free, email nearly, SMS is not.
+DEFAULT_RULES: tuple[Rule, ...] = (
+    Rule("Critical: every channel at once", ("sms", "push", "inapp", "email"), priority="critical"),
+    Rule("High: every channel at once", ("sms", "push", "inapp", "email"), priority="high"),
+    Rule(
+        "Normal: in-app, then the cheapest channel that reaches them",
+        ("inapp",),
+        ("push", "email", "sms"),
+        priority="normal",
+    ),
+    Rule("Low: email and in-app only", ("email", "inapp"), priority="low"),
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    send_all: tuple[Channel, ...]  # all of these at once
+    chain: tuple[Channel, ...] = ()  # the first that can reach the user, then the next on failure
+
+
+def match_rule(rules: tuple[Rule, ...], *, type_key: str, kind: str, priority: str) -> Rule | None:
+    scored = [
+        (score, rule)
+        for rule in rules
+        if (score := rule.specificity(type_key=type_key, kind=kind, priority=priority)) is not None
+    ]
+    return max(scored, key=lambda pair: pair[0])[1] if scored else None
+
+
+def plan_channels(
+    *, type_channels: tuple[str, ...], explicit: list[str], rule: Rule | None
+) -> Plan:
+    """The caller's channels win; else the rule's, restricted to channels the type uses; with no
+    rule (or nothing left of it), every channel of the type at once."""
+    if explicit:
+        return Plan(send_all=tuple(Channel(c) for c in explicit))
+    if rule is not None:
+        send_all = tuple(Channel(c) for c in rule.send_all if c in type_channels)
+        chain = tuple(
+            Channel(c) for c in rule.fallback_chain if c in type_channels and c not in send_all
+        )
+        if send_all or chain:
+            return Plan(send_all=send_all, chain=chain)
+    return Plan(send_all=tuple(Channel(c) for c in type_channels))

@@ -27,6 +27,7 @@ from notifier.models import Delivery, DeliveryEvent, Device, EventKind, Message
 from notifier.policies.retry import RetryPolicy, Verdict, after_attempt
 from notifier.queues import Lane
 from notifier.selectors import type_info_get
+from notifier.services.pipeline import deliveries_fall_back
 from notifier.status import (
     ENGAGEMENT_RANK,
     DeliveryStatus,
@@ -121,7 +122,9 @@ class DeliverReport:
     retried: int = 0
     failed: int = 0
     skipped: int = 0  # not claimable: already taken, done, or not yet due
+    fallbacks: int = 0
     retries: list[tuple[int, float]] = field(default_factory=list)
+    failed_ids: list[int] = field(default_factory=list)
 
 
 def _claim(delivery_ids: Sequence[int], now: datetime) -> list[int]:
@@ -333,6 +336,7 @@ def _record(
             delivery.status, delivery.reason = S.FAILED, decision.reason or ""
             delivery.last_error, delivery.finished_at = result.error, now
             report.failed += 1
+            report.failed_ids.append(delivery.pk)
         events.append(
             (
                 delivery.pk,
@@ -391,6 +395,9 @@ def deliveries_deliver(*, delivery_ids: Sequence[int]) -> DeliverReport:
     for delivery_id, delay in report.retries:
         lane, channel = lanes[delivery_id]
         dispatch.publish_deliver([delivery_id], lane, channel, countdown=delay)
+    if report.failed_ids:
+        # A channel that cannot reach the user hands over to the next in the message's chain.
+        report.fallbacks = len(deliveries_fall_back(failed_ids=report.failed_ids))
     return report
 
 

@@ -31,6 +31,9 @@ COLUMNS = (
     "idempotency_key",
     "campaign",
     "created_at",
+    "priority",
+    "expires_at",
+    "fallback_chain",
 )
 
 
@@ -42,6 +45,8 @@ class NewMessage:
     channels: list[str]
     lane: Lane
     idempotency_key: str | None
+    priority: str = "normal"
+    expires_at: datetime | None = None
     campaign_id: int | None = None
 
 
@@ -55,6 +60,9 @@ def _values(row: NewMessage, now: datetime) -> tuple[Any, ...]:
         row.idempotency_key,
         row.campaign_id,
         now,
+        row.priority,
+        row.expires_at,
+        [],
     )
 
 
@@ -112,6 +120,8 @@ def _insert_one_for_active_user(row: NewMessage, now: datetime) -> int | None:
 
 def _as_instance(row: NewMessage, pk: int, now: datetime) -> Message:
     message = Message(
+        priority=row.priority,
+        expires_at=row.expires_at,
         id=pk,
         user_id=row.user_id,
         type_id=row.type_key,

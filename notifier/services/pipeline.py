@@ -1,44 +1,75 @@
 """Generate and route: turn messages into one Delivery per channel, then publish the sends.
 
-Both steps run in one task per batch of messages (see README, "Architecture"): the messages are
-locked, each channel is decided by the route policy, the channels that will send are rendered,
-and deliveries plus their first event are written in bulk, all in one transaction. Running it
-twice is harmless: routed messages are skipped, and locked ones are left to their owner.
+Both steps run in one task per batch of messages (see README, "Architecture"). The messages are
+locked; everything routing needs about their users is loaded in bulk (devices, preferences,
+consent, feedback); the routing rule picks the channels; each channel is decided by the pure
+route policies; the message as a whole is admitted, held or suppressed (staleness, quiet hours,
+backpressure, frequency caps); the channels that will go out are rendered; and deliveries plus
+their first event are written in bulk, all in one transaction. Running it twice is harmless:
+routed messages are skipped, and locked ones are left to their owner.
 """
 
 from __future__ import annotations
 
 import logging
 from collections import Counter, defaultdict
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from functools import partial
 from typing import Any
 
+from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
 from channels.base import Channel, Content
 from notifier import dispatch
-from notifier.db import insert_rows
-from notifier.models import Delivery, DeliveryEvent, Device, EventKind, Message, User
-from notifier.policies.routing import Recipient, RouteDecision, decide_channel
+from notifier.backpressure import bulk_congested
+from notifier.db import insert_rows, update_rows
+from notifier.models import (
+    Delivery,
+    DeliveryEvent,
+    Device,
+    EventKind,
+    Kind,
+    Message,
+    RoutingRule,
+    User,
+)
+from notifier.models.types import PRIORITY_RANK, Priority
+from notifier.policies.preferences import (
+    ConsentState,
+    Preferences,
+    consent_reason,
+    preference_reason,
+)
+from notifier.policies.routing import (
+    DEFAULT_RULES,
+    SEND,
+    Plan,
+    Recipient,
+    RouteDecision,
+    Rule,
+    decide_channel,
+    match_rule,
+    plan_channels,
+    suppress,
+)
 from notifier.queues import Lane
 from notifier.rendering import RenderError, render, template_context
-from notifier.selectors import type_info_get
+from notifier.selectors import (
+    TypeInfo,
+    consent_of,
+    irrelevant_feedback_counts,
+    preferences_of,
+    type_info_get,
+)
+from notifier.services.admission import Admission, message_admission
 from notifier.status import DeliveryStatus, Reason
 
 log = logging.getLogger(__name__)
-
-
-def recipient_of(user: User, active_devices: int) -> Recipient:
-    return Recipient(
-        is_active=user.is_active,
-        email=user.email,
-        phone=user.phone,
-        active_devices=active_devices,
-    )
+S = DeliveryStatus
 
 
 def user_template_values(user: User) -> dict[str, Any]:
@@ -50,23 +81,90 @@ def user_template_values(user: User) -> dict[str, Any]:
     }
 
 
-def message_route(message: Message, recipient: Recipient) -> dict[Channel, RouteDecision]:
+def routing_rules() -> tuple[Rule, ...]:
+    """The active rules from the admin; the code defaults while the table is empty."""
+    rows = list(
+        RoutingRule.objects.filter(is_active=True).values_list(
+            "name", "send_all", "fallback_chain", "type_id", "kind", "priority"
+        )
+    )
+    if not rows and not RoutingRule.objects.exists():
+        return DEFAULT_RULES
+    return tuple(
+        Rule(name, tuple(send_all), tuple(chain), type_key or "", kind, priority)
+        for name, send_all, chain, type_key, kind, priority in rows
+    )
+
+
+@dataclass
+class Audience:
+    """Everything routing knows about the users of one batch, loaded with a few queries."""
+
+    devices: Counter[int]
+    preferences: dict[int, Preferences]
+    consent: dict[int, ConsentState]
+    irrelevant: dict[tuple[int, str], int]
+    rules: tuple[Rule, ...]
+    congested: bool
+
+
+def audience_of(messages: Sequence[Message], now: datetime) -> Audience:
+    user_ids = {m.user_id for m in messages}
+    marketing = {m.user_id for m in messages if message_type(m).kind == Kind.MARKETING}
+    since = now - timedelta(days=settings.NOTIFIER_FEEDBACK_PENALTY_DAYS)
+    return Audience(
+        devices=Counter(
+            Device.objects.filter(user_id__in=user_ids, active=True).values_list(
+                "user_id", flat=True
+            )
+        ),
+        preferences=preferences_of(user_ids=user_ids),
+        consent=consent_of(user_ids=user_ids),
+        irrelevant=irrelevant_feedback_counts(user_ids=marketing, since=since) if marketing else {},
+        rules=routing_rules(),
+        congested=any(m.lane == Lane.BULK or m.priority == Priority.LOW for m in messages)
+        and bulk_congested(),
+    )
+
+
+def message_type(message: Message) -> TypeInfo:
     info = type_info_get(message.type_id)
     if info is None:  # deleted since notify(): PROTECT makes this near impossible
         raise LookupError(f"notification type {message.type_id!r} no longer exists")
-    return {
-        Channel(channel): decide_channel(
-            Channel(channel),
-            recipient,
-            type_channels=frozenset(info.channels),
-            type_active=info.is_active,
-        )
-        for channel in message.channels
-    }
+    return info
+
+
+def channel_decision(channel: Channel, message: Message, audience: Audience) -> RouteDecision:
+    """Contact point, type, preferences and consent for one channel: send or suppress."""
+    info, user = message_type(message), message.user
+    recipient = Recipient(
+        is_active=user.is_active,
+        email=user.email,
+        phone=user.phone,
+        active_devices=audience.devices[user.pk],
+    )
+    decision = decide_channel(
+        channel, recipient, type_channels=frozenset(info.channels), type_active=info.is_active
+    )
+    if not decision.sends:
+        return decision
+    reason = preference_reason(
+        audience.preferences[user.pk],
+        kind=info.kind,
+        type_key=info.key,
+        priority=message.priority,
+        channel=channel,
+    ) or consent_reason(
+        audience.consent[user.pk],
+        kind=info.kind,
+        channel=channel,
+        consent_channels=frozenset(settings.NOTIFIER_CONSENT_CHANNELS),
+    )
+    return suppress(reason) if reason else SEND
 
 
 def message_generate(
-    message: Message, channels: Sequence[Channel]
+    message: Message, channels: Iterable[Channel]
 ) -> dict[Channel, Content | RenderError]:
     context = template_context(message.context, user_template_values(message.user))
     rendered: dict[Channel, Content | RenderError] = {}
@@ -90,21 +188,93 @@ class Routed:
     reason: str = ""
     content: dict[str, str] = field(default_factory=dict)
     last_error: str = ""
+    next_attempt_at: datetime | None = None
+    priority_rank: int = 2
+    fallback_of: int | None = None
 
 
 def routed(
     message: Message,
     channel: Channel,
     decision: RouteDecision,
+    admission: Admission | None,
     content: Content | RenderError | None,
+    now: datetime,
+    fallback_of: int | None = None,
 ) -> Routed:
-    row = partial(Routed, message.pk, message.user_id, channel)
+    row = partial(
+        Routed,
+        message.pk,
+        message.user_id,
+        channel,
+        priority_rank=PRIORITY_RANK.get(Priority(message.priority), 2),
+        fallback_of=fallback_of,
+    )
     if not decision.sends:
-        return row(DeliveryStatus.SUPPRESSED, reason=decision.reason or "")
+        return row(S.SUPPRESSED, reason=decision.reason or "")
+    assert admission is not None
+    if admission.status == S.SUPPRESSED:
+        return row(S.SUPPRESSED, reason=admission.reason)
     if isinstance(content, RenderError):
-        return row(DeliveryStatus.FAILED, reason=Reason.RENDER_FAILED, last_error=str(content))
+        return row(S.FAILED, reason=Reason.RENDER_FAILED, last_error=str(content))
     assert content is not None
-    return row(DeliveryStatus.QUEUED, content=content.as_dict())
+    if admission.status == S.HELD:
+        return row(
+            S.HELD,
+            reason=admission.reason,
+            content=content.as_dict(),
+            next_attempt_at=admission.until,
+        )
+    return row(S.QUEUED, content=content.as_dict(), next_attempt_at=now)
+
+
+@dataclass
+class RouteOutcome:
+    rows: list[Routed]
+    chain_left: list[str]
+    admission: Admission | None
+
+
+def _decide_plan(
+    plan: Plan, message: Message, audience: Audience
+) -> tuple[dict[Channel, RouteDecision], list[str]]:
+    """Decide every send-all channel, and the fallback chain up to the first that can send."""
+    decisions = {channel: channel_decision(channel, message, audience) for channel in plan.send_all}
+    for index, channel in enumerate(plan.chain):
+        decisions[channel] = channel_decision(channel, message, audience)
+        if decisions[channel].sends:
+            return decisions, [str(c) for c in plan.chain[index + 1 :]]
+    return decisions, []
+
+
+def message_route(message: Message, audience: Audience, now: datetime) -> RouteOutcome:
+    info = message_type(message)
+    rule = match_rule(audience.rules, type_key=info.key, kind=info.kind, priority=message.priority)
+    plan = plan_channels(type_channels=info.channels, explicit=list(message.channels), rule=rule)
+    decisions, chain_left = _decide_plan(plan, message, audience)
+    sendable = [channel for channel, decision in decisions.items() if decision.sends]
+    admission = (
+        message_admission(
+            message=message,
+            user=message.user,
+            kind=info.kind,
+            now=now,
+            congested=audience.congested,
+            irrelevant=audience.irrelevant.get((message.user_id, info.key), 0),
+        )
+        if sendable
+        else None
+    )
+    contents = (
+        message_generate(message, sendable)
+        if admission is not None and (admission.status != S.SUPPRESSED)
+        else {}
+    )
+    rows = [
+        routed(message, channel, decision, admission, contents.get(channel), now)
+        for channel, decision in decisions.items()
+    ]
+    return RouteOutcome(rows, chain_left, admission)
 
 
 DELIVERY_COLUMNS = (
@@ -122,12 +292,21 @@ DELIVERY_COLUMNS = (
     "updated_at",
     "next_attempt_at",
     "finished_at",
+    "priority_rank",
+    "fallback_of",
 )
 EVENT_COLUMNS = ("delivery", "at", "kind", "status", "reason", "provider", "error", "detail")
+TERMINAL_ON_ROUTE = frozenset({S.SUPPRESSED, S.FAILED})
 
 
-def _write(rows: list[Routed], now: datetime) -> dict[tuple[int, str], int]:
-    """Insert deliveries and their ROUTED events; returns (message id, channel) -> delivery id."""
+def write_routed(
+    rows: list[Routed], now: datetime, kind: EventKind = EventKind.ROUTED
+) -> dict[tuple[int, str], int]:
+    """Insert deliveries and their first event; returns (message id, channel) -> delivery id.
+
+    A (message, channel) that already has a delivery is left as it is (ON CONFLICT DO NOTHING),
+    so a fallback or route that runs twice writes each delivery once.
+    """
     returned = insert_rows(
         Delivery,
         DELIVERY_COLUMNS,
@@ -145,12 +324,15 @@ def _write(rows: list[Routed], now: datetime) -> dict[tuple[int, str], int]:
                 "",
                 now,
                 now,
-                now if r.status == DeliveryStatus.QUEUED else None,
-                None if r.status == DeliveryStatus.QUEUED else now,
+                r.next_attempt_at,
+                now if r.status in TERMINAL_ON_ROUTE else None,
+                r.priority_rank,
+                r.fallback_of,
             )
             for r in rows
         ],
         returning=("id", "message", "channel"),
+        ignore_conflicts=True,
     )
     ids = {(message_id, channel): pk for pk, message_id, channel in returned}
     insert_rows(
@@ -160,17 +342,36 @@ def _write(rows: list[Routed], now: datetime) -> dict[tuple[int, str], int]:
             (
                 ids[(r.message_id, r.channel)],
                 now,
-                EventKind.ROUTED,
+                kind,
                 str(r.status),
                 r.reason,
                 "",
                 r.last_error,
-                {},
+                {"until": r.next_attempt_at.isoformat()}
+                if r.status == S.HELD and r.next_attempt_at
+                else {"fallback_of": r.fallback_of}
+                if r.fallback_of
+                else {},
             )
             for r in rows
+            if (r.message_id, r.channel) in ids
         ],
     )
     return ids
+
+
+def publish_queued(
+    rows: Iterable[Routed], ids: dict[tuple[int, str], int], lanes: dict[int, Lane]
+) -> None:
+    """After commit, one deliver task per (lane, channel) for the rows that are queued."""
+    to_send: dict[tuple[Lane, Channel], list[int]] = defaultdict(list)
+    for r in rows:
+        if r.status == S.QUEUED and (r.message_id, r.channel) in ids:
+            to_send[(lanes[r.message_id], r.channel)].append(ids[(r.message_id, r.channel)])
+    for (lane, channel), delivery_ids in to_send.items():
+        transaction.on_commit(
+            partial(dispatch.publish_deliver, delivery_ids, lane, channel), robust=True
+        )
 
 
 def messages_prepare(*, message_ids: Sequence[int]) -> Counter[str]:
@@ -186,36 +387,80 @@ def messages_prepare(*, message_ids: Sequence[int]) -> Counter[str]:
         )
         if not messages:
             return written
-        push_users = [m.user_id for m in messages if Channel.PUSH in m.channels]
-        devices = (
-            Counter(
-                Device.objects.filter(user_id__in=push_users, active=True).values_list(
-                    "user_id", flat=True
+        audience = audience_of(messages, now)
+        rows: list[Routed] = []
+        updates: list[tuple[Any, ...]] = []
+        for message in messages:
+            outcome = message_route(message, audience, now)
+            rows += outcome.rows
+            cap = outcome.admission.cap if outcome.admission else None
+            updates.append(
+                (
+                    message.pk,
+                    now,
+                    outcome.chain_left,
+                    cap.day if cap else None,
+                    cap.week if cap else None,
                 )
             )
-            if push_users
-            else Counter()
-        )
-
-        rows: list[Routed] = []
-        for message in messages:
-            decisions = message_route(message, recipient_of(message.user, devices[message.user_id]))
-            contents = message_generate(message, [c for c, d in decisions.items() if d.sends])
-            rows += [
-                routed(message, channel, decision, contents.get(channel))
-                for channel, decision in decisions.items()
-            ]
-        ids = _write(rows, now)
-        Message.objects.filter(pk__in=[m.pk for m in messages]).update(routed_at=now)
-
-        lanes = {m.pk: Lane(m.lane) for m in messages}
-        to_send: dict[tuple[Lane, Channel], list[int]] = defaultdict(list)
-        for r in rows:
-            written[r.status] += 1
-            if r.status == DeliveryStatus.QUEUED:
-                to_send[(lanes[r.message_id], r.channel)].append(ids[(r.message_id, r.channel)])
-        for (lane, channel), delivery_ids in to_send.items():
-            transaction.on_commit(
-                partial(dispatch.publish_deliver, delivery_ids, lane, channel), robust=True
-            )
+        ids = write_routed(rows, now)
+        update_rows(Message, ("routed_at", "fallback_chain", "cap_day", "cap_week"), updates)
+        publish_queued(rows, ids, {m.pk: Lane(m.lane) for m in messages})
+        written.update(str(r.status) for r in rows)
     return written
+
+
+def deliveries_fall_back(*, failed_ids: Sequence[int]) -> list[int]:
+    """For deliveries that failed for good, try the next channel of their message's chain.
+
+    The message was admitted when it was routed (quiet hours, caps), so the fallback goes out
+    at once; it still respects the channel's contact point, preferences and consent, and moves
+    along the chain past channels that cannot reach the user. Returns new delivery ids.
+    """
+    now = timezone.now()
+    with transaction.atomic():
+        failed = dict(
+            Delivery.objects.filter(pk__in=failed_ids, status=S.FAILED).values_list(
+                "message_id", "pk"
+            )
+        )
+        messages = list(
+            Message.objects.select_for_update(of=("self",))
+            .filter(pk__in=list(failed))
+            .exclude(fallback_chain=[])
+            .select_related("user")
+            .order_by("pk")
+        )
+        if not messages:
+            return []
+        audience = audience_of(messages, now)
+        rows: list[Routed] = []
+        updates: list[tuple[Any, ...]] = []
+        for message in messages:
+            chain = [Channel(c) for c in message.fallback_chain]
+            decisions, chain_left = _decide_plan(
+                Plan(send_all=(), chain=tuple(chain)), message, audience
+            )
+            sendable = [c for c, d in decisions.items() if d.sends]
+            contents = message_generate(message, sendable)
+            rows += [
+                routed(
+                    message,
+                    c,
+                    d,
+                    Admission(S.QUEUED),
+                    contents.get(c),
+                    now,
+                    fallback_of=failed[message.pk],
+                )
+                for c, d in decisions.items()
+            ]
+            updates.append((message.pk, chain_left))
+        ids = write_routed(rows, now, kind=EventKind.FALLBACK)
+        update_rows(Message, ("fallback_chain",), updates)
+        publish_queued(rows, ids, {m.pk: Lane(m.lane) for m in messages})
+    return [
+        ids[(r.message_id, r.channel)]
+        for r in rows
+        if r.status == S.QUEUED and (r.message_id, r.channel) in ids
+    ]

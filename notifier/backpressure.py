@@ -1,0 +1,58 @@
+"""Backpressure: how deep are the bulk queues, and is it time to admit less?
+
+Depth is read from the broker (LLEN of each bulk queue on Redis), at most once a second per
+process. Above NOTIFIER_BULK_HIGH_WATER tasks, marketing and low-priority messages are held in
+PostgreSQL instead of queued, and the release job lets them in as the queues drain.
+Transactional traffic is never held for this.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import redis
+from django.conf import settings
+
+from notifier.queues import Lane, lane_queues
+
+log = logging.getLogger(__name__)
+CACHE_S = 1.0
+RETRY_HOLD_S = 60
+
+_cache: dict[str, tuple[float, int]] = {}
+
+
+def _client() -> redis.Redis | None:
+    url = settings.CELERY_BROKER_URL
+    if not url.startswith(("redis://", "rediss://")):
+        return None  # the embedded in-memory broker: nothing to measure
+    return redis.Redis.from_url(url, socket_timeout=0.5, socket_connect_timeout=0.5)
+
+
+def bulk_queue_depth() -> int:
+    """Tasks waiting in the bulk lane's queues (each a batch of up to NOTIFIER_BATCH_SIZE)."""
+    now = time.monotonic()
+    hit = _cache.get("bulk")
+    if hit and now - hit[0] < CACHE_S:
+        return hit[1]
+    client = _client()
+    depth = 0
+    if client is not None:
+        try:
+            with client.pipeline(transaction=False) as pipe:
+                for queue in lane_queues(Lane.BULK):
+                    pipe.llen(queue)
+                depth = sum(int(n) for n in pipe.execute())
+        except redis.RedisError:
+            log.warning("cannot read bulk queue depth; admitting as usual", exc_info=True)
+    _cache["bulk"] = (now, depth)
+    return depth
+
+
+def bulk_congested() -> bool:
+    return bulk_queue_depth() > settings.NOTIFIER_BULK_HIGH_WATER
+
+
+def reset_depth_cache() -> None:
+    _cache.clear()

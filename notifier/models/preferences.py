@@ -1,0 +1,96 @@
+"""What each user chose: per-category channel switches, and the marketing consent log.
+
+Defaults live in code (`notifier.policies.preferences`); a Preference row stores only a user's
+override. Consent is append-only: the current state is the newest row per (purpose, channel),
+and every row says when, from where and with what wording.
+"""
+
+from __future__ import annotations
+
+from django.conf import settings
+from django.db import models
+
+ALL_CHANNELS = "all"
+
+
+class Preference(models.Model):
+    """One override: `category` (a kind such as "marketing", or a type key such as
+    "promo.flash_sale") on `channel` (a channel, or "all") is switched on or off."""
+
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="preferences"
+    )
+    category = models.CharField(max_length=100)
+    channel = models.CharField(max_length=10, default=ALL_CHANNELS)
+    enabled = models.BooleanField()
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["user", "category", "channel"], name="preference_user_category_channel"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.category} on {self.channel}: {'on' if self.enabled else 'off'}"
+
+
+class ConsentPurpose(models.TextChoices):
+    MARKETING = "marketing", "Marketing messages"
+
+
+class Consent(models.Model):
+    """A consent given or withdrawn. Never updated: the newest row per channel holds."""
+
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="consents"
+    )
+    purpose = models.CharField(
+        max_length=20, choices=ConsentPurpose.choices, default=ConsentPurpose.MARKETING
+    )
+    channel = models.CharField(max_length=10, default=ALL_CHANNELS)
+    granted = models.BooleanField()
+    at = models.DateTimeField()
+    source = models.CharField(
+        max_length=100, help_text="Where: signup_form, preference_centre, unsubscribe_link, ..."
+    )
+    wording = models.TextField(blank=True, default="", help_text="The words the user agreed to")
+    ip_address = models.GenericIPAddressField(null=True, blank=True)
+
+    class Meta:
+        indexes = [
+            models.Index(fields=["user", "purpose", "channel", "-at"], name="consent_current_idx")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.purpose} on {self.channel}: {'given' if self.granted else 'withdrawn'}"
+
+
+class CapPeriod(models.TextChoices):
+    DAY = "day", "Day"
+    WEEK = "week", "Week"
+
+
+class FrequencyCounter(models.Model):
+    """Marketing messages a user was sent in one day or week of their own calendar.
+
+    Taken with one atomic upsert (`notifier.services.caps`), so two workers cannot both take
+    the last slot; a PostgreSQL row rather than a Redis key, so a rolled-back route gives its
+    slot back.
+    """
+
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE)
+    period = models.CharField(max_length=4, choices=CapPeriod.choices)
+    window_start = models.DateField()
+    count = models.PositiveIntegerField(default=0)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["user", "period", "window_start"], name="frequency_counter_window"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.period} from {self.window_start}: {self.count}"

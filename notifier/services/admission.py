@@ -1,0 +1,105 @@
+"""Admission: may a routed message go out now, wait, or not go at all?
+
+The message-level half of routing, used both when a message is routed and when a held one comes
+up for release: staleness, quiet hours in the user's time zone, backpressure on the bulk lane,
+and (for marketing) taking a frequency-cap slot. Everything but the cap slot is a pure policy.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, time, timedelta
+from zoneinfo import ZoneInfo
+
+from django.conf import settings
+
+from notifier.backpressure import RETRY_HOLD_S
+from notifier.models import Kind, Message, Priority, User
+from notifier.policies.caps import Windows, caps_for, next_window_start, windows_at
+from notifier.policies.quiet_hours import (
+    QuietHours,
+    bypasses_quiet_hours,
+    parse_window,
+    quiet_until,
+    spread_offset_s,
+)
+from notifier.queues import Lane
+from notifier.services.caps import cap_take
+from notifier.status import DeliveryStatus, Reason
+
+S = DeliveryStatus
+
+
+@dataclass(frozen=True, slots=True)
+class Admission:
+    status: DeliveryStatus  # QUEUED, HELD or SUPPRESSED
+    reason: str = ""
+    until: datetime | None = None  # when HELD: when to look again
+    cap: Windows | None = None  # when a marketing message took a cap slot: its windows
+
+    @property
+    def queued(self) -> bool:
+        return self.status == S.QUEUED
+
+
+QUEUE = Admission(S.QUEUED)
+
+
+def quiet_hours_of(user: User) -> QuietHours:
+    default_start, default_end = parse_window(settings.NOTIFIER_QUIET_HOURS)
+    start: time = user.quiet_hours_start or default_start
+    end: time = user.quiet_hours_end or default_end
+    return QuietHours(
+        enabled=user.quiet_hours_enabled, start=start, end=end, tz=ZoneInfo(user.time_zone or "UTC")
+    )
+
+
+def expiry_of(message: Message, kind: str) -> datetime | None:
+    """Marketing goes stale after NOTIFIER_MARKETING_TTL_H unless the caller said otherwise."""
+    if message.expires_at is not None:
+        return message.expires_at
+    if kind == Kind.MARKETING:
+        return message.created_at + timedelta(hours=settings.NOTIFIER_MARKETING_TTL_H)
+    return None
+
+
+def _hold(reason: Reason, until: datetime, expiry: datetime | None) -> Admission:
+    if expiry is not None and until >= expiry:
+        return Admission(S.SUPPRESSED, Reason.STALE)
+    return Admission(S.HELD, reason, until)
+
+
+def message_admission(
+    *, message: Message, user: User, kind: str, now: datetime, congested: bool, irrelevant: int
+) -> Admission:
+    """Decide for the whole message (all its sendable channels move together).
+
+    Takes a frequency-cap slot when a marketing message is admitted; call it inside the
+    transaction that writes the outcome, so that a rollback gives the slot back.
+    """
+    expiry = expiry_of(message, kind)
+    if expiry is not None and now >= expiry:
+        return Admission(S.SUPPRESSED, Reason.STALE)
+    quiet = quiet_hours_of(user)
+    if not bypasses_quiet_hours(kind=kind, priority=message.priority):
+        night_ends = quiet_until(now, quiet)
+        if night_ends is not None:
+            spread = spread_offset_s(message.pk, settings.NOTIFIER_QUIET_RELEASE_WINDOW_S)
+            return _hold(Reason.QUIET_HOURS, night_ends + timedelta(seconds=spread), expiry)
+    if congested and (message.lane == Lane.BULK or message.priority == Priority.LOW):
+        return _hold(Reason.BACKPRESSURE, now + timedelta(seconds=RETRY_HOLD_S), expiry)
+    if kind == Kind.MARKETING:
+        caps = caps_for(
+            frequency=user.marketing_frequency,
+            base_day=settings.NOTIFIER_MARKETING_CAP_DAY,
+            base_week=settings.NOTIFIER_MARKETING_CAP_WEEK,
+            irrelevant=irrelevant,
+        )
+        if caps.week == 0:  # feedback or frequency left no room at all: nothing to wait for
+            return Admission(S.SUPPRESSED, Reason.FREQUENCY_CAP)
+        windows = windows_at(now, quiet.tz)
+        full = cap_take(user_id=user.pk, windows=windows, caps=caps)
+        if full is not None:
+            return _hold(Reason.FREQUENCY_CAP, next_window_start(now, quiet.tz, full), expiry)
+        return Admission(S.QUEUED, cap=windows)
+    return QUEUE
