@@ -66,6 +66,13 @@ def provider_for(channel: Channel) -> Provider:
     return provider
 
 
+@functools.cache
+def providers_for(channel: Channel) -> tuple[Provider, ...]:
+    """Every configured provider of a channel, primary first: the failover order."""
+    return tuple(provider_class(channel, name)() for name in configured_names(channel))
+
+
 def reset_providers() -> None:
     """Forget provider instances (tests that change settings call this)."""
     provider_for.cache_clear()
+    providers_for.cache_clear()

@@ -16,15 +16,17 @@ import random
 import re
 import time
 from collections.abc import Sequence
+from datetime import datetime
 from typing import ClassVar
 
 from django.conf import settings
 from django.utils import timezone
 
 from channels.base import Channel, ErrorCode, Outcome, Outgoing, SendResult
-from channels.models import SandboxSend
+from channels.models import SandboxOutage, SandboxSend
 from notifier.db import insert_rows
 
+REPLAYED = "replayed"
 LEDGER_COLUMNS = (
     "channel",
     "provider",
@@ -33,6 +35,7 @@ LEDGER_COLUMNS = (
     "attempt",
     "recipient",
     "outcome",
+    "provider_message_id",
     "payload",
     "at",
 )
@@ -80,31 +83,97 @@ class _SandboxProvider:
     def send_many(self, outgoings: Sequence[Outgoing]) -> list[SendResult]:
         now = timezone.now()
         latency_s = settings.SANDBOX_LATENCY_MS / 1000.0
+        down = SandboxOutage.objects.filter(channel=self.channel, until__gt=now).exists()
         results: list[SendResult] = []
         for outgoing in outgoings:
             if latency_s:
                 time.sleep(latency_s)
-            results.append(_decide(outgoing, self.name))
-        # Written outside the pipeline's transaction, like a real provider's own records.
+            results.append(
+                SendResult.transient(
+                    self.name, ErrorCode.PROVIDER_UNAVAILABLE, "sandbox: 503 (outage)"
+                )
+                if down
+                else _decide(outgoing, self.name)
+            )
+        results = self._accept(outgoings, results, now)
+        # Failed attempts are on the ledger too, so tests can count attempts per delivery.
         insert_rows(
             SandboxSend,
             LEDGER_COLUMNS,
             [
-                (
-                    o.channel.value,
-                    self.name,
-                    o.delivery_id,
-                    o.message_id,
-                    o.attempt,
-                    o.recipient,
-                    r.outcome.value,
-                    {"content": o.content.as_dict(), "headers": o.headers},
-                    now,
-                )
+                self._row(o, r, now)
                 for o, r in zip(outgoings, results, strict=True)
+                if r.outcome is not Outcome.SENT
             ],
         )
         return results
+
+    def _row(
+        self, o: Outgoing, r: SendResult, now: datetime, outcome: str = ""
+    ) -> tuple[object, ...]:
+        return (
+            o.channel.value,
+            self.name,
+            o.delivery_id,
+            o.message_id,
+            o.attempt,
+            o.recipient,
+            outcome or r.outcome.value,
+            r.provider_message_id,
+            {"content": o.content.as_dict(), "headers": o.headers},
+            now,
+        )
+
+    def _accept(
+        self, outgoings: Sequence[Outgoing], results: list[SendResult], now: datetime
+    ) -> list[SendResult]:
+        """Record accepted sends, once per idempotency key (the delivery); a repeated key gets
+        the original answer back, like an idempotent provider API, and is logged as replayed.
+        Written outside the pipeline's transaction, like a provider's own records."""
+        sent = [
+            (o, r) for o, r in zip(outgoings, results, strict=True) if r.outcome is Outcome.SENT
+        ]
+        if not sent:
+            return results
+        accepted = {
+            row[0]
+            for row in insert_rows(
+                SandboxSend,
+                LEDGER_COLUMNS,
+                [self._row(o, r, now) for o, r in sent],
+                returning=("delivery_id",),
+                ignore_conflicts=True,
+            )
+        }
+        replays = [o for o, _ in sent if o.delivery_id not in accepted]
+        if not replays:
+            return results
+        replayed_ids = {o.delivery_id for o in replays}
+        original = dict(
+            SandboxSend.objects.filter(
+                delivery_id__in=replayed_ids,
+                outcome=Outcome.SENT,
+            ).values_list("delivery_id", "provider_message_id")
+        )
+        insert_rows(
+            SandboxSend,
+            LEDGER_COLUMNS,
+            [
+                self._row(
+                    o,
+                    SendResult.sent(self.name, original.get(o.delivery_id, "")),
+                    now,
+                    outcome=REPLAYED,
+                )
+                for o in replays
+            ],
+        )
+        return [
+            SendResult.sent(self.name, original.get(o.delivery_id, ""), replayed=True)
+            if o.delivery_id in replayed_ids
+            else r
+            for o, r in zip(outgoings, results, strict=True)
+        ]
 
 
 class SandboxEmailProvider(_SandboxProvider):

@@ -15,8 +15,10 @@ import redis
 from django.conf import settings
 
 from channels.registry import reset_providers
+from notifier.backpressure import reset_depth_cache
 from notifier.embedded import worker_argv
 from notifier.selectors import type_cache_clear
+from notifier.throttle import throttle_reset
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -41,11 +43,15 @@ def wait_until(
 
 @pytest.fixture(autouse=True)
 def _fresh_caches() -> Iterator[None]:
+    """Per-process caches and shared throttle state never leak from one test into the next."""
     type_cache_clear()
     reset_providers()
+    reset_depth_cache()
+    throttle_reset()
     yield
     type_cache_clear()
     reset_providers()
+    reset_depth_cache()
 
 
 @pytest.fixture

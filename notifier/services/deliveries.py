@@ -19,8 +19,17 @@ from django.conf import settings
 from django.db import connection, transaction
 from django.utils import timezone
 
-from channels.base import Channel, Content, ErrorCode, Outgoing, PushTarget, SendResult
-from channels.registry import provider_for
+from channels.base import (
+    Channel,
+    Content,
+    ErrorCode,
+    Outcome,
+    Outgoing,
+    Provider,
+    PushTarget,
+    SendResult,
+)
+from channels.registry import providers_for
 from notifier import dispatch
 from notifier.db import insert_rows, update_rows
 from notifier.models import Delivery, DeliveryEvent, Device, EventKind, Message
@@ -35,6 +44,7 @@ from notifier.status import (
     check_move,
     sources_of,
 )
+from notifier.throttle import acquire, alert_transition, breaker_allows, breaker_record
 
 log = logging.getLogger(__name__)
 S = DeliveryStatus
@@ -124,6 +134,8 @@ class DeliverReport:
     skipped: int = 0  # not claimable: already taken, done, or not yet due
     fallbacks: int = 0
     retries: list[tuple[int, float]] = field(default_factory=list)
+    deferred: list[int] = field(default_factory=list)  # rate-limited or circuit open
+    deferred_for_s: float = 0.0
     failed_ids: list[int] = field(default_factory=list)
 
 
@@ -246,25 +258,34 @@ def _precheck(outgoing: Outgoing) -> SendResult | None:
     return None
 
 
-def _send(channel: Channel, outgoings: list[Outgoing]) -> list[SendResult]:
-    """Call the channel's provider; an unexpected exception is a transient error, logged."""
-    results: list[SendResult | None] = [_precheck(o) for o in outgoings]
-    to_send = [o for o, r in zip(outgoings, results, strict=True) if r is None]
-    if to_send:
-        provider = provider_for(channel)
-        try:
-            sent = provider.send_many(to_send)
-            if len(sent) != len(to_send):
-                raise RuntimeError(
-                    f"{provider.name} returned {len(sent)} results for {len(to_send)} messages"
-                )
-        except Exception as exc:
-            log.exception("provider %s raised", provider.name)
-            error = f"{type(exc).__name__}: {exc}"
-            sent = [SendResult.transient(provider.name, ErrorCode.UNEXPECTED, error)] * len(to_send)
-        answers = iter(sent)
-        results = [r if r is not None else next(answers) for r in results]
-    return [r for r in results if r is not None]
+def _call(provider: Provider, outgoings: list[Outgoing]) -> list[SendResult]:
+    """Call a provider; an unexpected exception is a transient error, logged."""
+    try:
+        sent = provider.send_many(outgoings)
+        if len(sent) != len(outgoings):
+            raise RuntimeError(
+                f"{provider.name} returned {len(sent)} results for {len(outgoings)} messages"
+            )
+    except Exception as exc:
+        log.exception("provider %s raised", provider.name)
+        error = f"{type(exc).__name__}: {exc}"
+        sent = [SendResult.transient(provider.name, ErrorCode.UNEXPECTED, error)] * len(outgoings)
+    return sent
+
+
+def _record_health(key: str, results: list[SendResult]) -> None:
+    """Feed the provider's circuit breaker: temporary errors count against it; recipients'
+    own permanent errors (a bad number) say nothing about the provider."""
+    transient = sum(1 for r in results if r.outcome is Outcome.TRANSIENT)
+    transitions = [
+        breaker_record(key, success=False)
+        for _ in range(min(transient, settings.NOTIFIER_CIRCUIT_FAILURES))
+    ]
+    if any(r.outcome is Outcome.SENT for r in results):
+        transitions.append(breaker_record(key, success=True))
+    for transition in transitions:
+        if transition is not None:
+            alert_transition(transition)
 
 
 RECORDED_FIELDS = (
@@ -364,6 +385,89 @@ def _record(
         )
 
 
+def _record_now(
+    provider: Provider, pairs: list[tuple[Claimed, Outgoing]], report: DeliverReport
+) -> list[SendResult]:
+    """Send and record; when our own database is the provider, both in one transaction."""
+    group, outgoings = [d for d, _ in pairs], [o for _, o in pairs]
+    if provider.in_database:
+        with transaction.atomic():
+            results = _call(provider, outgoings)
+            _record(group, results, timezone.now(), report)
+        return results
+    results = _call(provider, outgoings)
+    with transaction.atomic():
+        _record(group, results, timezone.now(), report)
+    return results
+
+
+def _deliver_channel(
+    channel: Channel, pairs: list[tuple[Claimed, Outgoing]], report: DeliverReport
+) -> None:
+    """Send one channel's claimed deliveries through its providers, in failover order.
+
+    Each provider takes what its circuit breaker and global rate limit allow; the next provider
+    takes over the rest; whatever no provider can take now goes back to the queue, with the
+    attempt given back, to be tried after the shortest wait any of them named.
+    """
+    prechecked = [(d, o, r) for d, o in pairs if (r := _precheck(o)) is not None]
+    if prechecked:
+        with transaction.atomic():
+            _record(
+                [d for d, _, _ in prechecked], [r for _, _, r in prechecked], timezone.now(), report
+            )
+    remaining = [(d, o) for d, o in pairs if _precheck(o) is None]
+    waits: list[float] = []
+    circuit_open = True
+    for provider in providers_for(channel):
+        if not remaining:
+            break
+        key = f"{channel}:{provider.name}"
+        permission = breaker_allows(key)
+        if not permission.allowed:
+            waits.append(permission.retry_after_s)
+            continue
+        circuit_open = False
+        grant = acquire(key, 1 if permission.probe else len(remaining))
+        if grant.granted < len(remaining):
+            waits.append(grant.retry_after_s)
+        batch, remaining = remaining[: grant.granted], remaining[grant.granted :]
+        if batch:
+            _record_health(key, _record_now(provider, batch, report))
+    if remaining:
+        _defer(
+            [d for d, _ in remaining],
+            min(waits, default=1.0),
+            Reason.CIRCUIT_OPEN if circuit_open else "",
+            report,
+        )
+
+
+def _defer(deliveries: list[Claimed], wait_s: float, reason: str, report: DeliverReport) -> None:
+    """Back to queued without using up an attempt: the provider could not take it yet."""
+    now = timezone.now()
+    wait_s = max(0.05, min(wait_s, dispatch.MAX_BROKER_COUNTDOWN_S))
+    update_rows(
+        Delivery,
+        ("status", "reason", "attempts", "claimed_at", "next_attempt_at", "updated_at"),
+        [
+            (
+                d.pk,
+                S.QUEUED,
+                reason,
+                max(0, d.attempts - 1),
+                None,
+                now + timedelta(seconds=wait_s),
+                now,
+            )
+            for d in deliveries
+        ],
+        where={"status": S.SENDING},
+    )
+    report.deferred += [d.pk for d in deliveries]
+    report.deferred_for_s = wait_s
+
+
 def deliveries_deliver(*, delivery_ids: Sequence[int]) -> DeliverReport:
     """Claim, send and record a batch of deliveries (normally all of one channel and lane)."""
     report = DeliverReport()
@@ -382,19 +486,18 @@ def deliveries_deliver(*, delivery_ids: Sequence[int]) -> DeliverReport:
     for delivery in deliveries:
         by_channel[delivery.channel].append(delivery)
     for channel, group in by_channel.items():
-        outgoings = [_outgoing(d, devices[d.user_id]) for d in group]
-        if provider_for(channel).in_database:
-            # Our own database is the provider: the send and its record commit together.
-            with transaction.atomic():
-                _record(group, _send(channel, outgoings), timezone.now(), report)
-        else:
-            results = _send(channel, outgoings)
-            with transaction.atomic():
-                _record(group, results, timezone.now(), report)
+        _deliver_channel(channel, [(d, _outgoing(d, devices[d.user_id])) for d in group], report)
     lanes = {d.pk: (d.lane, d.channel) for d in deliveries}
     for delivery_id, delay in report.retries:
         lane, channel = lanes[delivery_id]
         dispatch.publish_deliver([delivery_id], lane, channel, countdown=delay)
+    if report.deferred:
+        # One task for the batch, after the shortest wait any provider named.
+        by_lane: dict[tuple[Lane, Channel], list[int]] = defaultdict(list)
+        for delivery_id in report.deferred:
+            by_lane[lanes[delivery_id]].append(delivery_id)
+        for (lane, channel), ids in by_lane.items():
+            dispatch.publish_deliver(ids, lane, channel, countdown=report.deferred_for_s)
     if report.failed_ids:
         # A channel that cannot reach the user hands over to the next in the message's chain.
         report.fallbacks = len(deliveries_fall_back(failed_ids=report.failed_ids))

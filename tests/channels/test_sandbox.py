@@ -327,3 +327,35 @@ def test_sandbox_providers_need_no_configuration():
     assert SandboxEmailProvider.channel is Channel.EMAIL
     assert SandboxSmsProvider.channel is Channel.SMS
     assert SandboxPushProvider.channel is Channel.PUSH
+
+
+# --- Idempotency keys and outages ---------------------------------------------------------------
+
+
+def test_a_repeated_idempotency_key_is_answered_without_a_second_send():
+    provider = SandboxEmailProvider()
+    outgoing = email("a@example.com", delivery_id=4242)
+    first = provider.send_many([outgoing])[0]
+    again = provider.send_many([outgoing])[0]  # a worker died after the send, before recording
+    assert again.outcome is Outcome.SENT
+    assert again.provider_message_id == first.provider_message_id
+    assert again.detail == {"replayed": True}
+    outcomes = list(SandboxSend.objects.filter(delivery_id=4242).values_list("outcome", flat=True))
+    assert sorted(outcomes) == ["replayed", "sent"]
+
+
+def test_during_an_outage_the_sandbox_answers_503_and_after_it_sends():
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from channels.models import SandboxOutage
+
+    outage = SandboxOutage.objects.create(
+        channel="sms", until=timezone.now() + timedelta(minutes=1)
+    )
+    outgoing = sms("+8613800138000", delivery_id=77)
+    down = SandboxSmsProvider().send_many([outgoing])[0]
+    assert (down.outcome, down.error_code) == (Outcome.TRANSIENT, ErrorCode.PROVIDER_UNAVAILABLE)
+    outage.delete()
+    assert SandboxSmsProvider().send_many([outgoing])[0].outcome is Outcome.SENT

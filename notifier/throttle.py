@@ -1,0 +1,657 @@
+"""Global per-provider rate limits and circuit breakers, shared by every worker process.
+
+Rate limit: a token bucket per provider key ("sms:twilio"). The bucket holds at most `burst`
+tokens and refills continuously at `per_second`; a delivery takes one token per message. State
+is one Redis hash {tokens, ts} updated by a single Lua script, so the read-refill-take step is
+atomic across all workers, and the script reads Redis `TIME` so every worker shares one clock
+(worker clocks drift; Redis has one). A key expires once the bucket would be full again, which
+is exactly when forgetting it changes nothing. A caller that gets fewer tokens than it asked
+for is told when the next token arrives instead of being blocked: workers never sleep here.
+
+Circuit breaker: CLOSED counts failures in a sliding window (a sorted set of failure times);
+NOTIFIER_CIRCUIT_FAILURES of them within NOTIFIER_CIRCUIT_WINDOW_S open it for
+NOTIFIER_CIRCUIT_COOLDOWN_S. While OPEN every delivery waits. After the cooldown it is
+HALF_OPEN: one caller across all processes wins a probe lease (SET NX with a TTL) and sends; a
+success closes the breaker and forgets the failures, a failure re-opens it for another
+cooldown. A probe whose worker dies is forgotten when its lease expires and another is let
+through. Openings and closings are returned as a Transition for `alert_transition`.
+
+Embedded mode (NOTIFIER_EMBEDDED, or no Redis URL at all) runs the same algorithms in process
+behind the same functions, so callers never branch on the deployment.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+import threading
+import time
+import uuid
+from collections import deque
+from dataclasses import dataclass, field
+from enum import StrEnum
+from functools import lru_cache
+from typing import Any, Protocol
+
+import redis
+from django.conf import settings
+from django.core.exceptions import ImproperlyConfigured
+from redis.commands.core import Script
+
+logger = logging.getLogger("notifier.throttle")
+
+# Every Redis key of this module starts with this; tests point it at a private prefix.
+KEY_PREFIX = "notifier:throttle"
+# How long a half-open probe may take before its worker is presumed dead and another caller
+# may probe: longer than any provider's send timeout (EMAIL_TIMEOUT is 10 s).
+PROBE_LEASE_S = 30.0
+# Short socket timeouts: this sits on the hot path of every delivery, and a slow Redis must
+# cost a delivery milliseconds, not seconds.
+REDIS_SOCKET_TIMEOUT_S = 0.5
+# After Redis fails, skip it for this long, so a black-holed Redis does not add a socket
+# timeout to every delivery while it is down.
+REDIS_RETRY_AFTER_S = 1.0
+
+_RATE_FORM = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*/\s*([smh])\s*$")
+_PERIOD_S = {"s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+# --- Values ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Rate:
+    """`per_second` tokens a second, at most `burst` at once (0: about one second's worth)."""
+
+    per_second: float
+    burst: int = 0
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.per_second) and self.per_second > 0):
+            raise ValueError(f"a rate must be a positive number per second, not {self.per_second}")
+        if self.burst < 0:
+            raise ValueError(f"a burst must be at least 1 token, not {self.burst}")
+        if self.burst == 0:
+            object.__setattr__(self, "burst", max(1, math.ceil(self.per_second)))
+
+
+@dataclass(frozen=True, slots=True)
+class Grant:
+    """`granted` of the tokens asked for; when short, the next token comes in `retry_after_s`."""
+
+    granted: int
+    retry_after_s: float = 0.0
+
+
+class State(StrEnum):
+    CLOSED = "closed"
+    OPEN = "open"
+    HALF_OPEN = "half_open"
+    # Redis is unreachable: the breaker fails open and cannot say more.
+    UNKNOWN = "unknown"
+
+
+@dataclass(frozen=True, slots=True)
+class Permission:
+    """Whether a delivery may call the provider now; if not, ask again after `retry_after_s`."""
+
+    allowed: bool
+    state: State
+    retry_after_s: float = 0.0
+    # This caller is the one half-open probe: its breaker_record decides open or closed.
+    probe: bool = False
+
+
+class TransitionKind(StrEnum):
+    OPENED = "opened"
+    CLOSED = "closed"
+
+
+@dataclass(frozen=True, slots=True)
+class Transition:
+    """A breaker changed state; `alert_transition` tells the operators."""
+
+    kind: TransitionKind
+    key: str
+    # Failures within the window that first opened the breaker.
+    failures: int
+    # Openings since it was last closed: 1 on the first, 2+ when failed probes re-open it.
+    trips: int
+    # Seconds since the first opening (0 on the first opening).
+    open_for_s: float
+    window_s: float
+    cooldown_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class BreakerPolicy:
+    failures: int
+    window_s: float
+    cooldown_s: float
+
+
+# --- Settings -------------------------------------------------------------------------------
+
+
+def parse_rate(text: str) -> Rate:
+    """'10/s', '600/m', '3600/h' or '0.5/s' -> Rate; ValueError naming the form otherwise."""
+    match = _RATE_FORM.match(text)
+    if match is None or float(match[1]) <= 0:
+        raise ValueError(
+            f"invalid rate {text!r}: use <number>/<s|m|h> with a number above zero, "
+            "e.g. '10/s', '600/m', '3600/h' or '0.5/s'"
+        )
+    amount, period = match.groups()
+    return Rate(float(amount) / _PERIOD_S[period])
+
+
+def rate_limits() -> dict[str, Rate]:
+    """NOTIFIER_RATE_LIMITS parsed and validated; ImproperlyConfigured names a bad entry."""
+    configured = settings.NOTIFIER_RATE_LIMITS
+    try:
+        items = tuple(sorted(configured.items()))
+    except (AttributeError, TypeError) as error:
+        raise ImproperlyConfigured(
+            f"NOTIFIER_RATE_LIMITS must map 'channel:provider' to a rate, not {configured!r}"
+        ) from error
+    # Cached on the configured value: acquire() runs once per delivery and the settings
+    # almost never change (tests do, hence the value rather than a flag as the cache key).
+    return dict(_parse_rate_limits(items))
+
+
+@lru_cache(maxsize=8)
+def _parse_rate_limits(items: tuple[tuple[str, Any], ...]) -> tuple[tuple[str, Rate], ...]:
+    parsed = []
+    for key, value in items:
+        try:
+            rate = value if isinstance(value, Rate) else parse_rate(str(value))
+        except ValueError as error:
+            raise ImproperlyConfigured(
+                f"NOTIFIER_RATE_LIMITS entry {key!r}={value!r}: {error}"
+            ) from error
+        parsed.append((key, rate))
+    return tuple(parsed)
+
+
+def breaker_policy() -> BreakerPolicy:
+    """The NOTIFIER_CIRCUIT_* settings, validated."""
+    policy = BreakerPolicy(
+        failures=int(settings.NOTIFIER_CIRCUIT_FAILURES),
+        window_s=float(settings.NOTIFIER_CIRCUIT_WINDOW_S),
+        cooldown_s=float(settings.NOTIFIER_CIRCUIT_COOLDOWN_S),
+    )
+    if policy.failures < 1 or policy.window_s <= 0 or policy.cooldown_s <= 0:
+        raise ImproperlyConfigured(
+            "NOTIFIER_CIRCUIT_FAILURES must be at least 1 and NOTIFIER_CIRCUIT_WINDOW_S and "
+            f"NOTIFIER_CIRCUIT_COOLDOWN_S above zero, not {policy}"
+        )
+    return policy
+
+
+# --- Public API -----------------------------------------------------------------------------
+
+
+def acquire(key: str, n: int = 1) -> Grant:
+    """Take up to n tokens from `key`'s bucket now; never blocks, may grant fewer than n."""
+    if n < 1:
+        raise ValueError(f"acquire at least one token, not {n}")
+    rate = rate_limits().get(key)
+    if rate is None:
+        # No limit configured: nothing to count, so no round trip to Redis.
+        return Grant(granted=n)
+    return _backend().acquire(key, rate, n)
+
+
+def breaker_allows(key: str) -> Permission:
+    """May a delivery through `key` call the provider now? Half-open lets exactly one probe."""
+    return _backend().allows(key, breaker_policy())
+
+
+def breaker_record(key: str, *, success: bool) -> Transition | None:
+    """Count a provider call's outcome; returns the Transition when it opened or closed."""
+    return _backend().record(key, breaker_policy(), success=success)
+
+
+def breaker_state(key: str) -> State:
+    """The breaker's current state, without taking a probe (dashboards, tests)."""
+    return _backend().state(key, breaker_policy())
+
+
+def alert_transition(transition: Transition) -> None:
+    """Tell operators: a WARNING (opened) or INFO (closed) log, and Sentry when it is set up."""
+    if transition.kind is TransitionKind.OPENED:
+        if transition.trips == 1:
+            message = (
+                f"circuit breaker for {transition.key} opened: {transition.failures} failures "
+                f"within {transition.window_s:g} s; deliveries wait {transition.cooldown_s:g} s"
+            )
+        else:
+            message = (
+                f"circuit breaker for {transition.key} re-opened: probe failed "
+                f"(opening {transition.trips}, open for {transition.open_for_s:.0f} s)"
+            )
+        level = logging.WARNING
+    else:
+        message = (
+            f"circuit breaker for {transition.key} closed: probe succeeded after "
+            f"{transition.open_for_s:.0f} s open ({transition.trips} opening(s))"
+        )
+        level = logging.INFO
+    logger.log(
+        level,
+        message,
+        extra={
+            "circuit_key": transition.key,
+            "circuit_transition": str(transition.kind),
+            "circuit_failures": transition.failures,
+            "circuit_trips": transition.trips,
+        },
+    )
+    _report_to_sentry(transition, message)
+
+
+def _report_to_sentry(transition: Transition, message: str) -> None:
+    try:
+        import sentry_sdk
+    except ImportError:  # the log line above is the alert of last resort
+        return
+    if not sentry_sdk.is_initialized():
+        return
+    sentry_sdk.capture_message(
+        message,
+        level="warning" if transition.kind is TransitionKind.OPENED else "info",
+        # One issue per provider and kind: a provider that keeps failing its probes re-opens
+        # every cooldown, and that must not page anyone once per cooldown.
+        fingerprint=["notifier.throttle", str(transition.kind), transition.key],
+        tags={"circuit_key": transition.key, "circuit_transition": str(transition.kind)},
+    )
+
+
+# --- Backends -------------------------------------------------------------------------------
+
+
+class _Backend(Protocol):
+    def acquire(self, key: str, rate: Rate, n: int) -> Grant: ...
+
+    def allows(self, key: str, policy: BreakerPolicy) -> Permission: ...
+
+    def record(self, key: str, policy: BreakerPolicy, *, success: bool) -> Transition | None: ...
+
+    def state(self, key: str, policy: BreakerPolicy) -> State: ...
+
+
+def _backend() -> _Backend:
+    url = redis_url()
+    if settings.NOTIFIER_EMBEDDED or not url:
+        return _LOCAL
+    return _redis_backend(url)
+
+
+def redis_url() -> str:
+    """REDIS_URL, else the Celery broker when it is Redis; empty means embedded mode."""
+    if settings.REDIS_URL:
+        return str(settings.REDIS_URL)
+    broker = str(settings.CELERY_BROKER_URL)
+    return broker if broker.startswith(("redis://", "rediss://", "unix://")) else ""
+
+
+# --- Redis ----------------------------------------------------------------------------------
+
+# Shared by the three breaker scripts. KEYS: state hash, failures zset, probe lease.
+# Times are integer microseconds from Redis TIME; doubles hold them exactly (< 2^53).
+_BREAKER_PRELUDE = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local open_until = tonumber(redis.call('HGET', KEYS[1], 'open_until'))
+local state = 'closed'
+if open_until then
+  if now < open_until then state = 'open' else state = 'half_open' end
+end
+local function us(x) return string.format('%.0f', x) end
+"""
+
+# KEYS[1] bucket hash {tokens, ts}; ARGV rate per second, burst, n. Returns {granted, wait_us}.
+_BUCKET_LUA = """
+local rate = tonumber(ARGV[1])
+local burst = tonumber(ARGV[2])
+local n = tonumber(ARGV[3])
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local saved = redis.call('HMGET', KEYS[1], 'tokens', 'ts')
+local tokens = tonumber(saved[1])
+local ts = tonumber(saved[2])
+if tokens == nil or ts == nil then
+  tokens = burst
+else
+  -- max(0, ...): Redis TIME can step back after a failover; never refill negatively.
+  tokens = math.min(burst, tokens + math.max(0, now - ts) * rate / 1000000)
+end
+local granted = math.min(n, math.floor(tokens))
+tokens = tokens - granted
+local wait_us = 0
+if granted < n then
+  -- tokens < 1 is left: the next whole token arrives after (1 - tokens) / rate.
+  wait_us = math.ceil((1 - tokens) * 1000000 / rate)
+end
+redis.call('HSET', KEYS[1], 'tokens', string.format('%.17g', tokens), 'ts',
+  string.format('%.0f', now))
+-- Once the bucket would be full again the hash says nothing a missing one does not.
+redis.call('PEXPIRE', KEYS[1], math.ceil((burst - tokens) / rate * 1000) + 1000)
+return {granted, wait_us}
+"""
+
+# ARGV lease ms, lease holder, cooldown us. Returns {state, allowed, wait_us, probe}.
+_ALLOWS_LUA = (
+    _BREAKER_PRELUDE
+    + """
+if state == 'closed' then return {state, 1, 0, 0} end
+if state == 'open' then return {state, 0, open_until - now, 0} end
+if redis.call('SET', KEYS[3], ARGV[2], 'NX', 'PX', ARGV[1]) then return {state, 1, 0, 1} end
+-- Waiters come back when the lease would lapse, or after a cooldown if that is sooner.
+local lease_us = math.max(redis.call('PTTL', KEYS[3]), 1) * 1000
+return {state, 0, math.min(lease_us, tonumber(ARGV[3])), 0}
+"""
+)
+
+# ARGV success 0/1, failures threshold, window us, cooldown us, nonce.
+# Returns {kind, failures, trips, open_for_us}; kind 'none' when nothing changed.
+_RECORD_LUA = (
+    _BREAKER_PRELUDE
+    + """
+local success = ARGV[1] == '1'
+local cooldown_us = tonumber(ARGV[4])
+-- Results of sends that started before the breaker opened change nothing.
+if state == 'open' then return {'none', 0, 0, 0} end
+if state == 'half_open' then
+  local h = redis.call('HMGET', KEYS[1], 'failures', 'trips', 'opened_at')
+  local failures = tonumber(h[1]) or 0
+  local trips = tonumber(h[2]) or 1
+  local opened_at = tonumber(h[3]) or now
+  redis.call('DEL', KEYS[3])
+  if success then
+    redis.call('DEL', KEYS[1], KEYS[2])
+    return {'closed', failures, trips, now - opened_at}
+  end
+  trips = trips + 1
+  redis.call('HSET', KEYS[1], 'open_until', us(now + cooldown_us), 'trips', trips)
+  return {'opened', failures, trips, now - opened_at}
+end
+if success then return {'none', 0, 0, 0} end
+local window_us = tonumber(ARGV[3])
+redis.call('ZADD', KEYS[2], us(now), us(now) .. ':' .. ARGV[5])
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', us(now - window_us))
+local count = redis.call('ZCARD', KEYS[2])
+if count >= tonumber(ARGV[2]) then
+  redis.call('DEL', KEYS[2])
+  -- No TTL: an open breaker must stay open until a probe says otherwise, and there is one
+  -- small hash per provider.
+  redis.call('HSET', KEYS[1], 'open_until', us(now + cooldown_us), 'opened_at', us(now),
+    'failures', count, 'trips', 1)
+  return {'opened', count, 1, 0}
+end
+redis.call('PEXPIRE', KEYS[2], math.ceil(window_us / 1000) + 1000)
+return {'none', count, 0, 0}
+"""
+)
+
+_STATE_LUA = _BREAKER_PRELUDE + "return state\n"
+
+# What "Redis is unreachable" looks like: down, too slow, loading, or a replica mid-failover.
+_UNREACHABLE = (
+    redis.exceptions.ConnectionError,  # includes BusyLoadingError
+    redis.exceptions.TimeoutError,
+    redis.exceptions.ReadOnlyError,
+)
+
+
+def bucket_redis_key(key: str) -> str:
+    return f"{KEY_PREFIX}:bucket:{key}"
+
+
+def breaker_redis_keys(key: str) -> list[str]:
+    # The {hash tag} keeps one breaker's keys in one Redis Cluster slot, as its scripts need.
+    base = f"{KEY_PREFIX}:breaker:{{{key}}}"
+    return [base, f"{base}:failures", f"{base}:probe"]
+
+
+@dataclass(eq=False)
+class _RedisBackend:
+    """The shared implementation; fails open (and says so once) while Redis is unreachable."""
+
+    url: str
+    client: redis.Redis = field(init=False)
+    scripts: dict[str, Script] = field(init=False)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    down_until: float = 0.0
+    down: bool = False
+
+    def __post_init__(self) -> None:
+        self.client = redis.Redis.from_url(
+            self.url,
+            socket_timeout=REDIS_SOCKET_TIMEOUT_S,
+            socket_connect_timeout=REDIS_SOCKET_TIMEOUT_S,
+            health_check_interval=30,
+        )
+        self.scripts = {
+            name: self.client.register_script(source)
+            for name, source in {
+                "bucket": _BUCKET_LUA,
+                "allows": _ALLOWS_LUA,
+                "record": _RECORD_LUA,
+                "state": _STATE_LUA,
+            }.items()
+        }
+
+    def acquire(self, key: str, rate: Rate, n: int) -> Grant:
+        reply = self._run("bucket", [bucket_redis_key(key)], [rate.per_second, rate.burst, n])
+        if reply is None:
+            # Fail open: a Redis outage must not stop all sending. Providers enforce their own
+            # limits and answer "too many requests", which the retry policy already handles;
+            # losing the limit for a while costs a few of those, losing Redis costs everything.
+            return Grant(granted=n)
+        granted, wait_us = reply
+        return Grant(granted=int(granted), retry_after_s=int(wait_us) / 1e6)
+
+    def allows(self, key: str, policy: BreakerPolicy) -> Permission:
+        lease = [int(PROBE_LEASE_S * 1000), uuid.uuid4().hex, int(policy.cooldown_s * 1e6)]
+        reply = self._run("allows", breaker_redis_keys(key), lease)
+        if reply is None:
+            # Fail open for the same reason as acquire(): without Redis, send.
+            return Permission(allowed=True, state=State.UNKNOWN)
+        state, allowed, wait_us, probe = reply
+        return Permission(
+            allowed=bool(allowed),
+            state=State(state.decode()),
+            retry_after_s=int(wait_us) / 1e6,
+            probe=bool(probe),
+        )
+
+    def record(self, key: str, policy: BreakerPolicy, *, success: bool) -> Transition | None:
+        args = [
+            int(success),
+            policy.failures,
+            int(policy.window_s * 1e6),
+            int(policy.cooldown_s * 1e6),
+            uuid.uuid4().hex,  # failures at the same microsecond are still distinct members
+        ]
+        reply = self._run("record", breaker_redis_keys(key), args)
+        if reply is None or reply[0] == b"none":
+            return None
+        kind, failures, trips, open_for_us = reply
+        return Transition(
+            kind=TransitionKind(kind.decode()),
+            key=key,
+            failures=int(failures),
+            trips=int(trips),
+            open_for_s=int(open_for_us) / 1e6,
+            window_s=policy.window_s,
+            cooldown_s=policy.cooldown_s,
+        )
+
+    def state(self, key: str, policy: BreakerPolicy) -> State:
+        reply = self._run("state", breaker_redis_keys(key), [])
+        return State.UNKNOWN if reply is None else State(reply.decode())
+
+    def _run(self, script: str, keys: list[str], args: list[Any]) -> Any:
+        """The script's reply, or None while Redis is unreachable (logged once per outage)."""
+        if time.monotonic() < self.down_until:
+            return None
+        try:
+            reply = self.scripts[script](keys=keys, args=args)
+        except _UNREACHABLE as error:
+            with self.lock:
+                self.down_until = time.monotonic() + REDIS_RETRY_AFTER_S
+                first = not self.down
+                self.down = True
+            if first:
+                logger.warning(
+                    "Redis at %s is unreachable (%s): rate limits and circuit breakers are "
+                    "off, deliveries are let through until it is back",
+                    _redacted(self.url),
+                    error,
+                )
+            return None
+        if self.down:
+            with self.lock:
+                recovered, self.down = self.down, False
+            if recovered:
+                logger.info(
+                    "Redis at %s is reachable again: throttling resumed", _redacted(self.url)
+                )
+        return reply
+
+
+_redis_backends: dict[str, _RedisBackend] = {}
+_redis_backends_lock = threading.Lock()
+
+
+def _redis_backend(url: str) -> _RedisBackend:
+    # Created lazily: importing this module must not need Redis (embedded mode, management
+    # commands), and one client per process reuses its connection pool.
+    backend = _redis_backends.get(url)
+    if backend is None:
+        with _redis_backends_lock:
+            backend = _redis_backends.setdefault(url, _RedisBackend(url))
+    return backend
+
+
+def _redacted(url: str) -> str:
+    return re.sub(r"//[^@/]*@", "//***@", url)
+
+
+# --- Embedded (in process) ------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class _LocalBreaker:
+    failures: deque[float] = field(default_factory=deque)
+    open_until: float | None = None
+    opened_at: float = 0.0
+    failures_at_open: int = 0
+    trips: int = 0
+    probe_until: float = 0.0
+
+    def state(self, now: float) -> State:
+        if self.open_until is None:
+            return State.CLOSED
+        return State.OPEN if now < self.open_until else State.HALF_OPEN
+
+
+class _LocalBackend:
+    """The same algorithms in process: embedded mode has one process, so a lock is enough."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._buckets: dict[str, tuple[float, float]] = {}
+        self._breakers: dict[str, _LocalBreaker] = {}
+
+    def acquire(self, key: str, rate: Rate, n: int) -> Grant:
+        with self._lock:
+            now = time.monotonic()
+            tokens, ts = self._buckets.get(key, (float(rate.burst), now))
+            tokens = min(float(rate.burst), tokens + (now - ts) * rate.per_second)
+            granted = min(n, math.floor(tokens))
+            tokens -= granted
+            self._buckets[key] = (tokens, now)
+        wait = 0.0 if granted == n else (1 - tokens) / rate.per_second
+        return Grant(granted=granted, retry_after_s=wait)
+
+    def allows(self, key: str, policy: BreakerPolicy) -> Permission:
+        with self._lock:
+            now = time.monotonic()
+            breaker = self._breakers.setdefault(key, _LocalBreaker())
+            state = breaker.state(now)
+            if state is State.CLOSED:
+                return Permission(allowed=True, state=state)
+            if state is State.OPEN:
+                wait = (breaker.open_until or now) - now
+                return Permission(allowed=False, state=state, retry_after_s=wait)
+            if now >= breaker.probe_until:
+                breaker.probe_until = now + PROBE_LEASE_S
+                return Permission(allowed=True, state=state, probe=True)
+            wait = min(breaker.probe_until - now, policy.cooldown_s)
+            return Permission(allowed=False, state=state, retry_after_s=wait)
+
+    def record(self, key: str, policy: BreakerPolicy, *, success: bool) -> Transition | None:
+        with self._lock:
+            now = time.monotonic()
+            breaker = self._breakers.setdefault(key, _LocalBreaker())
+            state = breaker.state(now)
+            if state is State.OPEN:
+                return None
+            if state is State.HALF_OPEN:
+                breaker.probe_until = 0.0
+                if success:
+                    del self._breakers[key]
+                    return self._transition(TransitionKind.CLOSED, key, breaker, now, policy)
+                breaker.trips += 1
+                breaker.open_until = now + policy.cooldown_s
+                return self._transition(TransitionKind.OPENED, key, breaker, now, policy)
+            if success:
+                return None
+            breaker.failures.append(now)
+            while breaker.failures and breaker.failures[0] <= now - policy.window_s:
+                breaker.failures.popleft()
+            if len(breaker.failures) < policy.failures:
+                return None
+            breaker.failures_at_open = len(breaker.failures)
+            breaker.failures.clear()
+            breaker.open_until = now + policy.cooldown_s
+            breaker.opened_at = now
+            breaker.trips = 1
+            return self._transition(TransitionKind.OPENED, key, breaker, now, policy)
+
+    def state(self, key: str, policy: BreakerPolicy) -> State:
+        with self._lock:
+            breaker = self._breakers.get(key)
+            return State.CLOSED if breaker is None else breaker.state(time.monotonic())
+
+    @staticmethod
+    def _transition(
+        kind: TransitionKind, key: str, breaker: _LocalBreaker, now: float, policy: BreakerPolicy
+    ) -> Transition:
+        return Transition(
+            kind=kind,
+            key=key,
+            failures=breaker.failures_at_open,
+            trips=breaker.trips,
+            open_for_s=now - breaker.opened_at,
+            window_s=policy.window_s,
+            cooldown_s=policy.cooldown_s,
+        )
+
+
+_LOCAL = _LocalBackend()
+
+
+def throttle_reset() -> None:
+    """Forget every bucket and breaker (tests start each case from a clean slate)."""
+    global _LOCAL
+    _LOCAL = _LocalBackend()
+    url = redis_url()
+    if url and not settings.NOTIFIER_EMBEDDED:
+        client = redis.Redis.from_url(url, socket_timeout=REDIS_SOCKET_TIMEOUT_S)
+        keys = list(client.scan_iter(match=f"{KEY_PREFIX}:*", count=1000))
+        if keys:
+            client.delete(*keys)

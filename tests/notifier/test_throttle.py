@@ -1,0 +1,524 @@
+"""Throttle: global token buckets and circuit breakers, on real Redis and in process."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+import redis
+import sentry_sdk
+from django.conf import settings as django_settings
+from django.core.exceptions import ImproperlyConfigured
+
+from notifier import throttle
+from notifier.throttle import Grant, Rate, State, TransitionKind
+from tests.conftest import wait_until
+
+ROOT = Path(__file__).resolve().parents[2]
+KEY = "sms:test"
+
+
+@pytest.fixture(autouse=True)
+def key_prefix(monkeypatch):
+    """A private Redis key prefix per test, deleted afterwards."""
+    prefix = f"test-throttle:{uuid.uuid4().hex[:12]}"
+    monkeypatch.setattr(throttle, "KEY_PREFIX", prefix)
+    yield prefix
+    client = redis.Redis.from_url(throttle.redis_url())
+    stale = list(client.scan_iter(match=f"{prefix}:*"))
+    if stale:
+        client.delete(*stale)
+
+
+@pytest.fixture
+def throttle_redis():
+    return redis.Redis.from_url(throttle.redis_url())
+
+
+@pytest.fixture(params=["redis", "embedded"])
+def backend(request, settings, monkeypatch):
+    """Runs a behavioural test on the shared Redis backend and on the in-process one."""
+    settings.NOTIFIER_EMBEDDED = request.param == "embedded"
+    if request.param == "embedded":
+        # Fresh in-process state, and proof that embedded mode never reaches for Redis.
+        monkeypatch.setattr(throttle, "_LOCAL", throttle._LocalBackend())
+
+        def no_redis(url):
+            raise AssertionError("embedded mode must not use Redis")
+
+        monkeypatch.setattr(throttle, "_redis_backend", no_redis)
+    else:
+        assert django_settings.REDIS_URL.startswith("redis://")
+    return request.param
+
+
+@pytest.fixture
+def limited(settings):
+    """KEY limited to 20/s (burst 20)."""
+    settings.NOTIFIER_RATE_LIMITS = {KEY: "20/s"}
+    return KEY
+
+
+@pytest.fixture
+def breaker_settings(settings):
+    settings.NOTIFIER_CIRCUIT_FAILURES = 3
+    settings.NOTIFIER_CIRCUIT_WINDOW_S = 2
+    settings.NOTIFIER_CIRCUIT_COOLDOWN_S = 1
+    return settings
+
+
+# --- Rates ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "per_second", "burst"),
+    [
+        ("10/s", 10.0, 10),
+        ("600/m", 10.0, 10),
+        ("3600/h", 1.0, 1),
+        ("0.5/s", 0.5, 1),
+        ("90/m", 1.5, 2),
+        (" 25 / s ", 25.0, 25),
+    ],
+)
+def test_parse_rate_accepts_per_second_minute_and_hour(text, per_second, burst):
+    assert throttle.parse_rate(text) == Rate(per_second=per_second, burst=burst)
+
+
+@pytest.mark.parametrize(
+    "text", ["10", "10/d", "ten/s", "-1/s", "0/s", "", "10/s/s", "1e3/s", "/s", "10 per s"]
+)
+def test_parse_rate_rejects_other_forms_naming_the_accepted_one(text):
+    with pytest.raises(ValueError, match=r"use <number>/<s\|m\|h>"):
+        throttle.parse_rate(text)
+
+
+def test_rate_burst_defaults_to_about_one_seconds_worth():
+    assert Rate(20).burst == 20
+    assert Rate(2.5).burst == 3
+    assert Rate(0.2).burst == 1
+    assert Rate(20, burst=5).burst == 5
+
+
+def test_rate_limits_come_parsed_from_settings(settings):
+    settings.NOTIFIER_RATE_LIMITS = {"sms:twilio": "10/s", "email:django": "6000/m"}
+    assert throttle.rate_limits() == {"sms:twilio": Rate(10.0), "email:django": Rate(100.0)}
+
+
+def test_rate_limits_name_the_bad_entry(settings):
+    settings.NOTIFIER_RATE_LIMITS = {"sms:twilio": "10/s", "push:fcm": "fast"}
+    with pytest.raises(ImproperlyConfigured, match=r"'push:fcm'='fast'.*<number>/<s\|m\|h>"):
+        throttle.rate_limits()
+
+
+# --- Token bucket ---------------------------------------------------------------------------
+
+
+def test_bucket_grants_its_burst_then_refuses_with_retry_after_of_one_token(backend, limited):
+    grants = [throttle.acquire(limited) for _ in range(20)]
+    assert grants == [Grant(granted=1, retry_after_s=0.0)] * 20
+
+    refused = throttle.acquire(limited)
+
+    assert refused.granted == 0
+    # 1/20 s, less whatever trickled in while the 20 calls ran (a few ms at most).
+    assert 0.03 < refused.retry_after_s <= 0.05
+
+
+def test_batch_gets_a_partial_grant_and_the_wait_for_the_rest(backend, limited):
+    assert throttle.acquire(limited, 13) == Grant(granted=13, retry_after_s=0.0)
+
+    batch = throttle.acquire(limited, 50)
+
+    assert batch.granted == 7
+    assert 0.03 < batch.retry_after_s <= 0.05
+
+
+def test_waiting_the_retry_after_yields_the_next_token(backend, limited):
+    refused = throttle.acquire(limited, 21)
+    assert refused.granted == 20
+
+    time.sleep(refused.retry_after_s)
+
+    assert throttle.acquire(limited).granted == 1
+
+
+def test_unlimited_keys_grant_everything_without_touching_redis(settings, monkeypatch):
+    settings.NOTIFIER_EMBEDDED = False
+    settings.NOTIFIER_RATE_LIMITS = {KEY: "1/s"}
+
+    def no_backend():
+        raise AssertionError("an unlimited key must not reach a backend")
+
+    monkeypatch.setattr(throttle, "_backend", no_backend)
+
+    assert throttle.acquire("email:unlimited", 500) == Grant(granted=500, retry_after_s=0.0)
+
+
+def test_bucket_key_expires_once_it_would_be_full_again(settings, limited, throttle_redis):
+    settings.NOTIFIER_EMBEDDED = False
+    throttle.acquire(limited, 10)
+
+    ttl_ms = throttle_redis.pttl(throttle.bucket_redis_key(limited))
+
+    # 10 tokens to refill at 20/s: 0.5 s, plus a second of slack.
+    assert 1000 < ttl_ms <= 1500
+
+
+CHILD = """
+import json, sys, time
+from notifier import throttle
+
+prefix, key, duration = sys.argv[1], sys.argv[2], float(sys.argv[3])
+throttle.KEY_PREFIX = prefix
+throttle.breaker_state("warm-up")  # settings loaded, Redis connected, before the start line
+print("ready", flush=True)
+sys.stdin.readline()
+granted = calls = 0
+start = time.time()
+deadline = start + duration
+while time.time() < deadline:
+    grant = throttle.acquire(key)
+    calls += 1
+    granted += grant.granted
+    if not grant.granted:
+        time.sleep(max(0.0, min(grant.retry_after_s, deadline - time.time())))
+print(json.dumps({"granted": granted, "calls": calls, "start": start, "end": time.time()}))
+"""
+
+
+def test_two_processes_share_one_limit_without_starving(key_prefix):
+    rate, duration = 20.0, 3.0
+    env = {
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": "tests.settings",
+        "REDIS_URL": django_settings.REDIS_URL,
+        "CELERY_BROKER_URL": django_settings.CELERY_BROKER_URL,
+        "NOTIFIER_RATE_LIMITS": f"{KEY}=20/s",
+    }
+    argv = [sys.executable, "-c", CHILD, key_prefix, KEY, str(duration)]
+    children = [
+        subprocess.Popen(
+            argv, cwd=ROOT, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+        )
+        for _ in range(2)
+    ]
+    try:
+        for child in children:
+            assert child.stdout.readline().strip() == "ready"
+        for child in children:
+            child.stdin.write("go\n")
+            child.stdin.flush()
+        results = [json.loads(child.communicate(timeout=30)[0]) for child in children]
+    finally:
+        for child in children:
+            if child.poll() is None:
+                child.kill()
+    assert [child.returncode for child in children] == [0, 0]
+
+    elapsed = max(r["end"] for r in results) - min(r["start"] for r in results)
+    granted = sum(r["granted"] for r in results)
+    ceiling = rate * elapsed + 20  # refill over the measured window plus the initial burst
+    print(f"two processes: {granted} granted in {elapsed:.3f} s, ceiling {ceiling:.1f}, {results}")
+
+    assert elapsed >= duration
+    assert granted <= ceiling
+    assert granted >= 0.8 * ceiling
+    assert all(r["granted"] > 0 for r in results)
+
+
+# --- Circuit breaker ------------------------------------------------------------------------
+
+
+def open_breaker(key=KEY, failures=3):
+    transitions = [throttle.breaker_record(key, success=False) for _ in range(failures)]
+    assert transitions[:-1] == [None] * (failures - 1)
+    assert transitions[-1] is not None
+    return transitions[-1]
+
+
+def wait_half_open(key=KEY):
+    wait_until(
+        lambda: throttle.breaker_state(key) is State.HALF_OPEN,
+        timeout=5,
+        message="the cooldown to end",
+    )
+
+
+def test_failures_within_the_window_open_the_breaker_once(backend, breaker_settings):
+    assert throttle.breaker_record(KEY, success=False) is None
+    assert throttle.breaker_record(KEY, success=True) is None  # successes do not reset the count
+    assert throttle.breaker_record(KEY, success=False) is None
+    assert throttle.breaker_state(KEY) is State.CLOSED
+
+    opened = throttle.breaker_record(KEY, success=False)
+
+    assert opened is not None
+    assert (opened.kind, opened.key, opened.failures, opened.trips) == (
+        TransitionKind.OPENED,
+        KEY,
+        3,
+        1,
+    )
+    assert (opened.window_s, opened.cooldown_s) == (2.0, 1.0)
+    assert throttle.breaker_state(KEY) is State.OPEN
+    # Late failures of sends that started earlier do not report the opening again.
+    assert [throttle.breaker_record(KEY, success=False) for _ in range(5)] == [None] * 5
+
+
+def test_failures_spread_wider_than_the_window_keep_it_closed(backend, settings):
+    settings.NOTIFIER_CIRCUIT_FAILURES = 2
+    settings.NOTIFIER_CIRCUIT_WINDOW_S = 0.3
+    settings.NOTIFIER_CIRCUIT_COOLDOWN_S = 1
+
+    assert throttle.breaker_record(KEY, success=False) is None
+    time.sleep(0.35)
+    assert throttle.breaker_record(KEY, success=False) is None
+    assert throttle.breaker_state(KEY) is State.CLOSED
+
+    opened = throttle.breaker_record(KEY, success=False)
+    assert opened is not None and opened.kind is TransitionKind.OPENED
+
+
+def test_breakers_are_per_key(backend, breaker_settings):
+    open_breaker("sms:broken")
+
+    assert throttle.breaker_state("sms:broken") is State.OPEN
+    assert throttle.breaker_allows("sms:healthy") == throttle.Permission(True, State.CLOSED)
+
+
+def test_open_breaker_refuses_with_retry_after_until_the_cooldown_ends(backend, breaker_settings):
+    assert throttle.breaker_allows(KEY).allowed
+    open_breaker()
+
+    permission = throttle.breaker_allows(KEY)
+
+    assert not permission.allowed
+    assert permission.state is State.OPEN
+    assert 0.9 < permission.retry_after_s <= 1.0
+
+
+def test_after_the_cooldown_exactly_one_concurrent_caller_gets_the_probe(backend, breaker_settings):
+    open_breaker()
+    wait_half_open()
+    callers = 24
+    start = threading.Barrier(callers)
+
+    def ask(_):
+        start.wait()
+        return throttle.breaker_allows(KEY)
+
+    with ThreadPoolExecutor(max_workers=callers) as pool:
+        permissions = list(pool.map(ask, range(callers)))
+
+    allowed = [p for p in permissions if p.allowed]
+    waiting = [p for p in permissions if not p.allowed]
+    assert len(allowed) == 1
+    assert allowed[0].probe and allowed[0].state is State.HALF_OPEN
+    assert len(waiting) == callers - 1
+    assert all(p.state is State.HALF_OPEN and not p.probe for p in waiting)
+    # Waiters come back after at most a cooldown, not after the whole probe lease.
+    assert all(0 < p.retry_after_s <= 1.0 for p in waiting)
+
+
+def test_probe_success_closes_the_breaker_and_forgets_the_failures(backend, breaker_settings):
+    open_breaker()
+    wait_half_open()
+    assert throttle.breaker_allows(KEY).probe
+
+    closed = throttle.breaker_record(KEY, success=True)
+
+    assert closed is not None
+    assert (closed.kind, closed.key, closed.failures, closed.trips) == (
+        TransitionKind.CLOSED,
+        KEY,
+        3,
+        1,
+    )
+    assert closed.open_for_s >= 1.0
+    assert throttle.breaker_state(KEY) is State.CLOSED
+    assert throttle.breaker_allows(KEY) == throttle.Permission(True, State.CLOSED)
+    # The count starts again from zero: two failures are not enough to re-open.
+    assert [throttle.breaker_record(KEY, success=False) for _ in range(2)] == [None, None]
+    assert throttle.breaker_state(KEY) is State.CLOSED
+
+
+def test_probe_failure_reopens_the_breaker_for_another_cooldown(backend, breaker_settings):
+    open_breaker()
+    wait_half_open()
+    assert throttle.breaker_allows(KEY).probe
+
+    reopened = throttle.breaker_record(KEY, success=False)
+
+    assert reopened is not None
+    assert (reopened.kind, reopened.failures, reopened.trips) == (TransitionKind.OPENED, 3, 2)
+    assert throttle.breaker_state(KEY) is State.OPEN
+    permission = throttle.breaker_allows(KEY)
+    assert not permission.allowed
+    assert 0.9 < permission.retry_after_s <= 1.0
+    # The next cooldown ends in a fresh probe.
+    wait_half_open()
+    assert throttle.breaker_allows(KEY).probe
+
+
+def test_a_lost_probe_lets_another_caller_probe_once_its_lease_lapses(
+    backend, breaker_settings, monkeypatch
+):
+    monkeypatch.setattr(throttle, "PROBE_LEASE_S", 0.3)
+    open_breaker()
+    wait_half_open()
+    assert throttle.breaker_allows(KEY).probe  # ...and this worker dies without recording
+    assert not throttle.breaker_allows(KEY).allowed
+
+    second = wait_until(
+        lambda: (p := throttle.breaker_allows(KEY)).allowed and p,
+        timeout=3,
+        message="the probe lease to lapse",
+    )
+
+    assert second.probe and second.state is State.HALF_OPEN
+
+
+def test_breaker_rejects_nonsense_settings(backend, settings):
+    settings.NOTIFIER_CIRCUIT_FAILURES = 0
+    with pytest.raises(ImproperlyConfigured, match="NOTIFIER_CIRCUIT_FAILURES"):
+        throttle.breaker_allows(KEY)
+
+
+# --- Alerts ---------------------------------------------------------------------------------
+
+OPENED = throttle.Transition(TransitionKind.OPENED, "sms:twilio", 20, 1, 0.0, 30.0, 30.0)
+REOPENED = throttle.Transition(TransitionKind.OPENED, "sms:twilio", 20, 2, 61.0, 30.0, 30.0)
+CLOSED = throttle.Transition(TransitionKind.CLOSED, "sms:twilio", 20, 2, 95.0, 30.0, 30.0)
+
+
+@pytest.fixture
+def sentry_messages(monkeypatch):
+    sent = []
+    monkeypatch.setattr(sentry_sdk, "is_initialized", lambda: True)
+    monkeypatch.setattr(sentry_sdk, "capture_message", lambda msg, **kw: sent.append((msg, kw)))
+    return sent
+
+
+def test_alert_logs_a_warning_when_opened_and_info_when_closed(caplog):
+    caplog.set_level(logging.INFO, logger="notifier.throttle")
+
+    for transition in (OPENED, REOPENED, CLOSED):
+        throttle.alert_transition(transition)
+
+    records = [(r.name, r.levelno, r.getMessage()) for r in caplog.records]
+    assert records == [
+        (
+            "notifier.throttle",
+            logging.WARNING,
+            "circuit breaker for sms:twilio opened: 20 failures within 30 s; deliveries wait 30 s",
+        ),
+        (
+            "notifier.throttle",
+            logging.WARNING,
+            "circuit breaker for sms:twilio re-opened: probe failed (opening 2, open for 61 s)",
+        ),
+        (
+            "notifier.throttle",
+            logging.INFO,
+            "circuit breaker for sms:twilio closed: probe succeeded after 95 s open (2 opening(s))",
+        ),
+    ]
+
+
+def test_alert_sends_sentry_messages_when_sentry_is_initialised(sentry_messages):
+    throttle.alert_transition(OPENED)
+    throttle.alert_transition(CLOSED)
+
+    (opened_message, opened_kw), (closed_message, closed_kw) = sentry_messages
+    assert "opened" in opened_message and opened_kw["level"] == "warning"
+    assert "closed" in closed_message and closed_kw["level"] == "info"
+    assert opened_kw["fingerprint"] == ["notifier.throttle", "opened", "sms:twilio"]
+    assert opened_kw["tags"]["circuit_key"] == "sms:twilio"
+
+
+def test_alert_without_sentry_only_logs(monkeypatch, caplog):
+    assert not sentry_sdk.is_initialized()
+    monkeypatch.setattr(
+        sentry_sdk, "capture_message", lambda *a, **kw: pytest.fail("Sentry is not set up")
+    )
+
+    throttle.alert_transition(OPENED)
+
+    assert [r.levelno for r in caplog.records] == [logging.WARNING]
+
+
+# --- Backend choice and outages -------------------------------------------------------------
+
+
+def test_without_any_redis_url_the_in_process_backend_is_used(settings):
+    settings.NOTIFIER_EMBEDDED = False
+    settings.REDIS_URL = ""
+    settings.CELERY_BROKER_URL = "memory://localhost/"
+
+    assert throttle.redis_url() == ""
+    assert throttle._backend() is throttle._LOCAL
+
+
+def test_a_redis_broker_url_serves_when_redis_url_is_empty(settings):
+    settings.NOTIFIER_EMBEDDED = False
+    settings.REDIS_URL = ""
+    settings.CELERY_BROKER_URL = "redis://127.0.0.1:6379/10"
+
+    assert throttle.redis_url() == "redis://127.0.0.1:6379/10"
+    assert isinstance(throttle._backend(), throttle._RedisBackend)
+
+
+def test_redis_down_fails_open_and_logs_once(settings, monkeypatch, caplog, breaker_settings):
+    monkeypatch.setattr(throttle, "_redis_backends", {})
+    settings.NOTIFIER_EMBEDDED = False
+    settings.REDIS_URL = "redis://:secret@127.0.0.1:1/0"  # nothing listens on port 1
+    settings.NOTIFIER_RATE_LIMITS = {KEY: "1/s"}
+    caplog.set_level(logging.INFO, logger="notifier.throttle")
+
+    started = time.monotonic()
+    grants = [throttle.acquire(KEY, 5) for _ in range(3)]
+    permission = throttle.breaker_allows(KEY)
+    transitions = [throttle.breaker_record(KEY, success=False) for _ in range(5)]
+    state = throttle.breaker_state(KEY)
+
+    assert grants == [Grant(granted=5, retry_after_s=0.0)] * 3
+    assert permission.allowed and permission.state is State.UNKNOWN
+    assert transitions == [None] * 5
+    assert state is State.UNKNOWN
+    assert time.monotonic() - started < 2
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1
+    assert "unreachable" in warnings[0].getMessage()
+    assert "secret" not in warnings[0].getMessage()
+
+
+def test_redis_outage_is_retried_and_recovery_logged(settings, monkeypatch, caplog):
+    monkeypatch.setattr(throttle, "_redis_backends", {})
+    monkeypatch.setattr(throttle, "REDIS_RETRY_AFTER_S", 0.0)
+    settings.NOTIFIER_EMBEDDED = False
+    settings.NOTIFIER_RATE_LIMITS = {KEY: "1/s"}
+    caplog.set_level(logging.INFO, logger="notifier.throttle")
+    backend = throttle._redis_backend(throttle.redis_url())
+    real_script = backend.scripts["bucket"]
+    outage = [redis.ConnectionError("Connection refused")]
+
+    def flaky_script(**kwargs):
+        if outage:
+            raise outage.pop()
+        return real_script(**kwargs)
+
+    monkeypatch.setitem(backend.scripts, "bucket", flaky_script)
+
+    assert throttle.acquire(KEY, 3).granted == 3  # down: fails open
+    assert throttle.acquire(KEY, 3).granted == 1  # back: 1/s with a burst of 1
+    assert [r.levelno for r in caplog.records] == [logging.WARNING, logging.INFO]
