@@ -57,25 +57,22 @@ class Content:
     body: str = ""
     html: str = ""
     link: str = ""
+    headers: dict[str, str] = field(default_factory=dict)  # e.g. List-Unsubscribe on email
 
-    def as_dict(self) -> dict[str, str]:
-        return {
-            k: v
-            for k, v in (
-                ("subject", self.subject),
-                ("title", self.title),
-                ("body", self.body),
-                ("html", self.html),
-                ("link", self.link),
-            )
-            if v
+    def as_dict(self) -> dict[str, Any]:
+        parts: dict[str, Any] = {
+            name: value
+            for name in ("subject", "title", "body", "html", "link")
+            if (value := getattr(self, name))
         }
+        if self.headers:
+            parts["headers"] = dict(self.headers)
+        return parts
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Content:
-        return cls(
-            **{k: str(data.get(k, "")) for k in ("subject", "title", "body", "html", "link")}
-        )
+        parts = {k: str(data.get(k, "")) for k in ("subject", "title", "body", "html", "link")}
+        return cls(**parts, headers=dict(data.get("headers") or {}))
 
 
 @dataclass(frozen=True, slots=True)

@@ -21,15 +21,6 @@ class SandboxSend(models.Model):
 
     class Meta:
         verbose_name = "sandbox send"
-        constraints = [
-            # The sandbox honours idempotency keys like an idempotent provider API: one accepted
-            # send per delivery, however often a crashed worker asks again.
-            models.UniqueConstraint(
-                fields=["delivery_id"],
-                condition=models.Q(outcome="sent"),
-                name="sandbox_one_send_per_delivery",
-            ),
-        ]
 
     def __str__(self) -> str:
         return f"{self.channel} {self.outcome} to {self.recipient}"

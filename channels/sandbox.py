@@ -127,31 +127,19 @@ class _SandboxProvider:
     def _accept(
         self, outgoings: Sequence[Outgoing], results: list[SendResult], now: datetime
     ) -> list[SendResult]:
-        """Record accepted sends, once per idempotency key (the delivery); a repeated key gets
-        the original answer back, like an idempotent provider API, and is logged as replayed.
-        Written outside the pipeline's transaction, like a provider's own records."""
+        """Record accepted sends. A delivery (the idempotency key) the sandbox accepted before
+        gets the original answer back and is logged as replayed, like an idempotent provider
+        API answering a worker that crashed after sending. The check is deliberately not a
+        unique constraint: two sends of one delivery at the same moment, which only a broken
+        claim could cause, land as two sends, so tests can see them."""
         sent = [
             (o, r) for o, r in zip(outgoings, results, strict=True) if r.outcome is Outcome.SENT
         ]
         if not sent:
             return results
-        accepted = {
-            row[0]
-            for row in insert_rows(
-                SandboxSend,
-                LEDGER_COLUMNS,
-                [self._row(o, r, now) for o, r in sent],
-                returning=("delivery_id",),
-                ignore_conflicts=True,
-            )
-        }
-        replays = [o for o, _ in sent if o.delivery_id not in accepted]
-        if not replays:
-            return results
-        replayed_ids = {o.delivery_id for o in replays}
-        original = dict(
+        earlier = dict(
             SandboxSend.objects.filter(
-                delivery_id__in=replayed_ids,
+                delivery_id__in=[o.delivery_id for o, _ in sent],
                 outcome=Outcome.SENT,
             ).values_list("delivery_id", "provider_message_id")
         )
@@ -159,18 +147,15 @@ class _SandboxProvider:
             SandboxSend,
             LEDGER_COLUMNS,
             [
-                self._row(
-                    o,
-                    SendResult.sent(self.name, original.get(o.delivery_id, "")),
-                    now,
-                    outcome=REPLAYED,
-                )
-                for o in replays
+                self._row(o, SendResult.sent(self.name, earlier[o.delivery_id]), now, REPLAYED)
+                if o.delivery_id in earlier
+                else self._row(o, r, now)
+                for o, r in sent
             ],
         )
         return [
-            SendResult.sent(self.name, original.get(o.delivery_id, ""), replayed=True)
-            if o.delivery_id in replayed_ids
+            SendResult.sent(self.name, earlier[o.delivery_id], replayed=True)
+            if r.outcome is Outcome.SENT and o.delivery_id in earlier
             else r
             for o, r in zip(outgoings, results, strict=True)
         ]

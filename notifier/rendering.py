@@ -7,7 +7,9 @@ only the values it is given, and a missing variable is an error rather than a bl
     templates/notifications/<type key>/email.body.html          (optional HTML part)
     templates/notifications/<type key>/<locale>/...             per-locale overrides
 
-Every template also sees `user` (first_name, last_name, name, locale), `site_name`, `site_url`.
+Every template also sees `user` (first_name, last_name, name, locale), `site_name`, `site_url`
+and `preferences_url` (a signed link to the user's preference page); marketing templates also
+see `unsubscribe_url` (one click away from this category on this channel).
 """
 
 from __future__ import annotations
@@ -32,7 +34,9 @@ from jinja2.sandbox import SandboxedEnvironment
 from channels.base import Channel, Content
 
 NOTIFICATION_TEMPLATES_DIR = Path(settings.BASE_DIR) / "templates" / "notifications"
-SYSTEM_VARIABLES = frozenset({"user", "site_name", "site_url"})
+SYSTEM_VARIABLES = frozenset(
+    {"user", "site_name", "site_url", "preferences_url", "unsubscribe_url"}
+)
 
 
 @dataclass(frozen=True)
@@ -154,4 +158,10 @@ def render(type_key: str, channel: Channel, context: Mapping[str, Any], locale: 
             rendered[part.name] = template.render(context).strip()
         except Exception as exc:  # any template error, with the template's own words
             raise RenderError(f"{template.name}: {type(exc).__name__}: {exc}") from exc
-    return Content(**rendered)
+    return Content(
+        subject=rendered.get("subject", ""),
+        title=rendered.get("title", ""),
+        body=rendered.get("body", ""),
+        html=rendered.get("html", ""),
+        link=rendered.get("link", ""),
+    )

@@ -1,9 +1,9 @@
-"""URL routes: the admin (support and marketers) and the inbox API."""
+"""URL routes: the admin, the inbox and preference APIs, and the signed-link pages."""
 
 from django.contrib import admin
 from django.urls import path
 
-from notifier.views import inbox
+from notifier.views import inbox, preferences
 
 urlpatterns = [
     path("admin/", admin.site.urls),
@@ -13,4 +13,14 @@ urlpatterns = [
     path("api/inbox/<int:item_id>/read/", inbox.inbox_read, name="inbox-read"),
     path("api/inbox/<int:item_id>/archive/", inbox.inbox_archive_item, name="inbox-archive"),
     path("api/inbox/<int:item_id>/feedback/", inbox.inbox_give_feedback, name="inbox-feedback"),
+    path("api/preferences/", preferences.preferences_json, name="preferences-api"),
+    path("api/preferences/consent/", preferences.consent_json, name="preferences-consent"),
+    # Signed links in messages: no login, the token says whose preferences change.
+    path("unsubscribe/<str:token>/", preferences.unsubscribe_page, name="unsubscribe"),
+    path(
+        "unsubscribe/<str:token>/one-click/",
+        preferences.unsubscribe_one_click,
+        name="unsubscribe-one-click",
+    ),
+    path("preferences/<str:token>/", preferences.preferences_page, name="preferences-page"),
 ]

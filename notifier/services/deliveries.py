@@ -225,13 +225,14 @@ def _load(claimed_ids: list[int]) -> list[Claimed]:
 
 def _outgoing(delivery: Claimed, devices: list[Device]) -> Outgoing:
     info = type_info_get(delivery.type_key)
+    content = Content.from_dict(delivery.content)
     return Outgoing(
         delivery_id=delivery.pk,
         message_id=delivery.message_id,
         user_id=delivery.user_id,
         channel=delivery.channel,
         type_key=delivery.type_key,
-        content=Content.from_dict(delivery.content),
+        content=content,
         attempt=delivery.attempts,
         email=delivery.email,
         phone=delivery.phone,
@@ -242,6 +243,7 @@ def _outgoing(delivery: Claimed, devices: list[Device]) -> Outgoing:
             for d in devices
         ),
         category=info.kind if info is not None else "",
+        headers=content.headers,
     )
 
 

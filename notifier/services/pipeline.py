@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from functools import partial
 from typing import Any
@@ -27,6 +27,7 @@ from channels.base import Channel, Content
 from notifier import dispatch
 from notifier.backpressure import bulk_congested
 from notifier.db import insert_rows, update_rows
+from notifier.links import preferences_url, unsubscribe_headers, unsubscribe_url
 from notifier.models import (
     Delivery,
     DeliveryEvent,
@@ -166,14 +167,32 @@ def channel_decision(channel: Channel, message: Message, audience: Audience) -> 
 def message_generate(
     message: Message, channels: Iterable[Channel]
 ) -> dict[Channel, Content | RenderError]:
+    """Render each channel. Marketing gets its unsubscribe link in the templates and, on email,
+    RFC 8058 one-click headers; every message gets a signed link to the preference page."""
     context = template_context(message.context, user_template_values(message.user))
+    context["preferences_url"] = preferences_url(user_id=message.user_id)
+    marketing = message_type(message).kind == Kind.MARKETING
     rendered: dict[Channel, Content | RenderError] = {}
     for channel in channels:
+        link = partial(
+            unsubscribe_url, user_id=message.user_id, category=message.type_id, channel=channel
+        )
+        if marketing:
+            context["unsubscribe_url"] = link()
         try:
-            rendered[channel] = render(message.type_id, channel, context, message.user.locale)
+            content = render(message.type_id, channel, context, message.user.locale)
         except RenderError as exc:
             log.warning("message %s: %s", message.pk, exc)
             rendered[channel] = exc
+            continue
+        if marketing and channel is Channel.EMAIL:
+            content = replace(
+                content,
+                headers=unsubscribe_headers(
+                    user_id=message.user_id, category=message.type_id, channel=channel
+                ),
+            )
+        rendered[channel] = content
     return rendered
 
 

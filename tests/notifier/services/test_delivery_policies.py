@@ -386,3 +386,39 @@ def test_deep_bulk_queues_hold_marketing_but_never_transactional(published, monk
     monkeypatch.setattr(pipeline, "bulk_congested", lambda: False)
     with time_machine.travel(promo["email"].next_attempt_at + timedelta(minutes=2)):
         assert held_release().released == 2
+
+
+# --- Unsubscribe links in marketing -------------------------------------------------------------
+
+
+def test_marketing_email_carries_one_click_unsubscribe_that_works(published, client, settings):
+    settings.NOTIFIER_MARKETING_CAP_DAY = settings.NOTIFIER_MARKETING_CAP_WEEK = 10
+    user = UserFactory()
+    consent(user)
+    email = route(sale(user))["email"]
+    headers = email.content["headers"]
+    assert headers["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
+    one_click = headers["List-Unsubscribe"].strip("<>")
+    assert "/unsubscribe/" in email.content["body"]
+    assert "/preferences/" in email.content["body"]
+    response = client.post(
+        one_click,
+        data="List-Unsubscribe=One-Click",
+        content_type="application/x-www-form-urlencoded",
+    )
+    assert response.status_code == 200
+    again = route(sale(user))
+    assert (again["email"].status, again["email"].reason) == (S.SUPPRESSED, Reason.OPTED_OUT)
+    assert again["inapp"].status == S.QUEUED  # only that category on that channel
+
+
+def test_transactional_email_has_no_unsubscribe_header(published):
+    rows = route(
+        notify(
+            UserFactory(),
+            "payment.succeeded",
+            {"amount": "¥1", "order_number": "A"},
+            channels=["email"],
+        )
+    )
+    assert "headers" not in rows["email"].content

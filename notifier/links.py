@@ -1,0 +1,142 @@
+"""Signed links that act for a user without a login: unsubscribe (RFC 8058) and the preference page.
+
+A link carries its claim (user, category, channel) signed with SECRET_KEY and a salt per
+purpose, so a preference link cannot be replayed as an unsubscribe link or the other way round.
+Links expire after NOTIFIER_LINK_MAX_AGE_DAYS; rotating SECRET_KEY (with the old key in
+SECRET_KEY_FALLBACKS) keeps links already sent working.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import timedelta
+from enum import StrEnum
+from typing import Any
+
+from django.conf import settings
+from django.core import signing
+from django.urls import reverse
+
+UNSUBSCRIBE_SALT = "notifier.unsubscribe"
+PREFERENCES_SALT = "notifier.preferences"
+
+# What signing.dumps() gives out: payload (urlsafe base64, "." first when compressed),
+# timestamp (base62) and signature (urlsafe base64). Anything else was cut or mangled in transit.
+TOKEN_RE = re.compile(r"\.?[A-Za-z0-9_-]+:[0-9A-Za-z]+:[A-Za-z0-9_-]+")
+MAX_TOKEN_LENGTH = 1000
+
+
+class BadLinkReason(StrEnum):
+    TAMPERED = "tampered"  # the signature does not match: edited, or signed for another purpose
+    EXPIRED = "expired"  # older than NOTIFIER_LINK_MAX_AGE_DAYS
+    MALFORMED = "malformed"  # not a token at all, e.g. cut short by a mail client
+
+
+class BadLink(ValueError):
+    """A signed link that cannot be trusted; `reason` says why."""
+
+    def __init__(self, reason: BadLinkReason, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+@dataclass(frozen=True, slots=True)
+class UnsubscribeClaim:
+    user_id: int
+    category: str
+    channel: str
+
+
+def _max_age() -> timedelta:
+    return timedelta(days=settings.NOTIFIER_LINK_MAX_AGE_DAYS)
+
+
+def _absolute(path: str) -> str:
+    return f"{settings.NOTIFIER_SITE_URL.rstrip('/')}{path}"
+
+
+def _load(token: str, *, salt: str) -> dict[str, Any]:
+    if not isinstance(token, str) or len(token) > MAX_TOKEN_LENGTH or not TOKEN_RE.fullmatch(token):
+        raise BadLink(BadLinkReason.MALFORMED, "the link is incomplete; open it from the message")
+    try:
+        payload = signing.loads(token, salt=salt, max_age=_max_age())
+    except signing.SignatureExpired as exc:  # before BadSignature: it is a subclass
+        raise BadLink(BadLinkReason.EXPIRED, "the link has expired") from exc
+    except signing.BadSignature as exc:
+        raise BadLink(BadLinkReason.TAMPERED, "the link is not valid") from exc
+    except ValueError as exc:  # a valid signature over a payload that is not JSON
+        raise BadLink(BadLinkReason.MALFORMED, "the link does not hold a claim") from exc
+    if not isinstance(payload, dict):
+        raise BadLink(BadLinkReason.MALFORMED, "the link does not hold a claim")
+    return payload
+
+
+def _user_id_of(payload: dict[str, Any]) -> int:
+    user_id = payload.get("user")
+    if not isinstance(user_id, int) or isinstance(user_id, bool) or user_id <= 0:
+        raise BadLink(BadLinkReason.MALFORMED, "the link does not name a user")
+    return user_id
+
+
+# --- Unsubscribe ----------------------------------------------------------------------------
+
+
+def unsubscribe_token(*, user_id: int, category: str, channel: str) -> str:
+    return signing.dumps(
+        {"user": user_id, "category": category, "channel": channel},
+        salt=UNSUBSCRIBE_SALT,
+        compress=True,
+    )
+
+
+def read_unsubscribe_token(token: str) -> UnsubscribeClaim:
+    """The claim in an unsubscribe token, or BadLink (tampered, expired or malformed)."""
+    payload = _load(token, salt=UNSUBSCRIBE_SALT)
+    category, channel = payload.get("category"), payload.get("channel")
+    if not isinstance(category, str) or not isinstance(channel, str):
+        raise BadLink(BadLinkReason.MALFORMED, "the link does not name a category and channel")
+    return UnsubscribeClaim(user_id=_user_id_of(payload), category=category, channel=channel)
+
+
+def unsubscribe_url(*, user_id: int, category: str, channel: str) -> str:
+    """The page that asks what to unsubscribe from: for the link in a message's footer."""
+    token = unsubscribe_token(user_id=user_id, category=category, channel=channel)
+    return _absolute(reverse("unsubscribe", kwargs={"token": token}))
+
+
+def one_click_unsubscribe_url(*, user_id: int, category: str, channel: str) -> str:
+    """The RFC 8058 endpoint mail clients POST to; a GET only shows the choices."""
+    token = unsubscribe_token(user_id=user_id, category=category, channel=channel)
+    return _absolute(reverse("unsubscribe-one-click", kwargs={"token": token}))
+
+
+def unsubscribe_headers(*, user_id: int, category: str, channel: str) -> dict[str, str]:
+    """RFC 2369 / RFC 8058 headers for an email: one-click unsubscribe from this category.
+
+    URL only: a mailto: would need a mailbox that processes requests, and there is none.
+    """
+    url = one_click_unsubscribe_url(user_id=user_id, category=category, channel=channel)
+    return {
+        "List-Unsubscribe": f"<{url}>",
+        "List-Unsubscribe-Post": "List-Unsubscribe=One-Click",
+    }
+
+
+# --- The preference page --------------------------------------------------------------------
+
+
+def preferences_token(*, user_id: int) -> str:
+    return signing.dumps({"user": user_id}, salt=PREFERENCES_SALT)
+
+
+def read_preferences_token(token: str) -> int:
+    """The user id in a preference-page token, or BadLink (tampered, expired or malformed)."""
+    return _user_id_of(_load(token, salt=PREFERENCES_SALT))
+
+
+def preferences_url(*, user_id: int) -> str:
+    """A page where the user sees and changes their preferences without logging in."""
+    return _absolute(
+        reverse("preferences-page", kwargs={"token": preferences_token(user_id=user_id)})
+    )

@@ -1,0 +1,590 @@
+"""Preferences, consent and unsubscribe: a JSON API for the logged-in user, pages for signed links.
+
+JSON (session-authenticated; PATCH and POST need the CSRF token like any Django form):
+
+GET   /api/preferences/           every category's switches, marketing frequency, consent
+PATCH /api/preferences/           {"preferences": [{"category": "marketing", "channel": "email",
+                                   "enabled": false}], "marketing_frequency": "weekly"}
+POST  /api/preferences/consent/   {"channel": "email", "granted": true, "wording": "..."}
+
+Pages behind a signed link (no login; the token names the user, nothing in the request can):
+
+GET/POST /unsubscribe/<token>/             the three choices; POST applies one
+GET/POST /unsubscribe/<token>/one-click/   RFC 8058: POST unsubscribes from this category;
+                                           GET only shows the choices (link scanners follow GETs)
+GET/POST /preferences/<token>/             the user's switches, frequency and consent
+
+Errors: JSON {"error": "..."} with a 4xx status that says what to fix; a link that is not valid
+gives a 400 page (410 when it has only expired), and nothing changes.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from functools import wraps
+from typing import Any
+
+from django.conf import settings
+from django.db import transaction
+from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.shortcuts import render
+from django.urls import reverse
+from django.views.decorators.cache import never_cache
+from django.views.decorators.csrf import csrf_exempt
+from django.views.decorators.http import require_http_methods, require_POST
+
+from notifier.links import (
+    BadLink,
+    BadLinkReason,
+    UnsubscribeClaim,
+    preferences_url,
+    read_preferences_token,
+    read_unsubscribe_token,
+)
+from notifier.models import (
+    ALL_CHANNELS,
+    Kind,
+    MarketingFrequency,
+    NotificationType,
+    Priority,
+    User,
+)
+from notifier.policies.preferences import ConsentState, Preferences, can_switch_off, channel_enabled
+from notifier.selectors import consent_of, preferences_of
+from notifier.services.preferences import (
+    CONCRETE_CHANNELS,
+    Category,
+    InvalidScope,
+    PreferenceChange,
+    PreferenceError,
+    UnknownUser,
+    UnsubscribeScope,
+    check_category,
+    check_channel,
+    check_scope,
+    consent_give,
+    consent_withdraw,
+    preferences_update,
+    unsubscribe,
+)
+from notifier.views.inbox import BadRequest, error
+
+CHANNEL_LABELS = {"inapp": "in the app", "email": "email", "sms": "SMS", "push": "push"}
+KIND_DESCRIPTIONS = {
+    Kind.TRANSACTIONAL: "Receipts, security notices and other messages about your account.",
+    Kind.SERVICE: "Updates and reminders about things you use.",
+    Kind.MARKETING: "Offers and promotions.",
+    Kind.SOCIAL: "Follows, likes and comments.",
+}
+# What the preference page shows next to a consent box; stored verbatim as the consent wording.
+CONSENT_WORDING = "Yes, send me marketing messages (offers and promotions) by {channel}."
+JsonView = Callable[..., JsonResponse]
+
+
+def channel_label(channel: str) -> str:
+    return "every channel" if channel == ALL_CHANNELS else CHANNEL_LABELS.get(channel, channel)
+
+
+# --- What the user sees: one read, shared by the JSON API and the page ----------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Switch:
+    category: str
+    channel: str
+    enabled: bool
+    locked: bool
+
+    @property
+    def field(self) -> str:
+        return f"switch:{self.category}:{self.channel}"
+
+
+@dataclass(frozen=True, slots=True)
+class CategoryView:
+    key: str
+    name: str
+    description: str
+    locked: bool
+    switches: tuple[Switch, ...]
+
+    @property
+    def cells(self) -> list[Switch | None]:
+        """One per channel in CONCRETE_CHANNELS order; None where the category never sends."""
+        by_channel = {switch.channel: switch for switch in self.switches}
+        return [by_channel.get(channel) for channel in CONCRETE_CHANNELS]
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "category": self.key,
+            "name": self.name,
+            "description": self.description,
+            "locked": self.locked,
+            "channels": {switch.channel: switch.enabled for switch in self.switches},
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Group:
+    kind: CategoryView
+    types: tuple[CategoryView, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class ConsentView:
+    channel: str
+    granted: bool
+    at: datetime | None
+
+    @property
+    def label(self) -> str:
+        return channel_label(self.channel)
+
+    @property
+    def field(self) -> str:
+        return f"consent:{self.channel}"
+
+    @property
+    def wording(self) -> str:
+        return CONSENT_WORDING.format(channel=self.label)
+
+
+@dataclass(frozen=True, slots=True)
+class PreferenceCentre:
+    groups: tuple[Group, ...]
+    marketing_frequency: str
+    consent: tuple[ConsentView, ...]
+
+    def categories(self) -> list[CategoryView]:
+        return [c for group in self.groups for c in (group.kind, *group.types)]
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "channels": list(CONCRETE_CHANNELS),
+            "categories": [
+                {**group.kind.as_json(), "types": [t.as_json() for t in group.types]}
+                for group in self.groups
+            ],
+            "marketing_frequency": self.marketing_frequency,
+            "marketing_frequency_choices": list(MarketingFrequency.values),
+            "consent": {
+                c.channel: {"granted": c.granted, "at": c.at.isoformat() if c.at else None}
+                for c in self.consent
+            },
+        }
+
+
+def _category_view(
+    prefs: Preferences,
+    *,
+    key: str,
+    name: str,
+    description: str,
+    kind: str,
+    priority: str,
+    channels: tuple[str, ...],
+) -> CategoryView:
+    locked = not can_switch_off(kind, priority)
+    return CategoryView(
+        key=key,
+        name=name,
+        description=description,
+        locked=locked,
+        switches=tuple(
+            Switch(
+                category=key,
+                channel=channel,
+                # A locked category goes out whatever a stale row says: show what happens.
+                enabled=locked or channel_enabled(prefs, kind=kind, type_key=key, channel=channel),
+                locked=locked,
+            )
+            for channel in channels
+        ),
+    )
+
+
+def _consent_view(state: ConsentState, channel: str) -> ConsentView:
+    # The same rule as ConsentState.granted: the newer of the channel's and "all"'s records.
+    records = [r for key in (channel, ALL_CHANNELS) if (r := state.latest.get(key))]
+    newest = max(records, key=lambda r: r.at) if records else None
+    return ConsentView(
+        channel=channel,
+        granted=newest.granted if newest else False,
+        at=newest.at if newest else None,
+    )
+
+
+def preference_centre(*, user_id: int) -> PreferenceCentre:
+    """The four kinds, each with its active types, as this user's switches resolve today."""
+    prefs = preferences_of(user_ids=[user_id])[user_id]
+    consent = consent_of(user_ids=[user_id])[user_id]
+    types = NotificationType.objects.filter(is_active=True).order_by("key")
+    groups = []
+    for kind in Kind:
+        kind_view = _category_view(
+            prefs,
+            key=kind.value,
+            name=str(kind.label),
+            description=KIND_DESCRIPTIONS[kind],
+            kind=kind.value,
+            priority=Priority.NORMAL,
+            channels=CONCRETE_CHANNELS,
+        )
+        type_views = tuple(
+            _category_view(
+                prefs,
+                key=t.key,
+                name=t.name,
+                description=t.description,
+                kind=t.kind,
+                priority=t.priority,
+                channels=tuple(c for c in CONCRETE_CHANNELS if c in t.channels),
+            )
+            for t in types
+            if t.kind == kind
+        )
+        groups.append(Group(kind=kind_view, types=type_views))
+    return PreferenceCentre(
+        groups=tuple(groups),
+        marketing_frequency=prefs.marketing_frequency,
+        consent=tuple(_consent_view(consent, c) for c in settings.NOTIFIER_CONSENT_CHANNELS),
+    )
+
+
+def _client_ip(request: HttpRequest) -> str | None:
+    # REMOTE_ADDR only: X-Forwarded-For is whatever the client says unless a trusted proxy
+    # rewrites REMOTE_ADDR before Django sees the request.
+    return request.META.get("REMOTE_ADDR") or None
+
+
+# --- The JSON API for the logged-in user ----------------------------------------------------
+
+
+def preferences_api(view: JsonView) -> JsonView:
+    """Logged-in users only; bad input becomes a 400 that says what to fix."""
+
+    @wraps(view)
+    def wrapped(request: HttpRequest, *args: Any, **kwargs: Any) -> JsonResponse:
+        if not request.user.is_authenticated:
+            return error(401, "log in to see and change your preferences")
+        try:
+            return view(request, *args, **kwargs)
+        except (BadRequest, PreferenceError) as exc:
+            return error(400, str(exc))
+
+    return wrapped
+
+
+def _user_id(request: HttpRequest) -> int:
+    assert request.user.pk is not None  # `preferences_api` let only logged-in users through
+    return int(request.user.pk)
+
+
+def _json_object(request: HttpRequest, example: str) -> dict[str, Any]:
+    try:
+        body = json.loads(request.body or b"{}")
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise BadRequest(f"send a JSON body such as {example}") from None
+    if not isinstance(body, dict):
+        raise BadRequest(f"send a JSON object such as {example}")
+    return body
+
+
+def _changes_from(items: object) -> list[PreferenceChange]:
+    if not isinstance(items, list):
+        raise BadRequest(
+            'preferences must be a list such as [{"category": "marketing", "channel": "email", '
+            '"enabled": false}]'
+        )
+    changes = []
+    for n, item in enumerate(items):
+        where = f"preferences[{n}]"
+        if not isinstance(item, dict):
+            raise BadRequest(f"{where} must be an object with category, channel and enabled")
+        for name, kind, example in (
+            ("category", str, '"marketing" or "promo.flash_sale"'),
+            ("channel", str, f'one of {", ".join(CONCRETE_CHANNELS)} or "{ALL_CHANNELS}"'),
+            ("enabled", bool, "true or false"),
+        ):
+            if not isinstance(item.get(name), kind):
+                raise BadRequest(f"{where}.{name} must be {example}, got {item.get(name)!r}")
+        changes.append(
+            PreferenceChange(
+                category=item["category"], channel=item["channel"], enabled=item["enabled"]
+            )
+        )
+    return changes
+
+
+@require_http_methods(["GET", "PATCH"])
+@preferences_api
+def preferences_json(request: HttpRequest) -> JsonResponse:
+    user_id = _user_id(request)
+    if request.method == "PATCH":
+        # Any user id in the body is ignored: these are always request.user's preferences.
+        body = _json_object(
+            request,
+            '{"preferences": [{"category": "marketing", "channel": "email", '
+            '"enabled": false}], "marketing_frequency": "weekly"}',
+        )
+        if "preferences" not in body and "marketing_frequency" not in body:
+            raise BadRequest("send preferences, marketing_frequency or both")
+        changes = _changes_from(body.get("preferences", []))
+        frequency = body.get("marketing_frequency")
+        if frequency is not None and not isinstance(frequency, str):
+            raise BadRequest(
+                f"marketing_frequency must be one of {', '.join(MarketingFrequency.values)}"
+            )
+        preferences_update(user_id=user_id, changes=changes, marketing_frequency=frequency)
+    return JsonResponse(preference_centre(user_id=user_id).as_json())
+
+
+@require_POST
+@preferences_api
+def consent_json(request: HttpRequest) -> JsonResponse:
+    user_id = _user_id(request)
+    body = _json_object(request, '{"channel": "email", "granted": true, "wording": "..."}')
+    granted = body.get("granted")
+    if not isinstance(granted, bool):
+        raise BadRequest(f"granted must be true or false, got {granted!r}")
+    channel, ip = body.get("channel"), _client_ip(request)
+    if not isinstance(channel, str):
+        raise BadRequest(f'channel must be a string such as "email", got {channel!r}')
+    if granted:
+        wording = body.get("wording")
+        if not isinstance(wording, str) or not wording.strip():
+            raise BadRequest("wording is required: the exact words the user agreed to")
+        consent_give(
+            user_id=user_id,
+            channel=channel,
+            source="preference_centre",
+            wording=wording,
+            ip_address=ip,
+        )
+    else:
+        consent_withdraw(
+            user_id=user_id, channel=channel, source="preference_centre", ip_address=ip
+        )
+    return JsonResponse(preference_centre(user_id=user_id).as_json())
+
+
+# --- Pages behind signed links --------------------------------------------------------------
+
+
+def _page(
+    request: HttpRequest, template: str, context: dict[str, Any], *, status: int = 200
+) -> HttpResponse:
+    context = {"site_name": settings.NOTIFIER_SITE_NAME, **context}
+    return render(request, f"notifier/{template}", context, status=status)
+
+
+def _bad_link_page(request: HttpRequest, exc: BadLink | PreferenceError) -> HttpResponse:
+    expired = isinstance(exc, BadLink) and exc.reason is BadLinkReason.EXPIRED
+    return _page(request, "bad_link.html", {"expired": expired}, status=410 if expired else 400)
+
+
+def _bad_link_text(exc: BadLink | PreferenceError) -> HttpResponse:
+    if isinstance(exc, BadLink) and exc.reason is BadLinkReason.EXPIRED:
+        return HttpResponse("This link has expired.\n", status=410, content_type="text/plain")
+    return HttpResponse("This link is not valid.\n", status=400, content_type="text/plain")
+
+
+def _check_user(user_id: int) -> int:
+    # A valid signature for a user deleted since: the link points at nobody.
+    if not User.objects.filter(pk=user_id).exists():
+        raise UnknownUser(f"no user {user_id}")
+    return user_id
+
+
+def _unsubscribe_claim(token: str) -> tuple[UnsubscribeClaim, Category]:
+    """The link's claim, if it is signed, fresh, and still names a user, category and channel."""
+    claim = read_unsubscribe_token(token)
+    _check_user(claim.user_id)
+    check_channel(claim.channel)
+    return claim, check_category(claim.category)
+
+
+def _category_name(category: str) -> str:
+    if category in Kind.values:
+        return f"{Kind(category).label} messages"
+    name = NotificationType.objects.filter(pk=category).values_list("name", flat=True).first()
+    return name or category
+
+
+def _choices_page(
+    request: HttpRequest,
+    token: str,
+    claim: UnsubscribeClaim,
+    category: Category,
+    *,
+    problem: str = "",
+) -> HttpResponse:
+    channel = channel_label(claim.channel)
+    name = _category_name(claim.category)
+    choices = [
+        (UnsubscribeScope.THIS.value, f"Only {name}, by {channel}"),
+        (UnsubscribeScope.CHANNEL.value, f"All marketing messages by {channel}"),
+        (UnsubscribeScope.ALL.value, "All marketing messages, on every channel"),
+    ]
+    if category.locked:  # "this" would be refused: it is always sent
+        choices = choices[1:]
+    return _page(
+        request,
+        "unsubscribe.html",
+        {
+            "category_name": name,
+            "channel_label": channel,
+            "choices": choices,
+            "action": reverse("unsubscribe", kwargs={"token": token}),
+            "problem": problem,
+            "preferences_url": preferences_url(user_id=claim.user_id),
+        },
+        status=400 if problem else 200,
+    )
+
+
+@never_cache
+@require_http_methods(["GET", "POST"])
+def unsubscribe_page(request: HttpRequest, token: str) -> HttpResponse:
+    try:
+        claim, category = _unsubscribe_claim(token)
+    except (BadLink, PreferenceError) as exc:
+        return _bad_link_page(request, exc)
+    if request.method == "GET":
+        return _choices_page(request, token, claim, category)
+    try:
+        scope = check_scope(request.POST.get("scope"))
+        changed = unsubscribe(
+            user_id=claim.user_id,
+            category=claim.category,
+            channel=claim.channel,
+            scope=scope,
+            source="unsubscribe_link",
+            ip_address=_client_ip(request),
+        )
+    except InvalidScope:
+        return _choices_page(request, token, claim, category, problem="Choose one of the options.")
+    except PreferenceError as exc:
+        return _choices_page(request, token, claim, category, problem=f"{exc}.")
+    return _page(
+        request,
+        "unsubscribed.html",
+        {
+            "scope": scope.value,
+            "category_name": _category_name(claim.category),
+            "channel_label": channel_label(claim.channel),
+            "changed": changed,
+            "preferences_url": preferences_url(user_id=claim.user_id),
+        },
+    )
+
+
+@csrf_exempt  # RFC 8058: the mail provider POSTs without a session or a CSRF token
+@never_cache
+@require_http_methods(["GET", "POST"])
+def unsubscribe_one_click(request: HttpRequest, token: str) -> HttpResponse:
+    try:
+        claim, category = _unsubscribe_claim(token)
+    except (BadLink, PreferenceError) as exc:
+        return _bad_link_page(request, exc) if request.method == "GET" else _bad_link_text(exc)
+    if request.method == "GET":
+        # Link scanners and previews follow GETs: show the choices, change nothing.
+        return _choices_page(request, token, claim, category)
+    if request.POST.get("List-Unsubscribe") != "One-Click":
+        return HttpResponse(
+            "Send the body List-Unsubscribe=One-Click (RFC 8058).\n",
+            status=400,
+            content_type="text/plain",
+        )
+    try:
+        unsubscribe(
+            user_id=claim.user_id,
+            category=claim.category,
+            channel=claim.channel,
+            scope=UnsubscribeScope.THIS,
+            source="one_click",
+            ip_address=_client_ip(request),
+        )
+    except PreferenceError as exc:  # e.g. a transactional category: it cannot be switched off
+        return HttpResponse(f"{exc}.\n", status=400, content_type="text/plain")
+    return HttpResponse(
+        f"Unsubscribed from {_category_name(claim.category)} by {channel_label(claim.channel)}.\n",
+        content_type="text/plain",
+    )
+
+
+def _page_changes(
+    request: HttpRequest, centre: PreferenceCentre, shown: set[str]
+) -> list[PreferenceChange]:
+    """Only the boxes the user flipped. Saving every box would pin each type to what its kind
+    said at that moment, so unticking "Marketing by email" would leave every marketing type's
+    email box ticked and sending. Only boxes the page listed count: a box that is not in the
+    form was unticked, and a category that appeared since the page loaded is left alone."""
+    return [
+        PreferenceChange(category=switch.category, channel=switch.channel, enabled=wanted)
+        for category in centre.categories()
+        if not category.locked
+        for switch in category.switches
+        if switch.field in shown and (wanted := switch.field in request.POST) != switch.enabled
+    ]
+
+
+def _page_save(request: HttpRequest, *, user_id: int, centre: PreferenceCentre) -> None:
+    shown = set(request.POST.getlist("shown"))
+    ip = _client_ip(request)
+    with transaction.atomic():  # switches, frequency and consent: all saved, or none
+        preferences_update(
+            user_id=user_id,
+            changes=_page_changes(request, centre, shown),
+            marketing_frequency=request.POST.get("marketing_frequency"),
+        )
+        for consent in centre.consent:
+            wanted = consent.field in request.POST
+            if wanted and not consent.granted:
+                consent_give(
+                    user_id=user_id,
+                    channel=consent.channel,
+                    source="preference_link",
+                    wording=consent.wording,
+                    ip_address=ip,
+                )
+            elif not wanted and consent.granted and consent.field in shown:
+                consent_withdraw(
+                    user_id=user_id,
+                    channel=consent.channel,
+                    source="preference_link",
+                    ip_address=ip,
+                )
+
+
+@never_cache
+@require_http_methods(["GET", "POST"])
+def preferences_page(request: HttpRequest, token: str) -> HttpResponse:
+    try:
+        user_id = _check_user(read_preferences_token(token))
+    except (BadLink, PreferenceError) as exc:
+        return _bad_link_page(request, exc)
+    centre = preference_centre(user_id=user_id)
+    problem, saved = "", False
+    if request.method == "POST":
+        try:
+            _page_save(request, user_id=user_id, centre=centre)
+        except PreferenceError as exc:
+            problem = f"Nothing was saved: {exc}."
+        else:
+            centre, saved = preference_centre(user_id=user_id), True
+    return _page(
+        request,
+        "preferences.html",
+        {
+            "centre": centre,
+            "channels": [(c, channel_label(c)) for c in CONCRETE_CHANNELS],
+            "frequencies": MarketingFrequency.choices,
+            "saved": saved,
+            "problem": problem,
+        },
+        status=400 if problem else 200,
+    )
