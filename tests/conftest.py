@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import time
 import uuid
@@ -63,11 +64,17 @@ class WorkerProcess:
     """A `celery worker` subprocess on the test database and the test Redis database."""
 
     def __init__(
-        self, *, queues: list[str], concurrency: int = 2, extra_env: dict[str, str] | None = None
+        self,
+        *,
+        queues: list[str],
+        concurrency: int = 2,
+        extra_env: dict[str, str] | None = None,
+        control_app: Any = None,
+        broker_url: str | None = None,
     ) -> None:
         from notifier.celery import app
 
-        self.app = app
+        self.app = control_app or app
         self.name = f"test-{uuid.uuid4().hex[:8]}@localhost"
         db = settings.DATABASES["default"]
         env = {
@@ -77,14 +84,18 @@ class WorkerProcess:
                 f"postgres://{db['USER']}@{db['HOST'] or '127.0.0.1'}:"
                 f"{db['PORT'] or 5432}/{db['NAME']}"
             ),
-            "CELERY_BROKER_URL": settings.CELERY_BROKER_URL,
-            "REDIS_URL": settings.REDIS_URL,
+            "CELERY_BROKER_URL": broker_url or settings.CELERY_BROKER_URL,
+            "REDIS_URL": broker_url or settings.REDIS_URL,
             "NOTIFIER_RETRY_BASE_S": str(settings.NOTIFIER_RETRY_BASE_S),
             "NOTIFIER_RETRY_MAX_S": str(settings.NOTIFIER_RETRY_MAX_S),
             **(extra_env or {}),
         }
+        # A session of its own, so a test can SIGKILL the worker and its pool in one go.
         self.process = subprocess.Popen(
-            worker_argv(name=self.name, queues=queues, concurrency=concurrency), cwd=ROOT, env=env
+            worker_argv(name=self.name, queues=queues, concurrency=concurrency),
+            cwd=ROOT,
+            env=env,
+            start_new_session=True,
         )
 
     def wait_ready(self, timeout: float = 60.0) -> None:
@@ -94,6 +105,12 @@ class WorkerProcess:
             return bool(self.app.control.ping(destination=[self.name], timeout=0.5))
 
         wait_until(answered, timeout=timeout, message=f"worker {self.name} to answer ping")
+
+    def kill(self) -> None:
+        """SIGKILL the worker and its pool children at once, like a machine that dies."""
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait()
 
     def stop(self) -> None:
         if self.process.poll() is None:
