@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from django.contrib import admin
+from django.contrib import admin, messages
 from django.contrib.admin.utils import quote, unquote
 from django.contrib.auth.admin import UserAdmin as DjangoUserAdmin
 from django.core.exceptions import PermissionDenied, ValidationError
@@ -29,6 +29,7 @@ from django.utils.safestring import SafeString
 
 from channels.base import Channel
 from notifier.models import (
+    DeadLetter,
     Delivery,
     DeliveryEvent,
     Device,
@@ -39,6 +40,7 @@ from notifier.models import (
 )
 from notifier.models.users import normalize_phone
 from notifier.selectors import user_history
+from notifier.services.deliveries import deliveries_retry_now
 from notifier.status import NOT_SENT, DeliveryStatus, Reason
 
 HISTORY_PAGE_SIZE = 25
@@ -636,6 +638,48 @@ class DeliveryAdmin(ReadOnlyMixin, admin.ModelAdmin):
     @admin.display(description="why", ordering="reason")
     def reason_text(self, obj: Delivery) -> str:
         return reason_label(obj.reason) or "-"
+
+    actions = ["retry_now"]
+
+    def has_retry_permission(self, request: HttpRequest) -> bool:
+        return bool(request.user.has_perm("notifier.retry_delivery"))
+
+    @admin.action(description="Retry the selected failed deliveries now", permissions=["retry"])
+    def retry_now(self, request: HttpRequest, queryset: QuerySet[Delivery]) -> None:
+        ids = list(queryset.values_list("pk", flat=True))
+        retried = deliveries_retry_now(delivery_ids=ids, actor=str(request.user))
+        skipped = len(ids) - retried
+        self.message_user(
+            request,
+            f"{retried} queued for a fresh round of attempts"
+            + (f"; {skipped} skipped (not failed)" if skipped else ""),
+            messages.SUCCESS if retried else messages.WARNING,
+        )
+
+
+@admin.register(DeadLetter)
+class DeadLetterAdmin(DeliveryAdmin):
+    """Deliveries that failed for good: why, with the last error, and a way to try again."""
+
+    list_display = [
+        "id",
+        "user",
+        "message",
+        "channel",
+        "reason_text",
+        "attempts",
+        "provider",
+        "error_excerpt",
+        "updated_at",
+    ]
+    list_filter = [ChannelFilter, "reason", "provider"]
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[Delivery]:
+        return super().get_queryset(request).filter(status=S.FAILED)
+
+    @admin.display(description="last error")
+    def error_excerpt(self, obj: Delivery) -> str:
+        return obj.last_error[:120] + ("…" if len(obj.last_error) > 120 else "")
 
 
 @admin.register(InboxItem)

@@ -1,7 +1,7 @@
 """The core models: users and their contact points, notification types, the delivery log."""
 
 from notifier.models.inbox import Feedback, InboxItem
-from notifier.models.messages import Delivery, DeliveryEvent, EventKind, Message
+from notifier.models.messages import DeadLetter, Delivery, DeliveryEvent, EventKind, Message
 from notifier.models.preferences import (
     ALL_CHANNELS,
     CapPeriod,
@@ -19,6 +19,7 @@ __all__ = [
     "CapPeriod",
     "Consent",
     "ConsentPurpose",
+    "DeadLetter",
     "Delivery",
     "DeliveryEvent",
     "Device",

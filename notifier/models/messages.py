@@ -120,6 +120,7 @@ class Delivery(models.Model):
 
     class Meta:
         verbose_name_plural = "deliveries"
+        permissions = [("retry_delivery", "Can retry a failed delivery now")]
         constraints = [
             models.UniqueConstraint(fields=["message", "channel"], name="delivery_message_channel")
         ]
@@ -141,6 +142,15 @@ class Delivery(models.Model):
 
     def __str__(self) -> str:
         return f"{self.channel} for message #{self.message_id}: {self.status}"
+
+
+class DeadLetter(Delivery):
+    """Failed deliveries, for the admin's dead-letter view (a proxy: same rows)."""
+
+    class Meta:
+        proxy = True
+        verbose_name = "dead letter"
+        verbose_name_plural = "dead letters (failed deliveries)"
 
 
 class EventKind(models.TextChoices):

@@ -506,6 +506,49 @@ def deliveries_deliver(*, delivery_ids: Sequence[int]) -> DeliverReport:
     return report
 
 
+# --- Operators -----------------------------------------------------------------------------
+
+
+def deliveries_retry_now(*, delivery_ids: Sequence[int], actor: str) -> int:
+    """Give failed deliveries a fresh round of attempts, now. Returns how many were retried.
+
+    A compare-and-set from failed: a delivery that is not failed (any more) is left alone, so
+    two operators clicking at once retry it once. Earlier attempts stay on the timeline.
+    """
+    now = timezone.now()
+    with transaction.atomic():
+        rows = list(
+            Delivery.objects.select_for_update(of=("self",))
+            .filter(pk__in=delivery_ids, status=S.FAILED)
+            .values_list("pk", "channel", "message__lane", "attempts")
+        )
+        if not rows:
+            return 0
+        check_move(S.FAILED, S.QUEUED)
+        Delivery.objects.filter(pk__in=[pk for pk, *_ in rows]).update(
+            status=S.QUEUED,
+            reason="",
+            attempts=0,
+            next_attempt_at=now,
+            finished_at=None,
+            updated_at=now,
+        )
+        DeliveryEvent.objects.bulk_create(
+            [
+                DeliveryEvent(
+                    delivery_id=pk,
+                    at=now,
+                    kind=EventKind.MANUAL,
+                    status=S.QUEUED,
+                    detail={"action": "retry now", "by": actor, "previous_attempts": attempts},
+                )
+                for pk, _, _, attempts in rows
+            ]
+        )
+        _publish_grouped([(pk, channel, lane) for pk, channel, lane, _ in rows])
+    return len(rows)
+
+
 # --- Recovering lost work -------------------------------------------------------------------
 
 

@@ -19,6 +19,7 @@ from notifier.status import DeliveryStatus, Reason
 from tests.factories import DeviceFactory, UserFactory, order_context
 
 SUPPORT_MIGRATION = importlib.import_module("notifier.migrations.0002_support_group")
+LATER_MIGRATIONS = [importlib.import_module("notifier.migrations.0005_default_routing_rules")]
 
 pytestmark = pytest.mark.usefixtures("db")
 
@@ -38,6 +39,13 @@ def support_group() -> Group:
                     codename__in=[f"view_{model}" for model in models],
                 )
             )
+        later = [f"view_{m}" for m in LATER_MIGRATIONS[0].SUPPORT_VIEWS]
+        group.permissions.add(
+            *Permission.objects.filter(
+                content_type__app_label="notifier",
+                codename__in=[*later, "view_deadletter", "retry_delivery"],
+            )
+        )
     return group
 
 
@@ -143,10 +151,16 @@ def alice(pipeline):
 # --- The Support group ----------------------------------------------------------------------
 
 
-def test_the_support_group_holds_only_view_permissions(support_group):
+def test_the_support_group_views_everything_and_may_only_retry(support_group):
     codenames = set(support_group.permissions.values_list("codename", flat=True))
-    assert {"view_user", "view_message", "view_delivery", "view_device"} <= codenames
-    assert all(codename.startswith("view_") for codename in codenames)
+    assert {
+        "view_user",
+        "view_message",
+        "view_delivery",
+        "view_device",
+        "view_deadletter",
+    } <= codenames
+    assert {c for c in codenames if not c.startswith("view_")} == {"retry_delivery"}
 
 
 # --- Finding a user -------------------------------------------------------------------------
@@ -483,3 +497,65 @@ def test_admin_lists_make_a_bounded_number_of_queries(
         with django_assert_max_num_queries(10):
             response = super_client.get(reverse(f"admin:notifier_{name}_changelist"))
         assert response.status_code == 200
+
+
+# --- Dead letters -----------------------------------------------------------------------------
+
+
+@pytest.fixture
+def failed_email(pipeline):
+    message = notify(
+        UserFactory(email="gone+fail-permanent@example.com"),
+        "order.shipped",
+        order_context(),
+        channels=["email"],
+    )
+    messages_prepare(message_ids=[message.pk])
+    delivery = Delivery.objects.get(message=message)
+    deliveries_deliver(delivery_ids=[delivery.pk])
+    return Delivery.objects.get(pk=delivery.pk)
+
+
+def test_support_sees_dead_letters_with_their_reason_and_error(support_client, failed_email):
+    page = support_client.get(reverse("admin:notifier_deadletter_changelist"))
+    assert page.status_code == 200
+    body = page.content.decode()
+    assert "The provider rejected the address or number" in body
+    assert "does not exist" in body
+
+
+def test_support_can_retry_a_failed_delivery_now(support_client, failed_email):
+    response = support_client.post(
+        reverse("admin:notifier_deadletter_changelist"),
+        {"action": "retry_now", "_selected_action": [failed_email.pk]},
+        follow=True,
+    )
+    assert response.status_code == 200
+    retried = Delivery.objects.get(pk=failed_email.pk)
+    assert (retried.status, retried.attempts, retried.reason) == ("queued", 0, "")
+    event = DeliveryEvent.objects.filter(delivery=retried, kind="manual").get()
+    assert event.detail == {
+        "action": "retry now",
+        "by": "support@example.com",
+        "previous_attempts": 1,
+    }
+
+
+def test_staff_without_the_permission_cannot_retry(client, failed_email):
+    clerk = UserFactory(username="clerk", is_staff=True)
+    clerk.user_permissions.add(Permission.objects.get(codename="view_deadletter"))
+    client.force_login(clerk)
+    response = client.post(
+        reverse("admin:notifier_deadletter_changelist"),
+        {"action": "retry_now", "_selected_action": [failed_email.pk]},
+    )
+    assert Delivery.objects.get(pk=failed_email.pk).status == "failed"
+    assert response.status_code in (200, 302)  # the admin refuses the unknown action
+
+
+def test_retrying_something_not_failed_changes_nothing(pipeline, failed_email):
+    from notifier.services.deliveries import deliveries_retry_now
+
+    assert deliveries_retry_now(delivery_ids=[failed_email.pk], actor="a") == 1
+    assert deliveries_retry_now(delivery_ids=[failed_email.pk], actor="b") == 0
+    assert DeliveryEvent.objects.filter(delivery=failed_email, kind="manual").count() == 1
