@@ -1,7 +1,16 @@
 """`manage.py bench`: pipeline throughput and latency, side by side with a naive baseline.
 
-Both runs use the same PostgreSQL, Redis and worker processes, over the same N in-app + email
-notifications. Prints a table, then one JSON line. Not a test: nothing here asserts a speed.
+Every phase runs on the same PostgreSQL and Redis with real worker processes:
+
+1. throughput: a naive baseline (one task per recipient, one INSERT per row) and the pipeline
+   (notify_many, batched prepare and deliver) over the same N in-app + email notifications;
+2. latency on an idle system: notify() call time, and in-app end to end;
+3. a global rate limit shared by two worker processes: achieved rate / configured rate;
+4. transactional in-app end to end while the bulk lane holds 20,000+ marketing deliveries,
+   with one worker per lane as deployed.
+
+Prints progress and a table on stderr/stdout, then one JSON line. Not a test: nothing here
+asserts a speed.
 """
 
 from __future__ import annotations
@@ -11,6 +20,7 @@ import os
 import subprocess
 import time
 import uuid
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -20,13 +30,15 @@ from django.conf import settings
 from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError
 from django.db import connection
+from django.utils import timezone
 
+from channels.models import SandboxSend
 from notifier.api import notify, notify_many
 from notifier.benchmarks import NAIVE_QUEUE, naive_notify
 from notifier.celery import app
 from notifier.embedded import worker_argv
-from notifier.models import Delivery, InboxItem, User
-from notifier.queues import ALL_QUEUES
+from notifier.models import Consent, Delivery, InboxItem, User
+from notifier.queues import ALL_QUEUES, MAINTENANCE_QUEUE, Lane, lane_queues
 from notifier.status import TERMINAL
 
 ROOT = Path(settings.BASE_DIR)
@@ -39,12 +51,21 @@ CONTEXT = {
     "eta": "Tuesday",
     "tracking_url": "https://example.com/track/B1",
 }
+SALE = {
+    "sale_name": "Bench sale",
+    "starts_at": "now",
+    "headline": "Everything must go",
+    "sale_url": "https://example.com/sale",
+}
+RATE_LIMIT_PER_S = 50
+BULK_RECIPIENTS = 10_000  # x in-app + email = 20,000 marketing deliveries
 TABLES = [
     "notifier_deliveryevent",
     "notifier_inboxitem",
     "notifier_delivery",
     "notifier_message",
     "notifier_channels_sandboxsend",
+    "notifier_frequencycounter",
 ]
 
 
@@ -68,10 +89,13 @@ class Command(BaseCommand):
         )
         parser.add_argument("--latency-samples", type=int, default=300)
         parser.add_argument(
-            "--concurrency",
+            "--concurrency", type=int, default=2, help="prefork children of the throughput worker"
+        )
+        parser.add_argument(
+            "--bulk-recipients",
             type=int,
-            default=2,
-            help="worker processes (prefork children) for both runs",
+            default=BULK_RECIPIENTS,
+            help="marketing recipients (x2 deliveries) for the under-bulk run",
         )
 
     def handle(self, *args: Any, **options: Any) -> None:
@@ -82,23 +106,30 @@ class Command(BaseCommand):
             )
         call_command("migrate", verbosity=0, interactive=False)
         n, samples = options["messages"], options["latency_samples"]
-        users = self.users(max(n, samples))
+        bulk = options["bulk_recipients"]
+        users = self.users(max(n, samples, bulk + samples))
         self.clean()
         redis.Redis.from_url(settings.CELERY_BROKER_URL).flushdb()
-        worker = self.start_worker(options["concurrency"])
-        try:
-            self.say(
-                f"bench: {n} notifications x {len(CHANNELS)} channels, "
-                f"{options['concurrency']} worker processes, {os.cpu_count()} CPUs"
-            )
+        self.say(
+            f"bench: {n} notifications x {len(CHANNELS)} channels, "
+            f"{options['concurrency']} worker processes, {os.cpu_count()} CPUs"
+        )
+
+        with self.workers([("all", [*ALL_QUEUES, NAIVE_QUEUE], options["concurrency"], {})]):
             naive = self.run_naive(users[:n])
             self.clean()
             pipeline = self.run_pipeline(users[:n])
             self.clean()
             call_ms, e2e_ms = self.idle_latencies(users[:samples])
-        finally:
-            worker.terminate()
-            worker.wait(timeout=30)
+        self.clean()
+        limit_env = {"NOTIFIER_RATE_LIMITS": f"email:sandbox={RATE_LIMIT_PER_S}/s"}
+        with self.workers(
+            [("rate-a", ALL_QUEUES, 1, limit_env), ("rate-b", ALL_QUEUES, 1, limit_env)]
+        ):
+            achieved = self.rate_limited(users[: RATE_LIMIT_PER_S * 15])
+        self.clean()
+        under_bulk_ms, overlapped = self.e2e_under_bulk(users[:bulk], users[bulk : bulk + samples])
+
         result = {
             "messages": n,
             "naive_msgs_per_s": round(naive, 1),
@@ -108,20 +139,27 @@ class Command(BaseCommand):
             "notify_call_ms_p99": round(percentile(call_ms, 99), 3),
             "e2e_inapp_ms_p50": round(percentile(e2e_ms, 50), 1),
             "e2e_inapp_ms_p99": round(percentile(e2e_ms, 99), 1),
+            "rate_limit_per_s": RATE_LIMIT_PER_S,
+            "rate_limit_achieved_per_s": round(achieved, 2),
+            "rate_limit_achieved_ratio": round(achieved / RATE_LIMIT_PER_S, 3),
+            "bulk_marketing_deliveries": bulk * 2,
+            "e2e_inapp_ms_p50_under_bulk": round(percentile(under_bulk_ms, 50), 1),
+            "e2e_inapp_ms_p99_under_bulk": round(percentile(under_bulk_ms, 99), 1),
+            "under_bulk_samples_overlapping": overlapped,
         }
         self.table(result)
         self.stdout.write(json.dumps(result))
 
-    # --- setup -----------------------------------------------------------------------------
+    # --- setup -------------------------------------------------------------------------------
 
     def say(self, text: str) -> None:
         self.stderr.write(text)
 
     def users(self, count: int) -> list[User]:
-        existing = list(User.objects.filter(username__startswith="bench-").order_by("pk")[:count])
-        missing = count - len(existing)
-        if missing > 0:
-            start = len(existing)
+        """Bench users: reachable by email, no quiet hours (the bench may run at night), and
+        consent to marketing (the under-bulk run sends a promotion)."""
+        existing = User.objects.filter(username__startswith="bench-").count()
+        if existing < count:
             User.objects.bulk_create(
                 [
                     User(
@@ -129,35 +167,71 @@ class Command(BaseCommand):
                         email=f"bench-{i}@example.com",
                         first_name="Bench",
                         password="!",
+                        quiet_hours_enabled=False,
                     )
-                    for i in range(start, start + missing)
+                    for i in range(existing, count)
                 ]
             )
-            existing = list(
-                User.objects.filter(username__startswith="bench-").order_by("pk")[:count]
-            )
-        return existing
+        chosen = list(User.objects.filter(username__startswith="bench-").order_by("pk")[:count])
+        User.objects.filter(pk__in=[u.pk for u in chosen]).update(quiet_hours_enabled=False)
+        with_consent = set(
+            Consent.objects.filter(user__in=chosen, granted=True).values_list("user_id", flat=True)
+        )
+        Consent.objects.bulk_create(
+            [
+                Consent(
+                    user=u,
+                    channel="all",
+                    granted=True,
+                    at=timezone.now(),
+                    source="bench",
+                    wording="bench",
+                )
+                for u in chosen
+                if u.pk not in with_consent
+            ]
+        )
+        return chosen
 
     def clean(self) -> None:
         with connection.cursor() as cursor:
             cursor.execute(f"TRUNCATE {', '.join(TABLES)} RESTART IDENTITY")
 
-    def start_worker(self, concurrency: int) -> subprocess.Popen[bytes]:
-        name = f"bench-{uuid.uuid4().hex[:6]}@localhost"
+    def start_worker(
+        self, label: str, queues: list[str], concurrency: int, env: dict[str, str]
+    ) -> subprocess.Popen[bytes]:
+        name = f"bench-{label}-{uuid.uuid4().hex[:6]}@localhost"
         argv = worker_argv(
-            name=name,
-            queues=[*ALL_QUEUES, NAIVE_QUEUE],
-            concurrency=concurrency,
-            include=("notifier.benchmarks",),
+            name=name, queues=queues, concurrency=concurrency, include=("notifier.benchmarks",)
         )
-        worker = subprocess.Popen(argv, cwd=ROOT, env=os.environ.copy())
+        worker = subprocess.Popen(
+            argv, cwd=ROOT, env={**os.environ, **env}, stdout=subprocess.DEVNULL
+        )
         deadline = time.monotonic() + 60
         while not app.control.ping(destination=[name], timeout=0.5):
             if worker.poll() is not None or time.monotonic() > deadline:
-                raise CommandError("the bench worker did not start")
+                raise CommandError(f"the bench worker {label} did not start")
         return worker
 
-    def wait_for(self, label: str, done: Any, total: int, timeout: float = 600) -> None:
+    def workers(self, specs: list[tuple[str, list[str], int, dict[str, str]]]) -> Any:
+        command = self
+
+        class Running:
+            def __enter__(self) -> list[subprocess.Popen[bytes]]:
+                self.started = [command.start_worker(*spec) for spec in specs]
+                return self.started
+
+            def __exit__(self, *exc: object) -> None:
+                for worker in self.started:
+                    worker.terminate()
+                for worker in self.started:
+                    worker.wait(timeout=60)
+
+        return Running()
+
+    def wait_for(
+        self, label: str, done: Callable[[], int], total: int, timeout: float = 900
+    ) -> None:
         deadline = time.monotonic() + timeout
         last_report = 0.0
         while True:
@@ -174,7 +248,7 @@ class Command(BaseCommand):
     def finished_deliveries(self) -> int:
         return Delivery.objects.filter(status__in=TERMINAL).count()
 
-    # --- runs ------------------------------------------------------------------------------
+    # --- phases ------------------------------------------------------------------------------
 
     def run_naive(self, users: list[User]) -> float:
         self.say("naive baseline: one task per recipient, one INSERT per row")
@@ -193,37 +267,90 @@ class Command(BaseCommand):
         self.wait_for("pipeline", self.finished_deliveries, len(users) * len(CHANNELS))
         return len(users) / (time.perf_counter() - start)
 
-    def idle_latencies(self, users: list[User]) -> tuple[list[float], list[float]]:
-        """One notify() at a time on an idle system, each waiting for the last to land.
+    def inapp_e2e_ms(self, user: User) -> tuple[float, float]:
+        """One transactional in-app notify(): (call ms, ms from return to the inbox row)."""
+        start = time.perf_counter()
+        message = notify(user, TYPE_KEY, CONTEXT, channels=["inapp"])
+        call_ms = (time.perf_counter() - start) * 1000
+        returned = datetime.now(UTC)
+        deadline = time.monotonic() + 30
+        while True:
+            created = (
+                InboxItem.objects.filter(message_id=message.pk)
+                .values_list("created_at", flat=True)
+                .first()
+            )
+            if created is not None:
+                return call_ms, (created - returned).total_seconds() * 1000
+            if time.monotonic() > deadline:
+                raise CommandError(f"message {message.pk} never reached the inbox")
+            time.sleep(0.002)
 
-        Returns the call's own cost (what the caller pays: one INSERT and one publish, in
-        autocommit) and the in-app end-to-end time, from notify() returning to the inbox item's
-        creation time as written by the worker.
-        """
+    def idle_latencies(self, users: list[User]) -> tuple[list[float], list[float]]:
+        """One notify() at a time on an idle system, each waiting for the last to land: the
+        caller's cost (one INSERT and one publish) and in-app end to end."""
         self.say("notify() call and in-app end to end, one at a time on an idle system")
         calls, e2e = [], []
         for user in users:
-            start = time.perf_counter()
-            message = notify(user, TYPE_KEY, CONTEXT, channels=["inapp"])
-            calls.append((time.perf_counter() - start) * 1000)
-            returned = datetime.now(UTC)
-            deadline = time.monotonic() + 10
-            while True:
-                created = (
-                    InboxItem.objects.filter(message_id=message.pk)
-                    .values_list("created_at", flat=True)
-                    .first()
-                )
-                if created is not None:
-                    break
-                if time.monotonic() > deadline:
-                    raise CommandError(f"message {message.pk} never reached the inbox")
-                time.sleep(0.002)
-            e2e.append((created - returned).total_seconds() * 1000)
+            call_ms, e2e_ms = self.inapp_e2e_ms(user)
+            calls.append(call_ms)
+            e2e.append(e2e_ms)
             # The worker acks and tidies up after the inbox row commits; let it finish so the
             # next call meets an idle system, as this measure promises.
             time.sleep(IDLE_GAP_S)
         return calls, e2e
+
+    def rate_limited(self, users: list[User]) -> float:
+        """Emails under a global limit shared by two worker processes: sends per second."""
+        self.say(f"global rate limit {RATE_LIMIT_PER_S}/s, two worker processes")
+        notify_many(
+            users,
+            TYPE_KEY,
+            CONTEXT,
+            channels=["email"],
+            idempotency_key=f"bench-rate:{uuid.uuid4().hex}",
+        )
+        self.wait_for("rate-limited", self.finished_deliveries, len(users))
+        times = sorted(SandboxSend.objects.filter(outcome="sent").values_list("at", flat=True))
+        # The bucket starts full: one second's worth (the burst) may go at once, by design.
+        # The limit is the sustained rate, so it is measured from the end of that burst.
+        steady = times[RATE_LIMIT_PER_S:]
+        return (len(steady) - 1) / (steady[-1] - steady[0]).total_seconds()
+
+    def e2e_under_bulk(self, bulk_users: list[User], users: list[User]) -> tuple[list[float], int]:
+        """Transactional in-app end to end while the bulk lane works through a promotion,
+        with a worker per lane as deploy/ runs them (both on this machine's two cores)."""
+        deliveries = len(bulk_users) * 2
+        self.say(f"in-app end to end while the bulk lane holds {deliveries} marketing deliveries")
+        tx_queues = [*lane_queues(Lane.TRANSACTIONAL), MAINTENANCE_QUEUE]
+        with self.workers([("tx", tx_queues, 1, {})]):
+            notify_many(
+                bulk_users,
+                "promo.flash_sale",
+                SALE,
+                channels=["inapp", "email"],
+                idempotency_key=f"bench-bulk:{uuid.uuid4().hex}",
+            )
+            with self.workers([("bulk", lane_queues(Lane.BULK), 2, {})]):
+                samples: list[float] = []
+                overlapped = 0
+                for user in users:
+                    bulk_done = Delivery.objects.filter(
+                        message__type_id="promo.flash_sale", status__in=TERMINAL
+                    ).count()
+                    if bulk_done >= deliveries:
+                        break
+                    overlapped += 1
+                    samples.append(self.inapp_e2e_ms(user)[1])
+                    time.sleep(IDLE_GAP_S)
+                self.wait_for(
+                    "bulk",
+                    lambda: Delivery.objects.filter(
+                        message__type_id="promo.flash_sale", status__in=TERMINAL
+                    ).count(),
+                    deliveries,
+                )
+        return samples, overlapped
 
     def table(self, result: dict[str, Any]) -> None:
         rows = [
@@ -243,7 +370,18 @@ class Command(BaseCommand):
                 f"{result['e2e_inapp_ms_p50']:.1f} / {result['e2e_inapp_ms_p99']:.1f} ms",
                 "",
             ),
+            (
+                f"rate limit {result['rate_limit_per_s']}/s, 2 workers",
+                f"{result['rate_limit_achieved_per_s']:.2f}/s",
+                f"{result['rate_limit_achieved_ratio']:.3f} of limit",
+            ),
+            (
+                f"in-app e2e under {result['bulk_marketing_deliveries']} bulk",
+                f"{result['e2e_inapp_ms_p50_under_bulk']:.1f} / "
+                f"{result['e2e_inapp_ms_p99_under_bulk']:.1f} ms",
+                f"{result['under_bulk_samples_overlapping']} samples",
+            ),
         ]
-        self.stdout.write(f"{'measure':30} {'value':22} vs naive")
-        for name, value, ratio in rows:
-            self.stdout.write(f"{name:30} {value:22} {ratio}")
+        self.stdout.write(f"{'measure':34} {'value':22} note")
+        for name, value, note in rows:
+            self.stdout.write(f"{name:34} {value:22} {note}")
