@@ -371,7 +371,7 @@ class Command(BaseCommand):
                 "",
             ),
             (
-                f"rate limit {result['rate_limit_per_s']}/s, 2 workers",
+                f"rate limit {result['rate_limit_per_s']}/s, 2 workers, sustained",
                 f"{result['rate_limit_achieved_per_s']:.2f}/s",
                 f"{result['rate_limit_achieved_ratio']:.3f} of limit",
             ),
