@@ -2,6 +2,8 @@
 
 from django.db import migrations
 
+from notifier.migrations._permissions import grant
+
 SUPPORT_GROUP = "Support"
 VIEWABLE = {
     "notifier": ["user", "device", "notificationtype", "message", "delivery", "deliveryevent",
@@ -11,23 +13,9 @@ VIEWABLE = {
 
 
 def create_support_group(apps, schema_editor):
-    # Permissions are normally created after all migrations; create them now so the group can
-    # hold them on a fresh database.
-    from django.contrib.auth.management import create_permissions
-
-    for app_config in apps.get_app_configs():
-        app_config.models_module = True
-        create_permissions(app_config, apps=apps, verbosity=0)
-        app_config.models_module = None
-
-    Group = apps.get_model("auth", "Group")
-    Permission = apps.get_model("auth", "Permission")
-    group, _ = Group.objects.get_or_create(name=SUPPORT_GROUP)
     for app_label, models in VIEWABLE.items():
-        group.permissions.add(*Permission.objects.filter(
-            content_type__app_label=app_label,
-            codename__in=[f"view_{model}" for model in models],
-        ))
+        grant(apps, group=SUPPORT_GROUP, app_label=app_label,
+              codenames=[f"view_{model}" for model in models])
 
 
 def remove_support_group(apps, schema_editor):

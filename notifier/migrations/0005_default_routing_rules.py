@@ -2,6 +2,8 @@
 
 from django.db import migrations
 
+from notifier.migrations._permissions import grant
+
 # Ordered by cost: push and in-app cost nothing, email next to nothing, SMS real money.
 DEFAULT_RULES = [
     {"name": "Critical: every channel at once", "priority": "critical",
@@ -21,19 +23,8 @@ def seed(apps, schema_editor):
     for rule in DEFAULT_RULES:
         RoutingRule.objects.get_or_create(name=rule["name"], defaults=rule)
 
-    from django.contrib.auth.management import create_permissions
-
-    for app_config in apps.get_app_configs():
-        app_config.models_module = True
-        create_permissions(app_config, apps=apps, verbosity=0)
-        app_config.models_module = None
-    Group = apps.get_model("auth", "Group")
-    Permission = apps.get_model("auth", "Permission")
-    group, _ = Group.objects.get_or_create(name="Support")
-    group.permissions.add(*Permission.objects.filter(
-        content_type__app_label="notifier",
-        codename__in=[f"view_{model}" for model in SUPPORT_VIEWS],
-    ))
+    grant(apps, group="Support", app_label="notifier",
+          codenames=[f"view_{model}" for model in SUPPORT_VIEWS])
 
 
 def unseed(apps, schema_editor):

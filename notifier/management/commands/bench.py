@@ -382,6 +382,6 @@ class Command(BaseCommand):
                 f"{result['under_bulk_samples_overlapping']} samples",
             ),
         ]
-        self.stdout.write(f"{'measure':34} {'value':22} note")
+        self.stdout.write(f"{'measure':42} {'value':22} note")
         for name, value, note in rows:
-            self.stdout.write(f"{name:34} {value:22} {note}")
+            self.stdout.write(f"{name:42} {value:22} {note}")

@@ -1,0 +1,22 @@
+"""Shared by data migrations: grant permissions to a group on a database still being built.
+
+Django creates permissions after all migrations; these migrations need them earlier, so they
+create them first. (Modules starting with "_" are not migrations themselves.)
+"""
+
+from typing import Any
+
+
+def grant(apps: Any, *, group: str, app_label: str, codenames: list[str]) -> None:
+    from django.contrib.auth.management import create_permissions
+
+    for app_config in apps.get_app_configs():
+        app_config.models_module = True
+        create_permissions(app_config, apps=apps, verbosity=0)
+        app_config.models_module = None
+    Group = apps.get_model("auth", "Group")
+    Permission = apps.get_model("auth", "Permission")
+    holder, _ = Group.objects.get_or_create(name=group)
+    holder.permissions.add(*Permission.objects.filter(
+        content_type__app_label=app_label, codename__in=codenames
+    ))
