@@ -29,13 +29,17 @@ from django.utils.safestring import SafeString
 
 from channels.base import Channel
 from notifier.models import (
+    Consent,
     DeadLetter,
     Delivery,
     DeliveryEvent,
     Device,
+    FrequencyCounter,
     InboxItem,
     Message,
     NotificationType,
+    Preference,
+    RoutingRule,
     User,
 )
 from notifier.models.users import normalize_phone
@@ -746,3 +750,44 @@ class NotificationTypeAdmin(admin.ModelAdmin):
         if obj is not None and obj.code_defined:
             return False
         return super().has_delete_permission(request, obj)
+
+
+# --- Delivery policies ------------------------------------------------------------------------
+
+
+@admin.register(RoutingRule)
+class RoutingRuleAdmin(admin.ModelAdmin):
+    """Which channels a message uses when its caller names none (see README, "Routing")."""
+
+    list_display = ["name", "type", "kind", "priority", "send_all", "fallback_chain", "is_active"]
+    list_filter = ["kind", "priority", "is_active"]
+    list_editable = ["is_active"]
+
+
+@admin.register(Preference)
+class PreferenceAdmin(ReadOnlyMixin, admin.ModelAdmin):
+    """Users' overrides; changed by users themselves (preference centre, unsubscribe links)."""
+
+    list_display = ["user", "category", "channel", "enabled", "updated_at"]
+    list_select_related = ["user"]
+    list_filter = ["channel", "enabled"]
+    search_fields = ["user__email", "user__phone", "category"]
+
+
+@admin.register(Consent)
+class ConsentAdmin(ReadOnlyMixin, admin.ModelAdmin):
+    """The consent log: append-only, the newest row per channel holds."""
+
+    list_display = ["user", "purpose", "channel", "granted", "at", "source", "ip_address"]
+    list_select_related = ["user"]
+    list_filter = ["purpose", "channel", "granted", "source"]
+    search_fields = ["user__email", "user__phone"]
+    ordering = ["-at"]
+
+
+@admin.register(FrequencyCounter)
+class FrequencyCounterAdmin(ReadOnlyMixin, admin.ModelAdmin):
+    list_display = ["user", "period", "window_start", "count"]
+    list_select_related = ["user"]
+    list_filter = ["period"]
+    search_fields = ["user__email"]

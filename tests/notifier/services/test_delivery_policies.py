@@ -422,3 +422,21 @@ def test_transactional_email_has_no_unsubscribe_header(published):
         )
     )
     assert "headers" not in rows["email"].content
+
+
+def test_when_held_messages_compete_for_one_slot_the_higher_priority_wins(published, settings):
+    settings.NOTIFIER_MARKETING_CAP_DAY, settings.NOTIFIER_MARKETING_CAP_WEEK = 1, 5
+    user = UserFactory(quiet_hours_enabled=True, time_zone="Asia/Shanghai")
+    consent(user)
+    with time_machine.travel(shanghai(2026, 11, 20, 23, 0)):
+        low = route(sale(user, channels=["email"]))["email"]
+        important = sale(user, channels=["email"])
+        Message.objects.filter(pk=important.pk).update(priority="high")  # e.g. a campaign's
+        high = route(Message.objects.get(pk=important.pk))["email"]
+    assert (low.status, high.status) == (S.HELD, S.HELD)
+    assert high.priority_rank < low.priority_rank
+    with time_machine.travel(shanghai(2026, 11, 21, 9, 0)):  # both are due by now
+        held_release()
+    assert Delivery.objects.get(pk=high.pk).status == S.QUEUED
+    deferred = Delivery.objects.get(pk=low.pk)
+    assert (deferred.status, deferred.reason) == (S.HELD, Reason.FREQUENCY_CAP)
