@@ -67,7 +67,10 @@ def all_done(message_ids: list[int], per_message: int) -> bool:
 
 def test_worker_sigkilled_repeatedly_loses_and_doubles_nothing(rig):
     users = many_users(1100)
-    worker = rig.worker(SANDBOX_LATENCY_MS="1")
+    # Provider latency and small batches keep work in flight long enough to be killed mid-send
+    # three or four times over.
+    slow = {"SANDBOX_LATENCY_MS": "10", "NOTIFIER_BATCH_SIZE": "50"}
+    worker = rig.worker(**slow)
     ids = notify_many(
         users,
         "order.shipped",
@@ -81,12 +84,17 @@ def test_worker_sigkilled_repeatedly_loses_and_doubles_nothing(rig):
         # The re-queue job runs meanwhile, as beat would: after a kill, the tasks the dead
         # worker had taken wait in Redis for a visibility timeout, and PostgreSQL knows better.
         rig.drain(
-            lambda n=sent_before: Delivery.objects.filter(status=S.SENT).count() > n + 50,
+            lambda n=sent_before: (
+                all_done(ids, 2) or Delivery.objects.filter(status=S.SENT).count() > n + 50
+            ),
             timeout=60,
         )
+        if all_done(ids, 2):
+            break  # finished before the next kill
         worker.kill()
         kills += 1
-        worker = rig.worker(SANDBOX_LATENCY_MS="1")
+        worker = rig.worker(**slow)
+    assert kills >= 3, "the work finished before the worker could be killed mid-flight"
     rig.drain(lambda: all_done(ids, 2), timeout=240)
 
     ledger = ledger_for(ids, ["inapp", "email"])
