@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import time
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from django.conf import settings
 from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError
+from django.utils import timezone
 
 from notifier.api import notify
 from notifier.embedded import embedded_worker
@@ -97,6 +99,27 @@ class Command(BaseCommand):
                     channels=["email", "inapp"],
                     idempotency_key=f"demo:{run}:ship:ola",
                 ),
+                # A promotion: low priority goes to email and in-app; Mei never agreed to
+                # marketing email, so only the in-app one goes out.
+                notify(
+                    mei,
+                    "promo.flash_sale",
+                    {
+                        "sale_name": "Double 11",
+                        "starts_at": "tonight at 20:00",
+                        "headline": "Up to 50% off cards you follow",
+                        "sale_url": "https://shop.example.com/sale",
+                    },
+                    idempotency_key=f"demo:{run}:sale:mei",
+                ),
+                # A service reminder to Ola during her quiet hours: held for her morning.
+                notify(
+                    ola,
+                    "subscription.renewal_reminder",
+                    {"plan": "Pro", "renews_on": "1 December"},
+                    channels=["inapp", "email"],
+                    idempotency_key=f"demo:{run}:renew:ola",
+                ),
             ]
             again = notify(mei, "order.shipped", order, idempotency_key=f"demo:{run}:ship:mei")
             self.say(
@@ -113,6 +136,15 @@ class Command(BaseCommand):
 
     def person(self, spec: dict[str, Any]) -> User:
         fields = {k: v for k, v in spec.items() if k not in ("username", "device")}
+        if spec["username"] == "ola":  # her night, whenever the demo runs
+            local = timezone.now().astimezone(ZoneInfo(spec["time_zone"]))
+            fields.update(
+                quiet_hours_enabled=True,
+                quiet_hours_start=(local - timedelta(hours=1)).time(),
+                quiet_hours_end=(local + timedelta(hours=1)).time(),
+            )
+        else:
+            fields["quiet_hours_enabled"] = False
         user, _ = User.objects.update_or_create(username=spec["username"], defaults=fields)
         if spec["device"]:
             platform, token = spec["device"]
@@ -142,7 +174,8 @@ class Command(BaseCommand):
                 self.say(f"  deliveries: {summary or 'routing...'}")
                 last = summary
             routed = Message.objects.filter(pk__in=ids, routed_at__isnull=False).count()
-            if routed == len(ids) and all(s in TERMINAL for s in statuses):
+            # Held deliveries wait for their time (here, Ola's morning): done for the demo.
+            if routed == len(ids) and all(s in TERMINAL or s == "held" for s in statuses):
                 return
             time.sleep(0.2)
         raise CommandError(f"deliveries not finished after {timeout}s; is a worker running?")
@@ -156,7 +189,7 @@ class Command(BaseCommand):
             )
         )
         header = (
-            f"{'time':8}  {'message':26} {'channel':7} {'status':10} {'tries':5} "
+            f"{'time':8}  {'message':36} {'channel':7} {'status':10} {'tries':5} "
             f"{'provider':8} why / error"
         )
         self.say(header)
@@ -166,8 +199,11 @@ class Command(BaseCommand):
                 why = Reason(delivery.reason).label if delivery.reason else ""
                 if delivery.last_error:
                     why = f"{why}: {delivery.last_error}" if why else delivery.last_error
+                if delivery.status == "held" and delivery.next_attempt_at:
+                    local = delivery.next_attempt_at.astimezone(ZoneInfo(user.time_zone))
+                    why += f" (at {local:%H:%M} {user.time_zone})"
                 self.say(
-                    f"{message.created_at:%H:%M:%S}  {f'#{message.pk} {message.type_id}':26} "
+                    f"{message.created_at:%H:%M:%S}  {f'#{message.pk} {message.type_id}':36} "
                     f"{delivery.channel:7} {self.colour(delivery.status):10} "
                     f"{delivery.attempts:<5} {delivery.provider:8} {why}"
                 )
