@@ -22,7 +22,8 @@ from typing import Any
 from django.http import HttpRequest, JsonResponse
 from django.views.decorators.http import require_GET, require_POST
 
-from notifier.models import Feedback, InboxItem
+from notifier.links import unsubscribe_url
+from notifier.models import Feedback, InboxItem, Kind
 from notifier.selectors import inbox_page, inbox_unread_count
 from notifier.services.inbox import (
     InboxItemNotFound,
@@ -78,6 +79,12 @@ def item_json(item: InboxItem) -> dict[str, Any]:
         "read_at": item.read_at.isoformat() if item.read_at else None,
         "archived_at": item.archived_at.isoformat() if item.archived_at else None,
         "feedback": item.feedback or None,
+        # Marketing in the inbox carries its way out, like marketing anywhere else.
+        "unsubscribe_url": unsubscribe_url(
+            user_id=item.user_id, category=item.type_key, channel="inapp"
+        )
+        if item.category == Kind.MARKETING
+        else None,
     }
 
 

@@ -7,6 +7,7 @@ import json
 import pytest
 from django.test import Client
 from django.urls import reverse
+from django.utils import timezone
 
 from notifier.api import notify
 from notifier.models import Delivery, DeliveryEvent, InboxItem
@@ -174,3 +175,26 @@ def test_posts_need_the_csrf_token(user):
     strict = Client(enforce_csrf_checks=True)
     strict.force_login(user)
     assert strict.post(reverse("inbox-read-all")).status_code == 403
+
+
+def test_marketing_items_carry_an_unsubscribe_link_and_others_do_not(user, client_for, client):
+    from notifier.models import Consent
+
+    Consent.objects.create(
+        user=user, channel="all", granted=True, at=timezone.now(), source="test", wording="offers"
+    )
+    promo = notify(
+        user,
+        "promo.flash_sale",
+        {"sale_name": "S", "starts_at": "now", "headline": "H", "sale_url": "https://x.test"},
+        channels=["inapp"],
+    )
+    messages_prepare(message_ids=[promo.pk])
+    deliveries_deliver(delivery_ids=[Delivery.objects.get(message=promo).pk])
+    deliver_inbox(user, 1)
+    items = {i["type"]: i for i in client_for.get(reverse("inbox-list")).json()["items"]}
+    assert items["social.new_follower"]["unsubscribe_url"] is None
+    link = items["promo.flash_sale"]["unsubscribe_url"]
+    assert "/unsubscribe/" in link
+    page = client.get(link)  # the signed link works without logging in
+    assert page.status_code == 200
