@@ -1,13 +1,334 @@
-"""Campaign models. For now only the campaign a message can point back to."""
+"""Campaigns for marketers: segments, campaigns with their 3-2-1 steps, A/B copy, hold-outs,
+conversions and the rolled-up funnel."""
 
 from __future__ import annotations
 
+from decimal import Decimal
+
+from django.conf import settings
 from django.db import models
+from django.db.models import Q
+
+from notifier.models.types import Priority
+
+
+class AudienceThresholds(models.Model):
+    """The editable edges of spend tiers and activity states (one row, pk 1)."""
+
+    whale_min_spend = models.DecimalField(
+        max_digits=12,
+        decimal_places=2,
+        default=Decimal("5000"),
+        help_text="Yearly spend above this is a whale",
+    )
+    dolphin_min_spend = models.DecimalField(
+        max_digits=12,
+        decimal_places=2,
+        default=Decimal("500"),
+        help_text="From this up to the whale line is a dolphin; below is a small fish",
+    )
+    active_within_days = models.PositiveIntegerField(
+        default=30, help_text="Last active within this many days: active"
+    )
+    dormant_within_days = models.PositiveIntegerField(
+        default=90, help_text="Within this many days (but not active): dormant; beyond: churned"
+    )
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        verbose_name = "audience thresholds"
+        verbose_name_plural = "audience thresholds"
+
+    def __str__(self) -> str:
+        return "Audience thresholds"
+
+    @classmethod
+    def current(cls) -> AudienceThresholds:
+        thresholds, _ = cls.objects.get_or_create(pk=1)
+        return thresholds
+
+
+class SpendTier(models.TextChoices):
+    WHALE = "whale", "Whale"
+    DOLPHIN = "dolphin", "Dolphin"
+    SMALL_FISH = "small_fish", "Small fish"
+
+
+class Activity(models.TextChoices):
+    ACTIVE = "active", "Active"
+    DORMANT = "dormant", "Dormant"
+    CHURNED = "churned", "Churned"
+
+
+class Segment(models.Model):
+    """Who a campaign is for: rules over the user profile, optionally an imported list.
+
+    Empty lists mean "any". With `use_member_list`, only the imported members who also match
+    the rules are in the segment.
+    """
+
+    name = models.CharField(max_length=200, unique=True)
+    description = models.TextField(blank=True, default="")
+    spend_tiers = models.JSONField(default=list, blank=True)
+    activity = models.JSONField(default=list, blank=True)
+    tags_any = models.JSONField(default=list, blank=True, help_text="Has at least one of these")
+    tags_all = models.JSONField(default=list, blank=True, help_text="Has every one of these")
+    locales = models.JSONField(default=list, blank=True)
+    time_zones = models.JSONField(default=list, blank=True)
+    use_member_list = models.BooleanField(default=False)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class SegmentMember(models.Model):
+    """One user of a segment's explicit list (imported from CSV)."""
+
+    segment = models.ForeignKey(Segment, on_delete=models.CASCADE, related_name="members")
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE)
+    added_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["segment", "user"], name="segment_member_unique")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.user_id} in {self.segment_id}"
+
+
+class CampaignKind(models.TextChoices):
+    ONE_OFF = "one_off", "One-off, around an event (3-2-1)"
+    TRIGGERED = "triggered", "Triggered when a user enters the segment"
+
+
+class CampaignStatus(models.TextChoices):
+    DRAFT = "draft", "Draft"
+    AWAITING_APPROVAL = "awaiting_approval", "Awaiting approval"
+    SCHEDULED = "scheduled", "Scheduled"
+    RUNNING = "running", "Running"
+    PAUSED = "paused", "Paused"
+    DONE = "done", "Done"
+    CANCELLED = "cancelled", "Cancelled"
 
 
 class Campaign(models.Model):
     name = models.CharField(max_length=200)
+    description = models.TextField(blank=True, default="")
+    kind = models.CharField(
+        max_length=10, choices=CampaignKind.choices, default=CampaignKind.ONE_OFF
+    )
+    category = models.ForeignKey(
+        "notifier.NotificationType",
+        null=True,
+        blank=True,
+        on_delete=models.PROTECT,
+        limit_choices_to={"kind": "marketing"},
+        help_text="The marketing type its messages are sent as (consent, caps, preferences)",
+    )
+    segment = models.ForeignKey(Segment, null=True, blank=True, on_delete=models.PROTECT)
+    event_at = models.DateTimeField(
+        null=True,
+        blank=True,
+        help_text="When the sale or activity starts; steps are relative to it",
+    )
+    status = models.CharField(
+        max_length=20, choices=CampaignStatus.choices, default=CampaignStatus.DRAFT
+    )
+    priority = models.CharField(
+        max_length=10,
+        choices=Priority.choices,
+        default=Priority.LOW,
+        help_text="Decides which campaign wins a user's capped slot",
+    )
+    channels = models.JSONField(
+        default=list, blank=True, help_text="Empty: the routing rules decide"
+    )
+    variables = models.JSONField(
+        default=dict, blank=True, help_text="Values every template of the campaign can use"
+    )
+    holdout_percent = models.PositiveSmallIntegerField(
+        default=0, help_text="Share of the audience kept as a control group that gets nothing"
+    )
+    attribution_hours = models.PositiveIntegerField(
+        default=72, help_text="A conversion this long after a message counts for the campaign"
+    )
+    reentry_days = models.PositiveIntegerField(
+        default=30, help_text="Triggered: at most once per user within this many days"
+    )
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    approved_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    approved_at = models.DateTimeField(null=True, blank=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        permissions = [("approve_campaign", "Can approve a campaign someone else prepared")]
+        indexes = [models.Index(fields=["status", "kind"], name="campaign_status_kind_idx")]
 
     def __str__(self) -> str:
         return self.name
+
+
+class StepTiming(models.TextChoices):
+    OFFSET = "offset", "At the offset from the event"
+    LOCAL_TIME = "local_time", "On the offset's day, at a local time of day"
+    ACTIVE_HOUR = "active_hour", "On the offset's day, at the user's usual active hour"
+
+
+class StepStatus(models.TextChoices):
+    PENDING = "pending", "Pending"
+    RUNNING = "running", "Sending"
+    DONE = "done", "Done"
+    SKIPPED = "skipped", "Skipped"
+    CANCELLED = "cancelled", "Cancelled"
+
+
+class CampaignStep(models.Model):
+    """One send of a campaign, relative to its event: -3 days, -2 days, -1 hour by default."""
+
+    campaign = models.ForeignKey(Campaign, on_delete=models.CASCADE, related_name="steps")
+    name = models.CharField(max_length=100)
+    offset_minutes = models.IntegerField(
+        help_text="Minutes from the event; negative is before it (-4320 is three days before)"
+    )
+    timing = models.CharField(max_length=12, choices=StepTiming.choices, default=StepTiming.OFFSET)
+    local_time = models.TimeField(null=True, blank=True, help_text="For 'at a local time of day'")
+    status = models.CharField(max_length=10, choices=StepStatus.choices, default=StepStatus.PENDING)
+    skip_reason = models.CharField(max_length=200, blank=True, default="")
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    # Fan-out progress: users are walked in id order; the last id handed out, and counts.
+    cursor_user_id = models.BigIntegerField(default=0)
+    batches_total = models.PositiveIntegerField(default=0)
+    batches_done = models.PositiveIntegerField(default=0)
+
+    class Meta:
+        ordering = ["campaign", "offset_minutes"]
+        indexes = [
+            models.Index(
+                fields=["status"],
+                name="step_status_idx",
+                condition=Q(status__in=["pending", "running"]),
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.campaign}: {self.name}"
+
+
+class StepVariant(models.Model):
+    """A version of a step's copy; recipients are split by weight, the same user always
+    getting the same variant."""
+
+    step = models.ForeignKey(CampaignStep, on_delete=models.CASCADE, related_name="variants")
+    name = models.CharField(max_length=50, default="A")
+    weight = models.PositiveIntegerField(default=1)
+
+    class Meta:
+        ordering = ["step", "name"]
+        constraints = [models.UniqueConstraint(fields=["step", "name"], name="variant_step_name")]
+
+    def __str__(self) -> str:
+        return f"{self.step} / {self.name}"
+
+
+class VariantTemplate(models.Model):
+    """The copy of one variant on one channel, in one locale (blank: the default locale)."""
+
+    variant = models.ForeignKey(StepVariant, on_delete=models.CASCADE, related_name="templates")
+    channel = models.CharField(max_length=10)
+    locale = models.CharField(max_length=16, blank=True, default="")
+    subject = models.TextField(blank=True, default="")
+    title = models.TextField(blank=True, default="")
+    body = models.TextField(blank=True, default="")
+    html = models.TextField(blank=True, default="")
+    link = models.TextField(blank=True, default="")
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["variant", "channel", "locale"], name="variant_template_unique"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.variant} {self.channel} {self.locale or 'default'}"
+
+
+class Holdout(models.Model):
+    """A user kept out of a campaign as its control group."""
+
+    campaign = models.ForeignKey(Campaign, on_delete=models.CASCADE, related_name="holdouts")
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["campaign", "user"], name="holdout_unique")]
+
+    def __str__(self) -> str:
+        return f"user {self.user_id} held out of campaign {self.campaign_id}"
+
+
+class Conversion(models.Model):
+    """Something the product counts as success (an order), attributed to the campaign message
+    the user last engaged with inside the campaign's attribution window."""
+
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE)
+    name = models.CharField(max_length=100, default="purchase")
+    value = models.DecimalField(max_digits=12, decimal_places=2, default=Decimal("0"))
+    occurred_at = models.DateTimeField()
+    reference = models.CharField(
+        max_length=200,
+        blank=True,
+        default="",
+        help_text="The product's own id, so a conversion counts once",
+    )
+    campaign = models.ForeignKey(
+        Campaign, null=True, blank=True, on_delete=models.SET_NULL, related_name="conversions"
+    )
+    message = models.ForeignKey(
+        "notifier.Message", null=True, blank=True, on_delete=models.SET_NULL
+    )
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["user", "name", "reference"],
+                name="conversion_once",
+                condition=~Q(reference=""),
+            )
+        ]
+        indexes = [models.Index(fields=["campaign", "occurred_at"], name="conversion_campaign_idx")]
+
+    def __str__(self) -> str:
+        return f"{self.name} by user {self.user_id}"
+
+
+class CampaignStats(models.Model):
+    """The rolled-up funnel of a campaign, or of one step or variant of it (see stats job)."""
+
+    campaign = models.ForeignKey(Campaign, on_delete=models.CASCADE, related_name="stats")
+    step = models.ForeignKey(CampaignStep, null=True, blank=True, on_delete=models.CASCADE)
+    variant = models.ForeignKey(StepVariant, null=True, blank=True, on_delete=models.CASCADE)
+    # "campaign", "step:<id>" or "variant:<id>": one row per scope, upserted by the roll-up.
+    scope = models.CharField(max_length=40)
+    data = models.JSONField(default=dict)
+    computed_at = models.DateTimeField()
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["campaign", "scope"], name="campaign_stats_scope")
+        ]
+
+    def __str__(self) -> str:
+        return f"stats of campaign {self.campaign_id} ({self.scope})"

@@ -31,6 +31,24 @@ def _column(field: models.Field[Any, Any]) -> str:
     return connection.ops.quote_name(field.get_attname_column()[1])
 
 
+def with_defaults(
+    model: type[models.Model], names: Sequence[str], rows: Sequence[Sequence[Any]]
+) -> tuple[list[models.Field[Any, Any]], Sequence[Sequence[Any]]]:
+    """The fields for `names`, plus every other field with a default, and rows extended with
+    those defaults: columns a caller leaves out get what the ORM would give them, so a field
+    added to a model later cannot break a hand-written INSERT that never heard of it."""
+    fields = [_field(model, name) for name in names]
+    given = {field.attname for field in fields}
+    defaulted = [
+        f
+        for f in model._meta.concrete_fields
+        if f.attname not in given and not f.primary_key and f.has_default()
+    ]
+    if not defaulted:
+        return fields, rows
+    return fields + defaulted, [(*row, *(f.get_default() for f in defaulted)) for row in rows]
+
+
 def insert_rows(
     model: type[models.Model],
     names: Sequence[str],
@@ -43,7 +61,7 @@ def insert_rows(
     inserted, in no promised order."""
     if not rows:
         return []
-    fields = [_field(model, name) for name in names]
+    fields, rows = with_defaults(model, names, rows)
     prepare = [_preparer(field) for field in fields]
     table = connection.ops.quote_name(model._meta.db_table)
     columns = ", ".join(_column(field) for field in fields)

@@ -9,6 +9,7 @@ from notifier.models.preferences import (
     ConsentPurpose,
     FrequencyCounter,
     Preference,
+    Unsubscribe,
 )
 from notifier.models.routing import RoutingRule
 from notifier.models.types import Kind, NotificationType, Priority
@@ -35,5 +36,6 @@ __all__ = [
     "Preference",
     "Priority",
     "RoutingRule",
+    "Unsubscribe",
     "User",
 ]

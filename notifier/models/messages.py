@@ -41,6 +41,24 @@ class Message(models.Model):
     expires_at = models.DateTimeField(
         null=True, blank=True, help_text="Not worth sending after this (e.g. a sale that ended)"
     )
+    step = models.ForeignKey(
+        "campaigns.CampaignStep",
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="messages",
+    )
+    variant = models.ForeignKey(
+        "campaigns.StepVariant",
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="messages",
+    )
+    not_before = models.DateTimeField(
+        null=True, blank=True, help_text="Hold until then (a step sent at the user's local time)"
+    )
+    is_test = models.BooleanField(default=False, help_text="A marketer's 'send test to me'")
     # The frequency-cap windows (user-local dates) whose slot this message took, if any.
     cap_day = models.DateField(null=True, blank=True)
     cap_week = models.DateField(null=True, blank=True)

@@ -94,3 +94,22 @@ class FrequencyCounter(models.Model):
 
     def __str__(self) -> str:
         return f"{self.period} from {self.window_start}: {self.count}"
+
+
+class Unsubscribe(models.Model):
+    """An unsubscribe, kept for the funnel: which message's link it came through, if any."""
+
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE)
+    message = models.ForeignKey("notifier.Message", null=True, blank=True,
+                                on_delete=models.SET_NULL, related_name="unsubscribes")
+    category = models.CharField(max_length=100)
+    channel = models.CharField(max_length=10)
+    scope = models.CharField(max_length=10, help_text="this, channel or all")
+    source = models.CharField(max_length=100)
+    at = models.DateTimeField()
+
+    class Meta:
+        indexes = [models.Index(fields=["message"], name="unsubscribe_message_idx")]
+
+    def __str__(self) -> str:
+        return f"{self.user_id} from {self.category} on {self.channel}"

@@ -10,14 +10,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from functools import partial
-from typing import Any, cast
+from typing import Any
 
 from django.db import connection, transaction
-from django.db.models import Field
 from django.utils import timezone
 
 from notifier import dispatch
-from notifier.db import insert_rows
+from notifier.db import insert_rows, with_defaults
 from notifier.errors import IdempotencyKeyReused
 from notifier.models import Message, User
 from notifier.queues import Lane
@@ -99,12 +98,10 @@ def _insert_returning(rows: Sequence[NewMessage], now: datetime) -> dict[int, in
 def _insert_one_for_active_user(row: NewMessage, now: datetime) -> int | None:
     """One round trip for notify(): insert only if the user exists and is active, and the key
     is free. None means one of those did not hold; the caller finds out which."""
-    fields = [cast("Field[Any, Any]", Message._meta.get_field(name)) for name in COLUMNS]
+    fields, (values,) = with_defaults(Message, COLUMNS, [_values(row, now)])
     qn = connection.ops.quote_name
     user_table = qn(User._meta.db_table)
-    params = [
-        f.get_db_prep_save(v, connection) for f, v in zip(fields, _values(row, now), strict=True)
-    ]
+    params = [f.get_db_prep_save(v, connection) for f, v in zip(fields, values, strict=True)]
     with connection.cursor() as cursor:
         cursor.execute(
             f"INSERT INTO {qn(Message._meta.db_table)} "
