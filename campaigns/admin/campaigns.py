@@ -1,4 +1,4 @@
-"""Admin for campaigns."""
+"""Admin for campaigns, their steps, variants and copy."""
 
 from django.contrib import admin
 
@@ -7,5 +7,5 @@ from campaigns.models import Campaign
 
 @admin.register(Campaign)
 class CampaignAdmin(admin.ModelAdmin):
-    list_display = ["name", "created_at"]
+    list_display = ["name", "kind", "status", "event_at", "created_at"]
     search_fields = ["name"]

@@ -1,0 +1,1 @@
+"""Admin for segments (rules, imported lists, live count) and audience thresholds."""

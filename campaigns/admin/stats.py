@@ -1,0 +1,1 @@
+"""The campaign funnel page in the admin."""

@@ -1,0 +1,1 @@
+"""Campaign services: the functions that write."""
