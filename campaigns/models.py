@@ -206,8 +206,11 @@ class CampaignStep(models.Model):
     skip_reason = models.CharField(max_length=200, blank=True, default="")
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
-    # Fan-out progress: users are walked in id order; the last id handed out, and counts.
+    # Fan-out progress, in PostgreSQL so a lost walker task resumes where it was: users are
+    # walked in id order; the last id handed out, whether the walk is over, and batch counts.
     cursor_user_id = models.BigIntegerField(default=0)
+    walk_done = models.BooleanField(default=False)
+    walked_at = models.DateTimeField(null=True, blank=True)
     batches_total = models.PositiveIntegerField(default=0)
     batches_done = models.PositiveIntegerField(default=0)
 

@@ -58,6 +58,8 @@ class Content:
     html: str = ""
     link: str = ""
     headers: dict[str, str] = field(default_factory=dict)  # e.g. List-Unsubscribe on email
+    # The original URLs behind tracked links, in order: a click token names its index here.
+    links: tuple[str, ...] = ()
 
     def as_dict(self) -> dict[str, Any]:
         parts: dict[str, Any] = {
@@ -67,12 +69,18 @@ class Content:
         }
         if self.headers:
             parts["headers"] = dict(self.headers)
+        if self.links:
+            parts["links"] = list(self.links)
         return parts
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Content:
         parts = {k: str(data.get(k, "")) for k in ("subject", "title", "body", "html", "link")}
-        return cls(**parts, headers=dict(data.get("headers") or {}))
+        return cls(
+            **parts,
+            headers=dict(data.get("headers") or {}),
+            links=tuple(str(url) for url in data.get("links") or ()),
+        )
 
 
 @dataclass(frozen=True, slots=True)

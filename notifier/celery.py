@@ -23,5 +23,9 @@ def _declare_queues_and_schedule(sender: Celery, **_: object) -> None:
     sender.conf.task_routes = {
         "notifier.requeue_stuck_work": {"queue": MAINTENANCE_QUEUE},
         "notifier.release_held": {"queue": MAINTENANCE_QUEUE},
+        "campaigns.start_due_steps": {"queue": MAINTENANCE_QUEUE},
+        "campaigns.evaluate_triggers": {"queue": MAINTENANCE_QUEUE},
+        "campaigns.rollup_stats": {"queue": MAINTENANCE_QUEUE},
+        "campaigns.learn_active_hours": {"queue": MAINTENANCE_QUEUE},
     }
     sender.conf.beat_schedule = BEAT_SCHEDULE

@@ -1,6 +1,7 @@
 """Signed links that act for a user without a login: unsubscribe (RFC 8058) and the preference page.
 
-A link carries its claim (user, category, channel) signed with SECRET_KEY and a salt per
+A link carries its claim (user, category, channel, and the message it came in, when known, so
+an unsubscribe is counted against that message) signed with SECRET_KEY and a salt per
 purpose, so a preference link cannot be replayed as an unsubscribe link or the other way round.
 Links expire after NOTIFIER_LINK_MAX_AGE_DAYS; rotating SECRET_KEY (with the old key in
 SECRET_KEY_FALLBACKS) keeps links already sent working.
@@ -46,6 +47,7 @@ class UnsubscribeClaim:
     user_id: int
     category: str
     channel: str
+    message_id: int | None = None  # None for links made without one, and for older links
 
 
 def _max_age() -> timedelta:
@@ -82,12 +84,13 @@ def _user_id_of(payload: dict[str, Any]) -> int:
 # --- Unsubscribe ----------------------------------------------------------------------------
 
 
-def unsubscribe_token(*, user_id: int, category: str, channel: str) -> str:
-    return signing.dumps(
-        {"user": user_id, "category": category, "channel": channel},
-        salt=UNSUBSCRIBE_SALT,
-        compress=True,
-    )
+def unsubscribe_token(
+    *, user_id: int, category: str, channel: str, message_id: int | None = None
+) -> str:
+    claim: dict[str, Any] = {"user": user_id, "category": category, "channel": channel}
+    if message_id is not None:
+        claim["message"] = message_id
+    return signing.dumps(claim, salt=UNSUBSCRIBE_SALT, compress=True)
 
 
 def read_unsubscribe_token(token: str) -> UnsubscribeClaim:
@@ -96,27 +99,46 @@ def read_unsubscribe_token(token: str) -> UnsubscribeClaim:
     category, channel = payload.get("category"), payload.get("channel")
     if not isinstance(category, str) or not isinstance(channel, str):
         raise BadLink(BadLinkReason.MALFORMED, "the link does not name a category and channel")
-    return UnsubscribeClaim(user_id=_user_id_of(payload), category=category, channel=channel)
+    message_id = payload.get("message")
+    if message_id is not None and (
+        not isinstance(message_id, int) or isinstance(message_id, bool) or message_id <= 0
+    ):
+        raise BadLink(BadLinkReason.MALFORMED, "the link names no message")
+    return UnsubscribeClaim(
+        user_id=_user_id_of(payload), category=category, channel=channel, message_id=message_id
+    )
 
 
-def unsubscribe_url(*, user_id: int, category: str, channel: str) -> str:
+def unsubscribe_url(
+    *, user_id: int, category: str, channel: str, message_id: int | None = None
+) -> str:
     """The page that asks what to unsubscribe from: for the link in a message's footer."""
-    token = unsubscribe_token(user_id=user_id, category=category, channel=channel)
+    token = unsubscribe_token(
+        user_id=user_id, category=category, channel=channel, message_id=message_id
+    )
     return _absolute(reverse("unsubscribe", kwargs={"token": token}))
 
 
-def one_click_unsubscribe_url(*, user_id: int, category: str, channel: str) -> str:
+def one_click_unsubscribe_url(
+    *, user_id: int, category: str, channel: str, message_id: int | None = None
+) -> str:
     """The RFC 8058 endpoint mail clients POST to; a GET only shows the choices."""
-    token = unsubscribe_token(user_id=user_id, category=category, channel=channel)
+    token = unsubscribe_token(
+        user_id=user_id, category=category, channel=channel, message_id=message_id
+    )
     return _absolute(reverse("unsubscribe-one-click", kwargs={"token": token}))
 
 
-def unsubscribe_headers(*, user_id: int, category: str, channel: str) -> dict[str, str]:
+def unsubscribe_headers(
+    *, user_id: int, category: str, channel: str, message_id: int | None = None
+) -> dict[str, str]:
     """RFC 2369 / RFC 8058 headers for an email: one-click unsubscribe from this category.
 
     URL only: a mailto: would need a mailbox that processes requests, and there is none.
     """
-    url = one_click_unsubscribe_url(user_id=user_id, category=category, channel=channel)
+    url = one_click_unsubscribe_url(
+        user_id=user_id, category=category, channel=channel, message_id=message_id
+    )
     return {
         "List-Unsubscribe": f"<{url}>",
         "List-Unsubscribe-Post": "List-Unsubscribe=One-Click",

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from celery.schedules import crontab
+
 from notifier.queues import MAINTENANCE_QUEUE
 
 BEAT_SCHEDULE: dict[str, dict[str, Any]] = {
@@ -26,5 +28,33 @@ BEAT_SCHEDULE: dict[str, dict[str, Any]] = {
         "task": "notifier.release_held",
         "schedule": 15.0,
         "options": {"queue": MAINTENANCE_QUEUE, "expires": 14},
+    },
+    # Every 30 seconds: start campaign steps whose moment has come (each exactly once: the
+    # step row moves pending -> running under a skip_locked lock), skip missed ones with a
+    # reason, revive fan-out walks whose task was lost, and close finished steps.
+    "campaign-steps": {
+        "task": "campaigns.start_due_steps",
+        "schedule": 30.0,
+        "options": {"queue": MAINTENANCE_QUEUE, "expires": 29},
+    },
+    # Every 5 minutes: triggered campaigns (a user became dormant, churned, ...) walk their
+    # segment again; each user gets it at most once per re-entry window.
+    "campaign-triggers": {
+        "task": "campaigns.evaluate_triggers",
+        "schedule": 300.0,
+        "options": {"queue": MAINTENANCE_QUEUE, "expires": 290},
+    },
+    # Every 2 minutes: roll up the funnels of live and recent campaigns, so the admin's
+    # funnel page reads a few rows instead of counting millions.
+    "campaign-stats": {
+        "task": "campaigns.rollup_stats",
+        "schedule": 120.0,
+        "options": {"queue": MAINTENANCE_QUEUE, "expires": 110},
+    },
+    # Nightly: learn each user's usual local hour of reading, for steps sent at that hour.
+    "learn-active-hours": {
+        "task": "campaigns.learn_active_hours",
+        "schedule": crontab(hour=3, minute=30),
+        "options": {"queue": MAINTENANCE_QUEUE, "expires": 3600},
     },
 }

@@ -1,7 +1,7 @@
 """URL routes: the admin, the inbox and preference APIs, and the signed-link pages."""
 
 from django.contrib import admin
-from django.urls import path
+from django.urls import include, path
 
 from notifier.views import inbox, preferences
 
@@ -23,4 +23,5 @@ urlpatterns = [
         name="unsubscribe-one-click",
     ),
     path("preferences/<str:token>/", preferences.preferences_page, name="preferences-page"),
+    path("", include("campaigns.urls")),
 ]

@@ -11,9 +11,12 @@ def grant(apps: Any, *, group: str, app_label: str, codenames: list[str]) -> Non
     from django.contrib.auth.management import create_permissions
 
     for app_config in apps.get_app_configs():
-        app_config.models_module = True
+        # create_permissions skips apps without a models module, which the migration state's
+        # app configs lack; put back what was there (the live registry must keep its own).
+        original = getattr(app_config, "models_module", None)
+        app_config.models_module = original or True
         create_permissions(app_config, apps=apps, verbosity=0)
-        app_config.models_module = None
+        app_config.models_module = original
     Group = apps.get_model("auth", "Group")
     Permission = apps.get_model("auth", "Permission")
     holder, _ = Group.objects.get_or_create(name=group)

@@ -100,8 +100,13 @@ class Unsubscribe(models.Model):
     """An unsubscribe, kept for the funnel: which message's link it came through, if any."""
 
     user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE)
-    message = models.ForeignKey("notifier.Message", null=True, blank=True,
-                                on_delete=models.SET_NULL, related_name="unsubscribes")
+    message = models.ForeignKey(
+        "notifier.Message",
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="unsubscribes",
+    )
     category = models.CharField(max_length=100)
     channel = models.CharField(max_length=10)
     scope = models.CharField(max_length=10, help_text="this, channel or all")

@@ -7,12 +7,14 @@ and (for marketing) taking a frequency-cap slot. Everything but the cap slot is 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, time, timedelta
 from zoneinfo import ZoneInfo
 
 from django.conf import settings
 
+from campaigns.models import CampaignStatus
 from notifier.backpressure import RETRY_HOLD_S
 from notifier.models import Kind, Message, Priority, User
 from notifier.policies.caps import Windows, caps_for, next_window_start, windows_at
@@ -24,7 +26,7 @@ from notifier.policies.quiet_hours import (
     spread_offset_s,
 )
 from notifier.queues import Lane
-from notifier.services.caps import cap_take
+from notifier.services.caps import CapRequest, caps_take_many
 from notifier.status import DeliveryStatus, Reason
 
 S = DeliveryStatus
@@ -36,10 +38,19 @@ class Admission:
     reason: str = ""
     until: datetime | None = None  # when HELD: when to look again
     cap: Windows | None = None  # when a marketing message took a cap slot: its windows
+    pending: PendingCap | None = None  # a cap slot still to take (see settle_caps)
 
     @property
     def queued(self) -> bool:
         return self.status == S.QUEUED
+
+
+@dataclass(frozen=True, slots=True)
+class PendingCap:
+    request: CapRequest
+    now: datetime
+    tz: ZoneInfo
+    expiry: datetime | None
 
 
 QUEUE = Admission(S.QUEUED)
@@ -70,16 +81,32 @@ def _hold(reason: Reason, until: datetime, expiry: datetime | None) -> Admission
 
 
 def message_admission(
-    *, message: Message, user: User, kind: str, now: datetime, congested: bool, irrelevant: int
+    *,
+    message: Message,
+    user: User,
+    kind: str,
+    now: datetime,
+    congested: bool,
+    irrelevant: int,
+    campaign_status: str | None = None,
+    take_cap: bool = True,
 ) -> Admission:
     """Decide for the whole message (all its sendable channels move together).
 
     Takes a frequency-cap slot when a marketing message is admitted; call it inside the
     transaction that writes the outcome, so that a rollback gives the slot back.
     """
+    if message.is_test:  # a marketer's "send test to me": now, past holds and caps
+        return QUEUE
+    if campaign_status == CampaignStatus.CANCELLED:
+        return Admission(S.SUPPRESSED, Reason.CANCELLED)
+    if campaign_status == CampaignStatus.PAUSED:  # no time: resuming the campaign releases it
+        return Admission(S.HELD, Reason.CAMPAIGN_PAUSED)
     expiry = expiry_of(message, kind)
     if expiry is not None and now >= expiry:
         return Admission(S.SUPPRESSED, Reason.STALE)
+    if message.not_before is not None and now < message.not_before:
+        return _hold(Reason.SCHEDULED, message.not_before, expiry)
     quiet = quiet_hours_of(user)
     if not bypasses_quiet_hours(kind=kind, priority=message.priority):
         night_ends = quiet_until(now, quiet)
@@ -98,8 +125,31 @@ def message_admission(
         if caps.week == 0:  # feedback or frequency left no room at all: nothing to wait for
             return Admission(S.SUPPRESSED, Reason.FREQUENCY_CAP)
         windows = windows_at(now, quiet.tz)
-        full = cap_take(user_id=user.pk, windows=windows, caps=caps)
-        if full is not None:
-            return _hold(Reason.FREQUENCY_CAP, next_window_start(now, quiet.tz, full), expiry)
-        return Admission(S.QUEUED, cap=windows)
+        if (message.cap_day, message.cap_week) == (windows.day, windows.week):
+            return Admission(S.QUEUED, cap=windows)  # held after taking its slot: keeps it
+        pending = PendingCap(CapRequest(user.pk, windows, caps), now, quiet.tz, expiry)
+        if not take_cap:
+            return Admission(S.QUEUED, pending=pending)
+        return settle_caps([Admission(S.QUEUED, pending=pending)])[0]
     return QUEUE
+
+
+def settle_caps(admissions: Sequence[Admission]) -> list[Admission]:
+    """Take the cap slots the admissions still need, all at once: each becomes queued (with
+    its slot), or held until the next window, or suppressed when it would be stale by then."""
+    waiting = [(index, a.pending) for index, a in enumerate(admissions) if a.pending]
+    if not waiting:
+        return list(admissions)
+    results = caps_take_many([pending.request for _, pending in waiting])
+    settled = list(admissions)
+    for (index, pending), full in zip(waiting, results, strict=True):
+        settled[index] = (
+            Admission(S.QUEUED, cap=pending.request.windows)
+            if full is None
+            else _hold(
+                Reason.FREQUENCY_CAP,
+                next_window_start(pending.now, pending.tz, full),
+                pending.expiry,
+            )
+        )
+    return settled

@@ -8,6 +8,8 @@ back gives its slot back.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import date
 
 from django.db import connection, transaction
@@ -49,3 +51,99 @@ def cap_take(*, user_id: int, windows: Windows, caps: Caps) -> CapPeriod | None:
     except _Full as full:
         return full.period
     return None
+
+
+@dataclass(frozen=True, slots=True)
+class CapRequest:
+    user_id: int
+    windows: Windows
+    caps: Caps
+
+
+def caps_take_many(requests: Sequence[CapRequest]) -> list[CapPeriod | None]:
+    """Take a slot for each request at once: one result per request, None when taken.
+
+    The same guarantee as `cap_take`, in a few statements per batch instead of a savepoint and
+    two upserts per message: counter rows are created if missing, then locked in user order
+    (so two batches sharing users cannot deadlock) and incremented where under the cap. A user
+    who got the week's slot but not the day's gives the week's back. A user twice in one batch
+    goes the one-at-a-time way, as does SQLite.
+    """
+    if connection.vendor != "postgresql" or len({r.user_id for r in requests}) < len(requests):
+        return [cap_take(user_id=r.user_id, windows=r.windows, caps=r.caps) for r in requests]
+    results: list[CapPeriod | None] = [None] * len(requests)
+    trying: list[int] = []
+    for index, request in enumerate(requests):
+        if request.caps.week <= 0:
+            results[index] = CapPeriod.WEEK
+        elif request.caps.day <= 0:
+            results[index] = CapPeriod.DAY
+        else:
+            trying.append(index)
+    with transaction.atomic():
+        got_week = _take_many(
+            CapPeriod.WEEK,
+            [
+                (requests[i].user_id, requests[i].windows.week, requests[i].caps.week)
+                for i in trying
+            ],
+        )
+        for index in trying:
+            if requests[index].user_id not in got_week:
+                results[index] = CapPeriod.WEEK
+        day_try = [i for i in trying if requests[i].user_id in got_week]
+        got_day = _take_many(
+            CapPeriod.DAY,
+            [(requests[i].user_id, requests[i].windows.day, requests[i].caps.day) for i in day_try],
+        )
+        give_back = [i for i in day_try if requests[i].user_id not in got_day]
+        for index in give_back:
+            results[index] = CapPeriod.DAY
+        _give_back(
+            CapPeriod.WEEK, [(requests[i].user_id, requests[i].windows.week) for i in give_back]
+        )
+    return results
+
+
+def _take_many(period: CapPeriod, items: list[tuple[int, date, int]]) -> set[int]:
+    """Users (of `items`: user, window start, cap) who got a slot in `period`."""
+    if not items:
+        return set()
+    items = sorted(items)
+    table = connection.ops.quote_name(FrequencyCounter._meta.db_table)
+    keys = ", ".join(["(%s::bigint, %s::date)"] * len(items))
+    key_params = [value for user, window, _ in items for value in (user, window)]
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"INSERT INTO {table} (user_id, period, window_start, count) "
+            f"SELECT v.user_id, %s, v.window_start, 0 FROM (VALUES {keys}) "
+            f"AS v (user_id, window_start) ORDER BY v.user_id ON CONFLICT DO NOTHING",
+            [str(period), *key_params],
+        )
+        cursor.execute(
+            f"SELECT id FROM {table} WHERE period = %s AND (user_id, window_start) IN "
+            f"(VALUES {keys}) ORDER BY user_id FOR UPDATE",
+            [str(period), *key_params],
+        )
+        rows = ", ".join(["(%s::bigint, %s::date, %s::int)"] * len(items))
+        cursor.execute(
+            f"UPDATE {table} AS c SET count = c.count + 1 FROM (VALUES {rows}) "
+            f"AS v (user_id, window_start, cap) WHERE c.user_id = v.user_id "
+            f"AND c.period = %s AND c.window_start = v.window_start AND c.count < v.cap "
+            f"RETURNING c.user_id",
+            [*(value for item in items for value in item), str(period)],
+        )
+        return {row[0] for row in cursor.fetchall()}
+
+
+def _give_back(period: CapPeriod, items: list[tuple[int, date]]) -> None:
+    if not items:
+        return
+    table = connection.ops.quote_name(FrequencyCounter._meta.db_table)
+    keys = ", ".join(["(%s::bigint, %s::date)"] * len(items))
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"UPDATE {table} SET count = count - 1 WHERE period = %s AND count > 0 "
+            f"AND (user_id, window_start) IN (VALUES {keys})",
+            [str(period), *(value for item in sorted(items) for value in item)],
+        )

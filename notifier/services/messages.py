@@ -33,6 +33,10 @@ COLUMNS = (
     "priority",
     "expires_at",
     "fallback_chain",
+    "step",
+    "variant",
+    "not_before",
+    "is_test",
 )
 
 
@@ -47,6 +51,10 @@ class NewMessage:
     priority: str = "normal"
     expires_at: datetime | None = None
     campaign_id: int | None = None
+    step_id: int | None = None
+    variant_id: int | None = None
+    not_before: datetime | None = None
+    is_test: bool = False
 
 
 def _values(row: NewMessage, now: datetime) -> tuple[Any, ...]:
@@ -62,6 +70,10 @@ def _values(row: NewMessage, now: datetime) -> tuple[Any, ...]:
         row.priority,
         row.expires_at,
         [],
+        row.step_id,
+        row.variant_id,
+        row.not_before,
+        row.is_test,
     )
 
 
@@ -127,6 +139,10 @@ def _as_instance(row: NewMessage, pk: int, now: datetime) -> Message:
         lane=str(row.lane),
         idempotency_key=row.idempotency_key,
         campaign_id=row.campaign_id,
+        step_id=row.step_id,
+        variant_id=row.variant_id,
+        not_before=row.not_before,
+        is_test=row.is_test,
         created_at=now,
     )
     message._state.adding = False
@@ -181,6 +197,19 @@ def messages_create(*, rows: Sequence[NewMessage]) -> Written:
         for index, row in enumerate(rows)
     ]
     return Written(messages, len(created))
+
+
+def messages_insert_new(*, rows: Sequence[NewMessage]) -> list[int]:
+    """Insert messages whose idempotency key is new; returns their ids and publishes nothing.
+
+    For campaign fan-out, which routes the batch in the same task and re-walks an audience
+    after a pause or a lost batch: users who already have their message are skipped cheaply.
+    """
+    now = timezone.now()
+    new_ids: list[int] = []
+    for start in range(0, len(rows), 1000):
+        new_ids += _insert_returning(rows[start : start + 1000], now).values()
+    return new_ids
 
 
 def message_create(*, row: NewMessage, check_recipient: Callable[[], object]) -> Message:

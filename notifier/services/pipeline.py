@@ -18,11 +18,15 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from functools import partial
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
+from campaigns.models import Campaign
+from campaigns.rendering import render_variant
+from campaigns.tracking import track_content
 from channels.base import Channel, Content
 from notifier import dispatch
 from notifier.backpressure import bulk_congested
@@ -66,7 +70,7 @@ from notifier.selectors import (
     preferences_of,
     type_info_get,
 )
-from notifier.services.admission import Admission, message_admission
+from notifier.services.admission import Admission, message_admission, settle_caps
 from notifier.status import DeliveryStatus, Reason
 
 log = logging.getLogger(__name__)
@@ -107,6 +111,14 @@ class Audience:
     irrelevant: dict[tuple[int, str], int]
     rules: tuple[Rule, ...]
     congested: bool
+    campaigns: dict[int, CampaignContext]
+
+
+@dataclass(frozen=True, slots=True)
+class CampaignContext:
+    name: str
+    status: str
+    event_at: datetime | None
 
 
 def audience_of(messages: Sequence[Message], now: datetime) -> Audience:
@@ -125,7 +137,20 @@ def audience_of(messages: Sequence[Message], now: datetime) -> Audience:
         rules=routing_rules(),
         congested=any(m.lane == Lane.BULK or m.priority == Priority.LOW for m in messages)
         and bulk_congested(),
+        campaigns=campaigns_of(m.campaign_id for m in messages if m.campaign_id),
     )
+
+
+def campaigns_of(campaign_ids: Iterable[int]) -> dict[int, CampaignContext]:
+    ids = set(campaign_ids)
+    if not ids:
+        return {}
+    return {
+        pk: CampaignContext(name, status, event_at)
+        for pk, name, status, event_at in Campaign.objects.filter(pk__in=ids).values_list(
+            "pk", "name", "status", "event_at"
+        )
+    }
 
 
 def message_type(message: Message) -> TypeInfo:
@@ -147,7 +172,7 @@ def channel_decision(channel: Channel, message: Message, audience: Audience) -> 
     decision = decide_channel(
         channel, recipient, type_channels=frozenset(info.channels), type_active=info.is_active
     )
-    if not decision.sends:
+    if not decision.sends or message.is_test:  # a test goes to the marketer, choices aside
         return decision
     reason = preference_reason(
         audience.preferences[user.pk],
@@ -164,23 +189,41 @@ def channel_decision(channel: Channel, message: Message, audience: Audience) -> 
     return suppress(reason) if reason else SEND
 
 
+def local_time_text(moment: datetime | None, time_zone: str) -> str:
+    if moment is None:
+        return ""
+    return moment.astimezone(ZoneInfo(time_zone or "UTC")).strftime("%Y-%m-%d %H:%M")
+
+
 def message_generate(
-    message: Message, channels: Iterable[Channel]
+    message: Message, channels: Iterable[Channel], campaign: CampaignContext | None = None
 ) -> dict[Channel, Content | RenderError]:
     """Render each channel. Marketing gets its unsubscribe link in the templates and, on email,
     RFC 8058 one-click headers; every message gets a signed link to the preference page."""
     context = template_context(message.context, user_template_values(message.user))
     context["preferences_url"] = preferences_url(user_id=message.user_id)
+    if campaign is not None:
+        context["campaign"] = {
+            "name": campaign.name,
+            "event_at": local_time_text(campaign.event_at, message.user.time_zone),
+        }
     marketing = message_type(message).kind == Kind.MARKETING
     rendered: dict[Channel, Content | RenderError] = {}
     for channel in channels:
-        link = partial(
-            unsubscribe_url, user_id=message.user_id, category=message.type_id, channel=channel
-        )
+        # The message travels in the link, so the funnel can tell which message lost the user.
         if marketing:
-            context["unsubscribe_url"] = link()
+            context["unsubscribe_url"] = unsubscribe_url(
+                user_id=message.user_id,
+                category=message.type_id,
+                channel=channel,
+                message_id=message.pk,
+            )
         try:
-            content = render(message.type_id, channel, context, message.user.locale)
+            content = (
+                render_variant(message.variant_id, channel, context, message.user.locale)
+                if message.variant_id
+                else render(message.type_id, channel, context, message.user.locale)
+            )
         except RenderError as exc:
             log.warning("message %s: %s", message.pk, exc)
             rendered[channel] = exc
@@ -189,9 +232,14 @@ def message_generate(
             content = replace(
                 content,
                 headers=unsubscribe_headers(
-                    user_id=message.user_id, category=message.type_id, channel=channel
+                    user_id=message.user_id,
+                    category=message.type_id,
+                    channel=channel,
+                    message_id=message.pk,
                 ),
             )
+        if campaign is not None:  # clicks and opens of campaign messages feed the funnel
+            content = track_content(content, message_id=message.pk, channel=channel)
         rendered[channel] = content
     return rendered
 
@@ -249,7 +297,11 @@ def routed(
 
 @dataclass
 class RouteOutcome:
-    rows: list[Routed]
+    """One message's routing: its channel decisions, what is left of its fallback chain, and
+    its admission (None when no channel can reach the user)."""
+
+    message: Message
+    decisions: dict[Channel, RouteDecision]
     chain_left: list[str]
     admission: Admission | None
 
@@ -266,12 +318,18 @@ def _decide_plan(
     return decisions, []
 
 
+def campaign_status_of(message: Message, audience: Audience) -> str | None:
+    campaign = audience.campaigns.get(message.campaign_id or 0)
+    return campaign.status if campaign else None
+
+
 def message_route(message: Message, audience: Audience, now: datetime) -> RouteOutcome:
+    """Decide channels and admission. A cap slot still to take is left pending, so a batch
+    can take them together (settle_caps)."""
     info = message_type(message)
     rule = match_rule(audience.rules, type_key=info.key, kind=info.kind, priority=message.priority)
     plan = plan_channels(type_channels=info.channels, explicit=list(message.channels), rule=rule)
     decisions, chain_left = _decide_plan(plan, message, audience)
-    sendable = [channel for channel, decision in decisions.items() if decision.sends]
     admission = (
         message_admission(
             message=message,
@@ -280,20 +338,40 @@ def message_route(message: Message, audience: Audience, now: datetime) -> RouteO
             now=now,
             congested=audience.congested,
             irrelevant=audience.irrelevant.get((message.user_id, info.key), 0),
+            campaign_status=campaign_status_of(message, audience),
+            take_cap=False,
         )
-        if sendable
+        if any(decision.sends for decision in decisions.values())
         else None
     )
+    return RouteOutcome(message, decisions, chain_left, admission)
+
+
+def route_many(
+    messages: Sequence[Message], audience: Audience, now: datetime
+) -> list[RouteOutcome]:
+    """Route a batch, taking every cap slot it needs in one go."""
+    outcomes = [message_route(message, audience, now) for message in messages]
+    routed_with = [o for o in outcomes if o.admission is not None]
+    settled = settle_caps([o.admission for o in routed_with if o.admission is not None])
+    for outcome, admission in zip(routed_with, settled, strict=True):
+        outcome.admission = admission
+    return outcomes
+
+
+def outcome_rows(outcome: RouteOutcome, audience: Audience, now: datetime) -> list[Routed]:
+    """Render the channels that will go out (now or later) and make the delivery rows."""
+    message, admission = outcome.message, outcome.admission
+    sendable = [c for c, d in outcome.decisions.items() if d.sends]
     contents = (
-        message_generate(message, sendable)
-        if admission is not None and (admission.status != S.SUPPRESSED)
+        message_generate(message, sendable, audience.campaigns.get(message.campaign_id or 0))
+        if admission is not None and admission.status != S.SUPPRESSED
         else {}
     )
-    rows = [
+    return [
         routed(message, channel, decision, admission, contents.get(channel), now)
-        for channel, decision in decisions.items()
+        for channel, decision in outcome.decisions.items()
     ]
-    return RouteOutcome(rows, chain_left, admission)
 
 
 DELIVERY_COLUMNS = (
@@ -409,13 +487,12 @@ def messages_prepare(*, message_ids: Sequence[int]) -> Counter[str]:
         audience = audience_of(messages, now)
         rows: list[Routed] = []
         updates: list[tuple[Any, ...]] = []
-        for message in messages:
-            outcome = message_route(message, audience, now)
-            rows += outcome.rows
+        for outcome in route_many(messages, audience, now):
+            rows += outcome_rows(outcome, audience, now)
             cap = outcome.admission.cap if outcome.admission else None
             updates.append(
                 (
-                    message.pk,
+                    outcome.message.pk,
                     now,
                     outcome.chain_left,
                     cap.day if cap else None,
@@ -461,7 +538,9 @@ def deliveries_fall_back(*, failed_ids: Sequence[int]) -> list[int]:
                 Plan(send_all=(), chain=tuple(chain)), message, audience
             )
             sendable = [c for c, d in decisions.items() if d.sends]
-            contents = message_generate(message, sendable)
+            contents = message_generate(
+                message, sendable, audience.campaigns.get(message.campaign_id or 0)
+            )
             rows += [
                 routed(
                     message,

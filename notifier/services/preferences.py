@@ -25,9 +25,11 @@ from notifier.models import (
     ConsentPurpose,
     Kind,
     MarketingFrequency,
+    Message,
     NotificationType,
     Preference,
     Priority,
+    Unsubscribe,
     User,
 )
 from notifier.policies.preferences import (
@@ -175,6 +177,14 @@ def check_source(source: object) -> str:
             f"in at most {MAX_SOURCE_LENGTH} characters"
         )
     return source
+
+
+def check_message_id(message_id: object) -> int | None:
+    if message_id is None:
+        return None
+    if not isinstance(message_id, int) or isinstance(message_id, bool) or message_id <= 0:
+        raise PreferenceError(f"message_id must be a message's id or None, got {message_id!r}")
+    return message_id
 
 
 def check_ip_address(ip_address: object) -> str | None:
@@ -447,6 +457,7 @@ def unsubscribe(
     scope: str,
     source: str,
     ip_address: str | None = None,
+    message_id: int | None = None,
 ) -> bool:
     """Stop what an unsubscribe link was for, as widely as the user chose.
 
@@ -454,35 +465,69 @@ def unsubscribe(
     "channel": all marketing on that channel, and marketing consent on it withdrawn.
     "all": marketing frequency off, and marketing consent withdrawn on "all".
     Idempotent: a second call writes nothing. Returns whether anything was written.
+
+    Each call that changes something is logged as an `Unsubscribe`, counted against
+    `message_id` (the message whose link was used) when that is one of the user's messages.
     """
     linked = check_category(category)
     check_channel(channel)
     chosen = check_scope(scope)
     check_source(source)
     ip = check_ip_address(ip_address)
+    checked_message_id = check_message_id(message_id)
     if chosen is UnsubscribeScope.THIS and linked.locked:
         raise CategoryLocked(f"{linked.key} cannot be switched off: it is always sent")
-    marketing = Category(key=Kind.MARKETING, kind=Kind.MARKETING, priority=Priority.NORMAL)
     with transaction.atomic():
-        frequency = _lock_user(user_id)
-        overrides = _overrides(user_id)
-        if chosen is UnsubscribeScope.THIS:
-            return _switch_off(
-                user_id=user_id, category=linked, channel=channel, overrides=overrides
+        changed = _unsubscribe(
+            user_id=user_id, linked=linked, channel=channel, scope=chosen, source=source, ip=ip
+        )
+        if changed:
+            # A message deleted since (or someone else's) leaves the unsubscribe unattributed.
+            if (
+                checked_message_id is not None
+                and not Message.objects.filter(pk=checked_message_id, user_id=user_id).exists()
+            ):
+                checked_message_id = None
+            Unsubscribe.objects.create(
+                user_id=user_id,
+                message_id=checked_message_id,
+                category=linked.key,
+                channel=channel,
+                scope=chosen,
+                source=source,
+                at=timezone.now(),
             )
-        if chosen is UnsubscribeScope.CHANNEL:
-            changed = _switch_off(
-                user_id=user_id, category=marketing, channel=channel, overrides=overrides
-            )
-            consent_channel = channel if channel in consent_channels_all() else None
-        else:
-            changed = frequency != MarketingFrequency.OFF
-            if changed:
-                User.objects.filter(pk=user_id).update(marketing_frequency=MarketingFrequency.OFF)
-            consent_channel = ALL_CHANNELS
-        if consent_channel is not None:  # in-app marketing needs no consent, so none to withdraw
-            withdrawn = _consent_withdraw(
-                user_id=user_id, channel=consent_channel, source=source, ip=ip
-            )
-            changed |= withdrawn is not None
-        return changed
+    return changed
+
+
+def _unsubscribe(
+    *,
+    user_id: int,
+    linked: Category,
+    channel: str,
+    scope: UnsubscribeScope,
+    source: str,
+    ip: str | None,
+) -> bool:
+    """The switches and consent an unsubscribe changes; the caller holds the transaction."""
+    frequency = _lock_user(user_id)
+    overrides = _overrides(user_id)
+    if scope is UnsubscribeScope.THIS:
+        return _switch_off(user_id=user_id, category=linked, channel=channel, overrides=overrides)
+    if scope is UnsubscribeScope.CHANNEL:
+        marketing = Category(key=Kind.MARKETING, kind=Kind.MARKETING, priority=Priority.NORMAL)
+        changed = _switch_off(
+            user_id=user_id, category=marketing, channel=channel, overrides=overrides
+        )
+        consent_channel = channel if channel in consent_channels_all() else None
+    else:
+        changed = frequency != MarketingFrequency.OFF
+        if changed:
+            User.objects.filter(pk=user_id).update(marketing_frequency=MarketingFrequency.OFF)
+        consent_channel = ALL_CHANNELS
+    if consent_channel is not None:  # in-app marketing needs no consent, so none to withdraw
+        withdrawn = _consent_withdraw(
+            user_id=user_id, channel=consent_channel, source=source, ip=ip
+        )
+        changed |= withdrawn is not None
+    return changed

@@ -25,6 +25,7 @@ from notifier.services.admission import message_admission
 from notifier.services.pipeline import (
     Routed,
     audience_of,
+    campaign_status_of,
     channel_decision,
     message_type,
     publish_queued,
@@ -81,6 +82,7 @@ def held_release(*, now: datetime | None = None, limit: int = 2000) -> ReleaseRe
                     now=now,
                     congested=audience.congested,
                     irrelevant=audience.irrelevant.get((message.user_id, message.type_id), 0),
+                    campaign_status=campaign_status_of(message, audience),
                 )
                 if still_wanted
                 else None

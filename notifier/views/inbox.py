@@ -81,7 +81,10 @@ def item_json(item: InboxItem) -> dict[str, Any]:
         "feedback": item.feedback or None,
         # Marketing in the inbox carries its way out, like marketing anywhere else.
         "unsubscribe_url": unsubscribe_url(
-            user_id=item.user_id, category=item.type_key, channel="inapp"
+            user_id=item.user_id,
+            category=item.type_key,
+            channel="inapp",
+            message_id=item.message_id,
         )
         if item.category == Kind.MARKETING
         else None,

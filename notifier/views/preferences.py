@@ -464,6 +464,7 @@ def unsubscribe_page(request: HttpRequest, token: str) -> HttpResponse:
             scope=scope,
             source="unsubscribe_link",
             ip_address=_client_ip(request),
+            message_id=claim.message_id,
         )
     except InvalidScope:
         return _choices_page(request, token, claim, category, problem="Choose one of the options.")
@@ -507,6 +508,7 @@ def unsubscribe_one_click(request: HttpRequest, token: str) -> HttpResponse:
             scope=UnsubscribeScope.THIS,
             source="one_click",
             ip_address=_client_ip(request),
+            message_id=claim.message_id,
         )
     except PreferenceError as exc:  # e.g. a transactional category: it cannot be switched off
         return HttpResponse(f"{exc}.\n", status=400, content_type="text/plain")

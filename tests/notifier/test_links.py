@@ -177,3 +177,54 @@ def test_links_signed_with_a_rotated_key_keep_working(settings):
     settings.SECRET_KEY_FALLBACKS = [settings.SECRET_KEY]
     settings.SECRET_KEY = "a-brand-new-secret-key-for-the-rotation-test-0123456789"
     assert read_preferences_token(token) == 5
+
+
+# --- The message an unsubscribe link came in -------------------------------------------------
+
+
+def test_an_unsubscribe_token_can_name_the_message_it_came_in(site):
+    token = unsubscribe_token(user_id=42, category="marketing", channel="sms", message_id=901)
+    assert read_unsubscribe_token(token) == UnsubscribeClaim(42, "marketing", "sms", 901)
+
+    page = unsubscribe_url(user_id=42, category="marketing", channel="sms", message_id=901)
+    one_click = one_click_unsubscribe_url(
+        user_id=42, category="marketing", channel="sms", message_id=901
+    )
+    header = unsubscribe_headers(
+        user_id=42, category="promo.flash_sale", channel="email", message_id=901
+    )["List-Unsubscribe"][1:-1]
+    for url in (page, one_click, header):
+        claim = read_unsubscribe_token(resolve(url.removeprefix(site)).kwargs["token"])
+        assert claim.message_id == 901
+
+
+def test_a_token_without_a_message_reads_as_none_and_old_tokens_still_work():
+    assert read_unsubscribe_token(
+        unsubscribe_token(user_id=1, category="marketing", channel="email")
+    ) == UnsubscribeClaim(1, "marketing", "email", None)
+    # as every link sent before messages were named in them was signed
+    old = signing.dumps(
+        {"user": 1, "category": "marketing", "channel": "email"},
+        salt=UNSUBSCRIBE_SALT,
+        compress=True,
+    )
+    assert read_unsubscribe_token(old).message_id is None
+
+
+def test_a_message_that_is_not_an_id_is_malformed():
+    for message in ("7", 0, -3, True, 1.5, [7]):
+        payload = {"user": 1, "category": "marketing", "channel": "email", "message": message}
+        with pytest.raises(BadLink) as caught:
+            read_unsubscribe_token(signing.dumps(payload, salt=UNSUBSCRIBE_SALT))
+        assert caught.value.reason is BadLinkReason.MALFORMED
+
+
+def test_the_message_cannot_be_swapped_without_the_key():
+    token = unsubscribe_token(user_id=1, category="marketing", channel="email", message_id=5)
+    _, timestamp, signature = token.split(":")
+    forged = signing.b64_encode(
+        b'{"user":1,"category":"marketing","channel":"email","message":6}'
+    ).decode()
+    with pytest.raises(BadLink) as caught:
+        read_unsubscribe_token(f"{forged}:{timestamp}:{signature}")
+    assert caught.value.reason is BadLinkReason.TAMPERED

@@ -195,7 +195,7 @@ class Command(BaseCommand):
 
     def clean(self) -> None:
         with connection.cursor() as cursor:
-            cursor.execute(f"TRUNCATE {', '.join(TABLES)} RESTART IDENTITY")
+            cursor.execute(f"TRUNCATE {', '.join(TABLES)} RESTART IDENTITY CASCADE")
 
     def start_worker(
         self, label: str, queues: list[str], concurrency: int, env: dict[str, str]

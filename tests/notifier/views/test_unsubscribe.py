@@ -11,13 +11,19 @@ from django.core import signing
 from django.test import Client
 from django.urls import reverse
 
+from notifier.api import notify
 from notifier.links import (
     preferences_token,
     unsubscribe_headers,
     unsubscribe_token,
 )
-from notifier.models import Consent, Preference, User
-from notifier.services.preferences import consent_give, preference_set
+from notifier.models import Consent, Message, Preference, Unsubscribe, User
+from notifier.services.preferences import (
+    PreferenceError,
+    consent_give,
+    preference_set,
+    unsubscribe,
+)
 from notifier.views.preferences import CONSENT_WORDING
 from tests.factories import UserFactory
 
@@ -102,15 +108,17 @@ def browser() -> Client:
     return Client(enforce_csrf_checks=True)
 
 
-def page_url(user, category="promo.flash_sale", channel="email") -> str:
-    return reverse(
-        "unsubscribe",
-        kwargs={"token": unsubscribe_token(user_id=user.pk, category=category, channel=channel)},
+def page_url(user, category="promo.flash_sale", channel="email", message_id=None) -> str:
+    token = unsubscribe_token(
+        user_id=user.pk, category=category, channel=channel, message_id=message_id
     )
+    return reverse("unsubscribe", kwargs={"token": token})
 
 
-def one_click_path(user, category="promo.flash_sale", channel="email") -> str:
-    token = unsubscribe_token(user_id=user.pk, category=category, channel=channel)
+def one_click_path(user, category="promo.flash_sale", channel="email", message_id=None) -> str:
+    token = unsubscribe_token(
+        user_id=user.pk, category=category, channel=channel, message_id=message_id
+    )
     return reverse("unsubscribe-one-click", kwargs={"token": token})
 
 
@@ -482,3 +490,96 @@ def test_the_preference_page_undoes_an_unsubscribe(user, browser):
     assert prefs_rows == set()
     assert frequency == "as_sent"
     assert consents[-1] == ("email", True)
+
+
+# --- Which message an unsubscribe came through ------------------------------------------------
+
+
+SALE = {
+    "sale_name": "Double 11",
+    "starts_at": "tonight",
+    "headline": "Up to 50% off",
+    "sale_url": "https://shop.example.com/sale",
+}
+
+
+def a_message(user) -> Message:
+    return notify(user, "promo.flash_sale", SALE)
+
+
+def logged(user) -> list[tuple]:
+    return list(
+        Unsubscribe.objects.filter(user=user)
+        .order_by("id")
+        .values_list("message_id", "category", "channel", "scope", "source")
+    )
+
+
+def test_the_page_logs_the_unsubscribe_against_the_message_whose_link_was_used(user, browser):
+    message = a_message(user)
+    url = page_url(user, message_id=message.pk)
+    browser.post(url, form_of(browser.get(url)).submission(scope="channel"))
+
+    assert logged(user) == [
+        (message.pk, "promo.flash_sale", "email", "channel", "unsubscribe_link")
+    ]
+    row = Unsubscribe.objects.get(user=user)
+    assert row.at is not None
+    assert list(message.unsubscribes.all()) == [row]
+
+
+def test_one_click_logs_the_message_too(user, browser):
+    message = a_message(user)
+    assert (
+        browser.post(one_click_path(user, message_id=message.pk), ONE_CLICK_BODY).status_code == 200
+    )
+    assert logged(user) == [(message.pk, "promo.flash_sale", "email", "this", "one_click")]
+
+
+def test_an_unsubscribe_that_changes_nothing_is_not_logged_again(user, browser):
+    message = a_message(user)
+    path = one_click_path(user, message_id=message.pk)
+    browser.post(path, ONE_CLICK_BODY)
+    browser.post(path, ONE_CLICK_BODY)
+    url = page_url(user, message_id=message.pk)
+    data = form_of(browser.get(url)).submission(scope="all")
+    browser.post(url, data)  # "all" still changes something: logged
+    browser.post(url, data)  # now it does not
+    assert [row[3] for row in logged(user)] == ["this", "all"]
+
+
+def test_a_link_without_a_message_is_logged_without_one(user, browser):
+    browser.post(one_click_path(user), ONE_CLICK_BODY)
+    assert logged(user) == [(None, "promo.flash_sale", "email", "this", "one_click")]
+
+
+def test_a_message_deleted_since_or_of_another_user_is_not_attributed(user):
+    other_users = a_message(UserFactory())
+    gone = a_message(user)
+    gone_id = gone.pk
+    gone.delete()
+    for message_id, scope in ((other_users.pk, "this"), (gone_id, "all")):
+        assert unsubscribe(
+            user_id=user.pk,
+            category="promo.flash_sale",
+            channel="email",
+            scope=scope,
+            source="unsubscribe_link",
+            message_id=message_id,
+        )
+    assert [row[0] for row in logged(user)] == [None, None]
+
+
+@pytest.mark.parametrize("message_id", ["12", 0, -1, True])
+def test_a_message_id_that_is_not_one_is_refused(user, message_id):
+    with pytest.raises(PreferenceError, match="message_id"):
+        unsubscribe(
+            user_id=user.pk,
+            category="promo.flash_sale",
+            channel="email",
+            scope="this",
+            source="unsubscribe_link",
+            message_id=message_id,
+        )
+    assert state(user) == UNCHANGED
+    assert logged(user) == []

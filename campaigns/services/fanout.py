@@ -1,0 +1,343 @@
+"""Fan-out: starting due steps, walking the audience, and writing each batch of recipients.
+
+- `steps_start_due` (beat): starts each pending step whose moment has come, exactly once (the
+  step row is locked with skip_locked and moved pending -> running), and skips with a reason a
+  step whose moment passed while the campaign was paused or late. It also revives walks whose
+  task was lost and finishes steps and campaigns that are done.
+- `step_walk`: hands the audience out in keyset batches of user ids (never loading it whole),
+  while the bulk queues are below their high-water mark; it records its cursor in PostgreSQL,
+  so a lost walk resumes where it was.
+- `step_fanout_batch`: for one batch, keeps the hold-out aside, picks each user's variant, and
+  writes the messages with one INSERT (idempotent per step x user) and routes them in the same
+  task, in bulk.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from enum import StrEnum
+from functools import partial
+from zoneinfo import ZoneInfo
+
+from django.conf import settings
+from django.db import transaction
+from django.db.models import F
+from django.utils import timezone
+
+from campaigns.models import (
+    Campaign,
+    CampaignKind,
+    CampaignStatus,
+    CampaignStep,
+    Holdout,
+    StepStatus,
+)
+from campaigns.policies import (
+    StepDecision,
+    fanout_start,
+    in_holdout,
+    pick_variant,
+    send_time,
+    step_decision,
+    step_expiry,
+)
+from campaigns.services.lifecycle import campaign_finish_if_done, plan_of
+from campaigns.services.segments import segment_users
+from notifier.backpressure import bulk_congested
+from notifier.db import insert_rows
+from notifier.dispatch import chunks
+from notifier.models import Message, User
+from notifier.queues import Lane
+from notifier.services.messages import NewMessage, messages_insert_new
+from notifier.services.pipeline import messages_prepare
+
+log = logging.getLogger(__name__)
+C = CampaignStatus
+
+BATCH_USERS = 1000
+BATCHES_PER_WALK = 20
+WALK_STALE = timedelta(minutes=2)  # a walk not heard from this long has lost its task
+CONGESTED_WAIT_S = 5.0
+
+
+@dataclass
+class StartReport:
+    started: list[int] = field(default_factory=list)
+    skipped: list[int] = field(default_factory=list)
+    revived: list[int] = field(default_factory=list)
+    finished: list[int] = field(default_factory=list)
+
+
+def _skip_reason(now: datetime, start_at: datetime, paused: bool) -> str:
+    late = now - start_at
+    minutes = int(late.total_seconds() // 60)
+    why = "the campaign was paused" if paused else "it could not start in time"
+    return f"missed by {minutes} min: {why}; not sent late"
+
+
+def steps_start_due(*, now: datetime | None = None) -> StartReport:
+    """Start, skip, revive and finish steps. Safe to run twice at once (two beat processes)."""
+    now = now or timezone.now()
+    report = StartReport()
+    with transaction.atomic():
+        pending = (
+            CampaignStep.objects.select_for_update(skip_locked=True, of=("self",))
+            .filter(
+                status=StepStatus.PENDING,
+                campaign__kind=CampaignKind.ONE_OFF,
+                campaign__status__in=[C.SCHEDULED, C.RUNNING, C.PAUSED],
+                campaign__event_at__isnull=False,
+            )
+            .select_related("campaign")
+        )
+        for step in pending:
+            campaign = step.campaign
+            assert campaign.event_at is not None
+            start_at = fanout_start(campaign.event_at, plan_of(step))
+            decision = step_decision(now=now, start_at=start_at)
+            if decision is StepDecision.SKIP:
+                CampaignStep.objects.filter(pk=step.pk, status=StepStatus.PENDING).update(
+                    status=StepStatus.SKIPPED,
+                    finished_at=now,
+                    skip_reason=_skip_reason(now, start_at, campaign.status == C.PAUSED),
+                )
+                report.skipped.append(step.pk)
+            elif decision is StepDecision.START and campaign.status != C.PAUSED:
+                CampaignStep.objects.filter(pk=step.pk, status=StepStatus.PENDING).update(
+                    status=StepStatus.RUNNING, started_at=now, walked_at=now
+                )
+                Campaign.objects.filter(pk=campaign.pk, status=C.SCHEDULED).update(
+                    status=C.RUNNING, started_at=now
+                )
+                report.started.append(step.pk)
+        stale = list(
+            CampaignStep.objects.filter(
+                status=StepStatus.RUNNING,
+                campaign__status=C.RUNNING,
+                walked_at__lt=now - WALK_STALE,
+            ).values_list("pk", "walk_done", "batches_done", "batches_total")
+        )
+        for pk, walk_done, done, total in stale:
+            if walk_done and done >= total:
+                continue
+            if walk_done:  # every batch was handed out but some never finished: walk again
+                CampaignStep.objects.filter(pk=pk).update(cursor_user_id=0, walk_done=False)
+            CampaignStep.objects.filter(pk=pk).update(walked_at=now)
+            report.revived.append(pk)
+        for pk in report.started + report.revived:
+            transaction.on_commit(partial(publish_walk, pk), robust=True)
+    report.finished = steps_finish(now=now)
+    return report
+
+
+def steps_finish(*, now: datetime) -> list[int]:
+    """Running one-off steps whose every batch is written are done; so may be their campaign."""
+    done = list(
+        CampaignStep.objects.filter(
+            status=StepStatus.RUNNING,
+            walk_done=True,
+            batches_done__gte=F("batches_total"),
+            campaign__kind=CampaignKind.ONE_OFF,
+        ).values_list("pk", "campaign_id")
+    )
+    for pk, campaign_id in done:
+        if CampaignStep.objects.filter(pk=pk, status=StepStatus.RUNNING).update(
+            status=StepStatus.DONE, finished_at=now
+        ):
+            campaign_finish_if_done(campaign_id=campaign_id)
+    return [pk for pk, _ in done]
+
+
+def publish_walk(step_id: int, countdown: float = 0.0) -> None:
+    from campaigns.tasks import walk_step
+
+    walk_step.apply_async(
+        args=(step_id,), queue=f"{Lane.BULK}.prepare", countdown=countdown or None
+    )
+
+
+def publish_batch(step_id: int, user_ids: list[int]) -> None:
+    from campaigns.tasks import fanout_batch
+
+    fanout_batch.apply_async(args=(step_id, user_ids), queue=f"{Lane.BULK}.prepare")
+
+
+class Walk(StrEnum):
+    CONTINUE = "continue"  # more to hand out: run again at once
+    WAIT = "wait"  # the bulk lane is full: run again in a few seconds
+    DONE = "done"  # everyone handed out
+    STOPPED = "stopped"  # paused, cancelled, or another walk holds the step
+
+
+def step_walk(*, step_id: int, batches: int = BATCHES_PER_WALK) -> Walk:
+    """Hand out up to `batches` batches of the step's audience, in user id order."""
+    with transaction.atomic():
+        step = (
+            CampaignStep.objects.select_for_update(skip_locked=True, of=("self",))
+            .filter(pk=step_id)
+            .select_related("campaign", "campaign__segment")
+            .first()
+        )
+        if step is None:
+            return Walk.STOPPED  # another walk of the same step is running
+        campaign = step.campaign
+        if step.status != StepStatus.RUNNING or campaign.status != C.RUNNING or step.walk_done:
+            return Walk.STOPPED
+        assert campaign.segment is not None
+        audience = segment_users(campaign.segment)
+        cursor = step.cursor_user_id
+        for _ in range(batches):
+            if bulk_congested():
+                CampaignStep.objects.filter(pk=step_id).update(walked_at=timezone.now())
+                return Walk.WAIT
+            ids = list(
+                audience.filter(pk__gt=cursor)
+                .order_by("pk")
+                .values_list("pk", flat=True)[:BATCH_USERS]
+            )
+            if not ids:
+                CampaignStep.objects.filter(pk=step_id).update(
+                    walk_done=True, walked_at=timezone.now()
+                )
+                return Walk.DONE
+            # Published before the cursor is saved: a crash in between hands the batch out
+            # again, which writes nothing twice (messages are keyed by step and user).
+            publish_batch(step_id, ids)
+            cursor = ids[-1]
+            CampaignStep.objects.filter(pk=step_id).update(
+                cursor_user_id=cursor,
+                batches_total=F("batches_total") + 1,
+                walked_at=timezone.now(),
+            )
+    return Walk.CONTINUE
+
+
+@dataclass
+class BatchReport:
+    messages: int = 0
+    existing: int = 0
+    held_out: int = 0
+
+
+def step_fanout_batch(*, step_id: int, user_ids: Sequence[int]) -> BatchReport:
+    """Write and route one batch of a step's recipients; nothing if the campaign stopped."""
+    report = BatchReport()
+    step = CampaignStep.objects.select_related("campaign").get(pk=step_id)
+    campaign = step.campaign
+    if step.status != StepStatus.RUNNING or campaign.status != C.RUNNING:
+        return report
+    rows, held_out = recipients(step, campaign, user_ids)
+    if held_out:
+        insert_rows(
+            Holdout,
+            ("campaign", "user", "created_at"),
+            [(campaign.pk, pk, timezone.now()) for pk in held_out],
+            ignore_conflicts=True,
+        )
+    new_ids = messages_insert_new(rows=rows)
+    for batch in chunks(new_ids, settings.NOTIFIER_BATCH_SIZE):
+        messages_prepare(message_ids=batch)
+    CampaignStep.objects.filter(pk=step_id).update(batches_done=F("batches_done") + 1)
+    report.messages, report.existing, report.held_out = (
+        len(new_ids),
+        len(rows) - len(new_ids),
+        len(held_out),
+    )
+    return report
+
+
+def recipients(
+    step: CampaignStep, campaign: Campaign, user_ids: Sequence[int]
+) -> tuple[list[NewMessage], list[int]]:
+    """The messages for a batch (one per user, keyed by step and user) and the held-out users."""
+    assert campaign.category_id is not None
+    variants = list(step.variants.values_list("pk", "weight"))
+    plan = plan_of(step)
+    expiry = step_expiry(campaign.event_at, plan) if campaign.event_at else None
+    triggered = campaign.kind == CampaignKind.TRIGGERED
+    rows: list[NewMessage] = []
+    held_out: list[int] = []
+    for pk, tz, hour in User.objects.filter(pk__in=list(user_ids), is_active=True).values_list(
+        "pk", "time_zone", "usual_active_hour"
+    ):
+        if in_holdout(campaign_id=campaign.pk, user_id=pk, percent=campaign.holdout_percent):
+            held_out.append(pk)
+            continue
+        key = (
+            f"campaign:{campaign.pk}:user:{pk}:day:{timezone.now():%Y%m%d}"
+            if triggered
+            else f"step:{step.pk}:user:{pk}"
+        )
+        rows.append(
+            NewMessage(
+                user_id=pk,
+                type_key=campaign.category_id,
+                context=dict(campaign.variables),
+                channels=list(campaign.channels),
+                lane=Lane.BULK,
+                idempotency_key=key,
+                priority=campaign.priority,
+                expires_at=expiry,
+                campaign_id=campaign.pk,
+                step_id=step.pk,
+                variant_id=pick_variant(step_id=step.pk, user_id=pk, variants=variants),
+                not_before=send_time(
+                    campaign.event_at, plan, tz=ZoneInfo(tz or "UTC"), active_hour=hour
+                )
+                if campaign.event_at
+                else None,
+            )
+        )
+    if triggered and rows:  # at most once per user within the re-entry window
+        since = timezone.now() - timedelta(days=campaign.reentry_days)
+        recent = set(
+            Message.objects.filter(
+                campaign_id=campaign.pk,
+                user_id__in=[r.user_id for r in rows],
+                created_at__gte=since,
+                is_test=False,
+            ).values_list("user_id", flat=True)
+        )
+        rows = [row for row in rows if row.user_id not in recent]
+    return rows, held_out
+
+
+def triggers_evaluate(*, now: datetime | None = None) -> list[int]:
+    """Walk each live triggered campaign's segment again: users who entered it (and have not
+    had it within the re-entry window) get its message. Returns the steps walked."""
+    now = now or timezone.now()
+    walked: list[int] = []
+    with transaction.atomic():
+        campaigns = Campaign.objects.select_for_update(skip_locked=True).filter(
+            kind=CampaignKind.TRIGGERED, status__in=[C.SCHEDULED, C.RUNNING]
+        )
+        for campaign in campaigns:
+            step = campaign.steps.order_by("offset_minutes", "pk").first()
+            if step is None:
+                continue
+            Campaign.objects.filter(pk=campaign.pk, status=C.SCHEDULED).update(
+                status=C.RUNNING, started_at=now
+            )
+            CampaignStep.objects.filter(pk=step.pk).update(
+                status=StepStatus.RUNNING,
+                started_at=F("started_at") if step.started_at else now,
+                cursor_user_id=0,
+                walk_done=False,
+                walked_at=now,
+                batches_total=0,
+                batches_done=0,
+            )
+            walked.append(step.pk)
+            transaction.on_commit(partial(publish_walk, step.pk), robust=True)
+    return walked
+
+
+def walk_continue(step_id: int, outcome: Walk) -> None:
+    """What a walk task does next: go on at once, or after the bulk lane has drained a bit."""
+    if outcome is Walk.CONTINUE:
+        publish_walk(step_id)
+    elif outcome is Walk.WAIT:
+        publish_walk(step_id, countdown=CONGESTED_WAIT_S)

@@ -1,0 +1,319 @@
+"""A campaign's life: draft -> awaiting approval -> scheduled -> running -> done, plus paused
+and cancelled. Every move is a compare-and-set on the status, so two people clicking at once
+move it once; pausing and cancelling also stop what is already queued.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+from django.db import transaction
+from django.utils import timezone
+
+from campaigns.models import (
+    Campaign,
+    CampaignKind,
+    CampaignStatus,
+    CampaignStep,
+    StepStatus,
+    StepVariant,
+    VariantTemplate,
+)
+from campaigns.policies import DEFAULT_PLAN, StepPlan, Timing, fanout_start
+from campaigns.rendering import allowed_variables, required_parts, template_problems
+from channels.base import Channel
+from notifier.db import insert_rows
+from notifier.models import Delivery, DeliveryEvent, EventKind, Kind, NotificationType, User
+from notifier.status import DeliveryStatus, Reason
+
+C = CampaignStatus
+S = DeliveryStatus
+
+MOVES: dict[str, frozenset[str]] = {
+    C.DRAFT: frozenset({C.AWAITING_APPROVAL, C.CANCELLED}),
+    C.AWAITING_APPROVAL: frozenset({C.DRAFT, C.SCHEDULED, C.CANCELLED}),
+    C.SCHEDULED: frozenset({C.RUNNING, C.PAUSED, C.CANCELLED, C.DRAFT}),
+    C.RUNNING: frozenset({C.PAUSED, C.DONE, C.CANCELLED}),
+    C.PAUSED: frozenset({C.SCHEDULED, C.RUNNING, C.CANCELLED}),
+    C.DONE: frozenset(),
+    C.CANCELLED: frozenset(),
+}
+
+
+class CampaignError(ValueError):
+    """A campaign action that cannot be done; the message says why and what to do."""
+
+
+def sources_of(target: str) -> list[str]:
+    return [source for source, targets in MOVES.items() if target in targets]
+
+
+def _move(campaign: Campaign, to: str, **fields: Any) -> None:
+    campaign.refresh_from_db(fields=["status"])  # act on what it is now, not on a stale copy
+    if to not in MOVES[campaign.status]:
+        raise CampaignError(
+            f"a {campaign.get_status_display().lower()} campaign cannot become "
+            f"{C(to).label.lower()}"
+        )
+    moved = Campaign.objects.filter(pk=campaign.pk, status=campaign.status).update(
+        status=to, updated_at=timezone.now(), **fields
+    )
+    if not moved:
+        raise CampaignError("someone else changed this campaign's status a moment ago; reload")
+    campaign.refresh_from_db()
+
+
+# --- Creating ------------------------------------------------------------------------------
+
+
+def campaign_create(
+    *,
+    name: str,
+    category: NotificationType,
+    created_by: User | None,
+    segment: Any = None,
+    event_at: datetime | None = None,
+    kind: str = CampaignKind.ONE_OFF,
+    priority: str = "low",
+    channels: Sequence[str] = (),
+    variables: dict[str, Any] | None = None,
+    holdout_percent: int = 0,
+    plan: Sequence[tuple[str, int]] = DEFAULT_PLAN,
+) -> Campaign:
+    """A draft with the 3-2-1 plan (or `plan`), one variant "A" per step, ready for copy."""
+    if category.kind != Kind.MARKETING:
+        raise CampaignError(f"{category.key} is not a marketing type; campaigns send marketing")
+    with transaction.atomic():
+        campaign = Campaign.objects.create(
+            name=name,
+            category=category,
+            segment=segment,
+            event_at=event_at,
+            kind=kind,
+            priority=priority,
+            channels=list(channels),
+            variables=variables or {},
+            holdout_percent=holdout_percent,
+            created_by=created_by,
+        )
+        for step_name, offset in plan if kind == CampaignKind.ONE_OFF else plan[:1]:
+            step = CampaignStep.objects.create(
+                campaign=campaign, name=step_name, offset_minutes=offset
+            )
+            StepVariant.objects.create(step=step, name="A")
+    return campaign
+
+
+def campaign_channels(campaign: Campaign) -> list[Channel]:
+    """The channels its messages can use: its own list, else everything its type uses."""
+    names = campaign.channels or (campaign.category.channels if campaign.category else [])
+    return [Channel(name) for name in names]
+
+
+def campaign_problems(campaign: Campaign, *, now: datetime | None = None) -> list[str]:
+    """Everything that stops a campaign from being submitted or approved, in words."""
+    now = now or timezone.now()
+    problems: list[str] = []
+    if campaign.category is None:
+        problems.append("choose a marketing category")
+    if campaign.segment_id is None:
+        problems.append("choose a segment")
+    if campaign.kind == CampaignKind.ONE_OFF and campaign.event_at is None:
+        problems.append("set the event time")
+    steps = list(campaign.steps.prefetch_related("variants__templates"))
+    if not steps:
+        problems.append("add at least one step")
+    allowed = allowed_variables(campaign.variables)
+    for step in steps:
+        if (
+            campaign.kind == CampaignKind.ONE_OFF
+            and campaign.event_at is not None
+            and step.status == StepStatus.PENDING
+            and fanout_start(campaign.event_at, plan_of(step)) < now
+        ):
+            problems.append(f"step {step.name!r}: its moment has already passed")
+        variants = list(step.variants.all())
+        if not variants:
+            problems.append(f"step {step.name!r}: add a variant")
+        for variant in variants:
+            problems += [
+                f"step {step.name!r}, variant {variant.name}: {p}"
+                for p in variant_problems(variant, campaign_channels(campaign), allowed)
+            ]
+    return problems
+
+
+def variant_problems(
+    variant: StepVariant, channels: Sequence[Channel], allowed: frozenset[str]
+) -> list[str]:
+    templates = {(t.channel, t.locale): t for t in variant.templates.all()}
+    problems: list[str] = []
+    for channel in channels:
+        default = templates.get((str(channel), ""))
+        if default is None:
+            problems.append(f"write the {channel} copy")
+            continue
+        for part in required_parts(channel):
+            if not getattr(default, part):
+                problems.append(f"{channel}: the {part} is empty")
+    for template in templates.values():
+        for part in ("subject", "title", "body", "html", "link"):
+            for problem in template_problems(getattr(template, part), allowed=allowed):
+                problems.append(f"{template.channel} {part}: {problem}")
+    return problems
+
+
+def plan_of(step: CampaignStep) -> StepPlan:
+    return StepPlan(step.offset_minutes, Timing(step.timing), step.local_time)
+
+
+# --- Approval --------------------------------------------------------------------------------
+
+
+def campaign_submit(*, campaign: Campaign, by: User) -> None:
+    problems = campaign_problems(campaign)
+    if problems:
+        raise CampaignError("before submitting: " + "; ".join(problems))
+    _move(campaign, C.AWAITING_APPROVAL)
+
+
+def campaign_approve(*, campaign: Campaign, by: User) -> None:
+    """Approval by a second person holding `campaigns.approve_campaign`."""
+    if not by.has_perm("campaigns.approve_campaign"):
+        raise CampaignError(
+            "approving campaigns needs the 'approve campaign' permission (the Marketing lead group)"
+        )
+    if campaign.created_by_id is not None and by.pk == campaign.created_by_id:
+        raise CampaignError("a campaign must be approved by someone other than who prepared it")
+    problems = campaign_problems(campaign)
+    if problems:
+        raise CampaignError("cannot approve: " + "; ".join(problems))
+    _move(campaign, C.SCHEDULED, approved_by=by, approved_at=timezone.now())
+
+
+def campaign_send_back(*, campaign: Campaign, by: User) -> None:
+    """Back to draft for changes (from awaiting approval or scheduled, before it runs)."""
+    _move(campaign, C.DRAFT, approved_by=None, approved_at=None)
+
+
+# --- Pausing, resuming, cancelling, moving the event -----------------------------------------
+
+
+def _campaign_deliveries(campaign: Campaign, statuses: Sequence[str]) -> Any:
+    return Delivery.objects.filter(message__campaign_id=campaign.pk, status__in=statuses)
+
+
+def _log(ids: Sequence[int], status: str, reason: str, by: User | None, action: str) -> None:
+    now = timezone.now()
+    insert_rows(
+        DeliveryEvent,
+        ("delivery", "at", "kind", "status", "reason", "detail"),
+        [
+            (pk, now, EventKind.MANUAL, status, reason, {"action": action, "by": str(by or "")})
+            for pk in ids
+        ],
+    )
+
+
+def campaign_pause(*, campaign: Campaign, by: User | None) -> int:
+    """Stop sending now. Queued deliveries (batches already handed to workers too) are held;
+    deliveries being sent this instant finish. Returns how many were held."""
+    with transaction.atomic():
+        _move(campaign, C.PAUSED)
+        queued = _campaign_deliveries(campaign, [S.QUEUED])
+        ids = list(queued.values_list("pk", flat=True))
+        Delivery.objects.filter(pk__in=ids, status=S.QUEUED).update(
+            status=S.HELD,
+            reason=Reason.CAMPAIGN_PAUSED,
+            next_attempt_at=None,
+            updated_at=timezone.now(),
+        )
+        _log(ids, S.HELD, Reason.CAMPAIGN_PAUSED, by, "campaign paused")
+    return len(ids)
+
+
+def campaign_resume(*, campaign: Campaign, by: User | None) -> int:
+    """Carry on: held deliveries are released (stale ones are then suppressed, steps whose
+    moment passed meanwhile are skipped), and unfinished fan-out walks the audience again
+    (users who already have their message are skipped). Returns how many were released."""
+    with transaction.atomic():
+        _move(campaign, C.RUNNING if campaign.started_at else C.SCHEDULED)
+        released = Delivery.objects.filter(
+            message__campaign_id=campaign.pk,
+            status=S.HELD,
+            reason=Reason.CAMPAIGN_PAUSED,
+        ).update(next_attempt_at=timezone.now(), updated_at=timezone.now())
+        campaign.steps.filter(status=StepStatus.RUNNING).update(
+            cursor_user_id=0, walk_done=False, walked_at=None
+        )
+    return released
+
+
+def campaign_cancel(*, campaign: Campaign, by: User | None) -> int:
+    """Stop for good: pending steps are cancelled, queued and held deliveries cancelled."""
+    now = timezone.now()
+    with transaction.atomic():
+        _move(campaign, C.CANCELLED, finished_at=now)
+        campaign.steps.filter(status__in=[StepStatus.PENDING, StepStatus.RUNNING]).update(
+            status=StepStatus.CANCELLED, finished_at=now
+        )
+        waiting = _campaign_deliveries(campaign, [S.QUEUED, S.HELD, S.PENDING])
+        ids = list(waiting.values_list("pk", flat=True))
+        Delivery.objects.filter(pk__in=ids, status__in=[S.QUEUED, S.HELD, S.PENDING]).update(
+            status=S.CANCELLED, reason=Reason.CANCELLED, finished_at=now, updated_at=now
+        )
+        _log(ids, S.CANCELLED, Reason.CANCELLED, by, "campaign cancelled")
+    return len(ids)
+
+
+def campaign_move_event(*, campaign: Campaign, event_at: datetime, by: User | None) -> None:
+    """Move the event: every pending step moves with it (steps are offsets from the event).
+    Steps already sent or sending stay as they were."""
+    if campaign.status in (C.DONE, C.CANCELLED):
+        raise CampaignError("a finished or cancelled campaign cannot move")
+    if timezone.is_naive(event_at):
+        raise CampaignError("give the event time with its time zone")
+    if event_at <= timezone.now():
+        raise CampaignError("the new event time is in the past")
+    Campaign.objects.filter(pk=campaign.pk).update(event_at=event_at, updated_at=timezone.now())
+    campaign.event_at = event_at
+
+
+def campaign_finish_if_done(*, campaign_id: int) -> bool:
+    """A one-off campaign is done when none of its steps is pending or sending any more."""
+    open_steps = CampaignStep.objects.filter(
+        campaign_id=campaign_id, status__in=[StepStatus.PENDING, StepStatus.RUNNING]
+    )
+    if open_steps.exists():
+        return False
+    return bool(
+        Campaign.objects.filter(
+            pk=campaign_id,
+            status=C.RUNNING,
+            kind=CampaignKind.ONE_OFF,
+        ).update(status=C.DONE, finished_at=timezone.now())
+    )
+
+
+def copy_variant(*, source: StepVariant, name: str) -> StepVariant:
+    """A new variant of the same step starting from an existing one's copy (for A/B)."""
+    with transaction.atomic():
+        variant = StepVariant.objects.create(step=source.step, name=name, weight=source.weight)
+        VariantTemplate.objects.bulk_create(
+            [
+                VariantTemplate(
+                    variant=variant,
+                    channel=t.channel,
+                    locale=t.locale,
+                    subject=t.subject,
+                    title=t.title,
+                    body=t.body,
+                    html=t.html,
+                    link=t.link,
+                )
+                for t in source.templates.all()
+            ]
+        )
+    return variant

@@ -1,0 +1,61 @@
+"""Campaign tasks: thin, each calls one service. Periodic ones are declared in notifier.periodic."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery import shared_task
+
+from campaigns.services.fanout import (
+    Walk,
+    step_fanout_batch,
+    step_walk,
+    steps_start_due,
+    triggers_evaluate,
+    walk_continue,
+)
+from campaigns.services.stats import learn_active_hours, stats_rollup
+
+FANOUT_OPTIONS: dict[str, Any] = {
+    "acks_late": True,
+    "reject_on_worker_lost": True,
+    "ignore_result": True,
+}
+
+
+@shared_task(name="campaigns.start_due_steps", ignore_result=True)
+def start_due_steps() -> dict[str, list[int]]:
+    """Beat: start the steps whose moment has come, skip missed ones, revive lost walks."""
+    return steps_start_due().__dict__
+
+
+@shared_task(name="campaigns.walk_step", **FANOUT_OPTIONS)
+def walk_step(step_id: int) -> str:
+    """Hand out the next batches of a step's audience; continues itself until done."""
+    outcome: Walk = step_walk(step_id=step_id)
+    walk_continue(step_id, outcome)
+    return str(outcome)
+
+
+@shared_task(name="campaigns.fanout_batch", **FANOUT_OPTIONS)
+def fanout_batch(step_id: int, user_ids: list[int]) -> dict[str, int]:
+    """Write and route one batch of recipients of a step."""
+    return step_fanout_batch(step_id=step_id, user_ids=user_ids).__dict__
+
+
+@shared_task(name="campaigns.evaluate_triggers", ignore_result=True)
+def evaluate_triggers() -> list[int]:
+    """Beat: send triggered campaigns to users who entered their segment."""
+    return triggers_evaluate()
+
+
+@shared_task(name="campaigns.rollup_stats", ignore_result=True)
+def rollup_stats() -> int:
+    """Beat: recompute the funnels of live and recent campaigns for the admin page."""
+    return stats_rollup()
+
+
+@shared_task(name="campaigns.learn_active_hours", ignore_result=True)
+def learn_active_hours_task() -> int:
+    """Beat, nightly: each user's usual local hour of reading, for active-hour steps."""
+    return learn_active_hours()

@@ -1,0 +1,862 @@
+"""The campaign funnel roll-up against a hand-counted campaign; the A/B test; active hours."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
+from django.utils import timezone
+
+from campaigns.models import (
+    Campaign,
+    CampaignStats,
+    CampaignStatus,
+    CampaignStep,
+    Conversion,
+    Holdout,
+    StepVariant,
+)
+from campaigns.services.stats import (
+    MIN_REACHED_PER_VARIANT,
+    VariantCounts,
+    ab_test,
+    campaign_funnel,
+    learn_active_hours,
+    stats_rollup,
+    two_proportion_z_test,
+)
+from notifier.models import Delivery, InboxItem, Kind, Message, NotificationType, Unsubscribe, User
+from notifier.status import DeliveryStatus as S
+from notifier.status import Reason as R
+from tests.factories import UserFactory
+
+EMAIL, INAPP = "email", "inapp"
+# The hour each group's deliveries went out: the timeline's three buckets.
+SENT_A = datetime(2026, 3, 1, 10, 5, tzinfo=UTC)
+SENT_B = datetime(2026, 3, 1, 11, 20, tzinfo=UTC)
+SENT_TEST = datetime(2026, 3, 1, 12, 10, tzinfo=UTC)
+SENT_STEP2 = datetime(2026, 3, 1, 13, 40, tzinfo=UTC)
+
+REACHED_STATUSES = {S.SENT, S.DELIVERED, S.OPENED, S.READ, S.CLICKED}
+# user index -> that user's deliveries: (channel, status, reason)
+Plan = dict[int, list[tuple[str, S, str]]]
+
+
+# --- Building rows directly: every status, reason and timestamp chosen here -----------------
+
+
+def promo_type() -> NotificationType:
+    notification_type, _ = NotificationType.objects.get_or_create(
+        key="promo.stats_test",
+        defaults={"name": "Stats test promo", "kind": Kind.MARKETING, "channels": [EMAIL, INAPP]},
+    )
+    return notification_type
+
+
+@dataclass
+class Rows:
+    """Collects messages and deliveries, then writes them with bulk_create."""
+
+    campaign: Campaign
+    type: NotificationType
+    messages: list[Message] = field(default_factory=list)
+    deliveries: list[tuple[Message, str, S, str, datetime]] = field(default_factory=list)
+
+    def message(
+        self,
+        user: User,
+        step: CampaignStep | None,
+        variant: StepVariant | None,
+        deliveries: list[tuple[str, S, str]],
+        *,
+        sent_at: datetime,
+        is_test: bool = False,
+    ) -> Message:
+        message = Message(
+            user=user,
+            type=self.type,
+            lane="bulk",
+            campaign=self.campaign,
+            step=step,
+            variant=variant,
+            is_test=is_test,
+            created_at=sent_at - timedelta(minutes=5),
+        )
+        self.messages.append(message)
+        for channel, status, reason in deliveries:
+            self.deliveries.append((message, channel, status, reason, sent_at))
+        return message
+
+    def save(self) -> dict[tuple[int, str], Delivery]:
+        Message.objects.bulk_create(self.messages)
+        rows = []
+        for message, channel, status, reason, at in self.deliveries:
+            # A bounce (sent, then failed) keeps its sent_at; anything else unsent has none.
+            was_sent = status in REACHED_STATUSES or reason == R.INVALID_RECIPIENT
+            rows.append(
+                Delivery(
+                    message=message,
+                    user_id=message.user_id,
+                    channel=channel,
+                    status=status,
+                    reason=reason,
+                    created_at=at,
+                    updated_at=at,
+                    sent_at=at if was_sent else None,
+                    delivered_at=at
+                    if status in {S.DELIVERED, S.OPENED, S.READ, S.CLICKED}
+                    else None,
+                    opened_at=at if status in {S.OPENED, S.READ, S.CLICKED} else None,
+                    clicked_at=at if status == S.CLICKED else None,
+                )
+            )
+        Delivery.objects.bulk_create(rows)
+        self.messages, self.deliveries = [], []
+        return {(d.message_id, d.channel): d for d in rows}
+
+
+def inbox_item(delivery: Delivery, feedback: str = "") -> InboxItem:
+    return InboxItem.objects.create(
+        user_id=delivery.user_id,
+        message_id=delivery.message_id,
+        delivery=delivery,
+        category="marketing",
+        type_key="promo.stats_test",
+        title="Sale",
+        body="Sale",
+        created_at=delivery.created_at,
+        read_at=delivery.opened_at,
+        feedback=feedback,
+        feedback_at=delivery.opened_at if feedback else None,
+    )
+
+
+def conversion(user: User, campaign: Campaign | None, message: Message | None, ref: str) -> None:
+    Conversion.objects.create(
+        user=user,
+        campaign=campaign,
+        message=message,
+        reference=ref,
+        occurred_at=SENT_STEP2 + timedelta(hours=1),
+    )
+
+
+def unsubscribe(user: User, message: Message | None, scope: str = "this") -> None:
+    Unsubscribe.objects.create(
+        user=user,
+        message=message,
+        category="promo.stats_test",
+        channel=EMAIL,
+        scope=scope,
+        source="unsubscribe_link",
+        at=SENT_STEP2,
+    )
+
+
+@dataclass
+class HandCounted:
+    campaign: Campaign
+    step1: CampaignStep
+    step2: CampaignStep
+    variant_a: StepVariant
+    variant_b: StepVariant
+    variant_step2: StepVariant
+
+
+@pytest.fixture
+def hand_counted(db) -> HandCounted:
+    """One campaign, step 1 with variants A and B (10 users each), step 2 with one variant
+    (6 of A's users again), a hold-out of 5, a marketer's test send, and a second campaign.
+    The expected numbers in the tests below were counted by hand from this table."""
+    notification_type = promo_type()
+    campaign = Campaign.objects.create(name="Spring sale", status=CampaignStatus.RUNNING)
+    other_campaign = Campaign.objects.create(name="Other", status=CampaignStatus.RUNNING)
+    step1 = CampaignStep.objects.create(
+        campaign=campaign, name="3 days before", offset_minutes=-4320
+    )
+    step2 = CampaignStep.objects.create(campaign=campaign, name="Last call", offset_minutes=-60)
+    variant_a = StepVariant.objects.create(step=step1, name="A")
+    variant_b = StepVariant.objects.create(step=step1, name="B")
+    variant_step2 = StepVariant.objects.create(step=step2, name="A")
+    other_step = CampaignStep.objects.create(campaign=other_campaign, name="s", offset_minutes=0)
+
+    u = UserFactory.create_batch(20)
+    holdout_users = UserFactory.create_batch(5)
+    tester = UserFactory()
+    rows = Rows(campaign, notification_type)
+
+    a: Plan = {
+        0: [(EMAIL, S.CLICKED, ""), (INAPP, S.READ, "")],
+        1: [(EMAIL, S.OPENED, ""), (INAPP, S.SUPPRESSED, R.OPTED_OUT)],
+        2: [(EMAIL, S.DELIVERED, "")],
+        3: [(EMAIL, S.SENT, "")],
+        4: [(EMAIL, S.FAILED, R.INVALID_RECIPIENT), (INAPP, S.SENT, "")],
+        5: [(EMAIL, S.SUPPRESSED, R.NO_CONSENT), (INAPP, S.SUPPRESSED, R.NO_CONSENT)],
+        6: [(EMAIL, S.HELD, R.QUIET_HOURS)],
+        7: [(EMAIL, S.FAILED, R.RETRIES_EXHAUSTED)],
+        8: [(EMAIL, S.SUPPRESSED, R.STALE)],
+        9: [(EMAIL, S.CANCELLED, R.CANCELLED)],
+    }
+    b: Plan = {
+        10: [(EMAIL, S.CLICKED, "")],
+        11: [(EMAIL, S.CLICKED, ""), (INAPP, S.CLICKED, "")],
+        12: [(INAPP, S.READ, "")],
+        13: [(EMAIL, S.OPENED, "")],
+        14: [(EMAIL, S.DELIVERED, ""), (INAPP, S.SUPPRESSED, R.OPTED_OUT)],
+        15: [(EMAIL, S.SENT, "")],
+        16: [(EMAIL, S.SENT, "")],
+        17: [(EMAIL, S.SUPPRESSED, R.NO_CONSENT)],
+        18: [(EMAIL, S.FAILED, R.INVALID_RECIPIENT), (INAPP, S.SUPPRESSED, R.MARKETING_OFF)],
+        19: [(EMAIL, S.QUEUED, "")],
+    }
+    step2_plan: Plan = {
+        0: [(EMAIL, S.SENT, "")],
+        1: [(INAPP, S.CLICKED, "")],
+        2: [(EMAIL, S.SUPPRESSED, R.NO_CONSENT)],
+        3: [(EMAIL, S.FAILED, R.RENDER_FAILED)],
+        4: [(EMAIL, S.HELD, R.QUIET_HOURS)],
+        5: [],  # not routed yet: targeted, no delivery
+    }
+    msg_a = {i: rows.message(u[i], step1, variant_a, d, sent_at=SENT_A) for i, d in a.items()}
+    msg_b = {i: rows.message(u[i], step1, variant_b, d, sent_at=SENT_B) for i, d in b.items()}
+    msg_2 = {
+        i: rows.message(u[i], step2, variant_step2, d, sent_at=SENT_STEP2)
+        for i, d in step2_plan.items()
+    }
+    # Excluded everywhere: a marketer's test send with every kind of engagement ...
+    test_message = rows.message(
+        tester,
+        step1,
+        variant_a,
+        [(EMAIL, S.CLICKED, ""), (INAPP, S.READ, "")],
+        sent_at=SENT_TEST,
+        is_test=True,
+    )
+    deliveries = rows.save()
+    # ... and another campaign's message to one of the same users.
+    other_rows = Rows(other_campaign, notification_type)
+    other_message = other_rows.message(
+        u[0], other_step, None, [(EMAIL, S.CLICKED, ""), (INAPP, S.READ, "")], sent_at=SENT_TEST
+    )
+    other_deliveries = other_rows.save()
+
+    # Feedback: A: u0 useful, u4 none; B: u11 useful, u12 irrelevant; step 2: u1 meh.
+    inbox_item(deliveries[msg_a[0].pk, INAPP], "useful")
+    inbox_item(deliveries[msg_a[4].pk, INAPP])
+    inbox_item(deliveries[msg_b[11].pk, INAPP], "useful")
+    inbox_item(deliveries[msg_b[12].pk, INAPP], "irrelevant")
+    inbox_item(deliveries[msg_2[1].pk, INAPP], "meh")
+    inbox_item(deliveries[test_message.pk, INAPP], "useful")
+    inbox_item(other_deliveries[other_message.pk, INAPP], "irrelevant")
+
+    # Conversions: attributed u0 (A and step 2), u10 (B), u11 twice (B), u1 (step 2).
+    conversion(u[0], campaign, msg_a[0], "o-1")
+    conversion(u[0], campaign, msg_2[0], "o-2")
+    conversion(u[10], campaign, msg_b[10], "o-3")
+    conversion(u[11], campaign, msg_b[11], "o-4")
+    conversion(u[11], campaign, msg_b[11], "o-5")
+    conversion(u[1], campaign, msg_2[1], "o-6")
+    conversion(tester, campaign, test_message, "o-7")
+    conversion(u[3], other_campaign, other_message, "o-8")
+    # Hold-out: 5 users, h0 converts twice; u19 converts unattributed but is not held out;
+    # h1 converts for the other campaign only.
+    Holdout.objects.bulk_create([Holdout(campaign=campaign, user=h) for h in holdout_users])
+    conversion(holdout_users[0], campaign, None, "o-9")
+    conversion(holdout_users[0], campaign, None, "o-10")
+    conversion(u[19], campaign, None, "o-11")
+    conversion(holdout_users[1], other_campaign, None, "o-12")
+
+    # Unsubscribes: u3 (A and step 2), u15 twice (B), u2 (step 2); not counted: without a
+    # message, through the test send, through the other campaign.
+    unsubscribe(u[3], msg_a[3])
+    unsubscribe(u[3], msg_2[3])
+    unsubscribe(u[15], msg_b[15])
+    unsubscribe(u[15], msg_b[15], scope="all")
+    unsubscribe(u[2], msg_2[2])
+    unsubscribe(u[6], None)
+    unsubscribe(tester, test_message)
+    unsubscribe(u[5], other_message)
+
+    return HandCounted(campaign, step1, step2, variant_a, variant_b, variant_step2)
+
+
+def deliveries(
+    total: int,
+    sent: int,
+    delivered: int,
+    opened: int,
+    clicked: int,
+    *,
+    failed: int = 0,
+    suppressed: int = 0,
+    held: int = 0,
+    cancelled: int = 0,
+    in_flight: int = 0,
+    suppressed_by: dict[str, int] | None = None,
+    failed_by: dict[str, int] | None = None,
+    held_by: dict[str, int] | None = None,
+) -> dict[str, Any]:
+    return {
+        "total": total,
+        "sent": sent,
+        "delivered": delivered,
+        "opened": opened,
+        "clicked": clicked,
+        "failed": failed,
+        "suppressed": suppressed,
+        "held": held,
+        "cancelled": cancelled,
+        "in_flight": in_flight,
+        "suppressed_by_reason": suppressed_by or {},
+        "failed_by_reason": failed_by or {},
+        "held_by_reason": held_by or {},
+    }
+
+
+def recipients(**counts: int) -> dict[str, int]:
+    return counts
+
+
+def stored(campaign: Campaign) -> dict[str, dict[str, Any]]:
+    return {row.scope: row.data for row in CampaignStats.objects.filter(campaign=campaign)}
+
+
+# --- The hand-counted roll-up ----------------------------------------------------------------
+
+
+def test_rollup_writes_one_row_per_scope(hand_counted):
+    written = stats_rollup(campaign_ids=[hand_counted.campaign.pk])
+
+    h = hand_counted
+    rows = CampaignStats.objects.filter(campaign=h.campaign)
+    assert written == 6
+    assert {(r.scope, r.step_id, r.variant_id) for r in rows} == {
+        ("campaign", None, None),
+        (f"step:{h.step1.pk}", h.step1.pk, None),
+        (f"step:{h.step2.pk}", h.step2.pk, None),
+        (f"variant:{h.variant_a.pk}", h.step1.pk, h.variant_a.pk),
+        (f"variant:{h.variant_b.pk}", h.step1.pk, h.variant_b.pk),
+        (f"variant:{h.variant_step2.pk}", h.step2.pk, h.variant_step2.pk),
+    }
+
+
+def test_rollup_recipient_counts_equal_the_hand_count(hand_counted):
+    h = hand_counted
+    stats_rollup(campaign_ids=[h.campaign.pk])
+    data = stored(h.campaign)
+
+    # Distinct users: step 2 re-reaches u0 and u1, so the campaign adds only u1's click.
+    assert data["campaign"]["recipients"] == recipients(
+        targeted=20, reached=12, delivered=8, opened=6, clicked=4, converted=4, unsubscribed=3
+    )
+    assert data[f"step:{h.step1.pk}"]["recipients"] == recipients(
+        targeted=20, reached=12, delivered=8, opened=6, clicked=3, converted=3, unsubscribed=2
+    )
+    assert data[f"variant:{h.variant_a.pk}"]["recipients"] == recipients(
+        targeted=10, reached=5, delivered=3, opened=2, clicked=1, converted=1, unsubscribed=1
+    )
+    assert data[f"variant:{h.variant_b.pk}"]["recipients"] == recipients(
+        targeted=10, reached=7, delivered=5, opened=4, clicked=2, converted=2, unsubscribed=1
+    )
+    step2 = recipients(
+        targeted=6, reached=2, delivered=1, opened=1, clicked=1, converted=2, unsubscribed=2
+    )
+    assert data[f"step:{h.step2.pk}"]["recipients"] == step2
+    assert data[f"variant:{h.variant_step2.pk}"]["recipients"] == step2
+
+
+def test_rollup_rates_are_per_reached_recipient(hand_counted):
+    h = hand_counted
+    stats_rollup(campaign_ids=[h.campaign.pk])
+    data = stored(h.campaign)
+
+    expected = {
+        "campaign": (6 / 12, 4 / 12, 4 / 12),
+        f"step:{h.step1.pk}": (6 / 12, 3 / 12, 3 / 12),
+        f"variant:{h.variant_a.pk}": (2 / 5, 1 / 5, 1 / 5),
+        f"variant:{h.variant_b.pk}": (4 / 7, 2 / 7, 2 / 7),
+        f"step:{h.step2.pk}": (1 / 2, 1 / 2, 2 / 2),
+    }
+    for scope, (open_rate, ctr, conversion_rate) in expected.items():
+        assert data[scope]["rates"] == {
+            "open_rate": pytest.approx(open_rate),
+            "ctr": pytest.approx(ctr),
+            "conversion_rate": pytest.approx(conversion_rate),
+        }, scope
+
+
+def test_rollup_delivery_counts_per_channel_and_reason_equal_the_hand_count(hand_counted):
+    h = hand_counted
+    stats_rollup(campaign_ids=[h.campaign.pk])
+    data = stored(h.campaign)
+
+    assert data["campaign"]["deliveries"] == {
+        "total": deliveries(
+            32, 16, 11, 9, 5, failed=4, suppressed=8, held=2, cancelled=1, in_flight=1,
+            suppressed_by={"marketing_off": 1, "no_consent": 4, "opted_out": 2, "stale": 1},
+            failed_by={"invalid_recipient": 2, "render_failed": 1, "retries_exhausted": 1},
+            held_by={"quiet_hours": 2},
+        ),
+        "channels": {
+            "email": deliveries(
+                23, 11, 7, 5, 3, failed=4, suppressed=4, held=2, cancelled=1, in_flight=1,
+                suppressed_by={"no_consent": 3, "stale": 1},
+                failed_by={"invalid_recipient": 2, "render_failed": 1, "retries_exhausted": 1},
+                held_by={"quiet_hours": 2},
+            ),
+            "inapp": deliveries(
+                9, 5, 4, 4, 2, suppressed=4,
+                suppressed_by={"marketing_off": 1, "no_consent": 1, "opted_out": 2},
+            ),
+        },
+    }  # fmt: skip
+    assert data[f"step:{h.step1.pk}"]["deliveries"]["total"] == deliveries(
+        27, 14, 10, 8, 4, failed=3, suppressed=7, held=1, cancelled=1, in_flight=1,
+        suppressed_by={"marketing_off": 1, "no_consent": 3, "opted_out": 2, "stale": 1},
+        failed_by={"invalid_recipient": 2, "retries_exhausted": 1},
+        held_by={"quiet_hours": 1},
+    )  # fmt: skip
+    assert data[f"variant:{h.variant_a.pk}"]["deliveries"] == {
+        "total": deliveries(
+            14, 6, 4, 3, 1, failed=2, suppressed=4, held=1, cancelled=1,
+            suppressed_by={"no_consent": 2, "opted_out": 1, "stale": 1},
+            failed_by={"invalid_recipient": 1, "retries_exhausted": 1},
+            held_by={"quiet_hours": 1},
+        ),
+        "channels": {
+            "email": deliveries(
+                10, 4, 3, 2, 1, failed=2, suppressed=2, held=1, cancelled=1,
+                suppressed_by={"no_consent": 1, "stale": 1},
+                failed_by={"invalid_recipient": 1, "retries_exhausted": 1},
+                held_by={"quiet_hours": 1},
+            ),
+            "inapp": deliveries(
+                4, 2, 1, 1, 0, suppressed=2, suppressed_by={"no_consent": 1, "opted_out": 1}
+            ),
+        },
+    }  # fmt: skip
+    assert data[f"variant:{h.variant_b.pk}"]["deliveries"] == {
+        "total": deliveries(
+            13, 8, 6, 5, 3, failed=1, suppressed=3, in_flight=1,
+            suppressed_by={"marketing_off": 1, "no_consent": 1, "opted_out": 1},
+            failed_by={"invalid_recipient": 1},
+        ),
+        "channels": {
+            "email": deliveries(
+                9, 6, 4, 3, 2, failed=1, suppressed=1, in_flight=1,
+                suppressed_by={"no_consent": 1}, failed_by={"invalid_recipient": 1},
+            ),
+            "inapp": deliveries(
+                4, 2, 2, 2, 1, suppressed=2, suppressed_by={"marketing_off": 1, "opted_out": 1}
+            ),
+        },
+    }  # fmt: skip
+    assert data[f"step:{h.step2.pk}"]["deliveries"] == {
+        "total": deliveries(
+            5, 2, 1, 1, 1, failed=1, suppressed=1, held=1,
+            suppressed_by={"no_consent": 1}, failed_by={"render_failed": 1},
+            held_by={"quiet_hours": 1},
+        ),
+        "channels": {
+            "email": deliveries(
+                4, 1, 0, 0, 0, failed=1, suppressed=1, held=1,
+                suppressed_by={"no_consent": 1}, failed_by={"render_failed": 1},
+                held_by={"quiet_hours": 1},
+            ),
+            "inapp": deliveries(1, 1, 1, 1, 1),
+        },
+    }  # fmt: skip
+
+
+def test_rollup_feedback_counts_equal_the_hand_count(hand_counted):
+    h = hand_counted
+    stats_rollup(campaign_ids=[h.campaign.pk])
+    data = stored(h.campaign)
+
+    assert data["campaign"]["feedback"] == {"useful": 2, "meh": 1, "irrelevant": 1}
+    assert data[f"step:{h.step1.pk}"]["feedback"] == {"useful": 2, "meh": 0, "irrelevant": 1}
+    assert data[f"variant:{h.variant_a.pk}"]["feedback"] == {"useful": 1, "meh": 0, "irrelevant": 0}
+    assert data[f"variant:{h.variant_b.pk}"]["feedback"] == {"useful": 1, "meh": 0, "irrelevant": 1}
+    assert data[f"step:{h.step2.pk}"]["feedback"] == {"useful": 0, "meh": 1, "irrelevant": 0}
+
+
+def test_rollup_holdout_rate_and_uplift_equal_the_hand_count(hand_counted):
+    h = hand_counted
+    stats_rollup(campaign_ids=[h.campaign.pk])
+    holdout = stored(h.campaign)["campaign"]["holdout"]
+
+    # Campaign: 4 converted / 12 reached; hold-out: h0 (twice) of 5.
+    assert holdout == {
+        "size": 5,
+        "converted": 1,
+        "conversion_rate": pytest.approx(0.2),
+        "uplift_points": pytest.approx(4 / 12 - 0.2),
+        "uplift_relative": pytest.approx((4 / 12 - 0.2) / 0.2),
+    }
+
+
+def test_rollup_timeline_counts_sends_per_hour_without_test_sends(hand_counted):
+    h = hand_counted
+    stats_rollup(campaign_ids=[h.campaign.pk])
+    timeline = stored(h.campaign)["campaign"]["timeline"]
+
+    # A: 6 sent (its bounce is failed, not sent), B: 8, step 2: 2; the test send at 12:10
+    # and the other campaign are absent.
+    assert timeline == [
+        {"hour": "2026-03-01T10:00:00+00:00", "sent": 6},
+        {"hour": "2026-03-01T11:00:00+00:00", "sent": 8},
+        {"hour": "2026-03-01T13:00:00+00:00", "sent": 2},
+    ]
+
+
+def test_rollup_ab_test_of_step_with_two_variants_says_not_enough_data(hand_counted):
+    h = hand_counted
+    stats_rollup(campaign_ids=[h.campaign.pk])
+    data = stored(h.campaign)
+
+    ab = data[f"step:{h.step1.pk}"]["ab"]
+    assert ab["best"] == "B"
+    assert ab["winner"] is None
+    assert ab["enough_data"] is False
+    assert ab["verdict"].startswith("Not enough data yet")
+    assert ab["variants"] == [
+        {"name": "A", "reached": 5, "clicked": 1, "ctr": pytest.approx(0.2)},
+        {"name": "B", "reached": 7, "clicked": 2, "ctr": pytest.approx(2 / 7)},
+    ]
+    assert ab["p_value"] == pytest.approx(two_proportion_z_test(2, 7, 1, 5)[1])
+    assert data[f"step:{h.step2.pk}"]["ab"] is None  # one variant: nothing to compare
+
+
+def test_campaign_funnel_returns_the_same_data_as_the_rows(hand_counted):
+    h = hand_counted
+    funnel = campaign_funnel(h.campaign.pk)
+    stats_rollup(campaign_ids=[h.campaign.pk])
+
+    assert funnel == stored(h.campaign)
+    assert funnel["campaign"]["steps"] == [h.step1.pk, h.step2.pk]  # by offset
+    assert funnel[f"step:{h.step1.pk}"]["variants"] == [h.variant_a.pk, h.variant_b.pk]
+
+
+# --- Test sends, selection, upserts, queries -------------------------------------------------
+
+
+def test_test_sends_are_excluded_from_every_count(db):
+    campaign = Campaign.objects.create(name="Only a test", status=CampaignStatus.RUNNING)
+    step = CampaignStep.objects.create(campaign=campaign, name="s", offset_minutes=0)
+    variant = StepVariant.objects.create(step=step, name="A")
+    tester = UserFactory()
+    rows = Rows(campaign, promo_type())
+    message = rows.message(
+        tester,
+        step,
+        variant,
+        [(EMAIL, S.CLICKED, ""), (INAPP, S.READ, ""), ("sms", S.SUPPRESSED, R.NO_CONSENT)],
+        sent_at=SENT_TEST,
+        is_test=True,
+    )
+    saved = rows.save()
+    inbox_item(saved[message.pk, INAPP], "useful")
+    conversion(tester, campaign, message, "t-1")
+    unsubscribe(tester, message)
+
+    stats_rollup(campaign_ids=[campaign.pk])
+
+    for scope, data in stored(campaign).items():
+        assert set(data["recipients"].values()) == {0}, scope
+        assert data["deliveries"]["total"] == deliveries(0, 0, 0, 0, 0), scope
+        assert data["deliveries"]["channels"] == {}, scope
+        assert set(data["feedback"].values()) == {0}, scope
+        assert set(data["rates"].values()) == {None}, scope
+    assert stored(campaign)["campaign"]["timeline"] == []
+
+
+def test_rollup_without_ids_covers_running_paused_and_recently_done_campaigns(db):
+    now = timezone.now()
+    watched = [
+        Campaign.objects.create(name="running", status=CampaignStatus.RUNNING),
+        Campaign.objects.create(name="paused", status=CampaignStatus.PAUSED),
+        Campaign.objects.create(
+            name="done 6 days ago", status=CampaignStatus.DONE, finished_at=now - timedelta(days=6)
+        ),
+    ]
+    ignored = [
+        Campaign.objects.create(name="draft", status=CampaignStatus.DRAFT),
+        Campaign.objects.create(name="scheduled", status=CampaignStatus.SCHEDULED),
+        Campaign.objects.create(name="cancelled", status=CampaignStatus.CANCELLED),
+        Campaign.objects.create(
+            name="done 8 days ago", status=CampaignStatus.DONE, finished_at=now - timedelta(days=8)
+        ),
+    ]
+
+    written = stats_rollup()
+
+    assert written == len(watched)  # no steps: the campaign scope only
+    rolled_up = set(CampaignStats.objects.values_list("campaign_id", flat=True))
+    assert rolled_up == {c.pk for c in watched}
+    assert not rolled_up & {c.pk for c in ignored}
+    # Given ids are rolled up whatever their status.
+    assert stats_rollup(campaign_ids=[ignored[0].pk]) == 1
+    assert CampaignStats.objects.filter(campaign=ignored[0], scope="campaign").exists()
+
+
+def test_rollup_twice_updates_the_same_rows(hand_counted):
+    h = hand_counted
+    stats_rollup(campaign_ids=[h.campaign.pk])
+    first = {row.scope: (row.pk, row.computed_at) for row in CampaignStats.objects.all()}
+    # u19's queued email is delivered and clicked since.
+    Delivery.objects.filter(message__campaign=h.campaign, status=S.QUEUED).update(
+        status=S.CLICKED, sent_at=SENT_B, clicked_at=SENT_B
+    )
+
+    assert stats_rollup(campaign_ids=[h.campaign.pk]) == 6
+
+    second = {row.scope: (row.pk, row.computed_at) for row in CampaignStats.objects.all()}
+    assert second.keys() == first.keys()
+    assert all(second[scope][0] == first[scope][0] for scope in first)  # same rows
+    assert all(second[scope][1] >= first[scope][1] for scope in first)
+    data = stored(h.campaign)
+    assert data[f"variant:{h.variant_b.pk}"]["recipients"]["reached"] == 8
+    assert data[f"variant:{h.variant_b.pk}"]["recipients"]["clicked"] == 3
+
+
+def _rollup_queries(campaign: Campaign) -> int:
+    with CaptureQueriesContext(connection) as queries:
+        stats_rollup(campaign_ids=[campaign.pk])
+    return len(queries)
+
+
+def test_rollup_query_count_does_not_depend_on_audience_size(db):
+    def campaign_with(recipient_count: int) -> Campaign:
+        campaign = Campaign.objects.create(name=f"{recipient_count}", status=CampaignStatus.RUNNING)
+        step = CampaignStep.objects.create(campaign=campaign, name="s", offset_minutes=0)
+        variants = [StepVariant.objects.create(step=step, name=n) for n in "AB"]
+        rows = Rows(campaign, promo_type())
+        for index, user in enumerate(UserFactory.create_batch(recipient_count)):
+            rows.message(user, step, variants[index % 2], [(EMAIL, S.CLICKED, "")], sent_at=SENT_A)
+        rows.save()
+        return campaign
+
+    small, large = campaign_with(2), campaign_with(40)
+
+    small_queries, large_queries = _rollup_queries(small), _rollup_queries(large)
+    assert small_queries == large_queries
+    # Load ids, steps, variants, 3 recipient GROUP BYs, deliveries, feedback, hold-out,
+    # timeline, one upsert.
+    assert large_queries == 11
+
+
+# --- A/B test: pure statistics ---------------------------------------------------------------
+
+
+def test_z_test_of_200_in_1000_against_150_in_1000_matches_the_textbook_value():
+    z, p = two_proportion_z_test(200, 1000, 150, 1000)
+
+    # Pooled rate 0.175; se = sqrt(0.175 * 0.825 * (2 / 1000)) = 0.016993; z = 0.05 / se.
+    assert z == pytest.approx(2.94245, abs=1e-4)
+    assert p == pytest.approx(0.003256, abs=2e-5)
+    assert p == pytest.approx(math.erfc(2.94245 / math.sqrt(2)), abs=1e-5)
+
+
+def test_ab_test_200_in_1000_against_150_in_1000_names_the_winner():
+    result = ab_test([VariantCounts("A", 1000, 150), VariantCounts("B", 1000, 200)])
+
+    assert result.best == "B"
+    assert result.winner == "B"
+    assert result.enough_data is True
+    assert result.p_value == pytest.approx(0.003256, abs=2e-5)
+    assert result.verdict == "B wins (p = 0.0033)"
+
+
+def test_ab_test_with_equal_rates_has_p_one_and_no_winner():
+    result = ab_test([VariantCounts("A", 500, 50), VariantCounts("B", 500, 50)])
+
+    assert result.p_value == pytest.approx(1.0)
+    assert result.winner is None
+    assert result.enough_data is True
+    assert result.verdict.startswith("No significant difference yet")
+
+
+def test_ab_test_with_small_samples_has_no_winner_even_when_rates_differ():
+    result = ab_test([VariantCounts("A", 99, 5), VariantCounts("B", 99, 60)])
+
+    assert result.p_value is not None and result.p_value < 0.001
+    assert result.winner is None
+    assert result.enough_data is False
+    assert result.verdict.startswith("Not enough data yet")
+    assert MIN_REACHED_PER_VARIANT == 100
+
+
+def test_ab_test_without_clicks_or_reach_is_not_significant():
+    assert two_proportion_z_test(0, 200, 0, 200) == (0.0, 1.0)
+    assert two_proportion_z_test(0, 0, 5, 200) == (0.0, 1.0)
+    result = ab_test([VariantCounts("A", 0, 0), VariantCounts("B", 0, 0)])
+    assert result.winner is None
+    assert result.best is None
+
+
+def test_ab_test_with_three_variants_needs_the_best_to_beat_each_other_one():
+    # C beats A clearly but B only barely: Bonferroni-adjusted, C is not a winner yet.
+    close = ab_test(
+        [
+            VariantCounts("A", 1000, 100),
+            VariantCounts("B", 1000, 163),
+            VariantCounts("C", 1000, 200),
+        ]
+    )
+    _, p_c_vs_b = two_proportion_z_test(200, 1000, 163, 1000)
+    assert close.best == "C"
+    assert 0.025 < p_c_vs_b < 0.05
+    assert close.p_value == pytest.approx(2 * p_c_vs_b)
+    assert close.winner is None
+    # Far enough ahead of both: a winner.
+    clear = ab_test(
+        [
+            VariantCounts("A", 1000, 100),
+            VariantCounts("B", 1000, 120),
+            VariantCounts("C", 1000, 200),
+        ]
+    )
+    assert clear.winner == "C"
+    assert [c.name for c in clear.comparisons] == ["A", "B"]
+
+
+def test_ab_test_with_one_variant_has_nothing_to_compare():
+    result = ab_test([VariantCounts("A", 1000, 100)])
+
+    assert result.winner is None
+    assert result.p_value is None
+
+
+# --- Usual active hour -----------------------------------------------------------------------
+
+NOW = datetime(2026, 3, 20, 0, 0, tzinfo=UTC)
+
+
+def _events(
+    user: User,
+    *,
+    reads: Sequence[datetime] = (),
+    opens: Sequence[datetime] = (),
+    clicks: Sequence[datetime] = (),
+) -> None:
+    """Reads as inbox items (their delivery read at the same instant, as the inbox does),
+    opens and clicks as email deliveries."""
+    notification_type = promo_type()
+    for at in reads:
+        message = Message.objects.create(
+            user=user, type=notification_type, lane="bulk", created_at=at
+        )
+        delivery = Delivery.objects.create(
+            message=message,
+            user=user,
+            channel=INAPP,
+            status=S.READ,
+            created_at=at,
+            updated_at=at,
+            sent_at=at,
+            opened_at=at,
+        )
+        inbox_item(delivery)
+    for at, status in [*((at, S.OPENED) for at in opens), *((at, S.CLICKED) for at in clicks)]:
+        message = Message.objects.create(
+            user=user, type=notification_type, lane="bulk", created_at=at
+        )
+        Delivery.objects.create(
+            message=message,
+            user=user,
+            channel=EMAIL,
+            status=status,
+            created_at=at,
+            updated_at=at,
+            sent_at=at,
+            opened_at=at if status == S.OPENED else None,
+            clicked_at=at if status == S.CLICKED else None,
+        )
+
+
+def _utc(day: int, hour: int, minute: int = 0) -> datetime:
+    return datetime(2026, 3, day, hour, minute, tzinfo=UTC)
+
+
+def test_learn_active_hours_uses_each_users_time_zone(db):
+    shanghai = UserFactory(time_zone="Asia/Shanghai")
+    new_york = UserFactory(time_zone="America/New_York")
+    _events(shanghai, reads=[_utc(1, 12), _utc(2, 12, 30), _utc(3, 12, 59)])
+    # 14:xx UTC in March before the DST switch (8 March 2026) is 09:xx in New York.
+    _events(new_york, opens=[_utc(2, 14)], clicks=[_utc(3, 14, 10), _utc(4, 14, 45)])
+
+    assert learn_active_hours(user_ids=[shanghai.pk, new_york.pk], now=NOW) == 2
+
+    shanghai.refresh_from_db()
+    new_york.refresh_from_db()
+    assert shanghai.usual_active_hour == 20
+    assert new_york.usual_active_hour == 9
+
+
+def test_learn_active_hours_picks_the_most_frequent_hour_and_earliest_on_ties(db):
+    frequent = UserFactory(time_zone="UTC")
+    tied = UserFactory(time_zone="UTC")
+    _events(frequent, reads=[_utc(1, 7)], opens=[_utc(2, 18), _utc(3, 18)], clicks=[_utc(4, 18)])
+    _events(tied, opens=[_utc(1, 21), _utc(2, 21)], clicks=[_utc(3, 6), _utc(4, 6)])
+
+    learn_active_hours(user_ids=[frequent.pk, tied.pk], now=NOW)
+
+    frequent.refresh_from_db()
+    tied.refresh_from_db()
+    assert frequent.usual_active_hour == 18
+    assert tied.usual_active_hour == 6
+
+
+def test_learn_active_hours_leaves_users_with_fewer_than_three_events_unset(db):
+    sparse = UserFactory(time_zone="UTC")
+    # One inbox read writes read_at and its delivery's opened_at: still one event.
+    _events(sparse, reads=[_utc(1, 9)], opens=[_utc(2, 9)])
+    stale = UserFactory(time_zone="UTC")
+    # Three events, but one is older than the 90-day window.
+    _events(stale, opens=[_utc(1, 9), _utc(2, 9), NOW - timedelta(days=91)])
+
+    assert learn_active_hours(user_ids=[sparse.pk, stale.pk], now=NOW) == 0
+
+    sparse.refresh_from_db()
+    stale.refresh_from_db()
+    assert sparse.usual_active_hour is None
+    assert stale.usual_active_hour is None
+
+
+def test_learn_active_hours_touches_only_the_given_users_and_counts_changes(db):
+    chosen = UserFactory(time_zone="UTC")
+    other = UserFactory(time_zone="UTC")
+    for user in (chosen, other):
+        _events(user, opens=[_utc(1, 10), _utc(2, 10), _utc(3, 10)])
+
+    assert learn_active_hours(user_ids=[chosen.pk], now=NOW) == 1
+    other.refresh_from_db()
+    assert other.usual_active_hour is None
+    # Every user when no ids are given; an unchanged hour is not counted again.
+    assert learn_active_hours(now=NOW) == 1
+    other.refresh_from_db()
+    assert other.usual_active_hour == 10
+    assert learn_active_hours(now=NOW) == 0
+
+
+def test_learn_active_hours_runs_one_statement_for_all_users(db):
+    users = UserFactory.create_batch(5, time_zone="Europe/Berlin")
+    for user in users:
+        _events(user, clicks=[_utc(1, 8), _utc(2, 8), _utc(3, 8)])
+
+    with CaptureQueriesContext(connection) as queries:
+        learned = learn_active_hours(user_ids=[u.pk for u in users], now=NOW)
+
+    assert learned == 5
+    assert len(queries) == 1
+    assert set(
+        User.objects.filter(pk__in=[u.pk for u in users]).values_list(
+            "usual_active_hour", flat=True
+        )
+    ) == {9}
