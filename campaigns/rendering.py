@@ -82,10 +82,18 @@ def variant_cache_clear() -> None:
 
 
 def render_variant(
-    variant_id: int, channel: Channel, context: Mapping[str, Any], locale: str
+    variant_id: int,
+    channel: Channel,
+    context: Mapping[str, Any],
+    locale: str,
+    *,
+    fresh: bool = False,
 ) -> Content:
-    """Render a variant's copy for one channel, in the user's locale or the default one."""
-    compiled = variant_templates(variant_id)
+    """Render a variant's copy for one channel, in the user's locale or the default one.
+
+    `fresh` skips the per-process cache: a marketer's test send right after an edit must show
+    the edit. (Approved campaigns cannot be edited, so real sends never see stale copy.)"""
+    compiled = _compile(variant_id) if fresh else variant_templates(variant_id)
     for loc in [*locale_chain(locale), ""]:
         parts = compiled.get((str(channel), loc))
         if parts:

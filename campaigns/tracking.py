@@ -23,9 +23,9 @@ from typing import Any
 
 from django.conf import settings
 from django.core import signing
-from django.urls import reverse
 
 from channels.base import Channel, Content
+from notifier.links import token_url
 
 CLICK_SALT = "campaigns.click"
 OPEN_SALT = "campaigns.open"
@@ -129,13 +129,13 @@ def _site() -> str:
 
 
 def click_url(*, message_id: int, channel: Channel, index: int) -> str:
-    token = click_token(message_id=message_id, channel=channel, index=index)
-    return f"{_site()}{reverse('track-click', kwargs={'token': token})}"
+    return token_url(
+        "track-click", click_token(message_id=message_id, channel=channel, index=index)
+    )
 
 
 def open_pixel_url(*, message_id: int, channel: Channel) -> str:
-    token = open_token(message_id=message_id, channel=channel)
-    return f"{_site()}{reverse('track-open', kwargs={'token': token})}"
+    return token_url("track-open", open_token(message_id=message_id, channel=channel))
 
 
 # --- Rewriting ------------------------------------------------------------------------------

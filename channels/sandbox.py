@@ -24,7 +24,7 @@ from django.utils import timezone
 
 from channels.base import Channel, ErrorCode, Outcome, Outgoing, SendResult
 from channels.models import SandboxOutage, SandboxSend
-from notifier.db import insert_rows
+from notifier.db import copy_rows
 
 REPLAYED = "replayed"
 LEDGER_COLUMNS = (
@@ -97,7 +97,7 @@ class _SandboxProvider:
             )
         results = self._accept(outgoings, results, now)
         # Failed attempts are on the ledger too, so tests can count attempts per delivery.
-        insert_rows(
+        copy_rows(
             SandboxSend,
             LEDGER_COLUMNS,
             [
@@ -143,7 +143,7 @@ class _SandboxProvider:
                 outcome=Outcome.SENT,
             ).values_list("delivery_id", "provider_message_id")
         )
-        insert_rows(
+        copy_rows(
             SandboxSend,
             LEDGER_COLUMNS,
             [

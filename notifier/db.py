@@ -8,7 +8,10 @@ values prepared by each field, so JSON and datetimes are stored exactly as the O
 
 from __future__ import annotations
 
+import io
+import json
 from collections.abc import Callable, Sequence
+from datetime import datetime
 from typing import Any, cast
 
 from django.db import connection, models
@@ -22,9 +25,19 @@ def _field(model: type[models.Model], name: str) -> models.Field[Any, Any]:
 
 
 def _preparer(field: models.Field[Any, Any]) -> Callable[[Any], Any]:
+    if connection.vendor == "postgresql":
+        # psycopg2 takes aware datetimes as they are, and JSON as text that the column casts;
+        # the ORM's per-value preparation would cost more than the database work.
+        if isinstance(field, models.JSONField):
+            return lambda value: None if value is None else json.dumps(value)
+        return _identity
     if isinstance(field, (models.JSONField, models.DateTimeField)):
         return lambda value: field.get_db_prep_save(value, connection)
-    return lambda value: value
+    return _identity
+
+
+def _identity(value: Any) -> Any:
+    return value
 
 
 def _column(field: models.Field[Any, Any]) -> str:
@@ -132,3 +145,65 @@ def update_rows(
             )
             updated += cursor.rowcount
     return updated
+
+
+def _copy_text(value: Any) -> str:
+    """One value in COPY's text format: NULL as \\N, and backslash, tab and newlines escaped."""
+    if value is None:
+        return "\\N"
+    if isinstance(value, bool):
+        return "t" if value else "f"
+    if isinstance(value, (dict, list)):
+        value = json.dumps(value)
+    elif isinstance(value, datetime):
+        value = value.isoformat()
+    text = str(value)
+    if any(c in text for c in "\\\t\n\r"):
+        text = (
+            text.replace("\\", "\\\\")
+            .replace("\t", "\\t")
+            .replace("\n", "\\n")
+            .replace("\r", "\\r")
+        )
+    return text
+
+
+def copy_rows(
+    model: type[models.Model],
+    names: Sequence[str],
+    rows: Sequence[Sequence[Any]],
+    *,
+    with_ids: bool = False,
+) -> list[int]:
+    """Write rows with PostgreSQL's COPY: several times faster than a multi-row INSERT on the
+    fan-out path. No ON CONFLICT: use it only where a conflict cannot happen. With `with_ids`,
+    ids are drawn from the table's sequence first and returned in row order. Elsewhere than
+    PostgreSQL, it is insert_rows."""
+    if not rows:
+        return []
+    if connection.vendor != "postgresql":
+        returned = insert_rows(model, names, rows, returning=("id",) if with_ids else ())
+        return sorted(row[0] for row in returned)
+    fields, rows = with_defaults(model, names, rows)
+    table = model._meta.db_table
+    columns = [field.get_attname_column()[1] for field in fields]
+    ids: list[int] = []
+    with connection.cursor() as cursor:
+        if with_ids:
+            cursor.execute(
+                "SELECT nextval(pg_get_serial_sequence(%s, 'id')) FROM generate_series(1, %s)",
+                [table, len(rows)],
+            )
+            ids = [row[0] for row in cursor.fetchall()]
+            columns = ["id", *columns]
+            rows = [(pk, *row) for pk, row in zip(ids, rows, strict=True)]
+        buffer = io.StringIO()
+        for row in rows:
+            buffer.write("\t".join(_copy_text(value) for value in row))
+            buffer.write("\n")
+        buffer.seek(0)
+        quoted = ", ".join(connection.ops.quote_name(c) for c in columns)
+        cursor.cursor.copy_expert(
+            f"COPY {connection.ops.quote_name(table)} ({quoted}) FROM STDIN", buffer
+        )
+    return ids

@@ -15,7 +15,7 @@ see `unsubscribe_url` (one click away from this category on this channel).
 from __future__ import annotations
 
 import functools
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,6 +30,7 @@ from jinja2 import (
     select_autoescape,
 )
 from jinja2.sandbox import SandboxedEnvironment
+from markupsafe import escape
 
 from channels.base import Channel, Content
 
@@ -64,6 +65,25 @@ PARTS: dict[Channel, tuple[Part, ...]] = {
         Part("link", "push.link.txt", required=False),
     ),
 }
+
+
+class Lazy:
+    """A template value made only if a template uses it: a signed link costs a signature, and
+    most templates of most channels never print the preference or unsubscribe link."""
+
+    __slots__ = ("_make", "_value")
+
+    def __init__(self, make: Callable[[], str]) -> None:
+        self._make = make
+        self._value: str | None = None
+
+    def __str__(self) -> str:
+        if self._value is None:
+            self._value = self._make()
+        return self._value
+
+    def __html__(self) -> str:  # autoescaped HTML templates escape it like any string
+        return str(escape(str(self)))
 
 
 class RenderError(Exception):

@@ -1,25 +1,1381 @@
-"""Admin for campaigns, their steps, variants and copy."""
+"""The marketers' campaign admin: create a campaign with its 3-2-1 plan, edit its steps and A/B
+copy, move it through approval and its life, preview and test-send its copy.
+
+Pages, kept few:
+
+- the campaign list: status, kind, event, the next step and when, audience, funnel link;
+- the campaign page: settings (the segment with its live audience count), the steps (offsets
+  typed in days and hours, "-3d"), each step's variants linking to their copy, a checklist of
+  what stops submission, and the lifecycle buttons (submit, approve, send back, pause, resume,
+  cancel with a confirmation, move the event);
+- a variant's page: its weight and its copy per channel and locale, checked as it is saved;
+- the preview: every step x variant x channel rendered for a chosen or sample user, each
+  variant with "send test to me";
+- the funnel (campaigns.admin.stats).
+
+Copy and steps change only while a campaign is a draft or awaiting approval; a change while it
+awaits approval sends it back to draft. Every move goes through campaigns.services.lifecycle,
+whose CampaignError messages are shown as they are. Support (view permissions only) opens every
+page, sees no button and gets 403 on every POST. Pages show users' emails masked.
+"""
 
 from __future__ import annotations
 
-from django.contrib import admin
-from django.urls import URLPattern
-from django.utils.html import format_html
-from django.utils.safestring import SafeString
+import keyword
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any, ClassVar
 
-from campaigns.admin.stats import stats_url, stats_urls
-from campaigns.models import Campaign
+from django import forms
+from django.contrib import admin, messages
+from django.contrib.admin.options import InlineModelAdmin
+from django.contrib.admin.utils import quote, unquote
+from django.core.exceptions import PermissionDenied, ValidationError
+from django.db import transaction
+from django.db.models import IntegerField, OuterRef, QuerySet, Subquery
+from django.db.models.fields.json import KT
+from django.db.models.functions import Cast
+from django.forms.models import BaseInlineFormSet
+from django.http import (
+    Http404,
+    HttpRequest,
+    HttpResponse,
+    HttpResponseNotAllowed,
+    HttpResponseRedirect,
+)
+from django.template.response import TemplateResponse
+from django.urls import URLPattern, path, reverse
+from django.utils import timezone
+from django.utils.html import format_html, format_html_join
+from django.utils.http import urlencode
+from django.utils.safestring import SafeString
+from django.utils.text import capfirst
+from jinja2 import TemplateSyntaxError, meta
+
+from campaigns.admin.segments import mask_email, normalize_locale
+from campaigns.admin.stats import CHANNEL_LABELS, stats_url, stats_urls
+from campaigns.models import (
+    Campaign,
+    CampaignKind,
+    CampaignStats,
+    CampaignStatus,
+    CampaignStep,
+    StepStatus,
+    StepTiming,
+    StepVariant,
+    VariantTemplate,
+)
+from campaigns.policies import DEFAULT_ACTIVE_HOUR, step_moment
+from campaigns.rendering import (
+    CAMPAIGN_VARIABLES,
+    PART_FIELDS,
+    allowed_variables,
+    required_parts,
+    template_problems,
+    variant_cache_clear,
+)
+from campaigns.services.lifecycle import (
+    CampaignError,
+    campaign_approve,
+    campaign_cancel,
+    campaign_channels,
+    campaign_create,
+    campaign_move_event,
+    campaign_pause,
+    campaign_problems,
+    campaign_resume,
+    campaign_send_back,
+    campaign_submit,
+    copy_variant,
+    plan_of,
+)
+from campaigns.services.previews import variant_preview, variant_send_test
+from campaigns.services.segments import segment_count, segment_sample
+from campaigns.services.stats import CAMPAIGN_SCOPE
+from channels.base import Channel, Content
+from notifier.models import Delivery, User
+from notifier.rendering import SYSTEM_VARIABLES, environment
+from notifier.status import DeliveryStatus
+
+C = CampaignStatus
+TEMPLATES = "admin/campaigns/campaign/"
+EDITABLE_STATUSES = frozenset({C.DRAFT, C.AWAITING_APPROVAL})
+LIVE_STATUSES = frozenset({C.SCHEDULED, C.RUNNING, C.PAUSED})
+MAX_HOLDOUT_PERCENT = 50
+MAX_BIGINT = 2**63 - 1
+CHANNEL_CHOICES = [(str(channel), CHANNEL_LABELS[str(channel)]) for channel in Channel]
+
+
+def copy_editable(campaign: Campaign) -> bool:
+    """Steps, copy and settings change only before approval."""
+    return campaign.status in EDITABLE_STATUSES
+
+
+def staff_user(request: HttpRequest) -> User:
+    user = request.user
+    if not isinstance(user, User):  # admin views only ever see logged-in staff
+        raise PermissionDenied
+    return user
+
+
+def channel_label(channel: str) -> str:
+    return CHANNEL_LABELS.get(channel, channel)
+
+
+def variant_url(variant_id: int, admin_site_name: str = "admin") -> str:
+    return reverse(f"{admin_site_name}:campaigns_stepvariant_change", args=[quote(variant_id)])
+
+
+def when_text(moment: datetime) -> str:
+    return timezone.localtime(moment).strftime("%a %d %b %Y, %H:%M %Z")
+
+
+# --- Offsets in human units --------------------------------------------------------------------
+
+MINUTES_PER_UNIT = {
+    **dict.fromkeys(("d", "day", "days"), 24 * 60),
+    **dict.fromkeys(("h", "hr", "hrs", "hour", "hours"), 60),
+    **dict.fromkeys(("m", "min", "mins", "minute", "minutes"), 1),
+}
+MAX_OFFSET_MINUTES = 366 * 24 * 60
+_AMOUNT = re.compile(r"(\d+)\s*([a-z]+)")
+OFFSET_HELP = "-3d is three days before the event, -1h an hour before, -2d 12h, +30m after."
+
+
+def parse_offset(text: str) -> int:
+    """Minutes from the event, from what a marketer types: '-3d', '-1h', '-2d 12h', '+30m',
+    '3 days before', '1 hour after', '0'. Raises ValidationError saying how to write it."""
+    raw = " ".join(text.lower().replace(",", " ").split())
+    sign = 0
+    if raw[:1] in ("-", "+"):
+        sign, raw = (-1 if raw[0] == "-" else 1), raw[1:].strip()
+    for word, word_sign in (("before", -1), ("after", 1)):
+        if raw.endswith(word):
+            if sign:
+                raise ValidationError(f"Use either a sign or “{word}”, not both: {OFFSET_HELP}")
+            sign, raw = word_sign, raw[: -len(word)].strip()
+    if raw in ("0", "at the event"):
+        return 0
+    amounts = _AMOUNT.findall(raw.replace(" and ", " "))
+    if not amounts or _AMOUNT.sub("", raw.replace(" and ", " ")).strip():
+        raise ValidationError(f"“{text}” is not a duration. {OFFSET_HELP}")
+    minutes = 0
+    for number, unit in amounts:
+        if unit not in MINUTES_PER_UNIT:
+            raise ValidationError(
+                f"“{unit}” is not a unit: use d (days), h (hours) or m (minutes)."
+            )
+        minutes += int(number) * MINUTES_PER_UNIT[unit]
+    if minutes and not sign:
+        raise ValidationError(f"Say whether it is before or after the event. {OFFSET_HELP}")
+    if minutes > MAX_OFFSET_MINUTES:
+        raise ValidationError("A step must be within a year of the event.")
+    return sign * minutes
+
+
+def _amounts(minutes: int) -> list[tuple[int, str]]:
+    days, rest = divmod(abs(minutes), 24 * 60)
+    hours, mins = divmod(rest, 60)
+    return [(value, unit) for value, unit in ((days, "day"), (hours, "hour"), (mins, "minute"))]
+
+
+def format_offset(minutes: int) -> str:
+    """The short form parse_offset reads back: -4320 -> '-3d', -3600 -> '-2d 12h', 0 -> '0'."""
+    if minutes == 0:
+        return "0"
+    parts = [f"{value}{unit[0]}" for value, unit in _amounts(minutes) if value]
+    return ("-" if minutes < 0 else "+") + " ".join(parts)
+
+
+def describe_offset(minutes: int) -> str:
+    """-4320 -> '3 days before the event', 90 -> '1 hour 30 minutes after the event'."""
+    if minutes == 0:
+        return "at the event"
+    parts = [
+        f"{value} {unit}{'s' if value > 1 else ''}" for value, unit in _amounts(minutes) if value
+    ]
+    return f"{' '.join(parts)} {'before' if minutes < 0 else 'after'} the event"
+
+
+def step_when(campaign: Campaign, step: CampaignStep) -> str:
+    """When the step goes out, in words, from the campaign's event."""
+    if campaign.kind == CampaignKind.TRIGGERED:
+        return "when a user enters the segment"
+    if campaign.event_at is None:
+        return "once the event time is set"
+    moment = step_moment(campaign.event_at, plan_of(step))
+    if step.timing == StepTiming.OFFSET:
+        return when_text(moment)
+    day = timezone.localtime(moment).strftime("%a %d %b %Y")
+    if step.timing == StepTiming.LOCAL_TIME and step.local_time is not None:
+        return f"{day}, {step.local_time:%H:%M} in each user's own time zone"
+    return f"{day}, at each user's usual hour ({DEFAULT_ACTIVE_HOUR}:00 if not known yet)"
+
+
+# --- The campaign form ---------------------------------------------------------------------
+
+RESERVED_NAMES = {
+    "user": "the recipient",
+    "site_name": "the site's name",
+    "site_url": "the site's address",
+    "preferences_url": "the recipient's preference page",
+    "unsubscribe_url": "the unsubscribe link",
+    "campaign": "the campaign's name and event time",
+}
+assert set(RESERVED_NAMES) == SYSTEM_VARIABLES | CAMPAIGN_VARIABLES
+# What the variant page lists after the campaign's own variables (see RESERVED_NAMES).
+SYSTEM_EXAMPLES = (
+    "user.first_name",
+    "user.name",
+    "campaign.name",
+    "campaign.event_at",
+    "site_name",
+    "site_url",
+    "preferences_url",
+    "unsubscribe_url",
+)
+JINJA_WORDS = frozenset({"true", "false", "none", "and", "or", "not", "in", "is", "if", "else"})
+VARIABLES_HELP = (
+    'A JSON object of values every template can use, e.g. {"headline": "50% off", '
+    '"coupon_code": "D11"}; the copy writes them as {{ headline }}.'
+)
+
+CREATE_FIELDS = [
+    "name",
+    "kind",
+    "category",
+    "segment",
+    "event_at",
+    "priority",
+    "channels",
+    "variables",
+    "holdout_percent",
+]
+EDIT_FIELDS = [
+    "name",
+    "description",
+    "category",
+    "segment",
+    "event_at",
+    "priority",
+    "channels",
+    "variables",
+    "holdout_percent",
+    "attribution_hours",
+    "reentry_days",
+]
+STATUS_FIELDS = ["status", "created_by", "approved_by", "approved_at", "started_at", "finished_at"]
+
+
+class CampaignForm(forms.ModelForm):
+    channels = forms.MultipleChoiceField(
+        choices=CHANNEL_CHOICES,
+        required=False,
+        widget=forms.CheckboxSelectMultiple,
+        help_text="None ticked: the routing rules choose among the category's channels.",
+    )
+    variables = forms.JSONField(
+        required=False,
+        widget=forms.Textarea(attrs={"rows": 4, "cols": 70}),
+        help_text=VARIABLES_HELP,
+        # Django %-formats this message ("50% off" would break it).
+        error_messages={"invalid": "This is not valid JSON. " + VARIABLES_HELP.replace("%", "%%")},
+    )
+
+    class Meta:
+        model = Campaign
+        fields = [*CREATE_FIELDS, "description", "attribution_hours", "reentry_days"]
+        help_texts = {
+            "segment": "Who gets it. The count below is how many users it reaches right now.",
+            "event_at": "When the sale starts; the steps are counted from it.",
+        }
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if "category" in self.fields:
+            # The lifecycle sends every campaign as a marketing type: no category, no campaign.
+            self.fields["category"].required = True
+            self.fields["category"].label_from_instance = (  # type: ignore[attr-defined]
+                lambda category: f"{category.name} ({category.key})"
+            )
+        if "event_at" in self.fields:
+            self.fields["event_at"].help_text += f" In {timezone.get_current_timezone_name()}."
+
+    def clean_variables(self) -> dict[str, Any]:
+        value = self.cleaned_data.get("variables")
+        if value is None or value == "":
+            return {}
+        if not isinstance(value, dict):
+            raise ValidationError("Write a JSON object, in curly braces. " + VARIABLES_HELP)
+        problems: list[str] = []
+        for name in value:
+            if name in RESERVED_NAMES:
+                problems.append(
+                    f"“{name}” is already given to every template ({RESERVED_NAMES[name]}); "
+                    "pick another name."
+                )
+            elif (
+                not name.isidentifier()
+                or name.startswith("_")
+                or keyword.iskeyword(name)
+                or name.lower() in JINJA_WORDS
+            ):
+                problems.append(
+                    f"“{name}” cannot be a template name: use letters, digits and _, "
+                    "starting with a letter, e.g. coupon_code."
+                )
+        if problems:
+            raise ValidationError(problems)
+        if self.instance.pk is not None:
+            removed = set(self.instance.variables) - set(value)
+            problems = copy_using(self.instance, removed)
+            if problems:
+                raise ValidationError(
+                    [*problems, "Keep these variables, or change that copy first."]
+                )
+        return value
+
+    def clean_holdout_percent(self) -> int:
+        value = self.cleaned_data["holdout_percent"]
+        if value > MAX_HOLDOUT_PERCENT:
+            raise ValidationError(
+                f"At most {MAX_HOLDOUT_PERCENT}%: the control group only needs to be large "
+                "enough to compare with."
+            )
+        return int(value)
+
+    def clean_event_at(self) -> datetime | None:
+        value = self.cleaned_data.get("event_at")
+        if value is not None and "event_at" in self.changed_data and value <= timezone.now():
+            raise ValidationError("The event time is in the past.")
+        return value
+
+    def clean(self) -> dict[str, Any]:
+        data = super().clean() or {}
+        category, channels = data.get("category"), data.get("channels") or []
+        if category is not None:
+            outside = [channel for channel in channels if channel not in category.channels]
+            if outside:
+                self.add_error(
+                    "channels",
+                    f"{category.name} is sent by "
+                    f"{', '.join(channel_label(c) for c in category.channels)}; "
+                    f"{', '.join(channel_label(c) for c in outside)} is not one of them.",
+                )
+        return data
+
+
+def copy_using(campaign: Campaign, names: set[str]) -> list[str]:
+    """Where the campaign's copy uses any of `names`, in words (for removing a variable)."""
+    if not names:
+        return []
+    found: list[str] = []
+    env = environment()
+    templates = VariantTemplate.objects.filter(variant__step__campaign=campaign).select_related(
+        "variant__step"
+    )
+    for template in templates.order_by("variant__step__offset_minutes", "variant__name", "pk"):
+        for part in PART_FIELDS:
+            source = getattr(template, part)
+            if not source:
+                continue
+            try:
+                used = meta.find_undeclared_variables(env.parse(source)) & names
+            except TemplateSyntaxError:
+                continue
+            if used:
+                found.append(
+                    f"{', '.join(sorted(used))} is used by {template.variant.step.name}, variant "
+                    f"{template.variant.name}, {channel_label(template.channel)} {part}"
+                    + (f" ({template.locale})" if template.locale else "")
+                    + "."
+                )
+    return found
+
+
+# --- Steps ------------------------------------------------------------------------------------
+
+
+class StepForm(forms.ModelForm):
+    when = forms.CharField(
+        label="When",
+        max_length=40,
+        widget=forms.TextInput(attrs={"size": 10, "placeholder": "-3d"}),
+        help_text=OFFSET_HELP,
+    )
+
+    class Meta:
+        model = CampaignStep
+        fields = ["name", "when", "timing", "local_time"]
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if self.instance.pk is not None:
+            self.initial["when"] = format_offset(self.instance.offset_minutes)
+
+    def clean_when(self) -> int:
+        return parse_offset(self.cleaned_data["when"])
+
+    def clean(self) -> dict[str, Any]:
+        data = super().clean() or {}
+        if data.get("timing") == StepTiming.LOCAL_TIME and data.get("local_time") is None:
+            self.add_error("local_time", "Give the local time of day, e.g. 10:00.")
+        return data
+
+    def save(self, commit: bool = True) -> CampaignStep:
+        self.instance.offset_minutes = self.cleaned_data["when"]
+        step: CampaignStep = super().save(commit=commit)
+        return step
+
+
+class StepInline(admin.TabularInline):
+    model = CampaignStep
+    form = StepForm
+    extra = 0
+    fields = ["name", "when", "timing", "local_time", "goes_out", "state", "copy"]
+    readonly_fields = ["goes_out", "state", "copy"]
+    verbose_name_plural = "Steps (3-2-1: counted from the event)"
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[CampaignStep]:
+        return (
+            super()
+            .get_queryset(request)
+            .select_related("campaign")
+            .prefetch_related("variants")
+            .order_by("offset_minutes", "pk")
+        )
+
+    def _editable(self, request: HttpRequest, obj: Campaign | None) -> bool:
+        return obj is None or copy_editable(obj)
+
+    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return super().has_add_permission(request, obj) and self._editable(request, obj)
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return super().has_change_permission(request, obj) and self._editable(request, obj)
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return super().has_delete_permission(request, obj) and self._editable(request, obj)
+
+    @admin.display(description="When")
+    def when(self, obj: CampaignStep) -> str:  # shown when the step is read-only
+        return describe_offset(obj.offset_minutes)
+
+    @admin.display(description="Goes out")
+    def goes_out(self, obj: CampaignStep) -> str:
+        if obj.pk is None:
+            return "—"
+        return step_when(obj.campaign, obj)
+
+    @admin.display(description="Status")
+    def state(self, obj: CampaignStep) -> str:
+        if obj.pk is None:
+            return "—"
+        label = str(obj.get_status_display())
+        return f"{label}: {obj.skip_reason}" if obj.skip_reason else label
+
+    @admin.display(description="Copy (A/B variants)")
+    def copy(self, obj: CampaignStep) -> SafeString | str:
+        if obj.pk is None:
+            return "Save to write its copy."
+        variants = list(obj.variants.all())
+        if not variants:
+            return "No variant."
+        return format_html_join(
+            ", ",
+            '<a href="{}">Variant {}</a> <span class="quiet">(weight {})</span>',
+            ((variant_url(v.pk, self.admin_site.name), v.name, v.weight) for v in variants),
+        )
+
+
+# --- Lifecycle buttons -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Action:
+    name: str
+    label: str
+    done: str  # the success message; {count} is what the service returned
+    statuses: frozenset[str]
+    service: Callable[..., Any]
+    needs_permission: str = ""
+
+
+ACTIONS: tuple[Action, ...] = (
+    Action(
+        "submit",
+        "Submit for approval",
+        "Submitted for approval: a Marketing lead other than its author approves it.",
+        frozenset({C.DRAFT}),
+        campaign_submit,
+    ),
+    Action(
+        "approve",
+        "Approve",
+        "Approved: the campaign is scheduled and its steps go out on time.",
+        frozenset({C.AWAITING_APPROVAL}),
+        campaign_approve,
+        needs_permission="campaigns.approve_campaign",
+    ),
+    Action(
+        "send_back",
+        "Send back to draft",
+        "Back to draft: change what is needed and submit it again.",
+        frozenset({C.AWAITING_APPROVAL, C.SCHEDULED}),
+        campaign_send_back,
+    ),
+    Action(
+        "pause",
+        "Pause",
+        "Paused: nothing more goes out; {count} queued messages are held until you resume.",
+        frozenset({C.SCHEDULED, C.RUNNING}),
+        campaign_pause,
+    ),
+    Action(
+        "resume",
+        "Resume",
+        "Resumed: {count} held messages are released; steps whose moment passed are skipped.",
+        frozenset({C.PAUSED}),
+        campaign_resume,
+    ),
+)
+ACTIONS_BY_NAME = {action.name: action for action in ACTIONS}
+CANCELLABLE = frozenset({C.DRAFT, C.AWAITING_APPROVAL, C.SCHEDULED, C.RUNNING, C.PAUSED})
+
+
+class MoveEventForm(forms.Form):
+    event_at = forms.DateTimeField(
+        label="New event time",
+        widget=forms.DateTimeInput(attrs={"type": "datetime-local"}, format="%Y-%m-%dT%H:%M"),
+        input_formats=["%Y-%m-%dT%H:%M", "%Y-%m-%d %H:%M", "%Y-%m-%dT%H:%M:%S"],
+    )
+
+
+# --- Preview ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ChannelPreview:
+    channel: str
+    label: str
+    content: Content | None
+    error: str
+
+
+@dataclass(frozen=True)
+class VariantPreview:
+    variant: StepVariant
+    url: str
+    channels: list[ChannelPreview]
+
+
+@dataclass(frozen=True)
+class StepPreview:
+    step: CampaignStep
+    when: str
+    variants: list[VariantPreview]
+
+
+def user_lookup(query: str) -> User:
+    """A user by id or email, or LookupError in words."""
+    query = query.strip()
+    if query.isdecimal() and 0 < int(query) <= MAX_BIGINT:
+        user = User.objects.filter(pk=int(query)).first()
+        if user is None:
+            raise LookupError(f"No user has id {query}.")
+        return user
+    if "@" in query:
+        users = list(User.objects.filter(email__iexact=query)[:2])
+        if not users:
+            raise LookupError("No user has that email address.")
+        if len(users) > 1:
+            raise LookupError("Several users have that email address; give the user id.")
+        return users[0]
+    raise LookupError("Give a user id or an email address.")
+
+
+# --- Campaign admin ------------------------------------------------------------------------------
 
 
 @admin.register(Campaign)
 class CampaignAdmin(admin.ModelAdmin):
-    list_display = ["name", "kind", "status", "event_at", "created_at", "funnel"]
+    form = CampaignForm
+    inlines = [StepInline]
+    list_display = ["name", "kind", "status", "event_at", "next_step", "audience_size", "funnel"]
+    list_filter = ["status", "kind"]
     search_fields = ["name"]
+    ordering = ["-created_at", "-pk"]
+    change_form_template = TEMPLATES + "change_form.html"
+
+    # --- URLs ---
 
     def get_urls(self) -> list[URLPattern]:
-        # The funnel page first: the default "<path:object_id>/" pattern would swallow it.
-        return [*stats_urls(self), *super().get_urls()]
+        view = self.admin_site.admin_view
+        name = f"{self.opts.app_label}_{self.opts.model_name}_"
+        # The funnel and these pages first: the default "<path:object_id>/" would swallow them.
+        return [
+            *stats_urls(self),
+            path("<path:object_id>/preview/", view(self.preview_view), name=name + "preview"),
+            path("<path:object_id>/send-test/", view(self.send_test_view), name=name + "test"),
+            path("<path:object_id>/cancel/", view(self.cancel_view), name=name + "cancel"),
+            path("<path:object_id>/move-event/", view(self.move_view), name=name + "move"),
+            path(
+                "<path:object_id>/actions/<slug:action>/",
+                view(self.action_view),
+                name=name + "action",
+            ),
+            *super().get_urls(),
+        ]
 
-    @admin.display(description="funnel")
+    def _url(self, name: str, *args: Any) -> str:
+        info = self.admin_site.name, self.opts.app_label, self.opts.model_name
+        return reverse("{}:{}_{}_".format(*info) + name, args=[quote(arg) for arg in args])
+
+    def _campaign_or_404(self, request: HttpRequest, object_id: str) -> Campaign:
+        campaign = self.get_object(request, unquote(object_id))
+        if campaign is None:
+            raise Http404(f"No campaign with id {object_id!r}")
+        return campaign
+
+    # --- List ---
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[Campaign]:
+        upcoming = CampaignStep.objects.filter(
+            campaign=OuterRef("pk"), status__in=[StepStatus.PENDING, StepStatus.RUNNING]
+        ).order_by("offset_minutes", "pk")
+        targeted = (
+            CampaignStats.objects.filter(campaign=OuterRef("pk"), scope=CAMPAIGN_SCOPE)
+            .annotate(targeted=Cast(KT("data__recipients__targeted"), IntegerField()))
+            .values("targeted")[:1]
+        )
+        return (
+            super()
+            .get_queryset(request)
+            .annotate(
+                next_step_name=Subquery(upcoming.values("name")[:1]),
+                next_step_offset=Subquery(upcoming.values("offset_minutes")[:1]),
+                next_step_status=Subquery(upcoming.values("status")[:1]),
+                targeted=Subquery(targeted, output_field=IntegerField()),
+            )
+        )
+
+    @admin.display(description="Next step")
+    def next_step(self, obj: Campaign) -> str:
+        name = getattr(obj, "next_step_name", None)
+        if not name or obj.status in (C.DONE, C.CANCELLED):
+            return "—"
+        if getattr(obj, "next_step_status", "") == StepStatus.RUNNING:
+            return f"{name}: sending now"
+        if obj.kind == CampaignKind.TRIGGERED:
+            return f"{name}: when a user enters the segment"
+        if obj.event_at is None:
+            return f"{name}: once the event time is set"
+        offset = timedelta(minutes=getattr(obj, "next_step_offset", 0) or 0)
+        return f"{name}: {when_text(obj.event_at + offset)}"
+
+    @admin.display(description="Audience")
+    def audience_size(self, obj: Campaign) -> str:
+        targeted = getattr(obj, "targeted", None)
+        # A draft's live count is one COUNT over users per campaign: on its page, not per row.
+        return "—" if targeted is None else f"{targeted:,} targeted"
+
+    @admin.display(description="Funnel")
     def funnel(self, obj: Campaign) -> SafeString:
         return format_html('<a href="{}">Funnel</a>', stats_url(obj.pk))
+
+    # --- The form ---
+
+    def get_fieldsets(self, request: HttpRequest, obj: Any = None) -> Any:
+        if obj is None:
+            return [
+                (None, {"fields": ["name", "kind", "category", "segment", "audience"]}),
+                ("When and how", {"fields": ["event_at", "priority", "channels"]}),
+                ("Copy and measurement", {"fields": ["variables", "holdout_percent"]}),
+            ]
+        return [
+            (None, {"fields": ["name", "description", "kind", "category", "segment", "audience"]}),
+            ("When and how", {"fields": ["event_at", "priority", "channels"]}),
+            (
+                "Copy and measurement",
+                {"fields": ["variables", "holdout_percent", "attribution_hours", "reentry_days"]},
+            ),
+            ("Status", {"fields": STATUS_FIELDS, "classes": ["collapse"]}),
+        ]
+
+    def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> list[str]:
+        if obj is None:
+            return ["audience"]
+        readonly = ["audience", "kind", *STATUS_FIELDS]
+        if not copy_editable(obj):
+            readonly += EDIT_FIELDS
+        return readonly
+
+    def get_inlines(self, request: HttpRequest, obj: Any) -> list[type[InlineModelAdmin]]:
+        return [StepInline] if obj is not None else []  # a new campaign gets the 3-2-1 plan
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        # Anything past a draft is cancelled instead, so its history stays.
+        return super().has_delete_permission(request, obj) and (
+            obj is None or obj.status == C.DRAFT
+        )
+
+    @admin.display(description="Audience now")
+    def audience(self, obj: Campaign) -> SafeString:
+        segment = obj.segment if obj.segment_id is not None else None
+        if segment is None:
+            text = "Choose a segment to see how many users it reaches."
+        else:
+            try:
+                text = f"{segment_count(segment):,} users match the segment right now."
+            except ValueError as exc:  # a rule value that no longer exists
+                text = str(exc)
+        return format_html('<span id="segment-audience">{}</span>', text)
+
+    def changeform_view(
+        self,
+        request: HttpRequest,
+        object_id: str | None = None,
+        form_url: str = "",
+        extra_context: dict[str, Any] | None = None,
+    ) -> HttpResponse:
+        if request.method == "POST" and object_id is not None:
+            # Saving holds the campaign's row, so approval cannot slip in between reading the
+            # status (which decides what is editable) and writing the changes.
+            with transaction.atomic():
+                pk = unquote(object_id)
+                if pk.isdecimal() and int(pk) <= MAX_BIGINT:
+                    list(Campaign.objects.select_for_update().filter(pk=int(pk)).values("pk"))
+                return super().changeform_view(request, object_id, form_url, extra_context)
+        return super().changeform_view(request, object_id, form_url, extra_context)
+
+    def save_model(self, request: HttpRequest, obj: Campaign, form: Any, change: bool) -> None:
+        if not change:
+            data = form.cleaned_data
+            created = campaign_create(
+                name=data["name"],
+                category=data["category"],
+                created_by=staff_user(request),
+                segment=data.get("segment"),
+                event_at=data.get("event_at"),
+                kind=data["kind"],
+                priority=data["priority"],
+                channels=data.get("channels") or [],
+                variables=data.get("variables") or {},
+                holdout_percent=data.get("holdout_percent") or 0,
+            )
+            obj.pk = created.pk
+            obj._state.adding = False
+            obj.refresh_from_db()
+            return
+        changed = [name for name in form.changed_data if name in EDIT_FIELDS]
+        if changed:
+            # Only what the form changed: the status and approval are the lifecycle's to write.
+            obj.save(update_fields=[*changed, "updated_at"])
+
+    def save_formset(self, request: HttpRequest, form: Any, formset: Any, change: bool) -> None:
+        formset.save()
+        if formset.model is CampaignStep:
+            for step in formset.new_objects:
+                StepVariant.objects.get_or_create(step=step, name="A")
+
+    def save_related(self, request: HttpRequest, form: Any, formsets: Any, change: bool) -> None:
+        super().save_related(request, form, formsets, change)
+        if change and (form.has_changed() or any(fs.has_changed() for fs in formsets)):
+            back_to_draft_if_awaiting(request, form.instance)
+
+    def response_add(
+        self, request: HttpRequest, obj: Campaign, post_url_continue: str | None = None
+    ) -> HttpResponse:
+        response = super().response_add(request, obj, post_url_continue)
+        if any(key in request.POST for key in ("_addanother", "_continue", "_popup")):
+            return response
+        # Next comes the copy of each step: straight to the campaign's page.
+        messages.info(request, "It has the 3-2-1 plan: write each step's copy below.")
+        return HttpResponseRedirect(self._url("change", obj.pk))
+
+    def render_change_form(
+        self,
+        request: HttpRequest,
+        context: dict[str, Any],
+        add: bool = False,
+        change: bool = False,
+        form_url: str = "",
+        obj: Campaign | None = None,
+    ) -> HttpResponse:
+        context["segment_count_base"] = reverse(
+            f"{self.admin_site.name}:campaigns_segment_changelist"
+        )
+        if obj is not None and obj.pk is not None:
+            context.update(self._status_context(request, obj))
+        return super().render_change_form(request, context, add, change, form_url, obj)
+
+    def _status_context(self, request: HttpRequest, campaign: Campaign) -> dict[str, Any]:
+        may_change = self.has_change_permission(request, campaign)
+        user = request.user
+        actions = [
+            {"name": a.name, "label": a.label, "url": self._url("action", campaign.pk, a.name)}
+            for a in ACTIONS
+            if may_change
+            and campaign.status in a.statuses
+            and (not a.needs_permission or user.has_perm(a.needs_permission))
+        ]
+        context: dict[str, Any] = {
+            "lifecycle_actions": actions,
+            "cancel_url": (
+                self._url("cancel", campaign.pk)
+                if may_change and campaign.status in CANCELLABLE
+                else ""
+            ),
+            "preview_url": self._url("preview", campaign.pk),
+            "funnel_url": stats_url(campaign.pk),
+            "problems": (
+                campaign_problems(campaign) if campaign.status in EDITABLE_STATUSES else None
+            ),
+            "time_zone": timezone.get_current_timezone_name(),
+        }
+        if may_change and campaign.status in LIVE_STATUSES:
+            context["move_form"] = MoveEventForm(
+                initial={"event_at": timezone.localtime(campaign.event_at)}
+                if campaign.event_at
+                else None
+            )
+            context["move_url"] = self._url("move", campaign.pk)
+        if not copy_editable(campaign):
+            context.update(show_save=False, show_save_and_continue=False)
+            context["show_save_and_add_another"] = False
+            if may_change and campaign.status == C.SCHEDULED:
+                context["locked_note"] = (
+                    "Approved campaigns are locked: send it back to draft to change its steps "
+                    "or copy. Moving the event needs no new approval."
+                )
+            elif may_change and campaign.status in LIVE_STATUSES:
+                context["locked_note"] = (
+                    "Its steps and copy are locked once it has started: pause it, cancel it or "
+                    "move the event."
+                )
+        return context
+
+    # --- Lifecycle ---
+
+    def _may_act(self, request: HttpRequest, campaign: Campaign) -> None:
+        if not self.has_change_permission(request, campaign):
+            raise PermissionDenied
+
+    def action_view(self, request: HttpRequest, object_id: str, action: str) -> HttpResponse:
+        """Submit, approve, send back, pause, resume: POST only, one lifecycle service each."""
+        campaign = self._campaign_or_404(request, object_id)
+        self._may_act(request, campaign)
+        if request.method != "POST":
+            return HttpResponseNotAllowed(["POST"])
+        chosen = ACTIONS_BY_NAME.get(action)
+        if chosen is None:
+            raise Http404(f"No action {action!r}")
+        try:
+            count = chosen.service(campaign=campaign, by=staff_user(request))
+        except CampaignError as exc:
+            messages.error(request, capfirst(str(exc)))
+        else:
+            self.log_change(request, campaign, chosen.label)
+            messages.success(request, chosen.done.format(count=count))
+        return HttpResponseRedirect(self._url("change", campaign.pk))
+
+    def move_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
+        campaign = self._campaign_or_404(request, object_id)
+        self._may_act(request, campaign)
+        if request.method != "POST":
+            return HttpResponseNotAllowed(["POST"])
+        form = MoveEventForm(request.POST)
+        if not form.is_valid():
+            messages.error(request, "Give the new event time as a date and a time of day.")
+            return HttpResponseRedirect(self._url("change", campaign.pk))
+        try:
+            campaign_move_event(
+                campaign=campaign, event_at=form.cleaned_data["event_at"], by=staff_user(request)
+            )
+        except CampaignError as exc:
+            messages.error(request, capfirst(str(exc)))
+        else:
+            self.log_change(request, campaign, f"Moved the event to {campaign.event_at}")
+            assert campaign.event_at is not None
+            messages.success(
+                request,
+                f"The event is now {when_text(campaign.event_at)}; "
+                "the steps not yet sent moved with it.",
+            )
+        return HttpResponseRedirect(self._url("change", campaign.pk))
+
+    def cancel_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
+        """Cancel with a confirmation: GET asks, POST with "confirm" cancels."""
+        campaign = self._campaign_or_404(request, object_id)
+        self._may_act(request, campaign)
+        change_url = self._url("change", campaign.pk)
+        if request.method == "POST" and request.POST.get("confirm") == "yes":
+            try:
+                count = campaign_cancel(campaign=campaign, by=staff_user(request))
+            except CampaignError as exc:
+                messages.error(request, capfirst(str(exc)))
+            else:
+                self.log_change(request, campaign, "Cancelled")
+                messages.success(
+                    request, f"Cancelled: nothing more goes out; {count} waiting messages dropped."
+                )
+            return HttpResponseRedirect(change_url)
+        if campaign.status not in CANCELLABLE:
+            messages.error(request, f"A {campaign.get_status_display().lower()} campaign is over.")
+            return HttpResponseRedirect(change_url)
+        waiting = Delivery.objects.filter(
+            message__campaign_id=campaign.pk,
+            status__in=[DeliveryStatus.QUEUED, DeliveryStatus.HELD, DeliveryStatus.PENDING],
+        ).count()
+        context = {
+            **self.admin_site.each_context(request),
+            "opts": self.opts,
+            "title": f"Cancel “{campaign}”?",
+            "subtitle": None,
+            "campaign": campaign,
+            "change_url": change_url,
+            "steps_left": campaign.steps.filter(
+                status__in=[StepStatus.PENDING, StepStatus.RUNNING]
+            ).order_by("offset_minutes"),
+            "waiting": waiting,
+        }
+        request.current_app = self.admin_site.name
+        return TemplateResponse(request, TEMPLATES + "cancel_confirmation.html", context)
+
+    # --- Preview and test sends ---
+
+    def preview_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
+        """Every step x variant x channel rendered for one user, with the real context."""
+        campaign = self._campaign_or_404(request, object_id)
+        if not self.has_view_permission(request, campaign):
+            raise PermissionDenied
+        viewer = staff_user(request)
+        query = request.GET.get("user", "").strip()
+        user, whom, lookup_error = self._preview_user(campaign, query, viewer)
+        channels = campaign_channels(campaign)
+        steps = list(campaign.steps.order_by("offset_minutes", "pk").prefetch_related("variants"))
+        previews = [
+            StepPreview(
+                step=step,
+                when=f"{describe_offset(step.offset_minutes)}: {step_when(campaign, step)}",
+                variants=[
+                    VariantPreview(
+                        variant=variant,
+                        url=variant_url(variant.pk, self.admin_site.name),
+                        channels=[
+                            self._channel_preview(variant, user, channel, viewer)
+                            for channel in channels
+                        ],
+                    )
+                    for variant in step.variants.all()
+                ],
+            )
+            for step in steps
+        ]
+        context = {
+            **self.admin_site.each_context(request),
+            "opts": self.opts,
+            "title": f"Preview: {campaign}",
+            "subtitle": None,
+            "campaign": campaign,
+            "original": campaign,
+            "change_url": self._url("change", campaign.pk),
+            "send_test_url": self._url("test", campaign.pk),
+            "may_send_test": self.has_change_permission(request, campaign),
+            "previews": previews,
+            "channels": [channel_label(str(c)) for c in channels],
+            "preview_user": {
+                "pk": user.pk,
+                "name": user.get_full_name() or user.first_name or user.username,
+                "email": mask_email(user.email),
+                "locale": user.locale,
+                "time_zone": user.time_zone,
+            },
+            "whom": whom,
+            "query": query,
+            "lookup_error": lookup_error,
+        }
+        request.current_app = self.admin_site.name
+        return TemplateResponse(request, TEMPLATES + "preview.html", context)
+
+    @staticmethod
+    def _preview_user(campaign: Campaign, query: str, viewer: User) -> tuple[User, str, str]:
+        """(user, how they were chosen, what was wrong with the query)."""
+        error = ""
+        if query:
+            try:
+                return user_lookup(query), "the user you chose", ""
+            except LookupError as exc:
+                error = str(exc)
+        if campaign.segment is not None:
+            try:
+                sample = segment_sample(campaign.segment, 1)
+            except ValueError:
+                sample = []
+            if sample:
+                return sample[0], "a sample user of the segment", error
+        return viewer, "you (the segment has nobody to sample right now)", error
+
+    @staticmethod
+    def _channel_preview(
+        variant: StepVariant, user: User, channel: Channel, viewer: User
+    ) -> ChannelPreview:
+        # Signed links (unsubscribe, preferences) are made for the viewer, not the customer.
+        result = variant_preview(
+            variant=variant, user=user, channel=channel, links_user_id=viewer.pk
+        )
+        if isinstance(result, Content):
+            return ChannelPreview(str(channel), channel_label(str(channel)), result, "")
+        return ChannelPreview(str(channel), channel_label(str(channel)), None, str(result))
+
+    def send_test_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
+        """POST: send one variant to the logged-in marketer through the real pipeline."""
+        campaign = self._campaign_or_404(request, object_id)
+        self._may_act(request, campaign)
+        if request.method != "POST":
+            return HttpResponseNotAllowed(["POST"])
+        variant_id = request.POST.get("variant", "")
+        variant = (
+            StepVariant.objects.select_related("step__campaign")
+            .filter(pk=int(variant_id), step__campaign=campaign)
+            .first()
+            if variant_id.isdecimal() and int(variant_id) <= MAX_BIGINT
+            else None
+        )
+        if variant is None:
+            raise Http404("No such variant in this campaign")
+        back = self._url("preview", campaign.pk)
+        query = request.POST.get("user", "").strip()
+        if query:
+            back += "?" + urlencode({"user": query})
+        try:
+            message = variant_send_test(variant=variant, to_user=staff_user(request))
+        except CampaignError as exc:
+            messages.error(request, capfirst(str(exc)))
+        else:
+            channels = ", ".join(channel_label(str(c)) for c in campaign_channels(campaign))
+            messages.success(
+                request,
+                f"Test of {variant.step.name} / variant {variant.name} sent to you (message "
+                f"#{message.pk}) by {channels}: past quiet hours, caps and consent, and left "
+                "out of the funnel. The in-app copy is in your inbox.",
+            )
+        return HttpResponseRedirect(f"{back}#variant-{variant.pk}")
+
+
+def back_to_draft_if_awaiting(request: HttpRequest, campaign: Campaign) -> None:
+    """A change to a campaign awaiting approval is not what was submitted: back to draft."""
+    campaign.refresh_from_db(fields=["status"])
+    if campaign.status != C.AWAITING_APPROVAL:
+        return
+    campaign_send_back(campaign=campaign, by=staff_user(request))
+    messages.warning(
+        request, "Changed while awaiting approval, so it is a draft again: submit it when ready."
+    )
+
+
+# --- Variants and their copy -----------------------------------------------------------------
+
+
+def syntax_hint(source: str) -> str:
+    try:
+        environment().parse(source)
+    except TemplateSyntaxError:
+        return " Variables are written {{ name }}; conditions {% if … %}…{% endif %}."
+    return ""
+
+
+class VariantTemplateForm(forms.ModelForm):
+    channel = forms.ChoiceField(choices=CHANNEL_CHOICES)
+    allowed: ClassVar[frozenset[str]] = frozenset()  # set per campaign by the inline
+
+    class Meta:
+        model = VariantTemplate
+        fields = ["channel", "locale", *PART_FIELDS]
+        widgets = {
+            "subject": forms.TextInput(attrs={"size": 90}),
+            "title": forms.TextInput(attrs={"size": 90}),
+            "body": forms.Textarea(attrs={"rows": 5, "cols": 90}),
+            "html": forms.Textarea(attrs={"rows": 8, "cols": 90}),
+            "link": forms.TextInput(attrs={"size": 90}),
+        }
+        help_texts = {
+            "locale": "Empty: the default copy. Or a locale such as zh-hans for those users.",
+            "html": "Optional HTML version of the email; the body above is its text version.",
+        }
+
+    def clean_locale(self) -> str:
+        value = (self.cleaned_data.get("locale") or "").strip()
+        return normalize_locale(value) if value else ""
+
+    def clean(self) -> dict[str, Any]:
+        data = super().clean() or {}
+        for part in PART_FIELDS:
+            source = data.get(part) or ""
+            problems = template_problems(source, allowed=self.allowed)
+            for problem in problems:
+                self.add_error(part, capfirst(problem) + syntax_hint(source))
+        link = (data.get("link") or "").strip()
+        if link and not link.startswith(("http://", "https://", "{{")):
+            self.add_error("link", "Start the link with https:// (or a variable: {{ site_url }}…).")
+        return data
+
+
+class VariantTemplateFormSet(BaseInlineFormSet):
+    def clean(self) -> None:
+        seen: set[tuple[str, str]] = set()
+        for form in self.forms:
+            data = getattr(form, "cleaned_data", None)
+            if not data or data.get("DELETE"):
+                continue
+            key = (data.get("channel", ""), data.get("locale", ""))
+            if key in seen:
+                form.add_error(
+                    "locale",
+                    f"There is already {channel_label(key[0])} copy for "
+                    f"{key[1] or 'the default locale'} above: change that one instead.",
+                )
+            seen.add(key)
+        super().clean()
+
+
+class VariantTemplateInline(admin.StackedInline):
+    model = VariantTemplate
+    form = VariantTemplateForm
+    formset = VariantTemplateFormSet
+    extra = 0
+    fields = ["channel", "locale", *PART_FIELDS]
+    verbose_name = "copy"
+    verbose_name_plural = "Copy per channel and locale"
+
+    def get_formset(self, request: HttpRequest, obj: Any = None, **kwargs: Any) -> Any:
+        names = obj.step.campaign.variables if obj is not None else {}
+        kwargs["form"] = type(
+            "VariantTemplateForm", (VariantTemplateForm,), {"allowed": allowed_variables(names)}
+        )
+        return super().get_formset(request, obj, **kwargs)
+
+    def get_extra(self, request: HttpRequest, obj: Any = None, **kwargs: Any) -> int:
+        return len(missing_channels(obj)) if obj is not None and copy_editable_variant(obj) else 0
+
+    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return super().has_add_permission(request, obj) and copy_editable_variant(obj)
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return super().has_change_permission(request, obj) and copy_editable_variant(obj)
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return super().has_delete_permission(request, obj) and copy_editable_variant(obj)
+
+
+def copy_editable_variant(variant: StepVariant | None) -> bool:
+    return variant is None or copy_editable(variant.step.campaign)
+
+
+def missing_channels(variant: StepVariant) -> list[str]:
+    """The campaign's channels that have no default copy on this variant yet."""
+    written = {
+        channel
+        for channel, locale in variant.templates.values_list("channel", "locale")
+        if not locale
+    }
+    return [str(c) for c in campaign_channels(variant.step.campaign) if str(c) not in written]
+
+
+def next_variant_name(step: CampaignStep) -> str:
+    taken = set(step.variants.values_list("name", flat=True))
+    letters = (chr(code) for code in range(ord("A"), ord("Z") + 1))
+    return next((name for name in letters if name not in taken), f"V{len(taken) + 1}")
+
+
+class VariantForm(forms.ModelForm):
+    class Meta:
+        model = StepVariant
+        fields = ["name", "weight"]
+        help_texts = {
+            "weight": "Its share of the step's audience is its weight over the sum of weights; "
+            "0 switches it off. The same user always gets the same variant.",
+        }
+
+    def clean_name(self) -> str:
+        name = self.cleaned_data["name"].strip()
+        others = StepVariant.objects.filter(step_id=self.instance.step_id, name=name)
+        if others.exclude(pk=self.instance.pk).exists():
+            raise ValidationError(f"This step already has a variant {name}.")
+        return name
+
+
+@admin.register(StepVariant)
+class StepVariantAdmin(admin.ModelAdmin):
+    """A variant's page, reached from its campaign: weight and copy. Not in the index."""
+
+    form = VariantForm
+    inlines = [VariantTemplateInline]
+    fields = ["campaign_link", "step_when", "name", "weight"]
+    readonly_fields = ["campaign_link", "step_when"]
+    change_form_template = TEMPLATES + "variant_change_form.html"
+
+    def get_model_perms(self, request: HttpRequest) -> dict[str, bool]:
+        return {}  # reached from the campaign page only
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[StepVariant]:
+        return super().get_queryset(request).select_related("step__campaign__category")
+
+    def get_urls(self) -> list[URLPattern]:
+        name = f"{self.opts.app_label}_{self.opts.model_name}_copy"
+        return [
+            path("<path:object_id>/copy/", self.admin_site.admin_view(self.copy_view), name=name),
+            *super().get_urls(),
+        ]
+
+    def _campaign_url(self, variant: StepVariant) -> str:
+        return reverse(
+            f"{self.admin_site.name}:campaigns_campaign_change",
+            args=[quote(variant.step.campaign_id)],
+        )
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False  # variants start as "A" with their step, or as a copy of another
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return super().has_change_permission(request, obj) and copy_editable_variant(obj)
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        if not super().has_delete_permission(request, obj):
+            return False
+        return obj is None or (
+            copy_editable_variant(obj) and obj.step.variants.exclude(pk=obj.pk).exists()
+        )
+
+    def changelist_view(
+        self, request: HttpRequest, extra_context: dict[str, Any] | None = None
+    ) -> HttpResponse:
+        return HttpResponseRedirect(
+            reverse(f"{self.admin_site.name}:campaigns_campaign_changelist")
+        )
+
+    @admin.display(description="Campaign")
+    def campaign_link(self, obj: StepVariant) -> SafeString:
+        campaign = obj.step.campaign
+        return format_html(
+            '<a href="{}">{}</a> ({})',
+            self._campaign_url(obj),
+            campaign,
+            campaign.get_status_display(),
+        )
+
+    @admin.display(description="Step")
+    def step_when(self, obj: StepVariant) -> str:
+        step = obj.step
+        return (
+            f"{step.name}: {describe_offset(step.offset_minutes)} "
+            f"({step_when(step.campaign, step)})"
+        )
+
+    def render_change_form(
+        self,
+        request: HttpRequest,
+        context: dict[str, Any],
+        add: bool = False,
+        change: bool = False,
+        form_url: str = "",
+        obj: StepVariant | None = None,
+    ) -> HttpResponse:
+        if obj is not None:
+            campaign = obj.step.campaign
+            may_change = self.has_change_permission(request, obj)
+            context.update(
+                campaign=campaign,
+                campaign_url=self._campaign_url(obj),
+                preview_url=reverse(
+                    f"{self.admin_site.name}:campaigns_campaign_preview",
+                    args=[quote(campaign.pk)],
+                )
+                + f"#variant-{obj.pk}",
+                copy_url=(
+                    reverse(
+                        f"{self.admin_site.name}:campaigns_stepvariant_copy", args=[quote(obj.pk)]
+                    )
+                    if may_change
+                    else ""
+                ),
+                title=f"{obj.step.name}, variant {obj.name}: weight and copy",
+                variables=[*sorted(campaign.variables), *SYSTEM_EXAMPLES],
+                campaign_variables=sorted(campaign.variables),
+                required=[
+                    (channel_label(str(c)), ", ".join(required_parts(c)))
+                    for c in campaign_channels(campaign)
+                ],
+                locked=not copy_editable(campaign),
+            )
+        return super().render_change_form(request, context, add, change, form_url, obj)
+
+    def get_formset_kwargs(
+        self, request: HttpRequest, obj: Any, inline: Any, prefix: str
+    ) -> dict[str, Any]:
+        kwargs = super().get_formset_kwargs(request, obj, inline, prefix)
+        if isinstance(inline, VariantTemplateInline) and copy_editable_variant(obj):
+            # One empty form per channel still missing its copy, its channel filled in.
+            kwargs["initial"] = [{"channel": channel} for channel in missing_channels(obj)]
+        return kwargs
+
+    def changeform_view(
+        self,
+        request: HttpRequest,
+        object_id: str | None = None,
+        form_url: str = "",
+        extra_context: dict[str, Any] | None = None,
+    ) -> HttpResponse:
+        if request.method == "POST" and object_id is not None:
+            with transaction.atomic():  # see CampaignAdmin.changeform_view
+                pk = unquote(object_id)
+                if pk.isdecimal() and int(pk) <= MAX_BIGINT:
+                    list(
+                        Campaign.objects.select_for_update()
+                        .filter(steps__variants=int(pk))
+                        .values("pk")
+                    )
+                return super().changeform_view(request, object_id, form_url, extra_context)
+        return super().changeform_view(request, object_id, form_url, extra_context)
+
+    def save_related(self, request: HttpRequest, form: Any, formsets: Any, change: bool) -> None:
+        super().save_related(request, form, formsets, change)
+        variant_cache_clear()  # this process renders the new copy at once (others within 30 s)
+        if form.has_changed() or any(fs.has_changed() for fs in formsets):
+            back_to_draft_if_awaiting(request, form.instance.step.campaign)
+
+    def response_post_save_change(
+        self, request: HttpRequest, obj: StepVariant
+    ) -> HttpResponseRedirect:
+        return HttpResponseRedirect(self._campaign_url(obj))
+
+    def delete_model(self, request: HttpRequest, obj: StepVariant) -> None:
+        campaign = obj.step.campaign
+        request._campaign_url = self._campaign_url(obj)  # type: ignore[attr-defined]
+        super().delete_model(request, obj)
+        back_to_draft_if_awaiting(request, campaign)
+
+    def response_delete(self, request: HttpRequest, obj_display: str, obj_id: Any) -> HttpResponse:
+        response = super().response_delete(request, obj_display, obj_id)
+        url = getattr(request, "_campaign_url", "")
+        return HttpResponseRedirect(url) if url else response
+
+    def copy_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
+        """POST: a new variant of the same step, starting from this one's copy."""
+        source = self.get_object(request, unquote(object_id))
+        if source is None:
+            raise Http404(f"No variant with id {object_id!r}")
+        if not self.has_change_permission(request, source):
+            raise PermissionDenied
+        if request.method != "POST":
+            return HttpResponseNotAllowed(["POST"])
+        with transaction.atomic():
+            variant = copy_variant(source=source, name=next_variant_name(source.step))
+            back_to_draft_if_awaiting(request, source.step.campaign)
+        self.log_addition(request, variant, f"Copied from variant {source.name}")
+        messages.success(
+            request, f"Variant {variant.name} starts as a copy of {source.name}: change its copy."
+        )
+        return HttpResponseRedirect(variant_url(variant.pk, self.admin_site.name))

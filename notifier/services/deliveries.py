@@ -31,7 +31,7 @@ from channels.base import (
 )
 from channels.registry import providers_for
 from notifier import dispatch
-from notifier.db import insert_rows, update_rows
+from notifier.db import copy_rows, update_rows
 from notifier.models import Delivery, DeliveryEvent, Device, EventKind, Message
 from notifier.policies.retry import RetryPolicy, Verdict, after_attempt
 from notifier.queues import Lane
@@ -380,7 +380,7 @@ def _record(
         [(d.pk, *(getattr(d, name) for name in RECORDED_FIELDS)) for d in deliveries],
         where={"status": S.SENDING},
     )
-    insert_rows(DeliveryEvent, EVENT_FIELDS, events)
+    copy_rows(DeliveryEvent, EVENT_FIELDS, events)
     if dead_devices:
         Device.objects.filter(pk__in=dead_devices, active=True).update(
             active=False, deactivated_at=now, deactivation_reason="provider: token unregistered"

@@ -30,7 +30,7 @@ from campaigns.tracking import track_content
 from channels.base import Channel, Content
 from notifier import dispatch
 from notifier.backpressure import bulk_congested
-from notifier.db import insert_rows, update_rows
+from notifier.db import copy_rows, insert_rows, update_rows
 from notifier.links import preferences_url, unsubscribe_headers, unsubscribe_url
 from notifier.models import (
     Delivery,
@@ -62,7 +62,7 @@ from notifier.policies.routing import (
     suppress,
 )
 from notifier.queues import Lane
-from notifier.rendering import RenderError, render, template_context
+from notifier.rendering import Lazy, RenderError, render, template_context
 from notifier.selectors import (
     TypeInfo,
     consent_of,
@@ -201,7 +201,7 @@ def message_generate(
     """Render each channel. Marketing gets its unsubscribe link in the templates and, on email,
     RFC 8058 one-click headers; every message gets a signed link to the preference page."""
     context = template_context(message.context, user_template_values(message.user))
-    context["preferences_url"] = preferences_url(user_id=message.user_id)
+    context["preferences_url"] = Lazy(partial(preferences_url, user_id=message.user_id))
     if campaign is not None:
         context["campaign"] = {
             "name": campaign.name,
@@ -212,15 +212,20 @@ def message_generate(
     for channel in channels:
         # The message travels in the link, so the funnel can tell which message lost the user.
         if marketing:
-            context["unsubscribe_url"] = unsubscribe_url(
-                user_id=message.user_id,
-                category=message.type_id,
-                channel=channel,
-                message_id=message.pk,
+            context["unsubscribe_url"] = Lazy(
+                partial(
+                    unsubscribe_url,
+                    user_id=message.user_id,
+                    category=message.type_id,
+                    channel=channel,
+                    message_id=message.pk,
+                )
             )
         try:
             content = (
-                render_variant(message.variant_id, channel, context, message.user.locale)
+                render_variant(
+                    message.variant_id, channel, context, message.user.locale, fresh=message.is_test
+                )
                 if message.variant_id
                 else render(message.type_id, channel, context, message.user.locale)
             )
@@ -397,42 +402,52 @@ TERMINAL_ON_ROUTE = frozenset({S.SUPPRESSED, S.FAILED})
 
 
 def write_routed(
-    rows: list[Routed], now: datetime, kind: EventKind = EventKind.ROUTED
+    rows: list[Routed],
+    now: datetime,
+    kind: EventKind = EventKind.ROUTED,
+    *,
+    may_exist: bool = False,
 ) -> dict[tuple[int, str], int]:
     """Insert deliveries and their first event; returns (message id, channel) -> delivery id.
 
-    A (message, channel) that already has a delivery is left as it is (ON CONFLICT DO NOTHING),
-    so a fallback or route that runs twice writes each delivery once.
+    Routing holds the lock on its unrouted messages, so none of their deliveries can exist yet:
+    they go in by COPY. A fallback (`may_exist`) can meet one that does (a fallback that ran
+    twice): then ON CONFLICT DO NOTHING leaves it as it is, so each is written once.
     """
-    returned = insert_rows(
-        Delivery,
-        DELIVERY_COLUMNS,
-        [
-            (
-                r.message_id,
-                r.user_id,
-                str(r.channel),
-                str(r.status),
-                r.reason,
-                r.content,
-                r.last_error,
-                0,
-                "",
-                "",
-                now,
-                now,
-                r.next_attempt_at,
-                now if r.status in TERMINAL_ON_ROUTE else None,
-                r.priority_rank,
-                r.fallback_of,
-            )
-            for r in rows
-        ],
-        returning=("id", "message", "channel"),
-        ignore_conflicts=True,
-    )
-    ids = {(message_id, channel): pk for pk, message_id, channel in returned}
-    insert_rows(
+    values = [
+        (
+            r.message_id,
+            r.user_id,
+            str(r.channel),
+            str(r.status),
+            r.reason,
+            r.content,
+            r.last_error,
+            0,
+            "",
+            "",
+            now,
+            now,
+            r.next_attempt_at,
+            now if r.status in TERMINAL_ON_ROUTE else None,
+            r.priority_rank,
+            r.fallback_of,
+        )
+        for r in rows
+    ]
+    if may_exist:
+        returned = insert_rows(
+            Delivery,
+            DELIVERY_COLUMNS,
+            values,
+            returning=("id", "message", "channel"),
+            ignore_conflicts=True,
+        )
+        ids = {(message_id, channel): pk for pk, message_id, channel in returned}
+    else:
+        new_ids = copy_rows(Delivery, DELIVERY_COLUMNS, values, with_ids=True)
+        ids = {(r.message_id, str(r.channel)): pk for r, pk in zip(rows, new_ids, strict=True)}
+    copy_rows(
         DeliveryEvent,
         EVENT_COLUMNS,
         [
@@ -554,7 +569,7 @@ def deliveries_fall_back(*, failed_ids: Sequence[int]) -> list[int]:
                 for c, d in decisions.items()
             ]
             updates.append((message.pk, chain_left))
-        ids = write_routed(rows, now, kind=EventKind.FALLBACK)
+        ids = write_routed(rows, now, kind=EventKind.FALLBACK, may_exist=True)
         update_rows(Message, ("fallback_chain",), updates)
         publish_queued(rows, ids, {m.pk: Lane(m.lane) for m in messages})
     return [

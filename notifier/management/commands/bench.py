@@ -21,10 +21,11 @@ import subprocess
 import time
 import uuid
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import psutil
 import redis
 from django.conf import settings
 from django.core.management import call_command
@@ -77,6 +78,24 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[index]
 
 
+class RssSampler:
+    """The largest resident memory of any worker process (pool children included) seen."""
+
+    def __init__(self, pool: list[subprocess.Popen[bytes]]) -> None:
+        self.processes = []
+        for worker in pool:
+            parent = psutil.Process(worker.pid)
+            self.processes += [parent, *parent.children(recursive=True)]
+        self.peak_mb = 0.0
+
+    def sample(self) -> None:
+        for process in self.processes:
+            try:
+                self.peak_mb = max(self.peak_mb, process.memory_info().rss / 2**20)
+            except psutil.NoSuchProcess:
+                continue
+
+
 class Command(BaseCommand):
     help = "Measure the pipeline against a naive one-task-per-recipient baseline."
 
@@ -97,6 +116,19 @@ class Command(BaseCommand):
             default=BULK_RECIPIENTS,
             help="marketing recipients (x2 deliveries) for the under-bulk run",
         )
+        parser.add_argument(
+            "--users",
+            type=int,
+            default=100_000,
+            help="recipients of the campaign run (and a 10,000 run for memory)",
+        )
+        parser.add_argument(
+            "--naive-recipients",
+            type=int,
+            default=3000,
+            help="recipients of the naive baseline next to the campaign",
+        )
+        parser.add_argument("--only", choices=["all", "pipeline", "campaign"], default="all")
 
     def handle(self, *args: Any, **options: Any) -> None:
         if connection.vendor != "postgresql" or settings.NOTIFIER_EMBEDDED:
@@ -105,16 +137,24 @@ class Command(BaseCommand):
                 "CELERY_BROKER_URL (or use `make bench`)"
             )
         call_command("migrate", verbosity=0, interactive=False)
+        redis.Redis.from_url(settings.CELERY_BROKER_URL).flushdb()
+        result: dict[str, Any] = {}
+        if options["only"] in ("all", "pipeline"):
+            result.update(self.pipeline_phases(options))
+        if options["only"] in ("all", "campaign"):
+            result.update(self.campaign_phases(options))
+        self.table(result)
+        self.stdout.write(json.dumps(result))
+
+    def pipeline_phases(self, options: dict[str, Any]) -> dict[str, Any]:
         n, samples = options["messages"], options["latency_samples"]
         bulk = options["bulk_recipients"]
         users = self.users(max(n, samples, bulk + samples))
         self.clean()
-        redis.Redis.from_url(settings.CELERY_BROKER_URL).flushdb()
         self.say(
             f"bench: {n} notifications x {len(CHANNELS)} channels, "
             f"{options['concurrency']} worker processes, {os.cpu_count()} CPUs"
         )
-
         with self.workers([("all", [*ALL_QUEUES, NAIVE_QUEUE], options["concurrency"], {})]):
             naive = self.run_naive(users[:n])
             self.clean()
@@ -129,8 +169,7 @@ class Command(BaseCommand):
             achieved = self.rate_limited(users[: RATE_LIMIT_PER_S * 15])
         self.clean()
         under_bulk_ms, overlapped = self.e2e_under_bulk(users[:bulk], users[bulk : bulk + samples])
-
-        result = {
+        return {
             "messages": n,
             "naive_msgs_per_s": round(naive, 1),
             "pipeline_msgs_per_s": round(pipeline, 1),
@@ -147,8 +186,119 @@ class Command(BaseCommand):
             "e2e_inapp_ms_p99_under_bulk": round(percentile(under_bulk_ms, 99), 1),
             "under_bulk_samples_overlapping": overlapped,
         }
-        self.table(result)
-        self.stdout.write(json.dumps(result))
+
+    def campaign_phases(self, options: dict[str, Any]) -> dict[str, Any]:
+        """A campaign step to 10,000 and to N users (in-app + email), next to the naive
+        baseline; worker memory at both sizes; transactional in-app latency meanwhile."""
+        big, naive_n = options["users"], options["naive_recipients"]
+        users = self.users(big + 200)
+        audience, probes = users[:big], users[big:]
+        self.tag(audience[:10_000], "bench-10k")
+        self.tag(audience, f"bench-{big}")
+        self.clean()
+        bulk_queues = [*lane_queues(Lane.BULK), NAIVE_QUEUE]
+        tx_queues = [*lane_queues(Lane.TRANSACTIONAL), MAINTENANCE_QUEUE]
+        with self.workers([("naive", bulk_queues, 2, {})]):
+            self.say(f"naive baseline: {naive_n} recipients, one task each")
+            naive = self.run_naive(audience[:naive_n])
+        self.clean()
+        runs: dict[int, tuple[float, float, list[float]]] = {}
+        for size, tag in ((10_000, "bench-10k"), (big, f"bench-{big}")):
+            with self.workers([("tx", tx_queues, 1, {}), ("bulk", bulk_queues, 2, {})]) as pool:
+                runs[size] = self.run_campaign(size, tag, pool, probes if size == big else [])
+            self.clean()
+        rate, rss_big, e2e = runs[big]
+        return {
+            "campaign_users": big,
+            "campaign_recipients_per_s": round(rate, 1),
+            "naive_recipients_per_s": round(naive, 1),
+            "campaign_ratio": round(rate / naive, 2),
+            "campaign_recipients_per_s_10k": round(runs[10_000][0], 1),
+            "peak_worker_rss_mb_10k": round(runs[10_000][1], 1),
+            f"peak_worker_rss_mb_{big // 1000}k": round(rss_big, 1),
+            "rss_ratio": round(rss_big / runs[10_000][1], 3),
+            "e2e_inapp_ms_p50_during_fanout": round(percentile(e2e, 50), 1),
+            "e2e_inapp_ms_p99_during_fanout": round(percentile(e2e, 99), 1),
+            "e2e_samples_during_fanout": len(e2e),
+        }
+
+    def tag(self, users: list[User], tag: str) -> None:
+        ids = [u.pk for u in users]
+        for start in range(0, len(ids), 20_000):
+            with connection.cursor() as cursor:
+                cursor.execute(
+                    "UPDATE notifier_user SET interest_tags = interest_tags || %s::jsonb "
+                    "WHERE id = ANY(%s) AND NOT interest_tags ? %s",
+                    [json.dumps([tag]), ids[start : start + 20_000], tag],
+                )
+
+    def run_campaign(
+        self, size: int, tag: str, pool: list[subprocess.Popen[bytes]], probes: list[User]
+    ) -> tuple[float, float, list[float]]:
+        from campaigns.models import Campaign, CampaignStep, Segment, VariantTemplate
+        from campaigns.services.fanout import publish_walk
+        from campaigns.services.lifecycle import campaign_create
+        from notifier.models import NotificationType
+
+        segment, _ = Segment.objects.get_or_create(
+            name=f"bench {tag}", defaults={"tags_any": [tag]}
+        )
+        campaign = campaign_create(
+            name=f"bench {size}",
+            category=NotificationType.objects.get(pk="promo.flash_sale"),
+            created_by=None,
+            segment=segment,
+            event_at=timezone.now() + timedelta(days=4),
+            channels=["inapp", "email"],
+            variables={"headline": "Everything must go"},
+            plan=[("Notice", -3 * 24 * 60)],
+        )
+        step = campaign.steps.get()
+        variant = step.variants.get()
+        VariantTemplate.objects.create(
+            variant=variant,
+            channel="inapp",
+            title="{{ headline }}",
+            body="Hi {{ user.first_name }}",
+            link="https://shop.example.com/sale",
+        )
+        VariantTemplate.objects.create(
+            variant=variant,
+            channel="email",
+            subject="{{ campaign.name }}: {{ headline }}",
+            body="Hi {{ user.first_name }}, see https://shop.example.com/sale\n"
+            "{{ unsubscribe_url }}",
+            html='<p>Hi {{ user.first_name }}</p><a href="https://shop.example.com/sale">Sale</a>',
+        )
+        Campaign.objects.filter(pk=campaign.pk).update(status="running", started_at=timezone.now())
+        CampaignStep.objects.filter(pk=step.pk).update(status="running", started_at=timezone.now())
+        self.say(f"campaign: one step to {size} recipients, in-app + email")
+        sampler = RssSampler(pool)
+        start = time.perf_counter()
+        publish_walk(step.pk)
+        total, e2e = size * 2, []
+        probe = iter(probes)
+        next_count = next_probe = 0.0
+        while True:
+            sampler.sample()
+            now = time.monotonic()
+            if now >= next_count:  # counting is a query: every 2 s, not in a tight loop
+                done = Delivery.objects.filter(status__in=TERMINAL).count()
+                if done >= total:
+                    break
+                elapsed = time.perf_counter() - start
+                self.say(
+                    f"  {done}/{total} deliveries, {done / 2 / max(elapsed, 1e-9):.0f} "
+                    f"recipients/s, worker RSS peak {sampler.peak_mb:.0f} MB"
+                )
+                next_count = now + 2
+            if now >= next_probe and (user := next(probe, None)) is not None:
+                e2e.append(self.inapp_e2e_ms(user)[1])  # one transactional probe a second
+                next_probe = now + 1
+            time.sleep(0.05)
+            if time.perf_counter() - start > 1800:
+                raise CommandError(f"campaign of {size}: not finished after 30 min")
+        return size / (time.perf_counter() - start), sampler.peak_mb, e2e
 
     # --- setup -------------------------------------------------------------------------------
 
@@ -353,35 +503,63 @@ class Command(BaseCommand):
         return samples, overlapped
 
     def table(self, result: dict[str, Any]) -> None:
-        rows = [
-            ("naive baseline", f"{result['naive_msgs_per_s']:.0f} msgs/s", "1.00x"),
-            (
-                "pipeline (notify_many)",
-                f"{result['pipeline_msgs_per_s']:.0f} msgs/s",
-                f"{result['ratio']:.2f}x",
-            ),
-            (
-                "notify() call p50 / p99 (idle)",
-                f"{result['notify_call_ms_p50']:.2f} / {result['notify_call_ms_p99']:.2f} ms",
-                "",
-            ),
-            (
-                "in-app e2e p50 / p99 (idle)",
-                f"{result['e2e_inapp_ms_p50']:.1f} / {result['e2e_inapp_ms_p99']:.1f} ms",
-                "",
-            ),
-            (
-                f"rate limit {result['rate_limit_per_s']}/s, 2 workers, sustained",
-                f"{result['rate_limit_achieved_per_s']:.2f}/s",
-                f"{result['rate_limit_achieved_ratio']:.3f} of limit",
-            ),
-            (
-                f"in-app e2e under {result['bulk_marketing_deliveries']} bulk",
-                f"{result['e2e_inapp_ms_p50_under_bulk']:.1f} / "
-                f"{result['e2e_inapp_ms_p99_under_bulk']:.1f} ms",
-                f"{result['under_bulk_samples_overlapping']} samples",
-            ),
-        ]
-        self.stdout.write(f"{'measure':42} {'value':22} note")
+        rows: list[tuple[str, str, str]] = []
+        if "ratio" in result:
+            rows += [
+                ("naive baseline", f"{result['naive_msgs_per_s']:.0f} msgs/s", "1.00x"),
+                (
+                    "pipeline (notify_many)",
+                    f"{result['pipeline_msgs_per_s']:.0f} msgs/s",
+                    f"{result['ratio']:.2f}x",
+                ),
+                (
+                    "notify() call p50 / p99 (idle)",
+                    f"{result['notify_call_ms_p50']:.2f} / {result['notify_call_ms_p99']:.2f} ms",
+                    "",
+                ),
+                (
+                    "in-app e2e p50 / p99 (idle)",
+                    f"{result['e2e_inapp_ms_p50']:.1f} / {result['e2e_inapp_ms_p99']:.1f} ms",
+                    "",
+                ),
+                (
+                    f"rate limit {result['rate_limit_per_s']}/s, 2 workers, sustained",
+                    f"{result['rate_limit_achieved_per_s']:.2f}/s",
+                    f"{result['rate_limit_achieved_ratio']:.3f} of limit",
+                ),
+                (
+                    f"in-app e2e under {result['bulk_marketing_deliveries']} bulk",
+                    f"{result['e2e_inapp_ms_p50_under_bulk']:.1f} / "
+                    f"{result['e2e_inapp_ms_p99_under_bulk']:.1f} ms",
+                    f"{result['under_bulk_samples_overlapping']} samples",
+                ),
+            ]
+        if "campaign_ratio" in result:
+            big = result["campaign_users"]
+            rows += [
+                (
+                    "naive baseline (campaign)",
+                    f"{result['naive_recipients_per_s']:.0f} rcpt/s",
+                    "1.00x",
+                ),
+                (
+                    f"campaign fan-out, {big} users",
+                    f"{result['campaign_recipients_per_s']:.0f} rcpt/s",
+                    f"{result['campaign_ratio']:.2f}x",
+                ),
+                (
+                    "peak worker RSS 10k / big",
+                    f"{result['peak_worker_rss_mb_10k']:.0f} / "
+                    f"{result[f'peak_worker_rss_mb_{big // 1000}k']:.0f} MB",
+                    f"{result['rss_ratio']:.2f}x",
+                ),
+                (
+                    "in-app e2e during fan-out",
+                    f"{result['e2e_inapp_ms_p50_during_fanout']:.1f} / "
+                    f"{result['e2e_inapp_ms_p99_during_fanout']:.1f} ms",
+                    f"{result['e2e_samples_during_fanout']} samples",
+                ),
+            ]
+        self.stdout.write(f"{'measure':42} {'value':24} note")
         for name, value, note in rows:
-            self.stdout.write(f"{name:42} {value:22} {note}")
+            self.stdout.write(f"{name:42} {value:24} {note}")

@@ -1,0 +1,104 @@
+"""What a campaign's copy looks like for one user, and "send test to me".
+
+The preview renders with the context the pipeline would use (`message_generate`): the
+campaign's variables, `campaign` (name, event time in the user's zone), `user`, `site_name`,
+`site_url`, `preferences_url` and the channel's `unsubscribe_url`. It does not add click and
+open tracking: a preview is not a message, and its clicks must not count in the funnel.
+
+A test send is a real message through the real pipeline, marked `is_test`: routing lets it past
+quiet hours, frequency caps, preferences and consent (it goes to the marketer who asked for
+it), and the funnel leaves it out.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from campaigns.models import Campaign, StepVariant
+from campaigns.rendering import allowed_variables, render_variant
+from campaigns.services.lifecycle import CampaignError, campaign_channels, variant_problems
+from channels.base import Channel, Content
+from notifier.links import preferences_url, unsubscribe_url
+from notifier.models import Message, User
+from notifier.queues import Lane
+from notifier.rendering import RenderError, template_context
+from notifier.services.messages import NewMessage, messages_create
+from notifier.services.pipeline import local_time_text, user_template_values
+
+# Campaign messages are marketing; a campaign still without a category gets the links of
+# marketing as a whole, so copy that uses them previews instead of failing.
+FALLBACK_CATEGORY = "marketing"
+
+
+def campaign_context(
+    campaign: Campaign, user: User, *, links_user_id: int | None = None
+) -> dict[str, Any]:
+    """The context `user` gets for this campaign's copy, except the per-channel
+    `unsubscribe_url` (see `variant_preview`).
+
+    `links_user_id` signs the preference link for someone else: an admin preview of a
+    customer's copy carries links for the viewer, since a signed link changes the settings of
+    whoever it names.
+    """
+    context = template_context(campaign.variables, user_template_values(user))
+    context["preferences_url"] = preferences_url(user_id=links_user_id or user.pk)
+    context["campaign"] = {
+        "name": campaign.name,
+        "event_at": local_time_text(campaign.event_at, user.time_zone),
+    }
+    return context
+
+
+def variant_preview(
+    *,
+    variant: StepVariant,
+    user: User,
+    channel: Channel,
+    links_user_id: int | None = None,
+) -> Content | RenderError:
+    """One variant's copy on one channel, rendered for `user` in their locale (or the
+    default one); a RenderError, in the template's own words, when it cannot render."""
+    campaign = variant.step.campaign
+    context = campaign_context(campaign, user, links_user_id=links_user_id)
+    context["unsubscribe_url"] = unsubscribe_url(
+        user_id=links_user_id or user.pk,
+        category=campaign.category_id or FALLBACK_CATEGORY,
+        channel=channel,
+    )
+    try:
+        return render_variant(variant.pk, channel, context, user.locale)
+    except RenderError as exc:
+        return exc
+
+
+def variant_send_test(*, variant: StepVariant, to_user: User) -> Message:
+    """Send one variant to `to_user` now, as a test message through the whole pipeline.
+
+    Every click is a new message (its own idempotency key). Raises CampaignError when the
+    campaign has no category or the variant's copy is incomplete or invalid.
+    """
+    campaign = variant.step.campaign
+    if campaign.category_id is None:
+        raise CampaignError("choose the campaign's marketing category before sending a test")
+    problems = variant_problems(
+        variant, campaign_channels(campaign), allowed_variables(campaign.variables)
+    )
+    if problems:
+        raise CampaignError("fix the copy before sending a test: " + "; ".join(problems))
+    row = NewMessage(
+        user_id=to_user.pk,
+        type_key=campaign.category_id,
+        context=dict(campaign.variables),
+        channels=[str(channel) for channel in campaign.channels],
+        # The transactional lane: one message someone is waiting for must not queue behind a
+        # campaign's bulk fan-out. Routing ignores caps and quiet hours for it either way.
+        lane=Lane.TRANSACTIONAL,
+        idempotency_key=f"campaign-test:{variant.pk}:{to_user.pk}:{uuid.uuid4().hex}",
+        priority=campaign.priority,
+        campaign_id=campaign.pk,
+        step_id=variant.step_id,
+        variant_id=variant.pk,
+        is_test=True,
+    )
+    return messages_create(rows=[row]).messages[0]
