@@ -26,6 +26,7 @@ from django.core import signing
 
 from channels.base import Channel, Content
 from notifier.links import token_url
+from notifier.signing import signer
 
 CLICK_SALT = "campaigns.click"
 OPEN_SALT = "campaigns.open"
@@ -71,14 +72,14 @@ class OpenClaim:
 
 
 def _sign(payload: list[Any], *, salt: str) -> str:
-    return signing.Signer(salt=salt).sign_object(payload)
+    return signer(salt).sign_object(payload)
 
 
 def _unsign(token: object, *, salt: str, size: int) -> list[Any]:
     if not isinstance(token, str) or len(token) > MAX_TOKEN_LENGTH or not TOKEN_RE.fullmatch(token):
         raise BadToken("not a tracking token")
     try:
-        payload = signing.Signer(salt=salt).unsign_object(token)
+        payload = signer(salt).unsign_object(token)
     except signing.BadSignature as exc:
         raise BadToken("the tracking token's signature does not match") from exc
     except ValueError as exc:  # a valid signature over a payload that is not JSON
@@ -171,16 +172,18 @@ class _Rewriter:
     def __init__(self, *, message_id: int, channel: Channel) -> None:
         self.message_id, self.channel = message_id, channel
         self.links: list[str] = []
-        self._index: dict[str, int] = {}
+        self._tracked: dict[str, str] = {}
 
     def tracked(self, url: str) -> str:
         if not is_tracked_url(url):
             return url
-        index = self._index.get(url)
-        if index is None:
-            index = self._index[url] = len(self.links)
+        tracked = self._tracked.get(url)
+        if tracked is None:  # one index, and one signed link, per distinct URL
+            tracked = self._tracked[url] = click_url(
+                message_id=self.message_id, channel=self.channel, index=len(self.links)
+            )
             self.links.append(url)
-        return click_url(message_id=self.message_id, channel=self.channel, index=index)
+        return tracked
 
     def text(self, text: str) -> str:
         def swap(match: re.Match[str]) -> str:

@@ -20,7 +20,7 @@ from django.db import connection, models
 MAX_PARAMS = 30000
 
 
-def _field(model: type[models.Model], name: str) -> models.Field[Any, Any]:
+def model_field(model: type[models.Model], name: str) -> models.Field[Any, Any]:
     return cast("models.Field[Any, Any]", model._meta.get_field(name))
 
 
@@ -50,7 +50,7 @@ def with_defaults(
     """The fields for `names`, plus every other field with a default, and rows extended with
     those defaults: columns a caller leaves out get what the ORM would give them, so a field
     added to a model later cannot break a hand-written INSERT that never heard of it."""
-    fields = [_field(model, name) for name in names]
+    fields = [model_field(model, name) for name in names]
     given = {field.attname for field in fields}
     defaulted = [
         f
@@ -81,7 +81,7 @@ def insert_rows(
     one_row = "(" + ", ".join(["%s"] * len(fields)) + ")"
     suffix = " ON CONFLICT DO NOTHING" if ignore_conflicts else ""
     if returning:
-        suffix += " RETURNING " + ", ".join(_column(_field(model, n)) for n in returning)
+        suffix += " RETURNING " + ", ".join(_column(model_field(model, n)) for n in returning)
     per_statement = max(1, MAX_PARAMS // len(fields))
     result: list[tuple[Any, ...]] = []
     with connection.cursor() as cursor:
@@ -111,7 +111,7 @@ def update_rows(
         return 0
     pk = model._meta.pk
     assert pk is not None
-    fields = [pk, *(_field(model, name) for name in names)]
+    fields = [pk, *(model_field(model, name) for name in names)]
     prepare = [_preparer(field) for field in fields]
     table = connection.ops.quote_name(model._meta.db_table)
     postgres = connection.vendor == "postgresql"
@@ -128,7 +128,9 @@ def update_rows(
     assignments = ", ".join(
         f"{_column(field)} = {ref}" for field, ref in zip(fields[1:], refs[1:], strict=True)
     )
-    guards = "".join(f" AND {table}.{_column(_field(model, name))} = %s" for name in where or {})
+    guards = "".join(
+        f" AND {table}.{_column(model_field(model, name))} = %s" for name in where or {}
+    )
     per_statement = max(1, MAX_PARAMS // len(fields))
     updated = 0
     with connection.cursor() as cursor:
@@ -147,19 +149,9 @@ def update_rows(
     return updated
 
 
-def _copy_text(value: Any) -> str:
-    """One value in COPY's text format: NULL as \\N, and backslash, tab and newlines escaped."""
-    if value is None:
-        return "\\N"
-    if isinstance(value, bool):
-        return "t" if value else "f"
-    if isinstance(value, (dict, list)):
-        value = json.dumps(value)
-    elif isinstance(value, datetime):
-        value = value.isoformat()
-    text = str(value)
-    if any(c in text for c in "\\\t\n\r"):
-        text = (
+def _copy_escaped(text: str) -> str:
+    if "\\" in text or "\t" in text or "\n" in text or "\r" in text:
+        return (
             text.replace("\\", "\\\\")
             .replace("\t", "\\t")
             .replace("\n", "\\n")
@@ -168,42 +160,73 @@ def _copy_text(value: Any) -> str:
     return text
 
 
+def _copy_text(value: Any) -> str:
+    """One value in COPY's text format: NULL as \\N, and backslash, tab and newlines escaped."""
+    kind = type(value)  # exact types first: this runs for every value of every fan-out row
+    if kind is str:
+        return _copy_escaped(value)
+    if kind is int:
+        return str(value)
+    if value is None:
+        return "\\N"
+    if kind is bool:
+        return "t" if value else "f"
+    if isinstance(value, (dict, list)):
+        value = json.dumps(value)
+    elif isinstance(value, datetime):
+        value = value.isoformat()
+    return _copy_escaped(str(value))
+
+
+def next_ids(model: type[models.Model], count: int) -> list[int]:
+    """Draw `count` ids from the table's sequence (PostgreSQL), for rows written later by COPY:
+    rows that point at each other (a message and its deliveries) can be built before either
+    is written."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT nextval(pg_get_serial_sequence(%s, 'id')) FROM generate_series(1, %s)",
+            [model._meta.db_table, count],
+        )
+        return [row[0] for row in cursor.fetchall()]
+
+
 def copy_rows(
     model: type[models.Model],
     names: Sequence[str],
     rows: Sequence[Sequence[Any]],
     *,
     with_ids: bool = False,
+    ids: Sequence[int] | None = None,
 ) -> list[int]:
     """Write rows with PostgreSQL's COPY: several times faster than a multi-row INSERT on the
-    fan-out path. No ON CONFLICT: use it only where a conflict cannot happen. With `with_ids`,
-    ids are drawn from the table's sequence first and returned in row order. Elsewhere than
-    PostgreSQL, it is insert_rows."""
+    fan-out path. No ON CONFLICT: a conflict fails the whole COPY, so use it where none can
+    happen or where the caller starts over on IntegrityError. With `with_ids`, ids are drawn
+    from the table's sequence first and returned in row order; `ids` gives them instead (see
+    `next_ids`). Elsewhere than PostgreSQL, it is insert_rows."""
     if not rows:
         return []
     if connection.vendor != "postgresql":
+        if ids is not None:
+            names, rows = ("id", *names), [(pk, *row) for pk, row in zip(ids, rows, strict=True)]
         returned = insert_rows(model, names, rows, returning=("id",) if with_ids else ())
-        return sorted(row[0] for row in returned)
+        return list(ids) if ids is not None else sorted(row[0] for row in returned)
     fields, rows = with_defaults(model, names, rows)
     table = model._meta.db_table
     columns = [field.get_attname_column()[1] for field in fields]
-    ids: list[int] = []
-    with connection.cursor() as cursor:
-        if with_ids:
-            cursor.execute(
-                "SELECT nextval(pg_get_serial_sequence(%s, 'id')) FROM generate_series(1, %s)",
-                [table, len(rows)],
-            )
-            ids = [row[0] for row in cursor.fetchall()]
-            columns = ["id", *columns]
-            rows = [(pk, *row) for pk, row in zip(ids, rows, strict=True)]
-        buffer = io.StringIO()
-        for row in rows:
-            buffer.write("\t".join(_copy_text(value) for value in row))
-            buffer.write("\n")
-        buffer.seek(0)
-        quoted = ", ".join(connection.ops.quote_name(c) for c in columns)
+    if with_ids and ids is None:
+        ids = next_ids(model, len(rows))
+    if ids is not None:
+        columns = ["id", *columns]
+        rows = [(pk, *row) for pk, row in zip(ids, rows, strict=True)]
+    buffer = io.StringIO()
+    for row in rows:
+        buffer.write("\t".join(_copy_text(value) for value in row))
+        buffer.write("\n")
+    buffer.seek(0)
+    quoted = ", ".join(connection.ops.quote_name(c) for c in columns)
+    # The raw cursor's errors are psycopg2's: wrapped, they are Django's (IntegrityError, ...).
+    with connection.cursor() as cursor, connection.wrap_database_errors:
         cursor.cursor.copy_expert(
             f"COPY {connection.ops.quote_name(table)} ({quoted}) FROM STDIN", buffer
         )
-    return ids
+    return list(ids or [])

@@ -20,6 +20,8 @@ from django.conf import settings
 from django.core import signing
 from django.urls import reverse
 
+from notifier import signing as fast_signing
+
 UNSUBSCRIBE_SALT = "notifier.unsubscribe"
 PREFERENCES_SALT = "notifier.preferences"
 
@@ -105,7 +107,7 @@ def unsubscribe_token(
     claim: dict[str, Any] = {"user": user_id, "category": category, "channel": channel}
     if message_id is not None:
         claim["message"] = message_id
-    return signing.dumps(claim, salt=UNSUBSCRIBE_SALT)
+    return fast_signing.dumps(claim, salt=UNSUBSCRIBE_SALT)
 
 
 def read_unsubscribe_token(token: str) -> UnsubscribeClaim:
@@ -124,47 +126,70 @@ def read_unsubscribe_token(token: str) -> UnsubscribeClaim:
     )
 
 
+@dataclass(frozen=True)
+class UnsubscribeLinks:
+    """The unsubscribe links of one message on one channel: the page in the footer and the
+    RFC 8058 headers share one signed token, made when first needed."""
+
+    user_id: int
+    category: str
+    channel: str
+    message_id: int | None = None
+
+    @functools.cached_property
+    def token(self) -> str:
+        return unsubscribe_token(
+            user_id=self.user_id,
+            category=self.category,
+            channel=self.channel,
+            message_id=self.message_id,
+        )
+
+    def page_url(self) -> str:
+        """The page that asks what to unsubscribe from: for the link in a message's footer."""
+        return token_url("unsubscribe", self.token)
+
+    def one_click_url(self) -> str:
+        """The RFC 8058 endpoint mail clients POST to; a GET only shows the choices."""
+        return token_url("unsubscribe-one-click", self.token)
+
+    def headers(self) -> dict[str, str]:
+        """RFC 2369 / RFC 8058 headers for an email: one-click unsubscribe from this category.
+
+        URL only: a mailto: would need a mailbox that processes requests, and there is none.
+        """
+        return {
+            "List-Unsubscribe": f"<{self.one_click_url()}>",
+            "List-Unsubscribe-Post": "List-Unsubscribe=One-Click",
+        }
+
+
 def unsubscribe_url(
     *, user_id: int, category: str, channel: str, message_id: int | None = None
 ) -> str:
     """The page that asks what to unsubscribe from: for the link in a message's footer."""
-    token = unsubscribe_token(
-        user_id=user_id, category=category, channel=channel, message_id=message_id
-    )
-    return token_url("unsubscribe", token)
+    return UnsubscribeLinks(user_id, category, channel, message_id).page_url()
 
 
 def one_click_unsubscribe_url(
     *, user_id: int, category: str, channel: str, message_id: int | None = None
 ) -> str:
     """The RFC 8058 endpoint mail clients POST to; a GET only shows the choices."""
-    token = unsubscribe_token(
-        user_id=user_id, category=category, channel=channel, message_id=message_id
-    )
-    return token_url("unsubscribe-one-click", token)
+    return UnsubscribeLinks(user_id, category, channel, message_id).one_click_url()
 
 
 def unsubscribe_headers(
     *, user_id: int, category: str, channel: str, message_id: int | None = None
 ) -> dict[str, str]:
-    """RFC 2369 / RFC 8058 headers for an email: one-click unsubscribe from this category.
-
-    URL only: a mailto: would need a mailbox that processes requests, and there is none.
-    """
-    url = one_click_unsubscribe_url(
-        user_id=user_id, category=category, channel=channel, message_id=message_id
-    )
-    return {
-        "List-Unsubscribe": f"<{url}>",
-        "List-Unsubscribe-Post": "List-Unsubscribe=One-Click",
-    }
+    """RFC 2369 / RFC 8058 headers for an email: one-click unsubscribe from this category."""
+    return UnsubscribeLinks(user_id, category, channel, message_id).headers()
 
 
 # --- The preference page --------------------------------------------------------------------
 
 
 def preferences_token(*, user_id: int) -> str:
-    return signing.dumps({"user": user_id}, salt=PREFERENCES_SALT)
+    return fast_signing.dumps({"user": user_id}, salt=PREFERENCES_SALT)
 
 
 def read_preferences_token(token: str) -> int:

@@ -144,6 +144,8 @@ NOTIFIER_RETRY_MAX_S = env.float("NOTIFIER_RETRY_MAX_S", default=300.0)
 NOTIFIER_REQUEUE_AFTER_S = env.int("NOTIFIER_REQUEUE_AFTER_S", default=120)
 NOTIFIER_SENDING_TIMEOUT_S = env.int("NOTIFIER_SENDING_TIMEOUT_S", default=300)
 NOTIFIER_BATCH_SIZE = env.int("NOTIFIER_BATCH_SIZE", default=500)
+# Campaign fan-out hands the audience out in batches of this many users (one task each).
+NOTIFIER_CAMPAIGN_BATCH_USERS = env.int("NOTIFIER_CAMPAIGN_BATCH_USERS", default=1000)
 
 # --- Delivery policies ----------------------------------------------------------------------
 # Marketing needs recorded consent on these channels (in-app messages inside the product do not).

@@ -7,15 +7,15 @@
 - `step_walk`: hands the audience out in keyset batches of user ids (never loading it whole),
   while the bulk queues are below their high-water mark; it records its cursor in PostgreSQL,
   so a lost walk resumes where it was.
-- `step_fanout_batch`: for one batch, keeps the hold-out aside, picks each user's variant, and
-  writes the messages with one INSERT (idempotent per step x user) and routes them in the same
-  task, in bulk.
+- `step_fanout_batch`: for one batch, keeps the hold-out aside, picks each user's variant,
+  routes and renders the messages in memory, and writes messages, deliveries and their events
+  by COPY in one transaction (`messages_write_routed`: idempotent per step x user).
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from enum import StrEnum
@@ -48,16 +48,15 @@ from campaigns.services.lifecycle import campaign_finish_if_done, plan_of
 from campaigns.services.segments import segment_users
 from notifier.backpressure import bulk_congested
 from notifier.db import insert_rows
-from notifier.dispatch import chunks
 from notifier.models import Message, User
 from notifier.queues import Lane
-from notifier.services.messages import NewMessage, messages_insert_new
-from notifier.services.pipeline import messages_prepare
+from notifier.services.messages import NewMessage
+from notifier.services.pipeline import messages_write_routed
 
 log = logging.getLogger(__name__)
 C = CampaignStatus
 
-BATCH_USERS = 1000
+BATCH_USERS = settings.NOTIFIER_CAMPAIGN_BATCH_USERS
 BATCHES_PER_WALK = 20
 WALK_STALE = timedelta(minutes=2)  # a walk not heard from this long has lost its task
 CONGESTED_WAIT_S = 5.0
@@ -229,7 +228,11 @@ def step_fanout_batch(*, step_id: int, user_ids: Sequence[int]) -> BatchReport:
     campaign = step.campaign
     if step.status != StepStatus.RUNNING or campaign.status != C.RUNNING:
         return report
-    rows, held_out = recipients(step, campaign, user_ids)
+    users = {
+        user.pk: user
+        for user in User.objects.filter(pk__in=list(user_ids), is_active=True).order_by("pk")
+    }
+    rows, held_out = recipients(step, campaign, users.values())
     if held_out:
         insert_rows(
             Holdout,
@@ -237,9 +240,7 @@ def step_fanout_batch(*, step_id: int, user_ids: Sequence[int]) -> BatchReport:
             [(campaign.pk, pk, timezone.now()) for pk in held_out],
             ignore_conflicts=True,
         )
-    new_ids = messages_insert_new(rows=rows)
-    for batch in chunks(new_ids, settings.NOTIFIER_BATCH_SIZE):
-        messages_prepare(message_ids=batch)
+    new_ids = messages_write_routed(rows=rows, users=users)
     CampaignStep.objects.filter(pk=step_id).update(batches_done=F("batches_done") + 1)
     report.messages, report.existing, report.held_out = (
         len(new_ids),
@@ -250,7 +251,7 @@ def step_fanout_batch(*, step_id: int, user_ids: Sequence[int]) -> BatchReport:
 
 
 def recipients(
-    step: CampaignStep, campaign: Campaign, user_ids: Sequence[int]
+    step: CampaignStep, campaign: Campaign, users: Iterable[User]
 ) -> tuple[list[NewMessage], list[int]]:
     """The messages for a batch (one per user, keyed by step and user) and the held-out users."""
     assert campaign.category_id is not None
@@ -260,9 +261,8 @@ def recipients(
     triggered = campaign.kind == CampaignKind.TRIGGERED
     rows: list[NewMessage] = []
     held_out: list[int] = []
-    for pk, tz, hour in User.objects.filter(pk__in=list(user_ids), is_active=True).values_list(
-        "pk", "time_zone", "usual_active_hour"
-    ):
+    for user in users:
+        pk, tz, hour = user.pk, user.time_zone, user.usual_active_hour
         if in_holdout(campaign_id=campaign.pk, user_id=pk, percent=campaign.holdout_percent):
             held_out.append(pk)
             continue

@@ -155,7 +155,13 @@ class Delivery(models.Model):
                 name="delivery_provider_ref_idx",
                 condition=~Q(provider_message_id=""),
             ),
-            models.Index(fields=["status", "reason"], name="delivery_status_reason_idx"),
+            # Why nothing went out: dead letters and not-sent reasons. Partial, so the status
+            # changes of deliveries on their way out (queued, sending, sent) never touch it.
+            models.Index(
+                fields=["status", "reason"],
+                name="delivery_not_sent_idx",
+                condition=Q(status__in=["cancelled", "failed", "held", "suppressed"]),
+            ),
         ]
 
     def __str__(self) -> str:

@@ -8,6 +8,7 @@ back gives its slot back.
 
 from __future__ import annotations
 
+from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import date
@@ -106,34 +107,29 @@ def caps_take_many(requests: Sequence[CapRequest]) -> list[CapPeriod | None]:
 
 
 def _take_many(period: CapPeriod, items: list[tuple[int, date, int]]) -> set[int]:
-    """Users (of `items`: user, window start, cap) who got a slot in `period`."""
-    if not items:
-        return set()
-    items = sorted(items)
+    """Users (of `items`: user, window start, cap) who got a slot in `period`.
+
+    One upsert per distinct cap: a missing counter is created at 1, an existing one goes up
+    by one where it is under the cap. Rows are taken in user order, so two batches sharing
+    users lock them in the same order and cannot deadlock."""
+    by_cap: dict[int, list[tuple[int, date]]] = defaultdict(list)
+    for user, window, cap in sorted(items):
+        by_cap[cap].append((user, window))
     table = connection.ops.quote_name(FrequencyCounter._meta.db_table)
-    keys = ", ".join(["(%s::bigint, %s::date)"] * len(items))
-    key_params = [value for user, window, _ in items for value in (user, window)]
+    got: set[int] = set()
     with connection.cursor() as cursor:
-        cursor.execute(
-            f"INSERT INTO {table} (user_id, period, window_start, count) "
-            f"SELECT v.user_id, %s, v.window_start, 0 FROM (VALUES {keys}) "
-            f"AS v (user_id, window_start) ORDER BY v.user_id ON CONFLICT DO NOTHING",
-            [str(period), *key_params],
-        )
-        cursor.execute(
-            f"SELECT id FROM {table} WHERE period = %s AND (user_id, window_start) IN "
-            f"(VALUES {keys}) ORDER BY user_id FOR UPDATE",
-            [str(period), *key_params],
-        )
-        rows = ", ".join(["(%s::bigint, %s::date, %s::int)"] * len(items))
-        cursor.execute(
-            f"UPDATE {table} AS c SET count = c.count + 1 FROM (VALUES {rows}) "
-            f"AS v (user_id, window_start, cap) WHERE c.user_id = v.user_id "
-            f"AND c.period = %s AND c.window_start = v.window_start AND c.count < v.cap "
-            f"RETURNING c.user_id",
-            [*(value for item in items for value in item), str(period)],
-        )
-        return {row[0] for row in cursor.fetchall()}
+        for cap, keys in by_cap.items():
+            values = ", ".join(["(%s::bigint, %s::date)"] * len(keys))
+            cursor.execute(
+                f"INSERT INTO {table} AS c (user_id, period, window_start, count) "
+                f"SELECT v.user_id, %s, v.window_start, 1 FROM (VALUES {values}) "
+                f"AS v (user_id, window_start) ORDER BY v.user_id "
+                f"ON CONFLICT (user_id, period, window_start) "
+                f"DO UPDATE SET count = c.count + 1 WHERE c.count < %s RETURNING c.user_id",
+                [str(period), *(value for key in keys for value in key), cap],
+            )
+            got.update(row[0] for row in cursor.fetchall())
+    return got
 
 
 def _give_back(period: CapPeriod, items: list[tuple[int, date]]) -> None:

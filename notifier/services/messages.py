@@ -16,7 +16,7 @@ from django.db import connection, transaction
 from django.utils import timezone
 
 from notifier import dispatch
-from notifier.db import insert_rows, with_defaults
+from notifier.db import copy_rows, insert_rows, model_field, with_defaults
 from notifier.errors import IdempotencyKeyReused
 from notifier.models import Message, User
 from notifier.queues import Lane
@@ -127,7 +127,8 @@ def _insert_one_for_active_user(row: NewMessage, now: datetime) -> int | None:
     return int(found[0]) if found else None
 
 
-def _as_instance(row: NewMessage, pk: int, now: datetime) -> Message:
+def as_message(row: NewMessage, pk: int, now: datetime) -> Message:
+    """The Message a row becomes under id `pk`, in memory."""
     message = Message(
         priority=row.priority,
         expires_at=row.expires_at,
@@ -184,7 +185,7 @@ def messages_create(*, rows: Sequence[NewMessage]) -> Written:
         for start in range(0, len(rows), 1000):
             batch = rows[start : start + 1000]
             for index, pk in _insert_returning(batch, now).items():
-                created[start + index] = _as_instance(batch[index], pk, now)
+                created[start + index] = as_message(batch[index], pk, now)
         leftovers = [row for index, row in enumerate(rows) if index not in created]
         existing = _existing_by_key(leftovers) if leftovers else {}
         by_lane: dict[Lane, list[int]] = defaultdict(list)
@@ -223,6 +224,30 @@ def message_create(*, row: NewMessage, check_recipient: Callable[[], object]) ->
     if pk is None:
         check_recipient()
         return _existing_by_key([row])[row.idempotency_key or ""]
-    message = _as_instance(row, pk, now)
+    message = as_message(row, pk, now)
     transaction.on_commit(partial(dispatch.publish_prepare, [message.pk], row.lane), robust=True)
     return message
+
+
+def messages_unwritten(rows: Sequence[NewMessage]) -> list[NewMessage]:
+    """The rows whose idempotency key no message has yet (keyless rows are always new)."""
+    keys = [row.idempotency_key for row in rows if row.idempotency_key is not None]
+    taken = set(
+        Message.objects.filter(idempotency_key__in=keys).values_list("idempotency_key", flat=True)
+    )
+    return [row for row in rows if row.idempotency_key is None or row.idempotency_key not in taken]
+
+
+COPY_COLUMNS = (*COLUMNS, "routed_at", "cap_day", "cap_week")
+
+
+def messages_copy(messages: Sequence[Message]) -> None:
+    """COPY messages built in memory (ids drawn already, routing fields set) in one go. An
+    idempotency key taken meanwhile fails it whole, with IntegrityError."""
+    fields = [model_field(Message, name).attname for name in COPY_COLUMNS]
+    copy_rows(
+        Message,
+        COPY_COLUMNS,
+        [[getattr(message, name) for name in fields] for message in messages],
+        ids=[message.pk for message in messages],
+    )

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from functools import partial
@@ -21,7 +21,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from django.conf import settings
-from django.db import transaction
+from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 
 from campaigns.models import Campaign
@@ -30,8 +30,9 @@ from campaigns.tracking import track_content
 from channels.base import Channel, Content
 from notifier import dispatch
 from notifier.backpressure import bulk_congested
-from notifier.db import copy_rows, insert_rows, update_rows
-from notifier.links import preferences_url, unsubscribe_headers, unsubscribe_url
+from notifier.db import copy_rows, insert_rows, next_ids, update_rows
+from notifier.dispatch import chunks
+from notifier.links import UnsubscribeLinks, preferences_url
 from notifier.models import (
     Delivery,
     DeliveryEvent,
@@ -71,6 +72,13 @@ from notifier.selectors import (
     type_info_get,
 )
 from notifier.services.admission import Admission, message_admission, settle_caps
+from notifier.services.messages import (
+    NewMessage,
+    as_message,
+    messages_copy,
+    messages_insert_new,
+    messages_unwritten,
+)
 from notifier.status import DeliveryStatus, Reason
 
 log = logging.getLogger(__name__)
@@ -211,16 +219,13 @@ def message_generate(
     rendered: dict[Channel, Content | RenderError] = {}
     for channel in channels:
         # The message travels in the link, so the funnel can tell which message lost the user.
-        if marketing:
-            context["unsubscribe_url"] = Lazy(
-                partial(
-                    unsubscribe_url,
-                    user_id=message.user_id,
-                    category=message.type_id,
-                    channel=channel,
-                    message_id=message.pk,
-                )
-            )
+        unsubscribe = (
+            UnsubscribeLinks(message.user_id, message.type_id, channel, message.pk)
+            if marketing
+            else None
+        )
+        if unsubscribe is not None:
+            context["unsubscribe_url"] = Lazy(unsubscribe.page_url)
         try:
             content = (
                 render_variant(
@@ -233,16 +238,8 @@ def message_generate(
             log.warning("message %s: %s", message.pk, exc)
             rendered[channel] = exc
             continue
-        if marketing and channel is Channel.EMAIL:
-            content = replace(
-                content,
-                headers=unsubscribe_headers(
-                    user_id=message.user_id,
-                    category=message.type_id,
-                    channel=channel,
-                    message_id=message.pk,
-                ),
-            )
+        if unsubscribe is not None and channel is Channel.EMAIL:
+            content = replace(content, headers=unsubscribe.headers())
         if campaign is not None:  # clicks and opens of campaign messages feed the funnel
             content = track_content(content, message_id=message.pk, channel=channel)
         rendered[channel] = content
@@ -519,6 +516,57 @@ def messages_prepare(*, message_ids: Sequence[int]) -> Counter[str]:
         publish_queued(rows, ids, {m.pk: Lane(m.lane) for m in messages})
         written.update(str(r.status) for r in rows)
     return written
+
+
+def messages_write_routed(
+    *, rows: Sequence[NewMessage], users: Mapping[int, User], attempts: int = 3
+) -> list[int]:
+    """Write new messages already generated and routed, with their deliveries, in one
+    transaction; returns the new messages' ids. The campaign fan-out's path.
+
+    A message and its deliveries appear together or not at all, so no message is left for a
+    second pass to route, and every row goes in by COPY with ids drawn beforehand. Rows whose
+    idempotency key is taken are skipped, so a batch that runs again writes nothing twice; two
+    runs at once meet at the unique key, and the one that loses starts over and skips what the
+    other wrote. Elsewhere than PostgreSQL: insert, then prepare, as notify_many does.
+    """
+    if connection.vendor != "postgresql":
+        new_ids = messages_insert_new(rows=rows)
+        for batch in chunks(new_ids, settings.NOTIFIER_BATCH_SIZE):
+            messages_prepare(message_ids=batch)
+        return new_ids
+    for attempt in range(1, attempts + 1):
+        try:
+            return _write_routed_once(rows, users)
+        except IntegrityError:
+            if attempt == attempts:
+                raise
+            log.info("another run wrote some of these %d messages; starting over", len(rows))
+    return []
+
+
+def _write_routed_once(rows: Sequence[NewMessage], users: Mapping[int, User]) -> list[int]:
+    now = timezone.now()
+    with transaction.atomic():
+        fresh = messages_unwritten(rows)
+        if not fresh:
+            return []
+        ids = next_ids(Message, len(fresh))
+        messages = [as_message(row, pk, now) for row, pk in zip(fresh, ids, strict=True)]
+        for message in messages:
+            message.user = users[message.user_id]
+        audience = audience_of(messages, now)
+        routed_rows: list[Routed] = []
+        for outcome in route_many(messages, audience, now):
+            routed_rows += outcome_rows(outcome, audience, now)
+            cap = outcome.admission.cap if outcome.admission else None
+            message = outcome.message
+            message.routed_at, message.fallback_chain = now, outcome.chain_left
+            message.cap_day, message.cap_week = (cap.day, cap.week) if cap else (None, None)
+        messages_copy(messages)
+        delivery_ids = write_routed(routed_rows, now)
+        publish_queued(routed_rows, delivery_ids, {m.pk: Lane(m.lane) for m in messages})
+    return ids
 
 
 def deliveries_fall_back(*, failed_ids: Sequence[int]) -> list[int]:

@@ -5,6 +5,7 @@ import pytest
 from notifier.status import (
     ALLOWED_MOVES,
     ENGAGEMENT_RANK,
+    NOT_SENT,
     TERMINAL,
     DeliveryStatus,
     IllegalMove,
@@ -67,3 +68,13 @@ def test_sources_of_read_are_the_statuses_below_it():
 def test_terminal_statuses_never_return_to_sending():
     for status in TERMINAL:
         assert not can_move(status, S.SENDING)
+
+
+def test_the_not_sent_index_covers_exactly_the_not_sent_statuses():
+    """The admin's "why not sent" filter must be able to use the partial index."""
+    from notifier.models import Delivery
+
+    (index,) = [i for i in Delivery._meta.indexes if i.name == "delivery_not_sent_idx"]
+    (lookup, statuses) = index.condition.children[0]  # type: ignore[union-attr]
+    assert lookup == "status__in"
+    assert set(statuses) == {str(s) for s in NOT_SENT}

@@ -341,6 +341,8 @@ class Command(BaseCommand):
                 if u.pk not in with_consent
             ]
         )
+        with connection.cursor() as cursor:  # fresh statistics, as a live database has them
+            cursor.execute("ANALYZE")
         return chosen
 
     def clean(self) -> None:

@@ -315,6 +315,30 @@ def test_walking_the_audience_again_writes_nothing_twice(marketer, lead, publish
     assert Message.objects.filter(step=step).count() == 12
 
 
+def test_a_batch_racing_another_run_of_itself_starts_over_and_writes_nothing_twice(
+    marketer, lead, published, monkeypatch
+):
+    """Two runs of one batch at once: both see the keys free, one COPY meets the other's rows
+    at the unique key, and that run starts over, skipping what the other wrote."""
+    from campaigns.services import fanout
+    from notifier.services import pipeline
+
+    users = audience(6)
+    campaign = scheduled(marketer, lead)
+    step = campaign.steps.get(name="Notice")
+    with time_machine.travel(step_start(campaign, step)):
+        steps_start_due()
+        ids = sorted(u.pk for u in users)
+        fanout.step_fanout_batch(step_id=step.pk, user_ids=ids[:4])  # the other run, done
+        real = pipeline.messages_unwritten
+        stale = iter([lambda rows: list(rows)])  # the first look predates the other's commit
+        monkeypatch.setattr(pipeline, "messages_unwritten", lambda rows: next(stale, real)(rows))
+        report = fanout.step_fanout_batch(step_id=step.pk, user_ids=ids)
+    assert (report.messages, report.existing) == (2, 4)
+    assert sorted(Message.objects.filter(step=step).values_list("user_id", flat=True)) == ids
+    assert Delivery.objects.filter(message__step=step).count() == 6 * 2
+
+
 def test_the_holdout_gets_nothing_and_is_recorded(marketer, lead, published):
     users = audience(200)
     campaign = scheduled(marketer, lead, holdout=20)
