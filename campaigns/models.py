@@ -208,8 +208,11 @@ class CampaignStep(models.Model):
     finished_at = models.DateTimeField(null=True, blank=True)
     # Fan-out progress, in PostgreSQL so a lost walker task resumes where it was: users are
     # walked in id order; the last id handed out, whether the walk is over, and batch counts.
+    # A walk started over (resumed, revived, a trigger's next pass) is a new round: batches of
+    # an earlier round still queued, or lost with a worker, no longer count towards closing.
     cursor_user_id = models.BigIntegerField(default=0)
     walk_done = models.BooleanField(default=False)
+    walk_round = models.PositiveIntegerField(default=0)
     walked_at = models.DateTimeField(null=True, blank=True)
     batches_total = models.PositiveIntegerField(default=0)
     batches_done = models.PositiveIntegerField(default=0)

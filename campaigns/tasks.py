@@ -38,9 +38,9 @@ def walk_step(step_id: int) -> str:
 
 
 @shared_task(name="campaigns.fanout_batch", **FANOUT_OPTIONS)
-def fanout_batch(step_id: int, user_ids: list[int]) -> dict[str, int]:
-    """Write and route one batch of recipients of a step."""
-    return step_fanout_batch(step_id=step_id, user_ids=user_ids).__dict__
+def fanout_batch(step_id: int, user_ids: list[int], walk_round: int) -> dict[str, int]:
+    """Write and route one batch of recipients of a step, handed out in a walk's round."""
+    return step_fanout_batch(step_id=step_id, user_ids=user_ids, walk_round=walk_round).__dict__
 
 
 @shared_task(name="campaigns.evaluate_triggers", ignore_result=True)

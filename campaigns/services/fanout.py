@@ -44,7 +44,7 @@ from campaigns.policies import (
     step_decision,
     step_expiry,
 )
-from campaigns.services.lifecycle import campaign_finish_if_done, plan_of
+from campaigns.services.lifecycle import campaign_finish_if_done, plan_of, walk_again
 from campaigns.services.segments import segment_users
 from notifier.backpressure import bulk_congested
 from notifier.db import insert_rows
@@ -122,9 +122,10 @@ def steps_start_due(*, now: datetime | None = None) -> StartReport:
         for pk, walk_done, done, total in stale:
             if walk_done and done >= total:
                 continue
-            if walk_done:  # every batch was handed out but some never finished: walk again
-                CampaignStep.objects.filter(pk=pk).update(cursor_user_id=0, walk_done=False)
-            CampaignStep.objects.filter(pk=pk).update(walked_at=now)
+            if walk_done:  # every batch was handed out but some never finished: a new round
+                CampaignStep.objects.filter(pk=pk).update(**walk_again(now))
+            else:  # the walk's own task was lost: go on from its cursor
+                CampaignStep.objects.filter(pk=pk).update(walked_at=now)
             report.revived.append(pk)
         for pk in report.started + report.revived:
             transaction.on_commit(partial(publish_walk, pk), robust=True)
@@ -158,10 +159,10 @@ def publish_walk(step_id: int, countdown: float = 0.0) -> None:
     )
 
 
-def publish_batch(step_id: int, user_ids: list[int]) -> None:
+def publish_batch(step_id: int, user_ids: list[int], walk_round: int) -> None:
     from campaigns.tasks import fanout_batch
 
-    fanout_batch.apply_async(args=(step_id, user_ids), queue=f"{Lane.BULK}.prepare")
+    fanout_batch.apply_async(args=(step_id, user_ids, walk_round), queue=f"{Lane.BULK}.prepare")
 
 
 class Walk(StrEnum):
@@ -204,7 +205,7 @@ def step_walk(*, step_id: int, batches: int = BATCHES_PER_WALK) -> Walk:
                 return Walk.DONE
             # Published before the cursor is saved: a crash in between hands the batch out
             # again, which writes nothing twice (messages are keyed by step and user).
-            publish_batch(step_id, ids)
+            publish_batch(step_id, ids, step.walk_round)
             cursor = ids[-1]
             CampaignStep.objects.filter(pk=step_id).update(
                 cursor_user_id=cursor,
@@ -221,8 +222,14 @@ class BatchReport:
     held_out: int = 0
 
 
-def step_fanout_batch(*, step_id: int, user_ids: Sequence[int]) -> BatchReport:
-    """Write and route one batch of a step's recipients; nothing if the campaign stopped."""
+def step_fanout_batch(
+    *, step_id: int, user_ids: Sequence[int], walk_round: int | None = None
+) -> BatchReport:
+    """Write and route one batch of a step's recipients; nothing if the campaign stopped.
+
+    The batch counts towards closing the step only if it belongs to the step's current walk
+    round (None: whatever round is current). A batch that wrote nothing because the campaign
+    was paused does not count either: resuming starts a new round that hands it out again."""
     report = BatchReport()
     step = CampaignStep.objects.select_related("campaign").get(pk=step_id)
     campaign = step.campaign
@@ -241,7 +248,10 @@ def step_fanout_batch(*, step_id: int, user_ids: Sequence[int]) -> BatchReport:
             ignore_conflicts=True,
         )
     new_ids = messages_write_routed(rows=rows, users=users)
-    CampaignStep.objects.filter(pk=step_id).update(batches_done=F("batches_done") + 1)
+    # Heard from: a walk whose batches are still being written is not stale.
+    CampaignStep.objects.filter(
+        pk=step_id, walk_round=step.walk_round if walk_round is None else walk_round
+    ).update(batches_done=F("batches_done") + 1, walked_at=timezone.now())
     report.messages, report.existing, report.held_out = (
         len(new_ids),
         len(rows) - len(new_ids),
@@ -324,11 +334,7 @@ def triggers_evaluate(*, now: datetime | None = None) -> list[int]:
             CampaignStep.objects.filter(pk=step.pk).update(
                 status=StepStatus.RUNNING,
                 started_at=F("started_at") if step.started_at else now,
-                cursor_user_id=0,
-                walk_done=False,
-                walked_at=now,
-                batches_total=0,
-                batches_done=0,
+                **walk_again(now),
             )
             walked.append(step.pk)
             transaction.on_commit(partial(publish_walk, step.pk), robust=True)

@@ -7,9 +7,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime
+from functools import partial
 from typing import Any
 
 from django.db import transaction
+from django.db.models import F
 from django.utils import timezone
 
 from campaigns.models import (
@@ -238,16 +240,24 @@ def campaign_resume(*, campaign: Campaign, by: User | None) -> int:
     """Carry on: held deliveries are released (stale ones are then suppressed, steps whose
     moment passed meanwhile are skipped), and unfinished fan-out walks the audience again
     (users who already have their message are skipped). Returns how many were released."""
+    from campaigns.services import fanout  # fanout imports this module
+
+    now = timezone.now()
     with transaction.atomic():
         _move(campaign, C.RUNNING if campaign.started_at else C.SCHEDULED)
         released = Delivery.objects.filter(
             message__campaign_id=campaign.pk,
             status=S.HELD,
             reason=Reason.CAMPAIGN_PAUSED,
-        ).update(next_attempt_at=timezone.now(), updated_at=timezone.now())
-        campaign.steps.filter(status=StepStatus.RUNNING).update(
-            cursor_user_id=0, walk_done=False, walked_at=None
+        ).update(next_attempt_at=now, updated_at=now)
+        # The walks stopped while paused: start them again now. walked_at is "now" so that,
+        # should this publish be lost, beat revives the walk once it is stale (NULL never is).
+        walking = list(
+            campaign.steps.filter(status=StepStatus.RUNNING).values_list("pk", flat=True)
         )
+        CampaignStep.objects.filter(pk__in=walking).update(**walk_again(now))
+        for step_id in walking:
+            transaction.on_commit(partial(fanout.publish_walk, step_id), robust=True)
     return released
 
 
@@ -279,6 +289,20 @@ def campaign_move_event(*, campaign: Campaign, event_at: datetime, by: User | No
         raise CampaignError("the new event time is in the past")
     Campaign.objects.filter(pk=campaign.pk).update(event_at=event_at, updated_at=timezone.now())
     campaign.event_at = event_at
+
+
+def walk_again(now: datetime) -> dict[str, Any]:
+    """The update that starts a step's walk over from the first user, as a new round: the
+    batches of earlier rounds (queued while paused, lost with a worker) no longer count, so
+    the step closes once every batch of this round is written."""
+    return {
+        "cursor_user_id": 0,
+        "walk_done": False,
+        "walked_at": now,
+        "walk_round": F("walk_round") + 1,
+        "batches_total": 0,
+        "batches_done": 0,
+    }
 
 
 def campaign_finish_if_done(*, campaign_id: int) -> bool:

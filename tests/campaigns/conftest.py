@@ -45,7 +45,9 @@ def published(monkeypatch) -> Published:
         fanout, "publish_walk", lambda step_id, countdown=0.0: record.walks.append(step_id)
     )
     monkeypatch.setattr(
-        fanout, "publish_batch", lambda step_id, ids: record.batches.append((step_id, list(ids)))
+        fanout,
+        "publish_batch",
+        lambda step_id, ids, walk_round: record.batches.append((step_id, list(ids))),
     )
     return record
 

@@ -1,0 +1,477 @@
+"""Campaign fan-out under real worker processes: pause, cancel, a step started twice, and a
+worker SIGKILLed mid-batch, on real PostgreSQL and a private Redis per test.
+
+Each test fans one step out to a few thousand users in batches of 100 (NOTIFIER_CAMPAIGN_BATCH_USERS
+in the workers), so there is always work in flight to interrupt. What the providers saw is
+counted in the sandbox ledger, as in test_faults.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from django.db import connection
+from django.db.models import Count
+from django.utils import timezone
+
+from campaigns.models import (
+    Campaign,
+    CampaignStatus,
+    CampaignStep,
+    Segment,
+    StepStatus,
+    VariantTemplate,
+)
+from campaigns.services import fanout
+from campaigns.services.lifecycle import (
+    campaign_cancel,
+    campaign_create,
+    campaign_pause,
+    campaign_resume,
+)
+from channels.models import SandboxSend
+from notifier.models import Consent, Delivery, Message, NotificationType, User
+from notifier.queues import MAINTENANCE_QUEUE, Lane, prepare_queue
+from notifier.services.deliveries import requeue_stuck_work
+from notifier.status import TERMINAL, DeliveryStatus, Reason
+from tests.conftest import WorkerProcess, wait_until
+from tests.integration.conftest import worker_idle
+from tests.integration.rig import RedisServer, Rig, ledger_for
+
+pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
+S = DeliveryStatus
+
+AUDIENCE = 3000
+FANS = "fanout-fans"
+WORKER_ENV = {
+    # Thirty batches of 100 users: a fan-out that takes a few seconds, so a test can act on it
+    # while batches are queued, running and written.
+    "NOTIFIER_CAMPAIGN_BATCH_USERS": "100",
+    # Backpressure would hold the bulk lane for a minute; these tests are about stopping.
+    "NOTIFIER_BULK_HIGH_WATER": "100000",
+    # A provider round trip, so deliveries wait queued while the fan-out goes on.
+    "SANDBOX_LATENCY_MS": "2",
+}
+BULK_PREPARE = prepare_queue(Lane.BULK)
+
+
+@pytest.fixture
+def rig(monkeypatch) -> Iterator[Rig]:
+    """The fault rig, with the fan-out's own publishes (walks, batches) pointed at it too."""
+    rig = Rig(RedisServer(), monkeypatch)
+
+    def publish_walk(step_id: int, countdown: float = 0.0) -> None:
+        rig.send("campaigns.walk_step", (step_id,), BULK_PREPARE, countdown)
+
+    def publish_batch(step_id: int, user_ids: list[int], walk_round: int) -> None:
+        rig.send("campaigns.fanout_batch", (step_id, list(user_ids), walk_round), BULK_PREPARE)
+
+    monkeypatch.setattr(fanout, "publish_walk", publish_walk)
+    monkeypatch.setattr(fanout, "publish_batch", publish_batch)
+    try:
+        yield rig
+    finally:
+        rig.close()
+
+
+# --- Setting up ----------------------------------------------------------------------------
+
+
+def fans(count: int = AUDIENCE) -> list[int]:
+    """Users in the segment, reachable by email, without quiet hours, with marketing consent."""
+    User.objects.bulk_create(
+        [
+            User(
+                username=f"fan-{i}",
+                email=f"fan-{i}@example.com",
+                first_name="Fan",
+                password="!",
+                quiet_hours_enabled=False,
+                interest_tags=[FANS],
+            )
+            for i in range(count)
+        ],
+        batch_size=1000,
+    )
+    ids = list(User.objects.filter(username__startswith="fan-").order_by("pk").values_list("pk"))
+    now = timezone.now()
+    Consent.objects.bulk_create(
+        [
+            Consent(
+                user_id=pk, channel="all", granted=True, at=now, source="test", wording="offers"
+            )
+            for (pk,) in ids
+        ],
+        batch_size=1000,
+    )
+    return [pk for (pk,) in ids]
+
+
+def campaign_due_now(channels: list[str]) -> CampaignStep:
+    """A scheduled one-off campaign whose single step ("three days before") is due now."""
+    campaign = campaign_create(
+        name="Double 11",
+        category=NotificationType.objects.get(pk="promo.flash_sale"),
+        created_by=None,
+        segment=Segment.objects.create(name="Sale fans", tags_any=[FANS]),
+        # The step's moment is a minute ago: due, well inside its grace period.
+        event_at=timezone.now() + timedelta(days=3, minutes=-1),
+        channels=channels,
+        variables={"headline": "50% off"},
+        plan=[("Notice", -3 * 24 * 60)],
+    )
+    step = campaign.steps.get()
+    variant = step.variants.get()
+    VariantTemplate.objects.create(
+        variant=variant,
+        channel="inapp",
+        title="{{ headline }}",
+        body="Hi {{ user.first_name }}",
+        link="https://shop.example.com/sale",
+    )
+    VariantTemplate.objects.create(
+        variant=variant,
+        channel="email",
+        subject="{{ campaign.name }}: {{ headline }}",
+        body="Hi {{ user.first_name }}, {{ headline }}\n{{ unsubscribe_url }}",
+    )
+    # Approval is not under test here: scheduled, as a marketing lead would leave it.
+    Campaign.objects.filter(pk=campaign.pk).update(status=CampaignStatus.SCHEDULED)
+    return step
+
+
+def start(step: CampaignStep) -> None:
+    """What beat does: the due step starts, and its walk is published after commit."""
+    assert fanout.steps_start_due().started == [step.pk]
+
+
+# --- Reading what happened -----------------------------------------------------------------
+
+
+def messages_of(step: CampaignStep) -> Any:
+    return Message.objects.filter(step_id=step.pk)
+
+
+def deliveries_of(step: CampaignStep) -> Any:
+    return Delivery.objects.filter(message__step_id=step.pk)
+
+
+def sends_of(step: CampaignStep) -> Any:
+    return SandboxSend.objects.filter(message_id__in=messages_of(step).values("pk"), outcome="sent")
+
+
+def progress(step: CampaignStep) -> tuple[int, int, int]:
+    """Messages written, deliveries written, sends the provider accepted."""
+    return messages_of(step).count(), deliveries_of(step).count(), sends_of(step).count()
+
+
+def statuses(step: CampaignStep) -> dict[tuple[str, str], int]:
+    return {
+        (row["status"], row["reason"]): row["n"]
+        for row in deliveries_of(step).values("status", "reason").annotate(n=Count("pk"))
+    }
+
+
+def settled(probe: Callable[[], Any], *, what: str, polls: int = 8, timeout: float = 20) -> Any:
+    """Wait until probe() gives the same answer `polls` times in a row (0.25 s apart)."""
+    seen: dict[str, Any] = {"value": None, "same": 0}
+
+    def stable() -> bool:
+        value = probe()
+        seen["same"] = seen["same"] + 1 if value == seen["value"] else 1
+        seen["value"] = value
+        return seen["same"] >= polls
+
+    wait_until(stable, timeout=timeout, interval=0.25, message=f"{what} to stay flat")
+    return seen["value"]
+
+
+def idle(rig: Rig, worker: WorkerProcess) -> None:
+    """Nothing left in any queue of the private Redis, nothing running or reserved."""
+    client = rig.server.client()
+    wait_until(
+        lambda: worker_idle(worker, client) and worker_idle(worker, client),
+        timeout=20,
+        message="the worker to go idle",
+    )
+
+
+def fanout_under_way(step: CampaignStep, at_least: int = 300) -> None:
+    wait_until(
+        lambda: messages_of(step).count() >= at_least,
+        timeout=30,
+        interval=0.02,
+        message=f"{at_least} messages of the step to be written",
+    )
+
+
+def one_message_each(step: CampaignStep, users: list[int]) -> None:
+    per_user = dict(
+        messages_of(step).values("user_id").annotate(n=Count("pk")).values_list("user_id", "n")
+    )
+    assert set(per_user) == set(users)
+    assert set(per_user.values()) == {1}
+
+
+def every_delivery_sent_once(step: CampaignStep, channels: list[str], users: list[int]) -> None:
+    assert statuses(step) == {(S.SENT, ""): len(users) * len(channels)}
+    ledger = ledger_for(list(messages_of(step).values_list("pk", flat=True)), channels)
+    assert ledger.expected == len(users) * len(channels)
+    assert (ledger.lost, ledger.duplicated) == (0, 0), ledger
+
+
+def beat_until(
+    rig: Rig,
+    step: CampaignStep,
+    done: Callable[[], bool],
+    *,
+    timeout: float = 60.0,
+    minutes_later: bool = False,
+) -> None:
+    """Run beat's jobs every second until `done()` holds: release held deliveries and re-queue
+    stuck work (in the worker), start, revive and close steps (here). With `minutes_later`,
+    every fifth run of the steps job is told it is WALK_STALE later, as if beat had run on
+    for minutes, so walks that lost batches are revived."""
+    runs = {"n": 0, "at": 0.0}
+
+    def check() -> bool:
+        if done():
+            return True
+        if time.monotonic() - runs["at"] > 1.0:
+            rig.send("notifier.release_held", (), MAINTENANCE_QUEUE)
+            rig.send("notifier.requeue_stuck_work", (), MAINTENANCE_QUEUE)
+            runs["n"] += 1
+            later = minutes_later and runs["n"] % 5 == 0
+            fanout.steps_start_due(now=timezone.now() + (REVIVE_AFTER if later else timedelta()))
+            runs["at"] = time.monotonic()
+        return False
+
+    try:
+        wait_until(check, timeout=timeout, interval=0.2, message="every recipient to be sent")
+    except AssertionError as timed_out:
+        raise AssertionError(f"{timed_out}; {where(step)}") from None
+
+
+REVIVE_AFTER = fanout.WALK_STALE + timedelta(seconds=1)
+
+
+def where(step: CampaignStep) -> str:
+    row = CampaignStep.objects.filter(pk=step.pk).values(
+        "status", "cursor_user_id", "walk_done", "batches_total", "batches_done"
+    )[0]
+    unrouted = messages_of(step).filter(routed_at__isnull=True).count()
+    return (
+        f"step {row}; {messages_of(step).count()} messages, {unrouted} unrouted; {statuses(step)}"
+    )
+
+
+def everyone_sent(step: CampaignStep, users: list[int]) -> bool:
+    """Everyone has the step's message, routed, and every delivery is final."""
+    return (
+        messages_of(step).count() == len(users)
+        and not messages_of(step).filter(routed_at__isnull=True).exists()
+        and not deliveries_of(step).exclude(status__in=TERMINAL).exists()
+    )
+
+
+def closed(step: CampaignStep) -> bool:
+    """The step is done (beat's job closes it once every batch of its walk round counted)."""
+    return CampaignStep.objects.get(pk=step.pk).status == StepStatus.DONE
+
+
+# --- The tests -----------------------------------------------------------------------------
+
+
+def test_pausing_mid_fanout_stops_writes_and_sends_and_resuming_sends_each_user_once(rig):
+    users = fans()
+    step = campaign_due_now(["email"])
+    campaign = step.campaign
+    worker = rig.worker(**WORKER_ENV)
+    start(step)
+    fanout_under_way(step)
+
+    held = campaign_pause(campaign=campaign, by=None)
+    at_pause = CampaignStep.objects.get(pk=step.pk)
+    queued_batches = rig.server.client().llen(BULK_PREPARE)
+
+    # Within a few seconds nothing more is written or sent, and nothing is left to send.
+    messages, deliveries, sends = settled(lambda: progress(step), what="writes and sends")
+    idle(rig, worker)
+    assert progress(step) == (messages, deliveries, sends)
+    assert messages < len(users), "the fan-out finished before the pause"
+    left = statuses(step)
+    assert set(left) <= {(S.SENT, ""), (S.HELD, Reason.CAMPAIGN_PAUSED)}, left
+    assert left.get((S.HELD, Reason.CAMPAIGN_PAUSED), 0) >= held > 0, left
+
+    # The batches still queued when it paused were run, and wrote nothing: users already
+    # handed out to a batch have no message.
+    assert queued_batches > 0
+    handed_out = [pk for pk in users if pk <= at_pause.cursor_user_id]
+    assert messages_of(step).filter(user_id__in=handed_out).count() < len(handed_out)
+
+    released = campaign_resume(campaign=campaign, by=None)
+    assert released == left[(S.HELD, Reason.CAMPAIGN_PAUSED)]
+    beat_until(rig, step, lambda: everyone_sent(step, users) and closed(step))
+    one_message_each(step, users)
+    every_delivery_sent_once(step, ["email"], users)
+
+
+def test_cancelling_mid_fanout_cancels_what_was_not_sent_and_sends_nothing_more(rig):
+    users = fans()
+    step = campaign_due_now(["email"])
+    campaign = step.campaign
+    worker = rig.worker(**WORKER_ENV)
+    start(step)
+    fanout_under_way(step)
+
+    cancelled = campaign_cancel(campaign=campaign, by=None)
+    assert cancelled > 0
+
+    messages, deliveries, sends = settled(lambda: progress(step), what="writes and sends")
+    idle(rig, worker)
+    assert progress(step) == (messages, deliveries, sends)
+    assert messages < len(users), "the fan-out finished before the cancel"
+    # Every message was routed; what had not gone out is cancelled (or, routed after the
+    # cancel, suppressed), each with the reason; the rest went out once.
+    assert not messages_of(step).filter(routed_at__isnull=True).exists()
+    left = statuses(step)
+    assert set(left) <= {
+        (S.SENT, ""),
+        (S.CANCELLED, Reason.CANCELLED),
+        (S.SUPPRESSED, Reason.CANCELLED),
+    }, left
+    assert left[(S.CANCELLED, Reason.CANCELLED)] >= cancelled
+    assert sum(left.values()) == deliveries == messages
+    assert sends == left.get((S.SENT, ""), 0)
+    ledger = ledger_for(list(messages_of(step).values_list("pk", flat=True)), ["email"])
+    assert (ledger.distinct, ledger.duplicated) == (sends, 0)
+    assert CampaignStep.objects.get(pk=step.pk).status == StepStatus.CANCELLED
+    assert Campaign.objects.get(pk=campaign.pk).status == CampaignStatus.CANCELLED
+
+    # Beat, minutes later, with the re-queue and release jobs: nothing starts, nothing goes.
+    report = fanout.steps_start_due(now=timezone.now() + REVIVE_AFTER)
+    assert (report.started, report.revived) == ([], [])
+    rig.send("notifier.requeue_stuck_work", (), MAINTENANCE_QUEUE)
+    rig.send("notifier.release_held", (), MAINTENANCE_QUEUE)
+    idle(rig, worker)
+    assert progress(step) == (messages, deliveries, sends)
+
+
+def test_a_step_started_twice_at_once_and_walked_three_times_sends_each_user_once(rig):
+    users = fans()
+    step = campaign_due_now(["email"])
+    barrier = threading.Barrier(2)
+    started: list[int] = []
+
+    def beat() -> None:  # a second beat process: its own thread, its own connection
+        try:
+            barrier.wait(timeout=10)
+            started.extend(fanout.steps_start_due().started)
+        finally:
+            connection.close()
+
+    beats = [threading.Thread(target=beat) for _ in range(2)]
+    for thread in beats:
+        thread.start()
+    for thread in beats:
+        thread.join(timeout=30)
+    assert started == [step.pk]
+    # Two more walks of the same step, as a re-published or re-delivered task would be.
+    fanout.publish_walk(step.pk)
+    fanout.publish_walk(step.pk)
+    rig.worker(**WORKER_ENV)
+
+    beat_until(
+        rig,
+        step,
+        lambda: (
+            everyone_sent(step, users)
+            and CampaignStep.objects.get(pk=step.pk).status == StepStatus.DONE
+        ),
+    )
+    one_message_each(step, users)
+    every_delivery_sent_once(step, ["email"], users)
+    step.refresh_from_db()
+    assert step.batches_done == step.batches_total == len(users) // 100
+    assert Campaign.objects.get(pk=step.campaign_id).status == CampaignStatus.DONE
+
+
+def test_a_worker_sigkilled_mid_batch_loses_and_doubles_no_recipient(rig, settings):
+    users = fans()
+    channels = ["inapp", "email"]
+    step = campaign_due_now(channels)
+    worker = rig.worker(**WORKER_ENV)
+    start(step)
+    fanout_under_way(step, at_least=600)
+    worker.kill()
+
+    at_kill = CampaignStep.objects.get(pk=step.pk)
+    assert messages_of(step).count() < len(users), "the fan-out finished before the kill"
+    assert at_kill.batches_done < at_kill.batches_total  # batches were in flight
+
+    # Beat, minutes later, while no worker is up: the walk has not been heard from, so it is
+    # revived; the re-queue job publishes again the messages the dead worker left unrouted
+    # and the deliveries it had claimed or not yet sent (no worker is alive to be sending).
+    assert fanout.steps_start_due(now=timezone.now() + REVIVE_AFTER).revived == [step.pk]
+    settings.NOTIFIER_REQUEUE_AFTER_S = settings.NOTIFIER_SENDING_TIMEOUT_S = 0
+    requeue_stuck_work()
+    rig.worker(**WORKER_ENV)
+    beat_until(rig, step, lambda: everyone_sent(step, users) and closed(step), minutes_later=True)
+
+    one_message_each(step, users)
+    every_delivery_sent_once(step, channels, users)
+
+
+# --- Closing: a step whose batches did not all count in their round still closes ------------
+# A batch run while the campaign was paused writes nothing and does not count; a batch lost
+# with the broker or a worker never counts. Resuming or reviving starts a new walk round, and
+# the step closes once every batch of that round is written.
+
+
+def test_a_step_paused_with_batches_queued_closes_once_resumed_and_sent(rig, monkeypatch):
+    users = fans(300)
+    step = campaign_due_now(["email"])
+    monkeypatch.setattr(fanout, "BATCH_USERS", 100)
+    start(step)
+    assert fanout.step_walk(step_id=step.pk) is fanout.Walk.DONE  # three batches queued
+    campaign_pause(campaign=step.campaign, by=None)
+    worker = rig.worker(**WORKER_ENV)
+    idle(rig, worker)  # the three batches ran while paused, and wrote nothing
+    assert messages_of(step).count() == 0
+
+    campaign_resume(campaign=step.campaign, by=None)
+    beat_until(rig, step, lambda: everyone_sent(step, users))
+    every_delivery_sent_once(step, ["email"], users)
+    fanout.steps_start_due()
+    assert CampaignStep.objects.get(pk=step.pk).status == StepStatus.DONE, where(step)
+
+
+def test_a_step_that_lost_a_batch_closes_once_revived_and_sent(rig, monkeypatch):
+    users = fans(300)
+    step = campaign_due_now(["email"])
+    monkeypatch.setattr(fanout, "BATCH_USERS", 100)
+    start(step)
+    handed_out: list[int] = []
+
+    def lose_the_second(step_id: int, user_ids: list[int], walk_round: int) -> None:
+        handed_out.append(step_id)
+        if len(handed_out) != 2:  # the broker lost the second
+            rig.send("campaigns.fanout_batch", (step_id, list(user_ids), walk_round), BULK_PREPARE)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(fanout, "publish_batch", lose_the_second)
+        assert fanout.step_walk(step_id=step.pk) is fanout.Walk.DONE
+    worker = rig.worker(**WORKER_ENV)
+    idle(rig, worker)
+    assert messages_of(step).count() == 200
+
+    assert fanout.steps_start_due(now=timezone.now() + REVIVE_AFTER).revived == [step.pk]
+    beat_until(rig, step, lambda: everyone_sent(step, users))
+    every_delivery_sent_once(step, ["email"], users)
+    fanout.steps_start_due()
+    assert CampaignStep.objects.get(pk=step.pk).status == StepStatus.DONE, where(step)
