@@ -21,6 +21,7 @@ page, sees no button and gets 403 on every POST. Pages show users' emails masked
 
 from __future__ import annotations
 
+import json
 import keyword
 import re
 from collections.abc import Callable
@@ -37,6 +38,7 @@ from django.db import transaction
 from django.db.models import IntegerField, OuterRef, QuerySet, Subquery
 from django.db.models.fields.json import KT
 from django.db.models.functions import Cast
+from django.forms.fields import InvalidJSONInput
 from django.forms.models import BaseInlineFormSet
 from django.http import (
     Http404,
@@ -50,7 +52,7 @@ from django.urls import URLPattern, path, reverse
 from django.utils import timezone
 from django.utils.html import format_html, format_html_join
 from django.utils.http import urlencode
-from django.utils.safestring import SafeString
+from django.utils.safestring import SafeString, mark_safe
 from django.utils.text import capfirst
 from jinja2 import TemplateSyntaxError, meta
 
@@ -269,6 +271,15 @@ EDIT_FIELDS = [
 STATUS_FIELDS = ["status", "created_by", "approved_by", "approved_at", "started_at", "finished_at"]
 
 
+class VariablesField(forms.JSONField):
+    """JSON, laid out one variable per line so that it reads as a list of names and values."""
+
+    def prepare_value(self, value: Any) -> Any:
+        if isinstance(value, InvalidJSONInput):
+            return value
+        return json.dumps(value, ensure_ascii=False, indent=2, cls=self.encoder)
+
+
 class CampaignForm(forms.ModelForm):
     channels = forms.MultipleChoiceField(
         choices=CHANNEL_CHOICES,
@@ -276,9 +287,9 @@ class CampaignForm(forms.ModelForm):
         widget=forms.CheckboxSelectMultiple,
         help_text="None ticked: the routing rules choose among the category's channels.",
     )
-    variables = forms.JSONField(
+    variables = VariablesField(
         required=False,
-        widget=forms.Textarea(attrs={"rows": 4, "cols": 70}),
+        widget=forms.Textarea(attrs={"rows": 5, "cols": 70}),
         help_text=VARIABLES_HELP,
         # Django %-formats this message ("50% off" would break it).
         error_messages={"invalid": "This is not valid JSON. " + VARIABLES_HELP.replace("%", "%%")},
@@ -484,7 +495,7 @@ class StepInline(admin.TabularInline):
         if not variants:
             return "No variant."
         return format_html_join(
-            ", ",
+            mark_safe("<br>"),
             '<a href="{}">Variant {}</a> <span class="quiet">(weight {})</span>',
             ((variant_url(v.pk, self.admin_site.name), v.name, v.weight) for v in variants),
         )

@@ -251,6 +251,13 @@ def mask_email(email: str) -> str:
 # --- Templates (inline: the admin pages of this module are small) ---------------------------
 
 CHANGE_FORM_TEMPLATE = """{% extends "admin/change_form.html" %}
+{% block extrastyle %}{{ block.super }}
+<style>
+  /* The admin sizes every form label to the 160px label column, which folds each tier's
+     and state's description over two or three lines. */
+  #id_spend_tiers label, #id_activity label { width: auto; min-width: 0; }
+</style>
+{% endblock %}
 {% block object-tools-items %}
   {% if members_url %}<li><a href="{{ members_url }}">Members</a></li>{% endif %}
   {% if import_url %}<li><a href="{{ import_url }}">Import members (CSV)</a></li>{% endif %}
