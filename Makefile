@@ -16,7 +16,7 @@ BENCH_ENV = DATABASE_URL=$${BENCH_DATABASE_URL:-postgres://postgres@$(PGHOST):$(
 	REDIS_URL=redis://$(REDIS_HOST):$(REDIS_PORT)/14 \
 	CELERY_BROKER_URL=redis://$(REDIS_HOST):$(REDIS_PORT)/14
 
-.PHONY: install demo test lint typecheck pytest bench services clean
+.PHONY: install demo test lint typecheck pytest bench screenshots chromium services clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -31,7 +31,7 @@ demo: install
 	env -u DATABASE_URL -u CELERY_BROKER_URL -u REDIS_URL $(BIN)/python manage.py demo
 
 ## Lint, type-check and the whole test suite on real PostgreSQL, Redis and worker processes.
-test: install services lint typecheck pytest
+test: install services chromium lint typecheck pytest
 
 lint: install
 	$(BIN)/ruff check .
@@ -49,6 +49,18 @@ services:
 ## Throughput and latency of the pipeline against a naive baseline, on PostgreSQL + Redis.
 bench: install services
 	$(BENCH_ENV) $(BIN)/python manage.py bench $(BENCH_ARGS)
+
+## The README's admin screenshots, taken by headless Chromium on a throwaway database.
+DOCS_DB ?= notifier_docs
+screenshots: install services chromium
+	dropdb --if-exists -h $(PGHOST) -p $(PGPORT) -U postgres $(DOCS_DB)
+	createdb -h $(PGHOST) -p $(PGPORT) -U postgres $(DOCS_DB)
+	env -u CELERY_BROKER_URL DATABASE_URL=postgres://postgres@$(PGHOST):$(PGPORT)/$(DOCS_DB) \
+		REDIS_URL=redis://$(REDIS_HOST):$(REDIS_PORT)/13 $(BIN)/python manage.py screenshots
+
+## Debian's Chromium for Playwright (never Playwright's own browser download).
+chromium:
+	@scripts/ensure-chromium
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache

@@ -160,6 +160,16 @@ class FunnelRow:
     held_reasons: list[ReasonCount]
     feedback: dict[str, int]
 
+    @property
+    def not_sent(self) -> list[tuple[str, list[ReasonCount]]]:
+        """The outcomes that did not go out, each with its reasons (the "Why not sent" table)."""
+        outcomes = [
+            ("suppressed", self.suppressed_reasons),
+            ("failed", self.failed_reasons),
+            ("held now", self.held_reasons),
+        ]
+        return [(outcome, reasons) for outcome, reasons in outcomes if reasons]
+
     @classmethod
     def of(cls, data: Mapping[str, Any]) -> FunnelRow:
         total = data.get("deliveries", {}).get("total", {})
@@ -251,6 +261,7 @@ def page_context(stats: Iterable[CampaignStats]) -> dict[str, Any]:
         "has_stats": True,
         "computed_at": campaign_row.computed_at,
         "rows": rows,
+        "any_not_sent": any(row.not_sent for row in rows),
         "ab_rows": ab_rows,
         "channel_columns": [label for _, label in CHANNEL_COLUMNS],
         "channel_rows": channels,
