@@ -48,6 +48,7 @@ services:
 
 ## Throughput and latency of the pipeline against a naive baseline, on PostgreSQL + Redis.
 bench: install services
+	@[ -n "$${BENCH_DATABASE_URL:-}" ] || createdb -h $(PGHOST) -p $(PGPORT) -U postgres notifier_bench 2>/dev/null || true
 	$(BENCH_ENV) $(BIN)/python manage.py bench $(BENCH_ARGS)
 
 ## The README's admin screenshots, taken by headless Chromium on a throwaway database.

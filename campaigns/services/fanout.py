@@ -23,7 +23,7 @@ from functools import partial
 from zoneinfo import ZoneInfo
 
 from django.conf import settings
-from django.db import transaction
+from django.db import connection, transaction
 from django.db.models import F
 from django.utils import timezone
 
@@ -172,17 +172,37 @@ class Walk(StrEnum):
     STOPPED = "stopped"  # paused, cancelled, or another walk holds the step
 
 
+WALK_LOCK_SPACE = 0x5741_4C4B << 32  # "WALK": advisory lock keys of walks, by step id
+
+
+def _walk_lock(step_id: int) -> bool:
+    """Only one walk of a step at a time, for the transaction (a PostgreSQL advisory lock).
+
+    Not the step row's lock: every batch updates the row's counters as it finishes, and a walk
+    that took such a moment for another walk would stop with no one to carry on. The row is
+    still locked below (waiting out those brief updates) so that pause, resume and cancel
+    serialize with the walk."""
+    if connection.vendor != "postgresql":
+        return True  # the embedded default: one process
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_try_advisory_xact_lock(%s)", [WALK_LOCK_SPACE | step_id])
+        row = cursor.fetchone()
+    return bool(row and row[0])
+
+
 def step_walk(*, step_id: int, batches: int = BATCHES_PER_WALK) -> Walk:
     """Hand out up to `batches` batches of the step's audience, in user id order."""
     with transaction.atomic():
+        if not _walk_lock(step_id):
+            return Walk.STOPPED  # another walk of the same step is running, and goes on
         step = (
-            CampaignStep.objects.select_for_update(skip_locked=True, of=("self",))
+            CampaignStep.objects.select_for_update(of=("self",))
             .filter(pk=step_id)
             .select_related("campaign", "campaign__segment")
             .first()
         )
         if step is None:
-            return Walk.STOPPED  # another walk of the same step is running
+            return Walk.STOPPED  # the campaign was deleted
         campaign = step.campaign
         if step.status != StepStatus.RUNNING or campaign.status != C.RUNNING or step.walk_done:
             return Walk.STOPPED

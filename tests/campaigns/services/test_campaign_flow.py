@@ -9,7 +9,7 @@ from datetime import UTC, datetime, time, timedelta
 import pytest
 import time_machine
 from django.contrib.auth.models import Group
-from django.db import connection
+from django.db import connection, transaction
 from django.utils import timezone
 
 from campaigns.models import (
@@ -22,6 +22,7 @@ from campaigns.models import (
     StepVariant,
     VariantTemplate,
 )
+from campaigns.services import fanout
 from campaigns.services.fanout import steps_start_due, triggers_evaluate
 from campaigns.services.lifecycle import (
     CampaignError,
@@ -313,6 +314,57 @@ def test_walking_the_audience_again_writes_nothing_twice(marketer, lead, publish
     CampaignStep.objects.filter(pk=step.pk).update(cursor_user_id=0, walk_done=False)
     published.run_walk(step.pk)
     assert Message.objects.filter(step=step).count() == 12
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_walk_waits_out_a_batch_counting_itself_but_stops_for_another_walk(
+    marketer, lead, published
+):
+    """A batch finishing updates the step row's counters; a walk that ran into that row lock
+    used to take it for another walk and stop with no one to carry on (found by the 100k
+    benchmark: the fan-out stalled at 60,000). Only a real second walk stops it."""
+    audience(3)
+    campaign = scheduled(marketer, lead)
+    step = campaign.steps.get(name="Notice")
+    with time_machine.travel(step_start(campaign, step)):
+        steps_start_due()
+    holding, release = threading.Event(), threading.Event()
+
+    def hold(sql: str) -> None:  # another connection holds a lock for a moment
+        try:
+            with transaction.atomic():
+                with connection.cursor() as cursor:
+                    cursor.execute(sql, [step.pk])
+                holding.set()
+                release.wait(timeout=10)
+        finally:
+            connection.close()
+
+    counter = threading.Thread(
+        target=hold,
+        args=("UPDATE campaigns_campaignstep SET batches_done = batches_done + 1 WHERE id = %s",),
+    )
+    counter.start()
+    assert holding.wait(timeout=10)
+    threading.Timer(0.3, release.set).start()
+    assert fanout.step_walk(step_id=step.pk) is fanout.Walk.DONE  # waited, then walked
+    counter.join(timeout=10)
+    assert len(published.batches) == 1
+
+    holding.clear()
+    release.clear()
+    CampaignStep.objects.filter(pk=step.pk).update(walk_done=False, cursor_user_id=0)
+    walker = threading.Thread(
+        target=hold, args=(f"SELECT pg_advisory_xact_lock({fanout.WALK_LOCK_SPACE} | %s)",)
+    )
+    walker.start()
+    assert holding.wait(timeout=10)
+    try:
+        assert fanout.step_walk(step_id=step.pk) is fanout.Walk.STOPPED
+    finally:
+        release.set()
+        walker.join(timeout=10)
+    assert len(published.batches) == 1
 
 
 def test_a_batch_racing_another_run_of_itself_starts_over_and_writes_nothing_twice(
