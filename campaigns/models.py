@@ -75,6 +75,11 @@ class Segment(models.Model):
     tags_all = models.JSONField(default=list, blank=True, help_text="Has every one of these")
     locales = models.JSONField(default=list, blank=True)
     time_zones = models.JSONField(default=list, blank=True)
+    points_expiring_within_days = models.PositiveSmallIntegerField(
+        null=True,
+        blank=True,
+        help_text="Users with loyalty points that expire within this many days. Empty: any.",
+    )
     use_member_list = models.BooleanField(default=False)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)

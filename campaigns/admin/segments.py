@@ -60,7 +60,15 @@ PREVIEW_ROWS_SHOWN = 500
 MAX_UPLOAD_BYTES = 20 * 1024 * 1024
 IMPORT_TOKEN_SALT = "campaigns.segment-member-import"
 IMPORT_TOKEN_MAX_AGE_S = 3600
-RULE_FIELDS = ["spend_tiers", "activity", "tags_any", "tags_all", "locales", "time_zones"]
+RULE_FIELDS = [
+    "spend_tiers",
+    "activity",
+    "tags_any",
+    "tags_all",
+    "locales",
+    "time_zones",
+    "points_expiring_within_days",
+]
 
 
 # --- Rule fields -----------------------------------------------------------------------------
@@ -183,6 +191,13 @@ class SegmentRulesForm(forms.Form):
         normalize_item=normalize_time_zone,
         help_text="Comma-separated IANA names, e.g. Asia/Shanghai, Europe/Berlin. Empty: any.",
     )
+    points_expiring_within_days = forms.IntegerField(
+        required=False,
+        min_value=0,
+        max_value=3650,
+        label="Points expiring within (days)",
+        help_text="Users whose loyalty points lapse within this many days. Empty: any.",
+    )
     use_member_list = forms.BooleanField(required=False)
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -204,6 +219,7 @@ class SegmentForm(forms.ModelForm):
     tags_all = SegmentRulesForm.base_fields["tags_all"]
     locales = SegmentRulesForm.base_fields["locales"]
     time_zones = SegmentRulesForm.base_fields["time_zones"]
+    points_expiring_within_days = SegmentRulesForm.base_fields["points_expiring_within_days"]
 
     class Meta:
         model = Segment
@@ -235,6 +251,11 @@ def rules_summary(segment: Segment) -> str:
         f"all of {', '.join(segment.tags_all)}" if segment.tags_all else "",
         ", ".join(segment.locales),
         ", ".join(segment.time_zones),
+        (
+            f"points expiring within {segment.points_expiring_within_days} days"
+            if segment.points_expiring_within_days is not None
+            else ""
+        ),
         "imported list" if segment.use_member_list else "",
     ]
     return " · ".join(part for part in parts if part) or "Every active user"

@@ -69,7 +69,20 @@ def segment_q(segment: Segment, *, thresholds: AudienceThresholds, now: datetime
         q &= Q(locale__in=list(segment.locales))
     if segment.time_zones:
         q &= Q(time_zone__in=list(segment.time_zones))
+    if segment.points_expiring_within_days is not None:
+        q &= points_expiring_q(segment.points_expiring_within_days, now=now)
     return q
+
+
+def points_expiring_q(days: int, *, now: datetime) -> Q:
+    """Users with a points balance that has not expired yet and will within `days` days."""
+    if days < 0:
+        raise ValueError(f"points expiring within {days} days: use 0 or more days")
+    return Q(
+        points_balance__gt=0,
+        points_expire_at__gte=now,
+        points_expire_at__lte=now + timedelta(days=days),
+    )
 
 
 def spend_tier_q(tiers: Iterable[str], *, thresholds: AudienceThresholds) -> Q:

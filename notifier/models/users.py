@@ -9,6 +9,7 @@ import phonenumbers
 from django.contrib.auth.models import AbstractUser
 from django.core.exceptions import ValidationError
 from django.db import models
+from django.db.models import Q
 
 
 def validate_e164(value: str) -> None:
@@ -81,6 +82,10 @@ class User(AbstractUser):
     yearly_spend = models.DecimalField(max_digits=12, decimal_places=2, default=Decimal("0"))
     last_active_at = models.DateTimeField(null=True, blank=True)
     interest_tags = models.JSONField(default=list, blank=True)
+    # Loyalty points and when the balance expires (kept in sync by the product): a campaign
+    # can wake up users whose points are about to lapse.
+    points_balance = models.PositiveIntegerField(default=0)
+    points_expire_at = models.DateTimeField(null=True, blank=True)
     # The local hour the user usually reads messages, learned nightly from their reads and
     # opens (campaigns.services.stats); empty until there is history.
     usual_active_hour = models.PositiveSmallIntegerField(null=True, blank=True)
@@ -93,6 +98,11 @@ class User(AbstractUser):
             # tags get a GIN index on PostgreSQL (migration 0009).
             models.Index(fields=["yearly_spend"], name="user_spend_idx"),
             models.Index(fields=["last_active_at"], name="user_last_active_idx"),
+            models.Index(
+                fields=["points_expire_at"],
+                name="user_points_expire_idx",
+                condition=Q(points_balance__gt=0),
+            ),
             models.Index(fields=["locale"], name="user_locale_idx"),
             models.Index(fields=["time_zone"], name="user_time_zone_idx"),
         ]

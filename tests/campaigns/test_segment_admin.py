@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import importlib
 import re
+from datetime import timedelta
 from decimal import Decimal
 
 import pytest
 from django.contrib.auth.models import Group, Permission
 from django.core.files.uploadedfile import SimpleUploadedFile
 from django.urls import reverse
+from django.utils import timezone
 
 from campaigns.models import Activity, AudienceThresholds, Segment, SegmentMember, SpendTier
 from tests.campaigns.factories import SegmentFactory, SegmentMemberFactory
@@ -212,6 +214,31 @@ def test_count_endpoint_of_the_add_page_counts_rules_without_a_segment(marketer_
     UserFactory(yearly_spend=Decimal("1"))
     response = marketer_client.get(url("segment_count_new"), {"rules": "1", "spend_tiers": "whale"})
     assert response.json()["count"] == 1
+
+
+def test_points_rule_is_saved_and_counted_from_the_form(marketer_client):
+    soon = timezone.now() + timedelta(days=2)
+    UserFactory(points_balance=300, points_expire_at=soon)
+    UserFactory(points_balance=300, points_expire_at=soon + timedelta(days=30))
+    segment = SegmentFactory(name="Points lapsing")
+
+    counted = marketer_client.get(
+        url("segment_count", segment.pk), {"rules": "1", "points_expiring_within_days": "7"}
+    )
+    refused = marketer_client.get(
+        url("segment_count", segment.pk), {"rules": "1", "points_expiring_within_days": "-1"}
+    )
+    saved = marketer_client.post(
+        url("segment_change", segment.pk),
+        form_data(segment, points_expiring_within_days="7"),
+    )
+
+    assert counted.json()["count"] == 1
+    assert refused.status_code == 400
+    assert "points_expiring_within_days" in refused.json()["errors"]
+    assert saved.status_code == 302
+    segment.refresh_from_db()
+    assert segment.points_expiring_within_days == 7
 
 
 def test_count_endpoint_reports_invalid_rules_with_a_message(marketer_client):

@@ -251,6 +251,20 @@ def test_time_zone_rule_matches_the_listed_zones_only():
 
 
 @db
+def test_points_rule_matches_balances_that_lapse_within_the_window_only():
+    soon = UserFactory(points_balance=1200, points_expire_at=NOW + timedelta(days=3))
+    edge = UserFactory(points_balance=10, points_expire_at=NOW + timedelta(days=7))
+    UserFactory(points_balance=1200, points_expire_at=NOW + timedelta(days=7, seconds=1))
+    UserFactory(points_balance=1200, points_expire_at=NOW - timedelta(seconds=1))  # lapsed
+    UserFactory(points_balance=0, points_expire_at=NOW + timedelta(days=1))  # nothing to lose
+    UserFactory(points_balance=1200, points_expire_at=None)  # never expire
+    assert in_segment(rules(points_expiring_within_days=7)) == ids(soon, edge)
+    assert in_segment(rules(points_expiring_within_days=None)) == ids(
+        *User.objects.filter(is_active=True)
+    )
+
+
+@db
 def test_every_filled_in_rule_must_hold_at_once():
     match = UserFactory(
         yearly_spend=Decimal("9000"), last_active_at=NOW, interest_tags=["golf"], locale="en"
@@ -542,6 +556,8 @@ def many_users() -> None:
                 else long_ago - timedelta(days=rng.randint(0, 300))
             ),
             interest_tags=["golf", "news"] if i % 500 == 7 else ["news", "sport"],
+            points_balance=500 if i % 100 == 3 else 0,
+            points_expire_at=NOW + timedelta(days=rng.randint(1, 20)) if i % 100 == 3 else None,
         )
         for i in range(TEMPLATE_USERS)
     )
@@ -581,6 +597,7 @@ def test_count_and_keyset_walk_use_indexes_not_a_sequential_scan(many_users):
         ({"activity": [Activity.ACTIVE]}, "user_last_active_idx"),
         ({"tags_any": ["golf", "chess"]}, "user_interest_tags_gin"),
         ({"tags_all": ["golf", "news"]}, "user_interest_tags_gin"),
+        ({"points_expiring_within_days": 7}, "user_points_expire_idx"),
     ]:
         plan = count_plan(rules(**fields))
         assert "Seq Scan on notifier_user" not in plan, plan
