@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 
 from celery import Celery
+from celery.signals import task_postrun
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "notifier.settings")
 
@@ -29,3 +30,13 @@ def _declare_queues_and_schedule(sender: Celery, **_: object) -> None:
         "campaigns.learn_active_hours": {"queue": MAINTENANCE_QUEUE},
     }
     sender.conf.beat_schedule = BEAT_SCHEDULE
+
+
+@task_postrun.connect
+def _beat_heartbeat(task: object = None, state: str | None = None, **_: object) -> None:
+    """A periodic job that finished leaves a heartbeat: the readiness check's "is beat alive"."""
+    name = getattr(task, "name", None)
+    if state == "SUCCESS" and isinstance(name, str):
+        from notifier.health import beat_heartbeat
+
+        beat_heartbeat(name)

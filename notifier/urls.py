@@ -3,10 +3,12 @@
 from django.contrib import admin
 from django.urls import include, path
 
-from notifier.views import inbox, preferences
+from notifier.views import health, inbox, preferences
 
 urlpatterns = [
     path("admin/", admin.site.urls),
+    path("health/live/", health.live, name="health-live"),
+    path("health/ready/", health.ready, name="health-ready"),
     path("api/inbox/", inbox.inbox_list, name="inbox-list"),
     path("api/inbox/unread-count/", inbox.inbox_unread, name="inbox-unread-count"),
     path("api/inbox/read-all/", inbox.inbox_read_all, name="inbox-read-all"),

@@ -1,0 +1,22 @@
+"""Health endpoints for load balancers and orchestrators (see notifier.health)."""
+
+from __future__ import annotations
+
+from django.http import HttpRequest, JsonResponse
+from django.views.decorators.cache import never_cache
+from django.views.decorators.http import require_GET
+
+from notifier.health import readiness
+
+
+@never_cache
+@require_GET
+def live(request: HttpRequest) -> JsonResponse:
+    return JsonResponse({"status": "ok"})
+
+
+@never_cache
+@require_GET
+def ready(request: HttpRequest) -> JsonResponse:
+    ok, body = readiness()
+    return JsonResponse(body, status=200 if ok else 503)
