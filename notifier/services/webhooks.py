@@ -113,7 +113,12 @@ def provider_event_apply(event: ProviderEventIn, action: EventAction) -> Webhook
             provider_message_id=event.provider_message_id,
             status=action.status,
             occurred_at=event.occurred_at or now,
-            detail={"source": event.source, "event_id": event.event_id, "why": action.why},
+            detail={
+                "source": event.source,
+                "event_id": event.event_id,
+                "why": action.why,
+                **event.detail,
+            },
             failure_reason=action.failure_reason,
             error=f"{event.source}: {action.why}" + (f": {event.error}" if event.error else ""),
         )
