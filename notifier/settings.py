@@ -205,6 +205,9 @@ WEBPUSH_VAPID_SUBJECT = env.str("WEBPUSH_VAPID_SUBJECT", default="")
 # --- Provider webhooks ----------------------------------------------------------------------
 # Email tracking arrives through anymail's per-ESP views at /webhooks/anymail/<esp>/tracking/;
 # set that ESP's signing key in ANYMAIL (e.g. ANYMAIL=MAILGUN_WEBHOOK_SIGNING_KEY=...).
+# Only these ESPs' webhooks may write (default: the anymail ESP EMAIL_BACKEND sends through);
+# name one here when sending through its SMTP relay, e.g. NOTIFIER_EMAIL_WEBHOOK_ESPS=mailgun.
+NOTIFIER_EMAIL_WEBHOOK_ESPS = env.list("NOTIFIER_EMAIL_WEBHOOK_ESPS", default=[])
 # Signed timestamps older than this are refused as replays (Mailgun retries for 8 hours).
 NOTIFIER_WEBHOOK_MAX_AGE_S = env.int("NOTIFIER_WEBHOOK_MAX_AGE_S", default=12 * 3600)
 # Twilio signs the URL it called. Behind a proxy, either name the public origin here

@@ -38,9 +38,6 @@ _EMAIL_MOVES: dict[str, EventAction] = {
     "delivered": EventAction("the mailbox accepted it", P.DELIVERED),
     "opened": EventAction("opened", P.OPENED),
     "clicked": EventAction("a link was clicked", P.CLICKED),
-    "bounced": EventAction(
-        "hard bounce", P.BOUNCED, Reason.INVALID_RECIPIENT, SuppressionReason.BOUNCED
-    ),
     "complained": EventAction(
         "spam complaint", P.COMPLAINED, suppress=SuppressionReason.COMPLAINED
     ),
@@ -55,8 +52,28 @@ _REJECTS_SUPPRESSING: dict[str, SuppressionReason] = {
 }
 
 
-def email_event_action(event_type: str, reject_reason: str | None) -> EventAction:
-    """An anymail tracking event, read for one delivery."""
+HARD_BOUNCE_REASONS = frozenset({"", "bounced", "invalid"})
+
+
+def email_event_action(
+    event_type: str, reject_reason: str | None, *, soft_bounce: bool = False
+) -> EventAction:
+    """An anymail tracking event, read for one delivery.
+
+    anymail's "bounced" also covers bounces that say nothing against the address (SendGrid's
+    "blocked", Postmark's SoftBounce: `soft_bounce`): those fail the delivery but suppress
+    nothing; only a hard bounce puts the address on the suppression list.
+    """
+    if event_type == "bounced":
+        if soft_bounce or (reject_reason or "") not in HARD_BOUNCE_REASONS:
+            return EventAction(
+                f"bounced ({reject_reason or 'soft'}); the address stays",
+                P.BOUNCED,
+                Reason.UNDELIVERED,
+            )
+        return EventAction(
+            "hard bounce", P.BOUNCED, Reason.INVALID_RECIPIENT, SuppressionReason.BOUNCED
+        )
     if event_type == "rejected":
         suppress = _REJECTS_SUPPRESSING.get(reject_reason or "")
         if suppress is not None:

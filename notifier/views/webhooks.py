@@ -53,10 +53,55 @@ def _signed_at(esp_name: str, esp_event: Any) -> datetime | None:
         return None
 
 
+def esp_key(esp_name: str) -> str:
+    """ "Amazon SES" -> "amazon_ses": the name of anymail's backend module for that ESP."""
+    return esp_name.lower().replace(" ", "_")
+
+
+def email_webhook_esps() -> list[str]:
+    """The ESPs whose webhooks we accept: NOTIFIER_EMAIL_WEBHOOK_ESPS, else the anymail ESP
+    that EMAIL_BACKEND sends through (none for plain SMTP)."""
+    if settings.NOTIFIER_EMAIL_WEBHOOK_ESPS:
+        return [esp_key(name) for name in settings.NOTIFIER_EMAIL_WEBHOOK_ESPS]
+    parts = settings.EMAIL_BACKEND.split(".")
+    if parts[:2] == ["anymail", "backends"] and len(parts) > 2:
+        return [parts[2]]
+    return []
+
+
+def email_webhook_refusal(sender: Any, esp_name: str) -> str | None:
+    """Why an ESP webhook that anymail accepted is still refused, or None.
+
+    `include("anymail.urls")` routes every ESP anymail knows; only ours may write. An ESP whose
+    webhooks carry no signature is accepted only with basic auth (WEBHOOK_SECRET) configured:
+    anymail merely warns without it, and its endpoint would be open to anyone.
+    """
+    if esp_key(esp_name) not in email_webhook_esps():
+        return (
+            f"{esp_name} webhooks are not accepted here: this site sends email through "
+            f"{', '.join(email_webhook_esps()) or 'SMTP'} (NOTIFIER_EMAIL_WEBHOOK_ESPS)"
+        )
+    if getattr(sender, "warn_if_no_basic_auth", False) and not settings.ANYMAIL.get(
+        "WEBHOOK_SECRET"
+    ):
+        return f"{esp_name} webhooks need basic auth: set WEBHOOK_SECRET in ANYMAIL"
+    return None
+
+
+def _soft_bounce(esp_name: str, esp_event: Any) -> bool:
+    """A bounce the ESP itself calls temporary, where anymail's event type cannot say so."""
+    if esp_name == "Postmark" and isinstance(esp_event, Mapping):
+        return esp_event.get("Type") == "SoftBounce"
+    return False
+
+
 def email_tracking_received(sender: Any, event: Any, esp_name: str, **kwargs: Any) -> None:
     """Receiver of `anymail.signals.tracking`: one normalised ESP event per call."""
     from anymail.exceptions import AnymailWebhookValidationFailure
 
+    refusal = email_webhook_refusal(sender, esp_name)
+    if refusal is not None:  # a SuspiciousOperation: Django answers 400
+        raise AnymailWebhookValidationFailure(refusal)
     signed_at = _signed_at(esp_name, event.esp_event)
     if too_old(
         signed_at, now=timezone.now(), max_age_s=settings.NOTIFIER_WEBHOOK_MAX_AGE_S
@@ -65,7 +110,7 @@ def email_tracking_received(sender: Any, event: Any, esp_name: str, **kwargs: An
             f"{esp_name} webhook signed at {signed_at:%Y-%m-%d %H:%M:%S} UTC is older than "
             f"NOTIFIER_WEBHOOK_MAX_AGE_S ({settings.NOTIFIER_WEBHOOK_MAX_AGE_S}s); refused"
         )
-    source = esp_name.lower().replace(" ", "_")
+    source = esp_key(esp_name)
     event_type = str(event.event_type or "unknown")
     message_id = str(event.message_id or "")
     event_id = str(event.event_id or "") or (
@@ -93,7 +138,11 @@ def email_tracking_received(sender: Any, event: Any, esp_name: str, **kwargs: An
                 if v
             },
         ),
-        email_event_action(event_type, event.reject_reason),
+        email_event_action(
+            event_type,
+            event.reject_reason,
+            soft_bounce=_soft_bounce(esp_name, event.esp_event),
+        ),
     )
     log.info("%s %s for %s: %s", esp_name, event_type, message_id, result.outcome or "replayed")
 

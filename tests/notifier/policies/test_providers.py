@@ -28,7 +28,7 @@ from notifier.status import Reason
         ("delivered", P.DELIVERED, None),
         ("opened", P.OPENED, None),
         ("clicked", P.CLICKED, None),
-        ("bounced", P.BOUNCED, SuppressionReason.BOUNCED),
+        ("bounced", P.BOUNCED, SuppressionReason.BOUNCED),  # no reason given: a hard bounce
         ("complained", P.COMPLAINED, SuppressionReason.COMPLAINED),
         ("deferred", P.DEFERRED, None),
         ("unsubscribed", P.UNSUBSCRIBED, None),
@@ -43,6 +43,25 @@ def test_each_email_event_type_has_its_move_and_suppression(event_type, status, 
     action = email_event_action(event_type, None)
     assert (action.status, action.suppress) == (status, suppress)
     assert action.why
+
+
+@pytest.mark.parametrize(
+    ("reject_reason", "soft", "failure", "suppress"),
+    [
+        ("bounced", False, Reason.INVALID_RECIPIENT, SuppressionReason.BOUNCED),
+        ("invalid", False, Reason.INVALID_RECIPIENT, SuppressionReason.BOUNCED),
+        ("bounced", True, Reason.UNDELIVERED, None),  # Postmark's SoftBounce
+        ("blocked", False, Reason.UNDELIVERED, None),  # SendGrid's "blocked"
+        ("other", False, Reason.UNDELIVERED, None),  # Mailgun's permanent "generic"
+    ],
+)
+def test_only_a_hard_bounce_suppresses(reject_reason, soft, failure, suppress):
+    action = email_event_action("bounced", reject_reason, soft_bounce=soft)
+    assert (action.status, action.failure_reason, action.suppress) == (
+        P.BOUNCED,
+        failure,
+        suppress,
+    )
 
 
 def test_only_unsubscribed_unsubscribes():

@@ -8,6 +8,7 @@ signing key), posted through Django's test client to /webhooks/anymail/mailgun/t
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 import hashlib
 import hmac
@@ -407,3 +408,89 @@ def test_sent_stays_sent_without_a_callback(mailgun):
 
     assert status_of(email) == (S.SENT, "")
     assert Message.objects.count() == 1
+
+
+# --- Only our ESP, and only authenticated -------------------------------------------------------
+
+POSTMARK = "/webhooks/anymail/postmark/tracking/"
+
+
+def postmark_bounce(delivery: Delivery, bounce_type: str) -> dict[str, Any]:
+    """Postmark's bounce webhook payload."""
+    return {
+        "RecordType": "Bounce",
+        "ID": 4323372036854775807,
+        "Type": bounce_type,
+        "TypeCode": 1 if bounce_type == "HardBounce" else 4096,
+        "Name": "Hard bounce" if bounce_type == "HardBounce" else "Soft bounce",
+        "MessageID": delivery.provider_message_id,
+        "MessageStream": "outbound",
+        "Description": "The server was unable to deliver your message",
+        "Details": "smtp;550 5.1.1 The email account does not exist",
+        "Email": delivery.user.email,
+        "From": "noreply@example.com",
+        "BouncedAt": "2026-11-22T06:00:00Z",
+        "Inactive": bounce_type == "HardBounce",
+        "CanActivate": True,
+        "Subject": "Your order is on its way",
+        "Metadata": {},
+        "Tag": "",
+        "ServerID": 23,
+    }
+
+
+def post_postmark(client: Client, payload: dict[str, Any], auth: str | None = None) -> Any:
+    headers = {}
+    if auth:
+        headers["HTTP_AUTHORIZATION"] = "Basic " + base64.b64encode(auth.encode()).decode()
+    return client.post(
+        POSTMARK, data=json.dumps(payload), content_type="application/json", **headers
+    )
+
+
+@pytest.mark.filterwarnings("ignore::anymail.exceptions.AnymailInsecureWebhookWarning")
+def test_another_esps_webhook_is_refused_while_we_send_through_mailgun(client, mailgun):
+    email = sent_email()
+
+    response = post_postmark(client, postmark_bounce(email, "HardBounce"))
+
+    assert response.status_code == 400
+    assert status_of(email) == (S.SENT, "")
+    assert not SuppressedAddress.objects.exists()
+    assert not ProviderEvent.objects.exists()
+
+
+@pytest.fixture
+def postmark_too(settings, mailgun) -> None:
+    """Postmark's webhooks accepted too (as when sending through its SMTP relay)."""
+    settings.NOTIFIER_EMAIL_WEBHOOK_ESPS = ["mailgun", "postmark"]
+
+
+@pytest.mark.filterwarnings("ignore::anymail.exceptions.AnymailInsecureWebhookWarning")
+def test_an_esp_without_signatures_is_refused_unless_basic_auth_is_set(
+    client, postmark_too, settings
+):
+    email = sent_email()
+
+    assert post_postmark(client, postmark_bounce(email, "HardBounce")).status_code == 400
+    assert not ProviderEvent.objects.exists()
+
+    settings.ANYMAIL = {**settings.ANYMAIL, "WEBHOOK_SECRET": "hook:s3cret"}
+    wrong = post_postmark(client, postmark_bounce(email, "HardBounce"), auth="hook:guess")
+    assert wrong.status_code == 400
+    assert not ProviderEvent.objects.exists()
+    right = post_postmark(client, postmark_bounce(email, "HardBounce"), auth="hook:s3cret")
+    assert right.status_code == 200
+    assert status_of(email) == (S.FAILED, Reason.INVALID_RECIPIENT)
+    assert SuppressedAddress.objects.get().source == "postmark"
+
+
+def test_a_soft_bounce_fails_the_delivery_but_keeps_the_address(client, postmark_too, settings):
+    settings.ANYMAIL = {**settings.ANYMAIL, "WEBHOOK_SECRET": "hook:s3cret"}
+    email = sent_email()
+
+    response = post_postmark(client, postmark_bounce(email, "SoftBounce"), auth="hook:s3cret")
+
+    assert response.status_code == 200
+    assert status_of(email) == (S.FAILED, Reason.UNDELIVERED)
+    assert not SuppressedAddress.objects.exists()
