@@ -216,7 +216,7 @@ def twilio_status(request: HttpRequest) -> HttpResponse:
             delivery_provider=TwilioSmsProvider.name,
             provider_message_id=sid,
             recipient=request.POST.get("To", ""),
-            error=f"Twilio error {error_code}" if error_code else "",
+            # Twilio's ErrorCode is in the action's words and the event's detail.
             detail={"error_code": error_code} if error_code else {},
         ),
         action,
