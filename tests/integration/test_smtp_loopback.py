@@ -1,15 +1,15 @@
 """Email end to end over real SMTP: notify() -> a real worker -> aiosmtpd on 127.0.0.1.
 
-The worker process runs with EMAIL_URL=smtp://127.0.0.1:<port>, so it sends through Django's
-SMTP backend (the "django" provider) to an aiosmtpd server in this test process. The test then
-reads what arrived: the marketing email's RFC 8058 headers and parts, the transactional one's
-lack of them, and finally POSTs the one-click URL the mail carried.
+The worker process (on a private Redis, see tests/integration/rig.py) runs with
+EMAIL_URL=smtp://127.0.0.1:<port>, so it sends through Django's SMTP backend (the "django"
+provider) to an aiosmtpd server in this test process. The test then reads what arrived: the
+marketing email's RFC 8058 headers and parts, the transactional one's lack of them, and
+finally POSTs the one-click URL the mail carried.
 """
 
 from __future__ import annotations
 
 import re
-import socket
 import threading
 from collections.abc import Iterator
 from email import message_from_bytes, policy
@@ -18,18 +18,16 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
-import redis
 from aiosmtpd.controller import Controller
-from django.conf import settings
 from django.test import Client
 
 from notifier.api import notify
 from notifier.models import Delivery, Preference, Unsubscribe
-from notifier.queues import ALL_QUEUES
 from notifier.services.preferences import consent_give
 from notifier.status import DeliveryStatus
-from tests.conftest import WorkerProcess, wait_until
+from tests.conftest import wait_until
 from tests.factories import UserFactory, order_context
+from tests.integration.rig import RedisServer, Rig, free_port
 
 pytestmark = pytest.mark.integration
 S = DeliveryStatus
@@ -62,12 +60,6 @@ class Mailbox:
             return [m for rcpt, m in self.received if address in rcpt]
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 @pytest.fixture
 def mailbox() -> Iterator[tuple[Mailbox, int]]:
     box, port = Mailbox(), free_port()
@@ -80,23 +72,21 @@ def mailbox() -> Iterator[tuple[Mailbox, int]]:
 
 
 @pytest.fixture
-def smtp_worker(mailbox, transactional_db) -> Iterator[tuple[Mailbox, WorkerProcess]]:
+def smtp_worker(mailbox, monkeypatch, transactional_db) -> Iterator[Mailbox]:
+    """A worker that sends email over SMTP to the mailbox, on a private Redis of its own (so
+    the session's shared worker, which sends to memory, cannot take these tasks)."""
     box, port = mailbox
-    redis.Redis.from_url(settings.CELERY_BROKER_URL).flushdb()
-    worker = WorkerProcess(
-        queues=ALL_QUEUES,
-        extra_env={
-            "EMAIL_URL": f"smtp://127.0.0.1:{port}",
-            "NOTIFIER_EMAIL_PROVIDERS": "django",
-            "NOTIFIER_SITE_URL": PUBLIC,
-            "DEFAULT_FROM_EMAIL": "Shop <noreply@shop.example.com>",
-        },
-    )
+    rig = Rig(RedisServer(), monkeypatch)
     try:
-        worker.wait_ready()
-        yield box, worker
+        rig.worker(
+            EMAIL_URL=f"smtp://127.0.0.1:{port}",
+            NOTIFIER_EMAIL_PROVIDERS="django",
+            NOTIFIER_SITE_URL=PUBLIC,
+            DEFAULT_FROM_EMAIL="Shop <noreply@shop.example.com>",
+        )
+        yield box
     finally:
-        worker.stop()
+        rig.close()
 
 
 def sent_email_of(message_id: int) -> Delivery | None:
@@ -113,7 +103,7 @@ def parts(message: EmailMessage) -> dict[str, str]:
 
 
 def test_marketing_and_transactional_email_over_smtp_then_one_click_unsubscribe(smtp_worker):
-    box, _ = smtp_worker
+    box = smtp_worker
     user = UserFactory(email="mei@example.com", first_name="Mei")
     consent_give(user_id=user.pk, channel="email", source="signup_form", wording="Send me offers")
 
