@@ -1,8 +1,9 @@
 """Push channel: FCM (firebase-admin) for Android and iOS tokens, Web Push (pywebpush) for web.
 
-One delivery goes to every active device of the user. It counts as sent when any device
-accepted it; tokens the services call dead (FCM UNREGISTERED, Web Push 404/410) are returned
-for deactivation whatever the overall outcome.
+One delivery goes to every active device of the user: one FCM multicast per delivery (its
+user's tokens, at most 500 a call) plus one Web Push request per browser subscription. It
+counts as sent when any device accepted it; tokens the services call dead (FCM UNREGISTERED,
+Web Push 404/410) are returned for deactivation whatever the overall outcome.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from channels.base import (
 )
 
 FCM_PLATFORMS = frozenset({"android", "ios"})
-FCM_BATCH = 500  # send_each accepts at most 500 messages per call
+FCM_BATCH = 500  # send_each_for_multicast accepts at most 500 tokens per call
 
 
 @functools.cache
@@ -108,13 +109,13 @@ class FcmWebPushProvider:
         return problems
 
     def send_many(self, outgoings: Sequence[Outgoing]) -> list[SendResult]:
-        fcm_pairs = [(o, d) for o in outgoings for d in o.devices if d.platform in FCM_PLATFORMS]
         by_device: dict[tuple[int, int], DeviceOutcome] = {}
-        for start in range(0, len(fcm_pairs), FCM_BATCH):
-            chunk = fcm_pairs[start : start + FCM_BATCH]
-            for (outgoing, device), result in zip(chunk, self._send_fcm(chunk), strict=True):
-                by_device[(outgoing.delivery_id, device.device_id)] = result
         for outgoing in outgoings:
+            fcm_devices = [d for d in outgoing.devices if d.platform in FCM_PLATFORMS]
+            for start in range(0, len(fcm_devices), FCM_BATCH):
+                chunk = fcm_devices[start : start + FCM_BATCH]
+                for device, result in zip(chunk, self._send_fcm(outgoing, chunk), strict=True):
+                    by_device[(outgoing.delivery_id, device.device_id)] = result
             for device in outgoing.devices:
                 if device.platform not in FCM_PLATFORMS:
                     by_device[(outgoing.delivery_id, device.device_id)] = self._send_web(
@@ -125,7 +126,8 @@ class FcmWebPushProvider:
             for o in outgoings
         ]
 
-    def _send_fcm(self, pairs: Sequence[tuple[Outgoing, PushTarget]]) -> list[DeviceOutcome]:
+    def _send_fcm(self, outgoing: Outgoing, devices: Sequence[PushTarget]) -> list[DeviceOutcome]:
+        """One multicast message: this outgoing to up to 500 of its user's FCM tokens."""
         if not settings.FCM_CREDENTIALS_FILE:
             return [
                 (
@@ -135,27 +137,25 @@ class FcmWebPushProvider:
                     "FCM is not configured (FCM_CREDENTIALS_FILE)",
                     "",
                 )
-                for _, d in pairs
+                for d in devices
             ]
         from firebase_admin import messaging
 
-        batch = [
-            messaging.Message(
-                token=device.token,
-                notification=messaging.Notification(
-                    title=outgoing.content.title, body=outgoing.content.body
-                ),
-                data={"delivery_id": str(outgoing.delivery_id), "link": outgoing.content.link},
-            )
-            for outgoing, device in pairs
-        ]
+        multicast = messaging.MulticastMessage(
+            tokens=[device.token for device in devices],
+            notification=messaging.Notification(
+                title=outgoing.content.title, body=outgoing.content.body
+            ),
+            data={"delivery_id": str(outgoing.delivery_id), "link": outgoing.content.link},
+        )
         try:
-            response = messaging.send_each(batch, app=firebase_app())
-        except Exception as exc:  # the whole batch failed (auth, network)
+            response = messaging.send_each_for_multicast(multicast, app=firebase_app())
+        except Exception as exc:  # the whole call failed (auth, network)
             outcome, code, text = classify_fcm_error(exc)
-            return [(d, outcome, code, text, "") for _, d in pairs]
+            return [(d, outcome, code, text, "") for d in devices]
         results: list[DeviceOutcome] = []
-        for (_, device), item in zip(pairs, response.responses, strict=True):
+        # Responses come in the order of the tokens.
+        for device, item in zip(devices, response.responses, strict=True):
             if item.success:
                 results.append((device, Outcome.SENT, None, "", str(item.message_id)))
             else:

@@ -7,6 +7,7 @@ from typing import Any, ClassVar
 
 import requests
 from django.conf import settings
+from django.urls import reverse
 
 from channels.base import (
     Channel,
@@ -58,6 +59,12 @@ def classify_twilio_error(provider: str, exc: BaseException) -> SendResult:
     return SendResult.transient(provider, ErrorCode.UNEXPECTED, f"{type(exc).__name__}: {exc}")
 
 
+def status_callback_url() -> str:
+    """Where Twilio posts this message's status changes (see notifier.views.webhooks)."""
+    base = settings.TWILIO_WEBHOOK_BASE_URL or settings.NOTIFIER_SITE_URL
+    return f"{base.rstrip('/')}{reverse('twilio-status')}"
+
+
 class TwilioSmsProvider(SingleSendProvider):
     name: ClassVar[str] = "twilio"
     channel: ClassVar[Channel] = Channel.SMS
@@ -79,7 +86,10 @@ class TwilioSmsProvider(SingleSendProvider):
         )
         try:
             message = twilio_client().messages.create(
-                to=outgoing.phone, body=outgoing.content.body, **sender
+                to=outgoing.phone,
+                body=outgoing.content.body,
+                status_callback=status_callback_url(),
+                **sender,
             )
         except Exception as exc:
             return classify_twilio_error(self.name, exc)

@@ -14,9 +14,11 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from django import forms
 from django.contrib import admin, messages
 from django.contrib.admin.utils import quote, unquote
 from django.contrib.auth.admin import UserAdmin as DjangoUserAdmin
+from django.contrib.auth.forms import AdminUserCreationForm, UserChangeForm
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.core.paginator import Page, Paginator
 from django.db.models import Exists, OuterRef, Q, QuerySet
@@ -39,8 +41,11 @@ from notifier.models import (
     Message,
     NotificationType,
     Preference,
+    ProviderEvent,
     RoutingRule,
+    SuppressedAddress,
     User,
+    normalize_email,
 )
 from notifier.models.users import normalize_phone
 from notifier.selectors import user_history
@@ -117,8 +122,35 @@ class DeviceInline(admin.TabularInline):
     ordering = ["-active", "-created_at"]
 
 
+class PhoneInE164:
+    """Phone numbers typed any way ("+86 138-0013-8000") are stored in E.164."""
+
+    cleaned_data: dict[str, Any]
+
+    def clean_phone(self) -> str:
+        value = str(self.cleaned_data.get("phone") or "").strip()
+        if not value:
+            return ""
+        try:
+            return normalize_phone(value)
+        except ValidationError as exc:
+            raise forms.ValidationError(
+                f"{exc.messages[0]}; write it with its country code, e.g. +8613800138000"
+            ) from exc
+
+
+class UserPhoneChangeForm(PhoneInE164, UserChangeForm):
+    pass
+
+
+class UserPhoneCreationForm(PhoneInE164, AdminUserCreationForm):
+    pass
+
+
 @admin.register(User)
 class UserAdmin(DjangoUserAdmin):
+    form = UserPhoneChangeForm
+    add_form = UserPhoneCreationForm
     fieldsets = (
         ("Delivery history", {"fields": ("delivery_history_link",)}),
         *(DjangoUserAdmin.fieldsets or ()),
@@ -791,3 +823,50 @@ class FrequencyCounterAdmin(ReadOnlyMixin, admin.ModelAdmin):
     list_select_related = ["user"]
     list_filter = ["period"]
     search_fields = ["user__email"]
+
+
+# --- Providers: the suppression list and webhook events ---------------------------------------
+
+
+@admin.register(SuppressedAddress)
+class SuppressedAddressAdmin(ReadOnlyMixin, admin.ModelAdmin):
+    """Addresses never sent to again, put here by a hard bounce or a spam complaint.
+
+    Written only by provider webhooks; support staff can look an address up; an admin (delete
+    permission) removes one, e.g. once the user fixed their mailbox, and sending resumes.
+    """
+
+    list_display = ["address", "channel", "reason", "source", "at", "delivery"]
+    list_filter = ["channel", "reason", "source"]
+    search_fields = ["address"]
+    ordering = ["-at"]
+    raw_id_fields = ["delivery"]
+    show_full_result_count = False
+
+    def get_search_results(
+        self, request: HttpRequest, queryset: QuerySet[SuppressedAddress], search_term: str
+    ) -> tuple[QuerySet[SuppressedAddress], bool]:
+        """Addresses are stored normalised: so is the search, typed any way."""
+        return super().get_search_results(request, queryset, normalize_email(search_term))
+
+
+@admin.register(ProviderEvent)
+class ProviderEventAdmin(ReadOnlyMixin, admin.ModelAdmin):
+    """Every webhook event processed, once each: what it was and what it did."""
+
+    list_display = [
+        "received_at",
+        "provider",
+        "event_type",
+        "outcome",
+        "provider_message_id",
+        "delivery",
+    ]
+    list_filter = ["provider", "outcome", "event_type"]
+    search_fields = ["=provider_message_id", "=event_id"]
+    ordering = ["-received_at"]
+    raw_id_fields = ["delivery"]
+    show_full_result_count = False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False  # the record that makes replays harmless

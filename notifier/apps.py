@@ -16,6 +16,12 @@ class NotifierConfig(AppConfig):
         from notifier.selectors import type_cache_clear
 
         post_migrate.connect(sync_catalog_after_migrate, sender=self)
+        # Email tracking events from anymail's per-ESP webhook views (signature checked there).
+        from anymail.signals import tracking
+
+        from notifier.views.webhooks import email_tracking_received
+
+        tracking.connect(email_tracking_received, dispatch_uid="notifier-email-tracking")
         # This process sees an edited type at once; others within TYPE_CACHE_TTL_S.
         post_save.connect(lambda **_: type_cache_clear(), sender=NotificationType, weak=False)
         post_delete.connect(lambda **_: type_cache_clear(), sender=NotificationType, weak=False)

@@ -1,10 +1,13 @@
-"""System checks: every code-defined type has parseable templates for each of its channels."""
+"""System checks: every code-defined type has parseable templates for each of its channels, and
+the provider webhooks can work (signing keys, basic auth, a public callback URL)."""
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 from django.core.checks import CheckMessage, Error, register
+from django.core.checks import Warning as CheckWarning
 from jinja2 import TemplateSyntaxError
 
 from notifier.catalog import all_specs
@@ -37,3 +40,61 @@ def check_notification_templates(app_configs: Any = None, **kwargs: Any) -> list
                         )
                     )
     return errors
+
+
+@register()
+def check_provider_webhooks(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
+    """Webhooks that would fail or be open once providers call them: say so at start-up."""
+    from urllib.parse import urlsplit
+
+    from anymail.exceptions import AnymailConfigurationError, AnymailInsecureWebhookWarning
+    from django.conf import settings
+    from django.urls import NoReverseMatch, resolve, reverse
+
+    from notifier.views.webhooks import email_webhook_esps
+
+    found: list[CheckMessage] = []
+    for esp in email_webhook_esps():
+        try:
+            view_class = resolve(reverse(f"anymail:{esp}_tracking_webhook")).func.view_class  # type: ignore[attr-defined]
+            with warnings.catch_warnings():  # W103 below says it, with the fix
+                warnings.simplefilter("ignore", AnymailInsecureWebhookWarning)
+                view_class()  # reads the ESP's signing key; raises when it is missing
+        except NoReverseMatch:
+            found.append(
+                CheckWarning(f"anymail has no tracking webhook for {esp!r}", id="notifier.W101")
+            )
+            continue
+        except AnymailConfigurationError as exc:  # it names the setting to fill
+            found.append(
+                CheckWarning(
+                    f"{esp} tracking webhooks will fail: {exc}",
+                    hint="set the ESP's webhook signing key in ANYMAIL",
+                    id="notifier.W102",
+                )
+            )
+            continue
+        if getattr(view_class, "warn_if_no_basic_auth", False) and not settings.ANYMAIL.get(
+            "WEBHOOK_SECRET"
+        ):
+            found.append(
+                CheckWarning(
+                    f"{esp} webhooks carry no signature and WEBHOOK_SECRET is not set: "
+                    "they will be refused",
+                    hint="set ANYMAIL WEBHOOK_SECRET=user:password and put it in the URL",
+                    id="notifier.W103",
+                )
+            )
+    if "twilio" in settings.NOTIFIER_PROVIDERS.get("sms", []):
+        base = settings.TWILIO_WEBHOOK_BASE_URL or settings.NOTIFIER_SITE_URL
+        parts = urlsplit(base)
+        if parts.scheme != "https" or parts.hostname in ("localhost", "127.0.0.1", "::1"):
+            found.append(
+                CheckWarning(
+                    f"Twilio status callbacks go to {base}, which Twilio cannot reach",
+                    hint="set TWILIO_WEBHOOK_BASE_URL (or NOTIFIER_SITE_URL) to the public "
+                    "https origin",
+                    id="notifier.W104",
+                )
+            )
+    return found

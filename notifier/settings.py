@@ -202,6 +202,21 @@ FCM_CREDENTIALS_FILE = env.str("FCM_CREDENTIALS_FILE", default="")
 WEBPUSH_VAPID_PRIVATE_KEY = env.str("WEBPUSH_VAPID_PRIVATE_KEY", default="")
 WEBPUSH_VAPID_SUBJECT = env.str("WEBPUSH_VAPID_SUBJECT", default="")
 
+# --- Provider webhooks ----------------------------------------------------------------------
+# Email tracking arrives through anymail's per-ESP views at /webhooks/anymail/<esp>/tracking/;
+# set that ESP's signing key in ANYMAIL (e.g. ANYMAIL=MAILGUN_WEBHOOK_SIGNING_KEY=...).
+# Only these ESPs' webhooks may write (default: the anymail ESP EMAIL_BACKEND sends through);
+# name one here when sending through its SMTP relay, e.g. NOTIFIER_EMAIL_WEBHOOK_ESPS=mailgun.
+NOTIFIER_EMAIL_WEBHOOK_ESPS = env.list("NOTIFIER_EMAIL_WEBHOOK_ESPS", default=[])
+# Signed timestamps older than this are refused as replays (Mailgun retries for 8 hours).
+NOTIFIER_WEBHOOK_MAX_AGE_S = env.int("NOTIFIER_WEBHOOK_MAX_AGE_S", default=12 * 3600)
+# Twilio signs the URL it called. Behind a proxy, either name the public origin here
+# (https://notify.example.com), or trust the proxy's X-Forwarded-Proto/-Host headers.
+TWILIO_WEBHOOK_BASE_URL = env.str("TWILIO_WEBHOOK_BASE_URL", default="")
+if env.bool("DJANGO_TRUST_PROXY_HEADERS", default=False):
+    USE_X_FORWARDED_HOST = True
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+
 # The sandbox providers: latency and random failure rates, for demos, tests and benchmarks.
 SANDBOX_LATENCY_MS = env.float("SANDBOX_LATENCY_MS", default=0.0)
 SANDBOX_TRANSIENT_FAILURE_RATE = env.float("SANDBOX_TRANSIENT_FAILURE_RATE", default=0.0)

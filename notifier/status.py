@@ -104,6 +104,11 @@ class Reason(models.TextChoices):
     CIRCUIT_OPEN = "circuit_open", "The provider is failing; waiting for it to recover"
     RENDER_FAILED = "render_failed", "The template could not be rendered"
     INVALID_RECIPIENT = "invalid_recipient", "The provider rejected the address or number"
+    ADDRESS_SUPPRESSED = (
+        "address_suppressed",
+        "The address bounced or complained; suppressed",
+    )
+    UNDELIVERED = "undelivered", "The provider could not deliver it to the handset or mailbox"
     DEVICE_UNREGISTERED = "device_unregistered", "The push token is no longer registered"
     PROVIDER_REJECTED = "provider_rejected", "The provider refused the message"
     PROVIDER_NOT_CONFIGURED = "provider_not_configured", "No provider is configured for this"

@@ -3,7 +3,7 @@
 from django.contrib import admin
 from django.urls import include, path
 
-from notifier.views import health, inbox, preferences
+from notifier.views import health, inbox, preferences, webhooks
 
 urlpatterns = [
     path("admin/", admin.site.urls),
@@ -25,5 +25,9 @@ urlpatterns = [
         name="unsubscribe-one-click",
     ),
     path("preferences/<str:token>/", preferences.preferences_page, name="preferences-page"),
+    # Provider webhooks: anymail's per-ESP tracking views (signature checked by anymail), Twilio.
+    path("webhooks/anymail/", include("anymail.urls")),
+    path("webhooks/twilio/status/", webhooks.twilio_status, name="twilio-status"),
+    path("webhooks/twilio/inbound/", webhooks.twilio_inbound, name="twilio-inbound"),
     path("", include("campaigns.urls")),
 ]

@@ -15,4 +15,6 @@ os.environ.setdefault("NOTIFIER_RETRY_MAX_S", "2")
 from notifier.settings import *  # noqa: F403
 
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
-EMAIL_BACKEND = "django.core.mail.backends.locmem.EmailBackend"
+# In memory, unless a test's worker process is given a real server (EMAIL_URL=smtp://...).
+if not os.environ.get("EMAIL_URL"):
+    EMAIL_BACKEND = "django.core.mail.backends.locmem.EmailBackend"

@@ -11,6 +11,13 @@ from notifier.models.preferences import (
     Preference,
     Unsubscribe,
 )
+from notifier.models.providers import (
+    EventOutcome,
+    ProviderEvent,
+    SuppressedAddress,
+    SuppressionReason,
+    normalize_email,
+)
 from notifier.models.routing import RoutingRule
 from notifier.models.types import Kind, NotificationType, Priority
 from notifier.models.users import Device, MarketingFrequency, Platform, User
@@ -25,6 +32,7 @@ __all__ = [
     "DeliveryEvent",
     "Device",
     "EventKind",
+    "EventOutcome",
     "Feedback",
     "FrequencyCounter",
     "InboxItem",
@@ -35,7 +43,11 @@ __all__ = [
     "Platform",
     "Preference",
     "Priority",
+    "ProviderEvent",
     "RoutingRule",
+    "SuppressedAddress",
+    "SuppressionReason",
     "Unsubscribe",
     "User",
+    "normalize_email",
 ]

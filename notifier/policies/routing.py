@@ -24,6 +24,7 @@ class Recipient:
     email: str
     phone: str
     active_devices: int
+    email_suppressed: bool = False  # on the suppression list (hard bounce, complaint)
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,8 +65,11 @@ def decide_channel(
         return suppress(Reason.CHANNEL_NOT_ALLOWED)
     if not recipient.is_active:
         return suppress(Reason.USER_INACTIVE)
-    if channel is Channel.EMAIL and not recipient.email:
-        return suppress(Reason.NO_EMAIL_ADDRESS)
+    if channel is Channel.EMAIL:
+        if not recipient.email:
+            return suppress(Reason.NO_EMAIL_ADDRESS)
+        if recipient.email_suppressed:
+            return suppress(Reason.ADDRESS_SUPPRESSED)
     if channel is Channel.SMS:
         if not recipient.phone:
             return suppress(Reason.NO_PHONE_NUMBER)

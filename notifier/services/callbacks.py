@@ -33,6 +33,8 @@ class ProviderStatus(StrEnum):
     BOUNCED = "bounced"
     REJECTED = "rejected"
     COMPLAINED = "complained"
+    DEFERRED = "deferred"  # the provider will keep trying: a note on the timeline
+    UNSUBSCRIBED = "unsubscribed"  # the recipient unsubscribed at the provider
 
 
 MOVES: dict[ProviderStatus, DeliveryStatus] = {
@@ -42,6 +44,8 @@ MOVES: dict[ProviderStatus, DeliveryStatus] = {
     ProviderStatus.BOUNCED: S.FAILED,
     ProviderStatus.REJECTED: S.FAILED,
 }
+# Statuses that only add a note to the delivery's timeline; they never move it.
+NOTES = frozenset({ProviderStatus.COMPLAINED, ProviderStatus.DEFERRED, ProviderStatus.UNSUBSCRIBED})
 STAMPS: dict[DeliveryStatus, str] = {
     S.DELIVERED: "delivered_at",
     S.OPENED: "opened_at",
@@ -68,7 +72,14 @@ def delivery_status_callback(
     status: ProviderStatus,
     occurred_at: datetime | None = None,
     detail: dict[str, object] | None = None,
+    failure_reason: Reason | None = None,
+    error: str = "",
 ) -> CallbackResult:
+    """Apply one provider status to the delivery it names (see the module docstring).
+
+    A failure (bounce, rejection) fails a delivery that is still `sent`, with
+    `failure_reason` (INVALID_RECIPIENT by default) and `error` (the provider's words).
+    """
     occurred_at = occurred_at or timezone.now()
     delivery_id = (
         Delivery.objects.filter(provider=provider, provider_message_id=provider_message_id)
@@ -77,15 +88,20 @@ def delivery_status_callback(
     )
     if delivery_id is None:
         return CallbackResult(Applied.UNKNOWN)
-    if status is ProviderStatus.COMPLAINED:  # a spam report: recorded for support and stats
+    if status in NOTES:  # a spam report, a deferral: recorded for support and stats
+        note: dict[str, object] = {"provider_status": str(status)}
+        if status is ProviderStatus.COMPLAINED:
+            note["complaint"] = True
         _event(
             delivery_id,
             occurred_at,
             Delivery.objects.get(pk=delivery_id).status,
             "",
-            {"complaint": True, **(detail or {})},
+            {**note, **(detail or {})},
+            error=error,
         )
         return CallbackResult(Applied.RECORDED, delivery_id)
+    reason = failure_reason or Reason.INVALID_RECIPIENT
     target = MOVES[status]
     with transaction.atomic():
         stamp = STAMPS.get(target)
@@ -94,9 +110,9 @@ def delivery_status_callback(
         if target is S.FAILED:
             moved = Delivery.objects.filter(pk=delivery_id, status=S.SENT).update(
                 status=S.FAILED,
-                reason=Reason.INVALID_RECIPIENT,
+                reason=reason,
                 finished_at=occurred_at,
-                last_error=f"{provider}: {status}",
+                last_error=error or f"{provider}: {status}",
                 updated_at=timezone.now(),
             )
         else:
@@ -113,14 +129,21 @@ def delivery_status_callback(
                 delivery_id,
                 occurred_at,
                 target,
-                Reason.INVALID_RECIPIENT if target is S.FAILED else "",
+                reason if target is S.FAILED else "",
                 {"provider_status": str(status), **(detail or {})},
+                error=error if target is S.FAILED else "",
             )
     return CallbackResult(Applied.MOVED if moved else Applied.RECORDED, delivery_id)
 
 
 def _event(
-    delivery_id: int, at: datetime, status: str, reason: str, detail: dict[str, object]
+    delivery_id: int,
+    at: datetime,
+    status: str,
+    reason: str,
+    detail: dict[str, object],
+    *,
+    error: str = "",
 ) -> None:
     DeliveryEvent.objects.create(
         delivery_id=delivery_id,
@@ -128,5 +151,6 @@ def _event(
         kind=EventKind.CALLBACK,
         status=status,
         reason=reason,
+        error=error,
         detail=detail,
     )

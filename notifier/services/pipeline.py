@@ -41,7 +41,9 @@ from notifier.models import (
     Kind,
     Message,
     RoutingRule,
+    SuppressedAddress,
     User,
+    normalize_email,
 )
 from notifier.models.types import PRIORITY_RANK, Priority
 from notifier.policies.preferences import (
@@ -120,6 +122,7 @@ class Audience:
     rules: tuple[Rule, ...]
     congested: bool
     campaigns: dict[int, CampaignContext]
+    suppressed_emails: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,6 +149,19 @@ def audience_of(messages: Sequence[Message], now: datetime) -> Audience:
         congested=any(m.lane == Lane.BULK or m.priority == Priority.LOW for m in messages)
         and bulk_congested(),
         campaigns=campaigns_of(m.campaign_id for m in messages if m.campaign_id),
+        suppressed_emails=suppressed_emails_of(m.user.email for m in messages),
+    )
+
+
+def suppressed_emails_of(addresses: Iterable[str]) -> frozenset[str]:
+    """Which of these addresses are on the email suppression list (normalised)."""
+    wanted = {normalize_email(a) for a in addresses if a}
+    if not wanted:
+        return frozenset()
+    return frozenset(
+        SuppressedAddress.objects.filter(channel=Channel.EMAIL, address__in=wanted).values_list(
+            "address", flat=True
+        )
     )
 
 
@@ -176,6 +192,8 @@ def channel_decision(channel: Channel, message: Message, audience: Audience) -> 
         email=user.email,
         phone=user.phone,
         active_devices=audience.devices[user.pk],
+        email_suppressed=bool(user.email)
+        and normalize_email(user.email) in audience.suppressed_emails,
     )
     decision = decide_channel(
         channel, recipient, type_channels=frozenset(info.channels), type_active=info.is_active

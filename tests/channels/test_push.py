@@ -543,3 +543,146 @@ def test_a_web_push_error_before_any_request_is_permanent_not_retried():
     outcome, code, text = classify_webpush_error(WebPushException("invalid p256dh key"))
     assert (outcome, code) == (Outcome.PERMANENT, ErrorCode.REJECTED)
     assert "invalid p256dh key" in text
+
+
+# --- One multicast per delivery ----------------------------------------------------------------
+
+
+def test_fcm_sends_one_multicast_per_outgoing_never_more_than_the_batch(fcm, monkeypatch):
+    from firebase_admin import messaging
+
+    from channels import push
+
+    assert push.FCM_BATCH == 500  # FCM's own limit per multicast
+    calls: list[list[str]] = []
+    real = messaging.send_each_for_multicast
+
+    def spy(multicast: Any, app: Any = None, dry_run: bool = False) -> Any:
+        calls.append(list(multicast.tokens))
+        return real(multicast, app=app, dry_run=dry_run)
+
+    monkeypatch.setattr(messaging, "send_each_for_multicast", spy)
+    monkeypatch.setattr(push, "FCM_BATCH", 3)  # the same split as at 500, on a small scale
+    fcm.replies["t3"] = UNREGISTERED
+    many = [android(i, f"t{i}") for i in range(1, 8)]
+
+    first, second = FcmWebPushProvider().send_many(
+        [outgoing(*many, delivery_id=1), outgoing(android(8, "t8"), delivery_id=2)]
+    )
+
+    assert calls == [["t1", "t2", "t3"], ["t4", "t5", "t6"], ["t7"], ["t8"]]
+    assert sorted(fcm.tokens_sent()) == sorted(f"t{i}" for i in range(1, 9))
+    assert (first.outcome, first.deactivate_device_ids) == (Outcome.SENT, (3,))
+    assert [d["outcome"] for d in first.detail["devices"]] == [
+        "sent",
+        "sent",
+        "permanent",
+        "sent",
+        "sent",
+        "sent",
+        "sent",
+    ]
+    assert second.provider_message_id == f"projects/{PROJECT}/messages/0:t8"
+
+
+# --- Through the pipeline: dead devices are deactivated ----------------------------------------
+
+
+@pytest.fixture
+def push_pipeline(fcm, settings, monkeypatch) -> FakeFcm:
+    """notify() -> prepare -> deliver in-process, push through the real provider to fake FCM."""
+    from channels.registry import reset_providers
+    from notifier import dispatch
+
+    monkeypatch.setattr(dispatch, "publish_prepare", lambda *args, **kwargs: None)
+    monkeypatch.setattr(dispatch, "publish_deliver", lambda *args, **kwargs: None)
+    settings.NOTIFIER_PROVIDERS = {**settings.NOTIFIER_PROVIDERS, "push": ["push"]}
+    reset_providers()
+    return fcm
+
+
+def push_once(user: Any) -> Any:
+    from notifier.api import notify
+    from notifier.models import Delivery
+    from notifier.services.deliveries import deliveries_deliver
+    from notifier.services.pipeline import messages_prepare
+    from tests.factories import order_context
+
+    message = notify(user, "order.shipped", order_context(), channels=["push"])
+    messages_prepare(message_ids=[message.pk])
+    delivery = Delivery.objects.get(message=message)
+    if delivery.status == "queued":
+        deliveries_deliver(delivery_ids=[delivery.pk])
+    delivery.refresh_from_db()
+    return delivery
+
+
+@pytest.mark.django_db
+def test_an_unregistered_token_is_deactivated_and_the_live_one_still_gets_it(push_pipeline):
+    from notifier.models import Device
+    from tests.factories import DeviceFactory, UserFactory
+
+    user = UserFactory()
+    live = DeviceFactory(user=user, token="live-token")
+    dead = DeviceFactory(user=user, token="dead-token")
+    push_pipeline.replies["dead-token"] = UNREGISTERED
+
+    delivery = push_once(user)
+
+    assert delivery.status == "sent"
+    dead.refresh_from_db()
+    live.refresh_from_db()
+    assert (dead.active, dead.deactivation_reason) == (False, "provider: token unregistered")
+    assert dead.deactivated_at is not None
+    assert live.active
+    push_pipeline.received.clear()
+    push_once(user)
+    assert push_pipeline.tokens_sent() == ["live-token"]  # the dead token is never tried again
+    assert Device.objects.filter(user=user, active=True).count() == 1
+
+
+@pytest.mark.django_db
+def test_when_every_token_is_dead_the_delivery_fails_and_the_next_is_suppressed(push_pipeline):
+    from tests.factories import DeviceFactory, UserFactory
+
+    user = UserFactory()
+    DeviceFactory(user=user, token="dead-1")
+    DeviceFactory(user=user, token="dead-2")
+    push_pipeline.replies.update({"dead-1": UNREGISTERED, "dead-2": UNREGISTERED})
+
+    failed = push_once(user)
+
+    assert (failed.status, failed.reason) == ("failed", "device_unregistered")
+    assert not user.devices.filter(active=True).exists()
+    push_pipeline.received.clear()
+    later = push_once(user)
+    assert (later.status, later.reason) == ("suppressed", "no_active_device")
+    assert push_pipeline.received == []
+
+
+@pytest.mark.django_db
+@pytest.mark.usefixtures("webpush")
+def test_a_gone_web_push_subscription_is_deactivated_through_the_pipeline(
+    api, settings, monkeypatch
+):
+    from channels.registry import reset_providers
+    from notifier import dispatch
+    from notifier.models import Device
+    from tests.factories import UserFactory
+
+    monkeypatch.setattr(dispatch, "publish_prepare", lambda *args, **kwargs: None)
+    monkeypatch.setattr(dispatch, "publish_deliver", lambda *args, **kwargs: None)
+    settings.NOTIFIER_PROVIDERS = {**settings.NOTIFIER_PROVIDERS, "push": ["push"]}
+    reset_providers()
+    user = UserFactory()
+    sub = web_subscription(0)
+    device = Device.objects.create(
+        user=user, platform="web", token=sub.target.token, web_push_keys=sub.target.web_push_keys
+    )
+    api.post(sub.target.token, status=410, body="push subscription has unsubscribed or expired")
+
+    delivery = push_once(user)
+
+    assert (delivery.status, delivery.reason) == ("failed", "device_unregistered")
+    device.refresh_from_db()
+    assert not device.active

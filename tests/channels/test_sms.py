@@ -99,7 +99,8 @@ def test_success_returns_the_message_sid(api):
     assert result.detail == {"status": "queued"}
 
 
-def test_success_posts_to_body_and_from_with_basic_auth(api):
+def test_success_posts_to_body_from_and_status_callback_with_basic_auth(api, settings):
+    settings.TWILIO_WEBHOOK_BASE_URL = "https://notify.example.com/"
     api.post(MESSAGES_URL, json=message_json(), status=201)
 
     TwilioSmsProvider().send_many([outgoing("+8613800138000", "Your code is 123456")])
@@ -109,6 +110,7 @@ def test_success_posts_to_body_and_from_with_basic_auth(api):
         "To": "+8613800138000",
         "Body": "Your code is 123456",
         "From": FROM,
+        "StatusCallback": "https://notify.example.com/webhooks/twilio/status/",
     }
     expected = base64.b64encode(f"{SID}:{TOKEN}".encode()).decode()
     assert api.calls[0].request.headers["Authorization"] == f"Basic {expected}"

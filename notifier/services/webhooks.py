@@ -1,0 +1,243 @@
+"""Provider webhooks, after their signature is checked: each event applied once, in one transaction.
+
+Every event is first written as a `ProviderEvent` under its unique (provider, event id): a
+replay, or the provider re-sending an event we already took, hits the unique index and changes
+nothing (two copies at the same moment: the second waits for the first's commit, then finds
+it). The event's effect (a status move through `delivery_status_callback`, a suppressed address,
+an unsubscribe, a consent change) is written in the same transaction, so it happens exactly
+when its event row does. Events for message ids we never sent are recorded as `unknown` and
+change nothing else.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+
+from channels.base import Channel
+from notifier.models import (
+    ALL_CHANNELS,
+    Consent,
+    ConsentPurpose,
+    Delivery,
+    EventOutcome,
+    ProviderEvent,
+    SuppressedAddress,
+    SuppressionReason,
+    User,
+    normalize_email,
+)
+from notifier.policies.providers import EventAction, Keyword, sms_keyword
+from notifier.services.callbacks import Applied, delivery_status_callback
+from notifier.services.preferences import consent_give, consent_withdraw, unsubscribe
+
+log = logging.getLogger(__name__)
+
+SMS_STOP_SOURCE = "sms-stop"
+SMS_START_SOURCE = "sms-start"
+
+
+@dataclass(frozen=True)
+class ProviderEventIn:
+    """One event as a provider reported it, in plain values."""
+
+    source: str  # who sent the webhook: "mailgun", "twilio"
+    event_id: str  # unique per source
+    event_type: str  # the provider's own name for it
+    delivery_provider: str  # Delivery.provider of the deliveries it can name: "django", "twilio"
+    provider_message_id: str
+    occurred_at: datetime | None = None
+    recipient: str = ""  # the address or number the event is about, when given
+    error: str = ""  # the provider's words for a failure
+    detail: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class WebhookResult:
+    outcome: EventOutcome | None  # None: a replay, refused
+    delivery_id: int | None = None
+
+    @property
+    def replayed(self) -> bool:
+        return self.outcome is None
+
+
+def _claim_event(event: ProviderEventIn, now: datetime) -> ProviderEvent | None:
+    """Write the event's row, or None when it was already processed (a replay)."""
+    try:
+        with transaction.atomic():
+            return ProviderEvent.objects.create(
+                provider=event.source,
+                event_id=event.event_id[:255],
+                event_type=event.event_type[:40],
+                provider_message_id=event.provider_message_id[:255],
+                outcome=EventOutcome.IGNORED,
+                occurred_at=event.occurred_at,
+                received_at=now,
+                detail=event.detail,
+            )
+    except IntegrityError:
+        log.info("refused a replayed %s event %s", event.source, event.event_id)
+        return None
+
+
+def _finish(row: ProviderEvent, outcome: EventOutcome, delivery_id: int | None) -> WebhookResult:
+    ProviderEvent.objects.filter(pk=row.pk).update(outcome=outcome, delivery_id=delivery_id)
+    return WebhookResult(outcome, delivery_id)
+
+
+def provider_event_apply(event: ProviderEventIn, action: EventAction) -> WebhookResult:
+    """Apply a delivery's status event (email tracking, SMS status) once."""
+    now = timezone.now()
+    with transaction.atomic():
+        row = _claim_event(event, now)
+        if row is None:
+            return WebhookResult(None)
+        if action.status is None:
+            delivery_id = (
+                Delivery.objects.filter(
+                    provider=event.delivery_provider,
+                    provider_message_id=event.provider_message_id,
+                )
+                .values_list("pk", flat=True)
+                .first()
+            )
+            return _finish(row, EventOutcome.IGNORED, delivery_id)
+        applied = delivery_status_callback(
+            provider=event.delivery_provider,
+            provider_message_id=event.provider_message_id,
+            status=action.status,
+            occurred_at=event.occurred_at or now,
+            detail={
+                "source": event.source,
+                "event_id": event.event_id,
+                "why": action.why,
+                **event.detail,
+            },
+            failure_reason=action.failure_reason,
+            error=f"{event.source}: {action.why}" + (f": {event.error}" if event.error else ""),
+        )
+        if applied.applied is Applied.UNKNOWN or applied.delivery_id is None:
+            return _finish(row, EventOutcome.UNKNOWN, None)
+        delivery = Delivery.objects.select_related("user", "message").get(pk=applied.delivery_id)
+        if action.suppress is not None:
+            address_suppress(
+                channel=Channel(delivery.channel),
+                address=event.recipient or _address_of(delivery),
+                reason=action.suppress,
+                source=event.source,
+                detail=event.error or action.why,
+                delivery_id=delivery.pk,
+                at=event.occurred_at or now,
+            )
+        if action.unsubscribe:
+            unsubscribe(
+                user_id=delivery.user_id,
+                category=delivery.message.type_id,
+                channel=delivery.channel,
+                scope="channel",
+                source=f"{event.source}-unsubscribe",
+                message_id=delivery.message_id,
+            )
+        outcome = EventOutcome.MOVED if applied.applied is Applied.MOVED else EventOutcome.RECORDED
+        return _finish(row, outcome, delivery.pk)
+
+
+def _address_of(delivery: Delivery) -> str:
+    return delivery.user.phone if delivery.channel == Channel.SMS else delivery.user.email
+
+
+def address_suppress(
+    *,
+    channel: Channel,
+    address: str,
+    reason: SuppressionReason,
+    source: str,
+    detail: str = "",
+    delivery_id: int | None = None,
+    at: datetime | None = None,
+) -> bool:
+    """Put an address on the suppression list; False when it was there already."""
+    normalized = normalize_email(address) if channel is Channel.EMAIL else address.strip()
+    if not normalized:
+        return False
+    _, created = SuppressedAddress.objects.get_or_create(
+        channel=channel,
+        address=normalized,
+        defaults={
+            "reason": reason,
+            "source": source[:60],
+            "detail": detail,
+            "delivery_id": delivery_id,
+            "at": at or timezone.now(),
+        },
+    )
+    return created
+
+
+# --- Inbound SMS: STOP and START -----------------------------------------------------------
+
+
+def sms_inbound_apply(*, source: str, event_id: str, phone: str, body: str) -> WebhookResult:
+    """A text from a user: STOP-style keywords withdraw SMS marketing consent; START restores
+    it when a STOP took it away. Any other text is recorded as ignored (its words are not kept).
+
+    `phone` must already be in E.164 (the view normalises it).
+    """
+    keyword = sms_keyword(body)
+    now = timezone.now()
+    event = ProviderEventIn(
+        source=source,
+        event_id=event_id,
+        event_type=f"inbound:{keyword or 'other'}",
+        delivery_provider="",
+        provider_message_id="",
+        occurred_at=now,
+        detail={"from": phone},
+    )
+    with transaction.atomic():
+        row = _claim_event(event, now)
+        if row is None:
+            return WebhookResult(None)
+        if keyword is None:
+            return _finish(row, EventOutcome.IGNORED, None)
+        if not phone:
+            return _finish(row, EventOutcome.NO_USER, None)
+        user_ids = list(User.objects.filter(phone=phone).values_list("pk", flat=True))
+        if not user_ids:
+            return _finish(row, EventOutcome.NO_USER, None)
+        for user_id in user_ids:
+            if keyword is Keyword.STOP:
+                consent_withdraw(user_id=user_id, channel=Channel.SMS, source=SMS_STOP_SOURCE)
+            elif _stopped_by_sms(user_id):
+                consent_give(
+                    user_id=user_id,
+                    channel=Channel.SMS,
+                    source=SMS_START_SOURCE,
+                    wording=f"Replied {body.strip()[:40]!r} by SMS from {phone}",
+                )
+        return _finish(row, EventOutcome.CONSENT, None)
+
+
+def _stopped_by_sms(user_id: int) -> bool:
+    """Whether the SMS consent now in force is a withdrawal that a STOP text made.
+
+    START restores what STOP took away, and nothing more: consent never given, or withdrawn
+    in the preference centre, is not granted by a text.
+    """
+    latest = (
+        Consent.objects.filter(
+            user_id=user_id,
+            purpose=ConsentPurpose.MARKETING,
+            channel__in=[Channel.SMS, ALL_CHANNELS],
+        )
+        .order_by("-at", "-id")
+        .values_list("granted", "source")
+        .first()
+    )
+    return latest is not None and not latest[0] and latest[1] == SMS_STOP_SOURCE
