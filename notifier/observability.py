@@ -26,7 +26,9 @@ import math
 import re
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Any, cast
 
 from celery.schedules import crontab, schedule
@@ -118,6 +120,8 @@ _LONG_TOKEN = re.compile(r"\b[A-Za-z0-9_\-:]{40,}\b")
 _FIELD_NAMES = "|".join(re.escape(k) for k in PERSONAL_KEYS)
 _REPR_FIELD = re.compile(rf"(?<![\w])['\"]?({_FIELD_NAMES})['\"]?\s*[=:]\s*", re.IGNORECASE)
 _OPEN_CLOSE = {"{": "}", "[": "]", "(": ")"}
+_CALL = re.compile(r"[A-Za-z_][\w.]*(?=\()")
+_BARE = re.compile(r"[^,)}\]\s&'\"#]*")
 
 
 def _skip_value(text: str, start: int) -> int:
@@ -154,7 +158,10 @@ def _skip_value(text: str, start: int) -> int:
                     return index + 1
             index += 1
         return len(text)
-    match = re.compile(r"[^,)}\]\s]*").match(text, start)
+    call = _CALL.match(text, start)  # Content(subject=..., body=...)
+    if call:
+        return _skip_value(text, call.end())
+    match = _BARE.match(text, start)
     return match.end() if match else start
 
 
@@ -174,8 +181,33 @@ def _scrub_repr_fields(text: str) -> str:
     return "".join(out)
 
 
+# The personal strings of what is being sent right now (set around a provider call): free text
+# such as a message body has no pattern, so a provider error quoting it is caught by value.
+_known: ContextVar[tuple[str, ...]] = ContextVar("notifier_personal_values", default=())
+MIN_KNOWN_LEN = 6
+
+
+@contextmanager
+def personal_values(values: Iterable[str]) -> Iterator[None]:
+    """Within the block, these exact strings (and each line of them) never reach Sentry."""
+    pieces: set[str] = set()
+    for value in values:
+        if len(value) >= MIN_KNOWN_LEN:
+            pieces.add(value)
+            pieces.update(line.strip() for line in value.splitlines())
+    ordered = tuple(sorted((p for p in pieces if len(p) >= MIN_KNOWN_LEN), key=len, reverse=True))
+    token = _known.set(_known.get() + ordered)
+    try:
+        yield
+    finally:
+        _known.reset(token)
+
+
 def scrub_text(text: str) -> str:
-    """Personal data out of one string (pure)."""
+    """Personal data out of one string (pure, but for the values of `personal_values`)."""
+    for value in _known.get():
+        if value in text:
+            text = text.replace(value, FILTERED)
     if "=" in text or ":" in text:
         text = _scrub_repr_fields(text)
     text = _EMAIL.sub("[email]", text)
@@ -240,7 +272,6 @@ def init_sentry(dsn: str, *, environment: str, transport: Any = None) -> None:
         environment=environment,
         # Check-ins come from the workers (module docstring), so beat's own are off.
         integrations=[DjangoIntegration(), CeleryIntegration(monitor_beat_tasks=False)],
-        send_default_pii=False,
         event_scrubber=EventScrubber(denylist=DEFAULT_DENYLIST + PERSONAL_KEYS, recursive=True),
         before_send=cast(Any, scrub_event),
         before_breadcrumb=cast(Any, scrub_breadcrumb),

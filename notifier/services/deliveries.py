@@ -11,7 +11,8 @@ import logging
 import random
 import time
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from functools import partial
@@ -35,6 +36,7 @@ from notifier import dispatch
 from notifier.db import copy_rows, update_rows
 from notifier.logcontext import bound
 from notifier.metrics import record_send
+from notifier.observability import personal_values, sentry_on
 from notifier.models import Delivery, DeliveryEvent, Device, EventKind, Message
 from notifier.policies.retry import RetryPolicy, Verdict, after_attempt
 from notifier.queues import Lane
@@ -265,17 +267,28 @@ def _precheck(outgoing: Outgoing) -> SendResult | None:
 
 def _call(provider: Provider, outgoings: list[Outgoing]) -> list[SendResult]:
     """Call a provider; an unexpected exception is a transient error, logged."""
-    try:
-        sent = provider.send_many(outgoings)
-        if len(sent) != len(outgoings):
-            raise RuntimeError(
-                f"{provider.name} returned {len(sent)} results for {len(outgoings)} messages"
+    with personal_values(_personal_strings(outgoings)) if sentry_on() else nullcontext():
+        try:
+            sent = provider.send_many(outgoings)
+            if len(sent) != len(outgoings):
+                raise RuntimeError(
+                    f"{provider.name} returned {len(sent)} results for {len(outgoings)} messages"
+                )
+        except Exception as exc:
+            log.exception("provider %s raised", provider.name)
+            error = f"{type(exc).__name__}: {exc}"
+            sent = [SendResult.transient(provider.name, ErrorCode.UNEXPECTED, error)] * len(
+                outgoings
             )
-    except Exception as exc:
-        log.exception("provider %s raised", provider.name)
-        error = f"{type(exc).__name__}: {exc}"
-        sent = [SendResult.transient(provider.name, ErrorCode.UNEXPECTED, error)] * len(outgoings)
     return sent
+
+
+def _personal_strings(outgoings: list[Outgoing]) -> Iterator[str]:
+    """What a provider's error may quote back: the recipients and the words sent to them."""
+    for outgoing in outgoings:
+        yield outgoing.recipient
+        content = outgoing.content
+        yield from (content.subject, content.title, content.body, content.html, content.link)
 
 
 def _record_health(key: str, results: list[SendResult]) -> None:
