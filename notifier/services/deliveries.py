@@ -36,8 +36,8 @@ from notifier import dispatch
 from notifier.db import copy_rows, update_rows
 from notifier.logcontext import bound
 from notifier.metrics import record_send
-from notifier.observability import personal_values, sentry_on
 from notifier.models import Delivery, DeliveryEvent, Device, EventKind, Message
+from notifier.observability import personal_values, sentry_on
 from notifier.policies.retry import RetryPolicy, Verdict, after_attempt
 from notifier.queues import Lane
 from notifier.selectors import type_info_get

@@ -90,7 +90,9 @@ def test_a_provider_crash_arrives_scrubbed(sentry, monkeypatch, published):
     monkeypatch.setattr(SandboxEmailProvider, "send_many", crash)
     user = UserFactory(email=EMAIL, phone=PHONE)
     message = notify(
-        user, "order.shipped", order_context(tracking_url="https://t.test/?token=abc123"),
+        user,
+        "order.shipped",
+        order_context(tracking_url="https://t.test/?token=abc123"),
         channels=["email"],
     )
     messages_prepare(message_ids=[message.pk])
@@ -113,9 +115,10 @@ def test_a_provider_crash_arrives_scrubbed(sentry, monkeypatch, published):
     for secret in (EMAIL, PHONE, body, *lines, BODY, "A1001", "abc123"):
         assert secret not in sent, secret
     # The event is still useful: what failed, where, with which ids.
-    assert event["exception"]["values"][-1]["type"] == "RuntimeError"
-    assert "gateway refused [Filtered] / [phone]: '[Filtered]" in event["exception"]["values"][-1]["value"]
-    frames = event["exception"]["values"][-1]["stacktrace"]["frames"]
+    exception = event["exception"]["values"][-1]
+    assert exception["type"] == "RuntimeError"
+    assert "gateway refused [Filtered] / [phone]: '[Filtered]" in exception["value"]
+    frames = exception["stacktrace"]["frames"]
     call = next(f for f in frames if f["function"] == "_call")
     assert call["vars"]["outgoings"] == FILTERED
     assert event["extra"]["notification"] == {
