@@ -28,6 +28,7 @@ def _declare_queues_and_schedule(sender: Celery, **_: object) -> None:
         "campaigns.evaluate_triggers": {"queue": MAINTENANCE_QUEUE},
         "campaigns.rollup_stats": {"queue": MAINTENANCE_QUEUE},
         "campaigns.learn_active_hours": {"queue": MAINTENANCE_QUEUE},
+        "notifier.failure_alerts": {"queue": MAINTENANCE_QUEUE},
     }
     sender.conf.beat_schedule = BEAT_SCHEDULE
 

@@ -221,6 +221,16 @@ if SENTRY_DSN:
 # /metrics/ answers only "Authorization: Bearer <this>"; unset, it does not exist (404).
 NOTIFIER_METRICS_TOKEN = env.str("NOTIFIER_METRICS_TOKEN", default="")
 
+# Failure-rate alerts (the "failure-alerts" beat job, every minute): a provider whose attempts
+# fail above this share of at least this many in the window alerts (log + Sentry), then stays
+# quiet for the cooldown. A running campaign whose finished sends fail above its own
+# pause_failure_percent (at least NOTIFIER_CAMPAIGN_PAUSE_MIN_SENDS of them) is paused.
+NOTIFIER_ALERT_WINDOW_S = env.int("NOTIFIER_ALERT_WINDOW_S", default=300)
+NOTIFIER_ALERT_FAILURE_RATE = env.float("NOTIFIER_ALERT_FAILURE_RATE", default=0.25)
+NOTIFIER_ALERT_MIN_ATTEMPTS = env.int("NOTIFIER_ALERT_MIN_ATTEMPTS", default=20)
+NOTIFIER_ALERT_COOLDOWN_S = env.int("NOTIFIER_ALERT_COOLDOWN_S", default=1800)
+NOTIFIER_CAMPAIGN_PAUSE_MIN_SENDS = env.int("NOTIFIER_CAMPAIGN_PAUSE_MIN_SENDS", default=50)
+
 LOG_LEVEL = env.str("LOG_LEVEL", default="INFO")
 # "plain" for a terminal, "json" (one object per line) for a log shipper. Both carry the ids of
 # notifier.logcontext: request_id, message_id, delivery_id, campaign_id, step_id.

@@ -1,47 +1,14 @@
-"""Sentry in the test process, with a transport that keeps what would have been sent."""
+"""Fixtures of the observability tests."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any
 
 import pytest
-import sentry_sdk
-from sentry_sdk.envelope import Envelope
-from sentry_sdk.transport import Transport
 
 from notifier.logcontext import clear_ids
-from notifier.observability import init_sentry
-from tests.observability.spool import TEST_DSN
-
-
-class ListTransport(Transport):
-    def __init__(self) -> None:
-        super().__init__()
-        self.items: list[dict[str, Any]] = []
-
-    def capture_envelope(self, envelope: Envelope) -> None:
-        for item in envelope.items:
-            self.items.append({"type": item.type, "payload": item.payload.json})
-
-    def events(self) -> list[dict[str, Any]]:
-        return [i["payload"] for i in self.items if i["type"] == "event"]
-
-    def checkins(self) -> list[dict[str, Any]]:
-        return [i["payload"] for i in self.items if i["type"] == "check_in"]
-
-
-@pytest.fixture
-def sentry() -> Iterator[ListTransport]:
-    """Sentry set up as settings do it, sending into a list; switched off afterwards."""
-    transport = ListTransport()
-    init_sentry(TEST_DSN, environment="test", transport=transport)
-    try:
-        yield transport
-    finally:
-        sentry_sdk.flush()
-        sentry_sdk.get_global_scope().set_client(None)
-        clear_ids()
+from tests.notifier.services.conftest import published  # noqa: F401
+from tests.observability.capture import ListTransport, capture_sentry
 
 
 @pytest.fixture(autouse=True)
@@ -51,4 +18,7 @@ def _no_ids_leak() -> Iterator[None]:
     clear_ids()
 
 
-from tests.notifier.services.conftest import published  # noqa: E402, F401
+@pytest.fixture
+def sentry() -> Iterator[ListTransport]:
+    with capture_sentry() as transport:
+        yield transport
