@@ -167,7 +167,7 @@ class Campaign(models.Model):
     pause_failure_percent = models.PositiveSmallIntegerField(
         default=20,
         validators=[MinValueValidator(1), MaxValueValidator(100)],
-        help_text="Paused automatically when more than this share of its sends fail "
+        help_text="Pause it automatically when more than this share of its sends fail "
         "(over the last few minutes, once enough were sent to tell)",
     )
     pause_reason = models.CharField(

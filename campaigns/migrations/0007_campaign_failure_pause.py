@@ -14,7 +14,7 @@ class Migration(migrations.Migration):
         migrations.AddField(
             model_name='campaign',
             name='pause_failure_percent',
-            field=models.PositiveSmallIntegerField(default=20, help_text='Paused automatically when more than this share of its sends fail (over the last few minutes, once enough were sent to tell)', validators=[django.core.validators.MinValueValidator(1), django.core.validators.MaxValueValidator(100)]),
+            field=models.PositiveSmallIntegerField(default=20, help_text='Pause it automatically when more than this share of its sends fail (over the last few minutes, once enough were sent to tell)', validators=[django.core.validators.MinValueValidator(1), django.core.validators.MaxValueValidator(100)]),
         ),
         migrations.AddField(
             model_name='campaign',
