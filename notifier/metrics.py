@@ -21,6 +21,7 @@ from __future__ import annotations
 import hmac
 import logging
 import os
+import socket
 from collections.abc import Iterator
 from typing import Any
 
@@ -38,6 +39,21 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 log = logging.getLogger(__name__)
+
+
+def multiprocess_dir() -> str:
+    return os.environ.get("PROMETHEUS_MULTIPROC_DIR", "")
+
+
+if multiprocess_dir():
+    # prometheus_client names each process's file after its pid; containers sharing the
+    # directory each have their own pid 1, 7, ... so the host name goes into the name too.
+    from prometheus_client import values
+
+    _host = socket.gethostname().replace("_", "-")  # the file name is split on "_"
+    values.ValueClass = values.MultiProcessValue(
+        process_identifier=lambda: f"{_host}-{os.getpid()}"
+    )
 
 DELIVERIES = Counter(
     "notifier_deliveries",
@@ -57,10 +73,6 @@ SEND_LATENCY = Histogram(
 )
 
 BREAKER_VALUES = {"closed": 0, "half_open": 1, "open": 2, "unknown": -1}
-
-
-def multiprocess_dir() -> str:
-    return os.environ.get("PROMETHEUS_MULTIPROC_DIR", "")
 
 
 def record_send(

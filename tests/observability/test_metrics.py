@@ -74,3 +74,20 @@ def test_state_gauges_are_read_when_scraped(client, settings, published, redis_c
     breaker = "notifier_circuit_breaker_state"
     assert got[(breaker, (("channel", "sms"), ("provider", "sandbox")))] == 2  # open
     assert got[(breaker, (("channel", "email"), ("provider", "sandbox")))] == 0  # closed
+
+
+def test_the_worker_box_exporter_needs_the_token_too():
+    from notifier.management.commands.metrics_exporter import exporter_app
+
+    app = exporter_app(TOKEN)
+    statuses: list[str] = []
+
+    def start_response(status, headers):
+        statuses.append(status)
+
+    environ = {"REQUEST_METHOD": "GET", "PATH_INFO": "/", "QUERY_STRING": ""}
+    app(environ, start_response)
+    body = b"".join(app({**environ, "HTTP_AUTHORIZATION": f"Bearer {TOKEN}"}, start_response))
+    assert statuses == ["403 Forbidden", "200 OK"]
+    assert b"# HELP notifier_deliveries_total" in body
+    assert b"notifier_queue_depth" not in body  # state gauges come from the web, once
