@@ -183,20 +183,37 @@ def _scrub_repr_fields(text: str) -> str:
 
 # The personal strings of what is being sent right now (set around a provider call): free text
 # such as a message body has no pattern, so a provider error quoting it is caught by value.
-_known: ContextVar[tuple[str, ...]] = ContextVar("notifier_personal_values", default=())
+# Worked out only if something is scrubbed while the block runs, then kept for the block.
 MIN_KNOWN_LEN = 6
 
 
+class _Known:
+    def __init__(self, values: Callable[[], Iterable[str]]) -> None:
+        self._values: Callable[[], Iterable[str]] | None = values
+        self._pieces: tuple[str, ...] = ()
+
+    def pieces(self) -> tuple[str, ...]:
+        if self._values is not None:
+            found: set[str] = set()
+            for value in self._values():
+                if len(value) >= MIN_KNOWN_LEN:
+                    found.add(value)
+                    found.update(line.strip() for line in value.splitlines())
+            self._pieces = tuple(
+                sorted((p for p in found if len(p) >= MIN_KNOWN_LEN), key=len, reverse=True)
+            )
+            self._values = None
+        return self._pieces
+
+
+_known: ContextVar[tuple[_Known, ...]] = ContextVar("notifier_personal_values", default=())
+
+
 @contextmanager
-def personal_values(values: Iterable[str]) -> Iterator[None]:
-    """Within the block, these exact strings (and each line of them) never reach Sentry."""
-    pieces: set[str] = set()
-    for value in values:
-        if len(value) >= MIN_KNOWN_LEN:
-            pieces.add(value)
-            pieces.update(line.strip() for line in value.splitlines())
-    ordered = tuple(sorted((p for p in pieces if len(p) >= MIN_KNOWN_LEN), key=len, reverse=True))
-    token = _known.set(_known.get() + ordered)
+def personal_values(values: Callable[[], Iterable[str]]) -> Iterator[None]:
+    """Within the block, the strings `values()` returns (and each of their lines) never reach
+    Sentry. `values` is called only if an event or breadcrumb is scrubbed meanwhile."""
+    token = _known.set((*_known.get(), _Known(values)))
     try:
         yield
     finally:
@@ -205,9 +222,10 @@ def personal_values(values: Iterable[str]) -> Iterator[None]:
 
 def scrub_text(text: str) -> str:
     """Personal data out of one string (pure, but for the values of `personal_values`)."""
-    for value in _known.get():
-        if value in text:
-            text = text.replace(value, FILTERED)
+    for known in _known.get():
+        for value in known.pieces():
+            if value in text:
+                text = text.replace(value, FILTERED)
     if "=" in text or ":" in text:
         text = _scrub_repr_fields(text)
     text = _EMAIL.sub("[email]", text)

@@ -267,7 +267,7 @@ def _precheck(outgoing: Outgoing) -> SendResult | None:
 
 def _call(provider: Provider, outgoings: list[Outgoing]) -> list[SendResult]:
     """Call a provider; an unexpected exception is a transient error, logged."""
-    with personal_values(_personal_strings(outgoings)) if sentry_on() else nullcontext():
+    with personal_values(partial(_personal_strings, outgoings)) if sentry_on() else nullcontext():
         try:
             sent = provider.send_many(outgoings)
             if len(sent) != len(outgoings):

@@ -186,3 +186,20 @@ def test_an_ordinary_task_does_not_check_in(sentry):
 
     checkin_started("t-1", "notifier.deliver")
     assert sentry.checkins() == []
+
+
+def test_known_values_are_worked_out_only_when_something_is_scrubbed():
+    from notifier.observability import personal_values
+
+    calls = []
+
+    def values():
+        calls.append(1)
+        return ["Flash sale: 50% off shoes until Sunday\nSee you soon, Ada"]
+
+    with personal_values(values):
+        assert calls == []  # sending costs nothing while Sentry has nothing to send
+        assert scrub_text("refused 'See you soon, Ada'") == "refused '[Filtered]'"
+        assert scrub_text("Flash sale: 50% off shoes until Sunday") == FILTERED
+        assert calls == [1]  # once per block
+    assert scrub_text("See you soon, Ada") == "See you soon, Ada"
