@@ -109,7 +109,8 @@ _EMAIL = re.compile(r"[A-Za-z0-9._%+\-]+@[A-Za-z0-9.\-]+\.[A-Za-z]{2,}")
 # E.164 (how phones are stored here) and the same with spaces or dashes, after a '+'.
 _PHONE = re.compile(r"(?<![\w+])\+\d[\d \-().]{6,18}\d\b")
 # Signed tokens in our own link paths: /unsubscribe/<t>/, /preferences/<t>/, /t/c/<t>/, /t/o/<t>.gif
-_LINK_TOKEN = re.compile(r"(/(?:unsubscribe|preferences|t/c|t/o)/)[^/\s?#'\"]+")
+# (a route pattern such as "/unsubscribe/{token}/", a transaction's name, is left alone).
+_LINK_TOKEN = re.compile(r"(/(?:unsubscribe|preferences|t/c|t/o)/)(?![{<])[^/\s?#'\"]+")
 _QUERY_TOKEN = re.compile(
     r"([?&](?:token|access_token|auth|key|sig|signature|code|secret|password)=)[^&\s#'\"]+",
     re.IGNORECASE,

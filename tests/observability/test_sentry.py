@@ -77,6 +77,15 @@ def test_scrub_filters_denylisted_keys_at_any_depth_and_keeps_structure():
 # --- A real code path, through sentry_sdk -----------------------------------------------------
 
 
+def without_source(event: dict) -> dict:
+    """The event without the source lines of its frames (this file's code holds the secrets)."""
+    for exception in event.get("exception", {}).get("values", []):
+        for frame in exception.get("stacktrace", {}).get("frames", []):
+            for source in ("pre_context", "context_line", "post_context"):
+                frame.pop(source, None)
+    return event
+
+
 @pytest.mark.django_db
 def test_a_provider_crash_arrives_scrubbed(sentry, monkeypatch, published):
     """deliveries_deliver -> _call -> the provider raises -> log.exception -> a Sentry event
@@ -107,10 +116,7 @@ def test_a_provider_crash_arrives_scrubbed(sentry, monkeypatch, published):
     events = sentry.events()
     assert len(events) == 1
     event = events[0]
-    for frame in event["exception"]["values"][-1]["stacktrace"]["frames"]:
-        for source in ("pre_context", "context_line", "post_context"):  # this file's code
-            frame.pop(source, None)
-    sent = json.dumps(event)
+    sent = json.dumps(without_source(event))
     lines = [line for line in body.splitlines() if line.strip()]
     for secret in (EMAIL, PHONE, body, *lines, BODY, "A1001", "abc123"):
         assert secret not in sent, secret
@@ -203,3 +209,31 @@ def test_known_values_are_worked_out_only_when_something_is_scrubbed():
         assert scrub_text("Flash sale: 50% off shoes until Sunday") == FILTERED
         assert calls == [1]  # once per block
     assert scrub_text("See you soon, Ada") == "See you soon, Ada"
+
+
+@pytest.mark.django_db
+def test_a_web_request_crash_arrives_with_its_link_token_and_form_scrubbed(sentry, monkeypatch):
+    """The Django integration's event of a failing page: the signed token in the URL, the
+    query string and the posted form stay out; the request id from the middleware is on it."""
+    from django.test import Client
+
+    def broken(token):
+        raise RuntimeError(f"cannot read link token {token}")
+
+    monkeypatch.setattr("notifier.views.preferences._unsubscribe_claim", broken)
+    token = "eyJ1IjoxMjMsImMiOiJwcm9tbyJ9:1tBzXy:Qm9uam91ci1zZWNyZXQ"
+    client = Client(raise_request_exception=False)
+    response = client.post(
+        f"/unsubscribe/{token}/?email={EMAIL}&sig=abc123def",
+        {"scope": "all", "email": EMAIL},
+        HTTP_X_REQUEST_ID="req-web-1",
+    )
+    assert response.status_code == 500
+    sentry_sdk.flush()
+    (event,) = sentry.events()
+    sent = json.dumps(without_source(event))
+    for secret in (token, "eyJ1IjoxMjMs", EMAIL, "abc123def"):
+        assert secret not in sent, secret
+    assert event["transaction"] == "/unsubscribe/{token}/"  # the route, not the link
+    assert event["tags"]["request_id"] == "req-web-1"
+    assert event["exception"]["values"][-1]["value"] == "cannot read link token [token]"
