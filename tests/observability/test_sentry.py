@@ -237,3 +237,21 @@ def test_a_web_request_crash_arrives_with_its_link_token_and_form_scrubbed(sentr
     assert event["transaction"] == "/unsubscribe/{token}/"  # the route, not the link
     assert event["tags"]["request_id"] == "req-web-1"
     assert event["exception"]["values"][-1]["value"] == "cannot read link token [token]"
+
+
+def test_a_job_that_runs_every_15_seconds_checks_in_once_a_minute():
+    from notifier.observability import checkin_finished, checkin_started
+    from notifier.services.alerts import cooldown_reset
+
+    cooldown_reset()
+    sent: list[tuple[str, str]] = []
+
+    def capture(**checkin):
+        sent.append((checkin["monitor_slug"], checkin["status"]))
+        return "id-1"
+
+    for run in ("a", "b", "c"):  # three runs within the minute
+        checkin_started(run, "notifier.release_held", capture=capture)
+        checkin_finished(run, ok=True, capture=capture)
+    cooldown_reset()
+    assert sent == [("release-held", "in_progress"), ("release-held", "ok")]
