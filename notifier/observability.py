@@ -9,7 +9,9 @@ SENTRY_DSN is set. Before anything leaves the process:
 - `scrub_event` (before_send, and before_breadcrumb for breadcrumbs) then rewrites every
   remaining string: email addresses, phone numbers, signed tokens in our link paths, token
   query parameters, long opaque tokens (push tokens), and `body=`/`'subject': ...` fields
-  inside reprs of our dataclasses (a local `pairs` holding Outgoing objects, say).
+  inside reprs of our dataclasses (a local `pairs` holding Outgoing objects, say);
+- while a provider is called, the recipients and rendered words of its batch are known values
+  (`personal_values`): a provider error that quotes a message body back is filtered by value.
 
 Beat jobs are monitored as Sentry Crons check-ins sent by the worker that runs them (see
 `checkin_started`/`checkin_finished`), not by `CeleryIntegration(monitor_beat_tasks=True)`:
@@ -17,7 +19,8 @@ that one adds its check-in in `Scheduler.apply_entry`, which works only when bea
 Sentry and ignores sub-minute intervals (our release and campaign-step jobs run every 15 and 30
 seconds), and Sentry documents only the default scheduler as supported, not django-celery-beat's
 DatabaseScheduler. Checking in from the worker covers every job on any scheduler: a job that
-beat stops sending, or that no worker runs, misses its check-in and Sentry alerts.
+beat stops sending, or that no worker runs, misses its check-in and Sentry alerts. Jobs that
+run more often than once a minute check in once a minute.
 """
 
 from __future__ import annotations
