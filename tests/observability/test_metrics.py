@@ -12,6 +12,7 @@ from notifier.services.pipeline import messages_prepare
 from notifier.status import DeliveryStatus
 from notifier.throttle import breaker_record
 from tests.factories import UserFactory, order_context
+from tests.integration.rig import RedisServer
 
 TOKEN = "t0ken-for-tests"
 
@@ -45,7 +46,7 @@ def test_the_endpoint_is_404_when_off_and_403_without_the_token(client, settings
 
 
 @pytest.mark.django_db
-def test_state_gauges_are_read_when_scraped(client, settings, published, redis_client):
+def test_state_gauges_are_read_when_scraped(client, settings, published):
     from notifier.api import notify
 
     settings.NOTIFIER_METRICS_TOKEN = TOKEN
@@ -57,12 +58,14 @@ def test_state_gauges_are_read_when_scraped(client, settings, published, redis_c
     )
     breaker_record("sms:sandbox", success=False)
     breaker_record("sms:sandbox", success=False)  # opens it
-    redis_client.delete("bulk.email")
-    redis_client.rpush("bulk.email", "a", "b", "c")
+    # A broker of its own: a worker of another test may be draining the shared one.
+    broker = RedisServer()
     try:
+        broker.client().rpush("bulk.email", "a", "b", "c")
+        settings.CELERY_BROKER_URL = broker.url
         response = client.get("/metrics/", HTTP_AUTHORIZATION=f"Bearer {TOKEN}")
     finally:
-        redis_client.delete("bulk.email")
+        broker.stop()
     assert response.status_code == 200
     got = {
         (s.name, tuple(sorted(s.labels.items()))): s.value
