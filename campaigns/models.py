@@ -6,6 +6,7 @@ from __future__ import annotations
 from decimal import Decimal
 
 from django.conf import settings
+from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 from django.db.models import Q
 
@@ -162,6 +163,15 @@ class Campaign(models.Model):
     )
     reentry_days = models.PositiveIntegerField(
         default=30, help_text="Triggered: at most once per user within this many days"
+    )
+    pause_failure_percent = models.PositiveSmallIntegerField(
+        default=20,
+        validators=[MinValueValidator(1), MaxValueValidator(100)],
+        help_text="Pause it automatically when more than this share of its sends fail "
+        "(over the last few minutes, once enough were sent to tell)",
+    )
+    pause_reason = models.CharField(
+        max_length=300, blank=True, default="", help_text="Why it was paused automatically"
     )
     created_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"

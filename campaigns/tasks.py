@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from celery import shared_task
@@ -15,12 +17,25 @@ from campaigns.services.fanout import (
     walk_continue,
 )
 from campaigns.services.stats import learn_active_hours, stats_rollup
+from notifier.logcontext import bound
 
 FANOUT_OPTIONS: dict[str, Any] = {
     "acks_late": True,
     "reject_on_worker_lost": True,
     "ignore_result": True,
 }
+
+
+@contextmanager
+def step_logged(step_id: int) -> Iterator[None]:
+    """The task's log lines (and the tasks it publishes) name the campaign and the step."""
+    from campaigns.models import CampaignStep
+
+    campaign_id = (
+        CampaignStep.objects.filter(pk=step_id).values_list("campaign_id", flat=True).first()
+    )
+    with bound(step_id=step_id, campaign_id=campaign_id):
+        yield
 
 
 @shared_task(name="campaigns.start_due_steps", ignore_result=True)
@@ -32,15 +47,18 @@ def start_due_steps() -> dict[str, list[int]]:
 @shared_task(name="campaigns.walk_step", **FANOUT_OPTIONS)
 def walk_step(step_id: int) -> str:
     """Hand out the next batches of a step's audience; continues itself until done."""
-    outcome: Walk = step_walk(step_id=step_id)
-    walk_continue(step_id, outcome)
+    with step_logged(step_id):
+        outcome: Walk = step_walk(step_id=step_id)
+        walk_continue(step_id, outcome)
     return str(outcome)
 
 
 @shared_task(name="campaigns.fanout_batch", **FANOUT_OPTIONS)
 def fanout_batch(step_id: int, user_ids: list[int], walk_round: int) -> dict[str, int]:
     """Write and route one batch of recipients of a step, handed out in a walk's round."""
-    return step_fanout_batch(step_id=step_id, user_ids=user_ids, walk_round=walk_round).__dict__
+    with step_logged(step_id):
+        report = step_fanout_batch(step_id=step_id, user_ids=user_ids, walk_round=walk_round)
+    return report.__dict__
 
 
 @shared_task(name="campaigns.evaluate_triggers", ignore_result=True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 
 from celery import Celery
-from celery.signals import task_postrun
+from celery.signals import before_task_publish, task_postrun, task_prerun
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "notifier.settings")
 
@@ -28,6 +28,7 @@ def _declare_queues_and_schedule(sender: Celery, **_: object) -> None:
         "campaigns.evaluate_triggers": {"queue": MAINTENANCE_QUEUE},
         "campaigns.rollup_stats": {"queue": MAINTENANCE_QUEUE},
         "campaigns.learn_active_hours": {"queue": MAINTENANCE_QUEUE},
+        "notifier.failure_alerts": {"queue": MAINTENANCE_QUEUE},
     }
     sender.conf.beat_schedule = BEAT_SCHEDULE
 
@@ -40,3 +41,33 @@ def _beat_heartbeat(task: object = None, state: str | None = None, **_: object) 
         from notifier.health import beat_heartbeat
 
         beat_heartbeat(name)
+
+
+# --- Observability: ids in task headers, cron check-ins of periodic jobs ---------------------
+
+
+@before_task_publish.connect
+def _ids_into_headers(headers: dict[str, object] | None = None, **_: object) -> None:
+    from notifier.logcontext import add_ids_to_headers
+
+    add_ids_to_headers(headers)
+
+
+@task_prerun.connect
+def _ids_and_checkin(task_id: str = "", task: object = None, **_: object) -> None:
+    from notifier.logcontext import restore_ids
+    from notifier.observability import checkin_started
+
+    restore_ids(getattr(task, "request", None))
+    name = getattr(task, "name", None)
+    if isinstance(name, str):
+        checkin_started(task_id, name)
+
+
+@task_postrun.connect
+def _checkin_done(task_id: str = "", state: str | None = None, **_: object) -> None:
+    from notifier.logcontext import clear_ids
+    from notifier.observability import checkin_finished
+
+    checkin_finished(task_id, ok=state == "SUCCESS")
+    clear_ids()

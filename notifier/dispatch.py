@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from django.conf import settings
 
 from channels.base import Channel
+from notifier.logcontext import bound
 from notifier.queues import Lane, deliver_queue, prepare_queue
 
 log = logging.getLogger(__name__)
@@ -31,7 +32,9 @@ def publish_prepare(message_ids: Sequence[int], lane: Lane) -> None:
 
     for batch in chunks(message_ids):
         try:
-            prepare_messages.apply_async(args=(batch,), queue=prepare_queue(lane))
+            # A task about one message carries its id into the worker's log lines.
+            with bound(**({"message_id": batch[0]} if len(batch) == 1 else {})):
+                prepare_messages.apply_async(args=(batch,), queue=prepare_queue(lane))
         except Exception:
             log.exception(
                 "could not publish prepare for %d messages; re-queue job will", len(batch)
@@ -46,7 +49,8 @@ def publish_deliver(
     options = {"countdown": min(countdown, MAX_BROKER_COUNTDOWN_S)} if countdown > 0 else {}
     for batch in chunks(delivery_ids):
         try:
-            deliver.apply_async(args=(batch,), queue=deliver_queue(lane, channel), **options)
+            with bound(**({"delivery_id": batch[0]} if len(batch) == 1 else {})):
+                deliver.apply_async(args=(batch,), queue=deliver_queue(lane, channel), **options)
         except Exception:
             log.exception(
                 "could not publish deliver for %d deliveries; re-queue job will", len(batch)

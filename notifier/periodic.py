@@ -51,6 +51,14 @@ BEAT_SCHEDULE: dict[str, dict[str, Any]] = {
         "schedule": 120.0,
         "options": {"queue": MAINTENANCE_QUEUE, "expires": 110},
     },
+    # Every minute: failure rates over the last NOTIFIER_ALERT_WINDOW_S. A failing provider
+    # alerts operators (log + Sentry, then a cooldown); a campaign failing above its threshold
+    # is paused with the reason shown to the marketer.
+    "failure-alerts": {
+        "task": "notifier.failure_alerts",
+        "schedule": 60.0,
+        "options": {"queue": MAINTENANCE_QUEUE, "expires": 55},
+    },
     # Nightly: learn each user's usual local hour of reading, for steps sent at that hour.
     "learn-active-hours": {
         "task": "campaigns.learn_active_hours",

@@ -8,8 +8,10 @@ DATABASE_URL, CELERY_BROKER_URL (or REDIS_URL) and the credentials of the provid
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import environ
+from django.core.exceptions import ImproperlyConfigured
 
 from notifier.providers_config import providers_from_env
 
@@ -39,6 +41,8 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    # First, so every later middleware's and the view's log lines carry the request id.
+    "notifier.logcontext.RequestIdMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
@@ -229,12 +233,50 @@ if SENTRY_DSN:
 
     init_sentry(SENTRY_DSN, environment=env.str("SENTRY_ENVIRONMENT", default="production"))
 
+# /metrics/ answers only "Authorization: Bearer <this>"; unset, it does not exist (404).
+NOTIFIER_METRICS_TOKEN = env.str("NOTIFIER_METRICS_TOKEN", default="")
+
+# Failure-rate alerts (the "failure-alerts" beat job, every minute): a provider whose attempts
+# fail above this share of at least this many in the window alerts (log + Sentry), then stays
+# quiet for the cooldown. A running campaign whose finished sends fail above its own
+# pause_failure_percent (at least NOTIFIER_CAMPAIGN_PAUSE_MIN_SENDS of them) is paused.
+NOTIFIER_ALERT_WINDOW_S = env.int("NOTIFIER_ALERT_WINDOW_S", default=300)
+NOTIFIER_ALERT_FAILURE_RATE = env.float("NOTIFIER_ALERT_FAILURE_RATE", default=0.25)
+NOTIFIER_ALERT_MIN_ATTEMPTS = env.int("NOTIFIER_ALERT_MIN_ATTEMPTS", default=20)
+NOTIFIER_ALERT_COOLDOWN_S = env.int("NOTIFIER_ALERT_COOLDOWN_S", default=1800)
+NOTIFIER_CAMPAIGN_PAUSE_MIN_SENDS = env.int("NOTIFIER_CAMPAIGN_PAUSE_MIN_SENDS", default=50)
+
 LOG_LEVEL = env.str("LOG_LEVEL", default="INFO")
-LOGGING = {
+# "plain" for a terminal, "json" (one object per line) for a log shipper. Both carry the ids of
+# notifier.logcontext: request_id, message_id, delivery_id, campaign_id, step_id.
+NOTIFIER_LOG_FORMAT = env.str("NOTIFIER_LOG_FORMAT", default="plain")
+if NOTIFIER_LOG_FORMAT not in ("plain", "json"):
+    raise ImproperlyConfigured(
+        f"NOTIFIER_LOG_FORMAT must be 'plain' or 'json', not {NOTIFIER_LOG_FORMAT!r}"
+    )
+LOGGING: dict[str, Any] = {
     "version": 1,
     "disable_existing_loggers": False,
-    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "filters": {"ids": {"()": "notifier.logcontext.IdsFilter"}},
+    "formatters": {
+        "plain": {
+            "format": "%(asctime)s %(levelname)s %(name)s [req=%(request_id)s "
+            "msg=%(message_id)s dlv=%(delivery_id)s cmp=%(campaign_id)s] %(message)s"
+        },
+        "json": {
+            "()": "pythonjsonlogger.json.JsonFormatter",
+            "fmt": "%(asctime)s %(levelname)s %(name)s %(message)s %(request_id)s "
+            "%(message_id)s %(delivery_id)s %(campaign_id)s %(step_id)s",
+            "rename_fields": {"asctime": "time", "levelname": "level", "name": "logger"},
+        },
+    },
+    "handlers": {
+        "console": {
+            "class": "logging.StreamHandler",
+            "formatter": NOTIFIER_LOG_FORMAT,
+            "filters": ["ids"],
+        }
+    },
     "root": {"handlers": ["console"], "level": "WARNING"},
     "loggers": {
         "notifier": {"level": LOG_LEVEL},

@@ -12,6 +12,7 @@ from typing import Any
 
 from celery import shared_task
 
+from notifier.services.alerts import failure_alerts_run
 from notifier.services.deliveries import deliveries_deliver, requeue_stuck_work
 from notifier.services.pipeline import messages_prepare
 from notifier.services.release import held_release
@@ -60,3 +61,10 @@ def release_held_task() -> dict[str, int]:
     """Beat: release held deliveries that are due (quiet hours over, queues drained, new cap
     window), highest priority first."""
     return held_release().__dict__
+
+
+@shared_task(name="notifier.failure_alerts", ignore_result=True)
+def failure_alerts_task() -> dict[str, list[str] | list[int]]:
+    """Beat: alert on providers failing too often; pause campaigns failing above threshold."""
+    report = failure_alerts_run()
+    return {"alerted": report.alerted, "paused": report.paused}

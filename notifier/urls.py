@@ -3,12 +3,14 @@
 from django.contrib import admin
 from django.urls import include, path
 
+from notifier.metrics import metrics_view
 from notifier.views import health, inbox, preferences, webhooks
 
 urlpatterns = [
     path("admin/", admin.site.urls),
     path("health/live/", health.live, name="health-live"),
     path("health/ready/", health.ready, name="health-ready"),
+    path("metrics/", metrics_view, name="metrics"),  # bearer token: NOTIFIER_METRICS_TOKEN
     path("api/inbox/", inbox.inbox_list, name="inbox-list"),
     path("api/inbox/unread-count/", inbox.inbox_unread, name="inbox-unread-count"),
     path("api/inbox/read-all/", inbox.inbox_read_all, name="inbox-read-all"),

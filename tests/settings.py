@@ -18,3 +18,22 @@ PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 # In memory, unless a test's worker process is given a real server (EMAIL_URL=smtp://...).
 if not os.environ.get("EMAIL_URL"):
     EMAIL_BACKEND = "django.core.mail.backends.locmem.EmailBackend"
+
+# Worker processes of the observability tests: Sentry into a file, logs into a JSON file.
+if os.environ.get("NOTIFIER_TEST_SENTRY_SPOOL"):
+    from notifier.observability import init_sentry
+    from tests.observability.spool import TEST_DSN, SpoolTransport
+
+    init_sentry(
+        TEST_DSN,
+        environment="test",
+        transport=SpoolTransport(os.environ["NOTIFIER_TEST_SENTRY_SPOOL"]),
+    )
+if os.environ.get("NOTIFIER_TEST_LOG_FILE"):
+    LOGGING["handlers"]["test_file"] = {  # noqa: F405
+        "class": "logging.FileHandler",
+        "filename": os.environ["NOTIFIER_TEST_LOG_FILE"],
+        "formatter": "json",
+        "filters": ["ids"],
+    }
+    LOGGING["root"]["handlers"].append("test_file")  # noqa: F405

@@ -268,7 +268,17 @@ EDIT_FIELDS = [
     "attribution_hours",
     "reentry_days",
 ]
-STATUS_FIELDS = ["status", "created_by", "approved_by", "approved_at", "started_at", "finished_at"]
+# Editable in every status: a marketer may raise or lower it while the campaign runs.
+SAFETY_FIELDS = ["pause_failure_percent"]
+STATUS_FIELDS = [
+    "status",
+    "pause_reason",
+    "created_by",
+    "approved_by",
+    "approved_at",
+    "started_at",
+    "finished_at",
+]
 
 
 class VariablesField(forms.JSONField):
@@ -710,7 +720,15 @@ class CampaignAdmin(admin.ModelAdmin):
             ("When and how", {"fields": ["event_at", "priority", "channels"]}),
             (
                 "Copy and measurement",
-                {"fields": ["variables", "holdout_percent", "attribution_hours", "reentry_days"]},
+                {
+                    "fields": [
+                        "variables",
+                        "holdout_percent",
+                        "attribution_hours",
+                        "reentry_days",
+                        "pause_failure_percent",
+                    ]
+                },
             ),
             ("Status", {"fields": STATUS_FIELDS, "classes": ["collapse"]}),
         ]
@@ -780,7 +798,7 @@ class CampaignAdmin(admin.ModelAdmin):
             obj._state.adding = False
             obj.refresh_from_db()
             return
-        changed = [name for name in form.changed_data if name in EDIT_FIELDS]
+        changed = [name for name in form.changed_data if name in EDIT_FIELDS + SAFETY_FIELDS]
         if changed:
             # Only what the form changed: the status and approval are the lifecycle's to write.
             obj.save(update_fields=[*changed, "updated_at"])

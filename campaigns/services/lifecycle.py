@@ -219,11 +219,12 @@ def _log(ids: Sequence[int], status: str, reason: str, by: User | None, action: 
     )
 
 
-def campaign_pause(*, campaign: Campaign, by: User | None) -> int:
+def campaign_pause(*, campaign: Campaign, by: User | None, reason: str = "") -> int:
     """Stop sending now. Queued deliveries (batches already handed to workers too) are held;
-    deliveries being sent this instant finish. Returns how many were held."""
+    deliveries being sent this instant finish. Returns how many were held. `reason` is shown
+    to the marketer (an automatic pause says why); resuming clears it."""
     with transaction.atomic():
-        _move(campaign, C.PAUSED)
+        _move(campaign, C.PAUSED, pause_reason=reason[:300])
         queued = _campaign_deliveries(campaign, [S.QUEUED])
         ids = list(queued.values_list("pk", flat=True))
         Delivery.objects.filter(pk__in=ids, status=S.QUEUED).update(
@@ -244,7 +245,7 @@ def campaign_resume(*, campaign: Campaign, by: User | None) -> int:
 
     now = timezone.now()
     with transaction.atomic():
-        _move(campaign, C.RUNNING if campaign.started_at else C.SCHEDULED)
+        _move(campaign, C.RUNNING if campaign.started_at else C.SCHEDULED, pause_reason="")
         released = Delivery.objects.filter(
             message__campaign_id=campaign.pk,
             status=S.HELD,

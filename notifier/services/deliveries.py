@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import logging
 import random
+import time
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from functools import partial
@@ -32,7 +34,10 @@ from channels.base import (
 from channels.registry import providers_for
 from notifier import dispatch
 from notifier.db import copy_rows, update_rows
+from notifier.logcontext import bound
+from notifier.metrics import record_send
 from notifier.models import Delivery, DeliveryEvent, Device, EventKind, Message
+from notifier.observability import personal_values, sentry_on
 from notifier.policies.retry import RetryPolicy, Verdict, after_attempt
 from notifier.queues import Lane
 from notifier.selectors import type_info_get
@@ -262,17 +267,28 @@ def _precheck(outgoing: Outgoing) -> SendResult | None:
 
 def _call(provider: Provider, outgoings: list[Outgoing]) -> list[SendResult]:
     """Call a provider; an unexpected exception is a transient error, logged."""
-    try:
-        sent = provider.send_many(outgoings)
-        if len(sent) != len(outgoings):
-            raise RuntimeError(
-                f"{provider.name} returned {len(sent)} results for {len(outgoings)} messages"
+    with personal_values(partial(_personal_strings, outgoings)) if sentry_on() else nullcontext():
+        try:
+            sent = provider.send_many(outgoings)
+            if len(sent) != len(outgoings):
+                raise RuntimeError(
+                    f"{provider.name} returned {len(sent)} results for {len(outgoings)} messages"
+                )
+        except Exception as exc:
+            log.exception("provider %s raised", provider.name)
+            error = f"{type(exc).__name__}: {exc}"
+            sent = [SendResult.transient(provider.name, ErrorCode.UNEXPECTED, error)] * len(
+                outgoings
             )
-    except Exception as exc:
-        log.exception("provider %s raised", provider.name)
-        error = f"{type(exc).__name__}: {exc}"
-        sent = [SendResult.transient(provider.name, ErrorCode.UNEXPECTED, error)] * len(outgoings)
     return sent
+
+
+def _personal_strings(outgoings: list[Outgoing]) -> Iterator[str]:
+    """What a provider's error may quote back: the recipients and the words sent to them."""
+    for outgoing in outgoings:
+        yield outgoing.recipient
+        content = outgoing.content
+        yield from (content.subject, content.title, content.body, content.html, content.link)
 
 
 def _record_health(key: str, results: list[SendResult]) -> None:
@@ -326,6 +342,25 @@ def _attempt_detail(result: SendResult, delay_s: float) -> dict[str, object]:
     return {k: v for k, v in detail.items() if v is not None}
 
 
+def _log_attempt(delivery: Claimed, result: SendResult) -> None:
+    """One line per attempt, carrying the delivery's ids (sent ones at DEBUG: there are many)."""
+    level = {S.SENT: logging.DEBUG, S.QUEUED: logging.INFO}.get(
+        DeliveryStatus(delivery.status), logging.WARNING
+    )
+    if not log.isEnabledFor(level):
+        return
+    with bound(delivery_id=delivery.pk, message_id=delivery.message_id):
+        log.log(
+            level,
+            "%s via %s attempt %d: %s%s",
+            delivery.channel,
+            result.provider,
+            delivery.attempts,
+            delivery.status,
+            f" ({delivery.reason}: {result.error})" if delivery.status != S.SENT else "",
+        )
+
+
 def _record(
     deliveries: list[Claimed],
     results: list[SendResult],
@@ -360,6 +395,7 @@ def _record(
             delivery.last_error, delivery.finished_at = result.error, now
             report.failed += 1
             report.failed_ids.append(delivery.pk)
+        _log_attempt(delivery, result)
         events.append(
             (
                 delivery.pk,
@@ -392,15 +428,40 @@ def _record_now(
 ) -> list[SendResult]:
     """Send and record; when our own database is the provider, both in one transaction."""
     group, outgoings = [d for d, _ in pairs], [o for _, o in pairs]
+    before = (report.sent, report.failed, report.retried)
     if provider.in_database:
         with transaction.atomic():
+            started = time.perf_counter()
             results = _call(provider, outgoings)
+            took = time.perf_counter() - started
             _record(group, results, timezone.now(), report)
-        return results
-    results = _call(provider, outgoings)
-    with transaction.atomic():
-        _record(group, results, timezone.now(), report)
+    else:
+        started = time.perf_counter()
+        results = _call(provider, outgoings)
+        took = time.perf_counter() - started
+        with transaction.atomic():
+            _record(group, results, timezone.now(), report)
+    _count(report, before, channel=str(group[0].channel), provider=provider.name, seconds=took)
     return results
+
+
+def _count(
+    report: DeliverReport,
+    before: tuple[int, int, int],
+    *,
+    channel: str,
+    provider: str,
+    seconds: float | None,
+) -> None:
+    """Metrics for what one _record wrote (the report's counters moved by that much)."""
+    record_send(
+        channel=channel,
+        provider=provider,
+        seconds=seconds,
+        sent=report.sent - before[0],
+        failed=report.failed - before[1],
+        retried=report.retried - before[2],
+    )
 
 
 def _deliver_channel(
@@ -414,10 +475,12 @@ def _deliver_channel(
     """
     prechecked = [(d, o, r) for d, o in pairs if (r := _precheck(o)) is not None]
     if prechecked:
+        before = (report.sent, report.failed, report.retried)
         with transaction.atomic():
             _record(
                 [d for d, _, _ in prechecked], [r for _, _, r in prechecked], timezone.now(), report
             )
+        _count(report, before, channel=str(channel), provider="pipeline", seconds=None)
     remaining = [(d, o) for d, o in pairs if _precheck(o) is None]
     waits: list[float] = []
     circuit_open = True

@@ -33,6 +33,7 @@ from notifier.backpressure import bulk_congested
 from notifier.db import copy_rows, insert_rows, next_ids, update_rows
 from notifier.dispatch import chunks
 from notifier.links import UnsubscribeLinks, preferences_url
+from notifier.logcontext import bound
 from notifier.models import (
     Delivery,
     DeliveryEvent,
@@ -253,7 +254,8 @@ def message_generate(
                 else render(message.type_id, channel, context, message.user.locale)
             )
         except RenderError as exc:
-            log.warning("message %s: %s", message.pk, exc)
+            with bound(message_id=message.pk):
+                log.warning("message %s: %s", message.pk, exc)
             rendered[channel] = exc
             continue
         if unsubscribe is not None and channel is Channel.EMAIL:

@@ -34,6 +34,7 @@ from campaigns.rendering import render_variant
 from campaigns.services.lifecycle import (
     campaign_approve,
     campaign_create,
+    campaign_pause,
     campaign_submit,
 )
 from channels.base import Channel
@@ -621,6 +622,25 @@ def test_pause_resume_and_cancel_move_the_status(client, marketer, lead):
     client.post(url("campaign_cancel", campaign.pk), {"confirm": "yes"})
     assert status_of(campaign) == CampaignStatus.CANCELLED
     assert set(campaign.steps.values_list("status", flat=True)) == {"cancelled"}
+
+
+def test_an_automatic_pause_shows_its_reason_and_the_threshold_stays_editable(
+    client, marketer, lead
+):
+    campaign = scheduled(marketer, lead)
+    campaign_pause(campaign=campaign, by=None, reason="40 of its last 100 sends failed (40%)")
+    client.force_login(marketer)
+    change = url("campaign_change", campaign.pk)
+    response = client.get(change)
+    assert (
+        "Paused automatically: 40 of its last 100 sends failed (40%)" in response.content.decode()
+    )
+    # Locked for copy changes, but the failure threshold can still be moved.
+    client.post(change, post_data(response, pause_failure_percent="35"))
+    campaign.refresh_from_db()
+    assert campaign.pause_failure_percent == 35
+    client.post(action_url(campaign, "resume"))
+    assert 'id="pause-reason"' not in client.get(change).content.decode()
 
 
 def test_a_refused_move_shows_the_services_message(client, marketer, lead):

@@ -1,0 +1,204 @@
+"""The failure-rate job: alert on failing providers, pause failing campaigns.
+
+Every minute (beat, maintenance queue) it counts the delivery attempt events of the last
+NOTIFIER_ALERT_WINDOW_S seconds, once grouped by provider and once by running campaign, and
+asks the pure policies in `notifier.policies.alerts`:
+
+- a provider above NOTIFIER_ALERT_FAILURE_RATE (with at least NOTIFIER_ALERT_MIN_ATTEMPTS
+  attempts) gets a warning log line and a Sentry event, then nothing more for
+  NOTIFIER_ALERT_COOLDOWN_S: the cooldown is a Redis key taken with SET NX, so two runs at once
+  (or two beats) alert once;
+- a running campaign whose finished sends fail above its own `pause_failure_percent` (with at
+  least NOTIFIER_CAMPAIGN_PAUSE_MIN_SENDS of them) is paused through the lifecycle service,
+  with the reason on the campaign for the marketer. A second run finds it paused and moves on.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+import redis
+from django.conf import settings
+from django.db.models import Count, Q
+from django.utils import timezone
+
+from notifier.models import DeliveryEvent, EventKind
+from notifier.policies.alerts import Counts, Decision, campaign_pause, provider_alert
+from notifier.status import DeliveryStatus
+from notifier.throttle import redis_url
+
+log = logging.getLogger(__name__)
+S = DeliveryStatus
+
+COOLDOWN_KEY = "notifier:alerts:cooldown:{key}"
+# Attempts recorded without calling a provider (a contact point removed since routing).
+NOT_A_PROVIDER = ("", "pipeline")
+
+
+@dataclass
+class AlertsReport:
+    alerted: list[str] = field(default_factory=list)
+    cooling_down: list[str] = field(default_factory=list)
+    paused: list[int] = field(default_factory=list)
+
+
+# --- Counting -----------------------------------------------------------------------------------
+
+
+def provider_counts(*, since: datetime) -> dict[str, Counts]:
+    """ "channel:provider" -> attempts and failures (anything but sent) since `since`."""
+    rows = (
+        DeliveryEvent.objects.filter(kind=EventKind.ATTEMPT, at__gte=since)
+        .exclude(provider__in=NOT_A_PROVIDER)
+        .values_list("delivery__channel", "provider")
+        .annotate(total=Count("pk"), failed=Count("pk", filter=~Q(status=S.SENT)))
+        .order_by()
+    )
+    return {
+        f"{channel}:{provider}": Counts(total, failed) for channel, provider, total, failed in rows
+    }
+
+
+def campaign_counts(*, since: datetime, campaign_ids: list[int]) -> dict[int, Counts]:
+    """campaign id -> its sends that finished (sent or failed for good) since `since`.
+
+    A transient failure that will be retried is not a failed send yet: a campaign is judged
+    on outcomes, a provider on attempts."""
+    if not campaign_ids:
+        return {}
+    rows = (
+        DeliveryEvent.objects.filter(
+            kind=EventKind.ATTEMPT,
+            at__gte=since,
+            status__in=[S.SENT, S.FAILED],
+            delivery__message__campaign_id__in=campaign_ids,
+        )
+        .values_list("delivery__message__campaign_id")
+        .annotate(total=Count("pk"), failed=Count("pk", filter=Q(status=S.FAILED)))
+        .order_by()
+    )
+    return {campaign_id: Counts(total, failed) for campaign_id, total, failed in rows}
+
+
+# --- Cooldown -----------------------------------------------------------------------------------
+
+_local_cooldowns: dict[str, float] = {}
+_local_lock = threading.Lock()
+
+
+def cooldown_take(key: str, seconds: float) -> bool:
+    """True for the first caller in `seconds` (shared by every process through Redis)."""
+    url = redis_url()
+    if settings.NOTIFIER_EMBEDDED or not url:
+        with _local_lock:
+            now = time.monotonic()
+            if _local_cooldowns.get(key, 0.0) > now:
+                return False
+            _local_cooldowns[key] = now + seconds
+            return True
+    client = redis.Redis.from_url(url, socket_timeout=0.5, socket_connect_timeout=0.5)
+    try:
+        return bool(client.set(COOLDOWN_KEY.format(key=key), "1", nx=True, ex=max(1, int(seconds))))
+    except redis.RedisError:
+        log.warning("cannot reach Redis for the alert cooldown of %s; alerting anyway", key)
+        return True
+
+
+def cooldown_reset() -> None:
+    """Forget every cooldown (tests)."""
+    _local_cooldowns.clear()
+    url = redis_url()
+    if url and not settings.NOTIFIER_EMBEDDED:
+        client = redis.Redis.from_url(url)
+        keys = list(client.scan_iter(match=COOLDOWN_KEY.format(key="*")))
+        if keys:
+            client.delete(*keys)
+
+
+# --- Acting -------------------------------------------------------------------------------------
+
+
+def _to_sentry(message: str, *, fingerprint: list[str], tags: dict[str, str]) -> None:
+    from notifier.observability import sentry_on
+
+    if not sentry_on():
+        return
+    import sentry_sdk
+
+    sentry_sdk.capture_message(message, level="warning", fingerprint=fingerprint, tags=tags)
+
+
+def provider_alerts(*, now: datetime, report: AlertsReport) -> None:
+    window = settings.NOTIFIER_ALERT_WINDOW_S
+    for key, counts in sorted(provider_counts(since=now - timedelta(seconds=window)).items()):
+        decision = provider_alert(
+            key,
+            counts,
+            threshold=settings.NOTIFIER_ALERT_FAILURE_RATE,
+            min_attempts=settings.NOTIFIER_ALERT_MIN_ATTEMPTS,
+            window_s=window,
+        )
+        if not decision.act:
+            continue
+        if not cooldown_take(f"provider:{key}", settings.NOTIFIER_ALERT_COOLDOWN_S):
+            report.cooling_down.append(key)
+            continue
+        message = f"provider failure rate: {decision.reason}"
+        log.warning(message, extra={"alert": "provider_failure_rate", "provider_key": key})
+        _to_sentry(
+            message,
+            fingerprint=["notifier.alerts", "provider_failure_rate", key],
+            tags={"provider_key": key},
+        )
+        report.alerted.append(key)
+
+
+def campaign_pauses(*, now: datetime, report: AlertsReport) -> None:
+    from campaigns.models import Campaign, CampaignStatus
+    from campaigns.services.lifecycle import CampaignError
+    from campaigns.services.lifecycle import campaign_pause as pause
+    from notifier.logcontext import bound
+
+    window = settings.NOTIFIER_ALERT_WINDOW_S
+    running = {
+        c.pk: c for c in Campaign.objects.filter(status=CampaignStatus.RUNNING).order_by("pk")
+    }
+    counts = campaign_counts(since=now - timedelta(seconds=window), campaign_ids=list(running))
+    for campaign_id, campaign_counted in sorted(counts.items()):
+        campaign = running[campaign_id]
+        decision: Decision = campaign_pause(
+            campaign.name,
+            campaign_counted,
+            threshold_percent=campaign.pause_failure_percent,
+            min_sample=settings.NOTIFIER_CAMPAIGN_PAUSE_MIN_SENDS,
+            window_s=window,
+        )
+        if not decision.act:
+            continue
+        with bound(campaign_id=campaign_id):
+            try:
+                held = pause(campaign=campaign, by=None, reason=decision.reason)
+            except CampaignError as error:  # paused, cancelled or finished meanwhile
+                log.info("campaign %s not paused: %s", campaign_id, error)
+                continue
+            message = f"campaign {campaign.name!r} paused: {decision.reason}"
+            log.warning(message, extra={"alert": "campaign_paused", "held": held})
+            _to_sentry(
+                message,
+                fingerprint=["notifier.alerts", "campaign_paused", str(campaign_id)],
+                tags={"campaign_id": str(campaign_id)},
+            )
+        report.paused.append(campaign_id)
+
+
+def failure_alerts_run(*, now: datetime | None = None) -> AlertsReport:
+    """The job: provider alerts, then campaign pauses. Safe to run twice at once."""
+    now = now or timezone.now()
+    report = AlertsReport()
+    provider_alerts(now=now, report=report)
+    campaign_pauses(now=now, report=report)
+    return report
