@@ -7,11 +7,16 @@ import os
 from celery import Celery
 from celery.signals import task_postrun
 
+from notifier.worker_state import install_worker_probe
+
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "notifier.settings")
 
 app = Celery("notifier")
 app.config_from_object("django.conf:settings", namespace="CELERY")
 app.autodiscover_tasks(["notifier", "campaigns"])
+
+# Worker health for exec probes: a heartbeat file from the consumer's event loop.
+install_worker_probe(app)
 
 
 @app.on_after_configure.connect

@@ -132,6 +132,12 @@ CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 CELERY_WORKER_SEND_TASK_EVENTS = env.bool("CELERY_WORKER_SEND_TASK_EVENTS", default=False)
 
+# --- Worker health probe (notifier/probe.py) --------------------------------------------------
+# Each worker writes its heartbeat and state here; `python -m notifier.probe worker` reads them
+# (the probe reads the same variable without loading Django). Unset: the worker writes nothing.
+NOTIFIER_WORKER_PROBE_DIR = env.str("NOTIFIER_WORKER_PROBE_DIR", default="")
+NOTIFIER_WORKER_HEARTBEAT_S = env.float("NOTIFIER_WORKER_HEARTBEAT_S", default=5.0)
+
 # --- The pipeline ---------------------------------------------------------------------------
 NOTIFIER_DEFAULT_LOCALE = env.str("NOTIFIER_DEFAULT_LOCALE", default="en")
 NOTIFIER_SITE_NAME = env.str("NOTIFIER_SITE_NAME", default="Notifier")
