@@ -33,6 +33,7 @@ def _declare_queues_and_schedule(sender: Celery, **_: object) -> None:
         "campaigns.evaluate_triggers": {"queue": MAINTENANCE_QUEUE},
         "campaigns.rollup_stats": {"queue": MAINTENANCE_QUEUE},
         "campaigns.learn_active_hours": {"queue": MAINTENANCE_QUEUE},
+        "notifier.retention": {"queue": MAINTENANCE_QUEUE},
     }
     sender.conf.beat_schedule = BEAT_SCHEDULE
 

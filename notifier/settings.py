@@ -153,6 +153,15 @@ NOTIFIER_BATCH_SIZE = env.int("NOTIFIER_BATCH_SIZE", default=500)
 # Campaign fan-out hands the audience out in batches of this many users (one task each).
 NOTIFIER_CAMPAIGN_BATCH_USERS = env.int("NOTIFIER_CAMPAIGN_BATCH_USERS", default=1000)
 
+# --- Retention of the delivery log (notifier/services/retention.py) -------------------------
+# Nightly, finished messages older than this many days are archived to gzip JSON Lines files in
+# NOTIFIER_ARCHIVE_DIR, then deleted, in batches of NOTIFIER_RETENTION_BATCH messages, for at
+# most NOTIFIER_RETENTION_BUDGET_S per run. 0 (the default) keeps everything.
+NOTIFIER_RETENTION_DAYS = env.int("NOTIFIER_RETENTION_DAYS", default=0)
+NOTIFIER_RETENTION_BATCH = env.int("NOTIFIER_RETENTION_BATCH", default=1000)
+NOTIFIER_RETENTION_BUDGET_S = env.float("NOTIFIER_RETENTION_BUDGET_S", default=900.0)
+NOTIFIER_ARCHIVE_DIR = env.path("NOTIFIER_ARCHIVE_DIR", default=BASE_DIR / "var" / "archive")
+
 # --- Delivery policies ----------------------------------------------------------------------
 # Marketing needs recorded consent on these channels (in-app messages inside the product do not).
 NOTIFIER_CONSENT_CHANNELS = env.list("NOTIFIER_CONSENT_CHANNELS", default=["email", "sms", "push"])

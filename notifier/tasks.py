@@ -15,6 +15,7 @@ from celery import shared_task
 from notifier.services.deliveries import deliveries_deliver, requeue_stuck_work
 from notifier.services.pipeline import messages_prepare
 from notifier.services.release import held_release
+from notifier.services.retention import retention_run
 
 log = logging.getLogger(__name__)
 
@@ -60,3 +61,11 @@ def release_held_task() -> dict[str, int]:
     """Beat: release held deliveries that are due (quiet hours over, queues drained, new cap
     window), highest priority first."""
     return held_release().__dict__
+
+
+@shared_task(name="notifier.retention", ignore_result=True)
+def retention_task() -> dict[str, object]:
+    """Beat, nightly: archive then delete finished delivery-log rows past the retention."""
+    report = retention_run()
+    log.info("retention: %s", report.summary())
+    return {"messages": report.messages, "deliveries": report.deliveries, "files": report.files}
