@@ -7,7 +7,7 @@ import os
 from celery import Celery
 from celery.signals import task_postrun
 
-from notifier.worker_state import install_worker_probe
+from notifier.probe_state import install_worker_probe
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "notifier.settings")
 

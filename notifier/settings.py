@@ -128,14 +128,15 @@ CELERY_BROKER_TRANSPORT_OPTIONS = {
 if NOTIFIER_EMBEDDED:
     # The in-memory transport polls; the default second would dominate in-app latency.
     CELERY_BROKER_TRANSPORT_OPTIONS["polling_interval"] = 0.01
-CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
+# django-celery-beat's DatabaseScheduler, plus a heartbeat file for beat's probe.
+CELERY_BEAT_SCHEDULER = "notifier.beat_scheduler:ProbedScheduler"
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 CELERY_WORKER_SEND_TASK_EVENTS = env.bool("CELERY_WORKER_SEND_TASK_EVENTS", default=False)
 
-# --- Worker health probe (notifier/probe.py) --------------------------------------------------
-# Each worker writes its heartbeat and state here; `python -m notifier.probe worker` reads them
-# (the probe reads the same variable without loading Django). Unset: the worker writes nothing.
-NOTIFIER_WORKER_PROBE_DIR = env.str("NOTIFIER_WORKER_PROBE_DIR", default="")
+# --- Health probes of workers and beat (notifier/probe.py) --------------------------------------
+# Each worker (and beat) writes its heartbeat and state here; `python -m notifier.probe worker`
+# (or `beat`) reads them, from the same variable, without loading Django. Unset: nothing written.
+NOTIFIER_PROBE_DIR = env.str("NOTIFIER_PROBE_DIR", default="")
 NOTIFIER_WORKER_HEARTBEAT_S = env.float("NOTIFIER_WORKER_HEARTBEAT_S", default=5.0)
 
 # --- The pipeline ---------------------------------------------------------------------------

@@ -15,21 +15,21 @@ from pathlib import Path
 
 import pytest
 
+from notifier.probe_state import STATE_FILE
 from notifier.queues import MAINTENANCE_QUEUE
-from notifier.worker_state import STATE_FILE
 from tests.conftest import ROOT, WorkerProcess, wait_until
 from tests.integration.rig import RedisServer
 
 pytestmark = pytest.mark.integration
 
 HEARTBEAT_S = 0.5
-LIMIT_S = 4 * HEARTBEAT_S  # notifier.worker_state.STALE_AFTER_INTERVALS intervals
+LIMIT_S = 4 * HEARTBEAT_S  # notifier.probe_state.STALE_AFTER_INTERVALS intervals
 
 
-def probe(directory: Path, check: str = "ready") -> tuple[int, str]:
+def probe(directory: Path, check: str = "ready", role: str = "worker") -> tuple[int, str]:
     """Run the probe exactly as a Kubernetes exec probe or a compose healthcheck does."""
     done = subprocess.run(
-        [sys.executable, "-m", "notifier.probe", "worker", check, "--dir", str(directory)],
+        [sys.executable, "-m", "notifier.probe", role, check, "--dir", str(directory)],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -40,13 +40,15 @@ def probe(directory: Path, check: str = "ready") -> tuple[int, str]:
     return done.returncode, done.stdout.strip()
 
 
-def wait_probe(directory: Path, check: str, *, ok: bool, contains: str, timeout: float) -> str:
+def wait_probe(
+    directory: Path, check: str, *, ok: bool, contains: str, timeout: float, role: str = "worker"
+) -> str:
     def matches() -> str | None:
-        code, line = probe(directory, check)
+        code, line = probe(directory, check, role)
         return line if (code == 0) == ok and contains in line else None
 
     return wait_until(
-        matches, timeout=timeout, interval=0.1, message=f"probe {check} ok={ok} {contains!r}"
+        matches, timeout=timeout, interval=0.1, message=f"{role} probe {check} ok={ok} {contains!r}"
     )
 
 
@@ -56,7 +58,7 @@ def start_worker(directory: Path, broker_url: str | None = None) -> WorkerProces
         concurrency=1,
         broker_url=broker_url,
         extra_env={
-            "NOTIFIER_WORKER_PROBE_DIR": str(directory),
+            "NOTIFIER_PROBE_DIR": str(directory),
             "NOTIFIER_WORKER_HEARTBEAT_S": str(HEARTBEAT_S),
         },
     )

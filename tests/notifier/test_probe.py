@@ -6,8 +6,8 @@ import os
 
 import pytest
 
-from notifier.probe import judge, main, probe_worker
-from notifier.worker_state import HEARTBEAT_FILE, WorkerState, write_state
+from notifier.probe import judge, judge_beat, main, probe_worker
+from notifier.probe_state import HEARTBEAT_FILE, WorkerState, write_state
 
 NOW = 1_000_000.0
 
@@ -94,10 +94,31 @@ def test_the_probe_reads_what_the_worker_wrote(tmp_path):
 
 
 def test_the_command_prints_one_line_and_exits_1_without_a_directory(tmp_path, capsys, monkeypatch):
-    monkeypatch.delenv("NOTIFIER_WORKER_PROBE_DIR", raising=False)
+    monkeypatch.delenv("NOTIFIER_PROBE_DIR", raising=False)
     assert main(["worker"]) == 1
     assert capsys.readouterr().out == (
-        "unhealthy: NOTIFIER_WORKER_PROBE_DIR is not set (the worker writes nothing)\n"
+        "unhealthy: NOTIFIER_PROBE_DIR is not set (the worker writes nothing)\n"
     )
     assert main(["worker", "live", "--dir", str(tmp_path)]) == 1
     assert capsys.readouterr().out.startswith("unhealthy: no worker state yet")
+
+
+# --- Beat --------------------------------------------------------------------------------------
+
+
+def test_beat_is_alive_while_its_loop_ticks_within_six_max_intervals():
+    beat = {"pid": 1, "since": NOW, "max_interval": 5}
+    assert judge_beat(state=beat, heartbeat_age_s=29.0, process_alive=True).ok
+    stale = judge_beat(state=beat, heartbeat_age_s=31.0, process_alive=True)
+    assert (stale.ok, stale.reason) == (
+        False,
+        "beat: 31s old heartbeat (limit 30s): its loop is stuck or frozen",
+    )
+
+
+def test_beat_not_started_or_gone_is_unhealthy():
+    assert judge_beat(state=None, heartbeat_age_s=None, process_alive=False).reason == (
+        "beat has not started (no beat.json)"
+    )
+    gone = judge_beat(state={"pid": 7, "max_interval": 5}, heartbeat_age_s=1, process_alive=False)
+    assert (gone.ok, gone.reason) == (False, "beat: process 7 is gone")

@@ -1,7 +1,8 @@
-"""What a worker writes for its health probe (read by `python -m notifier.probe`, see there).
+"""What workers and beat write for their health probe (read by `python -m notifier.probe`).
 
-A consumer bootstep touches `heartbeat` from the consumer's event loop and keeps `state.json`
-(consuming / reconnecting / stopped) in NOTIFIER_WORKER_PROBE_DIR.
+In NOTIFIER_PROBE_DIR, a worker's consumer bootstep touches `heartbeat` from the consumer's
+event loop and keeps `state.json` (consuming / reconnecting / stopped); beat's scheduler
+(notifier.beat_scheduler) touches `beat-heartbeat` on every tick and writes `beat.json`.
 """
 
 from __future__ import annotations
@@ -15,11 +16,16 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-PROBE_DIR_ENV = "NOTIFIER_WORKER_PROBE_DIR"
+PROBE_DIR_ENV = "NOTIFIER_PROBE_DIR"
 HEARTBEAT_FILE = "heartbeat"
 STATE_FILE = "state.json"
 # A heartbeat older than this many intervals means the event loop stopped turning.
 STALE_AFTER_INTERVALS = 4
+BEAT_HEARTBEAT_FILE = "beat-heartbeat"
+BEAT_STATE_FILE = "beat.json"
+# Beat ticks at least every max_interval (5 s with django-celery-beat); a tick may also sync
+# the schedule with the database, hence more slack than for a worker.
+BEAT_STALE_AFTER_TICKS = 6
 
 
 class WorkerState(StrEnum):
@@ -28,9 +34,16 @@ class WorkerState(StrEnum):
     STOPPED = "stopped"
 
 
-def write_state(directory: Path, *, state: WorkerState, hostname: str, interval: float) -> None:
-    """Replace state.json atomically, so the probe never reads half a file."""
+def write_json(directory: Path, name: str, body: dict[str, Any]) -> None:
+    """Replace a state file atomically, so the probe never reads half of one."""
     directory.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".state-")
+    with os.fdopen(fd, "w") as handle:
+        json.dump(body, handle)
+    os.replace(tmp, directory / name)
+
+
+def write_state(directory: Path, *, state: WorkerState, hostname: str, interval: float) -> None:
     body = {
         "state": str(state),
         "since": time.time(),
@@ -38,14 +51,11 @@ def write_state(directory: Path, *, state: WorkerState, hostname: str, interval:
         "hostname": hostname,
         "interval": interval,
     }
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".state-")
-    with os.fdopen(fd, "w") as handle:
-        json.dump(body, handle)
-    os.replace(tmp, directory / STATE_FILE)
+    write_json(directory, STATE_FILE, body)
 
 
-def touch_heartbeat(directory: Path) -> None:
-    (directory / HEARTBEAT_FILE).touch()
+def touch_heartbeat(directory: Path, name: str = HEARTBEAT_FILE) -> None:
+    (directory / name).touch()
 
 
 def _make_step() -> type:
@@ -62,8 +72,9 @@ def _make_step() -> type:
             super().__init__(parent, **kwargs)
             from django.conf import settings
 
-            self.directory = Path(settings.NOTIFIER_WORKER_PROBE_DIR or ".")
-            self.enabled = bool(settings.NOTIFIER_WORKER_PROBE_DIR)
+            self.directory = Path(settings.NOTIFIER_PROBE_DIR or ".")
+            # Without a directory the step is left out of the consumer altogether.
+            self.enabled = bool(settings.NOTIFIER_PROBE_DIR)
             self.interval = float(settings.NOTIFIER_WORKER_HEARTBEAT_S)
             self.tref: Any = None
             if self.enabled:
@@ -107,5 +118,5 @@ def _make_step() -> type:
 
 def install_worker_probe(app: Any) -> None:
     """Add the probe's bootstep to the worker's consumer; it writes nothing unless
-    NOTIFIER_WORKER_PROBE_DIR is set."""
+    NOTIFIER_PROBE_DIR is set."""
     app.steps["consumer"].add(_make_step())
