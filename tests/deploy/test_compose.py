@@ -92,7 +92,11 @@ def test_every_long_running_service_has_a_healthcheck(tmp_path: Path):
         assert test[0] == "CMD"
         assert probe_command_is_valid(test[1:], tmp_path) == "worker"
     assert probe_command_is_valid(SERVICES["beat"]["healthcheck"]["test"][1:], tmp_path) == "beat"
-    assert "/health/ready/" in " ".join(SERVICES["web"]["healthcheck"]["test"])
+    web_check = " ".join(SERVICES["web"]["healthcheck"]["test"])
+    assert "http://127.0.0.1:8000/health/ready/" in web_check
+    # Django answers 400 to a Host it does not allow.
+    [allowed] = re.findall(r"^DJANGO_ALLOWED_HOSTS=(.*)$", ENV_EXAMPLE, flags=re.MULTILINE)
+    assert "127.0.0.1" in allowed.split(",")
 
 
 def test_mail_goes_to_mailpit_locally():

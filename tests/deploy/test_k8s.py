@@ -131,6 +131,12 @@ def test_web_probes_point_at_the_health_views():
     assert resolve(live).url_name == "health-live"
     assert ready == "/health/ready/?beat=0"
     assert resolve(ready.split("?")[0]).url_name == "health-ready"
+    # Django answers 400 to a Host it does not allow; the kubelet's would be the pod IP.
+    allowed = CONFIG["DJANGO_ALLOWED_HOSTS"].split(",")
+    for key in ("startupProbe", "livenessProbe", "readinessProbe"):
+        headers = container[key]["httpGet"]["httpHeaders"]
+        assert {"name": "Host", "value": "localhost"} in headers
+    assert "localhost" in allowed
     hpa = of_kind("HorizontalPodAutoscaler")["web"]
     assert hpa["spec"]["scaleTargetRef"]["name"] == "web"
     assert hpa["spec"]["minReplicas"] >= 2
