@@ -288,6 +288,9 @@ class Command(BaseCommand):
                 raise CommandError(f"{channel}: {total - sent} of {total} not sent")
             result[f"per_process_deliver_{channel}_per_s"] = round(rate, 1)
         self.clean()
+        # Leave the bench users as the other phases expect them: email only.
+        Device.objects.filter(user__in=users).delete()
+        User.objects.filter(pk__in=[u.pk for u in users]).update(phone="")
         return result
 
     def reachable_everywhere(self, users: list[User]) -> None:

@@ -24,6 +24,7 @@ from notifier.services.deliveries import deliveries_deliver
 from notifier.services.pipeline import messages_prepare
 from notifier.services.retention import retention_run
 from notifier.status import DeliveryStatus
+from notifier.tasks import retention_task
 from tests.factories import UserFactory, order_context
 
 pytestmark = pytest.mark.django_db
@@ -270,3 +271,14 @@ def test_it_runs_nightly_on_the_maintenance_queue():
     assert job["task"] == "notifier.retention"
     assert job["options"]["queue"] == "maintenance"
     assert (job["schedule"].hour, job["schedule"].minute) == ({2}, {45})
+
+
+def test_the_beat_task_runs_the_service_with_the_settings(published, tmp_path, settings):
+    old = made_long_ago(UserFactory())
+    settings.NOTIFIER_RETENTION_DAYS = DAYS
+    settings.NOTIFIER_ARCHIVE_DIR = tmp_path
+    result = retention_task.run()
+    assert (result["messages"], result["deliveries"]) == (1, 2)
+    [path] = result["files"]
+    assert path.startswith(str(tmp_path))
+    assert not exists(old)
