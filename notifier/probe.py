@@ -7,7 +7,8 @@ probe). Instead the worker writes its own state into a directory (NOTIFIER_PROBE
 
 - `heartbeat`, touched every NOTIFIER_WORKER_HEARTBEAT_S by a timer on the consumer's event
   loop. The loop is what receives tasks, so a stuck loop (or a frozen process) stops the
-  touches even though the process still exists;
+  touches even though the process still exists. (That holds for the prefork pool deploy/
+  runs; with the solo or threads pools Celery's timer runs in a thread of its own.);
 - `state.json`, rewritten at each transition: `consuming` once the consumer is connected to the
   broker and consuming its queues, `reconnecting` when the connection is lost (Celery retries
   in a loop that does not run the timer), `stopped` at shutdown.
