@@ -1,8 +1,9 @@
 """Backpressure: how deep are the bulk queues, and is it time to admit less?
 
-Depth is read from the broker (LLEN of each bulk queue on Redis), at most once a second per
-process. Above NOTIFIER_BULK_HIGH_WATER tasks, marketing and low-priority messages are held in
-PostgreSQL instead of queued, and the release job lets them in as the queues drain.
+Depth is read from the broker (LLEN of each bulk queue on Redis, the ready-message count of a
+passive queue declare on RabbitMQ), at most once a second per process. Above
+NOTIFIER_BULK_HIGH_WATER tasks, marketing and low-priority messages are held in PostgreSQL
+instead of queued, and the release job lets them in as the queues drain.
 Transactional traffic is never held for this.
 """
 
@@ -10,9 +11,11 @@ from __future__ import annotations
 
 import logging
 import time
+from typing import Any
 
 import redis
 from django.conf import settings
+from kombu import Connection
 
 from notifier.queues import Lane, lane_queues
 
@@ -21,6 +24,7 @@ CACHE_S = 1.0
 RETRY_HOLD_S = 60
 
 _cache: dict[str, tuple[float, int]] = {}
+_amqp_connections: dict[str, Connection] = {}
 
 
 def _client() -> redis.Redis | None:
@@ -38,7 +42,9 @@ def bulk_queue_depth() -> int:
         return hit[1]
     client = _client()
     depth = 0
-    if client is not None:
+    if settings.CELERY_BROKER_URL.startswith(("amqp://", "amqps://", "pyamqp://")):
+        depth = _amqp_depth(settings.CELERY_BROKER_URL, lane_queues(Lane.BULK))
+    elif client is not None:
         try:
             with client.pipeline(transaction=False) as pipe:
                 for queue in lane_queues(Lane.BULK):
@@ -48,6 +54,26 @@ def bulk_queue_depth() -> int:
             log.warning("cannot read bulk queue depth; admitting as usual", exc_info=True)
     _cache["bulk"] = (now, depth)
     return depth
+
+
+def _amqp_depth(url: str, queues: list[str]) -> int:
+    """Ready messages in the queues on RabbitMQ (one connection per process, kept)."""
+    connection = _amqp_connections.setdefault(url, Connection(url, connect_timeout=0.5))
+    total = 0
+    try:
+        for queue in queues:
+            channel: Any = connection.channel()
+            try:
+                total += channel.queue_declare(queue=queue, passive=True).message_count
+            except connection.channel_errors:  # not declared yet: no worker consumed it
+                continue
+            finally:
+                channel.close()
+    except connection.connection_errors:
+        log.warning("cannot read bulk queue depth; admitting as usual", exc_info=True)
+        _amqp_connections.pop(url).release()
+        return 0
+    return total
 
 
 def bulk_congested() -> bool:

@@ -7,11 +7,16 @@ import os
 from celery import Celery
 from celery.signals import before_task_publish, task_postrun, task_prerun
 
+from notifier.probe_state import install_worker_probe
+
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "notifier.settings")
 
 app = Celery("notifier")
 app.config_from_object("django.conf:settings", namespace="CELERY")
 app.autodiscover_tasks(["notifier", "campaigns"])
+
+# Worker health for exec probes: a heartbeat file from the consumer's event loop.
+install_worker_probe(app)
 
 
 @app.on_after_configure.connect
@@ -29,6 +34,7 @@ def _declare_queues_and_schedule(sender: Celery, **_: object) -> None:
         "campaigns.rollup_stats": {"queue": MAINTENANCE_QUEUE},
         "campaigns.learn_active_hours": {"queue": MAINTENANCE_QUEUE},
         "notifier.failure_alerts": {"queue": MAINTENANCE_QUEUE},
+        "notifier.retention": {"queue": MAINTENANCE_QUEUE},
     }
     sender.conf.beat_schedule = BEAT_SCHEDULE
 

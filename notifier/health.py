@@ -107,7 +107,11 @@ def check_redis_and_beat(now: float | None = None) -> list[Check]:
     ]
 
 
-def readiness() -> tuple[bool, dict[str, Any]]:
+def readiness(*, include_beat: bool = True) -> tuple[bool, dict[str, Any]]:
+    """`include_beat=False` is for a web pod's readiness probe: a stopped beat is an alert for
+    operators, not a reason to take every web pod out of the load balancer."""
     checks = [check_database(), *check_redis_and_beat()]
+    if not include_beat:
+        checks = [check for check in checks if check.name != "beat"]
     ok = all(check.ok for check in checks)
     return ok, {"status": "ok" if ok else "unavailable", "checks": [asdict(c) for c in checks]}

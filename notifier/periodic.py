@@ -65,4 +65,12 @@ BEAT_SCHEDULE: dict[str, dict[str, Any]] = {
         "schedule": crontab(hour=3, minute=30),
         "options": {"queue": MAINTENANCE_QUEUE, "expires": 3600},
     },
+    # Nightly: archive then delete finished delivery-log rows older than
+    # NOTIFIER_RETENTION_DAYS (off by default), in short batches, for at most
+    # NOTIFIER_RETENTION_BUDGET_S; a run that is cut short goes on the next night.
+    "delivery-log-retention": {
+        "task": "notifier.retention",
+        "schedule": crontab(hour=2, minute=45),
+        "options": {"queue": MAINTENANCE_QUEUE, "expires": 3600},
+    },
 }

@@ -89,6 +89,11 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
 else:
     DATABASES["default"].setdefault("CONN_MAX_AGE", env.int("DATABASE_CONN_MAX_AGE", default=60))
     DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
+    # Behind pgbouncer in transaction pooling a server-side cursor can outlive its transaction's
+    # server connection: set true there (with DATABASE_CONN_MAX_AGE=0).
+    DATABASES["default"]["DISABLE_SERVER_SIDE_CURSORS"] = env.bool(
+        "DATABASE_DISABLE_SERVER_SIDE_CURSORS", default=False
+    )
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 AUTH_USER_MODEL = "notifier.User"
@@ -132,9 +137,16 @@ CELERY_BROKER_TRANSPORT_OPTIONS = {
 if NOTIFIER_EMBEDDED:
     # The in-memory transport polls; the default second would dominate in-app latency.
     CELERY_BROKER_TRANSPORT_OPTIONS["polling_interval"] = 0.01
-CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
+# django-celery-beat's DatabaseScheduler, plus a heartbeat file for beat's probe.
+CELERY_BEAT_SCHEDULER = "notifier.beat_scheduler:ProbedScheduler"
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 CELERY_WORKER_SEND_TASK_EVENTS = env.bool("CELERY_WORKER_SEND_TASK_EVENTS", default=False)
+
+# --- Health probes of workers and beat (notifier/probe.py) --------------------------------------
+# Each worker (and beat) writes its heartbeat and state here; `python -m notifier.probe worker`
+# (or `beat`) reads them, from the same variable, without loading Django. Unset: nothing written.
+NOTIFIER_PROBE_DIR = env.str("NOTIFIER_PROBE_DIR", default="")
+NOTIFIER_WORKER_HEARTBEAT_S = env.float("NOTIFIER_WORKER_HEARTBEAT_S", default=5.0)
 
 # --- The pipeline ---------------------------------------------------------------------------
 NOTIFIER_DEFAULT_LOCALE = env.str("NOTIFIER_DEFAULT_LOCALE", default="en")
@@ -150,6 +162,15 @@ NOTIFIER_SENDING_TIMEOUT_S = env.int("NOTIFIER_SENDING_TIMEOUT_S", default=300)
 NOTIFIER_BATCH_SIZE = env.int("NOTIFIER_BATCH_SIZE", default=500)
 # Campaign fan-out hands the audience out in batches of this many users (one task each).
 NOTIFIER_CAMPAIGN_BATCH_USERS = env.int("NOTIFIER_CAMPAIGN_BATCH_USERS", default=1000)
+
+# --- Retention of the delivery log (notifier/services/retention.py) -------------------------
+# Nightly, finished messages older than this many days are archived to gzip JSON Lines files in
+# NOTIFIER_ARCHIVE_DIR, then deleted, in batches of NOTIFIER_RETENTION_BATCH messages, for at
+# most NOTIFIER_RETENTION_BUDGET_S per run. 0 (the default) keeps everything.
+NOTIFIER_RETENTION_DAYS = env.int("NOTIFIER_RETENTION_DAYS", default=0)
+NOTIFIER_RETENTION_BATCH = env.int("NOTIFIER_RETENTION_BATCH", default=1000)
+NOTIFIER_RETENTION_BUDGET_S = env.float("NOTIFIER_RETENTION_BUDGET_S", default=900.0)
+NOTIFIER_ARCHIVE_DIR = env.path("NOTIFIER_ARCHIVE_DIR", default=BASE_DIR / "var" / "archive")
 
 # --- Delivery policies ----------------------------------------------------------------------
 # Marketing needs recorded consent on these channels (in-app messages inside the product do not).

@@ -16,6 +16,7 @@ from notifier.services.alerts import failure_alerts_run
 from notifier.services.deliveries import deliveries_deliver, requeue_stuck_work
 from notifier.services.pipeline import messages_prepare
 from notifier.services.release import held_release
+from notifier.services.retention import retention_run
 
 log = logging.getLogger(__name__)
 
@@ -68,3 +69,11 @@ def failure_alerts_task() -> dict[str, list[str] | list[int]]:
     """Beat: alert on providers failing too often; pause campaigns failing above threshold."""
     report = failure_alerts_run()
     return {"alerted": report.alerted, "paused": report.paused}
+
+
+@shared_task(name="notifier.retention", ignore_result=True)
+def retention_task() -> dict[str, object]:
+    """Beat, nightly: archive then delete finished delivery-log rows past the retention."""
+    report = retention_run()
+    log.info("retention: %s", report.summary())
+    return {"messages": report.messages, "deliveries": report.deliveries, "files": report.files}

@@ -18,5 +18,6 @@ def live(request: HttpRequest) -> JsonResponse:
 @never_cache
 @require_GET
 def ready(request: HttpRequest) -> JsonResponse:
-    ok, body = readiness()
+    # ?beat=0: the Kubernetes web readiness probe (deploy/k8s/web.yaml) leaves beat out.
+    ok, body = readiness(include_beat=request.GET.get("beat") != "0")
     return JsonResponse(body, status=200 if ok else 503)

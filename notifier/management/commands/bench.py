@@ -7,7 +7,10 @@ Every phase runs on the same PostgreSQL and Redis with real worker processes:
 2. latency on an idle system: notify() call time, and in-app end to end;
 3. a global rate limit shared by two worker processes: achieved rate / configured rate;
 4. transactional in-app end to end while the bulk lane holds 20,000+ marketing deliveries,
-   with one worker per lane as deployed.
+   with one worker per lane as deployed;
+5. (`--only per-channel`, also in `all`) what one worker process (-c 1) does per second at each
+   step, measured alone on its own queue: prepare (render + route, all four channels), then
+   deliver for each channel with its sandbox provider (no network latency).
 
 Prints progress and a table on stderr/stdout, then one JSON line. Not a test: nothing here
 asserts a speed.
@@ -33,13 +36,21 @@ from django.core.management.base import BaseCommand, CommandError
 from django.db import connection
 from django.utils import timezone
 
+from channels.base import Channel
 from channels.models import SandboxSend
 from notifier.api import notify, notify_many
 from notifier.benchmarks import NAIVE_QUEUE, naive_notify
 from notifier.celery import app
 from notifier.embedded import worker_argv
-from notifier.models import Consent, Delivery, InboxItem, User
-from notifier.queues import ALL_QUEUES, MAINTENANCE_QUEUE, Lane, lane_queues
+from notifier.models import Consent, Delivery, Device, InboxItem, Message, Platform, User
+from notifier.queues import (
+    ALL_QUEUES,
+    MAINTENANCE_QUEUE,
+    Lane,
+    deliver_queue,
+    lane_queues,
+    prepare_queue,
+)
 from notifier.status import TERMINAL
 
 ROOT = Path(settings.BASE_DIR)
@@ -68,6 +79,8 @@ TABLES = [
     "notifier_channels_sandboxsend",
     "notifier_frequencycounter",
 ]
+ALL_CHANNELS = ["inapp", "email", "sms", "push"]
+PER_CHANNEL_USERS = 5000
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -128,7 +141,15 @@ class Command(BaseCommand):
             default=3000,
             help="recipients of the naive baseline next to the campaign",
         )
-        parser.add_argument("--only", choices=["all", "pipeline", "campaign"], default="all")
+        parser.add_argument(
+            "--per-channel-users",
+            type=int,
+            default=PER_CHANNEL_USERS,
+            help="notifications (x4 channels) for the per-process, per-channel run",
+        )
+        parser.add_argument(
+            "--only", choices=["all", "pipeline", "campaign", "per-channel"], default="all"
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
         if connection.vendor != "postgresql" or settings.NOTIFIER_EMBEDDED:
@@ -143,6 +164,8 @@ class Command(BaseCommand):
             result.update(self.pipeline_phases(options))
         if options["only"] in ("all", "campaign"):
             result.update(self.campaign_phases(options))
+        if options["only"] in ("all", "per-channel"):
+            result.update(self.per_channel_phases(options))
         self.table(result)
         self.stdout.write(json.dumps(result))
 
@@ -221,6 +244,68 @@ class Command(BaseCommand):
             "e2e_inapp_ms_p99_during_fanout": round(percentile(e2e, 99), 1),
             "e2e_samples_during_fanout": len(e2e),
         }
+
+    def per_channel_phases(self, options: dict[str, Any]) -> dict[str, Any]:
+        """One worker process (-c 1) at a time, alone on one queue: prepare messages for all four
+        channels, then deliver each channel's queue. The sandbox providers answer at once, so
+        these are the pipeline's own costs per process; a real provider adds its latency to
+        every send."""
+        n = options["per_channel_users"]
+        users = self.users(n)
+        self.clean()
+        self.reachable_everywhere(users)
+        lane = Lane.TRANSACTIONAL  # order.shipped: the bulk lane runs the same code
+        result: dict[str, Any] = {"per_channel_messages": n}
+        self.say(f"per process: prepare {n} messages x {len(ALL_CHANNELS)} channels, -c 1")
+        with self.workers([("prepare", [prepare_queue(lane)], 1, {})]):
+            start = time.perf_counter()
+            notify_many(
+                users,
+                TYPE_KEY,
+                CONTEXT,
+                channels=ALL_CHANNELS,
+                idempotency_key=f"bench-channels:{uuid.uuid4().hex}",
+            )
+            routed = Message.objects.filter(routed_at__isnull=False)
+            self.wait_for("prepare", routed.count, n)
+            result["per_process_prepare_msgs_per_s"] = round(n / (time.perf_counter() - start), 1)
+        broker = redis.Redis.from_url(settings.CELERY_BROKER_URL)
+        for channel in ALL_CHANNELS:
+            deliveries = Delivery.objects.filter(channel=channel)
+            total = deliveries.count()
+            finished = deliveries.filter(status__in=TERMINAL)
+            queue = deliver_queue(lane, Channel(channel))
+            # The channel's tasks wait aside while its worker starts, then come back at once:
+            # the clock runs from the first task the worker can see to the last delivery.
+            broker.rename(queue, f"bench.parked.{queue}")
+            with self.workers([(channel, [queue], 1, {})]):
+                start = time.perf_counter()
+                broker.rename(f"bench.parked.{queue}", queue)
+                self.wait_for(f"deliver {channel}", finished.count, total)
+                rate = total / (time.perf_counter() - start)
+            sent = deliveries.filter(status="sent").count()
+            if sent != total:
+                raise CommandError(f"{channel}: {total - sent} of {total} not sent")
+            result[f"per_process_deliver_{channel}_per_s"] = round(rate, 1)
+        self.clean()
+        # Leave the bench users as the other phases expect them: email only.
+        Device.objects.filter(user__in=users).delete()
+        User.objects.filter(pk__in=[u.pk for u in users]).update(phone="")
+        return result
+
+    def reachable_everywhere(self, users: list[User]) -> None:
+        """A phone number and an active push device for each user, so no channel is skipped."""
+        for index, user in enumerate(users):
+            user.phone = f"+86138{index:08d}"
+        User.objects.bulk_update(users, ["phone"], batch_size=1000)
+        Device.objects.filter(user__in=users).delete()
+        Device.objects.bulk_create(
+            [
+                Device(user=user, platform=Platform.ANDROID, token=f"bench-{user.pk}")
+                for user in users
+            ],
+            batch_size=1000,
+        )
 
     def tag(self, users: list[User], tag: str) -> None:
         ids = [u.pk for u in users]
@@ -561,6 +646,22 @@ class Command(BaseCommand):
                     f"{result['e2e_inapp_ms_p99_during_fanout']:.1f} ms",
                     f"{result['e2e_samples_during_fanout']} samples",
                 ),
+            ]
+        if "per_process_prepare_msgs_per_s" in result:
+            rows.append(
+                (
+                    "one process (-c 1): prepare, 4 channels",
+                    f"{result['per_process_prepare_msgs_per_s']:.0f} msgs/s",
+                    f"{result['per_channel_messages']} messages",
+                )
+            )
+            rows += [
+                (
+                    f"one process (-c 1): deliver {channel}",
+                    f"{result[f'per_process_deliver_{channel}_per_s']:.0f} deliveries/s",
+                    "sandbox provider",
+                )
+                for channel in ALL_CHANNELS
             ]
         self.stdout.write(f"{'measure':42} {'value':24} note")
         for name, value, note in rows:
