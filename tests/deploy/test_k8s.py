@@ -46,7 +46,7 @@ def pod(deployment: dict[str, Any]) -> dict[str, Any]:
 
 
 def main_command(deployment: dict[str, Any]) -> list[str]:
-    [container] = pod(deployment)["containers"]
+    container = pod(deployment)["containers"][0]  # the main container comes first
     return [str(part) for part in container["command"]]
 
 
@@ -142,6 +142,33 @@ def test_web_probes_point_at_the_health_views():
     assert hpa["spec"]["minReplicas"] >= 2
 
 
+def multiproc_dir_mounts(container: dict[str, Any]) -> set[str]:
+    """The volumes this container mounts at its PROMETHEUS_MULTIPROC_DIR."""
+    env = {e["name"]: e.get("value") for e in container.get("env", [])}
+    path = env.get("PROMETHEUS_MULTIPROC_DIR")
+    return {m["name"] for m in container.get("volumeMounts", []) if m["mountPath"] == path}
+
+
+@pytest.mark.parametrize("name", sorted(worker_deployments()))
+def test_every_worker_pod_exports_its_processes_metrics_through_a_sidecar(name):
+    spec = pod(DEPLOYMENTS[name])
+    worker, *sidecars = spec["containers"]
+    [exporter] = [c for c in sidecars if c["name"] == "metrics"]
+    assert exporter["command"][:3] == ["python", "manage.py", "metrics_exporter"]
+    # Both mount the same emptyDir at their multiprocess directory, so the sidecar reads what
+    # the prefork children write, and a new pod starts from an empty directory.
+    shared = multiproc_dir_mounts(worker) & multiproc_dir_mounts(exporter)
+    assert shared, "worker and exporter must share PROMETHEUS_MULTIPROC_DIR"
+    volumes = {v["name"]: v for v in spec["volumes"]}
+    assert all("emptyDir" in volumes[v] for v in shared)
+    assert "NOTIFIER_METRICS_TOKEN" in SECRET
+
+
+def test_the_web_pods_processes_share_a_metrics_directory():
+    spec = pod(DEPLOYMENTS["web"])
+    assert multiproc_dir_mounts(spec["containers"][0])
+
+
 def test_every_queue_is_consumed_and_each_lane_has_its_own_deployment():
     consumed = {q for argv in worker_deployments().values() for q in queues_of(argv)}
     assert consumed == set(ALL_QUEUES)
@@ -191,7 +218,10 @@ def test_secrets_live_only_in_the_example_secret():
             assert not URL_WITH_PASSWORD.search((K8S / filename).read_text()), filename
     for name, deployment in DEPLOYMENTS.items():
         for container in pod(deployment)["containers"] + pod(deployment).get("initContainers", []):
-            assert "env" not in container, f"{name}: settings come from envFrom only"
+            # Settings come from envFrom; a container's own env holds only plain paths.
+            for entry in container.get("env", []):
+                assert not SECRET_NAME.search(entry["name"]), f"{name}: {entry['name']}"
+                assert set(entry) == {"name", "value"}, f"{name}: {entry['name']}"
             refs = {next(iter(ref.values()))["name"] for ref in container["envFrom"]}
             assert refs <= {"notifier-config", "notifier-secrets"}
 
