@@ -3,7 +3,7 @@
 from django.contrib import admin
 from django.urls import include, path
 
-from notifier.views import health, inbox, preferences
+from notifier.views import accounts, health, inbox, inbox_page, preferences
 
 urlpatterns = [
     path("admin/", admin.site.urls),
@@ -25,5 +25,9 @@ urlpatterns = [
         name="unsubscribe-one-click",
     ),
     path("preferences/<str:token>/", preferences.preferences_page, name="preferences-page"),
+    # Pages for end users: the inbox (logged in) and signing in on the stand-alone site.
+    path("inbox/", inbox_page.inbox_page_view, name="inbox-page"),
+    path("login/", accounts.PeopleLoginView.as_view(), name="login"),
+    path("logout/", accounts.PeopleLogoutView.as_view(), name="logout"),
     path("", include("campaigns.urls")),
 ]

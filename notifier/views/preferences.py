@@ -102,6 +102,10 @@ class Switch:
     def field(self) -> str:
         return f"switch:{self.category}:{self.channel}"
 
+    @property
+    def label(self) -> str:
+        return channel_label(self.channel)
+
 
 @dataclass(frozen=True, slots=True)
 class CategoryView:
@@ -583,7 +587,6 @@ def preferences_page(request: HttpRequest, token: str) -> HttpResponse:
         "preferences.html",
         {
             "centre": centre,
-            "channels": [(c, channel_label(c)) for c in CONCRETE_CHANNELS],
             "frequencies": MarketingFrequency.choices,
             "saved": saved,
             "problem": problem,
