@@ -38,6 +38,13 @@ from notifier.services.inbox import (
 from notifier.views.inbox import BadRequest, decode_cursor, encode_cursor, item_json
 
 PAGE_SIZE = 20
+# The feedback buttons: the word from Feedback's label and a face drawn in SVG (the mouth's
+# path), so the page needs no emoji font to look right.
+FEEDBACK_FACES = {
+    Feedback.USEFUL: "M6.5 12 Q10 15.5 13.5 12",
+    Feedback.MEH: "M6.5 13 L13.5 13",
+    Feedback.IRRELEVANT: "M6.5 14.5 Q10 11 13.5 14.5",
+}
 ITEM_ACTIONS = {"read", "archive", *Feedback.values}
 MAX_ID = 2**63 - 1  # bigint: a larger id is not "not found", it is not an id
 
@@ -144,7 +151,10 @@ def inbox_page_view(request: HttpRequest) -> HttpResponse:
             "next_cursor": encode_cursor(next_cursor),
             "unread_count": inbox_unread_count(user_id=user_id),
             "page_size": PAGE_SIZE,
-            "feedback_choices": Feedback.choices,
+            "feedback_choices": [
+                (choice.value, str(choice.label).split(" ", 1)[-1], FEEDBACK_FACES[choice])
+                for choice in Feedback
+            ],
             "prototype": PROTOTYPE,
             "category_labels": category_labels(),
             "time_zone": str(_user_zone(request)),

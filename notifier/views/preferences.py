@@ -73,6 +73,7 @@ from notifier.services.preferences import (
 from notifier.views.inbox import BadRequest, error
 
 CHANNEL_LABELS = {"inapp": "in the app", "email": "email", "sms": "SMS", "push": "push"}
+SWITCH_LABELS = {"inapp": "In-app", "email": "Email", "sms": "SMS", "push": "Push"}
 KIND_DESCRIPTIONS = {
     Kind.TRANSACTIONAL: "Receipts, security notices and other messages about your account.",
     Kind.SERVICE: "Updates and reminders about things you use.",
@@ -104,7 +105,7 @@ class Switch:
 
     @property
     def label(self) -> str:
-        return channel_label(self.channel)
+        return SWITCH_LABELS.get(self.channel, self.channel)
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,7 +146,7 @@ class ConsentView:
 
     @property
     def label(self) -> str:
-        return channel_label(self.channel)
+        return SWITCH_LABELS.get(self.channel, self.channel)
 
     @property
     def field(self) -> str:
