@@ -539,15 +539,19 @@ def _page_changes(
     ]
 
 
-def _page_save(request: HttpRequest, *, user_id: int, centre: PreferenceCentre) -> None:
+def _on_channel(channel: str) -> str:
+    return "in the app" if channel == "inapp" else f"by {channel_label(channel)}"
+
+
+def _page_save(request: HttpRequest, *, user_id: int, centre: PreferenceCentre) -> list[str]:
+    """Save the form; what changed, in words for the confirmation."""
     shown = set(request.POST.getlist("shown"))
     ip = _client_ip(request)
+    changes = _page_changes(request, centre, shown)
+    frequency = request.POST.get("marketing_frequency")
+    done: list[str] = []
     with transaction.atomic():  # switches, frequency and consent: all saved, or none
-        preferences_update(
-            user_id=user_id,
-            changes=_page_changes(request, centre, shown),
-            marketing_frequency=request.POST.get("marketing_frequency"),
-        )
+        preferences_update(user_id=user_id, changes=changes, marketing_frequency=frequency)
         for consent in centre.consent:
             wanted = consent.field in request.POST
             if wanted and not consent.granted:
@@ -558,6 +562,7 @@ def _page_save(request: HttpRequest, *, user_id: int, centre: PreferenceCentre) 
                     wording=consent.wording,
                     ip_address=ip,
                 )
+                done.append(f"Marketing {_on_channel(consent.channel)}: you agreed")
             elif not wanted and consent.granted and consent.field in shown:
                 consent_withdraw(
                     user_id=user_id,
@@ -565,6 +570,16 @@ def _page_save(request: HttpRequest, *, user_id: int, centre: PreferenceCentre) 
                     source="preference_link",
                     ip_address=ip,
                 )
+                done.append(f"Marketing {_on_channel(consent.channel)}: agreement withdrawn")
+    names = {category.key: category.name for category in centre.categories()}
+    switched = [
+        f"{names[c.category]} {_on_channel(c.channel)}: {'on' if c.enabled else 'off'}"
+        for c in changes
+    ]
+    if frequency and frequency != centre.marketing_frequency:
+        label = dict(MarketingFrequency.choices).get(frequency, frequency)
+        switched.append(f"How often we send marketing: {label}")
+    return switched + done
 
 
 @never_cache
@@ -575,10 +590,10 @@ def preferences_page(request: HttpRequest, token: str) -> HttpResponse:
     except (BadLink, PreferenceError) as exc:
         return _bad_link_page(request, exc)
     centre = preference_centre(user_id=user_id)
-    problem, saved = "", False
+    problem, saved, changed = "", False, []
     if request.method == "POST":
         try:
-            _page_save(request, user_id=user_id, centre=centre)
+            changed = _page_save(request, user_id=user_id, centre=centre)
         except PreferenceError as exc:
             problem = f"Nothing was saved: {exc}."
         else:
@@ -590,6 +605,7 @@ def preferences_page(request: HttpRequest, token: str) -> HttpResponse:
             "centre": centre,
             "frequencies": MarketingFrequency.choices,
             "saved": saved,
+            "changed": changed,
             "problem": problem,
         },
         status=400 if problem else 200,

@@ -51,7 +51,8 @@ def test_switching_a_category_off_for_a_channel_is_saved(phone, user):
     page.get_by_role("button", name="Save my choices").tap()
 
     saved = page.get_by_role("status")
-    expect(saved).to_have_text("Saved. Your choices apply from the next message on.")
+    expect(saved).to_contain_text("Saved. From the next message on:")
+    expect(saved.get_by_role("listitem")).to_have_text(["Social by push: off"])
     expect(saved).to_be_focused()
     assert set(
         Preference.objects.filter(user=user).values_list("category", "channel", "enabled")
@@ -115,7 +116,9 @@ def test_the_unsubscribe_link_in_a_message_leads_to_the_choices_and_unsubscribes
     marketing_email.tap()
     page.get_by_label("Yes, send me marketing messages (offers and promotions) by email.").tap()
     page.get_by_role("button", name="Save my choices").tap()
-    expect(page.get_by_role("status")).to_contain_text("Saved.")
+    expect(page.get_by_role("status").get_by_role("listitem")).to_have_text(
+        ["Marketing by email: on", "Marketing by email: you agreed"]
+    )
     assert enabled(user, "promo.flash_sale", "marketing", "email")
     assert Consent.objects.filter(user=user, channel="email").latest("id").granted is True
 
