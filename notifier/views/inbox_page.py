@@ -109,7 +109,11 @@ def _user_id(request: HttpRequest) -> int:
 
 
 def _item_id(raw: str | None) -> int:
-    if raw is None or not raw.isdigit() or not 0 < int(raw) <= MAX_ID:
+    # ASCII digits only ("²" is a digit to isdigit() but not to int()), and short enough
+    # that int() never meets its limit on huge strings.
+    if not raw or len(raw) > 19 or not (raw.isascii() and raw.isdigit()):
+        raise BadRequest("item must be the number of an item in your inbox")
+    if not 0 < int(raw) <= MAX_ID:
         raise BadRequest("item must be the number of an item in your inbox")
     return int(raw)
 

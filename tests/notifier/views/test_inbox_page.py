@@ -153,6 +153,9 @@ def test_mark_all_read_keeps_the_page_the_user_was_on(user, signed_in):
         ({"action": "read", "item": "abc"}, 400, "item must be the number"),
         ({"action": "read", "item": "-3"}, 400, "item must be the number"),
         ({"action": "archive", "item": "9" * 30}, 400, "item must be the number"),
+        ({"action": "archive", "item": "9" * 5000}, 400, "item must be the number"),
+        ({"action": "archive", "item": "\u00b2"}, 400, "item must be the number"),
+        ({"action": "archive", "item": "0"}, 400, "item must be the number"),
         ({"action": "useful", "item": "999999"}, 404, "not in your inbox"),
     ],
 )
