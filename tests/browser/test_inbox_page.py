@@ -63,6 +63,18 @@ def test_the_badge_counts_unread_and_tapping_an_item_marks_it_read(phone):
     expect(page).to_have_title(re.compile(r"^Inbox"))
 
 
+def test_tapping_a_link_records_the_read_before_following_it(phone):
+    user = UserFactory()
+    (item,) = deliver_inbox(user, 1)
+    InboxItem.objects.filter(pk=item.pk).update(link="/health/live/")
+    page = phone(user)
+    row(page, item).get_by_role("link", name="Fan 0 followed you").tap()
+    page.wait_for_url("**/health/live/")
+    item.refresh_from_db()
+    assert item.read_at is not None
+    assert Delivery.objects.get(pk=item.delivery_id).status == DeliveryStatus.READ
+
+
 def test_mark_all_read(phone):
     user = UserFactory()
     deliver_inbox(user, 4)
