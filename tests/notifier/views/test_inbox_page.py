@@ -195,3 +195,22 @@ def test_a_javascript_link_is_not_made_a_link(user, signed_in):
     InboxItem.objects.filter(pk=item.pk).update(link="javascript:alert(1)")
     html = signed_in.get(page()).content.decode()
     assert "javascript:alert" not in html
+
+
+def test_logging_out_takes_a_post_and_leads_back_to_the_login_page(signed_in):
+    assert signed_in.get(reverse("logout")).status_code == 405
+    response = signed_in.post(reverse("logout"))
+    assert response.status_code == 302
+    assert response["Location"] == reverse("login")
+    assert signed_in.get(page()).status_code == 302  # no longer signed in
+
+
+def test_the_login_page_never_redirects_off_site(user):
+    user.set_password(PASSWORD)
+    user.save()
+    response = Client().post(
+        reverse("login"),
+        {"username": user.username, "password": PASSWORD, "next": "https://evil.example/"},
+    )
+    assert response.status_code == 302
+    assert response["Location"] == page()
