@@ -113,7 +113,9 @@ USE_TZ = True
 STATIC_URL = "static/"
 STATIC_ROOT = env.path("DJANGO_STATIC_ROOT", default=BASE_DIR / "var" / "static")
 
-LOGIN_URL = "admin:login"
+# Where the inbox page sends visitors who are not logged in: the stand-alone site's own
+# /login/; a product that embeds Notifier names its login page here.
+LOGIN_URL = env.str("DJANGO_LOGIN_URL", default="login")
 
 # --- Celery ---------------------------------------------------------------------------------
 # The broker only carries work; a lost broker message is recovered from PostgreSQL by the

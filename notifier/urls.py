@@ -4,7 +4,7 @@ from django.contrib import admin
 from django.urls import include, path
 
 from notifier.metrics import metrics_view
-from notifier.views import health, inbox, preferences, webhooks
+from notifier.views import accounts, health, inbox, inbox_page, preferences, webhooks
 
 urlpatterns = [
     path("admin/", admin.site.urls),
@@ -31,5 +31,9 @@ urlpatterns = [
     path("webhooks/anymail/", include("anymail.urls")),
     path("webhooks/twilio/status/", webhooks.twilio_status, name="twilio-status"),
     path("webhooks/twilio/inbound/", webhooks.twilio_inbound, name="twilio-inbound"),
+    # Pages for end users: the inbox (logged in) and signing in on the stand-alone site.
+    path("inbox/", inbox_page.inbox_page_view, name="inbox-page"),
+    path("login/", accounts.PeopleLoginView.as_view(), name="login"),
+    path("logout/", accounts.PeopleLogoutView.as_view(), name="logout"),
     path("", include("campaigns.urls")),
 ]

@@ -73,6 +73,7 @@ from notifier.services.preferences import (
 from notifier.views.inbox import BadRequest, error
 
 CHANNEL_LABELS = {"inapp": "in the app", "email": "email", "sms": "SMS", "push": "push"}
+SWITCH_LABELS = {"inapp": "In-app", "email": "Email", "sms": "SMS", "push": "Push"}
 KIND_DESCRIPTIONS = {
     Kind.TRANSACTIONAL: "Receipts, security notices and other messages about your account.",
     Kind.SERVICE: "Updates and reminders about things you use.",
@@ -101,6 +102,10 @@ class Switch:
     @property
     def field(self) -> str:
         return f"switch:{self.category}:{self.channel}"
+
+    @property
+    def label(self) -> str:
+        return SWITCH_LABELS.get(self.channel, self.channel)
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,7 +146,7 @@ class ConsentView:
 
     @property
     def label(self) -> str:
-        return channel_label(self.channel)
+        return SWITCH_LABELS.get(self.channel, self.channel)
 
     @property
     def field(self) -> str:
@@ -534,15 +539,19 @@ def _page_changes(
     ]
 
 
-def _page_save(request: HttpRequest, *, user_id: int, centre: PreferenceCentre) -> None:
+def _on_channel(channel: str) -> str:
+    return "in the app" if channel == "inapp" else f"by {channel_label(channel)}"
+
+
+def _page_save(request: HttpRequest, *, user_id: int, centre: PreferenceCentre) -> list[str]:
+    """Save the form; what changed, in words for the confirmation."""
     shown = set(request.POST.getlist("shown"))
     ip = _client_ip(request)
+    changes = _page_changes(request, centre, shown)
+    frequency = request.POST.get("marketing_frequency")
+    done: list[str] = []
     with transaction.atomic():  # switches, frequency and consent: all saved, or none
-        preferences_update(
-            user_id=user_id,
-            changes=_page_changes(request, centre, shown),
-            marketing_frequency=request.POST.get("marketing_frequency"),
-        )
+        preferences_update(user_id=user_id, changes=changes, marketing_frequency=frequency)
         for consent in centre.consent:
             wanted = consent.field in request.POST
             if wanted and not consent.granted:
@@ -553,6 +562,7 @@ def _page_save(request: HttpRequest, *, user_id: int, centre: PreferenceCentre) 
                     wording=consent.wording,
                     ip_address=ip,
                 )
+                done.append(f"Marketing {_on_channel(consent.channel)}: you agreed")
             elif not wanted and consent.granted and consent.field in shown:
                 consent_withdraw(
                     user_id=user_id,
@@ -560,6 +570,16 @@ def _page_save(request: HttpRequest, *, user_id: int, centre: PreferenceCentre) 
                     source="preference_link",
                     ip_address=ip,
                 )
+                done.append(f"Marketing {_on_channel(consent.channel)}: agreement withdrawn")
+    names = {category.key: category.name for category in centre.categories()}
+    switched = [
+        f"{names[c.category]} {_on_channel(c.channel)}: {'on' if c.enabled else 'off'}"
+        for c in changes
+    ]
+    if frequency and frequency != centre.marketing_frequency:
+        label = dict(MarketingFrequency.choices).get(frequency, frequency)
+        switched.append(f"How often we send marketing: {label}")
+    return switched + done
 
 
 @never_cache
@@ -570,10 +590,10 @@ def preferences_page(request: HttpRequest, token: str) -> HttpResponse:
     except (BadLink, PreferenceError) as exc:
         return _bad_link_page(request, exc)
     centre = preference_centre(user_id=user_id)
-    problem, saved = "", False
+    problem, saved, changed = "", False, []
     if request.method == "POST":
         try:
-            _page_save(request, user_id=user_id, centre=centre)
+            changed = _page_save(request, user_id=user_id, centre=centre)
         except PreferenceError as exc:
             problem = f"Nothing was saved: {exc}."
         else:
@@ -583,9 +603,9 @@ def preferences_page(request: HttpRequest, token: str) -> HttpResponse:
         "preferences.html",
         {
             "centre": centre,
-            "channels": [(c, channel_label(c)) for c in CONCRETE_CHANNELS],
             "frequencies": MarketingFrequency.choices,
             "saved": saved,
+            "changed": changed,
             "problem": problem,
         },
         status=400 if problem else 200,

@@ -41,6 +41,7 @@ from campaigns.services.lifecycle import (
 from campaigns.services.segments import segment_members_add
 from campaigns.services.stats import learn_active_hours, stats_rollup
 from campaigns.services.tracking import record_click, record_open
+from notifier.api import notify
 from notifier.embedded import embedded_worker
 from notifier.models import Delivery, Feedback, InboxItem, Message, NotificationType, User
 from notifier.services.inbox import inbox_feedback, inbox_mark_read
@@ -107,6 +108,7 @@ class DocsData:
     upcoming: Campaign
     past: Campaign
     customer: User
+    reader: User  # an end user with a lived-in inbox, for the phone screenshots
 
 
 # --- The clock ---------------------------------------------------------------------------------
@@ -518,6 +520,7 @@ def seed(*, now: datetime | None = None) -> DocsData:
         upcoming=upcoming,
         past=past,
         customer=timeline_customer(past),
+        reader=inbox_reader(now=now),
     )
 
 
@@ -550,3 +553,76 @@ def timeline_customer(campaign: Campaign) -> User:
     )
     both = sorted(clicked & troubled) or sorted(clicked)
     return User.objects.get(pk=both[0])
+
+
+# (hours ago, type, context): what lands in the reader's inbox, oldest first.
+INBOX = [
+    (
+        74,
+        "social.new_follower",
+        {"follower_name": "Hao Zhang", "follower_url": "https://shop.example.com/u/hao"},
+    ),
+    (50, "subscription.renewal_reminder", {"plan": "Collector Pro", "renews_on": "1 December"}),
+    (
+        26,
+        "promo.flash_sale",
+        {
+            "sale_name": "The winter card fair",
+            "starts_at": "on Saturday at 10:00",
+            "headline": "Sealed boxes from 25% off, and the first 2026 sets.",
+            "sale_url": "https://shop.example.com/fair",
+        },
+    ),
+    (5, "payment.succeeded", {"amount": "£42.00", "order_number": "B1047"}),
+    (
+        3,
+        "order.shipped",
+        {
+            "order_number": "B1047",
+            "carrier": "Royal Mail",
+            "eta": "Tuesday",
+            "tracking_url": "https://shop.example.com/track/B1047",
+        },
+    ),
+    (
+        0.5,
+        "social.new_follower",
+        {"follower_name": "Lena Weber", "follower_url": "https://shop.example.com/u/lena"},
+    ),
+]
+
+
+def inbox_reader(*, now: datetime) -> User:
+    """Olivia, who logs in to read her inbox: each message notified and delivered in-app at its
+    own moment by the worker; she has read the oldest two and found the renewal reminder
+    useful."""
+    reader = User.objects.create_user(
+        username="olivia",
+        password=PASSWORD,
+        first_name="Olivia",
+        last_name="Green",
+        email="olivia.green@example.com",
+        time_zone="Europe/London",
+        locale="en",
+        quiet_hours_enabled=False,
+    )
+    consent_give(user_id=reader.pk, channel="email", source="signup", wording="Email offers")
+    for hours, type_key, context in INBOX:
+        with at(now - timedelta(hours=hours)), embedded_worker():
+            message = notify(
+                reader,
+                type_key,
+                context,
+                channels=["inapp"],
+                idempotency_key=f"docs:inbox:{type_key}:{hours}",
+            )
+            deadline = time.monotonic() + 60
+            while not InboxItem.objects.filter(message=message).exists():
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"{type_key} did not reach the inbox in 60 s")
+                time.sleep(0.1)
+    oldest = list(InboxItem.objects.filter(user=reader).order_by("created_at")[:2])
+    for item in oldest:
+        inbox_mark_read(user_id=reader.pk, item_id=item.pk)
+    inbox_feedback(user_id=reader.pk, item_id=oldest[1].pk, feedback=Feedback.USEFUL)
+    return reader

@@ -1,9 +1,10 @@
-"""`manage.py screenshots`: the marketer's guide's admin screenshots, taken by headless Chromium.
+"""`manage.py screenshots`: the README's screenshots, taken by headless Chromium.
 
 On a throwaway database (its name must end in "_docs"; `make screenshots` creates
 notifier_docs afresh) it seeds demo customers, segments and campaigns through the real services
 (see `_docs_data`), starts `runserver` on a free port, logs in as a marketer, a marketing lead
-and support staff, clicks through the flows the README describes and saves PNGs into
+and support staff, and as a customer on a phone-sized screen (the inbox, the preference centre,
+the unsubscribe page), clicks through the flows the README describes and saves PNGs into
 docs/screenshots/. Every page is checked before it is saved: no login page, no error page, and
 the element the caption talks about is on it.
 
@@ -23,12 +24,14 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 from django.conf import settings
 from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError
 
 from campaigns.management.commands._docs_data import PASSWORD, DocsData, seed
+from notifier.links import preferences_url, unsubscribe_url
 from notifier.models import User
 
 if TYPE_CHECKING:
@@ -47,6 +50,7 @@ CHROMIUM_ARGS = [
     "--disable-sync",
 ]
 VIEWPORT: ViewportSize = {"width": 1280, "height": 860}
+PHONE_VIEWPORT: ViewportSize = {"width": 390, "height": 844}
 SERVER_START_TIMEOUT_S = 30.0
 
 
@@ -227,6 +231,41 @@ def support_pages(shooter: Shooter, data: DocsData) -> None:
     )
 
 
+def people_pages(shooter: Shooter, data: DocsData) -> None:
+    """The end user's pages on a phone: the inbox, the preference centre after a save, and the
+    page an unsubscribe link opens."""
+    context = shooter.browser.new_context(
+        viewport=PHONE_VIEWPORT,
+        device_scale_factor=2,
+        is_mobile=True,
+        has_touch=True,
+        base_url=shooter.base_url,
+    )
+    page = context.new_page()
+    page.goto("/login/?next=/inbox/")
+    page.get_by_label("Username").fill(data.reader.username)
+    page.get_by_label("Password").fill(PASSWORD)
+    page.get_by_role("button", name="Log in").tap()
+    page.wait_for_url("**/inbox/")
+    shipped = page.locator("#inbox-items li", has_text="is on its way")
+    shipped.get_by_role("button", name="Useful").tap()
+    page.wait_for_function(
+        "document.getElementById('inbox-status').textContent.startsWith('Thanks')"
+    )
+    shooter.save(page, "inbox-phone", shows="#inbox-items li.unread", full_page=False)
+
+    # Signed links carry NOTIFIER_SITE_URL; open their paths on this server.
+    shooter.open(page, urlsplit(preferences_url(user_id=data.reader.pk)).path)
+    page.locator('label[for="switch:marketing:sms"]').tap()
+    page.get_by_role("button", name="Save my choices").tap()
+    shooter.save(page, "preferences-phone", shows="#saved li", full_page=False)
+
+    link = unsubscribe_url(user_id=data.reader.pk, category="promo.flash_sale", channel="email")
+    shooter.open(page, urlsplit(link).path)
+    shooter.save(page, "unsubscribe-phone", shows="label.choice", full_page=False)
+    context.close()
+
+
 class Command(BaseCommand):
     help = (
         "Seed a throwaway database (name ending in _docs), open the admin in headless Chromium "
@@ -277,5 +316,6 @@ class Command(BaseCommand):
                 marketer_pages(shooter, data)
                 lead_pages(shooter, data)
                 support_pages(shooter, data)
+                people_pages(shooter, data)
             finally:
                 browser.close()

@@ -14,10 +14,13 @@ from django.utils import timezone
 
 from notifier.api import notify
 from notifier.embedded import embedded_worker
+from notifier.links import preferences_url
 from notifier.models import Delivery, Device, Message, Platform, User
 from notifier.selectors import inbox_page, inbox_unread_count, user_history
 from notifier.status import TERMINAL, Reason
 
+# Mei's password on the demo's own SQLite database, so her inbox page can be opened.
+DEMO_PASSWORD = "mei-demo-inbox"
 PEOPLE: list[dict[str, Any]] = [
     # Reachable everywhere: all four channels go out.
     {
@@ -130,6 +133,7 @@ class Command(BaseCommand):
         for user in users:
             self.print_history(user, [m.pk for m in sent])
         self.print_inbox(mei)
+        self.print_pages(mei)
 
     def say(self, text: str) -> None:
         self.stdout.write(text)
@@ -229,6 +233,22 @@ class Command(BaseCommand):
         )
         for item in items:
             self.say(f"  {'●' if item.read_at is None else ' '} {item.title} — {item.body}")
+
+    def print_pages(self, user: User) -> None:
+        """How to see the people-facing pages of this demo in a browser."""
+        self.say("")
+        self.say(self.style.MIGRATE_HEADING("In a browser"))
+        if settings.DATABASES["default"]["ENGINE"].endswith("sqlite3"):
+            # Only on the demo's own database: a known password has no place anywhere else.
+            user.set_password(DEMO_PASSWORD)
+            user.save(update_fields=["password"])
+            login = f"log in as {user.username} / {DEMO_PASSWORD}"
+        else:
+            login = f"log in as {user.username} (set a password: manage.py changepassword)"
+        site = settings.NOTIFIER_SITE_URL.rstrip("/")
+        self.say(f"  .venv/bin/python manage.py runserver, then open {site}/inbox/ and {login}")
+        self.say(f"  {user.first_name}'s preference centre (a signed link, no login):")
+        self.say(f"  {preferences_url(user_id=user.pk)}")
 
     def colour(self, status: str) -> str:
         if status in ("sent", "delivered", "read", "opened", "clicked"):

@@ -411,6 +411,14 @@ def test_the_preference_page_saves_switches_frequency_and_consent(user, browser)
 
     assert response.status_code == 200
     assert "Saved." in response.content.decode()
+    # The confirmation says what changed, in words.
+    assert [str(line) for line in response.context["changed"]] == [
+        "Marketing by email: off",
+        "New follower by push: off",
+        "How often we send marketing: At most one a week",
+        "Marketing by email: agreement withdrawn",
+        "Marketing by SMS: you agreed",
+    ]
     prefs, frequency, consents = state(user)
     assert prefs == {("marketing", "email", False), ("social.new_follower", "push", False)}
     assert frequency == "weekly"
@@ -434,6 +442,7 @@ def test_saving_the_page_unchanged_writes_nothing(user, browser):
     response = browser.post(url, form_of(browser.get(url)).submission())
     assert response.status_code == 200
     assert state(user) == before
+    assert "Nothing had changed." in response.content.decode()
 
 
 def test_the_preference_page_post_needs_the_csrf_token(user, browser):

@@ -1,0 +1,193 @@
+"""The end user's inbox page: server-rendered, with a little JavaScript on the inbox JSON API.
+
+GET  /inbox/?cursor=...   the newest items (or the page after `cursor`) and the unread badge
+POST /inbox/              action=read|archive|useful|meh|irrelevant with item=<id>, or
+                          action=read-all: the inbox services the JSON API calls, for browsers
+                          without JavaScript; answers with a redirect back to the page (303)
+
+With JavaScript the page's script intercepts those forms and the "Load more" link, calls
+/api/inbox/... and updates the list in place. Anonymous visitors are sent to LOGIN_URL.
+Bad input is a 400 page and another user's item a 404, as in the JSON API.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import urlencode
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from django.conf import settings
+from django.contrib.auth.decorators import login_required
+from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
+from django.shortcuts import render
+from django.urls import reverse
+from django.utils import timezone
+from django.views.decorators.cache import never_cache
+from django.views.decorators.http import require_http_methods
+
+from notifier.links import preferences_url
+from notifier.models import Feedback, InboxItem, Kind
+from notifier.selectors import inbox_page, inbox_unread_count
+from notifier.services.inbox import (
+    InboxItemNotFound,
+    inbox_archive,
+    inbox_feedback,
+    inbox_mark_all_read,
+    inbox_mark_read,
+)
+from notifier.views.inbox import BadRequest, decode_cursor, encode_cursor, item_json
+
+PAGE_SIZE = 20
+# The feedback buttons: the word from Feedback's label and a face drawn in SVG (the mouth's
+# path), so the page needs no emoji font to look right.
+FEEDBACK_FACES = {
+    Feedback.USEFUL: "M6.5 12 Q10 15.5 13.5 12",
+    Feedback.MEH: "M6.5 13 L13.5 13",
+    Feedback.IRRELEVANT: "M6.5 14.5 Q10 11 13.5 14.5",
+}
+ITEM_ACTIONS = {"read", "archive", *Feedback.values}
+MAX_ID = 2**63 - 1  # bigint: a larger id is not "not found", it is not an id
+
+
+def category_labels() -> dict[str, str]:
+    return {kind.value: str(kind.label) for kind in Kind}
+
+
+def safe_link(link: str | None) -> str:
+    """Only web links become anchors: a `javascript:` URL in a template never runs on tap."""
+    return link if link and link.lower().startswith(("https://", "http://", "/")) else ""
+
+
+def _item_view(item: InboxItem) -> dict[str, Any]:
+    """What the JSON API says about the item, plus what only the template needs."""
+    view = item_json(item)
+    return {
+        **view,
+        "link": safe_link(view["link"]),
+        "created": item.created_at,
+        "category_label": category_labels().get(item.category, item.category.title()),
+    }
+
+
+# The blank item the page's script clones for items it loads (one markup for both).
+PROTOTYPE: dict[str, Any] = {
+    "id": "",
+    "title": "",
+    "body": "",
+    "link": "#",
+    "read_at": None,
+    "feedback": "",
+    "created_at": "",
+    "created": None,
+    "category_label": "",
+    "unsubscribe_url": "#",
+}
+
+
+def _user_zone(request: HttpRequest) -> ZoneInfo:
+    try:
+        return ZoneInfo(getattr(request.user, "time_zone", "") or "UTC")
+    except (ZoneInfoNotFoundError, ValueError):
+        return ZoneInfo("UTC")
+
+
+def _page(
+    request: HttpRequest, template: str, context: dict[str, Any], *, status: int = 200
+) -> HttpResponse:
+    context = {"site_name": settings.NOTIFIER_SITE_NAME, **context}
+    with timezone.override(_user_zone(request)):  # times in the user's own zone
+        return render(request, f"notifier/{template}", context, status=status)
+
+
+def _problem(request: HttpRequest, status: int, title: str, text: str) -> HttpResponse:
+    return _page(request, "inbox_problem.html", {"title": title, "text": text}, status=status)
+
+
+def _user_id(request: HttpRequest) -> int:
+    assert request.user.pk is not None  # login_required let only logged-in users through
+    return int(request.user.pk)
+
+
+def _item_id(raw: str | None) -> int:
+    # ASCII digits only ("²" is a digit to isdigit() but not to int()), and short enough
+    # that int() never meets its limit on huge strings.
+    if not raw or len(raw) > 19 or not (raw.isascii() and raw.isdigit()):
+        raise BadRequest("item must be the number of an item in your inbox")
+    if not 0 < int(raw) <= MAX_ID:
+        raise BadRequest("item must be the number of an item in your inbox")
+    return int(raw)
+
+
+def _back_to(cursor: str) -> str:
+    """The page the form was sent from: its cursor if it is one we gave out, else the top."""
+    url = reverse("inbox-page")
+    try:
+        decode_cursor(cursor)
+    except BadRequest:
+        return url
+    return f"{url}?{urlencode({'cursor': cursor})}"
+
+
+@require_http_methods(["GET", "POST"])
+@never_cache
+@login_required
+def inbox_page_view(request: HttpRequest) -> HttpResponse:
+    if request.method == "POST":
+        return _act(request)
+    raw_cursor = request.GET.get("cursor", "")
+    try:
+        cursor = decode_cursor(raw_cursor) if raw_cursor else None
+    except BadRequest:
+        return _problem(
+            request,
+            400,
+            "This page of your inbox does not exist",
+            "The link may have been cut short. Start again from your newest messages.",
+        )
+    user_id = _user_id(request)
+    items, next_cursor = inbox_page(user_id=user_id, limit=PAGE_SIZE, before=cursor)
+    return _page(
+        request,
+        "inbox.html",
+        {
+            "items": [_item_view(item) for item in items],
+            "cursor": raw_cursor if cursor else "",
+            "next_cursor": encode_cursor(next_cursor),
+            "unread_count": inbox_unread_count(user_id=user_id),
+            "page_size": PAGE_SIZE,
+            "feedback_choices": [
+                (choice.value, str(choice.label).split(" ", 1)[-1], FEEDBACK_FACES[choice])
+                for choice in Feedback
+            ],
+            "prototype": PROTOTYPE,
+            "category_labels": category_labels(),
+            "time_zone": str(_user_zone(request)),
+            "preferences_url": preferences_url(user_id=user_id),
+        },
+    )
+
+
+def _act(request: HttpRequest) -> HttpResponse:
+    """One action from the page's forms, through the same services as the JSON API."""
+    user_id = _user_id(request)
+    action = request.POST.get("action", "")
+    back = HttpResponseRedirect(_back_to(request.POST.get("cursor", "")), status=303)
+    if action == "read-all":
+        inbox_mark_all_read(user_id=user_id)
+        return back
+    if action not in ITEM_ACTIONS:
+        choices = ", ".join(["read-all", *sorted(ITEM_ACTIONS)])
+        return _problem(request, 400, "Nothing was changed", f"Choose one of: {choices}.")
+    try:
+        item_id = _item_id(request.POST.get("item"))
+        if action == "read":
+            inbox_mark_read(user_id=user_id, item_id=item_id)
+        elif action == "archive":
+            inbox_archive(user_id=user_id, item_id=item_id)
+        else:
+            inbox_feedback(user_id=user_id, item_id=item_id, feedback=Feedback(action))
+    except BadRequest as exc:
+        return _problem(request, 400, "Nothing was changed", f"The {exc}.")
+    except InboxItemNotFound:
+        return _problem(request, 404, "That message is not in your inbox", "Nothing was changed.")
+    return back
