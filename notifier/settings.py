@@ -43,6 +43,8 @@ MIDDLEWARE = [
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
+    # Public endpoints' rate limits (notifier/ratelimit.py): after the user is known.
+    "notifier.ratelimit.PublicRateLimitMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
 ]
@@ -173,6 +175,15 @@ NOTIFIER_CIRCUIT_WINDOW_S = env.int("NOTIFIER_CIRCUIT_WINDOW_S", default=30)
 NOTIFIER_CIRCUIT_COOLDOWN_S = env.int("NOTIFIER_CIRCUIT_COOLDOWN_S", default=30)
 # Signed links (unsubscribe, preference centre) stay valid this long.
 NOTIFIER_LINK_MAX_AGE_DAYS = env.int("NOTIFIER_LINK_MAX_AGE_DAYS", default=365)
+
+# --- Security: public rate limits and client addresses (notifier/ratelimit.py) -------------
+# Per-group overrides, "group.scope=count/period" or "off", e.g.
+# NOTIFIER_PUBLIC_RATE_LIMITS=signed_link.ip=120/m,tracking.ip=off
+NOTIFIER_PUBLIC_RATE_LIMITS = env.dict("NOTIFIER_PUBLIC_RATE_LIMITS", default={})
+NOTIFIER_RATE_LIMIT_PUBLIC = env.bool("NOTIFIER_RATE_LIMIT_PUBLIC", default=True)
+# Addresses or CIDR ranges of our own proxies / load balancers. Only from these is
+# X-Forwarded-For believed; empty means the client is REMOTE_ADDR.
+NOTIFIER_TRUSTED_PROXIES = env.list("NOTIFIER_TRUSTED_PROXIES", default=[])
 
 # --- Providers ------------------------------------------------------------------------------
 # Each channel's provider is chosen by NOTIFIER_<CHANNEL>_PROVIDER, or inferred from which

@@ -53,6 +53,7 @@ from notifier.models import (
     User,
 )
 from notifier.policies.preferences import ConsentState, Preferences, can_switch_off, channel_enabled
+from notifier.ratelimit import request_ip
 from notifier.selectors import consent_of, preferences_of
 from notifier.services.preferences import (
     CONCRETE_CHANNELS,
@@ -255,9 +256,9 @@ def preference_centre(*, user_id: int) -> PreferenceCentre:
 
 
 def _client_ip(request: HttpRequest) -> str | None:
-    # REMOTE_ADDR only: X-Forwarded-For is whatever the client says unless a trusted proxy
-    # rewrites REMOTE_ADDR before Django sees the request.
-    return request.META.get("REMOTE_ADDR") or None
+    # REMOTE_ADDR, or X-Forwarded-For only when REMOTE_ADDR is one of NOTIFIER_TRUSTED_PROXIES:
+    # otherwise it is whatever the client says.
+    return request_ip(request) or None
 
 
 # --- The JSON API for the logged-in user ----------------------------------------------------
