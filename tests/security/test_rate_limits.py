@@ -281,3 +281,17 @@ def test_switching_public_limits_off(settings, tight):
     settings.NOTIFIER_RATE_LIMIT_PUBLIC = False
     client = Client()
     assert [client.get("/t/o/x.gif").status_code for _ in range(3)] == [200, 200, 200]
+
+
+def test_a_bad_setting_fails_the_system_check(settings):
+    from notifier.checks import check_public_rate_limits
+
+    assert check_public_rate_limits() == []
+    settings.NOTIFIER_PUBLIC_RATE_LIMITS = {"tracking.ip": "fast"}
+    [error] = check_public_rate_limits()
+    assert error.id == "notifier.E010"
+    assert "tracking.ip: invalid limit 'fast'" in error.msg
+    settings.NOTIFIER_PUBLIC_RATE_LIMITS = {}
+    settings.NOTIFIER_TRUSTED_PROXIES = ["10.0.0.0/33"]
+    [error] = check_public_rate_limits()
+    assert "'10.0.0.0/33' is not an IP address or CIDR range" in error.msg
