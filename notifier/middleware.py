@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 
 from django.http import HttpRequest, HttpResponse
@@ -23,7 +24,7 @@ class ExplainMethodNotAllowedMiddleware:
         allowed = response.get("Allow", "")
         text = f"{request.method} is not allowed here; use {allowed or 'another method'}."
         if request.path.startswith("/api/"):
-            response.content = ('{"error": "' + text + '"}').encode()
+            response.content = json.dumps({"error": text}).encode()
             response["Content-Type"] = "application/json"
         else:
             response.content = (text + "\n").encode()

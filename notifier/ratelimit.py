@@ -171,9 +171,11 @@ def ip_key(address: str) -> str:
         ip = ipaddress.ip_address(address)
     except ValueError:
         return address or "unknown"
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is None:
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:  # ::ffff:198.51.100.7 is that IPv4 client
+            return str(ip.ipv4_mapped)
         return str(ipaddress.ip_network(f"{ip}/64", strict=False))
-    return str(ip.ipv4_mapped or ip) if isinstance(ip, ipaddress.IPv6Address) else str(ip)
+    return str(ip)
 
 
 @dataclass(frozen=True, slots=True)
