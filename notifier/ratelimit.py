@@ -64,9 +64,13 @@ GROUPS: dict[str, dict[Scope, str]] = {
     # Pages and one-click POSTs behind signed links: people click a few times, mail scanners
     # a few more; nobody needs more than this, and guessing tokens needs far more.
     "signed_link": {Scope.IP: "60/m", Scope.TOKEN: "20/m"},
-    # Click redirects and the open pixel: a mail client loads images in bursts, and several
-    # people behind one office NAT read the same newsletter.
-    "tracking": {Scope.IP: "600/m", Scope.TOKEN: "60/m"},
+    # RFC 8058 one-click POSTs come from the mailbox provider's servers (Gmail, Yahoo), one
+    # address for thousands of people unsubscribing after a campaign: a refused POST is an
+    # unsubscribe lost, so the address limit only stops a flood and the link limit does the work.
+    "one_click": {Scope.IP: "6000/m", Scope.TOKEN: "10/m"},
+    # Click redirects and the open pixel: image proxies (Gmail's) and link scanners (Safe
+    # Links) fetch for every reader from a few addresses, so again the link limit does the work.
+    "tracking": {Scope.IP: "6000/m", Scope.TOKEN: "60/m"},
     # The inbox API, polled for the unread badge by each open tab.
     "inbox_api": {Scope.USER: "300/m", Scope.IP: "600/m"},
     "preferences_api": {Scope.USER: "60/m", Scope.IP: "300/m"},
@@ -94,7 +98,7 @@ ENDPOINTS: dict[str, str | None] = {
     "preferences-api": "preferences_api",
     "preferences-consent": "preferences_api",
     "unsubscribe": "signed_link",
-    "unsubscribe-one-click": "signed_link",
+    "unsubscribe-one-click": "one_click",
     "preferences-page": "signed_link",
     "track-click": "tracking",
     "track-open": "tracking",

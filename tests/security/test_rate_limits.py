@@ -163,7 +163,7 @@ def redis_keys():
 def test_one_click_is_limited_per_link_in_redis_and_the_refused_post_writes_nothing(
     settings, redis_keys
 ):
-    settings.NOTIFIER_PUBLIC_RATE_LIMITS = {"signed_link.token": "2/m"}
+    settings.NOTIFIER_PUBLIC_RATE_LIMITS = {"one_click.token": "2/m"}
     user = UserFactory()
     token = unsubscribe_token(user_id=user.pk, category="promo.flash_sale", channel="email")
     url = f"/unsubscribe/{token}/one-click/"
@@ -181,7 +181,7 @@ def test_one_click_is_limited_per_link_in_redis_and_the_refused_post_writes_noth
     )
     assert 25 <= int(refused["Retry-After"]) <= 30  # a token every 30 s
     assert not Preference.objects.exists()
-    assert any(":signed_link:token:" in key for key in redis_keys())
+    assert any(":one_click:token:" in key for key in redis_keys())
     # Another link of the same user is counted on its own.
     other = unsubscribe_token(user_id=user.pk, category="promo.flash_sale", channel="sms")
     assert Client().get(f"/unsubscribe/{other}/").status_code == 200
