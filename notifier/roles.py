@@ -4,8 +4,10 @@ A role is a Django auth Group; its permissions are the admin's own ("view_campai
 "change_segment", ...) plus three of ours: `campaigns.approve_campaign`,
 `notifier.retry_delivery` and `notifier.view_contact_details` (full email addresses and phone
 numbers; without it the admin shows them masked, "a****@example.com"). Migration 0014 applies
-this matrix and `manage.py sync_roles` re-applies it: each group ends up with exactly the
-permissions listed here, whatever was added or removed by hand in between.
+this matrix, every later `migrate` re-applies it (so models added since are in the Admin role
+at once; NOTIFIER_SYNC_ROLES_ON_MIGRATE=false turns that off), and `manage.py sync_roles`
+re-applies it on demand: each group ends up with exactly the permissions listed here, whatever
+was added or removed by hand in between.
 
 - **Marketer** builds segments and campaigns and writes their copy. Marketers never see the
   customer list: no `view_user`, no `view_contact_details`. They see audiences as counts, a
@@ -167,3 +169,12 @@ def roles_sync(apps: Any = None, roles: Iterable[Role] = ROLES) -> list[RoleSync
             group.permissions.remove(*(by_name[p] for p in plan.removed))
         results.append(plan)
     return results
+
+
+def roles_sync_after_migrate(using: str = "default", **kwargs: Any) -> None:
+    """post_migrate: re-apply the matrix, so new models' permissions reach their roles."""
+    from django.conf import settings
+    from django.db import DEFAULT_DB_ALIAS
+
+    if using == DEFAULT_DB_ALIAS and settings.NOTIFIER_SYNC_ROLES_ON_MIGRATE:
+        roles_sync()

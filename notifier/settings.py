@@ -186,6 +186,8 @@ NOTIFIER_RATE_LIMIT_PUBLIC = env.bool("NOTIFIER_RATE_LIMIT_PUBLIC", default=True
 # Addresses or CIDR ranges of our own proxies / load balancers. Only from these is
 # X-Forwarded-For believed; empty means the client is REMOTE_ADDR.
 NOTIFIER_TRUSTED_PROXIES = env.list("NOTIFIER_TRUSTED_PROXIES", default=[])
+# Re-apply the role matrix (notifier/roles.py) to the staff groups after every migrate.
+NOTIFIER_SYNC_ROLES_ON_MIGRATE = env.bool("NOTIFIER_SYNC_ROLES_ON_MIGRATE", default=True)
 
 # --- Providers ------------------------------------------------------------------------------
 # Each channel's provider is chosen by NOTIFIER_<CHANNEL>_PROVIDER, or inferred from which

@@ -369,3 +369,22 @@ def test_a_405_says_which_methods_to_use(world):
     page = world.client.put(f"/unsubscribe/{world.tokens['unsubscribe']}/")
     assert page.status_code == 405
     assert page.content == b"PUT is not allowed here; use GET, POST.\n"
+
+
+def test_a_patch_with_one_bad_change_among_good_ones_writes_none_of_them(world):
+    before = snapshot()
+    response = post_json(
+        world.client,
+        "PATCH",
+        "/api/preferences/",
+        {
+            "preferences": [
+                {"category": "marketing", "channel": "email", "enabled": False},
+                {"category": "marketing", "channel": "pigeon", "enabled": False},
+            ],
+            "marketing_frequency": "weekly",
+        },
+    )
+    assert response.status_code == 400
+    assert "pigeon" in response.json()["error"]
+    assert snapshot() == before

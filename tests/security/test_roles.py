@@ -120,3 +120,18 @@ def test_sync_roles_with_a_typo_in_the_matrix_changes_nothing(monkeypatch):
     with pytest.raises(CommandError, match=r"notifier\.view_usr"):
         call_command("sync_roles", stdout=StringIO())
     assert {role.name: group_permissions(role.name) for role in ROLES} == before
+
+
+@pytest.mark.django_db
+def test_migrate_reapplies_the_matrix_unless_switched_off(settings):
+    from django.core.management.sql import emit_post_migrate_signal
+
+    call_command("sync_roles", stdout=StringIO())
+    support = Group.objects.get(name="Support")
+    support.permissions.remove(Permission.objects.get(codename="retry_delivery"))
+    settings.NOTIFIER_SYNC_ROLES_ON_MIGRATE = False
+    emit_post_migrate_signal(verbosity=0, interactive=False, db="default")
+    assert "notifier.retry_delivery" not in group_permissions("Support")
+    settings.NOTIFIER_SYNC_ROLES_ON_MIGRATE = True
+    emit_post_migrate_signal(verbosity=0, interactive=False, db="default")
+    assert group_permissions("Support") == set(SUPPORT.permissions)
