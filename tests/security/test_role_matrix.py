@@ -428,3 +428,36 @@ def test_the_member_add_form_does_not_reveal_the_email_of_an_id(people, objects)
     )
     assert response.status_code == 200  # the form again, with its error
     assert "customer@example.com" not in response.content.decode()
+
+
+def test_no_page_a_marketer_can_open_shows_a_customers_full_contact_details(people, objects):
+    """Every admin page, extra page and search a Marketer or Marketing lead may open, with a
+    customer in a segment, a list, a campaign preview: the full email and phone never appear."""
+    customer = objects[User]
+    secrets = [customer.email, customer.phone]
+    pages = [
+        url_of(model, page, objects[model])
+        for model in MODELS
+        for page in STANDARD
+        if page != "add" or model is not User
+    ]
+    pages += [
+        extra_url(name, objects) for name, (method, _) in EXTRA_PAGES.items() if method == "GET"
+    ]
+    pages += [
+        reverse("admin:campaigns_segmentmember_changelist") + "?q=customer",
+        reverse("admin:campaigns_campaign_preview", args=[objects[Campaign].pk])
+        + f"?user={customer.pk}",
+        reverse("admin:index"),
+    ]
+    opened = 0
+    for who in (MKT, LEAD):
+        for page in pages:
+            response = people[who].get(page, follow=True)
+            if response.status_code != 200:
+                continue
+            opened += 1
+            body = response.content.decode()
+            leaked = [s for s in secrets if s in body]
+            assert not leaked, f"{who} sees {leaked} on {page}"
+    assert opened > 40  # the check ran on the pages marketers really open
