@@ -188,6 +188,16 @@ NOTIFIER_RATE_LIMIT_PUBLIC = env.bool("NOTIFIER_RATE_LIMIT_PUBLIC", default=True
 NOTIFIER_TRUSTED_PROXIES = env.list("NOTIFIER_TRUSTED_PROXIES", default=[])
 # Re-apply the role matrix (notifier/roles.py) to the staff groups after every migrate.
 NOTIFIER_SYNC_ROLES_ON_MIGRATE = env.bool("NOTIFIER_SYNC_ROLES_ON_MIGRATE", default=True)
+# Served over HTTPS (production): secure cookies and a redirect to https, except the health
+# probes, which orchestrators call over plain HTTP inside the network. HSTS is opt-in (a
+# browser remembers it for its whole lifetime). Behind a TLS-terminating proxy that sets
+# X-Forwarded-Proto (and strips a client's own), set DJANGO_SECURE_PROXY_SSL_HEADER=true.
+DJANGO_HTTPS = env.bool("DJANGO_HTTPS", default=False)
+SESSION_COOKIE_SECURE = CSRF_COOKIE_SECURE = SECURE_SSL_REDIRECT = DJANGO_HTTPS
+SECURE_REDIRECT_EXEMPT = [r"^health/"]
+SECURE_HSTS_SECONDS = env.int("DJANGO_HSTS_SECONDS", default=0)
+if env.bool("DJANGO_SECURE_PROXY_SSL_HEADER", default=False):
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
 
 # --- Providers ------------------------------------------------------------------------------
 # Each channel's provider is chosen by NOTIFIER_<CHANNEL>_PROVIDER, or inferred from which
