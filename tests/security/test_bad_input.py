@@ -2,8 +2,9 @@
 method it accepts, logged in and not: never a 500; a 4xx says what to fix, and writes nothing.
 
 Endpoints are discovered (tests/security/endpoints.py), so a new URL is fuzzed without being
-listed. What a valid request needs (a signed token, the user's own inbox item) comes from
-`VALID_TOKENS` by URL name; an endpoint without one gets "x" and is still fuzzed.
+listed. What a valid request needs (a signed token, the user's own inbox item) comes from the
+`world` fixture's `tokens`, by URL name; an endpoint without one gets "x" and is still fuzzed
+(add a valid token there when a new endpoint needs one to get past its first check).
 """
 
 from __future__ import annotations
