@@ -13,13 +13,22 @@ import time
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from jinja2 import Template, TemplateSyntaxError, meta
+from jinja2 import Template, TemplateSyntaxError, meta, nodes
 
 from channels.base import Channel, Content
-from notifier.rendering import PARTS, SYSTEM_VARIABLES, RenderError, environment, locale_chain
+from notifier.rendering import (
+    PARTS,
+    SYSTEM_VARIABLES,
+    USER_FIELDS,
+    RenderError,
+    environment,
+    locale_chain,
+)
 
 CACHE_TTL_S = 30.0
 CAMPAIGN_VARIABLES = frozenset({"campaign"})
+# The keys of the plain dicts `user` and `campaign` (see campaigns.services.previews).
+DICT_FIELDS = {"user": USER_FIELDS, "campaign": frozenset({"name", "event_at"})}
 PART_FIELDS = ("subject", "title", "body", "html", "link")
 
 Compiled = dict[tuple[str, str], dict[str, Template]]  # (channel, locale) -> part -> template
@@ -45,7 +54,48 @@ def template_problems(source: str, *, allowed: frozenset[str]) -> list[str]:
             f"unknown variable{'s' if len(unknown) > 1 else ''} {', '.join(unknown)}; "
             f"use one of: {known}, or add it to the campaign's variables"
         ]
-    return []
+    return _reach_problems(parsed)
+
+
+def _key(node: nodes.Getattr | nodes.Getitem) -> str | None:
+    """The attribute or constant key a lookup reads; None for a computed one (`x[i]`)."""
+    if isinstance(node, nodes.Getattr):
+        return node.attr
+    if isinstance(node.arg, nodes.Const) and isinstance(node.arg.value, str):
+        return node.arg.value
+    return None
+
+
+def _reach_problems(parsed: nodes.Template) -> list[str]:
+    """Lookups the sandbox would refuse while rendering, said at save time in words: internal
+    names (`__class__`, `_meta`), and fields `user` and `campaign` do not have (`user.password`,
+    `user.delivery_set`: they are plain values, not the database rows)."""
+    problems: list[str] = []
+    lookups: list[nodes.Getattr | nodes.Getitem] = [
+        *parsed.find_all(nodes.Getattr),
+        *parsed.find_all(nodes.Getitem),
+    ]
+    for filter_node in parsed.find_all(nodes.Filter):
+        if filter_node.name == "attr" and filter_node.args:
+            name = filter_node.args[0]
+            if isinstance(name, nodes.Const) and str(name.value).startswith("_"):
+                problems.append(f"line {filter_node.lineno}: '{name.value}' is internal")
+    for node in sorted(lookups, key=lambda n: n.lineno):
+        key = _key(node)
+        if key is None:
+            continue
+        if key.startswith("_") or key in ("mro", "func_globals", "gi_frame"):
+            problems.append(
+                f"line {node.lineno}: '{key}' is internal; templates read only the values listed"
+            )
+        elif isinstance(node.node, nodes.Name) and node.node.name in DICT_FIELDS:
+            owner = node.node.name
+            if key not in DICT_FIELDS[owner]:
+                problems.append(
+                    f"line {node.lineno}: {owner} has no {key!r}; it has "
+                    f"{', '.join(sorted(DICT_FIELDS[owner]))}"
+                )
+    return problems
 
 
 def required_parts(channel: Channel) -> list[str]:

@@ -28,6 +28,8 @@ from django.urls import URLPattern, path, reverse
 from django.utils.html import format_html
 from django.utils.http import urlencode
 from django.utils.safestring import SafeString
+from django_celery_beat.admin import PeriodicTaskAdmin as BeatPeriodicTaskAdmin
+from django_celery_beat.models import PeriodicTask
 
 from channels.base import Channel
 from notifier.models import (
@@ -586,7 +588,9 @@ NOTIFICATION_TYPE_FIELDS = (
 
 
 class ReadOnlyMixin:
-    """Nothing can be added or changed here; the pipeline writes these rows."""
+    """Nothing can be added, changed or deleted here; the pipeline writes these rows. They are
+    the record of what was sent and agreed to (the delivery log, the consent log): not even an
+    Admin edits them by hand. Deleting a user removes theirs with them."""
 
     def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False
@@ -594,13 +598,13 @@ class ReadOnlyMixin:
     def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False
 
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
 
 class ReadOnlyTabularInline(ReadOnlyMixin, admin.TabularInline):
     extra = 0
     can_delete = False
-
-    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
 
 
 class ChannelFilter(admin.SimpleListFilter):
@@ -870,3 +874,25 @@ class ProviderEventAdmin(ReadOnlyMixin, admin.ModelAdmin):
 
     def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False  # the record that makes replays harmless
+
+
+# --- Periodic jobs (django-celery-beat) ------------------------------------------------------
+
+
+admin.site.unregister(PeriodicTask)
+
+
+@admin.register(PeriodicTask)
+class PeriodicTaskAdmin(BeatPeriodicTaskAdmin):
+    """django-celery-beat's admin, with its actions (enable, disable, toggle, run now) offered
+    only to those who may change periodic tasks: beat declares no permission on them, so anyone
+    allowed to see the list could otherwise run a job."""
+
+    CHANGING_ACTIONS = ("enable_tasks", "disable_tasks", "toggle_tasks", "run_tasks")
+
+    def get_actions(self, request: HttpRequest) -> dict[str, Any]:
+        actions = super().get_actions(request)
+        if not self.has_change_permission(request):
+            for name in self.CHANGING_ACTIONS:
+                actions.pop(name, None)
+        return actions

@@ -35,9 +35,11 @@ from notifier.models import Message, User
 from notifier.rendering import SYSTEM_VARIABLES, variables_used
 from notifier.selectors import TypeInfo, type_info_get
 from notifier.services.messages import NewMessage, message_create, messages_create
+from notifier.text import text_problem
 
 MAX_CONTEXT_BYTES = 64 * 1024
 MAX_KEY_LENGTH = 255
+MAX_ID = 2**63 - 1  # PostgreSQL's bigint
 UserRef = User | int
 
 __all__ = ["BulkResult", "notify", "notify_many"]
@@ -50,6 +52,11 @@ def check_type(type_key: object) -> TypeInfo:
     if not isinstance(type_key, str) or not type_key:
         raise UnknownNotificationType(
             f"type_key must be a notification type key such as 'order.shipped', got {type_key!r}"
+        )
+    if text_problem(type_key) or len(type_key) > MAX_KEY_LENGTH:
+        raise UnknownNotificationType(
+            f"no notification type {type_key[:80]!r}: type keys are short plain text such as "
+            "'order.shipped'"
         )
     info = type_info_get(type_key)
     if info is None:
@@ -70,6 +77,8 @@ def _user_id(user: object) -> int:
             raise InvalidRecipient("the user is not saved yet; save it before notifying it")
         return int(user.pk)
     if isinstance(user, int) and not isinstance(user, bool):
+        if not 0 < user <= MAX_ID:
+            raise InvalidRecipient(f"no user with id {user}: user ids run from 1 to {MAX_ID}")
         return user
     raise InvalidRecipient(f"user must be a User or a user id, got {type(user).__name__}")
 
@@ -119,7 +128,12 @@ def check_channels(channels: object, info: TypeInfo) -> list[str]:
 
 
 def _check_json_value(value: object, path: str) -> None:
-    if value is None or isinstance(value, (str, bool, int)):
+    if isinstance(value, str):
+        problem = text_problem(value)
+        if problem:
+            raise InvalidContext(f"{path} {problem}, which cannot be stored; remove it")
+        return
+    if value is None or isinstance(value, (bool, int)):
         return
     if isinstance(value, float):
         if not math.isfinite(value):
@@ -129,6 +143,9 @@ def _check_json_value(value: object, path: str) -> None:
         for key, item in value.items():
             if not isinstance(key, str):
                 raise InvalidContext(f"{path} has a non-string key {key!r}; JSON keys are strings")
+            problem = text_problem(key)
+            if problem:
+                raise InvalidContext(f"{path} has a key that {problem}; rename it")
             _check_json_value(item, f"{path}[{key!r}]")
         return
     if isinstance(value, (list, tuple)):
@@ -186,6 +203,9 @@ def check_idempotency_key(key: object) -> str | None:
         raise InvalidIdempotencyKey(
             f"idempotency_key is {len(key)} characters; keep it to {MAX_KEY_LENGTH}"
         )
+    problem = text_problem(key)
+    if problem:
+        raise InvalidIdempotencyKey(f"idempotency_key {problem}; use plain text")
     return key
 
 

@@ -1,4 +1,5 @@
-"""App config for the core: syncs code-defined notification types after migrate."""
+"""App config for the core: syncs code-defined notification types and the staff roles after
+migrate."""
 
 from django.apps import AppConfig
 from django.db.models.signals import post_delete, post_migrate, post_save
@@ -13,6 +14,7 @@ class NotifierConfig(AppConfig):
         from notifier import checks  # noqa: F401  (registers the system checks)
         from notifier.catalog import sync_catalog_after_migrate
         from notifier.models import NotificationType
+        from notifier.roles import roles_sync_after_migrate
         from notifier.selectors import type_cache_clear
 
         post_migrate.connect(sync_catalog_after_migrate, sender=self)
@@ -22,6 +24,7 @@ class NotifierConfig(AppConfig):
         from notifier.views.webhooks import email_tracking_received
 
         tracking.connect(email_tracking_received, dispatch_uid="notifier-email-tracking")
+        post_migrate.connect(roles_sync_after_migrate, sender=self)
         # This process sees an edited type at once; others within TYPE_CACHE_TTL_S.
         post_save.connect(lambda **_: type_cache_clear(), sender=NotificationType, weak=False)
         post_delete.connect(lambda **_: type_cache_clear(), sender=NotificationType, weak=False)

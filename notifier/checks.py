@@ -98,3 +98,22 @@ def check_provider_webhooks(app_configs: Any = None, **kwargs: Any) -> list[Chec
                 )
             )
     return found
+
+
+@register()
+def check_public_rate_limits(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
+    """NOTIFIER_PUBLIC_RATE_LIMITS and NOTIFIER_TRUSTED_PROXIES parse (else the first request
+    would be the one to find out)."""
+    from django.conf import settings
+    from django.core.exceptions import ImproperlyConfigured
+
+    from notifier.ratelimit import GROUPS, limits, parse_networks
+
+    errors: list[CheckMessage] = []
+    try:
+        for group in GROUPS:
+            limits(group)
+        parse_networks(settings.NOTIFIER_TRUSTED_PROXIES)
+    except ImproperlyConfigured as exc:
+        errors.append(Error(str(exc), id="notifier.E010"))
+    return errors

@@ -29,7 +29,7 @@ from jinja2 import (
     meta,
     select_autoescape,
 )
-from jinja2.sandbox import SandboxedEnvironment
+from jinja2.sandbox import SandboxedEnvironment, SecurityError
 from markupsafe import escape
 
 from channels.base import Channel, Content
@@ -38,6 +38,13 @@ NOTIFICATION_TEMPLATES_DIR = Path(settings.BASE_DIR) / "templates" / "notificati
 SYSTEM_VARIABLES = frozenset(
     {"user", "site_name", "site_url", "preferences_url", "unsubscribe_url"}
 )
+# What `user` holds in every template: plain values, never the model (no user.password, no
+# user.delivery_set).
+USER_FIELDS = frozenset({"first_name", "last_name", "name", "locale"})
+# Templates render into messages: nothing a template computes needs to be bigger than this.
+MAX_PRODUCT_LENGTH = 100_000
+MAX_EXPONENT = 64
+MAX_BITS = 4096
 
 
 @dataclass(frozen=True)
@@ -90,9 +97,41 @@ class RenderError(Exception):
     """A template failed to render with a context that passed validation."""
 
 
+class MessageSandbox(SandboxedEnvironment):
+    """Jinja's sandbox (no `__class__`, `__globals__`, `mro`, no unsafe callables; `range` at
+    most 100,000 items), plus bounds on the two operators that can exhaust a worker from one
+    line of copy: `"x" * 10**9` and `9**9**9`."""
+
+    intercepted_binops = frozenset({"*", "**"})
+
+    def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
+        if operator == "**" and isinstance(right, int | float):
+            grows = isinstance(left, int) and left.bit_length() * abs(right) > MAX_BITS
+            if abs(right) > MAX_EXPONENT or grows:
+                raise SecurityError("numbers this large are not allowed in a template")
+        if operator == "*":
+            for sequence, times in ((left, right), (right, left)):
+                if (
+                    isinstance(sequence, str | list | tuple)
+                    and isinstance(times, int)
+                    and len(sequence) * times > MAX_PRODUCT_LENGTH
+                ):
+                    raise SecurityError(
+                        f"repeating to more than {MAX_PRODUCT_LENGTH:,} items is not allowed "
+                        "in a template"
+                    )
+            if (
+                isinstance(left, int)
+                and isinstance(right, int)
+                and left.bit_length() + right.bit_length() > MAX_BITS
+            ):
+                raise SecurityError("numbers this large are not allowed in a template")
+        return super().call_binop(context, operator, left, right)
+
+
 @functools.cache
 def environment() -> SandboxedEnvironment:
-    return SandboxedEnvironment(
+    return MessageSandbox(
         loader=FileSystemLoader(NOTIFICATION_TEMPLATES_DIR),
         undefined=StrictUndefined,
         autoescape=select_autoescape(enabled_extensions=("html",), default_for_string=False),

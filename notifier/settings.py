@@ -45,8 +45,12 @@ MIDDLEWARE = [
     "notifier.logcontext.RequestIdMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
+    # A 405 says which methods to use, in words (notifier/middleware.py).
+    "notifier.middleware.ExplainMethodNotAllowedMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
+    # Public endpoints' rate limits (notifier/ratelimit.py): after the user is known.
+    "notifier.ratelimit.PublicRateLimitMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
 ]
@@ -200,6 +204,27 @@ NOTIFIER_CIRCUIT_WINDOW_S = env.int("NOTIFIER_CIRCUIT_WINDOW_S", default=30)
 NOTIFIER_CIRCUIT_COOLDOWN_S = env.int("NOTIFIER_CIRCUIT_COOLDOWN_S", default=30)
 # Signed links (unsubscribe, preference centre) stay valid this long.
 NOTIFIER_LINK_MAX_AGE_DAYS = env.int("NOTIFIER_LINK_MAX_AGE_DAYS", default=365)
+
+# --- Security: public rate limits and client addresses (notifier/ratelimit.py) -------------
+# Per-group overrides, "group.scope=count/period" or "off", e.g.
+# NOTIFIER_PUBLIC_RATE_LIMITS=signed_link.ip=120/m,tracking.ip=off
+NOTIFIER_PUBLIC_RATE_LIMITS = env.dict("NOTIFIER_PUBLIC_RATE_LIMITS", default={})
+NOTIFIER_RATE_LIMIT_PUBLIC = env.bool("NOTIFIER_RATE_LIMIT_PUBLIC", default=True)
+# Addresses or CIDR ranges of our own proxies / load balancers. Only from these is
+# X-Forwarded-For believed; empty means the client is REMOTE_ADDR.
+NOTIFIER_TRUSTED_PROXIES = env.list("NOTIFIER_TRUSTED_PROXIES", default=[])
+# Re-apply the role matrix (notifier/roles.py) to the staff groups after every migrate.
+NOTIFIER_SYNC_ROLES_ON_MIGRATE = env.bool("NOTIFIER_SYNC_ROLES_ON_MIGRATE", default=True)
+# Served over HTTPS (production): secure cookies and a redirect to https, except the health
+# probes, which orchestrators call over plain HTTP inside the network. HSTS is opt-in (a
+# browser remembers it for its whole lifetime). Behind a TLS-terminating proxy that sets
+# X-Forwarded-Proto (and strips a client's own), set DJANGO_SECURE_PROXY_SSL_HEADER=true.
+DJANGO_HTTPS = env.bool("DJANGO_HTTPS", default=False)
+SESSION_COOKIE_SECURE = CSRF_COOKIE_SECURE = SECURE_SSL_REDIRECT = DJANGO_HTTPS
+SECURE_REDIRECT_EXEMPT = [r"^health/"]
+SECURE_HSTS_SECONDS = env.int("DJANGO_HSTS_SECONDS", default=0)
+if env.bool("DJANGO_SECURE_PROXY_SSL_HEADER", default=False):
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
 
 # --- Providers ------------------------------------------------------------------------------
 # Each channel's provider is chosen by NOTIFIER_<CHANNEL>_PROVIDER, or inferred from which

@@ -203,6 +203,14 @@ def acquire(key: str, n: int = 1) -> Grant:
     return _backend().acquire(key, rate, n)
 
 
+def take(key: str, rate: Rate, n: int = 1) -> Grant:
+    """Take up to n tokens from `key`'s bucket at an explicit rate (not NOTIFIER_RATE_LIMITS):
+    the same atomic bucket, for callers with limits of their own (notifier.ratelimit)."""
+    if n < 1:
+        raise ValueError(f"take at least one token, not {n}")
+    return _backend().acquire(key, rate, n)
+
+
 def breaker_allows(key: str) -> Permission:
     """May a delivery through `key` call the provider now? Half-open lets exactly one probe."""
     return _backend().allows(key, breaker_policy())

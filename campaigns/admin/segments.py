@@ -54,6 +54,7 @@ from campaigns.services.segments import (
     spend_tier_of,
 )
 from notifier.models import User
+from notifier.roles import VIEW_CONTACT_DETAILS
 
 SAMPLE_SIZE = 20
 PREVIEW_ROWS_SHOWN = 500
@@ -259,6 +260,11 @@ def rules_summary(segment: Segment) -> str:
         "imported list" if segment.use_member_list else "",
     ]
     return " · ".join(part for part in parts if part) or "Every active user"
+
+
+def may_see_contacts(request: HttpRequest) -> bool:
+    """Full email addresses and phone numbers (Support, Admin); everyone else sees them masked."""
+    return bool(request.user.has_perm(VIEW_CONTACT_DETAILS))
 
 
 def mask_email(email: str) -> str:
@@ -733,22 +739,56 @@ def _messages(errors: ErrorDict) -> dict[str, list[str]]:
 
 @admin.register(SegmentMember)
 class SegmentMemberAdmin(admin.ModelAdmin):
-    """The imported lists; filter by segment. Added by the CSV import, removed here."""
+    """The imported lists; filter by segment. Added by the CSV import, removed here.
 
-    list_display = ["user", "user_email", "segment", "added_at"]
+    Marketers see each member as an id and a masked email: a list of a segment's members must
+    not become a way to export customers' contact details (see notifier/roles.py). Staff with
+    `notifier.view_contact_details` see the full address.
+    """
+
     list_filter = ["segment"]
     list_select_related = ["user", "segment"]
     search_fields = ["user__email", "user__phone", "user__username"]
-    raw_id_fields = ["user"]
     # Lists reach millions of rows: no COUNT(*) of the whole table on every page.
     show_full_result_count = False
 
-    @admin.display(description="Email", ordering="user__email")
-    def user_email(self, obj: SegmentMember) -> str:
-        return obj.user.email
-
     def get_queryset(self, request: HttpRequest) -> QuerySet[SegmentMember]:
         return super().get_queryset(request).order_by("-pk")
+
+    @staticmethod
+    def _member_field(request: HttpRequest) -> str:
+        return "member_with_contact" if may_see_contacts(request) else "member"
+
+    def get_list_display(self, request: HttpRequest) -> list[str]:  # type: ignore[override]
+        return [self._member_field(request), "segment", "added_at"]
+
+    def get_fields(self, request: HttpRequest, obj: Any = None) -> list[str]:  # type: ignore[override]
+        # An existing member is shown, never re-pointed at another user; the add form's user
+        # field takes an id and shows no label (a label would print the email of any id).
+        if obj is None:
+            return ["user", "segment"]
+        return [self._member_field(request), "segment", "added_at"]
+
+    def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> list[str]:
+        return [] if obj is None else [self._member_field(request), "segment", "added_at"]
+
+    def formfield_for_foreignkey(self, db_field: Any, request: HttpRequest, **kwargs: Any) -> Any:
+        if db_field.name == "user":
+            return forms.ModelChoiceField(
+                queryset=User.objects.all(),
+                widget=forms.NumberInput,
+                label="User id",
+                help_text="The id of the user to add (the CSV import takes emails and phones).",
+            )
+        return super().formfield_for_foreignkey(db_field, request, **kwargs)
+
+    @admin.display(description="Member", ordering="user_id")
+    def member(self, obj: SegmentMember) -> str:
+        return f"#{obj.user_id} {mask_email(obj.user.email)}".strip()
+
+    @admin.display(description="Member", ordering="user__email")
+    def member_with_contact(self, obj: SegmentMember) -> str:
+        return f"#{obj.user_id} {obj.user.email}".strip()
 
 
 class AudienceThresholdsForm(forms.ModelForm):

@@ -7,7 +7,8 @@ create them first. (Modules starting with "_" are not migrations themselves.)
 from typing import Any
 
 
-def grant(apps: Any, *, group: str, app_label: str, codenames: list[str]) -> None:
+def create_all_permissions(apps: Any) -> None:
+    """Every model's permissions, as Django would make them after migrate, made now."""
     from django.contrib.auth.management import create_permissions
 
     for app_config in apps.get_app_configs():
@@ -17,6 +18,10 @@ def grant(apps: Any, *, group: str, app_label: str, codenames: list[str]) -> Non
         app_config.models_module = original or True
         create_permissions(app_config, apps=apps, verbosity=0)
         app_config.models_module = original
+
+
+def grant(apps: Any, *, group: str, app_label: str, codenames: list[str]) -> None:
+    create_all_permissions(apps)
     Group = apps.get_model("auth", "Group")
     Permission = apps.get_model("auth", "Permission")
     holder, _ = Group.objects.get_or_create(name=group)

@@ -91,6 +91,10 @@ class User(AbstractUser):
     usual_active_hour = models.PositiveSmallIntegerField(null=True, blank=True)
 
     class Meta:
+        # Full email addresses and phone numbers in the admin; without it they are masked.
+        permissions = [
+            ("view_contact_details", "Can see users' full email addresses and phone numbers")
+        ]
         indexes = [
             models.Index(fields=["email"], name="user_email_idx"),
             models.Index(fields=["phone"], name="user_phone_idx"),

@@ -32,6 +32,7 @@ from notifier.services.inbox import (
     inbox_mark_all_read,
     inbox_mark_read,
 )
+from notifier.text import text_problem
 
 MAX_LIMIT = 100
 View = Callable[..., JsonResponse]
@@ -43,6 +44,32 @@ class BadRequest(ValueError):
 
 def error(status: int, text: str) -> JsonResponse:
     return JsonResponse({"error": text}, status=status)
+
+
+def _no_constant(name: str) -> object:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def json_object(request: HttpRequest, example: str) -> dict[str, Any]:
+    """The request's JSON object; BadRequest naming the fix for anything else: not JSON, not
+    UTF-8, nested past the parser's depth, NaN or Infinity, or text PostgreSQL cannot store."""
+    try:
+        body = json.loads(request.body or b"{}", parse_constant=_no_constant)
+    except (ValueError, RecursionError):  # JSONDecodeError and UnicodeDecodeError included
+        raise BadRequest(f"send a JSON body such as {example}") from None
+    if not isinstance(body, dict):
+        raise BadRequest(f"send a JSON object such as {example}")
+    stack: list[Any] = [body]
+    while stack:  # not recursive: the body may nest as deep as the parser allowed
+        value = stack.pop()
+        if isinstance(value, dict):
+            stack.extend(value.keys())
+            stack.extend(value.values())
+        elif isinstance(value, list):
+            stack.extend(value)
+        elif isinstance(value, str) and (problem := text_problem(value)):
+            raise BadRequest(f"a string in the body {problem}; send plain text")
+    return body
 
 
 def api(view: View) -> View:
@@ -102,7 +129,10 @@ def decode_cursor(value: str) -> tuple[datetime, int]:
     try:
         raw = base64.urlsafe_b64decode(value + "=" * (-len(value) % 4)).decode()
         created, pk = raw.split("|")
-        return datetime.fromisoformat(created), int(pk)
+        moment = datetime.fromisoformat(created)
+        if moment.tzinfo is None:  # every cursor given out carries its offset
+            raise ValueError("naive")
+        return moment, int(pk)
     except (ValueError, UnicodeDecodeError) as exc:
         raise BadRequest("cursor is not one this API gave out; pass next_cursor as is") from exc
 
@@ -170,11 +200,8 @@ def inbox_archive_item(request: HttpRequest, item_id: int) -> JsonResponse:
 @require_POST
 @api
 def inbox_give_feedback(request: HttpRequest, item_id: int) -> JsonResponse:
-    try:
-        body = json.loads(request.body or b"{}")
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise BadRequest('send a JSON body such as {"feedback": "useful"}') from None
-    value = body.get("feedback") if isinstance(body, dict) else None
+    body = json_object(request, '{"feedback": "useful"}')
+    value = body.get("feedback")
     if value not in Feedback.values:
         raise BadRequest(f"feedback must be one of: {', '.join(Feedback.values)}")
     item = inbox_feedback(user_id=_user_id(request), item_id=item_id, feedback=Feedback(value))

@@ -20,7 +20,6 @@ gives a 400 page (410 when it has only expired), and nothing changes.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -53,6 +52,7 @@ from notifier.models import (
     User,
 )
 from notifier.policies.preferences import ConsentState, Preferences, can_switch_off, channel_enabled
+from notifier.ratelimit import request_ip
 from notifier.selectors import consent_of, preferences_of
 from notifier.services.preferences import (
     CONCRETE_CHANNELS,
@@ -70,7 +70,7 @@ from notifier.services.preferences import (
     preferences_update,
     unsubscribe,
 )
-from notifier.views.inbox import BadRequest, error
+from notifier.views.inbox import BadRequest, error, json_object
 
 CHANNEL_LABELS = {"inapp": "in the app", "email": "email", "sms": "SMS", "push": "push"}
 SWITCH_LABELS = {"inapp": "In-app", "email": "Email", "sms": "SMS", "push": "Push"}
@@ -83,6 +83,7 @@ KIND_DESCRIPTIONS = {
 # What the preference page shows next to a consent box; stored verbatim as the consent wording.
 CONSENT_WORDING = "Yes, send me marketing messages (offers and promotions) by {channel}."
 JsonView = Callable[..., JsonResponse]
+MAX_WORDING_LENGTH = 2000
 
 
 def channel_label(channel: str) -> str:
@@ -260,9 +261,9 @@ def preference_centre(*, user_id: int) -> PreferenceCentre:
 
 
 def _client_ip(request: HttpRequest) -> str | None:
-    # REMOTE_ADDR only: X-Forwarded-For is whatever the client says unless a trusted proxy
-    # rewrites REMOTE_ADDR before Django sees the request.
-    return request.META.get("REMOTE_ADDR") or None
+    # REMOTE_ADDR, or X-Forwarded-For only when REMOTE_ADDR is one of NOTIFIER_TRUSTED_PROXIES:
+    # otherwise it is whatever the client says.
+    return request_ip(request) or None
 
 
 # --- The JSON API for the logged-in user ----------------------------------------------------
@@ -289,13 +290,7 @@ def _user_id(request: HttpRequest) -> int:
 
 
 def _json_object(request: HttpRequest, example: str) -> dict[str, Any]:
-    try:
-        body = json.loads(request.body or b"{}")
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise BadRequest(f"send a JSON body such as {example}") from None
-    if not isinstance(body, dict):
-        raise BadRequest(f"send a JSON object such as {example}")
-    return body
+    return json_object(request, example)
 
 
 def _changes_from(items: object) -> list[PreferenceChange]:
@@ -362,6 +357,11 @@ def consent_json(request: HttpRequest) -> JsonResponse:
         wording = body.get("wording")
         if not isinstance(wording, str) or not wording.strip():
             raise BadRequest("wording is required: the exact words the user agreed to")
+        if len(wording) > MAX_WORDING_LENGTH:
+            raise BadRequest(
+                f"wording is {len(wording)} characters; the words shown next to a consent box "
+                f"fit in {MAX_WORDING_LENGTH}"
+            )
         consent_give(
             user_id=user_id,
             channel=channel,

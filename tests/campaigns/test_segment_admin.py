@@ -385,13 +385,15 @@ def test_upload_without_an_identifier_column_shows_the_problem(marketer_client):
     assert "must name a column email, phone or user_id" in response.content.decode()
 
 
-def test_members_list_renders_for_a_marketer(marketer_client):
+def test_members_list_renders_for_a_marketer_with_emails_masked(marketer_client):
     member = SegmentMemberFactory(user=UserFactory(email="listed@example.com"))
     response = marketer_client.get(
         url("segmentmember_changelist"), {"segment__id__exact": member.segment_id}
     )
     assert response.status_code == 200
-    assert "listed@example.com" in response.content.decode()
+    page = response.content.decode()
+    assert f"#{member.user_id} l*****@example.com" in page
+    assert "listed@example.com" not in page
 
 
 # --- Thresholds -------------------------------------------------------------------------------
