@@ -847,6 +847,10 @@ class SuppressedAddressAdmin(ReadOnlyMixin, admin.ModelAdmin):
     raw_id_fields = ["delivery"]
     show_full_result_count = False
 
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        # Unlike the delivery log, a suppression is lifted by hand: the Admin role may.
+        return admin.ModelAdmin.has_delete_permission(self, request, obj)
+
     def get_search_results(
         self, request: HttpRequest, queryset: QuerySet[SuppressedAddress], search_term: str
     ) -> tuple[QuerySet[SuppressedAddress], bool]:

@@ -49,14 +49,17 @@ def check_provider_webhooks(app_configs: Any = None, **kwargs: Any) -> list[Chec
 
     from anymail.exceptions import AnymailConfigurationError, AnymailInsecureWebhookWarning
     from django.conf import settings
-    from django.urls import NoReverseMatch, resolve, reverse
+    from django.urls import NoReverseMatch
 
-    from notifier.views.webhooks import email_webhook_esps
+    from notifier.views.webhooks import anymail_tracking_views, email_webhook_esps
 
     found: list[CheckMessage] = []
     for esp in email_webhook_esps():
         try:
-            view_class = resolve(reverse(f"anymail:{esp}_tracking_webhook")).func.view_class  # type: ignore[attr-defined]
+            view = anymail_tracking_views().get(esp)
+            if view is None:
+                raise NoReverseMatch(esp)
+            view_class = view.view_class  # type: ignore[attr-defined]
             with warnings.catch_warnings():  # W103 below says it, with the fix
                 warnings.simplefilter("ignore", AnymailInsecureWebhookWarning)
                 view_class()  # reads the ESP's signing key; raises when it is missing

@@ -102,6 +102,17 @@ ENDPOINTS: dict[str, str | None] = {
     "preferences-page": "signed_link",
     "track-click": "tracking",
     "track-open": "tracking",
+    # Provider callbacks: signed by the provider, bursty from few addresses.
+    "email-tracking-webhook": "webhook",
+    "twilio-status": "webhook",
+    "twilio-inbound": "webhook",
+    # The end user's inbox page and signing in (password guessing: the admin login's limits).
+    "inbox-page": "inbox_api",
+    "login": "admin_login",
+    "logout": "signed_link",
+    # Behind a bearer token; Prometheus scrapes every 15 s or so, far below the default limit,
+    # which still stops anyone guessing the token.
+    "metrics": "default",
 }
 ADMIN_NAMESPACE = "admin"
 ADMIN_LIMITED = {"login": "admin_login"}

@@ -53,6 +53,8 @@ SUPPORT_VIEWS_NOTIFIER = (
     "inboxitem",
     "preference",
     "consent",
+    "suppressedaddress",  # "why no email?": the address bounced or complained
+    "providerevent",  # what each provider webhook said and did
 )
 
 VIEW_CONTACT_DETAILS = "notifier.view_contact_details"

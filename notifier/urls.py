@@ -27,8 +27,13 @@ urlpatterns = [
         name="unsubscribe-one-click",
     ),
     path("preferences/<str:token>/", preferences.preferences_page, name="preferences-page"),
-    # Provider webhooks: anymail's per-ESP tracking views (signature checked by anymail), Twilio.
-    path("webhooks/anymail/", include("anymail.urls")),
+    # Provider webhooks: anymail's tracking view of each ESP we send through (signature checked
+    # by anymail; other ESPs 404), Twilio's status callbacks and inbound messages.
+    path(
+        "webhooks/anymail/<str:esp>/tracking/",
+        webhooks.email_tracking,
+        name="email-tracking-webhook",
+    ),
     path("webhooks/twilio/status/", webhooks.twilio_status, name="twilio-status"),
     path("webhooks/twilio/inbound/", webhooks.twilio_inbound, name="twilio-inbound"),
     # Pages for end users: the inbox (logged in) and signing in on the stand-alone site.

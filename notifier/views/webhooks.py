@@ -1,8 +1,10 @@
 """Provider webhooks: anymail's email tracking signal, Twilio's status callback and inbound SMS.
 
-Email: django-anymail's own per-ESP tracking views (`/webhooks/anymail/<esp>/tracking/`)
-check the ESP's signature or basic auth and send `anymail.signals.tracking`;
-`email_tracking_received` below hands each event to `notifier.services.webhooks`.
+Email: `/webhooks/anymail/<esp>/tracking/` runs django-anymail's own tracking view for that
+ESP, which checks the ESP's signature or basic auth and sends `anymail.signals.tracking`;
+`email_tracking_received` below hands each event to `notifier.services.webhooks`. Only the
+ESPs we accept are routed at all (404 otherwise): anymail's other views, inbound mail
+included, are never reachable.
 
 Twilio (form posts, signed with X-Twilio-Signature over the URL Twilio called and the params):
 
@@ -15,14 +17,16 @@ it needs gets 400. Replays and unknown message ids get 200 and change nothing.
 
 from __future__ import annotations
 
+import functools
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.http import HttpRequest, HttpResponse
+from django.urls import URLPattern
 from django.utils import timezone
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_POST
@@ -36,7 +40,45 @@ from notifier.services.webhooks import ProviderEventIn, provider_event_apply, sm
 log = logging.getLogger(__name__)
 
 
-# --- Email: anymail's tracking signal --------------------------------------------------------
+# --- Email: anymail's tracking views and signal ----------------------------------------------
+
+
+@functools.cache
+def anymail_tracking_views() -> dict[str, Callable[..., HttpResponse]]:
+    """anymail's tracking view per ESP key ("mailgun" -> its view), from `anymail.urls`."""
+    from anymail import urls
+
+    suffix = "_tracking_webhook"
+    return {
+        pattern.name.removesuffix(suffix): pattern.callback
+        for pattern in urls.urlpatterns
+        if isinstance(pattern, URLPattern) and pattern.name and pattern.name.endswith(suffix)
+    }
+
+
+@csrf_exempt
+def email_tracking(request: HttpRequest, esp: str) -> HttpResponse:
+    """Hand an ESP's tracking webhook to anymail's view for it, if we take that ESP's events."""
+    from anymail.exceptions import AnymailConfigurationError
+
+    view = anymail_tracking_views().get(esp)
+    if view is None or esp not in email_webhook_esps():
+        accepted = ", ".join(email_webhook_esps()) or "none (email goes out over SMTP)"
+        return HttpResponse(
+            f"No email webhook for {esp!r} here. Accepted ESPs: {accepted} "
+            "(EMAIL_BACKEND or NOTIFIER_EMAIL_WEBHOOK_ESPS).\n",
+            status=404,
+            content_type="text/plain; charset=utf-8",
+        )
+    try:
+        return view(request)
+    except AnymailConfigurationError as exc:  # e.g. the signing key is missing (check W102)
+        log.error("email webhook for %s is not configured: %s", esp, exc)
+        return HttpResponse(
+            f"The {esp} webhook is not configured on this site yet; try again later.\n",
+            status=503,
+            content_type="text/plain; charset=utf-8",
+        )
 
 
 def _signed_at(esp_name: str, esp_event: Any) -> datetime | None:
@@ -72,7 +114,7 @@ def email_webhook_esps() -> list[str]:
 def email_webhook_refusal(sender: Any, esp_name: str) -> str | None:
     """Why an ESP webhook that anymail accepted is still refused, or None.
 
-    `include("anymail.urls")` routes every ESP anymail knows; only ours may write. An ESP whose
+    `email_tracking` routes only our ESPs; this says it again where the event arrives. An ESP whose
     webhooks carry no signature is accepted only with basic auth (WEBHOOK_SECRET) configured:
     anymail merely warns without it, and its endpoint would be open to anyone.
     """

@@ -46,6 +46,12 @@ from notifier.models import (
     RoutingRule,
     User,
 )
+from notifier.models.providers import (
+    EventOutcome,
+    ProviderEvent,
+    SuppressedAddress,
+    SuppressionReason,
+)
 from notifier.roles import roles_sync
 from notifier.services.deliveries import deliveries_deliver
 from notifier.services.pipeline import messages_prepare
@@ -102,6 +108,9 @@ MODELS: dict[type[Model], Access] = {
     Preference: read_only(SUPPORT_ADMIN),
     Consent: read_only(SUPPORT_ADMIN),
     FrequencyCounter: read_only(ADMIN_ONLY),
+    # Written by provider webhooks only; an admin lifts a suppression once the mailbox works.
+    SuppressedAddress: Access(SUPPORT_ADMIN, NOBODY, NOBODY, ADMIN_ONLY),
+    ProviderEvent: read_only(SUPPORT_ADMIN),
     Device: Access(SUPPORT_ADMIN, ADMIN_ONLY, ADMIN_ONLY, ADMIN_ONLY),
     # The object is a code-defined type: only is_active may change, and it cannot be deleted.
     NotificationType: Access(MARKETING_SUPPORT, ADMIN_ONLY, ADMIN_ONLY, NOBODY),
@@ -157,6 +166,8 @@ ACTIONS: dict[type[Model], dict[str, frozenset[str]]] = {
     Preference: {"delete_selected": NOBODY},
     Consent: {"delete_selected": NOBODY},
     FrequencyCounter: {"delete_selected": NOBODY},
+    SuppressedAddress: {"delete_selected": ADMIN_ONLY},
+    ProviderEvent: {"delete_selected": NOBODY},
     Device: {"delete_selected": ADMIN_ONLY},
     NotificationType: {"delete_selected": ADMIN_ONLY},  # deletes only types not in code
     RoutingRule: {"delete_selected": ADMIN_ONLY},
@@ -286,6 +297,22 @@ def objects(monkeypatch) -> dict[type[Model], Model]:
             user=customer, period="day", window_start=datetime.now(UTC).date()
         ),
         Device: DeviceFactory(user=customer),
+        SuppressedAddress: SuppressedAddress.objects.create(
+            address="customer@example.com",
+            reason=SuppressionReason.BOUNCED,
+            source="mailgun",
+            delivery=failed,
+            at=datetime.now(UTC),
+        ),
+        ProviderEvent: ProviderEvent.objects.create(
+            provider="mailgun",
+            event_id="evt-1",
+            event_type="bounced",
+            provider_message_id="<m@x>",
+            delivery=failed,
+            outcome=EventOutcome.MOVED,
+            received_at=datetime.now(UTC),
+        ),
         NotificationType: NotificationType.objects.get(key="order.shipped"),
         RoutingRule: RoutingRule.objects.first(),
         Segment: segment,
