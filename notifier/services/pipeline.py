@@ -150,8 +150,16 @@ def audience_of(messages: Sequence[Message], now: datetime) -> Audience:
         congested=any(m.lane == Lane.BULK or m.priority == Priority.LOW for m in messages)
         and bulk_congested(),
         campaigns=campaigns_of(m.campaign_id for m in messages if m.campaign_id),
-        suppressed_emails=suppressed_emails_of(m.user.email for m in messages),
+        suppressed_emails=suppressed_emails_of(m.user.email for m in messages if _may_email(m)),
     )
+
+
+def _may_email(message: Message) -> bool:
+    """Whether routing could pick email for this message: a caller who named channels (and a
+    fallback chain) without email spares the batch its suppression-list query."""
+    if not message.channels:
+        return True  # the routing rules decide, and they may
+    return Channel.EMAIL in message.channels or Channel.EMAIL in (message.fallback_chain or ())
 
 
 def suppressed_emails_of(addresses: Iterable[str]) -> frozenset[str]:
