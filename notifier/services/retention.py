@@ -206,6 +206,21 @@ def _delete(message_ids: list[int], delivery_ids: list[int]) -> None:
         cursor.execute(f"DELETE FROM {_table(Message)} WHERE id = ANY(%s)", [message_ids])
 
 
+def _candidates(
+    *, after: int, boundary: int, cutoff: datetime, limit: int, lock: bool
+) -> list[int]:
+    """The next message ids past `after` that may go (locked, skipping locked ones, if asked)."""
+    params: dict[str, Any] = {
+        "after": after,
+        "boundary": boundary,
+        "cutoff": cutoff,
+        "limit": limit,
+    }
+    with connection.cursor() as cursor:
+        cursor.execute(_candidates_sql(lock=lock), params)
+        return [row[0] for row in cursor.fetchall()]
+
+
 def _archive_batch(
     *, after: int, boundary: int, cutoff: datetime, limit: int, directory: Path, run: str
 ) -> tuple[int, dict[str, int], Path | None]:
@@ -215,15 +230,9 @@ def _archive_batch(
     archive: Path | None = None
     try:
         with transaction.atomic():
-            with connection.cursor() as cursor:
-                params: dict[str, Any] = {
-                    "after": after,
-                    "boundary": boundary,
-                    "cutoff": cutoff,
-                    "limit": limit,
-                }
-                cursor.execute(_candidates_sql(lock=True), params)
-                candidate_ids = [row[0] for row in cursor.fetchall()]
+            candidate_ids = _candidates(
+                after=after, boundary=boundary, cutoff=cutoff, limit=limit, lock=True
+            )
             if not candidate_ids:
                 return 0, counts, None
             # Lock the deliveries too, and check them again: one may have moved since the
@@ -271,15 +280,7 @@ def _count_eligible(*, boundary: int, cutoff: datetime, limit: int) -> Retention
     report = RetentionReport(cutoff=cutoff, dry_run=True)
     after = 0
     while True:
-        with connection.cursor() as cursor:
-            params: dict[str, Any] = {
-                "after": after,
-                "boundary": boundary,
-                "cutoff": cutoff,
-                "limit": limit,
-            }
-            cursor.execute(_candidates_sql(lock=False), params)
-            ids = [row[0] for row in cursor.fetchall()]
+        ids = _candidates(after=after, boundary=boundary, cutoff=cutoff, limit=limit, lock=False)
         if not ids:
             return report
         report.batches += 1
