@@ -38,6 +38,7 @@ from notifier.policies.providers import email_event_action, sms_status_action, t
 from notifier.services.webhooks import ProviderEventIn, provider_event_apply, sms_inbound_apply
 
 log = logging.getLogger(__name__)
+security_log = logging.getLogger("django.security.webhooks")
 
 
 # --- Email: anymail's tracking views and signal ----------------------------------------------
@@ -59,7 +60,7 @@ def anymail_tracking_views() -> dict[str, Callable[..., HttpResponse]]:
 @csrf_exempt
 def email_tracking(request: HttpRequest, esp: str) -> HttpResponse:
     """Hand an ESP's tracking webhook to anymail's view for it, if we take that ESP's events."""
-    from anymail.exceptions import AnymailConfigurationError
+    from anymail.exceptions import AnymailConfigurationError, AnymailWebhookValidationFailure
 
     view = anymail_tracking_views().get(esp)
     if view is None or esp not in email_webhook_esps():
@@ -72,11 +73,27 @@ def email_tracking(request: HttpRequest, esp: str) -> HttpResponse:
         )
     try:
         return view(request)
+    except AnymailWebhookValidationFailure as exc:  # a bad signature or basic auth, a replay
+        security_log.warning("%s webhook refused: %s", esp, exc)
+        return HttpResponse(
+            f"Refused: {exc}\n", status=403, content_type="text/plain; charset=utf-8"
+        )
     except AnymailConfigurationError as exc:  # e.g. the signing key is missing (check W102)
         log.error("email webhook for %s is not configured: %s", esp, exc)
         return HttpResponse(
             f"The {esp} webhook is not configured on this site yet; try again later.\n",
             status=503,
+            content_type="text/plain; charset=utf-8",
+        )
+    except (ValueError, TypeError, KeyError, IndexError, AttributeError) as exc:
+        # An authenticated body that anymail cannot parse as this ESP's events (its parsers
+        # index into the JSON they expect). Nothing was applied: each event is its own
+        # transaction, and parsing comes before the first.
+        log.warning("%s webhook body not understood", esp, exc_info=True)
+        return HttpResponse(
+            f"The body is not a {esp} tracking webhook ({type(exc).__name__}); send the JSON "
+            f"{esp} posts for tracking events.\n",
+            status=400,
             content_type="text/plain; charset=utf-8",
         )
 

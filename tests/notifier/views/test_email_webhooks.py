@@ -354,7 +354,7 @@ def test_a_replayed_webhook_is_answered_and_changes_nothing(client, mailgun):
     "tamper",
     ["wrong key", "edited token", "edited timestamp", "no signature"],
 )
-def test_a_bad_signature_gets_400_and_writes_nothing(client, mailgun, tamper):
+def test_a_bad_signature_gets_403_and_writes_nothing(client, mailgun, tamper):
     email = sent_email()
     token, timestamp = uuid.uuid4().hex, int(time.time())
     sig = signature(timestamp, token, "another-key" if tamper == "wrong key" else SIGNING_KEY)
@@ -368,7 +368,8 @@ def test_a_bad_signature_gets_400_and_writes_nothing(client, mailgun, tamper):
 
     response = client.post(WEBHOOK, data=json.dumps(body), content_type="application/json")
 
-    assert response.status_code == 400
+    assert response.status_code == 403
+    assert response.content.startswith(b"Refused: ")
     assert status_of(email) == (S.SENT, "")
     assert not SuppressedAddress.objects.exists()
     assert not ProviderEvent.objects.exists()
@@ -380,7 +381,7 @@ def test_a_correctly_signed_but_old_request_is_refused(client, mailgun, settings
 
     response = post(client, hard_bounce(email), timestamp=int(time.time()) - 3601)
 
-    assert response.status_code == 400
+    assert response.status_code == 403
     assert status_of(email) == (S.SENT, "")
     assert not ProviderEvent.objects.exists()
     assert post(client, hard_bounce(email), timestamp=int(time.time()) - 60).status_code == 200
@@ -473,12 +474,12 @@ def test_an_esp_without_signatures_is_refused_unless_basic_auth_is_set(
 ):
     email = sent_email()
 
-    assert post_postmark(client, postmark_bounce(email, "HardBounce")).status_code == 400
+    assert post_postmark(client, postmark_bounce(email, "HardBounce")).status_code == 403
     assert not ProviderEvent.objects.exists()
 
     settings.ANYMAIL = {**settings.ANYMAIL, "WEBHOOK_SECRET": "hook:s3cret"}
     wrong = post_postmark(client, postmark_bounce(email, "HardBounce"), auth="hook:guess")
-    assert wrong.status_code == 400
+    assert wrong.status_code == 403
     assert not ProviderEvent.objects.exists()
     right = post_postmark(client, postmark_bounce(email, "HardBounce"), auth="hook:s3cret")
     assert right.status_code == 200
@@ -494,4 +495,43 @@ def test_a_soft_bounce_fails_the_delivery_but_keeps_the_address(client, postmark
 
     assert response.status_code == 200
     assert status_of(email) == (S.FAILED, Reason.UNDELIVERED)
+    assert not SuppressedAddress.objects.exists()
+
+
+HOSTILE_BODIES = [
+    "{",
+    "[]",
+    "null",
+    '{"event-data": 1}',
+    '{"RecordType": "Bounce", "MessageID": []}',
+    "x" * 100_000,
+    '{"signature": {"token": 1, "timestamp": "a", "signature": []}}',
+]
+
+
+@pytest.mark.filterwarnings("ignore::anymail.exceptions.AnymailInsecureWebhookWarning")
+@pytest.mark.parametrize("body", HOSTILE_BODIES, ids=range(len(HOSTILE_BODIES)))
+def test_a_body_anymail_cannot_parse_is_a_4xx_with_its_reason_and_writes_nothing(
+    client, postmark_too, settings, body
+):
+    """Past authentication (Postmark's basic auth) or not (Mailgun signs inside the body)."""
+    settings.ANYMAIL = {**settings.ANYMAIL, "WEBHOOK_SECRET": "hook:s3cret"}
+    email = sent_email()
+    auth = "Basic " + base64.b64encode(b"hook:s3cret").decode()
+
+    for url in (WEBHOOK, POSTMARK):
+        response = client.post(
+            url, data=body, content_type="application/json", HTTP_AUTHORIZATION=auth
+        )
+
+        assert response.status_code in (200, 400, 403), (url, response.status_code)
+        if response.status_code != 200:  # 200: valid JSON holding no event anymail knows
+            assert response.content.strip(), "a refusal says why"
+    assert status_of(email) == (S.SENT, "")
+    # An authenticated body anymail turns into an event of no known type or message is only
+    # recorded as such; nothing else is written.
+    assert set(ProviderEvent.objects.values_list("outcome", flat=True)) <= {
+        EventOutcome.UNKNOWN,
+        EventOutcome.IGNORED,
+    }
     assert not SuppressedAddress.objects.exists()
