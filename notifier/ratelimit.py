@@ -57,6 +57,9 @@ class Scope(StrEnum):
     IP = "ip"  # the client address (proxy-aware, see client_ip)
     TOKEN = "token"  # the signed token in the URL: one leaked link cannot be hammered
     USER = "user"  # the logged-in user: one account, whatever addresses it comes from
+    # The account name a login form POSTs: guessing one account's password from many
+    # addresses (a botnet) is cut off even though each address stays under its own limit.
+    ACCOUNT = "account"
 
 
 # Each group's limits, per scope; overridable per "group.scope" in NOTIFIER_PUBLIC_RATE_LIMITS.
@@ -76,7 +79,9 @@ GROUPS: dict[str, dict[Scope, str]] = {
     "preferences_api": {Scope.USER: "60/m", Scope.IP: "300/m"},
     # Provider callbacks (delivery receipts, inbound SMS) arrive in bursts from few addresses.
     "webhook": {Scope.IP: "3000/m"},
-    "admin_login": {Scope.IP: "20/m"},
+    # Logins: per address, and per account name tried (30 an hour, refilled one per two
+    # minutes: a person who forgot a password is not locked out for long).
+    "admin_login": {Scope.IP: "20/m", Scope.ACCOUNT: "30/h"},
     # Anything public not placed below.
     "default": {Scope.IP: "120/m"},
 }
@@ -207,6 +212,7 @@ class Decision:
             Scope.IP: "from your network",
             Scope.TOKEN: "for this link",
             Scope.USER: "for your account",
+            Scope.ACCOUNT: "for this account name",
         }[self.scope or Scope.IP]
         return f"Too many requests {whom}. Try again in {self.retry_after_s} seconds."
 
@@ -279,6 +285,15 @@ def _identity(scope: Scope, request: HttpRequest, kwargs: dict[str, object]) -> 
             return None
         # Hashed: tokens are long, and a Redis key must not be a working link.
         return hashlib.sha256(token.encode("utf-8", "surrogatepass")).hexdigest()[:32]
+    if scope is Scope.ACCOUNT:
+        if request.method != "POST":
+            return None
+        name = request.POST.get("username", "")
+        if not isinstance(name, str) or not name.strip():
+            return None
+        # Hashed and case-folded: "Admin" and "admin " are the same account to a guesser.
+        folded = name.strip().casefold().encode("utf-8", "surrogatepass")
+        return hashlib.sha256(folded).hexdigest()[:32]
     user = getattr(request, "user", None)
     return str(user.pk) if user is not None and user.is_authenticated else None
 

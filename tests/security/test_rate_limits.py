@@ -277,6 +277,22 @@ def test_admin_login_is_limited_per_address(settings):
 
 
 @pytest.mark.django_db
+@pytest.mark.parametrize("path", ["/admin/login/", "/login/"])
+def test_login_is_limited_per_account_name_across_addresses(settings, path):
+    settings.NOTIFIER_PUBLIC_RATE_LIMITS = {"admin_login.account": "2/h"}
+    guesses = [
+        Client(REMOTE_ADDR=f"198.51.100.{n}").post(path, {"username": name, "password": "guess"})
+        for n, name in enumerate(["ada", "Ada", " ada "], start=1)
+    ]
+
+    assert all(r.status_code != 429 for r in guesses[:2])  # the form again: wrong password
+    assert guesses[2].status_code == 429  # a third address, the same account name
+    assert "for this account name" in guesses[2].content.decode()
+    other = Client(REMOTE_ADDR="198.51.100.9").post(path, {"username": "bo", "password": "x"})
+    assert other.status_code != 429
+
+
+@pytest.mark.django_db
 def test_switching_public_limits_off(settings, tight):
     settings.NOTIFIER_RATE_LIMIT_PUBLIC = False
     client = Client()
