@@ -94,11 +94,12 @@ from campaigns.services.lifecycle import (
     plan_of,
 )
 from campaigns.services.previews import variant_preview, variant_send_test
-from campaigns.services.segments import segment_count, segment_sample
+from campaigns.services.segments import segment_count, segment_sample, segment_users
 from campaigns.services.stats import CAMPAIGN_SCOPE
 from channels.base import Channel, Content
 from notifier.models import Delivery, User
 from notifier.rendering import SYSTEM_VARIABLES, environment
+from notifier.roles import VIEW_CONTACT_DETAILS
 from notifier.status import DeliveryStatus
 
 C = CampaignStatus
@@ -599,6 +600,17 @@ class StepPreview:
     variants: list[VariantPreview]
 
 
+OUTSIDE_AUDIENCE = (
+    "Nobody in this campaign's segment has that id or email address (you can preview "
+    "yourself, or anyone in the segment)."
+)
+
+
+def _in_audience(campaign: Campaign, user: User) -> bool:
+    segment = campaign.segment
+    return segment is not None and segment_users(segment).filter(pk=user.pk).exists()
+
+
 def user_lookup(query: str) -> User:
     """A user by id or email, or LookupError in words."""
     query = query.strip()
@@ -982,7 +994,9 @@ class CampaignAdmin(admin.ModelAdmin):
             raise PermissionDenied
         viewer = staff_user(request)
         query = request.GET.get("user", "").strip()
-        user, whom, lookup_error = self._preview_user(campaign, query, viewer)
+        user, whom, lookup_error = self._preview_user(
+            campaign, query, viewer, anyone=viewer.has_perm(VIEW_CONTACT_DETAILS)
+        )
         channels = campaign_channels(campaign)
         steps = list(campaign.steps.order_by("offset_minutes", "pk").prefetch_related("variants"))
         previews = [
@@ -1030,14 +1044,25 @@ class CampaignAdmin(admin.ModelAdmin):
         return TemplateResponse(request, TEMPLATES + "preview.html", context)
 
     @staticmethod
-    def _preview_user(campaign: Campaign, query: str, viewer: User) -> tuple[User, str, str]:
-        """(user, how they were chosen, what was wrong with the query)."""
+    def _preview_user(
+        campaign: Campaign, query: str, viewer: User, *, anyone: bool
+    ) -> tuple[User, str, str]:
+        """(user, how they were chosen, what was wrong with the query).
+
+        Only those who may see contact details (`anyone`) look up any customer; a marketer
+        chooses among the campaign's audience (or themselves), and a customer outside it
+        gets the same answer as one who does not exist, so the box is no lookup of who has
+        an account.
+        """
         error = ""
         if query:
             try:
-                return user_lookup(query), "the user you chose", ""
+                chosen = user_lookup(query)
+                if anyone or chosen.pk == viewer.pk or _in_audience(campaign, chosen):
+                    return chosen, "the user you chose", ""
+                raise LookupError(OUTSIDE_AUDIENCE)
             except LookupError as exc:
-                error = str(exc)
+                error = str(exc) if anyone else OUTSIDE_AUDIENCE
         if campaign.segment is not None:
             try:
                 sample = segment_sample(campaign.segment, 1)

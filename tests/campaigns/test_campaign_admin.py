@@ -714,7 +714,7 @@ def test_the_preview_escapes_copy_and_shows_render_errors(client, marketer):
 
 def test_the_preview_can_be_for_a_chosen_user_by_email_or_id(client, marketer):
     campaign = make_campaign(marketer)
-    chosen = UserFactory(first_name="Zhang", email="Zhang@Example.com")
+    chosen = UserFactory(first_name="Zhang", email="Zhang@Example.com", interest_tags=[FANS])
     client.force_login(marketer)
     by_email = client.get(url("campaign_preview", campaign.pk), {"user": "zhang@example.com"})
     by_id = client.get(url("campaign_preview", campaign.pk), {"user": str(chosen.pk)})
@@ -722,7 +722,26 @@ def test_the_preview_can_be_for_a_chosen_user_by_email_or_id(client, marketer):
         assert f"user #{chosen.pk}</strong>, Zhang" in response.content.decode()
         assert "Hi Zhang, 50% off" in response.content.decode()
     missing = client.get(url("campaign_preview", campaign.pk), {"user": "nobody@example.com"})
-    assert "No user has that email address." in missing.content.decode()
+    assert "Nobody in this campaign&#x27;s segment has that id" in missing.content.decode()
+
+
+def test_a_marketer_cannot_preview_a_customer_outside_the_segment_but_support_can(
+    client, marketer, support
+):
+    campaign = make_campaign(marketer)
+    outsider = UserFactory(first_name="Wei", email="wei@example.com", interest_tags=["golf"])
+    client.force_login(marketer)
+    for query in (str(outsider.pk), "wei@example.com"):
+        page = client.get(url("campaign_preview", campaign.pk), {"user": query}).content.decode()
+        # The same words as for nobody at all: the box is no lookup of who has an account.
+        assert "Nobody in this campaign&#x27;s segment has that id" in page
+        assert "Wei" not in page
+    mine = client.get(url("campaign_preview", campaign.pk), {"user": str(marketer.pk)})
+    assert f"user #{marketer.pk}</strong>" in mine.content.decode()
+
+    client.force_login(support)
+    page = client.get(url("campaign_preview", campaign.pk), {"user": str(outsider.pk)})
+    assert f"user #{outsider.pk}</strong>, Wei" in page.content.decode()
 
 
 def test_send_test_reaches_the_marketers_inbox_without_marketing_consent(
