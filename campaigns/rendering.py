@@ -156,10 +156,4 @@ def render_variant(
             rendered[part] = template.render(context).strip()
         except Exception as exc:  # any template error, in the template's own words
             raise RenderError(f"variant {variant_id} {channel} {part}: {exc}") from exc
-    return Content(
-        subject=rendered.get("subject", ""),
-        title=rendered.get("title", ""),
-        body=rendered.get("body", ""),
-        html=rendered.get("html", ""),
-        link=rendered.get("link", ""),
-    )
+    return Content.from_dict(rendered)

@@ -217,10 +217,4 @@ def render(type_key: str, channel: Channel, context: Mapping[str, Any], locale: 
             rendered[part.name] = template.render(context).strip()
         except Exception as exc:  # any template error, with the template's own words
             raise RenderError(f"{template.name}: {type(exc).__name__}: {exc}") from exc
-    return Content(
-        subject=rendered.get("subject", ""),
-        title=rendered.get("title", ""),
-        body=rendered.get("body", ""),
-        html=rendered.get("html", ""),
-        link=rendered.get("link", ""),
-    )
+    return Content.from_dict(rendered)
