@@ -473,7 +473,8 @@ def _deliver_channel(
     takes over the rest; whatever no provider can take now goes back to the queue, with the
     attempt given back, to be tried after the shortest wait any of them named.
     """
-    prechecked = [(d, o, r) for d, o in pairs if (r := _precheck(o)) is not None]
+    checked = [(d, o, _precheck(o)) for d, o in pairs]
+    prechecked = [(d, o, r) for d, o, r in checked if r is not None]
     if prechecked:
         before = (report.sent, report.failed, report.retried)
         with transaction.atomic():
@@ -481,7 +482,7 @@ def _deliver_channel(
                 [d for d, _, _ in prechecked], [r for _, _, r in prechecked], timezone.now(), report
             )
         _count(report, before, channel=str(channel), provider="pipeline", seconds=None)
-    remaining = [(d, o) for d, o in pairs if _precheck(o) is None]
+    remaining = [(d, o) for d, o, r in checked if r is None]
     waits: list[float] = []
     circuit_open = True
     for provider in providers_for(channel):

@@ -201,7 +201,8 @@ def channel_decision(channel: Channel, message: Message, audience: Audience) -> 
         email=user.email,
         phone=user.phone,
         active_devices=audience.devices[user.pk],
-        email_suppressed=bool(user.email)
+        email_suppressed=channel is Channel.EMAIL
+        and bool(user.email and audience.suppressed_emails)
         and normalize_email(user.email) in audience.suppressed_emails,
     )
     decision = decide_channel(
