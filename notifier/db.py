@@ -20,6 +20,11 @@ from django.db import connection, models
 MAX_PARAMS = 30000
 
 
+def table_name(model: type[models.Model]) -> str:
+    """The model's table, quoted for raw SQL."""
+    return connection.ops.quote_name(model._meta.db_table)
+
+
 def model_field(model: type[models.Model], name: str) -> models.Field[Any, Any]:
     return cast("models.Field[Any, Any]", model._meta.get_field(name))
 
@@ -76,7 +81,7 @@ def insert_rows(
         return []
     fields, rows = with_defaults(model, names, rows)
     prepare = [_preparer(field) for field in fields]
-    table = connection.ops.quote_name(model._meta.db_table)
+    table = table_name(model)
     columns = ", ".join(_column(field) for field in fields)
     one_row = "(" + ", ".join(["%s"] * len(fields)) + ")"
     suffix = " ON CONFLICT DO NOTHING" if ignore_conflicts else ""
@@ -113,7 +118,7 @@ def update_rows(
     assert pk is not None
     fields = [pk, *(model_field(model, name) for name in names)]
     prepare = [_preparer(field) for field in fields]
-    table = connection.ops.quote_name(model._meta.db_table)
+    table = table_name(model)
     postgres = connection.vendor == "postgresql"
     if postgres:
         # Cast every value: VALUES columns are otherwise typed from their first literal.

@@ -15,6 +15,7 @@ from datetime import date
 
 from django.db import connection, transaction
 
+from notifier.db import table_name
 from notifier.models import CapPeriod, FrequencyCounter
 from notifier.policies.caps import Caps, Windows
 
@@ -27,7 +28,7 @@ class _Full(Exception):
 def _take(*, user_id: int, period: CapPeriod, window_start: date, cap: int) -> None:
     if cap <= 0:
         raise _Full(period)
-    table = connection.ops.quote_name(FrequencyCounter._meta.db_table)
+    table = table_name(FrequencyCounter)
     with connection.cursor() as cursor:
         cursor.execute(
             f"INSERT INTO {table} (user_id, period, window_start, count) VALUES (%s, %s, %s, 1) "
@@ -115,7 +116,7 @@ def _take_many(period: CapPeriod, items: list[tuple[int, date, int]]) -> set[int
     by_cap: dict[int, list[tuple[int, date]]] = defaultdict(list)
     for user, window, cap in sorted(items):
         by_cap[cap].append((user, window))
-    table = connection.ops.quote_name(FrequencyCounter._meta.db_table)
+    table = table_name(FrequencyCounter)
     got: set[int] = set()
     with connection.cursor() as cursor:
         for cap, keys in by_cap.items():
@@ -135,7 +136,7 @@ def _take_many(period: CapPeriod, items: list[tuple[int, date, int]]) -> set[int
 def _give_back(period: CapPeriod, items: list[tuple[int, date]]) -> None:
     if not items:
         return
-    table = connection.ops.quote_name(FrequencyCounter._meta.db_table)
+    table = table_name(FrequencyCounter)
     keys = ", ".join(["(%s::bigint, %s::date)"] * len(items))
     with connection.cursor() as cursor:
         cursor.execute(

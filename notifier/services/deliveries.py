@@ -33,7 +33,7 @@ from channels.base import (
 )
 from channels.registry import providers_for
 from notifier import dispatch
-from notifier.db import copy_rows, update_rows
+from notifier.db import copy_rows, table_name, update_rows
 from notifier.logcontext import bound
 from notifier.metrics import record_send
 from notifier.models import Delivery, DeliveryEvent, Device, EventKind, Message
@@ -152,7 +152,7 @@ def _claim(delivery_ids: Sequence[int], now: datetime) -> list[int]:
     """
     if not delivery_ids:
         return []
-    table = connection.ops.quote_name(Delivery._meta.db_table)
+    table = table_name(Delivery)
     field = Delivery._meta.get_field("claimed_at")
     stamp = field.get_db_prep_value(now, connection)
     due = field.get_db_prep_value(now + EARLY_TOLERANCE, connection)

@@ -16,7 +16,7 @@ from django.db import connection, transaction
 from django.utils import timezone
 
 from notifier import dispatch
-from notifier.db import copy_rows, insert_rows, model_field, with_defaults
+from notifier.db import copy_rows, insert_rows, model_field, table_name, with_defaults
 from notifier.errors import IdempotencyKeyReused
 from notifier.models import Message, User
 from notifier.queues import Lane
@@ -112,11 +112,11 @@ def _insert_one_for_active_user(row: NewMessage, now: datetime) -> int | None:
     is free. None means one of those did not hold; the caller finds out which."""
     fields, (values,) = with_defaults(Message, COLUMNS, [_values(row, now)])
     qn = connection.ops.quote_name
-    user_table = qn(User._meta.db_table)
+    user_table = table_name(User)
     params = [f.get_db_prep_save(v, connection) for f, v in zip(fields, values, strict=True)]
     with connection.cursor() as cursor:
         cursor.execute(
-            f"INSERT INTO {qn(Message._meta.db_table)} "
+            f"INSERT INTO {table_name(Message)} "
             f"({', '.join(qn(f.get_attname_column()[1]) for f in fields)}) "
             f"SELECT {', '.join(['%s'] * len(fields))} WHERE EXISTS "
             f"(SELECT 1 FROM {user_table} WHERE id = %s AND is_active) "

@@ -46,6 +46,7 @@ from django.db import connection, transaction
 from django.utils import timezone
 
 from campaigns.models import Campaign, CampaignStatus, Conversion
+from notifier.db import table_name
 from notifier.models import Delivery, DeliveryEvent, InboxItem, Message
 from notifier.models.preferences import Unsubscribe
 from notifier.status import TERMINAL
@@ -82,25 +83,21 @@ class RetentionReport:
         )
 
 
-def _table(model: Any) -> str:
-    return connection.ops.quote_name(model._meta.db_table)
-
-
 def _candidates_sql(*, lock: bool) -> str:
-    message, delivery = _table(Message), _table(Delivery)
+    message, delivery = table_name(Message), table_name(Delivery)
     terminal = ", ".join(f"'{status}'" for status in sorted(TERMINAL))
     finished = ", ".join(f"'{status}'" for status in FINISHED_CAMPAIGN)
     return f"""
         SELECT m.id FROM {message} m
-        LEFT JOIN {_table(Campaign)} c ON c.id = m.campaign_id
+        LEFT JOIN {table_name(Campaign)} c ON c.id = m.campaign_id
         WHERE m.id > %(after)s AND m.id < %(boundary)s
           AND m.created_at < %(cutoff)s AND m.routed_at IS NOT NULL
           AND (m.campaign_id IS NULL OR c.status IN ({finished}))
           AND NOT EXISTS (
               SELECT 1 FROM {delivery} d WHERE d.message_id = m.id
                 AND (d.status NOT IN ({terminal}) OR d.updated_at >= %(cutoff)s))
-          AND NOT EXISTS (SELECT 1 FROM {_table(Conversion)} v WHERE v.message_id = m.id)
-          AND NOT EXISTS (SELECT 1 FROM {_table(Unsubscribe)} u WHERE u.message_id = m.id)
+          AND NOT EXISTS (SELECT 1 FROM {table_name(Conversion)} v WHERE v.message_id = m.id)
+          AND NOT EXISTS (SELECT 1 FROM {table_name(Unsubscribe)} u WHERE u.message_id = m.id)
         ORDER BY m.id
         LIMIT %(limit)s
         {"FOR UPDATE OF m SKIP LOCKED" if lock else ""}
@@ -192,18 +189,23 @@ def _delete(message_ids: list[int], delivery_ids: list[int]) -> None:
     with connection.cursor() as cursor:
         if delivery_ids:
             cursor.execute(
-                f"DELETE FROM {_table(DeliveryEvent)} WHERE delivery_id = ANY(%s)", [delivery_ids]
+                f"DELETE FROM {table_name(DeliveryEvent)} WHERE delivery_id = ANY(%s)",
+                [delivery_ids],
             )
             # Fallbacks stand in for a delivery of the same message, but keep Django's SET NULL
             # for any other row that points here.
             cursor.execute(
-                f"UPDATE {_table(Delivery)} SET fallback_of_id = NULL "
+                f"UPDATE {table_name(Delivery)} SET fallback_of_id = NULL "
                 "WHERE fallback_of_id = ANY(%s) AND NOT (message_id = ANY(%s))",
                 [delivery_ids, message_ids],
             )
-        cursor.execute(f"DELETE FROM {_table(InboxItem)} WHERE message_id = ANY(%s)", [message_ids])
-        cursor.execute(f"DELETE FROM {_table(Delivery)} WHERE message_id = ANY(%s)", [message_ids])
-        cursor.execute(f"DELETE FROM {_table(Message)} WHERE id = ANY(%s)", [message_ids])
+        cursor.execute(
+            f"DELETE FROM {table_name(InboxItem)} WHERE message_id = ANY(%s)", [message_ids]
+        )
+        cursor.execute(
+            f"DELETE FROM {table_name(Delivery)} WHERE message_id = ANY(%s)", [message_ids]
+        )
+        cursor.execute(f"DELETE FROM {table_name(Message)} WHERE id = ANY(%s)", [message_ids])
 
 
 def _candidates(
