@@ -485,7 +485,7 @@ def test_preview_reads_an_excel_csv_with_a_byte_order_mark_and_blank_rows(segmen
 @pytest.mark.parametrize(
     ("data", "message"),
     [
-        (b"name,city\nAlice,Paris\n", "must name a column email, phone or user_id"),
+        (b"name,city\nAlice,Paris\n", "must name a column user_id, email or phone"),
         (b"", "must name a column"),
         ("email\nzoë@example.com\n".encode("utf-16"), "not UTF-8"),
         (b"email\n" + b"x" * 200_000 + b"\n", "Line 2 is not valid CSV"),
