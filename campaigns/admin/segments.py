@@ -776,7 +776,7 @@ class SegmentMemberAdmin(admin.ModelAdmin):
     def get_queryset(self, request: HttpRequest) -> QuerySet[SegmentMember]:
         return super().get_queryset(request).order_by("-pk")
 
-    def get_search_fields(self, request: HttpRequest) -> list[str]:  # type: ignore[override]
+    def get_search_fields(self, request: HttpRequest) -> list[str]:
         if may_see_contacts(request):
             return list(super().get_search_fields(request))
         return ["user_id"]  # read as an exact id by get_search_results
