@@ -13,7 +13,10 @@ was added or removed by hand in between.
   customer list: no `view_user`, no `view_contact_details`. They see audiences as counts, a
   sample of 20 with masked emails, imported list members by id with a masked email, and one
   customer at a time in a campaign preview (masked). That is enough to check that a segment
-  hits the right people, and not enough to contact them outside the pipeline.
+  hits the right people, and not enough to contact them outside the pipeline. Without
+  `view_contact_details` a customer is identified by id only: nothing a marketer can reach
+  searches, filters, sorts, imports or looks up by email, phone or username, since each such
+  answer would tell whether an address is a customer's (tests/security/test_contact_oracle.py).
 - **Marketing lead**: a Marketer who may also approve a campaign someone else prepared.
 - **Support** answers "why didn't she get it?": views users (with their full contact details,
   to find them), their messages, deliveries, inbox, devices, preferences and consent, campaigns

@@ -16,7 +16,8 @@ Pages, kept few:
 Copy and steps change only while a campaign is a draft or awaiting approval; a change while it
 awaits approval sends it back to draft. Every move goes through campaigns.services.lifecycle,
 whose CampaignError messages are shown as they are. Support (view permissions only) opens every
-page, sees no button and gets 403 on every POST. Pages show users' emails masked.
+page, sees no button and gets 403 on every POST. Pages show users' emails masked, and staff
+without `notifier.view_contact_details` choose the preview's customer by id only.
 """
 
 from __future__ import annotations
@@ -97,7 +98,9 @@ from campaigns.services.previews import variant_preview, variant_send_test
 from campaigns.services.segments import segment_count, segment_sample, segment_users
 from campaigns.services.stats import CAMPAIGN_SCOPE
 from channels.base import Channel, Content
+from notifier.ids import parse_id
 from notifier.models import Delivery, User
+from notifier.models.users import display_name
 from notifier.rendering import SYSTEM_VARIABLES, environment
 from notifier.roles import VIEW_CONTACT_DETAILS
 from notifier.status import DeliveryStatus
@@ -107,7 +110,6 @@ TEMPLATES = "admin/campaigns/campaign/"
 EDITABLE_STATUSES = frozenset({C.DRAFT, C.AWAITING_APPROVAL})
 LIVE_STATUSES = frozenset({C.SCHEDULED, C.RUNNING, C.PAUSED})
 MAX_HOLDOUT_PERCENT = 50
-MAX_BIGINT = 2**63 - 1
 CHANNEL_CHOICES = [(str(channel), CHANNEL_LABELS[str(channel)]) for channel in Channel]
 
 
@@ -143,7 +145,8 @@ MINUTES_PER_UNIT = {
     **dict.fromkeys(("m", "min", "mins", "minute", "minutes"), 1),
 }
 MAX_OFFSET_MINUTES = 366 * 24 * 60
-_AMOUNT = re.compile(r"(\d+)\s*([a-z]+)")
+# ASCII digits: \d would take other scripts' digits too.
+_AMOUNT = re.compile(r"([0-9]+)\s*([a-z]+)")
 OFFSET_HELP = "-3d is three days before the event, -1h an hour before, -2d 12h, +30m after."
 
 
@@ -170,6 +173,8 @@ def parse_offset(text: str) -> int:
             raise ValidationError(
                 f"“{unit}” is not a unit: use d (days), h (hours) or m (minutes)."
             )
+        if len(number.lstrip("0")) > len(str(MAX_OFFSET_MINUTES)):  # int() stops at 4,300 digits
+            raise ValidationError("A step must be within a year of the event.")
         minutes += int(number) * MINUTES_PER_UNIT[unit]
     if minutes and not sign:
         raise ValidationError(f"Say whether it is before or after the event. {OFFSET_HELP}")
@@ -601,8 +606,12 @@ class StepPreview:
 
 
 OUTSIDE_AUDIENCE = (
-    "Nobody in this campaign's segment has that id or email address (you can preview "
-    "yourself, or anyone in the segment)."
+    "Nobody in this campaign's segment has that id (you can preview yourself, or anyone in the "
+    "segment)."
+)
+NOT_AN_ID = (
+    "Give a customer's id (a number): looking customers up by email needs permission to see "
+    "contact details."
 )
 
 
@@ -614,8 +623,9 @@ def _in_audience(campaign: Campaign, user: User) -> bool:
 def user_lookup(query: str) -> User:
     """A user by id or email, or LookupError in words."""
     query = query.strip()
-    if query.isdecimal() and 0 < int(query) <= MAX_BIGINT:
-        user = User.objects.filter(pk=int(query)).first()
+    user_id = parse_id(query)
+    if user_id is not None:
+        user = User.objects.filter(pk=user_id).first()
         if user is None:
             raise LookupError(f"No user has id {query}.")
         return user
@@ -786,8 +796,8 @@ class CampaignAdmin(admin.ModelAdmin):
             # status (which decides what is editable) and writing the changes.
             with transaction.atomic():
                 pk = unquote(object_id)
-                if pk.isdecimal() and int(pk) <= MAX_BIGINT:
-                    list(Campaign.objects.select_for_update().filter(pk=int(pk)).values("pk"))
+                if (campaign_id := parse_id(pk)) is not None:
+                    list(Campaign.objects.select_for_update().filter(pk=campaign_id).values("pk"))
                 return super().changeform_view(request, object_id, form_url, extra_context)
         return super().changeform_view(request, object_id, form_url, extra_context)
 
@@ -1031,13 +1041,14 @@ class CampaignAdmin(admin.ModelAdmin):
             "channels": [channel_label(str(c)) for c in channels],
             "preview_user": {
                 "pk": user.pk,
-                "name": user.get_full_name() or user.first_name or user.username,
+                "name": display_name(user),
                 "email": mask_email(user.email),
                 "locale": user.locale,
                 "time_zone": user.time_zone,
             },
             "whom": whom,
             "query": query,
+            "by_contact": viewer.has_perm(VIEW_CONTACT_DETAILS),
             "lookup_error": lookup_error,
         }
         request.current_app = self.admin_site.name
@@ -1049,13 +1060,16 @@ class CampaignAdmin(admin.ModelAdmin):
     ) -> tuple[User, str, str]:
         """(user, how they were chosen, what was wrong with the query).
 
-        Only those who may see contact details (`anyone`) look up any customer; a marketer
-        chooses among the campaign's audience (or themselves), and a customer outside it
-        gets the same answer as one who does not exist, so the box is no lookup of who has
-        an account.
+        Only those who may see contact details (`anyone`) look up any customer, by id or email;
+        a marketer chooses by id among the campaign's audience (or themselves), and a customer
+        outside it gets the same answer as an id nobody has, so the box is no lookup of who has
+        an account. An email is not even looked up for them: an answer that depended on it
+        would tell whether that address is a customer's.
         """
         error = ""
-        if query:
+        if query and not anyone and parse_id(query) is None:
+            error = NOT_AN_ID
+        elif query:
             try:
                 chosen = user_lookup(query)
                 if anyone or chosen.pk == viewer.pk or _in_audience(campaign, chosen):
@@ -1090,19 +1104,21 @@ class CampaignAdmin(admin.ModelAdmin):
         self._may_act(request, campaign)
         if request.method != "POST":
             return HttpResponseNotAllowed(["POST"])
-        variant_id = request.POST.get("variant", "")
+        variant_id = parse_id(request.POST.get("variant", ""))
         variant = (
             StepVariant.objects.select_related("step__campaign")
-            .filter(pk=int(variant_id), step__campaign=campaign)
+            .filter(pk=variant_id, step__campaign=campaign)
             .first()
-            if variant_id.isdecimal() and int(variant_id) <= MAX_BIGINT
+            if variant_id is not None
             else None
         )
         if variant is None:
             raise Http404("No such variant in this campaign")
         back = self._url("preview", campaign.pk)
+        # Back to the preview of the same customer: by id, or for those who may see contact
+        # details by email too (the preview box takes nothing else from anyone else).
         query = request.POST.get("user", "").strip()
-        if query:
+        if query and (parse_id(query) is not None or request.user.has_perm(VIEW_CONTACT_DETAILS)):
             back += "?" + urlencode({"user": query})
         try:
             message = variant_send_test(variant=variant, to_user=staff_user(request))
@@ -1385,10 +1401,10 @@ class StepVariantAdmin(admin.ModelAdmin):
         if request.method == "POST" and object_id is not None:
             with transaction.atomic():  # see CampaignAdmin.changeform_view
                 pk = unquote(object_id)
-                if pk.isdecimal() and int(pk) <= MAX_BIGINT:
+                if (variant_id := parse_id(pk)) is not None:
                     list(
                         Campaign.objects.select_for_update()
-                        .filter(steps__variants=int(pk))
+                        .filter(steps__variants=variant_id)
                         .values("pk")
                     )
                 return super().changeform_view(request, object_id, form_url, extra_context)

@@ -9,6 +9,12 @@ The CSV import is a plain two-step admin view rather than django-import-export: 
 library's admin flow imports rows *of* the model it is attached to, needs its app in
 INSTALLED_APPS for its templates, and looks related users up one row at a time; here every row
 names a user by email, phone or id and is resolved in bulk (see `campaigns.services.segments`).
+
+Staff without `notifier.view_contact_details` (Marketer, Marketing lead) identify customers by
+their id only: the member list searches by exact user id, the import reads only a `user_id`
+column, and samples show a display name (never a username that is an address) with the email
+masked. Whatever takes an email or phone as input answers "does this person have an account",
+and a search by substring rebuilds the address one character at a time.
 """
 
 from __future__ import annotations
@@ -53,7 +59,9 @@ from campaigns.services.segments import (
     segment_sample,
     spend_tier_of,
 )
+from notifier.ids import parse_id
 from notifier.models import User
+from notifier.models.users import display_name
 from notifier.roles import VIEW_CONTACT_DETAILS
 
 SAMPLE_SIZE = 20
@@ -435,9 +443,16 @@ IMPORT_TEMPLATE = """{% extends "admin/base_site.html" %}
   <p>No new members to add. <a href="{{ import_url }}">Upload another file</a></p>
   {% endif %}
 {% else %}
+  {% if by_contact %}
   <p>Upload a CSV file whose first row names a column <code>email</code>, <code>phone</code>
   (international form, e.g. +8613800138000) or <code>user_id</code>. You will see every row's
   problems before anything is saved; importing the same file again adds nobody twice.</p>
+  {% else %}
+  <p>Upload a CSV file whose first row names a column <code>user_id</code>, one customer's id
+  per row (importing by email or phone needs permission to see contact details: an Admin has
+  it). You will see every row's problems before anything is saved; importing the same file
+  again adds nobody twice.</p>
+  {% endif %}
   <form method="post" enctype="multipart/form-data" id="import-upload">{% csrf_token %}
     {{ upload_form.as_p }}
     <div class="submit-row"><input type="submit" class="default" value="Preview"></div>
@@ -629,7 +644,7 @@ class SegmentAdmin(admin.ModelAdmin):
         return [
             SampleRow(
                 pk=user.pk,
-                name=user.get_full_name() or user.username,
+                name=display_name(user),
                 email=mask_email(user.email),
                 url=(
                     reverse(f"{self.admin_site.name}:notifier_user_change", args=[user.pk])
@@ -681,6 +696,7 @@ class SegmentAdmin(admin.ModelAdmin):
             "change_url": self._url("change", segment.pk),
             "import_url": self._url("import", segment.pk),
             "upload_form": MemberUploadForm(),
+            "by_contact": may_see_contacts(request),
         }
         if request.method == "POST" and "token" in request.POST:
             confirm = MemberConfirmForm(request.POST, segment=segment)
@@ -709,7 +725,9 @@ class SegmentAdmin(admin.ModelAdmin):
             if upload.is_valid():
                 file = upload.cleaned_data["file"]
                 try:
-                    preview = segment_members_preview(segment=segment, data=file.read())
+                    preview = segment_members_preview(
+                        segment=segment, data=file.read(), by_contact=context["by_contact"]
+                    )
                 except MemberImportError as exc:
                     upload.add_error("file", str(exc))
                 else:
@@ -743,17 +761,34 @@ class SegmentMemberAdmin(admin.ModelAdmin):
 
     Marketers see each member as an id and a masked email: a list of a segment's members must
     not become a way to export customers' contact details (see notifier/roles.py). Staff with
-    `notifier.view_contact_details` see the full address.
+    `notifier.view_contact_details` see the full address and search by email, phone or
+    username; everyone else searches by exact user id only, since a substring search over an
+    address they see masked would let them rebuild it one character at a time.
     """
 
     list_filter = ["segment"]
     list_select_related = ["user", "segment"]
     search_fields = ["user__email", "user__phone", "user__username"]
+    search_help_text = "A user id, or (with access to contact details) an email, phone or username."
     # Lists reach millions of rows: no COUNT(*) of the whole table on every page.
     show_full_result_count = False
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[SegmentMember]:
         return super().get_queryset(request).order_by("-pk")
+
+    def get_search_fields(self, request: HttpRequest) -> list[str]:
+        if may_see_contacts(request):
+            return list(super().get_search_fields(request))
+        return ["user_id"]  # read as an exact id by get_search_results
+
+    def get_search_results(
+        self, request: HttpRequest, queryset: QuerySet[SegmentMember], search_term: str
+    ) -> tuple[QuerySet[SegmentMember], bool]:
+        term = search_term.strip()
+        if may_see_contacts(request) or not term:
+            return super().get_search_results(request, queryset, search_term)
+        user_id = parse_id(term)
+        return (queryset.none() if user_id is None else queryset.filter(user_id=user_id)), False
 
     @staticmethod
     def _member_field(request: HttpRequest) -> str:
@@ -778,7 +813,7 @@ class SegmentMemberAdmin(admin.ModelAdmin):
                 queryset=User.objects.all(),
                 widget=forms.NumberInput,
                 label="User id",
-                help_text="The id of the user to add (the CSV import takes emails and phones).",
+                help_text="The id of the user to add (to add many, import a CSV on the segment).",
             )
         return super().formfield_for_foreignkey(db_field, request, **kwargs)
 

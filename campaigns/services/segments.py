@@ -9,7 +9,9 @@ a single index range instead of an OR of two.
 
 A CSV import has two steps: `segment_members_preview` resolves every row and reports what is
 wrong with it while writing nothing; `segment_members_add` then adds the valid users in bulk and
-is idempotent (the unique (segment, user) constraint and a look-up of existing members).
+is idempotent (the unique (segment, user) constraint and a look-up of existing members). Rows
+name users by email or phone only for staff who may see contact details: for anyone else the
+preview would answer "who has an account with this address", so their files name user ids.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from django.db.models.functions import Lower
 from django.utils import timezone
 
 from campaigns.models import Activity, AudienceThresholds, Segment, SegmentMember, SpendTier
+from notifier.ids import parse_id
 from notifier.models import User
 from notifier.models.users import normalize_phone
 
@@ -39,8 +42,8 @@ from notifier.models.users import normalize_phone
 IMPORT_CHUNK = 5000
 CASE_INSENSITIVE_CHUNK = 50_000
 MAX_IMPORT_ROWS = 100_000
-MAX_BIGINT = 2**63 - 1
 IDENTIFIER_COLUMNS = ("user_id", "email", "phone")  # the first one filled in a row is used
+CONTACT_COLUMNS = ("email", "phone")
 
 T = TypeVar("T")
 E = TypeVar("E", bound=str)
@@ -297,11 +300,19 @@ class MembersAdded:
     skipped: int  # deleted or deactivated since the preview
 
 
-def segment_members_preview(*, segment: Segment, data: bytes) -> MemberImportPreview:
+def segment_members_preview(
+    *, segment: Segment, data: bytes, by_contact: bool = True
+) -> MemberImportPreview:
     """Read a CSV (a header with `user_id`, `email` or `phone`), resolve each row to a user and
     report every row's problem: malformed value, unknown, inactive or ambiguous user, duplicate
-    row. Writes nothing. Raises MemberImportError when the file cannot be read at all."""
-    preview = MemberImportPreview(segment_id=segment.pk, rows=_read_rows(data))
+    row. Writes nothing. Raises MemberImportError when the file cannot be read at all.
+
+    `by_contact=False` (staff without `notifier.view_contact_details`): the file must name
+    users by `user_id` only; one with an email or phone column is refused before any row is
+    looked up, since "unknown user" against "user 9" would tell who has an account.
+    """
+    columns = IDENTIFIER_COLUMNS if by_contact else ("user_id",)
+    preview = MemberImportPreview(segment_id=segment.pk, rows=_read_rows(data, columns))
     for row in preview.rows:
         _normalize(row)
     _mark_duplicates(preview.rows, lambda row: (row.column, row.key))
@@ -335,7 +346,7 @@ def segment_members_add(*, segment: Segment, user_ids: Sequence[int]) -> Members
     return MembersAdded(added=added, already_members=already, skipped=skipped)
 
 
-def _read_rows(data: bytes) -> list[ImportRow]:
+def _read_rows(data: bytes, allowed: Sequence[str]) -> list[ImportRow]:
     try:
         text = data.decode("utf-8-sig")  # Excel writes a byte-order mark
     except UnicodeDecodeError as exc:
@@ -345,10 +356,17 @@ def _read_rows(data: bytes) -> list[ImportRow]:
         header = [name.strip().lower() for name in next(reader, [])]
     except csv.Error as exc:
         raise MemberImportError(f"The first line is not valid CSV: {exc}.") from exc
-    columns = {name: index for index, name in enumerate(header) if name in IDENTIFIER_COLUMNS}
+    refused = [name for name in CONTACT_COLUMNS if name in header and name not in allowed]
+    if refused:
+        raise MemberImportError(
+            f"The file has {' and '.join(refused)} column{'s' if len(refused) > 1 else ''}: "
+            "importing by email or phone needs permission to see customers' contact details "
+            "(an Admin has it). Give each row's user_id in a column named user_id instead."
+        )
+    columns = {name: index for index, name in enumerate(header) if name in allowed}
     if not columns:
         raise MemberImportError(
-            "The first row must name a column email, phone or user_id; "
+            f"The first row must name a column {_either(allowed)}; "
             f"found {', '.join(header) or 'nothing'}."
         )
     rows: list[ImportRow] = []
@@ -362,28 +380,32 @@ def _read_rows(data: bytes) -> list[ImportRow]:
                 name: cells[index].strip() for name, index in columns.items() if index < len(cells)
             }
             # The first identifier filled in wins.
-            named = next(
-                ((name, values[name]) for name in IDENTIFIER_COLUMNS if values.get(name)), None
-            )
+            named = next(((name, values[name]) for name in allowed if values.get(name)), None)
             if named is not None:
                 rows.append(ImportRow(line=reader.line_num, column=named[0], value=named[1]))
             elif any(cell.strip() for cell in cells):  # blank rows (",,,") are not worth a word
                 row = ImportRow(line=reader.line_num, column="", value=",".join(cells))
-                row.fail(RowProblem.MALFORMED, "no email, phone or user_id on this row")
+                row.fail(RowProblem.MALFORMED, f"no {_either(allowed)} on this row")
                 rows.append(row)
     except csv.Error as exc:
         raise MemberImportError(f"Line {reader.line_num} is not valid CSV: {exc}.") from exc
     return rows
 
 
+def _either(columns: Sequence[str]) -> str:
+    """("user_id", "email", "phone") -> "user_id, email or phone"."""
+    return " or ".join(filter(None, [", ".join(columns[:-1]), columns[-1]]))
+
+
 def _normalize(row: ImportRow) -> None:
     if row.problem is not None:
         return
     if row.column == "user_id":
-        if not row.value.isdecimal() or not 0 < int(row.value) <= MAX_BIGINT:
-            row.fail(RowProblem.MALFORMED, f"“{row.value}” is not a user id")
+        user_id = parse_id(row.value)
+        if user_id is None:
+            row.fail(RowProblem.MALFORMED, f"“{row.value[:40]}” is not a user id")
         else:
-            row.key = str(int(row.value))
+            row.key = str(user_id)
     elif row.column == "email":
         try:
             validate_email(row.value)

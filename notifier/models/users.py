@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import unicodedata
 import zoneinfo
 from decimal import Decimal
 
@@ -113,6 +114,35 @@ class User(AbstractUser):
 
     def __str__(self) -> str:
         return self.email or self.username
+
+
+# The shortest numbers in service have 6 or 7 digits; anything shorter is no phone number.
+PHONE_MIN_DIGITS = 6
+PHONE_PUNCTUATION = frozenset("+-().,/")
+
+
+def display_name(user: User) -> str:
+    """How a customer is named in copy (`{{ user.name }}`) and on staff pages: the full name
+    (or the first or last name alone), else the username unless it reads as an email address
+    or a phone number (people sign up with either, and staff without
+    `notifier.view_contact_details` must not see one through a name), else "" (copy says
+    `{{ user.name or "there" }}`)."""
+    full_name = user.get_full_name()
+    if full_name:
+        return full_name
+    return "" if username_is_contact(user.username) else user.username
+
+
+def username_is_contact(username: str) -> bool:
+    """Whether a username reads as an email address or a phone number ("+86 138-0013-8000")."""
+    # NFKC, as Django's login form does: a fullwidth at sign (U+FF20) or digit reads the same.
+    text = unicodedata.normalize("NFKC", username)
+    if "@" in text:
+        return True
+    digits = sum(char.isdigit() for char in text)
+    return digits >= PHONE_MIN_DIGITS and all(
+        char.isdigit() or char in PHONE_PUNCTUATION or char.isspace() for char in text
+    )
 
 
 class Platform(models.TextChoices):

@@ -47,6 +47,7 @@ from notifier.models import (
     normalize_email,
 )
 from notifier.models.types import PRIORITY_RANK, Priority
+from notifier.models.users import display_name
 from notifier.policies.preferences import (
     ConsentState,
     Preferences,
@@ -92,7 +93,7 @@ def user_template_values(user: User) -> dict[str, Any]:
     return {
         "first_name": user.first_name,
         "last_name": user.last_name,
-        "name": user.get_full_name() or user.first_name or user.username,
+        "name": display_name(user),
         "locale": user.locale,
     }
 

@@ -238,6 +238,9 @@ def test_offsets_are_typed_in_days_hours_and_minutes(typed, minutes):
         ("soon", "not a duration"),
         ("-3d before", "not both"),
         ("-400d", "within a year"),
+        # int() refuses over 4,300 digits with ValueError, a 500 in the step's form.
+        pytest.param("-" + "9" * 5000 + "d", "within a year", id="5000-digits"),
+        ("-٣d", "not a duration"),  # an Arabic-Indic 3: int() reads it, the offset takes 0-9
     ],
 )
 def test_an_offset_that_cannot_be_read_says_how_to_write_it(typed, complaint):
@@ -712,17 +715,50 @@ def test_the_preview_escapes_copy_and_shows_render_errors(client, marketer):
     assert f"Cannot render: variant {notice_variant(campaign).pk} has no email copy" in content
 
 
-def test_the_preview_can_be_for_a_chosen_user_by_email_or_id(client, marketer):
+def test_the_preview_is_for_a_customer_chosen_by_id_and_by_email_for_support(
+    client, marketer, support
+):
     campaign = make_campaign(marketer)
     chosen = UserFactory(first_name="Zhang", email="Zhang@Example.com", interest_tags=[FANS])
     client.force_login(marketer)
-    by_email = client.get(url("campaign_preview", campaign.pk), {"user": "zhang@example.com"})
     by_id = client.get(url("campaign_preview", campaign.pk), {"user": str(chosen.pk)})
-    for response in (by_email, by_id):
-        assert f"user #{chosen.pk}</strong>, Zhang" in response.content.decode()
-        assert "Hi Zhang, 50% off" in response.content.decode()
-    missing = client.get(url("campaign_preview", campaign.pk), {"user": "nobody@example.com"})
+    assert f"user #{chosen.pk}</strong>, Zhang" in by_id.content.decode()
+    assert "Hi Zhang, 50% off" in by_id.content.decode()
+    assert "Another user (id):" in by_id.content.decode()
+    missing = client.get(url("campaign_preview", campaign.pk), {"user": str(chosen.pk + 999)})
     assert "Nobody in this campaign&#x27;s segment has that id" in missing.content.decode()
+    # A marketer's box takes no email: none is looked up, so none can tell who is a customer.
+    by_email = client.get(url("campaign_preview", campaign.pk), {"user": "zhang@example.com"})
+    assert "Give a customer&#x27;s id (a number)" in by_email.content.decode()
+    assert "Shown for a sample user of the segment" in by_email.content.decode()
+
+    client.force_login(support)
+    by_email = client.get(url("campaign_preview", campaign.pk), {"user": "zhang@example.com"})
+    assert f"user #{chosen.pk}</strong>, Zhang" in by_email.content.decode()
+    assert "Another user (id or email):" in by_email.content.decode()
+
+
+@pytest.mark.parametrize(
+    "typed",
+    ["9" * 5000, "٣", "²", "-1", "0", str(2**63)],
+    ids=["5000-digits", "arabic-indic", "superscript", "negative", "zero", "over-bigint"],
+)
+def test_an_id_that_is_no_id_gets_an_answer_not_a_500(client, marketer, support, typed):
+    """The preview's user box, send test's variant and the change pages' object ids: digits of
+    other scripts, and numbers int() refuses (over 4,300 digits) or bigint cannot hold."""
+    campaign = make_campaign(marketer)
+    for person in (marketer, support):
+        client.force_login(person)
+        preview = client.get(url("campaign_preview", campaign.pk), {"user": typed})
+        assert preview.status_code == 200
+        assert "errorlist" in preview.content.decode()
+    client.force_login(marketer)
+    sent = client.post(url("campaign_test", campaign.pk), {"variant": typed, "user": typed})
+    assert sent.status_code == 404
+    for page in ("campaign_change", "stepvariant_change"):
+        response = client.post(url(page, typed), {})
+        assert response.status_code in (302, 404), page
+    assert not Message.objects.exists()
 
 
 def test_a_marketer_cannot_preview_a_customer_outside_the_segment_but_support_can(
@@ -731,7 +767,7 @@ def test_a_marketer_cannot_preview_a_customer_outside_the_segment_but_support_ca
     campaign = make_campaign(marketer)
     outsider = UserFactory(first_name="Wei", email="wei@example.com", interest_tags=["golf"])
     client.force_login(marketer)
-    for query in (str(outsider.pk), "wei@example.com"):
+    for query in (str(outsider.pk), str(outsider.pk + 999)):
         page = client.get(url("campaign_preview", campaign.pk), {"user": query}).content.decode()
         # The same words as for nobody at all: the box is no lookup of who has an account.
         assert "Nobody in this campaign&#x27;s segment has that id" in page

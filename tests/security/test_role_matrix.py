@@ -254,7 +254,11 @@ def objects(monkeypatch) -> dict[type[Model], Model]:
     """One real row of every registered model, made through the services where there is one."""
     monkeypatch.setattr(dispatch, "publish_prepare", lambda *args, **kwargs: None)
     monkeypatch.setattr(dispatch, "publish_deliver", lambda *args, **kwargs: None)
-    customer = UserFactory(email="customer@example.com")
+    # Signed up with the address as username and gave no name: a page that names a customer by
+    # a username fallback would print it.
+    customer = UserFactory(
+        username="customer@example.com", email="customer@example.com", first_name="", last_name=""
+    )
     message = notify(customer, "order.shipped", order_context(), channels=["inapp", "email"])
     messages_prepare(message_ids=[message.pk])
     deliveries_deliver(

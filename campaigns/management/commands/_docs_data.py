@@ -525,17 +525,17 @@ def seed(*, now: datetime | None = None) -> DocsData:
 
 
 def vip_spreadsheet(members: list[User], *, inactive: User) -> bytes:
-    """The store team's list: mostly fine, with the mistakes real spreadsheets have."""
-    lines = ["name,email,phone"]
-    for user in members[3:14]:
-        lines.append(f"{user.first_name} {user.last_name},{user.email},")
-    lines.append(f"{members[14].first_name} {members[14].last_name},,{members[14].phone}")
-    lines.append(f"{members[15].first_name},{members[15].email.upper()},")  # capitals: fine
-    lines.append(f"{members[4].first_name} again,{members[4].email},")  # duplicate row
-    lines.append("Walk-in guest,lucy at example.com,")  # not an email address
-    lines.append("Friend of Tao,tao.friend@example.org,")  # nobody with that address
-    lines.append(f"{inactive.first_name} {inactive.last_name},{inactive.email},")  # deactivated
-    lines.append("Phone only,,139 0000")  # not an international number
+    """The store team's list, by customer id (a marketer imports no emails or phones): mostly
+    fine, with the mistakes real spreadsheets have."""
+    lines = ["name,user_id"]
+    for user in members[3:15]:
+        lines.append(f"{user.first_name} {user.last_name},{user.pk}")
+    lines.append(f"{members[15].first_name},{members[15].pk:08d}")  # zero-padded: fine
+    lines.append(f"{members[4].first_name} again,{members[4].pk}")  # duplicate row
+    lines.append("Walk-in guest,A-1042")  # a till receipt number, not an id
+    lines.append(f"Friend of Tao,{max(user.pk for user in members) + 100_000}")  # nobody
+    lines.append(f"{inactive.first_name} {inactive.last_name},{inactive.pk}")  # deactivated
+    lines.append("Phone only,")  # no id on the row
     return ("\n".join(lines) + "\n").encode()
 
 

@@ -114,6 +114,26 @@ def test_a_preview_uses_the_users_locale_and_falls_back_to_the_default_copy(camp
     assert de.title == "Double 11: 50% off"
 
 
+def test_a_name_never_falls_back_to_a_username_that_is_an_address(
+    campaign, published, django_capture_on_commit_callbacks
+):
+    """{{ user.name }} of a customer who signed up with an email or phone and gave no name is
+    empty, in the preview a marketer reads and in the message the pipeline sends alike."""
+    for username in ("zoe.quinn@example.com", "+86 159 1234 5678"):
+        customer = UserFactory(username=username, first_name="", last_name="")
+        content = variant_preview(variant=notice(campaign), user=customer, channel=Channel.EMAIL)
+        assert isinstance(content, Content)
+        assert content.body.startswith("Hi \n")
+        with django_capture_on_commit_callbacks(execute=True):
+            message = variant_send_test(variant=notice(campaign), to_user=customer)
+            messages_prepare(message_ids=[message.pk])
+        sent = Delivery.objects.get(message=message, channel="email").content
+        assert sent["body"].startswith("Hi \n"), sent["body"]
+    named = UserFactory(username="zoe@example.org", first_name="Zoe", last_name="Quinn")
+    content = variant_preview(variant=notice(campaign), user=named, channel=Channel.EMAIL)
+    assert isinstance(content, Content) and content.body.startswith("Hi Zoe Quinn\n")
+
+
 def test_a_channel_without_copy_previews_as_an_error_not_an_exception(campaign):
     result = variant_preview(variant=notice(campaign), user=UserFactory(), channel=Channel.SMS)
     assert isinstance(result, RenderError)

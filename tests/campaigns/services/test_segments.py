@@ -485,7 +485,7 @@ def test_preview_reads_an_excel_csv_with_a_byte_order_mark_and_blank_rows(segmen
 @pytest.mark.parametrize(
     ("data", "message"),
     [
-        (b"name,city\nAlice,Paris\n", "must name a column email, phone or user_id"),
+        (b"name,city\nAlice,Paris\n", "must name a column user_id, email or phone"),
         (b"", "must name a column"),
         ("email\nzoë@example.com\n".encode("utf-16"), "not UTF-8"),
         (b"email\n" + b"x" * 200_000 + b"\n", "Line 2 is not valid CSV"),
@@ -494,6 +494,33 @@ def test_preview_reads_an_excel_csv_with_a_byte_order_mark_and_blank_rows(segmen
 def test_preview_rejects_a_file_it_cannot_read(segment, data, message):
     with pytest.raises(MemberImportError, match=message):
         segment_members_preview(segment=segment, data=data)
+
+
+@db
+@pytest.mark.parametrize("header", ["email", "phone", "user_id,email", "Name,Phone,User_ID"])
+def test_without_contact_details_a_file_naming_addresses_is_refused_before_any_lookup(
+    segment, header
+):
+    user = UserFactory()
+    data = f"{header}\n{user.email}\n".encode()
+    with (
+        CaptureQueriesContext(connection) as queries,
+        pytest.raises(MemberImportError, match="importing by email or phone needs permission"),
+    ):
+        segment_members_preview(segment=segment, data=data, by_contact=False)
+    assert len(queries) == 0
+
+
+@db
+def test_without_contact_details_rows_name_users_by_id(segment):
+    user = UserFactory()
+    data = f"user_id,name\n{user.pk},Ann\n,Bob\n{'9' * 5000},Carl\n".encode()
+    preview = segment_members_preview(segment=segment, data=data, by_contact=False)
+    assert preview.user_ids_to_add == [user.pk]
+    assert [(row.line, row.message) for row in preview.errors] == [
+        (3, "no user_id on this row"),
+        (4, f"“{'9' * 40}” is not a user id"),
+    ]
 
 
 @db
