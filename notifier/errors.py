@@ -4,7 +4,12 @@ from __future__ import annotations
 
 
 class NotifyError(Exception):
-    """Base of the errors `notify()` and `notify_many()` raise for bad input; nothing is written."""
+    """Base of the errors `notify()` and `notify_many()` raise for bad input; nothing is written.
+
+    These are the only exceptions bad input raises, whatever the arguments are (wrong types,
+    objects whose own methods raise or lie, generators that fail half-way): what the caller's
+    own code raised is kept as the error's __cause__. The caller's transaction stays usable.
+    """
 
 
 class UnknownNotificationType(NotifyError):
@@ -16,11 +21,12 @@ class InactiveNotificationType(NotifyError):
 
 
 class InvalidRecipient(NotifyError):
-    """The user is missing, unsaved, deleted or inactive."""
+    """The user is missing, unsaved, deleted or inactive, or is not a User or an integer id."""
 
 
 class InvalidContext(NotifyError):
-    """The context is not a JSON object of plain JSON values, or is too large."""
+    """The context is not a JSON object of plain JSON values, or is too large (64 KB as JSON),
+    too deep (32 levels of dicts and lists), or holds an integer outside 64 bits."""
 
 
 class MissingContextVariable(InvalidContext):
@@ -40,7 +46,7 @@ class ChannelNotAllowed(NotifyError):
 
 
 class InvalidExpiry(NotifyError):
-    pass
+    """expires_at is not an aware datetime, is past, or is more than ten years ahead."""
 
 
 class InvalidIdempotencyKey(NotifyError):

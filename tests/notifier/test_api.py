@@ -8,14 +8,24 @@ from decimal import Decimal
 
 import pytest
 from django.db import connection, transaction
+from django.utils import timezone
 
 from notifier import dispatch
-from notifier.api import notify, notify_many
+from notifier.api import (
+    MAX_CONTEXT_BYTES,
+    MAX_CONTEXT_DEPTH,
+    MAX_CONTEXT_INT,
+    MAX_EXPIRY_AHEAD,
+    MIN_CONTEXT_INT,
+    notify,
+    notify_many,
+)
 from notifier.errors import (
     ChannelNotAllowed,
     IdempotencyKeyReused,
     InactiveNotificationType,
     InvalidContext,
+    InvalidExpiry,
     InvalidIdempotencyKey,
     InvalidRecipient,
     MissingContextVariable,
@@ -25,6 +35,7 @@ from notifier.errors import (
 from notifier.models import Delivery, DeliveryEvent, InboxItem, Message, NotificationType, User
 from notifier.queues import Lane
 from tests.factories import UserFactory, order_context
+from tests.security.corpus import nested
 
 pytestmark = pytest.mark.django_db
 
@@ -379,3 +390,80 @@ def test_notify_many_is_all_or_nothing(published):
     with pytest.raises(InvalidRecipient, match="more than once"):
         notify_many([users[0], users[0]], "order.shipped", order_context())
     assert Message.objects.count() == 0
+
+
+# --- The documented bounds, and what validation costs -----------------------------------------
+
+
+def test_values_at_the_documented_bounds_are_stored(published):
+    user = UserFactory()
+    context = order_context() | {
+        "extremes": [MAX_CONTEXT_INT, MIN_CONTEXT_INT, 1e-300, -0.0, True, None],
+        "deep": nested(MAX_CONTEXT_DEPTH - 1),  # the context itself is the first level
+        "tuple": (1, "two"),
+    }
+    expires_at = timezone.now() + MAX_EXPIRY_AHEAD - datetime.timedelta(minutes=1)
+    message = notify(user, "order.shipped", context, expires_at=expires_at)
+    message.refresh_from_db()
+    assert message.context == context | {"tuple": [1, "two"]}
+    assert message.expires_at == expires_at
+
+
+@pytest.mark.parametrize(
+    ("extra", "fix"),
+    [
+        ({"n": MAX_CONTEXT_INT + 1}, "pass it as a string"),
+        ({"n": MIN_CONTEXT_INT - 1}, "pass it as a string"),
+        ({"deep": nested(MAX_CONTEXT_DEPTH)}, "keep contexts flatter"),
+        ({"blob": "x" * MAX_CONTEXT_BYTES}, "pass ids, not documents"),
+    ],
+    ids=["int_above", "int_below", "too_deep", "too_big"],
+)
+def test_values_past_the_documented_bounds_are_refused(published, extra, fix):
+    with pytest.raises(InvalidContext, match=fix):
+        notify(UserFactory(), "order.shipped", order_context() | extra)
+    assert Message.objects.count() == 0
+
+
+def test_an_expiry_past_the_horizon_is_refused_and_one_inside_it_is_kept_in_utc(published):
+    user = UserFactory()
+    with pytest.raises(InvalidExpiry, match="ten years"):
+        notify(
+            user,
+            "order.shipped",
+            order_context(),
+            expires_at=timezone.now() + MAX_EXPIRY_AHEAD + datetime.timedelta(minutes=1),
+        )
+    in_auckland = (timezone.now() + datetime.timedelta(days=1)).astimezone(
+        datetime.timezone(datetime.timedelta(hours=13, minutes=45))
+    )
+    message = notify(user, "order.shipped", order_context(), expires_at=in_auckland)
+    assert message.expires_at == in_auckland
+    assert message.expires_at.tzinfo is datetime.UTC
+
+
+def test_notify_many_takes_any_iterable_of_users_and_their_ids(published):
+    users = UserFactory.create_batch(3)
+    result = notify_many(
+        User.objects.filter(pk__in=[u.pk for u in users[:2]]).iterator(),
+        "order.shipped",
+        order_context(),
+        contexts={users[0].pk: {"eta": "Monday"}},
+    )
+    assert result.created == 2
+    result = notify_many((u.pk for u in users[2:]), "order.shipped", order_context())
+    assert result.created == 1
+
+
+def test_notify_with_every_argument_costs_one_query(published, django_assert_num_queries):
+    user = UserFactory()
+    notify(user, "order.shipped", order_context())  # the type is cached from here on
+    with django_assert_num_queries(1):
+        notify(
+            user,
+            "order.shipped",
+            order_context(items=[{"sku": "A", "qty": 2}]),  # type: ignore[arg-type]
+            idempotency_key="one-query",
+            channels=["inapp", "email"],
+            expires_at=timezone.now() + datetime.timedelta(days=1),
+        )
