@@ -55,6 +55,9 @@ class TypeInfo:
 
 
 _type_cache: dict[str, tuple[float, TypeInfo | None]] = {}
+# Types that exist are few; keys that do not are whatever callers send. Misses are remembered
+# (a caller repeating a typo costs no query) only while the cache is small.
+TYPE_CACHE_MAX_MISSES = 1024
 
 
 def type_info_get(key: str) -> TypeInfo | None:
@@ -65,7 +68,8 @@ def type_info_get(key: str) -> TypeInfo | None:
         return hit[1]
     row = NotificationType.objects.filter(pk=key).first()
     info = TypeInfo.of(row) if row is not None else None
-    _type_cache[key] = (now, info)
+    if info is not None or len(_type_cache) < TYPE_CACHE_MAX_MISSES:
+        _type_cache[key] = (now, info)
     return info
 
 
