@@ -1,7 +1,15 @@
-"""Text that cannot be stored: PostgreSQL refuses NUL in text and JSON, UTF-8 refuses lone
-surrogates. Checked at the edges (notify(), the JSON endpoints) so the database never has to."""
+"""Text from outside, checked at the edges: what PostgreSQL cannot store (NUL in text and JSON,
+lone surrogates that UTF-8 refuses), and numbers typed as text (ids in forms and query strings).
+Checked at the door (notify(), the JSON endpoints, webhooks, the admin) so the database never
+has to."""
 
 from __future__ import annotations
+
+import re
+
+MAX_ID = 2**63 - 1  # PostgreSQL's bigint: a larger number is not an id that is missing, it is no id
+# [0-9], not \d: \d also matches other scripts' digits ("٣", U+0663), which int() reads as 3.
+_ID_DIGITS = re.compile(r"[0-9]{1,19}")
 
 
 def text_problem(value: str) -> str | None:
@@ -11,3 +19,16 @@ def text_problem(value: str) -> str | None:
     if any("\ud800" <= ch <= "\udfff" for ch in value):
         return "contains an unpaired surrogate (half of a \\ud83d\\ude00 pair)"
     return None
+
+
+def parse_id(text: str) -> int | None:
+    """`text` as a database id: 1 to 19 ASCII digits naming 1 .. 2**63-1; None for anything else.
+
+    One parser for every id typed as text. `str.isdigit()` and `isdecimal()` let through "²"
+    (int() raises), other scripts' digits (int() reads "٣" as 3) and 5,000-digit numbers (int()
+    raises past 4,300 digits); a number past bigint makes PostgreSQL raise.
+    """
+    if not _ID_DIGITS.fullmatch(text):
+        return None
+    number = int(text)
+    return number if 0 < number <= MAX_ID else None
