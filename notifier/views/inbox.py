@@ -32,7 +32,7 @@ from notifier.services.inbox import (
     inbox_mark_all_read,
     inbox_mark_read,
 )
-from notifier.text import parse_id, text_problem
+from notifier.text import json_value_problem, parse_id
 
 MAX_LIMIT = 100
 MAX_CURSOR_LENGTH = 200  # a cursor given out is about 60 characters
@@ -84,16 +84,8 @@ def json_object(request: HttpRequest, example: str) -> dict[str, Any]:
         raise BadRequest(f"send a JSON body such as {example}") from None
     if not isinstance(body, dict):
         raise BadRequest(f"send a JSON object such as {example}")
-    stack: list[Any] = [body]
-    while stack:  # not recursive: the body may nest as deep as the parser allowed
-        value = stack.pop()
-        if isinstance(value, dict):
-            stack.extend(value.keys())
-            stack.extend(value.values())
-        elif isinstance(value, list):
-            stack.extend(value)
-        elif isinstance(value, str) and (problem := text_problem(value)):
-            raise BadRequest(f"a string in the body {problem}; send plain text")
+    if problem := json_value_problem(body):
+        raise BadRequest(f"the body {problem}; send plain text and finite numbers")
     return body
 
 
