@@ -9,6 +9,7 @@ for the server's own connection to see it.
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import os
 import secrets
@@ -122,8 +123,14 @@ class GunicornServer:
                 sent.setdefault("Content-Length", str(len(body)))
             for name, value in sent.items():
                 connection.putheader(name, value)
-            connection.endheaders(body or None)
-            response = connection.getresponse()
+            # A server may answer without reading a body it does not want, and close: sending
+            # the rest then fails. Its answer may still be in our socket; if not, status 0.
+            with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+                connection.endheaders(body or None)
+            try:
+                response = connection.getresponse()
+            except (ConnectionResetError, http.client.RemoteDisconnected):
+                return Answer(0, {}, b"")
             cookies = SimpleCookie()
             for set_cookie in response.headers.get_all("Set-Cookie") or []:
                 cookies.load(set_cookie)
@@ -135,6 +142,17 @@ class GunicornServer:
             )
         finally:
             connection.close()
+
+    def log_size(self) -> int:
+        return Path(self.log.name).stat().st_size
+
+    def errors_since(self, offset: int) -> list[str]:
+        """The lines of 500s logged after `offset`: gunicorn's own ("Error handling request")
+        and Django's ("Internal Server Error")."""
+        with open(self.log.name, "rb") as log:
+            log.seek(offset)
+            lines = log.read().decode(errors="replace").splitlines()
+        return [line for line in lines if "[ERROR]" in line or "Internal Server Error" in line]
 
     def tail(self, lines: int = 60) -> str:
         """The end of the server's log: the traceback behind a 500."""
