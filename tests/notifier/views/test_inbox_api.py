@@ -230,3 +230,21 @@ def test_a_forged_cursor_is_a_bad_request(text):
 
     with pytest.raises(BadRequest, match="pass next_cursor as is"):
         decode_cursor(base64.urlsafe_b64encode(text.encode()).decode())
+
+
+@pytest.mark.parametrize(
+    "content_type", ["application/x-www-form-urlencoded", "multipart/form-data; boundary=xx"]
+)
+def test_a_body_that_is_not_json_is_a_415_that_says_to_send_json(user, client_for, content_type):
+    [item] = deliver_inbox(user, 1)
+
+    response = client_for.post(
+        reverse("inbox-feedback", args=[item.pk]), b"feedback=useful", content_type=content_type
+    )
+
+    assert response.status_code == 415
+    assert response.json()["error"].startswith(
+        "send the body as JSON with Content-Type: application/json"
+    )
+    item.refresh_from_db()
+    assert item.feedback == ""
