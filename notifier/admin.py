@@ -32,6 +32,7 @@ from django_celery_beat.admin import PeriodicTaskAdmin as BeatPeriodicTaskAdmin
 from django_celery_beat.models import PeriodicTask
 
 from channels.base import Channel
+from notifier.ids import parse_id
 from notifier.models import (
     Consent,
     DeadLetter,
@@ -55,7 +56,6 @@ from notifier.services.deliveries import deliveries_retry_now
 from notifier.status import NOT_SENT, DeliveryStatus, Reason
 
 HISTORY_PAGE_SIZE = 25
-MAX_BIGINT = 2**63 - 1
 S = DeliveryStatus
 
 # Badge colours for the history page and the delivery list.
@@ -199,8 +199,9 @@ class UserAdmin(DjangoUserAdmin):
         """The usual search, plus an exact id for a number and an exact E.164 phone match."""
         results, may_have_duplicates = super().get_search_results(request, queryset, search_term)
         term = search_term.strip()
-        if term.isdigit() and int(term) <= MAX_BIGINT:
-            results |= queryset.filter(pk=int(term))
+        user_id = parse_id(term)
+        if user_id is not None:
+            results |= queryset.filter(pk=user_id)
         if term.startswith("+"):
             try:
                 phone = normalize_phone(term)

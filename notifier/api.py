@@ -33,6 +33,7 @@ from notifier.errors import (
     NotifyError,
     UnknownNotificationType,
 )
+from notifier.ids import MAX_ID
 from notifier.models import Message, User
 from notifier.rendering import SYSTEM_VARIABLES, variables_used
 from notifier.selectors import TypeInfo, type_info_get
@@ -45,7 +46,6 @@ MAX_CONTEXT_DEPTH = 32  # dicts and lists, the context itself included
 # JSON readers lose or refuse bigger ones, and Python cannot even print one over 4,300 digits.
 MIN_CONTEXT_INT, MAX_CONTEXT_INT = -(2**63), 2**63 - 1
 MAX_KEY_LENGTH = 255
-MAX_ID = 2**63 - 1  # PostgreSQL's bigint
 # No realistic expiry is further off; the bound keeps every stored date far from the calendar's
 # end (year 9999 with a negative offset became year 10000 in UTC, which Python cannot read).
 MAX_EXPIRY_AHEAD = timedelta(days=3653)  # ten years

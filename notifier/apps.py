@@ -25,6 +25,12 @@ class NotifierConfig(AppConfig):
 
         tracking.connect(email_tracking_received, dispatch_uid="notifier-email-tracking")
         post_migrate.connect(roles_sync_after_migrate, sender=self)
+        # A browser that logged in gets the known-device cookie (the login limit's, see there).
+        from django.contrib.auth.signals import user_logged_in
+
+        from notifier.known_devices import remember_login
+
+        user_logged_in.connect(remember_login, dispatch_uid="notifier-known-device")
         # This process sees an edited type at once; others within TYPE_CACHE_TTL_S.
         post_save.connect(lambda **_: type_cache_clear(), sender=NotificationType, weak=False)
         post_delete.connect(lambda **_: type_cache_clear(), sender=NotificationType, weak=False)

@@ -14,13 +14,15 @@ import re
 from dataclasses import dataclass
 from datetime import timedelta
 from enum import StrEnum
-from typing import Any
+from typing import Any, TypeGuard
 
 from django.conf import settings
 from django.core import signing
 from django.urls import reverse
 
 from notifier import signing as fast_signing
+from notifier.ids import MAX_ID
+from notifier.text import text_problem
 
 UNSUBSCRIBE_SALT = "notifier.unsubscribe"
 PREFERENCES_SALT = "notifier.preferences"
@@ -29,6 +31,7 @@ PREFERENCES_SALT = "notifier.preferences"
 # timestamp (base62) and signature (urlsafe base64). Anything else was cut or mangled in transit.
 TOKEN_RE = re.compile(r"\.?[A-Za-z0-9_-]+:[0-9A-Za-z]+:[A-Za-z0-9_-]+")
 MAX_TOKEN_LENGTH = 1000
+MAX_CLAIM_TEXT = 200  # a category is a type key (at most 100 characters) or a kind
 
 
 class BadLinkReason(StrEnum):
@@ -91,9 +94,19 @@ def _load(token: str, *, salt: str) -> dict[str, Any]:
     return payload
 
 
+def _is_id(value: object) -> TypeGuard[int]:
+    return isinstance(value, int) and not isinstance(value, bool) and 0 < value <= MAX_ID
+
+
+def _is_claim_text(value: object) -> TypeGuard[str]:
+    # A valid signature vouches for who made the claim, not for its values: a NUL here would
+    # reach a query (PostgreSQL refuses it: a 500), so it is no claim.
+    return isinstance(value, str) and 0 < len(value) <= MAX_CLAIM_TEXT and not text_problem(value)
+
+
 def _user_id_of(payload: dict[str, Any]) -> int:
     user_id = payload.get("user")
-    if not isinstance(user_id, int) or isinstance(user_id, bool) or user_id <= 0:
+    if not _is_id(user_id):
         raise BadLink(BadLinkReason.MALFORMED, "the link does not name a user")
     return user_id
 
@@ -114,12 +127,10 @@ def read_unsubscribe_token(token: str) -> UnsubscribeClaim:
     """The claim in an unsubscribe token, or BadLink (tampered, expired or malformed)."""
     payload = _load(token, salt=UNSUBSCRIBE_SALT)
     category, channel = payload.get("category"), payload.get("channel")
-    if not isinstance(category, str) or not isinstance(channel, str):
+    if not (_is_claim_text(category) and _is_claim_text(channel)):
         raise BadLink(BadLinkReason.MALFORMED, "the link does not name a category and channel")
     message_id = payload.get("message")
-    if message_id is not None and (
-        not isinstance(message_id, int) or isinstance(message_id, bool) or message_id <= 0
-    ):
+    if message_id is not None and not _is_id(message_id):
         raise BadLink(BadLinkReason.MALFORMED, "the link names no message")
     return UnsubscribeClaim(
         user_id=_user_id_of(payload), category=category, channel=channel, message_id=message_id

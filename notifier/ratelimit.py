@@ -45,6 +45,7 @@ from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.urls import ResolverMatch
 
 from notifier import throttle
+from notifier.known_devices import account_key, known_device, set_known_device_cookie
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -58,8 +59,12 @@ class Scope(StrEnum):
     TOKEN = "token"  # the signed token in the URL: one leaked link cannot be hammered
     USER = "user"  # the logged-in user: one account, whatever addresses it comes from
     # The account name a login form POSTs: guessing one account's password from many
-    # addresses (a botnet) is cut off even though each address stays under its own limit.
+    # addresses (a botnet) is cut off even though each address stays under its own limit. A
+    # browser that logged in to the account before counts in a bucket of its own
+    # (notifier/known_devices.py), so the flood cannot lock the owner out.
     ACCOUNT = "account"
+    # The account name tried from one client address: what the owner's own guesses count in.
+    ACCOUNT_IP = "account_ip"
 
 
 # Each group's limits, per scope; overridable per "group.scope" in NOTIFIER_PUBLIC_RATE_LIMITS.
@@ -79,9 +84,10 @@ GROUPS: dict[str, dict[Scope, str]] = {
     "preferences_api": {Scope.USER: "60/m", Scope.IP: "300/m"},
     # Provider callbacks (delivery receipts, inbound SMS) arrive in bursts from few addresses.
     "webhook": {Scope.IP: "3000/m"},
-    # Logins: per address, and per account name tried (30 an hour, refilled one per two
-    # minutes: a person who forgot a password is not locked out for long).
-    "admin_login": {Scope.IP: "20/m", Scope.ACCOUNT: "30/h"},
+    # Logins: per address; per account name and address (10 an hour: a person who forgot a
+    # password is not locked out for long); per account name tried, from browsers that never
+    # logged in to it (30 an hour, refilled one per two minutes), and per known browser.
+    "admin_login": {Scope.IP: "20/m", Scope.ACCOUNT_IP: "10/h", Scope.ACCOUNT: "30/h"},
     # Anything public not placed below.
     "default": {Scope.IP: "120/m"},
 }
@@ -213,6 +219,7 @@ class Decision:
             Scope.TOKEN: "for this link",
             Scope.USER: "for your account",
             Scope.ACCOUNT: "for this account name",
+            Scope.ACCOUNT_IP: "for this account name from your network",
         }[self.scope or Scope.IP]
         return f"Too many requests {whom}. Try again in {self.retry_after_s} seconds."
 
@@ -285,15 +292,18 @@ def _identity(scope: Scope, request: HttpRequest, kwargs: dict[str, object]) -> 
             return None
         # Hashed: tokens are long, and a Redis key must not be a working link.
         return hashlib.sha256(token.encode("utf-8", "surrogatepass")).hexdigest()[:32]
-    if scope is Scope.ACCOUNT:
-        if request.method != "POST":
+    if scope in (Scope.ACCOUNT, Scope.ACCOUNT_IP):
+        account = (
+            account_key(request.POST.get("username", "")) if request.method == "POST" else None
+        )
+        if account is None:
             return None
-        name = request.POST.get("username", "")
-        if not isinstance(name, str) or not name.strip():
-            return None
-        # Hashed and case-folded: "Admin" and "admin " are the same account to a guesser.
-        folded = name.strip().casefold().encode("utf-8", "surrogatepass")
-        return hashlib.sha256(folded).hexdigest()[:32]
+        if scope is Scope.ACCOUNT_IP:
+            return f"{account}:{ip_key(request_ip(request))}"
+        device = known_device(request)
+        return (
+            f"{account}:device:{device.device_id}" if device and device.knows(account) else account
+        )
     user = getattr(request, "user", None)
     return str(user.pk) if user is not None and user.is_authenticated else None
 
@@ -318,7 +328,9 @@ class PublicRateLimitMiddleware:
         self.get_response = get_response
 
     def __call__(self, request: HttpRequest) -> HttpResponse:
-        return self.get_response(request)
+        response = self.get_response(request)
+        set_known_device_cookie(request, response)  # after a successful login only
+        return response
 
     def process_view(
         self,

@@ -43,6 +43,8 @@ MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
     # First, so every later middleware's and the view's log lines carry the request id.
     "notifier.logcontext.RequestIdMiddleware",
+    # A charset other than UTF-8 is a 400 before CSRF or a view reads the body (middleware.py).
+    "notifier.middleware.RequestEncodingMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     # A 405 says which methods to use, in words (notifier/middleware.py).

@@ -1,9 +1,13 @@
-"""Text that cannot be stored: PostgreSQL refuses NUL in text and JSON, UTF-8 refuses lone
-surrogates. Checked at the edges (notify(), the JSON endpoints) so the database never has to."""
+"""Text from outside, checked at the edges: what PostgreSQL cannot store (NUL in text and JSON,
+lone surrogates that UTF-8 refuses) and JSON values no client of ours sends (ids typed as text
+are read by `notifier.ids`). Checked at the door (notify(), the JSON endpoints, webhooks, the
+admin) so the database never has to."""
 
 from __future__ import annotations
 
+import math
 import re
+from typing import Any
 
 # A C-speed scan instead of a Python loop per character: notify() checks every string of a
 # context of up to 64 KB.
@@ -16,4 +20,24 @@ def text_problem(value: str) -> str | None:
         return "contains a NUL character (\\u0000)"
     if _SURROGATE.search(value):
         return "contains an unpaired surrogate (half of a \\ud83d\\ude00 pair)"
+    return None
+
+
+def json_value_problem(value: Any, *, max_depth: int | None = None) -> str | None:
+    """Why a parsed JSON value cannot be taken, as words that follow "the body": a string or key
+    with a `text_problem`, a number that is not finite (1e400 parses as infinity), or nesting
+    deeper than `max_depth`. Walked without recursion: the value may nest as deep as the parser
+    allowed."""
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict | list):
+            if max_depth is not None and depth > max_depth:
+                return f"nests deeper than {max_depth} levels"
+            children = [*item.keys(), *item.values()] if isinstance(item, dict) else item
+            stack.extend((child, depth + 1) for child in children)
+        elif isinstance(item, str) and (problem := text_problem(item)):
+            return f"has a string that {problem}"
+        elif isinstance(item, float) and not math.isfinite(item):
+            return "has a number that is not finite (NaN or infinity)"
     return None

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 
 from notifier.models.providers import SuppressionReason
@@ -144,3 +144,36 @@ def too_old(signed_at: datetime | None, *, now: datetime, max_age_s: int) -> boo
     if signed_at is None or max_age_s <= 0:
         return False
     return abs(now - signed_at) > timedelta(seconds=max_age_s)
+
+
+# Mailgun signs its timestamp as the whole seconds since 1970 in ASCII digits.
+_SIGNED_SECONDS = re.compile(r"[0-9]{1,11}")
+# A provider reports when an event happened: before it calls us, and not far ahead of our clock.
+EVENT_TIME_BEHIND = timedelta(days=365)
+EVENT_TIME_AHEAD = timedelta(days=1)
+
+
+def signed_timestamp(raw: object) -> datetime | None:
+    """A signed Unix time in whole seconds as an aware datetime; None for anything else.
+
+    float() would take "nan" (which compares as neither old nor new, so it passed as fresh),
+    "inf" and "1e20" (which no datetime holds), and other scripts' digits.
+    """
+    if isinstance(raw, int) and not isinstance(raw, bool):
+        raw = str(raw)
+    if not isinstance(raw, str) or not _SIGNED_SECONDS.fullmatch(raw):
+        return None
+    return datetime.fromtimestamp(int(raw), tz=UTC)
+
+
+def event_time_problem(occurred_at: datetime | None, *, now: datetime) -> str | None:
+    """Why the time a provider gave for an event is not one a provider reports, in words (more
+    than a year before now or a day after it); None when it is plausible or not given."""
+    if occurred_at is None:
+        return None
+    if not now - EVENT_TIME_BEHIND <= occurred_at <= now + EVENT_TIME_AHEAD:
+        return (
+            f"happened at {occurred_at:%Y-%m-%d %H:%M:%S %z}: more than a year ago or a day "
+            "from now"
+        )
+    return None

@@ -12,8 +12,8 @@ change nothing else.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
-from datetime import datetime
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
 from typing import Any
 
 from django.db import IntegrityError, transaction
@@ -32,9 +32,10 @@ from notifier.models import (
     User,
     normalize_email,
 )
-from notifier.policies.providers import EventAction, Keyword, sms_keyword
+from notifier.policies.providers import EventAction, Keyword, event_time_problem, sms_keyword
 from notifier.services.callbacks import Applied, delivery_status_callback
 from notifier.services.preferences import consent_give, consent_withdraw, unsubscribe
+from notifier.text import json_value_problem, text_problem
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +56,39 @@ class ProviderEventIn:
     recipient: str = ""  # the address or number the event is about, when given
     error: str = ""  # the provider's words for a failure
     detail: dict[str, Any] = field(default_factory=dict)
+
+
+class InvalidProviderEvent(ValueError):
+    """An event whose values cannot be stored or are not ones a provider sends (NUL, lone
+    surrogates, numbers that are not finite, a time out of range): refused before anything is
+    written. The webhook views answer it with a 400 carrying the message."""
+
+
+def check_provider_event(event: ProviderEventIn, *, now: datetime) -> ProviderEventIn:
+    """The event with its time in UTC (PostgreSQL refuses offsets past ±15:59), or
+    InvalidProviderEvent naming the field to fix."""
+    for name in (
+        "source",
+        "event_id",
+        "event_type",
+        "delivery_provider",
+        "provider_message_id",
+        "recipient",
+        "error",
+    ):
+        if problem := text_problem(getattr(event, name)):
+            raise InvalidProviderEvent(f"the event's {name.replace('_', ' ')} {problem}")
+    if problem := json_value_problem(event.detail):
+        raise InvalidProviderEvent(f"the event's details: the body {problem}")
+    if event.occurred_at is None:
+        return event
+    try:
+        occurred_at = event.occurred_at.astimezone(UTC)
+    except OverflowError:  # 9999-12-31 at -15:00 is past year 9999 in UTC
+        raise InvalidProviderEvent("the event's time is out of range") from None
+    if problem := event_time_problem(occurred_at, now=now):
+        raise InvalidProviderEvent(f"the event {problem}")
+    return replace(event, occurred_at=occurred_at)
 
 
 @dataclass(frozen=True)
@@ -92,8 +126,10 @@ def _finish(row: ProviderEvent, outcome: EventOutcome, delivery_id: int | None) 
 
 
 def provider_event_apply(event: ProviderEventIn, action: EventAction) -> WebhookResult:
-    """Apply a delivery's status event (email tracking, SMS status) once."""
+    """Apply a delivery's status event (email tracking, SMS status) once; InvalidProviderEvent,
+    with nothing written, for values that cannot be stored."""
     now = timezone.now()
+    event = check_provider_event(event, now=now)
     with transaction.atomic():
         row = _claim_event(event, now)
         if row is None:
@@ -187,8 +223,12 @@ def sms_inbound_apply(*, source: str, event_id: str, phone: str, body: str) -> W
     """A text from a user: STOP-style keywords withdraw SMS marketing consent; START restores
     it when a STOP took it away. Any other text is recorded as ignored (its words are not kept).
 
-    `phone` must already be in E.164 (the view normalises it).
+    `phone` must already be in E.164 (the view normalises it). InvalidProviderEvent, with
+    nothing written, for text that cannot be stored.
     """
+    for name, value in (("message id", event_id), ("sender", phone), ("text", body)):
+        if problem := text_problem(value):
+            raise InvalidProviderEvent(f"the {name} {problem}")
     keyword = sms_keyword(body)
     now = timezone.now()
     event = ProviderEventIn(

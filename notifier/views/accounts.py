@@ -6,6 +6,7 @@ A product that embeds Notifier points LOGIN_URL at its own login and never shows
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
 from django.conf import settings
 from django.contrib.auth.forms import AuthenticationForm
@@ -17,6 +18,14 @@ class PeopleLoginView(LoginView):
     template_name = "notifier/login.html"
     redirect_authenticated_user = True
     next_page = "inbox-page"  # where to go when the login link named no `next`
+
+    def get_redirect_url(self) -> str:
+        """The safe `next` page, unless it is this login page again: a logged-in visitor would
+        be sent back here for ever (Django raises instead); the default page then."""
+        url = super().get_redirect_url()
+        if url and unquote(urlsplit(url).path) == self.request.path:
+            return ""
+        return url
 
     def get_context_data(self, **kwargs: Any) -> dict[str, Any]:
         return {**super().get_context_data(**kwargs), "site_name": settings.NOTIFIER_SITE_NAME}

@@ -15,13 +15,14 @@ from __future__ import annotations
 import base64
 import json
 from collections.abc import Callable
-from datetime import datetime
+from datetime import datetime, timedelta
 from functools import wraps
 from typing import Any
 
 from django.http import HttpRequest, JsonResponse
 from django.views.decorators.http import require_GET, require_POST
 
+from notifier.ids import parse_id
 from notifier.links import unsubscribe_url
 from notifier.models import Feedback, InboxItem, Kind
 from notifier.selectors import inbox_page, inbox_unread_count
@@ -32,14 +33,21 @@ from notifier.services.inbox import (
     inbox_mark_all_read,
     inbox_mark_read,
 )
-from notifier.text import text_problem
+from notifier.text import json_value_problem
 
 MAX_LIMIT = 100
+MAX_CURSOR_LENGTH = 200  # a cursor given out is about 60 characters
 View = Callable[..., JsonResponse]
 
 
 class BadRequest(ValueError):
-    pass
+    status = 400
+
+
+class UnsupportedMediaType(BadRequest):
+    """A body in another format than the endpoint reads (a form, a multipart upload)."""
+
+    status = 415
 
 
 def error(status: int, text: str) -> JsonResponse:
@@ -50,25 +58,35 @@ def _no_constant(name: str) -> object:
     raise ValueError(f"{name} is not a JSON number")
 
 
+def _is_json(content_type: str) -> bool:
+    return content_type == "application/json" or (
+        content_type.startswith("application/") and content_type.endswith("+json")
+    )
+
+
 def json_object(request: HttpRequest, example: str) -> dict[str, Any]:
     """The request's JSON object; BadRequest naming the fix for anything else: not JSON, not
-    UTF-8, nested past the parser's depth, NaN or Infinity, or text PostgreSQL cannot store."""
+    UTF-8, nested past the parser's depth, NaN or Infinity, or text PostgreSQL cannot store.
+
+    A body declared as anything but JSON is refused (415) before it is read: a form or a
+    multipart upload may already have been consumed by the CSRF check, and is not JSON anyway.
+    """
+    if not _is_json(request.content_type or "") and request.META.get("CONTENT_LENGTH") not in (
+        None,
+        "",
+        "0",
+    ):
+        raise UnsupportedMediaType(
+            f"send the body as JSON with Content-Type: application/json, such as {example}"
+        )
     try:
         body = json.loads(request.body or b"{}", parse_constant=_no_constant)
     except (ValueError, RecursionError):  # JSONDecodeError and UnicodeDecodeError included
         raise BadRequest(f"send a JSON body such as {example}") from None
     if not isinstance(body, dict):
         raise BadRequest(f"send a JSON object such as {example}")
-    stack: list[Any] = [body]
-    while stack:  # not recursive: the body may nest as deep as the parser allowed
-        value = stack.pop()
-        if isinstance(value, dict):
-            stack.extend(value.keys())
-            stack.extend(value.values())
-        elif isinstance(value, list):
-            stack.extend(value)
-        elif isinstance(value, str) and (problem := text_problem(value)):
-            raise BadRequest(f"a string in the body {problem}; send plain text")
+    if problem := json_value_problem(body):
+        raise BadRequest(f"the body {problem}; send plain text and finite numbers")
     return body
 
 
@@ -82,7 +100,7 @@ def api(view: View) -> View:
         try:
             return view(request, *args, **kwargs)
         except BadRequest as exc:
-            return error(400, str(exc))
+            return error(exc.status, str(exc))
         except InboxItemNotFound as exc:
             return error(404, str(exc))
 
@@ -126,15 +144,25 @@ def encode_cursor(cursor: tuple[datetime, int] | None) -> str | None:
 
 
 def decode_cursor(value: str) -> tuple[datetime, int]:
+    """The (created_at, id) of a cursor this API gave out; BadRequest for anything else.
+
+    Cursors given out hold a UTC time and an id, so any other offset (PostgreSQL refuses those
+    past ±15:59, Python takes up to ±23:59:59.999999), a naive time, or an id that is not 1 to
+    19 ASCII digits within bigint is a forgery or a mangled copy, never a query.
+    """
+    problem = "cursor is not one this API gave out; pass next_cursor as is"
+    if len(value) > MAX_CURSOR_LENGTH:
+        raise BadRequest(problem)
     try:
         raw = base64.urlsafe_b64decode(value + "=" * (-len(value) % 4)).decode()
         created, pk = raw.split("|")
         moment = datetime.fromisoformat(created)
-        if moment.tzinfo is None:  # every cursor given out carries its offset
-            raise ValueError("naive")
-        return moment, int(pk)
     except (ValueError, UnicodeDecodeError) as exc:
-        raise BadRequest("cursor is not one this API gave out; pass next_cursor as is") from exc
+        raise BadRequest(problem) from exc
+    item_id = parse_id(pk)
+    if moment.utcoffset() != timedelta(0) or item_id is None:
+        raise BadRequest(problem)
+    return moment, item_id
 
 
 def _flag(request: HttpRequest, name: str) -> bool:
@@ -147,12 +175,9 @@ def _flag(request: HttpRequest, name: str) -> bool:
 @require_GET
 @api
 def inbox_list(request: HttpRequest) -> JsonResponse:
-    try:
-        limit = int(request.GET.get("limit", "20"))
-    except ValueError:
-        raise BadRequest("limit must be a whole number") from None
-    if not 1 <= limit <= MAX_LIMIT:
-        raise BadRequest(f"limit must be between 1 and {MAX_LIMIT}")
+    limit = parse_id(request.GET.get("limit", "20"))
+    if limit is None or limit > MAX_LIMIT:
+        raise BadRequest(f"limit must be a whole number between 1 and {MAX_LIMIT}")
     cursor = decode_cursor(request.GET["cursor"]) if request.GET.get("cursor") else None
     user_id = _user_id(request)
     items, next_cursor = inbox_page(

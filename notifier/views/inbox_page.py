@@ -25,6 +25,7 @@ from django.utils import timezone
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_http_methods
 
+from notifier.ids import parse_id
 from notifier.links import preferences_url
 from notifier.models import Feedback, InboxItem, Kind
 from notifier.selectors import inbox_page, inbox_unread_count
@@ -46,7 +47,6 @@ FEEDBACK_FACES = {
     Feedback.IRRELEVANT: "M6.5 14.5 Q10 11 13.5 14.5",
 }
 ITEM_ACTIONS = {"read", "archive", *Feedback.values}
-MAX_ID = 2**63 - 1  # bigint: a larger id is not "not found", it is not an id
 
 
 def category_labels() -> dict[str, str]:
@@ -109,13 +109,10 @@ def _user_id(request: HttpRequest) -> int:
 
 
 def _item_id(raw: str | None) -> int:
-    # ASCII digits only ("²" is a digit to isdigit() but not to int()), and short enough
-    # that int() never meets its limit on huge strings.
-    if not raw or len(raw) > 19 or not (raw.isascii() and raw.isdigit()):
+    item_id = parse_id(raw or "")
+    if item_id is None:
         raise BadRequest("item must be the number of an item in your inbox")
-    if not 0 < int(raw) <= MAX_ID:
-        raise BadRequest("item must be the number of an item in your inbox")
-    return int(raw)
+    return item_id
 
 
 def _back_to(cursor: str) -> str:

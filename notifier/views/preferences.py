@@ -278,7 +278,9 @@ def preferences_api(view: JsonView) -> JsonView:
             return error(401, "log in to see and change your preferences")
         try:
             return view(request, *args, **kwargs)
-        except (BadRequest, PreferenceError) as exc:
+        except BadRequest as exc:
+            return error(exc.status, str(exc))
+        except PreferenceError as exc:
             return error(400, str(exc))
 
     return wrapped

@@ -12,20 +12,25 @@ POST /webhooks/twilio/status/    MessageSid, MessageStatus, ErrorCode -> the del
 POST /webhooks/twilio/inbound/   From, Body: STOP / START keywords -> SMS consent; empty TwiML
 
 A missing or wrong signature gets 403 and writes nothing; a signed request without the fields
-it needs gets 400. Replays and unknown message ids get 200 and change nothing.
+it needs, or with values no provider sends (NUL, lone surrogates, NaN or infinite numbers, a
+time out of range, deeper nesting than any ESP's events), gets 400 and writes nothing. Replays
+and unknown message ids get 200 and change nothing.
 """
 
 from __future__ import annotations
 
 import functools
+import json
 import logging
+import re
 from collections.abc import Callable, Mapping
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
-from django.http import HttpRequest, HttpResponse
+from django.db import transaction
+from django.http import HttpRequest, HttpResponse, QueryDict
 from django.urls import URLPattern
 from django.utils import timezone
 from django.views.decorators.csrf import csrf_exempt
@@ -34,8 +39,19 @@ from django.views.decorators.http import require_POST
 from channels.email import DjangoEmailProvider
 from channels.sms import TwilioSmsProvider
 from notifier.models.users import normalize_phone
-from notifier.policies.providers import email_event_action, sms_status_action, too_old
-from notifier.services.webhooks import ProviderEventIn, provider_event_apply, sms_inbound_apply
+from notifier.policies.providers import (
+    email_event_action,
+    signed_timestamp,
+    sms_status_action,
+    too_old,
+)
+from notifier.services.webhooks import (
+    InvalidProviderEvent,
+    ProviderEventIn,
+    provider_event_apply,
+    sms_inbound_apply,
+)
+from notifier.text import json_value_problem, text_problem
 
 log = logging.getLogger(__name__)
 security_log = logging.getLogger("django.security.webhooks")
@@ -57,59 +73,115 @@ def anymail_tracking_views() -> dict[str, Callable[..., HttpResponse]]:
     }
 
 
+# Real ESP payloads nest a handful of levels (Mailgun's: 5); anything deeper is not one.
+MAX_WEBHOOK_NESTING = 32
+FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
+
+
+def _refused(status: int, words: str) -> HttpResponse:
+    return HttpResponse(words + "\n", status=status, content_type="text/plain; charset=utf-8")
+
+
+def _no_constant(name: str) -> object:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def webhook_body_problem(request: HttpRequest) -> str | None:
+    """Why an ESP's webhook body cannot be taken, before anymail parses it: a body that is not
+    JSON (Amazon SES posts it as text/plain; anymail's own parse raised RecursionError on deep
+    nesting: a 500), nests deeper than any ESP's events, holds NaN or infinite numbers, or text
+    PostgreSQL cannot store; form fields (Mailgun's legacy posts, Mandrill) holding such text.
+    None when it can be handed on."""
+    if request.content_type not in FORM_TYPES:  # every ESP's events are JSON but form posts
+        try:
+            body = json.loads(request.body, parse_constant=_no_constant)
+        except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
+            return "is not JSON (or nests past what a parser takes)"
+        return json_value_problem(body, max_depth=MAX_WEBHOOK_NESTING)
+    for key, values in request.POST.lists():
+        for text in (key, *values):
+            if problem := text_problem(text):
+                return f"has a form field that {problem}"
+    return None
+
+
 @csrf_exempt
 def email_tracking(request: HttpRequest, esp: str) -> HttpResponse:
-    """Hand an ESP's tracking webhook to anymail's view for it, if we take that ESP's events."""
+    """Hand an ESP's tracking webhook to anymail's view for it, if we take that ESP's events.
+
+    The whole request is one transaction: an event refused after others were applied (a batch
+    from an ESP that posts several) leaves nothing written, and the ESP's retry finds nothing.
+    """
     from anymail.exceptions import AnymailConfigurationError, AnymailWebhookValidationFailure
 
     view = anymail_tracking_views().get(esp)
     if view is None or esp not in email_webhook_esps():
         accepted = ", ".join(email_webhook_esps()) or "none (email goes out over SMTP)"
-        return HttpResponse(
+        return _refused(
+            404,
             f"No email webhook for {esp!r} here. Accepted ESPs: {accepted} "
-            "(EMAIL_BACKEND or NOTIFIER_EMAIL_WEBHOOK_ESPS).\n",
-            status=404,
-            content_type="text/plain; charset=utf-8",
+            "(EMAIL_BACKEND or NOTIFIER_EMAIL_WEBHOOK_ESPS).",
         )
     try:
-        return view(request)
-    except AnymailWebhookValidationFailure as exc:  # a bad signature or basic auth, a replay
-        security_log.warning("%s webhook refused: %s", esp, exc)
-        return HttpResponse(
-            f"Refused: {exc}\n", status=403, content_type="text/plain; charset=utf-8"
-        )
+        handler = view.view_class(**view.view_initkwargs)  # type: ignore[attr-defined]
     except AnymailConfigurationError as exc:  # e.g. the signing key is missing (check W102)
         log.error("email webhook for %s is not configured: %s", esp, exc)
-        return HttpResponse(
-            f"The {esp} webhook is not configured on this site yet; try again later.\n",
-            status=503,
-            content_type="text/plain; charset=utf-8",
+        return _refused(
+            503, f"The {esp} webhook is not configured on this site yet; try again later."
         )
-    except (ValueError, TypeError, KeyError, IndexError, AttributeError) as exc:
+    if request.method == "POST" and (problem := webhook_body_problem(request)):
+        security_log.warning("%s webhook body refused: %s", esp, problem)
+        return _refused(400, f"Refused: the body {problem}; send the JSON {esp} posts.")
+    try:
+        with transaction.atomic():
+            handler.setup(request)
+            return handler.dispatch(request)
+    except AnymailWebhookValidationFailure as exc:  # a bad signature or basic auth, a replay
+        security_log.warning("%s webhook refused: %s", esp, exc)
+        return _refused(403, f"Refused: {exc}")
+    except InvalidProviderEvent as exc:  # authenticated, but values we cannot take
+        security_log.warning("%s webhook event refused: %s", esp, exc)
+        return _refused(400, f"Refused: {exc}. Nothing was written.")
+    except AnymailConfigurationError as exc:
+        # Configured, so it is the body: e.g. Postmark's inbound webhook pointed at this
+        # tracking URL (anymail says so in its message).
+        log.warning("%s webhook body is not a tracking event: %s", esp, exc)
+        return _refused(400, f"The body is not a {esp} tracking event: {exc}")
+    except (
+        ValueError,
+        TypeError,
+        KeyError,
+        IndexError,
+        AttributeError,
+        OverflowError,
+        RecursionError,
+    ) as exc:
         # An authenticated body that anymail cannot parse as this ESP's events (its parsers
-        # index into the JSON they expect). Nothing was applied: each event is its own
-        # transaction, and parsing comes before the first.
+        # index into the JSON they expect; a time of 1e20 seconds overflows). The transaction
+        # above is rolled back: nothing was applied.
         log.warning("%s webhook body not understood", esp, exc_info=True)
-        return HttpResponse(
+        return _refused(
+            400,
             f"The body is not a {esp} tracking webhook ({type(exc).__name__}); send the JSON "
-            f"{esp} posts for tracking events.\n",
-            status=400,
-            content_type="text/plain; charset=utf-8",
+            f"{esp} posts for tracking events.",
         )
 
 
 def _signed_at(esp_name: str, esp_event: Any) -> datetime | None:
-    """The timestamp the ESP signed, for the ESPs whose signature covers one (Mailgun)."""
+    """The timestamp the ESP signed, for the ESPs whose signature covers one (Mailgun);
+    InvalidProviderEvent when the signed value is not a Unix time in whole seconds."""
     if esp_name != "Mailgun":
         return None
     if isinstance(esp_event, Mapping) and isinstance(esp_event.get("signature"), Mapping):
         raw = esp_event["signature"].get("timestamp")
     else:  # a legacy form post: a QueryDict with the signature fields among the others
         raw = esp_event.get("timestamp") if hasattr(esp_event, "get") else None
-    try:
-        return datetime.fromtimestamp(float(raw), tz=UTC)
-    except (TypeError, ValueError):
-        return None
+    signed_at = signed_timestamp(raw)
+    if signed_at is None:
+        raise InvalidProviderEvent(
+            f"the signed timestamp {str(raw)[:40]!r} is not a Unix time in whole seconds"
+        )
+    return signed_at
 
 
 def esp_key(esp_name: str) -> str:
@@ -255,31 +327,62 @@ def _bad_request(words: str) -> HttpResponse:
     return HttpResponse(words, status=400, content_type="text/plain")
 
 
+# The shapes of the Twilio fields we keep: a message SID ("SM" + 32 hex digits; MM for MMS),
+# a status word, a numeric error code, an address (E.164, a short code or an alphanumeric id).
+TWILIO_FIELDS = {
+    "MessageSid": re.compile(r"[A-Za-z0-9]{0,64}"),
+    "MessageStatus": re.compile(r"[A-Za-z_-]{0,40}"),
+    "ErrorCode": re.compile(r"[0-9]{0,10}"),
+    "From": re.compile(r"[^\x00-\x1f\x7f]{0,64}"),
+    "To": re.compile(r"[^\x00-\x1f\x7f]{0,64}"),
+}
+MAX_TWILIO_BODY = 10_000  # a long SMS is 1,600 characters; WhatsApp allows 4,096
+
+
+def twilio_params_problem(params: QueryDict) -> str | None:
+    """Why a signed Twilio request's fields cannot be taken, in words; None when they can.
+    Twilio sends none of this: checked before anything is written."""
+    for key, values in params.lists():
+        for text in (key, *values):
+            if problem := text_problem(text):
+                return f"{key[:40]!r} {problem}"
+    for name, shape in TWILIO_FIELDS.items():
+        value = params.get(name, "").strip()
+        if not shape.fullmatch(value):
+            return f"{name} {value[:40]!r} is not one Twilio sends"
+    if len(params.get("Body", "")) > MAX_TWILIO_BODY:
+        return f"Body is longer than {MAX_TWILIO_BODY} characters"
+    return None
+
+
 @csrf_exempt
 @require_POST
 def twilio_status(request: HttpRequest) -> HttpResponse:
     if not twilio_signature_ok(request):
         return _forbidden()
+    if problem := twilio_params_problem(request.POST):
+        return _bad_request(f"Refused: {problem}. Nothing was written.")
     sid = request.POST.get("MessageSid", "").strip()
     status = request.POST.get("MessageStatus", "").strip().lower()
     if not sid or not status:
         return _bad_request("MessageSid and MessageStatus are required")
     error_code = request.POST.get("ErrorCode", "").strip()
     action = sms_status_action(status, error_code)
-    result = provider_event_apply(
-        ProviderEventIn(
-            source="twilio",
-            # Twilio reports each status of a message once; the same pair again is a replay.
-            event_id=f"{sid}:{status}",
-            event_type=status,
-            delivery_provider=TwilioSmsProvider.name,
-            provider_message_id=sid,
-            recipient=request.POST.get("To", ""),
-            # Twilio's ErrorCode is in the action's words and the event's detail.
-            detail={"error_code": error_code} if error_code else {},
-        ),
-        action,
+    event = ProviderEventIn(
+        source="twilio",
+        # Twilio reports each status of a message once; the same pair again is a replay.
+        event_id=f"{sid}:{status}",
+        event_type=status,
+        delivery_provider=TwilioSmsProvider.name,
+        provider_message_id=sid,
+        recipient=request.POST.get("To", ""),
+        # Twilio's ErrorCode is in the action's words and the event's detail.
+        detail={"error_code": error_code} if error_code else {},
     )
+    try:
+        result = provider_event_apply(event, action)
+    except InvalidProviderEvent as exc:
+        return _bad_request(f"Refused: {exc}. Nothing was written.")
     log.info("twilio %s for %s: %s", status, sid, result.outcome or "replayed")
     return HttpResponse(status=200)
 
@@ -291,6 +394,8 @@ def twilio_inbound(request: HttpRequest) -> HttpResponse:
 
     if not twilio_signature_ok(request):
         return _forbidden()
+    if problem := twilio_params_problem(request.POST):
+        return _bad_request(f"Refused: {problem}. Nothing was written.")
     sid = request.POST.get("MessageSid", "").strip()
     sender = request.POST.get("From", "").strip()
     if not sid or not sender:
@@ -299,9 +404,12 @@ def twilio_inbound(request: HttpRequest) -> HttpResponse:
         phone = normalize_phone(sender)
     except ValidationError:
         phone = ""  # a short code or an alphanumeric sender: no user of ours
-    result = sms_inbound_apply(
-        source="twilio", event_id=sid, phone=phone, body=request.POST.get("Body", "")
-    )
+    try:
+        result = sms_inbound_apply(
+            source="twilio", event_id=sid, phone=phone, body=request.POST.get("Body", "")
+        )
+    except InvalidProviderEvent as exc:
+        return _bad_request(f"Refused: {exc}. Nothing was written.")
     log.info("twilio inbound %s: %s", sid, result.outcome or "replayed")
     # Empty TwiML: Twilio's own opt-out handling sends the carrier-mandated confirmation.
     return HttpResponse(str(MessagingResponse()), content_type="text/xml")

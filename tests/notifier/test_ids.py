@@ -24,6 +24,8 @@ from notifier.ids import MAX_ID, parse_id
         ("²", None),  # a digit to str.isdigit(), not to int()
         ("٣", None),  # a decimal to str.isdecimal() and int(), but not an id anyone typed
         ("\uff11\uff12", None),  # fullwidth 12
+        ("\U0001d7d1", None),  # mathematical bold three
+        ("1_000", None),
         ("9" * 5000, None),  # int() raises ValueError over 4,300 digits
     ],
 )

@@ -143,6 +143,25 @@ def test_a_signed_payload_without_a_claim_is_malformed():
     assert caught.value.reason is BadLinkReason.MALFORMED
 
 
+@pytest.mark.parametrize(
+    "claim",
+    [
+        {"user": 1, "category": "promo\x00", "channel": "email"},
+        {"user": 1, "category": "marketing", "channel": "email\ud800"},
+        {"user": 1, "category": "", "channel": "email"},
+        {"user": 1, "category": "x" * 201, "channel": "email"},
+        {"user": 2**63, "category": "marketing", "channel": "email"},
+        {"user": 1, "category": "marketing", "channel": "email", "message": 2**63},
+    ],
+    ids=["nul", "surrogate", "empty", "long", "user_past_bigint", "message_past_bigint"],
+)
+def test_a_signed_claim_with_values_no_link_of_ours_holds_is_malformed(claim):
+    """Signed is not sane: a NUL in the category reached a query, and PostgreSQL refused it."""
+    with pytest.raises(BadLink) as caught:
+        read_unsubscribe_token(signing.dumps(claim, salt=UNSUBSCRIBE_SALT))
+    assert caught.value.reason is BadLinkReason.MALFORMED
+
+
 def test_tokens_expire_after_the_configured_days(settings):
     settings.NOTIFIER_LINK_MAX_AGE_DAYS = 30
     with time_machine.travel(T0, tick=False):

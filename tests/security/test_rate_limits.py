@@ -311,3 +311,20 @@ def test_a_bad_setting_fails_the_system_check(settings):
     settings.NOTIFIER_TRUSTED_PROXIES = ["10.0.0.0/33"]
     [error] = check_public_rate_limits()
     assert "'10.0.0.0/33' is not an IP address or CIDR range" in error.msg
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("path", ["/admin/login/", "/login/"])
+def test_login_is_limited_per_account_name_and_address(settings, path):
+    settings.NOTIFIER_PUBLIC_RATE_LIMITS = {"admin_login.account_ip": "2/h"}
+    one = Client(REMOTE_ADDR="198.51.100.1")
+    tries = [one.post(path, {"username": "ada", "password": "guess"}) for _ in range(3)]
+
+    assert [r.status_code == 429 for r in tries] == [False, False, True]
+    assert "for this account name from your network" in tries[2].content.decode()
+    other_account = one.post(path, {"username": "bo", "password": "guess"})
+    other_address = Client(REMOTE_ADDR="198.51.100.2").post(
+        path, {"username": "ada", "password": "x"}
+    )
+    assert other_account.status_code != 429
+    assert other_address.status_code != 429

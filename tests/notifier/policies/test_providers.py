@@ -11,6 +11,8 @@ from notifier.models.providers import SuppressionReason
 from notifier.policies.providers import (
     Keyword,
     email_event_action,
+    event_time_problem,
+    signed_timestamp,
     sms_keyword,
     sms_status_action,
     too_old,
@@ -162,6 +164,54 @@ def test_a_signed_timestamp_older_or_further_ahead_than_the_limit_is_too_old():
     assert too_old(NOW + dt.timedelta(seconds=3601), now=NOW, max_age_s=limit)
     assert not too_old(None, now=NOW, max_age_s=limit)  # the ESP signs no timestamp
     assert not too_old(NOW - dt.timedelta(days=9), now=NOW, max_age_s=0)  # switched off
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ("1767268800", NOW),
+        (1767268800, NOW),
+        ("0", dt.datetime(1970, 1, 1, tzinfo=dt.UTC)),
+    ],
+)
+def test_a_signed_timestamp_is_whole_seconds_in_ascii_digits(raw, expected):
+    assert signed_timestamp(raw) == expected
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        "nan",
+        "NaN",
+        "inf",
+        "-inf",
+        "1e20",
+        "1767268800.5",
+        "-1",
+        "",
+        " 1 ",
+        "\u0661",
+        True,
+        None,
+        1.5,
+        "9" * 12,
+        ["1"],
+    ],
+)
+def test_anything_else_is_no_signed_timestamp(raw):
+    """float("nan") compared as neither old nor new and passed as fresh; "inf" and "1e20" are
+    past what a datetime holds."""
+    assert signed_timestamp(raw) is None
+
+
+def test_an_event_time_more_than_a_year_back_or_a_day_ahead_is_not_one_a_provider_reports():
+    assert event_time_problem(None, now=NOW) is None
+    assert event_time_problem(NOW - dt.timedelta(days=365), now=NOW) is None
+    assert event_time_problem(NOW + dt.timedelta(days=1), now=NOW) is None
+    assert event_time_problem(NOW - dt.timedelta(days=366), now=NOW)
+    assert event_time_problem(NOW + dt.timedelta(days=2), now=NOW)
+    far = dt.datetime(9999, 12, 31, tzinfo=dt.timezone(dt.timedelta(hours=-15)))
+    assert "9999-12-31" in (event_time_problem(far, now=NOW) or "")
 
 
 # --- Routing honours the suppression list --------------------------------------------------------

@@ -98,7 +98,7 @@ def sent_email(user=None, type_key: str = "order.shipped", context=None) -> Deli
     return delivery
 
 
-def signature(timestamp: int, token: str, key: str = SIGNING_KEY) -> dict[str, str]:
+def signature(timestamp: int | str, token: str, key: str = SIGNING_KEY) -> dict[str, str]:
     digest = hmac.new(key.encode(), f"{timestamp}{token}".encode(), hashlib.sha256).hexdigest()
     return {"timestamp": str(timestamp), "token": token, "signature": digest}
 
@@ -430,7 +430,7 @@ def postmark_bounce(delivery: Delivery, bounce_type: str) -> dict[str, Any]:
         "Details": "smtp;550 5.1.1 The email account does not exist",
         "Email": delivery.user.email,
         "From": "noreply@example.com",
-        "BouncedAt": "2026-11-22T06:00:00Z",
+        "BouncedAt": dt.datetime.now(dt.UTC).isoformat(),
         "Inactive": bounce_type == "HardBounce",
         "CanActivate": True,
         "Subject": "Your order is on its way",
@@ -535,3 +535,104 @@ def test_a_body_anymail_cannot_parse_is_a_4xx_with_its_reason_and_writes_nothing
         EventOutcome.IGNORED,
     }
     assert not SuppressedAddress.objects.exists()
+
+
+# --- Authenticated, but values no ESP sends: 400, nothing written --------------------------------
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("recipient", "ada\x00@example.com"),
+        ("recipient", "ada\ud800@example.com"),
+        ("delivery-status", {"message": "550 \x00", "code": 550}),
+        ("timestamp", 10**11),  # the year 5138
+        ("timestamp", 1e20),  # past what a datetime holds
+    ],
+)
+def test_a_signed_hard_bounce_with_values_we_cannot_store_is_a_400_and_changes_nothing(
+    client, mailgun, field, value
+):
+    email = sent_email()
+
+    response = post(client, {**hard_bounce(email), field: value})
+
+    assert response.status_code == 400
+    assert b"Refused" in response.content or b"not a mailgun tracking webhook" in response.content
+    assert status_of(email) == (S.SENT, "")
+    assert not ProviderEvent.objects.exists()
+    assert not SuppressedAddress.objects.exists()
+
+
+@pytest.mark.parametrize("timestamp", ["nan", "inf", "1e9", "", "17e8", "-1"])
+def test_a_signed_timestamp_that_is_not_whole_seconds_is_refused(client, mailgun, timestamp):
+    """float() took "nan", which compares as neither old nor new: it passed as fresh."""
+    email = sent_email()
+    token = uuid.uuid4().hex
+    body = {"signature": signature(timestamp, token), "event-data": hard_bounce(email)}
+
+    response = client.post(WEBHOOK, data=json.dumps(body), content_type="application/json")
+
+    assert response.status_code == 400
+    assert b"not a Unix time in whole seconds" in response.content
+    assert status_of(email) == (S.SENT, "")
+    assert not ProviderEvent.objects.exists()
+
+
+def test_a_body_nested_deeper_than_any_esps_events_is_refused_before_anymail_parses_it(
+    client, mailgun
+):
+    """anymail's own parse raised RecursionError (a 500), unauthenticated."""
+    deep = b'{"signature": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+    assert client.post(WEBHOOK, data=deep, content_type="application/json").status_code == 400
+    nested: Any = "x"
+    for _ in range(40):
+        nested = [nested]
+    response = post(client, {"event": "delivered", "deep": nested})
+    assert response.status_code == 400
+    assert b"nests deeper than 32 levels" in response.content
+    assert not ProviderEvent.objects.exists()
+
+
+@pytest.fixture
+def sendgrid_too(settings, mailgun) -> None:
+    """SendGrid's webhooks accepted too: it posts several events in one request."""
+    settings.NOTIFIER_EMAIL_WEBHOOK_ESPS = ["mailgun", "sendgrid"]
+    settings.ANYMAIL = {**settings.ANYMAIL, "WEBHOOK_SECRET": "hook:s3cret"}
+
+
+@pytest.mark.filterwarnings("ignore::anymail.exceptions.AnymailNotSupportedWarning")
+def test_a_batch_with_one_event_we_cannot_take_writes_none_of_them(client, sendgrid_too):
+    email = sent_email()
+    event = {"email": email.user.email, "smtp-id": email.provider_message_id}
+    batch = [
+        {**event, "event": "delivered", "timestamp": int(time.time()), "sg_event_id": "e1"},
+        {**event, "event": "open", "timestamp": 10**11, "sg_event_id": "e2"},  # year 5138
+    ]
+
+    response = client.post(
+        "/webhooks/anymail/sendgrid/tracking/",
+        data=json.dumps(batch),
+        content_type="application/json",
+        HTTP_AUTHORIZATION="Basic " + base64.b64encode(b"hook:s3cret").decode(),
+    )
+
+    assert response.status_code == 400
+    assert b"more than a year ago or a day from now" in response.content
+    assert status_of(email) == (S.SENT, "")  # the first event, valid, was rolled back too
+    assert not ProviderEvent.objects.exists()
+
+
+def test_a_postmark_inbound_body_at_the_tracking_url_is_a_400_not_a_503(
+    client, postmark_too, settings
+):
+    """anymail says "you pointed Postmark's inbound webhook here" with a configuration error;
+    the site is configured, the body is wrong."""
+    settings.ANYMAIL = {**settings.ANYMAIL, "WEBHOOK_SECRET": "hook:s3cret"}
+    inbound = {"From": "ada@example.com", "FromFull": {"Email": "ada@example.com"}, "To": "x"}
+
+    response = post_postmark(client, inbound, auth="hook:s3cret")
+
+    assert response.status_code == 400
+    assert b"inbound" in response.content
+    assert not ProviderEvent.objects.exists()

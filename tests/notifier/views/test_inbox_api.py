@@ -198,3 +198,53 @@ def test_marketing_items_carry_an_unsubscribe_link_and_others_do_not(user, clien
     assert "/unsubscribe/" in link
     page = client.get(link)  # the signed link works without logging in
     assert page.status_code == 200
+
+
+# --- The cursor: only what this API gave out ------------------------------------------------------
+
+
+def test_a_cursor_reads_back_as_what_was_given_out():
+    from notifier.views.inbox import decode_cursor, encode_cursor
+
+    moment = timezone.now()
+    assert decode_cursor(encode_cursor((moment, 42)) or "") == (moment, 42)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "2026-01-01T00:00:00+20:00|1",  # PostgreSQL refuses offsets past 15:59
+        "2026-01-01T00:00:00+15:00|1",  # one it takes, but never one we give out
+        "9999-12-31T23:59:59-15:00|1",  # past year 9999 in UTC
+        "2026-01-01T00:00:00|1",
+        "2026-01-01T00:00:00+00:00|-1",
+        "2026-01-01T00:00:00+00:00|\u00b2",
+        f"2026-01-01T00:00:00+00:00|{2**63}",
+        "2026-01-01T00:00:00+00:00|" + "9" * 5000,
+    ],
+)
+def test_a_forged_cursor_is_a_bad_request(text):
+    import base64
+
+    from notifier.views.inbox import BadRequest, decode_cursor
+
+    with pytest.raises(BadRequest, match="pass next_cursor as is"):
+        decode_cursor(base64.urlsafe_b64encode(text.encode()).decode())
+
+
+@pytest.mark.parametrize(
+    "content_type", ["application/x-www-form-urlencoded", "multipart/form-data; boundary=xx"]
+)
+def test_a_body_that_is_not_json_is_a_415_that_says_to_send_json(user, client_for, content_type):
+    [item] = deliver_inbox(user, 1)
+
+    response = client_for.post(
+        reverse("inbox-feedback", args=[item.pk]), b"feedback=useful", content_type=content_type
+    )
+
+    assert response.status_code == 415
+    assert response.json()["error"].startswith(
+        "send the body as JSON with Content-Type: application/json"
+    )
+    item.refresh_from_db()
+    assert item.feedback == ""

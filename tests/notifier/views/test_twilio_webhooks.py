@@ -384,3 +384,45 @@ def test_an_unsigned_stop_gets_403_and_writes_nothing(client, twilio):
     assert response.status_code == 403
     assert sms_consent(user) == [(True, "signup_form")]
     assert not ProviderEvent.objects.exists()
+
+
+# --- Signed, but values Twilio never sends: 400, nothing written -------------------------------
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {"MessageSid": "SM\x00"},
+        {"MessageSid": "SM" + "a" * 100},
+        {"MessageSid": "SM-1; DROP"},
+        {"ErrorCode": "30003\x00"},
+        {"ErrorCode": "thirty"},
+        {"MessageStatus": "deliv\x00ered"},
+        {"To": "+1\x1b[31m"},
+    ],
+    ids=repr,
+)
+def test_a_status_callback_with_values_twilio_never_sends_is_a_400(client, twilio, overrides):
+    sms = sent_sms()
+
+    response = signed_post(client, STATUS_PATH, {**status_params(sms, "undelivered"), **overrides})
+
+    assert response.status_code == 400
+    assert response.content.startswith(b"Refused: ")
+    assert status_of(sms) == (S.SENT, "")
+    assert not ProviderEvent.objects.exists()
+
+
+@pytest.mark.parametrize("body", ["START\x00", "STOP\x00"])
+def test_an_inbound_text_that_cannot_be_stored_is_a_400_and_changes_no_consent(
+    client, twilio, body
+):
+    """START's text is kept as the consent's wording: a NUL there was a 500."""
+    user = consenting_user()
+    inbound(client, user.phone, "STOP")
+
+    response = inbound(client, user.phone, body, sid="SM" + "c" * 32)
+
+    assert response.status_code == 400
+    assert sms_consent(user) == [(True, "signup_form"), (False, "sms-stop")]
+    assert ProviderEvent.objects.count() == 1  # the first STOP only
