@@ -327,12 +327,11 @@ def approval_warning(approved: list[ApprovedCampaign], detail: str) -> str:
 
 
 # Shown above a form whose saving sends approved campaigns back; `approved` is their list.
-APPROVAL_WARNING = """{% if approved %}
-<p class="errornote" id="approval-warning">Saving sends
-{{ approved|length }} approved campaign{{ approved|length|pluralize }} back for approval:
-{% for c in approved %}{% if not forloop.first %}, {% endif %}<a href="{{ c.url }}">{{ c.name }}</a>
-({{ c.status }}){% endfor %}. {{ approval_warning_detail }}</p>
-{% endif %}"""
+APPROVAL_WARNING = """{% if approved %}<p class="errornote" id="approval-warning">
+{% with n=approved|length %}Saving sends {{ n }} approved campaign{{ n|pluralize }} back for
+approval:{% endwith %}{% for c in approved %}{% if not forloop.first %}, {% endif %}
+<a href="{{ c.url }}">{{ c.name }}</a> ({{ c.status }}){% endfor %}.
+{{ approval_warning_detail }}</p>{% endif %}"""
 
 
 # --- Templates (inline: the admin pages of this module are small) ---------------------------

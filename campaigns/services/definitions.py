@@ -188,9 +188,12 @@ def thresholds_followed(segment: Segment) -> dict[str, Any]:
     activity = _constrains(segment.activity, ACTIVITY_COUNT)
     if not (spend or activity):
         return {}
-    thresholds = AudienceThresholds.current()
     names = (SPEND_EDGES if spend else ()) + (ACTIVITY_EDGES if activity else ())
-    return {name: getattr(thresholds, name) for name in names}
+    # Read back from the row (a row just created holds its defaults unrounded: 5000, not 5000.00).
+    row: dict[str, Any] = AudienceThresholds.objects.values(*names).get(
+        pk=AudienceThresholds.current().pk
+    )
+    return row
 
 
 def members_digest(segment_id: int) -> tuple[int, str]:
