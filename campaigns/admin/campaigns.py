@@ -1149,9 +1149,10 @@ class CampaignAdmin(admin.ModelAdmin):
 
 
 def back_to_draft_if_awaiting(request: HttpRequest, campaign: Campaign) -> None:
-    """A change to a campaign awaiting approval is not what was submitted: back to draft."""
-    campaign.refresh_from_db(fields=["status"])
-    if campaign.status != C.AWAITING_APPROVAL:
+    """A change to a campaign awaiting approval is not what was submitted: back to draft. Not
+    one that has started (only its safety settings can change then: it stays for approval)."""
+    campaign.refresh_from_db(fields=["status", "started_at"])
+    if campaign.status != C.AWAITING_APPROVAL or campaign.started_at is not None:
         return
     campaign_send_back(campaign=campaign, by=staff_user(request))
     messages.warning(

@@ -110,8 +110,10 @@ def steps_start_due(*, now: datetime | None = None) -> StartReport:
     report = StartReport()
     approved: dict[int, bool] = {}  # campaign id -> still matches its approval (this run)
     with transaction.atomic():
+        # The campaign rows are locked too: the check of its approval and the start are one
+        # moment for an admin save that re-checks it (which locks the row as well).
         pending = (
-            CampaignStep.objects.select_for_update(skip_locked=True, of=("self",))
+            CampaignStep.objects.select_for_update(skip_locked=True, of=("self", "campaign"))
             .filter(
                 # Live campaigns, and live ones back for approval: those never start a step
                 # here, but one whose moment passes meanwhile is skipped with the reason.

@@ -241,6 +241,7 @@ def campaign_approve(*, campaign: Campaign, by: User, seen: str | None = None) -
         )
         if target == C.RUNNING:  # its walks stopped when it went back for approval
             _walks_restart(locked, timezone.now())
+            campaign_finish_if_done(campaign_id=locked.pk)  # its last steps may have passed
     campaign.refresh_from_db()
 
 

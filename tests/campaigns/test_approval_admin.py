@@ -300,6 +300,15 @@ def test_a_started_campaign_back_for_approval_is_locked_and_cannot_become_a_draf
     response = client.post(action_url(campaign, "send_back"))
     assert flash(response)[-1].startswith("It has started, so it cannot become a draft again")
     assert fresh(campaign).status == C.AWAITING_APPROVAL
+    # Its safety setting still changes, and it stays waiting for the lead.
+    saved = client.post(
+        url("campaign_change", campaign.pk), post_data(page, pause_failure_percent="35")
+    )
+    assert saved.status_code == 302
+    assert (fresh(campaign).status, fresh(campaign).pause_failure_percent) == (
+        C.AWAITING_APPROVAL,
+        35,
+    )
 
 
 def test_a_live_campaign_changed_outside_the_admin_shows_it_before_beat_catches_it(

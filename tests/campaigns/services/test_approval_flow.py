@@ -6,11 +6,13 @@ lead approves the change it carries on."""
 
 from __future__ import annotations
 
+import threading
 from datetime import timedelta
 from decimal import Decimal
 
 import pytest
 import time_machine
+from django.db import connection, transaction
 
 from campaigns.models import (
     AudienceThresholds,
@@ -283,6 +285,58 @@ def test_a_step_whose_moment_passes_while_awaiting_approval_is_skipped_with_the_
     with time_machine.travel(NOTICE_AT + timedelta(hours=1)):
         campaign_approve(campaign=campaign, by=lead)  # the skipped step does not block it
     assert fresh(campaign).status == C.SCHEDULED
+
+
+def test_a_running_campaign_whose_last_step_passed_while_awaiting_approval_is_done_once_approved(
+    marketer, lead, published
+):
+    segment, _ = whales_with_a_list()
+    campaign = approved(marketer, lead, segment)
+    beat_at(NOTICE_AT, published)
+    beat_at(REMINDER_AT, published)
+    last_call = EVENT - timedelta(hours=1)
+    beat_at(last_call - timedelta(minutes=1), published)  # closes the Reminder
+    Segment.objects.filter(pk=segment.pk).update(use_member_list=False)
+    assert beat_at(last_call, published).sent_back == [campaign.pk]
+    beat_at(last_call + timedelta(minutes=30), published)  # the Last call is skipped
+    assert step(campaign, "Last call").status == StepStatus.SKIPPED
+    with time_machine.travel(last_call + timedelta(minutes=31)):
+        campaign_approve(campaign=campaign, by=lead)
+    assert fresh(campaign).status == C.DONE
+
+
+@pytest.mark.django_db(transaction=True)
+def test_beat_does_not_start_a_step_while_an_admin_save_holds_its_campaign(
+    marketer, lead, published
+):
+    """An admin save of a segment re-checks its campaigns holding their rows, and commits the
+    change with the send-back: beat must not check the old definition and start the step in
+    between. It passes over the step while the row is held, and finds it sent back after."""
+    segment, _ = whales_with_a_list()
+    campaign = approved(marketer, lead, segment)
+    holding, release = threading.Event(), threading.Event()
+
+    def admin_save() -> None:
+        try:
+            with transaction.atomic():
+                Segment.objects.filter(pk=segment.pk).update(use_member_list=False)
+                campaigns_recheck(campaigns=Campaign.objects.filter(pk=campaign.pk))
+                holding.set()
+                release.wait(timeout=10)
+        finally:
+            connection.close()
+
+    saver = threading.Thread(target=admin_save)
+    saver.start()
+    try:
+        assert holding.wait(timeout=10)
+        assert beat_at(NOTICE_AT, published).started == []
+    finally:
+        release.set()
+        saver.join(timeout=10)
+    assert fresh(campaign).status == C.AWAITING_APPROVAL
+    assert beat_at(NOTICE_AT, published).started == []
+    assert not Message.objects.filter(campaign=campaign).exists()
 
 
 # --- Triggered campaigns -------------------------------------------------------------------------
