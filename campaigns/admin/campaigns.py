@@ -18,9 +18,9 @@ started); a change while it awaits approval sends it back to draft. Once approve
 shows anything that differs from what the lead approved (campaigns.services.definitions), and
 a campaign back for approval shows the lead why and what changed, with the audience then and
 now; the approve button carries the digest of what it showed. Every move goes through
-campaigns.services.lifecycle,
-whose CampaignError messages are shown as they are. Support (view permissions only) opens every
-page, sees no button and gets 403 on every POST. Pages show users' emails masked.
+campaigns.services.lifecycle, whose CampaignError messages are shown as they are. Support (view
+permissions only) opens every page, sees no button and gets 403 on every POST. Pages show
+users' emails masked.
 """
 
 from __future__ import annotations
@@ -853,6 +853,8 @@ class CampaignAdmin(admin.ModelAdmin):
             if may_change
             and campaign.status in a.statuses
             and (not a.needs_permission or user.has_perm(a.needs_permission))
+            # A campaign that has started is approved or cancelled, never a draft again.
+            and not (a.name == "send_back" and campaign.started_at is not None)
         ]
         context: dict[str, Any] = {
             "lifecycle_actions": actions,
@@ -908,7 +910,12 @@ class CampaignAdmin(admin.ModelAdmin):
         if not changes:
             return context
         context["approval_changes"] = [change.text for change in changes]
-        if campaign.status in LIVE:
+        if campaign.status in LIVE and campaign.approved_definition is None:
+            context["approval_heading"] = (
+                "Approved before approvals recorded what they cover: its next step will not "
+                "start, and it goes back for approval"
+            )
+        elif campaign.status in LIVE:
             context["approval_heading"] = (
                 "Changed since approval, outside the admin: its next step will not start, "
                 "and it goes back for approval"

@@ -297,6 +297,7 @@ def test_a_started_campaign_back_for_approval_is_locked_and_cannot_become_a_draf
     page = client.get(url("campaign_change", campaign.pk))
     assert 'name="_save"' not in page.content.decode()
     assert not page.context["inline_admin_formsets"][0].has_change_permission
+    assert 'id="action-send_back"' not in page.content.decode()
     response = client.post(action_url(campaign, "send_back"))
     assert flash(response)[-1].startswith("It has started, so it cannot become a draft again")
     assert fresh(campaign).status == C.AWAITING_APPROVAL
