@@ -50,6 +50,7 @@ from campaigns.policies import (
     step_decision,
     step_expiry,
 )
+from campaigns.rendering import variant_cache_clear
 from campaigns.services.definitions import approval_changes
 from campaigns.services.lifecycle import (
     campaign_back_for_approval,
@@ -102,6 +103,21 @@ def still_approved(campaign: Campaign, *, members: bool = True) -> bool:
     if campaign_back_for_approval(campaign=campaign, changes=changes):
         log.warning("campaign %s goes back for approval: %s", campaign.pk, campaign.review_reason)
     return False
+
+
+# The approval this process last rendered each campaign's copy for (campaign id -> approved_at).
+_rendered_approval: dict[int, datetime | None] = {}
+
+
+def _render_what_was_approved(campaign: Campaign) -> None:
+    """Compiled copy is cached per process for half a minute (campaigns.rendering): the first
+    batch of this process under an approval (a campaign's first, or a change a lead approved)
+    compiles its copy afresh, so it renders what that approval covered."""
+    if campaign.pk not in _rendered_approval or (
+        _rendered_approval[campaign.pk] != campaign.approved_at
+    ):
+        variant_cache_clear()
+        _rendered_approval[campaign.pk] = campaign.approved_at
 
 
 def steps_start_due(*, now: datetime | None = None) -> StartReport:
@@ -300,6 +316,7 @@ def step_fanout_batch(
     # this batch out); otherwise nothing is written and, like a paused batch, it does not count.
     if not still_approved(campaign, members=False):
         return report
+    _render_what_was_approved(campaign)
     users = {
         user.pk: user
         for user in User.objects.filter(pk__in=list(user_ids), is_active=True).order_by("pk")

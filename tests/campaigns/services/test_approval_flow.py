@@ -195,6 +195,37 @@ def test_a_batch_handed_out_before_the_copy_changed_writes_nothing(marketer, lea
     assert CampaignStep.objects.get(pk=notice.pk).batches_done == 0  # it did not count
 
 
+def test_once_a_lead_approves_changed_copy_the_next_batch_renders_it(
+    marketer, lead, published, monkeypatch, django_capture_on_commit_callbacks
+):
+    """A worker caches compiled copy for half a minute; the batches after an approval of a
+    change render the copy approved, not the one cached before it."""
+    audience(4)
+    campaign = approved(marketer, lead, Segment.objects.create(name="Fans", tags_any=[FANS]))
+    notice = step(campaign, "Notice")
+    monkeypatch.setattr(fanout, "BATCH_USERS", 2)
+    with time_machine.travel(NOTICE_AT):
+        steps_start_due()
+        fanout.step_walk(step_id=notice.pk)
+        first, second = published.batches
+        fanout.step_fanout_batch(step_id=notice.pk, user_ids=first[1])  # compiles, caches
+        VariantTemplate.objects.filter(variant__step=notice, channel="inapp").update(
+            title="{{ headline }}, now 90% off"
+        )
+        assert fanout.step_fanout_batch(step_id=notice.pk, user_ids=second[1]).messages == 0
+        with django_capture_on_commit_callbacks(execute=True):
+            campaign_approve(campaign=campaign, by=lead)
+        published.batches.clear()
+        published.run_walk(notice.pk)
+    titles = dict(
+        Delivery.objects.filter(message__step=notice, channel="inapp").values_list(
+            "message__user_id", "content__title"
+        )
+    )
+    assert [titles[pk] for pk in first[1]] == ["50% off"] * 2  # sent before: stays
+    assert [titles[pk] for pk in second[1]] == ["50% off, now 90% off"] * 2
+
+
 def test_a_running_campaign_keeps_what_it_sent_and_its_next_step_waits_for_approval(
     marketer, lead, published
 ):
