@@ -180,6 +180,25 @@ class Campaign(models.Model):
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )
     approved_at = models.DateTimeField(null=True, blank=True)
+    # What the approval covered (see campaigns.services.definitions): the segment's rules and
+    # list, the thresholds it follows, the campaign's settings, steps, variants and copy. Kept
+    # after a send-back, so the next approval shows what changed since this one.
+    approved_definition = models.JSONField(null=True, blank=True, editable=False)
+    approved_audience = models.PositiveIntegerField(
+        null=True, blank=True, editable=False, help_text="Users its segment reached at approval"
+    )
+    review_reason = models.CharField(
+        max_length=500,
+        blank=True,
+        default="",
+        editable=False,
+        help_text="Why it went back for approval after it was approved",
+    )
+    # The live status a changed campaign returns to when a lead approves the change (scheduled,
+    # running or paused); empty unless it is awaiting approval again.
+    status_before_review = models.CharField(
+        max_length=20, choices=CampaignStatus.choices, blank=True, default="", editable=False
+    )
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)

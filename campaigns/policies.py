@@ -1,5 +1,6 @@
-"""Pure campaign policies: when a step is due, when each user gets it, who is held out, and
-which variant they see. No database, no clock: plain values in, a decision out.
+"""Pure campaign policies: when a step is due, when each user gets it, who is held out, which
+variant they see, and how a step's offset reads. No database, no clock: plain values in, a
+decision out.
 
 A step is an offset from the campaign's event ("3 days before"), so moving the event moves
 every pending step, and nothing about a step's time is stored but its offset.
@@ -72,6 +73,30 @@ def step_expiry(event_at: datetime, step: StepPlan) -> datetime:
     (a thank-you) keeps for a day."""
     moment = step_moment(event_at, step)
     return event_at if moment < event_at else moment + timedelta(days=1)
+
+
+def _amounts(minutes: int) -> list[tuple[int, str]]:
+    days, rest = divmod(abs(minutes), 24 * 60)
+    hours, mins = divmod(rest, 60)
+    return [(value, unit) for value, unit in ((days, "day"), (hours, "hour"), (mins, "minute"))]
+
+
+def format_offset(minutes: int) -> str:
+    """The short form the admin's offset field reads back: -4320 -> '-3d', -3600 -> '-2d 12h'."""
+    if minutes == 0:
+        return "0"
+    parts = [f"{value}{unit[0]}" for value, unit in _amounts(minutes) if value]
+    return ("-" if minutes < 0 else "+") + " ".join(parts)
+
+
+def describe_offset(minutes: int) -> str:
+    """-4320 -> '3 days before the event', 90 -> '1 hour 30 minutes after the event'."""
+    if minutes == 0:
+        return "at the event"
+    parts = [
+        f"{value} {unit}{'s' if value > 1 else ''}" for value, unit in _amounts(minutes) if value
+    ]
+    return f"{' '.join(parts)} {'before' if minutes < 0 else 'after'} the event"
 
 
 class StepDecision(StrEnum):

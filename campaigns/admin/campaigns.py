@@ -13,11 +13,15 @@ Pages, kept few:
   variant with "send test to me";
 - the funnel (campaigns.admin.stats).
 
-Copy and steps change only while a campaign is a draft or awaiting approval; a change while it
-awaits approval sends it back to draft. Every move goes through campaigns.services.lifecycle,
-whose CampaignError messages are shown as they are. Support (view permissions only) opens every
-page, sees no button and gets 403 on every POST. Pages show users' emails masked, and staff
-without `notifier.view_contact_details` choose the preview's customer by id only.
+Copy and steps change only while a campaign is a draft or awaiting approval (and has not
+started); a change while it awaits approval sends it back to draft. Once approved, its page
+shows anything that differs from what the lead approved (campaigns.services.definitions), and
+a campaign back for approval shows the lead why and what changed, with the audience then and
+now; the approve button carries the digest of what it showed. Every move goes through
+campaigns.services.lifecycle, whose CampaignError messages are shown as they are. Support (view
+permissions only) opens every page, sees no button and gets 403 on every POST. Pages show
+users' emails masked, and staff without `notifier.view_contact_details` choose
+the preview's customer by id only.
 """
 
 from __future__ import annotations
@@ -70,7 +74,12 @@ from campaigns.models import (
     StepVariant,
     VariantTemplate,
 )
-from campaigns.policies import DEFAULT_ACTIVE_HOUR, step_moment
+from campaigns.policies import (
+    DEFAULT_ACTIVE_HOUR,
+    describe_offset,
+    format_offset,
+    step_moment,
+)
 from campaigns.rendering import (
     CAMPAIGN_VARIABLES,
     PART_FIELDS,
@@ -79,7 +88,13 @@ from campaigns.rendering import (
     template_problems,
     variant_cache_clear,
 )
+from campaigns.services.definitions import (
+    approval_changes,
+    campaign_definition,
+    definition_digest,
+)
 from campaigns.services.lifecycle import (
+    LIVE,
     CampaignError,
     campaign_approve,
     campaign_cancel,
@@ -114,8 +129,9 @@ CHANNEL_CHOICES = [(str(channel), CHANNEL_LABELS[str(channel)]) for channel in C
 
 
 def copy_editable(campaign: Campaign) -> bool:
-    """Steps, copy and settings change only before approval."""
-    return campaign.status in EDITABLE_STATUSES
+    """Steps, copy and settings change only before approval (and never once it has started:
+    a running campaign back for approval is approved or cancelled, not rewritten)."""
+    return campaign.status in EDITABLE_STATUSES and campaign.started_at is None
 
 
 def staff_user(request: HttpRequest) -> User:
@@ -181,30 +197,6 @@ def parse_offset(text: str) -> int:
     if minutes > MAX_OFFSET_MINUTES:
         raise ValidationError("A step must be within a year of the event.")
     return sign * minutes
-
-
-def _amounts(minutes: int) -> list[tuple[int, str]]:
-    days, rest = divmod(abs(minutes), 24 * 60)
-    hours, mins = divmod(rest, 60)
-    return [(value, unit) for value, unit in ((days, "day"), (hours, "hour"), (mins, "minute"))]
-
-
-def format_offset(minutes: int) -> str:
-    """The short form parse_offset reads back: -4320 -> '-3d', -3600 -> '-2d 12h', 0 -> '0'."""
-    if minutes == 0:
-        return "0"
-    parts = [f"{value}{unit[0]}" for value, unit in _amounts(minutes) if value]
-    return ("-" if minutes < 0 else "+") + " ".join(parts)
-
-
-def describe_offset(minutes: int) -> str:
-    """-4320 -> '3 days before the event', 90 -> '1 hour 30 minutes after the event'."""
-    if minutes == 0:
-        return "at the event"
-    parts = [
-        f"{value} {unit}{'s' if value > 1 else ''}" for value, unit in _amounts(minutes) if value
-    ]
-    return f"{' '.join(parts)} {'before' if minutes < 0 else 'after'} the event"
 
 
 def step_when(campaign: Campaign, step: CampaignStep) -> str:
@@ -871,6 +863,8 @@ class CampaignAdmin(admin.ModelAdmin):
             if may_change
             and campaign.status in a.statuses
             and (not a.needs_permission or user.has_perm(a.needs_permission))
+            # A campaign that has started is approved or cancelled, never a draft again.
+            and not (a.name == "send_back" and campaign.started_at is not None)
         ]
         context: dict[str, Any] = {
             "lifecycle_actions": actions,
@@ -893,19 +887,59 @@ class CampaignAdmin(admin.ModelAdmin):
                 else None
             )
             context["move_url"] = self._url("move", campaign.pk)
+        context.update(self._approval_context(campaign))
         if not copy_editable(campaign):
             context.update(show_save=False, show_save_and_continue=False)
             context["show_save_and_add_another"] = False
             if may_change and campaign.status == C.SCHEDULED:
                 context["locked_note"] = (
                     "Approved campaigns are locked: send it back to draft to change its steps "
-                    "or copy. Moving the event needs no new approval."
+                    "or copy. A change to its segment, the segment's member list or the "
+                    "audience thresholds sends it back for approval. Moving the event needs no "
+                    "new approval."
                 )
             elif may_change and campaign.status in LIVE_STATUSES:
                 context["locked_note"] = (
                     "Its steps and copy are locked once it has started: pause it, cancel it or "
                     "move the event."
                 )
+        return context
+
+    @staticmethod
+    def _approval_context(campaign: Campaign) -> dict[str, Any]:
+        """What differs from the approved definition, the audience then and now, and the digest
+        the approve button carries."""
+        context: dict[str, Any] = {"review_reason": campaign.review_reason}
+        if campaign.status == C.AWAITING_APPROVAL:
+            context["definition_seen"] = definition_digest(campaign_definition(campaign.pk))
+        if campaign.approved_definition is None and campaign.status not in LIVE:
+            return context  # never approved: nothing to compare with
+        if campaign.status not in LIVE | {C.AWAITING_APPROVAL, C.DRAFT}:
+            return context  # finished: what it sent is what it was
+        changes = approval_changes(campaign)
+        if not changes:
+            return context
+        context["approval_changes"] = [change.text for change in changes]
+        if campaign.status in LIVE and campaign.approved_definition is None:
+            context["approval_heading"] = (
+                "Approved before approvals recorded what they cover: its next step will not "
+                "start, and it goes back for approval"
+            )
+        elif campaign.status in LIVE:
+            context["approval_heading"] = (
+                "Changed since approval, outside the admin: its next step will not start, "
+                "and it goes back for approval"
+            )
+        else:
+            context["approval_heading"] = "What changed since it was last approved"
+        if campaign.segment is not None and campaign.approved_audience is not None:
+            try:
+                now = f"{segment_count(campaign.segment):,}"
+            except ValueError:  # a rule value that no longer exists
+                now = "?"
+            context["audience_change"] = (
+                f"Audience at approval {campaign.approved_audience:,}, now {now}."
+            )
         return context
 
     # --- Lifecycle ---
@@ -923,8 +957,10 @@ class CampaignAdmin(admin.ModelAdmin):
         chosen = ACTIONS_BY_NAME.get(action)
         if chosen is None:
             raise Http404(f"No action {action!r}")
+        # The approve button carries the digest of the definition its page showed.
+        seen = {"seen": request.POST.get("definition") or None} if chosen.name == "approve" else {}
         try:
-            count = chosen.service(campaign=campaign, by=staff_user(request))
+            count = chosen.service(campaign=campaign, by=staff_user(request), **seen)
         except CampaignError as exc:
             messages.error(request, capfirst(str(exc)))
         else:
@@ -1136,9 +1172,10 @@ class CampaignAdmin(admin.ModelAdmin):
 
 
 def back_to_draft_if_awaiting(request: HttpRequest, campaign: Campaign) -> None:
-    """A change to a campaign awaiting approval is not what was submitted: back to draft."""
-    campaign.refresh_from_db(fields=["status"])
-    if campaign.status != C.AWAITING_APPROVAL:
+    """A change to a campaign awaiting approval is not what was submitted: back to draft. Not
+    one that has started (only its safety settings can change then: it stays for approval)."""
+    campaign.refresh_from_db(fields=["status", "started_at"])
+    if campaign.status != C.AWAITING_APPROVAL or campaign.started_at is not None:
         return
     campaign_send_back(campaign=campaign, by=staff_user(request))
     messages.warning(

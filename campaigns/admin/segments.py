@@ -15,6 +15,12 @@ their id only: the member list searches by exact user id, the import reads only 
 column, and samples show a display name (never a username that is an address) with the email
 masked. Whatever takes an email or phone as input answers "does this person have an account",
 and a search by substring rebuilds the address one character at a time.
+
+A segment's rules, its list and the audience thresholds decide who receives the approved
+campaigns that use them: each page warns which approved campaigns a save would send back for
+approval, and every save (rules, list members added or removed, a CSV import, thresholds)
+re-checks them in its own transaction (`campaigns_recheck`), telling the marketer which went
+back and why.
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ from django.contrib import admin, messages
 from django.contrib.admin.utils import quote, unquote
 from django.core import signing
 from django.core.exceptions import PermissionDenied, ValidationError
+from django.db import transaction
 from django.db.models import QuerySet
 from django.forms.utils import ErrorDict
 from django.http import (
@@ -48,7 +55,16 @@ from django.urls import URLPattern, path, reverse
 from django.utils import timezone
 from django.utils.http import urlencode
 
-from campaigns.models import Activity, AudienceThresholds, Segment, SegmentMember, SpendTier
+from campaigns.models import (
+    Activity,
+    AudienceThresholds,
+    Campaign,
+    Segment,
+    SegmentMember,
+    SpendTier,
+)
+from campaigns.services.definitions import thresholds_followed
+from campaigns.services.lifecycle import LIVE, SentBack, campaigns_recheck
 from campaigns.services.segments import (
     MemberImportError,
     MemberImportPreview,
@@ -283,6 +299,49 @@ def mask_email(email: str) -> str:
     return f"{local[:1]}{'*' * max(len(local) - 1, 1)}@{domain}"
 
 
+# --- Approved campaigns a change sends back --------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ApprovedCampaign:
+    name: str
+    status: str
+    url: str
+
+
+def approved_campaigns(campaigns: QuerySet[Campaign], admin_site: str) -> list[ApprovedCampaign]:
+    """The live (approved) campaigns among `campaigns`, for a page's warning."""
+    return [
+        ApprovedCampaign(
+            name=campaign.name,
+            status=str(campaign.get_status_display()).lower(),
+            url=reverse(f"{admin_site}:campaigns_campaign_change", args=[quote(campaign.pk)]),
+        )
+        for campaign in campaigns.filter(status__in=LIVE).order_by("name", "pk")
+    ]
+
+
+def announce_sent_back(request: HttpRequest, sent: list[SentBack]) -> None:
+    for item in sent:
+        messages.warning(
+            request, f"Campaign “{item.campaign.name}” goes back for approval: {item.reason}."
+        )
+
+
+def approval_warning(approved: list[ApprovedCampaign], detail: str) -> str:
+    return _template(APPROVAL_WARNING).render(
+        {"approved": approved, "approval_warning_detail": detail}
+    )
+
+
+# Shown above a form whose saving sends approved campaigns back; `approved` is their list.
+APPROVAL_WARNING = """{% if approved %}<p class="errornote" id="approval-warning">
+{% with n=approved|length %}Saving sends {{ n }} approved campaign{{ n|pluralize }} back for
+approval:{% endwith %}{% for c in approved %}{% if not forloop.first %}, {% endif %}
+<a href="{{ c.url }}">{{ c.name }}</a> ({{ c.status }}){% endfor %}.
+{{ approval_warning_detail }}</p>{% endif %}"""
+
+
 # --- Templates (inline: the admin pages of this module are small) ---------------------------
 
 CHANGE_FORM_TEMPLATE = """{% extends "admin/change_form.html" %}
@@ -293,6 +352,7 @@ CHANGE_FORM_TEMPLATE = """{% extends "admin/change_form.html" %}
   #id_spend_tiers label, #id_activity label { width: auto; min-width: 0; }
 </style>
 {% endblock %}
+{% block form_top %}{{ block.super }}{{ approval_warning }}{% endblock %}
 {% block object-tools-items %}
   {% if members_url %}<li><a href="{{ members_url }}">Members</a></li>{% endif %}
   {% if import_url %}<li><a href="{{ import_url }}">Import members (CSV)</a></li>{% endif %}
@@ -431,6 +491,7 @@ IMPORT_TEMPLATE = """{% extends "admin/base_site.html" %}
     </tbody>
   </table>
   {% if to_add_hidden %}<p class="help">… and {{ to_add_hidden }} more.</p>{% endif %}
+  {{ approval_warning }}
   <form method="post" id="import-confirm">{% csrf_token %}
     {{ confirm_form }}
     <div class="submit-row">
@@ -611,7 +672,19 @@ class SegmentAdmin(admin.ModelAdmin):
                 )
             if self.may_import(request, obj):
                 context["import_url"] = self._url("import", obj.pk)
+            if self.has_change_permission(request, obj):
+                context["approval_warning"] = approval_warning(
+                    approved_campaigns(Campaign.objects.filter(segment=obj), self.admin_site.name),
+                    "Its rules and “Use member list” decide who receives them; its name and "
+                    "description do not.",
+                )
         return super().render_change_form(request, context, add, change, form_url, obj)
+
+    def save_model(self, request: HttpRequest, obj: Segment, form: Any, change: bool) -> None:
+        super().save_model(request, obj, form, change)
+        if change:  # in the admin's transaction: the change and the send-backs commit together
+            sent = campaigns_recheck(campaigns=Campaign.objects.filter(segment=obj))
+            announce_sent_back(request, sent)
 
     def _audience(self, request: HttpRequest, segment: Segment | None) -> dict[str, Any]:
         if segment is None or segment.pk is None:
@@ -704,7 +777,12 @@ class SegmentAdmin(admin.ModelAdmin):
                 for error in confirm.errors.get("token", []):
                     messages.error(request, str(error))
                 return HttpResponseRedirect(context["import_url"])
-            result = segment_members_add(segment=segment, user_ids=confirm.cleaned_data["token"])
+            with transaction.atomic():
+                result = segment_members_add(
+                    segment=segment, user_ids=confirm.cleaned_data["token"]
+                )
+                sent = campaigns_recheck(campaigns=Campaign.objects.filter(segment=segment))
+            announce_sent_back(request, sent)
             self.log_change(request, segment, f"Imported {result.added} members from CSV.")
             messages.success(
                 request,
@@ -740,7 +818,15 @@ class SegmentAdmin(admin.ModelAdmin):
     ) -> dict[str, Any]:
         errors, to_add = preview.errors, preview.to_add
         token = MemberConfirmForm.token_for(segment=segment, user_ids=preview.user_ids_to_add)
+        approved = (
+            approved_campaigns(Campaign.objects.filter(segment=segment), self.admin_site.name)
+            if segment.use_member_list
+            else []
+        )
         return {
+            "approval_warning": approval_warning(
+                approved, "The segment uses its member list: adding members changes who they reach."
+            ),
             "preview": preview,
             "filename": filename,
             "errors_shown": errors[:PREVIEW_ROWS_SHOWN],
@@ -817,6 +903,28 @@ class SegmentMemberAdmin(admin.ModelAdmin):
             )
         return super().formfield_for_foreignkey(db_field, request, **kwargs)
 
+    # A list a segment uses decides who its approved campaigns reach: adding or removing
+    # members re-checks them in the same transaction.
+
+    def save_model(self, request: HttpRequest, obj: SegmentMember, form: Any, change: bool) -> None:
+        super().save_model(request, obj, form, change)
+        self._recheck(request, [obj.segment_id])
+
+    def delete_model(self, request: HttpRequest, obj: SegmentMember) -> None:
+        super().delete_model(request, obj)
+        self._recheck(request, [obj.segment_id])
+
+    def delete_queryset(self, request: HttpRequest, queryset: QuerySet[SegmentMember]) -> None:
+        with transaction.atomic():
+            segment_ids = list(set(queryset.values_list("segment_id", flat=True)))
+            super().delete_queryset(request, queryset)
+            self._recheck(request, segment_ids)
+
+    @staticmethod
+    def _recheck(request: HttpRequest, segment_ids: list[int]) -> None:
+        sent = campaigns_recheck(campaigns=Campaign.objects.filter(segment_id__in=segment_ids))
+        announce_sent_back(request, sent)
+
     @admin.display(description="Member", ordering="user_id")
     def member(self, obj: SegmentMember) -> str:
         return f"#{obj.user_id} {mask_email(obj.user.email)}".strip()
@@ -853,6 +961,40 @@ class AudienceThresholdsAdmin(admin.ModelAdmin):
 
     form = AudienceThresholdsForm
     readonly_fields = ["updated_at"]
+
+    @property
+    def change_form_template(self) -> Template:  # type: ignore[override]
+        return _template(
+            '{% extends "admin/change_form.html" %}'
+            "{% block form_top %}{{ block.super }}{{ approval_warning }}{% endblock %}"
+        )
+
+    def render_change_form(
+        self,
+        request: HttpRequest,
+        context: dict[str, Any],
+        add: bool = False,
+        change: bool = False,
+        form_url: str = "",
+        obj: AudienceThresholds | None = None,
+    ) -> HttpResponse:
+        if self.has_change_permission(request, obj):
+            following = [
+                campaign.pk
+                for campaign in Campaign.objects.filter(status__in=LIVE).select_related("segment")
+                if campaign.segment is not None and thresholds_followed(campaign.segment)
+            ]
+            context["approval_warning"] = approval_warning(
+                approved_campaigns(Campaign.objects.filter(pk__in=following), self.admin_site.name),
+                "Their segments' spend tier or activity rules follow these edges.",
+            )
+        return super().render_change_form(request, context, add, change, form_url, obj)
+
+    def save_model(
+        self, request: HttpRequest, obj: AudienceThresholds, form: Any, change: bool
+    ) -> None:
+        super().save_model(request, obj, form, change)
+        announce_sent_back(request, campaigns_recheck())
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False

@@ -10,6 +10,12 @@
 - `step_fanout_batch`: for one batch, keeps the hold-out aside, picks each user's variant,
   routes and renders the messages in memory, and writes messages, deliveries and their events
   by COPY in one transaction (`messages_write_routed`: idempotent per step x user).
+
+Each of them first checks that the campaign still matches what a lead approved (its segment
+and list, the thresholds, settings, steps and copy: campaigns.services.definitions), however
+it was changed, admin or not: a step of a campaign that no longer matches does not start, its
+walk stops, a queued batch writes nothing, and the campaign goes back for approval with the
+reason on its page. The batch leaves out the member list's digest, which the walk checked.
 """
 
 from __future__ import annotations
@@ -24,7 +30,7 @@ from zoneinfo import ZoneInfo
 
 from django.conf import settings
 from django.db import connection, transaction
-from django.db.models import F
+from django.db.models import F, Q
 from django.utils import timezone
 
 from campaigns.models import (
@@ -44,7 +50,14 @@ from campaigns.policies import (
     step_decision,
     step_expiry,
 )
-from campaigns.services.lifecycle import campaign_finish_if_done, plan_of, walk_again
+from campaigns.rendering import variant_cache_clear
+from campaigns.services.definitions import approval_changes
+from campaigns.services.lifecycle import (
+    campaign_back_for_approval,
+    campaign_finish_if_done,
+    plan_of,
+    walk_again,
+)
 from campaigns.services.segments import segment_users
 from notifier.backpressure import bulk_congested
 from notifier.db import insert_rows
@@ -68,26 +81,62 @@ class StartReport:
     skipped: list[int] = field(default_factory=list)
     revived: list[int] = field(default_factory=list)
     finished: list[int] = field(default_factory=list)
+    sent_back: list[int] = field(default_factory=list)  # campaigns back for approval
 
 
-def _skip_reason(now: datetime, start_at: datetime, paused: bool) -> str:
+def _skip_reason(now: datetime, start_at: datetime, status: str) -> str:
     late = now - start_at
     minutes = int(late.total_seconds() // 60)
-    why = "the campaign was paused" if paused else "it could not start in time"
+    whys: dict[str, str] = {
+        C.PAUSED: "the campaign was paused",
+        C.AWAITING_APPROVAL: "the campaign was waiting for a lead to approve a change",
+    }
+    why = whys.get(status, "it could not start in time")
     return f"missed by {minutes} min: {why}; not sent late"
+
+
+def still_approved(campaign: Campaign, *, members: bool = True) -> bool:
+    """Whether the campaign matches its approval; if not, it goes back for approval now."""
+    changes = approval_changes(campaign, members=members)
+    if not changes:
+        return True
+    if campaign_back_for_approval(campaign=campaign, changes=changes):
+        log.warning("campaign %s goes back for approval: %s", campaign.pk, campaign.review_reason)
+    return False
+
+
+# The approval this process last rendered each campaign's copy for (campaign id -> approved_at).
+_rendered_approval: dict[int, datetime | None] = {}
+
+
+def _render_what_was_approved(campaign: Campaign) -> None:
+    """Compiled copy is cached per process for half a minute (campaigns.rendering): the first
+    batch of this process under an approval (a campaign's first, or a change a lead approved)
+    compiles its copy afresh, so it renders what that approval covered."""
+    if campaign.pk not in _rendered_approval or (
+        _rendered_approval[campaign.pk] != campaign.approved_at
+    ):
+        variant_cache_clear()
+        _rendered_approval[campaign.pk] = campaign.approved_at
 
 
 def steps_start_due(*, now: datetime | None = None) -> StartReport:
     """Start, skip, revive and finish steps. Safe to run twice at once (two beat processes)."""
     now = now or timezone.now()
     report = StartReport()
+    approved: dict[int, bool] = {}  # campaign id -> still matches its approval (this run)
     with transaction.atomic():
+        # The campaign rows are locked too: the check of its approval and the start are one
+        # moment for an admin save that re-checks it (which locks the row as well).
         pending = (
-            CampaignStep.objects.select_for_update(skip_locked=True, of=("self",))
+            CampaignStep.objects.select_for_update(skip_locked=True, of=("self", "campaign"))
             .filter(
+                # Live campaigns, and live ones back for approval: those never start a step
+                # here, but one whose moment passes meanwhile is skipped with the reason.
+                Q(campaign__status__in=[C.SCHEDULED, C.RUNNING, C.PAUSED])
+                | (Q(campaign__status=C.AWAITING_APPROVAL) & ~Q(campaign__status_before_review="")),
                 status=StepStatus.PENDING,
                 campaign__kind=CampaignKind.ONE_OFF,
-                campaign__status__in=[C.SCHEDULED, C.RUNNING, C.PAUSED],
                 campaign__event_at__isnull=False,
             )
             .select_related("campaign")
@@ -101,10 +150,16 @@ def steps_start_due(*, now: datetime | None = None) -> StartReport:
                 CampaignStep.objects.filter(pk=step.pk, status=StepStatus.PENDING).update(
                     status=StepStatus.SKIPPED,
                     finished_at=now,
-                    skip_reason=_skip_reason(now, start_at, campaign.status == C.PAUSED),
+                    skip_reason=_skip_reason(now, start_at, campaign.status),
                 )
                 report.skipped.append(step.pk)
-            elif decision is StepDecision.START and campaign.status != C.PAUSED:
+            elif decision is StepDecision.START and campaign.status in (C.SCHEDULED, C.RUNNING):
+                if campaign.pk not in approved:
+                    approved[campaign.pk] = still_approved(campaign)
+                    if not approved[campaign.pk]:
+                        report.sent_back.append(campaign.pk)
+                if not approved[campaign.pk]:
+                    continue  # it waits for a lead; the step stays pending
                 CampaignStep.objects.filter(pk=step.pk, status=StepStatus.PENDING).update(
                     status=StepStatus.RUNNING, started_at=now, walked_at=now
                 )
@@ -206,6 +261,8 @@ def step_walk(*, step_id: int, batches: int = BATCHES_PER_WALK) -> Walk:
         campaign = step.campaign
         if step.status != StepStatus.RUNNING or campaign.status != C.RUNNING or step.walk_done:
             return Walk.STOPPED
+        if not still_approved(campaign):
+            return Walk.STOPPED  # back for approval; approving it walks again
         assert campaign.segment is not None
         audience = segment_users(campaign.segment)
         cursor = step.cursor_user_id
@@ -255,6 +312,11 @@ def step_fanout_batch(
     campaign = step.campaign
     if step.status != StepStatus.RUNNING or campaign.status != C.RUNNING:
         return report
+    # Copy, settings and rules as approved (the walk checked the member list when it handed
+    # this batch out); otherwise nothing is written and, like a paused batch, it does not count.
+    if not still_approved(campaign, members=False):
+        return report
+    _render_what_was_approved(campaign)
     users = {
         user.pk: user
         for user in User.objects.filter(pk__in=list(user_ids), is_active=True).order_by("pk")
@@ -346,7 +408,7 @@ def triggers_evaluate(*, now: datetime | None = None) -> list[int]:
         )
         for campaign in campaigns:
             step = campaign.steps.order_by("offset_minutes", "pk").first()
-            if step is None:
+            if step is None or not still_approved(campaign):
                 continue
             Campaign.objects.filter(pk=campaign.pk, status=C.SCHEDULED).update(
                 status=C.RUNNING, started_at=now

@@ -1,17 +1,24 @@
 """A campaign's life: draft -> awaiting approval -> scheduled -> running -> done, plus paused
 and cancelled. Every move is a compare-and-set on the status, so two people clicking at once
 move it once; pausing and cancelling also stop what is already queued.
+
+Approval covers the campaign's definition (campaigns.services.definitions), recorded when a
+lead approves. A live campaign whose definition no longer matches goes back to awaiting
+approval (`campaign_back_for_approval`), remembering whether it was scheduled, running or
+paused; approving the change returns it there. Nothing more starts meanwhile; what was sent
+stays sent.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from functools import partial
 from typing import Any
 
 from django.db import transaction
-from django.db.models import F
+from django.db.models import F, QuerySet
 from django.utils import timezone
 
 from campaigns.models import (
@@ -25,6 +32,14 @@ from campaigns.models import (
 )
 from campaigns.policies import DEFAULT_PLAN, StepPlan, Timing, fanout_start
 from campaigns.rendering import allowed_variables, required_parts, template_problems
+from campaigns.services.definitions import (
+    Change,
+    approval_changes,
+    campaign_definition,
+    change_reason,
+    definition_digest,
+)
+from campaigns.services.segments import segment_count
 from channels.base import Channel
 from notifier.db import insert_rows
 from notifier.models import Delivery, DeliveryEvent, EventKind, Kind, NotificationType, User
@@ -35,13 +50,16 @@ S = DeliveryStatus
 
 MOVES: dict[str, frozenset[str]] = {
     C.DRAFT: frozenset({C.AWAITING_APPROVAL, C.CANCELLED}),
-    C.AWAITING_APPROVAL: frozenset({C.DRAFT, C.SCHEDULED, C.CANCELLED}),
-    C.SCHEDULED: frozenset({C.RUNNING, C.PAUSED, C.CANCELLED, C.DRAFT}),
-    C.RUNNING: frozenset({C.PAUSED, C.DONE, C.CANCELLED}),
-    C.PAUSED: frozenset({C.SCHEDULED, C.RUNNING, C.CANCELLED}),
+    # Approving a change to a live campaign returns it to where it was (status_before_review).
+    C.AWAITING_APPROVAL: frozenset({C.DRAFT, C.SCHEDULED, C.RUNNING, C.PAUSED, C.CANCELLED}),
+    C.SCHEDULED: frozenset({C.RUNNING, C.PAUSED, C.CANCELLED, C.DRAFT, C.AWAITING_APPROVAL}),
+    C.RUNNING: frozenset({C.PAUSED, C.DONE, C.CANCELLED, C.AWAITING_APPROVAL}),
+    C.PAUSED: frozenset({C.SCHEDULED, C.RUNNING, C.CANCELLED, C.AWAITING_APPROVAL}),
     C.DONE: frozenset(),
     C.CANCELLED: frozenset(),
 }
+# Approved and not finished: what its approval covers must still hold.
+LIVE = frozenset({C.SCHEDULED, C.RUNNING, C.PAUSED})
 
 
 class CampaignError(ValueError):
@@ -133,6 +151,9 @@ def campaign_problems(campaign: Campaign, *, now: datetime | None = None) -> lis
             campaign.kind == CampaignKind.ONE_OFF
             and campaign.event_at is not None
             and step.status == StepStatus.PENDING
+            # A live campaign back for approval keeps its clock: beat skips a step whose
+            # moment passed meanwhile, with the reason, rather than blocking the approval.
+            and not campaign.status_before_review
             and fanout_start(campaign.event_at, plan_of(step)) < now
         ):
             problems.append(f"step {step.name!r}: its moment has already passed")
@@ -181,23 +202,111 @@ def campaign_submit(*, campaign: Campaign, by: User) -> None:
     _move(campaign, C.AWAITING_APPROVAL)
 
 
-def campaign_approve(*, campaign: Campaign, by: User) -> None:
-    """Approval by a second person holding `campaigns.approve_campaign`."""
+def campaign_approve(*, campaign: Campaign, by: User, seen: str | None = None) -> None:
+    """Approval by a second person holding `campaigns.approve_campaign`. It records what it
+    covers (the definition and the audience count now); `seen` is the digest of the definition
+    the approver was shown, and approval refuses one that changed since."""
     if not by.has_perm("campaigns.approve_campaign"):
         raise CampaignError(
             "approving campaigns needs the 'approve campaign' permission (the Marketing lead group)"
         )
     if campaign.created_by_id is not None and by.pk == campaign.created_by_id:
         raise CampaignError("a campaign must be approved by someone other than who prepared it")
-    problems = campaign_problems(campaign)
-    if problems:
-        raise CampaignError("cannot approve: " + "; ".join(problems))
-    _move(campaign, C.SCHEDULED, approved_by=by, approved_at=timezone.now())
+    with transaction.atomic():
+        # The row lock orders approval with admin saves and re-checks of the same campaign.
+        locked = (
+            Campaign.objects.select_for_update(of=("self",))
+            .select_related("segment")
+            .get(pk=campaign.pk)
+        )
+        problems = campaign_problems(locked)
+        if problems:
+            raise CampaignError("cannot approve: " + "; ".join(problems))
+        definition = campaign_definition(locked.pk)
+        if seen is not None and seen != definition_digest(definition):
+            raise CampaignError(
+                "it changed while you were reviewing it: reload the page to see what changed, "
+                "then approve"
+            )
+        target = locked.status_before_review or C.SCHEDULED
+        _move(
+            locked,
+            target,
+            approved_by=by,
+            approved_at=timezone.now(),
+            approved_definition=definition,
+            approved_audience=_audience_now(locked),
+            review_reason="",
+            status_before_review="",
+        )
+        if target == C.RUNNING:  # its walks stopped when it went back for approval
+            _walks_restart(locked, timezone.now())
+            campaign_finish_if_done(campaign_id=locked.pk)  # its last steps may have passed
+    campaign.refresh_from_db()
+
+
+def _audience_now(campaign: Campaign) -> int | None:
+    if campaign.segment is None:
+        return None
+    try:
+        return segment_count(campaign.segment)
+    except ValueError:  # a rule value that no longer exists; campaign_problems names it
+        return None
 
 
 def campaign_send_back(*, campaign: Campaign, by: User) -> None:
     """Back to draft for changes (from awaiting approval or scheduled, before it runs)."""
-    _move(campaign, C.DRAFT, approved_by=None, approved_at=None)
+    campaign.refresh_from_db(fields=["started_at"])
+    if campaign.started_at is not None:
+        raise CampaignError(
+            "it has started, so it cannot become a draft again: approve the change or cancel it"
+        )
+    _move(
+        campaign,
+        C.DRAFT,
+        approved_by=None,
+        approved_at=None,
+        review_reason="",
+        status_before_review="",
+    )
+
+
+def campaign_back_for_approval(*, campaign: Campaign, changes: Sequence[Change]) -> bool:
+    """A live campaign whose definition no longer matches its approval goes back to awaiting
+    approval, with the reason in words; nothing more of it starts until a lead approves the
+    change (walks and queued batches stop at their next status check). Returns False when it
+    was not live (already back, or finished): one statement, safe to race."""
+    moved = Campaign.objects.filter(pk=campaign.pk, status__in=LIVE).update(
+        status_before_review=F("status"),  # the old value: SET uses the row as it was
+        status=C.AWAITING_APPROVAL,
+        review_reason=change_reason(changes),
+        updated_at=timezone.now(),
+    )
+    campaign.refresh_from_db()
+    return bool(moved)
+
+
+@dataclass(frozen=True)
+class SentBack:
+    campaign: Campaign
+    reason: str
+
+
+def campaigns_recheck(*, campaigns: QuerySet[Campaign] | None = None) -> list[SentBack]:
+    """Send back for approval every live campaign (of `campaigns`, or all) that no longer
+    matches its approval. The admin calls it in the transaction of each change that can touch a
+    definition (a segment, its list, the thresholds), so the change and the send-back commit
+    together; beat's checks before each step catch changes made any other way."""
+    sent: list[SentBack] = []
+    with transaction.atomic():
+        live = (campaigns if campaigns is not None else Campaign.objects.all()).filter(
+            status__in=LIVE
+        )
+        for campaign in live.select_for_update().order_by("pk"):
+            changes = approval_changes(campaign)
+            if changes and campaign_back_for_approval(campaign=campaign, changes=changes):
+                sent.append(SentBack(campaign=campaign, reason=campaign.review_reason))
+    return sent
 
 
 # --- Pausing, resuming, cancelling, moving the event -----------------------------------------
@@ -241,8 +350,6 @@ def campaign_resume(*, campaign: Campaign, by: User | None) -> int:
     """Carry on: held deliveries are released (stale ones are then suppressed, steps whose
     moment passed meanwhile are skipped), and unfinished fan-out walks the audience again
     (users who already have their message are skipped). Returns how many were released."""
-    from campaigns.services import fanout  # fanout imports this module
-
     now = timezone.now()
     with transaction.atomic():
         _move(campaign, C.RUNNING if campaign.started_at else C.SCHEDULED, pause_reason="")
@@ -251,15 +358,20 @@ def campaign_resume(*, campaign: Campaign, by: User | None) -> int:
             status=S.HELD,
             reason=Reason.CAMPAIGN_PAUSED,
         ).update(next_attempt_at=now, updated_at=now)
-        # The walks stopped while paused: start them again now. walked_at is "now" so that,
-        # should this publish be lost, beat revives the walk once it is stale (NULL never is).
-        walking = list(
-            campaign.steps.filter(status=StepStatus.RUNNING).values_list("pk", flat=True)
-        )
-        CampaignStep.objects.filter(pk__in=walking).update(**walk_again(now))
-        for step_id in walking:
-            transaction.on_commit(partial(fanout.publish_walk, step_id), robust=True)
+        _walks_restart(campaign, now)
     return released
+
+
+def _walks_restart(campaign: Campaign, now: datetime) -> None:
+    """Start the walks of its sending steps again, after they stopped (paused, or back for
+    approval). walked_at is "now" so that, should this publish be lost, beat revives the walk
+    once it is stale (NULL never is)."""
+    from campaigns.services import fanout  # fanout imports this module
+
+    walking = list(campaign.steps.filter(status=StepStatus.RUNNING).values_list("pk", flat=True))
+    CampaignStep.objects.filter(pk__in=walking).update(**walk_again(now))
+    for step_id in walking:
+        transaction.on_commit(partial(fanout.publish_walk, step_id), robust=True)
 
 
 def campaign_cancel(*, campaign: Campaign, by: User | None) -> int:

@@ -24,11 +24,14 @@ from campaigns.models import (
     CampaignStatus,
     CampaignStep,
     Segment,
+    SegmentMember,
     StepStatus,
     VariantTemplate,
 )
 from campaigns.services import fanout
+from campaigns.services.definitions import campaign_definition
 from campaigns.services.lifecycle import (
+    campaign_approve,
     campaign_cancel,
     campaign_create,
     campaign_pause,
@@ -40,6 +43,7 @@ from notifier.queues import MAINTENANCE_QUEUE, Lane, prepare_queue
 from notifier.services.deliveries import requeue_stuck_work
 from notifier.status import TERMINAL, DeliveryStatus, Reason
 from tests.conftest import WorkerProcess, wait_until
+from tests.factories import UserFactory
 from tests.integration.conftest import worker_idle
 from tests.integration.rig import RedisServer, Rig, ledger_for
 
@@ -112,13 +116,20 @@ def fans(count: int = AUDIENCE) -> list[int]:
     return [pk for (pk,) in ids]
 
 
-def campaign_due_now(channels: list[str]) -> CampaignStep:
-    """A scheduled one-off campaign whose single step ("three days before") is due now."""
+def campaign_due_now(channels: list[str], members: list[int] | None = None) -> CampaignStep:
+    """A scheduled one-off campaign whose single step ("three days before") is due now; with
+    `members`, its segment is those fans only (an imported list)."""
+    segment = Segment.objects.create(
+        name="Sale fans", tags_any=[FANS], use_member_list=members is not None
+    )
+    SegmentMember.objects.bulk_create(
+        [SegmentMember(segment=segment, user_id=pk) for pk in members or []]
+    )
     campaign = campaign_create(
         name="Double 11",
         category=NotificationType.objects.get(pk="promo.flash_sale"),
         created_by=None,
-        segment=Segment.objects.create(name="Sale fans", tags_any=[FANS]),
+        segment=segment,
         # The step's moment is a minute ago: due, well inside its grace period.
         event_at=timezone.now() + timedelta(days=3, minutes=-1),
         channels=channels,
@@ -141,7 +152,9 @@ def campaign_due_now(channels: list[str]) -> CampaignStep:
         body="Hi {{ user.first_name }}, {{ headline }}\n{{ unsubscribe_url }}",
     )
     # Approval is not under test here: scheduled, as a marketing lead would leave it.
-    Campaign.objects.filter(pk=campaign.pk).update(status=CampaignStatus.SCHEDULED)
+    Campaign.objects.filter(pk=campaign.pk).update(
+        status=CampaignStatus.SCHEDULED, approved_definition=campaign_definition(campaign.pk)
+    )
     return step
 
 
@@ -475,3 +488,33 @@ def test_a_step_that_lost_a_batch_closes_once_revived_and_sent(rig, monkeypatch)
     every_delivery_sent_once(step, ["email"], users)
     fanout.steps_start_due()
     assert CampaignStep.objects.get(pk=step.pk).status == StepStatus.DONE, where(step)
+
+
+def test_a_segment_changed_behind_the_admins_back_reaches_nobody_until_approved_again(rig):
+    """The issue's attack without the admin: after approval the segment stops using its list
+    (a shell, a script). The worker's walk finds the campaign no longer matches its approval:
+    the 3,000 fans get nothing, the campaign goes back for approval with the reason, and once
+    a lead approves the change every one of them gets it once."""
+    users = fans()
+    step = campaign_due_now(["email"], members=users[:100])
+    campaign = step.campaign
+    start(step)  # beat: the campaign still matches its approval; the walk is queued
+    Segment.objects.filter(pk=campaign.segment_id).update(use_member_list=False)
+    worker = rig.worker(**WORKER_ENV)
+
+    wait_until(
+        lambda: Campaign.objects.get(pk=campaign.pk).status == CampaignStatus.AWAITING_APPROVAL,
+        timeout=30,
+        message="the walk to send the campaign back for approval",
+    )
+    idle(rig, worker)
+    assert progress(step) == (0, 0, 0)
+    assert Campaign.objects.get(pk=campaign.pk).review_reason == (
+        "its segment changed: Segment “Sale fans”: use member list: yes → no"
+    )
+
+    lead = UserFactory(is_staff=True, is_superuser=True)
+    campaign_approve(campaign=campaign, by=lead)  # returns it to running: the walk goes again
+    beat_until(rig, step, lambda: everyone_sent(step, users) and closed(step))
+    one_message_each(step, users)
+    every_delivery_sent_once(step, ["email"], users)

@@ -321,6 +321,7 @@ class Command(BaseCommand):
         self, size: int, tag: str, pool: list[subprocess.Popen[bytes]], probes: list[User]
     ) -> tuple[float, float, list[float]]:
         from campaigns.models import Campaign, CampaignStep, Segment, VariantTemplate
+        from campaigns.services.definitions import campaign_definition
         from campaigns.services.fanout import publish_walk
         from campaigns.services.lifecycle import campaign_create
         from notifier.models import NotificationType
@@ -355,7 +356,12 @@ class Command(BaseCommand):
             "{{ unsubscribe_url }}",
             html='<p>Hi {{ user.first_name }}</p><a href="https://shop.example.com/sale">Sale</a>',
         )
-        Campaign.objects.filter(pk=campaign.pk).update(status="running", started_at=timezone.now())
+        # As a lead would leave it: approved (the walk checks what approval covered), running.
+        Campaign.objects.filter(pk=campaign.pk).update(
+            status="running",
+            started_at=timezone.now(),
+            approved_definition=campaign_definition(campaign.pk),
+        )
         CampaignStep.objects.filter(pk=step.pk).update(status="running", started_at=timezone.now())
         self.say(f"campaign: one step to {size} recipients, in-app + email")
         sampler = RssSampler(pool)

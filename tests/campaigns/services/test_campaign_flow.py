@@ -103,7 +103,15 @@ def lead(roles):
 
 
 def make_campaign(
-    creator, *, segment=None, event_at=EVENT, holdout=0, kind="one_off", priority="low", plan=None
+    creator,
+    *,
+    segment=None,
+    event_at=EVENT,
+    holdout=0,
+    kind="one_off",
+    priority="low",
+    plan=None,
+    at_ten_local: tuple[str, ...] = (),
 ):
     campaign = campaign_create(
         name="Double 11",
@@ -121,6 +129,8 @@ def make_campaign(
     for step in campaign.steps.all():
         for variant in step.variants.all():
             write_copy(variant)
+    # Steps sent at 10:00 in each user's zone: part of what the lead approves.
+    campaign.steps.filter(name__in=at_ten_local).update(timing="local_time", local_time=time(10))
     return campaign
 
 
@@ -423,9 +433,8 @@ def test_a_local_time_step_holds_each_message_until_the_users_hour(marketer, lea
         audience(1, time_zone="Asia/Shanghai")[0],
         audience(1, time_zone="America/New_York")[0],
     )
-    campaign = scheduled(marketer, lead)
+    campaign = scheduled(marketer, lead, at_ten_local=("Reminder",))
     reminder = campaign.steps.get(name="Reminder")
-    CampaignStep.objects.filter(pk=reminder.pk).update(timing="local_time", local_time=time(10, 0))
     start = step_start(campaign, reminder) - timedelta(hours=26)
     start_step(campaign, "Reminder", published, at=start)
     for user, tz in ((shanghai, "Asia/Shanghai"), (new_york, "America/New_York")):
@@ -495,14 +504,13 @@ def test_when_two_campaigns_compete_for_the_cap_the_higher_priority_wins(
 ):
     settings.NOTIFIER_MARKETING_CAP_DAY, settings.NOTIFIER_MARKETING_CAP_WEEK = 1, 5
     user = audience(1, time_zone="UTC")[0]
-    low = scheduled(marketer, lead, priority="low")
-    high = scheduled(marketer, lead, priority="high")
-    for campaign in (low, high):
-        step = campaign.steps.get(name="Reminder")
-        CampaignStep.objects.filter(pk=step.pk).update(timing="local_time", local_time=time(10, 0))
-        start_step(
-            campaign, "Reminder", published, at=step_start(campaign, step) - timedelta(hours=26)
-        )
+    low = scheduled(marketer, lead, priority="low", at_ten_local=("Reminder",))
+    high = scheduled(marketer, lead, priority="high", at_ten_local=("Reminder",))
+    reminders = [campaign.steps.get(name="Reminder") for campaign in (low, high)]
+    with time_machine.travel(step_start(low, reminders[0]) - timedelta(hours=26)):
+        assert sorted(steps_start_due().started) == sorted(step.pk for step in reminders)
+        for step in reminders:
+            published.run_walk(step.pk)
     with time_machine.travel(datetime(2026, 11, 9, 10, 1, tzinfo=UTC)):
         held_release()
     winner = Delivery.objects.filter(message__campaign=high, message__user=user)
