@@ -73,6 +73,10 @@ class Message(models.Model):
     )
     created_at = models.DateTimeField()
     routed_at = models.DateTimeField(null=True, blank=True)
+    # Prepare runs that started on this message, counted (and committed) before each run's
+    # work: one that stays unrouted after N of them keeps killing its worker, and is set aside
+    # (notifier.services.quarantine).
+    prepare_attempts = models.PositiveSmallIntegerField(default=0)
 
     class Meta:
         constraints = [
