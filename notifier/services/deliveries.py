@@ -42,7 +42,7 @@ from notifier.policies.retry import RetryPolicy, Verdict, after_attempt
 from notifier.queues import Lane
 from notifier.selectors import type_info_get
 from notifier.services.pipeline import deliveries_fall_back
-from notifier.services.quarantine import unrouted_republish
+from notifier.services.quarantine import dead_runs_count, unrouted_republish
 from notifier.status import (
     ENGAGEMENT_RANK,
     DeliveryStatus,
@@ -672,11 +672,13 @@ def requeue_stuck_work(*, now: datetime | None = None, limit: int = 5000) -> Req
     stale = now - timedelta(seconds=settings.NOTIFIER_REQUEUE_AFTER_S)
     expired = now - timedelta(seconds=settings.NOTIFIER_SENDING_TIMEOUT_S)
 
-    # Columns that always read: a row that cannot be read is failed by its own prepare run.
+    # Prepare runs that died count against their messages first; then only columns that always
+    # read: a row that cannot be read is failed by its own prepare run.
+    dead_runs_count(started_before=stale)
     unrouted = list(
         Message.objects.filter(routed_at__isnull=True, created_at__lt=stale)
         .order_by("created_at")
-        .values_list("pk", "lane", "prepare_attempts")[:limit]
+        .values_list("pk", "lane", "prepare_crashes")[:limit]
     )
     report.messages, report.set_aside = unrouted_republish(unrouted)
 

@@ -49,6 +49,7 @@ from notifier.models import (
     EventKind,
     Kind,
     Message,
+    PrepareRun,
     RoutingRule,
     SuppressedAddress,
     User,
@@ -585,15 +586,18 @@ def publish_queued(
         )
 
 
-def messages_prepare(*, message_ids: Sequence[int]) -> Counter[str]:
+def messages_prepare(*, message_ids: Sequence[int], run_id: int | None = None) -> Counter[str]:
     """Generate and route a batch of messages. Returns counts of the statuses written.
 
     A message whose row cannot be read (a date Python cannot represent, JSON nested too deep)
     is failed with the reason in words; the rest of the batch routes. Raises RenderTimedOut
-    (nothing written) when the task's soft time limit strikes mid-render."""
+    (nothing written) when the task's soft time limit strikes mid-render. `run_id` is this
+    run's PrepareRun, deleted in the same transaction: it stays only if the run dies."""
     now = timezone.now()
     written: Counter[str] = Counter()
     with transaction.atomic():
+        if run_id is not None:
+            PrepareRun.objects.filter(pk=run_id).delete()
         messages, unreadable = readable(
             Message.objects.select_for_update(skip_locked=True, of=("self",))
             .filter(pk__in=message_ids, routed_at__isnull=True)

@@ -1,34 +1,42 @@
 """A batch whose run died is not run whole again, and a message that keeps killing its worker
 is failed alone, with its reason.
 
-Every prepare run first counts an attempt on its unrouted messages in PostgreSQL, committed
-before the work starts (one UPDATE per batch, `prepare_attempts_start`). A message that is
-still unrouted after a run started on it is one whose run died: the process was killed, ran
-out of memory, passed the hard time limit, or raised. So a run that finds earlier attempts on
-its messages does not repeat the batch: a message whose runs died NOTIFIER_PREPARE_MAX_CRASHES
-times is failed with that reason, and the others go on one per task, where a poison message
-can take down only itself; the messages that never died still route together. When the soft
-time limit strikes mid-render, the message being rendered fails alone and the rest of the batch
-goes on in a fresh task (`RenderTimedOut`).
+Every prepare run is recorded before its work starts: one small row (PrepareRun), committed,
+which the run's own transaction deletes first thing. A run that dies (killed, out of memory,
+over the hard time limit, an error) never commits, so its row stays, and no live transaction
+holds it: that is how a dead run is told from one at work. A run first counts the dead runs
+among its messages (`dead_runs_count`): each adds one to the crash count of its messages still
+unrouted. If it found any, a message whose runs died NOTIFIER_PREPARE_MAX_CRASHES times is
+failed with that reason, and the others that died before go on one per task, where a poison
+message takes down only itself; the rest route together. When the soft time limit strikes
+mid-render, the message being rendered fails alone and the rest go on in a fresh task
+(`RenderTimedOut`).
 
-The re-queue job and the campaign fan-out follow the same rule (`unrouted_republish`,
-`messages_prepare_one_by_one`).
+The hot path pays three small statements per batch (look for dead runs, record the run, delete
+the record in the run's transaction), not a new version of every message row. The re-queue job
+counts the dead runs it finds and never re-publishes a message past the limit
+(`unrouted_republish`); the campaign fan-out hands a batch that died to this pipeline one
+message at a time (`messages_prepare_one_by_one`).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from functools import partial
 
 from django.conf import settings
 from django.db import connection, transaction
+from django.db.models import F
+from django.utils import timezone
 
 from notifier import dispatch
 from notifier.db import table_name
-from notifier.models import Message
+from notifier.models import Message, PrepareRun
 from notifier.queues import Lane
 from notifier.services.messages import NewMessage, messages_insert_new
 from notifier.services.pipeline import Failure, RenderTimedOut, messages_fail, messages_prepare
@@ -39,17 +47,12 @@ S = DeliveryStatus
 
 
 @dataclass(frozen=True, slots=True)
-class Started:
-    """A message a prepare run has counted itself on."""
+class Unrouted:
+    """A message a run or the re-queue job is about to hand on."""
 
     pk: int
     lane: Lane
-    attempts: int  # prepare runs started on it, this one included
-
-    @property
-    def crashes(self) -> int:
-        """Runs before this one that started on the message and never routed it."""
-        return self.attempts - 1
+    crashes: int  # prepare runs that died with it in them
 
 
 def crashed_failure(crashes: int) -> Failure:
@@ -60,45 +63,49 @@ def crashed_failure(crashes: int) -> Failure:
     )
 
 
-def _ids_sql(ids: Sequence[int]) -> str:
-    return ", ".join(["%s"] * len(ids))
-
-
-def prepare_attempts_start(message_ids: Sequence[int]) -> list[Started]:
-    """Count an attempt on each unrouted message of the batch that no other run holds.
-
-    The prepare task runs in autocommit, so the count is committed before the work starts and
-    survives a run that dies. Messages another run holds (locked) are neither counted nor
-    returned: that run owns them."""
-    if not message_ids:
-        return []
-    table = table_name(Message)
+def _unheld_runs() -> list[tuple[int, list[int]]]:
+    """Recorded runs that no live run holds: runs that died (or, for an instant, one between
+    recording itself and opening its transaction). One process only elsewhere than
+    PostgreSQL: every run recorded is then over."""
     lock = " FOR UPDATE SKIP LOCKED" if connection.vendor == "postgresql" else ""
     with connection.cursor() as cursor:
-        cursor.execute(
-            f"UPDATE {table} SET prepare_attempts = prepare_attempts + 1 WHERE id IN "
-            f"(SELECT id FROM {table} WHERE id IN ({_ids_sql(message_ids)}) "
-            f"AND routed_at IS NULL{lock}) RETURNING id, lane, prepare_attempts",
-            list(message_ids),
-        )
+        cursor.execute(f"SELECT id, message_ids FROM {table_name(PrepareRun)}{lock}")
         rows = cursor.fetchall()
-    return [Started(pk, Lane(lane), attempts) for pk, lane, attempts in sorted(rows)]
+    return [(pk, json.loads(ids) if isinstance(ids, str) else ids) for pk, ids in rows]
 
 
-def prepare_attempts_undo(message_ids: Sequence[int]) -> None:
-    """Take back the attempt a run counted on messages it hands on without working on them:
-    they did not die, and the run that takes them over counts its own."""
-    if not message_ids:
-        return
-    with connection.cursor() as cursor:
-        cursor.execute(
-            f"UPDATE {table_name(Message)} SET prepare_attempts = prepare_attempts - 1 "
-            f"WHERE id IN ({_ids_sql(message_ids)}) AND prepare_attempts > 0",
-            list(message_ids),
+def dead_runs_count(
+    *, among: Collection[int] | None = None, started_before: datetime | None = None
+) -> int:
+    """Count the dead runs that had any of `among` in them (every dead run, when None) and
+    started before `started_before` (when given): each adds one crash to each of its messages
+    still unrouted, and its record goes. Returns how many dead runs were counted."""
+    wanted = set(among) if among is not None else None
+    dead = [pk for pk, ids in _unheld_runs() if wanted is None or not wanted.isdisjoint(ids)]
+    if not dead:
+        return 0
+    with transaction.atomic():
+        runs = PrepareRun.objects.select_for_update(skip_locked=True).filter(pk__in=dead)
+        if started_before is not None:
+            runs = runs.filter(started_at__lt=started_before)
+        counted = list(runs.values_list("pk", "message_ids"))
+        crashes: Counter[int] = Counter(pk for _, ids in counted for pk in ids)
+        by_count: dict[int, list[int]] = defaultdict(list)
+        for pk, count in crashes.items():
+            by_count[count].append(pk)
+        for count, ids in by_count.items():
+            Message.objects.filter(pk__in=ids, routed_at__isnull=True).update(
+                prepare_crashes=F("prepare_crashes") + count
+            )
+        PrepareRun.objects.filter(pk__in=[pk for pk, _ in counted]).delete()
+    if counted:
+        log.warning(
+            "counted %d prepare runs that died, over %d messages", len(counted), len(crashes)
         )
+    return len(counted)
 
 
-def _publish_alone(messages: Iterable[Started]) -> int:
+def _publish_alone(messages: Iterable[Unrouted]) -> int:
     count = 0
     for message in messages:
         dispatch.publish_prepare([message.pk], message.lane)
@@ -106,7 +113,7 @@ def _publish_alone(messages: Iterable[Started]) -> int:
     return count
 
 
-def _publish_together(messages: Iterable[Started]) -> int:
+def _publish_together(messages: Iterable[Unrouted]) -> int:
     by_lane: dict[Lane, list[int]] = defaultdict(list)
     for message in messages:
         by_lane[message.lane].append(message.pk)
@@ -115,51 +122,64 @@ def _publish_together(messages: Iterable[Started]) -> int:
     return sum(len(ids) for ids in by_lane.values())
 
 
+def _unrouted(message_ids: Sequence[int]) -> list[Unrouted]:
+    rows = Message.objects.filter(pk__in=list(message_ids), routed_at__isnull=True).order_by("pk")
+    return [
+        Unrouted(pk, Lane(lane), crashes)
+        for pk, lane, crashes in rows.values_list("pk", "lane", "prepare_crashes")
+    ]
+
+
 def messages_prepare_guarded(*, message_ids: Sequence[int]) -> Counter[str]:
-    """The prepare task's service: count the attempt, then route the batch, or split it and set
-    aside what keeps killing its worker. Returns counts of the statuses written (and of the
-    messages handed on: `isolated`, `republished`)."""
+    """The prepare task's service: route the batch, unless runs of it died before; then set
+    aside what keeps killing its worker and split the rest. Returns counts of the statuses
+    written (and of the messages handed on: `isolated`, `republished`)."""
     written: Counter[str] = Counter()
-    started = prepare_attempts_start(message_ids)
-    limit = settings.NOTIFIER_PREPARE_MAX_CRASHES
-    crashed = {m.pk: crashed_failure(m.crashes) for m in started if m.crashes >= limit}
-    if crashed:
-        written[str(S.FAILED)] += messages_fail(failures=crashed)
-    alive = [m for m in started if m.crashes < limit]
-    suspects = [m for m in alive if m.crashes]
-    if suspects and len(alive) > 1:
-        # A run with these in it died: one task each, so that if one of them is the cause, it
-        # takes down nobody else next time. The others route together here.
-        prepare_attempts_undo([m.pk for m in suspects])
-        written["isolated"] = _publish_alone(suspects)
-        alive = [m for m in alive if not m.crashes]
-    if not alive:
-        return written
+    batch = list(message_ids)
+    if dead_runs_count(among=batch):
+        limit = settings.NOTIFIER_PREPARE_MAX_CRASHES
+        messages = _unrouted(batch)
+        crashed = {m.pk: crashed_failure(m.crashes) for m in messages if m.crashes >= limit}
+        if crashed:
+            written[str(S.FAILED)] += messages_fail(failures=crashed)
+        alive = [m for m in messages if m.crashes < limit]
+        if len(alive) > 1 and any(m.crashes for m in alive):
+            # They died together: one task each, so that whichever of them is the cause takes
+            # down nobody else next time. Those that never died route together here.
+            written["isolated"] = _publish_alone(m for m in alive if m.crashes)
+            alive = [m for m in alive if not m.crashes]
+        batch = [m.pk for m in alive]
+        if not batch:
+            return written
+    # Committed before the work: if this run dies, the record stays and says so.
+    run = PrepareRun.objects.create(message_ids=batch, started_at=timezone.now())
     try:
-        written.update(messages_prepare(message_ids=[m.pk for m in alive]))
-    except RenderTimedOut as cut:  # the batch's transaction rolled back: nothing was written
+        written.update(messages_prepare(message_ids=batch, run_id=run.pk))
+    except RenderTimedOut as cut:  # rolled back, record included: nothing was written
+        PrepareRun.objects.filter(pk=run.pk).delete()  # over, and not dead
         written[str(S.FAILED)] += messages_fail(
             failures={cut.message_id: Failure(Reason.RENDER_TIMEOUT, str(cut))}
         )
-        rest = [m for m in alive if m.pk != cut.message_id]
-        prepare_attempts_undo([m.pk for m in rest])
-        written["republished"] = _publish_together(rest)
+        written["republished"] = _publish_together(
+            m for m in _unrouted(batch) if m.pk != cut.message_id
+        )
     return written
 
 
 def unrouted_republish(rows: Sequence[tuple[int, str, int]]) -> tuple[int, int]:
-    """The re-queue job's half for messages never routed, as (id, lane, prepare attempts).
+    """The re-queue job's half for messages never routed, as (id, lane, crashes); count the
+    dead runs first (`dead_runs_count`).
 
-    Never routed yet counted is a message whose runs died (the job passes over those a live run
-    holds): at NOTIFIER_PREPARE_MAX_CRASHES it is failed, not published again; below, it goes
-    alone in its own task, so it cannot block messages that merely lost their task, which go
-    in batches as before. Returns (published, failed)."""
+    A message whose runs died NOTIFIER_PREPARE_MAX_CRASHES times is failed, not published
+    again (unless a live run holds it); one that died fewer times goes alone in its own task,
+    so it cannot take down messages that merely lost their task, which go in batches as
+    before. Returns (published, failed)."""
     limit = settings.NOTIFIER_PREPARE_MAX_CRASHES
-    crashed = {pk: crashed_failure(attempts) for pk, _, attempts in rows if attempts >= limit}
+    crashed = {pk: crashed_failure(crashes) for pk, _, crashes in rows if crashes >= limit}
     failed = messages_fail(failures=crashed) if crashed else 0
-    alive = [Started(pk, Lane(lane), attempts) for pk, lane, attempts in rows if pk not in crashed]
-    published = _publish_alone(m for m in alive if m.attempts)
-    published += _publish_together(m for m in alive if not m.attempts)
+    alive = [Unrouted(pk, Lane(lane), crashes) for pk, lane, crashes in rows if pk not in crashed]
+    published = _publish_alone(m for m in alive if m.crashes)
+    published += _publish_together(m for m in alive if not m.crashes)
     return published, failed
 
 

@@ -9,18 +9,19 @@ tests play by running the same batch again.
 
 from __future__ import annotations
 
+import threading
 from contextlib import suppress
 from datetime import timedelta
 
 import pytest
 from celery.exceptions import SoftTimeLimitExceeded
-from django.db import connection
+from django.db import connection, transaction
 from django.utils import timezone
 
 from notifier.api import notify_many
-from notifier.models import Delivery, DeliveryEvent, Message
+from notifier.models import Delivery, DeliveryEvent, Message, PrepareRun
 from notifier.rendering import RenderError
-from notifier.services import pipeline
+from notifier.services import pipeline, quarantine
 from notifier.services.deliveries import requeue_stuck_work
 from notifier.status import DeliveryStatus, Reason
 from notifier.tasks import prepare_messages
@@ -201,12 +202,13 @@ def test_the_soft_time_limit_mid_render_fails_that_message_and_the_rest_go_on_af
     assert (failed.status, failed.reason) == (S.FAILED, Reason.RENDER_TIMEOUT)
     assert failed.last_error.startswith("Rendering the inapp copy was stopped after")
     # Nothing else was written: the batch rolled back, and its other messages go on in a fresh
-    # task, with their attempt given back (they did not die).
+    # task, together. The run ended; it did not die: no record of it stays, no crash counted.
     assert not Delivery.objects.filter(message_id__in=[*first, *last]).exists()
     assert [ids for ids, _ in published.prepare] == [[*first, *last]]
-    assert set(
-        Message.objects.filter(pk__in=[*first, *last]).values_list("prepare_attempts", flat=True)
-    ) == {0}
+    assert not PrepareRun.objects.exists()
+    assert set(Message.objects.filter(pk__in=batch).values_list("prepare_crashes", flat=True)) == {
+        0
+    }
     prepare_messages([*first, *last])
     assert all(statuses(pk)["inapp"] == (S.QUEUED, "") for pk in [*first, *last])
 
@@ -242,8 +244,8 @@ def test_the_requeue_job_fails_a_message_past_the_crash_limit_instead_of_publish
     Message.objects.filter(pk__in=[crashed, suspect, *fresh]).update(
         created_at=timezone.now() - timedelta(hours=1)
     )
-    Message.objects.filter(pk=crashed).update(prepare_attempts=2)  # two runs died on it
-    Message.objects.filter(pk=suspect).update(prepare_attempts=1)  # one run died with it in
+    Message.objects.filter(pk=crashed).update(prepare_crashes=2)  # two runs died on it
+    Message.objects.filter(pk=suspect).update(prepare_crashes=1)  # one run died with it in
 
     report = requeue_stuck_work()
 
@@ -264,11 +266,58 @@ def test_a_batch_whose_run_died_is_not_run_whole_again(published, poison_render)
     batch = [*ids, poison]
     with suppress(WorkerDied):
         prepare_messages(batch)
-    # Its attempt was counted before the work, and survives the death.
-    assert set(Message.objects.filter(pk__in=batch).values_list("prepare_attempts", flat=True)) == {
-        1
-    }
+    # The run was recorded before its work, and the record outlives it.
+    assert list(PrepareRun.objects.values_list("message_ids", flat=True)) == [batch]
     published.prepare.clear()
     prepare_messages(batch)  # re-delivered: no death this time, because nothing is rendered
     assert sorted(ids for ids, _ in published.prepare) == [[pk] for pk in batch]
     assert not Delivery.objects.filter(message_id__in=batch).exists()
+    assert set(Message.objects.filter(pk__in=batch).values_list("prepare_crashes", flat=True)) == {
+        1
+    }
+    assert not PrepareRun.objects.exists()
+
+
+def test_the_requeue_job_counts_a_run_that_died_and_sends_its_messages_one_by_one(
+    published, poison_render
+):
+    ids = batch_of(2)
+    poison = notify_many(
+        [UserFactory()], "order.shipped", order_context(order_number=POISON), channels=["inapp"]
+    ).message_ids[0]
+    batch = [*ids, poison]
+    with suppress(WorkerDied):  # the task is lost with its worker (a hard time limit acks it)
+        prepare_messages(batch)
+    Message.objects.filter(pk__in=batch).update(created_at=timezone.now() - timedelta(hours=1))
+    PrepareRun.objects.update(started_at=timezone.now() - timedelta(hours=1))
+    published.prepare.clear()
+    requeue_stuck_work()
+    assert sorted(ids for ids, _ in published.prepare) == [[pk] for pk in batch]
+    assert not PrepareRun.objects.exists()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_run_at_work_is_not_taken_for_a_dead_one():
+    """A live run holds its record (deleted, not yet committed) in its own transaction: other
+    sessions skip it. The moment the run dies (its transaction rolls back), it is a dead run."""
+    run = PrepareRun.objects.create(message_ids=[1, 2, 3], started_at=timezone.now())
+
+    def seen_from_another_session() -> list[tuple[int, list[int]]]:
+        found: list[tuple[int, list[int]]] = []
+
+        def look() -> None:
+            try:
+                found.extend(quarantine._unheld_runs())
+            finally:
+                connection.close()
+
+        thread = threading.Thread(target=look)
+        thread.start()
+        thread.join()
+        return found
+
+    with suppress(WorkerDied), transaction.atomic():
+        PrepareRun.objects.filter(pk=run.pk).delete()  # what a run does first thing
+        assert seen_from_another_session() == []  # at work
+        raise WorkerDied
+    assert seen_from_another_session() == [(run.pk, [1, 2, 3])]  # died

@@ -1,5 +1,6 @@
-"""Messages count their prepare runs, so one that keeps killing its worker is set aside; three
-reasons for a message that could not be prepared (render cut off, unreadable, kept crashing).
+"""Prepare runs recorded while they work, so a run that died is known and the messages that
+keep killing their worker are counted and set aside; three reasons for a message that could
+not be prepared (render cut off, unreadable, kept crashing).
 
 Adding a column with a constant default is a catalog change on PostgreSQL 11+, not a rewrite.
 """
@@ -14,9 +15,17 @@ class Migration(migrations.Migration):
     ]
 
     operations = [
+        migrations.CreateModel(
+            name='PrepareRun',
+            fields=[
+                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
+                ('message_ids', models.JSONField()),
+                ('started_at', models.DateTimeField()),
+            ],
+        ),
         migrations.AddField(
             model_name='message',
-            name='prepare_attempts',
+            name='prepare_crashes',
             field=models.PositiveSmallIntegerField(default=0),
         ),
         migrations.AlterField(
