@@ -134,7 +134,8 @@ def _message_rows(message_ids: list[int]) -> list[dict[str, Any]]:
     """The messages as dicts. One that Python cannot read (a caller's date past the year 9999,
     JSON nested a thousand deep) is archived with its caller's columns as the text PostgreSQL
     holds, instead of failing the run every night."""
-    rows, unreadable = readable(Message.objects.filter(id__in=message_ids).order_by("id").values())
+    read, unreadable = readable(Message.objects.filter(id__in=message_ids).order_by("id").values())
+    rows: list[dict[str, Any]] = [dict(row) for row in read]
     if not unreadable:
         return rows
     kept = [f.attname for f in Message._meta.concrete_fields if f.name not in MESSAGE_CALLER_FIELDS]
