@@ -126,21 +126,14 @@ def variant_send_test(*, variant: StepVariant, to_user: User) -> Message:
     )
     if problems:
         raise CampaignError("fix the copy before sending a test: " + "; ".join(problems))
-    row = variant_test_message(variant=variant, to_user=to_user)
-    return messages_create(rows=[row]).messages[0]
-
-
-def variant_test_message(*, variant: StepVariant, to_user: User) -> NewMessage:
-    """The message a test send writes (a new idempotency key each time)."""
-    campaign = variant.step.campaign
-    assert campaign.category_id is not None
-    return NewMessage(
+    row = NewMessage(
         user_id=to_user.pk,
         type_key=campaign.category_id,
         context=dict(campaign.variables),
         channels=[str(channel) for channel in campaign.channels],
-        # The bulk lane: a test renders a marketer's copy, which must never hold up the lane of
-        # receipts and password resets. Routing lets it past backpressure, caps and quiet hours.
+        # The bulk lane: a test renders the marketer's copy, which must never hold up the lane
+        # of receipts and password resets. Routing lets it past backpressure, caps and quiet
+        # hours either way.
         lane=Lane.BULK,
         idempotency_key=f"campaign-test:{variant.pk}:{to_user.pk}:{uuid.uuid4().hex}",
         priority=campaign.priority,
@@ -149,3 +142,4 @@ def variant_test_message(*, variant: StepVariant, to_user: User) -> NewMessage:
         variant_id=variant.pk,
         is_test=True,
     )
+    return messages_create(rows=[row]).messages[0]
