@@ -92,7 +92,7 @@ from notifier.services.messages import (
     messages_insert_new,
     messages_unwritten,
 )
-from notifier.status import DeliveryStatus, Reason
+from notifier.status import DeliveryStatus, Reason, check_move
 
 log = logging.getLogger(__name__)
 S = DeliveryStatus
@@ -653,6 +653,7 @@ def messages_fail(*, failures: Mapping[int, Failure], now: datetime | None = Non
     and no re-queue picks it up again. Messages another run holds or has routed are left to it.
     """
     now = now or timezone.now()
+    check_move(S.PENDING, S.FAILED)  # a delivery that never was: failed as it is written
     with transaction.atomic():
         rows = list(
             Message.objects.select_for_update(skip_locked=True, of=("self",))
