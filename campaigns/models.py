@@ -265,6 +265,30 @@ class CampaignStep(models.Model):
         return f"{self.campaign}: {self.name}"
 
 
+class FanoutAttempt(models.Model):
+    """A fan-out batch that has started and not yet been written: its runs are counted here,
+    committed before each run's work, and the row is deleted once the batch is written. A
+    count above one means a run of the batch died (killed, out of memory, over the time
+    limit), so the next one hands each message to the pipeline alone instead of dying again
+    with it (campaigns.services.fanout). A batch is known by its step, first user and size."""
+
+    step = models.ForeignKey(CampaignStep, on_delete=models.CASCADE, related_name="+")
+    first_user_id = models.BigIntegerField()
+    users = models.PositiveIntegerField()
+    attempts = models.PositiveSmallIntegerField(default=0)
+    started_at = models.DateTimeField()
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["step", "first_user_id", "users"], name="fanout_attempt_batch"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"step {self.step_id} batch from user {self.first_user_id}: {self.attempts} runs"
+
+
 class StepVariant(models.Model):
     """A version of a step's copy; recipients are split by weight, the same user always
     getting the same variant."""

@@ -18,11 +18,14 @@ from campaigns.services.fanout import (
 )
 from campaigns.services.stats import learn_active_hours, stats_rollup
 from notifier.logcontext import bound
+from notifier.tasks import PREPARE_TIME_LIMITS
 
+# The fan-out renders every recipient's copy: the prepare tasks' time limits (see settings).
 FANOUT_OPTIONS: dict[str, Any] = {
     "acks_late": True,
     "reject_on_worker_lost": True,
     "ignore_result": True,
+    **PREPARE_TIME_LIMITS,
 }
 
 

@@ -8,6 +8,7 @@ statuses change only through the pipeline (`notifier.services`).
 
 from __future__ import annotations
 
+import json
 import zoneinfo
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -51,7 +52,7 @@ from notifier.models import (
     normalize_email,
 )
 from notifier.models.users import normalize_phone
-from notifier.selectors import user_history
+from notifier.selectors import MESSAGE_CALLER_FIELDS, message_read_caller_fields, user_history
 from notifier.services.deliveries import deliveries_retry_now
 from notifier.status import NOT_SENT, DeliveryStatus, Reason
 
@@ -493,7 +494,7 @@ class MessageRow:
             type_key=message.type.key,
             type_name=message.type.name,
             lane=message.lane,
-            channels=list(message.channels or []),
+            channels=_channels_asked(getattr(message, "channels_text", None)),
             campaign=str(message.campaign) if message.campaign is not None else "",
             idempotency_key=message.idempotency_key or "",
             routed_at=message.routed_at,
@@ -501,6 +502,16 @@ class MessageRow:
             deliveries=[DeliveryRow.of(d, links) for d in shown],
             hidden_deliveries=len(every) - len(shown),
         )
+
+
+def _channels_asked(text: str | None) -> list[str]:
+    """The channels a message's caller named, from the column's text (user_history): a value
+    that does not decode is shown as unreadable instead of failing the page."""
+    try:
+        channels = json.loads(text or "[]")
+    except (ValueError, RecursionError):
+        return ["(unreadable)"]
+    return [str(c) for c in channels] if isinstance(channels, list) else ["(unreadable)"]
 
 
 # --- The delivery log (read-only) -----------------------------------------------------------
@@ -647,7 +658,29 @@ class MessageAdmin(ReadOnlyMixin, admin.ModelAdmin):
     show_full_result_count = False
     inlines = [DeliveryInline]
     fields = MESSAGE_FIELDS
-    readonly_fields = MESSAGE_FIELDS
+    readonly_fields = (*MESSAGE_FIELDS, "could_not_read")
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[Message]:
+        # What a caller wrote may not read (a date past 9999, JSON a thousand deep): the list
+        # never loads it, and the change page reads it field by field (get_object).
+        return super().get_queryset(request).defer(*MESSAGE_CALLER_FIELDS)
+
+    def get_object(
+        self, request: HttpRequest, object_id: str, from_field: str | None = None
+    ) -> Message | None:
+        message = super().get_object(request, object_id, from_field)
+        if message is not None:
+            message.unreadable_fields = message_read_caller_fields(message)
+        return message
+
+    def get_fields(self, request: HttpRequest, obj: Message | None = None) -> tuple[str, ...]:
+        if obj is not None and getattr(obj, "unreadable_fields", None):
+            return ("could_not_read", *MESSAGE_FIELDS)
+        return MESSAGE_FIELDS
+
+    @admin.display(description="could not be read")
+    def could_not_read(self, obj: Message) -> str:
+        return "; ".join(getattr(obj, "unreadable_fields", {}).values()) or "-"
 
 
 @admin.register(Delivery)
@@ -671,6 +704,15 @@ class DeliveryAdmin(ReadOnlyMixin, admin.ModelAdmin):
     inlines = [DeliveryEventInline]
     fields = DELIVERY_FIELDS
     readonly_fields = DELIVERY_FIELDS
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[Delivery]:
+        # The message is shown by its id and type: what its caller wrote is never loaded here.
+        return (
+            super()
+            .get_queryset(request)
+            .select_related("message", "user")
+            .defer(*(f"message__{name}" for name in MESSAGE_CALLER_FIELDS))
+        )
 
     @admin.display(description="status", ordering="status")
     def status_badge(self, obj: Delivery) -> SafeString:

@@ -1,5 +1,6 @@
-"""System checks: every code-defined type has parseable templates for each of its channels, and
-the provider webhooks can work (signing keys, basic auth, a public callback URL)."""
+"""System checks: every code-defined type has parseable templates for each of its channels, the
+provider webhooks can work (signing keys, basic auth, a public callback URL), and the render
+tasks' time limits fit together."""
 
 from __future__ import annotations
 
@@ -119,4 +120,36 @@ def check_public_rate_limits(app_configs: Any = None, **kwargs: Any) -> list[Che
         parse_networks(settings.NOTIFIER_TRUSTED_PROXIES)
     except ImproperlyConfigured as exc:
         errors.append(Error(str(exc), id="notifier.E010"))
+    return errors
+
+
+@register()
+def check_task_time_limits(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
+    """The render tasks' time limits make sense together: a soft limit below its hard limit
+    (else a slow render is killed without its message being failed with a reason), and deliver
+    killed before its claims expire (else a live sender's deliveries are taken over and sent
+    twice)."""
+    from django.conf import settings
+
+    errors: list[CheckMessage] = []
+    for task in ("PREPARE", "DELIVER"):
+        soft = getattr(settings, f"NOTIFIER_{task}_SOFT_TIME_LIMIT_S")
+        hard = getattr(settings, f"NOTIFIER_{task}_TIME_LIMIT_S")
+        if not 0 < soft < hard:
+            errors.append(
+                Error(
+                    f"NOTIFIER_{task}_SOFT_TIME_LIMIT_S ({soft}) must be above 0 and below "
+                    f"NOTIFIER_{task}_TIME_LIMIT_S ({hard})",
+                    id="notifier.E011",
+                )
+            )
+    if settings.NOTIFIER_DELIVER_TIME_LIMIT_S >= settings.NOTIFIER_SENDING_TIMEOUT_S:
+        errors.append(
+            Error(
+                f"NOTIFIER_DELIVER_TIME_LIMIT_S ({settings.NOTIFIER_DELIVER_TIME_LIMIT_S}) must "
+                f"be below NOTIFIER_SENDING_TIMEOUT_S ({settings.NOTIFIER_SENDING_TIMEOUT_S}): "
+                "a deliver task still sending would see its deliveries re-queued and sent twice",
+                id="notifier.E012",
+            )
+        )
     return errors

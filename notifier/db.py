@@ -4,6 +4,9 @@ Django's bulk_create builds a model instance per row and bulk_update builds a CA
 field; on the delivery hot path both cost more than the database work itself. These helpers
 write the same SQL by hand for PostgreSQL and for SQLite (3.33+, the embedded default), with
 values prepared by each field, so JSON and datetimes are stored exactly as the ORM would.
+
+Also: reading rows some of which Python cannot represent (`readable`), one at a time only when
+a batch fails to load.
 """
 
 from __future__ import annotations
@@ -12,9 +15,10 @@ import io
 import json
 from collections.abc import Callable, Sequence
 from datetime import datetime
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 from django.db import connection, models
+from django.db.models import QuerySet
 
 # PostgreSQL allows 65535 parameters per statement; SQLite 32766.
 MAX_PARAMS = 30000
@@ -235,3 +239,63 @@ def copy_rows(
             f"COPY {connection.ops.quote_name(table)} ({quoted}) FROM STDIN", buffer
         )
     return list(ids or [])
+
+
+# --- Rows Python cannot read ------------------------------------------------------------------
+
+# What reading a stored value can raise in the driver or the field's decoding, though the
+# database holds it fine: psycopg2 turns a timestamp past 9999-12-31 into a datetime (ValueError:
+# "year 10000 is out of range"), and Django decodes a JSON column with json.loads
+# (RecursionError when it is nested about a thousand deep). Client-side only: the transaction
+# is untouched, so the caller may go on reading after one.
+UNREADABLE_ERRORS: tuple[type[Exception], ...] = (ValueError, OverflowError, RecursionError)
+
+R = TypeVar("R")
+
+
+def readable(queryset: QuerySet[Any, R]) -> tuple[list[R], list[Any]]:
+    """The rows of `queryset` (instances, or values_list tuples), and the primary keys of those
+    that cannot be read.
+
+    One query when every row reads (the hot path). When one does not, the keys are read first
+    (always readable) and then the rows one at a time, so a bad row costs only itself. Row
+    locks (`select_for_update`) taken by the first query stay held by the transaction.
+    """
+    try:
+        return list(queryset), []
+    except UNREADABLE_ERRORS:
+        pass
+    rows: list[R] = []
+    unreadable: list[Any] = []
+    for pk in list(queryset.values_list("pk", flat=True)):
+        try:
+            rows.extend(queryset.filter(pk=pk))
+        except UNREADABLE_ERRORS:
+            unreadable.append(pk)
+    return rows, unreadable
+
+
+def unreadable_columns(
+    model: type[models.Model], pk: Any, names: Sequence[str] | None = None
+) -> dict[str, Exception]:
+    """Which of a row's fields (all its concrete fields by default) cannot be read, and why:
+    each is read alone."""
+    fields = names or [f.name for f in model._meta.concrete_fields if not f.primary_key]
+    found: dict[str, Exception] = {}
+    for name in fields:
+        try:
+            list(model._default_manager.filter(pk=pk).values_list(name))
+        except UNREADABLE_ERRORS as exc:
+            found[name] = exc
+    return found
+
+
+def unreadable_words(field: models.Field[Any, Any], error: Exception) -> str:
+    """Why a stored value cannot be read, in words for support staff ("is out of range")."""
+    if isinstance(error, RecursionError):
+        return "is nested too deeply to read"
+    if isinstance(field, models.DateField | models.DateTimeField | models.TimeField):
+        return "is out of range"
+    if isinstance(field, models.JSONField):
+        return "is not valid JSON"
+    return f"cannot be read ({type(error).__name__})"

@@ -1,4 +1,5 @@
-"""Reads: notification types (cached per process), inbox pages, a user's delivery history."""
+"""Reads: notification types (cached per process), inbox pages, a user's delivery history, and
+why a message cannot be read."""
 
 from __future__ import annotations
 
@@ -8,8 +9,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 
-from django.db.models import Count, Prefetch, QuerySet
+from django.db.models import Count, Prefetch, QuerySet, TextField
+from django.db.models.functions import Cast
 
+from notifier.db import UNREADABLE_ERRORS, model_field, unreadable_columns, unreadable_words
 from notifier.models import (
     Consent,
     ConsentPurpose,
@@ -116,17 +119,85 @@ def inbox_unread_count(*, user_id: int) -> int:
 
 
 def user_history(*, user_id: int) -> QuerySet[Message]:
-    """Every message to a user, newest first, with deliveries and their events prefetched."""
+    """Every message to a user, newest first, with deliveries and their events prefetched.
+
+    The columns a caller filled are left out (MESSAGE_CALLER_FIELDS), so one that cannot be
+    read never takes the page down; the channels asked for come as text (`channels_text`)."""
     events = DeliveryEvent.objects.order_by("at", "id")
     deliveries = Delivery.objects.order_by("channel").prefetch_related(
         Prefetch("events", queryset=events)
     )
     return (
         Message.objects.filter(user_id=user_id)
+        .defer(*MESSAGE_CALLER_FIELDS)
+        .annotate(channels_text=Cast("channels", output_field=TextField()))
         .select_related("type", "campaign")
         .prefetch_related(Prefetch("deliveries", queryset=deliveries))
         .order_by("-created_at", "-id")
     )
+
+
+# --- Messages that cannot be read -----------------------------------------------------------
+
+# The columns of a message that its caller fills: the only ones that can hold what Python cannot
+# read (a date past the year 9999, JSON nested a thousand deep). Pages that list messages leave
+# them out, and a message's own page reads them one at a time.
+MESSAGE_CALLER_FIELDS = ("context", "channels", "fallback_chain", "expires_at", "not_before")
+MESSAGE_FIELD_WORDS = {
+    "context": "context",
+    "channels": "list of channels",
+    "fallback_chain": "list of fallback channels",
+    "expires_at": "expiry date",
+    "not_before": "send-after time",
+    "created_at": "creation time",
+    "routed_at": "routing time",
+}
+
+
+def _unreadable_phrases(model: type[Message] | type[User], pk: int, owner: str) -> list[str]:
+    words = MESSAGE_FIELD_WORDS if model is Message else {}
+    phrases = []
+    for name, error in unreadable_columns(model, pk).items():
+        field = model_field(model, name)
+        label = words.get(name) or str(field.verbose_name)
+        phrases.append(f"{owner} {label} {unreadable_words(field, error)}")
+    return phrases
+
+
+UNREADABLE = "This message could not be read: "
+
+
+def message_unreadable_reason(message_id: int) -> str:
+    """Why a message cannot be read, in words for support staff: "This message could not be
+    read: its expiry date is out of range". Reads each column alone, then the recipient's."""
+    phrases = _unreadable_phrases(Message, message_id, "its")
+    if phrases:
+        return UNREADABLE + "; ".join(phrases)
+    user_id = Message.objects.filter(pk=message_id).values_list("user_id", flat=True).first()
+    return recipient_unreadable_reason(user_id) if user_id is not None else UNREADABLE.rstrip(": ")
+
+
+def recipient_unreadable_reason(user_id: int) -> str:
+    """Why a message to this user cannot be prepared when the user's own row cannot be read."""
+    phrases = _unreadable_phrases(User, user_id, "its recipient's")
+    return UNREADABLE + ("; ".join(phrases) or "its recipient's record cannot be read")
+
+
+def message_read_caller_fields(message: Message) -> dict[str, str]:
+    """Read a message's deferred caller fields one at a time. Those that cannot be read are set
+    to None and come back as {field name: why, in words}."""
+    problems: dict[str, str] = {}
+    deferred = message.get_deferred_fields()
+    for name in MESSAGE_CALLER_FIELDS:
+        if name not in deferred:
+            continue
+        try:
+            message.refresh_from_db(fields=[name])
+        except UNREADABLE_ERRORS as error:
+            setattr(message, name, None)
+            field = model_field(Message, name)
+            problems[name] = f"The {MESSAGE_FIELD_WORDS[name]} {unreadable_words(field, error)}"
+    return problems
 
 
 # --- What users chose, in bulk for a routing batch ------------------------------------------

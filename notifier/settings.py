@@ -170,6 +170,22 @@ NOTIFIER_SENDING_TIMEOUT_S = env.int("NOTIFIER_SENDING_TIMEOUT_S", default=300)
 NOTIFIER_BATCH_SIZE = env.int("NOTIFIER_BATCH_SIZE", default=500)
 # Campaign fan-out hands the audience out in batches of this many users (one task each).
 NOTIFIER_CAMPAIGN_BATCH_USERS = env.int("NOTIFIER_CAMPAIGN_BATCH_USERS", default=1000)
+# Celery time limits of the tasks that render (prepare, campaign fan-out; deliver renders
+# fallbacks). At the soft limit the message being rendered fails alone ("Rendering took too
+# long") and the rest of its batch goes on in a fresh task; at the hard limit the pool kills
+# the process. A batch of 500 takes well under a second; deliver's limits leave room for slow
+# providers (500 sends one after another) and stay under NOTIFIER_SENDING_TIMEOUT_S, so a live
+# sender's claims are never taken over.
+NOTIFIER_PREPARE_SOFT_TIME_LIMIT_S = env.int("NOTIFIER_PREPARE_SOFT_TIME_LIMIT_S", default=30)
+NOTIFIER_PREPARE_TIME_LIMIT_S = env.int("NOTIFIER_PREPARE_TIME_LIMIT_S", default=60)
+NOTIFIER_DELIVER_SOFT_TIME_LIMIT_S = env.int("NOTIFIER_DELIVER_SOFT_TIME_LIMIT_S", default=120)
+NOTIFIER_DELIVER_TIME_LIMIT_S = env.int("NOTIFIER_DELIVER_TIME_LIMIT_S", default=150)
+# A message whose prepare run died this many times (killed, out of memory, hard time limit)
+# is failed with that reason instead of being tried again; its batch-mates go on without it.
+NOTIFIER_PREPARE_MAX_CRASHES = env.int("NOTIFIER_PREPARE_MAX_CRASHES", default=3)
+# The wall-clock time one campaign preview page may spend rendering copy, all cells together;
+# a cell cut off or never reached says so. Keeps a web worker from being held by bad copy.
+NOTIFIER_PREVIEW_BUDGET_S = env.float("NOTIFIER_PREVIEW_BUDGET_S", default=5.0)
 
 # --- Retention of the delivery log (notifier/services/retention.py) -------------------------
 # Nightly, finished messages older than this many days are archived to gzip JSON Lines files in

@@ -28,7 +28,8 @@ class DeliveryStatus(models.TextChoices):
 S = DeliveryStatus
 
 ALLOWED_MOVES: dict[DeliveryStatus, frozenset[DeliveryStatus]] = {
-    # pending -> failed: the template could not be rendered for this user.
+    # pending -> failed: the template could not be rendered for this user, the message could
+    # not be read, or preparing it kept stopping the worker.
     S.PENDING: frozenset({S.HELD, S.QUEUED, S.SUPPRESSED, S.CANCELLED, S.FAILED}),
     S.HELD: frozenset({S.QUEUED, S.SUPPRESSED, S.CANCELLED}),
     S.QUEUED: frozenset({S.SENDING, S.HELD, S.SUPPRESSED, S.CANCELLED, S.FAILED}),
@@ -103,6 +104,12 @@ class Reason(models.TextChoices):
     MISSED = "missed", "Its moment passed (campaign paused or late); not sent late"
     CIRCUIT_OPEN = "circuit_open", "The provider is failing; waiting for it to recover"
     RENDER_FAILED = "render_failed", "The template could not be rendered"
+    RENDER_TIMEOUT = "render_timeout", "Rendering took too long and was stopped"
+    UNREADABLE = "unreadable", "The message could not be read from the database"
+    PREPARE_CRASHED = (
+        "prepare_crashed",
+        "Preparing it stopped the worker again and again; set aside",
+    )
     INVALID_RECIPIENT = "invalid_recipient", "The provider rejected the address or number"
     ADDRESS_SUPPRESSED = (
         "address_suppressed",

@@ -2,7 +2,8 @@
 
 Per-delivery retries are decided by `notifier.policies.retry` and scheduled by the service
 (a new deliver task with a countdown), not by Celery's task retry: one failed recipient must
-not re-run its whole batch.
+not re-run its whole batch. Tasks that render have soft and hard time limits; what a soft limit
+means for the batch is the service's business (`notifier.services.quarantine`).
 """
 
 from __future__ import annotations
@@ -11,10 +12,11 @@ import logging
 from typing import Any
 
 from celery import shared_task
+from django.conf import settings
 
 from notifier.services.alerts import failure_alerts_run
 from notifier.services.deliveries import deliveries_deliver, requeue_stuck_work
-from notifier.services.pipeline import messages_prepare
+from notifier.services.quarantine import messages_prepare_guarded
 from notifier.services.release import held_release
 from notifier.services.retention import retention_run
 
@@ -27,15 +29,25 @@ PIPELINE_TASK_OPTIONS: dict[str, Any] = {
     "reject_on_worker_lost": True,
     "ignore_result": True,
 }
+# Rendering marketers' copy is work a bad template can stretch without end: no task that
+# renders holds a worker process longer than these (seconds; see settings).
+PREPARE_TIME_LIMITS: dict[str, Any] = {
+    "soft_time_limit": settings.NOTIFIER_PREPARE_SOFT_TIME_LIMIT_S,
+    "time_limit": settings.NOTIFIER_PREPARE_TIME_LIMIT_S,
+}
+DELIVER_TIME_LIMITS: dict[str, Any] = {  # deliver renders fallbacks
+    "soft_time_limit": settings.NOTIFIER_DELIVER_SOFT_TIME_LIMIT_S,
+    "time_limit": settings.NOTIFIER_DELIVER_TIME_LIMIT_S,
+}
 
 
-@shared_task(name="notifier.prepare_messages", **PIPELINE_TASK_OPTIONS)
+@shared_task(name="notifier.prepare_messages", **PIPELINE_TASK_OPTIONS, **PREPARE_TIME_LIMITS)
 def prepare_messages(message_ids: list[int]) -> dict[str, int]:
-    """Generate + route a batch of messages into deliveries."""
-    return dict(messages_prepare(message_ids=message_ids))
+    """Generate + route a batch of messages into deliveries (a test send is one too)."""
+    return dict(messages_prepare_guarded(message_ids=message_ids))
 
 
-@shared_task(name="notifier.deliver", **PIPELINE_TASK_OPTIONS)
+@shared_task(name="notifier.deliver", **PIPELINE_TASK_OPTIONS, **DELIVER_TIME_LIMITS)
 def deliver(delivery_ids: list[int]) -> dict[str, int]:
     """Send a batch of deliveries of one lane and channel."""
     report = deliveries_deliver(delivery_ids=delivery_ids)
@@ -52,7 +64,7 @@ def deliver(delivery_ids: list[int]) -> dict[str, int]:
 def requeue_stuck_work_task() -> dict[str, int]:
     """Beat: publish again whatever a lost broker message left in PostgreSQL."""
     report = requeue_stuck_work()
-    if report.messages or report.queued or report.expired_claims or report.exhausted:
+    if any(report.__dict__.values()):
         log.warning("re-queued stuck work: %s", report)
     return report.__dict__
 

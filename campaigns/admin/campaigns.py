@@ -35,6 +35,7 @@ from datetime import datetime, timedelta
 from typing import Any, ClassVar
 
 from django import forms
+from django.conf import settings
 from django.contrib import admin, messages
 from django.contrib.admin.options import InlineModelAdmin
 from django.contrib.admin.utils import quote, unquote
@@ -109,7 +110,7 @@ from campaigns.services.lifecycle import (
     copy_variant,
     plan_of,
 )
-from campaigns.services.previews import variant_preview, variant_send_test
+from campaigns.services.previews import PreviewBudget, variant_preview, variant_send_test
 from campaigns.services.segments import segment_count, segment_sample, segment_users
 from campaigns.services.stats import CAMPAIGN_SCOPE
 from channels.base import Channel, Content
@@ -1045,6 +1046,8 @@ class CampaignAdmin(admin.ModelAdmin):
         )
         channels = campaign_channels(campaign)
         steps = list(campaign.steps.order_by("offset_minutes", "pk").prefetch_related("variants"))
+        # However slow the copy, the page holds this web worker only so long (see the budget).
+        budget = PreviewBudget(settings.NOTIFIER_PREVIEW_BUDGET_S)
         previews = [
             StepPreview(
                 step=step,
@@ -1054,7 +1057,7 @@ class CampaignAdmin(admin.ModelAdmin):
                         variant=variant,
                         url=variant_url(variant.pk, self.admin_site.name),
                         channels=[
-                            self._channel_preview(variant, user, channel, viewer)
+                            self._channel_preview(variant, user, channel, viewer, budget)
                             for channel in channels
                         ],
                     )
@@ -1124,11 +1127,11 @@ class CampaignAdmin(admin.ModelAdmin):
 
     @staticmethod
     def _channel_preview(
-        variant: StepVariant, user: User, channel: Channel, viewer: User
+        variant: StepVariant, user: User, channel: Channel, viewer: User, budget: PreviewBudget
     ) -> ChannelPreview:
         # Signed links (unsubscribe, preferences) are made for the viewer, not the customer.
         result = variant_preview(
-            variant=variant, user=user, channel=channel, links_user_id=viewer.pk
+            variant=variant, user=user, channel=channel, links_user_id=viewer.pk, budget=budget
         )
         if isinstance(result, Content):
             return ChannelPreview(str(channel), channel_label(str(channel)), result, "")

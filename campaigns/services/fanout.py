@@ -9,7 +9,10 @@
   so a lost walk resumes where it was.
 - `step_fanout_batch`: for one batch, keeps the hold-out aside, picks each user's variant,
   routes and renders the messages in memory, and writes messages, deliveries and their events
-  by COPY in one transaction (`messages_write_routed`: idempotent per step x user).
+  by COPY in one transaction (`messages_write_routed`: idempotent per step x user). Its runs
+  are counted (`FanoutAttempt`): a batch whose last run died, or ran out of time rendering,
+  hands each message to the pipeline's own prepare task instead of dying again whole, where
+  the one that kills its worker is set aside (notifier.services.quarantine).
 
 Each of them first checks that the campaign still matches what a lead approved (its segment
 and list, the thresholds, settings, steps and copy: campaigns.services.definitions), however
@@ -38,6 +41,7 @@ from campaigns.models import (
     CampaignKind,
     CampaignStatus,
     CampaignStep,
+    FanoutAttempt,
     Holdout,
     StepStatus,
 )
@@ -60,11 +64,14 @@ from campaigns.services.lifecycle import (
 )
 from campaigns.services.segments import segment_users
 from notifier.backpressure import bulk_congested
-from notifier.db import insert_rows
+from notifier.db import insert_rows, readable, table_name
 from notifier.models import Message, User
 from notifier.queues import Lane
+from notifier.selectors import recipient_unreadable_reason
 from notifier.services.messages import NewMessage
-from notifier.services.pipeline import messages_write_routed
+from notifier.services.pipeline import Failure, RenderTimedOut, messages_write_routed
+from notifier.services.quarantine import messages_prepare_one_by_one
+from notifier.status import Reason
 
 log = logging.getLogger(__name__)
 C = CampaignStatus
@@ -297,6 +304,25 @@ class BatchReport:
     messages: int = 0
     existing: int = 0
     held_out: int = 0
+    one_by_one: int = 0  # handed to the prepare pipeline one message per task
+    unreadable: int = 0  # users whose row cannot be read: their messages failed with the reason
+
+
+def fanout_attempt_start(*, step_id: int, user_ids: Sequence[int]) -> tuple[int, int]:
+    """Count a run of this batch, committed at once (the task runs in autocommit), before the
+    work starts; returns (attempt row id, runs counted, this one included)."""
+    table = table_name(FanoutAttempt)
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"INSERT INTO {table} (step_id, first_user_id, users, attempts, started_at) "
+            "VALUES (%s, %s, %s, 1, %s) ON CONFLICT (step_id, first_user_id, users) "
+            f"DO UPDATE SET attempts = {table}.attempts + 1, started_at = EXCLUDED.started_at "
+            "RETURNING id, attempts",
+            [step_id, min(user_ids, default=0), len(user_ids), timezone.now()],
+        )
+        row = cursor.fetchone()
+    assert row is not None
+    return int(row[0]), int(row[1])
 
 
 def step_fanout_batch(
@@ -317,10 +343,11 @@ def step_fanout_batch(
     if not still_approved(campaign, members=False):
         return report
     _render_what_was_approved(campaign)
-    users = {
-        user.pk: user
-        for user in User.objects.filter(pk__in=list(user_ids), is_active=True).order_by("pk")
-    }
+    attempt_id, attempts = fanout_attempt_start(step_id=step_id, user_ids=user_ids)
+    readable_users, unreadable = readable(
+        User.objects.filter(pk__in=list(user_ids), is_active=True).order_by("pk")
+    )
+    users = {user.pk: user for user in readable_users}
     rows, held_out = recipients(step, campaign, users.values())
     if held_out:
         insert_rows(
@@ -329,7 +356,23 @@ def step_fanout_batch(
             [(campaign.pk, pk, timezone.now()) for pk in held_out],
             ignore_conflicts=True,
         )
-    new_ids = messages_write_routed(rows=rows, users=users)
+    new_ids: list[int] = []
+    if unreadable:
+        new_ids += _fail_unreadable_users(step, campaign, unreadable)
+        report.unreadable = len(unreadable)
+    if attempts > 1:  # a run of this batch died: each message alone, or it dies again whole
+        new_ids += messages_prepare_one_by_one(rows=rows)
+        report.one_by_one = len(rows)
+    else:
+        try:
+            new_ids += messages_write_routed(rows=rows, users=users)
+        except RenderTimedOut as cut:  # rolled back: that message fails, the rest one by one
+            key = next((row.idempotency_key for row in rows if row.user_id == cut.user_id), None)
+            new_ids += messages_prepare_one_by_one(
+                rows=rows, failures={key: Failure(Reason.RENDER_TIMEOUT, str(cut))} if key else {}
+            )
+            report.one_by_one = len(rows)
+    FanoutAttempt.objects.filter(pk=attempt_id).delete()
     # Heard from: a walk whose batches are still being written is not stale.
     CampaignStep.objects.filter(
         pk=step_id, walk_round=step.walk_round if walk_round is None else walk_round
@@ -340,6 +383,24 @@ def step_fanout_batch(
         len(held_out),
     )
     return report
+
+
+def _fail_unreadable_users(
+    step: CampaignStep, campaign: Campaign, user_ids: list[int]
+) -> list[int]:
+    """Users in the batch whose own row cannot be read get their message failed with the reason
+    in words (on their support timeline) instead of taking the batch with them."""
+    # Stand-ins with nothing but the id: the message needs no more, and that much always reads.
+    # (One in the hold-out gets no message, as ever; the hold-out row can wait for a readable
+    # record.)
+    stand_ins = [User(pk=pk, time_zone="UTC") for pk in user_ids]
+    rows, _ = recipients(step, campaign, stand_ins)
+    failures = {
+        row.idempotency_key: Failure(Reason.UNREADABLE, recipient_unreadable_reason(row.user_id))
+        for row in rows
+        if row.idempotency_key
+    }
+    return messages_prepare_one_by_one(rows=rows, failures=failures)
 
 
 def recipients(

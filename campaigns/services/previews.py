@@ -8,12 +8,21 @@ open tracking: a preview is not a message, and its clicks must not count in the 
 A test send is a real message through the real pipeline, marked `is_test`: routing lets it past
 quiet hours, frequency caps, preferences and consent (it goes to the marketer who asked for
 it), and the funnel leaves it out.
+
+Both run a marketer's copy, so both are boxed in: a preview page renders within its time
+budget (`PreviewBudget`), and a test send is prepared on the bulk lane, where copy that burns
+CPU can delay only other marketing, never a receipt or a password reset.
 """
 
 from __future__ import annotations
 
+import time
 import uuid
+from contextlib import nullcontext
+from dataclasses import dataclass, field
 from typing import Any
+
+from django.db import DatabaseError
 
 from campaigns.models import Campaign, StepVariant
 from campaigns.rendering import allowed_variables, render_variant
@@ -25,6 +34,7 @@ from notifier.queues import Lane
 from notifier.rendering import RenderError, template_context
 from notifier.services.messages import NewMessage, messages_create
 from notifier.services.pipeline import local_time_text, user_template_values
+from notifier.timebox import TimeBoxExpired, time_box
 
 # Campaign messages are marketing; a campaign still without a category gets the links of
 # marketing as a whole, so copy that uses them previews instead of failing.
@@ -50,15 +60,30 @@ def campaign_context(
     return context
 
 
+@dataclass
+class PreviewBudget:
+    """The wall-clock time one preview page may spend rendering copy, shared by its cells: a
+    page of many steps, variants and channels holds a web worker no longer than this, however
+    slow its copy."""
+
+    seconds: float
+    started: float = field(default_factory=time.monotonic)
+
+    def left(self) -> float:
+        return self.seconds - (time.monotonic() - self.started)
+
+
 def variant_preview(
     *,
     variant: StepVariant,
     user: User,
     channel: Channel,
     links_user_id: int | None = None,
+    budget: PreviewBudget | None = None,
 ) -> Content | RenderError:
     """One variant's copy on one channel, rendered for `user` in their locale (or the
-    default one); a RenderError, in the template's own words, when it cannot render."""
+    default one); a RenderError, in words, when it cannot render: the template's own, or that
+    the page's `budget` ran out before or while rendering it."""
     campaign = variant.step.campaign
     context = campaign_context(campaign, user, links_user_id=links_user_id)
     context["unsubscribe_url"] = unsubscribe_url(
@@ -66,10 +91,25 @@ def variant_preview(
         category=campaign.category_id or FALLBACK_CATEGORY,
         channel=channel,
     )
+    if budget is not None and budget.left() <= 0:
+        return RenderError(
+            f"not rendered: the preview spent its {budget.seconds:g} s on the copy before this"
+        )
     try:
-        return render_variant(variant.pk, channel, context, user.locale)
+        # The box holds the variant's compile too (its one query, a read, is harmless to cut).
+        with time_box(budget.left()) if budget is not None else nullcontext():
+            return render_variant(variant.pk, channel, context, user.locale)
     except RenderError as exc:
         return exc
+    except TimeBoxExpired:
+        seconds = budget.seconds if budget is not None else 0
+        return RenderError(
+            f"stopped after the preview's {seconds:g} s: this copy takes too long to render"
+        )
+    except DatabaseError:
+        raise
+    except Exception as exc:  # copy that cannot even compile: said in the cell, not a 500
+        return RenderError(f"{type(exc).__name__}: {exc}")
 
 
 def variant_send_test(*, variant: StepVariant, to_user: User) -> Message:
@@ -91,9 +131,10 @@ def variant_send_test(*, variant: StepVariant, to_user: User) -> Message:
         type_key=campaign.category_id,
         context=dict(campaign.variables),
         channels=[str(channel) for channel in campaign.channels],
-        # The transactional lane: one message someone is waiting for must not queue behind a
-        # campaign's bulk fan-out. Routing ignores caps and quiet hours for it either way.
-        lane=Lane.TRANSACTIONAL,
+        # The bulk lane: a test renders the marketer's copy, which must never hold up the lane
+        # of receipts and password resets. Routing lets it past backpressure, caps and quiet
+        # hours either way.
+        lane=Lane.BULK,
         idempotency_key=f"campaign-test:{variant.pk}:{to_user.pk}:{uuid.uuid4().hex}",
         priority=campaign.priority,
         campaign_id=campaign.pk,

@@ -1,7 +1,14 @@
 """The core models: users and their contact points, notification types, the delivery log."""
 
 from notifier.models.inbox import Feedback, InboxItem
-from notifier.models.messages import DeadLetter, Delivery, DeliveryEvent, EventKind, Message
+from notifier.models.messages import (
+    DeadLetter,
+    Delivery,
+    DeliveryEvent,
+    EventKind,
+    Message,
+    PrepareRun,
+)
 from notifier.models.preferences import (
     ALL_CHANNELS,
     CapPeriod,
@@ -42,6 +49,7 @@ __all__ = [
     "NotificationType",
     "Platform",
     "Preference",
+    "PrepareRun",
     "Priority",
     "ProviderEvent",
     "RoutingRule",

@@ -73,6 +73,9 @@ class Message(models.Model):
     )
     created_at = models.DateTimeField()
     routed_at = models.DateTimeField(null=True, blank=True)
+    # Prepare runs that died with this message in them (killed, out of memory, over the time
+    # limit): at NOTIFIER_PREPARE_MAX_CRASHES it is set aside (notifier.services.quarantine).
+    prepare_crashes = models.PositiveSmallIntegerField(default=0)
 
     class Meta:
         constraints = [
@@ -91,6 +94,24 @@ class Message(models.Model):
 
     def __str__(self) -> str:
         return f"#{self.pk} {self.type_id} → user {self.user_id}"
+
+
+class PrepareRun(models.Model):
+    """A prepare run of a batch of messages, from before its work starts until it ends.
+
+    Written and committed before the work; the run's own transaction deletes it first thing, so
+    it is gone once the run commits, and back if the run dies (the transaction never commits)
+    or ends in an error. While the run is alive, its transaction holds the row; a row nobody
+    holds is therefore a run that died, and its messages' crash counts go up by one
+    (notifier.services.quarantine). A row per batch rather than a counter per message: the
+    hot path writes one small row, not one new version of every message.
+    """
+
+    message_ids = models.JSONField()
+    started_at = models.DateTimeField()
+
+    def __str__(self) -> str:
+        return f"prepare run of {len(self.message_ids)} messages from {self.started_at}"
 
 
 class Delivery(models.Model):

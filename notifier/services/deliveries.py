@@ -42,6 +42,7 @@ from notifier.policies.retry import RetryPolicy, Verdict, after_attempt
 from notifier.queues import Lane
 from notifier.selectors import type_info_get
 from notifier.services.pipeline import deliveries_fall_back
+from notifier.services.quarantine import dead_runs_count, unrouted_republish
 from notifier.status import (
     ENGAGEMENT_RANK,
     DeliveryStatus,
@@ -622,6 +623,7 @@ class RequeueReport:
     queued: int = 0
     expired_claims: int = 0
     exhausted: int = 0
+    set_aside: int = 0  # never routed because their runs kept dying: failed, not re-published
 
 
 def _publish_grouped(rows: Iterable[tuple[int, str, str]]) -> None:
@@ -659,7 +661,8 @@ def _requeued(
 def requeue_stuck_work(*, now: datetime | None = None, limit: int = 5000) -> RequeueReport:
     """Publish again what a lost broker message left behind. Safe to run twice at once.
 
-    - messages never routed (their prepare task was lost);
+    - messages never routed (their prepare task was lost, or their run died: see
+      `unrouted_republish`, which fails one whose runs died too often instead);
     - deliveries queued and overdue (their deliver task was lost);
     - deliveries claimed by a worker that died mid-send: back to queued, or failed once the
       attempts are used up.
@@ -669,17 +672,15 @@ def requeue_stuck_work(*, now: datetime | None = None, limit: int = 5000) -> Req
     stale = now - timedelta(seconds=settings.NOTIFIER_REQUEUE_AFTER_S)
     expired = now - timedelta(seconds=settings.NOTIFIER_SENDING_TIMEOUT_S)
 
+    # Prepare runs that died count against their messages first; then only columns that always
+    # read: a row that cannot be read is failed by its own prepare run.
+    dead_runs_count(started_before=stale)
     unrouted = list(
         Message.objects.filter(routed_at__isnull=True, created_at__lt=stale)
         .order_by("created_at")
-        .values_list("pk", "lane")[:limit]
+        .values_list("pk", "lane", "prepare_crashes")[:limit]
     )
-    by_lane: dict[Lane, list[int]] = defaultdict(list)
-    for pk, lane in unrouted:
-        by_lane[Lane(lane)].append(pk)
-    for lane, ids in by_lane.items():
-        dispatch.publish_prepare(ids, lane)
-    report.messages = len(unrouted)
+    report.messages, report.set_aside = unrouted_republish(unrouted)
 
     with transaction.atomic():
         claims = list(

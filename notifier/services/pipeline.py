@@ -7,11 +7,18 @@ route policies; the message as a whole is admitted, held or suppressed (stalenes
 backpressure, frequency caps); the channels that will go out are rendered; and deliveries plus
 their first event are written in bulk, all in one transaction. Running it twice is harmless:
 routed messages are skipped, and locked ones are left to their owner.
+
+One message never takes its batch down: a row Python cannot read, or copy that cannot render
+(whatever it raises), fails that message alone with the reason in words (`messages_fail`,
+`message_generate`). The task's soft time limit striking mid-render is the exception that does
+leave the batch (`RenderTimedOut`): notifier.services.quarantine fails that message and
+re-publishes the rest.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -20,8 +27,9 @@ from functools import partial
 from typing import Any
 from zoneinfo import ZoneInfo
 
+from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
-from django.db import IntegrityError, connection, transaction
+from django.db import DatabaseError, IntegrityError, connection, transaction
 from django.utils import timezone
 
 from campaigns.models import Campaign
@@ -30,7 +38,7 @@ from campaigns.tracking import track_content
 from channels.base import Channel, Content
 from notifier import dispatch
 from notifier.backpressure import bulk_congested
-from notifier.db import copy_rows, insert_rows, next_ids, update_rows
+from notifier.db import copy_rows, insert_rows, next_ids, readable, update_rows
 from notifier.dispatch import chunks
 from notifier.links import UnsubscribeLinks, preferences_url
 from notifier.logcontext import bound
@@ -41,6 +49,7 @@ from notifier.models import (
     EventKind,
     Kind,
     Message,
+    PrepareRun,
     RoutingRule,
     SuppressedAddress,
     User,
@@ -72,6 +81,7 @@ from notifier.selectors import (
     TypeInfo,
     consent_of,
     irrelevant_feedback_counts,
+    message_unreadable_reason,
     preferences_of,
     type_info_get,
 )
@@ -83,7 +93,7 @@ from notifier.services.messages import (
     messages_insert_new,
     messages_unwritten,
 )
-from notifier.status import DeliveryStatus, Reason
+from notifier.status import DeliveryStatus, Reason, check_move
 
 log = logging.getLogger(__name__)
 S = DeliveryStatus
@@ -232,11 +242,67 @@ def local_time_text(moment: datetime | None, time_zone: str) -> str:
     return moment.astimezone(ZoneInfo(time_zone or "UTC")).strftime("%Y-%m-%d %H:%M")
 
 
+class RenderTimedOut(RenderError):
+    """The task's soft time limit struck while one message was rendering.
+
+    Raised out of the batch, whose transaction then rolls back (cap slots included): the
+    message fails alone with this as its reason, and the rest of the batch goes on in a fresh
+    task with a fresh time budget (notifier.services.quarantine, campaigns' fan-out).
+    """
+
+    def __init__(self, *, message_id: int, user_id: int, channel: Channel, seconds: float):
+        self.message_id, self.user_id, self.channel, self.seconds = (
+            message_id,
+            user_id,
+            channel,
+            seconds,
+        )
+        super().__init__(
+            f"Rendering the {channel} copy was stopped after {seconds:.0f} s, at the task's "
+            "time limit: the copy is too slow to send"
+        )
+
+
+def _soft_time_limit_in(error: BaseException) -> bool:
+    """Whether Celery's soft time limit is what this error is, or wraps (the template engines
+    report whatever a render raised as their own RenderError, `from` the original)."""
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        if isinstance(current, SoftTimeLimitExceeded):
+            return True
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return False
+
+
+def render_failure(
+    error: Exception, message: Message, channel: Channel, started: float
+) -> RenderError:
+    """What a render that raised means for its message: the soft time limit struck
+    (RenderTimedOut, which the caller raises), the template's own complaint, or something
+    nobody foresaw in the copy (one that cannot compile, a recursion): the message fails, not
+    the batch."""
+    if _soft_time_limit_in(error):
+        return RenderTimedOut(
+            message_id=message.pk,
+            user_id=message.user_id,
+            channel=channel,
+            seconds=time.monotonic() - started,
+        )
+    if isinstance(error, RenderError):
+        return error
+    return RenderError(f"{type(error).__name__}: {error}")
+
+
 def message_generate(
     message: Message, channels: Iterable[Channel], campaign: CampaignContext | None = None
 ) -> dict[Channel, Content | RenderError]:
     """Render each channel. Marketing gets its unsubscribe link in the templates and, on email,
-    RFC 8058 one-click headers; every message gets a signed link to the preference page."""
+    RFC 8058 one-click headers; every message gets a signed link to the preference page.
+
+    A channel that cannot render comes back as its RenderError; raises RenderTimedOut when
+    the task's soft time limit strikes mid-render."""
     context = template_context(message.context, user_template_values(message.user))
     context["preferences_url"] = Lazy(partial(preferences_url, user_id=message.user_id))
     if campaign is not None:
@@ -255,6 +321,7 @@ def message_generate(
         )
         if unsubscribe is not None:
             context["unsubscribe_url"] = Lazy(unsubscribe.page_url)
+        started = time.monotonic()
         try:
             content = (
                 render_variant(
@@ -263,10 +330,15 @@ def message_generate(
                 if message.variant_id
                 else render(message.type_id, channel, context, message.user.locale)
             )
-        except RenderError as exc:
+        except DatabaseError:
+            raise  # the database, not the copy: the batch's transaction is lost either way
+        except Exception as exc:  # one message's copy, whatever it raised, fails that message
+            failure = render_failure(exc, message, channel, started)
+            if isinstance(failure, RenderTimedOut):
+                raise failure from exc  # logged where the message is failed
             with bound(message_id=message.pk):
-                log.warning("message %s: %s", message.pk, exc)
-            rendered[channel] = exc
+                log.warning("message %s: %s", message.pk, failure)
+            rendered[channel] = failure
             continue
         if unsubscribe is not None and channel is Channel.EMAIL:
             content = replace(content, headers=unsubscribe.headers())
@@ -314,6 +386,8 @@ def routed(
     assert admission is not None
     if admission.status == S.SUPPRESSED:
         return row(S.SUPPRESSED, reason=admission.reason)
+    if isinstance(content, RenderTimedOut):
+        return row(S.FAILED, reason=Reason.RENDER_TIMEOUT, last_error=str(content))
     if isinstance(content, RenderError):
         return row(S.FAILED, reason=Reason.RENDER_FAILED, last_error=str(content))
     assert content is not None
@@ -513,17 +587,32 @@ def publish_queued(
         )
 
 
-def messages_prepare(*, message_ids: Sequence[int]) -> Counter[str]:
-    """Generate and route a batch of messages. Returns counts of the statuses written."""
+def messages_prepare(*, message_ids: Sequence[int], run_id: int | None = None) -> Counter[str]:
+    """Generate and route a batch of messages. Returns counts of the statuses written.
+
+    A message whose row cannot be read (a date Python cannot represent, JSON nested too deep)
+    is failed with the reason in words; the rest of the batch routes. Raises RenderTimedOut
+    (nothing written) when the task's soft time limit strikes mid-render. `run_id` is this
+    run's PrepareRun, deleted in the same transaction: it stays only if the run dies."""
     now = timezone.now()
     written: Counter[str] = Counter()
     with transaction.atomic():
-        messages = list(
+        if run_id is not None:
+            PrepareRun.objects.filter(pk=run_id).delete()
+        messages, unreadable = readable(
             Message.objects.select_for_update(skip_locked=True, of=("self",))
             .filter(pk__in=message_ids, routed_at__isnull=True)
             .select_related("user")
             .order_by("pk")
         )
+        if unreadable:
+            written[str(S.FAILED)] += messages_fail(
+                failures={
+                    pk: Failure(Reason.UNREADABLE, message_unreadable_reason(pk))
+                    for pk in unreadable
+                },
+                now=now,
+            )
         if not messages:
             return written
         audience = audience_of(messages, now)
@@ -546,6 +635,83 @@ def messages_prepare(*, message_ids: Sequence[int]) -> Counter[str]:
         publish_queued(rows, ids, {m.pk: Lane(m.lane) for m in messages})
         written.update(str(r.status) for r in rows)
     return written
+
+
+@dataclass(frozen=True, slots=True)
+class Failure:
+    """Why a message could not be prepared: a reason code and the words support staff read."""
+
+    reason: Reason
+    error: str
+
+
+def messages_fail(*, failures: Mapping[int, Failure], now: datetime | None = None) -> int:
+    """Fail messages that cannot be prepared, with their reasons. Returns how many it failed.
+
+    Reads only what always reads (ids, type, priority) and, where they read, the channels the
+    caller asked for. Each channel routing would try first gets a failed delivery carrying the
+    reason and the words, on the support timeline, and the message counts as routed, so no run
+    and no re-queue picks it up again. Messages another run holds or has routed are left to it.
+    """
+    now = now or timezone.now()
+    check_move(S.PENDING, S.FAILED)  # a delivery that never was: failed as it is written
+    with transaction.atomic():
+        rows = list(
+            Message.objects.select_for_update(skip_locked=True, of=("self",))
+            .filter(pk__in=list(failures), routed_at__isnull=True)
+            .values_list("pk", "user_id", "type_id", "priority")
+            .order_by("pk")
+        )
+        if not rows:
+            return 0
+        asked = _channels_asked([pk for pk, *_ in rows])
+        rules = routing_rules()
+        failed: list[Routed] = []
+        for pk, user_id, type_key, priority in rows:
+            failure = failures[pk]
+            with bound(message_id=pk):
+                log.warning("message %s failed: %s", pk, failure.error)
+            failed += [
+                Routed(
+                    pk,
+                    user_id,
+                    channel,
+                    S.FAILED,
+                    reason=failure.reason,
+                    last_error=failure.error,
+                    priority_rank=_rank(priority),
+                )
+                for channel in _first_channels(type_key, priority, asked.get(pk, []), rules)
+            ]
+        write_routed(failed, now)
+        Message.objects.filter(pk__in=[pk for pk, *_ in rows]).update(routed_at=now)
+    return len(rows)
+
+
+def _rank(priority: str) -> int:
+    return PRIORITY_RANK[Priority(priority)] if priority in Priority.values else 2
+
+
+def _channels_asked(message_ids: list[int]) -> dict[int, list[str]]:
+    """The channels each message's caller named, where that column reads (valid names only)."""
+    pairs, _ = readable(Message.objects.filter(pk__in=message_ids).values_list("pk", "channels"))
+    names = set(Channel)
+    return {
+        pk: [c for c in channels if c in names] if isinstance(channels, list) else []
+        for pk, channels in pairs
+    }
+
+
+def _first_channels(
+    type_key: str, priority: str, asked: list[str], rules: tuple[Rule, ...]
+) -> list[Channel]:
+    """The channels routing would try first: every send-all channel and the head of the chain."""
+    info = type_info_get(type_key)
+    if info is None:
+        return []
+    rule = match_rule(rules, type_key=info.key, kind=info.kind, priority=priority)
+    plan = plan_channels(type_channels=info.channels, explicit=asked, rule=rule)
+    return list(dict.fromkeys([*plan.send_all, *plan.chain[:1]]))
 
 
 def messages_write_routed(
@@ -631,9 +797,13 @@ def deliveries_fall_back(*, failed_ids: Sequence[int]) -> list[int]:
                 Plan(send_all=(), chain=tuple(chain)), message, audience
             )
             sendable = [c for c, d in decisions.items() if d.sends]
-            contents = message_generate(
-                message, sendable, audience.campaigns.get(message.campaign_id or 0)
-            )
+            contents: dict[Channel, Content | RenderError]
+            try:
+                contents = message_generate(
+                    message, sendable, audience.campaigns.get(message.campaign_id or 0)
+                )
+            except RenderTimedOut as exc:  # this fallback fails; the others still go out
+                contents = dict.fromkeys(sendable, exc)
             rows += [
                 routed(
                     message,

@@ -43,12 +43,15 @@ from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 from django.core.serializers.json import DjangoJSONEncoder
 from django.db import connection, transaction
+from django.db.models import TextField
+from django.db.models.functions import Cast
 from django.utils import timezone
 
 from campaigns.models import Campaign, CampaignStatus, Conversion
-from notifier.db import table_name
+from notifier.db import readable, table_name
 from notifier.models import Delivery, DeliveryEvent, InboxItem, Message
 from notifier.models.preferences import Unsubscribe
+from notifier.selectors import MESSAGE_CALLER_FIELDS
 from notifier.status import TERMINAL
 
 # Below this the pipeline's own look-backs (the 30-day feedback penalty, a week's caps) would
@@ -125,6 +128,26 @@ def _boundary_id(cutoff: datetime) -> int:
 
 def _rows(model: Any, **lookup: Any) -> list[dict[str, Any]]:
     return list(model.objects.filter(**lookup).order_by("id").values())
+
+
+def _message_rows(message_ids: list[int]) -> list[dict[str, Any]]:
+    """The messages as dicts. One that Python cannot read (a caller's date past the year 9999,
+    JSON nested a thousand deep) is archived with its caller's columns as the text PostgreSQL
+    holds, instead of failing the run every night."""
+    read, unreadable = readable(Message.objects.filter(id__in=message_ids).order_by("id").values())
+    rows: list[dict[str, Any]] = [dict(row) for row in read]
+    if not unreadable:
+        return rows
+    kept = [f.attname for f in Message._meta.concrete_fields if f.name not in MESSAGE_CALLER_FIELDS]
+    as_text = {f"raw_{name}": Cast(name, TextField()) for name in MESSAGE_CALLER_FIELDS}
+    for row in Message.objects.filter(id__in=unreadable).values(*kept, **as_text):
+        rows.append(
+            {
+                key.removeprefix("raw_") if key in as_text else key: value
+                for key, value in row.items()
+            }
+        )
+    return sorted(rows, key=lambda row: row["id"])
 
 
 def _archive_lines(
@@ -255,7 +278,7 @@ def _archive_batch(
             if message_ids:
                 deliveries = [d for d in deliveries if d["message_id"] not in kept]
                 delivery_ids = [d["id"] for d in deliveries]
-                messages = _rows(Message, id__in=message_ids)
+                messages = _message_rows(message_ids)
                 events = _rows(DeliveryEvent, delivery_id__in=delivery_ids)
                 inbox_items = _rows(InboxItem, message_id__in=message_ids)
                 lines = _archive_lines(messages, deliveries, events, inbox_items, timezone.now())

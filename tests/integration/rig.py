@@ -112,9 +112,11 @@ class Rig:
         monkeypatch.setattr(dispatch, "publish_prepare", self.publish_prepare)
         monkeypatch.setattr(dispatch, "publish_deliver", self.publish_deliver)
 
-    def worker(self, *, concurrency: int = 2, **env: str) -> WorkerProcess:
+    def worker(
+        self, *, concurrency: int = 2, queues: list[str] | None = None, **env: str
+    ) -> WorkerProcess:
         worker = WorkerProcess(
-            queues=ALL_QUEUES,
+            queues=queues or ALL_QUEUES,
             concurrency=concurrency,
             extra_env={**FAST_RECOVERY, **env},
             control_app=self.app,

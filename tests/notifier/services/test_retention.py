@@ -283,3 +283,22 @@ def test_the_beat_task_runs_the_service_with_the_settings(published, tmp_path, s
     [path] = result["files"]
     assert path.startswith(str(tmp_path))
     assert not exists(old)
+
+
+def test_an_old_message_python_cannot_read_is_archived_as_stored_text(published, archive_dir):
+    """An expiry past the year 9999 (what notify() once let in) made every nightly run fail."""
+    unreadable, fine = made_long_ago(UserFactory()), made_long_ago(UserFactory())
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "UPDATE notifier_message SET expires_at = '9999-12-31 23:59:59-05:00' WHERE id = %s",
+            [unreadable.pk],
+        )
+
+    report = retention_run(days=DAYS, archive_dir=archive_dir)
+
+    assert report.messages == 2
+    assert not exists(unreadable) and not exists(fine)
+    lines = {line["message"]["id"]: line["message"] for line in archived(archive_dir)}
+    assert lines[unreadable.pk]["expires_at"].startswith("10000-01-01")
+    assert json.loads(lines[unreadable.pk]["context"]) == order_context()  # the stored text
+    assert lines[fine.pk]["context"] == order_context()
