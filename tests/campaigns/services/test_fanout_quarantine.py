@@ -18,6 +18,7 @@ from django.db import connection
 from django.utils import timezone
 
 from campaigns.models import (
+    Campaign,
     CampaignStatus,
     CampaignStep,
     Segment,
@@ -25,6 +26,7 @@ from campaigns.models import (
     VariantTemplate,
 )
 from campaigns.services import fanout
+from campaigns.services.definitions import campaign_definition
 from campaigns.services.lifecycle import campaign_create
 from notifier.models import Delivery, Message, NotificationType, User
 from notifier.rendering import RenderError
@@ -63,9 +65,17 @@ def step(roles):
             title="{{ headline }}",
             body="Hi {{ user.first_name }}",
         )
-    campaign.__class__.objects.filter(pk=campaign.pk).update(status=CampaignStatus.RUNNING)
+    approve_as_it_is(campaign.pk)
     CampaignStep.objects.filter(pk=step.pk).update(status=StepStatus.RUNNING, batches_total=1)
     return CampaignStep.objects.get(pk=step.pk)
+
+
+def approve_as_it_is(campaign_id: int) -> None:
+    """Running, with an approval that covers the copy as it is now (approval is not under test
+    here; the fan-out refuses a campaign that differs from what was approved)."""
+    Campaign.objects.filter(pk=campaign_id).update(
+        status=CampaignStatus.RUNNING, approved_definition=campaign_definition(campaign_id)
+    )
 
 
 @pytest.fixture
@@ -203,6 +213,7 @@ def test_copy_that_cannot_compile_fails_its_messages_not_the_batch(step, users, 
     template (SyntaxError, not a RenderError): every batch that rendered it crashed."""
     nested = "".join(f"{{% for i{n} in [1] %}}" for n in range(21)) + "x" + "{% endfor %}" * 21
     VariantTemplate.objects.filter(variant__step=step).update(body=nested)
+    approve_as_it_is(step.campaign_id)  # as if it got past the save check and approval
     fanout.step_fanout_batch(step_id=step.pk, user_ids=[u.pk for u in users], walk_round=0)
     written = messages_of(step, users)
     assert len(written) == 4
