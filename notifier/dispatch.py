@@ -13,7 +13,7 @@ from django.conf import settings
 
 from channels.base import Channel
 from notifier.logcontext import bound
-from notifier.queues import Lane, deliver_queue, prepare_queue
+from notifier.queues import TEST_SENDS_QUEUE, Lane, deliver_queue, prepare_queue
 
 log = logging.getLogger(__name__)
 
@@ -28,13 +28,23 @@ def chunks(ids: Sequence[int], size: int | None = None) -> list[list[int]]:
 
 
 def publish_prepare(message_ids: Sequence[int], lane: Lane) -> None:
+    """One prepare task per batch, on the lane's prepare queue."""
+    _publish_prepare(message_ids, prepare_queue(lane))
+
+
+def publish_test_sends(message_ids: Sequence[int]) -> None:
+    """Prepare marketers' test sends on their own queue of the bulk lane (see notifier.queues)."""
+    _publish_prepare(message_ids, TEST_SENDS_QUEUE)
+
+
+def _publish_prepare(message_ids: Sequence[int], queue: str) -> None:
     from notifier.tasks import prepare_messages
 
     for batch in chunks(message_ids):
         try:
             # A task about one message carries its id into the worker's log lines.
             with bound(**({"message_id": batch[0]} if len(batch) == 1 else {})):
-                prepare_messages.apply_async(args=(batch,), queue=prepare_queue(lane))
+                prepare_messages.apply_async(args=(batch,), queue=queue)
         except Exception:
             log.exception(
                 "could not publish prepare for %d messages; re-queue job will", len(batch)

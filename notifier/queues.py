@@ -34,8 +34,15 @@ def deliver_queue(lane: Lane, channel: Channel) -> str:
     return f"{lane}.{channel}"
 
 
+# Marketers' test sends are prepared on the bulk lane, so copy that burns CPU never runs where
+# receipts and password resets do, in a queue of their own, so a test is not stuck behind a
+# running campaign's fan-out batches in bulk.prepare (a worker takes from its queues in turn).
+TEST_SENDS_QUEUE = f"{Lane.BULK}.tests"
+
+
 def lane_queues(lane: Lane) -> list[str]:
-    return [prepare_queue(lane)] + [deliver_queue(lane, channel) for channel in Channel]
+    tests = [TEST_SENDS_QUEUE] if lane == Lane.BULK else []
+    return [prepare_queue(lane), *tests] + [deliver_queue(lane, channel) for channel in Channel]
 
 
 ALL_QUEUES: list[str] = [

@@ -175,6 +175,13 @@ class Written:
     created: int  # how many of them are new; the rest existed under their idempotency key
 
 
+def _publisher(ids: list[int], lane: Lane, *, tests: bool) -> Callable[[], None]:
+    """What publishes new messages after commit: marketers' test sends go to their own queue."""
+    if tests:
+        return partial(dispatch.publish_test_sends, ids)
+    return partial(dispatch.publish_prepare, ids, lane)
+
+
 def messages_create(*, rows: Sequence[NewMessage]) -> Written:
     """Write messages (existing keys give back their message) and publish new ones on commit."""
     if not rows:
@@ -188,11 +195,11 @@ def messages_create(*, rows: Sequence[NewMessage]) -> Written:
                 created[start + index] = as_message(batch[index], pk, now)
         leftovers = [row for index, row in enumerate(rows) if index not in created]
         existing = _existing_by_key(leftovers) if leftovers else {}
-        by_lane: dict[Lane, list[int]] = defaultdict(list)
+        by_lane: dict[tuple[Lane, bool], list[int]] = defaultdict(list)
         for index, message in sorted(created.items()):
-            by_lane[rows[index].lane].append(message.pk)
-        for lane, ids in by_lane.items():
-            transaction.on_commit(partial(dispatch.publish_prepare, ids, lane), robust=True)
+            by_lane[(rows[index].lane, rows[index].is_test)].append(message.pk)
+        for (lane, tests), ids in by_lane.items():
+            transaction.on_commit(_publisher(ids, lane, tests=tests), robust=True)
     messages = [
         created[index] if index in created else existing[row.idempotency_key or ""]
         for index, row in enumerate(rows)
@@ -225,7 +232,7 @@ def message_create(*, row: NewMessage, check_recipient: Callable[[], object]) ->
         check_recipient()
         return _existing_by_key([row])[row.idempotency_key or ""]
     message = as_message(row, pk, now)
-    transaction.on_commit(partial(dispatch.publish_prepare, [message.pk], row.lane), robust=True)
+    transaction.on_commit(_publisher([message.pk], row.lane, tests=row.is_test), robust=True)
     return message
 
 

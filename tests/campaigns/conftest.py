@@ -14,6 +14,7 @@ from notifier import dispatch
 class Published:
     def __init__(self) -> None:
         self.prepare: list[list[int]] = []
+        self.test_sends: list[list[int]] = []
         self.deliver: list[list[int]] = []
         self.walks: list[int] = []
         self.batches: list[tuple[int, list[int]]] = []
@@ -35,6 +36,9 @@ def published(monkeypatch) -> Published:
     record = Published()
     monkeypatch.setattr(
         dispatch, "publish_prepare", lambda ids, lane: record.prepare.append(list(ids))
+    )
+    monkeypatch.setattr(
+        dispatch, "publish_test_sends", lambda ids: record.test_sends.append(list(ids))
     )
     monkeypatch.setattr(
         dispatch,

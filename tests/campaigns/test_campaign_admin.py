@@ -798,7 +798,7 @@ def test_send_test_reaches_the_marketers_inbox_without_marketing_consent(
         variant.step_id,
         variant.pk,
     )
-    assert published.prepare == [[message.pk]]
+    assert published.test_sends == [[message.pk]]
     with django_capture_on_commit_callbacks(execute=True):
         messages_prepare(message_ids=[message.pk])
     deliveries_deliver(delivery_ids=published.delivered_ids())

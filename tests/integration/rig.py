@@ -19,7 +19,14 @@ import redis
 from celery import Celery
 
 from notifier import dispatch
-from notifier.queues import ALL_QUEUES, MAINTENANCE_QUEUE, Lane, deliver_queue, prepare_queue
+from notifier.queues import (
+    ALL_QUEUES,
+    MAINTENANCE_QUEUE,
+    TEST_SENDS_QUEUE,
+    Lane,
+    deliver_queue,
+    prepare_queue,
+)
 from tests.conftest import WorkerProcess, wait_until
 
 
@@ -110,6 +117,7 @@ class Rig:
         )
         self.workers: list[WorkerProcess] = []
         monkeypatch.setattr(dispatch, "publish_prepare", self.publish_prepare)
+        monkeypatch.setattr(dispatch, "publish_test_sends", self.publish_test_sends)
         monkeypatch.setattr(dispatch, "publish_deliver", self.publish_deliver)
 
     def worker(
@@ -131,6 +139,9 @@ class Rig:
 
     def publish_prepare(self, ids: Any, lane: Lane) -> None:
         self.send("notifier.prepare_messages", (list(ids),), prepare_queue(lane))
+
+    def publish_test_sends(self, ids: Any) -> None:
+        self.send("notifier.prepare_messages", (list(ids),), TEST_SENDS_QUEUE)
 
     def publish_deliver(self, ids: Any, lane: Lane, channel: Any, *, countdown: float = 0) -> None:
         self.send("notifier.deliver", (list(ids),), deliver_queue(lane, channel), countdown)

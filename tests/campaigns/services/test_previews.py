@@ -197,7 +197,8 @@ def test_a_test_send_reaches_the_marketer_at_night_over_the_cap_without_consent(
     night = datetime(2026, 11, 1, 16, 0, tzinfo=UTC)  # midnight in Shanghai
     with time_machine.travel(night), django_capture_on_commit_callbacks(execute=True):
         message = variant_send_test(variant=notice(campaign), to_user=marketer)
-    assert published.prepare == [[message.pk]]
+    assert published.test_sends == [[message.pk]]  # on their own queue of the bulk lane
+    assert published.prepare == []
     with time_machine.travel(night), django_capture_on_commit_callbacks(execute=True):
         messages_prepare(message_ids=[message.pk])
     with time_machine.travel(night):
