@@ -24,7 +24,7 @@ from __future__ import annotations
 import json
 import keyword
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, ClassVar
@@ -72,6 +72,7 @@ from campaigns.models import (
 from campaigns.policies import DEFAULT_ACTIVE_HOUR, step_moment
 from campaigns.rendering import (
     CAMPAIGN_VARIABLES,
+    MAX_COPY_CHARS,
     PART_FIELDS,
     allowed_variables,
     required_parts,
@@ -98,7 +99,7 @@ from campaigns.services.segments import segment_count, segment_sample, segment_u
 from campaigns.services.stats import CAMPAIGN_SCOPE
 from channels.base import Channel, Content
 from notifier.models import Delivery, User
-from notifier.rendering import SYSTEM_VARIABLES, environment
+from notifier.rendering import COMPILE_ERRORS, SYSTEM_VARIABLES, environment
 from notifier.roles import VIEW_CONTACT_DETAILS
 from notifier.status import DeliveryStatus
 
@@ -405,7 +406,7 @@ def copy_using(campaign: Campaign, names: set[str]) -> list[str]:
                 continue
             try:
                 used = meta.find_undeclared_variables(env.parse(source)) & names
-            except TemplateSyntaxError:
+            except COMPILE_ERRORS:  # a syntax error, or nested too deeply to read
                 continue
             if used:
                 found.append(
@@ -1134,16 +1135,21 @@ def back_to_draft_if_awaiting(request: HttpRequest, campaign: Campaign) -> None:
 
 
 def syntax_hint(source: str) -> str:
+    if len(source) > MAX_COPY_CHARS:
+        return ""
     try:
         environment().parse(source)
     except TemplateSyntaxError:
         return " Variables are written {{ name }}; conditions {% if … %}…{% endif %}."
+    except COMPILE_ERRORS:  # nested too deeply to read: the problem says so
+        return ""
     return ""
 
 
 class VariantTemplateForm(forms.ModelForm):
     channel = forms.ChoiceField(choices=CHANNEL_CHOICES)
     allowed: ClassVar[frozenset[str]] = frozenset()  # set per campaign by the inline
+    variables: ClassVar[Mapping[str, Any]] = {}  # the campaign's values, for the trial render
 
     class Meta:
         model = VariantTemplate
@@ -1168,7 +1174,7 @@ class VariantTemplateForm(forms.ModelForm):
         data = super().clean() or {}
         for part in PART_FIELDS:
             source = data.get(part) or ""
-            problems = template_problems(source, allowed=self.allowed)
+            problems = template_problems(source, allowed=self.allowed, variables=self.variables)
             for problem in problems:
                 self.add_error(part, capfirst(problem) + syntax_hint(source))
         link = (data.get("link") or "").strip()
@@ -1207,7 +1213,9 @@ class VariantTemplateInline(admin.StackedInline):
     def get_formset(self, request: HttpRequest, obj: Any = None, **kwargs: Any) -> Any:
         names = obj.step.campaign.variables if obj is not None else {}
         kwargs["form"] = type(
-            "VariantTemplateForm", (VariantTemplateForm,), {"allowed": allowed_variables(names)}
+            "VariantTemplateForm",
+            (VariantTemplateForm,),
+            {"allowed": allowed_variables(names), "variables": names},
         )
         return super().get_formset(request, obj, **kwargs)
 
