@@ -53,6 +53,10 @@ VALUE_CHARS = 8
 # The clock is read every this many steps (and at each allocation of LARGE_CHARS or more).
 CLOCK_EVERY = 64
 LARGE_CHARS = 4096
+# What a render may allocate, at most, per character of NOTIFIER_RENDER_MAX_CHARS (16 MB at the
+# default): measured with tracemalloc on every bomb in tests/security/test_template_sandbox.py,
+# the worst (text split into one-character values) takes about half of it.
+MEMORY_PER_CHAR = 32
 # `**` and `*` on integers: beyond these a single number costs real CPU and memory.
 MAX_EXPONENT = 64
 MAX_BITS = 4096
