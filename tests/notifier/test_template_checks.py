@@ -33,5 +33,5 @@ def test_a_template_that_cannot_compile_fails_the_check(source, monkeypatch, tmp
         "compile (brackets, loops, conditions or a long chain of + or ~): split it into simpler "
         "pieces"
     )
-    with pytest.raises(SystemCheckError, match="notifier.E002"):
+    with pytest.raises(SystemCheckError, match=r"notifier\.E002"):
         call_command("check")
