@@ -36,15 +36,13 @@ from jinja2.sandbox import SandboxedEnvironment
 from markupsafe import escape
 
 from channels.base import Channel, Content
-from notifier.sandbox import (
+from notifier.sandbox import (  # RenderError and RenderBudgetExceeded are raised from here
     MessageSandbox,
     RenderBudgetExceeded,
     RenderError,
     python_limit_as_budget,
     render_budget,
 )
-
-__all__ = ["RenderBudgetExceeded", "RenderError"]  # raised here, defined with the sandbox
 
 NOTIFICATION_TEMPLATES_DIR = Path(settings.BASE_DIR) / "templates" / "notifications"
 SYSTEM_VARIABLES = frozenset(

@@ -1,5 +1,5 @@
 """Time rendering on the hot path: a typical campaign copy and a code-defined template, 10,000
-renders each (run: DJANGO_SETTINGS_MODULE=notifier.settings .venv/bin/python scripts/render_bench.py).
+renders each. Run: .venv/bin/python scripts/render_bench.py
 
 No database is needed: the campaign copy is compiled with the same environment and put in the
 per-process variant cache that `render_variant` reads, as a real fan-out batch finds it.
@@ -16,7 +16,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "notifier.settings")
 
-import django  # noqa: E402
+import django
 
 django.setup()
 
@@ -37,7 +37,7 @@ CAMPAIGN_COPY = {
     'style="color: #8a4b2a">The {{ campaign.name }} opens in three days</h2><p>Hi '
     "{{ user.first_name }},</p><p>{{ headline|capitalize }}. Use "
     '<b style="background: #fdf1d6; padding: 2px 6px">{{ coupon_code }}</b> at checkout.'
-    "</p><p>See you there,<br>Maya from the shop</p><p style=\"font-size: 11px; color: "
+    '</p><p>See you there,<br>Maya from the shop</p><p style="font-size: 11px; color: '
     '#999"><a href="{{ unsubscribe_url }}">No more offers like this</a></p></div>',
 }
 USER = {"first_name": "Olivia", "last_name": "Smith", "name": "Olivia Smith", "locale": "en"}
