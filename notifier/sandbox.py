@@ -476,15 +476,17 @@ def stringified(value: object) -> Any:
 # str, bytes  center, ljust, rjust, zfill (width), expandtabs (tabs x tabsize), replace
 #   methods   (occurrences x growth; "" matches between every character), join (items
 #             materialised and added up), translate (length x the longest replacement), encode,
-#             hex, decode and the case changes (fixed factors); format and format_map (a bounded
-#             Formatter: every number in a field's spec, each field's printed size, the total).
-# list, dict  append, insert, extend, update, setdefault (what they add, expanded);
-#   methods   int.to_bytes (length).
+#             hex, decode and the case changes (fixed factors), split, rsplit, splitlines (a
+#             value per piece); format and format_map (a bounded Formatter: every number in a
+#             field's spec, each field's printed size, the total).
+# list, dict  append, insert, extend, update, setdefault, set.add and update (what they add,
+#   methods   expanded); dict.fromkeys (its keys); int.to_bytes (length).
 # filters     center, indent (width as spaces or as a string, times the lines), replace, join,
 #             wordwrap (lines x wrapstring), format (like `%`), sum with a list or tuple start,
 #             batch and slice with a fill value or many slices, tojson (streamed, indent
 #             included), pprint (size x depth), urlize (target and rel per word), urlencode,
-#             xmlattr, and every filter that turns its input into text (string, escape, upper...).
+#             xmlattr; every filter that turns its input into text (string, escape, upper...)
+#             and every one that goes through text character by character (list, sort...).
 # printing    `{{ value }}`, `|string`, `~`, "%s", "{}" of a container: printed by _Printer,
 #             which stops at the limit (shared references print, and count, each time).
 # globals     range (its length); lipsum is removed; dict, namespace, cycler, joiner are calls.
