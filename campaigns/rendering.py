@@ -42,9 +42,9 @@ CAMPAIGN_VARIABLES = frozenset({"campaign"})
 # The keys of the plain dicts `user` and `campaign` (see campaigns.services.previews).
 DICT_FIELDS = {"user": USER_FIELDS, "campaign": frozenset({"name", "event_at"})}
 PART_FIELDS = ("subject", "title", "body", "html", "link")
-# Jinja compiles about 5,000 elements (text, tags, names, filters) a second: copy bigger than
-# this would cost each worker process that long every CACHE_TTL_S. A long HTML email is far
-# smaller (a hundred variables in 50,000 characters is about 500 elements).
+# Jinja compiles about 20,000 elements (text, tags, names, filters) a second, parsing included:
+# copy bigger than this would cost each worker process a quarter of a second every CACHE_TTL_S.
+# A long HTML email is far smaller (a hundred variables in 50,000 characters: ~500 elements).
 MAX_COPY_CHARS = 100_000
 MAX_COPY_ELEMENTS = 5_000
 
