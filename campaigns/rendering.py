@@ -5,6 +5,11 @@ A campaign template sees the campaign's `variables`, `campaign` (name, event tim
 user's zone), and the system variables every template has (`user`, `site_name`, `site_url`,
 `preferences_url`, `unsubscribe_url`). Nothing else: the sandbox refuses attribute tricks and
 StrictUndefined refuses unknown names.
+
+Copy is checked before it is saved: it parses, names only what it may use, compiles (Python's
+limits on nesting included), and renders within the budget (notifier/sandbox.py) for a
+representative customer. Copy stored by other means that cannot compile fails as a RenderError
+of its variant, like any copy that cannot render.
 """
 
 from __future__ import annotations
@@ -13,16 +18,23 @@ import time
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from jinja2 import Template, TemplateSyntaxError, meta, nodes
+from django.conf import settings
+from jinja2 import Template, meta, nodes
 
 from channels.base import Channel, Content
+from notifier.links import preferences_url, unsubscribe_url
 from notifier.rendering import (
+    COMPILE_ERRORS,
     PARTS,
     SYSTEM_VARIABLES,
     USER_FIELDS,
+    RenderBudgetExceeded,
     RenderError,
+    compile_failure,
     environment,
     locale_chain,
+    render_budget,
+    render_failure,
 )
 
 CACHE_TTL_S = 30.0
@@ -30,8 +42,13 @@ CAMPAIGN_VARIABLES = frozenset({"campaign"})
 # The keys of the plain dicts `user` and `campaign` (see campaigns.services.previews).
 DICT_FIELDS = {"user": USER_FIELDS, "campaign": frozenset({"name", "event_at"})}
 PART_FIELDS = ("subject", "title", "body", "html", "link")
+# Jinja compiles about 20,000 elements (text, tags, names, filters) a second, parsing included:
+# copy bigger than this would cost each worker process a quarter of a second every CACHE_TTL_S.
+# A long HTML email is far smaller (a hundred variables in 50,000 characters: ~500 elements).
+MAX_COPY_CHARS = 100_000
+MAX_COPY_ELEMENTS = 5_000
 
-Compiled = dict[tuple[str, str], dict[str, Template]]  # (channel, locale) -> part -> template
+Compiled = dict[tuple[str, str], dict[str, Template | RenderError]]  # (channel, locale) -> part
 _cache: dict[int, tuple[float, Compiled]] = {}
 
 
@@ -39,22 +56,112 @@ def allowed_variables(campaign_variables: Iterable[str]) -> frozenset[str]:
     return SYSTEM_VARIABLES | CAMPAIGN_VARIABLES | frozenset(campaign_variables)
 
 
-def template_problems(source: str, *, allowed: frozenset[str]) -> list[str]:
-    """What is wrong with a marketer's template: a syntax error, or names it cannot use."""
+def template_problems(
+    source: str, *, allowed: frozenset[str], variables: Mapping[str, Any] | None = None
+) -> list[str]:
+    """What is wrong with a marketer's template: too long, a syntax error, names it cannot use,
+    code Python cannot compile, or more work than a render's budget allows for a representative
+    customer (`variables`: the campaign's values; names without one get a long placeholder)."""
     if not source:
         return []
     try:
-        parsed = environment().parse(source)
-    except TemplateSyntaxError as exc:
-        return [f"line {exc.lineno}: {exc.message}"]
-    unknown = sorted(meta.find_undeclared_variables(parsed) - allowed)
+        parsed = _parse_copy(source)
+        unknown = sorted(meta.find_undeclared_variables(parsed) - allowed)
+        reach = _reach_problems(parsed)
+    except RenderError as exc:
+        return [str(exc)]
+    except COMPILE_ERRORS as exc:  # nesting too deep for the analysis itself
+        return [compile_failure(exc)]
     if unknown:
         known = ", ".join(sorted(allowed))
         return [
             f"unknown variable{'s' if len(unknown) > 1 else ''} {', '.join(unknown)}; "
             f"use one of: {known}, or add it to the campaign's variables"
         ]
-    return _reach_problems(parsed)
+    if reach:
+        return reach
+    try:
+        template = _compile_parsed(parsed)
+    except RenderError as exc:
+        return [str(exc)]
+    over = _over_budget(template, trial_context(allowed, variables))
+    return [over] if over else []
+
+
+def _parse_copy(source: str) -> nodes.Template:
+    """The copy parsed; RenderError, in words, when it is too long or too big to compile
+    quickly, or cannot be read."""
+    if len(source) > MAX_COPY_CHARS:
+        raise RenderError(
+            f"it is {len(source):,} characters long; copy may have at most {MAX_COPY_CHARS:,}"
+        )
+    try:
+        parsed = environment().parse(source)
+        elements = sum(1 for _ in parsed.find_all(nodes.Node))
+    except COMPILE_ERRORS as exc:
+        raise RenderError(compile_failure(exc)) from exc
+    if elements > MAX_COPY_ELEMENTS:
+        raise RenderError(
+            f"it has {elements:,} elements (text, tags, variables, filters); copy may have at "
+            f"most {MAX_COPY_ELEMENTS:,}: split it, or repeat less"
+        )
+    return parsed
+
+
+def compile_copy(source: str) -> Template:
+    """A marketer's template, compiled; RenderError saying what to change when it cannot be
+    (too long, nested too deeply for Python, a syntax error)."""
+    return _compile_parsed(_parse_copy(source))
+
+
+def _compile_parsed(parsed: nodes.Template) -> Template:
+    try:
+        return environment().from_string(parsed)
+    except COMPILE_ERRORS as exc:
+        raise RenderError(compile_failure(exc)) from exc
+
+
+# A long but real name, with the lengths the user model allows: copy that loops over a name
+# or pads it is tried with the worst a customer can have.
+TRIAL_FIRST_NAME = ("Maximiliana-Konstantina " * 7)[:150].strip()
+TRIAL_LAST_NAME = ("Wolfeschlegelsteinhausenbergerdorff " * 5)[:150].strip()
+TRIAL_TEXT = ("Everything in the autumn collection is thirty percent off this week. " * 3)[:200]
+
+
+def trial_context(allowed: frozenset[str], variables: Mapping[str, Any] | None) -> dict[str, Any]:
+    """What a save-time trial render gives the copy: the campaign's values (a long placeholder
+    for a name without one), a customer with long realistic fields, real signed links."""
+    context: dict[str, Any] = {name: TRIAL_TEXT for name in allowed - SYSTEM_VARIABLES}
+    context.update(variables or {})
+    trial_user = 2**31 - 1
+    context.update(
+        user={
+            "first_name": TRIAL_FIRST_NAME,
+            "last_name": TRIAL_LAST_NAME,
+            "name": f"{TRIAL_FIRST_NAME} {TRIAL_LAST_NAME}",
+            "locale": "zh-hans-cn",
+        },
+        site_name=settings.NOTIFIER_SITE_NAME,
+        site_url=settings.NOTIFIER_SITE_URL,
+        preferences_url=preferences_url(user_id=trial_user),
+        unsubscribe_url=unsubscribe_url(
+            user_id=trial_user, category="marketing", channel="email", message_id=2**62
+        ),
+        campaign={"name": TRIAL_TEXT, "event_at": "2030-12-31 23:59"},
+    )
+    return context
+
+
+def _over_budget(template: Template, context: Mapping[str, Any]) -> str | None:
+    """The budget breach of a trial render, if any. Any other error is not the copy's alone:
+    it depends on the values (the preview shows it for a real customer), so it is not refused."""
+    try:
+        template.render(context)
+    except RenderBudgetExceeded as exc:
+        return str(exc)
+    except Exception:  # see the docstring
+        return None
+    return None
 
 
 def _key(node: nodes.Getattr | nodes.Getitem) -> str | None:
@@ -105,15 +212,25 @@ def required_parts(channel: Channel) -> list[str]:
 
 
 def _compile(variant_id: int) -> Compiled:
+    """A variant's copy compiled; a part that cannot be is kept as the RenderError each render
+    of it raises, so it fails its own messages and no others."""
     from campaigns.models import VariantTemplate
 
-    env = environment()
     compiled: Compiled = {}
     for row in VariantTemplate.objects.filter(variant_id=variant_id):
         compiled[(row.channel, row.locale)] = {
-            part: env.from_string(source) for part in PART_FIELDS if (source := getattr(row, part))
+            part: _compiled_or_error(source)
+            for part in PART_FIELDS
+            if (source := getattr(row, part))
         }
     return compiled
+
+
+def _compiled_or_error(source: str) -> Template | RenderError:
+    try:
+        return compile_copy(source)
+    except RenderError as exc:
+        return exc
 
 
 def variant_templates(variant_id: int) -> Compiled:
@@ -151,9 +268,13 @@ def render_variant(
     else:
         raise RenderError(f"variant {variant_id} has no {channel} copy")
     rendered: dict[str, str] = {}
-    for part, template in parts.items():
-        try:
-            rendered[part] = template.render(context).strip()
-        except Exception as exc:  # any template error, in the template's own words
-            raise RenderError(f"variant {variant_id} {channel} {part}: {exc}") from exc
+    with render_budget():  # one budget for the channel's parts
+        for part, template in parts.items():
+            if isinstance(template, RenderError):
+                raise RenderError(f"variant {variant_id} {channel} {part}: {template}")
+            try:
+                rendered[part] = template.render(context).strip()
+            except Exception as exc:  # any template error, in the template's own words
+                where = f"variant {variant_id} {channel} {part}"
+                raise render_failure(where, exc, with_kind=False) from exc
     return Content.from_dict(rendered)

@@ -10,6 +10,8 @@ only the values it is given, and a missing variable is an error rather than a bl
 Every template also sees `user` (first_name, last_name, name, locale), `site_name`, `site_url`
 and `preferences_url` (a signed link to the user's preference page); marketing templates also
 see `unsubscribe_url` (one click away from this category on this channel).
+
+The sandbox and the budget every render runs under live in notifier/sandbox.py.
 """
 
 from __future__ import annotations
@@ -26,13 +28,21 @@ from jinja2 import (
     StrictUndefined,
     Template,
     TemplateNotFound,
+    TemplateSyntaxError,
     meta,
     select_autoescape,
 )
-from jinja2.sandbox import SandboxedEnvironment, SecurityError
+from jinja2.sandbox import SandboxedEnvironment
 from markupsafe import escape
 
 from channels.base import Channel, Content
+from notifier.sandbox import (  # RenderError and RenderBudgetExceeded are raised from here
+    MessageSandbox,
+    RenderBudgetExceeded,
+    RenderError,
+    python_limit_as_budget,
+    render_budget,
+)
 
 NOTIFICATION_TEMPLATES_DIR = Path(settings.BASE_DIR) / "templates" / "notifications"
 SYSTEM_VARIABLES = frozenset(
@@ -41,10 +51,8 @@ SYSTEM_VARIABLES = frozenset(
 # What `user` holds in every template: plain values, never the model (no user.password, no
 # user.delivery_set).
 USER_FIELDS = frozenset({"first_name", "last_name", "name", "locale"})
-# Templates render into messages: nothing a template computes needs to be bigger than this.
-MAX_PRODUCT_LENGTH = 100_000
-MAX_EXPONENT = 64
-MAX_BITS = 4096
+# A failure's text is kept on each delivery it fails: the template's complaint, not a novel.
+MAX_ERROR_CHARS = 500
 
 
 @dataclass(frozen=True)
@@ -93,40 +101,43 @@ class Lazy:
         return str(escape(str(self)))
 
 
-class RenderError(Exception):
-    """A template failed to render with a context that passed validation."""
+def render_failure(where: str, exc: BaseException, *, with_kind: bool = True) -> RenderError:
+    """The RenderError for a template that failed, its complaint cut to MAX_ERROR_CHARS; a
+    budget breach keeps its class (workers and previews tell it apart)."""
+    exc = python_limit_as_budget(exc)
+    if isinstance(exc, RenderBudgetExceeded) or not with_kind:
+        text = f"{where}: {exc}"
+    else:
+        text = f"{where}: {type(exc).__name__}: {exc}"
+    if len(text) > MAX_ERROR_CHARS:
+        text = text[: MAX_ERROR_CHARS - 1] + "…"
+    return (RenderBudgetExceeded if isinstance(exc, RenderBudgetExceeded) else RenderError)(text)
 
 
-class MessageSandbox(SandboxedEnvironment):
-    """Jinja's sandbox (no `__class__`, `__globals__`, `mro`, no unsafe callables; `range` at
-    most 100,000 items), plus bounds on the two operators that can exhaust a worker from one
-    line of copy: `"x" * 10**9` and `9**9**9`."""
+def compile_failure(exc: BaseException) -> str:
+    """Why a template cannot compile, in words: Jinja's own message for its syntax errors, and
+    Python's limits (nesting, size) said as what to change."""
+    if isinstance(exc, TemplateSyntaxError):
+        return f"line {exc.lineno}: {exc.message}"
+    if isinstance(exc, RecursionError | MemoryError) or "nest" in str(exc):
+        return (
+            "it nests too deeply to compile (brackets, loops, conditions or a long chain of "
+            "+ or ~): split it into simpler pieces"
+        )
+    return f"it cannot be compiled ({type(exc).__name__}: {exc}): simplify it"
 
-    intercepted_binops = frozenset({"*", "**"})
 
-    def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
-        if operator == "**" and isinstance(right, int | float):
-            grows = isinstance(left, int) and left.bit_length() * abs(right) > MAX_BITS
-            if abs(right) > MAX_EXPONENT or grows:
-                raise SecurityError("numbers this large are not allowed in a template")
-        if operator == "*":
-            for sequence, times in ((left, right), (right, left)):
-                if (
-                    isinstance(sequence, str | list | tuple)
-                    and isinstance(times, int)
-                    and len(sequence) * times > MAX_PRODUCT_LENGTH
-                ):
-                    raise SecurityError(
-                        f"repeating to more than {MAX_PRODUCT_LENGTH:,} items is not allowed "
-                        "in a template"
-                    )
-            if (
-                isinstance(left, int)
-                and isinstance(right, int)
-                and left.bit_length() + right.bit_length() > MAX_BITS
-            ):
-                raise SecurityError("numbers this large are not allowed in a template")
-        return super().call_binop(context, operator, left, right)
+# What compiling a template can raise besides Jinja's syntax errors: Python's own limits on
+# the code Jinja generates (too many nested blocks, nesting too deep for the parser or the
+# recursion limit, not enough memory).
+COMPILE_ERRORS = (
+    TemplateSyntaxError,
+    SyntaxError,
+    RecursionError,
+    MemoryError,
+    OverflowError,
+    ValueError,
+)
 
 
 @functools.cache
@@ -193,28 +204,36 @@ def template_context(context: Mapping[str, Any], user: Mapping[str, Any]) -> dic
 @functools.lru_cache(maxsize=8192)
 def _templates(
     type_key: str, channel: Channel, locale: str
-) -> tuple[tuple[Part, Template | None], ...]:
-    """Which file renders each part for a locale; resolved once per process (misses included)."""
+) -> tuple[tuple[Part, Template | RenderError | None], ...]:
+    """Which file renders each part for a locale; resolved once per process (misses included,
+    and a file that cannot compile, as the RenderError each render of it raises)."""
     env = environment()
-    found: list[tuple[Part, Template | None]] = []
+    found: list[tuple[Part, Template | RenderError | None]] = []
     for part in PARTS[channel]:
+        names = template_names(type_key, part, locale)
         try:
-            found.append((part, env.select_template(template_names(type_key, part, locale))))
+            found.append((part, env.select_template(names)))
         except TemplateNotFound:
             found.append((part, None))
+        except COMPILE_ERRORS as exc:
+            found.append((part, RenderError(f"{names[0]}: {compile_failure(exc)}")))
     return tuple(found)
 
 
 def render(type_key: str, channel: Channel, context: Mapping[str, Any], locale: str) -> Content:
-    """Render every part of one channel; raises RenderError with the template's complaint."""
+    """Render every part of one channel under one budget; raises RenderError with the
+    template's complaint (RenderBudgetExceeded when it went over the budget)."""
     rendered: dict[str, str] = {}
-    for part, template in _templates(type_key, channel, locale):
-        if template is None:
-            if part.required:
-                raise RenderError(f"no template {type_key}/{part.filename}")
-            continue
-        try:
-            rendered[part.name] = template.render(context).strip()
-        except Exception as exc:  # any template error, with the template's own words
-            raise RenderError(f"{template.name}: {type(exc).__name__}: {exc}") from exc
+    with render_budget():
+        for part, template in _templates(type_key, channel, locale):
+            if template is None:
+                if part.required:
+                    raise RenderError(f"no template {type_key}/{part.filename}")
+                continue
+            if isinstance(template, RenderError):
+                raise RenderError(str(template))  # a fresh one: a raised error keeps its trace
+            try:
+                rendered[part.name] = template.render(context).strip()
+            except Exception as exc:  # any template error, with the template's own words
+                raise render_failure(str(template.name), exc) from exc
     return Content.from_dict(rendered)

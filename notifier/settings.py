@@ -233,6 +233,13 @@ NOTIFIER_RATE_LIMIT_PUBLIC = env.bool("NOTIFIER_RATE_LIMIT_PUBLIC", default=True
 NOTIFIER_TRUSTED_PROXIES = env.list("NOTIFIER_TRUSTED_PROXIES", default=[])
 # Re-apply the role matrix (notifier/roles.py) to the staff groups after every migrate.
 NOTIFIER_SYNC_ROLES_ON_MIGRATE = env.bool("NOTIFIER_SYNC_ROLES_ON_MIGRATE", default=True)
+# The budget of every template render (one channel of one message, a preview, a save-time
+# trial; notifier/sandbox.py): past any of these it stops with a RenderBudgetExceeded. Steps are
+# calls, lookups, operators, filters and loop iterations; characters count the output and every
+# value built on the way (a list item or number as 8). Real templates use under 1% of each.
+NOTIFIER_RENDER_MAX_STEPS = env.int("NOTIFIER_RENDER_MAX_STEPS", default=50_000)
+NOTIFIER_RENDER_MAX_CHARS = env.int("NOTIFIER_RENDER_MAX_CHARS", default=500_000)
+NOTIFIER_RENDER_MAX_SECONDS = env.float("NOTIFIER_RENDER_MAX_SECONDS", default=1.0)
 # Served over HTTPS (production): secure cookies and a redirect to https, except the health
 # probes, which orchestrators call over plain HTTP inside the network. HSTS is opt-in (a
 # browser remembers it for its whole lifetime). Behind a TLS-terminating proxy that sets

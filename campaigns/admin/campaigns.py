@@ -29,7 +29,7 @@ from __future__ import annotations
 import json
 import keyword
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, ClassVar
@@ -83,6 +83,7 @@ from campaigns.policies import (
 )
 from campaigns.rendering import (
     CAMPAIGN_VARIABLES,
+    MAX_COPY_CHARS,
     PART_FIELDS,
     allowed_variables,
     required_parts,
@@ -117,7 +118,7 @@ from channels.base import Channel, Content
 from notifier.ids import parse_id
 from notifier.models import Delivery, User
 from notifier.models.users import display_name
-from notifier.rendering import SYSTEM_VARIABLES, environment
+from notifier.rendering import COMPILE_ERRORS, SYSTEM_VARIABLES, environment
 from notifier.roles import VIEW_CONTACT_DETAILS
 from notifier.status import DeliveryStatus
 
@@ -403,7 +404,7 @@ def copy_using(campaign: Campaign, names: set[str]) -> list[str]:
                 continue
             try:
                 used = meta.find_undeclared_variables(env.parse(source)) & names
-            except TemplateSyntaxError:
+            except COMPILE_ERRORS:  # a syntax error, or nested too deeply to read
                 continue
             if used:
                 found.append(
@@ -1190,16 +1191,21 @@ def back_to_draft_if_awaiting(request: HttpRequest, campaign: Campaign) -> None:
 
 
 def syntax_hint(source: str) -> str:
+    if len(source) > MAX_COPY_CHARS:
+        return ""
     try:
         environment().parse(source)
     except TemplateSyntaxError:
         return " Variables are written {{ name }}; conditions {% if … %}…{% endif %}."
+    except COMPILE_ERRORS:  # nested too deeply to read: the problem says so
+        return ""
     return ""
 
 
 class VariantTemplateForm(forms.ModelForm):
     channel = forms.ChoiceField(choices=CHANNEL_CHOICES)
     allowed: ClassVar[frozenset[str]] = frozenset()  # set per campaign by the inline
+    variables: ClassVar[Mapping[str, Any]] = {}  # the campaign's values, for the trial render
 
     class Meta:
         model = VariantTemplate
@@ -1224,7 +1230,7 @@ class VariantTemplateForm(forms.ModelForm):
         data = super().clean() or {}
         for part in PART_FIELDS:
             source = data.get(part) or ""
-            problems = template_problems(source, allowed=self.allowed)
+            problems = template_problems(source, allowed=self.allowed, variables=self.variables)
             for problem in problems:
                 self.add_error(part, capfirst(problem) + syntax_hint(source))
         link = (data.get("link") or "").strip()
@@ -1263,7 +1269,9 @@ class VariantTemplateInline(admin.StackedInline):
     def get_formset(self, request: HttpRequest, obj: Any = None, **kwargs: Any) -> Any:
         names = obj.step.campaign.variables if obj is not None else {}
         kwargs["form"] = type(
-            "VariantTemplateForm", (VariantTemplateForm,), {"allowed": allowed_variables(names)}
+            "VariantTemplateForm",
+            (VariantTemplateForm,),
+            {"allowed": allowed_variables(names), "variables": names},
         )
         return super().get_formset(request, obj, **kwargs)
 

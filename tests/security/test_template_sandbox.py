@@ -1,24 +1,49 @@
-"""Templates written in the admin reach only the values given to them.
+"""Templates written in the admin reach only the values given to them, and no template can
+exhaust the process that renders it.
 
 At render time the sandbox refuses internals (`__class__`, `__globals__`, `mro`), knows no
-settings or ORM (`user` is a plain dict), and bounds the operators that could exhaust a worker.
-At save time the marketer is told, on the field, before anything is stored.
+settings or ORM (`user` is a plain dict), and every render runs under a budget of steps, time
+and characters built (notifier/sandbox.py): the bombs of an attack on the sandbox, and every
+other path that multiplies a size, are refused promptly with RenderBudgetExceeded, with the
+memory they allocate measured. At save time the marketer is told, on the field, before anything
+is stored.
 """
 
 from __future__ import annotations
 
+import threading
+import time
+import tracemalloc
 import uuid
+from pathlib import Path
 
 import pytest
 from django.contrib.auth.models import Group
+from jinja2 import FileSystemLoader, StrictUndefined, TemplateNotFound, select_autoescape
 from jinja2.exceptions import SecurityError, UndefinedError
+from jinja2.sandbox import SandboxedEnvironment
 
+from campaigns.management.commands import _docs_data
 from campaigns.models import VariantTemplate
-from campaigns.rendering import render_variant, template_problems
+from campaigns.rendering import render_variant, template_problems, trial_context
 from campaigns.services.previews import campaign_context
 from channels.base import Channel
-from notifier.rendering import SYSTEM_VARIABLES, USER_FIELDS, RenderError, environment
+from notifier.catalog import all_specs
+from notifier.rendering import (
+    NOTIFICATION_TEMPLATES_DIR,
+    PARTS,
+    SYSTEM_VARIABLES,
+    USER_FIELDS,
+    RenderBudgetExceeded,
+    RenderError,
+    environment,
+    render,
+    template_files,
+    template_names,
+    variables_used,
+)
 from notifier.roles import roles_sync
+from notifier.sandbox import MEMORY_PER_CHAR, render_budget
 from tests.campaigns.test_campaign_admin import (
     copy_prefix,
     field_errors,
@@ -33,21 +58,16 @@ ESCAPES = {
     "class_mro": "{{ ''.__class__.__mro__[1].__subclasses__() }}",
     "user_class": "{{ user.__class__ }}",
     "globals": "{{ cycler.__init__.__globals__ }}",
-    "lipsum_globals": "{{ lipsum.__globals__['os'] }}",
     "attr_filter": "{{ user|attr('__class__') }}",
     "getitem_dunder": "{{ user['__class__'] }}",
     "format_string": "{{ '{0.__class__}'.format(user) }}",
     "mro_call": "{{ ''.__class__.mro() }}",
-    "repeat_bomb": "{{ 'x' * 1000000000 }}",
-    "list_bomb": "{{ [1] * 1000000000 }}",
-    "power_bomb": "{{ 9 ** 999999 }}",
-    "chained_power": "{{ ((2 ** 64) ** 64) ** 64 }}",
-    "big_product": "{% set n = 10 ** 60 %}{{ n * n * n * n * n * n * n * n * n * n * n * n "
-    "* n * n * n * n * n * n * n * n * n * n * n * n * n * n * n * n * n * n * n * n }}",
-    "huge_range": "{{ range(10**9)|list|length }}",
 }
 NOT_GIVEN = {
     "settings": "{{ settings.SECRET_KEY }}",
+    # lipsum makes any amount of text from one call: the sandbox does not offer it.
+    "lipsum_globals": "{{ lipsum.__globals__['os'] }}",
+    "lipsum": "{{ lipsum(n=100000) }}",
     "config": "{{ config }}",
     "request": "{{ request.user }}",
     "password": "{{ user.password }}",
@@ -68,7 +88,7 @@ def context() -> dict[str, object]:
 
 @pytest.mark.parametrize("name", list(ESCAPES))
 def test_escapes_are_refused_by_the_sandbox_when_rendered(name):
-    with pytest.raises((SecurityError, OverflowError)):
+    with pytest.raises(SecurityError):
         environment().from_string(ESCAPES[name]).render(context())
 
 
@@ -166,3 +186,469 @@ def test_the_admin_form_shows_the_error_on_the_field_and_saves_nothing(client):
     assert VariantTemplate.objects.get(variant=variant, channel="inapp").body == (
         "Hi {{ user.first_name }}, {{ headline }}"
     )
+
+
+# --- The render budget ----------------------------------------------------------------------------
+
+# A list doubled 22 times: four million leaves in 22 small lists, each holding the last twice.
+DOUBLED = "{% set ns = namespace(a=[1]) %}{% for i in range(22) %}{% set ns.a = [ns.a, ns.a] %}"
+LOOPED_TEXT = "{% for i in range(40000) %}" + "x" * 1000 + "{% endfor %}"
+# Each asks for far more than a render may build (NOTIFIER_RENDER_MAX_CHARS, 500,000 by
+# default), from one line of copy. The first ones are the attack's own; then every other path
+# found in Jinja's filters and globals and the str, bytes, list and dict methods the sandbox
+# lets through (notifier/sandbox.py lists them).
+BOMBS = {
+    # the attack
+    "percent_width": "{{ '%0200000000d' % 1 }}",
+    "format_filter": "{{ '%0200000000d'|format(1) }}",
+    "str_format_width": "{{ '{:0200000000}'.format(1) }}",
+    "center_filter": "{{ 'x'|center(200000000) }}",
+    "indent_filter": "{{ ('x\\n' * 1000)|indent(100000) }}",
+    "replace_filter": "{{ ('x' * 10000)|replace('x', 'y' * 10000) }}",
+    "join_filter": "{{ (['x'] * 10000)|join('y' * 10000) }}",
+    "printed_list_product": "{% set a = range(3000)|list %}{{ [a] * 3000 }}",
+    "tilde_doubling_loop": "{% set ns = namespace(s='x' * 1000) %}{% for i in range(15) %}"
+    "{% set ns.s = ns.s ~ ns.s %}{% endfor %}{{ ns.s|length }}",
+    "plus_doubling_loop": "{% set ns = namespace(s='x' * 1000) %}{% for i in range(15) %}"
+    "{% set ns.s = ns.s + ns.s %}{% endfor %}{{ ns.s|length }}",
+    "twelve_sets": "{% set a = 'x' * 10000 %}" + "{% set a = a ~ a %}" * 12 + "{{ a|length }}",
+    "repeat": "{{ 'x' * 1000000000 }}",
+    "list_repeat": "{{ [1] * 1000000000 }}",
+    "power": "{{ 9 ** 999999 }}",
+    "chained_power": "{{ ((2 ** 64) ** 64) ** 64 }}",
+    "big_product": "{% set n = 10 ** 60 %}{{ n * n * n * n * n * n * n * n * n * n * n * n "
+    "* n * n * n * n * n * n * n * n * n * n * n * n * n * n * n * n * n * n * n * n }}",
+    "huge_range": "{{ range(10**9)|list|length }}",
+    # printf-style formatting
+    "percent_precision": "{{ '%.20000000f' % 1.5 }}",
+    "percent_star": "{{ '%*d' % (20000000, 1) }}",
+    "percent_key_in_parentheses": "{{ '%(a(b))020000000s' % {'a(b)': 1} }}",
+    "percent_many_fields": "{{ ('%099999d' * 200) % ((1,) * 200) }}",
+    "percent_bytes": "{{ '%020000000d'.encode() % 1 }}",
+    # str.format
+    "str_format_nested_spec": "{{ '{:{}}'.format(1, 20000000) }}",
+    "str_format_map": "{{ '{a:>20000000}'.format_map({'a': 'x'}) }}",
+    "str_format_many_fields": "{{ ('{0:>99999}' * 200).format('x') }}",
+    # str and bytes methods
+    "center_method": "{{ 'x'.center(20000000) }}",
+    "ljust": "{{ 'x'.ljust(20000000) }}",
+    "rjust": "{{ 'x'.rjust(20000000) }}",
+    "zfill": "{{ '1'.zfill(20000000) }}",
+    "expandtabs": "{{ ('\\t' * 1000).expandtabs(100000) }}",
+    "replace_empty": "{{ ('x' * 10000).replace('', 'y' * 10000) }}",
+    "join_method": "{{ ('y' * 10000).join(['a'] * 10000) }}",
+    "translate": "{{ ('x' * 10000).translate({120: 'y' * 10000}) }}",
+    "encode": "{{ ('\\x00' * 400000).encode('unicode_escape')|length }}",
+    "split_to_values": "{{ ('\u3041 ' * 40000).split()|length }}",
+    "bytes_repeat": "{{ 'x'.encode() * 20000000 }}",
+    "bytes_center": "{{ 'x'.encode().center(20000000) }}",
+    "int_to_bytes": "{{ (1).to_bytes(20000000, 'big')|length }}",
+    # lists and dicts
+    "list_extend_itself": "{% set a = ['x' * 100] %}{% for i in range(20) %}{{ a.extend(a) }}"
+    "{% endfor %}{{ a|length }}",
+    "list_append_doubling": "{% set ns = namespace(a=[1]) %}{% for i in range(22) %}"
+    "{% set n = [] %}{{ n.append(ns.a) }}{{ n.append(ns.a) }}{% set ns.a = n %}{% endfor %}",
+    "dict_fromkeys": "{{ {}.fromkeys(range(1000000), 'x')|length }}",
+    "dict_update_doubling": "{% set ns = namespace(d={'k': 1}) %}{% for i in range(22) %}"
+    "{% set n = {} %}{{ n.update(a=ns.d, b=ns.d) }}{% set ns.d = n %}{% endfor %}",
+    "macro_varargs_doubling": "{% macro f(n) %}{% if n %}{{ f(n - 1, varargs, varargs) }}"
+    "{% endif %}{% endmacro %}{{ f(22, 1) }}",
+    "shared_list_printed": DOUBLED + "{% endfor %}{{ ns.a }}",
+    "shared_tuple_hashed": "{% set ns = namespace(a=(1,)) %}{% for i in range(22) %}"
+    "{% set ns.a = (ns.a, ns.a) %}{% endfor %}{{ {ns.a: 1}|length }}",
+    "shared_lists_compared": "{% set ns = namespace(a=[1], b=[1]) %}{% for i in range(22) %}"
+    "{% set ns.a = [ns.a, ns.a] %}{% set ns.b = [ns.b, ns.b] %}{% endfor %}{{ ns.a == ns.b }}",
+    # filters
+    "indent_string_width": "{{ ('x\\n' * 10000)|indent('y' * 10000) }}",
+    "wordwrap_wrapstring": "{{ ('x ' * 10000)|wordwrap(1, wrapstring='y' * 10000) }}",
+    "sum_with_a_list_start": "{{ (range(20000)|map('string')|map('list')|list)"
+    "|sum(start=[])|length }}",
+    "batch_fill": "{{ [1]|batch(20000000, 0)|list|length }}",
+    "slice_many": "{{ [1]|slice(20000000)|list|length }}",
+    "tojson_indent": "{{ [[[[1]]]]|tojson(20000000) }}",
+    "urlize_target": "{{ ('a.co ' * 2000)|urlize(target='t' * 10000) }}",
+    "urlencode": "{{ {'k': ['<' * 1000] * 1000}|urlencode|length }}",
+    "xmlattr": "{{ {'k': ['x' * 1000] * 1000}|xmlattr|length }}",
+    "list_of_characters": "{{ ('\u3041' * 100000)|list|length }}",
+    # output, wherever it is assembled
+    "literal_text_in_a_loop": LOOPED_TEXT,
+    "in_a_macro": "{% macro m() %}" + LOOPED_TEXT + "{% endmacro %}{% set y = m() %}",
+    "in_a_set_block": "{% set y %}" + LOOPED_TEXT + "{% endset %}",
+    "in_a_filter_block": "{% filter upper %}" + LOOPED_TEXT + "{% endfilter %}",
+    "in_a_call_block": "{% macro w() %}{{ caller()|length }}{% endmacro %}{% call w() %}"
+    + LOOPED_TEXT
+    + "{% endcall %}",
+}
+# NOTIFIER_RENDER_MAX_SECONDS is one second: a refusal must come well within it.
+PROMPTLY_S = 3.0
+
+
+def shared(depth: int) -> list[object]:
+    """A list of a million leaves made of `depth` small lists, each holding the last twice:
+    small in memory, huge when printed. Templates cannot build it (every list a template makes
+    is counted expanded); a value given to the render could be."""
+    value: list[object] = ["x"]
+    for _ in range(depth):
+        value = [value, value]
+    return value
+
+
+# Every way a value is turned into text: shared references print, and count, each time.
+PRINTED = {
+    "output": "{{ shared }}",
+    "string filter": "{{ shared|string|length }}",
+    "tilde": "{{ ('' ~ shared)|length }}",
+    "percent": "{{ ('%s' % [shared])|length }}",
+    "percent repr": "{{ ('%r' % [shared])|length }}",
+    "str.format": "{{ '{}'.format(shared)|length }}",
+    "str.format repr": "{{ '{!r}'.format(shared)|length }}",
+    "format filter": "{{ '%s'|format(shared)|length }}",
+    "tojson": "{{ shared|tojson|length }}",
+    "pprint": "{{ shared|pprint|length }}",
+    "join": "{{ [shared]|join|length }}",
+    "upper": "{{ shared|upper|length }}",
+    "escape": "{{ shared|e|length }}",
+    "urlencode": "{{ {'k': shared}|urlencode|length }}",
+    "xmlattr": "{{ {'k': shared}|xmlattr|length }}",
+    "center": "{{ shared|center(10)|length }}",
+    "replace": "{{ 'x'|replace('x', shared)|length }}",
+}
+
+
+@pytest.mark.parametrize("way", list(PRINTED))
+def test_shared_references_count_each_time_they_print(way, settings):
+    raised, elapsed, peak = render_measured(PRINTED[way], shared=shared(20))
+    assert isinstance(raised, RenderBudgetExceeded), raised
+    assert elapsed < PROMPTLY_S
+    assert peak < MEMORY_PER_CHAR * settings.NOTIFIER_RENDER_MAX_CHARS, f"{peak:,} bytes"
+    assert environment().from_string(PRINTED[way]).render(context(), shared=shared(3))
+
+
+def render_measured(source: str, **values: object) -> tuple[BaseException | None, float, int]:
+    """Render `source`; what it raised, how long it took, and the peak of what it allocated."""
+    template = environment().from_string(source)
+    tracemalloc.start()
+    started = time.monotonic()
+    raised: BaseException | None = None
+    try:
+        template.render(context(), **values)
+    except Exception as exc:
+        raised = exc
+    finally:
+        elapsed = time.monotonic() - started
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+    return raised, elapsed, peak
+
+
+@pytest.mark.parametrize("name", list(BOMBS))
+def test_bombs_are_refused_promptly_and_allocate_little(name, settings):
+    raised, elapsed, peak = render_measured(BOMBS[name])
+    assert isinstance(raised, RenderBudgetExceeded), raised
+    assert elapsed < PROMPTLY_S
+    assert peak < MEMORY_PER_CHAR * settings.NOTIFIER_RENDER_MAX_CHARS, f"{peak:,} bytes"
+
+
+def test_the_refusal_says_what_to_change():
+    with pytest.raises(RenderBudgetExceeded) as refused:
+        environment().from_string(BOMBS["percent_width"]).render(context())
+    assert str(refused.value) == (
+        "formatting would make about 200,000,000 characters, and a message may build at most "
+        "500,000 in all: text repeated, padded or joined too many times?"
+    )
+
+
+def test_a_self_calling_macro_is_stopped():
+    """The attack's macro (no way out: Python's recursion limit, said as the budget) and one
+    that ends, after 2**40 calls: both stopped within the budget."""
+    endless = "{% macro f(n) %}{{ f(n-1) }}{{ f(n-1) }}{% endmacro %}{{ f(40) }}"
+    with pytest.raises(RenderBudgetExceeded, match="a macro calling itself"):
+        environment().from_string(endless).render(context())
+
+    started = time.monotonic()
+    ending = (
+        "{% macro f(n) %}{% if n %}{{ f(n-1) }}{{ f(n-1) }}{% endif %}{% endmacro %}{{ f(40) }}"
+    )
+    with pytest.raises(RenderBudgetExceeded, match="more than 50,000 steps"):
+        environment().from_string(ending).render(context())
+    assert time.monotonic() - started < PROMPTLY_S
+
+
+def test_nested_loops_are_stopped():
+    started = time.monotonic()
+    loops = "{% for a in range(1000) %}{% for b in range(1000) %}{% for c in range(1000) %}"
+    loops += "{% endfor %}{% endfor %}{% endfor %}"
+    with pytest.raises(RenderBudgetExceeded, match="more than 50,000 steps to render: a loop"):
+        environment().from_string(loops).render(context())
+    assert time.monotonic() - started < PROMPTLY_S
+
+
+# One kind of operation repeated 300 times, with no loop, no output and no other operation
+# around it: each must be a step of its own.
+OPERATIONS = {
+    "attribute": "{% set _ = user.first_name %}",
+    "item": "{% set _ = user['first_name'] %}",
+    "operator": "{% set _ = 1 + 1 %}",
+    "filter": "{% set _ = headline|upper %}",
+    "test": "{% set _ = headline is string %}",
+    "method call": "{% set _ = headline.upper() %}",
+    "global call": "{% set _ = dict() %}",
+    "output": "{{ headline }}",
+}
+
+
+@pytest.mark.parametrize("operation", list(OPERATIONS))
+def test_each_operation_is_a_step(operation, settings):
+    settings.NOTIFIER_RENDER_MAX_STEPS = 200
+    with pytest.raises(RenderBudgetExceeded, match="more than 200 steps"):
+        environment().from_string(OPERATIONS[operation] * 300).render(context())
+    environment().from_string(OPERATIONS[operation] * 90).render(context())
+
+
+# Repetition that goes through no template loop: each kind still counts a step each time.
+REPEATED_CALLS = {
+    "loop iterations": "{% for i in range(3000) %}{% endfor %}",
+    "a recursive loop()": "{% for x in [range(3000)] recursive %}{% if loop.depth == 1 %}"
+    "{{ loop(x) }}{% endif %}{% endfor %}",
+    "a macro called by sort()": "{% macro k(x) %}{% endmacro %}{% set l = range(3000)|list %}"
+    "{{ l.sort(key=k) }}",
+    "caller()": "{% macro twice() %}{{ caller() }}{{ caller() }}{% endmacro %}"
+    + "{% call twice() %}" * 12
+    + "{% endcall %}" * 12,
+    "a macro calling itself": "{% macro f(n) %}{% if n %}{{ f(n - 1) }}{{ f(n - 1) }}{% endif %}"
+    "{% endmacro %}{{ f(12) }}",
+    "map over a filter": "{{ range(3000)|map('string')|list|length }}",
+    "select with a test": "{{ range(3000)|select('odd')|list|length }}",
+}
+
+
+@pytest.mark.parametrize("kind", list(REPEATED_CALLS))
+def test_repetition_without_template_loops_is_counted(kind, settings):
+    settings.NOTIFIER_RENDER_MAX_STEPS = 1000
+    with pytest.raises(RenderBudgetExceeded, match="more than 1,000 steps"):
+        environment().from_string(REPEATED_CALLS[kind]).render(context())
+
+
+def test_a_render_stops_at_its_deadline(settings):
+    settings.NOTIFIER_RENDER_MAX_STEPS = settings.NOTIFIER_RENDER_MAX_CHARS = 10**12
+    settings.NOTIFIER_RENDER_MAX_SECONDS = 0.05
+    slow = "{% for a in range(2000) %}{% for b in range(2000) %}{% endfor %}{% endfor %}"
+    started = time.monotonic()
+    with pytest.raises(RenderBudgetExceeded, match=r"takes more than 0\.05 s to render"):
+        environment().from_string(slow).render(context())
+    assert time.monotonic() - started < 1.0
+
+
+# 200 iterations of 100 characters of literal text: 20,000 characters, wherever they are made.
+TEXT = "{% for i in range(200) %}" + "x" * 100 + "{% endfor %}"
+OUTPUT_PLACES = {
+    "the template": TEXT,
+    "a macro": "{% macro m() %}" + TEXT + "{% endmacro %}{% set y = m() %}",
+    "a set block": "{% set y %}" + TEXT + "{% endset %}",
+    "a filter block": "{% filter upper %}" + TEXT + "{% endfilter %}",
+    "a call block": "{% macro w() %}{{ caller()|length }}{% endmacro %}{% call w() %}"
+    + TEXT
+    + "{% endcall %}",
+}
+
+
+@pytest.mark.parametrize("place", list(OUTPUT_PLACES))
+def test_output_is_counted_wherever_it_is_made(place, settings):
+    settings.NOTIFIER_RENDER_MAX_CHARS = 10_000
+    with pytest.raises(RenderBudgetExceeded, match="builds more than 10,000 characters"):
+        environment().from_string(OUTPUT_PLACES[place]).render(context())
+    settings.NOTIFIER_RENDER_MAX_CHARS = 100_000
+    environment().from_string(OUTPUT_PLACES[place]).render(context())
+
+
+def test_each_render_has_its_own_budget_in_each_thread(settings):
+    """Renders one after another, and renders in threads at the same time, never spend each
+    other's budget; each still stops at its own limit."""
+    settings.NOTIFIER_RENDER_MAX_STEPS = 3000
+    within = environment().from_string("{% for i in range(2000) %}{% endfor %}")
+    beyond = environment().from_string("{% for i in range(4000) %}{% endfor %}")
+    for _ in range(3):
+        within.render(context())
+    outcomes: list[str] = []
+
+    def renders() -> None:
+        for _ in range(3):
+            within.render(context())
+            time.sleep(0.001)
+        try:
+            beyond.render(context())
+        except RenderBudgetExceeded:
+            outcomes.append("stopped")
+
+    threads = [threading.Thread(target=renders) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert outcomes == ["stopped"] * 4
+
+
+def test_render_and_render_variant_raise_budget_errors_as_render_errors(db):
+    """A code template's render() and a variant's render_variant() raise RenderBudgetExceeded,
+    a RenderError, with the template named and the text kept short."""
+    marketer = UserFactory(username=f"m-{uuid.uuid4().hex[:6]}")
+    variant = notice_variant(make_campaign(marketer))
+    rows = VariantTemplate.objects.filter(variant=variant, channel="inapp")
+    rows.update(body="{{ 'x' * 10**9 }}")
+    with pytest.raises(RenderBudgetExceeded) as refused:
+        render_variant(variant.pk, Channel.INAPP, context(), "en", fresh=True)
+    assert str(refused.value).startswith(f"variant {variant.pk} inapp body: repeating would make")
+    rows.update(body="fine", title="{{ {}['k' * 100000] }}")
+    with pytest.raises(RenderError) as failed:
+        render_variant(variant.pk, Channel.INAPP, context(), "en", fresh=True)
+    assert not isinstance(failed.value, RenderBudgetExceeded)
+    assert str(failed.value).startswith(f"variant {variant.pk} inapp title: ")
+    assert len(str(failed.value)) <= 500
+
+
+@pytest.fixture
+def extra_templates(tmp_path: Path):
+    """Code-defined templates of a made-up type, found before the real ones."""
+    env = environment()
+    loader = env.loader
+    env.loader = type(loader)([str(tmp_path), *loader.searchpath])  # type: ignore[attr-defined]
+    env.cache.clear()  # type: ignore[union-attr]
+    yield tmp_path
+    env.loader = loader
+    env.cache.clear()  # type: ignore[union-attr]
+
+
+def test_a_code_template_that_cannot_compile_fails_as_a_render_error(extra_templates):
+    (extra_templates / "test.broken").mkdir()
+    nested = "{% for x in [1] %}" * 21 + "x" + "{% endfor %}" * 21
+    (extra_templates / "test.broken" / "sms.body.txt").write_text(nested)
+    with pytest.raises(RenderError, match="nests too deeply to compile"):
+        render("test.broken", Channel.SMS, context(), "en")
+
+
+# --- Real templates render as before, far below the budget ----------------------------------------
+
+
+def code_template_cases() -> list[tuple[str, Channel, str]]:
+    cases = []
+    for spec in all_specs():
+        for channel in spec.channels:
+            locales = {"en"} | {
+                path.parent.name
+                for path in template_files(spec.key, channel)
+                if path.parent.name != spec.key
+            }
+            cases += [(spec.key, channel, locale) for locale in sorted(locales)]
+    return cases
+
+
+def realistic(names: frozenset[str]) -> dict[str, object]:
+    values = {name: f"{name.replace('_', ' ')} A-1042, due Thursday" for name in names}
+    return {**values, **context(), "preferences_url": "https://shop.example.com/p/abc"}
+
+
+def jinja_as_before() -> SandboxedEnvironment:
+    """The sandbox as it was, without the budget: what the output must still be."""
+    return SandboxedEnvironment(
+        loader=FileSystemLoader(NOTIFICATION_TEMPLATES_DIR),
+        undefined=StrictUndefined,
+        autoescape=select_autoescape(enabled_extensions=("html",), default_for_string=False),
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+
+
+LIMIT_SHARE = 0.01  # real templates use under 1% of each limit
+
+
+def assert_far_below(budget: object) -> None:
+    """The render was counted (its output at least), and used under LIMIT_SHARE of each
+    limit."""
+    steps = budget.max_steps - budget.steps_left  # type: ignore[attr-defined]
+    chars = budget.max_chars - budget.chars_left  # type: ignore[attr-defined]
+    assert steps < LIMIT_SHARE * budget.max_steps  # type: ignore[attr-defined]
+    assert 0 < chars < LIMIT_SHARE * budget.max_chars  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize(("type_key", "channel", "locale"), code_template_cases())
+def test_code_templates_render_as_before_far_below_the_limits(type_key, channel, locale):
+    values = realistic(variables_used(type_key, channel))
+    values["unsubscribe_url"] = "https://shop.example.com/u/abc"
+    with render_budget() as budget:
+        content = render(type_key, channel, values, locale)
+        assert_far_below(budget)
+    before = jinja_as_before()
+    for part in PARTS[channel]:
+        try:
+            template = before.select_template(template_names(type_key, part, locale))
+        except TemplateNotFound:  # an optional part this type does not have
+            continue
+        assert content.as_dict()[part.name] == template.render(values).strip()
+
+
+CAMPAIGN_COPY = {
+    f"{name} {channel} {part}": source
+    for name in ("NOTICE_A", "NOTICE_B", "REMINDER", "LAST_CALL", "ZH_NOTICE")
+    for channel, parts in getattr(_docs_data, name).items()
+    for part, source in parts.items()
+}
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("copy", list(CAMPAIGN_COPY))
+def test_campaign_copy_renders_as_before_far_below_the_limits(copy):
+    """The screenshots' campaign copy, for the long customer of the save-time trial."""
+    values = trial_context(
+        ALLOWED | {"coupon_code"}, {"headline": "half off", "coupon_code": "FAIR30"}
+    )
+    source = CAMPAIGN_COPY[copy]
+    with render_budget() as budget:
+        rendered = environment().from_string(source).render(values)
+        assert_far_below(budget)
+    assert rendered == jinja_as_before().from_string(source).render(values)
+
+
+# Everything a template can do that is not a bomb: the same text as Jinja's own sandbox, with
+# and without autoescaping.
+EVERYDAY = {
+    "filters": "{{ user.first_name|upper }}: {{ 'ab' * 3 }} {{ 2 ** 10 }} {{ range(3)|list }} "
+    "{{ 'Hello World'|truncate(8) }} {{ 'a b c'|wordcount }} {{ '<b>x</b>'|striptags }} "
+    "{{ 3.14159|round(2) }} {{ '42'|int + 1 }} {{ 1234567|filesizeformat }} {{ [3, 1]|max }} "
+    "{{ [1, 1, 2]|unique|list }} {{ {'b': 1, 'a': 2}|dictsort }} {{ 'abc'|reverse }} "
+    "{{ 'hello world'|title }} {{ '<'|forceescape }} {{ [1, 2]|string }} {{ [1]|upper }}",
+    "loops": "{% for a, b in [(1, 2), (3, 4)] %}{{ a }}{{ b }}{{ loop.index }}/{{ loop.length }}"
+    "{% if not loop.last %}, {% endif %}{% else %}none{% endfor %}{% for x in [] %}{% else %}"
+    "empty{% endfor %}{% for x in range(5) if x is odd %}{{ x }}{% endfor %}",
+    "recursive": "{% for x in [[1, [2]], 3] recursive %}{% if x is iterable %}({{ loop(x) }})"
+    "{% else %}{{ x }}{% endif %}{% endfor %}",
+    "macros": "{% macro m(x) %}<{{ x }}>{% endmacro %}{{ m(1) }}{% macro w() %}[{{ caller() }}]"
+    "{% endmacro %}{% call w() %}in{% endcall %}{% set s %}a{{ 1 }}b{% endset %}{{ s }}"
+    "{% filter upper %}abc{% endfilter %}",
+    "formatting": "{{ '%-5s|%05d|%x|%.3e|%r|%c|%%' % ('a', 42, 255, 1234.5, 'q', 65) }} "
+    "{{ '%(a)s-%(b)d' % {'a': 'x', 'b': 3} }} {{ '%*d|%.*f' % (5, 3, 2, 1.23456) }} "
+    "{{ '{:>6}|{!r}|{:,}'.format('x', 'y', 1234567) }} {{ '%s-%s'|format(1, 2) }}",
+    "values": "{{ {'a': 1} }} {{ dict(a=1) }} {{ (1,) }} {{ namespace(a=[1, {'b': (2,)}]) }} "
+    "{{ {1: 2}.items() }} {{ [1.5, None, True, 'x\\'y'] }} {{ 'a' ~ 1 ~ [1, 2] }}",
+    "methods": "{{ 'ab'.center(6, '*') }}{{ 'a\\tb'.expandtabs(4) }}{{ '-'.join(['a', 'b']) }}"
+    "{{ 'abc'.translate({97: 'xx'}) }}{{ '5'.zfill(3) }}{{ 'a b'.split() }}",
+    "data filters": "{{ [{'n': 'a', 'p': 3}, {'n': 'b', 'p': 4}]|map(attribute='n')|join('|') }} "
+    "{{ [{'p': 3}, {'p': 4}]|selectattr('p', 'gt', 3)|list }} {{ [[1], [2]]|sum(start=[]) }} "
+    "{{ [1, 2, 3]|batch(2, 0)|list }} {{ [1, 2, 3]|slice(2)|list }} {{ 'a\\nb'|indent(2) }} "
+    "{{ [{'a': 1}]|tojson }} {{ [{'a': 1}]|pprint }} {{ 'aaa bbb'|wordwrap(3) }}",
+    "markup": "{% set m %}<b>{% endset %}{{ m ~ '<i>' }} {{ m + '<' }} {{ '<%s>' % m }} "
+    "{{ m.format('<') }} {{ m * 2 }} {{ m|replace('b', '<') }} {{ [m, '<']|join }} "
+    "{{ 'see https://x.example.com'|urlize(target='_blank') }} {{ {'a': 'b c'}|urlencode }}",
+}
+
+
+@pytest.mark.parametrize("autoescape", [False, True])
+@pytest.mark.parametrize("name", list(EVERYDAY))
+def test_everyday_copy_renders_exactly_as_jinja_does(name, autoescape):
+    options = {"undefined": StrictUndefined, "trim_blocks": True, "autoescape": autoescape}
+    source = EVERYDAY[name]
+    ours = type(environment())(**options).from_string(source)
+    with render_budget() as budget:
+        assert ours.render(context()) == SandboxedEnvironment(**options).from_string(source).render(
+            context()
+        )
+    assert budget.steps_left < budget.max_steps
