@@ -11,7 +11,7 @@ stays sent.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from functools import partial
@@ -163,14 +163,21 @@ def campaign_problems(campaign: Campaign, *, now: datetime | None = None) -> lis
         for variant in variants:
             problems += [
                 f"step {step.name!r}, variant {variant.name}: {p}"
-                for p in variant_problems(variant, campaign_channels(campaign), allowed)
+                for p in variant_problems(
+                    variant, campaign_channels(campaign), allowed, campaign.variables
+                )
             ]
     return problems
 
 
 def variant_problems(
-    variant: StepVariant, channels: Sequence[Channel], allowed: frozenset[str]
+    variant: StepVariant,
+    channels: Sequence[Channel],
+    allowed: frozenset[str],
+    variables: Mapping[str, Any] | None = None,
 ) -> list[str]:
+    """What stops a variant's copy from going out; `variables` (the campaign's values) make the
+    trial render of each template realistic."""
     templates = {(t.channel, t.locale): t for t in variant.templates.all()}
     problems: list[str] = []
     for channel in channels:
@@ -183,7 +190,8 @@ def variant_problems(
                 problems.append(f"{channel}: the {part} is empty")
     for template in templates.values():
         for part in ("subject", "title", "body", "html", "link"):
-            for problem in template_problems(getattr(template, part), allowed=allowed):
+            source = getattr(template, part)
+            for problem in template_problems(source, allowed=allowed, variables=variables):
                 problems.append(f"{template.channel} {part}: {problem}")
     return problems
 

@@ -122,7 +122,10 @@ def variant_send_test(*, variant: StepVariant, to_user: User) -> Message:
     if campaign.category_id is None:
         raise CampaignError("choose the campaign's marketing category before sending a test")
     problems = variant_problems(
-        variant, campaign_channels(campaign), allowed_variables(campaign.variables)
+        variant,
+        campaign_channels(campaign),
+        allowed_variables(campaign.variables),
+        campaign.variables,
     )
     if problems:
         raise CampaignError("fix the copy before sending a test: " + "; ".join(problems))

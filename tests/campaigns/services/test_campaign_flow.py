@@ -186,6 +186,28 @@ def test_problems_say_what_is_missing(marketer):
         assert any("has already passed" in p for p in campaign_problems(campaign))
 
 
+def test_copy_is_checked_against_the_campaigns_own_values_when_submitted(marketer):
+    """Copy that was light with the values it was saved with can become heavy when the campaign's
+    variables change afterwards: submitting renders it with the values it will be sent with."""
+    with time_machine.travel(NOW):
+        campaign = make_campaign(marketer)
+        variant = campaign.steps.get(name="Notice").variants.get()
+        VariantTemplate.objects.filter(variant=variant, channel="inapp").update(
+            body="{% for i in range(rows|int) %}{% for j in range(rows|int) %}.{% endfor %}"
+            "{% endfor %}"
+        )
+        campaign.variables = {"headline": "50% off", "rows": "3"}
+        campaign.save(update_fields=["variables"])
+        assert campaign_problems(campaign) == []
+        campaign.variables = {"headline": "50% off", "rows": "1000"}  # a million iterations
+        campaign.save(update_fields=["variables"])
+        problems = campaign_problems(campaign)
+        with pytest.raises(CampaignError, match="steps to render"):
+            campaign_submit(campaign=campaign, by=marketer)
+    assert any("inapp body" in p and "steps to render" in p for p in problems)
+    assert campaign.status == CampaignStatus.DRAFT
+
+
 def test_approval_needs_a_second_person_with_the_permission(marketer, lead):
     with time_machine.travel(NOW):
         campaign = make_campaign(lead)
