@@ -85,6 +85,19 @@ class Segment(models.Model):
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
+    # The fields that decide who is in the segment (what an approval covers; see
+    # campaigns.services.definitions), the member list's switch last.
+    RULE_FIELDS = (
+        "spend_tiers",
+        "activity",
+        "tags_any",
+        "tags_all",
+        "locales",
+        "time_zones",
+        "points_expiring_within_days",
+    )
+    AUDIENCE_FIELDS = (*RULE_FIELDS, "use_member_list")
+
     def __str__(self) -> str:
         return self.name
 

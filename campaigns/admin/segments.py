@@ -85,15 +85,7 @@ PREVIEW_ROWS_SHOWN = 500
 MAX_UPLOAD_BYTES = 20 * 1024 * 1024
 IMPORT_TOKEN_SALT = "campaigns.segment-member-import"
 IMPORT_TOKEN_MAX_AGE_S = 3600
-RULE_FIELDS = [
-    "spend_tiers",
-    "activity",
-    "tags_any",
-    "tags_all",
-    "locales",
-    "time_zones",
-    "points_expiring_within_days",
-]
+RULE_FIELDS = Segment.RULE_FIELDS
 
 
 # --- Rule fields -----------------------------------------------------------------------------
@@ -248,7 +240,7 @@ class SegmentForm(forms.ModelForm):
 
     class Meta:
         model = Segment
-        fields = ["name", "description", *RULE_FIELDS, "use_member_list"]
+        fields = ["name", "description", *Segment.AUDIENCE_FIELDS]
         help_texts = {
             "use_member_list": "Only users on the imported list (who also match the rules).",
         }
@@ -662,7 +654,7 @@ class SegmentAdmin(admin.ModelAdmin):
         obj: Segment | None = None,
     ) -> HttpResponse:
         context["audience"] = self._audience(request, obj)
-        context["rule_fields_json"] = json.dumps([*RULE_FIELDS, "use_member_list"])
+        context["rule_fields_json"] = json.dumps(Segment.AUDIENCE_FIELDS)
         if obj is not None and obj.pk is not None:
             if request.user.has_perm(f"{SegmentMember._meta.app_label}.view_segmentmember"):
                 context["members_url"] = (

@@ -61,16 +61,6 @@ CAMPAIGN_FIELDS = {
     "holdout_percent": "holdout_percent",
     "reentry_days": "reentry_days",
 }
-RULE_FIELDS = (
-    "spend_tiers",
-    "activity",
-    "tags_any",
-    "tags_all",
-    "locales",
-    "time_zones",
-    "points_expiring_within_days",
-    "use_member_list",
-)
 SPEND_EDGES = ("whale_min_spend", "dolphin_min_spend")
 ACTIVITY_EDGES = ("active_within_days", "dormant_within_days")
 TIER_COUNT = ACTIVITY_COUNT = 3  # all three ticked is the same as none: no condition
@@ -139,7 +129,7 @@ def campaign_definition(campaign_id: int, *, members: bool = True) -> Definition
     }
     segment = Segment.objects.filter(pk=row["segment_id"]).first() if row["segment_id"] else None
     if segment is not None:
-        definition["segment"] = {name: getattr(segment, name) for name in RULE_FIELDS}
+        definition["segment"] = {name: getattr(segment, name) for name in Segment.AUDIENCE_FIELDS}
         definition[LABELS]["segment"] = segment.name
         definition["thresholds"] = thresholds_followed(segment)
         if segment.use_member_list and members:

@@ -1,5 +1,5 @@
-"""Marketers' test sends are published to their own queue of the bulk lane, on the real broker:
-never where receipts are prepared, and never behind a running campaign's fan-out batches."""
+"""Marketers' test sends are published to their own queue of the bulk lane: never where
+receipts are prepared, and never behind a running campaign's fan-out batches."""
 
 from __future__ import annotations
 
@@ -7,9 +7,10 @@ import pytest
 
 from notifier.queues import TEST_SENDS_QUEUE, Lane, lane_queues, prepare_queue
 from notifier.services.messages import NewMessage, messages_create
+from notifier.tasks import prepare_messages
 from tests.factories import UserFactory
 
-pytestmark = pytest.mark.django_db(transaction=True)
+pytestmark = pytest.mark.django_db
 
 
 def row(user_id: int, *, is_test: bool) -> NewMessage:
@@ -24,17 +25,35 @@ def row(user_id: int, *, is_test: bool) -> NewMessage:
     )
 
 
-def test_test_sends_go_to_their_own_bulk_queue_and_campaign_messages_do_not(redis_client):
+@pytest.fixture
+def published(monkeypatch) -> list[tuple[list[int], str]]:
+    """Each prepare task as the broker would get it: its message ids and its queue (the
+    session's shared worker would take it from Redis before a test could look)."""
+    sent: list[tuple[list[int], str]] = []
+    monkeypatch.setattr(
+        prepare_messages,
+        "apply_async",
+        lambda args, queue, **options: sent.append((list(args[0]), queue)),
+    )
+    return sent
+
+
+def test_test_sends_go_to_their_own_bulk_queue_and_campaign_messages_do_not(
+    published, django_capture_on_commit_callbacks
+):
     user = UserFactory()
-    queues = [TEST_SENDS_QUEUE, prepare_queue(Lane.BULK), prepare_queue(Lane.TRANSACTIONAL)]
-    redis_client.delete(*queues)
+    with django_capture_on_commit_callbacks(execute=True):
+        (test,) = messages_create(rows=[row(user.pk, is_test=True)]).messages
+    assert published == [([test.pk], TEST_SENDS_QUEUE)]
 
-    messages_create(rows=[row(user.pk, is_test=True)])
-    assert [redis_client.llen(q) for q in queues] == [1, 0, 0]
-
-    messages_create(rows=[row(user.pk, is_test=False), row(user.pk, is_test=True)])
-    assert [redis_client.llen(q) for q in queues] == [2, 1, 0]
-    redis_client.delete(*queues)
+    published.clear()
+    with django_capture_on_commit_callbacks(execute=True):
+        campaign, second = messages_create(
+            rows=[row(user.pk, is_test=False), row(user.pk, is_test=True)]
+        ).messages
+    assert sorted(published) == sorted(
+        [([campaign.pk], prepare_queue(Lane.BULK)), ([second.pk], TEST_SENDS_QUEUE)]
+    )
 
 
 def test_the_bulk_workers_consume_the_test_sends_queue():
