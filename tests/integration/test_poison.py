@@ -13,6 +13,7 @@ is killed (a SIGKILL of its process group), the layer behind the sandbox.
 from __future__ import annotations
 
 import ast
+import json
 import time
 import uuid
 from collections.abc import Iterator
@@ -25,7 +26,8 @@ from campaigns.models import Segment, StepVariant, VariantTemplate
 from campaigns.services.lifecycle import campaign_create
 from campaigns.services.previews import variant_send_test
 from notifier.api import notify, notify_many
-from notifier.models import Delivery, InboxItem, Message, NotificationType, User
+from notifier.db import table_name
+from notifier.models import Delivery, InboxItem, Message, NotificationType, PrepareRun, User
 from notifier.queues import MAINTENANCE_QUEUE, Lane, lane_queues
 from notifier.services.messages import NewMessage, messages_create
 from notifier.status import DeliveryStatus, Reason
@@ -129,6 +131,26 @@ def running(workers: list[WorkerProcess], message_id: int) -> bool:
     return False
 
 
+def run_under_way(message_id: int) -> bool:
+    """Whether a prepare run with this message in it has recorded itself and is at work: its
+    PrepareRun row exists and a live transaction holds it (notifier.services.quarantine). A
+    worker killed before that point dies without a trace, and no crash is counted."""
+    table = table_name(PrepareRun)
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"SELECT id FROM {table} WHERE message_ids @> %s::jsonb", [json.dumps([message_id])]
+        )
+        runs = [row[0] for row in cursor.fetchall()]
+        if not runs:
+            return False
+        with transaction.atomic():
+            cursor.execute(
+                f"SELECT id FROM {table} WHERE id = ANY(%s) FOR KEY SHARE SKIP LOCKED", [runs]
+            )
+            free = {row[0] for row in cursor.fetchall()}
+    return any(run not in free for run in runs)
+
+
 def inapp(message_id: int) -> tuple[str, str] | None:
     row = Delivery.objects.filter(message_id=message_id, channel="inapp").first()
     return (row.status, row.reason) if row else None
@@ -223,7 +245,9 @@ def test_a_message_that_keeps_killing_its_worker_is_set_aside_and_its_batch_mate
     kills = 0
     for _ in range(6):
         rig.drain(
-            lambda w=worker: running([w], poison) or inapp(poison) is not None,
+            lambda w=worker: (
+                (running([w], poison) and run_under_way(poison)) or inapp(poison) is not None
+            ),
             timeout=120,
         )
         if inapp(poison) is not None:
