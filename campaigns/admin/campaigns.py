@@ -959,8 +959,9 @@ class CampaignAdmin(admin.ModelAdmin):
         chosen = ACTIONS_BY_NAME.get(action)
         if chosen is None:
             raise Http404(f"No action {action!r}")
-        # The approve button carries the digest of the definition its page showed.
-        seen = {"seen": request.POST.get("definition") or None} if chosen.name == "approve" else {}
+        # The approve button carries the digest of the definition its page showed; a POST
+        # without one approves nothing (the lead must have seen what they approve).
+        seen = {"seen": request.POST.get("definition", "")} if chosen.name == "approve" else {}
         try:
             count = chosen.service(campaign=campaign, by=staff_user(request), **seen)
         except CampaignError as exc:

@@ -231,6 +231,10 @@ def campaign_approve(*, campaign: Campaign, by: User, seen: str | None = None) -
         if problems:
             raise CampaignError("cannot approve: " + "; ".join(problems))
         definition = campaign_definition(locked.pk)
+        if seen == "":
+            raise CampaignError(
+                "approve from the campaign's page, which shows what you are approving"
+            )
         if seen is not None and seen != definition_digest(definition):
             raise CampaignError(
                 "it changed while you were reviewing it: reload the page to see what changed, "
