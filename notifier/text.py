@@ -5,6 +5,7 @@ admin) so the database never has to."""
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from typing import Any
@@ -21,6 +22,17 @@ def text_problem(value: str) -> str | None:
     if _SURROGATE.search(value):
         return "contains an unpaired surrogate (half of a \\ud83d\\ude00 pair)"
     return None
+
+
+def strict_json_loads(data: str | bytes) -> Any:
+    """`json.loads` that refuses NaN, Infinity and -Infinity (Python's parser takes them; no
+    JSON client of ours sends them). Raises ValueError (a JSONDecodeError, a UnicodeDecodeError)
+    or RecursionError on a body it cannot take."""
+    return json.loads(data, parse_constant=_not_a_number)
+
+
+def _not_a_number(name: str) -> object:
+    raise ValueError(f"{name} is not a JSON number")
 
 
 def json_value_problem(value: Any, *, max_depth: int | None = None) -> str | None:

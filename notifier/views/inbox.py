@@ -13,7 +13,6 @@ Errors are JSON {"error": "..."} with a 4xx status that says what to fix.
 from __future__ import annotations
 
 import base64
-import json
 from collections.abc import Callable
 from datetime import datetime, timedelta
 from functools import wraps
@@ -33,7 +32,7 @@ from notifier.services.inbox import (
     inbox_mark_all_read,
     inbox_mark_read,
 )
-from notifier.text import json_value_problem
+from notifier.text import json_value_problem, strict_json_loads
 
 MAX_LIMIT = 100
 MAX_CURSOR_LENGTH = 200  # a cursor given out is about 60 characters
@@ -52,10 +51,6 @@ class UnsupportedMediaType(BadRequest):
 
 def error(status: int, text: str) -> JsonResponse:
     return JsonResponse({"error": text}, status=status)
-
-
-def _no_constant(name: str) -> object:
-    raise ValueError(f"{name} is not a JSON number")
 
 
 def _is_json(content_type: str) -> bool:
@@ -80,7 +75,7 @@ def json_object(request: HttpRequest, example: str) -> dict[str, Any]:
             f"send the body as JSON with Content-Type: application/json, such as {example}"
         )
     try:
-        body = json.loads(request.body or b"{}", parse_constant=_no_constant)
+        body = strict_json_loads(request.body or b"{}")
     except (ValueError, RecursionError):  # JSONDecodeError and UnicodeDecodeError included
         raise BadRequest(f"send a JSON body such as {example}") from None
     if not isinstance(body, dict):

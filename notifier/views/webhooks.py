@@ -20,7 +20,6 @@ and unknown message ids get 200 and change nothing.
 from __future__ import annotations
 
 import functools
-import json
 import logging
 import re
 from collections.abc import Callable, Mapping
@@ -51,7 +50,7 @@ from notifier.services.webhooks import (
     provider_event_apply,
     sms_inbound_apply,
 )
-from notifier.text import json_value_problem, text_problem
+from notifier.text import json_value_problem, strict_json_loads, text_problem
 
 log = logging.getLogger(__name__)
 security_log = logging.getLogger("django.security.webhooks")
@@ -82,10 +81,6 @@ def _refused(status: int, words: str) -> HttpResponse:
     return HttpResponse(words + "\n", status=status, content_type="text/plain; charset=utf-8")
 
 
-def _no_constant(name: str) -> object:
-    raise ValueError(f"{name} is not a JSON number")
-
-
 def webhook_body_problem(request: HttpRequest) -> str | None:
     """Why an ESP's webhook body cannot be taken, before anymail parses it: a body that is not
     JSON (Amazon SES posts it as text/plain; anymail's own parse raised RecursionError on deep
@@ -94,7 +89,7 @@ def webhook_body_problem(request: HttpRequest) -> str | None:
     None when it can be handed on."""
     if request.content_type not in FORM_TYPES:  # every ESP's events are JSON but form posts
         try:
-            body = json.loads(request.body, parse_constant=_no_constant)
+            body = strict_json_loads(request.body)
         except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
             return "is not JSON (or nests past what a parser takes)"
         return json_value_problem(body, max_depth=MAX_WEBHOOK_NESTING)
@@ -226,8 +221,26 @@ def _soft_bounce(esp_name: str, esp_event: Any) -> bool:
     return False
 
 
+class EventNotApplied(Exception):
+    """Our own handling of an ESP's event failed (a bug, the database): the request answers
+    500, so the ESP retries later. Kept apart from the errors of anymail's parsing, which say
+    the body is not the ESP's and answer 400 (an ESP does not retry a 4xx: a bug of ours
+    answered 400 would lose its events silently)."""
+
+
 def email_tracking_received(sender: Any, event: Any, esp_name: str, **kwargs: Any) -> None:
     """Receiver of `anymail.signals.tracking`: one normalised ESP event per call."""
+    from anymail.exceptions import AnymailWebhookValidationFailure
+
+    try:
+        _email_event_apply(sender, event, esp_name)
+    except (AnymailWebhookValidationFailure, InvalidProviderEvent):
+        raise  # refusals of the request: 403 and 400
+    except Exception as exc:
+        raise EventNotApplied(f"applying a {esp_name} {event.event_type} event failed") from exc
+
+
+def _email_event_apply(sender: Any, event: Any, esp_name: str) -> None:
     from anymail.exceptions import AnymailWebhookValidationFailure
 
     refusal = email_webhook_refusal(sender, esp_name)

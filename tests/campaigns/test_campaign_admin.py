@@ -592,7 +592,9 @@ def test_approval_is_refused_to_its_creator_and_accepted_from_another_lead(clien
 
     client.force_login(person("Marketing lead", "second-lead"))
     blind = client.post(action_url(campaign, "approve"))  # not from the page: no digest
-    assert flash(blind)[-1] == "Approve from the campaign's page, which shows what you are approving"
+    assert (
+        flash(blind)[-1] == "Approve from the campaign's page, which shows what you are approving"
+    )
     assert status_of(campaign) == CampaignStatus.AWAITING_APPROVAL
     page = client.get(url("campaign_change", campaign.pk)).content.decode()
     digest = re.search(r'name="definition" value="([0-9a-f]{64})"', page)[1]

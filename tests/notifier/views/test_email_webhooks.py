@@ -636,3 +636,25 @@ def test_a_postmark_inbound_body_at_the_tracking_url_is_a_400_not_a_503(
     assert response.status_code == 400
     assert b"inbound" in response.content
     assert not ProviderEvent.objects.exists()
+
+
+def test_a_failure_of_our_own_in_applying_an_event_is_a_500_so_the_esp_retries(
+    client, mailgun, monkeypatch
+):
+    """A bug of ours (or the database) while applying an authenticated event is not the ESP's
+    fault: a 400 would tell the ESP to give up, losing the event. It answers 500, so the ESP
+    retries, and nothing is written."""
+    from notifier.views import webhooks
+
+    email = sent_email()
+
+    def broken(*args: Any, **kwargs: Any) -> None:
+        raise TypeError("a bug in our callback code")
+
+    monkeypatch.setattr(webhooks, "provider_event_apply", broken)
+    client.raise_request_exception = False
+    response = post(client, mailgun_event(email, "delivered"))
+
+    assert response.status_code == 500
+    assert status_of(email) == (S.SENT, "")
+    assert not ProviderEvent.objects.exists()
