@@ -267,10 +267,11 @@ def _render_together(
 ) -> tuple[str, RenderBudgetExceeded] | None:
     """Any error but the budget's is not the copy's alone: it depends on the values (the
     preview shows it for a real customer), so it is not refused."""
-    with render_budget(copy_limits()):
+    with render_budget(copy_limits()) as budget:
         for part, template in templates.items():
             try:
                 template.render(context)
+                budget.check_clock()  # the part it ran out of time in, not the next one
             except Exception as exc:
                 over = python_limit_as_budget(exc)  # a macro calling itself without end
                 if isinstance(over, RenderBudgetExceeded):

@@ -17,7 +17,7 @@ save time, see `copy_limits`):
   schemes) are charged what they really do; so steps bound CPU, not only operations;
 - **time** (NOTIFIER_RENDER_MAX_SECONDS): CPU time of the rendering thread (a loaded machine
   or a full garbage collection does not count against a render), read every CLOCK_EVERY steps,
-  at every large allocation, and when each template's render ends;
+  at every large allocation, and when the render ends;
 - **characters** (NOTIFIER_RENDER_MAX_CHARS): what the render builds, counted as it is built:
   its output wherever output is assembled (the template itself, and the body of each macro,
   `{% set %}...{% endset %}`, `{% filter %}` and call block: literal text emitted in a loop
@@ -70,7 +70,7 @@ from markupsafe import Markup, escape
 # costs in memory, so the character meter bounds memory whatever a template builds.
 VALUE_CHARS = 8
 # The clock is read every this many steps (and at each allocation of LARGE_CHARS or more, and
-# when a template's render ends).
+# when the render ends).
 CLOCK_EVERY = 64
 # An operation that goes through a value takes a step more for every this many characters it
 # reads (measured as `measure` does). The slowest reading measured (scripts/render_cost.py:
@@ -239,10 +239,12 @@ class render_budget:  # a context manager, named like the function it reads as
     already running (parts of one channel share it; an include or import inside a render is
     part of that render).
 
-    Python's own limits are translated on the way out: a RecursionError (a macro calling itself
-    too deep) or a MemoryError becomes RenderBudgetExceeded."""
+    The clock is read once more when the render ends, not only every CLOCK_EVERY steps: copy
+    that ran past its time is refused every time, wherever its last reading fell. Python's own
+    limits are translated on the way out: a RecursionError (a macro calling itself too deep) or
+    a MemoryError becomes RenderBudgetExceeded."""
 
-    __slots__ = ("_limits", "_token")
+    __slots__ = ("_budget", "_limits", "_token")
 
     def __init__(self, given: Limits | None = None) -> None:
         self._limits = given
@@ -252,9 +254,9 @@ class render_budget:  # a context manager, named like the function it reads as
         if budget is not None:
             self._token = None
             return budget
-        budget = RenderBudget(*(self._limits or limits()))
-        self._token = _current.set(budget)
-        return budget
+        self._budget = RenderBudget(*(self._limits or limits()))
+        self._token = _current.set(self._budget)
+        return self._budget
 
     def __exit__(
         self, kind: type[BaseException] | None, exc: BaseException | None, tb: Any
@@ -262,7 +264,9 @@ class render_budget:  # a context manager, named like the function it reads as
         if self._token is None:
             return
         _current.reset(self._token)
-        if exc is not None and python_limit_as_budget(exc) is not exc:
+        if exc is None:
+            self._budget.check_clock()
+        elif python_limit_as_budget(exc) is not exc:
             raise python_limit_as_budget(exc) from exc
 
 
@@ -1465,17 +1469,10 @@ class BudgetedTemplate(Template):
     """A template that renders under a budget: its own, or that of the render it is part of."""
 
     def render(self, *args: Any, **kwargs: Any) -> str:
-        # The clock is read again when the render ends, not only every CLOCK_EVERY steps:
-        # copy that ran past its time is refused every time, wherever its last check fell.
-        budget = _current.get()
-        if budget is not None:
-            text = super().render(*args, **kwargs)
-            budget.check_clock()
-            return text
-        with render_budget() as budget:
-            text = super().render(*args, **kwargs)
-            budget.check_clock()
-            return text
+        if _current.get() is not None:
+            return super().render(*args, **kwargs)
+        with render_budget():
+            return super().render(*args, **kwargs)
 
     def generate(self, *args: Any, **kwargs: Any) -> Iterator[str]:
         # A budget cannot follow a generator across yields: render whole, then stream.

@@ -175,7 +175,9 @@ def test_copy_for_one_locale_too_many_is_refused_on_its_field(client, marketer, 
     variant = notice_variant(make_campaign(marketer))
     limit = settings.NOTIFIER_COPY_MAX_LOCALES
     VariantTemplate.objects.bulk_create(
-        VariantTemplate(variant=variant, channel="inapp", locale=f"xx-{n:02}", title="Hi", body="Hi")
+        VariantTemplate(
+            variant=variant, channel="inapp", locale=f"xx-{n:02}", title="Hi", body="Hi"
+        )
         for n in range(limit - 1)
     )
     client.force_login(marketer)
