@@ -361,7 +361,7 @@ def spend(chars: int) -> None:
 
 _SCALARS = frozenset({int, float, bool, type(None)})
 _DICT_VIEWS: tuple[type, ...] = (type({}.keys()), type({}.values()), type({}.items()))
-_CONTAINERS = (list, tuple, set, frozenset, dict)
+_CONTAINERS = (list, tuple, set, frozenset, dict, types.MappingProxyType)
 _PRINTED = (*_CONTAINERS, Namespace, *_DICT_VIEWS)
 
 
@@ -393,10 +393,10 @@ def measure(value: object, limit: int | None = None) -> int:
             if total > limit:
                 return total
             stack.extend(item)
-            if isinstance(item, dict):
+            if isinstance(item, dict | types.MappingProxyType):
                 stack.extend(item.values())
         elif isinstance(item, _DICT_VIEWS):
-            stack.append(item.mapping)  # type: ignore[attr-defined]
+            stack.append(item.mapping)  # type: ignore[attr-defined]  # a read-only proxy of it
         elif isinstance(item, Namespace):
             stack.append(_namespace_attrs(item))
         elif isinstance(item, Cycler):

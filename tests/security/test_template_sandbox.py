@@ -523,6 +523,8 @@ STEP_COSTS = {
     "int": "{% for i in range(300) %}{{ digits|int }}{% endfor %}",
     "escape": "{% for i in range(30) %}{{ (tags|e)|length }}{% endfor %}",
     "dict key": "{% for i in range(300) %}{{ {text: 1}[same] }}{% endfor %}",
+    "a dict's items listed": "{% for i in range(30) %}{{ mapping.items()|list|length }}"
+    "{% endfor %}",
     "sort": "{{ numbers|sort|list|length }}",
     "sort by attribute": "{{ rows|sort(attribute='a')|list|length }}",
     "groupby": "{{ rows|groupby('a')|list|length }}",
@@ -832,6 +834,10 @@ EVERYDAY = {
     "loops": "{% for a, b in [(1, 2), (3, 4)] %}{{ a }}{{ b }}{{ loop.index }}/{{ loop.length }}"
     "{% if not loop.last %}, {% endif %}{% else %}none{% endfor %}{% for x in [] %}{% else %}"
     "empty{% endfor %}{% for x in range(5) if x is odd %}{{ x }}{% endfor %}",
+    "comparisons": "{% set a, b = 1, 'abc' %}{{ a < 2 < 3 }} {{ 3 > a > 5 }} {{ 'a' in b }} "
+    "{{ 'z' not in b }} {{ a == 1 }} {{ a != 1 }} {{ b >= 'abc' }} {{ b is in ['abc'] }} "
+    "{{ 2 < a < nope }} {{ 0 < a < 2 < 3 != 4 }}{% for x in range(4) if 1 <= x < 3 %}{{ x }}"
+    "{% endfor %}",
     "recursive": "{% for x in [[1, [2]], 3] recursive %}{% if x is iterable %}({{ loop(x) }})"
     "{% else %}{{ x }}{% endif %}{% endfor %}",
     "macros": "{% macro m(x) %}<{{ x }}>{% endmacro %}{{ m(1) }}{% macro w() %}[{{ caller() }}]"
