@@ -72,12 +72,14 @@ VALUE_CHARS = 8
 # The clock is read every this many steps (and at each allocation of LARGE_CHARS or more, and
 # when the render ends).
 CLOCK_EVERY = 64
-# An operation that goes through a value takes a step more for every this many characters it
-# reads (measured as `measure` does). The slowest reading measured (scripts/render_cost.py:
-# striptags of tag soup, pprint and sorting with Jinja's key function, about 150 ns a character)
-# then costs about 2.5 µs a step, and an everyday step about 1 µs: the step meter bounds CPU.
-READ_PER_STEP = 16
 LARGE_CHARS = 4096
+# An operation that goes through a value takes a step more for every this many characters it
+# reads (measured as `measure` does). The slowest reading measured (test_steps_bound_cpu in
+# tests/security/test_template_sandbox.py: striptags of tag soup, title of one-letter words,
+# about 130 ns a character) then costs about 2.5 µs a step, and an everyday step about 1 µs: the
+# step meter bounds CPU, and no single operation, charged before it runs, can take much more
+# than the whole budget's worth (about 21 ms at the defaults, measured).
+READ_PER_STEP = 16
 # What a render may allocate, at most, per character of NOTIFIER_RENDER_MAX_CHARS (16 MB at the
 # default): measured with tracemalloc on every bomb in tests/security/test_template_sandbox.py,
 # the worst (text split into one-character values) takes about half of it.
@@ -997,8 +999,8 @@ CONSTANT_FILTERS = frozenset(
         "round",
     }
 )
-# Filters that spend more than a scan's time on each character they read (measured by
-# scripts/render_cost.py: sorting through Jinja's key function, pprint): they read at this weight.
+# Filters that spend more than a scan's time on each character they read (measured: sorting
+# through Jinja's key function, pprint, urlize's regular expressions): they read at this weight.
 READ_WEIGHTS = {"dictsort": 2, "groupby": 2, "pprint": 2, "sort": 2, "urlize": 4}
 # Filters whose result costs more to make than their input to read: printf-style formatting (a
 # float with a precision of hundreds of digits) reads what it made as well.
