@@ -17,7 +17,8 @@ save time, see `copy_limits`):
   schemes) are charged what they really do; so steps bound CPU, not only operations;
 - **time** (NOTIFIER_RENDER_MAX_SECONDS): CPU time of the rendering thread (a loaded machine
   or a full garbage collection does not count against a render), read every CLOCK_EVERY steps,
-  at every large allocation, and when the render ends;
+  at every large allocation, and when the render ends (from its first reading: the few steps
+  before it are not timed);
 - **characters** (NOTIFIER_RENDER_MAX_CHARS): what the render builds, counted as it is built:
   its output wherever output is assembled (the template itself, and the body of each macro,
   `{% set %}...{% endset %}`, `{% filter %}` and call block: literal text emitted in a loop
@@ -163,7 +164,10 @@ class RenderBudget:
         self.max_seconds = max_seconds
         self.steps_left = max_steps
         self.chars_left = max_chars
-        self.deadline = cpu_seconds() + max_seconds
+        # The clock starts at its first reading (CLOCK_EVERY steps in, or a large allocation):
+        # what comes before is under CLOCK_EVERY steps' worth (well under a millisecond, as steps
+        # bound CPU), and a real message, a few dozen steps, never pays for reading a CPU clock.
+        self.deadline = 0.0
         self.next_clock = max_steps - CLOCK_EVERY
 
     def checkpoint(self) -> None:
@@ -178,7 +182,10 @@ class RenderBudget:
         self.next_clock = max(self.steps_left - CLOCK_EVERY, -1)
 
     def check_clock(self) -> None:
-        if cpu_seconds() > self.deadline:
+        now = cpu_seconds()
+        if not self.deadline:
+            self.deadline = now + self.max_seconds
+        elif now > self.deadline:
             raise RenderTooSlow(
                 f"this copy takes more than {duration_text(self.max_seconds)} of CPU to "
                 "render: a loop or a macro calling itself?"
@@ -266,7 +273,7 @@ class render_budget:  # a context manager, named like the function it reads as
         if self._token is None:
             return
         _current.reset(self._token)
-        if exc is None:
+        if exc is None and self._budget.deadline:  # the clock started: read it once more
             self._budget.check_clock()
         elif python_limit_as_budget(exc) is not exc:
             raise python_limit_as_budget(exc) from exc
