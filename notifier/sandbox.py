@@ -273,8 +273,9 @@ class render_budget:  # a context manager, named like the function it reads as
         if self._token is None:
             return
         _current.reset(self._token)
-        if exc is None and self._budget.deadline:  # the clock started: read it once more
-            self._budget.check_clock()
+        if exc is None:
+            if self._budget.deadline:  # the clock started: read it once more
+                self._budget.check_clock()
         elif python_limit_as_budget(exc) is not exc:
             raise python_limit_as_budget(exc) from exc
 
