@@ -222,9 +222,9 @@ def limits() -> Limits:
 
 @functools.cache
 def copy_limits() -> Limits:
-    """The tighter limits a marketer's copy must fit when it is tried at save time (one part,
-    for one customer): what every recipient of a campaign will cost, so far below the runtime
-    budget, which stays a backstop for what depends on the data."""
+    """The tighter limits a marketer's copy must fit when it is tried at save time (one
+    channel's parts together, for one customer): what every recipient of a campaign will cost,
+    so far below the runtime budget, which stays a backstop for what depends on the data."""
     return (
         int(settings.NOTIFIER_COPY_MAX_STEPS),
         int(settings.NOTIFIER_RENDER_MAX_CHARS),
