@@ -7,15 +7,23 @@ user's zone), and the system variables every template has (`user`, `site_name`, 
 StrictUndefined refuses unknown names.
 
 Copy is checked before it is saved: it parses, names only what it may use, compiles (Python's
-limits on nesting included), and renders within the budget (notifier/sandbox.py) for a
-representative customer. Copy stored by other means that cannot compile fails as a RenderError
-of its variant, like any copy that cannot render.
+limits on nesting included), and one channel's parts render together within what a marketer's
+copy may cost for one customer (NOTIFIER_COPY_MAX_*, far below the runtime budget of
+notifier/sandbox.py: every recipient of a campaign pays it) for a representative customer.
+Checks are remembered per process, and every request that checks copy does so within one time
+budget (`TimeBudget`) for all its parts. Copy stored by other means that cannot compile fails
+as a RenderError of its variant, like any copy that cannot render.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+import threading
 import time
+from collections import OrderedDict
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 from django.conf import settings
@@ -36,6 +44,7 @@ from notifier.rendering import (
     render_budget,
     render_failure,
 )
+from notifier.sandbox import RenderTooSlow, copy_limits, python_limit_as_budget
 
 CACHE_TTL_S = 30.0
 CAMPAIGN_VARIABLES = frozenset({"campaign"})
@@ -56,14 +65,107 @@ def allowed_variables(campaign_variables: Iterable[str]) -> frozenset[str]:
     return SYSTEM_VARIABLES | CAMPAIGN_VARIABLES | frozenset(campaign_variables)
 
 
+@dataclass
+class TimeBudget:
+    """The wall-clock time one request may spend on marketers' copy, shared by everything it
+    renders or tries: a preview page's cells, or the trial renders of a save, a submit, an
+    approval or a test send. A page of many steps, variants, channels and locales holds a web
+    worker no longer than this, however slow or plentiful its copy."""
+
+    seconds: float
+    started: float = field(default_factory=time.monotonic)
+
+    def left(self) -> float:
+        return self.seconds - (time.monotonic() - self.started)
+
+
+# Trial results remembered per process, by a digest of what decides them: re-checking unchanged
+# copy (every submit, approval, test send and save re-checks it) costs a dictionary lookup.
+CHECKED_MAX = 4096
+_checked: OrderedDict[str, dict[str, list[str]]] = OrderedDict()
+_checked_lock = threading.Lock()
+
+
+def copy_problems(
+    parts: Mapping[str, str],
+    *,
+    allowed: frozenset[str],
+    variables: Mapping[str, Any] | None = None,
+    budget: TimeBudget | None = None,
+) -> dict[str, list[str]]:
+    """What is wrong with one channel's copy (its parts: subject, body, html...), part by part:
+    too long, a syntax error, names it cannot use, code Python cannot compile, or more work for
+    a representative customer than a marketer's copy may take (`variables`: the campaign's
+    values; names without one get a long placeholder). The parts are tried together, under one
+    budget of NOTIFIER_COPY_MAX_STEPS and NOTIFIER_COPY_MAX_SECONDS, as they render for each
+    recipient. Parts without problems are left out.
+
+    Remembered per process. `budget` is the request's: once it is spent, copy not already
+    remembered is not tried, and says so."""
+    parts = {part: source for part, source in parts.items() if source}
+    if not parts:
+        return {}
+    key = _check_key(parts, allowed, variables)
+    with _checked_lock:
+        known = _checked.get(key)
+        if known is not None:
+            _checked.move_to_end(key)
+            return {part: list(found) for part, found in known.items()}
+    if budget is not None and budget.left() <= 0:
+        return {
+            next(iter(parts)): [
+                f"not checked yet: trying the copy took more than {budget.seconds:g} s in all; "
+                "try again, and the check goes on where it stopped"
+            ]
+        }
+    problems: dict[str, list[str]] = {}
+    templates: dict[str, Template] = {}
+    for part, source in parts.items():
+        compiled = _compiled_copy(source, allowed)
+        if isinstance(compiled, Template):
+            templates[part] = compiled
+        else:
+            problems[part] = compiled
+    over = _trial(templates, trial_context(allowed, variables))
+    if over is not None:
+        part, problem = over
+        problems.setdefault(part, []).append(problem)
+    with _checked_lock:
+        _checked[key] = {part: list(found) for part, found in problems.items()}
+        while len(_checked) > CHECKED_MAX:
+            _checked.popitem(last=False)
+    return problems
+
+
 def template_problems(
-    source: str, *, allowed: frozenset[str], variables: Mapping[str, Any] | None = None
+    source: str,
+    *,
+    allowed: frozenset[str],
+    variables: Mapping[str, Any] | None = None,
+    budget: TimeBudget | None = None,
 ) -> list[str]:
-    """What is wrong with a marketer's template: too long, a syntax error, names it cannot use,
-    code Python cannot compile, or more work than a render's budget allows for a representative
-    customer (`variables`: the campaign's values; names without one get a long placeholder)."""
-    if not source:
-        return []
+    """`copy_problems` of a template on its own."""
+    return copy_problems({"part": source}, allowed=allowed, variables=variables, budget=budget).get(
+        "part", []
+    )
+
+
+def checked_copy_clear() -> None:
+    with _checked_lock:
+        _checked.clear()
+
+
+def _check_key(
+    parts: Mapping[str, str], allowed: frozenset[str], variables: Mapping[str, Any] | None
+) -> str:
+    decided_by = [sorted(parts.items()), sorted(allowed), variables or {}, copy_limits()]
+    text = json.dumps(decided_by, sort_keys=True, default=str, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _compiled_copy(source: str, allowed: frozenset[str]) -> Template | list[str]:
+    """The copy compiled, or what stops it: too long, a syntax error, names it cannot use,
+    lookups the sandbox would refuse, code Python cannot compile."""
     try:
         parsed = _parse_copy(source)
         unknown = sorted(meta.find_undeclared_variables(parsed) - allowed)
@@ -81,11 +183,9 @@ def template_problems(
     if reach:
         return reach
     try:
-        template = _compile_parsed(parsed)
+        return _compile_parsed(parsed)
     except RenderError as exc:
         return [str(exc)]
-    over = _over_budget(template, trial_context(allowed, variables))
-    return [over] if over else []
 
 
 def _parse_copy(source: str) -> nodes.Template:
@@ -152,15 +252,30 @@ def trial_context(allowed: frozenset[str], variables: Mapping[str, Any] | None) 
     return context
 
 
-def _over_budget(template: Template, context: Mapping[str, Any]) -> str | None:
-    """The budget breach of a trial render, if any. Any other error is not the copy's alone:
-    it depends on the values (the preview shows it for a real customer), so it is not refused."""
-    try:
-        template.render(context)
-    except RenderBudgetExceeded as exc:
-        return str(exc)
-    except Exception:  # see the docstring
-        return None
+def _trial(templates: Mapping[str, Template], context: Mapping[str, Any]) -> tuple[str, str] | None:
+    """The part where one channel's parts, rendered in turn under one copy budget, went over
+    it, and how; None when they fit. Time is the one meter a busy CPU can push over: copy over
+    it on time alone is tried once more, and refused when it is over again."""
+    over = _render_together(templates, context)
+    if over is not None and isinstance(over[1], RenderTooSlow):
+        over = _render_together(templates, context)
+    return None if over is None else (over[0], str(over[1]))
+
+
+def _render_together(
+    templates: Mapping[str, Template], context: Mapping[str, Any]
+) -> tuple[str, RenderBudgetExceeded] | None:
+    """Any error but the budget's is not the copy's alone: it depends on the values (the
+    preview shows it for a real customer), so it is not refused."""
+    with render_budget(copy_limits()) as budget:
+        for part, template in templates.items():
+            try:
+                template.render(context)
+                budget.check_clock()  # the part it ran out of time in, not the next one
+            except Exception as exc:
+                over = python_limit_as_budget(exc)  # a macro calling itself without end
+                if isinstance(over, RenderBudgetExceeded):
+                    return part, over
     return None
 
 

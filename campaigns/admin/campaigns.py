@@ -85,9 +85,10 @@ from campaigns.rendering import (
     CAMPAIGN_VARIABLES,
     MAX_COPY_CHARS,
     PART_FIELDS,
+    TimeBudget,
     allowed_variables,
+    copy_problems,
     required_parts,
-    template_problems,
     variant_cache_clear,
 )
 from campaigns.services.definitions import (
@@ -109,9 +110,10 @@ from campaigns.services.lifecycle import (
     campaign_send_back,
     campaign_submit,
     copy_variant,
+    locale_problem,
     plan_of,
 )
-from campaigns.services.previews import PreviewBudget, variant_preview, variant_send_test
+from campaigns.services.previews import variant_preview, variant_send_test
 from campaigns.services.segments import segment_count, segment_sample, segment_users
 from campaigns.services.stats import CAMPAIGN_SCOPE
 from channels.base import Channel, Content
@@ -1049,7 +1051,7 @@ class CampaignAdmin(admin.ModelAdmin):
         channels = campaign_channels(campaign)
         steps = list(campaign.steps.order_by("offset_minutes", "pk").prefetch_related("variants"))
         # However slow the copy, the page holds this web worker only so long (see the budget).
-        budget = PreviewBudget(settings.NOTIFIER_PREVIEW_BUDGET_S)
+        budget = TimeBudget(settings.NOTIFIER_PREVIEW_BUDGET_S)
         previews = [
             StepPreview(
                 step=step,
@@ -1129,7 +1131,7 @@ class CampaignAdmin(admin.ModelAdmin):
 
     @staticmethod
     def _channel_preview(
-        variant: StepVariant, user: User, channel: Channel, viewer: User, budget: PreviewBudget
+        variant: StepVariant, user: User, channel: Channel, viewer: User, budget: TimeBudget
     ) -> ChannelPreview:
         # Signed links (unsubscribe, preferences) are made for the viewer, not the customer.
         result = variant_preview(
@@ -1205,8 +1207,11 @@ def syntax_hint(source: str) -> str:
 
 class VariantTemplateForm(forms.ModelForm):
     channel = forms.ChoiceField(choices=CHANNEL_CHOICES)
-    allowed: ClassVar[frozenset[str]] = frozenset()  # set per campaign by the inline
-    variables: ClassVar[Mapping[str, Any]] = {}  # the campaign's values, for the trial render
+    # Set per request by the inline: the campaign's names and values (for the trial render),
+    # and the time the request may spend trying copy, shared by all its forms.
+    allowed: ClassVar[frozenset[str]] = frozenset()
+    variables: ClassVar[Mapping[str, Any]] = {}
+    checks: ClassVar[TimeBudget | None] = None
 
     class Meta:
         model = VariantTemplate
@@ -1229,11 +1234,14 @@ class VariantTemplateForm(forms.ModelForm):
 
     def clean(self) -> dict[str, Any]:
         data = super().clean() or {}
-        for part in PART_FIELDS:
-            source = data.get(part) or ""
-            problems = template_problems(source, allowed=self.allowed, variables=self.variables)
+        # The channel's parts are tried together, as they render for each recipient.
+        parts = {part: data.get(part) or "" for part in PART_FIELDS}
+        found = copy_problems(
+            parts, allowed=self.allowed, variables=self.variables, budget=self.checks
+        )
+        for part, problems in found.items():
             for problem in problems:
-                self.add_error(part, capfirst(problem) + syntax_hint(source))
+                self.add_error(part, capfirst(problem) + syntax_hint(parts[part]))
         link = (data.get("link") or "").strip()
         if link and not link.startswith(("http://", "https://", "{{")):
             self.add_error("link", "Start the link with https:// (or a variable: {{ site_url }}…).")
@@ -1243,6 +1251,7 @@ class VariantTemplateForm(forms.ModelForm):
 class VariantTemplateFormSet(BaseInlineFormSet):
     def clean(self) -> None:
         seen: set[tuple[str, str]] = set()
+        locales: set[str] = set()
         for form in self.forms:
             data = getattr(form, "cleaned_data", None)
             if not data or data.get("DELETE"):
@@ -1255,6 +1264,11 @@ class VariantTemplateFormSet(BaseInlineFormSet):
                     f"{key[1] or 'the default locale'} above: change that one instead.",
                 )
             seen.add(key)
+            if key[1] not in locales:
+                locales.add(key[1])
+                too_many = locale_problem(len(locales))
+                if too_many is not None:
+                    form.add_error("locale", capfirst(too_many) + ".")
         super().clean()
 
 
@@ -1269,10 +1283,11 @@ class VariantTemplateInline(admin.StackedInline):
 
     def get_formset(self, request: HttpRequest, obj: Any = None, **kwargs: Any) -> Any:
         names = obj.step.campaign.variables if obj is not None else {}
+        checks = TimeBudget(settings.NOTIFIER_COPY_CHECK_BUDGET_S)
         kwargs["form"] = type(
             "VariantTemplateForm",
             (VariantTemplateForm,),
-            {"allowed": allowed_variables(names), "variables": names},
+            {"allowed": allowed_variables(names), "variables": names, "checks": checks},
         )
         return super().get_formset(request, obj, **kwargs)
 

@@ -3,10 +3,11 @@ and cancelled. Every move is a compare-and-set on the status, so two people clic
 move it once; pausing and cancelling also stop what is already queued.
 
 Approval covers the campaign's definition (campaigns.services.definitions), recorded when a
-lead approves. A live campaign whose definition no longer matches goes back to awaiting
-approval (`campaign_back_for_approval`), remembering whether it was scheduled, running or
-paused; approving the change returns it there. Nothing more starts meanwhile; what was sent
-stays sent.
+lead approves. Its copy is tried (trial renders, campaigns.rendering) before the campaign's row
+is locked, on the very definition approved: under the lock only its digest is compared. A live
+campaign whose definition no longer matches goes back to awaiting approval
+(`campaign_back_for_approval`), remembering whether it was scheduled, running or paused;
+approving the change returns it there. Nothing more starts meanwhile; what was sent stays sent.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from datetime import datetime
 from functools import partial
 from typing import Any
 
+from django.conf import settings
 from django.db import transaction
 from django.db.models import F, QuerySet
 from django.utils import timezone
@@ -31,9 +33,16 @@ from campaigns.models import (
     VariantTemplate,
 )
 from campaigns.policies import DEFAULT_PLAN, StepPlan, Timing, fanout_start
-from campaigns.rendering import allowed_variables, required_parts, template_problems
+from campaigns.rendering import (
+    PART_FIELDS,
+    TimeBudget,
+    allowed_variables,
+    copy_problems,
+    required_parts,
+)
 from campaigns.services.definitions import (
     Change,
+    Definition,
     approval_changes,
     campaign_definition,
     change_reason,
@@ -132,8 +141,27 @@ def campaign_channels(campaign: Campaign) -> list[Channel]:
     return [Channel(name) for name in names]
 
 
-def campaign_problems(campaign: Campaign, *, now: datetime | None = None) -> list[str]:
-    """Everything that stops a campaign from being submitted or approved, in words."""
+def campaign_problems(
+    campaign: Campaign,
+    *,
+    now: datetime | None = None,
+    definition: Definition | None = None,
+    budget: TimeBudget | None = None,
+) -> list[str]:
+    """Everything that stops a campaign from being submitted or approved, in words: its
+    settings and steps, and its copy as `definition` holds it (read now when not given), tried
+    within `budget` (one of NOTIFIER_COPY_CHECK_BUDGET_S when not given)."""
+    definition = definition or campaign_definition(campaign.pk, members=False)
+    return setup_problems(campaign, now=now) + definition_copy_problems(
+        definition,
+        campaign_channels(campaign),
+        budget or TimeBudget(settings.NOTIFIER_COPY_CHECK_BUDGET_S),
+    )
+
+
+def setup_problems(campaign: Campaign, *, now: datetime | None = None) -> list[str]:
+    """What stops a campaign besides its copy: category, segment, event time, steps and their
+    moments, variants. A few queries, no rendering: approval checks them again under the lock."""
     now = now or timezone.now()
     problems: list[str] = []
     if campaign.category is None:
@@ -142,10 +170,9 @@ def campaign_problems(campaign: Campaign, *, now: datetime | None = None) -> lis
         problems.append("choose a segment")
     if campaign.kind == CampaignKind.ONE_OFF and campaign.event_at is None:
         problems.append("set the event time")
-    steps = list(campaign.steps.prefetch_related("variants__templates"))
+    steps = list(campaign.steps.prefetch_related("variants"))
     if not steps:
         problems.append("add at least one step")
-    allowed = allowed_variables(campaign.variables)
     for step in steps:
         if (
             campaign.kind == CampaignKind.ONE_OFF
@@ -157,42 +184,79 @@ def campaign_problems(campaign: Campaign, *, now: datetime | None = None) -> lis
             and fanout_start(campaign.event_at, plan_of(step)) < now
         ):
             problems.append(f"step {step.name!r}: its moment has already passed")
-        variants = list(step.variants.all())
-        if not variants:
+        if not step.variants.all():
             problems.append(f"step {step.name!r}: add a variant")
-        for variant in variants:
+    return problems
+
+
+def definition_copy_problems(
+    definition: Definition, channels: Sequence[Channel], budget: TimeBudget
+) -> list[str]:
+    """What stops the copy of every variant of a definition from going out, tried with the
+    campaign's own values."""
+    variables = definition["campaign"]["variables"] or {}
+    allowed = allowed_variables(variables)
+    problems: list[str] = []
+    for step in definition["steps"].values():
+        for variant in step["variants"].values():
+            copy = {tuple(key.split(":", 1)): parts for key, parts in variant["copy"].items()}
             problems += [
-                f"step {step.name!r}, variant {variant.name}: {p}"
-                for p in variant_problems(
-                    variant, campaign_channels(campaign), allowed, campaign.variables
-                )
+                f"step {step['name']!r}, variant {variant['name']}: {problem}"
+                for problem in variant_problems(copy, channels, allowed, variables, budget=budget)
             ]
     return problems
 
 
+Copy = Mapping[tuple[str, ...], Mapping[str, str]]  # (channel, locale) -> part -> source
+
+
+def variant_copy(variant: StepVariant) -> dict[tuple[str, ...], dict[str, str]]:
+    """A variant's copy as `variant_problems` reads it."""
+    return {
+        (row.channel, row.locale): {part: getattr(row, part) for part in PART_FIELDS}
+        for row in variant.templates.all()
+    }
+
+
+def locale_problem(locales: int) -> str | None:
+    limit = settings.NOTIFIER_COPY_MAX_LOCALES
+    if locales <= limit:
+        return None
+    return (
+        f"it has copy for {locales} locales; a variant may have at most {limit} "
+        "(the default included): remove some"
+    )
+
+
 def variant_problems(
-    variant: StepVariant,
+    copy: Copy,
     channels: Sequence[Channel],
     allowed: frozenset[str],
     variables: Mapping[str, Any] | None = None,
+    *,
+    budget: TimeBudget | None = None,
 ) -> list[str]:
-    """What stops a variant's copy from going out; `variables` (the campaign's values) make the
-    trial render of each template realistic."""
-    templates = {(t.channel, t.locale): t for t in variant.templates.all()}
+    """What stops a variant's copy (`variant_copy`) from going out; `variables` (the campaign's
+    values) make the trial render of each channel's copy realistic. Copy for more locales than
+    NOTIFIER_COPY_MAX_LOCALES is refused as such, without trying any of it."""
     problems: list[str] = []
     for channel in channels:
-        default = templates.get((str(channel), ""))
+        default = copy.get((str(channel), ""))
         if default is None:
             problems.append(f"write the {channel} copy")
             continue
         for part in required_parts(channel):
-            if not getattr(default, part):
+            if not default.get(part):
                 problems.append(f"{channel}: the {part} is empty")
-    for template in templates.values():
-        for part in ("subject", "title", "body", "html", "link"):
-            source = getattr(template, part)
-            for problem in template_problems(source, allowed=allowed, variables=variables):
-                problems.append(f"{template.channel} {part}: {problem}")
+    too_many = locale_problem(len({key[1] for key in copy}))
+    if too_many is not None:
+        return [*problems, too_many]
+    for (channel_name, locale), parts in copy.items():
+        where = f"{channel_name} {locale}" if locale else channel_name
+        found = copy_problems(parts, allowed=allowed, variables=variables, budget=budget)
+        problems += [
+            f"{where} {part}: {problem}" for part in parts for problem in found.get(part, ())
+        ]
     return problems
 
 
@@ -210,35 +274,51 @@ def campaign_submit(*, campaign: Campaign, by: User) -> None:
     _move(campaign, C.AWAITING_APPROVAL)
 
 
+CHANGED_WHILE_REVIEWED = (
+    "it changed while you were reviewing it: reload the page to see what changed, then approve"
+)
+
+
 def campaign_approve(*, campaign: Campaign, by: User, seen: str | None = None) -> None:
     """Approval by a second person holding `campaigns.approve_campaign`. It records what it
     covers (the definition and the audience count now); `seen` is the digest of the definition
-    the approver was shown, and approval refuses one that changed since."""
+    the approver was shown, and approval refuses one that changed since.
+
+    The copy is tried before the row is locked (trial renders take time, and the lock holds
+    every admin save and re-check of this campaign meanwhile), on the definition read for it;
+    under the lock the definition is read again and approved only when its digest is the one
+    tried, so what is approved is what was tried."""
     if not by.has_perm("campaigns.approve_campaign"):
         raise CampaignError(
             "approving campaigns needs the 'approve campaign' permission (the Marketing lead group)"
         )
     if campaign.created_by_id is not None and by.pk == campaign.created_by_id:
         raise CampaignError("a campaign must be approved by someone other than who prepared it")
+    if seen == "":  # from the admin, but not from the page: the lead saw nothing
+        raise CampaignError("approve from the campaign's page, which shows what you are approving")
+    campaign.refresh_from_db()
+    tried = campaign_definition(campaign.pk)
+    if seen is not None and seen != definition_digest(tried):
+        raise CampaignError(CHANGED_WHILE_REVIEWED)
+    problems = campaign_problems(campaign, definition=tried)
+    if problems:
+        raise CampaignError("cannot approve: " + "; ".join(problems))
     with transaction.atomic():
         # The row lock orders approval with admin saves and re-checks of the same campaign.
         locked = (
             Campaign.objects.select_for_update(of=("self",))
-            .select_related("segment")
+            .select_related("segment", "category")
             .get(pk=campaign.pk)
         )
-        problems = campaign_problems(locked)
+        problems = setup_problems(locked)  # the event time is not in the definition
         if problems:
             raise CampaignError("cannot approve: " + "; ".join(problems))
         definition = campaign_definition(locked.pk)
-        if seen == "":
+        if definition_digest(definition) != definition_digest(tried):
             raise CampaignError(
-                "approve from the campaign's page, which shows what you are approving"
-            )
-        if seen is not None and seen != definition_digest(definition):
-            raise CampaignError(
-                "it changed while you were reviewing it: reload the page to see what changed, "
-                "then approve"
+                CHANGED_WHILE_REVIEWED
+                if seen is not None
+                else "it changed while it was being checked: approve it again"
             )
         target = locked.status_before_review or C.SCHEDULED
         _move(

@@ -10,23 +10,28 @@ quiet hours, frequency caps, preferences and consent (it goes to the marketer wh
 it), and the funnel leaves it out.
 
 Both run a marketer's copy, so both are boxed in: a preview page renders within its time
-budget (`PreviewBudget`), and a test send is prepared on the bulk lane, where copy that burns
-CPU can delay only other marketing, never a receipt or a password reset.
+budget (a `TimeBudget`), and a test send tries the copy within one too, then is prepared on the
+bulk lane, where copy that burns CPU can delay only other marketing, never a receipt or a
+password reset.
 """
 
 from __future__ import annotations
 
-import time
 import uuid
 from contextlib import nullcontext
-from dataclasses import dataclass, field
 from typing import Any
 
+from django.conf import settings
 from django.db import DatabaseError
 
 from campaigns.models import Campaign, StepVariant
-from campaigns.rendering import allowed_variables, render_variant
-from campaigns.services.lifecycle import CampaignError, campaign_channels, variant_problems
+from campaigns.rendering import TimeBudget, allowed_variables, render_variant
+from campaigns.services.lifecycle import (
+    CampaignError,
+    campaign_channels,
+    variant_copy,
+    variant_problems,
+)
 from channels.base import Channel, Content
 from notifier.links import preferences_url, unsubscribe_url
 from notifier.models import Message, User
@@ -60,26 +65,13 @@ def campaign_context(
     return context
 
 
-@dataclass
-class PreviewBudget:
-    """The wall-clock time one preview page may spend rendering copy, shared by its cells: a
-    page of many steps, variants and channels holds a web worker no longer than this, however
-    slow its copy."""
-
-    seconds: float
-    started: float = field(default_factory=time.monotonic)
-
-    def left(self) -> float:
-        return self.seconds - (time.monotonic() - self.started)
-
-
 def variant_preview(
     *,
     variant: StepVariant,
     user: User,
     channel: Channel,
     links_user_id: int | None = None,
-    budget: PreviewBudget | None = None,
+    budget: TimeBudget | None = None,
 ) -> Content | RenderError:
     """One variant's copy on one channel, rendered for `user` in their locale (or the
     default one); a RenderError, in words, when it cannot render: the template's own, or that
@@ -122,10 +114,11 @@ def variant_send_test(*, variant: StepVariant, to_user: User) -> Message:
     if campaign.category_id is None:
         raise CampaignError("choose the campaign's marketing category before sending a test")
     problems = variant_problems(
-        variant,
+        variant_copy(variant),
         campaign_channels(campaign),
         allowed_variables(campaign.variables),
         campaign.variables,
+        budget=TimeBudget(settings.NOTIFIER_COPY_CHECK_BUDGET_S),
     )
     if problems:
         raise CampaignError("fix the copy before sending a test: " + "; ".join(problems))

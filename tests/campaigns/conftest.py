@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from campaigns.rendering import variant_cache_clear
+from campaigns.rendering import checked_copy_clear, variant_cache_clear
 from campaigns.services import fanout
 from notifier import dispatch
 
@@ -59,8 +59,10 @@ def published(monkeypatch) -> Published:
 @pytest.fixture(autouse=True)
 def _fresh_variant_cache() -> Iterator[None]:
     variant_cache_clear()
+    checked_copy_clear()
     yield
     variant_cache_clear()
+    checked_copy_clear()
 
 
 @pytest.fixture

@@ -45,7 +45,8 @@ REFUSED = {
     "over the budget": (
         "{% macro f(n) %}{% if n %}{{ f(n - 1) }}{{ f(n - 1) }}{% endif %}{% endmacro %}"
         "{{ f(30) }}",
-        "This copy needs more than 50,000 steps to render: a loop or a macro calling itself?",
+        "This copy needs more than 5,000 steps to render: a loop or a macro calling itself, or "
+        "long text compared or searched again and again?",
     ),
     "100 nested parentheses": ("{{ " + "(" * 100 + "1" + ")" * 100 + " }}", NESTING),
     "a 3,000-term sum": ("{{ " + " + ".join(["1"] * 3000) + " }}", NESTING),
@@ -74,9 +75,10 @@ EVERYDAY_BODY = (
 
 
 @pytest.mark.parametrize("case", list(REFUSED))
-def test_the_marketer_is_told_on_the_field_and_nothing_is_saved(case, client, marketer):
+def test_the_marketer_is_told_on_the_field_and_nothing_is_saved(case, client, marketer, settings):
     """Then everyday copy, with a loop and a filter, saves from the same form and renders as
     written."""
+    settings.NOTIFIER_COPY_MAX_SECONDS = 60  # the step meter's refusal, whatever the machine
     source, error = REFUSED[case]
     variant = notice_variant(make_campaign(marketer))
     client.force_login(marketer)
@@ -131,7 +133,7 @@ def test_the_trial_customer_has_long_names():
         ".{% endfor %}{% endfor %}{% endfor %}"
     )
     [problem] = template_problems(loop, allowed=allowed)
-    assert problem.startswith("this copy needs more than 50,000 steps")
+    assert problem.startswith("this copy needs more than 5,000 steps")
     everyday = {"user": {"first_name": "Mei", "last_name": "Li"}}
     assert compile_copy(loop).render(everyday) == "." * 18
 
@@ -155,3 +157,69 @@ def test_stored_copy_that_cannot_compile_fails_its_variant_alone(case, marketer)
     preview = variant_preview(variant=variant, user=marketer, channel=Channel.INAPP)
     assert isinstance(preview, RenderError)
     assert not isinstance(preview, RenderBudgetExceeded)
+
+
+def add_copy_form(page, data: dict, **fields: str) -> str:
+    """A new row of copy in the variant page's formset; returns its prefix."""
+    formset = copy_prefix(page, "inapp").rsplit("-", 1)[0]
+    total = int(data[f"{formset}-TOTAL_FORMS"])
+    prefix = f"{formset}-{total}"
+    data[f"{formset}-TOTAL_FORMS"] = str(total + 1)
+    data.update({f"{prefix}-{name}": value for name, value in fields.items()})
+    return prefix
+
+
+def test_copy_for_one_locale_too_many_is_refused_on_its_field(client, marketer, settings):
+    """A variant has copy for at most NOTIFIER_COPY_MAX_LOCALES locales, the default included:
+    the form says so on the locale of the row beyond, and saves nothing."""
+    variant = notice_variant(make_campaign(marketer))
+    limit = settings.NOTIFIER_COPY_MAX_LOCALES
+    VariantTemplate.objects.bulk_create(
+        VariantTemplate(
+            variant=variant, channel="inapp", locale=f"xx-{n:02}", title="Hi", body="Hi"
+        )
+        for n in range(limit - 1)
+    )
+    client.force_login(marketer)
+    page = client.get(url("stepvariant_change", variant.pk))
+    data = post_data(page)
+    extra = add_copy_form(page, data, channel="inapp", locale="fr", title="Salut", body="Salut")
+    response = client.post(url("stepvariant_change", variant.pk), data)
+    assert response.status_code == 200
+    assert field_errors(response, extra, "locale") == [
+        f"It has copy for {limit + 1} locales; a variant may have at most {limit} (the default "
+        "included): remove some."
+    ]
+    assert not VariantTemplate.objects.filter(variant=variant, locale="fr").exists()
+
+
+PRODUCTS = [
+    {
+        "name": f"Vintage card no. {i} in mint condition",
+        "price": 12.5 + i,
+        "url": f"https://shop.example.com/p/{i}",
+        "tags": ["sale", "new"] if i % 2 else ["sale"],
+    }
+    for i in range(50)
+]
+PRODUCT_HTML = (
+    '<table>{% for p in products %}<tr><td><a href="{{ p.url }}">{{ p.name|title|truncate(40) }}'
+    "</a>{% if 'new' in p.tags %} <b>New</b>{% endif %}</td><td>{{ '%.2f'|format(p.price) }}</td>"
+    "</tr>{% endfor %}</table><p>Hi {{ user.first_name }}, {{ headline }}</p>"
+)
+
+
+def test_a_fifty_product_list_saves_from_the_form(client, marketer):
+    """The heaviest copy a marketer writes, a list of 50 products in HTML, saves as it did."""
+    variant = notice_variant(make_campaign(marketer))
+    campaign = variant.step.campaign
+    campaign.variables = {"headline": "50% off", "products": PRODUCTS}
+    campaign.save()
+    client.force_login(marketer)
+    page = client.get(url("stepvariant_change", variant.pk))
+    email = copy_prefix(page, "email")
+    response = client.post(
+        url("stepvariant_change", variant.pk), post_data(page, **{f"{email}-html": PRODUCT_HTML})
+    )
+    assert response.status_code == 302
+    assert VariantTemplate.objects.get(variant=variant, channel="email").html == PRODUCT_HTML
