@@ -33,6 +33,7 @@ from django_celery_beat.admin import PeriodicTaskAdmin as BeatPeriodicTaskAdmin
 from django_celery_beat.models import PeriodicTask
 
 from channels.base import Channel
+from notifier.forms import BOUNDED_JSON
 from notifier.ids import parse_id
 from notifier.models import (
     Consent,
@@ -118,6 +119,8 @@ def status_badge(value: str) -> SafeString:
 class DeviceInline(admin.TabularInline):
     """A user's push devices. Viewers (no change permission on devices) see it read-only."""
 
+    formfield_overrides = BOUNDED_JSON
+
     model = Device
     extra = 0
     fields = ["platform", "token", "active", "created_at", "deactivated_at", "deactivation_reason"]
@@ -152,6 +155,7 @@ class UserPhoneCreationForm(PhoneInE164, AdminUserCreationForm):
 
 @admin.register(User)
 class UserAdmin(DjangoUserAdmin):
+    formfield_overrides = BOUNDED_JSON
     form = UserPhoneChangeForm
     add_form = UserPhoneCreationForm
     fieldsets = (
@@ -809,6 +813,8 @@ class DeviceAdmin(admin.ModelAdmin):
 class NotificationTypeAdmin(admin.ModelAdmin):
     """Types from notifier/catalog.py are synced after migrate: only is_active is editable."""
 
+    formfield_overrides = BOUNDED_JSON
+
     list_display = ["key", "name", "kind", "priority", "channel_list", "is_active", "code_defined"]
     list_filter = ["kind", "priority", "is_active", "code_defined"]
     search_fields = ["key", "name"]
@@ -837,6 +843,8 @@ class NotificationTypeAdmin(admin.ModelAdmin):
 @admin.register(RoutingRule)
 class RoutingRuleAdmin(admin.ModelAdmin):
     """Which channels a message uses when its caller names none (see README, "Routing")."""
+
+    formfield_overrides = BOUNDED_JSON
 
     list_display = ["name", "type", "kind", "priority", "send_all", "fallback_chain", "is_active"]
     list_filter = ["kind", "priority", "is_active"]

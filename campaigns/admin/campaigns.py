@@ -117,6 +117,7 @@ from campaigns.services.previews import variant_preview, variant_send_test
 from campaigns.services.segments import segment_count, segment_sample, segment_users
 from campaigns.services.stats import CAMPAIGN_SCOPE
 from channels.base import Channel, Content
+from notifier.forms import BoundedJSONField
 from notifier.ids import parse_id
 from notifier.models import Delivery, User
 from notifier.models.users import display_name
@@ -283,7 +284,7 @@ STATUS_FIELDS = [
 ]
 
 
-class VariablesField(forms.JSONField):
+class VariablesField(BoundedJSONField):
     """JSON, laid out one variable per line so that it reads as a list of names and values."""
 
     def prepare_value(self, value: Any) -> Any:

@@ -312,6 +312,12 @@ def test_creating_a_campaign_in_the_admin_gives_it_the_3_2_1_plan(client, market
         ('["50% off"]', "JSON object"),
         ('{"user": "x"}', "already given to every template"),
         ('{"coupon code": "x"}', "cannot be a template name"),
+        # Every message of the campaign carries its variables: notify()'s bounds hold here too.
+        pytest.param('{"a": ' + "[" * 5000 + "]" * 5000 + "}", "nests deeper", id="5000-deep"),
+        pytest.param('{"a": ' + "[" * 33 + "]" * 33 + "}", "nests deeper", id="33-deep"),
+        pytest.param('{"a": "' + "x" * 70_000 + '"}', "over 64 KB", id="70-KB"),
+        ('{"a": NaN}', "not finite"),
+        ('{"a": "\\u0000"}', "NUL"),
     ],
 )
 def test_variables_must_be_a_json_object_of_usable_names(client, marketer, variables, complaint):

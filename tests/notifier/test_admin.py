@@ -559,3 +559,27 @@ def test_retrying_something_not_failed_changes_nothing(pipeline, failed_email):
     assert deliveries_retry_now(delivery_ids=[failed_email.pk], actor="a") == 1
     assert deliveries_retry_now(delivery_ids=[failed_email.pk], actor="b") == 0
     assert DeliveryEvent.objects.filter(delivery=failed_email, kind="manual").count() == 1
+
+
+@pytest.mark.parametrize(
+    ("send_all", "complaint"),
+    [
+        pytest.param("[" * 5000 + "]" * 5000, "nests deeper", id="5000-deep"),
+        pytest.param('["' + "x" * 70_000 + '"]', "over 64 KB", id="70-KB"),
+        pytest.param("[NaN]", "not finite", id="NaN"),
+    ],
+)
+def test_json_typed_in_the_admin_is_a_field_error_not_a_500(super_client, send_all, complaint):
+    """Django's JSON form field parses with recursion (a 500 past about a thousand levels, also
+    when the form is shown again) and takes NaN: every JSON field staff edit is bounded."""
+    from notifier.models import RoutingRule
+
+    before = RoutingRule.objects.count()
+    response = super_client.post(
+        "/admin/notifier/routingrule/add/",
+        {"name": "deep", "send_all": send_all, "fallback_chain": "[]", "is_active": "on"},
+    )
+    assert response.status_code == 200
+    errors = " ".join(response.context["adminform"].form.errors["send_all"])
+    assert complaint in errors
+    assert RoutingRule.objects.count() == before
