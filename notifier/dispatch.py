@@ -37,6 +37,16 @@ def publish_test_sends(message_ids: Sequence[int]) -> None:
     _publish_prepare(message_ids, TEST_SENDS_QUEUE)
 
 
+def publish_prepare_of(message_ids: Sequence[int], lane: Lane, *, test_sends: bool) -> None:
+    """Where any prepare task goes, first time or again (a run cut short, the re-queue job, a
+    batch split up): test sends on their own queue, whatever their lane; the rest on their
+    lane's prepare queue."""
+    if test_sends:
+        publish_test_sends(message_ids)
+    else:
+        publish_prepare(message_ids, lane)
+
+
 def _publish_prepare(message_ids: Sequence[int], queue: str) -> None:
     from notifier.tasks import prepare_messages
 

@@ -366,11 +366,15 @@ def step_fanout_batch(
     else:
         try:
             new_ids += messages_write_routed(rows=rows, users=users)
-        except RenderTimedOut as cut:  # rolled back: that message fails, the rest one by one
+        except RenderTimedOut as cut:  # rolled back: each message goes on alone
+            # The time limit was the batch's: only a message alone in it is to blame; in a
+            # batch of several, the one rendering when it struck may be innocent, and each is
+            # prepared in a task of its own, where one too slow alone is failed.
             key = next((row.idempotency_key for row in rows if row.user_id == cut.user_id), None)
-            new_ids += messages_prepare_one_by_one(
-                rows=rows, failures={key: Failure(Reason.RENDER_TIMEOUT, str(cut))} if key else {}
+            blamed = (
+                {key: Failure(Reason.RENDER_TIMEOUT, str(cut))} if key and len(rows) == 1 else {}
             )
+            new_ids += messages_prepare_one_by_one(rows=rows, failures=blamed)
             report.one_by_one = len(rows)
     FanoutAttempt.objects.filter(pk=attempt_id).delete()
     # Heard from: a walk whose batches are still being written is not stale.

@@ -42,7 +42,12 @@ from notifier.policies.retry import RetryPolicy, Verdict, after_attempt
 from notifier.queues import Lane
 from notifier.selectors import type_info_get
 from notifier.services.pipeline import deliveries_fall_back
-from notifier.services.quarantine import dead_runs_count, unrouted_republish
+from notifier.services.quarantine import (
+    UNROUTED_COLUMNS,
+    dead_runs_count,
+    unrouted_of,
+    unrouted_republish,
+)
 from notifier.status import (
     ENGAGEMENT_RANK,
     DeliveryStatus,
@@ -675,10 +680,10 @@ def requeue_stuck_work(*, now: datetime | None = None, limit: int = 5000) -> Req
     # Prepare runs that died count against their messages first; then only columns that always
     # read: a row that cannot be read is failed by its own prepare run.
     dead_runs_count(started_before=stale)
-    unrouted = list(
+    unrouted = unrouted_of(
         Message.objects.filter(routed_at__isnull=True, created_at__lt=stale)
         .order_by("created_at")
-        .values_list("pk", "lane", "prepare_crashes")[:limit]
+        .values_list(*UNROUTED_COLUMNS)[:limit]
     )
     report.messages, report.set_aside = unrouted_republish(unrouted)
 

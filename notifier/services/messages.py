@@ -177,9 +177,7 @@ class Written:
 
 def _publisher(ids: list[int], lane: Lane, *, tests: bool) -> Callable[[], None]:
     """What publishes new messages after commit: marketers' test sends go to their own queue."""
-    if tests:
-        return partial(dispatch.publish_test_sends, ids)
-    return partial(dispatch.publish_prepare, ids, lane)
+    return partial(dispatch.publish_prepare_of, ids, lane, test_sends=tests)
 
 
 def messages_create(*, rows: Sequence[NewMessage]) -> Written:

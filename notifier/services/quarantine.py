@@ -9,8 +9,9 @@ among its messages (`dead_runs_count`): each adds one to the crash count of its 
 unrouted. If it found any, a message whose runs died NOTIFIER_PREPARE_MAX_CRASHES times is
 failed with that reason, and the others that died before go on one per task, where a poison
 message takes down only itself; the rest route together. When the soft time limit strikes
-mid-render, the message being rendered fails alone and the rest go on in a fresh task
-(`RenderTimedOut`).
+mid-render (`RenderTimedOut`), the time spent was the whole run's: in a run of one message that
+message is failed with the reason, in a run of several nobody is, and each goes on in a task
+of its own, with a whole time limit, where only a message slow on its own is blamed.
 
 The hot path pays three small statements per batch (look for dead runs, record the run, delete
 the record in the run's transaction), not a new version of every message row. The re-queue job
@@ -53,6 +54,7 @@ class Unrouted:
     pk: int
     lane: Lane
     crashes: int  # prepare runs that died with it in them
+    is_test: bool = False  # a marketer's test send: prepared on its own queue (notifier.queues)
 
 
 def crashed_failure(crashes: int) -> Failure:
@@ -108,26 +110,30 @@ def dead_runs_count(
 def _publish_alone(messages: Iterable[Unrouted]) -> int:
     count = 0
     for message in messages:
-        dispatch.publish_prepare([message.pk], message.lane)
+        dispatch.publish_prepare_of([message.pk], message.lane, test_sends=message.is_test)
         count += 1
     return count
 
 
 def _publish_together(messages: Iterable[Unrouted]) -> int:
-    by_lane: dict[Lane, list[int]] = defaultdict(list)
+    by_queue: dict[tuple[Lane, bool], list[int]] = defaultdict(list)
     for message in messages:
-        by_lane[message.lane].append(message.pk)
-    for lane, ids in by_lane.items():
-        dispatch.publish_prepare(ids, lane)
-    return sum(len(ids) for ids in by_lane.values())
+        by_queue[(message.lane, message.is_test)].append(message.pk)
+    for (lane, is_test), ids in by_queue.items():
+        dispatch.publish_prepare_of(ids, lane, test_sends=is_test)
+    return sum(len(ids) for ids in by_queue.values())
+
+
+UNROUTED_COLUMNS = ("pk", "lane", "prepare_crashes", "is_test")  # all read whatever the row holds
+
+
+def unrouted_of(rows: Iterable[tuple[int, str, int, bool]]) -> list[Unrouted]:
+    return [Unrouted(pk, Lane(lane), crashes, is_test) for pk, lane, crashes, is_test in rows]
 
 
 def _unrouted(message_ids: Sequence[int]) -> list[Unrouted]:
     rows = Message.objects.filter(pk__in=list(message_ids), routed_at__isnull=True).order_by("pk")
-    return [
-        Unrouted(pk, Lane(lane), crashes)
-        for pk, lane, crashes in rows.values_list("pk", "lane", "prepare_crashes")
-    ]
+    return unrouted_of(rows.values_list(*UNROUTED_COLUMNS))
 
 
 def messages_prepare_guarded(*, message_ids: Sequence[int]) -> Counter[str]:
@@ -157,27 +163,33 @@ def messages_prepare_guarded(*, message_ids: Sequence[int]) -> Counter[str]:
         written.update(messages_prepare(message_ids=batch, run_id=run.pk))
     except RenderTimedOut as cut:  # rolled back, record included: nothing was written
         PrepareRun.objects.filter(pk=run.pk).delete()  # over, and not dead
-        written[str(S.FAILED)] += messages_fail(
-            failures={cut.message_id: Failure(Reason.RENDER_TIMEOUT, str(cut))}
-        )
-        written["republished"] = _publish_together(
-            m for m in _unrouted(batch) if m.pk != cut.message_id
-        )
+        if len(batch) == 1:  # alone in its task: the time it took was its own
+            written[str(S.FAILED)] += messages_fail(
+                failures={cut.message_id: Failure(Reason.RENDER_TIMEOUT, str(cut))}
+            )
+        else:
+            # The limit is the run's: every message before this one spent it, and the one
+            # being rendered when it struck may be innocent. Nobody is failed; each goes on in
+            # a task of its own, with a whole limit, where one too slow alone is failed.
+            log.warning(
+                "the soft time limit struck a run of %d messages; each goes on alone", len(batch)
+            )
+            written["republished"] = _publish_alone(_unrouted(batch))
     return written
 
 
-def unrouted_republish(rows: Sequence[tuple[int, str, int]]) -> tuple[int, int]:
-    """The re-queue job's half for messages never routed, as (id, lane, crashes); count the
-    dead runs first (`dead_runs_count`).
+def unrouted_republish(rows: Sequence[Unrouted]) -> tuple[int, int]:
+    """The re-queue job's half for messages never routed; count the dead runs first
+    (`dead_runs_count`).
 
     A message whose runs died NOTIFIER_PREPARE_MAX_CRASHES times is failed, not published
     again (unless a live run holds it); one that died fewer times goes alone in its own task,
     so it cannot take down messages that merely lost their task, which go in batches as
     before. Returns (published, failed)."""
     limit = settings.NOTIFIER_PREPARE_MAX_CRASHES
-    crashed = {pk: crashed_failure(crashes) for pk, _, crashes in rows if crashes >= limit}
+    crashed = {m.pk: crashed_failure(m.crashes) for m in rows if m.crashes >= limit}
     failed = messages_fail(failures=crashed) if crashed else 0
-    alive = [Unrouted(pk, Lane(lane), crashes) for pk, lane, crashes in rows if pk not in crashed]
+    alive = [m for m in rows if m.pk not in crashed]
     published = _publish_alone(m for m in alive if m.crashes)
     published += _publish_together(m for m in alive if not m.crashes)
     return published, failed
@@ -197,14 +209,17 @@ def messages_prepare_one_by_one(
     with transaction.atomic():
         ids = messages_insert_new(rows=rows)
         written = list(
-            Message.objects.filter(pk__in=ids).values_list("pk", "idempotency_key", "lane")
+            Message.objects.filter(pk__in=ids).values_list(
+                "pk", "idempotency_key", "lane", "is_test"
+            )
         )
-        failed = {pk: failures[key] for pk, key, _ in written if key and key in failures}
+        failed = {pk: failures[key] for pk, key, _, _ in written if key and key in failures}
         if failed:
             messages_fail(failures=failed)
-        for pk, _, lane in written:
+        for pk, _, lane, is_test in written:
             if pk not in failed:
                 transaction.on_commit(
-                    partial(dispatch.publish_prepare, [pk], Lane(lane)), robust=True
+                    partial(dispatch.publish_prepare_of, [pk], Lane(lane), test_sends=is_test),
+                    robust=True,
                 )
     return ids

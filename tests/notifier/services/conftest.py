@@ -10,6 +10,7 @@ from notifier import dispatch
 class Published:
     def __init__(self) -> None:
         self.prepare: list[tuple[list[int], str]] = []
+        self.test_sends: list[list[int]] = []
         self.deliver: list[tuple[list[int], str, str, float]] = []
 
     def delivered_ids(self) -> list[int]:
@@ -21,6 +22,9 @@ def published(monkeypatch) -> Published:
     record = Published()
     monkeypatch.setattr(
         dispatch, "publish_prepare", lambda ids, lane: record.prepare.append((list(ids), lane))
+    )
+    monkeypatch.setattr(
+        dispatch, "publish_test_sends", lambda ids: record.test_sends.append(list(ids))
     )
     monkeypatch.setattr(
         dispatch,

@@ -20,9 +20,11 @@ from django.utils import timezone
 
 from notifier.api import notify_many
 from notifier.models import Delivery, DeliveryEvent, Message, PrepareRun
+from notifier.queues import Lane
 from notifier.rendering import RenderError
 from notifier.services import pipeline, quarantine
 from notifier.services.deliveries import requeue_stuck_work
+from notifier.services.messages import NewMessage, messages_create
 from notifier.status import DeliveryStatus, Reason
 from notifier.tasks import prepare_messages
 from tests.factories import UserFactory, order_context
@@ -173,44 +175,115 @@ def test_any_exception_from_one_message_s_render_fails_that_message_not_the_batc
 # --- The soft time limit --------------------------------------------------------------------
 
 
-def test_the_soft_time_limit_mid_render_fails_that_message_and_the_rest_go_on_afresh(
-    published, monkeypatch
-):
+def out_of_time(type_key: str) -> None:
+    """What Celery's soft time limit looks like through the template engine: raised inside
+    the render, reported as the engine's own error."""
+    try:
+        raise SoftTimeLimitExceeded
+    except SoftTimeLimitExceeded as exc:
+        raise RenderError(f"{type_key}: SoftTimeLimitExceeded") from exc
+
+
+@pytest.fixture
+def slow_render(monkeypatch):
+    """Renders that the soft time limit strikes: the POISON message's always (too slow even
+    alone), and the Nth render of a run when the test says so (the limit striking whoever
+    happens to be rendering after the others spent the run's time)."""
     real = pipeline.render
+    strike = {"at": 0, "count": 0}
 
     def render(type_key, channel, context, locale):
-        if context.get("order_number") == POISON:
-            # What Celery's soft limit looks like through the template engine: raised inside
-            # the render, reported as the engine's own error.
-            try:
-                raise SoftTimeLimitExceeded
-            except SoftTimeLimitExceeded as exc:
-                raise RenderError(f"{type_key}: SoftTimeLimitExceeded") from exc
+        strike["count"] += 1
+        if context.get("order_number") == POISON or strike["count"] == strike["at"]:
+            out_of_time(type_key)
         return real(type_key, channel, context, locale)
 
     monkeypatch.setattr(pipeline, "render", render)
+
+    def strike_at(nth: int) -> None:
+        strike.update(at=nth, count=0)
+
+    return strike_at
+
+
+def test_the_soft_time_limit_in_a_run_of_ten_fails_nobody_and_each_goes_on_alone(
+    published, slow_render
+):
+    """Nine messages spent the run's time and the limit struck the tenth, which did nothing
+    wrong: the run is undone, nobody is failed, and each message goes on in a task of its own
+    with a whole time limit, where all ten route."""
+    batch = notify_many(
+        UserFactory.create_batch(10, first_name="Ann"),
+        "order.shipped",
+        order_context(),
+        channels=["inapp"],
+    ).message_ids
+    slow_render(10)
+
+    prepare_messages(batch)
+
+    assert not Delivery.objects.filter(message_id__in=batch).exists()
+    assert sorted(ids for ids, _ in published.prepare) == [[pk] for pk in sorted(batch)]
+    # The run ended; it did not die: no record of it stays, no crash counted.
+    assert not PrepareRun.objects.exists()
+    assert set(Message.objects.filter(pk__in=batch).values_list("prepare_crashes", flat=True)) == {
+        0
+    }
+    slow_render(0)
+    for pk in batch:
+        prepare_messages([pk])
+    assert all(statuses(pk) == {"inapp": (S.QUEUED, "")} for pk in batch)
+
+
+def test_a_message_too_slow_alone_fails_with_the_reason_and_its_batch_routes(
+    published, slow_render
+):
     first = batch_of(1)
     slow = notify_many(
         [UserFactory()], "order.shipped", order_context(order_number=POISON), channels=["inapp"]
     ).message_ids
     last = batch_of(1)
-    batch = [*first, *slow, *last]
 
-    prepare_messages(batch)
+    run_until_settled(published, [*first, *slow, *last])
 
     failed = Delivery.objects.get(message_id=slow[0])
     assert (failed.status, failed.reason) == (S.FAILED, Reason.RENDER_TIMEOUT)
     assert failed.last_error.startswith("Rendering the inapp copy was stopped after")
-    # Nothing else was written: the batch rolled back, and its other messages go on in a fresh
-    # task, together. The run ended; it did not die: no record of it stays, no crash counted.
-    assert not Delivery.objects.filter(message_id__in=[*first, *last]).exists()
-    assert [ids for ids, _ in published.prepare] == [[*first, *last]]
-    assert not PrepareRun.objects.exists()
-    assert set(Message.objects.filter(pk__in=batch).values_list("prepare_crashes", flat=True)) == {
-        0
-    }
-    prepare_messages([*first, *last])
+    assert routed(slow[0])
     assert all(statuses(pk)["inapp"] == (S.QUEUED, "") for pk in [*first, *last])
+    assert not PrepareRun.objects.exists()
+
+
+def test_test_sends_handed_on_again_stay_on_their_own_queue(published, slow_render, settings):
+    """A run split by the soft time limit, and the re-queue job, publish a marketer's test
+    send where it was first published: never on a lane's prepare queue."""
+    user = UserFactory()
+    rows = [
+        NewMessage(
+            user_id=user.pk,
+            type_key="order.shipped",
+            context=order_context(),
+            channels=["inapp"],
+            lane=Lane.TRANSACTIONAL,
+            idempotency_key=None,
+            is_test=is_test,
+        )
+        for is_test in (True, False)
+    ]
+    test, real = messages_create(rows=rows).messages
+    slow_render(1)
+    prepare_messages([test.pk, real.pk])
+    assert published.test_sends == [[test.pk]]
+    assert [ids for ids, _ in published.prepare] == [[real.pk]]
+
+    published.test_sends.clear()
+    published.prepare.clear()
+    Message.objects.filter(pk__in=[test.pk, real.pk]).update(
+        created_at=timezone.now() - timedelta(hours=1)
+    )
+    requeue_stuck_work()
+    assert published.test_sends == [[test.pk]]
+    assert published.prepare == [([real.pk], Lane.TRANSACTIONAL)]
 
 
 # --- A message that kills its worker --------------------------------------------------------
