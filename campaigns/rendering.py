@@ -267,7 +267,7 @@ def _render_together(
 ) -> tuple[str, RenderBudgetExceeded] | None:
     """Any error but the budget's is not the copy's alone: it depends on the values (the
     preview shows it for a real customer), so it is not refused."""
-    with render_budget(copy_limits()) as budget:
+    with render_budget(copy_limits(), fresh=True) as budget:
         for part, template in templates.items():
             try:
                 template.render(context)
@@ -383,7 +383,7 @@ def render_variant(
     else:
         raise RenderError(f"variant {variant_id} has no {channel} copy")
     rendered: dict[str, str] = {}
-    with render_budget():  # one budget for the channel's parts
+    with render_budget(fresh=True):  # one budget for the channel's parts
         for part, template in parts.items():
             if isinstance(template, RenderError):
                 raise RenderError(f"variant {variant_id} {channel} {part}: {template}")

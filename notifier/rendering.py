@@ -224,7 +224,7 @@ def render(type_key: str, channel: Channel, context: Mapping[str, Any], locale: 
     """Render every part of one channel under one budget; raises RenderError with the
     template's complaint (RenderBudgetExceeded when it went over the budget)."""
     rendered: dict[str, str] = {}
-    with render_budget():
+    with render_budget(fresh=True):
         for part, template in _templates(type_key, channel, locale):
             if template is None:
                 if part.required:

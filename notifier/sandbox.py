@@ -246,20 +246,23 @@ def max_chars() -> int:
 class render_budget:  # a context manager, named like the function it reads as
     """Run a render under a fresh budget (of `limits()`, or the limits given), or under the one
     already running (parts of one channel share it; an include or import inside a render is
-    part of that render).
+    part of that render). `fresh`: a new budget whatever is set, for the outermost render
+    (one channel of one message, one copy check), which nothing can be part of: a time limit
+    raised between any two bytecodes (Celery's soft limit, a preview's time box) can leave a
+    budget set where `__exit__` did not get to reset it, and no render may inherit it.
 
     The clock is read once more when the render ends, not only every CLOCK_EVERY steps: copy
     that ran past its time is refused every time, wherever its last reading fell. Python's own
     limits are translated on the way out: a RecursionError (a macro calling itself too deep) or
     a MemoryError becomes RenderBudgetExceeded."""
 
-    __slots__ = ("_budget", "_limits", "_token")
+    __slots__ = ("_budget", "_fresh", "_limits", "_token")
 
-    def __init__(self, given: Limits | None = None) -> None:
-        self._limits = given
+    def __init__(self, given: Limits | None = None, *, fresh: bool = False) -> None:
+        self._limits, self._fresh = given, fresh
 
     def __enter__(self) -> RenderBudget:
-        budget = _current.get()
+        budget = None if self._fresh else _current.get()
         if budget is not None:
             self._token = None
             return budget

@@ -12,10 +12,14 @@ C (one huge string operation); bounding those is the template sandbox's job.
 
 from __future__ import annotations
 
+import contextvars
 import ctypes
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import TypeVar
+
+T = TypeVar("T")
 
 
 class TimeBoxExpired(BaseException):
@@ -64,3 +68,14 @@ def time_box(seconds: float) -> Iterator[None]:
             # It fired as the block was finishing and may still be pending: take it back, so
             # it cannot surface later in code that is not ours.
             _raise_in(thread_id, None)
+
+
+def time_boxed(seconds: float, call: Callable[[], T]) -> T:
+    """`call()` in a time box and in a copy of the current context.
+
+    The exception lands between any two bytecodes, also between a context variable's `set` and
+    its `reset` (a render's budget: notifier.sandbox): whatever the interrupted code set goes
+    with the copy, and the thread, which serves other requests next, keeps nothing of it."""
+    context = contextvars.copy_context()
+    with time_box(seconds):
+        return context.run(call)

@@ -18,7 +18,7 @@ password reset.
 from __future__ import annotations
 
 import uuid
-from contextlib import nullcontext
+from functools import partial
 from typing import Any
 
 from django.conf import settings
@@ -39,7 +39,7 @@ from notifier.queues import Lane
 from notifier.rendering import RenderError, template_context
 from notifier.services.messages import NewMessage, messages_create
 from notifier.services.pipeline import local_time_text, user_template_values
-from notifier.timebox import TimeBoxExpired, time_box
+from notifier.timebox import TimeBoxExpired, time_boxed
 
 # Campaign messages are marketing; a campaign still without a category gets the links of
 # marketing as a whole, so copy that uses them previews instead of failing.
@@ -89,8 +89,8 @@ def variant_preview(
         )
     try:
         # The box holds the variant's compile too (its one query, a read, is harmless to cut).
-        with time_box(budget.left()) if budget is not None else nullcontext():
-            return render_variant(variant.pk, channel, context, user.locale)
+        render = partial(render_variant, variant.pk, channel, context, user.locale)
+        return time_boxed(budget.left(), render) if budget is not None else render()
     except RenderError as exc:
         return exc
     except TimeBoxExpired:

@@ -76,7 +76,7 @@ from notifier.policies.routing import (
     suppress,
 )
 from notifier.queues import Lane
-from notifier.rendering import Lazy, RenderError, render, template_context
+from notifier.rendering import Lazy, RenderError, render, render_failure, template_context
 from notifier.selectors import (
     TypeInfo,
     consent_of,
@@ -276,7 +276,7 @@ def _soft_time_limit_in(error: BaseException) -> bool:
     return False
 
 
-def render_failure(
+def message_render_failure(
     error: Exception, message: Message, channel: Channel, started: float
 ) -> RenderError:
     """What a render that raised means for its message: the soft time limit struck
@@ -292,7 +292,7 @@ def render_failure(
         )
     if isinstance(error, RenderError):
         return error
-    return RenderError(f"{type(error).__name__}: {error}")
+    return render_failure(f"the {channel} copy", error)  # in words, cut to a readable length
 
 
 def message_generate(
@@ -333,7 +333,7 @@ def message_generate(
         except DatabaseError:
             raise  # the database, not the copy: the batch's transaction is lost either way
         except Exception as exc:  # one message's copy, whatever it raised, fails that message
-            failure = render_failure(exc, message, channel, started)
+            failure = message_render_failure(exc, message, channel, started)
             if isinstance(failure, RenderTimedOut):
                 raise failure from exc  # logged where the message is failed
             with bound(message_id=message.pk):
