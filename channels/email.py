@@ -10,8 +10,7 @@ from __future__ import annotations
 import contextlib
 import smtplib
 import socket
-from collections.abc import Sequence
-from email.utils import make_msgid
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any, ClassVar
 
 from django.conf import settings
@@ -80,14 +79,31 @@ def build_email(outgoing: Outgoing) -> EmailMultiAlternatives:
         from_email=settings.DEFAULT_FROM_EMAIL,
         to=[outgoing.email],
         headers={
-            "Message-ID": make_msgid(idstring=outgoing.idempotency_key, domain=_domain()),
+            "Message-ID": message_id(outgoing),
             "X-Notifier-Delivery": str(outgoing.delivery_id),
+            **idempotency_headers(outgoing),
             **outgoing.headers,
         },
     )
+    # anymail ESPs keep this with the message and return it in their webhooks (SMTP ignores it).
+    message.metadata = {"delivery_id": str(outgoing.delivery_id)}  # type: ignore[attr-defined]
     if content.html:
         message.attach_alternative(content.html, "text/html")
     return message
+
+
+def message_id(outgoing: Outgoing) -> str:
+    """The same for every attempt of a delivery: a mailbox that drops a second message with a
+    Message-ID it holds already (Gmail does) collapses a re-send after a crash."""
+    return f"<{outgoing.idempotency_key}@{_domain()}>"
+
+
+def idempotency_headers(outgoing: Outgoing) -> dict[str, str]:
+    """The delivery's key in the header an ESP dedupes on, when one is configured
+    (NOTIFIER_EMAIL_IDEMPOTENCY_HEADER: Brevo's `idempotencyKey`, Resend's SMTP
+    `Resend-Idempotency-Key`); plain SMTP and most ESPs have none."""
+    header = settings.NOTIFIER_EMAIL_IDEMPOTENCY_HEADER
+    return {header: outgoing.idempotency_key} if header else {}
 
 
 def _domain() -> str:
@@ -110,27 +126,35 @@ class DjangoEmailProvider:
         return []
 
     def send_many(self, outgoings: Sequence[Outgoing]) -> list[SendResult]:
-        results: list[SendResult] = []
-        connection: Any = get_connection(fail_silently=False)
-        try:
-            connection.open()
-        except Exception as exc:  # cannot reach the server: every message is a transient failure
-            failure = classify_email_error(self.name, exc)
-            return [failure for _ in outgoings]
+        return [result for _, result in self.send_each(outgoings)]
+
+    def send_each(self, outgoings: Iterable[Outgoing]) -> Iterator[tuple[Outgoing, SendResult]]:
+        """One connection for the batch, opened when the first message is handed over."""
+        connection: Any = None
+        failure: SendResult | None = None
         try:
             for outgoing in outgoings:
+                if connection is None and failure is None:
+                    connection = get_connection(fail_silently=False)
+                    try:
+                        connection.open()
+                    except Exception as exc:  # server unreachable: each message fails for now
+                        failure = classify_email_error(self.name, exc)
+                if failure is not None:
+                    yield outgoing, failure
+                    continue
                 email = build_email(outgoing)
                 email.connection = connection
                 try:
                     email.send()
                 except Exception as exc:
-                    results.append(classify_email_error(self.name, exc))
+                    yield outgoing, classify_email_error(self.name, exc)
                     continue
-                results.append(SendResult.sent(self.name, _provider_id(email)))
+                yield outgoing, SendResult.sent(self.name, _provider_id(email))
         finally:
-            with contextlib.suppress(Exception):  # a broken connection may not close
-                connection.close()
-        return results
+            if connection is not None and failure is None:
+                with contextlib.suppress(Exception):  # a broken connection may not close
+                    connection.close()
 
 
 def _provider_id(email: EmailMultiAlternatives) -> str:

@@ -8,6 +8,10 @@ Behaviour is steered like a provider's test mode, by magic recipients, or at ran
 - ``fail-always`` fails with a temporary error on every attempt;
 - SANDBOX_TRANSIENT_FAILURE_RATE / SANDBOX_PERMANENT_FAILURE_RATE fail that share at random;
 - SANDBOX_LATENCY_MS sleeps that long per message, like a provider's round trip.
+
+Every call is on the ledger the moment it is answered (committed on its own, outside any
+transaction of the caller's), as a real provider would have it: a worker killed in the
+middle of a batch leaves the sends made so far, and tests count double sends from it.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ from __future__ import annotations
 import random
 import re
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from datetime import datetime
 from typing import ClassVar
 
@@ -24,7 +28,7 @@ from django.utils import timezone
 
 from channels.base import Channel, ErrorCode, Outcome, Outgoing, SendResult
 from channels.models import SandboxOutage, SandboxSend
-from notifier.db import copy_rows
+from notifier.db import insert_rows
 
 REPLAYED = "replayed"
 LEDGER_COLUMNS = (
@@ -81,32 +85,27 @@ class _SandboxProvider:
         return []
 
     def send_many(self, outgoings: Sequence[Outgoing]) -> list[SendResult]:
-        now = timezone.now()
+        return [result for _, result in self.send_each(outgoings)]
+
+    def send_each(self, outgoings: Iterable[Outgoing]) -> Iterator[tuple[Outgoing, SendResult]]:
         latency_s = settings.SANDBOX_LATENCY_MS / 1000.0
-        down = SandboxOutage.objects.filter(channel=self.channel, until__gt=now).exists()
-        results: list[SendResult] = []
+        down: bool | None = None
         for outgoing in outgoings:
+            if down is None:  # asked once per batch, when its first message comes
+                down = SandboxOutage.objects.filter(
+                    channel=self.channel, until__gt=timezone.now()
+                ).exists()
             if latency_s:
                 time.sleep(latency_s)
-            results.append(
+            result = (
                 SendResult.transient(
                     self.name, ErrorCode.PROVIDER_UNAVAILABLE, "sandbox: 503 (outage)"
                 )
                 if down
                 else _decide(outgoing, self.name)
             )
-        results = self._accept(outgoings, results, now)
-        # Failed attempts are on the ledger too, so tests can count attempts per delivery.
-        copy_rows(
-            SandboxSend,
-            LEDGER_COLUMNS,
-            [
-                self._row(o, r, now)
-                for o, r in zip(outgoings, results, strict=True)
-                if r.outcome is not Outcome.SENT
-            ],
-        )
-        return results
+            # Failed attempts are on the ledger too, so tests can count attempts per delivery.
+            yield outgoing, self._accept(outgoing, result, timezone.now())
 
     def _row(
         self, o: Outgoing, r: SendResult, now: datetime, outcome: str = ""
@@ -124,41 +123,27 @@ class _SandboxProvider:
             now,
         )
 
-    def _accept(
-        self, outgoings: Sequence[Outgoing], results: list[SendResult], now: datetime
-    ) -> list[SendResult]:
-        """Record accepted sends. A delivery (the idempotency key) the sandbox accepted before
-        gets the original answer back and is logged as replayed, like an idempotent provider
-        API answering a worker that crashed after sending. The check is deliberately not a
-        unique constraint: two sends of one delivery at the same moment, which only a broken
-        claim could cause, land as two sends, so tests can see them."""
-        sent = [
-            (o, r) for o, r in zip(outgoings, results, strict=True) if r.outcome is Outcome.SENT
-        ]
-        if not sent:
-            return results
-        earlier = dict(
-            SandboxSend.objects.filter(
-                delivery_id__in=[o.delivery_id for o, _ in sent],
-                outcome=Outcome.SENT,
-            ).values_list("delivery_id", "provider_message_id")
-        )
-        copy_rows(
-            SandboxSend,
-            LEDGER_COLUMNS,
-            [
-                self._row(o, SendResult.sent(self.name, earlier[o.delivery_id]), now, REPLAYED)
-                if o.delivery_id in earlier
-                else self._row(o, r, now)
-                for o, r in sent
-            ],
-        )
-        return [
-            SendResult.sent(self.name, earlier[o.delivery_id], replayed=True)
-            if r.outcome is Outcome.SENT and o.delivery_id in earlier
-            else r
-            for o, r in zip(outgoings, results, strict=True)
-        ]
+    def _accept(self, outgoing: Outgoing, result: SendResult, now: datetime) -> SendResult:
+        """Put the call on the ledger. A delivery (the idempotency key) the sandbox accepted
+        before gets the original answer back and is logged as replayed, like an idempotent
+        provider API answering a worker that crashed after sending (a provider without a key,
+        SMTP, Twilio or FCM, would have sent it again: tests count replays as doubles for
+        those). The check is deliberately not a unique constraint: two sends of one delivery
+        at the same moment, which only a broken claim could cause, land as two sends."""
+        if result.outcome is Outcome.SENT:
+            earlier = (
+                SandboxSend.objects.filter(delivery_id=outgoing.delivery_id, outcome=Outcome.SENT)
+                .values_list("provider_message_id", flat=True)
+                .first()
+            )
+            if earlier is not None:
+                replayed = SendResult.sent(self.name, earlier, replayed=True)
+                insert_rows(
+                    SandboxSend, LEDGER_COLUMNS, [self._row(outgoing, replayed, now, REPLAYED)]
+                )
+                return replayed
+        insert_rows(SandboxSend, LEDGER_COLUMNS, [self._row(outgoing, result, now)])
+        return result
 
 
 class SandboxEmailProvider(_SandboxProvider):

@@ -94,7 +94,8 @@ class RedisServer:
 FAST_RECOVERY = {
     # Recover lost work within seconds instead of minutes, so tests can wait for the drain.
     "NOTIFIER_REQUEUE_AFTER_S": "2",
-    "NOTIFIER_SENDING_TIMEOUT_S": "4",
+    "NOTIFIER_CLAIM_LEASE_S": "12",
+    "NOTIFIER_TRANSACTIONAL_REQUEUE_AFTER_S": "2",
 }
 
 
