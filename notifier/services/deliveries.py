@@ -553,6 +553,12 @@ def _record_now(
     return results
 
 
+def record_now(*, waited_s: float, call_s: float, within_s: float) -> bool:
+    """Whether to write the answers gathered so far before the next provider call: yes, unless
+    waiting one more call as long as the last keeps the oldest of them within `within_s`."""
+    return waited_s + call_s >= within_s
+
+
 def _send_each_recorded(
     provider: Provider,
     pairs: list[tuple[Claimed, Outgoing]],
@@ -576,13 +582,21 @@ def _send_each_recorded(
     outgoings = [o for _, o in pairs]
     with personal_values(partial(_personal_strings, outgoings)) if sentry_on() else nullcontext():
         try:
+            asked = time.monotonic()
             for outgoing, result in send_each(provider, lease.still_ours(pairs)):
+                answered = time.monotonic()
                 results.append(result)
                 if not unrecorded:
-                    first_at = time.monotonic()
+                    first_at = answered
                 unrecorded.append((by_pk[outgoing.delivery_id], result))
-                if time.monotonic() - first_at >= within_s:
+                # Write now unless one more call as quick as this one keeps the oldest
+                # unwritten answer within the window: a provider with a round trip has each
+                # answer written before the next message goes out.
+                if record_now(
+                    waited_s=answered - first_at, call_s=answered - asked, within_s=within_s
+                ):
                     flush()
+                asked = time.monotonic()
         except Exception as exc:
             log.exception("provider %s raised", provider.name)
             error = f"{type(exc).__name__}: {exc}"
@@ -846,15 +860,28 @@ def requeue_stuck_work(*, now: datetime | None = None, limit: int = 5000) -> Req
 
 def requeue_expired_claims(*, now: datetime | None = None, limit: int = 1000) -> RequeueReport:
     """The claims sweep, every NOTIFIER_CLAIM_SWEEP_S: take back claims whose sender died (its
-    lease ran out) and publish again transactional deliveries whose task died with a worker
-    (queued past due for NOTIFIER_TRANSACTIONAL_REQUEUE_AFTER_S). Both read partial indexes:
-    expired leases, and a window of due times no older than what `requeue_stuck_work` covers,
-    so a run's cost is bounded by the work of the last NOTIFIER_REQUEUE_AFTER_S."""
+    lease ran out) and publish again transactional work whose task died with a worker:
+    messages unrouted, and deliveries queued past due, for NOTIFIER_TRANSACTIONAL_REQUEUE_AFTER_S.
+    Each reads a partial index (expired leases; unrouted messages; due deliveries) over a
+    window no older than what `requeue_stuck_work` covers, so a run's cost is bounded by the
+    work of the last NOTIFIER_REQUEUE_AFTER_S and by `limit`. Dead prepare runs are counted by
+    the prepare task itself (and by the minute job), as for any re-published message."""
     now = now or timezone.now()
     report = RequeueReport()
     report.expired_claims, report.exhausted = expired_claims_requeue(now=now, limit=limit)
     stale = now - timedelta(seconds=settings.NOTIFIER_TRANSACTIONAL_REQUEUE_AFTER_S)
     oldest = now - timedelta(seconds=settings.NOTIFIER_REQUEUE_AFTER_S)
+    unrouted = unrouted_of(
+        Message.objects.filter(
+            routed_at__isnull=True,
+            lane=Lane.TRANSACTIONAL,
+            created_at__lt=stale,
+            created_at__gte=oldest,
+        )
+        .order_by("created_at")
+        .values_list(*UNROUTED_COLUMNS)[:limit]
+    )
+    report.messages, report.set_aside = unrouted_republish(unrouted)
     report.queued = _overdue_republish(
         Delivery.objects.filter(
             status=S.QUEUED,

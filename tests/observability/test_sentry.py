@@ -126,7 +126,7 @@ def test_a_provider_crash_arrives_scrubbed(sentry, monkeypatch, published):
     assert exception["type"] == "RuntimeError"
     assert "gateway refused [Filtered] / [phone]: '[Filtered]" in exception["value"]
     frames = exception["stacktrace"]["frames"]
-    call = next(f for f in frames if f["function"] == "_call")
+    call = next(f for f in frames if f["function"] == "_send_each_recorded")
     assert call["vars"]["outgoings"] == FILTERED
     assert event["extra"]["notification"] == {
         "email": FILTERED,

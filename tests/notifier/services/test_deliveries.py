@@ -186,7 +186,10 @@ def test_requeue_takes_back_a_claim_left_by_a_dead_worker(published, settings):
     sms = prepared(UserFactory(), channels=["sms"])["sms"]
     lease = dt.timedelta(seconds=settings.NOTIFIER_CLAIM_LEASE_S)
     Delivery.objects.filter(pk=sms.pk).update(
-        status=S.SENDING, attempts=1, claimed_at=timezone.now(), claimed_until=timezone.now() + lease
+        status=S.SENDING,
+        attempts=1,
+        claimed_at=timezone.now(),
+        claimed_until=timezone.now() + lease,
     )
     too_soon = requeue_stuck_work(now=timezone.now() + lease - dt.timedelta(seconds=2))
     assert too_soon.expired_claims == 0
