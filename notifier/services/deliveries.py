@@ -40,6 +40,7 @@ from channels.base import (
 )
 from channels.registry import providers_for
 from notifier import dispatch
+from notifier.backpressure import lane_queue_depth
 from notifier.db import copy_rows, insert_rows, table_name, update_rows
 from notifier.logcontext import bound
 from notifier.metrics import record_send
@@ -861,7 +862,8 @@ def requeue_stuck_work(*, now: datetime | None = None, limit: int = 5000) -> Req
 def requeue_expired_claims(*, now: datetime | None = None, limit: int = 1000) -> RequeueReport:
     """The claims sweep, every NOTIFIER_CLAIM_SWEEP_S: take back claims whose sender died (its
     lease ran out) and publish again transactional work whose task died with a worker:
-    messages unrouted, and deliveries queued past due, for NOTIFIER_TRANSACTIONAL_REQUEUE_AFTER_S.
+    messages unrouted, and deliveries queued past due, for NOTIFIER_TRANSACTIONAL_REQUEUE_AFTER_S,
+    while no task waits in the lane's queues (when some do, the late ones may be among them).
     Each reads a partial index (expired leases; unrouted messages; due deliveries) over a
     window no older than what `requeue_stuck_work` covers, so a run's cost is bounded by the
     work of the last NOTIFIER_REQUEUE_AFTER_S and by `limit`. Dead prepare runs are counted by
@@ -869,6 +871,10 @@ def requeue_expired_claims(*, now: datetime | None = None, limit: int = 1000) ->
     now = now or timezone.now()
     report = RequeueReport()
     report.expired_claims, report.exhausted = expired_claims_requeue(now=now, limit=limit)
+    if lane_queue_depth(Lane.TRANSACTIONAL):
+        # Tasks are waiting in the lane: the late ones may be among them, not lost. Publishing
+        # copies would only deepen the backlog; the minute job covers whatever is really lost.
+        return report
     stale = now - timedelta(seconds=settings.NOTIFIER_TRANSACTIONAL_REQUEUE_AFTER_S)
     oldest = now - timedelta(seconds=settings.NOTIFIER_REQUEUE_AFTER_S)
     unrouted = unrouted_of(

@@ -13,6 +13,7 @@ from channels import sandbox
 from channels.models import SandboxSend
 from notifier.api import notify
 from notifier.models import Delivery, Message
+from notifier.services import deliveries
 from notifier.services.deliveries import (
     deliveries_deliver,
     record_now,
@@ -166,8 +167,15 @@ def test_the_sweep_takes_back_a_claim_whose_lease_ran_out(
     )
 
 
+@pytest.fixture
+def lane_depth(monkeypatch):
+    depth = {"transactional": 0}
+    monkeypatch.setattr(deliveries, "lane_queue_depth", lambda lane: depth[lane])
+    return depth
+
+
 def test_the_sweep_publishes_lost_transactional_work_within_seconds(
-    published, settings, django_capture_on_commit_callbacks
+    published, settings, django_capture_on_commit_callbacks, lane_depth
 ):
     settings.NOTIFIER_TRANSACTIONAL_REQUEUE_AFTER_S = 10
     user = UserFactory()
@@ -188,7 +196,19 @@ def test_the_sweep_publishes_lost_transactional_work_within_seconds(
     assert requeue_expired_claims(now=later + dt.timedelta(seconds=1)).queued == 0
 
 
-def test_the_sweep_leaves_bulk_work_to_the_minute_job(published, settings):
+def test_the_sweep_publishes_nothing_more_while_tasks_wait_in_the_lane(
+    published, settings, lane_depth
+):
+    """A backlog, not a loss: copies of waiting tasks would only make it deeper."""
+    prepared_batch(1)
+    lane_depth["transactional"] = 3
+    report = requeue_expired_claims(now=timezone.now() + dt.timedelta(seconds=30))
+    assert (report.queued, report.messages) == (0, 0)
+    lane_depth["transactional"] = 0
+    assert requeue_expired_claims(now=timezone.now() + dt.timedelta(seconds=30)).queued == 1
+
+
+def test_the_sweep_leaves_bulk_work_to_the_minute_job(published, settings, lane_depth):
     settings.NOTIFIER_TRANSACTIONAL_REQUEUE_AFTER_S = 10
     (email,) = prepared_batch(1, channel="email")
     Message.objects.filter(pk=email.message_id).update(lane="bulk")
