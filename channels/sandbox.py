@@ -24,11 +24,12 @@ from datetime import datetime
 from typing import ClassVar
 
 from django.conf import settings
+from django.db import transaction
 from django.utils import timezone
 
 from channels.base import Channel, ErrorCode, Outcome, Outgoing, SendResult
 from channels.models import SandboxOutage, SandboxSend
-from notifier.db import insert_rows
+from notifier.db import commit_without_waiting, insert_rows
 
 REPLAYED = "replayed"
 LEDGER_COLUMNS = (
@@ -130,19 +131,22 @@ class _SandboxProvider:
         SMTP, Twilio or FCM, would have sent it again: tests count replays as doubles for
         those). The check is deliberately not a unique constraint: two sends of one delivery
         at the same moment, which only a broken claim could cause, land as two sends."""
-        if result.outcome is Outcome.SENT:
-            earlier = (
-                SandboxSend.objects.filter(delivery_id=outgoing.delivery_id, outcome=Outcome.SENT)
-                .values_list("provider_message_id", flat=True)
-                .first()
-            )
-            if earlier is not None:
-                replayed = SendResult.sent(self.name, earlier, replayed=True)
-                insert_rows(
-                    SandboxSend, LEDGER_COLUMNS, [self._row(outgoing, replayed, now, REPLAYED)]
+        with transaction.atomic():
+            commit_without_waiting()
+            if result.outcome is Outcome.SENT:
+                earlier = (
+                    SandboxSend.objects.filter(
+                        delivery_id=outgoing.delivery_id, outcome=Outcome.SENT
+                    )
+                    .values_list("provider_message_id", flat=True)
+                    .first()
                 )
-                return replayed
-        insert_rows(SandboxSend, LEDGER_COLUMNS, [self._row(outgoing, result, now)])
+                if earlier is not None:
+                    replayed = SendResult.sent(self.name, earlier, replayed=True)
+                    row = self._row(outgoing, replayed, now, REPLAYED)
+                    insert_rows(SandboxSend, LEDGER_COLUMNS, [row])
+                    return replayed
+            insert_rows(SandboxSend, LEDGER_COLUMNS, [self._row(outgoing, result, now)])
         return result
 
 

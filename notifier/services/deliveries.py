@@ -41,7 +41,13 @@ from channels.base import (
 from channels.registry import providers_for
 from notifier import dispatch
 from notifier.backpressure import lane_queue_depth
-from notifier.db import copy_rows, insert_rows, table_name, update_rows
+from notifier.db import (
+    commit_without_waiting,
+    copy_rows,
+    insert_rows,
+    table_name,
+    update_rows,
+)
 from notifier.logcontext import bound
 from notifier.metrics import record_send
 from notifier.models import Delivery, DeliveryEvent, Device, EventKind, Message
@@ -575,6 +581,7 @@ def _send_each_recorded(
     def flush() -> None:
         if unrecorded:
             with transaction.atomic():
+                commit_without_waiting()
                 _record(
                     [d for d, _ in unrecorded], [r for _, r in unrecorded], timezone.now(), report
                 )
