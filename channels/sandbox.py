@@ -24,12 +24,12 @@ from datetime import datetime
 from typing import ClassVar
 
 from django.conf import settings
-from django.db import transaction
+from django.db import connection
 from django.utils import timezone
 
 from channels.base import Channel, ErrorCode, Outcome, Outgoing, SendResult
 from channels.models import SandboxOutage, SandboxSend
-from notifier.db import commit_without_waiting, insert_rows
+from notifier.db import NO_WAIT, insert_rows, model_field, table_name
 
 REPLAYED = "replayed"
 LEDGER_COLUMNS = (
@@ -131,22 +131,45 @@ class _SandboxProvider:
         SMTP, Twilio or FCM, would have sent it again: tests count replays as doubles for
         those). The check is deliberately not a unique constraint: two sends of one delivery
         at the same moment, which only a broken claim could cause, land as two sends."""
-        with transaction.atomic():
-            commit_without_waiting()
-            if result.outcome is Outcome.SENT:
-                earlier = (
-                    SandboxSend.objects.filter(
-                        delivery_id=outgoing.delivery_id, outcome=Outcome.SENT
-                    )
-                    .values_list("provider_message_id", flat=True)
-                    .first()
-                )
-                if earlier is not None:
-                    replayed = SendResult.sent(self.name, earlier, replayed=True)
-                    row = self._row(outgoing, replayed, now, REPLAYED)
-                    insert_rows(SandboxSend, LEDGER_COLUMNS, [row])
-                    return replayed
-            insert_rows(SandboxSend, LEDGER_COLUMNS, [self._row(outgoing, result, now)])
+        row = self._row(outgoing, result, now)
+        if connection.vendor != "postgresql":
+            insert_rows(SandboxSend, LEDGER_COLUMNS, [row])  # no replays where not PostgreSQL
+            return result
+        fields = [model_field(SandboxSend, name) for name in LEDGER_COLUMNS]
+        values = [f.get_db_prep_save(v, connection) for f, v in zip(fields, row, strict=True)]
+        at = {name: index for index, name in enumerate(LEDGER_COLUMNS)}
+        table = table_name(SandboxSend)
+        # One round trip, committed (without waiting for the disk) before the call returns,
+        # whatever happens to the caller next. Any earlier acceptance will do: no ORDER BY,
+        # which on a long ledger would walk the primary key.
+        with connection.cursor() as cursor:
+            cursor.execute(
+                f"{NO_WAIT}WITH earlier AS (SELECT provider_message_id FROM {table} "
+                "WHERE delivery_id = %s AND outcome = %s LIMIT 1) "
+                f"INSERT INTO {table} ({', '.join(f.column for f in fields)}) "
+                "SELECT %s, %s, %s, %s, %s, %s, "
+                "CASE WHEN %s = %s AND EXISTS (SELECT 1 FROM earlier) THEN %s ELSE %s END, "
+                "CASE WHEN %s = %s THEN COALESCE((SELECT provider_message_id FROM earlier), %s) "
+                "ELSE %s END, %s, %s RETURNING outcome, provider_message_id",
+                [
+                    outgoing.delivery_id,
+                    Outcome.SENT.value,
+                    *values[: at["outcome"]],
+                    values[at["outcome"]],
+                    Outcome.SENT.value,
+                    REPLAYED,
+                    values[at["outcome"]],
+                    values[at["outcome"]],
+                    Outcome.SENT.value,
+                    values[at["provider_message_id"]],
+                    values[at["provider_message_id"]],
+                    values[at["payload"]],
+                    values[at["at"]],
+                ],
+            )
+            outcome, provider_message_id = cursor.fetchone()
+        if outcome == REPLAYED:
+            return SendResult.sent(self.name, provider_message_id, replayed=True)
         return result
 
 
