@@ -22,14 +22,17 @@ from campaigns.models import (
     Holdout,
     StepVariant,
 )
-from campaigns.services.stats import (
-    MIN_REACHED_PER_VARIANT,
+from campaigns.policies import (
+    DEFAULT_AB_SAMPLE_SIZE,
     VariantCounts,
     ab_test,
+    difference_interval,
+    two_proportion_z_test,
+)
+from campaigns.services.stats import (
     campaign_funnel,
     learn_active_hours,
     stats_rollup,
-    two_proportion_z_test,
 )
 from notifier.models import Delivery, InboxItem, Kind, Message, NotificationType, Unsubscribe, User
 from notifier.status import DeliveryStatus as S
@@ -267,6 +270,8 @@ def hand_counted(db) -> HandCounted:
     # Hold-out: 5 users, h0 converts twice; u19 converts unattributed but is not held out;
     # h1 converts for the other campaign only.
     Holdout.objects.bulk_create([Holdout(campaign=campaign, user=h) for h in holdout_users])
+    # Held out by step 1's fan-out, like A's messages (created_at is auto_now_add).
+    Holdout.objects.filter(campaign=campaign).update(created_at=SENT_A - timedelta(minutes=5))
     conversion(holdout_users[0], campaign, None, "o-9")
     conversion(holdout_users[0], campaign, None, "o-10")
     conversion(u[19], campaign, None, "o-11")
@@ -491,14 +496,31 @@ def test_rollup_holdout_rate_and_uplift_equal_the_hand_count(hand_counted):
     stats_rollup(campaign_ids=[h.campaign.pk])
     holdout = stored(h.campaign)["campaign"]["holdout"]
 
-    # Campaign: 4 converted / 12 reached; hold-out: h0 (twice) of 5.
+    # No event: each user over their own 72 hours from their first message or hold-out row.
+    # Any conversion counts, whatever it was attributed to. Treated: the 20 users with a
+    # message (the tester's test send is not one); converted u0, u1, u3 (for the other
+    # campaign), u10, u11, u19 (unattributed). Hold-out: h0 (twice) and h1 (other campaign)
+    # of 5.
+    low, high = difference_interval(6, 20, 2, 5)
+    z, p = two_proportion_z_test(6, 20, 2, 5)
     assert holdout == {
+        "window": None,
+        "attribution_hours": 72,
+        "final": False,
         "size": 5,
-        "converted": 1,
-        "conversion_rate": pytest.approx(0.2),
-        "uplift_points": pytest.approx(4 / 12 - 0.2),
-        "uplift_relative": pytest.approx((4 / 12 - 0.2) / 0.2),
+        "converted": 2,
+        "conversion_rate": pytest.approx(0.4),
+        "treated": {"size": 20, "converted": 6, "conversion_rate": pytest.approx(0.3)},
+        "uplift_points": pytest.approx(-0.1),
+        "uplift_relative": pytest.approx(-0.25),
+        "ci_low": pytest.approx(low),
+        "ci_high": pytest.approx(high),
+        "confidence": 0.95,
+        "z": pytest.approx(z),
+        "p_value": pytest.approx(p),
+        "significant": False,
     }
+    assert low < -0.1 < high
 
 
 def test_rollup_timeline_counts_sends_per_hour_without_test_sends(hand_counted):
@@ -515,21 +537,22 @@ def test_rollup_timeline_counts_sends_per_hour_without_test_sends(hand_counted):
     ]
 
 
-def test_rollup_ab_test_of_step_with_two_variants_says_not_enough_data(hand_counted):
+def test_rollup_ab_test_of_step_with_two_variants_is_running_below_its_sample(hand_counted):
     h = hand_counted
     stats_rollup(campaign_ids=[h.campaign.pk])
     data = stored(h.campaign)
 
     ab = data[f"step:{h.step1.pk}"]["ab"]
-    assert ab["best"] == "B"
-    assert ab["winner"] is None
-    assert ab["enough_data"] is False
-    assert ab["verdict"].startswith("Not enough data yet")
+    assert ab["metric"] == "ctr"
+    assert ab["stage"] == "running"
+    # Before the horizon: live counts, but no leader, winner or p-value to peek at.
+    assert (ab["best"], ab["winner"], ab["p_value"]) == (None, None, None)
+    assert ab["verdict"].startswith("Running: decides once, when each variant has 100 users")
     assert ab["variants"] == [
-        {"name": "A", "reached": 5, "clicked": 1, "ctr": pytest.approx(0.2)},
-        {"name": "B", "reached": 7, "clicked": 2, "ctr": pytest.approx(2 / 7)},
+        {"name": "A", "trials": 5, "successes": 1, "rate": pytest.approx(0.2)},
+        {"name": "B", "trials": 7, "successes": 2, "rate": pytest.approx(2 / 7)},
     ]
-    assert ab["p_value"] == pytest.approx(two_proportion_z_test(2, 7, 1, 5)[1])
+    assert CampaignStats.objects.get(scope=f"step:{h.step1.pk}").ab_decisions is None
     assert data[f"step:{h.step2.pk}"]["ab"] is None  # one variant: nothing to compare
 
 
@@ -646,9 +669,9 @@ def test_rollup_query_count_does_not_depend_on_audience_size(db):
 
     small_queries, large_queries = _rollup_queries(small), _rollup_queries(large)
     assert small_queries == large_queries
-    # Load ids, steps, variants, 3 recipient GROUP BYs, deliveries, feedback, hold-out,
-    # timeline, one upsert.
-    assert large_queries == 11
+    # Load ids, steps, the campaign's settings, variants, 3 recipient GROUP BYs, deliveries,
+    # feedback, hold-out, timeline, A/B samples, A/B decisions kept, one upsert.
+    assert large_queries == 14
 
 
 # --- A/B test: pure statistics ---------------------------------------------------------------
@@ -679,7 +702,7 @@ def test_ab_test_with_equal_rates_has_p_one_and_no_winner():
     assert result.p_value == pytest.approx(1.0)
     assert result.winner is None
     assert result.enough_data is True
-    assert result.verdict.startswith("No significant difference yet")
+    assert result.verdict.startswith("No significant difference (")
 
 
 def test_ab_test_with_small_samples_has_no_winner_even_when_rates_differ():
@@ -688,8 +711,8 @@ def test_ab_test_with_small_samples_has_no_winner_even_when_rates_differ():
     assert result.p_value is not None and result.p_value < 0.001
     assert result.winner is None
     assert result.enough_data is False
-    assert result.verdict.startswith("Not enough data yet")
-    assert MIN_REACHED_PER_VARIANT == 100
+    assert result.verdict == "Not enough data: each variant needs at least 100"
+    assert DEFAULT_AB_SAMPLE_SIZE == 100
 
 
 def test_ab_test_without_clicks_or_reach_is_not_significant():
