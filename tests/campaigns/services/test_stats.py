@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import math
+import random
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from typing import Any
 
 import pytest
+import time_machine
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
@@ -24,6 +27,7 @@ from campaigns.models import (
 )
 from campaigns.policies import (
     DEFAULT_AB_SAMPLE_SIZE,
+    DEFAULT_PLAN,
     VariantCounts,
     ab_test,
     difference_interval,
@@ -34,6 +38,7 @@ from campaigns.services.stats import (
     learn_active_hours,
     stats_rollup,
 )
+from campaigns.services.tracking import conversion_record
 from notifier.models import Delivery, InboxItem, Kind, Message, NotificationType, Unsubscribe, User
 from notifier.status import DeliveryStatus as S
 from notifier.status import Reason as R
@@ -883,3 +888,252 @@ def test_learn_active_hours_runs_one_statement_for_all_users(db):
             "usual_active_hour", flat=True
         )
     ) == {9}
+
+
+# --- Hold-out against treated over one window; the A/B test's fixed horizon -----------------
+
+EVENT = datetime(2026, 3, 10, 12, 0, tzinfo=UTC)
+
+
+def three_two_one(**fields: Any) -> tuple[Campaign, list[CampaignStep]]:
+    """A one-off campaign with the default 3-2-1 plan around EVENT, every step started on
+    time (the steps of a campaign as the lifecycle leaves them)."""
+    campaign = Campaign.objects.create(
+        name="3-2-1",
+        status=CampaignStatus.RUNNING,
+        event_at=EVENT,
+        started_at=EVENT - timedelta(days=3),
+        **fields,
+    )
+    steps = [
+        CampaignStep.objects.create(
+            campaign=campaign,
+            name=name,
+            offset_minutes=offset,
+            status="done",
+            started_at=EVENT + timedelta(minutes=offset),
+        )
+        for name, offset in DEFAULT_PLAN
+    ]
+    return campaign, steps
+
+
+def test_holdout_uplift_of_a_321_campaign_without_effect_is_zero(db):
+    """Treated and hold-out users behave the same: a quarter of each buys during the sale, 12
+    hours after the event. The treated users' conversions are attributed to their last call
+    (an hour before the event, 72 hours' window); the hold-out's window used to close at the
+    event (72 hours after the campaign started), so its purchases were lost and the campaign
+    showed +25 points it did not earn. Measured over one window, the uplift is zero."""
+    campaign, steps = three_two_one()
+    treated, held = UserFactory.create_batch(40), UserFactory.create_batch(40)
+    rows = Rows(campaign, promo_type())
+    for step in steps:
+        variant = StepVariant.objects.create(step=step, name="A")
+        sent = EVENT + timedelta(minutes=step.offset_minutes, seconds=30)
+        for user in treated:
+            rows.message(user, step, variant, [(EMAIL, S.DELIVERED, "")], sent_at=sent)
+    rows.save()
+    Holdout.objects.bulk_create([Holdout(campaign=campaign, user=user) for user in held])
+    Holdout.objects.filter(campaign=campaign).update(created_at=EVENT - timedelta(days=3))
+    for user in treated[:10] + held[:10]:
+        conversion_record(
+            user_id=user.pk,
+            name="purchase",
+            value=Decimal("20"),
+            reference=f"order-{user.pk}",
+            occurred_at=EVENT + timedelta(hours=12),
+        )
+
+    stats_rollup(campaign_ids=[campaign.pk])
+    holdout = stored(campaign)["campaign"]["holdout"]
+
+    assert holdout["size"] == 40
+    assert holdout["converted"] == 10
+    assert holdout["conversion_rate"] == pytest.approx(0.25)
+    assert holdout["uplift_points"] == pytest.approx(0.0)
+    assert holdout["treated"] == {"size": 40, "converted": 10, "conversion_rate": 0.25}
+    assert holdout["p_value"] == pytest.approx(1.0)
+    assert holdout["ci_low"] < 0 < holdout["ci_high"]
+    assert holdout["window"] == {
+        "start": (EVENT - timedelta(days=3)).isoformat(),
+        "end": (EVENT + timedelta(hours=72)).isoformat(),
+    }
+    assert holdout["final"] is True
+
+
+def test_holdout_counts_every_treated_user_and_only_conversions_in_the_window(db):
+    """Intention to treat: a treated user whose message was suppressed is still treated;
+    a purchase before the first step or after the window counts for nobody."""
+    campaign, steps = three_two_one()
+    notice = steps[0]
+    variant = StepVariant.objects.create(step=notice, name="A")
+    reached, suppressed, held = UserFactory.create_batch(3)
+    rows = Rows(campaign, promo_type())
+    sent = EVENT - timedelta(days=3)
+    rows.message(reached, notice, variant, [(EMAIL, S.DELIVERED, "")], sent_at=sent)
+    rows.message(suppressed, notice, variant, [(EMAIL, S.SUPPRESSED, R.NO_CONSENT)], sent_at=sent)
+    rows.save()
+    Holdout.objects.create(campaign=campaign, user=held)
+    Holdout.objects.filter(campaign=campaign).update(created_at=sent)
+    at = {
+        "before": EVENT - timedelta(days=4),
+        "inside": EVENT + timedelta(hours=71),
+        "after": EVENT + timedelta(hours=73),
+    }
+    Conversion.objects.create(user=suppressed, reference="s", occurred_at=at["inside"])
+    Conversion.objects.create(user=held, reference="h1", occurred_at=at["before"])
+    Conversion.objects.create(user=held, reference="h2", occurred_at=at["after"])
+
+    stats_rollup(campaign_ids=[campaign.pk])
+    holdout = stored(campaign)["campaign"]["holdout"]
+
+    assert holdout["treated"] == {"size": 2, "converted": 1, "conversion_rate": 0.5}
+    assert (holdout["size"], holdout["converted"]) == (1, 0)
+
+
+def _ab_campaign(**fields: Any) -> tuple[Campaign, CampaignStep, StepVariant, StepVariant]:
+    campaign, steps = three_two_one(**fields)
+    notice = steps[0]
+    variant_a = StepVariant.objects.create(step=notice, name="A")
+    variant_b = StepVariant.objects.create(step=notice, name="B")
+    return campaign, notice, variant_a, variant_b
+
+
+def _add_users(
+    rows: Rows, step: CampaignStep, variant: StepVariant, users: int, clicked: int
+) -> list[Message]:
+    sent = EVENT - timedelta(days=3, minutes=-1)
+    return [
+        rows.message(
+            user,
+            step,
+            variant,
+            [(EMAIL, S.CLICKED if index < clicked else S.DELIVERED, "")],
+            sent_at=sent,
+        )
+        for index, user in enumerate(UserFactory.create_batch(users))
+    ]
+
+
+def test_ab_winner_does_not_flap_as_the_rollup_reruns(db):
+    """The roll-up runs every few minutes while clicks come in with noise. A has an early lead
+    (30 of 150 against 12 of 150, p = 0.004), B is better over the whole step; late clicks then
+    pile onto A. Re-testing at every roll-up named A, then nobody, then B, then A again. The
+    fixed horizon names nobody before the step's window ends (72 hours after the event), then
+    decides once, and the decision stays whatever the later roll-ups count."""
+    campaign, notice, variant_a, variant_b = _ab_campaign()
+    noise = random.Random(11)
+    rows = Rows(campaign, promo_type())
+    _add_users(rows, notice, variant_a, 150, 30)
+    _add_users(rows, notice, variant_b, 150, 12)
+    rows.save()
+    horizon = EVENT + timedelta(hours=72)
+
+    def roll_up_at(at: datetime) -> dict[str, Any]:
+        with time_machine.travel(at, tick=False):
+            stats_rollup(campaign_ids=[campaign.pk])
+        return stored(campaign)[f"step:{notice.pk}"]["ab"]
+
+    results = [roll_up_at(EVENT - timedelta(days=3, minutes=-10))]
+    for round_index in range(1, 8):
+        a_clicks = sum(noise.random() < 0.10 for _ in range(150))
+        b_clicks = sum(noise.random() < 0.18 for _ in range(150))
+        _add_users(rows, notice, variant_a, 150, a_clicks)
+        _add_users(rows, notice, variant_b, 150, b_clicks)
+        rows.save()
+        results.append(roll_up_at(EVENT - timedelta(days=3, minutes=-10 - 10 * round_index)))
+    before_horizon = len(results)
+    results.append(roll_up_at(horizon + timedelta(minutes=5)))
+    decided = results[-1]
+    # Late clicks, all A's: 120 of A's delivered users click after the decision.
+    late = Delivery.objects.filter(message__variant=variant_a, status=S.DELIVERED)[:120]
+    Delivery.objects.filter(pk__in=[d.pk for d in late]).update(
+        status=S.CLICKED, clicked_at=horizon + timedelta(hours=1)
+    )
+    for minutes in (15, 25, 35):
+        results.append(roll_up_at(horizon + timedelta(minutes=minutes)))
+
+    winners = [result["winner"] for result in results]
+    # Once named, a winner never changes or disappears; and nobody is named early.
+    first = next((i for i, winner in enumerate(winners) if winner is not None), len(winners))
+    assert winners[first:] == [winners[first]] * (len(winners) - first)
+    assert winners[:before_horizon] == [None] * before_horizon
+    assert all(result["stage"] == "running" for result in results[:before_horizon])
+    assert decided["stage"] == "decided"
+    assert decided["winner"] == "B"
+    assert decided["p_value"] < 0.05
+    assert all(result == decided for result in results[before_horizon:])
+    kept = CampaignStats.objects.get(campaign=campaign, scope=f"step:{notice.pk}").ab_decisions
+    assert kept == {"ctr": decided}
+
+
+def test_ab_on_conversion_decides_on_conversions_not_clicks(db):
+    """Per-campaign A/B metric: A and B are clicked alike, but A's users buy twice as often."""
+    campaign, notice, variant_a, variant_b = _ab_campaign(ab_metric="conversion")
+    rows = Rows(campaign, promo_type())
+    a_messages = _add_users(rows, notice, variant_a, 200, 40)
+    b_messages = _add_users(rows, notice, variant_b, 200, 40)
+    rows.save()
+    inside = EVENT + timedelta(hours=5)
+    buyers = [m.user_id for m in a_messages[100:150]] + [m.user_id for m in b_messages[100:125]]
+    Conversion.objects.bulk_create(
+        [Conversion(user_id=pk, reference=f"o-{pk}", occurred_at=inside) for pk in buyers]
+    )
+
+    with time_machine.travel(EVENT + timedelta(hours=73), tick=False):
+        stats_rollup(campaign_ids=[campaign.pk])
+    ab = stored(campaign)[f"step:{notice.pk}"]["ab"]
+
+    assert ab["metric"] == "conversion"
+    assert ab["stage"] == "decided"
+    assert ab["variants"] == [
+        {"name": "A", "trials": 200, "successes": 50, "rate": 0.25},
+        {"name": "B", "trials": 200, "successes": 25, "rate": 0.125},
+    ]
+    assert ab["winner"] == "A"
+    assert ab["p_value"] == pytest.approx(two_proportion_z_test(50, 200, 25, 200)[1])
+
+    # The same data judged on clicks (another campaign's choice) has no winner.
+    Campaign.objects.filter(pk=campaign.pk).update(ab_metric="ctr")
+    with time_machine.travel(EVENT + timedelta(hours=74), tick=False):
+        stats_rollup(campaign_ids=[campaign.pk])
+    ctr = stored(campaign)[f"step:{notice.pk}"]["ab"]
+    assert ctr["metric"] == "ctr"
+    assert ctr["winner"] is None
+    assert ctr["verdict"].startswith("No significant difference")
+
+
+def test_triggered_ab_decides_at_its_sample_of_users_whose_window_is_over(db):
+    """No shared window: a user counts for the test once their own window is over, and the
+    test decides when each variant has ab_sample_size of them."""
+    campaign = Campaign.objects.create(
+        name="Welcome",
+        kind="triggered",
+        status=CampaignStatus.RUNNING,
+        ab_sample_size=100,
+        attribution_hours=24,
+    )
+    step = CampaignStep.objects.create(campaign=campaign, name="Welcome", offset_minutes=0)
+    variant_a = StepVariant.objects.create(step=step, name="A")
+    variant_b = StepVariant.objects.create(step=step, name="B")
+    rows = Rows(campaign, promo_type())
+    start = datetime(2026, 3, 1, 9, 0, tzinfo=UTC)
+    for variant, clicks in ((variant_a, 10), (variant_b, 40)):
+        for index, user in enumerate(UserFactory.create_batch(120)):
+            status = S.CLICKED if index % 3 == 0 and index // 3 < clicks else S.DELIVERED
+            # 100 users entered on day 1, 20 on day 3.
+            sent = start + timedelta(days=0 if index < 100 else 2)
+            rows.message(user, step, variant, [(EMAIL, status, "")], sent_at=sent)
+    rows.save()
+
+    with time_machine.travel(start + timedelta(hours=23), tick=False):
+        stats_rollup(campaign_ids=[campaign.pk])
+    early = stored(campaign)[f"step:{step.pk}"]["ab"]
+    with time_machine.travel(start + timedelta(hours=25), tick=False):
+        stats_rollup(campaign_ids=[campaign.pk])
+    decided = stored(campaign)[f"step:{step.pk}"]["ab"]
+
+    assert early["stage"] == "running" and early["winner"] is None
+    assert decided["stage"] == "decided"
+    assert [v["trials"] for v in decided["variants"]] == [100, 100]  # day 3's not yet over
+    assert decided["winner"] == "B"
