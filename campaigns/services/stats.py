@@ -665,7 +665,7 @@ def _ab_samples(
         delivery=Delivery._meta.db_table,
         conversion=Conversion._meta.db_table,
     )
-    params = {
+    params: dict[str, Any] = {
         "campaign": campaign_id,
         "reached": sorted(REACHED),
         "clicked": sorted(CLICKED),
@@ -682,13 +682,14 @@ def _ab_samples(
 
 def _decisions(campaign_id: int) -> dict[str, dict[str, Any]]:
     """The A/B decisions already taken, by step scope and metric."""
-    return dict(
+    rows = (
         CampaignStats.objects.filter(
             campaign_id=campaign_id, step__isnull=False, variant__isnull=True
         )
         .exclude(ab_decisions__isnull=True)
         .values_list("scope", "ab_decisions")
     )
+    return {scope: decisions for scope, decisions in rows if isinstance(decisions, dict)}
 
 
 def _ab(
