@@ -33,6 +33,7 @@ from campaigns.policies import (
     difference_interval,
     two_proportion_z_test,
 )
+from campaigns.services import stats as stats_module
 from campaigns.services.stats import (
     campaign_funnel,
     learn_active_hours,
@@ -1137,3 +1138,29 @@ def test_triggered_ab_decides_at_its_sample_of_users_whose_window_is_over(db):
     assert decided["stage"] == "decided"
     assert [v["trials"] for v in decided["variants"]] == [100, 100]  # day 3's not yet over
     assert decided["winner"] == "B"
+
+
+def test_a_rollup_that_decides_second_shows_the_decision_kept_first(db):
+    """Two roll-ups at once (beat and Refresh now) may both reach the horizon with counts a
+    click apart: the first decision stored is kept, and the second roll-up shows it."""
+    campaign, notice, variant_a, variant_b = _ab_campaign()
+    rows = Rows(campaign, promo_type())
+    _add_users(rows, notice, variant_a, 120, 10)
+    _add_users(rows, notice, variant_b, 120, 40)
+    rows.save()
+    after = EVENT + timedelta(hours=73)
+    with time_machine.travel(after, tick=False):
+        first = campaign_funnel(campaign.pk)
+        Delivery.objects.filter(message__variant=variant_a, status=S.DELIVERED).update(
+            status=S.CLICKED
+        )
+        second = campaign_funnel(campaign.pk)
+        stats_rollup(campaign_ids=[campaign.pk])  # stores its own decision first
+        scope = f"step:{notice.pk}"
+        assert first[scope]["ab"]["winner"] == "B" and second[scope]["ab"]["winner"] == "A"
+        stats_module._store(campaign.pk, first)  # the slower roll-up, decided on older counts
+
+    kept = CampaignStats.objects.get(campaign=campaign, scope=scope)
+    assert kept.ab_decisions is not None
+    assert kept.ab_decisions["ctr"]["winner"] == "A"
+    assert kept.data["ab"]["winner"] == "A"
