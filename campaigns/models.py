@@ -174,6 +174,22 @@ class Campaign(models.Model):
     attribution_hours = models.PositiveIntegerField(
         default=72, help_text="A conversion this long after a message counts for the campaign"
     )
+    ab_metric = models.CharField(
+        max_length=10,
+        choices=[("ctr", "Click-through rate"), ("conversion", "Conversion rate")],
+        default="ctr",
+        verbose_name="A/B metric",
+        help_text="What decides a step's A/B test: clicks per reached user, or conversions "
+        "per assigned user within the campaign's measurement window",
+    )
+    ab_sample_size = models.PositiveIntegerField(
+        default=100,
+        validators=[MinValueValidator(1)],
+        verbose_name="A/B sample size",
+        help_text="Users per variant whose window is over before the A/B test decides (once, "
+        "then kept). To detect a change of d points from a rate p, about 16·p(1-p)/d² per "
+        "variant (5 % significance, 80 % power)",
+    )
     reentry_days = models.PositiveIntegerField(
         default=30, help_text="Triggered: at most once per user within this many days"
     )
@@ -401,6 +417,9 @@ class CampaignStats(models.Model):
     scope = models.CharField(max_length=40)
     data = models.JSONField(default=dict)
     computed_at = models.DateTimeField()
+    # A step's A/B decisions, by metric ({"ctr": {...}}): written once, when the test reaches
+    # its horizon, and never recomputed (the roll-up's upsert leaves this column alone).
+    ab_decisions = models.JSONField(null=True, blank=True, editable=False)
 
     class Meta:
         constraints = [

@@ -269,6 +269,8 @@ EDIT_FIELDS = [
     "variables",
     "holdout_percent",
     "attribution_hours",
+    "ab_metric",
+    "ab_sample_size",
     "reentry_days",
 ]
 # Editable in every status: a marketer may raise or lower it while the campaign runs.
@@ -310,7 +312,14 @@ class CampaignForm(forms.ModelForm):
 
     class Meta:
         model = Campaign
-        fields = [*CREATE_FIELDS, "description", "attribution_hours", "reentry_days"]
+        fields = [
+            *CREATE_FIELDS,
+            "description",
+            "attribution_hours",
+            "ab_metric",
+            "ab_sample_size",
+            "reentry_days",
+        ]
         help_texts = {
             "segment": "Who gets it. The count below is how many users it reaches right now.",
             "event_at": "When the sale starts; the steps are counted from it.",
@@ -744,6 +753,8 @@ class CampaignAdmin(admin.ModelAdmin):
                         "variables",
                         "holdout_percent",
                         "attribution_hours",
+                        "ab_metric",
+                        "ab_sample_size",
                         "reentry_days",
                         "pause_failure_percent",
                     ]
