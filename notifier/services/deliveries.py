@@ -41,7 +41,7 @@ from notifier.observability import personal_values, sentry_on
 from notifier.policies.retry import RetryPolicy, Verdict, after_attempt
 from notifier.queues import Lane
 from notifier.selectors import type_info_get
-from notifier.services.pipeline import deliveries_fall_back
+from notifier.services.pipeline import deliveries_fall_back, lost_fallbacks_resume
 from notifier.services.quarantine import (
     UNROUTED_COLUMNS,
     dead_runs_count,
@@ -629,6 +629,7 @@ class RequeueReport:
     expired_claims: int = 0
     exhausted: int = 0
     set_aside: int = 0  # never routed because their runs kept dying: failed, not re-published
+    fallbacks: int = 0  # fallbacks started for failures whose worker died before handing over
 
 
 def _publish_grouped(rows: Iterable[tuple[int, str, str]]) -> None:
@@ -741,4 +742,5 @@ def requeue_stuck_work(*, now: datetime | None = None, limit: int = 5000) -> Req
         )
         _publish_grouped(overdue)
     report.queued = len(overdue)
+    report.fallbacks = lost_fallbacks_resume(now=now, limit=limit)
     return report
