@@ -31,7 +31,8 @@ S = DeliveryStatus
 
 
 def queued_email(address: str = "early@example.com") -> Delivery:
-    message = notify(UserFactory(email=address), "order.shipped", order_context(), channels=["email"])
+    user = UserFactory(email=address)
+    message = notify(user, "order.shipped", order_context(), channels=["email"])
     messages_prepare(message_ids=[message.pk])
     delivery = Delivery.objects.get(message=message)
     assert delivery.status == S.QUEUED
