@@ -25,6 +25,7 @@ from notifier.services.pipeline import messages_prepare
 from notifier.services.webhooks import ProviderEventIn, provider_event_apply
 from notifier.status import DeliveryStatus, Reason
 from tests.factories import UserFactory, order_context
+from tests.notifier.services.test_webhooks import at_once
 
 pytestmark = pytest.mark.django_db
 S = DeliveryStatus
@@ -140,3 +141,25 @@ def test_an_event_for_a_send_never_recorded_keeps_waiting_and_changes_nothing(pu
     assert email.status == S.SENT
     assert ProviderEvent.objects.get().outcome == EventOutcome.UNKNOWN
     assert not SuppressedAddress.objects.exists()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_hook_and_the_requeue_job_at_once_apply_an_early_event_once(published, monkeypatch):
+    email = queued_email()
+    report(email, "bounced", reject="bounced")
+    with monkeypatch.context() as patched:  # left for the runs below
+        patched.setattr(deliveries, "early_callbacks_apply", lambda **_: 0)
+        deliveries_deliver(delivery_ids=[email.pk])
+
+    applied = at_once(
+        lambda: (
+            early_callbacks_apply(refs=[("sandbox", sandbox_id(email))])
+            + early_callbacks_reconcile()
+        )
+    )
+
+    assert sum(applied) == 1
+    email.refresh_from_db()
+    assert email.status == S.FAILED
+    assert DeliveryEvent.objects.filter(delivery=email, kind="callback").count() == 1
+    assert SuppressedAddress.objects.count() == 1

@@ -16,6 +16,7 @@ from notifier.services.deliveries import deliveries_deliver, requeue_stuck_work
 from notifier.services.pipeline import FALLBACK_GRACE, deliveries_fall_back, messages_prepare
 from notifier.status import DeliveryStatus, Reason
 from tests.factories import DeviceFactory, UserFactory
+from tests.notifier.services.test_webhooks import at_once
 
 pytestmark = pytest.mark.django_db
 S = DeliveryStatus
@@ -114,3 +115,24 @@ def test_a_bounce_reported_later_is_not_handed_over_by_the_requeue_job(published
     assert push.status == S.FAILED
     assert requeue_stuck_work(now=timezone.now() + timedelta(minutes=1)).fallbacks == 0
     assert not Delivery.objects.filter(message=message, channel="email").exists()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_sender_and_the_requeue_job_handing_over_at_once_hand_over_once(published, monkeypatch):
+    RoutingRule.objects.create(
+        name="push, then email, then in-app",
+        type_id="subscription.renewal_reminder",
+        send_all=[],
+        fallback_chain=["push", "email", "inapp"],
+    )
+    message, push = push_that_will_fail()
+    die_before_falling_back(monkeypatch, push)
+
+    handed_over = at_once(lambda: deliveries_fall_back(failed_ids=[push.pk]))
+
+    assert sum(len(ids) for ids in handed_over) == 1
+    assert set(Delivery.objects.filter(message=message).values_list("channel", flat=True)) == {
+        "push",
+        "email",
+    }
+    assert Message.objects.get(pk=message.pk).fallback_chain == ["inapp"]
