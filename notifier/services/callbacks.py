@@ -46,7 +46,8 @@ from notifier.status import ENGAGEMENT_RANK, DeliveryStatus, Reason, sources_of
 
 log = logging.getLogger(__name__)
 S = DeliveryStatus
-__all__ = ["ProviderStatus"]  # re-exported: where callers have always found it
+# ProviderStatus is defined with the pure event policies (notifier.policies.providers), which
+# this module uses; it is still importable from here, where callers have always found it.
 
 # How long an early event waits for its send's provider id to be recorded. A send is recorded
 # seconds after the provider took it; a worker that died before recording it sends again,
