@@ -142,6 +142,12 @@ CELERY_BROKER_TRANSPORT_OPTIONS = {
     # Redis transport does not re-deliver a waiting retry as a duplicate.
     "visibility_timeout": env.int("CELERY_VISIBILITY_TIMEOUT", default=3600),
 }
+if CELERY_BROKER_URL.startswith(("redis://", "rediss://")):
+    # A Redis host that does not answer at all (down, not refusing) holds a publish, and so a
+    # notify() in a web request, no longer than this; redis-py's default waits for the OS.
+    CELERY_BROKER_TRANSPORT_OPTIONS["socket_connect_timeout"] = env.float(
+        "CELERY_BROKER_CONNECT_TIMEOUT_S", default=2.0
+    )
 if NOTIFIER_EMBEDDED:
     # The in-memory transport polls; the default second would dominate in-app latency.
     CELERY_BROKER_TRANSPORT_OPTIONS["polling_interval"] = 0.01

@@ -41,7 +41,8 @@ from notifier.observability import personal_values, sentry_on
 from notifier.policies.retry import RetryPolicy, Verdict, after_attempt
 from notifier.queues import Lane
 from notifier.selectors import type_info_get
-from notifier.services.pipeline import deliveries_fall_back
+from notifier.services.callbacks import early_callbacks_apply, early_callbacks_reconcile
+from notifier.services.pipeline import deliveries_fall_back, lost_fallbacks_resume
 from notifier.services.quarantine import (
     UNROUTED_COLUMNS,
     dead_runs_count,
@@ -423,6 +424,7 @@ def _record(
         where={"status": S.SENDING},
     )
     copy_rows(DeliveryEvent, EVENT_FIELDS, events)
+    early_callbacks_apply(refs=[(d.provider, d.provider_message_id) for d in deliveries])
     if dead_devices:
         Device.objects.filter(pk__in=dead_devices, active=True).update(
             active=False, deactivated_at=now, deactivation_reason="provider: token unregistered"
@@ -629,6 +631,8 @@ class RequeueReport:
     expired_claims: int = 0
     exhausted: int = 0
     set_aside: int = 0  # never routed because their runs kept dying: failed, not re-published
+    fallbacks: int = 0  # fallbacks started for failures whose worker died before handing over
+    callbacks: int = 0  # provider events that came early, applied now that their send is known
 
 
 def _publish_grouped(rows: Iterable[tuple[int, str, str]]) -> None:
@@ -741,4 +745,6 @@ def requeue_stuck_work(*, now: datetime | None = None, limit: int = 5000) -> Req
         )
         _publish_grouped(overdue)
     report.queued = len(overdue)
+    report.fallbacks = lost_fallbacks_resume(now=now, limit=limit)
+    report.callbacks = early_callbacks_reconcile(now=now)
     return report

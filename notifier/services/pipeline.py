@@ -30,6 +30,7 @@ from zoneinfo import ZoneInfo
 from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
 from django.db import DatabaseError, IntegrityError, connection, transaction
+from django.db.models import Exists, OuterRef
 from django.utils import timezone
 
 from campaigns.models import Campaign
@@ -786,6 +787,14 @@ def deliveries_fall_back(*, failed_ids: Sequence[int]) -> list[int]:
             .select_related("user")
             .order_by("pk")
         )
+        # Read under the messages' locks: a failure another run (the sender, the re-queue job)
+        # already handed over is not handed over again, further down the chain.
+        handed_over = set(
+            Delivery.objects.filter(fallback_of__in=list(failed.values())).values_list(
+                "fallback_of_id", flat=True
+            )
+        )
+        messages = [m for m in messages if failed[m.pk] not in handed_over]
         if not messages:
             return []
         audience = audience_of(messages, now)
@@ -825,3 +834,37 @@ def deliveries_fall_back(*, failed_ids: Sequence[int]) -> list[int]:
         for r in rows
         if r.status == S.QUEUED and (r.message_id, r.channel) in ids
     ]
+
+
+# A sender hands its failures over a moment after recording them; the re-queue job leaves them
+# to it that long. Failures older than the horizon are not handed over late.
+FALLBACK_GRACE = timedelta(seconds=10)
+FALLBACK_HORIZON = timedelta(days=1)
+
+
+def lost_fallbacks_resume(*, now: datetime, limit: int = 500) -> int:
+    """Hand over the failures whose fallback never started: the worker died between recording
+    `failed` and starting the next channel. Returns how many fallback deliveries it queued.
+
+    Only deliveries that failed for good at delivery time (claimed, never accepted), whose
+    message still has channels to try, not expired, and no fallback yet; `deliveries_fall_back`
+    checks the last again under the message's lock, so a race with the sender is harmless.
+    """
+    failed_ids = list(
+        Delivery.objects.filter(
+            status=S.FAILED,
+            attempts__gt=0,
+            sent_at__isnull=True,
+            finished_at__lt=now - FALLBACK_GRACE,
+            finished_at__gte=now - FALLBACK_HORIZON,
+        )
+        .exclude(message__fallback_chain=[])
+        .exclude(message__expires_at__lt=now)
+        .exclude(Exists(Delivery.objects.filter(fallback_of=OuterRef("pk"))))
+        .order_by("finished_at")
+        .values_list("pk", flat=True)[:limit]
+    )
+    if not failed_ids:
+        return 0
+    log.warning("%d failed deliveries had no fallback yet; handing them over", len(failed_ids))
+    return len(deliveries_fall_back(failed_ids=failed_ids))
