@@ -5,9 +5,9 @@ A role is a Django auth Group; its permissions are the admin's own ("view_campai
 `campaigns.allow_quiet_hours`, `notifier.retry_delivery` and `notifier.view_contact_details`
 (full email addresses and phone numbers; without it the admin shows them masked,
 "a****@example.com"). Migration 0014 applies this matrix, every later `migrate` re-applies it
-(so models added since are in the Admin role at once; NOTIFIER_SYNC_ROLES_ON_MIGRATE=false turns that off), and `manage.py sync_roles`
-re-applies it on demand: each group ends up with exactly the permissions listed here, whatever
-was added or removed by hand in between.
+(so models added since are in the Admin role at once; NOTIFIER_SYNC_ROLES_ON_MIGRATE=false
+turns that off), and `manage.py sync_roles` re-applies it on demand: each group ends up with
+exactly the permissions listed here, whatever was added or removed by hand in between.
 
 - **Marketer** builds segments and campaigns and writes their copy. Marketers never see the
   customer list: no `view_user`, no `view_contact_details`. They see audiences as counts, a
