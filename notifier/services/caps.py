@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from datetime import date, datetime
 
 from django.db import connection, transaction
-from django.db.models import Q
 
 from notifier.db import table_name
 from notifier.models import CapPeriod, Delivery, FrequencyCounter, Kind
@@ -72,16 +71,11 @@ def caps_room(requests: Sequence[CapRequest]) -> list[int]:
     lock: it only decides whether to yield to a higher priority; the take itself is atomic."""
     if not requests:
         return []
-    wanted = Q()
-    for r in requests:
-        wanted |= Q(user_id=r.user_id, period=CapPeriod.DAY, window_start=r.windows.day)
-        wanted |= Q(user_id=r.user_id, period=CapPeriod.WEEK, window_start=r.windows.week)
-    counts = {
-        (user_id, period, window): count
-        for user_id, period, window, count in FrequencyCounter.objects.filter(wanted).values_list(
-            "user_id", "period", "window_start", "count"
-        )
-    }
+    rows = FrequencyCounter.objects.filter(
+        user_id__in={r.user_id for r in requests},
+        window_start__in={w for r in requests for w in (r.windows.day, r.windows.week)},
+    ).values_list("user_id", "period", "window_start", "count")
+    counts = {(user_id, period, window): count for user_id, period, window, count in rows}
     return [
         min(
             r.caps.day - counts.get((r.user_id, CapPeriod.DAY, r.windows.day), 0),
