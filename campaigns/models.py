@@ -160,7 +160,16 @@ class Campaign(models.Model):
         max_length=10,
         choices=Priority.choices,
         default=Priority.LOW,
-        help_text="Decides which campaign wins a user's capped slot",
+        help_text="Which campaign wins when several compete for a customer's capped slot. "
+        "It never lets marketing through quiet hours, not even Critical: that takes a "
+        "marketing lead's 'Send in quiet hours'.",
+    )
+    quiet_hours_allowed = models.BooleanField(
+        "Send in quiet hours",
+        default=False,
+        help_text="Only a marketing lead may set this. Its messages then go out during "
+        "customers' quiet hours instead of waiting for their morning; each such delivery "
+        "records why. Part of what approval covers.",
     )
     channels = models.JSONField(
         default=list, blank=True, help_text="Empty: the routing rules decide"
@@ -234,7 +243,10 @@ class Campaign(models.Model):
     updated_at = models.DateTimeField(auto_now=True)
 
     class Meta:
-        permissions = [("approve_campaign", "Can approve a campaign someone else prepared")]
+        permissions = [
+            ("approve_campaign", "Can approve a campaign someone else prepared"),
+            ("allow_quiet_hours", "Can let a campaign send during customers' quiet hours"),
+        ]
         indexes = [models.Index(fields=["status", "kind"], name="campaign_status_kind_idx")]
 
     def __str__(self) -> str:

@@ -95,6 +95,10 @@ class Reason(models.TextChoices):
     NO_CONSENT = "no_consent", "No marketing consent on record for this channel"
     MARKETING_OFF = "marketing_off", "The user chose to receive no marketing"
     QUIET_HOURS = "quiet_hours", "Held for the user's quiet hours; released in their morning"
+    QUIET_HOURS_ALLOWED = (
+        "quiet_hours_allowed",
+        "Sent in the user's quiet hours: a marketing lead allowed it for this campaign",
+    )
     FREQUENCY_CAP = "frequency_cap", "Over the user's marketing cap; deferred to the next window"
     OUTRANKED = "outranked", "A higher-priority message took the user's cap slot; deferred"
     STALE = "stale", "Would have gone out too late to be useful"

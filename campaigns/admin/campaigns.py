@@ -122,7 +122,7 @@ from notifier.ids import parse_id
 from notifier.models import Delivery, User
 from notifier.models.users import display_name
 from notifier.rendering import COMPILE_ERRORS, SYSTEM_VARIABLES, environment
-from notifier.roles import VIEW_CONTACT_DETAILS
+from notifier.roles import ALLOW_QUIET_HOURS, VIEW_CONTACT_DETAILS
 from notifier.status import DeliveryStatus
 
 C = CampaignStatus
@@ -272,6 +272,7 @@ EDIT_FIELDS = [
     "ab_metric",
     "ab_sample_size",
     "reentry_days",
+    "quiet_hours_allowed",
 ]
 # Editable in every status: a marketer may raise or lower it while the campaign runs.
 SAFETY_FIELDS = ["pause_failure_percent"]
@@ -745,7 +746,7 @@ class CampaignAdmin(admin.ModelAdmin):
             ]
         return [
             (None, {"fields": ["name", "description", "kind", "category", "segment", "audience"]}),
-            ("When and how", {"fields": ["event_at", "priority", "channels"]}),
+            ("When and how", {"fields": self._when_and_how(request)}),
             (
                 "Copy and measurement",
                 {
@@ -762,6 +763,14 @@ class CampaignAdmin(admin.ModelAdmin):
             ),
             ("Status", {"fields": STATUS_FIELDS, "classes": ["collapse"]}),
         ]
+
+    def _when_and_how(self, request: HttpRequest) -> list[str]:
+        fields = ["event_at", "priority", "channels"]
+        # Marketing in quiet hours is a lead's decision: nobody else sees the switch, so a
+        # marketer's form has no such field and a posted value is ignored.
+        if request.user.has_perm(ALLOW_QUIET_HOURS):
+            fields.append("quiet_hours_allowed")
+        return fields
 
     def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> list[str]:
         if obj is None:

@@ -4,7 +4,8 @@ a JSON snapshot, compared with the one taken when a lead approved it.
 The definition holds everything that decides the audience or the message:
 
 - the campaign's settings: name (the copy can show it), kind, category, segment, priority,
-  channels, variables, hold-out and re-entry days;
+  channels, variables, hold-out and re-entry days, and a lead's "Send in quiet hours" (recorded
+  only when on, so approvals taken before the switch existed still match);
 - its steps (offset and timing), their variants (names and weights) and every variant's copy;
 - its segment's rules and "use member list" switch;
 - the member list itself, when the segment uses it: a count and a SHA-256 digest of the sorted
@@ -61,6 +62,8 @@ CAMPAIGN_FIELDS = {
     "holdout_percent": "holdout_percent",
     "reentry_days": "reentry_days",
 }
+# Marketing in quiet hours, a lead's switch: in the definition only when on.
+QUIET_HOURS = "quiet_hours_allowed"
 SPEND_EDGES = ("whale_min_spend", "dolphin_min_spend")
 ACTIVITY_EDGES = ("active_within_days", "dormant_within_days")
 TIER_COUNT = ACTIVITY_COUNT = 3  # all three ticked is the same as none: no condition
@@ -118,9 +121,12 @@ def campaign_definition(campaign_id: int, *, members: bool = True) -> Definition
     `members=False` leaves out the member list's digest (the one part whose cost grows with
     the list): for checks that run per batch, after the walk checked the whole of it.
     """
-    row = Campaign.objects.filter(pk=campaign_id).values(*CAMPAIGN_FIELDS).get()
+    row = Campaign.objects.filter(pk=campaign_id).values(*CAMPAIGN_FIELDS, QUIET_HOURS).get()
+    chosen = {key: row[field] for field, key in CAMPAIGN_FIELDS.items()}
+    if row[QUIET_HOURS]:
+        chosen[QUIET_HOURS] = True
     definition: Definition = {
-        "campaign": {key: row[field] for field, key in CAMPAIGN_FIELDS.items()},
+        "campaign": chosen,
         "steps": _steps(campaign_id),
         "segment": None,
         "members": None,
@@ -270,6 +276,7 @@ SETTING_LABELS = {
     "channels": "Channels",
     "holdout_percent": "Hold-out",
     "reentry_days": "Re-entry",
+    QUIET_HOURS: "Send in quiet hours",
 }
 
 
@@ -284,6 +291,8 @@ def _setting_text(key: str, value: Any) -> str:
         return f"{value}%"
     if key == "reentry_days":
         return f"once in {value} days"
+    if key == QUIET_HOURS:
+        return "allowed" if value else "no"
     return "none" if value is None else str(value)
 
 

@@ -143,6 +143,7 @@ class CampaignContext:
     name: str
     status: str
     event_at: datetime | None
+    quiet_hours_allowed: bool = False  # a marketing lead let it send in quiet hours
 
 
 def audience_of(messages: Sequence[Message], now: datetime) -> Audience:
@@ -191,10 +192,10 @@ def campaigns_of(campaign_ids: Iterable[int]) -> dict[int, CampaignContext]:
     if not ids:
         return {}
     return {
-        pk: CampaignContext(name, status, event_at)
-        for pk, name, status, event_at in Campaign.objects.filter(pk__in=ids).values_list(
-            "pk", "name", "status", "event_at"
-        )
+        pk: CampaignContext(name, status, event_at, quiet_hours_allowed)
+        for pk, name, status, event_at, quiet_hours_allowed in Campaign.objects.filter(
+            pk__in=ids
+        ).values_list("pk", "name", "status", "event_at", "quiet_hours_allowed")
     }
 
 
@@ -399,7 +400,9 @@ def routed(
             content=content.as_dict(),
             next_attempt_at=admission.until,
         )
-    return row(S.QUEUED, content=content.as_dict(), next_attempt_at=now)
+    # A reason on a queued row says why it went out when it otherwise would not have (a marketing
+    # lead's quiet-hours override); its routed event keeps it after the send clears the row's.
+    return row(S.QUEUED, reason=admission.reason, content=content.as_dict(), next_attempt_at=now)
 
 
 @dataclass
@@ -425,9 +428,18 @@ def _decide_plan(
     return decisions, []
 
 
+def campaign_of(message: Message, audience: Audience) -> CampaignContext | None:
+    return audience.campaigns.get(message.campaign_id or 0)
+
+
 def campaign_status_of(message: Message, audience: Audience) -> str | None:
-    campaign = audience.campaigns.get(message.campaign_id or 0)
+    campaign = campaign_of(message, audience)
     return campaign.status if campaign else None
+
+
+def quiet_hours_allowed_of(message: Message, audience: Audience) -> bool:
+    campaign = campaign_of(message, audience)
+    return campaign is not None and campaign.quiet_hours_allowed
 
 
 def message_route(message: Message, audience: Audience, now: datetime) -> RouteOutcome:
@@ -446,6 +458,7 @@ def message_route(message: Message, audience: Audience, now: datetime) -> RouteO
             congested=audience.congested,
             irrelevant=audience.irrelevant.get((message.user_id, info.key), 0),
             campaign_status=campaign_status_of(message, audience),
+            quiet_hours_allowed=quiet_hours_allowed_of(message, audience),
             take_cap=False,
         )
         if any(decision.sends for decision in decisions.values())
