@@ -330,6 +330,41 @@ class FanoutAttempt(models.Model):
         return f"step {self.step_id} batch from user {self.first_user_id}: {self.attempts} runs"
 
 
+class FanoutBatch(models.Model):
+    """A batch of a step's audience, handed out by its walk: recorded in the walk's transaction
+    together with the cursor it moved (and published only once that commits), and marked done
+    by the first run that writes it; a copy of it finds it done and counts nothing. A step
+    closes when its walk is over and every batch of its round is done; beat publishes again
+    the batches of a step gone quiet that are not done (lost with the broker or a worker), so
+    no batch is ever assumed written (campaigns.services.fanout). Known by step, round and
+    first user; it keeps its user ids for the re-publish."""
+
+    step = models.ForeignKey(CampaignStep, on_delete=models.CASCADE, related_name="+")
+    walk_round = models.PositiveIntegerField()
+    first_user_id = models.BigIntegerField()
+    user_ids = models.JSONField(default=list)
+    published_at = models.DateTimeField()
+    done_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["step", "walk_round", "first_user_id"], name="fanout_batch_once"
+            )
+        ]
+        indexes = [
+            models.Index(
+                fields=["step", "walk_round"],
+                name="fanout_batch_open_idx",
+                condition=Q(done_at__isnull=True),
+            )
+        ]
+
+    def __str__(self) -> str:
+        state = "done" if self.done_at else "not done"
+        return f"step {self.step_id}, round {self.walk_round}, from {self.first_user_id}: {state}"
+
+
 class StepVariant(models.Model):
     """A version of a step's copy; recipients are split by weight, the same user always
     getting the same variant."""
