@@ -282,9 +282,11 @@ class CampaignStep(models.Model):
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
     # Fan-out progress, in PostgreSQL so a lost walker task resumes where it was: users are
-    # walked in id order; the last id handed out, whether the walk is over, and batch counts.
-    # A walk started over (resumed, revived, a trigger's next pass) is a new round: batches of
-    # an earlier round still queued, or lost with a worker, no longer count towards closing.
+    # walked in id order; the last id handed out, whether the walk is over, and batch counts
+    # (each batch handed out and marked done is a FanoutBatch row; these count them once).
+    # A walk started over (resumed, re-approved, a trigger's next pass) is a new round: batches
+    # of an earlier round still queued no longer count towards closing. A revived walk goes on
+    # in its round, and its lost batches are published again.
     cursor_user_id = models.BigIntegerField(default=0)
     walk_done = models.BooleanField(default=False)
     walk_round = models.PositiveIntegerField(default=0)

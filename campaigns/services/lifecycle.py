@@ -502,8 +502,8 @@ def campaign_move_event(*, campaign: Campaign, event_at: datetime, by: User | No
 
 def walk_again(now: datetime) -> dict[str, Any]:
     """The update that starts a step's walk over from the first user, as a new round: the
-    batches of earlier rounds (queued while paused, lost with a worker) no longer count, so
-    the step closes once every batch of this round is written."""
+    batches of earlier rounds (queued while paused) no longer count, so the step closes once
+    every batch of this round is written (see walks_start_over, which drops their rows)."""
     return {
         "cursor_user_id": 0,
         "walk_done": False,
