@@ -387,15 +387,14 @@ def fanout_batch_done(*, step_id: int, walk_round: int, user_ids: Sequence[int])
         step = CampaignStep.objects.filter(pk=step_id, walk_round=walk_round)
         marked = batch.filter(done_at__isnull=True).update(done_at=now) == 1
         if not marked and not batch.exists() and step.exists():
-            # Handed out before batches were recorded (queued across an upgrade).
+            # Handed out before batches were recorded (queued across an upgrade): that walk
+            # counted it in batches_total already; recorded done here so it counts once.
             _, marked = FanoutBatch.objects.get_or_create(
                 step_id=step_id,
                 walk_round=walk_round,
                 first_user_id=first,
                 defaults={"user_ids": sorted(user_ids), "published_at": now, "done_at": now},
             )
-            if marked:
-                step.update(batches_total=F("batches_total") + 1)
         if marked:
             step.update(batches_done=F("batches_done") + 1, walked_at=now)
         else:
