@@ -569,7 +569,7 @@ def test_a_walk_killed_mid_walk_and_a_broker_wipe_still_reach_everyone_once(rig)
     batches; beat revives the walk; the broker is wiped (FLUSHDB) with a few batches and the
     walk's next task queued. Every user gets the step exactly once, and the step and the
     campaign close only then."""
-    users = fans(2000)
+    users = fans(1200)
     step = campaign_due_now(["inapp"])
     env = {**WORKER_ENV, "NOTIFIER_CAMPAIGN_BATCH_USERS": str(WALK_BATCH)}
     worker = rig.worker(**env)
