@@ -282,9 +282,11 @@ class CampaignStep(models.Model):
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
     # Fan-out progress, in PostgreSQL so a lost walker task resumes where it was: users are
-    # walked in id order; the last id handed out, whether the walk is over, and batch counts.
-    # A walk started over (resumed, revived, a trigger's next pass) is a new round: batches of
-    # an earlier round still queued, or lost with a worker, no longer count towards closing.
+    # walked in id order; the last id handed out, whether the walk is over, and batch counts
+    # (each batch handed out and marked done is a FanoutBatch row; these count them once).
+    # A walk started over (resumed, re-approved, a trigger's next pass) is a new round: batches
+    # of an earlier round still queued no longer count towards closing. A revived walk goes on
+    # in its round, and its lost batches are published again.
     cursor_user_id = models.BigIntegerField(default=0)
     walk_done = models.BooleanField(default=False)
     walk_round = models.PositiveIntegerField(default=0)
@@ -328,6 +330,41 @@ class FanoutAttempt(models.Model):
 
     def __str__(self) -> str:
         return f"step {self.step_id} batch from user {self.first_user_id}: {self.attempts} runs"
+
+
+class FanoutBatch(models.Model):
+    """A batch of a step's audience, handed out by its walk: recorded in the walk's transaction
+    together with the cursor it moved (and published only once that commits), and marked done
+    by the first run that writes it; a copy of it finds it done and counts nothing. A step
+    closes when its walk is over and every batch of its round is done; beat publishes again
+    the batches of a step gone quiet that are not done (lost with the broker or a worker), so
+    no batch is ever assumed written (campaigns.services.fanout). Known by step, round and
+    first user; it keeps its user ids for the re-publish."""
+
+    step = models.ForeignKey(CampaignStep, on_delete=models.CASCADE, related_name="+")
+    walk_round = models.PositiveIntegerField()
+    first_user_id = models.BigIntegerField()
+    user_ids = models.JSONField(default=list)
+    published_at = models.DateTimeField()
+    done_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["step", "walk_round", "first_user_id"], name="fanout_batch_once"
+            )
+        ]
+        indexes = [
+            models.Index(
+                fields=["step", "walk_round"],
+                name="fanout_batch_open_idx",
+                condition=Q(done_at__isnull=True),
+            )
+        ]
+
+    def __str__(self) -> str:
+        state = "done" if self.done_at else "not done"
+        return f"step {self.step_id}, round {self.walk_round}, from {self.first_user_id}: {state}"
 
 
 class StepVariant(models.Model):

@@ -28,6 +28,7 @@ from campaigns.models import (
     CampaignKind,
     CampaignStatus,
     CampaignStep,
+    FanoutBatch,
     StepStatus,
     StepVariant,
     VariantTemplate,
@@ -464,7 +465,7 @@ def _walks_restart(campaign: Campaign, now: datetime) -> None:
     from campaigns.services import fanout  # fanout imports this module
 
     walking = list(campaign.steps.filter(status=StepStatus.RUNNING).values_list("pk", flat=True))
-    CampaignStep.objects.filter(pk__in=walking).update(**walk_again(now))
+    walks_start_over(step_ids=walking, now=now)
     for step_id in walking:
         transaction.on_commit(partial(fanout.publish_walk, step_id), robust=True)
 
@@ -501,8 +502,8 @@ def campaign_move_event(*, campaign: Campaign, event_at: datetime, by: User | No
 
 def walk_again(now: datetime) -> dict[str, Any]:
     """The update that starts a step's walk over from the first user, as a new round: the
-    batches of earlier rounds (queued while paused, lost with a worker) no longer count, so
-    the step closes once every batch of this round is written."""
+    batches of earlier rounds (queued while paused) no longer count, so the step closes once
+    every batch of this round is written (see walks_start_over, which drops their rows)."""
     return {
         "cursor_user_id": 0,
         "walk_done": False,
@@ -511,6 +512,13 @@ def walk_again(now: datetime) -> dict[str, Any]:
         "batches_total": 0,
         "batches_done": 0,
     }
+
+
+def walks_start_over(*, step_ids: Sequence[int], now: datetime, **also: Any) -> None:
+    """Start these steps' walks over as a new round (with `also` in the same update); the
+    batches recorded for earlier rounds are dropped with it: they no longer count."""
+    FanoutBatch.objects.filter(step_id__in=step_ids).delete()
+    CampaignStep.objects.filter(pk__in=step_ids).update(**walk_again(now), **also)
 
 
 def campaign_finish_if_done(*, campaign_id: int) -> bool:

@@ -474,11 +474,11 @@ def test_pausing_holds_what_is_queued_and_stops_pending_batches(marketer, lead, 
     audience(30)
     campaign = scheduled(marketer, lead)
     notice = campaign.steps.get(name="Notice")
-    from campaigns.services.fanout import step_fanout_batch, step_walk
+    from campaigns.services.fanout import step_fanout_batch
 
     with time_machine.travel(step_start(campaign, notice)):
         steps_start_due()
-        step_walk(step_id=notice.pk)
+        published.walk(notice.pk)
         first_batch = published.batches.pop(0)
         step_fanout_batch(step_id=first_batch[0], user_ids=first_batch[1][:10])
         held = campaign_pause(campaign=campaign, by=marketer)
