@@ -39,7 +39,8 @@ from campaigns.services.previews import variant_preview
 from channels.base import Channel, Content
 from notifier.models import Delivery
 from tests.campaigns.services.test_campaign_flow import NOW, audience, make_campaign, start_step
-from tests.campaigns.test_campaign_admin import person, url
+from tests.campaigns.test_campaign_admin import field_errors, person, post_data, url
+from tests.campaigns.test_copy_checks import add_copy_form
 
 pytestmark = pytest.mark.django_db
 
@@ -358,3 +359,41 @@ def test_the_preview_page_has_a_section_per_persona(client, marketer):
     assert 'class="part-title">For small fish<' in page[fish:]
     # The dolphin shown gets the copy for everyone.
     assert page.count('class="part-title">Double 11: 50% off<') == 3
+
+
+# --- The admin's copy form -------------------------------------------------------------------
+
+
+def test_a_marketer_writes_copy_for_a_persona_on_the_variant_page(client, marketer):
+    with time_machine.travel(NOW):
+        campaign = make_campaign(marketer)
+    variant = campaign.steps.get(name="Notice").variants.get()
+    client.force_login(marketer)
+    page = client.get(url("stepvariant_change", variant.pk))
+    assert 'name="templates-0-persona"' in page.content.decode()
+
+    data = post_data(page)
+    spying = add_copy_form(
+        page, data, channel="inapp", persona="whale", title="VIP", body="{{ user.email }}"
+    )
+    response = client.post(url("stepvariant_change", variant.pk), data)
+    assert field_errors(response, spying, "body")[0].startswith("Line 1: user has no 'email'")
+
+    data = post_data(page)
+    add_copy_form(page, data, channel="inapp", persona="whale", title="VIP", body="Hi")
+    mixed = add_copy_form(page, data, channel="inapp", persona="dormant", title="Back?", body="Hi")
+    response = client.post(url("stepvariant_change", variant.pk), data)
+    assert field_errors(response, mixed, "persona") == [
+        "Its copy is written per spend tier and per activity state: choose one of the two for "
+        "this variant (another variant or step can use the other)."
+    ]
+    assert not VariantTemplate.objects.filter(variant=variant).exclude(persona="").exists()
+
+    data = post_data(page)
+    add_copy_form(
+        page, data, channel="inapp", persona="whale", title="VIP", body="{{ user.points }}"
+    )
+    response = client.post(url("stepvariant_change", variant.pk), data)
+    assert response.status_code == 302
+    saved = VariantTemplate.objects.get(variant=variant, persona="whale")
+    assert (saved.channel, saved.locale, saved.body) == ("inapp", "", "{{ user.points }}")
