@@ -369,11 +369,13 @@ def _compile(variant_id: int) -> Compiled:
 
     compiled: Compiled = {}
     for row in VariantTemplate.objects.filter(variant_id=variant_id):
-        compiled[(row.channel, row.locale, row.persona)] = {
+        parts = {
             part: _compiled_or_error(source)
             for part in PART_FIELDS
             if (source := getattr(row, part))
         }
+        if parts:  # a row with every part empty is no copy: the next in line is used
+            compiled[(row.channel, row.locale, row.persona)] = parts
     return compiled
 
 
@@ -430,7 +432,7 @@ def render_variant(
     `fresh` skips the per-process cache: a marketer's test send right after an edit must show
     the edit. (Approved campaigns cannot be edited, so real sends never see stale copy.)"""
     compiled = _compile(variant_id) if fresh else variant_templates(variant_id)
-    key = copy_key({k for k, parts in compiled.items() if parts}, str(channel), locale, personas)
+    key = copy_key(compiled.keys(), str(channel), locale, personas)
     if key is None:
         raise RenderError(f"variant {variant_id} has no {channel} copy")
     parts = compiled[key]

@@ -8,9 +8,11 @@ Pages, kept few:
   typed in days and hours, "-3d"), each step's variants linking to their copy, a checklist of
   what stops submission, and the lifecycle buttons (submit, approve, send back, pause, resume,
   cancel with a confirmation, move the event);
-- a variant's page: its weight and its copy per channel and locale, checked as it is saved;
-- the preview: every step x variant x channel rendered for a chosen or sample user, each
-  variant with "send test to me";
+- a variant's page: its weight and its copy per channel, locale and persona (everyone, or a
+  spend tier or activity state), checked as it is saved;
+- the preview: every step x variant x channel rendered for a chosen or sample user (their
+  persona's copy), then the same user as each persona the variant has copy for, each variant
+  with "send test to me";
 - the funnel (campaigns.admin.stats).
 
 Copy and steps change only while a campaign is a draft or awaiting approval (and has not
