@@ -61,6 +61,15 @@ class Activity(models.TextChoices):
     CHURNED = "churned", "Churned"
 
 
+# Who a persona copy speaks to: a spend tier or an activity state (campaigns.personas). Empty:
+# everyone, the copy other personas fall back to.
+PERSONA_CHOICES = [
+    ("", "Everyone"),
+    *((tier.value, f"Spend tier: {tier.label}") for tier in SpendTier),
+    *((state.value, f"Activity: {state.label}") for state in Activity),
+]
+
+
 class Segment(models.Model):
     """Who a campaign is for: rules over the user profile, optionally an imported list.
 
@@ -384,11 +393,20 @@ class StepVariant(models.Model):
 
 
 class VariantTemplate(models.Model):
-    """The copy of one variant on one channel, in one locale (blank: the default locale)."""
+    """The copy of one variant on one channel, in one locale (blank: the default locale), for
+    one persona (blank: everyone; see campaigns.personas for who gets which)."""
 
     variant = models.ForeignKey(StepVariant, on_delete=models.CASCADE, related_name="templates")
     channel = models.CharField(max_length=10)
     locale = models.CharField(max_length=16, blank=True, default="")
+    persona = models.CharField(
+        max_length=16,
+        blank=True,
+        default="",
+        choices=PERSONA_CHOICES,
+        help_text="Empty: everyone. Or the copy for one spend tier or one activity state; "
+        "the others get the copy for everyone",
+    )
     subject = models.TextField(blank=True, default="")
     title = models.TextField(blank=True, default="")
     body = models.TextField(blank=True, default="")
@@ -399,12 +417,14 @@ class VariantTemplate(models.Model):
     class Meta:
         constraints = [
             models.UniqueConstraint(
-                fields=["variant", "channel", "locale"], name="variant_template_unique"
+                fields=["variant", "channel", "locale", "persona"],
+                name="variant_template_unique_persona",
             )
         ]
 
     def __str__(self) -> str:
-        return f"{self.variant} {self.channel} {self.locale or 'default'}"
+        persona = f" {self.persona}" if self.persona else ""
+        return f"{self.variant} {self.channel} {self.locale or 'default'}{persona}"
 
 
 class Holdout(models.Model):

@@ -260,6 +260,9 @@ NOTIFIER_COPY_MAX_SECONDS = env.float("NOTIFIER_COPY_MAX_SECONDS", default=0.025
 NOTIFIER_COPY_CHECK_BUDGET_S = env.float("NOTIFIER_COPY_CHECK_BUDGET_S", default=5.0)
 # How many locales (the default included) one variant may have copy for.
 NOTIFIER_COPY_MAX_LOCALES = env.int("NOTIFIER_COPY_MAX_LOCALES", default=30)
+# Campaign copy's `user.points_expiring`: the points balance when it expires within this many
+# days (a campaign whose segment says "points expiring within N days" uses its N instead).
+NOTIFIER_POINTS_EXPIRING_DAYS = env.int("NOTIFIER_POINTS_EXPIRING_DAYS", default=30)
 # Served over HTTPS (production): secure cookies and a redirect to https, except the health
 # probes, which orchestrators call over plain HTTP inside the network. HSTS is opt-in (a
 # browser remembers it for its whole lifetime). Behind a TLS-terminating proxy that sets

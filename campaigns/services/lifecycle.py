@@ -33,8 +33,10 @@ from campaigns.models import (
     StepVariant,
     VariantTemplate,
 )
+from campaigns.personas import persona_label, persona_problem
 from campaigns.policies import DEFAULT_PLAN, StepPlan, Timing, fanout_start
 from campaigns.rendering import (
+    EVERYONE,
     PART_FIELDS,
     TimeBudget,
     allowed_variables,
@@ -47,6 +49,7 @@ from campaigns.services.definitions import (
     approval_changes,
     campaign_definition,
     change_reason,
+    copy_key_of,
     definition_digest,
 )
 from campaigns.services.segments import segment_count
@@ -200,7 +203,7 @@ def definition_copy_problems(
     problems: list[str] = []
     for step in definition["steps"].values():
         for variant in step["variants"].values():
-            copy = {tuple(key.split(":", 1)): parts for key, parts in variant["copy"].items()}
+            copy = {copy_key_of(key): parts for key, parts in variant["copy"].items()}
             problems += [
                 f"step {step['name']!r}, variant {variant['name']}: {problem}"
                 for problem in variant_problems(copy, channels, allowed, variables, budget=budget)
@@ -208,13 +211,14 @@ def definition_copy_problems(
     return problems
 
 
-Copy = Mapping[tuple[str, ...], Mapping[str, str]]  # (channel, locale) -> part -> source
+# (channel, locale, persona) -> part -> source
+Copy = Mapping[tuple[str, str, str], Mapping[str, str]]
 
 
-def variant_copy(variant: StepVariant) -> dict[tuple[str, ...], dict[str, str]]:
+def variant_copy(variant: StepVariant) -> dict[tuple[str, str, str], dict[str, str]]:
     """A variant's copy as `variant_problems` reads it."""
     return {
-        (row.channel, row.locale): {part: getattr(row, part) for part in PART_FIELDS}
+        (row.channel, row.locale, row.persona): {part: getattr(row, part) for part in PART_FIELDS}
         for row in variant.templates.all()
     }
 
@@ -239,10 +243,12 @@ def variant_problems(
 ) -> list[str]:
     """What stops a variant's copy (`variant_copy`) from going out; `variables` (the campaign's
     values) make the trial render of each channel's copy realistic. Copy for more locales than
-    NOTIFIER_COPY_MAX_LOCALES is refused as such, without trying any of it."""
+    NOTIFIER_COPY_MAX_LOCALES is refused as such, without trying any of it. Copy for one
+    persona stands in for the copy for everyone for those customers: it needs the same parts,
+    and one variant's personas are spend tiers or activity states, not both."""
     problems: list[str] = []
     for channel in channels:
-        default = copy.get((str(channel), ""))
+        default = copy.get((str(channel), "", EVERYONE))
         if default is None:
             problems.append(f"write the {channel} copy")
             continue
@@ -252,9 +258,24 @@ def variant_problems(
     too_many = locale_problem(len({key[1] for key in copy}))
     if too_many is not None:
         return [*problems, too_many]
-    for (channel_name, locale), parts in copy.items():
-        where = f"{channel_name} {locale}" if locale else channel_name
-        found = copy_problems(parts, allowed=allowed, variables=variables, budget=budget)
+    mixed = persona_problem({key[2] for key in copy})
+    if mixed is not None:
+        return [*problems, mixed]
+    for (channel_name, locale, persona), parts in copy.items():
+        where = " ".join(
+            [channel_name]
+            + ([locale] if locale else [])
+            + ([f"({persona_label(persona)})"] if persona else [])
+        )
+        if persona and channel_name in {str(known) for known in Channel}:
+            problems += [
+                f"{where}: the {part} is empty"
+                for part in required_parts(Channel(channel_name))
+                if not parts.get(part)
+            ]
+        found = copy_problems(
+            parts, allowed=allowed, variables=variables, budget=budget, persona=persona
+        )
         problems += [
             f"{where} {part}: {problem}" for part in parts for problem in found.get(part, ())
         ]
@@ -547,6 +568,7 @@ def copy_variant(*, source: StepVariant, name: str) -> StepVariant:
                     variant=variant,
                     channel=t.channel,
                     locale=t.locale,
+                    persona=t.persona,
                     subject=t.subject,
                     title=t.title,
                     body=t.body,

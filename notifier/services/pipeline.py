@@ -33,7 +33,8 @@ from django.db import DatabaseError, IntegrityError, connection, transaction
 from django.db.models import Exists, OuterRef
 from django.utils import timezone
 
-from campaigns.models import Campaign
+from campaigns.models import AudienceThresholds, Campaign
+from campaigns.personas import user_persona
 from campaigns.rendering import render_variant
 from campaigns.tracking import track_content
 from channels.base import Channel, Content
@@ -144,6 +145,10 @@ class CampaignContext:
     status: str
     event_at: datetime | None
     quiet_hours_allowed: bool = False  # a marketing lead let it send in quiet hours
+    # What the copy's personas are derived with (campaigns.personas): the audience thresholds
+    # (read once per batch) and the "points expiring" window in days.
+    thresholds: AudienceThresholds = field(default_factory=AudienceThresholds)
+    points_days: int = 30
 
 
 def audience_of(messages: Sequence[Message], now: datetime) -> Audience:
@@ -188,14 +193,29 @@ def suppressed_emails_of(addresses: Iterable[str]) -> frozenset[str]:
 
 
 def campaigns_of(campaign_ids: Iterable[int]) -> dict[int, CampaignContext]:
+    """The batch's campaigns, with what their copy's personas need: two queries a batch."""
     ids = set(campaign_ids)
     if not ids:
         return {}
+    thresholds = AudienceThresholds.objects.filter(pk=1).first() or AudienceThresholds()
+    rows = Campaign.objects.filter(pk__in=ids).values_list(
+        "pk",
+        "name",
+        "status",
+        "event_at",
+        "quiet_hours_allowed",
+        "segment__points_expiring_within_days",
+    )
     return {
-        pk: CampaignContext(name, status, event_at, quiet_hours_allowed)
-        for pk, name, status, event_at, quiet_hours_allowed in Campaign.objects.filter(
-            pk__in=ids
-        ).values_list("pk", "name", "status", "event_at", "quiet_hours_allowed")
+        pk: CampaignContext(
+            name,
+            status,
+            event_at,
+            quiet_hours_allowed,
+            thresholds,
+            settings.NOTIFIER_POINTS_EXPIRING_DAYS if points_days is None else points_days,
+        )
+        for pk, name, status, event_at, quiet_hours_allowed, points_days in rows
     }
 
 
@@ -307,11 +327,21 @@ def message_generate(
     the task's soft time limit strikes mid-render."""
     context = template_context(message.context, user_template_values(message.user))
     context["preferences_url"] = Lazy(partial(preferences_url, user_id=message.user_id))
+    personas: tuple[str, ...] = ()
     if campaign is not None:
         context["campaign"] = {
             "name": campaign.name,
             "event_at": local_time_text(campaign.event_at, message.user.time_zone),
         }
+        # The segment attributes, from the user row the batch already loaded.
+        persona = user_persona(
+            message.user,
+            thresholds=campaign.thresholds,
+            points_days=campaign.points_days,
+            now=timezone.now(),
+        )
+        context["user"].update(persona.template_values())
+        personas = persona.copy_keys()
     marketing = message_type(message).kind == Kind.MARKETING
     rendered: dict[Channel, Content | RenderError] = {}
     for channel in channels:
@@ -327,7 +357,12 @@ def message_generate(
         try:
             content = (
                 render_variant(
-                    message.variant_id, channel, context, message.user.locale, fresh=message.is_test
+                    message.variant_id,
+                    channel,
+                    context,
+                    message.user.locale,
+                    personas=personas,
+                    fresh=message.is_test,
                 )
                 if message.variant_id
                 else render(message.type_id, channel, context, message.user.locale)
