@@ -5,7 +5,7 @@ from django.db import migrations, models
 
 class Migration(migrations.Migration):
     dependencies = [
-        ("campaigns", "0011_campaign_quiet_hours_allowed"),
+        ("campaigns", "0012_fanout_batches"),
     ]
 
     operations = [
