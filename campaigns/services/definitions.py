@@ -41,6 +41,7 @@ from campaigns.models import (
     CampaignStep,
     Segment,
     SegmentMember,
+    SeriesStop,
     StepTiming,
 )
 from campaigns.policies import describe_offset
@@ -60,6 +61,7 @@ CAMPAIGN_FIELDS = {
     "variables": "variables",
     "holdout_percent": "holdout_percent",
     "reentry_days": "reentry_days",
+    "stop_series_on": "stop_series_on",
 }
 SPEND_EDGES = ("whale_min_spend", "dolphin_min_spend")
 ACTIVITY_EDGES = ("active_within_days", "dormant_within_days")
@@ -270,6 +272,7 @@ SETTING_LABELS = {
     "channels": "Channels",
     "holdout_percent": "Hold-out",
     "reentry_days": "Re-entry",
+    "stop_series_on": "Stop the series for a customer who",
 }
 
 
@@ -284,6 +287,8 @@ def _setting_text(key: str, value: Any) -> str:
         return f"{value}%"
     if key == "reentry_days":
         return f"once in {value} days"
+    if key == "stop_series_on" and value in SeriesStop.values:
+        return str(SeriesStop(value).label)
     return "none" if value is None else str(value)
 
 
