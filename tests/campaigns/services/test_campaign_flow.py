@@ -13,7 +13,6 @@ from django.db import connection, transaction
 from django.utils import timezone
 
 from campaigns.models import (
-    CampaignKind,
     CampaignStatus,
     CampaignStep,
     Holdout,
@@ -86,20 +85,6 @@ def write_copy(
         locale="",
         defaults={"subject": title, "body": body + "\n{{ unsubscribe_url }}"},
     )
-
-
-@pytest.fixture
-def marketer(roles):
-    user = UserFactory(username=f"marketer-{uuid.uuid4().hex[:6]}", is_staff=True)
-    user.groups.add(Group.objects.get(name="Marketer"))
-    return user
-
-
-@pytest.fixture
-def lead(roles):
-    user = UserFactory(username=f"lead-{uuid.uuid4().hex[:6]}", is_staff=True)
-    user.groups.add(Group.objects.get(name="Marketing lead"))
-    return user
 
 
 def make_campaign(

@@ -14,13 +14,11 @@ from campaigns.services.fanout import triggers_evaluate
 from campaigns.services.lifecycle import campaign_approve, campaign_submit
 from campaigns.services.triggers import trigger_entries_update
 from notifier.models import Message
-from tests.campaigns.services.test_campaign_flow import (  # noqa: F401  (fixtures)
+from tests.campaigns.services.test_campaign_flow import (
     FANS,
     NOW,
     audience,
-    lead,
     make_campaign,
-    marketer,
 )
 
 pytestmark = pytest.mark.django_db
