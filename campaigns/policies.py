@@ -133,3 +133,13 @@ def pick_variant(*, step_id: int, user_id: int, variants: Sequence[tuple[int, in
             return pk
         point -= weight or 1
     return weighted[-1][0]
+
+
+def series_stops(stop_on: str, *, converted: bool, clicked: bool) -> bool:
+    """Whether a customer's series ends (the steps not yet sent to them are not sent), given
+    the campaign's rule ("converted", "clicked", "either" or "never") and what they did."""
+    return {
+        "converted": converted,
+        "clicked": clicked,
+        "either": converted or clicked,
+    }.get(stop_on, False)

@@ -270,6 +270,7 @@ EDIT_FIELDS = [
     "holdout_percent",
     "attribution_hours",
     "reentry_days",
+    "stop_series_on",
 ]
 # Editable in every status: a marketer may raise or lower it while the campaign runs.
 SAFETY_FIELDS = ["pause_failure_percent"]
@@ -310,7 +311,13 @@ class CampaignForm(forms.ModelForm):
 
     class Meta:
         model = Campaign
-        fields = [*CREATE_FIELDS, "description", "attribution_hours", "reentry_days"]
+        fields = [
+            *CREATE_FIELDS,
+            "description",
+            "attribution_hours",
+            "reentry_days",
+            "stop_series_on",
+        ]
         help_texts = {
             "segment": "Who gets it. The count below is how many users it reaches right now.",
             "event_at": "When the sale starts; the steps are counted from it.",
@@ -745,6 +752,7 @@ class CampaignAdmin(admin.ModelAdmin):
                         "holdout_percent",
                         "attribution_hours",
                         "reentry_days",
+                        "stop_series_on",
                         "pause_failure_percent",
                     ]
                 },

@@ -30,6 +30,7 @@ from campaigns.models import (
     CampaignKind,
     CampaignStatus,
     CampaignStep,
+    SeriesStop,
     StepStatus,
     StepVariant,
     VariantTemplate,
@@ -130,6 +131,7 @@ def campaign_create(
     variables: dict[str, Any] | None = None,
     holdout_percent: int = 0,
     plan: Sequence[tuple[str, int]] = DEFAULT_PLAN,
+    stop_series_on: str = SeriesStop.CONVERTED,
 ) -> Campaign:
     """A draft with the 3-2-1 plan (or `plan`), one variant "A" per step, ready for copy."""
     if category.kind != Kind.MARKETING:
@@ -145,6 +147,7 @@ def campaign_create(
             channels=list(channels),
             variables=variables or {},
             holdout_percent=holdout_percent,
+            stop_series_on=stop_series_on,
             created_by=created_by,
         )
         for step_name, offset in plan if kind == CampaignKind.ONE_OFF else plan[:1]:

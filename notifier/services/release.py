@@ -29,6 +29,7 @@ from notifier.services.pipeline import (
     channel_decision,
     message_type,
     publish_queued,
+    series_stopped_of,
 )
 from notifier.status import DeliveryStatus
 
@@ -83,6 +84,7 @@ def held_release(*, now: datetime | None = None, limit: int = 2000) -> ReleaseRe
                     congested=audience.congested,
                     irrelevant=audience.irrelevant.get((message.user_id, message.type_id), 0),
                     campaign_status=campaign_status_of(message, audience),
+                    series_stopped=series_stopped_of(message, audience),
                 )
                 if still_wanted
                 else None
