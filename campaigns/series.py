@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from campaigns.models import Campaign, Conversion
+from campaigns.models import Campaign, CampaignKind, Conversion, SeriesStop
 from campaigns.policies import series_stops
 from notifier.models import Delivery
 
@@ -20,8 +20,10 @@ def series_stopped(pairs: Iterable[Pair]) -> frozenset[Pair]:
     if not wanted:
         return frozenset()
     rules = dict(
-        Campaign.objects.filter(pk__in={c for c, _ in wanted})
-        .exclude(stop_series_on="never")
+        # A triggered campaign is one message per entry into its segment, not a series: a
+        # conversion after one entry does not stop the next.
+        Campaign.objects.filter(pk__in={c for c, _ in wanted}, kind=CampaignKind.ONE_OFF)
+        .exclude(stop_series_on=SeriesStop.NEVER)
         .values_list("pk", "stop_series_on")
     )
     wanted = {(c, u) for c, u in wanted if c in rules}
