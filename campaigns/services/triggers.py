@@ -81,6 +81,7 @@ def _record_entries(campaign: Campaign, members: QuerySet[User], now: datetime) 
     entry, message = table_name(TriggerEntry), table_name(Message)
     since = now - timedelta(days=campaign.reentry_days)
     sql = f"""
+        WITH recorded AS (
         INSERT INTO {entry} AS e (campaign_id, user_id, in_segment, entered_at, left_at, due)
         SELECT %s, m.id, TRUE, %s, NULL, NOT EXISTS (
             SELECT 1 FROM {message} AS msg
@@ -97,12 +98,14 @@ def _record_entries(campaign: Campaign, members: QuerySet[User], now: datetime) 
                 due = EXCLUDED.due
             WHERE NOT e.in_segment
         RETURNING due
+        )
+        SELECT count(*), count(*) FILTER (WHERE due) FROM recorded
     """
     params = [campaign.pk, now, campaign.pk, since, *members_params, campaign.pk]
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
-        rows = cursor.fetchall()
-    return len(rows), sum(1 for (due,) in rows if due)
+        row = cursor.fetchone()
+    return (int(row[0]), int(row[1])) if row else (0, 0)
 
 
 def trigger_audience(campaign: Campaign) -> QuerySet[User]:
