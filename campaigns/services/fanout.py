@@ -108,6 +108,25 @@ def _skip_reason(now: datetime, start_at: datetime, status: str) -> str:
     return f"missed by {minutes} min: {why}; not sent late"
 
 
+def steps_skip_missed(*, campaign: Campaign, now: datetime) -> list[int]:
+    """Skip the campaign's pending steps whose moment passed while it was stopped (paused, or
+    back for approval), saying so, before it carries on: once it is live again, beat could no
+    longer tell why they were missed. Returns the steps skipped."""
+    if campaign.kind != CampaignKind.ONE_OFF or campaign.event_at is None:
+        return []
+    skipped = []
+    for step in campaign.steps.filter(status=StepStatus.PENDING):
+        start_at = fanout_start(campaign.event_at, plan_of(step))
+        if step_decision(now=now, start_at=start_at) is StepDecision.SKIP:
+            CampaignStep.objects.filter(pk=step.pk, status=StepStatus.PENDING).update(
+                status=StepStatus.SKIPPED,
+                finished_at=now,
+                skip_reason=_skip_reason(now, start_at, campaign.status),
+            )
+            skipped.append(step.pk)
+    return skipped
+
+
 def still_approved(campaign: Campaign, *, members: bool = True) -> bool:
     """Whether the campaign matches its approval; if not, it goes back for approval now."""
     changes = approval_changes(campaign, members=members)

@@ -465,8 +465,11 @@ def campaign_resume(*, campaign: Campaign, by: User | None) -> int:
     """Carry on: held deliveries are released (stale ones are then suppressed, steps whose
     moment passed meanwhile are skipped), and unfinished fan-out walks the audience again
     (users who already have their message are skipped). Returns how many were released."""
+    from campaigns.services.fanout import steps_skip_missed  # fanout imports this module
+
     now = timezone.now()
     with transaction.atomic():
+        steps_skip_missed(campaign=campaign, now=now)  # while it still says it was paused
         _move(campaign, C.RUNNING if campaign.started_at else C.SCHEDULED, pause_reason="")
         released = Delivery.objects.filter(
             message__campaign_id=campaign.pk,

@@ -301,8 +301,9 @@ def test_a_step_due_while_paused_waits_and_is_skipped_once_its_moment_passed(
         campaign_resume(campaign=campaign, by=marketer)
         report = steps_start_due()
     notice.refresh_from_db()
-    assert report.skipped == [notice.pk]
-    assert "paused" in notice.skip_reason or "in time" in notice.skip_reason
+    assert report.skipped == []  # resuming skipped it, while the campaign still said why
+    assert notice.status == StepStatus.SKIPPED
+    assert notice.skip_reason == "missed by 60 min: the campaign was paused; not sent late"
 
 
 # --- Fan-out -------------------------------------------------------------------------------------
