@@ -132,6 +132,15 @@ class CampaignKind(models.TextChoices):
     TRIGGERED = "triggered", "Triggered when a user enters the segment"
 
 
+class SeriesStop(models.TextChoices):
+    """Which engagement ends a customer's series: the steps not yet sent to them are not sent."""
+
+    CONVERTED = "converted", "Converted (a conversion counted for this campaign)"
+    CLICKED = "clicked", "Clicked a message of this campaign"
+    EITHER = "either", "Converted or clicked"
+    NEVER = "never", "Never: every step goes to everyone"
+
+
 class CampaignStatus(models.TextChoices):
     DRAFT = "draft", "Draft"
     AWAITING_APPROVAL = "awaiting_approval", "Awaiting approval"
@@ -211,6 +220,13 @@ class Campaign(models.Model):
     reentry_days = models.PositiveIntegerField(
         default=30, help_text="Triggered: at most once per user within this many days"
     )
+    stop_series_on = models.CharField(
+        max_length=10,
+        choices=SeriesStop.choices,
+        default=SeriesStop.CONVERTED,
+        help_text="Stop the series for a customer who did this: the steps not yet sent to them "
+        "are not sent (the reason shows on their timeline)",
+    )
     pause_failure_percent = models.PositiveSmallIntegerField(
         default=20,
         validators=[MinValueValidator(1), MaxValueValidator(100)],
@@ -260,6 +276,35 @@ class Campaign(models.Model):
 
     def __str__(self) -> str:
         return self.name
+
+
+class TriggerEntry(models.Model):
+    """Whether a user was in a triggered campaign's segment at its last evaluation, and since
+    when: a user entering it (absent before, present now) is `due` the campaign's message
+    once, unless they had it within the re-entry days; a user who stays gets nothing more.
+    Written set-based by campaigns.services.triggers, never per user in Python."""
+
+    campaign = models.ForeignKey(Campaign, on_delete=models.CASCADE, related_name="+")
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+")
+    in_segment = models.BooleanField(default=True)
+    entered_at = models.DateTimeField()
+    left_at = models.DateTimeField(null=True, blank=True)
+    due = models.BooleanField(default=False)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["campaign", "user"], name="trigger_entry_unique")
+        ]
+        indexes = [
+            # The walk of a triggered step: the users still due, in id order.
+            models.Index(
+                fields=["campaign", "user"], name="trigger_entry_due_idx", condition=Q(due=True)
+            )
+        ]
+
+    def __str__(self) -> str:
+        state = "in" if self.in_segment else "out of"
+        return f"user {self.user_id} {state} the segment of campaign {self.campaign_id}"
 
 
 class StepTiming(models.TextChoices):

@@ -418,3 +418,13 @@ def ab_horizon_reached(*, matured: Sequence[int], sample_size: int, closed: bool
     one-off step's window has ended, a finished triggered campaign's last window has ended).
     Before that there is no winner however the numbers look; after it the decision is kept."""
     return closed or (len(matured) >= 2 and min(matured) >= sample_size)
+
+
+def series_stops(stop_on: str, *, converted: bool, clicked: bool) -> bool:
+    """Whether a customer's series ends (the steps not yet sent to them are not sent), given
+    the campaign's rule ("converted", "clicked", "either" or "never") and what they did."""
+    return {
+        "converted": converted,
+        "clicked": clicked,
+        "either": converted or clicked,
+    }.get(stop_on, False)

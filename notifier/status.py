@@ -106,6 +106,11 @@ class Reason(models.TextChoices):
     SCHEDULED = "scheduled", "Scheduled for the user's own time of day"
     CAMPAIGN_PAUSED = "campaign_paused", "Held while its campaign is paused"
     MISSED = "missed", "Its moment passed (campaign paused or late); not sent late"
+    EVENT_MOVED = "event_moved", "Its campaign's event moved and this step no longer fits"
+    SERIES_STOPPED = (
+        "series_stopped",
+        "The customer converted or clicked; the rest of the campaign's series is not sent",
+    )
     CIRCUIT_OPEN = "circuit_open", "The provider is failing; waiting for it to recover"
     RENDER_FAILED = "render_failed", "The template could not be rendered"
     RENDER_TIMEOUT = "render_timeout", "Rendering took too long and was stopped"

@@ -281,6 +281,7 @@ EDIT_FIELDS = [
     "ab_sample_size",
     "reentry_days",
     "quiet_hours_allowed",
+    "stop_series_on",
 ]
 # Editable in every status: a marketer may raise or lower it while the campaign runs.
 SAFETY_FIELDS = ["pause_failure_percent"]
@@ -328,6 +329,7 @@ class CampaignForm(forms.ModelForm):
             "ab_metric",
             "ab_sample_size",
             "reentry_days",
+            "stop_series_on",
         ]
         help_texts = {
             "segment": "Who gets it. The count below is how many users it reaches right now.",
@@ -776,6 +778,7 @@ class CampaignAdmin(admin.ModelAdmin):
                         "ab_metric",
                         "ab_sample_size",
                         "reentry_days",
+                        "stop_series_on",
                         "pause_failure_percent",
                     ]
                 },
@@ -1023,7 +1026,7 @@ class CampaignAdmin(admin.ModelAdmin):
             messages.error(request, "Give the new event time as a date and a time of day.")
             return HttpResponseRedirect(self._url("change", campaign.pk))
         try:
-            campaign_move_event(
+            moved = campaign_move_event(
                 campaign=campaign, event_at=form.cleaned_data["event_at"], by=staff_user(request)
             )
         except CampaignError as exc:
@@ -1031,10 +1034,21 @@ class CampaignAdmin(admin.ModelAdmin):
         else:
             self.log_change(request, campaign, f"Moved the event to {campaign.event_at}")
             assert campaign.event_at is not None
+            dropped = (
+                f" {moved.cancelled} deliveries that no longer fit were cancelled, with the "
+                "reason on each."
+                if moved.cancelled
+                else ""
+            )
+            skipped = (
+                f" {len(moved.skipped_steps)} step(s) whose moment has passed were skipped."
+                if moved.skipped_steps
+                else ""
+            )
             messages.success(
                 request,
                 f"The event is now {when_text(campaign.event_at)}; "
-                "the steps not yet sent moved with it.",
+                f"the steps not yet sent moved with it.{dropped}{skipped}",
             )
         return HttpResponseRedirect(self._url("change", campaign.pk))
 

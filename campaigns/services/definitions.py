@@ -46,6 +46,7 @@ from campaigns.models import (
     CampaignStep,
     Segment,
     SegmentMember,
+    SeriesStop,
     StepTiming,
 )
 from campaigns.personas import ACTIVITY_PERSONAS, SPEND_PERSONAS, persona_label
@@ -66,6 +67,7 @@ CAMPAIGN_FIELDS = {
     "variables": "variables",
     "holdout_percent": "holdout_percent",
     "reentry_days": "reentry_days",
+    "stop_series_on": "stop_series_on",
 }
 # Marketing in quiet hours, a lead's switch: in the definition only when on.
 QUIET_HOURS = "quiet_hours_allowed"
@@ -349,6 +351,7 @@ SETTING_LABELS = {
     "holdout_percent": "Hold-out",
     "reentry_days": "Re-entry",
     QUIET_HOURS: "Send in quiet hours",
+    "stop_series_on": "Stop the series for a customer who",
 }
 
 
@@ -365,6 +368,8 @@ def _setting_text(key: str, value: Any) -> str:
         return f"once in {value} days"
     if key == QUIET_HOURS:
         return "allowed" if value else "no"
+    if key == "stop_series_on" and value in SeriesStop.values:
+        return str(SeriesStop(value).label)
     return "none" if value is None else str(value)
 
 

@@ -70,9 +70,15 @@ from campaigns.services.lifecycle import (
     walks_start_over,
 )
 from campaigns.services.segments import segment_users
+from campaigns.services.triggers import (
+    entry_key,
+    trigger_audience,
+    trigger_entries_due,
+    trigger_entries_update,
+)
 from notifier.backpressure import bulk_congested
 from notifier.db import insert_rows, readable, table_name
-from notifier.models import Message, User
+from notifier.models import User
 from notifier.queues import Lane
 from notifier.selectors import recipient_unreadable_reason
 from notifier.services.messages import NewMessage
@@ -327,7 +333,11 @@ def step_walk(*, step_id: int, batches: int = BATCHES_PER_WALK) -> Walk:
         if not still_approved(campaign):
             return Walk.STOPPED  # back for approval; approving it walks again
         assert campaign.segment is not None
-        audience = segment_users(campaign.segment)
+        audience = (
+            trigger_audience(campaign)  # the users who entered its segment, not all of it
+            if campaign.kind == CampaignKind.TRIGGERED
+            else segment_users(campaign.segment)
+        )
         cursor = step.cursor_user_id
         for _ in range(batches):
             if bulk_congested():
@@ -523,15 +533,25 @@ def recipients(
     plan = plan_of(step)
     expiry = step_expiry(campaign.event_at, plan) if campaign.event_at else None
     triggered = campaign.kind == CampaignKind.TRIGGERED
+    users = list(users)
+    # Triggered: only users still due after entering the segment (trigger_entries_update
+    # decided, re-entry days included), one message per entry.
+    entered = (
+        trigger_entries_due(campaign_id=campaign.pk, user_ids=[user.pk for user in users])
+        if triggered
+        else {}
+    )
     rows: list[NewMessage] = []
     held_out: list[int] = []
     for user in users:
         pk, tz, hour = user.pk, user.time_zone, user.usual_active_hour
+        if triggered and pk not in entered:
+            continue
         if in_holdout(campaign_id=campaign.pk, user_id=pk, percent=campaign.holdout_percent):
             held_out.append(pk)
             continue
         key = (
-            f"campaign:{campaign.pk}:user:{pk}:day:{timezone.now():%Y%m%d}"
+            entry_key(campaign_id=campaign.pk, user_id=pk, entered_at=entered[pk])
             if triggered
             else f"step:{step.pk}:user:{pk}"
         )
@@ -555,23 +575,13 @@ def recipients(
                 else None,
             )
         )
-    if triggered and rows:  # at most once per user within the re-entry window
-        since = timezone.now() - timedelta(days=campaign.reentry_days)
-        recent = set(
-            Message.objects.filter(
-                campaign_id=campaign.pk,
-                user_id__in=[r.user_id for r in rows],
-                created_at__gte=since,
-                is_test=False,
-            ).values_list("user_id", flat=True)
-        )
-        rows = [row for row in rows if row.user_id not in recent]
     return rows, held_out
 
 
 def triggers_evaluate(*, now: datetime | None = None) -> list[int]:
-    """Walk each live triggered campaign's segment again: users who entered it (and have not
-    had it within the re-entry window) get its message. Returns the steps walked."""
+    """For each live triggered campaign, record who entered and left its segment since the last
+    evaluation (campaigns.services.triggers) and walk the users who entered (and had not had it
+    within the re-entry days): they get its message. Returns the steps walked."""
     now = now or timezone.now()
     walked: list[int] = []
     with transaction.atomic():
@@ -582,6 +592,8 @@ def triggers_evaluate(*, now: datetime | None = None) -> list[int]:
             step = campaign.steps.order_by("offset_minutes", "pk").first()
             if step is None or not still_approved(campaign):
                 continue
+            entries = trigger_entries_update(campaign=campaign, now=now)
+            log.info("campaign %s: segment entries %s", campaign.pk, entries)
             Campaign.objects.filter(pk=campaign.pk, status=C.SCHEDULED).update(
                 status=C.RUNNING, started_at=now
             )

@@ -97,6 +97,7 @@ def message_admission(
     irrelevant: int,
     campaign_status: str | None = None,
     quiet_hours_allowed: bool = False,
+    series_stopped: bool = False,
     take_cap: bool = True,
 ) -> Admission:
     """Decide for the whole message (all its sendable channels move together).
@@ -111,6 +112,8 @@ def message_admission(
         return QUEUE
     if campaign_status == CampaignStatus.CANCELLED:
         return Admission(S.SUPPRESSED, Reason.CANCELLED)
+    if series_stopped:  # the customer converted or clicked: the rest of the series is moot
+        return Admission(S.SUPPRESSED, Reason.SERIES_STOPPED)
     if campaign_status == CampaignStatus.PAUSED:  # no time: resuming the campaign releases it
         return Admission(S.HELD, Reason.CAMPAIGN_PAUSED)
     expiry = expiry_of(message, kind)

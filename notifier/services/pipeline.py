@@ -36,6 +36,7 @@ from django.utils import timezone
 from campaigns.models import AudienceThresholds, Campaign
 from campaigns.personas import user_persona
 from campaigns.rendering import render_variant
+from campaigns.series import series_stopped
 from campaigns.tracking import track_content
 from channels.base import Channel, Content
 from notifier import dispatch
@@ -137,6 +138,8 @@ class Audience:
     congested: bool
     campaigns: dict[int, CampaignContext]
     suppressed_emails: frozenset[str] = frozenset()
+    # (campaign id, user id) of customers who converted or clicked: their series stopped.
+    series_stopped: frozenset[tuple[int, int]] = frozenset()
 
 
 @dataclass(frozen=True, slots=True)
@@ -169,7 +172,15 @@ def audience_of(messages: Sequence[Message], now: datetime) -> Audience:
         and bulk_congested(),
         campaigns=campaigns_of(m.campaign_id for m in messages if m.campaign_id),
         suppressed_emails=suppressed_emails_of(m.user.email for m in messages if _may_email(m)),
+        series_stopped=series_stopped(
+            (m.campaign_id, m.user_id) for m in messages if m.campaign_id and not m.is_test
+        ),
     )
+
+
+def series_stopped_of(message: Message, audience: Audience) -> bool:
+    """Whether the customer ended this campaign's series (campaigns.series)."""
+    return (message.campaign_id or 0, message.user_id) in audience.series_stopped
 
 
 def _may_email(message: Message) -> bool:
@@ -494,6 +505,7 @@ def message_route(message: Message, audience: Audience, now: datetime) -> RouteO
             irrelevant=audience.irrelevant.get((message.user_id, info.key), 0),
             campaign_status=campaign_status_of(message, audience),
             quiet_hours_allowed=quiet_hours_allowed_of(message, audience),
+            series_stopped=series_stopped_of(message, audience),
             take_cap=False,
         )
         if any(decision.sends for decision in decisions.values())

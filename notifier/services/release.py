@@ -36,6 +36,7 @@ from notifier.services.pipeline import (
     message_type,
     publish_queued,
     quiet_hours_allowed_of,
+    series_stopped_of,
 )
 from notifier.status import DeliveryStatus
 
@@ -111,6 +112,7 @@ def held_release(*, now: datetime | None = None, limit: int = 2000) -> ReleaseRe
                 irrelevant=audience.irrelevant.get((message.user_id, message.type_id), 0),
                 campaign_status=campaign_status_of(message, audience),
                 quiet_hours_allowed=quiet_hours_allowed_of(message, audience),
+                series_stopped=series_stopped_of(message, audience),
                 take_cap=False,
             )
         # One cap decision for the run: every channel of a message shares its message's slot.

@@ -607,3 +607,69 @@ def test_a_walk_killed_mid_walk_and_a_broker_wipe_still_reach_everyone_once(rig)
     step.refresh_from_db()
     assert step.batches_done == step.batches_total == len(users) // WALK_BATCH
     assert Campaign.objects.get(pk=step.campaign_id).status == CampaignStatus.DONE
+
+
+def triggered_campaign(reentry_days: int) -> CampaignStep:
+    """A live triggered campaign on the fans' segment, as a lead would leave it approved."""
+    campaign = campaign_create(
+        name="Welcome back",
+        category=NotificationType.objects.get(pk="promo.flash_sale"),
+        created_by=None,
+        segment=Segment.objects.create(name="Sale fans", tags_any=[FANS]),
+        kind="triggered",
+        channels=["email"],
+        variables={"headline": "50% off"},
+    )
+    step = campaign.steps.get()
+    VariantTemplate.objects.create(
+        variant=step.variants.get(),
+        channel="email",
+        subject="{{ campaign.name }}: {{ headline }}",
+        body="Hi {{ user.first_name }}, {{ headline }}\n{{ unsubscribe_url }}",
+    )
+    Campaign.objects.filter(pk=campaign.pk).update(reentry_days=reentry_days)
+    Campaign.objects.filter(pk=campaign.pk).update(
+        status=CampaignStatus.SCHEDULED, approved_definition=campaign_definition(campaign.pk)
+    )
+    return step
+
+
+def test_a_triggered_campaign_reaches_who_entered_once_and_who_came_back_again(rig):
+    """Real workers walk and write each evaluation's entrants: everyone in the segment at the
+    first; at the next ones only the 100 who left and came back (re-entry days 0), never the
+    900 who stayed. Each message reaches the provider once."""
+    users = fans(1000)
+    step = triggered_campaign(reentry_days=0)
+    # Two messages of one campaign on one day: room under the daily cap for both.
+    worker = rig.worker(
+        **WORKER_ENV, NOTIFIER_MARKETING_CAP_DAY="5", NOTIFIER_MARKETING_CAP_WEEK="10"
+    )
+
+    def evaluated(expected: int) -> None:
+        assert fanout.triggers_evaluate() == [step.pk]
+        beat_until(
+            rig,
+            step,
+            lambda: (
+                messages_of(step).count() == expected
+                and not deliveries_of(step).exclude(status__in=TERMINAL).exists()
+            ),
+        )
+        idle(rig, worker)
+
+    evaluated(1000)
+    one_message_each(step, users)
+    movers = users[:100]
+    User.objects.filter(pk__in=movers).update(interest_tags=[])
+    evaluated(1000)  # they left: nothing to send
+    User.objects.filter(pk__in=movers).update(interest_tags=[FANS])
+    evaluated(1100)  # they came back
+    evaluated(1100)  # everyone stays: nothing more
+    per_user = dict(
+        messages_of(step).values("user_id").annotate(n=Count("pk")).values_list("user_id", "n")
+    )
+    assert {pk: per_user[pk] for pk in movers} == dict.fromkeys(movers, 2)
+    assert set(per_user[pk] for pk in users[100:]) == {1}
+    assert statuses(step) == {(S.SENT, ""): 1100}
+    ledger = ledger_for(list(messages_of(step).values_list("pk", flat=True)), ["email"])
+    assert (ledger.expected, ledger.lost, ledger.duplicated) == (1100, 0, 0), ledger
