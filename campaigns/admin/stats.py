@@ -391,7 +391,7 @@ def timeline_svg(timeline: list[dict[str, Any]]) -> SafeString:
     """Sends per hour (or wider bucket for long campaigns) over the campaign's life, in UTC."""
     width, height, left, bottom, top = 720, 200, 50, 24, 10
     if not timeline:
-        return format_html('<p class="help">Nothing sent yet.</p>')
+        return mark_safe('<p class="help">Nothing sent yet.</p>')
     start, size, bars = _buckets(timeline)
     peak = max(bars) or 1
     plot_width, plot_height = width - left - 10, height - bottom - top
