@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import functools
+from collections.abc import Mapping
 from typing import Any, ClassVar
+from urllib.parse import urlencode
 
 import requests
 from django.conf import settings
@@ -17,6 +19,7 @@ from channels.base import (
     SendResult,
     SingleSendProvider,
     classify_http_status,
+    retry_after_seconds,
 )
 
 # Twilio error codes that no retry can fix. https://www.twilio.com/docs/api/errors
@@ -25,18 +28,29 @@ OPTED_OUT_CODES = frozenset({21610})  # the recipient replied STOP
 
 
 @functools.cache
-def twilio_client() -> Any:
+def twilio_client(account_sid: str = "", auth_token: str = "") -> Any:
+    """One client per account and process (the TWILIO_* account when none is named)."""
     from twilio.http.http_client import TwilioHttpClient
     from twilio.rest import Client
 
     return Client(
-        settings.TWILIO_ACCOUNT_SID,
-        settings.TWILIO_AUTH_TOKEN,
+        account_sid or settings.TWILIO_ACCOUNT_SID,
+        auth_token or settings.TWILIO_AUTH_TOKEN,
         http_client=TwilioHttpClient(timeout=10),
     )
 
 
-def classify_twilio_error(provider: str, exc: BaseException) -> SendResult:
+def _last_retry_after(client: Any) -> float | None:
+    """The Retry-After of the client's last response: Twilio's exceptions do not carry it."""
+    response = getattr(getattr(client, "http_client", None), "last_response", None)
+    headers = getattr(response, "headers", None) or {}
+    value = next((v for k, v in headers.items() if k.lower() == "retry-after"), None)
+    return retry_after_seconds(value)
+
+
+def classify_twilio_error(
+    provider: str, exc: BaseException, *, retry_after_s: float | None = None
+) -> SendResult:
     from twilio.base.exceptions import TwilioRestException, TwilioServiceException
 
     # Twilio raises the classic TwilioRestException, or for newer APIs an RFC 9457 problem
@@ -50,7 +64,7 @@ def classify_twilio_error(provider: str, exc: BaseException) -> SendResult:
             return SendResult.permanent(provider, ErrorCode.REJECTED, error)
         if classify_http_status(exc.status) is Outcome.TRANSIENT:
             code = ErrorCode.RATE_LIMITED if exc.status == 429 else ErrorCode.PROVIDER_UNAVAILABLE
-            return SendResult.transient(provider, code, error)
+            return SendResult.transient(provider, code, error, retry_after_s=retry_after_s)
         return SendResult.permanent(provider, ErrorCode.REJECTED, error)
     if isinstance(exc, requests.Timeout):
         return SendResult.transient(provider, ErrorCode.TIMEOUT, str(exc))
@@ -59,18 +73,30 @@ def classify_twilio_error(provider: str, exc: BaseException) -> SendResult:
     return SendResult.transient(provider, ErrorCode.UNEXPECTED, f"{type(exc).__name__}: {exc}")
 
 
-def status_callback_url() -> str:
-    """Where Twilio posts this message's status changes (see notifier.views.webhooks)."""
+def status_callback_url(provider: str = "") -> str:
+    """Where Twilio posts this message's status changes (see notifier.views.webhooks); a
+    configured instance other than "twilio" is named in the query, so the callback is checked
+    with that account's token and finds deliveries sent through it."""
     base = settings.TWILIO_WEBHOOK_BASE_URL or settings.NOTIFIER_SITE_URL
-    return f"{base.rstrip('/')}{reverse('twilio-status')}"
+    url = f"{base.rstrip('/')}{reverse('twilio-status')}"
+    return f"{url}?{urlencode({'provider': provider})}" if provider else url
 
 
 class TwilioSmsProvider(SingleSendProvider):
-    name: ClassVar[str] = "twilio"
+    """Twilio's Messaging API. Options of a configured instance (NOTIFIER_PROVIDER_INSTANCES):
+    account_sid, auth_token, and from_number or messaging_service_sid; without options it
+    uses the TWILIO_* settings."""
+
+    name: str = "twilio"
     channel: ClassVar[Channel] = Channel.SMS
+    option_names: ClassVar[frozenset[str]] = frozenset(
+        {"account_sid", "auth_token", "from_number", "messaging_service_sid"}
+    )
 
     @classmethod
-    def configuration_problems(cls) -> list[str]:
+    def configuration_problems(cls, options: Mapping[str, Any] | None = None) -> list[str]:
+        if options is not None:
+            return cls._option_problems(options)
         problems = []
         if not (settings.TWILIO_ACCOUNT_SID and settings.TWILIO_AUTH_TOKEN):
             problems.append("set TWILIO_ACCOUNT_SID and TWILIO_AUTH_TOKEN")
@@ -78,19 +104,40 @@ class TwilioSmsProvider(SingleSendProvider):
             problems.append("set TWILIO_FROM_NUMBER or TWILIO_MESSAGING_SERVICE_SID")
         return problems
 
+    @classmethod
+    def _option_problems(cls, options: Mapping[str, Any]) -> list[str]:
+        problems = []
+        if not (options.get("account_sid") and options.get("auth_token")):
+            problems.append("give it account_sid and auth_token")
+        if not (options.get("from_number") or options.get("messaging_service_sid")):
+            problems.append("give it from_number or messaging_service_sid")
+        return problems
+
+    def account(self) -> tuple[str, str]:
+        """(account SID, auth token) of this instance."""
+        if self.options:
+            return str(self.options["account_sid"]), str(self.options["auth_token"])
+        return settings.TWILIO_ACCOUNT_SID, settings.TWILIO_AUTH_TOKEN
+
+    def _sender(self) -> dict[str, str]:
+        if self.options:
+            service = str(self.options.get("messaging_service_sid") or "")
+            number = str(self.options.get("from_number") or "")
+        else:
+            service, number = settings.TWILIO_MESSAGING_SERVICE_SID, settings.TWILIO_FROM_NUMBER
+        return {"messaging_service_sid": service} if service else {"from_": number}
+
     def send(self, outgoing: Outgoing) -> SendResult:
-        sender: dict[str, str] = (
-            {"messaging_service_sid": settings.TWILIO_MESSAGING_SERVICE_SID}
-            if settings.TWILIO_MESSAGING_SERVICE_SID
-            else {"from_": settings.TWILIO_FROM_NUMBER}
-        )
+        client = twilio_client(*self.account()) if self.options else twilio_client()
         try:
-            message = twilio_client().messages.create(
+            message = client.messages.create(
                 to=outgoing.phone,
                 body=outgoing.content.body,
-                status_callback=status_callback_url(),
-                **sender,
+                status_callback=status_callback_url(
+                    "" if self.name == TwilioSmsProvider.name else self.name
+                ),
+                **self._sender(),
             )
         except Exception as exc:
-            return classify_twilio_error(self.name, exc)
+            return classify_twilio_error(self.name, exc, retry_after_s=_last_retry_after(client))
         return SendResult.sent(self.name, str(message.sid), status=str(message.status))

@@ -160,3 +160,29 @@ def check_task_time_limits(app_configs: Any = None, **kwargs: Any) -> list[Check
             )
         )
     return errors
+
+
+@register()
+def check_no_sandbox_failover(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
+    """A sandbox behind a real provider would mark real customers' messages sent and send
+    nothing: refused with DEBUG off unless NOTIFIER_ALLOW_SANDBOX_FAILOVER says otherwise."""
+    from django.core.exceptions import ImproperlyConfigured
+
+    from channels.registry import sandbox_failover_refused, sandbox_stand_ins
+
+    if not sandbox_failover_refused():
+        return []
+    try:
+        found = sandbox_stand_ins()
+    except ImproperlyConfigured:  # an unknown provider name: the start-up check says which
+        return []
+    return [
+        Error(
+            f"{problem}: with DEBUG off a sandbox must never take over from a real provider",
+            hint="remove the sandbox from the chain (list a second real provider instead, see "
+            "NOTIFIER_PROVIDER_INSTANCES), or set NOTIFIER_ALLOW_SANDBOX_FAILOVER=true where "
+            "that is wanted (a staging site)",
+            id="notifier.E201",
+        )
+        for problem in found
+    ]
