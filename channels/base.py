@@ -213,7 +213,7 @@ class SingleSendProvider(ConfiguredProvider):
             results.append(result)
             if asks_to_wait(result):
                 break
-        return results + [not_sent_after(results[-1])] * (len(outgoings) - len(results))
+        return _with_the_rest_not_sent(results, len(outgoings))
 
 
 def asks_to_wait(result: SendResult) -> bool:
@@ -224,6 +224,11 @@ def asks_to_wait(result: SendResult) -> bool:
     if result.error_code is ErrorCode.RATE_LIMITED:
         return True
     return result.error_code is ErrorCode.PROVIDER_UNAVAILABLE and result.retry_after_s is not None
+
+
+def _with_the_rest_not_sent(results: list[SendResult], total: int) -> list[SendResult]:
+    left = total - len(results)
+    return results + [not_sent_after(results[-1])] * left if left else results
 
 
 def not_sent_after(refusal: SendResult) -> SendResult:

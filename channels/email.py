@@ -188,7 +188,8 @@ class DjangoEmailProvider(ConfiguredProvider):
         finally:
             with contextlib.suppress(Exception):  # a broken connection may not close
                 connection.close()
-        return results + [not_sent_after(results[-1])] * (len(outgoings) - len(results))
+        left = len(outgoings) - len(results)
+        return results + [not_sent_after(results[-1])] * left if left else results
 
 
 def _provider_id(email: EmailMultiAlternatives) -> str:

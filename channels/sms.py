@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import threading
 from collections.abc import Mapping
 from typing import Any, ClassVar
 from urllib.parse import urlencode
@@ -30,22 +31,39 @@ OPTED_OUT_CODES = frozenset({21610})  # the recipient replied STOP
 @functools.cache
 def twilio_client(account_sid: str = "", auth_token: str = "") -> Any:
     """One client per account and process (the TWILIO_* account when none is named)."""
-    from twilio.http.http_client import TwilioHttpClient
     from twilio.rest import Client
 
     return Client(
         account_sid or settings.TWILIO_ACCOUNT_SID,
         auth_token or settings.TWILIO_AUTH_TOKEN,
-        http_client=TwilioHttpClient(timeout=10),
+        http_client=_retry_after_http_client(),
     )
 
 
+def _retry_after_http_client() -> Any:
+    from twilio.http.http_client import TwilioHttpClient
+
+    class RetryAfterHttpClient(TwilioHttpClient):
+        """Twilio's HTTP client, remembering (per thread) the last response's Retry-After:
+        Twilio's exceptions do not carry the response headers."""
+
+        def __init__(self) -> None:
+            super().__init__(timeout=10)
+            self.seen = threading.local()
+
+        def request(self, *args: Any, **kwargs: Any) -> Any:
+            self.seen.retry_after = None
+            response = super().request(*args, **kwargs)
+            self.seen.retry_after = (response.headers or {}).get("Retry-After")
+            return response
+
+    return RetryAfterHttpClient()
+
+
 def _last_retry_after(client: Any) -> float | None:
-    """The Retry-After of the client's last response: Twilio's exceptions do not carry it."""
-    response = getattr(getattr(client, "http_client", None), "last_response", None)
-    headers = getattr(response, "headers", None) or {}
-    value = next((v for k, v in headers.items() if k.lower() == "retry-after"), None)
-    return retry_after_seconds(value)
+    """The Retry-After of this thread's last response through the client, in seconds."""
+    seen = getattr(getattr(client, "http_client", None), "seen", None)
+    return retry_after_seconds(getattr(seen, "retry_after", None))
 
 
 def classify_twilio_error(
