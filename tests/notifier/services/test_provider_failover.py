@@ -360,3 +360,15 @@ def test_a_sandbox_alone_is_no_failover_and_passes(settings):
     settings.DEBUG = False
     settings.NOTIFIER_PROVIDERS = {**settings.NOTIFIER_PROVIDERS, "email": ["sandbox"]}
     call_command("check")
+
+
+def test_each_esp_instances_webhooks_are_accepted_and_find_its_deliveries(two_esps, settings):
+    from notifier.views.webhooks import email_provider_of_esp, email_webhook_esps
+
+    settings.NOTIFIER_EMAIL_WEBHOOK_ESPS = []
+    settings.EMAIL_BACKEND = "django.core.mail.backends.smtp.EmailBackend"
+
+    assert email_webhook_esps() == ["mailgun", "postmark"]
+    assert email_provider_of_esp("postmark") == "postmark"
+    assert email_provider_of_esp("mailgun") == "mailgun"
+    assert email_provider_of_esp("sendgrid") == "django"
