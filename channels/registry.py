@@ -41,6 +41,7 @@ PROVIDER_CLASSES: dict[tuple[Channel, str], str] = {
     (Channel.EMAIL, "django"): "channels.email.DjangoEmailProvider",
     (Channel.EMAIL, "sandbox"): "channels.sandbox.SandboxEmailProvider",
     (Channel.SMS, "twilio"): "channels.sms.TwilioSmsProvider",
+    (Channel.SMS, "plivo"): "channels.sms.PlivoSmsProvider",
     (Channel.SMS, "sandbox"): "channels.sandbox.SandboxSmsProvider",
     (Channel.PUSH, "push"): "channels.push.FcmWebPushProvider",
     (Channel.PUSH, "sandbox"): "channels.sandbox.SandboxPushProvider",

@@ -159,3 +159,118 @@ class TwilioSmsProvider(SingleSendProvider):
         except Exception as exc:
             return classify_twilio_error(self.name, exc, retry_after_s=_last_retry_after(client))
         return SendResult.sent(self.name, str(message.sid), status=str(message.status))
+
+
+# --- Plivo: a second SMS provider, through its own SDK ----------------------------------------
+
+
+def plivo_client(auth_id: str, auth_token: str) -> Any:
+    """One client per account, process and thread (requests sessions are not thread-safe to
+    share while we read each response's status)."""
+    clients: dict[tuple[str, str], Any] = _plivo_clients.__dict__.setdefault("clients", {})
+    client = clients.get((auth_id, auth_token))
+    if client is None:
+        client = clients[(auth_id, auth_token)] = _status_recording_plivo(auth_id, auth_token)
+    return client
+
+
+_plivo_clients = threading.local()
+
+
+def _status_recording_plivo(auth_id: str, auth_token: str) -> Any:
+    import plivo
+
+    class StatusRecordingClient(plivo.RestClient):
+        """Plivo's client, keeping the last response's status and Retry-After: the SDK's
+        exceptions carry neither (a 429 is a bare PlivoRestError with words)."""
+
+        status: int = 0
+        retry_after: str | None = None
+
+        def send_request(self, request: Any, **kwargs: Any) -> Any:
+            self.status, self.retry_after = 0, None
+            response = super().send_request(request, **kwargs)
+            self.status = int(response.status_code)
+            self.retry_after = response.headers.get("Retry-After")
+            return response
+
+    return StatusRecordingClient(auth_id, auth_token, timeout=10)
+
+
+def classify_plivo_error(provider: str, exc: BaseException, client: Any) -> SendResult:
+    import plivo.exceptions as errors
+
+    status = int(getattr(client, "status", 0) or 0)
+    if isinstance(exc, requests.Timeout):
+        return SendResult.transient(provider, ErrorCode.TIMEOUT, str(exc))
+    if isinstance(exc, requests.ConnectionError):
+        return SendResult.transient(provider, ErrorCode.CONNECTION, str(exc))
+    error = f"plivo {status or '?'}: {exc}"
+    if status == 429 or status >= 500:
+        code = ErrorCode.RATE_LIMITED if status == 429 else ErrorCode.PROVIDER_UNAVAILABLE
+        wait = retry_after_seconds(getattr(client, "retry_after", None))
+        return SendResult.transient(provider, code, error, retry_after_s=wait)
+    if isinstance(exc, errors.ValidationError):
+        return SendResult.permanent(provider, ErrorCode.INVALID_RECIPIENT, error)
+    if isinstance(exc, errors.PlivoRestError):
+        return SendResult.permanent(provider, ErrorCode.REJECTED, error)
+    return SendResult.transient(provider, ErrorCode.UNEXPECTED, f"{type(exc).__name__}: {exc}")
+
+
+class PlivoSmsProvider(SingleSendProvider):
+    """Plivo's Message API through its SDK. Settings PLIVO_AUTH_ID, PLIVO_AUTH_TOKEN and
+    PLIVO_FROM_NUMBER (or PLIVO_POWERPACK_UUID); a configured instance's options: auth_id,
+    auth_token, from_number or powerpack_uuid. Plivo takes no idempotency key, and its delivery
+    reports have no webhook here yet: a Plivo send stays `sent`."""
+
+    name: str = "plivo"
+    channel: ClassVar[Channel] = Channel.SMS
+    option_names: ClassVar[frozenset[str]] = frozenset(
+        {"auth_id", "auth_token", "from_number", "powerpack_uuid"}
+    )
+
+    @classmethod
+    def configuration_problems(cls, options: Mapping[str, Any] | None = None) -> list[str]:
+        values = cls._values(options)
+        problems = []
+        if not (values["auth_id"] and values["auth_token"]):
+            problems.append(
+                "set PLIVO_AUTH_ID and PLIVO_AUTH_TOKEN"
+                if options is None
+                else "give it auth_id and auth_token"
+            )
+        if not (values["from_number"] or values["powerpack_uuid"]):
+            problems.append(
+                "set PLIVO_FROM_NUMBER or PLIVO_POWERPACK_UUID"
+                if options is None
+                else "give it from_number or powerpack_uuid"
+            )
+        return problems
+
+    @staticmethod
+    def _values(options: Mapping[str, Any] | None) -> dict[str, str]:
+        if options is not None:
+            return {name: str(options.get(name) or "") for name in PlivoSmsProvider.option_names}
+        return {
+            "auth_id": settings.PLIVO_AUTH_ID,
+            "auth_token": settings.PLIVO_AUTH_TOKEN,
+            "from_number": settings.PLIVO_FROM_NUMBER,
+            "powerpack_uuid": settings.PLIVO_POWERPACK_UUID,
+        }
+
+    def send(self, outgoing: Outgoing) -> SendResult:
+        values = self._values(self.options or None)
+        client = plivo_client(values["auth_id"], values["auth_token"])
+        sender = (
+            {"powerpack_uuid": values["powerpack_uuid"]}
+            if values["powerpack_uuid"]
+            else {"src": values["from_number"]}
+        )
+        try:
+            response = client.messages.create(
+                dst=outgoing.phone, text=outgoing.content.body, **sender
+            )
+        except Exception as exc:
+            return classify_plivo_error(self.name, exc, client)
+        uuids = getattr(response, "message_uuid", None) or [""]
+        return SendResult.sent(self.name, str(uuids[0]))

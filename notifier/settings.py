@@ -302,6 +302,11 @@ TWILIO_ACCOUNT_SID = env.str("TWILIO_ACCOUNT_SID", default="")
 TWILIO_AUTH_TOKEN = env.str("TWILIO_AUTH_TOKEN", default="")
 TWILIO_FROM_NUMBER = env.str("TWILIO_FROM_NUMBER", default="")
 TWILIO_MESSAGING_SERVICE_SID = env.str("TWILIO_MESSAGING_SERVICE_SID", default="")
+# Plivo, a second SMS provider (NOTIFIER_SMS_PROVIDERS=twilio,plivo for failover).
+PLIVO_AUTH_ID = env.str("PLIVO_AUTH_ID", default="")
+PLIVO_AUTH_TOKEN = env.str("PLIVO_AUTH_TOKEN", default="")
+PLIVO_FROM_NUMBER = env.str("PLIVO_FROM_NUMBER", default="")
+PLIVO_POWERPACK_UUID = env.str("PLIVO_POWERPACK_UUID", default="")
 
 FCM_CREDENTIALS_FILE = env.str("FCM_CREDENTIALS_FILE", default="")
 WEBPUSH_VAPID_PRIVATE_KEY = env.str("WEBPUSH_VAPID_PRIVATE_KEY", default="")

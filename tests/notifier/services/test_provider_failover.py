@@ -372,3 +372,101 @@ def test_each_esp_instances_webhooks_are_accepted_and_find_its_deliveries(two_es
     assert email_provider_of_esp("postmark") == "postmark"
     assert email_provider_of_esp("mailgun") == "mailgun"
     assert email_provider_of_esp("sendgrid") == "django"
+
+
+# --- Twilio, then Plivo (a second SMS provider through its own SDK) --------------------------
+
+PLIVO_ID, PLIVO_TOKEN = "MA" + "P" * 18, "plivo-token"
+PLIVO_URL = f"https://api.plivo.com/v1/Account/{PLIVO_ID}/Message/"
+
+
+@pytest.fixture
+def twilio_then_plivo(settings) -> Iterator[None]:
+    settings.NOTIFIER_PROVIDER_INSTANCES = {
+        "twilio_a": {
+            "class": "twilio",
+            "account_sid": SID_A,
+            "auth_token": TOKEN_A,
+            "from_number": "+15005550006",
+        },
+    }
+    settings.PLIVO_AUTH_ID, settings.PLIVO_AUTH_TOKEN = PLIVO_ID, PLIVO_TOKEN
+    settings.PLIVO_FROM_NUMBER, settings.PLIVO_POWERPACK_UUID = "+14155550100", ""
+    settings.NOTIFIER_PROVIDERS = {**settings.NOTIFIER_PROVIDERS, "sms": ["twilio_a", "plivo"]}
+    twilio_client.cache_clear()
+    reset_providers()
+    yield
+    twilio_client.cache_clear()
+
+
+def plivo_accepts(api: responses.RequestsMock) -> None:
+    counter = iter(range(10_000))
+
+    def reply(request):
+        import json
+
+        uuid = f"00000000-0000-4000-8000-{next(counter):012d}"
+        body = {"api_id": "x", "message": "message(s) queued", "message_uuid": [uuid]}
+        return 202, {}, json.dumps(body)
+
+    api.add_callback(responses.POST, PLIVO_URL, callback=reply, content_type="application/json")
+
+
+def test_twilio_rate_limited_then_plivo_takes_the_texts(twilio_then_plivo, api, published):
+    api.post(URL_A, json=twilio_error(429, 20429), status=429, headers={"Retry-After": "30"})
+    plivo_accepts(api)
+    ids = texts(3)
+
+    report = deliveries_deliver(delivery_ids=ids)
+
+    assert report.sent == 3
+    assert sent_through(ids) == {"plivo": 3}
+    assert [c.request.url for c in api.calls] == [URL_A, PLIVO_URL, PLIVO_URL, PLIVO_URL]
+    import json
+
+    sent = json.loads(api.calls[1].request.body)
+    assert (sent["src"], sent["text"]) == (
+        "+14155550100",
+        Delivery.objects.get(pk=ids[0]).content["body"],
+    )
+    ids_at_plivo = set(
+        Delivery.objects.filter(pk__in=ids).values_list("provider_message_id", flat=True)
+    )
+    assert len(ids_at_plivo) == 3 and all(i.startswith("00000000-") for i in ids_at_plivo)
+
+
+@pytest.mark.parametrize(
+    ("status", "headers", "outcome", "code", "retry_after"),
+    [
+        (429, {"Retry-After": "7"}, "transient", "rate_limited", 7.0),
+        (503, {}, "transient", "provider_unavailable", None),
+        (400, {}, "permanent", "invalid_recipient", None),
+        (401, {}, "permanent", "rejected", None),
+    ],
+)
+def test_plivo_errors_are_read_from_the_status_it_answered(
+    twilio_then_plivo, api, status, headers, outcome, code, retry_after
+):
+    from channels.base import Content, Outgoing
+    from channels.sms import PlivoSmsProvider
+
+    api.post(PLIVO_URL, json={"api_id": "x", "error": "nope"}, status=status, headers=headers)
+    outgoing = Outgoing(
+        delivery_id=1,
+        message_id=1,
+        user_id=1,
+        channel=Channel.SMS,
+        type_key="t",
+        content=Content(body="hi"),
+        attempt=1,
+        phone="+8613800138000",
+    )
+
+    [result] = PlivoSmsProvider().send_many([outgoing])
+
+    assert (str(result.outcome), str(result.error_code), result.retry_after_s) == (
+        outcome,
+        code,
+        retry_after,
+    )
+    assert result.provider == "plivo"
