@@ -96,7 +96,7 @@ def check_provider_webhooks(app_configs: Any = None, **kwargs: Any) -> list[Chec
                     id="notifier.W103",
                 )
             )
-    if "twilio" in settings.NOTIFIER_PROVIDERS.get("sms", []):
+    if _twilio_in_sms_chain():
         base = settings.TWILIO_WEBHOOK_BASE_URL or settings.NOTIFIER_SITE_URL
         parts = urlsplit(base)
         if parts.scheme != "https" or parts.hostname in ("localhost", "127.0.0.1", "::1"):
@@ -186,3 +186,16 @@ def check_no_sandbox_failover(app_configs: Any = None, **kwargs: Any) -> list[Ch
         )
         for problem in found
     ]
+
+
+def _twilio_in_sms_chain() -> bool:
+    """Is any provider of the SMS chain Twilio (the class, or a named instance of it)?"""
+    from django.core.exceptions import ImproperlyConfigured
+
+    from channels.base import Channel
+    from channels.registry import provider_specs
+
+    try:
+        return any(spec.class_name == "twilio" for spec in provider_specs(Channel.SMS))
+    except ImproperlyConfigured:  # the start-up check names the bad entry
+        return False

@@ -2,8 +2,9 @@
 
 A channel's providers come from NOTIFIER_<CHANNEL>_PROVIDERS (comma-separated, first is
 primary, the rest its failover order); a name there is a provider class ("twilio") or a named
-instance of one with its own credentials (NOTIFIER_PROVIDER_INSTANCES, see channels.registry). When unset, a real provider is chosen if its credentials are present, otherwise the
-sandbox. Whether a chosen provider has its credentials is checked at start-up by
+instance of one with its own credentials (NOTIFIER_PROVIDER_INSTANCES, see channels.registry).
+When unset, a real provider is chosen if its credentials are present, otherwise the sandbox.
+Whether a chosen provider has its credentials is checked at start-up by
 `channels.registry.check_providers_configured`, which fails loudly.
 """
 
