@@ -232,14 +232,21 @@ def _with_the_rest_not_sent(results: list[SendResult], total: int) -> list[SendR
 
 
 def not_sent_after(refusal: SendResult) -> SendResult:
-    """The result of a message not sent because the provider had just asked us to wait."""
+    """The result of a message not sent because the provider had just asked us to wait: never
+    attempted, so it says nothing about the provider's health (`attempted` is False)."""
     assert refusal.error_code is not None
-    return SendResult.transient(
+    return SendResult(
+        Outcome.TRANSIENT,
         refusal.provider,
-        refusal.error_code,
-        f"not sent: {refusal.provider} had just asked to wait ({refusal.error})",
+        error_code=refusal.error_code,
+        error=f"not sent: {refusal.provider} had just asked to wait ({refusal.error})",
         retry_after_s=refusal.retry_after_s,
+        detail={NOT_ATTEMPTED: True},
     )
+
+
+# SendResult.detail key of a result for a message the provider was never asked to send.
+NOT_ATTEMPTED = "not_attempted"
 
 
 def retry_after_seconds(value: str | None, *, now: datetime | None = None) -> float | None:

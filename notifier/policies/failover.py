@@ -3,7 +3,7 @@ and how long a provider asked to be left alone. Pure decisions on a send's typed
 
 from __future__ import annotations
 
-from channels.base import ErrorCode, Outcome, SendResult
+from channels.base import NOT_ATTEMPTED, ErrorCode, Outcome, SendResult
 
 # The provider said, with a 429 or a 5xx (or an SMTP 4xx reply), that it did not take the
 # message: handing it to the next provider cannot double-send it. Timeouts and dropped
@@ -27,3 +27,14 @@ def pause_for(result: SendResult, *, max_pause_s: float) -> float:
     if result.retry_after_s is not None and result.retry_after_s > 0:
         return min(result.retry_after_s, max_pause_s)
     return RATE_LIMITED_PAUSE_S if result.error_code is ErrorCode.RATE_LIMITED else 0.0
+
+
+def counts_against_health(result: SendResult) -> bool:
+    """Does this result count as a failure for the provider's circuit breaker? Timeouts, 5xx
+    and the like do; a 429 does not (the provider is well and asked us to slow down: the
+    Retry-After pause handles it), nor does a message it was never asked to send."""
+    return (
+        result.outcome is Outcome.TRANSIENT
+        and result.error_code is not ErrorCode.RATE_LIMITED
+        and not result.detail.get(NOT_ATTEMPTED)
+    )

@@ -38,7 +38,7 @@ from notifier.logcontext import bound
 from notifier.metrics import record_send
 from notifier.models import Delivery, DeliveryEvent, Device, EventKind, Message
 from notifier.observability import personal_values, sentry_on
-from notifier.policies.failover import hands_on, pause_for
+from notifier.policies.failover import counts_against_health, hands_on, pause_for
 from notifier.policies.retry import RetryPolicy, Verdict, after_attempt
 from notifier.queues import Lane
 from notifier.selectors import type_info_get
@@ -309,7 +309,7 @@ def _record_health(key: str, results: list[SendResult]) -> None:
     """Feed the provider's circuit breaker: temporary errors count against it, sends for it;
     recipients' own permanent errors (a bad number) say nothing about the provider. A 429/5xx
     with a Retry-After pauses the provider for every worker (failover)."""
-    transient = sum(1 for r in results if r.outcome is Outcome.TRANSIENT)
+    transient = sum(1 for r in results if counts_against_health(r))
     sent = sum(1 for r in results if r.outcome is Outcome.SENT)
     pause = max(
         (pause_for(r, max_pause_s=settings.NOTIFIER_PROVIDER_MAX_PAUSE_S) for r in results),

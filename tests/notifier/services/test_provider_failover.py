@@ -25,7 +25,7 @@ from channels.registry import (
 )
 from channels.sms import TwilioSmsProvider, twilio_client
 from notifier.api import notify
-from notifier.models import Delivery
+from notifier.models import Delivery, DeliveryEvent
 from notifier.services.deliveries import deliveries_deliver
 from notifier.services.pipeline import messages_prepare
 from notifier.status import DeliveryStatus, Reason
@@ -470,3 +470,23 @@ def test_plivo_errors_are_read_from_the_status_it_answered(
         retry_after,
     )
     assert result.provider == "plivo"
+
+
+def test_a_429_pauses_a_lone_provider_without_opening_its_circuit(
+    two_twilio_accounts, api, published, settings
+):
+    """One account only: a 429 on the first text of 25 is a pause, not ill health. Twilio is
+    not called for the other 24 (recorded as not attempted), and the breaker stays closed."""
+    settings.NOTIFIER_PROVIDERS = {**settings.NOTIFIER_PROVIDERS, "sms": ["twilio_a"]}
+    reset_providers()
+    api.post(URL_A, json=twilio_error(429, 20429), status=429, headers={"Retry-After": "5"})
+    ids = texts(25)
+
+    report = deliveries_deliver(delivery_ids=ids)
+
+    assert (report.sent, report.retried) == (0, 25)
+    assert len(api.calls) == 1
+    assert breaker_state("sms:twilio_a") is State.CLOSED
+    assert breaker_allows("sms:twilio_a").paused
+    events = DeliveryEvent.objects.filter(delivery_id__in=ids, detail__not_attempted=True)
+    assert events.count() == 24
