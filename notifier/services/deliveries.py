@@ -38,9 +38,11 @@ from notifier.logcontext import bound
 from notifier.metrics import record_send
 from notifier.models import Delivery, DeliveryEvent, Device, EventKind, Message
 from notifier.observability import personal_values, sentry_on
+from notifier.policies.failover import counts_against_health, hands_on, pause_for
 from notifier.policies.retry import RetryPolicy, Verdict, after_attempt
 from notifier.queues import Lane
 from notifier.selectors import type_info_get
+from notifier.services.breakers import breaker_waiter_token, breaker_waiters_wake
 from notifier.services.callbacks import early_callbacks_apply, early_callbacks_reconcile
 from notifier.services.pipeline import deliveries_fall_back, lost_fallbacks_resume
 from notifier.services.quarantine import (
@@ -56,7 +58,13 @@ from notifier.status import (
     check_move,
     sources_of,
 )
-from notifier.throttle import acquire, alert_transition, breaker_allows, breaker_record
+from notifier.throttle import (
+    acquire,
+    alert_transition,
+    breaker_allows,
+    breaker_outcomes,
+    provider_pause,
+)
 
 log = logging.getLogger(__name__)
 S = DeliveryStatus
@@ -299,18 +307,23 @@ def _personal_strings(outgoings: list[Outgoing]) -> Iterator[str]:
 
 
 def _record_health(key: str, results: list[SendResult]) -> None:
-    """Feed the provider's circuit breaker: temporary errors count against it; recipients'
-    own permanent errors (a bad number) say nothing about the provider."""
-    transient = sum(1 for r in results if r.outcome is Outcome.TRANSIENT)
-    transitions = [
-        breaker_record(key, success=False)
-        for _ in range(min(transient, settings.NOTIFIER_CIRCUIT_FAILURES))
-    ]
-    if any(r.outcome is Outcome.SENT for r in results):
-        transitions.append(breaker_record(key, success=True))
-    for transition in transitions:
-        if transition is not None:
-            alert_transition(transition)
+    """Feed the provider's circuit breaker: temporary errors count against it, sends for it;
+    recipients' own permanent errors (a bad number) say nothing about the provider. A 429/5xx
+    with a Retry-After pauses the provider for every worker (failover)."""
+    transient = sum(1 for r in results if counts_against_health(r))
+    sent = sum(1 for r in results if r.outcome is Outcome.SENT)
+    pause = max(
+        (pause_for(r, max_pause_s=settings.NOTIFIER_PROVIDER_MAX_PAUSE_S) for r in results),
+        default=0,
+    )
+    if pause:
+        provider_pause(key, pause)
+    transition = (
+        breaker_outcomes(key, successes=sent, failures=transient) if transient or sent else None
+    )
+    if transition is not None:
+        alert_transition(transition)
+        breaker_waiters_wake(transition)
 
 
 RECORDED_FIELDS = (
@@ -432,25 +445,32 @@ def _record(
 
 
 def _record_now(
-    provider: Provider, pairs: list[tuple[Claimed, Outgoing]], report: DeliverReport
-) -> list[SendResult]:
-    """Send and record; when our own database is the provider, both in one transaction."""
+    provider: Provider,
+    pairs: list[tuple[Claimed, Outgoing]],
+    report: DeliverReport,
+    *,
+    hand_on: bool = False,
+) -> tuple[list[SendResult], list[tuple[Claimed, Outgoing]]]:
+    """Send and record; when our own database is the provider, both in one transaction. With
+    `hand_on`, what the provider refused unsent (429/5xx) is not recorded but returned, for
+    the next provider of the chain to take in the same attempt."""
     group, outgoings = [d for d, _ in pairs], [o for _, o in pairs]
     before = (report.sent, report.failed, report.retried)
-    if provider.in_database:
-        with transaction.atomic():
-            started = time.perf_counter()
-            results = _call(provider, outgoings)
-            took = time.perf_counter() - started
-            _record(group, results, timezone.now(), report)
-    else:
+    with transaction.atomic() if provider.in_database else nullcontext():
         started = time.perf_counter()
         results = _call(provider, outgoings)
         took = time.perf_counter() - started
-        with transaction.atomic():
-            _record(group, results, timezone.now(), report)
+        keep = [not (hand_on and hands_on(r)) for r in results]
+        if any(keep):
+            with transaction.atomic():
+                _record(
+                    [d for d, k in zip(group, keep, strict=True) if k],
+                    [r for r, k in zip(results, keep, strict=True) if k],
+                    timezone.now(),
+                    report,
+                )
     _count(report, before, channel=str(group[0].channel), provider=provider.name, seconds=took)
-    return results
+    return results, [pair for pair, k in zip(pairs, keep, strict=True) if not k]
 
 
 def _count(
@@ -493,13 +513,18 @@ def _deliver_channel(
     remaining = [(d, o) for d, o, r in checked if r is None]
     waits: list[float] = []
     circuit_open = True
-    for provider in providers_for(channel):
+    chain = providers_for(channel)
+    for position, provider in enumerate(chain, start=1):
         if not remaining:
             break
         key = f"{channel}:{provider.name}"
-        permission = breaker_allows(key)
+        waiter = breaker_waiter_token(
+            lane=remaining[0][0].lane, channel=channel, delivery_ids=[d.pk for d, _ in remaining]
+        )
+        permission = breaker_allows(key, waiter=waiter)
         if not permission.allowed:
             waits.append(permission.retry_after_s)
+            circuit_open = circuit_open and not permission.paused
             continue
         circuit_open = False
         grant = acquire(key, 1 if permission.probe else len(remaining))
@@ -507,7 +532,9 @@ def _deliver_channel(
             waits.append(grant.retry_after_s)
         batch, remaining = remaining[: grant.granted], remaining[grant.granted :]
         if batch:
-            _record_health(key, _record_now(provider, batch, report))
+            results, handed_on = _record_now(provider, batch, report, hand_on=position < len(chain))
+            _record_health(key, results)
+            remaining = handed_on + remaining
     if remaining:
         _defer(
             [d for d, _ in remaining],

@@ -141,7 +141,7 @@ def test_redis_shut_down_without_saving_loses_nothing(rig):
 
 def test_a_provider_outage_opens_the_circuit_then_everything_goes_out(rig, settings):
     env = {
-        "NOTIFIER_CIRCUIT_FAILURES": "5",
+        "NOTIFIER_CIRCUIT_MIN_CALLS": "5",
         "NOTIFIER_CIRCUIT_WINDOW_S": "10",
         "NOTIFIER_CIRCUIT_COOLDOWN_S": "2",
         "NOTIFIER_MAX_ATTEMPTS": "8",
