@@ -16,7 +16,7 @@ BENCH_ENV = DATABASE_URL=$${BENCH_DATABASE_URL:-postgres://postgres@$(PGHOST):$(
 	REDIS_URL=redis://$(REDIS_HOST):$(REDIS_PORT)/14 \
 	CELERY_BROKER_URL=redis://$(REDIS_HOST):$(REDIS_PORT)/14
 
-.PHONY: install demo test lint typecheck pytest bench screenshots chromium services clean
+.PHONY: install demo test lint typecheck pytest bench screenshots chromium kubectl services clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -31,7 +31,7 @@ demo: install
 	env -u DATABASE_URL -u CELERY_BROKER_URL -u REDIS_URL $(BIN)/python manage.py demo
 
 ## Lint, type-check and the whole test suite on real PostgreSQL, Redis and worker processes.
-test: install services chromium lint typecheck pytest
+test: install services chromium kubectl lint typecheck pytest
 
 lint: install
 	$(BIN)/ruff check .
@@ -62,6 +62,10 @@ screenshots: install services chromium
 ## Debian's Chromium for Playwright (never Playwright's own browser download).
 chromium:
 	@scripts/ensure-chromium
+
+## Debian's kubectl for the deploy tests; without it (no root) that one test skips, except in CI.
+kubectl:
+	@scripts/ensure-kubectl || echo "no kubectl: the kustomize test will skip (and fail under NOTIFIER_TESTS_STRICT=1)"
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache

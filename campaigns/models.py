@@ -61,6 +61,15 @@ class Activity(models.TextChoices):
     CHURNED = "churned", "Churned"
 
 
+# Who a persona copy speaks to: a spend tier or an activity state (campaigns.personas). Empty:
+# everyone, the copy other personas fall back to.
+PERSONA_CHOICES = [
+    ("", "Everyone"),
+    *((tier.value, f"Spend tier: {tier.label}") for tier in SpendTier),
+    *((state.value, f"Activity: {state.label}") for state in Activity),
+]
+
+
 class Segment(models.Model):
     """Who a campaign is for: rules over the user profile, optionally an imported list.
 
@@ -123,6 +132,15 @@ class CampaignKind(models.TextChoices):
     TRIGGERED = "triggered", "Triggered when a user enters the segment"
 
 
+class SeriesStop(models.TextChoices):
+    """Which engagement ends a customer's series: the steps not yet sent to them are not sent."""
+
+    CONVERTED = "converted", "Converted (a conversion counted for this campaign)"
+    CLICKED = "clicked", "Clicked a message of this campaign"
+    EITHER = "either", "Converted or clicked"
+    NEVER = "never", "Never: every step goes to everyone"
+
+
 class CampaignStatus(models.TextChoices):
     DRAFT = "draft", "Draft"
     AWAITING_APPROVAL = "awaiting_approval", "Awaiting approval"
@@ -160,7 +178,16 @@ class Campaign(models.Model):
         max_length=10,
         choices=Priority.choices,
         default=Priority.LOW,
-        help_text="Decides which campaign wins a user's capped slot",
+        help_text="Which campaign wins when several compete for a customer's capped slot. "
+        "It never lets marketing through quiet hours, not even Critical: that takes a "
+        "marketing lead's 'Send in quiet hours'.",
+    )
+    quiet_hours_allowed = models.BooleanField(
+        "Send in quiet hours",
+        default=False,
+        help_text="Only a marketing lead may set this. Its messages then go out during "
+        "customers' quiet hours instead of waiting for their morning; each such delivery "
+        "records why. Part of what approval covers.",
     )
     channels = models.JSONField(
         default=list, blank=True, help_text="Empty: the routing rules decide"
@@ -174,8 +201,31 @@ class Campaign(models.Model):
     attribution_hours = models.PositiveIntegerField(
         default=72, help_text="A conversion this long after a message counts for the campaign"
     )
+    ab_metric = models.CharField(
+        max_length=10,
+        choices=[("ctr", "Click-through rate"), ("conversion", "Conversion rate")],
+        default="ctr",
+        verbose_name="A/B metric",
+        help_text="What decides a step's A/B test: clicks per reached user, or conversions "
+        "per assigned user within the campaign's measurement window",
+    )
+    ab_sample_size = models.PositiveIntegerField(
+        default=100,
+        validators=[MinValueValidator(1)],
+        verbose_name="A/B sample size",
+        help_text="Users per variant whose window is over before the A/B test decides (once, "
+        "then kept). To detect a change of d points from a rate p, about 16·p(1-p)/d² per "
+        "variant (5 % significance, 80 % power)",
+    )
     reentry_days = models.PositiveIntegerField(
         default=30, help_text="Triggered: at most once per user within this many days"
+    )
+    stop_series_on = models.CharField(
+        max_length=10,
+        choices=SeriesStop.choices,
+        default=SeriesStop.CONVERTED,
+        help_text="Stop the series for a customer who did this: the steps not yet sent to them "
+        "are not sent (the reason shows on their timeline)",
     )
     pause_failure_percent = models.PositiveSmallIntegerField(
         default=20,
@@ -218,11 +268,43 @@ class Campaign(models.Model):
     updated_at = models.DateTimeField(auto_now=True)
 
     class Meta:
-        permissions = [("approve_campaign", "Can approve a campaign someone else prepared")]
+        permissions = [
+            ("approve_campaign", "Can approve a campaign someone else prepared"),
+            ("allow_quiet_hours", "Can let a campaign send during customers' quiet hours"),
+        ]
         indexes = [models.Index(fields=["status", "kind"], name="campaign_status_kind_idx")]
 
     def __str__(self) -> str:
         return self.name
+
+
+class TriggerEntry(models.Model):
+    """Whether a user was in a triggered campaign's segment at its last evaluation, and since
+    when: a user entering it (absent before, present now) is `due` the campaign's message
+    once, unless they had it within the re-entry days; a user who stays gets nothing more.
+    Written set-based by campaigns.services.triggers, never per user in Python."""
+
+    campaign = models.ForeignKey(Campaign, on_delete=models.CASCADE, related_name="+")
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+")
+    in_segment = models.BooleanField(default=True)
+    entered_at = models.DateTimeField()
+    left_at = models.DateTimeField(null=True, blank=True)
+    due = models.BooleanField(default=False)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["campaign", "user"], name="trigger_entry_unique")
+        ]
+        indexes = [
+            # The walk of a triggered step: the users still due, in id order.
+            models.Index(
+                fields=["campaign", "user"], name="trigger_entry_due_idx", condition=Q(due=True)
+            )
+        ]
+
+    def __str__(self) -> str:
+        state = "in" if self.in_segment else "out of"
+        return f"user {self.user_id} {state} the segment of campaign {self.campaign_id}"
 
 
 class StepTiming(models.TextChoices):
@@ -254,9 +336,11 @@ class CampaignStep(models.Model):
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
     # Fan-out progress, in PostgreSQL so a lost walker task resumes where it was: users are
-    # walked in id order; the last id handed out, whether the walk is over, and batch counts.
-    # A walk started over (resumed, revived, a trigger's next pass) is a new round: batches of
-    # an earlier round still queued, or lost with a worker, no longer count towards closing.
+    # walked in id order; the last id handed out, whether the walk is over, and batch counts
+    # (each batch handed out and marked done is a FanoutBatch row; these count them once).
+    # A walk started over (resumed, re-approved, a trigger's next pass) is a new round: batches
+    # of an earlier round still queued no longer count towards closing. A revived walk goes on
+    # in its round, and its lost batches are published again.
     cursor_user_id = models.BigIntegerField(default=0)
     walk_done = models.BooleanField(default=False)
     walk_round = models.PositiveIntegerField(default=0)
@@ -302,6 +386,41 @@ class FanoutAttempt(models.Model):
         return f"step {self.step_id} batch from user {self.first_user_id}: {self.attempts} runs"
 
 
+class FanoutBatch(models.Model):
+    """A batch of a step's audience, handed out by its walk: recorded in the walk's transaction
+    together with the cursor it moved (and published only once that commits), and marked done
+    by the first run that writes it; a copy of it finds it done and counts nothing. A step
+    closes when its walk is over and every batch of its round is done; beat publishes again
+    the batches of a step gone quiet that are not done (lost with the broker or a worker), so
+    no batch is ever assumed written (campaigns.services.fanout). Known by step, round and
+    first user; it keeps its user ids for the re-publish."""
+
+    step = models.ForeignKey(CampaignStep, on_delete=models.CASCADE, related_name="+")
+    walk_round = models.PositiveIntegerField()
+    first_user_id = models.BigIntegerField()
+    user_ids = models.JSONField(default=list)
+    published_at = models.DateTimeField()
+    done_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["step", "walk_round", "first_user_id"], name="fanout_batch_once"
+            )
+        ]
+        indexes = [
+            models.Index(
+                fields=["step", "walk_round"],
+                name="fanout_batch_open_idx",
+                condition=Q(done_at__isnull=True),
+            )
+        ]
+
+    def __str__(self) -> str:
+        state = "done" if self.done_at else "not done"
+        return f"step {self.step_id}, round {self.walk_round}, from {self.first_user_id}: {state}"
+
+
 class StepVariant(models.Model):
     """A version of a step's copy; recipients are split by weight, the same user always
     getting the same variant."""
@@ -319,11 +438,20 @@ class StepVariant(models.Model):
 
 
 class VariantTemplate(models.Model):
-    """The copy of one variant on one channel, in one locale (blank: the default locale)."""
+    """The copy of one variant on one channel, in one locale (blank: the default locale), for
+    one persona (blank: everyone; see campaigns.personas for who gets which)."""
 
     variant = models.ForeignKey(StepVariant, on_delete=models.CASCADE, related_name="templates")
     channel = models.CharField(max_length=10)
     locale = models.CharField(max_length=16, blank=True, default="")
+    persona = models.CharField(
+        max_length=16,
+        blank=True,
+        default="",
+        choices=PERSONA_CHOICES,
+        help_text="Empty: everyone. Or the copy for one spend tier or one activity state; "
+        "the others get the copy for everyone",
+    )
     subject = models.TextField(blank=True, default="")
     title = models.TextField(blank=True, default="")
     body = models.TextField(blank=True, default="")
@@ -334,12 +462,14 @@ class VariantTemplate(models.Model):
     class Meta:
         constraints = [
             models.UniqueConstraint(
-                fields=["variant", "channel", "locale"], name="variant_template_unique"
+                fields=["variant", "channel", "locale", "persona"],
+                name="variant_template_unique_persona",
             )
         ]
 
     def __str__(self) -> str:
-        return f"{self.variant} {self.channel} {self.locale or 'default'}"
+        persona = f" {self.persona}" if self.persona else ""
+        return f"{self.variant} {self.channel} {self.locale or 'default'}{persona}"
 
 
 class Holdout(models.Model):
@@ -401,6 +531,9 @@ class CampaignStats(models.Model):
     scope = models.CharField(max_length=40)
     data = models.JSONField(default=dict)
     computed_at = models.DateTimeField()
+    # A step's A/B decisions, by metric ({"ctr": {...}}): written once, when the test reaches
+    # its horizon, and never recomputed (the roll-up's upsert leaves this column alone).
+    ab_decisions = models.JSONField(null=True, blank=True, editable=False)
 
     class Meta:
         constraints = [

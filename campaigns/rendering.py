@@ -3,8 +3,13 @@ same sandboxed Jinja environment as the code-defined types, and validated before
 
 A campaign template sees the campaign's `variables`, `campaign` (name, event time in the
 user's zone), and the system variables every template has (`user`, `site_name`, `site_url`,
-`preferences_url`, `unsubscribe_url`). Nothing else: the sandbox refuses attribute tricks and
-StrictUndefined refuses unknown names.
+`preferences_url`, `unsubscribe_url`); its `user` also holds the customer's segment attributes
+(`PERSONA_FIELDS`: spend tier, activity, interests, points; see campaigns.personas). Nothing
+else: the sandbox refuses attribute tricks and StrictUndefined refuses unknown names, and a
+`user.<name>` it does not have is refused when the copy is saved.
+
+A variant's copy is kept per (channel, locale, persona): `copy_key` chooses, the customer's
+locale first, then their persona's copy before the copy for everyone.
 
 Copy is checked before it is saved: it parses, names only what it may use, compiles (Python's
 limits on nesting included), and one channel's parts render together within what a marketer's
@@ -22,7 +27,7 @@ import json
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -48,8 +53,18 @@ from notifier.sandbox import RenderTooSlow, copy_limits, python_limit_as_budget
 
 CACHE_TTL_S = 30.0
 CAMPAIGN_VARIABLES = frozenset({"campaign"})
+# What campaign copy reads of `user` beyond the name and locale every template has: the
+# customer's segment attributes (campaigns.personas).
+PERSONA_FIELDS = frozenset(
+    {"spend_tier", "activity", "interests", "points", "points_expiring", "points_expire_on"}
+)
+CAMPAIGN_USER_FIELDS = USER_FIELDS | PERSONA_FIELDS
 # The keys of the plain dicts `user` and `campaign` (see campaigns.services.previews).
-DICT_FIELDS = {"user": USER_FIELDS, "campaign": frozenset({"name", "event_at"})}
+DICT_FIELDS = {"user": CAMPAIGN_USER_FIELDS, "campaign": frozenset({"name", "event_at"})}
+# The persona of the copy everyone else gets; the spend tiers among the personas (the others
+# are activity states: campaigns.personas).
+EVERYONE = ""
+SPEND_TIERS = frozenset({"whale", "dolphin", "small_fish"})
 PART_FIELDS = ("subject", "title", "body", "html", "link")
 # Jinja compiles about 20,000 elements (text, tags, names, filters) a second, parsing included:
 # copy bigger than this would cost each worker process a quarter of a second every CACHE_TTL_S.
@@ -57,7 +72,8 @@ PART_FIELDS = ("subject", "title", "body", "html", "link")
 MAX_COPY_CHARS = 100_000
 MAX_COPY_ELEMENTS = 5_000
 
-Compiled = dict[tuple[str, str], dict[str, Template | RenderError]]  # (channel, locale) -> part
+# (channel, locale, persona) -> part -> template
+Compiled = dict[tuple[str, str, str], dict[str, Template | RenderError]]
 _cache: dict[int, tuple[float, Compiled]] = {}
 
 
@@ -92,20 +108,22 @@ def copy_problems(
     allowed: frozenset[str],
     variables: Mapping[str, Any] | None = None,
     budget: TimeBudget | None = None,
+    persona: str = EVERYONE,
 ) -> dict[str, list[str]]:
     """What is wrong with one channel's copy (its parts: subject, body, html...), part by part:
     too long, a syntax error, names it cannot use, code Python cannot compile, or more work for
     a representative customer than a marketer's copy may take (`variables`: the campaign's
     values; names without one get a long placeholder). The parts are tried together, under one
     budget of NOTIFIER_COPY_MAX_STEPS and NOTIFIER_COPY_MAX_SECONDS, as they render for each
-    recipient. Parts without problems are left out.
+    recipient. Parts without problems are left out. Copy for one `persona` is tried with a
+    customer of that persona.
 
     Remembered per process. `budget` is the request's: once it is spent, copy not already
     remembered is not tried, and says so."""
     parts = {part: source for part, source in parts.items() if source}
     if not parts:
         return {}
-    key = _check_key(parts, allowed, variables)
+    key = _check_key(parts, allowed, variables, persona)
     with _checked_lock:
         known = _checked.get(key)
         if known is not None:
@@ -126,7 +144,7 @@ def copy_problems(
             templates[part] = compiled
         else:
             problems[part] = compiled
-    over = _trial(templates, trial_context(allowed, variables))
+    over = _trial(templates, trial_context(allowed, variables, persona=persona))
     if over is not None:
         part, problem = over
         problems.setdefault(part, []).append(problem)
@@ -156,9 +174,12 @@ def checked_copy_clear() -> None:
 
 
 def _check_key(
-    parts: Mapping[str, str], allowed: frozenset[str], variables: Mapping[str, Any] | None
+    parts: Mapping[str, str],
+    allowed: frozenset[str],
+    variables: Mapping[str, Any] | None,
+    persona: str,
 ) -> str:
-    decided_by = [sorted(parts.items()), sorted(allowed), variables or {}, copy_limits()]
+    decided_by = [sorted(parts.items()), sorted(allowed), variables or {}, copy_limits(), persona]
     text = json.dumps(decided_by, sort_keys=True, default=str, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()
 
@@ -226,11 +247,16 @@ def _compile_parsed(parsed: nodes.Template) -> Template:
 TRIAL_FIRST_NAME = ("Maximiliana-Konstantina " * 7)[:150].strip()
 TRIAL_LAST_NAME = ("Wolfeschlegelsteinhausenbergerdorff " * 5)[:150].strip()
 TRIAL_TEXT = ("Everything in the autumn collection is thirty percent off this week. " * 3)[:200]
+# As many interest tags as the taxonomy has (seed 003: 200-odd), each as long as a real one.
+TRIAL_INTERESTS = [f"interest-tag-number-{n:03d}" for n in range(200)]
 
 
-def trial_context(allowed: frozenset[str], variables: Mapping[str, Any] | None) -> dict[str, Any]:
+def trial_context(
+    allowed: frozenset[str], variables: Mapping[str, Any] | None, *, persona: str = EVERYONE
+) -> dict[str, Any]:
     """What a save-time trial render gives the copy: the campaign's values (a long placeholder
-    for a name without one), a customer with long realistic fields, real signed links."""
+    for a name without one), a customer with long realistic fields (of `persona`, for copy
+    written for one), real signed links."""
     context: dict[str, Any] = {name: TRIAL_TEXT for name in allowed - SYSTEM_VARIABLES}
     context.update(variables or {})
     trial_user = 2**31 - 1
@@ -240,6 +266,12 @@ def trial_context(allowed: frozenset[str], variables: Mapping[str, Any] | None) 
             "last_name": TRIAL_LAST_NAME,
             "name": f"{TRIAL_FIRST_NAME} {TRIAL_LAST_NAME}",
             "locale": "zh-hans-cn",
+            "spend_tier": "small_fish",
+            "activity": "dormant",
+            "interests": TRIAL_INTERESTS,
+            "points": 2_000_000_000,
+            "points_expiring": 2_000_000_000,
+            "points_expire_on": "2030-12-31",
         },
         site_name=settings.NOTIFIER_SITE_NAME,
         site_url=settings.NOTIFIER_SITE_URL,
@@ -249,6 +281,10 @@ def trial_context(allowed: frozenset[str], variables: Mapping[str, Any] | None) 
         ),
         campaign={"name": TRIAL_TEXT, "event_at": "2030-12-31 23:59"},
     )
+    if persona in SPEND_TIERS:
+        context["user"]["spend_tier"] = persona
+    elif persona:
+        context["user"]["activity"] = persona
     return context
 
 
@@ -333,11 +369,13 @@ def _compile(variant_id: int) -> Compiled:
 
     compiled: Compiled = {}
     for row in VariantTemplate.objects.filter(variant_id=variant_id):
-        compiled[(row.channel, row.locale)] = {
+        parts = {
             part: _compiled_or_error(source)
             for part in PART_FIELDS
             if (source := getattr(row, part))
         }
+        if parts:  # a row with every part empty is no copy: the next in line is used
+            compiled[(row.channel, row.locale, row.persona)] = parts
     return compiled
 
 
@@ -363,25 +401,41 @@ def variant_cache_clear() -> None:
     _cache.clear()
 
 
+def copy_key(
+    available: Collection[tuple[str, str, str]],
+    channel: str,
+    locale: str,
+    personas: Sequence[str] = (),
+) -> tuple[str, str, str] | None:
+    """Which (channel, locale, persona) copy a customer gets: the first locale of their chain
+    (the default one last) with copy for them, in it their first persona with copy of its own
+    (`personas`: their spend tier, then their activity state), else the copy for everyone."""
+    for loc in [*locale_chain(locale), ""]:
+        for persona in (*personas, EVERYONE):
+            if (channel, loc, persona) in available:
+                return (channel, loc, persona)
+    return None
+
+
 def render_variant(
     variant_id: int,
     channel: Channel,
     context: Mapping[str, Any],
     locale: str,
     *,
+    personas: Sequence[str] = (),
     fresh: bool = False,
 ) -> Content:
-    """Render a variant's copy for one channel, in the user's locale or the default one.
+    """Render a variant's copy for one channel, in the user's locale or the default one, for
+    their persona (`personas`, see `copy_key`) or everyone.
 
     `fresh` skips the per-process cache: a marketer's test send right after an edit must show
     the edit. (Approved campaigns cannot be edited, so real sends never see stale copy.)"""
     compiled = _compile(variant_id) if fresh else variant_templates(variant_id)
-    for loc in [*locale_chain(locale), ""]:
-        parts = compiled.get((str(channel), loc))
-        if parts:
-            break
-    else:
+    key = copy_key(compiled.keys(), str(channel), locale, personas)
+    if key is None:
         raise RenderError(f"variant {variant_id} has no {channel} copy")
+    parts = compiled[key]
     rendered: dict[str, str] = {}
     with render_budget(fresh=True):  # one budget for the channel's parts
         for part, template in parts.items():

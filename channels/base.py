@@ -11,8 +11,10 @@ message in flight), and hands the provider the next outgoing only while its clai
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
 from enum import StrEnum
 from typing import Any, ClassVar, Protocol, runtime_checkable
 
@@ -158,9 +160,13 @@ class SendResult:
 
 @runtime_checkable
 class Provider(Protocol):
-    """A way to send over one channel. Registered by name in `channels.registry`."""
+    """A way to send over one channel. Registered by name in `channels.registry`.
 
-    name: ClassVar[str]
+    `name` is the configured name of this instance ("twilio", or "twilio_backup" for a second
+    account): the key of its rate limit and circuit breaker, and what Delivery.provider says.
+    """
+
+    name: str
     channel: ClassVar[Channel]
     # True when send() writes only to our own database: the pipeline then records the outcome
     # in the same transaction, so a crash can neither lose nor double the send.
@@ -196,22 +202,101 @@ def send_each(
         yield outgoing, result
 
 
-class SingleSendProvider:
-    """Base for providers that send one message per request: implement `send`."""
+class ConfiguredProvider:
+    """Base for provider classes of which several instances may be configured, each with its
+    own name and options (credentials): `NOTIFIER_PROVIDER_INSTANCES` in `channels.registry`.
+    Without options an instance reads the usual settings (TWILIO_*, EMAIL_*)."""
 
-    name: ClassVar[str]
+    name: str
     channel: ClassVar[Channel]
     in_database: ClassVar[bool] = False
+    # The option names an instance may be given; anything else is a configuration error.
+    option_names: ClassVar[frozenset[str]] = frozenset()
+
+    def __init__(self, *, name: str = "", options: Mapping[str, Any] | None = None) -> None:
+        if name:
+            self.name = name
+        self.options: dict[str, Any] = dict(options or {})
+
+    @classmethod
+    def configuration_problems(cls, options: Mapping[str, Any] | None = None) -> list[str]:
+        return []
+
+
+class SingleSendProvider(ConfiguredProvider):
+    """Base for providers that send one message per request: implement `send`.
+
+    After a result that asks us to wait (a 429, or a refusal with a Retry-After) the rest of
+    the batch is not sent: each gets the same refusal, so the pipeline hands it to the next
+    provider or defers it, instead of calling a provider that just said "not now" again.
+    """
 
     def send(self, outgoing: Outgoing) -> SendResult:
         raise NotImplementedError
 
     def send_each(self, outgoings: Iterable[Outgoing]) -> Iterator[tuple[Outgoing, SendResult]]:
+        refusal: SendResult | None = None
         for outgoing in outgoings:
-            yield outgoing, self.send(outgoing)
+            if refusal is not None:
+                yield outgoing, not_sent_after(refusal)
+                continue
+            result = self.send(outgoing)
+            if asks_to_wait(result):
+                refusal = result
+            yield outgoing, result
 
     def send_many(self, outgoings: Sequence[Outgoing]) -> list[SendResult]:
         return [result for _, result in self.send_each(outgoings)]
+
+
+def asks_to_wait(result: SendResult) -> bool:
+    """The provider refused the message unsent and asked for time: a 429, or a 5xx or SMTP
+    4xx with a Retry-After."""
+    if result.outcome is not Outcome.TRANSIENT:
+        return False
+    if result.error_code is ErrorCode.RATE_LIMITED:
+        return True
+    return result.error_code is ErrorCode.PROVIDER_UNAVAILABLE and result.retry_after_s is not None
+
+
+def _with_the_rest_not_sent(results: list[SendResult], total: int) -> list[SendResult]:
+    left = total - len(results)
+    return results + [not_sent_after(results[-1])] * left if left else results
+
+
+def not_sent_after(refusal: SendResult) -> SendResult:
+    """The result of a message not sent because the provider had just asked us to wait: never
+    attempted, so it says nothing about the provider's health (`attempted` is False)."""
+    assert refusal.error_code is not None
+    return SendResult(
+        Outcome.TRANSIENT,
+        refusal.provider,
+        error_code=refusal.error_code,
+        error=f"not sent: {refusal.provider} had just asked to wait ({refusal.error})",
+        retry_after_s=refusal.retry_after_s,
+        detail={NOT_ATTEMPTED: True},
+    )
+
+
+# SendResult.detail key of a result for a message the provider was never asked to send.
+NOT_ATTEMPTED = "not_attempted"
+
+
+def retry_after_seconds(value: str | None, *, now: datetime | None = None) -> float | None:
+    """An HTTP Retry-After header (delta-seconds or an HTTP-date) in seconds; None when absent
+    or unreadable."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        return None
+    return max(0.0, (when - (now or datetime.now(UTC))).total_seconds())
 
 
 def classify_http_status(status: int) -> Outcome:

@@ -10,13 +10,25 @@ from __future__ import annotations
 import contextlib
 import smtplib
 import socket
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any, ClassVar
 
+import environ
 from django.conf import settings
 from django.core.mail import EmailMultiAlternatives, get_connection
 
-from channels.base import Channel, ErrorCode, Outcome, Outgoing, SendResult, classify_http_status
+from channels.base import (
+    Channel,
+    ConfiguredProvider,
+    ErrorCode,
+    Outcome,
+    Outgoing,
+    SendResult,
+    asks_to_wait,
+    classify_http_status,
+    not_sent_after,
+    retry_after_seconds,
+)
 
 
 def _smtp_code_result(provider: str, code: int, error: str, permanent: ErrorCode) -> SendResult:
@@ -66,20 +78,23 @@ def _classify_anymail(provider: str, exc: BaseException) -> SendResult | None:
         status: int | None = getattr(exc, "status_code", None)
         if status is None or classify_http_status(status) is Outcome.TRANSIENT:
             code = ErrorCode.RATE_LIMITED if status == 429 else ErrorCode.PROVIDER_UNAVAILABLE
-            return SendResult.transient(provider, code, str(exc))
+            headers = getattr(getattr(exc, "response", None), "headers", None) or {}
+            wait = retry_after_seconds(headers.get("Retry-After")) if status else None
+            return SendResult.transient(provider, code, str(exc), retry_after_s=wait)
         return SendResult.permanent(provider, ErrorCode.REJECTED, str(exc))
     return None
 
 
-def build_email(outgoing: Outgoing) -> EmailMultiAlternatives:
+def build_email(outgoing: Outgoing, *, from_email: str = "") -> EmailMultiAlternatives:
     content = outgoing.content
+    sender = from_email or settings.DEFAULT_FROM_EMAIL
     message = EmailMultiAlternatives(
         subject=content.subject,
         body=content.body,
-        from_email=settings.DEFAULT_FROM_EMAIL,
+        from_email=sender,
         to=[outgoing.email],
         headers={
-            "Message-ID": message_id(outgoing),
+            "Message-ID": message_id(outgoing, sender),
             "X-Notifier-Delivery": str(outgoing.delivery_id),
             **idempotency_headers(outgoing),
             **outgoing.headers,
@@ -92,10 +107,10 @@ def build_email(outgoing: Outgoing) -> EmailMultiAlternatives:
     return message
 
 
-def message_id(outgoing: Outgoing) -> str:
+def message_id(outgoing: Outgoing, sender: str) -> str:
     """The same for every attempt of a delivery: a mailbox that drops a second message with a
     Message-ID it holds already (Gmail does) collapses a re-send after a crash."""
-    return f"<{outgoing.idempotency_key}@{_domain()}>"
+    return f"<{outgoing.idempotency_key}@{_domain(sender)}>"
 
 
 def idempotency_headers(outgoing: Outgoing) -> dict[str, str]:
@@ -106,36 +121,82 @@ def idempotency_headers(outgoing: Outgoing) -> dict[str, str]:
     return {header: outgoing.idempotency_key} if header else {}
 
 
-def _domain() -> str:
-    sender = settings.DEFAULT_FROM_EMAIL
+def _domain(sender: str) -> str:
     return sender.rsplit("@", 1)[-1].rstrip(">") if "@" in sender else "localhost"
 
 
-class DjangoEmailProvider:
-    name: ClassVar[str] = "django"
+def _is_smtp(backend: str) -> bool:
+    return backend.endswith("smtp.EmailBackend")
+
+
+class DjangoEmailProvider(ConfiguredProvider):
+    """Email through a Django email backend. Without options: EMAIL_BACKEND and its settings
+    (EMAIL_URL, ANYMAIL). A configured instance (NOTIFIER_PROVIDER_INSTANCES) has its own:
+    `email_url` (an SMTP server, smtp://user:password@host:587), or `backend` (a dotted path,
+    e.g. anymail.backends.mailgun.EmailBackend) with `backend_options` (its settings as
+    keyword arguments, e.g. {"api_key": "..."}); and optionally `from_email`."""
+
+    name: str = "django"
     channel: ClassVar[Channel] = Channel.EMAIL
     in_database: ClassVar[bool] = False
+    option_names: ClassVar[frozenset[str]] = frozenset(
+        {"email_url", "backend", "backend_options", "from_email"}
+    )
 
     @classmethod
-    def configuration_problems(cls) -> list[str]:
+    def configuration_problems(cls, options: Mapping[str, Any] | None = None) -> list[str]:
+        if options is not None:
+            backend = str(options.get("backend") or "")
+            if options.get("email_url"):
+                return ["give it email_url or backend, not both"] if backend else []
+            if not backend:
+                return ["give it email_url (an SMTP server) or backend (e.g. an anymail ESP)"]
+            if backend.startswith("anymail.") and not options.get("backend_options"):
+                return ["give it backend_options with the ESP's settings, e.g. api_key"]
+            return []
         backend = settings.EMAIL_BACKEND
-        if backend.endswith("smtp.EmailBackend") and not settings.EMAIL_HOST:
+        if _is_smtp(backend) and not settings.EMAIL_HOST:
             return ["set EMAIL_URL (e.g. smtp://user:password@mail.example.com:587)"]
         if backend.startswith("anymail.") and not settings.ANYMAIL:
             return ["set ANYMAIL (e.g. ANYMAIL=MAILGUN_API_KEY=...) for the anymail backend"]
         return []
 
+    def connection(self) -> Any:
+        """A new connection of this instance's backend (not yet opened)."""
+        if not self.options:
+            return get_connection(fail_silently=False)
+        if url := self.options.get("email_url"):
+            parsed = environ.Env.email_url_config(str(url))
+            smtp = {
+                "host": parsed.get("EMAIL_HOST"),
+                "port": parsed.get("EMAIL_PORT"),
+                "username": parsed.get("EMAIL_HOST_USER"),
+                "password": parsed.get("EMAIL_HOST_PASSWORD"),
+                "use_tls": parsed.get("EMAIL_USE_TLS", False),
+                "use_ssl": parsed.get("EMAIL_USE_SSL", False),
+                "timeout": settings.EMAIL_TIMEOUT,
+            }
+            return get_connection(parsed["EMAIL_BACKEND"], fail_silently=False, **smtp)
+        extra = dict(self.options.get("backend_options") or {})
+        return get_connection(str(self.options["backend"]), fail_silently=False, **extra)
+
     def send_many(self, outgoings: Sequence[Outgoing]) -> list[SendResult]:
         return [result for _, result in self.send_each(outgoings)]
 
     def send_each(self, outgoings: Iterable[Outgoing]) -> Iterator[tuple[Outgoing, SendResult]]:
-        """One connection for the batch, opened when the first message is handed over."""
+        """One connection for the batch, opened when the first message is handed over. After
+        a refusal that asks us to wait, the rest is not sent (each gets that refusal)."""
+        from_email = str(self.options.get("from_email") or "")
         connection: Any = None
         failure: SendResult | None = None
+        refusal: SendResult | None = None
         try:
             for outgoing in outgoings:
+                if refusal is not None:
+                    yield outgoing, not_sent_after(refusal)
+                    continue
                 if connection is None and failure is None:
-                    connection = get_connection(fail_silently=False)
+                    connection = self.connection()
                     try:
                         connection.open()
                     except Exception as exc:  # server unreachable: each message fails for now
@@ -143,12 +204,15 @@ class DjangoEmailProvider:
                 if failure is not None:
                     yield outgoing, failure
                     continue
-                email = build_email(outgoing)
+                email = build_email(outgoing, from_email=from_email)
                 email.connection = connection
                 try:
                     email.send()
                 except Exception as exc:
-                    yield outgoing, classify_email_error(self.name, exc)
+                    result = classify_email_error(self.name, exc)
+                    if asks_to_wait(result):
+                        refusal = result
+                    yield outgoing, result
                     continue
                 yield outgoing, SendResult.sent(self.name, _provider_id(email))
         finally:

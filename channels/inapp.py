@@ -11,7 +11,7 @@ from channels.base import Channel, Outgoing, SendResult
 
 
 class InAppProvider:
-    name: ClassVar[str] = "inapp"
+    name: str = "inapp"
     channel: ClassVar[Channel] = Channel.INAPP
     in_database: ClassVar[bool] = True
 

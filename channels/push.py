@@ -92,7 +92,7 @@ DeviceOutcome = tuple[
 
 
 class FcmWebPushProvider:
-    name: ClassVar[str] = "push"
+    name: str = "push"
     channel: ClassVar[Channel] = Channel.PUSH
     in_database: ClassVar[bool] = False
 

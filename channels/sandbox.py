@@ -77,7 +77,7 @@ def _decide(outgoing: Outgoing, provider: str) -> SendResult:
 
 
 class _SandboxProvider:
-    name: ClassVar[str] = "sandbox"
+    name: str = "sandbox"
     channel: ClassVar[Channel]
     in_database: ClassVar[bool] = False
 

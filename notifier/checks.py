@@ -96,7 +96,7 @@ def check_provider_webhooks(app_configs: Any = None, **kwargs: Any) -> list[Chec
                     id="notifier.W103",
                 )
             )
-    if "twilio" in settings.NOTIFIER_PROVIDERS.get("sms", []):
+    if _twilio_in_sms_chain():
         base = settings.TWILIO_WEBHOOK_BASE_URL or settings.NOTIFIER_SITE_URL
         parts = urlsplit(base)
         if parts.scheme != "https" or parts.hostname in ("localhost", "127.0.0.1", "::1"):
@@ -160,3 +160,42 @@ def check_task_time_limits(app_configs: Any = None, **kwargs: Any) -> list[Check
             )
         )
     return errors
+
+
+@register()
+def check_no_sandbox_failover(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
+    """A sandbox behind a real provider would mark real customers' messages sent and send
+    nothing: refused with DEBUG off unless NOTIFIER_ALLOW_SANDBOX_FAILOVER says otherwise."""
+    from django.core.exceptions import ImproperlyConfigured
+
+    from channels.registry import sandbox_failover_refused, sandbox_stand_ins
+
+    if not sandbox_failover_refused():
+        return []
+    try:
+        found = sandbox_stand_ins()
+    except ImproperlyConfigured:  # an unknown provider name: the start-up check says which
+        return []
+    return [
+        Error(
+            f"{problem}: with DEBUG off a sandbox must never take over from a real provider",
+            hint="remove the sandbox from the chain (list a second real provider instead, see "
+            "NOTIFIER_PROVIDER_INSTANCES), or set NOTIFIER_ALLOW_SANDBOX_FAILOVER=true where "
+            "that is wanted (a staging site)",
+            id="notifier.E201",
+        )
+        for problem in found
+    ]
+
+
+def _twilio_in_sms_chain() -> bool:
+    """Is any provider of the SMS chain Twilio (the class, or a named instance of it)?"""
+    from django.core.exceptions import ImproperlyConfigured
+
+    from channels.base import Channel
+    from channels.registry import provider_specs
+
+    try:
+        return any(spec.class_name == "twilio" for spec in provider_specs(Channel.SMS))
+    except ImproperlyConfigured:  # the start-up check names the bad entry
+        return False

@@ -1,8 +1,10 @@
 """Which provider each channel uses, decided from the environment (read by settings only).
 
 A channel's providers come from NOTIFIER_<CHANNEL>_PROVIDERS (comma-separated, first is
-primary). When unset, a real provider is chosen if its credentials are present, otherwise the
-sandbox. Whether a chosen provider has its credentials is checked at start-up by
+primary, the rest its failover order); a name there is a provider class ("twilio") or a named
+instance of one with its own credentials (NOTIFIER_PROVIDER_INSTANCES, see channels.registry).
+When unset, a real provider is chosen if its credentials are present, otherwise the sandbox.
+Whether a chosen provider has its credentials is checked at start-up by
 `channels.registry.check_providers_configured`, which fails loudly.
 """
 
@@ -19,7 +21,11 @@ def providers_from_env(env: Any) -> dict[str, list[str]]:
         "email": ["django"]
         if env.str("EMAIL_URL", default="") or env.str("EMAIL_BACKEND", default="")
         else ["sandbox"],
-        "sms": ["twilio"] if env.str("TWILIO_ACCOUNT_SID", default="") else ["sandbox"],
+        "sms": ["twilio"]
+        if env.str("TWILIO_ACCOUNT_SID", default="")
+        else ["plivo"]
+        if env.str("PLIVO_AUTH_ID", default="")
+        else ["sandbox"],
         "push": ["push"]
         if env.str("FCM_CREDENTIALS_FILE", default="")
         or env.str("WEBPUSH_VAPID_PRIVATE_KEY", default="")

@@ -1,13 +1,13 @@
 """The staff roles, declared once: which Django permissions each group holds.
 
 A role is a Django auth Group; its permissions are the admin's own ("view_campaign",
-"change_segment", ...) plus three of ours: `campaigns.approve_campaign`,
-`notifier.retry_delivery` and `notifier.view_contact_details` (full email addresses and phone
-numbers; without it the admin shows them masked, "a****@example.com"). Migration 0014 applies
-this matrix, every later `migrate` re-applies it (so models added since are in the Admin role
-at once; NOTIFIER_SYNC_ROLES_ON_MIGRATE=false turns that off), and `manage.py sync_roles`
-re-applies it on demand: each group ends up with exactly the permissions listed here, whatever
-was added or removed by hand in between.
+"change_segment", ...) plus four of ours: `campaigns.approve_campaign`,
+`campaigns.allow_quiet_hours`, `notifier.retry_delivery` and `notifier.view_contact_details`
+(full email addresses and phone numbers; without it the admin shows them masked,
+"a****@example.com"). Migration 0014 applies this matrix, every later `migrate` re-applies it
+(so models added since are in the Admin role at once; NOTIFIER_SYNC_ROLES_ON_MIGRATE=false
+turns that off), and `manage.py sync_roles` re-applies it on demand: each group ends up with
+exactly the permissions listed here, whatever was added or removed by hand in between.
 
 - **Marketer** builds segments and campaigns and writes their copy. Marketers never see the
   customer list: no `view_user`, no `view_contact_details`. They see audiences as counts, a
@@ -17,7 +17,9 @@ was added or removed by hand in between.
   `view_contact_details` a customer is identified by id only: nothing a marketer can reach
   searches, filters, sorts, imports or looks up by email, phone or username, since each such
   answer would tell whether an address is a customer's (tests/security/test_contact_oracle.py).
-- **Marketing lead**: a Marketer who may also approve a campaign someone else prepared.
+- **Marketing lead**: a Marketer who may also approve a campaign someone else prepared, and
+  let a campaign send in customers' quiet hours (its "Send in quiet hours" switch, shown to
+  nobody else; the change is logged and approval covers it).
 - **Support** answers "why didn't she get it?": views users (with their full contact details,
   to find them), their messages, deliveries, inbox, devices, preferences and consent, campaigns
   and funnels; may retry a failed delivery; changes nothing else.
@@ -63,6 +65,8 @@ SUPPORT_VIEWS_NOTIFIER = (
 VIEW_CONTACT_DETAILS = "notifier.view_contact_details"
 RETRY_DELIVERY = "notifier.retry_delivery"
 APPROVE_CAMPAIGN = "campaigns.approve_campaign"
+# Letting a campaign send in customers' quiet hours: a lead's decision, never a marketer's.
+ALLOW_QUIET_HOURS = "campaigns.allow_quiet_hours"
 
 
 def _perms(app_label: str, actions: Iterable[str], models: Iterable[str]) -> frozenset[str]:
@@ -90,8 +94,9 @@ MARKETER = Role(
 )
 MARKETING_LEAD = Role(
     "Marketing lead",
-    "A Marketer who also approves campaigns someone else prepared.",
-    MARKETER_PERMISSIONS | {APPROVE_CAMPAIGN},
+    "A Marketer who also approves campaigns someone else prepared and may let a campaign send "
+    "in quiet hours.",
+    MARKETER_PERMISSIONS | {APPROVE_CAMPAIGN, ALLOW_QUIET_HOURS},
 )
 SUPPORT = Role(
     "Support",

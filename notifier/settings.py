@@ -142,6 +142,12 @@ CELERY_BROKER_TRANSPORT_OPTIONS = {
     # Redis transport does not re-deliver a waiting retry as a duplicate.
     "visibility_timeout": env.int("CELERY_VISIBILITY_TIMEOUT", default=3600),
 }
+if CELERY_BROKER_URL.startswith(("redis://", "rediss://")):
+    # A Redis host that does not answer at all (down, not refusing) holds a publish, and so a
+    # notify() in a web request, no longer than this; redis-py's default waits for the OS.
+    CELERY_BROKER_TRANSPORT_OPTIONS["socket_connect_timeout"] = env.float(
+        "CELERY_BROKER_CONNECT_TIMEOUT_S", default=2.0
+    )
 if NOTIFIER_EMBEDDED:
     # The in-memory transport polls; the default second would dominate in-app latency.
     CELERY_BROKER_TRANSPORT_OPTIONS["polling_interval"] = 0.01
@@ -229,10 +235,16 @@ NOTIFIER_BULK_HIGH_WATER = env.int("NOTIFIER_BULK_HIGH_WATER", default=200)
 # Global provider rate limits shared by all workers, "channel:provider=rate/period", e.g.
 # NOTIFIER_RATE_LIMITS=sms:twilio=10/s,email:django=100/s
 NOTIFIER_RATE_LIMITS = env.dict("NOTIFIER_RATE_LIMITS", default={})
-# Circuit breaker per provider: this many failures within the window open it for the cooldown.
-NOTIFIER_CIRCUIT_FAILURES = env.int("NOTIFIER_CIRCUIT_FAILURES", default=20)
+# Circuit breaker per provider: when at least NOTIFIER_CIRCUIT_MIN_CALLS calls within the window
+# were made and NOTIFIER_CIRCUIT_FAILURE_RATIO of them failed for the provider's sake (timeouts,
+# 429, 5xx), it opens for the cooldown; successes count, so a few soft failures never open it.
+NOTIFIER_CIRCUIT_FAILURE_RATIO = env.float("NOTIFIER_CIRCUIT_FAILURE_RATIO", default=0.5)
+NOTIFIER_CIRCUIT_MIN_CALLS = env.int("NOTIFIER_CIRCUIT_MIN_CALLS", default=20)
 NOTIFIER_CIRCUIT_WINDOW_S = env.int("NOTIFIER_CIRCUIT_WINDOW_S", default=30)
 NOTIFIER_CIRCUIT_COOLDOWN_S = env.int("NOTIFIER_CIRCUIT_COOLDOWN_S", default=30)
+# A provider that answers 429/5xx with a Retry-After is left alone that long by every worker
+# (its messages go to the next provider of the chain), but never longer than this.
+NOTIFIER_PROVIDER_MAX_PAUSE_S = env.float("NOTIFIER_PROVIDER_MAX_PAUSE_S", default=300.0)
 # Signed links (unsubscribe, preference centre) stay valid this long.
 NOTIFIER_LINK_MAX_AGE_DAYS = env.int("NOTIFIER_LINK_MAX_AGE_DAYS", default=365)
 
@@ -267,6 +279,9 @@ NOTIFIER_COPY_MAX_SECONDS = env.float("NOTIFIER_COPY_MAX_SECONDS", default=0.025
 NOTIFIER_COPY_CHECK_BUDGET_S = env.float("NOTIFIER_COPY_CHECK_BUDGET_S", default=5.0)
 # How many locales (the default included) one variant may have copy for.
 NOTIFIER_COPY_MAX_LOCALES = env.int("NOTIFIER_COPY_MAX_LOCALES", default=30)
+# Campaign copy's `user.points_expiring`: the points balance when it expires within this many
+# days (a campaign whose segment says "points expiring within N days" uses its N instead).
+NOTIFIER_POINTS_EXPIRING_DAYS = env.int("NOTIFIER_POINTS_EXPIRING_DAYS", default=30)
 # Served over HTTPS (production): secure cookies and a redirect to https, except the health
 # probes, which orchestrators call over plain HTTP inside the network. HSTS is opt-in (a
 # browser remembers it for its whole lifetime). Behind a TLS-terminating proxy that sets
@@ -282,6 +297,14 @@ if env.bool("DJANGO_SECURE_PROXY_SSL_HEADER", default=False):
 # Each channel's provider is chosen by NOTIFIER_<CHANNEL>_PROVIDER, or inferred from which
 # credentials are present; "sandbox" (the default) records sends in a ledger instead.
 NOTIFIER_PROVIDERS = providers_from_env(env)
+# Named provider instances, each of a provider class with its own credentials, to list in the
+# chains above (failover between two Twilio accounts, SMTP and an ESP, two ESPs), as JSON, e.g.
+# {"twilio_backup": {"class": "twilio", "account_sid": "AC...", "auth_token": "...",
+#  "from_number": "+1..."}}; see channels/registry.py.
+NOTIFIER_PROVIDER_INSTANCES = env.json("NOTIFIER_PROVIDER_INSTANCES", default={})
+# With DEBUG off, a sandbox never takes over from a real provider (system check notifier.E201,
+# and it is left out of the chain) unless this says so (a staging site).
+NOTIFIER_ALLOW_SANDBOX_FAILOVER = env.bool("NOTIFIER_ALLOW_SANDBOX_FAILOVER", default=False)
 
 # The "django" email provider sends through EMAIL_BACKEND: SMTP from EMAIL_URL, or any
 # django-anymail ESP backend (EMAIL_BACKEND=anymail.backends.<esp>.EmailBackend + ANYMAIL).
@@ -304,6 +327,11 @@ TWILIO_ACCOUNT_SID = env.str("TWILIO_ACCOUNT_SID", default="")
 TWILIO_AUTH_TOKEN = env.str("TWILIO_AUTH_TOKEN", default="")
 TWILIO_FROM_NUMBER = env.str("TWILIO_FROM_NUMBER", default="")
 TWILIO_MESSAGING_SERVICE_SID = env.str("TWILIO_MESSAGING_SERVICE_SID", default="")
+# Plivo, a second SMS provider (NOTIFIER_SMS_PROVIDERS=twilio,plivo for failover).
+PLIVO_AUTH_ID = env.str("PLIVO_AUTH_ID", default="")
+PLIVO_AUTH_TOKEN = env.str("PLIVO_AUTH_TOKEN", default="")
+PLIVO_FROM_NUMBER = env.str("PLIVO_FROM_NUMBER", default="")
+PLIVO_POWERPACK_UUID = env.str("PLIVO_POWERPACK_UUID", default="")
 
 FCM_CREDENTIALS_FILE = env.str("FCM_CREDENTIALS_FILE", default="")
 WEBPUSH_VAPID_PRIVATE_KEY = env.str("WEBPUSH_VAPID_PRIVATE_KEY", default="")

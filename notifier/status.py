@@ -95,6 +95,10 @@ class Reason(models.TextChoices):
     NO_CONSENT = "no_consent", "No marketing consent on record for this channel"
     MARKETING_OFF = "marketing_off", "The user chose to receive no marketing"
     QUIET_HOURS = "quiet_hours", "Held for the user's quiet hours; released in their morning"
+    QUIET_HOURS_ALLOWED = (
+        "quiet_hours_allowed",
+        "Sent in the user's quiet hours: a marketing lead allowed it for this campaign",
+    )
     FREQUENCY_CAP = "frequency_cap", "Over the user's marketing cap; deferred to the next window"
     OUTRANKED = "outranked", "A higher-priority message took the user's cap slot; deferred"
     STALE = "stale", "Would have gone out too late to be useful"
@@ -102,6 +106,11 @@ class Reason(models.TextChoices):
     SCHEDULED = "scheduled", "Scheduled for the user's own time of day"
     CAMPAIGN_PAUSED = "campaign_paused", "Held while its campaign is paused"
     MISSED = "missed", "Its moment passed (campaign paused or late); not sent late"
+    EVENT_MOVED = "event_moved", "Its campaign's event moved and this step no longer fits"
+    SERIES_STOPPED = (
+        "series_stopped",
+        "The customer converted or clicked; the rest of the campaign's series is not sent",
+    )
     CIRCUIT_OPEN = "circuit_open", "The provider is failing; waiting for it to recover"
     RENDER_FAILED = "render_failed", "The template could not be rendered"
     RENDER_TIMEOUT = "render_timeout", "Rendering took too long and was stopped"

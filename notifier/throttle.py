@@ -8,13 +8,22 @@ atomic across all workers, and the script reads Redis `TIME` so every worker sha
 is exactly when forgetting it changes nothing. A caller that gets fewer tokens than it asked
 for is told when the next token arrives instead of being blocked: workers never sleep here.
 
-Circuit breaker: CLOSED counts failures in a sliding window (a sorted set of failure times);
-NOTIFIER_CIRCUIT_FAILURES of them within NOTIFIER_CIRCUIT_WINDOW_S open it for
-NOTIFIER_CIRCUIT_COOLDOWN_S. While OPEN every delivery waits. After the cooldown it is
-HALF_OPEN: one caller across all processes wins a probe lease (SET NX with a TTL) and sends; a
-success closes the breaker and forgets the failures, a failure re-opens it for another
-cooldown. A probe whose worker dies is forgotten when its lease expires and another is let
-through. Openings and closings are returned as a Transition for `alert_transition`.
+Circuit breaker: CLOSED counts calls and failures in a sliding window of
+NOTIFIER_CIRCUIT_WINDOW_S (ten buckets of a tenth of the window each, one Redis hash), and opens
+for NOTIFIER_CIRCUIT_COOLDOWN_S when, over at least NOTIFIER_CIRCUIT_MIN_CALLS calls in the
+window, the share of failures reaches NOTIFIER_CIRCUIT_FAILURE_RATIO. Successes count: a few
+soft failures among many good sends never open it, however busy the provider is. While OPEN
+every delivery waits. After the cooldown it is HALF_OPEN: one caller across all processes wins
+a probe lease (SET NX with a TTL) and sends; a success closes the breaker and forgets the
+counts, a failure re-opens it for another cooldown. Callers that lost the probe race leave a
+waiter token; the probe's success hands those tokens back in its CLOSED Transition so that the
+caller can wake them at once instead of letting them wait out the lease. A probe whose worker
+dies is forgotten when its lease expires and another is let through. Openings and closings are
+returned as a Transition for `alert_transition`.
+
+Pause: a provider that answered 429 or 5xx with a Retry-After is paused for that long
+(`provider_pause`); the breaker then refuses it (`Permission.paused`) so that every worker
+fails over to the next provider instead of calling it again early.
 
 Embedded mode (NOTIFIER_EMBEDDED, or no Redis URL at all) runs the same algorithms in process
 behind the same functions, so callers never branch on the deployment.
@@ -28,7 +37,6 @@ import re
 import threading
 import time
 import uuid
-from collections import deque
 from dataclasses import dataclass, field
 from enum import StrEnum
 from functools import lru_cache
@@ -52,6 +60,8 @@ REDIS_SOCKET_TIMEOUT_S = 0.5
 # After Redis fails, skip it for this long, so a black-holed Redis does not add a socket
 # timeout to every delivery while it is down.
 REDIS_RETRY_AFTER_S = 1.0
+# The breaker's window is counted in this many buckets: it slides in steps of a tenth.
+WINDOW_BUCKETS = 10
 
 _RATE_FORM = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*/\s*([smh])\s*$")
 _PERIOD_S = {"s": 1.0, "m": 60.0, "h": 3600.0}
@@ -101,6 +111,8 @@ class Permission:
     retry_after_s: float = 0.0
     # This caller is the one half-open probe: its breaker_record decides open or closed.
     probe: bool = False
+    # The provider asked us (Retry-After) to stay away for retry_after_s.
+    paused: bool = False
 
 
 class TransitionKind(StrEnum):
@@ -122,13 +134,26 @@ class Transition:
     open_for_s: float
     window_s: float
     cooldown_s: float
+    # Calls counted in the window that opened it (successes and failures).
+    calls: int = 0
+    # On closing: the waiter tokens of callers that lost the probe race, to be woken now.
+    waiters: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
 class BreakerPolicy:
-    failures: int
+    failure_ratio: float
+    min_calls: int
     window_s: float
     cooldown_s: float
+
+    @property
+    def bucket_s(self) -> float:
+        return self.window_s / WINDOW_BUCKETS
+
+    def trips(self, *, calls: int, failures: int) -> bool:
+        """Open on this many calls and failures in the window? A pure decision."""
+        return failures > 0 and calls >= self.min_calls and failures >= self.failure_ratio * calls
 
 
 # --- Settings -------------------------------------------------------------------------------
@@ -177,13 +202,20 @@ def _parse_rate_limits(items: tuple[tuple[str, Any], ...]) -> tuple[tuple[str, R
 def breaker_policy() -> BreakerPolicy:
     """The NOTIFIER_CIRCUIT_* settings, validated."""
     policy = BreakerPolicy(
-        failures=int(settings.NOTIFIER_CIRCUIT_FAILURES),
+        failure_ratio=float(settings.NOTIFIER_CIRCUIT_FAILURE_RATIO),
+        min_calls=int(settings.NOTIFIER_CIRCUIT_MIN_CALLS),
         window_s=float(settings.NOTIFIER_CIRCUIT_WINDOW_S),
         cooldown_s=float(settings.NOTIFIER_CIRCUIT_COOLDOWN_S),
     )
-    if policy.failures < 1 or policy.window_s <= 0 or policy.cooldown_s <= 0:
+    if (
+        not 0 < policy.failure_ratio <= 1
+        or policy.min_calls < 1
+        or policy.window_s <= 0
+        or policy.cooldown_s <= 0
+    ):
         raise ImproperlyConfigured(
-            "NOTIFIER_CIRCUIT_FAILURES must be at least 1 and NOTIFIER_CIRCUIT_WINDOW_S and "
+            "NOTIFIER_CIRCUIT_FAILURE_RATIO must be above 0 and at most 1, "
+            "NOTIFIER_CIRCUIT_MIN_CALLS at least 1, and NOTIFIER_CIRCUIT_WINDOW_S and "
             f"NOTIFIER_CIRCUIT_COOLDOWN_S above zero, not {policy}"
         )
     return policy
@@ -211,14 +243,32 @@ def take(key: str, rate: Rate, n: int = 1) -> Grant:
     return _backend().acquire(key, rate, n)
 
 
-def breaker_allows(key: str) -> Permission:
-    """May a delivery through `key` call the provider now? Half-open lets exactly one probe."""
-    return _backend().allows(key, breaker_policy())
+def breaker_allows(key: str, *, waiter: str = "") -> Permission:
+    """May a delivery through `key` call the provider now? Half-open lets exactly one probe.
+
+    A caller that loses the probe race and passes a `waiter` token gets it back in the CLOSED
+    Transition of the probe's success, so that whoever records the success can wake it.
+    """
+    return _backend().allows(key, breaker_policy(), waiter)
 
 
 def breaker_record(key: str, *, success: bool) -> Transition | None:
-    """Count a provider call's outcome; returns the Transition when it opened or closed."""
-    return _backend().record(key, breaker_policy(), success=success)
+    """Count one provider call's outcome; returns the Transition when it opened or closed."""
+    return breaker_outcomes(key, successes=int(success), failures=int(not success))
+
+
+def breaker_outcomes(key: str, *, successes: int, failures: int) -> Transition | None:
+    """Count a batch of calls' outcomes at once (one round trip); the Transition if any."""
+    if successes < 0 or failures < 0 or successes + failures == 0:
+        raise ValueError(f"record at least one outcome, not {successes}+{failures}")
+    return _backend().record(key, breaker_policy(), successes=successes, failures=failures)
+
+
+def provider_pause(key: str, seconds: float) -> None:
+    """Keep every worker off `key` for `seconds` (a provider's Retry-After): breaker_allows
+    refuses it meanwhile, with the time left, whatever the breaker's state."""
+    if seconds > 0:
+        _backend().pause(key, seconds)
 
 
 def breaker_state(key: str) -> State:
@@ -232,7 +282,8 @@ def alert_transition(transition: Transition) -> None:
         if transition.trips == 1:
             message = (
                 f"circuit breaker for {transition.key} opened: {transition.failures} failures "
-                f"within {transition.window_s:g} s; deliveries wait {transition.cooldown_s:g} s"
+                f"of {transition.calls} calls within {transition.window_s:g} s; deliveries wait "
+                f"{transition.cooldown_s:g} s"
             )
         else:
             message = (
@@ -282,9 +333,13 @@ def _report_to_sentry(transition: Transition, message: str) -> None:
 class _Backend(Protocol):
     def acquire(self, key: str, rate: Rate, n: int) -> Grant: ...
 
-    def allows(self, key: str, policy: BreakerPolicy) -> Permission: ...
+    def allows(self, key: str, policy: BreakerPolicy, waiter: str) -> Permission: ...
 
-    def record(self, key: str, policy: BreakerPolicy, *, success: bool) -> Transition | None: ...
+    def record(
+        self, key: str, policy: BreakerPolicy, *, successes: int, failures: int
+    ) -> Transition | None: ...
+
+    def pause(self, key: str, seconds: float) -> None: ...
 
     def state(self, key: str, policy: BreakerPolicy) -> State: ...
 
@@ -306,7 +361,7 @@ def redis_url() -> str:
 
 # --- Redis ----------------------------------------------------------------------------------
 
-# Shared by the three breaker scripts. KEYS: state hash, failures zset, probe lease.
+# Shared by the breaker scripts. KEYS: state hash, counts hash, probe lease, waiters set, pause.
 # Times are integer microseconds from Redis TIME; doubles hold them exactly (< 2^53).
 _BREAKER_PRELUDE = """
 local t = redis.call('TIME')
@@ -349,59 +404,97 @@ redis.call('PEXPIRE', KEYS[1], math.ceil((burst - tokens) / rate * 1000) + 1000)
 return {granted, wait_us}
 """
 
-# ARGV lease ms, lease holder, cooldown us. Returns {state, allowed, wait_us, probe}.
+# ARGV lease ms, lease holder, cooldown us, waiter token ('' for none).
+# Returns {state, allowed, wait_us, probe, paused}.
 _ALLOWS_LUA = (
     _BREAKER_PRELUDE
     + """
-if state == 'closed' then return {state, 1, 0, 0} end
-if state == 'open' then return {state, 0, open_until - now, 0} end
-if redis.call('SET', KEYS[3], ARGV[2], 'NX', 'PX', ARGV[1]) then return {state, 1, 0, 1} end
+local paused_ms = redis.call('PTTL', KEYS[5])
+if paused_ms > 0 then return {state, 0, paused_ms * 1000, 0, 1} end
+if state == 'closed' then return {state, 1, 0, 0, 0} end
+if state == 'open' then return {state, 0, open_until - now, 0, 0} end
+if redis.call('SET', KEYS[3], ARGV[2], 'NX', 'PX', ARGV[1]) then return {state, 1, 0, 1, 0} end
+-- Lost the probe race: leave a token for the probe's success to hand back (it lives as long as
+-- the lease: a dead probe wakes nobody, and the waiters come back by themselves).
+if ARGV[4] ~= '' then
+  redis.call('SADD', KEYS[4], ARGV[4])
+  redis.call('PEXPIRE', KEYS[4], ARGV[1])
+end
 -- Waiters come back when the lease would lapse, or after a cooldown if that is sooner.
 local lease_us = math.max(redis.call('PTTL', KEYS[3]), 1) * 1000
-return {state, 0, math.min(lease_us, tonumber(ARGV[3])), 0}
+return {state, 0, math.min(lease_us, tonumber(ARGV[3])), 0, 0}
 """
 )
 
-# ARGV success 0/1, failures threshold, window us, cooldown us, nonce.
-# Returns {kind, failures, trips, open_for_us}; kind 'none' when nothing changed.
+# ARGV successes, failures, failure ratio, min calls, window us, cooldown us, bucket us.
+# Returns {kind, failures, trips, open_for_us, calls, waiters}; kind 'none' when nothing changed.
 _RECORD_LUA = (
     _BREAKER_PRELUDE
     + """
-local success = ARGV[1] == '1'
-local cooldown_us = tonumber(ARGV[4])
+local successes = tonumber(ARGV[1])
+local failed = tonumber(ARGV[2])
+local cooldown_us = tonumber(ARGV[6])
 -- Results of sends that started before the breaker opened change nothing.
-if state == 'open' then return {'none', 0, 0, 0} end
+if state == 'open' then return {'none', 0, 0, 0, 0, {}} end
 if state == 'half_open' then
-  local h = redis.call('HMGET', KEYS[1], 'failures', 'trips', 'opened_at')
+  local h = redis.call('HMGET', KEYS[1], 'failures', 'trips', 'opened_at', 'calls')
   local failures = tonumber(h[1]) or 0
   local trips = tonumber(h[2]) or 1
   local opened_at = tonumber(h[3]) or now
+  local calls = tonumber(h[4]) or 0
   redis.call('DEL', KEYS[3])
-  if success then
-    redis.call('DEL', KEYS[1], KEYS[2])
-    return {'closed', failures, trips, now - opened_at}
+  if failed == 0 then
+    local waiters = redis.call('SMEMBERS', KEYS[4])
+    redis.call('DEL', KEYS[1], KEYS[2], KEYS[4])
+    return {'closed', failures, trips, now - opened_at, calls, waiters}
   end
+  -- The waiters' own countdowns bring them back; a failed probe wakes nobody.
+  redis.call('DEL', KEYS[4])
   trips = trips + 1
   redis.call('HSET', KEYS[1], 'open_until', us(now + cooldown_us), 'trips', trips)
-  return {'opened', failures, trips, now - opened_at}
+  return {'opened', failures, trips, now - opened_at, calls, {}}
 end
-if success then return {'none', 0, 0, 0} end
-local window_us = tonumber(ARGV[3])
-redis.call('ZADD', KEYS[2], us(now), us(now) .. ':' .. ARGV[5])
-redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', us(now - window_us))
-local count = redis.call('ZCARD', KEYS[2])
-if count >= tonumber(ARGV[2]) then
+local window_us = tonumber(ARGV[5])
+local bucket_us = tonumber(ARGV[7])
+local bucket = math.floor(now / bucket_us)
+if successes > 0 then redis.call('HINCRBY', KEYS[2], 's' .. bucket, successes) end
+if failed > 0 then redis.call('HINCRBY', KEYS[2], 'f' .. bucket, failed) end
+-- Sum the buckets still inside the window; forget the older ones.
+local oldest = bucket - math.ceil(window_us / bucket_us) + 1
+local counts = redis.call('HGETALL', KEYS[2])
+local ok, failures, stale = 0, 0, {}
+for i = 1, #counts, 2 do
+  local field = counts[i]
+  if tonumber(string.sub(field, 2)) < oldest then
+    stale[#stale + 1] = field
+  elseif string.sub(field, 1, 1) == 's' then
+    ok = ok + tonumber(counts[i + 1])
+  else
+    failures = failures + tonumber(counts[i + 1])
+  end
+end
+if #stale > 0 then redis.call('HDEL', KEYS[2], unpack(stale)) end
+local calls = ok + failures
+if failed > 0 and calls >= tonumber(ARGV[4]) and failures >= tonumber(ARGV[3]) * calls then
   redis.call('DEL', KEYS[2])
   -- No TTL: an open breaker must stay open until a probe says otherwise, and there is one
   -- small hash per provider.
   redis.call('HSET', KEYS[1], 'open_until', us(now + cooldown_us), 'opened_at', us(now),
-    'failures', count, 'trips', 1)
-  return {'opened', count, 1, 0}
+    'failures', failures, 'calls', calls, 'trips', 1)
+  return {'opened', failures, 1, 0, calls, {}}
 end
-redis.call('PEXPIRE', KEYS[2], math.ceil(window_us / 1000) + 1000)
-return {'none', count, 0, 0}
+redis.call('PEXPIRE', KEYS[2], math.ceil((window_us + bucket_us) / 1000) + 1000)
+return {'none', failures, 0, 0, calls, {}}
 """
 )
+
+# ARGV pause ms. Only ever lengthens a pause: a shorter Retry-After does not cut a longer one.
+_PAUSE_LUA = """
+if redis.call('PTTL', KEYS[5]) < tonumber(ARGV[1]) then
+  redis.call('SET', KEYS[5], '1', 'PX', ARGV[1])
+end
+return 1
+"""
 
 _STATE_LUA = _BREAKER_PRELUDE + "return state\n"
 
@@ -420,7 +513,7 @@ def bucket_redis_key(key: str) -> str:
 def breaker_redis_keys(key: str) -> list[str]:
     # The {hash tag} keeps one breaker's keys in one Redis Cluster slot, as its scripts need.
     base = f"{KEY_PREFIX}:breaker:{{{key}}}"
-    return [base, f"{base}:failures", f"{base}:probe"]
+    return [base, f"{base}:counts", f"{base}:probe", f"{base}:waiters", f"{base}:paused"]
 
 
 @dataclass(eq=False)
@@ -447,6 +540,7 @@ class _RedisBackend:
                 "bucket": _BUCKET_LUA,
                 "allows": _ALLOWS_LUA,
                 "record": _RECORD_LUA,
+                "pause": _PAUSE_LUA,
                 "state": _STATE_LUA,
             }.items()
         }
@@ -461,41 +555,56 @@ class _RedisBackend:
         granted, wait_us = reply
         return Grant(granted=int(granted), retry_after_s=int(wait_us) / 1e6)
 
-    def allows(self, key: str, policy: BreakerPolicy) -> Permission:
-        lease = [int(PROBE_LEASE_S * 1000), uuid.uuid4().hex, int(policy.cooldown_s * 1e6)]
+    def allows(self, key: str, policy: BreakerPolicy, waiter: str) -> Permission:
+        lease = [
+            int(PROBE_LEASE_S * 1000),
+            uuid.uuid4().hex,
+            int(policy.cooldown_s * 1e6),
+            waiter,
+        ]
         reply = self._run("allows", breaker_redis_keys(key), lease)
         if reply is None:
             # Fail open for the same reason as acquire(): without Redis, send.
             return Permission(allowed=True, state=State.UNKNOWN)
-        state, allowed, wait_us, probe = reply
+        state, allowed, wait_us, probe, paused = reply
         return Permission(
             allowed=bool(allowed),
             state=State(state.decode()),
             retry_after_s=int(wait_us) / 1e6,
             probe=bool(probe),
+            paused=bool(paused),
         )
 
-    def record(self, key: str, policy: BreakerPolicy, *, success: bool) -> Transition | None:
+    def record(
+        self, key: str, policy: BreakerPolicy, *, successes: int, failures: int
+    ) -> Transition | None:
         args = [
-            int(success),
-            policy.failures,
+            successes,
+            failures,
+            repr(policy.failure_ratio),
+            policy.min_calls,
             int(policy.window_s * 1e6),
             int(policy.cooldown_s * 1e6),
-            uuid.uuid4().hex,  # failures at the same microsecond are still distinct members
+            max(1, int(policy.bucket_s * 1e6)),
         ]
         reply = self._run("record", breaker_redis_keys(key), args)
         if reply is None or reply[0] == b"none":
             return None
-        kind, failures, trips, open_for_us = reply
+        kind, failed, trips, open_for_us, calls, waiters = reply
         return Transition(
             kind=TransitionKind(kind.decode()),
             key=key,
-            failures=int(failures),
+            failures=int(failed),
             trips=int(trips),
             open_for_s=int(open_for_us) / 1e6,
             window_s=policy.window_s,
             cooldown_s=policy.cooldown_s,
+            calls=int(calls),
+            waiters=tuple(sorted(w.decode() for w in waiters)),
         )
+
+    def pause(self, key: str, seconds: float) -> None:
+        self._run("pause", breaker_redis_keys(key), [max(1, math.ceil(seconds * 1000))])
 
     def state(self, key: str, policy: BreakerPolicy) -> State:
         reply = self._run("state", breaker_redis_keys(key), [])
@@ -553,12 +662,16 @@ def _redacted(url: str) -> str:
 
 @dataclass(slots=True)
 class _LocalBreaker:
-    failures: deque[float] = field(default_factory=deque)
+    # bucket number -> [successes, failures]
+    counts: dict[int, list[int]] = field(default_factory=dict)
     open_until: float | None = None
     opened_at: float = 0.0
     failures_at_open: int = 0
+    calls_at_open: int = 0
     trips: int = 0
     probe_until: float = 0.0
+    waiters: set[str] = field(default_factory=set)
+    paused_until: float = 0.0
 
     def state(self, now: float) -> State:
         if self.open_until is None:
@@ -585,11 +698,14 @@ class _LocalBackend:
         wait = 0.0 if granted == n else (1 - tokens) / rate.per_second
         return Grant(granted=granted, retry_after_s=wait)
 
-    def allows(self, key: str, policy: BreakerPolicy) -> Permission:
+    def allows(self, key: str, policy: BreakerPolicy, waiter: str) -> Permission:
         with self._lock:
             now = time.monotonic()
             breaker = self._breakers.setdefault(key, _LocalBreaker())
             state = breaker.state(now)
+            if now < breaker.paused_until:
+                wait = breaker.paused_until - now
+                return Permission(allowed=False, state=state, retry_after_s=wait, paused=True)
             if state is State.CLOSED:
                 return Permission(allowed=True, state=state)
             if state is State.OPEN:
@@ -597,11 +713,16 @@ class _LocalBackend:
                 return Permission(allowed=False, state=state, retry_after_s=wait)
             if now >= breaker.probe_until:
                 breaker.probe_until = now + PROBE_LEASE_S
+                breaker.waiters.clear()
                 return Permission(allowed=True, state=state, probe=True)
+            if waiter:
+                breaker.waiters.add(waiter)
             wait = min(breaker.probe_until - now, policy.cooldown_s)
             return Permission(allowed=False, state=state, retry_after_s=wait)
 
-    def record(self, key: str, policy: BreakerPolicy, *, success: bool) -> Transition | None:
+    def record(
+        self, key: str, policy: BreakerPolicy, *, successes: int, failures: int
+    ) -> Transition | None:
         with self._lock:
             now = time.monotonic()
             breaker = self._breakers.setdefault(key, _LocalBreaker())
@@ -610,25 +731,37 @@ class _LocalBackend:
                 return None
             if state is State.HALF_OPEN:
                 breaker.probe_until = 0.0
-                if success:
+                waiters, breaker.waiters = tuple(sorted(breaker.waiters)), set()
+                if failures == 0:
                     del self._breakers[key]
-                    return self._transition(TransitionKind.CLOSED, key, breaker, now, policy)
+                    return self._transition(
+                        TransitionKind.CLOSED, key, breaker, now, policy, waiters
+                    )
                 breaker.trips += 1
                 breaker.open_until = now + policy.cooldown_s
                 return self._transition(TransitionKind.OPENED, key, breaker, now, policy)
-            if success:
+            bucket = math.floor(now / policy.bucket_s)
+            counted = breaker.counts.setdefault(bucket, [0, 0])
+            counted[0] += successes
+            counted[1] += failures
+            oldest = bucket - math.ceil(policy.window_s / policy.bucket_s) + 1
+            for stale in [b for b in breaker.counts if b < oldest]:
+                del breaker.counts[stale]
+            failed = sum(f for _, f in breaker.counts.values())
+            calls = failed + sum(s for s, _ in breaker.counts.values())
+            if not (failures and policy.trips(calls=calls, failures=failed)):
                 return None
-            breaker.failures.append(now)
-            while breaker.failures and breaker.failures[0] <= now - policy.window_s:
-                breaker.failures.popleft()
-            if len(breaker.failures) < policy.failures:
-                return None
-            breaker.failures_at_open = len(breaker.failures)
-            breaker.failures.clear()
+            breaker.failures_at_open, breaker.calls_at_open = failed, calls
+            breaker.counts.clear()
             breaker.open_until = now + policy.cooldown_s
             breaker.opened_at = now
             breaker.trips = 1
             return self._transition(TransitionKind.OPENED, key, breaker, now, policy)
+
+    def pause(self, key: str, seconds: float) -> None:
+        with self._lock:
+            breaker = self._breakers.setdefault(key, _LocalBreaker())
+            breaker.paused_until = max(breaker.paused_until, time.monotonic() + seconds)
 
     def state(self, key: str, policy: BreakerPolicy) -> State:
         with self._lock:
@@ -637,7 +770,12 @@ class _LocalBackend:
 
     @staticmethod
     def _transition(
-        kind: TransitionKind, key: str, breaker: _LocalBreaker, now: float, policy: BreakerPolicy
+        kind: TransitionKind,
+        key: str,
+        breaker: _LocalBreaker,
+        now: float,
+        policy: BreakerPolicy,
+        waiters: tuple[str, ...] = (),
     ) -> Transition:
         return Transition(
             kind=kind,
@@ -647,6 +785,8 @@ class _LocalBackend:
             open_for_s=now - breaker.opened_at,
             window_s=policy.window_s,
             cooldown_s=policy.cooldown_s,
+            calls=breaker.calls_at_open,
+            waiters=waiters,
         )
 
 

@@ -42,6 +42,23 @@ def wait_until(
         time.sleep(interval)
 
 
+# CI provides every service and tool a test needs (PostgreSQL, Redis, RabbitMQ, Chromium,
+# kubectl): there, a test that skips for want of one is a failure, not a quiet pass.
+STRICT = os.environ.get("NOTIFIER_TESTS_STRICT") == "1"
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    outcome = yield
+    report = outcome.get_result()  # type: ignore[attr-defined]
+    if STRICT and report.skipped and not hasattr(report, "wasxfail"):
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else report.longrepr
+        report.outcome = "failed"
+        report.longrepr = (
+            f"skipped where every service is provided (NOTIFIER_TESTS_STRICT=1): {reason}"
+        )
+
+
 @pytest.fixture(autouse=True)
 def _fresh_caches() -> Iterator[None]:
     """Per-process caches and shared throttle state never leak from one test into the next."""

@@ -8,9 +8,11 @@ Pages, kept few:
   typed in days and hours, "-3d"), each step's variants linking to their copy, a checklist of
   what stops submission, and the lifecycle buttons (submit, approve, send back, pause, resume,
   cancel with a confirmation, move the event);
-- a variant's page: its weight and its copy per channel and locale, checked as it is saved;
-- the preview: every step x variant x channel rendered for a chosen or sample user, each
-  variant with "send test to me";
+- a variant's page: its weight and its copy per channel, locale and persona (everyone, or a
+  spend tier or activity state), checked as it is saved;
+- the preview: every step x variant x channel rendered for a chosen or sample user (their
+  persona's copy), then the same user as each persona the variant has copy for, each variant
+  with "send test to me";
 - the funnel (campaigns.admin.stats).
 
 Copy and steps change only while a campaign is a draft or awaiting approval (and has not
@@ -30,7 +32,7 @@ import json
 import keyword
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, ClassVar
 
@@ -75,6 +77,7 @@ from campaigns.models import (
     StepVariant,
     VariantTemplate,
 )
+from campaigns.personas import persona_label, persona_problem
 from campaigns.policies import (
     DEFAULT_ACTIVE_HOUR,
     describe_offset,
@@ -113,7 +116,12 @@ from campaigns.services.lifecycle import (
     locale_problem,
     plan_of,
 )
-from campaigns.services.previews import variant_preview, variant_send_test
+from campaigns.services.previews import (
+    campaign_persona,
+    variant_personas,
+    variant_preview,
+    variant_send_test,
+)
 from campaigns.services.segments import segment_count, segment_sample, segment_users
 from campaigns.services.stats import CAMPAIGN_SCOPE
 from channels.base import Channel, Content
@@ -122,7 +130,7 @@ from notifier.ids import parse_id
 from notifier.models import Delivery, User
 from notifier.models.users import display_name
 from notifier.rendering import COMPILE_ERRORS, SYSTEM_VARIABLES, environment
-from notifier.roles import VIEW_CONTACT_DETAILS
+from notifier.roles import ALLOW_QUIET_HOURS, VIEW_CONTACT_DETAILS
 from notifier.status import DeliveryStatus
 
 C = CampaignStatus
@@ -269,7 +277,11 @@ EDIT_FIELDS = [
     "variables",
     "holdout_percent",
     "attribution_hours",
+    "ab_metric",
+    "ab_sample_size",
     "reentry_days",
+    "quiet_hours_allowed",
+    "stop_series_on",
 ]
 # Editable in every status: a marketer may raise or lower it while the campaign runs.
 SAFETY_FIELDS = ["pause_failure_percent"]
@@ -310,7 +322,15 @@ class CampaignForm(forms.ModelForm):
 
     class Meta:
         model = Campaign
-        fields = [*CREATE_FIELDS, "description", "attribution_hours", "reentry_days"]
+        fields = [
+            *CREATE_FIELDS,
+            "description",
+            "attribution_hours",
+            "ab_metric",
+            "ab_sample_size",
+            "reentry_days",
+            "stop_series_on",
+        ]
         help_texts = {
             "segment": "Who gets it. The count below is how many users it reaches right now.",
             "event_at": "When the sale starts; the steps are counted from it.",
@@ -414,6 +434,7 @@ def copy_using(campaign: Campaign, names: set[str]) -> list[str]:
                     f"{', '.join(sorted(used))} is used by {template.variant.step.name}, variant "
                     f"{template.variant.name}, {channel_label(template.channel)} {part}"
                     + (f" ({template.locale})" if template.locale else "")
+                    + (f" for {persona_label(template.persona)}" if template.persona else "")
                     + "."
                 )
     return found
@@ -589,10 +610,20 @@ class ChannelPreview:
 
 
 @dataclass(frozen=True)
+class PersonaPreview:
+    """A variant's copy as one persona reads it (the customer shown, as that persona)."""
+
+    persona: str
+    label: str
+    channels: list[ChannelPreview]
+
+
+@dataclass(frozen=True)
 class VariantPreview:
     variant: StepVariant
     url: str
     channels: list[ChannelPreview]
+    personas: list[PersonaPreview] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -736,7 +767,7 @@ class CampaignAdmin(admin.ModelAdmin):
             ]
         return [
             (None, {"fields": ["name", "description", "kind", "category", "segment", "audience"]}),
-            ("When and how", {"fields": ["event_at", "priority", "channels"]}),
+            ("When and how", {"fields": self._when_and_how(request)}),
             (
                 "Copy and measurement",
                 {
@@ -744,13 +775,24 @@ class CampaignAdmin(admin.ModelAdmin):
                         "variables",
                         "holdout_percent",
                         "attribution_hours",
+                        "ab_metric",
+                        "ab_sample_size",
                         "reentry_days",
+                        "stop_series_on",
                         "pause_failure_percent",
                     ]
                 },
             ),
             ("Status", {"fields": STATUS_FIELDS, "classes": ["collapse"]}),
         ]
+
+    def _when_and_how(self, request: HttpRequest) -> list[str]:
+        fields = ["event_at", "priority", "channels"]
+        # Marketing in quiet hours is a lead's decision: nobody else sees the switch, so a
+        # marketer's form has no such field and a posted value is ignored.
+        if request.user.has_perm(ALLOW_QUIET_HOURS):
+            fields.append("quiet_hours_allowed")
+        return fields
 
     def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> list[str]:
         if obj is None:
@@ -984,7 +1026,7 @@ class CampaignAdmin(admin.ModelAdmin):
             messages.error(request, "Give the new event time as a date and a time of day.")
             return HttpResponseRedirect(self._url("change", campaign.pk))
         try:
-            campaign_move_event(
+            moved = campaign_move_event(
                 campaign=campaign, event_at=form.cleaned_data["event_at"], by=staff_user(request)
             )
         except CampaignError as exc:
@@ -992,10 +1034,21 @@ class CampaignAdmin(admin.ModelAdmin):
         else:
             self.log_change(request, campaign, f"Moved the event to {campaign.event_at}")
             assert campaign.event_at is not None
+            dropped = (
+                f" {moved.cancelled} deliveries that no longer fit were cancelled, with the "
+                "reason on each."
+                if moved.cancelled
+                else ""
+            )
+            skipped = (
+                f" {len(moved.skipped_steps)} step(s) whose moment has passed were skipped."
+                if moved.skipped_steps
+                else ""
+            )
             messages.success(
                 request,
                 f"The event is now {when_text(campaign.event_at)}; "
-                "the steps not yet sent moved with it.",
+                f"the steps not yet sent moved with it.{dropped}{skipped}",
             )
         return HttpResponseRedirect(self._url("change", campaign.pk))
 
@@ -1050,7 +1103,9 @@ class CampaignAdmin(admin.ModelAdmin):
             campaign, query, viewer, anyone=viewer.has_perm(VIEW_CONTACT_DETAILS)
         )
         channels = campaign_channels(campaign)
-        steps = list(campaign.steps.order_by("offset_minutes", "pk").prefetch_related("variants"))
+        steps = list(
+            campaign.steps.order_by("offset_minutes", "pk").prefetch_related("variants__templates")
+        )
         # However slow the copy, the page holds this web worker only so long (see the budget).
         budget = TimeBudget(settings.NOTIFIER_PREVIEW_BUDGET_S)
         previews = [
@@ -1064,6 +1119,20 @@ class CampaignAdmin(admin.ModelAdmin):
                         channels=[
                             self._channel_preview(variant, user, channel, viewer, budget)
                             for channel in channels
+                        ],
+                        # Each persona's own copy, for the same customer as that persona.
+                        personas=[
+                            PersonaPreview(
+                                persona,
+                                persona_label(persona),
+                                [
+                                    self._channel_preview(
+                                        variant, user, channel, viewer, budget, persona=persona
+                                    )
+                                    for channel in channels
+                                ],
+                            )
+                            for persona in variant_personas(variant)
                         ],
                     )
                     for variant in step.variants.all()
@@ -1094,6 +1163,12 @@ class CampaignAdmin(admin.ModelAdmin):
             "query": query,
             "by_contact": viewer.has_perm(VIEW_CONTACT_DETAILS),
             "lookup_error": lookup_error,
+        }
+        persona = campaign_persona(campaign, user)
+        context["preview_persona"] = {
+            "spend_tier": persona_label(persona.spend_tier),
+            "activity": persona_label(persona.activity),
+            "points": persona.points,
         }
         request.current_app = self.admin_site.name
         return TemplateResponse(request, TEMPLATES + "preview.html", context)
@@ -1132,11 +1207,22 @@ class CampaignAdmin(admin.ModelAdmin):
 
     @staticmethod
     def _channel_preview(
-        variant: StepVariant, user: User, channel: Channel, viewer: User, budget: TimeBudget
+        variant: StepVariant,
+        user: User,
+        channel: Channel,
+        viewer: User,
+        budget: TimeBudget,
+        *,
+        persona: str | None = None,
     ) -> ChannelPreview:
         # Signed links (unsubscribe, preferences) are made for the viewer, not the customer.
         result = variant_preview(
-            variant=variant, user=user, channel=channel, links_user_id=viewer.pk, budget=budget
+            variant=variant,
+            user=user,
+            channel=channel,
+            links_user_id=viewer.pk,
+            budget=budget,
+            persona=persona,
         )
         if isinstance(result, Content):
             return ChannelPreview(str(channel), channel_label(str(channel)), result, "")
@@ -1216,7 +1302,7 @@ class VariantTemplateForm(forms.ModelForm):
 
     class Meta:
         model = VariantTemplate
-        fields = ["channel", "locale", *PART_FIELDS]
+        fields = ["channel", "locale", "persona", *PART_FIELDS]
         widgets = {
             "subject": forms.TextInput(attrs={"size": 90}),
             "title": forms.TextInput(attrs={"size": 90}),
@@ -1226,6 +1312,10 @@ class VariantTemplateForm(forms.ModelForm):
         }
         help_texts = {
             "locale": "Empty: the default copy. Or a locale such as zh-hans for those users.",
+            "persona": "Everyone, or the copy for one spend tier or one activity state (one "
+            "or the other per variant); the others get the copy for everyone in their locale. "
+            "The copy reads {{ user.spend_tier }}, {{ user.activity }}, {{ user.interests }}, "
+            "{{ user.points }}, {{ user.points_expiring }} and {{ user.points_expire_on }}.",
             "html": "Optional HTML version of the email; the body above is its text version.",
         }
 
@@ -1238,7 +1328,11 @@ class VariantTemplateForm(forms.ModelForm):
         # The channel's parts are tried together, as they render for each recipient.
         parts = {part: data.get(part) or "" for part in PART_FIELDS}
         found = copy_problems(
-            parts, allowed=self.allowed, variables=self.variables, budget=self.checks
+            parts,
+            allowed=self.allowed,
+            variables=self.variables,
+            budget=self.checks,
+            persona=data.get("persona") or "",
         )
         for part, problems in found.items():
             for problem in problems:
@@ -1251,20 +1345,28 @@ class VariantTemplateForm(forms.ModelForm):
 
 class VariantTemplateFormSet(BaseInlineFormSet):
     def clean(self) -> None:
-        seen: set[tuple[str, str]] = set()
+        seen: set[tuple[str, str, str]] = set()
         locales: set[str] = set()
+        personas: set[str] = set()
         for form in self.forms:
             data = getattr(form, "cleaned_data", None)
             if not data or data.get("DELETE"):
                 continue
-            key = (data.get("channel", ""), data.get("locale", ""))
+            key = (data.get("channel", ""), data.get("locale", ""), data.get("persona", ""))
             if key in seen:
                 form.add_error(
                     "locale",
                     f"There is already {channel_label(key[0])} copy for "
-                    f"{key[1] or 'the default locale'} above: change that one instead.",
+                    f"{key[1] or 'the default locale'}"
+                    + (f" and {persona_label(key[2])}" if key[2] else "")
+                    + " above: change that one instead.",
                 )
             seen.add(key)
+            if key[2] not in personas:
+                personas.add(key[2])
+                mixed = persona_problem(personas)
+                if mixed is not None:
+                    form.add_error("persona", capfirst(mixed) + ".")
             if key[1] not in locales:
                 locales.add(key[1])
                 too_many = locale_problem(len(locales))
@@ -1278,9 +1380,9 @@ class VariantTemplateInline(admin.StackedInline):
     form = VariantTemplateForm
     formset = VariantTemplateFormSet
     extra = 0
-    fields = ["channel", "locale", *PART_FIELDS]
+    fields = ["channel", "locale", "persona", *PART_FIELDS]
     verbose_name = "copy"
-    verbose_name_plural = "Copy per channel and locale"
+    verbose_name_plural = "Copy per channel, locale and persona"
 
     def get_formset(self, request: HttpRequest, obj: Any = None, **kwargs: Any) -> Any:
         names = obj.step.campaign.variables if obj is not None else {}
@@ -1313,8 +1415,10 @@ def missing_channels(variant: StepVariant) -> list[str]:
     """The campaign's channels that have no default copy on this variant yet."""
     written = {
         channel
-        for channel, locale in variant.templates.values_list("channel", "locale")
-        if not locale
+        for channel, locale, persona in variant.templates.values_list(
+            "channel", "locale", "persona"
+        )
+        if not locale and not persona
     }
     return [str(c) for c in campaign_channels(variant.step.campaign) if str(c) not in written]
 

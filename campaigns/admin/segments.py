@@ -63,7 +63,7 @@ from campaigns.models import (
     SegmentMember,
     SpendTier,
 )
-from campaigns.services.definitions import thresholds_followed
+from campaigns.services.definitions import campaign_definition
 from campaigns.services.lifecycle import LIVE, SentBack, campaigns_recheck
 from campaigns.services.segments import (
     MemberImportError,
@@ -971,14 +971,17 @@ class AudienceThresholdsAdmin(admin.ModelAdmin):
         obj: AudienceThresholds | None = None,
     ) -> HttpResponse:
         if self.has_change_permission(request, obj):
+            # The edges their definitions hold: the segment's tier or activity rules, or copy
+            # written per spend tier or activity state.
             following = [
-                campaign.pk
-                for campaign in Campaign.objects.filter(status__in=LIVE).select_related("segment")
-                if campaign.segment is not None and thresholds_followed(campaign.segment)
+                pk
+                for pk in Campaign.objects.filter(status__in=LIVE).values_list("pk", flat=True)
+                if campaign_definition(pk, members=False)["thresholds"]
             ]
             context["approval_warning"] = approval_warning(
                 approved_campaigns(Campaign.objects.filter(pk__in=following), self.admin_site.name),
-                "Their segments' spend tier or activity rules follow these edges.",
+                "Their segments' spend tier or activity rules, or their copy per spend tier or "
+                "activity, follow these edges.",
             )
         return super().render_change_form(request, context, add, change, form_url, obj)
 

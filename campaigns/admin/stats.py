@@ -30,7 +30,8 @@ from django.utils.safestring import SafeString, mark_safe
 from django.views.decorators.http import require_http_methods
 
 from campaigns.models import Campaign, CampaignStats
-from campaigns.services.stats import CAMPAIGN_SCOPE, format_p, reason_label, stats_rollup
+from campaigns.policies import AB_METRIC_LABELS, ABMetric, format_p
+from campaigns.services.stats import CAMPAIGN_SCOPE, reason_label, stats_rollup
 
 TEMPLATE = "admin/campaigns/campaign/stats.html"
 FUNNEL_STAGES = (
@@ -209,6 +210,44 @@ class ABRow:
     p_value: str
     enough_data: bool
     variants: list[dict[str, Any]]
+    metric: str
+    trials_label: str
+    successes_label: str
+    decided: bool
+    decided_at: datetime | None
+
+
+AB_COLUMNS = {
+    ABMetric.CTR: ("Reached", "Clicked"),
+    ABMetric.CONVERSION: ("Assigned", "Converted"),
+}
+
+
+def ab_row(step_name: str, ab: Mapping[str, Any]) -> ABRow:
+    metric = ABMetric(ab.get("metric", ABMetric.CTR))
+    trials_label, successes_label = AB_COLUMNS[metric]
+    decided_at = ab.get("decided_at")
+    return ABRow(
+        step=step_name,
+        verdict=ab["verdict"],
+        winner=ab["winner"],
+        p_value="—" if ab["p_value"] is None else format_p(ab["p_value"]),
+        enough_data=ab["enough_data"],
+        variants=[
+            {**variant, "rate_display": percent(variant["rate"])} for variant in ab["variants"]
+        ],
+        metric=AB_METRIC_LABELS[metric],
+        trials_label=trials_label,
+        successes_label=successes_label,
+        decided=ab.get("stage") == "decided",
+        decided_at=datetime.fromisoformat(decided_at) if decided_at else None,
+    )
+
+
+def signed_percent_points(low: float | None, high: float | None) -> str:
+    if low is None or high is None:
+        return "—"
+    return f"{low * 100:+.1f} to {high * 100:+.1f} pts"
 
 
 def page_context(stats: Iterable[CampaignStats]) -> dict[str, Any]:
@@ -232,19 +271,7 @@ def page_context(stats: Iterable[CampaignStats]) -> dict[str, Any]:
                 rows.append(FunnelRow.of(variant.data))
         ab = step.get("ab")
         if ab:
-            ab_rows.append(
-                ABRow(
-                    step=step["name"],
-                    verdict=ab["verdict"],
-                    winner=ab["winner"],
-                    p_value="—" if ab["p_value"] is None else format_p(ab["p_value"]),
-                    enough_data=ab["enough_data"],
-                    variants=[
-                        {**variant, "ctr_display": percent(variant["ctr"])}
-                        for variant in ab["variants"]
-                    ],
-                )
-            )
+            ab_rows.append(ab_row(step["name"], ab))
     channels = [
         ChannelRow(
             channel=channel,
@@ -257,6 +284,10 @@ def page_context(stats: Iterable[CampaignStats]) -> dict[str, Any]:
     ]
     holdout = campaign.get("holdout", {})
     uplift_relative = holdout.get("uplift_relative")
+    treated = holdout.get("treated", {})
+    window = holdout.get("window")
+    confidence = holdout.get("confidence")
+    p_value = holdout.get("p_value")
     return {
         "has_stats": True,
         "computed_at": campaign_row.computed_at,
@@ -269,9 +300,20 @@ def page_context(stats: Iterable[CampaignStats]) -> dict[str, Any]:
             "size": holdout.get("size", 0),
             "converted": holdout.get("converted", 0),
             "rate": percent(holdout.get("conversion_rate")),
+            "treated_size": treated.get("size", 0),
+            "treated_converted": treated.get("converted", 0),
+            "treated_rate": percent(treated.get("conversion_rate")),
             "campaign_rate": percent(campaign.get("rates", {}).get("conversion_rate")),
             "uplift_points": signed_points(holdout.get("uplift_points")),
             "uplift_relative": "—" if uplift_relative is None else f"{uplift_relative:+.1%}",
+            "interval": signed_percent_points(holdout.get("ci_low"), holdout.get("ci_high")),
+            "confidence": "95%" if confidence is None else f"{confidence:.0%}",
+            "p_value": "—" if p_value is None else format_p(p_value),
+            "significant": holdout.get("significant"),
+            "window_start": datetime.fromisoformat(window["start"]) if window else None,
+            "window_end": datetime.fromisoformat(window["end"]) if window else None,
+            "attribution_hours": holdout.get("attribution_hours"),
+            "final": holdout.get("final", False),
         },
         "funnel_svg": funnel_svg(campaign.get("recipients", {})),
         "timeline_svg": timeline_svg(campaign.get("timeline", [])),
@@ -349,7 +391,7 @@ def timeline_svg(timeline: list[dict[str, Any]]) -> SafeString:
     """Sends per hour (or wider bucket for long campaigns) over the campaign's life, in UTC."""
     width, height, left, bottom, top = 720, 200, 50, 24, 10
     if not timeline:
-        return format_html('<p class="help">Nothing sent yet.</p>')
+        return mark_safe('<p class="help">Nothing sent yet.</p>')
     start, size, bars = _buckets(timeline)
     peak = max(bars) or 1
     plot_width, plot_height = width - left - 10, height - bottom - top

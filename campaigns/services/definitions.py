@@ -4,13 +4,16 @@ a JSON snapshot, compared with the one taken when a lead approved it.
 The definition holds everything that decides the audience or the message:
 
 - the campaign's settings: name (the copy can show it), kind, category, segment, priority,
-  channels, variables, hold-out and re-entry days;
-- its steps (offset and timing), their variants (names and weights) and every variant's copy;
+  channels, variables, hold-out and re-entry days, and a lead's "Send in quiet hours" (recorded
+  only when on, so approvals taken before the switch existed still match);
+- its steps (offset and timing), their variants (names and weights) and every variant's copy,
+  per channel, locale and persona;
 - its segment's rules and "use member list" switch;
 - the member list itself, when the segment uses it: a count and a SHA-256 digest of the sorted
   user ids (one aggregate query; never the ids themselves);
-- the audience thresholds, as far as the segment's rules follow them (tier edges only with a
-  tier rule, activity edges only with an activity rule).
+- the audience thresholds, as far as the segment's rules or the copy follow them (tier edges
+  only with a tier rule, copy written per spend tier or copy reading `user.spend_tier`;
+  activity edges likewise): a new edge changes who gets which persona's copy.
 
 Deliberately outside it: the event time (moving the event needs no new approval), the segment's
 name and description, measurement and safety settings (attribution window, automatic-pause
@@ -24,6 +27,7 @@ counts, so "unequal" and "has changes" are the same thing.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from collections.abc import Mapping, Sequence
@@ -33,6 +37,7 @@ from typing import Any
 
 from django.core.serializers.json import DjangoJSONEncoder
 from django.db import connection
+from jinja2 import nodes
 
 from campaigns.models import (
     AudienceThresholds,
@@ -41,10 +46,12 @@ from campaigns.models import (
     CampaignStep,
     Segment,
     SegmentMember,
+    SeriesStop,
     StepTiming,
 )
+from campaigns.personas import ACTIVITY_PERSONAS, SPEND_PERSONAS, persona_label
 from campaigns.policies import describe_offset
-from campaigns.rendering import PART_FIELDS
+from campaigns.rendering import COMPILE_ERRORS, EVERYONE, PART_FIELDS, environment
 from notifier.db import table_name
 
 Definition = dict[str, Any]
@@ -60,7 +67,10 @@ CAMPAIGN_FIELDS = {
     "variables": "variables",
     "holdout_percent": "holdout_percent",
     "reentry_days": "reentry_days",
+    "stop_series_on": "stop_series_on",
 }
+# Marketing in quiet hours, a lead's switch: in the definition only when on.
+QUIET_HOURS = "quiet_hours_allowed"
 SPEND_EDGES = ("whale_min_spend", "dolphin_min_spend")
 ACTIVITY_EDGES = ("active_within_days", "dormant_within_days")
 TIER_COUNT = ACTIVITY_COUNT = 3  # all three ticked is the same as none: no condition
@@ -118,9 +128,12 @@ def campaign_definition(campaign_id: int, *, members: bool = True) -> Definition
     `members=False` leaves out the member list's digest (the one part whose cost grows with
     the list): for checks that run per batch, after the walk checked the whole of it.
     """
-    row = Campaign.objects.filter(pk=campaign_id).values(*CAMPAIGN_FIELDS).get()
+    row = Campaign.objects.filter(pk=campaign_id).values(*CAMPAIGN_FIELDS, QUIET_HOURS).get()
+    chosen = {key: row[field] for field, key in CAMPAIGN_FIELDS.items()}
+    if row[QUIET_HOURS]:
+        chosen[QUIET_HOURS] = True
     definition: Definition = {
-        "campaign": {key: row[field] for field, key in CAMPAIGN_FIELDS.items()},
+        "campaign": chosen,
         "steps": _steps(campaign_id),
         "segment": None,
         "members": None,
@@ -131,10 +144,10 @@ def campaign_definition(campaign_id: int, *, members: bool = True) -> Definition
     if segment is not None:
         definition["segment"] = {name: getattr(segment, name) for name in Segment.AUDIENCE_FIELDS}
         definition[LABELS]["segment"] = segment.name
-        definition["thresholds"] = thresholds_followed(segment)
-        if segment.use_member_list and members:
-            count, digest = members_digest(segment.pk)
-            definition["members"] = {"count": count, "digest": digest}
+    definition["thresholds"] = thresholds_followed(segment, copy_follows(definition["steps"]))
+    if segment is not None and segment.use_member_list and members:
+        count, digest = members_digest(segment.pk)
+        definition["members"] = {"count": count, "digest": digest}
     # Decimals and times as the JSONField stores them, so a fresh read equals a stored one.
     loaded: Definition = json.loads(json.dumps(definition, cls=DjangoJSONEncoder))
     return loaded
@@ -155,7 +168,7 @@ def _steps(campaign_id: int) -> dict[str, Any]:
                     "name": variant.name,
                     "weight": variant.weight,
                     "copy": {
-                        f"{template.channel}:{template.locale}": {
+                        copy_key_text(template.channel, template.locale, template.persona): {
                             part: getattr(template, part) for part in PART_FIELDS
                         }
                         for template in variant.templates.all()
@@ -168,14 +181,81 @@ def _steps(campaign_id: int) -> dict[str, Any]:
     }
 
 
+def copy_key_text(channel: str, locale: str, persona: str) -> str:
+    """A copy's key in a definition: "email:zh-hans", and "email:zh-hans:whale" for a persona's
+    (copy for everyone keeps the key approvals recorded before personas)."""
+    return f"{channel}:{locale}:{persona}" if persona else f"{channel}:{locale}"
+
+
+def copy_key_of(text: str) -> tuple[str, str, str]:
+    """(channel, locale, persona) of a `copy_key_text`."""
+    channel, _, rest = text.partition(":")
+    locale, _, persona = rest.partition(":")
+    return channel, locale, persona
+
+
+@dataclass(frozen=True)
+class CopyFollows:
+    """Whether a campaign's copy depends on the spend tier or the activity edges."""
+
+    spend: bool = False
+    activity: bool = False
+
+
+def copy_follows(steps: Mapping[str, Any]) -> CopyFollows:
+    """Whether the copy of `steps` (a definition's) is written per spend tier or activity
+    state, or reads `user.spend_tier` or `user.activity`."""
+    spend = activity = False
+    for step in steps.values():
+        for variant in step["variants"].values():
+            for key, parts in variant["copy"].items():
+                persona = copy_key_of(key)[2]
+                spend |= persona in SPEND_PERSONAS
+                activity |= persona in ACTIVITY_PERSONAS
+                for source in parts.values():
+                    used = user_fields_read(source or "")
+                    spend |= "spend_tier" in used
+                    activity |= "activity" in used
+    return CopyFollows(spend=spend, activity=activity)
+
+
+@functools.lru_cache(maxsize=4096)
+def user_fields_read(source: str) -> frozenset[str]:
+    """The `user.<name>` (and `user["<name>"]`) a template reads; nothing for one that does
+    not parse (it cannot be approved anyway). Remembered: definitions are read per batch."""
+    if "user" not in source:
+        return frozenset()
+    try:
+        parsed = environment().parse(source)
+    except COMPILE_ERRORS:
+        return frozenset()
+    found: set[str] = set()
+    lookups: list[nodes.Getattr | nodes.Getitem] = [
+        *parsed.find_all(nodes.Getattr),
+        *parsed.find_all(nodes.Getitem),
+    ]
+    for node in lookups:
+        if not (isinstance(node.node, nodes.Name) and node.node.name == "user"):
+            continue
+        if isinstance(node, nodes.Getattr):
+            found.add(node.attr)
+        elif isinstance(node.arg, nodes.Const) and isinstance(node.arg.value, str):
+            found.add(node.arg.value)
+    return frozenset(found)
+
+
 def _constrains(values: Sequence[str], count: int) -> bool:
     return 0 < len(set(values)) < count
 
 
-def thresholds_followed(segment: Segment) -> dict[str, Any]:
-    """The threshold edges the segment's rules depend on (empty: thresholds do not matter)."""
-    spend = _constrains(segment.spend_tiers, TIER_COUNT)
-    activity = _constrains(segment.activity, ACTIVITY_COUNT)
+def thresholds_followed(segment: Segment | None, copy: CopyFollows | None = None) -> dict[str, Any]:
+    """The threshold edges the segment's rules or the campaign's copy (`copy_follows`) depend
+    on (empty: thresholds do not matter)."""
+    copy = copy or CopyFollows()
+    spend = copy.spend or (segment is not None and _constrains(segment.spend_tiers, TIER_COUNT))
+    activity = copy.activity or (
+        segment is not None and _constrains(segment.activity, ACTIVITY_COUNT)
+    )
     if not (spend or activity):
         return {}
     names = (SPEND_EDGES if spend else ()) + (ACTIVITY_EDGES if activity else ())
@@ -270,6 +350,8 @@ SETTING_LABELS = {
     "channels": "Channels",
     "holdout_percent": "Hold-out",
     "reentry_days": "Re-entry",
+    QUIET_HOURS: "Send in quiet hours",
+    "stop_series_on": "Stop the series for a customer who",
 }
 
 
@@ -284,6 +366,10 @@ def _setting_text(key: str, value: Any) -> str:
         return f"{value}%"
     if key == "reentry_days":
         return f"once in {value} days"
+    if key == QUIET_HOURS:
+        return "allowed" if value else "no"
+    if key == "stop_series_on" and value in SeriesStop.values:
+        return str(SeriesStop(value).label)
     return "none" if value is None else str(value)
 
 
@@ -465,8 +551,11 @@ def _variant_changes(
 
 
 def _copy_label(key: str) -> str:
-    channel, _, locale = key.partition(":")
-    return f"{channel} ({locale})" if locale else channel
+    channel, locale, persona = copy_key_of(key)
+    shown = [locale] if locale else []
+    if persona != EVERYONE:
+        shown.append(f"for {persona_label(persona)}")
+    return f"{channel} ({', '.join(shown)})" if shown else channel
 
 
 def _copy_changes(where: str, before: Mapping[str, Any], after: Mapping[str, Any]) -> list[Change]:

@@ -5,14 +5,20 @@
   step whose moment passed while the campaign was paused or late. It also revives walks whose
   task was lost and finishes steps and campaigns that are done.
 - `step_walk`: hands the audience out in keyset batches of user ids (never loading it whole),
-  while the bulk queues are below their high-water mark; it records its cursor in PostgreSQL,
-  so a lost walk resumes where it was.
+  while the bulk queues are below their high-water mark; it records its cursor and each batch
+  (`FanoutBatch`) in PostgreSQL and publishes the batches only once those commit, so a lost
+  walk resumes where it was and a walk whose transaction died published nothing.
 - `step_fanout_batch`: for one batch, keeps the hold-out aside, picks each user's variant,
   routes and renders the messages in memory, and writes messages, deliveries and their events
   by COPY in one transaction (`messages_write_routed`: idempotent per step x user). Its runs
   are counted (`FanoutAttempt`): a batch whose last run died, or ran out of time rendering,
   hands each message to the pipeline's own prepare task instead of dying again whole, where
-  the one that kills its worker is set aside (notifier.services.quarantine).
+  the one that kills its worker is set aside (notifier.services.quarantine). The first run
+  to write a batch marks its `FanoutBatch` done and counts it; a copy counts nothing.
+
+A step closes only when its walk is over and every batch of its round is marked done: a batch
+published and lost (a broker wiped, a worker killed) is never assumed written; beat publishes
+it again once the step has gone quiet.
 
 Each of them first checks that the campaign still matches what a lead approved (its segment
 and list, the thresholds, settings, steps and copy: campaigns.services.definitions), however
@@ -33,7 +39,7 @@ from zoneinfo import ZoneInfo
 
 from django.conf import settings
 from django.db import connection, transaction
-from django.db.models import F, Q
+from django.db.models import Exists, F, OuterRef, Q
 from django.utils import timezone
 
 from campaigns.models import (
@@ -42,6 +48,7 @@ from campaigns.models import (
     CampaignStatus,
     CampaignStep,
     FanoutAttempt,
+    FanoutBatch,
     Holdout,
     StepStatus,
 )
@@ -60,12 +67,18 @@ from campaigns.services.lifecycle import (
     campaign_back_for_approval,
     campaign_finish_if_done,
     plan_of,
-    walk_again,
+    walks_start_over,
 )
 from campaigns.services.segments import segment_users
+from campaigns.services.triggers import (
+    entry_key,
+    trigger_audience,
+    trigger_entries_due,
+    trigger_entries_update,
+)
 from notifier.backpressure import bulk_congested
 from notifier.db import insert_rows, readable, table_name
-from notifier.models import Message, User
+from notifier.models import User
 from notifier.queues import Lane
 from notifier.selectors import recipient_unreadable_reason
 from notifier.services.messages import NewMessage
@@ -100,6 +113,25 @@ def _skip_reason(now: datetime, start_at: datetime, status: str) -> str:
     }
     why = whys.get(status, "it could not start in time")
     return f"missed by {minutes} min: {why}; not sent late"
+
+
+def steps_skip_missed(*, campaign: Campaign, now: datetime) -> list[int]:
+    """Skip the campaign's pending steps whose moment passed while it was stopped (paused, or
+    back for approval), saying so, before it carries on: once it is live again, beat could no
+    longer tell why they were missed. Returns the steps skipped."""
+    if campaign.kind != CampaignKind.ONE_OFF or campaign.event_at is None:
+        return []
+    skipped = []
+    for step in campaign.steps.filter(status=StepStatus.PENDING):
+        start_at = fanout_start(campaign.event_at, plan_of(step))
+        if step_decision(now=now, start_at=start_at) is StepDecision.SKIP:
+            CampaignStep.objects.filter(pk=step.pk, status=StepStatus.PENDING).update(
+                status=StepStatus.SKIPPED,
+                finished_at=now,
+                skip_reason=_skip_reason(now, start_at, campaign.status),
+            )
+            skipped.append(step.pk)
+    return skipped
 
 
 def still_approved(campaign: Campaign, *, members: bool = True) -> bool:
@@ -179,26 +211,56 @@ def steps_start_due(*, now: datetime | None = None) -> StartReport:
                 status=StepStatus.RUNNING,
                 campaign__status=C.RUNNING,
                 walked_at__lt=now - WALK_STALE,
-            ).values_list("pk", "walk_done", "batches_done", "batches_total")
+            ).values_list("pk", "walk_done", "walk_round", "batches_done", "batches_total")
         )
-        for pk, walk_done, done, total in stale:
-            if walk_done and done >= total:
-                continue
-            if walk_done:  # every batch was handed out but some never finished: a new round
-                CampaignStep.objects.filter(pk=pk).update(**walk_again(now))
-            else:  # the walk's own task was lost: go on from its cursor
+        walks = list(report.started)
+        for pk, walk_done, walk_round, done, total in stale:
+            lost = batches_republish(step_id=pk, walk_round=walk_round, now=now)
+            if walk_done and not lost:
+                if done >= total:
+                    continue  # every batch is written: steps_finish closes it
+                # Counted by batches handed out before they were recorded (an upgrade):
+                # nothing says which are missing, so the walk starts over as a new round.
+                walks_start_over(step_ids=[pk], now=now)
+                walks.append(pk)
+            else:  # batches lost with the broker or a worker go again; a walk goes on
                 CampaignStep.objects.filter(pk=pk).update(walked_at=now)
+                if not walk_done:
+                    walks.append(pk)
             report.revived.append(pk)
-        for pk in report.started + report.revived:
+        for pk in walks:
             transaction.on_commit(partial(publish_walk, pk), robust=True)
     report.finished = steps_finish(now=now)
     return report
 
 
+def batches_republish(*, step_id: int, walk_round: int, now: datetime) -> int:
+    """Publish again, after commit, the batches of the step's round not marked done: called for
+    a step not heard from in WALK_STALE, whose open batches were lost (or, rarely, are still
+    queued: a copy writes nothing twice and counts nothing). Returns how many."""
+    lost = FanoutBatch.objects.select_for_update().filter(
+        step_id=step_id, walk_round=walk_round, done_at__isnull=True
+    )
+    batches = list(lost.values_list("pk", "user_ids"))
+    FanoutBatch.objects.filter(pk__in=[pk for pk, _ in batches]).update(published_at=now)
+    for _, user_ids in batches:
+        transaction.on_commit(partial(publish_batch, step_id, user_ids, walk_round), robust=True)
+    if batches:
+        log.warning("step %s: %d batches not written, published again", step_id, len(batches))
+    return len(batches)
+
+
 def steps_finish(*, now: datetime) -> list[int]:
-    """Running one-off steps whose every batch is written are done; so may be their campaign."""
+    """Running one-off steps whose every batch is written are done; so may be their campaign.
+
+    Every batch of the walk's round must be marked done (a batch published and lost never is),
+    and the counters must agree; a batch counts once, however many times it ran."""
+    open_batches = FanoutBatch.objects.filter(
+        step_id=OuterRef("pk"), walk_round=OuterRef("walk_round"), done_at__isnull=True
+    )
     done = list(
         CampaignStep.objects.filter(
+            ~Exists(open_batches),
             status=StepStatus.RUNNING,
             walk_done=True,
             batches_done__gte=F("batches_total"),
@@ -271,7 +333,11 @@ def step_walk(*, step_id: int, batches: int = BATCHES_PER_WALK) -> Walk:
         if not still_approved(campaign):
             return Walk.STOPPED  # back for approval; approving it walks again
         assert campaign.segment is not None
-        audience = segment_users(campaign.segment)
+        audience = (
+            trigger_audience(campaign)  # the users who entered its segment, not all of it
+            if campaign.kind == CampaignKind.TRIGGERED
+            else segment_users(campaign.segment)
+        )
         cursor = step.cursor_user_id
         for _ in range(batches):
             if bulk_congested():
@@ -287,16 +353,63 @@ def step_walk(*, step_id: int, batches: int = BATCHES_PER_WALK) -> Walk:
                     walk_done=True, walked_at=timezone.now()
                 )
                 return Walk.DONE
-            # Published before the cursor is saved: a crash in between hands the batch out
-            # again, which writes nothing twice (messages are keyed by step and user).
-            publish_batch(step_id, ids, step.walk_round)
+            # Recorded with the cursor, published once both commit: a walk whose transaction
+            # dies (a restart, a kill) published nothing and the next one hands the same
+            # batch out; a batch published and then lost is still recorded, not done.
             cursor = ids[-1]
+            recorded = _batch_record(step_id, step.walk_round, ids)
+            transaction.on_commit(
+                partial(publish_batch, step_id, ids, step.walk_round), robust=True
+            )
             CampaignStep.objects.filter(pk=step_id).update(
                 cursor_user_id=cursor,
-                batches_total=F("batches_total") + 1,
+                batches_total=F("batches_total") + recorded,
                 walked_at=timezone.now(),
             )
     return Walk.CONTINUE
+
+
+def _batch_record(step_id: int, walk_round: int, user_ids: list[int]) -> int:
+    """Record a batch handed out (under the walk's lock); 0 if this round already has it (a
+    walk that went over the same users again), which then does not count twice."""
+    if FanoutBatch.objects.filter(
+        step_id=step_id, walk_round=walk_round, first_user_id=user_ids[0]
+    ).exists():
+        return 0
+    FanoutBatch.objects.create(
+        step_id=step_id,
+        walk_round=walk_round,
+        first_user_id=user_ids[0],
+        user_ids=user_ids,
+        published_at=timezone.now(),
+    )
+    return 1
+
+
+def fanout_batch_done(*, step_id: int, walk_round: int, user_ids: Sequence[int]) -> bool:
+    """Mark the batch written and count it towards closing the step, once: True for the run
+    that does, False for a copy (re-delivered, published again, racing itself) or a batch of
+    an earlier round. Either way the step has been heard from."""
+    now = timezone.now()
+    first = min(user_ids, default=0)
+    batch = FanoutBatch.objects.filter(step_id=step_id, walk_round=walk_round, first_user_id=first)
+    with transaction.atomic():
+        step = CampaignStep.objects.filter(pk=step_id, walk_round=walk_round)
+        marked = batch.filter(done_at__isnull=True).update(done_at=now) == 1
+        if not marked and not batch.exists() and step.exists():
+            # Handed out before batches were recorded (queued across an upgrade): that walk
+            # counted it in batches_total already; recorded done here so it counts once.
+            _, marked = FanoutBatch.objects.get_or_create(
+                step_id=step_id,
+                walk_round=walk_round,
+                first_user_id=first,
+                defaults={"user_ids": sorted(user_ids), "published_at": now, "done_at": now},
+            )
+        if marked:
+            step.update(batches_done=F("batches_done") + 1, walked_at=now)
+        else:
+            step.update(walked_at=now)
+    return marked
 
 
 @dataclass
@@ -306,6 +419,7 @@ class BatchReport:
     held_out: int = 0
     one_by_one: int = 0  # handed to the prepare pipeline one message per task
     unreadable: int = 0  # users whose row cannot be read: their messages failed with the reason
+    counted: bool = False  # this run marked the batch done (a copy of it finds it done)
 
 
 def fanout_attempt_start(*, step_id: int, user_ids: Sequence[int]) -> tuple[int, int]:
@@ -331,8 +445,9 @@ def step_fanout_batch(
     """Write and route one batch of a step's recipients; nothing if the campaign stopped.
 
     The batch counts towards closing the step only if it belongs to the step's current walk
-    round (None: whatever round is current). A batch that wrote nothing because the campaign
-    was paused does not count either: resuming starts a new round that hands it out again."""
+    round (None: whatever round is current), and only once however often it runs. A batch that
+    wrote nothing because the campaign was paused does not count either: resuming starts a new
+    round that hands it out again."""
     report = BatchReport()
     step = CampaignStep.objects.select_related("campaign").get(pk=step_id)
     campaign = step.campaign
@@ -378,9 +493,11 @@ def step_fanout_batch(
             report.one_by_one = len(rows)
     FanoutAttempt.objects.filter(pk=attempt_id).delete()
     # Heard from: a walk whose batches are still being written is not stale.
-    CampaignStep.objects.filter(
-        pk=step_id, walk_round=step.walk_round if walk_round is None else walk_round
-    ).update(batches_done=F("batches_done") + 1, walked_at=timezone.now())
+    report.counted = fanout_batch_done(
+        step_id=step_id,
+        walk_round=step.walk_round if walk_round is None else walk_round,
+        user_ids=user_ids,
+    )
     report.messages, report.existing, report.held_out = (
         len(new_ids),
         len(rows) - len(new_ids),
@@ -416,15 +533,25 @@ def recipients(
     plan = plan_of(step)
     expiry = step_expiry(campaign.event_at, plan) if campaign.event_at else None
     triggered = campaign.kind == CampaignKind.TRIGGERED
+    users = list(users)
+    # Triggered: only users still due after entering the segment (trigger_entries_update
+    # decided, re-entry days included), one message per entry.
+    entered = (
+        trigger_entries_due(campaign_id=campaign.pk, user_ids=[user.pk for user in users])
+        if triggered
+        else {}
+    )
     rows: list[NewMessage] = []
     held_out: list[int] = []
     for user in users:
         pk, tz, hour = user.pk, user.time_zone, user.usual_active_hour
+        if triggered and pk not in entered:
+            continue
         if in_holdout(campaign_id=campaign.pk, user_id=pk, percent=campaign.holdout_percent):
             held_out.append(pk)
             continue
         key = (
-            f"campaign:{campaign.pk}:user:{pk}:day:{timezone.now():%Y%m%d}"
+            entry_key(campaign_id=campaign.pk, user_id=pk, entered_at=entered[pk])
             if triggered
             else f"step:{step.pk}:user:{pk}"
         )
@@ -448,23 +575,13 @@ def recipients(
                 else None,
             )
         )
-    if triggered and rows:  # at most once per user within the re-entry window
-        since = timezone.now() - timedelta(days=campaign.reentry_days)
-        recent = set(
-            Message.objects.filter(
-                campaign_id=campaign.pk,
-                user_id__in=[r.user_id for r in rows],
-                created_at__gte=since,
-                is_test=False,
-            ).values_list("user_id", flat=True)
-        )
-        rows = [row for row in rows if row.user_id not in recent]
     return rows, held_out
 
 
 def triggers_evaluate(*, now: datetime | None = None) -> list[int]:
-    """Walk each live triggered campaign's segment again: users who entered it (and have not
-    had it within the re-entry window) get its message. Returns the steps walked."""
+    """For each live triggered campaign, record who entered and left its segment since the last
+    evaluation (campaigns.services.triggers) and walk the users who entered (and had not had it
+    within the re-entry days): they get its message. Returns the steps walked."""
     now = now or timezone.now()
     walked: list[int] = []
     with transaction.atomic():
@@ -475,13 +592,16 @@ def triggers_evaluate(*, now: datetime | None = None) -> list[int]:
             step = campaign.steps.order_by("offset_minutes", "pk").first()
             if step is None or not still_approved(campaign):
                 continue
+            entries = trigger_entries_update(campaign=campaign, now=now)
+            log.info("campaign %s: segment entries %s", campaign.pk, entries)
             Campaign.objects.filter(pk=campaign.pk, status=C.SCHEDULED).update(
                 status=C.RUNNING, started_at=now
             )
-            CampaignStep.objects.filter(pk=step.pk).update(
+            walks_start_over(
+                step_ids=[step.pk],
+                now=now,
                 status=StepStatus.RUNNING,
                 started_at=F("started_at") if step.started_at else now,
-                **walk_again(now),
             )
             walked.append(step.pk)
             transaction.on_commit(partial(publish_walk, step.pk), robust=True)

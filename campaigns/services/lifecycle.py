@@ -12,14 +12,16 @@ approving the change returns it there. Nothing more starts meanwhile; what was s
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from functools import partial
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from django.conf import settings
-from django.db import transaction
+from django.db import connection, transaction
 from django.db.models import F, QuerySet
 from django.utils import timezone
 
@@ -28,12 +30,26 @@ from campaigns.models import (
     CampaignKind,
     CampaignStatus,
     CampaignStep,
+    FanoutBatch,
+    SeriesStop,
     StepStatus,
     StepVariant,
     VariantTemplate,
 )
-from campaigns.policies import DEFAULT_PLAN, StepPlan, Timing, fanout_start
+from campaigns.personas import persona_label, persona_problem
+from campaigns.policies import (
+    DEFAULT_PLAN,
+    StepDecision,
+    StepPlan,
+    Timing,
+    fanout_start,
+    send_time,
+    step_decision,
+    step_expiry,
+    step_moment,
+)
 from campaigns.rendering import (
+    EVERYONE,
     PART_FIELDS,
     TimeBudget,
     allowed_variables,
@@ -46,12 +62,21 @@ from campaigns.services.definitions import (
     approval_changes,
     campaign_definition,
     change_reason,
+    copy_key_of,
     definition_digest,
 )
 from campaigns.services.segments import segment_count
 from channels.base import Channel
-from notifier.db import insert_rows
-from notifier.models import Delivery, DeliveryEvent, EventKind, Kind, NotificationType, User
+from notifier.db import insert_rows, table_name
+from notifier.models import (
+    Delivery,
+    DeliveryEvent,
+    EventKind,
+    Kind,
+    Message,
+    NotificationType,
+    User,
+)
 from notifier.status import DeliveryStatus, Reason
 
 C = CampaignStatus
@@ -110,6 +135,7 @@ def campaign_create(
     variables: dict[str, Any] | None = None,
     holdout_percent: int = 0,
     plan: Sequence[tuple[str, int]] = DEFAULT_PLAN,
+    stop_series_on: str = SeriesStop.CONVERTED,
 ) -> Campaign:
     """A draft with the 3-2-1 plan (or `plan`), one variant "A" per step, ready for copy."""
     if category.kind != Kind.MARKETING:
@@ -125,6 +151,7 @@ def campaign_create(
             channels=list(channels),
             variables=variables or {},
             holdout_percent=holdout_percent,
+            stop_series_on=stop_series_on,
             created_by=created_by,
         )
         for step_name, offset in plan if kind == CampaignKind.ONE_OFF else plan[:1]:
@@ -199,7 +226,7 @@ def definition_copy_problems(
     problems: list[str] = []
     for step in definition["steps"].values():
         for variant in step["variants"].values():
-            copy = {tuple(key.split(":", 1)): parts for key, parts in variant["copy"].items()}
+            copy = {copy_key_of(key): parts for key, parts in variant["copy"].items()}
             problems += [
                 f"step {step['name']!r}, variant {variant['name']}: {problem}"
                 for problem in variant_problems(copy, channels, allowed, variables, budget=budget)
@@ -207,13 +234,14 @@ def definition_copy_problems(
     return problems
 
 
-Copy = Mapping[tuple[str, ...], Mapping[str, str]]  # (channel, locale) -> part -> source
+# (channel, locale, persona) -> part -> source
+Copy = Mapping[tuple[str, str, str], Mapping[str, str]]
 
 
-def variant_copy(variant: StepVariant) -> dict[tuple[str, ...], dict[str, str]]:
+def variant_copy(variant: StepVariant) -> dict[tuple[str, str, str], dict[str, str]]:
     """A variant's copy as `variant_problems` reads it."""
     return {
-        (row.channel, row.locale): {part: getattr(row, part) for part in PART_FIELDS}
+        (row.channel, row.locale, row.persona): {part: getattr(row, part) for part in PART_FIELDS}
         for row in variant.templates.all()
     }
 
@@ -238,10 +266,12 @@ def variant_problems(
 ) -> list[str]:
     """What stops a variant's copy (`variant_copy`) from going out; `variables` (the campaign's
     values) make the trial render of each channel's copy realistic. Copy for more locales than
-    NOTIFIER_COPY_MAX_LOCALES is refused as such, without trying any of it."""
+    NOTIFIER_COPY_MAX_LOCALES is refused as such, without trying any of it. Copy for one
+    persona stands in for the copy for everyone for those customers: it needs the same parts,
+    and one variant's personas are spend tiers or activity states, not both."""
     problems: list[str] = []
     for channel in channels:
-        default = copy.get((str(channel), ""))
+        default = copy.get((str(channel), "", EVERYONE))
         if default is None:
             problems.append(f"write the {channel} copy")
             continue
@@ -251,9 +281,24 @@ def variant_problems(
     too_many = locale_problem(len({key[1] for key in copy}))
     if too_many is not None:
         return [*problems, too_many]
-    for (channel_name, locale), parts in copy.items():
-        where = f"{channel_name} {locale}" if locale else channel_name
-        found = copy_problems(parts, allowed=allowed, variables=variables, budget=budget)
+    mixed = persona_problem({key[2] for key in copy})
+    if mixed is not None:
+        return [*problems, mixed]
+    for (channel_name, locale, persona), parts in copy.items():
+        where = " ".join(
+            [channel_name]
+            + ([locale] if locale else [])
+            + ([f"({persona_label(persona)})"] if persona else [])
+        )
+        if persona and channel_name in {str(known) for known in Channel}:
+            problems += [
+                f"{where}: the {part} is empty"
+                for part in required_parts(Channel(channel_name))
+                if not parts.get(part)
+            ]
+        found = copy_problems(
+            parts, allowed=allowed, variables=variables, budget=budget, persona=persona
+        )
         problems += [
             f"{where} {part}: {problem}" for part in parts for problem in found.get(part, ())
         ]
@@ -442,8 +487,11 @@ def campaign_resume(*, campaign: Campaign, by: User | None) -> int:
     """Carry on: held deliveries are released (stale ones are then suppressed, steps whose
     moment passed meanwhile are skipped), and unfinished fan-out walks the audience again
     (users who already have their message are skipped). Returns how many were released."""
+    from campaigns.services.fanout import steps_skip_missed  # fanout imports this module
+
     now = timezone.now()
     with transaction.atomic():
+        steps_skip_missed(campaign=campaign, now=now)  # while it still says it was paused
         _move(campaign, C.RUNNING if campaign.started_at else C.SCHEDULED, pause_reason="")
         released = Delivery.objects.filter(
             message__campaign_id=campaign.pk,
@@ -461,7 +509,7 @@ def _walks_restart(campaign: Campaign, now: datetime) -> None:
     from campaigns.services import fanout  # fanout imports this module
 
     walking = list(campaign.steps.filter(status=StepStatus.RUNNING).values_list("pk", flat=True))
-    CampaignStep.objects.filter(pk__in=walking).update(**walk_again(now))
+    walks_start_over(step_ids=walking, now=now)
     for step_id in walking:
         transaction.on_commit(partial(fanout.publish_walk, step_id), robust=True)
 
@@ -483,23 +531,208 @@ def campaign_cancel(*, campaign: Campaign, by: User | None) -> int:
     return len(ids)
 
 
-def campaign_move_event(*, campaign: Campaign, event_at: datetime, by: User | None) -> None:
-    """Move the event: every pending step moves with it (steps are offsets from the event).
-    Steps already sent or sending stay as they were."""
-    if campaign.status in (C.DONE, C.CANCELLED):
-        raise CampaignError("a finished or cancelled campaign cannot move")
+@dataclass
+class MoveReport:
+    """What moving the event did to what was not yet sent."""
+
+    moved: int = 0  # messages whose time and expiry moved with the event
+    cancelled: int = 0  # deliveries cancelled: their step no longer fits the new event
+    skipped_steps: list[int] = field(default_factory=list)  # pending steps whose moment passed
+
+
+UNSENT = (S.PENDING, S.HELD, S.QUEUED)
+# Why a message of a step that had fanned out is cancelled when the event moves (support reads
+# these on the timeline, in the event's detail; the reason is event_moved).
+MOVE_WHY = {
+    "stale": "the event moved earlier: this step's message would now go out too late",
+    "after": "the event moved: this step's time is now at or after the event",
+    "passed": "the event moved earlier: this step's time for this customer has already passed",
+}
+
+
+def campaign_move_event(*, campaign: Campaign, event_at: datetime, by: User | None) -> MoveReport:
+    """Move the event: everything not yet sent moves with it (steps are offsets from the event).
+
+    Pending steps simply start at their new moment; one whose moment has already passed is
+    skipped with the reason. Steps that fanned out already have messages waiting (held for
+    the user's local time or active hour, quiet hours or caps, or queued): each moves to its
+    step's new time for its user (`send_time`) with the step's new expiry, or is cancelled with
+    the reason where it no longer fits: its new time is at or after the event, or has passed
+    while it was still waiting for its old one, or the event moved so early that it is stale.
+    What was sent or is being sent stays as it was. Set-based: a step's million messages are
+    a few statements, grouped by the users' (time zone, active hour)."""
     if timezone.is_naive(event_at):
         raise CampaignError("give the event time with its time zone")
-    if event_at <= timezone.now():
+    now = timezone.now()
+    if event_at <= now:
         raise CampaignError("the new event time is in the past")
-    Campaign.objects.filter(pk=campaign.pk).update(event_at=event_at, updated_at=timezone.now())
-    campaign.event_at = event_at
+    report = MoveReport()
+    with transaction.atomic():
+        locked = Campaign.objects.select_for_update(of=("self",)).get(pk=campaign.pk)
+        if locked.status in (C.DONE, C.CANCELLED):
+            raise CampaignError("a finished or cancelled campaign cannot move")
+        Campaign.objects.filter(pk=locked.pk).update(event_at=event_at, updated_at=now)
+        for step in CampaignStep.objects.filter(campaign_id=locked.pk).order_by("pk"):
+            plan = plan_of(step)
+            if step.status == StepStatus.PENDING:
+                start_at = fanout_start(event_at, plan)
+                if step_decision(now=now, start_at=start_at) is StepDecision.SKIP:
+                    CampaignStep.objects.filter(pk=step.pk, status=StepStatus.PENDING).update(
+                        status=StepStatus.SKIPPED,
+                        finished_at=now,
+                        skip_reason=(
+                            f"the event moved to {event_at:%Y-%m-%d %H:%M %Z}: this step's "
+                            f"moment ({fanout_start(event_at, plan):%Y-%m-%d %H:%M %Z}) had "
+                            "already passed; not sent"
+                        )[:200],
+                    )
+                    report.skipped_steps.append(step.pk)
+            elif step.status in (StepStatus.RUNNING, StepStatus.DONE):
+                cancelled, moved = _step_messages_move(step, event_at, now, by)
+                report.cancelled += cancelled
+                report.moved += moved
+    campaign.refresh_from_db()
+    return report
+
+
+def _step_messages_move(
+    step: CampaignStep, event_at: datetime, now: datetime, by: User | None
+) -> tuple[int, int]:
+    """Move (or cancel) the step's messages not yet sent; returns (cancelled, moved)."""
+    plan = plan_of(step)
+    expiry = step_expiry(event_at, plan)
+    message, delivery = table_name(Message), table_name(Delivery)
+    users, events = table_name(User), table_name(DeliveryEvent)
+    unsent = (
+        Message.objects.filter(step_id=step.pk, is_test=False, deliveries__status__in=UNSENT)
+        .values_list("user__time_zone", "user__usual_active_hour")
+        .distinct()
+    )
+    # Each (time zone, active hour) of the users waiting: the step's new time for them.
+    times: list[Any] = []
+    for tz, hour in unsent:
+        moment = send_time(event_at, plan, tz=ZoneInfo(tz or "UTC"), active_hour=hour)
+        times += [tz, hour, moment or step_moment(event_at, plan)]
+    if not times:
+        return 0, 0
+    values = ", ".join(["(%s, %s::integer, %s::timestamptz)"] * (len(times) // 3))
+    matched = f"""
+        WITH v (tz, hour, step_time) AS (VALUES {values})
+        SELECT m.id, m.not_before, v.step_time
+        FROM {message} AS m
+        JOIN {users} AS u ON u.id = m.user_id
+        JOIN v ON u.time_zone IS NOT DISTINCT FROM v.tz
+              AND u.usual_active_hour IS NOT DISTINCT FROM v.hour
+        WHERE m.step_id = %s AND NOT m.is_test AND EXISTS (
+            SELECT 1 FROM {delivery} AS d WHERE d.message_id = m.id AND d.status = ANY(%s)
+        )
+    """
+    base = [*times, step.pk, list(UNSENT)]
+    who = {"action": "event moved", "by": str(by or ""), "event_at": event_at.isoformat()}
+    cancel_sql = f"""
+        WITH target AS ({matched}),
+        doomed AS (
+            SELECT id, step_time, CASE
+                WHEN %s::timestamptz <= %s THEN %s
+                WHEN step_time >= %s THEN %s
+                ELSE %s END AS why
+            FROM target
+            WHERE %s::timestamptz <= %s OR step_time >= %s
+               OR (step_time <= %s AND not_before > %s)
+        ),
+        cancelled AS (
+            UPDATE {delivery} AS d
+            SET status = %s, reason = %s, finished_at = %s, updated_at = %s,
+                next_attempt_at = NULL
+            FROM doomed WHERE d.message_id = doomed.id AND d.status = ANY(%s)
+            RETURNING d.id, doomed.why, doomed.step_time
+        )
+        INSERT INTO {events} (delivery_id, at, kind, status, reason, provider, error, detail)
+        SELECT id, %s, %s, %s, %s, '', '',
+            %s::jsonb || jsonb_build_object('why', why, 'step_time', step_time)
+        FROM cancelled
+    """
+    cancel_params = [
+        *base,
+        expiry,
+        now,
+        MOVE_WHY["stale"],
+        expiry,
+        MOVE_WHY["after"],
+        MOVE_WHY["passed"],
+        expiry,
+        now,
+        expiry,
+        now,
+        now,
+        S.CANCELLED,
+        Reason.EVENT_MOVED,
+        now,
+        now,
+        list(UNSENT),
+        now,
+        EventKind.MANUAL,
+        S.CANCELLED,
+        Reason.EVENT_MOVED,
+        json.dumps(who),
+    ]
+    # Messages of the cancelled deliveries have nothing unsent left, so they fall out of
+    # `matched`; the rest move: not before the step's new time (when still ahead), new expiry.
+    # Deliveries held or queued move to held until then, except those held for a pause, which
+    # resuming releases (and admission then holds until the message's new time).
+    move_sql = f"""
+        WITH target AS ({matched}),
+        moving AS (
+            UPDATE {message} AS m
+            SET expires_at = %s,
+                not_before = CASE WHEN t.step_time > %s THEN t.step_time ELSE m.not_before END
+            FROM target AS t WHERE m.id = t.id
+            RETURNING m.id, m.not_before, t.step_time > %s AS ahead
+        ),
+        held AS (
+            UPDATE {delivery} AS d
+            SET status = %s, reason = %s, next_attempt_at = moving.not_before, updated_at = %s
+            FROM moving
+            WHERE d.message_id = moving.id AND moving.ahead
+              AND (d.status = %s OR (d.status = %s AND d.reason <> %s))
+            RETURNING d.id, d.next_attempt_at
+        )
+        INSERT INTO {events} (delivery_id, at, kind, status, reason, provider, error, detail)
+        SELECT id, %s, %s, %s, %s, '', '',
+            %s::jsonb || jsonb_build_object('until', next_attempt_at, 'expires_at', %s::timestamptz)
+        FROM held
+    """
+    move_params = [
+        *base,
+        expiry,
+        now,
+        now,
+        S.HELD,
+        Reason.SCHEDULED,
+        now,
+        S.QUEUED,
+        S.HELD,
+        Reason.CAMPAIGN_PAUSED,
+        now,
+        EventKind.MANUAL,
+        S.HELD,
+        Reason.SCHEDULED,
+        json.dumps(who),
+        expiry,
+    ]
+    with connection.cursor() as cursor:
+        cursor.execute(cancel_sql, cancel_params)
+        cancelled = cursor.rowcount
+        cursor.execute(f"WITH target AS ({matched}) SELECT count(*) FROM target", base)
+        row = cursor.fetchone()
+        cursor.execute(move_sql, move_params)
+    return cancelled, int(row[0]) if row else 0
 
 
 def walk_again(now: datetime) -> dict[str, Any]:
     """The update that starts a step's walk over from the first user, as a new round: the
-    batches of earlier rounds (queued while paused, lost with a worker) no longer count, so
-    the step closes once every batch of this round is written."""
+    batches of earlier rounds (queued while paused) no longer count, so the step closes once
+    every batch of this round is written (see walks_start_over, which drops their rows)."""
     return {
         "cursor_user_id": 0,
         "walk_done": False,
@@ -508,6 +741,13 @@ def walk_again(now: datetime) -> dict[str, Any]:
         "batches_total": 0,
         "batches_done": 0,
     }
+
+
+def walks_start_over(*, step_ids: Sequence[int], now: datetime, **also: Any) -> None:
+    """Start these steps' walks over as a new round (with `also` in the same update); the
+    batches recorded for earlier rounds are dropped with it: they no longer count."""
+    FanoutBatch.objects.filter(step_id__in=step_ids).delete()
+    CampaignStep.objects.filter(pk__in=step_ids).update(**walk_again(now), **also)
 
 
 def campaign_finish_if_done(*, campaign_id: int) -> bool:
@@ -536,6 +776,7 @@ def copy_variant(*, source: StepVariant, name: str) -> StepVariant:
                     variant=variant,
                     channel=t.channel,
                     locale=t.locale,
+                    persona=t.persona,
                     subject=t.subject,
                     title=t.title,
                     body=t.body,

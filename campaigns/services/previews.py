@@ -1,9 +1,12 @@
 """What a campaign's copy looks like for one user, and "send test to me".
 
 The preview renders with the context the pipeline would use (`message_generate`): the
-campaign's variables, `campaign` (name, event time in the user's zone), `user`, `site_name`,
-`site_url`, `preferences_url` and the channel's `unsubscribe_url`. It does not add click and
-open tracking: a preview is not a message, and its clicks must not count in the funnel.
+campaign's variables, `campaign` (name, event time in the user's zone), `user` with the
+customer's segment attributes (campaigns.personas), `site_name`, `site_url`,
+`preferences_url` and the channel's `unsubscribe_url`, and picks the copy of the customer's
+persona as the pipeline does. It can also show the copy of another persona (`persona`): the
+same customer as a whale, say, to read each persona's copy. It does not add click and open
+tracking: a preview is not a message, and its clicks must not count in the funnel.
 
 A test send is a real message through the real pipeline, marked `is_test`: routing lets it past
 quiet hours, frequency caps, preferences and consent (it goes to the marketer who asked for
@@ -23,9 +26,11 @@ from typing import Any
 
 from django.conf import settings
 from django.db import DatabaseError
+from django.utils import timezone
 
-from campaigns.models import Campaign, StepVariant
-from campaigns.rendering import TimeBudget, allowed_variables, render_variant
+from campaigns.models import PERSONA_CHOICES, AudienceThresholds, Campaign, StepVariant
+from campaigns.personas import Persona, user_persona
+from campaigns.rendering import EVERYONE, TimeBudget, allowed_variables, render_variant
 from campaigns.services.lifecycle import (
     CampaignError,
     campaign_channels,
@@ -46,17 +51,35 @@ from notifier.timebox import TimeBoxExpired, time_boxed
 FALLBACK_CATEGORY = "marketing"
 
 
+def campaign_persona(campaign: Campaign, user: User) -> Persona:
+    """The customer's persona as the pipeline derives it for this campaign's copy."""
+    segment = campaign.segment
+    days = segment.points_expiring_within_days if segment is not None else None
+    return user_persona(
+        user,
+        thresholds=AudienceThresholds.objects.filter(pk=1).first() or AudienceThresholds(),
+        points_days=settings.NOTIFIER_POINTS_EXPIRING_DAYS if days is None else days,
+        now=timezone.now(),
+    )
+
+
 def campaign_context(
-    campaign: Campaign, user: User, *, links_user_id: int | None = None
+    campaign: Campaign,
+    user: User,
+    *,
+    links_user_id: int | None = None,
+    persona: Persona | None = None,
 ) -> dict[str, Any]:
     """The context `user` gets for this campaign's copy, except the per-channel
-    `unsubscribe_url` (see `variant_preview`).
+    `unsubscribe_url` (see `variant_preview`); `persona`: theirs unless given.
 
     `links_user_id` signs the preference link for someone else: an admin preview of a
     customer's copy carries links for the viewer, since a signed link changes the settings of
     whoever it names.
     """
+    persona = persona or campaign_persona(campaign, user)
     context = template_context(campaign.variables, user_template_values(user))
+    context["user"].update(persona.template_values())
     context["preferences_url"] = preferences_url(user_id=links_user_id or user.pk)
     context["campaign"] = {
         "name": campaign.name,
@@ -72,12 +95,16 @@ def variant_preview(
     channel: Channel,
     links_user_id: int | None = None,
     budget: TimeBudget | None = None,
+    persona: str | None = None,
 ) -> Content | RenderError:
     """One variant's copy on one channel, rendered for `user` in their locale (or the
-    default one); a RenderError, in words, when it cannot render: the template's own, or that
-    the page's `budget` ran out before or while rendering it."""
+    default one) and for their persona, or as `persona` (a spend tier or activity state) when
+    given; a RenderError, in words, when it cannot render: the template's own, or that the
+    page's `budget` ran out before or while rendering it."""
     campaign = variant.step.campaign
-    context = campaign_context(campaign, user, links_user_id=links_user_id)
+    theirs = campaign_persona(campaign, user)
+    shown = theirs.as_persona(persona) if persona is not None else theirs
+    context = campaign_context(campaign, user, links_user_id=links_user_id, persona=shown)
     context["unsubscribe_url"] = unsubscribe_url(
         user_id=links_user_id or user.pk,
         category=campaign.category_id or FALLBACK_CATEGORY,
@@ -89,7 +116,14 @@ def variant_preview(
         )
     try:
         # The box holds the variant's compile too (its one query, a read, is harmless to cut).
-        render = partial(render_variant, variant.pk, channel, context, user.locale)
+        render = partial(
+            render_variant,
+            variant.pk,
+            channel,
+            context,
+            user.locale,
+            personas=(persona,) if persona is not None else shown.copy_keys(),
+        )
         return time_boxed(budget.left(), render) if budget is not None else render()
     except RenderError as exc:
         return exc
@@ -102,6 +136,12 @@ def variant_preview(
         raise
     except Exception as exc:  # copy that cannot even compile: said in the cell, not a 500
         return RenderError(f"{type(exc).__name__}: {exc}")
+
+
+def variant_personas(variant: StepVariant) -> list[str]:
+    """The personas a variant has copy of its own for, in the order they are listed."""
+    written = {template.persona for template in variant.templates.all()} - {EVERYONE}
+    return [key for key, _ in PERSONA_CHOICES if key in written]
 
 
 def variant_send_test(*, variant: StepVariant, to_user: User) -> Message:

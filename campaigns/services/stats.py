@@ -32,20 +32,34 @@ deliveries that got that far. Suppressed, failed and held are also broken down b
 Feedback: inbox items of the scope's messages with a 👍 useful / 😕 meh / 👎 irrelevant verdict,
 counted per item (one per in-app message).
 
-Hold-out (campaign scope only): size = the campaign's Holdout users; converted = hold-out users
-with a Conversion for the campaign that no message is attributed to (campaign set, message
-null); rate = converted / size. Uplift = campaign conversion rate - hold-out rate (in
-points) and, relative, that difference / hold-out rate.
+Hold-out (campaign scope only): an intention-to-treat comparison of two randomly split groups
+measured over the same window. Treated = users with a (non-test) message of the campaign,
+whatever happened to it (suppressed, failed, held: the split was random, the routing is not);
+hold-out = the campaign's Holdout users. A user of either group converted if they have any
+Conversion inside the window, whichever campaign it was attributed to (attribution prefers
+messages, so it cannot be the yardstick for a group that gets none). The window: for a one-off
+campaign with an event, one calendar window for everybody (policies.measurement_window: from the
+first step's fan-out to the last step's expiry plus attribution_hours); otherwise each user's
+own window from the moment the fan-out assigned them (their first message, or their Holdout
+row) for attribution_hours (policies.user_window). Reported: both groups' size, converted and
+rate, uplift = treated rate - hold-out rate (points) with its 95 % confidence interval
+(Newcombe's hybrid score interval) and the pooled two-proportion z-test's two-sided p-value,
+relative uplift = points / hold-out rate, and "final" once the shared window has closed.
+The funnel's own conversion rate (attributed conversions / reached) is a different number.
 
 Timeline (campaign scope only): deliveries counted as sent above, by the UTC hour of `sent_at`;
 only hours with sends are stored, so the sum equals the campaign's sent deliveries.
 
-A/B (step scope, steps with 2+ variants): a two-proportion z-test (pooled) of clicked / reached
-between the variant with the best CTR and each other one, two-sided p-value from the normal
-tail (erfc). With more than two variants the p-values are Bonferroni-adjusted for the
-comparisons made, and the reported p-value is the largest (the weakest comparison). There is
-a winner only when that p < 0.05 and every variant reached at least 100 users; below that the
-verdict is "not enough data yet".
+A/B (step scope, steps with 2+ variants), on the campaign's ab_metric: "ctr" = clicked /
+reached users, "conversion" = users converted in their window / users assigned the variant. The
+best variant against each other one, pooled two-proportion z-tests, Bonferroni-adjusted, the
+largest p reported (policies.ab_test). A fixed horizon, so that a roll-up every few minutes
+cannot make a winner come and go: only users whose window is over count, and the test decides
+once, when every variant has ab_sample_size of them or no more can come (a one-off step's
+window has ended, a finished triggered campaign's last window has ended). Before that the page
+shows the live counts with no winner, leader or p-value; after it the decision is stored in
+CampaignStats.ab_decisions (first writer wins) and every later roll-up shows it unchanged. There
+is a winner only when p < 0.05 and every variant had at least ab_sample_size users.
 
 Usual active hour: the most frequent local hour (user's time zone) of their inbox reads and
 delivery opens and clicks in the last `days`; ties go to the earliest hour; fewer than three
@@ -54,7 +68,7 @@ events leave the field as it was.
 
 from __future__ import annotations
 
-import math
+import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -67,12 +81,29 @@ from django.utils import timezone
 
 from campaigns.models import (
     Campaign,
+    CampaignKind,
     CampaignStats,
     CampaignStatus,
     CampaignStep,
     Conversion,
     Holdout,
     StepVariant,
+)
+from campaigns.policies import (
+    ABMetric,
+    ABResult,
+    Comparison,
+    StepPlan,
+    Timing,
+    VariantCounts,
+    Window,
+    ab_horizon_reached,
+    ab_test,
+    format_p,
+    measurement_window,
+    step_window,
+    two_proportion_z_test,
+    uplift,
 )
 from notifier.models import Delivery, Feedback, InboxItem, Message, Unsubscribe, User
 from notifier.status import ENGAGEMENT_RANK, DeliveryStatus, Reason
@@ -85,8 +116,6 @@ OPENED = frozenset(status for status, rank in ENGAGEMENT_RANK.items() if rank >=
 CLICKED = frozenset(status for status, rank in ENGAGEMENT_RANK.items() if rank >= 3)
 IN_FLIGHT = frozenset({S.PENDING, S.QUEUED, S.SENDING})
 
-SIGNIFICANCE_LEVEL = 0.05
-MIN_REACHED_PER_VARIANT = 100
 # Finished campaigns keep being rolled up this long: late opens, clicks and conversions.
 ROLLUP_AFTER_DONE = timedelta(days=7)
 MIN_ACTIVE_HOUR_EVENTS = 3
@@ -132,120 +161,6 @@ def reason_label(reason: str) -> str:
         return str(Reason(reason).label)
     except ValueError:
         return reason
-
-
-# --- A/B test: pure statistics --------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class VariantCounts:
-    name: str
-    reached: int
-    clicked: int
-
-    @property
-    def ctr(self) -> float | None:
-        return self.clicked / self.reached if self.reached else None
-
-
-@dataclass(frozen=True)
-class Comparison:
-    """The best variant against one other: z statistic and (adjusted) two-sided p-value."""
-
-    name: str
-    z: float
-    p_value: float
-
-
-@dataclass(frozen=True)
-class ABResult:
-    best: str | None
-    winner: str | None
-    p_value: float | None
-    enough_data: bool
-    verdict: str
-    comparisons: tuple[Comparison, ...] = ()
-    variants: tuple[VariantCounts, ...] = ()
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "best": self.best,
-            "winner": self.winner,
-            "p_value": self.p_value,
-            "enough_data": self.enough_data,
-            "verdict": self.verdict,
-            "comparisons": [
-                {"name": c.name, "z": c.z, "p_value": c.p_value} for c in self.comparisons
-            ],
-            "variants": [
-                {"name": v.name, "reached": v.reached, "clicked": v.clicked, "ctr": v.ctr}
-                for v in self.variants
-            ],
-        }
-
-
-def two_proportion_z_test(
-    successes_a: int, trials_a: int, successes_b: int, trials_b: int
-) -> tuple[float, float]:
-    """(z, two-sided p-value) of "the two rates are equal", with the pooled standard error.
-
-    No trials on either side, or a pooled rate of 0 or 1, is no evidence at all: (0.0, 1.0).
-    """
-    if trials_a <= 0 or trials_b <= 0:
-        return 0.0, 1.0
-    pooled = (successes_a + successes_b) / (trials_a + trials_b)
-    variance = pooled * (1 - pooled) * (1 / trials_a + 1 / trials_b)
-    if variance <= 0:
-        return 0.0, 1.0
-    z = (successes_a / trials_a - successes_b / trials_b) / math.sqrt(variance)
-    return z, math.erfc(abs(z) / math.sqrt(2))
-
-
-def format_p(p_value: float) -> str:
-    return "p < 0.0001" if p_value < 0.0001 else f"p = {p_value:.4f}"
-
-
-def ab_test(variants: list[VariantCounts]) -> ABResult:
-    """Is one variant's CTR better than every other one's? See the module docstring's rule."""
-    if len(variants) < 2:
-        return ABResult(
-            best=None,
-            winner=None,
-            p_value=None,
-            enough_data=False,
-            verdict="Only one variant: nothing to compare",
-            variants=tuple(variants),
-        )
-    # Highest CTR first; a variant nobody was reached with ranks last; ties keep list order.
-    best = max(variants, key=lambda v: -1.0 if v.ctr is None else v.ctr)
-    others = [v for v in variants if v is not best]
-    comparisons = []
-    for other in others:
-        z, p = two_proportion_z_test(best.clicked, best.reached, other.clicked, other.reached)
-        comparisons.append(Comparison(other.name, z, min(1.0, p * len(others))))
-    p_value = max(c.p_value for c in comparisons)
-    enough_data = all(v.reached >= MIN_REACHED_PER_VARIANT for v in variants)
-    if not enough_data:
-        verdict = (
-            f"Not enough data yet: each variant needs at least {MIN_REACHED_PER_VARIANT} "
-            "reached recipients"
-        )
-        winner = None
-    elif p_value < SIGNIFICANCE_LEVEL:
-        winner = best.name
-        verdict = f"{best.name} wins ({format_p(p_value)})"
-    else:
-        winner = None
-        verdict = f"No significant difference yet ({format_p(p_value)})"
-    return ABResult(
-        best=best.name if best.reached else None,
-        winner=winner,
-        p_value=p_value,
-        enough_data=enough_data,
-        verdict=verdict,
-        comparisons=tuple(comparisons),
-        variants=tuple(variants),
-    )
 
 
 # --- The funnel -----------------------------------------------------------------------------
@@ -369,18 +284,84 @@ def _campaign_messages(campaign_id: int) -> QuerySet[Message]:
     return Message.objects.filter(campaign_id=campaign_id, is_test=False)
 
 
-def campaign_funnel(campaign_id: int) -> dict[str, dict[str, Any]]:
-    """The funnel of one campaign at every scope: {"campaign": data, "step:<id>": data,
-    "variant:<id>": data}, each data ready to store as CampaignStats.data.
+@dataclass(frozen=True)
+class Measurement:
+    """What the hold-out comparison and the A/B tests of one campaign are measured by."""
 
-    Nine aggregate queries however large the audience (see the module docstring for what
+    kind: str
+    attribution_hours: int
+    ab_metric: ABMetric
+    ab_sample_size: int
+    # One-off campaigns with an event: the campaign's window and each step's; otherwise None
+    # and {}: each user is measured over their own window (policies.user_window).
+    window: Window | None
+    step_windows: dict[int, Window]
+    # A triggered campaign that finished: no user can join a variant any more.
+    finished_at: datetime | None
+
+
+def _measurement(campaign_id: int, steps: Sequence[Mapping[str, Any]]) -> Measurement:
+    settings = Campaign.objects.values(
+        "kind",
+        "event_at",
+        "attribution_hours",
+        "ab_metric",
+        "ab_sample_size",
+        "status",
+        "finished_at",
+    ).get(pk=campaign_id)
+    event_at, hours = settings["event_at"], settings["attribution_hours"]
+    plans = {
+        step["id"]: StepPlan(step["offset_minutes"], Timing(step["timing"]), step["local_time"])
+        for step in steps
+    }
+    window: Window | None = None
+    step_windows: dict[int, Window] = {}
+    if settings["kind"] == CampaignKind.ONE_OFF and event_at is not None:
+        started = [step["started_at"] for step in steps if step["started_at"] is not None]
+        window = measurement_window(
+            event_at=event_at,
+            steps=list(plans.values()),
+            first_start=min(started, default=None),
+            attribution_hours=hours,
+        )
+        step_windows = {
+            step["id"]: step_window(
+                event_at=event_at,
+                step=plans[step["id"]],
+                started_at=step["started_at"],
+                attribution_hours=hours,
+            )
+            for step in steps
+        }
+    finished = settings["status"] in (CampaignStatus.DONE, CampaignStatus.CANCELLED)
+    return Measurement(
+        kind=settings["kind"],
+        attribution_hours=hours,
+        ab_metric=ABMetric(settings["ab_metric"]),
+        ab_sample_size=settings["ab_sample_size"],
+        window=window,
+        step_windows=step_windows,
+        finished_at=settings["finished_at"] if finished else None,
+    )
+
+
+def campaign_funnel(campaign_id: int, *, now: datetime | None = None) -> dict[str, dict[str, Any]]:
+    """The funnel of one campaign at every scope: {"campaign": data, "step:<id>": data,
+    "variant:<id>": data}, each data ready to store as CampaignStats.data. A step's A/B test
+    that reaches its horizon now carries its decision under data["ab"] with "new": True (the
+    roll-up stores it once); one decided earlier is read back as it was.
+
+    A dozen aggregate queries however large the audience (see the module docstring for what
     each number means).
     """
+    now = now or timezone.now()
     steps = list(
         CampaignStep.objects.filter(campaign_id=campaign_id)
         .order_by("offset_minutes", "id")
-        .values("id", "name", "offset_minutes")
+        .values("id", "name", "offset_minutes", "timing", "local_time", "started_at")
     )
+    measurement = _measurement(campaign_id, steps)
     variants = list(
         StepVariant.objects.filter(step__campaign_id=campaign_id)
         .order_by("name", "id")
@@ -410,20 +391,23 @@ def campaign_funnel(campaign_id: int) -> dict[str, dict[str, Any]]:
     _count_recipients(campaign_id, campaign, by_step, by_variant)
     _count_deliveries(campaign_id, campaign, by_step, by_variant)
     _count_feedback(campaign_id, campaign, by_step, by_variant)
-    campaign.extra["holdout"] = _holdout(campaign_id, campaign.rates()["conversion_rate"])
+    campaign.extra["holdout"] = _holdout(campaign_id, measurement, now)
     campaign.extra["timeline"] = _timeline(campaign_id)
     campaign.extra["steps"] = [step["id"] for step in steps]
 
+    samples = _ab_samples(campaign_id, measurement, now)
+    decided = _decisions(campaign_id)
     for step_id, step_tally in by_step.items():
         children = [v for v in by_variant.values() if v.step_id == step_id]
         step_tally.extra["variants"] = [v.variant_id for v in children]
         step_tally.extra["ab"] = (
-            ab_test(
-                [
-                    VariantCounts(v.name, v.recipients["reached"], v.recipients["clicked"])
-                    for v in children
-                ]
-            ).as_dict()
+            _ab(
+                step_id,
+                [(v.name, samples.get(v.variant_id or 0, VariantSample())) for v in children],
+                measurement,
+                decided.get(step_scope(step_id), {}),
+                now,
+            )
             if len(children) >= 2
             else None
         )
@@ -511,22 +495,257 @@ def _tallies_of(
     return tallies
 
 
-def _holdout(campaign_id: int, campaign_rate: float | None) -> dict[str, Any]:
-    unattributed = Conversion.objects.filter(campaign_id=campaign_id, message__isnull=True).values(
-        "user_id"
+# Who was assigned when: a treated user at their first (non-test) message of the campaign, a
+# held-out user at their Holdout row; the same fan-out writes one or the other. Each user is
+# measured over the shared window when there is one, else over their own, and converted means
+# any conversion of theirs in it, whichever campaign (if any) it was attributed to.
+_HOLDOUT_SQL = """
+WITH held AS (
+    SELECT h.user_id, h.created_at AS assigned_at
+      FROM {holdout} h
+     WHERE h.campaign_id = %(campaign)s
+),
+treated AS (
+    SELECT m.user_id, MIN(m.created_at) AS assigned_at
+      FROM {message} m
+     WHERE m.campaign_id = %(campaign)s AND NOT m.is_test
+       AND m.user_id NOT IN (SELECT user_id FROM held)
+     GROUP BY m.user_id
+),
+assigned AS (
+    SELECT 'holdout' AS grp, user_id, assigned_at FROM held
+    UNION ALL
+    SELECT 'treated', user_id, assigned_at FROM treated
+),
+windowed AS (
+    SELECT grp, user_id,
+           COALESCE(%(start)s::timestamptz, assigned_at) AS w_start,
+           COALESCE(%(end)s::timestamptz, assigned_at + make_interval(hours => %(hours)s)) AS w_end
+      FROM assigned
+)
+SELECT grp,
+       COUNT(*) AS size,
+       COUNT(*) FILTER (WHERE EXISTS (
+           SELECT 1 FROM {conversion} c
+            WHERE c.user_id = w.user_id AND c.occurred_at BETWEEN w.w_start AND w.w_end
+       )) AS converted,
+       COUNT(*) FILTER (WHERE w.w_end <= %(now)s) AS matured
+  FROM windowed w
+ GROUP BY grp
+"""
+
+
+def _holdout(campaign_id: int, measurement: Measurement, now: datetime) -> dict[str, Any]:
+    window = measurement.window
+    sql = _HOLDOUT_SQL.format(
+        holdout=Holdout._meta.db_table,
+        message=Message._meta.db_table,
+        conversion=Conversion._meta.db_table,
     )
-    counts = Holdout.objects.filter(campaign_id=campaign_id).aggregate(
-        size=Count("user_id", distinct=True),
-        converted=Count("user_id", distinct=True, filter=Q(user_id__in=unattributed)),
+    params = {
+        "campaign": campaign_id,
+        "start": window.start if window else None,
+        "end": window.end if window else None,
+        "hours": measurement.attribution_hours,
+        "now": now,
+    }
+    groups = {"holdout": (0, 0, 0), "treated": (0, 0, 0)}
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        for grp, size, converted, matured in cursor.fetchall():
+            groups[grp] = (size, converted, matured)
+    size, converted, _ = groups["holdout"]
+    treated_size, treated_converted, _ = groups["treated"]
+    result = uplift(
+        treated_converted=treated_converted,
+        treated_size=treated_size,
+        control_converted=converted,
+        control_size=size,
     )
-    rate = _ratio(counts["converted"], counts["size"])
-    points = campaign_rate - rate if campaign_rate is not None and rate is not None else None
     return {
-        "size": counts["size"],
-        "converted": counts["converted"],
-        "conversion_rate": rate,
-        "uplift_points": points,
-        "uplift_relative": points / rate if points is not None and rate else None,
+        "window": {"start": window.start.isoformat(), "end": window.end.isoformat()}
+        if window
+        else None,
+        "attribution_hours": measurement.attribution_hours,
+        "final": window is not None and now >= window.end,
+        "size": size,
+        "converted": converted,
+        "conversion_rate": _ratio(converted, size),
+        "treated": {
+            "size": treated_size,
+            "converted": treated_converted,
+            "conversion_rate": _ratio(treated_converted, treated_size),
+        },
+        "uplift_points": result.points if result else None,
+        "uplift_relative": result.relative if result else None,
+        "ci_low": result.low if result else None,
+        "ci_high": result.high if result else None,
+        "confidence": result.confidence if result else None,
+        "z": result.z if result else None,
+        "p_value": result.p_value if result else None,
+        "significant": result.significant if result else None,
+    }
+
+
+@dataclass(frozen=True)
+class VariantSample:
+    """One variant's users (distinct), and those whose measurement window is over."""
+
+    users: int = 0
+    reached: int = 0
+    clicked: int = 0
+    converted: int = 0
+    matured_users: int = 0
+    matured_reached: int = 0
+    matured_clicked: int = 0
+    matured_converted: int = 0
+
+    def counts(self, name: str, metric: ABMetric, *, matured: bool) -> VariantCounts:
+        if metric == ABMetric.CTR:
+            trials, successes = (
+                (self.matured_reached, self.matured_clicked)
+                if matured
+                else (self.reached, self.clicked)
+            )
+        else:
+            trials, successes = (
+                (self.matured_users, self.matured_converted)
+                if matured
+                else (self.users, self.converted)
+            )
+        return VariantCounts(name, trials, successes)
+
+
+_AB_SAMPLES_SQL = """
+WITH assigned AS (
+    SELECT m.step_id, m.variant_id, m.user_id, MIN(m.created_at) AS assigned_at,
+           BOOL_OR(d.status = ANY(%(reached)s)) AS reached,
+           BOOL_OR(d.status = ANY(%(clicked)s)) AS clicked
+      FROM {message} m
+      LEFT JOIN {delivery} d ON d.message_id = m.id
+     WHERE m.campaign_id = %(campaign)s AND NOT m.is_test AND m.variant_id IS NOT NULL
+     GROUP BY 1, 2, 3
+),
+windows AS (
+    SELECT * FROM unnest(%(step_ids)s::bigint[], %(starts)s::timestamptz[],
+                         %(ends)s::timestamptz[]) AS w(step_id, w_start, w_end)
+),
+windowed AS (
+    SELECT a.variant_id, a.user_id, COALESCE(a.reached, false) AS reached,
+           COALESCE(a.clicked, false) AS clicked,
+           COALESCE(w.w_start, a.assigned_at) AS w_start,
+           COALESCE(w.w_end, a.assigned_at + make_interval(hours => %(hours)s)) AS w_end
+      FROM assigned a LEFT JOIN windows w ON w.step_id = a.step_id
+),
+judged AS (
+    SELECT variant_id, reached, clicked, w_end <= %(now)s AS matured,
+           EXISTS (SELECT 1 FROM {conversion} c
+                    WHERE c.user_id = x.user_id AND c.occurred_at BETWEEN x.w_start AND x.w_end)
+               AS converted
+      FROM windowed x
+)
+SELECT variant_id,
+       COUNT(*), COUNT(*) FILTER (WHERE reached), COUNT(*) FILTER (WHERE clicked),
+       COUNT(*) FILTER (WHERE converted),
+       COUNT(*) FILTER (WHERE matured), COUNT(*) FILTER (WHERE matured AND reached),
+       COUNT(*) FILTER (WHERE matured AND clicked), COUNT(*) FILTER (WHERE matured AND converted)
+  FROM judged
+ GROUP BY variant_id
+"""
+
+
+def _ab_samples(
+    campaign_id: int, measurement: Measurement, now: datetime
+) -> dict[int, VariantSample]:
+    """Per variant: its users and, for the A/B test, those whose window is over (one query).
+    A user of a variant counts once, reached/clicked if any delivery of theirs got that far."""
+    windows = measurement.step_windows
+    sql = _AB_SAMPLES_SQL.format(
+        message=Message._meta.db_table,
+        delivery=Delivery._meta.db_table,
+        conversion=Conversion._meta.db_table,
+    )
+    params: dict[str, Any] = {
+        "campaign": campaign_id,
+        "reached": sorted(REACHED),
+        "clicked": sorted(CLICKED),
+        "step_ids": list(windows),
+        "starts": [window.start for window in windows.values()],
+        "ends": [window.end for window in windows.values()],
+        "hours": measurement.attribution_hours,
+        "now": now,
+    }
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        return {row[0]: VariantSample(*row[1:]) for row in cursor.fetchall()}
+
+
+def _decisions(campaign_id: int) -> dict[str, dict[str, Any]]:
+    """The A/B decisions already taken, by step scope and metric."""
+    rows = (
+        CampaignStats.objects.filter(
+            campaign_id=campaign_id, step__isnull=False, variant__isnull=True
+        )
+        .exclude(ab_decisions__isnull=True)
+        .values_list("scope", "ab_decisions")
+    )
+    return {scope: decisions for scope, decisions in rows if isinstance(decisions, dict)}
+
+
+def _ab(
+    step_id: int,
+    samples: Sequence[tuple[str, VariantSample]],
+    measurement: Measurement,
+    decided: Mapping[str, Any],
+    now: datetime,
+) -> dict[str, Any]:
+    """A step's A/B test at a fixed horizon (policies.ab_horizon_reached): the decision taken
+    then, kept as it was; before it, the live counts and no winner, leader or p-value."""
+    metric, sample_size = measurement.ab_metric, measurement.ab_sample_size
+    if metric in decided:
+        return dict(decided[metric])
+    window = measurement.step_windows.get(step_id)
+    hours = measurement.attribution_hours
+    if window is not None:
+        closed = now >= window.end
+        horizon = f"at {window.end:%Y-%m-%d %H:%M} UTC (the step's window end)"
+    else:
+        closed = measurement.finished_at is not None and now >= measurement.finished_at + (
+            timedelta(hours=hours)
+        )
+        horizon = f"when each variant has {sample_size} users whose {hours}-hour window is over"
+    matured = [sample.counts(name, metric, matured=True) for name, sample in samples]
+    common = {
+        "metric": str(metric),
+        "sample_size": sample_size,
+        "horizon": horizon,
+        "window_end": window.end.isoformat() if window else None,
+    }
+    if ab_horizon_reached(
+        matured=[counts.trials for counts in matured], sample_size=sample_size, closed=closed
+    ):
+        result = ab_test(matured, sample_size=sample_size)
+        return {
+            **result.as_dict(),
+            **common,
+            "stage": "decided",
+            "decided_at": now.isoformat(),
+            "new": True,
+        }
+    live = [sample.counts(name, metric, matured=False) for name, sample in samples]
+    so_far = ", ".join(f"{counts.name} {counts.trials}" for counts in matured)
+    return {
+        **ABResult(
+            best=None,
+            winner=None,
+            p_value=None,
+            enough_data=False,
+            verdict=f"Running: decides once, {horizon}; no winner before (so far {so_far})",
+            variants=tuple(live),
+        ).as_dict(),
+        **common,
+        "stage": "running",
+        "decided_at": None,
     }
 
 
@@ -558,22 +777,27 @@ def campaigns_to_roll_up(*, now: datetime | None = None) -> QuerySet[Campaign]:
     )
 
 
-def stats_rollup(*, campaign_ids: Iterable[int] | None = None) -> int:
+def stats_rollup(*, campaign_ids: Iterable[int] | None = None, now: datetime | None = None) -> int:
     """Recompute and upsert the CampaignStats rows (every scope) of the given campaigns, or of
-    the campaigns worth watching; returns how many rows were written. Safe to run twice."""
+    the campaigns worth watching; returns how many rows were written. Safe to run twice: an A/B
+    decision, once stored, is kept whatever later roll-ups count."""
+    now = now or timezone.now()
     campaigns = (
         Campaign.objects.filter(pk__in=list(campaign_ids))
         if campaign_ids is not None
-        else campaigns_to_roll_up()
+        else campaigns_to_roll_up(now=now)
     )
     written = 0
     for campaign_id in campaigns.order_by("pk").values_list("pk", flat=True):
-        written += _store(campaign_id, campaign_funnel(campaign_id))
+        written += _store(campaign_id, campaign_funnel(campaign_id, now=now))
     return written
 
 
 def _store(campaign_id: int, funnel: Mapping[str, dict[str, Any]]) -> int:
     computed_at = timezone.now()
+    decided_now = [
+        scope for scope, data in funnel.items() if data.get("ab") and data["ab"].pop("new", False)
+    ]
     rows = [
         CampaignStats(
             campaign_id=campaign_id,
@@ -591,7 +815,43 @@ def _store(campaign_id: int, funnel: Mapping[str, dict[str, Any]]) -> int:
         unique_fields=["campaign", "scope"],
         update_fields=["step", "variant", "data", "computed_at"],
     )
+    for scope in decided_now:
+        _store_decision(campaign_id, scope, funnel[scope])
     return len(rows)
+
+
+_DECIDE_SQL = """
+UPDATE {stats}
+   SET ab_decisions = COALESCE(ab_decisions, '{{}}'::jsonb) || %(decision)s::jsonb
+ WHERE campaign_id = %(campaign)s AND scope = %(scope)s
+   AND NOT COALESCE(ab_decisions, '{{}}'::jsonb) ? %(metric)s
+"""
+
+
+def _store_decision(campaign_id: int, scope: str, data: dict[str, Any]) -> None:
+    """Keep a step's A/B decision for good; the first roll-up to write it wins (compare-and-set
+    on the metric's key), and a roll-up that lost shows the kept one."""
+    ab = data["ab"]
+    metric = ab["metric"]
+    with connection.cursor() as cursor:
+        cursor.execute(
+            _DECIDE_SQL.format(stats=CampaignStats._meta.db_table),
+            {
+                "decision": json.dumps({metric: ab}),
+                "campaign": campaign_id,
+                "scope": scope,
+                "metric": metric,
+            },
+        )
+        won = cursor.rowcount == 1
+    if not won:
+        kept = CampaignStats.objects.filter(campaign_id=campaign_id, scope=scope).values_list(
+            "ab_decisions", flat=True
+        )
+        ab = (kept.first() or {}).get(metric, ab)
+    CampaignStats.objects.filter(campaign_id=campaign_id, scope=scope).update(
+        data={**data, "ab": ab}
+    )
 
 
 # --- Usual active hour ----------------------------------------------------------------------

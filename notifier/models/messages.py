@@ -187,6 +187,13 @@ class Delivery(models.Model):
                 name="delivery_provider_ref_idx",
                 condition=~Q(provider_message_id=""),
             ),
+            # The re-queue job's scan for failures whose fallback never started; failed rows
+            # only, which are rarely written again.
+            models.Index(
+                fields=["finished_at"],
+                name="delivery_failed_at_idx",
+                condition=Q(status="failed"),
+            ),
             # Why nothing went out: dead letters and not-sent reasons. Partial, so the status
             # changes of deliveries on their way out (queued, sending, sent) never touch it.
             models.Index(

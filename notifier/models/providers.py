@@ -1,9 +1,11 @@
 """What providers told us: each processed webhook event once, and the addresses not to send to.
 
 `ProviderEvent` makes every webhook idempotent: its (provider, event id) is unique, so a
-replayed or re-delivered event is refused by the index and changes nothing. `SuppressedAddress`
-is the suppression list: an email address that bounced hard or complained is never sent to
-again (routing suppresses the delivery with a reason) until an admin removes the row.
+replayed or re-delivered event is refused by the index and changes nothing. One that names a
+send whose provider id is not recorded yet waits as `unknown`, with what it asks, until it is.
+`SuppressedAddress` is the suppression list: an email address that bounced hard or complained
+is never sent to again (routing suppresses the delivery with a reason) until an admin removes
+the row.
 """
 
 from __future__ import annotations
@@ -60,7 +62,7 @@ class EventOutcome(models.TextChoices):
     MOVED = "moved", "Moved the delivery's status"
     RECORDED = "recorded", "Recorded; the status was already further along"
     IGNORED = "ignored", "Nothing to do for this event type"
-    UNKNOWN = "unknown", "No delivery with that provider message id"
+    UNKNOWN = "unknown", "No delivery with that provider message id (yet)"
     CONSENT = "consent", "Changed the user's consent"
     NO_USER = "no_user", "No user with that phone number"
 
@@ -72,6 +74,15 @@ class ProviderEvent(models.Model):
     event_id = models.CharField(max_length=255, help_text="Unique per provider")
     event_type = models.CharField(max_length=40)
     provider_message_id = models.CharField(max_length=255, blank=True, default="")
+    delivery_provider = models.CharField(
+        max_length=40,
+        blank=True,
+        default="",
+        help_text="The provider of the send it names (a delivery's provider), e.g. django, twilio",
+    )
+    # What the event asks of its delivery, kept while that delivery is unknown: an event can
+    # arrive before the send's provider id is recorded (notifier.services.callbacks).
+    action = models.JSONField(default=dict, blank=True)
     delivery = models.ForeignKey(
         "notifier.Delivery",
         null=True,
@@ -89,7 +100,15 @@ class ProviderEvent(models.Model):
         constraints = [
             models.UniqueConstraint(fields=["provider", "event_id"], name="provider_event_once")
         ]
-        indexes = [models.Index(fields=["received_at"], name="provider_event_received_idx")]
+        indexes = [
+            models.Index(fields=["received_at"], name="provider_event_received_idx"),
+            # Early events waiting for their send's provider id: few rows, looked up per batch.
+            models.Index(
+                fields=["delivery_provider", "provider_message_id"],
+                name="provider_event_waiting_idx",
+                condition=models.Q(outcome="unknown"),
+            ),
+        ]
 
     def __str__(self) -> str:
         return f"{self.provider} {self.event_type} {self.event_id}"

@@ -48,7 +48,10 @@ class ConsentState:
 
 
 def can_switch_off(kind: str, priority: str) -> bool:
-    """Transactional and critical messages are always delivered where they are routed."""
+    """Transactional and critical service messages are always delivered where they are routed.
+    Marketing can always be switched off: a campaign's priority never overrides a user's "no"."""
+    if kind == Kind.MARKETING:
+        return True
     return kind != Kind.TRANSACTIONAL and priority != Priority.CRITICAL
 
 

@@ -13,8 +13,21 @@ from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 
 from notifier.models.providers import SuppressionReason
-from notifier.services.callbacks import ProviderStatus
 from notifier.status import Reason
+
+
+class ProviderStatus(StrEnum):
+    """Statuses as providers report them, normalised (anymail, Twilio and FCM map onto these)."""
+
+    DELIVERED = "delivered"
+    OPENED = "opened"
+    CLICKED = "clicked"
+    BOUNCED = "bounced"
+    REJECTED = "rejected"
+    COMPLAINED = "complained"
+    DEFERRED = "deferred"  # the provider will keep trying: a note on the timeline
+    UNSUBSCRIBED = "unsubscribed"  # the recipient unsubscribed at the provider
+
 
 P = ProviderStatus
 

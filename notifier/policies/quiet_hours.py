@@ -1,7 +1,8 @@
 """Quiet hours: is it night for this user, and when does their night end?
 
 Computed on the user's own wall clock with zoneinfo, so a window "22:00-08:00" ends at 08:00
-local on both sides of a daylight-saving change. Transactional and critical messages bypass.
+local on both sides of a daylight-saving change. Transactional and critical service messages
+bypass; marketing only with its campaign's audited permission.
 """
 
 from __future__ import annotations
@@ -30,7 +31,11 @@ def parse_window(text: str) -> tuple[time, time]:
     return start, end
 
 
-def bypasses_quiet_hours(*, kind: str, priority: str) -> bool:
+def bypasses_quiet_hours(*, kind: str, priority: str, marketing_allowed: bool = False) -> bool:
+    """Transactional and critical service messages go out at night. Marketing never does on
+    its priority: only where a marketing lead allowed it on its campaign (`marketing_allowed`)."""
+    if kind == Kind.MARKETING:
+        return marketing_allowed
     return kind == Kind.TRANSACTIONAL or priority == Priority.CRITICAL
 
 

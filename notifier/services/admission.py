@@ -8,7 +8,7 @@ and (for marketing) taking a frequency-cap slot. Everything but the cap slot is 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, time, timedelta
 from zoneinfo import ZoneInfo
 
@@ -16,8 +16,15 @@ from django.conf import settings
 
 from campaigns.models import CampaignStatus
 from notifier.backpressure import RETRY_HOLD_S
-from notifier.models import Kind, Message, Priority, User
-from notifier.policies.caps import Windows, caps_for, next_window_start, windows_at
+from notifier.models import CapPeriod, Kind, Message, Priority, User
+from notifier.models.types import PRIORITY_RANK
+from notifier.policies.caps import (
+    Windows,
+    caps_for,
+    next_window_start,
+    outranked_until,
+    windows_at,
+)
 from notifier.policies.quiet_hours import (
     QuietHours,
     bypasses_quiet_hours,
@@ -26,7 +33,7 @@ from notifier.policies.quiet_hours import (
     spread_offset_s,
 )
 from notifier.queues import Lane
-from notifier.services.caps import CapRequest, caps_take_many
+from notifier.services.caps import CapRequest, caps_rivals, caps_room, caps_take_many
 from notifier.status import DeliveryStatus, Reason
 
 S = DeliveryStatus
@@ -35,7 +42,7 @@ S = DeliveryStatus
 @dataclass(frozen=True, slots=True)
 class Admission:
     status: DeliveryStatus  # QUEUED, HELD or SUPPRESSED
-    reason: str = ""
+    reason: str = ""  # when QUEUED: why it goes out where it otherwise would not (or "")
     until: datetime | None = None  # when HELD: when to look again
     cap: Windows | None = None  # when a marketing message took a cap slot: its windows
     pending: PendingCap | None = None  # a cap slot still to take (see settle_caps)
@@ -89,9 +96,14 @@ def message_admission(
     congested: bool,
     irrelevant: int,
     campaign_status: str | None = None,
+    quiet_hours_allowed: bool = False,
+    series_stopped: bool = False,
     take_cap: bool = True,
 ) -> Admission:
     """Decide for the whole message (all its sendable channels move together).
+
+    `quiet_hours_allowed`: its campaign carries a marketing lead's permission to send in quiet
+    hours; without it marketing is held at night whatever its priority.
 
     Takes a frequency-cap slot when a marketing message is admitted; call it inside the
     transaction that writes the outcome, so that a rollback gives the slot back.
@@ -100,6 +112,8 @@ def message_admission(
         return QUEUE
     if campaign_status == CampaignStatus.CANCELLED:
         return Admission(S.SUPPRESSED, Reason.CANCELLED)
+    if series_stopped:  # the customer converted or clicked: the rest of the series is moot
+        return Admission(S.SUPPRESSED, Reason.SERIES_STOPPED)
     if campaign_status == CampaignStatus.PAUSED:  # no time: resuming the campaign releases it
         return Admission(S.HELD, Reason.CAMPAIGN_PAUSED)
     expiry = expiry_of(message, kind)
@@ -108,11 +122,16 @@ def message_admission(
     if message.not_before is not None and now < message.not_before:
         return _hold(Reason.SCHEDULED, message.not_before, expiry)
     quiet = quiet_hours_of(user)
-    if not bypasses_quiet_hours(kind=kind, priority=message.priority):
-        night_ends = quiet_until(now, quiet)
-        if night_ends is not None:
+    night_ends = quiet_until(now, quiet)
+    overridden = ""  # a marketing message sent in quiet hours says who allowed it, and why
+    if night_ends is not None:
+        if not bypasses_quiet_hours(
+            kind=kind, priority=message.priority, marketing_allowed=quiet_hours_allowed
+        ):
             spread = spread_offset_s(message.pk, settings.NOTIFIER_QUIET_RELEASE_WINDOW_S)
             return _hold(Reason.QUIET_HOURS, night_ends + timedelta(seconds=spread), expiry)
+        if kind == Kind.MARKETING:
+            overridden = Reason.QUIET_HOURS_ALLOWED
     if congested and (message.lane == Lane.BULK or message.priority == Priority.LOW):
         return _hold(Reason.BACKPRESSURE, now + timedelta(seconds=RETRY_HOLD_S), expiry)
     if kind == Kind.MARKETING:
@@ -126,25 +145,58 @@ def message_admission(
             return Admission(S.SUPPRESSED, Reason.FREQUENCY_CAP)
         windows = windows_at(now, quiet.tz)
         if (message.cap_day, message.cap_week) == (windows.day, windows.week):
-            return Admission(S.QUEUED, cap=windows)  # held after taking its slot: keeps it
-        pending = PendingCap(CapRequest(user.pk, windows, caps), now, quiet.tz, expiry)
+            # Held after taking its slot: keeps it.
+            return Admission(S.QUEUED, overridden, cap=windows)
+        request = CapRequest(
+            user.pk,
+            windows,
+            caps,
+            message_id=message.pk,
+            rank=PRIORITY_RANK.get(Priority(message.priority), 2),
+            day_ends=next_window_start(now, quiet.tz, CapPeriod.DAY),
+        )
+        pending = PendingCap(request, now, quiet.tz, expiry)
         if not take_cap:
-            return Admission(S.QUEUED, pending=pending)
-        return settle_caps([Admission(S.QUEUED, pending=pending)])[0]
-    return QUEUE
+            return Admission(S.QUEUED, overridden, pending=pending)
+        return settle_caps([Admission(S.QUEUED, overridden, pending=pending)])[0]
+    return Admission(S.QUEUED, overridden) if overridden else QUEUE
 
 
 def settle_caps(admissions: Sequence[Admission]) -> list[Admission]:
-    """Take the cap slots the admissions still need, all at once: each becomes queued (with
-    its slot), or held until the next window, or suppressed when it would be stale by then."""
-    waiting = [(index, a.pending) for index, a in enumerate(admissions) if a.pending]
+    """Take the cap slots the admissions still need, all at once and highest priority first:
+    each becomes queued (with its slot), or held until the next window, or suppressed when it
+    would be stale by then.
+
+    When several compete for the slots left, the higher priority wins, also against messages
+    outside this decision: one whose user has held higher-priority marketing due later the same
+    day, enough to fill what is left, yields (`outranked`) and looks again when the first of
+    them is due. Messages not yet written cannot be waited for.
+    """
+    waiting = sorted(
+        ((index, a, a.pending) for index, a in enumerate(admissions) if a.pending),
+        key=lambda item: (item[2].request.rank, item[0]),
+    )
     if not waiting:
         return list(admissions)
-    results = caps_take_many([pending.request for _, pending in waiting])
+    requests = [pending.request for _, _, pending in waiting]
+    rooms, rivals = caps_room(requests), caps_rivals(requests)
     settled = list(admissions)
-    for (index, pending), full in zip(waiting, results, strict=True):
+    ahead: dict[int, int] = {}
+    taking: list[tuple[int, Admission, PendingCap]] = []
+    for (index, admission, pending), room, user_rivals in zip(waiting, rooms, rivals, strict=True):
+        user = pending.request.user_id
+        until = outranked_until(
+            room=room, ahead=ahead.get(user, 0), rivals=user_rivals, now=pending.now
+        )
+        if until is not None:
+            settled[index] = _hold(Reason.OUTRANKED, until, pending.expiry)
+            continue
+        ahead[user] = ahead.get(user, 0) + 1
+        taking.append((index, admission, pending))
+    results = caps_take_many([pending.request for _, _, pending in taking])
+    for (index, admission, pending), full in zip(taking, results, strict=True):
         settled[index] = (
-            Admission(S.QUEUED, cap=pending.request.windows)
+            replace(admission, pending=None, cap=pending.request.windows)
             if full is None
             else _hold(
                 Reason.FREQUENCY_CAP,

@@ -11,13 +11,14 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import date
+from datetime import date, datetime
 
 from django.db import connection, transaction
 
 from notifier.db import table_name
-from notifier.models import CapPeriod, FrequencyCounter
+from notifier.models import CapPeriod, Delivery, FrequencyCounter, Kind
 from notifier.policies.caps import Caps, Windows
+from notifier.status import DeliveryStatus
 
 
 class _Full(Exception):
@@ -60,6 +61,71 @@ class CapRequest:
     user_id: int
     windows: Windows
     caps: Caps
+    message_id: int = 0  # who asks: its own held deliveries are not its rivals
+    rank: int = 2  # its priority (PRIORITY_RANK: lower goes first)
+    day_ends: datetime | None = None  # when the user's day window ends (aware)
+
+
+def caps_room(requests: Sequence[CapRequest]) -> list[int]:
+    """Slots left for each request's user in its day and week (the smaller), read without a
+    lock: it only decides whether to yield to a higher priority; the take itself is atomic."""
+    if not requests:
+        return []
+    rows = FrequencyCounter.objects.filter(
+        user_id__in={r.user_id for r in requests},
+        window_start__in={w for r in requests for w in (r.windows.day, r.windows.week)},
+    ).values_list("user_id", "period", "window_start", "count")
+    counts = {(user_id, period, window): count for user_id, period, window, count in rows}
+    return [
+        min(
+            r.caps.day - counts.get((r.user_id, CapPeriod.DAY, r.windows.day), 0),
+            r.caps.week - counts.get((r.user_id, CapPeriod.WEEK, r.windows.week), 0),
+        )
+        for r in requests
+    ]
+
+
+def caps_rivals(requests: Sequence[CapRequest]) -> list[list[datetime]]:
+    """For each request, when its rivals come due: held marketing messages of the same user,
+    outside these requests, of higher priority, due before the request's day ends, that have not
+    taken a slot in its day yet (those of another day or without a time compete for nothing)."""
+    if not requests:
+        return []
+    ends = [r.day_ends for r in requests if r.day_ends is not None]
+    if not ends:
+        return [[] for _ in requests]
+    rows = (
+        Delivery.objects.filter(
+            status=DeliveryStatus.HELD,
+            user_id__in={r.user_id for r in requests},
+            next_attempt_at__lt=max(ends),
+            priority_rank__lt=max(r.rank for r in requests),
+            message__type__kind=Kind.MARKETING,
+            message__is_test=False,
+        )
+        .exclude(message_id__in=[r.message_id for r in requests])
+        .values_list(
+            "user_id", "message_id", "priority_rank", "next_attempt_at", "message__cap_day"
+        )
+    )
+    held: dict[int, dict[int, tuple[int, datetime, date | None]]] = defaultdict(dict)
+    for user_id, message_id, rank, due, cap_day in rows:
+        if due is None:  # held without a time (a paused campaign): competes for nothing
+            continue
+        known = held[user_id].get(message_id)
+        if known is None or due < known[1]:
+            held[user_id][message_id] = (rank, due, cap_day)
+    return [
+        sorted(
+            due
+            for rank, due, cap_day in held.get(r.user_id, {}).values()
+            if r.day_ends is not None
+            and rank < r.rank
+            and due < r.day_ends
+            and cap_day != r.windows.day
+        )
+        for r in requests
+    ]
 
 
 def caps_take_many(requests: Sequence[CapRequest]) -> list[CapPeriod | None]:

@@ -52,10 +52,13 @@ from notifier.logcontext import bound
 from notifier.metrics import record_send
 from notifier.models import Delivery, DeliveryEvent, Device, EventKind, Message
 from notifier.observability import personal_values, sentry_on
+from notifier.policies.failover import counts_against_health, hands_on, pause_for
 from notifier.policies.retry import RetryPolicy, Verdict, after_attempt
 from notifier.queues import Lane
 from notifier.selectors import type_info_get
-from notifier.services.pipeline import deliveries_fall_back
+from notifier.services.breakers import breaker_waiter_token, breaker_waiters_wake
+from notifier.services.callbacks import early_callbacks_apply, early_callbacks_reconcile
+from notifier.services.pipeline import deliveries_fall_back, lost_fallbacks_resume
 from notifier.services.quarantine import (
     UNROUTED_COLUMNS,
     dead_runs_count,
@@ -69,7 +72,13 @@ from notifier.status import (
     check_move,
     sources_of,
 )
-from notifier.throttle import acquire, alert_transition, breaker_allows, breaker_record
+from notifier.throttle import (
+    acquire,
+    alert_transition,
+    breaker_allows,
+    breaker_outcomes,
+    provider_pause,
+)
 
 log = logging.getLogger(__name__)
 S = DeliveryStatus
@@ -386,18 +395,23 @@ def _personal_strings(outgoings: list[Outgoing]) -> Iterator[str]:
 
 
 def _record_health(key: str, results: list[SendResult]) -> None:
-    """Feed the provider's circuit breaker: temporary errors count against it; recipients'
-    own permanent errors (a bad number) say nothing about the provider."""
-    transient = sum(1 for r in results if r.outcome is Outcome.TRANSIENT)
-    transitions = [
-        breaker_record(key, success=False)
-        for _ in range(min(transient, settings.NOTIFIER_CIRCUIT_FAILURES))
-    ]
-    if any(r.outcome is Outcome.SENT for r in results):
-        transitions.append(breaker_record(key, success=True))
-    for transition in transitions:
-        if transition is not None:
-            alert_transition(transition)
+    """Feed the provider's circuit breaker: temporary errors count against it, sends for it;
+    recipients' own permanent errors (a bad number) say nothing about the provider. A 429/5xx
+    with a Retry-After pauses the provider for every worker (failover)."""
+    transient = sum(1 for r in results if counts_against_health(r))
+    sent = sum(1 for r in results if r.outcome is Outcome.SENT)
+    pause = max(
+        (pause_for(r, max_pause_s=settings.NOTIFIER_PROVIDER_MAX_PAUSE_S) for r in results),
+        default=0,
+    )
+    if pause:
+        provider_pause(key, pause)
+    transition = (
+        breaker_outcomes(key, successes=sent, failures=transient) if transient or sent else None
+    )
+    if transition is not None:
+        alert_transition(transition)
+        breaker_waiters_wake(transition)
 
 
 RECORDED_FIELDS = (
@@ -526,6 +540,7 @@ def _record(
     )
     if updated or len(deliveries) > 1:
         _write_events(events)
+        early_callbacks_apply(refs=[(d.provider, d.provider_message_id) for d in deliveries])
     if dead_devices:
         Device.objects.filter(pk__in=dead_devices, active=True).update(
             active=False, deactivated_at=now, deactivation_reason="provider: token unregistered"
@@ -537,27 +552,38 @@ def _record_now(
     pairs: list[tuple[Claimed, Outgoing]],
     report: DeliverReport,
     lease: Lease,
-) -> list[SendResult]:
+    *,
+    hand_on: bool = False,
+) -> tuple[list[SendResult], list[tuple[Claimed, Outgoing]]]:
     """Send and record; when our own database is the provider, both in one transaction.
 
     Any other provider's answers are recorded as they come, each before the next message is
     handed over (only a provider answering within NOTIFIER_RECORD_WITHIN_MS has a few of its
     answers written together): a worker killed mid-batch leaves at most the message in flight
-    unrecorded, and a message goes out only while this run's claim on it holds.
-    """
+    unrecorded, and a message goes out only while this run's claim on it holds. With
+    `hand_on`, what the provider refused unsent (429/5xx) is not recorded but returned, for
+    the next provider of the chain to take in the same attempt."""
     group, outgoings = [d for d, _ in pairs], [o for _, o in pairs]
     before = (report.sent, report.failed, report.retried)
     started = time.perf_counter()
-    if provider.in_database:
-        with transaction.atomic():
-            results = _call(provider, outgoings)
-            took = time.perf_counter() - started
-            _record(group, results, timezone.now(), report)
-    else:
-        results = _send_each_recorded(provider, pairs, report, lease)
+    if not provider.in_database:
+        results, handed_on = _send_each_recorded(provider, pairs, report, lease, hand_on=hand_on)
         took = time.perf_counter() - started
+        _count(report, before, channel=str(group[0].channel), provider=provider.name, seconds=took)
+        return results, handed_on
+    with transaction.atomic():
+        results = _call(provider, outgoings)
+        took = time.perf_counter() - started
+        keep = [not (hand_on and hands_on(r)) for r in results]
+        if any(keep):
+            _record(
+                [d for d, k in zip(group, keep, strict=True) if k],
+                [r for r, k in zip(results, keep, strict=True) if k],
+                timezone.now(),
+                report,
+            )
     _count(report, before, channel=str(group[0].channel), provider=provider.name, seconds=took)
-    return results
+    return results, [pair for pair, k in zip(pairs, keep, strict=True) if not k]
 
 
 def record_now(*, waited_s: float, call_s: float, within_s: float) -> bool:
@@ -571,8 +597,11 @@ def _send_each_recorded(
     pairs: list[tuple[Claimed, Outgoing]],
     report: DeliverReport,
     lease: Lease,
-) -> list[SendResult]:
+    *,
+    hand_on: bool = False,
+) -> tuple[list[SendResult], list[tuple[Claimed, Outgoing]]]:
     by_pk = {d.pk: d for d, _ in pairs}
+    handed_on: list[tuple[Claimed, Outgoing]] = []
     within_s = settings.NOTIFIER_RECORD_WITHIN_MS / 1000.0
     results: list[SendResult] = []
     unrecorded: list[tuple[Claimed, SendResult]] = []
@@ -594,6 +623,10 @@ def _send_each_recorded(
             for outgoing, result in send_each(provider, lease.still_ours(pairs)):
                 answered = time.monotonic()
                 results.append(result)
+                if hand_on and hands_on(result):  # refused unsent: the next provider's
+                    handed_on.append((by_pk[outgoing.delivery_id], outgoing))
+                    asked = time.monotonic()
+                    continue
                 if not unrecorded:
                     first_at = answered
                 unrecorded.append((by_pk[outgoing.delivery_id], result))
@@ -611,13 +644,13 @@ def _send_each_recorded(
             failure = SendResult.transient(provider.name, ErrorCode.UNEXPECTED, error)
             # Written already (their status moved), waiting to be, or no longer ours: the
             # rest, the message in flight included, failed for now.
-            done = {d.pk for d, _ in unrecorded} | lease.lost
+            done = {d.pk for d, _ in unrecorded} | {d.pk for d, _ in handed_on} | lease.lost
             for delivery, _ in pairs:
                 if delivery.status == S.SENDING and delivery.pk not in done:
                     results.append(failure)
                     unrecorded.append((delivery, failure))
         flush()
-    return results
+    return results, handed_on
 
 
 def _count(
@@ -660,13 +693,18 @@ def _deliver_channel(
     remaining = [(d, o) for d, o, r in checked if r is None]
     waits: list[float] = []
     circuit_open = True
-    for provider in providers_for(channel):
+    chain = providers_for(channel)
+    for position, provider in enumerate(chain, start=1):
         if not remaining:
             break
         key = f"{channel}:{provider.name}"
-        permission = breaker_allows(key)
+        waiter = breaker_waiter_token(
+            lane=remaining[0][0].lane, channel=channel, delivery_ids=[d.pk for d, _ in remaining]
+        )
+        permission = breaker_allows(key, waiter=waiter)
         if not permission.allowed:
             waits.append(permission.retry_after_s)
+            circuit_open = circuit_open and not permission.paused
             continue
         circuit_open = False
         grant = acquire(key, 1 if permission.probe else len(remaining))
@@ -674,7 +712,11 @@ def _deliver_channel(
             waits.append(grant.retry_after_s)
         batch, remaining = remaining[: grant.granted], remaining[grant.granted :]
         if batch:
-            _record_health(key, _record_now(provider, batch, report, lease))
+            results, handed_on = _record_now(
+                provider, batch, report, lease, hand_on=position < len(chain)
+            )
+            _record_health(key, results)
+            remaining = handed_on + remaining
     if remaining:
         _defer(
             [d for d, _ in remaining],
@@ -803,6 +845,8 @@ class RequeueReport:
     expired_claims: int = 0
     exhausted: int = 0
     set_aside: int = 0  # never routed because their runs kept dying: failed, not re-published
+    fallbacks: int = 0  # fallbacks started for failures whose worker died before handing over
+    callbacks: int = 0  # provider events that came early, applied now that their send is known
 
 
 def _publish_grouped(rows: Iterable[tuple[int, str, str]]) -> None:
@@ -863,6 +907,8 @@ def requeue_stuck_work(*, now: datetime | None = None, limit: int = 5000) -> Req
     report.queued = _overdue_republish(
         Delivery.objects.filter(status=S.QUEUED, next_attempt_at__lt=stale), now, limit
     )
+    report.fallbacks = lost_fallbacks_resume(now=now, limit=limit)
+    report.callbacks = early_callbacks_reconcile(now=now)
     return report
 
 

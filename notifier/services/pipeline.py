@@ -30,10 +30,13 @@ from zoneinfo import ZoneInfo
 from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
 from django.db import DatabaseError, IntegrityError, connection, transaction
+from django.db.models import Exists, OuterRef
 from django.utils import timezone
 
-from campaigns.models import Campaign
+from campaigns.models import AudienceThresholds, Campaign
+from campaigns.personas import user_persona
 from campaigns.rendering import render_variant
+from campaigns.series import series_stopped
 from campaigns.tracking import track_content
 from channels.base import Channel, Content
 from notifier import dispatch
@@ -135,6 +138,8 @@ class Audience:
     congested: bool
     campaigns: dict[int, CampaignContext]
     suppressed_emails: frozenset[str] = frozenset()
+    # (campaign id, user id) of customers who converted or clicked: their series stopped.
+    series_stopped: frozenset[tuple[int, int]] = frozenset()
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,6 +147,11 @@ class CampaignContext:
     name: str
     status: str
     event_at: datetime | None
+    quiet_hours_allowed: bool = False  # a marketing lead let it send in quiet hours
+    # What the copy's personas are derived with (campaigns.personas): the audience thresholds
+    # (read once per batch) and the "points expiring" window in days.
+    thresholds: AudienceThresholds = field(default_factory=AudienceThresholds)
+    points_days: int = 30
 
 
 def audience_of(messages: Sequence[Message], now: datetime) -> Audience:
@@ -162,7 +172,15 @@ def audience_of(messages: Sequence[Message], now: datetime) -> Audience:
         and bulk_congested(),
         campaigns=campaigns_of(m.campaign_id for m in messages if m.campaign_id),
         suppressed_emails=suppressed_emails_of(m.user.email for m in messages if _may_email(m)),
+        series_stopped=series_stopped(
+            (m.campaign_id, m.user_id) for m in messages if m.campaign_id and not m.is_test
+        ),
     )
+
+
+def series_stopped_of(message: Message, audience: Audience) -> bool:
+    """Whether the customer ended this campaign's series (campaigns.series)."""
+    return (message.campaign_id or 0, message.user_id) in audience.series_stopped
 
 
 def _may_email(message: Message) -> bool:
@@ -186,14 +204,29 @@ def suppressed_emails_of(addresses: Iterable[str]) -> frozenset[str]:
 
 
 def campaigns_of(campaign_ids: Iterable[int]) -> dict[int, CampaignContext]:
+    """The batch's campaigns, with what their copy's personas need: two queries a batch."""
     ids = set(campaign_ids)
     if not ids:
         return {}
+    thresholds = AudienceThresholds.objects.filter(pk=1).first() or AudienceThresholds()
+    rows = Campaign.objects.filter(pk__in=ids).values_list(
+        "pk",
+        "name",
+        "status",
+        "event_at",
+        "quiet_hours_allowed",
+        "segment__points_expiring_within_days",
+    )
     return {
-        pk: CampaignContext(name, status, event_at)
-        for pk, name, status, event_at in Campaign.objects.filter(pk__in=ids).values_list(
-            "pk", "name", "status", "event_at"
+        pk: CampaignContext(
+            name,
+            status,
+            event_at,
+            quiet_hours_allowed,
+            thresholds,
+            settings.NOTIFIER_POINTS_EXPIRING_DAYS if points_days is None else points_days,
         )
+        for pk, name, status, event_at, quiet_hours_allowed, points_days in rows
     }
 
 
@@ -305,11 +338,21 @@ def message_generate(
     the task's soft time limit strikes mid-render."""
     context = template_context(message.context, user_template_values(message.user))
     context["preferences_url"] = Lazy(partial(preferences_url, user_id=message.user_id))
+    personas: tuple[str, ...] = ()
     if campaign is not None:
         context["campaign"] = {
             "name": campaign.name,
             "event_at": local_time_text(campaign.event_at, message.user.time_zone),
         }
+        # The segment attributes, from the user row the batch already loaded.
+        persona = user_persona(
+            message.user,
+            thresholds=campaign.thresholds,
+            points_days=campaign.points_days,
+            now=timezone.now(),
+        )
+        context["user"].update(persona.template_values())
+        personas = persona.copy_keys()
     marketing = message_type(message).kind == Kind.MARKETING
     rendered: dict[Channel, Content | RenderError] = {}
     for channel in channels:
@@ -325,7 +368,12 @@ def message_generate(
         try:
             content = (
                 render_variant(
-                    message.variant_id, channel, context, message.user.locale, fresh=message.is_test
+                    message.variant_id,
+                    channel,
+                    context,
+                    message.user.locale,
+                    personas=personas,
+                    fresh=message.is_test,
                 )
                 if message.variant_id
                 else render(message.type_id, channel, context, message.user.locale)
@@ -398,7 +446,9 @@ def routed(
             content=content.as_dict(),
             next_attempt_at=admission.until,
         )
-    return row(S.QUEUED, content=content.as_dict(), next_attempt_at=now)
+    # A reason on a queued row says why it went out when it otherwise would not have (a marketing
+    # lead's quiet-hours override); its routed event keeps it after the send clears the row's.
+    return row(S.QUEUED, reason=admission.reason, content=content.as_dict(), next_attempt_at=now)
 
 
 @dataclass
@@ -424,9 +474,18 @@ def _decide_plan(
     return decisions, []
 
 
+def campaign_of(message: Message, audience: Audience) -> CampaignContext | None:
+    return audience.campaigns.get(message.campaign_id or 0)
+
+
 def campaign_status_of(message: Message, audience: Audience) -> str | None:
-    campaign = audience.campaigns.get(message.campaign_id or 0)
+    campaign = campaign_of(message, audience)
     return campaign.status if campaign else None
+
+
+def quiet_hours_allowed_of(message: Message, audience: Audience) -> bool:
+    campaign = campaign_of(message, audience)
+    return campaign is not None and campaign.quiet_hours_allowed
 
 
 def message_route(message: Message, audience: Audience, now: datetime) -> RouteOutcome:
@@ -445,6 +504,8 @@ def message_route(message: Message, audience: Audience, now: datetime) -> RouteO
             congested=audience.congested,
             irrelevant=audience.irrelevant.get((message.user_id, info.key), 0),
             campaign_status=campaign_status_of(message, audience),
+            quiet_hours_allowed=quiet_hours_allowed_of(message, audience),
+            series_stopped=series_stopped_of(message, audience),
             take_cap=False,
         )
         if any(decision.sends for decision in decisions.values())
@@ -786,6 +847,14 @@ def deliveries_fall_back(*, failed_ids: Sequence[int]) -> list[int]:
             .select_related("user")
             .order_by("pk")
         )
+        # Read under the messages' locks: a failure another run (the sender, the re-queue job)
+        # already handed over is not handed over again, further down the chain.
+        handed_over = set(
+            Delivery.objects.filter(fallback_of__in=list(failed.values())).values_list(
+                "fallback_of_id", flat=True
+            )
+        )
+        messages = [m for m in messages if failed[m.pk] not in handed_over]
         if not messages:
             return []
         audience = audience_of(messages, now)
@@ -825,3 +894,37 @@ def deliveries_fall_back(*, failed_ids: Sequence[int]) -> list[int]:
         for r in rows
         if r.status == S.QUEUED and (r.message_id, r.channel) in ids
     ]
+
+
+# A sender hands its failures over a moment after recording them; the re-queue job leaves them
+# to it that long. Failures older than the horizon are not handed over late.
+FALLBACK_GRACE = timedelta(seconds=10)
+FALLBACK_HORIZON = timedelta(days=1)
+
+
+def lost_fallbacks_resume(*, now: datetime, limit: int = 500) -> int:
+    """Hand over the failures whose fallback never started: the worker died between recording
+    `failed` and starting the next channel. Returns how many fallback deliveries it queued.
+
+    Only deliveries that failed for good at delivery time (claimed, never accepted), whose
+    message still has channels to try, not expired, and no fallback yet; `deliveries_fall_back`
+    checks the last again under the message's lock, so a race with the sender is harmless.
+    """
+    failed_ids = list(
+        Delivery.objects.filter(
+            status=S.FAILED,
+            attempts__gt=0,
+            sent_at__isnull=True,
+            finished_at__lt=now - FALLBACK_GRACE,
+            finished_at__gte=now - FALLBACK_HORIZON,
+        )
+        .exclude(message__fallback_chain=[])
+        .exclude(message__expires_at__lt=now)
+        .exclude(Exists(Delivery.objects.filter(fallback_of=OuterRef("pk"))))
+        .order_by("finished_at")
+        .values_list("pk", flat=True)[:limit]
+    )
+    if not failed_ids:
+        return 0
+    log.warning("%d failed deliveries had no fallback yet; handing them over", len(failed_ids))
+    return len(deliveries_fall_back(failed_ids=failed_ids))

@@ -1,10 +1,15 @@
 """Releasing held deliveries when their time comes (quiet hours ended, queues drained, new cap
 window), each exactly once, highest priority first.
 
-Due rows are locked with `skip_locked`, so two beat processes running this job at once release
-disjoint sets; the status moves held -> queued inside that lock. Before a message goes out, its
-channels are checked again (the user may have opted out overnight) and it is admitted again
-(still quiet? queues still deep? room under the cap?); it can be held again or suppressed.
+A message is released as a whole: due messages are locked with `skip_locked` at the message
+level, so two beat processes running this job at once release disjoint sets of messages, and
+never split one message's channels between them (each run would otherwise take a cap slot for
+its half). Inside that lock each message's due deliveries move held -> queued together. Before a
+message goes out, its channels are checked again (the user may have opted out overnight) and it
+is admitted again (still quiet? queues still deep? room under the cap?); it can be held again or
+suppressed. The run's cap slots are taken in one decision, highest priority first, and a message
+yields to a higher-priority one of the same user that is due later the same day
+(`settle_caps`), so the order of the morning's release window does not decide who gets the slot.
 """
 
 from __future__ import annotations
@@ -15,13 +20,14 @@ from datetime import datetime
 from typing import Any
 
 from django.db import transaction
+from django.db.models import Exists, Min, OuterRef, Subquery
 from django.utils import timezone
 
 from channels.base import Channel
 from notifier.db import insert_rows, update_rows
 from notifier.models import Delivery, DeliveryEvent, EventKind, Message
 from notifier.queues import Lane
-from notifier.services.admission import message_admission
+from notifier.services.admission import Admission, message_admission, settle_caps
 from notifier.services.pipeline import (
     Routed,
     audience_of,
@@ -29,6 +35,8 @@ from notifier.services.pipeline import (
     channel_decision,
     message_type,
     publish_queued,
+    quiet_hours_allowed_of,
+    series_stopped_of,
 )
 from notifier.status import DeliveryStatus
 
@@ -42,19 +50,39 @@ class ReleaseReport:
     suppressed: int = 0
 
 
+def _due_message_ids(now: datetime, limit: int) -> list[int]:
+    """Lock up to `limit` messages with held deliveries that are due, highest priority first;
+    messages another run holds are skipped whole."""
+    due = Delivery.objects.filter(
+        message=OuterRef("pk"), status=S.HELD, next_attempt_at__lte=now
+    ).order_by()
+    first = due.values("message").annotate(v=Min("priority_rank")).values("v")
+    earliest = due.values("message").annotate(v=Min("next_attempt_at")).values("v")
+    return list(
+        Message.objects.select_for_update(skip_locked=True, of=("self",))
+        .filter(Exists(due))
+        .annotate(rank=Subquery(first), due_at=Subquery(earliest))
+        .order_by("rank", "due_at", "pk")
+        .values_list("pk", flat=True)[:limit]
+    )
+
+
 def held_release(*, now: datetime | None = None, limit: int = 2000) -> ReleaseReport:
-    """Release up to `limit` due held deliveries. Safe to run twice at once."""
+    """Release the due held deliveries of up to `limit` messages. Safe to run twice at once."""
     now = now or timezone.now()
     report = ReleaseReport()
     with transaction.atomic():
+        message_ids = _due_message_ids(now, limit)
+        if not message_ids:
+            return report
+        # The message lock keeps other release runs out; the row locks keep out a writer that
+        # is changing one of its deliveries right now (a cancel): that one stays for later.
         due = list(
             Delivery.objects.select_for_update(skip_locked=True, of=("self",))
-            .filter(status=S.HELD, next_attempt_at__lte=now)
+            .filter(message_id__in=message_ids, status=S.HELD, next_attempt_at__lte=now)
             .order_by("priority_rank", "next_attempt_at", "pk")
-            .values_list("pk", "message_id", "channel")[:limit]
+            .values_list("pk", "message_id", "channel")
         )
-        if not due:
-            return report
         held: dict[int, list[tuple[int, Channel]]] = defaultdict(list)
         for pk, message_id, channel in due:
             held[message_id].append((pk, Channel(channel)))
@@ -62,33 +90,42 @@ def held_release(*, now: datetime | None = None, limit: int = 2000) -> ReleaseRe
             m.pk: m for m in Message.objects.filter(pk__in=list(held)).select_related("user")
         }
         audience = audience_of(list(messages.values()), now)
+        order = list(dict.fromkeys(message_id for _, message_id, _ in due))
+        decisions = {
+            message_id: {
+                pk: channel_decision(channel, messages[message_id], audience)
+                for pk, channel in held[message_id]
+            }
+            for message_id in order
+        }
+        admitted: dict[int, Admission] = {}
+        for message_id in order:
+            if not any(decision.sends for decision in decisions[message_id].values()):
+                continue
+            message = messages[message_id]
+            admitted[message_id] = message_admission(
+                message=message,
+                user=message.user,
+                kind=message_type(message).kind,
+                now=now,
+                congested=audience.congested,
+                irrelevant=audience.irrelevant.get((message.user_id, message.type_id), 0),
+                campaign_status=campaign_status_of(message, audience),
+                quiet_hours_allowed=quiet_hours_allowed_of(message, audience),
+                series_stopped=series_stopped_of(message, audience),
+                take_cap=False,
+            )
+        # One cap decision for the run: every channel of a message shares its message's slot.
+        admitted = dict(zip(admitted, settle_caps(list(admitted.values())), strict=True))
         moves: list[tuple[Any, ...]] = []
         events: list[tuple[Any, ...]] = []
         released: list[Routed] = []
         ids: dict[tuple[int, str], int] = {}
-        # Highest priority first (the order of `due`), so it takes the morning's cap slots.
-        for message_id in dict.fromkeys(message_id for _, message_id, _ in due):
+        for message_id in order:
             message = messages[message_id]
-            deliveries = held[message_id]
-            decisions = {
-                pk: channel_decision(channel, message, audience) for pk, channel in deliveries
-            }
-            still_wanted = [pk for pk, decision in decisions.items() if decision.sends]
-            admission = (
-                message_admission(
-                    message=message,
-                    user=message.user,
-                    kind=message_type(message).kind,
-                    now=now,
-                    congested=audience.congested,
-                    irrelevant=audience.irrelevant.get((message.user_id, message.type_id), 0),
-                    campaign_status=campaign_status_of(message, audience),
-                )
-                if still_wanted
-                else None
-            )
-            for pk, channel in deliveries:
-                decision = decisions[pk]
+            admission = admitted.get(message_id)
+            for pk, channel in held[message_id]:
+                decision = decisions[message_id][pk]
                 if not decision.sends:
                     status, reason, until = S.SUPPRESSED, decision.reason or "", None
                 else:
@@ -98,7 +135,7 @@ def held_release(*, now: datetime | None = None, limit: int = 2000) -> ReleaseRe
                     report.released += 1
                     released.append(Routed(message_id, message.user_id, channel, S.QUEUED))
                     ids[(message_id, channel)] = pk
-                    until, reason = now, ""
+                    until = now
                 elif status == S.HELD:
                     report.held_again += 1
                 else:

@@ -5,8 +5,9 @@ replay, or the provider re-sending an event we already took, hits the unique ind
 nothing (two copies at the same moment: the second waits for the first's commit, then finds
 it). The event's effect (a status move through `delivery_status_callback`, a suppressed address,
 an unsubscribe, a consent change) is written in the same transaction, so it happens exactly
-when its event row does. Events for message ids we never sent are recorded as `unknown` and
-change nothing else.
+when its event row does. Events for message ids we do not know are recorded as `unknown` and
+change nothing else: yet. An event can come before our worker has recorded the send's provider
+id; it keeps what it asks and is applied when the id is (see notifier.services.callbacks).
 """
 
 from __future__ import annotations
@@ -27,14 +28,16 @@ from notifier.models import (
     Delivery,
     EventOutcome,
     ProviderEvent,
-    SuppressedAddress,
-    SuppressionReason,
     User,
-    normalize_email,
 )
 from notifier.policies.providers import EventAction, Keyword, event_time_problem, sms_keyword
-from notifier.services.callbacks import Applied, delivery_status_callback
-from notifier.services.preferences import consent_give, consent_withdraw, unsubscribe
+from notifier.services.callbacks import (
+    Applied,
+    ProviderReport,
+    provider_report_apply,
+    waiting_action,
+)
+from notifier.services.preferences import consent_give, consent_withdraw
 from notifier.text import json_value_problem, text_problem
 
 log = logging.getLogger(__name__)
@@ -110,6 +113,7 @@ def _claim_event(event: ProviderEventIn, now: datetime) -> ProviderEvent | None:
                 event_id=event.event_id[:255],
                 event_type=event.event_type[:40],
                 provider_message_id=event.provider_message_id[:255],
+                delivery_provider=event.delivery_provider[:40],
                 outcome=EventOutcome.IGNORED,
                 occurred_at=event.occurred_at,
                 received_at=now,
@@ -144,76 +148,25 @@ def provider_event_apply(event: ProviderEventIn, action: EventAction) -> Webhook
                 .first()
             )
             return _finish(row, EventOutcome.IGNORED, delivery_id)
-        applied = delivery_status_callback(
+        report = ProviderReport(
             provider=event.delivery_provider,
             provider_message_id=event.provider_message_id,
-            status=action.status,
+            action=action,
+            source=event.source,
+            event_id=event.event_id,
             occurred_at=event.occurred_at or now,
-            detail={
-                "source": event.source,
-                "event_id": event.event_id,
-                "why": action.why,
-                **event.detail,
-            },
-            failure_reason=action.failure_reason,
-            error=f"{event.source}: {action.why}" + (f": {event.error}" if event.error else ""),
+            recipient=event.recipient,
+            error=event.error,
+            detail=event.detail,
         )
+        applied = provider_report_apply(report)
         if applied.applied is Applied.UNKNOWN or applied.delivery_id is None:
+            # Perhaps early: the send's provider id is not recorded yet. Kept with what it
+            # asks, and applied once it is (notifier.services.callbacks).
+            ProviderEvent.objects.filter(pk=row.pk).update(action=waiting_action(report))
             return _finish(row, EventOutcome.UNKNOWN, None)
-        delivery = Delivery.objects.select_related("user", "message").get(pk=applied.delivery_id)
-        if action.suppress is not None:
-            address_suppress(
-                channel=Channel(delivery.channel),
-                address=event.recipient or _address_of(delivery),
-                reason=action.suppress,
-                source=event.source,
-                detail=event.error or action.why,
-                delivery_id=delivery.pk,
-                at=event.occurred_at or now,
-            )
-        if action.unsubscribe:
-            unsubscribe(
-                user_id=delivery.user_id,
-                category=delivery.message.type_id,
-                channel=delivery.channel,
-                scope="channel",
-                source=f"{event.source}-unsubscribe",
-                message_id=delivery.message_id,
-            )
         outcome = EventOutcome.MOVED if applied.applied is Applied.MOVED else EventOutcome.RECORDED
-        return _finish(row, outcome, delivery.pk)
-
-
-def _address_of(delivery: Delivery) -> str:
-    return delivery.user.phone if delivery.channel == Channel.SMS else delivery.user.email
-
-
-def address_suppress(
-    *,
-    channel: Channel,
-    address: str,
-    reason: SuppressionReason,
-    source: str,
-    detail: str = "",
-    delivery_id: int | None = None,
-    at: datetime | None = None,
-) -> bool:
-    """Put an address on the suppression list; False when it was there already."""
-    normalized = normalize_email(address) if channel is Channel.EMAIL else address.strip()
-    if not normalized:
-        return False
-    _, created = SuppressedAddress.objects.get_or_create(
-        channel=channel,
-        address=normalized,
-        defaults={
-            "reason": reason,
-            "source": source[:60],
-            "detail": detail,
-            "delivery_id": delivery_id,
-            "at": at or timezone.now(),
-        },
-    )
-    return created
+        return _finish(row, outcome, applied.delivery_id)
 
 
 # --- Inbound SMS: STOP and START -----------------------------------------------------------

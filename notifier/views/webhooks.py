@@ -35,7 +35,9 @@ from django.utils import timezone
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_POST
 
+from channels.base import Channel
 from channels.email import DjangoEmailProvider
+from channels.registry import provider_named, providers_for
 from channels.sms import TwilioSmsProvider
 from notifier.models.users import normalize_phone
 from notifier.policies.providers import (
@@ -185,14 +187,24 @@ def esp_key(esp_name: str) -> str:
 
 
 def email_webhook_esps() -> list[str]:
-    """The ESPs whose webhooks we accept: NOTIFIER_EMAIL_WEBHOOK_ESPS, else the anymail ESP
-    that EMAIL_BACKEND sends through (none for plain SMTP)."""
+    """The ESPs whose webhooks we accept: NOTIFIER_EMAIL_WEBHOOK_ESPS, else the anymail ESPs
+    that EMAIL_BACKEND and the email instances of NOTIFIER_PROVIDER_INSTANCES send through
+    (none for plain SMTP)."""
     if settings.NOTIFIER_EMAIL_WEBHOOK_ESPS:
         return [esp_key(name) for name in settings.NOTIFIER_EMAIL_WEBHOOK_ESPS]
-    parts = settings.EMAIL_BACKEND.split(".")
-    if parts[:2] == ["anymail", "backends"] and len(parts) > 2:
-        return [parts[2]]
-    return []
+    backends = [settings.EMAIL_BACKEND] + [
+        str(definition.get("backend") or "")
+        for name, definition in (settings.NOTIFIER_PROVIDER_INSTANCES or {}).items()
+        if isinstance(definition, Mapping)
+        and definition.get("class") == DjangoEmailProvider.name
+        and name in settings.NOTIFIER_PROVIDERS.get("email", [])
+    ]
+    esps: list[str] = []
+    for backend in backends:
+        parts = backend.split(".")
+        if parts[:2] == ["anymail", "backends"] and len(parts) > 2 and parts[2] not in esps:
+            esps.append(parts[2])
+    return esps
 
 
 def email_webhook_refusal(sender: Any, esp_name: str) -> str | None:
@@ -226,6 +238,18 @@ class EventNotApplied(Exception):
     500, so the ESP retries later. Kept apart from the errors of anymail's parsing, which say
     the body is not the ESP's and answer 400 (an ESP does not retry a 4xx: a bug of ours
     answered 400 would lose its events silently)."""
+
+
+def email_provider_of_esp(esp: str) -> str:
+    """Delivery.provider of the emails an ESP's webhook speaks of: the configured instance
+    whose backend is that ESP's anymail backend, else "django" (EMAIL_BACKEND)."""
+    backend_prefix = f"anymail.backends.{esp}."
+    for provider in providers_for(Channel.EMAIL):
+        if isinstance(provider, DjangoEmailProvider) and str(
+            provider.options.get("backend") or ""
+        ).startswith(backend_prefix):
+            return provider.name
+    return DjangoEmailProvider.name
 
 
 def email_tracking_received(sender: Any, event: Any, esp_name: str, **kwargs: Any) -> None:
@@ -266,7 +290,7 @@ def _email_event_apply(sender: Any, event: Any, esp_name: str) -> None:
             source=source,
             event_id=event_id,
             event_type=event_type,
-            delivery_provider=DjangoEmailProvider.name,
+            delivery_provider=email_provider_of_esp(source),
             provider_message_id=message_id,
             occurred_at=event.timestamp,
             recipient=str(event.recipient or ""),
@@ -307,6 +331,17 @@ def twilio_called_url(request: HttpRequest) -> str:
     return request.build_absolute_uri()
 
 
+def twilio_provider(request: HttpRequest) -> TwilioSmsProvider | None:
+    """The Twilio account a callback is for: the instance its URL names (?provider=, see
+    channels.sms.status_callback_url), else the TWILIO_* one; None for a name that is not a
+    configured Twilio instance of the SMS chain."""
+    name = request.GET.get("provider", "")
+    if not name:
+        return TwilioSmsProvider()
+    provider = provider_named(Channel.SMS, name)
+    return provider if isinstance(provider, TwilioSmsProvider) else None
+
+
 def twilio_signature_ok(request: HttpRequest) -> bool:
     from twilio.request_validator import (
         SIGNATURE_HEADER,
@@ -316,10 +351,12 @@ def twilio_signature_ok(request: HttpRequest) -> bool:
     )
 
     signature = request.headers.get(SIGNATURE_HEADER, "")
-    if not signature or not settings.TWILIO_AUTH_TOKEN:
+    provider = twilio_provider(request)
+    token = provider.account()[1] if provider is not None else ""
+    if not signature or not token:
         return False
     return bool(
-        RequestValidator(settings.TWILIO_AUTH_TOKEN).validate(
+        RequestValidator(token).validate(
             twilio_called_url(request),
             request.POST,
             signature,
@@ -386,7 +423,7 @@ def twilio_status(request: HttpRequest) -> HttpResponse:
         # Twilio reports each status of a message once; the same pair again is a replay.
         event_id=f"{sid}:{status}",
         event_type=status,
-        delivery_provider=TwilioSmsProvider.name,
+        delivery_provider=request.GET.get("provider", "") or TwilioSmsProvider.name,
         provider_message_id=sid,
         recipient=request.POST.get("To", ""),
         # Twilio's ErrorCode is in the action's words and the event's detail.

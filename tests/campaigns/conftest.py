@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
+from django.test import TestCase
 
 from campaigns.rendering import checked_copy_clear, variant_cache_clear
 from campaigns.services import fanout
@@ -23,12 +24,18 @@ class Published:
         return [pk for ids in self.deliver for pk in ids]
 
     def run_walk(self, step_id: int) -> None:
-        """Walk the step to the end and write every batch, as the workers would."""
-        while fanout.step_walk(step_id=step_id) is fanout.Walk.CONTINUE:
+        """Walk the step to the end and write every batch, as the workers would (a walk
+        publishes its batches once its transaction commits)."""
+        while self.walk(step_id) is fanout.Walk.CONTINUE:
             pass
         while self.batches:
             step, ids = self.batches.pop(0)
             fanout.step_fanout_batch(step_id=step, user_ids=ids)
+
+    def walk(self, step_id: int, **kwargs: int) -> fanout.Walk:
+        """One walk task: its batches are published once its transaction commits."""
+        with TestCase.captureOnCommitCallbacks(execute=True):
+            return fanout.step_walk(step_id=step_id, **kwargs)
 
 
 @pytest.fixture

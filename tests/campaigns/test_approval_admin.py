@@ -249,7 +249,8 @@ def test_changed_thresholds_send_back_the_campaigns_whose_segments_follow_them(
     warning = re.search(r'id="approval-warning">(.*?)</p>', page_text(page), re.S)[1]
     assert " ".join(re.sub(r"<[^>]+>", "", warning).split()) == (
         "Saving sends 1 approved campaign back for approval: Whale sale (scheduled). Their "
-        "segments' spend tier or activity rules follow these edges."
+        "segments' spend tier or activity rules, or their copy per spend tier or activity, "
+        "follow these edges."
     )
 
     data = post_data(page, whale_min_spend="3000")

@@ -196,7 +196,12 @@ def step_prefix(response, step_name: str) -> str:
 def copy_prefix(response, channel: str) -> str:
     for inline in response.context["inline_admin_formsets"]:
         for form in inline.formset.forms:
-            if form.instance.pk and form.instance.channel == channel and not form.instance.locale:
+            instance = form.instance
+            if (
+                instance.pk
+                and instance.channel == channel
+                and not (instance.locale or instance.persona)
+            ):
                 return form.prefix
     raise AssertionError(f"no form for {channel} copy")
 

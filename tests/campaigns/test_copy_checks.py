@@ -148,7 +148,7 @@ def test_stored_copy_that_cannot_compile_fails_its_variant_alone(case, marketer)
     variant = notice_variant(campaign)
     VariantTemplate.objects.filter(variant=variant, channel="inapp").update(body=source)
     compiled = variant_templates(variant.pk)
-    assert isinstance(compiled[("inapp", "")]["body"], RenderError)
+    assert isinstance(compiled[("inapp", "", "")]["body"], RenderError)
     context = {"headline": "50% off", "user": {"first_name": "Mei"}, "campaign": {"name": "Sale"}}
     context["unsubscribe_url"] = "https://shop.example.com/u/1"
     with pytest.raises(RenderError, match=f"variant {variant.pk} inapp body: it nests too deeply"):

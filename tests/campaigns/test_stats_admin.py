@@ -206,7 +206,10 @@ def test_page_shows_holdout_ab_verdict_and_computed_at(marketer_client, small_ca
 
     assert 'id="holdout-counts">0 / 0<' in html
     assert 'id="uplift">— (—)<' in html
-    assert "Not enough data yet" in html
+    assert 'id="uplift-interval">—<' in html
+    assert 'id="treated-counts">0 / 5<' in html  # every user given a message is treated
+    assert "Running: decides once, when each variant has 100 users" in html
+    assert 'data-stage="running"' in html
     assert computed_at.strftime("%Y-%m-%d %H:%M:%S") in html
 
 
@@ -240,6 +243,8 @@ def test_ab_winner_is_shown_with_its_p_value(marketer_client):
     verdict = re.search(r'<p class="verdict winner">([^<]*)</p>', html)
     assert verdict and html_unescape(verdict.group(1)) == "B wins (p < 0.0001)"
     assert 'class="p-value">p &lt; 0.0001<' in html
+    assert "Metric: click-through rate (clicked / reached)." in html
+    assert "and kept: later roll-ups do not change it" in html
 
 
 def test_support_can_read_the_page_without_a_refresh_button(support_client, small_campaign):
@@ -346,3 +351,42 @@ def test_long_campaign_timeline_is_drawn_in_wider_buckets_keeping_every_send():
     assert titles[0] == "2026-03-01 00:00 UTC (+6h): 6 sent"
     assert sum(int(t.rsplit(": ", 1)[1].split()[0]) for t in titles) == 720
     assert 'aria-label="Sends per 6 hours"' in svg
+
+
+def test_holdout_comparison_shows_both_groups_interval_test_and_window():
+    from campaigns.admin.stats import page_context
+
+    holdout = {
+        "window": {"start": "2026-03-07T12:00:00+00:00", "end": "2026-03-13T12:00:00+00:00"},
+        "attribution_hours": 72,
+        "final": True,
+        "size": 80,
+        "converted": 48,
+        "conversion_rate": 0.6,
+        "treated": {"size": 70, "converted": 56, "conversion_rate": 0.8},
+        "uplift_points": 0.2,
+        "uplift_relative": 0.2 / 0.6,
+        "ci_low": 0.0524,
+        "ci_high": 0.3339,
+        "confidence": 0.95,
+        "z": 2.6502,
+        "p_value": 0.008045,
+        "significant": True,
+    }
+    row = CampaignStats(
+        scope="campaign",
+        data={"scope": "campaign", "level": "campaign", "name": "c", "holdout": holdout},
+        computed_at=SENT_AT,
+    )
+
+    shown = page_context([row])["holdout"]
+
+    assert shown["treated_rate"] == "80.0%"
+    assert shown["rate"] == "60.0%"
+    assert shown["uplift_points"] == "+20.0 pts"
+    assert shown["uplift_relative"] == "+33.3%"
+    assert shown["interval"] == "+5.2 to +33.4 pts"
+    assert shown["confidence"] == "95%"
+    assert shown["p_value"] == "p = 0.0080"
+    assert shown["final"] is True
+    assert shown["window_end"] == datetime(2026, 3, 13, 12, 0, tzinfo=UTC)

@@ -39,12 +39,12 @@ def free_port() -> int:
 class RedisServer:
     """A throwaway redis-server that keeps nothing on disk."""
 
-    def __init__(self) -> None:
+    def __init__(self, port: int | None = None) -> None:
         binary = shutil.which("redis-server")
         if binary is None:
             raise RuntimeError("redis-server is not installed; the fault tests need it")
         self.binary = binary
-        self.port = free_port()
+        self.port = port or free_port()
         self.process: subprocess.Popen[bytes] | None = None
         self.start()
 

@@ -8,6 +8,8 @@ counted in the sandbox ledger, as in test_faults.
 
 from __future__ import annotations
 
+import bisect
+import re
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -245,12 +247,15 @@ def beat_until(
     *,
     timeout: float = 60.0,
     minutes_later: bool = False,
+    quiet_for: float | None = None,
 ) -> None:
     """Run beat's jobs every second until `done()` holds: release held deliveries and re-queue
     stuck work (in the worker), start, revive and close steps (here). With `minutes_later`,
     every fifth run of the steps job is told it is WALK_STALE later, as if beat had run on
-    for minutes, so walks that lost batches are revived."""
-    runs = {"n": 0, "at": 0.0}
+    for minutes, so walks that lost batches are revived. With `quiet_for`, only a run that
+    finds the step not heard from (walked_at unchanged) for that many seconds is: WALK_STALE
+    in small, so a step whose batches are still running is never taken for stale."""
+    runs: dict[str, Any] = {"n": 0, "at": 0.0, "heard": None, "heard_at": time.monotonic()}
 
     def check() -> bool:
         if done():
@@ -259,7 +264,11 @@ def beat_until(
             rig.send("notifier.release_held", (), MAINTENANCE_QUEUE)
             rig.send("notifier.requeue_stuck_work", (), MAINTENANCE_QUEUE)
             runs["n"] += 1
-            later = minutes_later and runs["n"] % 5 == 0
+            heard = CampaignStep.objects.get(pk=step.pk).walked_at
+            if heard != runs["heard"]:
+                runs["heard"], runs["heard_at"] = heard, time.monotonic()
+            quiet = quiet_for is not None and time.monotonic() - runs["heard_at"] > quiet_for
+            later = (minutes_later and runs["n"] % 5 == 0) or quiet
             fanout.steps_start_due(now=timezone.now() + (REVIVE_AFTER if later else timedelta()))
             runs["at"] = time.monotonic()
         return False
@@ -518,3 +527,149 @@ def test_a_segment_changed_behind_the_admins_back_reaches_nobody_until_approved_
     beat_until(rig, step, lambda: everyone_sent(step, users) and closed(step))
     one_message_each(step, users)
     every_delivery_sent_once(step, ["email"], users)
+
+
+# --- Closing only when everyone is written: the walk's connection killed, the broker wiped ---
+# Issue 11, item 1. A walk that published its batches inside its transaction left them running
+# when a dead connection rolled the cursor and the count back; their runs counted, copies too;
+# so with a batch lost to a Redis wipe after the revive the step closed with users never
+# written. Batches are now recorded with the cursor, published after commit, marked done once,
+# and a lost one is published again by beat.
+
+WALK_BATCH = 10
+WALK_HELD = """
+    SELECT activity.pid, activity.query FROM pg_locks AS lock
+    JOIN pg_stat_activity AS activity ON activity.pid = lock.pid
+    WHERE lock.locktype = 'advisory' AND lock.granted AND lock.objsubid = 1
+      AND lock.classid = %s AND lock.objid = %s
+"""
+# What the walker's connection last ran tells how far its open transaction has walked: the
+# audience read ("id" > cursor) or the cursor saved.
+WALKED_TO = re.compile(r'"id" > (\d+)|"cursor_user_id" = (\d+)')
+
+
+def kill_the_walk_mid_walk(step: CampaignStep, users: list[int], *, batches: int) -> bool:
+    """pg_terminate_backend on the worker connection holding the step's walk lock, once its
+    open transaction has handed out at least `batches` batches; True once it did."""
+    with connection.cursor() as cursor:
+        cursor.execute(WALK_HELD, [fanout.WALK_LOCK_SPACE >> 32, step.pk])
+        held = cursor.fetchall()
+        for pid, query in held:
+            walked_to = max((int(a or b) for a, b in WALKED_TO.findall(query or "")), default=0)
+            saved = CampaignStep.objects.get(pk=step.pk).cursor_user_id
+            handed_out = bisect.bisect_right(users, walked_to) - bisect.bisect_right(users, saved)
+            if handed_out >= batches * WALK_BATCH:
+                cursor.execute("SELECT pg_terminate_backend(%s)", [pid])
+                return bool(cursor.fetchone()[0])
+    return False
+
+
+def test_a_walk_killed_mid_walk_and_a_broker_wipe_still_reach_everyone_once(rig):
+    """The walker's PostgreSQL connection is terminated after its transaction handed out five
+    batches; beat revives the walk; the broker is wiped (FLUSHDB) with a few batches and the
+    walk's next task queued. Every user gets the step exactly once, and the step and the
+    campaign close only then."""
+    users = fans(1200)
+    step = campaign_due_now(["inapp"])
+    env = {**WORKER_ENV, "NOTIFIER_CAMPAIGN_BATCH_USERS": str(WALK_BATCH)}
+    worker = rig.worker(**env)
+    start(step)
+    wait_until(
+        lambda: kill_the_walk_mid_walk(step, users, batches=5),
+        timeout=30,
+        interval=0.002,
+        message="the walk to be caught five batches into a transaction",
+    )
+    idle(rig, worker)  # the walk task died with its connection; what it published ran
+    assert messages_of(step).count() < len(users), "the fan-out finished before the kill"
+    assert CampaignStep.objects.get(pk=step.pk).walk_done is False
+
+    # Beat, minutes later: the walk has not been heard from, and is revived.
+    assert fanout.steps_start_due(now=timezone.now() + REVIVE_AFTER).revived == [step.pk]
+    client = rig.server.client()
+    wait_until(
+        lambda: 1 <= client.llen(BULK_PREPARE) <= 4,
+        timeout=30,
+        interval=0.002,
+        message="the last batches of a walk task and its next task to be queued",
+    )
+    client.flushdb()  # the broker is wiped: those batches and the walk's next task are gone
+    assert messages_of(step).count() < len(users), "the fan-out finished before the wipe"
+
+    def everyone_and_only_then_closed() -> bool:
+        sent = everyone_sent(step, users)
+        assert sent or not closed(step), f"closed before everyone was written: {where(step)}"
+        return sent and closed(step)
+
+    beat_until(rig, step, everyone_and_only_then_closed, timeout=60, quiet_for=3.0)
+    one_message_each(step, users)
+    every_delivery_sent_once(step, ["inapp"], users)
+    step.refresh_from_db()
+    assert step.batches_done == step.batches_total == len(users) // WALK_BATCH
+    assert Campaign.objects.get(pk=step.campaign_id).status == CampaignStatus.DONE
+
+
+def triggered_campaign(reentry_days: int) -> CampaignStep:
+    """A live triggered campaign on the fans' segment, as a lead would leave it approved."""
+    campaign = campaign_create(
+        name="Welcome back",
+        category=NotificationType.objects.get(pk="promo.flash_sale"),
+        created_by=None,
+        segment=Segment.objects.create(name="Sale fans", tags_any=[FANS]),
+        kind="triggered",
+        channels=["email"],
+        variables={"headline": "50% off"},
+    )
+    step = campaign.steps.get()
+    VariantTemplate.objects.create(
+        variant=step.variants.get(),
+        channel="email",
+        subject="{{ campaign.name }}: {{ headline }}",
+        body="Hi {{ user.first_name }}, {{ headline }}\n{{ unsubscribe_url }}",
+    )
+    Campaign.objects.filter(pk=campaign.pk).update(reentry_days=reentry_days)
+    Campaign.objects.filter(pk=campaign.pk).update(
+        status=CampaignStatus.SCHEDULED, approved_definition=campaign_definition(campaign.pk)
+    )
+    return step
+
+
+def test_a_triggered_campaign_reaches_who_entered_once_and_who_came_back_again(rig):
+    """Real workers walk and write each evaluation's entrants: everyone in the segment at the
+    first; at the next ones only the 100 who left and came back (re-entry days 0), never the
+    900 who stayed. Each message reaches the provider once."""
+    users = fans(1000)
+    step = triggered_campaign(reentry_days=0)
+    # Two messages of one campaign on one day: room under the daily cap for both.
+    worker = rig.worker(
+        **WORKER_ENV, NOTIFIER_MARKETING_CAP_DAY="5", NOTIFIER_MARKETING_CAP_WEEK="10"
+    )
+
+    def evaluated(expected: int) -> None:
+        assert fanout.triggers_evaluate() == [step.pk]
+        beat_until(
+            rig,
+            step,
+            lambda: (
+                messages_of(step).count() == expected
+                and not deliveries_of(step).exclude(status__in=TERMINAL).exists()
+            ),
+        )
+        idle(rig, worker)
+
+    evaluated(1000)
+    one_message_each(step, users)
+    movers = users[:100]
+    User.objects.filter(pk__in=movers).update(interest_tags=[])
+    evaluated(1000)  # they left: nothing to send
+    User.objects.filter(pk__in=movers).update(interest_tags=[FANS])
+    evaluated(1100)  # they came back
+    evaluated(1100)  # everyone stays: nothing more
+    per_user = dict(
+        messages_of(step).values("user_id").annotate(n=Count("pk")).values_list("user_id", "n")
+    )
+    assert {pk: per_user[pk] for pk in movers} == dict.fromkeys(movers, 2)
+    assert set(per_user[pk] for pk in users[100:]) == {1}
+    assert statuses(step) == {(S.SENT, ""): 1100}
+    ledger = ledger_for(list(messages_of(step).values_list("pk", flat=True)), ["email"])
+    assert (ledger.expected, ledger.lost, ledger.duplicated) == (1100, 0, 0), ledger

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import random
 import subprocess
 import sys
 import threading
@@ -70,7 +71,8 @@ def limited(settings):
 
 @pytest.fixture
 def breaker_settings(settings):
-    settings.NOTIFIER_CIRCUIT_FAILURES = 3
+    settings.NOTIFIER_CIRCUIT_MIN_CALLS = 3
+    settings.NOTIFIER_CIRCUIT_FAILURE_RATIO = 0.5
     settings.NOTIFIER_CIRCUIT_WINDOW_S = 2
     settings.NOTIFIER_CIRCUIT_COOLDOWN_S = 1
     return settings
@@ -254,19 +256,20 @@ def wait_half_open(key=KEY):
     )
 
 
-def test_failures_within_the_window_open_the_breaker_once(backend, breaker_settings):
-    assert throttle.breaker_record(KEY, success=False) is None
-    assert throttle.breaker_record(KEY, success=True) is None  # successes do not reset the count
-    assert throttle.breaker_record(KEY, success=False) is None
+def test_a_failure_ratio_over_the_minimum_volume_opens_the_breaker_once(backend, breaker_settings):
+    assert throttle.breaker_record(KEY, success=True) is None
+    assert throttle.breaker_record(KEY, success=True) is None
+    assert throttle.breaker_record(KEY, success=False) is None  # 1 of 3: under half
     assert throttle.breaker_state(KEY) is State.CLOSED
 
-    opened = throttle.breaker_record(KEY, success=False)
+    opened = throttle.breaker_record(KEY, success=False)  # 2 of 4: half
 
     assert opened is not None
-    assert (opened.kind, opened.key, opened.failures, opened.trips) == (
+    assert (opened.kind, opened.key, opened.failures, opened.calls, opened.trips) == (
         TransitionKind.OPENED,
         KEY,
-        3,
+        2,
+        4,
         1,
     )
     assert (opened.window_s, opened.cooldown_s) == (2.0, 1.0)
@@ -275,8 +278,42 @@ def test_failures_within_the_window_open_the_breaker_once(backend, breaker_setti
     assert [throttle.breaker_record(KEY, success=False) for _ in range(5)] == [None] * 5
 
 
+def test_failures_under_the_minimum_volume_keep_it_closed(backend, breaker_settings):
+    assert [throttle.breaker_record(KEY, success=False) for _ in range(2)] == [None, None]
+    assert throttle.breaker_state(KEY) is State.CLOSED
+
+
+def test_three_percent_soft_failures_at_volume_never_open_it(backend):
+    """Default settings; 6,000 sends, 3 % of them failing at random, each recorded as it
+    happens, and then as batch reports (a deliver task's batch of 500 at once): the count of
+    failures passes any absolute threshold within the window, the ratio never comes close."""
+    rng = random.Random(11)
+    opened = [
+        t
+        for _ in range(6000)
+        if (t := throttle.breaker_record(KEY, success=rng.random() >= 0.03)) is not None
+    ]
+    assert opened == []
+    for _ in range(8):
+        failures = sum(rng.random() < 0.03 for _ in range(500))
+        assert throttle.breaker_outcomes(KEY, successes=500 - failures, failures=failures) is None
+    assert throttle.breaker_state(KEY) is State.CLOSED
+
+
+def test_sixty_percent_failures_open_it_once_the_minimum_volume_is_reached(backend):
+    """Default settings: 20 calls at least, half of them failed."""
+    pattern = [False, True, False, True, False]  # 3 of 5 fail
+    outcomes = [throttle.breaker_record(KEY, success=ok) for ok in pattern * 4]
+
+    assert outcomes[:-1] == [None] * 19
+    opened = outcomes[-1]
+    assert opened is not None and opened.kind is TransitionKind.OPENED
+    assert (opened.failures, opened.calls) == (12, 20)
+    assert throttle.breaker_state(KEY) is State.OPEN
+
+
 def test_failures_spread_wider_than_the_window_keep_it_closed(backend, settings):
-    settings.NOTIFIER_CIRCUIT_FAILURES = 2
+    settings.NOTIFIER_CIRCUIT_MIN_CALLS = 2
     settings.NOTIFIER_CIRCUIT_WINDOW_S = 0.3
     settings.NOTIFIER_CIRCUIT_COOLDOWN_S = 1
 
@@ -370,6 +407,49 @@ def test_probe_failure_reopens_the_breaker_for_another_cooldown(backend, breaker
     assert throttle.breaker_allows(KEY).probe
 
 
+def test_probe_race_losers_learn_of_the_closing_at_once(backend, breaker_settings, monkeypatch):
+    """The losers of the probe race leave a token; the probe's success hands every token back,
+    so they need not wait out the lease (30 s) or the cooldown."""
+    monkeypatch.setattr(throttle, "PROBE_LEASE_S", 30.0)
+    open_breaker()
+    wait_half_open()
+    assert throttle.breaker_allows(KEY, waiter="probe").probe
+    losers = [throttle.breaker_allows(KEY, waiter=f"loser-{n}") for n in range(3)]
+    assert not any(p.allowed for p in losers)
+
+    closed = throttle.breaker_record(KEY, success=True)
+
+    assert closed is not None and closed.kind is TransitionKind.CLOSED
+    assert closed.waiters == ("loser-0", "loser-1", "loser-2")
+    assert throttle.breaker_allows(KEY).allowed
+
+
+def test_a_failed_probe_hands_back_no_waiters(backend, breaker_settings):
+    open_breaker()
+    wait_half_open()
+    assert throttle.breaker_allows(KEY).probe
+    assert not throttle.breaker_allows(KEY, waiter="loser").allowed
+
+    reopened = throttle.breaker_record(KEY, success=False)
+
+    assert reopened is not None and reopened.waiters == ()
+    wait_half_open()
+    assert throttle.breaker_allows(KEY).probe
+    closed = throttle.breaker_record(KEY, success=True)
+    assert closed is not None and closed.waiters == ()
+
+
+def test_a_pause_refuses_the_provider_whatever_its_state_then_lapses(backend):
+    throttle.provider_pause(KEY, 0.3)
+    throttle.provider_pause(KEY, 0.1)  # a shorter Retry-After does not cut the pause
+
+    permission = throttle.breaker_allows(KEY)
+
+    assert (permission.allowed, permission.paused, permission.state) == (False, True, State.CLOSED)
+    assert 0.1 < permission.retry_after_s <= 0.3
+    wait_until(lambda: throttle.breaker_allows(KEY).allowed, timeout=3, message="the pause")
+
+
 def test_a_lost_probe_lets_another_caller_probe_once_its_lease_lapses(
     backend, breaker_settings, monkeypatch
 ):
@@ -389,14 +469,14 @@ def test_a_lost_probe_lets_another_caller_probe_once_its_lease_lapses(
 
 
 def test_breaker_rejects_nonsense_settings(backend, settings):
-    settings.NOTIFIER_CIRCUIT_FAILURES = 0
-    with pytest.raises(ImproperlyConfigured, match="NOTIFIER_CIRCUIT_FAILURES"):
+    settings.NOTIFIER_CIRCUIT_MIN_CALLS = 0
+    with pytest.raises(ImproperlyConfigured, match="NOTIFIER_CIRCUIT_MIN_CALLS"):
         throttle.breaker_allows(KEY)
 
 
 # --- Alerts ---------------------------------------------------------------------------------
 
-OPENED = throttle.Transition(TransitionKind.OPENED, "sms:twilio", 20, 1, 0.0, 30.0, 30.0)
+OPENED = throttle.Transition(TransitionKind.OPENED, "sms:twilio", 20, 1, 0.0, 30.0, 30.0, 32)
 REOPENED = throttle.Transition(TransitionKind.OPENED, "sms:twilio", 20, 2, 61.0, 30.0, 30.0)
 CLOSED = throttle.Transition(TransitionKind.CLOSED, "sms:twilio", 20, 2, 95.0, 30.0, 30.0)
 
@@ -420,7 +500,8 @@ def test_alert_logs_a_warning_when_opened_and_info_when_closed(caplog):
         (
             "notifier.throttle",
             logging.WARNING,
-            "circuit breaker for sms:twilio opened: 20 failures within 30 s; deliveries wait 30 s",
+            "circuit breaker for sms:twilio opened: 20 failures of 32 calls within 30 s; "
+            "deliveries wait 30 s",
         ),
         (
             "notifier.throttle",

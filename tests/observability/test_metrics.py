@@ -50,7 +50,7 @@ def test_state_gauges_are_read_when_scraped(client, settings, published):
     from notifier.api import notify
 
     settings.NOTIFIER_METRICS_TOKEN = TOKEN
-    settings.NOTIFIER_CIRCUIT_FAILURES = 2
+    settings.NOTIFIER_CIRCUIT_MIN_CALLS = 2
     message = notify(UserFactory(), "order.shipped", order_context(), channels=["email", "sms"])
     messages_prepare(message_ids=[message.pk])
     Delivery.objects.filter(message=message).update(

@@ -30,7 +30,12 @@ from jinja2.utils import urlize as jinja_urlize
 
 from campaigns.management.commands import _docs_data
 from campaigns.models import VariantTemplate
-from campaigns.rendering import render_variant, template_problems, trial_context
+from campaigns.rendering import (
+    CAMPAIGN_USER_FIELDS,
+    render_variant,
+    template_problems,
+    trial_context,
+)
 from campaigns.services.previews import campaign_context
 from channels.base import Channel
 from notifier import rendering as notifier_rendering
@@ -39,7 +44,6 @@ from notifier.rendering import (
     NOTIFICATION_TEMPLATES_DIR,
     PARTS,
     SYSTEM_VARIABLES,
-    USER_FIELDS,
     RenderBudgetExceeded,
     RenderError,
     environment,
@@ -112,7 +116,8 @@ def test_ordinary_copy_still_renders():
 
 @pytest.mark.django_db
 def test_the_campaign_context_holds_plain_values_only():
-    """What a campaign's copy sees for a real customer: strings in dicts, never a model."""
+    """What a campaign's copy sees for a real customer: strings, numbers and lists of strings
+    in dicts, never a model; `user` holds the name, locale and segment attributes."""
     from campaigns.models import Campaign, CampaignKind
     from notifier.models import NotificationType
 
@@ -123,12 +128,14 @@ def test_the_campaign_context_holds_plain_values_only():
         variables={"headline": "Half off"},
     )
     values = campaign_context(campaign, UserFactory())
-    assert set(values["user"]) == USER_FIELDS
+    assert set(values["user"]) == CAMPAIGN_USER_FIELDS
     assert set(values) <= SYSTEM_VARIABLES | {"campaign", "headline"}
 
     def plain(value: object) -> bool:
         if isinstance(value, dict):
             return all(isinstance(k, str) and plain(v) for k, v in value.items())
+        if isinstance(value, list):
+            return all(isinstance(item, str) for item in value)
         return value is None or isinstance(value, str | int | float | bool)
 
     assert all(plain(v) for v in values.values())
@@ -145,7 +152,10 @@ ALLOWED = frozenset(SYSTEM_VARIABLES | {"campaign", "headline"})
         ("{{ ''.mro }}", "line 1: 'mro' is internal"),
         ("{{ user|attr('__dict__') }}", "line 1: '__dict__' is internal"),
         ("{{ user['__class__'] }}", "line 1: '__class__' is internal"),
-        ("Hi\n{{ user.password }}", "line 2: user has no 'password'; it has first_name, last_name"),
+        (
+            "Hi\n{{ user.password }}",
+            "line 2: user has no 'password'; it has activity, first_name, interests, last_name",
+        ),
         ("{{ user.delivery_set }}", "line 1: user has no 'delivery_set'"),
         ("{{ campaign.segment }}", "line 1: campaign has no 'segment'; it has event_at, name"),
     ],
@@ -189,7 +199,10 @@ def test_the_admin_form_shows_the_error_on_the_field_and_saves_nothing(client):
     )
     assert response.status_code == 200
     [error] = field_errors(response, inapp, "body")
-    assert error == "Line 1: user has no 'password'; it has first_name, last_name, locale, name"
+    assert error == (
+        "Line 1: user has no 'password'; it has activity, first_name, interests, last_name, "
+        "locale, name, points, points_expire_on, points_expiring, spend_tier"
+    )
     assert VariantTemplate.objects.get(variant=variant, channel="inapp").body == (
         "Hi {{ user.first_name }}, {{ headline }}"
     )

@@ -183,7 +183,7 @@ def test_a_batch_handed_out_before_the_copy_changed_writes_nothing(marketer, lea
     notice = step(campaign, "Notice")
     with time_machine.travel(NOTICE_AT):
         assert steps_start_due().started == [notice.pk]
-        assert fanout.step_walk(step_id=notice.pk) is fanout.Walk.DONE
+        assert published.walk(notice.pk) is fanout.Walk.DONE
         [(_, user_ids)] = published.batches
         VariantTemplate.objects.filter(variant__step=notice, channel="inapp").update(
             title="{{ headline }}, now 90% off"
@@ -206,7 +206,7 @@ def test_once_a_lead_approves_changed_copy_the_next_batch_renders_it(
     monkeypatch.setattr(fanout, "BATCH_USERS", 2)
     with time_machine.travel(NOTICE_AT):
         steps_start_due()
-        fanout.step_walk(step_id=notice.pk)
+        published.walk(notice.pk)
         first, second = published.batches
         fanout.step_fanout_batch(step_id=notice.pk, user_ids=first[1])  # compiles, caches
         VariantTemplate.objects.filter(variant__step=notice, channel="inapp").update(
@@ -264,10 +264,10 @@ def test_a_walk_under_way_stops_when_the_segment_changes_and_goes_on_once_approv
     monkeypatch.setattr(fanout, "BATCH_USERS", 5)
     with time_machine.travel(NOTICE_AT):
         steps_start_due()
-        assert fanout.step_walk(step_id=notice.pk, batches=1) is fanout.Walk.CONTINUE
+        assert published.walk(notice.pk, batches=1) is fanout.Walk.CONTINUE
         assert len(published.batches) == 1
         Segment.objects.filter(pk=segment.pk).update(tags_any=["someone-else"])
-        assert fanout.step_walk(step_id=notice.pk) is fanout.Walk.STOPPED
+        assert published.walk(notice.pk) is fanout.Walk.STOPPED
         assert len(published.batches) == 1  # nothing more handed out
         assert fresh(campaign).status == C.AWAITING_APPROVAL
         assert texts(campaign) == [

@@ -13,7 +13,6 @@ from django.db import connection, transaction
 from django.utils import timezone
 
 from campaigns.models import (
-    CampaignKind,
     CampaignStatus,
     CampaignStep,
     Holdout,
@@ -23,7 +22,7 @@ from campaigns.models import (
     VariantTemplate,
 )
 from campaigns.services import fanout
-from campaigns.services.fanout import steps_start_due, triggers_evaluate
+from campaigns.services.fanout import steps_start_due
 from campaigns.services.lifecycle import (
     CampaignError,
     campaign_approve,
@@ -86,20 +85,6 @@ def write_copy(
         locale="",
         defaults={"subject": title, "body": body + "\n{{ unsubscribe_url }}"},
     )
-
-
-@pytest.fixture
-def marketer(roles):
-    user = UserFactory(username=f"marketer-{uuid.uuid4().hex[:6]}", is_staff=True)
-    user.groups.add(Group.objects.get(name="Marketer"))
-    return user
-
-
-@pytest.fixture
-def lead(roles):
-    user = UserFactory(username=f"lead-{uuid.uuid4().hex[:6]}", is_staff=True)
-    user.groups.add(Group.objects.get(name="Marketing lead"))
-    return user
 
 
 def make_campaign(
@@ -316,8 +301,9 @@ def test_a_step_due_while_paused_waits_and_is_skipped_once_its_moment_passed(
         campaign_resume(campaign=campaign, by=marketer)
         report = steps_start_due()
     notice.refresh_from_db()
-    assert report.skipped == [notice.pk]
-    assert "paused" in notice.skip_reason or "in time" in notice.skip_reason
+    assert report.skipped == []  # resuming skipped it, while the campaign still said why
+    assert notice.status == StepStatus.SKIPPED
+    assert notice.skip_reason == "missed by 60 min: the campaign was paused; not sent late"
 
 
 # --- Fan-out -------------------------------------------------------------------------------------
@@ -473,11 +459,11 @@ def test_pausing_holds_what_is_queued_and_stops_pending_batches(marketer, lead, 
     audience(30)
     campaign = scheduled(marketer, lead)
     notice = campaign.steps.get(name="Notice")
-    from campaigns.services.fanout import step_fanout_batch, step_walk
+    from campaigns.services.fanout import step_fanout_batch
 
     with time_machine.travel(step_start(campaign, notice)):
         steps_start_due()
-        step_walk(step_id=notice.pk)
+        published.walk(notice.pk)
         first_batch = published.batches.pop(0)
         step_fanout_batch(step_id=first_batch[0], user_ids=first_batch[1][:10])
         held = campaign_pause(campaign=campaign, by=marketer)
@@ -539,24 +525,3 @@ def test_when_two_campaigns_compete_for_the_cap_the_higher_priority_wins(
     loser = Delivery.objects.filter(message__campaign=low, message__user=user)
     assert set(winner.values_list("status", flat=True)) == {S.QUEUED}
     assert set(loser.values_list("reason", flat=True)) == {Reason.FREQUENCY_CAP}
-
-
-def test_a_triggered_campaign_reaches_a_user_once_within_the_reentry_window(
-    marketer, lead, published
-):
-    dormant = audience(1)[0]
-    with time_machine.travel(NOW):
-        campaign = make_campaign(marketer, kind=CampaignKind.TRIGGERED, event_at=None)
-        campaign.reentry_days = 30
-        campaign.save()
-        campaign_submit(campaign=campaign, by=marketer)
-        campaign_approve(campaign=campaign, by=lead)
-        [step_id] = triggers_evaluate()
-        published.run_walk(step_id)
-        assert Message.objects.filter(campaign=campaign, user=dormant).count() == 1
-    with time_machine.travel(NOW + timedelta(days=3)):
-        published.run_walk(triggers_evaluate()[0])
-    assert Message.objects.filter(campaign=campaign, user=dormant).count() == 1
-    with time_machine.travel(NOW + timedelta(days=31)):
-        published.run_walk(triggers_evaluate()[0])
-    assert Message.objects.filter(campaign=campaign, user=dormant).count() == 2

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import math
+import random
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from typing import Any
 
 import pytest
+import time_machine
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
@@ -22,15 +25,21 @@ from campaigns.models import (
     Holdout,
     StepVariant,
 )
-from campaigns.services.stats import (
-    MIN_REACHED_PER_VARIANT,
+from campaigns.policies import (
+    DEFAULT_AB_SAMPLE_SIZE,
+    DEFAULT_PLAN,
     VariantCounts,
     ab_test,
+    difference_interval,
+    two_proportion_z_test,
+)
+from campaigns.services import stats as stats_module
+from campaigns.services.stats import (
     campaign_funnel,
     learn_active_hours,
     stats_rollup,
-    two_proportion_z_test,
 )
+from campaigns.services.tracking import conversion_record
 from notifier.models import Delivery, InboxItem, Kind, Message, NotificationType, Unsubscribe, User
 from notifier.status import DeliveryStatus as S
 from notifier.status import Reason as R
@@ -267,6 +276,8 @@ def hand_counted(db) -> HandCounted:
     # Hold-out: 5 users, h0 converts twice; u19 converts unattributed but is not held out;
     # h1 converts for the other campaign only.
     Holdout.objects.bulk_create([Holdout(campaign=campaign, user=h) for h in holdout_users])
+    # Held out by step 1's fan-out, like A's messages (created_at is auto_now_add).
+    Holdout.objects.filter(campaign=campaign).update(created_at=SENT_A - timedelta(minutes=5))
     conversion(holdout_users[0], campaign, None, "o-9")
     conversion(holdout_users[0], campaign, None, "o-10")
     conversion(u[19], campaign, None, "o-11")
@@ -491,14 +502,31 @@ def test_rollup_holdout_rate_and_uplift_equal_the_hand_count(hand_counted):
     stats_rollup(campaign_ids=[h.campaign.pk])
     holdout = stored(h.campaign)["campaign"]["holdout"]
 
-    # Campaign: 4 converted / 12 reached; hold-out: h0 (twice) of 5.
+    # No event: each user over their own 72 hours from their first message or hold-out row.
+    # Any conversion counts, whatever it was attributed to. Treated: the 20 users with a
+    # message (the tester's test send is not one); converted u0, u1, u3 (for the other
+    # campaign), u10, u11, u19 (unattributed). Hold-out: h0 (twice) and h1 (other campaign)
+    # of 5.
+    low, high = difference_interval(6, 20, 2, 5)
+    z, p = two_proportion_z_test(6, 20, 2, 5)
     assert holdout == {
+        "window": None,
+        "attribution_hours": 72,
+        "final": False,
         "size": 5,
-        "converted": 1,
-        "conversion_rate": pytest.approx(0.2),
-        "uplift_points": pytest.approx(4 / 12 - 0.2),
-        "uplift_relative": pytest.approx((4 / 12 - 0.2) / 0.2),
+        "converted": 2,
+        "conversion_rate": pytest.approx(0.4),
+        "treated": {"size": 20, "converted": 6, "conversion_rate": pytest.approx(0.3)},
+        "uplift_points": pytest.approx(-0.1),
+        "uplift_relative": pytest.approx(-0.25),
+        "ci_low": pytest.approx(low),
+        "ci_high": pytest.approx(high),
+        "confidence": 0.95,
+        "z": pytest.approx(z),
+        "p_value": pytest.approx(p),
+        "significant": False,
     }
+    assert low < -0.1 < high
 
 
 def test_rollup_timeline_counts_sends_per_hour_without_test_sends(hand_counted):
@@ -515,21 +543,22 @@ def test_rollup_timeline_counts_sends_per_hour_without_test_sends(hand_counted):
     ]
 
 
-def test_rollup_ab_test_of_step_with_two_variants_says_not_enough_data(hand_counted):
+def test_rollup_ab_test_of_step_with_two_variants_is_running_below_its_sample(hand_counted):
     h = hand_counted
     stats_rollup(campaign_ids=[h.campaign.pk])
     data = stored(h.campaign)
 
     ab = data[f"step:{h.step1.pk}"]["ab"]
-    assert ab["best"] == "B"
-    assert ab["winner"] is None
-    assert ab["enough_data"] is False
-    assert ab["verdict"].startswith("Not enough data yet")
+    assert ab["metric"] == "ctr"
+    assert ab["stage"] == "running"
+    # Before the horizon: live counts, but no leader, winner or p-value to peek at.
+    assert (ab["best"], ab["winner"], ab["p_value"]) == (None, None, None)
+    assert ab["verdict"].startswith("Running: decides once, when each variant has 100 users")
     assert ab["variants"] == [
-        {"name": "A", "reached": 5, "clicked": 1, "ctr": pytest.approx(0.2)},
-        {"name": "B", "reached": 7, "clicked": 2, "ctr": pytest.approx(2 / 7)},
+        {"name": "A", "trials": 5, "successes": 1, "rate": pytest.approx(0.2)},
+        {"name": "B", "trials": 7, "successes": 2, "rate": pytest.approx(2 / 7)},
     ]
-    assert ab["p_value"] == pytest.approx(two_proportion_z_test(2, 7, 1, 5)[1])
+    assert CampaignStats.objects.get(scope=f"step:{h.step1.pk}").ab_decisions is None
     assert data[f"step:{h.step2.pk}"]["ab"] is None  # one variant: nothing to compare
 
 
@@ -646,9 +675,9 @@ def test_rollup_query_count_does_not_depend_on_audience_size(db):
 
     small_queries, large_queries = _rollup_queries(small), _rollup_queries(large)
     assert small_queries == large_queries
-    # Load ids, steps, variants, 3 recipient GROUP BYs, deliveries, feedback, hold-out,
-    # timeline, one upsert.
-    assert large_queries == 11
+    # Load ids, steps, the campaign's settings, variants, 3 recipient GROUP BYs, deliveries,
+    # feedback, hold-out, timeline, A/B samples, A/B decisions kept, one upsert.
+    assert large_queries == 14
 
 
 # --- A/B test: pure statistics ---------------------------------------------------------------
@@ -679,7 +708,7 @@ def test_ab_test_with_equal_rates_has_p_one_and_no_winner():
     assert result.p_value == pytest.approx(1.0)
     assert result.winner is None
     assert result.enough_data is True
-    assert result.verdict.startswith("No significant difference yet")
+    assert result.verdict.startswith("No significant difference (")
 
 
 def test_ab_test_with_small_samples_has_no_winner_even_when_rates_differ():
@@ -688,8 +717,8 @@ def test_ab_test_with_small_samples_has_no_winner_even_when_rates_differ():
     assert result.p_value is not None and result.p_value < 0.001
     assert result.winner is None
     assert result.enough_data is False
-    assert result.verdict.startswith("Not enough data yet")
-    assert MIN_REACHED_PER_VARIANT == 100
+    assert result.verdict == "Not enough data: each variant needs at least 100"
+    assert DEFAULT_AB_SAMPLE_SIZE == 100
 
 
 def test_ab_test_without_clicks_or_reach_is_not_significant():
@@ -860,3 +889,278 @@ def test_learn_active_hours_runs_one_statement_for_all_users(db):
             "usual_active_hour", flat=True
         )
     ) == {9}
+
+
+# --- Hold-out against treated over one window; the A/B test's fixed horizon -----------------
+
+EVENT = datetime(2026, 3, 10, 12, 0, tzinfo=UTC)
+
+
+def three_two_one(**fields: Any) -> tuple[Campaign, list[CampaignStep]]:
+    """A one-off campaign with the default 3-2-1 plan around EVENT, every step started on
+    time (the steps of a campaign as the lifecycle leaves them)."""
+    campaign = Campaign.objects.create(
+        name="3-2-1",
+        status=CampaignStatus.RUNNING,
+        event_at=EVENT,
+        started_at=EVENT - timedelta(days=3),
+        **fields,
+    )
+    steps = [
+        CampaignStep.objects.create(
+            campaign=campaign,
+            name=name,
+            offset_minutes=offset,
+            status="done",
+            started_at=EVENT + timedelta(minutes=offset),
+        )
+        for name, offset in DEFAULT_PLAN
+    ]
+    return campaign, steps
+
+
+def test_holdout_uplift_of_a_321_campaign_without_effect_is_zero(db):
+    """Treated and hold-out users behave the same: a quarter of each buys during the sale, 12
+    hours after the event. The treated users' conversions are attributed to their last call
+    (an hour before the event, 72 hours' window); the hold-out's window used to close at the
+    event (72 hours after the campaign started), so its purchases were lost and the campaign
+    showed +25 points it did not earn. Measured over one window, the uplift is zero."""
+    campaign, steps = three_two_one()
+    treated, held = UserFactory.create_batch(40), UserFactory.create_batch(40)
+    rows = Rows(campaign, promo_type())
+    for step in steps:
+        variant = StepVariant.objects.create(step=step, name="A")
+        sent = EVENT + timedelta(minutes=step.offset_minutes, seconds=30)
+        for user in treated:
+            rows.message(user, step, variant, [(EMAIL, S.DELIVERED, "")], sent_at=sent)
+    rows.save()
+    Holdout.objects.bulk_create([Holdout(campaign=campaign, user=user) for user in held])
+    Holdout.objects.filter(campaign=campaign).update(created_at=EVENT - timedelta(days=3))
+    for user in treated[:10] + held[:10]:
+        conversion_record(
+            user_id=user.pk,
+            name="purchase",
+            value=Decimal("20"),
+            reference=f"order-{user.pk}",
+            occurred_at=EVENT + timedelta(hours=12),
+        )
+
+    stats_rollup(campaign_ids=[campaign.pk])
+    holdout = stored(campaign)["campaign"]["holdout"]
+
+    assert holdout["size"] == 40
+    assert holdout["converted"] == 10
+    assert holdout["conversion_rate"] == pytest.approx(0.25)
+    assert holdout["uplift_points"] == pytest.approx(0.0)
+    assert holdout["treated"] == {"size": 40, "converted": 10, "conversion_rate": 0.25}
+    assert holdout["p_value"] == pytest.approx(1.0)
+    assert holdout["ci_low"] < 0 < holdout["ci_high"]
+    assert holdout["window"] == {
+        "start": (EVENT - timedelta(days=3)).isoformat(),
+        "end": (EVENT + timedelta(hours=72)).isoformat(),
+    }
+    assert holdout["final"] is True
+
+
+def test_holdout_counts_every_treated_user_and_only_conversions_in_the_window(db):
+    """Intention to treat: a treated user whose message was suppressed is still treated;
+    a purchase before the first step or after the window counts for nobody."""
+    campaign, steps = three_two_one()
+    notice = steps[0]
+    variant = StepVariant.objects.create(step=notice, name="A")
+    reached, suppressed, held = UserFactory.create_batch(3)
+    rows = Rows(campaign, promo_type())
+    sent = EVENT - timedelta(days=3)
+    rows.message(reached, notice, variant, [(EMAIL, S.DELIVERED, "")], sent_at=sent)
+    rows.message(suppressed, notice, variant, [(EMAIL, S.SUPPRESSED, R.NO_CONSENT)], sent_at=sent)
+    rows.save()
+    Holdout.objects.create(campaign=campaign, user=held)
+    Holdout.objects.filter(campaign=campaign).update(created_at=sent)
+    at = {
+        "before": EVENT - timedelta(days=4),
+        "inside": EVENT + timedelta(hours=71),
+        "after": EVENT + timedelta(hours=73),
+    }
+    Conversion.objects.create(user=suppressed, reference="s", occurred_at=at["inside"])
+    Conversion.objects.create(user=held, reference="h1", occurred_at=at["before"])
+    Conversion.objects.create(user=held, reference="h2", occurred_at=at["after"])
+
+    stats_rollup(campaign_ids=[campaign.pk])
+    holdout = stored(campaign)["campaign"]["holdout"]
+
+    assert holdout["treated"] == {"size": 2, "converted": 1, "conversion_rate": 0.5}
+    assert (holdout["size"], holdout["converted"]) == (1, 0)
+
+
+def _ab_campaign(**fields: Any) -> tuple[Campaign, CampaignStep, StepVariant, StepVariant]:
+    campaign, steps = three_two_one(**fields)
+    notice = steps[0]
+    variant_a = StepVariant.objects.create(step=notice, name="A")
+    variant_b = StepVariant.objects.create(step=notice, name="B")
+    return campaign, notice, variant_a, variant_b
+
+
+def _add_users(
+    rows: Rows, step: CampaignStep, variant: StepVariant, users: int, clicked: int
+) -> list[Message]:
+    sent = EVENT - timedelta(days=3, minutes=-1)
+    return [
+        rows.message(
+            user,
+            step,
+            variant,
+            [(EMAIL, S.CLICKED if index < clicked else S.DELIVERED, "")],
+            sent_at=sent,
+        )
+        for index, user in enumerate(UserFactory.create_batch(users))
+    ]
+
+
+def test_ab_winner_does_not_flap_as_the_rollup_reruns(db):
+    """The roll-up runs every few minutes while clicks come in with noise. A has an early lead
+    (30 of 150 against 12 of 150, p = 0.004), B is better over the whole step; late clicks then
+    pile onto A. Re-testing at every roll-up named A, then nobody, then B, then A again. The
+    fixed horizon names nobody before the step's window ends (72 hours after the event), then
+    decides once, and the decision stays whatever the later roll-ups count."""
+    campaign, notice, variant_a, variant_b = _ab_campaign()
+    noise = random.Random(11)
+    rows = Rows(campaign, promo_type())
+    _add_users(rows, notice, variant_a, 150, 30)
+    _add_users(rows, notice, variant_b, 150, 12)
+    rows.save()
+    horizon = EVENT + timedelta(hours=72)
+
+    def roll_up_at(at: datetime) -> dict[str, Any]:
+        with time_machine.travel(at, tick=False):
+            stats_rollup(campaign_ids=[campaign.pk])
+        return stored(campaign)[f"step:{notice.pk}"]["ab"]
+
+    results = [roll_up_at(EVENT - timedelta(days=3, minutes=-10))]
+    for round_index in range(1, 8):
+        a_clicks = sum(noise.random() < 0.10 for _ in range(150))
+        b_clicks = sum(noise.random() < 0.18 for _ in range(150))
+        _add_users(rows, notice, variant_a, 150, a_clicks)
+        _add_users(rows, notice, variant_b, 150, b_clicks)
+        rows.save()
+        results.append(roll_up_at(EVENT - timedelta(days=3, minutes=-10 - 10 * round_index)))
+    before_horizon = len(results)
+    results.append(roll_up_at(horizon + timedelta(minutes=5)))
+    decided = results[-1]
+    # Late clicks, all A's: 120 of A's delivered users click after the decision.
+    late = Delivery.objects.filter(message__variant=variant_a, status=S.DELIVERED)[:120]
+    Delivery.objects.filter(pk__in=[d.pk for d in late]).update(
+        status=S.CLICKED, clicked_at=horizon + timedelta(hours=1)
+    )
+    for minutes in (15, 25, 35):
+        results.append(roll_up_at(horizon + timedelta(minutes=minutes)))
+
+    winners = [result["winner"] for result in results]
+    # Once named, a winner never changes or disappears; and nobody is named early.
+    first = next((i for i, winner in enumerate(winners) if winner is not None), len(winners))
+    assert winners[first:] == [winners[first]] * (len(winners) - first)
+    assert winners[:before_horizon] == [None] * before_horizon
+    assert all(result["stage"] == "running" for result in results[:before_horizon])
+    assert decided["stage"] == "decided"
+    assert decided["winner"] == "B"
+    assert decided["p_value"] < 0.05
+    assert all(result == decided for result in results[before_horizon:])
+    kept = CampaignStats.objects.get(campaign=campaign, scope=f"step:{notice.pk}").ab_decisions
+    assert kept == {"ctr": decided}
+
+
+def test_ab_on_conversion_decides_on_conversions_not_clicks(db):
+    """Per-campaign A/B metric: A and B are clicked alike, but A's users buy twice as often."""
+    campaign, notice, variant_a, variant_b = _ab_campaign(ab_metric="conversion")
+    rows = Rows(campaign, promo_type())
+    a_messages = _add_users(rows, notice, variant_a, 200, 40)
+    b_messages = _add_users(rows, notice, variant_b, 200, 40)
+    rows.save()
+    inside = EVENT + timedelta(hours=5)
+    buyers = [m.user_id for m in a_messages[100:150]] + [m.user_id for m in b_messages[100:125]]
+    Conversion.objects.bulk_create(
+        [Conversion(user_id=pk, reference=f"o-{pk}", occurred_at=inside) for pk in buyers]
+    )
+
+    with time_machine.travel(EVENT + timedelta(hours=73), tick=False):
+        stats_rollup(campaign_ids=[campaign.pk])
+    ab = stored(campaign)[f"step:{notice.pk}"]["ab"]
+
+    assert ab["metric"] == "conversion"
+    assert ab["stage"] == "decided"
+    assert ab["variants"] == [
+        {"name": "A", "trials": 200, "successes": 50, "rate": 0.25},
+        {"name": "B", "trials": 200, "successes": 25, "rate": 0.125},
+    ]
+    assert ab["winner"] == "A"
+    assert ab["p_value"] == pytest.approx(two_proportion_z_test(50, 200, 25, 200)[1])
+
+    # The same data judged on clicks (another campaign's choice) has no winner.
+    Campaign.objects.filter(pk=campaign.pk).update(ab_metric="ctr")
+    with time_machine.travel(EVENT + timedelta(hours=74), tick=False):
+        stats_rollup(campaign_ids=[campaign.pk])
+    ctr = stored(campaign)[f"step:{notice.pk}"]["ab"]
+    assert ctr["metric"] == "ctr"
+    assert ctr["winner"] is None
+    assert ctr["verdict"].startswith("No significant difference")
+
+
+def test_triggered_ab_decides_at_its_sample_of_users_whose_window_is_over(db):
+    """No shared window: a user counts for the test once their own window is over, and the
+    test decides when each variant has ab_sample_size of them."""
+    campaign = Campaign.objects.create(
+        name="Welcome",
+        kind="triggered",
+        status=CampaignStatus.RUNNING,
+        ab_sample_size=100,
+        attribution_hours=24,
+    )
+    step = CampaignStep.objects.create(campaign=campaign, name="Welcome", offset_minutes=0)
+    variant_a = StepVariant.objects.create(step=step, name="A")
+    variant_b = StepVariant.objects.create(step=step, name="B")
+    rows = Rows(campaign, promo_type())
+    start = datetime(2026, 3, 1, 9, 0, tzinfo=UTC)
+    for variant, clicks in ((variant_a, 10), (variant_b, 40)):
+        for index, user in enumerate(UserFactory.create_batch(120)):
+            status = S.CLICKED if index % 3 == 0 and index // 3 < clicks else S.DELIVERED
+            # 100 users entered on day 1, 20 on day 3.
+            sent = start + timedelta(days=0 if index < 100 else 2)
+            rows.message(user, step, variant, [(EMAIL, status, "")], sent_at=sent)
+    rows.save()
+
+    with time_machine.travel(start + timedelta(hours=23), tick=False):
+        stats_rollup(campaign_ids=[campaign.pk])
+    early = stored(campaign)[f"step:{step.pk}"]["ab"]
+    with time_machine.travel(start + timedelta(hours=25), tick=False):
+        stats_rollup(campaign_ids=[campaign.pk])
+    decided = stored(campaign)[f"step:{step.pk}"]["ab"]
+
+    assert early["stage"] == "running" and early["winner"] is None
+    assert decided["stage"] == "decided"
+    assert [v["trials"] for v in decided["variants"]] == [100, 100]  # day 3's not yet over
+    assert decided["winner"] == "B"
+
+
+def test_a_rollup_that_decides_second_shows_the_decision_kept_first(db):
+    """Two roll-ups at once (beat and Refresh now) may both reach the horizon with counts a
+    click apart: the first decision stored is kept, and the second roll-up shows it."""
+    campaign, notice, variant_a, variant_b = _ab_campaign()
+    rows = Rows(campaign, promo_type())
+    _add_users(rows, notice, variant_a, 120, 10)
+    _add_users(rows, notice, variant_b, 120, 40)
+    rows.save()
+    after = EVENT + timedelta(hours=73)
+    with time_machine.travel(after, tick=False):
+        first = campaign_funnel(campaign.pk)
+        Delivery.objects.filter(message__variant=variant_a, status=S.DELIVERED).update(
+            status=S.CLICKED
+        )
+        second = campaign_funnel(campaign.pk)
+        stats_rollup(campaign_ids=[campaign.pk])  # stores its own decision first
+        scope = f"step:{notice.pk}"
+        assert first[scope]["ab"]["winner"] == "B" and second[scope]["ab"]["winner"] == "A"
+        stats_module._store(campaign.pk, first)  # the slower roll-up, decided on older counts
+
+    kept = CampaignStats.objects.get(campaign=campaign, scope=scope)
+    assert kept.ab_decisions is not None
+    assert kept.ab_decisions["ctr"]["winner"] == "A"
+    assert kept.data["ab"]["winner"] == "A"

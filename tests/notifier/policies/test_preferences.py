@@ -45,11 +45,22 @@ def test_switching_a_category_off_suppresses_with_opted_out():
 
 def test_transactional_and_critical_cannot_be_switched_off():
     prefs = Preferences(
-        overrides={("transactional", "all"): False, ("marketing", "all"): False},
+        overrides={("transactional", "all"): False, ("service", "all"): False},
         marketing_frequency="off",
     )
     assert reason(prefs, kind="transactional", type_key="order.shipped", priority="high") is None
-    assert reason(prefs, kind="marketing", priority="critical") is None
+    assert (
+        reason(prefs, kind="service", type_key="subscription.renewal_reminder", priority="critical")
+        is None
+    )
+
+
+def test_marketing_can_always_be_switched_off_whatever_its_priority():
+    """A campaign set to Critical is still marketing: the user's "no" and "none" hold."""
+    opted_out = Preferences(overrides={("marketing", "all"): False})
+    assert reason(opted_out, kind="marketing", priority="critical") is Reason.OPTED_OUT
+    none = Preferences(marketing_frequency="off")
+    assert reason(none, kind="marketing", priority="critical") is Reason.MARKETING_OFF
 
 
 def test_marketing_frequency_off_suppresses_all_marketing():

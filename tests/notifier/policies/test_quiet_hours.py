@@ -90,9 +90,17 @@ def test_switched_off_or_empty_windows_are_never_quiet():
 
 def test_transactional_and_critical_bypass_but_service_and_marketing_do_not():
     assert bypasses_quiet_hours(kind="transactional", priority="normal")
-    assert bypasses_quiet_hours(kind="marketing", priority="critical")
+    assert bypasses_quiet_hours(kind="service", priority="critical")
     assert not bypasses_quiet_hours(kind="service", priority="high")
     assert not bypasses_quiet_hours(kind="marketing", priority="low")
+
+
+def test_marketing_never_bypasses_on_priority_only_with_a_leads_permission():
+    assert not bypasses_quiet_hours(kind="marketing", priority="critical")
+    assert bypasses_quiet_hours(kind="marketing", priority="critical", marketing_allowed=True)
+    assert bypasses_quiet_hours(kind="marketing", priority="low", marketing_allowed=True)
+    # The permission is the campaign's, for marketing: it changes nothing for other kinds.
+    assert not bypasses_quiet_hours(kind="service", priority="normal", marketing_allowed=True)
 
 
 def test_spread_offsets_are_fixed_per_message_and_fill_the_window():

@@ -3,17 +3,29 @@ backpressure, fallback chains, and the release of held deliveries."""
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from datetime import UTC, datetime, time, timedelta
 from zoneinfo import ZoneInfo
 
 import pytest
 import time_machine
+from django.conf import settings as django_settings
 from django.db import connection
 from django.utils import timezone
 
 from notifier.api import notify
-from notifier.models import Consent, Delivery, DeliveryEvent, InboxItem, Message, Preference
+from notifier.models import (
+    Consent,
+    Delivery,
+    DeliveryEvent,
+    FrequencyCounter,
+    InboxItem,
+    Message,
+    Preference,
+)
+from notifier.policies.quiet_hours import spread_offset_s
+from notifier.services import release
 from notifier.services.deliveries import deliveries_deliver
 from notifier.services.pipeline import messages_prepare
 from notifier.services.release import held_release
@@ -424,19 +436,151 @@ def test_transactional_email_has_no_unsubscribe_header(published):
     assert "headers" not in rows["email"].content
 
 
+def _a_pair_by_release_order(user, **kwargs) -> tuple[Message, Message]:
+    """Two sales for `user`: (the one released earlier in the morning window, the later one);
+    a message's place in the window is a hash of its id."""
+    window = django_settings.NOTIFIER_QUIET_RELEASE_WINDOW_S
+    one, two = sale(user, **kwargs), sale(user, **kwargs)
+    if spread_offset_s(one.pk, window) > spread_offset_s(two.pk, window):
+        one, two = two, one
+    return one, two
+
+
+def _make_high(message: Message) -> Message:
+    Message.objects.filter(pk=message.pk).update(priority="high")  # e.g. a campaign's
+    return Message.objects.get(pk=message.pk)
+
+
+def release_at(moment: datetime) -> None:
+    with time_machine.travel(moment):
+        held_release()
+
+
 def test_when_held_messages_compete_for_one_slot_the_higher_priority_wins(published, settings):
+    """Across the whole morning window: the low-priority sale comes due first (its offset in
+    the window is earlier) and must not take the slot the high-priority one comes for later."""
     settings.NOTIFIER_MARKETING_CAP_DAY, settings.NOTIFIER_MARKETING_CAP_WEEK = 1, 5
     user = UserFactory(quiet_hours_enabled=True, time_zone="Asia/Shanghai")
     consent(user)
     with time_machine.travel(shanghai(2026, 11, 20, 23, 0)):
-        low = route(sale(user, channels=["email"]))["email"]
-        important = sale(user, channels=["email"])
-        Message.objects.filter(pk=important.pk).update(priority="high")  # e.g. a campaign's
-        high = route(Message.objects.get(pk=important.pk))["email"]
+        early, late = _a_pair_by_release_order(user, channels=["email"])
+        low = route(early)["email"]
+        high = route(_make_high(late))["email"]
     assert (low.status, high.status) == (S.HELD, S.HELD)
-    assert high.priority_rank < low.priority_rank
-    with time_machine.travel(shanghai(2026, 11, 21, 9, 0)):  # both are due by now
-        held_release()
+    assert low.next_attempt_at < high.next_attempt_at  # the low one is due first
+    release_at(low.next_attempt_at)  # the low one's turn: it yields to the one still to come
+    yielded = Delivery.objects.get(pk=low.pk)
+    assert (yielded.status, yielded.reason) == (S.HELD, Reason.OUTRANKED)
+    assert yielded.next_attempt_at > high.next_attempt_at
+    release_at(high.next_attempt_at)
+    assert Delivery.objects.get(pk=high.pk).status == S.QUEUED
+    release_at(yielded.next_attempt_at)
+    deferred = Delivery.objects.get(pk=low.pk)
+    assert (deferred.status, deferred.reason) == (S.HELD, Reason.FREQUENCY_CAP)
+    assert deferred.next_attempt_at == shanghai(2026, 11, 22, 0, 0)
+
+
+def test_cap_deferred_messages_due_at_midnight_still_go_by_priority(published, settings):
+    """The review's timing: over the cap at 10:00, both are deferred to local midnight, held
+    there for quiet hours until 08:00 plus their offsets, and released one at a time."""
+    settings.NOTIFIER_MARKETING_CAP_DAY, settings.NOTIFIER_MARKETING_CAP_WEEK = 1, 5
+    user = UserFactory(quiet_hours_enabled=True, time_zone="Asia/Shanghai")
+    consent(user)
+    with time_machine.travel(shanghai(2026, 11, 20, 10, 0)):
+        assert route(sale(user, channels=["email"]))["email"].status == S.QUEUED
+        early, late = _a_pair_by_release_order(user, channels=["email"])
+        low = route(early)["email"]
+        high = route(_make_high(late))["email"]
+    assert {low.reason, high.reason} == {Reason.FREQUENCY_CAP}
+    assert low.next_attempt_at == high.next_attempt_at == shanghai(2026, 11, 21, 0, 0)
+    release_at(shanghai(2026, 11, 21, 0, 0, 5))  # midnight: quiet hours now
+    low, high = Delivery.objects.get(pk=low.pk), Delivery.objects.get(pk=high.pk)
+    assert {low.reason, high.reason} == {Reason.QUIET_HOURS}
+    assert shanghai(2026, 11, 21, 8, 0) <= low.next_attempt_at < high.next_attempt_at
+    for _ in range(3):  # the morning's ticks, each at the next held delivery's time
+        due = Delivery.objects.filter(status=S.HELD).order_by("next_attempt_at").first()
+        if due is None or due.next_attempt_at >= shanghai(2026, 11, 21, 12, 0):
+            break
+        release_at(due.next_attempt_at)
     assert Delivery.objects.get(pk=high.pk).status == S.QUEUED
     deferred = Delivery.objects.get(pk=low.pk)
     assert (deferred.status, deferred.reason) == (S.HELD, Reason.FREQUENCY_CAP)
+
+
+def test_at_first_routing_a_known_higher_priority_message_later_that_day_wins(published, settings):
+    """A high-priority campaign's message for 11:00 is already written (held until then); a
+    low-priority one routed at 09:00 must leave it the day's slot."""
+    settings.NOTIFIER_MARKETING_CAP_DAY, settings.NOTIFIER_MARKETING_CAP_WEEK = 1, 5
+    user = UserFactory(time_zone="Asia/Shanghai")
+    consent(user)
+    with time_machine.travel(shanghai(2026, 11, 20, 8, 30)):
+        important = _make_high(sale(user, channels=["email"]))
+        Message.objects.filter(pk=important.pk).update(not_before=shanghai(2026, 11, 20, 11, 0))
+        high = route(important)["email"]
+    assert (high.status, high.reason) == (S.HELD, Reason.SCHEDULED)
+    with time_machine.travel(shanghai(2026, 11, 20, 9, 0)):
+        low = route(sale(user, channels=["email"]))["email"]
+    assert (low.status, low.reason) == (S.HELD, Reason.OUTRANKED)
+    release_at(shanghai(2026, 11, 20, 11, 0))
+    assert Delivery.objects.get(pk=high.pk).status == S.QUEUED
+    release_at(low.next_attempt_at)
+    deferred = Delivery.objects.get(pk=low.pk)
+    assert (deferred.status, deferred.reason) == (S.HELD, Reason.FREQUENCY_CAP)
+
+
+def test_a_higher_priority_message_on_another_day_does_not_hold_one_back(published, settings):
+    settings.NOTIFIER_MARKETING_CAP_DAY, settings.NOTIFIER_MARKETING_CAP_WEEK = 1, 5
+    user = UserFactory(time_zone="Asia/Shanghai")
+    consent(user)
+    with time_machine.travel(shanghai(2026, 11, 20, 9, 0)):
+        tomorrow = _make_high(sale(user, channels=["email"]))
+        Message.objects.filter(pk=tomorrow.pk).update(not_before=shanghai(2026, 11, 21, 11, 0))
+        route(tomorrow)
+        assert route(sale(user, channels=["email"]))["email"].status == S.QUEUED
+
+
+@pytest.mark.django_db(transaction=True)
+def test_two_release_runs_at_once_never_split_a_message_or_charge_its_cap_twice(
+    published, monkeypatch, settings
+):
+    """Two real runs, each on its own connection, both inside their transaction at once (they
+    meet after taking their locks): a message's email and in-app go out together, on one slot."""
+    settings.NOTIFIER_MARKETING_CAP_DAY, settings.NOTIFIER_MARKETING_CAP_WEEK = 1, 2
+    user = UserFactory(quiet_hours_enabled=True, time_zone="Asia/Shanghai")
+    consent(user)
+    with time_machine.travel(shanghai(2026, 11, 20, 23, 30)):
+        held = route(sale(user, channels=["email", "inapp"]))
+    assert {d.status for d in held.values()} == {S.HELD}
+    both_locked = threading.Barrier(2)
+    real_audience_of = release.audience_of
+
+    def audience_after_meeting(*args, **kwargs):
+        # A run that found nothing to lock never comes here: it breaks the barrier on its way out.
+        with contextlib.suppress(threading.BrokenBarrierError):
+            both_locked.wait(timeout=30)
+        return real_audience_of(*args, **kwargs)
+
+    monkeypatch.setattr(release, "audience_of", audience_after_meeting)
+    reports = []
+
+    def job() -> None:
+        try:
+            with time_machine.travel(shanghai(2026, 11, 21, 9, 0)):
+                reports.append(held_release(limit=1))
+        finally:
+            both_locked.abort()
+            connection.close()
+
+    threads = [threading.Thread(target=job) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert len(reports) == 2
+    assert {d.status for d in Delivery.objects.filter(message_id=held["email"].message_id)} == {
+        S.QUEUED
+    }
+    assert sum(r.released for r in reports) == 2
+    assert sorted(r.released for r in reports) == [0, 2]  # one run took the whole message
+    counters = FrequencyCounter.objects.filter(user=user).values_list("period", "count")
+    assert sorted(counters) == [("day", 1), ("week", 1)]

@@ -426,3 +426,47 @@ def test_an_inbound_text_that_cannot_be_stored_is_a_400_and_changes_no_consent(
     assert response.status_code == 400
     assert sms_consent(user) == [(True, "signup_form"), (False, "sms-stop")]
     assert ProviderEvent.objects.count() == 1  # the first STOP only
+
+
+SID_B, TOKEN_B = "AC" + "b" * 32, "second-account-token"
+MESSAGES_URL_B = f"https://api.twilio.com/2010-04-01/Accounts/{SID_B}/Messages.json"
+
+
+def test_a_second_twilio_account_names_itself_in_its_callbacks_and_is_checked_with_its_token(
+    twilio, settings, client
+):
+    """A configured instance's status callback URL names it: the callback is checked with that
+    account's token and finds the delivery sent through it."""
+    settings.NOTIFIER_PROVIDER_INSTANCES = {
+        "twilio_b": {
+            "class": "twilio",
+            "account_sid": SID_B,
+            "auth_token": TOKEN_B,
+            "from_number": FROM,
+        }
+    }
+    settings.NOTIFIER_PROVIDERS = {**settings.NOTIFIER_PROVIDERS, "sms": ["twilio_b"]}
+    reset_providers()
+    twilio.add(
+        responses.POST,
+        MESSAGES_URL_B,
+        json={"sid": "SM" + "b" * 32, "status": "queued", "to": "+1", "from": FROM},
+        status=201,
+    )
+    message = notify(UserFactory(), "order.shipped", order_context(), channels=["sms"])
+    messages_prepare(message_ids=[message.pk])
+    delivery = Delivery.objects.get(message=message)
+    deliveries_deliver(delivery_ids=[delivery.pk])
+    delivery.refresh_from_db()
+    assert (delivery.status, delivery.provider) == (S.SENT, "twilio_b")
+    form = {k: v[0] for k, v in parse_qs(twilio.calls[-1].request.body).items()}
+    path = f"{STATUS_PATH}?provider=twilio_b"
+    assert form["StatusCallback"] == f"{PUBLIC}{path}"
+    params = {**status_params(delivery, "delivered"), "AccountSid": SID_B}
+
+    # The first account's token does not sign for the second.
+    assert signed_post(client, path, params, url=f"{PUBLIC}{path}").status_code == 403
+    response = signed_post(client, path, params, url=f"{PUBLIC}{path}", token=TOKEN_B)
+
+    assert response.status_code == 200
+    assert status_of(delivery) == (S.DELIVERED, "")

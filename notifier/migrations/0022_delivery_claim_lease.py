@@ -21,7 +21,7 @@ def lease_claims_in_flight(apps, schema_editor):
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('notifier', '0017_prepare_runs_and_reasons'),
+        ('notifier', '0021_campaign_reasons'),
     ]
 
     operations = [
