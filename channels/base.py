@@ -3,11 +3,15 @@
 A provider gets `Outgoing` values (everything needed to send, no ORM objects) and returns one
 `SendResult` per outgoing. Expected failures are results, not exceptions: TRANSIENT ones are
 retried with backoff, PERMANENT ones fail the delivery at once with their reason.
+
+The pipeline sends through `send_each`: one result at a time, as each message is sent, so it
+records every accepted send before the next one goes out (a crash then re-sends at most the
+message in flight), and hands the provider the next outgoing only while its claim holds.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
@@ -174,6 +178,30 @@ class Provider(Protocol):
         ...
 
 
+@runtime_checkable
+class StreamingProvider(Provider, Protocol):
+    """A provider that answers message by message (every one that is not in our database)."""
+
+    def send_each(self, outgoings: Iterable[Outgoing]) -> Iterator[tuple[Outgoing, SendResult]]:
+        """Send the outgoings one by one, yielding each with its result as soon as it is known.
+        Take the next outgoing from `outgoings` only after the previous result was taken: the
+        caller records it, and may stop handing out outgoings (its claim on them was lost)."""
+        ...
+
+
+def send_each(
+    provider: Provider, outgoings: Iterable[Outgoing]
+) -> Iterator[tuple[Outgoing, SendResult]]:
+    """Results one by one through whichever way the provider offers; a provider with only
+    `send_many` is called with one outgoing at a time."""
+    if isinstance(provider, StreamingProvider):
+        yield from provider.send_each(outgoings)
+        return
+    for outgoing in outgoings:
+        (result,) = provider.send_many([outgoing])
+        yield outgoing, result
+
+
 class ConfiguredProvider:
     """Base for provider classes of which several instances may be configured, each with its
     own name and options (credentials): `NOTIFIER_PROVIDER_INSTANCES` in `channels.registry`.
@@ -206,14 +234,19 @@ class SingleSendProvider(ConfiguredProvider):
     def send(self, outgoing: Outgoing) -> SendResult:
         raise NotImplementedError
 
-    def send_many(self, outgoings: Sequence[Outgoing]) -> list[SendResult]:
-        results: list[SendResult] = []
+    def send_each(self, outgoings: Iterable[Outgoing]) -> Iterator[tuple[Outgoing, SendResult]]:
+        refusal: SendResult | None = None
         for outgoing in outgoings:
+            if refusal is not None:
+                yield outgoing, not_sent_after(refusal)
+                continue
             result = self.send(outgoing)
-            results.append(result)
             if asks_to_wait(result):
-                break
-        return _with_the_rest_not_sent(results, len(outgoings))
+                refusal = result
+            yield outgoing, result
+
+    def send_many(self, outgoings: Sequence[Outgoing]) -> list[SendResult]:
+        return [result for _, result in self.send_each(outgoings)]
 
 
 def asks_to_wait(result: SendResult) -> bool:

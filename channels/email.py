@@ -10,8 +10,7 @@ from __future__ import annotations
 import contextlib
 import smtplib
 import socket
-from collections.abc import Mapping, Sequence
-from email.utils import make_msgid
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any, ClassVar
 
 import environ
@@ -95,14 +94,31 @@ def build_email(outgoing: Outgoing, *, from_email: str = "") -> EmailMultiAltern
         from_email=sender,
         to=[outgoing.email],
         headers={
-            "Message-ID": make_msgid(idstring=outgoing.idempotency_key, domain=_domain(sender)),
+            "Message-ID": message_id(outgoing, sender),
             "X-Notifier-Delivery": str(outgoing.delivery_id),
+            **idempotency_headers(outgoing),
             **outgoing.headers,
         },
     )
+    # anymail ESPs keep this with the message and return it in their webhooks (SMTP ignores it).
+    message.metadata = {"delivery_id": str(outgoing.delivery_id)}  # type: ignore[attr-defined]
     if content.html:
         message.attach_alternative(content.html, "text/html")
     return message
+
+
+def message_id(outgoing: Outgoing, sender: str) -> str:
+    """The same for every attempt of a delivery: a mailbox that drops a second message with a
+    Message-ID it holds already (Gmail does) collapses a re-send after a crash."""
+    return f"<{outgoing.idempotency_key}@{_domain(sender)}>"
+
+
+def idempotency_headers(outgoing: Outgoing) -> dict[str, str]:
+    """The delivery's key in the header an ESP dedupes on, when one is configured
+    (NOTIFIER_EMAIL_IDEMPOTENCY_HEADER: Brevo's `idempotencyKey`, Resend's SMTP
+    `Resend-Idempotency-Key`); plain SMTP and most ESPs have none."""
+    header = settings.NOTIFIER_EMAIL_IDEMPOTENCY_HEADER
+    return {header: outgoing.idempotency_key} if header else {}
 
 
 def _domain(sender: str) -> str:
@@ -165,31 +181,44 @@ class DjangoEmailProvider(ConfiguredProvider):
         return get_connection(str(self.options["backend"]), fail_silently=False, **extra)
 
     def send_many(self, outgoings: Sequence[Outgoing]) -> list[SendResult]:
-        results: list[SendResult] = []
+        return [result for _, result in self.send_each(outgoings)]
+
+    def send_each(self, outgoings: Iterable[Outgoing]) -> Iterator[tuple[Outgoing, SendResult]]:
+        """One connection for the batch, opened when the first message is handed over. After
+        a refusal that asks us to wait, the rest is not sent (each gets that refusal)."""
         from_email = str(self.options.get("from_email") or "")
-        connection: Any = self.connection()
-        try:
-            connection.open()
-        except Exception as exc:  # cannot reach the server: every message is a transient failure
-            failure = classify_email_error(self.name, exc)
-            return [failure for _ in outgoings]
+        connection: Any = None
+        failure: SendResult | None = None
+        refusal: SendResult | None = None
         try:
             for outgoing in outgoings:
+                if refusal is not None:
+                    yield outgoing, not_sent_after(refusal)
+                    continue
+                if connection is None and failure is None:
+                    connection = self.connection()
+                    try:
+                        connection.open()
+                    except Exception as exc:  # server unreachable: each message fails for now
+                        failure = classify_email_error(self.name, exc)
+                if failure is not None:
+                    yield outgoing, failure
+                    continue
                 email = build_email(outgoing, from_email=from_email)
                 email.connection = connection
                 try:
                     email.send()
                 except Exception as exc:
-                    results.append(classify_email_error(self.name, exc))
-                    if asks_to_wait(results[-1]):
-                        break
+                    result = classify_email_error(self.name, exc)
+                    if asks_to_wait(result):
+                        refusal = result
+                    yield outgoing, result
                     continue
-                results.append(SendResult.sent(self.name, _provider_id(email)))
+                yield outgoing, SendResult.sent(self.name, _provider_id(email))
         finally:
-            with contextlib.suppress(Exception):  # a broken connection may not close
-                connection.close()
-        left = len(outgoings) - len(results)
-        return results + [not_sent_after(results[-1])] * left if left else results
+            if connection is not None and failure is None:
+                with contextlib.suppress(Exception):  # a broken connection may not close
+                    connection.close()
 
 
 def _provider_id(email: EmailMultiAlternatives) -> str:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import functools
 import json
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any, ClassVar
 
 import requests
@@ -109,22 +109,22 @@ class FcmWebPushProvider:
         return problems
 
     def send_many(self, outgoings: Sequence[Outgoing]) -> list[SendResult]:
-        by_device: dict[tuple[int, int], DeviceOutcome] = {}
+        return [result for _, result in self.send_each(outgoings)]
+
+    def send_each(self, outgoings: Iterable[Outgoing]) -> Iterator[tuple[Outgoing, SendResult]]:
+        """Delivery by delivery: FCM's batched call is per message (one multicast to the
+        user's tokens), so each delivery's result is known, and recorded, before the next."""
         for outgoing in outgoings:
+            by_device: dict[int, DeviceOutcome] = {}
             fcm_devices = [d for d in outgoing.devices if d.platform in FCM_PLATFORMS]
             for start in range(0, len(fcm_devices), FCM_BATCH):
                 chunk = fcm_devices[start : start + FCM_BATCH]
                 for device, result in zip(chunk, self._send_fcm(outgoing, chunk), strict=True):
-                    by_device[(outgoing.delivery_id, device.device_id)] = result
+                    by_device[device.device_id] = result
             for device in outgoing.devices:
                 if device.platform not in FCM_PLATFORMS:
-                    by_device[(outgoing.delivery_id, device.device_id)] = self._send_web(
-                        outgoing, device
-                    )
-        return [
-            self._combine([by_device[(o.delivery_id, d.device_id)] for d in o.devices])
-            for o in outgoings
-        ]
+                    by_device[device.device_id] = self._send_web(outgoing, device)
+            yield outgoing, self._combine([by_device[d.device_id] for d in outgoing.devices])
 
     def _send_fcm(self, outgoing: Outgoing, devices: Sequence[PushTarget]) -> list[DeviceOutcome]:
         """One multicast message: this outgoing to up to 500 of its user's FCM tokens."""

@@ -8,6 +8,10 @@ Behaviour is steered like a provider's test mode, by magic recipients, or at ran
 - ``fail-always`` fails with a temporary error on every attempt;
 - SANDBOX_TRANSIENT_FAILURE_RATE / SANDBOX_PERMANENT_FAILURE_RATE fail that share at random;
 - SANDBOX_LATENCY_MS sleeps that long per message, like a provider's round trip.
+
+Every call is on the ledger the moment it is answered (committed on its own, outside any
+transaction of the caller's), as a real provider would have it: a worker killed in the
+middle of a batch leaves the sends made so far, and tests count double sends from it.
 """
 
 from __future__ import annotations
@@ -15,16 +19,17 @@ from __future__ import annotations
 import random
 import re
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from datetime import datetime
 from typing import ClassVar
 
 from django.conf import settings
+from django.db import connection
 from django.utils import timezone
 
 from channels.base import Channel, ErrorCode, Outcome, Outgoing, SendResult
 from channels.models import SandboxOutage, SandboxSend
-from notifier.db import copy_rows
+from notifier.db import NO_WAIT, insert_rows, model_field, table_name
 
 REPLAYED = "replayed"
 LEDGER_COLUMNS = (
@@ -81,32 +86,27 @@ class _SandboxProvider:
         return []
 
     def send_many(self, outgoings: Sequence[Outgoing]) -> list[SendResult]:
-        now = timezone.now()
+        return [result for _, result in self.send_each(outgoings)]
+
+    def send_each(self, outgoings: Iterable[Outgoing]) -> Iterator[tuple[Outgoing, SendResult]]:
         latency_s = settings.SANDBOX_LATENCY_MS / 1000.0
-        down = SandboxOutage.objects.filter(channel=self.channel, until__gt=now).exists()
-        results: list[SendResult] = []
+        down: bool | None = None
         for outgoing in outgoings:
+            if down is None:  # asked once per batch, when its first message comes
+                down = SandboxOutage.objects.filter(
+                    channel=self.channel, until__gt=timezone.now()
+                ).exists()
             if latency_s:
                 time.sleep(latency_s)
-            results.append(
+            result = (
                 SendResult.transient(
                     self.name, ErrorCode.PROVIDER_UNAVAILABLE, "sandbox: 503 (outage)"
                 )
                 if down
                 else _decide(outgoing, self.name)
             )
-        results = self._accept(outgoings, results, now)
-        # Failed attempts are on the ledger too, so tests can count attempts per delivery.
-        copy_rows(
-            SandboxSend,
-            LEDGER_COLUMNS,
-            [
-                self._row(o, r, now)
-                for o, r in zip(outgoings, results, strict=True)
-                if r.outcome is not Outcome.SENT
-            ],
-        )
-        return results
+            # Failed attempts are on the ledger too, so tests can count attempts per delivery.
+            yield outgoing, self._accept(outgoing, result, timezone.now())
 
     def _row(
         self, o: Outgoing, r: SendResult, now: datetime, outcome: str = ""
@@ -124,41 +124,53 @@ class _SandboxProvider:
             now,
         )
 
-    def _accept(
-        self, outgoings: Sequence[Outgoing], results: list[SendResult], now: datetime
-    ) -> list[SendResult]:
-        """Record accepted sends. A delivery (the idempotency key) the sandbox accepted before
-        gets the original answer back and is logged as replayed, like an idempotent provider
-        API answering a worker that crashed after sending. The check is deliberately not a
-        unique constraint: two sends of one delivery at the same moment, which only a broken
-        claim could cause, land as two sends, so tests can see them."""
-        sent = [
-            (o, r) for o, r in zip(outgoings, results, strict=True) if r.outcome is Outcome.SENT
-        ]
-        if not sent:
-            return results
-        earlier = dict(
-            SandboxSend.objects.filter(
-                delivery_id__in=[o.delivery_id for o, _ in sent],
-                outcome=Outcome.SENT,
-            ).values_list("delivery_id", "provider_message_id")
-        )
-        copy_rows(
-            SandboxSend,
-            LEDGER_COLUMNS,
-            [
-                self._row(o, SendResult.sent(self.name, earlier[o.delivery_id]), now, REPLAYED)
-                if o.delivery_id in earlier
-                else self._row(o, r, now)
-                for o, r in sent
-            ],
-        )
-        return [
-            SendResult.sent(self.name, earlier[o.delivery_id], replayed=True)
-            if r.outcome is Outcome.SENT and o.delivery_id in earlier
-            else r
-            for o, r in zip(outgoings, results, strict=True)
-        ]
+    def _accept(self, outgoing: Outgoing, result: SendResult, now: datetime) -> SendResult:
+        """Put the call on the ledger. A delivery (the idempotency key) the sandbox accepted
+        before gets the original answer back and is logged as replayed, like an idempotent
+        provider API answering a worker that crashed after sending (a provider without a key,
+        SMTP, Twilio or FCM, would have sent it again: tests count replays as doubles for
+        those). The check is deliberately not a unique constraint: two sends of one delivery
+        at the same moment, which only a broken claim could cause, land as two sends."""
+        row = self._row(outgoing, result, now)
+        if connection.vendor != "postgresql":
+            insert_rows(SandboxSend, LEDGER_COLUMNS, [row])  # no replays where not PostgreSQL
+            return result
+        fields = [model_field(SandboxSend, name) for name in LEDGER_COLUMNS]
+        values = [f.get_db_prep_save(v, connection) for f, v in zip(fields, row, strict=True)]
+        at = {name: index for index, name in enumerate(LEDGER_COLUMNS)}
+        table = table_name(SandboxSend)
+        # One round trip, committed (without waiting for the disk) before the call returns,
+        # whatever happens to the caller next. Any earlier acceptance will do: no ORDER BY,
+        # which on a long ledger would walk the primary key.
+        with connection.cursor() as cursor:
+            cursor.execute(
+                f"{NO_WAIT}WITH earlier AS (SELECT provider_message_id FROM {table} "
+                "WHERE delivery_id = %s AND outcome = %s LIMIT 1) "
+                f"INSERT INTO {table} ({', '.join(f.column for f in fields)}) "
+                "SELECT %s, %s, %s, %s, %s, %s, "
+                "CASE WHEN %s = %s AND EXISTS (SELECT 1 FROM earlier) THEN %s ELSE %s END, "
+                "CASE WHEN %s = %s THEN COALESCE((SELECT provider_message_id FROM earlier), %s) "
+                "ELSE %s END, %s, %s RETURNING outcome, provider_message_id",
+                [
+                    outgoing.delivery_id,
+                    Outcome.SENT.value,
+                    *values[: at["outcome"]],
+                    values[at["outcome"]],
+                    Outcome.SENT.value,
+                    REPLAYED,
+                    values[at["outcome"]],
+                    values[at["outcome"]],
+                    Outcome.SENT.value,
+                    values[at["provider_message_id"]],
+                    values[at["provider_message_id"]],
+                    values[at["payload"]],
+                    values[at["at"]],
+                ],
+            )
+            outcome, provider_message_id = cursor.fetchone()
+        if outcome == REPLAYED:
+            return SendResult.sent(self.name, provider_message_id, replayed=True)
+        return result
 
 
 class SandboxEmailProvider(_SandboxProvider):

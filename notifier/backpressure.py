@@ -36,23 +36,28 @@ def _client() -> redis.Redis | None:
 
 def bulk_queue_depth() -> int:
     """Tasks waiting in the bulk lane's queues (each a batch of up to NOTIFIER_BATCH_SIZE)."""
+    return lane_queue_depth(Lane.BULK)
+
+
+def lane_queue_depth(lane: Lane) -> int:
+    """Tasks waiting in a lane's queues (0 when the broker cannot be read)."""
     now = time.monotonic()
-    hit = _cache.get("bulk")
+    hit = _cache.get(lane)
     if hit and now - hit[0] < CACHE_S:
         return hit[1]
     client = _client()
     depth = 0
     if settings.CELERY_BROKER_URL.startswith(("amqp://", "amqps://", "pyamqp://")):
-        depth = _amqp_depth(settings.CELERY_BROKER_URL, lane_queues(Lane.BULK))
+        depth = _amqp_depth(settings.CELERY_BROKER_URL, lane_queues(lane))
     elif client is not None:
         try:
             with client.pipeline(transaction=False) as pipe:
-                for queue in lane_queues(Lane.BULK):
+                for queue in lane_queues(lane):
                     pipe.llen(queue)
                 depth = sum(int(n) for n in pipe.execute())
         except redis.RedisError:
-            log.warning("cannot read bulk queue depth; admitting as usual", exc_info=True)
-    _cache["bulk"] = (now, depth)
+            log.warning("cannot read %s queue depth; admitting as usual", lane, exc_info=True)
+    _cache[lane] = (now, depth)
     return depth
 
 

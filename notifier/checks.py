@@ -150,12 +150,12 @@ def check_task_time_limits(app_configs: Any = None, **kwargs: Any) -> list[Check
                     id="notifier.E011",
                 )
             )
-    if settings.NOTIFIER_DELIVER_TIME_LIMIT_S >= settings.NOTIFIER_SENDING_TIMEOUT_S:
+    if settings.NOTIFIER_CLAIM_LEASE_S <= settings.EMAIL_TIMEOUT:
         errors.append(
             Error(
-                f"NOTIFIER_DELIVER_TIME_LIMIT_S ({settings.NOTIFIER_DELIVER_TIME_LIMIT_S}) must "
-                f"be below NOTIFIER_SENDING_TIMEOUT_S ({settings.NOTIFIER_SENDING_TIMEOUT_S}): "
-                "a deliver task still sending would see its deliveries re-queued and sent twice",
+                f"NOTIFIER_CLAIM_LEASE_S ({settings.NOTIFIER_CLAIM_LEASE_S}) must be above "
+                f"EMAIL_TIMEOUT ({settings.EMAIL_TIMEOUT}): a send still waiting for its "
+                "provider when the lease runs out is re-queued and may be sent twice",
                 id="notifier.E012",
             )
         )

@@ -9,17 +9,30 @@ from __future__ import annotations
 from typing import Any
 
 from celery.schedules import crontab
+from django.conf import settings
 
 from notifier.queues import MAINTENANCE_QUEUE
 
 BEAT_SCHEDULE: dict[str, dict[str, Any]] = {
     # Every minute: re-publish work the broker lost (Redis restarted without persistence, a
     # worker killed mid-send). PostgreSQL holds the truth, so nothing is lost for longer than
-    # NOTIFIER_REQUEUE_AFTER_S plus this interval.
+    # NOTIFIER_REQUEUE_AFTER_S plus this interval (transactional work: see the next job).
     "requeue-stuck-work": {
         "task": "notifier.requeue_stuck_work",
         "schedule": 60.0,
         "options": {"queue": MAINTENANCE_QUEUE, "expires": 55},
+    },
+    # Every NOTIFIER_CLAIM_SWEEP_S (5 s): take back the claims of senders that died (their
+    # lease ran out; a live sender renews its own), and re-publish transactional deliveries
+    # queued NOTIFIER_TRANSACTIONAL_REQUEUE_AFTER_S past due, so a worker SIGKILL delays a
+    # password-reset SMS by seconds, not minutes. Two index range scans, a few rows each.
+    "requeue-expired-claims": {
+        "task": "notifier.requeue_expired_claims",
+        "schedule": float(settings.NOTIFIER_CLAIM_SWEEP_S),
+        "options": {
+            "queue": MAINTENANCE_QUEUE,
+            "expires": max(1.0, float(settings.NOTIFIER_CLAIM_SWEEP_S) - 1),
+        },
     },
     # Every 15 seconds: release held deliveries that are due. Quiet-hours releases are spread
     # over NOTIFIER_QUIET_RELEASE_WINDOW_S by their due times, so each run releases a slice of

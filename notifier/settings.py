@@ -172,7 +172,20 @@ NOTIFIER_RETRY_BASE_S = env.float("NOTIFIER_RETRY_BASE_S", default=2.0)
 NOTIFIER_RETRY_MAX_S = env.float("NOTIFIER_RETRY_MAX_S", default=300.0)
 # Work older than these is presumed lost by the broker and re-queued from PostgreSQL.
 NOTIFIER_REQUEUE_AFTER_S = env.int("NOTIFIER_REQUEUE_AFTER_S", default=120)
-NOTIFIER_SENDING_TIMEOUT_S = env.int("NOTIFIER_SENDING_TIMEOUT_S", default=300)
+# A sender's lease on the deliveries it claimed: renewed between sends (every fifth of it)
+# while the sender lives, so only a dead sender's claims run out and are taken back, by the
+# claims sweep every NOTIFIER_CLAIM_SWEEP_S. Keep it above the longest single provider call
+# (EMAIL_TIMEOUT, the 10 s HTTP timeouts of Twilio and Web Push).
+NOTIFIER_CLAIM_LEASE_S = env.float("NOTIFIER_CLAIM_LEASE_S", default=15.0)
+NOTIFIER_CLAIM_SWEEP_S = env.float("NOTIFIER_CLAIM_SWEEP_S", default=5.0)
+# Transactional deliveries queued this long past due are presumed lost (their task died with
+# a worker) and published again by the claims sweep; the rest wait NOTIFIER_REQUEUE_AFTER_S.
+NOTIFIER_TRANSACTIONAL_REQUEUE_AFTER_S = env.int(
+    "NOTIFIER_TRANSACTIONAL_REQUEUE_AFTER_S", default=10
+)
+# Accepted sends are recorded as they happen; only a provider answering faster than this has
+# its answers gathered, at most this long, into one write (a crash re-sends at most these).
+NOTIFIER_RECORD_WITHIN_MS = env.float("NOTIFIER_RECORD_WITHIN_MS", default=10.0)
 NOTIFIER_BATCH_SIZE = env.int("NOTIFIER_BATCH_SIZE", default=500)
 # Campaign fan-out hands the audience out in batches of this many users (one task each).
 NOTIFIER_CAMPAIGN_BATCH_USERS = env.int("NOTIFIER_CAMPAIGN_BATCH_USERS", default=1000)
@@ -180,8 +193,8 @@ NOTIFIER_CAMPAIGN_BATCH_USERS = env.int("NOTIFIER_CAMPAIGN_BATCH_USERS", default
 # fallbacks). At the soft limit the message being rendered fails alone ("Rendering took too
 # long") and the rest of its batch goes on in a fresh task; at the hard limit the pool kills
 # the process. A batch of 500 takes well under a second; deliver's limits leave room for slow
-# providers (500 sends one after another) and stay under NOTIFIER_SENDING_TIMEOUT_S, so a live
-# sender's claims are never taken over.
+# providers (500 sends one after another); a sender's claims are its for as long as it lives
+# (the lease above), whatever the limits.
 NOTIFIER_PREPARE_SOFT_TIME_LIMIT_S = env.int("NOTIFIER_PREPARE_SOFT_TIME_LIMIT_S", default=30)
 NOTIFIER_PREPARE_TIME_LIMIT_S = env.int("NOTIFIER_PREPARE_TIME_LIMIT_S", default=60)
 NOTIFIER_DELIVER_SOFT_TIME_LIMIT_S = env.int("NOTIFIER_DELIVER_SOFT_TIME_LIMIT_S", default=120)
@@ -305,6 +318,9 @@ EMAIL_USE_TLS = _email.get("EMAIL_USE_TLS", False)
 EMAIL_USE_SSL = _email.get("EMAIL_USE_SSL", False)
 DEFAULT_FROM_EMAIL = env.str("DEFAULT_FROM_EMAIL", default="Notifier <noreply@localhost>")
 EMAIL_TIMEOUT = env.int("EMAIL_TIMEOUT", default=10)
+# The email header an ESP dedupes sends on, carrying "delivery-<id>" (empty: none is sent).
+# Brevo's API reads `idempotencyKey`; Resend over SMTP reads `Resend-Idempotency-Key`.
+NOTIFIER_EMAIL_IDEMPOTENCY_HEADER = env.str("NOTIFIER_EMAIL_IDEMPOTENCY_HEADER", default="")
 ANYMAIL = env.dict("ANYMAIL", default={})
 
 TWILIO_ACCOUNT_SID = env.str("TWILIO_ACCOUNT_SID", default="")

@@ -15,7 +15,11 @@ from celery import shared_task
 from django.conf import settings
 
 from notifier.services.alerts import failure_alerts_run
-from notifier.services.deliveries import deliveries_deliver, requeue_stuck_work
+from notifier.services.deliveries import (
+    deliveries_deliver,
+    requeue_expired_claims,
+    requeue_stuck_work,
+)
 from notifier.services.quarantine import messages_prepare_guarded
 from notifier.services.release import held_release
 from notifier.services.retention import retention_run
@@ -66,6 +70,16 @@ def requeue_stuck_work_task() -> dict[str, int]:
     report = requeue_stuck_work()
     if any(report.__dict__.values()):
         log.warning("re-queued stuck work: %s", report)
+    return report.__dict__
+
+
+@shared_task(name="notifier.requeue_expired_claims", ignore_result=True)
+def requeue_expired_claims_task() -> dict[str, int]:
+    """Beat, every few seconds: take back dead senders' claims; re-publish lost transactional
+    deliveries."""
+    report = requeue_expired_claims()
+    if any(report.__dict__.values()):
+        log.warning("claims sweep: %s", report)
     return report.__dict__
 
 

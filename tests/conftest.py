@@ -88,7 +88,9 @@ class WorkerProcess:
         extra_env: dict[str, str] | None = None,
         control_app: Any = None,
         broker_url: str | None = None,
+        argv: Callable[[str], list[str]] | None = None,
     ) -> None:
+        """`argv`, given the worker's name, makes its command line (e.g. a deployed one)."""
         from notifier.celery import app
 
         self.app = control_app or app
@@ -109,7 +111,9 @@ class WorkerProcess:
         }
         # A session of its own, so a test can SIGKILL the worker and its pool in one go.
         self.process = subprocess.Popen(
-            worker_argv(name=self.name, queues=queues, concurrency=concurrency),
+            argv(self.name)
+            if argv
+            else worker_argv(name=self.name, queues=queues, concurrency=concurrency),
             cwd=ROOT,
             env=env,
             start_new_session=True,

@@ -151,6 +151,11 @@ class Delivery(models.Model):
     updated_at = models.DateTimeField()
     next_attempt_at = models.DateTimeField(null=True, blank=True)
     claimed_at = models.DateTimeField(null=True, blank=True)
+    # The sender's lease on a claim: renewed between sends while it lives; the re-queue job
+    # takes back only claims whose lease ran out. The token names the claim: a sender whose
+    # claim was taken (and claimed again by another) finds a different token and stops.
+    claimed_until = models.DateTimeField(null=True, blank=True)
+    claim_token = models.UUIDField(null=True, blank=True)
     sent_at = models.DateTimeField(null=True, blank=True)
     delivered_at = models.DateTimeField(null=True, blank=True)
     opened_at = models.DateTimeField(null=True, blank=True)
@@ -170,6 +175,12 @@ class Delivery(models.Model):
                 fields=["status", "next_attempt_at"],
                 name="delivery_due_idx",
                 condition=Q(status__in=["queued", "sending", "held"]),
+            ),
+            # Claims whose lease ran out: the re-queue job looks every few seconds.
+            models.Index(
+                fields=["claimed_until"],
+                name="delivery_lease_idx",
+                condition=Q(status="sending"),
             ),
             models.Index(
                 fields=["provider", "provider_message_id"],

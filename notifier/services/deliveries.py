@@ -1,8 +1,12 @@
 """Delivering: claim by compare-and-set, call the provider, record the outcome; recover lost work.
 
 A delivery is claimed by moving it queued -> sending in a locked UPDATE, so two workers running
-the same task (a broker re-delivery, a duplicate publish) never both send it. Outcomes are
-written by the retry policy: sent, queued again with a backoff, or failed with a reason.
+the same task (a broker re-delivery, a duplicate publish) never both send it. The claim carries
+a token and a lease (`claimed_until`) that the sender renews between sends while it lives; the
+claims sweep takes back only claims whose lease ran out (their sender died), and a sender hands
+the provider a message only while its claim still holds. Each send's outcome is recorded as
+soon as the provider answers, before the next message goes out, as the retry policy decides:
+sent, queued again with a backoff, or failed with a reason.
 """
 
 from __future__ import annotations
@@ -10,8 +14,9 @@ from __future__ import annotations
 import logging
 import random
 import time
+import uuid
 from collections import defaultdict
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Collection, Iterable, Iterator, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -19,6 +24,7 @@ from functools import partial
 
 from django.conf import settings
 from django.db import connection, transaction
+from django.db.models import QuerySet
 from django.utils import timezone
 
 from channels.base import (
@@ -30,10 +36,18 @@ from channels.base import (
     Provider,
     PushTarget,
     SendResult,
+    send_each,
 )
 from channels.registry import providers_for
 from notifier import dispatch
-from notifier.db import copy_rows, table_name, update_rows
+from notifier.backpressure import lane_queue_depth
+from notifier.db import (
+    commit_without_waiting,
+    copy_rows,
+    insert_rows,
+    table_name,
+    update_rows,
+)
 from notifier.logcontext import bound
 from notifier.metrics import record_send
 from notifier.models import Delivery, DeliveryEvent, Device, EventKind, Message
@@ -159,11 +173,12 @@ class DeliverReport:
     failed_ids: list[int] = field(default_factory=list)
 
 
-def _claim(delivery_ids: Sequence[int], now: datetime) -> list[int]:
+def _claim(delivery_ids: Sequence[int], now: datetime, lease: Lease) -> list[int]:
     """queued -> sending for the due rows among delivery_ids; returns the ids claimed.
 
     A compare-and-set in one statement: when two workers run the same task, the second waits
-    for the first's row lock, re-reads the status, finds 'sending', and claims nothing.
+    for the first's row lock, re-reads the status, finds 'sending', and claims nothing. The
+    claimed rows carry the lease's token and expiry.
     """
     if not delivery_ids:
         return []
@@ -171,15 +186,87 @@ def _claim(delivery_ids: Sequence[int], now: datetime) -> list[int]:
     field = Delivery._meta.get_field("claimed_at")
     stamp = field.get_db_prep_value(now, connection)
     due = field.get_db_prep_value(now + EARLY_TOLERANCE, connection)
+    until = field.get_db_prep_value(now + timedelta(seconds=lease.seconds), connection)
+    token = Delivery._meta.get_field("claim_token").get_db_prep_value(lease.token, connection)
     ids = ", ".join(["%s"] * len(delivery_ids))
     with connection.cursor() as cursor:
         cursor.execute(
             f"UPDATE {table} SET status = %s, attempts = attempts + 1, claimed_at = %s, "
+            f"claimed_until = %s, claim_token = %s, "
             f"updated_at = %s WHERE id IN ({ids}) AND status = %s "
             f"AND (next_attempt_at IS NULL OR next_attempt_at <= %s) RETURNING id",
-            [S.SENDING, stamp, stamp, *delivery_ids, S.QUEUED, due],
+            [S.SENDING, stamp, until, token, stamp, *delivery_ids, S.QUEUED, due],
         )
+        lease.renewed_at = time.monotonic()
         return [row[0] for row in cursor.fetchall()]
+
+
+@dataclass
+class Lease:
+    """One deliver run's hold on the deliveries it claimed.
+
+    Renewed (one UPDATE of the rows still to send) whenever a fifth of it has passed, before
+    a message is handed to the provider; rows the renewal does not find are no longer ours
+    (the sender stalled past its lease and the sweep took them back) and are not sent. So a
+    message goes out only with at least four fifths of the lease left: longer than one
+    provider call (NOTIFIER_CLAIM_LEASE_S is checked against EMAIL_TIMEOUT).
+    """
+
+    seconds: float
+    token: uuid.UUID = field(default_factory=uuid.uuid4)
+    renewed_at: float = 0.0  # time.monotonic() of the last claim or renewal
+    lost: set[int] = field(default_factory=set)
+
+    @classmethod
+    def new(cls) -> Lease:
+        return cls(seconds=float(settings.NOTIFIER_CLAIM_LEASE_S))
+
+    def due(self) -> bool:
+        return time.monotonic() - self.renewed_at >= self.seconds / 5
+
+    def renew(self, delivery_ids: Collection[int]) -> set[int]:
+        """Extend the lease of those still ours; returns the ids that are not (any more)."""
+        ids = [pk for pk in delivery_ids if pk not in self.lost]
+        if not ids:
+            return set()
+        started = time.monotonic()
+        until = timezone.now() + timedelta(seconds=self.seconds)
+        kept = self._renew(ids, until)
+        self.renewed_at = started
+        lost = set(ids) - kept
+        if lost:
+            log.warning(
+                "lost the claim on %d deliveries (taken back after the lease ran out): "
+                "not sending them",
+                len(lost),
+            )
+            self.lost |= lost
+        return lost
+
+    def _renew(self, ids: list[int], until: datetime) -> set[int]:
+        with connection.cursor() as cursor:
+            table = table_name(Delivery)
+            field = Delivery._meta.get_field("claimed_until")
+            token = Delivery._meta.get_field("claim_token").get_db_prep_value(
+                self.token, connection
+            )
+            cursor.execute(
+                f"UPDATE {table} SET claimed_until = %s WHERE id IN "
+                f"({', '.join(['%s'] * len(ids))}) AND status = %s AND claim_token = %s "
+                "RETURNING id",
+                [field.get_db_prep_value(until, connection), *ids, S.SENDING, token],
+            )
+            return {row[0] for row in cursor.fetchall()}
+
+    def still_ours(self, pairs: Sequence[tuple[Claimed, Outgoing]]) -> Iterator[Outgoing]:
+        """Hand out the outgoings one at a time, each only while its claim holds."""
+        pending = [d.pk for d, _ in pairs]
+        for index, (delivery, outgoing) in enumerate(pairs):
+            if self.due():
+                self.renew(pending[index:])
+            if delivery.pk in self.lost:
+                continue
+            yield outgoing
 
 
 @dataclass(slots=True)
@@ -206,6 +293,7 @@ class Claimed:
     next_attempt_at: datetime | None = None
     sent_at: datetime | None = None
     finished_at: datetime | None = None
+    claim_token: uuid.UUID | None = None  # the claim this run holds; outcomes are written under it
 
 
 CLAIMED_COLUMNS = (
@@ -381,6 +469,19 @@ def _log_attempt(delivery: Claimed, result: SendResult) -> None:
         )
 
 
+def _claim_guard(deliveries: list[Claimed]) -> dict[str, object]:
+    token = deliveries[0].claim_token if deliveries else None
+    return {"status": S.SENDING, **({"claim_token": token} if token else {})}
+
+
+def _write_events(events: list[tuple[object, ...]]) -> None:
+    """COPY pays off for many rows; one row (a send recorded as it happens) is an INSERT."""
+    if len(events) > 1:
+        copy_rows(DeliveryEvent, EVENT_FIELDS, events)
+    elif events:
+        insert_rows(DeliveryEvent, EVENT_FIELDS, events)
+
+
 def _record(
     deliveries: list[Claimed],
     results: list[SendResult],
@@ -429,15 +530,17 @@ def _record(
                 _attempt_detail(result, decision.delay_s),
             )
         )
-    # Guarded by status: a row whose claim expired and was taken over is not overwritten.
-    update_rows(
+    # Guarded by status and claim: a row whose lease ran out and was taken back is not
+    # overwritten (and a lone one gets no attempt event either: it is someone else's now).
+    updated = update_rows(
         Delivery,
         RECORDED_FIELDS,
         [(d.pk, *(getattr(d, name) for name in RECORDED_FIELDS)) for d in deliveries],
-        where={"status": S.SENDING},
+        where=_claim_guard(deliveries),
     )
-    copy_rows(DeliveryEvent, EVENT_FIELDS, events)
-    early_callbacks_apply(refs=[(d.provider, d.provider_message_id) for d in deliveries])
+    if updated or len(deliveries) > 1:
+        _write_events(events)
+        early_callbacks_apply(refs=[(d.provider, d.provider_message_id) for d in deliveries])
     if dead_devices:
         Device.objects.filter(pk__in=dead_devices, active=True).update(
             active=False, deactivated_at=now, deactivation_reason="provider: token unregistered"
@@ -448,29 +551,106 @@ def _record_now(
     provider: Provider,
     pairs: list[tuple[Claimed, Outgoing]],
     report: DeliverReport,
+    lease: Lease,
     *,
     hand_on: bool = False,
 ) -> tuple[list[SendResult], list[tuple[Claimed, Outgoing]]]:
-    """Send and record; when our own database is the provider, both in one transaction. With
+    """Send and record; when our own database is the provider, both in one transaction.
+
+    Any other provider's answers are recorded as they come, each before the next message is
+    handed over (only a provider answering within NOTIFIER_RECORD_WITHIN_MS has a few of its
+    answers written together): a worker killed mid-batch leaves at most the message in flight
+    unrecorded, and a message goes out only while this run's claim on it holds. With
     `hand_on`, what the provider refused unsent (429/5xx) is not recorded but returned, for
     the next provider of the chain to take in the same attempt."""
     group, outgoings = [d for d, _ in pairs], [o for _, o in pairs]
     before = (report.sent, report.failed, report.retried)
-    with transaction.atomic() if provider.in_database else nullcontext():
-        started = time.perf_counter()
+    started = time.perf_counter()
+    if not provider.in_database:
+        results, handed_on = _send_each_recorded(provider, pairs, report, lease, hand_on=hand_on)
+        took = time.perf_counter() - started
+        _count(report, before, channel=str(group[0].channel), provider=provider.name, seconds=took)
+        return results, handed_on
+    with transaction.atomic():
         results = _call(provider, outgoings)
         took = time.perf_counter() - started
         keep = [not (hand_on and hands_on(r)) for r in results]
         if any(keep):
-            with transaction.atomic():
-                _record(
-                    [d for d, k in zip(group, keep, strict=True) if k],
-                    [r for r, k in zip(results, keep, strict=True) if k],
-                    timezone.now(),
-                    report,
-                )
+            _record(
+                [d for d, k in zip(group, keep, strict=True) if k],
+                [r for r, k in zip(results, keep, strict=True) if k],
+                timezone.now(),
+                report,
+            )
     _count(report, before, channel=str(group[0].channel), provider=provider.name, seconds=took)
     return results, [pair for pair, k in zip(pairs, keep, strict=True) if not k]
+
+
+def record_now(*, waited_s: float, call_s: float, within_s: float) -> bool:
+    """Whether to write the answers gathered so far before the next provider call: yes, unless
+    waiting one more call as long as the last keeps the oldest of them within `within_s`."""
+    return waited_s + call_s >= within_s
+
+
+def _send_each_recorded(
+    provider: Provider,
+    pairs: list[tuple[Claimed, Outgoing]],
+    report: DeliverReport,
+    lease: Lease,
+    *,
+    hand_on: bool = False,
+) -> tuple[list[SendResult], list[tuple[Claimed, Outgoing]]]:
+    by_pk = {d.pk: d for d, _ in pairs}
+    handed_on: list[tuple[Claimed, Outgoing]] = []
+    within_s = settings.NOTIFIER_RECORD_WITHIN_MS / 1000.0
+    results: list[SendResult] = []
+    unrecorded: list[tuple[Claimed, SendResult]] = []
+    first_at = 0.0
+
+    def flush() -> None:
+        if unrecorded:
+            with transaction.atomic():
+                commit_without_waiting()
+                _record(
+                    [d for d, _ in unrecorded], [r for _, r in unrecorded], timezone.now(), report
+                )
+            unrecorded.clear()
+
+    outgoings = [o for _, o in pairs]
+    with personal_values(partial(_personal_strings, outgoings)) if sentry_on() else nullcontext():
+        try:
+            asked = time.monotonic()
+            for outgoing, result in send_each(provider, lease.still_ours(pairs)):
+                answered = time.monotonic()
+                results.append(result)
+                if hand_on and hands_on(result):  # refused unsent: the next provider's
+                    handed_on.append((by_pk[outgoing.delivery_id], outgoing))
+                    asked = time.monotonic()
+                    continue
+                if not unrecorded:
+                    first_at = answered
+                unrecorded.append((by_pk[outgoing.delivery_id], result))
+                # Write now unless one more call as quick as this one keeps the oldest
+                # unwritten answer within the window: a provider with a round trip has each
+                # answer written before the next message goes out.
+                if record_now(
+                    waited_s=answered - first_at, call_s=answered - asked, within_s=within_s
+                ):
+                    flush()
+                asked = time.monotonic()
+        except Exception as exc:
+            log.exception("provider %s raised", provider.name)
+            error = f"{type(exc).__name__}: {exc}"
+            failure = SendResult.transient(provider.name, ErrorCode.UNEXPECTED, error)
+            # Written already (their status moved), waiting to be, or no longer ours: the
+            # rest, the message in flight included, failed for now.
+            done = {d.pk for d, _ in unrecorded} | {d.pk for d, _ in handed_on} | lease.lost
+            for delivery, _ in pairs:
+                if delivery.status == S.SENDING and delivery.pk not in done:
+                    results.append(failure)
+                    unrecorded.append((delivery, failure))
+        flush()
+    return results, handed_on
 
 
 def _count(
@@ -493,7 +673,7 @@ def _count(
 
 
 def _deliver_channel(
-    channel: Channel, pairs: list[tuple[Claimed, Outgoing]], report: DeliverReport
+    channel: Channel, pairs: list[tuple[Claimed, Outgoing]], report: DeliverReport, lease: Lease
 ) -> None:
     """Send one channel's claimed deliveries through its providers, in failover order.
 
@@ -532,7 +712,9 @@ def _deliver_channel(
             waits.append(grant.retry_after_s)
         batch, remaining = remaining[: grant.granted], remaining[grant.granted :]
         if batch:
-            results, handed_on = _record_now(provider, batch, report, hand_on=position < len(chain))
+            results, handed_on = _record_now(
+                provider, batch, report, lease, hand_on=position < len(chain)
+            )
             _record_health(key, results)
             remaining = handed_on + remaining
     if remaining:
@@ -563,7 +745,7 @@ def _defer(deliveries: list[Claimed], wait_s: float, reason: str, report: Delive
             )
             for d in deliveries
         ],
-        where={"status": S.SENDING},
+        where=_claim_guard(deliveries),
     )
     report.deferred += [d.pk for d in deliveries]
     report.deferred_for_s = wait_s
@@ -572,11 +754,14 @@ def _defer(deliveries: list[Claimed], wait_s: float, reason: str, report: Delive
 def deliveries_deliver(*, delivery_ids: Sequence[int]) -> DeliverReport:
     """Claim, send and record a batch of deliveries (normally all of one channel and lane)."""
     report = DeliverReport()
-    claimed = _claim(delivery_ids, timezone.now())
+    lease = Lease.new()
+    claimed = _claim(delivery_ids, timezone.now(), lease)
     report.claimed, report.skipped = len(claimed), len(delivery_ids) - len(claimed)
     if not claimed:
         return report
     deliveries = _load(claimed)
+    for delivery in deliveries:
+        delivery.claim_token = lease.token
     push_users = [d.user_id for d in deliveries if d.channel is Channel.PUSH]
     devices: dict[int, list[Device]] = defaultdict(list)
     if push_users:
@@ -587,7 +772,9 @@ def deliveries_deliver(*, delivery_ids: Sequence[int]) -> DeliverReport:
     for delivery in deliveries:
         by_channel[delivery.channel].append(delivery)
     for channel, group in by_channel.items():
-        _deliver_channel(channel, [(d, _outgoing(d, devices[d.user_id])) for d in group], report)
+        _deliver_channel(
+            channel, [(d, _outgoing(d, devices[d.user_id])) for d in group], report, lease
+        )
     lanes = {d.pk: (d.lane, d.channel) for d in deliveries}
     for delivery_id, delay in report.retries:
         lane, channel = lanes[delivery_id]
@@ -700,13 +887,12 @@ def requeue_stuck_work(*, now: datetime | None = None, limit: int = 5000) -> Req
     - messages never routed (their prepare task was lost, or their run died: see
       `unrouted_republish`, which fails one whose runs died too often instead);
     - deliveries queued and overdue (their deliver task was lost);
-    - deliveries claimed by a worker that died mid-send: back to queued, or failed once the
-      attempts are used up.
+    - deliveries whose sender died mid-send (its lease ran out): back to queued, or failed
+      once the attempts are used up. The claims sweep does this every few seconds too.
     """
     now = now or timezone.now()
     report = RequeueReport()
     stale = now - timedelta(seconds=settings.NOTIFIER_REQUEUE_AFTER_S)
-    expired = now - timedelta(seconds=settings.NOTIFIER_SENDING_TIMEOUT_S)
 
     # Prepare runs that died count against their messages first; then only columns that always
     # read: a row that cannot be read is failed by its own prepare run.
@@ -717,11 +903,65 @@ def requeue_stuck_work(*, now: datetime | None = None, limit: int = 5000) -> Req
         .values_list(*UNROUTED_COLUMNS)[:limit]
     )
     report.messages, report.set_aside = unrouted_republish(unrouted)
+    report.expired_claims, report.exhausted = expired_claims_requeue(now=now, limit=limit)
+    report.queued = _overdue_republish(
+        Delivery.objects.filter(status=S.QUEUED, next_attempt_at__lt=stale), now, limit
+    )
+    report.fallbacks = lost_fallbacks_resume(now=now, limit=limit)
+    report.callbacks = early_callbacks_reconcile(now=now)
+    return report
 
+
+def requeue_expired_claims(*, now: datetime | None = None, limit: int = 1000) -> RequeueReport:
+    """The claims sweep, every NOTIFIER_CLAIM_SWEEP_S: take back claims whose sender died (its
+    lease ran out) and publish again transactional work whose task died with a worker:
+    messages unrouted, and deliveries queued past due, for NOTIFIER_TRANSACTIONAL_REQUEUE_AFTER_S,
+    while no task waits in the lane's queues (when some do, the late ones may be among them).
+    Each reads a partial index (expired leases; unrouted messages; due deliveries) over a
+    window no older than what `requeue_stuck_work` covers, so a run's cost is bounded by the
+    work of the last NOTIFIER_REQUEUE_AFTER_S and by `limit`. Dead prepare runs are counted by
+    the prepare task itself (and by the minute job), as for any re-published message."""
+    now = now or timezone.now()
+    report = RequeueReport()
+    report.expired_claims, report.exhausted = expired_claims_requeue(now=now, limit=limit)
+    if lane_queue_depth(Lane.TRANSACTIONAL):
+        # Tasks are waiting in the lane: the late ones may be among them, not lost. Publishing
+        # copies would only deepen the backlog; the minute job covers whatever is really lost.
+        return report
+    stale = now - timedelta(seconds=settings.NOTIFIER_TRANSACTIONAL_REQUEUE_AFTER_S)
+    oldest = now - timedelta(seconds=settings.NOTIFIER_REQUEUE_AFTER_S)
+    unrouted = unrouted_of(
+        Message.objects.filter(
+            routed_at__isnull=True,
+            lane=Lane.TRANSACTIONAL,
+            created_at__lt=stale,
+            created_at__gte=oldest,
+        )
+        .order_by("created_at")
+        .values_list(*UNROUTED_COLUMNS)[:limit]
+    )
+    report.messages, report.set_aside = unrouted_republish(unrouted)
+    report.queued = _overdue_republish(
+        Delivery.objects.filter(
+            status=S.QUEUED,
+            next_attempt_at__lt=stale,
+            next_attempt_at__gte=oldest,
+            message__lane=Lane.TRANSACTIONAL,
+        ),
+        now,
+        limit,
+    )
+    return report
+
+
+def expired_claims_requeue(*, now: datetime, limit: int) -> tuple[int, int]:
+    """Claims whose lease ran out (their sender stopped renewing it: it died) go back to
+    queued, or fail once their attempts are used up. A live sender renews its lease between
+    sends, so its claims are never taken. Returns (re-queued, failed)."""
     with transaction.atomic():
         claims = list(
             Delivery.objects.select_for_update(skip_locked=True, of=("self",))
-            .filter(status=S.SENDING, claimed_at__lt=expired)
+            .filter(status=S.SENDING, claimed_until__lt=now)
             .values_list("pk", "channel", "message__lane", "attempts")[:limit]
         )
         retry = [
@@ -737,6 +977,8 @@ def requeue_stuck_work(*, now: datetime | None = None, limit: int = 5000) -> Req
                 status=S.QUEUED,
                 reason=Reason.CLAIM_EXPIRED,
                 claimed_at=None,
+                claimed_until=None,
+                claim_token=None,
                 next_attempt_at=now,
                 updated_at=now,
             )
@@ -745,6 +987,8 @@ def requeue_stuck_work(*, now: datetime | None = None, limit: int = 5000) -> Req
                 status=S.FAILED,
                 reason=Reason.RETRIES_EXHAUSTED,
                 claimed_at=None,
+                claimed_until=None,
+                claim_token=None,
                 last_error="the worker stopped mid-send on every attempt",
                 finished_at=now,
                 updated_at=now,
@@ -752,13 +996,15 @@ def requeue_stuck_work(*, now: datetime | None = None, limit: int = 5000) -> Req
         _requeued([pk for pk, _, _ in retry], now, S.QUEUED, reason=Reason.CLAIM_EXPIRED)
         _requeued(exhausted, now, S.FAILED, reason=Reason.RETRIES_EXHAUSTED)
         _publish_grouped(retry)
-    report.expired_claims, report.exhausted = len(retry), len(exhausted)
+    return len(retry), len(exhausted)
 
+
+def _overdue_republish(overdue_rows: QuerySet[Delivery], now: datetime, limit: int) -> int:
     with transaction.atomic():
         overdue = list(
-            Delivery.objects.select_for_update(skip_locked=True, of=("self",))
-            .filter(status=S.QUEUED, next_attempt_at__lt=stale)
-            .values_list("pk", "channel", "message__lane")[:limit]
+            overdue_rows.select_for_update(skip_locked=True, of=("self",)).values_list(
+                "pk", "channel", "message__lane"
+            )[:limit]
         )
         # Restart the clock so the same rows are not published again by the next run.
         Delivery.objects.filter(pk__in=[pk for pk, _, _ in overdue]).update(
@@ -771,7 +1017,4 @@ def requeue_stuck_work(*, now: datetime | None = None, limit: int = 5000) -> Req
             detail={"why": "its deliver task was overdue, presumed lost"},
         )
         _publish_grouped(overdue)
-    report.queued = len(overdue)
-    report.fallbacks = lost_fallbacks_resume(now=now, limit=limit)
-    report.callbacks = early_callbacks_reconcile(now=now)
-    return report
+    return len(overdue)

@@ -110,6 +110,28 @@ def test_each_message_gets_its_own_message_id(locmem):
     assert [m.message()["Message-ID"] for m in locmem] == [r.provider_message_id for r in results]
 
 
+def test_every_attempt_of_a_delivery_carries_the_same_message_id(locmem):
+    """A re-send after a crash is recognisable: mailboxes that keep one copy per Message-ID
+    (Gmail) collapse it, and the ESP's events name the same message."""
+    first = DjangoEmailProvider().send_many([outgoing(delivery_id=42)])
+    again = DjangoEmailProvider().send_many([outgoing(delivery_id=42)])
+    assert first[0].provider_message_id == again[0].provider_message_id
+    assert first[0].provider_message_id == "<delivery-42@notify.example.com>"
+    assert [m.metadata for m in locmem] == [{"delivery_id": "42"}] * 2  # anymail's metadata
+
+
+def test_the_configured_idempotency_header_carries_the_delivery_key(locmem, settings):
+    DjangoEmailProvider().send_many([outgoing(delivery_id=42)])
+    settings.NOTIFIER_EMAIL_IDEMPOTENCY_HEADER = "Resend-Idempotency-Key"
+    DjangoEmailProvider().send_many([outgoing(delivery_id=42)])
+    assert [m.message()["Resend-Idempotency-Key"] for m in locmem] == [None, "delivery-42"]
+
+
+def test_the_connection_opens_only_when_a_message_is_handed_over(settings):
+    settings.EMAIL_BACKEND = f"{__name__}.UnreachableBackend"
+    assert list(DjangoEmailProvider().send_each(iter(()))) == []
+
+
 def test_extra_headers_from_the_outgoing_pass_through(locmem):
     headers = {
         "List-Unsubscribe": "<https://example.com/unsubscribe/abc>",

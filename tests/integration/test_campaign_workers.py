@@ -440,8 +440,8 @@ def test_a_worker_sigkilled_mid_batch_loses_and_doubles_no_recipient(rig, settin
     # revived; the re-queue job publishes again the messages the dead worker left unrouted
     # and the deliveries it had claimed or not yet sent (no worker is alive to be sending).
     assert fanout.steps_start_due(now=timezone.now() + REVIVE_AFTER).revived == [step.pk]
-    settings.NOTIFIER_REQUEUE_AFTER_S = settings.NOTIFIER_SENDING_TIMEOUT_S = 0
-    requeue_stuck_work()
+    settings.NOTIFIER_REQUEUE_AFTER_S = 0
+    requeue_stuck_work(now=timezone.now() + timedelta(minutes=2))  # every lease has run out
     rig.worker(**WORKER_ENV)
     beat_until(rig, step, lambda: everyone_sent(step, users) and closed(step), minutes_later=True)
 

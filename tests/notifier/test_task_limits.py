@@ -38,7 +38,7 @@ def test_the_defaults_pass_the_check():
     [
         ({"NOTIFIER_PREPARE_SOFT_TIME_LIMIT_S": 60, "NOTIFIER_PREPARE_TIME_LIMIT_S": 60}, "E011"),
         ({"NOTIFIER_DELIVER_SOFT_TIME_LIMIT_S": 0}, "E011"),
-        ({"NOTIFIER_DELIVER_TIME_LIMIT_S": 400, "NOTIFIER_SENDING_TIMEOUT_S": 300}, "E012"),
+        ({"NOTIFIER_CLAIM_LEASE_S": 10, "EMAIL_TIMEOUT": 10}, "E012"),
     ],
 )
 def test_limits_that_do_not_fit_together_are_errors(settings, overrides, error):

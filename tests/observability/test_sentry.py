@@ -88,15 +88,16 @@ def without_source(event: dict) -> dict:
 
 @pytest.mark.django_db
 def test_a_provider_crash_arrives_scrubbed(sentry, monkeypatch, published):
-    """deliveries_deliver -> _call -> the provider raises -> log.exception -> a Sentry event
+    """deliveries_deliver -> send_each -> the provider raises -> log.exception -> a Sentry event
     with the exception message, the frames' locals and an extra: none of them may carry the
     recipient's address, phone or the message's words."""
 
     def crash(self, outgoings):
-        first = outgoings[0]  # a gateway quoting back what it was given
+        first = next(iter(outgoings))  # a gateway quoting back what it was given
         raise RuntimeError(f"gateway refused {first.email} / {PHONE}: {first.content.body!r}")
+        yield  # a generator, like the real one
 
-    monkeypatch.setattr(SandboxEmailProvider, "send_many", crash)
+    monkeypatch.setattr(SandboxEmailProvider, "send_each", crash)
     user = UserFactory(email=EMAIL, phone=PHONE)
     message = notify(
         user,
@@ -125,8 +126,9 @@ def test_a_provider_crash_arrives_scrubbed(sentry, monkeypatch, published):
     assert exception["type"] == "RuntimeError"
     assert "gateway refused [Filtered] / [phone]: '[Filtered]" in exception["value"]
     frames = exception["stacktrace"]["frames"]
-    call = next(f for f in frames if f["function"] == "_call")
-    assert call["vars"]["outgoings"] == FILTERED
+    call = next(f for f in frames if f["function"] == "_send_each_recorded")
+    given = json.dumps(call["vars"]["pairs"])  # what the provider was handed, scrubbed
+    assert FILTERED in given and EMAIL not in given and "A1001" not in given
     assert event["extra"]["notification"] == {
         "email": FILTERED,
         "body": FILTERED,

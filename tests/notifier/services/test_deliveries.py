@@ -155,7 +155,7 @@ def test_a_provider_that_raises_is_a_transient_error_not_a_stuck_delivery(publis
     def explode(self, outgoings):
         raise RuntimeError("provider SDK bug")
 
-    monkeypatch.setattr(sandbox.SandboxSmsProvider, "send_many", explode)
+    monkeypatch.setattr(sandbox.SandboxSmsProvider, "send_each", explode)
     sms = prepared(UserFactory(), channels=["sms"])["sms"]
     deliveries_deliver(delivery_ids=[sms.pk])
     fresh = reload(sms)
@@ -185,12 +185,16 @@ def test_requeue_publishes_unrouted_messages_and_overdue_deliveries_once(
 
 def test_requeue_takes_back_a_claim_left_by_a_dead_worker(published, settings):
     sms = prepared(UserFactory(), channels=["sms"])["sms"]
+    lease = dt.timedelta(seconds=settings.NOTIFIER_CLAIM_LEASE_S)
     Delivery.objects.filter(pk=sms.pk).update(
-        status=S.SENDING, attempts=1, claimed_at=timezone.now()
+        status=S.SENDING,
+        attempts=1,
+        claimed_at=timezone.now(),
+        claimed_until=timezone.now() + lease,
     )
-    too_soon = requeue_stuck_work(now=timezone.now() + dt.timedelta(seconds=10))
+    too_soon = requeue_stuck_work(now=timezone.now() + lease - dt.timedelta(seconds=2))
     assert too_soon.expired_claims == 0
-    later = timezone.now() + dt.timedelta(seconds=settings.NOTIFIER_SENDING_TIMEOUT_S + 1)
+    later = timezone.now() + lease + dt.timedelta(seconds=1)
     report = requeue_stuck_work(now=later)
     fresh = reload(sms)
     assert (report.expired_claims, fresh.status, fresh.reason) == (
@@ -207,9 +211,9 @@ def test_a_claim_that_kills_every_worker_eventually_fails(published, settings):
     settings.NOTIFIER_MAX_ATTEMPTS = 2
     sms = prepared(UserFactory(), channels=["sms"])["sms"]
     Delivery.objects.filter(pk=sms.pk).update(
-        status=S.SENDING, attempts=2, claimed_at=timezone.now()
+        status=S.SENDING, attempts=2, claimed_at=timezone.now(), claimed_until=timezone.now()
     )
-    later = timezone.now() + dt.timedelta(seconds=settings.NOTIFIER_SENDING_TIMEOUT_S + 1)
+    later = timezone.now() + dt.timedelta(seconds=1)
     assert requeue_stuck_work(now=later).exhausted == 1
     assert (reload(sms).status, reload(sms).reason) == (S.FAILED, Reason.RETRIES_EXHAUSTED)
 
