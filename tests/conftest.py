@@ -160,6 +160,28 @@ def celery_worker_process(django_db_setup: None, django_db_blocker: Any) -> Iter
 @pytest.fixture
 def worker(
     celery_worker_process: WorkerProcess, transactional_db: None, redis_client: redis.Redis
-) -> WorkerProcess:
-    """A running worker, with the test's writes committed so it can see them."""
-    return celery_worker_process
+) -> Iterator[WorkerProcess]:
+    """A running worker, with the test's writes committed so it can see them. Nothing the test
+    set going outlives it (`worker_left_idle`)."""
+    yield celery_worker_process
+    worker_left_idle(celery_worker_process, redis_client)
+
+
+def worker_left_idle(worker: WorkerProcess, client: redis.Redis) -> None:
+    """Drop what a test left queued or scheduled (a retry's countdown) in the shared worker and
+    wait for what it is running: the session's worker otherwise goes on writing into the next
+    test's database, whose ids may be the same numbers again after the flush."""
+    from notifier.queues import ALL_QUEUES
+
+    inspect = worker.app.control.inspect([worker.name], timeout=1.0)
+    for view in (inspect.scheduled(), inspect.reserved()):
+        for task in (view or {}).get(worker.name, []):
+            task_id = (task.get("request") or task).get("id")
+            if task_id:
+                worker.app.control.revoke(task_id)
+    client.delete(*ALL_QUEUES)
+    wait_until(
+        lambda: not (inspect.active() or {}).get(worker.name),
+        timeout=60,
+        message="the shared worker to finish the test's running tasks",
+    )

@@ -441,7 +441,12 @@ def test_a_worker_sigkilled_mid_batch_loses_and_doubles_no_recipient(rig, settin
     # and the deliveries it had claimed or not yet sent (no worker is alive to be sending).
     assert fanout.steps_start_due(now=timezone.now() + REVIVE_AFTER).revived == [step.pk]
     settings.NOTIFIER_REQUEUE_AFTER_S = 0
-    requeue_stuck_work(now=timezone.now() + timedelta(minutes=2))  # every lease has run out
+    # Every lease the dead worker held has run out (as its minutes would have let it), and the
+    # re-queue job runs at the real time: rows it re-queues are due now, not minutes ahead.
+    Delivery.objects.filter(status=S.SENDING).update(
+        claimed_until=timezone.now() - timedelta(seconds=1)
+    )
+    requeue_stuck_work()
     rig.worker(**WORKER_ENV)
     beat_until(rig, step, lambda: everyone_sent(step, users) and closed(step), minutes_later=True)
 

@@ -105,8 +105,8 @@ def world(monkeypatch, settings) -> World:
 # --- Checking one answer -------------------------------------------------------------------------
 
 
-def snapshot() -> str:
-    """A digest of every row of every table of the project's own apps."""
+def snapshot() -> dict[str, str]:
+    """A digest of every row of every table of the project's own apps, by table."""
     tables = sorted(
         {
             model._meta.db_table
@@ -121,7 +121,7 @@ def snapshot() -> str:
     )
     with connection.cursor() as cursor:
         cursor.execute(sql)
-        return repr(cursor.fetchall())
+        return dict(cursor.fetchall())
 
 
 def explains(response) -> bool:
@@ -157,8 +157,10 @@ def check(
     elif 400 <= status < 500:
         if not explains(response):
             problems.append(f"{label}: {status} with no message")
-        if snapshot() != before:
-            problems.append(f"{label}: {status} but rows were written")
+        after = snapshot()
+        if after != before:
+            changed = sorted(t for t in after if after[t] != before.get(t))
+            problems.append(f"{label}: {status} but rows were written in {', '.join(changed)}")
     return status
 
 
