@@ -471,7 +471,11 @@ def _log_attempt(delivery: Claimed, result: SendResult) -> None:
 
 def _claim_guard(deliveries: list[Claimed]) -> dict[str, object]:
     token = deliveries[0].claim_token if deliveries else None
-    return {"status": S.SENDING, **({"claim_token": token} if token else {})}
+    if token is None:
+        return {"status": S.SENDING}
+    # Raw SQL: the token as this database stores a UUID (SQLite: hex text).
+    prepared = Delivery._meta.get_field("claim_token").get_db_prep_value(token, connection)
+    return {"status": S.SENDING, "claim_token": prepared}
 
 
 def _write_events(events: list[tuple[object, ...]]) -> None:
