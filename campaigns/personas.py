@@ -39,7 +39,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from campaigns.models import Activity, AudienceThresholds, SpendTier
 from campaigns.rendering import EVERYONE
 from campaigns.services.segments import activity_of, spend_tier_of
-from notifier.models import User
+from notifier.models.recipients import recipient_for
 
 SPEND_PERSONAS = frozenset(SpendTier.values)
 ACTIVITY_PERSONAS = frozenset(Activity.values)
@@ -113,15 +113,17 @@ def persona_of(
 
 
 def user_persona(
-    user: User, *, thresholds: AudienceThresholds, points_days: int, now: datetime
+    user: Any, *, thresholds: AudienceThresholds, points_days: int, now: datetime
 ) -> Persona:
+    """The persona of a user (any user model), from their recipient profile."""
+    profile = recipient_for(user)
     return persona_of(
-        yearly_spend=user.yearly_spend,
-        last_active_at=user.last_active_at,
-        interest_tags=user.interest_tags,
-        points_balance=user.points_balance,
-        points_expire_at=user.points_expire_at,
-        time_zone=user.time_zone,
+        yearly_spend=profile.yearly_spend,
+        last_active_at=profile.last_active_at,
+        interest_tags=profile.interest_tags,
+        points_balance=profile.points_balance,
+        points_expire_at=profile.points_expire_at,
+        time_zone=profile.time_zone,
         thresholds=thresholds,
         points_days=points_days,
         now=now,

@@ -19,7 +19,7 @@ from django import forms
 from django.contrib import admin, messages
 from django.contrib.admin.utils import quote, unquote
 from django.contrib.auth.admin import UserAdmin as DjangoUserAdmin
-from django.contrib.auth.forms import AdminUserCreationForm, UserChangeForm
+from django.contrib.auth.forms import AdminUserCreationForm
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.core.paginator import Page, Paginator
 from django.db.models import Exists, OuterRef, Q, QuerySet
@@ -47,10 +47,13 @@ from notifier.models import (
     NotificationType,
     Preference,
     ProviderEvent,
+    Recipient,
     RoutingRule,
     SuppressedAddress,
     User,
     normalize_email,
+    recipient_for,
+    recipient_update,
 )
 from notifier.models.users import normalize_phone
 from notifier.selectors import MESSAGE_CALLER_FIELDS, message_read_caller_fields, user_history
@@ -145,36 +148,61 @@ class PhoneInE164:
             ) from exc
 
 
-class UserPhoneChangeForm(PhoneInE164, UserChangeForm):
-    pass
+RECIPIENT_ADMIN_FIELDS = (
+    "email",
+    "phone",
+    "time_zone",
+    "locale",
+    "quiet_hours_enabled",
+    "quiet_hours_start",
+    "quiet_hours_end",
+    "marketing_frequency",
+    "yearly_spend",
+    "last_active_at",
+    "interest_tags",
+    "points_balance",
+    "points_expire_at",
+    "usual_active_hour",
+)
+
+
+class RecipientForm(PhoneInE164, forms.ModelForm):
+    class Meta:
+        model = Recipient
+        fields = list(RECIPIENT_ADMIN_FIELDS)
+
+
+class RecipientInline(admin.StackedInline):
+    """The user's recipient profile: contact points, time zone, locale, quiet hours and the
+    attributes segments use. Viewers (no change permission on profiles) see it read-only."""
+
+    formfield_overrides = BOUNDED_JSON
+
+    model = Recipient
+    form = RecipientForm
+    fk_name = "user"
+    can_delete = False
+    extra = 1
+    max_num = 1
+    min_num = 0
+    verbose_name = "Contact and profile"
+    verbose_name_plural = "Contact and profile"
+    fields = list(RECIPIENT_ADMIN_FIELDS)
+    readonly_fields = ["email", "usual_active_hour"]  # the address follows the user's own
 
 
 class UserPhoneCreationForm(PhoneInE164, AdminUserCreationForm):
-    pass
+    """The add form asks for the phone number too; it goes on the new user's profile."""
+
+    phone = forms.CharField(
+        max_length=40, required=False, help_text="With its country code, e.g. +8613800138000"
+    )
 
 
 @admin.register(User)
 class UserAdmin(DjangoUserAdmin):
     formfield_overrides = BOUNDED_JSON
-    form = UserPhoneChangeForm
     add_form = UserPhoneCreationForm
-    fieldsets = (
-        ("Delivery history", {"fields": ("delivery_history_link",)}),
-        *(DjangoUserAdmin.fieldsets or ()),
-        (
-            "Contact and profile",
-            {
-                "fields": (
-                    "phone",
-                    "time_zone",
-                    "locale",
-                    "yearly_spend",
-                    "last_active_at",
-                    "interest_tags",
-                ),
-            },
-        ),
-    )
     add_fieldsets = (
         (
             None,
@@ -191,12 +219,31 @@ class UserAdmin(DjangoUserAdmin):
             },
         ),
     )
+    fieldsets = (
+        ("Delivery history", {"fields": ("delivery_history_link",)}),
+        *(DjangoUserAdmin.fieldsets or ()),
+    )
     readonly_fields = ["delivery_history_link"]
     list_display = ["email", "username", "phone", "is_active", "is_staff", "history_action"]
     list_display_links = ["email", "username"]
-    search_fields = ["email", "phone", "username", "first_name", "last_name"]
+    list_select_related = ["notifier_recipient"]
+    search_fields = ["email", "notifier_recipient__phone", "username", "first_name", "last_name"]
     ordering = ["-id"]
-    inlines = [DeviceInline]
+    inlines = [RecipientInline, DeviceInline]
+
+    @admin.display(description="Phone", ordering="notifier_recipient__phone")
+    def phone(self, obj: User) -> str:
+        profile = getattr(obj, "notifier_recipient", None)
+        return profile.phone if profile is not None else ""
+
+    def get_inlines(self, request: HttpRequest, obj: Any = None) -> list[Any]:
+        # Adding: the user's post_save makes the profile; the add form's phone goes on it.
+        return [DeviceInline] if obj is None else [RecipientInline, DeviceInline]
+
+    def save_model(self, request: HttpRequest, obj: User, form: Any, change: bool) -> None:
+        super().save_model(request, obj, form, change)
+        if not change:
+            recipient_update(obj, phone=form.cleaned_data.get("phone") or "")
 
     def get_search_results(
         self, request: HttpRequest, queryset: QuerySet[User], search_term: str
@@ -213,7 +260,7 @@ class UserAdmin(DjangoUserAdmin):
             except ValidationError:
                 pass
             else:
-                results |= queryset.filter(phone=phone)
+                results |= queryset.filter(notifier_recipient__phone=phone)
         return results, may_have_duplicates
 
     def get_urls(self) -> list[URLPattern]:
@@ -262,6 +309,7 @@ class UserAdmin(DjangoUserAdmin):
             raise Http404(f"No user with id {object_id!r}")
         if not self.has_view_permission(request, user):
             raise PermissionDenied
+        profile = recipient_for(user)
         filters = HistoryFilters.from_request(request)
         page = Paginator(filters.apply(user_history(user_id=user.pk)), HISTORY_PAGE_SIZE).get_page(
             request.GET.get("page")
@@ -275,8 +323,8 @@ class UserAdmin(DjangoUserAdmin):
             "title": f"Delivery history: {user}",
             "subtitle": None,
             "original": user,
-            "profile": user,
-            "user_tz": _zone(user.time_zone),
+            "profile": profile,
+            "user_tz": _zone(profile.time_zone),
             "active_devices": [d for d in devices if d.active],
             "inactive_devices": [d for d in devices if not d.active],
             # Not "messages": that name belongs to django.contrib.messages in admin templates.
@@ -657,7 +705,7 @@ class MessageAdmin(ReadOnlyMixin, admin.ModelAdmin):
     list_display = ["id", "user", "type", "lane", "created_at", "routed_at"]
     list_select_related = ["user", "type"]
     list_filter = ["type", "lane"]
-    search_fields = ["user__email", "user__phone", "=idempotency_key"]
+    search_fields = ["user__email", "user__notifier_recipient__phone", "=idempotency_key"]
     ordering = ["-id"]
     show_full_result_count = False
     inlines = [DeliveryInline]
@@ -702,7 +750,7 @@ class DeliveryAdmin(ReadOnlyMixin, admin.ModelAdmin):
     ]
     list_select_related = ["message", "user"]
     list_filter = [ChannelFilter, "status", "reason", "provider"]
-    search_fields = ["user__email", "user__phone", "=provider_message_id"]
+    search_fields = ["user__email", "user__notifier_recipient__phone", "=provider_message_id"]
     ordering = ["-id"]
     show_full_result_count = False
     inlines = [DeliveryEventInline]
@@ -783,7 +831,7 @@ class InboxItemAdmin(ReadOnlyMixin, admin.ModelAdmin):
     ]
     list_select_related = ["user"]
     list_filter = ["category", "feedback"]
-    search_fields = ["user__email", "user__phone", "title"]
+    search_fields = ["user__email", "user__notifier_recipient__phone", "title"]
     ordering = ["-id"]
     show_full_result_count = False
     fields = INBOX_ITEM_FIELDS
@@ -803,7 +851,7 @@ class DeviceAdmin(admin.ModelAdmin):
     ]
     list_select_related = ["user"]
     list_filter = ["platform", "active"]
-    search_fields = ["user__email", "user__phone", "=token"]
+    search_fields = ["user__email", "user__notifier_recipient__phone", "=token"]
     raw_id_fields = ["user"]
     readonly_fields = ["created_at"]
     ordering = ["-id"]
@@ -858,7 +906,7 @@ class PreferenceAdmin(ReadOnlyMixin, admin.ModelAdmin):
     list_display = ["user", "category", "channel", "enabled", "updated_at"]
     list_select_related = ["user"]
     list_filter = ["channel", "enabled"]
-    search_fields = ["user__email", "user__phone", "category"]
+    search_fields = ["user__email", "user__notifier_recipient__phone", "category"]
 
 
 @admin.register(Consent)
@@ -868,7 +916,7 @@ class ConsentAdmin(ReadOnlyMixin, admin.ModelAdmin):
     list_display = ["user", "purpose", "channel", "granted", "at", "source", "ip_address"]
     list_select_related = ["user"]
     list_filter = ["purpose", "channel", "granted", "source"]
-    search_fields = ["user__email", "user__phone"]
+    search_fields = ["user__email", "user__notifier_recipient__phone"]
     ordering = ["-at"]
 
 

@@ -33,4 +33,14 @@ class NotifierConfig(AppConfig):
         user_logged_in.connect(remember_login, dispatch_uid="notifier-known-device")
         # This process sees an edited type at once; others within TYPE_CACHE_TTL_S.
         post_save.connect(lambda **_: type_cache_clear(), sender=NotificationType, weak=False)
+        # A new user gets their recipient profile; a changed address reaches it.
+        from django.conf import settings
+
+        from notifier.models.recipients import recipient_follow_user
+
+        post_save.connect(
+            recipient_follow_user,
+            sender=settings.AUTH_USER_MODEL,
+            dispatch_uid="notifier-recipient-email",
+        )
         post_delete.connect(lambda **_: type_cache_clear(), sender=NotificationType, weak=False)

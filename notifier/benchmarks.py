@@ -13,7 +13,15 @@ from django.utils import timezone
 
 from channels.base import Channel
 from channels.models import SandboxSend
-from notifier.models import Delivery, DeliveryEvent, EventKind, InboxItem, Message, User
+from notifier.models import (
+    Delivery,
+    DeliveryEvent,
+    EventKind,
+    InboxItem,
+    Message,
+    User,
+    recipient_for,
+)
 from notifier.rendering import render, template_context
 from notifier.services.pipeline import user_template_values
 from notifier.status import DeliveryStatus
@@ -36,7 +44,7 @@ def naive_notify(user_id: int, type_key: str, context: dict[str, Any], channels:
     )
     values = template_context(context, user_template_values(user))
     for channel in channels:
-        content = render(type_key, Channel(channel), values, user.locale)
+        content = render(type_key, Channel(channel), values, recipient_for(user).locale)
         delivery = Delivery.objects.create(
             message=message,
             user=user,
@@ -71,7 +79,7 @@ def naive_notify(user_id: int, type_key: str, context: dict[str, Any], channels:
                 delivery_id=delivery.pk,
                 message_id=message.pk,
                 attempt=1,
-                recipient=user.email,
+                recipient=recipient_for(user).email,
                 outcome="sent",
                 payload={"content": content.as_dict()},
             )

@@ -49,6 +49,7 @@ CAMPAIGN_EDITABLE = (
 CAMPAIGN_READ_ONLY = ("holdout", "conversion", "campaignstats")
 SUPPORT_VIEWS_NOTIFIER = (
     "user",
+    "recipient",  # the user's contact points and profile (an inline on the user)
     "device",
     "notificationtype",
     "message",

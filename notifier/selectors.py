@@ -9,6 +9,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 
+from django.contrib.auth import get_user_model
 from django.db.models import Count, Prefetch, QuerySet, TextField
 from django.db.models.functions import Cast
 
@@ -24,6 +25,7 @@ from notifier.models import (
     Message,
     NotificationType,
     Preference,
+    Recipient,
     User,
 )
 from notifier.policies.preferences import ConsentRecord, ConsentState, Preferences
@@ -154,7 +156,9 @@ MESSAGE_FIELD_WORDS = {
 }
 
 
-def _unreadable_phrases(model: type[Message] | type[User], pk: int, owner: str) -> list[str]:
+def _unreadable_phrases(
+    model: type[Message] | type[User] | type[Recipient], pk: int, owner: str
+) -> list[str]:
     words = MESSAGE_FIELD_WORDS if model is Message else {}
     phrases = []
     for name, error in unreadable_columns(model, pk).items():
@@ -179,7 +183,11 @@ def message_unreadable_reason(message_id: int) -> str:
 
 def recipient_unreadable_reason(user_id: int) -> str:
     """Why a message to this user cannot be prepared when the user's own row cannot be read."""
-    phrases = _unreadable_phrases(User, user_id, "its recipient's")
+    user_model = get_user_model()
+    phrases = _unreadable_phrases(user_model, user_id, "its recipient's")
+    profile_id = Recipient.objects.filter(user_id=user_id).values_list("pk", flat=True).first()
+    if profile_id is not None:
+        phrases += _unreadable_phrases(Recipient, profile_id, "its recipient's")
     return UNREADABLE + ("; ".join(phrases) or "its recipient's record cannot be read")
 
 
@@ -211,7 +219,9 @@ def preferences_of(*, user_ids: Iterable[int]) -> dict[int, Preferences]:
         user_id__in=ids
     ).values_list("user_id", "category", "channel", "enabled"):
         overrides[user_id][(category, channel)] = enabled
-    frequency = dict(User.objects.filter(pk__in=ids).values_list("pk", "marketing_frequency"))
+    frequency = dict(
+        Recipient.objects.filter(user_id__in=ids).values_list("user_id", "marketing_frequency")
+    )
     return {
         user_id: Preferences(
             overrides=overrides.get(user_id, {}),

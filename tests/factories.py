@@ -3,11 +3,18 @@
 from __future__ import annotations
 
 import uuid
+from typing import Any
 
 import factory
 from django.contrib.auth.models import Group
 
-from notifier.models import Device, Platform, User
+from notifier.models import Device, Platform, Recipient, User, recipient_update
+
+PROFILE_FIELDS = frozenset(
+    f.name
+    for f in Recipient._meta.concrete_fields
+    if f.name not in ("id", "user", "email", "created_at", "updated_at")  # email: the user's
+)
 
 
 class UserFactory(factory.django.DjangoModelFactory):
@@ -24,6 +31,22 @@ class UserFactory(factory.django.DjangoModelFactory):
     is_active = True
     # Off unless a test is about quiet hours: tests must not depend on the hour they run at.
     quiet_hours_enabled = False
+
+    # The recipient profile's fields (notifier.Recipient) are accepted as keyword arguments
+    # like the user's own and set on the profile, which the user's post_save created.
+    @classmethod
+    def _create(cls, model_class: type[User], *args: Any, **kwargs: Any) -> User:
+        profile = {name: kwargs.pop(name) for name in PROFILE_FIELDS if name in kwargs}
+        user = super()._create(model_class, *args, **kwargs)
+        recipient_update(user, **profile)
+        return user
+
+    @classmethod
+    def _build(cls, model_class: type[User], *args: Any, **kwargs: Any) -> User:
+        profile = {name: kwargs.pop(name) for name in PROFILE_FIELDS if name in kwargs}
+        user = super()._build(model_class, *args, **kwargs)
+        user.notifier_recipient = Recipient(email=user.email, **profile)
+        return user
 
 
 class DeviceFactory(factory.django.DjangoModelFactory):

@@ -127,7 +127,7 @@ from campaigns.services.stats import CAMPAIGN_SCOPE
 from channels.base import Channel, Content
 from notifier.forms import BoundedJSONField
 from notifier.ids import parse_id
-from notifier.models import Delivery, User
+from notifier.models import Delivery, User, recipient_for
 from notifier.models.users import display_name
 from notifier.rendering import COMPILE_ERRORS, SYSTEM_VARIABLES, environment
 from notifier.roles import ALLOW_QUIET_HOURS, VIEW_CONTACT_DETAILS
@@ -658,7 +658,7 @@ def user_lookup(query: str) -> User:
             raise LookupError(f"No user has id {query}.")
         return user
     if "@" in query:
-        users = list(User.objects.filter(email__iexact=query)[:2])
+        users = list(User.objects.filter(notifier_recipient__email__iexact=query)[:2])
         if not users:
             raise LookupError("No user has that email address.")
         if len(users) > 1:
@@ -1155,9 +1155,9 @@ class CampaignAdmin(admin.ModelAdmin):
             "preview_user": {
                 "pk": user.pk,
                 "name": display_name(user),
-                "email": mask_email(user.email),
-                "locale": user.locale,
-                "time_zone": user.time_zone,
+                "email": mask_email(recipient_for(user).email),
+                "locale": recipient_for(user).locale,
+                "time_zone": recipient_for(user).time_zone,
             },
             "whom": whom,
             "query": query,

@@ -76,7 +76,7 @@ from campaigns.services.segments import (
     spend_tier_of,
 )
 from notifier.ids import parse_id
-from notifier.models import User
+from notifier.models import User, recipient_for, recipients_attach
 from notifier.models.users import display_name
 from notifier.roles import VIEW_CONTACT_DETAILS
 
@@ -706,25 +706,26 @@ class SegmentAdmin(admin.ModelAdmin):
     def _sample_rows(self, request: HttpRequest, users: list[User], *, now: datetime) -> list[Any]:
         thresholds = AudienceThresholds.current()
         may_view_users = request.user.has_perm(f"{User._meta.app_label}.view_user")
+        recipients_attach(users)  # one query for the sample's profiles
         return [
             SampleRow(
                 pk=user.pk,
                 name=display_name(user),
-                email=mask_email(user.email),
+                email=mask_email(recipient_for(user).email),
                 url=(
                     reverse(f"{self.admin_site.name}:notifier_user_change", args=[user.pk])
                     if may_view_users
                     else ""
                 ),
-                tier=str(spend_tier_of(user.yearly_spend, thresholds=thresholds).label),
+                tier=str(spend_tier_of(profile.yearly_spend, thresholds=thresholds).label),
                 activity=str(
-                    activity_of(user.last_active_at, thresholds=thresholds, now=now).label
+                    activity_of(profile.last_active_at, thresholds=thresholds, now=now).label
                 ),
-                locale=user.locale,
-                time_zone=user.time_zone,
-                tags=[str(tag) for tag in user.interest_tags or []],
+                locale=profile.locale,
+                time_zone=profile.time_zone,
+                tags=[str(tag) for tag in profile.interest_tags or []],
             )
-            for user in users
+            for user, profile in ((user, recipient_for(user)) for user in users)
         ]
 
     def count_view(self, request: HttpRequest, object_id: str | None = None) -> JsonResponse:
@@ -846,7 +847,7 @@ class SegmentMemberAdmin(admin.ModelAdmin):
 
     list_filter = ["segment"]
     list_select_related = ["user", "segment"]
-    search_fields = ["user__email", "user__phone", "user__username"]
+    search_fields = ["user__email", "user__notifier_recipient__phone", "user__username"]
     search_help_text = "A user id, or (with access to contact details) an email, phone or username."
     # Lists reach millions of rows: no COUNT(*) of the whole table on every page.
     show_full_result_count = False

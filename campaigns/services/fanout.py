@@ -38,6 +38,7 @@ from functools import partial
 from zoneinfo import ZoneInfo
 
 from django.conf import settings
+from django.contrib.auth import get_user_model
 from django.db import connection, transaction
 from django.db.models import Exists, F, OuterRef, Q
 from django.utils import timezone
@@ -69,7 +70,7 @@ from campaigns.services.lifecycle import (
     plan_of,
     walks_start_over,
 )
-from campaigns.services.segments import segment_users
+from campaigns.services.segments import segment_walk
 from campaigns.services.triggers import (
     entry_key,
     trigger_audience,
@@ -78,7 +79,7 @@ from campaigns.services.triggers import (
 )
 from notifier.backpressure import bulk_congested
 from notifier.db import insert_rows, readable, table_name
-from notifier.models import User
+from notifier.models import Recipient, User, recipient_for, recipients_attach
 from notifier.queues import Lane
 from notifier.selectors import recipient_unreadable_reason
 from notifier.services.messages import NewMessage
@@ -333,34 +334,44 @@ def step_walk(*, step_id: int, batches: int = BATCHES_PER_WALK) -> Walk:
         if not still_approved(campaign):
             return Walk.STOPPED  # back for approval; approving it walks again
         assert campaign.segment is not None
-        audience = (
-            trigger_audience(campaign)  # the users who entered its segment, not all of it
-            if campaign.kind == CampaignKind.TRIGGERED
-            else segment_users(campaign.segment)
-        )
+        segment = campaign.segment
+        if campaign.kind == CampaignKind.TRIGGERED:
+            audience = trigger_audience(campaign)  # the users who entered its segment
+
+            def next_ids(after: int) -> tuple[list[int], int | None]:
+                ids = list(
+                    audience.filter(pk__gt=after)
+                    .order_by("pk")
+                    .values_list("pk", flat=True)[:BATCH_USERS]
+                )
+                return ids, (ids[-1] if ids else None)
+        else:
+
+            def next_ids(after: int) -> tuple[list[int], int | None]:
+                return segment_walk(segment, after=after, limit=BATCH_USERS)
+
         cursor = step.cursor_user_id
         for _ in range(batches):
             if bulk_congested():
                 CampaignStep.objects.filter(pk=step_id).update(walked_at=timezone.now())
                 return Walk.WAIT
-            ids = list(
-                audience.filter(pk__gt=cursor)
-                .order_by("pk")
-                .values_list("pk", flat=True)[:BATCH_USERS]
-            )
-            if not ids:
+            ids, seen = next_ids(cursor)
+            if seen is None:
                 CampaignStep.objects.filter(pk=step_id).update(
                     walk_done=True, walked_at=timezone.now()
                 )
                 return Walk.DONE
             # Recorded with the cursor, published once both commit: a walk whose transaction
             # dies (a restart, a kill) published nothing and the next one hands the same
-            # batch out; a batch published and then lost is still recorded, not done.
-            cursor = ids[-1]
-            recorded = _batch_record(step_id, step.walk_round, ids)
-            transaction.on_commit(
-                partial(publish_batch, step_id, ids, step.walk_round), robust=True
-            )
+            # batch out; a batch published and then lost is still recorded, not done. (A
+            # stretch of only deactivated users moves the cursor and hands out nothing.)
+            cursor = seen
+            recorded = 0
+            if ids:
+                recorded = _batch_record(step_id, step.walk_round, ids)
+                transaction.on_commit(
+                    partial(publish_batch, step_id, ids, step.walk_round), robust=True
+                )
             CampaignStep.objects.filter(pk=step_id).update(
                 cursor_user_id=cursor,
                 batches_total=F("batches_total") + recorded,
@@ -460,8 +471,13 @@ def step_fanout_batch(
     _render_what_was_approved(campaign)
     attempt_id, attempts = fanout_attempt_start(step_id=step_id, user_ids=user_ids)
     readable_users, unreadable = readable(
-        User.objects.filter(pk__in=list(user_ids), is_active=True).order_by("pk")
+        get_user_model()
+        ._default_manager.filter(pk__in=list(user_ids), is_active=True)
+        .select_related("notifier_recipient")
+        .order_by("pk")
     )
+    # Profiles made on first use, for the whole batch at once (never a query per user).
+    recipients_attach(readable_users)
     users = {user.pk: user for user in readable_users}
     rows, held_out = recipients(step, campaign, users.values())
     if held_out:
@@ -514,7 +530,11 @@ def _fail_unreadable_users(
     # Stand-ins with nothing but the id: the message needs no more, and that much always reads.
     # (One in the hold-out gets no message, as ever; the hold-out row can wait for a readable
     # record.)
-    stand_ins = [User(pk=pk, time_zone="UTC") for pk in user_ids]
+    stand_ins = []
+    for pk in user_ids:
+        stand_in = get_user_model()(pk=pk)
+        stand_in.notifier_recipient = Recipient(user_id=pk, time_zone="UTC")
+        stand_ins.append(stand_in)
     rows, _ = recipients(step, campaign, stand_ins)
     failures = {
         row.idempotency_key: Failure(Reason.UNREADABLE, recipient_unreadable_reason(row.user_id))
@@ -544,7 +564,8 @@ def recipients(
     rows: list[NewMessage] = []
     held_out: list[int] = []
     for user in users:
-        pk, tz, hour = user.pk, user.time_zone, user.usual_active_hour
+        profile = recipient_for(user)
+        pk, tz, hour = user.pk, profile.time_zone, profile.usual_active_hour
         if triggered and pk not in entered:
             continue
         if in_holdout(campaign_id=campaign.pk, user_id=pk, percent=campaign.holdout_percent):

@@ -75,6 +75,7 @@ from notifier.models import (
     Kind,
     Message,
     NotificationType,
+    Recipient,
     User,
 )
 from notifier.status import DeliveryStatus, Reason
@@ -602,10 +603,12 @@ def _step_messages_move(
     plan = plan_of(step)
     expiry = step_expiry(event_at, plan)
     message, delivery = table_name(Message), table_name(Delivery)
-    users, events = table_name(User), table_name(DeliveryEvent)
+    profiles, events = table_name(Recipient), table_name(DeliveryEvent)
     unsent = (
         Message.objects.filter(step_id=step.pk, is_test=False, deliveries__status__in=UNSENT)
-        .values_list("user__time_zone", "user__usual_active_hour")
+        .values_list(
+            "user__notifier_recipient__time_zone", "user__notifier_recipient__usual_active_hour"
+        )
         .distinct()
     )
     # Each (time zone, active hour) of the users waiting: the step's new time for them.
@@ -620,7 +623,7 @@ def _step_messages_move(
         WITH v (tz, hour, step_time) AS (VALUES {values})
         SELECT m.id, m.not_before, v.step_time
         FROM {message} AS m
-        JOIN {users} AS u ON u.id = m.user_id
+        LEFT JOIN {profiles} AS u ON u.user_id = m.user_id
         JOIN v ON u.time_zone IS NOT DISTINCT FROM v.tz
               AND u.usual_active_hour IS NOT DISTINCT FROM v.hour
         WHERE m.step_id = %s AND NOT m.is_test AND EXISTS (

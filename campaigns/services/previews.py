@@ -39,7 +39,7 @@ from campaigns.services.lifecycle import (
 )
 from channels.base import Channel, Content
 from notifier.links import preferences_url, unsubscribe_url
-from notifier.models import Message, User
+from notifier.models import Message, User, recipient_for
 from notifier.queues import Lane
 from notifier.rendering import RenderError, template_context
 from notifier.services.messages import NewMessage, messages_create
@@ -83,7 +83,7 @@ def campaign_context(
     context["preferences_url"] = preferences_url(user_id=links_user_id or user.pk)
     context["campaign"] = {
         "name": campaign.name,
-        "event_at": local_time_text(campaign.event_at, user.time_zone),
+        "event_at": local_time_text(campaign.event_at, recipient_for(user).time_zone),
     }
     return context
 
@@ -121,7 +121,7 @@ def variant_preview(
             variant.pk,
             channel,
             context,
-            user.locale,
+            recipient_for(user).locale,
             personas=(persona,) if persona is not None else shown.copy_keys(),
         )
         return time_boxed(budget.left(), render) if budget is not None else render()

@@ -1,7 +1,8 @@
 """Segments: who matches a segment's rules, how many, a sample, and CSV imports of its list.
 
-The rules become one `Q` over `notifier_user` (`segment_q`, pure), so a count, a sample and the
-campaign fan-out's keyset walk are all single queries on indexed columns: spend and last
+The rules become one `Q` over the user model joined to its recipient profile (`notifier_recipient`,
+`segment_q`, pure), so a count, a sample and the campaign fan-out's keyset walk are all single
+queries on indexed columns of the profile: spend and last
 activity as ranges on their b-tree indexes, interest tags with the jsonb `?|` / `?&` operators
 the GIN index serves, locale and time zone as `IN` lists. Adjacent tiers and activity states
 are merged into one range ("dolphin or whale" is `spend >= dolphin_min`), which keeps the plan
@@ -23,8 +24,9 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import Decimal
-from typing import TypeVar
+from typing import Any, TypeVar, cast
 
+from django.contrib.auth import get_user_model
 from django.core.exceptions import ValidationError
 from django.core.validators import validate_email
 from django.db import models, transaction
@@ -34,7 +36,7 @@ from django.utils import timezone
 
 from campaigns.models import Activity, AudienceThresholds, Segment, SegmentMember, SpendTier
 from notifier.ids import parse_id
-from notifier.models import User
+from notifier.models import Recipient, User, recipients_backfill
 from notifier.models.users import normalize_phone
 
 # Rows resolved per query in an import: small enough for a short IN list, large enough that
@@ -56,25 +58,66 @@ _ACTIVITY_ORDER = (Activity.ACTIVE, Activity.DORMANT, Activity.CHURNED)
 
 
 def segment_q(segment: Segment, *, thresholds: AudienceThresholds, now: datetime) -> Q:
-    """The filter on `User` for a segment's rules (not its member list); runs no query.
+    """The filter on the user model for a segment's rules (not its member list); runs no query.
 
-    Empty rule lists mean "any". Raises ValueError for a tier or activity state that does not
-    exist, rather than silently widening the audience.
+    The attributes live on the recipient profile (`notifier.Recipient`): each condition is a
+    `notifier_recipient__...` lookup, an inner join on the profile's unique `user_id`, so every
+    condition can use the profile table's indexes and the fan-out's keyset walk still goes by
+    user id. Empty rule lists mean "any" (and no join). Raises ValueError for a tier or activity
+    state that does not exist, rather than silently widening the audience.
     """
-    q = Q(is_active=True)
-    q &= spend_tier_q(segment.spend_tiers, thresholds=thresholds)
-    q &= activity_q(segment.activity, thresholds=thresholds, now=now)
+    rules = spend_tier_q(segment.spend_tiers, thresholds=thresholds)
+    rules &= activity_q(segment.activity, thresholds=thresholds, now=now)
     if segment.tags_any:
-        q &= Q(interest_tags__has_any_keys=[str(tag) for tag in segment.tags_any])
+        rules &= Q(interest_tags__has_any_keys=[str(tag) for tag in segment.tags_any])
     if segment.tags_all:
-        q &= Q(interest_tags__has_keys=[str(tag) for tag in segment.tags_all])
+        rules &= Q(interest_tags__has_keys=[str(tag) for tag in segment.tags_all])
     if segment.locales:
-        q &= Q(locale__in=list(segment.locales))
+        rules &= Q(locale__in=list(segment.locales))
     if segment.time_zones:
-        q &= Q(time_zone__in=list(segment.time_zones))
+        rules &= Q(time_zone__in=list(segment.time_zones))
     if segment.points_expiring_within_days is not None:
-        q &= points_expiring_q(segment.points_expiring_within_days, now=now)
-    return q
+        rules &= points_expiring_q(segment.points_expiring_within_days, now=now)
+    return Q(is_active=True) & on_profile(rules)
+
+
+def profile_rules_q(segment: Segment, *, thresholds: AudienceThresholds, now: datetime) -> Q:
+    """The segment's rules as a filter on `Recipient` (empty `Q()` for a segment without
+    rules); runs no query."""
+    return off_profile(segment_q(segment, thresholds=thresholds, now=now))
+
+
+PROFILE = "notifier_recipient__"
+
+
+def on_profile(q: Q) -> Q:
+    """A `Q` written on `Recipient`'s fields, as the same filter on the user model."""
+    moved = Q()
+    moved.connector, moved.negated = q.connector, q.negated
+    for child in q.children:
+        if isinstance(child, Q):
+            moved.children.append(on_profile(child))
+        else:
+            lookup, value = cast(tuple[str, Any], child)
+            moved.children.append((PROFILE + lookup, value))
+    return moved
+
+
+def off_profile(q: Q) -> Q:
+    """The profile conditions of a `segment_q`, back on `Recipient`'s own fields (the user's
+    `is_active` is left out: the walk checks it on the user)."""
+    moved = Q()
+    moved.connector, moved.negated = q.connector, q.negated
+    for child in q.children:
+        if isinstance(child, Q):
+            inner = off_profile(child)
+            if inner.children:
+                moved.children.append(inner)
+        else:
+            lookup, value = cast(tuple[str, Any], child)
+            if lookup.startswith(PROFILE):
+                moved.children.append((lookup[len(PROFILE) :], value))
+    return moved
 
 
 def points_expiring_q(days: int, *, now: datetime) -> Q:
@@ -193,7 +236,7 @@ def segment_users(
     Unordered and without joins, so callers can walk it by key:
     `.filter(pk__gt=cursor).order_by("pk").values_list("pk", flat=True)[:batch]`.
     """
-    users = User.objects.filter(
+    users = get_user_model()._default_manager.filter(
         segment_q(
             segment,
             thresholds=thresholds or AudienceThresholds.current(),
@@ -206,6 +249,49 @@ def segment_users(
             Exists(SegmentMember.objects.filter(segment_id=segment.pk, user_id=OuterRef("pk")))
         )
     return users
+
+
+def segment_walk(
+    segment: Segment,
+    *,
+    after: int,
+    limit: int,
+    now: datetime | None = None,
+    thresholds: AudienceThresholds | None = None,
+) -> tuple[list[int], int | None]:
+    """The fan-out's keyset walk: the segment's user ids among the next `limit` candidates
+    after user id `after`, in id order, and the last id looked at (the next cursor; None when
+    nothing is left).
+
+    A segment with rules walks the profile table (`notifier.Recipient`) along its unique
+    `user_id` index, or through the index of a narrow rule, stopping after `limit` profiles;
+    then one primary-key look-up keeps the active users among them. Never the whole user
+    table, whatever the planner thinks of joining it. Users without a profile yet get one at
+    the start of a walk (`recipients_backfill`), so they match with the profile's defaults. A
+    segment without rules walks the users.
+    """
+    now = now or timezone.now()
+    rules = profile_rules_q(segment, thresholds=thresholds or AudienceThresholds.current(), now=now)
+    if not rules.children:
+        users = segment_users(segment, now=now, thresholds=thresholds)
+        ids = list(users.filter(pk__gt=after).order_by("pk").values_list("pk", flat=True)[:limit])
+        return ids, (ids[-1] if ids else None)
+    if after == 0:
+        recipients_backfill()
+    profiles = Recipient.objects.filter(rules, user_id__gt=after)
+    if segment.use_member_list:
+        profiles = profiles.filter(
+            Exists(SegmentMember.objects.filter(segment_id=segment.pk, user_id=OuterRef("user_id")))
+        )
+    candidates = list(profiles.order_by("user_id").values_list("user_id", flat=True)[:limit])
+    if not candidates:
+        return [], None
+    active = set(
+        get_user_model()
+        ._default_manager.filter(pk__in=candidates, is_active=True)
+        .values_list("pk", flat=True)
+    )
+    return [pk for pk in candidates if pk in active], candidates[-1]
 
 
 def segment_count(segment: Segment, *, now: datetime | None = None) -> int:
@@ -225,7 +311,7 @@ def segment_sample(
     Two short keyset reads instead of `ORDER BY random()`, which would sort the whole audience.
     """
     users = segment_users(segment, now=now)
-    bounds = User.objects.aggregate(low=Min("pk"), high=Max("pk"))
+    bounds = get_user_model()._default_manager.aggregate(low=Min("pk"), high=Max("pk"))
     if bounds["low"] is None or n <= 0:
         return []
     pivot = (rng or random.Random()).randint(bounds["low"], bounds["high"])
@@ -333,7 +419,9 @@ def segment_members_add(*, segment: Segment, user_ids: Sequence[int]) -> Members
             )
         )
         addable = set(
-            User.objects.filter(pk__in=chunk, is_active=True).values_list("pk", flat=True)
+            get_user_model()
+            ._default_manager.filter(pk__in=chunk, is_active=True)
+            .values_list("pk", flat=True)
         )
         new = sorted(addable - existing)
         skipped += len(set(chunk) - addable - existing)
@@ -439,25 +527,44 @@ def _resolve_users(rows: list[ImportRow]) -> None:
     pending = [row for row in rows if row.problem is None]
     found: dict[tuple[str, str], dict[int, bool]] = {}  # (column, key) -> {user id: is active}
 
-    def remember(column: str, users: QuerySet[User]) -> None:
-        for pk, email, phone, is_active in users.values_list("pk", "email", "phone", "is_active"):
-            key = {"user_id": str(pk), "email": email.lower(), "phone": phone}[column]
+    def remember(column: str, rows: Iterable[tuple[int, str, bool]]) -> None:
+        for pk, key, is_active in rows:
+            key = {"user_id": str(pk), "email": key.lower(), "phone": key}[column]
             found.setdefault((column, key), {})[pk] = is_active
 
-    for column, lookup in (("user_id", "pk__in"), ("email", "email__in"), ("phone", "phone__in")):
-        # Exact matches first: they use the primary key, email and phone indexes.
+    users = get_user_model()._default_manager
+    for column in ("user_id", "email", "phone"):
+        # Exact matches first: they use the primary key and the profiles' email and phone
+        # indexes (contact points live on notifier.Recipient).
         keys = {row.key for row in pending if row.column == column}
         if column == "email":
             keys |= {row.value for row in pending if row.column == column}
         for chunk in _chunks(sorted(keys), IMPORT_CHUNK):
-            remember(column, User.objects.filter(**{lookup: chunk}))
+            if column == "user_id":
+                remember(
+                    column,
+                    (
+                        (pk, "", active)
+                        for pk, active in users.filter(pk__in=chunk).values_list("pk", "is_active")
+                    ),
+                )
+            else:
+                remember(
+                    column,
+                    Recipient.objects.filter(**{f"{column}__in": chunk}).values_list(
+                        "user_id", column, "user__is_active"
+                    ),
+                )
     # Addresses stored with capitals that the file writes differently: one scan for the rest.
     missing = sorted(
         {row.key for row in pending if row.column == "email" and ("email", row.key) not in found}
     )
     for chunk in _chunks(missing, CASE_INSENSITIVE_CHUNK):
         remember(
-            "email", User.objects.alias(email_lower=Lower("email")).filter(email_lower__in=chunk)
+            "email",
+            Recipient.objects.alias(email_lower=Lower("email"))
+            .filter(email_lower__in=chunk)
+            .values_list("user_id", "email", "user__is_active"),
         )
 
     for row in pending:

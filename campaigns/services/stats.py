@@ -105,7 +105,7 @@ from campaigns.policies import (
     two_proportion_z_test,
     uplift,
 )
-from notifier.models import Delivery, Feedback, InboxItem, Message, Unsubscribe, User
+from notifier.models import Delivery, Feedback, InboxItem, Message, Recipient, Unsubscribe
 from notifier.status import ENGAGEMENT_RANK, DeliveryStatus, Reason
 
 S = DeliveryStatus
@@ -879,7 +879,7 @@ hours AS (
            EXTRACT(HOUR FROM e.at AT TIME ZONE u.time_zone)::int AS hour,
            COUNT(*) AS n
       FROM events e
-      JOIN {user} u ON u.id = e.user_id
+      JOIN {recipient} u ON u.user_id = e.user_id
      WHERE u.time_zone IN (SELECT name FROM pg_timezone_names)
      GROUP BY 1, 2
 ),
@@ -888,10 +888,10 @@ best AS (
       FROM hours
      ORDER BY user_id, n DESC, hour ASC
 )
-UPDATE {user} u
+UPDATE {recipient} u
    SET usual_active_hour = best.hour
   FROM best
- WHERE u.id = best.user_id
+ WHERE u.user_id = best.user_id
    AND best.events >= %(min_events)s
    AND u.usual_active_hour IS DISTINCT FROM best.hour
 """
@@ -912,7 +912,7 @@ def learn_active_hours(
     sql = _ACTIVE_HOURS_SQL.format(
         inbox=InboxItem._meta.db_table,
         delivery=Delivery._meta.db_table,
-        user=User._meta.db_table,
+        recipient=Recipient._meta.db_table,
         inbox_users=inbox_users,
         delivery_users=delivery_users,
     )

@@ -61,6 +61,11 @@ class Migration(migrations.Migration):
                 ('groups', models.ManyToManyField(blank=True, help_text='The groups this user belongs to. A user will get all permissions granted to each of their groups.', related_name='user_set', related_query_name='user', to='auth.group', verbose_name='groups')),
                 ('user_permissions', models.ManyToManyField(blank=True, help_text='Specific permissions for this user.', related_name='user_set', related_query_name='user', to='auth.permission', verbose_name='user permissions')),
             ],
+            options={
+                # Added with notifier.Recipient (0023): a host's own AUTH_USER_MODEL swaps this
+                # model out, and then none of its operations touch the database.
+                'swappable': 'AUTH_USER_MODEL',
+            },
             managers=[
                 ('objects', django.contrib.auth.models.UserManager()),
             ],

@@ -4,6 +4,9 @@ from django.db import migrations
 
 
 def create(apps, schema_editor):
+    # No notifier_user table when a host's own user model swaps notifier.User out.
+    if apps.get_model("notifier", "User")._meta.swapped:
+        return
     if schema_editor.connection.vendor == "postgresql":
         schema_editor.execute(
             "CREATE INDEX IF NOT EXISTS user_interest_tags_gin "

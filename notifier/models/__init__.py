@@ -25,6 +25,14 @@ from notifier.models.providers import (
     SuppressionReason,
     normalize_email,
 )
+from notifier.models.recipients import (
+    Recipient,
+    recipient_for,
+    recipient_update,
+    recipients_attach,
+    recipients_backfill,
+    recipients_for,
+)
 from notifier.models.routing import RoutingRule
 from notifier.models.types import Kind, NotificationType, Priority
 from notifier.models.users import Device, MarketingFrequency, Platform, User
@@ -52,10 +60,16 @@ __all__ = [
     "PrepareRun",
     "Priority",
     "ProviderEvent",
+    "Recipient",
     "RoutingRule",
     "SuppressedAddress",
     "SuppressionReason",
     "Unsubscribe",
     "User",
     "normalize_email",
+    "recipient_for",
+    "recipient_update",
+    "recipients_attach",
+    "recipients_backfill",
+    "recipients_for",
 ]

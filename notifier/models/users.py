@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import unicodedata
 import zoneinfo
-from decimal import Decimal
+from typing import Any
 
 import phonenumbers
+from django.conf import settings
 from django.contrib.auth.models import AbstractUser
 from django.core.exceptions import ValidationError
 from django.db import models
-from django.db.models import Q
 
 
 def validate_e164(value: str) -> None:
@@ -54,63 +54,13 @@ class MarketingFrequency(models.TextChoices):
 
 
 class User(AbstractUser):
-    phone = models.CharField(
-        max_length=20,
-        blank=True,
-        default="",
-        validators=[validate_e164],
-        help_text="E.164, e.g. +8613800138000",
-    )
-    time_zone = models.CharField(
-        max_length=64,
-        default="UTC",
-        validators=[validate_time_zone],
-        help_text="IANA name, e.g. Asia/Shanghai; quiet hours follow it",
-    )
-    locale = models.CharField(max_length=16, default="en", help_text="e.g. en, zh-hans")
-    # Quiet hours in the user's own time zone; empty start/end means the site default
-    # (NOTIFIER_QUIET_HOURS, 22:00-08:00). Transactional and critical messages bypass them.
-    quiet_hours_enabled = models.BooleanField(default=True)
-    quiet_hours_start = models.TimeField(null=True, blank=True)
-    quiet_hours_end = models.TimeField(null=True, blank=True)
-    marketing_frequency = models.CharField(
-        max_length=10,
-        choices=MarketingFrequency.choices,
-        default=MarketingFrequency.AS_SENT,
-        help_text="How often the user accepts marketing messages",
-    )
-    # Profile fields campaigns segment on.
-    yearly_spend = models.DecimalField(max_digits=12, decimal_places=2, default=Decimal("0"))
-    last_active_at = models.DateTimeField(null=True, blank=True)
-    interest_tags = models.JSONField(default=list, blank=True)
-    # Loyalty points and when the balance expires (kept in sync by the product): a campaign
-    # can wake up users whose points are about to lapse.
-    points_balance = models.PositiveIntegerField(default=0)
-    points_expire_at = models.DateTimeField(null=True, blank=True)
-    # The local hour the user usually reads messages, learned nightly from their reads and
-    # opens (campaigns.services.stats); empty until there is history.
-    usual_active_hour = models.PositiveSmallIntegerField(null=True, blank=True)
+    """The stand-alone site's people. A host project keeps its own user model
+    (`AUTH_USER_MODEL`): this one is then swapped out (no table), and everything Notifier needs
+    to know about a person lives in `notifier.Recipient`, linked one-to-one to whichever user
+    model the site uses."""
 
-    class Meta:
-        # Full email addresses and phone numbers in the admin; without it they are masked.
-        permissions = [
-            ("view_contact_details", "Can see users' full email addresses and phone numbers")
-        ]
-        indexes = [
-            models.Index(fields=["email"], name="user_email_idx"),
-            models.Index(fields=["phone"], name="user_phone_idx"),
-            # Segment rules on a million users: each condition can use an index. Interest
-            # tags get a GIN index on PostgreSQL (migration 0009).
-            models.Index(fields=["yearly_spend"], name="user_spend_idx"),
-            models.Index(fields=["last_active_at"], name="user_last_active_idx"),
-            models.Index(
-                fields=["points_expire_at"],
-                name="user_points_expire_idx",
-                condition=Q(points_balance__gt=0),
-            ),
-            models.Index(fields=["locale"], name="user_locale_idx"),
-            models.Index(fields=["time_zone"], name="user_time_zone_idx"),
-        ]
+    class Meta(AbstractUser.Meta):  # type: ignore[name-defined]
+        swappable = "AUTH_USER_MODEL"
 
     def __str__(self) -> str:
         return self.email or self.username
@@ -121,16 +71,18 @@ PHONE_MIN_DIGITS = 6
 PHONE_PUNCTUATION = frozenset("+-().,/")
 
 
-def display_name(user: User) -> str:
+def display_name(user: Any) -> str:
     """How a customer is named in copy (`{{ user.name }}`) and on staff pages: the full name
     (or the first or last name alone), else the username unless it reads as an email address
     or a phone number (people sign up with either, and staff without
     `notifier.view_contact_details` must not see one through a name), else "" (copy says
     `{{ user.name or "there" }}`)."""
-    full_name = user.get_full_name()
+    get_full_name = getattr(user, "get_full_name", None)
+    full_name = get_full_name() if callable(get_full_name) else ""
     if full_name:
-        return full_name
-    return "" if username_is_contact(user.username) else user.username
+        return str(full_name)
+    username = str(user.get_username()) if hasattr(user, "get_username") else str(user)
+    return "" if username_is_contact(username) else username
 
 
 def username_is_contact(username: str) -> bool:
@@ -152,7 +104,9 @@ class Platform(models.TextChoices):
 
 
 class Device(models.Model):
-    user = models.ForeignKey(User, on_delete=models.CASCADE, related_name="devices")
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="devices"
+    )
     platform = models.CharField(max_length=10, choices=Platform.choices)
     # An FCM registration token, or a Web Push subscription endpoint.
     token = models.TextField()

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, time, timedelta
+from typing import Any
 from zoneinfo import ZoneInfo
 
 from django.conf import settings
@@ -17,6 +18,7 @@ from django.conf import settings
 from campaigns.models import CampaignStatus
 from notifier.backpressure import RETRY_HOLD_S
 from notifier.models import CapPeriod, Kind, Message, Priority, User
+from notifier.models.recipients import recipient_for
 from notifier.models.types import PRIORITY_RANK
 from notifier.policies.caps import (
     Windows,
@@ -63,12 +65,17 @@ class PendingCap:
 QUEUE = Admission(S.QUEUED)
 
 
-def quiet_hours_of(user: User) -> QuietHours:
+def quiet_hours_of(user: Any) -> QuietHours:
+    """The user's quiet hours, from their recipient profile (any user model)."""
+    profile = recipient_for(user)
     default_start, default_end = parse_window(settings.NOTIFIER_QUIET_HOURS)
-    start: time = user.quiet_hours_start or default_start
-    end: time = user.quiet_hours_end or default_end
+    start: time = profile.quiet_hours_start or default_start
+    end: time = profile.quiet_hours_end or default_end
     return QuietHours(
-        enabled=user.quiet_hours_enabled, start=start, end=end, tz=ZoneInfo(user.time_zone or "UTC")
+        enabled=profile.quiet_hours_enabled,
+        start=start,
+        end=end,
+        tz=ZoneInfo(profile.time_zone or "UTC"),
     )
 
 
@@ -136,7 +143,7 @@ def message_admission(
         return _hold(Reason.BACKPRESSURE, now + timedelta(seconds=RETRY_HOLD_S), expiry)
     if kind == Kind.MARKETING:
         caps = caps_for(
-            frequency=user.marketing_frequency,
+            frequency=recipient_for(user).marketing_frequency,
             base_day=settings.NOTIFIER_MARKETING_CAP_DAY,
             base_week=settings.NOTIFIER_MARKETING_CAP_WEEK,
             irrelevant=irrelevant,

@@ -39,6 +39,7 @@ from notifier.models import (
     SuppressedAddress,
     SuppressionReason,
     normalize_email,
+    recipient_for,
 )
 from notifier.policies.providers import EventAction, ProviderStatus
 from notifier.services.preferences import unsubscribe
@@ -238,7 +239,8 @@ def provider_report_apply(report: ProviderReport) -> CallbackResult:
 
 
 def _address_of(delivery: Delivery) -> str:
-    return delivery.user.phone if delivery.channel == Channel.SMS else delivery.user.email
+    profile = recipient_for(delivery.user)
+    return profile.phone if delivery.channel == Channel.SMS else profile.email
 
 
 def address_suppress(

@@ -305,8 +305,8 @@ CLAIMED_COLUMNS = (
     "attempts",
     "message__type_id",
     "message__lane",
-    "user__email",
-    "user__phone",
+    "user__notifier_recipient__email",
+    "user__notifier_recipient__phone",
 )
 
 
@@ -324,8 +324,8 @@ def _load(claimed_ids: list[int]) -> list[Claimed]:
                 attempts=attempts,
                 type_key=type_key,
                 lane=Lane(lane),
-                email=email,
-                phone=phone,
+                email=email or "",  # no profile: nothing to send to
+                phone=phone or "",
             )
         )
     return claimed

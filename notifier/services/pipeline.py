@@ -58,6 +58,7 @@ from notifier.models import (
     User,
     normalize_email,
 )
+from notifier.models.recipients import recipient_for, recipients_attach
 from notifier.models.types import PRIORITY_RANK, Priority
 from notifier.models.users import display_name
 from notifier.policies.preferences import (
@@ -107,7 +108,7 @@ def user_template_values(user: User) -> dict[str, Any]:
         "first_name": user.first_name,
         "last_name": user.last_name,
         "name": display_name(user),
-        "locale": user.locale,
+        "locale": recipient_for(user).locale,
     }
 
 
@@ -171,7 +172,9 @@ def audience_of(messages: Sequence[Message], now: datetime) -> Audience:
         congested=any(m.lane == Lane.BULK or m.priority == Priority.LOW for m in messages)
         and bulk_congested(),
         campaigns=campaigns_of(m.campaign_id for m in messages if m.campaign_id),
-        suppressed_emails=suppressed_emails_of(m.user.email for m in messages if _may_email(m)),
+        suppressed_emails=suppressed_emails_of(
+            recipient_for(m.user).email for m in messages if _may_email(m)
+        ),
         series_stopped=series_stopped(
             (m.campaign_id, m.user_id) for m in messages if m.campaign_id and not m.is_test
         ),
@@ -240,14 +243,15 @@ def message_type(message: Message) -> TypeInfo:
 def channel_decision(channel: Channel, message: Message, audience: Audience) -> RouteDecision:
     """Contact point, type, preferences and consent for one channel: send or suppress."""
     info, user = message_type(message), message.user
+    profile = recipient_for(user)
     recipient = Recipient(
         is_active=user.is_active,
-        email=user.email,
-        phone=user.phone,
+        email=profile.email,
+        phone=profile.phone,
         active_devices=audience.devices[user.pk],
         email_suppressed=channel is Channel.EMAIL
-        and bool(user.email and audience.suppressed_emails)
-        and normalize_email(user.email) in audience.suppressed_emails,
+        and bool(profile.email and audience.suppressed_emails)
+        and normalize_email(profile.email) in audience.suppressed_emails,
     )
     decision = decide_channel(
         channel, recipient, type_channels=frozenset(info.channels), type_active=info.is_active
@@ -339,10 +343,11 @@ def message_generate(
     context = template_context(message.context, user_template_values(message.user))
     context["preferences_url"] = Lazy(partial(preferences_url, user_id=message.user_id))
     personas: tuple[str, ...] = ()
+    profile = recipient_for(message.user)
     if campaign is not None:
         context["campaign"] = {
             "name": campaign.name,
-            "event_at": local_time_text(campaign.event_at, message.user.time_zone),
+            "event_at": local_time_text(campaign.event_at, profile.time_zone),
         }
         # The segment attributes, from the user row the batch already loaded.
         persona = user_persona(
@@ -371,12 +376,12 @@ def message_generate(
                     message.variant_id,
                     channel,
                     context,
-                    message.user.locale,
+                    profile.locale,
                     personas=personas,
                     fresh=message.is_test,
                 )
                 if message.variant_id
-                else render(message.type_id, channel, context, message.user.locale)
+                else render(message.type_id, channel, context, profile.locale)
             )
         except DatabaseError:
             raise  # the database, not the copy: the batch's transaction is lost either way
@@ -663,9 +668,10 @@ def messages_prepare(*, message_ids: Sequence[int], run_id: int | None = None) -
         messages, unreadable = readable(
             Message.objects.select_for_update(skip_locked=True, of=("self",))
             .filter(pk__in=message_ids, routed_at__isnull=True)
-            .select_related("user")
+            .select_related("user", "user__notifier_recipient")
             .order_by("pk")
         )
+        recipients_attach(m.user for m in messages)
         if unreadable:
             written[str(S.FAILED)] += messages_fail(
                 failures={
@@ -844,9 +850,10 @@ def deliveries_fall_back(*, failed_ids: Sequence[int]) -> list[int]:
             Message.objects.select_for_update(of=("self",))
             .filter(pk__in=list(failed))
             .exclude(fallback_chain=[])
-            .select_related("user")
+            .select_related("user", "user__notifier_recipient")
             .order_by("pk")
         )
+        recipients_attach(m.user for m in messages)
         # Read under the messages' locks: a failure another run (the sender, the re-queue job)
         # already handed over is not handed over again, further down the chain.
         handed_over = set(

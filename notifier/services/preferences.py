@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from django.conf import settings
+from django.contrib.auth import get_user_model
 from django.core.exceptions import ValidationError
 from django.core.validators import validate_ipv46_address
 from django.db import transaction
@@ -29,8 +30,9 @@ from notifier.models import (
     NotificationType,
     Preference,
     Priority,
+    Recipient,
     Unsubscribe,
-    User,
+    recipient_for,
 )
 from notifier.policies.preferences import (
     ConsentState,
@@ -208,16 +210,12 @@ def consent_channels_all() -> tuple[str, ...]:
 
 
 def _lock_user(user_id: int) -> str:
-    """Lock the user's row for the transaction; returns their marketing frequency."""
-    frequency = (
-        User.objects.select_for_update()
-        .filter(pk=user_id)
-        .values_list("marketing_frequency", flat=True)
-        .first()
-    )
-    if frequency is None:
+    """Lock the user's row for the transaction; returns their marketing frequency (from their
+    recipient profile, created on first use)."""
+    user = get_user_model()._default_manager.select_for_update().filter(pk=user_id).first()
+    if user is None:
         raise UnknownUser(f"no user {user_id}")
-    return frequency
+    return recipient_for(user).marketing_frequency
 
 
 def _overrides(user_id: int) -> dict[tuple[str, str], bool]:
@@ -330,7 +328,7 @@ def preferences_update(
                 overrides=overrides,
             )
         if frequency is not None and frequency != current_frequency:
-            User.objects.filter(pk=user_id).update(marketing_frequency=frequency)
+            Recipient.objects.filter(user_id=user_id).update(marketing_frequency=frequency)
             changed = True
     return changed
 
@@ -523,7 +521,9 @@ def _unsubscribe(
     else:
         changed = frequency != MarketingFrequency.OFF
         if changed:
-            User.objects.filter(pk=user_id).update(marketing_frequency=MarketingFrequency.OFF)
+            Recipient.objects.filter(user_id=user_id).update(
+                marketing_frequency=MarketingFrequency.OFF
+            )
         consent_channel = ALL_CHANNELS
     if consent_channel is not None:  # in-app marketing needs no consent, so none to withdraw
         withdrawn = _consent_withdraw(

@@ -25,7 +25,7 @@ from django.utils import timezone
 
 from channels.base import Channel
 from notifier.db import insert_rows, update_rows
-from notifier.models import Delivery, DeliveryEvent, EventKind, Message
+from notifier.models import Delivery, DeliveryEvent, EventKind, Message, recipients_attach
 from notifier.queues import Lane
 from notifier.services.admission import Admission, message_admission, settle_caps
 from notifier.services.pipeline import (
@@ -87,8 +87,12 @@ def held_release(*, now: datetime | None = None, limit: int = 2000) -> ReleaseRe
         for pk, message_id, channel in due:
             held[message_id].append((pk, Channel(channel)))
         messages = {
-            m.pk: m for m in Message.objects.filter(pk__in=list(held)).select_related("user")
+            m.pk: m
+            for m in Message.objects.filter(pk__in=list(held)).select_related(
+                "user", "user__notifier_recipient"
+            )
         }
+        recipients_attach(m.user for m in messages.values())
         audience = audience_of(list(messages.values()), now)
         order = list(dict.fromkeys(message_id for _, message_id, _ in due))
         decisions = {

@@ -28,7 +28,7 @@ from notifier.models import (
     Delivery,
     EventOutcome,
     ProviderEvent,
-    User,
+    Recipient,
 )
 from notifier.policies.providers import EventAction, Keyword, event_time_problem, sms_keyword
 from notifier.services.callbacks import (
@@ -201,7 +201,7 @@ def sms_inbound_apply(*, source: str, event_id: str, phone: str, body: str) -> W
             return _finish(row, EventOutcome.IGNORED, None)
         if not phone:
             return _finish(row, EventOutcome.NO_USER, None)
-        user_ids = list(User.objects.filter(phone=phone).values_list("pk", flat=True))
+        user_ids = list(Recipient.objects.filter(phone=phone).values_list("user_id", flat=True))
         if not user_ids:
             return _finish(row, EventOutcome.NO_USER, None)
         for user_id in user_ids:

@@ -12,7 +12,7 @@ Bad input is a 400 page and another user's item a 404, as in the JSON API.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 from urllib.parse import urlencode
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -27,7 +27,7 @@ from django.views.decorators.http import require_http_methods
 
 from notifier.ids import parse_id
 from notifier.links import preferences_url
-from notifier.models import Feedback, InboxItem, Kind
+from notifier.models import Feedback, InboxItem, Kind, Recipient
 from notifier.selectors import inbox_page, inbox_unread_count
 from notifier.services.inbox import (
     InboxItemNotFound,
@@ -85,10 +85,22 @@ PROTOTYPE: dict[str, Any] = {
 
 
 def _user_zone(request: HttpRequest) -> ZoneInfo:
+    """The signed-in user's time zone, from their recipient profile (UTC without one); read
+    once per request."""
+    cached = getattr(request, "_notifier_zone", None)
+    if isinstance(cached, ZoneInfo):
+        return cached
+    name = (
+        Recipient.objects.filter(user_id=cast(int, request.user.pk))
+        .values_list("time_zone", flat=True)
+        .first()
+    )
     try:
-        return ZoneInfo(getattr(request.user, "time_zone", "") or "UTC")
+        zone = ZoneInfo(name or "UTC")
     except (ZoneInfoNotFoundError, ValueError):
-        return ZoneInfo("UTC")
+        zone = ZoneInfo("UTC")
+    request._notifier_zone = zone  # type: ignore[attr-defined]
+    return zone
 
 
 def _page(

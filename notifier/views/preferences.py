@@ -27,6 +27,7 @@ from functools import wraps
 from typing import Any
 
 from django.conf import settings
+from django.contrib.auth import get_user_model
 from django.db import transaction
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import render
@@ -49,7 +50,6 @@ from notifier.models import (
     MarketingFrequency,
     NotificationType,
     Priority,
-    User,
 )
 from notifier.policies.preferences import ConsentState, Preferences, can_switch_off, channel_enabled
 from notifier.ratelimit import request_ip
@@ -401,7 +401,7 @@ def _bad_link_text(exc: BadLink | PreferenceError) -> HttpResponse:
 
 def _check_user(user_id: int) -> int:
     # A valid signature for a user deleted since: the link points at nobody.
-    if not User.objects.filter(pk=user_id).exists():
+    if not get_user_model()._default_manager.filter(pk=user_id).exists():
         raise UnknownUser(f"no user {user_id}")
     return user_id
 

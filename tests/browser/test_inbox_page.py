@@ -163,9 +163,9 @@ def test_load_more_pages_through_the_cursor(phone):
     assert last.read_at is not None
     expect(row(page, last).locator(".category")).to_have_text("Social")
     # Rendered by the script like the server renders it: in the user's own time zone.
-    local = last.created_at.astimezone(ZoneInfo(user.time_zone))
+    local = last.created_at.astimezone(ZoneInfo(user.notifier_recipient.time_zone))
     expect(row(page, last).locator("time")).to_have_text(local.strftime("%-d %b, %H:%M"))
-    first_local = items[0].created_at.astimezone(ZoneInfo(user.time_zone))
+    first_local = items[0].created_at.astimezone(ZoneInfo(user.notifier_recipient.time_zone))
     expect(row(page, items[0]).locator("time")).to_have_text(first_local.strftime("%-d %b, %H:%M"))
     expect(row(page, last).locator(".title a")).to_have_attribute("href", "https://x.test/0")
 

@@ -40,7 +40,7 @@ from campaigns.services.lifecycle import (
     campaign_resume,
 )
 from channels.models import SandboxSend
-from notifier.models import Consent, Delivery, Message, NotificationType, User
+from notifier.models import Consent, Delivery, Message, NotificationType, Recipient, User
 from notifier.queues import MAINTENANCE_QUEUE, Lane, prepare_queue
 from notifier.services.deliveries import requeue_stuck_work
 from notifier.status import TERMINAL, DeliveryStatus, Reason
@@ -665,9 +665,9 @@ def test_a_triggered_campaign_reaches_who_entered_once_and_who_came_back_again(r
     evaluated(1000)
     one_message_each(step, users)
     movers = users[:100]
-    User.objects.filter(pk__in=movers).update(interest_tags=[])
+    Recipient.objects.filter(user__in=movers).update(interest_tags=[])
     evaluated(1000)  # they left: nothing to send
-    User.objects.filter(pk__in=movers).update(interest_tags=[FANS])
+    Recipient.objects.filter(user__in=movers).update(interest_tags=[FANS])
     evaluated(1100)  # they came back
     evaluated(1100)  # everyone stays: nothing more
     per_user = dict(

@@ -42,7 +42,7 @@ def test_notify_reaches_all_four_channels(worker):
     assert set(sends) == {"email", "sms", "push"}
     assert sends["email"].recipient == user.email
     assert sends["email"].payload["content"]["subject"] == "Order A1001 has shipped"
-    assert sends["sms"].recipient == user.phone
+    assert sends["sms"].recipient == user.notifier_recipient.phone
     assert "A1001" in sends["sms"].payload["content"]["body"]
     assert InboxItem.objects.get(message=message, user=user).title.startswith("Your order A1001")
     for delivery in Delivery.objects.filter(message=message):

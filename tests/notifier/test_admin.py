@@ -482,8 +482,9 @@ def test_the_type_list_shows_kind_priority_channels_and_active(super_client):
 def test_superuser_sees_the_user_change_form_with_the_profile_fields(super_client):
     user = UserFactory()
     html = super_client.get(change_url(user)).content.decode()
+    # On the recipient profile's inline.
     for name in ("phone", "time_zone", "locale", "yearly_spend", "last_active_at", "interest_tags"):
-        assert f'name="{name}' in html  # a date-time is two inputs: last_active_at_0 and _1
+        assert f'name="notifier_recipient-0-{name}' in html  # a date-time is two inputs: _0, _1
 
 
 def test_admin_lists_make_a_bounded_number_of_queries(

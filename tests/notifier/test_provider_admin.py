@@ -131,7 +131,7 @@ def test_a_phone_typed_with_spaces_and_dashes_is_stored_in_e164(super_client):
     response = add_user(super_client, "+86 138-0013-8000")
 
     assert response.status_code == 302, response.context["adminform"].form.errors
-    assert User.objects.get(username="mei").phone == "+8613800138000"
+    assert User.objects.get(username="mei").notifier_recipient.phone == "+8613800138000"
 
 
 @pytest.mark.parametrize("phone", ["138 0013 8000", "+86 123", "call me"])

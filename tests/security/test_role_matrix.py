@@ -465,7 +465,7 @@ def test_no_page_a_marketer_can_open_shows_a_customers_full_contact_details(peop
     """Every admin page, extra page and search a Marketer or Marketing lead may open, with a
     customer in a segment, a list, a campaign preview: the full email and phone never appear."""
     customer = objects[User]
-    secrets = [customer.email, customer.phone]
+    secrets = [customer.email, customer.notifier_recipient.phone]
     pages = [
         url_of(model, page, objects[model])
         for model in MODELS

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from datetime import time as dt_time
 from decimal import Decimal
+from typing import Any
 
 from django.contrib.auth.models import Group
 from django.db.models import Min
@@ -43,7 +44,16 @@ from campaigns.services.stats import learn_active_hours, stats_rollup
 from campaigns.services.tracking import record_click, record_open
 from notifier.api import notify
 from notifier.embedded import embedded_worker
-from notifier.models import Delivery, Feedback, InboxItem, Message, NotificationType, User
+from notifier.models import (
+    Delivery,
+    Feedback,
+    InboxItem,
+    Message,
+    NotificationType,
+    Recipient,
+    User,
+    recipient_update,
+)
 from notifier.services.inbox import inbox_feedback, inbox_mark_read
 from notifier.services.preferences import consent_give, unsubscribe
 from notifier.services.release import held_release
@@ -134,9 +144,8 @@ def staff(username: str, first: str, last: str, group: str) -> User:
         last_name=last,
         email=f"{username}@shop.example.com",
         is_staff=True,
-        time_zone="Europe/London",
-        quiet_hours_enabled=False,
     )
+    recipient_update(user, time_zone="Europe/London", quiet_hours_enabled=False)
     user.groups.add(Group.objects.get(name=group))
     return user
 
@@ -144,6 +153,7 @@ def staff(username: str, first: str, last: str, group: str) -> User:
 def customers(rng: random.Random, *, now: datetime) -> list[User]:
     """Varied spend, activity, interests, locales and time zones; most agreed to offers."""
     people: list[User] = []
+    profiles: dict[str, dict[str, Any]] = {}  # username -> recipient profile fields
     weights = [share for _, share, *_ in PEOPLE]
     for index in range(CUSTOMERS):
         locale, _, zones, firsts, lasts = rng.choices(PEOPLE, weights)[0]
@@ -169,25 +179,37 @@ def customers(rng: random.Random, *, now: datetime) -> list[User]:
         # a retry's countdown races the travelled clock this data is made on.)
         if index % 97 == 13:
             email = email.replace("@", "+fail-permanent@")
+        username = f"{first}.{last}{index}".lower()
         people.append(
             User(
-                username=f"{first}.{last}{index}".lower(),
+                username=username,
                 first_name=first,
                 last_name=last,
                 email=email,
-                phone=f"+86139{index:08d}",
-                locale=locale,
-                time_zone=rng.choice(zones),
-                yearly_spend=Decimal(f"{spend:.2f}"),
-                last_active_at=last_active,
-                interest_tags=rng.sample(TAGS, rng.choice([1, 1, 2, 2, 3])),
-                quiet_hours_enabled=True,
                 is_active=index % 61 != 5,
                 password="!",  # customers never log in to the admin
             )
         )
+        profiles[username] = {
+            "email": email,
+            "phone": f"+86139{index:08d}",
+            "locale": locale,
+            "time_zone": rng.choice(zones),
+            "yearly_spend": Decimal(f"{spend:.2f}"),
+            "last_active_at": last_active,
+            "interest_tags": rng.sample(TAGS, rng.choice([1, 1, 2, 2, 3])),
+            "quiet_hours_enabled": True,
+        }
     User.objects.bulk_create(people)
     saved = list(User.objects.filter(is_staff=False).order_by("pk"))
+    Recipient.objects.bulk_create(
+        [
+            Recipient(user_id=user.pk, **profiles[user.username])
+            for user in saved
+            if user.username in profiles
+        ],
+        batch_size=1000,
+    )
     for user in saved:
         if rng.random() < 0.86:
             consent_give(
@@ -602,10 +624,8 @@ def inbox_reader(*, now: datetime) -> User:
         first_name="Olivia",
         last_name="Green",
         email="olivia.green@example.com",
-        time_zone="Europe/London",
-        locale="en",
-        quiet_hours_enabled=False,
     )
+    recipient_update(reader, time_zone="Europe/London", locale="en", quiet_hours_enabled=False)
     consent_give(user_id=reader.pk, channel="email", source="signup", wording="Email offers")
     for hours, type_key, context in INBOX:
         with at(now - timedelta(hours=hours)), embedded_worker():

@@ -42,7 +42,17 @@ from notifier.api import notify, notify_many
 from notifier.benchmarks import NAIVE_QUEUE, naive_notify
 from notifier.celery import app
 from notifier.embedded import worker_argv
-from notifier.models import Consent, Delivery, Device, InboxItem, Message, Platform, User
+from notifier.models import (
+    Consent,
+    Delivery,
+    Device,
+    InboxItem,
+    Message,
+    Platform,
+    Recipient,
+    User,
+    recipients_for,
+)
 from notifier.queues import (
     ALL_QUEUES,
     MAINTENANCE_QUEUE,
@@ -290,14 +300,15 @@ class Command(BaseCommand):
         self.clean()
         # Leave the bench users as the other phases expect them: email only.
         Device.objects.filter(user__in=users).delete()
-        User.objects.filter(pk__in=[u.pk for u in users]).update(phone="")
+        Recipient.objects.filter(user_id__in=[u.pk for u in users]).update(phone="")
         return result
 
     def reachable_everywhere(self, users: list[User]) -> None:
         """A phone number and an active push device for each user, so no channel is skipped."""
+        profiles = recipients_for(user.pk for user in users)
         for index, user in enumerate(users):
-            user.phone = f"+86138{index:08d}"
-        User.objects.bulk_update(users, ["phone"], batch_size=1000)
+            profiles[user.pk].phone = f"+86138{index:08d}"
+        Recipient.objects.bulk_update(list(profiles.values()), ["phone"], batch_size=1000)
         Device.objects.filter(user__in=users).delete()
         Device.objects.bulk_create(
             [
@@ -312,8 +323,8 @@ class Command(BaseCommand):
         for start in range(0, len(ids), 20_000):
             with connection.cursor() as cursor:
                 cursor.execute(
-                    "UPDATE notifier_user SET interest_tags = interest_tags || %s::jsonb "
-                    "WHERE id = ANY(%s) AND NOT interest_tags ? %s",
+                    "UPDATE notifier_recipient SET interest_tags = interest_tags || %s::jsonb "
+                    "WHERE user_id = ANY(%s) AND NOT interest_tags ? %s",
                     [json.dumps([tag]), ids[start : start + 20_000], tag],
                 )
 
@@ -408,13 +419,15 @@ class Command(BaseCommand):
                         email=f"bench-{i}@example.com",
                         first_name="Bench",
                         password="!",
-                        quiet_hours_enabled=False,
                     )
                     for i in range(existing, count)
                 ]
             )
         chosen = list(User.objects.filter(username__startswith="bench-").order_by("pk")[:count])
-        User.objects.filter(pk__in=[u.pk for u in chosen]).update(quiet_hours_enabled=False)
+        recipients_for(u.pk for u in chosen)  # bulk_create made no profiles
+        Recipient.objects.filter(user_id__in=[u.pk for u in chosen]).update(
+            quiet_hours_enabled=False
+        )
         with_consent = set(
             Consent.objects.filter(user__in=chosen, granted=True).values_list("user_id", flat=True)
         )

@@ -15,7 +15,7 @@ from django.utils import timezone
 from notifier.api import notify
 from notifier.embedded import embedded_worker
 from notifier.links import preferences_url
-from notifier.models import Delivery, Device, Message, Platform, User
+from notifier.models import Delivery, Device, Message, Platform, User, recipient_for
 from notifier.selectors import inbox_page, inbox_unread_count, user_history
 from notifier.status import TERMINAL, Reason
 
@@ -149,7 +149,13 @@ class Command(BaseCommand):
             )
         else:
             fields["quiet_hours_enabled"] = False
-        user, _ = User.objects.update_or_create(username=spec["username"], defaults=fields)
+        account = {k: fields.pop(k) for k in ("first_name", "email")}
+        user, _ = User.objects.update_or_create(username=spec["username"], defaults=account)
+        # Contact points, time zone, locale and quiet hours live on the recipient profile.
+        profile = recipient_for(user)
+        for name, value in {**fields, "email": account["email"]}.items():
+            setattr(profile, name, value)
+        profile.save()
         if spec["device"]:
             platform, token = spec["device"]
             Device.objects.update_or_create(
@@ -185,11 +191,12 @@ class Command(BaseCommand):
         raise CommandError(f"deliveries not finished after {timeout}s; is a worker running?")
 
     def print_history(self, user: User, message_ids: list[int]) -> None:
+        profile = recipient_for(user)
         self.say("")
         self.say(
             self.style.MIGRATE_HEADING(
-                f"Delivery history of {user.first_name} <{user.email}> "
-                f"{user.phone or '(no phone)'} [{user.time_zone}]"
+                f"Delivery history of {user.first_name} <{profile.email}> "
+                f"{profile.phone or '(no phone)'} [{profile.time_zone}]"
             )
         )
         header = (
@@ -204,8 +211,8 @@ class Command(BaseCommand):
                 if delivery.last_error:
                     why = f"{why}: {delivery.last_error}" if why else delivery.last_error
                 if delivery.status == "held" and delivery.next_attempt_at:
-                    local = delivery.next_attempt_at.astimezone(ZoneInfo(user.time_zone))
-                    why += f" (at {local:%H:%M} {user.time_zone})"
+                    local = delivery.next_attempt_at.astimezone(ZoneInfo(profile.time_zone))
+                    why += f" (at {local:%H:%M} {profile.time_zone})"
                 self.say(
                     f"{message.created_at:%H:%M:%S}  {f'#{message.pk} {message.type_id}':36} "
                     f"{delivery.channel:7} {self.colour(delivery.status):10} "
@@ -227,7 +234,7 @@ class Command(BaseCommand):
         self.say("")
         self.say(
             self.style.MIGRATE_HEADING(
-                f"{user.first_name}'s in-app inbox ({user.locale}): "
+                f"{user.first_name}'s in-app inbox ({recipient_for(user).locale}): "
                 f"{inbox_unread_count(user_id=user.pk)} unread"
             )
         )

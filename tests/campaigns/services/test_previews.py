@@ -14,7 +14,14 @@ from campaigns.services.lifecycle import CampaignError, campaign_create
 from campaigns.services.previews import campaign_context, variant_preview, variant_send_test
 from channels.base import Channel, Content
 from notifier.links import read_preferences_token, read_unsubscribe_token
-from notifier.models import Consent, Delivery, InboxItem, Message, NotificationType
+from notifier.models import (
+    Consent,
+    Delivery,
+    InboxItem,
+    Message,
+    NotificationType,
+    recipient_update,
+)
 from notifier.queues import Lane
 from notifier.rendering import RenderError
 from notifier.services.deliveries import deliveries_deliver
@@ -182,9 +189,7 @@ def test_a_test_send_of_incomplete_copy_is_refused_and_writes_nothing(campaign, 
 def test_a_test_send_reaches_the_marketer_at_night_over_the_cap_without_consent(
     campaign, marketer, published, django_capture_on_commit_callbacks
 ):
-    marketer.quiet_hours_enabled = True
-    marketer.marketing_frequency = "off"
-    marketer.save()
+    recipient_update(marketer, quiet_hours_enabled=True, marketing_frequency="off")
     assert not Consent.objects.filter(user=marketer).exists()
     night = datetime(2026, 11, 1, 16, 0, tzinfo=UTC)  # midnight in Shanghai
     with time_machine.travel(night), django_capture_on_commit_callbacks(execute=True):

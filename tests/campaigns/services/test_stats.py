@@ -824,8 +824,8 @@ def test_learn_active_hours_uses_each_users_time_zone(db):
 
     shanghai.refresh_from_db()
     new_york.refresh_from_db()
-    assert shanghai.usual_active_hour == 20
-    assert new_york.usual_active_hour == 9
+    assert shanghai.notifier_recipient.usual_active_hour == 20
+    assert new_york.notifier_recipient.usual_active_hour == 9
 
 
 def test_learn_active_hours_picks_the_most_frequent_hour_and_earliest_on_ties(db):
@@ -838,8 +838,8 @@ def test_learn_active_hours_picks_the_most_frequent_hour_and_earliest_on_ties(db
 
     frequent.refresh_from_db()
     tied.refresh_from_db()
-    assert frequent.usual_active_hour == 18
-    assert tied.usual_active_hour == 6
+    assert frequent.notifier_recipient.usual_active_hour == 18
+    assert tied.notifier_recipient.usual_active_hour == 6
 
 
 def test_learn_active_hours_leaves_users_with_fewer_than_three_events_unset(db):
@@ -854,8 +854,8 @@ def test_learn_active_hours_leaves_users_with_fewer_than_three_events_unset(db):
 
     sparse.refresh_from_db()
     stale.refresh_from_db()
-    assert sparse.usual_active_hour is None
-    assert stale.usual_active_hour is None
+    assert sparse.notifier_recipient.usual_active_hour is None
+    assert stale.notifier_recipient.usual_active_hour is None
 
 
 def test_learn_active_hours_touches_only_the_given_users_and_counts_changes(db):
@@ -866,11 +866,11 @@ def test_learn_active_hours_touches_only_the_given_users_and_counts_changes(db):
 
     assert learn_active_hours(user_ids=[chosen.pk], now=NOW) == 1
     other.refresh_from_db()
-    assert other.usual_active_hour is None
+    assert other.notifier_recipient.usual_active_hour is None
     # Every user when no ids are given; an unchanged hour is not counted again.
     assert learn_active_hours(now=NOW) == 1
     other.refresh_from_db()
-    assert other.usual_active_hour == 10
+    assert other.notifier_recipient.usual_active_hour == 10
     assert learn_active_hours(now=NOW) == 0
 
 

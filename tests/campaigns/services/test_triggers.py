@@ -13,7 +13,7 @@ from campaigns.models import CampaignKind, TriggerEntry
 from campaigns.services.fanout import triggers_evaluate
 from campaigns.services.lifecycle import campaign_approve, campaign_submit
 from campaigns.services.triggers import trigger_entries_update
-from notifier.models import Message
+from notifier.models import Message, recipient_update
 from tests.campaigns.services.test_campaign_flow import (
     FANS,
     NOW,
@@ -46,8 +46,7 @@ def received(campaign, user) -> int:
 
 
 def set_in_segment(user, inside: bool) -> None:
-    user.interest_tags = [FANS] if inside else []
-    user.save(update_fields=["interest_tags"])
+    recipient_update(user, interest_tags=[FANS] if inside else [])
 
 
 def test_a_user_who_stays_in_the_segment_for_months_gets_it_once(marketer, lead, published):

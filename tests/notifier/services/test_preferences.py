@@ -57,7 +57,7 @@ def consent_granted(user, channel: str) -> bool:
 def snapshot(user) -> tuple:
     user.refresh_from_db()
     consents = list(Consent.objects.filter(user=user).order_by("id").values_list("pk", flat=True))
-    return rows(user), user.marketing_frequency, consents
+    return rows(user), user.notifier_recipient.marketing_frequency, consents
 
 
 # --- Switches -------------------------------------------------------------------------------
@@ -198,7 +198,7 @@ def test_preferences_update_applies_switches_and_frequency_together(user):
     user.refresh_from_db()
     assert changed
     assert rows(user) == {("social", "push", False), ("service", "sms", False)}
-    assert user.marketing_frequency == "weekly"
+    assert user.notifier_recipient.marketing_frequency == "weekly"
 
 
 @pytest.mark.parametrize(
@@ -439,7 +439,7 @@ def test_unsubscribe_all_turns_marketing_off_and_withdraws_consent_everywhere(co
         source="unsubscribe_link",
     )
     user.refresh_from_db()
-    assert user.marketing_frequency == "off"
+    assert user.notifier_recipient.marketing_frequency == "off"
     withdrawal = Consent.objects.filter(user=user, granted=False).get()
     assert withdrawal.channel == "all"
     assert not any(consent_granted(user, c) for c in settings.NOTIFIER_CONSENT_CHANNELS)
@@ -473,7 +473,7 @@ def test_unsubscribing_twice_changes_nothing_more(consenting, scope):
 def test_unsubscribe_all_without_consent_on_record_writes_no_withdrawal(user):
     unsubscribe(user_id=user.pk, category="marketing", channel="email", scope="all", source="x")
     user.refresh_from_db()
-    assert user.marketing_frequency == "off"
+    assert user.notifier_recipient.marketing_frequency == "off"
     assert not Consent.objects.filter(user=user).exists()
 
 
@@ -508,4 +508,4 @@ def test_writes_touch_only_the_named_user(user):
     preference_set(user_id=user.pk, category="social", channel="all", enabled=False)
     unsubscribe(user_id=user.pk, category="marketing", channel="email", scope="all", source="x")
     assert snapshot(other) == before
-    assert User.objects.get(pk=other.pk).marketing_frequency == "as_sent"
+    assert User.objects.get(pk=other.pk).notifier_recipient.marketing_frequency == "as_sent"

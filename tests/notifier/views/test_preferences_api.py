@@ -8,7 +8,7 @@ import pytest
 from django.test import Client
 from django.urls import reverse
 
-from notifier.models import Consent, Preference, User
+from notifier.models import Consent, Preference, Recipient
 from tests.factories import UserFactory
 
 pytestmark = pytest.mark.django_db
@@ -53,7 +53,7 @@ def written(user) -> tuple:
     user.refresh_from_db()
     return (
         set(Preference.objects.filter(user=user).values_list("category", "channel", "enabled")),
-        user.marketing_frequency,
+        user.notifier_recipient.marketing_frequency,
         Consent.objects.filter(user=user).count(),
     )
 
@@ -72,7 +72,7 @@ def test_anonymous_requests_get_401_and_change_nothing(user):
     consent = post_consent(anonymous, {"channel": "email", "granted": True, "wording": "yes"})
     assert consent.status_code == 401
     assert Preference.objects.count() == 0 and Consent.objects.count() == 0
-    assert set(User.objects.values_list("marketing_frequency", flat=True)) == {"as_sent"}
+    assert set(Recipient.objects.values_list("marketing_frequency", flat=True)) == {"as_sent"}
 
 
 def test_with_no_rows_every_switch_shows_the_default_on(client_for):

@@ -107,7 +107,7 @@ def status_params(delivery: Delivery, status: str, **extra: str) -> dict[str, st
         "SmsSid": delivery.provider_message_id,
         "MessageStatus": status,
         "SmsStatus": status,
-        "To": delivery.user.phone,
+        "To": delivery.user.notifier_recipient.phone,
         "From": FROM,
         "ApiVersion": "2010-04-01",
         **extra,
@@ -310,7 +310,7 @@ def consenting_user(phone: str = "+8613800138000") -> User:
 def test_stop_keywords_withdraw_sms_consent_and_reply_with_empty_twiml(client, twilio, body):
     user = consenting_user()
 
-    response = inbound(client, user.phone, body)
+    response = inbound(client, user.notifier_recipient.phone, body)
 
     assert response.status_code == 200
     assert response["Content-Type"].startswith("text/xml")
@@ -321,7 +321,7 @@ def test_stop_keywords_withdraw_sms_consent_and_reply_with_empty_twiml(client, t
 def test_any_other_text_changes_nothing(client, twilio):
     user = consenting_user()
 
-    response = inbound(client, user.phone, "please stop sending me so many")
+    response = inbound(client, user.notifier_recipient.phone, "please stop sending me so many")
 
     assert response.status_code == 200
     assert sms_consent(user) == [(True, "signup_form")]
@@ -339,10 +339,10 @@ def test_the_sender_is_matched_in_e164_however_twilio_wrote_it(client, twilio):
 def test_start_restores_what_stop_withdrew_and_nothing_more(client, twilio):
     stopped = consenting_user("+8613800138000")
     never_consented = UserFactory(phone="+8613800138001")
-    inbound(client, stopped.phone, "STOP", sid="SM" + "1" * 32)
+    inbound(client, stopped.notifier_recipient.phone, "STOP", sid="SM" + "1" * 32)
 
-    inbound(client, stopped.phone, "start", sid="SM" + "2" * 32)
-    inbound(client, never_consented.phone, "UNSTOP", sid="SM" + "3" * 32)
+    inbound(client, stopped.notifier_recipient.phone, "start", sid="SM" + "2" * 32)
+    inbound(client, never_consented.notifier_recipient.phone, "UNSTOP", sid="SM" + "3" * 32)
 
     assert sms_consent(stopped) == [(True, "signup_form"), (False, "sms-stop"), (True, "sms-start")]
     assert sms_consent(never_consented) == []
@@ -350,10 +350,13 @@ def test_start_restores_what_stop_withdrew_and_nothing_more(client, twilio):
 
 def test_a_replayed_stop_after_start_changes_nothing(client, twilio):
     user = consenting_user()
-    inbound(client, user.phone, "STOP", sid="SM" + "1" * 32)
-    inbound(client, user.phone, "START", sid="SM" + "2" * 32)
+    inbound(client, user.notifier_recipient.phone, "STOP", sid="SM" + "1" * 32)
+    inbound(client, user.notifier_recipient.phone, "START", sid="SM" + "2" * 32)
 
-    assert inbound(client, user.phone, "STOP", sid="SM" + "1" * 32).status_code == 200
+    assert (
+        inbound(client, user.notifier_recipient.phone, "STOP", sid="SM" + "1" * 32).status_code
+        == 200
+    )
 
     assert sms_consent(user)[-1] == (True, "sms-start")
 
@@ -378,7 +381,8 @@ def test_an_unsigned_stop_gets_403_and_writes_nothing(client, twilio):
     user = consenting_user()
 
     response = client.post(
-        INBOUND_PATH, data={"MessageSid": "SM" + "9" * 32, "From": user.phone, "Body": "STOP"}
+        INBOUND_PATH,
+        data={"MessageSid": "SM" + "9" * 32, "From": user.notifier_recipient.phone, "Body": "STOP"},
     )
 
     assert response.status_code == 403
@@ -419,9 +423,9 @@ def test_an_inbound_text_that_cannot_be_stored_is_a_400_and_changes_no_consent(
 ):
     """START's text is kept as the consent's wording: a NUL there was a 500."""
     user = consenting_user()
-    inbound(client, user.phone, "STOP")
+    inbound(client, user.notifier_recipient.phone, "STOP")
 
-    response = inbound(client, user.phone, body, sid="SM" + "c" * 32)
+    response = inbound(client, user.notifier_recipient.phone, body, sid="SM" + "c" * 32)
 
     assert response.status_code == 400
     assert sms_consent(user) == [(True, "signup_form"), (False, "sms-stop")]

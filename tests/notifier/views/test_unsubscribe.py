@@ -90,7 +90,7 @@ def state(user) -> tuple:
     user.refresh_from_db()
     return (
         set(Preference.objects.filter(user=user).values_list("category", "channel", "enabled")),
-        user.marketing_frequency,
+        user.notifier_recipient.marketing_frequency,
         list(Consent.objects.filter(user=user).order_by("id").values_list("channel", "granted")),
     )
 
