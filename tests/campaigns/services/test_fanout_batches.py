@@ -14,7 +14,9 @@ from datetime import timedelta
 
 import pytest
 import time_machine
+from django.db import connection
 from django.test import TestCase
+from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from campaigns.models import (
@@ -27,7 +29,7 @@ from campaigns.models import (
 )
 from campaigns.services import fanout
 from campaigns.services.fanout import StartReport
-from notifier.models import Message
+from notifier.models import Message, Recipient
 from tests.campaigns.approvals import FANS, NOTICE_AT, approved, audience, person
 
 pytestmark = pytest.mark.django_db
@@ -178,3 +180,23 @@ def test_a_revived_walk_goes_on_from_its_cursor_and_publishes_its_lost_batches(s
     assert state(step).walk_round == 0
     per_user = messages_per_user(step)
     assert len(per_user) == USERS and set(per_user.values()) == {1}
+
+
+def test_a_batch_makes_the_missing_profiles_in_bulk_not_one_query_per_user(step, published):
+    """Users whose profile was never made (a host's users from before the install) get theirs
+    with the batch: a fixed handful of statements on the profile table, whatever its size."""
+    assert published.walk(step.pk) is fanout.Walk.DONE
+    everyone = [pk for _, ids in published.batches for pk in ids]
+    assert len(everyone) == USERS
+    Recipient.objects.filter(user_id__in=everyone).delete()
+
+    with CaptureQueriesContext(connection) as queries:
+        fanout.step_fanout_batch(step_id=step.pk, user_ids=everyone)
+
+    on_profiles = [q["sql"] for q in queries.captured_queries if "notifier_recipient" in q["sql"]]
+    # The users with their profiles (a join), the missing ones read, one insert, read back,
+    # the batch's marketing frequencies: each for the whole batch, none for one user.
+    assert len(on_profiles) <= 5, on_profiles
+    assert not [sql for sql in on_profiles if '"user_id" = ' in sql], on_profiles
+    assert Recipient.objects.filter(user_id__in=everyone).count() == USERS
+    assert len(messages_per_user(step)) == USERS
