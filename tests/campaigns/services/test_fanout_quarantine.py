@@ -216,7 +216,8 @@ def test_a_customer_whose_row_cannot_be_read_gets_a_failed_message_and_the_batch
     unreadable = users[1]
     with connection.cursor() as cursor:  # past the year 9999: PostgreSQL stores it
         cursor.execute(
-            "UPDATE notifier_user SET last_active_at = '9999-12-31 23:59:59-05:00' WHERE id = %s",
+            "UPDATE notifier_recipient SET last_active_at = '9999-12-31 23:59:59-05:00' "
+            "WHERE user_id = %s",
             [unreadable.pk],
         )
     report = fanout.step_fanout_batch(step_id=step.pk, user_ids=[u.pk for u in users], walk_round=0)

@@ -40,7 +40,16 @@ from campaigns.services.stats import (
     stats_rollup,
 )
 from campaigns.services.tracking import conversion_record
-from notifier.models import Delivery, InboxItem, Kind, Message, NotificationType, Unsubscribe, User
+from notifier.models import (
+    Delivery,
+    InboxItem,
+    Kind,
+    Message,
+    NotificationType,
+    Recipient,
+    Unsubscribe,
+    User,
+)
 from notifier.status import DeliveryStatus as S
 from notifier.status import Reason as R
 from tests.factories import UserFactory
@@ -885,9 +894,7 @@ def test_learn_active_hours_runs_one_statement_for_all_users(db):
     assert learned == 5
     assert len(queries) == 1
     assert set(
-        User.objects.filter(pk__in=[u.pk for u in users]).values_list(
-            "usual_active_hour", flat=True
-        )
+        Recipient.objects.filter(user__in=users).values_list("usual_active_hour", flat=True)
     ) == {9}
 
 
