@@ -59,6 +59,32 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
         )
 
 
+@pytest.fixture
+def report_figure(record_property: Callable[[str, object], None]) -> Callable[[str], None]:
+    """Record a figure a test measured (a rate, a latency), for the summary at the end of the
+    run: the README quotes some of them, and a passing test's output is otherwise never shown."""
+
+    def report(text: str) -> None:
+        record_property("figure", text)
+
+    return report
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    figures = [
+        (report.nodeid, value)
+        for reports in terminalreporter.stats.values()
+        for report in reports
+        if getattr(report, "when", None) == "call"
+        for name, value in getattr(report, "user_properties", ())
+        if name == "figure"
+    ]
+    if figures:
+        terminalreporter.section("figures measured by tests")
+        for nodeid, text in figures:
+            terminalreporter.write_line(f"{nodeid}: {text}")
+
+
 @pytest.fixture(autouse=True)
 def _fresh_caches() -> Iterator[None]:
     """Per-process caches and shared throttle state never leak from one test into the next."""

@@ -198,7 +198,7 @@ print(json.dumps({"granted": granted, "calls": calls, "start": start, "end": tim
 """
 
 
-def test_two_processes_share_one_limit_without_starving(key_prefix):
+def test_two_processes_share_one_limit_without_starving(key_prefix, report_figure):
     rate, duration = 20.0, 3.0
     env = {
         **os.environ,
@@ -230,7 +230,9 @@ def test_two_processes_share_one_limit_without_starving(key_prefix):
     elapsed = max(r["end"] for r in results) - min(r["start"] for r in results)
     granted = sum(r["granted"] for r in results)
     ceiling = rate * elapsed + 20  # refill over the measured window plus the initial burst
-    print(f"two processes: {granted} granted in {elapsed:.3f} s, ceiling {ceiling:.1f}, {results}")
+    report_figure(
+        f"two processes: {granted} granted in {elapsed:.3f} s, ceiling {ceiling:.1f}, {results}"
+    )
 
     assert elapsed >= duration
     assert granted <= ceiling
