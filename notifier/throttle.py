@@ -47,6 +47,8 @@ from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 from redis.commands.core import Script
 
+from notifier.redis_client import redis_client, state_client, state_redis_url
+
 logger = logging.getLogger("notifier.throttle")
 
 # Every Redis key of this module starts with this; tests point it at a private prefix.
@@ -54,9 +56,6 @@ KEY_PREFIX = "notifier:throttle"
 # How long a half-open probe may take before its worker is presumed dead and another caller
 # may probe: longer than any provider's send timeout (EMAIL_TIMEOUT is 10 s).
 PROBE_LEASE_S = 30.0
-# Short socket timeouts: this sits on the hot path of every delivery, and a slow Redis must
-# cost a delivery milliseconds, not seconds.
-REDIS_SOCKET_TIMEOUT_S = 0.5
 # After Redis fails, skip it for this long, so a black-holed Redis does not add a socket
 # timeout to every delivery while it is down.
 REDIS_RETRY_AFTER_S = 1.0
@@ -345,18 +344,10 @@ class _Backend(Protocol):
 
 
 def _backend() -> _Backend:
-    url = redis_url()
+    url = state_redis_url()
     if settings.NOTIFIER_EMBEDDED or not url:
         return _LOCAL
     return _redis_backend(url)
-
-
-def redis_url() -> str:
-    """REDIS_URL, else the Celery broker when it is Redis; empty means embedded mode."""
-    if settings.REDIS_URL:
-        return str(settings.REDIS_URL)
-    broker = str(settings.CELERY_BROKER_URL)
-    return broker if broker.startswith(("redis://", "rediss://", "unix://")) else ""
 
 
 # --- Redis ----------------------------------------------------------------------------------
@@ -528,12 +519,9 @@ class _RedisBackend:
     down: bool = False
 
     def __post_init__(self) -> None:
-        self.client = redis.Redis.from_url(
-            self.url,
-            socket_timeout=REDIS_SOCKET_TIMEOUT_S,
-            socket_connect_timeout=REDIS_SOCKET_TIMEOUT_S,
-            health_check_interval=30,
-        )
+        # The factory's short timeouts: this sits on the hot path of every delivery, and a slow
+        # Redis must cost a delivery milliseconds, not seconds.
+        self.client = redis_client(self.url)
         self.scripts = {
             name: self.client.register_script(source)
             for name, source in {
@@ -645,7 +633,7 @@ _redis_backends_lock = threading.Lock()
 
 def _redis_backend(url: str) -> _RedisBackend:
     # Created lazily: importing this module must not need Redis (embedded mode, management
-    # commands), and one client per process reuses its connection pool.
+    # commands), and its scripts are registered once per process.
     backend = _redis_backends.get(url)
     if backend is None:
         with _redis_backends_lock:
@@ -797,9 +785,8 @@ def throttle_reset() -> None:
     """Forget every bucket and breaker (tests start each case from a clean slate)."""
     global _LOCAL
     _LOCAL = _LocalBackend()
-    url = redis_url()
-    if url and not settings.NOTIFIER_EMBEDDED:
-        client = redis.Redis.from_url(url, socket_timeout=REDIS_SOCKET_TIMEOUT_S)
+    client = state_client()
+    if client is not None:
         keys = list(client.scan_iter(match=f"{KEY_PREFIX}:*", count=1000))
         if keys:
             client.delete(*keys)

@@ -18,6 +18,7 @@ from django.conf import settings
 from channels.registry import reset_providers
 from notifier.backpressure import reset_depth_cache
 from notifier.embedded import worker_argv
+from notifier.redis_client import broker_client
 from notifier.selectors import type_cache_clear
 from notifier.throttle import throttle_reset
 
@@ -98,9 +99,16 @@ def _fresh_caches() -> Iterator[None]:
     reset_depth_cache()
 
 
+def broker_redis() -> redis.Redis:
+    """The test broker's Redis, with no timeout (FLUSHDB, waits on workers)."""
+    client = broker_client(timeout_s=None)
+    assert client is not None, "the tests need a Redis broker: CELERY_BROKER_URL=redis://..."
+    return client
+
+
 @pytest.fixture
 def redis_client() -> redis.Redis:
-    return redis.Redis.from_url(settings.CELERY_BROKER_URL)
+    return broker_redis()
 
 
 class WorkerProcess:
@@ -174,7 +182,7 @@ def celery_worker_process(django_db_setup: None, django_db_blocker: Any) -> Iter
     """One real worker on every queue, shared by the integration tests of a session."""
     from notifier.queues import ALL_QUEUES
 
-    redis.Redis.from_url(settings.CELERY_BROKER_URL).flushdb()
+    broker_redis().flushdb()
     worker = WorkerProcess(queues=ALL_QUEUES)
     try:
         worker.wait_ready()

@@ -21,6 +21,7 @@ from django.conf import settings as django_settings
 from django.core.exceptions import ImproperlyConfigured
 
 from notifier import throttle
+from notifier.redis_client import redis_client, state_redis_url
 from notifier.throttle import Grant, Rate, State, TransitionKind
 from tests.conftest import wait_until
 
@@ -34,7 +35,7 @@ def key_prefix(monkeypatch):
     prefix = f"test-throttle:{uuid.uuid4().hex[:12]}"
     monkeypatch.setattr(throttle, "KEY_PREFIX", prefix)
     yield prefix
-    client = redis.Redis.from_url(throttle.redis_url())
+    client = redis_client(state_redis_url())
     stale = list(client.scan_iter(match=f"{prefix}:*"))
     if stale:
         client.delete(*stale)
@@ -42,7 +43,7 @@ def key_prefix(monkeypatch):
 
 @pytest.fixture
 def throttle_redis():
-    return redis.Redis.from_url(throttle.redis_url())
+    return redis_client(state_redis_url())
 
 
 @pytest.fixture(params=["redis", "embedded"])
@@ -548,7 +549,7 @@ def test_without_any_redis_url_the_in_process_backend_is_used(settings):
     settings.REDIS_URL = ""
     settings.CELERY_BROKER_URL = "memory://localhost/"
 
-    assert throttle.redis_url() == ""
+    assert state_redis_url() == ""
     assert throttle._backend() is throttle._LOCAL
 
 
@@ -557,7 +558,7 @@ def test_a_redis_broker_url_serves_when_redis_url_is_empty(settings):
     settings.REDIS_URL = ""
     settings.CELERY_BROKER_URL = "redis://127.0.0.1:6379/10"
 
-    assert throttle.redis_url() == "redis://127.0.0.1:6379/10"
+    assert state_redis_url() == "redis://127.0.0.1:6379/10"
     assert isinstance(throttle._backend(), throttle._RedisBackend)
 
 
@@ -591,7 +592,7 @@ def test_redis_outage_is_retried_and_recovery_logged(settings, monkeypatch, capl
     settings.NOTIFIER_EMBEDDED = False
     settings.NOTIFIER_RATE_LIMITS = {KEY: "1/s"}
     caplog.set_level(logging.INFO, logger="notifier.throttle")
-    backend = throttle._redis_backend(throttle.redis_url())
+    backend = throttle._redis_backend(state_redis_url())
     real_script = backend.scripts["bucket"]
     outage = [redis.ConnectionError("Connection refused")]
 

@@ -12,7 +12,6 @@ import re
 import time
 
 import pytest
-import redis
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 from django.test import Client
@@ -33,6 +32,7 @@ from notifier.ratelimit import (
     limits,
     parse_limit,
 )
+from notifier.redis_client import redis_client
 from tests.factories import UserFactory
 from tests.security.endpoints import METHODS, public_endpoints
 
@@ -150,7 +150,7 @@ def test_unlimited_endpoints_are_only_the_health_probes():
 
 @pytest.fixture
 def redis_keys():
-    client = redis.Redis.from_url(settings.REDIS_URL)
+    client = redis_client(settings.REDIS_URL)
 
     def keys() -> list[str]:
         pattern = f"{throttle.KEY_PREFIX}:bucket:http:*"
