@@ -33,7 +33,6 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 import math
-import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
@@ -46,11 +45,10 @@ from django.urls import ResolverMatch
 
 from notifier import throttle
 from notifier.known_devices import account_key, known_device, set_known_device_cookie
+from notifier.rates import InvalidRate, Rate, parse_rate_text
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
-_RATE_FORM = re.compile(r"^\s*(\d+)\s*/\s*([smh])\s*$")
-_PERIOD_S = {"s": 1, "m": 60, "h": 3600}
 OFF = "off"
 
 
@@ -132,17 +130,15 @@ ADMIN_LIMITED = {"login": "admin_login"}
 # --- Pure parts -----------------------------------------------------------------------------
 
 
-def parse_limit(text: str) -> throttle.Rate | None:
-    """'30/m' -> a bucket of 30 refilled over a minute; 'off' -> None; ValueError otherwise."""
+def parse_limit(text: str) -> Rate | None:
+    """'30/m' -> a bucket of 30 refilled over a minute; 'off' -> None; InvalidRate otherwise."""
     if text.strip().lower() == OFF:
         return None
-    match = _RATE_FORM.match(text)
-    if match is None or int(match[1]) < 1:
-        raise ValueError(
-            f"invalid limit {text!r}: use <whole number>/<s|m|h>, e.g. '30/m', or 'off'"
-        )
-    amount, period = int(match[1]), _PERIOD_S[match[2]]
-    return throttle.Rate(per_second=amount / period, burst=amount)
+    try:
+        rate = parse_rate_text(text, whole=True)
+    except InvalidRate as exc:
+        raise InvalidRate(f"{exc}; or '{OFF}' for no limit") from None
+    return Rate(per_second=rate.per_second, burst=int(rate.amount))
 
 
 def group_of(match: ResolverMatch) -> str | None:
@@ -235,16 +231,14 @@ def decide(grants: Sequence[tuple[Scope, throttle.Grant]]) -> Decision:
 # --- Settings -------------------------------------------------------------------------------
 
 
-def limits(group: str) -> list[tuple[Scope, throttle.Rate]]:
+def limits(group: str) -> list[tuple[Scope, Rate]]:
     """The group's limits with NOTIFIER_PUBLIC_RATE_LIMITS applied; "off" ones left out."""
     overrides = settings.NOTIFIER_PUBLIC_RATE_LIMITS
     return list(_limits(group, tuple(sorted(overrides.items()))))
 
 
 @lru_cache(maxsize=64)
-def _limits(
-    group: str, overrides: tuple[tuple[str, str], ...]
-) -> tuple[tuple[Scope, throttle.Rate], ...]:
+def _limits(group: str, overrides: tuple[tuple[str, str], ...]) -> tuple[tuple[Scope, Rate], ...]:
     given = dict(overrides)
     unknown = [key for key in given if key.partition(".")[0] not in GROUPS]
     if unknown:
@@ -257,7 +251,7 @@ def _limits(
         text = str(given.get(f"{group}.{scope}", default))
         try:
             rate = parse_limit(text)
-        except ValueError as exc:
+        except InvalidRate as exc:
             raise ImproperlyConfigured(
                 f"NOTIFIER_PUBLIC_RATE_LIMITS {group}.{scope}: {exc}"
             ) from exc

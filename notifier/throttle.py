@@ -47,6 +47,7 @@ from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 from redis.commands.core import Script
 
+from notifier.rates import InvalidRate, Rate, parse_rate_text
 from notifier.redis_client import redis_client, state_client, state_redis_url
 
 logger = logging.getLogger("notifier.throttle")
@@ -62,27 +63,8 @@ REDIS_RETRY_AFTER_S = 1.0
 # The breaker's window is counted in this many buckets: it slides in steps of a tenth.
 WINDOW_BUCKETS = 10
 
-_RATE_FORM = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*/\s*([smh])\s*$")
-_PERIOD_S = {"s": 1.0, "m": 60.0, "h": 3600.0}
-
 
 # --- Values ---------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class Rate:
-    """`per_second` tokens a second, at most `burst` at once (0: about one second's worth)."""
-
-    per_second: float
-    burst: int = 0
-
-    def __post_init__(self) -> None:
-        if not (math.isfinite(self.per_second) and self.per_second > 0):
-            raise ValueError(f"a rate must be a positive number per second, not {self.per_second}")
-        if self.burst < 0:
-            raise ValueError(f"a burst must be at least 1 token, not {self.burst}")
-        if self.burst == 0:
-            object.__setattr__(self, "burst", max(1, math.ceil(self.per_second)))
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,15 +141,9 @@ class BreakerPolicy:
 
 
 def parse_rate(text: str) -> Rate:
-    """'10/s', '600/m', '3600/h' or '0.5/s' -> Rate; ValueError naming the form otherwise."""
-    match = _RATE_FORM.match(text)
-    if match is None or float(match[1]) <= 0:
-        raise ValueError(
-            f"invalid rate {text!r}: use <number>/<s|m|h> with a number above zero, "
-            "e.g. '10/s', '600/m', '3600/h' or '0.5/s'"
-        )
-    amount, period = match.groups()
-    return Rate(float(amount) / _PERIOD_S[period])
+    """'10/s', '600/m', '3600/h' or '0.5/s' -> that many a second, with about a second's worth
+    of burst; InvalidRate naming the form otherwise."""
+    return Rate(parse_rate_text(text).per_second)
 
 
 def rate_limits() -> dict[str, Rate]:
@@ -190,7 +166,7 @@ def _parse_rate_limits(items: tuple[tuple[str, Any], ...]) -> tuple[tuple[str, R
     for key, value in items:
         try:
             rate = value if isinstance(value, Rate) else parse_rate(str(value))
-        except ValueError as error:
+        except InvalidRate as error:
             raise ImproperlyConfigured(
                 f"NOTIFIER_RATE_LIMITS entry {key!r}={value!r}: {error}"
             ) from error

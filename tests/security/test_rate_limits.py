@@ -32,6 +32,7 @@ from notifier.ratelimit import (
     limits,
     parse_limit,
 )
+from notifier.rates import InvalidRate, Rate
 from notifier.redis_client import redis_client
 from tests.factories import UserFactory
 from tests.security.endpoints import METHODS, public_endpoints
@@ -69,11 +70,13 @@ def test_ipv6_clients_are_counted_per_64():
 
 def test_limits_parse_to_a_bucket_of_that_many_over_the_period():
     rate = parse_limit("30/m")
-    assert rate == throttle.Rate(per_second=0.5, burst=30)
+    assert rate == Rate(per_second=0.5, burst=30)
     assert parse_limit("off") is None
-    for bad in ("30", "0/m", "1.5/s", "ten/m", "30/d"):
-        with pytest.raises(ValueError, match=re.escape("use <whole number>/<s|m|h>")):
+    assert parse_limit(" OFF ") is None
+    for bad in ("30", "0/m", "1.5/s", "ten/m", "30/d", "of"):
+        with pytest.raises(InvalidRate, match=re.escape("use <whole number>/<s|m|h>")) as caught:
             parse_limit(bad)
+        assert str(caught.value).endswith("; or 'off' for no limit")
 
 
 def test_decide_names_the_first_limit_that_refused_and_rounds_the_wait_up():
@@ -86,9 +89,9 @@ def test_decide_names_the_first_limit_that_refused_and_rounds_the_wait_up():
 
 def test_overrides_apply_per_group_and_scope_and_bad_ones_are_refused(settings):
     settings.NOTIFIER_PUBLIC_RATE_LIMITS = {"signed_link.token": "off", "signed_link.ip": "5/s"}
-    assert limits("signed_link") == [(Scope.IP, throttle.Rate(5.0, 5))]
+    assert limits("signed_link") == [(Scope.IP, Rate(5.0, 5))]
     settings.NOTIFIER_PUBLIC_RATE_LIMITS = {"signed_link.ip": "lots"}
-    with pytest.raises(ImproperlyConfigured, match=r"signed_link\.ip: invalid limit 'lots'"):
+    with pytest.raises(ImproperlyConfigured, match=r"signed_link\.ip: invalid rate 'lots'"):
         limits("signed_link")
     settings.NOTIFIER_PUBLIC_RATE_LIMITS = {"signed_links.ip": "5/s"}
     with pytest.raises(ImproperlyConfigured, match="names no known group"):
@@ -306,7 +309,7 @@ def test_a_bad_setting_fails_the_system_check(settings):
     settings.NOTIFIER_PUBLIC_RATE_LIMITS = {"tracking.ip": "fast"}
     [error] = check_public_rate_limits()
     assert error.id == "notifier.E010"
-    assert "tracking.ip: invalid limit 'fast'" in error.msg
+    assert "tracking.ip: invalid rate 'fast'" in error.msg
     settings.NOTIFIER_PUBLIC_RATE_LIMITS = {}
     settings.NOTIFIER_TRUSTED_PROXIES = ["10.0.0.0/33"]
     [error] = check_public_rate_limits()
