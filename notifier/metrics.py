@@ -137,7 +137,7 @@ def held_counts() -> dict[str, int]:
 def breaker_states() -> dict[tuple[str, str], str]:
     from channels.base import Channel
     from channels.registry import configured_names
-    from notifier.throttle import breaker_state
+    from notifier.provider_limits import breaker_state
 
     return {
         (str(channel), name): str(breaker_state(f"{channel}:{name}"))

@@ -5,9 +5,9 @@
                                       asks for it
     period = "s" | "m" | "h"
 
-Provider limits (NOTIFIER_RATE_LIMITS, `notifier.throttle`) read "600/m" as ten a second
+Provider limits (NOTIFIER_RATE_LIMITS, `notifier.provider_limits`) read "600/m" as ten a second
 with about a second's worth of burst; request limits (NOTIFIER_PUBLIC_RATE_LIMITS,
-`notifier.ratelimit`) read "30/m" as a bucket of 30 refilled over the minute. Both parse
+`notifier.request_limits`) read "30/m" as a bucket of 30 refilled over the minute. Both parse
 the text here and build a `Rate`, the token bucket's speed and size.
 """
 

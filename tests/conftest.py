@@ -18,9 +18,9 @@ from django.conf import settings
 from channels.registry import reset_providers
 from notifier.backpressure import reset_depth_cache
 from notifier.embedded import worker_argv
+from notifier.provider_limits import limits_reset
 from notifier.redis_client import broker_client
 from notifier.selectors import type_cache_clear
-from notifier.throttle import throttle_reset
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -88,11 +88,12 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
 
 @pytest.fixture(autouse=True)
 def _fresh_caches() -> Iterator[None]:
-    """Per-process caches and shared throttle state never leak from one test into the next."""
+    """Per-process caches and shared limit and breaker state never leak from one test into the
+    next."""
     type_cache_clear()
     reset_providers()
     reset_depth_cache()
-    throttle_reset()
+    limits_reset()
     yield
     type_cache_clear()
     reset_providers()

@@ -149,7 +149,7 @@ def test_a_provider_outage_opens_the_circuit_then_everything_goes_out(rig, setti
         "NOTIFIER_MAX_ATTEMPTS": "8",
     }
     settings.REDIS_URL = rig.server.url  # read the workers' breaker from this process
-    from notifier.throttle import State, breaker_state
+    from notifier.provider_limits import State, breaker_state
 
     users = many_users(150)
     outage = SandboxOutage.objects.create(

@@ -13,17 +13,17 @@ from channels.models import SandboxOutage, SandboxSend
 from channels.registry import reset_providers
 from notifier.api import notify
 from notifier.models import Delivery
-from notifier.redis_client import redis_client, state_redis_url
-from notifier.services.deliveries import _record_health, deliveries_deliver
-from notifier.services.pipeline import messages_prepare
-from notifier.status import DeliveryStatus, Reason
-from notifier.throttle import (
+from notifier.provider_limits import (
     State,
     breaker_allows,
     breaker_record,
     breaker_redis_keys,
     breaker_state,
 )
+from notifier.redis_client import redis_client, state_redis_url
+from notifier.services.deliveries import _record_health, deliveries_deliver
+from notifier.services.pipeline import messages_prepare
+from notifier.status import DeliveryStatus, Reason
 from tests.factories import UserFactory, order_context
 
 pytestmark = pytest.mark.django_db

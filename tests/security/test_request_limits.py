@@ -1,6 +1,6 @@
 """Rate limits on the public endpoints: the pure parts, and the middleware on real Redis.
 
-Every endpoint found in the URLconf must be placed in notifier.ratelimit.ENDPOINTS (a new one
+Every endpoint found in the URLconf must be placed in notifier.request_limits.ENDPOINTS (a new one
 fails `test_every_public_endpoint_is_placed`), and every limited one answers 429 once over
 its limit, whatever method it is called with.
 """
@@ -17,10 +17,12 @@ from django.core.exceptions import ImproperlyConfigured
 from django.test import Client
 from django.urls import resolve
 
-from notifier import throttle
+from notifier import provider_limits
 from notifier.links import preferences_token, unsubscribe_token
 from notifier.models import Consent, Preference
-from notifier.ratelimit import (
+from notifier.rates import InvalidRate, Rate
+from notifier.redis_client import redis_client
+from notifier.request_limits import (
     ENDPOINTS,
     GROUPS,
     Decision,
@@ -32,8 +34,6 @@ from notifier.ratelimit import (
     limits,
     parse_limit,
 )
-from notifier.rates import InvalidRate, Rate
-from notifier.redis_client import redis_client
 from tests.factories import UserFactory
 from tests.security.endpoints import METHODS, public_endpoints
 
@@ -80,11 +80,13 @@ def test_limits_parse_to_a_bucket_of_that_many_over_the_period():
 
 
 def test_decide_names_the_first_limit_that_refused_and_rounds_the_wait_up():
-    assert decide([(Scope.IP, throttle.Grant(1))]) == Decision(True)
-    refused = decide([(Scope.IP, throttle.Grant(1)), (Scope.TOKEN, throttle.Grant(0, 2.1))])
+    assert decide([(Scope.IP, provider_limits.Grant(1))]) == Decision(True)
+    refused = decide(
+        [(Scope.IP, provider_limits.Grant(1)), (Scope.TOKEN, provider_limits.Grant(0, 2.1))]
+    )
     assert refused == Decision(False, 3, Scope.TOKEN)
     assert refused.reason == "Too many requests for this link. Try again in 3 seconds."
-    assert decide([(Scope.USER, throttle.Grant(0, 0.01))]).retry_after_s == 1
+    assert decide([(Scope.USER, provider_limits.Grant(0, 0.01))]).retry_after_s == 1
 
 
 def test_overrides_apply_per_group_and_scope_and_bad_ones_are_refused(settings):
@@ -105,7 +107,7 @@ def test_every_public_endpoint_is_placed():
     """A new URL must be given a group (or None, with a reason) in ENDPOINTS on purpose; until
     then it gets the default group's limits, and this test fails."""
     names = {endpoint.name for endpoint in public_endpoints()}
-    assert names - set(ENDPOINTS) == set(), "place these in notifier.ratelimit.ENDPOINTS"
+    assert names - set(ENDPOINTS) == set(), "place these in notifier.request_limits.ENDPOINTS"
     assert set(ENDPOINTS) - names == set(), "ENDPOINTS lists URLs that no longer exist"
     assert {g for g in ENDPOINTS.values() if g is not None} <= set(GROUPS)
 
@@ -156,7 +158,7 @@ def redis_keys():
     client = redis_client(settings.REDIS_URL)
 
     def keys() -> list[str]:
-        pattern = f"{throttle.KEY_PREFIX}:bucket:http:*"
+        pattern = f"{provider_limits.KEY_PREFIX}:bucket:http:*"
         return sorted(k.decode() for k in client.scan_iter(match=pattern))
 
     return keys

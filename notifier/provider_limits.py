@@ -1,4 +1,6 @@
-"""Global per-provider rate limits and circuit breakers, shared by every worker process.
+"""Outbound limits: how fast and whether we call each provider. Global per-provider rate limits
+and circuit breakers, shared by every worker process. (Inbound limits on the requests we answer
+are notifier.request_limits; both count in this module's token bucket.)
 
 Rate limit: a token bucket per provider key ("sms:twilio"). The bucket holds at most `burst`
 tokens and refills continuously at `per_second`; a delivery takes one token per message. State
@@ -50,7 +52,11 @@ from redis.commands.core import Script
 from notifier.rates import InvalidRate, Rate, parse_rate_text
 from notifier.redis_client import redis_client, state_client, state_redis_url
 
+# The module was notifier/throttle.py. Its logger, its Sentry fingerprint and its Redis keys keep
+# that name: log filters, alert rules, Sentry issues and the live buckets and breakers of a
+# running deployment all carry on across the rename.
 logger = logging.getLogger("notifier.throttle")
+SENTRY_FINGERPRINT = "notifier.throttle"
 
 # Every Redis key of this module starts with this; tests point it at a private prefix.
 KEY_PREFIX = "notifier:throttle"
@@ -212,7 +218,7 @@ def acquire(key: str, n: int = 1) -> Grant:
 
 def take(key: str, rate: Rate, n: int = 1) -> Grant:
     """Take up to n tokens from `key`'s bucket at an explicit rate (not NOTIFIER_RATE_LIMITS):
-    the same atomic bucket, for callers with limits of their own (notifier.ratelimit)."""
+    the same atomic bucket, for callers with limits of their own (notifier.request_limits)."""
     if n < 1:
         raise ValueError(f"take at least one token, not {n}")
     return _backend().acquire(key, rate, n)
@@ -297,7 +303,7 @@ def _report_to_sentry(transition: Transition, message: str) -> None:
         level="warning" if transition.kind is TransitionKind.OPENED else "info",
         # One issue per provider and kind: a provider that keeps failing its probes re-opens
         # every cooldown, and that must not page anyone once per cooldown.
-        fingerprint=["notifier.throttle", str(transition.kind), transition.key],
+        fingerprint=[SENTRY_FINGERPRINT, str(transition.kind), transition.key],
         tags={"circuit_key": transition.key, "circuit_transition": str(transition.kind)},
     )
 
@@ -757,7 +763,7 @@ class _LocalBackend:
 _LOCAL = _LocalBackend()
 
 
-def throttle_reset() -> None:
+def limits_reset() -> None:
     """Forget every bucket and breaker (tests start each case from a clean slate)."""
     global _LOCAL
     _LOCAL = _LocalBackend()

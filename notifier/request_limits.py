@@ -1,22 +1,24 @@
-"""Rate limits on the public endpoints: per client IP, and per signed token or user where a
-token or a login identifies who is asking.
+"""Inbound limits: how many requests we answer. Rate limits on the public endpoints, per client
+IP, and per signed token or user where a token or a login identifies who is asking. (Outbound
+limits on the providers we call are notifier.provider_limits.)
 
 Every URL outside the admin is rate-limited. `ENDPOINTS` places each URL name in a group
 whose limits fit it (signed links, tracking, the inbox API, ...); a URL not listed there gets
 `DEFAULT_GROUP`'s limits, so a new public endpoint is never unlimited, and
-tests/security/test_rate_limits.py fails until it is placed on purpose. The admin is behind a
+tests/security/test_request_limits.py fails until it is placed on purpose. The admin is behind a
 login and is not limited, except its login page (password guessing).
 
 A request over a limit gets 429 with Retry-After (whole seconds until a slot frees up) and a
 plain message; JSON endpoints answer {"error": "..."} like their other errors.
 
-The counting is `notifier.throttle`'s token bucket (one Lua script on Redis, Redis's clock,
-shared by every web process; in process in embedded mode): a limit of "30/m" is a bucket of
-30 refilled at one every two seconds, so short bursts pass and a steady flood is cut to the
-rate. django-ratelimit would also do, but it needs a Redis cache configured as Django's cache,
-counts in fixed windows (twice the limit can pass across a window's edge) and answers 403
-unless wrapped; the bucket here already exists, is tested, tells the exact wait, and fails
-open (logged once) when Redis is down, so an outage does not take the unsubscribe page with it.
+The counting is the token bucket of `notifier.provider_limits` (`take`: one Lua script on
+Redis, Redis's clock, shared by every web process; in process in embedded mode): a limit of
+"30/m" (`notifier.rates`' grammar) is a bucket of 30 refilled at one every two seconds, so
+short bursts pass and a steady flood is cut to the rate. django-ratelimit would also do, but it
+needs a Redis cache configured as Django's cache, counts in fixed windows (twice the limit can
+pass across a window's edge) and answers 403 unless wrapped; the bucket here already exists, is
+tested, tells the exact wait, and fails open (logged once) when Redis is down, so an outage
+does not take the unsubscribe page with it.
 
 Client IP: REMOTE_ADDR, unless it belongs to NOTIFIER_TRUSTED_PROXIES (addresses or CIDR
 ranges of the load balancers in front of us); then the rightmost X-Forwarded-For entry that is
@@ -43,7 +45,7 @@ from django.core.exceptions import ImproperlyConfigured
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.urls import ResolverMatch
 
-from notifier import throttle
+from notifier import provider_limits
 from notifier.known_devices import account_key, known_device, set_known_device_cookie
 from notifier.rates import InvalidRate, Rate, parse_rate_text
 
@@ -220,7 +222,7 @@ class Decision:
         return f"Too many requests {whom}. Try again in {self.retry_after_s} seconds."
 
 
-def decide(grants: Sequence[tuple[Scope, throttle.Grant]]) -> Decision:
+def decide(grants: Sequence[tuple[Scope, provider_limits.Grant]]) -> Decision:
     """Refused by the first limit that granted nothing, with its wait in whole seconds."""
     for scope, grant in grants:
         if grant.granted < 1:
@@ -348,7 +350,7 @@ class PublicRateLimitMiddleware:
             identity = _identity(scope, request, kwargs)
             if identity is None:
                 continue
-            grant = throttle.take(f"http:{group}:{scope}:{identity}", rate)
+            grant = provider_limits.take(f"http:{group}:{scope}:{identity}", rate)
             grants.append((scope, grant))
             if grant.granted < 1:
                 break  # the other buckets keep their tokens
