@@ -3,8 +3,6 @@ probe closes the breaker, not after the probe lease or the cooldown (here 10 min
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 from django.utils import timezone
 
@@ -19,20 +17,11 @@ from notifier.services.deliveries import _record_health
 from notifier.status import DeliveryStatus, Reason
 from tests.conftest import wait_until
 from tests.factories import order_context
-from tests.integration.rig import RedisServer, Rig, ledger_for
+from tests.integration.rig import ledger_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
 KEY = "email:sandbox"
 LONG_S = 600  # the probe lease and the cooldown: what the losers would otherwise wait
-
-
-@pytest.fixture
-def rig(monkeypatch) -> Iterator[Rig]:
-    rig = Rig(RedisServer(), monkeypatch)
-    try:
-        yield rig
-    finally:
-        rig.close()
 
 
 def test_probe_race_losers_in_worker_processes_go_out_once_the_probe_succeeds(

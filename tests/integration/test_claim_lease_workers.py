@@ -14,7 +14,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -28,20 +28,11 @@ from notifier.models import Delivery, Message, User
 from notifier.status import TERMINAL, DeliveryStatus
 from tests.conftest import ROOT, WorkerProcess, wait_until
 from tests.factories import order_context
-from tests.integration.rig import RedisServer, Rig, ledger_for
+from tests.integration.rig import Rig, ledger_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
 S = DeliveryStatus
 COMPOSE = ROOT / "deploy" / "compose.yaml"
-
-
-@pytest.fixture
-def rig(monkeypatch) -> Iterator[Rig]:
-    rig = Rig(RedisServer(), monkeypatch)
-    try:
-        yield rig
-    finally:
-        rig.close()
 
 
 def users(count: int, prefix: str = "lease") -> list[User]:

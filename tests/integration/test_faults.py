@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from collections.abc import Iterator
 from datetime import timedelta
 
 import pytest
@@ -30,19 +29,10 @@ from notifier.services.pipeline import messages_prepare
 from notifier.status import TERMINAL, DeliveryStatus, Reason
 from tests.conftest import ROOT, wait_until
 from tests.factories import UserFactory, order_context
-from tests.integration.rig import RedisServer, Rig, ledger_for
+from tests.integration.rig import Rig, ledger_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
 S = DeliveryStatus
-
-
-@pytest.fixture
-def rig(monkeypatch) -> Iterator[Rig]:
-    rig = Rig(RedisServer(), monkeypatch)
-    try:
-        yield rig
-    finally:
-        rig.close()
 
 
 def many_users(count: int, **fields) -> list[User]:

@@ -16,7 +16,6 @@ import ast
 import json
 import time
 import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -32,7 +31,6 @@ from notifier.queues import MAINTENANCE_QUEUE, Lane, lane_queues
 from notifier.services.messages import NewMessage, messages_create
 from notifier.status import DeliveryStatus, Reason
 from tests.conftest import WorkerProcess, wait_until
-from tests.integration.rig import RedisServer, Rig
 
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
 S = DeliveryStatus
@@ -47,15 +45,6 @@ YEAR_10000 = "9999-12-31 23:59:59-05:00"
 DEEP_CONTEXT = '{"order_number": ' + "[" * 990 + "]" * 990 + "}"
 # The render refused by its soft time limit, or by the template sandbox's budget once it lands.
 REFUSED = {"render_timeout", "render_failed"}  # Reason.RENDER_TIMEOUT, Reason.RENDER_FAILED
-
-
-@pytest.fixture
-def rig(monkeypatch) -> Iterator[Rig]:
-    rig = Rig(RedisServer(), monkeypatch)
-    try:
-        yield rig
-    finally:
-        rig.close()
 
 
 def people(prefix: str, count: int, **fields: Any) -> list[User]:
