@@ -97,14 +97,21 @@ def fans(count: int = AUDIENCE) -> list[int]:
                 email=f"fan-{i}@example.com",
                 first_name="Fan",
                 password="!",
-                quiet_hours_enabled=False,
-                interest_tags=[FANS],
             )
             for i in range(count)
         ],
         batch_size=1000,
     )
-    ids = list(User.objects.filter(username__startswith="fan-").order_by("pk").values_list("pk"))
+    made = User.objects.filter(username__startswith="fan-").order_by("pk")
+    ids = list(made.values_list("pk"))
+    # bulk_create made no profiles: theirs, in the segment and without quiet hours.
+    Recipient.objects.bulk_create(
+        [
+            Recipient(user_id=pk, email=email, quiet_hours_enabled=False, interest_tags=[FANS])
+            for pk, email in made.values_list("pk", "email")
+        ],
+        batch_size=1000,
+    )
     now = timezone.now()
     Consent.objects.bulk_create(
         [

@@ -24,7 +24,7 @@ from django.db.models import Min
 
 from channels.models import SandboxSend
 from notifier.api import notify, notify_many
-from notifier.models import Delivery, Message, User
+from notifier.models import Delivery, Message, Recipient, User, recipients_for
 from notifier.status import TERMINAL, DeliveryStatus
 from tests.conftest import ROOT, WorkerProcess, wait_until
 from tests.factories import order_context
@@ -41,13 +41,17 @@ def users(count: int, prefix: str = "lease") -> list[User]:
             User(
                 username=f"{prefix}-{i}",
                 email=f"{prefix}-{i}@example.com",
-                phone=f"+86138{i:08d}",
                 password="!",
             )
             for i in range(count)
         ]
     )
-    return list(User.objects.filter(username__startswith=f"{prefix}-").order_by("pk"))
+    made = list(User.objects.filter(username__startswith=f"{prefix}-").order_by("pk"))
+    profiles = recipients_for(user.pk for user in made)  # bulk_create made none
+    for i, user in enumerate(made):
+        profiles[user.pk].phone = f"+86138{i:08d}"
+    Recipient.objects.bulk_update(list(profiles.values()), ["phone"])
+    return made
 
 
 def all_done(message_ids: list[int]) -> bool:
