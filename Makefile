@@ -16,15 +16,32 @@ BENCH_ENV = DATABASE_URL=$${BENCH_DATABASE_URL:-postgres://postgres@$(PGHOST):$(
 	REDIS_URL=redis://$(REDIS_HOST):$(REDIS_PORT)/14 \
 	CELERY_BROKER_URL=redis://$(REDIS_HOST):$(REDIS_PORT)/14
 
-.PHONY: install demo test lint typecheck pytest bench screenshots chromium kubectl services clean
+.PHONY: install lock demo test lint typecheck pytest bench screenshots chromium kubectl services clean
 
-$(VENV)/.installed: pyproject.toml
+# Exact versions, with hashes, from the lock files (requirements/, written by `make lock`); the
+# project itself goes in editable on top, without resolving anything again.
+$(VENV)/.installed: requirements/dev.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e ".[dev]"
+	$(BIN)/pip install --quiet --require-hashes -r requirements/dev.txt
+	$(BIN)/pip install --quiet --no-deps -e .
 	touch $@
 
 install: $(VENV)/.installed
+
+## Re-resolve the lock files after a change to pyproject.toml, keeping every pin that still
+## fits; `make lock UPGRADE=1` moves everything to the newest releases the ranges allow. One
+## universal lock per role, valid on Python 3.11 to 3.13: requirements/dev.txt (tests, CI,
+## the demo: every extra) and requirements/deploy.txt (the Docker image: the same versions,
+## without the test tools).
+LOCK_PY ?= 3.11
+LOCK_ARGS = --universal --python-version $(LOCK_PY) --generate-hashes --quiet \
+	$(if $(UPGRADE),--upgrade)
+lock: export UV_CUSTOM_COMPILE_COMMAND = make lock
+lock: install
+	$(BIN)/uv pip compile pyproject.toml $(LOCK_ARGS) --all-extras -o requirements/dev.txt
+	$(BIN)/uv pip compile pyproject.toml $(LOCK_ARGS) --extra sms --extra push --extra deploy \
+		-c requirements/dev.txt -o requirements/deploy.txt
 
 ## The demo on the embedded default: SQLite, in-memory broker, in-process worker, sandboxes.
 demo: install
