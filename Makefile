@@ -34,13 +34,14 @@ $(VENV)/.installed: requirements/dev.txt pyproject.toml
 install: $(VENV)/.installed
 
 ## Re-resolve the lock files after a change to pyproject.toml, keeping every pin that still
-## fits; `make lock UPGRADE=1` moves everything to the newest releases the ranges allow. One
+## fits; `make lock UPGRADE=1` moves everything to the newest releases the ranges allow,
+## `make lock UPGRADE_PACKAGE=celery` only that package (and what it needs). One
 ## universal lock per role, valid on Python 3.11 to 3.13: requirements/dev.txt (tests, CI,
 ## the demo: every extra) and requirements/deploy.txt (the Docker image: the same versions,
 ## without the test tools).
 LOCK_PY ?= 3.11
 LOCK_ARGS = --universal --python-version $(LOCK_PY) --generate-hashes --quiet \
-	$(if $(UPGRADE),--upgrade)
+	$(if $(UPGRADE),--upgrade) $(if $(UPGRADE_PACKAGE),--upgrade-package $(UPGRADE_PACKAGE))
 lock: export UV_CUSTOM_COMPILE_COMMAND = make lock
 lock: install
 	$(BIN)/uv pip compile pyproject.toml $(LOCK_ARGS) --all-extras -o requirements/dev.txt

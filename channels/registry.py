@@ -14,8 +14,9 @@ An instance has its own name (its rate limit and circuit breaker key, Delivery.p
 own credentials, so one class can serve twice in a chain (two Twilio accounts, SMTP and an ESP).
 
 Adding a provider: write its module (a class implementing `channels.base.Provider` with a
-`configuration_problems()` classmethod; `channels.base.ConfiguredProvider` to take options) and
-add one line to PROVIDER_CLASSES.
+`configuration_problems()` classmethod; `channels.base.ConfiguredProvider` to take options; an
+`extra` and `sdk_modules()` when it needs an SDK, which then goes in that extra in pyproject.toml)
+and add one line to PROVIDER_CLASSES.
 """
 
 from __future__ import annotations
