@@ -165,9 +165,7 @@ def test_the_hook_and_the_requeue_job_at_once_apply_an_early_event_once(publishe
     assert SuppressedAddress.objects.count() == 1
 
 
-def test_the_sender_applies_early_events_only_when_one_waits_for_its_sends(
-    published, monkeypatch
-):
+def test_the_sender_applies_early_events_only_when_one_waits_for_its_sends(published, monkeypatch):
     """One look per write before its transaction; the guarded apply (two savepoints) runs
     only for a write some event waits for."""
     applied: list[list[tuple[str, str]]] = []
