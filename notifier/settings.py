@@ -368,6 +368,8 @@ if env.bool("DJANGO_TRUST_PROXY_HEADERS", default=False):
 SANDBOX_LATENCY_MS = env.float("SANDBOX_LATENCY_MS", default=0.0)
 SANDBOX_TRANSIENT_FAILURE_RATE = env.float("SANDBOX_TRANSIENT_FAILURE_RATE", default=0.0)
 SANDBOX_PERMANENT_FAILURE_RATE = env.float("SANDBOX_PERMANENT_FAILURE_RATE", default=0.0)
+# Messages an instant sandbox (no latency) takes per request, like a provider's batch API.
+SANDBOX_BATCH = env.int("SANDBOX_BATCH", default=100)
 
 # --- Observability --------------------------------------------------------------------------
 SENTRY_DSN = env.str("SENTRY_DSN", default="")
