@@ -41,6 +41,10 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    # /static/ (the admin's CSS and JS) from STATIC_ROOT, which collectstatic fills when the
+    # image is built: gunicorn with DEBUG off serves no static files itself. Before everything
+    # else that would do work for a file request.
+    "whitenoise.middleware.WhiteNoiseMiddleware",
     # First, so every later middleware's and the view's log lines carry the request id.
     "notifier.logcontext.RequestIdMiddleware",
     # A charset other than UTF-8 is a 400 before CSRF or a view reads the body (middleware.py).
@@ -118,6 +122,13 @@ USE_TZ = True
 
 STATIC_URL = "static/"
 STATIC_ROOT = env.path("DJANGO_STATIC_ROOT", default=BASE_DIR / "var" / "static")
+# collectstatic also writes each file gzipped, for WhiteNoise to send to clients
+# that take them. Not the manifest storage: a template naming a file collectstatic has not seen
+# would then fail to render instead of linking a 404.
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {"BACKEND": "whitenoise.storage.CompressedStaticFilesStorage"},
+}
 
 # Where the inbox page sends visitors who are not logged in: the stand-alone site's own
 # /login/; a product that embeds Notifier names its login page here.
@@ -357,6 +368,8 @@ if env.bool("DJANGO_TRUST_PROXY_HEADERS", default=False):
 SANDBOX_LATENCY_MS = env.float("SANDBOX_LATENCY_MS", default=0.0)
 SANDBOX_TRANSIENT_FAILURE_RATE = env.float("SANDBOX_TRANSIENT_FAILURE_RATE", default=0.0)
 SANDBOX_PERMANENT_FAILURE_RATE = env.float("SANDBOX_PERMANENT_FAILURE_RATE", default=0.0)
+# Messages an instant sandbox (no latency) takes per request, like a provider's batch API.
+SANDBOX_BATCH = env.int("SANDBOX_BATCH", default=100)
 
 # --- Observability --------------------------------------------------------------------------
 SENTRY_DSN = env.str("SENTRY_DSN", default="")
