@@ -488,7 +488,12 @@ def test_without_the_twilio_sdk_a_signed_webhook_is_refused_not_a_server_error(
     monkeypatch.setitem(sys.modules, "twilio.request_validator", None)
     monkeypatch.setitem(sys.modules, "twilio.twiml.messaging_response", None)
 
-    params = {"AccountSid": SID, "MessageSid": "SM" + "a" * 32, "From": user.phone, "To": FROM}
+    params = {
+        "AccountSid": SID,
+        "MessageSid": "SM" + "a" * 32,
+        "From": user.notifier_recipient.phone,
+        "To": FROM,
+    }
     response = signed_post(client, path, {**params, "Body": "STOP", "MessageStatus": "sent"})
 
     assert response.status_code == 403
