@@ -109,9 +109,11 @@ def _new_profile(user_id: int, email: str) -> Recipient:
 def recipient_for(user: Any) -> Recipient:
     """The user's profile, created on first use. Safe when two workers create it at once: the
     create runs in a savepoint and the loser reads the winner's row."""
-    cached = user._state.fields_cache.get("notifier_recipient") if user.pk else None
+    cached = user._state.fields_cache.get("notifier_recipient")
     if isinstance(cached, Recipient):
         return cached
+    if user.pk is None:  # an unsaved user (a preview's stand-in): the defaults, nothing stored
+        return Recipient(email=user_email(user))
     try:
         profile = Recipient.objects.get(user_id=user.pk)
     except Recipient.DoesNotExist:

@@ -85,6 +85,14 @@ def test_recipient_for_reads_the_row_another_worker_created_meanwhile(db):
     assert User.objects.filter(pk=user.pk).exists()  # the transaction is still usable
 
 
+def test_an_unsaved_user_has_the_default_profile_and_nothing_is_stored(
+    db, django_assert_num_queries
+):
+    with django_assert_num_queries(0):
+        profile = recipient_for(User(username="draft", email="draft@example.com"))
+    assert (profile.pk, profile.email, profile.time_zone) == (None, "draft@example.com", "UTC")
+
+
 def test_recipients_for_creates_the_missing_in_bulk_with_a_fixed_number_of_queries(
     db, django_assert_max_num_queries
 ):
