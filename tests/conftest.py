@@ -65,8 +65,9 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
 def _wall_clock() -> Iterator[None]:
     """NOTIFIER_TEST_CLOCK=2026-12-06T23:00+00:00 runs the tests as if started at that instant,
     the clock ticking on from there: a check that no test depends on the hour it runs at (users
-    have quiet hours, 22:00-08:00 local). Only this process moves: worker processes and
-    PostgreSQL keep the real clock, so it is a check for the tests without them."""
+    have quiet hours, 22:00-08:00 local). Only this process's clock moves: worker processes,
+    PostgreSQL and file times keep the real one, so it checks the tests without workers, and
+    a test that compares with a file's time (the worker probe's heartbeat) fails under it."""
     at = os.environ.get("NOTIFIER_TEST_CLOCK")
     if not at:
         yield
