@@ -51,8 +51,8 @@ MIDDLEWARE = [
     "notifier.middleware.ExplainMethodNotAllowedMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
-    # Public endpoints' rate limits (notifier/ratelimit.py): after the user is known.
-    "notifier.ratelimit.PublicRateLimitMiddleware",
+    # Public endpoints' rate limits (notifier/request_limits.py): after the user is known.
+    "notifier.request_limits.PublicRateLimitMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
 ]
@@ -232,7 +232,8 @@ NOTIFIER_MARKETING_TTL_H = env.int("NOTIFIER_MARKETING_TTL_H", default=72)
 # Backpressure: above this many tasks waiting in the bulk queues, marketing and low-priority
 # messages are held instead of queued, and released as the queues drain.
 NOTIFIER_BULK_HIGH_WATER = env.int("NOTIFIER_BULK_HIGH_WATER", default=200)
-# Global provider rate limits shared by all workers, "channel:provider=rate/period", e.g.
+# Global provider rate limits shared by all workers (notifier/provider_limits.py),
+# "channel:provider=amount/period" (the grammar of notifier/rates.py), e.g.
 # NOTIFIER_RATE_LIMITS=sms:twilio=10/s,email:django=100/s
 NOTIFIER_RATE_LIMITS = env.dict("NOTIFIER_RATE_LIMITS", default={})
 # Circuit breaker per provider: when at least NOTIFIER_CIRCUIT_MIN_CALLS calls within the window
@@ -248,7 +249,7 @@ NOTIFIER_PROVIDER_MAX_PAUSE_S = env.float("NOTIFIER_PROVIDER_MAX_PAUSE_S", defau
 # Signed links (unsubscribe, preference centre) stay valid this long.
 NOTIFIER_LINK_MAX_AGE_DAYS = env.int("NOTIFIER_LINK_MAX_AGE_DAYS", default=365)
 
-# --- Security: public rate limits and client addresses (notifier/ratelimit.py) -------------
+# --- Security: public rate limits and client addresses (notifier/request_limits.py) -------------
 # Per-group overrides, "group.scope=count/period" or "off", e.g.
 # NOTIFIER_PUBLIC_RATE_LIMITS=signed_link.ip=120/m,tracking.ip=off
 NOTIFIER_PUBLIC_RATE_LIMITS = env.dict("NOTIFIER_PUBLIC_RATE_LIMITS", default={})

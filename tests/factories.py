@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import uuid
 from datetime import UTC, datetime
 
 import factory
+from django.contrib.auth.models import Group
 
 from notifier.models import Device, Platform, User
 
@@ -57,3 +59,13 @@ def order_context(**overrides: str) -> dict[str, str]:
         "tracking_url": "https://example.com/track/A1001",
         **overrides,
     }
+
+
+def staff_member(group: str | None = None, name: str = "") -> User:
+    """A staff user in one of the roles `roles_sync` makes ("Marketer", "Marketing lead",
+    "Support"), read back fresh: permissions are cached per instance."""
+    prefix = name or (group or "staff").split()[0].lower()
+    user = UserFactory(username=f"{prefix}-{uuid.uuid4().hex[:6]}", is_staff=True)
+    if group:
+        user.groups.add(Group.objects.get(name=group))
+    return User.objects.get(pk=user.pk)

@@ -8,20 +8,18 @@ nothing to press; the funnel page draws its charts.
 from __future__ import annotations
 
 import importlib
-import uuid
 from datetime import timedelta
 from decimal import Decimal
 
 import pytest
 from django.apps import apps
-from django.contrib.auth.models import Group
 from django.utils import timezone
 
 from campaigns.models import Activity, Segment
 from campaigns.services.lifecycle import campaign_create
 from campaigns.services.segments import segment_users
 from notifier.models import NotificationType, User
-from tests.factories import UserFactory
+from tests.factories import UserFactory, staff_member
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 ROLES = importlib.import_module("campaigns.migrations.0003_marketing_roles")
@@ -34,9 +32,7 @@ def people() -> dict[str, User]:
     ROLES.create_roles(apps, None)
     found = {}
     for group in ["Marketer", "Support"]:
-        user = UserFactory(username=f"{group.lower()}-{uuid.uuid4().hex[:6]}", is_staff=True)
-        user.groups.add(Group.objects.get(name=group))
-        found[group] = user
+        found[group] = staff_member(group)
     return found
 
 

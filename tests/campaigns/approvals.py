@@ -3,11 +3,9 @@ list), a campaign approved by a Marketing lead, and beat at a moment with the wo
 
 from __future__ import annotations
 
-import uuid
 from datetime import UTC, datetime, timedelta
 
 import time_machine
-from django.contrib.auth.models import Group
 
 from campaigns.models import (
     Campaign,
@@ -22,7 +20,7 @@ from campaigns.services.fanout import steps_start_due
 from campaigns.services.lifecycle import campaign_approve, campaign_create, campaign_submit
 from campaigns.services.segments import segment_members_add
 from notifier.models import Consent, Message, NotificationType, User
-from tests.factories import UserFactory
+from tests.factories import UserFactory, staff_member
 
 NOW = datetime(2026, 11, 1, 9, 0, tzinfo=UTC)
 EVENT = datetime(2026, 11, 11, 12, 0, tzinfo=UTC)
@@ -46,9 +44,7 @@ def audience(count: int, **fields) -> list[User]:
 
 
 def person(group: str) -> User:
-    user = UserFactory(username=f"{group[:4]}-{uuid.uuid4().hex[:6]}", is_staff=True)
-    user.groups.add(Group.objects.get(name=group))
-    return User.objects.get(pk=user.pk)  # fresh: permissions are cached per instance
+    return staff_member(group)
 
 
 def whales_with_a_list(listed: int = 11, others: int = 60) -> tuple[Segment, list[User]]:

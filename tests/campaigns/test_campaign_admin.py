@@ -13,7 +13,6 @@ from typing import Any
 
 import pytest
 import time_machine
-from django.contrib.auth.models import Group
 from django.contrib.messages import get_messages
 from django.db import connection
 from django.forms import MultiWidget
@@ -42,7 +41,7 @@ from notifier.models import Consent, Delivery, InboxItem, Message, NotificationT
 from notifier.services.deliveries import deliveries_deliver
 from notifier.services.pipeline import messages_prepare
 from notifier.status import DeliveryStatus
-from tests.factories import UserFactory
+from tests.factories import UserFactory, staff_member
 
 pytestmark = pytest.mark.django_db
 NOW = datetime(2026, 11, 1, 9, 0, tzinfo=UTC)
@@ -54,9 +53,7 @@ FANS = "sale-fans"
 
 
 def person(group: str, name: str):
-    user = UserFactory(username=f"{name}-{uuid.uuid4().hex[:6]}", is_staff=True)
-    user.groups.add(Group.objects.get(name=group))
-    return user
+    return staff_member(group, name)
 
 
 @pytest.fixture

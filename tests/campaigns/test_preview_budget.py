@@ -14,13 +14,12 @@ import time
 import uuid
 
 import pytest
-from django.contrib.auth.models import Group
 from django.urls import reverse
 
 from campaigns.models import Campaign, Segment, StepVariant, VariantTemplate
 from campaigns.services.lifecycle import campaign_create
 from notifier.models import NotificationType
-from tests.factories import UserFactory
+from tests.factories import staff_member
 
 pytestmark = pytest.mark.django_db
 
@@ -32,9 +31,7 @@ BUDGET_S = 1.0
 
 @pytest.fixture
 def marketer(roles):
-    user = UserFactory(username=f"marketer-{uuid.uuid4().hex[:6]}", is_staff=True)
-    user.groups.add(Group.objects.get(name="Marketer"))
-    return user
+    return staff_member("Marketer")
 
 
 def campaign_with_copy(creator) -> Campaign:

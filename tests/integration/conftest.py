@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import pytest
 import redis
 
 from notifier.queues import ALL_QUEUES
 from tests.conftest import WorkerProcess, wait_until
+from tests.integration.rig import RedisServer, Rig
 
 
 def worker_idle(worker: WorkerProcess, client: redis.Redis) -> bool:
@@ -31,3 +34,13 @@ def wait_idle(worker, redis_client):
         )
 
     return wait
+
+
+@pytest.fixture
+def rig(monkeypatch) -> Iterator[Rig]:
+    """The fault rig on a Redis server of its own (a test module may override it)."""
+    rig = Rig(RedisServer(), monkeypatch)
+    try:
+        yield rig
+    finally:
+        rig.close()

@@ -16,7 +16,6 @@ import ast
 import json
 import time
 import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -32,7 +31,6 @@ from notifier.queues import MAINTENANCE_QUEUE, Lane, lane_queues
 from notifier.services.messages import NewMessage, messages_create
 from notifier.status import DeliveryStatus, Reason
 from tests.conftest import WorkerProcess, wait_until
-from tests.integration.rig import RedisServer, Rig
 
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
 S = DeliveryStatus
@@ -47,15 +45,6 @@ YEAR_10000 = "9999-12-31 23:59:59-05:00"
 DEEP_CONTEXT = '{"order_number": ' + "[" * 990 + "]" * 990 + "}"
 # The render refused by its soft time limit, or by the template sandbox's budget once it lands.
 REFUSED = {"render_timeout", "render_failed"}  # Reason.RENDER_TIMEOUT, Reason.RENDER_FAILED
-
-
-@pytest.fixture
-def rig(monkeypatch) -> Iterator[Rig]:
-    rig = Rig(RedisServer(), monkeypatch)
-    try:
-        yield rig
-    finally:
-        rig.close()
 
 
 def people(prefix: str, count: int, **fields: Any) -> list[User]:
@@ -161,7 +150,9 @@ def refused(message_id: int) -> bool:
     return outcome is not None and outcome[0] == S.FAILED and outcome[1] in REFUSED
 
 
-def test_the_transactional_lane_keeps_serving_while_bombs_and_poison_are_refused(rig):
+def test_the_transactional_lane_keeps_serving_while_bombs_and_poison_are_refused(
+    rig, report_figure
+):
     limits = {"NOTIFIER_PREPARE_SOFT_TIME_LIMIT_S": "3", "NOTIFIER_PREPARE_TIME_LIMIT_S": "8"}
     transactional = rig.worker(queues=lane_queues(Lane.TRANSACTIONAL), **limits)
     bulk = rig.worker(queues=[*lane_queues(Lane.BULK), MAINTENANCE_QUEUE], **limits)
@@ -199,7 +190,7 @@ def test_the_transactional_lane_keeps_serving_while_bombs_and_poison_are_refused
         message="the password-changed notification to arrive",
     )
     latency = time.monotonic() - sent_at
-    print(f"\npassword-changed notification in the inbox after {latency * 1000:.0f} ms")
+    report_figure(f"password-changed notification in the inbox after {latency * 1000:.0f} ms")
     assert latency < 5.0, f"the transactional lane took {latency:.1f} s while bombs were refused"
 
     # The bombs are refused with a reason support can read, the poison rows fail alone with

@@ -16,7 +16,6 @@ from collections.abc import Iterator
 
 import pytest
 from django.conf import settings
-from django.contrib.auth.models import Group
 from django.test import Client
 
 from campaigns.models import Campaign, Segment, StepVariant, VariantTemplate
@@ -24,7 +23,7 @@ from campaigns.services.lifecycle import campaign_create
 from notifier.models import NotificationType
 from notifier.roles import roles_sync
 from tests.conftest import ROOT, wait_until
-from tests.factories import UserFactory
+from tests.factories import staff_member
 from tests.integration.rig import free_port
 
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
@@ -105,8 +104,7 @@ def request(port: int, path: str, cookie: str = "") -> bytes:
 def burning_campaign() -> tuple[Campaign, str]:
     """A campaign whose first step's in-app copy burns CPU, and a marketer's session."""
     roles_sync()
-    marketer = UserFactory(username=f"marketer-{uuid.uuid4().hex[:6]}", is_staff=True)
-    marketer.groups.add(Group.objects.get(name="Marketer"))
+    marketer = staff_member("Marketer")
     campaign = campaign_create(
         name="Double 11",
         category=NotificationType.objects.get(pk="promo.flash_sale"),

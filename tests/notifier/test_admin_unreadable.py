@@ -5,7 +5,6 @@ answer 200, and say what could not be read and why the message was not sent."""
 from __future__ import annotations
 
 import pytest
-from django.contrib.auth.models import Group
 from django.db import connection
 from django.urls import reverse
 
@@ -14,7 +13,7 @@ from notifier.models import Delivery, Message
 from notifier.roles import SUPPORT, roles_sync
 from notifier.status import Reason
 from notifier.tasks import prepare_messages
-from tests.factories import UserFactory, order_context
+from tests.factories import UserFactory, order_context, staff_member
 
 pytestmark = pytest.mark.usefixtures("db")
 
@@ -26,8 +25,7 @@ DEEP = "[" * 990 + "]" * 990
 def support_client(client):
     """Logged in as a member of the Support group, as roles.py makes it."""
     roles_sync()
-    agent = UserFactory(is_staff=True)
-    agent.groups.add(Group.objects.get(name=SUPPORT.name))
+    agent = staff_member(SUPPORT.name)
     client.force_login(agent)
     return client
 

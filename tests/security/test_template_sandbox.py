@@ -19,7 +19,6 @@ import uuid
 from pathlib import Path
 
 import pytest
-from django.contrib.auth.models import Group
 from hypothesis import given
 from hypothesis import settings as settings_
 from hypothesis import strategies as st
@@ -63,7 +62,7 @@ from tests.campaigns.test_campaign_admin import (
     post_data,
     url,
 )
-from tests.factories import UserFactory
+from tests.factories import UserFactory, staff_member
 
 ESCAPES = {
     "class_mro": "{{ ''.__class__.__mro__[1].__subclasses__() }}",
@@ -187,8 +186,7 @@ def test_rendering_an_escape_stored_by_other_means_fails_as_a_render_error():
 @pytest.mark.django_db
 def test_the_admin_form_shows_the_error_on_the_field_and_saves_nothing(client):
     roles_sync()
-    marketer = UserFactory(username=f"marketer-{uuid.uuid4().hex[:6]}", is_staff=True)
-    marketer.groups.add(Group.objects.get(name="Marketer"))
+    marketer = staff_member("Marketer")
     variant = notice_variant(make_campaign(marketer))
     client.force_login(marketer)
     page = client.get(url("stepvariant_change", variant.pk))

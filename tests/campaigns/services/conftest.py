@@ -2,23 +2,16 @@
 
 from __future__ import annotations
 
-import uuid
-
 import pytest
-from django.contrib.auth.models import Group
 
-from tests.factories import UserFactory
+from tests.factories import staff_member
 
 
 @pytest.fixture
 def marketer(roles):
-    user = UserFactory(username=f"marketer-{uuid.uuid4().hex[:6]}", is_staff=True)
-    user.groups.add(Group.objects.get(name="Marketer"))
-    return user
+    return staff_member("Marketer")
 
 
 @pytest.fixture
 def lead(roles):
-    user = UserFactory(username=f"lead-{uuid.uuid4().hex[:6]}", is_staff=True)
-    user.groups.add(Group.objects.get(name="Marketing lead"))
-    return user
+    return staff_member("Marketing lead")

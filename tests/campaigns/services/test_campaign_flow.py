@@ -8,7 +8,6 @@ from datetime import UTC, datetime, time, timedelta
 
 import pytest
 import time_machine
-from django.contrib.auth.models import Group
 from django.db import connection, transaction
 from django.utils import timezone
 
@@ -38,7 +37,7 @@ from campaigns.services.lifecycle import (
 from notifier.models import Consent, Delivery, Message, NotificationType, User
 from notifier.services.release import held_release
 from notifier.status import DeliveryStatus, Reason
-from tests.factories import UserFactory
+from tests.factories import UserFactory, staff_member
 
 pytestmark = pytest.mark.django_db
 S = DeliveryStatus
@@ -204,9 +203,8 @@ def test_approval_needs_a_second_person_with_the_permission(marketer, lead):
             campaign_approve(campaign=campaign, by=marketer)
         with pytest.raises(CampaignError, match="someone other than"):
             campaign_approve(campaign=campaign, by=lead)
-        other_lead = UserFactory(is_staff=True)
-        other_lead.groups.add(Group.objects.get(name="Marketing lead"))
-        campaign_approve(campaign=campaign, by=User.objects.get(pk=other_lead.pk))
+        other_lead = staff_member("Marketing lead")
+        campaign_approve(campaign=campaign, by=other_lead)
     campaign.refresh_from_db()
     assert campaign.status == CampaignStatus.SCHEDULED
     assert campaign.approved_by_id == other_lead.pk

@@ -8,7 +8,6 @@ from datetime import UTC, datetime
 
 import pytest
 import time_machine
-from django.contrib.auth.models import Group
 
 from campaigns.models import Segment, StepVariant, VariantTemplate
 from campaigns.services.lifecycle import CampaignError, campaign_create
@@ -32,13 +31,6 @@ def write_copy(variant: StepVariant, channel: str, locale: str = "", **parts: st
     VariantTemplate.objects.update_or_create(
         variant=variant, channel=channel, locale=locale, defaults=parts
     )
-
-
-@pytest.fixture
-def marketer(roles):
-    user = UserFactory(username=f"marketer-{uuid.uuid4().hex[:6]}", is_staff=True)
-    user.groups.add(Group.objects.get(name="Marketer"))
-    return user
 
 
 @pytest.fixture
