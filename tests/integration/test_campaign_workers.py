@@ -45,7 +45,7 @@ from notifier.queues import MAINTENANCE_QUEUE, Lane, prepare_queue
 from notifier.services.deliveries import requeue_stuck_work
 from notifier.status import TERMINAL, DeliveryStatus, Reason
 from tests.conftest import WorkerProcess, wait_until
-from tests.factories import UserFactory
+from tests.factories import UserFactory, daytime_zone
 from tests.integration.conftest import worker_idle
 from tests.integration.rig import RedisServer, Rig, ledger_for
 
@@ -89,7 +89,9 @@ def rig(monkeypatch) -> Iterator[Rig]:
 
 
 def fans(count: int = AUDIENCE) -> list[int]:
-    """Users in the segment, reachable by email, without quiet hours, with marketing consent."""
+    """Users in the segment, reachable by email, with marketing consent, and with the default
+    quiet hours where it is early afternoon: the workers run on the real clock."""
+    zone = daytime_zone()
     User.objects.bulk_create(
         [
             User(
@@ -104,10 +106,10 @@ def fans(count: int = AUDIENCE) -> list[int]:
     )
     made = User.objects.filter(username__startswith="fan-").order_by("pk")
     ids = list(made.values_list("pk"))
-    # bulk_create made no profiles: theirs, in the segment and without quiet hours.
+    # bulk_create made no profiles: theirs, in the segment, quiet hours as the model has them.
     Recipient.objects.bulk_create(
         [
-            Recipient(user_id=pk, email=email, quiet_hours_enabled=False, interest_tags=[FANS])
+            Recipient(user_id=pk, email=email, time_zone=zone, interest_tags=[FANS])
             for pk, email in made.values_list("pk", "email")
         ],
         batch_size=1000,
