@@ -6,8 +6,8 @@ Behaviour is steered like a provider's test mode, by magic recipients, or at ran
 - a recipient containing ``fail-permanent`` is refused for good (push: token unregistered);
 - ``fail-transient-N`` fails with a temporary error on attempts 1..N, then succeeds;
 - ``fail-always`` fails with a temporary error on every attempt;
-- SANDBOX_TRANSIENT_FAILURE_RATE / SANDBOX_PERMANENT_FAILURE_RATE fail that share at random;
-- SANDBOX_LATENCY_MS sleeps that long per message, like a provider's round trip.
+- NOTIFIER_SANDBOX_TRANSIENT_FAILURE_RATE / _PERMANENT_FAILURE_RATE fail that share at random;
+- NOTIFIER_SANDBOX_LATENCY_MS sleeps that long per message, like a provider's round trip.
 
 Every call is on the ledger the moment it is answered (committed on its own, outside any
 transaction of the caller's), as a real provider would have it: a worker killed in the
@@ -69,9 +69,13 @@ def _decide(outgoing: Outgoing, provider: str) -> SendResult:
             provider, ErrorCode.TIMEOUT, f"sandbox: timed out (attempt {outgoing.attempt})"
         )
     roll = random.random()
-    if roll < settings.SANDBOX_PERMANENT_FAILURE_RATE:
+    if roll < settings.NOTIFIER_SANDBOX_PERMANENT_FAILURE_RATE:
         return SendResult.permanent(provider, ErrorCode.REJECTED, "sandbox: random rejection")
-    if roll < settings.SANDBOX_PERMANENT_FAILURE_RATE + settings.SANDBOX_TRANSIENT_FAILURE_RATE:
+    if (
+        roll
+        < settings.NOTIFIER_SANDBOX_PERMANENT_FAILURE_RATE
+        + settings.NOTIFIER_SANDBOX_TRANSIENT_FAILURE_RATE
+    ):
         return SendResult.transient(provider, ErrorCode.PROVIDER_UNAVAILABLE, "sandbox: random 503")
     return SendResult.sent(provider, f"sandbox-{outgoing.delivery_id}-{outgoing.attempt}")
 
@@ -89,7 +93,7 @@ class _SandboxProvider:
         return [result for _, result in self.send_each(outgoings)]
 
     def send_each(self, outgoings: Iterable[Outgoing]) -> Iterator[tuple[Outgoing, SendResult]]:
-        latency_s = settings.SANDBOX_LATENCY_MS / 1000.0
+        latency_s = settings.NOTIFIER_SANDBOX_LATENCY_MS / 1000.0
         down: bool | None = None
         for outgoing in outgoings:
             if down is None:  # asked once per batch, when its first message comes

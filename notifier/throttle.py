@@ -352,9 +352,9 @@ def _backend() -> _Backend:
 
 
 def redis_url() -> str:
-    """REDIS_URL, else the Celery broker when it is Redis; empty means embedded mode."""
-    if settings.REDIS_URL:
-        return str(settings.REDIS_URL)
+    """NOTIFIER_REDIS_URL, else the Celery broker when it is Redis; empty means embedded mode."""
+    if settings.NOTIFIER_REDIS_URL:
+        return str(settings.NOTIFIER_REDIS_URL)
     broker = str(settings.CELERY_BROKER_URL)
     return broker if broker.startswith(("redis://", "rediss://", "unix://")) else ""
 

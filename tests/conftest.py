@@ -17,9 +17,9 @@ from django.conf import settings
 
 from channels.registry import reset_providers
 from notifier.backpressure import reset_depth_cache
-from notifier.embedded import worker_argv
 from notifier.selectors import type_cache_clear
 from notifier.throttle import throttle_reset
+from notifier_site.embedded import worker_argv
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -91,7 +91,7 @@ class WorkerProcess:
         argv: Callable[[str], list[str]] | None = None,
     ) -> None:
         """`argv`, given the worker's name, makes its command line (e.g. a deployed one)."""
-        from notifier.celery import app
+        from notifier_site.celery import app
 
         self.app = control_app or app
         self.name = f"test-{uuid.uuid4().hex[:8]}@localhost"
@@ -104,7 +104,7 @@ class WorkerProcess:
                 f"{db['PORT'] or 5432}/{db['NAME']}"
             ),
             "CELERY_BROKER_URL": broker_url or settings.CELERY_BROKER_URL,
-            "REDIS_URL": broker_url or settings.REDIS_URL,
+            "REDIS_URL": broker_url or settings.NOTIFIER_REDIS_URL,
             "NOTIFIER_RETRY_BASE_S": str(settings.NOTIFIER_RETRY_BASE_S),
             "NOTIFIER_RETRY_MAX_S": str(settings.NOTIFIER_RETRY_MAX_S),
             **(extra_env or {}),

@@ -150,7 +150,7 @@ def test_unlimited_endpoints_are_only_the_health_probes():
 
 @pytest.fixture
 def redis_keys():
-    client = redis.Redis.from_url(settings.REDIS_URL)
+    client = redis.Redis.from_url(settings.NOTIFIER_REDIS_URL)
 
     def keys() -> list[str]:
         pattern = f"{throttle.KEY_PREFIX}:bucket:http:*"

@@ -39,9 +39,6 @@ from django.utils import timezone
 from channels.base import Channel
 from channels.models import SandboxSend
 from notifier.api import notify, notify_many
-from notifier.benchmarks import NAIVE_QUEUE, naive_notify
-from notifier.celery import app
-from notifier.embedded import worker_argv
 from notifier.models import Consent, Delivery, Device, InboxItem, Message, Platform, User
 from notifier.queues import (
     ALL_QUEUES,
@@ -52,6 +49,9 @@ from notifier.queues import (
     prepare_queue,
 )
 from notifier.status import TERMINAL
+from notifier_site.benchmarks import NAIVE_QUEUE, naive_notify
+from notifier_site.celery import app
+from notifier_site.embedded import worker_argv
 
 ROOT = Path(settings.BASE_DIR)
 TYPE_KEY = "order.shipped"
@@ -445,7 +445,7 @@ class Command(BaseCommand):
     ) -> subprocess.Popen[bytes]:
         name = f"bench-{label}-{uuid.uuid4().hex[:6]}@localhost"
         argv = worker_argv(
-            name=name, queues=queues, concurrency=concurrency, include=("notifier.benchmarks",)
+            name=name, queues=queues, concurrency=concurrency, include=("notifier_site.benchmarks",)
         )
         worker = subprocess.Popen(
             argv, cwd=ROOT, env={**os.environ, **env}, stdout=subprocess.DEVNULL
