@@ -38,7 +38,7 @@ lint: install
 	$(BIN)/ruff format --check .
 
 typecheck: install
-	$(SERVICES_ENV) $(BIN)/mypy notifier channels campaigns
+	$(SERVICES_ENV) $(BIN)/mypy notifier channels campaigns notifier_site
 
 pytest: install services
 	$(SERVICES_ENV) $(BIN)/python -m pytest
