@@ -56,8 +56,10 @@ UserRef = User | int
 __all__ = ["BulkResult", "notify", "notify_many"]
 
 _T = TypeVar("_T")
-_EPOCH = datetime(1970, 1, 1)
-_EPOCH_UTC = _EPOCH.replace(tzinfo=UTC)
+_EPOCH_UTC = datetime(1970, 1, 1, tzinfo=UTC)
+# Naive on purpose, for check_expires_at's arithmetic only: subtracting naive datetimes never
+# calls the caller's tzinfo again and cannot overflow at the calendar's ends.
+_EPOCH = _EPOCH_UTC.replace(tzinfo=None)
 
 
 # --- Reading the caller's values without trusting them ---------------------------------------

@@ -18,6 +18,7 @@ from django.conf import settings
 from kombu import Connection
 
 from notifier.queues import Lane, lane_queues
+from notifier.redis_client import broker_client
 
 log = logging.getLogger(__name__)
 CACHE_S = 1.0
@@ -25,13 +26,6 @@ RETRY_HOLD_S = 60
 
 _cache: dict[str, tuple[float, int]] = {}
 _amqp_connections: dict[str, Connection] = {}
-
-
-def _client() -> redis.Redis | None:
-    url = settings.CELERY_BROKER_URL
-    if not url.startswith(("redis://", "rediss://")):
-        return None  # the embedded in-memory broker: nothing to measure
-    return redis.Redis.from_url(url, socket_timeout=0.5, socket_connect_timeout=0.5)
 
 
 def bulk_queue_depth() -> int:
@@ -45,11 +39,10 @@ def lane_queue_depth(lane: Lane) -> int:
     hit = _cache.get(lane)
     if hit and now - hit[0] < CACHE_S:
         return hit[1]
-    client = _client()
     depth = 0
     if settings.CELERY_BROKER_URL.startswith(("amqp://", "amqps://", "pyamqp://")):
         depth = _amqp_depth(settings.CELERY_BROKER_URL, lane_queues(lane))
-    elif client is not None:
+    elif (client := broker_client()) is not None:  # None: the embedded in-memory broker
         try:
             with client.pipeline(transaction=False) as pipe:
                 for queue in lane_queues(lane):

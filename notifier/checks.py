@@ -119,7 +119,7 @@ def check_public_rate_limits(app_configs: Any = None, **kwargs: Any) -> list[Che
     from django.conf import settings
     from django.core.exceptions import ImproperlyConfigured
 
-    from notifier.ratelimit import GROUPS, limits, parse_networks
+    from notifier.request_limits import GROUPS, limits, parse_networks
 
     errors: list[CheckMessage] = []
     try:

@@ -104,7 +104,8 @@ NOTIFIER_MARKETING_TTL_H = 72
 # Backpressure: above this many tasks waiting in the bulk queues, marketing and low-priority
 # messages are held instead of queued, and released as the queues drain.
 NOTIFIER_BULK_HIGH_WATER = 200
-# Global provider rate limits shared by all workers, {"channel:provider": "rate/period"}, e.g.
+# Global provider rate limits shared by all workers (notifier/provider_limits.py), as
+# {"channel:provider": "amount/period"} (the grammar of notifier/rates.py), e.g.
 # {"sms:twilio": "10/s", "email:django": "100/s"}.
 NOTIFIER_RATE_LIMITS: dict[str, str] = {}
 # Circuit breaker per provider: when at least NOTIFIER_CIRCUIT_MIN_CALLS calls within the window
@@ -120,7 +121,7 @@ NOTIFIER_PROVIDER_MAX_PAUSE_S = 300.0
 # Signed links (unsubscribe, preference centre) stay valid this long.
 NOTIFIER_LINK_MAX_AGE_DAYS = 365
 
-# --- Security: public request limits and client addresses -----------------------------------
+# --- Security: public request limits and client addresses (notifier/request_limits.py) ---
 # Per-group overrides, {"group.scope": "count/period" or "off"}, e.g.
 # {"signed_link.ip": "120/m", "tracking.ip": "off"}.
 NOTIFIER_PUBLIC_RATE_LIMITS: dict[str, str] = {}

@@ -19,11 +19,10 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import redis
-from django.conf import settings
 from django.db import connection
 
 from notifier.periodic import BEAT_SCHEDULE
-from notifier.throttle import redis_url
+from notifier.redis_client import state_client
 
 HEARTBEAT_KEY = "notifier:beat:heartbeat:{job}"
 # The job whose heartbeat tells that beat is alive: the most frequent one (every 15 s).
@@ -54,12 +53,7 @@ def beat_fresh(*, last_run: float | None, now: float, interval_s: float) -> Chec
 
 
 def _client() -> redis.Redis | None:
-    url = redis_url()
-    if settings.NOTIFIER_EMBEDDED or not url:
-        return None
-    return redis.Redis.from_url(
-        url, socket_timeout=REDIS_TIMEOUT_S, socket_connect_timeout=REDIS_TIMEOUT_S
-    )
+    return state_client(timeout_s=REDIS_TIMEOUT_S)
 
 
 def beat_heartbeat(task_name: str) -> None:

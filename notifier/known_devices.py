@@ -1,7 +1,7 @@
 """Account names as the login limit counts them, and the "known device" cookie that keeps a
 flood of guesses at an account from locking its owner out.
 
-The per-account login limit (notifier/ratelimit.py) stops a botnet guessing one account's
+The per-account login limit (notifier/request_limits.py) stops a botnet guessing one account's
 password from many addresses. Shared by everyone, it would also let anyone lock a known
 account (an admin's) out by guessing on purpose. So a browser that has logged in to an account
 before carries a signed, HttpOnly cookie naming that account (hashed) and a random device id;

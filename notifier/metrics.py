@@ -103,16 +103,14 @@ def record_send(
 
 def queue_depths() -> dict[tuple[str, str], int]:
     """(lane, queue) -> tasks waiting, from the Redis broker; empty without one."""
-    import redis
-
     from notifier.queues import MAINTENANCE_QUEUE, Lane, lane_queues
+    from notifier.redis_client import broker_client
 
-    url = str(settings.CELERY_BROKER_URL)
-    if not url.startswith(("redis://", "rediss://")):
+    client = broker_client()
+    if client is None:
         return {}
     queues = [(str(lane), q) for lane in Lane for q in lane_queues(lane)]
     queues.append(("maintenance", MAINTENANCE_QUEUE))
-    client = redis.Redis.from_url(url, socket_timeout=0.5, socket_connect_timeout=0.5)
     with client.pipeline(transaction=False) as pipe:
         for _, queue in queues:
             pipe.llen(queue)
@@ -139,7 +137,7 @@ def held_counts() -> dict[str, int]:
 def breaker_states() -> dict[tuple[str, str], str]:
     from channels.base import Channel
     from channels.registry import configured_names
-    from notifier.throttle import breaker_state
+    from notifier.provider_limits import breaker_state
 
     return {
         (str(channel), name): str(breaker_state(f"{channel}:{name}"))

@@ -175,15 +175,17 @@ def main(argv: list[str] | None = None) -> int:
         "--dir", default=os.environ.get(PROBE_DIR_ENV, ""), help=f"default: ${PROBE_DIR_ENV}"
     )
     args = parser.parse_args(argv)
+    # The verdict goes to stdout: it is what the kubelet shows in the pod's events when an exec
+    # probe fails (and what an operator reads when running the probe by hand).
     if not args.dir:
-        print(f"unhealthy: {PROBE_DIR_ENV} is not set (the {args.role} writes nothing)")
+        print(f"unhealthy: {PROBE_DIR_ENV} is not set (the {args.role} writes nothing)")  # noqa: T201
         return 1
     directory = Path(args.dir)
     if args.role == "beat":
         result = probe_beat(directory=directory)
     else:
         result = probe_worker(directory=directory, check=args.check)
-    print(f"{'ok' if result.ok else 'unhealthy'}: {result.reason}")
+    print(f"{'ok' if result.ok else 'unhealthy'}: {result.reason}")  # noqa: T201
     return 0 if result.ok else 1
 
 

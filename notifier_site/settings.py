@@ -56,8 +56,8 @@ MIDDLEWARE = [
     "notifier.middleware.ExplainMethodNotAllowedMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
-    # Public endpoints' rate limits (notifier/ratelimit.py): after the user is known.
-    "notifier.ratelimit.PublicRateLimitMiddleware",
+    # Public endpoints' rate limits (notifier/request_limits.py): after the user is known.
+    "notifier.request_limits.PublicRateLimitMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
 ]

@@ -17,8 +17,9 @@ from django.conf import settings
 
 from channels.registry import reset_providers
 from notifier.backpressure import reset_depth_cache
+from notifier.provider_limits import limits_reset
+from notifier.redis_client import broker_client
 from notifier.selectors import type_cache_clear
-from notifier.throttle import throttle_reset
 from notifier_site.embedded import worker_argv
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -59,22 +60,56 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
         )
 
 
+@pytest.fixture
+def report_figure(record_property: Callable[[str, object], None]) -> Callable[[str], None]:
+    """Record a figure a test measured (a rate, a latency), for the summary at the end of the
+    run: the README quotes some of them, and a passing test's output is otherwise never shown."""
+
+    def report(text: str) -> None:
+        record_property("figure", text)
+
+    return report
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    figures = [
+        (report.nodeid, value)
+        for reports in terminalreporter.stats.values()
+        for report in reports
+        if getattr(report, "when", None) == "call"
+        for name, value in getattr(report, "user_properties", ())
+        if name == "figure"
+    ]
+    if figures:
+        terminalreporter.section("figures measured by tests")
+        for nodeid, text in figures:
+            terminalreporter.write_line(f"{nodeid}: {text}")
+
+
 @pytest.fixture(autouse=True)
 def _fresh_caches() -> Iterator[None]:
-    """Per-process caches and shared throttle state never leak from one test into the next."""
+    """Per-process caches and shared limit and breaker state never leak from one test into the
+    next."""
     type_cache_clear()
     reset_providers()
     reset_depth_cache()
-    throttle_reset()
+    limits_reset()
     yield
     type_cache_clear()
     reset_providers()
     reset_depth_cache()
 
 
+def broker_redis() -> redis.Redis:
+    """The test broker's Redis, with no timeout (FLUSHDB, waits on workers)."""
+    client = broker_client(timeout_s=None)
+    assert client is not None, "the tests need a Redis broker: CELERY_BROKER_URL=redis://..."
+    return client
+
+
 @pytest.fixture
 def redis_client() -> redis.Redis:
-    return redis.Redis.from_url(settings.CELERY_BROKER_URL)
+    return broker_redis()
 
 
 class WorkerProcess:
@@ -148,7 +183,7 @@ def celery_worker_process(django_db_setup: None, django_db_blocker: Any) -> Iter
     """One real worker on every queue, shared by the integration tests of a session."""
     from notifier.queues import ALL_QUEUES
 
-    redis.Redis.from_url(settings.CELERY_BROKER_URL).flushdb()
+    broker_redis().flushdb()
     worker = WorkerProcess(queues=ALL_QUEUES)
     try:
         worker.wait_ready()

@@ -28,8 +28,8 @@ from django.utils import timezone
 
 from notifier.models import DeliveryEvent, EventKind
 from notifier.policies.alerts import Counts, Decision, campaign_pause, provider_alert
+from notifier.redis_client import state_client
 from notifier.status import DeliveryStatus
-from notifier.throttle import redis_url
 
 log = logging.getLogger(__name__)
 S = DeliveryStatus
@@ -92,15 +92,14 @@ _local_lock = threading.Lock()
 
 def cooldown_take(key: str, seconds: float) -> bool:
     """True for the first caller in `seconds` (shared by every process through Redis)."""
-    url = redis_url()
-    if settings.NOTIFIER_EMBEDDED or not url:
+    client = state_client()
+    if client is None:
         with _local_lock:
             now = time.monotonic()
             if _local_cooldowns.get(key, 0.0) > now:
                 return False
             _local_cooldowns[key] = now + seconds
             return True
-    client = redis.Redis.from_url(url, socket_timeout=0.5, socket_connect_timeout=0.5)
     try:
         return bool(client.set(COOLDOWN_KEY.format(key=key), "1", nx=True, ex=max(1, int(seconds))))
     except redis.RedisError:
@@ -111,9 +110,8 @@ def cooldown_take(key: str, seconds: float) -> bool:
 def cooldown_reset() -> None:
     """Forget every cooldown (tests)."""
     _local_cooldowns.clear()
-    url = redis_url()
-    if url and not settings.NOTIFIER_EMBEDDED:
-        client = redis.Redis.from_url(url)
+    client = state_client(timeout_s=None)
+    if client is not None:
         keys = list(client.scan_iter(match=COOLDOWN_KEY.format(key="*")))
         if keys:
             client.delete(*keys)

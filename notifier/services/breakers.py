@@ -1,7 +1,7 @@
 """Deliveries that lost a half-open probe race wait for the probe, not for its lease.
 
 A delivery task that finds its provider half-open with someone else's probe in flight defers
-its deliveries and leaves a waiter token at the breaker (`notifier.throttle`). The probe's
+its deliveries and leaves a waiter token at the breaker (`notifier.provider_limits`). The probe's
 success hands the tokens back in its CLOSED transition, and `breaker_waiters_wake` brings
 those deliveries forward and publishes them now. A failed or dead probe wakes nobody: the
 deferred deliveries come back by their own countdown.
@@ -17,9 +17,9 @@ from django.utils import timezone
 from channels.base import Channel
 from notifier import dispatch
 from notifier.models import Delivery
+from notifier.provider_limits import Transition, TransitionKind
 from notifier.queues import Lane
 from notifier.status import DeliveryStatus, Reason
-from notifier.throttle import Transition, TransitionKind
 
 log = logging.getLogger(__name__)
 

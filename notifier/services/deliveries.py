@@ -54,6 +54,13 @@ from notifier.models import Delivery, DeliveryEvent, Device, EventKind, Message
 from notifier.observability import personal_values, sentry_on
 from notifier.policies.failover import counts_against_health, hands_on, pause_for
 from notifier.policies.retry import RetryPolicy, Verdict, after_attempt
+from notifier.provider_limits import (
+    acquire,
+    alert_transition,
+    breaker_allows,
+    breaker_outcomes,
+    provider_pause,
+)
 from notifier.queues import Lane
 from notifier.selectors import type_info_get
 from notifier.services.breakers import breaker_waiter_token, breaker_waiters_wake
@@ -71,13 +78,6 @@ from notifier.status import (
     Reason,
     check_move,
     sources_of,
-)
-from notifier.throttle import (
-    acquire,
-    alert_transition,
-    breaker_allows,
-    breaker_outcomes,
-    provider_pause,
 )
 
 log = logging.getLogger(__name__)

@@ -52,7 +52,7 @@ from notifier.models import (
     User,
 )
 from notifier.policies.preferences import ConsentState, Preferences, can_switch_off, channel_enabled
-from notifier.ratelimit import request_ip
+from notifier.request_limits import request_ip
 from notifier.selectors import consent_of, preferences_of
 from notifier.services.preferences import (
     CONCRETE_CHANNELS,

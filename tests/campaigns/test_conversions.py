@@ -214,7 +214,8 @@ def test_the_value_is_kept_in_cents(user):
         ({"value": "ten"}, InvalidConversionValue, "must be a number"),
         ({"value": True}, InvalidConversionValue, "must be a number"),
         ({"value": Decimal("1e12")}, InvalidConversionValue, "too large"),
-        ({"occurred_at": datetime(2025, 1, 1, 12)}, InvalidConversionTime, "timezone-aware"),
+        # A naive datetime is the bad input under test.
+        ({"occurred_at": datetime(2025, 1, 1, 12)}, InvalidConversionTime, "timezone-aware"),  # noqa: DTZ001
         ({"occurred_at": "2025-01-01"}, InvalidConversionTime, "timezone-aware"),
         ({"occurred_at": "future"}, InvalidConversionTime, "in the future"),
         ({"reference": "r" * 201}, InvalidReference, "keep it to 200"),

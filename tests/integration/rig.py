@@ -27,6 +27,7 @@ from notifier.queues import (
     deliver_queue,
     prepare_queue,
 )
+from notifier.redis_client import redis_client
 from tests.conftest import WorkerProcess, wait_until
 
 
@@ -53,7 +54,7 @@ class RedisServer:
         return f"redis://127.0.0.1:{self.port}/0"
 
     def client(self) -> redis.Redis:
-        return redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=2)
+        return redis_client(self.url, timeout_s=2.0)
 
     def start(self) -> None:
         self.process = subprocess.Popen(

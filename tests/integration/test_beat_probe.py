@@ -12,10 +12,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import redis
 from django.conf import settings
 
-from tests.conftest import ROOT, wait_until
+from tests.conftest import ROOT, broker_redis, wait_until
 from tests.integration.test_worker_probe import wait_probe
 
 pytestmark = pytest.mark.integration
@@ -65,7 +64,7 @@ def beat(tmp_path: Path, transactional_db: None) -> Iterator[tuple[subprocess.Po
             process.terminate()
             process.wait(timeout=20)
         # The jobs it published to the maintenance queue have no worker here.
-        redis.Redis.from_url(settings.CELERY_BROKER_URL).flushdb()
+        broker_redis().flushdb()
 
 
 def test_beat_is_healthy_while_ticking_then_unhealthy_once_frozen_or_gone(beat):

@@ -4,17 +4,17 @@ probe closes the breaker, not after the probe lease or the cooldown (here 10 min
 from __future__ import annotations
 
 import pytest
-import redis
 from django.utils import timezone
 
 from channels.base import SendResult
 from channels.models import SandboxSend
-from notifier import throttle
+from notifier import provider_limits
 from notifier.api import notify_many
 from notifier.models import Delivery, User
+from notifier.provider_limits import State, breaker_allows, breaker_redis_keys, breaker_state
+from notifier.redis_client import redis_client
 from notifier.services.deliveries import _record_health
 from notifier.status import DeliveryStatus, Reason
-from notifier.throttle import State, breaker_allows, breaker_redis_keys, breaker_state
 from tests.conftest import wait_until
 from tests.factories import order_context
 from tests.integration.rig import ledger_for
@@ -31,9 +31,9 @@ def test_probe_race_losers_in_worker_processes_go_out_once_the_probe_succeeds(
         rig.server.url
     )  # the workers' breakers, read and written from here
     settings.NOTIFIER_CIRCUIT_COOLDOWN_S = LONG_S
-    monkeypatch.setattr(throttle, "PROBE_LEASE_S", float(LONG_S))
+    monkeypatch.setattr(provider_limits, "PROBE_LEASE_S", float(LONG_S))
     # A breaker whose cooldown has just ended, and another worker's probe in flight.
-    redis.Redis.from_url(rig.server.url).hset(breaker_redis_keys(KEY)[0], "open_until", 0)
+    redis_client(rig.server.url).hset(breaker_redis_keys(KEY)[0], "open_until", 0)
     assert breaker_state(KEY) is State.HALF_OPEN
     assert breaker_allows(KEY).probe
     rig.worker(NOTIFIER_CIRCUIT_COOLDOWN_S=str(LONG_S))

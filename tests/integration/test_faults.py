@@ -55,7 +55,7 @@ def all_done(message_ids: list[int], per_message: int) -> bool:
     )
 
 
-def test_worker_sigkilled_repeatedly_loses_and_doubles_nothing(rig):
+def test_worker_sigkilled_repeatedly_loses_and_doubles_nothing(rig, report_figure):
     users = many_users(1100)
     # Provider latency and small batches keep work in flight long enough to be killed mid-send
     # three or four times over.
@@ -93,7 +93,9 @@ def test_worker_sigkilled_repeatedly_loses_and_doubles_nothing(rig):
     assert set(Delivery.objects.filter(message_id__in=ids).values_list("status", flat=True)) == {
         S.SENT
     }
-    print(f"\n{kills} kills; {ledger.replays} re-asked after a crash, answered by idempotency key")
+    report_figure(
+        f"{kills} kills; {ledger.replays} re-asked after a crash, answered by idempotency key"
+    )
 
 
 def test_redis_shut_down_without_saving_loses_nothing(rig):
@@ -137,7 +139,7 @@ def test_a_provider_outage_opens_the_circuit_then_everything_goes_out(rig, setti
         "NOTIFIER_MAX_ATTEMPTS": "8",
     }
     settings.NOTIFIER_REDIS_URL = rig.server.url  # read the workers' breaker from this process
-    from notifier.throttle import State, breaker_state
+    from notifier.provider_limits import State, breaker_state
 
     users = many_users(150)
     outage = SandboxOutage.objects.create(
@@ -246,7 +248,7 @@ def _beat(rig: Rig) -> subprocess.Popen[bytes]:
     )
 
 
-def test_a_global_rate_limit_holds_across_two_worker_processes(rig):
+def test_a_global_rate_limit_holds_across_two_worker_processes(rig, report_figure):
     users = many_users(300)
     env = {"NOTIFIER_RATE_LIMITS": "email:sandbox=10/s"}
     rig.worker(**env)
@@ -260,7 +262,7 @@ def test_a_global_rate_limit_holds_across_two_worker_processes(rig):
     )
     elapsed = (times[-1] - times[0]).total_seconds()
     rate = (len(times) - 1) / elapsed
-    print(f"\nachieved {rate:.2f}/s over {elapsed:.1f} s with two worker processes")
+    report_figure(f"achieved {rate:.2f}/s over {elapsed:.1f} s with two worker processes")
     assert elapsed >= 20
     assert rate <= 10.5
     ledger = ledger_for(ids, ["email"])

@@ -150,7 +150,9 @@ def refused(message_id: int) -> bool:
     return outcome is not None and outcome[0] == S.FAILED and outcome[1] in REFUSED
 
 
-def test_the_transactional_lane_keeps_serving_while_bombs_and_poison_are_refused(rig):
+def test_the_transactional_lane_keeps_serving_while_bombs_and_poison_are_refused(
+    rig, report_figure
+):
     limits = {"NOTIFIER_PREPARE_SOFT_TIME_LIMIT_S": "3", "NOTIFIER_PREPARE_TIME_LIMIT_S": "8"}
     transactional = rig.worker(queues=lane_queues(Lane.TRANSACTIONAL), **limits)
     bulk = rig.worker(queues=[*lane_queues(Lane.BULK), MAINTENANCE_QUEUE], **limits)
@@ -188,7 +190,7 @@ def test_the_transactional_lane_keeps_serving_while_bombs_and_poison_are_refused
         message="the password-changed notification to arrive",
     )
     latency = time.monotonic() - sent_at
-    print(f"\npassword-changed notification in the inbox after {latency * 1000:.0f} ms")
+    report_figure(f"password-changed notification in the inbox after {latency * 1000:.0f} ms")
     assert latency < 5.0, f"the transactional lane took {latency:.1f} s while bombs were refused"
 
     # The bombs are refused with a reason support can read, the poison rows fail alone with

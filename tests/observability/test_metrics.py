@@ -8,9 +8,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from notifier.metrics import token_allows
 from notifier.models import Delivery
+from notifier.provider_limits import breaker_record
 from notifier.services.pipeline import messages_prepare
 from notifier.status import DeliveryStatus
-from notifier.throttle import breaker_record
 from tests.factories import UserFactory, order_context
 from tests.integration.rig import RedisServer
 

@@ -202,7 +202,7 @@ ANY_EXPIRIES = st.one_of(
     st.builds(lambda naive, tz: naive.replace(tzinfo=tz), st.datetimes(), TZINFOS),
     st.builds(
         lambda edge, tz: edge.replace(tzinfo=tz),
-        st.sampled_from([datetime.max, datetime.min]),
+        st.sampled_from([datetime.max.replace(tzinfo=UTC), datetime.min.replace(tzinfo=UTC)]),
         TZINFOS,
     ),
     LEAVES,

@@ -48,6 +48,7 @@ from notifier.queues import (
     lane_queues,
     prepare_queue,
 )
+from notifier.redis_client import broker_client, broker_redis_url
 from notifier.status import TERMINAL
 from notifier_site.benchmarks import NAIVE_QUEUE, naive_notify
 from notifier_site.celery import app
@@ -152,13 +153,14 @@ class Command(BaseCommand):
         )
 
     def handle(self, *args: Any, **options: Any) -> None:
-        if connection.vendor != "postgresql" or settings.NOTIFIER_EMBEDDED:
+        redis_broker = bool(broker_redis_url()) and not settings.NOTIFIER_EMBEDDED
+        if connection.vendor != "postgresql" or not redis_broker:
             raise CommandError(
                 "bench runs on PostgreSQL and Redis: set DATABASE_URL and "
                 "CELERY_BROKER_URL (or use `make bench`)"
             )
         call_command("migrate", verbosity=0, interactive=False)
-        redis.Redis.from_url(settings.CELERY_BROKER_URL).flushdb()
+        self.broker().flushdb()
         result: dict[str, Any] = {}
         if options["only"] in ("all", "pipeline"):
             result.update(self.pipeline_phases(options))
@@ -269,7 +271,7 @@ class Command(BaseCommand):
             routed = Message.objects.filter(routed_at__isnull=False)
             self.wait_for("prepare", routed.count, n)
             result["per_process_prepare_msgs_per_s"] = round(n / (time.perf_counter() - start), 1)
-        broker = redis.Redis.from_url(settings.CELERY_BROKER_URL)
+        broker = self.broker()
         for channel in ALL_CHANNELS:
             deliveries = Delivery.objects.filter(channel=channel)
             total = deliveries.count()
@@ -292,6 +294,14 @@ class Command(BaseCommand):
         Device.objects.filter(user__in=users).delete()
         User.objects.filter(pk__in=[u.pk for u in users]).update(phone="")
         return result
+
+    @staticmethod
+    def broker() -> redis.Redis:
+        """The Redis broker, with no timeout: FLUSHDB of a full database takes what it takes."""
+        client = broker_client(timeout_s=None)
+        if client is None:
+            raise CommandError("bench needs a Redis broker: set CELERY_BROKER_URL=redis://...")
+        return client
 
     def reachable_everywhere(self, users: list[User]) -> None:
         """A phone number and an active push device for each user, so no channel is skipped."""

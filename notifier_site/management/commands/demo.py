@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -74,7 +74,7 @@ class Command(BaseCommand):
         call_command("migrate", verbosity=0, interactive=False)
         users = [self.person(spec) for spec in PEOPLE]
         mei, sam, ola = users
-        run = datetime.now().strftime("%Y%m%d%H%M%S")
+        run = timezone.now().strftime("%Y%m%d%H%M%S")
         self.say(
             f"Database: {settings.DATABASES['default']['ENGINE'].rsplit('.', 1)[-1]}, "
             f"broker: {settings.CELERY_BROKER_URL.split('://')[0]}, "

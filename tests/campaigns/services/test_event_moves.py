@@ -52,7 +52,7 @@ def test_moving_the_event_later_moves_held_local_time_messages_and_their_expiry(
     assert report.cancelled == 0
     for user, tz in ((shanghai, SHANGHAI), (new_york, NEW_YORK)):
         message = Message.objects.get(step=reminder, user=user)
-        assert message.not_before.astimezone(tz).replace(tzinfo=None) == datetime(2026, 11, 11, 10)
+        assert message.not_before == datetime(2026, 11, 11, 10, tzinfo=tz)
         assert message.expires_at == later
         for delivery in deliveries(reminder, user):
             assert (delivery.status, delivery.reason) == (S.HELD, Reason.SCHEDULED)

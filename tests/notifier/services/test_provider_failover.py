@@ -26,10 +26,10 @@ from channels.registry import (
 from channels.sms import TwilioSmsProvider, twilio_client
 from notifier.api import notify
 from notifier.models import Delivery, DeliveryEvent
+from notifier.provider_limits import State, breaker_allows, breaker_record, breaker_state
 from notifier.services.deliveries import deliveries_deliver
 from notifier.services.pipeline import messages_prepare
 from notifier.status import DeliveryStatus, Reason
-from notifier.throttle import State, breaker_allows, breaker_record, breaker_state
 from tests.factories import UserFactory, order_context
 
 pytestmark = pytest.mark.django_db

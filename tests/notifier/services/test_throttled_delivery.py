@@ -5,7 +5,6 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pytest
-import redis
 from django.core import mail
 from django.utils import timezone
 
@@ -14,17 +13,17 @@ from channels.models import SandboxOutage, SandboxSend
 from channels.registry import reset_providers
 from notifier.api import notify
 from notifier.models import Delivery
-from notifier.services.deliveries import _record_health, deliveries_deliver
-from notifier.services.pipeline import messages_prepare
-from notifier.status import DeliveryStatus, Reason
-from notifier.throttle import (
+from notifier.provider_limits import (
     State,
     breaker_allows,
     breaker_record,
     breaker_redis_keys,
     breaker_state,
-    redis_url,
 )
+from notifier.redis_client import redis_client, state_redis_url
+from notifier.services.deliveries import _record_health, deliveries_deliver
+from notifier.services.pipeline import messages_prepare
+from notifier.status import DeliveryStatus, Reason
 from tests.factories import UserFactory, order_context
 
 pytestmark = pytest.mark.django_db
@@ -101,7 +100,7 @@ def test_deliveries_that_lost_the_probe_race_go_out_as_soon_as_the_probe_succeed
         breaker_record(key, success=False)
     assert breaker_state(key) is State.OPEN
     # The 30 s cooldown has just ended (without waiting it out in a test).
-    redis.Redis.from_url(redis_url()).hset(breaker_redis_keys(key)[0], "open_until", 0)
+    redis_client(state_redis_url()).hset(breaker_redis_keys(key)[0], "open_until", 0)
     assert breaker_state(key) is State.HALF_OPEN
     assert breaker_allows(key).probe  # another worker's probe, now in flight
     ids = emails(3)

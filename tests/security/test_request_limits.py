@@ -1,6 +1,6 @@
 """Rate limits on the public endpoints: the pure parts, and the middleware on real Redis.
 
-Every endpoint found in the URLconf must be placed in notifier.ratelimit.ENDPOINTS (a new one
+Every endpoint found in the URLconf must be placed in notifier.request_limits.ENDPOINTS (a new one
 fails `test_every_public_endpoint_is_placed`), and every limited one answers 429 once over
 its limit, whatever method it is called with.
 """
@@ -12,16 +12,17 @@ import re
 import time
 
 import pytest
-import redis
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 from django.test import Client
 from django.urls import resolve
 
-from notifier import throttle
+from notifier import provider_limits
 from notifier.links import preferences_token, unsubscribe_token
 from notifier.models import Consent, Preference
-from notifier.ratelimit import (
+from notifier.rates import InvalidRate, Rate
+from notifier.redis_client import redis_client
+from notifier.request_limits import (
     ENDPOINTS,
     GROUPS,
     Decision,
@@ -69,26 +70,30 @@ def test_ipv6_clients_are_counted_per_64():
 
 def test_limits_parse_to_a_bucket_of_that_many_over_the_period():
     rate = parse_limit("30/m")
-    assert rate == throttle.Rate(per_second=0.5, burst=30)
+    assert rate == Rate(per_second=0.5, burst=30)
     assert parse_limit("off") is None
-    for bad in ("30", "0/m", "1.5/s", "ten/m", "30/d"):
-        with pytest.raises(ValueError, match=re.escape("use <whole number>/<s|m|h>")):
+    assert parse_limit(" OFF ") is None
+    for bad in ("30", "0/m", "1.5/s", "ten/m", "30/d", "of"):
+        with pytest.raises(InvalidRate, match=re.escape("use <whole number>/<s|m|h>")) as caught:
             parse_limit(bad)
+        assert str(caught.value).endswith("; or 'off' for no limit")
 
 
 def test_decide_names_the_first_limit_that_refused_and_rounds_the_wait_up():
-    assert decide([(Scope.IP, throttle.Grant(1))]) == Decision(True)
-    refused = decide([(Scope.IP, throttle.Grant(1)), (Scope.TOKEN, throttle.Grant(0, 2.1))])
+    assert decide([(Scope.IP, provider_limits.Grant(1))]) == Decision(True)
+    refused = decide(
+        [(Scope.IP, provider_limits.Grant(1)), (Scope.TOKEN, provider_limits.Grant(0, 2.1))]
+    )
     assert refused == Decision(False, 3, Scope.TOKEN)
     assert refused.reason == "Too many requests for this link. Try again in 3 seconds."
-    assert decide([(Scope.USER, throttle.Grant(0, 0.01))]).retry_after_s == 1
+    assert decide([(Scope.USER, provider_limits.Grant(0, 0.01))]).retry_after_s == 1
 
 
 def test_overrides_apply_per_group_and_scope_and_bad_ones_are_refused(settings):
     settings.NOTIFIER_PUBLIC_RATE_LIMITS = {"signed_link.token": "off", "signed_link.ip": "5/s"}
-    assert limits("signed_link") == [(Scope.IP, throttle.Rate(5.0, 5))]
+    assert limits("signed_link") == [(Scope.IP, Rate(5.0, 5))]
     settings.NOTIFIER_PUBLIC_RATE_LIMITS = {"signed_link.ip": "lots"}
-    with pytest.raises(ImproperlyConfigured, match=r"signed_link\.ip: invalid limit 'lots'"):
+    with pytest.raises(ImproperlyConfigured, match=r"signed_link\.ip: invalid rate 'lots'"):
         limits("signed_link")
     settings.NOTIFIER_PUBLIC_RATE_LIMITS = {"signed_links.ip": "5/s"}
     with pytest.raises(ImproperlyConfigured, match="names no known group"):
@@ -102,7 +107,7 @@ def test_every_public_endpoint_is_placed():
     """A new URL must be given a group (or None, with a reason) in ENDPOINTS on purpose; until
     then it gets the default group's limits, and this test fails."""
     names = {endpoint.name for endpoint in public_endpoints()}
-    assert names - set(ENDPOINTS) == set(), "place these in notifier.ratelimit.ENDPOINTS"
+    assert names - set(ENDPOINTS) == set(), "place these in notifier.request_limits.ENDPOINTS"
     assert set(ENDPOINTS) - names == set(), "ENDPOINTS lists URLs that no longer exist"
     assert {g for g in ENDPOINTS.values() if g is not None} <= set(GROUPS)
 
@@ -150,10 +155,10 @@ def test_unlimited_endpoints_are_only_the_health_probes():
 
 @pytest.fixture
 def redis_keys():
-    client = redis.Redis.from_url(settings.NOTIFIER_REDIS_URL)
+    client = redis_client(settings.NOTIFIER_REDIS_URL)
 
     def keys() -> list[str]:
-        pattern = f"{throttle.KEY_PREFIX}:bucket:http:*"
+        pattern = f"{provider_limits.KEY_PREFIX}:bucket:http:*"
         return sorted(k.decode() for k in client.scan_iter(match=pattern))
 
     return keys
@@ -306,7 +311,7 @@ def test_a_bad_setting_fails_the_system_check(settings):
     settings.NOTIFIER_PUBLIC_RATE_LIMITS = {"tracking.ip": "fast"}
     [error] = check_public_rate_limits()
     assert error.id == "notifier.E010"
-    assert "tracking.ip: invalid limit 'fast'" in error.msg
+    assert "tracking.ip: invalid rate 'fast'" in error.msg
     settings.NOTIFIER_PUBLIC_RATE_LIMITS = {}
     settings.NOTIFIER_TRUSTED_PROXIES = ["10.0.0.0/33"]
     [error] = check_public_rate_limits()

@@ -1,4 +1,4 @@
-"""Throttle: global token buckets and circuit breakers, on real Redis and in process."""
+"""Provider limits: global token buckets and circuit breakers, on real Redis and in process."""
 
 from __future__ import annotations
 
@@ -20,29 +20,33 @@ import sentry_sdk
 from django.conf import settings as django_settings
 from django.core.exceptions import ImproperlyConfigured
 
-from notifier import throttle
-from notifier.throttle import Grant, Rate, State, TransitionKind
+from notifier import provider_limits
+from notifier.provider_limits import Grant, State, TransitionKind
+from notifier.rates import InvalidRate, Rate
+from notifier.redis_client import redis_client, state_redis_url
 from tests.conftest import wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 KEY = "sms:test"
+# Read before any test points it at a private prefix.
+DEPLOYED_KEY_PREFIX = provider_limits.KEY_PREFIX
 
 
 @pytest.fixture(autouse=True)
 def key_prefix(monkeypatch):
     """A private Redis key prefix per test, deleted afterwards."""
-    prefix = f"test-throttle:{uuid.uuid4().hex[:12]}"
-    monkeypatch.setattr(throttle, "KEY_PREFIX", prefix)
+    prefix = f"test-provider-limits:{uuid.uuid4().hex[:12]}"
+    monkeypatch.setattr(provider_limits, "KEY_PREFIX", prefix)
     yield prefix
-    client = redis.Redis.from_url(throttle.redis_url())
+    client = redis_client(state_redis_url())
     stale = list(client.scan_iter(match=f"{prefix}:*"))
     if stale:
         client.delete(*stale)
 
 
 @pytest.fixture
-def throttle_redis():
-    return redis.Redis.from_url(throttle.redis_url())
+def limits_redis():
+    return redis_client(state_redis_url())
 
 
 @pytest.fixture(params=["redis", "embedded"])
@@ -51,12 +55,12 @@ def backend(request, settings, monkeypatch):
     settings.NOTIFIER_EMBEDDED = request.param == "embedded"
     if request.param == "embedded":
         # Fresh in-process state, and proof that embedded mode never reaches for Redis.
-        monkeypatch.setattr(throttle, "_LOCAL", throttle._LocalBackend())
+        monkeypatch.setattr(provider_limits, "_LOCAL", provider_limits._LocalBackend())
 
         def no_redis(url):
             raise AssertionError("embedded mode must not use Redis")
 
-        monkeypatch.setattr(throttle, "_redis_backend", no_redis)
+        monkeypatch.setattr(provider_limits, "_redis_backend", no_redis)
     else:
         assert django_settings.NOTIFIER_REDIS_URL.startswith("redis://")
     return request.param
@@ -93,43 +97,36 @@ def breaker_settings(settings):
     ],
 )
 def test_parse_rate_accepts_per_second_minute_and_hour(text, per_second, burst):
-    assert throttle.parse_rate(text) == Rate(per_second=per_second, burst=burst)
+    assert provider_limits.parse_rate(text) == Rate(per_second=per_second, burst=burst)
 
 
 @pytest.mark.parametrize(
     "text", ["10", "10/d", "ten/s", "-1/s", "0/s", "", "10/s/s", "1e3/s", "/s", "10 per s"]
 )
 def test_parse_rate_rejects_other_forms_naming_the_accepted_one(text):
-    with pytest.raises(ValueError, match=r"use <number>/<s\|m\|h>"):
-        throttle.parse_rate(text)
-
-
-def test_rate_burst_defaults_to_about_one_seconds_worth():
-    assert Rate(20).burst == 20
-    assert Rate(2.5).burst == 3
-    assert Rate(0.2).burst == 1
-    assert Rate(20, burst=5).burst == 5
+    with pytest.raises(InvalidRate, match=r"use <number>/<s\|m\|h>"):
+        provider_limits.parse_rate(text)
 
 
 def test_rate_limits_come_parsed_from_settings(settings):
     settings.NOTIFIER_RATE_LIMITS = {"sms:twilio": "10/s", "email:django": "6000/m"}
-    assert throttle.rate_limits() == {"sms:twilio": Rate(10.0), "email:django": Rate(100.0)}
+    assert provider_limits.rate_limits() == {"sms:twilio": Rate(10.0), "email:django": Rate(100.0)}
 
 
 def test_rate_limits_name_the_bad_entry(settings):
     settings.NOTIFIER_RATE_LIMITS = {"sms:twilio": "10/s", "push:fcm": "fast"}
     with pytest.raises(ImproperlyConfigured, match=r"'push:fcm'='fast'.*<number>/<s\|m\|h>"):
-        throttle.rate_limits()
+        provider_limits.rate_limits()
 
 
 # --- Token bucket ---------------------------------------------------------------------------
 
 
 def test_bucket_grants_its_burst_then_refuses_with_retry_after_of_one_token(backend, limited):
-    grants = [throttle.acquire(limited) for _ in range(20)]
+    grants = [provider_limits.acquire(limited) for _ in range(20)]
     assert grants == [Grant(granted=1, retry_after_s=0.0)] * 20
 
-    refused = throttle.acquire(limited)
+    refused = provider_limits.acquire(limited)
 
     assert refused.granted == 0
     # 1/20 s, less whatever trickled in while the 20 calls ran (a few ms at most).
@@ -137,21 +134,21 @@ def test_bucket_grants_its_burst_then_refuses_with_retry_after_of_one_token(back
 
 
 def test_batch_gets_a_partial_grant_and_the_wait_for_the_rest(backend, limited):
-    assert throttle.acquire(limited, 13) == Grant(granted=13, retry_after_s=0.0)
+    assert provider_limits.acquire(limited, 13) == Grant(granted=13, retry_after_s=0.0)
 
-    batch = throttle.acquire(limited, 50)
+    batch = provider_limits.acquire(limited, 50)
 
     assert batch.granted == 7
     assert 0.03 < batch.retry_after_s <= 0.05
 
 
 def test_waiting_the_retry_after_yields_the_next_token(backend, limited):
-    refused = throttle.acquire(limited, 21)
+    refused = provider_limits.acquire(limited, 21)
     assert refused.granted == 20
 
     time.sleep(refused.retry_after_s)
 
-    assert throttle.acquire(limited).granted == 1
+    assert provider_limits.acquire(limited).granted == 1
 
 
 def test_unlimited_keys_grant_everything_without_touching_redis(settings, monkeypatch):
@@ -161,16 +158,31 @@ def test_unlimited_keys_grant_everything_without_touching_redis(settings, monkey
     def no_backend():
         raise AssertionError("an unlimited key must not reach a backend")
 
-    monkeypatch.setattr(throttle, "_backend", no_backend)
+    monkeypatch.setattr(provider_limits, "_backend", no_backend)
 
-    assert throttle.acquire("email:unlimited", 500) == Grant(granted=500, retry_after_s=0.0)
+    assert provider_limits.acquire("email:unlimited", 500) == Grant(granted=500, retry_after_s=0.0)
 
 
-def test_bucket_key_expires_once_it_would_be_full_again(settings, limited, throttle_redis):
+def test_redis_keys_keep_the_names_a_running_deployment_has(monkeypatch):
+    """The module was notifier/throttle.py: live buckets and open breakers must still be found
+    after an upgrade, so its Redis keys keep that name."""
+    monkeypatch.setattr(provider_limits, "KEY_PREFIX", DEPLOYED_KEY_PREFIX)
+
+    assert provider_limits.bucket_redis_key("sms:twilio") == "notifier:throttle:bucket:sms:twilio"
+    assert provider_limits.breaker_redis_keys("sms:twilio") == [
+        "notifier:throttle:breaker:{sms:twilio}",
+        "notifier:throttle:breaker:{sms:twilio}:counts",
+        "notifier:throttle:breaker:{sms:twilio}:probe",
+        "notifier:throttle:breaker:{sms:twilio}:waiters",
+        "notifier:throttle:breaker:{sms:twilio}:paused",
+    ]
+
+
+def test_bucket_key_expires_once_it_would_be_full_again(settings, limited, limits_redis):
     settings.NOTIFIER_EMBEDDED = False
-    throttle.acquire(limited, 10)
+    provider_limits.acquire(limited, 10)
 
-    ttl_ms = throttle_redis.pttl(throttle.bucket_redis_key(limited))
+    ttl_ms = limits_redis.pttl(provider_limits.bucket_redis_key(limited))
 
     # 10 tokens to refill at 20/s: 0.5 s, plus a second of slack.
     assert 1000 < ttl_ms <= 1500
@@ -178,18 +190,18 @@ def test_bucket_key_expires_once_it_would_be_full_again(settings, limited, throt
 
 CHILD = """
 import json, sys, time
-from notifier import throttle
+from notifier import provider_limits
 
 prefix, key, duration = sys.argv[1], sys.argv[2], float(sys.argv[3])
-throttle.KEY_PREFIX = prefix
-throttle.breaker_state("warm-up")  # settings loaded, Redis connected, before the start line
+provider_limits.KEY_PREFIX = prefix
+provider_limits.breaker_state("warm-up")  # settings loaded, Redis connected, before the start line
 print("ready", flush=True)
 sys.stdin.readline()
 granted = calls = 0
 start = time.time()
 deadline = start + duration
 while time.time() < deadline:
-    grant = throttle.acquire(key)
+    grant = provider_limits.acquire(key)
     calls += 1
     granted += grant.granted
     if not grant.granted:
@@ -198,7 +210,7 @@ print(json.dumps({"granted": granted, "calls": calls, "start": start, "end": tim
 """
 
 
-def test_two_processes_share_one_limit_without_starving(key_prefix):
+def test_two_processes_share_one_limit_without_starving(key_prefix, report_figure):
     rate, duration = 20.0, 3.0
     env = {
         **os.environ,
@@ -230,7 +242,9 @@ def test_two_processes_share_one_limit_without_starving(key_prefix):
     elapsed = max(r["end"] for r in results) - min(r["start"] for r in results)
     granted = sum(r["granted"] for r in results)
     ceiling = rate * elapsed + 20  # refill over the measured window plus the initial burst
-    print(f"two processes: {granted} granted in {elapsed:.3f} s, ceiling {ceiling:.1f}, {results}")
+    report_figure(
+        f"two processes: {granted} granted in {elapsed:.3f} s, ceiling {ceiling:.1f}, {results}"
+    )
 
     assert elapsed >= duration
     assert granted <= ceiling
@@ -242,7 +256,7 @@ def test_two_processes_share_one_limit_without_starving(key_prefix):
 
 
 def open_breaker(key=KEY, failures=3):
-    transitions = [throttle.breaker_record(key, success=False) for _ in range(failures)]
+    transitions = [provider_limits.breaker_record(key, success=False) for _ in range(failures)]
     assert transitions[:-1] == [None] * (failures - 1)
     assert transitions[-1] is not None
     return transitions[-1]
@@ -250,19 +264,19 @@ def open_breaker(key=KEY, failures=3):
 
 def wait_half_open(key=KEY):
     wait_until(
-        lambda: throttle.breaker_state(key) is State.HALF_OPEN,
+        lambda: provider_limits.breaker_state(key) is State.HALF_OPEN,
         timeout=5,
         message="the cooldown to end",
     )
 
 
 def test_a_failure_ratio_over_the_minimum_volume_opens_the_breaker_once(backend, breaker_settings):
-    assert throttle.breaker_record(KEY, success=True) is None
-    assert throttle.breaker_record(KEY, success=True) is None
-    assert throttle.breaker_record(KEY, success=False) is None  # 1 of 3: under half
-    assert throttle.breaker_state(KEY) is State.CLOSED
+    assert provider_limits.breaker_record(KEY, success=True) is None
+    assert provider_limits.breaker_record(KEY, success=True) is None
+    assert provider_limits.breaker_record(KEY, success=False) is None  # 1 of 3: under half
+    assert provider_limits.breaker_state(KEY) is State.CLOSED
 
-    opened = throttle.breaker_record(KEY, success=False)  # 2 of 4: half
+    opened = provider_limits.breaker_record(KEY, success=False)  # 2 of 4: half
 
     assert opened is not None
     assert (opened.kind, opened.key, opened.failures, opened.calls, opened.trips) == (
@@ -273,14 +287,14 @@ def test_a_failure_ratio_over_the_minimum_volume_opens_the_breaker_once(backend,
         1,
     )
     assert (opened.window_s, opened.cooldown_s) == (2.0, 1.0)
-    assert throttle.breaker_state(KEY) is State.OPEN
+    assert provider_limits.breaker_state(KEY) is State.OPEN
     # Late failures of sends that started earlier do not report the opening again.
-    assert [throttle.breaker_record(KEY, success=False) for _ in range(5)] == [None] * 5
+    assert [provider_limits.breaker_record(KEY, success=False) for _ in range(5)] == [None] * 5
 
 
 def test_failures_under_the_minimum_volume_keep_it_closed(backend, breaker_settings):
-    assert [throttle.breaker_record(KEY, success=False) for _ in range(2)] == [None, None]
-    assert throttle.breaker_state(KEY) is State.CLOSED
+    assert [provider_limits.breaker_record(KEY, success=False) for _ in range(2)] == [None, None]
+    assert provider_limits.breaker_state(KEY) is State.CLOSED
 
 
 def test_three_percent_soft_failures_at_volume_never_open_it(backend):
@@ -291,25 +305,28 @@ def test_three_percent_soft_failures_at_volume_never_open_it(backend):
     opened = [
         t
         for _ in range(6000)
-        if (t := throttle.breaker_record(KEY, success=rng.random() >= 0.03)) is not None
+        if (t := provider_limits.breaker_record(KEY, success=rng.random() >= 0.03)) is not None
     ]
     assert opened == []
     for _ in range(8):
         failures = sum(rng.random() < 0.03 for _ in range(500))
-        assert throttle.breaker_outcomes(KEY, successes=500 - failures, failures=failures) is None
-    assert throttle.breaker_state(KEY) is State.CLOSED
+        assert (
+            provider_limits.breaker_outcomes(KEY, successes=500 - failures, failures=failures)
+            is None
+        )
+    assert provider_limits.breaker_state(KEY) is State.CLOSED
 
 
 def test_sixty_percent_failures_open_it_once_the_minimum_volume_is_reached(backend):
     """Default settings: 20 calls at least, half of them failed."""
     pattern = [False, True, False, True, False]  # 3 of 5 fail
-    outcomes = [throttle.breaker_record(KEY, success=ok) for ok in pattern * 4]
+    outcomes = [provider_limits.breaker_record(KEY, success=ok) for ok in pattern * 4]
 
     assert outcomes[:-1] == [None] * 19
     opened = outcomes[-1]
     assert opened is not None and opened.kind is TransitionKind.OPENED
     assert (opened.failures, opened.calls) == (12, 20)
-    assert throttle.breaker_state(KEY) is State.OPEN
+    assert provider_limits.breaker_state(KEY) is State.OPEN
 
 
 def test_failures_spread_wider_than_the_window_keep_it_closed(backend, settings):
@@ -317,27 +334,29 @@ def test_failures_spread_wider_than_the_window_keep_it_closed(backend, settings)
     settings.NOTIFIER_CIRCUIT_WINDOW_S = 0.3
     settings.NOTIFIER_CIRCUIT_COOLDOWN_S = 1
 
-    assert throttle.breaker_record(KEY, success=False) is None
+    assert provider_limits.breaker_record(KEY, success=False) is None
     time.sleep(0.35)
-    assert throttle.breaker_record(KEY, success=False) is None
-    assert throttle.breaker_state(KEY) is State.CLOSED
+    assert provider_limits.breaker_record(KEY, success=False) is None
+    assert provider_limits.breaker_state(KEY) is State.CLOSED
 
-    opened = throttle.breaker_record(KEY, success=False)
+    opened = provider_limits.breaker_record(KEY, success=False)
     assert opened is not None and opened.kind is TransitionKind.OPENED
 
 
 def test_breakers_are_per_key(backend, breaker_settings):
     open_breaker("sms:broken")
 
-    assert throttle.breaker_state("sms:broken") is State.OPEN
-    assert throttle.breaker_allows("sms:healthy") == throttle.Permission(True, State.CLOSED)
+    assert provider_limits.breaker_state("sms:broken") is State.OPEN
+    assert provider_limits.breaker_allows("sms:healthy") == provider_limits.Permission(
+        True, State.CLOSED
+    )
 
 
 def test_open_breaker_refuses_with_retry_after_until_the_cooldown_ends(backend, breaker_settings):
-    assert throttle.breaker_allows(KEY).allowed
+    assert provider_limits.breaker_allows(KEY).allowed
     open_breaker()
 
-    permission = throttle.breaker_allows(KEY)
+    permission = provider_limits.breaker_allows(KEY)
 
     assert not permission.allowed
     assert permission.state is State.OPEN
@@ -352,7 +371,7 @@ def test_after_the_cooldown_exactly_one_concurrent_caller_gets_the_probe(backend
 
     def ask(_):
         start.wait()
-        return throttle.breaker_allows(KEY)
+        return provider_limits.breaker_allows(KEY)
 
     with ThreadPoolExecutor(max_workers=callers) as pool:
         permissions = list(pool.map(ask, range(callers)))
@@ -370,9 +389,9 @@ def test_after_the_cooldown_exactly_one_concurrent_caller_gets_the_probe(backend
 def test_probe_success_closes_the_breaker_and_forgets_the_failures(backend, breaker_settings):
     open_breaker()
     wait_half_open()
-    assert throttle.breaker_allows(KEY).probe
+    assert provider_limits.breaker_allows(KEY).probe
 
-    closed = throttle.breaker_record(KEY, success=True)
+    closed = provider_limits.breaker_record(KEY, success=True)
 
     assert closed is not None
     assert (closed.kind, closed.key, closed.failures, closed.trips) == (
@@ -382,85 +401,85 @@ def test_probe_success_closes_the_breaker_and_forgets_the_failures(backend, brea
         1,
     )
     assert closed.open_for_s >= 1.0
-    assert throttle.breaker_state(KEY) is State.CLOSED
-    assert throttle.breaker_allows(KEY) == throttle.Permission(True, State.CLOSED)
+    assert provider_limits.breaker_state(KEY) is State.CLOSED
+    assert provider_limits.breaker_allows(KEY) == provider_limits.Permission(True, State.CLOSED)
     # The count starts again from zero: two failures are not enough to re-open.
-    assert [throttle.breaker_record(KEY, success=False) for _ in range(2)] == [None, None]
-    assert throttle.breaker_state(KEY) is State.CLOSED
+    assert [provider_limits.breaker_record(KEY, success=False) for _ in range(2)] == [None, None]
+    assert provider_limits.breaker_state(KEY) is State.CLOSED
 
 
 def test_probe_failure_reopens_the_breaker_for_another_cooldown(backend, breaker_settings):
     open_breaker()
     wait_half_open()
-    assert throttle.breaker_allows(KEY).probe
+    assert provider_limits.breaker_allows(KEY).probe
 
-    reopened = throttle.breaker_record(KEY, success=False)
+    reopened = provider_limits.breaker_record(KEY, success=False)
 
     assert reopened is not None
     assert (reopened.kind, reopened.failures, reopened.trips) == (TransitionKind.OPENED, 3, 2)
-    assert throttle.breaker_state(KEY) is State.OPEN
-    permission = throttle.breaker_allows(KEY)
+    assert provider_limits.breaker_state(KEY) is State.OPEN
+    permission = provider_limits.breaker_allows(KEY)
     assert not permission.allowed
     assert 0.9 < permission.retry_after_s <= 1.0
     # The next cooldown ends in a fresh probe.
     wait_half_open()
-    assert throttle.breaker_allows(KEY).probe
+    assert provider_limits.breaker_allows(KEY).probe
 
 
 def test_probe_race_losers_learn_of_the_closing_at_once(backend, breaker_settings, monkeypatch):
     """The losers of the probe race leave a token; the probe's success hands every token back,
     so they need not wait out the lease (30 s) or the cooldown."""
-    monkeypatch.setattr(throttle, "PROBE_LEASE_S", 30.0)
+    monkeypatch.setattr(provider_limits, "PROBE_LEASE_S", 30.0)
     open_breaker()
     wait_half_open()
-    assert throttle.breaker_allows(KEY, waiter="probe").probe
-    losers = [throttle.breaker_allows(KEY, waiter=f"loser-{n}") for n in range(3)]
+    assert provider_limits.breaker_allows(KEY, waiter="probe").probe
+    losers = [provider_limits.breaker_allows(KEY, waiter=f"loser-{n}") for n in range(3)]
     assert not any(p.allowed for p in losers)
 
-    closed = throttle.breaker_record(KEY, success=True)
+    closed = provider_limits.breaker_record(KEY, success=True)
 
     assert closed is not None and closed.kind is TransitionKind.CLOSED
     assert closed.waiters == ("loser-0", "loser-1", "loser-2")
-    assert throttle.breaker_allows(KEY).allowed
+    assert provider_limits.breaker_allows(KEY).allowed
 
 
 def test_a_failed_probe_hands_back_no_waiters(backend, breaker_settings):
     open_breaker()
     wait_half_open()
-    assert throttle.breaker_allows(KEY).probe
-    assert not throttle.breaker_allows(KEY, waiter="loser").allowed
+    assert provider_limits.breaker_allows(KEY).probe
+    assert not provider_limits.breaker_allows(KEY, waiter="loser").allowed
 
-    reopened = throttle.breaker_record(KEY, success=False)
+    reopened = provider_limits.breaker_record(KEY, success=False)
 
     assert reopened is not None and reopened.waiters == ()
     wait_half_open()
-    assert throttle.breaker_allows(KEY).probe
-    closed = throttle.breaker_record(KEY, success=True)
+    assert provider_limits.breaker_allows(KEY).probe
+    closed = provider_limits.breaker_record(KEY, success=True)
     assert closed is not None and closed.waiters == ()
 
 
 def test_a_pause_refuses_the_provider_whatever_its_state_then_lapses(backend):
-    throttle.provider_pause(KEY, 0.3)
-    throttle.provider_pause(KEY, 0.1)  # a shorter Retry-After does not cut the pause
+    provider_limits.provider_pause(KEY, 0.3)
+    provider_limits.provider_pause(KEY, 0.1)  # a shorter Retry-After does not cut the pause
 
-    permission = throttle.breaker_allows(KEY)
+    permission = provider_limits.breaker_allows(KEY)
 
     assert (permission.allowed, permission.paused, permission.state) == (False, True, State.CLOSED)
     assert 0.1 < permission.retry_after_s <= 0.3
-    wait_until(lambda: throttle.breaker_allows(KEY).allowed, timeout=3, message="the pause")
+    wait_until(lambda: provider_limits.breaker_allows(KEY).allowed, timeout=3, message="the pause")
 
 
 def test_a_lost_probe_lets_another_caller_probe_once_its_lease_lapses(
     backend, breaker_settings, monkeypatch
 ):
-    monkeypatch.setattr(throttle, "PROBE_LEASE_S", 0.3)
+    monkeypatch.setattr(provider_limits, "PROBE_LEASE_S", 0.3)
     open_breaker()
     wait_half_open()
-    assert throttle.breaker_allows(KEY).probe  # ...and this worker dies without recording
-    assert not throttle.breaker_allows(KEY).allowed
+    assert provider_limits.breaker_allows(KEY).probe  # ...and this worker dies without recording
+    assert not provider_limits.breaker_allows(KEY).allowed
 
     second = wait_until(
-        lambda: (p := throttle.breaker_allows(KEY)).allowed and p,
+        lambda: (p := provider_limits.breaker_allows(KEY)).allowed and p,
         timeout=3,
         message="the probe lease to lapse",
     )
@@ -471,14 +490,14 @@ def test_a_lost_probe_lets_another_caller_probe_once_its_lease_lapses(
 def test_breaker_rejects_nonsense_settings(backend, settings):
     settings.NOTIFIER_CIRCUIT_MIN_CALLS = 0
     with pytest.raises(ImproperlyConfigured, match="NOTIFIER_CIRCUIT_MIN_CALLS"):
-        throttle.breaker_allows(KEY)
+        provider_limits.breaker_allows(KEY)
 
 
 # --- Alerts ---------------------------------------------------------------------------------
 
-OPENED = throttle.Transition(TransitionKind.OPENED, "sms:twilio", 20, 1, 0.0, 30.0, 30.0, 32)
-REOPENED = throttle.Transition(TransitionKind.OPENED, "sms:twilio", 20, 2, 61.0, 30.0, 30.0)
-CLOSED = throttle.Transition(TransitionKind.CLOSED, "sms:twilio", 20, 2, 95.0, 30.0, 30.0)
+OPENED = provider_limits.Transition(TransitionKind.OPENED, "sms:twilio", 20, 1, 0.0, 30.0, 30.0, 32)
+REOPENED = provider_limits.Transition(TransitionKind.OPENED, "sms:twilio", 20, 2, 61.0, 30.0, 30.0)
+CLOSED = provider_limits.Transition(TransitionKind.CLOSED, "sms:twilio", 20, 2, 95.0, 30.0, 30.0)
 
 
 @pytest.fixture
@@ -493,7 +512,7 @@ def test_alert_logs_a_warning_when_opened_and_info_when_closed(caplog):
     caplog.set_level(logging.INFO, logger="notifier.throttle")
 
     for transition in (OPENED, REOPENED, CLOSED):
-        throttle.alert_transition(transition)
+        provider_limits.alert_transition(transition)
 
     records = [(r.name, r.levelno, r.getMessage()) for r in caplog.records]
     assert records == [
@@ -517,8 +536,8 @@ def test_alert_logs_a_warning_when_opened_and_info_when_closed(caplog):
 
 
 def test_alert_sends_sentry_messages_when_sentry_is_initialised(sentry_messages):
-    throttle.alert_transition(OPENED)
-    throttle.alert_transition(CLOSED)
+    provider_limits.alert_transition(OPENED)
+    provider_limits.alert_transition(CLOSED)
 
     (opened_message, opened_kw), (closed_message, closed_kw) = sentry_messages
     assert "opened" in opened_message and opened_kw["level"] == "warning"
@@ -533,7 +552,7 @@ def test_alert_without_sentry_only_logs(monkeypatch, caplog):
         sentry_sdk, "capture_message", lambda *a, **kw: pytest.fail("Sentry is not set up")
     )
 
-    throttle.alert_transition(OPENED)
+    provider_limits.alert_transition(OPENED)
 
     assert [r.levelno for r in caplog.records] == [logging.WARNING]
 
@@ -546,8 +565,8 @@ def test_without_any_redis_url_the_in_process_backend_is_used(settings):
     settings.NOTIFIER_REDIS_URL = ""
     settings.CELERY_BROKER_URL = "memory://localhost/"
 
-    assert throttle.redis_url() == ""
-    assert throttle._backend() is throttle._LOCAL
+    assert state_redis_url() == ""
+    assert provider_limits._backend() is provider_limits._LOCAL
 
 
 def test_a_redis_broker_url_serves_when_redis_url_is_empty(settings):
@@ -555,22 +574,22 @@ def test_a_redis_broker_url_serves_when_redis_url_is_empty(settings):
     settings.NOTIFIER_REDIS_URL = ""
     settings.CELERY_BROKER_URL = "redis://127.0.0.1:6379/10"
 
-    assert throttle.redis_url() == "redis://127.0.0.1:6379/10"
-    assert isinstance(throttle._backend(), throttle._RedisBackend)
+    assert state_redis_url() == "redis://127.0.0.1:6379/10"
+    assert isinstance(provider_limits._backend(), provider_limits._RedisBackend)
 
 
 def test_redis_down_fails_open_and_logs_once(settings, monkeypatch, caplog, breaker_settings):
-    monkeypatch.setattr(throttle, "_redis_backends", {})
+    monkeypatch.setattr(provider_limits, "_redis_backends", {})
     settings.NOTIFIER_EMBEDDED = False
     settings.NOTIFIER_REDIS_URL = "redis://:secret@127.0.0.1:1/0"  # nothing listens on port 1
     settings.NOTIFIER_RATE_LIMITS = {KEY: "1/s"}
     caplog.set_level(logging.INFO, logger="notifier.throttle")
 
     started = time.monotonic()
-    grants = [throttle.acquire(KEY, 5) for _ in range(3)]
-    permission = throttle.breaker_allows(KEY)
-    transitions = [throttle.breaker_record(KEY, success=False) for _ in range(5)]
-    state = throttle.breaker_state(KEY)
+    grants = [provider_limits.acquire(KEY, 5) for _ in range(3)]
+    permission = provider_limits.breaker_allows(KEY)
+    transitions = [provider_limits.breaker_record(KEY, success=False) for _ in range(5)]
+    state = provider_limits.breaker_state(KEY)
 
     assert grants == [Grant(granted=5, retry_after_s=0.0)] * 3
     assert permission.allowed and permission.state is State.UNKNOWN
@@ -584,12 +603,12 @@ def test_redis_down_fails_open_and_logs_once(settings, monkeypatch, caplog, brea
 
 
 def test_redis_outage_is_retried_and_recovery_logged(settings, monkeypatch, caplog):
-    monkeypatch.setattr(throttle, "_redis_backends", {})
-    monkeypatch.setattr(throttle, "REDIS_RETRY_AFTER_S", 0.0)
+    monkeypatch.setattr(provider_limits, "_redis_backends", {})
+    monkeypatch.setattr(provider_limits, "REDIS_RETRY_AFTER_S", 0.0)
     settings.NOTIFIER_EMBEDDED = False
     settings.NOTIFIER_RATE_LIMITS = {KEY: "1/s"}
     caplog.set_level(logging.INFO, logger="notifier.throttle")
-    backend = throttle._redis_backend(throttle.redis_url())
+    backend = provider_limits._redis_backend(state_redis_url())
     real_script = backend.scripts["bucket"]
     outage = [redis.ConnectionError("Connection refused")]
 
@@ -600,6 +619,6 @@ def test_redis_outage_is_retried_and_recovery_logged(settings, monkeypatch, capl
 
     monkeypatch.setitem(backend.scripts, "bucket", flaky_script)
 
-    assert throttle.acquire(KEY, 3).granted == 3  # down: fails open
-    assert throttle.acquire(KEY, 3).granted == 1  # back: 1/s with a burst of 1
+    assert provider_limits.acquire(KEY, 3).granted == 3  # down: fails open
+    assert provider_limits.acquire(KEY, 3).granted == 1  # back: 1/s with a burst of 1
     assert [r.levelno for r in caplog.records] == [logging.WARNING, logging.INFO]

@@ -1,22 +1,24 @@
-"""Rate limits on the public endpoints: per client IP, and per signed token or user where a
-token or a login identifies who is asking.
+"""Inbound limits: how many requests we answer. Rate limits on the public endpoints, per client
+IP, and per signed token or user where a token or a login identifies who is asking. (Outbound
+limits on the providers we call are notifier.provider_limits.)
 
 Every URL outside the admin is rate-limited. `ENDPOINTS` places each URL name in a group
 whose limits fit it (signed links, tracking, the inbox API, ...); a URL not listed there gets
 `DEFAULT_GROUP`'s limits, so a new public endpoint is never unlimited, and
-tests/security/test_rate_limits.py fails until it is placed on purpose. The admin is behind a
+tests/security/test_request_limits.py fails until it is placed on purpose. The admin is behind a
 login and is not limited, except its login page (password guessing).
 
 A request over a limit gets 429 with Retry-After (whole seconds until a slot frees up) and a
 plain message; JSON endpoints answer {"error": "..."} like their other errors.
 
-The counting is `notifier.throttle`'s token bucket (one Lua script on Redis, Redis's clock,
-shared by every web process; in process in embedded mode): a limit of "30/m" is a bucket of
-30 refilled at one every two seconds, so short bursts pass and a steady flood is cut to the
-rate. django-ratelimit would also do, but it needs a Redis cache configured as Django's cache,
-counts in fixed windows (twice the limit can pass across a window's edge) and answers 403
-unless wrapped; the bucket here already exists, is tested, tells the exact wait, and fails
-open (logged once) when Redis is down, so an outage does not take the unsubscribe page with it.
+The counting is the token bucket of `notifier.provider_limits` (`take`: one Lua script on
+Redis, Redis's clock, shared by every web process; in process in embedded mode): a limit of
+"30/m" (`notifier.rates`' grammar) is a bucket of 30 refilled at one every two seconds, so
+short bursts pass and a steady flood is cut to the rate. django-ratelimit would also do, but it
+needs a Redis cache configured as Django's cache, counts in fixed windows (twice the limit can
+pass across a window's edge) and answers 403 unless wrapped; the bucket here already exists, is
+tested, tells the exact wait, and fails open (logged once) when Redis is down, so an outage
+does not take the unsubscribe page with it.
 
 Client IP: REMOTE_ADDR, unless it belongs to NOTIFIER_TRUSTED_PROXIES (addresses or CIDR
 ranges of the load balancers in front of us); then the rightmost X-Forwarded-For entry that is
@@ -33,7 +35,6 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 import math
-import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
@@ -44,14 +45,13 @@ from django.core.exceptions import ImproperlyConfigured
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.urls import ResolverMatch
 
-from notifier import throttle
+from notifier import provider_limits
 from notifier.known_devices import account_key, known_device, set_known_device_cookie
 from notifier.middleware import is_api_request
+from notifier.rates import InvalidRate, Rate, parse_rate_text
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
-_RATE_FORM = re.compile(r"^\s*(\d+)\s*/\s*([smh])\s*$")
-_PERIOD_S = {"s": 1, "m": 60, "h": 3600}
 OFF = "off"
 
 
@@ -134,17 +134,15 @@ ADMIN_LIMITED = {"login": "admin_login"}
 # --- Pure parts -----------------------------------------------------------------------------
 
 
-def parse_limit(text: str) -> throttle.Rate | None:
-    """'30/m' -> a bucket of 30 refilled over a minute; 'off' -> None; ValueError otherwise."""
+def parse_limit(text: str) -> Rate | None:
+    """'30/m' -> a bucket of 30 refilled over a minute; 'off' -> None; InvalidRate otherwise."""
     if text.strip().lower() == OFF:
         return None
-    match = _RATE_FORM.match(text)
-    if match is None or int(match[1]) < 1:
-        raise ValueError(
-            f"invalid limit {text!r}: use <whole number>/<s|m|h>, e.g. '30/m', or 'off'"
-        )
-    amount, period = int(match[1]), _PERIOD_S[match[2]]
-    return throttle.Rate(per_second=amount / period, burst=amount)
+    try:
+        rate = parse_rate_text(text, whole=True)
+    except InvalidRate as exc:
+        raise InvalidRate(f"{exc}; or '{OFF}' for no limit") from None
+    return Rate(per_second=rate.per_second, burst=int(rate.amount))
 
 
 def group_of(match: ResolverMatch) -> str | None:
@@ -226,7 +224,7 @@ class Decision:
         return f"Too many requests {whom}. Try again in {self.retry_after_s} seconds."
 
 
-def decide(grants: Sequence[tuple[Scope, throttle.Grant]]) -> Decision:
+def decide(grants: Sequence[tuple[Scope, provider_limits.Grant]]) -> Decision:
     """Refused by the first limit that granted nothing, with its wait in whole seconds."""
     for scope, grant in grants:
         if grant.granted < 1:
@@ -237,16 +235,14 @@ def decide(grants: Sequence[tuple[Scope, throttle.Grant]]) -> Decision:
 # --- Settings -------------------------------------------------------------------------------
 
 
-def limits(group: str) -> list[tuple[Scope, throttle.Rate]]:
+def limits(group: str) -> list[tuple[Scope, Rate]]:
     """The group's limits with NOTIFIER_PUBLIC_RATE_LIMITS applied; "off" ones left out."""
     overrides = settings.NOTIFIER_PUBLIC_RATE_LIMITS
     return list(_limits(group, tuple(sorted(overrides.items()))))
 
 
 @lru_cache(maxsize=64)
-def _limits(
-    group: str, overrides: tuple[tuple[str, str], ...]
-) -> tuple[tuple[Scope, throttle.Rate], ...]:
+def _limits(group: str, overrides: tuple[tuple[str, str], ...]) -> tuple[tuple[Scope, Rate], ...]:
     given = dict(overrides)
     unknown = [key for key in given if key.partition(".")[0] not in GROUPS]
     if unknown:
@@ -259,7 +255,7 @@ def _limits(
         text = str(given.get(f"{group}.{scope}", default))
         try:
             rate = parse_limit(text)
-        except ValueError as exc:
+        except InvalidRate as exc:
             raise ImproperlyConfigured(
                 f"NOTIFIER_PUBLIC_RATE_LIMITS {group}.{scope}: {exc}"
             ) from exc
@@ -356,7 +352,7 @@ class PublicRateLimitMiddleware:
             identity = _identity(scope, request, kwargs)
             if identity is None:
                 continue
-            grant = throttle.take(f"http:{group}:{scope}:{identity}", rate)
+            grant = provider_limits.take(f"http:{group}:{scope}:{identity}", rate)
             grants.append((scope, grant))
             if grant.granted < 1:
                 break  # the other buckets keep their tokens

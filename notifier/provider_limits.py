@@ -1,4 +1,6 @@
-"""Global per-provider rate limits and circuit breakers, shared by every worker process.
+"""Outbound limits: how fast and whether we call each provider. Global per-provider rate limits
+and circuit breakers, shared by every worker process. (Inbound limits on the requests we answer
+are notifier.request_limits; both count in this module's token bucket.)
 
 Rate limit: a token bucket per provider key ("sms:twilio"). The bucket holds at most `burst`
 tokens and refills continuously at `per_second`; a delivery takes one token per message. State
@@ -47,43 +49,28 @@ from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 from redis.commands.core import Script
 
+from notifier.rates import InvalidRate, Rate, parse_rate_text
+from notifier.redis_client import redis_client, state_client, state_redis_url
+
+# The module was notifier/throttle.py. Its logger, its Sentry fingerprint and its Redis keys keep
+# that name: log filters, alert rules, Sentry issues and the live buckets and breakers of a
+# running deployment all carry on across the rename.
 logger = logging.getLogger("notifier.throttle")
+SENTRY_FINGERPRINT = "notifier.throttle"
 
 # Every Redis key of this module starts with this; tests point it at a private prefix.
 KEY_PREFIX = "notifier:throttle"
 # How long a half-open probe may take before its worker is presumed dead and another caller
 # may probe: longer than any provider's send timeout (EMAIL_TIMEOUT is 10 s).
 PROBE_LEASE_S = 30.0
-# Short socket timeouts: this sits on the hot path of every delivery, and a slow Redis must
-# cost a delivery milliseconds, not seconds.
-REDIS_SOCKET_TIMEOUT_S = 0.5
 # After Redis fails, skip it for this long, so a black-holed Redis does not add a socket
 # timeout to every delivery while it is down.
 REDIS_RETRY_AFTER_S = 1.0
 # The breaker's window is counted in this many buckets: it slides in steps of a tenth.
 WINDOW_BUCKETS = 10
 
-_RATE_FORM = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*/\s*([smh])\s*$")
-_PERIOD_S = {"s": 1.0, "m": 60.0, "h": 3600.0}
-
 
 # --- Values ---------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class Rate:
-    """`per_second` tokens a second, at most `burst` at once (0: about one second's worth)."""
-
-    per_second: float
-    burst: int = 0
-
-    def __post_init__(self) -> None:
-        if not (math.isfinite(self.per_second) and self.per_second > 0):
-            raise ValueError(f"a rate must be a positive number per second, not {self.per_second}")
-        if self.burst < 0:
-            raise ValueError(f"a burst must be at least 1 token, not {self.burst}")
-        if self.burst == 0:
-            object.__setattr__(self, "burst", max(1, math.ceil(self.per_second)))
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,15 +147,9 @@ class BreakerPolicy:
 
 
 def parse_rate(text: str) -> Rate:
-    """'10/s', '600/m', '3600/h' or '0.5/s' -> Rate; ValueError naming the form otherwise."""
-    match = _RATE_FORM.match(text)
-    if match is None or float(match[1]) <= 0:
-        raise ValueError(
-            f"invalid rate {text!r}: use <number>/<s|m|h> with a number above zero, "
-            "e.g. '10/s', '600/m', '3600/h' or '0.5/s'"
-        )
-    amount, period = match.groups()
-    return Rate(float(amount) / _PERIOD_S[period])
+    """'10/s', '600/m', '3600/h' or '0.5/s' -> that many a second, with about a second's worth
+    of burst; InvalidRate naming the form otherwise."""
+    return Rate(parse_rate_text(text).per_second)
 
 
 def rate_limits() -> dict[str, Rate]:
@@ -191,7 +172,7 @@ def _parse_rate_limits(items: tuple[tuple[str, Any], ...]) -> tuple[tuple[str, R
     for key, value in items:
         try:
             rate = value if isinstance(value, Rate) else parse_rate(str(value))
-        except ValueError as error:
+        except InvalidRate as error:
             raise ImproperlyConfigured(
                 f"NOTIFIER_RATE_LIMITS entry {key!r}={value!r}: {error}"
             ) from error
@@ -237,7 +218,7 @@ def acquire(key: str, n: int = 1) -> Grant:
 
 def take(key: str, rate: Rate, n: int = 1) -> Grant:
     """Take up to n tokens from `key`'s bucket at an explicit rate (not NOTIFIER_RATE_LIMITS):
-    the same atomic bucket, for callers with limits of their own (notifier.ratelimit)."""
+    the same atomic bucket, for callers with limits of their own (notifier.request_limits)."""
     if n < 1:
         raise ValueError(f"take at least one token, not {n}")
     return _backend().acquire(key, rate, n)
@@ -322,7 +303,7 @@ def _report_to_sentry(transition: Transition, message: str) -> None:
         level="warning" if transition.kind is TransitionKind.OPENED else "info",
         # One issue per provider and kind: a provider that keeps failing its probes re-opens
         # every cooldown, and that must not page anyone once per cooldown.
-        fingerprint=["notifier.throttle", str(transition.kind), transition.key],
+        fingerprint=[SENTRY_FINGERPRINT, str(transition.kind), transition.key],
         tags={"circuit_key": transition.key, "circuit_transition": str(transition.kind)},
     )
 
@@ -345,18 +326,10 @@ class _Backend(Protocol):
 
 
 def _backend() -> _Backend:
-    url = redis_url()
+    url = state_redis_url()
     if settings.NOTIFIER_EMBEDDED or not url:
         return _LOCAL
     return _redis_backend(url)
-
-
-def redis_url() -> str:
-    """NOTIFIER_REDIS_URL, else the Celery broker when it is Redis; empty means embedded mode."""
-    if settings.NOTIFIER_REDIS_URL:
-        return str(settings.NOTIFIER_REDIS_URL)
-    broker = str(settings.CELERY_BROKER_URL)
-    return broker if broker.startswith(("redis://", "rediss://", "unix://")) else ""
 
 
 # --- Redis ----------------------------------------------------------------------------------
@@ -528,12 +501,9 @@ class _RedisBackend:
     down: bool = False
 
     def __post_init__(self) -> None:
-        self.client = redis.Redis.from_url(
-            self.url,
-            socket_timeout=REDIS_SOCKET_TIMEOUT_S,
-            socket_connect_timeout=REDIS_SOCKET_TIMEOUT_S,
-            health_check_interval=30,
-        )
+        # The factory's short timeouts: this sits on the hot path of every delivery, and a slow
+        # Redis must cost a delivery milliseconds, not seconds.
+        self.client = redis_client(self.url)
         self.scripts = {
             name: self.client.register_script(source)
             for name, source in {
@@ -645,7 +615,7 @@ _redis_backends_lock = threading.Lock()
 
 def _redis_backend(url: str) -> _RedisBackend:
     # Created lazily: importing this module must not need Redis (embedded mode, management
-    # commands), and one client per process reuses its connection pool.
+    # commands), and its scripts are registered once per process.
     backend = _redis_backends.get(url)
     if backend is None:
         with _redis_backends_lock:
@@ -793,13 +763,12 @@ class _LocalBackend:
 _LOCAL = _LocalBackend()
 
 
-def throttle_reset() -> None:
+def limits_reset() -> None:
     """Forget every bucket and breaker (tests start each case from a clean slate)."""
     global _LOCAL
     _LOCAL = _LocalBackend()
-    url = redis_url()
-    if url and not settings.NOTIFIER_EMBEDDED:
-        client = redis.Redis.from_url(url, socket_timeout=REDIS_SOCKET_TIMEOUT_S)
+    client = state_client()
+    if client is not None:
         keys = list(client.scan_iter(match=f"{KEY_PREFIX}:*", count=1000))
         if keys:
             client.delete(*keys)
