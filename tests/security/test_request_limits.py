@@ -145,8 +145,8 @@ def test_every_limited_endpoint_answers_429_over_its_limit_for_every_method(endp
 
 def test_unlimited_endpoints_are_only_the_health_probes():
     assert {name for name, group in ENDPOINTS.items() if group is None} == {
-        "health-live",
-        "health-ready",
+        "notifier:health-live",
+        "notifier:health-ready",
     }
 
 
