@@ -36,6 +36,7 @@ test: install services chromium kubectl lint typecheck pytest
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports
 
 typecheck: install
 	$(SERVICES_ENV) $(BIN)/mypy notifier channels campaigns notifier_site

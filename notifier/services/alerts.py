@@ -16,25 +16,22 @@ asks the pure policies in `notifier.policies.alerts`:
 from __future__ import annotations
 
 import logging
-import threading
-import time
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-import redis
 from django.conf import settings
 from django.db.models import Count, Q
 from django.utils import timezone
 
+from notifier.cooldowns import cooldown_take
 from notifier.models import DeliveryEvent, EventKind
+from notifier.observability import sentry_on
 from notifier.policies.alerts import Counts, Decision, campaign_pause, provider_alert
-from notifier.redis_client import state_client
 from notifier.status import DeliveryStatus
 
 log = logging.getLogger(__name__)
 S = DeliveryStatus
 
-COOLDOWN_KEY = "notifier:alerts:cooldown:{key}"
 # Attempts recorded without calling a provider (a contact point removed since routing).
 NOT_A_PROVIDER = ("", "pipeline")
 
@@ -84,45 +81,10 @@ def campaign_counts(*, since: datetime, campaign_ids: list[int]) -> dict[int, Co
     return {campaign_id: Counts(total, failed) for campaign_id, total, failed in rows}
 
 
-# --- Cooldown -----------------------------------------------------------------------------------
-
-_local_cooldowns: dict[str, float] = {}
-_local_lock = threading.Lock()
-
-
-def cooldown_take(key: str, seconds: float) -> bool:
-    """True for the first caller in `seconds` (shared by every process through Redis)."""
-    client = state_client()
-    if client is None:
-        with _local_lock:
-            now = time.monotonic()
-            if _local_cooldowns.get(key, 0.0) > now:
-                return False
-            _local_cooldowns[key] = now + seconds
-            return True
-    try:
-        return bool(client.set(COOLDOWN_KEY.format(key=key), "1", nx=True, ex=max(1, int(seconds))))
-    except redis.RedisError:
-        log.warning("cannot reach Redis for the alert cooldown of %s; alerting anyway", key)
-        return True
-
-
-def cooldown_reset() -> None:
-    """Forget every cooldown (tests)."""
-    _local_cooldowns.clear()
-    client = state_client(timeout_s=None)
-    if client is not None:
-        keys = list(client.scan_iter(match=COOLDOWN_KEY.format(key="*")))
-        if keys:
-            client.delete(*keys)
-
-
 # --- Acting -------------------------------------------------------------------------------------
 
 
 def _to_sentry(message: str, *, fingerprint: list[str], tags: dict[str, str]) -> None:
-    from notifier.observability import sentry_on
-
     if not sentry_on():
         return
     import sentry_sdk

@@ -95,7 +95,9 @@ def world(monkeypatch, settings) -> World:
             user_id=user.pk, category="promo.flash_sale", channel="email"
         ),
         "notifier:preferences-page": preferences_token(user_id=user.pk),
-        "notifier:track-click": click_token(message_id=item.message_id, channel=Channel.EMAIL, index=0),
+        "notifier:track-click": click_token(
+            message_id=item.message_id, channel=Channel.EMAIL, index=0
+        ),
         "notifier:track-open": open_token(message_id=item.message_id, channel=Channel.EMAIL),
     }
     tokens["notifier:unsubscribe-one-click"] = tokens["notifier:unsubscribe"]

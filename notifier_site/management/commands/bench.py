@@ -330,9 +330,9 @@ class Command(BaseCommand):
     def run_campaign(
         self, size: int, tag: str, pool: list[subprocess.Popen[bytes]], probes: list[User]
     ) -> tuple[float, float, list[float]]:
+        from campaigns.dispatch import publish_walk
         from campaigns.models import Campaign, CampaignStep, Segment, VariantTemplate
         from campaigns.services.definitions import campaign_definition
-        from campaigns.services.fanout import publish_walk
         from campaigns.services.lifecycle import campaign_create
         from notifier.models import NotificationType
 
