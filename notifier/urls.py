@@ -7,7 +7,7 @@ webhooks, the inbox page and campaign tracking. The admin and signing in are the
 
 from django.urls import path
 
-from campaigns import views as tracking
+from notifier.hooks import campaign_urls
 from notifier.metrics import metrics_view
 from notifier.views import health, inbox, inbox_page, preferences, webhooks
 
@@ -43,7 +43,6 @@ urlpatterns = [
     path("webhooks/twilio/inbound/", webhooks.twilio_inbound, name="twilio-inbound"),
     # The inbox page for a logged-in user (the host's login page: settings.LOGIN_URL).
     path("inbox/", inbox_page.inbox_page_view, name="inbox-page"),
-    # Campaign tracking: click redirects and the email open pixel.
-    path("t/c/<str:token>/", tracking.track_click, name="track-click"),
-    path("t/o/<str:token>.gif", tracking.track_open, name="track-open"),
+    # What plug-ins serve here too: campaigns' click redirects and email open pixel.
+    *campaign_urls(),
 ]
