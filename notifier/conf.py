@@ -12,8 +12,9 @@ from typing import Any
 
 # --- The site -------------------------------------------------------------------------------
 NOTIFIER_SITE_NAME = "Notifier"
-# The absolute origin (and prefix, if any) links in messages start with: unsubscribe and
-# preference-centre links, click tracking, Twilio's status callback.
+# The origin (scheme and host) of links in messages, before the path Django reverses (the mount
+# prefix included): unsubscribe and preference-centre links, click tracking, Twilio's status
+# callback.
 NOTIFIER_SITE_URL = "http://localhost:8000"
 NOTIFIER_DEFAULT_LOCALE = "en"
 # Modules with more notification types (TypeSpec lists), besides the built-in catalog.
