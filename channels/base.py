@@ -185,7 +185,9 @@ class StreamingProvider(Provider, Protocol):
     def send_each(self, outgoings: Iterable[Outgoing]) -> Iterator[tuple[Outgoing, SendResult]]:
         """Send the outgoings one by one, yielding each with its result as soon as it is known.
         Take the next outgoing from `outgoings` only after the previous result was taken: the
-        caller records it, and may stop handing out outgoings (its claim on them was lost)."""
+        caller records it, and may stop handing out outgoings (its claim on them was lost).
+        A provider that sends several messages in one request (a batch API) takes that
+        request's outgoings together, only after every result of the request before."""
         ...
 
 

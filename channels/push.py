@@ -95,6 +95,20 @@ class FcmWebPushProvider:
     name: str = "push"
     channel: ClassVar[Channel] = Channel.PUSH
     in_database: ClassVar[bool] = False
+    # The SDKs, from the `push` extra (channels.registry.missing_sdks): each one only when its
+    # half is configured.
+    extra: ClassVar[str] = "push"
+
+    @classmethod
+    def sdk_modules(cls) -> tuple[str, ...]:
+        return tuple(
+            module
+            for module, configured in (
+                ("firebase_admin", settings.NOTIFIER_FCM_CREDENTIALS_FILE),
+                ("pywebpush", settings.NOTIFIER_WEBPUSH_VAPID_PRIVATE_KEY),
+            )
+            if configured
+        )
 
     @classmethod
     def configuration_problems(cls) -> list[str]:

@@ -14,13 +14,15 @@ An instance has its own name (its rate limit and circuit breaker key, Delivery.p
 own credentials, so one class can serve twice in a chain (two Twilio accounts, SMTP and an ESP).
 
 Adding a provider: write its module (a class implementing `channels.base.Provider` with a
-`configuration_problems()` classmethod; `channels.base.ConfiguredProvider` to take options) and
-add one line to PROVIDER_CLASSES.
+`configuration_problems()` classmethod; `channels.base.ConfiguredProvider` to take options; an
+`extra` and `sdk_modules()` when it needs an SDK, which then goes in that extra in pyproject.toml)
+and add one line to PROVIDER_CLASSES.
 """
 
 from __future__ import annotations
 
 import functools
+import importlib.util
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -144,9 +146,30 @@ def sandbox_failover_refused() -> bool:
     return not settings.DEBUG and not getattr(settings, "NOTIFIER_ALLOW_SANDBOX_FAILOVER", False)
 
 
+def missing_sdks(channel: Channel, name: str, cls: Any) -> list[str]:
+    """A provider whose SDK is not installed, in words naming the extra that brings it (the SMS
+    and push SDKs are the `sms` and `push` extras, not base dependencies). Looked up, not
+    imported: a process that never sends push still never imports firebase_admin."""
+    modules: tuple[str, ...] = cls.sdk_modules() if hasattr(cls, "sdk_modules") else ()
+    setting = f"NOTIFIER_{channel.upper()}_PROVIDERS"
+    return [
+        f"{setting} names {name} but the {module} SDK is not installed: "
+        f"pip install 'notifier[{cls.extra}]'"
+        for module in modules
+        if not _installed(module)
+    ]
+
+
+def _installed(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):  # a parent package missing, or a stubbed-out module
+        return False
+
+
 def check_providers_configured() -> None:
-    """Fail at start-up, with what to set, when a chosen provider lacks its credentials. (A
-    sandbox behind a real provider is the system check notifier.E201's to report.)"""
+    """Fail at start-up, with what to set, when a chosen provider lacks its credentials or its
+    SDK. (A sandbox behind a real provider is the system check notifier.E201's to report.)"""
     problems: list[str] = []
     for channel in Channel:
         names = configured_names(channel)
@@ -157,6 +180,7 @@ def check_providers_configured() -> None:
         for name in names:
             spec = provider_spec(channel, name)
             cls = provider_class(channel, spec.class_name)
+            problems += missing_sdks(channel, name, cls)
             found = (
                 cls.configuration_problems()
                 if spec.options is None

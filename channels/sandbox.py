@@ -9,9 +9,15 @@ Behaviour is steered like a provider's test mode, by magic recipients, or at ran
 - NOTIFIER_SANDBOX_TRANSIENT_FAILURE_RATE / _PERMANENT_FAILURE_RATE fail that share at random;
 - NOTIFIER_SANDBOX_LATENCY_MS sleeps that long per message, like a provider's round trip.
 
-Every call is on the ledger the moment it is answered (committed on its own, outside any
-transaction of the caller's), as a real provider would have it: a worker killed in the
-middle of a batch leaves the sends made so far, and tests count double sends from it.
+A sandbox with a latency takes one message per request, as SMTP, Twilio or FCM (per device)
+do. An instant one (SANDBOX_LATENCY_MS=0, the default: demos and benchmarks) takes up to
+SANDBOX_BATCH messages per request, the way a provider's batch API does, and answers them
+one by one once the whole request is accepted.
+
+Every request is on the ledger before any of its answers is returned (committed on its own,
+outside any transaction of the caller's, in one write for the request), as a real provider
+would have it: the provider's side is never behind the pipeline's record, and a worker killed
+in the middle of a batch leaves the sends made so far, from which tests count double sends.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ import re
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from datetime import datetime
+from itertools import islice
 from typing import ClassVar
 
 from django.conf import settings
@@ -29,9 +36,10 @@ from django.utils import timezone
 
 from channels.base import Channel, ErrorCode, Outcome, Outgoing, SendResult
 from channels.models import SandboxOutage, SandboxSend
-from notifier.db import NO_WAIT, insert_rows, model_field, table_name
+from notifier.db import NO_WAIT, insert_rows, model_field, row_preparers, table_name
 
 REPLAYED = "replayed"
+SENT = Outcome.SENT.value
 LEDGER_COLUMNS = (
     "channel",
     "provider",
@@ -94,23 +102,28 @@ class _SandboxProvider:
 
     def send_each(self, outgoings: Iterable[Outgoing]) -> Iterator[tuple[Outgoing, SendResult]]:
         latency_s = settings.NOTIFIER_SANDBOX_LATENCY_MS / 1000.0
+        # A request's messages are taken from `outgoings` only once every answer of the one
+        # before was taken (the caller records them, and hands out only what it still holds).
+        per_request = 1 if latency_s else max(1, settings.NOTIFIER_SANDBOX_BATCH)
+        pending = iter(outgoings)
         down: bool | None = None
-        for outgoing in outgoings:
+        while request := list(islice(pending, per_request)):
             if down is None:  # asked once per batch, when its first message comes
                 down = SandboxOutage.objects.filter(
                     channel=self.channel, until__gt=timezone.now()
                 ).exists()
             if latency_s:
                 time.sleep(latency_s)
-            result = (
+            results = [
                 SendResult.transient(
                     self.name, ErrorCode.PROVIDER_UNAVAILABLE, "sandbox: 503 (outage)"
                 )
                 if down
                 else _decide(outgoing, self.name)
-            )
+                for outgoing in request
+            ]
             # Failed attempts are on the ledger too, so tests can count attempts per delivery.
-            yield outgoing, self._accept(outgoing, result, timezone.now())
+            yield from zip(request, self._accept(request, results, timezone.now()), strict=True)
 
     def _row(
         self, o: Outgoing, r: SendResult, now: datetime, outcome: str = ""
@@ -128,53 +141,58 @@ class _SandboxProvider:
             now,
         )
 
-    def _accept(self, outgoing: Outgoing, result: SendResult, now: datetime) -> SendResult:
-        """Put the call on the ledger. A delivery (the idempotency key) the sandbox accepted
-        before gets the original answer back and is logged as replayed, like an idempotent
-        provider API answering a worker that crashed after sending (a provider without a key,
-        SMTP, Twilio or FCM, would have sent it again: tests count replays as doubles for
-        those). The check is deliberately not a unique constraint: two sends of one delivery
-        at the same moment, which only a broken claim could cause, land as two sends."""
-        row = self._row(outgoing, result, now)
+    def _accept(
+        self, outgoings: list[Outgoing], results: list[SendResult], now: datetime
+    ) -> list[SendResult]:
+        """Put one request's calls on the ledger, in one statement. A delivery (the
+        idempotency key) the sandbox accepted before gets the original answer back and is
+        logged as replayed, like an idempotent provider API answering a worker that crashed
+        after sending (a provider without a key, SMTP, Twilio or FCM, would have sent it
+        again: tests count replays as doubles for those). The check is deliberately not a
+        unique constraint: two sends of one delivery at the same moment, which only a broken
+        claim could cause, land as two sends."""
+        rows = [self._row(o, r, now) for o, r in zip(outgoings, results, strict=True)]
         if connection.vendor != "postgresql":
-            insert_rows(SandboxSend, LEDGER_COLUMNS, [row])  # no replays where not PostgreSQL
-            return result
+            insert_rows(SandboxSend, LEDGER_COLUMNS, rows)  # no replays where not PostgreSQL
+            return results
         fields = [model_field(SandboxSend, name) for name in LEDGER_COLUMNS]
-        values = [f.get_db_prep_save(v, connection) for f, v in zip(fields, row, strict=True)]
-        at = {name: index for index, name in enumerate(LEDGER_COLUMNS)}
+        prepare = row_preparers(fields)
+        params = [prep(value) for row in rows for prep, value in zip(prepare, row, strict=True)]
+        # Every value cast: VALUES columns are otherwise typed from their first literal.
+        one_row = "(" + ", ".join(f"%s::{f.db_type(connection)}" for f in fields) + ")"
+        names = [connection.ops.quote_name(f.column) for f in fields]
+        given = {f.column: f"v.{name}" for f, name in zip(fields, names, strict=True)}
+        given["outcome"] = (
+            f"CASE WHEN v.outcome = '{SENT}' AND e.provider_message_id IS NOT NULL "
+            f"THEN '{REPLAYED}' ELSE v.outcome END"
+        )
+        given["provider_message_id"] = "COALESCE(e.provider_message_id, v.provider_message_id)"
         table = table_name(SandboxSend)
-        # One round trip, committed (without waiting for the disk) before the call returns,
-        # whatever happens to the caller next. Any earlier acceptance will do: no ORDER BY,
-        # which on a long ledger would walk the primary key.
+        # One round trip, committed (without waiting for the disk) before any answer is
+        # returned, whatever happens to the caller next. Any earlier acceptance will do: no
+        # ORDER BY, which on a long ledger would walk the primary key.
         with connection.cursor() as cursor:
             cursor.execute(
-                f"{NO_WAIT}WITH earlier AS (SELECT provider_message_id FROM {table} "
-                "WHERE delivery_id = %s AND outcome = %s LIMIT 1) "
-                f"INSERT INTO {table} ({', '.join(f.column for f in fields)}) "
-                "SELECT %s, %s, %s, %s, %s, %s, "
-                "CASE WHEN %s = %s AND EXISTS (SELECT 1 FROM earlier) THEN %s ELSE %s END, "
-                "CASE WHEN %s = %s THEN COALESCE((SELECT provider_message_id FROM earlier), %s) "
-                "ELSE %s END, %s, %s RETURNING outcome, provider_message_id",
-                [
-                    outgoing.delivery_id,
-                    Outcome.SENT.value,
-                    *values[: at["outcome"]],
-                    values[at["outcome"]],
-                    Outcome.SENT.value,
-                    REPLAYED,
-                    values[at["outcome"]],
-                    values[at["outcome"]],
-                    Outcome.SENT.value,
-                    values[at["provider_message_id"]],
-                    values[at["provider_message_id"]],
-                    values[at["payload"]],
-                    values[at["at"]],
-                ],
+                f"{NO_WAIT}INSERT INTO {table} ({', '.join(names)}) "
+                f"SELECT {', '.join(given.values())} "
+                f"FROM (VALUES {', '.join([one_row] * len(rows))}) AS v ({', '.join(names)}) "
+                f"LEFT JOIN LATERAL (SELECT provider_message_id FROM {table} earlier "
+                f"WHERE earlier.delivery_id = v.delivery_id AND earlier.outcome = '{SENT}' "
+                f"LIMIT 1) e ON v.outcome = '{SENT}' "
+                "RETURNING delivery_id, outcome, provider_message_id",
+                params,
             )
-            outcome, provider_message_id = cursor.fetchone()
-        if outcome == REPLAYED:
-            return SendResult.sent(self.name, provider_message_id, replayed=True)
-        return result
+            replayed = {
+                delivery_id: provider_message_id
+                for delivery_id, outcome, provider_message_id in cursor.fetchall()
+                if outcome == REPLAYED
+            }
+        return [
+            SendResult.sent(self.name, replayed[o.delivery_id], replayed=True)
+            if o.delivery_id in replayed
+            else r
+            for o, r in zip(outgoings, results, strict=True)
+        ]
 
 
 class SandboxEmailProvider(_SandboxProvider):

@@ -107,6 +107,13 @@ class TwilioSmsProvider(SingleSendProvider):
 
     name: str = "twilio"
     channel: ClassVar[Channel] = Channel.SMS
+    # The SDK, from the `sms` extra (channels.registry.missing_sdks).
+    extra: ClassVar[str] = "sms"
+
+    @classmethod
+    def sdk_modules(cls) -> tuple[str, ...]:
+        return ("twilio",)
+
     option_names: ClassVar[frozenset[str]] = frozenset(
         {"account_sid", "auth_token", "from_number", "messaging_service_sid"}
     )
@@ -232,6 +239,13 @@ class PlivoSmsProvider(SingleSendProvider):
 
     name: str = "plivo"
     channel: ClassVar[Channel] = Channel.SMS
+    # The SDK, from the `sms` extra (channels.registry.missing_sdks).
+    extra: ClassVar[str] = "sms"
+
+    @classmethod
+    def sdk_modules(cls) -> tuple[str, ...]:
+        return ("plivo",)
+
     option_names: ClassVar[frozenset[str]] = frozenset(
         {"auth_id", "auth_token", "from_number", "powerpack_uuid"}
     )

@@ -187,6 +187,8 @@ NOTIFIER_WEBPUSH_VAPID_SUBJECT = ""
 NOTIFIER_SANDBOX_LATENCY_MS = 0.0
 NOTIFIER_SANDBOX_TRANSIENT_FAILURE_RATE = 0.0
 NOTIFIER_SANDBOX_PERMANENT_FAILURE_RATE = 0.0
+# Messages an instant sandbox (no latency) takes per request, like a provider's batch API.
+NOTIFIER_SANDBOX_BATCH = 100
 
 # --- Provider webhooks ----------------------------------------------------------------------
 # Only these ESPs' anymail tracking webhooks may write (default: the anymail ESP EMAIL_BACKEND

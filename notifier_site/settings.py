@@ -46,6 +46,10 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    # /static/ (the admin's CSS and JS) from STATIC_ROOT, which collectstatic fills when the
+    # image is built: gunicorn with DEBUG off serves no static files itself. Before everything
+    # else that would do work for a file request.
+    "whitenoise.middleware.WhiteNoiseMiddleware",
     # First, so every later middleware's and the view's log lines carry the request id.
     "notifier.logcontext.RequestIdMiddleware",
     # A charset other than UTF-8 is a 400 before CSRF or a view reads the body (middleware.py).
@@ -123,6 +127,13 @@ USE_TZ = True
 
 STATIC_URL = "static/"
 STATIC_ROOT = env.path("DJANGO_STATIC_ROOT", default=BASE_DIR / "var" / "static")
+# collectstatic also writes each file gzipped, for WhiteNoise to send to clients
+# that take them. Not the manifest storage: a template naming a file collectstatic has not seen
+# would then fail to render instead of linking a 404.
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {"BACKEND": "whitenoise.storage.CompressedStaticFilesStorage"},
+}
 
 # Where the inbox page sends visitors who are not logged in: the stand-alone site's own
 # /login/; a product that embeds Notifier names its login page here.
@@ -206,6 +217,7 @@ SET_BY_THE_SITE = {
             "SANDBOX_LATENCY_MS",
             "SANDBOX_TRANSIENT_FAILURE_RATE",
             "SANDBOX_PERMANENT_FAILURE_RATE",
+            "SANDBOX_BATCH",
         )
     ),
 }
@@ -243,6 +255,7 @@ NOTIFIER_WEBPUSH_VAPID_SUBJECT = env.str("WEBPUSH_VAPID_SUBJECT", default="")
 NOTIFIER_SANDBOX_LATENCY_MS = env.float("SANDBOX_LATENCY_MS", default=0.0)
 NOTIFIER_SANDBOX_TRANSIENT_FAILURE_RATE = env.float("SANDBOX_TRANSIENT_FAILURE_RATE", default=0.0)
 NOTIFIER_SANDBOX_PERMANENT_FAILURE_RATE = env.float("SANDBOX_PERMANENT_FAILURE_RATE", default=0.0)
+NOTIFIER_SANDBOX_BATCH = env.int("SANDBOX_BATCH", default=100)
 
 # Served over HTTPS (production): secure cookies and a redirect to https, except the health
 # probes, which orchestrators call over plain HTTP inside the network. HSTS is opt-in (a

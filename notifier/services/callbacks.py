@@ -344,21 +344,45 @@ def early_callbacks_apply(*, refs: Iterable[tuple[str, str]]) -> int:
 
     Never raises into the sender: its sends must be recorded whatever happens here; an event
     left waiting is applied by `early_callbacks_reconcile`."""
-    by_provider: dict[str, list[str]] = defaultdict(list)
-    for provider, provider_message_id in refs:
-        if provider_message_id:
-            by_provider[provider].append(provider_message_id)
-    if not by_provider:
+    named = _named(refs)
+    if named is None:
         return 0
-    named = Q()
-    for provider, ids in by_provider.items():
-        named |= Q(delivery_provider=provider, provider_message_id__in=ids)
     try:
         with transaction.atomic():  # a savepoint: a failure here leaves the sender's writes
             return _apply_waiting(ProviderEvent.objects.filter(named), limit=WAITING_BATCH)
     except Exception:
         log.exception("early provider events could not be applied now; the re-queue job will")
         return 0
+
+
+def early_callbacks_waiting(*, refs: Iterable[tuple[str, str]]) -> bool:
+    """Whether any event waits for one of these (provider, provider message id) sends: the
+    sender asks once per write, before its transaction, and calls `early_callbacks_apply`
+    in it only when one does (the usual answer is no, and the savepoints that guard the
+    apply cost a round trip each). An event stored after this look is applied by
+    `early_callbacks_reconcile`, as one stored while the sender commits always was. On an
+    error, True: the apply decides, guarded as ever."""
+    named = _named(refs)
+    if named is None:
+        return False
+    try:
+        return ProviderEvent.objects.filter(named, outcome=EventOutcome.UNKNOWN).exists()
+    except Exception:
+        log.exception("could not look for early provider events; applying as usual")
+        return True
+
+
+def _named(refs: Iterable[tuple[str, str]]) -> Q | None:
+    by_provider: dict[str, list[str]] = defaultdict(list)
+    for provider, provider_message_id in refs:
+        if provider_message_id:
+            by_provider[provider].append(provider_message_id)
+    if not by_provider:
+        return None
+    named = Q()
+    for provider, ids in by_provider.items():
+        named |= Q(delivery_provider=provider, provider_message_id__in=ids)
+    return named
 
 
 def early_callbacks_reconcile(*, now: datetime | None = None, limit: int = WAITING_BATCH) -> int:

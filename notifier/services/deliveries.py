@@ -64,7 +64,11 @@ from notifier.provider_limits import (
 from notifier.queues import Lane
 from notifier.selectors import type_info_get
 from notifier.services.breakers import breaker_waiter_token, breaker_waiters_wake
-from notifier.services.callbacks import early_callbacks_apply, early_callbacks_reconcile
+from notifier.services.callbacks import (
+    early_callbacks_apply,
+    early_callbacks_reconcile,
+    early_callbacks_waiting,
+)
 from notifier.services.pipeline import deliveries_fall_back, lost_fallbacks_resume
 from notifier.services.quarantine import (
     UNROUTED_COLUMNS,
@@ -492,8 +496,12 @@ def _record(
     now: datetime,
     report: DeliverReport,
     rng: random.Random | None = None,
+    *,
+    callbacks_waiting: bool = True,
 ) -> None:
-    """Write each attempt's outcome as the retry policy decides, in one UPDATE and one INSERT."""
+    """Write each attempt's outcome as the retry policy decides, in one UPDATE and one INSERT.
+    With `callbacks_waiting` False (the caller looked: no provider event waits for these
+    sends) the early-callback apply is left out."""
     policy = retry_policy()
     events: list[tuple[object, ...]] = []
     dead_devices: set[int] = set()
@@ -544,7 +552,8 @@ def _record(
     )
     if updated or len(deliveries) > 1:
         _write_events(events)
-        early_callbacks_apply(refs=[(d.provider, d.provider_message_id) for d in deliveries])
+        if callbacks_waiting:
+            early_callbacks_apply(refs=[(d.provider, d.provider_message_id) for d in deliveries])
     if dead_devices:
         Device.objects.filter(pk__in=dead_devices, active=True).update(
             active=False, deactivated_at=now, deactivation_reason="provider: token unregistered"
@@ -613,10 +622,18 @@ def _send_each_recorded(
 
     def flush() -> None:
         if unrecorded:
+            # Looked for before the transaction, in one query: usually no event waits.
+            waiting = early_callbacks_waiting(
+                refs=[(r.provider, r.provider_message_id[:255]) for _, r in unrecorded]
+            )
             with transaction.atomic():
                 commit_without_waiting()
                 _record(
-                    [d for d, _ in unrecorded], [r for _, r in unrecorded], timezone.now(), report
+                    [d for d, _ in unrecorded],
+                    [r for _, r in unrecorded],
+                    timezone.now(),
+                    report,
+                    callbacks_waiting=waiting,
                 )
             unrecorded.clear()
 

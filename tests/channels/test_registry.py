@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 from django.core.exceptions import ImproperlyConfigured
 
@@ -13,6 +18,7 @@ from channels.registry import check_providers_configured, provider_class, provid
 from channels.sandbox import SandboxEmailProvider, SandboxPushProvider, SandboxSmsProvider
 from channels.sms import TwilioSmsProvider
 
+ROOT = Path(__file__).resolve().parents[2]
 SANDBOX = {"inapp": ["inapp"], "email": ["sandbox"], "sms": ["sandbox"], "push": ["sandbox"]}
 
 
@@ -186,3 +192,129 @@ def test_reset_providers_picks_up_changed_settings(no_credentials):
     registry.reset_providers()
 
     assert isinstance(provider_for(Channel.EMAIL), DjangoEmailProvider)
+
+
+# --- Provider SDKs are extras: a chain naming a provider without its SDK fails at start ---------
+
+
+@pytest.fixture
+def without(monkeypatch):
+    """Make modules uninstalled for this test: `import x` raises ImportError and
+    importlib.util.find_spec("x") finds nothing, as when the extra was never installed."""
+
+    def hide(*modules: str) -> None:
+        for module in modules:
+            monkeypatch.setitem(sys.modules, module, None)
+
+    return hide
+
+
+def twilio_credentials(settings) -> None:
+    settings.NOTIFIER_TWILIO_ACCOUNT_SID = "AC123"
+    settings.NOTIFIER_TWILIO_AUTH_TOKEN = "secret"
+    settings.NOTIFIER_TWILIO_FROM_NUMBER = "+15005550006"
+
+
+def test_twilio_without_its_sdk_names_the_sms_extra(no_credentials, without):
+    twilio_credentials(no_credentials)
+    use(no_credentials, sms=["twilio"])
+    without("twilio")
+
+    with pytest.raises(ImproperlyConfigured) as excinfo:
+        check_providers_configured()
+
+    assert str(excinfo.value) == (
+        "NOTIFIER_SMS_PROVIDERS names twilio but the twilio SDK is not installed: "
+        "pip install 'notifier[sms]'"
+    )
+
+
+def test_a_named_plivo_instance_without_its_sdk_names_the_instance_and_extra(
+    no_credentials, without
+):
+    no_credentials.NOTIFIER_PROVIDER_INSTANCES = {
+        "plivo_eu": {"class": "plivo", "auth_id": "MA1", "auth_token": "t", "from_number": "+1"}
+    }
+    twilio_credentials(no_credentials)
+    use(no_credentials, sms=["twilio", "plivo_eu"])
+    without("plivo")
+
+    with pytest.raises(ImproperlyConfigured) as excinfo:
+        check_providers_configured()
+
+    message = str(excinfo.value)
+    assert "NOTIFIER_SMS_PROVIDERS names plivo_eu but the plivo SDK is not installed" in message
+    assert "pip install 'notifier[sms]'" in message
+    assert "twilio SDK" not in message  # twilio is installed: only the missing one is named
+
+
+def test_fcm_without_firebase_admin_names_the_push_extra(no_credentials, without):
+    no_credentials.FCM_CREDENTIALS_FILE = "/etc/notifier/fcm.json"
+    use(no_credentials, push=["push"])
+    without("firebase_admin", "pywebpush")
+
+    with pytest.raises(ImproperlyConfigured) as excinfo:
+        check_providers_configured()
+
+    # Web Push is not configured, so its SDK is not asked for.
+    assert str(excinfo.value) == (
+        "NOTIFIER_PUSH_PROVIDERS names push but the firebase_admin SDK is not installed: "
+        "pip install 'notifier[push]'"
+    )
+
+
+def test_web_push_without_pywebpush_names_the_push_extra(no_credentials, without):
+    no_credentials.WEBPUSH_VAPID_PRIVATE_KEY = "a-key"
+    no_credentials.WEBPUSH_VAPID_SUBJECT = "mailto:ops@example.com"
+    use(no_credentials, push=["push"])
+    without("firebase_admin", "pywebpush")
+
+    with pytest.raises(ImproperlyConfigured, match="pywebpush SDK is not installed") as excinfo:
+        check_providers_configured()
+
+    assert "firebase_admin" not in str(excinfo.value)
+
+
+def test_sandboxes_start_without_any_provider_sdk(no_credentials, without):
+    without("twilio", "plivo", "firebase_admin", "pywebpush")
+
+    check_providers_configured()
+
+
+def test_a_process_configured_for_twilio_without_the_sdk_refuses_to_start(tmp_path):
+    """The real start-up: django.setup() in a fresh interpreter where `import twilio` fails."""
+    script = tmp_path / "start.py"
+    script.write_text(
+        "import sys\n"
+        "class NoTwilio:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name == 'twilio' or name.startswith('twilio.'):\n"
+        "            raise ModuleNotFoundError(name)\n"
+        "sys.meta_path.insert(0, NoTwilio())\n"
+        "import django\n"
+        "django.setup()\n"
+    )
+    env = {
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": "notifier.settings",
+        "DJANGO_SECRET_KEY": "start-up-test",
+        "NOTIFIER_SMS_PROVIDERS": "twilio",
+        "TWILIO_ACCOUNT_SID": "AC123",
+        "TWILIO_AUTH_TOKEN": "secret",
+        "TWILIO_FROM_NUMBER": "+15005550006",
+    }
+    started = subprocess.run(
+        [sys.executable, str(script)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+    assert started.returncode != 0
+    assert (
+        "ImproperlyConfigured: NOTIFIER_SMS_PROVIDERS names twilio but the twilio SDK is not "
+        "installed: pip install 'notifier[sms]'"
+    ) in started.stderr

@@ -359,3 +359,72 @@ def test_during_an_outage_the_sandbox_answers_503_and_after_it_sends():
     assert (down.outcome, down.error_code) == (Outcome.TRANSIENT, ErrorCode.PROVIDER_UNAVAILABLE)
     outage.delete()
     assert SandboxSmsProvider().send_many([outgoing])[0].outcome is Outcome.SENT
+
+
+# --- Requests: one message with a latency, a batch when instant -----------------------------------
+
+
+def test_an_instant_sandbox_puts_each_request_on_the_ledger_before_answering_it(settings):
+    settings.NOTIFIER_SANDBOX_LATENCY_MS = 0
+    settings.NOTIFIER_SANDBOX_BATCH = 3
+    seen: list[str] = []
+
+    def outgoings():
+        for i in range(1, 8):
+            seen.append(f"take {i}")
+            yield email(f"u{i}@example.com", delivery_id=i)
+
+    ledger_at_answer = []
+    for outgoing, result in SandboxEmailProvider().send_each(outgoings()):
+        seen.append(f"answer {outgoing.delivery_id}")
+        ledger_at_answer.append(SandboxSend.objects.count())
+        assert result.outcome is Outcome.SENT
+
+    # A request of three is taken whole, written, then answered one by one; the next request
+    # is taken only once every answer of the last was taken.
+    assert seen == [
+        *("take 1", "take 2", "take 3", "answer 1", "answer 2", "answer 3"),
+        *("take 4", "take 5", "take 6", "answer 4", "answer 5", "answer 6"),
+        *("take 7", "answer 7"),
+    ]
+    assert ledger_at_answer == [3, 3, 3, 6, 6, 6, 7]
+
+
+def test_a_sandbox_with_a_latency_takes_one_message_per_request(settings, monkeypatch):
+    monkeypatch.setattr(sandbox.time, "sleep", lambda _: None)
+    settings.NOTIFIER_SANDBOX_LATENCY_MS = 20
+    settings.NOTIFIER_SANDBOX_BATCH = 100
+    ledger_at_answer = [
+        SandboxSend.objects.count()
+        for _ in SandboxEmailProvider().send_each(
+            email(f"u{i}@example.com", delivery_id=i) for i in range(1, 4)
+        )
+    ]
+    assert ledger_at_answer == [1, 2, 3]
+
+
+def test_replays_are_answered_per_message_within_a_request(settings):
+    settings.NOTIFIER_SANDBOX_BATCH = 10
+    provider = SandboxEmailProvider()
+    [first] = provider.send_many([email("a@example.com", delivery_id=31)])
+
+    results = provider.send_many(
+        [
+            email("a@example.com", delivery_id=31, attempt=2),  # a worker died after sending
+            email("b@example.com", delivery_id=32),
+            email("fail-permanent@example.com", delivery_id=33),
+        ]
+    )
+
+    assert [(r.outcome, r.provider_message_id, r.detail) for r in results] == [
+        (Outcome.SENT, first.provider_message_id, {"replayed": True}),
+        (Outcome.SENT, "sandbox-32-1", {}),
+        (Outcome.PERMANENT, "", {}),
+    ]
+    rows = SandboxSend.objects.filter(delivery_id__in=[31, 32, 33]).order_by("id")
+    assert [(r.delivery_id, r.outcome, r.provider_message_id) for r in rows] == [
+        (31, "sent", "sandbox-31-1"),
+        (31, "replayed", "sandbox-31-1"),
+        (32, "sent", "sandbox-32-1"),
+        (33, "permanent", ""),
+    ]

@@ -42,7 +42,9 @@ BOMB = (
     "{% endfor %}{% endfor %}{% endif %}Hi"
 )
 YEAR_10000 = "9999-12-31 23:59:59-05:00"
-DEEP_CONTEXT = '{"order_number": ' + "[" * 990 + "]" * 990 + "}"
+# Nested deeper than any supported Python reads (3.11 and 3.12 stop near 1,000 levels, 3.13
+# near 10,000) and within what PostgreSQL stores (about 14,000 with its default stack).
+DEEP_CONTEXT = '{"order_number": ' + "[" * 12_000 + "]" * 12_000 + "}"
 # The render refused by its soft time limit, or by the template sandbox's budget once it lands.
 REFUSED = {"render_timeout", "render_failed"}  # Reason.RENDER_TIMEOUT, Reason.RENDER_FAILED
 

@@ -81,6 +81,35 @@ def test_each_accepted_send_is_recorded_before_the_next_goes_out(
     ) == {S.SENT}
 
 
+@pytest.mark.parametrize(("within_ms", "writes"), [(0, 10), (60_000, 1)])
+def test_an_instant_provider_is_never_recorded_ahead_of_its_ledger(
+    published, settings, monkeypatch, within_ms, writes
+):
+    """No latency: the sandbox takes requests of four and answers them one by one. Whether
+    the sender writes each answer at once or gathers the whole batch into one write, every
+    send it writes is on the provider's ledger already."""
+    settings.NOTIFIER_SANDBOX_LATENCY_MS = 0
+    settings.NOTIFIER_SANDBOX_BATCH = 4
+    settings.NOTIFIER_RECORD_WITHIN_MS = within_ms
+    batch = prepared_batch(10)
+    record = deliveries._record
+    seen: list[tuple[list[int], list[int]]] = []
+
+    def watched(group, results, *args, **kwargs):
+        ids = [d.pk for d in group]
+        on_ledger = SandboxSend.objects.filter(delivery_id__in=ids, outcome="sent")
+        seen.append((ids, sorted(on_ledger.values_list("delivery_id", flat=True))))
+        return record(group, results, *args, **kwargs)
+
+    monkeypatch.setattr(deliveries, "_record", watched)
+    report = deliveries_deliver(delivery_ids=[d.pk for d in batch])
+    assert report.sent == 10
+    assert len(seen) == writes
+    assert [pk for ids, _ in seen for pk in ids] == [d.pk for d in batch]
+    assert all(ids == on_ledger for ids, on_ledger in seen), seen
+    assert SandboxSend.objects.filter(outcome="sent").count() == 10
+
+
 @pytest.mark.parametrize(
     ("waited_ms", "call_ms", "now"),
     [

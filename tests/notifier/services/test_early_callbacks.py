@@ -163,3 +163,26 @@ def test_the_hook_and_the_requeue_job_at_once_apply_an_early_event_once(publishe
     assert email.status == S.FAILED
     assert DeliveryEvent.objects.filter(delivery=email, kind="callback").count() == 1
     assert SuppressedAddress.objects.count() == 1
+
+
+def test_the_sender_applies_early_events_only_when_one_waits_for_its_sends(published, monkeypatch):
+    """One look per write before its transaction; the guarded apply (two savepoints) runs
+    only for a write some event waits for."""
+    applied: list[list[tuple[str, str]]] = []
+    apply = deliveries.early_callbacks_apply
+
+    def counted(*, refs):
+        applied.append(list(refs))
+        return apply(refs=refs)
+
+    monkeypatch.setattr(deliveries, "early_callbacks_apply", counted)
+    quiet = queued_email("quiet@example.com")
+    deliveries_deliver(delivery_ids=[quiet.pk])
+    assert applied == []  # nothing waited
+
+    awaited = queued_email("awaited@example.com")
+    report(awaited, "delivered")
+    deliveries_deliver(delivery_ids=[awaited.pk])
+    assert applied == [[("sandbox", sandbox_id(awaited))]]
+    awaited.refresh_from_db()
+    assert awaited.status == S.DELIVERED

@@ -7,6 +7,7 @@ Twilio called (the public https URL, which behind a proxy is not the one Django 
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterator
 from typing import Any
 from urllib.parse import parse_qs
@@ -470,3 +471,21 @@ def test_a_second_twilio_account_names_itself_in_its_callbacks_and_is_checked_wi
 
     assert response.status_code == 200
     assert status_of(delivery) == (S.DELIVERED, "")
+
+
+# --- Without the twilio SDK (the `sms` extra not installed) ------------------------------------
+
+
+@pytest.mark.parametrize("path", [STATUS_PATH, INBOUND_PATH])
+def test_without_the_twilio_sdk_a_signed_webhook_is_refused_not_a_server_error(
+    client, twilio, monkeypatch, path
+):
+    user = consenting_user()
+    monkeypatch.setitem(sys.modules, "twilio.request_validator", None)
+    monkeypatch.setitem(sys.modules, "twilio.twiml.messaging_response", None)
+
+    params = {"AccountSid": SID, "MessageSid": "SM" + "a" * 32, "From": user.phone, "To": FROM}
+    response = signed_post(client, path, {**params, "Body": "STOP", "MessageStatus": "sent"})
+
+    assert response.status_code == 403
+    assert sms_consent(user) == [(True, "signup_form")]  # nothing written
