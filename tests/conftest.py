@@ -8,11 +8,13 @@ import subprocess
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
 import redis
+import time_machine
 from django.conf import settings
 
 from channels.registry import reset_providers
@@ -58,6 +60,21 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
         report.longrepr = (
             f"skipped where every service is provided (NOTIFIER_TESTS_STRICT=1): {reason}"
         )
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _wall_clock() -> Iterator[None]:
+    """NOTIFIER_TEST_CLOCK=2026-12-06T23:00+00:00 runs the tests as if started at that instant,
+    the clock ticking on from there: a check that no test depends on the hour it runs at (users
+    have quiet hours, 22:00-08:00 local). Only this process's clock moves: worker processes,
+    PostgreSQL and file times keep the real one, so it checks the tests without workers, and
+    a test that compares with a file's time (the worker probe's heartbeat) fails under it."""
+    at = os.environ.get("NOTIFIER_TEST_CLOCK")
+    if not at:
+        yield
+        return
+    with time_machine.travel(datetime.fromisoformat(at), tick=True):
+        yield
 
 
 @pytest.fixture

@@ -30,6 +30,9 @@ FANS = "winter-fans"
 
 
 def audience(count: int, **fields) -> list[User]:
+    # In UTC unless a test says otherwise: the steps start at 11:00-12:00 UTC (EVENT and the
+    # days before it), in the day of users there, whatever the hour the tests are run at.
+    fields.setdefault("time_zone", "UTC")
     users = UserFactory.create_batch(count, interest_tags=[FANS], **fields)
     Consent.objects.bulk_create(
         [

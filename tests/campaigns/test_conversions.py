@@ -25,13 +25,16 @@ from notifier.models import Delivery, InboxItem, Message, User
 from notifier.services.inbox import inbox_mark_read
 from notifier.status import DeliveryStatus
 from tests.campaigns.test_tracking import a_campaign, campaign_message
-from tests.factories import UserFactory
+from tests.factories import UserFactory, daytime_zone
 
 pytestmark = pytest.mark.django_db
 S = DeliveryStatus
 # A day ago, so that conversions a few hours after it are not in the future.
 T = (timezone.now() - timedelta(days=1)).replace(microsecond=0)
 H = timedelta(hours=1)
+# Where the sends, T-11h to T-1h, fall in the customers' day (08:xx to 18:xx): quiet hours hold
+# marketing at night.
+ZONE = daytime_zone(T - 6 * H)
 
 
 @pytest.fixture(autouse=True)
@@ -43,7 +46,7 @@ def in_process(monkeypatch, settings):
 
 @pytest.fixture
 def user() -> User:
-    return UserFactory()
+    return UserFactory(time_zone=ZONE)
 
 
 def sent(user: User, campaign: Campaign, at: datetime, channel: str = "inapp") -> Delivery:
@@ -143,7 +146,7 @@ def test_a_bounced_or_test_message_does_not_count(user):
 
 def test_another_users_messages_never_count(user):
     campaign = a_campaign()
-    clicked(sent(UserFactory(), campaign, T - 2 * H), T - H)
+    clicked(sent(UserFactory(time_zone=ZONE), campaign, T - 2 * H), T - H)
     assert attributed(track_conversion(user, occurred_at=T)) == (None, None)
 
 

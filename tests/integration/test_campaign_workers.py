@@ -46,7 +46,7 @@ from notifier.queues import MAINTENANCE_QUEUE, Lane, prepare_queue
 from notifier.services.deliveries import requeue_stuck_work
 from notifier.status import TERMINAL, DeliveryStatus, Reason
 from tests.conftest import WorkerProcess, wait_until
-from tests.factories import UserFactory
+from tests.factories import UserFactory, daytime_zone
 from tests.integration.conftest import worker_idle
 from tests.integration.rig import RedisServer, Rig, ledger_for
 
@@ -90,7 +90,9 @@ def rig(monkeypatch) -> Iterator[Rig]:
 
 
 def fans(count: int = AUDIENCE) -> list[int]:
-    """Users in the segment, reachable by email, without quiet hours, with marketing consent."""
+    """Users in the segment, reachable by email, with marketing consent, and with the default
+    quiet hours where it is early afternoon: the workers run on the real clock."""
+    zone = daytime_zone()
     User.objects.bulk_create(
         [
             User(
@@ -98,7 +100,7 @@ def fans(count: int = AUDIENCE) -> list[int]:
                 email=f"fan-{i}@example.com",
                 first_name="Fan",
                 password="!",
-                quiet_hours_enabled=False,
+                time_zone=zone,
                 interest_tags=[FANS],
             )
             for i in range(count)

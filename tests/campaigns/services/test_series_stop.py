@@ -95,7 +95,7 @@ def test_a_held_later_step_is_not_released_to_a_customer_who_clicked(marketer, l
     campaign, _notice, inapp, buyer, other = notice_then_reminder(
         marketer, lead, published, stop_on=SeriesStop.CLICKED, at_ten_local=("Last call",)
     )
-    last_call = campaign.steps.get(name="Last call")  # 10:00 in Shanghai, held until then
+    last_call = campaign.steps.get(name="Last call")  # 10:00 local (UTC), held until then
     fanned = step_start(campaign, last_call) - timedelta(hours=26)
     start_step(campaign, "Last call", published, at=fanned)
     held = Delivery.objects.filter(message__step=last_call, user=buyer)

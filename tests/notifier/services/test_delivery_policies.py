@@ -312,7 +312,14 @@ def test_over_the_daily_cap_a_sale_waits_for_tomorrow(published, settings):
     assert second["email"].next_attempt_at == shanghai(2026, 11, 19, 0, 0)
     assert Message.objects.get(pk=first["email"].message_id).cap_day.isoformat() == "2026-11-18"
     with time_machine.travel(shanghai(2026, 11, 19, 0, 0)):
-        assert held_release().released == 2  # its email and in-app, tomorrow's slot
+        report = held_release()  # tomorrow's slot, but midnight is in her quiet hours
+    assert (report.released, report.held_again) == (0, 2)
+    second["email"].refresh_from_db()
+    assert second["email"].reason == Reason.QUIET_HOURS
+    assert shanghai(2026, 11, 19, 8, 0) <= second["email"].next_attempt_at
+    with time_machine.travel(shanghai(2026, 11, 19, 8, 30)):  # past the release window
+        assert held_release().released == 2  # its email and in-app
+    assert Message.objects.get(pk=second["email"].message_id).cap_day.isoformat() == "2026-11-19"
 
 
 def test_a_sale_that_would_be_stale_by_tomorrow_is_suppressed(published, settings):
