@@ -67,7 +67,8 @@ _host, _port = _host_port.split(":")
 DATABASES = {
     "default": {
         "ENGINE": "django.db.backends.postgresql",
-        "NAME": f"{_name}_host",
+        # A worker started by the tests is handed the test database's name.
+        "NAME": os.environ.get("HOST_DB_NAME", f"{_name}_host"),
         "USER": _user,
         "HOST": _host,
         "PORT": _port,
