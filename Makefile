@@ -58,9 +58,10 @@ test: install services chromium kubectl lint typecheck pytest pytest-second-pyth
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports
 
 typecheck: install
-	$(SERVICES_ENV) $(BIN)/mypy notifier channels campaigns
+	$(SERVICES_ENV) $(BIN)/mypy notifier channels campaigns notifier_site
 
 pytest: install services
 	$(SERVICES_ENV) $(BIN)/python -m pytest

@@ -1,4 +1,4 @@
-"""App config for campaigns."""
+"""App config for campaigns: plugs them into the delivery core (notifier.hooks)."""
 
 from django.apps import AppConfig
 
@@ -6,3 +6,9 @@ from django.apps import AppConfig
 class CampaignsConfig(AppConfig):
     name = "campaigns"
     default_auto_field = "django.db.models.BigAutoField"
+
+    def ready(self) -> None:
+        from campaigns.hooks import CampaignsPlugin
+        from notifier.hooks import register_campaigns
+
+        register_campaigns(CampaignsPlugin())

@@ -131,12 +131,12 @@ def _site() -> str:
 
 def click_url(*, message_id: int, channel: Channel, index: int) -> str:
     return token_url(
-        "track-click", click_token(message_id=message_id, channel=channel, index=index)
+        "notifier:track-click", click_token(message_id=message_id, channel=channel, index=index)
     )
 
 
 def open_pixel_url(*, message_id: int, channel: Channel) -> str:
-    return token_url("track-open", open_token(message_id=message_id, channel=channel))
+    return token_url("notifier:track-open", open_token(message_id=message_id, channel=channel))
 
 
 # --- Rewriting ------------------------------------------------------------------------------

@@ -36,7 +36,7 @@ def firebase_app() -> Any:
     from firebase_admin import credentials
 
     return firebase_admin.initialize_app(
-        credentials.Certificate(settings.FCM_CREDENTIALS_FILE), name="notifier"
+        credentials.Certificate(settings.NOTIFIER_FCM_CREDENTIALS_FILE), name="notifier"
     )
 
 
@@ -104,8 +104,8 @@ class FcmWebPushProvider:
         return tuple(
             module
             for module, configured in (
-                ("firebase_admin", settings.FCM_CREDENTIALS_FILE),
-                ("pywebpush", settings.WEBPUSH_VAPID_PRIVATE_KEY),
+                ("firebase_admin", settings.NOTIFIER_FCM_CREDENTIALS_FILE),
+                ("pywebpush", settings.NOTIFIER_WEBPUSH_VAPID_PRIVATE_KEY),
             )
             if configured
         )
@@ -113,13 +113,18 @@ class FcmWebPushProvider:
     @classmethod
     def configuration_problems(cls) -> list[str]:
         problems = []
-        if not (settings.FCM_CREDENTIALS_FILE or settings.WEBPUSH_VAPID_PRIVATE_KEY):
+        if not (
+            settings.NOTIFIER_FCM_CREDENTIALS_FILE or settings.NOTIFIER_WEBPUSH_VAPID_PRIVATE_KEY
+        ):
             problems.append(
-                "set FCM_CREDENTIALS_FILE (a service-account JSON) and/or "
-                "WEBPUSH_VAPID_PRIVATE_KEY with WEBPUSH_VAPID_SUBJECT"
+                "set NOTIFIER_FCM_CREDENTIALS_FILE (a service-account JSON) and/or "
+                "NOTIFIER_WEBPUSH_VAPID_PRIVATE_KEY with NOTIFIER_WEBPUSH_VAPID_SUBJECT"
             )
-        if settings.WEBPUSH_VAPID_PRIVATE_KEY and not settings.WEBPUSH_VAPID_SUBJECT:
-            problems.append("set WEBPUSH_VAPID_SUBJECT (mailto: or https: contact)")
+        if (
+            settings.NOTIFIER_WEBPUSH_VAPID_PRIVATE_KEY
+            and not settings.NOTIFIER_WEBPUSH_VAPID_SUBJECT
+        ):
+            problems.append("set NOTIFIER_WEBPUSH_VAPID_SUBJECT (mailto: or https: contact)")
         return problems
 
     def send_many(self, outgoings: Sequence[Outgoing]) -> list[SendResult]:
@@ -142,13 +147,13 @@ class FcmWebPushProvider:
 
     def _send_fcm(self, outgoing: Outgoing, devices: Sequence[PushTarget]) -> list[DeviceOutcome]:
         """One multicast message: this outgoing to up to 500 of its user's FCM tokens."""
-        if not settings.FCM_CREDENTIALS_FILE:
+        if not settings.NOTIFIER_FCM_CREDENTIALS_FILE:
             return [
                 (
                     d,
                     Outcome.PERMANENT,
                     ErrorCode.NOT_CONFIGURED,
-                    "FCM is not configured (FCM_CREDENTIALS_FILE)",
+                    "FCM is not configured (NOTIFIER_FCM_CREDENTIALS_FILE)",
                     "",
                 )
                 for d in devices
@@ -178,12 +183,12 @@ class FcmWebPushProvider:
         return results
 
     def _send_web(self, outgoing: Outgoing, device: PushTarget) -> DeviceOutcome:
-        if not settings.WEBPUSH_VAPID_PRIVATE_KEY:
+        if not settings.NOTIFIER_WEBPUSH_VAPID_PRIVATE_KEY:
             return (
                 device,
                 Outcome.PERMANENT,
                 ErrorCode.NOT_CONFIGURED,
-                "Web Push is not configured (WEBPUSH_VAPID_PRIVATE_KEY)",
+                "Web Push is not configured (NOTIFIER_WEBPUSH_VAPID_PRIVATE_KEY)",
                 "",
             )
         from pywebpush import webpush
@@ -200,8 +205,8 @@ class FcmWebPushProvider:
             response = webpush(
                 subscription_info={"endpoint": device.token, "keys": device.web_push_keys or {}},
                 data=payload,
-                vapid_private_key=settings.WEBPUSH_VAPID_PRIVATE_KEY,
-                vapid_claims={"sub": settings.WEBPUSH_VAPID_SUBJECT},
+                vapid_private_key=settings.NOTIFIER_WEBPUSH_VAPID_PRIVATE_KEY,
+                vapid_claims={"sub": settings.NOTIFIER_WEBPUSH_VAPID_SUBJECT},
                 timeout=10,
             )
         except Exception as exc:

@@ -6,8 +6,8 @@ Behaviour is steered like a provider's test mode, by magic recipients, or at ran
 - a recipient containing ``fail-permanent`` is refused for good (push: token unregistered);
 - ``fail-transient-N`` fails with a temporary error on attempts 1..N, then succeeds;
 - ``fail-always`` fails with a temporary error on every attempt;
-- SANDBOX_TRANSIENT_FAILURE_RATE / SANDBOX_PERMANENT_FAILURE_RATE fail that share at random;
-- SANDBOX_LATENCY_MS sleeps that long per message, like a provider's round trip.
+- NOTIFIER_SANDBOX_TRANSIENT_FAILURE_RATE / _PERMANENT_FAILURE_RATE fail that share at random;
+- NOTIFIER_SANDBOX_LATENCY_MS sleeps that long per message, like a provider's round trip.
 
 A sandbox with a latency takes one message per request, as SMTP, Twilio or FCM (per device)
 do. An instant one (SANDBOX_LATENCY_MS=0, the default: demos and benchmarks) takes up to
@@ -77,9 +77,13 @@ def _decide(outgoing: Outgoing, provider: str) -> SendResult:
             provider, ErrorCode.TIMEOUT, f"sandbox: timed out (attempt {outgoing.attempt})"
         )
     roll = random.random()
-    if roll < settings.SANDBOX_PERMANENT_FAILURE_RATE:
+    if roll < settings.NOTIFIER_SANDBOX_PERMANENT_FAILURE_RATE:
         return SendResult.permanent(provider, ErrorCode.REJECTED, "sandbox: random rejection")
-    if roll < settings.SANDBOX_PERMANENT_FAILURE_RATE + settings.SANDBOX_TRANSIENT_FAILURE_RATE:
+    if (
+        roll
+        < settings.NOTIFIER_SANDBOX_PERMANENT_FAILURE_RATE
+        + settings.NOTIFIER_SANDBOX_TRANSIENT_FAILURE_RATE
+    ):
         return SendResult.transient(provider, ErrorCode.PROVIDER_UNAVAILABLE, "sandbox: random 503")
     return SendResult.sent(provider, f"sandbox-{outgoing.delivery_id}-{outgoing.attempt}")
 
@@ -97,10 +101,10 @@ class _SandboxProvider:
         return [result for _, result in self.send_each(outgoings)]
 
     def send_each(self, outgoings: Iterable[Outgoing]) -> Iterator[tuple[Outgoing, SendResult]]:
-        latency_s = settings.SANDBOX_LATENCY_MS / 1000.0
+        latency_s = settings.NOTIFIER_SANDBOX_LATENCY_MS / 1000.0
         # A request's messages are taken from `outgoings` only once every answer of the one
         # before was taken (the caller records them, and hands out only what it still holds).
-        per_request = 1 if latency_s else max(1, settings.SANDBOX_BATCH)
+        per_request = 1 if latency_s else max(1, settings.NOTIFIER_SANDBOX_BATCH)
         pending = iter(outgoings)
         down: bool | None = None
         while request := list(islice(pending, per_request)):

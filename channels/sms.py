@@ -30,12 +30,12 @@ OPTED_OUT_CODES = frozenset({21610})  # the recipient replied STOP
 
 @functools.cache
 def twilio_client(account_sid: str = "", auth_token: str = "") -> Any:
-    """One client per account and process (the TWILIO_* account when none is named)."""
+    """One client per account and process (the NOTIFIER_TWILIO_* account when none is named)."""
     from twilio.rest import Client
 
     return Client(
-        account_sid or settings.TWILIO_ACCOUNT_SID,
-        auth_token or settings.TWILIO_AUTH_TOKEN,
+        account_sid or settings.NOTIFIER_TWILIO_ACCOUNT_SID,
+        auth_token or settings.NOTIFIER_TWILIO_AUTH_TOKEN,
         http_client=_retry_after_http_client(),
     )
 
@@ -95,15 +95,15 @@ def status_callback_url(provider: str = "") -> str:
     """Where Twilio posts this message's status changes (see notifier.views.webhooks); a
     configured instance other than "twilio" is named in the query, so the callback is checked
     with that account's token and finds deliveries sent through it."""
-    base = settings.TWILIO_WEBHOOK_BASE_URL or settings.NOTIFIER_SITE_URL
-    url = f"{base.rstrip('/')}{reverse('twilio-status')}"
+    base = settings.NOTIFIER_TWILIO_WEBHOOK_BASE_URL or settings.NOTIFIER_SITE_URL
+    url = f"{base.rstrip('/')}{reverse('notifier:twilio-status')}"
     return f"{url}?{urlencode({'provider': provider})}" if provider else url
 
 
 class TwilioSmsProvider(SingleSendProvider):
     """Twilio's Messaging API. Options of a configured instance (NOTIFIER_PROVIDER_INSTANCES):
     account_sid, auth_token, and from_number or messaging_service_sid; without options it
-    uses the TWILIO_* settings."""
+    uses the NOTIFIER_TWILIO_* settings."""
 
     name: str = "twilio"
     channel: ClassVar[Channel] = Channel.SMS
@@ -123,10 +123,14 @@ class TwilioSmsProvider(SingleSendProvider):
         if options is not None:
             return cls._option_problems(options)
         problems = []
-        if not (settings.TWILIO_ACCOUNT_SID and settings.TWILIO_AUTH_TOKEN):
-            problems.append("set TWILIO_ACCOUNT_SID and TWILIO_AUTH_TOKEN")
-        if not (settings.TWILIO_FROM_NUMBER or settings.TWILIO_MESSAGING_SERVICE_SID):
-            problems.append("set TWILIO_FROM_NUMBER or TWILIO_MESSAGING_SERVICE_SID")
+        if not (settings.NOTIFIER_TWILIO_ACCOUNT_SID and settings.NOTIFIER_TWILIO_AUTH_TOKEN):
+            problems.append("set NOTIFIER_TWILIO_ACCOUNT_SID and NOTIFIER_TWILIO_AUTH_TOKEN")
+        if not (
+            settings.NOTIFIER_TWILIO_FROM_NUMBER or settings.NOTIFIER_TWILIO_MESSAGING_SERVICE_SID
+        ):
+            problems.append(
+                "set NOTIFIER_TWILIO_FROM_NUMBER or NOTIFIER_TWILIO_MESSAGING_SERVICE_SID"
+            )
         return problems
 
     @classmethod
@@ -142,14 +146,17 @@ class TwilioSmsProvider(SingleSendProvider):
         """(account SID, auth token) of this instance."""
         if self.options:
             return str(self.options["account_sid"]), str(self.options["auth_token"])
-        return settings.TWILIO_ACCOUNT_SID, settings.TWILIO_AUTH_TOKEN
+        return settings.NOTIFIER_TWILIO_ACCOUNT_SID, settings.NOTIFIER_TWILIO_AUTH_TOKEN
 
     def _sender(self) -> dict[str, str]:
         if self.options:
             service = str(self.options.get("messaging_service_sid") or "")
             number = str(self.options.get("from_number") or "")
         else:
-            service, number = settings.TWILIO_MESSAGING_SERVICE_SID, settings.TWILIO_FROM_NUMBER
+            service, number = (
+                settings.NOTIFIER_TWILIO_MESSAGING_SERVICE_SID,
+                settings.NOTIFIER_TWILIO_FROM_NUMBER,
+            )
         return {"messaging_service_sid": service} if service else {"from_": number}
 
     def send(self, outgoing: Outgoing) -> SendResult:
@@ -225,8 +232,8 @@ def classify_plivo_error(provider: str, exc: BaseException, client: Any) -> Send
 
 
 class PlivoSmsProvider(SingleSendProvider):
-    """Plivo's Message API through its SDK. Settings PLIVO_AUTH_ID, PLIVO_AUTH_TOKEN and
-    PLIVO_FROM_NUMBER (or PLIVO_POWERPACK_UUID); a configured instance's options: auth_id,
+    """Plivo's Message API through its SDK. Settings NOTIFIER_PLIVO_AUTH_ID, _AUTH_TOKEN and
+    _FROM_NUMBER (or _POWERPACK_UUID); a configured instance's options: auth_id,
     auth_token, from_number or powerpack_uuid. Plivo takes no idempotency key, and its delivery
     reports have no webhook here yet: a Plivo send stays `sent`."""
 
@@ -249,13 +256,13 @@ class PlivoSmsProvider(SingleSendProvider):
         problems = []
         if not (values["auth_id"] and values["auth_token"]):
             problems.append(
-                "set PLIVO_AUTH_ID and PLIVO_AUTH_TOKEN"
+                "set NOTIFIER_PLIVO_AUTH_ID and NOTIFIER_PLIVO_AUTH_TOKEN"
                 if options is None
                 else "give it auth_id and auth_token"
             )
         if not (values["from_number"] or values["powerpack_uuid"]):
             problems.append(
-                "set PLIVO_FROM_NUMBER or PLIVO_POWERPACK_UUID"
+                "set NOTIFIER_PLIVO_FROM_NUMBER or NOTIFIER_PLIVO_POWERPACK_UUID"
                 if options is None
                 else "give it from_number or powerpack_uuid"
             )
@@ -266,10 +273,10 @@ class PlivoSmsProvider(SingleSendProvider):
         if options is not None:
             return {name: str(options.get(name) or "") for name in PlivoSmsProvider.option_names}
         return {
-            "auth_id": settings.PLIVO_AUTH_ID,
-            "auth_token": settings.PLIVO_AUTH_TOKEN,
-            "from_number": settings.PLIVO_FROM_NUMBER,
-            "powerpack_uuid": settings.PLIVO_POWERPACK_UUID,
+            "auth_id": settings.NOTIFIER_PLIVO_AUTH_ID,
+            "auth_token": settings.NOTIFIER_PLIVO_AUTH_TOKEN,
+            "from_number": settings.NOTIFIER_PLIVO_FROM_NUMBER,
+            "powerpack_uuid": settings.NOTIFIER_PLIVO_POWERPACK_UUID,
         }
 
     def send(self, outgoing: Outgoing) -> SendResult:

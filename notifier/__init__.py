@@ -1,5 +1,4 @@
-"""The notification pipeline's Django project and core; loads the Celery app with Django."""
+"""Notifier's delivery core: notify(), the pipeline, its models and policies.
 
-from notifier.celery import app as celery_app
-
-__all__ = ["celery_app"]
+Importing it starts nothing: a host project installs the app and points its own Celery app at
+`notifier.celery_config.notifier_celery`."""

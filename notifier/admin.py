@@ -16,6 +16,7 @@ from datetime import datetime
 from typing import Any
 
 from django import forms
+from django.conf import settings
 from django.contrib import admin, messages
 from django.contrib.admin.utils import quote, unquote
 from django.contrib.auth.admin import UserAdmin as DjangoUserAdmin
@@ -199,7 +200,13 @@ class UserPhoneCreationForm(PhoneInE164, AdminUserCreationForm):
     )
 
 
-@admin.register(User)
+def register_if(enabled: bool, model: Any) -> Any:
+    """admin.register when a setting asks for it: what would be intrusive in a host project."""
+    return admin.register(model) if enabled else (lambda admin_class: admin_class)
+
+
+# The stand-alone site's own users (NOTIFIER_ADMIN_USER); a host keeps its own UserAdmin.
+@register_if(settings.NOTIFIER_ADMIN_USER, User)
 class UserAdmin(DjangoUserAdmin):
     formfield_overrides = BOUNDED_JSON
     add_form = UserPhoneCreationForm
@@ -982,10 +989,6 @@ class ProviderEventAdmin(ReadOnlyMixin, admin.ModelAdmin):
 # --- Periodic jobs (django-celery-beat) ------------------------------------------------------
 
 
-admin.site.unregister(PeriodicTask)
-
-
-@admin.register(PeriodicTask)
 class PeriodicTaskAdmin(BeatPeriodicTaskAdmin):
     """django-celery-beat's admin, with its actions (enable, disable, toggle, run now) offered
     only to those who may change periodic tasks: beat declares no permission on them, so anyone
@@ -999,3 +1002,9 @@ class PeriodicTaskAdmin(BeatPeriodicTaskAdmin):
             for name in self.CHANGING_ACTIONS:
                 actions.pop(name, None)
         return actions
+
+
+# Only where asked (NOTIFIER_ADMIN_REPLACE_BEAT): a host may have its own beat admin.
+if settings.NOTIFIER_ADMIN_REPLACE_BEAT:
+    admin.site.unregister(PeriodicTask)
+    admin.site.register(PeriodicTask, PeriodicTaskAdmin)

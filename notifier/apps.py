@@ -1,8 +1,15 @@
-"""App config for the core: syncs code-defined notification types and the staff roles after
-migrate."""
+"""App config for the core: gives every Notifier setting its default, syncs code-defined
+notification types (and, where asked, the staff roles) after migrate, and connects Notifier's
+signal handlers, Celery's included."""
 
 from django.apps import AppConfig
+from django.conf import settings
 from django.db.models.signals import post_delete, post_migrate, post_save
+
+from notifier.conf import apply_defaults
+
+# When the app registry loads this module, before any model or service reads a setting.
+apply_defaults(settings)
 
 
 class NotifierConfig(AppConfig):
@@ -11,7 +18,10 @@ class NotifierConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
-        from notifier import checks  # noqa: F401  (registers the system checks)
+        from notifier import (
+            celery_signals,
+            checks,  # noqa: F401  (registers the system checks)
+        )
         from notifier.catalog import sync_catalog_after_migrate
         from notifier.models import NotificationType
         from notifier.roles import roles_sync_after_migrate
@@ -24,7 +34,7 @@ class NotifierConfig(AppConfig):
         from notifier.views.webhooks import email_tracking_received
 
         tracking.connect(email_tracking_received, dispatch_uid="notifier-email-tracking")
-        post_migrate.connect(roles_sync_after_migrate, sender=self)
+        post_migrate.connect(roles_sync_after_migrate, sender=self)  # if the setting asks
         # A browser that logged in gets the known-device cookie (the login limit's, see there).
         from django.contrib.auth.signals import user_logged_in
 
@@ -44,3 +54,4 @@ class NotifierConfig(AppConfig):
             dispatch_uid="notifier-recipient-email",
         )
         post_delete.connect(lambda **_: type_cache_clear(), sender=NotificationType, weak=False)
+        celery_signals.connect()

@@ -30,7 +30,8 @@ def check_notification_templates(app_configs: Any = None, **kwargs: Any) -> list
                 errors.append(
                     Error(
                         f"type {spec.key!r} uses {channel} but has no template {missing}",
-                        hint=f"create templates/notifications/{missing}",
+                        hint=f"create notifications/{missing} in a directory of "
+                        "NOTIFIER_TEMPLATE_DIRS or in an app's templates/",
                         id="notifier.E001",
                     )
                 )
@@ -97,14 +98,14 @@ def check_provider_webhooks(app_configs: Any = None, **kwargs: Any) -> list[Chec
                 )
             )
     if _twilio_in_sms_chain():
-        base = settings.TWILIO_WEBHOOK_BASE_URL or settings.NOTIFIER_SITE_URL
+        base = settings.NOTIFIER_TWILIO_WEBHOOK_BASE_URL or settings.NOTIFIER_SITE_URL
         parts = urlsplit(base)
         if parts.scheme != "https" or parts.hostname in ("localhost", "127.0.0.1", "::1"):
             found.append(
                 CheckWarning(
                     f"Twilio status callbacks go to {base}, which Twilio cannot reach",
-                    hint="set TWILIO_WEBHOOK_BASE_URL (or NOTIFIER_SITE_URL) to the public "
-                    "https origin",
+                    hint="set NOTIFIER_TWILIO_WEBHOOK_BASE_URL (or NOTIFIER_SITE_URL) to the "
+                    "public https origin",
                     id="notifier.W104",
                 )
             )

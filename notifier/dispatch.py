@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from typing import Any
 
+from celery import current_app
 from django.conf import settings
 
 from channels.base import Channel
@@ -30,6 +32,17 @@ PUBLISH_RETRY_POLICY: dict[str, float] = {
     "interval_step": 0,
     "interval_max": 0,
 }
+
+
+# Tasks are published by name (notifier/tasks.py declares them): the services that publish
+# need not import the tasks that call them back.
+PREPARE_TASK = "notifier.prepare_messages"
+DELIVER_TASK = "notifier.deliver"
+
+
+def publish(task_name: str, **options: Any) -> None:
+    """Send one task to the broker through the Celery app in use (the host's, or the site's)."""
+    current_app.send_task(task_name, **options)
 
 
 def chunks(ids: Sequence[int], size: int | None = None) -> list[list[int]]:
@@ -58,15 +71,11 @@ def publish_prepare_of(message_ids: Sequence[int], lane: Lane, *, test_sends: bo
 
 
 def _publish_prepare(message_ids: Sequence[int], queue: str) -> None:
-    from notifier.tasks import prepare_messages
-
     for batch in chunks(message_ids):
         try:
             # A task about one message carries its id into the worker's log lines.
             with bound(**({"message_id": batch[0]} if len(batch) == 1 else {})):
-                prepare_messages.apply_async(
-                    args=(batch,), queue=queue, retry_policy=PUBLISH_RETRY_POLICY
-                )
+                publish(PREPARE_TASK, args=(batch,), queue=queue, retry_policy=PUBLISH_RETRY_POLICY)
         except Exception:
             log.exception(
                 "could not publish prepare for %d messages; re-queue job will", len(batch)
@@ -76,13 +85,12 @@ def _publish_prepare(message_ids: Sequence[int], queue: str) -> None:
 def publish_deliver(
     delivery_ids: Sequence[int], lane: Lane, channel: Channel, *, countdown: float = 0.0
 ) -> None:
-    from notifier.tasks import deliver
-
     options = {"countdown": min(countdown, MAX_BROKER_COUNTDOWN_S)} if countdown > 0 else {}
     for batch in chunks(delivery_ids):
         try:
             with bound(**({"delivery_id": batch[0]} if len(batch) == 1 else {})):
-                deliver.apply_async(
+                publish(
+                    DELIVER_TASK,
                     args=(batch,),
                     queue=deliver_queue(lane, channel),
                     retry_policy=PUBLISH_RETRY_POLICY,

@@ -158,11 +158,11 @@ class UnsubscribeLinks:
 
     def page_url(self) -> str:
         """The page that asks what to unsubscribe from: for the link in a message's footer."""
-        return token_url("unsubscribe", self.token)
+        return token_url("notifier:unsubscribe", self.token)
 
     def one_click_url(self) -> str:
         """The RFC 8058 endpoint mail clients POST to; a GET only shows the choices."""
-        return token_url("unsubscribe-one-click", self.token)
+        return token_url("notifier:unsubscribe-one-click", self.token)
 
     def headers(self) -> dict[str, str]:
         """RFC 2369 / RFC 8058 headers for an email: one-click unsubscribe from this category.
@@ -210,4 +210,4 @@ def read_preferences_token(token: str) -> int:
 
 def preferences_url(*, user_id: int) -> str:
     """A page where the user sees and changes their preferences without logging in."""
-    return token_url("preferences-page", preferences_token(user_id=user_id))
+    return token_url("notifier:preferences-page", preferences_token(user_id=user_id))

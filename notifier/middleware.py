@@ -10,6 +10,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from django.http import HttpRequest, HttpResponse
+from django.urls import Resolver404, resolve
 from django.utils.http import parse_header_parameters
 
 log = logging.getLogger(__name__)
@@ -19,9 +20,41 @@ UTF8_CODECS = frozenset({"utf-8", "ascii"})
 WsgiApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 
 
+# Notifier's JSON endpoints (its routes under api/, wherever the host mounts the URLconf); a
+# test checks this against notifier/urls.py.
+API_URL_NAMES = frozenset(
+    {
+        "inbox-list",
+        "inbox-unread-count",
+        "inbox-read-all",
+        "inbox-read",
+        "inbox-archive",
+        "inbox-feedback",
+        "preferences-api",
+        "preferences-consent",
+    }
+)
+
+
+def is_api_request(request: HttpRequest) -> bool:
+    """Whether the request is for one of Notifier's JSON endpoints: its errors are JSON (also
+    before Django has resolved the URL, as when the encoding check refuses a request)."""
+    match = getattr(request, "resolver_match", None)
+    if match is None:
+        try:
+            match = resolve(request.path_info)
+        except Resolver404:
+            return False
+    return (
+        match is not None
+        and "notifier" in match.namespaces
+        and (match.url_name or "") in API_URL_NAMES
+    )
+
+
 def _explained(request: HttpRequest, response: HttpResponse, text: str) -> HttpResponse:
-    """`text` as the body: JSON {"error": ...} under /api/, plain text elsewhere."""
-    if request.path.startswith("/api/"):
+    """`text` as the body: JSON {"error": ...} from the JSON API, plain text elsewhere."""
+    if is_api_request(request):
         response.content = json.dumps({"error": text}).encode()
         response["Content-Type"] = "application/json"
     else:
@@ -32,7 +65,7 @@ def _explained(request: HttpRequest, response: HttpResponse, text: str) -> HttpR
 
 class ExplainMethodNotAllowedMiddleware:
     """Django's 405 (require_http_methods) has an Allow header and an empty body; a client
-    reading the body sees nothing. Say it in words: JSON under /api/, plain text elsewhere."""
+    reading the body sees nothing. Say it in words: JSON from the API, plain text elsewhere."""
 
     def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
         self.get_response = get_response

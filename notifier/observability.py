@@ -36,6 +36,8 @@ from typing import Any, cast
 
 from celery.schedules import crontab, schedule
 
+from notifier.cooldowns import cooldown_take
+
 FILTERED = "[Filtered]"
 
 # Keys whose values are personal or message content, wherever they appear (dict keys, local
@@ -384,8 +386,6 @@ def _checks_in_now(job: str, spec: Mapping[str, Any]) -> bool:
     seconds = job_schedule.seconds if isinstance(job_schedule, schedule) else float(job_schedule)
     if seconds >= 60:
         return True
-    from notifier.services.alerts import cooldown_take
-
     return cooldown_take(f"crons:{job}", 60 - seconds)
 
 

@@ -4,7 +4,7 @@ Two Redises, possibly the same server:
 
 - **state** (`state_redis_url`, `state_client`): what Notifier shares between processes:
   provider rate-limit buckets and circuit breakers, request limits, alert cooldowns, beat
-  heartbeats. REDIS_URL, else the Celery broker when that is Redis. None in embedded mode
+  heartbeats. NOTIFIER_REDIS_URL, else the Celery broker when that is Redis. None in embedded mode
   (NOTIFIER_EMBEDDED), where that state lives in process.
 - **broker** (`broker_redis_url`, `broker_client`): the Celery broker, read for queue depths
   (backpressure, metrics) and by the bench. None when the broker is not Redis (RabbitMQ, the
@@ -42,9 +42,9 @@ def is_redis_url(url: str) -> bool:
 
 
 def state_redis_url() -> str:
-    """REDIS_URL, else the Celery broker when it is Redis; "" when neither is."""
-    if settings.REDIS_URL:
-        return str(settings.REDIS_URL)
+    """NOTIFIER_REDIS_URL, else the Celery broker when it is Redis; "" when neither is."""
+    if settings.NOTIFIER_REDIS_URL:
+        return str(settings.NOTIFIER_REDIS_URL)
     broker = str(settings.CELERY_BROKER_URL)
     return broker if is_redis_url(broker) else ""
 

@@ -3,9 +3,13 @@
 Templates are Jinja2 files rendered in a sandbox with StrictUndefined, so a template can reach
 only the values it is given, and a missing variable is an error rather than a blank:
 
-    templates/notifications/<type key>/<channel>.<part>.txt     e.g. order.shipped/sms.body.txt
-    templates/notifications/<type key>/email.body.html          (optional HTML part)
-    templates/notifications/<type key>/<locale>/...             per-locale overrides
+    notifications/<type key>/<channel>.<part>.txt     e.g. order.shipped/sms.body.txt
+    notifications/<type key>/email.body.html          (optional HTML part)
+    notifications/<type key>/<locale>/...             per-locale overrides
+
+found in the directories of NOTIFIER_TEMPLATE_DIRS, then in each installed app's
+templates/notifications/ in INSTALLED_APPS order (Notifier's own copy is in notifier/templates/):
+a host overrides one file of a message by putting the same path in a directory found first.
 
 Every template also sees `user` (first_name, last_name, name, locale), `site_name`, `site_url`
 and `preferences_url` (a signed link to the user's preference page); marketing templates also
@@ -22,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from django.apps import apps
 from django.conf import settings
 from jinja2 import (
     FileSystemLoader,
@@ -44,7 +49,6 @@ from notifier.sandbox import (  # RenderError and RenderBudgetExceeded are raise
     render_budget,
 )
 
-NOTIFICATION_TEMPLATES_DIR = Path(settings.BASE_DIR) / "templates" / "notifications"
 SYSTEM_VARIABLES = frozenset(
     {"user", "site_name", "site_url", "preferences_url", "unsubscribe_url"}
 )
@@ -141,9 +145,29 @@ COMPILE_ERRORS = (
 
 
 @functools.cache
+def template_dirs() -> tuple[Path, ...]:
+    """Where message templates are looked up, first match wins (see the module's docstring)."""
+    dirs = [Path(d) for d in settings.NOTIFIER_TEMPLATE_DIRS]
+    for app_config in apps.get_app_configs():
+        found = Path(app_config.path) / "templates" / "notifications"
+        if found.is_dir():
+            dirs.append(found)
+    return tuple(dirs)
+
+
+def template_file(name: str) -> Path | None:
+    """The file a template name resolves to, as the loader finds it."""
+    for directory in template_dirs():
+        path = directory / name
+        if path.is_file():
+            return path
+    return None
+
+
+@functools.cache
 def environment() -> SandboxedEnvironment:
     return MessageSandbox(
-        loader=FileSystemLoader(NOTIFICATION_TEMPLATES_DIR),
+        loader=FileSystemLoader(template_dirs()),
         undefined=StrictUndefined,
         autoescape=select_autoescape(enabled_extensions=("html",), default_for_string=False),
         trim_blocks=True,
@@ -166,11 +190,18 @@ def template_names(type_key: str, part: Part, locale: str) -> list[str]:
 
 
 def template_files(type_key: str, channel: Channel) -> list[Path]:
-    """Every template file (all locales) for a type and channel."""
-    base = NOTIFICATION_TEMPLATES_DIR / type_key
-    if not base.is_dir():
-        return []
-    return sorted(p for p in base.rglob(f"{channel}.*") if p.is_file())
+    """Every template file (all locales) for a type and channel: for each name, the file the
+    loader uses."""
+    names: set[str] = set()
+    for directory in template_dirs():
+        base = directory / type_key
+        if base.is_dir():
+            names |= {
+                p.relative_to(directory).as_posix()
+                for p in base.rglob(f"{channel}.*")
+                if p.is_file()
+            }
+    return sorted(path for name in names if (path := template_file(name)) is not None)
 
 
 @functools.cache
@@ -188,7 +219,7 @@ def missing_parts(type_key: str, channel: Channel) -> list[str]:
     return [
         f"{type_key}/{part.filename}"
         for part in PARTS[channel]
-        if part.required and not (NOTIFICATION_TEMPLATES_DIR / type_key / part.filename).is_file()
+        if part.required and template_file(f"{type_key}/{part.filename}") is None
     ]
 
 

@@ -47,6 +47,7 @@ from django.urls import ResolverMatch
 
 from notifier import provider_limits
 from notifier.known_devices import account_key, known_device, set_known_device_cookie
+from notifier.middleware import is_api_request
 from notifier.rates import InvalidRate, Rate, parse_rate_text
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -98,32 +99,33 @@ DEFAULT_GROUP = "default"
 ENDPOINTS: dict[str, str | None] = {
     # Load balancers and orchestrators probe these every few seconds; they do no work a
     # flood could amplify (ready is a few pings).
-    "health-live": None,
-    "health-ready": None,
-    "inbox-list": "inbox_api",
-    "inbox-unread-count": "inbox_api",
-    "inbox-read-all": "inbox_api",
-    "inbox-read": "inbox_api",
-    "inbox-archive": "inbox_api",
-    "inbox-feedback": "inbox_api",
-    "preferences-api": "preferences_api",
-    "preferences-consent": "preferences_api",
-    "unsubscribe": "signed_link",
-    "unsubscribe-one-click": "one_click",
-    "preferences-page": "signed_link",
-    "track-click": "tracking",
-    "track-open": "tracking",
+    "notifier:health-live": None,
+    "notifier:health-ready": None,
+    "notifier:inbox-list": "inbox_api",
+    "notifier:inbox-unread-count": "inbox_api",
+    "notifier:inbox-read-all": "inbox_api",
+    "notifier:inbox-read": "inbox_api",
+    "notifier:inbox-archive": "inbox_api",
+    "notifier:inbox-feedback": "inbox_api",
+    "notifier:preferences-api": "preferences_api",
+    "notifier:preferences-consent": "preferences_api",
+    "notifier:unsubscribe": "signed_link",
+    "notifier:unsubscribe-one-click": "one_click",
+    "notifier:preferences-page": "signed_link",
+    "notifier:track-click": "tracking",
+    "notifier:track-open": "tracking",
     # Provider callbacks: signed by the provider, bursty from few addresses.
-    "email-tracking-webhook": "webhook",
-    "twilio-status": "webhook",
-    "twilio-inbound": "webhook",
-    # The end user's inbox page and signing in (password guessing: the admin login's limits).
-    "inbox-page": "inbox_api",
+    "notifier:email-tracking-webhook": "webhook",
+    "notifier:twilio-status": "webhook",
+    "notifier:twilio-inbound": "webhook",
+    # The end user's inbox page, and signing in on the stand-alone site (password guessing:
+    # the admin login's limits).
+    "notifier:inbox-page": "inbox_api",
     "login": "admin_login",
     "logout": "signed_link",
     # Behind a bearer token; Prometheus scrapes every 15 s or so, far below the default limit,
     # which still stops anyone guessing the token.
-    "metrics": "default",
+    "notifier:metrics": "default",
 }
 ADMIN_NAMESPACE = "admin"
 ADMIN_LIMITED = {"login": "admin_login"}
@@ -306,7 +308,7 @@ def _identity(scope: Scope, request: HttpRequest, kwargs: dict[str, object]) -> 
 
 def too_many(request: HttpRequest, decision: Decision) -> HttpResponse:
     response: HttpResponse
-    if request.path.startswith("/api/"):
+    if is_api_request(request):
         response = JsonResponse({"error": decision.reason}, status=429)
     else:
         response = HttpResponse(

@@ -1,13 +1,18 @@
-"""URL routes: the admin, the inbox and preference APIs, and the signed-link pages."""
+"""Notifier's URLconf, namespaced "notifier": a host mounts it under any prefix, e.g.
+`path("notifications/", include("notifier.urls"))`, and reverses "notifier:inbox-page".
 
-from django.contrib import admin
-from django.urls import include, path
+Health probes, metrics, the inbox and preference APIs, the signed-link pages, provider
+webhooks, the inbox page and campaign tracking. The admin and signing in are the host's.
+"""
 
+from django.urls import path
+
+from notifier.hooks import campaign_urls
 from notifier.metrics import metrics_view
-from notifier.views import accounts, health, inbox, inbox_page, preferences, webhooks
+from notifier.views import health, inbox, inbox_page, preferences, webhooks
 
+app_name = "notifier"
 urlpatterns = [
-    path("admin/", admin.site.urls),
     path("health/live/", health.live, name="health-live"),
     path("health/ready/", health.ready, name="health-ready"),
     path("metrics/", metrics_view, name="metrics"),  # bearer token: NOTIFIER_METRICS_TOKEN
@@ -36,9 +41,8 @@ urlpatterns = [
     ),
     path("webhooks/twilio/status/", webhooks.twilio_status, name="twilio-status"),
     path("webhooks/twilio/inbound/", webhooks.twilio_inbound, name="twilio-inbound"),
-    # Pages for end users: the inbox (logged in) and signing in on the stand-alone site.
+    # The inbox page for a logged-in user (the host's login page: settings.LOGIN_URL).
     path("inbox/", inbox_page.inbox_page_view, name="inbox-page"),
-    path("login/", accounts.PeopleLoginView.as_view(), name="login"),
-    path("logout/", accounts.PeopleLogoutView.as_view(), name="logout"),
-    path("", include("campaigns.urls")),
+    # What plug-ins serve here too: campaigns' click redirects and email open pixel.
+    *campaign_urls(),
 ]

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-os.environ.setdefault("DJANGO_SETTINGS_MODULE", "notifier.settings")
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "notifier_site.settings")
 
 import django
 

@@ -19,10 +19,10 @@ from django.conf import settings
 
 from channels.registry import reset_providers
 from notifier.backpressure import reset_depth_cache
-from notifier.embedded import worker_argv
 from notifier.provider_limits import limits_reset
 from notifier.redis_client import broker_client
 from notifier.selectors import type_cache_clear
+from notifier_site.embedded import worker_argv
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -143,7 +143,7 @@ class WorkerProcess:
         argv: Callable[[str], list[str]] | None = None,
     ) -> None:
         """`argv`, given the worker's name, makes its command line (e.g. a deployed one)."""
-        from notifier.celery import app
+        from notifier_site.celery import app
 
         self.app = control_app or app
         self.name = f"test-{uuid.uuid4().hex[:8]}@localhost"
@@ -156,7 +156,7 @@ class WorkerProcess:
                 f"{db['PORT'] or 5432}/{db['NAME']}"
             ),
             "CELERY_BROKER_URL": broker_url or settings.CELERY_BROKER_URL,
-            "REDIS_URL": broker_url or settings.REDIS_URL,
+            "REDIS_URL": broker_url or settings.NOTIFIER_REDIS_URL,
             "NOTIFIER_RETRY_BASE_S": str(settings.NOTIFIER_RETRY_BASE_S),
             "NOTIFIER_RETRY_MAX_S": str(settings.NOTIFIER_RETRY_MAX_S),
             **(extra_env or {}),

@@ -1,4 +1,4 @@
-"""A real `gunicorn notifier.wsgi` on a free loopback port, on the test database, DEBUG off.
+"""A real `gunicorn notifier_site.wsgi` on a free loopback port, on the test database, DEBUG off.
 
 The Django test client calls the handler in-process: it re-raises a view's exception instead of
 answering 500, never decodes a charset the way a server's WSGI environ carries it, and skips
@@ -52,7 +52,7 @@ class Answer:
 
 @dataclass
 class GunicornServer:
-    """One `gunicorn notifier.wsgi` process (one sync worker) with `extra_env` on top of the
+    """One `gunicorn notifier_site.wsgi` process (one sync worker) with `extra_env` on top of the
     test settings, the test database and the test Redis database."""
 
     extra_env: dict[str, str] = field(default_factory=dict)
@@ -69,7 +69,7 @@ class GunicornServer:
                 f"postgres://{db['USER']}@{db['HOST'] or '127.0.0.1'}:"
                 f"{db['PORT'] or 5432}/{db['NAME']}"
             ),
-            "REDIS_URL": settings.REDIS_URL,
+            "REDIS_URL": settings.NOTIFIER_REDIS_URL,
             "CELERY_BROKER_URL": settings.CELERY_BROKER_URL,
             **self.extra_env,
         }
@@ -81,7 +81,7 @@ class GunicornServer:
                 sys.executable,
                 "-m",
                 "gunicorn",
-                "notifier.wsgi",
+                "notifier_site.wsgi",
                 f"--bind=127.0.0.1:{self.port}",
                 "--workers=1",
                 "--timeout=60",

@@ -1,6 +1,6 @@
 """Test settings: the project's settings, pointed at real PostgreSQL and Redis by default.
 
-Only defaults for the environment are set here; notifier/settings.py still reads everything.
+Only defaults for the environment are set here; notifier_site/settings.py still reads everything.
 Override with DATABASE_URL / CELERY_BROKER_URL / REDIS_URL as usual.
 """
 
@@ -12,7 +12,7 @@ os.environ.setdefault("CELERY_BROKER_URL", os.environ["REDIS_URL"])
 os.environ.setdefault("NOTIFIER_RETRY_BASE_S", "0.2")
 os.environ.setdefault("NOTIFIER_RETRY_MAX_S", "2")
 
-from notifier.settings import *  # noqa: F403
+from notifier_site.settings import *  # noqa: F403
 
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 # In memory, unless a test's worker process is given a real server (EMAIL_URL=smtp://...).

@@ -43,6 +43,7 @@ from django.db import connection, transaction
 from django.db.models import Exists, F, OuterRef, Q
 from django.utils import timezone
 
+from campaigns import dispatch as campaign_dispatch
 from campaigns.models import (
     Campaign,
     CampaignKind,
@@ -68,6 +69,7 @@ from campaigns.services.lifecycle import (
     campaign_back_for_approval,
     campaign_finish_if_done,
     plan_of,
+    skip_reason,
     walks_start_over,
 )
 from campaigns.services.segments import segment_walk
@@ -103,36 +105,6 @@ class StartReport:
     revived: list[int] = field(default_factory=list)
     finished: list[int] = field(default_factory=list)
     sent_back: list[int] = field(default_factory=list)  # campaigns back for approval
-
-
-def _skip_reason(now: datetime, start_at: datetime, status: str) -> str:
-    late = now - start_at
-    minutes = int(late.total_seconds() // 60)
-    whys: dict[str, str] = {
-        C.PAUSED: "the campaign was paused",
-        C.AWAITING_APPROVAL: "the campaign was waiting for a lead to approve a change",
-    }
-    why = whys.get(status, "it could not start in time")
-    return f"missed by {minutes} min: {why}; not sent late"
-
-
-def steps_skip_missed(*, campaign: Campaign, now: datetime) -> list[int]:
-    """Skip the campaign's pending steps whose moment passed while it was stopped (paused, or
-    back for approval), saying so, before it carries on: once it is live again, beat could no
-    longer tell why they were missed. Returns the steps skipped."""
-    if campaign.kind != CampaignKind.ONE_OFF or campaign.event_at is None:
-        return []
-    skipped = []
-    for step in campaign.steps.filter(status=StepStatus.PENDING):
-        start_at = fanout_start(campaign.event_at, plan_of(step))
-        if step_decision(now=now, start_at=start_at) is StepDecision.SKIP:
-            CampaignStep.objects.filter(pk=step.pk, status=StepStatus.PENDING).update(
-                status=StepStatus.SKIPPED,
-                finished_at=now,
-                skip_reason=_skip_reason(now, start_at, campaign.status),
-            )
-            skipped.append(step.pk)
-    return skipped
 
 
 def still_approved(campaign: Campaign, *, members: bool = True) -> bool:
@@ -190,7 +162,7 @@ def steps_start_due(*, now: datetime | None = None) -> StartReport:
                 CampaignStep.objects.filter(pk=step.pk, status=StepStatus.PENDING).update(
                     status=StepStatus.SKIPPED,
                     finished_at=now,
-                    skip_reason=_skip_reason(now, start_at, campaign.status),
+                    skip_reason=skip_reason(now, start_at, campaign.status),
                 )
                 report.skipped.append(step.pk)
             elif decision is StepDecision.START and campaign.status in (C.SCHEDULED, C.RUNNING):
@@ -230,7 +202,7 @@ def steps_start_due(*, now: datetime | None = None) -> StartReport:
                     walks.append(pk)
             report.revived.append(pk)
         for pk in walks:
-            transaction.on_commit(partial(publish_walk, pk), robust=True)
+            transaction.on_commit(partial(campaign_dispatch.publish_walk, pk), robust=True)
     report.finished = steps_finish(now=now)
     return report
 
@@ -245,7 +217,9 @@ def batches_republish(*, step_id: int, walk_round: int, now: datetime) -> int:
     batches = list(lost.values_list("pk", "user_ids"))
     FanoutBatch.objects.filter(pk__in=[pk for pk, _ in batches]).update(published_at=now)
     for _, user_ids in batches:
-        transaction.on_commit(partial(publish_batch, step_id, user_ids, walk_round), robust=True)
+        transaction.on_commit(
+            partial(campaign_dispatch.publish_batch, step_id, user_ids, walk_round), robust=True
+        )
     if batches:
         log.warning("step %s: %d batches not written, published again", step_id, len(batches))
     return len(batches)
@@ -274,20 +248,6 @@ def steps_finish(*, now: datetime) -> list[int]:
         ):
             campaign_finish_if_done(campaign_id=campaign_id)
     return [pk for pk, _ in done]
-
-
-def publish_walk(step_id: int, countdown: float = 0.0) -> None:
-    from campaigns.tasks import walk_step
-
-    walk_step.apply_async(
-        args=(step_id,), queue=f"{Lane.BULK}.prepare", countdown=countdown or None
-    )
-
-
-def publish_batch(step_id: int, user_ids: list[int], walk_round: int) -> None:
-    from campaigns.tasks import fanout_batch
-
-    fanout_batch.apply_async(args=(step_id, user_ids, walk_round), queue=f"{Lane.BULK}.prepare")
 
 
 class Walk(StrEnum):
@@ -370,7 +330,8 @@ def step_walk(*, step_id: int, batches: int = BATCHES_PER_WALK) -> Walk:
             if ids:
                 recorded = _batch_record(step_id, step.walk_round, ids)
                 transaction.on_commit(
-                    partial(publish_batch, step_id, ids, step.walk_round), robust=True
+                    partial(campaign_dispatch.publish_batch, step_id, ids, step.walk_round),
+                    robust=True,
                 )
             CampaignStep.objects.filter(pk=step_id).update(
                 cursor_user_id=cursor,
@@ -625,13 +586,13 @@ def triggers_evaluate(*, now: datetime | None = None) -> list[int]:
                 started_at=F("started_at") if step.started_at else now,
             )
             walked.append(step.pk)
-            transaction.on_commit(partial(publish_walk, step.pk), robust=True)
+            transaction.on_commit(partial(campaign_dispatch.publish_walk, step.pk), robust=True)
     return walked
 
 
 def walk_continue(step_id: int, outcome: Walk) -> None:
     """What a walk task does next: go on at once, or after the bulk lane has drained a bit."""
     if outcome is Walk.CONTINUE:
-        publish_walk(step_id)
+        campaign_dispatch.publish_walk(step_id)
     elif outcome is Walk.WAIT:
-        publish_walk(step_id, countdown=CONGESTED_WAIT_S)
+        campaign_dispatch.publish_walk(step_id, countdown=CONGESTED_WAIT_S)

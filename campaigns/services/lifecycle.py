@@ -25,6 +25,7 @@ from django.db import connection, transaction
 from django.db.models import F, QuerySet
 from django.utils import timezone
 
+from campaigns import dispatch as campaign_dispatch
 from campaigns.models import (
     Campaign,
     CampaignKind,
@@ -484,12 +485,40 @@ def campaign_pause(*, campaign: Campaign, by: User | None, reason: str = "") -> 
     return len(ids)
 
 
+def skip_reason(now: datetime, start_at: datetime, status: str) -> str:
+    late = now - start_at
+    minutes = int(late.total_seconds() // 60)
+    whys: dict[str, str] = {
+        C.PAUSED: "the campaign was paused",
+        C.AWAITING_APPROVAL: "the campaign was waiting for a lead to approve a change",
+    }
+    why = whys.get(status, "it could not start in time")
+    return f"missed by {minutes} min: {why}; not sent late"
+
+
+def steps_skip_missed(*, campaign: Campaign, now: datetime) -> list[int]:
+    """Skip the campaign's pending steps whose moment passed while it was stopped (paused, or
+    back for approval), saying so, before it carries on: once it is live again, beat could no
+    longer tell why they were missed. Returns the steps skipped."""
+    if campaign.kind != CampaignKind.ONE_OFF or campaign.event_at is None:
+        return []
+    skipped = []
+    for step in campaign.steps.filter(status=StepStatus.PENDING):
+        start_at = fanout_start(campaign.event_at, plan_of(step))
+        if step_decision(now=now, start_at=start_at) is StepDecision.SKIP:
+            CampaignStep.objects.filter(pk=step.pk, status=StepStatus.PENDING).update(
+                status=StepStatus.SKIPPED,
+                finished_at=now,
+                skip_reason=skip_reason(now, start_at, campaign.status),
+            )
+            skipped.append(step.pk)
+    return skipped
+
+
 def campaign_resume(*, campaign: Campaign, by: User | None) -> int:
     """Carry on: held deliveries are released (stale ones are then suppressed, steps whose
     moment passed meanwhile are skipped), and unfinished fan-out walks the audience again
     (users who already have their message are skipped). Returns how many were released."""
-    from campaigns.services.fanout import steps_skip_missed  # fanout imports this module
-
     now = timezone.now()
     with transaction.atomic():
         steps_skip_missed(campaign=campaign, now=now)  # while it still says it was paused
@@ -507,12 +536,10 @@ def _walks_restart(campaign: Campaign, now: datetime) -> None:
     """Start the walks of its sending steps again, after they stopped (paused, or back for
     approval). walked_at is "now" so that, should this publish be lost, beat revives the walk
     once it is stale (NULL never is)."""
-    from campaigns.services import fanout  # fanout imports this module
-
     walking = list(campaign.steps.filter(status=StepStatus.RUNNING).values_list("pk", flat=True))
     walks_start_over(step_ids=walking, now=now)
     for step_id in walking:
-        transaction.on_commit(partial(fanout.publish_walk, step_id), robust=True)
+        transaction.on_commit(partial(campaign_dispatch.publish_walk, step_id), robust=True)
 
 
 def campaign_cancel(*, campaign: Campaign, by: User | None) -> int:

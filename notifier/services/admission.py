@@ -15,8 +15,8 @@ from zoneinfo import ZoneInfo
 
 from django.conf import settings
 
-from campaigns.models import CampaignStatus
 from notifier.backpressure import RETRY_HOLD_S
+from notifier.hooks import NO_CAMPAIGN, CampaignFacts
 from notifier.models import CapPeriod, Kind, Message, Priority, User
 from notifier.models.recipients import recipient_for
 from notifier.models.types import PRIORITY_RANK
@@ -102,26 +102,25 @@ def message_admission(
     now: datetime,
     congested: bool,
     irrelevant: int,
-    campaign_status: str | None = None,
-    quiet_hours_allowed: bool = False,
-    series_stopped: bool = False,
+    campaign: CampaignFacts = NO_CAMPAIGN,
     take_cap: bool = True,
 ) -> Admission:
     """Decide for the whole message (all its sendable channels move together).
 
-    `quiet_hours_allowed`: its campaign carries a marketing lead's permission to send in quiet
-    hours; without it marketing is held at night whatever its priority.
+    `campaign`: what the campaigns hook knows of the message's campaign: cancelled, paused, the
+    customer's series stopped, and a marketing lead's permission to send in quiet hours
+    (without it marketing is held at night whatever its priority).
 
     Takes a frequency-cap slot when a marketing message is admitted; call it inside the
     transaction that writes the outcome, so that a rollback gives the slot back.
     """
     if message.is_test:  # a marketer's "send test to me": now, past holds and caps
         return QUEUE
-    if campaign_status == CampaignStatus.CANCELLED:
+    if campaign.cancelled:
         return Admission(S.SUPPRESSED, Reason.CANCELLED)
-    if series_stopped:  # the customer converted or clicked: the rest of the series is moot
+    if campaign.series_stopped:  # the customer converted or clicked: the rest of the series is moot
         return Admission(S.SUPPRESSED, Reason.SERIES_STOPPED)
-    if campaign_status == CampaignStatus.PAUSED:  # no time: resuming the campaign releases it
+    if campaign.paused:  # no time: resuming the campaign releases it
         return Admission(S.HELD, Reason.CAMPAIGN_PAUSED)
     expiry = expiry_of(message, kind)
     if expiry is not None and now >= expiry:
@@ -133,7 +132,7 @@ def message_admission(
     overridden = ""  # a marketing message sent in quiet hours says who allowed it, and why
     if night_ends is not None:
         if not bypasses_quiet_hours(
-            kind=kind, priority=message.priority, marketing_allowed=quiet_hours_allowed
+            kind=kind, priority=message.priority, marketing_allowed=campaign.quiet_hours_allowed
         ):
             spread = spread_offset_s(message.pk, settings.NOTIFIER_QUIET_RELEASE_WINDOW_S)
             return _hold(Reason.QUIET_HOURS, night_ends + timedelta(seconds=spread), expiry)

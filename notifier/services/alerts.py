@@ -16,25 +16,23 @@ asks the pure policies in `notifier.policies.alerts`:
 from __future__ import annotations
 
 import logging
-import threading
-import time
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-import redis
 from django.conf import settings
 from django.db.models import Count, Q
 from django.utils import timezone
 
+from notifier.cooldowns import cooldown_take
+from notifier.hooks import campaign_failure_alerts
 from notifier.models import DeliveryEvent, EventKind
-from notifier.policies.alerts import Counts, Decision, campaign_pause, provider_alert
-from notifier.redis_client import state_client
+from notifier.observability import sentry_on
+from notifier.policies.alerts import Counts, provider_alert
 from notifier.status import DeliveryStatus
 
 log = logging.getLogger(__name__)
 S = DeliveryStatus
 
-COOLDOWN_KEY = "notifier:alerts:cooldown:{key}"
 # Attempts recorded without calling a provider (a contact point removed since routing).
 NOT_A_PROVIDER = ("", "pipeline")
 
@@ -63,66 +61,11 @@ def provider_counts(*, since: datetime) -> dict[str, Counts]:
     }
 
 
-def campaign_counts(*, since: datetime, campaign_ids: list[int]) -> dict[int, Counts]:
-    """campaign id -> its sends that finished (sent or failed for good) since `since`.
-
-    A transient failure that will be retried is not a failed send yet: a campaign is judged
-    on outcomes, a provider on attempts."""
-    if not campaign_ids:
-        return {}
-    rows = (
-        DeliveryEvent.objects.filter(
-            kind=EventKind.ATTEMPT,
-            at__gte=since,
-            status__in=[S.SENT, S.FAILED],
-            delivery__message__campaign_id__in=campaign_ids,
-        )
-        .values_list("delivery__message__campaign_id")
-        .annotate(total=Count("pk"), failed=Count("pk", filter=Q(status=S.FAILED)))
-        .order_by()
-    )
-    return {campaign_id: Counts(total, failed) for campaign_id, total, failed in rows}
-
-
-# --- Cooldown -----------------------------------------------------------------------------------
-
-_local_cooldowns: dict[str, float] = {}
-_local_lock = threading.Lock()
-
-
-def cooldown_take(key: str, seconds: float) -> bool:
-    """True for the first caller in `seconds` (shared by every process through Redis)."""
-    client = state_client()
-    if client is None:
-        with _local_lock:
-            now = time.monotonic()
-            if _local_cooldowns.get(key, 0.0) > now:
-                return False
-            _local_cooldowns[key] = now + seconds
-            return True
-    try:
-        return bool(client.set(COOLDOWN_KEY.format(key=key), "1", nx=True, ex=max(1, int(seconds))))
-    except redis.RedisError:
-        log.warning("cannot reach Redis for the alert cooldown of %s; alerting anyway", key)
-        return True
-
-
-def cooldown_reset() -> None:
-    """Forget every cooldown (tests)."""
-    _local_cooldowns.clear()
-    client = state_client(timeout_s=None)
-    if client is not None:
-        keys = list(client.scan_iter(match=COOLDOWN_KEY.format(key="*")))
-        if keys:
-            client.delete(*keys)
-
-
 # --- Acting -------------------------------------------------------------------------------------
 
 
-def _to_sentry(message: str, *, fingerprint: list[str], tags: dict[str, str]) -> None:
-    from notifier.observability import sentry_on
-
+def alert_to_sentry(message: str, *, fingerprint: list[str], tags: dict[str, str]) -> None:
+    """A warning event in Sentry (when Sentry is on), grouped by `fingerprint`."""
     if not sentry_on():
         return
     import sentry_sdk
@@ -147,7 +90,7 @@ def provider_alerts(*, now: datetime, report: AlertsReport) -> None:
             continue
         message = f"provider failure rate: {decision.reason}"
         log.warning(message, extra={"alert": "provider_failure_rate", "provider_key": key})
-        _to_sentry(
+        alert_to_sentry(
             message,
             fingerprint=["notifier.alerts", "provider_failure_rate", key],
             tags={"provider_key": key},
@@ -155,48 +98,11 @@ def provider_alerts(*, now: datetime, report: AlertsReport) -> None:
         report.alerted.append(key)
 
 
-def campaign_pauses(*, now: datetime, report: AlertsReport) -> None:
-    from campaigns.models import Campaign, CampaignStatus
-    from campaigns.services.lifecycle import CampaignError
-    from campaigns.services.lifecycle import campaign_pause as pause
-    from notifier.logcontext import bound
-
-    window = settings.NOTIFIER_ALERT_WINDOW_S
-    running = {
-        c.pk: c for c in Campaign.objects.filter(status=CampaignStatus.RUNNING).order_by("pk")
-    }
-    counts = campaign_counts(since=now - timedelta(seconds=window), campaign_ids=list(running))
-    for campaign_id, campaign_counted in sorted(counts.items()):
-        campaign = running[campaign_id]
-        decision: Decision = campaign_pause(
-            campaign.name,
-            campaign_counted,
-            threshold_percent=campaign.pause_failure_percent,
-            min_sample=settings.NOTIFIER_CAMPAIGN_PAUSE_MIN_SENDS,
-            window_s=window,
-        )
-        if not decision.act:
-            continue
-        with bound(campaign_id=campaign_id):
-            try:
-                held = pause(campaign=campaign, by=None, reason=decision.reason)
-            except CampaignError as error:  # paused, cancelled or finished meanwhile
-                log.info("campaign %s not paused: %s", campaign_id, error)
-                continue
-            message = f"campaign {campaign.name!r} paused: {decision.reason}"
-            log.warning(message, extra={"alert": "campaign_paused", "held": held})
-            _to_sentry(
-                message,
-                fingerprint=["notifier.alerts", "campaign_paused", str(campaign_id)],
-                tags={"campaign_id": str(campaign_id)},
-            )
-        report.paused.append(campaign_id)
-
-
 def failure_alerts_run(*, now: datetime | None = None) -> AlertsReport:
-    """The job: provider alerts, then campaign pauses. Safe to run twice at once."""
+    """The job: provider alerts, then campaign pauses (campaigns' hook). Safe to run twice
+    at once."""
     now = now or timezone.now()
     report = AlertsReport()
     provider_alerts(now=now, report=report)
-    campaign_pauses(now=now, report=report)
+    report.paused.extend(campaign_failure_alerts(now))
     return report

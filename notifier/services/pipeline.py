@@ -33,16 +33,12 @@ from django.db import DatabaseError, IntegrityError, connection, transaction
 from django.db.models import Exists, OuterRef
 from django.utils import timezone
 
-from campaigns.models import AudienceThresholds, Campaign
-from campaigns.personas import user_persona
-from campaigns.rendering import render_variant
-from campaigns.series import series_stopped
-from campaigns.tracking import track_content
 from channels.base import Channel, Content
 from notifier import dispatch
 from notifier.backpressure import bulk_congested
 from notifier.db import copy_rows, insert_rows, next_ids, readable, update_rows
 from notifier.dispatch import chunks
+from notifier.hooks import NO_CAMPAIGNS, CampaignBatch, campaign_batch
 from notifier.links import UnsubscribeLinks, preferences_url
 from notifier.logcontext import bound
 from notifier.models import (
@@ -137,22 +133,9 @@ class Audience:
     irrelevant: dict[tuple[int, str], int]
     rules: tuple[Rule, ...]
     congested: bool
-    campaigns: dict[int, CampaignContext]
+    # The batch's campaigns, through the campaigns hook (nothing when none is a campaign's).
+    campaigns: CampaignBatch
     suppressed_emails: frozenset[str] = frozenset()
-    # (campaign id, user id) of customers who converted or clicked: their series stopped.
-    series_stopped: frozenset[tuple[int, int]] = frozenset()
-
-
-@dataclass(frozen=True, slots=True)
-class CampaignContext:
-    name: str
-    status: str
-    event_at: datetime | None
-    quiet_hours_allowed: bool = False  # a marketing lead let it send in quiet hours
-    # What the copy's personas are derived with (campaigns.personas): the audience thresholds
-    # (read once per batch) and the "points expiring" window in days.
-    thresholds: AudienceThresholds = field(default_factory=AudienceThresholds)
-    points_days: int = 30
 
 
 def audience_of(messages: Sequence[Message], now: datetime) -> Audience:
@@ -171,19 +154,11 @@ def audience_of(messages: Sequence[Message], now: datetime) -> Audience:
         rules=routing_rules(),
         congested=any(m.lane == Lane.BULK or m.priority == Priority.LOW for m in messages)
         and bulk_congested(),
-        campaigns=campaigns_of(m.campaign_id for m in messages if m.campaign_id),
+        campaigns=campaign_batch(messages),
         suppressed_emails=suppressed_emails_of(
             recipient_for(m.user).email for m in messages if _may_email(m)
         ),
-        series_stopped=series_stopped(
-            (m.campaign_id, m.user_id) for m in messages if m.campaign_id and not m.is_test
-        ),
     )
-
-
-def series_stopped_of(message: Message, audience: Audience) -> bool:
-    """Whether the customer ended this campaign's series (campaigns.series)."""
-    return (message.campaign_id or 0, message.user_id) in audience.series_stopped
 
 
 def _may_email(message: Message) -> bool:
@@ -204,33 +179,6 @@ def suppressed_emails_of(addresses: Iterable[str]) -> frozenset[str]:
             "address", flat=True
         )
     )
-
-
-def campaigns_of(campaign_ids: Iterable[int]) -> dict[int, CampaignContext]:
-    """The batch's campaigns, with what their copy's personas need: two queries a batch."""
-    ids = set(campaign_ids)
-    if not ids:
-        return {}
-    thresholds = AudienceThresholds.objects.filter(pk=1).first() or AudienceThresholds()
-    rows = Campaign.objects.filter(pk__in=ids).values_list(
-        "pk",
-        "name",
-        "status",
-        "event_at",
-        "quiet_hours_allowed",
-        "segment__points_expiring_within_days",
-    )
-    return {
-        pk: CampaignContext(
-            name,
-            status,
-            event_at,
-            quiet_hours_allowed,
-            thresholds,
-            settings.NOTIFIER_POINTS_EXPIRING_DAYS if points_days is None else points_days,
-        )
-        for pk, name, status, event_at, quiet_hours_allowed, points_days in rows
-    }
 
 
 def message_type(message: Message) -> TypeInfo:
@@ -333,7 +281,7 @@ def message_render_failure(
 
 
 def message_generate(
-    message: Message, channels: Iterable[Channel], campaign: CampaignContext | None = None
+    message: Message, channels: Iterable[Channel], campaigns: CampaignBatch = NO_CAMPAIGNS
 ) -> dict[Channel, Content | RenderError]:
     """Render each channel. Marketing gets its unsubscribe link in the templates and, on email,
     RFC 8058 one-click headers; every message gets a signed link to the preference page.
@@ -342,22 +290,11 @@ def message_generate(
     the task's soft time limit strikes mid-render."""
     context = template_context(message.context, user_template_values(message.user))
     context["preferences_url"] = Lazy(partial(preferences_url, user_id=message.user_id))
-    personas: tuple[str, ...] = ()
     profile = recipient_for(message.user)
-    if campaign is not None:
-        context["campaign"] = {
-            "name": campaign.name,
-            "event_at": local_time_text(campaign.event_at, profile.time_zone),
-        }
-        # The segment attributes, from the user row the batch already loaded.
-        persona = user_persona(
-            message.user,
-            thresholds=campaign.thresholds,
-            points_days=campaign.points_days,
-            now=timezone.now(),
-        )
-        context["user"].update(persona.template_values())
-        personas = persona.copy_keys()
+    # A campaign's message: its campaign and the customer's persona (the campaigns hook).
+    extra, personas = campaigns.copy_context(message)
+    context["user"].update(extra.pop("user", {}))
+    context.update(extra)
     marketing = message_type(message).kind == Kind.MARKETING
     rendered: dict[Channel, Content | RenderError] = {}
     for channel in channels:
@@ -372,14 +309,7 @@ def message_generate(
         started = time.monotonic()
         try:
             content = (
-                render_variant(
-                    message.variant_id,
-                    channel,
-                    context,
-                    profile.locale,
-                    personas=personas,
-                    fresh=message.is_test,
-                )
+                campaigns.render(message, channel, context, profile.locale, personas)
                 if message.variant_id
                 else render(message.type_id, channel, context, profile.locale)
             )
@@ -395,9 +325,7 @@ def message_generate(
             continue
         if unsubscribe is not None and channel is Channel.EMAIL:
             content = replace(content, headers=unsubscribe.headers())
-        if campaign is not None:  # clicks and opens of campaign messages feed the funnel
-            content = track_content(content, message_id=message.pk, channel=channel)
-        rendered[channel] = content
+        rendered[channel] = campaigns.track(message, channel, content)
     return rendered
 
 
@@ -479,20 +407,6 @@ def _decide_plan(
     return decisions, []
 
 
-def campaign_of(message: Message, audience: Audience) -> CampaignContext | None:
-    return audience.campaigns.get(message.campaign_id or 0)
-
-
-def campaign_status_of(message: Message, audience: Audience) -> str | None:
-    campaign = campaign_of(message, audience)
-    return campaign.status if campaign else None
-
-
-def quiet_hours_allowed_of(message: Message, audience: Audience) -> bool:
-    campaign = campaign_of(message, audience)
-    return campaign is not None and campaign.quiet_hours_allowed
-
-
 def message_route(message: Message, audience: Audience, now: datetime) -> RouteOutcome:
     """Decide channels and admission. A cap slot still to take is left pending, so a batch
     can take them together (settle_caps)."""
@@ -508,9 +422,7 @@ def message_route(message: Message, audience: Audience, now: datetime) -> RouteO
             now=now,
             congested=audience.congested,
             irrelevant=audience.irrelevant.get((message.user_id, info.key), 0),
-            campaign_status=campaign_status_of(message, audience),
-            quiet_hours_allowed=quiet_hours_allowed_of(message, audience),
-            series_stopped=series_stopped_of(message, audience),
+            campaign=audience.campaigns.facts(message),
             take_cap=False,
         )
         if any(decision.sends for decision in decisions.values())
@@ -536,7 +448,7 @@ def outcome_rows(outcome: RouteOutcome, audience: Audience, now: datetime) -> li
     message, admission = outcome.message, outcome.admission
     sendable = [c for c, d in outcome.decisions.items() if d.sends]
     contents = (
-        message_generate(message, sendable, audience.campaigns.get(message.campaign_id or 0))
+        message_generate(message, sendable, audience.campaigns)
         if admission is not None and admission.status != S.SUPPRESSED
         else {}
     )
@@ -875,9 +787,7 @@ def deliveries_fall_back(*, failed_ids: Sequence[int]) -> list[int]:
             sendable = [c for c, d in decisions.items() if d.sends]
             contents: dict[Channel, Content | RenderError]
             try:
-                contents = message_generate(
-                    message, sendable, audience.campaigns.get(message.campaign_id or 0)
-                )
+                contents = message_generate(message, sendable, audience.campaigns)
             except RenderTimedOut as exc:  # this fallback fails; the others still go out
                 contents = dict.fromkeys(sendable, exc)
             rows += [

@@ -31,12 +31,9 @@ from notifier.services.admission import Admission, message_admission, settle_cap
 from notifier.services.pipeline import (
     Routed,
     audience_of,
-    campaign_status_of,
     channel_decision,
     message_type,
     publish_queued,
-    quiet_hours_allowed_of,
-    series_stopped_of,
 )
 from notifier.status import DeliveryStatus
 
@@ -114,9 +111,7 @@ def held_release(*, now: datetime | None = None, limit: int = 2000) -> ReleaseRe
                 now=now,
                 congested=audience.congested,
                 irrelevant=audience.irrelevant.get((message.user_id, message.type_id), 0),
-                campaign_status=campaign_status_of(message, audience),
-                quiet_hours_allowed=quiet_hours_allowed_of(message, audience),
-                series_stopped=series_stopped_of(message, audience),
+                campaign=audience.campaigns.facts(message),
                 take_cap=False,
             )
         # One cap decision for the run: every channel of a message shares its message's slot.

@@ -47,8 +47,8 @@ from django.db.models import TextField
 from django.db.models.functions import Cast
 from django.utils import timezone
 
-from campaigns.models import Campaign, CampaignStatus, Conversion
 from notifier.db import readable, table_name
+from notifier.hooks import retention_keeps
 from notifier.models import Delivery, DeliveryEvent, InboxItem, Message
 from notifier.models.preferences import Unsubscribe
 from notifier.selectors import MESSAGE_CALLER_FIELDS
@@ -57,7 +57,6 @@ from notifier.status import TERMINAL
 # Below this the pipeline's own look-backs (the 30-day feedback penalty, a week's caps) would
 # lose rows they read.
 MIN_RETENTION_DAYS = 30
-FINISHED_CAMPAIGN = (CampaignStatus.DONE, CampaignStatus.CANCELLED)
 ARCHIVE_FORMAT = 1
 
 
@@ -89,17 +88,15 @@ class RetentionReport:
 def _candidates_sql(*, lock: bool) -> str:
     message, delivery = table_name(Message), table_name(Delivery)
     terminal = ", ".join(f"'{status}'" for status in sorted(TERMINAL))
-    finished = ", ".join(f"'{status}'" for status in FINISHED_CAMPAIGN)
+    # What plug-ins keep (campaigns: a live campaign's messages, those a conversion points at).
+    kept = "".join(f"\n          AND NOT ({keep})" for keep in retention_keeps())
     return f"""
         SELECT m.id FROM {message} m
-        LEFT JOIN {table_name(Campaign)} c ON c.id = m.campaign_id
         WHERE m.id > %(after)s AND m.id < %(boundary)s
-          AND m.created_at < %(cutoff)s AND m.routed_at IS NOT NULL
-          AND (m.campaign_id IS NULL OR c.status IN ({finished}))
+          AND m.created_at < %(cutoff)s AND m.routed_at IS NOT NULL{kept}
           AND NOT EXISTS (
               SELECT 1 FROM {delivery} d WHERE d.message_id = m.id
                 AND (d.status NOT IN ({terminal}) OR d.updated_at >= %(cutoff)s))
-          AND NOT EXISTS (SELECT 1 FROM {table_name(Conversion)} v WHERE v.message_id = m.id)
           AND NOT EXISTS (SELECT 1 FROM {table_name(Unsubscribe)} u WHERE u.message_id = m.id)
         ORDER BY m.id
         LIMIT %(limit)s

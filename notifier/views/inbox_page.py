@@ -20,7 +20,7 @@ from django.conf import settings
 from django.contrib.auth.decorators import login_required
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.shortcuts import render
-from django.urls import reverse
+from django.urls import NoReverseMatch, reverse
 from django.utils import timezone
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_http_methods
@@ -106,9 +106,17 @@ def _user_zone(request: HttpRequest) -> ZoneInfo:
 def _page(
     request: HttpRequest, template: str, context: dict[str, Any], *, status: int = 200
 ) -> HttpResponse:
-    context = {"site_name": settings.NOTIFIER_SITE_NAME, **context}
+    context = {"site_name": settings.NOTIFIER_SITE_NAME, "logout_url": _logout_url(), **context}
     with timezone.override(_user_zone(request)):  # times in the user's own zone
         return render(request, f"notifier/{template}", context, status=status)
+
+
+def _logout_url() -> str | None:
+    """The project's page named "logout" (the stand-alone site's; a host's, if it names one)."""
+    try:
+        return reverse("logout")
+    except NoReverseMatch:
+        return None
 
 
 def _problem(request: HttpRequest, status: int, title: str, text: str) -> HttpResponse:
@@ -129,7 +137,7 @@ def _item_id(raw: str | None) -> int:
 
 def _back_to(cursor: str) -> str:
     """The page the form was sent from: its cursor if it is one we gave out, else the top."""
-    url = reverse("inbox-page")
+    url = reverse("notifier:inbox-page")
     try:
         decode_cursor(cursor)
     except BadRequest:

@@ -445,7 +445,7 @@ def _choices_page(
             "category_name": name,
             "channel_label": channel,
             "choices": choices,
-            "action": reverse("unsubscribe", kwargs={"token": token}),
+            "action": reverse("notifier:unsubscribe", kwargs={"token": token}),
             "problem": problem,
             "preferences_url": preferences_url(user_id=claim.user_id),
         },

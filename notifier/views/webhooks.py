@@ -321,11 +321,11 @@ def _email_event_apply(sender: Any, event: Any, esp_name: str) -> None:
 def twilio_called_url(request: HttpRequest) -> str:
     """The URL as Twilio called it, which is what Twilio signed.
 
-    TWILIO_WEBHOOK_BASE_URL (the public https origin) wins when set. Otherwise Django's own
+    NOTIFIER_TWILIO_WEBHOOK_BASE_URL (the public https origin) wins when set. Otherwise Django's own
     view of the request: it honours X-Forwarded-Proto / X-Forwarded-Host only when
     DJANGO_TRUST_PROXY_HEADERS told it to (SECURE_PROXY_SSL_HEADER, USE_X_FORWARDED_HOST).
     """
-    base = settings.TWILIO_WEBHOOK_BASE_URL.rstrip("/")
+    base = settings.NOTIFIER_TWILIO_WEBHOOK_BASE_URL.rstrip("/")
     if base:
         return f"{base}{request.get_full_path()}"
     return request.build_absolute_uri()
@@ -333,7 +333,7 @@ def twilio_called_url(request: HttpRequest) -> str:
 
 def twilio_provider(request: HttpRequest) -> TwilioSmsProvider | None:
     """The Twilio account a callback is for: the instance its URL names (?provider=, see
-    channels.sms.status_callback_url), else the TWILIO_* one; None for a name that is not a
+    channels.sms.status_callback_url), else the NOTIFIER_TWILIO_* one; None for a name that is not a
     configured Twilio instance of the SMS chain."""
     name = request.GET.get("provider", "")
     if not name:

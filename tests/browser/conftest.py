@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import Browser, Page, sync_playwright
 
-from campaigns.management.commands.screenshots import CHROMIUM, CHROMIUM_ARGS
 from notifier.models import User
+from notifier_site.management.commands.screenshots import CHROMIUM, CHROMIUM_ARGS
 
 PASSWORD = "browser-test-password"
 

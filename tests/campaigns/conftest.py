@@ -7,6 +7,7 @@ from collections.abc import Iterator
 import pytest
 from django.test import TestCase
 
+from campaigns import dispatch as campaign_dispatch
 from campaigns.rendering import checked_copy_clear, variant_cache_clear
 from campaigns.services import fanout
 from notifier import dispatch
@@ -53,10 +54,12 @@ def published(monkeypatch) -> Published:
         lambda ids, lane, channel, countdown=0.0: record.deliver.append(list(ids)),
     )
     monkeypatch.setattr(
-        fanout, "publish_walk", lambda step_id, countdown=0.0: record.walks.append(step_id)
+        campaign_dispatch,
+        "publish_walk",
+        lambda step_id, countdown=0.0: record.walks.append(step_id),
     )
     monkeypatch.setattr(
-        fanout,
+        campaign_dispatch,
         "publish_batch",
         lambda step_id, ids, walk_round: record.batches.append((step_id, list(ids))),
     )

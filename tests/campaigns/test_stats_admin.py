@@ -17,7 +17,6 @@ from django.urls import URLPattern, URLResolver, include, path
 from campaigns.admin.stats import stats_url, stats_url_name, stats_urls, timeline_svg
 from campaigns.models import Campaign, CampaignStats, CampaignStatus, CampaignStep, StepVariant
 from campaigns.services.stats import stats_rollup
-from notifier import urls as project_urls
 from notifier.models import Delivery, Kind, Message, NotificationType
 from notifier.status import DeliveryStatus as S
 from notifier.status import Reason as R
@@ -45,7 +44,7 @@ def _admin_patterns() -> list[URLPattern | URLResolver]:
 
 urlpatterns = [
     path("admin/", (_admin_patterns(), "admin", admin.site.name)),
-    *project_urls.urlpatterns,
+    path("", include("notifier.urls")),
 ]
 
 pytestmark = [pytest.mark.urls(__name__), pytest.mark.usefixtures("db")]

@@ -314,7 +314,7 @@ def test_head_answers_the_redirect_without_counting_a_click(in_process):
     email = campaign_message(UserFactory(), a_campaign())["email"]
     url = path_of(
         reverse(
-            "track-click",
+            "notifier:track-click",
             kwargs={
                 "token": click_token(message_id=email.message_id, channel=Channel.EMAIL, index=0)
             },

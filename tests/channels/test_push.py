@@ -140,8 +140,8 @@ def fcm(settings, tmp_path, rsa_private_key_pem, api) -> Iterator[FakeFcm]:
             }
         )
     )
-    settings.FCM_CREDENTIALS_FILE = str(path)
-    settings.WEBPUSH_VAPID_PRIVATE_KEY = ""
+    settings.NOTIFIER_FCM_CREDENTIALS_FILE = str(path)
+    settings.NOTIFIER_WEBPUSH_VAPID_PRIVATE_KEY = ""
     api.post(
         TOKEN_URL, json={"access_token": ACCESS_TOKEN, "expires_in": 3600, "token_type": "Bearer"}
     )
@@ -277,7 +277,7 @@ def test_fcm_auth_failure_fails_every_device_of_the_batch(fcm, api):
 
 
 def test_fcm_without_credentials_is_not_configured_and_sends_nothing(settings, api):
-    settings.FCM_CREDENTIALS_FILE = ""
+    settings.NOTIFIER_FCM_CREDENTIALS_FILE = ""
 
     [result] = FcmWebPushProvider().send_many([outgoing(android(1))])
 
@@ -318,11 +318,11 @@ def vapid_key() -> ec.EllipticCurvePrivateKey:
 
 @pytest.fixture
 def webpush(settings, vapid_key) -> None:
-    settings.WEBPUSH_VAPID_PRIVATE_KEY = b64url(
+    settings.NOTIFIER_WEBPUSH_VAPID_PRIVATE_KEY = b64url(
         vapid_key.private_numbers().private_value.to_bytes(32, "big")
     )
-    settings.WEBPUSH_VAPID_SUBJECT = VAPID_SUBJECT
-    settings.FCM_CREDENTIALS_FILE = ""
+    settings.NOTIFIER_WEBPUSH_VAPID_SUBJECT = VAPID_SUBJECT
+    settings.NOTIFIER_FCM_CREDENTIALS_FILE = ""
 
 
 @pytest.mark.usefixtures("webpush")
@@ -435,7 +435,7 @@ def test_web_push_network_failures_are_transient(api, exc, code):
 
 
 def test_web_push_without_a_vapid_key_is_not_configured(settings, api):
-    settings.WEBPUSH_VAPID_PRIVATE_KEY = ""
+    settings.NOTIFIER_WEBPUSH_VAPID_PRIVATE_KEY = ""
 
     [result] = FcmWebPushProvider().send_many([outgoing(web_subscription(1).target)])
 
@@ -449,10 +449,10 @@ def test_web_push_without_a_vapid_key_is_not_configured(settings, api):
 
 @pytest.fixture
 def fcm_and_webpush(fcm, settings, vapid_key) -> FakeFcm:
-    settings.WEBPUSH_VAPID_PRIVATE_KEY = b64url(
+    settings.NOTIFIER_WEBPUSH_VAPID_PRIVATE_KEY = b64url(
         vapid_key.private_numbers().private_value.to_bytes(32, "big")
     )
-    settings.WEBPUSH_VAPID_SUBJECT = VAPID_SUBJECT
+    settings.NOTIFIER_WEBPUSH_VAPID_SUBJECT = VAPID_SUBJECT
     return fcm
 
 
@@ -511,8 +511,8 @@ def test_a_rejected_and_a_dead_device_is_a_permanent_rejection(fcm_and_webpush, 
 
 
 def test_configuration_needs_fcm_or_vapid(settings):
-    settings.FCM_CREDENTIALS_FILE = ""
-    settings.WEBPUSH_VAPID_PRIVATE_KEY = ""
+    settings.NOTIFIER_FCM_CREDENTIALS_FILE = ""
+    settings.NOTIFIER_WEBPUSH_VAPID_PRIVATE_KEY = ""
 
     [problem] = FcmWebPushProvider.configuration_problems()
 
@@ -521,16 +521,16 @@ def test_configuration_needs_fcm_or_vapid(settings):
 
 
 def test_a_vapid_key_needs_a_subject(settings):
-    settings.FCM_CREDENTIALS_FILE = ""
-    settings.WEBPUSH_VAPID_PRIVATE_KEY = "key"
-    settings.WEBPUSH_VAPID_SUBJECT = ""
+    settings.NOTIFIER_FCM_CREDENTIALS_FILE = ""
+    settings.NOTIFIER_WEBPUSH_VAPID_PRIVATE_KEY = "key"
+    settings.NOTIFIER_WEBPUSH_VAPID_SUBJECT = ""
 
     assert any("WEBPUSH_VAPID_SUBJECT" in p for p in FcmWebPushProvider.configuration_problems())
 
 
 def test_fcm_credentials_alone_are_enough(settings):
-    settings.FCM_CREDENTIALS_FILE = "/etc/notifier/fcm.json"
-    settings.WEBPUSH_VAPID_PRIVATE_KEY = ""
+    settings.NOTIFIER_FCM_CREDENTIALS_FILE = "/etc/notifier/fcm.json"
+    settings.NOTIFIER_WEBPUSH_VAPID_PRIVATE_KEY = ""
 
     assert FcmWebPushProvider.configuration_problems() == []
 

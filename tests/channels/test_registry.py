@@ -25,13 +25,13 @@ SANDBOX = {"inapp": ["inapp"], "email": ["sandbox"], "sms": ["sandbox"], "push":
 @pytest.fixture
 def no_credentials(settings):
     settings.NOTIFIER_PROVIDERS = dict(SANDBOX)
-    settings.TWILIO_ACCOUNT_SID = ""
-    settings.TWILIO_AUTH_TOKEN = ""
-    settings.TWILIO_FROM_NUMBER = ""
-    settings.TWILIO_MESSAGING_SERVICE_SID = ""
-    settings.FCM_CREDENTIALS_FILE = ""
-    settings.WEBPUSH_VAPID_PRIVATE_KEY = ""
-    settings.WEBPUSH_VAPID_SUBJECT = ""
+    settings.NOTIFIER_TWILIO_ACCOUNT_SID = ""
+    settings.NOTIFIER_TWILIO_AUTH_TOKEN = ""
+    settings.NOTIFIER_TWILIO_FROM_NUMBER = ""
+    settings.NOTIFIER_TWILIO_MESSAGING_SERVICE_SID = ""
+    settings.NOTIFIER_FCM_CREDENTIALS_FILE = ""
+    settings.NOTIFIER_WEBPUSH_VAPID_PRIVATE_KEY = ""
+    settings.NOTIFIER_WEBPUSH_VAPID_SUBJECT = ""
     registry.reset_providers()
     return settings
 
@@ -63,8 +63,8 @@ def test_twilio_without_credentials_names_the_missing_settings(no_credentials):
 
 
 def test_twilio_without_a_sender_names_the_from_number(no_credentials):
-    no_credentials.TWILIO_ACCOUNT_SID = "AC123"
-    no_credentials.TWILIO_AUTH_TOKEN = "secret"
+    no_credentials.NOTIFIER_TWILIO_ACCOUNT_SID = "AC123"
+    no_credentials.NOTIFIER_TWILIO_AUTH_TOKEN = "secret"
     use(no_credentials, sms=["twilio"])
 
     with pytest.raises(ImproperlyConfigured, match="TWILIO_FROM_NUMBER") as excinfo:
@@ -74,9 +74,9 @@ def test_twilio_without_a_sender_names_the_from_number(no_credentials):
 
 
 def test_twilio_with_credentials_passes(no_credentials):
-    no_credentials.TWILIO_ACCOUNT_SID = "AC123"
-    no_credentials.TWILIO_AUTH_TOKEN = "secret"
-    no_credentials.TWILIO_FROM_NUMBER = "+15005550006"
+    no_credentials.NOTIFIER_TWILIO_ACCOUNT_SID = "AC123"
+    no_credentials.NOTIFIER_TWILIO_AUTH_TOKEN = "secret"
+    no_credentials.NOTIFIER_TWILIO_FROM_NUMBER = "+15005550006"
     use(no_credentials, sms=["twilio"])
 
     check_providers_configured()
@@ -95,7 +95,7 @@ def test_push_without_fcm_or_vapid_names_both_settings(no_credentials):
 
 
 def test_push_with_a_vapid_key_but_no_subject_names_the_subject(no_credentials):
-    no_credentials.WEBPUSH_VAPID_PRIVATE_KEY = "a-key"
+    no_credentials.NOTIFIER_WEBPUSH_VAPID_PRIVATE_KEY = "a-key"
     use(no_credentials, push=["push"])
 
     with pytest.raises(ImproperlyConfigured, match="WEBPUSH_VAPID_SUBJECT"):
@@ -103,7 +103,7 @@ def test_push_with_a_vapid_key_but_no_subject_names_the_subject(no_credentials):
 
 
 def test_push_with_fcm_credentials_passes(no_credentials):
-    no_credentials.FCM_CREDENTIALS_FILE = "/etc/notifier/fcm.json"
+    no_credentials.NOTIFIER_FCM_CREDENTIALS_FILE = "/etc/notifier/fcm.json"
     use(no_credentials, push=["push"])
 
     check_providers_configured()
@@ -210,9 +210,9 @@ def without(monkeypatch):
 
 
 def twilio_credentials(settings) -> None:
-    settings.TWILIO_ACCOUNT_SID = "AC123"
-    settings.TWILIO_AUTH_TOKEN = "secret"
-    settings.TWILIO_FROM_NUMBER = "+15005550006"
+    settings.NOTIFIER_TWILIO_ACCOUNT_SID = "AC123"
+    settings.NOTIFIER_TWILIO_AUTH_TOKEN = "secret"
+    settings.NOTIFIER_TWILIO_FROM_NUMBER = "+15005550006"
 
 
 def test_twilio_without_its_sdk_names_the_sms_extra(no_credentials, without):

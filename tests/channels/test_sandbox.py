@@ -160,8 +160,8 @@ def test_each_outgoing_of_a_batch_gets_its_own_result_in_order():
 
 
 def test_permanent_failure_rate_one_rejects_every_send(settings):
-    settings.SANDBOX_PERMANENT_FAILURE_RATE = 1.0
-    settings.SANDBOX_TRANSIENT_FAILURE_RATE = 0.0
+    settings.NOTIFIER_SANDBOX_PERMANENT_FAILURE_RATE = 1.0
+    settings.NOTIFIER_SANDBOX_TRANSIENT_FAILURE_RATE = 0.0
 
     results = SandboxEmailProvider().send_many(
         [email(f"u{i}@example.com", delivery_id=i) for i in range(20)]
@@ -172,8 +172,8 @@ def test_permanent_failure_rate_one_rejects_every_send(settings):
 
 
 def test_transient_failure_rate_one_fails_every_send_transiently(settings):
-    settings.SANDBOX_PERMANENT_FAILURE_RATE = 0.0
-    settings.SANDBOX_TRANSIENT_FAILURE_RATE = 1.0
+    settings.NOTIFIER_SANDBOX_PERMANENT_FAILURE_RATE = 0.0
+    settings.NOTIFIER_SANDBOX_TRANSIENT_FAILURE_RATE = 1.0
 
     results = SandboxSmsProvider().send_many(
         [sms(f"+1555000{i:04d}", delivery_id=i) for i in range(20)]
@@ -184,8 +184,8 @@ def test_transient_failure_rate_one_fails_every_send_transiently(settings):
 
 
 def test_zero_failure_rates_send_everything(settings):
-    settings.SANDBOX_PERMANENT_FAILURE_RATE = 0.0
-    settings.SANDBOX_TRANSIENT_FAILURE_RATE = 0.0
+    settings.NOTIFIER_SANDBOX_PERMANENT_FAILURE_RATE = 0.0
+    settings.NOTIFIER_SANDBOX_TRANSIENT_FAILURE_RATE = 0.0
 
     results = SandboxEmailProvider().send_many(
         [email(f"u{i}@example.com", delivery_id=i) for i in range(20)]
@@ -195,8 +195,8 @@ def test_zero_failure_rates_send_everything(settings):
 
 
 def test_random_failures_follow_the_rates_with_a_seeded_random(settings, monkeypatch):
-    settings.SANDBOX_PERMANENT_FAILURE_RATE = 0.2
-    settings.SANDBOX_TRANSIENT_FAILURE_RATE = 0.3
+    settings.NOTIFIER_SANDBOX_PERMANENT_FAILURE_RATE = 0.2
+    settings.NOTIFIER_SANDBOX_TRANSIENT_FAILURE_RATE = 0.3
     monkeypatch.setattr(sandbox, "random", random.Random(1234))
     rolls = random.Random(1234)
     expected = []
@@ -219,8 +219,8 @@ def test_random_failures_follow_the_rates_with_a_seeded_random(settings, monkeyp
 
 
 def test_magic_recipients_win_over_random_rates(settings):
-    settings.SANDBOX_PERMANENT_FAILURE_RATE = 0.0
-    settings.SANDBOX_TRANSIENT_FAILURE_RATE = 1.0
+    settings.NOTIFIER_SANDBOX_PERMANENT_FAILURE_RATE = 0.0
+    settings.NOTIFIER_SANDBOX_TRANSIENT_FAILURE_RATE = 1.0
 
     [result] = SandboxEmailProvider().send_many([email("fail-permanent@example.com")])
 
@@ -231,7 +231,7 @@ def test_magic_recipients_win_over_random_rates(settings):
 def test_latency_setting_sleeps_once_per_message(settings, monkeypatch):
     sleeps: list[float] = []
     monkeypatch.setattr(sandbox.time, "sleep", sleeps.append)
-    settings.SANDBOX_LATENCY_MS = 25
+    settings.NOTIFIER_SANDBOX_LATENCY_MS = 25
 
     SandboxEmailProvider().send_many([email("a@example.com"), email("b@example.com")])
 
@@ -241,7 +241,7 @@ def test_latency_setting_sleeps_once_per_message(settings, monkeypatch):
 def test_no_latency_setting_never_sleeps(settings, monkeypatch):
     sleeps: list[float] = []
     monkeypatch.setattr(sandbox.time, "sleep", sleeps.append)
-    settings.SANDBOX_LATENCY_MS = 0
+    settings.NOTIFIER_SANDBOX_LATENCY_MS = 0
 
     SandboxEmailProvider().send_many([email("a@example.com")])
 
@@ -365,8 +365,8 @@ def test_during_an_outage_the_sandbox_answers_503_and_after_it_sends():
 
 
 def test_an_instant_sandbox_puts_each_request_on_the_ledger_before_answering_it(settings):
-    settings.SANDBOX_LATENCY_MS = 0
-    settings.SANDBOX_BATCH = 3
+    settings.NOTIFIER_SANDBOX_LATENCY_MS = 0
+    settings.NOTIFIER_SANDBOX_BATCH = 3
     seen: list[str] = []
 
     def outgoings():
@@ -392,8 +392,8 @@ def test_an_instant_sandbox_puts_each_request_on_the_ledger_before_answering_it(
 
 def test_a_sandbox_with_a_latency_takes_one_message_per_request(settings, monkeypatch):
     monkeypatch.setattr(sandbox.time, "sleep", lambda _: None)
-    settings.SANDBOX_LATENCY_MS = 20
-    settings.SANDBOX_BATCH = 100
+    settings.NOTIFIER_SANDBOX_LATENCY_MS = 20
+    settings.NOTIFIER_SANDBOX_BATCH = 100
     ledger_at_answer = [
         SandboxSend.objects.count()
         for _ in SandboxEmailProvider().send_each(
@@ -404,7 +404,7 @@ def test_a_sandbox_with_a_latency_takes_one_message_per_request(settings, monkey
 
 
 def test_replays_are_answered_per_message_within_a_request(settings):
-    settings.SANDBOX_BATCH = 10
+    settings.NOTIFIER_SANDBOX_BATCH = 10
     provider = SandboxEmailProvider()
     [first] = provider.send_many([email("a@example.com", delivery_id=31)])
 

@@ -67,10 +67,10 @@ def twilio_error(status: int, code: int, message: str) -> dict:
 
 @pytest.fixture(autouse=True)
 def twilio(settings) -> Iterator[None]:
-    settings.TWILIO_ACCOUNT_SID = SID
-    settings.TWILIO_AUTH_TOKEN = TOKEN
-    settings.TWILIO_FROM_NUMBER = FROM
-    settings.TWILIO_MESSAGING_SERVICE_SID = ""
+    settings.NOTIFIER_TWILIO_ACCOUNT_SID = SID
+    settings.NOTIFIER_TWILIO_AUTH_TOKEN = TOKEN
+    settings.NOTIFIER_TWILIO_FROM_NUMBER = FROM
+    settings.NOTIFIER_TWILIO_MESSAGING_SERVICE_SID = ""
     twilio_client.cache_clear()
     yield
     twilio_client.cache_clear()
@@ -100,7 +100,7 @@ def test_success_returns_the_message_sid(api):
 
 
 def test_success_posts_to_body_from_and_status_callback_with_basic_auth(api, settings):
-    settings.TWILIO_WEBHOOK_BASE_URL = "https://notify.example.com/"
+    settings.NOTIFIER_TWILIO_WEBHOOK_BASE_URL = "https://notify.example.com/"
     api.post(MESSAGES_URL, json=message_json(), status=201)
 
     TwilioSmsProvider().send_many([outgoing("+8613800138000", "Your code is 123456")])
@@ -117,7 +117,7 @@ def test_success_posts_to_body_from_and_status_callback_with_basic_auth(api, set
 
 
 def test_a_messaging_service_sid_replaces_the_from_number(api, settings):
-    settings.TWILIO_MESSAGING_SERVICE_SID = "MG00000000000000000000000000000001"
+    settings.NOTIFIER_TWILIO_MESSAGING_SERVICE_SID = "MG00000000000000000000000000000001"
     api.post(MESSAGES_URL, json=message_json(), status=201)
 
     TwilioSmsProvider().send_many([outgoing()])
@@ -227,7 +227,7 @@ def test_a_timeout_is_transient(api, exc):
 def test_the_client_is_built_once_and_rebuilt_after_cache_clear(settings):
     first = twilio_client()
     assert twilio_client() is first
-    settings.TWILIO_ACCOUNT_SID = "AC00000000000000000000000000000002"
+    settings.NOTIFIER_TWILIO_ACCOUNT_SID = "AC00000000000000000000000000000002"
     twilio_client.cache_clear()
 
     assert twilio_client().username == "AC00000000000000000000000000000002"
@@ -236,9 +236,9 @@ def test_the_client_is_built_once_and_rebuilt_after_cache_clear(settings):
 @pytest.mark.parametrize(
     ("overrides", "problem"),
     [
-        ({"TWILIO_ACCOUNT_SID": ""}, "TWILIO_ACCOUNT_SID"),
-        ({"TWILIO_AUTH_TOKEN": ""}, "TWILIO_AUTH_TOKEN"),
-        ({"TWILIO_FROM_NUMBER": ""}, "TWILIO_FROM_NUMBER"),
+        ({"NOTIFIER_TWILIO_ACCOUNT_SID": ""}, "TWILIO_ACCOUNT_SID"),
+        ({"NOTIFIER_TWILIO_AUTH_TOKEN": ""}, "TWILIO_AUTH_TOKEN"),
+        ({"NOTIFIER_TWILIO_FROM_NUMBER": ""}, "TWILIO_FROM_NUMBER"),
     ],
 )
 def test_configuration_problems_name_the_missing_setting(settings, overrides, problem):

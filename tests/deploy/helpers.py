@@ -33,11 +33,11 @@ def option(argv: list[str], *names: str) -> str | None:
 
 
 def is_worker(argv: list[str]) -> bool:
-    return argv[:3] == ["celery", "-A", "notifier"] and "worker" in argv
+    return argv[:3] == ["celery", "-A", "notifier_site"] and "worker" in argv
 
 
 def is_beat(argv: list[str]) -> bool:
-    return argv[:3] == ["celery", "-A", "notifier"] and "beat" in argv
+    return argv[:3] == ["celery", "-A", "notifier_site"] and "beat" in argv
 
 
 def queues_of(argv: list[str]) -> list[str]:

@@ -130,9 +130,18 @@ def test_secrets_appear_in_env_example_only_as_placeholders():
 
 
 def settings_variables() -> set[str]:
-    sources = [ROOT / "notifier" / "settings.py", ROOT / "notifier" / "providers_config.py"]
+    """Every variable the site's settings read: by name, and each Notifier setting the site
+    reads from the variable of the same name."""
+    from notifier import conf
+    from notifier_site.settings import SET_BY_THE_SITE
+
+    sources = [
+        ROOT / "notifier_site" / "settings.py",
+        ROOT / "notifier_site" / "providers_config.py",
+    ]
     pattern = r"env(?:\.[a-z_]+)?\(\s*\"([A-Z][A-Z0-9_]+)\""
-    return {name for path in sources for name in re.findall(pattern, path.read_text())}
+    named = {name for path in sources for name in re.findall(pattern, path.read_text())}
+    return named | (set(conf.defaults()) - SET_BY_THE_SITE)
 
 
 def test_env_example_names_every_setting_the_project_reads():

@@ -42,7 +42,7 @@ def beat(tmp_path: Path, transactional_db: None) -> Iterator[tuple[subprocess.Po
             "-m",
             "celery",
             "-A",
-            "notifier",
+            "notifier_site",
             "beat",
             "-l",
             "warning",

@@ -27,7 +27,9 @@ LONG_S = 600  # the probe lease and the cooldown: what the losers would otherwis
 def test_probe_race_losers_in_worker_processes_go_out_once_the_probe_succeeds(
     rig, settings, monkeypatch
 ):
-    settings.REDIS_URL = rig.server.url  # the workers' breakers, read and written from here
+    settings.NOTIFIER_REDIS_URL = (
+        rig.server.url
+    )  # the workers' breakers, read and written from here
     settings.NOTIFIER_CIRCUIT_COOLDOWN_S = LONG_S
     monkeypatch.setattr(provider_limits, "PROBE_LEASE_S", float(LONG_S))
     # A breaker whose cooldown has just ended, and another worker's probe in flight.

@@ -59,7 +59,7 @@ def web_process_notifies(user_id: int, broker_url: str) -> list[float]:
             f"postgres://{db['USER']}@{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}/{db['NAME']}"
         ),
         "CELERY_BROKER_URL": broker_url,
-        "REDIS_URL": settings.REDIS_URL,  # only the broker is away
+        "REDIS_URL": settings.NOTIFIER_REDIS_URL,  # only the broker is away
     }
     done = subprocess.run(
         [sys.executable, "-c", WEB_REQUESTS, str(user_id)],

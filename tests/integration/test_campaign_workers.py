@@ -21,6 +21,7 @@ from django.db import connection
 from django.db.models import Count
 from django.utils import timezone
 
+from campaigns import dispatch as campaign_dispatch
 from campaigns.models import (
     Campaign,
     CampaignStatus,
@@ -77,8 +78,8 @@ def rig(monkeypatch) -> Iterator[Rig]:
     def publish_batch(step_id: int, user_ids: list[int], walk_round: int) -> None:
         rig.send("campaigns.fanout_batch", (step_id, list(user_ids), walk_round), BULK_PREPARE)
 
-    monkeypatch.setattr(fanout, "publish_walk", publish_walk)
-    monkeypatch.setattr(fanout, "publish_batch", publish_batch)
+    monkeypatch.setattr(campaign_dispatch, "publish_walk", publish_walk)
+    monkeypatch.setattr(campaign_dispatch, "publish_batch", publish_batch)
     try:
         yield rig
     finally:
@@ -413,8 +414,8 @@ def test_a_step_started_twice_at_once_and_walked_three_times_sends_each_user_onc
         thread.join(timeout=30)
     assert started == [step.pk]
     # Two more walks of the same step, as a re-published or re-delivered task would be.
-    fanout.publish_walk(step.pk)
-    fanout.publish_walk(step.pk)
+    campaign_dispatch.publish_walk(step.pk)
+    campaign_dispatch.publish_walk(step.pk)
     rig.worker(**WORKER_ENV)
 
     beat_until(
@@ -500,7 +501,7 @@ def test_a_step_that_lost_a_batch_closes_once_revived_and_sent(rig, monkeypatch)
             rig.send("campaigns.fanout_batch", (step_id, list(user_ids), walk_round), BULK_PREPARE)
 
     with monkeypatch.context() as patch:
-        patch.setattr(fanout, "publish_batch", lose_the_second)
+        patch.setattr(campaign_dispatch, "publish_batch", lose_the_second)
         assert fanout.step_walk(step_id=step.pk) is fanout.Walk.DONE
     worker = rig.worker(**WORKER_ENV)
     idle(rig, worker)

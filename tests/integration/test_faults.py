@@ -138,7 +138,7 @@ def test_a_provider_outage_opens_the_circuit_then_everything_goes_out(rig, setti
         "NOTIFIER_CIRCUIT_COOLDOWN_S": "2",
         "NOTIFIER_MAX_ATTEMPTS": "8",
     }
-    settings.REDIS_URL = rig.server.url  # read the workers' breaker from this process
+    settings.NOTIFIER_REDIS_URL = rig.server.url  # read the workers' breaker from this process
     from notifier.provider_limits import State, breaker_state
 
     users = many_users(150)
@@ -231,7 +231,7 @@ def _beat(rig: Rig) -> subprocess.Popen[bytes]:
             "-m",
             "celery",
             "-A",
-            "notifier",
+            "notifier_site",
             "beat",
             "-l",
             "warning",

@@ -51,7 +51,7 @@ def gunicorn() -> Iterator[int]:
             sys.executable,
             "-m",
             "gunicorn",
-            "notifier.wsgi",
+            "notifier_site.wsgi",
             "--bind",
             f"127.0.0.1:{port}",
             "--workers",

@@ -62,7 +62,7 @@ def rig(monkeypatch) -> Iterator[Rig]:
 
 def rabbit_worker(rig: Rig, **env: str):  # type: ignore[no-untyped-def]
     # The broker is RabbitMQ; Redis keeps its other jobs (limits, breakers, caches, probes).
-    return rig.worker(REDIS_URL=settings.REDIS_URL, **env)
+    return rig.worker(REDIS_URL=settings.NOTIFIER_REDIS_URL, **env)
 
 
 def all_done(message_ids: list[int], per_message: int) -> bool:

@@ -13,11 +13,11 @@ from django.utils import timezone
 
 from notifier import dispatch
 from notifier.api import notify
-from notifier.celery import app
 from notifier.models import Delivery, Message
 from notifier.queues import MAINTENANCE_QUEUE
 from notifier.services.deliveries import deliveries_deliver
 from notifier.services.pipeline import messages_prepare
+from notifier_site.celery import app
 from tests.conftest import WorkerProcess, wait_until
 from tests.factories import UserFactory, order_context
 

@@ -63,8 +63,8 @@ def test_a_failed_job_or_another_job_leaves_no_heartbeat_of_the_watched_one(
 
 @pytest.mark.django_db
 def test_live_answers_without_looking_at_anything(client, settings):
-    settings.REDIS_URL = "redis://127.0.0.1:1/0"  # even with Redis unreachable
-    response = client.get(reverse("health-live"))
+    settings.NOTIFIER_REDIS_URL = "redis://127.0.0.1:1/0"  # even with Redis unreachable
+    response = client.get(reverse("notifier:health-live"))
     assert (response.status_code, response.json()) == (200, {"status": "ok"})
 
 
@@ -75,7 +75,7 @@ def checks_of(response) -> dict[str, bool]:
 @pytest.mark.django_db
 def test_ready_when_database_redis_and_beat_are_all_well(client, heartbeat):
     health.beat_heartbeat("notifier.release_held")
-    response = client.get(reverse("health-ready"))
+    response = client.get(reverse("notifier:health-ready"))
     assert response.status_code == 200
     assert response.json()["status"] == "ok"
     assert checks_of(response) == {"database": True, "redis": True, "beat": True}
@@ -83,7 +83,7 @@ def test_ready_when_database_redis_and_beat_are_all_well(client, heartbeat):
 
 @pytest.mark.django_db
 def test_not_ready_when_beat_has_not_run_and_it_says_so(client, heartbeat):
-    response = client.get(reverse("health-ready"))
+    response = client.get(reverse("notifier:health-ready"))
     assert response.status_code == 503
     assert checks_of(response) == {"database": True, "redis": True, "beat": False}
 
@@ -91,7 +91,7 @@ def test_not_ready_when_beat_has_not_run_and_it_says_so(client, heartbeat):
 @pytest.mark.django_db
 def test_not_ready_when_beat_stopped_long_ago(client, redis_client, heartbeat):
     redis_client.set(heartbeat, repr(time.time() - STALE_AFTER * INTERVAL - 5))
-    response = client.get(reverse("health-ready"))
+    response = client.get(reverse("notifier:health-ready"))
     assert response.status_code == 503
     beat = next(c for c in response.json()["checks"] if c["name"] == "beat")
     assert "last ran" in beat["detail"]
@@ -99,12 +99,12 @@ def test_not_ready_when_beat_stopped_long_ago(client, redis_client, heartbeat):
 
 @pytest.mark.django_db
 def test_not_ready_when_redis_is_unreachable(client, settings):
-    settings.REDIS_URL = "redis://127.0.0.1:1/0"
-    response = client.get(reverse("health-ready"))
+    settings.NOTIFIER_REDIS_URL = "redis://127.0.0.1:1/0"
+    response = client.get(reverse("notifier:health-ready"))
     assert response.status_code == 503
     assert checks_of(response) == {"database": True, "redis": False, "beat": False}
 
 
 @pytest.mark.django_db
 def test_ready_only_answers_get(client):
-    assert client.post(reverse("health-ready")).status_code == 405
+    assert client.post(reverse("notifier:health-ready")).status_code == 405

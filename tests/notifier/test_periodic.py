@@ -4,8 +4,8 @@ import pytest
 from django_celery_beat.models import PeriodicTask
 from django_celery_beat.schedulers import DatabaseScheduler
 
-from notifier.celery import app
 from notifier.periodic import BEAT_SCHEDULE
+from notifier_site.celery import app
 
 pytestmark = pytest.mark.django_db
 

@@ -39,9 +39,9 @@ def test_an_unsigned_esp_without_basic_auth_is_named(settings):
 def test_twilio_with_a_callback_url_it_cannot_reach_is_named(settings):
     settings.EMAIL_BACKEND = "django.core.mail.backends.smtp.EmailBackend"
     settings.NOTIFIER_PROVIDERS = {**settings.NOTIFIER_PROVIDERS, "sms": ["twilio"]}
-    settings.TWILIO_WEBHOOK_BASE_URL = ""
+    settings.NOTIFIER_TWILIO_WEBHOOK_BASE_URL = ""
     settings.NOTIFIER_SITE_URL = "http://localhost:8000"
     assert ids() == ["notifier.W104"]
 
-    settings.TWILIO_WEBHOOK_BASE_URL = "https://notify.example.com"
+    settings.NOTIFIER_TWILIO_WEBHOOK_BASE_URL = "https://notify.example.com"
     assert ids() == []

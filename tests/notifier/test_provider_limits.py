@@ -62,7 +62,7 @@ def backend(request, settings, monkeypatch):
 
         monkeypatch.setattr(provider_limits, "_redis_backend", no_redis)
     else:
-        assert django_settings.REDIS_URL.startswith("redis://")
+        assert django_settings.NOTIFIER_REDIS_URL.startswith("redis://")
     return request.param
 
 
@@ -215,7 +215,7 @@ def test_two_processes_share_one_limit_without_starving(key_prefix, report_figur
     env = {
         **os.environ,
         "DJANGO_SETTINGS_MODULE": "tests.settings",
-        "REDIS_URL": django_settings.REDIS_URL,
+        "REDIS_URL": django_settings.NOTIFIER_REDIS_URL,
         "CELERY_BROKER_URL": django_settings.CELERY_BROKER_URL,
         "NOTIFIER_RATE_LIMITS": f"{KEY}=20/s",
     }
@@ -562,7 +562,7 @@ def test_alert_without_sentry_only_logs(monkeypatch, caplog):
 
 def test_without_any_redis_url_the_in_process_backend_is_used(settings):
     settings.NOTIFIER_EMBEDDED = False
-    settings.REDIS_URL = ""
+    settings.NOTIFIER_REDIS_URL = ""
     settings.CELERY_BROKER_URL = "memory://localhost/"
 
     assert state_redis_url() == ""
@@ -571,7 +571,7 @@ def test_without_any_redis_url_the_in_process_backend_is_used(settings):
 
 def test_a_redis_broker_url_serves_when_redis_url_is_empty(settings):
     settings.NOTIFIER_EMBEDDED = False
-    settings.REDIS_URL = ""
+    settings.NOTIFIER_REDIS_URL = ""
     settings.CELERY_BROKER_URL = "redis://127.0.0.1:6379/10"
 
     assert state_redis_url() == "redis://127.0.0.1:6379/10"
@@ -581,7 +581,7 @@ def test_a_redis_broker_url_serves_when_redis_url_is_empty(settings):
 def test_redis_down_fails_open_and_logs_once(settings, monkeypatch, caplog, breaker_settings):
     monkeypatch.setattr(provider_limits, "_redis_backends", {})
     settings.NOTIFIER_EMBEDDED = False
-    settings.REDIS_URL = "redis://:secret@127.0.0.1:1/0"  # nothing listens on port 1
+    settings.NOTIFIER_REDIS_URL = "redis://:secret@127.0.0.1:1/0"  # nothing listens on port 1
     settings.NOTIFIER_RATE_LIMITS = {KEY: "1/s"}
     caplog.set_level(logging.INFO, logger="notifier.throttle")
 

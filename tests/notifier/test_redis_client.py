@@ -22,7 +22,7 @@ def not_embedded(settings):
 
 
 def test_state_reads_redis_url_first(not_embedded):
-    not_embedded.REDIS_URL = "redis://127.0.0.1:6379/3"
+    not_embedded.NOTIFIER_REDIS_URL = "redis://127.0.0.1:6379/3"
     not_embedded.CELERY_BROKER_URL = "redis://127.0.0.1:6379/4"
 
     assert state_redis_url() == "redis://127.0.0.1:6379/3"
@@ -33,7 +33,7 @@ def test_state_reads_redis_url_first(not_embedded):
     "broker", ["redis://127.0.0.1:6379/4", "rediss://cache.example.com:6380/0", "unix:///r.sock"]
 )
 def test_state_falls_back_to_a_redis_broker(not_embedded, broker):
-    not_embedded.REDIS_URL = ""
+    not_embedded.NOTIFIER_REDIS_URL = ""
     not_embedded.CELERY_BROKER_URL = broker
 
     assert state_redis_url() == broker
@@ -44,7 +44,7 @@ def test_state_falls_back_to_a_redis_broker(not_embedded, broker):
     "broker", ["amqp://guest@127.0.0.1:5672//", "pyamqp://rabbit//", "memory://localhost/"]
 )
 def test_a_broker_that_is_not_redis_gives_no_redis(not_embedded, broker):
-    not_embedded.REDIS_URL = ""
+    not_embedded.NOTIFIER_REDIS_URL = ""
     not_embedded.CELERY_BROKER_URL = broker
 
     assert state_redis_url() == ""
@@ -54,7 +54,7 @@ def test_a_broker_that_is_not_redis_gives_no_redis(not_embedded, broker):
 
 
 def test_a_rabbitmq_broker_keeps_state_in_redis_url(not_embedded):
-    not_embedded.REDIS_URL = "redis://127.0.0.1:6379/3"
+    not_embedded.NOTIFIER_REDIS_URL = "redis://127.0.0.1:6379/3"
     not_embedded.CELERY_BROKER_URL = "amqp://guest@127.0.0.1:5672//"
 
     client = state_client()
@@ -65,13 +65,13 @@ def test_a_rabbitmq_broker_keeps_state_in_redis_url(not_embedded):
 
 def test_embedded_mode_has_no_state_client_even_with_a_url(settings):
     settings.NOTIFIER_EMBEDDED = True
-    settings.REDIS_URL = "redis://127.0.0.1:6379/3"
+    settings.NOTIFIER_REDIS_URL = "redis://127.0.0.1:6379/3"
 
     assert state_client() is None
 
 
 def test_one_client_per_url_and_options():
-    url = django_settings.REDIS_URL
+    url = django_settings.NOTIFIER_REDIS_URL
 
     assert redis_client(url) is redis_client(url)
     assert state_client() is redis_client(url)
@@ -80,7 +80,7 @@ def test_one_client_per_url_and_options():
 
 
 def test_timeouts_bound_connecting_and_each_command_unless_turned_off():
-    url = django_settings.REDIS_URL
+    url = django_settings.NOTIFIER_REDIS_URL
 
     fast = redis_client(url).connection_pool.connection_kwargs
     patient = redis_client(url, timeout_s=None).connection_pool.connection_kwargs
@@ -91,7 +91,7 @@ def test_timeouts_bound_connecting_and_each_command_unless_turned_off():
 
 def test_decode_responses_returns_text_from_the_same_server():
     key = "test-redis-client:decode"
-    url = django_settings.REDIS_URL
+    url = django_settings.NOTIFIER_REDIS_URL
     redis_client(url).set(key, "héllo", ex=60)
 
     assert redis_client(url).get(key) == "héllo".encode()

@@ -242,8 +242,8 @@ def test_a_web_request_crash_arrives_with_its_link_token_and_form_scrubbed(sentr
 
 
 def test_a_job_that_runs_every_15_seconds_checks_in_once_a_minute():
+    from notifier.cooldowns import cooldown_reset
     from notifier.observability import checkin_finished, checkin_started
-    from notifier.services.alerts import cooldown_reset
 
     cooldown_reset()
     sent: list[tuple[str, str]] = []

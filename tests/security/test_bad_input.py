@@ -91,14 +91,16 @@ def world(monkeypatch, settings) -> World:
     client = Client()
     client.force_login(user)
     tokens = {
-        "unsubscribe": unsubscribe_token(
+        "notifier:unsubscribe": unsubscribe_token(
             user_id=user.pk, category="promo.flash_sale", channel="email"
         ),
-        "preferences-page": preferences_token(user_id=user.pk),
-        "track-click": click_token(message_id=item.message_id, channel=Channel.EMAIL, index=0),
-        "track-open": open_token(message_id=item.message_id, channel=Channel.EMAIL),
+        "notifier:preferences-page": preferences_token(user_id=user.pk),
+        "notifier:track-click": click_token(
+            message_id=item.message_id, channel=Channel.EMAIL, index=0
+        ),
+        "notifier:track-open": open_token(message_id=item.message_id, channel=Channel.EMAIL),
     }
-    tokens["unsubscribe-one-click"] = tokens["unsubscribe"]
+    tokens["notifier:unsubscribe-one-click"] = tokens["notifier:unsubscribe"]
     return World(user, item, others_item, tokens, client, Client())
 
 
@@ -136,7 +138,7 @@ def explains(response) -> bool:
 
 # Answers about the service's state, not about the input: readiness says 503 while beat has
 # not run (it never does in these tests).
-STATE_ANSWERS = {("health-ready", 503)}
+STATE_ANSWERS = {("notifier:health-ready", 503)}
 
 
 def check(
@@ -369,7 +371,7 @@ def test_a_405_says_which_methods_to_use(world):
     response = world.client.get("/api/inbox/read-all/")
     assert response.status_code == 405
     assert response.json() == {"error": "GET is not allowed here; use POST."}
-    page = world.client.put(f"/unsubscribe/{world.tokens['unsubscribe']}/")
+    page = world.client.put(f"/unsubscribe/{world.tokens['notifier:unsubscribe']}/")
     assert page.status_code == 405
     assert page.content == b"PUT is not allowed here; use GET, POST.\n"
 

@@ -14,7 +14,7 @@ def test_https_settings_leave_the_deploy_check_with_only_hsts_to_decide():
     root = Path(__file__).resolve().parents[2]
     env = {
         **os.environ,
-        "DJANGO_SETTINGS_MODULE": "notifier.settings",
+        "DJANGO_SETTINGS_MODULE": "notifier_site.settings",
         "DJANGO_HTTPS": "true",
         "DJANGO_SECRET_KEY": "x" * 60 + "-not-the-default-and-long-enough-for-the-check",
     }

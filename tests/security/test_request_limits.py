@@ -145,8 +145,8 @@ def test_every_limited_endpoint_answers_429_over_its_limit_for_every_method(endp
 
 def test_unlimited_endpoints_are_only_the_health_probes():
     assert {name for name, group in ENDPOINTS.items() if group is None} == {
-        "health-live",
-        "health-ready",
+        "notifier:health-live",
+        "notifier:health-ready",
     }
 
 
@@ -155,7 +155,7 @@ def test_unlimited_endpoints_are_only_the_health_probes():
 
 @pytest.fixture
 def redis_keys():
-    client = redis_client(settings.REDIS_URL)
+    client = redis_client(settings.NOTIFIER_REDIS_URL)
 
     def keys() -> list[str]:
         pattern = f"{provider_limits.KEY_PREFIX}:bucket:http:*"

@@ -27,7 +27,6 @@ from jinja2.exceptions import SecurityError, UndefinedError
 from jinja2.sandbox import SandboxedEnvironment
 from jinja2.utils import urlize as jinja_urlize
 
-from campaigns.management.commands import _docs_data
 from campaigns.models import VariantTemplate
 from campaigns.rendering import (
     CAMPAIGN_USER_FIELDS,
@@ -40,13 +39,13 @@ from channels.base import Channel
 from notifier import rendering as notifier_rendering
 from notifier.catalog import all_specs
 from notifier.rendering import (
-    NOTIFICATION_TEMPLATES_DIR,
     PARTS,
     SYSTEM_VARIABLES,
     RenderBudgetExceeded,
     RenderError,
     environment,
     render,
+    template_dirs,
     template_files,
     template_names,
     variables_used,
@@ -54,6 +53,7 @@ from notifier.rendering import (
 from notifier.roles import roles_sync
 from notifier.sandbox import MEMORY_PER_CHAR, render_budget
 from notifier.sandbox import urlize as sandbox_urlize
+from notifier_site.management.commands import _docs_data
 from tests.campaigns.test_campaign_admin import (
     copy_prefix,
     field_errors,
@@ -777,7 +777,7 @@ def realistic(names: frozenset[str]) -> dict[str, object]:
 def jinja_as_before() -> SandboxedEnvironment:
     """The sandbox as it was, without the budget: what the output must still be."""
     return SandboxedEnvironment(
-        loader=FileSystemLoader(NOTIFICATION_TEMPLATES_DIR),
+        loader=FileSystemLoader(template_dirs()),
         undefined=StrictUndefined,
         autoescape=select_autoescape(enabled_extensions=("html",), default_for_string=False),
         trim_blocks=True,

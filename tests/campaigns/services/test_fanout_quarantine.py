@@ -17,6 +17,7 @@ from celery.exceptions import SoftTimeLimitExceeded
 from django.db import connection
 from django.utils import timezone
 
+from campaigns import hooks as campaign_hooks
 from campaigns.models import (
     Campaign,
     CampaignStatus,
@@ -30,7 +31,6 @@ from campaigns.services.definitions import campaign_definition
 from campaigns.services.lifecycle import campaign_create
 from notifier.models import Delivery, Message, NotificationType, User
 from notifier.rendering import RenderError
-from notifier.services import pipeline
 from notifier.status import DeliveryStatus, Reason
 from notifier.tasks import prepare_messages
 from tests.factories import UserFactory
@@ -85,14 +85,14 @@ def users() -> list[User]:
 
 def render_for(monkeypatch, poison):
     """Rendering the copy for the user named Poison does `poison()`."""
-    real = pipeline.render_variant
+    real = campaign_hooks.render_variant
 
     def render_variant(variant_id, channel, context, locale, **kwargs):
         if context["user"]["first_name"] == POISON:
             poison()
         return real(variant_id, channel, context, locale, **kwargs)
 
-    monkeypatch.setattr(pipeline, "render_variant", render_variant)
+    monkeypatch.setattr(campaign_hooks, "render_variant", render_variant)
 
 
 def messages_of(step, users) -> dict[int, Message]:

@@ -13,8 +13,9 @@ from django.utils import timezone
 from campaigns.models import Campaign, CampaignStatus
 from campaigns.services.lifecycle import campaign_resume
 from notifier.api import notify
+from notifier.cooldowns import cooldown_reset
 from notifier.models import Delivery, DeliveryEvent, Message
-from notifier.services.alerts import cooldown_reset, failure_alerts_run
+from notifier.services.alerts import failure_alerts_run
 from notifier.services.deliveries import deliveries_deliver
 from notifier.services.pipeline import messages_prepare
 from notifier.status import DeliveryStatus, Reason

@@ -65,7 +65,9 @@ def test_each_accepted_send_is_recorded_before_the_next_goes_out(
     published, provider_calls, settings
 ):
     calls, _ = provider_calls
-    settings.SANDBOX_LATENCY_MS = 20  # a round trip: each answer is written before the next call
+    settings.NOTIFIER_SANDBOX_LATENCY_MS = (
+        20  # a round trip: each answer is written before the next call
+    )
     batch = prepared_batch(5)
     deliveries_deliver(delivery_ids=[d.pk for d in batch])
     assert [c["delivery"] for c in calls] == [d.pk for d in batch]
@@ -86,8 +88,8 @@ def test_an_instant_provider_is_never_recorded_ahead_of_its_ledger(
     """No latency: the sandbox takes requests of four and answers them one by one. Whether
     the sender writes each answer at once or gathers the whole batch into one write, every
     send it writes is on the provider's ledger already."""
-    settings.SANDBOX_LATENCY_MS = 0
-    settings.SANDBOX_BATCH = 4
+    settings.NOTIFIER_SANDBOX_LATENCY_MS = 0
+    settings.NOTIFIER_SANDBOX_BATCH = 4
     settings.NOTIFIER_RECORD_WITHIN_MS = within_ms
     batch = prepared_batch(10)
     record = deliveries._record
@@ -124,7 +126,7 @@ def test_answers_are_gathered_only_within_the_window(waited_ms, call_ms, now):
 def test_a_sender_whose_claim_was_taken_sends_no_more(published, provider_calls, settings):
     calls, hooks = provider_calls
     settings.NOTIFIER_CLAIM_LEASE_S = 0.02  # renewed before every send
-    settings.SANDBOX_LATENCY_MS = 10
+    settings.NOTIFIER_SANDBOX_LATENCY_MS = 10
     batch = prepared_batch(6)
     other = uuid.uuid4()
 
@@ -144,7 +146,7 @@ def test_a_sender_whose_claim_was_taken_sends_no_more(published, provider_calls,
 def test_the_lease_is_renewed_while_the_sender_lives(published, provider_calls, settings):
     calls, hooks = provider_calls
     settings.NOTIFIER_CLAIM_LEASE_S = 0.05
-    settings.SANDBOX_LATENCY_MS = 20
+    settings.NOTIFIER_SANDBOX_LATENCY_MS = 20
     batch = prepared_batch(6)
     seen: list[dt.datetime] = []
     hooks.append(lambda _: seen.append(Delivery.objects.get(pk=batch[-1].pk).claimed_until))

@@ -88,7 +88,7 @@ def two_twilio_accounts(settings) -> Iterator[None]:
         },
     }
     settings.NOTIFIER_PROVIDERS = {**settings.NOTIFIER_PROVIDERS, "sms": ["twilio_a", "twilio_b"]}
-    settings.TWILIO_ACCOUNT_SID = settings.TWILIO_AUTH_TOKEN = ""
+    settings.NOTIFIER_TWILIO_ACCOUNT_SID = settings.NOTIFIER_TWILIO_AUTH_TOKEN = ""
     twilio_client.cache_clear()
     reset_providers()
     yield
@@ -390,8 +390,8 @@ def twilio_then_plivo(settings) -> Iterator[None]:
             "from_number": "+15005550006",
         },
     }
-    settings.PLIVO_AUTH_ID, settings.PLIVO_AUTH_TOKEN = PLIVO_ID, PLIVO_TOKEN
-    settings.PLIVO_FROM_NUMBER, settings.PLIVO_POWERPACK_UUID = "+14155550100", ""
+    settings.NOTIFIER_PLIVO_AUTH_ID, settings.NOTIFIER_PLIVO_AUTH_TOKEN = PLIVO_ID, PLIVO_TOKEN
+    settings.NOTIFIER_PLIVO_FROM_NUMBER, settings.NOTIFIER_PLIVO_POWERPACK_UUID = "+14155550100", ""
     settings.NOTIFIER_PROVIDERS = {**settings.NOTIFIER_PROVIDERS, "sms": ["twilio_a", "plivo"]}
     twilio_client.cache_clear()
     reset_providers()

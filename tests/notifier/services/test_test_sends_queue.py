@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 
+from notifier import dispatch
 from notifier.queues import TEST_SENDS_QUEUE, Lane, lane_queues, prepare_queue
 from notifier.services.messages import NewMessage, messages_create
 from notifier.tasks import prepare_messages
@@ -30,11 +31,12 @@ def published(monkeypatch) -> list[tuple[list[int], str]]:
     """Each prepare task as the broker would get it: its message ids and its queue (the
     session's shared worker would take it from Redis before a test could look)."""
     sent: list[tuple[list[int], str]] = []
-    monkeypatch.setattr(
-        prepare_messages,
-        "apply_async",
-        lambda args, queue, **options: sent.append((list(args[0]), queue)),
-    )
+
+    def publish(task_name: str, *, args, queue, **options) -> None:
+        assert task_name == prepare_messages.name
+        sent.append((list(args[0]), queue))
+
+    monkeypatch.setattr(dispatch, "publish", publish)
     return sent
 
 

@@ -58,15 +58,17 @@ def client_for(user) -> Client:
 
 def test_the_list_pages_newest_first_with_a_cursor(user, client_for):
     items = deliver_inbox(user, 5)
-    first = client_for.get(reverse("inbox-list"), {"limit": 2}).json()
+    first = client_for.get(reverse("notifier:inbox-list"), {"limit": 2}).json()
     assert [i["id"] for i in first["items"]] == [items[0].pk, items[1].pk]
     assert first["unread_count"] == 5
     assert first["items"][0]["title"] == "Fan 4 followed you"
     assert first["items"][0]["link"] == "https://x.test/4"
-    second = client_for.get(reverse("inbox-list"), {"limit": 2, "cursor": first["next_cursor"]})
+    second = client_for.get(
+        reverse("notifier:inbox-list"), {"limit": 2, "cursor": first["next_cursor"]}
+    )
     assert [i["id"] for i in second.json()["items"]] == [items[2].pk, items[3].pk]
     last = client_for.get(
-        reverse("inbox-list"), {"limit": 2, "cursor": second.json()["next_cursor"]}
+        reverse("notifier:inbox-list"), {"limit": 2, "cursor": second.json()["next_cursor"]}
     ).json()
     assert [i["id"] for i in last["items"]] == [items[4].pk]
     assert last["next_cursor"] is None
@@ -74,38 +76,38 @@ def test_the_list_pages_newest_first_with_a_cursor(user, client_for):
 
 def test_mark_one_read_moves_the_delivery_to_read(user, client_for):
     item = deliver_inbox(user, 2)[0]
-    response = client_for.post(reverse("inbox-read", args=[item.pk]))
+    response = client_for.post(reverse("notifier:inbox-read", args=[item.pk]))
     assert response.status_code == 200
     assert response.json()["read_at"] is not None
-    assert client_for.get(reverse("inbox-unread-count")).json() == {"unread_count": 1}
+    assert client_for.get(reverse("notifier:inbox-unread-count")).json() == {"unread_count": 1}
     delivery = Delivery.objects.get(pk=item.delivery_id)
     assert delivery.status == DeliveryStatus.READ and delivery.opened_at is not None
     # reading again changes nothing and writes no second event
-    client_for.post(reverse("inbox-read", args=[item.pk]))
+    client_for.post(reverse("notifier:inbox-read", args=[item.pk]))
     assert DeliveryEvent.objects.filter(delivery=delivery, status="read").count() == 1
 
 
 def test_mark_all_read(user, client_for):
     deliver_inbox(user, 3)
-    response = client_for.post(reverse("inbox-read-all")).json()
+    response = client_for.post(reverse("notifier:inbox-read-all")).json()
     assert response == {"marked_read": 3, "unread_count": 0}
     assert set(Delivery.objects.values_list("status", flat=True)) == {"read"}
-    assert client_for.get(reverse("inbox-list"), {"unread": 1}).json()["items"] == []
+    assert client_for.get(reverse("notifier:inbox-list"), {"unread": 1}).json()["items"] == []
 
 
 def test_archive_hides_the_item_from_the_list(user, client_for):
     items = deliver_inbox(user, 2)
-    client_for.post(reverse("inbox-archive", args=[items[0].pk]))
-    listed = client_for.get(reverse("inbox-list")).json()
+    client_for.post(reverse("notifier:inbox-archive", args=[items[0].pk]))
+    listed = client_for.get(reverse("notifier:inbox-list")).json()
     assert [i["id"] for i in listed["items"]] == [items[1].pk]
-    archived = client_for.get(reverse("inbox-list"), {"archived": 1}).json()
+    archived = client_for.get(reverse("notifier:inbox-list"), {"archived": 1}).json()
     assert [i["id"] for i in archived["items"]] == [items[0].pk]
 
 
 def test_feedback_is_stored_and_logged(user, client_for):
     item = deliver_inbox(user, 1)[0]
     response = client_for.post(
-        reverse("inbox-feedback", args=[item.pk]),
+        reverse("notifier:inbox-feedback", args=[item.pk]),
         data=json.dumps({"feedback": "irrelevant"}),
         content_type="application/json",
     )
@@ -117,12 +119,12 @@ def test_feedback_is_stored_and_logged(user, client_for):
 
 def test_another_users_item_is_not_found_and_unchanged(user, client_for):
     other_item = deliver_inbox(UserFactory(), 1)[0]
-    for name in ("inbox-read", "inbox-archive"):
+    for name in ("notifier:inbox-read", "notifier:inbox-archive"):
         response = client_for.post(reverse(name, args=[other_item.pk]))
         assert response.status_code == 404
         assert "error" in response.json()
     response = client_for.post(
-        reverse("inbox-feedback", args=[other_item.pk]),
+        reverse("notifier:inbox-feedback", args=[other_item.pk]),
         data=json.dumps({"feedback": "useful"}),
         content_type="application/json",
     )
@@ -142,7 +144,7 @@ def test_another_users_item_is_not_found_and_unchanged(user, client_for):
     ],
 )
 def test_bad_list_parameters_get_a_400_that_says_what_to_fix(client_for, params, needle):
-    response = client_for.get(reverse("inbox-list"), params)
+    response = client_for.get(reverse("notifier:inbox-list"), params)
     assert response.status_code == 400
     assert needle in response.json()["error"]
 
@@ -154,7 +156,9 @@ def test_bad_list_parameters_get_a_400_that_says_what_to_fix(client_for, params,
 def test_bad_feedback_gets_a_400_and_changes_nothing(user, client_for, body):
     item = deliver_inbox(user, 1)[0]
     response = client_for.post(
-        reverse("inbox-feedback", args=[item.pk]), data=body, content_type="application/json"
+        reverse("notifier:inbox-feedback", args=[item.pk]),
+        data=body,
+        content_type="application/json",
     )
     assert response.status_code == 400
     assert "feedback" in response.json()["error"]
@@ -162,19 +166,19 @@ def test_bad_feedback_gets_a_400_and_changes_nothing(user, client_for, body):
 
 
 def test_anonymous_users_get_401(client):
-    assert client.get(reverse("inbox-list")).status_code == 401
-    assert client.post(reverse("inbox-read-all")).status_code == 401
+    assert client.get(reverse("notifier:inbox-list")).status_code == 401
+    assert client.post(reverse("notifier:inbox-read-all")).status_code == 401
 
 
 def test_wrong_methods_get_405(client_for):
-    assert client_for.get(reverse("inbox-read-all")).status_code == 405
-    assert client_for.post(reverse("inbox-list")).status_code == 405
+    assert client_for.get(reverse("notifier:inbox-read-all")).status_code == 405
+    assert client_for.post(reverse("notifier:inbox-list")).status_code == 405
 
 
 def test_posts_need_the_csrf_token(user):
     strict = Client(enforce_csrf_checks=True)
     strict.force_login(user)
-    assert strict.post(reverse("inbox-read-all")).status_code == 403
+    assert strict.post(reverse("notifier:inbox-read-all")).status_code == 403
 
 
 def test_marketing_items_carry_an_unsubscribe_link_and_others_do_not(user, client_for, client):
@@ -192,7 +196,7 @@ def test_marketing_items_carry_an_unsubscribe_link_and_others_do_not(user, clien
     messages_prepare(message_ids=[promo.pk])
     deliveries_deliver(delivery_ids=[Delivery.objects.get(message=promo).pk])
     deliver_inbox(user, 1)
-    items = {i["type"]: i for i in client_for.get(reverse("inbox-list")).json()["items"]}
+    items = {i["type"]: i for i in client_for.get(reverse("notifier:inbox-list")).json()["items"]}
     assert items["social.new_follower"]["unsubscribe_url"] is None
     link = items["promo.flash_sale"]["unsubscribe_url"]
     assert "/unsubscribe/" in link
@@ -239,7 +243,9 @@ def test_a_body_that_is_not_json_is_a_415_that_says_to_send_json(user, client_fo
     [item] = deliver_inbox(user, 1)
 
     response = client_for.post(
-        reverse("inbox-feedback", args=[item.pk]), b"feedback=useful", content_type=content_type
+        reverse("notifier:inbox-feedback", args=[item.pk]),
+        b"feedback=useful",
+        content_type=content_type,
     )
 
     assert response.status_code == 415

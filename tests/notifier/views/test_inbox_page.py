@@ -39,7 +39,7 @@ def signed_in(user) -> Client:
 
 
 def page() -> str:
-    return reverse("inbox-page")
+    return reverse("notifier:inbox-page")
 
 
 def test_anonymous_visitors_are_sent_to_the_login_page():

@@ -59,8 +59,8 @@ def written(user) -> tuple:
 
 
 def test_the_routes_are_named():
-    assert reverse("preferences-api") == URL
-    assert reverse("preferences-consent") == CONSENT_URL
+    assert reverse("notifier:preferences-api") == URL
+    assert reverse("notifier:preferences-consent") == CONSENT_URL
 
 
 def test_anonymous_requests_get_401_and_change_nothing(user):

@@ -52,11 +52,11 @@ EMPTY_TWIML = '<?xml version="1.0" encoding="UTF-8"?><Response />'
 def twilio(settings, monkeypatch) -> Iterator[responses.RequestsMock]:
     monkeypatch.setattr(dispatch, "publish_prepare", lambda *args, **kwargs: None)
     monkeypatch.setattr(dispatch, "publish_deliver", lambda *args, **kwargs: None)
-    settings.TWILIO_ACCOUNT_SID = SID
-    settings.TWILIO_AUTH_TOKEN = TOKEN
-    settings.TWILIO_FROM_NUMBER = FROM
-    settings.TWILIO_MESSAGING_SERVICE_SID = ""
-    settings.TWILIO_WEBHOOK_BASE_URL = PUBLIC
+    settings.NOTIFIER_TWILIO_ACCOUNT_SID = SID
+    settings.NOTIFIER_TWILIO_AUTH_TOKEN = TOKEN
+    settings.NOTIFIER_TWILIO_FROM_NUMBER = FROM
+    settings.NOTIFIER_TWILIO_MESSAGING_SERVICE_SID = ""
+    settings.NOTIFIER_TWILIO_WEBHOOK_BASE_URL = PUBLIC
     settings.NOTIFIER_PROVIDERS = {**settings.NOTIFIER_PROVIDERS, "sms": ["twilio"]}
     twilio_client.cache_clear()
     reset_providers()
@@ -230,7 +230,7 @@ def test_a_get_is_refused(client, twilio):
 
 
 def test_without_a_base_url_proxy_headers_are_ignored_unless_trusted(client, twilio, settings):
-    settings.TWILIO_WEBHOOK_BASE_URL = ""
+    settings.NOTIFIER_TWILIO_WEBHOOK_BASE_URL = ""
     settings.ALLOWED_HOSTS = ["internal", "notify.example.com"]
     sms = sent_sms()
     params = status_params(sms, "delivered")

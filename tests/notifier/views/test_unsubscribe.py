@@ -112,18 +112,20 @@ def page_url(user, category="promo.flash_sale", channel="email", message_id=None
     token = unsubscribe_token(
         user_id=user.pk, category=category, channel=channel, message_id=message_id
     )
-    return reverse("unsubscribe", kwargs={"token": token})
+    return reverse("notifier:unsubscribe", kwargs={"token": token})
 
 
 def one_click_path(user, category="promo.flash_sale", channel="email", message_id=None) -> str:
     token = unsubscribe_token(
         user_id=user.pk, category=category, channel=channel, message_id=message_id
     )
-    return reverse("unsubscribe-one-click", kwargs={"token": token})
+    return reverse("notifier:unsubscribe-one-click", kwargs={"token": token})
 
 
 def prefs_url(user) -> str:
-    return reverse("preferences-page", kwargs={"token": preferences_token(user_id=user.pk)})
+    return reverse(
+        "notifier:preferences-page", kwargs={"token": preferences_token(user_id=user.pk)}
+    )
 
 
 ONE_CLICK_BODY = {"List-Unsubscribe": "One-Click"}
@@ -300,8 +302,8 @@ def bad_tokens(user) -> dict[str, str]:
 def test_an_untrustworthy_unsubscribe_link_is_400_and_changes_nothing(user, kind):
     token = bad_tokens(user)[kind]
     client = Client()  # CSRF not enforced: only the token stands in the way
-    page = reverse("unsubscribe", kwargs={"token": token})
-    one_click = reverse("unsubscribe-one-click", kwargs={"token": token})
+    page = reverse("notifier:unsubscribe", kwargs={"token": token})
+    one_click = reverse("notifier:unsubscribe-one-click", kwargs={"token": token})
 
     get = client.get(page)
     assert get.status_code == 400
@@ -322,7 +324,7 @@ def test_an_untrustworthy_preference_link_is_400_and_changes_nothing(user, kind)
         "foreign-salt": unsubscribe_token(user_id=user.pk, category="marketing", channel="all"),
     }[kind]
     client = Client()
-    url = reverse("preferences-page", kwargs={"token": token})
+    url = reverse("notifier:preferences-page", kwargs={"token": token})
     assert client.get(url).status_code == 400
     response = client.post(url, {"marketing_frequency": "off"})
     assert response.status_code == 400
@@ -338,9 +340,9 @@ def test_an_expired_link_is_410_and_changes_nothing(user):
         prefs = preferences_token(user_id=user.pk)
     client = Client()
     with time_machine.travel(T0 + dt.timedelta(days=366), tick=False):
-        page = reverse("unsubscribe", kwargs={"token": unsubscribe})
-        one_click = reverse("unsubscribe-one-click", kwargs={"token": unsubscribe})
-        prefs_page = reverse("preferences-page", kwargs={"token": prefs})
+        page = reverse("notifier:unsubscribe", kwargs={"token": unsubscribe})
+        one_click = reverse("notifier:unsubscribe-one-click", kwargs={"token": unsubscribe})
+        prefs_page = reverse("notifier:preferences-page", kwargs={"token": prefs})
 
         response = client.get(page)
         assert response.status_code == 410

@@ -30,9 +30,9 @@ from django.conf import settings
 from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError
 
-from campaigns.management.commands._docs_data import PASSWORD, DocsData, seed
 from notifier.links import preferences_url, unsubscribe_url
 from notifier.models import User
+from notifier_site.management.commands._docs_data import PASSWORD, DocsData, seed
 
 if TYPE_CHECKING:
     from playwright.sync_api import Browser, FilePayload, Page, ViewportSize

@@ -15,9 +15,9 @@ from django.http import HttpResponse
 
 
 class PeopleLoginView(LoginView):
-    template_name = "notifier/login.html"
+    template_name = "notifier_site/login.html"
     redirect_authenticated_user = True
-    next_page = "inbox-page"  # where to go when the login link named no `next`
+    next_page = "notifier:inbox-page"  # where to go when the login link named no `next`
 
     def get_redirect_url(self) -> str:
         """The safe `next` page, unless it is this login page again: a logged-in visitor would

@@ -39,9 +39,6 @@ from django.utils import timezone
 from channels.base import Channel
 from channels.models import SandboxSend
 from notifier.api import notify, notify_many
-from notifier.benchmarks import NAIVE_QUEUE, naive_notify
-from notifier.celery import app
-from notifier.embedded import worker_argv
 from notifier.models import (
     Consent,
     Delivery,
@@ -63,6 +60,9 @@ from notifier.queues import (
 )
 from notifier.redis_client import broker_client, broker_redis_url
 from notifier.status import TERMINAL
+from notifier_site.benchmarks import NAIVE_QUEUE, naive_notify
+from notifier_site.celery import app
+from notifier_site.embedded import worker_argv
 
 ROOT = Path(settings.BASE_DIR)
 TYPE_KEY = "order.shipped"
@@ -341,9 +341,9 @@ class Command(BaseCommand):
     def run_campaign(
         self, size: int, tag: str, pool: list[subprocess.Popen[bytes]], probes: list[User]
     ) -> tuple[float, float, list[float]]:
+        from campaigns.dispatch import publish_walk
         from campaigns.models import Campaign, CampaignStep, Segment, VariantTemplate
         from campaigns.services.definitions import campaign_definition
-        from campaigns.services.fanout import publish_walk
         from campaigns.services.lifecycle import campaign_create
         from notifier.models import NotificationType
 
@@ -468,7 +468,7 @@ class Command(BaseCommand):
     ) -> subprocess.Popen[bytes]:
         name = f"bench-{label}-{uuid.uuid4().hex[:6]}@localhost"
         argv = worker_argv(
-            name=name, queues=queues, concurrency=concurrency, include=("notifier.benchmarks",)
+            name=name, queues=queues, concurrency=concurrency, include=("notifier_site.benchmarks",)
         )
         worker = subprocess.Popen(
             argv, cwd=ROOT, env={**os.environ, **env}, stdout=subprocess.DEVNULL

@@ -13,11 +13,11 @@ from django.core.management.base import BaseCommand, CommandError
 from django.utils import timezone
 
 from notifier.api import notify
-from notifier.embedded import embedded_worker
 from notifier.links import preferences_url
 from notifier.models import Delivery, Device, Message, Platform, User, recipient_for
 from notifier.selectors import inbox_page, inbox_unread_count, user_history
 from notifier.status import TERMINAL, Reason
+from notifier_site.embedded import embedded_worker
 
 # Mei's password on the demo's own SQLite database, so her inbox page can be opened.
 DEMO_PASSWORD = "mei-demo-inbox"

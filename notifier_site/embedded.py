@@ -12,8 +12,8 @@ from contextlib import contextmanager
 
 from celery.contrib.testing.worker import start_worker
 
-from notifier.celery import app
 from notifier.queues import ALL_QUEUES
+from notifier_site.celery import app
 
 
 def worker_argv(
@@ -25,7 +25,7 @@ def worker_argv(
         "-m",
         "celery",
         "-A",
-        "notifier",
+        "notifier_site",
         "worker",
         "-n",
         name,

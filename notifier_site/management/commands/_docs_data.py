@@ -43,7 +43,6 @@ from campaigns.services.segments import segment_members_add
 from campaigns.services.stats import learn_active_hours, stats_rollup
 from campaigns.services.tracking import record_click, record_open
 from notifier.api import notify
-from notifier.embedded import embedded_worker
 from notifier.models import (
     Delivery,
     Feedback,
@@ -58,6 +57,7 @@ from notifier.services.inbox import inbox_feedback, inbox_mark_read
 from notifier.services.preferences import consent_give, unsubscribe
 from notifier.services.release import held_release
 from notifier.status import DeliveryStatus
+from notifier_site.embedded import embedded_worker
 
 S = DeliveryStatus
 PASSWORD = "docs-only-password"
