@@ -102,7 +102,7 @@ def user_email(user: Any) -> str:
     return str(value or "")
 
 
-def _new_profile(user_id: int, email: str) -> Recipient:
+def _new_profile(user_id: Any, email: str) -> Recipient:
     return Recipient(user_id=user_id, email=email)
 
 
@@ -126,14 +126,14 @@ def recipient_for(user: Any) -> Recipient:
     return profile
 
 
-def recipients_for(user_ids: Iterable[int]) -> dict[int, Recipient]:
+def recipients_for(user_ids: Iterable[Any]) -> dict[Any, Recipient]:
     """Profiles of many users at once, the missing ones created: per batch of ids, one SELECT of
     the users' addresses, one INSERT ... ON CONFLICT DO NOTHING and one SELECT of the profiles
     (never a query per user), so campaign fan-out stays batched."""
     from django.contrib.auth import get_user_model
 
-    ids = sorted({int(pk) for pk in user_ids})
-    found: dict[int, Recipient] = {}
+    ids = sorted(set(user_ids))  # integers, or UUIDs for a host whose users have those
+    found: dict[Any, Recipient] = {}
     model = get_user_model()
     email_field = model.get_email_field_name() if hasattr(model, "get_email_field_name") else ""
     has_email = bool(email_field) and any(

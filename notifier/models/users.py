@@ -81,8 +81,10 @@ def display_name(user: Any) -> str:
     full_name = get_full_name() if callable(get_full_name) else ""
     if full_name:
         return str(full_name)
-    username = str(user.get_username()) if hasattr(user, "get_username") else str(user)
-    return "" if username_is_contact(username) else username
+    # A host's user model without a username (or full name) is named as it names itself.
+    username = getattr(user, "username", None)
+    name = str(username) if isinstance(username, str) else str(user)
+    return "" if username_is_contact(name) else name
 
 
 def username_is_contact(username: str) -> bool:

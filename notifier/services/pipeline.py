@@ -101,8 +101,8 @@ S = DeliveryStatus
 
 def user_template_values(user: User) -> dict[str, Any]:
     return {
-        "first_name": user.first_name,
-        "last_name": user.last_name,
+        "first_name": getattr(user, "first_name", ""),  # a host's user model may have none
+        "last_name": getattr(user, "last_name", ""),
         "name": display_name(user),
         "locale": recipient_for(user).locale,
     }

@@ -23,6 +23,7 @@ from notifier.models import (
     recipients_backfill,
     recipients_for,
 )
+from notifier.models.users import display_name
 from tests.factories import UserFactory
 
 NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
@@ -246,3 +247,15 @@ def test_migrating_back_puts_the_profile_fields_on_the_user_again():
         executor.loader.build_graph()
         executor.migrate(_latest())
     assert Recipient.objects.get(user=user).phone == "+4791234567"
+
+
+def test_a_host_user_without_names_is_called_as_it_names_itself_unless_that_is_an_address():
+    class Customer:  # a host's user model: no username, no full name
+        def __init__(self, shown: str) -> None:
+            self.shown = shown
+
+        def __str__(self) -> str:
+            return self.shown
+
+    assert display_name(Customer("Ann")) == "Ann"
+    assert display_name(Customer("ann@example.com")) == ""
