@@ -18,8 +18,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar, cast
 
+from django.contrib.auth import get_user_model
 from django.db import DatabaseError
 from django.utils import timezone
+from django.utils.functional import LazyObject, empty
 
 from channels.base import Channel
 from notifier.errors import (
@@ -152,10 +154,21 @@ def check_type(type_key: object) -> TypeInfo:
     return info
 
 
+def _unwrapped(user: object) -> object:
+    """`request.user` is a lazy object around the user: the user it stands for."""
+    if issubclass(type(user), LazyObject):
+        lazy: Any = user  # Django's own protocol: _setup() fills _wrapped
+        if lazy._wrapped is empty:
+            lazy._setup()
+        return cast(object, lazy._wrapped)
+    return user
+
+
 def _user_id(user: object) -> int:
-    """The id of a saved User, or an integer id. Never coerced: int() would make a pk of 1.5,
-    True or "7" the id of user 1 or 7."""
-    if issubclass(type(user), User):
+    """The id of a saved user of the project's user model (AUTH_USER_MODEL), or an integer id.
+    Never coerced: int() would make a pk of 1.5, True or "7" the id of user 1 or 7."""
+    user = _unwrapped(user)
+    if issubclass(type(user), get_user_model()):
         try:
             pk = cast(User, user).pk
         except Exception as exc:
@@ -189,7 +202,12 @@ def _user_ids(users: object) -> list[int]:
 def check_recipients(users: Iterable[object]) -> list[int]:
     """Every user exists and is active (one query for the lot)."""
     ids = _user_ids(users)
-    active = dict(User.objects.filter(pk__in=set(ids)).values_list("pk", "is_active"))
+    model = get_user_model()
+    users = model._default_manager.filter(pk__in=set(ids))
+    if any(field.name == "is_active" for field in model._meta.concrete_fields):
+        active = dict(users.values_list("pk", "is_active"))
+    else:  # a user model without the flag: every user it has is active
+        active = dict.fromkeys(users.values_list("pk", flat=True), True)
     missing = sorted({pk for pk in ids if pk not in active})
     if missing:
         raise InvalidRecipient(f"no user with id {_id_list(missing)}; they may have been deleted")

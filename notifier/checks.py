@@ -151,7 +151,19 @@ def check_task_time_limits(app_configs: Any = None, **kwargs: Any) -> list[Check
                     id="notifier.E011",
                 )
             )
-    if settings.NOTIFIER_CLAIM_LEASE_S <= settings.EMAIL_TIMEOUT:
+    email_timeout = getattr(settings, "EMAIL_TIMEOUT", None)
+    if email_timeout is None:
+        # Django's default: SMTP waits as long as the server keeps the connection open.
+        errors.append(
+            CheckWarning(
+                "EMAIL_TIMEOUT is not set: an SMTP send can wait longer than the claim lease "
+                f"(NOTIFIER_CLAIM_LEASE_S, {settings.NOTIFIER_CLAIM_LEASE_S} s), and a send "
+                "still waiting when it runs out is re-queued and may be sent twice",
+                hint="set EMAIL_TIMEOUT below NOTIFIER_CLAIM_LEASE_S, e.g. 10",
+                id="notifier.W013",
+            )
+        )
+    elif email_timeout >= settings.NOTIFIER_CLAIM_LEASE_S:
         errors.append(
             Error(
                 f"NOTIFIER_CLAIM_LEASE_S ({settings.NOTIFIER_CLAIM_LEASE_S}) must be above "

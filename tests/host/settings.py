@@ -17,6 +17,7 @@ TIME_ZONE = "UTC"
 STATIC_URL = "static/"
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 EMAIL_BACKEND = "django.core.mail.backends.locmem.EmailBackend"
+EMAIL_TIMEOUT = 10
 LOGIN_URL = "/accounts/login/"
 
 INSTALLED_APPS = [

@@ -91,6 +91,25 @@ def test_notify_accepts_a_user_id_and_a_subset_of_channels(published):
     assert message.channels == ["email"]
 
 
+def test_notify_takes_request_user_a_lazy_object_around_the_user(published, rf):
+    """What a view hands over: django.contrib.auth's request.user is a SimpleLazyObject."""
+    from django.contrib.auth import get_user
+    from django.contrib.sessions.backends.db import SessionStore
+    from django.utils.functional import SimpleLazyObject
+
+    user = UserFactory()
+    request = rf.get("/")
+    request.session = SessionStore()
+    request.session["_auth_user_id"] = str(user.pk)
+    request.session["_auth_user_backend"] = "django.contrib.auth.backends.ModelBackend"
+    request.session["_auth_user_hash"] = user.get_session_auth_hash()
+    lazy = SimpleLazyObject(lambda: get_user(request))
+
+    message = notify(lazy, "order.shipped", order_context())
+
+    assert message.user_id == user.pk
+
+
 def test_an_optional_variable_may_be_left_out(published):
     notify(
         UserFactory(),

@@ -45,3 +45,12 @@ def test_limits_that_do_not_fit_together_are_errors(settings, overrides, error):
     for name, value in overrides.items():
         setattr(settings, name, value)
     assert [e.id for e in check_task_time_limits()] == [f"notifier.{error}"]
+
+
+def test_email_without_a_timeout_is_a_warning_not_a_crash(settings):
+    """Django's default EMAIL_TIMEOUT is None (a host project that never set it): the check
+    warns that an SMTP send could outlast the claim lease, instead of failing on None."""
+    settings.EMAIL_TIMEOUT = None
+    [warning] = check_task_time_limits()
+    assert warning.id == "notifier.W013"
+    assert "EMAIL_TIMEOUT" in warning.msg
