@@ -31,6 +31,7 @@ import math
 from datetime import datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 
+from django.contrib.auth import get_user_model
 from django.utils import timezone
 
 from campaigns.models import Conversion
@@ -85,7 +86,7 @@ class InvalidReference(ConversionError):
 def check_user(user: object) -> int:
     if user is None:
         raise InvalidConversionUser("user is required: the User (or user id) who converted")
-    if isinstance(user, User):
+    if isinstance(user, get_user_model()):
         if user.pk is None:
             raise InvalidConversionUser("the user is not saved yet; save it before tracking it")
         user_id = int(user.pk)
@@ -93,7 +94,7 @@ def check_user(user: object) -> int:
         user_id = user
     else:
         raise InvalidConversionUser(f"user must be a User or a user id, got {type(user).__name__}")
-    if not User.objects.filter(pk=user_id).exists():
+    if not get_user_model()._default_manager.filter(pk=user_id).exists():
         raise InvalidConversionUser(f"no user with id {user_id}; it may have been deleted")
     return user_id
 

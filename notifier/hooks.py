@@ -2,9 +2,10 @@
 
 The core sends messages; some belong to a campaign (`Message.campaign_id`). What the core needs
 to know or do for those, and only for those, it asks the one `CampaignHook` registered here
-(campaigns.apps registers campaigns.hooks.CampaignsPlugin when the app loads). A project
-without the campaigns app registers nothing, and every campaign question answers "no campaign".
-A transactional `notify()` never reaches a hook: its message has no campaign.
+(campaigns.apps registers campaigns.hooks.CampaignsPlugin when the app loads). The dependency
+runs one way in code; the campaigns app is still installed with the core (messages keep foreign
+keys to its campaigns, steps and variants). A transactional `notify()` never reaches the hook:
+its message has no campaign.
 
 The questions, per batch of messages (one or two queries each, never one per message):
 
@@ -87,7 +88,9 @@ class CampaignHook(Protocol):
 
 
 class _NoCampaigns:
-    """The batch of a project without campaigns, or of a batch without campaign messages."""
+    """The batch of messages none of which belongs to a campaign (or, in a unit test, with no
+    hook registered). The campaigns app itself is not optional: messages keep foreign keys to
+    its campaigns, steps and variants."""
 
     def facts(self, message: Message) -> CampaignFacts:
         return NO_CAMPAIGN

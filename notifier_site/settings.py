@@ -172,7 +172,8 @@ CELERY_WORKER_SEND_TASK_EVENTS = env.bool("CELERY_WORKER_SEND_TASK_EVENTS", defa
 # Every NOTIFIER_* setting (notifier/conf.py lists them with their defaults and what they do) can
 # be set from the environment variable of the same name, parsed by the type of its default:
 # true/false, numbers, comma-separated lists, and "key=value,key=value" for dicts (JSON for
-# NOTIFIER_PROVIDER_INSTANCES).
+# NOTIFIER_PROVIDER_INSTANCES). Except those in SET_BY_THE_SITE below, which the site sets from
+# other variables (REDIS_URL, TWILIO_*, the credentials' own names, NOTIFIER_<CHANNEL>_PROVIDERS).
 _JSON_SETTINGS = {"NOTIFIER_PROVIDER_INSTANCES"}
 
 

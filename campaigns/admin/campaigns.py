@@ -41,6 +41,7 @@ from django.conf import settings
 from django.contrib import admin, messages
 from django.contrib.admin.options import InlineModelAdmin
 from django.contrib.admin.utils import quote, unquote
+from django.contrib.auth import get_user_model
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.db import transaction
 from django.db.models import IntegerField, OuterRef, QuerySet, Subquery
@@ -149,7 +150,7 @@ def copy_editable(campaign: Campaign) -> bool:
 
 def staff_user(request: HttpRequest) -> User:
     user = request.user
-    if not isinstance(user, User):  # admin views only ever see logged-in staff
+    if not isinstance(user, get_user_model()):  # admin views only ever see logged-in staff
         raise PermissionDenied
     return user
 
@@ -653,12 +654,14 @@ def user_lookup(query: str) -> User:
     query = query.strip()
     user_id = parse_id(query)
     if user_id is not None:
-        user = User.objects.filter(pk=user_id).first()
+        user = get_user_model()._default_manager.filter(pk=user_id).first()
         if user is None:
             raise LookupError(f"No user has id {query}.")
         return user
     if "@" in query:
-        users = list(User.objects.filter(notifier_recipient__email__iexact=query)[:2])
+        users = list(
+            get_user_model()._default_manager.filter(notifier_recipient__email__iexact=query)[:2]
+        )
         if not users:
             raise LookupError("No user has that email address.")
         if len(users) > 1:

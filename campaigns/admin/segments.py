@@ -36,6 +36,7 @@ from typing import Any
 from django import forms
 from django.contrib import admin, messages
 from django.contrib.admin.utils import quote, unquote
+from django.contrib.auth import get_user_model
 from django.core import signing
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.db import transaction
@@ -889,7 +890,7 @@ class SegmentMemberAdmin(admin.ModelAdmin):
     def formfield_for_foreignkey(self, db_field: Any, request: HttpRequest, **kwargs: Any) -> Any:
         if db_field.name == "user":
             return forms.ModelChoiceField(
-                queryset=User.objects.all(),
+                queryset=get_user_model()._default_manager.all(),
                 widget=forms.NumberInput,
                 label="User id",
                 help_text="The id of the user to add (to add many, import a CSV on the segment).",

@@ -24,6 +24,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
+from django.contrib.auth import get_user_model
 from django.db import connection
 from django.db.models import Exists, OuterRef, QuerySet
 from django.utils import timezone
@@ -111,7 +112,7 @@ def _record_entries(campaign: Campaign, members: QuerySet[User], now: datetime) 
 def trigger_audience(campaign: Campaign) -> QuerySet[User]:
     """The users a triggered campaign's walk hands out: those due after entering its segment.
     Walked by key like `segment_users`."""
-    return User.objects.filter(
+    return get_user_model()._default_manager.filter(
         Exists(
             TriggerEntry.objects.filter(campaign_id=campaign.pk, user_id=OuterRef("pk"), due=True)
         )

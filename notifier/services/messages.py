@@ -12,13 +12,14 @@ from datetime import datetime
 from functools import partial
 from typing import Any
 
+from django.contrib.auth import get_user_model
 from django.db import connection, transaction
 from django.utils import timezone
 
 from notifier import dispatch
 from notifier.db import copy_rows, insert_rows, model_field, table_name, with_defaults
 from notifier.errors import IdempotencyKeyReused
-from notifier.models import Message, User
+from notifier.models import Message
 from notifier.queues import Lane
 
 COLUMNS = (
@@ -112,14 +113,22 @@ def _insert_one_for_active_user(row: NewMessage, now: datetime) -> int | None:
     is free. None means one of those did not hold; the caller finds out which."""
     fields, (values,) = with_defaults(Message, COLUMNS, [_values(row, now)])
     qn = connection.ops.quote_name
-    user_table = table_name(User)
+    # The project's user model (AUTH_USER_MODEL), whatever its table and key are called; one
+    # without an is_active field has every user active.
+    model = get_user_model()
+    key = qn(model._meta.pk.get_attname_column()[1])
+    active = (
+        f" AND {qn('is_active')}"
+        if any(f.name == "is_active" for f in model._meta.concrete_fields)
+        else ""
+    )
     params = [f.get_db_prep_save(v, connection) for f, v in zip(fields, values, strict=True)]
     with connection.cursor() as cursor:
         cursor.execute(
             f"INSERT INTO {table_name(Message)} "
             f"({', '.join(qn(f.get_attname_column()[1]) for f in fields)}) "
             f"SELECT {', '.join(['%s'] * len(fields))} WHERE EXISTS "
-            f"(SELECT 1 FROM {user_table} WHERE id = %s AND is_active) "
+            f"(SELECT 1 FROM {table_name(model)} WHERE {key} = %s{active}) "
             f"ON CONFLICT DO NOTHING RETURNING id",
             [*params, row.user_id],
         )
