@@ -249,7 +249,7 @@ def test_a_named_plivo_instance_without_its_sdk_names_the_instance_and_extra(
 
 
 def test_fcm_without_firebase_admin_names_the_push_extra(no_credentials, without):
-    no_credentials.FCM_CREDENTIALS_FILE = "/etc/notifier/fcm.json"
+    no_credentials.NOTIFIER_FCM_CREDENTIALS_FILE = "/etc/notifier/fcm.json"
     use(no_credentials, push=["push"])
     without("firebase_admin", "pywebpush")
 
@@ -264,8 +264,8 @@ def test_fcm_without_firebase_admin_names_the_push_extra(no_credentials, without
 
 
 def test_web_push_without_pywebpush_names_the_push_extra(no_credentials, without):
-    no_credentials.WEBPUSH_VAPID_PRIVATE_KEY = "a-key"
-    no_credentials.WEBPUSH_VAPID_SUBJECT = "mailto:ops@example.com"
+    no_credentials.NOTIFIER_WEBPUSH_VAPID_PRIVATE_KEY = "a-key"
+    no_credentials.NOTIFIER_WEBPUSH_VAPID_SUBJECT = "mailto:ops@example.com"
     use(no_credentials, push=["push"])
     without("firebase_admin", "pywebpush")
 
@@ -296,7 +296,9 @@ def test_a_process_configured_for_twilio_without_the_sdk_refuses_to_start(tmp_pa
     )
     env = {
         **os.environ,
-        "DJANGO_SETTINGS_MODULE": "notifier.settings",
+        "DJANGO_SETTINGS_MODULE": "notifier_site.settings",
+        # The site is imported from the repository (it is not in the installed package).
+        "PYTHONPATH": str(ROOT),
         "DJANGO_SECRET_KEY": "start-up-test",
         "NOTIFIER_SMS_PROVIDERS": "twilio",
         "TWILIO_ACCOUNT_SID": "AC123",
