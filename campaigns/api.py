@@ -37,6 +37,7 @@ from django.utils import timezone
 from campaigns.models import Conversion
 from campaigns.services.tracking import conversion_record
 from notifier.models import User
+from notifier.user_keys import UserKey, user_key, user_key_kind
 
 __all__ = [
     "ConversionError",
@@ -83,17 +84,19 @@ class InvalidReference(ConversionError):
 # --- check_*: validation at the edge --------------------------------------------------------
 
 
-def check_user(user: object) -> int:
+def check_user(user: object) -> UserKey:
     if user is None:
         raise InvalidConversionUser("user is required: the User (or user id) who converted")
     if isinstance(user, get_user_model()):
         if user.pk is None:
             raise InvalidConversionUser("the user is not saved yet; save it before tracking it")
-        user_id = int(user.pk)
-    elif isinstance(user, int) and not isinstance(user, bool):
-        user_id = user
+        user_id = user.pk
+    elif (key := user_key(user)) is not None:
+        user_id = key
     else:
-        raise InvalidConversionUser(f"user must be a User or a user id, got {type(user).__name__}")
+        raise InvalidConversionUser(
+            f"user must be a User or a user id ({user_key_kind()}), got {type(user).__name__}"
+        )
     if not get_user_model()._default_manager.filter(pk=user_id).exists():
         raise InvalidConversionUser(f"no user with id {user_id}; it may have been deleted")
     return user_id

@@ -8,12 +8,12 @@ from notifier.dispatch import publish
 from notifier.queues import Lane
 
 WALK_TASK = "campaigns.walk_step"
-BATCH_TASK = "campaigns.fanout_batch"
+BATCH_TASK = "campaigns.fanout_recipients"
 
 
 def publish_walk(step_id: int, countdown: float = 0.0) -> None:
     publish(WALK_TASK, args=(step_id,), queue=f"{Lane.BULK}.prepare", countdown=countdown or None)
 
 
-def publish_batch(step_id: int, user_ids: list[int], walk_round: int) -> None:
-    publish(BATCH_TASK, args=(step_id, user_ids, walk_round), queue=f"{Lane.BULK}.prepare")
+def publish_batch(step_id: int, recipient_ids: list[int], walk_round: int) -> None:
+    publish(BATCH_TASK, args=(step_id, recipient_ids, walk_round), queue=f"{Lane.BULK}.prepare")

@@ -335,13 +335,14 @@ class CampaignStep(models.Model):
     skip_reason = models.CharField(max_length=200, blank=True, default="")
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
-    # Fan-out progress, in PostgreSQL so a lost walker task resumes where it was: users are
-    # walked in id order; the last id handed out, whether the walk is over, and batch counts
+    # Fan-out progress, in PostgreSQL so a lost walker task resumes where it was: recipients
+    # (notifier.Recipient, whose integer ids any user model has) are walked in id order; the
+    # last id handed out, whether the walk is over, and batch counts
     # (each batch handed out and marked done is a FanoutBatch row; these count them once).
     # A walk started over (resumed, re-approved, a trigger's next pass) is a new round: batches
     # of an earlier round still queued no longer count towards closing. A revived walk goes on
     # in its round, and its lost batches are published again.
-    cursor_user_id = models.BigIntegerField(default=0)
+    cursor_recipient_id = models.BigIntegerField(default=0)
     walk_done = models.BooleanField(default=False)
     walk_round = models.PositiveIntegerField(default=0)
     walked_at = models.DateTimeField(null=True, blank=True)
@@ -367,10 +368,11 @@ class FanoutAttempt(models.Model):
     committed before each run's work, and the row is deleted once the batch is written. A
     count above one means a run of the batch died (killed, out of memory, over the time
     limit), so the next one hands each message to the pipeline alone instead of dying again
-    with it (campaigns.services.fanout). A batch is known by its step, first user and size."""
+    with it (campaigns.services.fanout). A batch is known by its step, first recipient and
+    size."""
 
     step = models.ForeignKey(CampaignStep, on_delete=models.CASCADE, related_name="+")
-    first_user_id = models.BigIntegerField()
+    first_recipient_id = models.BigIntegerField()
     users = models.PositiveIntegerField()
     attempts = models.PositiveSmallIntegerField(default=0)
     started_at = models.DateTimeField()
@@ -378,12 +380,15 @@ class FanoutAttempt(models.Model):
     class Meta:
         constraints = [
             models.UniqueConstraint(
-                fields=["step", "first_user_id", "users"], name="fanout_attempt_batch"
+                fields=["step", "first_recipient_id", "users"], name="fanout_attempt_batch"
             )
         ]
 
     def __str__(self) -> str:
-        return f"step {self.step_id} batch from user {self.first_user_id}: {self.attempts} runs"
+        return (
+            f"step {self.step_id} batch from recipient {self.first_recipient_id}: "
+            f"{self.attempts} runs"
+        )
 
 
 class FanoutBatch(models.Model):
@@ -393,19 +398,19 @@ class FanoutBatch(models.Model):
     closes when its walk is over and every batch of its round is done; beat publishes again
     the batches of a step gone quiet that are not done (lost with the broker or a worker), so
     no batch is ever assumed written (campaigns.services.fanout). Known by step, round and
-    first user; it keeps its user ids for the re-publish."""
+    first recipient; it keeps its recipient ids for the re-publish."""
 
     step = models.ForeignKey(CampaignStep, on_delete=models.CASCADE, related_name="+")
     walk_round = models.PositiveIntegerField()
-    first_user_id = models.BigIntegerField()
-    user_ids = models.JSONField(default=list)
+    first_recipient_id = models.BigIntegerField()
+    recipient_ids = models.JSONField(default=list)
     published_at = models.DateTimeField()
     done_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         constraints = [
             models.UniqueConstraint(
-                fields=["step", "walk_round", "first_user_id"], name="fanout_batch_once"
+                fields=["step", "walk_round", "first_recipient_id"], name="fanout_batch_once"
             )
         ]
         indexes = [
@@ -418,7 +423,10 @@ class FanoutBatch(models.Model):
 
     def __str__(self) -> str:
         state = "done" if self.done_at else "not done"
-        return f"step {self.step_id}, round {self.walk_round}, from {self.first_user_id}: {state}"
+        return (
+            f"step {self.step_id}, round {self.walk_round}, "
+            f"from recipient {self.first_recipient_id}: {state}"
+        )
 
 
 class StepVariant(models.Model):

@@ -20,6 +20,8 @@ from statistics import NormalDist
 from typing import Any
 from zoneinfo import ZoneInfo
 
+from notifier.user_keys import UserKey
+
 # Three days before, two days before, one hour before: the seeds' "3-2-1" rule.
 DEFAULT_PLAN: tuple[tuple[str, int], ...] = (
     ("Notice", -3 * 24 * 60),
@@ -123,12 +125,12 @@ def _bucket(key: str, modulo: int) -> int:
     return int.from_bytes(digest, "big") % modulo
 
 
-def in_holdout(*, campaign_id: int, user_id: int, percent: int) -> bool:
+def in_holdout(*, campaign_id: int, user_id: UserKey, percent: int) -> bool:
     """The same users are held out of a campaign on every step and every run."""
     return percent > 0 and _bucket(f"holdout:{campaign_id}:{user_id}", 100) < percent
 
 
-def pick_variant(*, step_id: int, user_id: int, variants: Sequence[tuple[int, int]]) -> int:
+def pick_variant(*, step_id: int, user_id: UserKey, variants: Sequence[tuple[int, int]]) -> int:
     """A variant id by weight, the same for a user every time (variants: (id, weight))."""
     weighted = [(pk, weight) for pk, weight in variants if weight > 0] or list(variants)
     total = sum(weight for _, weight in weighted) or len(weighted)

@@ -18,6 +18,7 @@ from campaigns.services.fanout import (
 )
 from campaigns.services.stats import learn_active_hours, stats_rollup
 from notifier.logcontext import bound
+from notifier.models import recipient_ids_of
 from notifier.tasks import PREPARE_TIME_LIMITS
 
 # The fan-out renders every recipient's copy: the prepare tasks' time limits (see settings).
@@ -56,11 +57,27 @@ def walk_step(step_id: int) -> str:
     return str(outcome)
 
 
+@shared_task(name="campaigns.fanout_recipients", **FANOUT_OPTIONS)
+def fanout_recipients(step_id: int, recipient_ids: list[int], walk_round: int) -> dict[str, int]:
+    """Write and route one batch of recipients (profile ids) of a step, handed out in a walk's
+    round."""
+    with step_logged(step_id):
+        report = step_fanout_batch(
+            step_id=step_id, recipient_ids=recipient_ids, walk_round=walk_round
+        )
+    return report.__dict__
+
+
 @shared_task(name="campaigns.fanout_batch", **FANOUT_OPTIONS)
 def fanout_batch(step_id: int, user_ids: list[int], walk_round: int) -> dict[str, int]:
-    """Write and route one batch of recipients of a step, handed out in a walk's round."""
+    """A batch handed out by user id, before walks went by recipient profile (queued across
+    the upgrade to campaigns migration 0015): the same batch, by its users' profiles."""
     with step_logged(step_id):
-        report = step_fanout_batch(step_id=step_id, user_ids=user_ids, walk_round=walk_round)
+        report = step_fanout_batch(
+            step_id=step_id,
+            recipient_ids=recipient_ids_of(user_ids),
+            walk_round=walk_round,
+        )
     return report.__dict__
 
 

@@ -95,7 +95,7 @@ class Outgoing:
 
     delivery_id: int
     message_id: int
-    user_id: int
+    user_id: Any  # the project's user key: int, UUID or text (notifier.user_keys)
     channel: Channel
     type_key: str
     content: Content

@@ -30,6 +30,7 @@ from django.urls import URLPattern, path, reverse
 from django.utils.html import format_html
 from django.utils.http import urlencode
 from django.utils.safestring import SafeString
+from django.utils.text import capfirst
 from django_celery_beat.admin import PeriodicTaskAdmin as BeatPeriodicTaskAdmin
 from django_celery_beat.models import PeriodicTask
 
@@ -57,9 +58,11 @@ from notifier.models import (
     recipient_update,
 )
 from notifier.models.users import normalize_phone
+from notifier.roles import VIEW_CONTACT_DETAILS
 from notifier.selectors import MESSAGE_CALLER_FIELDS, message_read_caller_fields, user_history
 from notifier.services.deliveries import deliveries_retry_now
 from notifier.status import NOT_SENT, DeliveryStatus, Reason
+from notifier.user_keys import user_key
 
 HISTORY_PAGE_SIZE = 25
 S = DeliveryStatus
@@ -316,42 +319,135 @@ class UserAdmin(DjangoUserAdmin):
             raise Http404(f"No user with id {object_id!r}")
         if not self.has_view_permission(request, user):
             raise PermissionDenied
-        profile = recipient_for(user)
-        filters = HistoryFilters.from_request(request)
-        page = Paginator(filters.apply(user_history(user_id=user.pk)), HISTORY_PAGE_SIZE).get_page(
-            request.GET.get("page")
+        return delivery_history_page(self, request, user=user, original=user)
+
+
+def delivery_history_page(
+    model_admin: admin.ModelAdmin[Any], request: HttpRequest, *, user: Any, original: Any
+) -> HttpResponse:
+    """Support's timeline of one person: every message, each channel, every attempt, and why
+    anything was not sent. Opened from the user (the stand-alone site's UserAdmin) or from
+    their recipient profile (any project: a host keeps its own user admin)."""
+    site, opts = model_admin.admin_site, model_admin.opts
+    profile = recipient_for(user)
+    filters = HistoryFilters.from_request(request)
+    page = Paginator(filters.apply(user_history(user_id=user.pk)), HISTORY_PAGE_SIZE).get_page(
+        request.GET.get("page")
+    )
+    links = AdminLinks.for_request(request, site)
+    rows = [MessageRow.of(message, filters, links) for message in page.object_list]
+    devices = list(Device.objects.filter(user=user).order_by("-active", "-created_at"))
+    route = f"{site.name}:{opts.app_label}_{opts.model_name}"
+    context = {
+        **site.each_context(request),
+        "opts": opts,
+        "title": f"Delivery history: {user}",
+        "subtitle": None,
+        "original": original,
+        "person": user,
+        "profile": profile,
+        "user_tz": _zone(profile.time_zone),
+        "active_devices": [d for d in devices if d.active],
+        "inactive_devices": [d for d in devices if not d.active],
+        # Not "messages": that name belongs to django.contrib.messages in admin templates.
+        "history_messages": rows,
+        "page_obj": page,
+        "page_links": filters.page_links(page),
+        "filters": filters,
+        "channel_links": filters.channel_links(),
+        "not_sent_link": filters.query_string(not_sent="" if filters.not_sent else "1"),
+        "change_url": reverse(f"{route}_change", args=[quote(original.pk)]),
+        "change_label": capfirst(opts.verbose_name),
+        "admin_log_url": reverse(f"{route}_admin_log", args=[quote(original.pk)]),
+    }
+    request.current_app = site.name
+    return TemplateResponse(request, "admin/notifier/user/history.html", context)
+
+
+@admin.register(Recipient)
+class RecipientAdmin(admin.ModelAdmin):
+    """Everyone Notifier has written to or may write to, whatever the project's user model:
+    support finds a person by email, phone or user id and opens their delivery history. The
+    profile itself (contact points, time zone, quiet hours, segment attributes) is edited here
+    too; profiles are made on first use, never added by hand. Contact details: only for staff
+    with `notifier.view_contact_details` as well as the view permission."""
+
+    formfield_overrides = BOUNDED_JSON
+    form = RecipientForm
+    fields = ["user", *RECIPIENT_ADMIN_FIELDS]
+    readonly_fields = ["user", "email", "usual_active_hour"]  # the address follows the user's
+    list_display = ["email", "phone", "user", "time_zone", "locale", "history_action"]
+    list_display_links = ["email", "phone"]
+    list_select_related = ["user"]
+    search_fields = ["email", "phone"]
+    ordering = ["-id"]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_view_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return super().has_view_permission(request, obj) and request.user.has_perm(
+            VIEW_CONTACT_DETAILS
         )
-        links = AdminLinks.for_request(request, self.admin_site)
-        rows = [MessageRow.of(message, filters, links) for message in page.object_list]
-        devices = list(Device.objects.filter(user=user).order_by("-active", "-created_at"))
-        context = {
-            **self.admin_site.each_context(request),
-            "opts": self.opts,
-            "title": f"Delivery history: {user}",
-            "subtitle": None,
-            "original": user,
-            "profile": profile,
-            "user_tz": _zone(profile.time_zone),
-            "active_devices": [d for d in devices if d.active],
-            "inactive_devices": [d for d in devices if not d.active],
-            # Not "messages": that name belongs to django.contrib.messages in admin templates.
-            "history_messages": rows,
-            "page_obj": page,
-            "page_links": filters.page_links(page),
-            "filters": filters,
-            "channel_links": filters.channel_links(),
-            "not_sent_link": filters.query_string(not_sent="" if filters.not_sent else "1"),
-            "change_url": reverse(
-                f"{self.admin_site.name}:{self.opts.app_label}_{self.opts.model_name}_change",
-                args=[quote(user.pk)],
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return super().has_change_permission(request, obj) and request.user.has_perm(
+            VIEW_CONTACT_DETAILS
+        )
+
+    def get_search_results(
+        self, request: HttpRequest, queryset: QuerySet[Recipient], search_term: str
+    ) -> tuple[QuerySet[Recipient], bool]:
+        """The usual search, plus the user's exact key (an id, a UUID) and an exact E.164
+        phone match."""
+        results, may_have_duplicates = super().get_search_results(request, queryset, search_term)
+        term = search_term.strip()
+        key = user_key(term)  # text or a UUID, as typed; an integer id, read strictly
+        if key is None and (number := parse_id(term)) is not None:
+            key = user_key(number)
+        if key is not None:
+            results |= queryset.filter(user_id=key)
+        if term.startswith("+"):
+            try:
+                phone = normalize_phone(term)
+            except ValidationError:
+                pass
+            else:
+                results |= queryset.filter(phone=phone)
+        return results, may_have_duplicates
+
+    def get_urls(self) -> list[URLPattern]:
+        info = self.opts.app_label, self.opts.model_name
+        return [
+            # Before the default "<id>/history/" (the change log, moved to admin-log/), so the
+            # change form's "History" button opens the delivery history too.
+            path(
+                "<path:object_id>/history/",
+                self.admin_site.admin_view(self.delivery_history_view),
+                name="{}_{}_delivery_history".format(*info),
             ),
-            "admin_log_url": reverse(
-                f"{self.admin_site.name}:{self.opts.app_label}_{self.opts.model_name}_admin_log",
-                args=[quote(user.pk)],
+            path(
+                "<path:object_id>/admin-log/",
+                self.admin_site.admin_view(self.history_view),
+                name="{}_{}_admin_log".format(*info),
             ),
-        }
-        request.current_app = self.admin_site.name
-        return TemplateResponse(request, "admin/notifier/user/history.html", context)
+            *super().get_urls(),
+        ]
+
+    @admin.display(description="History")
+    def history_action(self, obj: Recipient) -> str:
+        url = reverse(
+            f"{self.admin_site.name}:notifier_recipient_delivery_history", args=[quote(obj.pk)]
+        )
+        return format_html('<a href="{}">Delivery history</a>', url)
+
+    def delivery_history_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
+        profile = self.get_object(request, unquote(object_id))
+        if profile is None:
+            raise Http404(f"No recipient with id {object_id!r}")
+        if not self.has_view_permission(request, profile):
+            raise PermissionDenied
+        return delivery_history_page(self, request, user=profile.user, original=profile)
 
 
 def _zone(name: str) -> zoneinfo.ZoneInfo | None:

@@ -20,6 +20,7 @@ from typing import Any, TypeVar, cast
 
 from django.contrib.auth import get_user_model
 from django.db import DatabaseError
+from django.db.models import Model
 from django.utils import timezone
 from django.utils.functional import LazyObject, empty
 
@@ -41,6 +42,7 @@ from notifier.rendering import SYSTEM_VARIABLES, variables_used
 from notifier.selectors import TypeInfo, type_info_get
 from notifier.services.messages import NewMessage, message_create, messages_create
 from notifier.text import text_problem
+from notifier.user_keys import UserKey, user_key, user_key_kind
 
 MAX_CONTEXT_BYTES = 64 * 1024  # the context as JSON (UTF-8)
 MAX_CONTEXT_DEPTH = 32  # dicts and lists, the context itself included
@@ -53,7 +55,7 @@ MAX_KEY_LENGTH = 255
 MAX_EXPIRY_AHEAD = timedelta(days=3653)  # ten years
 MAX_CHANNEL_ENTRIES = 16  # there are four channels: more entries is a caller's bug
 CHANNEL_NAMES = frozenset(channel.value for channel in Channel)
-UserRef = User | int
+UserRef = User | UserKey
 
 __all__ = ["BulkResult", "notify", "notify_many"]
 
@@ -164,9 +166,10 @@ def _unwrapped(user: object) -> object:
     return user
 
 
-def _user_id(user: object) -> int:
-    """The id of a saved user of the project's user model (AUTH_USER_MODEL), or an integer id.
-    Never coerced: int() would make a pk of 1.5, True or "7" the id of user 1 or 7."""
+def _user_id(user: object) -> UserKey:
+    """The key of a saved user of the project's user model (AUTH_USER_MODEL), or a key of one
+    as it is stored (`notifier.user_keys`). Never coerced: int() would make a pk of 1.5, True
+    or "7" the id of user 1 or 7."""
     user = _unwrapped(user)
     if issubclass(type(user), get_user_model()):
         try:
@@ -175,21 +178,29 @@ def _user_id(user: object) -> int:
             raise InvalidRecipient(f"reading user.pk raised {type(exc).__name__}") from exc
         if pk is None:
             raise InvalidRecipient("the user is not saved yet; save it before notifying it")
-        number = _exact_int(pk)
-        if number is None:
-            raise InvalidRecipient(f"user.pk must be an integer id, got {_describe(pk)}")
-    else:
+        key = user_key(pk)
+        if key is None:
+            raise InvalidRecipient(f"user.pk must be {user_key_kind()}, got {_describe(pk)}")
+        return key
+    key = user_key(user)
+    if key is None:
         number = _exact_int(user)
-        if number is None:
-            raise InvalidRecipient(f"user must be a User or a user id, got {_describe(user)}")
-    if not 0 < number <= MAX_ID:
+        if number is not None and user_key(1) == 1:
+            raise InvalidRecipient(
+                f"no user with id {_describe(number)}: user ids run from 1 to {MAX_ID}"
+            )
+        if issubclass(type(user), Model):
+            raise InvalidRecipient(
+                f"user must be a {get_user_model()._meta.label} (the project's user model) "
+                f"or its key, got a {type(user).__qualname__[:60]}"
+            )
         raise InvalidRecipient(
-            f"no user with id {_describe(number)}: user ids run from 1 to {MAX_ID}"
+            f"user must be a User or a user id ({user_key_kind()}), got {_describe(user)}"
         )
-    return number
+    return key
 
 
-def _user_ids(users: object) -> list[int]:
+def _user_ids(users: object) -> list[UserKey]:
     # Text and bytes are iterable, but their characters and byte values are not users: b"\x07"
     # would notify user 7.
     if issubclass(type(users), (str, bytes, bytearray, memoryview)):
@@ -199,7 +210,7 @@ def _user_ids(users: object) -> list[int]:
     ]
 
 
-def check_recipients(users: Iterable[object]) -> list[int]:
+def check_recipients(users: Iterable[object]) -> list[UserKey]:
     """Every user exists and is active (one query for the lot)."""
     ids = _user_ids(users)
     model = get_user_model()
@@ -220,7 +231,7 @@ def check_recipients(users: Iterable[object]) -> list[int]:
     return ids
 
 
-def _id_list(ids: list[int]) -> str:
+def _id_list(ids: list[UserKey]) -> str:
     shown = ", ".join(str(pk) for pk in ids[:10])
     return shown + (f" and {len(ids) - 10} more" if len(ids) > 10 else "")
 
@@ -422,7 +433,7 @@ def check_context(
     return plain
 
 
-def check_contexts(contexts: object, user_ids: Sequence[int]) -> dict[int, dict[str, Any]]:
+def check_contexts(contexts: object, user_ids: Sequence[UserKey]) -> dict[UserKey, dict[str, Any]]:
     """notify_many's per-user overrides: a dict from the id of a user in `users` to a dict."""
     if contexts is None:
         return {}
@@ -431,12 +442,13 @@ def check_contexts(contexts: object, user_ids: Sequence[int]) -> dict[int, dict[
             f"contexts must be a dict from user id to a dict, got {_describe(contexts)}"
         )
     wanted = set(user_ids)
-    overrides: dict[int, dict[str, Any]] = {}
+    overrides: dict[UserKey, dict[str, Any]] = {}
     for key, value in _read(_entries(contexts), "contexts", InvalidContext):
-        user_id = _exact_int(key)
+        user_id = user_key(key)
         if user_id is None:
             raise InvalidContext(
-                f"contexts is keyed by user id (an int, such as user.pk), got {_describe(key)}"
+                f"contexts is keyed by user id ({user_key_kind()}, such as user.pk), "
+                f"got {_describe(key)}"
             )
         if user_id not in wanted:
             raise InvalidContext(f"contexts names user {_describe(user_id)}, who is not in users")
@@ -557,7 +569,7 @@ def notify_many(
     type_key: str,
     context: Mapping[str, Any] | None = None,
     *,
-    contexts: Mapping[int, Mapping[str, Any]] | None = None,
+    contexts: Mapping[Any, Mapping[str, Any]] | None = None,
     idempotency_key: str | None = None,
     channels: Sequence[str] | None = None,
     expires_at: datetime | None = None,
@@ -578,7 +590,7 @@ def notify_many(
     shared = check_context(context, info, ())
     key = check_idempotency_key(idempotency_key)
     if key is not None:
-        check_idempotency_key(f"{key}:{max(user_ids, default=0)}")
+        check_idempotency_key(f"{key}:{max((str(pk) for pk in user_ids), key=len, default='')}")
     expiry = check_expires_at(expires_at)
     overrides = check_contexts(contexts, user_ids)
 

@@ -23,6 +23,7 @@ from django.urls import reverse
 from notifier import signing as fast_signing
 from notifier.ids import MAX_ID
 from notifier.text import text_problem
+from notifier.user_keys import UserKey, user_key, user_key_json
 
 UNSUBSCRIBE_SALT = "notifier.unsubscribe"
 PREFERENCES_SALT = "notifier.preferences"
@@ -50,7 +51,7 @@ class BadLink(ValueError):
 
 @dataclass(frozen=True, slots=True)
 class UnsubscribeClaim:
-    user_id: int
+    user_id: UserKey
     category: str
     channel: str
     message_id: int | None = None  # None for links made without one, and for older links
@@ -104,9 +105,9 @@ def _is_claim_text(value: object) -> TypeGuard[str]:
     return isinstance(value, str) and 0 < len(value) <= MAX_CLAIM_TEXT and not text_problem(value)
 
 
-def _user_id_of(payload: dict[str, Any]) -> int:
-    user_id = payload.get("user")
-    if not _is_id(user_id):
+def _user_id_of(payload: dict[str, Any]) -> UserKey:
+    user_id = user_key(payload.get("user"))
+    if user_id is None:
         raise BadLink(BadLinkReason.MALFORMED, "the link does not name a user")
     return user_id
 
@@ -115,9 +116,13 @@ def _user_id_of(payload: dict[str, Any]) -> int:
 
 
 def unsubscribe_token(
-    *, user_id: int, category: str, channel: str, message_id: int | None = None
+    *, user_id: UserKey, category: str, channel: str, message_id: int | None = None
 ) -> str:
-    claim: dict[str, Any] = {"user": user_id, "category": category, "channel": channel}
+    claim: dict[str, Any] = {
+        "user": user_key_json(user_id),
+        "category": category,
+        "channel": channel,
+    }
     if message_id is not None:
         claim["message"] = message_id
     return fast_signing.dumps(claim, salt=UNSUBSCRIBE_SALT)
@@ -142,7 +147,7 @@ class UnsubscribeLinks:
     """The unsubscribe links of one message on one channel: the page in the footer and the
     RFC 8058 headers share one signed token, made when first needed."""
 
-    user_id: int
+    user_id: UserKey
     category: str
     channel: str
     message_id: int | None = None
@@ -176,21 +181,21 @@ class UnsubscribeLinks:
 
 
 def unsubscribe_url(
-    *, user_id: int, category: str, channel: str, message_id: int | None = None
+    *, user_id: UserKey, category: str, channel: str, message_id: int | None = None
 ) -> str:
     """The page that asks what to unsubscribe from: for the link in a message's footer."""
     return UnsubscribeLinks(user_id, category, channel, message_id).page_url()
 
 
 def one_click_unsubscribe_url(
-    *, user_id: int, category: str, channel: str, message_id: int | None = None
+    *, user_id: UserKey, category: str, channel: str, message_id: int | None = None
 ) -> str:
     """The RFC 8058 endpoint mail clients POST to; a GET only shows the choices."""
     return UnsubscribeLinks(user_id, category, channel, message_id).one_click_url()
 
 
 def unsubscribe_headers(
-    *, user_id: int, category: str, channel: str, message_id: int | None = None
+    *, user_id: UserKey, category: str, channel: str, message_id: int | None = None
 ) -> dict[str, str]:
     """RFC 2369 / RFC 8058 headers for an email: one-click unsubscribe from this category."""
     return UnsubscribeLinks(user_id, category, channel, message_id).headers()
@@ -199,15 +204,15 @@ def unsubscribe_headers(
 # --- The preference page --------------------------------------------------------------------
 
 
-def preferences_token(*, user_id: int) -> str:
-    return fast_signing.dumps({"user": user_id}, salt=PREFERENCES_SALT)
+def preferences_token(*, user_id: UserKey) -> str:
+    return fast_signing.dumps({"user": user_key_json(user_id)}, salt=PREFERENCES_SALT)
 
 
-def read_preferences_token(token: str) -> int:
+def read_preferences_token(token: str) -> UserKey:
     """The user id in a preference-page token, or BadLink (tampered, expired or malformed)."""
     return _user_id_of(_load(token, salt=PREFERENCES_SALT))
 
 
-def preferences_url(*, user_id: int) -> str:
+def preferences_url(*, user_id: UserKey) -> str:
     """A page where the user sees and changes their preferences without logging in."""
     return token_url("notifier:preferences-page", preferences_token(user_id=user_id))

@@ -30,6 +30,7 @@ from notifier.models import (
 )
 from notifier.policies.preferences import ConsentRecord, ConsentState, Preferences
 from notifier.queues import Lane, lane_for_kind
+from notifier.user_keys import UserKey
 
 TYPE_CACHE_TTL_S = 30.0
 
@@ -85,7 +86,7 @@ def type_cache_clear() -> None:
 # --- The inbox ------------------------------------------------------------------------------
 
 
-def inbox_items(*, user_id: int, archived: bool = False) -> QuerySet[InboxItem]:
+def inbox_items(*, user_id: UserKey, archived: bool = False) -> QuerySet[InboxItem]:
     return InboxItem.objects.filter(user_id=user_id, archived_at__isnull=not archived).order_by(
         "-created_at", "-id"
     )
@@ -93,7 +94,7 @@ def inbox_items(*, user_id: int, archived: bool = False) -> QuerySet[InboxItem]:
 
 def inbox_page(
     *,
-    user_id: int,
+    user_id: UserKey,
     limit: int,
     before: tuple[datetime, int] | None = None,
     unread_only: bool = False,
@@ -111,7 +112,7 @@ def inbox_page(
     return items[:limit], next_cursor
 
 
-def inbox_unread_count(*, user_id: int) -> int:
+def inbox_unread_count(*, user_id: UserKey) -> int:
     return InboxItem.objects.filter(
         user_id=user_id, read_at__isnull=True, archived_at__isnull=True
     ).count()
@@ -120,7 +121,7 @@ def inbox_unread_count(*, user_id: int) -> int:
 # --- Support: a user's whole history --------------------------------------------------------
 
 
-def user_history(*, user_id: int) -> QuerySet[Message]:
+def user_history(*, user_id: UserKey) -> QuerySet[Message]:
     """Every message to a user, newest first, with deliveries and their events prefetched.
 
     The columns a caller filled are left out (MESSAGE_CALLER_FIELDS), so one that cannot be
@@ -181,7 +182,7 @@ def message_unreadable_reason(message_id: int) -> str:
     return recipient_unreadable_reason(user_id) if user_id is not None else UNREADABLE.rstrip(": ")
 
 
-def recipient_unreadable_reason(user_id: int) -> str:
+def recipient_unreadable_reason(user_id: UserKey) -> str:
     """Why a message to this user cannot be prepared when the user's own row cannot be read."""
     user_model = get_user_model()
     phrases = _unreadable_phrases(user_model, user_id, "its recipient's")
@@ -211,7 +212,7 @@ def message_read_caller_fields(message: Message) -> dict[str, str]:
 # --- What users chose, in bulk for a routing batch ------------------------------------------
 
 
-def preferences_of(*, user_ids: Iterable[int]) -> dict[int, Preferences]:
+def preferences_of(*, user_ids: Iterable[UserKey]) -> dict[int, Preferences]:
     """Each user's overrides and marketing frequency (users without rows get the defaults)."""
     ids = list(user_ids)
     overrides: dict[int, dict[tuple[str, str], bool]] = defaultdict(dict)
@@ -232,7 +233,7 @@ def preferences_of(*, user_ids: Iterable[int]) -> dict[int, Preferences]:
 
 
 def consent_of(
-    *, user_ids: Iterable[int], purpose: str = ConsentPurpose.MARKETING
+    *, user_ids: Iterable[UserKey], purpose: str = ConsentPurpose.MARKETING
 ) -> dict[int, ConsentState]:
     """The newest consent record per channel for each user."""
     ids = list(user_ids)
@@ -248,7 +249,7 @@ def consent_of(
 
 
 def irrelevant_feedback_counts(
-    *, user_ids: Iterable[int], since: datetime
+    *, user_ids: Iterable[UserKey], since: datetime
 ) -> dict[tuple[int, str], int]:
     """(user id, type key) -> how many 👎 "irrelevant" the user gave that type since `since`."""
     rows = (

@@ -4,7 +4,8 @@
   step row is locked with skip_locked and moved pending -> running), and skips with a reason a
   step whose moment passed while the campaign was paused or late. It also revives walks whose
   task was lost and finishes steps and campaigns that are done.
-- `step_walk`: hands the audience out in keyset batches of user ids (never loading it whole),
+- `step_walk`: hands the audience out in keyset batches of recipient profile ids (never
+  loading it whole; the profile's integer id works whatever the user model's key is),
   while the bulk queues are below their high-water mark; it records its cursor and each batch
   (`FanoutBatch`) in PostgreSQL and publishes the batches only once those commit, so a lost
   walk resumes where it was and a walk whose transaction died published nothing.
@@ -72,7 +73,7 @@ from campaigns.services.lifecycle import (
     skip_reason,
     walks_start_over,
 )
-from campaigns.services.segments import segment_walk
+from campaigns.services.segments import recipients_active, segment_walk
 from campaigns.services.triggers import (
     entry_key,
     trigger_audience,
@@ -81,7 +82,13 @@ from campaigns.services.triggers import (
 )
 from notifier.backpressure import bulk_congested
 from notifier.db import insert_rows, readable, table_name
-from notifier.models import Recipient, User, recipient_for, recipients_attach
+from notifier.models import (
+    Recipient,
+    User,
+    recipient_for,
+    recipients_attach,
+    recipients_backfill,
+)
 from notifier.queues import Lane
 from notifier.selectors import recipient_unreadable_reason
 from notifier.services.messages import NewMessage
@@ -214,11 +221,12 @@ def batches_republish(*, step_id: int, walk_round: int, now: datetime) -> int:
     lost = FanoutBatch.objects.select_for_update().filter(
         step_id=step_id, walk_round=walk_round, done_at__isnull=True
     )
-    batches = list(lost.values_list("pk", "user_ids"))
+    batches = list(lost.values_list("pk", "recipient_ids"))
     FanoutBatch.objects.filter(pk__in=[pk for pk, _ in batches]).update(published_at=now)
-    for _, user_ids in batches:
+    for _, recipient_ids in batches:
         transaction.on_commit(
-            partial(campaign_dispatch.publish_batch, step_id, user_ids, walk_round), robust=True
+            partial(campaign_dispatch.publish_batch, step_id, recipient_ids, walk_round),
+            robust=True,
         )
     if batches:
         log.warning("step %s: %d batches not written, published again", step_id, len(batches))
@@ -276,7 +284,7 @@ def _walk_lock(step_id: int) -> bool:
 
 
 def step_walk(*, step_id: int, batches: int = BATCHES_PER_WALK) -> Walk:
-    """Hand out up to `batches` batches of the step's audience, in user id order."""
+    """Hand out up to `batches` batches of the step's audience, in recipient id order."""
     with transaction.atomic():
         if not _walk_lock(step_id):
             return Walk.STOPPED  # another walk of the same step is running, and goes on
@@ -299,18 +307,17 @@ def step_walk(*, step_id: int, batches: int = BATCHES_PER_WALK) -> Walk:
             audience = trigger_audience(campaign)  # the users who entered its segment
 
             def next_ids(after: int) -> tuple[list[int], int | None]:
-                ids = list(
-                    audience.filter(pk__gt=after)
-                    .order_by("pk")
-                    .values_list("pk", flat=True)[:BATCH_USERS]
+                if after == 0:
+                    recipients_backfill()
+                return recipients_active(
+                    audience.filter(pk__gt=after).order_by("pk"), limit=BATCH_USERS
                 )
-                return ids, (ids[-1] if ids else None)
         else:
 
             def next_ids(after: int) -> tuple[list[int], int | None]:
                 return segment_walk(segment, after=after, limit=BATCH_USERS)
 
-        cursor = step.cursor_user_id
+        cursor = step.cursor_recipient_id
         for _ in range(batches):
             if bulk_congested():
                 CampaignStep.objects.filter(pk=step_id).update(walked_at=timezone.now())
@@ -334,37 +341,39 @@ def step_walk(*, step_id: int, batches: int = BATCHES_PER_WALK) -> Walk:
                     robust=True,
                 )
             CampaignStep.objects.filter(pk=step_id).update(
-                cursor_user_id=cursor,
+                cursor_recipient_id=cursor,
                 batches_total=F("batches_total") + recorded,
                 walked_at=timezone.now(),
             )
     return Walk.CONTINUE
 
 
-def _batch_record(step_id: int, walk_round: int, user_ids: list[int]) -> int:
+def _batch_record(step_id: int, walk_round: int, recipient_ids: list[int]) -> int:
     """Record a batch handed out (under the walk's lock); 0 if this round already has it (a
     walk that went over the same users again), which then does not count twice."""
     if FanoutBatch.objects.filter(
-        step_id=step_id, walk_round=walk_round, first_user_id=user_ids[0]
+        step_id=step_id, walk_round=walk_round, first_recipient_id=recipient_ids[0]
     ).exists():
         return 0
     FanoutBatch.objects.create(
         step_id=step_id,
         walk_round=walk_round,
-        first_user_id=user_ids[0],
-        user_ids=user_ids,
+        first_recipient_id=recipient_ids[0],
+        recipient_ids=recipient_ids,
         published_at=timezone.now(),
     )
     return 1
 
 
-def fanout_batch_done(*, step_id: int, walk_round: int, user_ids: Sequence[int]) -> bool:
+def fanout_batch_done(*, step_id: int, walk_round: int, recipient_ids: Sequence[int]) -> bool:
     """Mark the batch written and count it towards closing the step, once: True for the run
     that does, False for a copy (re-delivered, published again, racing itself) or a batch of
     an earlier round. Either way the step has been heard from."""
     now = timezone.now()
-    first = min(user_ids, default=0)
-    batch = FanoutBatch.objects.filter(step_id=step_id, walk_round=walk_round, first_user_id=first)
+    first = min(recipient_ids, default=0)
+    batch = FanoutBatch.objects.filter(
+        step_id=step_id, walk_round=walk_round, first_recipient_id=first
+    )
     with transaction.atomic():
         step = CampaignStep.objects.filter(pk=step_id, walk_round=walk_round)
         marked = batch.filter(done_at__isnull=True).update(done_at=now) == 1
@@ -374,8 +383,12 @@ def fanout_batch_done(*, step_id: int, walk_round: int, user_ids: Sequence[int])
             _, marked = FanoutBatch.objects.get_or_create(
                 step_id=step_id,
                 walk_round=walk_round,
-                first_user_id=first,
-                defaults={"user_ids": sorted(user_ids), "published_at": now, "done_at": now},
+                first_recipient_id=first,
+                defaults={
+                    "recipient_ids": sorted(recipient_ids),
+                    "published_at": now,
+                    "done_at": now,
+                },
             )
         if marked:
             step.update(batches_done=F("batches_done") + 1, walked_at=now)
@@ -394,17 +407,17 @@ class BatchReport:
     counted: bool = False  # this run marked the batch done (a copy of it finds it done)
 
 
-def fanout_attempt_start(*, step_id: int, user_ids: Sequence[int]) -> tuple[int, int]:
+def fanout_attempt_start(*, step_id: int, recipient_ids: Sequence[int]) -> tuple[int, int]:
     """Count a run of this batch, committed at once (the task runs in autocommit), before the
     work starts; returns (attempt row id, runs counted, this one included)."""
     table = table_name(FanoutAttempt)
     with connection.cursor() as cursor:
         cursor.execute(
-            f"INSERT INTO {table} (step_id, first_user_id, users, attempts, started_at) "
-            "VALUES (%s, %s, %s, 1, %s) ON CONFLICT (step_id, first_user_id, users) "
+            f"INSERT INTO {table} (step_id, first_recipient_id, users, attempts, started_at) "
+            "VALUES (%s, %s, %s, 1, %s) ON CONFLICT (step_id, first_recipient_id, users) "
             f"DO UPDATE SET attempts = {table}.attempts + 1, started_at = EXCLUDED.started_at "
             "RETURNING id, attempts",
-            [step_id, min(user_ids, default=0), len(user_ids), timezone.now()],
+            [step_id, min(recipient_ids, default=0), len(recipient_ids), timezone.now()],
         )
         row = cursor.fetchone()
     assert row is not None
@@ -412,7 +425,7 @@ def fanout_attempt_start(*, step_id: int, user_ids: Sequence[int]) -> tuple[int,
 
 
 def step_fanout_batch(
-    *, step_id: int, user_ids: Sequence[int], walk_round: int | None = None
+    *, step_id: int, recipient_ids: Sequence[int], walk_round: int | None = None
 ) -> BatchReport:
     """Write and route one batch of a step's recipients; nothing if the campaign stopped.
 
@@ -430,10 +443,10 @@ def step_fanout_batch(
     if not still_approved(campaign, members=False):
         return report
     _render_what_was_approved(campaign)
-    attempt_id, attempts = fanout_attempt_start(step_id=step_id, user_ids=user_ids)
+    attempt_id, attempts = fanout_attempt_start(step_id=step_id, recipient_ids=recipient_ids)
     readable_users, unreadable = readable(
         get_user_model()
-        ._default_manager.filter(pk__in=list(user_ids), is_active=True)
+        ._default_manager.filter(notifier_recipient__pk__in=list(recipient_ids), is_active=True)
         .select_related("notifier_recipient")
         .order_by("pk")
     )
@@ -473,7 +486,7 @@ def step_fanout_batch(
     report.counted = fanout_batch_done(
         step_id=step_id,
         walk_round=step.walk_round if walk_round is None else walk_round,
-        user_ids=user_ids,
+        recipient_ids=recipient_ids,
     )
     report.messages, report.existing, report.held_out = (
         len(new_ids),

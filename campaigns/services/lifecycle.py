@@ -760,11 +760,11 @@ def _step_messages_move(
 
 
 def walk_again(now: datetime) -> dict[str, Any]:
-    """The update that starts a step's walk over from the first user, as a new round: the
+    """The update that starts a step's walk over from the first recipient, as a new round: the
     batches of earlier rounds (queued while paused) no longer count, so the step closes once
     every batch of this round is written (see walks_start_over, which drops their rows)."""
     return {
-        "cursor_user_id": 0,
+        "cursor_recipient_id": 0,
         "walk_done": False,
         "walked_at": now,
         "walk_round": F("walk_round") + 1,

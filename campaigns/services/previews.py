@@ -45,6 +45,7 @@ from notifier.rendering import RenderError, template_context
 from notifier.services.messages import NewMessage, messages_create
 from notifier.services.pipeline import local_time_text, user_template_values
 from notifier.timebox import TimeBoxExpired, time_boxed
+from notifier.user_keys import UserKey
 
 # Campaign messages are marketing; a campaign still without a category gets the links of
 # marketing as a whole, so copy that uses them previews instead of failing.
@@ -67,7 +68,7 @@ def campaign_context(
     campaign: Campaign,
     user: User,
     *,
-    links_user_id: int | None = None,
+    links_user_id: UserKey | None = None,
     persona: Persona | None = None,
 ) -> dict[str, Any]:
     """The context `user` gets for this campaign's copy, except the per-channel
@@ -93,7 +94,7 @@ def variant_preview(
     variant: StepVariant,
     user: User,
     channel: Channel,
-    links_user_id: int | None = None,
+    links_user_id: UserKey | None = None,
     budget: TimeBudget | None = None,
     persona: str | None = None,
 ) -> Content | RenderError:

@@ -38,6 +38,7 @@ from campaigns.models import Activity, AudienceThresholds, Segment, SegmentMembe
 from notifier.ids import parse_id
 from notifier.models import Recipient, User, recipients_backfill
 from notifier.models.users import normalize_phone
+from notifier.user_keys import UserKey
 
 # Rows resolved per query in an import: small enough for a short IN list, large enough that
 # a 100,000-row file takes a few dozen queries.
@@ -259,39 +260,41 @@ def segment_walk(
     now: datetime | None = None,
     thresholds: AudienceThresholds | None = None,
 ) -> tuple[list[int], int | None]:
-    """The fan-out's keyset walk: the segment's user ids among the next `limit` candidates
-    after user id `after`, in id order, and the last id looked at (the next cursor; None when
-    nothing is left).
+    """The fan-out's keyset walk: the recipient ids (`notifier.Recipient.pk`) of the segment's
+    active users among the next `limit` profiles after recipient id `after`, in id order, and
+    the last id looked at (the next cursor; None when nothing is left).
 
-    A segment with rules walks the profile table (`notifier.Recipient`) along its unique
-    `user_id` index, or through the index of a narrow rule, stopping after `limit` profiles;
-    then one primary-key look-up keeps the active users among them. Never the whole user
-    table, whatever the planner thinks of joining it. Users without a profile yet get one at
-    the start of a walk (`recipients_backfill`), so they match with the profile's defaults. A
-    segment without rules walks the users.
+    The walk goes along the profile table's primary key (or through the index of a narrow
+    rule), stopping after `limit` profiles; then one primary-key look-up keeps the active
+    users among them. Never the whole user table, whatever the planner thinks of joining it,
+    and the same for any user model: its keys may be integers, UUIDs or text, the profile's
+    are integers. Users without a profile yet get one at the start of a walk
+    (`recipients_backfill`), so they match with the profile's defaults.
     """
     now = now or timezone.now()
     rules = profile_rules_q(segment, thresholds=thresholds or AudienceThresholds.current(), now=now)
-    if not rules.children:
-        users = segment_users(segment, now=now, thresholds=thresholds)
-        ids = list(users.filter(pk__gt=after).order_by("pk").values_list("pk", flat=True)[:limit])
-        return ids, (ids[-1] if ids else None)
     if after == 0:
         recipients_backfill()
-    profiles = Recipient.objects.filter(rules, user_id__gt=after)
+    profiles = Recipient.objects.filter(rules, pk__gt=after)
     if segment.use_member_list:
         profiles = profiles.filter(
             Exists(SegmentMember.objects.filter(segment_id=segment.pk, user_id=OuterRef("user_id")))
         )
-    candidates = list(profiles.order_by("user_id").values_list("user_id", flat=True)[:limit])
+    return recipients_active(profiles.order_by("pk"), limit=limit)
+
+
+def recipients_active(profiles: QuerySet[Recipient], *, limit: int) -> tuple[list[int], int | None]:
+    """The ids of the first `limit` of `profiles` (ordered by id) whose users are active, and
+    the last id looked at (None when there were none)."""
+    candidates = list(profiles.values_list("pk", "user_id")[:limit])
     if not candidates:
         return [], None
     active = set(
         get_user_model()
-        ._default_manager.filter(pk__in=candidates, is_active=True)
+        ._default_manager.filter(pk__in=[user for _, user in candidates], is_active=True)
         .values_list("pk", flat=True)
     )
-    return [pk for pk in candidates if pk in active], candidates[-1]
+    return [pk for pk, user in candidates if user in active], candidates[-1][0]
 
 
 def segment_count(segment: Segment, *, now: datetime | None = None) -> int:
@@ -306,18 +309,22 @@ def segment_sample(
     now: datetime | None = None,
     rng: random.Random | None = None,
 ) -> list[User]:
-    """Up to `n` matching users, in id order from a random starting id (wrapping around).
+    """Up to `n` matching users, in profile id order from a random starting id (wrapping
+    around); users without a profile get theirs first (one anti-join when none is missing).
 
     Two short keyset reads instead of `ORDER BY random()`, which would sort the whole audience.
     """
+    recipients_backfill()
     users = segment_users(segment, now=now)
-    bounds = get_user_model()._default_manager.aggregate(low=Min("pk"), high=Max("pk"))
+    bounds = Recipient.objects.aggregate(low=Min("pk"), high=Max("pk"))
     if bounds["low"] is None or n <= 0:
         return []
+    # Pivot on the profiles' integer ids: the users' own keys may be UUIDs or text.
     pivot = (rng or random.Random()).randint(bounds["low"], bounds["high"])
-    sample = list(users.filter(pk__gte=pivot).order_by("pk")[:n])
+    order = f"{PROFILE}pk"
+    sample = list(users.filter(**{f"{order}__gte": pivot}).order_by(order)[:n])
     if len(sample) < n:
-        sample += users.filter(pk__lt=pivot).order_by("pk")[: n - len(sample)]
+        sample += users.filter(**{f"{order}__lt": pivot}).order_by(order)[: n - len(sample)]
     return sample
 
 
@@ -344,7 +351,7 @@ class ImportRow:
     column: str  # "user_id", "email" or "phone"
     value: str  # as written in the file
     key: str = ""  # the normalized value users are looked up by
-    user_id: int | None = None
+    user_id: UserKey | None = None
     problem: RowProblem | None = None
     message: str = ""
     already_member: bool = False
@@ -409,7 +416,7 @@ def segment_members_preview(
 
 
 @transaction.atomic
-def segment_members_add(*, segment: Segment, user_ids: Sequence[int]) -> MembersAdded:
+def segment_members_add(*, segment: Segment, user_ids: Sequence[UserKey]) -> MembersAdded:
     """Add users to a segment's list in bulk; users already on it are left alone."""
     added = already = skipped = 0
     for chunk in _chunks(sorted(set(user_ids)), IMPORT_CHUNK):

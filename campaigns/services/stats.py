@@ -107,6 +107,7 @@ from campaigns.policies import (
 )
 from notifier.models import Delivery, Feedback, InboxItem, Message, Recipient, Unsubscribe
 from notifier.status import ENGAGEMENT_RANK, DeliveryStatus, Reason
+from notifier.user_keys import UserKey
 
 S = DeliveryStatus
 
@@ -898,7 +899,7 @@ UPDATE {recipient} u
 
 
 def learn_active_hours(
-    *, user_ids: Sequence[int] | None = None, days: int = 90, now: datetime | None = None
+    *, user_ids: Sequence[UserKey] | None = None, days: int = 90, now: datetime | None = None
 ) -> int:
     """Set each user's usual_active_hour from their last `days` of reads, opens and clicks
     (see the module docstring); one SQL statement. Returns how many users' hour changed."""

@@ -30,6 +30,7 @@ from channels.base import Channel
 from notifier.models import Delivery, EventKind
 from notifier.services.deliveries import delivery_advance
 from notifier.status import ENGAGEMENT_RANK, DeliveryStatus
+from notifier.user_keys import UserKey
 
 S = DeliveryStatus
 STAMPS: dict[DeliveryStatus, str] = {S.OPENED: "opened_at", S.CLICKED: "clicked_at"}
@@ -143,7 +144,7 @@ def _hours(field_name: str) -> Func:
 
 
 def _latest_delivery(
-    user_id: int, occurred_at: datetime, stamp: str, **conditions: object
+    user_id: UserKey, occurred_at: datetime, stamp: str, **conditions: object
 ) -> tuple[int, int] | None:
     """(message id, campaign id) of the user's campaign delivery with the newest `stamp` that
     falls inside its campaign's attribution window before `occurred_at`."""
@@ -168,7 +169,7 @@ def _latest_delivery(
     )
 
 
-def conversion_attribution(*, user_id: int, occurred_at: datetime) -> Attribution:
+def conversion_attribution(*, user_id: UserKey, occurred_at: datetime) -> Attribution:
     """Which campaign message a conversion at `occurred_at` counts for; see `campaigns.api`."""
     tiers: tuple[tuple[AttributedBy, str, dict[str, object]], ...] = (
         (AttributedBy.CLICKED, "clicked_at", {}),
@@ -199,7 +200,7 @@ def conversion_attribution(*, user_id: int, occurred_at: datetime) -> Attributio
 
 
 def conversion_record(
-    *, user_id: int, name: str, value: Decimal, reference: str, occurred_at: datetime
+    *, user_id: UserKey, name: str, value: Decimal, reference: str, occurred_at: datetime
 ) -> Conversion:
     """Write a validated conversion with its attribution. With a reference, the first record
     of (user, name, reference) wins and is returned as it is on every later call."""

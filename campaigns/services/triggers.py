@@ -24,7 +24,6 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from django.contrib.auth import get_user_model
 from django.db import connection
 from django.db.models import Exists, OuterRef, QuerySet
 from django.utils import timezone
@@ -32,7 +31,8 @@ from django.utils import timezone
 from campaigns.models import Campaign, Holdout, TriggerEntry
 from campaigns.services.segments import segment_users
 from notifier.db import table_name
-from notifier.models import Message, User
+from notifier.models import Message, Recipient, User
+from notifier.user_keys import UserKey
 
 
 @dataclass(frozen=True)
@@ -109,17 +109,19 @@ def _record_entries(campaign: Campaign, members: QuerySet[User], now: datetime) 
     return (int(row[0]), int(row[1])) if row else (0, 0)
 
 
-def trigger_audience(campaign: Campaign) -> QuerySet[User]:
-    """The users a triggered campaign's walk hands out: those due after entering its segment.
-    Walked by key like `segment_users`."""
-    return get_user_model()._default_manager.filter(
+def trigger_audience(campaign: Campaign) -> QuerySet[Recipient]:
+    """The profiles of the users a triggered campaign's walk hands out: those due after
+    entering its segment. Walked by profile id like `segment_walk`."""
+    return Recipient.objects.filter(
         Exists(
-            TriggerEntry.objects.filter(campaign_id=campaign.pk, user_id=OuterRef("pk"), due=True)
+            TriggerEntry.objects.filter(
+                campaign_id=campaign.pk, user_id=OuterRef("user_id"), due=True
+            )
         )
     )
 
 
-def trigger_entries_due(*, campaign_id: int, user_ids: Iterable[int]) -> Mapping[int, datetime]:
+def trigger_entries_due(*, campaign_id: int, user_ids: Iterable[UserKey]) -> Mapping[int, datetime]:
     """user id -> when they entered, for the users of a batch still due the message."""
     return dict(
         TriggerEntry.objects.filter(
@@ -128,7 +130,7 @@ def trigger_entries_due(*, campaign_id: int, user_ids: Iterable[int]) -> Mapping
     )
 
 
-def entry_key(*, campaign_id: int, user_id: int, entered_at: datetime) -> str:
+def entry_key(*, campaign_id: int, user_id: UserKey, entered_at: datetime) -> str:
     """One message per entry: a walk that runs again writes nothing twice."""
     stamp = int(entered_at.timestamp() * 1_000_000)
     return f"campaign:{campaign_id}:user:{user_id}:entry:{stamp}"

@@ -28,6 +28,7 @@ from notifier.models.providers import (
 from notifier.models.recipients import (
     Recipient,
     recipient_for,
+    recipient_ids_of,
     recipient_update,
     recipients_attach,
     recipients_backfill,
@@ -68,6 +69,7 @@ __all__ = [
     "User",
     "normalize_email",
     "recipient_for",
+    "recipient_ids_of",
     "recipient_update",
     "recipients_attach",
     "recipients_backfill",

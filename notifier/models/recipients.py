@@ -159,6 +159,20 @@ def recipients_for(user_ids: Iterable[Any]) -> dict[Any, Recipient]:
     return found
 
 
+def recipient_ids_of(user_ids: Iterable[Any]) -> list[int]:
+    """The profile ids of these users, missing profiles made (users deleted since have none).
+    Reads ids only, so a profile with a value that cannot be read does not stop it."""
+    ids = sorted(set(user_ids))
+    found: dict[Any, int] = {}
+    for start in range(0, len(ids), RECIPIENT_BATCH):
+        batch = ids[start : start + RECIPIENT_BATCH]
+        found.update(Recipient.objects.filter(user_id__in=batch).values_list("user_id", "pk"))
+    missing = [pk for pk in ids if pk not in found]
+    if missing:
+        found.update({pk: profile.pk for pk, profile in recipients_for(missing).items()})
+    return sorted(found.values())
+
+
 def recipients_backfill() -> int:
     """Profiles for every user who has none yet (users from before Notifier was installed, or
     made with bulk_create), RECIPIENT_BATCH at a time; returns how many were made. One

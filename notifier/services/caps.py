@@ -19,6 +19,7 @@ from notifier.db import table_name
 from notifier.models import CapPeriod, Delivery, FrequencyCounter, Kind
 from notifier.policies.caps import Caps, Windows
 from notifier.status import DeliveryStatus
+from notifier.user_keys import UserKey, user_key_sql_type
 
 
 class _Full(Exception):
@@ -26,7 +27,7 @@ class _Full(Exception):
         self.period = period
 
 
-def _take(*, user_id: int, period: CapPeriod, window_start: date, cap: int) -> None:
+def _take(*, user_id: UserKey, period: CapPeriod, window_start: date, cap: int) -> None:
     if cap <= 0:
         raise _Full(period)
     table = table_name(FrequencyCounter)
@@ -41,7 +42,7 @@ def _take(*, user_id: int, period: CapPeriod, window_start: date, cap: int) -> N
             raise _Full(period)
 
 
-def cap_take(*, user_id: int, windows: Windows, caps: Caps) -> CapPeriod | None:
+def cap_take(*, user_id: UserKey, windows: Windows, caps: Caps) -> CapPeriod | None:
     """Take one slot in the user's week and day; returns the full period, or None when taken.
 
     The week is tried first: when both are full the message must wait for the next week, and
@@ -58,7 +59,7 @@ def cap_take(*, user_id: int, windows: Windows, caps: Caps) -> CapPeriod | None:
 
 @dataclass(frozen=True, slots=True)
 class CapRequest:
-    user_id: int
+    user_id: UserKey
     windows: Windows
     caps: Caps
     message_id: int = 0  # who asks: its own held deliveries are not its rivals
@@ -184,9 +185,10 @@ def _take_many(period: CapPeriod, items: list[tuple[int, date, int]]) -> set[int
         by_cap[cap].append((user, window))
     table = table_name(FrequencyCounter)
     got: set[int] = set()
+    key_type = user_key_sql_type(connection)
     with connection.cursor() as cursor:
         for cap, keys in by_cap.items():
-            values = ", ".join(["(%s::bigint, %s::date)"] * len(keys))
+            values = ", ".join([f"(%s::{key_type}, %s::date)"] * len(keys))
             cursor.execute(
                 f"INSERT INTO {table} AS c (user_id, period, window_start, count) "
                 f"SELECT v.user_id, %s, v.window_start, 1 FROM (VALUES {values}) "
@@ -203,7 +205,8 @@ def _give_back(period: CapPeriod, items: list[tuple[int, date]]) -> None:
     if not items:
         return
     table = table_name(FrequencyCounter)
-    keys = ", ".join(["(%s::bigint, %s::date)"] * len(items))
+    key_type = user_key_sql_type(connection)
+    keys = ", ".join([f"(%s::{key_type}, %s::date)"] * len(items))
     with connection.cursor() as cursor:
         cursor.execute(
             f"UPDATE {table} SET count = count - 1 WHERE period = %s AND count > 0 "

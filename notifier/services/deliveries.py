@@ -83,6 +83,7 @@ from notifier.status import (
     check_move,
     sources_of,
 )
+from notifier.user_keys import UserKey
 
 log = logging.getLogger(__name__)
 S = DeliveryStatus
@@ -279,7 +280,7 @@ class Claimed:
 
     pk: int
     message_id: int
-    user_id: int
+    user_id: UserKey
     channel: Channel
     content: dict[str, str]
     attempts: int

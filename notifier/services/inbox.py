@@ -8,20 +8,21 @@ from django.utils import timezone
 from notifier.models import Delivery, DeliveryEvent, EventKind, Feedback, InboxItem
 from notifier.services.deliveries import delivery_advance
 from notifier.status import DeliveryStatus, sources_of
+from notifier.user_keys import UserKey
 
 
 class InboxItemNotFound(LookupError):
     """No such item in this user's inbox (another user's item is 'not found' too)."""
 
 
-def _item(user_id: int, item_id: int) -> InboxItem:
+def _item(user_id: UserKey, item_id: int) -> InboxItem:
     item = InboxItem.objects.filter(pk=item_id, user_id=user_id).first()
     if item is None:
         raise InboxItemNotFound(f"no inbox item {item_id}")
     return item
 
 
-def inbox_mark_read(*, user_id: int, item_id: int) -> InboxItem:
+def inbox_mark_read(*, user_id: UserKey, item_id: int) -> InboxItem:
     now = timezone.now()
     item = _item(user_id, item_id)
     with transaction.atomic():
@@ -33,7 +34,7 @@ def inbox_mark_read(*, user_id: int, item_id: int) -> InboxItem:
     return item
 
 
-def inbox_mark_all_read(*, user_id: int) -> int:
+def inbox_mark_all_read(*, user_id: UserKey) -> int:
     now = timezone.now()
     with transaction.atomic():
         unread = InboxItem.objects.select_for_update().filter(
@@ -64,7 +65,7 @@ def inbox_mark_all_read(*, user_id: int) -> int:
     return count
 
 
-def inbox_archive(*, user_id: int, item_id: int) -> InboxItem:
+def inbox_archive(*, user_id: UserKey, item_id: int) -> InboxItem:
     item = _item(user_id, item_id)
     if item.archived_at is None:
         item.archived_at = timezone.now()
@@ -74,7 +75,7 @@ def inbox_archive(*, user_id: int, item_id: int) -> InboxItem:
     return item
 
 
-def inbox_feedback(*, user_id: int, item_id: int, feedback: Feedback) -> InboxItem:
+def inbox_feedback(*, user_id: UserKey, item_id: int, feedback: Feedback) -> InboxItem:
     """Record 👍/😕/👎. Changing one's mind overwrites; the delivery log keeps each answer."""
     now = timezone.now()
     item = _item(user_id, item_id)

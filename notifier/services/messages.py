@@ -21,6 +21,7 @@ from notifier.db import copy_rows, insert_rows, model_field, table_name, with_de
 from notifier.errors import IdempotencyKeyReused
 from notifier.models import Message
 from notifier.queues import Lane
+from notifier.user_keys import UserKey
 
 COLUMNS = (
     "user",
@@ -43,7 +44,7 @@ COLUMNS = (
 
 @dataclass(frozen=True, slots=True)
 class NewMessage:
-    user_id: int
+    user_id: UserKey
     type_key: str
     context: dict[str, Any]
     channels: list[str]
@@ -130,7 +131,7 @@ def _insert_one_for_active_user(row: NewMessage, now: datetime) -> int | None:
             f"SELECT {', '.join(['%s'] * len(fields))} WHERE EXISTS "
             f"(SELECT 1 FROM {table_name(model)} WHERE {key} = %s{active}) "
             f"ON CONFLICT DO NOTHING RETURNING id",
-            [*params, row.user_id],
+            [*params, model._meta.pk.get_db_prep_value(row.user_id, connection)],
         )
         found = cursor.fetchone()
     return int(found[0]) if found else None

@@ -94,6 +94,7 @@ from notifier.services.messages import (
     messages_unwritten,
 )
 from notifier.status import DeliveryStatus, Reason, check_move
+from notifier.user_keys import UserKey
 
 log = logging.getLogger(__name__)
 S = DeliveryStatus
@@ -235,7 +236,7 @@ class RenderTimedOut(RenderError):
     task with a fresh time budget (notifier.services.quarantine, campaigns' fan-out).
     """
 
-    def __init__(self, *, message_id: int, user_id: int, channel: Channel, seconds: float):
+    def __init__(self, *, message_id: int, user_id: UserKey, channel: Channel, seconds: float):
         self.message_id, self.user_id, self.channel, self.seconds = (
             message_id,
             user_id,
@@ -334,7 +335,7 @@ class Routed:
     """One delivery row as route decided it, before it is written."""
 
     message_id: int
-    user_id: int
+    user_id: UserKey
     channel: Channel
     status: DeliveryStatus
     reason: str = ""

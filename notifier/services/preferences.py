@@ -41,6 +41,7 @@ from notifier.policies.preferences import (
     channel_enabled,
 )
 from notifier.selectors import consent_of, type_info_get
+from notifier.user_keys import UserKey
 
 CONCRETE_CHANNELS: tuple[str, ...] = tuple(channel.value for channel in Channel)
 MAX_SOURCE_LENGTH = 100  # Consent.source
@@ -209,7 +210,7 @@ def consent_channels_all() -> tuple[str, ...]:
 # --- Writing, under the user's row lock -----------------------------------------------------
 
 
-def _lock_user(user_id: int) -> str:
+def _lock_user(user_id: UserKey) -> str:
     """Lock the user's row for the transaction; returns their marketing frequency (from their
     recipient profile, created on first use)."""
     user = get_user_model()._default_manager.select_for_update().filter(pk=user_id).first()
@@ -218,7 +219,7 @@ def _lock_user(user_id: int) -> str:
     return recipient_for(user).marketing_frequency
 
 
-def _overrides(user_id: int) -> dict[tuple[str, str], bool]:
+def _overrides(user_id: UserKey) -> dict[tuple[str, str], bool]:
     rows = Preference.objects.filter(user_id=user_id).values_list("category", "channel", "enabled")
     return {(category, channel): enabled for category, channel, enabled in rows}
 
@@ -250,7 +251,7 @@ def _changes_anything(
 
 def _write(
     *,
-    user_id: int,
+    user_id: UserKey,
     category: Category,
     channel: str,
     enabled: bool,
@@ -288,7 +289,7 @@ def _specificity(category: Category, channel: str) -> int:
     return (0 if category.is_kind else 2) + (0 if channel == ALL_CHANNELS else 1)
 
 
-def preference_set(*, user_id: int, category: str, channel: str, enabled: bool) -> bool:
+def preference_set(*, user_id: UserKey, category: str, channel: str, enabled: bool) -> bool:
     """Switch a category on or off on a channel ("all" for every channel).
 
     Returns whether anything was written. Raises CategoryLocked for switching off
@@ -303,7 +304,7 @@ def preference_set(*, user_id: int, category: str, channel: str, enabled: bool) 
 
 def preferences_update(
     *,
-    user_id: int,
+    user_id: UserKey,
     changes: Sequence[PreferenceChange],
     marketing_frequency: str | None = None,
 ) -> bool:
@@ -336,7 +337,7 @@ def preferences_update(
 # --- Consent --------------------------------------------------------------------------------
 
 
-def _consent_state(user_id: int) -> ConsentState:
+def _consent_state(user_id: UserKey) -> ConsentState:
     return consent_of(user_ids=[user_id])[user_id]
 
 
@@ -347,7 +348,7 @@ def _withdrawn_already(state: ConsentState, channel: str) -> bool:
 
 
 def _consent_append(
-    *, user_id: int, channel: str, granted: bool, source: str, wording: str, ip: str | None
+    *, user_id: UserKey, channel: str, granted: bool, source: str, wording: str, ip: str | None
 ) -> Consent:
     return Consent.objects.create(
         user_id=user_id,
@@ -363,7 +364,7 @@ def _consent_append(
 
 def consent_give(
     *,
-    user_id: int,
+    user_id: UserKey,
     channel: str,
     source: str,
     wording: str,
@@ -387,7 +388,7 @@ def consent_give(
 
 
 def consent_withdraw(
-    *, user_id: int, channel: str, source: str, ip_address: str | None = None
+    *, user_id: UserKey, channel: str, source: str, ip_address: str | None = None
 ) -> Consent | None:
     """Record that marketing consent on a channel ("all": every channel) is withdrawn.
 
@@ -401,7 +402,9 @@ def consent_withdraw(
         return _consent_withdraw(user_id=user_id, channel=channel, source=source, ip=ip)
 
 
-def _consent_withdraw(*, user_id: int, channel: str, source: str, ip: str | None) -> Consent | None:
+def _consent_withdraw(
+    *, user_id: UserKey, channel: str, source: str, ip: str | None
+) -> Consent | None:
     if _withdrawn_already(_consent_state(user_id), channel):
         return None
     return _consent_append(
@@ -420,7 +423,7 @@ def _types_with_rows(kind: str, overrides: Iterable[tuple[str, str]]) -> list[Ca
 
 
 def _switch_off(
-    *, user_id: int, category: Category, channel: str, overrides: dict[tuple[str, str], bool]
+    *, user_id: UserKey, category: Category, channel: str, overrides: dict[tuple[str, str], bool]
 ) -> bool:
     """Switch a category off on a channel. For a kind, also switch off its types that a
     narrower "on" row would keep sending: an unsubscribe means stop, whatever the grid said."""
@@ -449,7 +452,7 @@ def _switch_off(
 
 def unsubscribe(
     *,
-    user_id: int,
+    user_id: UserKey,
     category: str,
     channel: str,
     scope: str,
@@ -500,7 +503,7 @@ def unsubscribe(
 
 def _unsubscribe(
     *,
-    user_id: int,
+    user_id: UserKey,
     linked: Category,
     channel: str,
     scope: UnsubscribeScope,

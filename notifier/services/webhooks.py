@@ -39,6 +39,7 @@ from notifier.services.callbacks import (
 )
 from notifier.services.preferences import consent_give, consent_withdraw
 from notifier.text import json_value_problem, text_problem
+from notifier.user_keys import UserKey
 
 log = logging.getLogger(__name__)
 
@@ -217,7 +218,7 @@ def sms_inbound_apply(*, source: str, event_id: str, phone: str, body: str) -> W
         return _finish(row, EventOutcome.CONSENT, None)
 
 
-def _stopped_by_sms(user_id: int) -> bool:
+def _stopped_by_sms(user_id: UserKey) -> bool:
     """Whether the SMS consent now in force is a withdrawal that a STOP text made.
 
     START restores what STOP took away, and nothing more: consent never given, or withdrawn

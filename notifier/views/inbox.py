@@ -16,7 +16,7 @@ import base64
 from collections.abc import Callable
 from datetime import datetime, timedelta
 from functools import wraps
-from typing import Any
+from typing import Any, cast
 
 from django.http import HttpRequest, JsonResponse
 from django.views.decorators.http import require_GET, require_POST
@@ -33,6 +33,7 @@ from notifier.services.inbox import (
     inbox_mark_read,
 )
 from notifier.text import json_value_problem, strict_json_loads
+from notifier.user_keys import UserKey
 
 MAX_LIMIT = 100
 MAX_CURSOR_LENGTH = 200  # a cursor given out is about 60 characters
@@ -102,9 +103,9 @@ def api(view: View) -> View:
     return wrapped
 
 
-def _user_id(request: HttpRequest) -> int:
+def _user_id(request: HttpRequest) -> UserKey:
     assert request.user.pk is not None  # `api` let only logged-in users through
-    return int(request.user.pk)
+    return cast(UserKey, request.user.pk)
 
 
 def item_json(item: InboxItem) -> dict[str, Any]:

@@ -36,6 +36,7 @@ from notifier.services.inbox import (
     inbox_mark_all_read,
     inbox_mark_read,
 )
+from notifier.user_keys import UserKey
 from notifier.views.inbox import BadRequest, decode_cursor, encode_cursor, item_json
 
 PAGE_SIZE = 20
@@ -123,9 +124,9 @@ def _problem(request: HttpRequest, status: int, title: str, text: str) -> HttpRe
     return _page(request, "inbox_problem.html", {"title": title, "text": text}, status=status)
 
 
-def _user_id(request: HttpRequest) -> int:
+def _user_id(request: HttpRequest) -> UserKey:
     assert request.user.pk is not None  # login_required let only logged-in users through
-    return int(request.user.pk)
+    return cast(UserKey, request.user.pk)
 
 
 def _item_id(raw: str | None) -> int:

@@ -24,7 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from functools import wraps
-from typing import Any
+from typing import Any, cast
 
 from django.conf import settings
 from django.contrib.auth import get_user_model
@@ -70,6 +70,7 @@ from notifier.services.preferences import (
     preferences_update,
     unsubscribe,
 )
+from notifier.user_keys import UserKey
 from notifier.views.inbox import BadRequest, error, json_object
 
 CHANNEL_LABELS = {"inapp": "in the app", "email": "email", "sms": "SMS", "push": "push"}
@@ -223,7 +224,7 @@ def _consent_view(state: ConsentState, channel: str) -> ConsentView:
     )
 
 
-def preference_centre(*, user_id: int) -> PreferenceCentre:
+def preference_centre(*, user_id: UserKey) -> PreferenceCentre:
     """The four kinds, each with its active types, as this user's switches resolve today."""
     prefs = preferences_of(user_ids=[user_id])[user_id]
     consent = consent_of(user_ids=[user_id])[user_id]
@@ -286,9 +287,9 @@ def preferences_api(view: JsonView) -> JsonView:
     return wrapped
 
 
-def _user_id(request: HttpRequest) -> int:
+def _user_id(request: HttpRequest) -> UserKey:
     assert request.user.pk is not None  # `preferences_api` let only logged-in users through
-    return int(request.user.pk)
+    return cast(UserKey, request.user.pk)
 
 
 def _json_object(request: HttpRequest, example: str) -> dict[str, Any]:
@@ -399,7 +400,7 @@ def _bad_link_text(exc: BadLink | PreferenceError) -> HttpResponse:
     return HttpResponse("This link is not valid.\n", status=400, content_type="text/plain")
 
 
-def _check_user(user_id: int) -> int:
+def _check_user(user_id: UserKey) -> UserKey:
     # A valid signature for a user deleted since: the link points at nobody.
     if not get_user_model()._default_manager.filter(pk=user_id).exists():
         raise UnknownUser(f"no user {user_id}")
@@ -545,7 +546,7 @@ def _on_channel(channel: str) -> str:
     return "in the app" if channel == "inapp" else f"by {channel_label(channel)}"
 
 
-def _page_save(request: HttpRequest, *, user_id: int, centre: PreferenceCentre) -> list[str]:
+def _page_save(request: HttpRequest, *, user_id: UserKey, centre: PreferenceCentre) -> list[str]:
     """Save the form; what changed, in words for the confirmation."""
     shown = set(request.POST.getlist("shown"))
     ip = _client_ip(request)

@@ -31,7 +31,7 @@ class Published:
             pass
         while self.batches:
             step, ids = self.batches.pop(0)
-            fanout.step_fanout_batch(step_id=step, user_ids=ids)
+            fanout.step_fanout_batch(step_id=step, recipient_ids=ids)
 
     def walk(self, step_id: int, **kwargs: int) -> fanout.Walk:
         """One walk task: its batches are published once its transaction commits."""

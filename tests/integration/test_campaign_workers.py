@@ -76,7 +76,7 @@ def rig(monkeypatch) -> Iterator[Rig]:
         rig.send("campaigns.walk_step", (step_id,), BULK_PREPARE, countdown)
 
     def publish_batch(step_id: int, user_ids: list[int], walk_round: int) -> None:
-        rig.send("campaigns.fanout_batch", (step_id, list(user_ids), walk_round), BULK_PREPARE)
+        rig.send("campaigns.fanout_recipients", (step_id, list(user_ids), walk_round), BULK_PREPARE)
 
     monkeypatch.setattr(campaign_dispatch, "publish_walk", publish_walk)
     monkeypatch.setattr(campaign_dispatch, "publish_batch", publish_batch)
@@ -294,7 +294,7 @@ REVIVE_AFTER = fanout.WALK_STALE + timedelta(seconds=1)
 
 def where(step: CampaignStep) -> str:
     row = CampaignStep.objects.filter(pk=step.pk).values(
-        "status", "cursor_user_id", "walk_done", "batches_total", "batches_done"
+        "status", "cursor_recipient_id", "walk_done", "batches_total", "batches_done"
     )[0]
     unrouted = messages_of(step).filter(routed_at__isnull=True).count()
     return (
@@ -343,7 +343,8 @@ def test_pausing_mid_fanout_stops_writes_and_sends_and_resuming_sends_each_user_
     # The batches still queued when it paused were run, and wrote nothing: users already
     # handed out to a batch have no message.
     assert queued_batches > 0
-    handed_out = [pk for pk in users if pk <= at_pause.cursor_user_id]
+    recipient_of = dict(Recipient.objects.filter(user_id__in=users).values_list("user_id", "pk"))
+    handed_out = [pk for pk in users if recipient_of[pk] <= at_pause.cursor_recipient_id]
     assert messages_of(step).filter(user_id__in=handed_out).count() < len(handed_out)
 
     released = campaign_resume(campaign=campaign, by=None)
@@ -498,7 +499,9 @@ def test_a_step_that_lost_a_batch_closes_once_revived_and_sent(rig, monkeypatch)
     def lose_the_second(step_id: int, user_ids: list[int], walk_round: int) -> None:
         handed_out.append(step_id)
         if len(handed_out) != 2:  # the broker lost the second
-            rig.send("campaigns.fanout_batch", (step_id, list(user_ids), walk_round), BULK_PREPARE)
+            rig.send(
+                "campaigns.fanout_recipients", (step_id, list(user_ids), walk_round), BULK_PREPARE
+            )
 
     with monkeypatch.context() as patch:
         patch.setattr(campaign_dispatch, "publish_batch", lose_the_second)
@@ -560,10 +563,10 @@ WALK_HELD = """
 """
 # What the walker's connection last ran tells how far its open transaction has walked: the
 # audience read ("id" > cursor) or the cursor saved.
-WALKED_TO = re.compile(r'"id" > (\d+)|"cursor_user_id" = (\d+)')
+WALKED_TO = re.compile(r'"id" > (\d+)|"cursor_recipient_id" = (\d+)')
 
 
-def kill_the_walk_mid_walk(step: CampaignStep, users: list[int], *, batches: int) -> bool:
+def kill_the_walk_mid_walk(step: CampaignStep, recipients: list[int], *, batches: int) -> bool:
     """pg_terminate_backend on the worker connection holding the step's walk lock, once its
     open transaction has handed out at least `batches` batches; True once it did."""
     with connection.cursor() as cursor:
@@ -571,8 +574,10 @@ def kill_the_walk_mid_walk(step: CampaignStep, users: list[int], *, batches: int
         held = cursor.fetchall()
         for pid, query in held:
             walked_to = max((int(a or b) for a, b in WALKED_TO.findall(query or "")), default=0)
-            saved = CampaignStep.objects.get(pk=step.pk).cursor_user_id
-            handed_out = bisect.bisect_right(users, walked_to) - bisect.bisect_right(users, saved)
+            saved = CampaignStep.objects.get(pk=step.pk).cursor_recipient_id
+            handed_out = bisect.bisect_right(recipients, walked_to) - bisect.bisect_right(
+                recipients, saved
+            )
             if handed_out >= batches * WALK_BATCH:
                 cursor.execute("SELECT pg_terminate_backend(%s)", [pid])
                 return bool(cursor.fetchone()[0])
@@ -585,12 +590,13 @@ def test_a_walk_killed_mid_walk_and_a_broker_wipe_still_reach_everyone_once(rig)
     walk's next task queued. Every user gets the step exactly once, and the step and the
     campaign close only then."""
     users = fans(1200)
+    recipients = sorted(Recipient.objects.filter(user_id__in=users).values_list("pk", flat=True))
     step = campaign_due_now(["inapp"])
     env = {**WORKER_ENV, "NOTIFIER_CAMPAIGN_BATCH_USERS": str(WALK_BATCH)}
     worker = rig.worker(**env)
     start(step)
     wait_until(
-        lambda: kill_the_walk_mid_walk(step, users, batches=5),
+        lambda: kill_the_walk_mid_walk(step, recipients, batches=5),
         timeout=30,
         interval=0.002,
         message="the walk to be caught five batches into a transaction",

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 from django.conf import settings
 
-from campaigns.tasks import fanout_batch, walk_step
+from campaigns.tasks import fanout_batch, fanout_recipients, walk_step
 from notifier.checks import check_task_time_limits
 from notifier.tasks import deliver, prepare_messages
 
@@ -16,6 +16,7 @@ from notifier.tasks import deliver, prepare_messages
     [
         (prepare_messages, "NOTIFIER_PREPARE_SOFT_TIME_LIMIT_S", "NOTIFIER_PREPARE_TIME_LIMIT_S"),
         (fanout_batch, "NOTIFIER_PREPARE_SOFT_TIME_LIMIT_S", "NOTIFIER_PREPARE_TIME_LIMIT_S"),
+        (fanout_recipients, "NOTIFIER_PREPARE_SOFT_TIME_LIMIT_S", "NOTIFIER_PREPARE_TIME_LIMIT_S"),
         (walk_step, "NOTIFIER_PREPARE_SOFT_TIME_LIMIT_S", "NOTIFIER_PREPARE_TIME_LIMIT_S"),
         (deliver, "NOTIFIER_DELIVER_SOFT_TIME_LIMIT_S", "NOTIFIER_DELIVER_TIME_LIMIT_S"),
     ],

@@ -43,8 +43,10 @@ from notifier.models import (
     Message,
     NotificationType,
     Preference,
+    Recipient,
     RoutingRule,
     User,
+    recipient_for,
 )
 from notifier.models.providers import (
     EventOutcome,
@@ -101,6 +103,8 @@ MODELS: dict[type[Model], Access] = {
     IntervalSchedule: admin_only(),
     # Marketers never open the customer list: no raw contact export.
     User: Access(SUPPORT_ADMIN, ADMIN_ONLY, ADMIN_ONLY, ADMIN_ONLY),
+    # The profiles: contact points, so the same people; made on first use, never added.
+    Recipient: Access(SUPPORT_ADMIN, NOBODY, ADMIN_ONLY, ADMIN_ONLY),
     Message: read_only(SUPPORT_ADMIN),
     Delivery: read_only(SUPPORT_ADMIN),
     DeadLetter: read_only(SUPPORT_ADMIN),
@@ -130,6 +134,8 @@ MODELS: dict[type[Model], Access] = {
 EXTRA_PAGES: dict[str, tuple[str, frozenset[str]]] = {
     "notifier_user_delivery_history": ("GET", SUPPORT_ADMIN),
     "notifier_user_admin_log": ("GET", SUPPORT_ADMIN),
+    "notifier_recipient_delivery_history": ("GET", SUPPORT_ADMIN),
+    "notifier_recipient_admin_log": ("GET", SUPPORT_ADMIN),
     "auth_user_password_change": ("GET", ADMIN_ONLY),  # Django's own, named "auth_user_..."
     "campaigns_segment_count_new": ("GET", MARKETING_SUPPORT),
     "campaigns_segment_count": ("GET", MARKETING_SUPPORT),
@@ -159,6 +165,7 @@ ACTIONS: dict[type[Model], dict[str, frozenset[str]]] = {
     SolarSchedule: {"delete_selected": ADMIN_ONLY},
     IntervalSchedule: {"delete_selected": ADMIN_ONLY},
     User: {"delete_selected": ADMIN_ONLY},
+    Recipient: {"delete_selected": ADMIN_ONLY},
     Message: {"delete_selected": NOBODY},
     Delivery: {"delete_selected": NOBODY, "retry_now": SUPPORT_ADMIN},
     DeadLetter: {"delete_selected": NOBODY, "retry_now": SUPPORT_ADMIN},
@@ -291,6 +298,7 @@ def objects(monkeypatch) -> dict[type[Model], Model]:
         SolarSchedule: SolarSchedule.objects.create(event="sunrise", latitude=1, longitude=1),
         IntervalSchedule: interval,
         User: customer,
+        Recipient: recipient_for(customer),
         Message: message,
         Delivery: failed,
         DeadLetter: DeadLetter.objects.get(pk=failed.pk),
@@ -387,6 +395,7 @@ def extra_url(name: str, objects: dict[type[Model], Model]) -> str:
         return reverse(f"admin:{name}", args=[objects[Campaign].pk, "pause"])
     model = {
         "notifier_user": User,
+        "notifier_recipient": Recipient,
         "auth_user": User,
         "campaigns_segment": Segment,
         "campaigns_campaign": Campaign,

@@ -184,11 +184,11 @@ def test_a_batch_handed_out_before_the_copy_changed_writes_nothing(marketer, lea
     with time_machine.travel(NOTICE_AT):
         assert steps_start_due().started == [notice.pk]
         assert published.walk(notice.pk) is fanout.Walk.DONE
-        [(_, user_ids)] = published.batches
+        [(_, recipient_ids)] = published.batches
         VariantTemplate.objects.filter(variant__step=notice, channel="inapp").update(
             title="{{ headline }}, now 90% off"
         )
-        report = fanout.step_fanout_batch(step_id=notice.pk, user_ids=user_ids)
+        report = fanout.step_fanout_batch(step_id=notice.pk, recipient_ids=recipient_ids)
     assert report.messages == 0
     assert not Message.objects.filter(campaign=campaign).exists()
     assert fresh(campaign).status == C.AWAITING_APPROVAL
@@ -208,11 +208,11 @@ def test_once_a_lead_approves_changed_copy_the_next_batch_renders_it(
         steps_start_due()
         published.walk(notice.pk)
         first, second = published.batches
-        fanout.step_fanout_batch(step_id=notice.pk, user_ids=first[1])  # compiles, caches
+        fanout.step_fanout_batch(step_id=notice.pk, recipient_ids=first[1])  # compiles, caches
         VariantTemplate.objects.filter(variant__step=notice, channel="inapp").update(
             title="{{ headline }}, now 90% off"
         )
-        assert fanout.step_fanout_batch(step_id=notice.pk, user_ids=second[1]).messages == 0
+        assert fanout.step_fanout_batch(step_id=notice.pk, recipient_ids=second[1]).messages == 0
         with django_capture_on_commit_callbacks(execute=True):
             campaign_approve(campaign=campaign, by=lead)
         published.batches.clear()

@@ -34,7 +34,7 @@ from campaigns.services.lifecycle import (
     campaign_submit,
     copy_variant,
 )
-from notifier.models import Consent, Delivery, Message, NotificationType, User
+from notifier.models import Consent, Delivery, Message, NotificationType, User, recipient_ids_of
 from notifier.services.release import held_release
 from notifier.status import DeliveryStatus, Reason
 from tests.factories import UserFactory, staff_member
@@ -330,7 +330,7 @@ def test_walking_the_audience_again_writes_nothing_twice(marketer, lead, publish
     audience(12)
     campaign = scheduled(marketer, lead)
     step = start_step(campaign, "Notice", published)
-    CampaignStep.objects.filter(pk=step.pk).update(cursor_user_id=0, walk_done=False)
+    CampaignStep.objects.filter(pk=step.pk).update(cursor_recipient_id=0, walk_done=False)
     published.run_walk(step.pk)
     assert Message.objects.filter(step=step).count() == 12
 
@@ -372,7 +372,7 @@ def test_a_walk_waits_out_a_batch_counting_itself_but_stops_for_another_walk(
 
     holding.clear()
     release.clear()
-    CampaignStep.objects.filter(pk=step.pk).update(walk_done=False, cursor_user_id=0)
+    CampaignStep.objects.filter(pk=step.pk).update(walk_done=False, cursor_recipient_id=0)
     walker = threading.Thread(
         target=hold, args=(f"SELECT pg_advisory_xact_lock({fanout.WALK_LOCK_SPACE} | %s)",)
     )
@@ -400,11 +400,13 @@ def test_a_batch_racing_another_run_of_itself_starts_over_and_writes_nothing_twi
     with time_machine.travel(step_start(campaign, step)):
         steps_start_due()
         ids = sorted(u.pk for u in users)
-        fanout.step_fanout_batch(step_id=step.pk, user_ids=ids[:4])  # the other run, done
+        fanout.step_fanout_batch(
+            step_id=step.pk, recipient_ids=recipient_ids_of(ids[:4])
+        )  # the other run, done
         real = pipeline.messages_unwritten
         stale = iter([lambda rows: list(rows)])  # the first look predates the other's commit
         monkeypatch.setattr(pipeline, "messages_unwritten", lambda rows: next(stale, real)(rows))
-        report = fanout.step_fanout_batch(step_id=step.pk, user_ids=ids)
+        report = fanout.step_fanout_batch(step_id=step.pk, recipient_ids=recipient_ids_of(ids))
     assert (report.messages, report.existing) == (2, 4)
     assert sorted(Message.objects.filter(step=step).values_list("user_id", flat=True)) == ids
     assert Delivery.objects.filter(message__step=step).count() == 6 * 2
@@ -466,13 +468,13 @@ def test_pausing_holds_what_is_queued_and_stops_pending_batches(marketer, lead, 
         steps_start_due()
         published.walk(notice.pk)
         first_batch = published.batches.pop(0)
-        step_fanout_batch(step_id=first_batch[0], user_ids=first_batch[1][:10])
+        step_fanout_batch(step_id=first_batch[0], recipient_ids=first_batch[1][:10])
         held = campaign_pause(campaign=campaign, by=marketer)
         assert held == 20  # ten recipients x in-app and email were queued
         assert set(
             Delivery.objects.filter(message__campaign=campaign).values_list("reason", flat=True)
         ) == {Reason.CAMPAIGN_PAUSED}
-        report = step_fanout_batch(step_id=first_batch[0], user_ids=first_batch[1][10:])
+        report = step_fanout_batch(step_id=first_batch[0], recipient_ids=first_batch[1][10:])
         assert report.messages == 0  # a batch already queued writes nothing while paused
         released = campaign_resume(campaign=campaign, by=marketer)
         assert released == 20

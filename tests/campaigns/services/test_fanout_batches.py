@@ -29,6 +29,7 @@ from campaigns.models import (
 )
 from campaigns.services import fanout
 from campaigns.services.fanout import StartReport
+from campaigns.tasks import fanout_batch
 from notifier.models import Message, Recipient
 from tests.campaigns.approvals import FANS, NOTICE_AT, approved, audience, person
 
@@ -74,11 +75,11 @@ def state(step: CampaignStep) -> CampaignStep:
 
 def run(published, batch: tuple[int, list[int]], times: int = 1) -> list[bool]:
     """Run a published batch `times` times (a broker re-delivery, a re-publish): which counted."""
-    step_id, user_ids = batch
+    step_id, recipient_ids = batch
     counted = []
     for _ in range(times):
         before = CampaignStep.objects.get(pk=step_id).batches_done
-        fanout.step_fanout_batch(step_id=step_id, user_ids=user_ids)
+        fanout.step_fanout_batch(step_id=step_id, recipient_ids=recipient_ids)
         counted.append(CampaignStep.objects.get(pk=step_id).batches_done > before)
     return counted
 
@@ -107,7 +108,7 @@ def test_a_walk_whose_transaction_dies_publishes_nothing_and_the_next_hands_out_
         published.walk(step.pk)
     # Nothing the walk did survives, the publish included: no batch runs behind the counters.
     assert published.batches == []
-    assert (state(step).cursor_user_id, state(step).batches_total) == (0, 0)
+    assert (state(step).cursor_recipient_id, state(step).batches_total) == (0, 0)
     assert not FanoutBatch.objects.filter(step=step).exists()
 
     monkeypatch.setattr(fanout, "bulk_congested", real)
@@ -182,21 +183,27 @@ def test_a_revived_walk_goes_on_from_its_cursor_and_publishes_its_lost_batches(s
     assert len(per_user) == USERS and set(per_user.values()) == {1}
 
 
-def test_a_batch_makes_the_missing_profiles_in_bulk_not_one_query_per_user(step, published):
-    """Users whose profile was never made (a host's users from before the install) get theirs
-    with the batch: a fixed handful of statements on the profile table, whatever its size."""
+def test_a_batch_queued_by_user_id_before_the_upgrade_makes_missing_profiles_in_bulk(
+    step, published
+):
+    """A batch handed out by user id, before walks went by recipient profile (campaigns
+    migration 0015), still runs from the queue (task `campaigns.fanout_batch`): on its users'
+    profiles, the missing ones made in bulk (a host's users from before the install), a fixed
+    handful of statements on the profile table whatever its size, and everyone written once."""
     assert published.walk(step.pk) is fanout.Walk.DONE
-    everyone = [pk for _, ids in published.batches for pk in ids]
+    handed_out = [pk for _, ids in published.batches for pk in ids]
+    everyone = sorted(Recipient.objects.filter(pk__in=handed_out).values_list("user_id", flat=True))
     assert len(everyone) == USERS
     Recipient.objects.filter(user_id__in=everyone).delete()
 
     with CaptureQueriesContext(connection) as queries:
-        fanout.step_fanout_batch(step_id=step.pk, user_ids=everyone)
+        fanout_batch(step.pk, everyone, state(step).walk_round)
 
     on_profiles = [q["sql"] for q in queries.captured_queries if "notifier_recipient" in q["sql"]]
-    # The users with their profiles (a join), the missing ones read, one insert, read back,
-    # the batch's marketing frequencies: each for the whole batch, none for one user.
-    assert len(on_profiles) <= 5, on_profiles
+    # The missing profiles read, one insert, read back; the users with their profiles (a
+    # join); the batch's marketing frequencies: each for the whole batch, none for one user.
+    assert len(on_profiles) <= 6, on_profiles
     assert not [sql for sql in on_profiles if '"user_id" = ' in sql], on_profiles
     assert Recipient.objects.filter(user_id__in=everyone).count() == USERS
-    assert len(messages_per_user(step)) == USERS
+    assert sorted(messages_per_user(step)) == everyone
+    assert set(messages_per_user(step).values()) == {1}

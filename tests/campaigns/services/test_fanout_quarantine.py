@@ -29,7 +29,7 @@ from campaigns.models import (
 from campaigns.services import fanout
 from campaigns.services.definitions import campaign_definition
 from campaigns.services.lifecycle import campaign_create
-from notifier.models import Delivery, Message, NotificationType, User
+from notifier.models import Delivery, Message, NotificationType, User, recipient_ids_of
 from notifier.rendering import RenderError
 from notifier.status import DeliveryStatus, Reason
 from notifier.tasks import prepare_messages
@@ -126,7 +126,9 @@ def run_prepare_tasks(published, *, max_runs: int = 30) -> int:
 def run_batch_until_it_stops_dying(step, users, *, max_runs: int = 10) -> int:
     for deaths in range(max_runs):
         try:
-            fanout.step_fanout_batch(step_id=step.pk, user_ids=[u.pk for u in users], walk_round=0)
+            fanout.step_fanout_batch(
+                step_id=step.pk, recipient_ids=recipient_ids_of(u.pk for u in users), walk_round=0
+            )
         except WorkerDied:
             continue
         return deaths
@@ -178,7 +180,7 @@ def test_the_soft_time_limit_mid_batch_blames_nobody_and_each_message_goes_on_al
     render_for(monkeypatch, out_of_time)
     with django_capture_on_commit_callbacks(execute=True):
         report = fanout.step_fanout_batch(
-            step_id=step.pk, user_ids=[u.pk for u in users], walk_round=0
+            step_id=step.pk, recipient_ids=recipient_ids_of(u.pk for u in users), walk_round=0
         )
     assert report.one_by_one == 4
     written = messages_of(step, users)
@@ -204,7 +206,9 @@ def test_the_soft_time_limit_on_a_batch_of_one_fails_its_message(
     render_for(monkeypatch, out_of_time)
     alone = users[-1]
     with django_capture_on_commit_callbacks(execute=True):
-        fanout.step_fanout_batch(step_id=step.pk, user_ids=[alone.pk], walk_round=0)
+        fanout.step_fanout_batch(
+            step_id=step.pk, recipient_ids=recipient_ids_of([alone.pk]), walk_round=0
+        )
     (message,) = messages_of(step, [alone]).values()
     assert inapp(message) == (S.FAILED, Reason.RENDER_TIMEOUT)
     assert published.prepare == []
@@ -220,7 +224,9 @@ def test_a_customer_whose_row_cannot_be_read_gets_a_failed_message_and_the_batch
             "WHERE user_id = %s",
             [unreadable.pk],
         )
-    report = fanout.step_fanout_batch(step_id=step.pk, user_ids=[u.pk for u in users], walk_round=0)
+    report = fanout.step_fanout_batch(
+        step_id=step.pk, recipient_ids=recipient_ids_of(u.pk for u in users), walk_round=0
+    )
     assert report.unreadable == 1
     written = messages_of(step, users)
     assert len(written) == 4
@@ -238,7 +244,9 @@ def test_copy_that_cannot_compile_fails_its_messages_not_the_batch(step, users, 
     nested = "".join(f"{{% for i{n} in [1] %}}" for n in range(21)) + "x" + "{% endfor %}" * 21
     VariantTemplate.objects.filter(variant__step=step).update(body=nested)
     approve_as_it_is(step.campaign_id)  # as if it got past the save check and approval
-    fanout.step_fanout_batch(step_id=step.pk, user_ids=[u.pk for u in users], walk_round=0)
+    fanout.step_fanout_batch(
+        step_id=step.pk, recipient_ids=recipient_ids_of(u.pk for u in users), walk_round=0
+    )
     written = messages_of(step, users)
     assert len(written) == 4
     assert {inapp(m)[1] for m in written.values()} == {Reason.RENDER_FAILED}

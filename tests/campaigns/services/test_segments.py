@@ -652,11 +652,11 @@ def test_count_and_keyset_walk_use_indexes_not_a_sequential_scan(many_users):
         assert "Index Scan" in plan and index in plan, plan
 
     # The fan-out's keyset batch walks the profiles: a narrow segment through its rule's
-    # index, a broad one along the profiles' user_id index, stopping after the batch; each
+    # index, a broad one along the profiles' primary key, stopping after the batch; each
     # user it yields is checked (is_active) by primary key. Never a whole table.
     for tiers, index in [
         ([SpendTier.WHALE], "recipient_spend_idx"),
-        ([SpendTier.SMALL_FISH], "notifier_recipient_user_id_key"),
+        ([SpendTier.SMALL_FISH], "notifier_recipient_pkey"),
     ]:
         segment = rules(spend_tiers=tiers)
         segment_walk(segment, after=0, limit=500, now=NOW)  # the backfill: nothing to make
