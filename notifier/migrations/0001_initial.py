@@ -17,6 +17,9 @@ class Migration(migrations.Migration):
     dependencies = [
         ('auth', '0012_alter_user_first_name_max_length'),
         ('campaigns', '0001_initial'),
+        # A host's own user model is made before the tables that point at it, whatever the
+        # order of INSTALLED_APPS (with notifier.User, a reference to this app: ignored).
+        migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 
     operations = [

@@ -27,13 +27,14 @@ INSTALLED_APPS = [
     "django.contrib.sessions",
     "django.contrib.messages",
     "django.contrib.staticfiles",
-    "tests.host.shop",
     # --- notifier: INSTALLED_APPS ---
     "django_celery_beat",
     "notifier",
     "channels.apps.ChannelAdaptersConfig",
     "campaigns",
     # --- end ---
+    # The user model's app after Notifier's: its migrations still run first.
+    "tests.host.shop",
 ]
 AUTH_USER_MODEL = "shop.Customer"
 
