@@ -92,7 +92,7 @@ def classify_twilio_error(
 
 
 def status_callback_url(provider: str = "") -> str:
-    """Where Twilio posts this message's status changes (see notifier.views.webhooks); a
+    """Where Twilio posts this message's status changes (see notifier.webhooks.views); a
     configured instance other than "twilio" is named in the query, so the callback is checked
     with that account's token and finds deliveries sent through it."""
     base = settings.NOTIFIER_TWILIO_WEBHOOK_BASE_URL or settings.NOTIFIER_SITE_URL

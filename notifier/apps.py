@@ -18,12 +18,12 @@ class NotifierConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
-        from notifier import (
+        from notifier.catalog import sync_catalog_after_migrate
+        from notifier.models import NotificationType
+        from notifier.operations import (
             celery_signals,
             checks,  # noqa: F401  (registers the system checks)
         )
-        from notifier.catalog import sync_catalog_after_migrate
-        from notifier.models import NotificationType
         from notifier.roles import roles_sync_after_migrate
         from notifier.selectors import type_cache_clear
 
@@ -31,7 +31,7 @@ class NotifierConfig(AppConfig):
         # Email tracking events from anymail's per-ESP webhook views (signature checked there).
         from anymail.signals import tracking
 
-        from notifier.views.webhooks import email_tracking_received
+        from notifier.webhooks.views import email_tracking_received
 
         tracking.connect(email_tracking_received, dispatch_uid="notifier-email-tracking")
         post_migrate.connect(roles_sync_after_migrate, sender=self)  # if the setting asks

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from notifier.probe_state import install_worker_probe
+from notifier.operations.probe_state import install_worker_probe
 from notifier.queues import CELERY_QUEUES, MAINTENANCE_QUEUE, Lane, prepare_queue
 
 # The maintenance jobs run on their own queue, out of the way of sending; everything else is

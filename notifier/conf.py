@@ -37,9 +37,9 @@ NOTIFIER_ADMIN_REPLACE_BEAT = False
 # Re-apply the role matrix (notifier/roles.py) to the staff groups after every migrate.
 NOTIFIER_SYNC_ROLES_ON_MIGRATE = False
 
-# --- Health probes of workers and beat (notifier/probe.py) ----------------------------------
-# Each worker (and beat) writes its heartbeat and state here; `python -m notifier.probe worker`
-# (or `beat`) reads them. Empty: nothing written.
+# --- Health probes of workers and beat (notifier/operations/probe.py) ---------------------
+# Each worker (and beat) writes its heartbeat and state here;
+# `python -m notifier.operations.probe worker` (or `beat`) reads them. Empty: nothing written.
 NOTIFIER_PROBE_DIR = ""
 NOTIFIER_WORKER_HEARTBEAT_S = 5.0
 

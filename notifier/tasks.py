@@ -14,7 +14,7 @@ from typing import Any
 from celery import shared_task
 from django.conf import settings
 
-from notifier.services.alerts import failure_alerts_run
+from notifier.operations.alerts import failure_alerts_run
 from notifier.services.deliveries import (
     deliveries_deliver,
     requeue_expired_claims,

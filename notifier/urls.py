@@ -8,8 +8,12 @@ webhooks, the inbox page and campaign tracking. The admin and signing in are the
 from django.urls import path
 
 from notifier.hooks import campaign_urls
-from notifier.metrics import metrics_view
-from notifier.views import health, inbox, inbox_page, preferences, webhooks
+from notifier.operations import views as health
+from notifier.operations.metrics import metrics_view
+from notifier.pages import inbox as inbox_page
+from notifier.pages import inbox_api as inbox
+from notifier.pages import preferences
+from notifier.webhooks import views as webhooks
 
 app_name = "notifier"
 urlpatterns = [

@@ -164,7 +164,7 @@ if CELERY_BROKER_URL.startswith(("redis://", "rediss://")):
         "CELERY_BROKER_CONNECT_TIMEOUT_S", default=2.0
     )
 # django-celery-beat's DatabaseScheduler, plus a heartbeat file for beat's probe.
-CELERY_BEAT_SCHEDULER = "notifier.beat_scheduler:ProbedScheduler"
+CELERY_BEAT_SCHEDULER = "notifier.operations.beat_scheduler:ProbedScheduler"
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 CELERY_WORKER_SEND_TASK_EVENTS = env.bool("CELERY_WORKER_SEND_TASK_EVENTS", default=False)
 
@@ -292,7 +292,7 @@ ANYMAIL = env.dict("ANYMAIL", default={})
 # --- Observability --------------------------------------------------------------------------
 SENTRY_DSN = env.str("SENTRY_DSN", default="")
 if SENTRY_DSN:
-    from notifier.observability import init_sentry
+    from notifier.operations.observability import init_sentry
 
     init_sentry(SENTRY_DSN, environment=env.str("SENTRY_ENVIRONMENT", default="production"))
 

@@ -21,7 +21,7 @@ if not os.environ.get("EMAIL_URL"):
 
 # Worker processes of the observability tests: Sentry into a file, logs into a JSON file.
 if os.environ.get("NOTIFIER_TEST_SENTRY_SPOOL"):
-    from notifier.observability import init_sentry
+    from notifier.operations.observability import init_sentry
     from tests.observability.spool import TEST_DSN, SpoolTransport
 
     init_sentry(

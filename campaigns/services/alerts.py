@@ -1,4 +1,4 @@
-"""The failure-rate job's turn for campaigns (notifier.services.alerts runs it through the
+"""The failure-rate job's turn for campaigns (notifier.operations.alerts runs it through the
 campaigns hook): a running campaign whose finished sends fail above its own
 `pause_failure_percent` (with at least NOTIFIER_CAMPAIGN_PAUSE_MIN_SENDS of them) is paused
 through the lifecycle service, with the reason on the campaign for the marketer. A second run
@@ -17,12 +17,12 @@ from campaigns.services.lifecycle import CampaignError
 from campaigns.services.lifecycle import campaign_pause as pause
 from notifier.logcontext import bound
 from notifier.models import DeliveryEvent, EventKind
+from notifier.operations.alerts import alert_to_sentry
 from notifier.policies.alerts import Counts, Decision, campaign_pause
-from notifier.services.alerts import alert_to_sentry
 from notifier.status import DeliveryStatus as S
 
 # The alert lines keep the alerts job's logger name, so log filters and alert rules find them.
-log = logging.getLogger("notifier.services.alerts")
+log = logging.getLogger("notifier.operations.alerts")
 
 
 def campaign_counts(*, since: datetime, campaign_ids: list[int]) -> dict[int, Counts]:

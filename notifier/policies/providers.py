@@ -2,7 +2,7 @@
 
 Email events arrive normalised by django-anymail (its `EventType` and `RejectReason` values);
 Twilio reports `MessageStatus` and `ErrorCode`; people text keywords such as STOP. Each is
-read here into an `EventAction`; `notifier.services.webhooks` carries it out.
+read here into an `EventAction`; `notifier.webhooks.events` carries it out.
 """
 
 from __future__ import annotations

@@ -49,9 +49,9 @@ from notifier.db import (
     update_rows,
 )
 from notifier.logcontext import bound
-from notifier.metrics import record_send
 from notifier.models import Delivery, DeliveryEvent, Device, EventKind, Message
-from notifier.observability import personal_values, sentry_on
+from notifier.operations.metrics import record_send
+from notifier.operations.observability import personal_values, sentry_on
 from notifier.policies.failover import counts_against_health, hands_on, pause_for
 from notifier.policies.retry import RetryPolicy, Verdict, after_attempt
 from notifier.provider_limits import (

@@ -13,7 +13,7 @@ from notifier.models import Delivery, DeliveryEvent, InboxItem
 from notifier.status import DeliveryStatus
 from tests.browser.conftest import assert_fits, small_tap_targets
 from tests.factories import UserFactory
-from tests.notifier.views.test_inbox_api import deliver_inbox
+from tests.notifier.pages.test_inbox_api import deliver_inbox
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 

@@ -8,7 +8,7 @@ from typing import Any
 
 import yaml
 
-from notifier.probe import main as probe_main
+from notifier.operations.probe import main as probe_main
 
 DEPLOY = Path(__file__).resolve().parent.parent.parent / "deploy"
 # Names whose values are secrets wherever they appear.
@@ -47,10 +47,10 @@ def queues_of(argv: list[str]) -> list[str]:
 
 
 def probe_command_is_valid(argv: list[str], tmp_path: Path) -> str:
-    """Run an exec probe's command through notifier.probe's own parser against an empty
+    """Run an exec probe's command through notifier.operations.probe's own parser against an empty
     directory: a valid command answers 'unhealthy' with a reason (exit 1); a wrong role or
     check would make argparse exit 2."""
-    assert argv[:3] == ["python", "-m", "notifier.probe"], argv
+    assert argv[:3] == ["python", "-m", "notifier.operations.probe"], argv
     code = probe_main([*argv[3:], "--dir", str(tmp_path)])
     assert code == 1
     return argv[3]

@@ -45,7 +45,10 @@ def test_exactly_one_beat_and_it_is_never_replicated():
     beats = [name for name in SERVICES if is_beat(command(name))]
     assert beats == ["beat"]
     assert SERVICES["beat"].get("deploy", {}).get("replicas", 1) == 1
-    assert option(command("beat"), "--scheduler", "-S") == "notifier.beat_scheduler:ProbedScheduler"
+    assert (
+        option(command("beat"), "--scheduler", "-S")
+        == "notifier.operations.beat_scheduler:ProbedScheduler"
+    )
 
 
 def test_every_queue_is_consumed_and_each_worker_keeps_to_one_lane():

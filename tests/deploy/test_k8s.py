@@ -67,7 +67,7 @@ def test_exactly_one_beat_with_recreate_and_nothing_scaling_it():
     assert spec["replicas"] == 1
     assert spec["strategy"] == {"type": "Recreate"}
     assert option(main_command(DEPLOYMENTS["beat"]), "--scheduler") == (
-        "notifier.beat_scheduler:ProbedScheduler"
+        "notifier.operations.beat_scheduler:ProbedScheduler"
     )
     scaled = [so["spec"]["scaleTargetRef"]["name"] for so in SCALED_OBJECTS.values()]
     scaled += [

@@ -20,7 +20,7 @@ from tests.integration.test_worker_probe import wait_probe
 pytestmark = pytest.mark.integration
 
 MAX_INTERVAL_S = 1
-LIMIT_S = 6 * MAX_INTERVAL_S  # notifier.probe_state.BEAT_STALE_AFTER_TICKS ticks
+LIMIT_S = 6 * MAX_INTERVAL_S  # notifier.operations.probe_state.BEAT_STALE_AFTER_TICKS ticks
 
 
 @pytest.fixture

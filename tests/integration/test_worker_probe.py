@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from notifier.probe_state import STATE_FILE
+from notifier.operations.probe_state import STATE_FILE
 from notifier.queues import MAINTENANCE_QUEUE
 from tests.conftest import ROOT, WorkerProcess, wait_until
 from tests.integration.rig import RedisServer
@@ -23,13 +23,13 @@ from tests.integration.rig import RedisServer
 pytestmark = pytest.mark.integration
 
 HEARTBEAT_S = 0.5
-LIMIT_S = 4 * HEARTBEAT_S  # notifier.probe_state.STALE_AFTER_INTERVALS intervals
+LIMIT_S = 4 * HEARTBEAT_S  # notifier.operations.probe_state.STALE_AFTER_INTERVALS intervals
 
 
 def probe(directory: Path, check: str = "ready", role: str = "worker") -> tuple[int, str]:
     """Run the probe exactly as a Kubernetes exec probe or a compose healthcheck does."""
     done = subprocess.run(
-        [sys.executable, "-m", "notifier.probe", role, check, "--dir", str(directory)],
+        [sys.executable, "-m", "notifier.operations.probe", role, check, "--dir", str(directory)],
         cwd=ROOT,
         capture_output=True,
         text=True,

@@ -7,7 +7,7 @@ import pytest
 from django.conf import settings
 
 from campaigns.tasks import fanout_batch, fanout_recipients, walk_step
-from notifier.checks import check_task_time_limits
+from notifier.operations.checks import check_task_time_limits
 from notifier.tasks import deliver, prepare_messages
 
 

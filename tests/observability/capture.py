@@ -11,7 +11,7 @@ from sentry_sdk.envelope import Envelope
 from sentry_sdk.transport import Transport
 
 from notifier.logcontext import clear_ids
-from notifier.observability import init_sentry
+from notifier.operations.observability import init_sentry
 from tests.observability.spool import TEST_DSN
 
 

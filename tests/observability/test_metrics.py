@@ -6,8 +6,8 @@ import pytest
 from django.utils import timezone
 from prometheus_client.parser import text_string_to_metric_families
 
-from notifier.metrics import token_allows
 from notifier.models import Delivery
+from notifier.operations.metrics import token_allows
 from notifier.provider_limits import breaker_record
 from notifier.services.pipeline import messages_prepare
 from notifier.status import DeliveryStatus

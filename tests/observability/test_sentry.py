@@ -12,7 +12,7 @@ from channels.sandbox import SandboxEmailProvider
 from notifier.api import notify
 from notifier.logcontext import bound
 from notifier.models import Delivery
-from notifier.observability import FILTERED, monitor_config, scrub, scrub_text
+from notifier.operations.observability import FILTERED, monitor_config, scrub, scrub_text
 from notifier.periodic import BEAT_SCHEDULE
 from notifier.services.deliveries import deliveries_deliver
 from notifier.services.pipeline import messages_prepare
@@ -190,14 +190,14 @@ def test_a_periodic_job_that_raises_checks_in_error(sentry, monkeypatch):
 
 
 def test_an_ordinary_task_does_not_check_in(sentry):
-    from notifier.observability import checkin_started
+    from notifier.operations.observability import checkin_started
 
     checkin_started("t-1", "notifier.deliver")
     assert sentry.checkins() == []
 
 
 def test_known_values_are_worked_out_only_when_something_is_scrubbed():
-    from notifier.observability import personal_values
+    from notifier.operations.observability import personal_values
 
     calls = []
 
@@ -222,7 +222,7 @@ def test_a_web_request_crash_arrives_with_its_link_token_and_form_scrubbed(sentr
     def broken(token):
         raise RuntimeError(f"cannot read link token {token}")
 
-    monkeypatch.setattr("notifier.views.preferences._unsubscribe_claim", broken)
+    monkeypatch.setattr("notifier.pages.preferences._unsubscribe_claim", broken)
     token = "eyJ1IjoxMjMsImMiOiJwcm9tbyJ9:1tBzXy:Qm9uam91ci1zZWNyZXQ"
     client = Client(raise_request_exception=False)
     response = client.post(
@@ -243,7 +243,7 @@ def test_a_web_request_crash_arrives_with_its_link_token_and_form_scrubbed(sentr
 
 def test_a_job_that_runs_every_15_seconds_checks_in_once_a_minute():
     from notifier.cooldowns import cooldown_reset
-    from notifier.observability import checkin_finished, checkin_started
+    from notifier.operations.observability import checkin_finished, checkin_started
 
     cooldown_reset()
     sent: list[tuple[str, str]] = []

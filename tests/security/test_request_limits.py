@@ -305,7 +305,7 @@ def test_switching_public_limits_off(settings, tight):
 
 
 def test_a_bad_setting_fails_the_system_check(settings):
-    from notifier.checks import check_public_rate_limits
+    from notifier.operations.checks import check_public_rate_limits
 
     assert check_public_rate_limits() == []
     settings.NOTIFIER_PUBLIC_RATE_LIMITS = {"tracking.ip": "fast"}

@@ -16,7 +16,7 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 from prometheus_client import make_wsgi_app
 
-from notifier.metrics import multiprocess_dir, scrape_registry, token_allows
+from notifier.operations.metrics import multiprocess_dir, scrape_registry, token_allows
 
 
 def exporter_app(token: str) -> Any:

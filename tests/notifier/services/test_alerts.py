@@ -15,7 +15,7 @@ from campaigns.services.lifecycle import campaign_resume
 from notifier.api import notify
 from notifier.cooldowns import cooldown_reset
 from notifier.models import Delivery, DeliveryEvent, Message
-from notifier.services.alerts import failure_alerts_run
+from notifier.operations.alerts import failure_alerts_run
 from notifier.services.deliveries import deliveries_deliver
 from notifier.services.pipeline import messages_prepare
 from notifier.status import DeliveryStatus, Reason
@@ -62,11 +62,11 @@ def send_emails(emails: list[str], campaign: Campaign | None = None) -> list[Del
 
 def test_a_failing_provider_alerts_once_then_cools_down(published, sentry, caplog):
     send_emails([f"u{i}+fail-always@example.com" for i in range(5)] + ["ok@example.com"])
-    caplog.set_level(logging.WARNING, logger="notifier.services.alerts")
+    caplog.set_level(logging.WARNING, logger="notifier.operations.alerts")
 
     first = failure_alerts_run()
     assert first.alerted == ["email:sandbox"]
-    warning = next(r for r in caplog.records if r.name == "notifier.services.alerts")
+    warning = next(r for r in caplog.records if r.name == "notifier.operations.alerts")
     assert warning.getMessage() == (
         "provider failure rate: email:sandbox: 5 of 6 attempts failed (83%) in the last 5 min, "
         "above the 25% threshold"

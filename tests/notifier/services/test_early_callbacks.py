@@ -22,8 +22,8 @@ from notifier.services import deliveries
 from notifier.services.callbacks import early_callbacks_apply, early_callbacks_reconcile
 from notifier.services.deliveries import deliveries_deliver, requeue_stuck_work
 from notifier.services.pipeline import messages_prepare
-from notifier.services.webhooks import ProviderEventIn, provider_event_apply
 from notifier.status import DeliveryStatus, Reason
+from notifier.webhooks.events import ProviderEventIn, provider_event_apply
 from tests.factories import UserFactory, order_context
 from tests.notifier.services.test_webhooks import at_once
 

@@ -363,7 +363,7 @@ def test_a_sandbox_alone_is_no_failover_and_passes(settings):
 
 
 def test_each_esp_instances_webhooks_are_accepted_and_find_its_deliveries(two_esps, settings):
-    from notifier.views.webhooks import email_provider_of_esp, email_webhook_esps
+    from notifier.webhooks.views import email_provider_of_esp, email_webhook_esps
 
     settings.NOTIFIER_EMAIL_WEBHOOK_ESPS = []
     settings.EMAIL_BACKEND = "django.core.mail.backends.smtp.EmailBackend"

@@ -13,8 +13,8 @@ from notifier.policies.providers import email_event_action
 from notifier.services.deliveries import deliveries_deliver
 from notifier.services.pipeline import messages_prepare
 from notifier.services.preferences import consent_give
-from notifier.services.webhooks import ProviderEventIn, provider_event_apply, sms_inbound_apply
 from notifier.status import DeliveryStatus, Reason
+from notifier.webhooks.events import ProviderEventIn, provider_event_apply, sms_inbound_apply
 from tests.factories import UserFactory, order_context
 
 S = DeliveryStatus

@@ -208,7 +208,7 @@ def test_marketing_items_carry_an_unsubscribe_link_and_others_do_not(user, clien
 
 
 def test_a_cursor_reads_back_as_what_was_given_out():
-    from notifier.views.inbox import decode_cursor, encode_cursor
+    from notifier.pages.inbox_api import decode_cursor, encode_cursor
 
     moment = timezone.now()
     assert decode_cursor(encode_cursor((moment, 42)) or "") == (moment, 42)
@@ -230,7 +230,7 @@ def test_a_cursor_reads_back_as_what_was_given_out():
 def test_a_forged_cursor_is_a_bad_request(text):
     import base64
 
-    from notifier.views.inbox import BadRequest, decode_cursor
+    from notifier.pages.inbox_api import BadRequest, decode_cursor
 
     with pytest.raises(BadRequest, match="pass next_cursor as is"):
         decode_cursor(base64.urlsafe_b64encode(text.encode()).decode())

@@ -10,7 +10,7 @@ from django.core.management import call_command
 from django.core.management.base import SystemCheckError
 
 from channels.base import Channel
-from notifier import checks
+from notifier.operations import checks
 
 NESTED_LOOPS = "{% for x in [1] %}" * 21 + "{{ x }}" + "{% endfor %}" * 21
 LONG_SUM = "{{ " + " + ".join(["1"] * 3000) + " }}"

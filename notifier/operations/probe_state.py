@@ -1,8 +1,9 @@
-"""What workers and beat write for their health probe (read by `python -m notifier.probe`).
+"""What workers and beat write for their health probe (read by
+`python -m notifier.operations.probe`).
 
 In NOTIFIER_PROBE_DIR, a worker's consumer bootstep touches `heartbeat` from the consumer's
 event loop and keeps `state.json` (consuming / reconnecting / stopped); beat's scheduler
-(notifier.beat_scheduler) touches `beat-heartbeat` on every tick and writes `beat.json`.
+(notifier.operations.beat_scheduler) touches `beat-heartbeat` on every tick and writes `beat.json`.
 """
 
 from __future__ import annotations

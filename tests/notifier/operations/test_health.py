@@ -9,8 +9,8 @@ import pytest
 from celery.signals import task_postrun
 from django.urls import reverse
 
-from notifier import health
-from notifier.health import HEARTBEAT_KEY, STALE_AFTER, WATCHED_JOB, beat_fresh
+from notifier.operations import health
+from notifier.operations.health import HEARTBEAT_KEY, STALE_AFTER, WATCHED_JOB, beat_fresh
 from notifier.tasks import release_held_task, requeue_stuck_work_task
 
 INTERVAL = 15.0

@@ -2,7 +2,7 @@
 
 Email: `/webhooks/anymail/<esp>/tracking/` runs django-anymail's own tracking view for that
 ESP, which checks the ESP's signature or basic auth and sends `anymail.signals.tracking`;
-`email_tracking_received` below hands each event to `notifier.services.webhooks`. Only the
+`email_tracking_received` below hands each event to `notifier.webhooks.events`. Only the
 ESPs we accept are routed at all (404 otherwise): anymail's other views, inbound mail
 included, are never reachable.
 
@@ -46,13 +46,13 @@ from notifier.policies.providers import (
     sms_status_action,
     too_old,
 )
-from notifier.services.webhooks import (
+from notifier.text import json_value_problem, strict_json_loads, text_problem
+from notifier.webhooks.events import (
     InvalidProviderEvent,
     ProviderEventIn,
     provider_event_apply,
     sms_inbound_apply,
 )
-from notifier.text import json_value_problem, strict_json_loads, text_problem
 
 log = logging.getLogger(__name__)
 security_log = logging.getLogger("django.security.webhooks")

@@ -6,8 +6,8 @@ import os
 
 import pytest
 
-from notifier.probe import judge, judge_beat, main, probe_worker
-from notifier.probe_state import HEARTBEAT_FILE, WorkerState, write_state
+from notifier.operations.probe import judge, judge_beat, main, probe_worker
+from notifier.operations.probe_state import HEARTBEAT_FILE, WorkerState, write_state
 
 NOW = 1_000_000.0
 

@@ -1,4 +1,4 @@
-"""Health endpoints for load balancers and orchestrators (see notifier.health)."""
+"""Health endpoints for load balancers and orchestrators (see notifier.operations.health)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from django.http import HttpRequest, JsonResponse
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET
 
-from notifier.health import readiness
+from notifier.operations.health import readiness
 
 
 @never_cache

@@ -51,6 +51,7 @@ from notifier.models import (
     NotificationType,
     Priority,
 )
+from notifier.pages.inbox_api import BadRequest, error, json_object
 from notifier.policies.preferences import ConsentState, Preferences, can_switch_off, channel_enabled
 from notifier.request_limits import request_ip
 from notifier.selectors import consent_of, preferences_of
@@ -71,7 +72,6 @@ from notifier.services.preferences import (
     unsubscribe,
 )
 from notifier.user_keys import UserKey
-from notifier.views.inbox import BadRequest, error, json_object
 
 CHANNEL_LABELS = {"inapp": "in the app", "email": "email", "sms": "SMS", "push": "push"}
 SWITCH_LABELS = {"inapp": "In-app", "email": "Email", "sms": "SMS", "push": "Push"}

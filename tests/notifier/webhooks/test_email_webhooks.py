@@ -644,7 +644,7 @@ def test_a_failure_of_our_own_in_applying_an_event_is_a_500_so_the_esp_retries(
     """A bug of ours (or the database) while applying an authenticated event is not the ESP's
     fault: a 400 would tell the ESP to give up, losing the event. It answers 500, so the ESP
     retries, and nothing is written."""
-    from notifier.views import webhooks
+    from notifier.webhooks import views as webhooks
 
     email = sent_email()
 

@@ -26,7 +26,7 @@ from django.utils import timezone
 from notifier.cooldowns import cooldown_take
 from notifier.hooks import campaign_failure_alerts
 from notifier.models import DeliveryEvent, EventKind
-from notifier.observability import sentry_on
+from notifier.operations.observability import sentry_on
 from notifier.policies.alerts import Counts, provider_alert
 from notifier.status import DeliveryStatus
 

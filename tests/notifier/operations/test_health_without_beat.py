@@ -3,7 +3,7 @@
 import pytest
 from django.urls import reverse
 
-from notifier.health import HEARTBEAT_KEY, WATCHED_JOB
+from notifier.operations.health import HEARTBEAT_KEY, WATCHED_JOB
 
 pytestmark = pytest.mark.django_db
 

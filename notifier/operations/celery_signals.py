@@ -6,9 +6,9 @@ from __future__ import annotations
 
 from celery.signals import before_task_publish, task_postrun, task_prerun
 
-from notifier.health import beat_heartbeat
 from notifier.logcontext import add_ids_to_headers, clear_ids, restore_ids
-from notifier.observability import checkin_finished, checkin_started
+from notifier.operations.health import beat_heartbeat
+from notifier.operations.observability import checkin_finished, checkin_started
 
 
 def connect() -> None:

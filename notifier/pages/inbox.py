@@ -28,6 +28,7 @@ from django.views.decorators.http import require_http_methods
 from notifier.ids import parse_id
 from notifier.links import preferences_url
 from notifier.models import Feedback, InboxItem, Kind, Recipient
+from notifier.pages.inbox_api import BadRequest, decode_cursor, encode_cursor, item_json
 from notifier.selectors import inbox_page, inbox_unread_count
 from notifier.services.inbox import (
     InboxItemNotFound,
@@ -37,7 +38,6 @@ from notifier.services.inbox import (
     inbox_mark_read,
 )
 from notifier.user_keys import UserKey
-from notifier.views.inbox import BadRequest, decode_cursor, encode_cursor, item_json
 
 PAGE_SIZE = 20
 # The feedback buttons: the word from Feedback's label and a face drawn in SVG (the mouth's

@@ -18,13 +18,13 @@ from notifier.links import (
     unsubscribe_token,
 )
 from notifier.models import Consent, Message, Preference, Unsubscribe, User
+from notifier.pages.preferences import CONSENT_WORDING
 from notifier.services.preferences import (
     PreferenceError,
     consent_give,
     preference_set,
     unsubscribe,
 )
-from notifier.views.preferences import CONSENT_WORDING
 from tests.factories import UserFactory
 
 pytestmark = pytest.mark.django_db

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from notifier.checks import check_provider_webhooks
+from notifier.operations.checks import check_provider_webhooks
 
 
 def ids() -> list[str]:

@@ -12,7 +12,7 @@ from django.urls import reverse
 from notifier.models import Delivery, DeliveryEvent, InboxItem
 from notifier.status import DeliveryStatus
 from tests.factories import UserFactory
-from tests.notifier.views.test_inbox_api import deliver_inbox
+from tests.notifier.pages.test_inbox_api import deliver_inbox
 
 pytestmark = pytest.mark.django_db
 PASSWORD = "a-long-enough-password"

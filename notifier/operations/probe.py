@@ -1,5 +1,6 @@
-"""Health of workers and beat for exec probes: `python -m notifier.probe worker [live|ready]`
-and `python -m notifier.probe beat`; exit 0, or 1 with the reason on one line.
+"""Health of workers and beat for exec probes: `python -m notifier.operations.probe worker
+[live|ready]` and `python -m notifier.operations.probe beat`; exit 0, or 1 with the reason on
+one line.
 
 A worker has no HTTP port to probe, and `celery inspect ping` goes through the broker (so it
 fails for every worker at once when Redis blips, and costs a broker round trip per pod per
@@ -17,8 +18,8 @@ Liveness: `consuming` with a fresh heartbeat, or `reconnecting` (restarting the 
 bring the broker back, so a broker outage must not fail liveness). Readiness: `consuming` with
 a fresh heartbeat, i.e. connected to the broker and taking work.
 
-Beat: its scheduler (notifier.beat_scheduler) touches `beat-heartbeat` on every tick of its
-loop; alive while that is fresh. The probe sets up no Django and opens no connection (about
+Beat: its scheduler (notifier.operations.beat_scheduler) touches `beat-heartbeat` on every tick
+of its loop; alive while that is fresh. The probe sets up no Django and opens no connection (about
 0.2 s of CPU): it runs every few seconds in every pod.
 """
 
@@ -33,7 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from notifier.probe_state import (
+from notifier.operations.probe_state import (
     BEAT_HEARTBEAT_FILE,
     BEAT_STALE_AFTER_TICKS,
     BEAT_STATE_FILE,
@@ -159,7 +160,7 @@ def probe_beat(*, directory: Path, now: float | None = None) -> ProbeResult:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m notifier.probe",
+        prog="python -m notifier.operations.probe",
         description="Exit 0 when the worker is healthy, 1 with the reason otherwise.",
     )
     parser.add_argument("role", choices=["worker", "beat"])

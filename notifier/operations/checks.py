@@ -60,7 +60,7 @@ def check_provider_webhooks(app_configs: Any = None, **kwargs: Any) -> list[Chec
     from django.conf import settings
     from django.urls import NoReverseMatch
 
-    from notifier.views.webhooks import anymail_tracking_views, email_webhook_esps
+    from notifier.webhooks.views import anymail_tracking_views, email_webhook_esps
 
     found: list[CheckMessage] = []
     for esp in email_webhook_esps():

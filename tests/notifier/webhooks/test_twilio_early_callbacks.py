@@ -16,7 +16,7 @@ from notifier.services.deliveries import deliveries_deliver
 from notifier.services.pipeline import messages_prepare
 from notifier.status import DeliveryStatus, Reason
 from tests.factories import UserFactory, order_context
-from tests.notifier.views.test_twilio_webhooks import (  # noqa: F401 - the fixture
+from tests.notifier.webhooks.test_twilio_webhooks import (  # noqa: F401 - the fixture
     FROM,
     MESSAGES_URL,
     SID,

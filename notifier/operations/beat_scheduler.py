@@ -1,7 +1,7 @@
 """Beat's scheduler: django-celery-beat's DatabaseScheduler, plus a heartbeat for its probe.
 
-Every tick of beat's loop touches `beat-heartbeat` in NOTIFIER_PROBE_DIR, so
-`python -m notifier.probe beat` can tell a beat whose loop stopped (stuck on a lock, frozen)
+Every tick of beat's loop touches `beat-heartbeat` in NOTIFIER_PROBE_DIR, so `python -m
+notifier.operations.probe beat` can tell a beat whose loop stopped (stuck on a lock, frozen)
 from one that runs; the readiness endpoint's beat check, by contrast, also needs a maintenance
 worker to run the jobs.
 """
@@ -17,7 +17,12 @@ from typing import Any
 from django.conf import settings
 from django_celery_beat.schedulers import DatabaseScheduler
 
-from notifier.probe_state import BEAT_HEARTBEAT_FILE, BEAT_STATE_FILE, touch_heartbeat, write_json
+from notifier.operations.probe_state import (
+    BEAT_HEARTBEAT_FILE,
+    BEAT_STATE_FILE,
+    touch_heartbeat,
+    write_json,
+)
 
 
 class ProbedScheduler(DatabaseScheduler):

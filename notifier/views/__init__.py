@@ -1,1 +1,0 @@
-"""HTTP views: the inbox JSON API for the logged-in user."""
