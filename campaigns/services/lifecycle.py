@@ -450,6 +450,10 @@ def campaigns_recheck(*, campaigns: QuerySet[Campaign] | None = None) -> list[Se
 # --- Pausing, resuming, cancelling, moving the event -----------------------------------------
 
 
+# Not sent yet, and not being sent: what pausing, cancelling or moving the event can still stop.
+UNSENT = (S.PENDING, S.HELD, S.QUEUED)
+
+
 def _campaign_deliveries(campaign: Campaign, statuses: Sequence[str]) -> Any:
     return Delivery.objects.filter(message__campaign_id=campaign.pk, status__in=statuses)
 
@@ -562,7 +566,6 @@ class MoveReport:
     skipped_steps: list[int] = field(default_factory=list)  # pending steps whose moment passed
 
 
-UNSENT = (S.PENDING, S.HELD, S.QUEUED)
 # Why a message of a step that had fanned out is cancelled when the event moves (support reads
 # these on the timeline, in the event's detail; the reason is event_moved).
 MOVE_WHY = {

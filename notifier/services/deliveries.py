@@ -865,11 +865,6 @@ def expired_claims_requeue(*, now: datetime, limit: int) -> tuple[int, int]:
         exhausted = [
             pk for pk, _, _, attempts in claims if attempts >= settings.NOTIFIER_MAX_ATTEMPTS
         ]
-        unclaimed: dict[str, object] = {
-            "claimed_at": None,
-            "claimed_until": None,
-            "claim_token": None,
-        }
         deliveries_move(
             [pk for pk, _, _ in retry],
             sources=[S.SENDING],
@@ -878,7 +873,9 @@ def expired_claims_requeue(*, now: datetime, limit: int) -> tuple[int, int]:
             at=now,
             reason=Reason.CLAIM_EXPIRED,
             next_attempt_at=now,
-            **unclaimed,
+            claimed_at=None,
+            claimed_until=None,
+            claim_token=None,
         )
         deliveries_move(
             exhausted,
@@ -889,7 +886,9 @@ def expired_claims_requeue(*, now: datetime, limit: int) -> tuple[int, int]:
             reason=Reason.RETRIES_EXHAUSTED,
             last_error="the worker stopped mid-send on every attempt",
             finished_at=now,
-            **unclaimed,
+            claimed_at=None,
+            claimed_until=None,
+            claim_token=None,
         )
         _publish_grouped(retry)
     return len(retry), len(exhausted)

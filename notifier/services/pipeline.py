@@ -495,7 +495,7 @@ def write_routed(
         )
         for r in rows
     ]
-    details = [
+    details: list[dict[str, Any]] = [
         {"until": r.next_attempt_at.isoformat()}
         if r.status == S.HELD and r.next_attempt_at
         else {"fallback_of": r.fallback_of}

@@ -78,8 +78,8 @@ DELIVERY_COLUMNS = (
     "priority_rank",
     "fallback_of",
 )
-_STATUS, _REASON, _LAST_ERROR = (
-    DELIVERY_COLUMNS.index(c) for c in ("status", "reason", "last_error")
+_MESSAGE, _CHANNEL, _STATUS, _REASON, _LAST_ERROR = (
+    DELIVERY_COLUMNS.index(c) for c in ("message", "channel", "status", "reason", "last_error")
 )
 
 # The milestone a move stamps with its time.
@@ -142,13 +142,13 @@ def deliveries_create(
         ids = {(message_id, channel): pk for pk, message_id, channel in returned}
     else:
         new_ids = copy_rows(Delivery, DELIVERY_COLUMNS, rows, with_ids=True)
-        ids = {(row[0], row[2]): pk for row, pk in zip(rows, new_ids, strict=True)}
+        ids = {(row[_MESSAGE], row[_CHANNEL]): pk for row, pk in zip(rows, new_ids, strict=True)}
     copy_rows(
         DeliveryEvent,
         EVENT_COLUMNS,
         [
             (
-                ids[(row[0], row[2])],
+                ids[(row[_MESSAGE], row[_CHANNEL])],
                 at,
                 kind,
                 row[_STATUS],
@@ -159,7 +159,7 @@ def deliveries_create(
                 detail,
             )
             for row, detail in zip(rows, details, strict=True)
-            if (row[0], row[2]) in ids
+            if (row[_MESSAGE], row[_CHANNEL]) in ids
         ],
     )
     return ids
@@ -294,8 +294,8 @@ def deliveries_move(
     kind: EventKind,
     at: datetime,
     reason: str | None = None,
-    detail: dict[str, object] | None = None,
-    details: Mapping[int, dict[str, object]] | None = None,
+    detail: Mapping[str, object] | None = None,
+    details: Mapping[int, Mapping[str, object]] | None = None,
     **fields: object,
 ) -> list[int]:
     """Move those of `delivery_ids` still in one of `sources` to `to`, with `fields` (and
@@ -320,7 +320,7 @@ def deliveries_move(
                     "pk", flat=True
                 )
             )
-        common = detail or {}
+        common = dict(detail or {})
         _events_write(
             [
                 (pk, at, kind, to, reason or "", None, "", "", {**common, **details.get(pk, {})})
@@ -360,9 +360,10 @@ def deliveries_set(
     status among them) where it is still in `source` (and matches `guard`), with `events`, in
     one UPDATE and one insert; returns how many rows the UPDATE matched.
 
-    Every row's status must be one of `targets`. The events are written unless a single row
-    was asked and it had moved on: the UPDATE counts, it does not name, the rows it matched,
-    so in a batch each asked row gets its event.
+    Every row's status must be one of `targets`. The events are written when the UPDATE
+    matched a row, and always for a batch: the UPDATE counts the rows it matched but does not
+    name them, so a batch's events are not narrowed to those (a lone row that had moved on,
+    e.g. a claim taken back, gets none).
     """
     moves_check([source], targets)
     column = names.index("status") + 1
@@ -386,7 +387,7 @@ def deliveries_move_joined(
     reason: str,
     kind: EventKind,
     at: datetime,
-    detail: dict[str, object],
+    detail: Mapping[str, object],
     where: str = "",
     where_params: Sequence[Any] = (),
     also_set: str = "",
