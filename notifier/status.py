@@ -1,8 +1,10 @@
 """The delivery state machine: every status, every allowed move, and why a delivery did not go.
 
-All status changes go through `notifier.services.deliveries`, which checks moves against
-ALLOWED_MOVES here. Callbacks and tracking only ever move a delivery forward along
-ENGAGEMENT_RANK, so a late or duplicated "delivered" never undoes "clicked".
+Only `notifier.services.transitions` writes a delivery's status or its event rows; it checks
+every move against ALLOWED_MOVES here when it is asked to make it (a bulk move by the statuses
+it moves from and to), and tests/test_status_writers.py fails if anything else writes either.
+Callbacks and tracking only ever move a delivery forward along ENGAGEMENT_RANK, so a late or
+duplicated "delivered" never undoes "clicked".
 """
 
 from __future__ import annotations

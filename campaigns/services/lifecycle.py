@@ -12,7 +12,6 @@ approving the change returns it there. Nothing more starts meanwhile; what was s
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -68,10 +67,9 @@ from campaigns.services.definitions import (
 )
 from campaigns.services.segments import segment_count
 from channels.base import Channel
-from notifier.db import insert_rows, table_name
+from notifier.db import table_name
 from notifier.models import (
     Delivery,
-    DeliveryEvent,
     EventKind,
     Kind,
     Message,
@@ -79,6 +77,7 @@ from notifier.models import (
     Recipient,
     User,
 )
+from notifier.services.transitions import deliveries_move, deliveries_move_joined
 from notifier.status import DeliveryStatus, Reason
 
 C = CampaignStatus
@@ -451,20 +450,12 @@ def campaigns_recheck(*, campaigns: QuerySet[Campaign] | None = None) -> list[Se
 # --- Pausing, resuming, cancelling, moving the event -----------------------------------------
 
 
+# Not sent yet, and not being sent: what pausing, cancelling or moving the event can still stop.
+UNSENT = (S.PENDING, S.HELD, S.QUEUED)
+
+
 def _campaign_deliveries(campaign: Campaign, statuses: Sequence[str]) -> Any:
     return Delivery.objects.filter(message__campaign_id=campaign.pk, status__in=statuses)
-
-
-def _log(ids: Sequence[int], status: str, reason: str, by: User | None, action: str) -> None:
-    now = timezone.now()
-    insert_rows(
-        DeliveryEvent,
-        ("delivery", "at", "kind", "status", "reason", "detail"),
-        [
-            (pk, now, EventKind.MANUAL, status, reason, {"action": action, "by": str(by or "")})
-            for pk in ids
-        ],
-    )
 
 
 def campaign_pause(*, campaign: Campaign, by: User | None, reason: str = "") -> int:
@@ -474,15 +465,17 @@ def campaign_pause(*, campaign: Campaign, by: User | None, reason: str = "") -> 
     with transaction.atomic():
         _move(campaign, C.PAUSED, pause_reason=reason[:300])
         queued = _campaign_deliveries(campaign, [S.QUEUED])
-        ids = list(queued.values_list("pk", flat=True))
-        Delivery.objects.filter(pk__in=ids, status=S.QUEUED).update(
-            status=S.HELD,
+        held = deliveries_move(
+            list(queued.values_list("pk", flat=True)),
+            sources=[S.QUEUED],
+            to=S.HELD,
+            kind=EventKind.MANUAL,
+            at=timezone.now(),
             reason=Reason.CAMPAIGN_PAUSED,
+            detail={"action": "campaign paused", "by": str(by or "")},
             next_attempt_at=None,
-            updated_at=timezone.now(),
         )
-        _log(ids, S.HELD, Reason.CAMPAIGN_PAUSED, by, "campaign paused")
-    return len(ids)
+    return len(held)
 
 
 def skip_reason(now: datetime, start_at: datetime, status: str) -> str:
@@ -550,13 +543,18 @@ def campaign_cancel(*, campaign: Campaign, by: User | None) -> int:
         campaign.steps.filter(status__in=[StepStatus.PENDING, StepStatus.RUNNING]).update(
             status=StepStatus.CANCELLED, finished_at=now
         )
-        waiting = _campaign_deliveries(campaign, [S.QUEUED, S.HELD, S.PENDING])
-        ids = list(waiting.values_list("pk", flat=True))
-        Delivery.objects.filter(pk__in=ids, status__in=[S.QUEUED, S.HELD, S.PENDING]).update(
-            status=S.CANCELLED, reason=Reason.CANCELLED, finished_at=now, updated_at=now
+        waiting = _campaign_deliveries(campaign, UNSENT)
+        cancelled = deliveries_move(
+            list(waiting.values_list("pk", flat=True)),
+            sources=UNSENT,
+            to=S.CANCELLED,
+            kind=EventKind.MANUAL,
+            at=now,
+            reason=Reason.CANCELLED,
+            detail={"action": "campaign cancelled", "by": str(by or "")},
+            finished_at=now,
         )
-        _log(ids, S.CANCELLED, Reason.CANCELLED, by, "campaign cancelled")
-    return len(ids)
+    return len(cancelled)
 
 
 @dataclass
@@ -568,7 +566,6 @@ class MoveReport:
     skipped_steps: list[int] = field(default_factory=list)  # pending steps whose moment passed
 
 
-UNSENT = (S.PENDING, S.HELD, S.QUEUED)
 # Why a message of a step that had fanned out is cancelled when the event moves (support reads
 # these on the timeline, in the event's detail; the reason is event_moved).
 MOVE_WHY = {
@@ -630,7 +627,7 @@ def _step_messages_move(
     plan = plan_of(step)
     expiry = step_expiry(event_at, plan)
     message, delivery = table_name(Message), table_name(Delivery)
-    profiles, events = table_name(Recipient), table_name(DeliveryEvent)
+    profiles = table_name(Recipient)
     unsent = (
         Message.objects.filter(step_id=step.pk, is_test=False, deliveries__status__in=UNSENT)
         .values_list(
@@ -659,8 +656,8 @@ def _step_messages_move(
     """
     base = [*times, step.pk, list(UNSENT)]
     who = {"action": "event moved", "by": str(by or ""), "event_at": event_at.isoformat()}
-    cancel_sql = f"""
-        WITH target AS ({matched}),
+    doomed = f"""
+        target AS ({matched}),
         doomed AS (
             SELECT id, step_time, CASE
                 WHEN %s::timestamptz <= %s THEN %s
@@ -669,20 +666,9 @@ def _step_messages_move(
             FROM target
             WHERE %s::timestamptz <= %s OR step_time >= %s
                OR (step_time <= %s AND not_before > %s)
-        ),
-        cancelled AS (
-            UPDATE {delivery} AS d
-            SET status = %s, reason = %s, finished_at = %s, updated_at = %s,
-                next_attempt_at = NULL
-            FROM doomed WHERE d.message_id = doomed.id AND d.status = ANY(%s)
-            RETURNING d.id, doomed.why, doomed.step_time
         )
-        INSERT INTO {events} (delivery_id, at, kind, status, reason, provider, error, detail)
-        SELECT id, %s, %s, %s, %s, '', '',
-            %s::jsonb || jsonb_build_object('why', why, 'step_time', step_time)
-        FROM cancelled
     """
-    cancel_params = [
+    doomed_params = [
         *base,
         expiry,
         now,
@@ -695,67 +681,56 @@ def _step_messages_move(
         expiry,
         now,
         now,
-        S.CANCELLED,
-        Reason.EVENT_MOVED,
-        now,
-        now,
-        list(UNSENT),
-        now,
-        EventKind.MANUAL,
-        S.CANCELLED,
-        Reason.EVENT_MOVED,
-        json.dumps(who),
     ]
+    cancelled = deliveries_move_joined(
+        ctes=doomed,
+        params=doomed_params,
+        source="doomed",
+        sources=UNSENT,
+        to=S.CANCELLED,
+        reason=Reason.EVENT_MOVED,
+        kind=EventKind.MANUAL,
+        at=now,
+        detail=who,
+        also_set=", finished_at = %s, next_attempt_at = NULL",
+        also_set_params=[now],
+        returning=", doomed.why, doomed.step_time",
+        event_detail="'why', why, 'step_time', step_time",
+    )
     # Messages of the cancelled deliveries have nothing unsent left, so they fall out of
     # `matched`; the rest move: not before the step's new time (when still ahead), new expiry.
     # Deliveries held or queued move to held until then, except those held for a pause, which
     # resuming releases (and admission then holds until the message's new time).
-    move_sql = f"""
-        WITH target AS ({matched}),
+    with connection.cursor() as cursor:
+        cursor.execute(f"WITH target AS ({matched}) SELECT count(*) FROM target", base)
+        row = cursor.fetchone()
+    moving = f"""
+        target AS ({matched}),
         moving AS (
             UPDATE {message} AS m
             SET expires_at = %s,
                 not_before = CASE WHEN t.step_time > %s THEN t.step_time ELSE m.not_before END
             FROM target AS t WHERE m.id = t.id
             RETURNING m.id, m.not_before, t.step_time > %s AS ahead
-        ),
-        held AS (
-            UPDATE {delivery} AS d
-            SET status = %s, reason = %s, next_attempt_at = moving.not_before, updated_at = %s
-            FROM moving
-            WHERE d.message_id = moving.id AND moving.ahead
-              AND (d.status = %s OR (d.status = %s AND d.reason <> %s))
-            RETURNING d.id, d.next_attempt_at
         )
-        INSERT INTO {events} (delivery_id, at, kind, status, reason, provider, error, detail)
-        SELECT id, %s, %s, %s, %s, '', '',
-            %s::jsonb || jsonb_build_object('until', next_attempt_at, 'expires_at', %s::timestamptz)
-        FROM held
     """
-    move_params = [
-        *base,
-        expiry,
-        now,
-        now,
-        S.HELD,
-        Reason.SCHEDULED,
-        now,
-        S.QUEUED,
-        S.HELD,
-        Reason.CAMPAIGN_PAUSED,
-        now,
-        EventKind.MANUAL,
-        S.HELD,
-        Reason.SCHEDULED,
-        json.dumps(who),
-        expiry,
-    ]
-    with connection.cursor() as cursor:
-        cursor.execute(cancel_sql, cancel_params)
-        cancelled = cursor.rowcount
-        cursor.execute(f"WITH target AS ({matched}) SELECT count(*) FROM target", base)
-        row = cursor.fetchone()
-        cursor.execute(move_sql, move_params)
+    deliveries_move_joined(
+        ctes=moving,
+        params=[*base, expiry, now, now],
+        source="moving",
+        sources=[S.QUEUED, S.HELD],
+        to=S.HELD,
+        reason=Reason.SCHEDULED,
+        kind=EventKind.MANUAL,
+        at=now,
+        detail=who,
+        also_set=", next_attempt_at = moving.not_before",
+        where=" AND moving.ahead AND NOT (d.status = %s AND d.reason = %s)",
+        where_params=[S.HELD, Reason.CAMPAIGN_PAUSED],
+        returning=", d.next_attempt_at",
+        event_detail="'until', next_attempt_at, 'expires_at', %s::timestamptz",
+        event_detail_params=[expiry],
+    )
     return cancelled, int(row[0]) if row else 0
 
 

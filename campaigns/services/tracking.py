@@ -28,7 +28,7 @@ from django.utils import timezone
 from campaigns.models import Conversion, Holdout
 from channels.base import Channel
 from notifier.models import Delivery, EventKind
-from notifier.services.deliveries import delivery_advance
+from notifier.services.transitions import delivery_advance
 from notifier.status import ENGAGEMENT_RANK, DeliveryStatus
 from notifier.user_keys import UserKey
 

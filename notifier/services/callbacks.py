@@ -22,6 +22,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from enum import StrEnum
+from functools import partial
 from typing import Any
 
 from django.db import transaction
@@ -32,7 +33,6 @@ from django.utils import timezone
 from channels.base import Channel
 from notifier.models import (
     Delivery,
-    DeliveryEvent,
     EventKind,
     EventOutcome,
     ProviderEvent,
@@ -43,6 +43,7 @@ from notifier.models import (
 )
 from notifier.policies.providers import EventAction, ProviderStatus
 from notifier.services.preferences import unsubscribe
+from notifier.services.transitions import delivery_move, delivery_note
 from notifier.status import ENGAGEMENT_RANK, DeliveryStatus, Reason, sources_of
 
 log = logging.getLogger(__name__)
@@ -111,12 +112,11 @@ def delivery_status_callback(
         note: dict[str, object] = {"provider_status": str(status)}
         if status is ProviderStatus.COMPLAINED:
             note["complaint"] = True
-        _event(
+        delivery_note(
             delivery_id,
-            occurred_at,
-            Delivery.objects.get(pk=delivery_id).status,
-            "",
-            {**note, **(detail or {})},
+            kind=EventKind.CALLBACK,
+            at=occurred_at,
+            detail={**note, **(detail or {})},
             error=error,
         )
         return CallbackResult(Applied.RECORDED, delivery_id)
@@ -126,53 +126,33 @@ def delivery_status_callback(
         stamp = STAMPS.get(target)
         if stamp:  # fill the milestone's time even when the status cannot move
             Delivery.objects.filter(pk=delivery_id).update(**{stamp: Coalesce(stamp, occurred_at)})
+        moving = partial(
+            delivery_move,
+            delivery_id,
+            target,
+            kind=EventKind.CALLBACK,
+            at=occurred_at,
+            detail={"provider_status": str(status), **(detail or {})},
+            stamp=False,  # filled above, keeping an earlier time
+            updated_at=timezone.now(),
+        )
         if target is S.FAILED:
-            moved = Delivery.objects.filter(pk=delivery_id, status=S.SENT).update(
-                status=S.FAILED,
+            moved = moving(
+                sources=[S.SENT],
                 reason=reason,
+                error=error,
                 finished_at=occurred_at,
                 last_error=error or f"{provider}: {status}",
-                updated_at=timezone.now(),
             )
         else:
-            below = [
-                s
-                for s in sources_of(target)
-                if ENGAGEMENT_RANK.get(s, 99) < ENGAGEMENT_RANK[target]
-            ]
-            moved = Delivery.objects.filter(Q(pk=delivery_id) & Q(status__in=below)).update(
-                status=target, updated_at=timezone.now()
-            )
-        if moved:
-            _event(
-                delivery_id,
-                occurred_at,
-                target,
-                reason if target is S.FAILED else "",
-                {"provider_status": str(status), **(detail or {})},
-                error=error if target is S.FAILED else "",
+            moved = moving(
+                sources=[
+                    s
+                    for s in sources_of(target)
+                    if ENGAGEMENT_RANK.get(s, 99) < ENGAGEMENT_RANK[target]
+                ]
             )
     return CallbackResult(Applied.MOVED if moved else Applied.RECORDED, delivery_id)
-
-
-def _event(
-    delivery_id: int,
-    at: datetime,
-    status: str,
-    reason: str,
-    detail: dict[str, object],
-    *,
-    error: str = "",
-) -> None:
-    DeliveryEvent.objects.create(
-        delivery_id=delivery_id,
-        at=at,
-        kind=EventKind.CALLBACK,
-        status=status,
-        reason=reason,
-        error=error,
-        detail=detail,
-    )
 
 
 # --- A provider's report about one send, with its side effects --------------------------------

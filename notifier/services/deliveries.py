@@ -41,15 +41,9 @@ from channels.base import (
 from channels.registry import providers_for
 from notifier import dispatch
 from notifier.backpressure import lane_queue_depth
-from notifier.db import (
-    commit_without_waiting,
-    copy_rows,
-    insert_rows,
-    table_name,
-    update_rows,
-)
+from notifier.db import commit_without_waiting, table_name
 from notifier.logcontext import bound
-from notifier.models import Delivery, DeliveryEvent, Device, EventKind, Message
+from notifier.models import Delivery, Device, EventKind, Message
 from notifier.operations.metrics import record_send
 from notifier.operations.observability import personal_values, sentry_on
 from notifier.policies.failover import counts_against_health, hands_on, pause_for
@@ -76,13 +70,14 @@ from notifier.services.quarantine import (
     unrouted_of,
     unrouted_republish,
 )
-from notifier.status import (
-    ENGAGEMENT_RANK,
-    DeliveryStatus,
-    Reason,
-    check_move,
-    sources_of,
+from notifier.services.transitions import (
+    Event,
+    deliveries_claim,
+    deliveries_log,
+    deliveries_move,
+    deliveries_set,
 )
+from notifier.status import DeliveryStatus, Reason
 from notifier.user_keys import UserKey
 
 log = logging.getLogger(__name__)
@@ -90,6 +85,8 @@ S = DeliveryStatus
 
 # A task may arrive a moment before next_attempt_at (clock skew between hosts).
 EARLY_TOLERANCE = timedelta(seconds=2)
+# Where an attempt leaves a claimed delivery: sent, queued for a retry, or failed.
+ATTEMPT_OUTCOMES = frozenset({S.SENT, S.QUEUED, S.FAILED})
 
 
 def retry_policy() -> RetryPolicy:
@@ -98,67 +95,6 @@ def retry_policy() -> RetryPolicy:
         base_delay_s=settings.NOTIFIER_RETRY_BASE_S,
         max_delay_s=settings.NOTIFIER_RETRY_MAX_S,
     )
-
-
-# --- Single moves (callbacks, tracking, operators) ------------------------------------------
-
-
-def delivery_move(
-    delivery_id: int,
-    to: DeliveryStatus,
-    *,
-    kind: EventKind,
-    reason: str = "",
-    error: str = "",
-    detail: dict[str, object] | None = None,
-    at: datetime | None = None,
-    **fields: object,
-) -> bool:
-    """Move one delivery to `to` if the state machine allows it from its current status.
-
-    A compare-and-set: returns False (and writes nothing) when the delivery is not in a status
-    that may move to `to`, e.g. a duplicate callback or an out-of-order one.
-    """
-    at = at or timezone.now()
-    updates: dict[str, object] = {"status": to, "updated_at": at, **fields}
-    if reason or to in (S.FAILED, S.SUPPRESSED, S.CANCELLED):
-        updates["reason"] = reason
-    stamp = {
-        S.SENT: "sent_at",
-        S.DELIVERED: "delivered_at",
-        S.OPENED: "opened_at",
-        S.READ: "opened_at",
-        S.CLICKED: "clicked_at",
-    }.get(to)
-    if stamp:
-        updates.setdefault(stamp, at)
-    with transaction.atomic():
-        moved = Delivery.objects.filter(pk=delivery_id, status__in=sources_of(to)).update(**updates)
-        if moved:
-            DeliveryEvent.objects.create(
-                delivery_id=delivery_id,
-                at=at,
-                kind=kind,
-                status=to,
-                reason=reason,
-                error=error,
-                detail=detail or {},
-            )
-    return bool(moved)
-
-
-def delivery_advance(
-    delivery_id: int,
-    to: DeliveryStatus,
-    *,
-    kind: EventKind,
-    at: datetime | None = None,
-    detail: dict[str, object] | None = None,
-) -> bool:
-    """Move forward along the engagement order only: a late 'delivered' never undoes 'clicked'."""
-    if to not in ENGAGEMENT_RANK:
-        raise ValueError(f"{to} is not an engagement status")
-    return delivery_move(delivery_id, to, kind=kind, at=at, detail=detail)
 
 
 # --- Delivering ----------------------------------------------------------------------------
@@ -179,31 +115,17 @@ class DeliverReport:
 
 
 def _claim(delivery_ids: Sequence[int], now: datetime, lease: Lease) -> list[int]:
-    """queued -> sending for the due rows among delivery_ids; returns the ids claimed.
-
-    A compare-and-set in one statement: when two workers run the same task, the second waits
-    for the first's row lock, re-reads the status, finds 'sending', and claims nothing. The
-    claimed rows carry the lease's token and expiry.
-    """
-    if not delivery_ids:
-        return []
-    table = table_name(Delivery)
-    field = Delivery._meta.get_field("claimed_at")
-    stamp = field.get_db_prep_value(now, connection)
-    due = field.get_db_prep_value(now + EARLY_TOLERANCE, connection)
-    until = field.get_db_prep_value(now + timedelta(seconds=lease.seconds), connection)
-    token = Delivery._meta.get_field("claim_token").get_db_prep_value(lease.token, connection)
-    ids = ", ".join(["%s"] * len(delivery_ids))
-    with connection.cursor() as cursor:
-        cursor.execute(
-            f"UPDATE {table} SET status = %s, attempts = attempts + 1, claimed_at = %s, "
-            f"claimed_until = %s, claim_token = %s, "
-            f"updated_at = %s WHERE id IN ({ids}) AND status = %s "
-            f"AND (next_attempt_at IS NULL OR next_attempt_at <= %s) RETURNING id",
-            [S.SENDING, stamp, until, token, stamp, *delivery_ids, S.QUEUED, due],
-        )
-        lease.renewed_at = time.monotonic()
-        return [row[0] for row in cursor.fetchall()]
+    """queued -> sending for the due rows among delivery_ids; returns the ids claimed, which
+    carry the lease's token and expiry (see `deliveries_claim`)."""
+    claimed = deliveries_claim(
+        delivery_ids,
+        at=now,
+        due_by=now + EARLY_TOLERANCE,
+        until=now + timedelta(seconds=lease.seconds),
+        token=lease.token,
+    )
+    lease.renewed_at = time.monotonic()
+    return claimed
 
 
 @dataclass
@@ -419,6 +341,7 @@ def _record_health(key: str, results: list[SendResult]) -> None:
         breaker_waiters_wake(transition)
 
 
+# What recording an attempt writes, the status first.
 RECORDED_FIELDS = (
     "status",
     "reason",
@@ -430,17 +353,6 @@ RECORDED_FIELDS = (
     "next_attempt_at",
     "sent_at",
     "finished_at",
-)
-EVENT_FIELDS = (
-    "delivery",
-    "at",
-    "kind",
-    "status",
-    "reason",
-    "attempt",
-    "provider",
-    "error",
-    "detail",
 )
 
 
@@ -475,20 +387,13 @@ def _log_attempt(delivery: Claimed, result: SendResult) -> None:
 
 
 def _claim_guard(deliveries: list[Claimed]) -> dict[str, object]:
+    """Outcomes are written only while `sending` under this run's claim (when it has one)."""
     token = deliveries[0].claim_token if deliveries else None
     if token is None:
-        return {"status": S.SENDING}
+        return {}
     # Raw SQL: the token as this database stores a UUID (SQLite: hex text).
     prepared = Delivery._meta.get_field("claim_token").get_db_prep_value(token, connection)
-    return {"status": S.SENDING, "claim_token": prepared}
-
-
-def _write_events(events: list[tuple[object, ...]]) -> None:
-    """COPY pays off for many rows; one row (a send recorded as it happens) is an INSERT."""
-    if len(events) > 1:
-        copy_rows(DeliveryEvent, EVENT_FIELDS, events)
-    elif events:
-        insert_rows(DeliveryEvent, EVENT_FIELDS, events)
+    return {"claim_token": prepared}
 
 
 def _record(
@@ -504,27 +409,24 @@ def _record(
     With `callbacks_waiting` False (the caller looked: no provider event waits for these
     sends) the early-callback apply is left out."""
     policy = retry_policy()
-    events: list[tuple[object, ...]] = []
+    events: list[Event] = []
     dead_devices: set[int] = set()
     for delivery, result in zip(deliveries, results, strict=True):
         decision = after_attempt(result, attempt=delivery.attempts, policy=policy, rng=rng)
         delivery.provider, delivery.updated_at, delivery.claimed_at = result.provider, now, None
         dead_devices.update(result.deactivate_device_ids)
         if decision.verdict is Verdict.SENT:
-            check_move(S.SENDING, S.SENT)
             delivery.status, delivery.reason, delivery.last_error = S.SENT, "", ""
             delivery.provider_message_id = result.provider_message_id[:255]
             delivery.sent_at = delivery.finished_at = now
             report.sent += 1
         elif decision.verdict is Verdict.RETRY:
-            check_move(S.SENDING, S.QUEUED)
             delivery.status, delivery.reason = S.QUEUED, decision.reason or ""
             delivery.last_error = result.error
             delivery.next_attempt_at = now + timedelta(seconds=decision.delay_s)
             report.retried += 1
             report.retries.append((delivery.pk, decision.delay_s))
         else:
-            check_move(S.SENDING, S.FAILED)
             delivery.status, delivery.reason = S.FAILED, decision.reason or ""
             delivery.last_error, delivery.finished_at = result.error, now
             report.failed += 1
@@ -545,16 +447,17 @@ def _record(
         )
     # Guarded by status and claim: a row whose lease ran out and was taken back is not
     # overwritten (and a lone one gets no attempt event either: it is someone else's now).
-    updated = update_rows(
-        Delivery,
+    updated = deliveries_set(
         RECORDED_FIELDS,
         [(d.pk, *(getattr(d, name) for name in RECORDED_FIELDS)) for d in deliveries],
-        where=_claim_guard(deliveries),
+        source=S.SENDING,
+        targets=ATTEMPT_OUTCOMES,
+        guard=_claim_guard(deliveries),
+        events=events,
     )
-    if updated or len(deliveries) > 1:
-        _write_events(events)
-        if callbacks_waiting:
-            early_callbacks_apply(refs=[(d.provider, d.provider_message_id) for d in deliveries])
+    # As the events were (see deliveries_set): unless a lone row had been taken back.
+    if callbacks_waiting and (updated or len(deliveries) > 1):
+        early_callbacks_apply(refs=[(d.provider, d.provider_message_id) for d in deliveries])
     if dead_devices:
         Device.objects.filter(pk__in=dead_devices, active=True).update(
             active=False, deactivated_at=now, deactivation_reason="provider: token unregistered"
@@ -752,8 +655,7 @@ def _defer(deliveries: list[Claimed], wait_s: float, reason: str, report: Delive
     """Back to queued without using up an attempt: the provider could not take it yet."""
     now = timezone.now()
     wait_s = max(0.05, min(wait_s, dispatch.MAX_BROKER_COUNTDOWN_S))
-    update_rows(
-        Delivery,
+    deliveries_set(
         ("status", "reason", "attempts", "claimed_at", "next_attempt_at", "updated_at"),
         [
             (
@@ -767,7 +669,9 @@ def _defer(deliveries: list[Claimed], wait_s: float, reason: str, report: Delive
             )
             for d in deliveries
         ],
-        where=_claim_guard(deliveries),
+        source=S.SENDING,
+        targets=[S.QUEUED],
+        guard=_claim_guard(deliveries),
     )
     report.deferred += [d.pk for d in deliveries]
     report.deferred_for_s = wait_s
@@ -832,26 +736,18 @@ def deliveries_retry_now(*, delivery_ids: Sequence[int], actor: str) -> int:
         )
         if not rows:
             return 0
-        check_move(S.FAILED, S.QUEUED)
-        Delivery.objects.filter(pk__in=[pk for pk, *_ in rows]).update(
-            status=S.QUEUED,
+        deliveries_move(
+            [pk for pk, *_ in rows],
+            sources=[S.FAILED],
+            to=S.QUEUED,
+            kind=EventKind.MANUAL,
+            at=now,
             reason="",
+            detail={"action": "retry now", "by": actor},
+            details={pk: {"previous_attempts": attempts} for pk, _, _, attempts in rows},
             attempts=0,
             next_attempt_at=now,
             finished_at=None,
-            updated_at=now,
-        )
-        DeliveryEvent.objects.bulk_create(
-            [
-                DeliveryEvent(
-                    delivery_id=pk,
-                    at=now,
-                    kind=EventKind.MANUAL,
-                    status=S.QUEUED,
-                    detail={"action": "retry now", "by": actor, "previous_attempts": attempts},
-                )
-                for pk, _, _, attempts in rows
-            ]
         )
         _publish_grouped([(pk, channel, lane) for pk, channel, lane, _ in rows])
     return len(rows)
@@ -877,30 +773,6 @@ def _publish_grouped(rows: Iterable[tuple[int, str, str]]) -> None:
         groups[(Lane(lane), Channel(channel))].append(pk)
     for (lane, channel), ids in groups.items():
         transaction.on_commit(partial(dispatch.publish_deliver, ids, lane, channel), robust=True)
-
-
-def _requeued(
-    delivery_ids: list[int],
-    now: datetime,
-    status: DeliveryStatus,
-    *,
-    reason: str = "",
-    detail: dict[str, object] | None = None,
-) -> None:
-    """Log a re-queue step on each delivery's timeline."""
-    DeliveryEvent.objects.bulk_create(
-        [
-            DeliveryEvent(
-                delivery_id=pk,
-                at=now,
-                kind=EventKind.REQUEUED,
-                status=status,
-                reason=reason,
-                detail=detail or {},
-            )
-            for pk in delivery_ids
-        ]
-    )
 
 
 def requeue_stuck_work(*, now: datetime | None = None, limit: int = 5000) -> RequeueReport:
@@ -994,29 +866,31 @@ def expired_claims_requeue(*, now: datetime, limit: int) -> tuple[int, int]:
         exhausted = [
             pk for pk, _, _, attempts in claims if attempts >= settings.NOTIFIER_MAX_ATTEMPTS
         ]
-        if retry:
-            Delivery.objects.filter(pk__in=[r[0] for r in retry]).update(
-                status=S.QUEUED,
-                reason=Reason.CLAIM_EXPIRED,
-                claimed_at=None,
-                claimed_until=None,
-                claim_token=None,
-                next_attempt_at=now,
-                updated_at=now,
-            )
-        if exhausted:
-            Delivery.objects.filter(pk__in=exhausted).update(
-                status=S.FAILED,
-                reason=Reason.RETRIES_EXHAUSTED,
-                claimed_at=None,
-                claimed_until=None,
-                claim_token=None,
-                last_error="the worker stopped mid-send on every attempt",
-                finished_at=now,
-                updated_at=now,
-            )
-        _requeued([pk for pk, _, _ in retry], now, S.QUEUED, reason=Reason.CLAIM_EXPIRED)
-        _requeued(exhausted, now, S.FAILED, reason=Reason.RETRIES_EXHAUSTED)
+        deliveries_move(
+            [pk for pk, _, _ in retry],
+            sources=[S.SENDING],
+            to=S.QUEUED,
+            kind=EventKind.REQUEUED,
+            at=now,
+            reason=Reason.CLAIM_EXPIRED,
+            next_attempt_at=now,
+            claimed_at=None,
+            claimed_until=None,
+            claim_token=None,
+        )
+        deliveries_move(
+            exhausted,
+            sources=[S.SENDING],
+            to=S.FAILED,
+            kind=EventKind.REQUEUED,
+            at=now,
+            reason=Reason.RETRIES_EXHAUSTED,
+            last_error="the worker stopped mid-send on every attempt",
+            finished_at=now,
+            claimed_at=None,
+            claimed_until=None,
+            claim_token=None,
+        )
         _publish_grouped(retry)
     return len(retry), len(exhausted)
 
@@ -1032,10 +906,11 @@ def _overdue_republish(overdue_rows: QuerySet[Delivery], now: datetime, limit: i
         Delivery.objects.filter(pk__in=[pk for pk, _, _ in overdue]).update(
             next_attempt_at=now, updated_at=now
         )
-        _requeued(
+        deliveries_log(
             [pk for pk, _, _ in overdue],
-            now,
-            S.QUEUED,
+            status=S.QUEUED,
+            kind=EventKind.REQUEUED,
+            at=now,
             detail={"why": "its deliver task was overdue, presumed lost"},
         )
         _publish_grouped(overdue)

@@ -5,8 +5,8 @@ from __future__ import annotations
 from django.db import transaction
 from django.utils import timezone
 
-from notifier.models import Delivery, DeliveryEvent, EventKind, Feedback, InboxItem
-from notifier.services.deliveries import delivery_advance
+from notifier.models import Delivery, EventKind, Feedback, InboxItem
+from notifier.services.transitions import deliveries_move, delivery_advance, delivery_note
 from notifier.status import DeliveryStatus, sources_of
 from notifier.user_keys import UserKey
 
@@ -47,20 +47,14 @@ def inbox_mark_all_read(*, user_id: UserKey) -> int:
                 pk__in=delivery_ids, status__in=sources_of(DeliveryStatus.READ)
             ).values_list("pk", flat=True)
         )
-        Delivery.objects.filter(pk__in=moving).update(
-            status=DeliveryStatus.READ, opened_at=now, updated_at=now
-        )
-        DeliveryEvent.objects.bulk_create(
-            [
-                DeliveryEvent(
-                    delivery_id=pk,
-                    at=now,
-                    kind=EventKind.ENGAGEMENT,
-                    status=DeliveryStatus.READ,
-                    detail={"via": "mark all read"},
-                )
-                for pk in moving
-            ]
+        deliveries_move(
+            moving,
+            sources=sources_of(DeliveryStatus.READ),
+            to=DeliveryStatus.READ,
+            kind=EventKind.ENGAGEMENT,
+            at=now,
+            detail={"via": "mark all read"},
+            opened_at=now,
         )
     return count
 
@@ -81,12 +75,10 @@ def inbox_feedback(*, user_id: UserKey, item_id: int, feedback: Feedback) -> Inb
     item = _item(user_id, item_id)
     with transaction.atomic():
         InboxItem.objects.filter(pk=item.pk).update(feedback=feedback, feedback_at=now)
-        status = Delivery.objects.values_list("status", flat=True).get(pk=item.delivery_id)
-        DeliveryEvent.objects.create(
-            delivery_id=item.delivery_id,
-            at=now,
+        delivery_note(
+            item.delivery_id,
             kind=EventKind.ENGAGEMENT,
-            status=status,
+            at=now,
             detail={"feedback": str(feedback)},
         )
     item.feedback, item.feedback_at = feedback, now

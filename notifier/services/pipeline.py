@@ -36,14 +36,13 @@ from django.utils import timezone
 from channels.base import Channel, Content
 from notifier import dispatch
 from notifier.backpressure import bulk_congested
-from notifier.db import copy_rows, insert_rows, next_ids, readable, update_rows
+from notifier.db import next_ids, readable, update_rows
 from notifier.dispatch import chunks
 from notifier.hooks import NO_CAMPAIGNS, CampaignBatch, campaign_batch
 from notifier.links import UnsubscribeLinks, preferences_url
 from notifier.logcontext import bound
 from notifier.models import (
     Delivery,
-    DeliveryEvent,
     Device,
     EventKind,
     Kind,
@@ -93,7 +92,8 @@ from notifier.services.messages import (
     messages_insert_new,
     messages_unwritten,
 )
-from notifier.status import DeliveryStatus, Reason, check_move
+from notifier.services.transitions import deliveries_create
+from notifier.status import DeliveryStatus, Reason
 from notifier.user_keys import UserKey
 
 log = logging.getLogger(__name__)
@@ -459,25 +459,6 @@ def outcome_rows(outcome: RouteOutcome, audience: Audience, now: datetime) -> li
     ]
 
 
-DELIVERY_COLUMNS = (
-    "message",
-    "user",
-    "channel",
-    "status",
-    "reason",
-    "content",
-    "last_error",
-    "attempts",
-    "provider",
-    "provider_message_id",
-    "created_at",
-    "updated_at",
-    "next_attempt_at",
-    "finished_at",
-    "priority_rank",
-    "fallback_of",
-)
-EVENT_COLUMNS = ("delivery", "at", "kind", "status", "reason", "provider", "error", "detail")
 TERMINAL_ON_ROUTE = frozenset({S.SUPPRESSED, S.FAILED})
 
 
@@ -490,9 +471,9 @@ def write_routed(
 ) -> dict[tuple[int, str], int]:
     """Insert deliveries and their first event; returns (message id, channel) -> delivery id.
 
-    Routing holds the lock on its unrouted messages, so none of their deliveries can exist yet:
-    they go in by COPY. A fallback (`may_exist`) can meet one that does (a fallback that ran
-    twice): then ON CONFLICT DO NOTHING leaves it as it is, so each is written once.
+    Routing holds the lock on its unrouted messages, so none of their deliveries can exist yet.
+    A fallback (`may_exist`) can meet one that does (a fallback that ran twice): that one is
+    left as it is, so each is written once (see `deliveries_create`).
     """
     values = [
         (
@@ -515,41 +496,15 @@ def write_routed(
         )
         for r in rows
     ]
-    if may_exist:
-        returned = insert_rows(
-            Delivery,
-            DELIVERY_COLUMNS,
-            values,
-            returning=("id", "message", "channel"),
-            ignore_conflicts=True,
-        )
-        ids = {(message_id, channel): pk for pk, message_id, channel in returned}
-    else:
-        new_ids = copy_rows(Delivery, DELIVERY_COLUMNS, values, with_ids=True)
-        ids = {(r.message_id, str(r.channel)): pk for r, pk in zip(rows, new_ids, strict=True)}
-    copy_rows(
-        DeliveryEvent,
-        EVENT_COLUMNS,
-        [
-            (
-                ids[(r.message_id, r.channel)],
-                now,
-                kind,
-                str(r.status),
-                r.reason,
-                "",
-                r.last_error,
-                {"until": r.next_attempt_at.isoformat()}
-                if r.status == S.HELD and r.next_attempt_at
-                else {"fallback_of": r.fallback_of}
-                if r.fallback_of
-                else {},
-            )
-            for r in rows
-            if (r.message_id, r.channel) in ids
-        ],
-    )
-    return ids
+    details: list[dict[str, Any]] = [
+        {"until": r.next_attempt_at.isoformat()}
+        if r.status == S.HELD and r.next_attempt_at
+        else {"fallback_of": r.fallback_of}
+        if r.fallback_of
+        else {}
+        for r in rows
+    ]
+    return deliveries_create(values, details, at=now, kind=kind, may_exist=may_exist)
 
 
 def publish_queued(
@@ -634,7 +589,6 @@ def messages_fail(*, failures: Mapping[int, Failure], now: datetime | None = Non
     and no re-queue picks it up again. Messages another run holds or has routed are left to it.
     """
     now = now or timezone.now()
-    check_move(S.PENDING, S.FAILED)  # a delivery that never was: failed as it is written
     with transaction.atomic():
         rows = list(
             Message.objects.select_for_update(skip_locked=True, of=("self",))

@@ -24,8 +24,7 @@ from django.db.models import Exists, Min, OuterRef, Subquery
 from django.utils import timezone
 
 from channels.base import Channel
-from notifier.db import insert_rows, update_rows
-from notifier.models import Delivery, DeliveryEvent, EventKind, Message, recipients_attach
+from notifier.models import Delivery, EventKind, Message, recipients_attach
 from notifier.queues import Lane
 from notifier.services.admission import Admission, message_admission, settle_caps
 from notifier.services.pipeline import (
@@ -35,9 +34,12 @@ from notifier.services.pipeline import (
     message_type,
     publish_queued,
 )
+from notifier.services.transitions import Event, deliveries_set
 from notifier.status import DeliveryStatus
 
 S = DeliveryStatus
+# Where a held delivery goes when its time comes: out, held again, or suppressed.
+RELEASE_OUTCOMES = frozenset({S.QUEUED, S.HELD, S.SUPPRESSED})
 
 
 @dataclass
@@ -117,7 +119,7 @@ def held_release(*, now: datetime | None = None, limit: int = 2000) -> ReleaseRe
         # One cap decision for the run: every channel of a message shares its message's slot.
         admitted = dict(zip(admitted, settle_caps(list(admitted.values())), strict=True))
         moves: list[tuple[Any, ...]] = []
-        events: list[tuple[Any, ...]] = []
+        events: list[Event] = []
         released: list[Routed] = []
         ids: dict[tuple[int, str], int] = {}
         for message_id in order:
@@ -149,6 +151,7 @@ def held_release(*, now: datetime | None = None, limit: int = 2000) -> ReleaseRe
                         EventKind.RELEASED,
                         status,
                         reason,
+                        None,
                         "",
                         "",
                         {"until": until.isoformat()} if status == S.HELD and until else {},
@@ -158,16 +161,12 @@ def held_release(*, now: datetime | None = None, limit: int = 2000) -> ReleaseRe
                 Message.objects.filter(pk=message_id).update(
                     cap_day=admission.cap.day, cap_week=admission.cap.week
                 )
-        update_rows(
-            Delivery,
+        deliveries_set(
             ("status", "reason", "next_attempt_at", "updated_at", "finished_at"),
             moves,
-            where={"status": S.HELD},
-        )
-        insert_rows(
-            DeliveryEvent,
-            ("delivery", "at", "kind", "status", "reason", "provider", "error", "detail"),
-            events,
+            source=S.HELD,
+            targets=RELEASE_OUTCOMES,
+            events=events,
         )
         publish_queued(released, ids, {pk: Lane(m.lane) for pk, m in messages.items()})
     return report

@@ -13,12 +13,9 @@ from channels.models import SandboxSend
 from channels.sandbox import ledger_sends
 from notifier.api import notify
 from notifier.models import Delivery, DeliveryEvent, Device, EventKind, InboxItem, Message
-from notifier.services.deliveries import (
-    deliveries_deliver,
-    delivery_advance,
-    requeue_stuck_work,
-)
+from notifier.services.deliveries import deliveries_deliver, requeue_stuck_work
 from notifier.services.pipeline import messages_prepare
+from notifier.services.transitions import delivery_advance
 from notifier.status import DeliveryStatus, Reason
 from tests.factories import DeviceFactory, UserFactory, order_context
 

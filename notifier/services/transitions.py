@@ -1,0 +1,441 @@
+"""The one writer of delivery statuses and of the delivery log (`DeliveryEvent` rows).
+
+A status written past the state machine, or a log row without the move it records, is how a
+support timeline comes to lie; so every write of `Delivery.status` and every event row goes
+through here, and tests/test_status_writers.py fails if any other module writes either.
+
+Each function checks its moves against `ALLOWED_MOVES` (notifier.status) when it is called: a
+bulk move declares the statuses it moves from and to, checked once for the call, never per
+row. Its UPDATE is guarded by those from-statuses (a compare-and-set: a row that moved meanwhile
+is left alone), and its event rows go in within the same transaction. A waiting delivery (held
+or queued) may also be held or queued again with a new time or reason (`STAYS`): a re-hold or
+a deferral, which the state machine does not list as a move.
+
+The hot paths (routing a fan-out, recording sends) cost here what they cost when each wrote its
+own rows: one statement for the deliveries and one for their events, COPY where there are many,
+never a query per row.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Collection, Iterable, Mapping, Sequence
+from contextlib import nullcontext
+from datetime import datetime
+from typing import Any
+
+from django.db import connection, transaction
+from django.utils import timezone
+
+from notifier.db import copy_rows, insert_rows, table_name, update_rows
+from notifier.models import Delivery, DeliveryEvent, EventKind
+from notifier.status import (
+    ENGAGEMENT_RANK,
+    DeliveryStatus,
+    IllegalMove,
+    check_move,
+    sources_of,
+)
+
+S = DeliveryStatus
+
+# Waiting statuses a delivery may be written to again: held anew (a new time, a new reason),
+# or queued again with a later time (a provider that could not take it yet).
+STAYS: frozenset[DeliveryStatus] = frozenset({S.HELD, S.QUEUED})
+
+# An event row, in this order: (delivery id, at, kind, status, reason, attempt, provider, error,
+# detail). Plain tuples: a fan-out writes a hundred thousand of them.
+EVENT_COLUMNS = (
+    "delivery",
+    "at",
+    "kind",
+    "status",
+    "reason",
+    "attempt",
+    "provider",
+    "error",
+    "detail",
+)
+Event = tuple[int, datetime, str, str, str, int | None, str, str, dict[str, Any]]
+
+# A new delivery, in this order (see `deliveries_create`).
+DELIVERY_COLUMNS = (
+    "message",
+    "user",
+    "channel",
+    "status",
+    "reason",
+    "content",
+    "last_error",
+    "attempts",
+    "provider",
+    "provider_message_id",
+    "created_at",
+    "updated_at",
+    "next_attempt_at",
+    "finished_at",
+    "priority_rank",
+    "fallback_of",
+)
+_MESSAGE, _CHANNEL, _STATUS, _REASON, _LAST_ERROR = (
+    DELIVERY_COLUMNS.index(c) for c in ("message", "channel", "status", "reason", "last_error")
+)
+
+# The milestone a move stamps with its time.
+STAMPS: dict[DeliveryStatus, str] = {
+    S.SENT: "sent_at",
+    S.DELIVERED: "delivered_at",
+    S.OPENED: "opened_at",
+    S.READ: "opened_at",
+    S.CLICKED: "clicked_at",
+}
+
+
+def moves_check(
+    sources: Iterable[DeliveryStatus | str], targets: Iterable[DeliveryStatus | str]
+) -> None:
+    """Raise IllegalMove unless every source may move to every target (or stay, see STAYS)."""
+    wanted = [DeliveryStatus(t) for t in targets]
+    for source in sources:
+        for target in wanted:
+            if not (source == target and target in STAYS):
+                check_move(source, target)
+
+
+def _events_write(events: Sequence[Event]) -> None:
+    """COPY pays off for many rows; one row (a send recorded as it happens) is an INSERT."""
+    if len(events) > 1:
+        copy_rows(DeliveryEvent, EVENT_COLUMNS, events)
+    elif events:
+        insert_rows(DeliveryEvent, EVENT_COLUMNS, events)
+
+
+# --- New deliveries ---------------------------------------------------------------------------
+
+
+def deliveries_create(
+    rows: Sequence[Sequence[Any]],
+    details: Sequence[dict[str, Any]],
+    *,
+    at: datetime,
+    kind: EventKind,
+    may_exist: bool = False,
+) -> dict[tuple[int, str], int]:
+    """Insert deliveries (rows in DELIVERY_COLUMNS order) each with its first event (`details`,
+    row by row); returns (message id, channel) -> delivery id.
+
+    A new delivery is written in the status routing decided for it, a move from `pending`. By
+    COPY, when none of them can exist yet (the caller holds its messages' locks); with
+    `may_exist` (a fallback that may run twice) by INSERT ... ON CONFLICT DO NOTHING, and
+    a delivery that was there already gets no second first event.
+    """
+    moves_check([S.PENDING], {row[_STATUS] for row in rows})
+    if may_exist:
+        returned = insert_rows(
+            Delivery,
+            DELIVERY_COLUMNS,
+            rows,
+            returning=("id", "message", "channel"),
+            ignore_conflicts=True,
+        )
+        ids = {(message_id, channel): pk for pk, message_id, channel in returned}
+    else:
+        new_ids = copy_rows(Delivery, DELIVERY_COLUMNS, rows, with_ids=True)
+        ids = {(row[_MESSAGE], row[_CHANNEL]): pk for row, pk in zip(rows, new_ids, strict=True)}
+    copy_rows(
+        DeliveryEvent,
+        EVENT_COLUMNS,
+        [
+            (
+                ids[(row[_MESSAGE], row[_CHANNEL])],
+                at,
+                kind,
+                row[_STATUS],
+                row[_REASON],
+                None,
+                "",
+                row[_LAST_ERROR],
+                detail,
+            )
+            for row, detail in zip(rows, details, strict=True)
+            if (row[_MESSAGE], row[_CHANNEL]) in ids
+        ],
+    )
+    return ids
+
+
+# --- Claiming and recording sends -------------------------------------------------------------
+
+
+def deliveries_claim(
+    delivery_ids: Sequence[int],
+    *,
+    at: datetime,
+    due_by: datetime,
+    until: datetime,
+    token: uuid.UUID,
+) -> list[int]:
+    """queued -> sending for those of delivery_ids due by `due_by`, each with an attempt more,
+    the claim `token` and its lease `until`; returns the ids claimed. No event: the attempt's
+    outcome is the event (`deliveries_set`).
+
+    A compare-and-set in one statement: when two workers run the same task, the second waits
+    for the first's row lock, re-reads the status, finds 'sending', and claims nothing.
+    """
+    check_move(S.QUEUED, S.SENDING)
+    if not delivery_ids:
+        return []
+    table = table_name(Delivery)
+    field = Delivery._meta.get_field("claimed_at")
+    stamp = field.get_db_prep_value(at, connection)
+    due = field.get_db_prep_value(due_by, connection)
+    lease = field.get_db_prep_value(until, connection)
+    prepared = Delivery._meta.get_field("claim_token").get_db_prep_value(token, connection)
+    ids = ", ".join(["%s"] * len(delivery_ids))
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"UPDATE {table} SET status = %s, attempts = attempts + 1, claimed_at = %s, "
+            f"claimed_until = %s, claim_token = %s, "
+            f"updated_at = %s WHERE id IN ({ids}) AND status = %s "
+            f"AND (next_attempt_at IS NULL OR next_attempt_at <= %s) RETURNING id",
+            [S.SENDING, stamp, lease, prepared, stamp, *delivery_ids, S.QUEUED, due],
+        )
+        return [row[0] for row in cursor.fetchall()]
+
+
+# --- One delivery (callbacks, tracking, the inbox) --------------------------------------------
+
+
+def delivery_move(
+    delivery_id: int,
+    to: DeliveryStatus,
+    *,
+    kind: EventKind,
+    reason: str = "",
+    error: str = "",
+    detail: dict[str, object] | None = None,
+    at: datetime | None = None,
+    sources: Collection[DeliveryStatus] | None = None,
+    stamp: bool = True,
+    **fields: object,
+) -> bool:
+    """Move one delivery to `to` if it is in one of `sources` (by default, any status the state
+    machine allows to move there), with its event; `fields` are written with it.
+
+    A compare-and-set: returns False (and writes nothing) when the delivery is not in such a
+    status, e.g. a duplicate callback or an out-of-order one. With `stamp`, the milestone of
+    `to` (sent_at, opened_at, ...) is set to `at` unless `fields` names it.
+    """
+    if sources is None:
+        sources = sources_of(to)
+    else:
+        moves_check(sources, [to])
+    at = at or timezone.now()
+    updates: dict[str, object] = {"status": to, "updated_at": at, **fields}
+    if reason or to in (S.FAILED, S.SUPPRESSED, S.CANCELLED):
+        updates["reason"] = reason
+    milestone = STAMPS.get(to) if stamp else None
+    if milestone:
+        updates.setdefault(milestone, at)
+    with transaction.atomic(savepoint=False):
+        moved = Delivery.objects.filter(pk=delivery_id, status__in=sources).update(**updates)
+        if moved:
+            DeliveryEvent.objects.create(
+                delivery_id=delivery_id,
+                at=at,
+                kind=kind,
+                status=to,
+                reason=reason,
+                error=error,
+                detail=detail or {},
+            )
+    return bool(moved)
+
+
+def delivery_advance(
+    delivery_id: int,
+    to: DeliveryStatus,
+    *,
+    kind: EventKind,
+    at: datetime | None = None,
+    detail: dict[str, object] | None = None,
+) -> bool:
+    """Move forward along the engagement order only: a late 'delivered' never undoes 'clicked'."""
+    if to not in ENGAGEMENT_RANK:
+        raise ValueError(f"{to} is not an engagement status")
+    return delivery_move(delivery_id, to, kind=kind, at=at, detail=detail)
+
+
+def delivery_note(
+    delivery_id: int,
+    *,
+    kind: EventKind,
+    at: datetime,
+    detail: dict[str, object],
+    error: str = "",
+) -> None:
+    """Log something about a delivery that does not move it (a complaint, a user's feedback),
+    under the status it has now."""
+    status = Delivery.objects.values_list("status", flat=True).get(pk=delivery_id)
+    DeliveryEvent.objects.create(
+        delivery_id=delivery_id, at=at, kind=kind, status=status, error=error, detail=detail
+    )
+
+
+# --- Many deliveries --------------------------------------------------------------------------
+
+
+def deliveries_move(
+    delivery_ids: Collection[int],
+    *,
+    sources: Collection[DeliveryStatus],
+    to: DeliveryStatus,
+    kind: EventKind,
+    at: datetime,
+    reason: str | None = None,
+    detail: Mapping[str, object] | None = None,
+    details: Mapping[int, Mapping[str, object]] | None = None,
+    **fields: object,
+) -> list[int]:
+    """Move those of `delivery_ids` still in one of `sources` to `to`, with `fields` (and
+    `reason`, unless None: the column is left as it is), and log each move with the same
+    reason and `detail`, plus the delivery's own `details`; returns the ids moved.
+
+    One UPDATE and one INSERT. When the UPDATE moves fewer rows than asked (another writer got
+    to some first), one more query finds which, so none of those gets an event.
+    """
+    moves_check(sources, [to])
+    if not delivery_ids:
+        return []
+    with transaction.atomic(savepoint=False):
+        updates: dict[str, object] = {"status": to, "updated_at": at, **fields}
+        if reason is not None:
+            updates["reason"] = reason
+        moved = Delivery.objects.filter(pk__in=delivery_ids, status__in=sources).update(**updates)
+        ids = list(delivery_ids)
+        if moved < len(ids):
+            ids = list(
+                Delivery.objects.filter(pk__in=ids, status=to, updated_at=at).values_list(
+                    "pk", flat=True
+                )
+            )
+        common = dict(detail or {})
+        _events_write(
+            [
+                (pk, at, kind, to, reason or "", None, "", "", {**common, **details.get(pk, {})})
+                if details
+                else (pk, at, kind, to, reason or "", None, "", "", common)
+                for pk in ids
+            ]
+        )
+    return ids
+
+
+def deliveries_log(
+    delivery_ids: Iterable[int],
+    *,
+    status: DeliveryStatus,
+    kind: EventKind,
+    at: datetime,
+    reason: str = "",
+    detail: dict[str, object] | None = None,
+) -> None:
+    """Log a step that left these deliveries in `status` (a lost task published again)."""
+    _events_write(
+        [(pk, at, kind, status, reason, None, "", "", detail or {}) for pk in delivery_ids]
+    )
+
+
+def deliveries_set(
+    names: Sequence[str],
+    rows: Sequence[Sequence[Any]],
+    *,
+    source: DeliveryStatus,
+    targets: Collection[DeliveryStatus],
+    guard: Mapping[str, object] | None = None,
+    events: Sequence[Event] = (),
+) -> int:
+    """Write each delivery its own values (rows of (pk, *values in the order of `names`), the
+    status among them) where it is still in `source` (and matches `guard`), with `events`, in
+    one UPDATE and one insert; returns how many rows the UPDATE matched.
+
+    Every row's status must be one of `targets`. The events are written when the UPDATE
+    matched a row, and always for a batch: the UPDATE counts the rows it matched but does not
+    name them, so a batch's events are not narrowed to those (a lone row that had moved on,
+    e.g. a claim taken back, gets none).
+    """
+    moves_check([source], targets)
+    column = names.index("status") + 1
+    if not {row[column] for row in rows} <= set(targets):
+        raise IllegalMove(f"a row moves from {source} to a status outside {sorted(targets)}")
+    # Without events it is one statement (or a few, for many rows): no transaction of its own.
+    with transaction.atomic(savepoint=False) if events else nullcontext():
+        updated = update_rows(Delivery, names, rows, where={"status": source, **(guard or {})})
+        if updated or len(rows) > 1:
+            _events_write(events)
+    return updated
+
+
+def deliveries_move_joined(
+    *,
+    ctes: str,
+    params: Sequence[Any],
+    source: str,
+    sources: Collection[DeliveryStatus],
+    to: DeliveryStatus,
+    reason: str,
+    kind: EventKind,
+    at: datetime,
+    detail: Mapping[str, object],
+    where: str = "",
+    where_params: Sequence[Any] = (),
+    also_set: str = "",
+    also_set_params: Sequence[Any] = (),
+    returning: str = "",
+    event_detail: str = "",
+    event_detail_params: Sequence[Any] = (),
+) -> int:
+    """Move, in one statement with their events, the deliveries in one of `sources` of the
+    messages a query names (PostgreSQL): a campaign's millions of messages in a few statements.
+
+    `ctes` are the WITH queries (with `params`); `source` is the one whose `id` is a message id,
+    joined as `{source}` to the deliveries `d`. `where` adds conditions on both, `also_set`
+    more columns (", col = expr"), `returning` more columns for `event_detail`: jsonb pairs
+    added to `detail` in each event. Returns how many deliveries moved.
+    """
+    moves_check(sources, [to])
+    delivery, events = table_name(Delivery), table_name(DeliveryEvent)
+    sql = f"""
+        WITH {ctes},
+        moved AS (
+            UPDATE {delivery} AS d
+            SET status = %s, reason = %s, updated_at = %s{also_set}
+            FROM {source}
+            WHERE d.message_id = {source}.id AND d.status = ANY(%s){where}
+            RETURNING d.id{returning}
+        )
+        INSERT INTO {events} (delivery_id, at, kind, status, reason, provider, error, detail)
+        SELECT id, %s, %s, %s, %s, '', '', %s::jsonb || jsonb_build_object({event_detail})
+        FROM moved
+    """
+    with transaction.atomic(savepoint=False), connection.cursor() as cursor:
+        cursor.execute(
+            sql,
+            [
+                *params,
+                to,
+                reason,
+                at,
+                *also_set_params,
+                [str(s) for s in sources],
+                *where_params,
+                at,
+                kind,
+                to,
+                reason,
+                json.dumps(detail),
+                *event_detail_params,
+            ],
+        )
+        return cursor.rowcount
