@@ -62,7 +62,7 @@ from notifier.roles import VIEW_CONTACT_DETAILS
 from notifier.selectors import MESSAGE_CALLER_FIELDS, message_read_caller_fields, user_history
 from notifier.services.deliveries import deliveries_retry_now
 from notifier.status import NOT_SENT, DeliveryStatus, Reason
-from notifier.user_keys import user_key
+from notifier.user_keys import user_key_from_text
 
 HISTORY_PAGE_SIZE = 25
 S = DeliveryStatus
@@ -402,9 +402,7 @@ class RecipientAdmin(admin.ModelAdmin):
         phone match."""
         results, may_have_duplicates = super().get_search_results(request, queryset, search_term)
         term = search_term.strip()
-        key = user_key(term)  # text or a UUID, as typed; an integer id, read strictly
-        if key is None and (number := parse_id(term)) is not None:
-            key = user_key(number)
+        key = user_key_from_text(term)
         if key is not None:
             results |= queryset.filter(user_id=key)
         if term.startswith("+"):
@@ -808,7 +806,11 @@ class MessageAdmin(ReadOnlyMixin, admin.ModelAdmin):
     list_display = ["id", "user", "type", "lane", "created_at", "routed_at"]
     list_select_related = ["user", "type"]
     list_filter = ["type", "lane"]
-    search_fields = ["user__email", "user__notifier_recipient__phone", "=idempotency_key"]
+    search_fields = [
+        "user__notifier_recipient__email",
+        "user__notifier_recipient__phone",
+        "=idempotency_key",
+    ]
     ordering = ["-id"]
     show_full_result_count = False
     inlines = [DeliveryInline]
@@ -853,7 +855,11 @@ class DeliveryAdmin(ReadOnlyMixin, admin.ModelAdmin):
     ]
     list_select_related = ["message", "user"]
     list_filter = [ChannelFilter, "status", "reason", "provider"]
-    search_fields = ["user__email", "user__notifier_recipient__phone", "=provider_message_id"]
+    search_fields = [
+        "user__notifier_recipient__email",
+        "user__notifier_recipient__phone",
+        "=provider_message_id",
+    ]
     ordering = ["-id"]
     show_full_result_count = False
     inlines = [DeliveryEventInline]
@@ -934,7 +940,7 @@ class InboxItemAdmin(ReadOnlyMixin, admin.ModelAdmin):
     ]
     list_select_related = ["user"]
     list_filter = ["category", "feedback"]
-    search_fields = ["user__email", "user__notifier_recipient__phone", "title"]
+    search_fields = ["user__notifier_recipient__email", "user__notifier_recipient__phone", "title"]
     ordering = ["-id"]
     show_full_result_count = False
     fields = INBOX_ITEM_FIELDS
@@ -954,7 +960,7 @@ class DeviceAdmin(admin.ModelAdmin):
     ]
     list_select_related = ["user"]
     list_filter = ["platform", "active"]
-    search_fields = ["user__email", "user__notifier_recipient__phone", "=token"]
+    search_fields = ["user__notifier_recipient__email", "user__notifier_recipient__phone", "=token"]
     raw_id_fields = ["user"]
     readonly_fields = ["created_at"]
     ordering = ["-id"]
@@ -1009,7 +1015,11 @@ class PreferenceAdmin(ReadOnlyMixin, admin.ModelAdmin):
     list_display = ["user", "category", "channel", "enabled", "updated_at"]
     list_select_related = ["user"]
     list_filter = ["channel", "enabled"]
-    search_fields = ["user__email", "user__notifier_recipient__phone", "category"]
+    search_fields = [
+        "user__notifier_recipient__email",
+        "user__notifier_recipient__phone",
+        "category",
+    ]
 
 
 @admin.register(Consent)
@@ -1019,7 +1029,7 @@ class ConsentAdmin(ReadOnlyMixin, admin.ModelAdmin):
     list_display = ["user", "purpose", "channel", "granted", "at", "source", "ip_address"]
     list_select_related = ["user"]
     list_filter = ["purpose", "channel", "granted", "source"]
-    search_fields = ["user__email", "user__notifier_recipient__phone"]
+    search_fields = ["user__notifier_recipient__email", "user__notifier_recipient__phone"]
     ordering = ["-at"]
 
 
@@ -1028,7 +1038,7 @@ class FrequencyCounterAdmin(ReadOnlyMixin, admin.ModelAdmin):
     list_display = ["user", "period", "window_start", "count"]
     list_select_related = ["user"]
     list_filter = ["period"]
-    search_fields = ["user__email"]
+    search_fields = ["user__notifier_recipient__email"]
 
 
 # --- Providers: the suppression list and webhook events ---------------------------------------

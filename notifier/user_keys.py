@@ -20,7 +20,7 @@ from django.contrib.auth import get_user_model
 from django.db import models
 from django.db.backends.base.base import BaseDatabaseWrapper
 
-from notifier.ids import MAX_ID
+from notifier.ids import MAX_ID, parse_id
 from notifier.text import text_problem
 
 # int, uuid.UUID or str: which one is a project setting (AUTH_USER_MODEL), known at run time
@@ -65,6 +65,15 @@ def user_key(value: object) -> UserKey | None:
         longest = getattr(field, "max_length", None) or 255
         return text if 0 < len(text) <= longest and not text_problem(text) else None
     return None
+
+
+def user_key_from_text(text: str) -> UserKey | None:
+    """A user key typed by a person (an admin box, a CSV cell): the text as the key (UUIDs,
+    text keys), or the integer it spells in ASCII digits (integer keys); None otherwise."""
+    key = user_key(text)
+    if key is None and (number := parse_id(text)) is not None:
+        key = user_key(number)
+    return key
 
 
 def user_key_kind() -> str:

@@ -42,4 +42,4 @@ def test_a_host_project_with_uuid_user_keys_runs_notifier_end_to_end():
         check=False,
     )
     assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-3000:]
-    assert "4 passed" in result.stdout
+    assert "5 passed" in result.stdout

@@ -133,6 +133,7 @@ from notifier.models.users import display_name
 from notifier.rendering import COMPILE_ERRORS, SYSTEM_VARIABLES, environment
 from notifier.roles import ALLOW_QUIET_HOURS, VIEW_CONTACT_DETAILS
 from notifier.status import DeliveryStatus
+from notifier.user_keys import user_key_from_text
 
 C = CampaignStatus
 TEMPLATES = "admin/campaigns/campaign/"
@@ -652,7 +653,7 @@ def _in_audience(campaign: Campaign, user: User) -> bool:
 def user_lookup(query: str) -> User:
     """A user by id or email, or LookupError in words."""
     query = query.strip()
-    user_id = parse_id(query)
+    user_id = user_key_from_text(query)
     if user_id is not None:
         user = get_user_model()._default_manager.filter(pk=user_id).first()
         if user is None:
@@ -1189,7 +1190,7 @@ class CampaignAdmin(admin.ModelAdmin):
         would tell whether that address is a customer's.
         """
         error = ""
-        if query and not anyone and parse_id(query) is None:
+        if query and not anyone and user_key_from_text(query) is None:
             error = NOT_AN_ID
         elif query:
             try:
@@ -1251,7 +1252,9 @@ class CampaignAdmin(admin.ModelAdmin):
         # Back to the preview of the same customer: by id, or for those who may see contact
         # details by email too (the preview box takes nothing else from anyone else).
         query = request.POST.get("user", "").strip()
-        if query and (parse_id(query) is not None or request.user.has_perm(VIEW_CONTACT_DETAILS)):
+        if query and (
+            user_key_from_text(query) is not None or request.user.has_perm(VIEW_CONTACT_DETAILS)
+        ):
             back += "?" + urlencode({"user": query})
         try:
             message = variant_send_test(variant=variant, to_user=staff_user(request))

@@ -76,10 +76,10 @@ from campaigns.services.segments import (
     segment_sample,
     spend_tier_of,
 )
-from notifier.ids import parse_id
 from notifier.models import User, recipient_for, recipients_attach
 from notifier.models.users import display_name
 from notifier.roles import VIEW_CONTACT_DETAILS
+from notifier.user_keys import user_key, user_key_from_text, user_key_json
 
 SAMPLE_SIZE = 20
 PREVIEW_ROWS_SHOWN = 500
@@ -545,15 +545,17 @@ class MemberConfirmForm(forms.Form):
         super().__init__(*args, **kwargs)
 
     @staticmethod
-    def token_for(*, segment: Segment, user_ids: list[int]) -> str:
+    def token_for(*, segment: Segment, user_ids: list[Any]) -> str:
         ordered = sorted(user_ids)
-        # Deltas of sorted ids compress to a few bytes per user.
-        deltas = [b - a for a, b in zip([0, *ordered], ordered, strict=False)]
-        return signing.dumps(
-            {"segment": segment.pk, "deltas": deltas}, salt=IMPORT_TOKEN_SALT, compress=True
-        )
+        claim: dict[str, Any] = {"segment": segment.pk}
+        if all(isinstance(pk, int) for pk in ordered):
+            # Deltas of sorted ids compress to a few bytes per user.
+            claim["deltas"] = [b - a for a, b in zip([0, *ordered], ordered, strict=False)]
+        else:  # UUID or text keys, as JSON carries them
+            claim["keys"] = [user_key_json(pk) for pk in ordered]
+        return signing.dumps(claim, salt=IMPORT_TOKEN_SALT, compress=True)
 
-    def clean_token(self) -> list[int]:
+    def clean_token(self) -> list[Any]:
         try:
             payload = signing.loads(
                 self.cleaned_data["token"], salt=IMPORT_TOKEN_SALT, max_age=IMPORT_TOKEN_MAX_AGE_S
@@ -566,7 +568,12 @@ class MemberConfirmForm(forms.Form):
             raise ValidationError("The preview could not be read; upload the file again.") from exc
         if payload.get("segment") != self.segment.pk:
             raise ValidationError("This preview was made for another segment.")
-        user_ids: list[int] = []
+        if "keys" in payload:
+            keys = [user_key(value) for value in payload["keys"]]
+            if None in keys:
+                raise ValidationError("The preview could not be read; upload the file again.")
+            return keys
+        user_ids: list[Any] = []
         total = 0
         for delta in payload["deltas"]:
             total += delta
@@ -848,7 +855,9 @@ class SegmentMemberAdmin(admin.ModelAdmin):
 
     list_filter = ["segment"]
     list_select_related = ["user", "segment"]
-    search_fields = ["user__email", "user__notifier_recipient__phone", "user__username"]
+    # The profile's own copy of the address: a host's user model may have no `email` (or no
+    # `username`, searched only where it exists).
+    search_fields = ["user__notifier_recipient__email", "user__notifier_recipient__phone"]
     search_help_text = "A user id, or (with access to contact details) an email, phone or username."
     # Lists reach millions of rows: no COUNT(*) of the whole table on every page.
     show_full_result_count = False
@@ -858,7 +867,10 @@ class SegmentMemberAdmin(admin.ModelAdmin):
 
     def get_search_fields(self, request: HttpRequest) -> list[str]:
         if may_see_contacts(request):
-            return list(super().get_search_fields(request))
+            fields = list(super().get_search_fields(request))
+            if any(f.name == "username" for f in get_user_model()._meta.fields):
+                fields.append("user__username")
+            return fields
         return ["user_id"]  # read as an exact id by get_search_results
 
     def get_search_results(
@@ -867,7 +879,7 @@ class SegmentMemberAdmin(admin.ModelAdmin):
         term = search_term.strip()
         if may_see_contacts(request) or not term:
             return super().get_search_results(request, queryset, search_term)
-        user_id = parse_id(term)
+        user_id = user_key_from_text(term)
         return (queryset.none() if user_id is None else queryset.filter(user_id=user_id)), False
 
     @staticmethod
@@ -923,7 +935,7 @@ class SegmentMemberAdmin(admin.ModelAdmin):
     def member(self, obj: SegmentMember) -> str:
         return f"#{obj.user_id} {mask_email(obj.user.email)}".strip()
 
-    @admin.display(description="Member", ordering="user__email")
+    @admin.display(description="Member", ordering="user__notifier_recipient__email")
     def member_with_contact(self, obj: SegmentMember) -> str:
         return f"#{obj.user_id} {obj.user.email}".strip()
 

@@ -35,10 +35,9 @@ from django.db.models.functions import Lower
 from django.utils import timezone
 
 from campaigns.models import Activity, AudienceThresholds, Segment, SegmentMember, SpendTier
-from notifier.ids import parse_id
 from notifier.models import Recipient, User, recipients_backfill
 from notifier.models.users import normalize_phone
-from notifier.user_keys import UserKey
+from notifier.user_keys import UserKey, user_key_from_text
 
 # Rows resolved per query in an import: small enough for a short IN list, large enough that
 # a 100,000-row file takes a few dozen queries.
@@ -496,7 +495,7 @@ def _normalize(row: ImportRow) -> None:
     if row.problem is not None:
         return
     if row.column == "user_id":
-        user_id = parse_id(row.value)
+        user_id = user_key_from_text(row.value)
         if user_id is None:
             row.fail(RowProblem.MALFORMED, f"“{row.value[:40]}” is not a user id")
         else:

@@ -17,9 +17,11 @@ from django.contrib.auth.models import Group, Permission
 from django.test import Client
 from django.utils import timezone
 
-from campaigns.models import Campaign, CampaignStatus, Segment, VariantTemplate
+from campaigns.admin.segments import MemberConfirmForm
+from campaigns.models import Campaign, CampaignStatus, Segment, SegmentMember, VariantTemplate
 from campaigns.services.fanout import steps_start_due
 from campaigns.services.lifecycle import campaign_approve, campaign_create, campaign_submit
+from campaigns.services.segments import RowProblem, segment_members_add, segment_members_preview
 from channels.models import SandboxSend
 from notifier.links import preferences_url
 from notifier.models import (
@@ -160,3 +162,29 @@ def test_a_campaign_to_a_segment_of_host_users_goes_out(host_worker):
         fan.pk for fan in fans
     }
     assert Campaign.objects.get(pk=campaign.pk).status in (CampaignStatus.RUNNING, "done")
+
+
+def test_members_are_imported_by_their_uuid_and_support_finds_them_by_address(transactional_db):
+    fans = [customer(f"imp{n}@example.com") for n in range(2)]
+    segment = Segment.objects.create(name="VIP list", use_member_list=True)
+    csv = ("user_id\n" + "\n".join(str(fan.pk) for fan in fans) + "\n12345\n").encode()
+
+    # A marketer's file names people by user_id only: here, the customers' UUIDs.
+    preview = segment_members_preview(segment=segment, data=csv, by_contact=False)
+
+    assert sorted(map(str, preview.user_ids_to_add)) == sorted(str(fan.pk) for fan in fans)
+    assert [row.problem for row in preview.errors] == [RowProblem.MALFORMED]
+    token = MemberConfirmForm.token_for(segment=segment, user_ids=preview.user_ids_to_add)
+    confirm = MemberConfirmForm({"token": token}, segment=segment)
+    assert confirm.is_valid(), confirm.errors
+    segment_members_add(segment=segment, user_ids=confirm.cleaned_data["token"])
+    assert set(SegmentMember.objects.values_list("user_id", flat=True)) == {f.pk for f in fans}
+
+    # Support searches the list by address (the profile's: Customer has no username).
+    agent = Customer.objects.create_superuser("support@example.com", "a-long-password")
+    support = Client()
+    support.force_login(agent)
+    page = support.get("/admin/campaigns/segmentmember/", {"q": "imp0@"})
+    assert page.status_code == 200
+    assert "imp0@example.com" in page.content.decode()
+    assert "imp1@example.com" not in page.content.decode()
