@@ -1114,3 +1114,7 @@ class PeriodicTaskAdmin(BeatPeriodicTaskAdmin):
 if settings.NOTIFIER_ADMIN_REPLACE_BEAT:
     admin.site.unregister(PeriodicTask)
     admin.site.register(PeriodicTask, PeriodicTaskAdmin)
+
+
+# The service API's keys live in its own room (notifier/http_api/admin.py).
+from notifier.http_api import admin as _service_api_admin  # noqa: E402, F401

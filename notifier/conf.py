@@ -122,6 +122,12 @@ NOTIFIER_PROVIDER_MAX_PAUSE_S = 300.0
 # Signed links (unsubscribe, preference centre) stay valid this long.
 NOTIFIER_LINK_MAX_AGE_DAYS = 365
 
+# --- The HTTP API (notifier/http_api/) --------------------------------------------------
+# Requests one API key may make, unless the key has its own limit ("count/period").
+NOTIFIER_API_KEY_RATE_LIMIT = "50/s"
+# notify_many over HTTP: at most this many recipients in one call.
+NOTIFIER_API_BULK_MAX = 1000
+
 # --- Security: public request limits and client addresses (notifier/request_limits.py) ---
 # Per-group overrides, {"group.scope": "count/period" or "off"}, e.g.
 # {"signed_link.ip": "120/m", "tracking.ip": "off"}.

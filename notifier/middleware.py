@@ -22,6 +22,8 @@ WsgiApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 
 # Notifier's JSON endpoints (its routes under api/, wherever the host mounts the URLconf); a
 # test checks this against notifier/urls.py.
+# The service API (notifier.http_api): every route of it answers JSON.
+SERVICE_API_NAMESPACE = "api-v1"
 API_URL_NAMES = frozenset(
     {
         "inbox-list",
@@ -48,7 +50,7 @@ def is_api_request(request: HttpRequest) -> bool:
     return (
         match is not None
         and "notifier" in match.namespaces
-        and (match.url_name or "") in API_URL_NAMES
+        and ((match.url_name or "") in API_URL_NAMES or SERVICE_API_NAMESPACE in match.namespaces)
     )
 
 

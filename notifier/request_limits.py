@@ -89,6 +89,10 @@ GROUPS: dict[str, dict[Scope, str]] = {
     # password is not locked out for long); per account name tried, from browsers that never
     # logged in to it (30 an hour, refilled one per two minutes), and per known browser.
     "admin_login": {Scope.IP: "20/m", Scope.ACCOUNT_IP: "10/h", Scope.ACCOUNT: "30/h"},
+    # The service API: each API key has its own limit (NOTIFIER_API_KEY_RATE_LIMIT, checked
+    # once the key is known); per address only a flood is stopped (a backend's calls come from
+    # a few addresses).
+    "service_api": {Scope.IP: "30000/m"},
     # Anything public not placed below.
     "default": {Scope.IP: "120/m"},
 }
@@ -123,6 +127,13 @@ ENDPOINTS: dict[str, str | None] = {
     "notifier:inbox-page": "inbox_api",
     "login": "admin_login",
     "logout": "signed_link",
+    "notifier:api-v1:notify_one": "service_api",
+    "notifier:api-v1:notify_bulk": "service_api",
+    "notifier:api-v1:message_read": "service_api",
+    # The API's OpenAPI document and its browsable page: public, cheap, read by tools.
+    "notifier:api-v1:api-root": "default",
+    "notifier:api-v1:openapi-json": "default",
+    "notifier:api-v1:openapi-view": "default",
     # Behind a bearer token; Prometheus scrapes every 15 s or so, far below the default limit,
     # which still stops anyone guessing the token.
     "notifier:metrics": "default",

@@ -1,13 +1,15 @@
 """Notifier's URLconf, namespaced "notifier": a host mounts it under any prefix, e.g.
 `path("notifications/", include("notifier.urls"))`, and reverses "notifier:inbox-page".
 
-Health probes, metrics, the inbox and preference APIs, the signed-link pages, provider
+The service API for other services and apps, health probes, metrics, the inbox and
+preference APIs, the signed-link pages, provider
 webhooks, the inbox page and campaign tracking. The admin and signing in are the host's.
 """
 
 from django.urls import path
 
 from notifier.hooks import campaign_urls
+from notifier.http_api.api import api as service_api
 from notifier.operations import views as health
 from notifier.operations.metrics import metrics_view
 from notifier.pages import inbox as inbox_page
@@ -17,6 +19,8 @@ from notifier.webhooks import views as webhooks
 
 app_name = "notifier"
 urlpatterns = [
+    # The API for product services and apps (API keys; OpenAPI at api/v1/openapi.json).
+    path("api/v1/", service_api.urls),
     path("health/live/", health.live, name="health-live"),
     path("health/ready/", health.ready, name="health-ready"),
     path("metrics/", metrics_view, name="metrics"),  # bearer token: NOTIFIER_METRICS_TOKEN

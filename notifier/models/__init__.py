@@ -1,5 +1,6 @@
 """The core models: users and their contact points, notification types, the delivery log."""
 
+from notifier.models.api_keys import ApiKey, ApiScope
 from notifier.models.inbox import Feedback, InboxItem
 from notifier.models.messages import (
     DeadLetter,
@@ -40,6 +41,8 @@ from notifier.models.users import Device, MarketingFrequency, Platform, User
 
 __all__ = [
     "ALL_CHANNELS",
+    "ApiKey",
+    "ApiScope",
     "CapPeriod",
     "Consent",
     "ConsentPurpose",

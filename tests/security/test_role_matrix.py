@@ -34,6 +34,7 @@ from campaigns.services.lifecycle import campaign_create
 from notifier import dispatch
 from notifier.api import notify
 from notifier.models import (
+    ApiKey,
     Consent,
     DeadLetter,
     Delivery,
@@ -55,6 +56,7 @@ from notifier.models.providers import (
     SuppressionReason,
 )
 from notifier.roles import roles_sync
+from notifier.services.api_keys import api_key_create
 from notifier.services.deliveries import deliveries_deliver
 from notifier.services.pipeline import messages_prepare
 from notifier.services.preferences import PreferenceChange, consent_give, preferences_update
@@ -105,6 +107,8 @@ MODELS: dict[type[Model], Access] = {
     User: Access(SUPPORT_ADMIN, ADMIN_ONLY, ADMIN_ONLY, ADMIN_ONLY),
     # The profiles: contact points, so the same people; made on first use, never added.
     Recipient: Access(SUPPORT_ADMIN, NOBODY, ADMIN_ONLY, ADMIN_ONLY),
+    # Keys of the service API: Admins make and revoke them; a revoked key stays listed.
+    ApiKey: Access(ADMIN_ONLY, ADMIN_ONLY, ADMIN_ONLY, NOBODY),
     Message: read_only(SUPPORT_ADMIN),
     Delivery: read_only(SUPPORT_ADMIN),
     DeadLetter: read_only(SUPPORT_ADMIN),
@@ -166,6 +170,7 @@ ACTIONS: dict[type[Model], dict[str, frozenset[str]]] = {
     IntervalSchedule: {"delete_selected": ADMIN_ONLY},
     User: {"delete_selected": ADMIN_ONLY},
     Recipient: {"delete_selected": ADMIN_ONLY},
+    ApiKey: {"delete_selected": NOBODY, "revoke": ADMIN_ONLY},
     Message: {"delete_selected": NOBODY},
     Delivery: {"delete_selected": NOBODY, "retry_now": SUPPORT_ADMIN},
     DeadLetter: {"delete_selected": NOBODY, "retry_now": SUPPORT_ADMIN},
@@ -299,6 +304,7 @@ def objects(monkeypatch) -> dict[type[Model], Model]:
         IntervalSchedule: interval,
         User: customer,
         Recipient: recipient_for(customer),
+        ApiKey: api_key_create(name="checkout", scopes=["notify"]).key,
         Message: message,
         Delivery: failed,
         DeadLetter: DeadLetter.objects.get(pk=failed.pk),

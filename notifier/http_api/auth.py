@@ -1,0 +1,71 @@
+"""Who is calling: an API key in `Authorization: Bearer ntf_…`, live, with the scope the route
+needs, within its rate limit. The key itself never reaches a log line or Sentry: only its
+public prefix is kept on the request (`request.api_key`)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.http import HttpRequest
+from ninja.security import HttpBearer
+
+from notifier.models.api_keys import ApiKey, ApiScope
+from notifier.services.api_keys import api_key_authenticate, api_key_throttle
+
+
+class ApiError(Exception):
+    """An answer other than 2xx: `status`, and a body of {"type": ..., "message": ...}."""
+
+    def __init__(self, status: int, type_: str, message: str, **headers: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.type = type_
+        self.message = message
+        self.headers = headers
+
+
+class ApiKeyAuth(HttpBearer):
+    """A bearer API key holding `scope`."""
+
+    def __init__(self, scope: ApiScope) -> None:
+        super().__init__()
+        self.scope = scope
+
+    def __call__(self, request: HttpRequest) -> Any:
+        found = super().__call__(request)
+        if found is None:
+            raise ApiError(
+                401,
+                "Unauthorized",
+                "send an API key as 'Authorization: Bearer ntf_…'; an admin creates keys "
+                "under API keys in the admin",
+                **{"WWW-Authenticate": "Bearer"},
+            )
+        return found
+
+    def authenticate(self, request: HttpRequest, token: str) -> ApiKey | None:
+        key = api_key_authenticate(token)
+        if key is None:
+            raise ApiError(
+                401,
+                "Unauthorized",
+                "this API key is unknown or revoked",
+                **{"WWW-Authenticate": 'Bearer error="invalid_token"'},
+            )
+        if self.scope not in key.scopes:
+            raise ApiError(
+                403,
+                "Forbidden",
+                f"this API key lacks the {self.scope.value!r} scope; its scopes are "
+                f"{', '.join(key.scopes)}",
+            )
+        throttled = api_key_throttle(key)
+        if throttled is not None:
+            raise ApiError(
+                429,
+                "TooManyRequests",
+                f"this API key is over its rate limit; try again in {throttled.retry_after_s} s",
+                **{"Retry-After": str(throttled.retry_after_s)},
+            )
+        request.api_key = key  # type: ignore[attr-defined]
+        return key
