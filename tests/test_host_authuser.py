@@ -4,16 +4,17 @@ tests/host/authuser_e2e.py, run in a pytest process of its own on that project's
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
+
+from tests.host.env import host_env
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_a_project_on_djangos_own_user_model_sends_through_notifier():
-    env = {key: value for key, value in os.environ.items() if key != "DJANGO_SETTINGS_MODULE"}
+    env = host_env()
     result = subprocess.run(
         [
             sys.executable,

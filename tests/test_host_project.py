@@ -7,12 +7,13 @@ user's timeline in the admin, and a campaign to a segment of host users goes out
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from tests.host.env import host_env
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -20,7 +21,7 @@ pytestmark = pytest.mark.integration
 
 
 def test_a_host_project_with_uuid_user_keys_runs_notifier_end_to_end():
-    env = {key: value for key, value in os.environ.items() if key != "DJANGO_SETTINGS_MODULE"}
+    env = host_env()
     result = subprocess.run(
         [
             sys.executable,

@@ -21,6 +21,7 @@ from pathlib import Path
 import psycopg2
 import pytest
 from django.conf import settings
+from redis import Redis
 
 from notifier.queues import ALL_QUEUES
 
@@ -38,7 +39,13 @@ def readme_blocks() -> list[str]:
 
 
 # The project's own settings (manage.py names them), none of the suite's.
-CLEAN_ENV = {key: value for key, value in os.environ.items() if key != "DJANGO_SETTINGS_MODULE"}
+# Nor the suite's broker (Celery reads CELERY_BROKER_URL from the environment before any
+# setting): the suite's own worker, alive for the whole session, would take this project's tasks.
+CLEAN_ENV = {
+    key: value
+    for key, value in os.environ.items()
+    if key not in ("DJANGO_SETTINGS_MODULE", "CELERY_BROKER_URL", "REDIS_URL")
+}
 
 
 def run(argv: list[str | Path], **kwargs: object) -> subprocess.CompletedProcess[str]:
@@ -99,6 +106,7 @@ def project(venv: Path, database: str, tmp_path_factory: pytest.TempPathFactory)
     # The suite's Redis server, on a database of its own: no queued task of another test's
     # reaches this project's worker.
     redis = re.sub(r"/\d+$", "/11", settings.NOTIFIER_REDIS_URL)
+    Redis.from_url(redis).flushdb()  # nothing queued by an earlier run
     own_apps = "*_startproject_apps,"
     with (package / "settings.py").open("a") as out:
         out.write("\n_startproject_apps = INSTALLED_APPS\n")

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
 from django.conf import settings
 
 from notifier.queues import ALL_QUEUES
@@ -39,6 +40,8 @@ def host_worker(transactional_db: None) -> Iterator[subprocess.Popen[bytes]]:
     database (the test's writes are committed so it sees them)."""
     from tests.host.celery import app
 
+    # Nothing queued by an earlier run is taken for this one.
+    redis.Redis.from_url(settings.CELERY_BROKER_URL).flushdb()
     name = f"host-{uuid.uuid4().hex[:8]}@localhost"
     env = {
         **os.environ,
