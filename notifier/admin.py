@@ -36,7 +36,6 @@ from django_celery_beat.models import PeriodicTask
 
 from channels.base import Channel
 from notifier.forms import BOUNDED_JSON
-from notifier.ids import parse_id
 from notifier.models import (
     Consent,
     DeadLetter,
@@ -203,6 +202,52 @@ class UserPhoneCreationForm(PhoneInE164, AdminUserCreationForm):
     )
 
 
+class PeopleAdminMixin:
+    """An admin whose rows are people (the stand-alone site's users, or anyone's recipient
+    profiles): search by the user's exact key and an exact E.164 phone besides the usual
+    fields, and the delivery history at "<id>/history/" (Django's change log moves to
+    "<id>/admin-log/", so the change form's "History" button opens the delivery history)."""
+
+    key_lookup = "pk"  # the user's key, on the admin's model
+    phone_lookup = "notifier_recipient__phone"
+
+    def get_search_results(
+        self, request: HttpRequest, queryset: QuerySet[Any], search_term: str
+    ) -> tuple[QuerySet[Any], bool]:
+        results, may_have_duplicates = super().get_search_results(  # type: ignore[misc]
+            request, queryset, search_term
+        )
+        term = search_term.strip()
+        key = user_key_from_text(term)
+        if key is not None:
+            results |= queryset.filter(**{self.key_lookup: key})
+        if term.startswith("+"):
+            try:
+                phone = normalize_phone(term)
+            except ValidationError:
+                pass
+            else:
+                results |= queryset.filter(**{self.phone_lookup: phone})
+        return results, may_have_duplicates
+
+    def get_urls(self) -> list[URLPattern]:
+        admin_site = self.admin_site  # type: ignore[attr-defined]
+        info = self.opts.app_label, self.opts.model_name  # type: ignore[attr-defined]
+        return [
+            path(
+                "<path:object_id>/history/",
+                admin_site.admin_view(self.delivery_history_view),  # type: ignore[attr-defined]
+                name="{}_{}_delivery_history".format(*info),
+            ),
+            path(
+                "<path:object_id>/admin-log/",
+                admin_site.admin_view(self.history_view),  # type: ignore[attr-defined]
+                name="{}_{}_admin_log".format(*info),
+            ),
+            *super().get_urls(),  # type: ignore[misc]
+        ]
+
+
 def register_if(enabled: bool, model: Any) -> Any:
     """admin.register when a setting asks for it: what would be intrusive in a host project."""
     return admin.register(model) if enabled else (lambda admin_class: admin_class)
@@ -210,7 +255,7 @@ def register_if(enabled: bool, model: Any) -> Any:
 
 # The stand-alone site's own users (NOTIFIER_ADMIN_USER); a host keeps its own UserAdmin.
 @register_if(settings.NOTIFIER_ADMIN_USER, User)
-class UserAdmin(DjangoUserAdmin):
+class UserAdmin(PeopleAdminMixin, DjangoUserAdmin):
     formfield_overrides = BOUNDED_JSON
     add_form = UserPhoneCreationForm
     add_fieldsets = (
@@ -254,42 +299,6 @@ class UserAdmin(DjangoUserAdmin):
         super().save_model(request, obj, form, change)
         if not change:
             recipient_update(obj, phone=form.cleaned_data.get("phone") or "")
-
-    def get_search_results(
-        self, request: HttpRequest, queryset: QuerySet[User], search_term: str
-    ) -> tuple[QuerySet[User], bool]:
-        """The usual search, plus an exact id for a number and an exact E.164 phone match."""
-        results, may_have_duplicates = super().get_search_results(request, queryset, search_term)
-        term = search_term.strip()
-        user_id = parse_id(term)
-        if user_id is not None:
-            results |= queryset.filter(pk=user_id)
-        if term.startswith("+"):
-            try:
-                phone = normalize_phone(term)
-            except ValidationError:
-                pass
-            else:
-                results |= queryset.filter(notifier_recipient__phone=phone)
-        return results, may_have_duplicates
-
-    def get_urls(self) -> list[URLPattern]:
-        info = self.opts.app_label, self.opts.model_name
-        return [
-            # Placed before the default "<id>/history/" (the admin change log), so the change
-            # form's "History" button leads here too; the change log moves to admin-log/.
-            path(
-                "<path:object_id>/history/",
-                self.admin_site.admin_view(self.delivery_history_view),
-                name="{}_{}_delivery_history".format(*info),
-            ),
-            path(
-                "<path:object_id>/admin-log/",
-                self.admin_site.admin_view(self.history_view),
-                name="{}_{}_admin_log".format(*info),
-            ),
-            *super().get_urls(),
-        ]
 
     def history_url(self, user: User) -> str:
         info = self.opts.app_label, self.opts.model_name
@@ -365,12 +374,15 @@ def delivery_history_page(
 
 
 @admin.register(Recipient)
-class RecipientAdmin(admin.ModelAdmin):
+class RecipientAdmin(PeopleAdminMixin, admin.ModelAdmin):
     """Everyone Notifier has written to or may write to, whatever the project's user model:
     support finds a person by email, phone or user id and opens their delivery history. The
     profile itself (contact points, time zone, quiet hours, segment attributes) is edited here
     too; profiles are made on first use, never added by hand. Contact details: only for staff
     with `notifier.view_contact_details` as well as the view permission."""
+
+    key_lookup = "user_id"
+    phone_lookup = "phone"
 
     formfield_overrides = BOUNDED_JSON
     form = RecipientForm
@@ -394,43 +406,6 @@ class RecipientAdmin(admin.ModelAdmin):
         return super().has_change_permission(request, obj) and request.user.has_perm(
             VIEW_CONTACT_DETAILS
         )
-
-    def get_search_results(
-        self, request: HttpRequest, queryset: QuerySet[Recipient], search_term: str
-    ) -> tuple[QuerySet[Recipient], bool]:
-        """The usual search, plus the user's exact key (an id, a UUID) and an exact E.164
-        phone match."""
-        results, may_have_duplicates = super().get_search_results(request, queryset, search_term)
-        term = search_term.strip()
-        key = user_key_from_text(term)
-        if key is not None:
-            results |= queryset.filter(user_id=key)
-        if term.startswith("+"):
-            try:
-                phone = normalize_phone(term)
-            except ValidationError:
-                pass
-            else:
-                results |= queryset.filter(phone=phone)
-        return results, may_have_duplicates
-
-    def get_urls(self) -> list[URLPattern]:
-        info = self.opts.app_label, self.opts.model_name
-        return [
-            # Before the default "<id>/history/" (the change log, moved to admin-log/), so the
-            # change form's "History" button opens the delivery history too.
-            path(
-                "<path:object_id>/history/",
-                self.admin_site.admin_view(self.delivery_history_view),
-                name="{}_{}_delivery_history".format(*info),
-            ),
-            path(
-                "<path:object_id>/admin-log/",
-                self.admin_site.admin_view(self.history_view),
-                name="{}_{}_admin_log".format(*info),
-            ),
-            *super().get_urls(),
-        ]
 
     @admin.display(description="History")
     def history_action(self, obj: Recipient) -> str:

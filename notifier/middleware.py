@@ -38,6 +38,17 @@ API_URL_NAMES = frozenset(
 )
 
 
+def is_service_api_request(request: HttpRequest) -> bool:
+    """Whether the request is for the service API (notifier.http_api)."""
+    match = getattr(request, "resolver_match", None)
+    if match is None:
+        try:
+            match = resolve(request.path_info)
+        except Resolver404:
+            return False
+    return SERVICE_API_NAMESPACE in match.namespaces
+
+
 def is_api_request(request: HttpRequest) -> bool:
     """Whether the request is for one of Notifier's JSON endpoints: its errors are JSON (also
     before Django has resolved the URL, as when the encoding check refuses a request)."""
@@ -54,9 +65,15 @@ def is_api_request(request: HttpRequest) -> bool:
     )
 
 
-def _explained(request: HttpRequest, response: HttpResponse, text: str) -> HttpResponse:
-    """`text` as the body: JSON {"error": ...} from the JSON API, plain text elsewhere."""
-    if is_api_request(request):
+def _explained(
+    request: HttpRequest, response: HttpResponse, text: str, kind: str = "BadRequest"
+) -> HttpResponse:
+    """`text` as the body: JSON from the JSON APIs (the service API's {"type", "message"}, the
+    inbox and preference APIs' {"error": ...}), plain text elsewhere."""
+    if is_service_api_request(request):
+        response.content = json.dumps({"type": kind, "message": text}).encode()
+        response["Content-Type"] = "application/json"
+    elif is_api_request(request):
         response.content = json.dumps({"error": text}).encode()
         response["Content-Type"] = "application/json"
     else:
@@ -76,11 +93,11 @@ class ExplainMethodNotAllowedMiddleware:
         response = self.get_response(request)
         if response.status_code != 405 or getattr(response, "streaming", False):
             return response
-        if response.content:
-            return response
+        if response.content and b"use " in response.content.lower():
+            return response  # it says already (django-ninja's "Method not allowed" does not)
         allowed = response.get("Allow", "")
         text = f"{request.method} is not allowed here; use {allowed or 'another method'}."
-        return _explained(request, response, text)
+        return _explained(request, response, text, "MethodNotAllowed")
 
 
 def charset_problem(charset: str | None) -> str | None:

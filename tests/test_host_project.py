@@ -7,40 +7,14 @@ user's timeline in the admin, and a campaign to a segment of host users goes out
 
 from __future__ import annotations
 
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 
-from tests.host.env import host_env
-
-ROOT = Path(__file__).resolve().parent.parent
+from tests.host.env import run_host_tests
 
 pytestmark = pytest.mark.integration
 
 
 def test_a_host_project_with_uuid_user_keys_runs_notifier_end_to_end():
-    env = host_env()
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pytest",
-            "-p",
-            "no:cacheprovider",
-            "-q",
-            "--ds=tests.host.settings",
-            "--confcutdir=tests/host",
-            "--create-db",
-            "tests/host/host_e2e.py",
-        ],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=900,
-        check=False,
-    )
+    result = run_host_tests("tests.host.settings", "tests/host/host_e2e.py")
     assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-3000:]
     assert "5 passed" in result.stdout

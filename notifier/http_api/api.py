@@ -9,9 +9,9 @@ from datetime import datetime
 from typing import Any
 
 from django.conf import settings
-from django.http import HttpRequest, HttpResponse
+from django.http import Http404, HttpRequest, HttpResponse
 from ninja import NinjaAPI, Schema, Status
-from ninja.errors import ValidationError
+from ninja.errors import HttpError, ValidationError
 from pydantic import Field, StrictInt, StrictStr
 
 from notifier.api import notify, notify_many
@@ -106,6 +106,21 @@ def _api_error(request: HttpRequest, exc: ApiError) -> HttpResponse:
 def _notify_error(request: HttpRequest, exc: NotifyError) -> HttpResponse:
     status = 409 if isinstance(exc, IdempotencyKeyReused) else 422
     return _problem(request, status, type(exc).__name__, str(exc))
+
+
+@api.exception_handler(HttpError)
+def _http_error(request: HttpRequest, exc: HttpError) -> HttpResponse:
+    """django-ninja's own refusals (a body it cannot parse as JSON: 400), in our shape."""
+    status = exc.status_code
+    return _problem(request, status, HTTP_ERROR_TYPES.get(status, "InvalidRequest"), str(exc))
+
+
+HTTP_ERROR_TYPES = {401: "Unauthorized", 403: "Forbidden", 404: "NotFound"}
+
+
+@api.exception_handler(Http404)
+def _not_found(request: HttpRequest, exc: Http404) -> HttpResponse:
+    return _problem(request, 404, "NotFound", str(exc) or "no such object")
 
 
 @api.exception_handler(ValidationError)
