@@ -27,6 +27,11 @@ class Recipient(models.Model):
     user = models.OneToOneField(
         settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="notifier_recipient"
     )
+    # The product's own id for this person (any text up to 255 characters), by which another
+    # service or app addresses them over the HTTP API; NULL until something sets it.
+    external_id = models.CharField(  # NULL, not "": unique among those that are set
+        max_length=255, null=True, blank=True, unique=True
+    )
     # The address email goes to; copied from the user model's EMAIL_FIELD when the profile is
     # created (and kept in step when that user is saved, see notifier.signals).
     email = models.EmailField(blank=True, default="")
