@@ -127,6 +127,11 @@ NOTIFIER_LINK_MAX_AGE_DAYS = 365
 NOTIFIER_API_KEY_RATE_LIMIT = "50/s"
 # notify_many over HTTP: at most this many recipients in one call.
 NOTIFIER_API_BULK_MAX = 1000
+# `PUT /recipients/{external_id}` for an id the site has never seen: a dotted path to a
+# function (external_id) -> a saved user, whose profile becomes the recipient. Empty: the
+# caller links a user of the project (`"user": <key>`); the stand-alone site makes its own
+# people ("notifier.services.recipients.standalone_user").
+NOTIFIER_RECIPIENT_USER_FACTORY = ""
 
 # --- Security: public request limits and client addresses (notifier/request_limits.py) ---
 # Per-group overrides, {"group.scope": "count/period" or "off"}, e.g.

@@ -130,6 +130,17 @@ ENDPOINTS: dict[str, str | None] = {
     "notifier:api-v1:notify_one": "service_api",
     "notifier:api-v1:notify_bulk": "service_api",
     "notifier:api-v1:message_read": "service_api",
+    "notifier:api-v1:recipient_save": "service_api",
+    "notifier:api-v1:recipient_read": "service_api",
+    "notifier:api-v1:device_add": "service_api",
+    "notifier:api-v1:device_list": "service_api",
+    "notifier:api-v1:device_remove": "service_api",
+    "notifier:api-v1:preferences_read": "service_api",
+    "notifier:api-v1:preferences_change": "service_api",
+    "notifier:api-v1:consent_read": "service_api",
+    "notifier:api-v1:consent_record": "service_api",
+    # Public (a web page reads it before anyone signs in), cheap, the same for everyone.
+    "notifier:api-v1:push_vapid_public_key": "default",
     # The API's OpenAPI document and its browsable page: public, cheap, read by tools.
     "notifier:api-v1:api-root": "default",
     "notifier:api-v1:openapi-json": "default",

@@ -25,11 +25,13 @@ class ApiError(Exception):
 
 
 class ApiKeyAuth(HttpBearer):
-    """A bearer API key holding `scope`."""
+    """A bearer API key holding `scope` (or any of `also`: a read that a key for reading and a
+    key for writing may both make)."""
 
-    def __init__(self, scope: ApiScope) -> None:
+    def __init__(self, scope: ApiScope, *also: ApiScope) -> None:
         super().__init__()
         self.scope = scope
+        self.scopes = (scope, *also)
 
     def __call__(self, request: HttpRequest) -> Any:
         found = super().__call__(request)
@@ -52,12 +54,13 @@ class ApiKeyAuth(HttpBearer):
                 "this API key is unknown or revoked",
                 **{"WWW-Authenticate": 'Bearer error="invalid_token"'},
             )
-        if self.scope not in key.scopes:
+        if not any(scope in key.scopes for scope in self.scopes):
+            needed = " or ".join(repr(scope.value) for scope in self.scopes)
             raise ApiError(
                 403,
                 "Forbidden",
-                f"this API key lacks the {self.scope.value!r} scope; its scopes are "
-                f"{', '.join(key.scopes)}",
+                f"this API key lacks the {needed} scope; its scopes are "
+                f"{', '.join(key.scopes) or 'none'}",
             )
         throttled = api_key_throttle(key)
         if throttled is not None:

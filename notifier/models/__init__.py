@@ -1,6 +1,6 @@
 """The core models: users and their contact points, notification types, the delivery log."""
 
-from notifier.models.api_keys import ApiKey, ApiScope
+from notifier.models.api_keys import ApiKey, ApiScope, RefusedCall
 from notifier.models.inbox import Feedback, InboxItem
 from notifier.models.messages import (
     DeadLetter,
@@ -65,6 +65,7 @@ __all__ = [
     "Priority",
     "ProviderEvent",
     "Recipient",
+    "RefusedCall",
     "RoutingRule",
     "SuppressedAddress",
     "SuppressionReason",

@@ -45,6 +45,7 @@ from notifier.models import (
     NotificationType,
     Preference,
     Recipient,
+    RefusedCall,
     RoutingRule,
     User,
     recipient_for,
@@ -109,6 +110,8 @@ MODELS: dict[type[Model], Access] = {
     Recipient: Access(SUPPORT_ADMIN, NOBODY, ADMIN_ONLY, ADMIN_ONLY),
     # Keys of the service API: Admins make and revoke them; a revoked key stays listed.
     ApiKey: Access(ADMIN_ONLY, ADMIN_ONLY, ADMIN_ONLY, NOBODY),
+    # Calls to the Celery task notifier.notify that were refused: for the operator.
+    RefusedCall: read_only(ADMIN_ONLY),
     Message: read_only(SUPPORT_ADMIN),
     Delivery: read_only(SUPPORT_ADMIN),
     DeadLetter: read_only(SUPPORT_ADMIN),
@@ -171,6 +174,7 @@ ACTIONS: dict[type[Model], dict[str, frozenset[str]]] = {
     User: {"delete_selected": ADMIN_ONLY},
     Recipient: {"delete_selected": ADMIN_ONLY},
     ApiKey: {"delete_selected": NOBODY, "revoke": ADMIN_ONLY},
+    RefusedCall: {"delete_selected": NOBODY},
     Message: {"delete_selected": NOBODY},
     Delivery: {"delete_selected": NOBODY, "retry_now": SUPPORT_ADMIN},
     DeadLetter: {"delete_selected": NOBODY, "retry_now": SUPPORT_ADMIN},
@@ -305,6 +309,12 @@ def objects(monkeypatch) -> dict[type[Model], Model]:
         User: customer,
         Recipient: recipient_for(customer),
         ApiKey: api_key_create(name="checkout", scopes=["notify"]).key,
+        RefusedCall: RefusedCall.objects.create(
+            at=datetime.now(UTC),
+            source="celery task notifier.notify",
+            error_type="InvalidCall",
+            message="type is required",
+        ),
         Message: message,
         Delivery: failed,
         DeadLetter: DeadLetter.objects.get(pk=failed.pk),
