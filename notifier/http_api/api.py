@@ -19,8 +19,9 @@ from notifier.api import notify, notify_many
 from notifier.errors import IdempotencyKeyReused, InvalidRecipient, NotifyError
 from notifier.http_api.auth import ApiError, ApiKeyAuth
 from notifier.http_api.common import Problem
+from notifier.http_api.messages import router as messages_router
 from notifier.http_api.recipients import router as recipients_router
-from notifier.models import Delivery, Message, Recipient
+from notifier.models import Message, Recipient
 from notifier.models.api_keys import ApiScope
 from notifier.services.devices import DeviceError, UnknownDevice
 from notifier.services.preferences import PreferenceError
@@ -29,8 +30,6 @@ from notifier.services.recipients import (
     RecipientError,
     UnknownRecipient,
 )
-from notifier.status import Reason
-from notifier.user_keys import user_key_json
 
 api = NinjaAPI(
     title="Notifier",
@@ -87,24 +86,6 @@ class NotifyManyIn(Schema):
 class AcceptedMany(Schema):
     messages: list[int] = Field(description="One message id per user, in the order given")
     created: int = Field(description="How many of them this call created")
-
-
-class DeliveryOut(Schema):
-    channel: str
-    status: str
-    reason: str = Field(description="Why it was not sent, in words; empty when it was")
-    attempts: int
-    provider: str
-    updated_at: datetime
-
-
-class MessageOut(Schema):
-    id: int
-    user: int | str
-    recipient: str | None = Field(description="The recipient's external_id, if they have one")
-    type: str
-    created_at: datetime
-    deliveries: list[DeliveryOut]
 
 
 def _problem(request: HttpRequest, status: int, type_: str, message: str) -> HttpResponse:
@@ -266,10 +247,6 @@ def notify_bulk(request: HttpRequest, body: NotifyManyIn) -> Status[dict[str, An
     return Status(202, {"messages": result.message_ids, "created": result.created})
 
 
-def _reason_in_words(reason: str) -> str:
-    return str(Reason(reason).label) if reason in Reason.values else reason
-
-
 def _user_of(body: NotifyIn) -> Any:
     """The user key to notify: `user` as given, or the user of the recipient `recipient`."""
     if (body.user is None) == (body.recipient is None):
@@ -330,44 +307,6 @@ def _contexts_by_key(
     return {by_text[text]: values for text, values in contexts.items()}
 
 
-@api.get(
-    "/messages/{message_id}",
-    auth=ApiKeyAuth(ApiScope.READ),
-    response={200: MessageOut, 401: Problem, 403: Problem, 404: Problem, 429: Problem},
-    summary="A message and what happened on each channel",
-)
-def message_read(request: HttpRequest, message_id: int) -> Status[dict[str, Any]]:
-    """Each delivery's status and, for one not sent, the reason in words: what support sees
-    on the timeline."""
-    message = Message.objects.filter(pk=message_id).first()
-    if message is None:
-        raise ApiError(404, "NotFound", f"no message {message_id}")
-    deliveries = Delivery.objects.filter(message_id=message.pk).order_by("channel")
-    return Status(
-        200,
-        {
-            "id": message.pk,
-            "user": user_key_json(message.user_id),
-            "recipient": Recipient.objects.filter(user_id=message.user_id)
-            .values_list("external_id", flat=True)
-            .first(),
-            "type": message.type_id,
-            "created_at": message.created_at,
-            "deliveries": [
-                {
-                    "channel": d.channel,
-                    "status": d.status,
-                    "reason": _reason_in_words(d.reason),
-                    "attempts": d.attempts,
-                    "provider": d.provider or "",
-                    "updated_at": d.updated_at,
-                }
-                for d in deliveries
-            ],
-        },
-    )
-
-
 class VapidKey(Schema):
     public_key: str = Field(
         description="PushManager.subscribe's applicationServerKey (base64url P-256 public key)"
@@ -392,4 +331,5 @@ def push_vapid_public_key(request: HttpRequest) -> Status[dict[str, str]]:
     return Status(200, {"public_key": key})
 
 
+api.add_router("/messages", messages_router)
 api.add_router("/recipients", recipients_router)

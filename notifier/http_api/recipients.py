@@ -19,6 +19,7 @@ from pydantic import Field, StrictBool, StrictStr
 
 from notifier.http_api.auth import ApiKeyAuth
 from notifier.http_api.common import answers
+from notifier.http_api.messages import MessageOut, recipient_messages
 from notifier.models import Consent, ConsentPurpose, Device, Recipient
 from notifier.models.api_keys import ApiScope
 from notifier.pages.preferences import preference_centre
@@ -167,6 +168,21 @@ def recipient_save(
 )
 def recipient_read(request: HttpRequest, external_id: str) -> Status[dict[str, Any]]:
     return Status(200, recipient_json(recipient_get(external_id)))
+
+
+@router.get(
+    "/{external_id}/messages",
+    auth=ApiKeyAuth(ApiScope.READ),
+    response=answers({200: list[MessageOut]}, 404),
+    summary="A recipient's messages, newest first",
+)
+def recipient_message_list(
+    request: HttpRequest, external_id: str, limit: int = 20, before: int | None = None
+) -> Status[list[dict[str, Any]]]:
+    """Each with what happened on each channel and why anything was not sent. Page with
+    `before` = the last id of the previous page."""
+    recipient = recipient_get(external_id)
+    return Status(200, recipient_messages(recipient, limit=limit, before=before))
 
 
 # --- Devices --------------------------------------------------------------------------------

@@ -366,3 +366,27 @@ def test_consent_keeps_where_and_what_wording_and_a_grant_needs_the_words():
     bad_channel = call("post", url, {"channel": "fax", "granted": False, "source": "x"})
     assert bad_channel.status_code == 422
     assert Consent.objects.count() == 2
+
+
+def test_a_recipients_messages_newest_first_in_pages_with_the_reasons():
+    call("put", "/api/v1/recipients/m-1", {"email": ""})
+    ids = [
+        call(
+            "post",
+            "/api/v1/notify",
+            {
+                "recipient": "m-1",
+                "type": "order.shipped",
+                "context": order_context(order_number=f"N{n}"),
+            },
+        ).json()["message"]
+        for n in range(3)
+    ]
+    first = call("get", "/api/v1/recipients/m-1/messages?limit=2", key=token("read"))
+    assert first.status_code == 200
+    assert [m["id"] for m in first.json()] == [ids[2], ids[1]]
+    rest = call("get", f"/api/v1/recipients/m-1/messages?limit=2&before={ids[1]}")
+    assert [m["id"] for m in rest.json()] == [ids[0]]
+    assert rest.json()[0]["recipient"] == "m-1"
+    assert call("get", "/api/v1/recipients/m-1/messages?limit=500").status_code == 422
+    assert call("get", "/api/v1/recipients/nobody/messages").status_code == 404
