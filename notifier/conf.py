@@ -132,6 +132,10 @@ NOTIFIER_API_BULK_MAX = 1000
 # caller links a user of the project (`"user": <key>`); the stand-alone site makes its own
 # people ("notifier.services.recipients.standalone_user").
 NOTIFIER_RECIPIENT_USER_FACTORY = ""
+# App tokens (a mobile app or web page acting for one recipient): how long one lasts, and the
+# requests per recipient they may make together.
+NOTIFIER_APP_TOKEN_MAX_AGE_S = 30 * 24 * 3600
+NOTIFIER_APP_TOKEN_RATE_LIMIT = "5/s"
 
 # --- Security: public request limits and client addresses (notifier/request_limits.py) ---
 # Per-group overrides, {"group.scope": "count/period" or "off"}, e.g.

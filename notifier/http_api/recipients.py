@@ -23,6 +23,8 @@ from notifier.http_api.messages import MessageOut, recipient_messages
 from notifier.models import Consent, ConsentPurpose, Device, Recipient
 from notifier.models.api_keys import ApiScope
 from notifier.pages.preferences import preference_centre
+from notifier.request_limits import request_ip
+from notifier.services.app_tokens import app_token_issue
 from notifier.services.devices import device_register, device_unregister, devices_of
 from notifier.services.preferences import (
     PreferenceChange,
@@ -162,7 +164,7 @@ def recipient_save(
 
 @router.get(
     "/{external_id}",
-    auth=ApiKeyAuth(ApiScope.RECIPIENTS, ApiScope.READ),
+    auth=ApiKeyAuth(ApiScope.RECIPIENTS, ApiScope.READ, app=True),
     response=answers({200: RecipientOut}, 404),
     summary="Read a recipient",
 )
@@ -172,7 +174,7 @@ def recipient_read(request: HttpRequest, external_id: str) -> Status[dict[str, A
 
 @router.get(
     "/{external_id}/messages",
-    auth=ApiKeyAuth(ApiScope.READ),
+    auth=ApiKeyAuth(ApiScope.READ, app=True),
     response=answers({200: list[MessageOut]}, 404),
     summary="A recipient's messages, newest first",
 )
@@ -183,6 +185,26 @@ def recipient_message_list(
     `before` = the last id of the previous page."""
     recipient = recipient_get(external_id)
     return Status(200, recipient_messages(recipient, limit=limit, before=before))
+
+
+class AppTokenOut(Schema):
+    token: str = Field(description="Give it to the app: `Authorization: Bearer ntr_…`")
+    expires_at: datetime
+
+
+@router.post(
+    "/{external_id}/app-token",
+    auth=ApiKeyAuth(ApiScope.RECIPIENTS),
+    response=answers({201: AppTokenOut}, 404),
+    summary="A token for the recipient's own app",
+)
+def app_token_create(request: HttpRequest, external_id: str) -> Status[dict[str, Any]]:
+    """Your backend calls this for the person signed in and hands the token to the app (a
+    mobile app or a web page), which then registers that person's devices and reads and
+    changes their preferences and consent, without holding an API key. Each token is valid
+    for NOTIFIER_APP_TOKEN_MAX_AGE_S (30 days) and for that one recipient."""
+    issued = app_token_issue(recipient_get(external_id))
+    return Status(201, {"token": issued.token, "expires_at": issued.expires_at})
 
 
 # --- Devices --------------------------------------------------------------------------------
@@ -229,7 +251,7 @@ def device_json(device: Device) -> dict[str, Any]:
 
 @router.post(
     "/{external_id}/devices",
-    auth=ApiKeyAuth(ApiScope.DEVICES),
+    auth=ApiKeyAuth(ApiScope.DEVICES, app=True),
     response=answers({200: DeviceOut, 201: DeviceOut}, 404),
     summary="Register a push device",
 )
@@ -244,7 +266,7 @@ def device_add(request: HttpRequest, external_id: str, body: DeviceIn) -> Status
 
 @router.get(
     "/{external_id}/devices",
-    auth=ApiKeyAuth(ApiScope.DEVICES, ApiScope.READ),
+    auth=ApiKeyAuth(ApiScope.DEVICES, ApiScope.READ, app=True),
     response=answers({200: list[DeviceOut]}, 404),
     summary="A recipient's push devices",
 )
@@ -254,7 +276,7 @@ def device_list(request: HttpRequest, external_id: str) -> Status[list[dict[str,
 
 @router.delete(
     "/{external_id}/devices",
-    auth=ApiKeyAuth(ApiScope.DEVICES),
+    auth=ApiKeyAuth(ApiScope.DEVICES, app=True),
     response=answers({200: DeviceOut}, 404),
     summary="Unregister a push device",
 )
@@ -305,7 +327,7 @@ class PreferencesIn(Schema):
 
 @router.get(
     "/{external_id}/preferences",
-    auth=ApiKeyAuth(ApiScope.RECIPIENTS, ApiScope.READ),
+    auth=ApiKeyAuth(ApiScope.RECIPIENTS, ApiScope.READ, app=True),
     response=answers({200: PreferencesOut}, 404),
     summary="A recipient's preferences, as the preference centre shows them",
 )
@@ -316,7 +338,7 @@ def preferences_read(request: HttpRequest, external_id: str) -> Status[dict[str,
 
 @router.patch(
     "/{external_id}/preferences",
-    auth=ApiKeyAuth(ApiScope.RECIPIENTS),
+    auth=ApiKeyAuth(ApiScope.RECIPIENTS, app=True),
     response=answers({200: PreferencesOut}, 404),
     summary="Change a recipient's preferences",
 )
@@ -387,7 +409,7 @@ def consent_json(recipient: Recipient) -> dict[str, Any]:
 
 @router.get(
     "/{external_id}/consent",
-    auth=ApiKeyAuth(ApiScope.RECIPIENTS, ApiScope.READ),
+    auth=ApiKeyAuth(ApiScope.RECIPIENTS, ApiScope.READ, app=True),
     response=answers({200: ConsentOut}, 404),
     summary="A recipient's marketing consent and its history",
 )
@@ -397,7 +419,7 @@ def consent_read(request: HttpRequest, external_id: str) -> Status[dict[str, Any
 
 @router.post(
     "/{external_id}/consent",
-    auth=ApiKeyAuth(ApiScope.RECIPIENTS),
+    auth=ApiKeyAuth(ApiScope.RECIPIENTS, app=True),
     response=answers({200: ConsentOut}, 404),
     summary="Record marketing consent given or withdrawn",
 )
@@ -407,19 +429,23 @@ def consent_record(
     """Each grant is kept with its source and wording, even when consent was already given;
     a withdrawal with none in force records nothing."""
     recipient = recipient_get(external_id)
+    # From the person's own app: where they were when they said it, unless the app says.
+    ip = body.ip_address
+    if ip is None and getattr(request, "app_caller", None) is not None:
+        ip = request_ip(request) or None
     if body.granted:
         consent_give(
             user_id=recipient.user_id,
             channel=body.channel,
             source=body.source,
             wording=body.wording,
-            ip_address=body.ip_address,
+            ip_address=ip,
         )
     else:
         consent_withdraw(
             user_id=recipient.user_id,
             channel=body.channel,
             source=body.source,
-            ip_address=body.ip_address,
+            ip_address=ip,
         )
     return Status(200, consent_json(recipient))

@@ -25,8 +25,8 @@ def token(*scopes: str) -> str:
     return api_key_create(name="app backend", scopes=scopes or ALL).token
 
 
-def call(method: str, url: str, body: object = None, key: str | None = None) -> Any:
-    headers = {"HTTP_AUTHORIZATION": f"Bearer {key or token()}"}
+def call(method: str, url: str, body: object = None, key: str | None = None, **extra: str) -> Any:
+    headers = {"HTTP_AUTHORIZATION": f"Bearer {key or token()}", **extra}
     data = json.dumps(body) if body is not None else None
     return getattr(Client(), method)(url, data=data, content_type="application/json", **headers)
 
@@ -390,3 +390,76 @@ def test_a_recipients_messages_newest_first_in_pages_with_the_reasons():
     assert rest.json()[0]["recipient"] == "m-1"
     assert call("get", "/api/v1/recipients/m-1/messages?limit=500").status_code == 422
     assert call("get", "/api/v1/recipients/nobody/messages").status_code == 404
+
+
+# --- App tokens -------------------------------------------------------------------------------
+
+
+def app_token(external_id: str) -> str:
+    response = call("post", f"/api/v1/recipients/{external_id}/app-token", key=token("recipients"))
+    assert response.status_code == 201, response.json()
+    return response.json()["token"]
+
+
+def test_an_app_token_registers_its_own_recipients_device_and_changes_their_preferences():
+    call("put", "/api/v1/recipients/app-1", {})
+    call("put", "/api/v1/recipients/app-2", {})
+    app = app_token("app-1")
+    assert app.startswith("ntr_")
+    added = call(
+        "post", "/api/v1/recipients/app-1/devices", {"platform": "ios", "token": "t-app"}, key=app
+    )
+    assert added.status_code == 201
+    switched = call(
+        "patch",
+        "/api/v1/recipients/app-1/preferences",
+        {"preferences": [{"category": "marketing", "channel": "push", "enabled": False}]},
+        key=app,
+    )
+    assert switched.status_code == 200
+    consent = call(
+        "post",
+        "/api/v1/recipients/app-1/consent",
+        {"channel": "push", "granted": True, "source": "app_onboarding", "wording": "Offers"},
+        key=app,
+        REMOTE_ADDR="198.51.100.7",
+    )
+    assert consent.status_code == 200
+    assert Consent.objects.get().ip_address == "198.51.100.7"
+
+
+@pytest.mark.parametrize(
+    ("method", "url", "body"),
+    [
+        ("get", "/api/v1/recipients/app-2/preferences", None),  # somebody else's
+        ("post", "/api/v1/recipients/app-2/devices", {"platform": "ios", "token": "x"}),
+        ("put", "/api/v1/recipients/app-1", {"phone": "+14155550123"}),  # contact points
+        ("post", "/api/v1/notify", {"recipient": "app-1", "type": "order.shipped"}),
+        ("post", "/api/v1/recipients/app-1/app-token", None),
+    ],
+)
+def test_an_app_token_can_do_nothing_else_and_nothing_for_anyone_else(method, url, body):
+    call("put", "/api/v1/recipients/app-1", {})
+    call("put", "/api/v1/recipients/app-2", {})
+    app = app_token("app-1")
+    response = call(method, url, body, key=app)
+    assert response.status_code == 403, response.json()
+    assert not Device.objects.exists()
+    assert not Message.objects.exists()
+    assert Recipient.objects.get(external_id="app-1").phone == ""
+
+
+def test_an_app_token_that_is_forged_expired_or_whose_recipient_is_gone_is_refused(settings):
+    call("put", "/api/v1/recipients/app-3", {})
+    app = app_token("app-3")
+    url = "/api/v1/recipients/app-3/preferences"
+    assert call("get", url, key=app).status_code == 200
+    forged = app[:-3] + ("aaa" if not app.endswith("aaa") else "bbb")
+    assert call("get", url, key=forged).status_code == 401
+    settings.NOTIFIER_APP_TOKEN_MAX_AGE_S = -1
+    expired = call("get", url, key=app)
+    assert expired.status_code == 401
+    assert "expired" in expired.json()["message"]
+    settings.NOTIFIER_APP_TOKEN_MAX_AGE_S = 3600
+    Recipient.objects.filter(external_id="app-3").update(external_id="someone-else")
+    assert call("get", "/api/v1/recipients/someone-else/preferences", key=app).status_code == 401
