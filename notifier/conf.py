@@ -149,7 +149,7 @@ NOTIFIER_WEBHOOK_LEASE_S = 60.0
 NOTIFIER_WEBHOOK_BATCH_WAIT_S = 1.0
 # How long a process trusts its list of active endpoints per event type (one read per this
 # many seconds, not one per write); an endpoint added elsewhere gets events within it.
-NOTIFIER_WEBHOOK_ENDPOINTS_CACHE_S = 5.0
+NOTIFIER_WEBHOOK_ENDPOINTS_CACHE_S = 1.0
 
 # --- Security: public request limits and client addresses (notifier/request_limits.py) ---
 # Per-group overrides, {"group.scope": "count/period" or "off"}, e.g.
