@@ -47,6 +47,8 @@ from notifier.models import (
     Recipient,
     RoutingRule,
     User,
+    WebhookAttempt,
+    WebhookEndpoint,
     recipient_for,
 )
 from notifier.models.providers import (
@@ -56,6 +58,7 @@ from notifier.models.providers import (
     SuppressionReason,
 )
 from notifier.roles import roles_sync
+from notifier.events_out.sending import endpoint_create
 from notifier.services.api_keys import api_key_create
 from notifier.services.deliveries import deliveries_deliver
 from notifier.services.pipeline import messages_prepare
@@ -109,6 +112,10 @@ MODELS: dict[type[Model], Access] = {
     Recipient: Access(SUPPORT_ADMIN, NOBODY, ADMIN_ONLY, ADMIN_ONLY),
     # Keys of the service API: Admins make and revoke them; a revoked key stays listed.
     ApiKey: Access(ADMIN_ONLY, ADMIN_ONLY, ADMIN_ONLY, NOBODY),
+    # Outbound webhooks: where the product's systems are told what happened, with a signing
+    # secret on the page; Admins only. Each request made is the pipeline's record.
+    WebhookEndpoint: admin_only(),
+    WebhookAttempt: read_only(ADMIN_ONLY),
     Message: read_only(SUPPORT_ADMIN),
     Delivery: read_only(SUPPORT_ADMIN),
     DeadLetter: read_only(SUPPORT_ADMIN),
@@ -171,6 +178,13 @@ ACTIONS: dict[type[Model], dict[str, frozenset[str]]] = {
     User: {"delete_selected": ADMIN_ONLY},
     Recipient: {"delete_selected": ADMIN_ONLY},
     ApiKey: {"delete_selected": NOBODY, "revoke": ADMIN_ONLY},
+    WebhookEndpoint: {
+        "delete_selected": ADMIN_ONLY,
+        "rotate_secret": ADMIN_ONLY,
+        "send_test_event": ADMIN_ONLY,
+        "enable": ADMIN_ONLY,
+    },
+    WebhookAttempt: {"delete_selected": NOBODY},
     Message: {"delete_selected": NOBODY},
     Delivery: {"delete_selected": NOBODY, "retry_now": SUPPORT_ADMIN},
     DeadLetter: {"delete_selected": NOBODY, "retry_now": SUPPORT_ADMIN},
@@ -293,6 +307,9 @@ def objects(monkeypatch) -> dict[type[Model], Model]:
         event_at=datetime.now(UTC) + timedelta(days=10),
         channels=["inapp"],
     )
+    webhook = endpoint_create(
+        name="CRM", url="https://crm.example.com/hooks", event_types=["delivery.sent"]
+    )
     return {
         Group: Group.objects.get(name="Support"),
         PeriodicTask: PeriodicTask.objects.create(
@@ -305,6 +322,10 @@ def objects(monkeypatch) -> dict[type[Model], Model]:
         User: customer,
         Recipient: recipient_for(customer),
         ApiKey: api_key_create(name="checkout", scopes=["notify"]).key,
+        WebhookEndpoint: webhook,
+        WebhookAttempt: WebhookAttempt.objects.create(
+            endpoint=webhook, webhook_id="msg_1", events=1, at=datetime.now(UTC), status_code=500
+        ),
         Message: message,
         Delivery: failed,
         DeadLetter: DeadLetter.objects.get(pk=failed.pk),
