@@ -150,7 +150,7 @@ def sender_publish(endpoint_id: int, *, countdown: float = 0.0) -> None:
             args=(endpoint_id,),
             queue=MAINTENANCE_QUEUE,
             retry_policy=PUBLISH_RETRY_POLICY,
-            **({"countdown": countdown} if countdown > 0 else {}),
+            countdown=countdown if countdown > 0 else None,
         )
     except Exception:
         log.exception("could not publish the webhook sender of endpoint %s", endpoint_id)
@@ -318,11 +318,11 @@ def _deliveries_outbox(changes: Sequence[DeliveryChange], endpoints: Collection[
                 sorted(endpoints),
             ],
         )
-    found = {
-        pk: rest
-        for pk, *rest in Delivery.objects.filter(pk__in=[c.delivery_id for c in changes])
-        .values_list("pk", "message_id", "channel", "user_id", "message__type_id")
-        .iterator()
+    found: dict[int, tuple[int, str, Any, str]] = {
+        pk: (message_id, channel, user_id, type_key)
+        for pk, message_id, channel, user_id, type_key in Delivery.objects.filter(
+            pk__in=[c.delivery_id for c in changes]
+        ).values_list("pk", "message_id", "channel", "user_id", "message__type_id")
     }
     campaigns = dict(
         Message.objects.filter(pk__in={v[0] for v in found.values()}).values_list(

@@ -324,3 +324,35 @@ def test_many_wake_ups_publish_one_send_task_until_it_starts(monkeypatch, redis_
     record.sender_wake([987654])
     assert len(published) == 2
     record.sender_woken(987654)
+
+
+class _ElsewhereThanPostgres:
+    """The connection, as the recorder sees it on SQLite (the embedded default)."""
+
+    vendor = "sqlite"
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(connection, name)
+
+
+def test_the_embedded_databases_path_writes_the_same_events(published, woken, monkeypatch):
+    hook = endpoint(["message.created", "delivery.failed"])
+    ids = queued(published, 2)
+    now = timezone.now()
+    changes = [DeliveryChange(pk, S.FAILED, "render_failed", now) for pk in ids]
+    message_ids = list(Delivery.objects.filter(pk__in=ids).values_list("message_id", flat=True))
+
+    def written() -> list[tuple[str, Any, dict[str, Any]]]:
+        rows = WebhookEvent.objects.filter(endpoint=hook).order_by("type", "data__delivery_id")
+        found = [(e.type, e.at, e.data) for e in rows]
+        WebhookEvent.objects.all().delete()
+        return sorted(found, key=repr)
+
+    WebhookEvent.objects.all().delete()
+    record._deliveries_outbox(changes, [hook.pk])
+    record._messages_outbox(message_ids, [hook.pk])
+    on_postgres = written()
+    monkeypatch.setattr(record, "connection", _ElsewhereThanPostgres())
+    record._deliveries_outbox(changes, [hook.pk])
+    record._messages_outbox(message_ids, [hook.pk])
+    assert written() == on_postgres and len(on_postgres) == 4
