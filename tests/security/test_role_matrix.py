@@ -33,6 +33,7 @@ from campaigns.models import AudienceThresholds, Campaign, Segment, SegmentMembe
 from campaigns.services.lifecycle import campaign_create
 from notifier import dispatch
 from notifier.api import notify
+from notifier.events_out.sending import endpoint_create
 from notifier.models import (
     ApiKey,
     Consent,
@@ -58,7 +59,6 @@ from notifier.models.providers import (
     SuppressionReason,
 )
 from notifier.roles import roles_sync
-from notifier.events_out.sending import endpoint_create
 from notifier.services.api_keys import api_key_create
 from notifier.services.deliveries import deliveries_deliver
 from notifier.services.pipeline import messages_prepare

@@ -60,7 +60,7 @@ class Receiver:
 @contextmanager
 def receiver_running(receiver: Receiver) -> Iterator[Receiver]:
     class Handler(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:  # noqa: N802  (http.server's name)
+        def do_POST(self) -> None:
             raw = self.rfile.read(int(self.headers.get("content-length", 0)))
             try:
                 body = Webhook(receiver.secret).verify(raw, dict(self.headers.items()))

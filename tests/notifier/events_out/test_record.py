@@ -126,11 +126,15 @@ def test_a_rolled_back_change_sends_no_signal_and_writes_no_event(
     ids = queued(published, 2)
     hook = endpoint(["delivery.failed"])
     heard["deliveries_changed"].calls.clear()
-    with django_capture_on_commit_callbacks(execute=True):
-        with pytest.raises(RuntimeError), transaction.atomic():
+
+    def fails_after_writing() -> None:
+        with transaction.atomic():
             deliveries_move(ids, sources=[S.QUEUED], to=S.FAILED, kind="manual", at=timezone.now())
             assert WebhookEvent.objects.filter(endpoint=hook).count() == 2
             raise RuntimeError("the caller's transaction fails")
+
+    with django_capture_on_commit_callbacks(execute=True), pytest.raises(RuntimeError):
+        fails_after_writing()
     assert heard["deliveries_changed"].calls == []
     assert not WebhookEvent.objects.exists()
     assert woken == []
@@ -356,3 +360,22 @@ def test_the_embedded_databases_path_writes_the_same_events(published, woken, mo
     record._deliveries_outbox(changes, [hook.pk])
     record._messages_outbox(message_ids, [hook.pk])
     assert written() == on_postgres and len(on_postgres) == 4
+
+
+def _deliver_queries(published, count: int) -> int:
+    ids = queued(published, count)
+    with CaptureQueriesContext(connection) as queries:
+        deliveries_deliver(delivery_ids=ids)
+    assert WebhookEvent.objects.filter(data__delivery_id__in=ids, type="delivery.sent").count() == (
+        count
+    )
+    return len(queries)
+
+
+def test_recording_a_batch_of_sends_costs_the_same_for_3_or_60(published, heard, woken):
+    endpoint(["delivery.sent", "message.created"])
+    assert record.endpoints_wanting("delivery.sent")
+    _deliver_queries(published, 1)  # caches of the first send (provider chain, types) warm
+    few, many = _deliver_queries(published, 3), _deliver_queries(published, 60)
+    assert few == many
+    assert len(heard["deliveries_changed"].calls) == 0  # after commit only (the test's is never)
