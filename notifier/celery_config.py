@@ -36,6 +36,7 @@ TASK_ROUTES: dict[str, dict[str, str]] = {
         "notifier.retention",
         "notifier.webhooks_send",
         "notifier.webhooks_sweep",
+        "notifier.webhooks_prune",
     )
 }
 

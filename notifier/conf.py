@@ -150,6 +150,9 @@ NOTIFIER_WEBHOOK_BATCH_WAIT_S = 1.0
 # How long a process trusts its list of active endpoints per event type (one read per this
 # many seconds, not one per write); an endpoint added elsewhere gets events within it.
 NOTIFIER_WEBHOOK_ENDPOINTS_CACHE_S = 1.0
+# Events answered (or given up) and the attempts' records are deleted this many days after
+# they were made, hourly (0 keeps them).
+NOTIFIER_WEBHOOK_KEEP_DAYS = 7
 
 # --- Security: public request limits and client addresses (notifier/request_limits.py) ---
 # Per-group overrides, {"group.scope": "count/period" or "off"}, e.g.

@@ -80,6 +80,13 @@ BEAT_SCHEDULE: dict[str, dict[str, Any]] = {
         "schedule": 15.0,
         "options": {"queue": MAINTENANCE_QUEUE, "expires": 14},
     },
+    # Hourly: delete webhook events answered (or given up) and attempts' records older than
+    # NOTIFIER_WEBHOOK_KEEP_DAYS, in short batches for at most a minute.
+    "webhooks-prune": {
+        "task": "notifier.webhooks_prune",
+        "schedule": crontab(minute=17),
+        "options": {"queue": MAINTENANCE_QUEUE, "expires": 3000},
+    },
     # Nightly: learn each user's usual local hour of reading, for steps sent at that hour.
     "learn-active-hours": {
         "task": "campaigns.learn_active_hours",

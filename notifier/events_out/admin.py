@@ -9,8 +9,10 @@ from typing import Any
 
 from django import forms
 from django.contrib import admin, messages
+from django.contrib.admin.options import IS_POPUP_VAR
 from django.db.models import QuerySet
-from django.http import HttpRequest
+from django.http import HttpRequest, HttpResponseRedirect
+from django.urls import reverse
 from django.utils.html import format_html, format_html_join
 from django.utils.safestring import SafeString
 
@@ -84,12 +86,15 @@ class WebhookEndpointAdmin(admin.ModelAdmin):
         super().save_model(request, obj, form, change)
 
     def response_add(self, request: HttpRequest, obj: WebhookEndpoint, *args: Any) -> Any:
+        """To the new endpoint's page, where its secret is."""
+        if "_addanother" in request.POST or IS_POPUP_VAR in request.POST:
+            return super().response_add(request, obj, *args)
         self.message_user(
             request,
             "Endpoint added. Its signing secret is on this page: give it to the receiver.",
             messages.SUCCESS,
         )
-        return super().response_add(request, obj, *args)
+        return HttpResponseRedirect(reverse("admin:notifier_webhookendpoint_change", args=[obj.pk]))
 
     @admin.display(description="Recent requests")
     def recent_attempts(self, obj: WebhookEndpoint) -> SafeString:

@@ -414,3 +414,26 @@ def webhooks_sweep(*, now: datetime | None = None) -> list[int]:
     for endpoint_id in ids:
         record.sender_publish(endpoint_id)
     return ids
+
+
+def webhooks_prune(
+    *, now: datetime | None = None, batch: int = 5000, budget_s: float = 60.0
+) -> int:
+    """Delete events answered or given up, and attempts, older than NOTIFIER_WEBHOOK_KEEP_DAYS,
+    in short batches (oldest ids first), for at most `budget_s`. Returns how many rows went."""
+    days = int(settings.NOTIFIER_WEBHOOK_KEEP_DAYS)
+    if days <= 0:
+        return 0
+    cutoff = (now or timezone.now()) - timedelta(days=days)
+    deadline = time.monotonic() + budget_s
+    deleted = 0
+    for queryset in (
+        WebhookEvent.objects.exclude(state=State.PENDING).filter(created_at__lt=cutoff),
+        WebhookAttempt.objects.filter(at__lt=cutoff),
+    ):
+        while time.monotonic() < deadline:
+            ids = list(queryset.order_by("pk").values_list("pk", flat=True)[:batch])
+            if not ids:
+                break
+            deleted += queryset.model._default_manager.filter(pk__in=ids).delete()[0]
+    return deleted

@@ -6,7 +6,7 @@ from typing import Any
 
 from celery import shared_task
 
-from notifier.events_out.sending import webhooks_send, webhooks_sweep
+from notifier.events_out.sending import webhooks_prune, webhooks_send, webhooks_sweep
 
 # A run may die mid-request: acks_late re-delivers it, and the events' lease (not the broker)
 # keeps a second run from posting what the first one holds.
@@ -30,3 +30,9 @@ def webhooks_send_task(endpoint_id: int) -> dict[str, int]:
 def webhooks_sweep_task() -> list[int]:
     """Beat: wake the senders of endpoints with due events (a lost task, a later retry)."""
     return webhooks_sweep()
+
+
+@shared_task(name="notifier.webhooks_prune", ignore_result=True)
+def webhooks_prune_task() -> int:
+    """Beat, hourly: delete answered events and attempts past NOTIFIER_WEBHOOK_KEEP_DAYS."""
+    return webhooks_prune()

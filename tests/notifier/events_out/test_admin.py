@@ -30,8 +30,9 @@ def add(admin_client, **fields) -> object:
 
 def test_adding_an_endpoint_makes_its_secret_and_shows_it(admin_client):
     response = add(admin_client)
-    assert response.status_code == 302
     endpoint = WebhookEndpoint.objects.get()
+    change_page = reverse("admin:notifier_webhookendpoint_change", args=[endpoint.pk])
+    assert response.status_code == 302 and response["Location"] == change_page
     assert endpoint.secret.startswith("whsec_") and len(endpoint.secret) > 40
     assert endpoint.event_types == ["delivery.failed", "delivery.sent"]
     page = admin_client.get(reverse("admin:notifier_webhookendpoint_change", args=[endpoint.pk]))

@@ -254,6 +254,21 @@ def test_bad_endpoint_settings_are_refused_with_what_to_fix():
     assert not WebhookEndpoint.objects.exists()
 
 
+def test_old_answered_events_and_attempts_are_pruned(receiver, woken, settings):
+    settings.NOTIFIER_WEBHOOK_KEEP_DAYS = 7
+    endpoint = hook(receiver)
+    old = timezone.now() - timedelta(days=8)
+    events_for(endpoint, 3, at=old)
+    webhooks_send(endpoint_id=endpoint.pk)
+    WebhookEvent.objects.update(created_at=old)
+    WebhookAttempt.objects.update(at=old)
+    [waiting] = events_for(endpoint, 1, at=old)  # never answered: kept, whatever its age
+    WebhookEvent.objects.filter(pk=waiting.pk).update(next_attempt_at=timezone.now() + timedelta(1))
+    assert sending.webhooks_prune(batch=2) == 4
+    assert list(WebhookEvent.objects.values_list("pk", flat=True)) == [waiting.pk]
+    assert not WebhookAttempt.objects.exists()
+
+
 # --- The policies, pure -------------------------------------------------------------------------
 
 
