@@ -5,7 +5,7 @@ from django.db import migrations, models
 
 class Migration(migrations.Migration):
     dependencies = [
-        ("notifier", "0027_recipient_external_id"),
+        ("notifier", "0028_outbound_webhooks"),
     ]
 
     operations = [

@@ -10,6 +10,13 @@ from notifier.models.messages import (
     Message,
     PrepareRun,
 )
+from notifier.models.outbound import (
+    WebhookAttempt,
+    WebhookEndpoint,
+    WebhookEvent,
+    WebhookEventState,
+    WebhookEventType,
+)
 from notifier.models.preferences import (
     ALL_CHANNELS,
     CapPeriod,
@@ -71,6 +78,11 @@ __all__ = [
     "SuppressionReason",
     "Unsubscribe",
     "User",
+    "WebhookAttempt",
+    "WebhookEndpoint",
+    "WebhookEvent",
+    "WebhookEventState",
+    "WebhookEventType",
     "normalize_email",
     "recipient_for",
     "recipient_ids_of",

@@ -33,6 +33,7 @@ from campaigns.models import AudienceThresholds, Campaign, Segment, SegmentMembe
 from campaigns.services.lifecycle import campaign_create
 from notifier import dispatch
 from notifier.api import notify
+from notifier.events_out.sending import endpoint_create
 from notifier.models import (
     ApiKey,
     Consent,
@@ -48,6 +49,8 @@ from notifier.models import (
     RefusedCall,
     RoutingRule,
     User,
+    WebhookAttempt,
+    WebhookEndpoint,
     recipient_for,
 )
 from notifier.models.providers import (
@@ -112,6 +115,10 @@ MODELS: dict[type[Model], Access] = {
     ApiKey: Access(ADMIN_ONLY, ADMIN_ONLY, ADMIN_ONLY, NOBODY),
     # Calls to the Celery task notifier.notify that were refused: for the operator.
     RefusedCall: read_only(ADMIN_ONLY),
+    # Outbound webhooks: where the product's systems are told what happened, with a signing
+    # secret on the page; Admins only. Each request made is the pipeline's record.
+    WebhookEndpoint: admin_only(),
+    WebhookAttempt: read_only(ADMIN_ONLY),
     Message: read_only(SUPPORT_ADMIN),
     Delivery: read_only(SUPPORT_ADMIN),
     DeadLetter: read_only(SUPPORT_ADMIN),
@@ -175,6 +182,13 @@ ACTIONS: dict[type[Model], dict[str, frozenset[str]]] = {
     Recipient: {"delete_selected": ADMIN_ONLY},
     ApiKey: {"delete_selected": NOBODY, "revoke": ADMIN_ONLY},
     RefusedCall: {"delete_selected": NOBODY},
+    WebhookEndpoint: {
+        "delete_selected": ADMIN_ONLY,
+        "rotate_secret": ADMIN_ONLY,
+        "send_test_event": ADMIN_ONLY,
+        "enable": ADMIN_ONLY,
+    },
+    WebhookAttempt: {"delete_selected": NOBODY},
     Message: {"delete_selected": NOBODY},
     Delivery: {"delete_selected": NOBODY, "retry_now": SUPPORT_ADMIN},
     DeadLetter: {"delete_selected": NOBODY, "retry_now": SUPPORT_ADMIN},
@@ -297,6 +311,9 @@ def objects(monkeypatch) -> dict[type[Model], Model]:
         event_at=datetime.now(UTC) + timedelta(days=10),
         channels=["inapp"],
     )
+    webhook = endpoint_create(
+        name="CRM", url="https://crm.example.com/hooks", event_types=["delivery.sent"]
+    )
     return {
         Group: Group.objects.get(name="Support"),
         PeriodicTask: PeriodicTask.objects.create(
@@ -314,6 +331,10 @@ def objects(monkeypatch) -> dict[type[Model], Model]:
             source="celery task notifier.notify",
             error_type="InvalidCall",
             message="type is required",
+        ),
+        WebhookEndpoint: webhook,
+        WebhookAttempt: WebhookAttempt.objects.create(
+            endpoint=webhook, webhook_id="msg_1", events=1, at=datetime.now(UTC), status_code=500
         ),
         Message: message,
         Delivery: failed,
