@@ -96,9 +96,9 @@ def endpoint_disable(
 
 def _span(seconds: float) -> str:
     if seconds >= 2 * 86400:
-        return f"{seconds / 86400:g} days"
+        return f"{seconds / 86400:.1f}".removesuffix(".0") + " days"
     if seconds >= 2 * 3600:
-        return f"{seconds / 3600:g} hours"
+        return f"{seconds / 3600:.1f}".removesuffix(".0") + " hours"
     if seconds >= 120:
         return f"{seconds / 60:.0f} minutes"
     return f"{seconds:.0f} s"
