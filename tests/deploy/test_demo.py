@@ -97,5 +97,34 @@ def test_the_demo_runs_end_to_end_on_the_embedded_default_and_again(tmp_path: Pa
     for key, wanted in expected.items():
         assert after_second.get(key) == wanted + again[key], (key, after_second.get(key))
     with sqlite3.connect(database) as db:
-        [[people]] = db.execute("SELECT count(*) FROM notifier_user").fetchall()
+        [[people]] = db.execute(
+            "SELECT count(*) FROM notifier_user WHERE username NOT LIKE 'ext:%'"
+        ).fetchall()
+        # Each run's other service made one customer of its own, by its id, over HTTP...
+        over_http = db.execute(
+            """
+            SELECT r.external_id, d.channel, d.status
+            FROM notifier_delivery d
+            JOIN notifier_message m ON m.id = d.message_id
+            JOIN notifier_recipient r ON r.user_id = m.user_id
+            WHERE r.external_id LIKE 'crm-%'
+            """
+        ).fetchall()
+        # ... and the product's receiver took every event it subscribed to, signed.
+        attempts = db.execute("SELECT count(*), sum(ok) FROM notifier_webhookattempt").fetchall()
+        [[pending]] = db.execute(
+            "SELECT count(*) FROM notifier_webhookevent WHERE state != 'sent'"
+        ).fetchall()
     assert people == 3
+    assert len({external for external, _, _ in over_http}) == 2
+    assert {(channel, status) for _, channel, status in over_http} >= {
+        ("inapp", "sent"),
+        ("email", "sent"),
+        ("sms", "sent"),
+    }
+    [[made, ok]] = attempts
+    assert made >= 2 and ok == made, attempts
+    assert pending == 0
+    for run in (first, second):
+        assert "POST /api/v1/notify" in run.stdout and "-> 202" in run.stdout
+        assert "every signature verified with standardwebhooks; 0 refused" in run.stdout

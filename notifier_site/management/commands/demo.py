@@ -18,6 +18,7 @@ from notifier.models import Delivery, Device, Message, Platform, User, recipient
 from notifier.selectors import inbox_page, inbox_unread_count, user_history
 from notifier.status import TERMINAL, Reason
 from notifier_site.embedded import embedded_worker
+from notifier_site.management.commands._demo_http import Showcase, service_api_showcase
 
 # Mei's password on the demo's own SQLite database, so her inbox page can be opened.
 DEMO_PASSWORD = "mei-demo-inbox"
@@ -129,11 +130,67 @@ class Command(BaseCommand):
                 f"notify() twice with one idempotency key -> message #{again.pk} both "
                 f"times: {'yes' if again.pk == sent[0].pk else 'NO'}"
             )
-            self.wait_until_done(sent, options["timeout"])
+            with service_api_showcase() as showcase:
+                over_http = self.call_over_http(showcase, run)
+                self.wait_until_done([*sent, *over_http], options["timeout"])
+                self.print_events(showcase, over_http, options["timeout"])
         for user in users:
             self.print_history(user, [m.pk for m in sent])
         self.print_inbox(mei)
         self.print_pages(mei)
+
+    def call_over_http(self, showcase: Showcase, run: str) -> list[Message]:
+        """Another service's view: create a recipient by its own id, notify them, twice."""
+        self.say("")
+        self.say(self.style.MIGRATE_HEADING("From another service, over HTTP"))
+        self.say(f"  the site at {showcase.site}, API key ntf_{showcase.key_prefix}_… (all scopes)")
+        customer = f"crm-{run}"
+        status, body = showcase.call(
+            "PUT",
+            f"recipients/{customer}",
+            {"email": "li@example.com", "phone": "+8613900139000", "time_zone": "Asia/Shanghai"},
+        )
+        self.say(
+            f"  PUT  /api/v1/recipients/{customer} -> {status} {body.get('external_id', body)}"
+        )
+        order = {
+            "order_number": f"C{run[-6:]}",
+            "carrier": "SF Express",
+            "eta": "Friday",
+            "tracking_url": f"https://shop.example.com/track/C{run[-6:]}",
+        }
+        call = {"recipient": customer, "type": "order.shipped", "context": order}
+        key = f"demo:{run}:ship:{customer}"
+        first = showcase.call("POST", "notify", call, **{"Idempotency-Key": key})
+        again = showcase.call("POST", "notify", call, **{"Idempotency-Key": key})
+        self.say(f"  POST /api/v1/notify (Idempotency-Key {key}) -> {first[0]} {first[1]}")
+        self.say(f"  the same call again                      -> {again[0]} {again[1]}")
+        refused = showcase.call("POST", "notify", {**call, "context": {}})
+        self.say(f"  POST /api/v1/notify without its context  -> {refused[0]} {refused[1]['type']}")
+        if first[0] != 202:
+            raise CommandError(f"the API refused the demo's call: {first[1]}")
+        return [Message.objects.get(pk=first[1]["message"])]
+
+    def print_events(self, showcase: Showcase, messages: list[Message], timeout: float) -> None:
+        """What the product's webhook receiver got back, each request's signature checked."""
+        message = messages[0]
+        channels = Delivery.objects.filter(message=message).count()
+        wanted = {"message.created", "delivery.sent"}
+        arrived = showcase.wait_for_events(message.pk, wanted, timeout=min(timeout, 30.0))
+        events = showcase.events_for(message.pk)
+        self.say("")
+        self.say(self.style.MIGRATE_HEADING("Events to your systems (a signed webhook)"))
+        self.say(
+            f"  a receiver at {showcase.endpoint.url} got {len(events)} events for message "
+            f"#{message.pk} ({channels} deliveries), every signature verified with "
+            f"standardwebhooks; {showcase.received.refused} refused"
+        )
+        for event in sorted(events, key=lambda e: (e["timestamp"], e["type"])):
+            data = event["data"]
+            what = f"{data.get('channel', '')} {data.get('status', '')}".strip()
+            self.say(f"  {event['type']:18} {what:18} {data.get('external_id') or ''}")
+        if not arrived:
+            self.say(self.style.WARNING(f"  still waiting for {', '.join(sorted(wanted))}"))
 
     def say(self, text: str) -> None:
         self.stdout.write(text)
