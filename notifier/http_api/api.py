@@ -18,7 +18,7 @@ from channels.push import vapid_public_key
 from notifier.api import notify, notify_many
 from notifier.errors import IdempotencyKeyReused, InvalidRecipient, NotifyError
 from notifier.http_api.auth import ApiError, ApiKeyAuth
-from notifier.http_api.common import Problem
+from notifier.http_api.common import Problem, answers
 from notifier.http_api.messages import router as messages_router
 from notifier.http_api.recipients import router as recipients_router
 from notifier.models import Message, Recipient
@@ -173,7 +173,7 @@ def _same_request(message: Message, *, context: dict[str, Any], body: Any) -> bo
 @api.post(
     "/notify",
     auth=ApiKeyAuth(ApiScope.NOTIFY),
-    response={202: Accepted, 401: Problem, 403: Problem, 409: Problem, 422: Problem, 429: Problem},
+    response=answers({202: Accepted}, 409),
     summary="Notify one user",
 )
 def notify_one(request: HttpRequest, body: NotifyIn) -> Status[dict[str, int]]:
@@ -201,14 +201,7 @@ def notify_one(request: HttpRequest, body: NotifyIn) -> Status[dict[str, int]]:
 @api.post(
     "/notify/bulk",
     auth=ApiKeyAuth(ApiScope.NOTIFY),
-    response={
-        202: AcceptedMany,
-        401: Problem,
-        403: Problem,
-        409: Problem,
-        422: Problem,
-        429: Problem,
-    },
+    response=answers({202: AcceptedMany}, 409),
     summary="Notify many users at once",
 )
 def notify_bulk(request: HttpRequest, body: NotifyManyIn) -> Status[dict[str, Any]]:

@@ -14,9 +14,15 @@ class Problem(Schema):
     message: str = Field(description="What was wrong and what to send instead")
 
 
-# Every route behind a key: no key or a bad one, a key without the scope, over its rate limit,
-# and a body that is not what the schema says.
-AUTH_REFUSALS: dict[int, Any] = {401: Problem, 403: Problem, 422: Problem, 429: Problem}
+# Every route behind a key: a body that is not JSON at all, no key or a bad one, a key without
+# the scope, over its rate limit, and a body that is not what the schema says.
+AUTH_REFUSALS: dict[int, Any] = {
+    400: Problem,
+    401: Problem,
+    403: Problem,
+    422: Problem,
+    429: Problem,
+}
 
 
 def answers(ok: dict[int, Any], *codes: int) -> dict[int, Any]:
