@@ -240,3 +240,27 @@ def worker_left_idle(worker: WorkerProcess, client: redis.Redis) -> None:
         timeout=60,
         message="the shared worker to finish the test's running tasks",
     )
+
+
+@pytest.fixture(scope="session")
+def gunicorn_server(django_db_setup: None, django_db_blocker: Any) -> Iterator[Callable[..., Any]]:
+    """`gunicorn_server(**env)`: a running `gunicorn notifier_site.wsgi` (tests/gunicorn.py) with
+    that environment on top of the test settings; one process per distinct environment, shared
+    by the session's tests. Tests that use it need `transactional_db`, so the server's own
+    connection sees their rows."""
+    from tests.gunicorn import GunicornServer  # it imports this module: not at the top
+
+    started: dict[tuple[tuple[str, str], ...], GunicornServer] = {}
+
+    def server(**env: str) -> GunicornServer:
+        key = tuple(sorted(env.items()))
+        if key not in started:
+            started[key] = GunicornServer(dict(env))
+            started[key].wait_ready()
+        return started[key]
+
+    try:
+        yield server
+    finally:
+        for running in started.values():
+            running.stop()

@@ -28,6 +28,16 @@ from tests.conftest import wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 
+# The service API's live tests (the Schemathesis fuzz, the README's curl examples): many calls
+# from one address, with the public limits out of the way (the API keys' own limits stay). The
+# broker is in memory, so nothing the server publishes is ever consumed: a session's worker
+# process on the test Redis (tests/conftest.py) would otherwise run the pipeline for a call the
+# server accepted and write rows while a later refused call's "wrote nothing" is being checked.
+API_SERVER_ENV = {
+    "NOTIFIER_RATE_LIMIT_PUBLIC": "false",
+    "CELERY_BROKER_URL": "memory://localhost/",
+}
+
 
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
@@ -93,6 +103,10 @@ class GunicornServer:
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
 
     def wait_ready(self, timeout: float = 60.0) -> None:
         def answers() -> bool:
