@@ -10,7 +10,10 @@ Every phase runs on the same PostgreSQL and Redis with real worker processes:
    with one worker per lane as deployed;
 5. (`--only per-channel`, also in `all`) what one worker process (-c 1) does per second at each
    step, measured alone on its own queue: prepare (render + route, all four channels), then
-   deliver for each channel with its sandbox provider (no network latency).
+   deliver for each channel with its sandbox provider (no network latency);
+6. (`--only api`, also in `all`) POST /api/v1/notify through a real gunicorn on loopback
+   (DEBUG off) over one kept-open connection, alternating call by call with an in-process
+   notify() of the same notification: what the HTTP API adds to a call.
 
 Prints progress and a table on stderr/stdout, then one JSON line. Not a test: nothing here
 asserts a speed.
@@ -40,6 +43,7 @@ from channels.base import Channel
 from channels.models import SandboxSend
 from notifier.api import notify, notify_many
 from notifier.models import (
+    ApiKey,
     Consent,
     Delivery,
     Device,
@@ -59,7 +63,9 @@ from notifier.queues import (
     prepare_queue,
 )
 from notifier.redis_client import broker_client, broker_redis_url
+from notifier.services.api_keys import api_key_create
 from notifier.status import TERMINAL
+from notifier_site.bench_http import KeptConnection, LoopbackSite
 from notifier_site.benchmarks import NAIVE_QUEUE, naive_notify
 from notifier_site.celery import app
 from notifier_site.embedded import worker_argv
@@ -92,6 +98,8 @@ TABLES = [
 ]
 ALL_CHANNELS = ["inapp", "email", "sms", "push"]
 PER_CHANNEL_USERS = 5000
+API_SAMPLES = 500
+API_WARMUP = 30
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -159,7 +167,13 @@ class Command(BaseCommand):
             help="notifications (x4 channels) for the per-process, per-channel run",
         )
         parser.add_argument(
-            "--only", choices=["all", "pipeline", "campaign", "per-channel"], default="all"
+            "--api-samples",
+            type=int,
+            default=API_SAMPLES,
+            help="notify calls over HTTP (and as many in process) for the API phase",
+        )
+        parser.add_argument(
+            "--only", choices=["all", "pipeline", "campaign", "per-channel", "api"], default="all"
         )
 
     def handle(self, *args: Any, **options: Any) -> None:
@@ -178,6 +192,8 @@ class Command(BaseCommand):
             result.update(self.campaign_phases(options))
         if options["only"] in ("all", "per-channel"):
             result.update(self.per_channel_phases(options))
+        if options["only"] in ("all", "api"):
+            result.update(self.api_phases(options))
         self.table(result)
         self.stdout.write(json.dumps(result))
 
@@ -304,6 +320,56 @@ class Command(BaseCommand):
         Device.objects.filter(user__in=users).delete()
         Recipient.objects.filter(user_id__in=[u.pk for u in users]).update(phone="")
         return result
+
+    def api_phases(self, options: dict[str, Any]) -> dict[str, Any]:
+        """POST /api/v1/notify through gunicorn against notify() in this process, one call of
+        each in turn (so a busy moment of the machine hits both), same user, type, context and
+        channel; no worker runs, both only publish. The API call's time is the client's: the
+        request written, the server's auth (key lookup, rate limit) and notify(), the 202 read."""
+        n = options["api_samples"]
+        users = self.users(n + API_WARMUP)
+        self.clean()
+        made = api_key_create(name="bench", scopes=["notify"], rate_limit="1000000/s")
+        site = LoopbackSite(ROOT)
+        self.say(f"notify over HTTP (gunicorn gthread, kept connection) and in process, {n} each")
+        calls_ms: list[float] = []
+        api_ms: list[float] = []
+        try:
+            site.wait_ready()
+            client = KeptConnection(site.port, made.token)
+            for index, user in enumerate(users):
+                start = time.perf_counter()
+                notify(user, TYPE_KEY, CONTEXT, channels=["inapp"])
+                call_ms = (time.perf_counter() - start) * 1000
+                body = {
+                    "user": user.pk,
+                    "type": TYPE_KEY,
+                    "context": CONTEXT,
+                    "channels": ["inapp"],
+                }
+                start = time.perf_counter()
+                status, answer = client.post("/api/v1/notify", body)
+                http_ms = (time.perf_counter() - start) * 1000
+                if status != 202:
+                    raise CommandError(f"POST /api/v1/notify answered {status}: {answer[:300]!r}")
+                if index >= API_WARMUP:  # the first calls warm both processes' caches
+                    calls_ms.append(call_ms)
+                    api_ms.append(http_ms)
+            client.close()
+        finally:
+            site.stop()
+            ApiKey.objects.filter(pk=made.key.pk).delete()
+        self.broker().delete(*ALL_QUEUES)  # no worker ran: nothing should take these later
+        self.clean()
+        api_p50, call_p50 = percentile(api_ms, 50), percentile(calls_ms, 50)
+        return {
+            "api_notify_samples": n,
+            "api_notify_ms_p50": round(api_p50, 3),
+            "api_notify_ms_p99": round(percentile(api_ms, 99), 3),
+            "api_notify_inprocess_ms_p50": round(call_p50, 3),
+            "api_notify_inprocess_ms_p99": round(percentile(calls_ms, 99), 3),
+            "api_notify_overhead_ms_p50": round(api_p50 - call_p50, 3),
+        }
 
     @staticmethod
     def broker() -> redis.Redis:
@@ -691,6 +757,25 @@ class Command(BaseCommand):
                     "sandbox provider",
                 )
                 for channel in ALL_CHANNELS
+            ]
+        if "api_notify_ms_p50" in result:
+            rows += [
+                (
+                    "notify over HTTP (gunicorn), p50 / p99",
+                    f"{result['api_notify_ms_p50']:.2f} / {result['api_notify_ms_p99']:.2f} ms",
+                    f"{result['api_notify_samples']} calls, kept connection",
+                ),
+                (
+                    "notify() in process, same run, p50 / p99",
+                    f"{result['api_notify_inprocess_ms_p50']:.2f} / "
+                    f"{result['api_notify_inprocess_ms_p99']:.2f} ms",
+                    "",
+                ),
+                (
+                    "the HTTP API adds, p50",
+                    f"{result['api_notify_overhead_ms_p50']:.2f} ms",
+                    "",
+                ),
             ]
         self.stdout.write(f"{'measure':42} {'value':24} note")
         for name, value, note in rows:
