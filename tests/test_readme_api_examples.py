@@ -36,8 +36,6 @@ from notifier.services.api_keys import api_key_create
 from tests.factories import UserFactory
 from tests.gunicorn import API_SERVER_ENV, GunicornServer
 
-pytestmark = pytest.mark.django_db(transaction=True)
-
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
 SECTIONS = ("From another service", "From a mobile app")
@@ -140,6 +138,46 @@ def readme_world() -> None:
         UserFactory(pk=pk, email=f"user{pk}@example.com")
 
 
+@dataclass
+class Run:
+    returncode: int
+    stdout: str
+    stderr: str
+    silent: list[str]  # blocks that called no curl
+
+    @property
+    def ok(self) -> bool:
+        return self.returncode == 0 and not self.silent
+
+
+def run_section(section: Section, env: dict[str, str], scratch: Path) -> Run:
+    """The section's examples in one bash, with only PATH, HOME, LANG and `env`."""
+    expect_file, calls_file = scratch / "expect", scratch / "calls"
+    expect_file.write_text("")
+    calls_file.write_text("")
+    script = "\n".join(
+        [PRELUDE, *(example.script() for example in section.examples), "readme_block end"]
+    )
+    ran = subprocess.run(
+        ["bash", "-c", script],
+        env={
+            "PATH": os.environ["PATH"],
+            "HOME": str(scratch),
+            "LANG": "C.UTF-8",
+            **env,
+            "README_EXPECT": str(expect_file),
+            "README_CALLS": str(calls_file),
+        },
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    called = {line.split()[0] for line in calls_file.read_text().splitlines()}
+    silent = [example.where for example in section.examples if example.where not in called]
+    return Run(ran.returncode, ran.stdout, ran.stderr, silent)
+
+
+@pytest.mark.django_db(transaction=True)  # committed: the server's connection reads the rows
 @pytest.mark.parametrize("section", README_SECTIONS, ids=lambda section: section.title)
 def test_the_readme_examples_run_against_a_live_server(
     section: Section,
@@ -149,32 +187,110 @@ def test_the_readme_examples_run_against_a_live_server(
 ) -> None:
     server = gunicorn_server(**API_SERVER_ENV)
     key = api_key_create(name="readme", scopes=ApiScope.values, rate_limit="1000000/s")
-    expect_file, calls_file = tmp_path / "expect", tmp_path / "calls"
-    expect_file.write_text("")
-    calls_file.write_text("")
-    script = "\n".join(
-        [
-            PRELUDE,
-            *(example.script() for example in section.examples),
-            "readme_block end",
-        ]
+    run = run_section(
+        section, {"NOTIFIER_URL": server.base_url, "NOTIFIER_API_KEY": key.token}, tmp_path
     )
-    env = {
-        "PATH": os.environ["PATH"],
-        "HOME": str(tmp_path),
-        "LANG": "C.UTF-8",
-        "NOTIFIER_URL": server.base_url,
-        "NOTIFIER_API_KEY": key.token,
-        "README_EXPECT": str(expect_file),
-        "README_CALLS": str(calls_file),
-    }
-    ran = subprocess.run(
-        ["bash", "-c", script], env=env, capture_output=True, text=True, timeout=120
-    )
-    assert ran.returncode == 0, (
-        f"{section.title}: the examples failed\n{ran.stderr}\n--- output\n{ran.stdout}\n"
+    assert run.returncode == 0, (
+        f"{section.title}: the examples failed\n{run.stderr}\n--- output\n{run.stdout}\n"
         f"--- server\n{server.tail(30)}"
     )
-    called = {line.split()[0] for line in calls_file.read_text().splitlines()}
-    silent = [example.where for example in section.examples if example.where not in called]
-    assert not silent, f"blocks that called no curl: {silent}"
+    assert not run.silent, f"blocks that called no curl: {run.silent}"
+
+
+# --- The runner itself, with a stand-in curl that answers what it is told --------------------
+
+FAKE_CURL = """#!/bin/sh
+# Answers like curl --write-out '\\n%{http_code}': a body, then the status FAKE_STATUS.
+printf '{"message": 7}\\n%s' "${FAKE_STATUS:-202}"
+"""
+MARKDOWN = """
+## From another service: the HTTP API
+
+```sh
+# expect: 202
+curl -X POST "$NOTIFIER_URL/api/v1/notify"
+```
+
+```python
+curl = "not shell, not run"
+```
+
+### Reading it back
+
+```sh
+MESSAGE_ID=$(curl "$NOTIFIER_URL/x" | tr -dc 0-9)
+test "$MESSAGE_ID" = 7
+```
+
+## Somewhere else
+
+```sh
+curl "$NOTIFIER_URL/not-in-a-section"
+```
+"""
+
+
+def fake_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, markdown: str, status: int) -> Run:
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "curl").write_text(FAKE_CURL)
+    (bin_dir / "curl").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    [section] = sections(markdown)
+    return run_section(section, {"NOTIFIER_URL": "http://x", "FAKE_STATUS": str(status)}, tmp_path)
+
+
+def test_the_runner_takes_a_sections_shell_blocks_with_their_subsections() -> None:
+    [section] = sections(MARKDOWN)
+    assert section.title == "From another service: the HTTP API"
+    assert [example.code.splitlines()[0] for example in section.examples] == [
+        "# expect: 202",
+        'MESSAGE_ID=$(curl "$NOTIFIER_URL/x" | tr -dc 0-9)',
+    ]
+
+
+def test_the_runner_passes_examples_that_answer_as_they_say(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    run = fake_run(tmp_path, monkeypatch, MARKDOWN, 202)
+    assert run.ok, run.stderr
+
+
+@pytest.mark.parametrize("status", [200, 409, 500])
+def test_the_runner_fails_an_answer_other_than_the_expected_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, status: int
+) -> None:
+    run = fake_run(tmp_path, monkeypatch, MARKDOWN, status)
+    assert run.returncode != 0
+    assert f"answered {status}, expected 202" in run.stderr
+
+
+def test_the_runner_fails_a_non_2xx_answer_without_an_expectation(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    markdown = MARKDOWN.replace("# expect: 202\n", "")
+    run = fake_run(tmp_path, monkeypatch, markdown, 404)
+    assert run.returncode != 0
+    assert "answered 404, expected 2xx" in run.stderr
+
+
+def test_the_runner_fails_an_expectation_no_curl_consumes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    markdown = MARKDOWN.replace(
+        'test "$MESSAGE_ID" = 7\n', 'test "$MESSAGE_ID" = 7\n# expect: 404\n'
+    )
+    run = fake_run(tmp_path, monkeypatch, markdown, 202)
+    assert run.returncode != 0
+    assert "'# expect: 404' but no curl after it" in run.stderr
+
+
+def test_the_runner_fails_a_block_that_calls_no_curl(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    markdown = MARKDOWN.replace(
+        'MESSAGE_ID=$(curl "$NOTIFIER_URL/x" | tr -dc 0-9)', "MESSAGE_ID=7  # curl"
+    )
+    run = fake_run(tmp_path, monkeypatch, markdown, 202)
+    assert run.returncode == 0
+    assert run.silent == ["README.md:15"]

@@ -92,7 +92,7 @@ def api_routes(client: Client | None = None) -> list[ApiRoute]:
                 openapi_path=_openapi_path(route),
                 url=url,
                 scope=scopes.pop(),
-                name=pattern.name,
+                name=pattern.name or "",
             )
             routes.setdefault((found.method, found.openapi_path), found)
     return list(routes.values())
