@@ -29,7 +29,8 @@ class ApiRoute:
     method: str
     openapi_path: str  # as the document writes it: /api/v1/messages/{message_id}
     url: str  # callable: each parameter filled with a value of its converter's type
-    scope: str | None  # the API key scope it needs; None for a public route
+    scopes: tuple[str, ...]  # an API key needs one of these scopes; none: a public route
+    app: bool  # an app token may call it too (for its own recipient)
     name: str
 
 
@@ -59,17 +60,20 @@ def _url(route: str, converters: dict[str, Any]) -> str:
     return url
 
 
-def _scopes(callback: Any, method: str) -> set[str | None]:
-    """The scopes of the API key auth on the django-ninja operation behind `callback` for
-    `method` (its view closes over the operations' PathView); {None} for a public one."""
+def _auth(callback: Any, method: str) -> tuple[tuple[str, ...], bool]:
+    """The scopes an API key may hold to call the django-ninja operation behind `callback` for
+    `method` (its view closes over the operations' PathView), and whether an app token may;
+    no scopes for a public route."""
     path_view = inspect.getclosurevars(callback).nonlocals.get("self")
     operations = [op for op in getattr(path_view, "operations", []) if method in op.methods]
-    assert operations, f"{callback} answers {method} but has no django-ninja operation for it"
-    found: set[str | None] = set()
-    for operation in operations:
-        auths = operation.auth_callbacks or [None]
-        found |= {getattr(auth, "scope", None) for auth in auths}
-    return {str(scope) if scope is not None else None for scope in found}
+    assert len(operations) == 1, f"{callback}: {len(operations)} operations for {method}"
+    auths = operations[0].auth_callbacks
+    assert len(auths) <= 1, f"{method} {callback}: several auths {auths}"
+    if not auths:
+        return (), False
+    scopes = getattr(auths[0], "scopes", None)
+    assert scopes, f"{method} {callback}: an auth without API key scopes ({auths[0]!r})"
+    return tuple(str(scope) for scope in scopes), bool(getattr(auths[0], "app", False))
 
 
 def api_routes(client: Client | None = None) -> list[ApiRoute]:
@@ -85,13 +89,13 @@ def api_routes(client: Client | None = None) -> list[ApiRoute]:
         assert answer.status_code == 405, f"{PROBE_METHOD} {url}: {answer.status_code}"
         methods = sorted(m.strip() for m in answer["Allow"].split(",") if m.strip())
         for method in methods:
-            scopes = _scopes(pattern.callback, method)
-            assert len(scopes) == 1, f"{method} {route}: several auths {scopes}"
+            scopes, app = _auth(pattern.callback, method)
             found = ApiRoute(
                 method=method,
                 openapi_path=_openapi_path(route),
                 url=url,
-                scope=scopes.pop(),
+                scopes=scopes,
+                app=app,
                 name=pattern.name or "",
             )
             routes.setdefault((found.method, found.openapi_path), found)
