@@ -96,6 +96,9 @@ class GunicornServer:
                 "--workers=1",
                 "--timeout=60",
                 "--graceful-timeout=5",
+                # Each test server alone: gunicorn 27 otherwise shares one control socket
+                # (~/.gunicorn/gunicorn.ctl) among all servers on the machine.
+                "--no-control-socket",
             ],
             cwd=ROOT,
             env=env,

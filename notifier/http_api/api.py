@@ -26,6 +26,7 @@ from notifier.models.api_keys import ApiScope
 from notifier.services.devices import DeviceError, UnknownDevice
 from notifier.services.preferences import PreferenceError
 from notifier.services.recipients import (
+    EXTERNAL_ID_RULE,
     RecipientConflict,
     RecipientError,
     UnknownRecipient,
@@ -148,7 +149,11 @@ def _not_found(request: HttpRequest, exc: Http404) -> HttpResponse:
 def _validation_error(request: HttpRequest, exc: ValidationError) -> HttpResponse:
     problems = []
     for error in exc.errors[:10]:
-        where = ".".join(str(part) for part in error.get("loc", ()) if part != "body")
+        loc = tuple(error.get("loc", ()))
+        if loc[-1:] == ("external_id",) and loc[:1] == ("path",):
+            problems.append(EXTERNAL_ID_RULE)
+            continue
+        where = ".".join(str(part) for part in loc if part != "body")
         problems.append(f"{where or 'body'}: {error.get('msg', 'invalid')}")
     return _problem(request, 422, "InvalidRequest", "; ".join(problems) or "invalid request")
 

@@ -11,10 +11,10 @@ from __future__ import annotations
 
 from datetime import datetime, time
 from decimal import Decimal
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from django.http import HttpRequest
-from ninja import Router, Schema, Status
+from ninja import Path, Router, Schema, Status
 from pydantic import Field, StrictBool, StrictStr
 
 from notifier.http_api.auth import ApiKeyAuth
@@ -37,7 +37,13 @@ from notifier.user_keys import user_key_json
 
 router = Router(tags=["recipients"])
 
-ExternalId = Field(description="Your own id for the person (1 to 255 characters)")
+# Declared in the document as the service checks it (recipient_get, with a message saying what
+# to fix): 1 to 255 characters, no slash or control character, no space at either end.
+EXTERNAL_ID_PATTERN = r"^[^\s/\x00-\x1f\x7f](?:[^/\x00-\x1f\x7f]*[^\s/\x00-\x1f\x7f])?$"
+ExternalId = Annotated[
+    str,
+    Path(description="Your own id for the person", max_length=255, pattern=EXTERNAL_ID_PATTERN),
+]
 UserKeyIn = int | StrictStr
 
 
@@ -154,7 +160,7 @@ def _fields(body: RecipientIn) -> dict[str, object]:
     summary="Create or update a recipient",
 )
 def recipient_save(
-    request: HttpRequest, external_id: str, body: RecipientIn
+    request: HttpRequest, external_id: ExternalId, body: RecipientIn
 ) -> Status[dict[str, Any]]:
     """Sets the fields sent and keeps the others; the same call again changes nothing (200).
     201 when this external id is new."""
@@ -168,7 +174,7 @@ def recipient_save(
     response=answers({200: RecipientOut}, 404),
     summary="Read a recipient",
 )
-def recipient_read(request: HttpRequest, external_id: str) -> Status[dict[str, Any]]:
+def recipient_read(request: HttpRequest, external_id: ExternalId) -> Status[dict[str, Any]]:
     return Status(200, recipient_json(recipient_get(external_id)))
 
 
@@ -179,7 +185,7 @@ def recipient_read(request: HttpRequest, external_id: str) -> Status[dict[str, A
     summary="A recipient's messages, newest first",
 )
 def recipient_message_list(
-    request: HttpRequest, external_id: str, limit: int = 20, before: int | None = None
+    request: HttpRequest, external_id: ExternalId, limit: int = 20, before: int | None = None
 ) -> Status[list[dict[str, Any]]]:
     """Each with what happened on each channel and why anything was not sent. Page with
     `before` = the last id of the previous page."""
@@ -198,7 +204,7 @@ class AppTokenOut(Schema):
     response=answers({201: AppTokenOut}, 404),
     summary="A token for the recipient's own app",
 )
-def app_token_create(request: HttpRequest, external_id: str) -> Status[dict[str, Any]]:
+def app_token_create(request: HttpRequest, external_id: ExternalId) -> Status[dict[str, Any]]:
     """Your backend calls this for the person signed in and hands the token to the app (a
     mobile app or a web page), which then registers that person's devices and reads and
     changes their preferences and consent, without holding an API key. Each token is valid
@@ -255,7 +261,9 @@ def device_json(device: Device) -> dict[str, Any]:
     response=answers({200: DeviceOut, 201: DeviceOut}, 404),
     summary="Register a push device",
 )
-def device_add(request: HttpRequest, external_id: str, body: DeviceIn) -> Status[dict[str, Any]]:
+def device_add(
+    request: HttpRequest, external_id: ExternalId, body: DeviceIn
+) -> Status[dict[str, Any]]:
     """A token already registered moves to this recipient and is live again (200); a new one
     is 201. Call it whenever the app starts or its token changes."""
     recipient = recipient_get(external_id)
@@ -270,7 +278,7 @@ def device_add(request: HttpRequest, external_id: str, body: DeviceIn) -> Status
     response=answers({200: list[DeviceOut]}, 404),
     summary="A recipient's push devices",
 )
-def device_list(request: HttpRequest, external_id: str) -> Status[list[dict[str, Any]]]:
+def device_list(request: HttpRequest, external_id: ExternalId) -> Status[list[dict[str, Any]]]:
     return Status(200, [device_json(d) for d in devices_of(recipient_get(external_id))])
 
 
@@ -280,7 +288,9 @@ def device_list(request: HttpRequest, external_id: str) -> Status[list[dict[str,
     response=answers({200: DeviceOut}, 404),
     summary="Unregister a push device",
 )
-def device_remove(request: HttpRequest, external_id: str, token: str) -> Status[dict[str, Any]]:
+def device_remove(
+    request: HttpRequest, external_id: ExternalId, token: str
+) -> Status[dict[str, Any]]:
     """`?token=` the FCM token or Web Push endpoint (URL-encoded): no more pushes to it."""
     device = device_unregister(recipient_get(external_id), token=token)
     return Status(200, device_json(device))
@@ -331,7 +341,7 @@ class PreferencesIn(Schema):
     response=answers({200: PreferencesOut}, 404),
     summary="A recipient's preferences, as the preference centre shows them",
 )
-def preferences_read(request: HttpRequest, external_id: str) -> Status[dict[str, Any]]:
+def preferences_read(request: HttpRequest, external_id: ExternalId) -> Status[dict[str, Any]]:
     recipient = recipient_get(external_id)
     return Status(200, preference_centre(user_id=recipient.user_id).as_json())
 
@@ -343,7 +353,7 @@ def preferences_read(request: HttpRequest, external_id: str) -> Status[dict[str,
     summary="Change a recipient's preferences",
 )
 def preferences_change(
-    request: HttpRequest, external_id: str, body: PreferencesIn
+    request: HttpRequest, external_id: ExternalId, body: PreferencesIn
 ) -> Status[dict[str, Any]]:
     """All the switches sent, or none of them (422 names the one refused: transactional and
     critical messages cannot be switched off)."""
@@ -413,7 +423,7 @@ def consent_json(recipient: Recipient) -> dict[str, Any]:
     response=answers({200: ConsentOut}, 404),
     summary="A recipient's marketing consent and its history",
 )
-def consent_read(request: HttpRequest, external_id: str) -> Status[dict[str, Any]]:
+def consent_read(request: HttpRequest, external_id: ExternalId) -> Status[dict[str, Any]]:
     return Status(200, consent_json(recipient_get(external_id)))
 
 
@@ -424,7 +434,7 @@ def consent_read(request: HttpRequest, external_id: str) -> Status[dict[str, Any
     summary="Record marketing consent given or withdrawn",
 )
 def consent_record(
-    request: HttpRequest, external_id: str, body: ConsentIn
+    request: HttpRequest, external_id: ExternalId, body: ConsentIn
 ) -> Status[dict[str, Any]]:
     """Each grant is kept with its source and wording, even when consent was already given;
     a withdrawal with none in force records nothing."""

@@ -37,6 +37,10 @@ MAX_EXTERNAL_ID = 255  # Recipient.external_id
 MAX_LOCALE = 16  # Recipient.locale
 MAX_TAGS = 100
 MAX_TAG_LENGTH = 100
+EXTERNAL_ID_RULE = (
+    f"external_id must be your own id for the person: 1 to {MAX_EXTERNAL_ID} printable "
+    "characters, no slash, without leading or trailing spaces"
+)
 LOCALE_RE = re.compile(r"^[A-Za-z]{2,3}([-_][A-Za-z0-9]{2,8})*$")
 
 # What `recipient_put` may set, as the profile's field names.
@@ -91,10 +95,7 @@ def check_external_id(value: object) -> str:
         or len(value) > MAX_EXTERNAL_ID
         or any(ord(char) < 32 or ord(char) == 127 or char == "/" for char in value)
     ):
-        raise RecipientError(
-            f"external_id must be your own id for the person: 1 to {MAX_EXTERNAL_ID} printable "
-            f"characters, no slash, without leading or trailing spaces, got {str(value)[:80]!r}"
-        )
+        raise RecipientError(f"{EXTERNAL_ID_RULE}, got {str(value)[:80]!r}")
     return value
 
 
