@@ -1,6 +1,7 @@
 """The core models: users and their contact points, notification types, the delivery log."""
 
 from notifier.models.api_keys import ApiKey, ApiScope
+from notifier.models.erasure import ErasedIdentifier, ErasureRecord, IdentifierKind
 from notifier.models.inbox import Feedback, InboxItem
 from notifier.models.messages import (
     DeadLetter,
@@ -50,10 +51,13 @@ __all__ = [
     "Delivery",
     "DeliveryEvent",
     "Device",
+    "ErasedIdentifier",
+    "ErasureRecord",
     "EventKind",
     "EventOutcome",
     "Feedback",
     "FrequencyCounter",
+    "IdentifierKind",
     "InboxItem",
     "Kind",
     "MarketingFrequency",
