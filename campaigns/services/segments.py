@@ -413,7 +413,6 @@ def segment_members_preview(
     _mark_duplicates(preview.rows, lambda row: (row.column, row.key))
     _mark_erased_identifiers(preview.rows)
     _resolve_users(preview.rows)
-    _mark_erased_users(preview.rows)
     _mark_duplicates(preview.rows, lambda row: ("user", str(row.user_id)))
     _mark_members(preview.rows, segment_id=segment.pk)
     return preview
@@ -579,6 +578,7 @@ def _resolve_users(rows: list[ImportRow]) -> None:
             .values_list("user_id", "email", "user__is_active"),
         )
 
+    erased = _erased_users(pk for matches in found.values() for pk in matches)
     for row in pending:
         matches = found.get((row.column, row.key), {})
         if not matches:
@@ -590,7 +590,9 @@ def _resolve_users(rows: list[ImportRow]) -> None:
             )
         else:
             [(pk, is_active)] = matches.items()
-            if is_active:
+            if pk in erased:
+                row.fail(RowProblem.ERASED, f"user {pk}: {ERASED_MESSAGE}")
+            elif is_active:
                 row.user_id = pk
             else:
                 row.fail(RowProblem.INACTIVE_USER, f"user {pk} is deactivated")
@@ -614,13 +616,16 @@ def _mark_erased_identifiers(rows: list[ImportRow]) -> None:
                 row.fail(RowProblem.ERASED, f"{row.column} {row.value}: {ERASED_MESSAGE}")
 
 
-def _mark_erased_users(rows: list[ImportRow]) -> None:
-    by_user = {row.user_id: row for row in rows if row.user_id is not None}
-    for chunk in _chunks(list(by_user), IMPORT_CHUNK):
-        for user_id in Recipient.objects.filter(
-            user_id__in=chunk, erased_at__isnull=False
-        ).values_list("user_id", flat=True):
-            by_user[user_id].fail(RowProblem.ERASED, f"user {user_id}: {ERASED_MESSAGE}")
+def _erased_users(user_ids: Iterable[UserKey]) -> set[UserKey]:
+    ids = sorted(set(user_ids))
+    erased: set[UserKey] = set()
+    for chunk in _chunks(ids, IMPORT_CHUNK):
+        erased |= set(
+            Recipient.objects.filter(user_id__in=chunk, erased_at__isnull=False).values_list(
+                "user_id", flat=True
+            )
+        )
+    return erased
 
 
 def _mark_members(rows: list[ImportRow], *, segment_id: int) -> None:

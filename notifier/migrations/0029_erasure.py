@@ -5,64 +5,242 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('notifier', '0027_recipient_external_id'),
+        ("notifier", "0027_recipient_external_id"),
     ]
 
     operations = [
         migrations.AlterModelOptions(
-            name='recipient',
-            options={'permissions': [('view_contact_details', "Can see users' full email addresses and phone numbers"), ('erase_recipient', "Can erase a recipient's personal data (GDPR/PIPL)"), ('export_recipient', 'Can export everything held about a recipient as JSON')]},
+            name="recipient",
+            options={
+                "permissions": [
+                    (
+                        "view_contact_details",
+                        "Can see users' full email addresses and phone numbers",
+                    ),
+                    ("erase_recipient", "Can erase a recipient's personal data (GDPR/PIPL)"),
+                    ("export_recipient", "Can export everything held about a recipient as JSON"),
+                ]
+            },
         ),
         migrations.AddField(
-            model_name='recipient',
-            name='erased_at',
+            model_name="recipient",
+            name="erased_at",
             field=models.DateTimeField(blank=True, editable=False, null=True),
         ),
         migrations.AlterField(
-            model_name='delivery',
-            name='reason',
-            field=models.CharField(blank=True, choices=[('channel_not_allowed', 'The notification type no longer uses this channel'), ('type_inactive', 'The notification type was switched off'), ('user_inactive', "The user's account is inactive"), ('recipient_erased', "The person's data was erased at their request"), ('no_email_address', 'No email address on file'), ('no_phone_number', 'No phone number on file'), ('invalid_phone_number', 'The phone number on file is not valid'), ('no_active_device', 'No active push device'), ('opted_out', 'The user switched this category off for this channel'), ('no_consent', 'No marketing consent on record for this channel'), ('marketing_off', 'The user chose to receive no marketing'), ('quiet_hours', "Held for the user's quiet hours; released in their morning"), ('quiet_hours_allowed', "Sent in the user's quiet hours: a marketing lead allowed it for this campaign"), ('frequency_cap', "Over the user's marketing cap; deferred to the next window"), ('outranked', "A higher-priority message took the user's cap slot; deferred"), ('stale', 'Would have gone out too late to be useful'), ('backpressure', 'Held while the bulk queues were too deep; released later'), ('scheduled', "Scheduled for the user's own time of day"), ('campaign_paused', 'Held while its campaign is paused'), ('missed', 'Its moment passed (campaign paused or late); not sent late'), ('event_moved', "Its campaign's event moved and this step no longer fits"), ('series_stopped', "The customer converted or clicked; the rest of the campaign's series is not sent"), ('circuit_open', 'The provider is failing; waiting for it to recover'), ('render_failed', 'The template could not be rendered'), ('render_timeout', 'Rendering took too long and was stopped'), ('unreadable', 'The message could not be read from the database'), ('prepare_crashed', 'Preparing it stopped the worker again and again; set aside'), ('invalid_recipient', 'The provider rejected the address or number'), ('address_suppressed', 'The address bounced or complained; suppressed'), ('undelivered', 'The provider could not deliver it to the handset or mailbox'), ('device_unregistered', 'The push token is no longer registered'), ('provider_rejected', 'The provider refused the message'), ('provider_not_configured', 'No provider is configured for this'), ('retries_exhausted', 'Every retry failed with a temporary error'), ('retry_scheduled', 'A temporary error; a retry is scheduled'), ('claim_expired', 'A worker stopped mid-send; the delivery was re-queued'), ('cancelled', 'Cancelled')], default='', max_length=40),
+            model_name="delivery",
+            name="reason",
+            field=models.CharField(
+                blank=True,
+                choices=[
+                    ("channel_not_allowed", "The notification type no longer uses this channel"),
+                    ("type_inactive", "The notification type was switched off"),
+                    ("user_inactive", "The user's account is inactive"),
+                    ("recipient_erased", "The person's data was erased at their request"),
+                    ("no_email_address", "No email address on file"),
+                    ("no_phone_number", "No phone number on file"),
+                    ("invalid_phone_number", "The phone number on file is not valid"),
+                    ("no_active_device", "No active push device"),
+                    ("opted_out", "The user switched this category off for this channel"),
+                    ("no_consent", "No marketing consent on record for this channel"),
+                    ("marketing_off", "The user chose to receive no marketing"),
+                    ("quiet_hours", "Held for the user's quiet hours; released in their morning"),
+                    (
+                        "quiet_hours_allowed",
+                        "Sent in the user's quiet hours: a marketing lead allowed it for this campaign",
+                    ),
+                    ("frequency_cap", "Over the user's marketing cap; deferred to the next window"),
+                    ("outranked", "A higher-priority message took the user's cap slot; deferred"),
+                    ("stale", "Would have gone out too late to be useful"),
+                    ("backpressure", "Held while the bulk queues were too deep; released later"),
+                    ("scheduled", "Scheduled for the user's own time of day"),
+                    ("campaign_paused", "Held while its campaign is paused"),
+                    ("missed", "Its moment passed (campaign paused or late); not sent late"),
+                    ("event_moved", "Its campaign's event moved and this step no longer fits"),
+                    (
+                        "series_stopped",
+                        "The customer converted or clicked; the rest of the campaign's series is not sent",
+                    ),
+                    ("circuit_open", "The provider is failing; waiting for it to recover"),
+                    ("render_failed", "The template could not be rendered"),
+                    ("render_timeout", "Rendering took too long and was stopped"),
+                    ("unreadable", "The message could not be read from the database"),
+                    (
+                        "prepare_crashed",
+                        "Preparing it stopped the worker again and again; set aside",
+                    ),
+                    ("invalid_recipient", "The provider rejected the address or number"),
+                    ("address_suppressed", "The address bounced or complained; suppressed"),
+                    ("undelivered", "The provider could not deliver it to the handset or mailbox"),
+                    ("device_unregistered", "The push token is no longer registered"),
+                    ("provider_rejected", "The provider refused the message"),
+                    ("provider_not_configured", "No provider is configured for this"),
+                    ("retries_exhausted", "Every retry failed with a temporary error"),
+                    ("retry_scheduled", "A temporary error; a retry is scheduled"),
+                    ("claim_expired", "A worker stopped mid-send; the delivery was re-queued"),
+                    ("cancelled", "Cancelled"),
+                ],
+                default="",
+                max_length=40,
+            ),
         ),
         migrations.AlterField(
-            model_name='deliveryevent',
-            name='reason',
-            field=models.CharField(blank=True, choices=[('channel_not_allowed', 'The notification type no longer uses this channel'), ('type_inactive', 'The notification type was switched off'), ('user_inactive', "The user's account is inactive"), ('recipient_erased', "The person's data was erased at their request"), ('no_email_address', 'No email address on file'), ('no_phone_number', 'No phone number on file'), ('invalid_phone_number', 'The phone number on file is not valid'), ('no_active_device', 'No active push device'), ('opted_out', 'The user switched this category off for this channel'), ('no_consent', 'No marketing consent on record for this channel'), ('marketing_off', 'The user chose to receive no marketing'), ('quiet_hours', "Held for the user's quiet hours; released in their morning"), ('quiet_hours_allowed', "Sent in the user's quiet hours: a marketing lead allowed it for this campaign"), ('frequency_cap', "Over the user's marketing cap; deferred to the next window"), ('outranked', "A higher-priority message took the user's cap slot; deferred"), ('stale', 'Would have gone out too late to be useful'), ('backpressure', 'Held while the bulk queues were too deep; released later'), ('scheduled', "Scheduled for the user's own time of day"), ('campaign_paused', 'Held while its campaign is paused'), ('missed', 'Its moment passed (campaign paused or late); not sent late'), ('event_moved', "Its campaign's event moved and this step no longer fits"), ('series_stopped', "The customer converted or clicked; the rest of the campaign's series is not sent"), ('circuit_open', 'The provider is failing; waiting for it to recover'), ('render_failed', 'The template could not be rendered'), ('render_timeout', 'Rendering took too long and was stopped'), ('unreadable', 'The message could not be read from the database'), ('prepare_crashed', 'Preparing it stopped the worker again and again; set aside'), ('invalid_recipient', 'The provider rejected the address or number'), ('address_suppressed', 'The address bounced or complained; suppressed'), ('undelivered', 'The provider could not deliver it to the handset or mailbox'), ('device_unregistered', 'The push token is no longer registered'), ('provider_rejected', 'The provider refused the message'), ('provider_not_configured', 'No provider is configured for this'), ('retries_exhausted', 'Every retry failed with a temporary error'), ('retry_scheduled', 'A temporary error; a retry is scheduled'), ('claim_expired', 'A worker stopped mid-send; the delivery was re-queued'), ('cancelled', 'Cancelled')], default='', max_length=40),
+            model_name="deliveryevent",
+            name="reason",
+            field=models.CharField(
+                blank=True,
+                choices=[
+                    ("channel_not_allowed", "The notification type no longer uses this channel"),
+                    ("type_inactive", "The notification type was switched off"),
+                    ("user_inactive", "The user's account is inactive"),
+                    ("recipient_erased", "The person's data was erased at their request"),
+                    ("no_email_address", "No email address on file"),
+                    ("no_phone_number", "No phone number on file"),
+                    ("invalid_phone_number", "The phone number on file is not valid"),
+                    ("no_active_device", "No active push device"),
+                    ("opted_out", "The user switched this category off for this channel"),
+                    ("no_consent", "No marketing consent on record for this channel"),
+                    ("marketing_off", "The user chose to receive no marketing"),
+                    ("quiet_hours", "Held for the user's quiet hours; released in their morning"),
+                    (
+                        "quiet_hours_allowed",
+                        "Sent in the user's quiet hours: a marketing lead allowed it for this campaign",
+                    ),
+                    ("frequency_cap", "Over the user's marketing cap; deferred to the next window"),
+                    ("outranked", "A higher-priority message took the user's cap slot; deferred"),
+                    ("stale", "Would have gone out too late to be useful"),
+                    ("backpressure", "Held while the bulk queues were too deep; released later"),
+                    ("scheduled", "Scheduled for the user's own time of day"),
+                    ("campaign_paused", "Held while its campaign is paused"),
+                    ("missed", "Its moment passed (campaign paused or late); not sent late"),
+                    ("event_moved", "Its campaign's event moved and this step no longer fits"),
+                    (
+                        "series_stopped",
+                        "The customer converted or clicked; the rest of the campaign's series is not sent",
+                    ),
+                    ("circuit_open", "The provider is failing; waiting for it to recover"),
+                    ("render_failed", "The template could not be rendered"),
+                    ("render_timeout", "Rendering took too long and was stopped"),
+                    ("unreadable", "The message could not be read from the database"),
+                    (
+                        "prepare_crashed",
+                        "Preparing it stopped the worker again and again; set aside",
+                    ),
+                    ("invalid_recipient", "The provider rejected the address or number"),
+                    ("address_suppressed", "The address bounced or complained; suppressed"),
+                    ("undelivered", "The provider could not deliver it to the handset or mailbox"),
+                    ("device_unregistered", "The push token is no longer registered"),
+                    ("provider_rejected", "The provider refused the message"),
+                    ("provider_not_configured", "No provider is configured for this"),
+                    ("retries_exhausted", "Every retry failed with a temporary error"),
+                    ("retry_scheduled", "A temporary error; a retry is scheduled"),
+                    ("claim_expired", "A worker stopped mid-send; the delivery was re-queued"),
+                    ("cancelled", "Cancelled"),
+                ],
+                default="",
+                max_length=40,
+            ),
         ),
         migrations.CreateModel(
-            name='ErasureRecord',
+            name="ErasureRecord",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('user_key', models.CharField(max_length=64)),
-                ('at', models.DateTimeField()),
-                ('by', models.CharField(help_text='Who asked: a staff member, an API key, a command', max_length=200)),
-                ('reason', models.TextField(help_text='Why, in the words of whoever erased (no personal data: a ticket number)')),
-                ('counts', models.JSONField(default=dict)),
-                ('identifiers', models.PositiveSmallIntegerField(default=0, help_text='Identifiers put on the suppression list')),
-                ('repeat', models.BooleanField(default=False, help_text='The recipient had been erased before: this run tidied up')),
-                ('recipient', models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='erasures', to='notifier.recipient')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("user_key", models.CharField(max_length=64)),
+                ("at", models.DateTimeField()),
+                (
+                    "by",
+                    models.CharField(
+                        help_text="Who asked: a staff member, an API key, a command", max_length=200
+                    ),
+                ),
+                (
+                    "reason",
+                    models.TextField(
+                        help_text="Why, in the words of whoever erased (no personal data: a ticket number)"
+                    ),
+                ),
+                ("counts", models.JSONField(default=dict)),
+                (
+                    "identifiers",
+                    models.PositiveSmallIntegerField(
+                        default=0, help_text="Identifiers put on the suppression list"
+                    ),
+                ),
+                (
+                    "repeat",
+                    models.BooleanField(
+                        default=False,
+                        help_text="The recipient had been erased before: this run tidied up",
+                    ),
+                ),
+                (
+                    "recipient",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.PROTECT,
+                        related_name="erasures",
+                        to="notifier.recipient",
+                    ),
+                ),
             ],
             options={
-                'verbose_name': 'erasure',
-                'ordering': ['-at', '-id'],
+                "verbose_name": "erasure",
+                "ordering": ["-at", "-id"],
             },
         ),
         migrations.CreateModel(
-            name='ErasedIdentifier',
+            name="ErasedIdentifier",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('kind', models.CharField(choices=[('email', 'Email address'), ('phone', 'Phone number'), ('external_id', 'External id')], max_length=12)),
-                ('digest', models.CharField(help_text='HMAC-SHA256 of the normalised value', max_length=64)),
-                ('at', models.DateTimeField()),
-                ('lifted_at', models.DateTimeField(blank=True, null=True)),
-                ('lifted_by', models.CharField(blank=True, default='', max_length=200)),
-                ('lift_reason', models.TextField(blank=True, default='')),
-                ('erasure', models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='erased_identifiers', to='notifier.erasurerecord')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                (
+                    "kind",
+                    models.CharField(
+                        choices=[
+                            ("email", "Email address"),
+                            ("phone", "Phone number"),
+                            ("external_id", "External id"),
+                        ],
+                        max_length=12,
+                    ),
+                ),
+                (
+                    "digest",
+                    models.CharField(
+                        help_text="HMAC-SHA256 of the normalised value", max_length=64
+                    ),
+                ),
+                ("at", models.DateTimeField()),
+                ("lifted_at", models.DateTimeField(blank=True, null=True)),
+                ("lifted_by", models.CharField(blank=True, default="", max_length=200)),
+                ("lift_reason", models.TextField(blank=True, default="")),
+                (
+                    "erasure",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.PROTECT,
+                        related_name="erased_identifiers",
+                        to="notifier.erasurerecord",
+                    ),
+                ),
             ],
             options={
-                'verbose_name': 'erased identifier',
-                'constraints': [models.UniqueConstraint(condition=models.Q(('lifted_at__isnull', True)), fields=('kind', 'digest'), name='erased_identifier_in_force')],
+                "verbose_name": "erased identifier",
+                "constraints": [
+                    models.UniqueConstraint(
+                        condition=models.Q(("lifted_at__isnull", True)),
+                        fields=("kind", "digest"),
+                        name="erased_identifier_in_force",
+                    )
+                ],
             },
         ),
     ]

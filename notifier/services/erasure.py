@@ -300,7 +300,7 @@ CORE_TABLES: tuple[PersonalTable, ...] = (
         why="The address itself; the erasure's own suppression list keeps only its digest",
     ),
     PersonalTable(
-        "channels.SandboxSend",
+        SandboxSend._meta.label,  # "notifier_channels.SandboxSend"
         lambda p: SandboxSend.objects.filter(
             Q(delivery_id__in=_deliveries(p).values("pk")) | Q(recipient__in=p.contact_points)
         ),
@@ -313,6 +313,7 @@ CORE_TABLES: tuple[PersonalTable, ...] = (
         blank={"object_repr": ERASED},
         keep={
             "user": "the staff member who made the change",
+            "object_id": "the id of the user or profile changed, which stay (emptied)",
             "change_message": "names the fields changed, never their values",
         },
         why="The admin's change log keeps who changed what, not whose",
@@ -365,7 +366,7 @@ NOT_PERSONAL: dict[str, str] = {
     "notifier.ApiKey": "keys of services; created_by is the staff member who made one",
     "notifier.ErasureRecord": "the audit record: a profile id, counts, who erased and why",
     "notifier.ErasedIdentifier": "keyed digests of erased identifiers, unreadable by design",
-    "channels.SandboxOutage": "a channel and a time",
+    "notifier_channels.SandboxOutage": "a channel and a time",
 }
 
 _extra_tables: list[PersonalTable] = []
