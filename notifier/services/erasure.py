@@ -383,10 +383,25 @@ def personal_tables_register(
     NOT_PERSONAL.update(not_personal)
 
 
+def _user_links() -> tuple[PersonalTable, ...]:
+    """The stand-alone user's groups and permissions: an erased account holds no rights."""
+    model = get_user_model()
+    if model._meta.label != "notifier.User":
+        return ()
+    return tuple(
+        PersonalTable(
+            through._meta.label,
+            lambda p, through=through: through.objects.filter(user_id=p.user_id),
+            delete=True,
+        )
+        for through in (model.groups.through, model.user_permissions.through)
+    )
+
+
 def personal_tables() -> tuple[PersonalTable, ...]:
     """Every declared table, in the order erasure treats them: the profile and the user row
     last (the others are found by what those still hold)."""
-    return (*CORE_TABLES, *_extra_tables, _recipient_entry(), _user_entry())
+    return (*CORE_TABLES, *_extra_tables, _recipient_entry(), *_user_links(), _user_entry())
 
 
 # --- Suppression: hashed identifiers ------------------------------------------------------------

@@ -13,6 +13,7 @@ from io import StringIO
 import pytest
 from django.apps import apps
 from django.contrib.admin.models import CHANGE, LogEntry
+from django.contrib.auth.models import Group
 from django.contrib.contenttypes.models import ContentType
 from django.core.management import CommandError, call_command
 from django.db import models
@@ -116,7 +117,9 @@ def person(published) -> User:
         phone=PHONE,
         interest_tags=["poetry", "engines"],
         yearly_spend=Decimal("6200"),
+        is_staff=True,
     )
+    user.groups.add(Group.objects.create(name="Poets"))
     Recipient.objects.filter(user=user).update(external_id=EXTERNAL_ID)
     DeviceFactory(user=user, token=TOKEN)
     # A delivered message on every channel, with her name in its context and key.
@@ -248,6 +251,7 @@ def test_erasure_leaves_nothing_personal_in_any_table(person):
     assert user.username == f"erased-{person.pk}"
     assert (user.email, user.first_name, user.last_name) == ("", "", "")
     assert not user.is_active and not user.has_usable_password()
+    assert not user.is_staff and not user.groups.exists()
     # The record: who, why, what per table; and three digests on the suppression list.
     record = ErasureRecord.objects.get(pk=report.record_id)
     assert (record.by, record.reason, record.repeat) == ("test", "ticket 1234", False)
