@@ -36,6 +36,7 @@ from typing import Any
 from django.conf import settings
 from django.contrib.admin.models import LogEntry
 from django.contrib.auth import get_user_model
+from django.contrib.auth.hashers import make_password
 from django.contrib.contenttypes.models import ContentType
 from django.core.exceptions import ValidationError
 from django.core.serializers.json import DjangoJSONEncoder
@@ -158,9 +159,10 @@ def _user_entry() -> PersonalTable:
     """The user row: the stand-alone site's own is anonymised; a host's is left to the host."""
     model = get_user_model()
     label = model._meta.label
-    rows: Callable[[Person], QuerySet[Any]] = lambda p: model._default_manager.filter(  # noqa: E731
-        pk=p.user_id
-    )
+
+    def rows(person: Person) -> QuerySet[Any]:
+        return model._default_manager.filter(pk=person.user_id)
+
     if label != "notifier.User":
         return PersonalTable(
             label,
@@ -176,7 +178,7 @@ def _user_entry() -> PersonalTable:
             "email": "",
             "first_name": "",
             "last_name": "",
-            "password": lambda p: _unusable_password(),
+            "password": lambda p: make_password(None),  # unusable
             "is_active": False,
             "is_staff": False,
             "is_superuser": False,
@@ -186,12 +188,6 @@ def _user_entry() -> PersonalTable:
         section=None,  # exported as "user" on its own
         why="Anonymised, not deleted: deleting would take the statistics' rows with it",
     )
-
-
-def _unusable_password() -> str:
-    from django.contrib.auth.hashers import make_password
-
-    return make_password(None)
 
 
 def _deliveries(p: Person) -> QuerySet[Any]:
@@ -389,13 +385,16 @@ def _user_links() -> tuple[PersonalTable, ...]:
     if model._meta.label != "notifier.User":
         return ()
     return tuple(
-        PersonalTable(
-            through._meta.label,
-            lambda p, through=through: through.objects.filter(user_id=p.user_id),
-            delete=True,
-        )
+        PersonalTable(through._meta.label, _rows_of_user(through), delete=True)
         for through in (model.groups.through, model.user_permissions.through)
     )
+
+
+def _rows_of_user(model: type[Model]) -> Callable[[Person], QuerySet[Any]]:
+    def rows(person: Person) -> QuerySet[Any]:
+        return model._default_manager.filter(user_id=person.user_id)
+
+    return rows
 
 
 def personal_tables() -> tuple[PersonalTable, ...]:
@@ -577,6 +576,14 @@ def recipient_erase(
 
 def _erase(recipient: Recipient, *, by: str, reason: str, dry_run: bool) -> ErasureReport:
     with transaction.atomic():
+        # The user's row first, as preference and consent writes lock it: one that waited
+        # for this erasure then finds the person erased and writes nothing.
+        list(
+            get_user_model()
+            ._default_manager.select_for_update()
+            .filter(pk=recipient.user_id)
+            .values_list("pk", flat=True)
+        )
         locked = (
             Recipient.objects.select_for_update(of=("self",))
             .select_related("user")

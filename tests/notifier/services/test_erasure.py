@@ -6,7 +6,7 @@ imports refuse them; the suppression list holds digests only and an admin lifts 
 from __future__ import annotations
 
 import json
-from datetime import UTC, date, datetime
+from datetime import UTC, datetime
 from decimal import Decimal
 from io import StringIO
 
@@ -19,6 +19,7 @@ from django.core.management import CommandError, call_command
 from django.db import models
 from django.db.models import Q
 from django.test import override_settings
+from django.urls import reverse
 
 from campaigns.models import (
     Campaign,
@@ -32,6 +33,7 @@ from campaigns.services.segments import RowProblem, segment_members_preview
 from channels.models import SandboxSend
 from notifier.api import notify, notify_many
 from notifier.errors import InvalidRecipient, RecipientErased
+from notifier.links import preferences_token
 from notifier.models import (
     Consent,
     Delivery,
@@ -66,6 +68,7 @@ from notifier.services.erasure import (
 from notifier.services.pipeline import messages_prepare
 from notifier.services.preferences import (
     PreferenceChange,
+    UnknownUser,
     consent_give,
     preferences_update,
     unsubscribe,
@@ -166,8 +169,8 @@ def person(published) -> User:
         source="unsubscribe_link",
         message_id=sent.pk,
     )
-    FrequencyCounter.objects.create(user=user, period="day", window_start=date.today(), count=1)
     now = datetime.now(UTC)
+    FrequencyCounter.objects.create(user=user, period="day", window_start=now.date(), count=1)
     ProviderEvent.objects.create(
         provider="mailgun",
         event_id="evt-0001",
@@ -450,3 +453,20 @@ def test_the_timeline_keeps_every_step_without_details(person):
     erase(person)
     assert DeliveryEvent.objects.filter(delivery__user=person).count() == events + 1  # cancel
     assert not DeliveryEvent.objects.filter(delivery__user=person).exclude(error="").exists()
+
+
+def test_old_links_and_preference_writes_cannot_record_choices_again(person, client):
+    token = preferences_token(user_id=person.pk)
+    url = reverse("notifier:preferences-page", kwargs={"token": token})
+    assert client.get(url).status_code == 200
+    erase(person)
+    assert client.get(url).status_code == 400
+    with pytest.raises(UnknownUser, match="erased"):
+        consent_give(user_id=person.pk, channel="email", source="signup_form", wording="Yes")
+    with pytest.raises(UnknownUser):
+        preferences_update(
+            user_id=person.pk,
+            changes=[PreferenceChange(category="marketing", channel="sms", enabled=True)],
+        )
+    assert not Consent.objects.filter(user=person).exists()
+    assert not Preference.objects.filter(user=person).exists()
