@@ -16,8 +16,14 @@ from django.db.models import Q
 class ErasureRecord(models.Model):
     """One erasure of one recipient: the audit trail, kept when everything else is gone."""
 
+    # NULL once the profile is gone: a host deleting its user after the erasure takes the
+    # profile with it, and the record stays (with the user's key).
     recipient = models.ForeignKey(
-        "notifier.Recipient", on_delete=models.PROTECT, related_name="erasures"
+        "notifier.Recipient",
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="erasures",
     )
     # The user's key as text (an integer, a UUID...): whatever the host's user model uses.
     user_key = models.CharField(max_length=64)

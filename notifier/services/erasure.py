@@ -33,8 +33,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from django.apps import apps as django_apps
 from django.conf import settings
-from django.contrib.admin.models import LogEntry
 from django.contrib.auth import get_user_model
 from django.contrib.auth.hashers import make_password
 from django.contrib.contenttypes.models import ContentType
@@ -150,9 +150,7 @@ class PersonalTable:
     why: str = ""
 
     def model_class(self) -> type[Model]:
-        from django.apps import apps
-
-        return apps.get_model(self.model)
+        return django_apps.get_model(self.model)
 
 
 def _user_entry() -> PersonalTable:
@@ -197,6 +195,8 @@ def _deliveries(p: Person) -> QuerySet[Any]:
 def _log_entries(p: Person) -> QuerySet[Any]:
     """Admin change-log entries about the person's user or profile (who changed them stays:
     the actor is staff, and the entries are the staff's audit trail)."""
+    from django.contrib.admin.models import LogEntry  # only where the admin is installed
+
     user_type = ContentType.objects.get_for_model(get_user_model(), for_concrete_model=False)
     profile_type = ContentType.objects.get_for_model(Recipient)
     return LogEntry.objects.filter(
@@ -303,17 +303,6 @@ CORE_TABLES: tuple[PersonalTable, ...] = (
         delete=True,
         why="The sandbox's copy of each send: recipient and payload",
     ),
-    PersonalTable(
-        "admin.LogEntry",
-        _log_entries,
-        blank={"object_repr": ERASED},
-        keep={
-            "user": "the staff member who made the change",
-            "object_id": "the id of the user or profile changed, which stay (emptied)",
-            "change_message": "names the fields changed, never their values",
-        },
-        why="The admin's change log keeps who changed what, not whose",
-    ),
 )
 
 
@@ -397,10 +386,36 @@ def _rows_of_user(model: type[Model]) -> Callable[[Person], QuerySet[Any]]:
     return rows
 
 
+def _admin_log() -> tuple[PersonalTable, ...]:
+    """Django's admin change log, where the host installs the admin."""
+    if not django_apps.is_installed("django.contrib.admin"):
+        return ()
+    return (
+        PersonalTable(
+            "admin.LogEntry",
+            _log_entries,
+            blank={"object_repr": ERASED},
+            keep={
+                "user": "the staff member who made the change",
+                "object_id": "the id of the user or profile changed, which stay (emptied)",
+                "change_message": "names the fields changed, never their values",
+            },
+            why="The admin's change log keeps who changed what, not whose",
+        ),
+    )
+
+
 def personal_tables() -> tuple[PersonalTable, ...]:
     """Every declared table, in the order erasure treats them: the profile and the user row
     last (the others are found by what those still hold)."""
-    return (*CORE_TABLES, *_extra_tables, _recipient_entry(), *_user_links(), _user_entry())
+    return (
+        *CORE_TABLES,
+        *_admin_log(),
+        *_extra_tables,
+        _recipient_entry(),
+        *_user_links(),
+        _user_entry(),
+    )
 
 
 # --- Suppression: hashed identifiers ------------------------------------------------------------

@@ -470,3 +470,13 @@ def test_old_links_and_preference_writes_cannot_record_choices_again(person, cli
         )
     assert not Consent.objects.filter(user=person).exists()
     assert not Preference.objects.filter(user=person).exists()
+
+
+def test_deleting_the_user_afterwards_keeps_the_record_and_the_suppression(person):
+    """What a host does once Notifier's part is erased: its own user goes, rows cascade."""
+    report = erase(person)
+    User.objects.filter(pk=person.pk).delete()
+    record = ErasureRecord.objects.get(pk=report.record_id)
+    assert record.recipient_id is None and record.user_key == str(person.pk)
+    assert suppressed(email=EMAIL) and suppressed(external_id=EXTERNAL_ID)
+    assert not Delivery.objects.filter(user_id=person.pk).exists()
