@@ -399,8 +399,9 @@ class RecipientAdmin(PeopleAdminMixin, admin.ModelAdmin):
     form = RecipientForm
     fields = ["user", *RECIPIENT_ADMIN_FIELDS]
     readonly_fields = ["user", "email", "usual_active_hour"]  # the address follows the user's
-    list_display = ["email", "phone", "user", "time_zone", "locale", "history_action"]
+    list_display = ["email", "phone", "user", "time_zone", "locale", "erased_at", "history_action"]
     list_display_links = ["email", "phone"]
+    list_filter = [("erased_at", admin.EmptyFieldListFilter)]
     list_select_related = ["user"]
     search_fields = ["email", "phone"]
     ordering = ["-id"]
