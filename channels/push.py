@@ -40,6 +40,34 @@ def firebase_app() -> Any:
     )
 
 
+@functools.cache
+def _vapid_public_key(private_key: str) -> str:
+    import base64
+    import os
+
+    from cryptography.hazmat.primitives import serialization
+    from py_vapid import Vapid
+
+    vapid = (
+        Vapid.from_file(private_key)
+        if os.path.isfile(private_key)
+        else Vapid.from_string(private_key)
+    )
+    raw = vapid.public_key.public_bytes(
+        serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint
+    )
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+
+def vapid_public_key() -> str:
+    """The application server key a browser subscribes with (`PushManager.subscribe`'s
+    `applicationServerKey`): the base64url P-256 public key of NOTIFIER_WEBPUSH_VAPID_PRIVATE_KEY
+    (a PEM file's path or the key's base64url text, as pywebpush reads it); "" when Web Push is
+    not configured."""
+    private_key = settings.NOTIFIER_WEBPUSH_VAPID_PRIVATE_KEY
+    return _vapid_public_key(private_key) if private_key else ""
+
+
 def classify_fcm_error(exc: BaseException) -> tuple[Outcome, ErrorCode, str]:
     from firebase_admin import exceptions, messaging
 

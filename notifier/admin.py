@@ -1244,4 +1244,6 @@ class ErasedIdentifierAdmin(ReadOnlyMixin, admin.ModelAdmin):
 
 
 # The service API's keys live in its own room (notifier/http_api/admin.py).
+# Outbound webhooks' endpoints and attempts live with the rest of events out.
+from notifier.events_out import admin as _events_out_admin  # noqa: E402, F401
 from notifier.http_api import admin as _service_api_admin  # noqa: E402, F401

@@ -55,3 +55,11 @@ class NotifierConfig(AppConfig):
         )
         post_delete.connect(lambda **_: type_cache_clear(), sender=NotificationType, weak=False)
         celery_signals.connect()
+        # Outbound webhooks: their tasks registered in every process; this process reads the
+        # endpoints again as soon as one is saved here (others within the cache's seconds).
+        from notifier.events_out import tasks  # noqa: F401
+        from notifier.events_out.record import endpoints_cache_clear
+        from notifier.models import WebhookEndpoint
+
+        post_save.connect(endpoints_cache_clear, sender=WebhookEndpoint, weak=False)
+        post_delete.connect(endpoints_cache_clear, sender=WebhookEndpoint, weak=False)

@@ -34,6 +34,9 @@ TASK_ROUTES: dict[str, dict[str, str]] = {
         "campaigns.learn_active_hours",
         "notifier.failure_alerts",
         "notifier.retention",
+        "notifier.webhooks_send",
+        "notifier.webhooks_sweep",
+        "notifier.webhooks_prune",
     )
 }
 

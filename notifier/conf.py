@@ -127,6 +127,41 @@ NOTIFIER_LINK_MAX_AGE_DAYS = 365
 NOTIFIER_API_KEY_RATE_LIMIT = "50/s"
 # notify_many over HTTP: at most this many recipients in one call.
 NOTIFIER_API_BULK_MAX = 1000
+# `PUT /recipients/{external_id}` for an id the site has never seen: a dotted path to a
+# function (external_id) -> a saved user, whose profile becomes the recipient. Empty: the
+# caller links a user of the project (`"user": <key>`); the stand-alone site makes its own
+# people ("notifier.services.recipients.standalone_user").
+NOTIFIER_RECIPIENT_USER_FACTORY = ""
+# App tokens (a mobile app or web page acting for one recipient): how long one lasts, and the
+# requests per recipient they may make together.
+NOTIFIER_APP_TOKEN_MAX_AGE_S = 30 * 24 * 3600
+NOTIFIER_APP_TOKEN_RATE_LIMIT = "5/s"
+
+# --- Events out: signals and outbound webhooks (notifier/events_out/) ----------------------
+# A failed request is retried with exponential backoff (equal jitter) from
+# NOTIFIER_WEBHOOK_RETRY_BASE_S up to NOTIFIER_WEBHOOK_RETRY_MAX_S between tries, for this long
+# after the event; then the event is given up (state "failed", seen in the admin).
+NOTIFIER_WEBHOOK_RETRY_FOR_S = 3 * 24 * 3600
+NOTIFIER_WEBHOOK_RETRY_BASE_S = 5.0
+NOTIFIER_WEBHOOK_RETRY_MAX_S = 3600.0
+# An endpoint whose every request failed for this long, and at least this many times in a
+# row, is disabled (with the reason, and an operator alert); its events wait for re-enabling.
+NOTIFIER_WEBHOOK_DISABLE_AFTER_S = 24 * 3600
+NOTIFIER_WEBHOOK_DISABLE_AFTER_FAILURES = 20
+# Connect and read timeouts of one request (each); the answer's body is kept up to this many
+# characters in the attempt's row. A sender's lease on the events it claimed outlives both.
+NOTIFIER_WEBHOOK_TIMEOUT_S = 5.0
+NOTIFIER_WEBHOOK_RESPONSE_MAX_CHARS = 500
+NOTIFIER_WEBHOOK_LEASE_S = 60.0
+# A send task waits this long after the first event it was published for, so the events of a
+# busy moment go out together (in batches of each endpoint's max_batch).
+NOTIFIER_WEBHOOK_BATCH_WAIT_S = 1.0
+# How long a process trusts its list of active endpoints per event type (one read per this
+# many seconds, not one per write); an endpoint added elsewhere gets events within it.
+NOTIFIER_WEBHOOK_ENDPOINTS_CACHE_S = 1.0
+# Events answered (or given up) and the attempts' records are deleted this many days after
+# they were made, hourly (0 keeps them).
+NOTIFIER_WEBHOOK_KEEP_DAYS = 7
 
 # --- Security: public request limits and client addresses (notifier/request_limits.py) ---
 # Per-group overrides, {"group.scope": "count/period" or "off"}, e.g.

@@ -122,8 +122,31 @@ def update_rows(
     """UPDATE many rows to their own values in one statement. Each row is (pk, *values in the
     order of `names`). `where` adds equality guards, e.g. {"status": "sending"}: rows that no
     longer match are left alone (a compare-and-set for the whole batch)."""
+    return _update_rows(model, names, rows, where=where, returning=False)[0]
+
+
+def update_rows_returning(
+    model: type[models.Model],
+    names: Sequence[str],
+    rows: Sequence[Sequence[Any]],
+    *,
+    where: dict[str, Any] | None = None,
+) -> list[Any]:
+    """`update_rows`, returning the primary keys of the rows it updated."""
+    return _update_rows(model, names, rows, where=where, returning=True)[1]
+
+
+def _update_rows(
+    model: type[models.Model],
+    names: Sequence[str],
+    rows: Sequence[Sequence[Any]],
+    *,
+    where: dict[str, Any] | None,
+    returning: bool,
+) -> tuple[int, list[Any]]:
+    """How many rows were updated, and their primary keys when `returning`."""
     if not rows:
-        return 0
+        return 0, []
     pk = model._meta.pk
     assert pk is not None
     fields = [pk, *(model_field(model, name) for name in names)]
@@ -147,7 +170,8 @@ def update_rows(
         f" AND {table}.{_column(model_field(model, name))} = %s" for name in where or {}
     )
     per_statement = max(1, MAX_PARAMS // len(fields))
-    updated = 0
+    suffix = f" RETURNING {table}.{_column(fields[0])}" if returning else ""
+    updated, keys = 0, []
     with connection.cursor() as cursor:
         for start in range(0, len(rows), per_statement):
             chunk = rows[start : start + per_statement]
@@ -157,11 +181,13 @@ def update_rows(
             values = ", ".join([one_row] * len(chunk))
             cursor.execute(
                 f"UPDATE {table} SET {assignments} FROM (VALUES {values})"
-                f" {source} WHERE {table}.{_column(fields[0])} = {refs[0]}{guards}",
+                f" {source} WHERE {table}.{_column(fields[0])} = {refs[0]}{guards}{suffix}",
                 [*params, *(where or {}).values()],
             )
             updated += cursor.rowcount
-    return updated
+            if returning:
+                keys += [row[0] for row in cursor.fetchall()]
+    return updated, keys
 
 
 def _copy_escaped(text: str) -> str:

@@ -72,6 +72,21 @@ BEAT_SCHEDULE: dict[str, dict[str, Any]] = {
         "schedule": 60.0,
         "options": {"queue": MAINTENANCE_QUEUE, "expires": 55},
     },
+    # Every 15 seconds: wake the webhook sender of every endpoint with due events that nobody
+    # holds: retries further off than a broker countdown, and sends whose task the broker lost
+    # (the events are rows in PostgreSQL). One index probe per active endpoint.
+    "webhooks-sweep": {
+        "task": "notifier.webhooks_sweep",
+        "schedule": 15.0,
+        "options": {"queue": MAINTENANCE_QUEUE, "expires": 14},
+    },
+    # Hourly: delete webhook events answered (or given up) and attempts' records older than
+    # NOTIFIER_WEBHOOK_KEEP_DAYS, in short batches for at most a minute.
+    "webhooks-prune": {
+        "task": "notifier.webhooks_prune",
+        "schedule": crontab(minute=17),
+        "options": {"queue": MAINTENANCE_QUEUE, "expires": 3000},
+    },
     # Nightly: learn each user's usual local hour of reading, for steps sent at that hour.
     "learn-active-hours": {
         "task": "campaigns.learn_active_hours",

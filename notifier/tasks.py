@@ -22,6 +22,7 @@ from notifier.services.deliveries import (
 )
 from notifier.services.quarantine import messages_prepare_guarded
 from notifier.services.release import held_release
+from notifier.services.remote_calls import notify_call
 from notifier.services.retention import retention_run
 
 log = logging.getLogger(__name__)
@@ -49,6 +50,14 @@ DELIVER_TIME_LIMITS: dict[str, Any] = {  # deliver renders fallbacks
 def prepare_messages(message_ids: list[int]) -> dict[str, int]:
     """Generate + route a batch of messages into deliveries (a test send is one too)."""
     return dict(messages_prepare_guarded(message_ids=message_ids))
+
+
+@shared_task(name="notifier.notify", bind=True, acks_late=True, reject_on_worker_lost=True)
+def notify_task(self: Any, *args: Any, **kwargs: Any) -> int | None:
+    """`notify()` for another codebase on the same broker (`send_task("notifier.notify",
+    kwargs={...})`; arguments in notifier.services.remote_calls). Returns the message id; a
+    refused call is recorded for the operator (RefusedCall) and returns None."""
+    return notify_call(kwargs, caller=self.request.id or "", positional=args)
 
 
 @shared_task(name="notifier.deliver", **PIPELINE_TASK_OPTIONS, **DELIVER_TIME_LIMITS)

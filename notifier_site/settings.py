@@ -228,6 +228,11 @@ for _name, _default in notifier_conf.defaults().items():
 del _name, _default
 
 # The stand-alone site's own choices where they differ from an installed app's defaults.
+# Other services create recipients by their own ids over the HTTP API: this site makes a person
+# (who cannot log in) for each new one.
+NOTIFIER_RECIPIENT_USER_FACTORY = _from_env(
+    "NOTIFIER_RECIPIENT_USER_FACTORY", "notifier.services.recipients.standalone_user"
+)
 NOTIFIER_EMBEDDED = CELERY_BROKER_URL.startswith("memory://")
 NOTIFIER_REDIS_URL = REDIS_URL
 NOTIFIER_ADMIN_USER = True

@@ -19,6 +19,7 @@ from django.conf import settings
 
 from channels.registry import reset_providers
 from notifier.backpressure import reset_depth_cache
+from notifier.events_out.record import endpoints_cache_clear
 from notifier.provider_limits import limits_reset
 from notifier.redis_client import broker_client
 from notifier.selectors import type_cache_clear
@@ -111,10 +112,12 @@ def _fresh_caches() -> Iterator[None]:
     reset_providers()
     reset_depth_cache()
     limits_reset()
+    endpoints_cache_clear()
     yield
     type_cache_clear()
     reset_providers()
     reset_depth_cache()
+    endpoints_cache_clear()
 
 
 def broker_redis() -> redis.Redis:

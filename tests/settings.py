@@ -11,6 +11,11 @@ os.environ.setdefault("REDIS_URL", "redis://127.0.0.1:6379/15")
 os.environ.setdefault("CELERY_BROKER_URL", os.environ["REDIS_URL"])
 os.environ.setdefault("NOTIFIER_RETRY_BASE_S", "0.2")
 os.environ.setdefault("NOTIFIER_RETRY_MAX_S", "2")
+# Outbound webhooks: quick retries, and a new endpoint seen by every worker within a moment.
+os.environ.setdefault("NOTIFIER_WEBHOOK_RETRY_BASE_S", "0.2")
+os.environ.setdefault("NOTIFIER_WEBHOOK_RETRY_MAX_S", "1")
+os.environ.setdefault("NOTIFIER_WEBHOOK_ENDPOINTS_CACHE_S", "0.2")
+os.environ.setdefault("NOTIFIER_WEBHOOK_BATCH_WAIT_S", "0.2")
 
 from notifier_site.settings import *  # noqa: F403
 

@@ -1,6 +1,7 @@
 """API keys in the admin: an Admin creates one (the key is shown once, on the page after
 saving), sees when each was last used, and revokes it. Nobody edits or deletes a key: a
-revoked key stays listed, with when it was revoked."""
+revoked key stays listed, with when it was revoked. Calls refused with nobody to answer (the
+Celery task `notifier.notify` sent bad arguments) are listed for the operator."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from django.http import HttpRequest, HttpResponse
 from django.template.response import TemplateResponse
 from django.urls import reverse
 
-from notifier.models.api_keys import ApiKey, ApiScope
+from notifier.models.api_keys import ApiKey, ApiScope, RefusedCall
 from notifier.services.api_keys import (
     InvalidApiKey,
     api_key_create,
@@ -104,3 +105,23 @@ class ApiKeyAdmin(admin.ModelAdmin):
             f"{'them' if revoked != 1 else 'it'} are refused from now on.",
             messages.SUCCESS,
         )
+
+
+@admin.register(RefusedCall)
+class RefusedCallAdmin(admin.ModelAdmin):
+    """Read only: what another codebase sent that could not be sent, and what to fix."""
+
+    list_display = ["at", "source", "error_type", "type_key", "message", "caller"]
+    list_filter = ["source", "error_type"]
+    search_fields = ["=caller", "type_key", "error_type"]
+    date_hierarchy = "at"
+    ordering = ["-at"]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False

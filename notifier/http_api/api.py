@@ -14,13 +14,22 @@ from ninja import NinjaAPI, Schema, Status
 from ninja.errors import HttpError, ValidationError
 from pydantic import Field, StrictInt, StrictStr
 
+from channels.push import vapid_public_key
 from notifier.api import notify, notify_many
-from notifier.errors import IdempotencyKeyReused, NotifyError
+from notifier.errors import IdempotencyKeyReused, InvalidRecipient, NotifyError
 from notifier.http_api.auth import ApiError, ApiKeyAuth
-from notifier.models import Delivery, Message
+from notifier.http_api.common import Problem
+from notifier.http_api.messages import router as messages_router
+from notifier.http_api.recipients import router as recipients_router
+from notifier.models import Message, Recipient
 from notifier.models.api_keys import ApiScope
-from notifier.status import Reason
-from notifier.user_keys import user_key_json
+from notifier.services.devices import DeviceError, UnknownDevice
+from notifier.services.preferences import PreferenceError
+from notifier.services.recipients import (
+    RecipientConflict,
+    RecipientError,
+    UnknownRecipient,
+)
 
 api = NinjaAPI(
     title="Notifier",
@@ -34,13 +43,13 @@ api = NinjaAPI(
 UserKeyIn = StrictInt | StrictStr
 
 
-class Problem(Schema):
-    type: str = Field(description="The error's name, e.g. InvalidRecipient")
-    message: str = Field(description="What was wrong and what to send instead")
-
-
 class NotifyIn(Schema):
-    user: UserKeyIn = Field(description="The recipient: the key (pk) of a user of the product")
+    user: UserKeyIn | None = Field(
+        default=None, description="The recipient: the key (pk) of a user of the product"
+    )
+    recipient: StrictStr | None = Field(
+        default=None, description="Or the recipient's external_id (see PUT /recipients/…)"
+    )
     type: StrictStr = Field(description="A notification type's key, e.g. order.shipped")
     context: dict[str, Any] = Field(
         default_factory=dict, description="The values the type's templates use"
@@ -58,11 +67,17 @@ class Accepted(Schema):
 
 
 class NotifyManyIn(Schema):
-    users: list[UserKeyIn] = Field(description="The recipients' keys, each once")
+    users: list[UserKeyIn] | None = Field(
+        default=None, description="The recipients' user keys, each once"
+    )
+    recipients: list[StrictStr] | None = Field(
+        default=None, description="Or their external_ids, each once"
+    )
     type: StrictStr
     context: dict[str, Any] = Field(default_factory=dict, description="Shared by everyone")
     contexts: dict[str, dict[str, Any]] | None = Field(
-        default=None, description="Per user key (as text): values that override `context`"
+        default=None,
+        description="Per user key (as text) or external_id: values that override `context`",
     )
     channels: list[StrictStr] | None = None
     expires_at: datetime | None = None
@@ -71,23 +86,6 @@ class NotifyManyIn(Schema):
 class AcceptedMany(Schema):
     messages: list[int] = Field(description="One message id per user, in the order given")
     created: int = Field(description="How many of them this call created")
-
-
-class DeliveryOut(Schema):
-    channel: str
-    status: str
-    reason: str = Field(description="Why it was not sent, in words; empty when it was")
-    attempts: int
-    provider: str
-    updated_at: datetime
-
-
-class MessageOut(Schema):
-    id: int
-    user: int | str
-    type: str
-    created_at: datetime
-    deliveries: list[DeliveryOut]
 
 
 def _problem(request: HttpRequest, status: int, type_: str, message: str) -> HttpResponse:
@@ -106,6 +104,29 @@ def _api_error(request: HttpRequest, exc: ApiError) -> HttpResponse:
 def _notify_error(request: HttpRequest, exc: NotifyError) -> HttpResponse:
     status = 409 if isinstance(exc, IdempotencyKeyReused) else 422
     return _problem(request, status, type(exc).__name__, str(exc))
+
+
+@api.exception_handler(RecipientError)
+def _recipient_error(request: HttpRequest, exc: RecipientError) -> HttpResponse:
+    status = (
+        404
+        if isinstance(exc, UnknownRecipient)
+        else 409
+        if isinstance(exc, RecipientConflict)
+        else 422
+    )
+    return _problem(request, status, type(exc).__name__, str(exc))
+
+
+@api.exception_handler(DeviceError)
+def _device_error(request: HttpRequest, exc: DeviceError) -> HttpResponse:
+    status = 404 if isinstance(exc, UnknownDevice) else 422
+    return _problem(request, status, type(exc).__name__, str(exc))
+
+
+@api.exception_handler(PreferenceError)
+def _preference_error(request: HttpRequest, exc: PreferenceError) -> HttpResponse:
+    return _problem(request, 422, type(exc).__name__, str(exc))
 
 
 @api.exception_handler(HttpError)
@@ -161,7 +182,7 @@ def notify_one(request: HttpRequest, body: NotifyIn) -> Status[dict[str, int]]:
     another body is refused (409)."""
     key = _idempotency_key(request)
     message = notify(
-        body.user,
+        _user_of(body),
         body.type,
         body.context,
         idempotency_key=key,
@@ -194,16 +215,18 @@ def notify_bulk(request: HttpRequest, body: NotifyManyIn) -> Status[dict[str, An
     """What `notify_many()` does: all or nothing, up to NOTIFIER_API_BULK_MAX users a call.
     With an `Idempotency-Key`, each user's message is keyed `<key>:<user>`."""
     most = settings.NOTIFIER_API_BULK_MAX
-    if len(body.users) > most:
+    named = _named(body)
+    if len(named) > most:
         raise ApiError(
             422,
             "TooManyRecipients",
-            f"{len(body.users)} users in one call; send at most {most} a call",
+            f"{len(named)} recipients in one call; send at most {most} a call",
         )
-    contexts = _contexts_by_key(body)
+    users = _users_of(body)
+    contexts = _contexts_by_key(named, users, body.contexts)
     key = _idempotency_key(request)
     result = notify_many(
-        body.users,
+        users,
         body.type,
         body.context,
         contexts=contexts,
@@ -213,7 +236,7 @@ def notify_bulk(request: HttpRequest, body: NotifyManyIn) -> Status[dict[str, An
     )
     if key is not None and result.existing:
         messages = Message.objects.in_bulk(result.message_ids)
-        for user, message_id in zip(body.users, result.message_ids, strict=True):
+        for user, message_id in zip(users, result.message_ids, strict=True):
             own = {**body.context, **(contexts or {}).get(user, {})}
             if not _same_request(messages[message_id], context=own, body=body):
                 raise ApiError(
@@ -224,56 +247,89 @@ def notify_bulk(request: HttpRequest, body: NotifyManyIn) -> Status[dict[str, An
     return Status(202, {"messages": result.message_ids, "created": result.created})
 
 
-def _reason_in_words(reason: str) -> str:
-    return str(Reason(reason).label) if reason in Reason.values else reason
+def _user_of(body: NotifyIn) -> Any:
+    """The user key to notify: `user` as given, or the user of the recipient `recipient`."""
+    if (body.user is None) == (body.recipient is None):
+        raise InvalidRecipient("send either user (a user's key) or recipient (an external_id)")
+    if body.recipient is None:
+        return body.user
+    found = Recipient.objects.filter(external_id=body.recipient).values_list("user_id", flat=True)
+    for user_id in found:
+        return user_id
+    raise InvalidRecipient(
+        f"no recipient has external_id {body.recipient[:80]!r}; create them with "
+        "PUT /recipients/{external_id}"
+    )
 
 
-def _contexts_by_key(body: NotifyManyIn) -> dict[Any, dict[str, Any]] | None:
-    """`contexts` is keyed by the users' keys as text (JSON object keys are text): each one
-    back to the key as given in `users`."""
-    if body.contexts is None:
+def _named(body: NotifyManyIn) -> list[Any]:
+    """The recipients as the call names them: user keys, or external ids."""
+    if (body.users is None) == (body.recipients is None):
+        raise InvalidRecipient(
+            "send either users (the users' keys) or recipients (their external_ids)"
+        )
+    return list(body.users if body.users is not None else body.recipients or [])
+
+
+def _users_of(body: NotifyManyIn) -> list[Any]:
+    """The user keys to notify, in the order named: one query for external ids."""
+    if body.recipients is None:
+        return list(body.users or [])
+    found = dict(
+        Recipient.objects.filter(external_id__in=set(body.recipients)).values_list(
+            "external_id", "user_id"
+        )
+    )
+    unknown = [external for external in body.recipients if external not in found]
+    if unknown:
+        raise InvalidRecipient(
+            f"no recipient has external_id {unknown[0][:80]!r}"
+            + (f" (nor {len(unknown) - 1} more)" if len(unknown) > 1 else "")
+        )
+    return [found[external] for external in body.recipients]
+
+
+def _contexts_by_key(
+    named: list[Any], users: list[Any], contexts: dict[str, dict[str, Any]] | None
+) -> dict[Any, dict[str, Any]] | None:
+    """`contexts` is keyed by the recipients as named, as text (JSON object keys are text):
+    each one to the user key it stands for."""
+    if contexts is None:
         return None
-    by_text = {str(user): user for user in body.users}
-    unknown = [text for text in body.contexts if text not in by_text]
+    by_text = {str(name): user for name, user in zip(named, users, strict=True)}
+    unknown = [text for text in contexts if text not in by_text]
     if unknown:
         raise ApiError(
             422,
             "InvalidContext",
-            f"contexts names {unknown[0]!r}, which is not in users",
+            f"contexts names {unknown[0]!r}, which is not among the recipients",
         )
-    return {by_text[text]: values for text, values in body.contexts.items()}
+    return {by_text[text]: values for text, values in contexts.items()}
+
+
+class VapidKey(Schema):
+    public_key: str = Field(
+        description="PushManager.subscribe's applicationServerKey (base64url P-256 public key)"
+    )
 
 
 @api.get(
-    "/messages/{message_id}",
-    auth=ApiKeyAuth(ApiScope.READ),
-    response={200: MessageOut, 401: Problem, 403: Problem, 404: Problem, 429: Problem},
-    summary="A message and what happened on each channel",
+    "/push/vapid-public-key",
+    auth=None,
+    response={200: VapidKey, 404: Problem},
+    summary="The Web Push public key a browser subscribes with",
 )
-def message_read(request: HttpRequest, message_id: int) -> Status[dict[str, Any]]:
-    """Each delivery's status and, for one not sent, the reason in words: what support sees
-    on the timeline."""
-    message = Message.objects.filter(pk=message_id).first()
-    if message is None:
-        raise ApiError(404, "NotFound", f"no message {message_id}")
-    deliveries = Delivery.objects.filter(message_id=message.pk).order_by("channel")
-    return Status(
-        200,
-        {
-            "id": message.pk,
-            "user": user_key_json(message.user_id),
-            "type": message.type_id,
-            "created_at": message.created_at,
-            "deliveries": [
-                {
-                    "channel": d.channel,
-                    "status": d.status,
-                    "reason": _reason_in_words(d.reason),
-                    "attempts": d.attempts,
-                    "provider": d.provider or "",
-                    "updated_at": d.updated_at,
-                }
-                for d in deliveries
-            ],
-        },
-    )
+def push_vapid_public_key(request: HttpRequest) -> Status[dict[str, str]]:
+    """Public: a web page needs it before anyone signs in. 404 when Web Push is not set up."""
+    key = vapid_public_key()
+    if not key:
+        raise ApiError(
+            404,
+            "WebPushNotConfigured",
+            "Web Push is not set up on this site (NOTIFIER_WEBPUSH_VAPID_PRIVATE_KEY)",
+        )
+    return Status(200, {"public_key": key})
+
+
+api.add_router("/messages", messages_router)
+api.add_router("/recipients", recipients_router)

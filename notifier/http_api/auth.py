@@ -11,6 +11,15 @@ from ninja.security import HttpBearer
 
 from notifier.models.api_keys import ApiKey, ApiScope
 from notifier.services.api_keys import api_key_authenticate, api_key_throttle
+from notifier.services.app_tokens import (
+    TOKEN_PREFIX as APP_TOKEN_PREFIX,
+)
+from notifier.services.app_tokens import (
+    AppCaller,
+    InvalidAppToken,
+    app_token_read,
+    app_token_throttle,
+)
 
 
 class ApiError(Exception):
@@ -25,11 +34,15 @@ class ApiError(Exception):
 
 
 class ApiKeyAuth(HttpBearer):
-    """A bearer API key holding `scope`."""
+    """A bearer API key holding `scope` (or any of `also`: a read that a key for reading and a
+    key for writing may both make). With `app=True`, an app token (`ntr_…`) may call the
+    route too, for its own recipient only (the route's `external_id`)."""
 
-    def __init__(self, scope: ApiScope) -> None:
+    def __init__(self, scope: ApiScope, *also: ApiScope, app: bool = False) -> None:
         super().__init__()
         self.scope = scope
+        self.scopes = (scope, *also)
+        self.app = app
 
     def __call__(self, request: HttpRequest) -> Any:
         found = super().__call__(request)
@@ -43,7 +56,9 @@ class ApiKeyAuth(HttpBearer):
             )
         return found
 
-    def authenticate(self, request: HttpRequest, token: str) -> ApiKey | None:
+    def authenticate(self, request: HttpRequest, token: str) -> ApiKey | AppCaller | None:
+        if token.startswith(APP_TOKEN_PREFIX):
+            return self._app(request, token)
         key = api_key_authenticate(token)
         if key is None:
             raise ApiError(
@@ -52,12 +67,13 @@ class ApiKeyAuth(HttpBearer):
                 "this API key is unknown or revoked",
                 **{"WWW-Authenticate": 'Bearer error="invalid_token"'},
             )
-        if self.scope not in key.scopes:
+        if not any(scope in key.scopes for scope in self.scopes):
+            needed = " or ".join(repr(scope.value) for scope in self.scopes)
             raise ApiError(
                 403,
                 "Forbidden",
-                f"this API key lacks the {self.scope.value!r} scope; its scopes are "
-                f"{', '.join(key.scopes)}",
+                f"this API key lacks the {needed} scope; its scopes are "
+                f"{', '.join(key.scopes) or 'none'}",
             )
         throttled = api_key_throttle(key)
         if throttled is not None:
@@ -69,3 +85,34 @@ class ApiKeyAuth(HttpBearer):
             )
         request.api_key = key  # type: ignore[attr-defined]
         return key
+
+    def _app(self, request: HttpRequest, token: str) -> AppCaller:
+        try:
+            caller = app_token_read(token)
+        except InvalidAppToken as exc:
+            raise ApiError(
+                401,
+                "Unauthorized",
+                str(exc),
+                **{"WWW-Authenticate": 'Bearer error="invalid_token"'},
+            ) from None
+        if not self.app:
+            raise ApiError(
+                403,
+                "Forbidden",
+                "an app token may only register its recipient's devices and read or change "
+                "their preferences and consent; this route needs an API key",
+            )
+        match = request.resolver_match
+        if match is None or match.kwargs.get("external_id") != caller.external_id:
+            raise ApiError(403, "Forbidden", "this app token is for another recipient")
+        throttled = app_token_throttle(caller)
+        if throttled is not None:
+            raise ApiError(
+                429,
+                "TooManyRequests",
+                f"too many requests for this recipient; try again in {throttled.retry_after_s} s",
+                **{"Retry-After": str(throttled.retry_after_s)},
+            )
+        request.app_caller = caller  # type: ignore[attr-defined]
+        return caller

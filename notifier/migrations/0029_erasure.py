@@ -6,7 +6,7 @@ from django.db import migrations, models
 
 class Migration(migrations.Migration):
     dependencies = [
-        ("notifier", "0027_recipient_external_id"),
+        ("notifier", "0030_refused_calls"),
     ]
 
     operations = [

@@ -1,6 +1,6 @@
 """The core models: users and their contact points, notification types, the delivery log."""
 
-from notifier.models.api_keys import ApiKey, ApiScope
+from notifier.models.api_keys import ApiKey, ApiScope, RefusedCall
 from notifier.models.erasure import ErasedIdentifier, ErasureRecord, IdentifierKind
 from notifier.models.inbox import Feedback, InboxItem
 from notifier.models.messages import (
@@ -10,6 +10,13 @@ from notifier.models.messages import (
     EventKind,
     Message,
     PrepareRun,
+)
+from notifier.models.outbound import (
+    WebhookAttempt,
+    WebhookEndpoint,
+    WebhookEvent,
+    WebhookEventState,
+    WebhookEventType,
 )
 from notifier.models.preferences import (
     ALL_CHANNELS,
@@ -69,11 +76,17 @@ __all__ = [
     "Priority",
     "ProviderEvent",
     "Recipient",
+    "RefusedCall",
     "RoutingRule",
     "SuppressedAddress",
     "SuppressionReason",
     "Unsubscribe",
     "User",
+    "WebhookAttempt",
+    "WebhookEndpoint",
+    "WebhookEvent",
+    "WebhookEventState",
+    "WebhookEventType",
     "normalize_email",
     "recipient_for",
     "recipient_ids_of",

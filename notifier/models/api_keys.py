@@ -50,3 +50,22 @@ class ApiKey(models.Model):
     def __str__(self) -> str:
         state = " (revoked)" if self.revoked_at else ""
         return f"{self.name} (ntf_{self.prefix}_…){state}"
+
+
+class RefusedCall(models.Model):
+    """A call from another codebase that Notifier refused and could not answer: the Celery task
+    `notifier.notify` sent with bad arguments (an HTTP caller gets its 4xx instead). Kept for
+    the operator, in the admin, with what to fix; no context values (they may be personal)."""
+
+    at = models.DateTimeField(db_index=True)
+    source = models.CharField(max_length=100, help_text="e.g. celery task notifier.notify")
+    caller = models.CharField(max_length=255, blank=True, default="", help_text="e.g. the task id")
+    error_type = models.CharField(max_length=100)
+    message = models.TextField()
+    type_key = models.CharField(max_length=100, blank=True, default="")
+
+    class Meta:
+        ordering = ["-at"]
+
+    def __str__(self) -> str:
+        return f"{self.source}: {self.error_type}"

@@ -122,6 +122,8 @@ _QUERY_TOKEN = re.compile(
 )
 # Push tokens (FCM, APNs hex, web push endpoints' ids) and similar opaque credentials.
 _LONG_TOKEN = re.compile(r"\b[A-Za-z0-9_\-:]{40,}\b")
+# Notifier's own secrets, whatever their length: API keys, app tokens, webhook signing secrets.
+_OWN_SECRET = re.compile(r"\b(?:ntf|ntr|whsec)_[A-Za-z0-9+/=_\-:.]+")
 # `body='...'`, `'body': '...'`, `"context": {...}` inside a repr or a message.
 _FIELD_NAMES = "|".join(re.escape(k) for k in PERSONAL_KEYS)
 _REPR_FIELD = re.compile(rf"(?<![\w])['\"]?({_FIELD_NAMES})['\"]?\s*[=:]\s*", re.IGNORECASE)
@@ -238,6 +240,7 @@ def scrub_text(text: str) -> str:
     text = _LINK_TOKEN.sub(r"\1[token]", text)
     text = _QUERY_TOKEN.sub(r"\1[Filtered]", text)
     text = _PHONE.sub("[phone]", text)
+    text = _OWN_SECRET.sub("[token]", text)
     return _LONG_TOKEN.sub("[token]", text)
 
 

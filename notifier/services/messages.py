@@ -1,12 +1,15 @@
 """Writing messages: one INSERT per call (or per batch), idempotent by key, published on commit.
 
-These functions trust their input; `notifier.api` validates it first.
+These functions trust their input; `notifier.api` validates it first. Each write tells of the
+messages it created (notifier.events_out.record: the `message_created` signal after commit, and
+message.created webhook events in the same transaction), once per write.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Callable, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass
 from datetime import datetime
 from functools import partial
@@ -19,6 +22,7 @@ from django.utils import timezone
 from notifier import dispatch
 from notifier.db import copy_rows, insert_rows, model_field, table_name, with_defaults
 from notifier.errors import IdempotencyKeyReused
+from notifier.events_out import record
 from notifier.models import Message, Recipient
 from notifier.queues import Lane
 from notifier.user_keys import UserKey
@@ -213,6 +217,7 @@ def messages_create(*, rows: Sequence[NewMessage]) -> Written:
             by_lane[(rows[index].lane, rows[index].is_test)].append(message.pk)
         for (lane, tests), ids in by_lane.items():
             transaction.on_commit(_publisher(ids, lane, tests=tests), robust=True)
+        record.messages_created([created[index].pk for index in sorted(created)])
     messages = [
         created[index] if index in created else existing[row.idempotency_key or ""]
         for index, row in enumerate(rows)
@@ -230,6 +235,7 @@ def messages_insert_new(*, rows: Sequence[NewMessage]) -> list[int]:
     new_ids: list[int] = []
     for start in range(0, len(rows), 1000):
         new_ids += _insert_returning(rows[start : start + 1000], now).values()
+    record.messages_created(new_ids)
     return new_ids
 
 
@@ -240,7 +246,11 @@ def message_create(*, row: NewMessage, check_recipient: Callable[[], object]) ->
     the INSERT wrote nothing, to tell that case from an existing idempotency key.
     """
     now = timezone.now()
-    pk = _insert_one_for_active_user(row, now)
+    # With an endpoint to tell, the message and its event commit together (in autocommit too).
+    with transaction.atomic(savepoint=False) if record.messages_wanted() else nullcontext():
+        pk = _insert_one_for_active_user(row, now)
+        if pk is not None:
+            record.messages_created([pk])
     if pk is None:
         check_recipient()
         return _existing_by_key([row])[row.idempotency_key or ""]
@@ -271,3 +281,4 @@ def messages_copy(messages: Sequence[Message]) -> None:
         [[getattr(message, name) for name in fields] for message in messages],
         ids=[message.pk for message in messages],
     )
+    record.messages_created([message.pk for message in messages])

@@ -4,6 +4,10 @@ Each write validates its input first (`check_*`, raising a `PreferenceError` tha
 fix) and then runs in one transaction that holds the user's row lock, so two tabs or a tab and
 an unsubscribe link saving at once take turns instead of racing on the same rows. Routing
 reads the result through `notifier.selectors.preferences_of` / `consent_of`.
+
+A write that changed something tells of it (notifier.events_out.record): a signal after commit
+and a webhook event for the endpoints that want it (preferences.changed, consent.changed,
+recipient.unsubscribed), written in the same transaction.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from channels.base import Channel
+from notifier.events_out import record
 from notifier.models import (
     ALL_CHANNELS,
     Consent,
@@ -319,22 +324,28 @@ def preferences_update(
     frequency = None if marketing_frequency is None else check_frequency(marketing_frequency)
     # Broad switches first: whether a narrower "on" row is redundant depends on them.
     checked.sort(key=lambda pair: _specificity(pair[0], pair[1].channel))
-    changed = False
+    written: list[tuple[str, str, bool]] = []
+    new_frequency = None
     with transaction.atomic():
         current_frequency = _lock_user(user_id)
         overrides = _overrides(user_id)
         for category, change in checked:
-            changed |= _write(
+            if _write(
                 user_id=user_id,
                 category=category,
                 channel=change.channel,
                 enabled=change.enabled,
                 overrides=overrides,
-            )
+            ):
+                written.append((category.key, change.channel, change.enabled))
         if frequency is not None and frequency != current_frequency:
             Recipient.objects.filter(user_id=user_id).update(marketing_frequency=frequency)
-            changed = True
-    return changed
+            new_frequency = frequency
+        if written or new_frequency is not None:
+            record.preferences_changed(
+                user_id=user_id, changes=written, marketing_frequency=new_frequency
+            )
+    return bool(written) or new_frequency is not None
 
 
 # --- Consent --------------------------------------------------------------------------------
@@ -353,7 +364,7 @@ def _withdrawn_already(state: ConsentState, channel: str) -> bool:
 def _consent_append(
     *, user_id: UserKey, channel: str, granted: bool, source: str, wording: str, ip: str | None
 ) -> Consent:
-    return Consent.objects.create(
+    consent = Consent.objects.create(
         user_id=user_id,
         purpose=ConsentPurpose.MARKETING,
         channel=channel,
@@ -363,6 +374,8 @@ def _consent_append(
         wording=wording,
         ip_address=ip,
     )
+    record.consent_changed(consent)
+    return consent
 
 
 def consent_give(
@@ -492,14 +505,16 @@ def unsubscribe(
                 and not Message.objects.filter(pk=checked_message_id, user_id=user_id).exists()
             ):
                 checked_message_id = None
-            Unsubscribe.objects.create(
-                user_id=user_id,
-                message_id=checked_message_id,
-                category=linked.key,
-                channel=channel,
-                scope=chosen,
-                source=source,
-                at=timezone.now(),
+            record.recipient_unsubscribed(
+                Unsubscribe.objects.create(
+                    user_id=user_id,
+                    message_id=checked_message_id,
+                    category=linked.key,
+                    channel=channel,
+                    scope=chosen,
+                    source=source,
+                    at=timezone.now(),
+                )
             )
     return changed
 

@@ -14,6 +14,10 @@ a deferral, which the state machine does not list as a move.
 The hot paths (routing a fan-out, recording sends) cost here what they cost when each wrote its
 own rows: one statement for the deliveries and one for their events, COPY where there are many,
 never a query per row.
+
+Each write also tells the world (notifier.events_out.record): one `deliveries_changed` signal
+for its batch after commit, and the outbox rows of the webhook endpoints that want its new
+statuses, in one more statement in the same transaction; nothing at all when nobody listens.
 """
 
 from __future__ import annotations
@@ -28,7 +32,9 @@ from typing import Any
 from django.db import connection, transaction
 from django.utils import timezone
 
-from notifier.db import copy_rows, insert_rows, table_name, update_rows
+from notifier.db import copy_rows, insert_rows, table_name, update_rows, update_rows_returning
+from notifier.events_out import record
+from notifier.events_out.signals import DeliveryChange
 from notifier.models import Delivery, DeliveryEvent, EventKind
 from notifier.status import (
     ENGAGEMENT_RANK,
@@ -162,6 +168,14 @@ def deliveries_create(
             if (row[_MESSAGE], row[_CHANNEL]) in ids
         ],
     )
+    record.deliveries_changed(
+        {row[_STATUS] for row in rows},
+        lambda: [
+            DeliveryChange(ids[(row[_MESSAGE], row[_CHANNEL])], row[_STATUS], row[_REASON], at)
+            for row in rows
+            if (row[_MESSAGE], row[_CHANNEL]) in ids
+        ],
+    )
     return ids
 
 
@@ -201,7 +215,11 @@ def deliveries_claim(
             f"AND (next_attempt_at IS NULL OR next_attempt_at <= %s) RETURNING id",
             [S.SENDING, stamp, lease, prepared, stamp, *delivery_ids, S.QUEUED, due],
         )
-        return [row[0] for row in cursor.fetchall()]
+        claimed = [row[0] for row in cursor.fetchall()]
+    record.deliveries_changed(
+        [S.SENDING], lambda: [DeliveryChange(pk, S.SENDING, "", at) for pk in claimed]
+    )
+    return claimed
 
 
 # --- One delivery (callbacks, tracking, the inbox) --------------------------------------------
@@ -249,6 +267,9 @@ def delivery_move(
                 reason=reason,
                 error=error,
                 detail=detail or {},
+            )
+            record.deliveries_changed(
+                [to], lambda: [DeliveryChange(delivery_id, to, str(updates.get("reason", "")), at)]
             )
     return bool(moved)
 
@@ -329,6 +350,9 @@ def deliveries_move(
                 for pk in ids
             ]
         )
+        record.deliveries_changed(
+            [to], lambda: [DeliveryChange(pk, to, reason or "", at) for pk in ids]
+        )
     return ids
 
 
@@ -369,12 +393,44 @@ def deliveries_set(
     column = names.index("status") + 1
     if not {row[column] for row in rows} <= set(targets):
         raise IllegalMove(f"a row moves from {source} to a status outside {sorted(targets)}")
+    where = {"status": source, **(guard or {})}
+    if record.deliveries_wanted(targets):
+        # Someone wants to know: which rows moved, so only those are told of.
+        with transaction.atomic(savepoint=False):
+            moved = update_rows_returning(Delivery, names, rows, where=where)
+            if moved or len(rows) > 1:
+                _events_write(events)
+            record.deliveries_changed(targets, lambda: _set_changes(names, rows, moved))
+        return len(moved)
     # Without events it is one statement (or a few, for many rows): no transaction of its own.
     with transaction.atomic(savepoint=False) if events else nullcontext():
-        updated = update_rows(Delivery, names, rows, where={"status": source, **(guard or {})})
+        updated = update_rows(Delivery, names, rows, where=where)
         if updated or len(rows) > 1:
             _events_write(events)
     return updated
+
+
+def _set_changes(
+    names: Sequence[str], rows: Sequence[Sequence[Any]], moved: Collection[int]
+) -> list[DeliveryChange]:
+    """The changes `deliveries_set` made to the rows in `moved`."""
+    status, reason, updated_at = (
+        names.index(name) + 1 if name in names else None
+        for name in ("status", "reason", "updated_at")
+    )
+    assert status is not None
+    now = timezone.now()
+    wanted = set(moved)
+    return [
+        DeliveryChange(
+            row[0],
+            row[status],
+            row[reason] if reason is not None else "",
+            row[updated_at] if updated_at is not None else now,
+        )
+        for row in rows
+        if row[0] in wanted
+    ]
 
 
 def deliveries_move_joined(
@@ -419,6 +475,9 @@ def deliveries_move_joined(
         SELECT id, %s, %s, %s, %s, '', '', %s::jsonb || jsonb_build_object({event_detail})
         FROM moved
     """
+    told = record.deliveries_wanted([to])
+    if told:
+        sql += " RETURNING delivery_id"
     with transaction.atomic(savepoint=False), connection.cursor() as cursor:
         cursor.execute(
             sql,
@@ -438,4 +497,10 @@ def deliveries_move_joined(
                 *event_detail_params,
             ],
         )
-        return cursor.rowcount
+        count = cursor.rowcount
+        if told:
+            moved_ids = [row[0] for row in cursor.fetchall()]
+            record.deliveries_changed(
+                [to], lambda: [DeliveryChange(pk, to, reason, at) for pk in moved_ids]
+            )
+        return count

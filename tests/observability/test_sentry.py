@@ -40,6 +40,10 @@ BODY = "Your parcel A1001 with the diamond ring is on its way"
         ),
         ("https://api.test/send?token=s3cr3t&x=1", "token=[Filtered]&x=1", "s3cr3t"),
         ("push to " + "fcm:" + "A" * 60, "push to [token]", "A" * 60),
+        # Notifier's own secrets, short or not: an API key, an app token, a signing secret.
+        ("key ntf_abc123def456_Zx9 refused", "key [token] refused", "Zx9"),
+        ("app ntr_.eJyrVkrOL0pVslIqTs0rAQAZ:1vR:Ab-C denied", "app [token] denied", "eJyrV"),
+        ("signing with whsec_MfKQ9r8GKYqrTwjUPD8ILPZI=", "signing with [token]", "MfKQ9"),
         (
             "Outgoing(delivery_id=7, body='secret words, and more', email='x@y.zz', attempt=1)",
             "Outgoing(delivery_id=7, body=[Filtered], email=[Filtered], attempt=1)",

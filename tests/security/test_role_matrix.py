@@ -33,6 +33,7 @@ from campaigns.models import AudienceThresholds, Campaign, Segment, SegmentMembe
 from campaigns.services.lifecycle import campaign_create
 from notifier import dispatch
 from notifier.api import notify
+from notifier.events_out.sending import endpoint_create
 from notifier.models import (
     ApiKey,
     Consent,
@@ -47,8 +48,11 @@ from notifier.models import (
     NotificationType,
     Preference,
     Recipient,
+    RefusedCall,
     RoutingRule,
     User,
+    WebhookAttempt,
+    WebhookEndpoint,
     recipient_for,
 )
 from notifier.models.providers import (
@@ -115,6 +119,12 @@ MODELS: dict[type[Model], Access] = {
     # Erasure's audit trail and suppression list: Admins read them (and lift a suppression).
     ErasureRecord: read_only(ADMIN_ONLY),
     ErasedIdentifier: read_only(ADMIN_ONLY),
+    # Calls to the Celery task notifier.notify that were refused: for the operator.
+    RefusedCall: read_only(ADMIN_ONLY),
+    # Outbound webhooks: where the product's systems are told what happened, with a signing
+    # secret on the page; Admins only. Each request made is the pipeline's record.
+    WebhookEndpoint: admin_only(),
+    WebhookAttempt: read_only(ADMIN_ONLY),
     Message: read_only(SUPPORT_ADMIN),
     Delivery: read_only(SUPPORT_ADMIN),
     DeadLetter: read_only(SUPPORT_ADMIN),
@@ -184,6 +194,14 @@ ACTIONS: dict[type[Model], dict[str, frozenset[str]]] = {
     ErasureRecord: {"delete_selected": NOBODY},
     ErasedIdentifier: {"delete_selected": NOBODY, "lift": ADMIN_ONLY},
     ApiKey: {"delete_selected": NOBODY, "revoke": ADMIN_ONLY},
+    RefusedCall: {"delete_selected": NOBODY},
+    WebhookEndpoint: {
+        "delete_selected": ADMIN_ONLY,
+        "rotate_secret": ADMIN_ONLY,
+        "send_test_event": ADMIN_ONLY,
+        "enable": ADMIN_ONLY,
+    },
+    WebhookAttempt: {"delete_selected": NOBODY},
     Message: {"delete_selected": NOBODY},
     Delivery: {"delete_selected": NOBODY, "retry_now": SUPPORT_ADMIN},
     DeadLetter: {"delete_selected": NOBODY, "retry_now": SUPPORT_ADMIN},
@@ -309,6 +327,9 @@ def objects(monkeypatch) -> dict[type[Model], Model]:
         event_at=datetime.now(UTC) + timedelta(days=10),
         channels=["inapp"],
     )
+    webhook = endpoint_create(
+        name="CRM", url="https://crm.example.com/hooks", event_types=["delivery.sent"]
+    )
     return {
         Group: Group.objects.get(name="Support"),
         PeriodicTask: PeriodicTask.objects.create(
@@ -323,6 +344,16 @@ def objects(monkeypatch) -> dict[type[Model], Model]:
         ApiKey: api_key_create(name="checkout", scopes=["notify"]).key,
         ErasureRecord: ErasureRecord.objects.get(pk=erased.record_id),
         ErasedIdentifier: ErasedIdentifier.objects.filter(erasure_id=erased.record_id).first(),
+        RefusedCall: RefusedCall.objects.create(
+            at=datetime.now(UTC),
+            source="celery task notifier.notify",
+            error_type="InvalidCall",
+            message="type is required",
+        ),
+        WebhookEndpoint: webhook,
+        WebhookAttempt: WebhookAttempt.objects.create(
+            endpoint=webhook, webhook_id="msg_1", events=1, at=datetime.now(UTC), status_code=500
+        ),
         Message: message,
         Delivery: failed,
         DeadLetter: DeadLetter.objects.get(pk=failed.pk),

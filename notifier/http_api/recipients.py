@@ -1,0 +1,451 @@
+"""`/api/v1/recipients/…`: people by the product's own id (`external_id`), their push devices,
+their preferences and their marketing consent.
+
+The same services and rules as the rest of Notifier: a recipient's fields are checked as the
+admin checks them, devices move to whoever registers them last, preferences follow the
+preference centre's rules (transactional and critical messages cannot be switched off), and
+each consent record keeps where it came from and the words agreed to.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, time
+from decimal import Decimal
+from typing import Any, Literal
+
+from django.http import HttpRequest
+from ninja import Router, Schema, Status
+from pydantic import Field, StrictBool, StrictStr
+
+from notifier.http_api.auth import ApiKeyAuth
+from notifier.http_api.common import answers
+from notifier.http_api.messages import MessageOut, recipient_messages
+from notifier.models import Consent, ConsentPurpose, Device, Recipient
+from notifier.models.api_keys import ApiScope
+from notifier.pages.preferences import preference_centre
+from notifier.request_limits import request_ip
+from notifier.services.app_tokens import app_token_issue
+from notifier.services.devices import device_register, device_unregister, devices_of
+from notifier.services.preferences import (
+    PreferenceChange,
+    consent_give,
+    consent_withdraw,
+    preferences_update,
+)
+from notifier.services.recipients import recipient_get, recipient_put
+from notifier.user_keys import user_key_json
+
+router = Router(tags=["recipients"])
+
+ExternalId = Field(description="Your own id for the person (1 to 255 characters)")
+UserKeyIn = int | StrictStr
+
+
+# --- Recipients -----------------------------------------------------------------------------
+
+
+class QuietHours(Schema):
+    enabled: StrictBool = True
+    start: time | None = Field(
+        default=None, description="Local time, e.g. 22:00 (null: the site's)"
+    )
+    end: time | None = Field(default=None, description="Local time, e.g. 08:00 (null: the site's)")
+
+
+class Attributes(Schema):
+    """What segments filter on; kept in step by the product."""
+
+    yearly_spend: Decimal | None = None
+    last_active_at: datetime | None = None
+    interest_tags: list[StrictStr] | None = None
+    points_balance: int | None = Field(default=None, ge=0)
+    points_expire_at: datetime | None = None
+
+
+class RecipientIn(Schema):
+    user: UserKeyIn | None = Field(
+        default=None,
+        description="Link to this user of the product (its key); needed to create a recipient "
+        "on a site that keeps people in its own user model",
+    )
+    email: StrictStr | None = Field(default=None, description='An address, or "" for none')
+    phone: StrictStr | None = Field(
+        default=None, description='E.164, e.g. +8613800138000, or "" for none'
+    )
+    time_zone: StrictStr | None = Field(default=None, description="IANA, e.g. Asia/Shanghai")
+    locale: StrictStr | None = Field(default=None, description="e.g. en, zh-hans")
+    quiet_hours: QuietHours | None = None
+    marketing_frequency: Literal["as_sent", "weekly", "off"] | None = None
+    attributes: Attributes | None = None
+
+
+class RecipientOut(Schema):
+    external_id: str
+    user: int | str = Field(description="The key of the user this recipient is")
+    email: str
+    phone: str
+    time_zone: str
+    locale: str
+    quiet_hours: QuietHours
+    marketing_frequency: str
+    attributes: Attributes
+    created_at: datetime
+    updated_at: datetime
+
+
+def recipient_json(recipient: Recipient) -> dict[str, Any]:
+    return {
+        "external_id": recipient.external_id or "",
+        "user": user_key_json(recipient.user_id),
+        "email": recipient.email,
+        "phone": recipient.phone,
+        "time_zone": recipient.time_zone,
+        "locale": recipient.locale,
+        "quiet_hours": {
+            "enabled": recipient.quiet_hours_enabled,
+            "start": recipient.quiet_hours_start,
+            "end": recipient.quiet_hours_end,
+        },
+        "marketing_frequency": recipient.marketing_frequency,
+        "attributes": {
+            "yearly_spend": recipient.yearly_spend,
+            "last_active_at": recipient.last_active_at,
+            "interest_tags": recipient.interest_tags,
+            "points_balance": recipient.points_balance,
+            "points_expire_at": recipient.points_expire_at,
+        },
+        "created_at": recipient.created_at,
+        "updated_at": recipient.updated_at,
+    }
+
+
+def _fields(body: RecipientIn) -> dict[str, object]:
+    """The profile fields the body sets: only those it names (explicit nulls included)."""
+    sent = body.model_fields_set
+    fields: dict[str, object] = {
+        name: getattr(body, name)
+        for name in ("email", "phone", "time_zone", "locale", "marketing_frequency")
+        if name in sent
+    }
+    if "quiet_hours" in sent and body.quiet_hours is not None:
+        hours = body.quiet_hours
+        fields["quiet_hours_enabled"] = hours.enabled
+        if "start" in hours.model_fields_set or "end" in hours.model_fields_set:
+            fields["quiet_hours_start"] = hours.start
+            fields["quiet_hours_end"] = hours.end
+    if "attributes" in sent and body.attributes is not None:
+        attributes = body.attributes
+        fields.update({name: getattr(attributes, name) for name in attributes.model_fields_set})
+    for name in ("email", "phone"):  # null means none, as ""
+        if name in fields and fields[name] is None:
+            fields[name] = ""
+    for name in ("yearly_spend", "interest_tags", "points_balance"):
+        if name in fields and fields[name] is None:
+            fields[name] = {"yearly_spend": Decimal(0), "interest_tags": [], "points_balance": 0}[
+                name
+            ]
+    return fields
+
+
+@router.put(
+    "/{external_id}",
+    auth=ApiKeyAuth(ApiScope.RECIPIENTS),
+    response=answers({200: RecipientOut, 201: RecipientOut}, 404, 409),
+    summary="Create or update a recipient",
+)
+def recipient_save(
+    request: HttpRequest, external_id: str, body: RecipientIn
+) -> Status[dict[str, Any]]:
+    """Sets the fields sent and keeps the others; the same call again changes nothing (200).
+    201 when this external id is new."""
+    saved = recipient_put(external_id, _fields(body), user=body.user)
+    return Status(201 if saved.created else 200, recipient_json(saved.recipient))
+
+
+@router.get(
+    "/{external_id}",
+    auth=ApiKeyAuth(ApiScope.RECIPIENTS, ApiScope.READ, app=True),
+    response=answers({200: RecipientOut}, 404),
+    summary="Read a recipient",
+)
+def recipient_read(request: HttpRequest, external_id: str) -> Status[dict[str, Any]]:
+    return Status(200, recipient_json(recipient_get(external_id)))
+
+
+@router.get(
+    "/{external_id}/messages",
+    auth=ApiKeyAuth(ApiScope.READ, app=True),
+    response=answers({200: list[MessageOut]}, 404),
+    summary="A recipient's messages, newest first",
+)
+def recipient_message_list(
+    request: HttpRequest, external_id: str, limit: int = 20, before: int | None = None
+) -> Status[list[dict[str, Any]]]:
+    """Each with what happened on each channel and why anything was not sent. Page with
+    `before` = the last id of the previous page."""
+    recipient = recipient_get(external_id)
+    return Status(200, recipient_messages(recipient, limit=limit, before=before))
+
+
+class AppTokenOut(Schema):
+    token: str = Field(description="Give it to the app: `Authorization: Bearer ntr_…`")
+    expires_at: datetime
+
+
+@router.post(
+    "/{external_id}/app-token",
+    auth=ApiKeyAuth(ApiScope.RECIPIENTS),
+    response=answers({201: AppTokenOut}, 404),
+    summary="A token for the recipient's own app",
+)
+def app_token_create(request: HttpRequest, external_id: str) -> Status[dict[str, Any]]:
+    """Your backend calls this for the person signed in and hands the token to the app (a
+    mobile app or a web page), which then registers that person's devices and reads and
+    changes their preferences and consent, without holding an API key. Each token is valid
+    for NOTIFIER_APP_TOKEN_MAX_AGE_S (30 days) and for that one recipient."""
+    issued = app_token_issue(recipient_get(external_id))
+    return Status(201, {"token": issued.token, "expires_at": issued.expires_at})
+
+
+# --- Devices --------------------------------------------------------------------------------
+
+
+class WebPushKeys(Schema):
+    p256dh: StrictStr
+    auth: StrictStr
+
+
+class DeviceIn(Schema):
+    platform: Literal["android", "ios", "web"] = Field(
+        description="android or ios: an FCM registration token; web: a Web Push subscription"
+    )
+    token: StrictStr = Field(
+        description="The FCM registration token, or the Web Push subscription's endpoint URL"
+    )
+    keys: WebPushKeys | None = Field(
+        default=None, description="Web Push only: the subscription's keys"
+    )
+
+
+class DeviceOut(Schema):
+    id: int
+    platform: str
+    token: str
+    active: bool
+    created_at: datetime
+    deactivated_at: datetime | None
+    deactivation_reason: str
+
+
+def device_json(device: Device) -> dict[str, Any]:
+    return {
+        "id": device.pk,
+        "platform": device.platform,
+        "token": device.token,
+        "active": device.active,
+        "created_at": device.created_at,
+        "deactivated_at": device.deactivated_at,
+        "deactivation_reason": device.deactivation_reason,
+    }
+
+
+@router.post(
+    "/{external_id}/devices",
+    auth=ApiKeyAuth(ApiScope.DEVICES, app=True),
+    response=answers({200: DeviceOut, 201: DeviceOut}, 404),
+    summary="Register a push device",
+)
+def device_add(request: HttpRequest, external_id: str, body: DeviceIn) -> Status[dict[str, Any]]:
+    """A token already registered moves to this recipient and is live again (200); a new one
+    is 201. Call it whenever the app starts or its token changes."""
+    recipient = recipient_get(external_id)
+    keys = body.keys.model_dump() if body.keys is not None else None
+    registered = device_register(recipient, platform=body.platform, token=body.token, keys=keys)
+    return Status(201 if registered.created else 200, device_json(registered.device))
+
+
+@router.get(
+    "/{external_id}/devices",
+    auth=ApiKeyAuth(ApiScope.DEVICES, ApiScope.READ, app=True),
+    response=answers({200: list[DeviceOut]}, 404),
+    summary="A recipient's push devices",
+)
+def device_list(request: HttpRequest, external_id: str) -> Status[list[dict[str, Any]]]:
+    return Status(200, [device_json(d) for d in devices_of(recipient_get(external_id))])
+
+
+@router.delete(
+    "/{external_id}/devices",
+    auth=ApiKeyAuth(ApiScope.DEVICES, app=True),
+    response=answers({200: DeviceOut}, 404),
+    summary="Unregister a push device",
+)
+def device_remove(request: HttpRequest, external_id: str, token: str) -> Status[dict[str, Any]]:
+    """`?token=` the FCM token or Web Push endpoint (URL-encoded): no more pushes to it."""
+    device = device_unregister(recipient_get(external_id), token=token)
+    return Status(200, device_json(device))
+
+
+# --- Preferences and consent ----------------------------------------------------------------
+
+
+class CategoryOut(Schema):
+    category: str
+    name: str
+    description: str
+    locked: bool = Field(description="Transactional or critical: cannot be switched off")
+    channels: dict[str, bool]
+
+
+class KindOut(CategoryOut):
+    types: list[CategoryOut]
+
+
+class ConsentNow(Schema):
+    granted: bool
+    at: datetime | None
+
+
+class PreferencesOut(Schema):
+    channels: list[str]
+    categories: list[KindOut]
+    marketing_frequency: str
+    marketing_frequency_choices: list[str]
+    consent: dict[str, ConsentNow]
+
+
+class Switch(Schema):
+    category: StrictStr = Field(description='A kind ("marketing") or a type ("promo.flash_sale")')
+    channel: StrictStr = Field(description='A channel, or "all"')
+    enabled: StrictBool
+
+
+class PreferencesIn(Schema):
+    preferences: list[Switch] = Field(default_factory=list, max_length=200)
+    marketing_frequency: Literal["as_sent", "weekly", "off"] | None = None
+
+
+@router.get(
+    "/{external_id}/preferences",
+    auth=ApiKeyAuth(ApiScope.RECIPIENTS, ApiScope.READ, app=True),
+    response=answers({200: PreferencesOut}, 404),
+    summary="A recipient's preferences, as the preference centre shows them",
+)
+def preferences_read(request: HttpRequest, external_id: str) -> Status[dict[str, Any]]:
+    recipient = recipient_get(external_id)
+    return Status(200, preference_centre(user_id=recipient.user_id).as_json())
+
+
+@router.patch(
+    "/{external_id}/preferences",
+    auth=ApiKeyAuth(ApiScope.RECIPIENTS, app=True),
+    response=answers({200: PreferencesOut}, 404),
+    summary="Change a recipient's preferences",
+)
+def preferences_change(
+    request: HttpRequest, external_id: str, body: PreferencesIn
+) -> Status[dict[str, Any]]:
+    """All the switches sent, or none of them (422 names the one refused: transactional and
+    critical messages cannot be switched off)."""
+    recipient = recipient_get(external_id)
+    preferences_update(
+        user_id=recipient.user_id,
+        changes=[
+            PreferenceChange(category=s.category, channel=s.channel, enabled=s.enabled)
+            for s in body.preferences
+        ],
+        marketing_frequency=body.marketing_frequency,
+    )
+    return Status(200, preference_centre(user_id=recipient.user_id).as_json())
+
+
+class ConsentIn(Schema):
+    channel: StrictStr = Field(description='A channel that asks for consent, or "all"')
+    granted: StrictBool
+    source: StrictStr = Field(
+        min_length=1, max_length=100, description="Where: signup_form, app_settings, …"
+    )
+    wording: StrictStr = Field(
+        default="",
+        max_length=2000,
+        description="The exact words the person agreed to (required to grant)",
+    )
+    ip_address: StrictStr | None = Field(default=None, description="The person's address")
+
+
+class ConsentRecordOut(Schema):
+    purpose: str
+    channel: str
+    granted: bool
+    at: datetime
+    source: str
+    wording: str
+
+
+class ConsentOut(Schema):
+    current: dict[str, ConsentNow]
+    history: list[ConsentRecordOut] = Field(description="Newest first, at most 100")
+
+
+def consent_json(recipient: Recipient) -> dict[str, Any]:
+    history = Consent.objects.filter(
+        user_id=recipient.user_id, purpose=ConsentPurpose.MARKETING
+    ).order_by("-at", "-id")[:100]
+    return {
+        "current": preference_centre(user_id=recipient.user_id).as_json()["consent"],
+        "history": [
+            {
+                "purpose": c.purpose,
+                "channel": c.channel,
+                "granted": c.granted,
+                "at": c.at,
+                "source": c.source,
+                "wording": c.wording,
+            }
+            for c in history
+        ],
+    }
+
+
+@router.get(
+    "/{external_id}/consent",
+    auth=ApiKeyAuth(ApiScope.RECIPIENTS, ApiScope.READ, app=True),
+    response=answers({200: ConsentOut}, 404),
+    summary="A recipient's marketing consent and its history",
+)
+def consent_read(request: HttpRequest, external_id: str) -> Status[dict[str, Any]]:
+    return Status(200, consent_json(recipient_get(external_id)))
+
+
+@router.post(
+    "/{external_id}/consent",
+    auth=ApiKeyAuth(ApiScope.RECIPIENTS, app=True),
+    response=answers({200: ConsentOut}, 404),
+    summary="Record marketing consent given or withdrawn",
+)
+def consent_record(
+    request: HttpRequest, external_id: str, body: ConsentIn
+) -> Status[dict[str, Any]]:
+    """Each grant is kept with its source and wording, even when consent was already given;
+    a withdrawal with none in force records nothing."""
+    recipient = recipient_get(external_id)
+    # From the person's own app: where they were when they said it, unless the app says.
+    ip = body.ip_address
+    if ip is None and getattr(request, "app_caller", None) is not None:
+        ip = request_ip(request) or None
+    if body.granted:
+        consent_give(
+            user_id=recipient.user_id,
+            channel=body.channel,
+            source=body.source,
+            wording=body.wording,
+            ip_address=ip,
+        )
+    else:
+        consent_withdraw(
+            user_id=recipient.user_id,
+            channel=body.channel,
+            source=body.source,
+            ip_address=ip,
+        )
+    return Status(200, consent_json(recipient))

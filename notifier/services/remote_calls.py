@@ -1,0 +1,115 @@
+"""`notify()` for another Python codebase on the same broker: the Celery task `notifier.notify`
+takes its arguments as JSON carries them, checks them as the HTTP API does, and records a
+refused call (`RefusedCall`, in the admin) where an operator sees it, since nobody is waiting
+for an answer.
+
+    app.send_task("notifier.notify", kwargs={
+        "user": 42,                      # a user's key, or "recipient": "<external_id>"
+        "type": "order.shipped",
+        "context": {"order_number": "A-1001"},
+        "idempotency_key": "order-A-1001-shipped",   # optional
+        "channels": ["email"],           # optional
+        "expires_at": "2026-12-24T20:00:00+08:00",   # optional, ISO 8601 with its zone
+    }, queue="transactional.prepare")
+
+Without an idempotency key, the task's id is the key: a task the broker delivers twice (a
+worker lost mid-task) makes one message.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Any
+
+from django.utils import timezone
+
+from notifier.api import notify
+from notifier.errors import InvalidExpiry, InvalidRecipient, NotifyError
+from notifier.models import Recipient, RefusedCall
+
+log = logging.getLogger(__name__)
+
+SOURCE = "celery task notifier.notify"
+ARGUMENTS = ("user", "recipient", "type", "context", "idempotency_key", "channels", "expires_at")
+MAX_MESSAGE = 2000
+
+
+class InvalidCall(NotifyError):
+    """Arguments the task does not take, or a missing one."""
+
+
+def _user(call: Mapping[str, Any]) -> Any:
+    user, recipient = call.get("user"), call.get("recipient")
+    if (user is None) == (recipient is None):
+        raise InvalidRecipient("send either user (a user's key) or recipient (an external_id)")
+    if recipient is None:
+        return user
+    if not isinstance(recipient, str):
+        raise InvalidRecipient(f"recipient must be an external_id (text), got {recipient!r}")
+    for user_id in Recipient.objects.filter(external_id=recipient).values_list(
+        "user_id", flat=True
+    ):
+        return user_id
+    raise InvalidRecipient(f"no recipient has external_id {recipient[:80]!r}")
+
+
+def _expires_at(value: object) -> datetime | None:
+    if value is None or isinstance(value, datetime):
+        return value
+    if isinstance(value, str):
+        try:
+            return datetime.fromisoformat(value)
+        except ValueError:
+            pass
+    raise InvalidExpiry(
+        f"expires_at must be ISO 8601 text with its zone, e.g. 2026-12-24T20:00:00+08:00, "
+        f"got {str(value)[:80]!r}"
+    )
+
+
+def notify_call(
+    call: Mapping[str, Any], *, caller: str, positional: tuple[Any, ...] = ()
+) -> int | None:
+    """The message id, or None when the call was refused (and recorded)."""
+    type_key = call.get("type")
+    try:
+        if positional:
+            raise InvalidCall(
+                f"notifier.notify takes keyword arguments only ({', '.join(ARGUMENTS)}): send "
+                "them as kwargs={...}, not args=[...]"
+            )
+        unknown = sorted(set(call) - set(ARGUMENTS))
+        if unknown:
+            raise InvalidCall(
+                f"notifier.notify takes no argument {unknown[0]!r}; its arguments are "
+                f"{', '.join(ARGUMENTS)} (as keyword arguments)"
+            )
+        if type_key is None:
+            raise InvalidCall("type is required: a notification type's key, e.g. order.shipped")
+        message = notify(
+            _user(call),
+            type_key,
+            call.get("context"),
+            idempotency_key=call.get("idempotency_key") or (f"task:{caller}" if caller else None),
+            channels=call.get("channels"),
+            expires_at=_expires_at(call.get("expires_at")),
+        )
+    except NotifyError as exc:
+        refusal_record(caller=caller, error=exc, type_key=type_key)
+        return None
+    return message.pk
+
+
+def refusal_record(*, caller: str, error: Exception, type_key: object) -> RefusedCall:
+    """Keep a refused call for the operator, and log it (without the call's values)."""
+    log.warning("refused %s from %s: %s", SOURCE, caller or "-", type(error).__name__)
+    return RefusedCall.objects.create(
+        at=timezone.now(),
+        source=SOURCE,
+        caller=caller[:255],
+        error_type=type(error).__name__,
+        message=str(error)[:MAX_MESSAGE],
+        type_key=type_key[:100] if isinstance(type_key, str) else "",
+    )
