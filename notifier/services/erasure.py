@@ -41,7 +41,9 @@ from django.contrib.contenttypes.models import ContentType
 from django.core.exceptions import ValidationError
 from django.core.serializers.json import DjangoJSONEncoder
 from django.db import transaction
-from django.db.models import Model, Q, QuerySet
+from django.db.models import F, Func, JSONField, Model, Q, QuerySet, TextField, Value
+from django.db.models.expressions import BaseExpression
+from django.db.models.functions import Cast
 from django.utils import timezone
 from django.utils.crypto import salted_hmac
 
@@ -62,8 +64,10 @@ from notifier.models import (
     Preference,
     ProviderEvent,
     Recipient,
+    RefusedCall,
     SuppressedAddress,
     Unsubscribe,
+    WebhookEvent,
     normalize_email,
 )
 from notifier.models.recipients import recipient_for, user_email
@@ -205,6 +209,36 @@ def _log_entries(p: Person) -> QuerySet[Any]:
     )
 
 
+# Keys of an outbound webhook event's data that name the person beyond our own user key.
+WEBHOOK_DATA_KEYS = ["external_id", "idempotency_key"]
+
+
+def _webhook_events(p: Person) -> QuerySet[Any]:
+    """The outbox's events about the person that still carry their external id or a key."""
+    return WebhookEvent.objects.filter(
+        data__user=str(p.user_id), data__has_any_keys=WEBHOOK_DATA_KEYS
+    )
+
+
+def _without_webhook_keys(p: Person) -> Func:
+    """`data` without WEBHOOK_DATA_KEYS (jsonb - text), in the UPDATE itself."""
+    return Func(
+        F("data"),
+        *(Cast(Value(key), TextField()) for key in WEBHOOK_DATA_KEYS),
+        template="%(expressions)s",
+        arg_joiner=" - ",
+        output_field=JSONField(),
+    )
+
+
+def _refused_calls(p: Person) -> QuerySet[Any]:
+    """Refused task calls whose message quotes the person's external id or an address."""
+    quoted = Q(pk__in=[])
+    if p.external_id:
+        quoted = Q(message__contains=repr(p.external_id[:80]))
+    return RefusedCall.objects.filter(quoted | p.mentioned_in("message"))
+
+
 CORE_TABLES: tuple[PersonalTable, ...] = (
     PersonalTable(
         "notifier.Device",
@@ -287,6 +321,25 @@ CORE_TABLES: tuple[PersonalTable, ...] = (
         section="provider_events",
     ),
     PersonalTable(
+        "notifier.WebhookEvent",
+        _webhook_events,
+        blank={"data": _without_webhook_keys},
+        keep={"last_error": "the endpoint's error, not the person's"},
+        why="Events keep ids, statuses and reasons (our user key, like the deliveries); the "
+        "product's external id and the idempotency key go",
+    ),
+    PersonalTable(
+        "notifier.RefusedCall",
+        _refused_calls,
+        blank={"message": ERASED},
+        keep={
+            "source": "which door was called",
+            "caller": "the task id",
+            "error_type": "the error's name",
+            "type_key": "a notification type key",
+        },
+    ),
+    PersonalTable(
         "notifier.SuppressedAddress",
         lambda p: SuppressedAddress.objects.filter(
             Q(address__in=p.contact_points) | Q(delivery__user_id=p.user_id)
@@ -349,6 +402,9 @@ NOT_PERSONAL: dict[str, str] = {
     "notifier.RoutingRule": "routing rules",
     "notifier.PrepareRun": "message ids of a run in progress",
     "notifier.ApiKey": "keys of services; created_by is the staff member who made one",
+    "notifier.WebhookEndpoint": "the product's own endpoints, entered by staff",
+    "notifier.WebhookAttempt": "requests to an endpoint and its answers (truncated), pruned "
+    "after NOTIFIER_WEBHOOK_KEEP_DAYS; the events they carried are erased on their own rows",
     "notifier.ErasureRecord": "the audit record: a profile id, counts, who erased and why",
     "notifier.ErasedIdentifier": "keyed digests of erased identifiers, unreadable by design",
     "notifier_channels.SandboxOutage": "a channel and a time",
@@ -565,7 +621,11 @@ def _changed(
 ) -> QuerySet[Any]:
     """The rows some of whose fields still differ from `values` (a second run counts none):
     fields whose written value is never the same twice (a fresh password hash) left out."""
-    stable = {k: v for k, v in values.items() if k not in volatile}
+    stable = {
+        k: v
+        for k, v in values.items()
+        if k not in volatile and not isinstance(v, BaseExpression)  # its rows say when
+    }
     return rows.exclude(**stable) if stable else rows
 
 

@@ -18,7 +18,7 @@ from django.contrib.contenttypes.models import ContentType
 from django.core.management import CommandError, call_command
 from django.db import models
 from django.db.models import Q
-from django.test import override_settings
+from django.test import Client, override_settings
 from django.urls import reverse
 
 from campaigns.models import (
@@ -33,6 +33,7 @@ from campaigns.services.segments import RowProblem, segment_members_preview
 from channels.models import SandboxSend
 from notifier.api import notify, notify_many
 from notifier.errors import InvalidRecipient, RecipientErased
+from notifier.events_out.sending import endpoint_create
 from notifier.links import preferences_token
 from notifier.models import (
     Consent,
@@ -49,13 +50,18 @@ from notifier.models import (
     Preference,
     ProviderEvent,
     Recipient,
+    RefusedCall,
     SuppressedAddress,
     SuppressionReason,
     Unsubscribe,
     User,
+    WebhookEvent,
     recipient_for,
 )
+from notifier.models.outbound import WebhookEventType
+from notifier.services.api_keys import api_key_create
 from notifier.services.deliveries import deliveries_deliver
+from notifier.services.devices import DeviceError, device_register
 from notifier.services.erasure import (
     ErasureError,
     erasure_check,
@@ -73,6 +79,7 @@ from notifier.services.preferences import (
     preferences_update,
     unsubscribe,
 )
+from notifier.services.recipients import recipient_put
 from notifier.services.transitions import delivery_note
 from notifier.status import DeliveryStatus, Reason
 from tests.factories import DeviceFactory, UserFactory, order_context
@@ -125,6 +132,18 @@ def person(published) -> User:
     user.groups.add(Group.objects.create(name="Poets"))
     Recipient.objects.filter(user=user).update(external_id=EXTERNAL_ID)
     DeviceFactory(user=user, token=TOKEN)
+    # The product's systems hear of everything: the outbox's events name her by external id.
+    endpoint_create(
+        name="CRM",
+        url="https://crm.example.com/hooks",
+        event_types=[t for t in WebhookEventType.values if t != WebhookEventType.TEST],
+    )
+    RefusedCall.objects.create(
+        at=datetime.now(UTC),
+        source="celery task notifier.notify",
+        error_type="InvalidRecipient",
+        message=f"no recipient has external_id {EXTERNAL_ID!r}",
+    )
     # A delivered message on every channel, with her name in its context and key.
     sent = notify(
         user,
@@ -230,6 +249,11 @@ def test_erasure_leaves_nothing_personal_in_any_table(person):
     for model in (Device, Preference, Consent, FrequencyCounter, SegmentMember, TriggerEntry):
         assert not model.objects.filter(user=person).exists(), model
     assert not SuppressedAddress.objects.exists()
+    # The outbox keeps its events, with our user key and without her external id or key.
+    events = list(WebhookEvent.objects.values_list("data", flat=True))
+    assert len(events) > 3 and all("external_id" not in data for data in events)
+    assert {data["user"] for data in events} == {str(person.pk)}
+    assert RefusedCall.objects.get().message == "erased"
     assert not ProviderEvent.objects.exclude(detail={}).exists()
     # What statistics count stays: every delivery, with its status (the waiting one cancelled).
     after = dict(Delivery.objects.filter(user=person).values_list("pk", "status"))
@@ -480,3 +504,36 @@ def test_deleting_the_user_afterwards_keeps_the_record_and_the_suppression(perso
     assert record.recipient_id is None and record.user_key == str(person.pk)
     assert suppressed(email=EMAIL) and suppressed(external_id=EXTERNAL_ID)
     assert not Delivery.objects.filter(user_id=person.pk).exists()
+
+
+def test_the_service_api_does_not_take_an_erased_person_back(person, settings):
+    """PUT /recipients/{external_id} and device registration refuse them; an admin's lift lets
+    the external id in again, as a new person."""
+    erase(person)
+    key = api_key_create(name="crm", scopes=["recipients", "devices"]).token
+    auth = {"HTTP_AUTHORIZATION": f"Bearer {key}"}
+    client = Client()
+    put = client.put(
+        f"/api/v1/recipients/{EXTERNAL_ID}", {"time_zone": "UTC"}, "application/json", **auth
+    )
+    assert put.status_code == 422 and put.json()["type"] == "RecipientErased"
+    other = client.put(
+        "/api/v1/recipients/crm-someone-new", {"email": EMAIL.upper()}, "application/json", **auth
+    )
+    assert other.status_code == 422 and "email address" in other.json()["message"]
+    with pytest.raises(RecipientErased):
+        recipient_put("crm-linked", {}, user=person.pk)  # her own user, linked again
+    with pytest.raises(DeviceError, match="erased"):
+        device_register(
+            Recipient.objects.get(user=person), platform="android", token="fcm-new-0001"
+        )
+    assert not Recipient.objects.filter(external_id__in=["crm-someone-new", "crm-linked"]).exists()
+
+    suppression_lift(
+        identifier=ErasedIdentifier.objects.get(kind="external_id"), by="admin:root", reason="back"
+    )
+    again = client.put(
+        f"/api/v1/recipients/{EXTERNAL_ID}", {"time_zone": "UTC"}, "application/json", **auth
+    )
+    assert again.status_code == 201, again.content
+    assert Recipient.objects.get(external_id=EXTERNAL_ID).user_id != person.pk
