@@ -1,4 +1,5 @@
-"""App config for campaigns: plugs them into the delivery core (notifier.hooks)."""
+"""App config for campaigns: plugs them into the delivery core (notifier.hooks) and its erasure
+registry (campaigns.privacy)."""
 
 from django.apps import AppConfig
 
@@ -8,7 +9,9 @@ class CampaignsConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
+        from campaigns import privacy
         from campaigns.hooks import CampaignsPlugin
         from notifier.hooks import register_campaigns
 
         register_campaigns(CampaignsPlugin())
+        privacy.register()  # its tables in the erasure registry

@@ -18,6 +18,7 @@ from typing import Any
 from django import forms
 from django.conf import settings
 from django.contrib import admin, messages
+from django.contrib.admin.helpers import ACTION_CHECKBOX_NAME
 from django.contrib.admin.utils import quote, unquote
 from django.contrib.auth.admin import UserAdmin as DjangoUserAdmin
 from django.contrib.auth.forms import AdminUserCreationForm
@@ -42,7 +43,10 @@ from notifier.models import (
     Delivery,
     DeliveryEvent,
     Device,
+    ErasedIdentifier,
+    ErasureRecord,
     FrequencyCounter,
+    IdentifierKind,
     InboxItem,
     Message,
     NotificationType,
@@ -57,9 +61,16 @@ from notifier.models import (
     recipient_update,
 )
 from notifier.models.users import normalize_phone
-from notifier.roles import VIEW_CONTACT_DETAILS
+from notifier.roles import ERASE_RECIPIENT, EXPORT_RECIPIENT, VIEW_CONTACT_DETAILS
 from notifier.selectors import MESSAGE_CALLER_FIELDS, message_read_caller_fields, user_history
 from notifier.services.deliveries import deliveries_retry_now
+from notifier.services.erasure import (
+    MAX_REASON,
+    identifier_digests,
+    recipient_erase,
+    recipient_export,
+    suppression_lift,
+)
 from notifier.status import NOT_SENT, DeliveryStatus, Reason
 from notifier.user_keys import user_key_from_text
 
@@ -388,8 +399,9 @@ class RecipientAdmin(PeopleAdminMixin, admin.ModelAdmin):
     form = RecipientForm
     fields = ["user", *RECIPIENT_ADMIN_FIELDS]
     readonly_fields = ["user", "email", "usual_active_hour"]  # the address follows the user's
-    list_display = ["email", "phone", "user", "time_zone", "locale", "history_action"]
+    list_display = ["email", "phone", "user", "time_zone", "locale", "erased_at", "history_action"]
     list_display_links = ["email", "phone"]
+    list_filter = [("erased_at", admin.EmptyFieldListFilter)]
     list_select_related = ["user"]
     search_fields = ["email", "phone"]
     ordering = ["-id"]
@@ -403,6 +415,8 @@ class RecipientAdmin(PeopleAdminMixin, admin.ModelAdmin):
         )
 
     def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        if obj is not None and obj.erased_at is not None:
+            return False  # erased: stays empty (notifier.services.erasure)
         return super().has_change_permission(request, obj) and request.user.has_perm(
             VIEW_CONTACT_DETAILS
         )
@@ -414,6 +428,67 @@ class RecipientAdmin(PeopleAdminMixin, admin.ModelAdmin):
         )
         return format_html('<a href="{}">Delivery history</a>', url)
 
+    # --- Erasure and export (GDPR/PIPL) ---------------------------------------------------
+
+    actions = ["erase_selected", "export_json"]
+
+    def has_erase_permission(self, request: HttpRequest) -> bool:
+        return bool(request.user.has_perm(ERASE_RECIPIENT))
+
+    def has_export_permission(self, request: HttpRequest) -> bool:
+        return bool(request.user.has_perm(EXPORT_RECIPIENT))
+
+    @admin.action(description="Erase the selected recipients (GDPR/PIPL)", permissions=["erase"])
+    def erase_selected(
+        self, request: HttpRequest, queryset: QuerySet[Recipient]
+    ) -> HttpResponse | None:
+        """A confirmation page asking for the reason first; then each person is erased in a
+        transaction of their own (notifier.services.erasure)."""
+        profiles = list(queryset.order_by("pk"))
+        form = ReasonForm(request.POST if request.POST.get("post") == "yes" else None)
+        if not form.is_valid():
+            context = {
+                **self.admin_site.each_context(request),
+                "opts": self.opts,
+                "title": "Erase recipients",
+                "profiles": profiles,
+                "form": form,
+                "action_checkbox_name": ACTION_CHECKBOX_NAME,
+            }
+            request.current_app = self.admin_site.name
+            return TemplateResponse(
+                request, "admin/notifier/recipient/erase_confirmation.html", context
+            )
+        by = f"admin:{request.user.get_username()}"
+        rows = 0
+        for profile in profiles:
+            report = recipient_erase(profile, by=by, reason=form.cleaned_data["reason"])
+            rows += report.rows
+        self.message_user(
+            request,
+            f"Erased {len(profiles)} recipient{'s' if len(profiles) != 1 else ''} "
+            f"({rows} rows deleted or emptied); their identifiers are on the suppression list.",
+            messages.SUCCESS,
+        )
+        return None
+
+    @admin.action(description="Export the selected recipients as JSON", permissions=["export"])
+    def export_json(self, request: HttpRequest, queryset: QuerySet[Recipient]) -> HttpResponse:
+        profiles = list(queryset.select_related("user").order_by("pk"))
+        body = {
+            "format": "notifier.recipient-exports/1",
+            "exports": [recipient_export(profile) for profile in profiles],
+        }
+        name = (
+            f"recipient-{profiles[0].pk}.json" if len(profiles) == 1 else "recipients-export.json"
+        )
+        response = HttpResponse(
+            json.dumps(body, ensure_ascii=False, indent=2),
+            content_type="application/json; charset=utf-8",
+        )
+        response["Content-Disposition"] = f'attachment; filename="{name}"'
+        return response
+
     def delivery_history_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
         profile = self.get_object(request, unquote(object_id))
         if profile is None:
@@ -421,6 +496,14 @@ class RecipientAdmin(PeopleAdminMixin, admin.ModelAdmin):
         if not self.has_view_permission(request, profile):
             raise PermissionDenied
         return delivery_history_page(self, request, user=profile.user, original=profile)
+
+
+class ReasonForm(forms.Form):
+    reason = forms.CharField(
+        max_length=MAX_REASON,
+        widget=forms.Textarea(attrs={"rows": 3, "cols": 60}),
+        help_text="Kept in the record: a ticket number, not the person's own words",
+    )
 
 
 def _zone(name: str) -> zoneinfo.ZoneInfo | None:
@@ -1089,6 +1172,75 @@ class PeriodicTaskAdmin(BeatPeriodicTaskAdmin):
 if settings.NOTIFIER_ADMIN_REPLACE_BEAT:
     admin.site.unregister(PeriodicTask)
     admin.site.register(PeriodicTask, PeriodicTaskAdmin)
+
+
+# --- Erasure (GDPR/PIPL) ----------------------------------------------------------------------
+
+
+@admin.register(ErasureRecord)
+class ErasureRecordAdmin(ReadOnlyMixin, admin.ModelAdmin):
+    """Every erasure: who, when, why and how many rows per table; no personal data."""
+
+    list_display = ["at", "recipient_id", "user_key", "by", "identifiers", "repeat"]
+    list_filter = ["repeat"]
+    search_fields = ["=user_key", "=recipient__id", "by"]
+    ordering = ["-at"]
+    fields = ["at", "recipient", "user_key", "by", "reason", "counts", "identifiers", "repeat"]
+    raw_id_fields = ["recipient"]
+
+
+@admin.register(ErasedIdentifier)
+class ErasedIdentifierAdmin(ReadOnlyMixin, admin.ModelAdmin):
+    """The suppression list of erased people's identifiers, as digests: search by typing the
+    email address, phone number or external id itself. An admin lifts a suppression when the
+    person came back (the row stays, lifted, with who and why)."""
+
+    list_display = ["__str__", "kind", "at", "erasure", "lifted_at", "lifted_by"]
+    list_filter = ["kind", ("lifted_at", admin.EmptyFieldListFilter)]
+    ordering = ["-at"]
+    search_fields = ["digest"]
+    raw_id_fields = ["erasure"]
+    actions = ["lift"]
+
+    def get_search_results(
+        self, request: HttpRequest, queryset: QuerySet[ErasedIdentifier], search_term: str
+    ) -> tuple[QuerySet[ErasedIdentifier], bool]:
+        """Typed as people write them: the digests of the term, as each kind of identifier."""
+        term = search_term.strip()
+        if not term:
+            return queryset, False
+        digests = {digest for kind in IdentifierKind for digest in identifier_digests(kind, term)}
+        return queryset.filter(digest__in=digests), False
+
+    def has_lift_permission(self, request: HttpRequest) -> bool:
+        return bool(request.user.has_perm("notifier.change_erasedidentifier"))
+
+    @admin.action(description="Lift the selected suppressions", permissions=["lift"])
+    def lift(
+        self, request: HttpRequest, queryset: QuerySet[ErasedIdentifier]
+    ) -> HttpResponse | None:
+        identifiers = list(queryset.order_by("pk"))
+        form = ReasonForm(request.POST if request.POST.get("post") == "yes" else None)
+        if not form.is_valid():
+            context = {
+                **self.admin_site.each_context(request),
+                "opts": self.opts,
+                "title": "Lift suppressions",
+                "identifiers": identifiers,
+                "form": form,
+                "action_checkbox_name": ACTION_CHECKBOX_NAME,
+            }
+            request.current_app = self.admin_site.name
+            return TemplateResponse(
+                request, "admin/notifier/erasedidentifier/lift_confirmation.html", context
+            )
+        by = f"admin:{request.user.get_username()}"
+        lifted = sum(
+            suppression_lift(identifier=i, by=by, reason=form.cleaned_data["reason"])
+            for i in identifiers
+        )
+        self.message_user(request, f"Lifted {lifted} suppression(s).", messages.SUCCESS)
+        return None
 
 
 # The service API's keys live in its own room (notifier/http_api/admin.py).

@@ -20,7 +20,7 @@ from typing import Any, TypeVar, cast
 
 from django.contrib.auth import get_user_model
 from django.db import DatabaseError
-from django.db.models import Model
+from django.db.models import Model, Value
 from django.utils import timezone
 from django.utils.functional import LazyObject, empty
 
@@ -34,6 +34,7 @@ from notifier.errors import (
     InvalidRecipient,
     MissingContextVariable,
     NotifyError,
+    RecipientErased,
     UnknownNotificationType,
 )
 from notifier.ids import MAX_ID
@@ -215,13 +216,24 @@ def check_recipients(users: Iterable[object]) -> list[UserKey]:
     ids = _user_ids(users)
     model = get_user_model()
     users = model._default_manager.filter(pk__in=set(ids))
+    # With whether each was erased (notifier.services.erasure): the profile, joined.
     if any(field.name == "is_active" for field in model._meta.concrete_fields):
-        active = dict(users.values_list("pk", "is_active"))
+        rows = users.values_list("pk", "is_active", "notifier_recipient__erased_at")
     else:  # a user model without the flag: every user it has is active
-        active = dict.fromkeys(users.values_list("pk", flat=True), True)
+        rows = users.annotate(active=Value(True)).values_list(
+            "pk", "active", "notifier_recipient__erased_at"
+        )
+    found = list(rows)
+    active = {pk: is_active for pk, is_active, _ in found}
     missing = sorted({pk for pk in ids if pk not in active})
     if missing:
         raise InvalidRecipient(f"no user with id {_id_list(missing)}; they may have been deleted")
+    erased = sorted(pk for pk, _, erased_at in found if erased_at is not None)
+    if erased:
+        raise RecipientErased(
+            f"user {_id_list(erased)} {'was' if len(erased) == 1 else 'were'} erased at "
+            "their request (GDPR/PIPL); erased people are not notified"
+        )
     inactive = sorted({pk for pk in ids if not active[pk]})
     if inactive:
         raise InvalidRecipient(

@@ -241,6 +241,12 @@ NOTIFIER_WEBHOOK_MAX_AGE_S = 12 * 3600
 # (https://notify.example.com), or trust the proxy's X-Forwarded-Proto/-Host headers.
 NOTIFIER_TWILIO_WEBHOOK_BASE_URL = ""
 
+# --- Erasure (notifier.services.erasure) -----------------------------------------------------
+# The key of the digests that keep erased identifiers on the suppression list. Empty: SECRET_KEY
+# (and SECRET_KEY_FALLBACKS, so a rotated key still recognises them). Set it to keep the list
+# valid across SECRET_KEY changes; changing it forgets every suppression.
+NOTIFIER_ERASURE_KEY = ""
+
 # --- Observability --------------------------------------------------------------------------
 # /metrics/ answers only "Authorization: Bearer <this>"; empty, it does not exist (404).
 NOTIFIER_METRICS_TOKEN = ""

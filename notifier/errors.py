@@ -24,6 +24,12 @@ class InvalidRecipient(NotifyError):
     """The user is missing, unsaved, deleted or inactive, or is not a User or an integer id."""
 
 
+class RecipientErased(InvalidRecipient):
+    """The person's data was erased at their request (notifier.services.erasure): nothing is
+    sent to them, and their identifiers are not taken in again until an admin lifts the
+    suppression."""
+
+
 class InvalidContext(NotifyError):
     """The context is not a JSON object of plain JSON values, or is too large (64 KB as JSON),
     too deep (32 levels of dicts and lists), or holds an integer outside 64 bits."""

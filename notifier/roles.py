@@ -65,6 +65,9 @@ SUPPORT_VIEWS_NOTIFIER = (
 
 VIEW_CONTACT_DETAILS = "notifier.view_contact_details"
 RETRY_DELIVERY = "notifier.retry_delivery"
+# Erasing a person's data, and exporting all of it (GDPR/PIPL): the Admin role only.
+ERASE_RECIPIENT = "notifier.erase_recipient"
+EXPORT_RECIPIENT = "notifier.export_recipient"
 APPROVE_CAMPAIGN = "campaigns.approve_campaign"
 # Letting a campaign send in customers' quiet hours: a lead's decision, never a marketer's.
 ALLOW_QUIET_HOURS = "campaigns.allow_quiet_hours"

@@ -89,6 +89,7 @@ class Reason(models.TextChoices):
     CHANNEL_NOT_ALLOWED = "channel_not_allowed", "The notification type no longer uses this channel"
     TYPE_INACTIVE = "type_inactive", "The notification type was switched off"
     USER_INACTIVE = "user_inactive", "The user's account is inactive"
+    RECIPIENT_ERASED = "recipient_erased", "The person's data was erased at their request"
     NO_EMAIL_ADDRESS = "no_email_address", "No email address on file"
     NO_PHONE_NUMBER = "no_phone_number", "No phone number on file"
     INVALID_PHONE_NUMBER = "invalid_phone_number", "The phone number on file is not valid"

@@ -18,3 +18,9 @@ def test_a_host_project_with_uuid_user_keys_runs_notifier_end_to_end():
     result = run_host_tests("tests.host.settings", "tests/host/host_e2e.py")
     assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-3000:]
     assert "5 passed" in result.stdout
+
+
+def test_erasure_in_a_host_project_leaves_the_hosts_user_row_alone():
+    result = run_host_tests("tests.host.settings", "tests/host/erasure_e2e.py")
+    assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-3000:]
+    assert "1 passed" in result.stdout

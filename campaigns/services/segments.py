@@ -35,8 +35,9 @@ from django.db.models.functions import Lower
 from django.utils import timezone
 
 from campaigns.models import Activity, AudienceThresholds, Segment, SegmentMember, SpendTier
-from notifier.models import Recipient, User, recipients_backfill
+from notifier.models import IdentifierKind, Recipient, User, recipients_backfill
 from notifier.models.users import normalize_phone
+from notifier.services.erasure import suppressed_digests
 from notifier.user_keys import UserKey, user_key_from_text
 
 # Rows resolved per query in an import: small enough for a short IN list, large enough that
@@ -274,7 +275,8 @@ def segment_walk(
     rules = profile_rules_q(segment, thresholds=thresholds or AudienceThresholds.current(), now=now)
     if after == 0:
         recipients_backfill()
-    profiles = Recipient.objects.filter(rules, pk__gt=after)
+    # Erased people (notifier.services.erasure) are in no audience.
+    profiles = Recipient.objects.filter(rules, pk__gt=after, erased_at__isnull=True)
     if segment.use_member_list:
         profiles = profiles.filter(
             Exists(SegmentMember.objects.filter(segment_id=segment.pk, user_id=OuterRef("user_id")))
@@ -339,6 +341,7 @@ class RowProblem(models.TextChoices):
     UNKNOWN_USER = "unknown_user", "Unknown user"
     INACTIVE_USER = "inactive_user", "Deactivated user"
     AMBIGUOUS = "ambiguous", "Several users match"
+    ERASED = "erased", "Erased at their request"
     DUPLICATE_ROW = "duplicate_row", "Duplicate row"
 
 
@@ -408,6 +411,7 @@ def segment_members_preview(
     for row in preview.rows:
         _normalize(row)
     _mark_duplicates(preview.rows, lambda row: (row.column, row.key))
+    _mark_erased_identifiers(preview.rows)
     _resolve_users(preview.rows)
     _mark_duplicates(preview.rows, lambda row: ("user", str(row.user_id)))
     _mark_members(preview.rows, segment_id=segment.pk)
@@ -427,6 +431,7 @@ def segment_members_add(*, segment: Segment, user_ids: Sequence[UserKey]) -> Mem
         addable = set(
             get_user_model()
             ._default_manager.filter(pk__in=chunk, is_active=True)
+            .exclude(notifier_recipient__erased_at__isnull=False)
             .values_list("pk", flat=True)
         )
         new = sorted(addable - existing)
@@ -573,6 +578,7 @@ def _resolve_users(rows: list[ImportRow]) -> None:
             .values_list("user_id", "email", "user__is_active"),
         )
 
+    erased = _erased_users(pk for matches in found.values() for pk in matches)
     for row in pending:
         matches = found.get((row.column, row.key), {})
         if not matches:
@@ -584,10 +590,42 @@ def _resolve_users(rows: list[ImportRow]) -> None:
             )
         else:
             [(pk, is_active)] = matches.items()
-            if is_active:
+            if pk in erased:
+                row.fail(RowProblem.ERASED, f"user {pk}: {ERASED_MESSAGE}")
+            elif is_active:
                 row.user_id = pk
             else:
                 row.fail(RowProblem.INACTIVE_USER, f"user {pk} is deactivated")
+
+
+ERASED_MESSAGE = (
+    "erased at their request (GDPR/PIPL); an admin can lift the suppression if they came back"
+)
+
+
+def _mark_erased_identifiers(rows: list[ImportRow]) -> None:
+    """Rows naming an email address or phone number of an erased person: refused, whoever
+    holds that address now (notifier.services.erasure keeps their digests)."""
+    for column, kind in (("email", IdentifierKind.EMAIL), ("phone", IdentifierKind.PHONE)):
+        named = [row for row in rows if row.problem is None and row.column == column]
+        if not named:
+            continue
+        erased = suppressed_digests(kind, {row.key for row in named})
+        for row in named:
+            if row.key in erased:
+                row.fail(RowProblem.ERASED, f"{row.column} {row.value}: {ERASED_MESSAGE}")
+
+
+def _erased_users(user_ids: Iterable[UserKey]) -> set[UserKey]:
+    ids = sorted(set(user_ids))
+    erased: set[UserKey] = set()
+    for chunk in _chunks(ids, IMPORT_CHUNK):
+        erased |= set(
+            Recipient.objects.filter(user_id__in=chunk, erased_at__isnull=False).values_list(
+                "user_id", flat=True
+            )
+        )
+    return erased
 
 
 def _mark_members(rows: list[ImportRow], *, segment_id: int) -> None:

@@ -1,6 +1,7 @@
 """The core models: users and their contact points, notification types, the delivery log."""
 
 from notifier.models.api_keys import ApiKey, ApiScope, RefusedCall
+from notifier.models.erasure import ErasedIdentifier, ErasureRecord, IdentifierKind
 from notifier.models.inbox import Feedback, InboxItem
 from notifier.models.messages import (
     DeadLetter,
@@ -57,10 +58,13 @@ __all__ = [
     "Delivery",
     "DeliveryEvent",
     "Device",
+    "ErasedIdentifier",
+    "ErasureRecord",
     "EventKind",
     "EventOutcome",
     "Feedback",
     "FrequencyCounter",
+    "IdentifierKind",
     "InboxItem",
     "Kind",
     "MarketingFrequency",

@@ -73,11 +73,16 @@ class Recipient(models.Model):
     usual_active_hour = models.PositiveSmallIntegerField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
+    # Set when the person was erased (notifier.services.erasure): the profile stays, emptied,
+    # so their user's rows still find it, and nothing is sent to them again.
+    erased_at = models.DateTimeField(null=True, blank=True, editable=False)
 
     class Meta:
-        # Full email addresses and phone numbers in the admin; without it they are masked.
         permissions = [
-            ("view_contact_details", "Can see users' full email addresses and phone numbers")
+            # Full email addresses and phone numbers in the admin; without it they are masked.
+            ("view_contact_details", "Can see users' full email addresses and phone numbers"),
+            ("erase_recipient", "Can erase a recipient's personal data (GDPR/PIPL)"),
+            ("export_recipient", "Can export everything held about a recipient as JSON"),
         ]
         indexes = [
             models.Index(fields=["email"], name="recipient_email_idx"),
@@ -241,7 +246,11 @@ def recipient_follow_user(sender: Any, instance: Any, created: bool, **kwargs: A
     if not any(f.name == name for f in sender._meta.concrete_fields):
         return
     email = user_email(instance)
-    Recipient.objects.filter(user_id=instance.pk).exclude(email=email).update(email=email)
+    # An erased person's profile stays empty: the host's user row keeps its address, and
+    # saving that user must not bring it back (notifier.services.erasure).
+    Recipient.objects.filter(user_id=instance.pk, erased_at__isnull=True).exclude(
+        email=email
+    ).update(email=email)
     cached = instance._state.fields_cache.get("notifier_recipient")
-    if isinstance(cached, Recipient):
+    if isinstance(cached, Recipient) and cached.erased_at is None:
         cached.email = email

@@ -401,8 +401,10 @@ def _bad_link_text(exc: BadLink | PreferenceError) -> HttpResponse:
 
 
 def _check_user(user_id: UserKey) -> UserKey:
-    # A valid signature for a user deleted since: the link points at nobody.
-    if not get_user_model()._default_manager.filter(pk=user_id).exists():
+    # A valid signature for a user deleted since, or erased since (notifier.services.erasure):
+    # the link points at nobody, and must not record choices or consent for them again.
+    users = get_user_model()._default_manager.filter(pk=user_id)
+    if not users.exclude(notifier_recipient__erased_at__isnull=False).exists():
         raise UnknownUser(f"no user {user_id}")
     return user_id
 

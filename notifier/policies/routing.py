@@ -25,6 +25,7 @@ class Recipient:
     phone: str
     active_devices: int
     email_suppressed: bool = False  # on the suppression list (hard bounce, complaint)
+    erased: bool = False  # the person's data was erased at their request
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,6 +64,8 @@ def decide_channel(
         return suppress(Reason.TYPE_INACTIVE)
     if channel not in type_channels:
         return suppress(Reason.CHANNEL_NOT_ALLOWED)
+    if recipient.erased:
+        return suppress(Reason.RECIPIENT_ERASED)
     if not recipient.is_active:
         return suppress(Reason.USER_INACTIVE)
     if channel is Channel.EMAIL:

@@ -89,6 +89,8 @@ def device_register(
 ) -> Registered:
     """Register the token for this person, moving it from whoever had it."""
     platform_, token_, keys_ = check_device(platform, token, keys)
+    if recipient.erased_at is not None:  # notifier.services.erasure
+        raise DeviceError("this recipient was erased at their request; nothing is sent to them")
     try:
         with transaction.atomic():
             return _register(recipient, platform_, token_, keys_)

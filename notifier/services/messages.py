@@ -23,7 +23,7 @@ from notifier import dispatch
 from notifier.db import copy_rows, insert_rows, model_field, table_name, with_defaults
 from notifier.errors import IdempotencyKeyReused
 from notifier.events_out import record
-from notifier.models import Message
+from notifier.models import Message, Recipient
 from notifier.queues import Lane
 from notifier.user_keys import UserKey
 
@@ -128,14 +128,19 @@ def _insert_one_for_active_user(row: NewMessage, now: datetime) -> int | None:
         else ""
     )
     params = [f.get_db_prep_save(v, connection) for f, v in zip(fields, values, strict=True)]
+    user_key = model._meta.pk.get_db_prep_value(row.user_id, connection)
     with connection.cursor() as cursor:
+        # An erased person (notifier.services.erasure) is refused too: one more lookup on the
+        # profiles' unique user index.
         cursor.execute(
             f"INSERT INTO {table_name(Message)} "
             f"({', '.join(qn(f.get_attname_column()[1]) for f in fields)}) "
             f"SELECT {', '.join(['%s'] * len(fields))} WHERE EXISTS "
             f"(SELECT 1 FROM {table_name(model)} WHERE {key} = %s{active}) "
+            f"AND NOT EXISTS (SELECT 1 FROM {table_name(Recipient)} "
+            f"WHERE user_id = %s AND erased_at IS NOT NULL) "
             f"ON CONFLICT DO NOTHING RETURNING id",
-            [*params, model._meta.pk.get_db_prep_value(row.user_id, connection)],
+            [*params, user_key, user_key],
         )
         found = cursor.fetchone()
     return int(found[0]) if found else None

@@ -201,6 +201,7 @@ def channel_decision(channel: Channel, message: Message, audience: Audience) -> 
         email_suppressed=channel is Channel.EMAIL
         and bool(profile.email and audience.suppressed_emails)
         and normalize_email(profile.email) in audience.suppressed_emails,
+        erased=profile.erased_at is not None,
     )
     decision = decide_channel(
         channel, recipient, type_channels=frozenset(info.channels), type_active=info.is_active

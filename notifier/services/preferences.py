@@ -221,7 +221,10 @@ def _lock_user(user_id: UserKey) -> str:
     user = get_user_model()._default_manager.select_for_update().filter(pk=user_id).first()
     if user is None:
         raise UnknownUser(f"no user {user_id}")
-    return recipient_for(user).marketing_frequency
+    profile = recipient_for(user)
+    if profile.erased_at is not None:  # notifier.services.erasure: no choices recorded again
+        raise UnknownUser(f"user {user_id} was erased at their request")
+    return profile.marketing_frequency
 
 
 def _overrides(user_id: UserKey) -> dict[tuple[str, str], bool]:

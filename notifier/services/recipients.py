@@ -29,8 +29,10 @@ from django.core.validators import validate_email
 from django.db import IntegrityError, transaction
 from django.utils.module_loading import import_string
 
+from notifier.errors import RecipientErased
 from notifier.models import MarketingFrequency, Recipient, recipient_for
 from notifier.models.users import normalize_phone, validate_time_zone
+from notifier.services.erasure import erasure_check
 from notifier.user_keys import UserKey, user_key
 
 MAX_EXTERNAL_ID = 255  # Recipient.external_id
@@ -327,9 +329,22 @@ def _put(external: str, checked: dict[str, Any], link: UserKey | None) -> Saved:
             "external_id"
         )
     if profile is None:
+        # A new external id: not one of an erased person's (notifier.services.erasure), nor
+        # the address or number sent with it, unless an admin lifted the suppression.
+        erasure_check(
+            external_id=external,
+            email=checked.get("email") or None,
+            phone=checked.get("phone") or None,
+        )
         profile = _linked(external, link) if link is not None else _made(external)
         created = profile.external_id is None
+    if profile.erased_at is not None:
+        raise RecipientErased(
+            f"user {profile.user_id!r} was erased at their request; erased people are not "
+            "taken in again"
+        )
     changed = {name: value for name, value in checked.items() if getattr(profile, name) != value}
+    erasure_check(email=changed.get("email") or None, phone=changed.get("phone") or None)
     if profile.external_id != external:
         profile.external_id = external
         changed["external_id"] = external

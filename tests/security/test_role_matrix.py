@@ -40,6 +40,8 @@ from notifier.models import (
     DeadLetter,
     Delivery,
     Device,
+    ErasedIdentifier,
+    ErasureRecord,
     FrequencyCounter,
     InboxItem,
     Message,
@@ -62,6 +64,7 @@ from notifier.models.providers import (
 from notifier.roles import roles_sync
 from notifier.services.api_keys import api_key_create
 from notifier.services.deliveries import deliveries_deliver
+from notifier.services.erasure import recipient_erase
 from notifier.services.pipeline import messages_prepare
 from notifier.services.preferences import PreferenceChange, consent_give, preferences_update
 from notifier.status import DeliveryStatus
@@ -113,6 +116,9 @@ MODELS: dict[type[Model], Access] = {
     Recipient: Access(SUPPORT_ADMIN, NOBODY, ADMIN_ONLY, ADMIN_ONLY),
     # Keys of the service API: Admins make and revoke them; a revoked key stays listed.
     ApiKey: Access(ADMIN_ONLY, ADMIN_ONLY, ADMIN_ONLY, NOBODY),
+    # Erasure's audit trail and suppression list: Admins read them (and lift a suppression).
+    ErasureRecord: read_only(ADMIN_ONLY),
+    ErasedIdentifier: read_only(ADMIN_ONLY),
     # Calls to the Celery task notifier.notify that were refused: for the operator.
     RefusedCall: read_only(ADMIN_ONLY),
     # Outbound webhooks: where the product's systems are told what happened, with a signing
@@ -179,7 +185,14 @@ ACTIONS: dict[type[Model], dict[str, frozenset[str]]] = {
     SolarSchedule: {"delete_selected": ADMIN_ONLY},
     IntervalSchedule: {"delete_selected": ADMIN_ONLY},
     User: {"delete_selected": ADMIN_ONLY},
-    Recipient: {"delete_selected": ADMIN_ONLY},
+    # Erasing a person and exporting all their data (GDPR/PIPL): Admins only.
+    Recipient: {
+        "delete_selected": ADMIN_ONLY,
+        "erase_selected": ADMIN_ONLY,
+        "export_json": ADMIN_ONLY,
+    },
+    ErasureRecord: {"delete_selected": NOBODY},
+    ErasedIdentifier: {"delete_selected": NOBODY, "lift": ADMIN_ONLY},
     ApiKey: {"delete_selected": NOBODY, "revoke": ADMIN_ONLY},
     RefusedCall: {"delete_selected": NOBODY},
     WebhookEndpoint: {
@@ -302,6 +315,9 @@ def objects(monkeypatch) -> dict[type[Model], Model]:
     )
     consent_give(user_id=customer.pk, channel="email", source="test", wording="Yes")
     interval = IntervalSchedule.objects.create(every=10, period=IntervalSchedule.SECONDS)
+    erased = recipient_erase(
+        recipient_for(UserFactory(email="erased@example.com")), by="test", reason="ticket 1"
+    )
     segment = Segment.objects.create(name="Fans")
     campaign = campaign_create(
         name="Winter sale",
@@ -326,6 +342,8 @@ def objects(monkeypatch) -> dict[type[Model], Model]:
         User: customer,
         Recipient: recipient_for(customer),
         ApiKey: api_key_create(name="checkout", scopes=["notify"]).key,
+        ErasureRecord: ErasureRecord.objects.get(pk=erased.record_id),
+        ErasedIdentifier: ErasedIdentifier.objects.filter(erasure_id=erased.record_id).first(),
         RefusedCall: RefusedCall.objects.create(
             at=datetime.now(UTC),
             source="celery task notifier.notify",

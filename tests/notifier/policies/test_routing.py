@@ -28,6 +28,12 @@ def test_a_reachable_user_gets_every_channel(channel):
         (Channel.SMS, Recipient(True, "a@x.com", "not a number", 1), Reason.INVALID_PHONE_NUMBER),
         (Channel.PUSH, Recipient(True, "a@x.com", "+8613800138000", 0), Reason.NO_ACTIVE_DEVICE),
         (Channel.INAPP, Recipient(False, "a@x.com", "+8613800138000", 1), Reason.USER_INACTIVE),
+        # Erased at their request: said before anything else about the person.
+        (
+            Channel.INAPP,
+            Recipient(False, "", "", 0, erased=True),
+            Reason.RECIPIENT_ERASED,
+        ),
     ],
 )
 def test_a_missing_contact_point_suppresses_with_its_reason(channel, recipient, reason):
