@@ -134,6 +134,8 @@ ENDPOINTS: dict[str, str | None] = {
     "notifier:api-v1:recipient_read": "service_api",
     "notifier:api-v1:recipient_message_list": "service_api",
     "notifier:api-v1:app_token_create": "service_api",
+    "notifier:api-v1:recipient_delete": "service_api",
+    "notifier:api-v1:recipient_data_export": "service_api",
     "notifier:api-v1:device_add": "service_api",
     "notifier:api-v1:device_list": "service_api",
     "notifier:api-v1:device_remove": "service_api",

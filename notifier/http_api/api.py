@@ -24,6 +24,7 @@ from notifier.http_api.recipients import router as recipients_router
 from notifier.models import Message, Recipient
 from notifier.models.api_keys import ApiScope
 from notifier.services.devices import DeviceError, UnknownDevice
+from notifier.services.erasure import ErasureError
 from notifier.services.preferences import PreferenceError
 from notifier.services.recipients import (
     EXTERNAL_ID_RULE,
@@ -123,6 +124,11 @@ def _recipient_error(request: HttpRequest, exc: RecipientError) -> HttpResponse:
 def _device_error(request: HttpRequest, exc: DeviceError) -> HttpResponse:
     status = 404 if isinstance(exc, UnknownDevice) else 422
     return _problem(request, status, type(exc).__name__, str(exc))
+
+
+@api.exception_handler(ErasureError)
+def _erasure_error(request: HttpRequest, exc: ErasureError) -> HttpResponse:
+    return _problem(request, 422, type(exc).__name__, str(exc))
 
 
 @api.exception_handler(PreferenceError)

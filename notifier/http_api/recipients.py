@@ -26,6 +26,7 @@ from notifier.pages.preferences import preference_centre
 from notifier.request_limits import request_ip
 from notifier.services.app_tokens import app_token_issue
 from notifier.services.devices import device_register, device_unregister, devices_of
+from notifier.services.erasure import recipient_erase, recipient_export, suppressed
 from notifier.services.preferences import (
     PreferenceChange,
     consent_give,
@@ -191,6 +192,73 @@ def recipient_message_list(
     `before` = the last id of the previous page."""
     recipient = recipient_get(external_id)
     return Status(200, recipient_messages(recipient, limit=limit, before=before))
+
+
+class ErasedOut(Schema):
+    external_id: str
+    erased: bool = Field(description="Always true: the recipient's data is gone")
+    already: bool = Field(description="It had been erased before this call")
+    rows: int = Field(description="Rows this call deleted or anonymised")
+    record: int | None = Field(description="The erasure's record, for an admin")
+
+
+@router.delete(
+    "/{external_id}",
+    auth=ApiKeyAuth(ApiScope.RECIPIENTS),
+    response=answers({200: ErasedOut}, 404),
+    summary="Erase a recipient (GDPR/PIPL)",
+)
+def recipient_delete(
+    request: HttpRequest, external_id: ExternalId, reason: str = "erasure requested over the API"
+) -> Status[dict[str, Any]]:
+    """Their contact points, devices, preferences, consent, inbox, message content and
+    provider ids are removed or anonymised everywhere; counts for campaign statistics stay,
+    without personal data. Their identifiers go on a suppression list, so a later
+    `PUT /recipients/{external_id}` or a list import does not bring them back until an admin
+    lifts it. Asking again answers 200 with `already`. `?reason=`: a ticket number, kept in
+    the erasure's record."""
+    if (
+        suppressed(external_id=external_id)
+        and not Recipient.objects.filter(external_id=external_id).exists()
+    ):
+        return Status(
+            200,
+            {
+                "external_id": external_id,
+                "erased": True,
+                "already": True,
+                "rows": 0,
+                "record": None,
+            },
+        )
+    recipient = recipient_get(external_id)
+    key = getattr(request, "api_key", None)
+    report = recipient_erase(
+        recipient, by=f"API key {getattr(key, 'prefix', '?')}", reason=reason[:500] or "API"
+    )
+    return Status(
+        200,
+        {
+            "external_id": external_id,
+            "erased": True,
+            "already": report.repeat,
+            "rows": report.rows,
+            "record": report.record_id,
+        },
+    )
+
+
+@router.get(
+    "/{external_id}/export",
+    auth=ApiKeyAuth(ApiScope.RECIPIENTS),
+    response=answers({200: dict[str, Any]}, 404),
+    summary="Everything held about a recipient, as JSON (GDPR/PIPL access)",
+)
+def recipient_data_export(request: HttpRequest, external_id: ExternalId) -> Status[dict[str, Any]]:
+    """The profile, messages with their deliveries, events and what they said, devices,
+    preferences, consent history, inbox, unsubscribes, segment memberships and earlier
+    erasures: the `notifier.recipient-export/1` document the admin's export downloads."""
+    return Status(200, recipient_export(recipient_get(external_id)))
 
 
 class AppTokenOut(Schema):

@@ -12,7 +12,10 @@ from notifier.operations.probe import main as probe_main
 
 DEPLOY = Path(__file__).resolve().parent.parent.parent / "deploy"
 # Names whose values are secrets wherever they appear.
-SECRET_NAME = re.compile(r"SECRET|PASSWORD|TOKEN|_KEY$|DSN|AUTH|CREDENTIALS", re.IGNORECASE)
+# A token's lifetime or rate (NOTIFIER_APP_TOKEN_MAX_AGE_S) is not a secret; the token is.
+SECRET_NAME = re.compile(
+    r"SECRET|PASSWORD|TOKEN(?!_MAX_AGE|_RATE)|_KEY$|DSN|AUTH|CREDENTIALS", re.IGNORECASE
+)
 # A URL with a password in it: scheme://user:password@host
 URL_WITH_PASSWORD = re.compile(r"[a-z+]+://[^\s:/@\"']*:[^\s@/\"'$]+@")
 

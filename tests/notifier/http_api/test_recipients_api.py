@@ -463,3 +463,35 @@ def test_an_app_token_that_is_forged_expired_or_whose_recipient_is_gone_is_refus
     settings.NOTIFIER_APP_TOKEN_MAX_AGE_S = 3600
     Recipient.objects.filter(external_id="app-3").update(external_id="someone-else")
     assert call("get", "/api/v1/recipients/someone-else/preferences", key=app).status_code == 401
+
+
+# --- Erasure and export -----------------------------------------------------------------------
+
+
+def test_export_then_erase_over_the_api_and_the_person_does_not_come_back():
+    call("put", "/api/v1/recipients/gone-1", {"email": "gone@example.com", "phone": "+14155550199"})
+    call("post", "/api/v1/recipients/gone-1/devices", {"platform": "android", "token": "tok-gone"})
+    call(
+        "post",
+        "/api/v1/notify",
+        {"recipient": "gone-1", "type": "order.shipped", "context": order_context()},
+    )
+    exported = call("get", "/api/v1/recipients/gone-1/export")
+    assert exported.status_code == 200
+    assert "gone@example.com" in json.dumps(exported.json())
+    assert call("get", "/api/v1/recipients/gone-1/export", key=token("read")).status_code == 403
+
+    erased = call("delete", "/api/v1/recipients/gone-1?reason=ticket-1234")
+    assert erased.status_code == 200, erased.json()
+    assert erased.json()["erased"] is True and erased.json()["already"] is False
+    assert erased.json()["rows"] > 0
+    assert not Recipient.objects.filter(email="gone@example.com").exists()
+    assert not Device.objects.filter(token="tok-gone").exists()
+    assert Message.objects.get().context == {}
+
+    again = call("delete", "/api/v1/recipients/gone-1")
+    assert again.status_code == 200 and again.json()["already"] is True
+    back = call("put", "/api/v1/recipients/gone-1", {"locale": "en"})
+    assert back.status_code == 422
+    assert back.json()["type"] == "RecipientErased"
+    assert call("get", "/api/v1/recipients/gone-1").status_code == 404
