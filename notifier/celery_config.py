@@ -19,10 +19,11 @@ from celery import signals
 from django.db import close_old_connections
 
 from notifier.operations.probe_state import install_worker_probe
-from notifier.queues import CELERY_QUEUES, MAINTENANCE_QUEUE, Lane, prepare_queue
+from notifier.queues import CELERY_QUEUES, MAINTENANCE_QUEUE, WEBHOOKS_QUEUE, Lane, prepare_queue
 
-# The maintenance jobs run on their own queue, out of the way of sending; everything else is
-# routed per message by notifier.dispatch (lane and channel), so it needs no route here.
+# The maintenance jobs run on their own queue, out of the way of sending, and webhook posts on
+# theirs, out of the way of both (notifier/queues.py says why); everything else is routed per
+# message by notifier.dispatch (lane and channel), so it needs no route here.
 TASK_ROUTES: dict[str, dict[str, str]] = {
     name: {"queue": MAINTENANCE_QUEUE}
     for name in (
@@ -34,11 +35,10 @@ TASK_ROUTES: dict[str, dict[str, str]] = {
         "campaigns.learn_active_hours",
         "notifier.failure_alerts",
         "notifier.retention",
-        "notifier.webhooks_send",
         "notifier.webhooks_sweep",
         "notifier.webhooks_prune",
     )
-}
+} | {"notifier.webhooks_send": {"queue": WEBHOOKS_QUEUE}}
 
 
 # Celery 5.6 closes every Django database connection before and after every task (its Django

@@ -23,6 +23,14 @@ class Lane(StrEnum):
 # the lanes, so a backlog never delays the job that recovers from it.
 MAINTENANCE_QUEUE = "maintenance"
 
+# Outbound webhooks' send runs (notifier.webhooks_send): each posts to a product's receiver and
+# may wait NOTIFIER_WEBHOOK_TIMEOUT_S (5 s) per request, up to a 20 s run. A slow or dead
+# receiver must not delay the maintenance jobs (the re-queue of stuck work, the release of held
+# deliveries, the alerts) nor sending, so these runs have a queue and a small worker of their
+# own. The webhooks' sweep and prune stay on maintenance: both are short database work, and the
+# sweep, which re-publishes lost sends, must not wait behind the very backlog it recovers.
+WEBHOOKS_QUEUE = "webhooks"
+
 
 def prepare_queue(lane: Lane) -> str:
     """Queue of the generate + route step for one lane."""
@@ -49,6 +57,7 @@ ALL_QUEUES: list[str] = [
     *lane_queues(Lane.TRANSACTIONAL),
     *lane_queues(Lane.BULK),
     MAINTENANCE_QUEUE,
+    WEBHOOKS_QUEUE,
 ]
 
 CELERY_QUEUES = [Queue(name, routing_key=name) for name in ALL_QUEUES]

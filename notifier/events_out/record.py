@@ -137,18 +137,18 @@ def sender_wake(endpoint_ids: Iterable[int]) -> None:
 
 
 def sender_publish(endpoint_id: int, *, countdown: float = 0.0) -> None:
-    """One send task for the endpoint, on the maintenance queue. Never raises: the events are
+    """One send task for the endpoint, on the webhooks queue. Never raises: the events are
     in PostgreSQL, and the sweep publishes again."""
     from celery import current_app
 
     from notifier.dispatch import PUBLISH_RETRY_POLICY
-    from notifier.queues import MAINTENANCE_QUEUE
+    from notifier.queues import WEBHOOKS_QUEUE
 
     try:
         current_app.send_task(
             SEND_TASK,
             args=(endpoint_id,),
-            queue=MAINTENANCE_QUEUE,
+            queue=WEBHOOKS_QUEUE,
             retry_policy=PUBLISH_RETRY_POLICY,
             countdown=countdown if countdown > 0 else None,
         )

@@ -103,7 +103,7 @@ def record_send(
 
 def queue_depths() -> dict[tuple[str, str], int]:
     """(lane, queue) -> tasks waiting, from the Redis broker; empty without one."""
-    from notifier.queues import MAINTENANCE_QUEUE, Lane, lane_queues
+    from notifier.queues import MAINTENANCE_QUEUE, WEBHOOKS_QUEUE, Lane, lane_queues
     from notifier.redis_client import broker_client
 
     client = broker_client()
@@ -111,6 +111,7 @@ def queue_depths() -> dict[tuple[str, str], int]:
         return {}
     queues = [(str(lane), q) for lane in Lane for q in lane_queues(lane)]
     queues.append(("maintenance", MAINTENANCE_QUEUE))
+    queues.append(("webhooks", WEBHOOKS_QUEUE))
     with client.pipeline(transaction=False) as pipe:
         for _, queue in queues:
             pipe.llen(queue)

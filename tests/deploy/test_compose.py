@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from notifier.queues import ALL_QUEUES, MAINTENANCE_QUEUE, Lane, lane_queues
+from notifier.queues import ALL_QUEUES, MAINTENANCE_QUEUE, WEBHOOKS_QUEUE, Lane, lane_queues
 from tests.deploy.helpers import (
     DEPLOY,
     SECRET_NAME,
@@ -54,11 +54,19 @@ def test_exactly_one_beat_and_it_is_never_replicated():
 def test_every_queue_is_consumed_and_each_worker_keeps_to_one_lane():
     consumed = {queue for argv in workers().values() for queue in queues_of(argv)}
     assert consumed == set(ALL_QUEUES)
-    lanes = [set(lane_queues(Lane.TRANSACTIONAL)), set(lane_queues(Lane.BULK)), {MAINTENANCE_QUEUE}]
+    lanes = [
+        set(lane_queues(Lane.TRANSACTIONAL)),
+        set(lane_queues(Lane.BULK)),
+        {MAINTENANCE_QUEUE},
+        {WEBHOOKS_QUEUE},
+    ]
     for name, argv in workers().items():
         assert set(queues_of(argv)) in lanes, f"{name} mixes lanes: {queues_of(argv)}"
     assert set(queues_of(workers()["worker-transactional"])) == set(lane_queues(Lane.TRANSACTIONAL))
     assert set(queues_of(workers()["worker-bulk"])) == set(lane_queues(Lane.BULK))
+    assert queues_of(workers()["worker-maintenance"]) == [MAINTENANCE_QUEUE]
+    # Webhook posts wait on other people's servers: never on the maintenance worker.
+    assert queues_of(workers()["worker-webhooks"]) == [WEBHOOKS_QUEUE]
 
 
 def test_lanes_are_tuned_for_latency_and_for_throughput():
@@ -70,6 +78,12 @@ def test_lanes_are_tuned_for_latency_and_for_throughput():
     )
     # The maintenance worker has room for the retention job next to the 15-second jobs.
     assert int(option(workers()["worker-maintenance"], "-c", "--concurrency") or 0) >= 2
+    # The webhooks worker is small, and a slow receiver's run holds no task an idle process
+    # could take.
+    webhooks = workers()["worker-webhooks"]
+    assert option(webhooks, "-c", "--concurrency") == "2"
+    assert option(webhooks, "--prefetch-multiplier") == "1"
+    assert option(webhooks, "-O") == "fair"
 
 
 def test_migrate_is_one_shot_and_every_app_service_waits_for_it():
@@ -157,7 +171,9 @@ def test_every_variable_the_compose_file_interpolates_is_in_env_example():
     assert interpolated <= env_example_names()
 
 
-@pytest.mark.parametrize("name", ["worker-transactional", "worker-bulk", "worker-maintenance"])
+@pytest.mark.parametrize(
+    "name", ["worker-transactional", "worker-bulk", "worker-maintenance", "worker-webhooks"]
+)
 def test_workers_are_named_per_lane_for_flower_and_inspect(name):
     lane = name.removeprefix("worker-")
     assert option(workers()[name], "-n", "--hostname") == f"{lane}@%h"

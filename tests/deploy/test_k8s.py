@@ -12,7 +12,7 @@ import pytest
 import yaml
 from django.urls import resolve
 
-from notifier.queues import ALL_QUEUES, MAINTENANCE_QUEUE, Lane, lane_queues
+from notifier.queues import ALL_QUEUES, MAINTENANCE_QUEUE, WEBHOOKS_QUEUE, Lane, lane_queues
 from tests.deploy.helpers import (
     DEPLOY,
     SECRET_NAME,
@@ -173,8 +173,17 @@ def test_every_queue_is_consumed_and_each_lane_has_its_own_deployment():
     consumed = {q for argv in worker_deployments().values() for q in queues_of(argv)}
     assert consumed == set(ALL_QUEUES)
     assert queues_of(worker_deployments()["worker-maintenance"]) == [MAINTENANCE_QUEUE]
+    assert queues_of(worker_deployments()["worker-webhooks"]) == [WEBHOOKS_QUEUE]
     for lane in Lane:
         assert queues_of(worker_deployments()[f"worker-{lane}"]) == lane_queues(lane)
+
+
+def test_the_webhooks_worker_is_small_and_fair():
+    webhooks = worker_deployments()["worker-webhooks"]
+    assert option(webhooks, "-c", "--concurrency") == "2"
+    assert option(webhooks, "--prefetch-multiplier") == "1"
+    assert option(webhooks, "-O") == "fair"
+    assert "worker-webhooks" not in SCALED_OBJECTS  # replicas by hand, as the comment says
 
 
 def rabbitmq_variant(path: Path) -> list[dict[str, Any]]:

@@ -1,5 +1,6 @@
 """notifier_celery(app): a worker keeps its PostgreSQL connection between tasks as Django keeps
-one between requests (CONN_MAX_AGE), instead of Celery 5.6's new connection for every task."""
+one between requests (CONN_MAX_AGE), instead of Celery 5.6's new connection for every task; and
+each task reaches the queue its worker consumes (webhook posts on their own)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,12 @@ from celery import Celery
 from celery.fixups.django import DjangoWorkerFixup
 from django.db import connection
 
-from notifier.celery_config import close_old_connections_around_task, notifier_celery
+from notifier.celery_config import (
+    TASK_ROUTES,
+    close_old_connections_around_task,
+    notifier_celery,
+)
+from notifier.queues import ALL_QUEUES, MAINTENANCE_QUEUE, WEBHOOKS_QUEUE
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -75,3 +81,38 @@ def test_a_task_run_eagerly_leaves_its_callers_connection_alone(max_age):
     connection.close_at = 0
     close_old_connections_around_task(SimpleNamespace(request=SimpleNamespace(is_eager=True)))
     assert connection.connection is not None
+
+
+def test_webhook_posts_have_a_queue_of_their_own_and_the_sweep_stays_on_maintenance():
+    app = app_of(with_notifier=True)
+
+    def queue_of(task: str) -> str:
+        return app.amqp.router.route({}, task)["queue"].name
+
+    assert queue_of("notifier.webhooks_send") == WEBHOOKS_QUEUE
+    # Short database work; the sweep re-publishes lost sends, so it must not wait behind them.
+    assert queue_of("notifier.webhooks_sweep") == MAINTENANCE_QUEUE
+    assert queue_of("notifier.webhooks_prune") == MAINTENANCE_QUEUE
+    assert queue_of("notifier.requeue_stuck_work") == MAINTENANCE_QUEUE
+    assert {route["queue"] for route in TASK_ROUTES.values()} <= set(ALL_QUEUES)
+    assert {q.name for q in app.conf.task_queues} == set(ALL_QUEUES)
+    assert ALL_QUEUES.count(WEBHOOKS_QUEUE) == 1
+
+
+def test_the_recorder_wakes_a_sender_on_the_webhooks_queue(monkeypatch):
+    from celery import current_app
+
+    from notifier.events_out import record
+
+    sent: list[dict] = []
+    monkeypatch.setattr(
+        current_app, "send_task", lambda name, **options: sent.append({"name": name, **options})
+    )
+    record.sender_publish(7, countdown=1.5)
+    [task] = sent
+    assert (task["name"], task["args"], task["queue"]) == (
+        "notifier.webhooks_send",
+        (7,),
+        "webhooks",
+    )
+    assert task["countdown"] == 1.5
