@@ -162,6 +162,12 @@ NOTIFIER_WEBHOOK_ENDPOINTS_CACHE_S = 1.0
 # Events answered (or given up) and the attempts' records are deleted this many days after
 # they were made, hourly (0 keeps them).
 NOTIFIER_WEBHOOK_KEEP_DAYS = 7
+# Endpoints are called only at public addresses: a URL whose host is (or resolves to) a
+# loopback, private (10/8, 172.16/12, 192.168/16, fc00::/7), link-local (169.254/16, where cloud
+# metadata services answer; fe80::/10), unspecified, multicast or reserved address is refused
+# when saved and before every request, so an endpoint cannot reach into the workers' network.
+# True for a site whose receivers live on its internal network.
+NOTIFIER_WEBHOOK_ALLOW_PRIVATE_NETWORKS = False
 
 # --- Security: public request limits and client addresses (notifier/request_limits.py) ---
 # Per-group overrides, {"group.scope": "count/period" or "off"}, e.g.

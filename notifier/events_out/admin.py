@@ -31,7 +31,11 @@ RECENT_ATTEMPTS = 20
 
 
 class WebhookEndpointForm(forms.ModelForm):
-    url = forms.URLField(max_length=500, assume_scheme="https", help_text="http(s):// only")
+    url = forms.URLField(
+        max_length=500,
+        assume_scheme="https",
+        help_text="http(s):// only, at a public address (unless the site allows private networks)",
+    )
     event_types = forms.MultipleChoiceField(
         choices=[(t, label) for t, label in WebhookEventType.choices if t in SUBSCRIBABLE],
         widget=forms.CheckboxSelectMultiple,
@@ -137,7 +141,12 @@ class WebhookEndpointAdmin(admin.ModelAdmin):
 
     @admin.action(description="Re-enable (send what waits)", permissions=["change"])
     def enable(self, request: HttpRequest, queryset: QuerySet[WebhookEndpoint]) -> None:
-        enabled = sum(endpoint_enable(endpoint=endpoint) for endpoint in queryset)
+        enabled = 0
+        for endpoint in queryset:
+            try:
+                enabled += endpoint_enable(endpoint=endpoint)
+            except InvalidEndpoint as exc:
+                self.message_user(request, f"Not re-enabled: {exc}", messages.ERROR)
         self.message_user(request, f"Re-enabled {enabled} endpoint(s).", messages.SUCCESS)
 
 

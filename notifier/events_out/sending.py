@@ -13,7 +13,10 @@ The request: `webhook-id` (the batch's id, fixed at the first claim: the same on
 `whsec_` secret by the `standardwebhooks` package). An endpoint with max_batch 1 gets each
 event as `{"id", "type", "timestamp", "data"}`; with more, a `{"type": "batch", ...}` holding
 up to max_batch of them. Only http and https, no redirects followed, short timeouts, and at
-most NOTIFIER_WEBHOOK_RESPONSE_MAX_CHARS of the answer kept.
+most NOTIFIER_WEBHOOK_RESPONSE_MAX_CHARS of the answer kept. Only public addresses, unless
+NOTIFIER_WEBHOOK_ALLOW_PRIVATE_NETWORKS (`targets`: checked where the socket is opened); a
+request refused for its address disables the endpoint at once, with an alert, since every retry
+would be refused the same way.
 """
 
 from __future__ import annotations
@@ -29,7 +32,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
-from urllib.parse import urlsplit
 
 from django.conf import settings
 from django.db import transaction
@@ -37,7 +39,7 @@ from django.db.models import Exists, F, OuterRef, Q
 from django.utils import timezone
 from standardwebhooks.webhooks import Webhook
 
-from notifier.events_out import record
+from notifier.events_out import record, targets
 from notifier.models import (
     WebhookAttempt,
     WebhookEndpoint,
@@ -45,7 +47,7 @@ from notifier.models import (
     WebhookEventState,
 )
 from notifier.operations.alerts import alert_to_sentry
-from notifier.policies.webhooks import after_failure, endpoint_disable, url_problem
+from notifier.policies.webhooks import after_failure, endpoint_disable
 
 log = logging.getLogger(__name__)
 State = WebhookEventState
@@ -69,7 +71,10 @@ def secret_new() -> str:
 
 
 def check_endpoint(*, url: str, event_types: Sequence[str], max_batch: int) -> None:
-    problem = url_problem(url)
+    """Refuse bad settings with what to fix: the URL's form, a private address it names or its
+    host resolves to (a name that does not resolve yet passes, see targets.target_problem), the
+    event types, the batch size."""
+    problem = targets.target_problem(url)
     if problem:
         raise InvalidEndpoint(problem)
     unknown = sorted(set(event_types) - set(record.SUBSCRIBABLE))
@@ -108,7 +113,11 @@ def endpoint_rotate_secret(*, endpoint: WebhookEndpoint) -> str:
 
 def endpoint_enable(*, endpoint: WebhookEndpoint) -> bool:
     """Re-enable a disabled endpoint: its waiting events go out at once. Returns whether it
-    was disabled."""
+    was disabled. Refused (InvalidEndpoint) while its URL is (say, still points at a private
+    address): it would be disabled again by its next request."""
+    problem = targets.target_problem(endpoint.url)
+    if problem:
+        raise InvalidEndpoint(f"{endpoint.name}: {problem}")
     now = timezone.now()
     with transaction.atomic():
         enabled = WebhookEndpoint.objects.filter(pk=endpoint.pk, active=False).update(
@@ -227,6 +236,7 @@ class Answer:
     body: str
     error: str
     duration_ms: int
+    refused: bool = False  # not sent: the URL or its address is not allowed (targets)
 
     @property
     def ok(self) -> bool:
@@ -234,20 +244,20 @@ class Answer:
 
 
 def post(url: str, body: bytes, headers: dict[str, str]) -> Answer:
-    """POST once; never follows a redirect (a 3xx is a failure, like any non-2xx)."""
+    """POST once, to the addresses checked for this request (targets); never follows a redirect
+    (a 3xx is a failure, like any non-2xx)."""
     timeout = float(settings.NOTIFIER_WEBHOOK_TIMEOUT_S)
     keep = int(settings.NOTIFIER_WEBHOOK_RESPONSE_MAX_CHARS)
     started = time.monotonic()
-    problem = url_problem(url)
-    if problem:
-        return Answer(None, "", problem[:300], 0)
-    parts = urlsplit(url)
-    https = parts.scheme.lower() == "https"
-    connection_class = http.client.HTTPSConnection if https else http.client.HTTPConnection
-    path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-    conn = connection_class(parts.hostname or "", parts.port, timeout=timeout)
     try:
-        conn.request("POST", path, body=body, headers=headers)
+        target = targets.target_for(url)
+    except targets.TargetRefused as exc:
+        return Answer(None, "", f"refused: {exc}"[:300], _ms(started), refused=True)
+    except OSError as exc:  # the name does not resolve (now): retried like a refused connection
+        return Answer(None, "", f"{type(exc).__name__}: {exc}"[:300], _ms(started))
+    conn = targets.connection(target, timeout=timeout)
+    try:
+        conn.request("POST", target.path, body=body, headers=headers)
         response = conn.getresponse()
         text = response.read(keep * 4 + 4).decode("utf-8", "replace")[:keep]
         return Answer(response.status, text, "", _ms(started))
@@ -315,7 +325,11 @@ def _record(
             base_s=settings.NOTIFIER_WEBHOOK_RETRY_BASE_S,
             max_s=settings.NOTIFIER_WEBHOOK_RETRY_MAX_S,
         )
-        if retry.at is None:
+        if answer.refused:
+            # Not retried: the endpoint is disabled below, and its events wait, like those of
+            # any disabled endpoint, for an Admin to fix it and re-enable it.
+            mine.update(attempts=F("attempts") + 1, claimed_until=None, last_error=error[:300])
+        elif retry.at is None:
             report.given_up += mine.update(
                 state=State.FAILED,
                 attempts=F("attempts") + 1,
@@ -343,6 +357,7 @@ def _record(
             now=now,
             after_s=settings.NOTIFIER_WEBHOOK_DISABLE_AFTER_S,
             after_failures=settings.NOTIFIER_WEBHOOK_DISABLE_AFTER_FAILURES,
+            refused=error.removeprefix("refused: ") if answer.refused else "",
         )
         if decision.act and failing.active:
             WebhookEndpoint.objects.filter(pk=endpoint.pk, active=True).update(

@@ -1,4 +1,5 @@
-"""Outbound webhook policies: which URLs may be called, when to retry, when to stop calling.
+"""Outbound webhook policies: which URLs and addresses may be called, when to retry, when to
+stop calling.
 
 Pure functions over plain values (times, counts, settings), each returning a decision with the
 reason an operator reads in the admin.
@@ -6,6 +7,7 @@ reason an operator reads in the admin.
 
 from __future__ import annotations
 
+import ipaddress
 import random
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -35,6 +37,45 @@ def url_problem(url: object) -> str | None:
     if port == 0:
         return "port 0 is not a port"
     return None
+
+
+# IPv6 forms that carry an IPv4 address, which is what a packet to them reaches: mapped
+# (::ffff:a.b.c.d) and NAT64's well-known prefix (64:ff9b::a.b.c.d); 6to4 (2002::/16) below.
+_NAT64 = ipaddress.ip_network("64:ff9b::/96")
+
+
+def address_problem(address: str) -> str | None:
+    """What kind of non-public address this IP address is, or None for a public one: loopback,
+    private (RFC 1918, fc00::/7), link-local (169.254/16 with the cloud metadata services,
+    fe80::/10), unspecified, multicast, reserved, or another special-purpose range (shared
+    100.64/10, documentation, benchmarking). An IPv6 address carrying an IPv4 one is judged by
+    the IPv4 address."""
+    try:
+        ip = ipaddress.ip_address(address.split("%", 1)[0])  # fe80::1%eth0: a zone, not an IP
+    except ValueError:
+        return f"{address!r} is not an IP address"
+    if isinstance(ip, ipaddress.IPv6Address):
+        embedded = ip.ipv4_mapped or ip.sixtofour
+        if embedded is None and ip in _NAT64:
+            embedded = ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
+        if embedded is not None:
+            kind = _kind(embedded)
+            return f"{address} carries {embedded}, {kind}" if kind else None
+    kind = _kind(ip)
+    return f"{ip} is {kind}" if kind else None
+
+
+def _kind(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str | None:
+    kinds = (
+        (ip.is_unspecified, "an unspecified address"),
+        (ip.is_loopback, "a loopback address"),
+        (ip.is_link_local, "a link-local address (where cloud metadata services answer)"),
+        (ip.is_multicast, "a multicast address"),
+        (ip.is_reserved, "a reserved address"),
+        (ip.is_private, "a private address"),
+        (not ip.is_global, "a special-purpose address"),
+    )
+    return next((kind for matches, kind in kinds if matches), None)
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,10 +119,15 @@ def endpoint_disable(
     now: datetime,
     after_s: float,
     after_failures: int,
+    refused: str = "",
 ) -> Disable:
     """Disable an endpoint whose every request failed for `after_s`, at least
     `after_failures` times in a row: one bad minute never disables it, nor does a slow trickle
-    of events that happened to fail twice a day apart."""
+    of events that happened to fail twice a day apart. A request Notifier `refused` to make
+    (its URL, or the address its host resolves to, is not allowed) disables it at once: every
+    retry would be refused the same way, and only an Admin can change that."""
+    if refused:
+        return Disable(True, f"refused to call it: {refused}; fix its URL, then re-enable it")
     if failing_since is None or failures < after_failures:
         return Disable(False, f"{failures} failed requests in a row")
     failing_for = (now - failing_since).total_seconds()

@@ -4,6 +4,7 @@ signature with the same `standardwebhooks` package, and dedupes by webhook-id.""
 from __future__ import annotations
 
 import json
+import ssl
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -36,6 +37,7 @@ class Receiver:
     url: str = ""
     requests: list[Received] = field(default_factory=list)  # every verified request
     refused: list[str] = field(default_factory=list)  # why a request failed verification
+    hosts: list[str] = field(default_factory=list)  # the Host header of every request
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def answer(self, webhook_id: str, body: dict[str, Any]) -> int:
@@ -58,9 +60,15 @@ class Receiver:
 
 
 @contextmanager
-def receiver_running(receiver: Receiver) -> Iterator[Receiver]:
+def receiver_running(
+    receiver: Receiver, *, tls: ssl.SSLContext | None = None, host: str = "127.0.0.1"
+) -> Iterator[Receiver]:
+    """Serve on loopback (over TLS with `tls`); the URL names `host`, which the test makes
+    resolve to loopback."""
+
     class Handler(BaseHTTPRequestHandler):
         def do_POST(self) -> None:
+            receiver.hosts.append(self.headers.get("host", ""))
             raw = self.rfile.read(int(self.headers.get("content-length", 0)))
             try:
                 body = Webhook(receiver.secret).verify(raw, dict(self.headers.items()))
@@ -78,9 +86,12 @@ def receiver_running(receiver: Receiver) -> Iterator[Receiver]:
             pass
 
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    if tls is not None:
+        server.socket = tls.wrap_socket(server.socket, server_side=True)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
-    receiver.url = f"http://127.0.0.1:{server.server_address[1]}/hooks/notifier"
+    scheme = "https" if tls else "http"
+    receiver.url = f"{scheme}://{host}:{server.server_address[1]}/hooks/notifier"
     try:
         yield receiver
     finally:
