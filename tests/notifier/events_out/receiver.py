@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import ssl
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -38,6 +39,8 @@ class Receiver:
     requests: list[Received] = field(default_factory=list)  # every verified request
     refused: list[str] = field(default_factory=list)  # why a request failed verification
     hosts: list[str] = field(default_factory=list)  # the Host header of every request
+    delay_s: float = 0.0  # a slow receiver: each request is answered this much later
+    in_flight: int = 0  # requests being answered now
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def answer(self, webhook_id: str, body: dict[str, Any]) -> int:
@@ -68,7 +71,17 @@ def receiver_running(
 
     class Handler(BaseHTTPRequestHandler):
         def do_POST(self) -> None:
-            receiver.hosts.append(self.headers.get("host", ""))
+            with receiver.lock:
+                receiver.hosts.append(self.headers.get("host", ""))
+                receiver.in_flight += 1
+            try:
+                time.sleep(receiver.delay_s)
+                self.respond()
+            finally:
+                with receiver.lock:
+                    receiver.in_flight -= 1
+
+        def respond(self) -> None:
             raw = self.rfile.read(int(self.headers.get("content-length", 0)))
             try:
                 body = Webhook(receiver.secret).verify(raw, dict(self.headers.items()))
