@@ -68,6 +68,27 @@ def vapid_public_key() -> str:
     return _vapid_public_key(private_key) if private_key else ""
 
 
+def webpush_endpoint_allowed(endpoint: str) -> bool:
+    """Whether a Web Push subscription's endpoint is an https URL on one of the push services
+    of NOTIFIER_WEBPUSH_ENDPOINT_HOSTS (never an address of the site's own network)."""
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(endpoint)
+        host = (parts.hostname or "").lower().rstrip(".")
+    except ValueError:
+        return False
+    if parts.scheme != "https" or not host or parts.username or parts.password:
+        return False
+    for pattern in settings.NOTIFIER_WEBPUSH_ENDPOINT_HOSTS:
+        pattern = pattern.lower()
+        if pattern == "*" or host == pattern:
+            return True
+        if pattern.startswith("*.") and host.endswith(pattern[1:]):
+            return True
+    return False
+
+
 def classify_fcm_error(exc: BaseException) -> tuple[Outcome, ErrorCode, str]:
     from firebase_admin import exceptions, messaging
 
@@ -217,6 +238,15 @@ class FcmWebPushProvider:
                 Outcome.PERMANENT,
                 ErrorCode.NOT_CONFIGURED,
                 "Web Push is not configured (NOTIFIER_WEBPUSH_VAPID_PRIVATE_KEY)",
+                "",
+            )
+        if not webpush_endpoint_allowed(device.token):
+            return (
+                device,
+                Outcome.PERMANENT,
+                ErrorCode.DEVICE_UNREGISTERED,  # never tried again: the device is deactivated
+                "the subscription's endpoint is not on a known push service "
+                "(NOTIFIER_WEBPUSH_ENDPOINT_HOSTS)",
                 "",
             )
         from pywebpush import webpush

@@ -230,6 +230,16 @@ NOTIFIER_PLIVO_POWERPACK_UUID = ""
 NOTIFIER_FCM_CREDENTIALS_FILE = ""
 NOTIFIER_WEBPUSH_VAPID_PRIVATE_KEY = ""
 NOTIFIER_WEBPUSH_VAPID_SUBJECT = ""
+# The push services a Web Push subscription's endpoint may be on: a device is refused at
+# registration, and never sent to, anywhere else (an endpoint is a URL the workers POST to, so
+# it must not reach an internal address). "*.example.com" is any name under it; ["*"], any.
+NOTIFIER_WEBPUSH_ENDPOINT_HOSTS = [
+    "fcm.googleapis.com",  # Chrome, Edge on Android, Opera, Samsung
+    "android.googleapis.com",
+    "*.push.services.mozilla.com",  # Firefox
+    "*.notify.windows.com",  # Edge on Windows
+    "*.push.apple.com",  # Safari
+]
 # The sandbox providers: latency and random failure rates, for demos, tests and benchmarks.
 NOTIFIER_SANDBOX_LATENCY_MS = 0.0
 NOTIFIER_SANDBOX_TRANSIENT_FAILURE_RATE = 0.0

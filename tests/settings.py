@@ -44,3 +44,14 @@ if os.environ.get("NOTIFIER_TEST_LOG_FILE"):
         "filters": ["ids"],
     }
     LOGGING["root"]["handlers"].append("test_file")  # noqa: F405
+
+# The tests' fake push services (responses answers for them), besides the real ones.
+NOTIFIER_WEBPUSH_ENDPOINT_HOSTS = [
+    "fcm.googleapis.com",
+    "android.googleapis.com",
+    "*.push.services.mozilla.com",
+    "*.notify.windows.com",
+    "*.push.apple.com",
+    "push.example.net",
+    "push.example.com",
+]

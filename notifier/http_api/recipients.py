@@ -75,7 +75,9 @@ class RecipientIn(Schema):
         description="Link to this user of the product (its key); needed to create a recipient "
         "on a site that keeps people in its own user model",
     )
-    email: StrictStr | None = Field(default=None, description='An address, or "" for none')
+    email: StrictStr | None = Field(
+        default=None, max_length=254, description='An address, or "" for none'
+    )
     phone: StrictStr | None = Field(
         default=None, description='E.164, e.g. +8613800138000, or "" for none'
     )
@@ -171,7 +173,7 @@ def recipient_save(
 
 @router.get(
     "/{external_id}",
-    auth=ApiKeyAuth(ApiScope.RECIPIENTS, ApiScope.READ, app=True),
+    auth=ApiKeyAuth(ApiScope.RECIPIENTS, ApiScope.READ),
     response=answers({200: RecipientOut}, 404),
     summary="Read a recipient",
 )
@@ -181,7 +183,7 @@ def recipient_read(request: HttpRequest, external_id: ExternalId) -> Status[dict
 
 @router.get(
     "/{external_id}/messages",
-    auth=ApiKeyAuth(ApiScope.READ, app=True),
+    auth=ApiKeyAuth(ApiScope.READ),
     response=answers({200: list[MessageOut]}, 404),
     summary="A recipient's messages, newest first",
 )

@@ -18,6 +18,7 @@ from urllib.parse import urlsplit
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
+from channels.push import webpush_endpoint_allowed
 from notifier.models import Device, Platform, Recipient
 
 MAX_TOKEN = 4096
@@ -68,6 +69,11 @@ def check_device(platform: object, token: object, keys: object) -> tuple[str, st
         raise DeviceError(
             "a Web Push token is the subscription's endpoint, an https:// URL "
             "(PushSubscription.endpoint)"
+        )
+    if not webpush_endpoint_allowed(token):
+        raise DeviceError(
+            f"{parts.hostname} is not a browser push service this site sends to; the endpoint "
+            "comes from PushManager.subscribe (NOTIFIER_WEBPUSH_ENDPOINT_HOSTS lists them)"
         )
     if not isinstance(keys, dict) or set(keys) != {"p256dh", "auth"}:
         raise DeviceError(

@@ -37,6 +37,7 @@ from notifier.user_keys import UserKey, user_key
 
 MAX_EXTERNAL_ID = 255  # Recipient.external_id
 MAX_LOCALE = 16  # Recipient.locale
+MAX_EMAIL = 254  # Recipient.email (EmailField), as RFC 5321 allows
 MAX_TAGS = 100
 MAX_TAG_LENGTH = 100
 EXTERNAL_ID_RULE = (
@@ -106,6 +107,10 @@ def _check_email(value: object) -> str:
         return ""
     if not isinstance(value, str):
         raise RecipientError(f"email must be an address or empty, got {value!r}")
+    if len(value) > MAX_EMAIL:
+        raise RecipientError(
+            f"email is {len(value)} characters; an address has at most {MAX_EMAIL}"
+        )
     try:
         validate_email(value)
     except ValidationError:
@@ -351,7 +356,10 @@ def _put(external: str, checked: dict[str, Any], link: UserKey | None) -> Saved:
     if changed:
         for name, value in changed.items():
             setattr(profile, name, value)
-        profile.full_clean(validate_unique=False, validate_constraints=False)
+        try:  # the model's own checks, after ours: what one of ours missed is still a 4xx
+            profile.full_clean(validate_unique=False, validate_constraints=False)
+        except ValidationError as exc:
+            raise RecipientError("; ".join(exc.messages)) from None
         profile.save(update_fields=[*changed, "updated_at"])
     return Saved(recipient=profile, created=created, changed=bool(changed))
 

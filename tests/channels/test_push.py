@@ -370,6 +370,32 @@ def test_web_push_payload_is_encrypted_for_the_subscription_and_vapid_signed(api
 
 
 @pytest.mark.usefixtures("webpush")
+@pytest.mark.parametrize(
+    "endpoint",
+    [
+        "https://169.254.169.254/latest/meta-data/",  # a cloud's metadata service
+        "https://10.0.0.5/internal",
+        "https://push.example.net.evil.test/x",
+        "http://push.example.net/plain-http",
+    ],
+)
+def test_a_web_push_endpoint_off_the_known_push_services_is_never_posted_to(api, endpoint):
+    """An endpoint is a URL the worker POSTs to: one registered before the allow-list, or
+    written into the table by hand, must not make it call an internal address."""
+    sub = web_subscription(8)
+    target = PushTarget(
+        device_id=8, platform="web", token=endpoint, web_push_keys=sub.target.web_push_keys
+    )
+
+    [result] = FcmWebPushProvider().send_many([outgoing(target)])
+
+    assert len(api.calls) == 0
+    assert result.outcome is Outcome.PERMANENT
+    assert result.deactivate_device_ids == (8,)
+    assert "NOTIFIER_WEBPUSH_ENDPOINT_HOSTS" in result.error
+
+
+@pytest.mark.usefixtures("webpush")
 @pytest.mark.parametrize("status", [404, 410])
 def test_web_push_gone_is_permanent_and_deactivates_the_device(api, status):
     sub = web_subscription(6)

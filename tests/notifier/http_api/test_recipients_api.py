@@ -97,6 +97,7 @@ def test_a_recipient_linked_to_a_user_of_the_product_is_that_users_profile():
     ("body", "words"),
     [
         ({"email": "not-an-address"}, "not an email address"),
+        ({"email": "a" * 250 + "@example.com"}, "at most 254"),
         ({"phone": "12345"}, "phone number"),
         ({"time_zone": "Mars/Olympus"}, "IANA"),
         ({"locale": "english please"}, "language tag"),
@@ -255,6 +256,8 @@ def test_a_web_push_subscription_needs_an_https_endpoint_and_its_keys():
             "65 bytes",
         ),
         ({"platform": "android", "token": "t", "keys": good["keys"]}, "Web Push"),
+        ({**good, "token": "https://169.254.169.254/latest/"}, "not a browser push service"),
+        ({**good, "token": "https://intranet.corp.example/hook"}, "not a browser push service"),
         ({"platform": "android", "token": "has space"}, "spaces"),
     ]:
         response = call("post", url, bad)
@@ -436,6 +439,11 @@ def test_an_app_token_registers_its_own_recipients_device_and_changes_their_pref
         ("put", "/api/v1/recipients/app-1", {"phone": "+14155550123"}),  # contact points
         ("post", "/api/v1/notify", {"recipient": "app-1", "type": "order.shipped"}),
         ("post", "/api/v1/recipients/app-1/app-token", None),
+        # Its own profile and messages too: segment data and content stay with the backend.
+        ("get", "/api/v1/recipients/app-1", None),
+        ("get", "/api/v1/recipients/app-1/messages", None),
+        ("get", "/api/v1/recipients/app-1/export", None),
+        ("delete", "/api/v1/recipients/app-1", None),
     ],
 )
 def test_an_app_token_can_do_nothing_else_and_nothing_for_anyone_else(method, url, body):
