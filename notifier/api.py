@@ -566,6 +566,24 @@ def notify(
     )
 
 
+def same_call(
+    message: Message,
+    *,
+    context: Mapping[str, Any] | None,
+    channels: Sequence[str] | None,
+    expires_at: datetime | None,
+) -> bool:
+    """Whether a repeated call with the message's idempotency key asked for the same thing:
+    the same context (as JSON holds it), channels and expiry. Callers that keep the request
+    (the HTTP API, the Celery task) refuse the same key with another body."""
+    plain = json.loads(json.dumps(dict(context or {}), default=str))
+    return bool(
+        message.context == plain
+        and (channels is None or message.channels == list(channels))
+        and message.expires_at == expires_at
+    )
+
+
 @dataclass(frozen=True)
 class BulkResult:
     message_ids: list[int]

@@ -13,6 +13,7 @@ from typing import Any
 
 from celery import shared_task
 from django.conf import settings
+from django.db import InterfaceError, OperationalError
 
 from notifier.operations.alerts import failure_alerts_run
 from notifier.services.deliveries import (
@@ -52,7 +53,19 @@ def prepare_messages(message_ids: list[int]) -> dict[str, int]:
     return dict(messages_prepare_guarded(message_ids=message_ids))
 
 
-@shared_task(name="notifier.notify", bind=True, acks_late=True, reject_on_worker_lost=True)
+@shared_task(
+    name="notifier.notify",
+    bind=True,
+    acks_late=True,
+    reject_on_worker_lost=True,
+    # The database away for a moment (a failover, a restart): tried again, not lost. The
+    # task's id is the message's key unless the caller gave one, so a retry makes no second.
+    autoretry_for=(OperationalError, InterfaceError),
+    retry_backoff=2,
+    retry_backoff_max=300,
+    retry_jitter=True,
+    max_retries=12,
+)
 def notify_task(self: Any, *args: Any, **kwargs: Any) -> int | None:
     """`notify()` for another codebase on the same broker (`send_task("notifier.notify",
     kwargs={...})`; arguments in notifier.services.remote_calls). Returns the message id; a

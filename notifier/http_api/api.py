@@ -4,18 +4,18 @@ to fix, and writes nothing when it refuses."""
 
 from __future__ import annotations
 
-import json
 from datetime import datetime
 from typing import Any
 
 from django.conf import settings
+from django.db import transaction
 from django.http import Http404, HttpRequest, HttpResponse
 from ninja import NinjaAPI, Schema, Status
 from ninja.errors import HttpError, ValidationError
 from pydantic import Field, StrictInt, StrictStr
 
 from channels.push import vapid_public_key
-from notifier.api import notify, notify_many
+from notifier.api import notify, notify_many, same_call
 from notifier.errors import IdempotencyKeyReused, InvalidRecipient, NotifyError
 from notifier.http_api.auth import ApiError, ApiKeyAuth
 from notifier.http_api.common import Problem, answers
@@ -168,17 +168,8 @@ def _idempotency_key(request: HttpRequest) -> str | None:
     return request.headers.get("Idempotency-Key")
 
 
-def _plain(value: Any) -> Any:
-    """As JSON holds it (what a message stores), to compare a repeated call's body."""
-    return json.loads(json.dumps(value, default=str))
-
-
 def _same_request(message: Message, *, context: dict[str, Any], body: Any) -> bool:
-    return bool(
-        message.context == _plain(context)
-        and (body.channels is None or message.channels == list(body.channels))
-        and message.expires_at == body.expires_at
-    )
+    return same_call(message, context=context, channels=body.channels, expires_at=body.expires_at)
 
 
 @api.post(
@@ -229,26 +220,38 @@ def notify_bulk(request: HttpRequest, body: NotifyManyIn) -> Status[dict[str, An
     users = _users_of(body)
     contexts = _contexts_by_key(named, users, body.contexts)
     key = _idempotency_key(request)
-    result = notify_many(
-        users,
-        body.type,
-        body.context,
-        contexts=contexts,
-        idempotency_key=key,
-        channels=body.channels,
-        expires_at=body.expires_at,
-    )
-    if key is not None and result.existing:
-        messages = Message.objects.in_bulk(result.message_ids)
-        for user, message_id in zip(users, result.message_ids, strict=True):
-            own = {**body.context, **(contexts or {}).get(user, {})}
-            if not _same_request(messages[message_id], context=own, body=body):
-                raise ApiError(
-                    409,
-                    "IdempotencyKeyReused",
-                    f"Idempotency-Key {key!r} was used for another request; send a new key",
-                )
+    with transaction.atomic():  # a 409 below takes back the messages this call made
+        result = notify_many(
+            users,
+            body.type,
+            body.context,
+            contexts=contexts,
+            idempotency_key=key,
+            channels=body.channels,
+            expires_at=body.expires_at,
+        )
+        if key is not None and result.existing:
+            _check_repeats(key, users, result.message_ids, contexts, body)
     return Status(202, {"messages": result.message_ids, "created": result.created})
+
+
+def _check_repeats(
+    key: str,
+    users: list[Any],
+    message_ids: list[int],
+    contexts: dict[Any, dict[str, Any]] | None,
+    body: NotifyManyIn,
+) -> None:
+    """A repeated bulk call must ask for what the first asked for, user by user."""
+    messages = Message.objects.in_bulk(message_ids)
+    for user, message_id in zip(users, message_ids, strict=True):
+        own = {**body.context, **(contexts or {}).get(user, {})}
+        if not _same_request(messages[message_id], context=own, body=body):
+            raise ApiError(
+                409,
+                "IdempotencyKeyReused",
+                f"Idempotency-Key {key!r} was used for another request; send a new key",
+            )
 
 
 def _user_of(body: NotifyIn) -> Any:

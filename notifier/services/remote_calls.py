@@ -25,8 +25,8 @@ from typing import Any
 
 from django.utils import timezone
 
-from notifier.api import notify
-from notifier.errors import InvalidExpiry, InvalidRecipient, NotifyError
+from notifier.api import notify, same_call
+from notifier.errors import IdempotencyKeyReused, InvalidExpiry, InvalidRecipient, NotifyError
 from notifier.models import Recipient, RefusedCall
 
 log = logging.getLogger(__name__)
@@ -88,14 +88,25 @@ def notify_call(
             )
         if type_key is None:
             raise InvalidCall("type is required: a notification type's key, e.g. order.shipped")
+        expires_at = _expires_at(call.get("expires_at"))
         message = notify(
             _user(call),
             type_key,
             call.get("context"),
             idempotency_key=call.get("idempotency_key") or (f"task:{caller}" if caller else None),
             channels=call.get("channels"),
-            expires_at=_expires_at(call.get("expires_at")),
+            expires_at=expires_at,
         )
+        if call.get("idempotency_key") and not same_call(
+            message,
+            context=call.get("context"),
+            channels=call.get("channels"),
+            expires_at=expires_at,
+        ):
+            raise IdempotencyKeyReused(
+                f"idempotency_key {call['idempotency_key']!r} was used for another call; "
+                "send a new key"
+            )
     except NotifyError as exc:
         refusal_record(caller=caller, error=exc, type_key=type_key)
         return None

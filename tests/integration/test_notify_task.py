@@ -5,6 +5,7 @@ when the broker delivers it twice, and a refused call is recorded for the operat
 from __future__ import annotations
 
 from datetime import timedelta
+from typing import Any
 
 import pytest
 from celery import Celery
@@ -32,8 +33,15 @@ def sent_inapp(user: object) -> bool:
     return Delivery.objects.filter(message__user=user, channel="inapp", status="sent").exists()
 
 
+def idle(worker: Any, client: Any) -> bool:
+    if client.llen(prepare_queue(Lane.TRANSACTIONAL)):
+        return False
+    inspect = worker.app.control.inspect([worker.name], timeout=1.0)
+    return not any((view or {}).get(worker.name) for view in (inspect.active(), inspect.reserved()))
+
+
 def test_send_task_by_name_notifies_and_a_twice_delivered_task_makes_one_message(
-    worker, other_codebase
+    worker, other_codebase, redis_client
 ):
     user = UserFactory()
     kwargs = {"user": user.pk, "type": "order.shipped", "context": order_context()}
@@ -41,6 +49,8 @@ def test_send_task_by_name_notifies_and_a_twice_delivered_task_makes_one_message
     # The broker hands the same task over again (a worker lost before it acknowledged).
     other_codebase.send_task("notifier.notify", kwargs=kwargs, task_id="checkout-task-1")
     wait_until(lambda: sent_inapp(user), message="the task's message to reach the inbox")
+    # Both copies taken and finished: nothing queued, reserved or running.
+    wait_until(lambda: idle(worker, redis_client), message="the worker to run both copies")
     message = Message.objects.get(user=user)
     assert message.idempotency_key == "task:checkout-task-1"
     assert Delivery.objects.filter(message=message, channel="inapp", status="sent").exists()
@@ -103,3 +113,18 @@ def test_positional_arguments_are_refused_with_how_to_send_them(worker, other_co
         message="the refused call to be recorded",
     )
     assert "kwargs=" in RefusedCall.objects.get(caller=result.id).message
+
+
+def test_the_same_key_with_another_body_is_refused_like_the_api_does(worker, other_codebase):
+    user = UserFactory()
+    call = {"user": user.pk, "type": "order.shipped", "idempotency_key": "ship-1"}
+    other_codebase.send_task("notifier.notify", kwargs={**call, "context": order_context()})
+    wait_until(lambda: Message.objects.filter(idempotency_key="ship-1").exists(), message="ship-1")
+    changed = order_context(order_number="Z9")
+    result = other_codebase.send_task("notifier.notify", kwargs={**call, "context": changed})
+    wait_until(
+        lambda: RefusedCall.objects.filter(caller=result.id).exists(),
+        message="the second call to be refused",
+    )
+    assert RefusedCall.objects.get(caller=result.id).error_type == "IdempotencyKeyReused"
+    assert Message.objects.get(idempotency_key="ship-1").context["order_number"] != "Z9"

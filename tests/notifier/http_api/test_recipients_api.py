@@ -503,3 +503,16 @@ def test_export_then_erase_over_the_api_and_the_person_does_not_come_back():
     assert back.status_code == 422
     assert back.json()["type"] == "RecipientErased"
     assert call("get", "/api/v1/recipients/gone-1").status_code == 404
+
+
+def test_a_bulk_call_refused_for_a_reused_key_takes_back_what_it_made():
+    first, second = UserFactory(), UserFactory()
+    body = {"users": [first.pk], "type": "order.shipped", "context": order_context()}
+    headers = {"HTTP_IDEMPOTENCY_KEY": "bulk-1"}
+    assert call("post", "/api/v1/notify/bulk", body, **headers).status_code == 202
+    changed = {**body, "users": [second.pk, first.pk], "context": order_context(eta="Friday")}
+    refused = call("post", "/api/v1/notify/bulk", changed, **headers)
+    assert refused.status_code == 409
+    # The second user's message, written before the first's was compared, is gone again.
+    assert not Message.objects.filter(user=second).exists()
+    assert Message.objects.count() == 1
