@@ -22,10 +22,13 @@ would be refused the same way.
 from __future__ import annotations
 
 import base64
+import contextlib
 import http.client
 import json
 import logging
 import secrets
+import socket
+import threading
 import time
 import uuid
 from collections.abc import Sequence
@@ -256,15 +259,33 @@ def post(url: str, body: bytes, headers: dict[str, str]) -> Answer:
     except OSError as exc:  # the name does not resolve (now): retried like a refused connection
         return Answer(None, "", f"{type(exc).__name__}: {exc}"[:300], _ms(started))
     conn = targets.connection(target, timeout=timeout)
+    # The timeout bounds each wait on the socket; this bounds the whole request, so a receiver
+    # that trickles its answer a byte at a time is cut off too (and counted as a failure).
+    cut = threading.Timer(timeout, _cut_off, args=(conn,))
+    cut.daemon = True
+    cut.start()
     try:
         conn.request("POST", target.path, body=body, headers=headers)
         response = conn.getresponse()
         text = response.read(keep * 4 + 4).decode("utf-8", "replace")[:keep]
         return Answer(response.status, text, "", _ms(started))
     except (OSError, http.client.HTTPException) as exc:  # timeouts are OSErrors
-        return Answer(None, "", f"{type(exc).__name__}: {exc}"[:300], _ms(started))
+        if not cut.is_alive() and time.monotonic() - started >= timeout:
+            error = f"no complete answer within {timeout:g} s"
+        else:
+            error = f"{type(exc).__name__}: {exc}"
+        return Answer(None, "", error[:300], _ms(started))
     finally:
+        cut.cancel()
         conn.close()
+
+
+def _cut_off(conn: http.client.HTTPConnection) -> None:
+    """Wake a read blocked on the socket: it then fails at once."""
+    sock = conn.sock
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_RDWR)
 
 
 def _ms(started: float) -> int:

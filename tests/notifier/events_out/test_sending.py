@@ -5,6 +5,8 @@ second run cannot take, giving up, disabling a failing endpoint with an alert, t
 from __future__ import annotations
 
 import logging
+import socket
+import threading
 from collections.abc import Iterator
 from datetime import timedelta
 
@@ -330,3 +332,38 @@ def test_disabling_needs_both_time_and_a_run_of_failures():
 )
 def test_only_http_urls_with_a_host_and_no_credentials(url, ok):
     assert (url_problem(url) is None) is ok
+
+
+def test_a_receiver_that_trickles_its_answer_is_cut_off_at_the_timeout(settings):
+    """Each byte comes before the socket's own timeout, so only a bound on the whole request
+    stops it: the request fails (and counts as a failure) instead of holding the run."""
+    settings.NOTIFIER_WEBHOOK_TIMEOUT_S = 1.0
+    listener = socket.create_server(("127.0.0.1", 0))
+    stop = threading.Event()
+
+    def trickle() -> None:
+        conn, _ = listener.accept()
+        with conn:
+            conn.recv(65536)
+            conn.sendall(b"HTTP/1.1 200 OK\r\n")
+            for _ in range(40):  # 8 s at most, then it hangs up
+                if stop.is_set():
+                    return
+                try:
+                    conn.sendall(b"X")  # a header line that never ends
+                except OSError:
+                    return
+                stop.wait(0.2)
+
+    thread = threading.Thread(target=trickle, daemon=True)
+    thread.start()
+    try:
+        answer = sending.post(
+            f"http://127.0.0.1:{listener.getsockname()[1]}/hook", b"{}", {"Content-Type": "x"}
+        )
+    finally:
+        stop.set()
+        listener.close()
+    # Cut off by the bound, not by the receiver hanging up 8 s later (a different error).
+    assert answer.status_code is None
+    assert "no complete answer within 1 s" in answer.error
