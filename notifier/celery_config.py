@@ -37,6 +37,7 @@ TASK_ROUTES: dict[str, dict[str, str]] = {
         "notifier.retention",
         "notifier.webhooks_sweep",
         "notifier.webhooks_prune",
+        "notifier.erase_again",
     )
 } | {"notifier.webhooks_send": {"queue": WEBHOOKS_QUEUE}}
 

@@ -21,6 +21,7 @@ from notifier.services.deliveries import (
     requeue_expired_claims,
     requeue_stuck_work,
 )
+from notifier.services.erasure import ERASE_AGAIN_TASK, recipient_erase_again
 from notifier.services.quarantine import messages_prepare_guarded
 from notifier.services.release import held_release
 from notifier.services.remote_calls import notify_call
@@ -71,6 +72,13 @@ def notify_task(self: Any, *args: Any, **kwargs: Any) -> int | None:
     kwargs={...})`; arguments in notifier.services.remote_calls). Returns the message id; a
     refused call is recorded for the operator (RefusedCall) and returns None."""
     return notify_call(kwargs, caller=self.request.id or "", positional=args)
+
+
+@shared_task(name=ERASE_AGAIN_TASK, ignore_result=True, acks_late=True)
+def erase_again(recipient_id: int, record_id: int) -> int:
+    """An erasure's follow-up, once the sends it found under way are done (rows changed)."""
+    report = recipient_erase_again(recipient_id=recipient_id, record_id=record_id)
+    return report.rows if report is not None else 0
 
 
 @shared_task(name="notifier.deliver", **PIPELINE_TASK_OPTIONS, **DELIVER_TIME_LIMITS)

@@ -48,6 +48,7 @@ from django.utils import timezone
 from django.utils.crypto import salted_hmac
 
 from channels.models import SandboxSend
+from notifier import dispatch
 from notifier.errors import RecipientErased
 from notifier.models import (
     Consent,
@@ -635,7 +636,7 @@ class _DryRun(Exception):
 
 
 def recipient_erase(
-    recipient: Recipient, *, by: str, reason: str, dry_run: bool = False
+    recipient: Recipient, *, by: str, reason: str, dry_run: bool = False, follow_up: bool = False
 ) -> ErasureReport:
     """Erase one person's data everywhere it is held (see the module's docstring), in one
     transaction. `by` names who asked (a staff member, an API key, a command), `reason` why
@@ -644,12 +645,14 @@ def recipient_erase(
     `dry_run`: do it all, report the counts, and roll it back (the report has no record)."""
     by, reason = _checked_text(by, "by", MAX_BY), _checked_text(reason, "reason", MAX_REASON)
     try:
-        return _erase(recipient, by=by, reason=reason, dry_run=dry_run)
+        return _erase(recipient, by=by, reason=reason, dry_run=dry_run, follow_up=follow_up)
     except _DryRun as rolled_back:
         return rolled_back.report
 
 
-def _erase(recipient: Recipient, *, by: str, reason: str, dry_run: bool) -> ErasureReport:
+def _erase(
+    recipient: Recipient, *, by: str, reason: str, dry_run: bool, follow_up: bool
+) -> ErasureReport:
     with transaction.atomic():
         # The user's row first, as preference and consent writes lock it: one that waited
         # for this erasure then finds the person erased and writes nothing.
@@ -718,7 +721,40 @@ def _erase(recipient: Recipient, *, by: str, reason: str, dry_run: bool) -> Eras
         )
         if dry_run:
             raise _DryRun(report)  # leaves the transaction: everything is rolled back
+        if (
+            not follow_up
+            and Delivery.objects.filter(user_id=person.user_id, status=S.SENDING).exists()
+        ):
+            # A send under way cannot be taken back: once its claim's lease is over it has
+            # written what it wrote (a provider id, a sandbox row, an error), and this erasure
+            # runs once more to clear it.
+            record_pk = record.pk
+            transaction.on_commit(
+                lambda: dispatch.publish(
+                    ERASE_AGAIN_TASK,
+                    kwargs={"recipient_id": recipient.pk, "record_id": record_pk},
+                    countdown=2 * float(settings.NOTIFIER_CLAIM_LEASE_S) + 30,
+                )
+            )
     return report
+
+
+ERASE_AGAIN_TASK = "notifier.erase_again"
+
+
+def recipient_erase_again(*, recipient_id: int, record_id: int) -> ErasureReport | None:
+    """The follow-up of an erasure that found sends under way (see `_erase`): the same
+    erasure once more, recorded as a repeat of the first; nothing when the person is gone."""
+    recipient = Recipient.objects.filter(pk=recipient_id, erased_at__isnull=False).first()
+    first = ErasureRecord.objects.filter(pk=record_id).first()
+    if recipient is None or first is None:
+        return None
+    return recipient_erase(
+        recipient,
+        by=f"{first.by} (follow-up)"[:MAX_BY],
+        reason=f"follow-up of erasure #{first.pk}: sends that were under way",
+        follow_up=True,
+    )
 
 
 def recipient_find(

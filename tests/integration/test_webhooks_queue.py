@@ -31,7 +31,7 @@ def test_a_slow_receiver_holds_the_webhooks_worker_and_no_maintenance_job(rig, m
             control_app=rig.app,
             broker_url=rig.server.url,
             argv=named(deployed(service)),
-            extra_env={"NOTIFIER_WEBHOOK_TIMEOUT_S": "20"},  # the receiver is slower than 5 s
+            extra_env={"NOTIFIER_WEBHOOK_TIMEOUT_S": "30"},  # the receiver is slower than 5 s
         )
         for service in ("worker-webhooks", "worker-maintenance")
     }
@@ -41,7 +41,8 @@ def test_a_slow_receiver_holds_the_webhooks_worker_and_no_maintenance_job(rig, m
     heartbeat = HEARTBEAT_KEY.format(job=WATCHED_JOB)
     broker = rig.server.client()
 
-    with receiver_running(Receiver(delay_s=8.0)) as receiver:
+    # Slow enough that a loaded machine still runs the maintenance job well inside one answer.
+    with receiver_running(Receiver(delay_s=15.0)) as receiver:
         endpoints = [
             endpoint_create(name=f"crm-{n}", url=receiver.url, event_types=["delivery.sent"])
             for n in range(3)
@@ -60,14 +61,14 @@ def test_a_slow_receiver_holds_the_webhooks_worker_and_no_maintenance_job(rig, m
         rig.send("notifier.release_held", (), MAINTENANCE_QUEUE)
         wait_until(
             lambda: broker.get(heartbeat) is not None,
-            timeout=6,
+            timeout=12,
             message="the maintenance job to run while the receiver is still answering",
         )
         assert receiver.in_flight > 0, "the maintenance job waited for the slow receiver"
 
         wait_until(
             lambda: set(WebhookEvent.objects.values_list("state", flat=True)) == {"sent"},
-            timeout=60,
+            timeout=90,
             message="every test event to be answered",
         )
     assert receiver.refused == []

@@ -31,6 +31,7 @@ from campaigns.models import (
 )
 from campaigns.services.segments import RowProblem, segment_members_preview
 from channels.models import SandboxSend
+from notifier import dispatch
 from notifier.api import notify, notify_many
 from notifier.errors import InvalidRecipient, RecipientErased
 from notifier.events_out.sending import endpoint_create
@@ -66,6 +67,7 @@ from notifier.services.erasure import (
     ErasureError,
     erasure_check,
     recipient_erase,
+    recipient_erase_again,
     recipient_export,
     suppressed,
     suppressed_kinds,
@@ -537,3 +539,32 @@ def test_the_service_api_does_not_take_an_erased_person_back(person, settings):
     )
     assert again.status_code == 201, again.content
     assert Recipient.objects.get(external_id=EXTERNAL_ID).user_id != person.pk
+
+
+def test_a_send_under_way_is_cleared_by_a_follow_up_after_its_lease(
+    person, monkeypatch, django_capture_on_commit_callbacks, settings
+):
+    """A delivery being sent cannot be cancelled; what its send writes after the erasure (a
+    provider id, an error naming the address) is erased by the follow-up the erasure sets."""
+    delivery = Delivery.objects.filter(user=person).order_by("pk").first()
+    Delivery.objects.filter(pk=delivery.pk).update(status="sending")  # claimed by a worker
+    sent: list[tuple[str, dict]] = []
+    monkeypatch.setattr(dispatch, "publish", lambda name, **options: sent.append((name, options)))
+    with django_capture_on_commit_callbacks(execute=True):
+        first = erase(person)
+    [(name, options)] = sent
+    assert name == "notifier.erase_again"
+    assert options["countdown"] >= 2 * settings.NOTIFIER_CLAIM_LEASE_S
+    # The send finishes after the erasure and writes what the provider answered.
+    Delivery.objects.filter(pk=delivery.pk).update(
+        status="sent", provider_message_id="prov-123", last_error="to sam@example.com"
+    )
+    with django_capture_on_commit_callbacks(execute=True):
+        again = recipient_erase_again(**options["kwargs"])
+    assert again is not None and again.repeat
+    assert sent[1:] == []  # a follow-up sets no further one
+    delivery.refresh_from_db()
+    assert (delivery.provider_message_id, delivery.last_error) == ("", "")
+    assert ErasureRecord.objects.get(pk=again.record_id).reason.startswith(
+        f"follow-up of erasure #{first.record_id}"
+    )
