@@ -4,6 +4,7 @@ to fix, and writes nothing when it refuses."""
 
 from __future__ import annotations
 
+import json
 from datetime import datetime
 from typing import Any
 
@@ -12,6 +13,7 @@ from django.db import transaction
 from django.http import Http404, HttpRequest, HttpResponse
 from ninja import NinjaAPI, Schema, Status
 from ninja.errors import HttpError, ValidationError
+from ninja.parser import Parser
 from pydantic import Field, StrictInt, StrictStr
 
 from channels.push import vapid_public_key
@@ -33,7 +35,20 @@ from notifier.services.recipients import (
     UnknownRecipient,
 )
 
+
+class ObjectBodies(Parser):
+    """A JSON body is an object: django-ninja would otherwise read an array, a number or a
+    string as an empty object, and a PUT of `[]` would create a recipient."""
+
+    def parse_body(self, request: HttpRequest) -> dict[str, Any]:
+        data = json.loads(request.body)
+        if not isinstance(data, dict):
+            raise ValueError("not a JSON object")  # ninja answers 400, see _http_error
+        return data
+
+
 api = NinjaAPI(
+    parser=ObjectBodies(),
     title="Notifier",
     version="1",
     description="Send notifications from another service or an app, and read what happened to "
@@ -140,7 +155,10 @@ def _preference_error(request: HttpRequest, exc: PreferenceError) -> HttpRespons
 def _http_error(request: HttpRequest, exc: HttpError) -> HttpResponse:
     """django-ninja's own refusals (a body it cannot parse as JSON: 400), in our shape."""
     status = exc.status_code
-    return _problem(request, status, HTTP_ERROR_TYPES.get(status, "InvalidRequest"), str(exc))
+    message = str(exc)
+    if status == 400 and message.startswith("Cannot parse request body"):
+        message = 'the body must be a JSON object, e.g. {"name": "value"}'
+    return _problem(request, status, HTTP_ERROR_TYPES.get(status, "InvalidRequest"), message)
 
 
 HTTP_ERROR_TYPES = {401: "Unauthorized", 403: "Forbidden", 404: "NotFound"}

@@ -516,3 +516,19 @@ def test_a_bulk_call_refused_for_a_reused_key_takes_back_what_it_made():
     # The second user's message, written before the first's was compared, is gone again.
     assert not Message.objects.filter(user=second).exists()
     assert Message.objects.count() == 1
+
+
+@pytest.mark.parametrize("body", ["[]", "[1]", '"x"', "3", "null", '[{"email": "a@b.cc"}]'])
+def test_a_body_that_is_not_a_json_object_is_refused_everywhere(body):
+    key = token()
+    for method, url in [
+        ("put", "/api/v1/recipients/arr-1"),
+        ("patch", "/api/v1/recipients/arr-1/preferences"),
+        ("post", "/api/v1/notify"),
+    ]:
+        response = getattr(Client(), method)(
+            url, data=body, content_type="application/json", HTTP_AUTHORIZATION=f"Bearer {key}"
+        )
+        assert response.status_code == 400, (method, url, response.content)
+        assert "must be a JSON object" in response.json()["message"]
+    assert not Recipient.objects.filter(external_id="arr-1").exists()
