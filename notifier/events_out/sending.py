@@ -261,27 +261,29 @@ def post(url: str, body: bytes, headers: dict[str, str]) -> Answer:
     conn = targets.connection(target, timeout=timeout)
     # The timeout bounds each wait on the socket; this bounds the whole request, so a receiver
     # that trickles its answer a byte at a time is cut off too (and counted as a failure).
-    cut = threading.Timer(timeout, _cut_off, args=(conn,))
+    cut_off = threading.Event()
+    cut = threading.Timer(timeout, _cut_off, args=(conn, cut_off))
     cut.daemon = True
     cut.start()
+    late = f"no complete answer within {timeout:g} s"
     try:
         conn.request("POST", target.path, body=body, headers=headers)
         response = conn.getresponse()
         text = response.read(keep * 4 + 4).decode("utf-8", "replace")[:keep]
+        if cut_off.is_set():  # what was read ended where the socket was shut, not the answer
+            return Answer(None, "", late, _ms(started))
         return Answer(response.status, text, "", _ms(started))
     except (OSError, http.client.HTTPException) as exc:  # timeouts are OSErrors
-        if not cut.is_alive() and time.monotonic() - started >= timeout:
-            error = f"no complete answer within {timeout:g} s"
-        else:
-            error = f"{type(exc).__name__}: {exc}"
+        error = late if cut_off.is_set() else f"{type(exc).__name__}: {exc}"
         return Answer(None, "", error[:300], _ms(started))
     finally:
         cut.cancel()
         conn.close()
 
 
-def _cut_off(conn: http.client.HTTPConnection) -> None:
-    """Wake a read blocked on the socket: it then fails at once."""
+def _cut_off(conn: http.client.HTTPConnection, done: threading.Event) -> None:
+    """Wake a read blocked on the socket: it then ends at once (and the answer is void)."""
+    done.set()
     sock = conn.sock
     if sock is not None:
         with contextlib.suppress(OSError):
