@@ -71,6 +71,7 @@ from notifier.services.erasure import (
     recipient_export,
     suppression_lift,
 )
+from notifier.services.recipients import PROFILE_FIELDS
 from notifier.status import NOT_SENT, DeliveryStatus, Reason
 from notifier.user_keys import user_key_from_text
 
@@ -162,22 +163,8 @@ class PhoneInE164:
             ) from exc
 
 
-RECIPIENT_ADMIN_FIELDS = (
-    "email",
-    "phone",
-    "time_zone",
-    "locale",
-    "quiet_hours_enabled",
-    "quiet_hours_start",
-    "quiet_hours_end",
-    "marketing_frequency",
-    "yearly_spend",
-    "last_active_at",
-    "interest_tags",
-    "points_balance",
-    "points_expire_at",
-    "usual_active_hour",
-)
+# What the API may set, and the hour learned from reads, which only support sees.
+RECIPIENT_ADMIN_FIELDS = (*PROFILE_FIELDS, "usual_active_hour")
 
 
 class RecipientForm(PhoneInE164, forms.ModelForm):
