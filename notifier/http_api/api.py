@@ -11,8 +11,10 @@ from typing import Any
 from django.conf import settings
 from django.db import transaction
 from django.http import Http404, HttpRequest, HttpResponse
+from django.views.decorators.http import require_safe
 from ninja import NinjaAPI, Schema, Status
 from ninja.errors import HttpError, ValidationError
+from ninja.openapi.schema import OpenAPISchema
 from ninja.parser import Parser
 from pydantic import Field, StrictInt, StrictStr
 
@@ -47,7 +49,25 @@ class ObjectBodies(Parser):
         return data
 
 
-api = NinjaAPI(
+class Api(NinjaAPI):
+    """The API, whose OpenAPI document is made once per process (it is derived from the code)
+    and read only with GET or HEAD (anything else is a 405 saying so)."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(docs_decorator=require_safe, **kwargs)
+        self._schemas: dict[str, OpenAPISchema] = {}
+
+    def get_openapi_schema(
+        self, *, path_prefix: str | None = None, path_params: dict[str, Any] | None = None
+    ) -> OpenAPISchema:
+        if path_prefix is None:
+            path_prefix = self.get_root_path(path_params or {})
+        if path_prefix not in self._schemas:
+            self._schemas[path_prefix] = super().get_openapi_schema(path_prefix=path_prefix)
+        return self._schemas[path_prefix]
+
+
+api = Api(
     parser=ObjectBodies(),
     title="Notifier",
     version="1",
