@@ -274,7 +274,7 @@ def trial_context(
             "points_expire_on": "2030-12-31",
         },
         site_name=settings.NOTIFIER_SITE_NAME,
-        site_url=settings.NOTIFIER_SITE_URL,
+        site_url=settings.NOTIFIER_SITE_URL.rstrip("/"),
         preferences_url=preferences_url(user_id=trial_user),
         unsubscribe_url=unsubscribe_url(
             user_id=trial_user, category="marketing", channel="email", message_id=2**62

@@ -228,7 +228,8 @@ def template_context(context: Mapping[str, Any], user: Mapping[str, Any]) -> dic
         **context,
         "user": dict(user),
         "site_name": settings.NOTIFIER_SITE_NAME,
-        "site_url": settings.NOTIFIER_SITE_URL,
+        # Without a trailing slash: templates write {{ site_url }}/account/reset/.
+        "site_url": settings.NOTIFIER_SITE_URL.rstrip("/"),
     }
 
 

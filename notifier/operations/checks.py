@@ -1,11 +1,12 @@
 """System checks: every code-defined type has templates that compile for each of its channels,
-the provider webhooks can work (signing keys, basic auth, a public callback URL), and the render
-tasks' time limits fit together."""
+the provider webhooks can work (signing keys, basic auth, a public callback URL), links in
+messages point at a public site, and the render tasks' time limits fit together."""
 
 from __future__ import annotations
 
 import warnings
 from typing import Any
+from urllib.parse import urlsplit
 
 from django.core.checks import CheckMessage, Error, register
 from django.core.checks import Warning as CheckWarning
@@ -54,8 +55,6 @@ def check_notification_templates(app_configs: Any = None, **kwargs: Any) -> list
 @register()
 def check_provider_webhooks(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
     """Webhooks that would fail or be open once providers call them: say so at start-up."""
-    from urllib.parse import urlsplit
-
     from anymail.exceptions import AnymailConfigurationError, AnymailInsecureWebhookWarning
     from django.conf import settings
     from django.urls import NoReverseMatch
@@ -100,7 +99,7 @@ def check_provider_webhooks(app_configs: Any = None, **kwargs: Any) -> list[Chec
     if _twilio_in_sms_chain():
         base = settings.NOTIFIER_TWILIO_WEBHOOK_BASE_URL or settings.NOTIFIER_SITE_URL
         parts = urlsplit(base)
-        if parts.scheme != "https" or parts.hostname in ("localhost", "127.0.0.1", "::1"):
+        if parts.scheme != "https" or parts.hostname in LOCAL_HOSTS:
             found.append(
                 CheckWarning(
                     f"Twilio status callbacks go to {base}, which Twilio cannot reach",
@@ -110,6 +109,51 @@ def check_provider_webhooks(app_configs: Any = None, **kwargs: Any) -> list[Chec
                 )
             )
     return found
+
+
+# Host names that reach the machine a link is opened on, never the site.
+LOCAL_HOSTS = frozenset({"localhost", "127.0.0.1", "::1", "0.0.0.0"})
+
+
+def site_url_problem(url: str) -> str | None:
+    """What is wrong with `url` as the origin of links customers open (worded to follow
+    "NOTIFIER_SITE_URL "), or None for an absolute http(s) URL on a host others can reach."""
+    if not url.strip():
+        return "is not set"
+    try:
+        parts = urlsplit(url.strip())
+        host = parts.hostname
+    except ValueError:  # e.g. an unbalanced "[" in the host
+        return f"is {url!r}, not a URL"
+    if parts.scheme not in ("http", "https") or not host:
+        return f"is {url!r}, not an absolute http(s) URL"
+    if host in LOCAL_HOSTS or host.startswith("127.") or host.endswith(".localhost"):
+        return f"is {url!r}: {host} is the customer's own device, not this site"
+    return None
+
+
+@register()
+def check_site_url(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
+    """Every link in messages (unsubscribe, preference centre, click tracking, the templates'
+    `site_url`) starts with NOTIFIER_SITE_URL, whose default is http://localhost:8000: with
+    DEBUG off, say so while it is unset or points at this machine. Not for the embedded
+    first-run default (the demo), which is never a deployment."""
+    from django.conf import settings
+
+    if settings.DEBUG or settings.NOTIFIER_EMBEDDED:
+        return []
+    problem = site_url_problem(settings.NOTIFIER_SITE_URL)
+    if problem is None:
+        return []
+    return [
+        CheckWarning(
+            f"NOTIFIER_SITE_URL {problem}; every link in messages (unsubscribe, preference "
+            "centre, click tracking) starts with it",
+            hint="set NOTIFIER_SITE_URL to the site's public origin, e.g. "
+            "https://notify.example.com",
+            id="notifier.W020",
+        )
+    ]
 
 
 @register()
