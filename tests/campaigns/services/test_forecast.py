@@ -66,7 +66,9 @@ def write_copy(variant: StepVariant) -> None:
         )
 
 
-def make_campaign(creator, *, plan=None, holdout: int = 0, tags=(TAG,)) -> Campaign:
+def make_campaign(
+    creator, *, plan=None, holdout: int = 0, tags=(TAG,), send_rate: int | None = None
+) -> Campaign:
     campaign = campaign_create(
         name="Double 11",
         category=NotificationType.objects.get(pk="promo.flash_sale"),
@@ -80,6 +82,9 @@ def make_campaign(creator, *, plan=None, holdout: int = 0, tags=(TAG,)) -> Campa
     for step in campaign.steps.all():
         for variant in step.variants.all():
             write_copy(variant)
+    if send_rate is not None:
+        Campaign.objects.filter(pk=campaign.pk).update(send_rate_per_minute=send_rate)
+        campaign.refresh_from_db()
     return campaign
 
 
@@ -249,9 +254,7 @@ def test_a_large_audience_is_estimated_from_an_even_sample(marketer, lead):
 def test_the_time_to_send_follows_the_campaigns_rate(marketer, lead):
     for _ in range(3):
         person()
-    campaign = approved(marketer, lead)
-    Campaign.objects.filter(pk=campaign.pk).update(send_rate_per_minute=2)
-    campaign.refresh_from_db()
+    campaign = approved(marketer, lead, send_rate=2)
     with time_machine.travel(NOW):
         notice = step_of(campaign_forecast(campaign=campaign), "Notice")
     assert notice.send_time is not None
