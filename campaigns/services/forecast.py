@@ -47,6 +47,7 @@ from campaigns.services.audience_values import ValueWarning, segment_value_warni
 from campaigns.services.fanout import recipients
 from campaigns.services.lifecycle import plan_of
 from campaigns.services.segments import profile_rules_q
+from campaigns.services.stats import reason_label  # the support timeline's words
 from channels.base import Channel
 from channels.registry import providers_for
 from notifier.db import readable
@@ -105,11 +106,6 @@ REASON_STAGES: dict[str, Stage] = {
     Reason.OUTRANKED: Stage.CAPPED,
     Reason.STALE: Stage.CAPPED,  # deferred past its expiry: the cap is why
 }
-
-
-def reason_label(reason: str) -> str:
-    """The words the support timeline shows for a reason (`Reason`'s label)."""
-    return str(Reason(reason).label) if reason in Reason.values else reason
 
 
 @dataclass(frozen=True, slots=True)
