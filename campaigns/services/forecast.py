@@ -57,7 +57,7 @@ from notifier.policies.quiet_hours import quiet_until
 from notifier.provider_limits import rate_limits
 from notifier.services.admission import Admission, quiet_hours_of
 from notifier.services.messages import as_message
-from notifier.services.pipeline import audience_of, message_route
+from notifier.services.pipeline import Audience, audience_of, message_route
 from notifier.status import DeliveryStatus, Reason
 from notifier.user_keys import UserKey
 
@@ -276,10 +276,11 @@ def campaign_forecast(
     if campaign.event_at is None and campaign.kind == CampaignKind.ONE_OFF:
         forecast.notes.append("No event time yet: each step is forecast as if it went out now.")
     taken: Counter[CapKey] = Counter()  # cap slots this campaign's steps take
+    known: list[Audience] = []  # what routing knows of the users: the same for every step
     steps = campaign.steps.filter(status=StepStatus.PENDING).order_by("offset_minutes", "pk")
     for step in steps:
         forecast.steps.append(
-            _step_forecast(campaign, step, users, now=now, scale=scale, taken=taken)
+            _step_forecast(campaign, step, users, now=now, scale=scale, taken=taken, known=known)
         )
     return forecast
 
@@ -306,6 +307,7 @@ def _step_forecast(
     now: datetime,
     scale: float,
     taken: Counter[CapKey],
+    known: list[Audience],
 ) -> StepForecast:
     plan = plan_of(step)
     moment = step_moment(campaign.event_at, plan) if campaign.event_at else None
@@ -319,7 +321,9 @@ def _step_forecast(
         message = as_message(row, index, max(due, now))
         message.not_before, message.user = None, by_id[row.user_id]
         messages.append(message)
-    audience = audience_of(messages, now, congested=False)
+    if not known and messages:
+        known.append(audience_of(messages, now, congested=False))
+    audience = known[0] if known else audience_of(messages, now, congested=False)
     tally: dict[str, Counter[str]] = defaultdict(Counter)
     quiet: Counter[str] = Counter()
     releases: Counter[str] = Counter()
