@@ -4,7 +4,7 @@ the tracking routes. Registered by CampaignsConfig.ready()."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -138,6 +138,12 @@ class Batch:
 class CampaignsPlugin:
     def batch(self, messages: Sequence[Message]) -> Batch:
         return Batch(messages)
+
+    def send_rates(self, campaign_ids: Collection[int]) -> dict[int, int]:
+        rows = Campaign.objects.filter(
+            pk__in=list(campaign_ids), send_rate_per_minute__isnull=False
+        ).values_list("pk", "send_rate_per_minute")
+        return {pk: rate for pk, rate in rows if rate}
 
     def retention_keeps(self) -> list[str]:
         finished = ", ".join(f"'{status}'" for status in FINISHED)

@@ -151,6 +151,10 @@ class CampaignStatus(models.TextChoices):
     CANCELLED = "cancelled", "Cancelled"
 
 
+# A campaign's own send rate above this is no limit at all: a thousand a second.
+MAX_SEND_RATE_PER_MINUTE = 60_000
+
+
 class Campaign(models.Model):
     name = models.CharField(max_length=200)
     description = models.TextField(blank=True, default="")
@@ -191,6 +195,22 @@ class Campaign(models.Model):
     )
     channels = models.JSONField(
         default=list, blank=True, help_text="Empty: the routing rules decide"
+    )
+    send_rate_per_minute = models.PositiveIntegerField(
+        "Send rate (messages a minute)",
+        null=True,
+        blank=True,
+        validators=[
+            MinValueValidator(1, "At least 1 message a minute (empty: no limit of its own)."),
+            MaxValueValidator(
+                MAX_SEND_RATE_PER_MINUTE,
+                f"At most {MAX_SEND_RATE_PER_MINUTE:,} a minute; leave it empty for no limit "
+                "of its own.",
+            ),
+        ],
+        help_text="At most this many of its messages go out a minute, every channel counted "
+        "(on top of the providers' own limits). Empty: only the providers' limits. Part of "
+        "what approval covers.",
     )
     variables = models.JSONField(
         default=dict, blank=True, help_text="Values every template of the campaign can use"

@@ -13,6 +13,8 @@ The questions, per batch of messages (one or two queries each, never one per mes
   allowed to send in quiet hours, the customer's series stopped), and its copy: extra template
   values (the campaign, the customer's persona), the variant's copy instead of the type's
   templates, links rewritten for click and open tracking;
+- `send_rates(campaign_ids)`: each campaign's own send rate (messages a minute), which
+  delivering honours on top of the providers' limits (one query per deliver batch);
 - `retention_keeps()`: SQL conditions under which the retention job must keep a message (its
   campaign is still live, a conversion points at it);
 - `failure_alerts(now)`: the failure-rate job's turn for campaigns (pausing failing ones);
@@ -22,7 +24,7 @@ The questions, per batch of messages (one or two queries each, never one per mes
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Protocol
@@ -73,6 +75,10 @@ class CampaignBatch(Protocol):
 
 class CampaignHook(Protocol):
     def batch(self, messages: Sequence[Message]) -> CampaignBatch: ...
+
+    def send_rates(self, campaign_ids: Collection[int]) -> dict[int, int]:
+        """Messages a minute, for those of these campaigns that have a rate of their own."""
+        ...
 
     def retention_keeps(self) -> list[str]:
         """SQL conditions on the message row `m`, each true when the message must stay."""
@@ -127,6 +133,14 @@ def campaign_batch(messages: Sequence[Message]) -> CampaignBatch:
     if _hook is None or not any(m.campaign_id for m in messages):
         return NO_CAMPAIGNS
     return _hook.batch(messages)
+
+
+def campaign_send_rates(campaign_ids: Iterable[int | None]) -> dict[int, int]:
+    """Campaign id -> its own send rate (messages a minute); no query without a campaign."""
+    ids = {pk for pk in campaign_ids if pk}
+    if _hook is None or not ids:
+        return {}
+    return _hook.send_rates(ids)
 
 
 def retention_keeps() -> list[str]:

@@ -65,6 +65,7 @@ from django.utils.safestring import SafeString, mark_safe
 from django.utils.text import capfirst
 from jinja2 import TemplateSyntaxError, meta
 
+from campaigns.admin.forecast import forecast_context, forecast_urls
 from campaigns.admin.segments import mask_email, normalize_locale
 from campaigns.admin.stats import CHANNEL_LABELS, stats_url, stats_urls
 from campaigns.models import (
@@ -284,6 +285,7 @@ EDIT_FIELDS = [
     "reentry_days",
     "quiet_hours_allowed",
     "stop_series_on",
+    "send_rate_per_minute",
 ]
 # Editable in every status: a marketer may raise or lower it while the campaign runs.
 SAFETY_FIELDS = ["pause_failure_percent"]
@@ -332,6 +334,7 @@ class CampaignForm(forms.ModelForm):
             "ab_sample_size",
             "reentry_days",
             "stop_series_on",
+            "send_rate_per_minute",
         ]
         help_texts = {
             "segment": "Who gets it. The count below is how many users it reaches right now.",
@@ -692,6 +695,7 @@ class CampaignAdmin(admin.ModelAdmin):
         # The funnel and these pages first: the default "<path:object_id>/" would swallow them.
         return [
             *stats_urls(self),
+            *forecast_urls(self),
             path("<path:object_id>/preview/", view(self.preview_view), name=name + "preview"),
             path("<path:object_id>/send-test/", view(self.send_test_view), name=name + "test"),
             path("<path:object_id>/cancel/", view(self.cancel_view), name=name + "cancel"),
@@ -791,7 +795,7 @@ class CampaignAdmin(admin.ModelAdmin):
         ]
 
     def _when_and_how(self, request: HttpRequest) -> list[str]:
-        fields = ["event_at", "priority", "channels"]
+        fields = ["event_at", "priority", "channels", "send_rate_per_minute"]
         # Marketing in quiet hours is a lead's decision: nobody else sees the switch, so a
         # marketer's form has no such field and a posted value is ignored.
         if request.user.has_perm(ALLOW_QUIET_HOURS):
@@ -903,6 +907,7 @@ class CampaignAdmin(admin.ModelAdmin):
         )
         if obj is not None and obj.pk is not None:
             context.update(self._status_context(request, obj))
+            context.update(forecast_context(self, request, obj))
         return super().render_change_form(request, context, add, change, form_url, obj)
 
     def _status_context(self, request: HttpRequest, campaign: Campaign) -> dict[str, Any]:

@@ -64,6 +64,7 @@ from campaigns.models import (
     SegmentMember,
     SpendTier,
 )
+from campaigns.services.audience_values import segment_value_warnings, warning_texts
 from campaigns.services.definitions import campaign_definition
 from campaigns.services.lifecycle import LIVE, SentBack, campaigns_recheck
 from campaigns.services.segments import (
@@ -361,6 +362,8 @@ CHANGE_FORM_TEMPLATE = """{% extends "admin/change_form.html" %}
         data-url="{{ audience.count_url }}">{{ audience.count_text }}</strong>
       <button type="button" class="button" id="audience-refresh">Refresh from the form</button>
       <div class="help" id="audience-note">{{ audience.note }}</div>
+      <ul id="segment-warnings" class="errorlist">{% for warning in audience.warnings %}
+        <li class="errornote">{{ warning }}</li>{% endfor %}</ul>
     </div>
   </div></div>
   {% if audience.members is not None %}
@@ -423,6 +426,13 @@ CHANGE_FORM_TEMPLATE = """{% extends "admin/change_form.html" %}
         } else {
           count.textContent = data.count_text;
           note.textContent = "Counted from the form as it is now (not saved yet).";
+          const list = document.getElementById("segment-warnings");
+          list.replaceChildren(...(data.warnings || []).map((text) => {
+            const item = document.createElement("li");
+            item.className = "errornote";
+            item.textContent = text;
+            return item;
+          }));
         }
       })
       .catch(() => { count.textContent = "?"; note.textContent = "Could not count."; });
@@ -685,6 +695,8 @@ class SegmentAdmin(admin.ModelAdmin):
         if change:  # in the admin's transaction: the change and the send-backs commit together
             sent = campaigns_recheck(campaigns=Campaign.objects.filter(segment=obj))
             announce_sent_back(request, sent)
+        for warning in segment_value_warnings(obj):  # saved all the same: a warning, no error
+            messages.warning(request, warning.text)
 
     def _audience(self, request: HttpRequest, segment: Segment | None) -> dict[str, Any]:
         if segment is None or segment.pk is None:
@@ -694,12 +706,14 @@ class SegmentAdmin(admin.ModelAdmin):
                 "note": "Fill in the rules and press Refresh to count them before saving.",
                 "members": None,
                 "sample": [],
+                "warnings": [],
             }
         audience: dict[str, Any] = {
             "count_url": self._url("count", segment.pk),
             "members": SegmentMember.objects.filter(segment=segment).count(),
             "note": "Counted from the saved rules.",
             "sample": [],
+            "warnings": warning_texts(segment_value_warnings(segment)),
         }
         try:
             now = timezone.now()
@@ -753,7 +767,13 @@ class SegmentAdmin(admin.ModelAdmin):
             count = segment_count(segment)
         except ValueError as exc:
             return JsonResponse({"errors": {"rules": [str(exc)]}}, status=400)
-        return JsonResponse({"count": count, "count_text": f"{count:,}"})
+        return JsonResponse(
+            {
+                "count": count,
+                "count_text": f"{count:,}",
+                "warnings": warning_texts(segment_value_warnings(segment)),
+            }
+        )
 
     # --- CSV import ---
 

@@ -71,6 +71,9 @@ CAMPAIGN_FIELDS = {
 }
 # Marketing in quiet hours, a lead's switch: in the definition only when on.
 QUIET_HOURS = "quiet_hours_allowed"
+# The campaign's own send rate: in the definition only when set, so that approvals recorded
+# before the field existed still match a campaign without one.
+SEND_RATE = "send_rate_per_minute"
 SPEND_EDGES = ("whale_min_spend", "dolphin_min_spend")
 ACTIVITY_EDGES = ("active_within_days", "dormant_within_days")
 TIER_COUNT = ACTIVITY_COUNT = 3  # all three ticked is the same as none: no condition
@@ -128,10 +131,16 @@ def campaign_definition(campaign_id: int, *, members: bool = True) -> Definition
     `members=False` leaves out the member list's digest (the one part whose cost grows with
     the list): for checks that run per batch, after the walk checked the whole of it.
     """
-    row = Campaign.objects.filter(pk=campaign_id).values(*CAMPAIGN_FIELDS, QUIET_HOURS).get()
+    row = (
+        Campaign.objects.filter(pk=campaign_id)
+        .values(*CAMPAIGN_FIELDS, QUIET_HOURS, SEND_RATE)
+        .get()
+    )
     chosen = {key: row[field] for field, key in CAMPAIGN_FIELDS.items()}
     if row[QUIET_HOURS]:
         chosen[QUIET_HOURS] = True
+    if row[SEND_RATE] is not None:
+        chosen[SEND_RATE] = row[SEND_RATE]
     definition: Definition = {
         "campaign": chosen,
         "steps": _steps(campaign_id),
@@ -351,6 +360,7 @@ SETTING_LABELS = {
     "holdout_percent": "Hold-out",
     "reentry_days": "Re-entry",
     QUIET_HOURS: "Send in quiet hours",
+    SEND_RATE: "Send rate",
     "stop_series_on": "Stop the series for a customer who",
 }
 
@@ -368,6 +378,8 @@ def _setting_text(key: str, value: Any) -> str:
         return f"once in {value} days"
     if key == QUIET_HOURS:
         return "allowed" if value else "no"
+    if key == SEND_RATE:
+        return f"{value:,} a minute" if value else "no limit of its own"
     if key == "stop_series_on" and value in SeriesStop.values:
         return str(SeriesStop(value).label)
     return "none" if value is None else str(value)

@@ -42,6 +42,7 @@ from channels.registry import providers_for
 from notifier import dispatch
 from notifier.backpressure import lane_queue_depth
 from notifier.db import commit_without_waiting, table_name
+from notifier.hooks import campaign_send_rates
 from notifier.logcontext import bound
 from notifier.models import Delivery, Device, EventKind, Message
 from notifier.operations.metrics import record_send
@@ -54,8 +55,10 @@ from notifier.provider_limits import (
     breaker_allows,
     breaker_outcomes,
     provider_pause,
+    take,
 )
 from notifier.queues import Lane
+from notifier.rates import Rate
 from notifier.selectors import type_info_get
 from notifier.services.breakers import breaker_waiter_token, breaker_waiters_wake
 from notifier.services.callbacks import (
@@ -221,6 +224,8 @@ class Claimed:
     sent_at: datetime | None = None
     finished_at: datetime | None = None
     claim_token: uuid.UUID | None = None  # the claim this run holds; outcomes are written under it
+    campaign_id: int | None = None  # a campaign with a send rate of its own paces it
+    is_test: bool = False
 
 
 CLAIMED_COLUMNS = (
@@ -234,13 +239,28 @@ CLAIMED_COLUMNS = (
     "message__lane",
     "user__notifier_recipient__email",
     "user__notifier_recipient__phone",
+    "message__campaign_id",
+    "message__is_test",
 )
 
 
 def _load(claimed_ids: list[int]) -> list[Claimed]:
     rows = Delivery.objects.filter(pk__in=claimed_ids).order_by("pk").values_list(*CLAIMED_COLUMNS)
     claimed = []
-    for pk, message_id, user_id, channel, content, attempts, type_key, lane, email, phone in rows:
+    for (
+        pk,
+        message_id,
+        user_id,
+        channel,
+        content,
+        attempts,
+        type_key,
+        lane,
+        email,
+        phone,
+        campaign_id,
+        is_test,
+    ) in rows:
         claimed.append(
             Claimed(
                 pk=pk,
@@ -253,6 +273,8 @@ def _load(claimed_ids: list[int]) -> list[Claimed]:
                 lane=Lane(lane),
                 email=email or "",  # no profile: nothing to send to
                 phone=phone or "",
+                campaign_id=campaign_id,
+                is_test=is_test,
             )
         )
     return claimed
@@ -677,6 +699,42 @@ def _defer(deliveries: list[Claimed], wait_s: float, reason: str, report: Delive
     report.deferred_for_s = wait_s
 
 
+CAMPAIGN_BUCKET = "campaign:{}"  # a campaign's own send rate, in the providers' buckets
+
+
+def campaign_rate(per_minute: int) -> Rate:
+    """A campaign's send rate as a token bucket: `per_minute` spread over the minute, with
+    about a second's worth at once (as provider rates are read)."""
+    return Rate(per_minute / 60)
+
+
+def _campaign_paced(deliveries: list[Claimed], report: DeliverReport) -> list[Claimed]:
+    """The deliveries that may go now; those of a campaign whose own send rate has no token
+    left for them go back to the queue (`_defer`: no attempt used up, published again after
+    the wait), never dropped. One bucket per campaign, shared by every worker (Redis), so a
+    campaign's messages go out no faster than its rate whichever workers send them. A test
+    send is the marketer's own and never waits."""
+    rates = campaign_send_rates(d.campaign_id for d in deliveries if not d.is_test)
+    if not rates:
+        return deliveries
+    by_campaign: dict[int, list[Claimed]] = defaultdict(list)
+    for delivery in deliveries:
+        if delivery.campaign_id in rates and not delivery.is_test:
+            by_campaign[delivery.campaign_id].append(delivery)
+    held: set[int] = set()
+    for campaign_id, group in by_campaign.items():
+        rate = campaign_rate(rates[campaign_id])
+        grant = take(CAMPAIGN_BUCKET.format(campaign_id), rate, len(group))
+        rest = group[grant.granted :]
+        if rest:
+            # Come back once about a second's worth of tokens is there again, at a moment of
+            # its own, so that the batches of one campaign do not all wake at once.
+            wait_s = max(grant.retry_after_s, min(len(rest), rate.burst) / rate.per_second)
+            _defer(rest, wait_s * (1 + random.random()), "", report)
+            held.update(d.pk for d in rest)
+    return [d for d in deliveries if d.pk not in held]
+
+
 def deliveries_deliver(*, delivery_ids: Sequence[int]) -> DeliverReport:
     """Claim, send and record a batch of deliveries (normally all of one channel and lane)."""
     report = DeliverReport()
@@ -688,6 +746,7 @@ def deliveries_deliver(*, delivery_ids: Sequence[int]) -> DeliverReport:
     deliveries = _load(claimed)
     for delivery in deliveries:
         delivery.claim_token = lease.token
+    sending = _campaign_paced(deliveries, report)
     push_users = [d.user_id for d in deliveries if d.channel is Channel.PUSH]
     devices: dict[int, list[Device]] = defaultdict(list)
     if push_users:
@@ -695,7 +754,7 @@ def deliveries_deliver(*, delivery_ids: Sequence[int]) -> DeliverReport:
             devices[device.user_id].append(device)
 
     by_channel: dict[Channel, list[Claimed]] = defaultdict(list)
-    for delivery in deliveries:
+    for delivery in sending:
         by_channel[delivery.channel].append(delivery)
     for channel, group in by_channel.items():
         _deliver_channel(

@@ -139,7 +139,11 @@ class Audience:
     suppressed_emails: frozenset[str] = frozenset()
 
 
-def audience_of(messages: Sequence[Message], now: datetime) -> Audience:
+def audience_of(
+    messages: Sequence[Message], now: datetime, *, congested: bool | None = None
+) -> Audience:
+    """What routing needs of these messages' users. `congested` None: ask the bulk queues now
+    (a forecast of a send to come passes False: their depth then cannot be known)."""
     user_ids = {m.user_id for m in messages}
     marketing = {m.user_id for m in messages if message_type(m).kind == Kind.MARKETING}
     since = now - timedelta(days=settings.NOTIFIER_FEEDBACK_PENALTY_DAYS)
@@ -153,8 +157,12 @@ def audience_of(messages: Sequence[Message], now: datetime) -> Audience:
         consent=consent_of(user_ids=user_ids),
         irrelevant=irrelevant_feedback_counts(user_ids=marketing, since=since) if marketing else {},
         rules=routing_rules(),
-        congested=any(m.lane == Lane.BULK or m.priority == Priority.LOW for m in messages)
-        and bulk_congested(),
+        congested=(
+            any(m.lane == Lane.BULK or m.priority == Priority.LOW for m in messages)
+            and bulk_congested()
+            if congested is None
+            else congested
+        ),
         campaigns=campaign_batch(messages),
         suppressed_emails=suppressed_emails_of(
             recipient_for(m.user).email for m in messages if _may_email(m)

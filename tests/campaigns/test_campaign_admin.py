@@ -847,6 +847,7 @@ def pages(campaign: Campaign) -> list[str]:
         url("stepvariant_change", notice_variant(campaign).pk),
         url("campaign_preview", campaign.pk),
         url("campaign_stats", campaign.pk),
+        url("campaign_forecast", campaign.pk),
     ]
 
 

@@ -191,7 +191,7 @@ def test_count_endpoint_counts_the_saved_rules(marketer_client):
     response = marketer_client.get(url("segment_count", segment.pk))
 
     assert response.status_code == 200
-    assert response.json() == {"count": 2, "count_text": "2"}
+    assert response.json() == {"count": 2, "count_text": "2", "warnings": []}
 
 
 def test_count_endpoint_counts_the_unsaved_rules_of_the_form(marketer_client):

@@ -694,3 +694,24 @@ def test_a_triggered_campaign_reaches_who_entered_once_and_who_came_back_again(r
     assert statuses(step) == {(S.SENT, ""): 1100}
     ledger = ledger_for(list(messages_of(step).values_list("pk", flat=True)), ["email"])
     assert (ledger.expected, ledger.lost, ledger.duplicated) == (1100, 0, 0), ledger
+
+
+def test_a_campaigns_send_rate_paces_its_sends_and_loses_or_doubles_none(rig):
+    """300 a minute (five a second, five at once): 40 emails cannot all go out in less than
+    (40 - 5) / 5 = 7 seconds by the bucket's own clock (Redis TIME), however fast the worker;
+    what the bucket refused went back to the queue and went out later, each exactly once."""
+    users = fans(40)
+    step = campaign_due_now(["email"])
+    campaign = step.campaign
+    Campaign.objects.filter(pk=campaign.pk).update(send_rate_per_minute=300)
+    Campaign.objects.filter(pk=campaign.pk).update(
+        approved_definition=campaign_definition(campaign.pk)
+    )
+    rig.worker(**WORKER_ENV)
+    start(step)
+    beat_until(rig, step, lambda: everyone_sent(step, users) and closed(step), timeout=90)
+    one_message_each(step, users)
+    every_delivery_sent_once(step, ["email"], users)
+    times = sorted(sends_of(step).values_list("at", flat=True))
+    # Database clock and Redis clock are one machine's: allow a second for the rest.
+    assert times[-1] - times[0] >= timedelta(seconds=6), (times[0], times[-1])

@@ -163,6 +163,7 @@ EXTRA_PAGES: dict[str, tuple[str, frozenset[str]]] = {
     "campaigns_campaign_stats": ("GET", MARKETING_SUPPORT),
     "campaigns_campaign_stats:POST": ("POST", MARKETING),  # "refresh now"
     "campaigns_campaign_preview": ("GET", MARKETING_SUPPORT),
+    "campaigns_campaign_forecast": ("GET", MARKETING_SUPPORT),  # counts only, no one's data
     "campaigns_campaign_test": ("POST", MARKETING),
     "campaigns_campaign_cancel": ("GET", MARKETING),
     "campaigns_campaign_move": ("POST", MARKETING),
