@@ -123,6 +123,9 @@ AUTH_PASSWORD_VALIDATORS = [
 LANGUAGE_CODE = env.str("DJANGO_LANGUAGE_CODE", default="en")
 TIME_ZONE = "UTC"
 USE_I18N = True
+# The languages the end users' pages speak (notifier/locale/ holds the translations, found by
+# Django as every installed app's locale directory is). The admin stays in LANGUAGE_CODE.
+LANGUAGES = [("en", "English"), ("zh-hans", "简体中文")]
 USE_TZ = True
 
 STATIC_URL = "static/"
