@@ -58,7 +58,7 @@ def supported(code: object) -> str | None:
     if not isinstance(code, str) or not code or len(code) > 32:
         return None
     try:
-        variant = translation.get_supported_language_variant(code.strip().replace("_", "-"))
+        variant = translation.get_supported_language_variant(code.strip().replace("_", "-").lower())
     except LookupError:
         return None
     return variant if variant in page_languages() else None
