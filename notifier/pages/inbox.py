@@ -105,7 +105,7 @@ def _script_words() -> dict[str, str]:
         "nothing_unread": gettext("Nothing was unread."),
         "loaded": gettext("Loaded {n} older messages."),
         # Intl.DateTimeFormat's locale and how its parts make a time like the server's.
-        "date_locale": gettext("en-GB"),
+        "date_locale": gettext("en-US"),
         "date_pattern": gettext("{day} {month}, {hour}:{minute}"),
     }
 
