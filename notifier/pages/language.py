@@ -133,10 +133,3 @@ def finish(response: HttpResponse, reader: Reader) -> HttpResponse:
             samesite=settings.LANGUAGE_COOKIE_SAMESITE,
         )
     return response
-
-
-def query_without_language(request: HttpRequest) -> str:
-    """The request's query minus the switch's parameter (for links back to the same page)."""
-    query = request.GET.copy()
-    query.pop(LANGUAGE_PARAM, None)
-    return query.urlencode()
