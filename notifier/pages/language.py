@@ -4,8 +4,9 @@ The language is, in order: the one the visitor just picked with the page's langu
 (`?lang=zh-hans`, remembered in Django's language cookie), the customer's own locale from
 their recipient profile (a signed link names the customer even without a session), and
 otherwise what the browser asks for (Accept-Language, negotiated the way LocaleMiddleware
-does). Only languages in NOTIFIER_PAGE_LANGUAGES (those with translations shipped) and in the
-host's LANGUAGES are offered. Times are shown in the profile's time zone, UTC without one.
+does, over the pages' languages). Only languages in NOTIFIER_PAGE_LANGUAGES (those with
+translations shipped) and in the host's LANGUAGES are offered. Times are shown in the
+profile's time zone, UTC without one.
 
 The pages activate the language themselves, so a host needs no LocaleMiddleware for them.
 """
@@ -22,11 +23,13 @@ from django.conf import settings
 from django.http import HttpRequest, HttpResponse
 from django.utils import timezone, translation
 from django.utils.cache import patch_vary_headers
+from django.utils.translation.trans_real import parse_accept_lang_header
 
 from notifier.models import Recipient
 from notifier.user_keys import UserKey
 
 LANGUAGE_PARAM = "lang"
+MAX_ACCEPT_LANGUAGE = 500  # Django's own limit on the header it parses
 # What the switch calls each language: in that language, so a reader finds their own.
 LANGUAGE_NAMES = {"en": "English", "zh-hans": "简体中文"}
 
@@ -88,9 +91,19 @@ def reader_for(request: HttpRequest, *, user_id: UserKey | None) -> Reader:
     known = supported(profile["locale"]) if profile else None
     if known:
         return Reader(language=known, zone=zone)
-    asked = supported(translation.get_language_from_request(request))
     fallback = supported(settings.LANGUAGE_CODE) or (page_languages() or ["en"])[0]
-    return Reader(language=asked or fallback, zone=zone)
+    return Reader(language=_asked(request) or fallback, zone=zone)
+
+
+def _asked(request: HttpRequest) -> str | None:
+    """The first language in Accept-Language, by preference, that the pages speak: as
+    LocaleMiddleware negotiates, but over the pages' languages, not all of the host's (a
+    browser asking for French first and Chinese second gets Chinese, not the default)."""
+    header = request.headers.get("Accept-Language", "")
+    for code, _quality in parse_accept_lang_header(header[:MAX_ACCEPT_LANGUAGE]):
+        if code != "*" and (found := supported(code)):
+            return found
+    return None
 
 
 def language_links(request: HttpRequest, current: str) -> list[LanguageLink]:

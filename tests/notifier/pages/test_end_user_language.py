@@ -89,6 +89,26 @@ def test_without_a_locale_the_pages_speak_the_browsers_language_else_english():
     assert "此链接无效" in text(bad)
 
 
+def test_accept_language_is_read_by_preference_over_the_pages_languages():
+    french = UserFactory(locale="fr")
+    for header, heading in [
+        ("zh-CN;q=0.5, en;q=0.9", "What we send you"),
+        ("de, zh-TW;q=0.2, zh-Hans;q=0.8", "我们给您发送的消息"),
+        ("*", "What we send you"),
+        ("garbage;;;q=x", "What we send you"),
+    ]:
+        response = Client().get(prefs_path(french), HTTP_ACCEPT_LANGUAGE=header)
+        assert response.status_code == 200
+        assert heading in text(response), header
+
+
+def test_a_host_that_offers_only_english_gets_english_and_no_switch(settings):
+    settings.LANGUAGES = [("en", "English")]
+    html = text(Client().get(prefs_path(UserFactory(locale="zh-hans"))))
+    assert "What we send you" in html
+    assert "hreflang" not in html
+
+
 def test_the_language_switch_changes_the_page_and_is_remembered():
     user = UserFactory(locale="zh-hans")
     client = Client()
