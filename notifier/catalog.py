@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from django.conf import settings
+from django.utils.functional import Promise
+from django.utils.translation import gettext_lazy as _
 
 from channels.base import Channel
 from notifier.models.types import Kind, Priority
@@ -30,6 +32,12 @@ class TypeSpec:
     channels: tuple[Channel, ...]
     description: str = ""
     optional_context: tuple[str, ...] = field(default_factory=tuple)
+    # What the customer reads on the preference centre, the inbox and the unsubscribe page,
+    # in their language (gettext_lazy): `name` and `description` are for the team and admin.
+    customer_name: str | Promise = ""
+    customer_description: str | Promise = ""
+    # The preference centre's section (notifier.pages.words.TOPICS); "" for its kind's first.
+    topic: str = ""
 
     def __post_init__(self) -> None:
         if not TYPE_KEY_RE.match(self.key):
@@ -46,6 +54,8 @@ CATALOG: tuple[TypeSpec, ...] = (
         Priority.HIGH,
         (Channel.INAPP, Channel.EMAIL, Channel.SMS, Channel.PUSH),
         description="The parcel left the warehouse; carries the tracking link.",
+        customer_name=_("Your order is on its way"),
+        customer_description=_("When a parcel leaves us, with the link to follow it."),
     ),
     TypeSpec(
         "payment.succeeded",
@@ -54,6 +64,8 @@ CATALOG: tuple[TypeSpec, ...] = (
         Priority.CRITICAL,
         (Channel.SMS, Channel.PUSH, Channel.INAPP, Channel.EMAIL),
         description="A payment went through. Urgent: SMS and push at once.",
+        customer_name=_("Payment received"),
+        customer_description=_("A receipt each time you pay."),
     ),
     TypeSpec(
         "account.password_changed",
@@ -62,6 +74,9 @@ CATALOG: tuple[TypeSpec, ...] = (
         Priority.CRITICAL,
         (Channel.EMAIL, Channel.SMS, Channel.INAPP),
         description="Security notice after a password change.",
+        customer_name=_("Your password was changed"),
+        customer_description=_("So you know at once if it was not you."),
+        topic="account",
     ),
     TypeSpec(
         "subscription.renewal_reminder",
@@ -70,6 +85,8 @@ CATALOG: tuple[TypeSpec, ...] = (
         Priority.NORMAL,
         (Channel.EMAIL, Channel.INAPP, Channel.PUSH),
         description="A plan renews soon.",
+        customer_name=_("Your plan renews soon"),
+        customer_description=_("A reminder a few days before a subscription renews."),
     ),
     TypeSpec(
         "promo.flash_sale",
@@ -78,6 +95,8 @@ CATALOG: tuple[TypeSpec, ...] = (
         Priority.LOW,
         (Channel.INAPP, Channel.EMAIL, Channel.PUSH),
         description="A promotion. Needs marketing consent.",
+        customer_name=_("Flash sales"),
+        customer_description=_("Short sales with limited stock, and the coupons for them."),
         optional_context=("coupon_code",),
     ),
     TypeSpec(
@@ -87,6 +106,8 @@ CATALOG: tuple[TypeSpec, ...] = (
         Priority.LOW,
         (Channel.INAPP, Channel.PUSH),
         description="Someone followed the user.",
+        customer_name=_("New followers"),
+        customer_description=_("When someone starts following you."),
     ),
 )
 
@@ -97,6 +118,15 @@ def all_specs() -> list[TypeSpec]:
     for module_path in getattr(settings, "NOTIFIER_CATALOGS", []):
         specs.extend(importlib.import_module(module_path).CATALOG)
     return specs
+
+
+def spec_of(key: str) -> TypeSpec | None:
+    """The code-defined type with this key, if there is one (admin-defined types have none)."""
+    return _specs_by_key().get(key)
+
+
+def _specs_by_key() -> dict[str, TypeSpec]:
+    return {spec.key: spec for spec in all_specs()}
 
 
 def sync_catalog(specs: Iterable[TypeSpec] | None = None) -> int:

@@ -17,6 +17,9 @@ NOTIFIER_SITE_NAME = "Notifier"
 # callback.
 NOTIFIER_SITE_URL = "http://localhost:8000"
 NOTIFIER_DEFAULT_LOCALE = "en"
+# The languages the end users' pages (inbox, preference centre, unsubscribe) are offered in:
+# those Notifier ships translations for, and only those also in the host's LANGUAGES.
+NOTIFIER_PAGE_LANGUAGES = ["en", "zh-hans"]
 # Modules with more notification types (TypeSpec lists), besides the built-in catalog.
 NOTIFIER_CATALOGS: list[str] = []
 # Message templates found here first, then in the apps' templates/notifications/ (so a host

@@ -123,6 +123,9 @@ AUTH_PASSWORD_VALIDATORS = [
 LANGUAGE_CODE = env.str("DJANGO_LANGUAGE_CODE", default="en")
 TIME_ZONE = "UTC"
 USE_I18N = True
+# The end users' pages speak the customer's language (NOTIFIER_PAGE_LANGUAGES: English and
+# Simplified Chinese, from notifier/locale/, found by Django as every installed app's locale
+# directory is); Django's own LANGUAGES list is left whole. The admin stays in LANGUAGE_CODE.
 USE_TZ = True
 
 STATIC_URL = "static/"

@@ -14,21 +14,25 @@ from __future__ import annotations
 
 from typing import Any, cast
 from urllib.parse import urlencode
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from django.conf import settings
 from django.contrib.auth.decorators import login_required
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.shortcuts import render
 from django.urls import NoReverseMatch, reverse
-from django.utils import timezone
+from django.utils.functional import Promise
+from django.utils.text import format_lazy
+from django.utils.translation import gettext
+from django.utils.translation import gettext_lazy as _
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_http_methods
 
 from notifier.ids import parse_id
 from notifier.links import preferences_url
-from notifier.models import Feedback, InboxItem, Kind, Recipient
+from notifier.models import Feedback, InboxItem, Kind, NotificationType
 from notifier.pages.inbox_api import BadRequest, decode_cursor, encode_cursor, item_json
+from notifier.pages.language import finish, language_links, reader_for, speaking
+from notifier.pages.words import FEEDBACK_WORDS, kind_topic, topic_of
 from notifier.selectors import inbox_page, inbox_unread_count
 from notifier.services.inbox import (
     InboxItemNotFound,
@@ -40,7 +44,7 @@ from notifier.services.inbox import (
 from notifier.user_keys import UserKey
 
 PAGE_SIZE = 20
-# The feedback buttons: the word from Feedback's label and a face drawn in SVG (the mouth's
+# The feedback buttons: the word (notifier.pages.words) and a face drawn in SVG (the mouth's
 # path), so the page needs no emoji font to look right.
 FEEDBACK_FACES = {
     Feedback.USEFUL: "M6.5 12 Q10 15.5 13.5 12",
@@ -51,7 +55,12 @@ ITEM_ACTIONS = {"read", "archive", *Feedback.values}
 
 
 def category_labels() -> dict[str, str]:
-    return {kind.value: str(kind.label) for kind in Kind}
+    """Each kind's and type's name for customers, in the active language: the script names the
+    items it loads with these (by type, then by kind)."""
+    labels = {kind.value: str(kind_topic(kind).name) for kind in Kind}
+    for key, kind in NotificationType.objects.values_list("key", "kind"):
+        labels[key] = str(topic_of(type_key=key, kind=kind).name)
+    return labels
 
 
 def safe_link(link: str | None) -> str:
@@ -59,14 +68,14 @@ def safe_link(link: str | None) -> str:
     return link if link and link.lower().startswith(("https://", "http://", "/")) else ""
 
 
-def _item_view(item: InboxItem) -> dict[str, Any]:
+def _item_view(item: InboxItem, labels: dict[str, str]) -> dict[str, Any]:
     """What the JSON API says about the item, plus what only the template needs."""
     view = item_json(item)
     return {
         **view,
         "link": safe_link(view["link"]),
         "created": item.created_at,
-        "category_label": category_labels().get(item.category, item.category.title()),
+        "category_label": labels.get(item.type_key) or labels.get(item.category, item.category),
     }
 
 
@@ -85,31 +94,36 @@ PROTOTYPE: dict[str, Any] = {
 }
 
 
-def _user_zone(request: HttpRequest) -> ZoneInfo:
-    """The signed-in user's time zone, from their recipient profile (UTC without one); read
-    once per request."""
-    cached = getattr(request, "_notifier_zone", None)
-    if isinstance(cached, ZoneInfo):
-        return cached
-    name = (
-        Recipient.objects.filter(user_id=cast(int, request.user.pk))
-        .values_list("time_zone", flat=True)
-        .first()
-    )
-    try:
-        zone = ZoneInfo(name or "UTC")
-    except (ZoneInfoNotFoundError, ValueError):
-        zone = ZoneInfo("UTC")
-    request._notifier_zone = zone  # type: ignore[attr-defined]
-    return zone
+def _script_words() -> dict[str, str]:
+    """What the page's script says, in the active language ({n} and {reason} filled in there)."""
+    return {
+        "read": gettext("Marked as read."),
+        "archived": gettext("Archived."),
+        "thanks": gettext("Thanks for telling us: {answer}."),
+        "failed": gettext("Sorry, that did not work: {reason}"),
+        "marked": gettext("Marked {n} as read."),
+        "nothing_unread": gettext("Nothing was unread."),
+        "loaded": gettext("Loaded {n} older messages."),
+        # Intl.DateTimeFormat's locale and how its parts make a time like the server's.
+        "date_locale": gettext("en-US"),
+        "date_pattern": gettext("{day} {month}, {hour}:{minute}"),
+    }
 
 
 def _page(
     request: HttpRequest, template: str, context: dict[str, Any], *, status: int = 200
 ) -> HttpResponse:
-    context = {"site_name": settings.NOTIFIER_SITE_NAME, "logout_url": _logout_url(), **context}
-    with timezone.override(_user_zone(request)):  # times in the user's own zone
-        return render(request, f"notifier/{template}", context, status=status)
+    reader = reader_for(request, user_id=_user_id(request))
+    with speaking(reader):  # words in the customer's language, times in their own zone
+        context = {
+            "site_name": settings.NOTIFIER_SITE_NAME,
+            "logout_url": _logout_url(),
+            "language_links": language_links(request, reader.language),
+            "time_zone": str(reader.zone),
+            **{key: value() if callable(value) else value for key, value in context.items()},
+        }
+        response = render(request, f"notifier/{template}", context, status=status)
+    return finish(response, reader)
 
 
 def _logout_url() -> str | None:
@@ -120,7 +134,9 @@ def _logout_url() -> str | None:
         return None
 
 
-def _problem(request: HttpRequest, status: int, title: str, text: str) -> HttpResponse:
+def _problem(
+    request: HttpRequest, status: int, title: str | Promise, text: str | Promise
+) -> HttpResponse:
     return _page(request, "inbox_problem.html", {"title": title, "text": text}, status=status)
 
 
@@ -159,27 +175,32 @@ def inbox_page_view(request: HttpRequest) -> HttpResponse:
         return _problem(
             request,
             400,
-            "This page of your inbox does not exist",
-            "The link may have been cut short. Start again from your newest messages.",
+            _("This page of your inbox does not exist"),
+            _("The link may have been cut short. Start again from your newest messages."),
         )
     user_id = _user_id(request)
     items, next_cursor = inbox_page(user_id=user_id, limit=PAGE_SIZE, before=cursor)
+
+    def labelled_items() -> list[dict[str, Any]]:  # in the page's language: called inside it
+        labels = category_labels()
+        return [_item_view(item, labels) for item in items]
+
     return _page(
         request,
         "inbox.html",
         {
-            "items": [_item_view(item) for item in items],
+            "items": labelled_items,
             "cursor": raw_cursor if cursor else "",
             "next_cursor": encode_cursor(next_cursor),
             "unread_count": inbox_unread_count(user_id=user_id),
             "page_size": PAGE_SIZE,
-            "feedback_choices": [
-                (choice.value, str(choice.label).split(" ", 1)[-1], FEEDBACK_FACES[choice])
+            "feedback_choices": lambda: [
+                (choice.value, str(FEEDBACK_WORDS[choice]), FEEDBACK_FACES[choice])
                 for choice in Feedback
             ],
             "prototype": PROTOTYPE,
-            "category_labels": category_labels(),
-            "time_zone": str(_user_zone(request)),
+            "category_labels": category_labels,
+            "script_words": _script_words,
             "preferences_url": preferences_url(user_id=user_id),
         },
     )
@@ -195,7 +216,12 @@ def _act(request: HttpRequest) -> HttpResponse:
         return back
     if action not in ITEM_ACTIONS:
         choices = ", ".join(["read-all", *sorted(ITEM_ACTIONS)])
-        return _problem(request, 400, "Nothing was changed", f"Choose one of: {choices}.")
+        return _problem(
+            request,
+            400,
+            _("Nothing was changed"),
+            format_lazy(_("Choose one of: {choices}."), choices=choices),
+        )
     try:
         item_id = _item_id(request.POST.get("item"))
         if action == "read":
@@ -205,7 +231,11 @@ def _act(request: HttpRequest) -> HttpResponse:
         else:
             inbox_feedback(user_id=user_id, item_id=item_id, feedback=Feedback(action))
     except BadRequest as exc:
-        return _problem(request, 400, "Nothing was changed", f"The {exc}.")
+        return _problem(
+            request, 400, _("Nothing was changed"), format_lazy(_("The {problem}."), problem=exc)
+        )
     except InboxItemNotFound:
-        return _problem(request, 404, "That message is not in your inbox", "Nothing was changed.")
+        return _problem(
+            request, 404, _("That message is not in your inbox"), _("Nothing was changed.")
+        )
     return back

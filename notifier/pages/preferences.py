@@ -21,7 +21,7 @@ gives a 400 page (410 when it has only expired), and nothing changes.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from functools import wraps
 from typing import Any, cast
@@ -32,6 +32,8 @@ from django.db import transaction
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import render
 from django.urls import reverse
+from django.utils.translation import gettext
+from django.utils.translation import gettext_lazy as _
 from django.views.decorators.cache import never_cache
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_http_methods, require_POST
@@ -48,10 +50,22 @@ from notifier.models import (
     ALL_CHANNELS,
     Kind,
     MarketingFrequency,
+    Message,
     NotificationType,
     Priority,
 )
 from notifier.pages.inbox_api import BadRequest, error, json_object
+from notifier.pages.language import finish, language_links, reader_for, speaking
+from notifier.pages.words import (
+    FREQUENCY_NAMES,
+    TOPICS,
+    Topic,
+    by_channel,
+    channel_name,
+    kind_topic,
+    topic_of,
+    type_words,
+)
 from notifier.policies.preferences import ConsentState, Preferences, can_switch_off, channel_enabled
 from notifier.request_limits import request_ip
 from notifier.selectors import consent_of, preferences_of
@@ -73,22 +87,25 @@ from notifier.services.preferences import (
 )
 from notifier.user_keys import UserKey
 
-CHANNEL_LABELS = {"inapp": "in the app", "email": "email", "sms": "SMS", "push": "push"}
-SWITCH_LABELS = {"inapp": "In-app", "email": "Email", "sms": "SMS", "push": "Push"}
-KIND_DESCRIPTIONS = {
-    Kind.TRANSACTIONAL: "Receipts, security notices and other messages about your account.",
-    Kind.SERVICE: "Updates and reminders about things you use.",
-    Kind.MARKETING: "Offers and promotions.",
-    Kind.SOCIAL: "Follows, likes and comments.",
-}
-# What the preference page shows next to a consent box; stored verbatim as the consent wording.
-CONSENT_WORDING = "Yes, send me marketing messages (offers and promotions) by {channel}."
+# What the preference page shows next to a consent box, in the reader's language; stored
+# verbatim (translated) as the consent wording: the exact words the customer agreed to.
+CONSENT_WORDING = _("Yes, send me offers and promotions %(channel)s.")
 JsonView = Callable[..., JsonResponse]
 MAX_WORDING_LENGTH = 2000
 
 
 def channel_label(channel: str) -> str:
     return "every channel" if channel == ALL_CHANNELS else CHANNEL_LABELS.get(channel, channel)
+
+
+# The JSON API's and the plain-text answers' English words (the pages use notifier.pages.words).
+CHANNEL_LABELS = {"inapp": "in the app", "email": "email", "sms": "SMS", "push": "push"}
+KIND_DESCRIPTIONS = {
+    Kind.TRANSACTIONAL: "Receipts, security notices and other messages about your account.",
+    Kind.SERVICE: "Updates and reminders about things you use.",
+    Kind.MARKETING: "Offers and promotions.",
+    Kind.SOCIAL: "Follows, likes and comments.",
+}
 
 
 # --- What the user sees: one read, shared by the JSON API and the page ----------------------
@@ -107,7 +124,7 @@ class Switch:
 
     @property
     def label(self) -> str:
-        return SWITCH_LABELS.get(self.channel, self.channel)
+        return channel_name(self.channel)
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,7 +165,7 @@ class ConsentView:
 
     @property
     def label(self) -> str:
-        return SWITCH_LABELS.get(self.channel, self.channel)
+        return channel_name(self.channel)
 
     @property
     def field(self) -> str:
@@ -156,7 +173,7 @@ class ConsentView:
 
     @property
     def wording(self) -> str:
-        return CONSENT_WORDING.format(channel=self.label)
+        return str(CONSENT_WORDING) % {"channel": by_channel(self.channel)}
 
 
 @dataclass(frozen=True, slots=True)
@@ -383,15 +400,34 @@ def consent_json(request: HttpRequest) -> JsonResponse:
 
 
 def _page(
-    request: HttpRequest, template: str, context: dict[str, Any], *, status: int = 200
+    request: HttpRequest,
+    template: str,
+    context: dict[str, Any],
+    *,
+    user_id: UserKey | None,
+    status: int = 200,
 ) -> HttpResponse:
-    context = {"site_name": settings.NOTIFIER_SITE_NAME, **context}
-    return render(request, f"notifier/{template}", context, status=status)
+    """The page in the customer's language and zone (the link's customer, when it names one)."""
+    reader = reader_for(request, user_id=user_id)
+    with speaking(reader):
+        context = {
+            "site_name": settings.NOTIFIER_SITE_NAME,
+            "language_links": language_links(request, reader.language),
+            **context,
+        }
+        response = render(request, f"notifier/{template}", context, status=status)
+    return finish(response, reader)
 
 
 def _bad_link_page(request: HttpRequest, exc: BadLink | PreferenceError) -> HttpResponse:
     expired = isinstance(exc, BadLink) and exc.reason is BadLinkReason.EXPIRED
-    return _page(request, "bad_link.html", {"expired": expired}, status=410 if expired else 400)
+    return _page(
+        request,
+        "bad_link.html",
+        {"expired": expired},
+        user_id=None,
+        status=410 if expired else 400,
+    )
 
 
 def _bad_link_text(exc: BadLink | PreferenceError) -> HttpResponse:
@@ -418,10 +454,48 @@ def _unsubscribe_claim(token: str) -> tuple[UnsubscribeClaim, Category]:
 
 
 def _category_name(category: str) -> str:
+    """What the customer calls the category, in the active language."""
     if category in Kind.values:
-        return f"{Kind(category).label} messages"
-    name = NotificationType.objects.filter(pk=category).values_list("name", flat=True).first()
-    return name or category
+        return str(kind_topic(category).name)
+    row = NotificationType.objects.filter(pk=category).values("name", "description").first()
+    if row is None:
+        return category
+    return type_words(type_key=category, name=row["name"], description=row["description"])[0]
+
+
+def _received(claim: UnsubscribeClaim) -> str:
+    """What the customer actually got: the campaign's name, when the link's message belongs to
+    one (read through the message's own foreign key), else the category's name."""
+    if claim.message_id is not None:
+        campaign = (
+            Message.objects.filter(pk=claim.message_id, user_id=claim.user_id)
+            .values_list("campaign__name", flat=True)
+            .first()
+        )
+        if campaign:
+            return campaign
+    return _category_name(claim.category)
+
+
+def unsubscribe_sentence(*, scope: str, claim: UnsubscribeClaim, category: Category) -> str:
+    """What an unsubscribe stops, as the sentence the customer reads (active language)."""
+    how = by_channel(claim.channel)
+    if scope == UnsubscribeScope.CHANNEL:
+        return gettext("You will no longer get offers or promotions %(channel)s.") % {
+            "channel": how
+        }
+    if scope == UnsubscribeScope.ALL:
+        return gettext("You will no longer get offers or promotions on any channel.")
+    received = _received(claim)
+    if category.kind == Kind.MARKETING and received != _category_name(claim.category):
+        return gettext("You will no longer get offers like “%(received)s” %(channel)s.") % {
+            "received": received,
+            "channel": how,
+        }
+    return gettext("You will no longer get “%(received)s” %(channel)s.") % {
+        "received": received,
+        "channel": how,
+    }
 
 
 def _choices_page(
@@ -432,26 +506,41 @@ def _choices_page(
     *,
     problem: str = "",
 ) -> HttpResponse:
-    channel = channel_label(claim.channel)
-    name = _category_name(claim.category)
-    choices = [
-        (UnsubscribeScope.THIS.value, f"Only {name}, by {channel}"),
-        (UnsubscribeScope.CHANNEL.value, f"All marketing messages by {channel}"),
-        (UnsubscribeScope.ALL.value, "All marketing messages, on every channel"),
-    ]
-    if category.locked:  # "this" would be refused: it is always sent
-        choices = choices[1:]
-    return _page(
-        request,
-        "unsubscribe.html",
-        {
+    reader = reader_for(request, user_id=claim.user_id)
+    with speaking(reader):
+        how = by_channel(claim.channel)
+        name = _category_name(claim.category)
+        choices = [
+            (
+                UnsubscribeScope.THIS.value,
+                gettext("Only “%(name)s” %(channel)s")
+                % {
+                    "name": name,
+                    "channel": how,
+                },
+            ),
+            (
+                UnsubscribeScope.CHANNEL.value,
+                gettext("All offers and promotions %(channel)s") % {"channel": how},
+            ),
+            (UnsubscribeScope.ALL.value, gettext("All offers and promotions, on every channel")),
+        ]
+        if category.locked:  # "this" would be refused: it is always sent
+            choices = choices[1:]
+        context = {
+            "received": _received(claim),
             "category_name": name,
-            "channel_label": channel,
+            "channel_label": how,
             "choices": choices,
             "action": reverse("notifier:unsubscribe", kwargs={"token": token}),
             "problem": problem,
             "preferences_url": preferences_url(user_id=claim.user_id),
-        },
+        }
+    return _page(
+        request,
+        "unsubscribe.html",
+        context,
+        user_id=claim.user_id,
         status=400 if problem else 200,
     )
 
@@ -477,19 +566,25 @@ def unsubscribe_page(request: HttpRequest, token: str) -> HttpResponse:
             message_id=claim.message_id,
         )
     except InvalidScope:
-        return _choices_page(request, token, claim, category, problem="Choose one of the options.")
+        with speaking(reader_for(request, user_id=claim.user_id)):
+            problem = gettext("Choose one of the options.")
+        return _choices_page(request, token, claim, category, problem=problem)
     except PreferenceError as exc:
-        return _choices_page(request, token, claim, category, problem=f"{exc}.")
+        with speaking(reader_for(request, user_id=claim.user_id)):
+            problem = gettext("Nothing was changed: %(reason)s.") % {"reason": exc}
+        return _choices_page(request, token, claim, category, problem=problem)
+    with speaking(reader_for(request, user_id=claim.user_id)):
+        sentence = unsubscribe_sentence(scope=scope, claim=claim, category=category)
     return _page(
         request,
         "unsubscribed.html",
         {
             "scope": scope.value,
-            "category_name": _category_name(claim.category),
-            "channel_label": channel_label(claim.channel),
+            "sentence": sentence,
             "changed": changed,
             "preferences_url": preferences_url(user_id=claim.user_id),
         },
+        user_id=claim.user_id,
     )
 
 
@@ -522,17 +617,130 @@ def unsubscribe_one_click(request: HttpRequest, token: str) -> HttpResponse:
         )
     except PreferenceError as exc:  # e.g. a transactional category: it cannot be switched off
         return HttpResponse(f"{exc}.\n", status=400, content_type="text/plain")
+    # Read by the mail provider, not by the customer: plain English, the team's names.
+    if claim.category in Kind.values:
+        name = f"{Kind(claim.category).label} messages"
+    else:
+        name = category.key
+        name = (
+            NotificationType.objects.filter(pk=name).values_list("name", flat=True).first() or name
+        )
     return HttpResponse(
-        f"Unsubscribed from {_category_name(claim.category)} by {channel_label(claim.channel)}.\n",
+        f"Unsubscribed from {name} by {channel_label(claim.channel)}.\n",
         content_type="text/plain",
     )
+
+
+# --- The preference centre page: a few sections named for people, channels inside ----------
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelBox:
+    """One box in a section: a channel switch, or (offers on a channel that needs consent) the
+    consent itself, asked once per channel: ticked means agreed and switched on."""
+
+    field: str
+    channel: str
+    label: str
+    checked: bool
+    consent: ConsentView | None = None
+    switched_on: bool = True  # the channel's switch, under a consent box
+
+
+@dataclass(frozen=True, slots=True)
+class Section:
+    topic: Topic
+    locked: bool
+    boxes: tuple[ChannelBox, ...]
+    consent_boxes: tuple[ChannelBox, ...]
+    types: tuple[CategoryView, ...]  # message by message, folded away
+    channels_used: tuple[str, ...]  # a locked section's channels, in words
+
+    @property
+    def name(self) -> str:
+        return str(self.topic.name)
+
+    @property
+    def description(self) -> str:
+        return str(self.topic.description)
+
+    @property
+    def always_sent_because(self) -> str:
+        return str(self.topic.always_sent_because) or gettext("Always sent.")
+
+    @property
+    def offers(self) -> bool:
+        return self.topic.kind == Kind.MARKETING
+
+
+def _customer_view(category: CategoryView) -> CategoryView:
+    name, description = type_words(
+        type_key=category.key, name=category.name, description=category.description
+    )
+    return replace(category, name=name, description=description)
+
+
+def page_sections(centre: PreferenceCentre) -> list[Section]:
+    """The preference centre as a customer reads it: each topic with its types, the kind's
+    switches as the topic's channels, and marketing consent once per channel in the offers."""
+    consent = {c.channel: c for c in centre.consent}
+    sections = []
+    for topic in TOPICS:
+        group = next(g for g in centre.groups if g.kind.key == topic.kind)
+        types = tuple(
+            _customer_view(t)
+            for t in group.types
+            if topic_of(type_key=t.key, kind=topic.kind) is topic
+        )
+        if not types:
+            continue
+        used = {s.channel for t in types for s in t.switches}
+        locked = group.kind.locked or bool(topic.always_sent_because)
+        boxes, consent_boxes = [], []
+        for switch in group.kind.switches:
+            if locked or switch.channel not in used | (
+                set(consent) if topic.kind == Kind.MARKETING else set()
+            ):
+                continue
+            if topic.kind == Kind.MARKETING and switch.channel in consent:
+                agreed = consent[switch.channel]
+                consent_boxes.append(
+                    ChannelBox(
+                        field=agreed.field,
+                        channel=switch.channel,
+                        label=agreed.wording,
+                        checked=agreed.granted and switch.enabled,
+                        consent=agreed,
+                        switched_on=switch.enabled,
+                    )
+                )
+            else:
+                boxes.append(
+                    ChannelBox(
+                        field=switch.field,
+                        channel=switch.channel,
+                        label=switch.label,
+                        checked=switch.enabled,
+                    )
+                )
+        sections.append(
+            Section(
+                topic=topic,
+                locked=locked,
+                boxes=tuple(boxes),
+                consent_boxes=tuple(consent_boxes),
+                types=types,
+                channels_used=tuple(channel_name(c) for c in CONCRETE_CHANNELS if c in used),
+            )
+        )
+    return sections
 
 
 def _page_changes(
     request: HttpRequest, centre: PreferenceCentre, shown: set[str]
 ) -> list[PreferenceChange]:
     """Only the boxes the user flipped. Saving every box would pin each type to what its kind
-    said at that moment, so unticking "Marketing by email" would leave every marketing type's
+    said at that moment, so unticking "Offers by email" would leave every offers type's
     email box ticked and sending. Only boxes the page listed count: a box that is not in the
     form was unticked, and a category that appeared since the page loaded is left alone."""
     return [
@@ -544,22 +752,51 @@ def _page_changes(
     ]
 
 
-def _on_channel(channel: str) -> str:
-    return "in the app" if channel == "inapp" else f"by {channel_label(channel)}"
+def _consent_changes(
+    request: HttpRequest, sections: list[Section], shown: set[str]
+) -> tuple[list[tuple[ConsentView, bool]], list[PreferenceChange]]:
+    """The consent boxes flipped, in the page's order: (consent, agreed) for each agreement to
+    record or withdraw, and the offers switches an agreement turns back on (ticking "yes, by
+    email" means send them)."""
+    flips, switch_on = [], []
+    for section in sections:
+        for box in section.consent_boxes:
+            assert box.consent is not None
+            wanted = box.field in request.POST
+            if wanted and not box.checked:
+                if not box.consent.granted:
+                    flips.append((box.consent, True))
+                if not box.switched_on:
+                    switch_on.append(
+                        PreferenceChange(category=Kind.MARKETING, channel=box.channel, enabled=True)
+                    )
+            elif not wanted and box.checked and box.field in shown:
+                flips.append((box.consent, False))
+    return flips, switch_on
+
+
+def _switch_line(change: PreferenceChange) -> str:
+    words = {"what": _category_name(change.category), "channel": by_channel(change.channel)}
+    if change.enabled:
+        return gettext("%(what)s %(channel)s: on") % words
+    return gettext("%(what)s %(channel)s: off") % words
 
 
 def _page_save(request: HttpRequest, *, user_id: UserKey, centre: PreferenceCentre) -> list[str]:
-    """Save the form; what changed, in words for the confirmation."""
+    """Save the form; what changed, in words for the confirmation (active language)."""
     shown = set(request.POST.getlist("shown"))
     ip = _client_ip(request)
+    flips, switch_on = _consent_changes(request, page_sections(centre), shown)
     changes = _page_changes(request, centre, shown)
+    changes += [c for c in switch_on if c not in changes]
     frequency = request.POST.get("marketing_frequency")
+    offers = str(kind_topic(Kind.MARKETING).name)
     done: list[str] = []
     with transaction.atomic():  # switches, frequency and consent: all saved, or none
         preferences_update(user_id=user_id, changes=changes, marketing_frequency=frequency)
-        for consent in centre.consent:
-            wanted = consent.field in request.POST
-            if wanted and not consent.granted:
+        for consent, agreed in flips:
+            words = {"what": offers, "channel": by_channel(consent.channel)}
+            if agreed:
                 consent_give(
                     user_id=user_id,
                     channel=consent.channel,
@@ -567,23 +804,19 @@ def _page_save(request: HttpRequest, *, user_id: UserKey, centre: PreferenceCent
                     wording=consent.wording,
                     ip_address=ip,
                 )
-                done.append(f"Marketing {_on_channel(consent.channel)}: you agreed")
-            elif not wanted and consent.granted and consent.field in shown:
+                done.append(gettext("%(what)s %(channel)s: you agreed") % words)
+            else:
                 consent_withdraw(
                     user_id=user_id,
                     channel=consent.channel,
                     source="preference_link",
                     ip_address=ip,
                 )
-                done.append(f"Marketing {_on_channel(consent.channel)}: agreement withdrawn")
-    names = {category.key: category.name for category in centre.categories()}
-    switched = [
-        f"{names[c.category]} {_on_channel(c.channel)}: {'on' if c.enabled else 'off'}"
-        for c in changes
-    ]
+                done.append(gettext("%(what)s %(channel)s: agreement withdrawn") % words)
+    switched = [_switch_line(change) for change in changes]
     if frequency and frequency != centre.marketing_frequency:
-        label = dict(MarketingFrequency.choices).get(frequency, frequency)
-        switched.append(f"How often we send marketing: {label}")
+        label = str(FREQUENCY_NAMES.get(frequency, frequency))
+        switched.append(gettext("How often we send offers: %(choice)s") % {"choice": label})
     return switched + done
 
 
@@ -594,24 +827,29 @@ def preferences_page(request: HttpRequest, token: str) -> HttpResponse:
         user_id = _check_user(read_preferences_token(token))
     except (BadLink, PreferenceError) as exc:
         return _bad_link_page(request, exc)
+    reader = reader_for(request, user_id=user_id)
     centre = preference_centre(user_id=user_id)
     problem, saved, changed = "", False, []
-    if request.method == "POST":
-        try:
-            changed = _page_save(request, user_id=user_id, centre=centre)
-        except PreferenceError as exc:
-            problem = f"Nothing was saved: {exc}."
-        else:
-            centre, saved = preference_centre(user_id=user_id), True
-    return _page(
-        request,
-        "preferences.html",
-        {
+    with speaking(reader):
+        if request.method == "POST":
+            try:
+                changed = _page_save(request, user_id=user_id, centre=centre)
+            except PreferenceError as exc:
+                problem = gettext("Nothing was saved: %(reason)s.") % {"reason": exc}
+            else:
+                centre, saved = preference_centre(user_id=user_id), True
+        context = {
+            "sections": page_sections(centre),
             "centre": centre,
-            "frequencies": MarketingFrequency.choices,
+            "frequencies": [(v, str(n)) for v, n in FREQUENCY_NAMES.items()],
             "saved": saved,
             "changed": changed,
             "problem": problem,
-        },
+        }
+    return _page(
+        request,
+        "preferences.html",
+        context,
+        user_id=user_id,
         status=400 if problem else 200,
     )

@@ -161,7 +161,7 @@ def test_load_more_pages_through_the_cursor(phone):
     expect(page.locator("#unread-count")).to_have_text("22")
     last.refresh_from_db()
     assert last.read_at is not None
-    expect(row(page, last).locator(".category")).to_have_text("Social")
+    expect(row(page, last).locator(".category")).to_have_text("Social activity")
     # Rendered by the script like the server renders it: in the user's own time zone.
     local = last.created_at.astimezone(ZoneInfo(user.notifier_recipient.time_zone))
     expect(row(page, last).locator("time")).to_have_text(local.strftime("%-d %b, %H:%M"))

@@ -27,6 +27,10 @@ def group(page, name: str):
     return page.get_by_role("group", name=name, exact=True)
 
 
+def section(page, name: str):
+    return page.get_by_role("region", name=name, exact=True)
+
+
 def enabled(user, category: str, kind: str, channel: str) -> bool:
     prefs = preferences_of(user_ids=[user.pk])[user.pk]
     return channel_enabled(prefs, kind=kind, type_key=category, channel=channel)
@@ -42,7 +46,7 @@ def user():
 def test_switching_a_category_off_for_a_channel_is_saved(phone, user):
     page = phone()
     page.goto(path_of(preferences_url(user_id=user.pk)))
-    social_push = group(page, "Social").get_by_role("switch", name="Push")
+    social_push = group(page, "Social activity").get_by_role("switch", name="Push notifications")
     expect(social_push).to_be_checked()
     assert enabled(user, "social.new_follower", "social", "push")
 
@@ -52,7 +56,9 @@ def test_switching_a_category_off_for_a_channel_is_saved(phone, user):
 
     saved = page.get_by_role("status")
     expect(saved).to_contain_text("Saved. From the next message on:")
-    expect(saved.get_by_role("listitem")).to_have_text(["Social by push: off"])
+    expect(saved.get_by_role("listitem")).to_have_text(
+        ["Social activity by push notification: off"]
+    )
     expect(saved).to_be_focused()
     assert set(
         Preference.objects.filter(user=user).values_list("category", "channel", "enabled")
@@ -60,19 +66,28 @@ def test_switching_a_category_off_for_a_channel_is_saved(phone, user):
     assert not enabled(user, "social.new_follower", "social", "push")
     assert enabled(user, "social.new_follower", "social", "inapp")
     # The page shows what is now stored, the type following its kind.
-    expect(group(page, "Social").get_by_role("switch", name="Push")).not_to_be_checked()
-    expect(group(page, "New follower").get_by_role("switch", name="Push")).not_to_be_checked()
-    expect(group(page, "Social").get_by_role("switch", name="In-app")).to_be_checked()
+    social = group(page, "Social activity")
+    expect(social.get_by_role("switch", name="Push notifications")).not_to_be_checked()
+    expect(social.get_by_role("switch", name="In the app")).to_be_checked()
+    # Message by message, folded away: the type follows its topic.
+    section(page, "Social activity").get_by_text("Choose message by message").tap()
+    followers = group(page, "New followers")
+    expect(followers.get_by_role("switch", name="Push notifications")).not_to_be_checked()
 
 
-def test_locked_categories_cannot_be_switched_off(phone, user):
+def test_locked_categories_say_they_are_always_sent_and_why(phone, user):
     page = phone()
     page.goto(path_of(preferences_url(user_id=user.pk)))
-    transactional = group(page, "Transactional")
-    expect(transactional).to_contain_text("Always sent")
-    for name in ["In-app", "Email", "SMS", "Push"]:
-        expect(transactional.get_by_role("switch", name=name)).to_be_disabled()
-        expect(transactional.get_by_role("switch", name=name)).to_be_checked()
+    orders = section(page, "Orders and payments")
+    expect(orders).to_contain_text(
+        "Always sent: you need them to keep track of your orders and payments."
+    )
+    expect(orders).to_contain_text("Sent by: In the app, Email, Text message (SMS), Push")
+    expect(orders.get_by_role("switch")).to_have_count(0)  # nothing to switch off
+    account = section(page, "Account and security")
+    expect(account).to_contain_text("Always sent: they protect your account.")
+    account.get_by_text("Which message (1)").tap()
+    expect(account).to_contain_text("Your password was changed")
 
 
 def test_the_preference_centre_fits_a_phone(phone, user):
@@ -81,7 +96,7 @@ def test_the_preference_centre_fits_a_phone(phone, user):
     assert_fits(page)
     # Every toggle's label is the tap target, and every control is at least 44 x 44 px.
     assert (
-        small_tap_targets(page, "label.switch, label.choice, button, select, summary", at_least=20)
+        small_tap_targets(page, "label.switch, label.choice, button, select, summary", at_least=12)
         == []
     )
     unlabelled = page.eval_on_selector_all(
@@ -100,7 +115,7 @@ def test_the_unsubscribe_link_in_a_message_leads_to_the_choices_and_unsubscribes
     assert small_tap_targets(page, "label.choice, button", at_least=4) == []
     assert not Unsubscribe.objects.exists()  # opening the link changed nothing
 
-    page.get_by_label("All marketing messages by email").tap()
+    page.get_by_label("All offers and promotions by email").tap()
     page.get_by_role("button", name="Unsubscribe").tap()
 
     expect(page.get_by_role("heading", name="You are unsubscribed")).to_be_visible()
@@ -111,13 +126,13 @@ def test_the_unsubscribe_link_in_a_message_leads_to_the_choices_and_unsubscribes
 
     # "Changed your mind?": the preference centre shows it, and turning it back on saves.
     page.get_by_role("link", name="your preferences page").tap()
-    marketing_email = group(page, "Marketing").get_by_role("switch", name="Email")
-    expect(marketing_email).not_to_be_checked()
-    marketing_email.tap()
-    page.get_by_label("Yes, send me marketing messages (offers and promotions) by email.").tap()
+    # Offers by email is one box, the consent itself: asked once, not twice.
+    offers_email = page.get_by_label("Yes, send me offers and promotions by email.")
+    expect(offers_email).not_to_be_checked()
+    offers_email.tap()
     page.get_by_role("button", name="Save my choices").tap()
     expect(page.get_by_role("status").get_by_role("listitem")).to_have_text(
-        ["Marketing by email: on", "Marketing by email: you agreed"]
+        ["Offers and promotions by email: on", "Offers and promotions by email: you agreed"]
     )
     assert enabled(user, "promo.flash_sale", "marketing", "email")
     assert Consent.objects.filter(user=user, channel="email").latest("id").granted is True

@@ -14,7 +14,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 APPS = ("notifier", "channels", "campaigns")
 # Besides Python modules: what a host needs at run time from each app's folder.
-DATA_FOLDERS = ("templates", "static", "migrations")
+DATA_FOLDERS = ("templates", "static", "migrations", "locale")
 
 
 @pytest.fixture(scope="module")
@@ -57,6 +57,8 @@ def test_the_wheel_holds_every_template_static_file_and_migration_of_the_apps(wh
             assert not missing, f"left out of the wheel: {sorted(missing)[:10]}"
     # The message templates, which used to live outside the package.
     assert "notifier/templates/notifications/order.shipped/email.subject.txt" in wheel_files
+    # The end users' pages in Chinese, compiled: a host needs no gettext tools.
+    assert "notifier/locale/zh_Hans/LC_MESSAGES/django.mo" in wheel_files
 
 
 def test_the_wheel_says_the_apps_are_typed(wheel_files):

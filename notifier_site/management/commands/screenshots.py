@@ -256,7 +256,7 @@ def people_pages(shooter: Shooter, data: DocsData) -> None:
 
     # Signed links carry NOTIFIER_SITE_URL; open their paths on this server.
     shooter.open(page, urlsplit(preferences_url(user_id=data.reader.pk)).path)
-    page.locator('label[for="switch:marketing:sms"]').tap()
+    page.locator('label[for="consent:sms"]').tap()  # offers by SMS: the consent, asked once
     page.get_by_role("button", name="Save my choices").tap()
     shooter.save(page, "preferences-phone", shows="#saved li", full_page=False)
 

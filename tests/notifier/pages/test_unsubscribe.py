@@ -18,7 +18,6 @@ from notifier.links import (
     unsubscribe_token,
 )
 from notifier.models import Consent, Message, Preference, Unsubscribe, User
-from notifier.pages.preferences import CONSENT_WORDING
 from notifier.services.preferences import (
     PreferenceError,
     consent_give,
@@ -30,6 +29,7 @@ from tests.factories import UserFactory
 pytestmark = pytest.mark.django_db
 
 T0 = dt.datetime(2025, 3, 1, 12, 0, tzinfo=dt.UTC)
+TRANSACTIONAL_TYPES = {"order.shipped", "payment.succeeded", "account.password_changed"}
 
 
 class FormInputs(HTMLParser):
@@ -389,8 +389,15 @@ def test_the_preference_page_shows_the_users_switches_frequency_and_consent(user
     assert form.checkboxes["switch:social:inapp"] is True
     assert form.checkboxes["switch:promo.flash_sale:email"] is True
     assert "switch:social.new_follower:email" not in form.checkboxes  # it never sends email
-    assert not any(name.startswith("switch:transactional:") for name in form.checkboxes)
-    assert form.disabled == 4 + 4 + 4 + 3  # the kind and its three types, locked on
+    assert not any(name.startswith("switch:transactional") for name in form.checkboxes)
+    # Orders and account are sections that say they are always sent, with no switch at all.
+    assert not any(
+        ".".join(name.split(":")[1:2]) in TRANSACTIONAL_TYPES for name in form.checkboxes
+    )
+    assert form.disabled == 0
+    # Offers on a channel that needs consent is one box, the consent: no second switch.
+    assert "switch:marketing:email" not in form.checkboxes
+    assert form.checkboxes["switch:marketing:inapp"] is True
     assert form.selects == {"marketing_frequency": "as_sent"}
     assert form.checkboxes["consent:email"] is True
     assert form.checkboxes["consent:sms"] is False
@@ -402,7 +409,7 @@ def test_the_preference_page_saves_switches_frequency_and_consent(user, browser)
     form = form_of(browser.get(url))
     data = form.submission(
         **{
-            "switch:marketing:email": False,
+            "switch:marketing:inapp": False,
             "switch:social.new_follower:push": False,
             "consent:sms": True,
             "consent:email": False,
@@ -415,25 +422,27 @@ def test_the_preference_page_saves_switches_frequency_and_consent(user, browser)
     assert "Saved." in response.content.decode()
     # The confirmation says what changed, in words.
     assert [str(line) for line in response.context["changed"]] == [
-        "Marketing by email: off",
-        "New follower by push: off",
-        "How often we send marketing: At most one a week",
-        "Marketing by email: agreement withdrawn",
-        "Marketing by SMS: you agreed",
+        "Offers and promotions in the app: off",
+        "New followers by push notification: off",
+        "How often we send offers: At most one a week",
+        "Offers and promotions by email: agreement withdrawn",
+        "Offers and promotions by text message: you agreed",
     ]
     prefs, frequency, consents = state(user)
-    assert prefs == {("marketing", "email", False), ("social.new_follower", "push", False)}
+    assert prefs == {("marketing", "inapp", False), ("social.new_follower", "push", False)}
     assert frequency == "weekly"
     assert consents == [("email", True), ("email", False), ("sms", True)]
     given = Consent.objects.get(user=user, channel="sms")
     assert (given.source, given.wording, given.ip_address) == (
         "preference_link",
-        CONSENT_WORDING.format(channel="SMS"),
+        "Yes, send me offers and promotions by text message.",
         "192.0.2.7",
     )
     # the page now shows what was saved
     saved = form_of(response)
-    assert saved.checkboxes["switch:marketing:email"] is False
+    assert saved.checkboxes["switch:marketing:inapp"] is False
+    assert saved.checkboxes["consent:email"] is False
+    assert saved.checkboxes["consent:sms"] is True
     assert saved.selects == {"marketing_frequency": "weekly"}
 
 
