@@ -83,9 +83,7 @@ def _progress_view(model_admin: admin.ModelAdmin[Any]) -> Callable[..., HttpResp
             raise Http404(f"No campaign with id {object_id!r}")
         if not model_admin.has_view_permission(request, campaign):
             raise PermissionDenied
-        response = JsonResponse(campaign_progress(campaign).as_dict())
-        response["Cache-Control"] = "no-store"
-        return response
+        return JsonResponse(campaign_progress(campaign).as_dict())
 
     return campaign_progress_view
 
@@ -169,7 +167,10 @@ def _calendar_view(model_admin: admin.ModelAdmin[Any]) -> Callable[..., HttpResp
                 f"{field}: {' '.join(str(error) for error in errors)}"
                 for field, errors in query.errors.items()
             )
-            return HttpResponseBadRequest(f"Bad calendar address: {problems}")
+            # Plain text: the problems quote what was typed.
+            return HttpResponseBadRequest(
+                f"Bad calendar address: {problems}", content_type="text/plain; charset=utf-8"
+            )
         view = query.cleaned_data["view"] or "month"
         tz, zone_source = marketer_zone(request, query.cleaned_data["tz"])
         today = timezone.now().astimezone(tz).date()
