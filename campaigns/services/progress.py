@@ -6,38 +6,54 @@ Read from what the fan-out already keeps, never from the periodic roll-up
 - handed out: recipients in the step's `FanoutBatch` rows of its current walk round (the walk
   records each batch with the cursor it moved), and those batches counted done
   (`CampaignStep.batches_total` / `batches_done`);
-- written: the step's messages (`Message.step_id` is indexed; an index-only count);
-- sent, failed, held, suppressed, cancelled, in flight: the step's deliveries by status, one
-  aggregate that walks the step's messages by that index and joins each to its deliveries by
-  the (message, channel) unique index; test sends are left out, as in the funnel.
+- written, and the deliveries by status (sent or beyond, failed, held, suppressed, cancelled,
+  on their way): per batch, its users' messages of the step (through the message's user
+  index) and their deliveries (through the (message, channel) index); test sends left out.
+
+A batch whose deliveries have all settled (sent or beyond, failed, suppressed, cancelled) is
+kept in Django's cache for a minute or two and not counted again, so a poll reads the
+deliveries of the batches still on their way, not the whole step: while 100,000 users are
+sent to, each poll touches the few thousand in flight. A late bounce (sent, then failed)
+shows once that batch is counted again. The whole answer is kept for PROGRESS_CACHE_S (longer
+when counting took long), so several people watching one campaign share one count.
 
 Expected: the users its segment reached when a lead approved it (`approved_audience`) until
-the walk is over, then the recipients actually handed out (users who left the segment or were
-deactivated meanwhile are not counted twice). The hold-out is handed out but never written,
-so "written" stops short of "handed out" by its size.
-
-A few small queries per campaign; on 100,000 deliveries the aggregate costs tens of
-milliseconds (see the report in tests/campaigns/services/test_progress.py), and its answer is
-kept for PROGRESS_CACHE_S so several people watching the same campaign share one count.
+the walk is over, then the recipients actually handed out. The hold-out is handed out but
+never written, so "written" stops short of "handed out" by its size. A triggered campaign's
+step shows its latest pass (each pass of new entrants is a walk round).
 """
 
 from __future__ import annotations
 
+import random
+import time
 from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 from django.core.cache import cache
 from django.db import connection
 
-from campaigns.models import Campaign, CampaignStatus, CampaignStep, FanoutBatch, StepStatus
+from campaigns.models import (
+    Campaign,
+    CampaignKind,
+    CampaignStatus,
+    CampaignStep,
+    FanoutBatch,
+    StepStatus,
+)
 from notifier.db import table_name
-from notifier.models import Delivery, Message
+from notifier.models import Delivery, Message, Recipient
 from notifier.status import ENGAGEMENT_RANK
 from notifier.status import DeliveryStatus as S
 
 SENT = frozenset(status for status, rank in ENGAGEMENT_RANK.items() if rank >= 0)
 IN_FLIGHT = frozenset({S.PENDING, S.QUEUED, S.SENDING})
+# Where a delivery stays for the bars (a sent one may still bounce: PROGRESS_SETTLED_S).
+SETTLED = frozenset({*SENT, S.FAILED, S.SUPPRESSED, S.CANCELLED})
 PROGRESS_CACHE_S = 1
+PROGRESS_CACHE_MAX_S = 30
+PROGRESS_SETTLED_S = 60
 # Campaigns whose steps may be sending (or have just been): the page polls only these.
 LIVE = frozenset({CampaignStatus.RUNNING, CampaignStatus.PAUSED})
 # Steps shown: the one sending, and those done or cancelled (their final numbers).
@@ -108,40 +124,170 @@ class CampaignProgress:
         }
 
 
-_DELIVERIES_SQL = """
-SELECT d.status, COUNT(*)
-  FROM {delivery} d
-  JOIN {message} m ON m.id = d.message_id
- WHERE m.step_id = %s AND NOT m.is_test
- GROUP BY d.status
-"""
-
-_HANDED_OUT_SQL = """
-SELECT COALESCE(SUM(jsonb_array_length(recipient_ids)), 0)
+# The step's batches of its current walk round, in recipient id order: the walk hands out
+# consecutive ranges of recipient ids, so a batch is the range from its first recipient to its
+# last, and a message belongs to the batch whose range holds its user's recipient id.
+_BATCHES_SQL = """
+SELECT id, first_recipient_id, (recipient_ids ->> -1)::bigint,
+       jsonb_array_length(recipient_ids), done_at IS NOT NULL, published_at
   FROM {batch}
  WHERE step_id = %s AND walk_round = %s
+ ORDER BY first_recipient_id
 """
 
+# Messages of the step and their deliveries, by batch (the bucket of the recipient id among the
+# batches' first ids) and status, plus one row per batch with its messages; a message without
+# a delivery yet has an empty status. {source} is either the
+# whole step (one pass over its messages, hashed: for a first count) or only the recipients of
+# the batches still settling (through the recipient's primary key, the message's user index and
+# the delivery's (message, channel) index).
+_TALLY_SQL = """
+WITH handed AS MATERIALIZED (
+    SELECT width_bucket(r.id, %(firsts)s::bigint[]) AS bucket, m.id AS message_id
+      FROM {source}
+     WHERE m.step_id = %(step)s AND NOT m.is_test AND m.created_at >= %(since)s
+)
+SELECT h.bucket, COALESCE(d.status, ''), COUNT(*)
+  FROM handed h LEFT JOIN {delivery} d ON d.message_id = h.message_id
+ GROUP BY 1, 2
+UNION ALL
+SELECT bucket, %(messages)s, COUNT(*) FROM handed GROUP BY 1
+"""
+_WHOLE_STEP = "{message} m JOIN {recipient} r ON r.user_id = m.user_id"
+_LISTED = """{recipient} r
+      JOIN {message} m ON m.user_id = r.user_id AND r.id = ANY(%(recipient_ids)s::bigint[])"""
+MESSAGES = "#messages"  # the row per batch that counts its messages, not a status
+# Above this share of a step's batches still settling, one pass over the whole step is cheaper
+# than looking each of their users up.
+WHOLE_STEP_SHARE = 0.25
 
-def step_delivery_counts(step_id: int) -> dict[str, int]:
-    """The step's (non-test) deliveries by status: one indexed aggregate."""
-    sql = _DELIVERIES_SQL.format(delivery=table_name(Delivery), message=table_name(Message))
+
+@dataclass(frozen=True)
+class Batch:
+    pk: int
+    first: int
+    last: int
+    users: int
+    done: bool
+
+
+@dataclass(frozen=True)
+class BatchTally:
+    """A batch's messages and its deliveries by status."""
+
+    messages: int
+    deliveries: dict[str, int]
+
+    @property
+    def settled(self) -> bool:
+        """Written, every message with a delivery, every delivery past its way out."""
+        return (
+            bool(self.messages)
+            and "" not in self.deliveries
+            and not (set(self.deliveries) - SETTLED)
+        )
+
+
+def _batch_key(step_id: int, batch_id: int) -> str:
+    return f"campaigns:progress:step:{step_id}:batch:{batch_id}"
+
+
+def _tallies(
+    step_id: int, batches: list[Batch], wanted: list[Batch], *, since: datetime
+) -> dict[int, BatchTally]:
+    """Count the `wanted` batches of the step (one query)."""
+    if not wanted:
+        return {}
+    whole = len(wanted) > WHOLE_STEP_SHARE * len(batches)
+    source = (_WHOLE_STEP if whole else _LISTED).format(
+        message=table_name(Message), recipient=table_name(Recipient)
+    )
+    sql = _TALLY_SQL.format(source=source, delivery=table_name(Delivery))
+    params: dict[str, Any] = {
+        "firsts": [batch.first for batch in batches],
+        "step": step_id,
+        "since": since,
+        "recipient_ids": []
+        if whole
+        else [
+            pk
+            for ids in FanoutBatch.objects.filter(pk__in=[batch.pk for batch in wanted])
+            .values_list("recipient_ids", flat=True)
+            .iterator()
+            for pk in ids
+        ],
+        "messages": MESSAGES,
+    }
+    messages: dict[int, int] = {}
+    deliveries: dict[int, dict[str, int]] = {}
     with connection.cursor() as cursor:
-        cursor.execute(sql, [step_id])
-        return {status: int(n) for status, n in cursor.fetchall()}
+        cursor.execute(sql, params)
+        for bucket, status, count in cursor.fetchall():
+            if not bucket:
+                continue  # a recipient before the round's first batch: not handed out in it
+            pk = batches[bucket - 1].pk
+            if status == MESSAGES:
+                messages[pk] = int(count)
+            else:  # "": messages with no delivery yet, so the batch is not settled
+                deliveries.setdefault(pk, {})[status] = int(count)
+    return {
+        batch.pk: BatchTally(messages.get(batch.pk, 0), deliveries.get(batch.pk, {}))
+        for batch in (batches if whole else wanted)
+    }
 
 
-def _handed_out(step_id: int, walk_round: int) -> int:
+def step_tally(
+    step_id: int, walk_round: int, *, triggered: bool = False, cached: bool = True
+) -> tuple[int, BatchTally]:
+    """(users handed out, messages and deliveries by status) of the step's round.
+
+    Batches whose deliveries have all settled are kept in the cache (PROGRESS_SETTLED_S or up
+    to twice that, so a late bounce still shows within minutes) and not counted again: a poll
+    reads only the deliveries of batches still on their way. A triggered step's round is its
+    latest pass: only messages made since its first batch was handed out count."""
     with connection.cursor() as cursor:
-        cursor.execute(_HANDED_OUT_SQL.format(batch=table_name(FanoutBatch)), [step_id, walk_round])
-        row = cursor.fetchone()
-    return int(row[0]) if row else 0
+        cursor.execute(_BATCHES_SQL.format(batch=table_name(FanoutBatch)), [step_id, walk_round])
+        rows = cursor.fetchall()
+    batches = [
+        Batch(int(pk), int(first), int(last), int(n), bool(done))
+        for pk, first, last, n, done, _ in rows
+    ]
+    since = min((row[5] for row in rows), default=None) if triggered else None
+    keys = {batch.pk: f"campaigns:progress:step:{step_id}:batch:{batch.pk}" for batch in batches}
+    kept = cache.get_many(list(keys.values())) if cached else {}
+    tallies: dict[int, BatchTally] = {
+        pk: hit for pk, key in keys.items() if isinstance(hit := kept.get(key), BatchTally)
+    }
+    counted = _tallies(
+        step_id,
+        batches,
+        [batch for batch in batches if batch.pk not in tallies],
+        since=since or datetime.min.replace(tzinfo=UTC),
+    )
+    done = {batch.pk for batch in batches if batch.done}
+    cache.set_many(
+        {keys[pk]: tally for pk, tally in counted.items() if pk in done and tally.settled},
+        PROGRESS_SETTLED_S + random.randint(0, PROGRESS_SETTLED_S),
+    )
+    tallies.update(counted)
+    total: dict[str, int] = {}
+    for tally in tallies.values():
+        for status, n in tally.deliveries.items():
+            total[status] = total.get(status, 0) + n
+    handed_out = sum(batch.users for batch in batches)
+    return handed_out, BatchTally(sum(t.messages for t in tallies.values()), total)
 
 
-def _step_progress(step: CampaignStep, approved_audience: int | None) -> StepProgress:
-    by_status = step_delivery_counts(step.pk)
-    handed_out = _handed_out(step.pk, step.walk_round)
-    written = Message.objects.filter(step_id=step.pk, is_test=False).count()
+def _step_progress(
+    step: CampaignStep, approved_audience: int | None, *, triggered: bool, cached: bool
+) -> StepProgress:
+    handed_out, tally = step_tally(
+        step.pk,
+        step.walk_round,
+        triggered=triggered,
+        cached=cached,
+    )
+    by_status = {status: n for status, n in tally.deliveries.items() if status}
     in_flight = sum(n for status, n in by_status.items() if status in IN_FLIGHT)
     batches_written = step.batches_done >= step.batches_total
     return StepProgress(
@@ -154,7 +300,7 @@ def _step_progress(step: CampaignStep, approved_audience: int | None) -> StepPro
         batches_total=step.batches_total,
         batches_done=step.batches_done,
         walk_done=step.walk_done,
-        written=written,
+        written=tally.messages,
         deliveries=sum(by_status.values()),
         sent=sum(n for status, n in by_status.items() if status in SENT),
         failed=by_status.get(S.FAILED, 0),
@@ -171,6 +317,7 @@ def campaign_progress(campaign: Campaign, *, cached: bool = True) -> CampaignPro
     """The progress of the campaign's steps that are sending or have sent (a few queries per
     step), shared for PROGRESS_CACHE_S between callers when `cached`."""
     key = f"campaigns:progress:{campaign.pk}"
+    started = time.monotonic()
     if cached:
         hit = cache.get(key)
         if isinstance(hit, CampaignProgress):
@@ -185,11 +332,23 @@ def campaign_progress(campaign: Campaign, *, cached: bool = True) -> CampaignPro
         status=campaign.status,
         status_label=str(campaign.get_status_display()),
         live=campaign.status in LIVE and any(step.status == StepStatus.RUNNING for step in steps),
-        steps=[_step_progress(step, campaign.approved_audience) for step in steps],
+        steps=[
+            _step_progress(
+                step,
+                campaign.approved_audience,
+                triggered=campaign.kind == CampaignKind.TRIGGERED,
+                cached=cached,
+            )
+            for step in steps
+        ],
     )
     if cached:
-        cache.set(key, progress, PROGRESS_CACHE_S)
+        # Kept longer when counting took long (a large step held for its users' local time
+        # settles no batch): the database spends at most a tenth of its time on one campaign's
+        # bars, however many people watch them.
+        elapsed = time.monotonic() - started
+        cache.set(key, progress, min(PROGRESS_CACHE_MAX_S, max(PROGRESS_CACHE_S, 10 * elapsed)))
     return progress
 
 
-__all__ = ["CampaignProgress", "StepProgress", "campaign_progress", "step_delivery_counts"]
+__all__ = ["BatchTally", "CampaignProgress", "StepProgress", "campaign_progress", "step_tally"]

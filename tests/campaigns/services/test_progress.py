@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import pytest
 import time_machine
+from django.core.cache import cache
 from django.db import connection
 from django.test import TestCase
 from django.test.utils import CaptureQueriesContext
@@ -153,3 +154,17 @@ def test_the_endpoint_serves_the_numbers_to_a_marketer_and_refuses_others(step, 
     assert client.get(url).status_code == 200
     client.force_login(staff_member())
     assert client.get(url).status_code == 403
+
+
+def test_a_batch_whose_deliveries_settled_is_not_counted_again(step, published):
+    published.run_walk(step.pk)
+    Delivery.objects.filter(message__step_id=step.pk).update(status=S.SENT)
+    campaign = Campaign.objects.get(pk=step.campaign_id)
+    campaign_progress(campaign)  # counts, and keeps each settled batch
+    cache.delete(f"campaigns:progress:{campaign.pk}")  # the whole answer's second is over
+
+    with CaptureQueriesContext(connection) as queries:
+        progress = campaign_progress(campaign)
+
+    assert progress.steps[0].sent == 2 * USERS
+    assert not any("notifier_delivery" in query["sql"] for query in queries)
