@@ -169,6 +169,11 @@ def test_month_and_week_views_show_the_steps_and_the_warning(client, competing, 
         assert "Winter sale</a>: Reminder" in html
         assert "Book week" in html
     month_html, week_html = month.content.decode(), week.content.decode()
+    # 12:00 UTC is 20:00 in Shanghai: times are drawn in the marketer's zone.
+    assert '<span class="time">12:00</span>' in month_html
+    shanghai = calendar_page(client, view="week", date="2026-12-10", tz="Asia/Shanghai")
+    assert '<span class="time">20:00</span>' in shanghai.content.decode()
+    assert '<span class="time">12:00</span>' not in shanghai.content.decode()
     assert 'id="period-heading">December 2026<' in month_html
     assert "?view=month&amp;date=2026-11-01" in month_html  # previous month, a plain link
     assert 'id="period-heading">Week of 07 Dec 2026 to 13 Dec 2026<' in week_html
