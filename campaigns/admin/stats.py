@@ -29,11 +29,13 @@ from django.utils.html import format_html
 from django.utils.safestring import SafeString, mark_safe
 from django.views.decorators.http import require_http_methods
 
-from campaigns.models import Campaign, CampaignStats
+from campaigns.admin.live import live_urls
+from campaigns.models import Campaign, CampaignStats, CampaignStatus
 from campaigns.policies import AB_METRIC_LABELS, ABMetric, format_p
 from campaigns.services.stats import CAMPAIGN_SCOPE, reason_label, stats_rollup
 
 TEMPLATE = "admin/campaigns/campaign/stats.html"
+LIVE_COUNTS = (CampaignStatus.RUNNING, CampaignStatus.PAUSED, CampaignStatus.DONE)
 FUNNEL_STAGES = (
     ("targeted", "Targeted"),
     ("reached", "Reached"),
@@ -73,14 +75,16 @@ def stats_url(campaign_id: int, *, admin_site_name: str = "admin") -> str:
 
 
 def stats_urls(model_admin: admin.ModelAdmin[Any]) -> list[URLPattern]:
-    """The funnel page's URL (<id>/stats/, GET to read, POST to refresh), for get_urls."""
+    """The funnel page's URL (<id>/stats/, GET to read, POST to refresh), the live progress
+    endpoint and the calendar (campaigns.admin.live), for get_urls."""
     view = require_http_methods(["GET", "POST"])(_stats_view(model_admin))
     return [
+        *live_urls(model_admin),
         path(
             "<path:object_id>/stats/",
             model_admin.admin_site.admin_view(view),
             name=stats_url_name(model_admin),
-        )
+        ),
     ]
 
 
@@ -107,6 +111,9 @@ def _stats_view(model_admin: admin.ModelAdmin[Any]) -> Callable[..., HttpRespons
             "original": campaign,
             "campaign": campaign,
             "can_refresh": model_admin.has_change_permission(request, campaign),
+            # Sending or sent: the live counts (drawn by the page from the progress endpoint)
+            # stand in for the funnel until the first roll-up.
+            "live_counts": campaign.status in LIVE_COUNTS,
             "change_url": reverse(
                 f"{model_admin.admin_site.name}:{model_admin.opts.app_label}_"
                 f"{model_admin.opts.model_name}_change",
@@ -142,6 +149,51 @@ def reasons(counts: Mapping[str, int]) -> list[ReasonCount]:
     return [ReasonCount(reason_label(reason), count) for reason, count in items]
 
 
+def _cancelled_reasons(total: Mapping[str, Any]) -> list[ReasonCount]:
+    """Cancelled deliveries by reason; rows rolled up before reasons were kept say only how
+    many."""
+    by_reason = total.get("cancelled_by_reason")
+    if by_reason is None and total.get("cancelled"):
+        return [ReasonCount("Cancelled (reason not rolled up yet)", total["cancelled"])]
+    return reasons(by_reason or {})
+
+
+# Fewer people than this in the hold-out cannot show an uplift worth reading, whatever the
+# test says: a rate measured on a few dozen people moves by points with one conversion.
+MIN_HOLDOUT = 100
+
+
+def holdout_verdict(
+    *,
+    size: int,
+    treated_size: int,
+    low: float | None,
+    high: float | None,
+    significant: bool | None,
+    final: bool,
+) -> tuple[str, str]:
+    """The uplift in words, and a class for it: whether the hold-out can tell anything. Pure."""
+    if size == 0:
+        return "No one was held out, so there is nothing to compare with.", "quiet"
+    if size < MIN_HOLDOUT:
+        return (
+            f"Too few people held out to tell ({size}; at least {MIN_HOLDOUT} are needed): "
+            "read the uplift as noise.",
+            "warning",
+        )
+    if treated_size == 0 or low is None or high is None:
+        return "Nobody was sent anything yet: no uplift to measure.", "quiet"
+    interim = "" if final else " (interim: the window is still open)"
+    if low <= 0 <= high or not significant:
+        return (
+            "Too close to call: the uplift could be zero or even negative (its confidence "
+            f"interval spans zero){interim}.",
+            "warning",
+        )
+    direction = "raised" if low > 0 else "lowered"
+    return f"The campaign {direction} conversion, beyond chance{interim}.", "verdict"
+
+
 @dataclass(frozen=True)
 class FunnelRow:
     """One line of the funnel table: a campaign, step or variant."""
@@ -159,6 +211,8 @@ class FunnelRow:
     failed_reasons: list[ReasonCount]
     held: int
     held_reasons: list[ReasonCount]
+    cancelled: int
+    cancelled_reasons: list[ReasonCount]
     feedback: dict[str, int]
 
     @property
@@ -168,6 +222,7 @@ class FunnelRow:
             ("suppressed", self.suppressed_reasons),
             ("failed", self.failed_reasons),
             ("held now", self.held_reasons),
+            ("cancelled", self.cancelled_reasons),
         ]
         return [(outcome, reasons) for outcome, reasons in outcomes if reasons]
 
@@ -189,6 +244,8 @@ class FunnelRow:
             failed_reasons=reasons(total.get("failed_by_reason", {})),
             held=total.get("held", 0),
             held_reasons=reasons(total.get("held_by_reason", {})),
+            cancelled=total.get("cancelled", 0),
+            cancelled_reasons=_cancelled_reasons(total),
             feedback=data.get("feedback", {}),
         )
 
@@ -288,6 +345,14 @@ def page_context(stats: Iterable[CampaignStats]) -> dict[str, Any]:
     window = holdout.get("window")
     confidence = holdout.get("confidence")
     p_value = holdout.get("p_value")
+    verdict, verdict_class = holdout_verdict(
+        size=holdout.get("size", 0),
+        treated_size=treated.get("size", 0),
+        low=holdout.get("ci_low"),
+        high=holdout.get("ci_high"),
+        significant=holdout.get("significant"),
+        final=holdout.get("final", False),
+    )
     return {
         "has_stats": True,
         "computed_at": campaign_row.computed_at,
@@ -314,6 +379,8 @@ def page_context(stats: Iterable[CampaignStats]) -> dict[str, Any]:
             "window_end": datetime.fromisoformat(window["end"]) if window else None,
             "attribution_hours": holdout.get("attribution_hours"),
             "final": holdout.get("final", False),
+            "verdict": verdict,
+            "verdict_class": verdict_class,
         },
         "funnel_svg": funnel_svg(campaign.get("recipients", {})),
         "timeline_svg": timeline_svg(campaign.get("timeline", [])),
@@ -444,4 +511,11 @@ def timeline_svg(timeline: list[dict[str, Any]]) -> SafeString:
     return _svg(width, height, label, parts)
 
 
-__all__ = ["funnel_svg", "page_context", "stats_url", "stats_urls", "timeline_svg"]
+__all__ = [
+    "funnel_svg",
+    "holdout_verdict",
+    "page_context",
+    "stats_url",
+    "stats_urls",
+    "timeline_svg",
+]

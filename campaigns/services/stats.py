@@ -27,7 +27,8 @@ reached; None (shown as "—") while nobody was reached.
 Deliveries (counted per delivery, i.e. per (message, channel); per channel and in total). Each
 delivery is in exactly one of: sent (sent or beyond, as above), failed, suppressed, held (now),
 cancelled, in flight (pending, queued, sending). delivered / opened / clicked are the sent
-deliveries that got that far. Suppressed, failed and held are also broken down by reason.
+deliveries that got that far. Suppressed, failed, held and cancelled are also broken down by
+reason.
 
 Feedback: inbox items of the scope's messages with a 👍 useful / 😕 meh / 👎 irrelevant verdict,
 counted per item (one per in-app message).
@@ -175,6 +176,7 @@ class DeliveryTally:
     suppressed_by_reason: dict[str, int] = field(default_factory=dict)
     failed_by_reason: dict[str, int] = field(default_factory=dict)
     held_by_reason: dict[str, int] = field(default_factory=dict)
+    cancelled_by_reason: dict[str, int] = field(default_factory=dict)
 
     def add(self, status: str, reason: str, n: int) -> None:
         counts = self.counts
@@ -195,6 +197,7 @@ class DeliveryTally:
             _bump(self.held_by_reason, reason, n)
         elif status == S.CANCELLED:
             counts["cancelled"] += n
+            _bump(self.cancelled_by_reason, reason, n)
         elif status in IN_FLIGHT:
             counts["in_flight"] += n
 
@@ -204,6 +207,7 @@ class DeliveryTally:
             "suppressed_by_reason": dict(sorted(self.suppressed_by_reason.items())),
             "failed_by_reason": dict(sorted(self.failed_by_reason.items())),
             "held_by_reason": dict(sorted(self.held_by_reason.items())),
+            "cancelled_by_reason": dict(sorted(self.cancelled_by_reason.items())),
         }
 
 

@@ -12,7 +12,7 @@ from django.contrib import admin
 from django.contrib.auth.models import Group, Permission
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
-from django.urls import URLPattern, URLResolver, include, path
+from django.urls import URLPattern, URLResolver, include, path, reverse
 
 from campaigns.admin.stats import stats_url, stats_url_name, stats_urls, timeline_svg
 from campaigns.models import Campaign, CampaignStats, CampaignStatus, CampaignStep, StepVariant
@@ -261,14 +261,29 @@ def test_staff_without_view_permission_is_refused(client, small_campaign):
     assert client.get(stats_url(small_campaign.pk)).status_code == 403
 
 
-def test_page_before_the_first_rollup_says_not_computed(marketer_client):
-    campaign = Campaign.objects.create(name="New", status=CampaignStatus.RUNNING)
+def test_a_campaign_not_yet_sending_says_the_funnel_is_not_computed(marketer_client):
+    campaign = Campaign.objects.create(name="New", status=CampaignStatus.SCHEDULED)
 
     response = marketer_client.get(stats_url(campaign.pk))
 
     assert response.status_code == 200
-    assert "Not computed yet" in response.content.decode()
-    assert 'id="funnel-table"' not in response.content.decode()
+    html = response.content.decode()
+    assert "Not computed yet" in html
+    assert 'id="funnel-table"' not in html
+    assert 'id="campaign-progress"' not in html
+
+
+@pytest.mark.parametrize("status", [CampaignStatus.RUNNING, CampaignStatus.PAUSED])
+def test_a_sending_campaign_before_the_first_rollup_shows_the_live_counts(marketer_client, status):
+    """Issue 14: never "Not computed yet" while a campaign runs; the live counts stand in."""
+    campaign = Campaign.objects.create(name="New", status=status)
+
+    html = marketer_client.get(stats_url(campaign.pk)).content.decode()
+
+    assert "Not computed yet" not in html
+    assert "the live counts above are what has happened so far" in html
+    progress = reverse("admin:campaigns_campaign_progress", args=[campaign.pk])
+    assert f'id="campaign-progress" data-url="{progress}"' in html
 
 
 def test_unknown_campaign_is_404(marketer_client):
@@ -389,3 +404,62 @@ def test_holdout_comparison_shows_both_groups_interval_test_and_window():
     assert shown["p_value"] == "p = 0.0080"
     assert shown["final"] is True
     assert shown["window_end"] == datetime(2026, 3, 13, 12, 0, tzinfo=UTC)
+    # 80 held out is significant here, and still too few to mean anything: said in words.
+    assert shown["verdict"].startswith("Too few people held out to tell (80;")
+
+
+@pytest.mark.parametrize(
+    ("size", "low", "high", "significant", "says"),
+    [
+        (0, None, None, None, "No one was held out"),
+        (99, 0.01, 0.2, True, "Too few people held out to tell (99; at least 100"),
+        (500, -0.01, 0.05, False, "Too close to call: the uplift could be zero"),
+        (500, 0.01, 0.05, True, "The campaign raised conversion, beyond chance"),
+        (500, -0.05, -0.01, True, "The campaign lowered conversion, beyond chance"),
+    ],
+)
+def test_the_uplift_verdict_says_when_the_holdout_cannot_tell(size, low, high, significant, says):
+    from campaigns.admin.stats import holdout_verdict
+
+    verdict, _ = holdout_verdict(
+        size=size, treated_size=5000, low=low, high=high, significant=significant, final=True
+    )
+
+    assert verdict.startswith(says), verdict
+
+
+def test_cancelled_deliveries_are_counted_in_why_not_sent(marketer_client):
+    campaign = build_campaign(
+        per_variant={
+            "A": [
+                ("email", S.SENT, ""),
+                ("email", S.CANCELLED, R.CANCELLED),
+                ("sms", S.CANCELLED, R.CANCELLED),
+            ]
+        }
+    )
+    stats_rollup(campaign_ids=[campaign.pk])
+
+    html = marketer_client.get(stats_url(campaign.pk)).content.decode()
+
+    assert cell(html, "campaign", "cancelled") == "2"
+    why = re.search(r'id="not-sent">(.*?)</table>', html, re.S)
+    assert why
+    assert re.search(
+        r'data-outcome="cancelled">.*?<td class="outcome">Cancelled</td>\s*<td>'
+        + re.escape(str(R.CANCELLED.label))
+        + r'</td>\s*<td class="num">2</td>',
+        why.group(1),
+        re.S,
+    )
+    assert "Every delivery went out." not in html
+
+
+def test_delivered_says_which_channels_report_delivery(marketer_client, small_campaign):
+    html = marketer_client.get(stats_url(small_campaign.pk)).content.decode()
+
+    note = re.search(r'id="delivered-note">(.*?)</p>', html, re.S)
+    assert note
+    for words in ("email and SMS", "in-app", "push"):
+        assert words in note.group(1)
+    assert '<abbr title="Email and SMS: the provider reported delivery.' in html

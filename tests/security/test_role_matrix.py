@@ -162,6 +162,10 @@ EXTRA_PAGES: dict[str, tuple[str, frozenset[str]]] = {
     "campaigns_segment_import": ("GET", MARKETING),
     "campaigns_campaign_stats": ("GET", MARKETING_SUPPORT),
     "campaigns_campaign_stats:POST": ("POST", MARKETING),  # "refresh now"
+    # Live progress of a sending step (JSON polled by the campaign and funnel pages) and the
+    # calendar of campaigns: read-only, for everyone who reads campaigns.
+    "campaigns_campaign_progress": ("GET", MARKETING_SUPPORT),
+    "campaigns_campaign_calendar": ("GET", MARKETING_SUPPORT),
     "campaigns_campaign_preview": ("GET", MARKETING_SUPPORT),
     "campaigns_campaign_forecast": ("GET", MARKETING_SUPPORT),  # counts only, no one's data
     "campaigns_campaign_test": ("POST", MARKETING),
@@ -444,7 +448,7 @@ def test_standard_pages(model, people, objects):
 
 
 def extra_url(name: str, objects: dict[type[Model], Model]) -> str:
-    if name == "campaigns_segment_count_new":
+    if name in ("campaigns_segment_count_new", "campaigns_campaign_calendar"):
         return reverse(f"admin:{name}")
     if name == "campaigns_campaign_action":
         # "pause" on a draft is refused by the lifecycle: nothing changes either way.

@@ -321,6 +321,7 @@ def deliveries(
     suppressed_by: dict[str, int] | None = None,
     failed_by: dict[str, int] | None = None,
     held_by: dict[str, int] | None = None,
+    cancelled_by: dict[str, int] | None = None,
 ) -> dict[str, Any]:
     return {
         "total": total,
@@ -336,6 +337,11 @@ def deliveries(
         "suppressed_by_reason": suppressed_by or {},
         "failed_by_reason": failed_by or {},
         "held_by_reason": held_by or {},
+        # Cancelled deliveries by reason (issue 14: counted in "why not sent"); every cancelled
+        # delivery here is the campaign's cancel.
+        "cancelled_by_reason": cancelled_by
+        if cancelled_by is not None
+        else ({R.CANCELLED.value: cancelled} if cancelled else {}),
     }
 
 
