@@ -104,13 +104,10 @@ class Batch:
             points_days=campaign.points_days,
             now=timezone.now(),
         )
+        event_at = local_time_text(campaign.event_at, recipient_for(message.user).time_zone)
         extra = {
-            "campaign": {
-                "name": campaign.name,
-                "event_at": local_time_text(
-                    campaign.event_at, recipient_for(message.user).time_zone
-                ),
-            },
+            "campaign": {"name": campaign.name, "event_at": event_at},
+            "event_at": event_at,  # {{ event_at|localdatetime }}: notifier.local_formats
             "user": persona.template_values(),
         }
         return extra, persona.copy_keys()

@@ -238,6 +238,7 @@ RESERVED_NAMES = {
     "preferences_url": "the recipient's preference page",
     "unsubscribe_url": "the unsubscribe link",
     "campaign": "the campaign's name and event time",
+    "event_at": "the campaign's event time",
 }
 assert set(RESERVED_NAMES) == SYSTEM_VARIABLES | CAMPAIGN_VARIABLES
 # What the variant page lists after the campaign's own variables (see RESERVED_NAMES).
@@ -1286,12 +1287,22 @@ def back_to_draft_if_awaiting(request: HttpRequest, campaign: Campaign) -> None:
 # --- Variants and their copy -----------------------------------------------------------------
 
 
+# `{{ x|localdate:"%d" }}`: Django's way of giving a filter its argument, which Jinja reads as a
+# syntax error.
+DJANGO_FILTER_ARGUMENT = re.compile(r"\|\s*[A-Za-z_]\w*\s*:")
+
+
 def syntax_hint(source: str) -> str:
     if len(source) > MAX_COPY_CHARS:
         return ""
     try:
         environment().parse(source)
     except TemplateSyntaxError:
+        if DJANGO_FILTER_ARGUMENT.search(source):
+            return (
+                ' A filter takes its argument in brackets: {{ amount|money("CNY") }}, '
+                '{{ event_at|localdate("%d %B") }}.'
+            )
         return " Variables are written {{ name }}; conditions {% if … %}…{% endif %}."
     except COMPILE_ERRORS:  # nested too deeply to read: the problem says so
         return ""

@@ -82,10 +82,9 @@ def campaign_context(
     context = template_context(campaign.variables, user_template_values(user))
     context["user"].update(persona.template_values())
     context["preferences_url"] = preferences_url(user_id=links_user_id or user.pk)
-    context["campaign"] = {
-        "name": campaign.name,
-        "event_at": local_time_text(campaign.event_at, recipient_for(user).time_zone),
-    }
+    event_at = local_time_text(campaign.event_at, recipient_for(user).time_zone)
+    context["campaign"] = {"name": campaign.name, "event_at": event_at}
+    context["event_at"] = event_at
     return context
 
 
