@@ -30,7 +30,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Collection, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from django.conf import settings
@@ -375,6 +375,63 @@ def _filter_argument_problems(node: nodes.Filter) -> list[str]:
     else:
         problem = local_formats.currency_problem(argument.value)
     return [] if problem is None else [f"line {node.lineno}: {node.name}: {problem}"]
+
+
+def channel_parts(channel: str) -> tuple[str, ...]:
+    """The parts of copy a channel uses (an SMS is its body alone); the others are not sent."""
+    try:
+        return tuple(part.name for part in PARTS[Channel(channel)])
+    except ValueError:
+        return ()
+
+
+# GSM 03.38: the characters an SMS sends in 7 bits (one segment: 160 of them), and those of its
+# extension table, which take two. Anything else sends the whole text as UCS-2 (70).
+GSM_BASIC = frozenset(
+    "@£$¥èéùìòÇ\nØø\rÅåΔ_ΦΓΛΩΠΨΣΘΞÆæßÉ !\"#¤%&'()*+,-./0123456789:;<=>?"
+    "¡ABCDEFGHIJKLMNOPQRSTUVWXYZÄÖÑÜ§¿abcdefghijklmnopqrstuvwxyzäöñüà"
+)
+GSM_EXTENDED = frozenset("^{}\\[~]|€\f")
+
+
+@dataclass(frozen=True)
+class SmsLength:
+    encoding: str  # "GSM-7" or "UCS-2"
+    units: int  # characters as the network counts them
+    segments: int
+
+    def __str__(self) -> str:
+        parts = "1 message" if self.segments == 1 else f"{self.segments} messages"
+        return f"{self.units} characters ({self.encoding}): {parts}"
+
+
+def sms_length(text: str) -> SmsLength:
+    """How an SMS of `text` is sent: GSM-7 (160 a message, 153 each when split) unless a
+    character is outside it, then UCS-2 (70, 67 when split; an emoji counts two)."""
+    if all(char in GSM_BASIC or char in GSM_EXTENDED for char in text):
+        units = sum(2 if char in GSM_EXTENDED else 1 for char in text)
+        single, split, encoding = 160, 153, "GSM-7"
+    else:
+        units = len(text.encode("utf-16-le")) // 2
+        single, split, encoding = 70, 67, "UCS-2"
+    segments = 1 if units <= single else -(-units // split)
+    return SmsLength(encoding, units, segments)
+
+
+TEST_MARK = "[Test] "
+
+
+def test_marked(content: Content) -> Content:
+    """A test send's copy, marked so that nobody takes it for the real one: its subject or
+    title starts with "[Test] " (an SMS, which has neither, its body)."""
+    marked = {
+        part: TEST_MARK + value
+        for part in ("subject", "title")
+        if (value := getattr(content, part)) and not value.startswith(TEST_MARK)
+    }
+    if not content.subject and not content.title and not content.body.startswith(TEST_MARK):
+        marked["body"] = TEST_MARK + content.body
+    return replace(content, **marked)
 
 
 def required_parts(channel: Channel) -> list[str]:

@@ -91,8 +91,10 @@ from campaigns.rendering import (
     PART_FIELDS,
     TimeBudget,
     allowed_variables,
+    channel_parts,
     copy_problems,
     required_parts,
+    sms_length,
     variant_cache_clear,
 )
 from campaigns.services.definitions import (
@@ -119,20 +121,26 @@ from campaigns.services.lifecycle import (
 )
 from campaigns.services.previews import (
     campaign_persona,
+    seed_users,
+    unsaved_copy_preview,
+    user_by_key,
     variant_personas,
     variant_preview,
     variant_send_test,
+    variant_send_test_to_seeds,
 )
 from campaigns.services.segments import segment_count, segment_sample, segment_users
 from campaigns.services.stats import CAMPAIGN_SCOPE
 from channels.base import Channel, Content
+from notifier.api import MAX_CONTEXT_BYTES, MAX_CONTEXT_DEPTH
 from notifier.forms import BoundedJSONField
 from notifier.ids import parse_id
 from notifier.models import Delivery, User, recipient_for
 from notifier.models.users import display_name
-from notifier.rendering import COMPILE_ERRORS, SYSTEM_VARIABLES, environment
+from notifier.rendering import COMPILE_ERRORS, SYSTEM_VARIABLES, RenderError, environment
 from notifier.roles import ALLOW_QUIET_HOURS, VIEW_CONTACT_DETAILS
 from notifier.status import DeliveryStatus
+from notifier.text import json_value_problem, strict_json_loads
 from notifier.user_keys import user_key_from_text
 
 C = CampaignStatus
@@ -254,8 +262,9 @@ SYSTEM_EXAMPLES = (
 )
 JINJA_WORDS = frozenset({"true", "false", "none", "and", "or", "not", "in", "is", "if", "else"})
 VARIABLES_HELP = (
-    'A JSON object of values every template can use, e.g. {"headline": "50% off", '
-    '"coupon_code": "D11"}; the copy writes them as {{ headline }}.'
+    "Values every template of the campaign can use: a name such as coupon_code (letters, "
+    "digits and _) and its value, D11; the copy writes it as {{ coupon_code }}. Empty a row "
+    "to remove it."
 )
 
 CREATE_FIELDS = [
@@ -287,7 +296,7 @@ EDIT_FIELDS = [
     "stop_series_on",
 ]
 # Editable in every status: a marketer may raise or lower it while the campaign runs.
-SAFETY_FIELDS = ["pause_failure_percent"]
+SAFETY_FIELDS = ["pause_failure_percent", "seed_list"]
 STATUS_FIELDS = [
     "status",
     "pause_reason",
@@ -299,29 +308,155 @@ STATUS_FIELDS = [
 ]
 
 
-class VariablesField(BoundedJSONField):
-    """JSON, laid out one variable per line so that it reads as a list of names and values."""
+@dataclass(frozen=True)
+class VariableRow:
+    name: str
+    value: str
+    is_json: bool = False  # a value that is not text (a number, a list): kept as it was
 
-    def prepare_value(self, value: Any) -> Any:
-        if isinstance(value, InvalidJSONInput):
-            return value
-        return json.dumps(value, ensure_ascii=False, indent=2, cls=self.encoder)
+
+MAX_VARIABLES = 50
+EXTRA_VARIABLE_ROWS = 2
+
+
+class VariableRowsWidget(forms.Widget):
+    """The campaign's variables as rows of a name and a value, two empty rows below them. It
+    submits without JavaScript (a row left empty is no variable; emptying a row removes it);
+    the script only adds rows. A value that is not text (a number, a list) shows as JSON and
+    is read back as JSON, so saving the page never changes its type."""
+
+    def value_from_datadict(self, data: Any, files: Any, name: str) -> Any:
+        if name in data:  # one JSON object, as scripts and older clients post it
+            return data[name]
+        rows: list[VariableRow] = []
+        for index in range(MAX_VARIABLES + EXTRA_VARIABLE_ROWS + 1):
+            row_name = data.get(f"{name}-{index}-name")
+            if row_name is None:
+                continue
+            rows.append(
+                VariableRow(
+                    row_name.strip(),
+                    data.get(f"{name}-{index}-value", ""),
+                    data.get(f"{name}-{index}-json") == "1",
+                )
+            )
+        return rows
+
+    def value_omitted_from_data(self, data: Any, files: Any, name: str) -> bool:
+        return False
+
+    @staticmethod
+    def rows_of(value: Any) -> list[VariableRow]:
+        if isinstance(value, list) and all(isinstance(row, VariableRow) for row in value):
+            return list(value)
+        if isinstance(value, InvalidJSONInput | str):
+            try:
+                value = json.loads(value) if value else {}
+            except (ValueError, RecursionError):
+                return []
+        if not isinstance(value, dict):
+            return []
+        return [
+            VariableRow(str(key), item, False)
+            if isinstance(item, str)
+            else VariableRow(str(key), json.dumps(item, ensure_ascii=False), True)
+            for key, item in value.items()
+        ]
+
+    def render(
+        self, name: str, value: Any, attrs: dict[str, Any] | None = None, renderer: Any = None
+    ) -> SafeString:
+        rows = [*self.rows_of(value), *[VariableRow("", "")] * EXTRA_VARIABLE_ROWS]
+        body = format_html_join(
+            "\n",
+            '<tr class="variable-row"><td><input type="text" name="{0}-{1}-name" value="{2}" '
+            'size="20" maxlength="64" aria-label="Variable name" placeholder="coupon_code">'
+            '</td><td><input type="text" name="{0}-{1}-value" value="{3}" size="50" '
+            'aria-label="Value" placeholder="D11">{4}</td></tr>',
+            (
+                (
+                    name,
+                    index,
+                    row.name,
+                    row.value,
+                    format_html('<input type="hidden" name="{}-{}-json" value="1">', name, index)
+                    if row.is_json
+                    else "",
+                )
+                for index, row in enumerate(rows)
+            ),
+        )
+        return format_html(
+            '<table id="variables-rows" data-name="{}"><thead><tr><th>Name</th><th>Value</th>'
+            "</tr></thead><tbody>{}</tbody></table>"
+            '<button type="button" class="button" id="variables-add" hidden>Add a variable'
+            "</button>",
+            name,
+            body,
+        )
+
+
+class VariablesField(forms.Field):
+    """The rows of VariableRowsWidget as the JSON object the campaign stores (a JSON text posted
+    as one value is read within notify()'s bounds, as before)."""
+
+    widget = VariableRowsWidget
+
+    def to_python(self, value: Any) -> Any:
+        if isinstance(value, str):
+            json_text = BoundedJSONField(
+                required=False,
+                error_messages={"invalid": 'This is not valid JSON: write {"coupon_code": "D11"}.'},
+            )
+            return json_text.to_python(value)
+        variables: dict[str, Any] = {}
+        problems: list[str] = []
+        for number, row in enumerate(value or [], start=1):
+            if not row.name:
+                if row.value.strip():
+                    problems.append(f"Row {number} has a value but no name: name it or empty it.")
+                continue
+            if row.name in variables:
+                problems.append(f"“{row.name}” is there twice: keep one.")
+                continue
+            if row.is_json:
+                try:
+                    variables[row.name] = strict_json_loads(row.value)
+                except (ValueError, RecursionError):
+                    problems.append(f"The value of “{row.name}” is no longer valid JSON.")
+            else:
+                variables[row.name] = row.value
+        if len(variables) > MAX_VARIABLES:
+            problems.append(f"At most {MAX_VARIABLES} variables.")
+        if problems:
+            raise ValidationError(problems)
+        text = json.dumps(variables, ensure_ascii=False)
+        if len(text.encode("utf-8", "surrogatepass")) > MAX_CONTEXT_BYTES:
+            raise ValidationError(
+                f"The variables are over {MAX_CONTEXT_BYTES // 1024} KB in all; keep them shorter."
+            )
+        problem = json_value_problem(variables, max_depth=MAX_CONTEXT_DEPTH)
+        if problem:
+            raise ValidationError(f"A value {problem}; fix it.")
+        return variables
+
+    def has_changed(self, initial: Any, data: Any) -> bool:
+        try:
+            return bool(self.to_python(data) != (initial or {}))
+        except ValidationError:
+            return True
 
 
 class CampaignForm(forms.ModelForm):
+    # Set per request (CampaignAdmin.get_form): whether customers may be seeds, not only staff.
+    seeds_anyone: ClassVar[bool] = False
     channels = forms.MultipleChoiceField(
         choices=CHANNEL_CHOICES,
         required=False,
         widget=forms.CheckboxSelectMultiple,
         help_text="None ticked: the routing rules choose among the category's channels.",
     )
-    variables = VariablesField(
-        required=False,
-        widget=forms.Textarea(attrs={"rows": 5, "cols": 70}),
-        help_text=VARIABLES_HELP,
-        # Django %-formats this message ("50% off" would break it).
-        error_messages={"invalid": "This is not valid JSON. " + VARIABLES_HELP.replace("%", "%%")},
-    )
+    variables = VariablesField(required=False, help_text=VARIABLES_HELP)
 
     class Meta:
         model = Campaign
@@ -333,7 +468,9 @@ class CampaignForm(forms.ModelForm):
             "ab_sample_size",
             "reentry_days",
             "stop_series_on",
+            "seed_list",
         ]
+        widgets = {"seed_list": forms.Textarea(attrs={"rows": 3, "cols": 40})}
         help_texts = {
             "segment": "Who gets it. The count below is how many users it reaches right now.",
             "event_at": "When the sale starts; the steps are counted from it.",
@@ -355,7 +492,9 @@ class CampaignForm(forms.ModelForm):
         if value is None or value == "":
             return {}
         if not isinstance(value, dict):
-            raise ValidationError("Write a JSON object, in curly braces. " + VARIABLES_HELP)
+            raise ValidationError(
+                'Write a JSON object, in curly braces: {"coupon_code": "D11"}. ' + VARIABLES_HELP
+            )
         problems: list[str] = []
         for name in value:
             if name in RESERVED_NAMES:
@@ -382,6 +521,13 @@ class CampaignForm(forms.ModelForm):
                 raise ValidationError(
                     [*problems, "Keep these variables, or change that copy first."]
                 )
+        return value
+
+    def clean_seed_list(self) -> str:
+        value = str(self.cleaned_data.get("seed_list") or "")
+        _, problems = seed_users(value, anyone=self.seeds_anyone)
+        if problems:
+            raise ValidationError([capfirst(problem) + "." for problem in problems])
         return value
 
     def clean_holdout_percent(self) -> int:
@@ -610,6 +756,15 @@ class ChannelPreview:
     label: str
     content: Content | None
     error: str
+    note: str = ""  # an SMS's length and how many messages it takes
+
+
+def channel_preview(channel: Channel, result: Content | RenderError) -> ChannelPreview:
+    label = channel_label(str(channel))
+    if not isinstance(result, Content):
+        return ChannelPreview(str(channel), label, None, str(result))
+    note = str(sms_length(result.body)) if channel is Channel.SMS else ""
+    return ChannelPreview(str(channel), label, result, "", note)
 
 
 @dataclass(frozen=True)
@@ -651,25 +806,7 @@ def _in_audience(campaign: Campaign, user: User) -> bool:
     return segment is not None and segment_users(segment).filter(pk=user.pk).exists()
 
 
-def user_lookup(query: str) -> User:
-    """A user by id or email, or LookupError in words."""
-    query = query.strip()
-    user_id = user_key_from_text(query)
-    if user_id is not None:
-        user = get_user_model()._default_manager.filter(pk=user_id).first()
-        if user is None:
-            raise LookupError(f"No user has id {query}.")
-        return user
-    if "@" in query:
-        users = list(
-            get_user_model()._default_manager.filter(notifier_recipient__email__iexact=query)[:2]
-        )
-        if not users:
-            raise LookupError("No user has that email address.")
-        if len(users) > 1:
-            raise LookupError("Several users have that email address; give the user id.")
-        return users[0]
-    raise LookupError("Give a user id or an email address.")
+user_lookup = user_by_key  # a user by id, email or phone number, or LookupError in words
 
 
 # --- Campaign admin ------------------------------------------------------------------------------
@@ -788,8 +925,16 @@ class CampaignAdmin(admin.ModelAdmin):
                     ]
                 },
             ),
+            ("Tests", {"fields": ["seed_list"]}),
             ("Status", {"fields": STATUS_FIELDS, "classes": ["collapse"]}),
         ]
+
+    def get_form(
+        self, request: HttpRequest, obj: Any = None, change: bool = False, **kwargs: Any
+    ) -> Any:
+        form: Any = super().get_form(request, obj, change=change, **kwargs)
+        form.seeds_anyone = request.user.has_perm(VIEW_CONTACT_DETAILS)
+        return form
 
     def _when_and_how(self, request: HttpRequest) -> list[str]:
         fields = ["event_at", "priority", "channels"]
@@ -1155,6 +1300,9 @@ class CampaignAdmin(admin.ModelAdmin):
             "change_url": self._url("change", campaign.pk),
             "send_test_url": self._url("test", campaign.pk),
             "may_send_test": self.has_change_permission(request, campaign),
+            "seed_count": len(
+                seed_users(campaign.seed_list, anyone=viewer.has_perm(VIEW_CONTACT_DETAILS))[0]
+            ),
             "previews": previews,
             "channels": [channel_label(str(c)) for c in channels],
             "preview_user": {
@@ -1229,9 +1377,7 @@ class CampaignAdmin(admin.ModelAdmin):
             budget=budget,
             persona=persona,
         )
-        if isinstance(result, Content):
-            return ChannelPreview(str(channel), channel_label(str(channel)), result, "")
-        return ChannelPreview(str(channel), channel_label(str(channel)), None, str(result))
+        return channel_preview(channel, result)
 
     def send_test_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
         """POST: send one variant to the logged-in marketer through the real pipeline."""
@@ -1257,6 +1403,8 @@ class CampaignAdmin(admin.ModelAdmin):
             user_key_from_text(query) is not None or request.user.has_perm(VIEW_CONTACT_DETAILS)
         ):
             back += "?" + urlencode({"user": query})
+        if request.POST.get("to") == "seeds":
+            return self._send_test_to_seeds(request, campaign, variant, back)
         try:
             message = variant_send_test(variant=variant, to_user=staff_user(request))
         except CampaignError as exc:
@@ -1268,6 +1416,36 @@ class CampaignAdmin(admin.ModelAdmin):
                 f"Test of {variant.step.name} / variant {variant.name} sent to you (message "
                 f"#{message.pk}) by {channels}: past quiet hours, caps and consent, and left "
                 "out of the funnel. The in-app copy is in your inbox.",
+            )
+        return HttpResponseRedirect(f"{back}#variant-{variant.pk}")
+
+    def _send_test_to_seeds(
+        self, request: HttpRequest, campaign: Campaign, variant: StepVariant, back: str
+    ) -> HttpResponse:
+        """The variant to everyone on the seed list, each a test message, recorded."""
+        viewer = staff_user(request)
+        seeds, problems = seed_users(
+            campaign.seed_list, anyone=viewer.has_perm(VIEW_CONTACT_DETAILS)
+        )
+        try:
+            if problems:
+                raise CampaignError("fix the seed list first: " + "; ".join(problems))
+            sent = variant_send_test_to_seeds(variant=variant, seeds=seeds)
+        except CampaignError as exc:
+            messages.error(request, capfirst(str(exc)))
+        else:
+            what = f"{variant.step.name} / variant {variant.name}"
+            self.log_change(
+                request,
+                campaign,
+                f"Test of {what} sent to the seed list: messages "
+                + ", ".join(f"#{message.pk}" for message in sent),
+            )
+            channels = ", ".join(channel_label(str(c)) for c in campaign_channels(campaign))
+            messages.success(
+                request,
+                f"Test of {what} sent to {len(sent)} seed(s) by {channels}, marked “[Test]”: past "
+                "quiet hours, caps and consent, and left out of the funnel.",
             )
         return HttpResponseRedirect(f"{back}#variant-{variant.pk}")
 
@@ -1342,6 +1520,13 @@ class VariantTemplateForm(forms.ModelForm):
 
     def clean(self) -> dict[str, Any]:
         data = super().clean() or {}
+        # A part the channel does not send (an SMS subject, an email link) is ignored and
+        # stored empty: the page hides those boxes, and what a hidden box kept after the
+        # channel was changed must not become copy nobody sees.
+        used = channel_parts(data.get("channel") or "")
+        for part in PART_FIELDS:
+            if part not in used:
+                data[part] = ""
         # The channel's parts are tried together, as they render for each recipient.
         parts = {part: data.get(part) or "" for part in PART_FIELDS}
         found = copy_problems(
@@ -1424,6 +1609,33 @@ class VariantTemplateInline(admin.StackedInline):
         return super().has_delete_permission(request, obj) and copy_editable_variant(obj)
 
 
+MAX_POSTED_COPY = 100
+
+
+def posted_copy(data: Mapping[str, str]) -> dict[tuple[str, str, str], dict[str, str]]:
+    """The copy rows of the variant editor's form as posted (unsaved), keyed as `copy_key` reads
+    them; rows marked for deletion and parts their channel does not use are left out."""
+    copy: dict[tuple[str, str, str], dict[str, str]] = {}
+    try:
+        total = min(int(data.get("templates-TOTAL_FORMS", "0")), MAX_POSTED_COPY)
+    except ValueError:
+        return copy
+    for index in range(total):
+        prefix = f"templates-{index}-"
+        channel = data.get(prefix + "channel", "")
+        if not channel or data.get(prefix + "DELETE"):
+            continue
+        try:
+            locale = normalize_locale(data.get(prefix + "locale", "").strip() or "en")
+        except ValidationError:
+            continue
+        if not data.get(prefix + "locale", "").strip():
+            locale = ""
+        key = (channel, locale, data.get(prefix + "persona", ""))
+        copy.setdefault(key, {part: data.get(prefix + part, "") for part in channel_parts(channel)})
+    return copy
+
+
 def copy_editable_variant(variant: StepVariant | None) -> bool:
     return variant is None or copy_editable(variant.step.campaign)
 
@@ -1480,9 +1692,15 @@ class StepVariantAdmin(admin.ModelAdmin):
         return super().get_queryset(request).select_related("step__campaign__category")
 
     def get_urls(self) -> list[URLPattern]:
-        name = f"{self.opts.app_label}_{self.opts.model_name}_copy"
+        name = f"{self.opts.app_label}_{self.opts.model_name}_"
+        view = self.admin_site.admin_view
         return [
-            path("<path:object_id>/copy/", self.admin_site.admin_view(self.copy_view), name=name),
+            path("<path:object_id>/copy/", view(self.copy_view), name=name + "copy"),
+            path(
+                "<path:object_id>/live-preview/",
+                view(self.live_preview_view),
+                name=name + "live_preview",
+            ),
             *super().get_urls(),
         ]
 
@@ -1558,6 +1776,12 @@ class StepVariantAdmin(admin.ModelAdmin):
                     else ""
                 ),
                 title=f"{obj.step.name}, variant {obj.name}: weight and copy",
+                live_preview_url=reverse(
+                    f"{self.admin_site.name}:campaigns_stepvariant_live_preview",
+                    args=[quote(obj.pk)],
+                ),
+                by_contact=request.user.has_perm(VIEW_CONTACT_DETAILS),
+                channel_parts={str(c): channel_parts(str(c)) for c in Channel},
                 variables=[*sorted(campaign.variables), *SYSTEM_EXAMPLES],
                 campaign_variables=sorted(campaign.variables),
                 required=[
@@ -1617,6 +1841,50 @@ class StepVariantAdmin(admin.ModelAdmin):
         response = super().response_delete(request, obj_display, obj_id)
         url = getattr(request, "_campaign_url", "")
         return HttpResponseRedirect(url) if url else response
+
+    def live_preview_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
+        """POST (the editor's form as it stands, unsaved): its copy rendered for a customer, as
+        an HTML fragment for the side panel. Problems are said in the fragment, never a 500."""
+        variant = self.get_object(request, unquote(object_id))
+        if variant is None:
+            raise Http404(f"No variant with id {object_id!r}")
+        if not self.has_view_permission(request, variant):
+            raise PermissionDenied
+        if request.method != "POST":
+            return HttpResponseNotAllowed(["POST"])
+        campaign = variant.step.campaign
+        viewer = staff_user(request)
+        query = request.POST.get("preview_user", "").strip()[:200]
+        user, whom, lookup_error = CampaignAdmin._preview_user(
+            campaign, query, viewer, anyone=viewer.has_perm(VIEW_CONTACT_DETAILS)
+        )
+        # A read-only page (locked, or Support) has no boxes: its saved copy is shown.
+        editable = self.has_change_permission(request, variant)
+        copy = posted_copy(request.POST) if editable else None
+        if copy is None:
+            copy = {
+                (t.channel, t.locale, t.persona): {part: getattr(t, part) for part in PART_FIELDS}
+                for t in variant.templates.all()
+            }
+        results = unsaved_copy_preview(
+            campaign=campaign,
+            user=user,
+            copy=copy,
+            links_user_id=viewer.pk,
+            budget=TimeBudget(settings.NOTIFIER_PREVIEW_BUDGET_S),
+        )
+        context = {
+            "channels": [channel_preview(channel, result) for channel, result in results.items()],
+            "whom": whom,
+            "lookup_error": lookup_error,
+            "preview_user": {
+                "pk": user.pk,
+                "name": display_name(user),
+                "locale": recipient_for(user).locale,
+                "time_zone": recipient_for(user).time_zone,
+            },
+        }
+        return TemplateResponse(request, TEMPLATES + "_live_preview.html", context)
 
     def copy_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
         """POST: a new variant of the same step, starting from this one's copy."""

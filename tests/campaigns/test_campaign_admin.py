@@ -19,7 +19,12 @@ from django.forms import MultiWidget
 from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 
-from campaigns.admin.campaigns import describe_offset, format_offset, parse_offset
+from campaigns.admin.campaigns import (
+    VariableRowsWidget,
+    describe_offset,
+    format_offset,
+    parse_offset,
+)
 from campaigns.models import (
     Campaign,
     CampaignStats,
@@ -156,7 +161,13 @@ def _form_values(form, data: dict[str, Any]) -> None:
         bound = form[name]
         value = bound.value()
         key = bound.html_name
-        if isinstance(field.widget, MultiWidget):
+        if isinstance(field.widget, VariableRowsWidget):  # the campaign's variables, as rows
+            for index, row in enumerate(VariableRowsWidget.rows_of(value)):
+                data[f"{key}-{index}-name"] = row.name
+                data[f"{key}-{index}-value"] = row.value
+                if row.is_json:
+                    data[f"{key}-{index}-json"] = "1"
+        elif isinstance(field.widget, MultiWidget):
             parts = value if isinstance(value, list) else field.widget.decompress(value)
             for suffix, part in zip(field.widget.widgets_names, parts, strict=True):
                 data[key + suffix] = "" if part is None else str(part)
@@ -822,7 +833,7 @@ def test_send_test_reaches_the_marketers_inbox_without_marketing_consent(
     item = InboxItem.objects.get(user=marketer)
     assert (item.message_id, item.title, item.body) == (
         message.pk,
-        "Double 11: 50% off",
+        "[Test] Double 11: 50% off",  # a test says so (campaigns.rendering.test_marked)
         f"Hi {marketer.first_name}, 50% off",
     )
     email = Delivery.objects.get(message=message, channel="email")
