@@ -16,7 +16,7 @@ from django.utils import timezone
 from campaigns import views
 from campaigns.models import AudienceThresholds, Campaign, CampaignStatus, Conversion
 from campaigns.personas import user_persona
-from campaigns.rendering import render_variant, test_marked
+from campaigns.rendering import marked_as_test, render_variant
 from campaigns.series import series_stopped
 from campaigns.services.alerts import campaign_pauses
 from campaigns.tracking import track_content
@@ -124,7 +124,7 @@ class Batch:
         content = render_variant(
             message.variant_id, channel, context, locale, personas=personas, fresh=message.is_test
         )
-        return test_marked(content) if message.is_test else content
+        return marked_as_test(content) if message.is_test else content
 
     def track(self, message: Message, channel: Channel, content: Content) -> Content:
         if self.campaign(message) is None:

@@ -421,7 +421,7 @@ def sms_length(text: str) -> SmsLength:
 TEST_MARK = "[Test] "
 
 
-def test_marked(content: Content) -> Content:
+def marked_as_test(content: Content) -> Content:
     """A test send's copy, marked so that nobody takes it for the real one: its subject or
     title starts with "[Test] " (an SMS, which has neither, its body)."""
     marked = {

@@ -82,8 +82,10 @@ from campaigns.personas import persona_label, persona_problem
 from campaigns.policies import (
     DEFAULT_ACTIVE_HOUR,
     describe_offset,
-    format_offset,
+    fanout_start,
+    offset_words,
     step_moment,
+    step_reading,
 )
 from campaigns.rendering import (
     CAMPAIGN_VARIABLES,
@@ -135,7 +137,8 @@ from channels.base import Channel, Content
 from notifier.api import MAX_CONTEXT_BYTES, MAX_CONTEXT_DEPTH
 from notifier.forms import BoundedJSONField
 from notifier.ids import parse_id
-from notifier.models import Delivery, User, recipient_for
+from notifier.models import Delivery, NotificationType, User, recipient_for
+from notifier.models.types import Kind
 from notifier.models.users import display_name
 from notifier.rendering import COMPILE_ERRORS, SYSTEM_VARIABLES, RenderError, environment
 from notifier.roles import ALLOW_QUIET_HOURS, VIEW_CONTACT_DETAILS
@@ -186,7 +189,10 @@ MINUTES_PER_UNIT = {
 MAX_OFFSET_MINUTES = 366 * 24 * 60
 # ASCII digits: \d would take other scripts' digits too.
 _AMOUNT = re.compile(r"([0-9]+)\s*([a-z]+)")
-OFFSET_HELP = "-3d is three days before the event, -1h an hour before, -2d 12h, +30m after."
+OFFSET_HELP = (
+    "“3 days before” the event, “1 hour before”, “2 days 12 hours before”, “30 minutes after”; "
+    "or short: -3d, -1h, -2d 12h, +30m."
+)
 
 
 def parse_offset(text: str) -> int:
@@ -235,6 +241,20 @@ def step_when(campaign: Campaign, step: CampaignStep) -> str:
     if step.timing == StepTiming.LOCAL_TIME and step.local_time is not None:
         return f"{day}, {step.local_time:%H:%M} in each user's own time zone"
     return f"{day}, at each user's usual hour ({DEFAULT_ACTIVE_HOUR}:00 if not known yet)"
+
+
+def past_steps(campaign: Campaign, now: datetime | None = None) -> list[CampaignStep]:
+    """A one-off campaign's pending steps whose moment (their fan-out's start) has passed:
+    they could not go out, and are offered to be dropped."""
+    if campaign.kind != CampaignKind.ONE_OFF or campaign.event_at is None:
+        return []
+    now = now or timezone.now()
+    event_at = campaign.event_at
+    return [
+        step
+        for step in campaign.steps.filter(status=StepStatus.PENDING).order_by("offset_minutes")
+        if fanout_start(event_at, plan_of(step)) < now
+    ]
 
 
 # --- The campaign form ---------------------------------------------------------------------
@@ -592,11 +612,19 @@ def copy_using(campaign: Campaign, names: set[str]) -> list[str]:
 # --- Steps ------------------------------------------------------------------------------------
 
 
+# The timing choices, short enough for the steps' table to fit the page.
+TIMING_LABELS = {
+    StepTiming.OFFSET: "At that moment",
+    StepTiming.LOCAL_TIME: "That day, at a local time",
+    StepTiming.ACTIVE_HOUR: "That day, at their usual hour",
+}
+
+
 class StepForm(forms.ModelForm):
     when = forms.CharField(
         label="When",
         max_length=40,
-        widget=forms.TextInput(attrs={"size": 10, "placeholder": "-3d"}),
+        widget=forms.TextInput(attrs={"size": 14, "placeholder": "3 days before"}),
         help_text=OFFSET_HELP,
     )
 
@@ -607,7 +635,9 @@ class StepForm(forms.ModelForm):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         if self.instance.pk is not None:
-            self.initial["when"] = format_offset(self.instance.offset_minutes)
+            self.initial["when"] = offset_words(self.instance.offset_minutes)
+        if "timing" in self.fields:
+            self.fields["timing"].choices = list(TIMING_LABELS.items())  # type: ignore[attr-defined]
 
     def clean_when(self) -> int:
         return parse_offset(self.cleaned_data["when"])
@@ -628,8 +658,8 @@ class StepInline(admin.TabularInline):
     model = CampaignStep
     form = StepForm
     extra = 0
-    fields = ["name", "when", "timing", "local_time", "goes_out", "state", "copy"]
-    readonly_fields = ["goes_out", "state", "copy"]
+    fields = ["name", "when", "timing", "local_time", "goes_out", "copy"]
+    readonly_fields = ["goes_out", "copy"]
     verbose_name_plural = "Steps (3-2-1: counted from the event)"
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[CampaignStep]:
@@ -655,20 +685,22 @@ class StepInline(admin.TabularInline):
 
     @admin.display(description="When")
     def when(self, obj: CampaignStep) -> str:  # shown when the step is read-only
-        return describe_offset(obj.offset_minutes)
+        return step_reading(plan_of(obj))
 
     @admin.display(description="Goes out")
-    def goes_out(self, obj: CampaignStep) -> str:
+    def goes_out(self, obj: CampaignStep) -> SafeString | str:
         if obj.pk is None:
             return "—"
-        return step_when(obj.campaign, obj)
-
-    @admin.display(description="Status")
-    def state(self, obj: CampaignStep) -> str:
-        if obj.pk is None:
-            return "—"
-        label = str(obj.get_status_display())
-        return f"{label}: {obj.skip_reason}" if obj.skip_reason else label
+        reading = capfirst(step_reading(plan_of(obj)))
+        state = "" if obj.status == StepStatus.PENDING else str(obj.get_status_display())
+        if obj.skip_reason:
+            state = f"{state}: {obj.skip_reason}"
+        return format_html(
+            '<span class="step-reading">{}</span><br><span class="quiet">{}</span>{}',
+            reading,
+            step_when(obj.campaign, obj),
+            format_html('<br><span class="step-state">{}</span>', state) if state else "",
+        )
 
     @admin.display(description="Copy (A/B variants)")
     def copy(self, obj: CampaignStep) -> SafeString | str:
@@ -835,6 +867,12 @@ class CampaignAdmin(admin.ModelAdmin):
             path("<path:object_id>/cancel/", view(self.cancel_view), name=name + "cancel"),
             path("<path:object_id>/move-event/", view(self.move_view), name=name + "move"),
             path(
+                "<path:object_id>/drop-step/<int:step_id>/",
+                view(self.drop_step_view),
+                name=name + "drop_step",
+            ),
+            path("<path:object_id>/write/", view(self.write_copy_view), name=name + "write"),
+            path(
                 "<path:object_id>/actions/<slug:action>/",
                 view(self.action_view),
                 name=name + "action",
@@ -907,20 +945,23 @@ class CampaignAdmin(admin.ModelAdmin):
                 ("When and how", {"fields": ["event_at", "priority", "channels"]}),
                 ("Copy and measurement", {"fields": ["variables", "holdout_percent"]}),
             ]
-        return [
+        triggered = obj.kind == CampaignKind.TRIGGERED
+        locked = not copy_editable(obj)
+        fieldsets = [
             (None, {"fields": ["name", "description", "kind", "category", "segment", "audience"]}),
-            ("When and how", {"fields": self._when_and_how(request)}),
+            ("When and how", {"fields": self._when_and_how(request, locked=locked)}),
             (
                 "Copy and measurement",
                 {
                     "fields": [
-                        "variables",
+                        "variables_text" if locked else "variables",
                         "holdout_percent",
                         "attribution_hours",
                         "ab_metric",
                         "ab_sample_size",
-                        "reentry_days",
-                        "stop_series_on",
+                        # Re-entry is a triggered campaign's; a series that stops is a one-off's
+                        # (campaigns.series): each page shows only its own.
+                        "reentry_days" if triggered else "stop_series_on",
                         "pause_failure_percent",
                     ]
                 },
@@ -928,6 +969,7 @@ class CampaignAdmin(admin.ModelAdmin):
             ("Tests", {"fields": ["seed_list"]}),
             ("Status", {"fields": STATUS_FIELDS, "classes": ["collapse"]}),
         ]
+        return fieldsets
 
     def get_form(
         self, request: HttpRequest, obj: Any = None, change: bool = False, **kwargs: Any
@@ -936,8 +978,8 @@ class CampaignAdmin(admin.ModelAdmin):
         form.seeds_anyone = request.user.has_perm(VIEW_CONTACT_DETAILS)
         return form
 
-    def _when_and_how(self, request: HttpRequest) -> list[str]:
-        fields = ["event_at", "priority", "channels"]
+    def _when_and_how(self, request: HttpRequest, *, locked: bool = False) -> list[str]:
+        fields = ["event_at", "priority", "channels_text" if locked else "channels"]
         # Marketing in quiet hours is a lead's decision: nobody else sees the switch, so a
         # marketer's form has no such field and a posted value is ignored.
         if request.user.has_perm(ALLOW_QUIET_HOURS):
@@ -949,7 +991,7 @@ class CampaignAdmin(admin.ModelAdmin):
             return ["audience"]
         readonly = ["audience", "kind", *STATUS_FIELDS]
         if not copy_editable(obj):
-            readonly += EDIT_FIELDS
+            readonly += [*EDIT_FIELDS, "variables_text", "channels_text"]
         return readonly
 
     def get_inlines(self, request: HttpRequest, obj: Any) -> list[type[InlineModelAdmin]]:
@@ -960,6 +1002,29 @@ class CampaignAdmin(admin.ModelAdmin):
         return super().has_delete_permission(request, obj) and (
             obj is None or obj.status == C.DRAFT
         )
+
+    # Read-only values as text, never as JSON.
+    @admin.display(description="Variables")
+    def variables_text(self, obj: Campaign) -> SafeString | str:
+        if not obj.variables:
+            return "None."
+        return format_html(
+            '<ul class="variables-list">{}</ul>',
+            format_html_join(
+                "",
+                "<li><code>{}</code>: {}</li>",
+                (
+                    (name, value if isinstance(value, str) else json.dumps(value))
+                    for name, value in obj.variables.items()
+                ),
+            ),
+        )
+
+    @admin.display(description="Channels")
+    def channels_text(self, obj: Campaign) -> str:
+        if not obj.channels:
+            return "Chosen by the routing rules among the category's channels."
+        return ", ".join(channel_label(str(channel)) for channel in obj.channels)
 
     @admin.display(description="Audience now")
     def audience(self, obj: Campaign) -> SafeString:
@@ -1031,9 +1096,32 @@ class CampaignAdmin(admin.ModelAdmin):
         response = super().response_add(request, obj, post_url_continue)
         if any(key in request.POST for key in ("_addanother", "_continue", "_popup")):
             return response
-        # Next comes the copy of each step: straight to the campaign's page.
-        messages.info(request, "It has the 3-2-1 plan: write each step's copy below.")
-        return HttpResponseRedirect(self._url("change", obj.pk))
+        # Next comes the copy of each step: straight to the page that writes all of it.
+        messages.info(
+            request,
+            "It has the 3-2-1 plan (3 days before, 2 days before, 1 hour before): write each "
+            "step's copy here, then save and submit it for approval.",
+        )
+        return HttpResponseRedirect(self._url("write", obj.pk))
+
+    def response_change(self, request: HttpRequest, obj: Campaign) -> HttpResponse:
+        if "_saveandsubmit" in request.POST:  # "Save and submit for approval"
+            return self._after_writing(request, obj, submit=True)
+        return super().response_change(request, obj)
+
+    def get_changeform_initial_data(self, request: HttpRequest) -> dict[str, Any]:
+        """From the URL (?segment=, as "Save and create a campaign" sends), and the marketing
+        category when the site has only one."""
+        initial = super().get_changeform_initial_data(request)
+        if "category" not in initial:
+            categories = list(
+                NotificationType.objects.filter(kind=Kind.MARKETING).values_list("pk", flat=True)[
+                    :2
+                ]
+            )
+            if len(categories) == 1:
+                initial["category"] = categories[0]
+        return initial
 
     def render_change_form(
         self,
@@ -1071,12 +1159,26 @@ class CampaignAdmin(admin.ModelAdmin):
                 else ""
             ),
             "preview_url": self._url("preview", campaign.pk),
+            "may_submit": may_change and campaign.status == C.DRAFT,
+            "write_url": (
+                self._url("write", campaign.pk) if may_change and copy_editable(campaign) else ""
+            ),
             "funnel_url": stats_url(campaign.pk),
             "problems": (
                 campaign_problems(campaign) if campaign.status in EDITABLE_STATUSES else None
             ),
             "time_zone": timezone.get_current_timezone_name(),
         }
+        if may_change and copy_editable(campaign) and campaign.event_at is not None:
+            context["past_steps"] = [
+                {
+                    "name": step.name,
+                    "reading": step_reading(plan_of(step)),
+                    "when": when_text(step_moment(campaign.event_at, plan_of(step))),
+                    "drop_url": self._url("drop_step", campaign.pk, step.pk),
+                }
+                for step in past_steps(campaign)
+            ]
         if may_change and campaign.status in LIVE_STATUSES:
             context["move_form"] = MoveEventForm(
                 initial={"event_at": timezone.localtime(campaign.event_at)}
@@ -1200,6 +1302,96 @@ class CampaignAdmin(admin.ModelAdmin):
                 f"The event is now {when_text(campaign.event_at)}; "
                 f"the steps not yet sent moved with it.{dropped}{skipped}",
             )
+        return HttpResponseRedirect(self._url("change", campaign.pk))
+
+    def write_copy_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
+        """Every step's copy on one page (each variant's default copy per channel), saved
+        together; "Save and submit for approval" submits it too when nothing is missing."""
+        campaign = self._campaign_or_404(request, object_id)
+        self._may_act(request, campaign)
+        change_url = self._url("change", campaign.pk)
+        if not copy_editable(campaign):
+            messages.error(request, "Its copy is locked: send it back to draft to change it.")
+            return HttpResponseRedirect(change_url)
+        if request.method == "POST":
+            with transaction.atomic():  # see changeform_view: approval cannot slip in between
+                campaign = Campaign.objects.select_for_update().get(pk=campaign.pk)
+                steps, forms_ = step_copy_forms(campaign, request.POST)
+                if all(form.is_valid() for form in forms_):
+                    changed = [
+                        form
+                        for form in forms_
+                        if form.has_changed() and (form.instance.pk or form.has_content())
+                    ]
+                    for form in changed:
+                        form.save()
+                    variant_cache_clear()
+                    if changed:
+                        self.log_change(request, campaign, "Wrote the copy of its steps")
+                        back_to_draft_if_awaiting(request, campaign)
+                    return self._after_writing(
+                        request,
+                        campaign,
+                        submit="_submit" in request.POST,
+                        saved="The copy is saved.",
+                    )
+        else:
+            steps, forms_ = step_copy_forms(campaign, None)
+        context = {
+            **self.admin_site.each_context(request),
+            "opts": self.opts,
+            "title": f"Write the copy: {campaign}",
+            "subtitle": None,
+            "campaign": campaign,
+            "original": campaign,
+            "change_url": change_url,
+            "steps": steps,
+            "errors": sum(1 for form in forms_ if form.is_bound and form.errors),
+            "variables": [*sorted(campaign.variables), *SYSTEM_EXAMPLES],
+        }
+        request.current_app = self.admin_site.name
+        return TemplateResponse(request, TEMPLATES + "write_copy.html", context)
+
+    def _after_writing(
+        self, request: HttpRequest, campaign: Campaign, *, submit: bool, saved: str = "Saved."
+    ) -> HttpResponse:
+        """Back to the campaign's page, submitted for approval first when asked (and it can be:
+        else what stops it is said, and it stays a draft, saved)."""
+        if not submit:
+            messages.success(request, saved)
+            return HttpResponseRedirect(self._url("change", campaign.pk))
+        campaign.refresh_from_db()
+        try:
+            campaign_submit(campaign=campaign, by=staff_user(request))
+        except CampaignError as exc:
+            messages.warning(request, f"{saved} Not submitted: {exc}.")
+        else:
+            self.log_change(request, campaign, ACTIONS_BY_NAME["submit"].label)
+            messages.success(request, f"{saved} {ACTIONS_BY_NAME['submit'].done}")
+        return HttpResponseRedirect(self._url("change", campaign.pk))
+
+    def drop_step_view(self, request: HttpRequest, object_id: str, step_id: int) -> HttpResponse:
+        """POST: drop a step whose moment passed before the campaign was planned (one click,
+        from the warning on the campaign's page)."""
+        campaign = self._campaign_or_404(request, object_id)
+        self._may_act(request, campaign)
+        if request.method != "POST":
+            return HttpResponseNotAllowed(["POST"])
+        with transaction.atomic():
+            locked = Campaign.objects.select_for_update().get(pk=campaign.pk)
+            step = next((s for s in past_steps(locked) if s.pk == step_id), None)
+            if not copy_editable(locked) or step is None:
+                messages.error(
+                    request,
+                    "That step cannot be dropped here: only a step of a draft whose moment has "
+                    "passed (change the others in the steps table).",
+                )
+                return HttpResponseRedirect(self._url("change", campaign.pk))
+            reading = step_reading(plan_of(step))
+            step.delete()
+            self.log_change(request, campaign, f"Dropped step {step.name!r} ({reading}): past")
+            back_to_draft_if_awaiting(request, locked)
+        messages.success(request, f"Dropped step “{step.name}” ({reading}).")
         return HttpResponseRedirect(self._url("change", campaign.pk))
 
     def cancel_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
@@ -1523,7 +1715,7 @@ class VariantTemplateForm(forms.ModelForm):
         # A part the channel does not send (an SMS subject, an email link) is ignored and
         # stored empty: the page hides those boxes, and what a hidden box kept after the
         # channel was changed must not become copy nobody sees.
-        used = channel_parts(data.get("channel") or "")
+        used = channel_parts(data.get("channel") or self.instance.channel or "")
         for part in PART_FIELDS:
             if part not in used:
                 data[part] = ""
@@ -1543,6 +1735,95 @@ class VariantTemplateForm(forms.ModelForm):
         if link and not link.startswith(("http://", "https://", "{{")):
             self.add_error("link", "Start the link with https:// (or a variable: {{ site_url }}…).")
         return data
+
+
+class StepCopyForm(VariantTemplateForm):
+    """One channel's default copy (the default locale, for everyone) of one variant, on the page
+    that writes every step's copy at once: only the parts its channel sends."""
+
+    channel = None  # type: ignore[assignment]  # fixed by the instance
+
+    class Meta(VariantTemplateForm.Meta):
+        fields = list(PART_FIELDS)
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        used = channel_parts(self.instance.channel)
+        for part in PART_FIELDS:
+            if part not in used:
+                del self.fields[part]
+            else:
+                self.fields[part].widget.attrs.setdefault("aria-label", part)
+
+    def clean(self) -> dict[str, Any]:
+        self.cleaned_data["channel"] = self.instance.channel
+        self.cleaned_data["persona"] = ""
+        data = super().clean()
+        # Only this form's boxes are saved from it; a part its channel does not send is empty.
+        for name in [*PART_FIELDS, "channel", "persona"]:
+            if name not in self.fields:
+                data.pop(name, None)
+                if name in PART_FIELDS:
+                    setattr(self.instance, name, "")
+        return data
+
+    def has_content(self) -> bool:
+        return any(self.cleaned_data.get(part) for part in PART_FIELDS)
+
+
+@dataclass
+class StepCopy:
+    """The copy boxes of one step on the write-everything page."""
+
+    step: CampaignStep
+    reading: str
+    when: str
+    variants: list[tuple[StepVariant, list[tuple[str, StepCopyForm]]]]
+
+
+def step_copy_forms(
+    campaign: Campaign, data: Mapping[str, Any] | None
+) -> tuple[list[StepCopy], list[StepCopyForm]]:
+    """Every step's variants, each with a form per channel of the campaign for its default
+    copy (bound to `data` when given)."""
+    names = campaign.variables
+    form_class = type(
+        "StepCopyForm",
+        (StepCopyForm,),
+        {
+            "allowed": allowed_variables(names),
+            "variables": names,
+            "checks": TimeBudget(settings.NOTIFIER_COPY_CHECK_BUDGET_S),
+        },
+    )
+    channels = [str(c) for c in campaign_channels(campaign)]
+    steps = campaign.steps.order_by("offset_minutes", "pk").prefetch_related("variants__templates")
+    pages: list[StepCopy] = []
+    forms_: list[StepCopyForm] = []
+    for step in steps:
+        variants = []
+        for variant in sorted(step.variants.all(), key=lambda v: v.name):
+            existing = {
+                t.channel: t for t in variant.templates.all() if not t.locale and not t.persona
+            }
+            boxes = []
+            for channel in channels:
+                instance = existing.get(channel) or VariantTemplate(
+                    variant=variant, channel=channel, locale="", persona=""
+                )
+                form = form_class(data, instance=instance, prefix=f"v{variant.pk}-{channel}")
+                boxes.append((channel_label(channel), form))
+                forms_.append(form)
+            variants.append((variant, boxes))
+        pages.append(
+            StepCopy(
+                step=step,
+                reading=step_reading(plan_of(step)),
+                when=step_when(campaign, step),
+                variants=variants,
+            )
+        )
+    return pages, forms_
 
 
 class VariantTemplateFormSet(BaseInlineFormSet):

@@ -11,7 +11,7 @@ tracking: a preview is not a message, and its clicks must not count in the funne
 A test send is a real message through the real pipeline, marked `is_test`: routing lets it past
 quiet hours, frequency caps, preferences and consent (it goes to the marketer who asked for
 it, or to the campaign's seed list of staff), the funnel leaves it out, and its subject or
-title reads "[Test] …" (campaigns.rendering.test_marked).
+title reads "[Test] …" (campaigns.rendering.marked_as_test).
 
 Both run a marketer's copy, so both are boxed in: a preview page renders within its time
 budget (a `TimeBudget`), and a test send tries the copy within one too, then is prepared on the
