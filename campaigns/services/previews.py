@@ -179,6 +179,9 @@ def unsaved_copy_preview(
             results[channel] = RenderError("no copy for this channel yet")
             continue
         parts = {part: source for part, source in copy[key].items() if source}
+        if not parts:
+            results[channel] = RenderError("no copy for this channel yet")
+            continue
         problems = copy_problems(
             parts, allowed=allowed, variables=campaign.variables, budget=budget, persona=key[2]
         )

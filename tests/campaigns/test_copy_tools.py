@@ -538,3 +538,12 @@ def test_support_cannot_write_copy_or_drop_steps(client, marketer, support):
 
 def test_event_time_is_the_same_instant_everywhere():
     assert datetime(2026, 11, 11, 12, 0, tzinfo=UTC) == EVENT
+
+
+def test_the_live_preview_says_a_channel_has_no_copy_yet(client, marketer):
+    campaign = make_campaign(marketer, with_copy=False)
+    variant = notice_variant(campaign)
+    client.force_login(marketer)
+    _, data = variant_page_data(client, variant)  # two empty forms, one per channel
+    html = live_preview(client, variant, data).content.decode()
+    assert html.count("Cannot render: no copy for this channel yet") == 2
