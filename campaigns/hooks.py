@@ -16,7 +16,7 @@ from django.utils import timezone
 from campaigns import views
 from campaigns.models import AudienceThresholds, Campaign, CampaignStatus, Conversion
 from campaigns.personas import user_persona
-from campaigns.rendering import render_variant
+from campaigns.rendering import marked_as_test, render_variant
 from campaigns.series import series_stopped
 from campaigns.services.alerts import campaign_pauses
 from campaigns.tracking import track_content
@@ -104,13 +104,10 @@ class Batch:
             points_days=campaign.points_days,
             now=timezone.now(),
         )
+        event_at = local_time_text(campaign.event_at, recipient_for(message.user).time_zone)
         extra = {
-            "campaign": {
-                "name": campaign.name,
-                "event_at": local_time_text(
-                    campaign.event_at, recipient_for(message.user).time_zone
-                ),
-            },
+            "campaign": {"name": campaign.name, "event_at": event_at},
+            "event_at": event_at,  # {{ event_at|localdatetime }}: notifier.local_formats
             "user": persona.template_values(),
         }
         return extra, persona.copy_keys()
@@ -124,9 +121,10 @@ class Batch:
         personas: tuple[str, ...],
     ) -> Content:
         assert message.variant_id is not None
-        return render_variant(
+        content = render_variant(
             message.variant_id, channel, context, locale, personas=personas, fresh=message.is_test
         )
+        return marked_as_test(content) if message.is_test else content
 
     def track(self, message: Message, channel: Channel, content: Content) -> Content:
         if self.campaign(message) is None:

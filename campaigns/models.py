@@ -247,6 +247,13 @@ class Campaign(models.Model):
         help_text="Stop the series for a customer who did this: the steps not yet sent to them "
         "are not sent (the reason shows on their timeline)",
     )
+    seed_list = models.TextField(
+        "Seed list",
+        blank=True,
+        default="",
+        help_text="Who gets “Send test to seed list”: staff (or, for those who may see "
+        "customers' contact details, any user) by email, phone number (+86…) or id, one a line",
+    )
     pause_failure_percent = models.PositiveSmallIntegerField(
         default=20,
         validators=[MinValueValidator(1), MaxValueValidator(100)],

@@ -106,6 +106,36 @@ def describe_offset(minutes: int) -> str:
     return f"{' '.join(parts)} {'before' if minutes < 0 else 'after'} the event"
 
 
+def offset_words(minutes: int) -> str:
+    """-4320 -> '3 days before', -60 -> '1 hour before', 0 -> 'at the event': what the steps
+    read as, and what the admin's offset box takes back (campaigns.admin.parse_offset)."""
+    return (
+        describe_offset(minutes) if minutes == 0 else describe_offset(minutes)[: -len(" the event")]
+    )
+
+
+def day_words(minutes: int) -> str:
+    """The day of a step's moment from the event's: 'the day before', '3 days before', 'on the
+    event's day'."""
+    days, rest = divmod(abs(minutes), 24 * 60)
+    if rest:
+        return f"on the day {offset_words(minutes)}"
+    if days == 0:
+        return "on the event's day"
+    side = "before" if minutes < 0 else "after"
+    return f"the day {side}" if days == 1 else f"{days} days {side}"
+
+
+def step_reading(step: StepPlan) -> str:
+    """A step as a marketer says it: '3 days before', 'at 20:00 the day before', 'at each
+    customer's usual hour, 2 days before', '1 hour before'."""
+    if step.timing == Timing.LOCAL_TIME and step.local_time is not None:
+        return f"at {step.local_time:%H:%M} {day_words(step.offset_minutes)}"
+    if step.timing != Timing.OFFSET:
+        return f"at each customer's usual hour, {day_words(step.offset_minutes)}"
+    return offset_words(step.offset_minutes)
+
+
 class StepDecision(StrEnum):
     WAIT = "wait"
     START = "start"

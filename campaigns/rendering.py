@@ -2,10 +2,12 @@
 same sandboxed Jinja environment as the code-defined types, and validated before they are saved.
 
 A campaign template sees the campaign's `variables`, `campaign` (name, event time in the
-user's zone), and the system variables every template has (`user`, `site_name`, `site_url`,
-`preferences_url`, `unsubscribe_url`); its `user` also holds the customer's segment attributes
-(`PERSONA_FIELDS`: spend tier, activity, interests, points; see campaigns.personas). Nothing
-else: the sandbox refuses attribute tricks and StrictUndefined refuses unknown names, and a
+user's zone), `event_at` (the same time, for `{{ event_at|localdatetime }}`: see
+notifier.local_formats for the date and money filters), and the system variables every
+template has (`user`, `site_name`, `site_url`, `preferences_url`, `unsubscribe_url`); its
+`user` also holds the customer's segment attributes (`PERSONA_FIELDS`: spend tier, activity,
+interests, points; see campaigns.personas). Nothing else: the sandbox refuses attribute
+tricks and StrictUndefined refuses unknown names, and a
 `user.<name>` it does not have is refused when the copy is saved.
 
 A variant's copy is kept per (channel, locale, persona): `copy_key` chooses, the customer's
@@ -28,13 +30,14 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Collection, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from django.conf import settings
 from jinja2 import Template, meta, nodes
 
 from channels.base import Channel, Content
+from notifier import local_formats
 from notifier.links import preferences_url, unsubscribe_url
 from notifier.rendering import (
     COMPILE_ERRORS,
@@ -52,7 +55,7 @@ from notifier.rendering import (
 from notifier.sandbox import RenderTooSlow, copy_limits, python_limit_as_budget
 
 CACHE_TTL_S = 30.0
-CAMPAIGN_VARIABLES = frozenset({"campaign"})
+CAMPAIGN_VARIABLES = frozenset({"campaign", "event_at"})
 # What campaign copy reads of `user` beyond the name and locale every template has: the
 # customer's segment attributes (campaigns.personas).
 PERSONA_FIELDS = frozenset(
@@ -266,6 +269,7 @@ def trial_context(
             "last_name": TRIAL_LAST_NAME,
             "name": f"{TRIAL_FIRST_NAME} {TRIAL_LAST_NAME}",
             "locale": "zh-hans-cn",
+            "time_zone": "Asia/Shanghai",
             "spend_tier": "small_fish",
             "activity": "dormant",
             "interests": TRIAL_INTERESTS,
@@ -280,6 +284,7 @@ def trial_context(
             user_id=trial_user, category="marketing", channel="email", message_id=2**62
         ),
         campaign={"name": TRIAL_TEXT, "event_at": "2030-12-31 23:59"},
+        event_at="2030-12-31 23:59",
     )
     if persona in SPEND_TIERS:
         context["user"]["spend_tier"] = persona
@@ -334,6 +339,7 @@ def _reach_problems(parsed: nodes.Template) -> list[str]:
         *parsed.find_all(nodes.Getitem),
     ]
     for filter_node in parsed.find_all(nodes.Filter):
+        problems.extend(_filter_argument_problems(filter_node))
         if filter_node.name == "attr" and filter_node.args:
             name = filter_node.args[0]
             if isinstance(name, nodes.Const) and str(name.value).startswith("_"):
@@ -354,6 +360,78 @@ def _reach_problems(parsed: nodes.Template) -> list[str]:
                     f"{', '.join(sorted(DICT_FIELDS[owner]))}"
                 )
     return problems
+
+
+def _filter_argument_problems(node: nodes.Filter) -> list[str]:
+    """A date format or currency the copy writes as a constant, checked when it is saved (a
+    value that only arrives at render time fails that render, in the same words)."""
+    if node.name not in local_formats.FILTERS or not node.args:
+        return []
+    argument = node.args[0]
+    if not isinstance(argument, nodes.Const):
+        return []
+    if node.name in local_formats.MOMENT_FILTERS:
+        problem = local_formats.format_problem(argument.value)
+    else:
+        problem = local_formats.currency_problem(argument.value)
+    return [] if problem is None else [f"line {node.lineno}: {node.name}: {problem}"]
+
+
+def channel_parts(channel: str) -> tuple[str, ...]:
+    """The parts of copy a channel uses (an SMS is its body alone); the others are not sent."""
+    try:
+        return tuple(part.name for part in PARTS[Channel(channel)])
+    except ValueError:
+        return ()
+
+
+# GSM 03.38: the characters an SMS sends in 7 bits (one segment: 160 of them), and those of its
+# extension table, which take two. Anything else sends the whole text as UCS-2 (70).
+GSM_BASIC = frozenset(
+    "@£$¥èéùìòÇ\nØø\rÅåΔ_ΦΓΛΩΠΨΣΘΞÆæßÉ !\"#¤%&'()*+,-./0123456789:;<=>?"
+    "¡ABCDEFGHIJKLMNOPQRSTUVWXYZÄÖÑÜ§¿abcdefghijklmnopqrstuvwxyzäöñüà"
+)
+GSM_EXTENDED = frozenset("^{}\\[~]|€\f")
+
+
+@dataclass(frozen=True)
+class SmsLength:
+    encoding: str  # "GSM-7" or "UCS-2"
+    units: int  # characters as the network counts them
+    segments: int
+
+    def __str__(self) -> str:
+        parts = "1 message" if self.segments == 1 else f"{self.segments} messages"
+        return f"{self.units} characters ({self.encoding}): {parts}"
+
+
+def sms_length(text: str) -> SmsLength:
+    """How an SMS of `text` is sent: GSM-7 (160 a message, 153 each when split) unless a
+    character is outside it, then UCS-2 (70, 67 when split; an emoji counts two)."""
+    if all(char in GSM_BASIC or char in GSM_EXTENDED for char in text):
+        units = sum(2 if char in GSM_EXTENDED else 1 for char in text)
+        single, split, encoding = 160, 153, "GSM-7"
+    else:
+        units = len(text.encode("utf-16-le")) // 2
+        single, split, encoding = 70, 67, "UCS-2"
+    segments = 1 if units <= single else -(-units // split)
+    return SmsLength(encoding, units, segments)
+
+
+TEST_MARK = "[Test] "
+
+
+def marked_as_test(content: Content) -> Content:
+    """A test send's copy, marked so that nobody takes it for the real one: its subject or
+    title starts with "[Test] " (an SMS, which has neither, its body)."""
+    marked = {
+        part: TEST_MARK + value
+        for part in ("subject", "title")
+        if (value := getattr(content, part)) and not value.startswith(TEST_MARK)
+    }
+    if not content.subject and not content.title and not content.body.startswith(TEST_MARK):
+        marked["body"] = TEST_MARK + content.body
+    return replace(content, **marked)
 
 
 def required_parts(channel: Channel) -> list[str]:

@@ -11,9 +11,11 @@ found in the directories of NOTIFIER_TEMPLATE_DIRS, then in each installed app's
 templates/notifications/ in INSTALLED_APPS order (Notifier's own copy is in notifier/templates/):
 a host overrides one file of a message by putting the same path in a directory found first.
 
-Every template also sees `user` (first_name, last_name, name, locale), `site_name`, `site_url`
-and `preferences_url` (a signed link to the user's preference page); marketing templates also
-see `unsubscribe_url` (one click away from this category on this channel).
+Every template also sees `user` (first_name, last_name, name, locale, time_zone), `site_name`,
+`site_url` and `preferences_url` (a signed link to the user's preference page); marketing
+templates also see `unsubscribe_url` (one click away from this category on this channel). The
+filters `localdate`, `localtime`, `localdatetime` and `money` write dates and amounts in the
+recipient's locale and zone (notifier.local_formats).
 
 The sandbox and the budget every render runs under live in notifier/sandbox.py.
 """
@@ -41,10 +43,12 @@ from jinja2.sandbox import SandboxedEnvironment
 from markupsafe import escape
 
 from channels.base import Channel, Content
+from notifier import local_formats
 from notifier.sandbox import (  # RenderError and RenderBudgetExceeded are raised from here
     MessageSandbox,
     RenderBudgetExceeded,
     RenderError,
+    budgeted_filter,
     python_limit_as_budget,
     render_budget,
 )
@@ -54,7 +58,7 @@ SYSTEM_VARIABLES = frozenset(
 )
 # What `user` holds in every template: plain values, never the model (no user.password, no
 # user.delivery_set).
-USER_FIELDS = frozenset({"first_name", "last_name", "name", "locale"})
+USER_FIELDS = frozenset({"first_name", "last_name", "name", "locale", "time_zone"})
 # A failure's text is kept on each delivery it fails: the template's complaint, not a novel.
 MAX_ERROR_CHARS = 500
 
@@ -166,7 +170,7 @@ def template_file(name: str) -> Path | None:
 
 @functools.cache
 def environment() -> SandboxedEnvironment:
-    return MessageSandbox(
+    env = MessageSandbox(
         loader=FileSystemLoader(template_dirs()),
         undefined=StrictUndefined,
         autoescape=select_autoescape(enabled_extensions=("html",), default_for_string=False),
@@ -175,6 +179,11 @@ def environment() -> SandboxedEnvironment:
         auto_reload=settings.DEBUG,
         cache_size=2000,
     )
+    # Dates and money in the recipient's locale and zone, under the render budget like the rest.
+    env.filters.update(
+        {name: budgeted_filter(name, func) for name, func in local_formats.FILTERS.items()}
+    )
+    return env
 
 
 def locale_chain(locale: str) -> list[str]:

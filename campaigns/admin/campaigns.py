@@ -83,8 +83,10 @@ from campaigns.personas import persona_label, persona_problem
 from campaigns.policies import (
     DEFAULT_ACTIVE_HOUR,
     describe_offset,
-    format_offset,
+    fanout_start,
+    offset_words,
     step_moment,
+    step_reading,
 )
 from campaigns.rendering import (
     CAMPAIGN_VARIABLES,
@@ -92,8 +94,10 @@ from campaigns.rendering import (
     PART_FIELDS,
     TimeBudget,
     allowed_variables,
+    channel_parts,
     copy_problems,
     required_parts,
+    sms_length,
     variant_cache_clear,
 )
 from campaigns.services.definitions import (
@@ -120,20 +124,27 @@ from campaigns.services.lifecycle import (
 )
 from campaigns.services.previews import (
     campaign_persona,
+    seed_users,
+    unsaved_copy_preview,
+    user_by_key,
     variant_personas,
     variant_preview,
     variant_send_test,
+    variant_send_test_to_seeds,
 )
 from campaigns.services.segments import segment_count, segment_sample, segment_users
 from campaigns.services.stats import CAMPAIGN_SCOPE
 from channels.base import Channel, Content
+from notifier.api import MAX_CONTEXT_BYTES, MAX_CONTEXT_DEPTH
 from notifier.forms import BoundedJSONField
 from notifier.ids import parse_id
-from notifier.models import Delivery, User, recipient_for
+from notifier.models import Delivery, NotificationType, User, recipient_for
+from notifier.models.types import Kind
 from notifier.models.users import display_name
-from notifier.rendering import COMPILE_ERRORS, SYSTEM_VARIABLES, environment
+from notifier.rendering import COMPILE_ERRORS, SYSTEM_VARIABLES, RenderError, environment
 from notifier.roles import ALLOW_QUIET_HOURS, VIEW_CONTACT_DETAILS
 from notifier.status import DeliveryStatus
+from notifier.text import json_value_problem, strict_json_loads
 from notifier.user_keys import user_key_from_text
 
 C = CampaignStatus
@@ -179,7 +190,10 @@ MINUTES_PER_UNIT = {
 MAX_OFFSET_MINUTES = 366 * 24 * 60
 # ASCII digits: \d would take other scripts' digits too.
 _AMOUNT = re.compile(r"([0-9]+)\s*([a-z]+)")
-OFFSET_HELP = "-3d is three days before the event, -1h an hour before, -2d 12h, +30m after."
+OFFSET_HELP = (
+    "“3 days before” the event, “1 hour before”, “2 days 12 hours before”, “30 minutes after”; "
+    "or short: -3d, -1h, -2d 12h, +30m."
+)
 
 
 def parse_offset(text: str) -> int:
@@ -230,6 +244,20 @@ def step_when(campaign: Campaign, step: CampaignStep) -> str:
     return f"{day}, at each user's usual hour ({DEFAULT_ACTIVE_HOUR}:00 if not known yet)"
 
 
+def past_steps(campaign: Campaign, now: datetime | None = None) -> list[CampaignStep]:
+    """A one-off campaign's pending steps whose moment (their fan-out's start) has passed:
+    they could not go out, and are offered to be dropped."""
+    if campaign.kind != CampaignKind.ONE_OFF or campaign.event_at is None:
+        return []
+    now = now or timezone.now()
+    event_at = campaign.event_at
+    return [
+        step
+        for step in campaign.steps.filter(status=StepStatus.PENDING).order_by("offset_minutes")
+        if fanout_start(event_at, plan_of(step)) < now
+    ]
+
+
 # --- The campaign form ---------------------------------------------------------------------
 
 RESERVED_NAMES = {
@@ -239,6 +267,7 @@ RESERVED_NAMES = {
     "preferences_url": "the recipient's preference page",
     "unsubscribe_url": "the unsubscribe link",
     "campaign": "the campaign's name and event time",
+    "event_at": "the campaign's event time",
 }
 assert set(RESERVED_NAMES) == SYSTEM_VARIABLES | CAMPAIGN_VARIABLES
 # What the variant page lists after the campaign's own variables (see RESERVED_NAMES).
@@ -254,8 +283,9 @@ SYSTEM_EXAMPLES = (
 )
 JINJA_WORDS = frozenset({"true", "false", "none", "and", "or", "not", "in", "is", "if", "else"})
 VARIABLES_HELP = (
-    'A JSON object of values every template can use, e.g. {"headline": "50% off", '
-    '"coupon_code": "D11"}; the copy writes them as {{ headline }}.'
+    "Values every template of the campaign can use: a name such as coupon_code (letters, "
+    "digits and _) and its value, D11; the copy writes it as {{ coupon_code }}. Empty a row "
+    "to remove it."
 )
 
 CREATE_FIELDS = [
@@ -288,7 +318,7 @@ EDIT_FIELDS = [
     "send_rate_per_minute",
 ]
 # Editable in every status: a marketer may raise or lower it while the campaign runs.
-SAFETY_FIELDS = ["pause_failure_percent"]
+SAFETY_FIELDS = ["pause_failure_percent", "seed_list"]
 STATUS_FIELDS = [
     "status",
     "pause_reason",
@@ -300,29 +330,155 @@ STATUS_FIELDS = [
 ]
 
 
-class VariablesField(BoundedJSONField):
-    """JSON, laid out one variable per line so that it reads as a list of names and values."""
+@dataclass(frozen=True)
+class VariableRow:
+    name: str
+    value: str
+    is_json: bool = False  # a value that is not text (a number, a list): kept as it was
 
-    def prepare_value(self, value: Any) -> Any:
-        if isinstance(value, InvalidJSONInput):
-            return value
-        return json.dumps(value, ensure_ascii=False, indent=2, cls=self.encoder)
+
+MAX_VARIABLES = 50
+EXTRA_VARIABLE_ROWS = 2
+
+
+class VariableRowsWidget(forms.Widget):
+    """The campaign's variables as rows of a name and a value, two empty rows below them. It
+    submits without JavaScript (a row left empty is no variable; emptying a row removes it);
+    the script only adds rows. A value that is not text (a number, a list) shows as JSON and
+    is read back as JSON, so saving the page never changes its type."""
+
+    def value_from_datadict(self, data: Any, files: Any, name: str) -> Any:
+        if name in data:  # one JSON object, as scripts and older clients post it
+            return data[name]
+        rows: list[VariableRow] = []
+        for index in range(MAX_VARIABLES + EXTRA_VARIABLE_ROWS + 1):
+            row_name = data.get(f"{name}-{index}-name")
+            if row_name is None:
+                continue
+            rows.append(
+                VariableRow(
+                    row_name.strip(),
+                    data.get(f"{name}-{index}-value", ""),
+                    data.get(f"{name}-{index}-json") == "1",
+                )
+            )
+        return rows
+
+    def value_omitted_from_data(self, data: Any, files: Any, name: str) -> bool:
+        return False
+
+    @staticmethod
+    def rows_of(value: Any) -> list[VariableRow]:
+        if isinstance(value, list) and all(isinstance(row, VariableRow) for row in value):
+            return list(value)
+        if isinstance(value, InvalidJSONInput | str):
+            try:
+                value = json.loads(value) if value else {}
+            except (ValueError, RecursionError):
+                return []
+        if not isinstance(value, dict):
+            return []
+        return [
+            VariableRow(str(key), item, False)
+            if isinstance(item, str)
+            else VariableRow(str(key), json.dumps(item, ensure_ascii=False), True)
+            for key, item in value.items()
+        ]
+
+    def render(
+        self, name: str, value: Any, attrs: dict[str, Any] | None = None, renderer: Any = None
+    ) -> SafeString:
+        rows = [*self.rows_of(value), *[VariableRow("", "")] * EXTRA_VARIABLE_ROWS]
+        body = format_html_join(
+            "\n",
+            '<tr class="variable-row"><td><input type="text" name="{0}-{1}-name" value="{2}" '
+            'size="20" maxlength="64" aria-label="Variable name" placeholder="coupon_code">'
+            '</td><td><input type="text" name="{0}-{1}-value" value="{3}" size="50" '
+            'aria-label="Value" placeholder="D11">{4}</td></tr>',
+            (
+                (
+                    name,
+                    index,
+                    row.name,
+                    row.value,
+                    format_html('<input type="hidden" name="{}-{}-json" value="1">', name, index)
+                    if row.is_json
+                    else "",
+                )
+                for index, row in enumerate(rows)
+            ),
+        )
+        return format_html(
+            '<table id="variables-rows" data-name="{}"><thead><tr><th>Name</th><th>Value</th>'
+            "</tr></thead><tbody>{}</tbody></table>"
+            '<button type="button" class="button" id="variables-add" hidden>Add a variable'
+            "</button>",
+            name,
+            body,
+        )
+
+
+class VariablesField(forms.Field):
+    """The rows of VariableRowsWidget as the JSON object the campaign stores (a JSON text posted
+    as one value is read within notify()'s bounds, as before)."""
+
+    widget = VariableRowsWidget
+
+    def to_python(self, value: Any) -> Any:
+        if isinstance(value, str):
+            json_text = BoundedJSONField(
+                required=False,
+                error_messages={"invalid": 'This is not valid JSON: write {"coupon_code": "D11"}.'},
+            )
+            return json_text.to_python(value)
+        variables: dict[str, Any] = {}
+        problems: list[str] = []
+        for number, row in enumerate(value or [], start=1):
+            if not row.name:
+                if row.value.strip():
+                    problems.append(f"Row {number} has a value but no name: name it or empty it.")
+                continue
+            if row.name in variables:
+                problems.append(f"“{row.name}” is there twice: keep one.")
+                continue
+            if row.is_json:
+                try:
+                    variables[row.name] = strict_json_loads(row.value)
+                except (ValueError, RecursionError):
+                    problems.append(f"The value of “{row.name}” is no longer valid JSON.")
+            else:
+                variables[row.name] = row.value
+        if len(variables) > MAX_VARIABLES:
+            problems.append(f"At most {MAX_VARIABLES} variables.")
+        if problems:
+            raise ValidationError(problems)
+        text = json.dumps(variables, ensure_ascii=False)
+        if len(text.encode("utf-8", "surrogatepass")) > MAX_CONTEXT_BYTES:
+            raise ValidationError(
+                f"The variables are over {MAX_CONTEXT_BYTES // 1024} KB in all; keep them shorter."
+            )
+        problem = json_value_problem(variables, max_depth=MAX_CONTEXT_DEPTH)
+        if problem:
+            raise ValidationError(f"A value {problem}; fix it.")
+        return variables
+
+    def has_changed(self, initial: Any, data: Any) -> bool:
+        try:
+            return bool(self.to_python(data) != (initial or {}))
+        except ValidationError:
+            return True
 
 
 class CampaignForm(forms.ModelForm):
+    # Set per request (CampaignAdmin.get_form): whether customers may be seeds, not only staff.
+    seeds_anyone: ClassVar[bool] = False
     channels = forms.MultipleChoiceField(
         choices=CHANNEL_CHOICES,
         required=False,
         widget=forms.CheckboxSelectMultiple,
         help_text="None ticked: the routing rules choose among the category's channels.",
     )
-    variables = VariablesField(
-        required=False,
-        widget=forms.Textarea(attrs={"rows": 5, "cols": 70}),
-        help_text=VARIABLES_HELP,
-        # Django %-formats this message ("50% off" would break it).
-        error_messages={"invalid": "This is not valid JSON. " + VARIABLES_HELP.replace("%", "%%")},
-    )
+    variables = VariablesField(required=False, help_text=VARIABLES_HELP)
 
     class Meta:
         model = Campaign
@@ -335,7 +491,9 @@ class CampaignForm(forms.ModelForm):
             "reentry_days",
             "stop_series_on",
             "send_rate_per_minute",
+            "seed_list",
         ]
+        widgets = {"seed_list": forms.Textarea(attrs={"rows": 3, "cols": 40})}
         help_texts = {
             "segment": "Who gets it. The count below is how many users it reaches right now.",
             "event_at": "When the sale starts; the steps are counted from it.",
@@ -357,7 +515,9 @@ class CampaignForm(forms.ModelForm):
         if value is None or value == "":
             return {}
         if not isinstance(value, dict):
-            raise ValidationError("Write a JSON object, in curly braces. " + VARIABLES_HELP)
+            raise ValidationError(
+                'Write a JSON object, in curly braces: {"coupon_code": "D11"}. ' + VARIABLES_HELP
+            )
         problems: list[str] = []
         for name in value:
             if name in RESERVED_NAMES:
@@ -384,6 +544,13 @@ class CampaignForm(forms.ModelForm):
                 raise ValidationError(
                     [*problems, "Keep these variables, or change that copy first."]
                 )
+        return value
+
+    def clean_seed_list(self) -> str:
+        value = str(self.cleaned_data.get("seed_list") or "")
+        _, problems = seed_users(value, anyone=self.seeds_anyone)
+        if problems:
+            raise ValidationError([capfirst(problem) + "." for problem in problems])
         return value
 
     def clean_holdout_percent(self) -> int:
@@ -448,11 +615,19 @@ def copy_using(campaign: Campaign, names: set[str]) -> list[str]:
 # --- Steps ------------------------------------------------------------------------------------
 
 
+# The timing choices, short enough for the steps' table to fit the page.
+TIMING_LABELS = {
+    StepTiming.OFFSET: "At that moment",
+    StepTiming.LOCAL_TIME: "That day, at a local time",
+    StepTiming.ACTIVE_HOUR: "That day, at their usual hour",
+}
+
+
 class StepForm(forms.ModelForm):
     when = forms.CharField(
         label="When",
         max_length=40,
-        widget=forms.TextInput(attrs={"size": 10, "placeholder": "-3d"}),
+        widget=forms.TextInput(attrs={"size": 14, "placeholder": "3 days before"}),
         help_text=OFFSET_HELP,
     )
 
@@ -463,7 +638,9 @@ class StepForm(forms.ModelForm):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         if self.instance.pk is not None:
-            self.initial["when"] = format_offset(self.instance.offset_minutes)
+            self.initial["when"] = offset_words(self.instance.offset_minutes)
+        if "timing" in self.fields:
+            self.fields["timing"].choices = list(TIMING_LABELS.items())  # type: ignore[attr-defined]
 
     def clean_when(self) -> int:
         return parse_offset(self.cleaned_data["when"])
@@ -484,8 +661,8 @@ class StepInline(admin.TabularInline):
     model = CampaignStep
     form = StepForm
     extra = 0
-    fields = ["name", "when", "timing", "local_time", "goes_out", "state", "copy"]
-    readonly_fields = ["goes_out", "state", "copy"]
+    fields = ["name", "when", "timing", "local_time", "goes_out", "copy"]
+    readonly_fields = ["goes_out", "copy"]
     verbose_name_plural = "Steps (3-2-1: counted from the event)"
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[CampaignStep]:
@@ -511,20 +688,22 @@ class StepInline(admin.TabularInline):
 
     @admin.display(description="When")
     def when(self, obj: CampaignStep) -> str:  # shown when the step is read-only
-        return describe_offset(obj.offset_minutes)
+        return step_reading(plan_of(obj))
 
     @admin.display(description="Goes out")
-    def goes_out(self, obj: CampaignStep) -> str:
+    def goes_out(self, obj: CampaignStep) -> SafeString | str:
         if obj.pk is None:
             return "—"
-        return step_when(obj.campaign, obj)
-
-    @admin.display(description="Status")
-    def state(self, obj: CampaignStep) -> str:
-        if obj.pk is None:
-            return "—"
-        label = str(obj.get_status_display())
-        return f"{label}: {obj.skip_reason}" if obj.skip_reason else label
+        reading = capfirst(step_reading(plan_of(obj)))
+        state = "" if obj.status == StepStatus.PENDING else str(obj.get_status_display())
+        if obj.skip_reason:
+            state = f"{state}: {obj.skip_reason}"
+        return format_html(
+            '<span class="step-reading">{}</span><br><span class="quiet">{}</span>{}',
+            reading,
+            step_when(obj.campaign, obj),
+            format_html('<br><span class="step-state">{}</span>', state) if state else "",
+        )
 
     @admin.display(description="Copy (A/B variants)")
     def copy(self, obj: CampaignStep) -> SafeString | str:
@@ -612,6 +791,15 @@ class ChannelPreview:
     label: str
     content: Content | None
     error: str
+    note: str = ""  # an SMS's length and how many messages it takes
+
+
+def channel_preview(channel: Channel, result: Content | RenderError) -> ChannelPreview:
+    label = channel_label(str(channel))
+    if not isinstance(result, Content):
+        return ChannelPreview(str(channel), label, None, str(result))
+    note = str(sms_length(result.body)) if channel is Channel.SMS else ""
+    return ChannelPreview(str(channel), label, result, "", note)
 
 
 @dataclass(frozen=True)
@@ -653,25 +841,7 @@ def _in_audience(campaign: Campaign, user: User) -> bool:
     return segment is not None and segment_users(segment).filter(pk=user.pk).exists()
 
 
-def user_lookup(query: str) -> User:
-    """A user by id or email, or LookupError in words."""
-    query = query.strip()
-    user_id = user_key_from_text(query)
-    if user_id is not None:
-        user = get_user_model()._default_manager.filter(pk=user_id).first()
-        if user is None:
-            raise LookupError(f"No user has id {query}.")
-        return user
-    if "@" in query:
-        users = list(
-            get_user_model()._default_manager.filter(notifier_recipient__email__iexact=query)[:2]
-        )
-        if not users:
-            raise LookupError("No user has that email address.")
-        if len(users) > 1:
-            raise LookupError("Several users have that email address; give the user id.")
-        return users[0]
-    raise LookupError("Give a user id or an email address.")
+user_lookup = user_by_key  # a user by id, email or phone number, or LookupError in words
 
 
 # --- Campaign admin ------------------------------------------------------------------------------
@@ -700,6 +870,12 @@ class CampaignAdmin(admin.ModelAdmin):
             path("<path:object_id>/send-test/", view(self.send_test_view), name=name + "test"),
             path("<path:object_id>/cancel/", view(self.cancel_view), name=name + "cancel"),
             path("<path:object_id>/move-event/", view(self.move_view), name=name + "move"),
+            path(
+                "<path:object_id>/drop-step/<int:step_id>/",
+                view(self.drop_step_view),
+                name=name + "drop_step",
+            ),
+            path("<path:object_id>/write/", view(self.write_copy_view), name=name + "write"),
             path(
                 "<path:object_id>/actions/<slug:action>/",
                 view(self.action_view),
@@ -773,29 +949,46 @@ class CampaignAdmin(admin.ModelAdmin):
                 ("When and how", {"fields": ["event_at", "priority", "channels"]}),
                 ("Copy and measurement", {"fields": ["variables", "holdout_percent"]}),
             ]
-        return [
+        triggered = obj.kind == CampaignKind.TRIGGERED
+        locked = not copy_editable(obj)
+        fieldsets = [
             (None, {"fields": ["name", "description", "kind", "category", "segment", "audience"]}),
-            ("When and how", {"fields": self._when_and_how(request)}),
+            ("When and how", {"fields": self._when_and_how(request, locked=locked)}),
             (
                 "Copy and measurement",
                 {
                     "fields": [
-                        "variables",
+                        "variables_text" if locked else "variables",
                         "holdout_percent",
                         "attribution_hours",
                         "ab_metric",
                         "ab_sample_size",
-                        "reentry_days",
-                        "stop_series_on",
+                        # Re-entry is a triggered campaign's; a series that stops is a one-off's
+                        # (campaigns.series): each page shows only its own.
+                        "reentry_days" if triggered else "stop_series_on",
                         "pause_failure_percent",
                     ]
                 },
             ),
+            ("Tests", {"fields": ["seed_list"]}),
             ("Status", {"fields": STATUS_FIELDS, "classes": ["collapse"]}),
         ]
+        return fieldsets
 
-    def _when_and_how(self, request: HttpRequest) -> list[str]:
-        fields = ["event_at", "priority", "channels", "send_rate_per_minute"]
+    def get_form(
+        self, request: HttpRequest, obj: Any = None, change: bool = False, **kwargs: Any
+    ) -> Any:
+        form: Any = super().get_form(request, obj, change=change, **kwargs)
+        form.seeds_anyone = request.user.has_perm(VIEW_CONTACT_DETAILS)
+        return form
+
+    def _when_and_how(self, request: HttpRequest, *, locked: bool = False) -> list[str]:
+        fields = [
+            "event_at",
+            "priority",
+            "channels_text" if locked else "channels",
+            "send_rate_per_minute",
+        ]
         # Marketing in quiet hours is a lead's decision: nobody else sees the switch, so a
         # marketer's form has no such field and a posted value is ignored.
         if request.user.has_perm(ALLOW_QUIET_HOURS):
@@ -807,7 +1000,7 @@ class CampaignAdmin(admin.ModelAdmin):
             return ["audience"]
         readonly = ["audience", "kind", *STATUS_FIELDS]
         if not copy_editable(obj):
-            readonly += EDIT_FIELDS
+            readonly += [*EDIT_FIELDS, "variables_text", "channels_text"]
         return readonly
 
     def get_inlines(self, request: HttpRequest, obj: Any) -> list[type[InlineModelAdmin]]:
@@ -818,6 +1011,29 @@ class CampaignAdmin(admin.ModelAdmin):
         return super().has_delete_permission(request, obj) and (
             obj is None or obj.status == C.DRAFT
         )
+
+    # Read-only values as text, never as JSON.
+    @admin.display(description="Variables")
+    def variables_text(self, obj: Campaign) -> SafeString | str:
+        if not obj.variables:
+            return "None."
+        return format_html(
+            '<ul class="variables-list">{}</ul>',
+            format_html_join(
+                "",
+                "<li><code>{}</code>: {}</li>",
+                (
+                    (name, value if isinstance(value, str) else json.dumps(value))
+                    for name, value in obj.variables.items()
+                ),
+            ),
+        )
+
+    @admin.display(description="Channels")
+    def channels_text(self, obj: Campaign) -> str:
+        if not obj.channels:
+            return "Chosen by the routing rules among the category's channels."
+        return ", ".join(channel_label(str(channel)) for channel in obj.channels)
 
     @admin.display(description="Audience now")
     def audience(self, obj: Campaign) -> SafeString:
@@ -889,9 +1105,32 @@ class CampaignAdmin(admin.ModelAdmin):
         response = super().response_add(request, obj, post_url_continue)
         if any(key in request.POST for key in ("_addanother", "_continue", "_popup")):
             return response
-        # Next comes the copy of each step: straight to the campaign's page.
-        messages.info(request, "It has the 3-2-1 plan: write each step's copy below.")
-        return HttpResponseRedirect(self._url("change", obj.pk))
+        # Next comes the copy of each step: straight to the page that writes all of it.
+        messages.info(
+            request,
+            "It has the 3-2-1 plan (3 days before, 2 days before, 1 hour before): write each "
+            "step's copy here, then save and submit it for approval.",
+        )
+        return HttpResponseRedirect(self._url("write", obj.pk))
+
+    def response_change(self, request: HttpRequest, obj: Campaign) -> HttpResponse:
+        if "_saveandsubmit" in request.POST:  # "Save and submit for approval"
+            return self._after_writing(request, obj, submit=True)
+        return super().response_change(request, obj)
+
+    def get_changeform_initial_data(self, request: HttpRequest) -> dict[str, Any]:
+        """From the URL (?segment=, as "Save and create a campaign" sends), and the marketing
+        category when the site has only one."""
+        initial = super().get_changeform_initial_data(request)
+        if "category" not in initial:
+            categories = list(
+                NotificationType.objects.filter(kind=Kind.MARKETING).values_list("pk", flat=True)[
+                    :2
+                ]
+            )
+            if len(categories) == 1:
+                initial["category"] = categories[0]
+        return initial
 
     def render_change_form(
         self,
@@ -930,12 +1169,26 @@ class CampaignAdmin(admin.ModelAdmin):
                 else ""
             ),
             "preview_url": self._url("preview", campaign.pk),
+            "may_submit": may_change and campaign.status == C.DRAFT,
+            "write_url": (
+                self._url("write", campaign.pk) if may_change and copy_editable(campaign) else ""
+            ),
             "funnel_url": stats_url(campaign.pk),
             "problems": (
                 campaign_problems(campaign) if campaign.status in EDITABLE_STATUSES else None
             ),
             "time_zone": timezone.get_current_timezone_name(),
         }
+        if may_change and copy_editable(campaign) and campaign.event_at is not None:
+            context["past_steps"] = [
+                {
+                    "name": step.name,
+                    "reading": step_reading(plan_of(step)),
+                    "when": when_text(step_moment(campaign.event_at, plan_of(step))),
+                    "drop_url": self._url("drop_step", campaign.pk, step.pk),
+                }
+                for step in past_steps(campaign)
+            ]
         if may_change and campaign.status in LIVE_STATUSES:
             context["move_form"] = MoveEventForm(
                 initial={"event_at": timezone.localtime(campaign.event_at)}
@@ -1061,6 +1314,96 @@ class CampaignAdmin(admin.ModelAdmin):
             )
         return HttpResponseRedirect(self._url("change", campaign.pk))
 
+    def write_copy_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
+        """Every step's copy on one page (each variant's default copy per channel), saved
+        together; "Save and submit for approval" submits it too when nothing is missing."""
+        campaign = self._campaign_or_404(request, object_id)
+        self._may_act(request, campaign)
+        change_url = self._url("change", campaign.pk)
+        if not copy_editable(campaign):
+            messages.error(request, "Its copy is locked: send it back to draft to change it.")
+            return HttpResponseRedirect(change_url)
+        if request.method == "POST":
+            with transaction.atomic():  # see changeform_view: approval cannot slip in between
+                campaign = Campaign.objects.select_for_update().get(pk=campaign.pk)
+                steps, forms_ = step_copy_forms(campaign, request.POST)
+                if all(form.is_valid() for form in forms_):
+                    changed = [
+                        form
+                        for form in forms_
+                        if form.has_changed() and (form.instance.pk or form.has_content())
+                    ]
+                    for form in changed:
+                        form.save()
+                    variant_cache_clear()
+                    if changed:
+                        self.log_change(request, campaign, "Wrote the copy of its steps")
+                        back_to_draft_if_awaiting(request, campaign)
+                    return self._after_writing(
+                        request,
+                        campaign,
+                        submit="_submit" in request.POST,
+                        saved="The copy is saved.",
+                    )
+        else:
+            steps, forms_ = step_copy_forms(campaign, None)
+        context = {
+            **self.admin_site.each_context(request),
+            "opts": self.opts,
+            "title": f"Write the copy: {campaign}",
+            "subtitle": None,
+            "campaign": campaign,
+            "original": campaign,
+            "change_url": change_url,
+            "steps": steps,
+            "errors": sum(1 for form in forms_ if form.is_bound and form.errors),
+            "variables": [*sorted(campaign.variables), *SYSTEM_EXAMPLES],
+        }
+        request.current_app = self.admin_site.name
+        return TemplateResponse(request, TEMPLATES + "write_copy.html", context)
+
+    def _after_writing(
+        self, request: HttpRequest, campaign: Campaign, *, submit: bool, saved: str = "Saved."
+    ) -> HttpResponse:
+        """Back to the campaign's page, submitted for approval first when asked (and it can be:
+        else what stops it is said, and it stays a draft, saved)."""
+        if not submit:
+            messages.success(request, saved)
+            return HttpResponseRedirect(self._url("change", campaign.pk))
+        campaign.refresh_from_db()
+        try:
+            campaign_submit(campaign=campaign, by=staff_user(request))
+        except CampaignError as exc:
+            messages.warning(request, f"{saved} Not submitted: {exc}.")
+        else:
+            self.log_change(request, campaign, ACTIONS_BY_NAME["submit"].label)
+            messages.success(request, f"{saved} {ACTIONS_BY_NAME['submit'].done}")
+        return HttpResponseRedirect(self._url("change", campaign.pk))
+
+    def drop_step_view(self, request: HttpRequest, object_id: str, step_id: int) -> HttpResponse:
+        """POST: drop a step whose moment passed before the campaign was planned (one click,
+        from the warning on the campaign's page)."""
+        campaign = self._campaign_or_404(request, object_id)
+        self._may_act(request, campaign)
+        if request.method != "POST":
+            return HttpResponseNotAllowed(["POST"])
+        with transaction.atomic():
+            locked = Campaign.objects.select_for_update().get(pk=campaign.pk)
+            step = next((s for s in past_steps(locked) if s.pk == step_id), None)
+            if not copy_editable(locked) or step is None:
+                messages.error(
+                    request,
+                    "That step cannot be dropped here: only a step of a draft whose moment has "
+                    "passed (change the others in the steps table).",
+                )
+                return HttpResponseRedirect(self._url("change", campaign.pk))
+            reading = step_reading(plan_of(step))
+            step.delete()
+            self.log_change(request, campaign, f"Dropped step {step.name!r} ({reading}): past")
+            back_to_draft_if_awaiting(request, locked)
+        messages.success(request, f"Dropped step “{step.name}” ({reading}).")
+        return HttpResponseRedirect(self._url("change", campaign.pk))
+
     def cancel_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
         """Cancel with a confirmation: GET asks, POST with "confirm" cancels."""
         campaign = self._campaign_or_404(request, object_id)
@@ -1159,6 +1502,9 @@ class CampaignAdmin(admin.ModelAdmin):
             "change_url": self._url("change", campaign.pk),
             "send_test_url": self._url("test", campaign.pk),
             "may_send_test": self.has_change_permission(request, campaign),
+            "seed_count": len(
+                seed_users(campaign.seed_list, anyone=viewer.has_perm(VIEW_CONTACT_DETAILS))[0]
+            ),
             "previews": previews,
             "channels": [channel_label(str(c)) for c in channels],
             "preview_user": {
@@ -1233,9 +1579,7 @@ class CampaignAdmin(admin.ModelAdmin):
             budget=budget,
             persona=persona,
         )
-        if isinstance(result, Content):
-            return ChannelPreview(str(channel), channel_label(str(channel)), result, "")
-        return ChannelPreview(str(channel), channel_label(str(channel)), None, str(result))
+        return channel_preview(channel, result)
 
     def send_test_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
         """POST: send one variant to the logged-in marketer through the real pipeline."""
@@ -1261,6 +1605,8 @@ class CampaignAdmin(admin.ModelAdmin):
             user_key_from_text(query) is not None or request.user.has_perm(VIEW_CONTACT_DETAILS)
         ):
             back += "?" + urlencode({"user": query})
+        if request.POST.get("to") == "seeds":
+            return self._send_test_to_seeds(request, campaign, variant, back)
         try:
             message = variant_send_test(variant=variant, to_user=staff_user(request))
         except CampaignError as exc:
@@ -1272,6 +1618,36 @@ class CampaignAdmin(admin.ModelAdmin):
                 f"Test of {variant.step.name} / variant {variant.name} sent to you (message "
                 f"#{message.pk}) by {channels}: past quiet hours, caps and consent, and left "
                 "out of the funnel. The in-app copy is in your inbox.",
+            )
+        return HttpResponseRedirect(f"{back}#variant-{variant.pk}")
+
+    def _send_test_to_seeds(
+        self, request: HttpRequest, campaign: Campaign, variant: StepVariant, back: str
+    ) -> HttpResponse:
+        """The variant to everyone on the seed list, each a test message, recorded."""
+        viewer = staff_user(request)
+        seeds, problems = seed_users(
+            campaign.seed_list, anyone=viewer.has_perm(VIEW_CONTACT_DETAILS)
+        )
+        try:
+            if problems:
+                raise CampaignError("fix the seed list first: " + "; ".join(problems))
+            sent = variant_send_test_to_seeds(variant=variant, seeds=seeds)
+        except CampaignError as exc:
+            messages.error(request, capfirst(str(exc)))
+        else:
+            what = f"{variant.step.name} / variant {variant.name}"
+            self.log_change(
+                request,
+                campaign,
+                f"Test of {what} sent to the seed list: messages "
+                + ", ".join(f"#{message.pk}" for message in sent),
+            )
+            channels = ", ".join(channel_label(str(c)) for c in campaign_channels(campaign))
+            messages.success(
+                request,
+                f"Test of {what} sent to {len(sent)} seed(s) by {channels}, marked “[Test]”: past "
+                "quiet hours, caps and consent, and left out of the funnel.",
             )
         return HttpResponseRedirect(f"{back}#variant-{variant.pk}")
 
@@ -1291,12 +1667,22 @@ def back_to_draft_if_awaiting(request: HttpRequest, campaign: Campaign) -> None:
 # --- Variants and their copy -----------------------------------------------------------------
 
 
+# `{{ x|localdate:"%d" }}`: Django's way of giving a filter its argument, which Jinja reads as a
+# syntax error.
+DJANGO_FILTER_ARGUMENT = re.compile(r"\|\s*[A-Za-z_]\w*\s*:")
+
+
 def syntax_hint(source: str) -> str:
     if len(source) > MAX_COPY_CHARS:
         return ""
     try:
         environment().parse(source)
     except TemplateSyntaxError:
+        if DJANGO_FILTER_ARGUMENT.search(source):
+            return (
+                ' A filter takes its argument in brackets: {{ amount|money("CNY") }}, '
+                '{{ event_at|localdate("%d %B") }}.'
+            )
         return " Variables are written {{ name }}; conditions {% if … %}…{% endif %}."
     except COMPILE_ERRORS:  # nested too deeply to read: the problem says so
         return ""
@@ -1336,6 +1722,13 @@ class VariantTemplateForm(forms.ModelForm):
 
     def clean(self) -> dict[str, Any]:
         data = super().clean() or {}
+        # A part the channel does not send (an SMS subject, an email link) is ignored and
+        # stored empty: the page hides those boxes, and what a hidden box kept after the
+        # channel was changed must not become copy nobody sees.
+        used = channel_parts(data.get("channel") or self.instance.channel or "")
+        for part in PART_FIELDS:
+            if part not in used:
+                data[part] = ""
         # The channel's parts are tried together, as they render for each recipient.
         parts = {part: data.get(part) or "" for part in PART_FIELDS}
         found = copy_problems(
@@ -1352,6 +1745,95 @@ class VariantTemplateForm(forms.ModelForm):
         if link and not link.startswith(("http://", "https://", "{{")):
             self.add_error("link", "Start the link with https:// (or a variable: {{ site_url }}…).")
         return data
+
+
+class StepCopyForm(VariantTemplateForm):
+    """One channel's default copy (the default locale, for everyone) of one variant, on the page
+    that writes every step's copy at once: only the parts its channel sends."""
+
+    channel = None  # type: ignore[assignment]  # fixed by the instance
+
+    class Meta(VariantTemplateForm.Meta):
+        fields = list(PART_FIELDS)
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        used = channel_parts(self.instance.channel)
+        for part in PART_FIELDS:
+            if part not in used:
+                del self.fields[part]
+            else:
+                self.fields[part].widget.attrs.setdefault("aria-label", part)
+
+    def clean(self) -> dict[str, Any]:
+        self.cleaned_data["channel"] = self.instance.channel
+        self.cleaned_data["persona"] = ""
+        data = super().clean()
+        # Only this form's boxes are saved from it; a part its channel does not send is empty.
+        for name in [*PART_FIELDS, "channel", "persona"]:
+            if name not in self.fields:
+                data.pop(name, None)
+                if name in PART_FIELDS:
+                    setattr(self.instance, name, "")
+        return data
+
+    def has_content(self) -> bool:
+        return any(self.cleaned_data.get(part) for part in PART_FIELDS)
+
+
+@dataclass
+class StepCopy:
+    """The copy boxes of one step on the write-everything page."""
+
+    step: CampaignStep
+    reading: str
+    when: str
+    variants: list[tuple[StepVariant, list[tuple[str, StepCopyForm]]]]
+
+
+def step_copy_forms(
+    campaign: Campaign, data: Mapping[str, Any] | None
+) -> tuple[list[StepCopy], list[StepCopyForm]]:
+    """Every step's variants, each with a form per channel of the campaign for its default
+    copy (bound to `data` when given)."""
+    names = campaign.variables
+    form_class = type(
+        "StepCopyForm",
+        (StepCopyForm,),
+        {
+            "allowed": allowed_variables(names),
+            "variables": names,
+            "checks": TimeBudget(settings.NOTIFIER_COPY_CHECK_BUDGET_S),
+        },
+    )
+    channels = [str(c) for c in campaign_channels(campaign)]
+    steps = campaign.steps.order_by("offset_minutes", "pk").prefetch_related("variants__templates")
+    pages: list[StepCopy] = []
+    forms_: list[StepCopyForm] = []
+    for step in steps:
+        variants = []
+        for variant in sorted(step.variants.all(), key=lambda v: v.name):
+            existing = {
+                t.channel: t for t in variant.templates.all() if not t.locale and not t.persona
+            }
+            boxes = []
+            for channel in channels:
+                instance = existing.get(channel) or VariantTemplate(
+                    variant=variant, channel=channel, locale="", persona=""
+                )
+                form = form_class(data, instance=instance, prefix=f"v{variant.pk}-{channel}")
+                boxes.append((channel_label(channel), form))
+                forms_.append(form)
+            variants.append((variant, boxes))
+        pages.append(
+            StepCopy(
+                step=step,
+                reading=step_reading(plan_of(step)),
+                when=step_when(campaign, step),
+                variants=variants,
+            )
+        )
+    return pages, forms_
 
 
 class VariantTemplateFormSet(BaseInlineFormSet):
@@ -1418,6 +1900,33 @@ class VariantTemplateInline(admin.StackedInline):
         return super().has_delete_permission(request, obj) and copy_editable_variant(obj)
 
 
+MAX_POSTED_COPY = 100
+
+
+def posted_copy(data: Mapping[str, str]) -> dict[tuple[str, str, str], dict[str, str]]:
+    """The copy rows of the variant editor's form as posted (unsaved), keyed as `copy_key` reads
+    them; rows marked for deletion and parts their channel does not use are left out."""
+    copy: dict[tuple[str, str, str], dict[str, str]] = {}
+    try:
+        total = min(int(data.get("templates-TOTAL_FORMS", "0")), MAX_POSTED_COPY)
+    except ValueError:
+        return copy
+    for index in range(total):
+        prefix = f"templates-{index}-"
+        channel = data.get(prefix + "channel", "")
+        if not channel or data.get(prefix + "DELETE"):
+            continue
+        try:
+            locale = normalize_locale(data.get(prefix + "locale", "").strip() or "en")
+        except ValidationError:
+            continue
+        if not data.get(prefix + "locale", "").strip():
+            locale = ""
+        key = (channel, locale, data.get(prefix + "persona", ""))
+        copy.setdefault(key, {part: data.get(prefix + part, "") for part in channel_parts(channel)})
+    return copy
+
+
 def copy_editable_variant(variant: StepVariant | None) -> bool:
     return variant is None or copy_editable(variant.step.campaign)
 
@@ -1474,9 +1983,15 @@ class StepVariantAdmin(admin.ModelAdmin):
         return super().get_queryset(request).select_related("step__campaign__category")
 
     def get_urls(self) -> list[URLPattern]:
-        name = f"{self.opts.app_label}_{self.opts.model_name}_copy"
+        name = f"{self.opts.app_label}_{self.opts.model_name}_"
+        view = self.admin_site.admin_view
         return [
-            path("<path:object_id>/copy/", self.admin_site.admin_view(self.copy_view), name=name),
+            path("<path:object_id>/copy/", view(self.copy_view), name=name + "copy"),
+            path(
+                "<path:object_id>/live-preview/",
+                view(self.live_preview_view),
+                name=name + "live_preview",
+            ),
             *super().get_urls(),
         ]
 
@@ -1552,6 +2067,12 @@ class StepVariantAdmin(admin.ModelAdmin):
                     else ""
                 ),
                 title=f"{obj.step.name}, variant {obj.name}: weight and copy",
+                live_preview_url=reverse(
+                    f"{self.admin_site.name}:campaigns_stepvariant_live_preview",
+                    args=[quote(obj.pk)],
+                ),
+                by_contact=request.user.has_perm(VIEW_CONTACT_DETAILS),
+                channel_parts={str(c): channel_parts(str(c)) for c in Channel},
                 variables=[*sorted(campaign.variables), *SYSTEM_EXAMPLES],
                 campaign_variables=sorted(campaign.variables),
                 required=[
@@ -1611,6 +2132,50 @@ class StepVariantAdmin(admin.ModelAdmin):
         response = super().response_delete(request, obj_display, obj_id)
         url = getattr(request, "_campaign_url", "")
         return HttpResponseRedirect(url) if url else response
+
+    def live_preview_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
+        """POST (the editor's form as it stands, unsaved): its copy rendered for a customer, as
+        an HTML fragment for the side panel. Problems are said in the fragment, never a 500."""
+        variant = self.get_object(request, unquote(object_id))
+        if variant is None:
+            raise Http404(f"No variant with id {object_id!r}")
+        if not self.has_view_permission(request, variant):
+            raise PermissionDenied
+        if request.method != "POST":
+            return HttpResponseNotAllowed(["POST"])
+        campaign = variant.step.campaign
+        viewer = staff_user(request)
+        query = request.POST.get("preview_user", "").strip()[:200]
+        user, whom, lookup_error = CampaignAdmin._preview_user(
+            campaign, query, viewer, anyone=viewer.has_perm(VIEW_CONTACT_DETAILS)
+        )
+        # A read-only page (locked, or Support) has no boxes: its saved copy is shown.
+        editable = self.has_change_permission(request, variant)
+        copy = posted_copy(request.POST) if editable else None
+        if copy is None:
+            copy = {
+                (t.channel, t.locale, t.persona): {part: getattr(t, part) for part in PART_FIELDS}
+                for t in variant.templates.all()
+            }
+        results = unsaved_copy_preview(
+            campaign=campaign,
+            user=user,
+            copy=copy,
+            links_user_id=viewer.pk,
+            budget=TimeBudget(settings.NOTIFIER_PREVIEW_BUDGET_S),
+        )
+        context = {
+            "channels": [channel_preview(channel, result) for channel, result in results.items()],
+            "whom": whom,
+            "lookup_error": lookup_error,
+            "preview_user": {
+                "pk": user.pk,
+                "name": display_name(user),
+                "locale": recipient_for(user).locale,
+                "time_zone": recipient_for(user).time_zone,
+            },
+        }
+        return TemplateResponse(request, TEMPLATES + "_live_preview.html", context)
 
     def copy_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
         """POST: a new variant of the same step, starting from this one's copy."""

@@ -347,6 +347,10 @@ CHANGE_FORM_TEMPLATE = """{% extends "admin/change_form.html" %}
 </style>
 {% endblock %}
 {% block form_top %}{{ block.super }}{{ approval_warning }}{% endblock %}
+{% block submit_buttons_bottom %}{{ block.super }}{% if new_campaign_button %}
+<div class="submit-row" id="segment-next"><input type="submit" name="_campaign"
+  value="Save and create a campaign for it" class="default" id="save-and-campaign"></div>
+{% endif %}{% endblock %}
 {% block object-tools-items %}
   {% if members_url %}<li><a href="{{ members_url }}">Members</a></li>{% endif %}
   {% if import_url %}<li><a href="{{ import_url }}">Import members (CSV)</a></li>{% endif %}
@@ -672,6 +676,9 @@ class SegmentAdmin(admin.ModelAdmin):
         obj: Segment | None = None,
     ) -> HttpResponse:
         context["audience"] = self._audience(request, obj)
+        context["new_campaign_button"] = self.has_change_permission(
+            request, obj
+        ) and request.user.has_perm(f"{Campaign._meta.app_label}.add_campaign")
         context["rule_fields_json"] = json.dumps(Segment.AUDIENCE_FIELDS)
         if obj is not None and obj.pk is not None:
             if request.user.has_perm(f"{SegmentMember._meta.app_label}.view_segmentmember"):
@@ -689,6 +696,23 @@ class SegmentAdmin(admin.ModelAdmin):
                     "description do not.",
                 )
         return super().render_change_form(request, context, add, change, form_url, obj)
+
+    def response_add(
+        self, request: HttpRequest, obj: Segment, post_url_continue: str | None = None
+    ) -> HttpResponse:
+        return self._to_new_campaign(request, obj) or super().response_add(
+            request, obj, post_url_continue
+        )
+
+    def response_change(self, request: HttpRequest, obj: Segment) -> HttpResponse:
+        return self._to_new_campaign(request, obj) or super().response_change(request, obj)
+
+    def _to_new_campaign(self, request: HttpRequest, segment: Segment) -> HttpResponse | None:
+        """ "Save and create a campaign for it": the new campaign's page, this segment chosen."""
+        if "_campaign" not in request.POST:
+            return None
+        url = reverse(f"{self.admin_site.name}:campaigns_campaign_add")
+        return HttpResponseRedirect(url + "?" + urlencode({"segment": segment.pk}))
 
     def save_model(self, request: HttpRequest, obj: Segment, form: Any, change: bool) -> None:
         super().save_model(request, obj, form, change)

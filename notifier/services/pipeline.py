@@ -106,6 +106,8 @@ def user_template_values(user: User) -> dict[str, Any]:
         "last_name": getattr(user, "last_name", ""),
         "name": display_name(user),
         "locale": recipient_for(user).locale,
+        # Read by the localdate/localtime/money filters (notifier.local_formats).
+        "time_zone": recipient_for(user).time_zone,
     }
 
 

@@ -102,7 +102,11 @@ def test_the_campaign_page_shows_the_3_2_1_plan_in_days_and_hours(log_in, people
     page.goto(f"/admin/campaigns/campaign/{campaign.pk}/change/")
 
     whens = page.locator("#steps-group tr.has_original input[name$='-when']")
-    assert [whens.nth(i).input_value() for i in range(whens.count())] == ["-3d", "-2d", "-1h"]
+    assert [whens.nth(i).input_value() for i in range(whens.count())] == [
+        "3 days before",
+        "2 days before",
+        "1 hour before",
+    ]
     assert page.locator("#action-submit").is_visible()
     assert page.locator("input[name=_save]").is_visible()
 

@@ -19,7 +19,7 @@ from django.forms import MultiWidget
 from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 
-from campaigns.admin.campaigns import describe_offset, format_offset, parse_offset
+from campaigns.admin.campaigns import VariableRowsWidget, describe_offset, parse_offset
 from campaigns.models import (
     Campaign,
     CampaignStats,
@@ -29,6 +29,7 @@ from campaigns.models import (
     StepVariant,
     VariantTemplate,
 )
+from campaigns.policies import format_offset
 from campaigns.rendering import render_variant
 from campaigns.services.lifecycle import (
     campaign_approve,
@@ -156,7 +157,13 @@ def _form_values(form, data: dict[str, Any]) -> None:
         bound = form[name]
         value = bound.value()
         key = bound.html_name
-        if isinstance(field.widget, MultiWidget):
+        if isinstance(field.widget, VariableRowsWidget):  # the campaign's variables, as rows
+            for index, row in enumerate(VariableRowsWidget.rows_of(value)):
+                data[f"{key}-{index}-name"] = row.name
+                data[f"{key}-{index}-value"] = row.value
+                if row.is_json:
+                    data[f"{key}-{index}-json"] = "1"
+        elif isinstance(field.widget, MultiWidget):
             parts = value if isinstance(value, list) else field.widget.decompress(value)
             for suffix, part in zip(field.widget.widgets_names, parts, strict=True):
                 data[key + suffix] = "" if part is None else str(part)
@@ -290,7 +297,8 @@ def test_creating_a_campaign_in_the_admin_gives_it_the_3_2_1_plan(client, market
     response = client.post(url("campaign_add"), create_data(segment))
     campaign = Campaign.objects.get(name="Singles' Day")
     assert response.status_code == 302
-    assert response["Location"] == url("campaign_change", campaign.pk)
+    # Next comes the copy: the page that writes every step's at once.
+    assert response["Location"] == url("campaign_write", campaign.pk)
     steps = list(campaign.steps.order_by("offset_minutes"))
     assert [(s.name, s.offset_minutes) for s in steps] == [
         ("Notice", -4320),
@@ -380,7 +388,10 @@ def test_a_steps_offset_is_edited_in_human_units(client, marketer):
     client.force_login(marketer)
     page = client.get(url("campaign_change", campaign.pk))
     prefix = step_prefix(page, "Notice")
-    assert page.context["inline_admin_formsets"][0].formset.forms[0]["when"].value() == "-3d"
+    # Read as a marketer says it; the short form is taken too.
+    assert page.context["inline_admin_formsets"][0].formset.forms[0]["when"].value() == (
+        "3 days before"
+    )
     response = client.post(
         url("campaign_change", campaign.pk), post_data(page, **{f"{prefix}-when": "-4d 6h"})
     )
@@ -822,7 +833,7 @@ def test_send_test_reaches_the_marketers_inbox_without_marketing_consent(
     item = InboxItem.objects.get(user=marketer)
     assert (item.message_id, item.title, item.body) == (
         message.pk,
-        "Double 11: 50% off",
+        "[Test] Double 11: 50% off",  # a test says so (campaigns.rendering.marked_as_test)
         f"Hi {marketer.first_name}, 50% off",
     )
     email = Delivery.objects.get(message=message, channel="email")

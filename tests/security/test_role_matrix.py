@@ -173,6 +173,11 @@ EXTRA_PAGES: dict[str, tuple[str, frozenset[str]]] = {
     "campaigns_campaign_move": ("POST", MARKETING),
     "campaigns_campaign_action": ("POST", MARKETING),
     "campaigns_stepvariant_copy": ("POST", MARKETING),
+    # The variant editor's live preview: Support reads the saved copy there too.
+    "campaigns_stepvariant_live_preview": ("POST", MARKETING_SUPPORT),
+    "campaigns_campaign_write": ("GET", MARKETING),
+    # Nothing is past on this campaign: the drop is refused in words, no 403.
+    "campaigns_campaign_drop_step": ("POST", MARKETING),
 }
 
 # Admin actions (the changelist's "Action" menu), per admin: action name -> who is offered it.
@@ -453,6 +458,9 @@ def extra_url(name: str, objects: dict[type[Model], Model]) -> str:
     if name == "campaigns_campaign_action":
         # "pause" on a draft is refused by the lifecycle: nothing changes either way.
         return reverse(f"admin:{name}", args=[objects[Campaign].pk, "pause"])
+    if name == "campaigns_campaign_drop_step":
+        step = objects[Campaign].steps.first()  # type: ignore[attr-defined]
+        return reverse(f"admin:{name}", args=[objects[Campaign].pk, step.pk])
     model = {
         "notifier_user": User,
         "notifier_recipient": Recipient,

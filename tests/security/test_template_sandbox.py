@@ -128,7 +128,7 @@ def test_the_campaign_context_holds_plain_values_only():
     )
     values = campaign_context(campaign, UserFactory())
     assert set(values["user"]) == CAMPAIGN_USER_FIELDS
-    assert set(values) <= SYSTEM_VARIABLES | {"campaign", "headline"}
+    assert set(values) <= SYSTEM_VARIABLES | {"campaign", "event_at", "headline"}
 
     def plain(value: object) -> bool:
         if isinstance(value, dict):
@@ -199,7 +199,7 @@ def test_the_admin_form_shows_the_error_on_the_field_and_saves_nothing(client):
     [error] = field_errors(response, inapp, "body")
     assert error == (
         "Line 1: user has no 'password'; it has activity, first_name, interests, last_name, "
-        "locale, name, points, points_expire_on, points_expiring, spend_tier"
+        "locale, name, points, points_expire_on, points_expiring, spend_tier, time_zone"
     )
     assert VariantTemplate.objects.get(variant=variant, channel="inapp").body == (
         "Hi {{ user.first_name }}, {{ headline }}"

@@ -204,4 +204,4 @@ def test_a_test_send_reaches_the_marketer_at_night_over_the_cap_without_consent(
     deliveries = dict(Delivery.objects.filter(message=message).values_list("channel", "status"))
     assert deliveries == {"inapp": DeliveryStatus.SENT, "email": DeliveryStatus.SENT}
     item = InboxItem.objects.get(user=marketer, message=message)
-    assert item.title == "Double 11: 50% off"
+    assert item.title == "[Test] Double 11: 50% off"  # marked as a test
