@@ -26,7 +26,7 @@ from django.contrib import admin, messages
 from django.contrib.admin.helpers import ACTION_CHECKBOX_NAME
 from django.contrib.admin.utils import quote, unquote
 from django.contrib.auth.admin import UserAdmin as DjangoUserAdmin
-from django.contrib.auth.forms import AdminUserCreationForm
+from django.contrib.auth.forms import AdminUserCreationForm, ReadOnlyPasswordHashWidget
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.core.paginator import Page, Paginator
 from django.db.models import Exists, OuterRef, Q, QuerySet
@@ -206,6 +206,12 @@ class RecipientInline(admin.StackedInline):
     readonly_fields = ["email", "usual_active_hour"]  # the address follows the user's own
 
 
+class PasswordSummaryWidget(ReadOnlyPasswordHashWidget):
+    """Whether a password is set, without the "Set password" button (for viewers)."""
+
+    template_name = "admin/notifier/user/password_summary.html"
+
+
 class UserPhoneCreationForm(PhoneInE164, AdminUserCreationForm):
     """The add form asks for the phone number too; it goes on the new user's profile."""
 
@@ -371,9 +377,9 @@ class UserAdmin(PeopleAdminMixin, DjangoUserAdmin):
         form = super().get_form(request, obj, change=change, **kwargs)
         password = form.base_fields.get("password")
         if password is not None and not self.has_change_permission(request, obj):
-            # Its "Reset password" button leads to a page only those who may change users open.
+            # Its "Set password" button leads to a page only those who may change users open.
             password.help_text = ""
-            password.widget.attrs["usable_password"] = None
+            password.widget = PasswordSummaryWidget()
         return form
 
 
