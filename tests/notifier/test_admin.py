@@ -596,3 +596,22 @@ def test_json_typed_in_the_admin_is_a_field_error_not_a_500(super_client, send_a
     errors = " ".join(response.context["adminform"].form.errors["send_all"])
     assert complaint in errors
     assert RoutingRule.objects.count() == before
+
+
+def test_the_dead_letter_list_is_short_and_cuts_long_errors(support_client, failed_email):
+    """Four filters (channel, provider, why, when); the error is one line with the whole of it
+    in its tooltip; the message id links to the message."""
+    long_error = "SMTPRecipientsRefused: " + "mailbox-unavailable-" * 30
+    Delivery.objects.filter(pk=failed_email.pk).update(last_error=long_error)
+    response = support_client.get(reverse("admin:notifier_deadletter_changelist"))
+    assert len(response.context["cl"].filter_specs) == 4
+    body = response.content.decode()
+    assert f'title="{long_error}"' in body
+    message_url = reverse("admin:notifier_message_change", args=[failed_email.message_id])
+    assert f'href="{message_url}"' in body
+    for window in ("1h", "24h", "7d", "older"):
+        listed = support_client.get(
+            reverse("admin:notifier_deadletter_changelist"), {"failed": window}
+        )
+        ids = changelist_ids(listed)
+        assert (failed_email.pk in ids) == (window != "older"), window
