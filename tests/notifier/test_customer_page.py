@@ -306,3 +306,16 @@ def test_no_link_on_the_people_pages_leads_to_a_403(clients, customer, role):
     assert not denied, f"{role}: " + "; ".join(denied)
     if role in ("Support", "Admin", VIEWER):
         assert opened == 4 and followed > 20
+
+
+def test_the_change_pages_lead_to_the_customer_page(clients, customer):
+    profile = recipient_for(customer)
+    for change, page in (
+        (reverse("admin:notifier_user_change", args=[customer.pk]), customer_url(customer)),
+        (
+            reverse("admin:notifier_recipient_change", args=[profile.pk]),
+            reverse("admin:notifier_recipient_customer", args=[profile.pk]),
+        ),
+    ):
+        html = clients["Support"].get(change).content.decode()
+        assert f'href="{page}" class="historylink">Customer page</a>' in html
