@@ -17,7 +17,7 @@ from notifier.models import Delivery, User, recipient_for
 from notifier.roles import roles_sync
 from notifier.services.deliveries import deliveries_deliver
 from notifier.services.pipeline import messages_prepare
-from notifier.status import DeliveryStatus
+from notifier.status import DeliveryStatus, Reason
 from tests.factories import UserFactory, order_context, staff_member
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
@@ -94,11 +94,15 @@ def test_no_link_on_the_customer_page_answers_403(log_in, support, customer):
 def test_the_dead_letter_list_reads_at_1440_px(browser, live_server, support, customer):
     """No cell wraps to more than three lines, no column is narrower than its longest word, and
     the filter list is four entries long."""
+    # An address as long as real ones get, and the longest reason a dead letter can have.
+    User.objects.filter(pk=customer.pk).update(
+        email="felix.muller110+fail-permanent-with-a-long-tag@example.com"
+    )
     failed = Delivery.objects.filter(user=customer)
     Delivery.objects.filter(pk__in=failed.values("pk")).update(
         status=DeliveryStatus.FAILED,
         provider="mailgun",
-        reason="permanent_error",
+        reason=max(Reason.values, key=lambda r: len(str(Reason(r).label))),
         finished_at=timezone.now() - timedelta(hours=3),
         last_error="550 5.1.1 <mei@example.com>: Recipient address rejected: User unknown in "
         "virtual mailbox table; see https://support.example.com/errors/550-5.1.1-"
