@@ -1153,19 +1153,17 @@ class FailureReasonFilter(admin.SimpleListFilter):
 ERROR_TOOLTIP_CHARS = 1000
 ERROR_CSS = (
     "display:-webkit-box;-webkit-line-clamp:2;-webkit-box-orient:vertical;overflow:hidden;"
-    "overflow-wrap:anywhere;min-width:14em"
+    "overflow-wrap:anywhere;min-width:8em"
 )
-PERSON_CSS = (
-    "display:block;max-width:16em;overflow:hidden;text-overflow:ellipsis;white-space:nowrap"
-)
-REASON_CSS = "display:block;min-width:15em"
+PERSON_CSS = "display:block;max-width:9em;overflow:hidden;text-overflow:ellipsis;white-space:nowrap"
+REASON_CSS = "display:block;min-width:12em"
 
 
 @admin.register(DeadLetter)
 class DeadLetterAdmin(DeliveryAdmin):
     """Deliveries that failed for good: why, with the last error, and a way to try again.
 
-    Laid out for a 1440 px screen: seven columns, none a word wide (the error is one line,
+    Laid out for a 1440 px screen: seven columns, none a word wide (the error two lines at most,
     its whole text in the tooltip), and four filters (channel, provider, why, when)."""
 
     list_display = [
@@ -1211,11 +1209,9 @@ class DeadLetterAdmin(DeliveryAdmin):
             '<span style="{}">{}</span>', REASON_CSS, reason_label(obj.reason) or "-"
         )
 
-    @admin.display(description="channel · provider", ordering="channel")
+    @admin.display(description="via", ordering="channel")
     def channel_provider(self, obj: Delivery) -> SafeString:
-        return format_html(
-            '<span style="white-space:nowrap">{} · {}</span>', obj.channel, obj.provider or "—"
-        )
+        return format_html("{}<br>{}", obj.channel, obj.provider or "—")
 
     @admin.display(description="last error")
     def error_excerpt(self, obj: Delivery) -> SafeString:
@@ -1231,7 +1227,7 @@ class DeadLetterAdmin(DeliveryAdmin):
     def failed_ago(self, obj: Delivery) -> SafeString:
         at = obj.finished_at or obj.updated_at
         return format_html(
-            '<span title="{}" style="white-space:nowrap">{} ago</span>',
+            '<span title="{}">{} ago</span>',
             at.isoformat(timespec="seconds"),
             timesince(at, depth=1),
         )
