@@ -1,18 +1,23 @@
 """The admin for support staff and operators.
 
-Support staff (the "Support" group, view permissions only) open a user and follow "Delivery
-history" to see every message sent to them: each channel, its status, every attempt with its
-error, and in words why anything was not sent. The delivery log itself is read-only here:
-statuses change only through the pipeline (`notifier.services`).
+Support staff (the "Support" group) find a person by email, phone (typed any way) or id and open
+their customer page: contact points, time zone and locale, consent with its history,
+preferences, caps used, devices, suppressions, support's fixes and notes, then every message
+sent to them with what it said: each channel, its status, every attempt with its error, and in
+words why anything was not sent. The fixes there (resend, correct a contact point, lift a
+suppression, note) go through `notifier.services.support` and are recorded with who and why.
+The delivery log itself is read-only here: statuses change only through the pipeline
+(`notifier.services`).
 """
 
 from __future__ import annotations
 
 import json
+import uuid
 import zoneinfo
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from django import forms
@@ -21,21 +26,24 @@ from django.contrib import admin, messages
 from django.contrib.admin.helpers import ACTION_CHECKBOX_NAME
 from django.contrib.admin.utils import quote, unquote
 from django.contrib.auth.admin import UserAdmin as DjangoUserAdmin
-from django.contrib.auth.forms import AdminUserCreationForm
+from django.contrib.auth.forms import AdminUserCreationForm, ReadOnlyPasswordHashWidget
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.core.paginator import Page, Paginator
 from django.db.models import Exists, OuterRef, Q, QuerySet
-from django.http import Http404, HttpRequest, HttpResponse
+from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect
 from django.template.response import TemplateResponse
 from django.urls import URLPattern, path, reverse
+from django.utils import timezone
 from django.utils.html import format_html
 from django.utils.http import urlencode
 from django.utils.safestring import SafeString
 from django.utils.text import capfirst
+from django.utils.timesince import timesince
 from django_celery_beat.admin import PeriodicTaskAdmin as BeatPeriodicTaskAdmin
 from django_celery_beat.models import PeriodicTask
 
 from channels.base import Channel
+from notifier.customer_page import FIX_FORMS, FixForm, Masker, customer_overview
 from notifier.forms import BOUNDED_JSON
 from notifier.models import (
     Consent,
@@ -60,8 +68,8 @@ from notifier.models import (
     recipient_for,
     recipient_update,
 )
-from notifier.models.users import normalize_phone
-from notifier.roles import ERASE_RECIPIENT, EXPORT_RECIPIENT, VIEW_CONTACT_DETAILS
+from notifier.models.users import normalize_phone, phone_from_text
+from notifier.roles import ERASE_RECIPIENT, EXPORT_RECIPIENT, FIX_RECIPIENT, VIEW_CONTACT_DETAILS
 from notifier.selectors import MESSAGE_CALLER_FIELDS, message_read_caller_fields, user_history
 from notifier.services.deliveries import deliveries_retry_now
 from notifier.services.erasure import (
@@ -72,6 +80,14 @@ from notifier.services.erasure import (
     suppression_lift,
 )
 from notifier.services.recipients import PROFILE_FIELDS
+from notifier.services.support import (
+    Agent,
+    SupportFixError,
+    support_contact_correct,
+    support_note_add,
+    support_resend,
+    support_suppression_lift,
+)
 from notifier.status import NOT_SENT, DeliveryStatus, Reason
 from notifier.user_keys import user_key_from_text
 
@@ -192,6 +208,12 @@ class RecipientInline(admin.StackedInline):
     readonly_fields = ["email", "usual_active_hour"]  # the address follows the user's own
 
 
+class PasswordSummaryWidget(ReadOnlyPasswordHashWidget):
+    """Whether a password is set, without the "Set password" button (for viewers)."""
+
+    template_name = "admin/notifier/user/password_summary.html"
+
+
 class UserPhoneCreationForm(PhoneInE164, AdminUserCreationForm):
     """The add form asks for the phone number too; it goes on the new user's profile."""
 
@@ -202,12 +224,16 @@ class UserPhoneCreationForm(PhoneInE164, AdminUserCreationForm):
 
 class PeopleAdminMixin:
     """An admin whose rows are people (the stand-alone site's users, or anyone's recipient
-    profiles): search by the user's exact key and an exact E.164 phone besides the usual
-    fields, and the delivery history at "<id>/history/" (Django's change log moves to
-    "<id>/admin-log/", so the change form's "History" button opens the delivery history)."""
+    profiles): search by the user's exact key, a phone number however typed ("138-0013-8000",
+    "0086 138 ...", "+86 ...", national formats of NOTIFIER_DEFAULT_REGION) and an email
+    address however cased, besides the usual fields; and the customer page at
+    "<id>/customer/". The old delivery history, "<id>/history/", leads there (Django's change
+    log moves to "<id>/admin-log/", so the change form's "History" button opens the customer
+    page)."""
 
     key_lookup = "pk"  # the user's key, on the admin's model
     phone_lookup = "notifier_recipient__phone"
+    email_lookup = "notifier_recipient__email"
 
     def get_search_results(
         self, request: HttpRequest, queryset: QuerySet[Any], search_term: str
@@ -219,22 +245,60 @@ class PeopleAdminMixin:
         key = user_key_from_text(term)
         if key is not None:
             results |= queryset.filter(**{self.key_lookup: key})
-        if term.startswith("+"):
-            try:
-                phone = normalize_phone(term)
-            except ValidationError:
-                pass
-            else:
-                results |= queryset.filter(**{self.phone_lookup: phone})
+        phone = phone_from_text(term, settings.NOTIFIER_DEFAULT_REGION)
+        if phone is not None:
+            results |= queryset.filter(**{self.phone_lookup: phone})
+        if "@" in term and " " not in term:
+            results |= queryset.filter(**{f"{self.email_lookup}__iexact": term})
         return results, may_have_duplicates
+
+    def customer_url(self, obj: Any) -> str:
+        info = self.opts.app_label, self.opts.model_name  # type: ignore[attr-defined]
+        return reverse(
+            "{}:{}_{}_customer".format(self.admin_site.name, *info),  # type: ignore[attr-defined]
+            args=[quote(obj.pk)],
+        )
+
+    @admin.display(description="Customer page")
+    def history_action(self, obj: Any) -> str:
+        return format_html('<a href="{}">Customer page</a>', self.customer_url(obj))
+
+    def delivery_history_redirect(self, request: HttpRequest, object_id: str) -> HttpResponse:
+        """The old "Delivery history" URL: the customer page shows it now."""
+        self._viewable(request, object_id)
+        info = self.opts.app_label, self.opts.model_name  # type: ignore[attr-defined]
+        url = reverse(
+            "{}:{}_{}_customer".format(self.admin_site.name, *info),  # type: ignore[attr-defined]
+            args=[object_id],
+        )
+        query = request.GET.urlencode()
+        return HttpResponseRedirect(f"{url}?{query}" if query else url)
+
+    def _viewable(self, request: HttpRequest, object_id: str) -> Any:
+        obj = self.get_object(request, unquote(object_id))  # type: ignore[attr-defined]
+        if obj is None:
+            raise Http404(f"No {self.opts.verbose_name} with id {object_id!r}")  # type: ignore[attr-defined]
+        if not self.has_view_permission(request, obj):  # type: ignore[attr-defined]
+            raise PermissionDenied
+        return obj
+
+    def customer_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
+        obj = self._viewable(request, object_id)
+        user = obj.user if isinstance(obj, Recipient) else obj
+        return customer_page(self, request, user=user, original=obj)  # type: ignore[arg-type]
 
     def get_urls(self) -> list[URLPattern]:
         admin_site = self.admin_site  # type: ignore[attr-defined]
         info = self.opts.app_label, self.opts.model_name  # type: ignore[attr-defined]
         return [
             path(
+                "<path:object_id>/customer/",
+                admin_site.admin_view(self.customer_view),
+                name="{}_{}_customer".format(*info),
+            ),
+            path(
                 "<path:object_id>/history/",
-                admin_site.admin_view(self.delivery_history_view),  # type: ignore[attr-defined]
+                admin_site.admin_view(self.delivery_history_redirect),
                 name="{}_{}_delivery_history".format(*info),
             ),
             path(
@@ -273,7 +337,7 @@ class UserAdmin(PeopleAdminMixin, DjangoUserAdmin):
         ),
     )
     fieldsets = (
-        ("Delivery history", {"fields": ("delivery_history_link",)}),
+        ("Customer page", {"fields": ("delivery_history_link",)}),
         *(DjangoUserAdmin.fieldsets or ()),
     )
     readonly_fields = ["delivery_history_link"]
@@ -298,64 +362,125 @@ class UserAdmin(PeopleAdminMixin, DjangoUserAdmin):
         if not change:
             recipient_update(obj, phone=form.cleaned_data.get("phone") or "")
 
-    def history_url(self, user: User) -> str:
-        info = self.opts.app_label, self.opts.model_name
-        return reverse(
-            "{}:{}_{}_delivery_history".format(self.admin_site.name, *info),
-            args=[quote(user.pk)],
-        )
-
-    @admin.display(description="Delivery history")
+    @admin.display(description="Customer page")
     def delivery_history_link(self, obj: User) -> str:
         if obj.pk is None:
             return "-"
         return format_html(
-            '<a class="button" href="{}">Open the delivery history</a> '
-            '<span class="help">every message sent to this user, per channel, with the '
-            "reasons for anything not sent</span>",
-            self.history_url(obj),
+            '<a class="button" href="{}">Open the customer page</a> '
+            '<span class="help">contact points, consent, preferences, caps, devices, '
+            "suppressions, every message sent with what it said, and support's fixes</span>",
+            self.customer_url(obj),
         )
 
-    @admin.display(description="History")
-    def history_action(self, obj: User) -> str:
-        return format_html('<a href="{}">Delivery history</a>', self.history_url(obj))
+    def get_form(
+        self, request: HttpRequest, obj: Any = None, change: bool = False, **kwargs: Any
+    ) -> Any:
+        form = super().get_form(request, obj, change=change, **kwargs)
+        password = form.base_fields.get("password")
+        if password is not None and not self.has_change_permission(request, obj):
+            # Its "Set password" button leads to a page only those who may change users open.
+            password.help_text = ""
+            password.widget = PasswordSummaryWidget()
+        return form
 
-    def delivery_history_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
-        user = self.get_object(request, unquote(object_id))
-        if user is None:
-            raise Http404(f"No user with id {object_id!r}")
-        if not self.has_view_permission(request, user):
-            raise PermissionDenied
-        return delivery_history_page(self, request, user=user, original=user)
+
+@dataclass(frozen=True)
+class FixResult:
+    said: str
 
 
-def delivery_history_page(
+def fix_apply(fix: str, data: dict[str, Any], *, profile: Recipient, agent: Agent) -> FixResult:
+    """One fix from the customer page's form, through its service; SupportFixError says why
+    it cannot be made."""
+    why = data["why"]
+    if fix == "note":
+        support_note_add(recipient=profile, agent=agent, why=why)
+        return FixResult("Note added.")
+    if fix == "contact":
+        action = support_contact_correct(
+            recipient=profile, agent=agent, field=data["field"], value=data["value"], why=why
+        )
+        return FixResult(f"The {data['field']} is now {action.detail['to']}.")
+    if fix == "lift":
+        action = support_suppression_lift(
+            recipient=profile, agent=agent, suppression_id=data["suppression"], why=why
+        )
+        return FixResult(f"Lifted the suppression of {action.detail['address']}: sending resumes.")
+    resend = support_resend(
+        recipient=profile,
+        agent=agent,
+        message_id=data["message"],
+        channels=list(data["channels"]),
+        token=data["token"],
+        why=why,
+    )
+    new = resend.action.message_id
+    if not resend.created:
+        return FixResult(f"Message #{data['message']} was resent already by this click (#{new}).")
+    return FixResult(f"Message #{data['message']} resent as #{new}; it is in the history below.")
+
+
+def customer_page(
     model_admin: admin.ModelAdmin[Any], request: HttpRequest, *, user: Any, original: Any
 ) -> HttpResponse:
-    """Support's timeline of one person: every message, each channel, every attempt, and why
-    anything was not sent. Opened from the user (the stand-alone site's UserAdmin) or from
-    their recipient profile (any project: a host keeps its own user admin)."""
+    """Support's page for one person: who they are and how to reach them, what they agreed to
+    and chose, and every message, each channel, every attempt, what it said, and why anything
+    was not sent; with the audited fixes for those with `notifier.fix_recipient`. Opened from
+    the user (the stand-alone site's UserAdmin) or from their recipient profile (any project:
+    a host keeps its own user admin)."""
     site, opts = model_admin.admin_site, model_admin.opts
     profile = recipient_for(user)
+    may_fix = bool(request.user.has_perm(FIX_RECIPIENT)) and profile.erased_at is None
+    bound: FixForm | None = None
+    if request.method == "POST":
+        if not may_fix:
+            raise PermissionDenied
+        fix = request.POST.get("fix", "")
+        form_class = FIX_FORMS.get(fix)
+        if form_class is None:
+            return HttpResponse("Unknown fix", status=400, content_type="text/plain")
+        bound = form_class(request.POST)
+        if bound.is_valid():
+            try:
+                done = fix_apply(
+                    fix, bound.cleaned_data, profile=profile, agent=Agent.of(request.user)
+                )
+            except SupportFixError as exc:
+                bound.add_error(None, str(exc))
+            else:
+                model_admin.message_user(request, done.said, messages.SUCCESS)
+                return HttpResponseRedirect(request.get_full_path() + "#fixes")
+    masker = Masker.for_person(
+        full=bool(request.user.has_perm(VIEW_CONTACT_DETAILS)), user=user, profile=profile
+    )
+    overview = customer_overview(user=user, profile=profile, masker=masker)
     filters = HistoryFilters.from_request(request)
     page = Paginator(filters.apply(user_history(user_id=user.pk)), HISTORY_PAGE_SIZE).get_page(
         request.GET.get("page")
     )
     links = AdminLinks.for_request(request, site)
-    rows = [MessageRow.of(message, filters, links) for message in page.object_list]
-    devices = list(Device.objects.filter(user=user).order_by("-active", "-created_at"))
+    rows = [MessageRow.of(message, filters, links, masker) for message in page.object_list]
+    for action in overview.actions:
+        action.message_url = links.message(action.message_id) if action.message_id else ""  # type: ignore[attr-defined]
     route = f"{site.name}:{opts.app_label}_{opts.model_name}"
+    name = masker.text(str(user)) if not masker.full else str(user)
     context = {
         **site.each_context(request),
         "opts": opts,
-        "title": f"Delivery history: {user}",
+        "title": f"Customer: {name}",
         "subtitle": None,
         "original": original,
+        "original_label": name,
         "person": user,
-        "profile": profile,
+        "overview": overview,
         "user_tz": _zone(profile.time_zone),
-        "active_devices": [d for d in devices if d.active],
-        "inactive_devices": [d for d in devices if not d.active],
+        "may_fix": may_fix,
+        "default_region": settings.NOTIFIER_DEFAULT_REGION,
+        "bound": bound,
+        "bound_fix": bound.data.get("fix") if bound is not None else "",
+        "bound_target": _bound_target(bound),
+        "fix_forms": {k: v() for k, v in FIX_FORMS.items()},
         # Not "messages": that name belongs to django.contrib.messages in admin templates.
         "history_messages": rows,
         "page_obj": page,
@@ -368,7 +493,15 @@ def delivery_history_page(
         "admin_log_url": reverse(f"{route}_admin_log", args=[quote(original.pk)]),
     }
     request.current_app = site.name
-    return TemplateResponse(request, "admin/notifier/user/history.html", context)
+    return TemplateResponse(
+        request, "admin/notifier/user/history.html", context, status=400 if bound else 200
+    )
+
+
+def _bound_target(form: FixForm | None) -> str:
+    if form is None:
+        return ""
+    return str(form.data.get("message") or form.data.get("suppression") or "")
 
 
 @admin.register(Recipient)
@@ -381,6 +514,7 @@ class RecipientAdmin(PeopleAdminMixin, admin.ModelAdmin):
 
     key_lookup = "user_id"
     phone_lookup = "phone"
+    email_lookup = "email"
 
     formfield_overrides = BOUNDED_JSON
     form = RecipientForm
@@ -407,13 +541,6 @@ class RecipientAdmin(PeopleAdminMixin, admin.ModelAdmin):
         return super().has_change_permission(request, obj) and request.user.has_perm(
             VIEW_CONTACT_DETAILS
         )
-
-    @admin.display(description="History")
-    def history_action(self, obj: Recipient) -> str:
-        url = reverse(
-            f"{self.admin_site.name}:notifier_recipient_delivery_history", args=[quote(obj.pk)]
-        )
-        return format_html('<a href="{}">Delivery history</a>', url)
 
     # --- Erasure and export (GDPR/PIPL) ---------------------------------------------------
 
@@ -475,14 +602,6 @@ class RecipientAdmin(PeopleAdminMixin, admin.ModelAdmin):
         )
         response["Content-Disposition"] = f'attachment; filename="{name}"'
         return response
-
-    def delivery_history_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
-        profile = self.get_object(request, unquote(object_id))
-        if profile is None:
-            raise Http404(f"No recipient with id {object_id!r}")
-        if not self.has_view_permission(request, profile):
-            raise PermissionDenied
-        return delivery_history_page(self, request, user=profile.user, original=profile)
 
 
 class ReasonForm(forms.Form):
@@ -572,14 +691,27 @@ class AdminLinks:
     site_name: str
     messages: bool
     deliveries: bool
+    campaigns: bool = False
 
     @classmethod
     def for_request(cls, request: HttpRequest, site: admin.AdminSite) -> AdminLinks:
-        def can_view(model: type[Message] | type[Delivery]) -> bool:
+        def can_view(model: type[Any]) -> bool:
             model_admin = site.get_model_admin(model) if site.is_registered(model) else None
             return model_admin is not None and model_admin.has_view_permission(request)
 
-        return cls(site_name=site.name, messages=can_view(Message), deliveries=can_view(Delivery))
+        # The campaigns app's model, named through the relation: the core never imports it.
+        campaign_model = Message._meta.get_field("campaign").related_model
+        return cls(
+            site_name=site.name,
+            messages=can_view(Message),
+            deliveries=can_view(Delivery),
+            campaigns=isinstance(campaign_model, type) and can_view(campaign_model),
+        )
+
+    def campaign(self, pk: int | None) -> str:
+        if not self.campaigns or pk is None:
+            return ""
+        return reverse(f"{self.site_name}:campaigns_campaign_change", args=[pk])
 
     def message(self, pk: int) -> str:
         if not self.messages:
@@ -642,9 +774,14 @@ class DeliveryRow:
     next_attempt_at: datetime | None
     url: str
     events: list[EventRow] = field(default_factory=list)
+    # What it said, as rendered when it was routed (Delivery.content), masked for staff who
+    # may not see the customer's details.
+    content: list[tuple[str, str]] = field(default_factory=list)
+    html_chars: int = 0
 
     @classmethod
-    def of(cls, delivery: Delivery, links: AdminLinks) -> DeliveryRow:
+    def of(cls, delivery: Delivery, links: AdminLinks, masker: Masker) -> DeliveryRow:
+        stored = delivery.content if isinstance(delivery.content, dict) else {}
         return cls(
             pk=delivery.pk,
             channel=delivery.channel,
@@ -664,6 +801,12 @@ class DeliveryRow:
             next_attempt_at=delivery.next_attempt_at,
             url=links.delivery(delivery.pk),
             events=[EventRow.of(e) for e in delivery.events.all()],
+            content=[
+                (part, masker.text(str(stored[part])))
+                for part in ("subject", "title", "body", "link")
+                if stored.get(part)
+            ],
+            html_chars=len(str(stored.get("html") or "")),
         )
 
 
@@ -681,9 +824,15 @@ class MessageRow:
     url: str
     deliveries: list[DeliveryRow]
     hidden_deliveries: int
+    campaign_url: str = ""
+    sent_on: list[str] = field(default_factory=list)  # channels a resend may use
+    resendable: bool = False
+    resend_token: str = ""
 
     @classmethod
-    def of(cls, message: Message, filters: HistoryFilters, links: AdminLinks) -> MessageRow:
+    def of(
+        cls, message: Message, filters: HistoryFilters, links: AdminLinks, masker: Masker
+    ) -> MessageRow:
         every = list(message.deliveries.all())  # prefetched by user_history()
         shown = [d for d in every if filters.matches(d)]
         return cls(
@@ -697,8 +846,12 @@ class MessageRow:
             idempotency_key=message.idempotency_key or "",
             routed_at=message.routed_at,
             url=links.message(message.pk),
-            deliveries=[DeliveryRow.of(d, links) for d in shown],
+            deliveries=[DeliveryRow.of(d, links, masker) for d in shown],
             hidden_deliveries=len(every) - len(shown),
+            campaign_url=links.campaign(message.campaign_id),
+            sent_on=sorted(d.channel for d in every),
+            resendable=bool(every) and message.variant_id is None and not message.is_test,
+            resend_token=str(uuid.uuid4()),
         )
 
 
@@ -946,29 +1099,138 @@ class DeliveryAdmin(ReadOnlyMixin, admin.ModelAdmin):
         )
 
 
+class FailedAgeFilter(admin.SimpleListFilter):
+    """How long ago the delivery failed for good (its finished_at, indexed for failed rows)."""
+
+    title = "failed"
+    parameter_name = "failed"
+    WINDOWS = {
+        "1h": ("in the last hour", 1),
+        "24h": ("in the last 24 hours", 24),
+        "7d": ("in the last 7 days", 24 * 7),
+    }
+
+    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
+        return [(k, label) for k, (label, _) in self.WINDOWS.items()] + [
+            ("older", "more than 7 days ago")
+        ]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet[Any]) -> QuerySet[Any]:
+        value = self.value()
+        now = timezone.now()
+        if value in self.WINDOWS:
+            return queryset.filter(finished_at__gte=now - timedelta(hours=self.WINDOWS[value][1]))
+        if value == "older":
+            return queryset.filter(finished_at__lt=now - timedelta(days=7))
+        return queryset
+
+
+class FailureReasonFilter(admin.SimpleListFilter):
+    """The reasons dead letters have (a DISTINCT over failed rows, on their partial index), not
+    every reason there is."""
+
+    title = "why"
+    parameter_name = "reason"
+
+    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
+        found = (
+            Delivery.objects.filter(status=S.FAILED)
+            .order_by("reason")
+            .values_list("reason", flat=True)
+            .distinct()
+        )
+        return [(r, reason_label(r) or "(none)") for r in found]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet[Any]) -> QuerySet[Any]:
+        value = self.value()
+        return queryset.filter(reason=value) if value is not None else queryset
+
+
+# A dead-letter row's cells: the last error at most two lines, cut with an ellipsis (the whole
+# of it, up to ERROR_TOOLTIP_CHARS, in the tooltip and on the delivery's own page); a long
+# address breaks anywhere rather than widening its column; the reason wraps in a column wide
+# enough for three lines.
+ERROR_TOOLTIP_CHARS = 1000
+ERROR_CSS = (
+    "display:-webkit-box;-webkit-line-clamp:2;-webkit-box-orient:vertical;overflow:hidden;"
+    "overflow-wrap:anywhere;min-width:8em"
+)
+PERSON_CSS = "display:block;max-width:9em;overflow:hidden;text-overflow:ellipsis;white-space:nowrap"
+REASON_CSS = "display:block;min-width:12em"
+
+
 @admin.register(DeadLetter)
 class DeadLetterAdmin(DeliveryAdmin):
-    """Deliveries that failed for good: why, with the last error, and a way to try again."""
+    """Deliveries that failed for good: why, with the last error, and a way to try again.
+
+    Laid out for a 1440 px screen: seven columns, none a word wide (the error two lines at most,
+    its whole text in the tooltip), and four filters (channel, provider, why, when)."""
 
     list_display = [
         "id",
-        "user",
+        "person",
         "message",
-        "channel",
-        "reason_text",
-        "attempts",
-        "provider",
+        "channel_provider",
+        "failure_reason",
         "error_excerpt",
-        "updated_at",
+        "failed_ago",
     ]
-    list_filter = [ChannelFilter, "reason", "provider"]
+    list_filter = [ChannelFilter, "provider", FailureReasonFilter, FailedAgeFilter]
+    list_display_links = ["id"]
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[Delivery]:
         return super().get_queryset(request).filter(status=S.FAILED)
 
+    def get_list_display(self, request: HttpRequest) -> list[Any]:
+        links = AdminLinks.for_request(request, self.admin_site)
+        return [
+            "message_link" if name == "message" and links.messages else name
+            for name in self.list_display
+        ]
+
+    @admin.display(description="message", ordering="message")
+    def message_link(self, obj: Delivery) -> SafeString:
+        url = reverse(f"{self.admin_site.name}:notifier_message_change", args=[obj.message_id])
+        return format_html(
+            '<a href="{}" style="white-space:nowrap">#{}</a> {}',
+            url,
+            obj.message_id,
+            obj.message.type_id,
+        )
+
+    @admin.display(description="customer", ordering="user")
+    def person(self, obj: Delivery) -> SafeString:
+        name = str(obj.user)
+        return format_html('<span title="{}" style="{}">{}</span>', name, PERSON_CSS, name)
+
+    @admin.display(description="why", ordering="reason")
+    def failure_reason(self, obj: Delivery) -> SafeString:
+        return format_html(
+            '<span style="{}">{}</span>', REASON_CSS, reason_label(obj.reason) or "-"
+        )
+
+    @admin.display(description="via", ordering="channel")
+    def channel_provider(self, obj: Delivery) -> SafeString:
+        return format_html("{}<br>{}", obj.channel, obj.provider or "—")
+
     @admin.display(description="last error")
-    def error_excerpt(self, obj: Delivery) -> str:
-        return obj.last_error[:120] + ("…" if len(obj.last_error) > 120 else "")
+    def error_excerpt(self, obj: Delivery) -> SafeString:
+        error = " ".join(obj.last_error.split())
+        return format_html(
+            '<span class="error-excerpt" title="{}" style="{}">{}</span>',
+            error[:ERROR_TOOLTIP_CHARS],
+            ERROR_CSS,
+            error or "—",
+        )
+
+    @admin.display(description="failed", ordering="finished_at")
+    def failed_ago(self, obj: Delivery) -> SafeString:
+        at = obj.finished_at or obj.updated_at
+        return format_html(
+            '<span title="{}">{} ago</span>',
+            at.isoformat(timespec="seconds"),
+            timesince(at, depth=1),
+        )
 
 
 @admin.register(InboxItem)

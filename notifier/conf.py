@@ -20,6 +20,10 @@ NOTIFIER_DEFAULT_LOCALE = "en"
 # The languages the end users' pages (inbox, preference centre, unsubscribe) are offered in:
 # those Notifier ships translations for, and only those also in the host's LANGUAGES.
 NOTIFIER_PAGE_LANGUAGES = ["en", "zh-hans"]
+# The region (ISO 3166 code, e.g. CN) whose national phone formats staff may type: support's
+# search and contact-point corrections read "138-0013-8000" or "0086 138 ..." as that region's.
+# Empty: only numbers written with their country code ("+86 ...") are understood.
+NOTIFIER_DEFAULT_REGION = ""
 # Modules with more notification types (TypeSpec lists), besides the built-in catalog.
 NOTIFIER_CATALOGS: list[str] = []
 # Message templates found here first, then in the apps' templates/notifications/ (so a host

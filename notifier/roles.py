@@ -21,8 +21,13 @@ exactly the permissions listed here, whatever was added or removed by hand in be
   let a campaign send in customers' quiet hours (its "Send in quiet hours" switch, shown to
   nobody else; the change is logged and approval covers it).
 - **Support** answers "why didn't she get it?": views users (with their full contact details,
-  to find them), their messages, deliveries, inbox, devices, preferences and consent, campaigns
-  and funnels; may retry a failed delivery; changes nothing else.
+  to find them), their messages, deliveries (with what each said), inbox, devices, preferences
+  and consent, campaigns and funnels; may retry a failed delivery, and make the audited fixes
+  of the customer page (`notifier.fix_recipient`: resend a message, correct an email address or
+  phone number, lift a bounce or complaint suppression, add a note; each recorded with who and
+  why); changes nothing else by hand. Staff who view users without `notifier.fix_recipient` see
+  the customer page with no fix buttons, and without `notifier.view_contact_details` with
+  contact points and the customer's name, email and phone masked in what messages said.
 - **Admin**: every permission there is (computed when applied, so new models are included).
 
 Being in a group gives no admin access by itself: the user must also be staff (`is_staff`).
@@ -65,6 +70,8 @@ SUPPORT_VIEWS_NOTIFIER = (
 
 VIEW_CONTACT_DETAILS = "notifier.view_contact_details"
 RETRY_DELIVERY = "notifier.retry_delivery"
+# The customer page's audited fixes: resend, correct a contact point, lift a suppression, note.
+FIX_RECIPIENT = "notifier.fix_recipient"
 # Erasing a person's data, and exporting all of it (GDPR/PIPL): the Admin role only.
 ERASE_RECIPIENT = "notifier.erase_recipient"
 EXPORT_RECIPIENT = "notifier.export_recipient"
@@ -104,14 +111,15 @@ MARKETING_LEAD = Role(
 )
 SUPPORT = Role(
     "Support",
-    "Reads users and their whole delivery history, retries failed deliveries, changes nothing.",
+    "Reads users and their whole delivery history, retries failed deliveries, and makes the "
+    "customer page's audited fixes (resend, correct a contact point, lift a suppression, note).",
     _perms("notifier", ["view"], SUPPORT_VIEWS_NOTIFIER)
     | _perms(
         "campaigns",
         ["view"],
         [m for m in CAMPAIGN_EDITABLE + CAMPAIGN_READ_ONLY if m != "segmentmember"],
     )
-    | {RETRY_DELIVERY, VIEW_CONTACT_DETAILS},
+    | {RETRY_DELIVERY, VIEW_CONTACT_DETAILS, FIX_RECIPIENT},
 )
 ADMIN = Role("Admin", "Everything.", frozenset(), everything=True)
 

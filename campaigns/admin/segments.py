@@ -77,6 +77,7 @@ from campaigns.services.segments import (
     segment_sample,
     spend_tier_of,
 )
+from notifier.masking import mask_email
 from notifier.models import User, recipient_for, recipients_attach
 from notifier.models.users import display_name
 from notifier.roles import VIEW_CONTACT_DETAILS
@@ -283,14 +284,6 @@ def rules_summary(segment: Segment) -> str:
 def may_see_contacts(request: HttpRequest) -> bool:
     """Full email addresses and phone numbers (Support, Admin); everyone else sees them masked."""
     return bool(request.user.has_perm(VIEW_CONTACT_DETAILS))
-
-
-def mask_email(email: str) -> str:
-    """'alice@example.com' -> 'a****@example.com': enough to recognise, not to copy."""
-    local, at, domain = email.partition("@")
-    if not at:
-        return ""
-    return f"{local[:1]}{'*' * max(len(local) - 1, 1)}@{domain}"
 
 
 # --- Approved campaigns a change sends back --------------------------------------------------

@@ -44,6 +44,7 @@ from notifier.models.recipients import (
     recipients_for,
 )
 from notifier.models.routing import RoutingRule
+from notifier.models.support import SupportAction, SupportActionKind
 from notifier.models.types import Kind, NotificationType, Priority
 from notifier.models.users import Device, MarketingFrequency, Platform, User
 
@@ -78,6 +79,8 @@ __all__ = [
     "Recipient",
     "RefusedCall",
     "RoutingRule",
+    "SupportAction",
+    "SupportActionKind",
     "SuppressedAddress",
     "SuppressionReason",
     "Unsubscribe",

@@ -47,6 +47,21 @@ def normalize_phone(value: str, default_region: str | None = None) -> str:
     return phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164)
 
 
+def phone_from_text(text: str, default_region: str = "") -> str | None:
+    """A phone number however people type it ("138-0013-8000", "0086 138 0013 8000",
+    "+86 138 0013 8000", "13800138000" in the default region) in E.164, or None when the text
+    does not read as a valid number."""
+    text = unicodedata.normalize("NFKC", text).strip()
+    if not username_is_contact(text) or "@" in text:
+        return None
+    if not default_region and text.startswith("00"):
+        text = "+" + text[2:]  # the international prefix most of the world dials
+    try:
+        return normalize_phone(text, default_region or None)
+    except ValidationError:
+        return None
+
+
 class MarketingFrequency(models.TextChoices):
     AS_SENT = "as_sent", "As they come (within the site's caps)"
     WEEKLY = "weekly", "At most one a week"

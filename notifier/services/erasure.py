@@ -66,6 +66,7 @@ from notifier.models import (
     ProviderEvent,
     Recipient,
     RefusedCall,
+    SupportAction,
     SuppressedAddress,
     Unsubscribe,
     WebhookEvent,
@@ -259,6 +260,13 @@ CORE_TABLES: tuple[PersonalTable, ...] = (
         delete=True,
         section="consent",
         why="No consent is needed to send nothing; the wording and IP address go with it",
+    ),
+    PersonalTable(
+        "notifier.SupportAction",
+        lambda p: SupportAction.objects.filter(recipient_id=p.recipient_id),
+        delete=True,
+        section="support_actions",
+        why="Support's notes and fixes quote the person's addresses and what they asked",
     ),
     PersonalTable(
         "notifier.FrequencyCounter",

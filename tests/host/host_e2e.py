@@ -108,7 +108,7 @@ def test_the_support_timeline_opens_a_host_user(host_worker):
     support = Client()
     support.force_login(agent)
 
-    page = support.get(f"/admin/notifier/recipient/{sam.notifier_recipient.pk}/history/")
+    page = support.get(f"/admin/notifier/recipient/{sam.notifier_recipient.pk}/customer/")
 
     assert page.status_code == 200
     text = page.content.decode()

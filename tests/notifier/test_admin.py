@@ -99,7 +99,8 @@ def pipeline(monkeypatch, settings):
 
 
 def history_url(user: User) -> str:
-    return reverse("admin:notifier_user_delivery_history", args=[user.pk])
+    """The customer page (the old "Delivery history" URL leads there)."""
+    return reverse("admin:notifier_user_customer", args=[user.pk])
 
 
 def change_url(user: User) -> str:
@@ -150,7 +151,7 @@ def alice(pipeline):
 # --- The Support group ----------------------------------------------------------------------
 
 
-def test_the_support_group_views_everything_and_may_only_retry(support_group):
+def test_the_support_group_views_everything_and_may_only_retry_and_fix(support_group):
     codenames = set(support_group.permissions.values_list("codename", flat=True))
     assert {
         "view_user",
@@ -159,7 +160,10 @@ def test_the_support_group_views_everything_and_may_only_retry(support_group):
         "view_device",
         "view_deadletter",
     } <= codenames
-    assert {c for c in codenames if not c.startswith("view_")} == {"retry_delivery"}
+    assert {c for c in codenames if not c.startswith("view_")} == {
+        "retry_delivery",
+        "fix_recipient",  # the customer page's audited fixes (notifier.services.support)
+    }
 
 
 # --- Finding a user -------------------------------------------------------------------------
@@ -222,7 +226,7 @@ def test_history_shows_contact_points_and_active_devices(support_client):
     assert "hana@example.com" in contact
     assert "+8613600002222" in contact
     assert "Europe/Berlin" in contact
-    active = contact[contact.index("Active push devices") : contact.index("Deactivated")]
+    active = contact[contact.index('id="devices"') : contact.index("Deactivated")]
     assert "…ctive-000042" in active  # the token's tail
     assert "gone-000043" not in active
     assert "provider: token unregistered" in contact[contact.index("Deactivated") :]
@@ -336,9 +340,11 @@ def test_history_makes_a_bounded_number_of_queries(
 
     few, many = user_with(10), user_with(30)
     support_client.get(history_url(few))  # warm up the session and the type cache
-    with django_assert_max_num_queries(12) as ten:
+    # The customer page's sections above the history (consent, preferences, caps,
+    # suppressions, support's fixes) are one query each, whatever the history's length.
+    with django_assert_max_num_queries(16) as ten:
         assert support_client.get(history_url(few)).status_code == 200
-    with django_assert_max_num_queries(12) as thirty:
+    with django_assert_max_num_queries(16) as thirty:
         html = support_client.get(history_url(many)).content.decode()
     assert html.count('class="module message"') == 25
     assert len(thirty) == len(ten)
@@ -350,15 +356,22 @@ def test_staff_without_the_support_group_gets_403_on_history(client, alice):
     assert client.get(history_url(alice)).status_code == 403
 
 
+def test_the_old_history_url_leads_to_the_customer_page(support_client, alice):
+    old = reverse("admin:notifier_user_delivery_history", args=[alice.pk])
+    response = support_client.get(old, {"channel": "sms"})
+    assert response.status_code == 302
+    assert response["Location"] == history_url(alice) + "?channel=sms"
+
+
 def test_an_unknown_user_gives_404_on_history(support_client):
-    url = reverse("admin:notifier_user_delivery_history", args=[999_999_999])
+    url = reverse("admin:notifier_user_customer", args=[999_999_999])
     assert support_client.get(url).status_code == 404
 
 
 def test_the_change_form_links_to_the_history(support_client, alice):
     html = support_client.get(change_url(alice)).content.decode()
     assert f'href="{history_url(alice)}"' in html
-    assert "Open the delivery history" in html
+    assert "Open the customer page" in html
 
 
 def test_the_admin_change_log_stays_reachable(support_client, alice):
@@ -583,3 +596,22 @@ def test_json_typed_in_the_admin_is_a_field_error_not_a_500(super_client, send_a
     errors = " ".join(response.context["adminform"].form.errors["send_all"])
     assert complaint in errors
     assert RoutingRule.objects.count() == before
+
+
+def test_the_dead_letter_list_is_short_and_cuts_long_errors(support_client, failed_email):
+    """Four filters (channel, provider, why, when); the error is one line with the whole of it
+    in its tooltip; the message id links to the message."""
+    long_error = "SMTPRecipientsRefused: " + "mailbox-unavailable-" * 30
+    Delivery.objects.filter(pk=failed_email.pk).update(last_error=long_error)
+    response = support_client.get(reverse("admin:notifier_deadletter_changelist"))
+    assert len(response.context["cl"].filter_specs) == 4
+    body = response.content.decode()
+    assert f'title="{long_error}"' in body
+    message_url = reverse("admin:notifier_message_change", args=[failed_email.message_id])
+    assert f'href="{message_url}"' in body
+    for window in ("1h", "24h", "7d", "older"):
+        listed = support_client.get(
+            reverse("admin:notifier_deadletter_changelist"), {"failed": window}
+        )
+        ids = changelist_ids(listed)
+        assert (failed_email.pk in ids) == (window != "older"), window

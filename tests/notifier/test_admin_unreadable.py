@@ -58,7 +58,7 @@ def customer(monkeypatch):
 
 
 def history(client, user) -> str:
-    response = client.get(reverse("admin:notifier_user_delivery_history", args=[user.pk]))
+    response = client.get(reverse("admin:notifier_user_customer", args=[user.pk]))
     assert response.status_code == 200
     return response.content.decode()
 

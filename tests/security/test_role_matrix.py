@@ -152,8 +152,13 @@ MODELS: dict[type[Model], Access] = {
 # Extra admin URLs from get_urls(): url name -> (method, who may use it). A POST that a person
 # may make is one that would do its work (it may still refuse for a business reason).
 EXTRA_PAGES: dict[str, tuple[str, frozenset[str]]] = {
-    "notifier_user_delivery_history": ("GET", SUPPORT_ADMIN),
+    "notifier_user_customer": ("GET", SUPPORT_ADMIN),
+    # The customer page's fixes (an empty POST is refused as an unknown fix, 400, for them).
+    "notifier_user_customer:POST": ("POST", SUPPORT_ADMIN),
+    "notifier_user_delivery_history": ("GET", SUPPORT_ADMIN),  # leads to the customer page
     "notifier_user_admin_log": ("GET", SUPPORT_ADMIN),
+    "notifier_recipient_customer": ("GET", SUPPORT_ADMIN),
+    "notifier_recipient_customer:POST": ("POST", SUPPORT_ADMIN),
     "notifier_recipient_delivery_history": ("GET", SUPPORT_ADMIN),
     "notifier_recipient_admin_log": ("GET", SUPPORT_ADMIN),
     "auth_user_password_change": ("GET", ADMIN_ONLY),  # Django's own, named "auth_user_..."

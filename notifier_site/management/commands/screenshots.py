@@ -221,14 +221,24 @@ def lead_pages(shooter: Shooter, data: DocsData) -> None:
 
 
 def support_pages(shooter: Shooter, data: DocsData) -> None:
+    """The customer page (top, then a message with what it said), a note on its timeline,
+    and the operators' dead-letter list at 1440 px."""
     page = shooter.login(data.support)
-    shooter.open(page, f"/admin/notifier/user/{data.customer.pk}/history/")
+    shooter.open(page, f"/admin/notifier/user/{data.customer.pk}/customer/")
+    shooter.save(page, "support-customer-page", shows="#consent", max_height=1400)
     shooter.save(
         page,
         "support-delivery-history",
-        shows="#delivery-history table.deliveries",
-        max_height=1600,
+        shows=".said",
+        element="#delivery-history .message:has(.said)",
     )
+    page.click("#fix-note summary")
+    page.fill("#id_note_why", "Ticket 4711: asked why the SMS came late; explained quiet hours")
+    page.click("#fix-note input[type=submit]")
+    shooter.save(page, "support-fix-timeline", shows=".support-action", element="#fixes")
+    page.set_viewport_size({"width": 1440, "height": 900})
+    shooter.open(page, "/admin/notifier/deadletter/")
+    shooter.save(page, "operators-dead-letters", shows="#changelist-filter", full_page=False)
 
 
 def people_pages(shooter: Shooter, data: DocsData) -> None:

@@ -1,0 +1,321 @@
+"""The customer page and the people lists: a phone number found however typed, an email however
+cased; what each message said, masked for staff who may not see contact details; the fixes
+offered only to those who may make them; and no link or button that leads to a 403, for every
+role in notifier/roles.py."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from html.parser import HTMLParser
+from urllib.parse import urljoin
+
+import pytest
+from django.contrib.auth.models import Group, Permission
+from django.test import Client
+from django.urls import reverse
+
+from notifier import dispatch
+from notifier.api import notify
+from notifier.models import (
+    Delivery,
+    SupportAction,
+    SuppressedAddress,
+    SuppressionReason,
+    User,
+    recipient_for,
+)
+from notifier.roles import ROLES, roles_sync
+from notifier.services.deliveries import deliveries_deliver
+from notifier.services.pipeline import messages_prepare
+from notifier.services.preferences import consent_give
+from notifier.services.support import Agent, support_note_add
+from tests.factories import DeviceFactory, UserFactory, order_context
+
+pytestmark = pytest.mark.django_db
+
+VIEWER = "Support viewer"  # view permissions only: a role a site may add besides the four
+
+
+@pytest.fixture
+def customer(monkeypatch) -> User:
+    monkeypatch.setattr(dispatch, "publish_prepare", lambda *a, **k: None)
+    monkeypatch.setattr(dispatch, "publish_deliver", lambda *a, **k: None)
+    user = UserFactory(
+        username="mei",
+        first_name="Meihua",
+        last_name="",
+        email="Mei.Li@Example.com",
+        phone="+8613800138000",
+    )
+    message = notify(user, "order.shipped", order_context(), channels=["inapp", "email"])
+    messages_prepare(message_ids=[message.pk])
+    deliveries_deliver(
+        delivery_ids=list(Delivery.objects.filter(message=message).values_list("pk", flat=True))
+    )
+    consent_give(user_id=user.pk, channel="email", source="signup_form", wording="Yes, offers")
+    DeviceFactory(user=user)
+    SuppressedAddress.objects.create(
+        address="mei.li@example.com",
+        reason=SuppressionReason.COMPLAINED,
+        source="mailgun",
+        at=datetime(2026, 11, 2, tzinfo=UTC),
+    )
+    support_note_add(
+        recipient=recipient_for(user), agent=Agent(user_id=None, name="lee"), why="Called in"
+    )
+    return user
+
+
+def staff(group: str) -> Client:
+    user = UserFactory(username=f"{group.lower().replace(' ', '-')}-{uuid.uuid4().hex[:6]}")
+    user.is_staff = True
+    user.save()
+    user.groups.add(Group.objects.get(name=group))
+    client = Client()
+    client.force_login(user)
+    return client
+
+
+@pytest.fixture
+def clients() -> dict[str, Client]:
+    roles_sync()
+    support = Group.objects.get(name="Support")
+    viewer, _ = Group.objects.get_or_create(name=VIEWER)
+    viewer.permissions.set(
+        support.permissions.exclude(codename__in=["fix_recipient", "retry_delivery"])
+    )
+    return {name: staff(name) for name in [*(role.name for role in ROLES), VIEWER]}
+
+
+def customer_url(user: User) -> str:
+    return reverse("admin:notifier_user_customer", args=[user.pk])
+
+
+# --- Search ---------------------------------------------------------------------------------
+
+TYPED = [
+    "138-0013-8000",
+    "0086 138 0013 8000",
+    "+86 138 0013 8000",
+    "13800138000",
+    "+86 (138) 0013-8000",
+    # Fullwidth digits, as a Chinese input method types them.
+    "\uff11\uff13\uff18\uff10\uff10\uff11\uff13\uff18\uff10\uff10\uff10",
+]
+
+
+@pytest.mark.parametrize("typed", TYPED)
+@pytest.mark.parametrize("changelist", ["notifier_user", "notifier_recipient"])
+def test_a_phone_number_is_found_however_typed(clients, customer, settings, typed, changelist):
+    settings.NOTIFIER_DEFAULT_REGION = "CN"
+    UserFactory(phone="+8613900139000")  # someone else: never found by her number
+    response = clients["Support"].get(reverse(f"admin:{changelist}_changelist"), {"q": typed})
+    found = {getattr(row, "user_id", row.pk) for row in response.context["cl"].result_list}
+    assert found == {customer.pk}
+
+
+def test_without_a_default_region_a_national_number_is_not_guessed(clients, customer, settings):
+    settings.NOTIFIER_DEFAULT_REGION = ""
+    url = reverse("admin:notifier_recipient_changelist")
+    assert not clients["Support"].get(url, {"q": "138-0013-8000"}).context["cl"].result_list
+    found = clients["Support"].get(url, {"q": "0086 138 0013 8000"}).context["cl"].result_list
+    assert [r.user_id for r in found] == [customer.pk]
+
+
+@pytest.mark.parametrize(
+    "typed", ["mei.li@example.com", "MEI.LI@EXAMPLE.COM", "Mei.Li@example.COM"]
+)
+def test_an_email_is_found_however_cased(clients, customer, typed):
+    for changelist in ("notifier_user", "notifier_recipient"):
+        response = clients["Support"].get(reverse(f"admin:{changelist}_changelist"), {"q": typed})
+        found = {getattr(row, "user_id", row.pk) for row in response.context["cl"].result_list}
+        assert found == {customer.pk}, changelist
+
+
+# --- What the page shows --------------------------------------------------------------------
+
+
+def section(html: str, start: str, end: str) -> str:
+    return html[html.index(f'id="{start}"') : html.index(f'id="{end}"')]
+
+
+def test_the_page_shows_every_section_in_order(clients, customer):
+    html = clients["Support"].get(customer_url(customer)).content.decode()
+    order = [
+        "contact-points",
+        "time-and-locale",
+        "consent",
+        "preferences",
+        "caps",
+        "devices",
+        "suppression",
+        "fixes",
+        "history-filters",
+    ]
+    positions = [html.index(f'id="{name}"') for name in order]
+    assert positions == sorted(positions)
+    assert "Mei.Li@Example.com" in section(html, "contact-points", "time-and-locale")
+    consent = section(html, "consent", "preferences")
+    assert "signup_form" in consent and "Yes, offers" in consent
+    assert "Spam complaint" in section(html, "suppression", "fixes")
+    assert "Called in" in section(html, "fixes", "history-filters")
+    assert "their time now" in section(html, "time-and-locale", "consent")
+
+
+def test_the_page_shows_what_each_message_said(clients, customer):
+    html = clients["Support"].get(customer_url(customer)).content.decode()
+    email = Delivery.objects.get(user=customer, channel="email")
+    assert email.content.get("subject")  # stored when it was routed
+    said = html[html.index(f'data-delivery="{email.pk}"') :]
+    assert email.content["subject"] in said[:2000]
+
+
+def test_staff_without_contact_details_see_them_masked_in_what_messages_said(clients, customer):
+    """A viewer of users without notifier.view_contact_details (none of the four roles): the
+    contact points, and the customer's name, email and phone where a message quoted them."""
+    group = Group.objects.create(name="No contact details")
+    group.permissions.set(Permission.objects.filter(codename="view_user"))
+    client = staff(group.name)
+    Delivery.objects.filter(user=customer, channel="email").update(
+        content={"subject": "Hi Meihua", "body": "Mail to Mei.Li@Example.com or 13800138000"}
+    )
+    html = client.get(customer_url(customer)).content.decode()
+    for secret in ("Mei.Li@Example.com", "13800138000", "Meihua", "+8613800138000"):
+        assert secret not in html, secret
+    assert "M*****@Example.com" in html
+    assert "Hi M*****" in html  # the name, masked
+    assert "+86*******8000" in html
+
+
+def test_the_fix_buttons_are_for_those_who_may_fix(clients, customer):
+    for who in ("Support", "Admin"):
+        html = clients[who].get(customer_url(customer)).content.decode()
+        assert 'name="fix" value="resend"' in html, who
+        assert 'name="fix" value="contact"' in html, who
+        assert 'name="fix" value="lift"' in html, who
+        assert 'name="fix" value="note"' in html, who
+    html = clients[VIEWER].get(customer_url(customer)).content.decode()
+    assert 'name="fix"' not in html
+    assert (
+        clients[VIEWER].post(customer_url(customer), {"fix": "note", "why": "x"}).status_code == 403
+    )
+    assert SupportAction.objects.count() == 1
+
+
+def test_a_fix_with_a_bad_value_is_a_form_error_and_changes_nothing(clients, customer):
+    response = clients["Support"].post(
+        customer_url(customer),
+        {
+            "fix": "contact",
+            "token": str(uuid.uuid4()),
+            "field": "email",
+            "value": "nope",
+            "why": "T-1",
+        },
+    )
+    assert response.status_code == 400
+    assert "is not an email address" in response.content.decode()
+    assert recipient_for(User.objects.get(pk=customer.pk)).email == "Mei.Li@Example.com"
+
+
+def test_a_fix_without_a_why_is_a_form_error(clients, customer):
+    response = clients["Support"].post(
+        customer_url(customer),
+        {"fix": "note", "token": str(uuid.uuid4()), "why": ""},
+    )
+    assert response.status_code == 400
+    assert "This field is required" in response.content.decode()
+
+
+def test_a_correction_is_made_and_shown_on_the_timeline(clients, customer):
+    response = clients["Support"].post(
+        customer_url(customer),
+        {
+            "fix": "contact",
+            "token": str(uuid.uuid4()),
+            "field": "email",
+            "value": "mei@example.org",
+            "why": "T-2: typo at signup",
+        },
+        follow=True,
+    )
+    html = response.content.decode()
+    timeline = html[html.index('id="support-timeline"') :]
+    assert "Corrected a contact point" in timeline
+    assert "T-2: typo at signup" in timeline
+    assert "to=mei@example.org" in timeline
+
+
+# --- No button that leads to a 403 ---------------------------------------------------------
+
+
+class Links(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__()
+        self.hrefs: list[str] = []
+        self.forms: list[tuple[str, str]] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        values = dict(attrs)
+        if tag == "a" and values.get("href"):
+            self.hrefs.append(str(values["href"]))
+        if tag == "form":
+            self.forms.append((str(values.get("method") or "get"), str(values.get("action") or "")))
+
+
+def admin_links(html: str, page: str) -> set[str]:
+    """Every admin URL the page links to, resolved as the browser would."""
+    parser = Links()
+    parser.feed(html)
+    found = set()
+    for href in parser.hrefs:
+        if href.startswith(("#", "mailto:", "javascript:")) or "logout" in href:
+            continue
+        url = urljoin(f"http://testserver{page}", href).removeprefix("http://testserver")
+        if url.startswith("/admin/"):
+            found.add(url.split("#")[0])
+    return found
+
+
+@pytest.mark.parametrize("role", [*(role.name for role in ROLES), VIEWER])
+def test_no_link_on_the_people_pages_leads_to_a_403(clients, customer, role):
+    client = clients[role]
+    profile = recipient_for(customer)
+    pages = [
+        customer_url(customer),
+        reverse("admin:notifier_recipient_customer", args=[profile.pk]),
+        reverse("admin:notifier_user_change", args=[customer.pk]),
+        reverse("admin:notifier_recipient_change", args=[profile.pk]),
+    ]
+    index = client.get(reverse("admin:index")).content.decode()
+    opened, followed, denied = 0, 0, []
+    for page in pages:
+        response = client.get(page)
+        if response.status_code == 403:
+            # Not theirs to open; then nothing they can reach links to it.
+            assert reverse("admin:notifier_user_changelist") not in index, role
+            assert reverse("admin:notifier_recipient_changelist") not in index, role
+            continue
+        assert response.status_code == 200, (page, response.status_code)
+        opened += 1
+        for url in sorted(admin_links(response.content.decode(), page)):
+            followed += 1
+            if client.get(url).status_code == 403:
+                denied.append(f"{page} -> {url}")
+    assert not denied, f"{role}: " + "; ".join(denied)
+    if role in ("Support", "Admin", VIEWER):
+        assert opened == 4 and followed > 20
+
+
+def test_the_change_pages_lead_to_the_customer_page(clients, customer):
+    profile = recipient_for(customer)
+    for change, page in (
+        (reverse("admin:notifier_user_change", args=[customer.pk]), customer_url(customer)),
+        (
+            reverse("admin:notifier_recipient_change", args=[profile.pk]),
+            reverse("admin:notifier_recipient_customer", args=[profile.pk]),
+        ),
+    ):
+        html = clients["Support"].get(change).content.decode()
+        assert f'href="{page}" class="historylink">Customer page</a>' in html
