@@ -124,6 +124,7 @@ from campaigns.services.lifecycle import (
 )
 from campaigns.services.previews import (
     campaign_persona,
+    seed_list_masked,
     seed_users,
     unsaved_copy_preview,
     user_by_key,
@@ -970,7 +971,10 @@ class CampaignAdmin(admin.ModelAdmin):
                     ]
                 },
             ),
-            ("Tests", {"fields": ["seed_list"]}),
+            (
+                "Tests",
+                {"fields": ["seed_list_text" if self._seeds_hidden(request, obj) else "seed_list"]},
+            ),
             ("Status", {"fields": STATUS_FIELDS, "classes": ["collapse"]}),
         ]
         return fieldsets
@@ -999,6 +1003,8 @@ class CampaignAdmin(admin.ModelAdmin):
         if obj is None:
             return ["audience"]
         readonly = ["audience", "kind", *STATUS_FIELDS]
+        if self._seeds_hidden(request, obj):
+            readonly.append("seed_list_text")
         if not copy_editable(obj):
             readonly += [*EDIT_FIELDS, "variables_text", "channels_text"]
         return readonly
@@ -1027,6 +1033,23 @@ class CampaignAdmin(admin.ModelAdmin):
                     for name, value in obj.variables.items()
                 ),
             ),
+        )
+
+    @staticmethod
+    def _seeds_hidden(request: HttpRequest, obj: Campaign) -> bool:
+        """A seed list naming people the viewer may not see (customers, put there by someone
+        who may see contact details): shown masked and read-only, so neither the page nor a
+        save echoes their addresses."""
+        if not obj.seed_list.strip() or request.user.has_perm(VIEW_CONTACT_DETAILS):
+            return False
+        return bool(seed_users(obj.seed_list, anyone=False)[1])
+
+    @admin.display(description="Seed list")
+    def seed_list_text(self, obj: Campaign) -> SafeString:
+        return format_html(
+            '<pre class="seed-list">{}</pre><div class="help">It names people whose contact '
+            "details you may not see; whoever put them there can change it.</div>",
+            seed_list_masked(obj.seed_list),
         )
 
     @admin.display(description="Channels")
@@ -1626,9 +1649,8 @@ class CampaignAdmin(admin.ModelAdmin):
     ) -> HttpResponse:
         """The variant to everyone on the seed list, each a test message, recorded."""
         viewer = staff_user(request)
-        seeds, problems = seed_users(
-            campaign.seed_list, anyone=viewer.has_perm(VIEW_CONTACT_DETAILS)
-        )
+        anyone = viewer.has_perm(VIEW_CONTACT_DETAILS)
+        seeds, problems = seed_users(campaign.seed_list, anyone=anyone, mask=not anyone)
         try:
             if problems:
                 raise CampaignError("fix the seed list first: " + "; ".join(problems))

@@ -547,3 +547,35 @@ def test_the_live_preview_says_a_channel_has_no_copy_yet(client, marketer):
     _, data = variant_page_data(client, variant)  # two empty forms, one per channel
     html = live_preview(client, variant, data).content.decode()
     assert html.count("Cannot render: no copy for this channel yet") == 2
+
+
+def test_a_seed_list_naming_customers_is_shown_masked_to_a_marketer_and_kept(
+    client, marketer, published
+):
+    """Someone who may see contact details (an Admin) put customers on the seed list: a marketer
+    sees it masked and read-only (not the addresses as typed), their save keeps it as it is, and
+    a test to it is refused in words that do not quote the addresses either."""
+    campaign = make_campaign(marketer)
+    customer = UserFactory(email="customer.one@example.com", phone="+8613800138000")
+    typed = f"{customer.email}\n+8613800138000\n{customer.pk}"
+    Campaign.objects.filter(pk=campaign.pk).update(seed_list=typed)
+    client.force_login(marketer)
+    page = client.get(url("campaign_change", campaign.pk))
+    html = page.content.decode()
+    for secret in ("customer.one@example.com", "+8613800138000", "13800138000"):
+        assert secret not in html, secret
+    assert "c***********@example.com" in html and "+86*******8000" in html
+    response = client.post(
+        url("campaign_change", campaign.pk), post_data(page, seed_list="", name="Renamed")
+    )
+    assert response.status_code == 302
+    campaign.refresh_from_db()
+    assert (campaign.name, campaign.seed_list) == ("Renamed", typed)
+    response = client.post(
+        url("campaign_test", campaign.pk), {"variant": notice_variant(campaign).pk, "to": "seeds"}
+    )
+    said = " ".join(flash(response))
+    assert "no staff member has it" in said
+    for secret in ("customer.one@example.com", "+8613800138000", "13800138000"):
+        assert secret not in said, secret
+    assert not Message.objects.exists()
