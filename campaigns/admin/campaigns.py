@@ -59,6 +59,7 @@ from django.http import (
 from django.template.response import TemplateResponse
 from django.urls import URLPattern, path, reverse
 from django.utils import timezone
+from django.utils.dateparse import parse_datetime
 from django.utils.html import format_html, format_html_join
 from django.utils.http import urlencode
 from django.utils.safestring import SafeString, mark_safe
@@ -1145,6 +1146,11 @@ class CampaignAdmin(admin.ModelAdmin):
         """From the URL (?segment=, as "Save and create a campaign" sends), and the marketing
         category when the site has only one."""
         initial = super().get_changeform_initial_data(request)
+        if "event_at" in initial:
+            # The split date/time widget takes a datetime, not the address's text (a 500).
+            initial["event_at"] = event_at_from_text(initial["event_at"])
+            if initial["event_at"] is None:
+                del initial["event_at"]
         if "category" not in initial:
             categories = list(
                 NotificationType.objects.filter(kind=Kind.MARKETING).values_list("pk", flat=True)[
@@ -1672,6 +1678,17 @@ class CampaignAdmin(admin.ModelAdmin):
                 "quiet hours, caps and consent, and left out of the funnel.",
             )
         return HttpResponseRedirect(f"{back}#variant-{variant.pk}")
+
+
+def event_at_from_text(text: object) -> datetime | None:
+    """ "2026-12-07 20:00" (in the current time zone) as a datetime, or None."""
+    try:
+        moment = parse_datetime(str(text)[:40])
+    except ValueError:  # well formed but impossible, "2026-13-45 99:00"
+        return None
+    if moment is None:
+        return None
+    return timezone.make_aware(moment) if timezone.is_naive(moment) else moment
 
 
 def back_to_draft_if_awaiting(request: HttpRequest, campaign: Campaign) -> None:

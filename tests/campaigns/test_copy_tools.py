@@ -4,7 +4,7 @@ seed list marked [Test], past steps offered to be dropped, one page for every st
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, time, timedelta
+from datetime import UTC, date, datetime, time, timedelta
 
 import pytest
 import time_machine
@@ -525,6 +525,20 @@ def test_a_new_segment_leads_straight_to_a_new_campaign_for_it(client, marketer)
     assert response["Location"] == url("campaign_add") + f"?segment={segment.pk}"
     page = client.get(response["Location"])
     assert page.context["adminform"].form.initial["segment"] == str(segment.pk)
+
+
+def test_an_event_time_in_the_new_campaigns_address_is_read_or_left_out(client, marketer):
+    """?event_at= in the address (as ?segment= is): a time it reads fills the box, anything
+    else leaves it empty; never a 500 from the split date/time widget given text."""
+    client.force_login(marketer)
+    for value in ["garbage", "\x00", "2026-13-45 99:00", "9" * 300]:
+        page = client.get(url("campaign_add"), {"event_at": value})
+        assert page.status_code == 200, value
+        assert "event_at" not in page.context["adminform"].form.initial
+    page = client.get(url("campaign_add"), {"event_at": "2026-12-07 20:00"})
+    assert page.status_code == 200
+    initial = page.context["adminform"].form.initial["event_at"]
+    assert (initial.date(), initial.hour, initial.minute) == (date(2026, 12, 7), 20, 0)
 
 
 def test_support_cannot_write_copy_or_drop_steps(client, marketer, support):
