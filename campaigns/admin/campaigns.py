@@ -1145,7 +1145,7 @@ class CampaignAdmin(admin.ModelAdmin):
     def get_changeform_initial_data(self, request: HttpRequest) -> dict[str, Any]:
         """From the URL (?segment=, as "Save and create a campaign" sends), and the marketing
         category when the site has only one."""
-        initial = super().get_changeform_initial_data(request)
+        initial: dict[str, Any] = dict(super().get_changeform_initial_data(request))
         if "event_at" in initial:
             # The split date/time widget takes a datetime, not the address's text (a 500).
             initial["event_at"] = event_at_from_text(initial["event_at"])

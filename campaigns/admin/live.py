@@ -106,8 +106,8 @@ class CalendarQuery(forms.Form):
     date = forms.DateField(required=False, input_formats=["%Y-%m-%d"])
     tz = forms.CharField(required=False, max_length=64, label="Time zone")
 
-    def clean_date(self) -> date | None:
-        day: date | None = self.cleaned_data["date"]
+    def clean_date(self) -> Any:  # a date or None ("date" here is the field's name)
+        day = self.cleaned_data["date"]
         # A period drawn around date.min or date.max would overflow (a 500, not an answer).
         if day is not None and not FIRST_YEAR <= day.year <= LAST_YEAR:
             raise forms.ValidationError(f"A day between {FIRST_YEAR} and {LAST_YEAR}.")
