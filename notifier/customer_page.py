@@ -53,7 +53,13 @@ class Masker:
     @classmethod
     def for_person(cls, *, full: bool, user: Any, profile: Recipient) -> Masker:
         emails = {profile.email, str(getattr(user, "email", "") or "")}
-        names = {display_name(user), str(getattr(user, "username", "") or "")}
+        names = {
+            display_name(user),
+            str(getattr(user, "username", "") or ""),
+            # Copy greets by either alone: "Hi {{ user.first_name }}".
+            str(getattr(user, "first_name", "") or ""),
+            str(getattr(user, "last_name", "") or ""),
+        }
         return cls(
             full=full,
             emails=tuple(e for e in emails if e),

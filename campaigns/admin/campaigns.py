@@ -59,6 +59,7 @@ from django.http import (
 from django.template.response import TemplateResponse
 from django.urls import URLPattern, path, reverse
 from django.utils import timezone
+from django.utils.dateparse import parse_datetime
 from django.utils.html import format_html, format_html_join
 from django.utils.http import urlencode
 from django.utils.safestring import SafeString, mark_safe
@@ -124,6 +125,7 @@ from campaigns.services.lifecycle import (
 )
 from campaigns.services.previews import (
     campaign_persona,
+    seed_list_masked,
     seed_users,
     unsaved_copy_preview,
     user_by_key,
@@ -970,7 +972,10 @@ class CampaignAdmin(admin.ModelAdmin):
                     ]
                 },
             ),
-            ("Tests", {"fields": ["seed_list"]}),
+            (
+                "Tests",
+                {"fields": ["seed_list_text" if self._seeds_hidden(request, obj) else "seed_list"]},
+            ),
             ("Status", {"fields": STATUS_FIELDS, "classes": ["collapse"]}),
         ]
         return fieldsets
@@ -999,6 +1004,8 @@ class CampaignAdmin(admin.ModelAdmin):
         if obj is None:
             return ["audience"]
         readonly = ["audience", "kind", *STATUS_FIELDS]
+        if self._seeds_hidden(request, obj):
+            readonly.append("seed_list_text")
         if not copy_editable(obj):
             readonly += [*EDIT_FIELDS, "variables_text", "channels_text"]
         return readonly
@@ -1027,6 +1034,23 @@ class CampaignAdmin(admin.ModelAdmin):
                     for name, value in obj.variables.items()
                 ),
             ),
+        )
+
+    @staticmethod
+    def _seeds_hidden(request: HttpRequest, obj: Campaign) -> bool:
+        """A seed list naming people the viewer may not see (customers, put there by someone
+        who may see contact details): shown masked and read-only, so neither the page nor a
+        save echoes their addresses."""
+        if not obj.seed_list.strip() or request.user.has_perm(VIEW_CONTACT_DETAILS):
+            return False
+        return bool(seed_users(obj.seed_list, anyone=False)[1])
+
+    @admin.display(description="Seed list")
+    def seed_list_text(self, obj: Campaign) -> SafeString:
+        return format_html(
+            '<pre class="seed-list">{}</pre><div class="help">It names people whose contact '
+            "details you may not see; whoever put them there can change it.</div>",
+            seed_list_masked(obj.seed_list),
         )
 
     @admin.display(description="Channels")
@@ -1121,7 +1145,12 @@ class CampaignAdmin(admin.ModelAdmin):
     def get_changeform_initial_data(self, request: HttpRequest) -> dict[str, Any]:
         """From the URL (?segment=, as "Save and create a campaign" sends), and the marketing
         category when the site has only one."""
-        initial = super().get_changeform_initial_data(request)
+        initial: dict[str, Any] = dict(super().get_changeform_initial_data(request))
+        if "event_at" in initial:
+            # The split date/time widget takes a datetime, not the address's text (a 500).
+            initial["event_at"] = event_at_from_text(initial["event_at"])
+            if initial["event_at"] is None:
+                del initial["event_at"]
         if "category" not in initial:
             categories = list(
                 NotificationType.objects.filter(kind=Kind.MARKETING).values_list("pk", flat=True)[
@@ -1626,9 +1655,8 @@ class CampaignAdmin(admin.ModelAdmin):
     ) -> HttpResponse:
         """The variant to everyone on the seed list, each a test message, recorded."""
         viewer = staff_user(request)
-        seeds, problems = seed_users(
-            campaign.seed_list, anyone=viewer.has_perm(VIEW_CONTACT_DETAILS)
-        )
+        anyone = viewer.has_perm(VIEW_CONTACT_DETAILS)
+        seeds, problems = seed_users(campaign.seed_list, anyone=anyone, mask=not anyone)
         try:
             if problems:
                 raise CampaignError("fix the seed list first: " + "; ".join(problems))
@@ -1650,6 +1678,17 @@ class CampaignAdmin(admin.ModelAdmin):
                 "quiet hours, caps and consent, and left out of the funnel.",
             )
         return HttpResponseRedirect(f"{back}#variant-{variant.pk}")
+
+
+def event_at_from_text(text: object) -> datetime | None:
+    """ "2026-12-07 20:00" (in the current time zone) as a datetime, or None."""
+    try:
+        moment = parse_datetime(str(text)[:40])
+    except ValueError:  # well formed but impossible, "2026-13-45 99:00"
+        return None
+    if moment is None:
+        return None
+    return timezone.make_aware(moment) if timezone.is_naive(moment) else moment
 
 
 def back_to_draft_if_awaiting(request: HttpRequest, campaign: Campaign) -> None:

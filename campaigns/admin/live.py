@@ -43,6 +43,7 @@ from notifier.models import Recipient
 CALENDAR_TEMPLATE = "admin/campaigns/campaign/calendar.html"
 SESSION_ZONE = "campaigns_calendar_time_zone"
 VIEWS = (("month", "Month"), ("week", "Week"))
+FIRST_YEAR, LAST_YEAR = 1970, 2999  # the calendar's ends
 
 
 def _url_name(model_admin: admin.ModelAdmin[Any], suffix: str) -> str:
@@ -104,6 +105,13 @@ class CalendarQuery(forms.Form):
     view = forms.ChoiceField(choices=VIEWS, required=False)
     date = forms.DateField(required=False, input_formats=["%Y-%m-%d"])
     tz = forms.CharField(required=False, max_length=64, label="Time zone")
+
+    def clean_date(self) -> Any:  # a date or None ("date" here is the field's name)
+        day = self.cleaned_data["date"]
+        # A period drawn around date.min or date.max would overflow (a 500, not an answer).
+        if day is not None and not FIRST_YEAR <= day.year <= LAST_YEAR:
+            raise forms.ValidationError(f"A day between {FIRST_YEAR} and {LAST_YEAR}.")
+        return day
 
     def clean_tz(self) -> str:
         name: str = self.cleaned_data["tz"].strip()

@@ -51,6 +51,7 @@ from campaigns.services.lifecycle import (
 )
 from channels.base import Channel, Content
 from notifier.links import preferences_url, unsubscribe_url
+from notifier.masking import mask_email, mask_phone
 from notifier.models import Message, User, recipient_for
 from notifier.models.users import normalize_phone
 from notifier.queues import Lane
@@ -268,11 +269,26 @@ def variant_send_test(*, variant: StepVariant, to_user: User) -> Message:
     return messages_create(rows=[row]).messages[0]
 
 
-def seed_users(text: str, *, anyone: bool) -> tuple[list[User], list[str]]:
+def seed_entry_masked(entry: str) -> str:
+    """A seed list's line as shown to staff who may not see contact details: an email address
+    or a phone number masked, an id as it is."""
+    if "@" in entry:
+        return mask_email(entry)
+    if entry.startswith("+"):
+        return mask_phone(entry)
+    return entry
+
+
+def seed_list_masked(text: str) -> str:
+    return "\n".join(seed_entry_masked(line.strip()) for line in text.splitlines() if line.strip())
+
+
+def seed_users(text: str, *, anyone: bool, mask: bool = False) -> tuple[list[User], list[str]]:
     """The people of a seed list (one email, phone number or id a line) and, in words, the
     lines that name nobody it may hold. Without `anyone` (permission to see customers' contact
     details) only staff may be seeds, and a line naming a customer reads like one naming
-    nobody: the list is no way to learn who has an account."""
+    nobody: the list is no way to learn who has an account. `mask`: quote the lines masked (a
+    list someone else wrote, with addresses its reader may not see)."""
     users: list[User] = []
     problems: list[str] = []
     seen: set[Any] = set()
@@ -288,7 +304,8 @@ def seed_users(text: str, *, anyone: bool) -> tuple[list[User], list[str]]:
         if user is not None and not anyone and not getattr(user, "is_staff", False):
             user, problem = None, ""
         if user is None:
-            problems.append(f"“{entry[:80]}”: " + (problem if anyone else "no staff member has it"))
+            shown = seed_entry_masked(entry) if mask else entry
+            problems.append(f"“{shown[:80]}”: " + (problem if anyone else "no staff member has it"))
         elif user.pk not in seen:
             seen.add(user.pk)
             users.append(user)

@@ -113,7 +113,10 @@ class DeliverReport:
     fallbacks: int = 0
     retries: list[tuple[int, float]] = field(default_factory=list)
     deferred: list[int] = field(default_factory=list)  # rate-limited or circuit open
-    deferred_for_s: float = 0.0
+    deferred_for_s: float = 0.0  # the last wait set
+    # Each deferred delivery's own wait: a batch can hold deliveries deferred for different
+    # waits (a campaign's send rate, then a provider's limit), each published for when it is due.
+    deferred_waits: dict[int, float] = field(default_factory=dict)
     failed_ids: list[int] = field(default_factory=list)
 
 
@@ -697,6 +700,7 @@ def _defer(deliveries: list[Claimed], wait_s: float, reason: str, report: Delive
     )
     report.deferred += [d.pk for d in deliveries]
     report.deferred_for_s = wait_s
+    report.deferred_waits.update((d.pk, wait_s) for d in deliveries)
 
 
 CAMPAIGN_BUCKET = "campaign:{}"  # a campaign's own send rate, in the providers' buckets
@@ -765,12 +769,15 @@ def deliveries_deliver(*, delivery_ids: Sequence[int]) -> DeliverReport:
         lane, channel = lanes[delivery_id]
         dispatch.publish_deliver([delivery_id], lane, channel, countdown=delay)
     if report.deferred:
-        # One task for the batch, after the shortest wait any provider named.
-        by_lane: dict[tuple[Lane, Channel], list[int]] = defaultdict(list)
+        # One task per lane, channel and wait: each deferred delivery comes back when it is
+        # due (its next_attempt_at), not before (unclaimable, it would sit until the stuck-work
+        # sweep) nor after (for another campaign's or provider's longer wait).
+        by_wait: dict[tuple[Lane, Channel, float], list[int]] = defaultdict(list)
         for delivery_id in report.deferred:
-            by_lane[lanes[delivery_id]].append(delivery_id)
-        for (lane, channel), ids in by_lane.items():
-            dispatch.publish_deliver(ids, lane, channel, countdown=report.deferred_for_s)
+            wait_s = report.deferred_waits.get(delivery_id, report.deferred_for_s)
+            by_wait[(*lanes[delivery_id], wait_s)].append(delivery_id)
+        for (lane, channel, wait_s), ids in by_wait.items():
+            dispatch.publish_deliver(ids, lane, channel, countdown=wait_s)
     if report.failed_ids:
         # A channel that cannot reach the user hands over to the next in the message's chain.
         report.fallbacks = len(deliveries_fall_back(failed_ids=report.failed_ids))

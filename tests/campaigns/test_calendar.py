@@ -210,6 +210,9 @@ def test_the_zone_picked_is_remembered_then_the_profiles_then_the_sites(
         ({"date": "2026-13-01"}, "date: Enter a valid date."),
         ({"tz": "Mars/Olympus"}, "'Mars/Olympus' is not a time zone"),
         ({"view": "year"}, "view: Select a valid choice."),
+        # The ends of the calendar: a month or week drawn around them would overflow.
+        ({"date": "9999-12-31"}, "date: A day between 1970 and 2999"),
+        ({"date": "0001-01-01", "view": "week"}, "date: A day between 1970 and 2999"),
     ],
 )
 def test_a_bad_address_is_a_400_saying_what_is_wrong(client, roles, params, says):

@@ -4,7 +4,7 @@ seed list marked [Test], past steps offered to be dropped, one page for every st
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, time, timedelta
+from datetime import UTC, date, datetime, time, timedelta
 
 import pytest
 import time_machine
@@ -527,6 +527,20 @@ def test_a_new_segment_leads_straight_to_a_new_campaign_for_it(client, marketer)
     assert page.context["adminform"].form.initial["segment"] == str(segment.pk)
 
 
+def test_an_event_time_in_the_new_campaigns_address_is_read_or_left_out(client, marketer):
+    """?event_at= in the address (as ?segment= is): a time it reads fills the box, anything
+    else leaves it empty; never a 500 from the split date/time widget given text."""
+    client.force_login(marketer)
+    for value in ["garbage", "\x00", "2026-13-45 99:00", "9" * 300]:
+        page = client.get(url("campaign_add"), {"event_at": value})
+        assert page.status_code == 200, value
+        assert "event_at" not in page.context["adminform"].form.initial
+    page = client.get(url("campaign_add"), {"event_at": "2026-12-07 20:00"})
+    assert page.status_code == 200
+    initial = page.context["adminform"].form.initial["event_at"]
+    assert (initial.date(), initial.hour, initial.minute) == (date(2026, 12, 7), 20, 0)
+
+
 def test_support_cannot_write_copy_or_drop_steps(client, marketer, support):
     campaign = make_campaign(marketer)
     step = campaign.steps.first()
@@ -547,3 +561,35 @@ def test_the_live_preview_says_a_channel_has_no_copy_yet(client, marketer):
     _, data = variant_page_data(client, variant)  # two empty forms, one per channel
     html = live_preview(client, variant, data).content.decode()
     assert html.count("Cannot render: no copy for this channel yet") == 2
+
+
+def test_a_seed_list_naming_customers_is_shown_masked_to_a_marketer_and_kept(
+    client, marketer, published
+):
+    """Someone who may see contact details (an Admin) put customers on the seed list: a marketer
+    sees it masked and read-only (not the addresses as typed), their save keeps it as it is, and
+    a test to it is refused in words that do not quote the addresses either."""
+    campaign = make_campaign(marketer)
+    customer = UserFactory(email="customer.one@example.com", phone="+8613800138000")
+    typed = f"{customer.email}\n+8613800138000\n{customer.pk}"
+    Campaign.objects.filter(pk=campaign.pk).update(seed_list=typed)
+    client.force_login(marketer)
+    page = client.get(url("campaign_change", campaign.pk))
+    html = page.content.decode()
+    for secret in ("customer.one@example.com", "+8613800138000", "13800138000"):
+        assert secret not in html, secret
+    assert "c***********@example.com" in html and "+86*******8000" in html
+    response = client.post(
+        url("campaign_change", campaign.pk), post_data(page, seed_list="", name="Renamed")
+    )
+    assert response.status_code == 302
+    campaign.refresh_from_db()
+    assert (campaign.name, campaign.seed_list) == ("Renamed", typed)
+    response = client.post(
+        url("campaign_test", campaign.pk), {"variant": notice_variant(campaign).pk, "to": "seeds"}
+    )
+    said = " ".join(flash(response))
+    assert "no staff member has it" in said
+    for secret in ("customer.one@example.com", "+8613800138000", "13800138000"):
+        assert secret not in said, secret
+    assert not Message.objects.exists()

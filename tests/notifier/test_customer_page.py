@@ -188,6 +188,23 @@ def test_staff_without_contact_details_see_them_masked_in_what_messages_said(cli
     assert "+86*******8000" in html
 
 
+def test_the_first_name_alone_and_an_address_in_another_case_are_masked_too(clients, customer):
+    """Copy greets by first name ("Hi {{ user.first_name }}") and may write the address in
+    another case: masked all the same for staff without notifier.view_contact_details."""
+    type(customer).objects.filter(pk=customer.pk).update(first_name="Meihua", last_name="Lin")
+    customer.refresh_from_db()
+    group = Group.objects.create(name="No contact details")
+    group.permissions.set(Permission.objects.filter(codename="view_user"))
+    client = staff(group.name)
+    Delivery.objects.filter(user=customer, channel="email").update(
+        content={"subject": "Hi Meihua", "body": "Dear Ms Lin, mail to MEI.LI@EXAMPLE.COM"}
+    )
+    html = client.get(customer_url(customer)).content.decode()
+    for secret in ("Meihua", "Lin,", "MEI.LI@EXAMPLE.COM", "Mei.Li@Example.com"):
+        assert secret not in html, secret
+    assert "Hi M*****" in html
+
+
 def test_the_fix_buttons_are_for_those_who_may_fix(clients, customer):
     for who in ("Support", "Admin"):
         html = clients[who].get(customer_url(customer)).content.decode()

@@ -378,6 +378,31 @@ def test_send_test_answers_alike_for_a_customers_address_and_an_unknown_one(worl
     assert not found, f"{who}: send test tells {found}"
 
 
+@pytest.mark.parametrize("who", MARKETERS)
+def test_the_live_preview_box_answers_alike_for_a_customers_address_and_an_unknown_one(world, who):
+    """The variant editor's live preview takes the same box as the preview page."""
+    client = world.clients[who]
+    variant = world.golf_campaign.steps.get().variants.get()
+    url = reverse("admin:campaigns_stepvariant_live_preview", args=[variant.pk])
+    found = differences(lambda q: client.post(url, {"preview_user": q}), PAIRS)
+    assert not found, f"{who}: the live preview tells {found}"
+
+
+@pytest.mark.parametrize("who", MARKETERS)
+def test_the_seed_list_answers_alike_for_a_customers_address_and_an_unknown_one(world, who):
+    """Only staff may be seeds for a marketer: a customer's address reads like nobody's."""
+    client = world.clients[who]
+    url = reverse("admin:campaigns_campaign_change", args=[world.campaign.pk])
+
+    def seeds(query: str) -> str:
+        response = client.post(url, {"name": world.campaign.name, "seed_list": query})
+        form = response.context["adminform"].form if response.context else None
+        return str(form.errors.get("seed_list")).replace(query, "«query»") if form else ""
+
+    assert "no staff member has it" in seeds(EMAIL)
+    assert all(seeds(real) == seeds(unknown) for real, unknown in PAIRS)
+
+
 # --- The CSV import -----------------------------------------------------------------------------
 
 

@@ -6,9 +6,11 @@ from __future__ import annotations
 from collections import Counter
 
 import pytest
+from django.utils import timezone
 
 from campaigns.models import Campaign
-from notifier.models import Delivery
+from notifier import dispatch
+from notifier.models import Delivery, Message
 from notifier.provider_limits import take
 from notifier.services.deliveries import CAMPAIGN_BUCKET, campaign_rate, deliveries_deliver
 from notifier.status import DeliveryStatus
@@ -77,3 +79,29 @@ def test_another_campaigns_rate_is_not_this_ones(marketer, lead, published):
     assert take(CAMPAIGN_BUCKET.format(other.pk), campaign_rate(1)).granted == 1
     report = deliveries_deliver(delivery_ids=ids)
     assert report.sent == 1
+
+
+def test_each_deferred_delivery_is_published_for_its_own_wait(
+    marketer, lead, published, monkeypatch
+):
+    """Two campaigns with different rates in one batch: each campaign's deferred deliveries are
+    published for when they are due (next_attempt_at), not all for the last wait computed.
+    Published too early they are not claimable yet and sit until the stuck-work sweep; too late,
+    the faster campaign waits a minute for nothing."""
+    _, ids = fanned_out(marketer, lead, published, rate=1)
+    faster = Campaign.objects.create(name="Faster", send_rate_per_minute=60)
+    moved = Delivery.objects.filter(pk__in=ids[4:]).values_list("message_id", flat=True)
+    Message.objects.filter(pk__in=list(moved)).update(campaign=faster)
+    countdowns: dict[int, float] = {}
+
+    def publish(delivery_ids, lane, channel, countdown=0.0):
+        countdowns.update(dict.fromkeys(delivery_ids, countdown))
+
+    monkeypatch.setattr(dispatch, "publish_deliver", publish)
+    started = timezone.now()
+    report = deliveries_deliver(delivery_ids=ids)
+    assert (report.sent, len(report.deferred)) == (2, 6)
+    assert set(countdowns) == set(report.deferred)
+    for delivery in Delivery.objects.filter(pk__in=report.deferred):
+        due_in = (delivery.next_attempt_at - started).total_seconds()
+        assert abs(countdowns[delivery.pk] - due_in) < 1.5, (delivery.pk, countdowns, due_in)
