@@ -157,6 +157,26 @@ def check_site_url(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]
 
 
 @register()
+def check_default_region(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
+    """NOTIFIER_DEFAULT_REGION names a region whose national phone formats phonenumbers knows;
+    a typo would otherwise make support's search quietly ignore every national number."""
+    import phonenumbers
+    from django.conf import settings
+
+    region = settings.NOTIFIER_DEFAULT_REGION
+    if not region or region in phonenumbers.SUPPORTED_REGIONS:
+        return []
+    return [
+        Error(
+            f"NOTIFIER_DEFAULT_REGION is {region!r}, which is not a region code phonenumbers knows",
+            hint="an ISO 3166 code in capitals (CN, US, GB), or empty for numbers written "
+            "with their country code only",
+            id="notifier.E021",
+        )
+    ]
+
+
+@register()
 def check_public_rate_limits(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
     """NOTIFIER_PUBLIC_RATE_LIMITS and NOTIFIER_TRUSTED_PROXIES parse (else the first request
     would be the one to find out)."""

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 from django.core.management import call_command
 
-from notifier.operations.checks import check_site_url, site_url_problem
+from notifier.operations.checks import check_default_region, check_site_url, site_url_problem
 
 
 def ids() -> list[str]:
@@ -75,3 +75,17 @@ def test_manage_py_check_shows_it(production, capsys):
     production.NOTIFIER_SITE_URL = "http://localhost:8000"
     call_command("check")
     assert "notifier.W020" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("region", ["cn", "CHN", "XX", "China"])
+def test_a_default_region_phonenumbers_does_not_know_is_an_error(settings, region):
+    settings.NOTIFIER_DEFAULT_REGION = region
+    (error,) = check_default_region()
+    assert error.id == "notifier.E021"
+    assert repr(region) in error.msg
+
+
+@pytest.mark.parametrize("region", ["", "CN", "US", "GB"])
+def test_a_known_default_region_or_none_passes(settings, region):
+    settings.NOTIFIER_DEFAULT_REGION = region
+    assert check_default_region() == []
