@@ -31,6 +31,7 @@ from __future__ import annotations
 import json
 import keyword
 import re
+import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -1531,6 +1532,7 @@ class CampaignAdmin(admin.ModelAdmin):
             "change_url": self._url("change", campaign.pk),
             "send_test_url": self._url("test", campaign.pk),
             "may_send_test": self.has_change_permission(request, campaign),
+            "click": uuid.uuid4(),  # names each send-test form's click: a double submit sends once
             "seed_count": len(
                 seed_users(campaign.seed_list, anyone=viewer.has_perm(VIEW_CONTACT_DETAILS))[0]
             ),
@@ -1634,10 +1636,12 @@ class CampaignAdmin(admin.ModelAdmin):
             user_key_from_text(query) is not None or request.user.has_perm(VIEW_CONTACT_DETAILS)
         ):
             back += "?" + urlencode({"user": query})
-        if request.POST.get("to") == "seeds":
-            return self._send_test_to_seeds(request, campaign, variant, back)
+        click = form_click(request.POST.get("click", ""))
+        if request.POST.get("to") == "seeds":  # the same page's other button: another click
+            seeds_click = uuid.uuid5(click, "seeds") if click is not None else None
+            return self._send_test_to_seeds(request, campaign, variant, back, seeds_click)
         try:
-            message = variant_send_test(variant=variant, to_user=staff_user(request))
+            message = variant_send_test(variant=variant, to_user=staff_user(request), click=click)
         except CampaignError as exc:
             messages.error(request, capfirst(str(exc)))
         else:
@@ -1651,7 +1655,12 @@ class CampaignAdmin(admin.ModelAdmin):
         return HttpResponseRedirect(f"{back}#variant-{variant.pk}")
 
     def _send_test_to_seeds(
-        self, request: HttpRequest, campaign: Campaign, variant: StepVariant, back: str
+        self,
+        request: HttpRequest,
+        campaign: Campaign,
+        variant: StepVariant,
+        back: str,
+        click: uuid.UUID | None,
     ) -> HttpResponse:
         """The variant to everyone on the seed list, each a test message, recorded."""
         viewer = staff_user(request)
@@ -1660,7 +1669,7 @@ class CampaignAdmin(admin.ModelAdmin):
         try:
             if problems:
                 raise CampaignError("fix the seed list first: " + "; ".join(problems))
-            sent = variant_send_test_to_seeds(variant=variant, seeds=seeds)
+            sent = variant_send_test_to_seeds(variant=variant, seeds=seeds, click=click)
         except CampaignError as exc:
             messages.error(request, capfirst(str(exc)))
         else:
@@ -1709,6 +1718,15 @@ def back_to_draft_if_awaiting(request: HttpRequest, campaign: Campaign) -> None:
 # `{{ x|localdate:"%d" }}`: Django's way of giving a filter its argument, which Jinja reads as a
 # syntax error.
 DJANGO_FILTER_ARGUMENT = re.compile(r"\|\s*[A-Za-z_]\w*\s*:")
+
+
+def form_click(text: str) -> uuid.UUID | None:
+    """The click a test-send form names (a UUID written into the page), so a form submitted
+    twice sends once; None for anything else (each such post is a click of its own)."""
+    try:
+        return uuid.UUID(text[:64])
+    except ValueError:
+        return None
 
 
 def syntax_hint(source: str) -> str:

@@ -232,11 +232,15 @@ def variant_personas(variant: StepVariant) -> list[str]:
     return [key for key, _ in PERSONA_CHOICES if key in written]
 
 
-def variant_send_test(*, variant: StepVariant, to_user: User) -> Message:
+def variant_send_test(
+    *, variant: StepVariant, to_user: User, click: uuid.UUID | None = None
+) -> Message:
     """Send one variant to `to_user` now, as a test message through the whole pipeline.
 
-    Every click is a new message (its own idempotency key). Raises CampaignError when the
-    campaign has no category or the variant's copy is incomplete or invalid.
+    Every click is a new message: `click` names it (the form's token), so the same click
+    submitted twice sends once; without one, each call is a click of its own. Raises
+    CampaignError when the campaign has no category or the variant's copy is incomplete or
+    invalid.
     """
     campaign = variant.step.campaign
     if campaign.category_id is None:
@@ -259,7 +263,7 @@ def variant_send_test(*, variant: StepVariant, to_user: User) -> Message:
         # of receipts and password resets. Routing lets it past backpressure, caps and quiet
         # hours either way.
         lane=Lane.BULK,
-        idempotency_key=f"campaign-test:{variant.pk}:{to_user.pk}:{uuid.uuid4().hex}",
+        idempotency_key=f"campaign-test:{variant.pk}:{to_user.pk}:{(click or uuid.uuid4()).hex}",
         priority=campaign.priority,
         campaign_id=campaign.pk,
         step_id=variant.step_id,
@@ -347,9 +351,12 @@ def user_by_key(query: str) -> User:
     return found[0]
 
 
-def variant_send_test_to_seeds(*, variant: StepVariant, seeds: list[User]) -> list[Message]:
+def variant_send_test_to_seeds(
+    *, variant: StepVariant, seeds: list[User], click: uuid.UUID | None = None
+) -> list[Message]:
     """ "Send test to seed list": the variant to every seed, each a test message (marked
-    "[Test] ", past quiet hours and caps, out of the funnel: `variant_send_test`)."""
+    "[Test] ", past quiet hours and caps, out of the funnel: `variant_send_test`), once per
+    `click`."""
     if not seeds:
         raise CampaignError("the campaign's seed list is empty: add staff to it first")
-    return [variant_send_test(variant=variant, to_user=seed) for seed in seeds]
+    return [variant_send_test(variant=variant, to_user=seed, click=click) for seed in seeds]

@@ -4,6 +4,7 @@ seed list marked [Test], past steps offered to be dropped, one page for every st
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, date, datetime, time, timedelta
 
 import pytest
@@ -363,6 +364,32 @@ def test_send_test_to_seed_list_marks_it_and_keeps_it_out_of_the_funnel(
     stats_rollup(campaign_ids=[campaign.pk])
     row = campaign.stats.filter(scope=CAMPAIGN_SCOPE).first()
     assert row is None or row.data["recipients"]["targeted"] == 0
+
+
+def test_a_test_send_form_submitted_twice_sends_once_and_the_other_button_is_another_click(
+    client, marketer, published
+):
+    """The preview page names each click (a hidden UUID): a double click on "Send test to seed
+    list" sends once per seed, and "Send test to me" on the same page is a click of its own."""
+    campaign = make_campaign(marketer)
+    colleague = staff_member("Marketer", "colleague")
+    Campaign.objects.filter(pk=campaign.pk).update(seed_list=f"{colleague.pk}\n{marketer.pk}")
+    variant = notice_variant(campaign)
+    client.force_login(marketer)
+    page = client.get(url("campaign_preview", campaign.pk)).content.decode()
+    (click,) = set(re.findall(r'name="click" value="([0-9a-f-]{36})"', page))
+    form = {"variant": variant.pk, "click": click}
+    for _ in range(2):
+        client.post(url("campaign_test", campaign.pk), {**form, "to": "seeds"})
+    assert sorted(
+        Message.objects.filter(campaign=campaign).values_list("user_id", flat=True)
+    ) == sorted([marketer.pk, colleague.pk])
+    for _ in range(2):
+        client.post(url("campaign_test", campaign.pk), form)
+    assert Message.objects.filter(campaign=campaign, user=marketer).count() == 2
+    # A post without a click (or with a bad one) is a click of its own each time.
+    client.post(url("campaign_test", campaign.pk), {**form, "click": "not-a-uuid"})
+    assert Message.objects.filter(campaign=campaign, user=marketer).count() == 3
 
 
 def test_an_empty_seed_list_sends_nothing_and_says_so(client, marketer, published):
