@@ -120,9 +120,16 @@ def format_problem(fmt: Any) -> str | None:
 
 
 def as_moment(value: Any, zone: ZoneInfo) -> datetime | date:
-    """The value as a datetime in `zone`, or a date; FormatError when it is neither."""
+    """The value as a datetime in `zone`, or a date; FormatError when it is neither, or when
+    it is a moment so near year 1 or 9999 that the reader's clock would fall off the calendar."""
     if isinstance(value, datetime):
-        return value.astimezone(zone) if value.tzinfo else value.replace(tzinfo=zone)
+        try:
+            return value.astimezone(zone) if value.tzinfo else value.replace(tzinfo=zone)
+        except (OverflowError, ValueError):
+            raise FormatError(
+                f"{value.isoformat()} is too close to year 1 or 9999 to show in the "
+                "customer's time zone"
+            ) from None
     if isinstance(value, date):
         return value
     if isinstance(value, str) and 0 < len(value) <= 40:

@@ -78,6 +78,15 @@ def test_what_is_not_a_date_is_said_in_words(value):
         local_text(value, kind="date", locale="en", time_zone="UTC")
 
 
+@pytest.mark.parametrize(
+    ("value", "zone"),
+    [("0001-01-01T00:00+14:00", "UTC"), ("9999-12-31T23:00+00:00", "Asia/Shanghai")],
+)
+def test_a_moment_at_the_end_of_the_calendar_is_said_in_words(value, zone):
+    with pytest.raises(FormatError, match="too close to year 1 or 9999"):
+        local_text(value, kind="datetime", locale="en", time_zone=zone)
+
+
 def test_a_day_has_no_time_of_day():
     assert local_text(date(2026, 12, 7), kind="date", locale="en", time_zone="UTC") == (
         "Monday 7 December"
