@@ -96,11 +96,12 @@ bench: install services
 
 ## The README's admin screenshots, taken by headless Chromium on a throwaway database.
 DOCS_DB ?= notifier_docs
+DOCS_REDIS_DB ?= 13
 screenshots: install services chromium
 	dropdb --if-exists -h $(PGHOST) -p $(PGPORT) -U postgres $(DOCS_DB)
 	createdb -h $(PGHOST) -p $(PGPORT) -U postgres $(DOCS_DB)
 	env -u CELERY_BROKER_URL DATABASE_URL=postgres://postgres@$(PGHOST):$(PGPORT)/$(DOCS_DB) \
-		REDIS_URL=redis://$(REDIS_HOST):$(REDIS_PORT)/13 $(BIN)/python manage.py screenshots
+		REDIS_URL=redis://$(REDIS_HOST):$(REDIS_PORT)/$(DOCS_REDIS_DB) $(BIN)/python manage.py screenshots
 
 ## Debian's Chromium for Playwright (never Playwright's own browser download).
 chromium:

@@ -13,10 +13,12 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 from datetime import time as dt_time
 from decimal import Decimal
 from typing import Any
+from unittest import mock
+from zoneinfo import ZoneInfo
 
 from django.contrib.auth.models import Group
 from django.db.models import Min
@@ -26,6 +28,7 @@ from campaigns.api import track_conversion
 from campaigns.models import (
     Campaign,
     CampaignStep,
+    FanoutBatch,
     Holdout,
     Segment,
     StepTiming,
@@ -39,13 +42,15 @@ from campaigns.services.lifecycle import (
     campaign_submit,
     copy_variant,
 )
-from campaigns.services.segments import segment_members_add
+from campaigns.services.segments import segment_members_add, segment_users
 from campaigns.services.stats import learn_active_hours, stats_rollup
 from campaigns.services.tracking import record_click, record_open
 from notifier.api import notify
 from notifier.models import (
+    CapPeriod,
     Delivery,
     Feedback,
+    FrequencyCounter,
     InboxItem,
     Message,
     NotificationType,
@@ -53,6 +58,7 @@ from notifier.models import (
     User,
     recipient_update,
 )
+from notifier.policies.caps import windows_at
 from notifier.services.inbox import inbox_feedback, inbox_mark_read
 from notifier.services.preferences import consent_give, unsubscribe
 from notifier.services.release import held_release
@@ -119,6 +125,14 @@ class DocsData:
     past: Campaign
     customer: User
     reader: User  # an end user with a lived-in inbox, for the phone screenshots
+    campaign_email: Message  # an English customer's email of the autumn fair: its unsubscribe
+    zh_reader: User  # the same in Simplified Chinese
+    zh_campaign_message: int  # a message of the Chinese campaign she got, for her unsubscribe link
+    weekend: Campaign  # a draft with copy, a send rate and a forecast with every reason
+    rushed: Campaign  # a draft whose Notice step is already past
+    running: Campaign  # a step part way through sending
+    preview_customer: User  # a Chinese customer of the weekend draft's segment
+    calendar_day: date  # a day in the month the calendar shows
 
 
 # --- The clock ---------------------------------------------------------------------------------
@@ -201,7 +215,7 @@ def customers(rng: random.Random, *, now: datetime) -> list[User]:
             "quiet_hours_enabled": True,
         }
     User.objects.bulk_create(people)
-    saved = list(User.objects.filter(is_staff=False).order_by("pk"))
+    saved = list(User.objects.filter(username__in=list(profiles)).order_by("pk"))
     Recipient.objects.bulk_create(
         [
             Recipient(user_id=user.pk, **profiles[user.username])
@@ -319,6 +333,8 @@ def card_fair(
     event_at: datetime,
     headline: str,
     coupon: str,
+    description: str = "Our card fair: the notice with an A/B test of the headline, a reminder "
+    "and a last call.",
 ) -> Campaign:
     """A 3-2-1 campaign with warm copy, an A/B test on its first step and a 10% hold-out."""
     campaign = campaign_create(
@@ -331,10 +347,7 @@ def card_fair(
         variables={"headline": headline, "coupon_code": coupon},
         holdout_percent=10,
     )
-    Campaign.objects.filter(pk=campaign.pk).update(
-        description="Our card fair: the notice with an A/B test of the headline, a reminder "
-        "and a last call."
-    )
+    Campaign.objects.filter(pk=campaign.pk).update(description=description)
     steps = {step.name: step for step in campaign.steps.all()}
     notice_a = steps["Notice"].variants.get()
     write_copy(notice_a, NOTICE_A)
@@ -468,6 +481,8 @@ def seed(*, now: datetime | None = None) -> DocsData:
         marketer = staff("maya", "Maya", "Lin", "Marketer")
         lead = staff("leo", "Leo", "Park", "Marketing lead")
         support = staff("sofia", "Sofia", "Reyes", "Support")
+        # Before the customers: the first of the Chinese campaign's batches, which is sent.
+        zh_reader = chinese_reader()
         people = customers(rng, now=now)
         collectors = Segment.objects.create(
             name="Card and game fans who spend",
@@ -477,12 +492,14 @@ def seed(*, now: datetime | None = None) -> DocsData:
             activity=["active", "dormant"],
             tags_any=["vintage-cards", "board-games", "comics"],
         )
-        Segment.objects.create(
+        chinese = Segment.objects.create(
             name="Chinese-speaking shoppers",
             locales=["zh-hans"],
             time_zones=["Asia/Shanghai"],
         )
-        Segment.objects.create(name="Dormant whales", spend_tiers=["whale"], activity=["dormant"])
+        dormant_whales = Segment.objects.create(
+            name="Dormant whales", spend_tiers=["whale"], activity=["dormant"]
+        )
         recent = Segment.objects.create(
             name="Seen in the last 90 days", activity=["active", "dormant"]
         )
@@ -511,6 +528,7 @@ def seed(*, now: datetime | None = None) -> DocsData:
         steps_start_due()  # finishes the last step and the campaign
     stats_rollup(campaign_ids=[past.pk])
     learn_active_hours()
+    running = sending_campaign(marketer=marketer, lead=lead, segment=chinese, now=now)
 
     upcoming_event = (now + timedelta(days=9)).replace(hour=11, minute=0, second=0, microsecond=0)
     upcoming = card_fair(
@@ -528,6 +546,40 @@ def seed(*, now: datetime | None = None) -> DocsData:
     )
     CampaignStep.objects.filter(pk=reminder.pk).update(timing=StepTiming.ACTIVE_HOUR)
 
+    weekend, preview_customer = weekend_draft(marketer=marketer, segment=collectors, now=now)
+    rushed = campaign_create(
+        name="Sealed box flash sale",
+        category=NotificationType.objects.get(pk="promo.flash_sale"),
+        created_by=marketer,
+        segment=recent,
+        # Two and a half days away: the 3-2-1 plan's Notice (3 days before) is already past.
+        event_at=(now + timedelta(days=2, hours=12)).replace(second=0, microsecond=0),
+        channels=["inapp", "email"],
+        variables={"headline": "sealed boxes from 30% off for one day", "coupon_code": "BOX30"},
+    )
+    for step in rushed.steps.all():
+        write_copy(step.variants.get(), ANNOUNCEMENT)
+    # Two more scheduled campaigns for the calendar: one the same day as the winter fair's last
+    # call, to customers it shares with it, and one on a day of its own.
+    one_step_campaign(
+        name="Comic weekend",
+        marketer=marketer,
+        lead=lead,
+        segment=recent,
+        event_at=upcoming_event + timedelta(hours=6),
+        step=("Announcement", -6 * 60),
+        variables={"headline": "signed first issues", "coupon_code": "COMICS10"},
+    )
+    one_step_campaign(
+        name="Board game night",
+        marketer=marketer,
+        lead=lead,
+        segment=dormant_whales,
+        event_at=upcoming_event + timedelta(days=4, hours=8),
+        step=("Invitation", -2 * 24 * 60),
+        variables={"headline": "a table kept for you", "coupon_code": "NIGHT15"},
+    )
+
     members = [user for user in people if user.is_active and "+" not in user.email][:30]
     segment_members_add(segment=vip_list, user_ids=[user.pk for user in members[:6]])
     inactive = next(user for user in people if not user.is_active and "+" not in user.email)
@@ -543,7 +595,168 @@ def seed(*, now: datetime | None = None) -> DocsData:
         past=past,
         customer=timeline_customer(past),
         reader=inbox_reader(now=now),
+        campaign_email=Message.objects.filter(
+            campaign=past,
+            user__in=Recipient.objects.filter(locale="en").values("user_id"),
+            deliveries__channel="email",
+            deliveries__status=S.SENT,
+        )
+        .order_by("pk")
+        .first()
+        or Message.objects.filter(campaign=past).order_by("pk")[0],
+        zh_reader=chinese_inbox(zh_reader, now=now),
+        zh_campaign_message=Message.objects.get(campaign=running, user=zh_reader).pk,
+        weekend=weekend,
+        rushed=rushed,
+        running=running,
+        preview_customer=preview_customer,
+        calendar_day=upcoming_event.date(),
     )
+
+
+# --- Campaigns still to come, and one sending ----------------------------------------------------
+
+ANNOUNCEMENT = {
+    "inapp": {
+        "title": "{{ campaign.name }}: {{ headline }}",
+        "body": "{{ user.first_name }}, {{ headline }} at the {{ campaign.name }}. "
+        "Code {{ coupon_code }} at checkout.",
+        "link": "https://shop.example.com/events",
+    },
+    "email": {
+        "subject": "{{ campaign.name }}: {{ headline }}",
+        "body": "Hi {{ user.first_name }},\n\n{{ headline|capitalize }} at the "
+        "{{ campaign.name }}. Code {{ coupon_code }}.\n\nUnsubscribe: {{ unsubscribe_url }}",
+    },
+}
+
+
+def one_step_campaign(
+    *,
+    name: str,
+    marketer: User,
+    lead: User,
+    segment: Segment,
+    event_at: datetime,
+    step: tuple[str, int],
+    variables: dict[str, str],
+) -> Campaign:
+    """A scheduled campaign of one step (submitted and approved), for the calendar."""
+    campaign = campaign_create(
+        name=name,
+        category=NotificationType.objects.get(pk="promo.flash_sale"),
+        created_by=marketer,
+        segment=segment,
+        event_at=event_at,
+        channels=["inapp", "email"],
+        variables=variables,
+        plan=[step],
+    )
+    write_copy(campaign.steps.get().variants.get(), ANNOUNCEMENT)
+    campaign_submit(campaign=campaign, by=marketer)
+    campaign_approve(campaign=campaign, by=lead)
+    return campaign
+
+
+def weekend_draft(*, marketer: User, segment: Segment, now: datetime) -> tuple[Campaign, User]:
+    """A draft whose forecast has every reason: its Notice goes out at 15:00 UTC, night in
+    Shanghai and Sydney and early morning in Los Angeles (held for quiet hours); a customer of
+    its segment has no email address and one has used this week's marketing cap; it has a send
+    rate. Returns it and a Chinese customer of its segment (for the live preview)."""
+    event_at = (now + timedelta(days=5)).replace(hour=15, minute=0, second=0, microsecond=0)
+    campaign = card_fair(
+        name="Board game weekend",
+        marketer=marketer,
+        segment=segment,
+        event_at=event_at,
+        headline="every board game 20% off for two days",
+        coupon="PLAY20",
+        description="Two days of board games: a notice with an A/B test, a reminder and a "
+        "last call.",
+    )
+    Campaign.objects.filter(pk=campaign.pk).update(
+        send_rate_per_minute=30,
+        variables={**campaign.variables, "price": "88"},  # a ticket, for copy in money
+    )
+    audience = list(segment_users(segment).order_by("pk"))
+    profiles = {profile.user_id: profile for profile in Recipient.objects.filter(user__in=audience)}
+    fine = [user for user in audience if "+" not in user.email]
+    no_email = fine[-2]
+    # Capped: someone for whom 15:00 UTC is daytime (at night quiet hours come first).
+    daytime = {"Europe/London", "Europe/Berlin", "Europe/Madrid", "America/New_York"}
+    capped = next(user for user in fine[-3::-1] if profiles[user.pk].time_zone in daytime)
+    User.objects.filter(pk=no_email.pk).update(email="")
+    Recipient.objects.filter(user_id=no_email.pk).update(email="")
+    notice_at = event_at - timedelta(days=3)
+    week = windows_at(notice_at, ZoneInfo(profiles[capped.pk].time_zone)).week
+    FrequencyCounter.objects.update_or_create(
+        user=capped, period=CapPeriod.WEEK, window_start=week, defaults={"count": 2}
+    )
+    for user in (no_email, capped):
+        consent_give(user_id=user.pk, channel="all", source="signup", wording="Offers and news")
+    chinese = next(user for user in audience if profiles[user.pk].locale == "zh-hans")
+    campaign.refresh_from_db()
+    return campaign, chinese
+
+
+def sending_campaign(*, marketer: User, lead: User, segment: Segment, now: datetime) -> Campaign:
+    """The Chinese customers' campaign, its Notice part way through sending.
+
+    The step is started and sent for real (by the fan-out and the embedded worker, in small
+    batches), then rewound to look as it did mid-send, since a screenshot cannot wait for a
+    worker: the last batches not yet handed out by the walk, one handed out but not yet written,
+    and the deliveries of two more still on their way (docs data only: nothing but this seed
+    writes statuses by hand). The step stays running, so the progress bars read it."""
+    event_at = (now + timedelta(days=3, minutes=-25)).replace(second=0, microsecond=0)
+    moment = event_at - timedelta(days=3)
+    with at(moment - timedelta(minutes=10)):
+        campaign = card_fair(
+            name="新春卡牌节",
+            marketer=marketer,
+            segment=segment,
+            event_at=event_at,
+            headline="new sets from 20% off",
+            coupon="NEWYEAR20",
+            description="For our Chinese-speaking customers: the New Year card festival.",
+        )
+        campaign_submit(campaign=campaign, by=marketer)
+        campaign_approve(campaign=campaign, by=lead)
+    notice = campaign.steps.get(name="Notice")
+    with (
+        mock.patch("campaigns.services.fanout.BATCH_USERS", 12),
+        at(moment + timedelta(seconds=5)),
+        embedded_worker(),
+    ):
+        report = steps_start_due()
+        if notice.pk not in report.started:
+            raise RuntimeError(f"step {notice.name} did not start: {report}")
+        wait_for_step(notice)
+    notice.refresh_from_db()
+    batches = list(
+        FanoutBatch.objects.filter(step=notice, walk_round=notice.walk_round).order_by(
+            "first_recipient_id"
+        )
+    )
+    if len(batches) < 6:
+        raise RuntimeError(f"expected several batches, got {len(batches)}")
+
+    def users(group: list[FanoutBatch]) -> list[int]:
+        ids = [pk for batch in group for pk in batch.recipient_ids]
+        return list(Recipient.objects.filter(pk__in=ids).values_list("user_id", flat=True))
+
+    cut = len(batches) * 6 // 10
+    in_flight, unwritten, not_walked = batches[cut - 2 : cut], batches[cut], batches[cut + 1 :]
+    Message.objects.filter(step=notice, user_id__in=users([unwritten, *not_walked])).delete()
+    FanoutBatch.objects.filter(pk__in=[batch.pk for batch in not_walked]).delete()
+    FanoutBatch.objects.filter(pk=unwritten.pk).update(done_at=None)
+    going = Delivery.objects.filter(message__step=notice, message__user_id__in=users(in_flight))
+    going.filter(channel="email").update(status=S.QUEUED, sent_at=None)
+    going.filter(channel="inapp").update(status=S.SENDING, sent_at=None)
+    CampaignStep.objects.filter(pk=notice.pk).update(
+        walk_done=False, batches_total=cut + 1, batches_done=cut
+    )
+    campaign.refresh_from_db()
+    return campaign
 
 
 def vip_spreadsheet(members: list[User], *, inactive: User) -> bytes:
@@ -645,4 +858,65 @@ def inbox_reader(*, now: datetime) -> User:
     for item in oldest:
         inbox_mark_read(user_id=reader.pk, item_id=item.pk)
     inbox_feedback(user_id=reader.pk, item_id=oldest[1].pk, feedback=Feedback.USEFUL)
+    return reader
+
+
+def chinese_reader() -> User:
+    """Mei, a Chinese-speaking customer in Shanghai who logs in to read her inbox."""
+    reader = User.objects.create_user(
+        username="mei",
+        password=PASSWORD,
+        first_name="美",
+        last_name="王",
+        email="mei.wang@example.com",
+    )
+    recipient_update(reader, time_zone="Asia/Shanghai", locale="zh-hans", quiet_hours_enabled=False)
+    consent_give(user_id=reader.pk, channel="all", source="signup", wording="优惠和新闻")
+    return reader
+
+
+# (hours ago, type, context): Mei's inbox besides the campaign's message, oldest first.
+ZH_INBOX = [
+    (
+        50,
+        "order.shipped",
+        {
+            "order_number": "C2031",
+            "carrier": "顺丰速运",
+            "eta": "周五",
+            "tracking_url": "https://shop.example.com/track/C2031",
+        },
+    ),
+    (
+        2,
+        "order.shipped",
+        {
+            "order_number": "C2091",
+            "carrier": "中通快递",
+            "eta": "周二",
+            "tracking_url": "https://shop.example.com/track/C2091",
+        },
+    ),
+]
+
+
+def chinese_inbox(reader: User, *, now: datetime) -> User:
+    """Two parcels on their way besides the campaign's message; the oldest read."""
+    for hours, type_key, context in ZH_INBOX:
+        with at(now - timedelta(hours=hours)), embedded_worker():
+            message = notify(
+                reader,
+                type_key,
+                context,
+                channels=["inapp"],
+                idempotency_key=f"docs:zh-inbox:{type_key}:{hours}",
+            )
+            deadline = time.monotonic() + 60
+            while not InboxItem.objects.filter(message=message).exists():
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"{type_key} did not reach the inbox in 60 s")
+                time.sleep(0.1)
+    oldest = InboxItem.objects.filter(user=reader).order_by("created_at").first()
+    if oldest is not None:
+        inbox_mark_read(user_id=reader.pk, item_id=oldest.pk)
     return reader

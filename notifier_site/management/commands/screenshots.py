@@ -14,6 +14,7 @@ Playwright's own browser download is never used.
 
 from __future__ import annotations
 
+import base64
 import os
 import socket
 import subprocess
@@ -139,6 +140,8 @@ class Shooter:
         if page.locator("#traceback, #summary > h1:has-text('Error')").count():
             raise CommandError(f"{name}: an error page is showing at {page.url}")
         page.locator(shows).first.wait_for(state="visible", timeout=10_000)
+        if page.locator("#forecast-slot").count():  # the forecast panel, fetched after load
+            page.locator("#forecast-slot #forecast").wait_for(state="visible", timeout=60_000)
         path = self.out / f"{name}.png"
         if element:
             page.locator(element).first.screenshot(path=path)
@@ -152,6 +155,35 @@ class Shooter:
         else:
             page.screenshot(path=path, full_page=full_page)
         self.stdout.write(f"  {path.relative_to(settings.BASE_DIR)}")
+
+    def save_parts(self, page: Page, name: str, *, shows: str, top: str, part: str) -> None:
+        """Save `name`.png as two parts of one long page, one under the other with a dashed
+        line where the page between them is left out: the page from its top to the bottom of
+        `top` (a selector), and the element `part`."""
+        self.save(page, name, shows=shows, element=top)  # checks the page; replaced below
+        bottom = page.locator(top).first.evaluate(
+            "el => el.getBoundingClientRect().bottom + window.scrollY + 8"
+        )
+        width = VIEWPORT["width"]
+        head = page.screenshot(
+            full_page=True, clip={"x": 0, "y": 0, "width": width, "height": int(bottom)}
+        )
+        element = page.locator(part).first
+        left = element.evaluate("el => el.getBoundingClientRect().left")
+        tail = element.screenshot()
+        images = [base64.b64encode(png).decode() for png in (head, tail)]
+        sheet = page.context.new_page()
+        sheet.set_viewport_size({"width": width, "height": 200})
+        sheet.set_content(
+            '<body style="margin: 0; background: #fff">'
+            f'<img style="display: block" src="data:image/png;base64,{images[0]}">'
+            '<div style="margin: 6px 0 14px 0; border-top: 2px dashed #bbb"></div>'
+            f'<img style="display: block; margin-left: {int(left)}px; padding-bottom: 12px" '
+            f'src="data:image/png;base64,{images[1]}"></body>'
+        )
+        sheet.wait_for_function("[...document.images].every(img => img.complete)")
+        sheet.screenshot(path=self.out / f"{name}.png", full_page=True)
+        sheet.close()
 
 
 def marketer_pages(shooter: Shooter, data: DocsData) -> None:
@@ -206,6 +238,54 @@ def marketer_pages(shooter: Shooter, data: DocsData) -> None:
     shooter.save(page, "campaign-submitted", shows="#campaign-status", max_height=760)
 
 
+def draft_pages(shooter: Shooter, data: DocsData) -> None:
+    """Drafts before launch: the forecast, every step's copy on one page, the live preview in
+    Chinese, and a plan whose first step is already past."""
+    page = shooter.login(data.marketer)
+    weekend = data.weekend.pk
+    shooter.open(page, f"/admin/campaigns/campaign/{weekend}/change/")
+    # The panel is fetched once the page is shown; its first step opens with its table.
+    shooter.save(
+        page,
+        "campaign-forecast",
+        shows="#forecast details[open] .forecast-table",
+        element="#forecast",
+    )
+
+    shooter.open(page, f"/admin/campaigns/campaign/{weekend}/write/")
+    shooter.save(page, "campaign-write-copy", shows="#write-submit", max_height=1500)
+
+    notice_a = data.weekend.steps.get(name="Notice").variants.get(name="A")
+    shooter.open(page, f"/admin/campaigns/stepvariant/{notice_a.pk}/change/")
+    body = page.locator("textarea[name$='-body']", has_text="你好").first
+    body.fill(
+        body.input_value()
+        + '\n活动时间：{{ event_at|localdatetime }}，门票 {{ price|money("CNY") }}。'  # noqa: RUF001
+    )
+    page.fill("#live-preview-user", str(data.preview_customer.pk))
+    page.wait_for_function(
+        "(document.getElementById('live-preview-whom') || {textContent: ''})"
+        ".textContent.includes('zh-hans') && document.querySelector('#live-preview .part-body')"
+        " && document.querySelector('#live-preview .part-body').textContent.includes('¥')"
+    )
+    # Scrolled to the end, the Chinese copy being edited and, a screen tall, the whole panel
+    # beside it (it sticks to the top of the screen until its column ends).
+    page.set_viewport_size({"width": VIEWPORT["width"], "height": 1150})
+    page.evaluate("window.scrollTo(0, document.documentElement.scrollHeight)")
+    shooter.save(page, "copy-live-preview", shows="#live-preview .part-body", full_page=False)
+    page.set_viewport_size(VIEWPORT)
+
+    shooter.open(page, f"/admin/campaigns/campaign/{data.rushed.pk}/change/")
+    # The top of the page, with the step already past, and the steps table further down.
+    shooter.save_parts(
+        page,
+        "campaign-plan-past-step",
+        shows="form.past-step",
+        top="#campaign-status",
+        part="#steps-group",
+    )
+
+
 def lead_pages(shooter: Shooter, data: DocsData) -> None:
     """Approval by the Marketing lead, then the buttons of a scheduled campaign."""
     page = shooter.login(data.lead)
@@ -218,6 +298,24 @@ def lead_pages(shooter: Shooter, data: DocsData) -> None:
 
     shooter.open(page, f"/admin/campaigns/campaign/{data.past.pk}/stats/")
     shooter.save(page, "campaign-funnel", shows="#funnel-chart svg")
+
+    # The month of the winter fair, in Shanghai time: its local-time Notice spans the zones,
+    # and the comic weekend competes with its last call for the same customers.
+    day = data.calendar_day.isoformat()
+    shooter.open(
+        page, f"/admin/campaigns/campaign/calendar/?view=month&date={day}&tz=Asia/Shanghai"
+    )
+    shooter.save(page, "campaign-calendar", shows="#competitions li")
+
+    # The Chinese campaign's Notice, part way through sending: the bars of the progress panel.
+    shooter.open(page, f"/admin/campaigns/campaign/{data.running.pk}/change/")
+    page.wait_for_selector("#campaign-progress[data-state=running]")
+    shooter.save(
+        page,
+        "campaign-progress",
+        shows="#campaign-progress .step-progress .bar",
+        element="#campaign-progress",
+    )
 
 
 def support_pages(shooter: Shooter, data: DocsData) -> None:
@@ -270,9 +368,47 @@ def people_pages(shooter: Shooter, data: DocsData) -> None:
     page.get_by_role("button", name="Save my choices").tap()
     shooter.save(page, "preferences-phone", shows="#saved li", full_page=False)
 
-    link = unsubscribe_url(user_id=data.reader.pk, category="promo.flash_sale", channel="email")
+    # A customer's link from an email of the autumn fair: the page names the campaign.
+    email = data.campaign_email
+    link = unsubscribe_url(
+        user_id=email.user_id, category="promo.flash_sale", channel="email", message_id=email.pk
+    )
     shooter.open(page, urlsplit(link).path)
     shooter.save(page, "unsubscribe-phone", shows="label.choice", full_page=False)
+    context.close()
+
+
+def chinese_people_pages(shooter: Shooter, data: DocsData) -> None:
+    """The same pages for Mei, whose profile says zh-hans: chosen from her locale, in Chinese."""
+    context = shooter.browser.new_context(
+        viewport=PHONE_VIEWPORT,
+        device_scale_factor=2,
+        is_mobile=True,
+        has_touch=True,
+        base_url=shooter.base_url,
+    )
+    page = context.new_page()
+    page.goto("/login/?next=/inbox/")
+    page.fill("#id_username", data.zh_reader.username)
+    page.fill("#id_password", PASSWORD)
+    page.locator("#login-form button").tap()
+    page.wait_for_url("**/inbox/")
+    page.wait_for_function("document.documentElement.lang === 'zh-hans'")
+    shooter.save(page, "inbox-phone-zh", shows="#inbox-items li.unread", full_page=False)
+
+    shooter.open(page, urlsplit(preferences_url(user_id=data.zh_reader.pk)).path)
+    page.locator('label[for="switch:social:push"]').tap()  # social activity by push: off
+    page.locator(".save-bar button[type=submit]").tap()
+    shooter.save(page, "preferences-phone-zh", shows="#saved li", full_page=False)
+
+    link = unsubscribe_url(
+        user_id=data.zh_reader.pk,
+        category="promo.flash_sale",
+        channel="email",
+        message_id=data.zh_campaign_message,
+    )
+    shooter.open(page, urlsplit(link).path)
+    shooter.save(page, "unsubscribe-phone-zh", shows="label.choice", full_page=False)
     context.close()
 
 
@@ -324,8 +460,10 @@ class Command(BaseCommand):
             try:
                 shooter = Shooter(browser, base_url, out, self.stdout)
                 marketer_pages(shooter, data)
+                draft_pages(shooter, data)
                 lead_pages(shooter, data)
                 support_pages(shooter, data)
                 people_pages(shooter, data)
+                chinese_people_pages(shooter, data)
             finally:
                 browser.close()
