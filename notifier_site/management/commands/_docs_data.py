@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
@@ -45,6 +45,8 @@ from campaigns.services.lifecycle import (
 from campaigns.services.segments import segment_members_add, segment_users
 from campaigns.services.stats import learn_active_hours, stats_rollup
 from campaigns.services.tracking import record_click, record_open
+from channels.base import Channel
+from notifier import dispatch
 from notifier.api import notify
 from notifier.models import (
     CapPeriod,
@@ -59,6 +61,7 @@ from notifier.models import (
     recipient_update,
 )
 from notifier.policies.caps import windows_at
+from notifier.queues import Lane
 from notifier.services.inbox import inbox_feedback, inbox_mark_read
 from notifier.services.preferences import consent_give, unsubscribe
 from notifier.services.release import held_release
@@ -363,16 +366,21 @@ def card_fair(
 # --- Running the autumn campaign for real ------------------------------------------------------
 
 
-def wait_for_step(step: CampaignStep, *, timeout: float = 120.0) -> None:
-    """Until the embedded worker has walked, written, routed and sent the whole step."""
+def wait_for_step(
+    step: CampaignStep, *, timeout: float = 120.0, held_back: set[int] | None = None
+) -> None:
+    """Until the embedded worker has walked, written, routed and sent the whole step (but for
+    the deliveries of the users `held_back` from it)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         step.refresh_from_db()
         messages = Message.objects.filter(step=step)
         unrouted = messages.filter(deliveries__isnull=True).exists()
-        busy = Delivery.objects.filter(
-            message__step=step, status__in=[S.PENDING, S.QUEUED, S.SENDING]
-        ).exists()
+        busy = (
+            Delivery.objects.filter(message__step=step, status__in=[S.PENDING, S.QUEUED, S.SENDING])
+            .exclude(message__user_id__in=held_back or set())
+            .exists()
+        )
         if step.walk_done and step.batches_done >= step.batches_total and not unrouted and not busy:
             return
         time.sleep(0.2)
@@ -703,10 +711,10 @@ def sending_campaign(*, marketer: User, lead: User, segment: Segment, now: datet
     """The Chinese customers' campaign, its Notice part way through sending.
 
     The step is started and sent for real (by the fan-out and the embedded worker, in small
-    batches), then rewound to look as it did mid-send, since a screenshot cannot wait for a
-    worker: the last batches not yet handed out by the walk, one handed out but not yet written,
-    and the deliveries of two more still on their way (docs data only: nothing but this seed
-    writes statuses by hand). The step stays running, so the progress bars read it."""
+    batches) with the deliveries of about two batches' customers never handed to the worker (a
+    slow queue: they stay queued, on their way), then cut back to look as it did mid-send, since
+    a screenshot cannot wait for a worker: the last batches not yet handed out by the walk and
+    one handed out but not yet written. The step stays running, so the progress bars read it."""
     event_at = (now + timedelta(days=3, minutes=-25)).replace(second=0, microsecond=0)
     moment = event_at - timedelta(days=3)
     with at(moment - timedelta(minutes=10)):
@@ -722,36 +730,58 @@ def sending_campaign(*, marketer: User, lead: User, segment: Segment, now: datet
         campaign_submit(campaign=campaign, by=marketer)
         campaign_approve(campaign=campaign, by=lead)
     notice = campaign.steps.get(name="Notice")
+    # The walk goes by profile id: about two batches' worth of customers from the middle have
+    # their deliveries held back from the worker.
+    walked = list(
+        Recipient.objects.filter(user__in=segment_users(segment))
+        .order_by("pk")
+        .values_list("pk", "user_id")
+    )
+    middle = len(walked) * 45 // 100
+    slow = walked[middle : middle + 24]
+    slow_profiles, slow_users = {pk for pk, _ in slow}, {user for _, user in slow}
+    publish = dispatch.publish_deliver
+
+    def publish_all_but_the_slow(
+        delivery_ids: Sequence[int], lane: Lane, channel: Channel, **options: Any
+    ) -> None:
+        going = list(
+            Delivery.objects.filter(pk__in=delivery_ids)
+            .exclude(message__user_id__in=slow_users)
+            .values_list("pk", flat=True)
+        )
+        if going:
+            publish(going, lane, channel, **options)
+
     with (
         mock.patch("campaigns.services.fanout.BATCH_USERS", 12),
+        mock.patch.object(dispatch, "publish_deliver", publish_all_but_the_slow),
         at(moment + timedelta(seconds=5)),
         embedded_worker(),
     ):
         report = steps_start_due()
         if notice.pk not in report.started:
             raise RuntimeError(f"step {notice.name} did not start: {report}")
-        wait_for_step(notice)
+        wait_for_step(notice, held_back=slow_users)
     notice.refresh_from_db()
     batches = list(
         FanoutBatch.objects.filter(step=notice, walk_round=notice.walk_round).order_by(
             "first_recipient_id"
         )
     )
-    if len(batches) < 6:
-        raise RuntimeError(f"expected several batches, got {len(batches)}")
+    in_flight = [i for i, batch in enumerate(batches) if slow_profiles & set(batch.recipient_ids)]
+    cut = in_flight[-1] + 1 if in_flight else 0
+    if not in_flight or len(batches) < cut + 2:
+        raise RuntimeError(f"expected batches after the slow ones, got {len(batches)}")
 
     def users(group: list[FanoutBatch]) -> list[int]:
         ids = [pk for batch in group for pk in batch.recipient_ids]
         return list(Recipient.objects.filter(pk__in=ids).values_list("user_id", flat=True))
 
-    cut = len(batches) * 6 // 10
-    in_flight, unwritten, not_walked = batches[cut - 2 : cut], batches[cut], batches[cut + 1 :]
+    unwritten, not_walked = batches[cut], batches[cut + 1 :]
     Message.objects.filter(step=notice, user_id__in=users([unwritten, *not_walked])).delete()
     FanoutBatch.objects.filter(pk__in=[batch.pk for batch in not_walked]).delete()
     FanoutBatch.objects.filter(pk=unwritten.pk).update(done_at=None)
-    going = Delivery.objects.filter(message__step=notice, message__user_id__in=users(in_flight))
-    going.filter(channel="email").update(status=S.QUEUED, sent_at=None)
-    going.filter(channel="inapp").update(status=S.SENDING, sent_at=None)
     CampaignStep.objects.filter(pk=notice.pk).update(
         walk_done=False, batches_total=cut + 1, batches_done=cut
     )
