@@ -1,8 +1,9 @@
 """The marketer's path in a real browser, from "Add segment" to "submitted for approval" on the
 default 3-2-1 plan, with every click and page load counted (and written to
-var/marketer_path_clicks.json); and the copy tools only a browser can show: per-channel boxes,
-an SMS's live length, the live preview beside the editor, the variables' "Add" button, and
-the steps' table fitting a 1280 px window."""
+var/marketer_path_clicks.json), then approved by a lead from the forecast and scheduled; and
+the copy tools only a browser can show: per-channel boxes, an SMS's live length, the live
+preview beside the editor, the variables' "Add" button, and the steps' table fitting a 1280 px
+window."""
 
 from __future__ import annotations
 
@@ -67,7 +68,7 @@ class Walk:
         self.page.fill(selector, text)
 
 
-def test_from_new_segment_to_submitted_for_approval_in_few_clicks(log_in, marketer):
+def test_from_new_segment_to_submitted_for_approval_in_few_clicks_then_approved(log_in, marketer):
     UserFactory(interest_tags=["cards"])
     page = log_in(marketer)
     walk = Walk(page)
@@ -130,6 +131,23 @@ def test_from_new_segment_to_submitted_for_approval_in_few_clicks(log_in, market
     print(f"\nNew segment to submitted for approval: {counts}")  # noqa: T201 (the report)
     assert walk.clicks <= MAX_CLICKS, counts
     assert len(walk.loads) <= MAX_PAGE_LOADS, counts
+
+    # A lead (not the author) reads the forecast on the approval screen and approves: the
+    # campaign is scheduled, each step to go out at its moment, with pause and cancel at hand.
+    approver = staff_member("Marketing lead")
+    lead = log_in(approver)
+    lead.goto(f"/admin/campaigns/campaign/{campaign.pk}/change/")
+    lead.locator("#forecast").wait_for()
+    notice = campaign.steps.get(name="Notice")
+    out = lead.locator(f"#forecast-step-{notice.pk} tr.out td").all_inner_texts()
+    assert out == ["1", "0"]  # in-app reaches the fan; no marketing consent for email yet
+    lead.click("#action-approve")
+    lead.wait_for_selector(".messagelist .success")
+    campaign.refresh_from_db()
+    assert campaign.status == CampaignStatus.SCHEDULED
+    assert campaign.approved_by_id == approver.pk
+    assert lead.locator("#action-pause").is_visible()
+    assert "Status: Scheduled" in lead.inner_text("#campaign-status")
 
 
 def campaign_for(marketer: User, *, until_event: timedelta = timedelta(days=10)) -> Campaign:
