@@ -143,7 +143,14 @@ def world(monkeypatch) -> World:
 
 # --- Comparing two answers ------------------------------------------------------------------------
 
-_TOKENS = re.compile(r'(name="(?:csrfmiddlewaretoken|token)" value=")[^"]*(")')
+_TOKENS = re.compile(r'(name="(?:csrfmiddlewaretoken|token|click)" value=")[^"]*(")')
+
+
+# Right after a URL escape (once or twice) or a JSON one ("\u201c1234"), or after no letter,
+# digit or point.
+_ALONE_BEFORE = (
+    r"(?:(?<=%[0-9A-Fa-f]{2})|(?<=%25[0-9A-Fa-f]{2})|(?<=\\u[0-9A-Fa-f]{4})|(?<![0-9A-Za-z.]))"
+)
 
 
 def answer(response: HttpResponse, query: str) -> str:
@@ -153,16 +160,15 @@ def answer(response: HttpResponse, query: str) -> str:
     text = f"{response.status_code} {response.get('Location', '')}\n{body}"
     text = _TOKENS.sub(r"\1-\2", text)
     text = re.sub(r"message #\d+", "message #N", text)  # a test send's new message id
-    if query.isdigit():
-        # A customer's id is a number that is also in the page's style sheet ("11px"), which
-        # would be taken for its echo when it is; lengths tell nothing about the customer.
-        text = _LENGTHS.sub(r"N\1", text)
     for form in sorted(echoes(query), key=len, reverse=True):
-        text = text.replace(form, "«query»")
+        if query.isdigit():
+            # A customer's id is a number that may also be inside the page's own numbers
+            # ("11px", "#797979", "1.79"), which are not its echo: only a whole number counts,
+            # one standing alone or right after an escape (_ALONE_BEFORE).
+            text = re.sub(_ALONE_BEFORE + re.escape(form) + r"(?![0-9A-Za-z])", "«query»", text)
+        else:
+            text = text.replace(form, "«query»")
     return text
-
-
-_LENGTHS = re.compile(r"(?<![\w.])\d+(?:\.\d+)?(px|em|rem|vh|vw|ch)\b")
 
 
 def echoes(query: str) -> set[str]:
