@@ -17,6 +17,7 @@ import pytest
 from django.apps import apps
 from django.urls import reverse
 from django.utils import timezone
+from playwright.sync_api import expect
 
 from campaigns.models import Campaign, CampaignStatus, CampaignStep, Segment
 from campaigns.services import fanout
@@ -136,9 +137,13 @@ def test_the_calendar_in_month_and_week_shows_where_campaigns_compete(log_in, ma
     page.click("#calendar-link")
     page.select_option("#calendar-tz", "UTC")
     page.click("#campaign-calendar form.zone input[type=submit]")
-    today = timezone.now().astimezone(UTC).date()
-    if (day.year, day.month) != (today.year, today.month):
+    expect(page.locator("#time-zone")).to_have_text("UTC")
+    # The page's own "today" leads, not the test's: a midnight passing between the two (three
+    # days on may be next month's, or next year's) cannot send it a month too far.
+    month = f"{day:%B %Y}"
+    if page.inner_text("#period-heading") != month:
         page.click("#next-period")
+    expect(page.locator("#period-heading")).to_have_text(month)
 
     cell = page.locator(f'td[data-date="{day:%Y-%m-%d}"]')
     assert page.get_attribute("#campaign-calendar", "data-view") == "month"
@@ -152,14 +157,18 @@ def test_the_calendar_in_month_and_week_shows_where_campaigns_compete(log_in, ma
     page.goto(reverse("admin:campaigns_campaign_calendar"))  # this month again, UTC kept
     page.click("#view-week")
     assert page.get_attribute("#campaign-calendar", "data-view") == "week"
-    for _ in range((day.date() - timedelta(days=day.weekday()) - monday(today)).days // 7):
+    first = monday(day.date())
+    week = f"Week of {first:%d %b %Y} to {first + timedelta(days=6):%d %b %Y}"
+    if page.inner_text("#period-heading") != week:  # three days on: this week or the next
         page.click("#next-period")
+    expect(page.locator("#period-heading")).to_have_text(week)
     assert page.locator("#calendar-grid tbody td").count() == 7
     assert "4 users shared by" in page.locator(f'td[data-date="{day:%Y-%m-%d}"]').inner_text()
     fits(page)
     page.click("#next-period")
     page.click("#previous-period")
-    assert page.locator(f'td[data-date="{day:%Y-%m-%d}"] li').count() == 2
+    expect(page.locator("#period-heading")).to_have_text(week)
+    expect(page.locator(f'td[data-date="{day:%Y-%m-%d}"] li')).to_have_count(2)
     assert page.inner_text("#time-zone") == "UTC"
 
 
