@@ -13,7 +13,16 @@ Every phase runs on the same PostgreSQL and Redis with real worker processes:
    deliver for each channel with its sandbox provider (no network latency);
 6. (`--only api`, also in `all`) POST /api/v1/notify through a real gunicorn on loopback
    (DEBUG off) over one kept-open connection, alternating call by call with an in-process
-   notify() of the same notification: what the HTTP API adds to a call.
+   notify() of the same notification: what the HTTP API adds to a call;
+7. (`--only profile`, also in `all`) one campaign batch of 1,000 users (in-app + email) written
+   and delivered in this process after a warm-up batch, publishing stubbed: ms per recipient
+   (unprofiled) and, from a second batch under cProfile, self time by area in %.
+
+The campaign phase (`--only campaign`) runs a campaign step to N users over in-app + email, in-app
+only and email only, each beside two naive baselines run on the same channels, both one Celery
+task per recipient that renders the recipient's copy (notifier_site.benchmarks): the heavy one
+writes what the pipeline writes (message, deliveries, events, inbox item, sandbox ledger) a row
+at a time; the thin one writes one log row (one INSERT), as a typical first version does.
 
 Prints progress and a table on stderr/stdout, then one JSON line. Not a test: nothing here
 asserts a speed.
@@ -21,15 +30,18 @@ asserts a speed.
 
 from __future__ import annotations
 
+import cProfile
 import json
 import os
+import pstats
 import subprocess
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import psutil
 import redis
@@ -66,7 +78,14 @@ from notifier.redis_client import broker_client, broker_redis_url
 from notifier.services.api_keys import api_key_create
 from notifier.status import TERMINAL
 from notifier_site.bench_http import KeptConnection, LoopbackSite
-from notifier_site.benchmarks import NAIVE_QUEUE, naive_notify
+from notifier_site.bench_profile import AREAS, area_shares
+from notifier_site.benchmarks import (
+    NAIVE_QUEUE,
+    THIN_LOG_CREATE,
+    THIN_LOG_TABLE,
+    naive_notify,
+    thin_naive_notify,
+)
 from notifier_site.celery import app
 from notifier_site.embedded import worker_argv
 
@@ -100,6 +119,10 @@ ALL_CHANNELS = ["inapp", "email", "sms", "push"]
 PER_CHANNEL_USERS = 5000
 API_SAMPLES = 500
 API_WARMUP = 30
+PROFILE_BATCH = 1000
+# The campaign phase's runs at N users: the existing key prefix ("" for in-app + email) and
+# channels of each.
+CAMPAIGN_MIXES = (("", CHANNELS), ("inapp_", ["inapp"]), ("email_", ["email"]))
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -173,7 +196,9 @@ class Command(BaseCommand):
             help="notify calls over HTTP (and as many in process) for the API phase",
         )
         parser.add_argument(
-            "--only", choices=["all", "pipeline", "campaign", "per-channel", "api"], default="all"
+            "--only",
+            choices=["all", "pipeline", "campaign", "per-channel", "api", "profile"],
+            default="all",
         )
 
     def handle(self, *args: Any, **options: Any) -> None:
@@ -194,6 +219,8 @@ class Command(BaseCommand):
             result.update(self.per_channel_phases(options))
         if options["only"] in ("all", "api"):
             result.update(self.api_phases(options))
+        if options["only"] in ("all", "profile"):
+            result.update(self.profile_phases())
         self.table(result)
         self.stdout.write(json.dumps(result))
 
@@ -239,8 +266,10 @@ class Command(BaseCommand):
         }
 
     def campaign_phases(self, options: dict[str, Any]) -> dict[str, Any]:
-        """A campaign step to 10,000 and to N users (in-app + email), next to the naive
-        baseline; worker memory at both sizes; transactional in-app latency meanwhile."""
+        """A campaign step to 10,000 and to N users (in-app + email), and to N users in-app only
+        and email only, each beside the heavy and the thin naive baselines on the same channels
+        (one task per recipient; see the module's docstring for what each writes); worker memory
+        at 10,000 and N; transactional in-app latency during the N-user in-app + email run."""
         big, naive_n = options["users"], options["naive_recipients"]
         users = self.users(big + 200)
         audience, probes = users[:big], users[big:]
@@ -249,25 +278,44 @@ class Command(BaseCommand):
         self.clean()
         bulk_queues = [*lane_queues(Lane.BULK), NAIVE_QUEUE]
         tx_queues = [*lane_queues(Lane.TRANSACTIONAL), MAINTENANCE_QUEUE]
+        naive: dict[str, float] = {}
+        thin: dict[str, float] = {}
         with self.workers([("naive", bulk_queues, 2, {})]):
-            self.say(f"naive baseline: {naive_n} recipients, one task each")
-            naive = self.run_naive(audience[:naive_n])
+            for prefix, channels in CAMPAIGN_MIXES:
+                self.say(f"naive baselines, {'+'.join(channels)}: {naive_n} recipients each")
+                naive[prefix] = self.run_naive(audience[:naive_n], channels)
+                self.clean()
+                thin[prefix] = self.run_thin_naive(audience[:naive_n], channels)
         self.clean()
-        runs: dict[int, tuple[float, float, list[float]]] = {}
-        for size, tag in ((10_000, "bench-10k"), (big, f"bench-{big}")):
+        runs: dict[str, tuple[float, float, list[float]]] = {}
+        plan = [("10k", 10_000, "bench-10k", CHANNELS)]
+        plan += [(prefix, big, f"bench-{big}", channels) for prefix, channels in CAMPAIGN_MIXES]
+        for key, size, tag, channels in plan:
             with self.workers([("tx", tx_queues, 1, {}), ("bulk", bulk_queues, 2, {})]) as pool:
-                runs[size] = self.run_campaign(size, tag, pool, probes if size == big else [])
+                runs[key] = self.run_campaign(
+                    size, tag, pool, probes if key == "" else [], channels=channels
+                )
             self.clean()
-        rate, rss_big, e2e = runs[big]
+        rate, rss_big, e2e = runs[""]
+        mixes: dict[str, Any] = {}
+        for prefix, _channels in CAMPAIGN_MIXES:
+            mix_rate = runs[prefix][0]
+            if prefix:  # in-app + email keeps its keys as they were (see below)
+                mixes[f"{prefix}campaign_recipients_per_s"] = round(mix_rate, 1)
+                mixes[f"naive_{prefix}recipients_per_s"] = round(naive[prefix], 1)
+                mixes[f"{prefix}campaign_ratio"] = round(mix_rate / naive[prefix], 2)
+            mixes[f"thin_naive_{prefix}recipients_per_s"] = round(thin[prefix], 1)
+            mixes[f"{prefix}campaign_ratio_thin"] = round(mix_rate / thin[prefix], 2)
         return {
             "campaign_users": big,
             "campaign_recipients_per_s": round(rate, 1),
-            "naive_recipients_per_s": round(naive, 1),
-            "campaign_ratio": round(rate / naive, 2),
-            "campaign_recipients_per_s_10k": round(runs[10_000][0], 1),
-            "peak_worker_rss_mb_10k": round(runs[10_000][1], 1),
+            "naive_recipients_per_s": round(naive[""], 1),
+            "campaign_ratio": round(rate / naive[""], 2),
+            **mixes,
+            "campaign_recipients_per_s_10k": round(runs["10k"][0], 1),
+            "peak_worker_rss_mb_10k": round(runs["10k"][1], 1),
             f"peak_worker_rss_mb_{big // 1000}k": round(rss_big, 1),
-            "rss_ratio": round(rss_big / runs[10_000][1], 3),
+            "rss_ratio": round(rss_big / runs["10k"][1], 3),
             "e2e_inapp_ms_p50_during_fanout": round(percentile(e2e, 50), 1),
             "e2e_inapp_ms_p99_during_fanout": round(percentile(e2e, 99), 1),
             "e2e_samples_during_fanout": len(e2e),
@@ -371,6 +419,57 @@ class Command(BaseCommand):
             "api_notify_overhead_ms_p50": round(api_p50 - call_p50, 3),
         }
 
+    def profile_phases(self) -> dict[str, Any]:
+        """One campaign batch of PROFILE_BATCH users (in-app + email, run_campaign's copy) in this
+        process: written by step_fanout_batch, then its deliveries delivered, with publishing
+        stubbed (the deliveries are delivered here instead). A first batch warms up, a second is
+        timed (ms per recipient), a third runs under cProfile: its self time by area, in %."""
+        from campaigns.services.fanout import step_fanout_batch
+        from campaigns.services.segments import segment_walk
+        from notifier import dispatch
+        from notifier.services.deliveries import deliveries_deliver
+
+        users = self.users(PROFILE_BATCH * 3)
+        self.tag(users, "bench-profile")
+        self.clean()
+        step = self.campaign_step(len(users), "bench-profile", CHANNELS)
+        batches: list[list[int]] = []
+        after: int | None = 0
+        while after is not None:
+            ids, after = segment_walk(step.campaign.segment, after=after, limit=PROFILE_BATCH)
+            batches += [list(ids)] if ids else []
+        if len(batches) < 3:
+            raise CommandError(f"profile: {len(batches)} batches of the segment, not 3")
+        published: list[list[int]] = []
+
+        def collect(delivery_ids: Sequence[int], *args: object, **kwargs: object) -> None:
+            published.append(list(delivery_ids))
+
+        def one_batch(recipient_ids: list[int]) -> None:
+            step_fanout_batch(step_id=step.pk, recipient_ids=recipient_ids)
+            while published:  # a delivery put back for later is not delivered again here
+                for batch in dispatch.chunks(published.pop(0)):
+                    deliveries_deliver(delivery_ids=batch)
+
+        self.say(f"profile: one batch of {PROFILE_BATCH} users, in-app + email, in process")
+        profiler = cProfile.Profile()
+        with mock.patch.object(dispatch, "publish_deliver", collect):
+            one_batch(batches[0])
+            start = time.perf_counter()
+            one_batch(batches[1])
+            elapsed = time.perf_counter() - start
+            profiler.enable()
+            one_batch(batches[2])
+            profiler.disable()
+        self.broker().delete(*ALL_QUEUES)  # anything else the batches published: no worker ran
+        self.clean()
+        stats = pstats.Stats(profiler).stats  # type: ignore[attr-defined]
+        return {
+            "profile_batch_users": PROFILE_BATCH,
+            "profile_batch_ms_per_recipient": round(elapsed * 1000 / PROFILE_BATCH, 3),
+            "profile_batch_pct": area_shares(stats),
+        }
+
     @staticmethod
     def broker() -> redis.Redis:
         """The Redis broker, with no timeout: FLUSHDB of a full database takes what it takes."""
@@ -404,10 +503,9 @@ class Command(BaseCommand):
                     [json.dumps([tag]), ids[start : start + 20_000], tag],
                 )
 
-    def run_campaign(
-        self, size: int, tag: str, pool: list[subprocess.Popen[bytes]], probes: list[User]
-    ) -> tuple[float, float, list[float]]:
-        from campaigns.dispatch import publish_walk
+    def campaign_step(self, size: int, tag: str, channels: Sequence[str]) -> Any:
+        """A running, approved one-step campaign to the users tagged `tag`, with the bench's
+        copy for `channels` (a marketing promotion): its step."""
         from campaigns.models import Campaign, CampaignStep, Segment, VariantTemplate
         from campaigns.services.definitions import campaign_definition
         from campaigns.services.lifecycle import campaign_create
@@ -417,32 +515,35 @@ class Command(BaseCommand):
             name=f"bench {tag}", defaults={"tags_any": [tag]}
         )
         campaign = campaign_create(
-            name=f"bench {size}",
+            name=f"bench {size}" if list(channels) == CHANNELS else f"bench {size} {channels[0]}",
             category=NotificationType.objects.get(pk="promo.flash_sale"),
             created_by=None,
             segment=segment,
             event_at=timezone.now() + timedelta(days=4),
-            channels=["inapp", "email"],
+            channels=list(channels),
             variables={"headline": "Everything must go"},
             plan=[("Notice", -3 * 24 * 60)],
         )
         step = campaign.steps.get()
         variant = step.variants.get()
-        VariantTemplate.objects.create(
-            variant=variant,
-            channel="inapp",
-            title="{{ headline }}",
-            body="Hi {{ user.first_name }}",
-            link="https://shop.example.com/sale",
-        )
-        VariantTemplate.objects.create(
-            variant=variant,
-            channel="email",
-            subject="{{ campaign.name }}: {{ headline }}",
-            body="Hi {{ user.first_name }}, see https://shop.example.com/sale\n"
-            "{{ unsubscribe_url }}",
-            html='<p>Hi {{ user.first_name }}</p><a href="https://shop.example.com/sale">Sale</a>',
-        )
+        if "inapp" in channels:
+            VariantTemplate.objects.create(
+                variant=variant,
+                channel="inapp",
+                title="{{ headline }}",
+                body="Hi {{ user.first_name }}",
+                link="https://shop.example.com/sale",
+            )
+        if "email" in channels:
+            VariantTemplate.objects.create(
+                variant=variant,
+                channel="email",
+                subject="{{ campaign.name }}: {{ headline }}",
+                body="Hi {{ user.first_name }}, see https://shop.example.com/sale\n"
+                "{{ unsubscribe_url }}",
+                html='<p>Hi {{ user.first_name }}</p><a href="https://shop.example.com/sale">'
+                "Sale</a>",
+            )
         # As a lead would leave it: approved (the walk checks what approval covered), running.
         Campaign.objects.filter(pk=campaign.pk).update(
             status="running",
@@ -450,11 +551,24 @@ class Command(BaseCommand):
             approved_definition=campaign_definition(campaign.pk),
         )
         CampaignStep.objects.filter(pk=step.pk).update(status="running", started_at=timezone.now())
-        self.say(f"campaign: one step to {size} recipients, in-app + email")
+        return step
+
+    def run_campaign(
+        self,
+        size: int,
+        tag: str,
+        pool: list[subprocess.Popen[bytes]],
+        probes: list[User],
+        channels: Sequence[str] = CHANNELS,
+    ) -> tuple[float, float, list[float]]:
+        from campaigns.dispatch import publish_walk
+
+        step = self.campaign_step(size, tag, channels)
+        self.say(f"campaign: one step to {size} recipients, {' + '.join(channels)}")
         sampler = RssSampler(pool)
         start = time.perf_counter()
         publish_walk(step.pk)
-        total, e2e = size * 2, []
+        total, e2e = size * len(channels), []
         probe = iter(probes)
         next_count = next_probe = 0.0
         while True:
@@ -466,7 +580,8 @@ class Command(BaseCommand):
                     break
                 elapsed = time.perf_counter() - start
                 self.say(
-                    f"  {done}/{total} deliveries, {done / 2 / max(elapsed, 1e-9):.0f} "
+                    f"  {done}/{total} deliveries, "
+                    f"{done / len(channels) / max(elapsed, 1e-9):.0f} "
                     f"recipients/s, worker RSS peak {sampler.peak_mb:.0f} MB"
                 )
                 next_count = now + 2
@@ -582,13 +697,39 @@ class Command(BaseCommand):
 
     # --- phases ------------------------------------------------------------------------------
 
-    def run_naive(self, users: list[User]) -> float:
+    def run_naive(self, users: list[User], channels: Sequence[str] = CHANNELS) -> float:
         self.say("naive baseline: one task per recipient, one INSERT per row")
         start = time.perf_counter()
         for user in users:
-            naive_notify.apply_async(args=(user.pk, TYPE_KEY, CONTEXT, CHANNELS), queue=NAIVE_QUEUE)
-        self.wait_for("naive", self.finished_deliveries, len(users) * len(CHANNELS))
+            naive_notify.apply_async(
+                args=(user.pk, TYPE_KEY, CONTEXT, list(channels)), queue=NAIVE_QUEUE
+            )
+        self.wait_for("naive", self.finished_deliveries, len(users) * len(channels))
         return len(users) / (time.perf_counter() - start)
+
+    def run_thin_naive(self, users: list[User], channels: Sequence[str]) -> float:
+        """The thin baseline: per recipient one task that renders its copy and INSERTs one row
+        into a table of the bench's own, dropped afterwards."""
+        self.say("thin naive baseline: one task per recipient, one log row each")
+        with connection.cursor() as cursor:
+            cursor.execute(THIN_LOG_CREATE)
+            cursor.execute(f"TRUNCATE {THIN_LOG_TABLE}")
+
+        def logged() -> int:
+            with connection.cursor() as cursor:
+                cursor.execute(f"SELECT count(*) FROM {THIN_LOG_TABLE}")
+                return int(cursor.fetchone()[0])
+
+        start = time.perf_counter()
+        for user in users:
+            thin_naive_notify.apply_async(
+                args=(user.pk, TYPE_KEY, CONTEXT, list(channels)), queue=NAIVE_QUEUE
+            )
+        self.wait_for("thin naive", logged, len(users))
+        rate = len(users) / (time.perf_counter() - start)
+        with connection.cursor() as cursor:
+            cursor.execute(f"DROP TABLE {THIN_LOG_TABLE}")
+        return rate
 
     def run_pipeline(self, users: list[User]) -> float:
         self.say("pipeline: notify_many -> batched prepare -> batched deliver per channel")
@@ -729,6 +870,31 @@ class Command(BaseCommand):
                     f"{result['campaign_recipients_per_s']:.0f} rcpt/s",
                     f"{result['campaign_ratio']:.2f}x",
                 ),
+            ]
+            for prefix, channels in CAMPAIGN_MIXES:
+                label = "+".join(channels)
+                rate_key = f"{prefix}campaign_recipients_per_s"
+                rows.append(
+                    (
+                        f"  thin naive baseline, {label}",
+                        f"{result[f'thin_naive_{prefix}recipients_per_s']:.0f} rcpt/s",
+                        f"campaign {result[f'{prefix}campaign_ratio_thin']:.2f}x this",
+                    )
+                )
+                if prefix:
+                    rows += [
+                        (
+                            f"  naive baseline, {label}",
+                            f"{result[f'naive_{prefix}recipients_per_s']:.0f} rcpt/s",
+                            "1.00x",
+                        ),
+                        (
+                            f"  campaign fan-out, {label}, {big} users",
+                            f"{result[rate_key]:.0f} rcpt/s",
+                            f"{result[f'{prefix}campaign_ratio']:.2f}x",
+                        ),
+                    ]
+            rows += [
                 (
                     "peak worker RSS 10k / big",
                     f"{result['peak_worker_rss_mb_10k']:.0f} / "
@@ -776,6 +942,18 @@ class Command(BaseCommand):
                     f"{result['api_notify_overhead_ms_p50']:.2f} ms",
                     "",
                 ),
+            ]
+        if "profile_batch_pct" in result:
+            rows.append(
+                (
+                    f"one batch of {result['profile_batch_users']} in process",
+                    f"{result['profile_batch_ms_per_recipient']:.3f} ms/rcpt",
+                    "in-app + email, written and delivered",
+                )
+            )
+            rows += [
+                (f"  {area}", f"{result['profile_batch_pct'][area]:.1f} %", "of self time")
+                for area in AREAS
             ]
         self.stdout.write(f"{'measure':42} {'value':24} note")
         for name, value, note in rows:
