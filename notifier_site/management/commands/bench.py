@@ -16,7 +16,8 @@ Every phase runs on the same PostgreSQL and Redis with real worker processes:
    notify() of the same notification: what the HTTP API adds to a call;
 7. (`--only profile`, also in `all`) one campaign batch of 1,000 users (in-app + email) written
    and delivered in this process after a warm-up batch, publishing stubbed: ms per recipient
-   (unprofiled) and, from a second batch under cProfile, self time by area in %.
+   of a second batch, unprofiled, and where a third batch's time goes under cProfile: self time
+   by area in % (notifier_site.bench_profile; helpers charged to their callers' areas).
 
 The campaign phase (`--only campaign`) runs a campaign step to N users over in-app + email, in-app
 only and email only, each beside two naive baselines run on the same channels, both one Celery
@@ -181,7 +182,7 @@ class Command(BaseCommand):
             "--naive-recipients",
             type=int,
             default=3000,
-            help="recipients of the naive baseline next to the campaign",
+            help="recipients of each naive baseline run (heavy and thin, each channel mix)",
         )
         parser.add_argument(
             "--per-channel-users",
