@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, time, timedelta
 from enum import StrEnum
@@ -162,14 +162,29 @@ def in_holdout(*, campaign_id: int, user_id: UserKey, percent: int) -> bool:
 
 def pick_variant(*, step_id: int, user_id: UserKey, variants: Sequence[tuple[int, int]]) -> int:
     """A variant id by weight, the same for a user every time (variants: (id, weight))."""
+    return variant_picker(step_id=step_id, variants=variants)(user_id)
+
+
+def variant_picker(
+    *, step_id: int, variants: Sequence[tuple[int, int]]
+) -> Callable[[UserKey], int]:
+    """`pick_variant` for one step and many users: the weights are read once."""
     weighted = [(pk, weight) for pk, weight in variants if weight > 0] or list(variants)
     total = sum(weight for _, weight in weighted) or len(weighted)
-    point = _bucket(f"variant:{step_id}:{user_id}", total)
-    for pk, weight in weighted:
-        if point < (weight or 1):
-            return pk
-        point -= weight or 1
-    return weighted[-1][0]
+    if len(weighted) == 1:
+        only = weighted[0][0]
+        return lambda user_id: only  # whatever the bucket, the one variant
+    prefix = f"variant:{step_id}:"
+
+    def pick(user_id: UserKey) -> int:
+        point = _bucket(f"{prefix}{user_id}", total)
+        for pk, weight in weighted:
+            if point < (weight or 1):
+                return pk
+            point -= weight or 1
+        return weighted[-1][0]
+
+    return pick
 
 
 # --- Measuring: one window for both groups, the uplift, the A/B test and its horizon --------

@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import io
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
 from typing import Any, TypeVar, cast
 
 from django.db import connection, models
-from django.db.models import QuerySet
+from django.db.models import F, Lookup, QuerySet
+from django.db.models.lookups import In
 
 # PostgreSQL allows 65535 parameters per statement; SQLite 32766.
 MAX_PARAMS = 30000
@@ -190,6 +191,34 @@ def _update_rows(
     return updated, keys
 
 
+class AnyOf(Lookup):
+    """`column = ANY(%s)` with the values as one array parameter, cast to the column's type.
+
+    For the batch reads of the fan-out and routing (a thousand user ids): the ORM's `__in`
+    prepares and binds each value on its own, which cost more than the query. Used as a filter
+    expression (`filter(any_of("user_id", ids))`), never registered on fields (the host's
+    models are left alone). Elsewhere than PostgreSQL it is `IN`."""
+
+    lookup_name = "any_of"
+    prepare_rhs = False
+
+    def get_db_prep_lookup(self, value: Any, connection: Any) -> tuple[str, list[Any]]:
+        return "%s", [value]
+
+    def as_sql(self, compiler: Any, connection: Any) -> tuple[str, list[Any]]:
+        if connection.vendor != "postgresql":
+            sql, params = In(self.lhs, self.rhs).as_sql(compiler, connection)
+            return sql, list(params)
+        lhs_sql, lhs_params = self.process_lhs(compiler, connection)
+        array_type = self.lhs.output_field.cast_db_type(connection)
+        return f"{lhs_sql} = ANY(%s::{array_type}[])", [*lhs_params, self.rhs]
+
+
+def any_of(name: str, values: Iterable[Any]) -> AnyOf:
+    """A filter: the field `name` (lookups through relations allowed) is one of `values`."""
+    return AnyOf(F(name), list(values))
+
+
 def _copy_escaped(text: str) -> str:
     if "\\" in text or "\t" in text or "\n" in text or "\r" in text:
         return (
@@ -217,6 +246,45 @@ def _copy_text(value: Any) -> str:
     elif isinstance(value, datetime):
         value = value.isoformat()
     return _copy_escaped(str(value))
+
+
+# Compact JSON, one encoder for every value: jsonb stores the same value whatever the spacing.
+_json_text = json.JSONEncoder(separators=(",", ":")).encode
+
+
+def _copy_json(value: Any) -> str:
+    kind = type(value)
+    if kind is dict or kind is list:
+        # JSON text has no raw tab or newline (json escapes them): only backslashes to double.
+        return _json_text(value).replace("\\", "\\\\")
+    return _copy_text(value)
+
+
+def _copy_str(value: Any) -> str:
+    return _copy_escaped(value) if type(value) is str else _copy_text(value)
+
+
+def _copy_int(value: Any) -> str:
+    return str(value) if type(value) is int else _copy_text(value)
+
+
+def _copy_datetime(value: Any) -> str:
+    # isoformat() never has a character COPY must escape.
+    return value.isoformat() if type(value) is datetime else _copy_text(value)
+
+
+def _copy_encoder(field: models.Field[Any, Any]) -> Callable[[Any], str]:
+    """How a column's values go into COPY's text: the type the column usually holds first
+    (one call per value), anything else the general way (`_copy_text`)."""
+    if isinstance(field, models.JSONField):
+        return _copy_json
+    if isinstance(field, models.DateTimeField):
+        return _copy_datetime
+    if isinstance(field, models.CharField | models.TextField):
+        return _copy_str
+    if isinstance(field, models.IntegerField | models.ForeignKey):
+        return _copy_int  # a foreign key to a text or UUID key falls through to _copy_text
+    return _copy_text
 
 
 def commit_without_waiting() -> None:
@@ -269,19 +337,42 @@ def copy_rows(
             names, rows = ("id", *names), [(pk, *row) for pk, row in zip(ids, rows, strict=True)]
         returned = insert_rows(model, names, rows, returning=("id",) if with_ids else ())
         return list(ids) if ids is not None else sorted(row[0] for row in returned)
-    fields, rows = with_defaults(model, names, rows)
+    fields = [model_field(model, name) for name in names]
+    given = {field.attname for field in fields}
+    # Columns the caller leaves out get what the ORM would give them (as in `with_defaults`):
+    # a constant default is encoded once for every row, a callable one per row.
+    defaulted = [
+        f
+        for f in model._meta.concrete_fields
+        if f.attname not in given and not f.primary_key and f.has_default()
+    ]
+    constant = [f for f in defaulted if not callable(f.default)]
+    per_row = [f for f in defaulted if callable(f.default)]
     table = model._meta.db_table
-    columns = [field.get_attname_column()[1] for field in fields]
+    columns = [f.get_attname_column()[1] for f in (*fields, *constant, *per_row)]
     if with_ids and ids is None:
         ids = next_ids(model, len(rows))
+    encoders = [_copy_encoder(field) for field in fields]
+    tail = "".join("\t" + _copy_encoder(f)(f.get_default()) for f in constant)
+    row_defaults = [_copy_encoder(f) for f in per_row]
+    lines = [
+        "\t".join([encode(value) for encode, value in zip(encoders, row, strict=True)]) + tail
+        for row in rows
+    ]
+    if per_row:
+        lines = [
+            line
+            + "".join(
+                "\t" + encode(f.get_default())
+                for f, encode in zip(per_row, row_defaults, strict=True)
+            )
+            for line in lines
+        ]
     if ids is not None:
         columns = ["id", *columns]
-        rows = [(pk, *row) for pk, row in zip(ids, rows, strict=True)]
-    buffer = io.StringIO()
-    for row in rows:
-        buffer.write("\t".join(_copy_text(value) for value in row))
-        buffer.write("\n")
-    buffer.seek(0)
+        lines = [f"{pk}\t{line}" for pk, line in zip(ids, lines, strict=True)]
+    lines.append("")
+    buffer = io.StringIO("\n".join(lines))
     quoted = ", ".join(connection.ops.quote_name(c) for c in columns)
     # The raw cursor's errors are psycopg2's: wrapped, they are Django's (IntegrityError, ...).
     with connection.cursor() as cursor, connection.wrap_database_errors:

@@ -13,7 +13,13 @@ from django.contrib.auth import get_user_model
 from django.db.models import Count, Prefetch, QuerySet, TextField
 from django.db.models.functions import Cast
 
-from notifier.db import UNREADABLE_ERRORS, model_field, unreadable_columns, unreadable_words
+from notifier.db import (
+    UNREADABLE_ERRORS,
+    any_of,
+    model_field,
+    unreadable_columns,
+    unreadable_words,
+)
 from notifier.models import (
     Consent,
     ConsentPurpose,
@@ -217,11 +223,13 @@ def preferences_of(*, user_ids: Iterable[UserKey]) -> dict[int, Preferences]:
     ids = list(user_ids)
     overrides: dict[int, dict[tuple[str, str], bool]] = defaultdict(dict)
     for user_id, category, channel, enabled in Preference.objects.filter(
-        user_id__in=ids
+        any_of("user_id", ids)
     ).values_list("user_id", "category", "channel", "enabled"):
         overrides[user_id][(category, channel)] = enabled
     frequency = dict(
-        Recipient.objects.filter(user_id__in=ids).values_list("user_id", "marketing_frequency")
+        Recipient.objects.filter(any_of("user_id", ids)).values_list(
+            "user_id", "marketing_frequency"
+        )
     )
     return {
         user_id: Preferences(
@@ -239,7 +247,7 @@ def consent_of(
     ids = list(user_ids)
     latest: dict[int, dict[str, ConsentRecord]] = defaultdict(dict)
     rows = (
-        Consent.objects.filter(user_id__in=ids, purpose=purpose)
+        Consent.objects.filter(any_of("user_id", ids), purpose=purpose)
         .order_by("user_id", "channel", "at", "id")
         .values_list("user_id", "channel", "granted", "at")
     )
@@ -254,7 +262,7 @@ def irrelevant_feedback_counts(
     """(user id, type key) -> how many 👎 "irrelevant" the user gave that type since `since`."""
     rows = (
         InboxItem.objects.filter(
-            user_id__in=list(user_ids), feedback=Feedback.IRRELEVANT, feedback_at__gte=since
+            any_of("user_id", user_ids), feedback=Feedback.IRRELEVANT, feedback_at__gte=since
         )
         .values_list("user_id", "type_key")
         .annotate(n=Count("id"))

@@ -59,10 +59,10 @@ from campaigns.policies import (
     StepDecision,
     fanout_start,
     in_holdout,
-    pick_variant,
     send_time,
     step_decision,
     step_expiry,
+    variant_picker,
 )
 from campaigns.rendering import variant_cache_clear
 from campaigns.services.definitions import approval_changes
@@ -81,7 +81,7 @@ from campaigns.services.triggers import (
     trigger_entries_update,
 )
 from notifier.backpressure import bulk_congested
-from notifier.db import insert_rows, readable, table_name
+from notifier.db import any_of, insert_rows, readable, table_name
 from notifier.models import (
     Recipient,
     User,
@@ -446,7 +446,7 @@ def step_fanout_batch(
     attempt_id, attempts = fanout_attempt_start(step_id=step_id, recipient_ids=recipient_ids)
     readable_users, unreadable = readable(
         get_user_model()
-        ._default_manager.filter(notifier_recipient__pk__in=list(recipient_ids), is_active=True)
+        ._default_manager.filter(any_of("notifier_recipient__pk", recipient_ids), is_active=True)
         .select_related("notifier_recipient")
         .order_by("pk")
     )
@@ -537,12 +537,16 @@ def recipients(
     )
     rows: list[NewMessage] = []
     held_out: list[int] = []
+    pick = variant_picker(step_id=step.pk, variants=variants)
+    # The send time depends only on the zone and usual hour, which many users share.
+    send_times: dict[tuple[str, int | None], datetime | None] = {}
+    event_at, percent = campaign.event_at, campaign.holdout_percent
     for user in users:
         profile = recipient_for(user)
         pk, tz, hour = user.pk, profile.time_zone, profile.usual_active_hour
         if triggered and pk not in entered:
             continue
-        if in_holdout(campaign_id=campaign.pk, user_id=pk, percent=campaign.holdout_percent):
+        if percent > 0 and in_holdout(campaign_id=campaign.pk, user_id=pk, percent=percent):
             held_out.append(pk)
             continue
         key = (
@@ -550,6 +554,14 @@ def recipients(
             if triggered
             else f"step:{step.pk}:user:{pk}"
         )
+        if event_at is None:
+            not_before = None
+        elif (tz, hour) in send_times:
+            not_before = send_times[(tz, hour)]
+        else:
+            not_before = send_times[(tz, hour)] = send_time(
+                event_at, plan, tz=ZoneInfo(tz or "UTC"), active_hour=hour
+            )
         rows.append(
             NewMessage(
                 user_id=pk,
@@ -562,12 +574,8 @@ def recipients(
                 expires_at=expiry,
                 campaign_id=campaign.pk,
                 step_id=step.pk,
-                variant_id=pick_variant(step_id=step.pk, user_id=pk, variants=variants),
-                not_before=send_time(
-                    campaign.event_at, plan, tz=ZoneInfo(tz or "UTC"), active_hour=hour
-                )
-                if campaign.event_at
-                else None,
+                variant_id=pick(pk),
+                not_before=not_before,
             )
         )
     return rows, held_out

@@ -8,8 +8,9 @@ and (for marketing) taking a frequency-cap slot. Everything but the cap slot is 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import datetime, time, timedelta
+from functools import lru_cache
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -65,17 +66,25 @@ class PendingCap:
 QUEUE = Admission(S.QUEUED)
 
 
+# Pure functions of a few values that a batch's users share (the setting, their time zones at
+# the batch's one `now`): computed once per distinct value, not once per message.
+_parse_window = lru_cache(maxsize=8)(parse_window)
+_windows_at = lru_cache(maxsize=1024)(windows_at)
+_next_window_start = lru_cache(maxsize=1024)(next_window_start)
+_zone = lru_cache(maxsize=1024)(ZoneInfo)
+
+
 def quiet_hours_of(user: Any) -> QuietHours:
     """The user's quiet hours, from their recipient profile (any user model)."""
     profile = recipient_for(user)
-    default_start, default_end = parse_window(settings.NOTIFIER_QUIET_HOURS)
+    default_start, default_end = _parse_window(settings.NOTIFIER_QUIET_HOURS)
     start: time = profile.quiet_hours_start or default_start
     end: time = profile.quiet_hours_end or default_end
     return QuietHours(
         enabled=profile.quiet_hours_enabled,
         start=start,
         end=end,
-        tz=ZoneInfo(profile.time_zone or "UTC"),
+        tz=_zone(profile.time_zone or "UTC"),
     )
 
 
@@ -149,7 +158,7 @@ def message_admission(
         )
         if caps.week == 0:  # feedback or frequency left no room at all: nothing to wait for
             return Admission(S.SUPPRESSED, Reason.FREQUENCY_CAP)
-        windows = windows_at(now, quiet.tz)
+        windows = _windows_at(now, quiet.tz)
         if (message.cap_day, message.cap_week) == (windows.day, windows.week):
             # Held after taking its slot: keeps it.
             return Admission(S.QUEUED, overridden, cap=windows)
@@ -159,7 +168,7 @@ def message_admission(
             caps,
             message_id=message.pk,
             rank=PRIORITY_RANK.get(Priority(message.priority), 2),
-            day_ends=next_window_start(now, quiet.tz, CapPeriod.DAY),
+            day_ends=_next_window_start(now, quiet.tz, CapPeriod.DAY),
         )
         pending = PendingCap(request, now, quiet.tz, expiry)
         if not take_cap:
@@ -202,7 +211,7 @@ def settle_caps(admissions: Sequence[Admission]) -> list[Admission]:
     results = caps_take_many([pending.request for _, _, pending in taking])
     for (index, admission, pending), full in zip(taking, results, strict=True):
         settled[index] = (
-            replace(admission, pending=None, cap=pending.request.windows)
+            Admission(admission.status, admission.reason, admission.until, pending.request.windows)
             if full is None
             else _hold(
                 Reason.FREQUENCY_CAP,

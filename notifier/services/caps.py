@@ -15,7 +15,7 @@ from datetime import date, datetime
 
 from django.db import connection, transaction
 
-from notifier.db import table_name
+from notifier.db import any_of, table_name
 from notifier.models import CapPeriod, Delivery, FrequencyCounter, Kind
 from notifier.policies.caps import Caps, Windows
 from notifier.status import DeliveryStatus
@@ -73,8 +73,8 @@ def caps_room(requests: Sequence[CapRequest]) -> list[int]:
     if not requests:
         return []
     rows = FrequencyCounter.objects.filter(
-        user_id__in={r.user_id for r in requests},
-        window_start__in={w for r in requests for w in (r.windows.day, r.windows.week)},
+        any_of("user_id", {r.user_id for r in requests}),
+        any_of("window_start", {w for r in requests for w in (r.windows.day, r.windows.week)}),
     ).values_list("user_id", "period", "window_start", "count")
     counts = {(user_id, period, window): count for user_id, period, window, count in rows}
     return [
@@ -97,14 +97,14 @@ def caps_rivals(requests: Sequence[CapRequest]) -> list[list[datetime]]:
         return [[] for _ in requests]
     rows = (
         Delivery.objects.filter(
+            any_of("user_id", {r.user_id for r in requests}),
             status=DeliveryStatus.HELD,
-            user_id__in={r.user_id for r in requests},
             next_attempt_at__lt=max(ends),
             priority_rank__lt=max(r.rank for r in requests),
             message__type__kind=Kind.MARKETING,
             message__is_test=False,
         )
-        .exclude(message_id__in=[r.message_id for r in requests])
+        .exclude(any_of("message_id", [r.message_id for r in requests]))
         .values_list(
             "user_id", "message_id", "priority_rank", "next_attempt_at", "message__cap_day"
         )
@@ -188,14 +188,15 @@ def _take_many(period: CapPeriod, items: list[tuple[int, date, int]]) -> set[int
     key_type = user_key_sql_type(connection)
     with connection.cursor() as cursor:
         for cap, keys in by_cap.items():
-            values = ", ".join([f"(%s::{key_type}, %s::date)"] * len(keys))
+            # The keys as two array parameters (unnest keeps them paired, in order).
             cursor.execute(
                 f"INSERT INTO {table} AS c (user_id, period, window_start, count) "
-                f"SELECT v.user_id, %s, v.window_start, 1 FROM (VALUES {values}) "
-                f"AS v (user_id, window_start) ORDER BY v.user_id "
+                f"SELECT v.user_id, %s, v.window_start, 1 "
+                f"FROM unnest(%s::{key_type}[], %s::date[]) AS v (user_id, window_start) "
+                f"ORDER BY v.user_id "
                 f"ON CONFLICT (user_id, period, window_start) "
                 f"DO UPDATE SET count = c.count + 1 WHERE c.count < %s RETURNING c.user_id",
-                [str(period), *(value for key in keys for value in key), cap],
+                [str(period), [user for user, _ in keys], [window for _, window in keys], cap],
             )
             got.update(row[0] for row in cursor.fetchall())
     return got
@@ -206,10 +207,11 @@ def _give_back(period: CapPeriod, items: list[tuple[int, date]]) -> None:
         return
     table = table_name(FrequencyCounter)
     key_type = user_key_sql_type(connection)
-    keys = ", ".join([f"(%s::{key_type}, %s::date)"] * len(items))
+    items = sorted(items)
     with connection.cursor() as cursor:
         cursor.execute(
             f"UPDATE {table} SET count = count - 1 WHERE period = %s AND count > 0 "
-            f"AND (user_id, window_start) IN (VALUES {keys})",
-            [str(period), *(value for item in sorted(items) for value in item)],
+            f"AND (user_id, window_start) IN "
+            f"(SELECT * FROM unnest(%s::{key_type}[], %s::date[]))",
+            [str(period), [user for user, _ in items], [window for _, window in items]],
         )

@@ -36,7 +36,7 @@ from django.utils import timezone
 from channels.base import Channel, Content
 from notifier import dispatch
 from notifier.backpressure import bulk_congested
-from notifier.db import next_ids, readable, update_rows
+from notifier.db import any_of, next_ids, readable, update_rows
 from notifier.dispatch import chunks
 from notifier.hooks import NO_CAMPAIGNS, CampaignBatch, campaign_batch
 from notifier.links import UnsubscribeLinks, preferences_url
@@ -151,7 +151,7 @@ def audience_of(
     since = now - timedelta(days=settings.NOTIFIER_FEEDBACK_PENALTY_DAYS)
     return Audience(
         devices=Counter(
-            Device.objects.filter(user_id__in=user_ids, active=True).values_list(
+            Device.objects.filter(any_of("user_id", user_ids), active=True).values_list(
                 "user_id", flat=True
             )
         ),
@@ -186,9 +186,9 @@ def suppressed_emails_of(addresses: Iterable[str]) -> frozenset[str]:
     if not wanted:
         return frozenset()
     return frozenset(
-        SuppressedAddress.objects.filter(channel=Channel.EMAIL, address__in=wanted).values_list(
-            "address", flat=True
-        )
+        SuppressedAddress.objects.filter(
+            any_of("address", wanted), channel=Channel.EMAIL
+        ).values_list("address", flat=True)
     )
 
 
@@ -695,7 +695,9 @@ def _write_routed_once(rows: Sequence[NewMessage], users: Mapping[int, User]) ->
         ids = next_ids(Message, len(fresh))
         messages = [as_message(row, pk, now) for row, pk in zip(fresh, ids, strict=True)]
         for message in messages:
-            message.user = users[message.user_id]
+            # `message.user = ...` without the descriptor's checks: the user is the one the
+            # message was built for (same key), loaded by the caller.
+            message._state.fields_cache["user"] = users[message.user_id]
         audience = audience_of(messages, now)
         routed_rows: list[Routed] = []
         for outcome in route_many(messages, audience, now):

@@ -18,6 +18,7 @@ from campaigns.policies import (
     step_decision,
     step_expiry,
     step_moment,
+    variant_picker,
 )
 
 EVENT = datetime(2026, 11, 11, 12, 0, tzinfo=UTC)  # Double 11, 20:00 in Shanghai
@@ -101,6 +102,34 @@ def test_variants_are_stable_per_user_and_follow_their_weights():
     assert picks == [pick_variant(step_id=5, user_id=u, variants=variants) for u in range(20_000)]
     share = Counter(picks)[1] / len(picks)
     assert 0.72 < share < 0.78
+
+
+def test_a_users_variant_never_changes_across_releases():
+    # Picks made before the per-step picker: a user who got variant 12 keeps getting it, and
+    # the funnel's A/B groups stay as they were.
+    weighted = [(11, 50), (12, 30), (13, 20)]
+    assert [pick_variant(step_id=5, user_id=u, variants=weighted) for u in range(12)] == [
+        12, 13, 11, 13, 12, 11, 12, 13, 12, 13, 11, 13,
+    ]  # fmt: skip
+    unweighted = [(21, 0), (22, 0)]  # no weights: an even split
+    assert [pick_variant(step_id=9, user_id=u, variants=unweighted) for u in range(12)] == [
+        22, 21, 21, 22, 22, 21, 22, 21, 22, 22, 22, 21,
+    ]  # fmt: skip
+    assert {pick_variant(step_id=9, user_id=u, variants=[(21, 0), (22, 5)]) for u in range(50)} == {
+        22
+    }
+    uuids = [f"3f2c9a7e-0000-4000-8000-00000000000{u}" for u in range(8)]
+    assert [pick_variant(step_id=3, user_id=u, variants=[(31, 1), (32, 1)]) for u in uuids] == [
+        32, 32, 31, 32, 31, 32, 32, 31,
+    ]  # fmt: skip
+
+
+def test_the_step_picker_picks_what_pick_variant_picks():
+    for variants in ([(1, 3), (2, 1)], [(4, 0), (5, 0), (6, 0)], [(7, 10)], [(8, 0), (9, 2)]):
+        pick = variant_picker(step_id=42, variants=variants)
+        assert [pick(u) for u in range(3000)] == [
+            pick_variant(step_id=42, user_id=u, variants=variants) for u in range(3000)
+        ]
 
 
 def test_different_steps_split_users_independently():
