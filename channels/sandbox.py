@@ -36,7 +36,8 @@ from django.utils import timezone
 
 from channels.base import Channel, ErrorCode, Outcome, Outgoing, SendResult
 from channels.models import SandboxOutage, SandboxSend
-from notifier.db import NO_WAIT, insert_rows, model_field, row_preparers, table_name
+from notifier.db import NO_WAIT, insert_rows, model_field, table_name
+from notifier.sql_arrays import column_arrays, unnest_of
 
 REPLAYED = "replayed"
 SENT = Outcome.SENT.value
@@ -156,10 +157,6 @@ class _SandboxProvider:
             insert_rows(SandboxSend, LEDGER_COLUMNS, rows)  # no replays where not PostgreSQL
             return results
         fields = [model_field(SandboxSend, name) for name in LEDGER_COLUMNS]
-        prepare = row_preparers(fields)
-        params = [prep(value) for row in rows for prep, value in zip(prepare, row, strict=True)]
-        # Every value cast: VALUES columns are otherwise typed from their first literal.
-        one_row = "(" + ", ".join(f"%s::{f.db_type(connection)}" for f in fields) + ")"
         names = [connection.ops.quote_name(f.column) for f in fields]
         given = {f.column: f"v.{name}" for f, name in zip(fields, names, strict=True)}
         given["outcome"] = (
@@ -168,19 +165,19 @@ class _SandboxProvider:
         )
         given["provider_message_id"] = "COALESCE(e.provider_message_id, v.provider_message_id)"
         table = table_name(SandboxSend)
-        # One round trip, committed (without waiting for the disk) before any answer is
-        # returned, whatever happens to the caller next. Any earlier acceptance will do: no
-        # ORDER BY, which on a long ledger would walk the primary key.
+        # One round trip (an array per column), committed (without waiting for the disk) before
+        # any answer is returned, whatever happens to the caller next. Any earlier acceptance
+        # will do: no ORDER BY, which on a long ledger would walk the primary key.
         with connection.cursor() as cursor:
             cursor.execute(
                 f"{NO_WAIT}INSERT INTO {table} ({', '.join(names)}) "
                 f"SELECT {', '.join(given.values())} "
-                f"FROM (VALUES {', '.join([one_row] * len(rows))}) AS v ({', '.join(names)}) "
+                f"FROM {unnest_of(fields)} AS v ({', '.join(names)}) "
                 f"LEFT JOIN LATERAL (SELECT provider_message_id FROM {table} earlier "
                 f"WHERE earlier.delivery_id = v.delivery_id AND earlier.outcome = '{SENT}' "
                 f"LIMIT 1) e ON v.outcome = '{SENT}' "
                 "RETURNING delivery_id, outcome, provider_message_id",
-                params,
+                column_arrays(len(fields), rows),
             )
             replayed = {
                 delivery_id: provider_message_id

@@ -251,8 +251,9 @@ NOTIFIER_WEBPUSH_ENDPOINT_HOSTS = [
 NOTIFIER_SANDBOX_LATENCY_MS = 0.0
 NOTIFIER_SANDBOX_TRANSIENT_FAILURE_RATE = 0.0
 NOTIFIER_SANDBOX_PERMANENT_FAILURE_RATE = 0.0
-# Messages an instant sandbox (no latency) takes per request, like a provider's batch API.
-NOTIFIER_SANDBOX_BATCH = 100
+# Messages an instant sandbox (no latency) takes per request, like a provider's batch API
+# (Postmark's and FCM's take 500): a deliver task's batch (NOTIFIER_BATCH_SIZE) in one request.
+NOTIFIER_SANDBOX_BATCH = 500
 
 # --- Provider webhooks ----------------------------------------------------------------------
 # Only these ESPs' anymail tracking webhooks may write (default: the anymail ESP EMAIL_BACKEND

@@ -264,7 +264,7 @@ NOTIFIER_WEBPUSH_VAPID_SUBJECT = env.str("WEBPUSH_VAPID_SUBJECT", default="")
 NOTIFIER_SANDBOX_LATENCY_MS = env.float("SANDBOX_LATENCY_MS", default=0.0)
 NOTIFIER_SANDBOX_TRANSIENT_FAILURE_RATE = env.float("SANDBOX_TRANSIENT_FAILURE_RATE", default=0.0)
 NOTIFIER_SANDBOX_PERMANENT_FAILURE_RATE = env.float("SANDBOX_PERMANENT_FAILURE_RATE", default=0.0)
-NOTIFIER_SANDBOX_BATCH = env.int("SANDBOX_BATCH", default=100)
+NOTIFIER_SANDBOX_BATCH = env.int("SANDBOX_BATCH", default=500)
 
 # Served over HTTPS (production): secure cookies and a redirect to https, except the health
 # probes, which orchestrators call over plain HTTP inside the network. HSTS is opt-in (a

@@ -25,7 +25,7 @@ from enum import StrEnum
 from functools import partial
 from typing import Any
 
-from django.db import transaction
+from django.db import connection, transaction
 from django.db.models import Exists, OuterRef, Q, QuerySet
 from django.db.models.functions import Coalesce
 from django.utils import timezone
@@ -344,21 +344,45 @@ def early_callbacks_waiting(*, refs: Iterable[tuple[str, str]]) -> bool:
     apply cost a round trip each). An event stored after this look is applied by
     `early_callbacks_reconcile`, as one stored while the sender commits always was. On an
     error, True: the apply decides, guarded as ever."""
-    named = _named(refs)
-    if named is None:
+    by_provider = _by_provider(refs)
+    if not by_provider:
         return False
     try:
-        return ProviderEvent.objects.filter(named, outcome=EventOutcome.UNKNOWN).exists()
+        if connection.vendor != "postgresql":
+            return ProviderEvent.objects.filter(_named(refs), outcome=EventOutcome.UNKNOWN).exists()
+        # Each provider's ids as one array (a batch names hundreds): the partial index of
+        # waiting events answers it.
+        table = connection.ops.quote_name(ProviderEvent._meta.db_table)
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT EXISTS (SELECT 1 FROM {table} WHERE outcome = %s AND ({named}))".format(
+                    table=table,
+                    named=" OR ".join(
+                        ["(delivery_provider = %s AND provider_message_id = ANY(%s))"]
+                        * len(by_provider)
+                    ),
+                ),
+                [
+                    EventOutcome.UNKNOWN.value,
+                    *(v for provider, ids in by_provider.items() for v in (provider, ids)),
+                ],
+            )
+            return bool(cursor.fetchone()[0])
     except Exception:
         log.exception("could not look for early provider events; applying as usual")
         return True
 
 
-def _named(refs: Iterable[tuple[str, str]]) -> Q | None:
+def _by_provider(refs: Iterable[tuple[str, str]]) -> dict[str, list[str]]:
     by_provider: dict[str, list[str]] = defaultdict(list)
     for provider, provider_message_id in refs:
         if provider_message_id:
             by_provider[provider].append(provider_message_id)
+    return by_provider
+
+
+def _named(refs: Iterable[tuple[str, str]]) -> Q | None:
+    by_provider = _by_provider(refs)
     if not by_provider:
         return None
     named = Q()

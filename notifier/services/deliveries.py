@@ -24,7 +24,8 @@ from functools import partial
 
 from django.conf import settings
 from django.db import connection, transaction
-from django.db.models import QuerySet
+from django.db.models import BooleanField, QuerySet
+from django.db.models.expressions import RawSQL
 from django.utils import timezone
 
 from channels.base import (
@@ -248,7 +249,7 @@ CLAIMED_COLUMNS = (
 
 
 def _load(claimed_ids: list[int]) -> list[Claimed]:
-    rows = Delivery.objects.filter(pk__in=claimed_ids).order_by("pk").values_list(*CLAIMED_COLUMNS)
+    rows = _claimed_rows(claimed_ids).order_by("pk").values_list(*CLAIMED_COLUMNS)
     claimed = []
     for (
         pk,
@@ -281,6 +282,15 @@ def _load(claimed_ids: list[int]) -> list[Claimed]:
             )
         )
     return claimed
+
+
+def _claimed_rows(claimed_ids: list[int]) -> QuerySet[Delivery]:
+    if connection.vendor != "postgresql":
+        return Delivery.objects.filter(pk__in=claimed_ids)
+    # The ids as one array parameter: `pk__in` would prepare a batch's 500 values one by one.
+    return Delivery.objects.filter(
+        RawSQL(f"{table_name(Delivery)}.id = ANY(%s)", (claimed_ids,), output_field=BooleanField())
+    )
 
 
 def _outgoing(delivery: Claimed, devices: list[Device]) -> Outgoing:
@@ -429,10 +439,12 @@ def _record(
     rng: random.Random | None = None,
     *,
     callbacks_waiting: bool = True,
+    no_wait: bool = False,
 ) -> None:
-    """Write each attempt's outcome as the retry policy decides, in one UPDATE and one INSERT.
-    With `callbacks_waiting` False (the caller looked: no provider event waits for these
-    sends) the early-callback apply is left out."""
+    """Write each attempt's outcome as the retry policy decides, in one UPDATE and one INSERT
+    (one statement on PostgreSQL). With `callbacks_waiting` False (the caller looked: no
+    provider event waits for these sends) the early-callback apply is left out; with
+    `no_wait`, a write that is its own transaction commits without waiting for the disk."""
     policy = retry_policy()
     events: list[Event] = []
     dead_devices: set[int] = set()
@@ -479,6 +491,7 @@ def _record(
         targets=ATTEMPT_OUTCOMES,
         guard=_claim_guard(deliveries),
         events=events,
+        no_wait=no_wait,
     )
     # As the events were (see deliveries_set): unless a lone row had been taken back.
     if callbacks_waiting and (updated or len(deliveries) > 1):
@@ -547,47 +560,46 @@ def _send_each_recorded(
     within_s = settings.NOTIFIER_RECORD_WITHIN_MS / 1000.0
     results: list[SendResult] = []
     unrecorded: list[tuple[Claimed, SendResult]] = []
+    # When the oldest unrecorded answer came; when the provider last took a message, until its
+    # first answer after that (None: answered); how long that call took.
     first_at = 0.0
+    taken_at: float | None = None
+    call_s = 0.0
 
     def flush() -> None:
         if unrecorded:
-            # Looked for before the transaction, in one query: usually no event waits.
-            waiting = early_callbacks_waiting(
-                refs=[(r.provider, r.provider_message_id[:255]) for _, r in unrecorded]
-            )
-            with transaction.atomic():
-                commit_without_waiting()
-                _record(
-                    [d for d, _ in unrecorded],
-                    [r for _, r in unrecorded],
-                    timezone.now(),
-                    report,
-                    callbacks_waiting=waiting,
-                )
+            _record_sends(unrecorded, report)
             unrecorded.clear()
+
+    def handed_out() -> Iterator[Outgoing]:
+        """The outgoings still ours, each handed over only once the answers before it are
+        written, unless one more call as quick as the last keeps the oldest unwritten answer
+        within the window. Decided when the provider takes its next message, i.e. before its
+        next call: a provider with a round trip has each answer written before the next
+        message goes out; a batch API's answers (a request's, all in hand) are written
+        together, before its next request, or gathered over a few quick requests."""
+        nonlocal taken_at
+        for outgoing in lease.still_ours(pairs):
+            now = time.monotonic()
+            if unrecorded and record_now(waited_s=now - first_at, call_s=call_s, within_s=within_s):
+                flush()
+            taken_at = time.monotonic()
+            yield outgoing
 
     outgoings = [o for _, o in pairs]
     with personal_values(partial(_personal_strings, outgoings)) if sentry_on() else nullcontext():
         try:
-            asked = time.monotonic()
-            for outgoing, result in send_each(provider, lease.still_ours(pairs)):
+            for outgoing, result in send_each(provider, handed_out()):
                 answered = time.monotonic()
+                if taken_at is not None:  # the first answer of a call: it took this long
+                    call_s, taken_at = answered - taken_at, None
                 results.append(result)
                 if hand_on and hands_on(result):  # refused unsent: the next provider's
                     handed_on.append((by_pk[outgoing.delivery_id], outgoing))
-                    asked = time.monotonic()
                     continue
                 if not unrecorded:
                     first_at = answered
                 unrecorded.append((by_pk[outgoing.delivery_id], result))
-                # Write now unless one more call as quick as this one keeps the oldest
-                # unwritten answer within the window: a provider with a round trip has each
-                # answer written before the next message goes out.
-                if record_now(
-                    waited_s=answered - first_at, call_s=answered - asked, within_s=within_s
-                ):
-                    flush()
-                asked = time.monotonic()
         except Exception as exc:
             log.exception("provider %s raised", provider.name)
             error = f"{type(exc).__name__}: {exc}"
@@ -601,6 +613,23 @@ def _send_each_recorded(
                     unrecorded.append((delivery, failure))
         flush()
     return results, handed_on
+
+
+def _record_sends(unrecorded: list[tuple[Claimed, SendResult]], report: DeliverReport) -> None:
+    """Write answers a provider gave outside our database, committed at once (without waiting
+    for the disk): one statement, unless a provider event waits for these sends (an early
+    callback, applied in the same transaction) or a push token is to be deactivated."""
+    deliveries, results = [d for d, _ in unrecorded], [r for _, r in unrecorded]
+    # Looked for before the write, in one indexed query: usually no event waits.
+    waiting = early_callbacks_waiting(
+        refs=[(r.provider, r.provider_message_id[:255]) for r in results]
+    )
+    if not waiting and not any(r.deactivate_device_ids for r in results):
+        _record(deliveries, results, timezone.now(), report, callbacks_waiting=False, no_wait=True)
+        return
+    with transaction.atomic():
+        commit_without_waiting()
+        _record(deliveries, results, timezone.now(), report, callbacks_waiting=waiting)
 
 
 def _count(

@@ -32,10 +32,20 @@ from typing import Any
 from django.db import connection, transaction
 from django.utils import timezone
 
-from notifier.db import copy_rows, insert_rows, table_name, update_rows, update_rows_returning
+from notifier.db import (
+    NO_WAIT,
+    copy_rows,
+    insert_rows,
+    model_field,
+    table_name,
+    update_rows,
+    update_rows_returning,
+    with_defaults,
+)
 from notifier.events_out import record
 from notifier.events_out.signals import DeliveryChange
 from notifier.models import Delivery, DeliveryEvent, EventKind
+from notifier.sql_arrays import column_arrays, unnest_of
 from notifier.status import (
     ENGAGEMENT_RANK,
     DeliveryStatus,
@@ -206,14 +216,18 @@ def deliveries_claim(
     due = field.get_db_prep_value(due_by, connection)
     lease = field.get_db_prep_value(until, connection)
     prepared = Delivery._meta.get_field("claim_token").get_db_prep_value(token, connection)
-    ids = ", ".join(["%s"] * len(delivery_ids))
+    id_params: list[Any]
+    if connection.vendor == "postgresql":  # the ids as one array: no list of 500 to prepare
+        ids, id_params = "= ANY(%s)", [list(delivery_ids)]
+    else:
+        ids, id_params = f"IN ({', '.join(['%s'] * len(delivery_ids))})", list(delivery_ids)
     with connection.cursor() as cursor:
         cursor.execute(
             f"UPDATE {table} SET status = %s, attempts = attempts + 1, claimed_at = %s, "
             f"claimed_until = %s, claim_token = %s, "
-            f"updated_at = %s WHERE id IN ({ids}) AND status = %s "
+            f"updated_at = %s WHERE id {ids} AND status = %s "
             f"AND (next_attempt_at IS NULL OR next_attempt_at <= %s) RETURNING id",
-            [S.SENDING, stamp, lease, prepared, stamp, *delivery_ids, S.QUEUED, due],
+            [S.SENDING, stamp, lease, prepared, stamp, *id_params, S.QUEUED, due],
         )
         claimed = [row[0] for row in cursor.fetchall()]
     record.deliveries_changed(
@@ -379,22 +393,35 @@ def deliveries_set(
     targets: Collection[DeliveryStatus],
     guard: Mapping[str, object] | None = None,
     events: Sequence[Event] = (),
+    no_wait: bool = False,
 ) -> int:
     """Write each delivery its own values (rows of (pk, *values in the order of `names`), the
-    status among them) where it is still in `source` (and matches `guard`), with `events`, in
-    one UPDATE and one insert; returns how many rows the UPDATE matched.
+    status among them) where it is still in `source` (and matches `guard`), with `events`;
+    returns how many rows the UPDATE matched.
 
     Every row's status must be one of `targets`. The events are written when the UPDATE
-    matched a row, and always for a batch: the UPDATE counts the rows it matched but does not
-    name them, so a batch's events are not narrowed to those (a lone row that had moved on,
-    e.g. a claim taken back, gets none).
+    matched a row, and always for a batch: a batch's events are not narrowed to the rows
+    that moved (a lone row that had moved on, e.g. a claim taken back, gets none).
+
+    On PostgreSQL the rows and their events are one statement (`_set_logged`); with
+    `no_wait`, when the call is its own transaction (not inside the caller's), its commit
+    does not wait for the disk (see `notifier.db.commit_without_waiting`): a send recorded
+    as it happens costs one round trip.
     """
     moves_check([source], targets)
     column = names.index("status") + 1
     if not {row[column] for row in rows} <= set(targets):
         raise IllegalMove(f"a row moves from {source} to a status outside {sorted(targets)}")
     where = {"status": source, **(guard or {})}
-    if record.deliveries_wanted(targets):
+    wanted = record.deliveries_wanted(targets)
+    if events and connection.vendor == "postgresql":
+        no_wait = no_wait and not connection.in_atomic_block
+        with transaction.atomic(savepoint=False) if wanted else nullcontext():
+            moved = _set_logged(names, rows, where=where, events=events, no_wait=no_wait)
+            if wanted:
+                record.deliveries_changed(targets, lambda: _set_changes(names, rows, moved))
+        return len(moved)
+    if wanted:
         # Someone wants to know: which rows moved, so only those are told of.
         with transaction.atomic(savepoint=False):
             moved = update_rows_returning(Delivery, names, rows, where=where)
@@ -408,6 +435,48 @@ def deliveries_set(
         if updated or len(rows) > 1:
             _events_write(events)
     return updated
+
+
+def _set_logged(
+    names: Sequence[str],
+    rows: Sequence[Sequence[Any]],
+    *,
+    where: Mapping[str, object],
+    events: Sequence[Event],
+    no_wait: bool,
+) -> list[int]:
+    """`deliveries_set`'s UPDATE and the INSERT of its events as one statement (PostgreSQL):
+    one round trip, and one transaction of its own when the caller has none. Each column's
+    values go as one array (`unnest`), so what PostgreSQL parses and plans does not grow with
+    the rows, as a VALUES list of typed literals does. Returns the ids the UPDATE moved."""
+    pk = Delivery._meta.pk
+    assert pk is not None
+    fields = [pk, *(model_field(Delivery, name) for name in names)]
+    event_fields, event_rows = with_defaults(DeliveryEvent, EVENT_COLUMNS, events)
+    quote = connection.ops.quote_name
+    columns = ", ".join(quote(f.column) for f in fields)
+    event_columns = ", ".join(quote(f.column) for f in event_fields)
+    assignments = ", ".join(f"{quote(f.column)} = v.{quote(f.column)}" for f in fields[1:])
+    guards = "".join(f" AND d.{quote(model_field(Delivery, n).column)} = %s" for n in where)
+    sql = (
+        f"{NO_WAIT if no_wait else ''}"
+        f"WITH moved AS (UPDATE {table_name(Delivery)} AS d SET {assignments} "
+        f"FROM {unnest_of(fields)} AS v ({columns}) "
+        f"WHERE d.{quote(pk.column)} = v.{quote(pk.column)}{guards} RETURNING d.id), "
+        f"logged AS (INSERT INTO {table_name(DeliveryEvent)} ({event_columns}) "
+        f"SELECT * FROM {unnest_of(event_fields)} AS e ({event_columns}) "
+        "WHERE %s OR EXISTS (SELECT 1 FROM moved)) "
+        "SELECT id FROM moved"
+    )
+    params: list[Any] = [
+        *column_arrays(len(fields), rows),
+        *where.values(),
+        *column_arrays(len(event_fields), event_rows),
+        len(rows) > 1,
+    ]
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        return [row[0] for row in cursor.fetchall()]
 
 
 def _set_changes(
