@@ -31,7 +31,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, cast
 
 from django.conf import settings
 from jinja2 import Template, meta, nodes
@@ -52,7 +52,13 @@ from notifier.rendering import (
     render_budget,
     render_failure,
 )
-from notifier.sandbox import RenderTooSlow, copy_limits, python_limit_as_budget
+from notifier.sandbox import (
+    BudgetedTemplate,
+    RenderTooSlow,
+    SharedContext,
+    copy_limits,
+    python_limit_as_budget,
+)
 
 CACHE_TTL_S = 30.0
 CAMPAIGN_VARIABLES = frozenset({"campaign", "event_at"})
@@ -76,7 +82,7 @@ MAX_COPY_CHARS = 100_000
 MAX_COPY_ELEMENTS = 5_000
 
 # (channel, locale, persona) -> part -> template
-Compiled = dict[tuple[str, str, str], dict[str, Template | RenderError]]
+Compiled = dict[tuple[str, str, str], dict[str, BudgetedTemplate | RenderError]]
 _cache: dict[int, tuple[float, Compiled]] = {}
 
 
@@ -232,15 +238,15 @@ def _parse_copy(source: str) -> nodes.Template:
     return parsed
 
 
-def compile_copy(source: str) -> Template:
+def compile_copy(source: str) -> BudgetedTemplate:
     """A marketer's template, compiled; RenderError saying what to change when it cannot be
     (too long, nested too deeply for Python, a syntax error)."""
     return _compile_parsed(_parse_copy(source))
 
 
-def _compile_parsed(parsed: nodes.Template) -> Template:
+def _compile_parsed(parsed: nodes.Template) -> BudgetedTemplate:
     try:
-        return environment().from_string(parsed)
+        return cast(BudgetedTemplate, environment().from_string(parsed))
     except COMPILE_ERRORS as exc:
         raise RenderError(compile_failure(exc)) from exc
 
@@ -457,7 +463,7 @@ def _compile(variant_id: int) -> Compiled:
     return compiled
 
 
-def _compiled_or_error(source: str) -> Template | RenderError:
+def _compiled_or_error(source: str) -> BudgetedTemplate | RenderError:
     try:
         return compile_copy(source)
     except RenderError as exc:
@@ -515,12 +521,13 @@ def render_variant(
         raise RenderError(f"variant {variant_id} has no {channel} copy")
     parts = compiled[key]
     rendered: dict[str, str] = {}
+    shared = SharedContext(context)
     with render_budget(fresh=True):  # one budget for the channel's parts
         for part, template in parts.items():
             if isinstance(template, RenderError):
                 raise RenderError(f"variant {variant_id} {channel} {part}: {template}")
             try:
-                rendered[part] = template.render(context).strip()
+                rendered[part] = template.render_shared(shared).strip()
             except Exception as exc:  # any template error, in the template's own words
                 where = f"variant {variant_id} {channel} {part}"
                 raise render_failure(where, exc, with_kind=False) from exc
