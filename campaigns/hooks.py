@@ -160,6 +160,9 @@ class CampaignsPlugin:
 
     def urls(self) -> list[Any]:
         return [
+            # One name for both forms: a message's links (one token, the link's index after
+            # it) and links sent before (a token per link); reverse() picks by its kwargs.
+            path("t/c/<str:token>/<int:index>/", views.track_click, name="track-click"),
             path("t/c/<str:token>/", views.track_click, name="track-click"),
             path("t/o/<str:token>.gif", views.track_open, name="track-open"),
         ]
