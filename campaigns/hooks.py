@@ -78,6 +78,8 @@ class Batch:
         self.stopped = series_stopped(
             (m.campaign_id, m.user_id) for m in messages if m.campaign_id and not m.is_test
         )
+        # The event's local time, once per campaign and time zone, not per recipient.
+        self._event_texts: dict[tuple[int, str], str] = {}
 
     def campaign(self, message: Message) -> CampaignContext | None:
         return self.campaigns.get(message.campaign_id or 0)
@@ -104,13 +106,21 @@ class Batch:
             points_days=campaign.points_days,
             now=timezone.now(),
         )
-        event_at = local_time_text(campaign.event_at, recipient_for(message.user).time_zone)
+        event_at = self._event_text(message.campaign_id or 0, campaign, message)
         extra = {
             "campaign": {"name": campaign.name, "event_at": event_at},
             "event_at": event_at,  # {{ event_at|localdatetime }}: notifier.local_formats
             "user": persona.template_values(),
         }
         return extra, persona.copy_keys()
+
+    def _event_text(self, campaign_id: int, campaign: CampaignContext, message: Message) -> str:
+        time_zone = recipient_for(message.user).time_zone
+        key = (campaign_id, time_zone)
+        text = self._event_texts.get(key)
+        if text is None:
+            text = self._event_texts[key] = local_time_text(campaign.event_at, time_zone)
+        return text
 
     def render(
         self,

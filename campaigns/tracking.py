@@ -194,13 +194,17 @@ def open_pixel_url(*, token: str) -> str:
 # --- Rewriting ------------------------------------------------------------------------------
 
 
-def is_tracked_url(url: str, site: str | None = None) -> bool:
+def is_tracked_url(url: str, untracked: tuple[str, ...] | None = None) -> bool:
     """Whether a URL should go through the click redirect: http(s), and not one of our own
-    unsubscribe, preference or tracking links (`site`: NOTIFIER_SITE_URL without its slash)."""
+    unsubscribe, preference or tracking links (`untracked`: `_untracked_prefixes()`)."""
     if not url.lower().startswith(("http://", "https://")):
         return False
+    return not url.startswith(_untracked_prefixes() if untracked is None else untracked)
+
+
+def _untracked_prefixes(site: str | None = None) -> tuple[str, ...]:
     site = _site() if site is None else site
-    return not any(url.startswith(f"{site}{path}") for path in UNTRACKED_PATHS)
+    return tuple(f"{site}{path}" for path in UNTRACKED_PATHS)
 
 
 def _trim(url: str) -> str:
@@ -225,6 +229,7 @@ class _Rewriter:
     def __init__(self, *, message_id: int, channel: Channel) -> None:
         self.message_id, self.channel = message_id, channel
         self.site = _site()
+        self.untracked = _untracked_prefixes(self.site)
         self.links: list[str] = []
         self._tracked: dict[str, str] = {}
         self._token: str | None = None
@@ -237,7 +242,7 @@ class _Rewriter:
         return self._token
 
     def tracked(self, url: str) -> str:
-        if not is_tracked_url(url, self.site):
+        if not is_tracked_url(url, self.untracked):
             return url
         tracked = self._tracked.get(url)
         if tracked is None:  # one index per distinct URL
@@ -296,7 +301,7 @@ def track_content(content: Content, *, message_id: int, channel: Channel) -> Con
     body = rewriter.text(content.body) if channel in (Channel.EMAIL, Channel.SMS) else content.body
     markup = rewriter.html(content.html) if content.html else ""
     link = content.link
-    if is_tracked_url(link.strip(), rewriter.site):
+    if is_tracked_url(link.strip(), rewriter.untracked):
         link = rewriter.tracked(link.strip())
     if channel is Channel.EMAIL and markup and f"{rewriter.site}/t/o/" not in markup:
         markup = _with_pixel(markup, open_pixel_url(token=rewriter.token))

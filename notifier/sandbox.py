@@ -1496,6 +1496,19 @@ class BudgetedTemplate(Template):
     def _globals_keys(self) -> set[str]:
         return set(self.globals)  # shared by its renders: Jinja only reads it
 
+    @functools.cached_property
+    def _globals_owner(self) -> int:
+        """Whose globals it sees: a template without globals of its own sees its
+        environment's, so one parent serves all of them (`SharedContext`)."""
+        found = self.globals
+        shares = (
+            isinstance(found, ChainMap)
+            and len(found.maps) == 2
+            and not found.maps[0]
+            and found.maps[1] is self.environment.globals
+        )
+        return id(self.environment) if shares else id(self)
+
     def render_shared(self, context: SharedContext) -> str:
         """`render(context)`, the same text and errors, with the context laid over the globals
         once for all the parts of a message instead of once per template (Jinja copies both,
@@ -1526,16 +1539,8 @@ class SharedContext:
         self.values = values
         self._parents: dict[int, dict[str, Any]] = {}
 
-    def parent_for(self, template: Template) -> dict[str, Any]:
-        # A template without globals of its own sees its environment's: one parent for all.
-        found = template.globals
-        shares = (
-            isinstance(found, ChainMap)
-            and len(found.maps) == 2
-            and not found.maps[0]
-            and found.maps[1] is template.environment.globals
-        )
-        key = id(template.environment) if shares else id(template)
+    def parent_for(self, template: BudgetedTemplate) -> dict[str, Any]:
+        key = template._globals_owner
         parent = self._parents.get(key)
         if parent is None:
             parent = self._parents[key] = {**template.globals, **self.values}
