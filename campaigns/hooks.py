@@ -16,7 +16,7 @@ from django.utils import timezone
 from campaigns import views
 from campaigns.models import AudienceThresholds, Campaign, CampaignStatus, Conversion
 from campaigns.personas import user_persona
-from campaigns.rendering import marked_as_test, render_variant
+from campaigns.rendering import Reused, marked_as_test, render_variant
 from campaigns.series import series_stopped
 from campaigns.services.alerts import campaign_pauses
 from campaigns.tracking import track_content
@@ -80,6 +80,8 @@ class Batch:
         )
         # The event's local time, once per campaign and time zone, not per recipient.
         self._event_texts: dict[tuple[int, str], str] = {}
+        # Parts of the copy that read nothing of the customer, rendered once a batch.
+        self._reused: Reused = {}
 
     def campaign(self, message: Message) -> CampaignContext | None:
         return self.campaigns.get(message.campaign_id or 0)
@@ -132,7 +134,13 @@ class Batch:
     ) -> Content:
         assert message.variant_id is not None
         content = render_variant(
-            message.variant_id, channel, context, locale, personas=personas, fresh=message.is_test
+            message.variant_id,
+            channel,
+            context,
+            locale,
+            personas=personas,
+            fresh=message.is_test,
+            reused=None if message.is_test else self._reused,
         )
         return marked_as_test(content) if message.is_test else content
 

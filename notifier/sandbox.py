@@ -1497,6 +1497,11 @@ class BudgetedTemplate(Template):
         return set(self.globals)  # shared by its renders: Jinja only reads it
 
     @functools.cached_property
+    def _globals_dict(self) -> dict[str, Any]:
+        # Globals are set before templates are loaded (Jinja's rule), so a copy stays true.
+        return dict(self.globals)
+
+    @functools.cached_property
     def _globals_owner(self) -> int:
         """Whose globals it sees: a template without globals of its own sees its
         environment's, so one parent serves all of them (`SharedContext`)."""
@@ -1543,7 +1548,7 @@ class SharedContext:
         key = template._globals_owner
         parent = self._parents.get(key)
         if parent is None:
-            parent = self._parents[key] = {**template.globals, **self.values}
+            parent = self._parents[key] = {**template._globals_dict, **self.values}
         return parent
 
 
