@@ -16,7 +16,7 @@ from django.utils import timezone
 from campaigns import views
 from campaigns.models import AudienceThresholds, Campaign, CampaignStatus, Conversion
 from campaigns.personas import user_persona
-from campaigns.rendering import marked_as_test, render_variant
+from campaigns.rendering import Reused, marked_as_test, render_variant
 from campaigns.series import series_stopped
 from campaigns.services.alerts import campaign_pauses
 from campaigns.tracking import track_content
@@ -78,6 +78,10 @@ class Batch:
         self.stopped = series_stopped(
             (m.campaign_id, m.user_id) for m in messages if m.campaign_id and not m.is_test
         )
+        # The event's local time, once per campaign and time zone, not per recipient.
+        self._event_texts: dict[tuple[int, str], str] = {}
+        # Parts of the copy that read nothing of the customer, rendered once a batch.
+        self._reused: Reused = {}
 
     def campaign(self, message: Message) -> CampaignContext | None:
         return self.campaigns.get(message.campaign_id or 0)
@@ -104,13 +108,21 @@ class Batch:
             points_days=campaign.points_days,
             now=timezone.now(),
         )
-        event_at = local_time_text(campaign.event_at, recipient_for(message.user).time_zone)
+        event_at = self._event_text(message.campaign_id or 0, campaign, message)
         extra = {
             "campaign": {"name": campaign.name, "event_at": event_at},
             "event_at": event_at,  # {{ event_at|localdatetime }}: notifier.local_formats
             "user": persona.template_values(),
         }
         return extra, persona.copy_keys()
+
+    def _event_text(self, campaign_id: int, campaign: CampaignContext, message: Message) -> str:
+        time_zone = recipient_for(message.user).time_zone
+        key = (campaign_id, time_zone)
+        text = self._event_texts.get(key)
+        if text is None:
+            text = self._event_texts[key] = local_time_text(campaign.event_at, time_zone)
+        return text
 
     def render(
         self,
@@ -122,7 +134,13 @@ class Batch:
     ) -> Content:
         assert message.variant_id is not None
         content = render_variant(
-            message.variant_id, channel, context, locale, personas=personas, fresh=message.is_test
+            message.variant_id,
+            channel,
+            context,
+            locale,
+            personas=personas,
+            fresh=message.is_test,
+            reused=None if message.is_test else self._reused,
         )
         return marked_as_test(content) if message.is_test else content
 
@@ -160,6 +178,9 @@ class CampaignsPlugin:
 
     def urls(self) -> list[Any]:
         return [
+            # One name for both forms: a message's links (one token, the link's index after
+            # it) and links sent before (a token per link); reverse() picks by its kwargs.
+            path("t/c/<str:token>/<int:index>/", views.track_click, name="track-click"),
             path("t/c/<str:token>/", views.track_click, name="track-click"),
             path("t/o/<str:token>.gif", views.track_open, name="track-open"),
         ]

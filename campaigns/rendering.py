@@ -28,10 +28,11 @@ import hashlib
 import json
 import threading
 import time
+import weakref
 from collections import OrderedDict
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, cast
 
 from django.conf import settings
 from jinja2 import Template, meta, nodes
@@ -52,7 +53,13 @@ from notifier.rendering import (
     render_budget,
     render_failure,
 )
-from notifier.sandbox import RenderTooSlow, copy_limits, python_limit_as_budget
+from notifier.sandbox import (
+    BudgetedTemplate,
+    RenderTooSlow,
+    SharedContext,
+    copy_limits,
+    python_limit_as_budget,
+)
 
 CACHE_TTL_S = 30.0
 CAMPAIGN_VARIABLES = frozenset({"campaign", "event_at"})
@@ -76,7 +83,7 @@ MAX_COPY_CHARS = 100_000
 MAX_COPY_ELEMENTS = 5_000
 
 # (channel, locale, persona) -> part -> template
-Compiled = dict[tuple[str, str, str], dict[str, Template | RenderError]]
+Compiled = dict[tuple[str, str, str], dict[str, BudgetedTemplate | RenderError]]
 _cache: dict[int, tuple[float, Compiled]] = {}
 
 
@@ -232,15 +239,15 @@ def _parse_copy(source: str) -> nodes.Template:
     return parsed
 
 
-def compile_copy(source: str) -> Template:
+def compile_copy(source: str) -> BudgetedTemplate:
     """A marketer's template, compiled; RenderError saying what to change when it cannot be
     (too long, nested too deeply for Python, a syntax error)."""
     return _compile_parsed(_parse_copy(source))
 
 
-def _compile_parsed(parsed: nodes.Template) -> Template:
+def _compile_parsed(parsed: nodes.Template) -> BudgetedTemplate:
     try:
-        return environment().from_string(parsed)
+        return cast(BudgetedTemplate, environment().from_string(parsed))
     except COMPILE_ERRORS as exc:
         raise RenderError(compile_failure(exc)) from exc
 
@@ -457,11 +464,78 @@ def _compile(variant_id: int) -> Compiled:
     return compiled
 
 
-def _compiled_or_error(source: str) -> Template | RenderError:
+def _compiled_or_error(source: str) -> BudgetedTemplate | RenderError:
     try:
-        return compile_copy(source)
+        parsed = _parse_copy(source)
+        reuse_names = _reuse_names(parsed)  # before compiling: the code generator edits loops
+        template = _compile_parsed(parsed)
     except RenderError as exc:
         return exc
+    if reuse_names is not None:
+        _reusable[template] = reuse_names
+    return template
+
+
+# --- Parts rendered once per batch ----------------------------------------------------------
+#
+# A part that reads nothing of the customer (a subject of the campaign's name and headline, an
+# in-app link) renders to the same text for everyone of a batch who has the same values for
+# the names it reads (`campaign` and `event_at` differ only by time zone): it is rendered once,
+# and its text reused with the steps and characters it cost charged to each render's budget,
+# so the budget meters what it always did.
+
+# Names whose value is the customer's own.
+PER_RECIPIENT = frozenset({"user", "preferences_url", "unsubscribe_url"})
+# Filters whose text is not a function of what they are given: `random`, and the date and money
+# filters, which read the customer's zone and locale from the context.
+UNREPEATABLE_FILTERS = frozenset({"random", *local_formats.FILTERS})
+# Calls (a method could change a value a later part reads) and templates brought in with the
+# whole context.
+UNREPEATABLE_NODES = (
+    nodes.Call,
+    nodes.Include,
+    nodes.Import,
+    nodes.FromImport,
+    nodes.Extends,
+)
+_reusable: weakref.WeakKeyDictionary[Template, tuple[str, ...]] = weakref.WeakKeyDictionary()
+# (template, the values of the names it reads) -> (text, steps, characters)
+Reused = dict[tuple[Any, ...], tuple[str, int, int]]
+_UNFROZEN = object()
+
+
+def _reuse_names(parsed: nodes.Template) -> tuple[str, ...] | None:
+    """The names a part's text depends on when it can be reused across a batch, else None."""
+    names = meta.find_undeclared_variables(parsed)
+    if names & PER_RECIPIENT or next(parsed.find_all(UNREPEATABLE_NODES), None) is not None:
+        return None
+    if any(node.name in UNREPEATABLE_FILTERS for node in parsed.find_all(nodes.Filter)):
+        return None
+    return tuple(sorted(names))
+
+
+def _frozen(value: Any) -> Any:
+    """A hashable stand-in for a plain value, equal only for values that print the same (1,
+    1.0, True and "1" differ); _UNFROZEN for anything else."""
+    kind = type(value)
+    if kind is str or kind is int or kind is bool or value is None:
+        return (kind, value)
+    if kind is float:
+        return (kind, repr(value))  # -0.0 == 0.0, but prints otherwise
+    if kind is list or kind is tuple:
+        items = tuple(_frozen(item) for item in value)
+        return _UNFROZEN if _UNFROZEN in items else (kind, items)
+    if kind is dict:
+        pairs = tuple((_frozen(key), _frozen(item)) for key, item in value.items())
+        return _UNFROZEN if any(_UNFROZEN in pair for pair in pairs) else (kind, pairs)
+    return _UNFROZEN
+
+
+def _reuse_key(
+    template: Template, names: tuple[str, ...], context: Mapping[str, Any]
+) -> tuple[Any, ...] | None:
+    values = tuple(_frozen(context.get(name, _UNFROZEN)) for name in names)
+    return None if _UNFROZEN in values else (template, values)
 
 
 def variant_templates(variant_id: int) -> Compiled:
@@ -503,24 +577,38 @@ def render_variant(
     *,
     personas: Sequence[str] = (),
     fresh: bool = False,
+    reused: Reused | None = None,
 ) -> Content:
     """Render a variant's copy for one channel, in the user's locale or the default one, for
     their persona (`personas`, see `copy_key`) or everyone.
 
     `fresh` skips the per-process cache: a marketer's test send right after an edit must show
-    the edit. (Approved campaigns cannot be edited, so real sends never see stale copy.)"""
+    the edit. (Approved campaigns cannot be edited, so real sends never see stale copy.)
+    `reused`: a batch's parts that read nothing of the customer, rendered once (see above)."""
     compiled = _compile(variant_id) if fresh else variant_templates(variant_id)
     key = copy_key(compiled.keys(), str(channel), locale, personas)
     if key is None:
         raise RenderError(f"variant {variant_id} has no {channel} copy")
     parts = compiled[key]
     rendered: dict[str, str] = {}
-    with render_budget(fresh=True):  # one budget for the channel's parts
+    shared = SharedContext(context)
+    with render_budget(fresh=True) as budget:  # one budget for the channel's parts
         for part, template in parts.items():
             if isinstance(template, RenderError):
                 raise RenderError(f"variant {variant_id} {channel} {part}: {template}")
+            names = None if reused is None else _reusable.get(template)
+            same_as = None if names is None else _reuse_key(template, names, context)
             try:
-                rendered[part] = template.render(context).strip()
+                if same_as is not None and reused is not None and same_as in reused:
+                    rendered[part], steps, chars = reused[same_as]
+                    budget.charge(steps)  # what rendering it costs, as if it did
+                    budget.spend(chars)
+                    continue
+                steps_left, chars_left = budget.steps_left, budget.chars_left
+                rendered[part] = template.render_shared(shared).strip()
+                if same_as is not None and reused is not None:
+                    steps, chars = steps_left - budget.steps_left, chars_left - budget.chars_left
+                    reused[same_as] = (rendered[part], steps, chars)
             except Exception as exc:  # any template error, in the template's own words
                 where = f"variant {variant_id} {channel} {part}"
                 raise render_failure(where, exc, with_kind=False) from exc

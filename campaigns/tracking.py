@@ -1,11 +1,17 @@
-"""Click and open tracking for campaign messages: rewrite a message's links, sign their tokens.
+"""Click and open tracking for campaign messages: rewrite a message's links, sign their token.
 
 `track_content` replaces every http(s) link of a rendered message with our redirect,
-`<site>/t/c/<token>/`, and records the original URLs, in order, in `Content.links`. A click
-token is signed (salt "campaigns.click") and names only (message, channel, index): the view
-looks the URL up in that delivery's stored content, so a token can lead nowhere but a URL we
-recorded for that very message (no open redirect, even with a forged or re-used token). Email
-HTML also gets a 1x1 open pixel, `<site>/t/o/<token>.gif` (salt "campaigns.open").
+`<site>/t/c/<token>/<index>/`, and records the original URLs, in order, in `Content.links`. The
+token is signed once per message (salt "campaigns.message") and names only (message, channel);
+the index in the path says which of the message's links it is. The view looks the URL up in
+that delivery's stored content, so a link can lead nowhere but a URL we recorded for that very
+message: an edited index leads to another link of the same message or to a 404, a forged or
+re-used token to a 404 (no open redirect). Email HTML also gets a 1x1 open pixel,
+`<site>/t/o/<token>.gif`, with the same token.
+
+Links sent before carried one token per link, `<site>/t/c/<token>/` (salt "campaigns.click",
+naming (message, channel, index)), and the pixel its own (salt "campaigns.open"): both are
+still read.
 
 Our own unsubscribe and preference links stay as they are: they are signed links already, and
 an unsubscribe must never depend on the tracker.
@@ -28,6 +34,8 @@ from channels.base import Channel, Content
 from notifier.links import token_url
 from notifier.signing import signer
 
+MESSAGE_SALT = "campaigns.message"
+# The salts of the tokens sent before one token per message: still read.
 CLICK_SALT = "campaigns.click"
 OPEN_SALT = "campaigns.open"
 MAX_TOKEN_LENGTH = 300
@@ -49,6 +57,8 @@ HREF_RE = re.compile(
     re.IGNORECASE,
 )
 BODY_END_RE = re.compile(r"</body\s*>", re.IGNORECASE)
+# A channel's value, written into a token's JSON as it is (nothing JSON would escape).
+CHANNEL_TEXT_RE = re.compile(r"[a-z_]+")
 
 
 class BadToken(ValueError):
@@ -64,8 +74,13 @@ class ClickClaim:
 
 @dataclass(frozen=True, slots=True)
 class OpenClaim:
+    """What a message token (or an old open token) names: the message, on one channel."""
+
     message_id: int
     channel: Channel
+
+
+MessageClaim = OpenClaim
 
 
 # --- Tokens ---------------------------------------------------------------------------------
@@ -101,12 +116,29 @@ def _channel(value: object) -> Channel:
     return Channel(value)
 
 
+def message_token(*, message_id: int, channel: Channel) -> str:
+    """The one token of a message's links on one channel: its clicks and its open pixel.
+    `Signer.sign_object([message_id, channel])` byte for byte, its JSON written directly: the
+    fan-out signs one per recipient."""
+    if type(message_id) is not int or not CHANNEL_TEXT_RE.fullmatch(str(channel)):
+        return _sign([message_id, str(channel)], salt=MESSAGE_SALT)
+    payload = signing.b64_encode(f'[{message_id},"{channel}"]'.encode()).decode()
+    return signer(MESSAGE_SALT).sign(payload)
+
+
+def read_message_token(token: object) -> MessageClaim:
+    """The claim in a message token, or BadToken."""
+    message_id, channel = _unsign(token, salt=MESSAGE_SALT, size=2)
+    return MessageClaim(message_id=_positive_int(message_id, minimum=1), channel=_channel(channel))
+
+
 def click_token(*, message_id: int, channel: Channel, index: int) -> str:
+    """A click token as links sent before one token per message carry (tests make them)."""
     return _sign([message_id, str(channel), index], salt=CLICK_SALT)
 
 
 def read_click_token(token: object) -> ClickClaim:
-    """The claim in a click token, or BadToken."""
+    """The claim in a click token of the old form, `/t/c/<token>/`, or BadToken."""
     message_id, channel, index = _unsign(token, salt=CLICK_SALT, size=3)
     return ClickClaim(
         message_id=_positive_int(message_id, minimum=1),
@@ -115,13 +147,28 @@ def read_click_token(token: object) -> ClickClaim:
     )
 
 
+def read_click(token: object, index: int) -> ClickClaim:
+    """The claim of a click on `/t/c/<token>/<index>/`: the message token's, at that index."""
+    claim = read_message_token(token)
+    return ClickClaim(
+        message_id=claim.message_id,
+        channel=claim.channel,
+        index=_positive_int(index, minimum=0),
+    )
+
+
 def open_token(*, message_id: int, channel: Channel) -> str:
+    """An open token as pixels sent before one token per message carry (tests make them)."""
     return _sign([message_id, str(channel)], salt=OPEN_SALT)
 
 
 def read_open_token(token: object) -> OpenClaim:
-    """The claim in an open-pixel token, or BadToken."""
-    message_id, channel = _unsign(token, salt=OPEN_SALT, size=2)
+    """The claim in an open pixel's token, a message token or an old open token; BadToken
+    for anything else (a click token of the old form opens nothing)."""
+    try:
+        return read_message_token(token)
+    except BadToken:
+        message_id, channel = _unsign(token, salt=OPEN_SALT, size=2)
     return OpenClaim(message_id=_positive_int(message_id, minimum=1), channel=_channel(channel))
 
 
@@ -129,26 +176,35 @@ def _site() -> str:
     return str(settings.NOTIFIER_SITE_URL).rstrip("/")
 
 
-def click_url(*, message_id: int, channel: Channel, index: int) -> str:
-    return token_url(
-        "notifier:track-click", click_token(message_id=message_id, channel=channel, index=index)
-    )
+def click_base(token: str) -> str:
+    """`<site>/t/c/<token>/`: a message's click redirects are this and `<index>/` (the route
+    with an index is the one without plus `<index>/`: campaigns.hooks declares both)."""
+    return token_url("notifier:track-click", token)
 
 
-def open_pixel_url(*, message_id: int, channel: Channel) -> str:
-    return token_url("notifier:track-open", open_token(message_id=message_id, channel=channel))
+def click_url(*, token: str, index: int) -> str:
+    """The redirect of link `index` of the message whose token this is."""
+    return f"{click_base(token)}{index}/"
+
+
+def open_pixel_url(*, token: str) -> str:
+    return token_url("notifier:track-open", token)
 
 
 # --- Rewriting ------------------------------------------------------------------------------
 
 
-def is_tracked_url(url: str) -> bool:
+def is_tracked_url(url: str, untracked: tuple[str, ...] | None = None) -> bool:
     """Whether a URL should go through the click redirect: http(s), and not one of our own
-    unsubscribe, preference or tracking links."""
+    unsubscribe, preference or tracking links (`untracked`: `_untracked_prefixes()`)."""
     if not url.lower().startswith(("http://", "https://")):
         return False
-    site = _site()
-    return not any(url.startswith(f"{site}{path}") for path in UNTRACKED_PATHS)
+    return not url.startswith(_untracked_prefixes() if untracked is None else untracked)
+
+
+def _untracked_prefixes(site: str | None = None) -> tuple[str, ...]:
+    site = _site() if site is None else site
+    return tuple(f"{site}{path}" for path in UNTRACKED_PATHS)
 
 
 def _trim(url: str) -> str:
@@ -167,21 +223,32 @@ def _trim(url: str) -> str:
 
 
 class _Rewriter:
-    """Hands out one index per distinct URL, in the order URLs are first met."""
+    """Hands out one index per distinct URL, in the order URLs are first met; the message's
+    token is signed when the first one is."""
 
     def __init__(self, *, message_id: int, channel: Channel) -> None:
         self.message_id, self.channel = message_id, channel
+        self.site = _site()
+        self.untracked = _untracked_prefixes(self.site)
         self.links: list[str] = []
         self._tracked: dict[str, str] = {}
+        self._token: str | None = None
+        self._click_base = ""
+
+    @property
+    def token(self) -> str:
+        if self._token is None:
+            self._token = message_token(message_id=self.message_id, channel=self.channel)
+        return self._token
 
     def tracked(self, url: str) -> str:
-        if not is_tracked_url(url):
+        if not is_tracked_url(url, self.untracked):
             return url
         tracked = self._tracked.get(url)
-        if tracked is None:  # one index, and one signed link, per distinct URL
-            tracked = self._tracked[url] = click_url(
-                message_id=self.message_id, channel=self.channel, index=len(self.links)
-            )
+        if tracked is None:  # one index per distinct URL
+            if not self._click_base:
+                self._click_base = click_base(self.token)
+            tracked = self._tracked[url] = f"{self._click_base}{len(self.links)}/"
             self.links.append(url)
         return tracked
 
@@ -234,8 +301,8 @@ def track_content(content: Content, *, message_id: int, channel: Channel) -> Con
     body = rewriter.text(content.body) if channel in (Channel.EMAIL, Channel.SMS) else content.body
     markup = rewriter.html(content.html) if content.html else ""
     link = content.link
-    if is_tracked_url(link.strip()):
+    if is_tracked_url(link.strip(), rewriter.untracked):
         link = rewriter.tracked(link.strip())
-    if channel is Channel.EMAIL and markup and f"{_site()}/t/o/" not in markup:
-        markup = _with_pixel(markup, open_pixel_url(message_id=message_id, channel=channel))
+    if channel is Channel.EMAIL and markup and f"{rewriter.site}/t/o/" not in markup:
+        markup = _with_pixel(markup, open_pixel_url(token=rewriter.token))
     return replace(content, body=body, html=markup, link=link, links=tuple(rewriter.links))

@@ -1,10 +1,15 @@
 """Tracking endpoints: the click redirect and the email open pixel.
 
-GET /t/c/<token>/     records the click, then 302 to the URL recorded at the token's index for
-                      that message; anything else (a bad token, an unknown message or index) is
-                      a 404. Nothing in the request but the signed token is read, so neither a
-                      query string nor a forged token can point the redirect anywhere else.
-                      HEAD answers the same without recording (link scanners probe with it).
+GET /t/c/<token>/<index>/
+                      records the click, then 302 to the URL recorded at that index for the
+                      token's message; anything else (a bad token, an unknown message or index)
+                      is a 404. Nothing in the request but the signed token and the index is
+                      read, and the URL is always one recorded for that very message, so
+                      neither a query string, an edited index nor a forged token can point the
+                      redirect anywhere else. HEAD answers the same without recording (link
+                      scanners probe with it).
+GET /t/c/<token>/     the same for links sent before one token per message: the index is in
+                      the token.
 GET /t/o/<token>.gif  always a 1x1 transparent GIF that must not be cached; records the open
                       when the token is valid.
 """
@@ -19,7 +24,7 @@ from django.utils.cache import add_never_cache_headers
 from django.views.decorators.http import require_safe
 
 from campaigns.services.tracking import record_click, record_open, recorded_link
-from campaigns.tracking import BadToken, read_click_token, read_open_token
+from campaigns.tracking import BadToken, read_click, read_click_token, read_open_token
 
 log = logging.getLogger(__name__)
 
@@ -39,9 +44,9 @@ def _not_found() -> HttpResponse:
 
 
 @require_safe
-def track_click(request: HttpRequest, token: str) -> HttpResponse:
+def track_click(request: HttpRequest, token: str, index: int | None = None) -> HttpResponse:
     try:
-        claim = read_click_token(token)
+        claim = read_click_token(token) if index is None else read_click(token, index)
     except BadToken:
         return _not_found()
     lookup = record_click if request.method == "GET" else recorded_link

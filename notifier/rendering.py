@@ -26,14 +26,13 @@ import functools
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from django.apps import apps
 from django.conf import settings
 from jinja2 import (
     FileSystemLoader,
     StrictUndefined,
-    Template,
     TemplateNotFound,
     TemplateSyntaxError,
     meta,
@@ -45,9 +44,11 @@ from markupsafe import escape
 from channels.base import Channel, Content
 from notifier import local_formats
 from notifier.sandbox import (  # RenderError and RenderBudgetExceeded are raised from here
+    BudgetedTemplate,
     MessageSandbox,
     RenderBudgetExceeded,
     RenderError,
+    SharedContext,
     budgeted_filter,
     python_limit_as_budget,
     render_budget,
@@ -245,15 +246,15 @@ def template_context(context: Mapping[str, Any], user: Mapping[str, Any]) -> dic
 @functools.lru_cache(maxsize=8192)
 def _templates(
     type_key: str, channel: Channel, locale: str
-) -> tuple[tuple[Part, Template | RenderError | None], ...]:
+) -> tuple[tuple[Part, BudgetedTemplate | RenderError | None], ...]:
     """Which file renders each part for a locale; resolved once per process (misses included,
     and a file that cannot compile, as the RenderError each render of it raises)."""
     env = environment()
-    found: list[tuple[Part, Template | RenderError | None]] = []
+    found: list[tuple[Part, BudgetedTemplate | RenderError | None]] = []
     for part in PARTS[channel]:
         names = template_names(type_key, part, locale)
         try:
-            found.append((part, env.select_template(names)))
+            found.append((part, cast(BudgetedTemplate, env.select_template(names))))
         except TemplateNotFound:
             found.append((part, None))
         except COMPILE_ERRORS as exc:
@@ -265,6 +266,7 @@ def render(type_key: str, channel: Channel, context: Mapping[str, Any], locale: 
     """Render every part of one channel under one budget; raises RenderError with the
     template's complaint (RenderBudgetExceeded when it went over the budget)."""
     rendered: dict[str, str] = {}
+    shared = SharedContext(context)
     with render_budget(fresh=True):
         for part, template in _templates(type_key, channel, locale):
             if template is None:
@@ -274,7 +276,7 @@ def render(type_key: str, channel: Channel, context: Mapping[str, Any], locale: 
             if isinstance(template, RenderError):
                 raise RenderError(str(template))  # a fresh one: a raised error keeps its trace
             try:
-                rendered[part.name] = template.render(context).strip()
+                rendered[part.name] = template.render_shared(shared).strip()
             except Exception as exc:  # any template error, with the template's own words
                 raise render_failure(str(template.name), exc) from exc
     return Content.from_dict(rendered)

@@ -42,6 +42,7 @@ import re
 import threading
 import time
 import types
+from collections import ChainMap
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sized
 from contextvars import ContextVar
 from itertools import chain
@@ -1490,6 +1491,65 @@ class BudgetedTemplate(Template):
     def generate(self, *args: Any, **kwargs: Any) -> Iterator[str]:
         # A budget cannot follow a generator across yields: render whole, then stream.
         yield self.render(*args, **kwargs)
+
+    @functools.cached_property
+    def _globals_keys(self) -> set[str]:
+        return set(self.globals)  # shared by its renders: Jinja only reads it
+
+    @functools.cached_property
+    def _globals_dict(self) -> dict[str, Any]:
+        # Globals are set before templates are loaded (Jinja's rule), so a copy stays true.
+        return dict(self.globals)
+
+    @functools.cached_property
+    def _globals_owner(self) -> int:
+        """Whose globals it sees: a template without globals of its own sees its
+        environment's, so one parent serves all of them (`SharedContext`)."""
+        found = self.globals
+        shares = (
+            isinstance(found, ChainMap)
+            and len(found.maps) == 2
+            and not found.maps[0]
+            and found.maps[1] is self.environment.globals
+        )
+        return id(self.environment) if shares else id(self)
+
+    def render_shared(self, context: SharedContext) -> str:
+        """`render(context)`, the same text and errors, with the context laid over the globals
+        once for all the parts of a message instead of once per template (Jinja copies both,
+        walking its globals' ChainMap, for every render: most of a short part's cost)."""
+        if _current.get() is None:
+            with render_budget():
+                return self.render_shared(context)
+        environment = self.environment
+        # What Template.new_context makes, from a parent dict Jinja never writes to.
+        jinja_context = environment.context_class(
+            environment, context.parent_for(self), self.name, self.blocks
+        )
+        jinja_context.globals_keys = self._globals_keys  # read by {% import %}
+        try:
+            return environment.concat(self.root_render_func(jinja_context))
+        except Exception:
+            environment.handle_exception()  # raises it, its traceback in the template's lines
+
+
+class SharedContext:
+    """One render's variables (one channel of one message) laid over the templates' globals
+    once, for `BudgetedTemplate.render_shared` of each of its parts. `values` must not change
+    while it is in use."""
+
+    __slots__ = ("_parents", "values")
+
+    def __init__(self, values: Mapping[str, Any]) -> None:
+        self.values = values
+        self._parents: dict[int, dict[str, Any]] = {}
+
+    def parent_for(self, template: BudgetedTemplate) -> dict[str, Any]:
+        key = template._globals_owner
+        parent = self._parents.get(key)
+        if parent is None:
+            parent = self._parents[key] = {**template._globals_dict, **self.values}
+        return parent
 
 
 def _ticking(iterable: nodes.Node) -> nodes.Call:

@@ -15,12 +15,18 @@ from campaigns.models import Campaign, CampaignStatus, CampaignStep
 from campaigns.services.tracking import record_click, record_open
 from campaigns.tracking import (
     CLICK_SALT,
+    MESSAGE_SALT,
+    OPEN_SALT,
     BadToken,
     ClickClaim,
     OpenClaim,
     click_token,
+    click_url,
+    message_token,
     open_token,
+    read_click,
     read_click_token,
+    read_message_token,
     read_open_token,
     track_content,
 )
@@ -43,7 +49,8 @@ SALE = {
     "headline": "Up to 50% off",
     "sale_url": SALE_URL,
 }
-CLICK_PATH = re.compile(r"^/t/c/(?P<token>[^/]+)/$")
+CLICK_PATH = re.compile(r"^/t/c/(?P<token>[^/]+)/(?P<index>[0-9]+)/$")
+CLICK_URL = r"https://\S+?/t/c/[^/]+/[0-9]+/"
 
 
 @pytest.fixture(autouse=True)
@@ -98,13 +105,20 @@ def token_of(url: str) -> str:
     return match["token"]
 
 
+def claim_of(url: str) -> ClickClaim:
+    """What a tracked link claims: its message token's, at the index in its path."""
+    match = CLICK_PATH.match(urlsplit(url).path)
+    assert match, url
+    return read_click(match["token"], int(match["index"]))
+
+
 def path_of(url: str) -> str:
     return url.removeprefix(SITE)
 
 
 def first_click_path(delivery: Delivery) -> str:
     """The path of the first tracked link in the delivery's plain-text body."""
-    urls = re.findall(r"https://\S+?/t/c/[^/]+/", delivery.content["body"])
+    urls = re.findall(CLICK_URL, delivery.content["body"])
     assert urls, delivery.content["body"]
     return path_of(urls[0])
 
@@ -146,8 +160,9 @@ def test_html_hrefs_go_through_the_redirect_and_the_originals_are_recorded_in_or
         "https://shop.example.com/shoes",
     )
     hrefs = re.findall(r'href="([^"]*)"', tracked.html)
-    claims = [read_click_token(token_of(href)) for href in [*hrefs[:3], hrefs[2]]]
+    claims = [claim_of(href) for href in [*hrefs[:3], hrefs[2]]]
     assert [c.index for c in claims] == [0, 1, 0, 0]  # one index per distinct URL
+    assert len({token_of(href) for href in hrefs[:3]}) == 1  # one token for the message
     assert {(c.message_id, c.channel) for c in claims} == {(7, Channel.EMAIL)}
     assert hrefs[3:] == ["mailto:help@example.com", "#top", "/relative"]
     assert "shop.example.com" not in tracked.html
@@ -165,8 +180,8 @@ def test_urls_in_plain_text_are_rewritten_on_email_and_sms_without_their_punctua
             "https://shop.example.com/shoes",
             "https://shop.example.com/cn",
         )
-        urls = re.findall(r"https://\S+?/t/c/[^/]+/", tracked.body)
-        assert [read_click_token(token_of(u)).index for u in urls] == [0, 1, 2]
+        urls = re.findall(CLICK_URL, tracked.body)
+        assert [claim_of(u).index for u in urls] == [0, 1, 2]
         assert re.fullmatch(r"Sale: \S+/\. Shoes \(\S+/\)\n详情见\S+/。回复TD退订", tracked.body), (
             tracked.body
         )
@@ -177,7 +192,7 @@ def test_the_link_field_of_inapp_and_push_goes_through_the_redirect():
         content = Content(title="Sale", body="Up to 50% off https://x.example.com", link=SALE_URL)
         tracked = track_content(content, message_id=5, channel=channel)
         assert tracked.links == (SALE_URL,)
-        assert read_click_token(token_of(tracked.link)) == ClickClaim(5, channel, 0)
+        assert claim_of(tracked.link) == ClickClaim(5, channel, 0)
         assert tracked.body == content.body  # shown as text in the app, not a link
 
 
@@ -191,6 +206,7 @@ def test_email_html_gets_one_open_pixel_before_the_end_of_its_body():
     assert pixel, tracked.html
     token = urlsplit(pixel[1]).path.removeprefix("/t/o/").removesuffix(".gif")
     assert read_open_token(token) == OpenClaim(9, Channel.EMAIL)
+    assert token == message_token(message_id=9, channel=Channel.EMAIL)
 
     bare = track_content(Content(html="<p>Hi</p>"), message_id=9, channel=Channel.EMAIL)
     assert bare.html.startswith("<p>Hi</p><img src=") and bare.html.endswith("/>")
@@ -238,6 +254,51 @@ def test_links_survive_the_round_trip_through_the_delivery_row():
 
 
 # --- Tokens ---------------------------------------------------------------------------------
+
+
+def test_a_message_signs_one_token_for_all_its_links_and_its_pixel():
+    content = Content(
+        body="Sale https://shop.example.com/sale, shoes https://shop.example.com/shoes",
+        html='<html><body><a href="https://shop.example.com/hats">Hats</a></body></html>',
+    )
+    tracked = track_content(content, message_id=21, channel=Channel.EMAIL)
+    token = message_token(message_id=21, channel=Channel.EMAIL)
+    assert tracked.body == (f"Sale {SITE}/t/c/{token}/0/, shoes {SITE}/t/c/{token}/1/")
+    assert f'<a href="{SITE}/t/c/{token}/2/">Hats</a>' in tracked.html
+    assert f'<img src="{SITE}/t/o/{token}.gif"' in tracked.html
+    # The route reversed with its index is the one the rewriter writes.
+    path = reverse("notifier:track-click", kwargs={"token": token, "index": 2})
+    assert f"{SITE}{path}" == click_url(token=token, index=2)
+
+
+def test_a_message_token_is_djangos_signed_object_and_reads_back():
+    for message_id, channel in ((1, Channel.EMAIL), (2**62, Channel.INAPP), (7, Channel.SMS)):
+        token = message_token(message_id=message_id, channel=channel)
+        assert token == signing.Signer(salt=MESSAGE_SALT).sign_object([message_id, channel.value])
+        assert read_message_token(token) == OpenClaim(message_id, channel)
+        assert read_open_token(token) == OpenClaim(message_id, channel)
+        assert read_click(token, 4) == ClickClaim(message_id, channel, 4)
+
+    token = message_token(message_id=12, channel=Channel.PUSH)
+    bad = [
+        token[:-1] + ("A" if token[-1] != "A" else "B"),
+        _forged(token, [13, "push"]),
+        click_token(message_id=12, channel=Channel.PUSH, index=0),  # the old kind
+        open_token(message_id=12, channel=Channel.PUSH),  # opens, never clicks
+        "",
+        "a" * 400,
+        signing.Signer(salt=MESSAGE_SALT).sign_object([12, "fax"]),
+        signing.Signer(salt=MESSAGE_SALT).sign_object([0, "push"]),
+        signing.Signer(salt=MESSAGE_SALT).sign_object([12, "push", 0]),
+        signing.Signer(salt=OPEN_SALT).sign_object([12, "push", 0]),
+    ]
+    for candidate in bad:
+        with pytest.raises(BadToken):
+            read_click(candidate, 0)
+    with pytest.raises(BadToken):
+        read_click(token, -1)
+    with pytest.raises(BadToken):
+        read_message_token(token.replace(":", ".", 1))
 
 
 def test_tokens_read_back_and_refuse_tampering_and_the_wrong_purpose():
@@ -392,6 +453,21 @@ def test_a_bad_pixel_token_still_gets_the_gif_and_records_nothing(in_process):
     assert (fresh(email).status, fresh(email).opened_at) == (S.SENT, None)
 
 
+@pytest.mark.django_db
+def test_links_sent_with_a_token_each_still_lead_where_they_did(in_process):
+    """Messages sent before one token per message carry a token per link, and their own open
+    token: both keep working."""
+    email = campaign_message(UserFactory(), a_campaign())["email"]
+    client = Client()
+    old_click = click_token(message_id=email.message_id, channel=Channel.EMAIL, index=0)
+    response = client.get(f"/t/c/{old_click}/")
+    assert (response.status_code, response["Location"]) == (302, SALE_URL)
+    old_open = open_token(message_id=email.message_id, channel=Channel.EMAIL)
+    assert_is_the_pixel(client.get(f"/t/o/{old_open}.gif"))
+    after = fresh(email)
+    assert after.status == S.CLICKED and after.opened_at is not None
+
+
 # --- No open redirect -----------------------------------------------------------------------
 
 
@@ -469,6 +545,43 @@ def test_nothing_in_the_request_but_the_token_can_choose_where_it_goes(in_proces
 
 
 @pytest.mark.django_db
+def test_an_edited_index_or_token_leads_only_to_the_messages_own_urls_or_404(in_process):
+    user, campaign = UserFactory(), a_campaign()
+    email = campaign_message(user, campaign)["email"]
+    other = campaign_message(user, campaign, sale_url="https://shop.example.com/hats")["email"]
+    token = token_of(re.findall(CLICK_URL, email.content["body"])[0])
+    assert token == message_token(message_id=email.message_id, channel=Channel.EMAIL)
+    client = Client()
+    for path in (
+        f"/t/c/{token}/1/",  # an index the message does not have
+        f"/t/c/{token}/99/",
+        f"/t/c/{token}/{'9' * 5000}/",
+        f"/t/c/{token}/-1/",
+        f"/t/c/{token}/0x0/",
+        f"/t/c/{token}/0/evil.com/",
+        f"/t/c/{token}/0//evil.com",
+        f"/t/c/{token}/https://evil.com/",
+        f"/t/c/{token}/https%3A%2F%2Fevil.com/",
+        f"/t/c/{token[:-1] + ('A' if token[-1] != 'A' else 'B')}/0/",
+        f"/t/c/{_forged(token, [other.message_id, 'email'])}/0/",
+        f"/t/c/{_forged(token, [email.message_id, 'push'])}/0/",
+        f"/t/c/{message_token(message_id=email.message_id, channel=Channel.PUSH)}/0/",
+        f"/t/c/{message_token(message_id=email.message_id + 10_000, channel=Channel.EMAIL)}/0/",
+        f"/t/c/{click_token(message_id=email.message_id, channel=Channel.EMAIL, index=0)}/0/",
+        f"/t/c/{open_token(message_id=email.message_id, channel=Channel.EMAIL)}/0/",
+        f"/t/c/{message_token(message_id=email.message_id, channel=Channel.EMAIL)}/",
+    ):
+        assert_not_found(client.get(path))
+    assert fresh(email).status == S.SENT and engagement_events(email) == []
+    for query in ("?next=https://evil.com", "?url=//evil.com", "?index=1"):
+        response = client.get(f"/t/c/{token}/0/{query}")
+        assert (response.status_code, response["Location"]) == (302, SALE_URL)
+    other_token = message_token(message_id=other.message_id, channel=Channel.EMAIL)
+    response = client.get(f"/t/c/{other_token}/0/")
+    assert (response.status_code, response["Location"]) == (302, "https://shop.example.com/hats")
+
+
+@pytest.mark.django_db
 def test_a_stored_url_that_is_not_http_is_never_redirected_to(in_process):
     email = campaign_message(UserFactory(), a_campaign())["email"]
     content = {**email.content, "links": ["javascript:alert(1)", "//evil.com", "http://"]}
@@ -477,6 +590,8 @@ def test_a_stored_url_that_is_not_http_is_never_redirected_to(in_process):
     for index in range(3):
         token = click_token(message_id=email.message_id, channel=Channel.EMAIL, index=index)
         assert_not_found(client.get(f"/t/c/{token}/"))
+        token = message_token(message_id=email.message_id, channel=Channel.EMAIL)
+        assert_not_found(client.get(f"/t/c/{token}/{index}/"))
     assert fresh(email).status == S.SENT
 
 

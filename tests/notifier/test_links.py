@@ -247,3 +247,33 @@ def test_the_message_cannot_be_swapped_without_the_key():
     with pytest.raises(BadLink) as caught:
         read_unsubscribe_token(f"{forged}:{timestamp}:{signature}")
     assert caught.value.reason is BadLinkReason.TAMPERED
+
+
+@pytest.mark.parametrize(
+    ("user_id", "category", "channel", "message_id"),
+    [
+        (42, "promo.flash_sale", "email", None),
+        (42, "promo.flash_sale", "email", 2**62),
+        (7, 'quote"and\\back slash', "sms", 1),
+        (7, "促销", "push", 3),
+        ("b9c6e1d0-5f2a-4d8e-9a1b-3c4d5e6f7a8b", "marketing", "email", 5),
+        ("alice", "marketing", "email", None),
+    ],
+)
+def test_tokens_are_byte_for_byte_djangos_signing_dumps(user_id, category, channel, message_id):
+    """The fan-out writes the claim's JSON itself: the same token django.core.signing makes."""
+    claim: dict[str, object] = {"user": user_id, "category": category, "channel": channel}
+    if message_id is not None:
+        claim["message"] = message_id
+    with time_machine.travel(T0, tick=False):
+        made = unsubscribe_token(
+            user_id=user_id, category=category, channel=channel, message_id=message_id
+        )
+        assert made == signing.dumps(claim, salt=UNSUBSCRIBE_SALT)
+        assert preferences_token(user_id=user_id) == signing.dumps(
+            {"user": user_id}, salt=PREFERENCES_SALT
+        )
+        if isinstance(user_id, int):  # the site's user keys are integers
+            assert read_unsubscribe_token(made) == UnsubscribeClaim(
+                user_id=user_id, category=category, channel=channel, message_id=message_id
+            )

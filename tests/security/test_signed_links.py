@@ -10,7 +10,7 @@ import pytest
 import time_machine
 from django.test import Client
 
-from campaigns.tracking import click_token, open_token
+from campaigns.tracking import click_token, message_token, open_token
 from channels.base import Channel
 from notifier import dispatch
 from notifier.api import notify
@@ -65,6 +65,8 @@ def world(monkeypatch, settings):
             user_id=user.pk, category="promo.flash_sale", channel="email"
         ),
         "preferences": preferences_token(user_id=user.pk),
+        # A message's links and pixel share one token; links sent before had one each.
+        "message": message_token(message_id=message.pk, channel=Channel.INAPP),
         "click": click_token(message_id=message.pk, channel=Channel.INAPP, index=0),
         "open": open_token(message_id=message.pk, channel=Channel.INAPP),
     }
@@ -130,22 +132,40 @@ def test_the_right_token_works_on_each_endpoint(world, name):
 # --- The click redirect: no open redirect ------------------------------------------------------
 
 
-def test_a_click_goes_to_the_recorded_url_whatever_the_query_says(world):
+@pytest.mark.parametrize("form", ["/t/c/{message}/0/", "/t/c/{click}/"])
+def test_a_click_goes_to_the_recorded_url_whatever_the_query_says(world, form):
     _, _, tokens = world
     response = Client().get(
-        f"/t/c/{tokens['click']}/",
+        form.format(**tokens),
         {"url": "https://evil.example", "next": "https://evil.example", "to": "//evil.example"},
     )
     assert response.status_code == 302
     assert response["Location"] == SALE_URL
 
 
-@pytest.mark.parametrize("which", ["tampered", "open", "unsubscribe", "preferences"])
-def test_a_click_with_a_token_not_signed_for_clicks_is_404_and_records_nothing(world, which):
+@pytest.mark.parametrize(
+    ("which", "form"),
+    [
+        ("tampered", "/t/c/{}/0/"),
+        ("open", "/t/c/{}/0/"),
+        ("click", "/t/c/{}/0/"),
+        ("unsubscribe", "/t/c/{}/0/"),
+        ("preferences", "/t/c/{}/0/"),
+        ("tampered", "/t/c/{}/"),
+        ("open", "/t/c/{}/"),
+        ("message", "/t/c/{}/"),
+        ("unsubscribe", "/t/c/{}/"),
+        ("preferences", "/t/c/{}/"),
+    ],
+)
+def test_a_click_with_a_token_not_signed_for_clicks_is_404_and_records_nothing(world, which, form):
     _, _, tokens = world
-    token = tampered(tokens["click"]) if which == "tampered" else tokens[which]
+    if which == "tampered":
+        token = tampered(tokens["message" if form.endswith("/0/") else "click"])
+    else:
+        token = tokens[which]
     before = snapshot()
-    response = Client().get(f"/t/c/{token}/")
+    response = Client().get(form.format(token))
     assert response.status_code == 404
     assert "Location" not in response
     assert b"This link is not valid" in response.content
@@ -157,6 +177,8 @@ def test_a_valid_token_for_a_link_that_was_never_recorded_is_404(world):
     for index, channel in ((7, Channel.INAPP), (0, Channel.SMS)):
         token = click_token(message_id=message.pk, channel=channel, index=index)
         assert Client().get(f"/t/c/{token}/").status_code == 404
+        token = message_token(message_id=message.pk, channel=channel)
+        assert Client().get(f"/t/c/{token}/{index}/").status_code == 404
 
 
 def test_a_recorded_url_that_is_not_http_is_never_redirected_to(world):
@@ -165,14 +187,19 @@ def test_a_recorded_url_that_is_not_http_is_never_redirected_to(world):
     delivery = Delivery.objects.get(message=message, channel="inapp")
     delivery.content = {**delivery.content, "links": ["javascript:alert(document.cookie)"]}
     delivery.save(update_fields=["content"])
-    response = Client().get(f"/t/c/{tokens['click']}/")
-    assert response.status_code == 404
+    assert Client().get(f"/t/c/{tokens['click']}/").status_code == 404
+    assert Client().get(f"/t/c/{tokens['message']}/0/").status_code == 404
 
 
 def test_the_open_pixel_with_a_bad_token_is_a_gif_that_records_nothing(world):
     _, message, tokens = world
     before = snapshot()
-    for token in (tampered(tokens["open"]), tokens["click"], tokens["unsubscribe"]):
+    for token in (
+        tampered(tokens["open"]),
+        tampered(tokens["message"]),
+        tokens["click"],
+        tokens["unsubscribe"],
+    ):
         response = Client().get(f"/t/o/{token}.gif")
         assert response.status_code == 200
         assert response["Content-Type"] == "image/gif"
