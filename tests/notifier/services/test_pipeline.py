@@ -154,7 +154,9 @@ def test_a_batch_is_prepared_with_a_bounded_number_of_queries(
 ):
     users = UserFactory.create_batch(40)
     ids = [notify(u, "order.shipped", order_context()).pk for u in users]
-    with django_assert_max_num_queries(12):
+    # 13: the in-app deliveries are sent, and who wants to hear of sends is read once per
+    # NOTIFIER_WEBHOOK_ENDPOINTS_CACHE_S (0.2 s in the tests; a slow run reads it again)
+    with django_assert_max_num_queries(13):
         counts = messages_prepare(message_ids=ids)
     # no devices: push suppressed; in-app sent as it was routed
     assert (counts[DeliveryStatus.QUEUED], counts[DeliveryStatus.SENT]) == (40 * 2, 40)
