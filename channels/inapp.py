@@ -72,29 +72,32 @@ class InAppProvider:
         return [SendResult.sent(self.name) for _ in outgoings]
 
     @staticmethod
-    def inbox_write(entries: Sequence[InboxEntry], *, at: datetime | None = None) -> None:
-        """Insert the entries' inbox items; a delivery that has its item already keeps it."""
-        from notifier.db import insert_rows
+    def inbox_write(
+        entries: Sequence[InboxEntry], *, at: datetime | None = None, new_deliveries: bool = False
+    ) -> None:
+        """Insert the entries' inbox items; a delivery that has its item already keeps it.
+        With `new_deliveries` (written in this transaction: none can have an item yet) by
+        COPY, as the fan-out writes its other rows."""
+        from notifier.db import copy_rows, insert_rows
         from notifier.models import InboxItem
 
         now = at or timezone.now()
-        insert_rows(
-            InboxItem,
-            INBOX_COLUMNS,
-            [
-                (
-                    e.user_id,
-                    e.message_id,
-                    e.delivery_id,
-                    e.category,
-                    e.type_key,
-                    e.title[:300],
-                    e.body,
-                    e.link[:2000],
-                    now,
-                    "",
-                )
-                for e in entries
-            ],
-            ignore_conflicts=True,  # the delivery's inbox item exists already: nothing to add
-        )
+        rows = [
+            (
+                e.user_id,
+                e.message_id,
+                e.delivery_id,
+                e.category,
+                e.type_key,
+                e.title[:300],
+                e.body,
+                e.link[:2000],
+                now,
+                "",
+            )
+            for e in entries
+        ]
+        if new_deliveries:
+            copy_rows(InboxItem, INBOX_COLUMNS, rows)
+        else:  # the delivery's inbox item may exist already: nothing to add then
+            insert_rows(InboxItem, INBOX_COLUMNS, rows, ignore_conflicts=True)

@@ -564,7 +564,7 @@ def inbox_items_write(
     if not entries:
         return
     started = time.perf_counter()
-    InAppProvider.inbox_write(entries, at=now)
+    InAppProvider.inbox_write(entries, at=now, new_deliveries=True)
     took = time.perf_counter() - started
     provider = next(r.provider for r in rows if r.status == S.SENT)
     transaction.on_commit(
