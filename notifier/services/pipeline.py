@@ -5,8 +5,10 @@ locked; everything routing needs about their users is loaded in bulk (devices, p
 consent, feedback); the routing rule picks the channels; each channel is decided by the pure
 route policies; the message as a whole is admitted, held or suppressed (staleness, quiet hours,
 backpressure, frequency caps); the channels that will go out are rendered; and deliveries plus
-their first event are written in bulk, all in one transaction. Running it twice is harmless:
-routed messages are skipped, and locked ones are left to their owner.
+their first event are written in bulk, all in one transaction. An in-app delivery that would go
+out at once is delivered there and then: our own database is its provider, so its inbox item
+is written in the same transaction and it needs no deliver task (`inapp_sent_now`). Running
+it twice is harmless: routed messages are skipped, and locked ones are left to their owner.
 
 One message never takes its batch down: a row Python cannot read, or copy that cannot render
 (whatever it raises), fails that message alone with the reason in words (`messages_fail`,
@@ -598,12 +600,12 @@ def write_routed(
     may_exist: bool = False,
 ) -> dict[tuple[int, str], int]:
     """Insert deliveries and their first event; returns (message id, channel) -> delivery id.
-    A row routed sent (`inapp_sent_now`) is written with its attempt (see `deliveries_create`);
-    its inbox item is the caller's to write (`inbox_items_write`).
 
     Routing holds the lock on its unrouted messages, so none of their deliveries can exist yet.
     A fallback (`may_exist`) can meet one that does (a fallback that ran twice): that one is
-    left as it is, so each is written once (see `deliveries_create`).
+    left as it is, so each is written once (see `deliveries_create`). A row routed sent
+    (`inapp_sent_now`) is written with its attempt; its inbox item is the caller's to write,
+    in the same transaction (`inbox_items_write`).
     """
     values = [
         (

@@ -143,8 +143,8 @@ def deliveries_create(
     `may_exist` (a fallback that may run twice) by INSERT ... ON CONFLICT DO NOTHING, and
     a delivery that was there already gets no second first event.
 
-    A row in `sent` was delivered in the caller's transaction (SENT_ON_ROUTE: the in-app inbox
-    item written with it). Its row carries the attempt (attempts, provider, sent_at,
+    A row in status `sent` was delivered in the caller's transaction (SENT_ON_ROUTE: the in-app
+    inbox item written with it). Its row carries the attempt (attempts, provider, sent_at,
     finished_at) and the reason routing gave it; it is written with the reason cleared, as a
     recorded send leaves it, and gets two events, as a send through the queue does: its first
     event in `queued` with routing's reason, then its attempt, `sent`.
