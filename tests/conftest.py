@@ -120,6 +120,14 @@ def _fresh_caches() -> Iterator[None]:
     endpoints_cache_clear()
 
 
+@pytest.fixture
+def inapp_through_the_queue(settings: Any) -> None:
+    """In-app deliveries take the queue, as any channel's do: a rate limit on the in-app
+    provider (high enough never to defer one) means its deliver task must ask the bucket, so
+    routing no longer writes them sent at once. For tests of the deliver path itself."""
+    settings.NOTIFIER_RATE_LIMITS = {**settings.NOTIFIER_RATE_LIMITS, "inapp:inapp": "10000/s"}
+
+
 def broker_redis() -> redis.Redis:
     """The test broker's Redis, with no timeout (FLUSHDB, waits on workers)."""
     client = broker_client(timeout_s=None)

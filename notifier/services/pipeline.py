@@ -5,8 +5,10 @@ locked; everything routing needs about their users is loaded in bulk (devices, p
 consent, feedback); the routing rule picks the channels; each channel is decided by the pure
 route policies; the message as a whole is admitted, held or suppressed (staleness, quiet hours,
 backpressure, frequency caps); the channels that will go out are rendered; and deliveries plus
-their first event are written in bulk, all in one transaction. Running it twice is harmless:
-routed messages are skipped, and locked ones are left to their owner.
+their first event are written in bulk, all in one transaction. An in-app delivery that would go
+out at once is delivered there and then: our own database is its provider, so its inbox item
+is written in the same transaction and it needs no deliver task (`inapp_sent_now`). Running
+it twice is harmless: routed messages are skipped, and locked ones are left to their owner.
 
 One message never takes its batch down: a row Python cannot read, or copy that cannot render
 (whatever it raises), fails that message alone with the reason in words (`messages_fail`,
@@ -34,11 +36,13 @@ from django.db.models import Exists, OuterRef
 from django.utils import timezone
 
 from channels.base import Channel, Content
+from channels.inapp import InAppProvider, InboxEntry
+from channels.registry import providers_for
 from notifier import dispatch
 from notifier.backpressure import bulk_congested
 from notifier.db import any_of, next_ids, readable, update_rows
 from notifier.dispatch import chunks
-from notifier.hooks import NO_CAMPAIGNS, CampaignBatch, campaign_batch
+from notifier.hooks import NO_CAMPAIGNS, CampaignBatch, campaign_batch, campaign_send_rates
 from notifier.links import UnsubscribeLinks, preferences_url
 from notifier.logcontext import bound
 from notifier.models import (
@@ -56,6 +60,7 @@ from notifier.models import (
 from notifier.models.recipients import recipient_for, recipients_attach
 from notifier.models.types import PRIORITY_RANK, Priority
 from notifier.models.users import display_name
+from notifier.operations.metrics import record_send
 from notifier.policies.preferences import (
     ConsentState,
     Preferences,
@@ -74,6 +79,13 @@ from notifier.policies.routing import (
     plan_channels,
     suppress,
 )
+from notifier.provider_limits import State as BreakerState
+from notifier.provider_limits import (
+    alert_transition,
+    breaker_outcomes,
+    breaker_state,
+    rate_limits,
+)
 from notifier.queues import Lane
 from notifier.rendering import Lazy, RenderError, render, render_failure, template_context
 from notifier.selectors import (
@@ -85,6 +97,7 @@ from notifier.selectors import (
     type_info_get,
 )
 from notifier.services.admission import Admission, message_admission, settle_caps
+from notifier.services.breakers import breaker_waiters_wake
 from notifier.services.messages import (
     NewMessage,
     as_message,
@@ -355,6 +368,7 @@ class Routed:
     next_attempt_at: datetime | None = None
     priority_rank: int = 2
     fallback_of: int | None = None
+    provider: str = ""  # a delivery sent as it is routed: the provider that took it
 
 
 def routed(
@@ -470,7 +484,112 @@ def outcome_rows(outcome: RouteOutcome, audience: Audience, now: datetime) -> li
     ]
 
 
-TERMINAL_ON_ROUTE = frozenset({S.SUPPRESSED, S.FAILED})
+TERMINAL_ON_ROUTE = frozenset({S.SUPPRESSED, S.FAILED, S.SENT})
+
+
+def inbox_provider_now() -> InAppProvider | None:
+    """The in-app provider, when a deliver task would hand it a delivery at once: the channel's
+    first provider is our own database's inbox, no rate limit is configured for it and its
+    circuit is closed (Redis unreachable: the deliver task would fail open, and so does this).
+    None otherwise: in-app deliveries then take the queue."""
+    chain = providers_for(Channel.INAPP)
+    if not chain or not isinstance(chain[0], InAppProvider) or not chain[0].in_database:
+        return None
+    key = f"{Channel.INAPP}:{chain[0].name}"
+    if key in rate_limits() or breaker_state(key) not in (
+        BreakerState.CLOSED,
+        BreakerState.UNKNOWN,
+    ):
+        return None
+    return chain[0]
+
+
+def inapp_sent_now(
+    rows: list[Routed], messages: Mapping[int, Message], now: datetime
+) -> list[Routed]:
+    """The rows, each in-app delivery that would go out at once marked sent: its inbox item is
+    written with it, in the routing transaction (`inbox_items_write`), and no deliver task is
+    needed.
+
+    At once: routed queued and due (not held, not deferred), of no campaign with a send rate
+    of its own (a marketer's test send never waits for one), while `inbox_provider_now`. The
+    rest take the queue as before.
+    """
+    due = [
+        i
+        for i, r in enumerate(rows)
+        if r.channel is Channel.INAPP
+        and r.status == S.QUEUED
+        and (r.next_attempt_at is None or r.next_attempt_at <= now)
+    ]
+    if not due:
+        return rows
+    provider = inbox_provider_now()
+    if provider is None:
+        return rows
+    paced = campaign_send_rates(
+        messages[rows[i].message_id].campaign_id
+        for i in due
+        if not messages[rows[i].message_id].is_test
+    )
+    marked = list(rows)
+    for i in due:
+        message = messages[rows[i].message_id]
+        if message.campaign_id in paced and not message.is_test:
+            continue
+        marked[i] = replace(rows[i], status=S.SENT, provider=provider.name, next_attempt_at=None)
+    return marked
+
+
+def inbox_items_write(
+    rows: Iterable[Routed],
+    ids: Mapping[tuple[int, str], int],
+    messages: Mapping[int, Message],
+    now: datetime,
+) -> None:
+    """Write the inbox items of the in-app deliveries written sent (`inapp_sent_now`), and after
+    commit count them as the deliver task counts its sends: metrics, the provider's breaker."""
+    entries = [
+        InboxEntry(
+            r.user_id,
+            r.message_id,
+            ids[(r.message_id, r.channel)],
+            message_type(messages[r.message_id]).kind,
+            messages[r.message_id].type_id,
+            r.content.get("title", ""),
+            r.content.get("body", ""),
+            r.content.get("link", ""),
+        )
+        for r in rows
+        if r.status == S.SENT and (r.message_id, r.channel) in ids
+    ]
+    if not entries:
+        return
+    started = time.perf_counter()
+    InAppProvider.inbox_write(entries, at=now, new_deliveries=True)
+    took = time.perf_counter() - started
+    provider = next(r.provider for r in rows if r.status == S.SENT)
+    transaction.on_commit(
+        partial(_inbox_sends_count, provider=provider, sent=len(entries), seconds=took),
+        robust=True,
+    )
+
+
+def _inbox_sends_count(*, provider: str, sent: int, seconds: float) -> None:
+    """What a deliver task records of a provider call that sent: the send metrics, and the
+    successes its circuit breaker weighs failures against."""
+    record_send(
+        channel=str(Channel.INAPP),
+        provider=provider,
+        seconds=seconds,
+        sent=sent,
+        failed=0,
+        retried=0,
+    )
+    transition = breaker_outcomes(f"{Channel.INAPP}:{provider}", successes=sent, failures=0)
+    if transition is not None:
+        alert_transition(transition)
+        breaker_waiters_wake(transition)
 
 
 def write_routed(
@@ -484,7 +603,9 @@ def write_routed(
 
     Routing holds the lock on its unrouted messages, so none of their deliveries can exist yet.
     A fallback (`may_exist`) can meet one that does (a fallback that ran twice): that one is
-    left as it is, so each is written once (see `deliveries_create`).
+    left as it is, so each is written once (see `deliveries_create`). A row routed sent
+    (`inapp_sent_now`) is written with its attempt; its inbox item is the caller's to write,
+    in the same transaction (`inbox_items_write`).
     """
     values = [
         (
@@ -495,8 +616,8 @@ def write_routed(
             r.reason,
             r.content,
             r.last_error,
-            0,
-            "",
+            1 if r.status == S.SENT else 0,
+            r.provider,
             "",
             now,
             now,
@@ -504,6 +625,7 @@ def write_routed(
             now if r.status in TERMINAL_ON_ROUTE else None,
             r.priority_rank,
             r.fallback_of,
+            now if r.status == S.SENT else None,
         )
         for r in rows
     ]
@@ -576,7 +698,10 @@ def messages_prepare(*, message_ids: Sequence[int], run_id: int | None = None) -
                     cap.week if cap else None,
                 )
             )
+        by_id = {m.pk: m for m in messages}
+        rows = inapp_sent_now(rows, by_id, now)
         ids = write_routed(rows, now)
+        inbox_items_write(rows, ids, by_id, now)
         update_rows(Message, ("routed_at", "fallback_chain", "cap_day", "cap_week"), updates)
         publish_queued(rows, ids, {m.pk: Lane(m.lane) for m in messages})
         written.update(str(r.status) for r in rows)
@@ -707,7 +832,10 @@ def _write_routed_once(rows: Sequence[NewMessage], users: Mapping[int, User]) ->
             message.routed_at, message.fallback_chain = now, outcome.chain_left
             message.cap_day, message.cap_week = (cap.day, cap.week) if cap else (None, None)
         messages_copy(messages)
+        by_id = {m.pk: m for m in messages}
+        routed_rows = inapp_sent_now(routed_rows, by_id, now)
         delivery_ids = write_routed(routed_rows, now)
+        inbox_items_write(routed_rows, delivery_ids, by_id, now)
         publish_queued(routed_rows, delivery_ids, {m.pk: Lane(m.lane) for m in messages})
     return ids
 
@@ -771,13 +899,16 @@ def deliveries_fall_back(*, failed_ids: Sequence[int]) -> list[int]:
                 for c, d in decisions.items()
             ]
             updates.append((message.pk, chain_left))
+        by_id = {m.pk: m for m in messages}
+        rows = inapp_sent_now(rows, by_id, now)
         ids = write_routed(rows, now, kind=EventKind.FALLBACK, may_exist=True)
+        inbox_items_write(rows, ids, by_id, now)
         update_rows(Message, ("fallback_chain",), updates)
         publish_queued(rows, ids, {m.pk: Lane(m.lane) for m in messages})
     return [
         ids[(r.message_id, r.channel)]
         for r in rows
-        if r.status == S.QUEUED and (r.message_id, r.channel) in ids
+        if r.status in (S.QUEUED, S.SENT) and (r.message_id, r.channel) in ids
     ]
 
 

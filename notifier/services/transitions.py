@@ -27,6 +27,7 @@ import uuid
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from contextlib import nullcontext
 from datetime import datetime
+from itertools import pairwise
 from typing import Any
 
 from django.db import connection, transaction
@@ -93,10 +94,16 @@ DELIVERY_COLUMNS = (
     "finished_at",
     "priority_rank",
     "fallback_of",
+    "sent_at",
 )
-_MESSAGE, _CHANNEL, _STATUS, _REASON, _LAST_ERROR = (
-    DELIVERY_COLUMNS.index(c) for c in ("message", "channel", "status", "reason", "last_error")
+_MESSAGE, _CHANNEL, _STATUS, _REASON, _LAST_ERROR, _ATTEMPTS, _PROVIDER = (
+    DELIVERY_COLUMNS.index(c)
+    for c in ("message", "channel", "status", "reason", "last_error", "attempts", "provider")
 )
+
+# A delivery our own database delivers as it is routed (the in-app inbox, written in the
+# routing transaction) is written sent at once: routed (queued), claimed and sent in one go.
+SENT_ON_ROUTE = (S.PENDING, S.QUEUED, S.SENDING, S.SENT)
 
 # The milestone a move stamps with its time.
 STAMPS: dict[DeliveryStatus, str] = {
@@ -145,48 +152,77 @@ def deliveries_create(
     COPY, when none of them can exist yet (the caller holds its messages' locks); with
     `may_exist` (a fallback that may run twice) by INSERT ... ON CONFLICT DO NOTHING, and
     a delivery that was there already gets no second first event.
+
+    A row in status `sent` was delivered in the caller's transaction (SENT_ON_ROUTE: the in-app
+    inbox item written with it). Its row carries the attempt (attempts, provider, sent_at,
+    finished_at) and the reason routing gave it; it is written with the reason cleared, as a
+    recorded send leaves it, and gets two events, as a send through the queue does: its first
+    event in `queued` with routing's reason, then its attempt, `sent`.
     """
-    moves_check([S.PENDING], {row[_STATUS] for row in rows})
+    statuses = {row[_STATUS] for row in rows}
+    if S.SENT in statuses:
+        for source, target in pairwise(SENT_ON_ROUTE):
+            check_move(source, target)
+    moves_check([S.PENDING], statuses - {S.SENT})
+    written = [_as_written(row) for row in rows]
     if may_exist:
         returned = insert_rows(
             Delivery,
             DELIVERY_COLUMNS,
-            rows,
+            written,
             returning=("id", "message", "channel"),
             ignore_conflicts=True,
         )
         ids = {(message_id, channel): pk for pk, message_id, channel in returned}
     else:
-        new_ids = copy_rows(Delivery, DELIVERY_COLUMNS, rows, with_ids=True)
+        new_ids = copy_rows(Delivery, DELIVERY_COLUMNS, written, with_ids=True)
         ids = {(row[_MESSAGE], row[_CHANNEL]): pk for row, pk in zip(rows, new_ids, strict=True)}
-    copy_rows(
-        DeliveryEvent,
-        EVENT_COLUMNS,
-        [
-            (
-                ids[(row[_MESSAGE], row[_CHANNEL])],
-                at,
-                kind,
-                row[_STATUS],
-                row[_REASON],
-                None,
-                "",
-                row[_LAST_ERROR],
-                detail,
+    events: list[Event] = []
+    for row, detail in zip(rows, details, strict=True):
+        pk = ids.get((row[_MESSAGE], row[_CHANNEL]))
+        if pk is None:
+            continue
+        if row[_STATUS] == S.SENT:
+            events += [
+                (pk, at, kind, S.QUEUED, row[_REASON], None, "", "", detail),
+                (
+                    pk,
+                    at,
+                    EventKind.ATTEMPT,
+                    S.SENT,
+                    "",
+                    row[_ATTEMPTS],
+                    row[_PROVIDER],
+                    "",
+                    SENT_DETAIL,
+                ),
+            ]
+        else:
+            events.append(
+                (pk, at, kind, row[_STATUS], row[_REASON], None, "", row[_LAST_ERROR], detail)
             )
-            for row, detail in zip(rows, details, strict=True)
-            if (row[_MESSAGE], row[_CHANNEL]) in ids
-        ],
-    )
+    copy_rows(DeliveryEvent, EVENT_COLUMNS, events)
     record.deliveries_changed(
-        {row[_STATUS] for row in rows},
+        statuses,
         lambda: [
-            DeliveryChange(ids[(row[_MESSAGE], row[_CHANNEL])], row[_STATUS], row[_REASON], at)
-            for row in rows
-            if (row[_MESSAGE], row[_CHANNEL]) in ids
+            DeliveryChange(ids[key], row[_STATUS], written_row[_REASON], at)
+            for row, written_row in zip(rows, written, strict=True)
+            if (key := (row[_MESSAGE], row[_CHANNEL])) in ids
         ],
     )
     return ids
+
+
+# An attempt event's detail for a send that needed no provider call of its own.
+SENT_DETAIL: dict[str, Any] = {"outcome": "sent"}
+
+
+def _as_written(row: Sequence[Any]) -> Sequence[Any]:
+    """A row as its delivery is written: a sent one without routing's reason (kept on its
+    first event), as recording a send leaves it."""
+    if row[_STATUS] != S.SENT or not row[_REASON]:
+        return row
+    return (*row[:_REASON], "", *row[_REASON + 1 :])
 
 
 # --- Claiming and recording sends -------------------------------------------------------------

@@ -244,7 +244,10 @@ def test_a_running_campaign_keeps_what_it_sent_and_its_next_step_waits_for_appro
     assert fresh(campaign).status_before_review == C.RUNNING
     assert recipients(campaign, "Notice") == listed  # what was sent stays
     notice_deliveries = Delivery.objects.filter(message__step=step(campaign, "Notice"))
-    assert set(notice_deliveries.values_list("status", flat=True)) == {DeliveryStatus.QUEUED}
+    assert set(notice_deliveries.values_list("status", flat=True)) == {
+        DeliveryStatus.QUEUED,  # email
+        DeliveryStatus.SENT,  # in-app, written as it was routed
+    }
     with pytest.raises(CampaignError, match="has started"):
         campaign_send_back(campaign=campaign, by=marketer)
 
@@ -457,6 +460,7 @@ def test_a_delivery_held_by_the_pause_stays_held_while_awaiting_approval(markete
     SegmentMember.objects.filter(segment=segment).delete()
     assert campaigns_recheck()[0].campaign.pk == campaign.pk
     assert held > 0
-    waiting = Delivery.objects.filter(message__campaign=campaign)
+    # in-app went out as it was routed; the rest waits
+    waiting = Delivery.objects.filter(message__campaign=campaign).exclude(channel="inapp")
     assert set(waiting.values_list("reason", flat=True)) == {Reason.CAMPAIGN_PAUSED}
     assert not waiting.filter(next_attempt_at__isnull=False).exists()

@@ -34,7 +34,15 @@ from campaigns.services.lifecycle import (
     campaign_submit,
     copy_variant,
 )
-from notifier.models import Consent, Delivery, Message, NotificationType, User, recipient_ids_of
+from notifier.models import (
+    Consent,
+    Delivery,
+    InboxItem,
+    Message,
+    NotificationType,
+    User,
+    recipient_ids_of,
+)
 from notifier.services.release import held_release
 from notifier.status import DeliveryStatus, Reason
 from tests.factories import UserFactory, staff_member
@@ -320,7 +328,8 @@ def test_fanout_writes_one_message_per_recipient_and_routes_it(marketer, lead, p
     assert step.walk_done is True
     assert step.batches_done == step.batches_total == 1
     inapp = Delivery.objects.filter(message__step=step, channel="inapp")
-    assert set(inapp.values_list("status", flat=True)) == {S.QUEUED}
+    assert set(inapp.values_list("status", flat=True)) == {S.SENT}  # written with the batch
+    assert InboxItem.objects.filter(delivery__in=inapp).count() == 25
     content = inapp.first().content
     assert content["title"] == "Double 11: 50% off"
     assert content["body"].startswith("Hi ")
@@ -410,6 +419,7 @@ def test_a_batch_racing_another_run_of_itself_starts_over_and_writes_nothing_twi
     assert (report.messages, report.existing) == (2, 4)
     assert sorted(Message.objects.filter(step=step).values_list("user_id", flat=True)) == ids
     assert Delivery.objects.filter(message__step=step).count() == 6 * 2
+    assert InboxItem.objects.filter(message__step=step).count() == 6  # none twice
 
 
 def test_the_holdout_gets_nothing_and_is_recorded(marketer, lead, published):
@@ -458,7 +468,9 @@ def test_a_local_time_step_holds_each_message_until_the_users_hour(marketer, lea
 # --- Pause, resume, cancel -----------------------------------------------------------------------
 
 
-def test_pausing_holds_what_is_queued_and_stops_pending_batches(marketer, lead, published):
+def test_pausing_holds_what_is_queued_and_stops_pending_batches(
+    marketer, lead, published, inapp_through_the_queue
+):
     audience(30)
     campaign = scheduled(marketer, lead)
     notice = campaign.steps.get(name="Notice")
@@ -486,10 +498,10 @@ def test_cancelling_cancels_pending_steps_and_everything_not_yet_sent(marketer, 
     campaign = scheduled(marketer, lead)
     start_step(campaign, "Notice", published)
     cancelled = campaign_cancel(campaign=campaign, by=marketer)
-    assert cancelled == 20
+    assert cancelled == 10  # the emails; the in-app items went out with the batch
     assert set(
-        Delivery.objects.filter(message__campaign=campaign).values_list("status", flat=True)
-    ) == {S.CANCELLED}
+        Delivery.objects.filter(message__campaign=campaign).values_list("channel", "status")
+    ) == {("email", S.CANCELLED), ("inapp", S.SENT)}
     assert set(campaign.steps.values_list("status", flat=True)) == {StepStatus.CANCELLED}
     with time_machine.travel(EVENT):
         assert steps_start_due().started == []

@@ -158,7 +158,8 @@ def actual_counts(step: CampaignStep) -> Counter[tuple[str, str]]:
     for status, reason, channel in Delivery.objects.filter(message__step=step).values_list(
         "status", "reason", "channel"
     ):
-        counts[("out" if status == S.QUEUED else reason, channel)] += 1
+        # going out: queued, or in-app sent as it was routed
+        counts[("out" if status in (S.QUEUED, S.SENT) else reason, channel)] += 1
     return counts
 
 

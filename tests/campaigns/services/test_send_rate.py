@@ -32,9 +32,14 @@ def fanned_out(marketer, lead, published, *, rate: int | None) -> tuple[Campaign
     campaign = approved(marketer, lead, send_rate=rate)
     step = run_step(campaign, "Notice", published)
     ids = sorted(Delivery.objects.filter(message__step=step).values_list("pk", flat=True))
-    assert len(ids) == 8 and set(
-        Delivery.objects.filter(pk__in=ids).values_list("status", flat=True)
-    ) == {S.QUEUED}
+    # With a rate of its own, every delivery waits for the campaign's bucket; without one,
+    # in-app went out as it was routed (nothing to wait for), and email is queued.
+    statuses = set(Delivery.objects.filter(pk__in=ids).values_list("channel", "status"))
+    assert len(ids) == 8 and statuses == (
+        {("inapp", S.QUEUED), ("email", S.QUEUED)}
+        if rate
+        else {("inapp", S.SENT), ("email", S.QUEUED)}
+    )
     return campaign, ids
 
 
@@ -70,7 +75,8 @@ def test_a_second_worker_finds_the_bucket_empty_and_sends_nothing_twice(marketer
 def test_without_a_rate_of_its_own_everything_goes_at_once(marketer, lead, published):
     _, ids = fanned_out(marketer, lead, published, rate=None)
     report = deliveries_deliver(delivery_ids=ids)
-    assert (report.sent, report.deferred) == (8, [])
+    assert (report.sent, report.skipped, report.deferred) == (4, 4, [])  # in-app: sent already
+    assert set(Delivery.objects.filter(pk__in=ids).values_list("status", flat=True)) == {S.SENT}
 
 
 def test_another_campaigns_rate_is_not_this_ones(marketer, lead, published):

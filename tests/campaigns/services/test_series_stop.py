@@ -88,7 +88,7 @@ def test_a_customer_who_converted_gets_no_later_step_and_support_sees_why(
         == stopped.count()
     )
     still = Delivery.objects.filter(message__step=reminder, user=other)
-    assert set(still.values_list("status", flat=True)) == {S.QUEUED}
+    assert set(still.values_list("channel", "status")) == {("inapp", S.SENT), ("email", S.QUEUED)}
 
 
 def test_a_held_later_step_is_not_released_to_a_customer_who_clicked(marketer, lead, published):
@@ -124,7 +124,10 @@ def test_never_sends_every_step_to_everyone(marketer, lead, published):
         )
     reminder = start_step(campaign, "Reminder", published)
     sent_to_buyer = Delivery.objects.filter(message__step=reminder, user=buyer)
-    assert set(sent_to_buyer.values_list("status", flat=True)) == {S.QUEUED}
+    assert set(sent_to_buyer.values_list("channel", "status")) == {
+        ("inapp", S.SENT),
+        ("email", S.QUEUED),
+    }
 
 
 def test_changing_the_rule_of_an_approved_campaign_needs_a_new_approval(marketer, lead):

@@ -78,14 +78,14 @@ def test_an_opted_out_channel_is_suppressed_with_its_reason(published):
         notify(user, "subscription.renewal_reminder", RENEWAL, channels=["email", "inapp"])
     )
     assert (rows["email"].status, rows["email"].reason) == (S.SUPPRESSED, Reason.OPTED_OUT)
-    assert rows["inapp"].status == S.QUEUED
+    assert rows["inapp"].status == S.SENT  # in-app goes out as it is routed
 
 
 def test_marketing_without_consent_is_suppressed_on_email_but_not_in_app(published):
     user = UserFactory()
     rows = route(sale(user))  # low priority: the rule sends email and in-app
     assert (rows["email"].status, rows["email"].reason) == (S.SUPPRESSED, Reason.NO_CONSENT)
-    assert rows["inapp"].status == S.QUEUED
+    assert rows["inapp"].status == S.SENT
 
 
 def test_marketing_with_consent_goes_out(published):
@@ -121,7 +121,7 @@ def test_normal_priority_uses_inapp_plus_the_first_chain_channel_that_reaches_th
     rows = route(message)
     assert rows["push"].reason == Reason.NO_ACTIVE_DEVICE
     assert rows["email"].status == S.QUEUED
-    assert rows["inapp"].status == S.QUEUED
+    assert rows["inapp"].status == S.SENT
     assert Message.objects.get(pk=message.pk).fallback_chain == []  # sms not in the type
 
 
@@ -189,7 +189,7 @@ def test_a_users_own_window_is_respected(published):
                     {"follower_name": "Bo", "follower_url": "https://x.test"},
                 )
             )["inapp"].status
-            == S.QUEUED
+            == S.SENT  # outside their window: out at once
         )
     with time_machine.travel(shanghai(2026, 11, 21, 13, 15)):
         held = route(
@@ -428,7 +428,7 @@ def test_marketing_email_carries_one_click_unsubscribe_that_works(published, cli
     assert response.status_code == 200
     again = route(sale(user))
     assert (again["email"].status, again["email"].reason) == (S.SUPPRESSED, Reason.OPTED_OUT)
-    assert again["inapp"].status == S.QUEUED  # only that category on that channel
+    assert again["inapp"].status == S.SENT  # only that category on that channel
 
 
 def test_transactional_email_has_no_unsubscribe_header(published):

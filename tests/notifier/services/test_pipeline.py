@@ -2,23 +2,42 @@
 
 from __future__ import annotations
 
+import threading
+from collections import Counter
+from datetime import datetime
+from zoneinfo import ZoneInfo
+
 import pytest
+import time_machine
+from django.db import connection
+from django.utils import timezone
 
 from channels.base import Channel
 from notifier.api import notify
-from notifier.models import Delivery, DeliveryEvent, EventKind, Message, NotificationType
+from notifier.models import (
+    Delivery,
+    DeliveryEvent,
+    EventKind,
+    InboxItem,
+    Message,
+    NotificationType,
+)
+from notifier.provider_limits import State, breaker_outcomes, breaker_state
+from notifier.services import pipeline
+from notifier.services.deliveries import deliveries_deliver
 from notifier.services.pipeline import messages_prepare
 from notifier.status import DeliveryStatus, Reason
 from tests.factories import DeviceFactory, UserFactory, order_context
 
 pytestmark = pytest.mark.django_db
+S = DeliveryStatus
 
 
 def deliveries(message: Message) -> dict[str, Delivery]:
     return {d.channel: d for d in Delivery.objects.filter(message=message)}
 
 
-def test_a_reachable_user_gets_four_queued_deliveries_with_rendered_content(
+def test_a_reachable_user_gets_three_queued_deliveries_and_the_inbox_item_at_once(
     published, django_capture_on_commit_callbacks
 ):
     user = UserFactory(first_name="Ann")
@@ -26,18 +45,26 @@ def test_a_reachable_user_gets_four_queued_deliveries_with_rendered_content(
     message = notify(user, "order.shipped", order_context())
     with django_capture_on_commit_callbacks(execute=True):
         counts = messages_prepare(message_ids=[message.pk])
-    assert counts == {"queued": 4}
+    assert counts == {"queued": 3, "sent": 1}
     rows = deliveries(message)
-    assert {c: d.status for c, d in rows.items()} == {c.value: "queued" for c in Channel}
+    assert {c: d.status for c, d in rows.items()} == {
+        "inapp": "sent",
+        "email": "queued",
+        "sms": "queued",
+        "push": "queued",
+    }
+    assert InboxItem.objects.get(delivery=rows["inapp"]).title == "Your order A1001 is on its way"
     assert rows["email"].content["subject"] == "Order A1001 has shipped"
     assert "Hi Ann," in rows["email"].content["body"]
     assert '<a href="https://example.com/track/A1001">' in rows["email"].content["html"]
     assert rows["inapp"].content["link"] == "https://example.com/track/A1001"
     assert Message.objects.get(pk=message.pk).routed_at is not None
-    assert sorted(published.delivered_ids()) == sorted(d.pk for d in rows.values())
-    # each channel goes to its own queue of the transactional lane
+    # in-app needs no deliver task; each other channel goes to its own queue of the lane
+    assert sorted(published.delivered_ids()) == sorted(
+        d.pk for c, d in rows.items() if c != "inapp"
+    )
     assert {(lane, channel) for _, lane, channel, _ in published.deliver} == {
-        ("transactional", c) for c in Channel
+        ("transactional", c) for c in Channel if c is not Channel.INAPP
     }
 
 
@@ -52,7 +79,7 @@ def test_missing_contact_points_are_suppressed_with_a_reason_and_an_event(
     assert (rows["email"].status, rows["email"].reason) == ("suppressed", Reason.NO_EMAIL_ADDRESS)
     assert (rows["sms"].status, rows["sms"].reason) == ("suppressed", Reason.NO_PHONE_NUMBER)
     assert (rows["push"].status, rows["push"].reason) == ("suppressed", Reason.NO_ACTIVE_DEVICE)
-    assert rows["inapp"].status == "queued"
+    assert rows["inapp"].status == "sent"  # written to the inbox as it was routed
     assert rows["sms"].finished_at is not None
     event = DeliveryEvent.objects.get(delivery=rows["sms"])
     assert (event.kind, event.status, event.reason) == (
@@ -60,7 +87,7 @@ def test_missing_contact_points_are_suppressed_with_a_reason_and_an_event(
         "suppressed",
         Reason.NO_PHONE_NUMBER,
     )
-    assert published.delivered_ids() == [rows["inapp"].pk]
+    assert published.delivered_ids() == []
 
 
 def test_an_inactive_device_does_not_count(published):
@@ -118,7 +145,8 @@ def test_preparing_twice_writes_nothing_more(published):
     messages_prepare(message_ids=[message.pk])
     assert messages_prepare(message_ids=[message.pk]) == {}
     assert Delivery.objects.filter(message=message).count() == 4
-    assert DeliveryEvent.objects.count() == 4
+    assert DeliveryEvent.objects.count() == 5  # four routed, and the in-app one's attempt
+    assert InboxItem.objects.count() == 1
 
 
 def test_a_batch_is_prepared_with_a_bounded_number_of_queries(
@@ -126,6 +154,133 @@ def test_a_batch_is_prepared_with_a_bounded_number_of_queries(
 ):
     users = UserFactory.create_batch(40)
     ids = [notify(u, "order.shipped", order_context()).pk for u in users]
-    with django_assert_max_num_queries(12):
+    # 13: the in-app deliveries are sent, and who wants to hear of sends is read once per
+    # NOTIFIER_WEBHOOK_ENDPOINTS_CACHE_S (0.2 s in the tests; a slow run reads it again)
+    with django_assert_max_num_queries(13):
         counts = messages_prepare(message_ids=ids)
-    assert counts[DeliveryStatus.QUEUED] == 40 * 3  # no devices: push suppressed
+    # no devices: push suppressed; in-app sent as it was routed
+    assert (counts[DeliveryStatus.QUEUED], counts[DeliveryStatus.SENT]) == (40 * 2, 40)
+
+
+# --- In-app sent as it is routed ----------------------------------------------------------------
+
+
+def test_an_inapp_delivery_due_now_is_sent_in_the_routing_transaction(
+    published, django_capture_on_commit_callbacks, monkeypatch
+):
+    counted: list[dict[str, object]] = []
+    monkeypatch.setattr(pipeline, "record_send", lambda **kw: counted.append(kw))
+    user = UserFactory()
+    message = notify(user, "order.shipped", order_context(), channels=["inapp"])
+    with django_capture_on_commit_callbacks(execute=True):
+        assert messages_prepare(message_ids=[message.pk]) == {"sent": 1}
+    delivery = deliveries(message)["inapp"]
+    # as a recorded first attempt leaves it
+    assert (delivery.status, delivery.attempts, delivery.provider, delivery.reason) == (
+        S.SENT,
+        1,
+        "inapp",
+        "",
+    )
+    assert delivery.sent_at == delivery.finished_at == delivery.created_at
+    assert (delivery.claimed_at, delivery.next_attempt_at) == (None, None)
+    item = InboxItem.objects.get(delivery=delivery)
+    assert (item.user_id, item.message_id, item.title) == (
+        user.pk,
+        message.pk,
+        "Your order A1001 is on its way",
+    )
+    assert item.category == "transactional" and item.type_key == "order.shipped"
+    # the timeline support reads: routed, then the attempt, as through the queue
+    events = list(DeliveryEvent.objects.filter(delivery=delivery).order_by("at", "id"))
+    assert [(e.kind, e.status, e.attempt, e.provider, e.detail) for e in events] == [
+        (EventKind.ROUTED, S.QUEUED, None, "", {}),
+        (EventKind.ATTEMPT, S.SENT, 1, "inapp", {"outcome": "sent"}),
+    ]
+    assert published.deliver == []  # no second hop
+    assert [(c["channel"], c["provider"], c["sent"], c["failed"]) for c in counted] == [
+        ("inapp", "inapp", 1, 0)
+    ]
+
+
+def test_the_reason_routing_gave_stays_on_the_routed_event_not_the_sent_row(published):
+    message = notify(UserFactory(), "order.shipped", order_context(), channels=["inapp"])
+    # a marketing lead let it go out in quiet hours: routing says so on a queued row
+    rows = [
+        pipeline.Routed(
+            message.pk, message.user_id, Channel.INAPP, S.QUEUED, Reason.QUIET_HOURS_ALLOWED
+        )
+    ]
+    now = timezone.now()
+    Message.objects.filter(pk=message.pk).update(routed_at=now)
+    sent = pipeline.inapp_sent_now(rows, {message.pk: message}, now)
+    ids = pipeline.write_routed(sent, now)
+    delivery = Delivery.objects.get(pk=ids[(message.pk, "inapp")])
+    assert (delivery.status, delivery.reason) == (S.SENT, "")
+    routed = DeliveryEvent.objects.get(delivery=delivery, kind=EventKind.ROUTED)
+    assert (routed.status, routed.reason) == (S.QUEUED, Reason.QUIET_HOURS_ALLOWED)
+
+
+def test_inapp_takes_the_queue_when_its_provider_has_a_rate_limit(
+    published, inapp_through_the_queue, django_capture_on_commit_callbacks
+):
+    message = notify(UserFactory(), "order.shipped", order_context(), channels=["inapp"])
+    with django_capture_on_commit_callbacks(execute=True):
+        assert messages_prepare(message_ids=[message.pk]) == {"queued": 1}
+    delivery = deliveries(message)["inapp"]
+    assert published.delivered_ids() == [delivery.pk]
+    assert not InboxItem.objects.exists()
+    assert deliveries_deliver(delivery_ids=[delivery.pk]).sent == 1
+    assert InboxItem.objects.get(delivery=delivery)
+
+
+def test_inapp_takes_the_queue_while_its_circuit_is_open(
+    published, settings, django_capture_on_commit_callbacks
+):
+    settings.NOTIFIER_CIRCUIT_MIN_CALLS = 2
+    breaker_outcomes("inapp:inapp", successes=0, failures=2)
+    assert breaker_state("inapp:inapp") is State.OPEN
+    message = notify(UserFactory(), "order.shipped", order_context(), channels=["inapp"])
+    with django_capture_on_commit_callbacks(execute=True):
+        assert messages_prepare(message_ids=[message.pk]) == {"queued": 1}
+    assert published.delivered_ids() == [deliveries(message)["inapp"].pk]
+    assert not InboxItem.objects.exists()
+
+
+def test_a_held_inapp_delivery_is_not_sent_at_once(published):
+    user = UserFactory(quiet_hours_enabled=True, time_zone="Asia/Shanghai")
+    night = datetime(2026, 11, 20, 23, 30, tzinfo=ZoneInfo("Asia/Shanghai"))
+    with time_machine.travel(night):
+        message = notify(
+            user, "subscription.renewal_reminder", {"plan": "Pro", "renews_on": "1 December"}
+        )
+        messages_prepare(message_ids=[message.pk])
+    assert (deliveries(message)["inapp"].status, published.deliver) == (S.HELD, [])
+    assert not InboxItem.objects.exists()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_two_prepares_at_once_write_each_inapp_delivery_and_inbox_item_once(published):
+    users = UserFactory.create_batch(20)
+    ids = [notify(u, "order.shipped", order_context(), channels=["inapp"]).pk for u in users]
+    start = threading.Barrier(2)
+    counts: list[Counter[str]] = []
+
+    def run() -> None:
+        try:
+            start.wait()
+            counts.append(messages_prepare(message_ids=ids))
+            counts.append(messages_prepare(message_ids=list(reversed(ids))))  # and again
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=run) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert sum(c["sent"] for c in counts) == 20
+    assert Delivery.objects.filter(status=S.SENT, channel="inapp").count() == 20
+    assert InboxItem.objects.count() == 20
+    assert DeliveryEvent.objects.filter(kind=EventKind.ATTEMPT).count() == 20
+    assert DeliveryEvent.objects.filter(kind=EventKind.ROUTED).count() == 20

@@ -112,7 +112,7 @@ def test_messages_python_cannot_read_fail_alone_with_the_reason_and_their_batch_
 
     for good in (ids[0], ids[3]):
         assert routed(good)
-        assert statuses(good) == {"inapp": (S.QUEUED, ""), "email": (S.QUEUED, "")}
+        assert statuses(good) == {"inapp": (S.SENT, ""), "email": (S.QUEUED, "")}
     for bad, words in (
         (far_future, "This message could not be read: its expiry date is out of range"),
         (deep, "This message could not be read: its context is nested too deeply to read"),
@@ -143,7 +143,7 @@ def test_the_requeue_job_publishes_unrouted_messages_without_reading_what_cannot
     # and the run it publishes fails the unreadable one and routes the others
     prepare_messages(ids)
     assert statuses(ids[0])["inapp"][1] == Reason.UNREADABLE
-    assert statuses(ids[1])["inapp"] == (S.QUEUED, "")
+    assert statuses(ids[1])["inapp"] == (S.SENT, "")
 
 
 # --- Copy that cannot render ----------------------------------------------------------------
@@ -171,7 +171,7 @@ def test_any_exception_from_one_message_s_render_fails_that_message_not_the_batc
     assert "SyntaxError: too many statically nested blocks" in (
         Delivery.objects.get(message_id=bad[0]).last_error
     )
-    assert all(statuses(pk)["inapp"] == (S.QUEUED, "") for pk in good)
+    assert all(statuses(pk)["inapp"] == (S.SENT, "") for pk in good)
 
 
 # --- The soft time limit --------------------------------------------------------------------
@@ -234,7 +234,7 @@ def test_the_soft_time_limit_in_a_run_of_ten_fails_nobody_and_each_goes_on_alone
     slow_render(0)
     for pk in batch:
         prepare_messages([pk])
-    assert all(statuses(pk) == {"inapp": (S.QUEUED, "")} for pk in batch)
+    assert all(statuses(pk) == {"inapp": (S.SENT, "")} for pk in batch)
 
 
 def test_a_message_too_slow_alone_fails_with_the_reason_and_its_batch_routes(
@@ -252,7 +252,7 @@ def test_a_message_too_slow_alone_fails_with_the_reason_and_its_batch_routes(
     assert (failed.status, failed.reason) == (S.FAILED, Reason.RENDER_TIMEOUT)
     assert failed.last_error.startswith("Rendering the inapp copy was stopped after")
     assert routed(slow[0])
-    assert all(statuses(pk)["inapp"] == (S.QUEUED, "") for pk in [*first, *last])
+    assert all(statuses(pk)["inapp"] == (S.SENT, "") for pk in [*first, *last])
     assert not PrepareRun.objects.exists()
 
 
@@ -304,7 +304,7 @@ def test_a_message_that_kills_its_worker_is_set_aside_after_three_deaths_and_its
 
     # The batch died once; then each message went alone, and the poison died twice more.
     assert deaths == 3
-    assert all(statuses(pk)["inapp"] == (S.QUEUED, "") for pk in good)
+    assert all(statuses(pk)["inapp"] == (S.SENT, "") for pk in good)
     failed = Delivery.objects.get(message_id=poison)
     assert (failed.status, failed.reason) == (S.FAILED, Reason.PREPARE_CRASHED)
     assert failed.last_error.startswith("Preparing this message stopped its worker 3 times")

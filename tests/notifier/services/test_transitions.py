@@ -26,7 +26,9 @@ def _queued(published, count: int = 3) -> list[int]:
     users = UserFactory.create_batch(count)
     messages_prepare(
         message_ids=[
-            notify(u, "order.shipped", order_context(), channels=["inapp"]).pk for u in users
+            # email: an in-app delivery would be sent as it is routed, never queued
+            notify(u, "order.shipped", order_context(), channels=["email"]).pk
+            for u in users
         ]
     )
     ids = list(Delivery.objects.filter(status=S.QUEUED).order_by("pk").values_list("pk", flat=True))
