@@ -7,6 +7,7 @@ message.created webhook events in the same transaction), once per write.
 
 from __future__ import annotations
 
+import functools
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
@@ -18,12 +19,20 @@ from typing import Any
 
 from django.contrib.auth import get_user_model
 from django.db import connection, transaction
-from django.db.models import signals
+from django.db.models import Field, Model, signals
 from django.db.models.base import ModelState
 from django.utils import timezone
 
 from notifier import dispatch
-from notifier.db import any_of, copy_rows, insert_rows, model_field, table_name, with_defaults
+from notifier.db import (
+    any_of,
+    copy_rows,
+    insert_rows,
+    model_field,
+    row_preparers,
+    table_name,
+    with_defaults,
+)
 from notifier.errors import IdempotencyKeyReused
 from notifier.events_out import record
 from notifier.models import Message, Recipient
@@ -119,34 +128,57 @@ def _insert_returning(rows: Sequence[NewMessage], now: datetime) -> dict[int, in
 def _insert_one_for_active_user(row: NewMessage, now: datetime) -> int | None:
     """One round trip for notify(): insert only if the user exists and is active, and the key
     is free. None means one of those did not hold; the caller finds out which."""
-    fields, (values,) = with_defaults(Message, COLUMNS, [_values(row, now)])
+    statement = _insert_one_statement(get_user_model(), connection.vendor)
+    values = [*_values(row, now), *(field.get_default() for field in statement.defaulted)]
+    params = [prepare(value) for prepare, value in zip(statement.preparers, values, strict=True)]
+    user_key = statement.user_key(row.user_id)
+    with connection.cursor() as cursor:
+        cursor.execute(statement.sql, [*params, user_key, user_key])
+        found = cursor.fetchone()
+    return int(found[0]) if found else None
+
+
+@dataclass(frozen=True)
+class _InsertOne:
+    sql: str
+    defaulted: tuple[Field[Any, Any], ...]  # columns COLUMNS leaves to their defaults
+    preparers: tuple[Callable[[Any], Any], ...]  # per column, as the ORM would store it
+    user_key: Callable[[UserKey], Any]
+
+
+@functools.cache
+def _insert_one_statement(model: type[Model], vendor: str) -> _InsertOne:
+    """notify()'s INSERT, written once per process (and user model, and database vendor): it
+    costs more to build than PostgreSQL takes to run it."""
+    fields, _ = with_defaults(Message, COLUMNS, [])
+    defaulted = fields[len(COLUMNS) :]
     qn = connection.ops.quote_name
     # The project's user model (AUTH_USER_MODEL), whatever its table and key are called; one
     # without an is_active field has every user active.
-    model = get_user_model()
     key = qn(model._meta.pk.get_attname_column()[1])
     active = (
         f" AND {qn('is_active')}"
         if any(f.name == "is_active" for f in model._meta.concrete_fields)
         else ""
     )
-    params = [f.get_db_prep_save(v, connection) for f, v in zip(fields, values, strict=True)]
-    user_key = model._meta.pk.get_db_prep_value(row.user_id, connection)
-    with connection.cursor() as cursor:
-        # An erased person (notifier.services.erasure) is refused too: one more lookup on the
-        # profiles' unique user index.
-        cursor.execute(
-            f"INSERT INTO {table_name(Message)} "
-            f"({', '.join(qn(f.get_attname_column()[1]) for f in fields)}) "
-            f"SELECT {', '.join(['%s'] * len(fields))} WHERE EXISTS "
-            f"(SELECT 1 FROM {table_name(model)} WHERE {key} = %s{active}) "
-            f"AND NOT EXISTS (SELECT 1 FROM {table_name(Recipient)} "
-            f"WHERE user_id = %s AND erased_at IS NOT NULL) "
-            f"ON CONFLICT DO NOTHING RETURNING id",
-            [*params, user_key, user_key],
-        )
-        found = cursor.fetchone()
-    return int(found[0]) if found else None
+    # An erased person (notifier.services.erasure) is refused too: one more lookup on the
+    # profiles' unique user index.
+    sql = (
+        f"INSERT INTO {table_name(Message)} "
+        f"({', '.join(qn(f.get_attname_column()[1]) for f in fields)}) "
+        f"SELECT {', '.join(['%s'] * len(fields))} WHERE EXISTS "
+        f"(SELECT 1 FROM {table_name(model)} WHERE {key} = %s{active}) "
+        f"AND NOT EXISTS (SELECT 1 FROM {table_name(Recipient)} "
+        f"WHERE user_id = %s AND erased_at IS NOT NULL) "
+        f"ON CONFLICT DO NOTHING RETURNING id"
+    )
+    pk = model._meta.pk
+    return _InsertOne(
+        sql=sql,
+        defaulted=tuple(defaulted),
+        preparers=tuple(row_preparers(fields)),
+        user_key=lambda user_id: pk.get_db_prep_value(user_id, connection),
+    )
 
 
 def as_message(row: NewMessage, pk: int, now: datetime) -> Message:
