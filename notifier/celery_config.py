@@ -13,13 +13,25 @@ and the beat schedule are stable across releases (the README's upgrade notes say
 
 from __future__ import annotations
 
+import logging
+import os
 from typing import Any
 
 from celery import signals
+from django.conf import settings
 from django.db import close_old_connections
 
 from notifier.operations.probe_state import install_worker_probe
-from notifier.queues import CELERY_QUEUES, MAINTENANCE_QUEUE, WEBHOOKS_QUEUE, Lane, prepare_queue
+from notifier.queues import (
+    CELERY_QUEUES,
+    MAINTENANCE_QUEUE,
+    WEBHOOKS_QUEUE,
+    Lane,
+    bulk_lane_only,
+    prepare_queue,
+)
+
+log = logging.getLogger(__name__)
 
 # The maintenance jobs run on their own queue, out of the way of sending, and webhook posts on
 # theirs, out of the way of both (notifier/queues.py says why); everything else is routed per
@@ -64,6 +76,33 @@ def notifier_celery(app: Any) -> None:
     app.on_after_configure.connect(_declare, weak=False)
     signals.task_prerun.connect(close_old_connections_around_task, weak=False)
     signals.task_postrun.connect(close_old_connections_around_task, weak=False)
+
+    def on_worker_init(sender: Any = None, **_: object) -> None:
+        if getattr(sender, "app", None) is app:  # signals are global: this app's workers only
+            lower_bulk_worker_priority(app)
+
+    signals.worker_init.connect(on_worker_init, weak=False)
+
+
+# The lanes share CPUs wherever their workers share a machine (a host, a container, a pod): a
+# campaign's fan-out keeps every core busy for minutes, and the kernel would share them evenly
+# between its batches and a password reset. A worker whose queues are all on the bulk lane
+# therefore lowers its own CPU priority when it starts, before its pool processes are forked
+# (they inherit it): the kernel runs transactional work first and gives bulk work the rest, so
+# the transactional lane stays fast by design, however many bulk processes run beside it. Nice
+# values only weigh processes against others in their own scheduling group (a cgroup: each
+# container or pod; an autogroup: each login session), so deploy/ gives the bulk lane a lower
+# CPU weight too where its workers run in containers of their own.
+def lower_bulk_worker_priority(app: Any) -> int | None:
+    """A worker of `app` that consumes bulk-lane queues only raises its nice value by
+    NOTIFIER_BULK_WORKER_NICE; returns the new one (None: left alone)."""
+    increment = int(settings.NOTIFIER_BULK_WORKER_NICE)
+    consumed = list(app.amqp.queues.consume_from)
+    if increment <= 0 or not bulk_lane_only(consumed) or not hasattr(os, "nice"):
+        return None
+    nice = os.nice(increment)
+    log.info("bulk-lane worker on %s: CPU priority lowered to nice %d", ",".join(consumed), nice)
+    return nice
 
 
 def close_old_connections_around_task(sender: Any = None, **_: object) -> None:

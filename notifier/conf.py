@@ -112,6 +112,10 @@ NOTIFIER_MARKETING_TTL_H = 72
 # Backpressure: above this many tasks waiting in the bulk queues, marketing and low-priority
 # messages are held instead of queued, and released as the queues drain.
 NOTIFIER_BULK_HIGH_WATER = 200
+# A worker that consumes only bulk-lane queues (bulk.prepare, bulk.tests, bulk.<channel>) raises
+# its nice value by this much when it starts (its pool processes inherit it), so that wherever
+# it shares CPUs with transactional workers the kernel runs theirs first. 0 leaves it alone.
+NOTIFIER_BULK_WORKER_NICE = 10
 # Global provider rate limits shared by all workers (notifier/provider_limits.py), as
 # {"channel:provider": "amount/period"} (the grammar of notifier/rates.py), e.g.
 # {"sms:twilio": "10/s", "email:django": "100/s"}.

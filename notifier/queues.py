@@ -7,6 +7,7 @@ a slow SMS gateway never blocks in-app delivery. Workers subscribe per lane (see
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from enum import StrEnum
 
 from kombu import Queue
@@ -17,6 +18,9 @@ from channels.base import Channel
 class Lane(StrEnum):
     TRANSACTIONAL = "transactional"  # transactional and service notifications: latency matters
     BULK = "bulk"  # marketing and social notifications, notify_many and campaign fan-out
+
+
+LANES_BY_NAME: dict[str, Lane] = {lane.value: lane for lane in Lane}
 
 
 # Periodic jobs (re-queue stuck work, release held deliveries, roll-ups) run here, apart from
@@ -51,6 +55,21 @@ TEST_SENDS_QUEUE = f"{Lane.BULK}.tests"
 def lane_queues(lane: Lane) -> list[str]:
     tests = [TEST_SENDS_QUEUE] if lane == Lane.BULK else []
     return [prepare_queue(lane), *tests] + [deliver_queue(lane, channel) for channel in Channel]
+
+
+def lane_of_queue(name: str) -> Lane | None:
+    """The lane a queue belongs to, by its name (`<lane>.<step or channel>`); None for the
+    queues outside the lanes (maintenance, webhooks) and for queues Notifier does not know."""
+    prefix, dot, _ = name.partition(".")
+    return LANES_BY_NAME.get(prefix) if dot else None
+
+
+def bulk_lane_only(queues: Iterable[str]) -> bool:
+    """Whether a worker consuming `queues` does bulk-lane work only: nothing transactional,
+    no maintenance job, nothing of the host's own (notifier.celery_config lowers its CPU
+    priority)."""
+    names = list(queues)
+    return bool(names) and all(lane_of_queue(name) == Lane.BULK for name in names)
 
 
 ALL_QUEUES: list[str] = [

@@ -12,7 +12,7 @@ from contextlib import contextmanager
 
 from celery.contrib.testing.worker import start_worker
 
-from notifier.queues import ALL_QUEUES
+from notifier.queues import ALL_QUEUES, Lane, lane_of_queue
 from notifier_site.celery import app
 
 
@@ -40,6 +40,12 @@ def worker_argv(
         "-l",
         "warning",
     ]
+    if not any(lane_of_queue(queue) == Lane.BULK for queue in queues):
+        # As deploy/ runs the transactional and maintenance workers: a process takes one task
+        # at a time and is handed one only when idle, so a long task holds nothing another
+        # process could run. (A bulk-lane-only worker lowers its own CPU priority on start:
+        # notifier.celery_config.)
+        argv += ["--prefetch-multiplier", "1", "-O", "fair"]
     for module in include:
         argv += ["-I", module]
     return argv
