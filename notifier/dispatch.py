@@ -50,9 +50,10 @@ def publish(task_name: str, **options: Any) -> None:
     below; anything else, and a publish the short way could not make (the broker unreachable,
     a pooled connection gone stale), goes through Celery's `send_task` with the retry policy
     it was given."""
-    if options.keys() <= _DIRECT_OPTIONS and "queue" in options:
+    limits = _time_limits(task_name)
+    if options.keys() <= _DIRECT_OPTIONS and "queue" in options and limits is not None:
         try:
-            _publish_direct(task_name, **options)
+            _publish_direct(task_name, time_limits=limits, **options)
             return
         except BrokerUnreachable:
             log.debug("direct publish of %s failed; once more through send_task", task_name)
@@ -66,9 +67,25 @@ _DIRECT_OPTIONS = frozenset({"args", "kwargs", "queue", "countdown", "retry_poli
 _declared: set[tuple[int, str]] = set()
 
 
+def _time_limits(task_name: str) -> tuple[float | None, float | None] | None:
+    """The time limits send_task would put in the message of `task_name` (a task registered in
+    this process's finalized app brings its own; one known only by name, none); None when the
+    task declares other publishing options, which only send_task applies."""
+    task = cast(Any, current_app)._tasks.get(task_name)
+    if task is None:
+        return (None, None)
+    declared = {k: v for k, v in task._get_exec_options().items() if v is not None}
+    if declared.get("serializer") == current_app.conf.task_serializer:
+        del declared["serializer"]  # what the message is serialized with anyway
+    if declared.keys() - {"time_limit", "soft_time_limit"}:
+        return None
+    return (declared.get("time_limit"), declared.get("soft_time_limit"))
+
+
 def _publish_direct(
     task_name: str,
     *,
+    time_limits: tuple[float | None, float | None],
     queue: str,
     args: Sequence[Any] = (),
     kwargs: dict[str, Any] | None = None,
@@ -97,6 +114,8 @@ def _publish_direct(
         kwargs,
         countdown=countdown,
         reply_to=app.thread_oid,
+        time_limit=time_limits[0],
+        soft_time_limit=time_limits[1],
         create_sent_event=app.conf.task_send_sent_event,
         ignore_result=None,  # as send_task leaves it: the task's own setting applies
         root_id=root_id,

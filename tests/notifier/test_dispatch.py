@@ -13,7 +13,7 @@ import pytest
 from celery import current_app
 from kombu.exceptions import OperationalError
 
-from notifier import dispatch
+from notifier import dispatch, tasks
 from notifier.redis_client import broker_client
 
 # The parts of a message that differ from one publish to the next, whoever builds it.
@@ -54,6 +54,26 @@ def test_the_short_way_publishes_what_send_task_publishes(queue):
     )
     assert taken(queue) == by_celery
     assert by_celery["body"][0] == [[7, 8]]
+
+
+def test_a_task_this_process_has_loaded_carries_its_time_limits_as_send_task_gives_them(queue):
+    assert current_app.tasks[dispatch.PREPARE_TASK]  # the app finalized, as in a worker
+    current_app.send_task(dispatch.PREPARE_TASK, args=([1],), queue=queue)
+    by_celery = taken(queue)
+    dispatch.publish(dispatch.PREPARE_TASK, args=([1],), queue=queue)
+    message = taken(queue)
+    assert message == by_celery
+    limits = [tasks.prepare_messages.time_limit, tasks.prepare_messages.soft_time_limit]
+    assert message["headers"]["timelimit"] == limits
+
+
+def test_a_task_known_only_by_name_carries_none(queue):
+    current_app.send_task("elsewhere.a_task", args=([1],), queue=queue)
+    by_celery = taken(queue)
+    dispatch.publish("elsewhere.a_task", args=([1],), queue=queue)
+    message = taken(queue)
+    assert message == by_celery
+    assert message["headers"]["timelimit"] == [None, None]
 
 
 def test_a_countdown_becomes_the_same_eta_and_kwargs_travel(queue):
