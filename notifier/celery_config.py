@@ -13,6 +13,7 @@ and the beat schedule are stable across releases (the README's upgrade notes say
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 from typing import Any
@@ -80,8 +81,26 @@ def notifier_celery(app: Any) -> None:
     def on_worker_init(sender: Any = None, **_: object) -> None:
         if getattr(sender, "app", None) is app:  # signals are global: this app's workers only
             lower_bulk_worker_priority(app)
+            garbage_collection_tune()
 
     signals.worker_init.connect(on_worker_init, weak=False)
+
+
+# A worker process allocates tens of thousands of short-lived objects per batch (rows, dicts,
+# rendered strings). With Python's default thresholds the cyclic collector runs every 700
+# allocations and, every so often, walks everything the process holds: Django, Celery and every
+# imported module, which never become garbage. Measured in process on a 1,000-user in-app batch:
+# about a tenth of the batch's CPU. So when a worker starts, before its pool processes are
+# forked (they inherit both), what it holds is moved out of the collector's sight (gc.freeze,
+# which also spares the children copying those pages) and the youngest generation is collected
+# every 50,000 allocations instead: cycles are still collected, and a batch's memory stays flat.
+GC_THRESHOLDS = (50_000, 20, 20)
+
+
+def garbage_collection_tune() -> None:
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
 
 
 # The lanes share CPUs wherever their workers share a machine (a host, a container, a pod): a

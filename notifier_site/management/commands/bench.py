@@ -292,7 +292,12 @@ class Command(BaseCommand):
         plan = [("10k", 10_000, "bench-10k", CHANNELS)]
         plan += [(prefix, big, f"bench-{big}", channels) for prefix, channels in CAMPAIGN_MIXES]
         for key, size, tag, channels in plan:
-            with self.workers([("tx", tx_queues, 1, {}), ("bulk", bulk_queues, 2, {})]) as pool:
+            # The bulk worker takes the bulk lane's queues only, as deploy/ runs it (and so
+            # runs niced, NOTIFIER_BULK_WORKER_NICE): the naive baselines' queue is not one.
+            bulk_lane: list[tuple[str, list[str], int, dict[str, str]]] = [
+                ("bulk", lane_queues(Lane.BULK), 2, {})
+            ]
+            with self.workers([("tx", tx_queues, 1, {}), *bulk_lane]) as pool:
                 runs[key] = self.run_campaign(
                     size, tag, pool, probes if key == "" else [], channels=channels
                 )
