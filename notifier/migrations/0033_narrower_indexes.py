@@ -3,7 +3,8 @@
 Built and dropped without locking writers out: on PostgreSQL each index is created with
 CREATE INDEX CONCURRENTLY before the one it replaces is dropped with DROP INDEX CONCURRENTLY, so
 the migration is not atomic (neither may run in a transaction). Each statement waits for the
-transactions already running on its table, not for new ones. Elsewhere (SQLite) the plain
+transactions already running on its table, not for new ones. Run again after it stopped half
+way, it keeps what it built and rebuilds an index left invalid. Elsewhere (SQLite) the plain
 statements run.
 """
 
@@ -14,10 +15,8 @@ from typing import Any
 
 import django.db.models.deletion
 from django.conf import settings
-from django.contrib.postgres.operations import AddIndexConcurrently, RemoveIndexConcurrently
 from django.db import migrations, models
 from django.db.backends.base.schema import BaseDatabaseSchemaEditor
-from django.db.migrations.operations import AddIndex, RemoveIndex
 from django.db.migrations.state import ProjectState
 
 
@@ -25,44 +24,100 @@ def _postgresql(schema_editor: BaseDatabaseSchemaEditor) -> bool:
     return schema_editor.connection.vendor == "postgresql"
 
 
-class AddIndexLive(AddIndexConcurrently):
-    """CREATE INDEX CONCURRENTLY on PostgreSQL, a plain CREATE INDEX elsewhere."""
+def _valid(schema_editor: BaseDatabaseSchemaEditor, name: str) -> bool | None:
+    """Whether the index is there and valid; False for one a CONCURRENTLY build left invalid
+    (cancelled, a deadlock, a lost connection), None for none."""
+    with schema_editor.connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT i.indisvalid FROM pg_class c JOIN pg_index i ON i.indexrelid = c.oid "
+            "WHERE c.relname = %s AND pg_table_is_visible(c.oid)",
+            [name],
+        )
+        row = cursor.fetchone()
+    return None if row is None else bool(row[0])
+
+
+def _create(
+    schema_editor: BaseDatabaseSchemaEditor, model: type[models.Model], index: models.Index
+) -> None:
+    """CREATE INDEX CONCURRENTLY, safe to run again after a migration that stopped half way
+    (not atomic, it is not recorded as applied): a valid index is kept, an invalid one rebuilt."""
+    if not _postgresql(schema_editor):
+        schema_editor.add_index(model, index)
+        return
+    valid = _valid(schema_editor, index.name)
+    if valid is False:
+        schema_editor.execute(
+            f"DROP INDEX CONCURRENTLY IF EXISTS {schema_editor.quote_name(index.name)}"
+        )
+    if not valid:
+        schema_editor.add_index(model, index, concurrently=True)  # type: ignore[call-arg]
+
+
+def _drop(
+    schema_editor: BaseDatabaseSchemaEditor, model: type[models.Model], index: models.Index
+) -> None:
+    """DROP INDEX CONCURRENTLY IF EXISTS (plain DROP INDEX IF EXISTS elsewhere)."""
+    if _postgresql(schema_editor):
+        schema_editor.remove_index(model, index, concurrently=True)  # type: ignore[call-arg]
+    else:
+        schema_editor.remove_index(model, index)
+
+
+class AddIndexLive(migrations.AddIndex):
+    """An index built without blocking writes (CONCURRENTLY on PostgreSQL)."""
 
     def database_forwards(
-        self, app_label: str, schema_editor: BaseDatabaseSchemaEditor, *args: Any
+        self,
+        app_label: str,
+        schema_editor: BaseDatabaseSchemaEditor,
+        from_state: ProjectState,
+        to_state: ProjectState,
     ) -> None:
-        if _postgresql(schema_editor):
-            super().database_forwards(app_label, schema_editor, *args)
-        else:
-            AddIndex.database_forwards(self, app_label, schema_editor, *args)
+        model = to_state.apps.get_model(app_label, self.model_name)
+        if self.allow_migrate_model(schema_editor.connection.alias, model):
+            _create(schema_editor, model, self.index)
 
     def database_backwards(
-        self, app_label: str, schema_editor: BaseDatabaseSchemaEditor, *args: Any
+        self,
+        app_label: str,
+        schema_editor: BaseDatabaseSchemaEditor,
+        from_state: ProjectState,
+        to_state: ProjectState,
     ) -> None:
-        if _postgresql(schema_editor):
-            super().database_backwards(app_label, schema_editor, *args)
-        else:
-            AddIndex.database_backwards(self, app_label, schema_editor, *args)
+        model = from_state.apps.get_model(app_label, self.model_name)
+        if self.allow_migrate_model(schema_editor.connection.alias, model):
+            _drop(schema_editor, model, self.index)
 
 
-class RemoveIndexLive(RemoveIndexConcurrently):
-    """DROP INDEX CONCURRENTLY on PostgreSQL, a plain DROP INDEX elsewhere."""
+class RemoveIndexLive(migrations.RemoveIndex):
+    """An index dropped without blocking reads or writes (CONCURRENTLY on PostgreSQL)."""
 
     def database_forwards(
-        self, app_label: str, schema_editor: BaseDatabaseSchemaEditor, *args: Any
+        self,
+        app_label: str,
+        schema_editor: BaseDatabaseSchemaEditor,
+        from_state: ProjectState,
+        to_state: ProjectState,
     ) -> None:
-        if _postgresql(schema_editor):
-            super().database_forwards(app_label, schema_editor, *args)
-        else:
-            RemoveIndex.database_forwards(self, app_label, schema_editor, *args)
+        model = from_state.apps.get_model(app_label, self.model_name)
+        if self.allow_migrate_model(schema_editor.connection.alias, model):
+            index = from_state.models[app_label, self.model_name_lower].get_index_by_name(
+                self.name
+            )
+            _drop(schema_editor, model, index)
 
     def database_backwards(
-        self, app_label: str, schema_editor: BaseDatabaseSchemaEditor, *args: Any
+        self,
+        app_label: str,
+        schema_editor: BaseDatabaseSchemaEditor,
+        from_state: ProjectState,
+        to_state: ProjectState,
     ) -> None:
-        if _postgresql(schema_editor):
-            super().database_backwards(app_label, schema_editor, *args)
-        else:
-            RemoveIndex.database_backwards(self, app_label, schema_editor, *args)
+        model = to_state.apps.get_model(app_label, self.model_name)
+        if self.allow_migrate_model(schema_editor.connection.alias, model):
+            index = to_state.models[app_label, self.model_name_lower].get_index_by_name(self.name)
+            _create(schema_editor, model, index)
 
 
 class DropForeignKeyIndex(migrations.AlterField):
@@ -81,6 +136,9 @@ class DropForeignKeyIndex(migrations.AlterField):
         name, args, kwargs = super().deconstruct()
         return name, args, {**kwargs, "index_name": self.index_name}
 
+    def _index(self) -> models.Index:
+        return models.Index(fields=[self.name], name=self.index_name)
+
     def database_forwards(
         self,
         app_label: str,
@@ -88,9 +146,9 @@ class DropForeignKeyIndex(migrations.AlterField):
         from_state: ProjectState,
         to_state: ProjectState,
     ) -> None:
-        concurrently = " CONCURRENTLY" if _postgresql(schema_editor) else ""
-        name = schema_editor.quote_name(self.index_name)
-        schema_editor.execute(f"DROP INDEX{concurrently} IF EXISTS {name}")
+        model = from_state.apps.get_model(app_label, self.model_name)
+        if self.allow_migrate_model(schema_editor.connection.alias, model):
+            _drop(schema_editor, model, self._index())
 
     def database_backwards(
         self,
@@ -100,11 +158,8 @@ class DropForeignKeyIndex(migrations.AlterField):
         to_state: ProjectState,
     ) -> None:
         model = to_state.apps.get_model(app_label, self.model_name)
-        table = schema_editor.quote_name(model._meta.db_table)
-        column = schema_editor.quote_name(model._meta.get_field(self.name).column)
-        concurrently = " CONCURRENTLY" if _postgresql(schema_editor) else ""
-        name = schema_editor.quote_name(self.index_name)
-        schema_editor.execute(f"CREATE INDEX{concurrently} IF NOT EXISTS {name} ON {table} ({column})")
+        if self.allow_migrate_model(schema_editor.connection.alias, model):
+            _create(schema_editor, model, self._index())
 
 
 class Migration(migrations.Migration):

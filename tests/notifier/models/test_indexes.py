@@ -8,11 +8,12 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
-from django.db import connection
+from django.db import IntegrityError, connection
 from django.db.migrations.executor import MigrationExecutor
 from django.db.models import QuerySet
 from django.utils import timezone
 
+from channels.models import SandboxOutage
 from notifier import selectors
 from notifier.models import Delivery, FrequencyCounter, InboxItem, Message
 
@@ -77,6 +78,36 @@ def test_the_migration_swaps_the_indexes_both_ways_and_leaves_none_invalid():
         assert set(OLD) <= set(before)
         assert not set(NEW) & set(before)
         assert "WHERE (archived_at IS NULL)" in before["inbox_user_listing_idx"]
+    finally:
+        executor = MigrationExecutor(connection)
+        executor.loader.build_graph()
+        executor.migrate(_latest())
+    assert _indexes() == after
+    assert _invalid() == []
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_migration_run_again_after_stopping_half_way_keeps_or_rebuilds_what_it_built():
+    after = _indexes()
+    executor = MigrationExecutor(connection)
+    try:
+        executor.migrate(BEFORE)
+        with connection.cursor() as cursor:
+            # Stopped after the first index was built ...
+            cursor.execute(
+                "CREATE INDEX message_campaign_idx ON notifier_message (campaign_id) "
+                "WHERE campaign_id IS NOT NULL"
+            )
+            # ... and during the second: a CONCURRENTLY build that fails leaves an invalid
+            # index behind under its name.
+            SandboxOutage.objects.create(channel="sms", until=timezone.now())
+            SandboxOutage.objects.create(channel="sms", until=timezone.now())
+            with pytest.raises(IntegrityError):
+                cursor.execute(
+                    "CREATE UNIQUE INDEX CONCURRENTLY message_step_idx "
+                    "ON notifier_channels_sandboxoutage (channel)"
+                )
+        assert _invalid() == ["message_step_idx"]
     finally:
         executor = MigrationExecutor(connection)
         executor.loader.build_graph()
