@@ -17,7 +17,8 @@ class Message(models.Model):
     """One logical notification to one user."""
 
     # Each index costs every notify() a write: (user, -created_at) below covers lookups by user,
-    # and types are looked up by key, never the other way round.
+    # and types are looked up by key, never the other way round. Step, variant and campaign are
+    # NULL on every transactional message: their indexes are partial (see Meta).
     user = models.ForeignKey(
         settings.AUTH_USER_MODEL,
         on_delete=models.CASCADE,
@@ -47,6 +48,7 @@ class Message(models.Model):
         blank=True,
         on_delete=models.SET_NULL,
         related_name="messages",
+        db_index=False,
     )
     variant = models.ForeignKey(
         "campaigns.StepVariant",
@@ -54,6 +56,7 @@ class Message(models.Model):
         blank=True,
         on_delete=models.SET_NULL,
         related_name="messages",
+        db_index=False,
     )
     not_before = models.DateTimeField(
         null=True, blank=True, help_text="Hold until then (a step sent at the user's local time)"
@@ -70,6 +73,7 @@ class Message(models.Model):
         blank=True,
         on_delete=models.SET_NULL,
         related_name="messages",
+        db_index=False,
     )
     created_at = models.DateTimeField()
     routed_at = models.DateTimeField(null=True, blank=True)
@@ -89,6 +93,21 @@ class Message(models.Model):
                 fields=["created_at"],
                 name="message_unrouted_idx",
                 condition=Q(routed_at__isnull=True),
+            ),
+            # A campaign's messages (stats, cancel, move, the trigger's re-entry check) and the
+            # SET NULL / foreign-key checks when a campaign, step or variant is deleted: all ask
+            # for `= some id`, which implies IS NOT NULL, so the partial indexes serve them while
+            # transactional messages write none of the three.
+            models.Index(
+                fields=["campaign"],
+                name="message_campaign_idx",
+                condition=Q(campaign__isnull=False),
+            ),
+            models.Index(fields=["step"], name="message_step_idx", condition=Q(step__isnull=False)),
+            models.Index(
+                fields=["variant"],
+                name="message_variant_idx",
+                condition=Q(variant__isnull=False),
             ),
         ]
 
@@ -137,6 +156,7 @@ class Delivery(models.Model):
         on_delete=models.SET_NULL,
         related_name="fallbacks",
         help_text="The delivery on another channel this one stands in for",
+        db_index=False,  # NULL on almost every row: a partial index (Meta)
     )
     status = models.CharField(
         max_length=12, choices=DeliveryStatus.choices, default=DeliveryStatus.PENDING
@@ -200,6 +220,14 @@ class Delivery(models.Model):
                 fields=["status", "reason"],
                 name="delivery_not_sent_idx",
                 condition=Q(status__in=["cancelled", "failed", "held", "suppressed"]),
+            ),
+            # Fallbacks of a delivery (the fallback start and its lost-fallback scan, retention's
+            # SET NULL, the foreign-key check on delete). Partial: a full index took an entry of
+            # NULL for every version of every other delivery.
+            models.Index(
+                fields=["fallback_of"],
+                name="delivery_fallback_of_idx",
+                condition=Q(fallback_of__isnull=False),
             ),
         ]
 

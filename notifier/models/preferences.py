@@ -80,7 +80,8 @@ class FrequencyCounter(models.Model):
     slot back.
     """
 
-    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE)
+    # Covered by the (user, period, window_start) constraint.
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, db_index=False)
     period = models.CharField(max_length=4, choices=CapPeriod.choices)
     window_start = models.DateField()
     count = models.PositiveIntegerField(default=0)
