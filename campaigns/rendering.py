@@ -24,6 +24,7 @@ as a RenderError of its variant, like any copy that cannot render.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import threading
@@ -35,7 +36,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, cast
 
 from django.conf import settings
-from jinja2 import Template, meta, nodes
+from jinja2 import Template, meta, nodes, pass_context
 
 from channels.base import Channel, Content
 from notifier import local_formats
@@ -487,7 +488,9 @@ def _compiled_or_error(source: str) -> BudgetedTemplate | RenderError:
 # Names whose value is the customer's own.
 PER_RECIPIENT = frozenset({"user", "preferences_url", "unsubscribe_url"})
 # Filters whose text is not a function of what they are given: `random`, and the date and money
-# filters, which read the customer's zone and locale from the context.
+# filters, which read the customer's zone and locale from the context. Any other filter or test
+# that is handed the context counts too (`_context_readers`): `map`, `select`, `reject`,
+# `selectattr` and `rejectattr` pass it on to the filter or test they name (`map('money')`).
 UNREPEATABLE_FILTERS = frozenset({"random", *local_formats.FILTERS})
 # Calls (a method could change a value a later part reads) and templates brought in with the
 # whole context.
@@ -509,9 +512,35 @@ def _reuse_names(parsed: nodes.Template) -> tuple[str, ...] | None:
     names = meta.find_undeclared_variables(parsed)
     if names & PER_RECIPIENT or next(parsed.find_all(UNREPEATABLE_NODES), None) is not None:
         return None
-    if any(node.name in UNREPEATABLE_FILTERS for node in parsed.find_all(nodes.Filter)):
+    filters, tests = _context_readers()
+    if any(
+        node.name in UNREPEATABLE_FILTERS or node.name in filters
+        for node in parsed.find_all(nodes.Filter)
+    ):
+        return None
+    if any(node.name in tests for node in parsed.find_all(nodes.Test)):
         return None
     return tuple(sorted(names))
+
+
+@functools.cache
+def _context_readers() -> tuple[frozenset[str], frozenset[str]]:
+    """The names of the copy environment's filters and tests that are handed the render's
+    context (`@pass_context`): what they give can depend on the customer whatever they are
+    given."""
+    env = environment()
+
+    def readers(functions: Mapping[str, Any]) -> frozenset[str]:
+        return frozenset(
+            name
+            for name, function in functions.items()
+            if getattr(function, "jinja_pass_arg", None) is _PASS_CONTEXT
+        )
+
+    return readers(env.filters), readers(env.tests)
+
+
+_PASS_CONTEXT = getattr(pass_context(lambda: None), "jinja_pass_arg", None)
 
 
 def _frozen(value: Any) -> Any:

@@ -51,13 +51,30 @@ def publish(task_name: str, **options: Any) -> None:
     a pooled connection gone stale), goes through Celery's `send_task` with the retry policy
     it was given."""
     limits = _time_limits(task_name)
-    if options.keys() <= _DIRECT_OPTIONS and "queue" in options and limits is not None:
+    if (
+        options.keys() <= _DIRECT_OPTIONS
+        and "queue" in options
+        and limits is not None
+        and not _sentry_traces_tasks()
+    ):
         try:
             _publish_direct(task_name, time_limits=limits, **options)
             return
         except BrokerUnreachable:
             log.debug("direct publish of %s failed; once more through send_task", task_name)
     current_app.send_task(task_name, **options)
+
+
+def _sentry_traces_tasks() -> bool:
+    """Whether Sentry's Celery integration is on in this process: it adds its trace headers
+    (sentry-trace, baggage: an error in the task joins the trace of the request that published
+    it) in `send_task`, which the short way does not go through."""
+    try:
+        import sentry_sdk
+        from sentry_sdk.integrations.celery import CeleryIntegration
+    except ImportError:
+        return False
+    return sentry_sdk.get_client().get_integration(CeleryIntegration) is not None
 
 
 # What `_publish_direct` takes; `retry_policy` applies only to the send_task that follows a

@@ -132,3 +132,25 @@ def test_a_reused_part_spends_the_budget_it_spent_when_rendered(variant, setting
             render_variant(variant.pk, Channel.INAPP, context, "en")
         with pytest.raises(RenderBudgetExceeded, match="more than"):
             render_variant(variant.pk, Channel.INAPP, context, "en", reused=reused)
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        # A filter that reads the customer's locale, called by name through another filter.
+        "{{ [event_at]|map('localdatetime')|join }}",
+        "{{ [event_at]|map('localdate')|first }}",
+    ],
+)
+def test_a_filter_named_through_map_still_reads_each_customers_locale(variant, source):
+    write(variant, "inapp", title=source, body="Hi", link="")
+    english = context_of("Mei", "2030-11-11T20:00:00+08:00", price=1234.5)
+    german = context_of("Ann", "2030-11-11T20:00:00+08:00", price=1234.5)
+    german["user"] = {**german["user"], "locale": "de"}  # type: ignore[dict-item]
+    reused: Reused = {}
+    for context in (english, german):
+        alone = render_variant(variant.pk, Channel.INAPP, context, "en")
+        assert render_variant(variant.pk, Channel.INAPP, context, "en", reused=reused) == alone
+    assert render_variant(variant.pk, Channel.INAPP, english, "en") != render_variant(
+        variant.pk, Channel.INAPP, german, "en"
+    )
