@@ -81,7 +81,8 @@ def notifier_celery(app: Any) -> None:
     def on_worker_init(sender: Any = None, **_: object) -> None:
         if getattr(sender, "app", None) is app:  # signals are global: this app's workers only
             lower_bulk_worker_priority(app)
-            garbage_collection_tune()
+            if settings.NOTIFIER_WORKER_GC_TUNE:
+                garbage_collection_tune()
 
     signals.worker_init.connect(on_worker_init, weak=False)
 

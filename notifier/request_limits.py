@@ -314,6 +314,11 @@ def _identity(scope: Scope, request: HttpRequest, kwargs: dict[str, object]) -> 
         token = kwargs.get("token")
         if not isinstance(token, str):
             return None
+        # A message's tracked links share one token and differ by their index after it
+        # (/t/c/<token>/<index>/): each link is limited on its own, as when each had a token.
+        index = kwargs.get("index")
+        if isinstance(index, int):
+            token = f"{token}/{index}"
         # Hashed: tokens are long, and a Redis key must not be a working link.
         return hashlib.sha256(token.encode("utf-8", "surrogatepass")).hexdigest()[:32]
     if scope in (Scope.ACCOUNT, Scope.ACCOUNT_IP):

@@ -48,3 +48,14 @@ def test_a_worker_of_another_app_leaves_the_collector_alone(collector_restored):
 
     assert gc.get_threshold() == before
     assert gc.get_freeze_count() == 0
+
+
+def test_the_setting_off_leaves_the_collector_alone(collector_restored, settings):
+    settings.NOTIFIER_WORKER_GC_TUNE = False
+    gc.unfreeze()
+    before = gc.get_threshold()
+
+    signals.worker_init.send(sender=Worker(app))
+
+    assert gc.get_threshold() == before
+    assert gc.get_freeze_count() == 0

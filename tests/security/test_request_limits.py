@@ -333,3 +333,16 @@ def test_login_is_limited_per_account_name_and_address(settings, path):
     )
     assert other_account.status_code != 429
     assert other_address.status_code != 429
+
+
+@pytest.mark.django_db
+def test_each_tracked_link_of_a_message_is_limited_on_its_own(settings):
+    """A message's links share one token and differ by the index after it: a scanner that
+    fetches one link many times uses up that link's limit, not the customer's click on another."""
+    settings.NOTIFIER_PUBLIC_RATE_LIMITS = {"tracking.ip": "off", "tracking.token": "2/m"}
+    token = "a-message-token"  # unknown: the view answers 404, the limit counts it all the same
+    for _ in range(2):
+        assert Client().get(f"/t/c/{token}/0/").status_code == 404
+    assert Client().get(f"/t/c/{token}/0/").status_code == 429
+    assert Client().get(f"/t/c/{token}/1/").status_code == 404  # another link: its own limit
+    assert Client().get(f"/t/c/{token}/").status_code == 404  # a link of the older form too
