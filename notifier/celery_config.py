@@ -95,7 +95,7 @@ def notifier_celery(app: Any) -> None:
 # forked (they inherit both), what it holds is moved out of the collector's sight (gc.freeze,
 # which also spares the children copying those pages) and the youngest generation is collected
 # every 50,000 allocations instead: cycles are still collected, and a batch's memory stays flat.
-GC_THRESHOLDS = (50_000, 20, 20)
+GC_THRESHOLDS = (50_000, 10, 10)
 
 
 def garbage_collection_tune() -> None:
