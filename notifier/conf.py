@@ -117,8 +117,7 @@ NOTIFIER_BULK_HIGH_WATER = 200
 # it shares CPUs with transactional workers the kernel runs theirs first. 0 leaves it alone.
 NOTIFIER_BULK_WORKER_NICE = 10
 # A worker of the app freezes what it loaded out of the garbage collector's sight when it
-# starts, and collects the youngest generation every 50,000 allocations instead of 700
-# (notifier/celery_config.py). False leaves the collector as Python sets it.
+# starts (gc.freeze: notifier/celery_config.py). False leaves the collector as Python sets it.
 NOTIFIER_WORKER_GC_TUNE = True
 # Global provider rate limits shared by all workers (notifier/provider_limits.py), as
 # {"channel:provider": "amount/period"} (the grammar of notifier/rates.py), e.g.
