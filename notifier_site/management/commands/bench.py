@@ -197,6 +197,13 @@ class Command(BaseCommand):
             help="notify calls over HTTP (and as many in process) for the API phase",
         )
         parser.add_argument(
+            "--mixes",
+            choices=["all", "inapp+email"],
+            default="all",
+            help="the campaign phase's channel mixes at --users: all three (in-app + email, "
+            "in-app only, email only), or in-app + email alone (a million-user run for memory)",
+        )
+        parser.add_argument(
             "--only",
             choices=["all", "pipeline", "campaign", "per-channel", "api", "profile"],
             default="all",
@@ -272,6 +279,7 @@ class Command(BaseCommand):
         (one task per recipient; see the module's docstring for what each writes); worker memory
         at 10,000 and N; transactional in-app latency during the N-user in-app + email run."""
         big, naive_n = options["users"], options["naive_recipients"]
+        mixes_run = CAMPAIGN_MIXES if options["mixes"] == "all" else CAMPAIGN_MIXES[:1]
         users = self.users(big + 200)
         audience, probes = users[:big], users[big:]
         self.tag(audience[:10_000], "bench-10k")
@@ -282,7 +290,7 @@ class Command(BaseCommand):
         naive: dict[str, float] = {}
         thin: dict[str, float] = {}
         with self.workers([("naive", bulk_queues, 2, {})]):
-            for prefix, channels in CAMPAIGN_MIXES:
+            for prefix, channels in mixes_run:
                 self.say(f"naive baselines, {'+'.join(channels)}: {naive_n} recipients each")
                 naive[prefix] = self.run_naive(audience[:naive_n], channels)
                 self.clean()
@@ -290,7 +298,7 @@ class Command(BaseCommand):
         self.clean()
         runs: dict[str, tuple[float, float, list[float]]] = {}
         plan = [("10k", 10_000, "bench-10k", CHANNELS)]
-        plan += [(prefix, big, f"bench-{big}", channels) for prefix, channels in CAMPAIGN_MIXES]
+        plan += [(prefix, big, f"bench-{big}", channels) for prefix, channels in mixes_run]
         for key, size, tag, channels in plan:
             # The bulk worker takes the bulk lane's queues only, as deploy/ runs it (and so
             # runs niced, NOTIFIER_BULK_WORKER_NICE): the naive baselines' queue is not one.
@@ -304,7 +312,7 @@ class Command(BaseCommand):
             self.clean()
         rate, rss_big, e2e = runs[""]
         mixes: dict[str, Any] = {}
-        for prefix, _channels in CAMPAIGN_MIXES:
+        for prefix, _channels in mixes_run:
             mix_rate = runs[prefix][0]
             if prefix:  # in-app + email keeps its keys as they were (see below)
                 mixes[f"{prefix}campaign_recipients_per_s"] = round(mix_rate, 1)
@@ -883,6 +891,8 @@ class Command(BaseCommand):
                 ),
             ]
             for prefix, channels in CAMPAIGN_MIXES:
+                if f"thin_naive_{prefix}recipients_per_s" not in result:
+                    continue  # --mixes inapp+email
                 label = "+".join(channels)
                 rate_key = f"{prefix}campaign_recipients_per_s"
                 rows.append(

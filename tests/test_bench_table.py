@@ -1,0 +1,58 @@
+"""The bench's table: a million-user run of the in-app + email mix alone (`--mixes
+inapp+email`) has no in-app-only or email-only figures, and the table leaves their rows out
+instead of failing after the run (which would lose every figure)."""
+
+from __future__ import annotations
+
+from io import StringIO
+
+from django.core.management.base import OutputWrapper
+
+from notifier_site.management.commands.bench import Command
+
+ONE_MIX = {
+    "campaign_users": 1_000_000,
+    "campaign_recipients_per_s": 1800.0,
+    "naive_recipients_per_s": 140.0,
+    "campaign_ratio": 12.86,
+    "thin_naive_recipients_per_s": 420.0,
+    "campaign_ratio_thin": 4.29,
+    "campaign_recipients_per_s_10k": 2400.0,
+    "peak_worker_rss_mb_10k": 140.0,
+    "peak_worker_rss_mb_1000k": 150.0,
+    "rss_ratio": 1.071,
+    "e2e_inapp_ms_p50_during_fanout": 7.0,
+    "e2e_inapp_ms_p99_during_fanout": 20.0,
+    "e2e_samples_during_fanout": 0,
+}
+
+
+def table_of(result: dict[str, object]) -> str:
+    out = StringIO()
+    command = Command()
+    command.stdout = OutputWrapper(out)
+    command.table(result)
+    return out.getvalue()
+
+
+def test_one_mix_table_has_its_rows_and_none_of_the_others() -> None:
+    text = table_of(ONE_MIX)
+    assert "campaign fan-out, 1000000 users" in text
+    assert "thin naive baseline, inapp+email" in text
+    assert "150 MB" in text and "1.07x" in text
+    assert "inapp, 1000000 users" not in text and "thin naive baseline, email" not in text
+
+
+def test_all_mixes_table_has_each_mix() -> None:
+    result = dict(ONE_MIX)
+    for prefix in ("inapp_", "email_"):
+        result |= {
+            f"{prefix}campaign_recipients_per_s": 3000.0,
+            f"naive_{prefix}recipients_per_s": 300.0,
+            f"{prefix}campaign_ratio": 10.0,
+            f"thin_naive_{prefix}recipients_per_s": 600.0,
+            f"{prefix}campaign_ratio_thin": 5.0,
+        }
+    text = table_of(result)
+    assert "campaign fan-out, inapp, 1000000 users" in text
+    assert "campaign fan-out, email, 1000000 users" in text
