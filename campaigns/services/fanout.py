@@ -7,8 +7,10 @@
 - `step_walk`: hands the audience out in keyset batches of recipient profile ids (never
   loading it whole; the profile's integer id works whatever the user model's key is),
   while the bulk queues are below their high-water mark; it records its cursor and each batch
-  (`FanoutBatch`) in PostgreSQL and publishes the batches only once those commit, so a lost
-  walk resumes where it was and a walk whose transaction died published nothing.
+  (`FanoutBatch`) in PostgreSQL, one transaction per batch, and publishes a batch only once
+  that commits, so a lost walk resumes where it was and a batch whose transaction died was
+  published to no one. The step row is locked only to record a batch, not while the audience
+  is read, so batches finishing meanwhile count themselves without waiting.
 - `step_fanout_batch`: for one batch, keeps the hold-out aside, picks each user's variant,
   routes and renders the messages in memory, and writes messages, deliveries and their events
   by COPY in one transaction (`messages_write_routed`: idempotent per step x user). Its runs
@@ -273,8 +275,8 @@ def _walk_lock(step_id: int) -> bool:
 
     Not the step row's lock: every batch updates the row's counters as it finishes, and a walk
     that took such a moment for another walk would stop with no one to carry on. The row is
-    still locked below (waiting out those brief updates) so that pause, resume and cancel
-    serialize with the walk."""
+    still locked (waiting out those brief updates) to record each batch handed out, so that
+    pause, resume and cancel serialize with the walk."""
     if connection.vendor != "postgresql":
         return True  # the embedded default: one process
     with connection.cursor() as cursor:
@@ -284,13 +286,27 @@ def _walk_lock(step_id: int) -> bool:
 
 
 def step_walk(*, step_id: int, batches: int = BATCHES_PER_WALK) -> Walk:
-    """Hand out up to `batches` batches of the step's audience, in recipient id order."""
+    """Hand out up to `batches` batches of the step's audience, in recipient id order.
+
+    Each batch is handed out in a transaction of its own (`_walk_one`), published once it
+    commits; the campaign's approval is checked before the first."""
+    for index in range(batches):
+        outcome = _walk_one(step_id, check_approval=index == 0)
+        if outcome is not Walk.CONTINUE:
+            return outcome
+    return Walk.CONTINUE
+
+
+def _walk_one(step_id: int, *, check_approval: bool) -> Walk:
+    """Hand out the step's next batch: read the audience after the cursor with no row lock held
+    (on a large segment that query is the walk's slow part, and every batch that finishes
+    meanwhile updates the step row), then lock the row, check that the step is still running
+    where this walk read it, and record the batch with the cursor."""
     with transaction.atomic():
         if not _walk_lock(step_id):
             return Walk.STOPPED  # another walk of the same step is running, and goes on
         step = (
-            CampaignStep.objects.select_for_update(of=("self",))
-            .filter(pk=step_id)
+            CampaignStep.objects.filter(pk=step_id)
             .select_related("campaign", "campaign__segment")
             .first()
         )
@@ -299,53 +315,62 @@ def step_walk(*, step_id: int, batches: int = BATCHES_PER_WALK) -> Walk:
         campaign = step.campaign
         if step.status != StepStatus.RUNNING or campaign.status != C.RUNNING or step.walk_done:
             return Walk.STOPPED
-        if not still_approved(campaign):
+        if check_approval and not still_approved(campaign):
             return Walk.STOPPED  # back for approval; approving it walks again
-        assert campaign.segment is not None
-        segment = campaign.segment
-        if campaign.kind == CampaignKind.TRIGGERED:
-            audience = trigger_audience(campaign)  # the users who entered its segment
-
-            def next_ids(after: int) -> tuple[list[int], int | None]:
-                if after == 0:
-                    recipients_backfill()
-                return recipients_active(
-                    audience.filter(pk__gt=after).order_by("pk"), limit=BATCH_USERS
-                )
-        else:
-
-            def next_ids(after: int) -> tuple[list[int], int | None]:
-                return segment_walk(segment, after=after, limit=BATCH_USERS)
-
-        cursor = step.cursor_recipient_id
-        for _ in range(batches):
-            if bulk_congested():
-                CampaignStep.objects.filter(pk=step_id).update(walked_at=timezone.now())
-                return Walk.WAIT
-            ids, seen = next_ids(cursor)
-            if seen is None:
-                CampaignStep.objects.filter(pk=step_id).update(
-                    walk_done=True, walked_at=timezone.now()
-                )
-                return Walk.DONE
-            # Recorded with the cursor, published once both commit: a walk whose transaction
-            # dies (a restart, a kill) published nothing and the next one hands the same
-            # batch out; a batch published and then lost is still recorded, not done. (A
-            # stretch of only deactivated users moves the cursor and hands out nothing.)
-            cursor = seen
-            recorded = 0
-            if ids:
-                recorded = _batch_record(step_id, step.walk_round, ids)
-                transaction.on_commit(
-                    partial(campaign_dispatch.publish_batch, step_id, ids, step.walk_round),
-                    robust=True,
-                )
-            CampaignStep.objects.filter(pk=step_id).update(
-                cursor_recipient_id=cursor,
-                batches_total=F("batches_total") + recorded,
-                walked_at=timezone.now(),
+        if bulk_congested():
+            CampaignStep.objects.filter(pk=step_id).update(walked_at=timezone.now())
+            return Walk.WAIT
+        ids, seen = _audience_after(campaign, step.cursor_recipient_id)
+        # Paused, cancelled or started over (a new round) while the audience was read: this
+        # walk hands out nothing; resuming walks again from where the step is then.
+        # (`of`: the step's row alone; exists() would lock the campaign's too.)
+        still_there = (
+            CampaignStep.objects.select_for_update(of=("self",))
+            .filter(
+                pk=step_id,
+                status=StepStatus.RUNNING,
+                campaign__status=C.RUNNING,
+                walk_done=False,
+                walk_round=step.walk_round,
+                cursor_recipient_id=step.cursor_recipient_id,
             )
+            .order_by()
+            .values_list("pk", flat=True)
+        )
+        if not list(still_there):
+            return Walk.STOPPED
+        if seen is None:
+            CampaignStep.objects.filter(pk=step_id).update(walk_done=True, walked_at=timezone.now())
+            return Walk.DONE
+        # Recorded with the cursor, published once both commit: a walk whose transaction dies
+        # (a restart, a kill) published nothing of this batch and the next one hands the same
+        # batch out; a batch published and then lost is still recorded, not done. (A stretch
+        # of only deactivated users moves the cursor and hands out nothing.)
+        recorded = 0
+        if ids:
+            recorded = _batch_record(step_id, step.walk_round, ids)
+            transaction.on_commit(
+                partial(campaign_dispatch.publish_batch, step_id, ids, step.walk_round),
+                robust=True,
+            )
+        CampaignStep.objects.filter(pk=step_id).update(
+            cursor_recipient_id=seen,
+            batches_total=F("batches_total") + recorded,
+            walked_at=timezone.now(),
+        )
     return Walk.CONTINUE
+
+
+def _audience_after(campaign: Campaign, after: int) -> tuple[list[int], int | None]:
+    """The next batch of the campaign's audience after recipient id `after` (see
+    `segment_walk`): its segment's, or for a triggered campaign the users who entered it."""
+    if campaign.kind == CampaignKind.TRIGGERED:
+        if after == 0:
+            recipients_backfill()
+        audience = trigger_audience(campaign)  # the users who entered its segment
+        return recipients_active(audience.filter(pk__gt=after).order_by("pk"), limit=BATCH_USERS)
+    assert campaign.segment is not None
+    return segment_walk(campaign.segment, after=after, limit=BATCH_USERS)
 
 
 def _batch_record(step_id: int, walk_round: int, recipient_ids: list[int]) -> int:

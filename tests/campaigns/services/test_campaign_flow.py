@@ -8,7 +8,7 @@ from datetime import UTC, datetime, time, timedelta
 
 import pytest
 import time_machine
-from django.db import connection, transaction
+from django.db import OperationalError, connection, transaction
 from django.utils import timezone
 
 from campaigns.models import (
@@ -393,6 +393,51 @@ def test_a_walk_waits_out_a_batch_counting_itself_but_stops_for_another_walk(
         release.set()
         walker.join(timeout=10)
     assert len(published.batches) == 1
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_batch_finishing_does_not_wait_for_a_walk_reading_the_audience(
+    marketer, lead, published, monkeypatch
+):
+    """On a large segment, reading the next batch of the audience is the walk's slow part. A
+    walk used to lock the step row before it, for all its batches, and every batch finishing
+    meanwhile waited to count itself (the million-user bench: two workers, one in a walk, the
+    other stuck behind it). The row is locked only to record the batch, after the read."""
+    audience(3)
+    campaign = scheduled(marketer, lead)
+    step = campaign.steps.get(name="Notice")
+    with time_machine.travel(step_start(campaign, step)):
+        steps_start_due()
+    counted: list[bool] = []
+
+    def batch_counts_itself() -> None:  # another worker's batch, finishing now
+        try:
+            with transaction.atomic(), connection.cursor() as cursor:
+                cursor.execute("SET LOCAL lock_timeout = '2s'")
+                cursor.execute(
+                    "UPDATE campaigns_campaignstep SET batches_done = batches_done + 1 "
+                    "WHERE id = %s",
+                    [step.pk],
+                )
+            counted.append(True)
+        except OperationalError:  # lock_timeout: it waited on the walk
+            counted.append(False)
+        finally:
+            connection.close()
+
+    reading = fanout.segment_walk
+
+    def read_while_a_batch_finishes(*args, **kwargs):
+        other = threading.Thread(target=batch_counts_itself)
+        other.start()
+        other.join(timeout=10)
+        return reading(*args, **kwargs)
+
+    monkeypatch.setattr(fanout, "segment_walk", read_while_a_batch_finishes)
+    assert fanout.step_walk(step_id=step.pk) is fanout.Walk.DONE
+    assert counted and all(counted)
+    assert len(published.batches) == 1
+    assert CampaignStep.objects.get(pk=step.pk).batches_done == len(counted)
 
 
 def test_a_batch_racing_another_run_of_itself_starts_over_and_writes_nothing_twice(
