@@ -9,13 +9,14 @@ from collections.abc import Iterable
 
 from campaigns.models import Campaign, CampaignKind, Conversion, SeriesStop
 from campaigns.policies import series_stops
-from notifier.models import Delivery
+from notifier.db import any_of
+from notifier.models import Delivery, Message
 
 Pair = tuple[int, int]  # (campaign id, user id)
 
 
 def series_stopped(pairs: Iterable[Pair]) -> frozenset[Pair]:
-    """Of these (campaign, user) pairs, those whose series stopped: at most three queries."""
+    """Of these (campaign, user) pairs, those whose series stopped: at most four queries."""
     wanted = set(pairs)
     if not wanted:
         return frozenset()
@@ -35,18 +36,29 @@ def series_stopped(pairs: Iterable[Pair]) -> frozenset[Pair]:
         .values_list("campaign_id", "user_id")
         .distinct()
     )
-    clicked = set(
-        Delivery.objects.filter(
-            message__campaign_id__in=campaign_ids,
-            user_id__in=user_ids,
-            message__is_test=False,
-            clicked_at__isnull=False,
-        )
-        .values_list("message__campaign_id", "user_id")
-        .distinct()
-    )
+    clicked = _clicked(campaign_ids, user_ids)
     return frozenset(
         pair
         for pair in wanted
         if series_stops(rules[pair[0]], converted=pair in converted, clicked=pair in clicked)
+    )
+
+
+def _clicked(campaign_ids: set[int], user_ids: set[int]) -> set[Pair]:
+    """(campaign, user) pairs of these whose customer clicked one of the campaign's messages
+    (not a test send). Two look-ups, each bounded by what it finds whatever the tables' size
+    and statistics: the users' clicked deliveries (a partial index holds those alone), then
+    their messages by key. One join let the planner hash every message of a million-user
+    campaign for each batch of a thousand users."""
+    clicks = list(
+        Delivery.objects.filter(any_of("user", user_ids), clicked_at__isnull=False)
+        .values_list("message_id", flat=True)
+        .distinct()
+    )
+    if not clicks:
+        return set()
+    return set(
+        Message.objects.filter(
+            any_of("pk", clicks), any_of("campaign", campaign_ids), is_test=False
+        ).values_list("campaign_id", "user_id")
     )

@@ -229,6 +229,14 @@ class Delivery(models.Model):
                 name="delivery_fallback_of_idx",
                 condition=Q(fallback_of__isnull=False),
             ),
+            # Who clicked (a campaign's series stops for them: campaigns.series), asked for a
+            # batch of users at a time. Partial: only a clicked delivery has an entry, so the
+            # fan-out's writes never touch it.
+            models.Index(
+                fields=["user"],
+                name="delivery_clicked_user_idx",
+                condition=Q(clicked_at__isnull=False),
+            ),
         ]
 
     def __str__(self) -> str:

@@ -15,6 +15,7 @@ from django.utils import timezone
 
 from channels.models import SandboxOutage
 from notifier import selectors
+from notifier.db import any_of
 from notifier.models import Delivery, FrequencyCounter, InboxItem, Message
 
 BEFORE = [("notifier", "0032_support_actions")]
@@ -217,3 +218,15 @@ def test_inbox_and_cap_lookups_by_user_find_an_index():
         "SELECT 1 FROM ONLY notifier_frequencycounter x WHERE $1 OPERATOR(pg_catalog.=) user_id "
         "FOR KEY SHARE OF x"
     )
+
+
+@pytest.mark.django_db
+def test_the_series_check_finds_a_batchs_clicks_in_the_partial_index_of_clicked_deliveries():
+    """campaigns.series asks, for each fan-out batch, which of its users clicked: the index of
+    clicked deliveries answers it without reading every delivery the users ever had."""
+    plan = _orm_plan(
+        Delivery.objects.filter(any_of("user", [7, 8]), clicked_at__isnull=False)
+        .values_list("message_id", flat=True)
+        .distinct()
+    )
+    assert "delivery_clicked_user_idx" in plan
