@@ -46,7 +46,7 @@ from notifier.db import (
 from notifier.events_out import record
 from notifier.events_out.signals import DeliveryChange
 from notifier.models import Delivery, DeliveryEvent, EventKind
-from notifier.sql_arrays import column_arrays, unnest_of
+from notifier.sql_arrays import array_text, column_arrays, unnest_of
 from notifier.status import (
     ENGAGEMENT_RANK,
     DeliveryStatus,
@@ -488,16 +488,26 @@ def _set_logged(
     pk = Delivery._meta.pk
     assert pk is not None
     fields = [pk, *(model_field(Delivery, name) for name in names)]
+    # The guards (the status the rows must still be in, a claim's token) travel as columns of
+    # `v`, each row with the same value, not as constants: a constant such as a claim's token
+    # looks like one row in the statistics, and the planner then drove the join from the
+    # deliveries in that status, scanning all of `v` again for each (a batch of 500 cost 500
+    # times 500 rows). Compared with `v`'s columns, the rows are found by key.
+    guard_fields = [model_field(Delivery, name) for name in where]
+    guard_columns = [f"guard_{index}" for index in range(len(guard_fields))]
     event_fields, event_rows = with_defaults(DeliveryEvent, EVENT_COLUMNS, events)
     quote = connection.ops.quote_name
-    columns = ", ".join(quote(f.column) for f in fields)
+    columns = ", ".join([*(quote(f.column) for f in fields), *guard_columns])
     event_columns = ", ".join(quote(f.column) for f in event_fields)
     assignments = ", ".join(f"{quote(f.column)} = v.{quote(f.column)}" for f in fields[1:])
-    guards = "".join(f" AND d.{quote(model_field(Delivery, n).column)} = %s" for n in where)
+    guards = "".join(
+        f" AND d.{quote(field.column)} = v.{column}"
+        for field, column in zip(guard_fields, guard_columns, strict=True)
+    )
     sql = (
         f"{NO_WAIT if no_wait else ''}"
         f"WITH moved AS (UPDATE {table_name(Delivery)} AS d SET {assignments} "
-        f"FROM {unnest_of(fields)} AS v ({columns}) "
+        f"FROM {unnest_of([*fields, *guard_fields])} AS v ({columns}) "
         f"WHERE d.{quote(pk.column)} = v.{quote(pk.column)}{guards} RETURNING d.id), "
         f"logged AS (INSERT INTO {table_name(DeliveryEvent)} ({event_columns}) "
         f"SELECT * FROM {unnest_of(event_fields)} AS e ({event_columns}) "
@@ -506,7 +516,7 @@ def _set_logged(
     )
     params: list[Any] = [
         *column_arrays(len(fields), rows),
-        *where.values(),
+        *(array_text([value] * len(rows)) for value in where.values()),
         *column_arrays(len(event_fields), event_rows),
         len(rows) > 1,
     ]

@@ -3,10 +3,15 @@ logs only the moves it made."""
 
 from __future__ import annotations
 
+import uuid
+
 import pytest
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from notifier.api import notify
+from notifier.db import NO_WAIT
 from notifier.models import Delivery, DeliveryEvent, EventKind
 from notifier.services.pipeline import messages_prepare
 from notifier.services.transitions import (
@@ -110,3 +115,40 @@ def test_a_single_move_from_named_sources_is_checked_and_guarded(published) -> N
     assert not delivery_move(pk, S.FAILED, kind=EventKind.CALLBACK, sources=[S.SENT])
     assert Delivery.objects.get(pk=pk).status == S.QUEUED
     assert not DeliveryEvent.objects.filter(delivery_id=pk, kind=EventKind.CALLBACK).exists()
+
+
+def test_recording_a_claimed_batch_finds_its_rows_by_key_whatever_the_guard(published) -> None:
+    """A claim's token is one value for its whole batch, but the statistics take it for one
+    row: compared as a constant, the planner drove the record's join from the deliveries in
+    `sending` and scanned the batch's values again for each (500 x 500 rows a record). The
+    guards are compared with the values' own columns, so the rows are found by key; a row
+    whose guard does not hold is still left alone."""
+    ids = _queued(published, 3)
+    token = uuid.uuid4()
+    Delivery.objects.filter(pk__in=ids).update(status=S.SENDING, claim_token=token)
+    Delivery.objects.filter(pk=ids[2]).update(claim_token=uuid.uuid4())  # claimed again since
+    now = timezone.now()
+    with CaptureQueriesContext(connection) as queries:
+        moved = deliveries_set(
+            ("status", "updated_at"),
+            [(pk, S.SENT, now) for pk in ids],
+            source=S.SENDING,
+            targets=[S.SENT],
+            guard={"claim_token": token},
+            events=[(pk, now, EventKind.ATTEMPT, S.SENT, "", 1, "sandbox", "", {}) for pk in ids],
+        )
+    assert moved == 2
+    assert list(
+        Delivery.objects.filter(pk__in=ids).order_by("pk").values_list("status", flat=True)
+    ) == [
+        S.SENT,
+        S.SENT,
+        S.SENDING,
+    ]
+    [record] = [q["sql"] for q in queries.captured_queries if "WITH moved AS (UPDATE" in q["sql"]]
+    with connection.cursor() as cursor:
+        cursor.execute("SET LOCAL enable_seqscan = off")
+        cursor.execute("EXPLAIN " + record.removeprefix(NO_WAIT))
+        plan = "\n".join(row[0] for row in cursor.fetchall())
+    assert "notifier_delivery_pkey" in plan
+    assert "delivery_lease_idx" not in plan
