@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
 from typing import Any, TypeVar, cast
 
-from django.db import connection, models
+from django.db import OperationalError, connection, models, transaction
 from django.db.models import F, Lookup, QuerySet
 from django.db.models.lookups import In
 
@@ -303,6 +303,42 @@ def commit_without_waiting() -> None:
 # Prefixed to a statement run on its own (autocommit), it makes that statement's implicit
 # transaction commit without waiting, in the same round trip.
 NO_WAIT = "SET LOCAL synchronous_commit TO OFF; "
+
+
+def statistics_refresh(
+    model: type[models.Model], *, share: float = 0.1, minimum: int = 10_000
+) -> bool:
+    """ANALYZE the model's table now if more of its rows changed since the last analyze than
+    autovacuum waits for (`share` of them, and at least `minimum`): before a job whose plans
+    depend on how common a value is, right after a bulk change (a million people tagged at
+    once) that autovacuum has not caught up with. True if it ran (PostgreSQL only).
+
+    Never waits: if another process holds the table for VACUUM or ANALYZE, it is left to them.
+    """
+    if connection.vendor != "postgresql":
+        return False
+    table = table_name(model)
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT n_mod_since_analyze, n_live_tup FROM pg_stat_user_tables "
+            "WHERE relid = %s::regclass",
+            [table],
+        )
+        row = cursor.fetchone()
+        if row is None or row[0] < max(minimum, share * row[1]):
+            return False
+        cursor.execute("SELECT current_setting('lock_timeout')")
+        setting = cursor.fetchone()
+        try:
+            with transaction.atomic():  # a savepoint: its rollback undoes the setting too
+                cursor.execute("SELECT set_config('lock_timeout', '100ms', true)")
+                cursor.execute(f"ANALYZE {table}")
+                cursor.execute(
+                    "SELECT set_config('lock_timeout', %s, true)", [setting[0] if setting else "0"]
+                )
+        except OperationalError:  # a VACUUM or ANALYZE of it is running: it is theirs
+            return False
+    return True
 
 
 def next_ids(model: type[models.Model], count: int) -> list[int]:

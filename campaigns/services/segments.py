@@ -35,6 +35,7 @@ from django.db.models.functions import Lower
 from django.utils import timezone
 
 from campaigns.models import Activity, AudienceThresholds, Segment, SegmentMember, SpendTier
+from notifier.db import statistics_refresh
 from notifier.models import IdentifierKind, Recipient, User, recipients_backfill
 from notifier.models.users import normalize_phone
 from notifier.services.erasure import suppressed_digests
@@ -275,6 +276,10 @@ def segment_walk(
     rules = profile_rules_q(segment, thresholds=thresholds or AudienceThresholds.current(), now=now)
     if after == 0:
         recipients_backfill()
+        # The next batch's plan depends on how common the rules' values are: after a bulk
+        # change autovacuum has not seen yet (a million people tagged at once), a plan made on
+        # the old statistics read every matching profile for each batch of a thousand.
+        statistics_refresh(Recipient)
     # Erased people (notifier.services.erasure) are in no audience.
     profiles = Recipient.objects.filter(rules, pk__gt=after, erased_at__isnull=True)
     if segment.use_member_list:
