@@ -31,7 +31,9 @@ from campaigns.models import (
 from campaigns.services import fanout
 from campaigns.services.fanout import StartReport
 from campaigns.tasks import fanout_batch
-from notifier.models import Message, Recipient
+from notifier.models import Delivery, Message, Recipient
+from notifier.services import pipeline
+from notifier.status import DeliveryStatus
 from tests.campaigns.approvals import FANS, NOTICE_AT, approved, audience, person
 
 pytestmark = pytest.mark.django_db
@@ -214,3 +216,27 @@ def test_a_batch_queued_by_user_id_before_the_upgrade_makes_missing_profiles_in_
     assert Recipient.objects.filter(user_id__in=everyone).count() == USERS
     assert sorted(messages_per_user(step)) == everyone
     assert set(messages_per_user(step).values()) == {1}
+
+
+def test_a_deep_bulk_lane_pauses_the_walk_not_the_batches_it_handed_out(
+    step, published, monkeypatch
+):
+    """The walk looks at the bulk lane's depth before each batch and waits while it is deep;
+    the batches it handed out before are routed as usual, not held for the lane (held, they
+    would wait for the release job, a few thousand recipients every 15 s: a million-user run
+    stalled on it)."""
+    assert published.walk(step.pk, batches=1) is fanout.Walk.CONTINUE
+    monkeypatch.setattr(fanout, "bulk_congested", lambda: True)
+    monkeypatch.setattr(pipeline, "bulk_congested", lambda: True)
+    assert published.walk(step.pk) is fanout.Walk.WAIT
+    [handed_out] = published.batches
+    assert run(published, handed_out) == [True]
+    statuses = set(
+        Delivery.objects.filter(message__step=step).values_list("status", "reason").distinct()
+    )
+    assert statuses and all(status != DeliveryStatus.HELD for status, _ in statuses), statuses
+    assert len(messages_per_user(step)) == PER_BATCH
+
+    monkeypatch.setattr(fanout, "bulk_congested", lambda: False)
+    assert published.walk(step.pk) is fanout.Walk.DONE  # the lane drained: the walk goes on
+    assert len(published.batches) == USERS // PER_BATCH
