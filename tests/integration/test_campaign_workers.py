@@ -9,7 +9,6 @@ counted in the sandbox ledger, as in test_faults.
 from __future__ import annotations
 
 import bisect
-import re
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -556,39 +555,33 @@ def test_a_segment_changed_behind_the_admins_back_reaches_nobody_until_approved_
 
 WALK_BATCH = 10
 WALK_HELD = """
-    SELECT activity.pid, activity.query FROM pg_locks AS lock
+    SELECT activity.pid FROM pg_locks AS lock
     JOIN pg_stat_activity AS activity ON activity.pid = lock.pid
     WHERE lock.locktype = 'advisory' AND lock.granted AND lock.objsubid = 1
       AND lock.classid = %s AND lock.objid = %s
 """
-# What the walker's connection last ran tells how far its open transaction has walked: the
-# audience read ("id" > cursor) or the cursor saved.
-WALKED_TO = re.compile(r'"id" > (\d+)|"cursor_recipient_id" = (\d+)')
 
 
 def kill_the_walk_mid_walk(step: CampaignStep, recipients: list[int], *, batches: int) -> bool:
-    """pg_terminate_backend on the worker connection holding the step's walk lock, once its
-    open transaction has handed out at least `batches` batches; True once it did."""
+    """pg_terminate_backend on the worker connection holding the step's walk lock, once at
+    least `batches` batches were handed out and committed: the walk holds the lock for one
+    batch's transaction at a time, so the one it is in dies with its batch unrecorded and
+    unpublished. True once it did."""
     with connection.cursor() as cursor:
         cursor.execute(WALK_HELD, [fanout.WALK_LOCK_SPACE >> 32, step.pk])
-        held = cursor.fetchall()
-        for pid, query in held:
-            walked_to = max((int(a or b) for a, b in WALKED_TO.findall(query or "")), default=0)
-            saved = CampaignStep.objects.get(pk=step.pk).cursor_recipient_id
-            handed_out = bisect.bisect_right(recipients, walked_to) - bisect.bisect_right(
-                recipients, saved
-            )
-            if handed_out >= batches * WALK_BATCH:
-                cursor.execute("SELECT pg_terminate_backend(%s)", [pid])
-                return bool(cursor.fetchone()[0])
+        held = [pid for (pid,) in cursor.fetchall()]
+        saved = CampaignStep.objects.get(pk=step.pk).cursor_recipient_id
+        if held and bisect.bisect_right(recipients, saved) >= batches * WALK_BATCH:
+            cursor.execute("SELECT pg_terminate_backend(%s)", [held[0]])
+            return bool(cursor.fetchone()[0])
     return False
 
 
 def test_a_walk_killed_mid_walk_and_a_broker_wipe_still_reach_everyone_once(rig):
-    """The walker's PostgreSQL connection is terminated after its transaction handed out five
-    batches; beat revives the walk; the broker is wiped (FLUSHDB) with a few batches and the
-    walk's next task queued. Every user gets the step exactly once, and the step and the
-    campaign close only then."""
+    """The walker's PostgreSQL connection is terminated in the middle of a walk task, five
+    batches in, in the transaction handing out the next; beat revives the walk; the broker is
+    wiped (FLUSHDB) with a few batches and the walk's next task queued. Every user gets the
+    step exactly once, and the step and the campaign close only then."""
     users = fans(1200)
     recipients = sorted(Recipient.objects.filter(user_id__in=users).values_list("pk", flat=True))
     step = campaign_due_now(["inapp"])
@@ -599,7 +592,7 @@ def test_a_walk_killed_mid_walk_and_a_broker_wipe_still_reach_everyone_once(rig)
         lambda: kill_the_walk_mid_walk(step, recipients, batches=5),
         timeout=30,
         interval=0.002,
-        message="the walk to be caught five batches into a transaction",
+        message="the walk to be caught handing out a batch, five batches in",
     )
     idle(rig, worker)  # the walk task died with its connection; what it published ran
     assert messages_of(step).count() < len(users), "the fan-out finished before the kill"
