@@ -177,3 +177,9 @@ def test_every_variable_the_compose_file_interpolates_is_in_env_example():
 def test_workers_are_named_per_lane_for_flower_and_inspect(name):
     lane = name.removeprefix("worker-")
     assert option(workers()[name], "-n", "--hostname") == f"{lane}@%h"
+
+
+def test_postgres_runs_without_jit():
+    """Short statements: a plan priced high by stale statistics must not be compiled."""
+    assert command("postgres")[:1] == ["postgres"]
+    assert "jit=off" in command("postgres")
