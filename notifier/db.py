@@ -306,39 +306,49 @@ NO_WAIT = "SET LOCAL synchronous_commit TO OFF; "
 
 
 def statistics_refresh(
-    model: type[models.Model], *, share: float = 0.1, minimum: int = 10_000
-) -> bool:
-    """ANALYZE the model's table now if more of its rows changed since the last analyze than
+    *tables: type[models.Model], share: float = 0.1, minimum: int = 10_000
+) -> list[str]:
+    """ANALYZE each model's table now if more of its rows changed since the last analyze than
     autovacuum waits for (`share` of them, and at least `minimum`): before a job whose plans
     depend on how common a value is, right after a bulk change (a million people tagged at
-    once) that autovacuum has not caught up with. True if it ran (PostgreSQL only).
+    once) that autovacuum has not caught up with, or while a job grows a table from nearly
+    empty (a first campaign's deliveries). Returns the tables analyzed (PostgreSQL only; one
+    look at the statistics for all of them).
 
-    Never waits: if another process holds the table for VACUUM or ANALYZE, it is left to them.
+    Never waits: if another process holds a table for VACUUM or ANALYZE, it is left to them.
     """
-    if connection.vendor != "postgresql":
-        return False
-    table = table_name(model)
+    if connection.vendor != "postgresql" or not tables:
+        return []
+    names = [table_name(model) for model in tables]
     with connection.cursor() as cursor:
         cursor.execute(
-            "SELECT n_mod_since_analyze, n_live_tup FROM pg_stat_user_tables "
-            "WHERE relid = %s::regclass",
-            [table],
+            "SELECT relname, n_mod_since_analyze, n_live_tup FROM pg_stat_user_tables "
+            "WHERE relid = ANY(%s::regclass[])",
+            [names],
         )
-        row = cursor.fetchone()
-        if row is None or row[0] < max(minimum, share * row[1]):
-            return False
+        due = [
+            name
+            for name, changed, live in cursor.fetchall()
+            if changed >= max(minimum, share * live)
+        ]
+        if not due:
+            return []
         cursor.execute("SELECT current_setting('lock_timeout')")
         setting = cursor.fetchone()
-        try:
-            with transaction.atomic():  # a savepoint: its rollback undoes the setting too
-                cursor.execute("SELECT set_config('lock_timeout', '100ms', true)")
-                cursor.execute(f"ANALYZE {table}")
-                cursor.execute(
-                    "SELECT set_config('lock_timeout', %s, true)", [setting[0] if setting else "0"]
-                )
-        except OperationalError:  # a VACUUM or ANALYZE of it is running: it is theirs
-            return False
-    return True
+        analyzed = []
+        for table in sorted(due):
+            try:
+                with transaction.atomic():  # a savepoint: its rollback undoes the setting too
+                    cursor.execute("SELECT set_config('lock_timeout', '100ms', true)")
+                    cursor.execute(f"ANALYZE {connection.ops.quote_name(table)}")
+                    cursor.execute(
+                        "SELECT set_config('lock_timeout', %s, true)",
+                        [setting[0] if setting else "0"],
+                    )
+            except OperationalError:  # a VACUUM or ANALYZE of it is running: it is theirs
+                continue
+            analyzed.append(table)
+    return analyzed
 
 
 def next_ids(model: type[models.Model], count: int) -> list[int]:

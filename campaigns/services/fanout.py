@@ -94,9 +94,15 @@ from notifier.models import (
 from notifier.queues import Lane
 from notifier.selectors import recipient_unreadable_reason
 from notifier.services.messages import NewMessage
-from notifier.services.pipeline import Failure, RenderTimedOut, messages_write_routed
+from notifier.services.pipeline import (
+    Failure,
+    RenderTimedOut,
+    bulk_statistics_refresh,
+    messages_write_routed,
+)
 from notifier.services.quarantine import messages_prepare_one_by_one
 from notifier.status import Reason
+from notifier.user_keys import UserKey
 
 log = logging.getLogger(__name__)
 C = CampaignStatus
@@ -289,8 +295,11 @@ def step_walk(*, step_id: int, batches: int = BATCHES_PER_WALK) -> Walk:
     """Hand out up to `batches` batches of the step's audience, in recipient id order.
 
     Each batch is handed out in a transaction of its own (`_walk_one`), published once it
-    commits; the campaign's approval is checked before the first."""
+    commits; the campaign's approval is checked before the first. Before each, the tables the
+    batches grow are analyzed if they outgrew their statistics (`bulk_statistics_refresh`)."""
     for index in range(batches):
+        # Before the batch's transaction (an ANALYZE holds its table's lock until commit).
+        bulk_statistics_refresh()
         outcome = _walk_one(step_id, check_approval=index == 0)
         if outcome is not Walk.CONTINUE:
             return outcome
@@ -471,7 +480,11 @@ def step_fanout_batch(
     attempt_id, attempts = fanout_attempt_start(step_id=step_id, recipient_ids=recipient_ids)
     readable_users, unreadable = readable(
         get_user_model()
-        ._default_manager.filter(any_of("notifier_recipient__pk", recipient_ids), is_active=True)
+        ._default_manager.filter(
+            any_of("pk", _user_keys(recipient_ids)),
+            any_of("notifier_recipient__pk", recipient_ids),
+            is_active=True,
+        )
         .select_related("notifier_recipient")
         .order_by("pk")
     )
@@ -519,6 +532,16 @@ def step_fanout_batch(
         len(held_out),
     )
     return report
+
+
+def _user_keys(recipient_ids: Sequence[int]) -> list[UserKey]:
+    """The users of a batch's profiles. The batch's read of its users and profiles names both
+    sides of their join: bounded by the profiles alone, a planner costing an index look-up
+    above a scan hashed the whole user table for each batch (14 ms at 100,000 users instead
+    of 1.6, and ten times that at a million)."""
+    return list(
+        Recipient.objects.filter(any_of("pk", recipient_ids)).values_list("user_id", flat=True)
+    )
 
 
 def _fail_unreadable_users(

@@ -40,15 +40,18 @@ from channels.inapp import InAppProvider, InboxEntry
 from channels.registry import providers_for
 from notifier import dispatch
 from notifier.backpressure import bulk_congested
-from notifier.db import any_of, next_ids, readable, update_rows
+from notifier.db import any_of, next_ids, readable, statistics_refresh, update_rows
 from notifier.dispatch import chunks
 from notifier.hooks import NO_CAMPAIGNS, CampaignBatch, campaign_batch, campaign_send_rates
 from notifier.links import UnsubscribeLinks, preferences_url
 from notifier.logcontext import bound
 from notifier.models import (
     Delivery,
+    DeliveryEvent,
     Device,
     EventKind,
+    FrequencyCounter,
+    InboxItem,
     Kind,
     Message,
     PrepareRun,
@@ -782,6 +785,25 @@ def _first_channels(
     rule = match_rule(rules, type_key=info.key, kind=info.kind, priority=priority)
     plan = plan_channels(type_channels=info.channels, explicit=asked, rule=rule)
     return list(dict.fromkeys([*plan.send_all, *plan.chain[:1]]))
+
+
+# Grown by every message routed in bulk, and read by the next batch's plans (the claim's
+# joins, the idempotency and cap look-ups, a series' clicks).
+BULK_WRITTEN = (Message, Delivery, DeliveryEvent, InboxItem, FrequencyCounter)
+BULK_STATISTICS_MINIMUM = 10_000  # rows changed before a table is worth analyzing mid-run
+
+
+def bulk_statistics_refresh() -> list[str]:
+    """Analyze the tables a fan-out grows once it has changed more of them than they held at
+    the last analyze (and at least 10,000 rows): called before each batch a walk hands out.
+
+    A table analyzed nearly empty (a new install, or one a retention run emptied) keeps telling
+    the planner it is empty while a campaign writes a hundred thousand rows into it: the
+    deliver step's claim then joined its messages by scanning them all, 20 to 40 ms a batch
+    instead of 2. Autovacuum would analyze it, but only on its next round (a minute by
+    default) and not at all where it is turned off. Once a table is large its statistics stay
+    close for the rest of the run, so this seldom runs more than a few times a campaign."""
+    return statistics_refresh(*BULK_WRITTEN, share=1.0, minimum=BULK_STATISTICS_MINIMUM)
 
 
 def messages_write_routed(
