@@ -305,6 +305,9 @@ def commit_without_waiting() -> None:
 NO_WAIT = "SET LOCAL synchronous_commit TO OFF; "
 
 
+ANALYZE_LOCK_SPACE = 0x414E_4C5A  # "ANLZ": advisory lock keys of statistics_refresh, by table
+
+
 def statistics_refresh(
     *tables: type[models.Model], share: float = 0.1, minimum: int = 10_000
 ) -> list[str]:
@@ -315,7 +318,8 @@ def statistics_refresh(
     empty (a first campaign's deliveries). Returns the tables analyzed (PostgreSQL only; one
     look at the statistics for all of them).
 
-    Never waits: if another process holds a table for VACUUM or ANALYZE, it is left to them.
+    Never waits: if another process holds a table for VACUUM or ANALYZE, or another worker is
+    refreshing it, it is left to them.
     """
     if connection.vendor != "postgresql" or not tables:
         return []
@@ -339,6 +343,13 @@ def statistics_refresh(
         for table in sorted(due):
             try:
                 with transaction.atomic():  # a savepoint: its rollback undoes the setting too
+                    # Two workers finding the same table due: one analyzes, the other goes on.
+                    cursor.execute(
+                        "SELECT pg_try_advisory_xact_lock(%s, hashtext(%s))",
+                        [ANALYZE_LOCK_SPACE, table],
+                    )
+                    if not cursor.fetchone()[0]:
+                        continue
                     cursor.execute("SELECT set_config('lock_timeout', '100ms', true)")
                     cursor.execute(f"ANALYZE {connection.ops.quote_name(table)}")
                     cursor.execute(

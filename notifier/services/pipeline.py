@@ -657,13 +657,39 @@ def publish_queued(
         )
 
 
+# Grown by every message routed in bulk, and read by the next batch's plans (the claim's
+# joins, the idempotency and cap look-ups, a series' clicks).
+BULK_WRITTEN = (Message, Delivery, DeliveryEvent, InboxItem, FrequencyCounter)
+BULK_STATISTICS_MINIMUM = 10_000  # rows changed before a table is worth analyzing mid-run
+REFRESH_FROM_BATCH = 100  # a prepare batch this large looks at the statistics first
+
+
+def bulk_statistics_refresh() -> list[str]:
+    """Analyze the tables a fan-out grows once it has changed more of them than they held at
+    the last analyze (and at least 10,000 rows): called before each batch a walk hands out,
+    and before a prepare batch of a `notify_many` (`messages_prepare`).
+
+    A table analyzed nearly empty (a new install, or one a retention run emptied) keeps telling
+    the planner it is empty while a campaign writes a hundred thousand rows into it: the
+    deliver step's claim then joined its messages by scanning them all, 20 to 40 ms a batch
+    instead of 2. Autovacuum would analyze it, but only on its next round (a minute by
+    default) and not at all where it is turned off. Once a table is large its statistics stay
+    close for the rest of the run, so this seldom runs more than a few times a campaign."""
+    return statistics_refresh(*BULK_WRITTEN, share=1.0, minimum=BULK_STATISTICS_MINIMUM)
+
+
 def messages_prepare(*, message_ids: Sequence[int], run_id: int | None = None) -> Counter[str]:
     """Generate and route a batch of messages. Returns counts of the statuses written.
 
     A message whose row cannot be read (a date Python cannot represent, JSON nested too deep)
     is failed with the reason in words; the rest of the batch routes. Raises RenderTimedOut
     (nothing written) when the task's soft time limit strikes mid-render. `run_id` is this
-    run's PrepareRun, deleted in the same transaction: it stays only if the run dies."""
+    run's PrepareRun, deleted in the same transaction: it stays only if the run dies.
+
+    A batch of many (a `notify_many`) first analyzes the tables such batches grow if they
+    outgrew their statistics (`bulk_statistics_refresh`); one message never pays for that look."""
+    if len(message_ids) >= REFRESH_FROM_BATCH:
+        bulk_statistics_refresh()
     now = timezone.now()
     written: Counter[str] = Counter()
     with transaction.atomic():
@@ -785,25 +811,6 @@ def _first_channels(
     rule = match_rule(rules, type_key=info.key, kind=info.kind, priority=priority)
     plan = plan_channels(type_channels=info.channels, explicit=asked, rule=rule)
     return list(dict.fromkeys([*plan.send_all, *plan.chain[:1]]))
-
-
-# Grown by every message routed in bulk, and read by the next batch's plans (the claim's
-# joins, the idempotency and cap look-ups, a series' clicks).
-BULK_WRITTEN = (Message, Delivery, DeliveryEvent, InboxItem, FrequencyCounter)
-BULK_STATISTICS_MINIMUM = 10_000  # rows changed before a table is worth analyzing mid-run
-
-
-def bulk_statistics_refresh() -> list[str]:
-    """Analyze the tables a fan-out grows once it has changed more of them than they held at
-    the last analyze (and at least 10,000 rows): called before each batch a walk hands out.
-
-    A table analyzed nearly empty (a new install, or one a retention run emptied) keeps telling
-    the planner it is empty while a campaign writes a hundred thousand rows into it: the
-    deliver step's claim then joined its messages by scanning them all, 20 to 40 ms a batch
-    instead of 2. Autovacuum would analyze it, but only on its next round (a minute by
-    default) and not at all where it is turned off. Once a table is large its statistics stay
-    close for the rest of the run, so this seldom runs more than a few times a campaign."""
-    return statistics_refresh(*BULK_WRITTEN, share=1.0, minimum=BULK_STATISTICS_MINIMUM)
 
 
 def messages_write_routed(

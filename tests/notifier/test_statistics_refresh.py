@@ -9,7 +9,7 @@ import threading
 import pytest
 from django.db import connection, connections, transaction
 
-from notifier.db import statistics_refresh
+from notifier.db import ANALYZE_LOCK_SPACE, statistics_refresh
 from notifier.models import Recipient, recipients_for
 from tests.factories import UserFactory
 
@@ -113,3 +113,38 @@ def test_a_table_held_by_another_analyze_is_left_to_it_without_waiting():
         release.set()
         holder.join(timeout=10)
     assert changed_since_analyze() >= 30
+
+
+def test_a_table_another_worker_is_refreshing_is_left_to_it():
+    """Two workers finding the same table due: the one holding the refresh's advisory lock
+    analyzes it, the other goes on at once."""
+    users = UserFactory.create_batch(30)
+    recipients_for(u.pk for u in users)
+    tagged_everyone("fans")
+    holding, release = threading.Event(), threading.Event()
+
+    def refreshing() -> None:  # another worker, inside its refresh of the table
+        other = connections.create_connection("default")
+        try:
+            with other.cursor() as cursor:
+                cursor.execute("BEGIN")
+                cursor.execute(
+                    "SELECT pg_advisory_xact_lock(%s, hashtext('notifier_recipient'))",
+                    [ANALYZE_LOCK_SPACE],
+                )
+                holding.set()
+                release.wait(timeout=10)
+                cursor.execute("ROLLBACK")
+        finally:
+            other.close()
+
+    holder = threading.Thread(target=refreshing)
+    holder.start()
+    try:
+        assert holding.wait(timeout=10)
+        assert statistics_refresh(Recipient, minimum=20) == []
+    finally:
+        release.set()
+        holder.join(timeout=10)
+    assert changed_since_analyze() >= 30
+    assert statistics_refresh(Recipient, minimum=20) == ["notifier_recipient"]

@@ -284,3 +284,44 @@ def test_two_prepares_at_once_write_each_inapp_delivery_and_inbox_item_once(publ
     assert InboxItem.objects.count() == 20
     assert DeliveryEvent.objects.filter(kind=EventKind.ATTEMPT).count() == 20
     assert DeliveryEvent.objects.filter(kind=EventKind.ROUTED).count() == 20
+
+
+def _planner_rows_and_changes(table: str) -> tuple[float, int]:
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_stat_force_next_flush()")  # this session's counts, now
+        cursor.execute(
+            "SELECT c.reltuples, s.n_mod_since_analyze FROM pg_class c "
+            "JOIN pg_stat_user_tables s ON s.relid = c.oid WHERE c.oid = %s::regclass",
+            [table],
+        )
+        reltuples, changed = cursor.fetchone()
+    return float(reltuples), int(changed)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_prepare_batch_of_many_analyzes_the_deliveries_it_outgrew_and_one_message_does_not(
+    published, monkeypatch
+):
+    """`notify_many` to many people on a delivery log analyzed nearly empty: its prepare
+    batches analyze the tables they grew past their statistics, as a campaign's walk does
+    (autovacuum comes a minute later, or never). A transactional message, alone in its batch,
+    never pays for the look."""
+    from notifier.api import notify_many
+
+    monkeypatch.setattr(pipeline, "BULK_STATISTICS_MINIMUM", 5)
+    monkeypatch.setattr(pipeline, "REFRESH_FROM_BATCH", 3)
+    users = UserFactory.create_batch(6)
+    with connection.cursor() as cursor:
+        cursor.execute("ANALYZE notifier_delivery")  # empty, as on day one
+    first = notify_many(users[:3], "order.shipped", order_context(), channels=["inapp", "email"])
+    messages_prepare(message_ids=first.message_ids)  # nothing written before it
+    assert _planner_rows_and_changes("notifier_delivery") == (0.0, 6)
+
+    alone = notify(users[3], "order.shipped", order_context(), channels=["inapp", "email"])
+    messages_prepare(message_ids=[alone.pk])  # one message: no look at the statistics
+    assert _planner_rows_and_changes("notifier_delivery") == (0.0, 8)
+
+    rest = notify_many(users[4:], "order.shipped", order_context(), channels=["inapp", "email"])
+    messages_prepare(message_ids=[*rest.message_ids, first.message_ids[0]])  # three of them
+    # Analyzed before the batch wrote (eight changed, at least five, as many as it held).
+    assert _planner_rows_and_changes("notifier_delivery") == (8.0, 4)
