@@ -324,17 +324,24 @@ def statistics_refresh(
     if connection.vendor != "postgresql" or not tables:
         return []
     names = [table_name(model) for model in tables]
-    with connection.cursor() as cursor:
-        cursor.execute(
-            "SELECT relname, n_mod_since_analyze, n_live_tup FROM pg_stat_user_tables "
-            "WHERE relid = ANY(%s::regclass[])",
-            [names],
-        )
-        due = [
+    # Only tables this role may analyze (it owns them): another's ANALYZE of them would only
+    # warn and leave the counters as they were, to be tried again before every batch.
+    changed_sql = (
+        "SELECT s.relname, s.n_mod_since_analyze, s.n_live_tup FROM pg_stat_user_tables s "
+        "JOIN pg_class c ON c.oid = s.relid "
+        "WHERE s.relid = ANY(%s::regclass[]) AND pg_has_role(c.relowner, 'USAGE')"
+    )
+
+    def due_among(candidates: list[str]) -> list[str]:
+        cursor.execute(changed_sql, [candidates])
+        return [
             name
             for name, changed, live in cursor.fetchall()
             if changed >= max(minimum, share * live)
         ]
+
+    with connection.cursor() as cursor:
+        due = due_among(names)
         if not due:
             return []
         cursor.execute("SELECT current_setting('lock_timeout')")
@@ -349,6 +356,10 @@ def statistics_refresh(
                         [ANALYZE_LOCK_SPACE, table],
                     )
                     if not cursor.fetchone()[0]:
+                        continue
+                    # Another worker may have analyzed it since we looked (and let go).
+                    cursor.execute("SELECT pg_stat_clear_snapshot()")
+                    if not due_among([connection.ops.quote_name(table)]):
                         continue
                     cursor.execute("SELECT set_config('lock_timeout', '100ms', true)")
                     cursor.execute(f"ANALYZE {connection.ops.quote_name(table)}")

@@ -661,13 +661,13 @@ def publish_queued(
 # joins, the idempotency and cap look-ups, a series' clicks).
 BULK_WRITTEN = (Message, Delivery, DeliveryEvent, InboxItem, FrequencyCounter)
 BULK_STATISTICS_MINIMUM = 10_000  # rows changed before a table is worth analyzing mid-run
-REFRESH_FROM_BATCH = 100  # a prepare batch this large looks at the statistics first
+REFRESH_FROM_BATCH = 100  # a bulk prepare batch this large looks at the statistics first
 
 
 def bulk_statistics_refresh() -> list[str]:
     """Analyze the tables a fan-out grows once it has changed more of them than they held at
     the last analyze (and at least 10,000 rows): called before each batch a walk hands out,
-    and before a prepare batch of a `notify_many` (`messages_prepare`).
+    and before a bulk-lane prepare batch of a `notify_many` (`prepare_statistics_refresh`).
 
     A table analyzed nearly empty (a new install, or one a retention run emptied) keeps telling
     the planner it is empty while a campaign writes a hundred thousand rows into it: the
@@ -678,18 +678,23 @@ def bulk_statistics_refresh() -> list[str]:
     return statistics_refresh(*BULK_WRITTEN, share=1.0, minimum=BULK_STATISTICS_MINIMUM)
 
 
+def prepare_statistics_refresh(message_ids: Sequence[int]) -> list[str]:
+    """Before a prepare batch: `bulk_statistics_refresh` for a bulk-lane batch of at least
+    REFRESH_FROM_BATCH messages (a `notify_many` to many people). A batch holds one lane; the
+    transactional lane never pays for an ANALYZE, nor does one message alone."""
+    if len(message_ids) < REFRESH_FROM_BATCH:
+        return []
+    lane = Message.objects.filter(pk=message_ids[0]).values_list("lane", flat=True).first()
+    return bulk_statistics_refresh() if lane == Lane.BULK else []
+
+
 def messages_prepare(*, message_ids: Sequence[int], run_id: int | None = None) -> Counter[str]:
     """Generate and route a batch of messages. Returns counts of the statuses written.
 
     A message whose row cannot be read (a date Python cannot represent, JSON nested too deep)
     is failed with the reason in words; the rest of the batch routes. Raises RenderTimedOut
     (nothing written) when the task's soft time limit strikes mid-render. `run_id` is this
-    run's PrepareRun, deleted in the same transaction: it stays only if the run dies.
-
-    A batch of many (a `notify_many`) first analyzes the tables such batches grow if they
-    outgrew their statistics (`bulk_statistics_refresh`); one message never pays for that look."""
-    if len(message_ids) >= REFRESH_FROM_BATCH:
-        bulk_statistics_refresh()
+    run's PrepareRun, deleted in the same transaction: it stays only if the run dies."""
     now = timezone.now()
     written: Counter[str] = Counter()
     with transaction.atomic():

@@ -40,7 +40,13 @@ from notifier.db import table_name
 from notifier.models import Message, PrepareRun
 from notifier.queues import Lane
 from notifier.services.messages import NewMessage, messages_insert_new
-from notifier.services.pipeline import Failure, RenderTimedOut, messages_fail, messages_prepare
+from notifier.services.pipeline import (
+    Failure,
+    RenderTimedOut,
+    messages_fail,
+    messages_prepare,
+    prepare_statistics_refresh,
+)
 from notifier.status import DeliveryStatus, Reason
 
 log = logging.getLogger(__name__)
@@ -157,6 +163,7 @@ def messages_prepare_guarded(*, message_ids: Sequence[int]) -> Counter[str]:
         batch = [m.pk for m in alive]
         if not batch:
             return written
+    prepare_statistics_refresh(batch)  # a bulk batch of many: the statistics kept up
     # Committed before the work: if this run dies, the record stays and says so.
     run = PrepareRun.objects.create(message_ids=batch, started_at=timezone.now())
     try:

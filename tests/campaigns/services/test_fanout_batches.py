@@ -259,6 +259,7 @@ def test_a_batch_reads_its_users_by_their_keys_whatever_the_planner_prefers(step
     ]
     with connection.cursor() as cursor:
         cursor.execute("SET enable_nestloop = off")  # the hash join the planner chose
+        cursor.execute("SET enable_mergejoin = off")
         cursor.execute("SET enable_seqscan = off")  # a tiny table would be scanned anyway
         cursor.execute("SET enable_bitmapscan = off")
         try:
@@ -266,7 +267,9 @@ def test_a_batch_reads_its_users_by_their_keys_whatever_the_planner_prefers(step
             plan = "\n".join(row[0] for row in cursor.fetchall())
         finally:
             cursor.execute("RESET enable_nestloop")
+            cursor.execute("RESET enable_mergejoin")
             cursor.execute("RESET enable_seqscan")
             cursor.execute("RESET enable_bitmapscan")
+    assert "Hash Join" in plan, plan
     on_users = plan[plan.index("on notifier_user ") :].splitlines()
     assert "Index Cond: (id = ANY (" in on_users[1], plan
