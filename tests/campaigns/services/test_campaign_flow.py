@@ -46,6 +46,7 @@ from notifier.models import (
 from notifier.services.release import held_release
 from notifier.status import DeliveryStatus, Reason
 from tests.factories import UserFactory, staff_member
+from tests.table_statistics import planner_rows_and_changes
 
 pytestmark = pytest.mark.django_db
 S = DeliveryStatus
@@ -440,19 +441,6 @@ def test_a_batch_finishing_does_not_wait_for_a_walk_reading_the_audience(
     assert CampaignStep.objects.get(pk=step.pk).batches_done == len(counted)
 
 
-def _table_statistics(table: str) -> tuple[float, int]:
-    """(rows the planner thinks the table has, rows changed since its last analyze)."""
-    with connection.cursor() as cursor:
-        cursor.execute("SELECT pg_stat_force_next_flush()")  # this session's counts, now
-        cursor.execute(
-            "SELECT c.reltuples, s.n_mod_since_analyze FROM pg_class c "
-            "JOIN pg_stat_user_tables s ON s.relid = c.oid WHERE c.oid = %s::regclass",
-            [table],
-        )
-        reltuples, changed = cursor.fetchone()
-    return float(reltuples), int(changed)
-
-
 @pytest.mark.django_db(transaction=True)
 def test_a_walk_analyzes_the_delivery_log_its_batches_outgrew(
     marketer, lead, published, monkeypatch
@@ -471,20 +459,20 @@ def test_a_walk_analyzes_the_delivery_log_its_batches_outgrew(
     with connection.cursor() as cursor:
         cursor.execute("SELECT pg_stat_force_next_flush()")  # earlier writes counted first
         cursor.execute("ANALYZE notifier_message, notifier_delivery")  # empty, as on day one
-    assert _table_statistics("notifier_delivery") == (0.0, 0)
+    assert planner_rows_and_changes("notifier_delivery") == (0.0, 0)
     with time_machine.travel(step_start(campaign, step)):
         steps_start_due()
         assert published.walk(step.pk, batches=1) is fanout.Walk.CONTINUE
         (batch,) = published.batches
         fanout.step_fanout_batch(step_id=step.pk, recipient_ids=batch[1])
         # Ten messages, twenty deliveries (in-app and email) written since the analyze.
-        assert _table_statistics("notifier_delivery") == (0.0, 20)
-        assert _table_statistics("notifier_message") == (0.0, 10)
+        assert planner_rows_and_changes("notifier_delivery") == (0.0, 20)
+        assert planner_rows_and_changes("notifier_message") == (0.0, 10)
         published.walk(step.pk, batches=1)
     # The deliveries outgrew their statistics (20 changed, at least 15, and as many as they
     # held): analyzed. Ten messages are under the minimum: left to autovacuum.
-    assert _table_statistics("notifier_delivery") == (20.0, 0)
-    assert _table_statistics("notifier_message") == (0.0, 10)
+    assert planner_rows_and_changes("notifier_delivery") == (20.0, 0)
+    assert planner_rows_and_changes("notifier_message") == (0.0, 10)
     assert len(published.batches) == 2
 
 

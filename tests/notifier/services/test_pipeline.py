@@ -28,6 +28,7 @@ from notifier.services.deliveries import deliveries_deliver
 from notifier.services.pipeline import messages_prepare
 from notifier.status import DeliveryStatus, Reason
 from tests.factories import DeviceFactory, UserFactory, order_context
+from tests.table_statistics import planner_rows_and_changes
 
 pytestmark = pytest.mark.django_db
 S = DeliveryStatus
@@ -286,18 +287,6 @@ def test_two_prepares_at_once_write_each_inapp_delivery_and_inbox_item_once(publ
     assert DeliveryEvent.objects.filter(kind=EventKind.ROUTED).count() == 20
 
 
-def _planner_rows_and_changes(table: str) -> tuple[float, int]:
-    with connection.cursor() as cursor:
-        cursor.execute("SELECT pg_stat_force_next_flush()")  # this session's counts, now
-        cursor.execute(
-            "SELECT c.reltuples, s.n_mod_since_analyze FROM pg_class c "
-            "JOIN pg_stat_user_tables s ON s.relid = c.oid WHERE c.oid = %s::regclass",
-            [table],
-        )
-        reltuples, changed = cursor.fetchone()
-    return float(reltuples), int(changed)
-
-
 @pytest.mark.django_db(transaction=True)
 def test_a_bulk_prepare_batch_of_many_analyzes_the_deliveries_it_outgrew_and_no_other_does(
     published, monkeypatch
@@ -316,18 +305,18 @@ def test_a_bulk_prepare_batch_of_many_analyzes_the_deliveries_it_outgrew_and_no_
     with connection.cursor() as cursor:
         cursor.execute("SELECT pg_stat_force_next_flush()")  # earlier writes counted first
         cursor.execute("ANALYZE notifier_delivery")  # empty, as on day one
-    assert _planner_rows_and_changes("notifier_delivery") == (0.0, 0)
+    assert planner_rows_and_changes("notifier_delivery") == (0.0, 0)
     first = notify_many(users[:3], "promo.flash_sale", promo, channels=["inapp", "email"])
     messages_prepare_guarded(message_ids=first.message_ids)  # nothing written before it
-    assert _planner_rows_and_changes("notifier_delivery") == (0.0, 6)
+    assert planner_rows_and_changes("notifier_delivery") == (0.0, 6)
 
     alone = notify_many(users[3:4], "promo.flash_sale", promo, channels=["inapp", "email"])
     messages_prepare_guarded(message_ids=alone.message_ids)  # one message: no look
     shipped = notify_many(users[4:7], "order.shipped", order_context(), channels=["inapp"])
     messages_prepare_guarded(message_ids=shipped.message_ids)  # transactional: no look
-    assert _planner_rows_and_changes("notifier_delivery") == (0.0, 11)
+    assert planner_rows_and_changes("notifier_delivery") == (0.0, 11)
 
     rest = notify_many(users[7:], "promo.flash_sale", promo, channels=["inapp", "email"])
     messages_prepare_guarded(message_ids=[*rest.message_ids, first.message_ids[0]])
     # Analyzed before the batch wrote (eleven changed, at least five, as many as it held).
-    assert _planner_rows_and_changes("notifier_delivery") == (11.0, 4)
+    assert planner_rows_and_changes("notifier_delivery") == (11.0, 4)
