@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import threading
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import pytest
 from django.db import connection, connections, transaction
@@ -49,6 +51,34 @@ def tagged_everyone(tag: str) -> None:
         )
 
 
+@contextmanager
+def held_by_another_session(statement: str, params: list[object]) -> Iterator[None]:
+    """While the block runs, another session holds what `statement` takes, in a transaction
+    left open until the block is over."""
+    holding, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        other = connections.create_connection("default")
+        try:
+            with other.cursor() as cursor:
+                cursor.execute("BEGIN")
+                cursor.execute(statement, params)
+                holding.set()
+                release.wait(timeout=10)
+                cursor.execute("ROLLBACK")
+        finally:
+            other.close()
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    try:
+        assert holding.wait(timeout=10)
+        yield
+    finally:
+        release.set()
+        holder.join(timeout=10)
+
+
 def test_a_bulk_change_is_analyzed_and_a_quiet_table_is_not():
     users = UserFactory.create_batch(30)
     recipients_for(u.pk for u in users)
@@ -85,34 +115,17 @@ def test_a_table_held_by_another_analyze_is_left_to_it_without_waiting():
     recipients_for(u.pk for u in users)
     tagged_everyone("fans")
     assert changed_since_analyze() >= 30
-    holding, release = threading.Event(), threading.Event()
-
-    def vacuum_like_lock() -> None:  # what a VACUUM or ANALYZE of the table holds
-        other = connections.create_connection("default")
-        try:
-            with other.cursor() as cursor:
-                cursor.execute("BEGIN")
-                cursor.execute("LOCK TABLE notifier_recipient IN SHARE UPDATE EXCLUSIVE MODE")
-                holding.set()
-                release.wait(timeout=10)
-                cursor.execute("ROLLBACK")
-        finally:
-            other.close()
-
-    holder = threading.Thread(target=vacuum_like_lock)
-    holder.start()
-    try:
-        assert holding.wait(timeout=10)
-        with transaction.atomic():  # as in a walk's transaction
-            assert statistics_refresh(Recipient, minimum=20) == []
-            with connection.cursor() as cursor:  # the transaction goes on, as it was set
-                cursor.execute("SHOW lock_timeout")
-                assert cursor.fetchone()[0] == "0"
-                cursor.execute("SELECT count(*) FROM notifier_recipient")
-                assert cursor.fetchone()[0] == 30
-    finally:
-        release.set()
-        holder.join(timeout=10)
+    # What a VACUUM or ANALYZE of the table holds, while a walk's transaction refreshes.
+    with (
+        held_by_another_session("LOCK TABLE notifier_recipient IN SHARE UPDATE EXCLUSIVE MODE", []),
+        transaction.atomic(),
+    ):
+        assert statistics_refresh(Recipient, minimum=20) == []
+        with connection.cursor() as cursor:  # the transaction goes on, as it was set
+            cursor.execute("SHOW lock_timeout")
+            assert cursor.fetchone()[0] == "0"
+            cursor.execute("SELECT count(*) FROM notifier_recipient")
+            assert cursor.fetchone()[0] == 30
     assert changed_since_analyze() >= 30
 
 
@@ -122,31 +135,11 @@ def test_a_table_another_worker_is_refreshing_is_left_to_it():
     users = UserFactory.create_batch(30)
     recipients_for(u.pk for u in users)
     tagged_everyone("fans")
-    holding, release = threading.Event(), threading.Event()
-
-    def refreshing() -> None:  # another worker, inside its refresh of the table
-        other = connections.create_connection("default")
-        try:
-            with other.cursor() as cursor:
-                cursor.execute("BEGIN")
-                cursor.execute(
-                    "SELECT pg_advisory_xact_lock(%s, hashtext('notifier_recipient'))",
-                    [ANALYZE_LOCK_SPACE],
-                )
-                holding.set()
-                release.wait(timeout=10)
-                cursor.execute("ROLLBACK")
-        finally:
-            other.close()
-
-    holder = threading.Thread(target=refreshing)
-    holder.start()
-    try:
-        assert holding.wait(timeout=10)
+    # Another worker, inside its refresh of the table.
+    with held_by_another_session(
+        "SELECT pg_advisory_xact_lock(%s, hashtext('notifier_recipient'))", [ANALYZE_LOCK_SPACE]
+    ):
         assert statistics_refresh(Recipient, minimum=20) == []
-    finally:
-        release.set()
-        holder.join(timeout=10)
     assert changed_since_analyze() >= 30
     assert statistics_refresh(Recipient, minimum=20) == ["notifier_recipient"]
 
