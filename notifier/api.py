@@ -17,6 +17,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar, cast
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from django.contrib.auth import get_user_model
 from django.db import DatabaseError
@@ -28,19 +29,22 @@ from channels.base import Channel
 from notifier.errors import (
     ChannelNotAllowed,
     InactiveNotificationType,
+    InvalidCancelKey,
     InvalidContext,
     InvalidExpiry,
     InvalidIdempotencyKey,
     InvalidRecipient,
+    InvalidSchedule,
     MissingContextVariable,
     NotifyError,
     RecipientErased,
     UnknownNotificationType,
 )
 from notifier.ids import MAX_ID
-from notifier.models import Message, User
+from notifier.models import Message, Recipient, User
 from notifier.rendering import SYSTEM_VARIABLES, variables_used
 from notifier.selectors import TypeInfo, type_info_get
+from notifier.services.cancellation import CancelReport, messages_cancel
 from notifier.services.messages import NewMessage, message_create, messages_create
 from notifier.text import text_problem
 from notifier.user_keys import UserKey, user_key, user_key_kind
@@ -58,7 +62,7 @@ MAX_CHANNEL_ENTRIES = 16  # there are four channels: more entries is a caller's 
 CHANNEL_NAMES = frozenset(channel.value for channel in Channel)
 UserRef = User | UserKey
 
-__all__ = ["BulkResult", "notify", "notify_many"]
+__all__ = ["BulkResult", "CancelReport", "notify", "notify_cancel", "notify_many"]
 
 _T = TypeVar("_T")
 _EPOCH_UTC = datetime(1970, 1, 1, tzinfo=UTC)
@@ -470,37 +474,45 @@ def check_contexts(contexts: object, user_ids: Sequence[UserKey]) -> dict[UserKe
     return overrides
 
 
+def _since_epoch(moment: object, name: str, error: type[NotifyError]) -> timedelta:
+    """How far the aware datetime `moment` is from the epoch, in UTC: `error` naming `name`
+    for anything else.
+
+    The caller's tzinfo is asked for its offset once, and the arithmetic uses datetime's own
+    methods, so neither a tzinfo nor a datetime subclass can answer differently twice or raise
+    past this point."""
+    if not issubclass(type(moment), datetime):
+        raise error(f"{name} must be a timezone-aware datetime, got {_describe(moment)}")
+    value = cast(datetime, moment)
+    try:
+        offset = datetime.utcoffset(value)
+    except Exception as exc:  # the tzinfo's own code, or datetime refusing what it returned
+        raise error(
+            f"{name}'s tzinfo raised {type(exc).__name__} when asked for its UTC offset; "
+            "use datetime.UTC or a zoneinfo.ZoneInfo"
+        ) from exc
+    if offset is None:
+        raise error(
+            f"{name} has no UTC offset (it is naive, or its tzinfo returns None); pass an "
+            "aware datetime such as timezone.now() + timedelta(days=1)"
+        )
+    return timedelta.__sub__(datetime.__sub__(datetime.replace(value, tzinfo=None), _EPOCH), offset)
+
+
+def _now_since_epoch() -> timedelta:
+    return timezone.now().astimezone(UTC).replace(tzinfo=None) - _EPOCH
+
+
 def check_expires_at(expires_at: object) -> datetime | None:
     """An aware datetime from now to MAX_EXPIRY_AHEAD, returned in UTC.
 
     In UTC because PostgreSQL refuses offsets past ±15:59 (a DataError that aborts the caller's
-    transaction) and Python allows up to ±23:59:59.999999. The caller's tzinfo is asked for its
-    offset once, and the arithmetic uses datetime's own methods, so neither a tzinfo nor a
-    datetime subclass can answer differently twice or raise past this point.
+    transaction) and Python allows up to ±23:59:59.999999.
     """
     if expires_at is None:
         return None
-    if not issubclass(type(expires_at), datetime):
-        raise InvalidExpiry(
-            f"expires_at must be a timezone-aware datetime, got {_describe(expires_at)}"
-        )
-    moment = cast(datetime, expires_at)
-    try:
-        offset = datetime.utcoffset(moment)
-    except Exception as exc:  # the tzinfo's own code, or datetime refusing what it returned
-        raise InvalidExpiry(
-            f"expires_at's tzinfo raised {type(exc).__name__} when asked for its UTC offset; "
-            "use datetime.UTC or a zoneinfo.ZoneInfo"
-        ) from exc
-    if offset is None:
-        raise InvalidExpiry(
-            "expires_at has no UTC offset (it is naive, or its tzinfo returns None); pass an "
-            "aware datetime such as timezone.now() + timedelta(days=1)"
-        )
-    since_epoch = timedelta.__sub__(
-        datetime.__sub__(datetime.replace(moment, tzinfo=None), _EPOCH), offset
-    )
-    now = timezone.now().astimezone(UTC).replace(tzinfo=None) - _EPOCH
+    since_epoch = _since_epoch(expires_at, "expires_at", InvalidExpiry)
+    now = _now_since_epoch()
     if since_epoch <= now:
         raise InvalidExpiry(
             f"expires_at {(_EPOCH + since_epoch).isoformat()} UTC is already in the past"
@@ -511,6 +523,140 @@ def check_expires_at(expires_at: object) -> datetime | None:
             f"{MAX_EXPIRY_AHEAD.days} days (ten years) ahead: leave it out for no expiry"
         )
     return _EPOCH_UTC + since_epoch
+
+
+# --- When to send ----------------------------------------------------------------------------
+
+IF_PAST = ("refuse", "send_now")
+# A send time this little past is sent at once, not refused: the clocks of the caller's
+# service and of this one differ by that much, and "now" has passed by the time it arrives.
+PAST_GRACE = timedelta(minutes=1)
+# A scheduled time is at most this far from now, either way (a wall-clock time is compared
+# before its zone is known: a day more covers every zone's offset).
+MAX_SCHEDULE_DISTANCE = MAX_EXPIRY_AHEAD
+
+
+@dataclass(frozen=True, slots=True)
+class SendAt:
+    """When a message goes out: a moment (UTC), or a wall-clock time that each recipient's own
+    time zone turns into a moment (`local`, naive). `send_late`: a time already past sends at
+    once (if_past="send_now") rather than refusing the call."""
+
+    moment: datetime | None = None
+    local: datetime | None = None
+    send_late: bool = False
+
+    def at(self, time_zone: str) -> datetime:
+        """The moment, in UTC, for a recipient in `time_zone` (an IANA name).
+
+        A wall-clock time a daylight-saving change skips (02:30 on the spring-forward night)
+        is read with the offset before the change, so it falls the length of the gap later
+        (03:30); one that happens twice (the autumn night) is its first occurrence."""
+        if self.moment is not None:
+            return self.moment
+        assert self.local is not None
+        return self.local.replace(tzinfo=_zone(time_zone)).astimezone(UTC)
+
+
+def _zone(name: str) -> ZoneInfo:
+    try:
+        return ZoneInfo(name or "UTC")
+    except (ValueError, ZoneInfoNotFoundError):  # the profile validates it; an old row may not
+        return ZoneInfo("UTC")
+
+
+def check_send_at(send_at: object, send_at_local: object, if_past: object) -> SendAt | None:
+    """What the caller said of when to send, checked: None for "now"."""
+    if _exact_str(if_past) not in IF_PAST:
+        raise InvalidSchedule(
+            f"if_past must be 'refuse' (the default) or 'send_now', got {_describe(if_past)}"
+        )
+    send_late = _exact_str(if_past) == "send_now"
+    if send_at is not None and send_at_local is not None:
+        raise InvalidSchedule(
+            "give send_at (a moment, with its time zone) or send_at_local (a wall-clock time "
+            "in each recipient's own time zone), not both"
+        )
+    now = _now_since_epoch()
+    if send_at is not None:
+        since_epoch = _since_epoch(send_at, "send_at", InvalidSchedule)
+        if abs(since_epoch - now) > MAX_SCHEDULE_DISTANCE:
+            raise InvalidSchedule(
+                f"send_at is {abs((since_epoch - now).days)} days away; it may be at most "
+                f"{MAX_SCHEDULE_DISTANCE.days} days (ten years) from now"
+            )
+        return SendAt(moment=_EPOCH_UTC + since_epoch, send_late=send_late)
+    if send_at_local is not None:
+        if not issubclass(type(send_at_local), datetime):
+            raise InvalidSchedule(
+                "send_at_local must be a datetime without a time zone (the recipient's own "
+                f"wall-clock time), got {_describe(send_at_local)}"
+            )
+        value = cast(datetime, send_at_local)
+        if value.tzinfo is not None:
+            raise InvalidSchedule(
+                "send_at_local is a wall-clock time in each recipient's own time zone: give it "
+                "without a time zone, or give send_at for one moment for everyone"
+            )
+        # A plain datetime, whatever the caller's subclass says of itself.
+        local = datetime.combine(datetime.date(value), datetime.time(value))
+        if abs((local - _EPOCH) - now) > MAX_SCHEDULE_DISTANCE - timedelta(days=1):
+            raise InvalidSchedule(
+                f"send_at_local is {abs(((local - _EPOCH) - now).days)} days away; it may be at "
+                f"most {MAX_SCHEDULE_DISTANCE.days - 1} days from now"
+            )
+        return SendAt(local=local, send_late=send_late)
+    return None
+
+
+def send_times(
+    schedule: SendAt, user_ids: Sequence[UserKey], expires_at: datetime | None
+) -> dict[UserKey, datetime]:
+    """Each user's moment to send (UTC), checked: one in the past is refused unless the call
+    said to send it at once, and one at or after the expiry would never go out. A wall-clock
+    time reads each user's time zone from their profile (UTC without one)."""
+    zones: dict[UserKey, str] = {}
+    if schedule.local is not None:
+        zones = dict(
+            Recipient.objects.filter(user_id__in=list(user_ids)).values_list("user_id", "time_zone")
+        )
+    moments = {user_id: schedule.at(zones.get(user_id, "UTC")) for user_id in user_ids}
+    if not schedule.send_late:
+        now = timezone.now()
+        past = [user_id for user_id, moment in moments.items() if moment < now - PAST_GRACE]
+        if past:
+            what = (
+                f"send_at {moments[past[0]].isoformat()}"
+                if schedule.moment is not None
+                else f"send_at_local {schedule.local} in the time zone of user {past[0]}"
+                + (f" (and of {len(past) - 1} more)" if len(past) > 1 else "")
+            )
+            raise InvalidSchedule(
+                f"{what} has already passed; send a later time, or pass if_past='send_now' "
+                "to send at once"
+            )
+    if expires_at is not None:
+        late = [user_id for user_id, moment in moments.items() if moment >= expires_at]
+        if late:
+            raise InvalidSchedule(
+                f"expires_at {expires_at.isoformat()} is not after the send time "
+                f"{moments[late[0]].isoformat()} (user {late[0]}): it would never go out"
+            )
+    return moments
+
+
+def check_cancel_key(key: object) -> str | None:
+    if key is None:
+        return None
+    text = _exact_str(key)
+    if text is None or not text.strip():
+        raise InvalidCancelKey(f"cancel_key must be a non-empty string, got {_describe(key)}")
+    if len(text) > MAX_KEY_LENGTH:
+        raise InvalidCancelKey(f"cancel_key is {len(text)} characters; keep it to {MAX_KEY_LENGTH}")
+    problem = text_problem(text)
+    if problem:
+        raise InvalidCancelKey(f"cancel_key {problem}; use plain text")
+    return text
 
 
 def check_idempotency_key(key: object) -> str | None:
@@ -542,13 +688,34 @@ def notify(
     idempotency_key: str | None = None,
     channels: Sequence[str] | None = None,
     expires_at: datetime | None = None,
+    send_at: datetime | None = None,
+    send_at_local: datetime | None = None,
+    if_past: str = "refuse",
+    cancel_key: str | None = None,
 ) -> Message:
-    """Notify one user. Returns the Message; the same idempotency key returns the same one."""
+    """Notify one user. Returns the Message; the same idempotency key returns the same one.
+
+    `send_at` (aware) or `send_at_local` (naive: the user's own wall-clock time) holds it until
+    then; a time already past is refused unless `if_past="send_now"`. `cancel_key` names it for
+    `notify_cancel` until it has gone out."""
     info = check_type(type_key)
     user_id = _user_id(user)
     chosen = check_channels(channels, info)
     clean_context = check_context(context, info, chosen)
     key = check_idempotency_key(idempotency_key)
+    expiry = check_expires_at(expires_at)
+    schedule = check_send_at(send_at, send_at_local, if_past)
+    cancel = check_cancel_key(cancel_key)
+    not_before = None
+    if schedule is not None:
+        try:
+            not_before = send_times(schedule, [user_id], expiry)[user_id]
+        except InvalidSchedule:
+            # A retry of a call that was made in time: the message it made answers it.
+            existing = _keyed(key, user_id, info.key)
+            if existing is None:
+                raise
+            return existing
     # Whether the user exists and is active is checked by the INSERT itself (one round trip);
     # check_recipients runs only to name the problem when nothing was written.
     return message_create(
@@ -560,10 +727,19 @@ def notify(
             lane=info.lane,
             idempotency_key=key,
             priority=info.priority,
-            expires_at=check_expires_at(expires_at),
+            expires_at=expiry,
+            not_before=not_before,
+            cancel_key=cancel,
         ),
         check_recipient=lambda: check_recipients([user_id]),
     )
+
+
+def _keyed(key: str | None, user_id: UserKey, type_key: str) -> Message | None:
+    """The message an idempotency key already made for this user and type, if any."""
+    if key is None:
+        return None
+    return Message.objects.filter(idempotency_key=key, user_id=user_id, type_id=type_key).first()
 
 
 def same_call(
@@ -572,16 +748,44 @@ def same_call(
     context: Mapping[str, Any] | None,
     channels: Sequence[str] | None,
     expires_at: datetime | None,
+    send_at: datetime | None = None,
+    send_at_local: datetime | None = None,
+    cancel_key: str | None = None,
 ) -> bool:
     """Whether a repeated call with the message's idempotency key asked for the same thing:
-    the same context (as JSON holds it), channels and expiry. Callers that keep the request
-    (the HTTP API, the Celery task) refuse the same key with another body."""
+    the same context (as JSON holds it), channels, expiry, send time and cancel key. Callers
+    that keep the request (the HTTP API, the Celery task) refuse the same key with another
+    body."""
     plain = json.loads(json.dumps(dict(context or {}), default=str))
+    if send_at_local is not None:
+        zone = (
+            Recipient.objects.filter(user_id=message.user_id)
+            .values_list("time_zone", flat=True)
+            .first()
+        )
+        not_before: datetime | None = SendAt(local=send_at_local).at(zone or "UTC")
+    else:
+        not_before = send_at
     return bool(
         message.context == plain
         and (channels is None or message.channels == list(channels))
         and message.expires_at == expires_at
+        and message.not_before == not_before
+        and message.cancel_key == cancel_key
     )
+
+
+def notify_cancel(cancel_key: str, *, users: Iterable[UserRef] | None = None) -> CancelReport:
+    """Take back what was sent with `cancel_key` and has not gone out yet: scheduled, held or
+    queued deliveries are cancelled, with the reason on each one's timeline. Only those users'
+    messages when `users` is given. What has gone out (or is being handed to its provider this
+    instant) stays as it is, counted in the report's `too_late`. Safe to call again: a second
+    call cancels nothing more."""
+    key = check_cancel_key(cancel_key)
+    if key is None:
+        raise InvalidCancelKey("cancel_key is required: the key the messages were sent with")
+    user_ids = None if users is None else _user_ids(users)
+    return messages_cancel(cancel_key=key, user_ids=user_ids)
 
 
 @dataclass(frozen=True)
@@ -603,12 +807,18 @@ def notify_many(
     idempotency_key: str | None = None,
     channels: Sequence[str] | None = None,
     expires_at: datetime | None = None,
+    send_at: datetime | None = None,
+    send_at_local: datetime | None = None,
+    if_past: str = "refuse",
+    cancel_key: str | None = None,
 ) -> BulkResult:
     """Notify many users with one INSERT per thousand and one task per batch.
 
     `context` is shared; `contexts` maps a user id to values that override it for that user.
     With `idempotency_key`, each user's key is '<idempotency_key>:<user id>', so calling again
     (a retried job) sends nothing twice. All or nothing: bad input for any user writes nothing.
+    `send_at_local` is each user's own wall-clock time (see `notify`); with the default
+    if_past="refuse", a time already past for any of them refuses the call.
     """
     info = check_type(type_key)
     user_ids = _user_ids(users)
@@ -622,7 +832,10 @@ def notify_many(
     if key is not None:
         check_idempotency_key(f"{key}:{max((str(pk) for pk in user_ids), key=len, default='')}")
     expiry = check_expires_at(expires_at)
+    schedule = check_send_at(send_at, send_at_local, if_past)
+    cancel = check_cancel_key(cancel_key)
     overrides = check_contexts(contexts, user_ids)
+    send_times_of = _bulk_send_times(schedule, user_ids, expiry, key, info.key)
 
     rows: list[NewMessage] = []
     everyones_context: dict[str, Any] | None = None
@@ -645,7 +858,35 @@ def notify_many(
                 idempotency_key=f"{key}:{user_id}" if key is not None else None,
                 priority=info.priority,
                 expires_at=expiry,
+                not_before=send_times_of.get(user_id),
+                cancel_key=cancel,
             )
         )
     written = messages_create(rows=rows)
     return BulkResult(message_ids=[m.pk for m in written.messages], created=written.created)
+
+
+def _bulk_send_times(
+    schedule: SendAt | None,
+    user_ids: Sequence[UserKey],
+    expiry: datetime | None,
+    key: str | None,
+    type_key: str,
+) -> dict[UserKey, datetime]:
+    """notify_many's send times. Users whose keyed message exists already (a retried call)
+    are left out of the check: their message stands as it was made."""
+    if schedule is None:
+        return {}
+    try:
+        return send_times(schedule, user_ids, expiry)
+    except InvalidSchedule:
+        if key is None:
+            raise
+        made = set(
+            Message.objects.filter(
+                idempotency_key__in=[f"{key}:{user_id}" for user_id in user_ids], type_id=type_key
+            ).values_list("user_id", flat=True)
+        )
+        if not made:
+            raise
+        return send_times(schedule, [u for u in user_ids if u not in made], expiry)

@@ -55,8 +55,18 @@ class InvalidExpiry(NotifyError):
     """expires_at is not an aware datetime, is past, or is more than ten years ahead."""
 
 
+class InvalidSchedule(NotifyError):
+    """send_at or send_at_local is not a datetime of the kind it must be, both are given, the
+    time has passed (unless if_past="send_now"), it is more than ten years away, or the message
+    would expire before it goes out."""
+
+
 class InvalidIdempotencyKey(NotifyError):
     pass
+
+
+class InvalidCancelKey(NotifyError):
+    """cancel_key is not a non-empty text of at most 255 characters."""
 
 
 class IdempotencyKeyReused(NotifyError):

@@ -129,6 +129,7 @@ ENDPOINTS: dict[str, str | None] = {
     "logout": "signed_link",
     "notifier:api-v1:notify_one": "service_api",
     "notifier:api-v1:notify_bulk": "service_api",
+    "notifier:api-v1:notify_cancel_route": "service_api",
     "notifier:api-v1:message_read": "service_api",
     "notifier:api-v1:recipient_save": "service_api",
     "notifier:api-v1:recipient_read": "service_api",

@@ -106,7 +106,7 @@ class Reason(models.TextChoices):
     OUTRANKED = "outranked", "A higher-priority message took the user's cap slot; deferred"
     STALE = "stale", "Would have gone out too late to be useful"
     BACKPRESSURE = "backpressure", "Held while the bulk queues were too deep; released later"
-    SCHEDULED = "scheduled", "Scheduled for the user's own time of day"
+    SCHEDULED = "scheduled", "Scheduled: held until its send time"
     CAMPAIGN_PAUSED = "campaign_paused", "Held while its campaign is paused"
     MISSED = "missed", "Its moment passed (campaign paused or late); not sent late"
     EVENT_MOVED = "event_moved", "Its campaign's event moved and this step no longer fits"
@@ -135,3 +135,7 @@ class Reason(models.TextChoices):
     RETRY_SCHEDULED = "retry_scheduled", "A temporary error; a retry is scheduled"
     CLAIM_EXPIRED = "claim_expired", "A worker stopped mid-send; the delivery was re-queued"
     CANCELLED = "cancelled", "Cancelled"
+    SENDER_CANCELLED = (
+        "sender_cancelled",
+        "The sender cancelled it (its cancel key) before it went out",
+    )

@@ -24,7 +24,7 @@ from notifier.services.deliveries import (
 from notifier.services.erasure import ERASE_AGAIN_TASK, recipient_erase_again
 from notifier.services.quarantine import messages_prepare_guarded
 from notifier.services.release import held_release
-from notifier.services.remote_calls import notify_call
+from notifier.services.remote_calls import cancel_call, notify_call
 from notifier.services.retention import retention_run
 
 log = logging.getLogger(__name__)
@@ -72,6 +72,24 @@ def notify_task(self: Any, *args: Any, **kwargs: Any) -> int | None:
     kwargs={...})`; arguments in notifier.services.remote_calls). Returns the message id; a
     refused call is recorded for the operator (RefusedCall) and returns None."""
     return notify_call(kwargs, caller=self.request.id or "", positional=args)
+
+
+@shared_task(
+    name="notifier.cancel",
+    bind=True,
+    acks_late=True,
+    reject_on_worker_lost=True,
+    autoretry_for=(OperationalError, InterfaceError),
+    retry_backoff=2,
+    retry_backoff_max=300,
+    retry_jitter=True,
+    max_retries=12,
+)
+def cancel_task(self: Any, *args: Any, **kwargs: Any) -> dict[str, int] | None:
+    """`notify_cancel()` for another codebase (`send_task("notifier.cancel", kwargs={
+    "cancel_key": ...})`). Running twice cancels nothing more; a refused call is recorded
+    for the operator (RefusedCall) and returns None."""
+    return cancel_call(kwargs, caller=self.request.id or "", positional=args)
 
 
 @shared_task(name=ERASE_AGAIN_TASK, ignore_result=True, acks_late=True)

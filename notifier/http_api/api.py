@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
 from django.conf import settings
 from django.db import transaction
@@ -19,7 +19,7 @@ from ninja.parser import Parser
 from pydantic import Field, StrictInt, StrictStr
 
 from channels.push import vapid_public_key
-from notifier.api import notify, notify_many, same_call
+from notifier.api import notify, notify_cancel, notify_many, same_call
 from notifier.errors import IdempotencyKeyReused, InvalidRecipient, NotifyError
 from notifier.http_api.auth import ApiError, ApiKeyAuth
 from notifier.http_api.common import Problem, answers
@@ -97,6 +97,26 @@ class NotifyIn(Schema):
     expires_at: datetime | None = Field(
         default=None, description="Not worth sending after this (with a time zone)"
     )
+    send_at: datetime | None = Field(
+        default=None,
+        description="Hold it until this moment (ISO 8601 with its time zone); "
+        "cancel it meanwhile with its cancel_key",
+    )
+    send_at_local: datetime | None = Field(
+        default=None,
+        description="Or hold it until this wall-clock time in each recipient's own time zone "
+        "(ISO 8601 without a zone, e.g. 2026-12-24T09:00:00)",
+    )
+    if_past: Literal["refuse", "send_now"] = Field(
+        default="refuse",
+        description="A send time already past (more than a minute): refuse the call (422), "
+        "or send at once",
+    )
+    cancel_key: StrictStr | None = Field(
+        default=None,
+        description="Your name for it: POST /notify/cancel with it takes back what has not "
+        "gone out. Any number of messages may share one",
+    )
 
 
 class Accepted(Schema):
@@ -118,6 +138,26 @@ class NotifyManyIn(Schema):
     )
     channels: list[StrictStr] | None = None
     expires_at: datetime | None = None
+    send_at: datetime | None = Field(
+        default=None,
+        description="Hold it until this moment (ISO 8601 with its time zone); "
+        "cancel it meanwhile with its cancel_key",
+    )
+    send_at_local: datetime | None = Field(
+        default=None,
+        description="Or hold it until this wall-clock time in each recipient's own time zone "
+        "(ISO 8601 without a zone, e.g. 2026-12-24T09:00:00)",
+    )
+    if_past: Literal["refuse", "send_now"] = Field(
+        default="refuse",
+        description="A send time already past (more than a minute): refuse the call (422), "
+        "or send at once",
+    )
+    cancel_key: StrictStr | None = Field(
+        default=None,
+        description="Your name for it: POST /notify/cancel with it takes back what has not "
+        "gone out. Any number of messages may share one",
+    )
 
 
 class AcceptedMany(Schema):
@@ -207,7 +247,15 @@ def _idempotency_key(request: HttpRequest) -> str | None:
 
 
 def _same_request(message: Message, *, context: dict[str, Any], body: Any) -> bool:
-    return same_call(message, context=context, channels=body.channels, expires_at=body.expires_at)
+    return same_call(
+        message,
+        context=context,
+        channels=body.channels,
+        expires_at=body.expires_at,
+        send_at=body.send_at,
+        send_at_local=body.send_at_local,
+        cancel_key=body.cancel_key,
+    )
 
 
 @api.post(
@@ -228,6 +276,10 @@ def notify_one(request: HttpRequest, body: NotifyIn) -> Status[dict[str, int]]:
         idempotency_key=key,
         channels=body.channels,
         expires_at=body.expires_at,
+        send_at=body.send_at,
+        send_at_local=body.send_at_local,
+        if_past=body.if_past,
+        cancel_key=body.cancel_key,
     )
     if key is not None and not _same_request(message, context=body.context, body=body):
         raise ApiError(
@@ -267,10 +319,62 @@ def notify_bulk(request: HttpRequest, body: NotifyManyIn) -> Status[dict[str, An
             idempotency_key=key,
             channels=body.channels,
             expires_at=body.expires_at,
+            send_at=body.send_at,
+            send_at_local=body.send_at_local,
+            if_past=body.if_past,
+            cancel_key=body.cancel_key,
         )
         if key is not None and result.existing:
             _check_repeats(key, users, result.message_ids, contexts, body)
     return Status(202, {"messages": result.message_ids, "created": result.created})
+
+
+class CancelIn(Schema):
+    cancel_key: StrictStr = Field(description="The cancel_key the messages were sent with")
+    users: list[UserKeyIn] | None = Field(
+        default=None, description="Only these users' messages (default: everyone's)"
+    )
+    recipients: list[StrictStr] | None = Field(
+        default=None, description="Or only these recipients' (external_ids)"
+    )
+
+
+class Cancelled(Schema):
+    messages: int = Field(description="Messages sent with the key (of those users)")
+    cancelled: int = Field(description="Deliveries this call cancelled before they went out")
+    too_late: int = Field(
+        description="Deliveries that had gone out already, or were being handed to their "
+        "provider: not taken back"
+    )
+
+
+@api.post(
+    "/notify/cancel",
+    auth=ApiKeyAuth(ApiScope.NOTIFY),
+    response=answers({200: Cancelled}),
+    summary="Cancel what was sent with a cancel key and has not gone out",
+)
+def notify_cancel_route(request: HttpRequest, body: CancelIn) -> Status[dict[str, int]]:
+    """What `notify_cancel()` does: scheduled, held and queued deliveries of the messages sent
+    with `cancel_key` are cancelled, each with the reason on its timeline; calling again
+    cancels nothing more (200 with `cancelled: 0`). A key no message carries is not an error:
+    the answer says `messages: 0`."""
+    if body.users is not None and body.recipients is not None:
+        raise InvalidRecipient(
+            "send users (the users' keys) or recipients (external_ids), not both"
+        )
+    users: list[Any] | None = body.users
+    if body.recipients is not None:
+        users = list(
+            Recipient.objects.filter(external_id__in=set(body.recipients)).values_list(
+                "user_id", flat=True
+            )
+        )
+    report = notify_cancel(body.cancel_key, users=users)
+    return Status(
+        200,
+        {"messages": report.messages, "cancelled": report.cancelled, "too_late": report.too_late},
+    )
 
 
 def _check_repeats(

@@ -62,6 +62,14 @@ class Message(models.Model):
         null=True, blank=True, help_text="Hold until then (a step sent at the user's local time)"
     )
     is_test = models.BooleanField(default=False, help_text="A marketer's 'send test to me'")
+    # The caller's name for what it may take back before it goes out (notify_cancel): any
+    # number of messages, of any users, may share one.
+    cancel_key = models.CharField(  # noqa: DJ001 (NULL, not "": no key, and no index entry)
+        max_length=255,
+        null=True,
+        blank=True,
+        help_text="The caller's key to cancel it with before it goes out",
+    )
     # The frequency-cap windows (user-local dates) whose slot this message took, if any.
     cap_day = models.DateField(null=True, blank=True)
     cap_week = models.DateField(null=True, blank=True)
@@ -104,6 +112,12 @@ class Message(models.Model):
                 condition=Q(campaign__isnull=False),
             ),
             models.Index(fields=["step"], name="message_step_idx", condition=Q(step__isnull=False)),
+            # notify_cancel's look-up; NULL on every message sent without a key.
+            models.Index(
+                fields=["cancel_key"],
+                name="message_cancel_key_idx",
+                condition=Q(cancel_key__isnull=False),
+            ),
             models.Index(
                 fields=["variant"],
                 name="message_variant_idx",

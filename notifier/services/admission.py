@@ -89,11 +89,13 @@ def quiet_hours_of(user: Any) -> QuietHours:
 
 
 def expiry_of(message: Message, kind: str) -> datetime | None:
-    """Marketing goes stale after NOTIFIER_MARKETING_TTL_H unless the caller said otherwise."""
+    """Marketing goes stale NOTIFIER_MARKETING_TTL_H after it was meant to go out (written,
+    or its send time when it was scheduled) unless the caller said otherwise."""
     if message.expires_at is not None:
         return message.expires_at
     if kind == Kind.MARKETING:
-        return message.created_at + timedelta(hours=settings.NOTIFIER_MARKETING_TTL_H)
+        start = max(message.created_at, message.not_before or message.created_at)
+        return start + timedelta(hours=settings.NOTIFIER_MARKETING_TTL_H)
     return None
 
 

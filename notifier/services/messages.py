@@ -55,6 +55,7 @@ COLUMNS = (
     "variant",
     "not_before",
     "is_test",
+    "cancel_key",
 )
 
 
@@ -73,6 +74,7 @@ class NewMessage:
     variant_id: int | None = None
     not_before: datetime | None = None
     is_test: bool = False
+    cancel_key: str | None = None
 
 
 def _values(row: NewMessage, now: datetime) -> tuple[Any, ...]:
@@ -92,6 +94,7 @@ def _values(row: NewMessage, now: datetime) -> tuple[Any, ...]:
         row.variant_id,
         row.not_before,
         row.is_test,
+        row.cancel_key,
     )
 
 
@@ -196,6 +199,7 @@ def as_message(row: NewMessage, pk: int, now: datetime) -> Message:
         "variant_id": row.variant_id,
         "not_before": row.not_before,
         "is_test": row.is_test,
+        "cancel_key": row.cancel_key,
         "idempotency_key": row.idempotency_key,
         "campaign_id": row.campaign_id,
         "created_at": now,
@@ -220,8 +224,8 @@ def _message_defaults() -> tuple[tuple[str, Callable[[], Any]], ...]:
     """(attname, default) of the Message fields `as_message` is not given."""
     given = {
         "id", "user_id", "type_id", "context", "channels", "lane", "priority", "expires_at",
-        "step_id", "variant_id", "not_before", "is_test", "idempotency_key", "campaign_id",
-        "created_at",
+        "step_id", "variant_id", "not_before", "is_test", "cancel_key", "idempotency_key",
+        "campaign_id", "created_at",
     }  # fmt: skip
     return tuple(
         (field.attname, field.get_default)
@@ -330,7 +334,8 @@ def messages_unwritten(rows: Sequence[NewMessage]) -> list[NewMessage]:
     return [row for row in rows if row.idempotency_key is None or row.idempotency_key not in taken]
 
 
-COPY_COLUMNS = (*COLUMNS, "routed_at", "cap_day", "cap_week")
+# The fan-out's messages (campaigns) carry no cancel key: a campaign is cancelled as a whole.
+COPY_COLUMNS = (*(c for c in COLUMNS if c != "cancel_key"), "routed_at", "cap_day", "cap_week")
 
 
 def messages_copy(messages: Sequence[Message]) -> None:

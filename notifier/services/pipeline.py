@@ -487,7 +487,7 @@ def outcome_rows(outcome: RouteOutcome, audience: Audience, now: datetime) -> li
     ]
 
 
-TERMINAL_ON_ROUTE = frozenset({S.SUPPRESSED, S.FAILED, S.SENT})
+TERMINAL_ON_ROUTE = frozenset({S.SUPPRESSED, S.FAILED, S.CANCELLED, S.SENT})
 
 
 def inbox_provider_now() -> InAppProvider | None:
@@ -601,6 +601,7 @@ def write_routed(
     kind: EventKind = EventKind.ROUTED,
     *,
     may_exist: bool = False,
+    detail: Mapping[str, Any] | None = None,
 ) -> dict[tuple[int, str], int]:
     """Insert deliveries and their first event; returns (message id, channel) -> delivery id.
 
@@ -637,7 +638,7 @@ def write_routed(
         if r.status == S.HELD and r.next_attempt_at
         else {"fallback_of": r.fallback_of}
         if r.fallback_of
-        else {}
+        else dict(detail or {})
         for r in rows
     ]
     return deliveries_create(values, details, at=now, kind=kind, may_exist=may_exist)
@@ -758,11 +759,24 @@ def messages_fail(*, failures: Mapping[int, Failure], now: datetime | None = Non
     reason and the words, on the support timeline, and the message counts as routed, so no run
     and no re-queue picks it up again. Messages another run holds or has routed are left to it.
     """
+    return messages_close(closures=failures, status=S.FAILED, now=now)
+
+
+def messages_close(
+    *,
+    closures: Mapping[int, Failure],
+    status: DeliveryStatus,
+    now: datetime | None = None,
+    detail: Mapping[str, Any] | None = None,
+) -> int:
+    """Route unrouted messages straight to `status` (failed, or cancelled by their sender),
+    each with its reason and words, as `messages_fail` describes; `detail` goes on each
+    delivery's first event. Returns how many messages it closed."""
     now = now or timezone.now()
     with transaction.atomic():
         rows = list(
             Message.objects.select_for_update(skip_locked=True, of=("self",))
-            .filter(pk__in=list(failures), routed_at__isnull=True)
+            .filter(pk__in=list(closures), routed_at__isnull=True)
             .values_list("pk", "user_id", "type_id", "priority")
             .order_by("pk")
         )
@@ -770,25 +784,28 @@ def messages_fail(*, failures: Mapping[int, Failure], now: datetime | None = Non
             return 0
         asked = _channels_asked([pk for pk, *_ in rows])
         rules = routing_rules()
-        failed: list[Routed] = []
+        closed: list[Routed] = []
         for pk, user_id, type_key, priority in rows:
-            failure = failures[pk]
-            with bound(message_id=pk):
-                log.warning("message %s failed: %s", pk, failure.error)
-            failed += [
+            closure = closures[pk]
+            if status == S.FAILED:
+                with bound(message_id=pk):
+                    log.warning("message %s failed: %s", pk, closure.error)
+            closed += [
                 Routed(
                     pk,
                     user_id,
                     channel,
-                    S.FAILED,
-                    reason=failure.reason,
-                    last_error=failure.error,
+                    status,
+                    reason=closure.reason,
+                    last_error=closure.error,
                     priority_rank=_rank(priority),
                 )
                 for channel in _first_channels(type_key, priority, asked.get(pk, []), rules)
             ]
-        write_routed(failed, now)
-        Message.objects.filter(pk__in=[pk for pk, *_ in rows]).update(routed_at=now)
+        write_routed(closed, now, detail=detail)
+        Message.objects.filter(pk__in=[pk for pk, *_ in rows]).update(
+            routed_at=now, fallback_chain=[]
+        )
     return len(rows)
 
 

@@ -10,7 +10,14 @@ for an answer.
         "idempotency_key": "order-A-1001-shipped",   # optional
         "channels": ["email"],           # optional
         "expires_at": "2026-12-24T20:00:00+08:00",   # optional, ISO 8601 with its zone
+        "send_at": "2026-12-24T09:00:00+08:00",      # optional: hold it until then
+        # or "send_at_local": "2026-12-24T09:00:00"   # 09:00 in the recipient's own zone
+        "if_past": "refuse",             # optional: or "send_now" for a time already past
+        "cancel_key": "order-A-1001",    # optional: notifier.cancel takes it back
     }, queue="transactional.prepare")
+
+    app.send_task("notifier.cancel", kwargs={"cancel_key": "order-A-1001"},
+                  queue="transactional.prepare")   # optional: "users" or "recipients"
 
 Without an idempotency key, the task's id is the key: a task the broker delivers twice (a
 worker lost mid-task) makes one message.
@@ -25,14 +32,34 @@ from typing import Any
 
 from django.utils import timezone
 
-from notifier.api import notify, same_call
-from notifier.errors import IdempotencyKeyReused, InvalidExpiry, InvalidRecipient, NotifyError
+from notifier.api import notify, notify_cancel, same_call
+from notifier.errors import (
+    IdempotencyKeyReused,
+    InvalidExpiry,
+    InvalidRecipient,
+    InvalidSchedule,
+    NotifyError,
+)
 from notifier.models import Recipient, RefusedCall
 
 log = logging.getLogger(__name__)
 
 SOURCE = "celery task notifier.notify"
-ARGUMENTS = ("user", "recipient", "type", "context", "idempotency_key", "channels", "expires_at")
+CANCEL_SOURCE = "celery task notifier.cancel"
+ARGUMENTS = (
+    "user",
+    "recipient",
+    "type",
+    "context",
+    "idempotency_key",
+    "channels",
+    "expires_at",
+    "send_at",
+    "send_at_local",
+    "if_past",
+    "cancel_key",
+)
+CANCEL_ARGUMENTS = ("cancel_key", "users", "recipients")
 MAX_MESSAGE = 2000
 
 
@@ -55,7 +82,9 @@ def _user(call: Mapping[str, Any]) -> Any:
     raise InvalidRecipient(f"no recipient has external_id {recipient[:80]!r}")
 
 
-def _expires_at(value: object) -> datetime | None:
+def _moment(value: object, name: str, error: type[NotifyError], *, zoned: bool) -> Any:
+    """A datetime as JSON carries it (ISO 8601 text), or the value as given for notify() to
+    check: with its zone (`zoned`) or without."""
     if value is None or isinstance(value, datetime):
         return value
     if isinstance(value, str):
@@ -63,10 +92,16 @@ def _expires_at(value: object) -> datetime | None:
             return datetime.fromisoformat(value)
         except ValueError:
             pass
-    raise InvalidExpiry(
-        f"expires_at must be ISO 8601 text with its zone, e.g. 2026-12-24T20:00:00+08:00, "
-        f"got {str(value)[:80]!r}"
+    example = "2026-12-24T20:00:00+08:00" if zoned else "2026-12-24T09:00:00"
+    raise error(
+        f"{name} must be ISO 8601 text {'with' if zoned else 'without'} its zone, e.g. "
+        f"{example}, got {str(value)[:80]!r}"
     )
+
+
+def _expires_at(value: object) -> datetime | None:
+    moment: datetime | None = _moment(value, "expires_at", InvalidExpiry, zoned=True)
+    return moment
 
 
 def notify_call(
@@ -89,6 +124,10 @@ def notify_call(
         if type_key is None:
             raise InvalidCall("type is required: a notification type's key, e.g. order.shipped")
         expires_at = _expires_at(call.get("expires_at"))
+        send_at = _moment(call.get("send_at"), "send_at", InvalidSchedule, zoned=True)
+        send_at_local = _moment(
+            call.get("send_at_local"), "send_at_local", InvalidSchedule, zoned=False
+        )
         message = notify(
             _user(call),
             type_key,
@@ -96,12 +135,19 @@ def notify_call(
             idempotency_key=call.get("idempotency_key") or (f"task:{caller}" if caller else None),
             channels=call.get("channels"),
             expires_at=expires_at,
+            send_at=send_at,
+            send_at_local=send_at_local,
+            if_past=call.get("if_past", "refuse"),
+            cancel_key=call.get("cancel_key"),
         )
         if call.get("idempotency_key") and not same_call(
             message,
             context=call.get("context"),
             channels=call.get("channels"),
             expires_at=expires_at,
+            send_at=send_at,
+            send_at_local=send_at_local,
+            cancel_key=call.get("cancel_key"),
         ):
             raise IdempotencyKeyReused(
                 f"idempotency_key {call['idempotency_key']!r} was used for another call; "
@@ -113,12 +159,56 @@ def notify_call(
     return message.pk
 
 
-def refusal_record(*, caller: str, error: Exception, type_key: object) -> RefusedCall:
+def cancel_call(
+    call: Mapping[str, Any], *, caller: str, positional: tuple[Any, ...] = ()
+) -> dict[str, int] | None:
+    """`notify_cancel` from another codebase: what it cancelled, or None when the call was
+    refused (and recorded)."""
+    try:
+        if positional:
+            raise InvalidCall(
+                "notifier.cancel takes keyword arguments only (cancel_key, and users or "
+                "recipients): send them as kwargs={...}"
+            )
+        unknown = sorted(set(call) - set(CANCEL_ARGUMENTS))
+        if unknown:
+            raise InvalidCall(
+                f"notifier.cancel takes no argument {unknown[0]!r}; its arguments are "
+                f"{', '.join(CANCEL_ARGUMENTS)} (as keyword arguments)"
+            )
+        report = notify_cancel(call.get("cancel_key", ""), users=_cancel_users(call))
+    except NotifyError as exc:
+        refusal_record(caller=caller, error=exc, type_key=None, source=CANCEL_SOURCE)
+        return None
+    return {"messages": report.messages, "cancelled": report.cancelled, "too_late": report.too_late}
+
+
+def _cancel_users(call: Mapping[str, Any]) -> list[Any] | None:
+    users, recipients = call.get("users"), call.get("recipients")
+    if users is not None and recipients is not None:
+        raise InvalidRecipient(
+            "send users (the users' keys) or recipients (external_ids), not both"
+        )
+    if recipients is None:
+        return users
+    if not isinstance(recipients, list) or not all(isinstance(r, str) for r in recipients):
+        raise InvalidRecipient("recipients must be a list of external_ids (text)")
+    found = dict(
+        Recipient.objects.filter(external_id__in=set(recipients)).values_list(
+            "external_id", "user_id"
+        )
+    )
+    return [found[r] for r in recipients if r in found]
+
+
+def refusal_record(
+    *, caller: str, error: Exception, type_key: object, source: str = SOURCE
+) -> RefusedCall:
     """Keep a refused call for the operator, and log it (without the call's values)."""
-    log.warning("refused %s from %s: %s", SOURCE, caller or "-", type(error).__name__)
+    log.warning("refused %s from %s: %s", source, caller or "-", type(error).__name__)
     return RefusedCall.objects.create(
         at=timezone.now(),
-        source=SOURCE,
+        source=source,
         caller=caller[:255],
         error_type=type(error).__name__,
         message=str(error)[:MAX_MESSAGE],
