@@ -23,7 +23,7 @@ from notifier.services.deliveries import (
 )
 from notifier.services.erasure import ERASE_AGAIN_TASK, recipient_erase_again
 from notifier.services.quarantine import messages_prepare_guarded
-from notifier.services.release import held_release
+from notifier.services.release import held_release_due
 from notifier.services.remote_calls import cancel_call, notify_call
 from notifier.services.retention import retention_run
 
@@ -135,7 +135,7 @@ def requeue_expired_claims_task() -> dict[str, int]:
 def release_held_task() -> dict[str, int]:
     """Beat: release held deliveries that are due (quiet hours over, queues drained, new cap
     window), highest priority first."""
-    return held_release().__dict__
+    return held_release_due().__dict__
 
 
 @shared_task(name="notifier.failure_alerts", ignore_result=True)

@@ -17,7 +17,7 @@ from notifier.errors import InvalidCancelKey, InvalidSchedule
 from notifier.models import Delivery, DeliveryEvent, EventKind, InboxItem, Message
 from notifier.services.deliveries import deliveries_deliver
 from notifier.services.pipeline import messages_prepare
-from notifier.services.release import held_release
+from notifier.services.release import held_release, held_release_due
 from notifier.status import DeliveryStatus, Reason
 from tests.factories import UserFactory, order_context
 
@@ -303,3 +303,19 @@ def test_cancel_for_some_users_leaves_the_others_messages_with_the_same_key(publ
 def test_a_key_nothing_was_sent_with_cancels_nothing_and_is_not_an_error():
     report = notify_cancel("never-used")
     assert (report.messages, report.cancelled, report.too_late) == (0, 0, 0)
+
+
+def test_one_release_tick_lets_out_every_due_message_not_just_one_batch(published):
+    send_at = timezone.now() + timedelta(minutes=5)
+    result = notify_many(
+        UserFactory.create_batch(5),
+        "order.shipped",
+        order_context(),
+        channels=["email"],
+        send_at=send_at,
+    )
+    messages_prepare(message_ids=result.message_ids)
+    with time_machine.travel(send_at + timedelta(seconds=1)):
+        report = held_release_due(limit=2)  # three runs of at most two messages
+    assert (report.messages, report.released) == (5, 5)
+    assert set(Delivery.objects.values_list("status", flat=True)) == {S.QUEUED}
