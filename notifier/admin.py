@@ -83,6 +83,7 @@ from notifier.services.recipients import PROFILE_FIELDS
 from notifier.services.support import (
     Agent,
     SupportFixError,
+    support_cancel,
     support_contact_correct,
     support_note_add,
     support_resend,
@@ -407,6 +408,19 @@ def fix_apply(fix: str, data: dict[str, Any], *, profile: Recipient, agent: Agen
             recipient=profile, agent=agent, suppression_id=data["suppression"], why=why
         )
         return FixResult(f"Lifted the suppression of {action.detail['address']}: sending resumes.")
+    if fix == "cancel":
+        action = support_cancel(
+            recipient=profile,
+            agent=agent,
+            message_id=data["message"],
+            token=data["token"],
+            why=why,
+        )
+        count = action.detail["deliveries"]
+        return FixResult(
+            f"Message #{data['message']}: {count} {'delivery' if count == 1 else 'deliveries'} "
+            "cancelled before going out."
+        )
     resend = support_resend(
         recipient=profile,
         agent=agent,
@@ -828,6 +842,9 @@ class MessageRow:
     sent_on: list[str] = field(default_factory=list)  # channels a resend may use
     resendable: bool = False
     resend_token: str = ""
+    send_at: str = ""  # the send time a caller scheduled it for, as the column holds it
+    cancel_key: str = ""
+    cancellable: bool = False  # something of it has not gone out yet
 
     @classmethod
     def of(
@@ -852,7 +869,14 @@ class MessageRow:
             sent_on=sorted(d.channel for d in every),
             resendable=bool(every) and message.variant_id is None and not message.is_test,
             resend_token=str(uuid.uuid4()),
+            send_at=getattr(message, "not_before_text", None) or "",
+            cancel_key=message.cancel_key or "",
+            cancellable=message.routed_at is None or any(d.status in CANCELLABLE for d in every),
         )
+
+
+# What support may still cancel of a message (notifier.services.cancellation).
+CANCELLABLE = frozenset({DeliveryStatus.PENDING, DeliveryStatus.HELD, DeliveryStatus.QUEUED})
 
 
 def _channels_asked(text: str | None) -> list[str]:
@@ -896,6 +920,8 @@ MESSAGE_FIELDS = (
     "context",
     "campaign",
     "idempotency_key",
+    "not_before",
+    "cancel_key",
     "created_at",
     "routed_at",
 )

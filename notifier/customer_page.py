@@ -276,9 +276,15 @@ class ResendForm(FixForm):
     why = why_field()
 
 
+class CancelForm(FixForm):
+    message = forms.IntegerField(widget=forms.HiddenInput)
+    why = why_field()
+
+
 FIX_FORMS: dict[str, type[FixForm]] = {
     "note": NoteForm,
     "contact": ContactForm,
     "lift": LiftForm,
     "resend": ResendForm,
+    "cancel": CancelForm,
 }

@@ -131,7 +131,8 @@ def user_history(*, user_id: UserKey) -> QuerySet[Message]:
     """Every message to a user, newest first, with deliveries and their events prefetched.
 
     The columns a caller filled are left out (MESSAGE_CALLER_FIELDS), so one that cannot be
-    read never takes the page down; the channels asked for come as text (`channels_text`)."""
+    read never takes the page down; the channels asked for and the send time come as text
+    (`channels_text`, `not_before_text`)."""
     events = DeliveryEvent.objects.order_by("at", "id")
     deliveries = Delivery.objects.order_by("channel").prefetch_related(
         Prefetch("events", queryset=events)
@@ -139,7 +140,10 @@ def user_history(*, user_id: UserKey) -> QuerySet[Message]:
     return (
         Message.objects.filter(user_id=user_id)
         .defer(*MESSAGE_CALLER_FIELDS)
-        .annotate(channels_text=Cast("channels", output_field=TextField()))
+        .annotate(
+            channels_text=Cast("channels", output_field=TextField()),
+            not_before_text=Cast("not_before", output_field=TextField()),
+        )
         .select_related("type", "campaign")
         .prefetch_related(Prefetch("deliveries", queryset=deliveries))
         .order_by("-created_at", "-id")

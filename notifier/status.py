@@ -139,3 +139,7 @@ class Reason(models.TextChoices):
         "sender_cancelled",
         "The sender cancelled it (its cancel key) before it went out",
     )
+    SUPPORT_CANCELLED = (
+        "support_cancelled",
+        "Support cancelled it before it went out (see the support log)",
+    )

@@ -17,6 +17,7 @@ class SupportActionKind(models.TextChoices):
     RESEND = "resend", "Resent a message"
     CONTACT = "contact", "Corrected a contact point"
     UNSUPPRESS = "unsuppress", "Lifted a suppression"
+    CANCEL = "cancel", "Cancelled a message before it went out"
 
 
 class SupportAction(models.Model):
@@ -46,7 +47,7 @@ class SupportAction(models.Model):
         on_delete=models.SET_NULL,
         related_name="+",
         db_index=False,
-        help_text="A resend's new message",
+        help_text="A resend's new message, or the message a cancel stopped",
     )
     token = models.UUIDField(null=True, blank=True, unique=True, help_text="The click's form token")
 

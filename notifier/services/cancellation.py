@@ -17,6 +17,8 @@ given users' ones):
 - what is sending or sent is left as it is and counted as too late.
 
 Every cancelled delivery carries the reason `sender_cancelled` and, in its event, the key.
+Support cancels one message the same way from the customer page (`message_cancel`, reason
+`support_cancelled`).
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from django.db import transaction
-from django.db.models import Count
+from django.db.models import Count, QuerySet
 from django.utils import timezone
 
 from notifier.db import any_of
@@ -57,23 +59,51 @@ def messages_cancel(
 ) -> CancelReport:
     """Cancel what has not gone out of the messages sent with `cancel_key` (of `user_ids`
     only, when given). Safe to run twice, or at once with the release job or a deliver task."""
+    keyed = Message.objects.filter(cancel_key=cancel_key)
+    if user_ids is not None:
+        keyed = keyed.filter(any_of("user_id", user_ids))
+    return _cancel(
+        keyed,
+        reason=Reason.SENDER_CANCELLED,
+        words=WORDS.format(key=cancel_key),
+        detail={"action": "cancelled by the sender", "cancel_key": cancel_key},
+        now=now,
+    )
+
+
+def message_cancel(*, message_id: int, by: str, now: datetime | None = None) -> CancelReport:
+    """Cancel what has not gone out of one message: support's fix, from the customer page
+    (`notifier.services.support.support_cancel` records who and why)."""
+    return _cancel(
+        Message.objects.filter(pk=message_id),
+        reason=Reason.SUPPORT_CANCELLED,
+        words=f"cancelled by support ({by}) before it went out",
+        detail={"action": "cancelled by support", "by": by},
+        now=now,
+    )
+
+
+def _cancel(
+    messages: QuerySet[Message],
+    *,
+    reason: Reason,
+    words: str,
+    detail: dict[str, str],
+    now: datetime | None,
+) -> CancelReport:
     now = now or timezone.now()
-    detail = {"action": "cancelled by the sender", "cancel_key": cancel_key}
     with transaction.atomic():
-        keyed = Message.objects.filter(cancel_key=cancel_key)
-        if user_ids is not None:
-            keyed = keyed.filter(any_of("user_id", user_ids))
         rows = list(
-            keyed.select_for_update(of=("self",)).order_by("pk").values_list("pk", "routed_at")
+            messages.select_for_update(of=("self",)).order_by("pk").values_list("pk", "routed_at")
         )
         if not rows:
             return CancelReport(0, 0, 0)
         ids = [pk for pk, _ in rows]
         unrouted = [pk for pk, routed_at in rows if routed_at is None]
+        cancelled = 0
         if unrouted:
-            words = WORDS.format(key=cancel_key)
             messages_close(
-                closures=dict.fromkeys(unrouted, Failure(Reason.SENDER_CANCELLED, words)),
+                closures=dict.fromkeys(unrouted, Failure(reason, words)),
                 status=S.CANCELLED,
                 now=now,
                 detail=detail,
@@ -81,8 +111,6 @@ def messages_cancel(
             cancelled = Delivery.objects.filter(
                 any_of("message_id", unrouted), status=S.CANCELLED
             ).count()
-        else:
-            cancelled = 0
         waiting = list(
             Delivery.objects.filter(any_of("message_id", ids), status__in=NOT_OUT).values_list(
                 "pk", flat=True
@@ -95,7 +123,7 @@ def messages_cancel(
                 to=S.CANCELLED,
                 kind=EventKind.CANCELLED,
                 at=now,
-                reason=Reason.SENDER_CANCELLED,
+                reason=reason,
                 detail=detail,
                 finished_at=now,
                 next_attempt_at=None,

@@ -1,5 +1,5 @@
-"""Support's audited fixes from the customer page: resend a message, correct a contact point,
-lift a suppression, add a note.
+"""Support's audited fixes from the customer page: resend a message, cancel one before it goes
+out, correct a contact point, lift a suppression, add a note.
 
 Each checks its input and raises `SupportFixError` with words for the agent (nothing written),
 then makes the change and its `SupportAction` row (who, when, what, why) in one transaction.
@@ -33,6 +33,7 @@ from notifier.models import (
 )
 from notifier.models.users import normalize_phone, phone_from_text
 from notifier.selectors import message_read_caller_fields
+from notifier.services.cancellation import message_cancel
 from notifier.services.erasure import erasure_check
 
 MAX_WHY = 2000
@@ -279,3 +280,36 @@ def support_resend(
             raise
         return Resend(action=done, created=False)
     return Resend(action=action, created=True)
+
+
+def support_cancel(
+    *, recipient: Recipient, agent: Agent, message_id: int, token: uuid.UUID, why: str
+) -> SupportAction:
+    """Cancel what has not gone out of one of the customer's messages (a scheduled reminder
+    they asked not to get, a held promotion): its scheduled, held and queued deliveries are
+    cancelled with the reason, and the fix is on the support log. What went out stays. The
+    same click (`token`) twice finds the first one's record."""
+    reason = _why(why)
+    done = SupportAction.objects.filter(token=token).first()
+    if done is not None:
+        if done.recipient_id != recipient.pk or done.detail.get("cancelled") != message_id:
+            raise SupportFixError("This form was used for another fix: reload the page")
+        return done
+    if not Message.objects.filter(pk=message_id, user_id=recipient.user_id).exists():
+        raise SupportFixError(f"Message #{message_id} is not this customer's")
+    with transaction.atomic():
+        report = message_cancel(message_id=message_id, by=agent.name)
+        if report.cancelled == 0:
+            raise SupportFixError(
+                f"Message #{message_id} has nothing left to cancel: it has gone out or was "
+                "stopped already"
+            )
+        return _record(
+            recipient=recipient,
+            agent=agent,
+            kind=SupportActionKind.CANCEL,
+            why=reason,
+            detail={"cancelled": message_id, "deliveries": report.cancelled},
+            message=Message(pk=message_id),
+            token=token,
+        )

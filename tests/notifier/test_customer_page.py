@@ -220,6 +220,34 @@ def test_the_fix_buttons_are_for_those_who_may_fix(clients, customer):
     assert SupportAction.objects.count() == 1
 
 
+def test_a_scheduled_message_shows_its_send_time_and_support_cancels_it_there(clients, customer):
+    later = datetime(2030, 5, 1, 9, 0, tzinfo=UTC)
+    message = notify(
+        customer,
+        "order.shipped",
+        order_context(),
+        channels=["inapp"],  # her email address is suppressed
+        send_at=later,
+        cancel_key="order:A1001",
+    )
+    messages_prepare(message_ids=[message.pk])
+    html = clients["Support"].get(customer_url(customer)).content.decode()
+    assert "Send at: <strong>2030-05-01 09:00:00+00" in html
+    assert "<code>order:A1001</code>" in html
+    assert f'id="cancel-{message.pk}"' in html
+    viewer = clients[VIEWER].get(customer_url(customer)).content.decode()
+    assert f'id="cancel-{message.pk}"' not in viewer
+    response = clients["Support"].post(
+        customer_url(customer),
+        {"fix": "cancel", "token": str(uuid.uuid4()), "message": message.pk, "why": "T-12: asked"},
+    )
+    assert response.status_code == 302
+    assert Delivery.objects.get(message=message).status == "cancelled"
+    html = clients["Support"].get(customer_url(customer)).content.decode()
+    assert f'id="cancel-{message.pk}"' not in html  # nothing left to cancel
+    assert "Cancelled a message before it went out" in html
+
+
 def test_a_fix_with_a_bad_value_is_a_form_error_and_changes_nothing(clients, customer):
     response = clients["Support"].post(
         customer_url(customer),

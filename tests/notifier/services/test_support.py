@@ -6,13 +6,16 @@ from __future__ import annotations
 
 import threading
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from django.db import connection
+from django.utils import timezone
 
 from notifier.api import notify
 from notifier.models import (
+    Delivery,
+    DeliveryEvent,
     Message,
     SupportAction,
     SupportActionKind,
@@ -26,11 +29,13 @@ from notifier.services.pipeline import messages_prepare
 from notifier.services.support import (
     Agent,
     SupportFixError,
+    support_cancel,
     support_contact_correct,
     support_note_add,
     support_resend,
     support_suppression_lift,
 )
+from notifier.status import DeliveryStatus, Reason
 from tests.factories import UserFactory, order_context
 
 pytestmark = pytest.mark.django_db
@@ -278,3 +283,66 @@ def test_a_double_submit_at_the_same_moment_resends_once(published, agent, custo
     assert sorted(r.created for r in results) == [False, True], results  # type: ignore[union-attr]
     assert SupportAction.objects.filter(token=token).count() == 1
     assert Message.objects.filter(user=customer).count() == 2
+
+
+# --- Cancelling a message before it goes out ----------------------------------------------------
+
+
+def test_support_cancels_a_scheduled_message_and_the_fix_is_on_the_log(published, agent, customer):
+    later = timezone.now() + timedelta(days=1)
+    message = notify(
+        customer, "order.shipped", order_context(), channels=["inapp", "email"], send_at=later
+    )
+    messages_prepare(message_ids=[message.pk])
+    click = uuid.uuid4()
+    action = support_cancel(
+        recipient=recipient_for(customer),
+        agent=agent,
+        message_id=message.pk,
+        token=click,
+        why="T-9: refund",
+    )
+    assert (action.kind, action.by_name, action.why) == (
+        SupportActionKind.CANCEL,
+        "agent-lee",
+        "T-9: refund",
+    )
+    assert action.detail == {"cancelled": message.pk, "deliveries": 2}
+    assert action.message_id == message.pk
+    assert set(Delivery.objects.filter(message=message).values_list("status", "reason")) == {
+        (DeliveryStatus.CANCELLED, Reason.SUPPORT_CANCELLED)
+    }
+    event = DeliveryEvent.objects.filter(delivery__message=message, kind="cancelled").first()
+    assert event is not None and event.detail == {
+        "action": "cancelled by support",
+        "by": "agent-lee",
+    }
+
+
+def test_a_message_with_nothing_left_to_cancel_is_refused_and_nothing_is_logged(
+    published, agent, customer
+):
+    message = notify(customer, "order.shipped", order_context(), channels=["inapp"])
+    messages_prepare(message_ids=[message.pk])  # in-app: in the inbox at once
+    with pytest.raises(SupportFixError, match="nothing left to cancel"):
+        support_cancel(
+            recipient=recipient_for(customer),
+            agent=agent,
+            message_id=message.pk,
+            token=uuid.uuid4(),
+            why="T-10",
+        )
+    assert not SupportAction.objects.filter(kind=SupportActionKind.CANCEL).exists()
+
+
+def test_support_cannot_cancel_another_customers_message(published, agent, customer):
+    other = notify(UserFactory(), "order.shipped", order_context(), channels=["email"])
+    with pytest.raises(SupportFixError, match="not this customer's"):
+        support_cancel(
+            recipient=recipient_for(customer),
+            agent=agent,
+            message_id=other.pk,
+            token=uuid.uuid4(),
+            why="T-11",
+        )
+    assert Message.objects.get(pk=other.pk).routed_at is None
