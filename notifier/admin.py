@@ -922,6 +922,7 @@ MESSAGE_FIELDS = (
     "idempotency_key",
     "not_before",
     "cancel_key",
+    "throttle_key",
     "created_at",
     "routed_at",
 )
@@ -970,6 +971,8 @@ NOTIFICATION_TYPE_FIELDS = (
     "priority",
     "channels",
     "optional_context",
+    "throttle_limit",
+    "throttle_window_s",
     "is_active",
     "code_defined",
     "updated_at",

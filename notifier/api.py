@@ -35,6 +35,7 @@ from notifier.errors import (
     InvalidIdempotencyKey,
     InvalidRecipient,
     InvalidSchedule,
+    InvalidThrottleKey,
     MissingContextVariable,
     NotifyError,
     RecipientErased,
@@ -645,36 +646,31 @@ def send_times(
     return moments
 
 
-def check_cancel_key(key: object) -> str | None:
+def _check_key(key: object, name: str, error: type[NotifyError]) -> str | None:
+    """A caller's key (cancel, throttle): None, or plain non-empty text of at most 255."""
     if key is None:
         return None
     text = _exact_str(key)
     if text is None or not text.strip():
-        raise InvalidCancelKey(f"cancel_key must be a non-empty string, got {_describe(key)}")
+        raise error(f"{name} must be a non-empty string, got {_describe(key)}")
     if len(text) > MAX_KEY_LENGTH:
-        raise InvalidCancelKey(f"cancel_key is {len(text)} characters; keep it to {MAX_KEY_LENGTH}")
+        raise error(f"{name} is {len(text)} characters; keep it to {MAX_KEY_LENGTH}")
     problem = text_problem(text)
     if problem:
-        raise InvalidCancelKey(f"cancel_key {problem}; use plain text")
+        raise error(f"{name} {problem}; use plain text")
     return text
+
+
+def check_cancel_key(key: object) -> str | None:
+    return _check_key(key, "cancel_key", InvalidCancelKey)
+
+
+def check_throttle_key(key: object) -> str | None:
+    return _check_key(key, "throttle_key", InvalidThrottleKey)
 
 
 def check_idempotency_key(key: object) -> str | None:
-    if key is None:
-        return None
-    text = _exact_str(key)
-    if text is None or not text.strip():
-        raise InvalidIdempotencyKey(
-            f"idempotency_key must be a non-empty string, got {_describe(key)}"
-        )
-    if len(text) > MAX_KEY_LENGTH:
-        raise InvalidIdempotencyKey(
-            f"idempotency_key is {len(text)} characters; keep it to {MAX_KEY_LENGTH}"
-        )
-    problem = text_problem(text)
-    if problem:
-        raise InvalidIdempotencyKey(f"idempotency_key {problem}; use plain text")
-    return text
+    return _check_key(key, "idempotency_key", InvalidIdempotencyKey)
 
 
 # --- The API --------------------------------------------------------------------------------
@@ -692,12 +688,14 @@ def notify(
     send_at_local: datetime | None = None,
     if_past: str = "refuse",
     cancel_key: str | None = None,
+    throttle_key: str | None = None,
 ) -> Message:
     """Notify one user. Returns the Message; the same idempotency key returns the same one.
 
     `send_at` (aware) or `send_at_local` (naive: the user's own wall-clock time) holds it until
     then; a time already past is refused unless `if_past="send_now"`. `cancel_key` names it for
-    `notify_cancel` until it has gone out."""
+    `notify_cancel` until it has gone out. `throttle_key` is what its type's throttle (if it
+    has one) counts it under, e.g. "product:42"; without one, the type itself."""
     info = check_type(type_key)
     user_id = _user_id(user)
     chosen = check_channels(channels, info)
@@ -706,6 +704,7 @@ def notify(
     expiry = check_expires_at(expires_at)
     schedule = check_send_at(send_at, send_at_local, if_past)
     cancel = check_cancel_key(cancel_key)
+    throttle = check_throttle_key(throttle_key)
     not_before = None
     if schedule is not None:
         try:
@@ -730,6 +729,7 @@ def notify(
             expires_at=expiry,
             not_before=not_before,
             cancel_key=cancel,
+            throttle_key=throttle,
         ),
         check_recipient=lambda: check_recipients([user_id]),
     )
@@ -751,6 +751,7 @@ def same_call(
     send_at: datetime | None = None,
     send_at_local: datetime | None = None,
     cancel_key: str | None = None,
+    throttle_key: str | None = None,
 ) -> bool:
     """Whether a repeated call with the message's idempotency key asked for the same thing:
     the same context (as JSON holds it), channels, expiry, send time and cancel key. Callers
@@ -772,6 +773,7 @@ def same_call(
         and message.expires_at == expires_at
         and message.not_before == not_before
         and message.cancel_key == cancel_key
+        and message.throttle_key == throttle_key
     )
 
 
@@ -811,6 +813,7 @@ def notify_many(
     send_at_local: datetime | None = None,
     if_past: str = "refuse",
     cancel_key: str | None = None,
+    throttle_key: str | None = None,
 ) -> BulkResult:
     """Notify many users with one INSERT per thousand and one task per batch.
 
@@ -834,6 +837,7 @@ def notify_many(
     expiry = check_expires_at(expires_at)
     schedule = check_send_at(send_at, send_at_local, if_past)
     cancel = check_cancel_key(cancel_key)
+    throttle = check_throttle_key(throttle_key)
     overrides = check_contexts(contexts, user_ids)
     send_times_of = _bulk_send_times(schedule, user_ids, expiry, key, info.key)
 
@@ -860,6 +864,7 @@ def notify_many(
                 expires_at=expiry,
                 not_before=send_times_of.get(user_id),
                 cancel_key=cancel,
+                throttle_key=throttle,
             )
         )
     written = messages_create(rows=rows)

@@ -11,6 +11,7 @@ import importlib
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Any
 
 from django.conf import settings
@@ -38,12 +39,22 @@ class TypeSpec:
     customer_description: str | Promise = ""
     # The preference centre's section (notifier.pages.words.TOPICS); "" for its kind's first.
     topic: str = ""
+    # At most `throttle_limit` per recipient and throttle key in any `throttle_window` (e.g.
+    # one "price dropped" per product a day); the rest are suppressed, reason `throttled`.
+    throttle_limit: int | None = None
+    throttle_window: timedelta | None = None
 
     def __post_init__(self) -> None:
         if not TYPE_KEY_RE.match(self.key):
             raise ValueError(f"type key {self.key!r} must look like 'order.shipped'")
         if not self.channels:
             raise ValueError(f"type {self.key!r} needs at least one channel")
+        if (self.throttle_limit is None) != (self.throttle_window is None):
+            raise ValueError(f"type {self.key!r}: a throttle needs its limit and its window")
+        if self.throttle_limit is not None and self.throttle_limit < 1:
+            raise ValueError(f"type {self.key!r}: a throttle's limit is at least 1")
+        if self.throttle_window is not None and self.throttle_window.total_seconds() < 1:
+            raise ValueError(f"type {self.key!r}: a throttle's window is at least a second")
 
 
 CATALOG: tuple[TypeSpec, ...] = (
@@ -144,6 +155,10 @@ def sync_catalog(specs: Iterable[TypeSpec] | None = None) -> int:
                 "priority": spec.priority,
                 "channels": [str(channel) for channel in spec.channels],
                 "optional_context": list(spec.optional_context),
+                "throttle_limit": spec.throttle_limit,
+                "throttle_window_s": (
+                    int(spec.throttle_window.total_seconds()) if spec.throttle_window else None
+                ),
                 "code_defined": True,
             },
         )

@@ -306,6 +306,23 @@ NO_WAIT = "SET LOCAL synchronous_commit TO OFF; "
 
 
 ANALYZE_LOCK_SPACE = 0x414E_4C5A  # "ANLZ": advisory lock keys of statistics_refresh, by table
+THROTTLE_LOCK_SPACE = 0x5448_524F  # "THRO": advisory lock keys of a throttle's counting, by key
+
+
+def advisory_locks_take(space: int, names: Iterable[str]) -> None:
+    """Inside a transaction on PostgreSQL: wait for the transaction-level advisory lock of each
+    name in `space` (by its hashtext), in sorted order so that two transactions wanting some
+    of the same names never deadlock. Released at commit or rollback. Elsewhere nothing: a
+    SQLite database has one writer at a time anyway."""
+    wanted = sorted(set(names))
+    if not wanted or connection.vendor != "postgresql":
+        return
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT count(pg_advisory_xact_lock(%s, hashtext(name))) "
+            "FROM (SELECT unnest(%s::text[]) AS name ORDER BY 1) AS names",
+            [space, wanted],
+        )
 
 
 def statistics_refresh(

@@ -69,5 +69,9 @@ class InvalidCancelKey(NotifyError):
     """cancel_key is not a non-empty text of at most 255 characters."""
 
 
+class InvalidThrottleKey(NotifyError):
+    """throttle_key is not a non-empty text of at most 255 characters."""
+
+
 class IdempotencyKeyReused(NotifyError):
     """The key already belongs to a message for another user or type."""

@@ -7,7 +7,8 @@ import time
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
+from typing import Any
 
 from django.contrib.auth import get_user_model
 from django.db.models import Count, Prefetch, QuerySet, TextField
@@ -32,9 +33,11 @@ from notifier.models import (
     NotificationType,
     Preference,
     Recipient,
+    Snooze,
     User,
 )
 from notifier.policies.preferences import ConsentRecord, ConsentState, Preferences
+from notifier.policies.throttle import Throttle
 from notifier.queues import Lane, lane_for_kind
 from notifier.user_keys import UserKey
 
@@ -49,6 +52,7 @@ class TypeInfo:
     channels: tuple[str, ...]
     optional_context: frozenset[str]
     is_active: bool
+    throttle: Throttle | None = None
 
     @property
     def lane(self) -> Lane:
@@ -63,6 +67,9 @@ class TypeInfo:
             channels=tuple(row.channels),
             optional_context=frozenset(row.optional_context),
             is_active=row.is_active,
+            throttle=Throttle(row.throttle_limit, timedelta(seconds=row.throttle_window_s))
+            if row.throttle_limit and row.throttle_window_s
+            else None,
         )
 
 
@@ -83,6 +90,19 @@ def type_info_get(key: str) -> TypeInfo | None:
     if info is not None or len(_type_cache) < TYPE_CACHE_MAX_MISSES:
         _type_cache[key] = (now, info)
     return info
+
+
+def snoozes_of(*, user_ids: Iterable[UserKey], now: datetime) -> dict[UserKey, dict[str, Any]]:
+    """Each user's snoozes still running at `now`: type key -> until (None: until unmuted).
+    Users with none are left out."""
+    found: dict[UserKey, dict[str, Any]] = defaultdict(dict)
+    for user_id, type_key, until in (
+        Snooze.objects.filter(any_of("user_id", user_ids))
+        .exclude(until__lte=now)
+        .values_list("user_id", "type_id", "until")
+    ):
+        found[user_id][type_key] = until
+    return dict(found)
 
 
 def type_cache_clear() -> None:

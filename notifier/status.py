@@ -139,6 +139,14 @@ class Reason(models.TextChoices):
         "sender_cancelled",
         "The sender cancelled it (its cancel key) before it went out",
     )
+    SNOOZED = (
+        "snoozed",
+        "The person snoozed this kind of message: it reached their inbox only",
+    )
+    THROTTLED = (
+        "throttled",
+        "Its type allows only so many per key in a while, and they went out already",
+    )
     SUPPORT_CANCELLED = (
         "support_cancelled",
         "Support cancelled it before it went out (see the support log)",

@@ -30,6 +30,13 @@ urlpatterns = [
     path("api/inbox/<int:item_id>/read/", inbox.inbox_read, name="inbox-read"),
     path("api/inbox/<int:item_id>/archive/", inbox.inbox_archive_item, name="inbox-archive"),
     path("api/inbox/<int:item_id>/feedback/", inbox.inbox_give_feedback, name="inbox-feedback"),
+    path("api/inbox/<int:item_id>/snooze/", inbox.inbox_snooze, name="inbox-snooze"),
+    path("api/inbox/snoozes/", inbox.inbox_snoozes, name="inbox-snoozes"),
+    path(
+        "api/inbox/snoozes/<str:type_key>/lift/",
+        inbox.inbox_snooze_lift,
+        name="inbox-snooze-lift",
+    ),
     path("api/preferences/", preferences.preferences_json, name="preferences-api"),
     path("api/preferences/consent/", preferences.consent_json, name="preferences-consent"),
     # Signed links in messages: no login, the token says whose preferences change.

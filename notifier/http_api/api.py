@@ -36,6 +36,7 @@ from notifier.services.recipients import (
     RecipientError,
     UnknownRecipient,
 )
+from notifier.services.snoozes import SnoozeError
 
 
 class ObjectBodies(Parser):
@@ -117,6 +118,11 @@ class NotifyIn(Schema):
         description="Your name for it: POST /notify/cancel with it takes back what has not "
         "gone out. Any number of messages may share one",
     )
+    throttle_key: StrictStr | None = Field(
+        default=None,
+        description="What the type's throttle (if it has one) counts it under, e.g. "
+        "product:42 (default: the type itself)",
+    )
 
 
 class Accepted(Schema):
@@ -157,6 +163,11 @@ class NotifyManyIn(Schema):
         default=None,
         description="Your name for it: POST /notify/cancel with it takes back what has not "
         "gone out. Any number of messages may share one",
+    )
+    throttle_key: StrictStr | None = Field(
+        default=None,
+        description="What the type's throttle (if it has one) counts it under, e.g. "
+        "product:42 (default: the type itself)",
     )
 
 
@@ -203,6 +214,11 @@ def _device_error(request: HttpRequest, exc: DeviceError) -> HttpResponse:
 
 @api.exception_handler(ErasureError)
 def _erasure_error(request: HttpRequest, exc: ErasureError) -> HttpResponse:
+    return _problem(request, 422, type(exc).__name__, str(exc))
+
+
+@api.exception_handler(SnoozeError)
+def _snooze_error(request: HttpRequest, exc: SnoozeError) -> HttpResponse:
     return _problem(request, 422, type(exc).__name__, str(exc))
 
 
@@ -255,6 +271,7 @@ def _same_request(message: Message, *, context: dict[str, Any], body: Any) -> bo
         send_at=body.send_at,
         send_at_local=body.send_at_local,
         cancel_key=body.cancel_key,
+        throttle_key=body.throttle_key,
     )
 
 
@@ -280,6 +297,7 @@ def notify_one(request: HttpRequest, body: NotifyIn) -> Status[dict[str, int]]:
         send_at_local=body.send_at_local,
         if_past=body.if_past,
         cancel_key=body.cancel_key,
+        throttle_key=body.throttle_key,
     )
     if key is not None and not _same_request(message, context=body.context, body=body):
         raise ApiError(
@@ -323,6 +341,7 @@ def notify_bulk(request: HttpRequest, body: NotifyManyIn) -> Status[dict[str, An
             send_at_local=body.send_at_local,
             if_past=body.if_past,
             cancel_key=body.cancel_key,
+            throttle_key=body.throttle_key,
         )
         if key is not None and result.existing:
             _check_repeats(key, users, result.message_ids, contexts, body)

@@ -34,6 +34,7 @@ from notifier.services.preferences import (
     preferences_update,
 )
 from notifier.services.recipients import recipient_get, recipient_put
+from notifier.services.snoozes import snooze_lift, snooze_set, snoozes_list
 from notifier.user_keys import user_key_json
 
 router = Router(tags=["recipients"])
@@ -529,3 +530,65 @@ def consent_record(
             ip_address=ip,
         )
     return Status(200, consent_json(recipient))
+
+
+class SnoozeOut(Schema):
+    type: str
+    until: datetime | None = Field(description="When it ends; null: until unmuted")
+
+
+class SnoozesOut(Schema):
+    snoozes: list[SnoozeOut] = Field(description="Running now, soonest to end first")
+
+
+class SnoozeIn(Schema):
+    length: Literal["day", "week", "until_unmuted"] = Field(
+        alias="for", description="How long: a day, a week, or until unmuted"
+    )
+
+
+def snoozes_json(user_id: Any) -> dict[str, Any]:
+    return {
+        "snoozes": [{"type": s.type_key, "until": s.until} for s in snoozes_list(user_id=user_id)]
+    }
+
+
+@router.get(
+    "/{external_id}/snoozes",
+    auth=ApiKeyAuth(ApiScope.RECIPIENTS, ApiScope.READ, app=True),
+    response=answers({200: SnoozesOut}, 404),
+    summary="The types a recipient muted for now",
+)
+def snoozes_read(request: HttpRequest, external_id: ExternalId) -> Status[dict[str, Any]]:
+    return Status(200, snoozes_json(recipient_get(external_id).user_id))
+
+
+@router.put(
+    "/{external_id}/snoozes/{type_key}",
+    auth=ApiKeyAuth(ApiScope.RECIPIENTS, app=True),
+    response=answers({200: SnoozesOut}, 404),
+    summary="Snooze a type for a recipient",
+)
+def snooze_put(
+    request: HttpRequest, external_id: ExternalId, type_key: str, body: SnoozeIn
+) -> Status[dict[str, Any]]:
+    """Until it ends, the type reaches them in the inbox only (no email, SMS or push). `for`:
+    `day`, `week` or `until_unmuted`; again replaces it. Transactional and critical types
+    cannot be snoozed (422)."""
+    recipient = recipient_get(external_id)
+    snooze_set(user_id=recipient.user_id, type_key=type_key, length=body.length)
+    return Status(200, snoozes_json(recipient.user_id))
+
+
+@router.delete(
+    "/{external_id}/snoozes/{type_key}",
+    auth=ApiKeyAuth(ApiScope.RECIPIENTS, app=True),
+    response=answers({200: SnoozesOut}, 404),
+    summary="Unmute a type for a recipient",
+)
+def snooze_delete(
+    request: HttpRequest, external_id: ExternalId, type_key: str
+) -> Status[dict[str, Any]]:
+    recipient = recipient_get(external_id)
+    snooze_lift(user_id=recipient.user_id, type_key=type_key)
+    return Status(200, snoozes_json(recipient.user_id))

@@ -25,6 +25,8 @@ from notifier.models.preferences import (
     ConsentPurpose,
     FrequencyCounter,
     Preference,
+    Snooze,
+    ThrottleSlot,
     Unsubscribe,
 )
 from notifier.models.providers import (
@@ -79,10 +81,12 @@ __all__ = [
     "Recipient",
     "RefusedCall",
     "RoutingRule",
+    "Snooze",
     "SupportAction",
     "SupportActionKind",
     "SuppressedAddress",
     "SuppressionReason",
+    "ThrottleSlot",
     "Unsubscribe",
     "User",
     "WebhookAttempt",

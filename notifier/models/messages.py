@@ -64,6 +64,13 @@ class Message(models.Model):
     is_test = models.BooleanField(default=False, help_text="A marketer's 'send test to me'")
     # The caller's name for what it may take back before it goes out (notify_cancel): any
     # number of messages, of any users, may share one.
+    # What its type's throttle counts it under (e.g. "product:42"); NULL: the type itself.
+    throttle_key = models.CharField(  # noqa: DJ001
+        max_length=255,
+        null=True,
+        blank=True,
+        help_text="The caller's key its type's throttle counts it under",
+    )
     cancel_key = models.CharField(  # noqa: DJ001 (NULL, not "": no key, and no index entry)
         max_length=255,
         null=True,

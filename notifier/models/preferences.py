@@ -97,6 +97,46 @@ class FrequencyCounter(models.Model):
         return f"{self.period} from {self.window_start}: {self.count}"
 
 
+class Snooze(models.Model):
+    """A person muted a type for a while (`until`) or until they unmute it (`until` empty):
+    meanwhile it reaches them in the inbox only, no email, SMS or push
+    (`notifier.policies.preferences.snooze_reason`). One row per person and type."""
+
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, db_index=False)
+    type = models.ForeignKey("notifier.NotificationType", on_delete=models.CASCADE)
+    until = models.DateTimeField(null=True, blank=True, help_text="Empty: until they unmute")
+    at = models.DateTimeField()
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["user", "type"], name="snooze_user_type"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.type_id} until {self.until or 'unmuted'}"
+
+
+class ThrottleSlot(models.Model):
+    """A message of a throttled type that routing let through for a user and throttle key:
+    the next ones in the type's window count these (`notifier.services.throttles`). Written in
+    the routing transaction, so a rolled-back route gives its slot back; rows older than the
+    longest window are pruned as they are counted."""
+
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, db_index=False)
+    type_key = models.CharField(max_length=100)
+    key = models.CharField(max_length=255, blank=True, default="")
+    at = models.DateTimeField()
+    message_id = models.BigIntegerField(help_text="The message that took it")
+
+    class Meta:
+        indexes = [
+            models.Index(fields=["user", "type_key", "key", "at"], name="throttle_slot_idx"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.type_key} [{self.key}] at {self.at:%Y-%m-%d %H:%M}"
+
+
 class Unsubscribe(models.Model):
     """An unsubscribe, kept for the funnel: which message's link it came through, if any."""
 

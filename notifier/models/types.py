@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from django.core.exceptions import ValidationError
+from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 
 
@@ -34,6 +36,21 @@ class NotificationType(models.Model):
     optional_context = models.JSONField(
         default=list, blank=True, help_text="Template variables the caller may leave out"
     )
+    # At most throttle_limit messages of this type per recipient and throttle key (the caller's
+    # `throttle_key`, e.g. "product:42"; none: the type itself) in any throttle_window_s; the
+    # rest are suppressed with the reason `throttled`. Empty: no throttle.
+    throttle_limit = models.PositiveIntegerField(
+        null=True,
+        blank=True,
+        validators=[MinValueValidator(1), MaxValueValidator(1000)],
+        help_text="At most this many per recipient and throttle key in the window (empty: none)",
+    )
+    throttle_window_s = models.PositiveIntegerField(
+        null=True,
+        blank=True,
+        validators=[MinValueValidator(1), MaxValueValidator(366 * 86400)],
+        help_text="The throttle's window in seconds, e.g. 86400 for a day",
+    )
     is_active = models.BooleanField(default=True)
     code_defined = models.BooleanField(default=False, editable=False)
     updated_at = models.DateTimeField(auto_now=True)
@@ -43,6 +60,12 @@ class NotificationType(models.Model):
 
     def __str__(self) -> str:
         return self.key
+
+    def clean(self) -> None:
+        if (self.throttle_limit is None) != (self.throttle_window_s is None):
+            raise ValidationError(
+                "A throttle needs both its limit and its window (or neither, for no throttle)"
+            )
 
     @property
     def is_bulk(self) -> bool:

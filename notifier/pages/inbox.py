@@ -1,7 +1,7 @@
 """The end user's inbox page: server-rendered, with a little JavaScript on the inbox JSON API.
 
 GET  /inbox/?cursor=...   the newest items (or the page after `cursor`) and the unread badge
-POST /inbox/              action=read|archive|useful|meh|irrelevant with item=<id>, or
+POST /inbox/              action=read|archive|snooze|useful|meh|irrelevant with item=<id>, or
                           action=read-all: the inbox services the JSON API calls, for browsers
                           without JavaScript; answers with a redirect back to the page (303)
 
@@ -30,7 +30,13 @@ from django.views.decorators.http import require_http_methods
 from notifier.ids import parse_id
 from notifier.links import preferences_url
 from notifier.models import Feedback, InboxItem, Kind, NotificationType
-from notifier.pages.inbox_api import BadRequest, decode_cursor, encode_cursor, item_json
+from notifier.pages.inbox_api import (
+    BadRequest,
+    decode_cursor,
+    encode_cursor,
+    inbox_item_type,
+    item_json,
+)
 from notifier.pages.language import finish, language_links, reader_for, speaking
 from notifier.pages.words import FEEDBACK_WORDS, kind_topic, topic_of
 from notifier.selectors import inbox_page, inbox_unread_count
@@ -41,6 +47,7 @@ from notifier.services.inbox import (
     inbox_mark_all_read,
     inbox_mark_read,
 )
+from notifier.services.snoozes import SnoozeError, snooze_set
 from notifier.user_keys import UserKey
 
 PAGE_SIZE = 20
@@ -51,7 +58,7 @@ FEEDBACK_FACES = {
     Feedback.MEH: "M6.5 13 L13.5 13",
     Feedback.IRRELEVANT: "M6.5 14.5 Q10 11 13.5 14.5",
 }
-ITEM_ACTIONS = {"read", "archive", *Feedback.values}
+ITEM_ACTIONS = {"read", "archive", "snooze", *Feedback.values}
 
 
 def category_labels() -> dict[str, str]:
@@ -91,6 +98,7 @@ PROTOTYPE: dict[str, Any] = {
     "created": None,
     "category_label": "",
     "unsubscribe_url": "#",
+    "snoozable": True,
 }
 
 
@@ -103,6 +111,7 @@ def _script_words() -> dict[str, str]:
         "failed": gettext("Sorry, that did not work: {reason}"),
         "marked": gettext("Marked {n} as read."),
         "nothing_unread": gettext("Nothing was unread."),
+        "snoozed": gettext("Snoozed for a week: these come to this inbox only until then."),
         "loaded": gettext("Loaded {n} older messages."),
         # Intl.DateTimeFormat's locale and how its parts make a time like the server's.
         "date_locale": gettext("en-US"),
@@ -228,6 +237,9 @@ def _act(request: HttpRequest) -> HttpResponse:
             inbox_mark_read(user_id=user_id, item_id=item_id)
         elif action == "archive":
             inbox_archive(user_id=user_id, item_id=item_id)
+        elif action == "snooze":  # the page offers a week; the JSON API any length
+            type_key = inbox_item_type(user_id=user_id, item_id=item_id)
+            snooze_set(user_id=user_id, type_key=type_key, length="week")
         else:
             inbox_feedback(user_id=user_id, item_id=item_id, feedback=Feedback(action))
     except BadRequest as exc:
@@ -237,5 +249,12 @@ def _act(request: HttpRequest) -> HttpResponse:
     except InboxItemNotFound:
         return _problem(
             request, 404, _("That message is not in your inbox"), _("Nothing was changed.")
+        )
+    except SnoozeError:
+        return _problem(
+            request,
+            400,
+            _("Nothing was changed"),
+            _("Messages of this kind always go out: they cannot be snoozed."),
         )
     return back

@@ -6,6 +6,9 @@ POST /api/inbox/<id>/read/
 POST /api/inbox/read-all/
 POST /api/inbox/<id>/archive/
 POST /api/inbox/<id>/feedback/       {"feedback": "useful" | "meh" | "irrelevant"}
+POST /api/inbox/<id>/snooze/         {"for": "day" | "week" | "until_unmuted"}: mute its type
+GET  /api/inbox/snoozes/
+POST /api/inbox/snoozes/<type>/lift/
 
 Errors are JSON {"error": "..."} with a 4xx status that says what to fix.
 """
@@ -31,6 +34,14 @@ from notifier.services.inbox import (
     inbox_feedback,
     inbox_mark_all_read,
     inbox_mark_read,
+)
+from notifier.services.snoozes import (
+    LENGTHS,
+    SnoozeError,
+    SnoozeState,
+    snooze_lift,
+    snooze_set,
+    snoozes_list,
 )
 from notifier.text import json_value_problem, strict_json_loads
 from notifier.user_keys import UserKey
@@ -99,6 +110,8 @@ def api(view: View) -> View:
             return error(exc.status, str(exc))
         except InboxItemNotFound as exc:
             return error(404, str(exc))
+        except SnoozeError as exc:
+            return error(422, str(exc))
 
     return wrapped
 
@@ -120,6 +133,8 @@ def item_json(item: InboxItem) -> dict[str, Any]:
         "read_at": item.read_at.isoformat() if item.read_at else None,
         "archived_at": item.archived_at.isoformat() if item.archived_at else None,
         "feedback": item.feedback or None,
+        # Whether its type may be snoozed (POST .../snooze/): what is not transactional.
+        "snoozable": item.category != Kind.TRANSACTIONAL,
         # Marketing in the inbox carries its way out, like marketing anywhere else.
         "unsubscribe_url": unsubscribe_url(
             user_id=item.user_id,
@@ -227,3 +242,47 @@ def inbox_give_feedback(request: HttpRequest, item_id: int) -> JsonResponse:
         raise BadRequest(f"feedback must be one of: {', '.join(Feedback.values)}")
     item = inbox_feedback(user_id=_user_id(request), item_id=item_id, feedback=Feedback(value))
     return JsonResponse(item_json(item))
+
+
+def snooze_json(snooze: SnoozeState) -> dict[str, Any]:
+    return {"type": snooze.type_key, "until": snooze.until.isoformat() if snooze.until else None}
+
+
+def inbox_item_type(*, user_id: UserKey, item_id: int) -> str:
+    """The type of one of the user's inbox items (InboxItemNotFound for anyone else's)."""
+    type_key = (
+        InboxItem.objects.filter(pk=item_id, user_id=user_id)
+        .values_list("type_key", flat=True)
+        .first()
+    )
+    if type_key is None:
+        raise InboxItemNotFound(f"inbox item {item_id} not found")
+    return type_key
+
+
+@require_POST
+@api
+def inbox_snooze(request: HttpRequest, item_id: int) -> JsonResponse:
+    """Mute the item's type for a while: it keeps reaching the inbox, nothing else."""
+    body = json_object(request, '{"for": "week"}')
+    length = body.get("for")
+    if length not in LENGTHS:
+        raise BadRequest(f"for must be one of: {', '.join(LENGTHS)}")
+    type_key = inbox_item_type(user_id=_user_id(request), item_id=item_id)
+    return JsonResponse(
+        snooze_json(snooze_set(user_id=_user_id(request), type_key=type_key, length=length))
+    )
+
+
+@require_GET
+@api
+def inbox_snoozes(request: HttpRequest) -> JsonResponse:
+    return JsonResponse(
+        {"snoozes": [snooze_json(s) for s in snoozes_list(user_id=_user_id(request))]}
+    )
+
+
+@require_POST
+@api
+def inbox_snooze_lift(request: HttpRequest, type_key: str) -> JsonResponse:
+    return JsonResponse({"lifted": snooze_lift(user_id=_user_id(request), type_key=type_key)})

@@ -88,3 +88,22 @@ def consent_reason(
     if kind != Kind.MARKETING or channel not in consent_channels:
         return None
     return None if consent.granted(channel) else Reason.NO_CONSENT
+
+
+def snooze_reason(
+    snoozed: Mapping[str, datetime | None],
+    *,
+    kind: str,
+    type_key: str,
+    priority: str,
+    channel: str,
+    now: datetime,
+) -> Reason | None:
+    """Why a snooze rules this channel out: the person muted the type (until a time, or until
+    they unmute it; `snoozed` maps type keys to that time or None), on every channel but the
+    inbox, which keeps the message for when they look. What cannot be switched off cannot be
+    snoozed either."""
+    if type_key not in snoozed or channel == "inapp" or not can_switch_off(kind, priority):
+        return None
+    until = snoozed[type_key]
+    return Reason.SNOOZED if until is None or until > now else None

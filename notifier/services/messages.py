@@ -56,6 +56,7 @@ COLUMNS = (
     "not_before",
     "is_test",
     "cancel_key",
+    "throttle_key",
 )
 
 
@@ -75,6 +76,7 @@ class NewMessage:
     not_before: datetime | None = None
     is_test: bool = False
     cancel_key: str | None = None
+    throttle_key: str | None = None
 
 
 def _values(row: NewMessage, now: datetime) -> tuple[Any, ...]:
@@ -95,6 +97,7 @@ def _values(row: NewMessage, now: datetime) -> tuple[Any, ...]:
         row.not_before,
         row.is_test,
         row.cancel_key,
+        row.throttle_key,
     )
 
 
@@ -200,6 +203,7 @@ def as_message(row: NewMessage, pk: int, now: datetime) -> Message:
         "not_before": row.not_before,
         "is_test": row.is_test,
         "cancel_key": row.cancel_key,
+        "throttle_key": row.throttle_key,
         "idempotency_key": row.idempotency_key,
         "campaign_id": row.campaign_id,
         "created_at": now,
@@ -224,7 +228,8 @@ def _message_defaults() -> tuple[tuple[str, Callable[[], Any]], ...]:
     """(attname, default) of the Message fields `as_message` is not given."""
     given = {
         "id", "user_id", "type_id", "context", "channels", "lane", "priority", "expires_at",
-        "step_id", "variant_id", "not_before", "is_test", "cancel_key", "idempotency_key",
+        "step_id", "variant_id", "not_before", "is_test", "cancel_key", "throttle_key",
+        "idempotency_key",
         "campaign_id", "created_at",
     }  # fmt: skip
     return tuple(
@@ -334,8 +339,14 @@ def messages_unwritten(rows: Sequence[NewMessage]) -> list[NewMessage]:
     return [row for row in rows if row.idempotency_key is None or row.idempotency_key not in taken]
 
 
-# The fan-out's messages (campaigns) carry no cancel key: a campaign is cancelled as a whole.
-COPY_COLUMNS = (*(c for c in COLUMNS if c != "cancel_key"), "routed_at", "cap_day", "cap_week")
+# The fan-out's messages (campaigns) carry no cancel or throttle key: a campaign is cancelled
+# as a whole, and a throttled type counts its messages under the type itself.
+COPY_COLUMNS = (
+    *(c for c in COLUMNS if c not in ("cancel_key", "throttle_key")),
+    "routed_at",
+    "cap_day",
+    "cap_week",
+)
 
 
 def messages_copy(messages: Sequence[Message]) -> None:

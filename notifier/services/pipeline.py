@@ -69,6 +69,7 @@ from notifier.policies.preferences import (
     Preferences,
     consent_reason,
     preference_reason,
+    snooze_reason,
 )
 from notifier.policies.routing import (
     DEFAULT_RULES,
@@ -97,6 +98,7 @@ from notifier.selectors import (
     irrelevant_feedback_counts,
     message_unreadable_reason,
     preferences_of,
+    snoozes_of,
     type_info_get,
 )
 from notifier.services.admission import Admission, message_admission, settle_caps
@@ -108,6 +110,7 @@ from notifier.services.messages import (
     messages_insert_new,
     messages_unwritten,
 )
+from notifier.services.throttles import throttles_take
 from notifier.services.transitions import deliveries_create
 from notifier.status import DeliveryStatus, Reason
 from notifier.user_keys import UserKey
@@ -155,6 +158,9 @@ class Audience:
     # The batch's campaigns, through the campaigns hook (nothing when none is a campaign's).
     campaigns: CampaignBatch
     suppressed_emails: frozenset[str] = frozenset()
+    # Types each user snoozed, still running: type key -> until (None: until unmuted).
+    snoozes: Mapping[UserKey, Mapping[str, datetime | None]] = field(default_factory=dict)
+    now: datetime | None = None  # the moment routing decides for
 
 
 def audience_of(
@@ -185,6 +191,8 @@ def audience_of(
         suppressed_emails=suppressed_emails_of(
             recipient_for(m.user).email for m in messages if _may_email(m)
         ),
+        snoozes=snoozes_of(user_ids=user_ids, now=now),
+        now=now,
     )
 
 
@@ -246,6 +254,15 @@ def channel_decision(channel: Channel, message: Message, audience: Audience) -> 
         channel=channel,
         consent_channels=frozenset(settings.NOTIFIER_CONSENT_CHANNELS),
     )
+    if not reason and user.pk in audience.snoozes:
+        reason = snooze_reason(
+            audience.snoozes[user.pk],
+            kind=info.kind,
+            type_key=info.key,
+            priority=message.priority,
+            channel=channel,
+            now=audience.now or timezone.now(),
+        )
     return suppress(reason) if reason else SEND
 
 
@@ -465,6 +482,13 @@ def route_many(
 ) -> list[RouteOutcome]:
     """Route a batch, taking every cap slot it needs in one go."""
     outcomes = [message_route(message, audience, now) for message in messages]
+    # A throttle decides before the caps: a message it stops takes no cap slot.
+    throttled = throttles_take(
+        [o.message for o in outcomes if o.admission and o.admission.status != S.SUPPRESSED], now
+    )
+    for outcome in outcomes:
+        if outcome.message.pk in throttled:
+            outcome.admission = Admission(S.SUPPRESSED, Reason.THROTTLED)
     routed_with = [o for o in outcomes if o.admission is not None]
     settled = settle_caps([o.admission for o in routed_with if o.admission is not None])
     for outcome, admission in zip(routed_with, settled, strict=True):

@@ -58,6 +58,7 @@ ARGUMENTS = (
     "send_at_local",
     "if_past",
     "cancel_key",
+    "throttle_key",
 )
 CANCEL_ARGUMENTS = ("cancel_key", "users", "recipients")
 MAX_MESSAGE = 2000
@@ -139,6 +140,7 @@ def notify_call(
             send_at_local=send_at_local,
             if_past=call.get("if_past", "refuse"),
             cancel_key=call.get("cancel_key"),
+            throttle_key=call.get("throttle_key"),
         )
         if call.get("idempotency_key") and not same_call(
             message,
@@ -148,6 +150,7 @@ def notify_call(
             send_at=send_at,
             send_at_local=send_at_local,
             cancel_key=call.get("cancel_key"),
+            throttle_key=call.get("throttle_key"),
         ):
             raise IdempotencyKeyReused(
                 f"idempotency_key {call['idempotency_key']!r} was used for another call; "

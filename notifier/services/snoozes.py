@@ -1,0 +1,89 @@
+"""Snoozing: a person mutes one kind of message for a day, a week, or until they unmute it.
+
+While it runs, that type reaches them in the inbox only: email, SMS and push are suppressed
+with the reason `snoozed` (notifier.policies.preferences.snooze_reason, decided when a message
+is routed and again when a held one is released). Transactional and critical types cannot be
+snoozed, as they cannot be switched off. One snooze per person and type: snoozing again
+replaces it (a week, then a day, is a day from now).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from django.db import transaction
+from django.utils import timezone
+
+from notifier.models import NotificationType, Snooze
+from notifier.policies.preferences import can_switch_off
+from notifier.user_keys import UserKey
+
+LENGTHS: dict[str, timedelta | None] = {
+    "day": timedelta(days=1),
+    "week": timedelta(days=7),
+    "until_unmuted": None,
+}
+
+
+class SnoozeError(ValueError):
+    """A snooze that cannot be made as asked; the message says why."""
+
+
+class UnknownSnoozeType(SnoozeError):
+    pass
+
+
+@dataclass(frozen=True)
+class SnoozeState:
+    type_key: str
+    until: datetime | None  # None: until unmuted
+
+
+def snooze_set(*, user_id: UserKey, type_key: object, length: object) -> SnoozeState:
+    """Mute `type_key` for the person for `length` ("day", "week" or "until_unmuted")."""
+    if not isinstance(length, str) or length not in LENGTHS:
+        raise SnoozeError(f"snooze for one of: {', '.join(LENGTHS)}; got {str(length)[:40]!r}")
+    kind = _type(type_key)
+    if not can_switch_off(kind.kind, kind.priority):
+        raise SnoozeError(
+            f"{kind.key} cannot be snoozed: transactional and critical messages always go out"
+        )
+    now = timezone.now()
+    span = LENGTHS[length]
+    until = now + span if span is not None else None
+    with transaction.atomic():
+        Snooze.objects.update_or_create(
+            user_id=user_id, type_id=kind.key, defaults={"until": until, "at": now}
+        )
+    return SnoozeState(kind.key, until)
+
+
+def snooze_lift(*, user_id: UserKey, type_key: object) -> bool:
+    """Unmute; whether a snooze was running (lifting none is not an error)."""
+    kind = _type(type_key)
+    deleted, _ = Snooze.objects.filter(user_id=user_id, type_id=kind.key).delete()
+    return bool(deleted)
+
+
+def snoozes_list(*, user_id: UserKey) -> list[SnoozeState]:
+    """The person's snoozes still running, soonest to end first (until unmuted last)."""
+    now = timezone.now()
+    rows = (
+        Snooze.objects.filter(user_id=user_id)
+        .exclude(until__lte=now)
+        .values_list("type_id", "until")
+    )
+    return sorted(
+        (SnoozeState(type_key, until) for type_key, until in rows),
+        key=lambda s: (s.until is None, s.until or now, s.type_key),
+    )
+
+
+def _type(type_key: object) -> NotificationType:
+    if not isinstance(type_key, str) or not type_key:
+        raise UnknownSnoozeType("type must be a notification type's key, e.g. promo.flash_sale")
+    kind = NotificationType.objects.filter(pk=type_key[:100]).first()
+    if kind is None:
+        raise UnknownSnoozeType(f"there is no notification type {type_key[:100]!r}")
+    return kind
