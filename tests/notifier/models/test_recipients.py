@@ -105,7 +105,7 @@ def test_recipients_for_creates_the_missing_in_bulk_with_a_fixed_number_of_queri
     assert profiles[users[0].pk].pk == had.pk
     assert profiles[users[7].pk].email == "Bare7@example.com"
     assert Recipient.objects.filter(user__in=users).count() == 60
-    fresh = list(User.objects.filter(pk__in=[u.pk for u in users]))
+    fresh = list(User.objects.filter(pk__in=[u.pk for u in users]).order_by("pk"))
     with django_assert_max_num_queries(1):  # all there: one read
         recipients_attach(fresh)
     with django_assert_max_num_queries(0):  # then each is at hand
