@@ -264,11 +264,11 @@ def inbox_item_type(*, user_id: UserKey, item_id: int) -> str:
 @api
 def inbox_snooze(request: HttpRequest, item_id: int) -> JsonResponse:
     """Mute the item's type for a while: it keeps reaching the inbox, nothing else."""
+    type_key = inbox_item_type(user_id=_user_id(request), item_id=item_id)  # 404 first
     body = json_object(request, '{"for": "week"}')
     length = body.get("for")
     if length not in LENGTHS:
         raise BadRequest(f"for must be one of: {', '.join(LENGTHS)}")
-    type_key = inbox_item_type(user_id=_user_id(request), item_id=item_id)
     return JsonResponse(
         snooze_json(snooze_set(user_id=_user_id(request), type_key=type_key, length=length))
     )

@@ -284,7 +284,16 @@ def test_the_cap_holds_exactly_with_two_workers_routing_for_one_user(rig):
     )
     sale = {"sale_name": "S", "starts_at": "now", "headline": "H", "sale_url": "https://x.test"}
     ids = [
-        notify(user, "promo.flash_sale", sale, idempotency_key=f"cap-{n}", channels=["email"]).pk
+        notify(
+            user,
+            "promo.flash_sale",
+            sale,
+            idempotency_key=f"cap-{n}",
+            channels=["email"],
+            # Fresh for ten days: held for the next window whatever the weekday (from a
+            # Monday the next week's is seven days off, past marketing's default 72 hours).
+            expires_at=timezone.now() + timedelta(days=10),
+        ).pk
         for n in range(30)
     ]
     wait_until(

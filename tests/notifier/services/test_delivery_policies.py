@@ -362,7 +362,10 @@ def test_concurrent_routing_cannot_exceed_the_cap(published, settings):
     settings.NOTIFIER_MARKETING_CAP_DAY, settings.NOTIFIER_MARKETING_CAP_WEEK = 2, 2
     user = UserFactory()
     consent(user)
-    messages = [sale(user).pk for _ in range(12)]
+    # Fresh for ten days: held for the next window whatever the weekday (from a Monday the
+    # next week's window is seven days off, past marketing's default 72 hours).
+    fresh = timezone.now() + timedelta(days=10)
+    messages = [sale(user, expires_at=fresh).pk for _ in range(12)]
     start = threading.Barrier(4)
 
     def worker(ids: list[int]) -> None:
