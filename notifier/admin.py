@@ -973,6 +973,7 @@ NOTIFICATION_TYPE_FIELDS = (
     "optional_context",
     "throttle_limit",
     "throttle_window_s",
+    "escalation",
     "is_active",
     "code_defined",
     "updated_at",

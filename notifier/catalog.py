@@ -43,6 +43,10 @@ class TypeSpec:
     # one "price dropped" per product a day); the rest are suppressed, reason `throttled`.
     throttle_limit: int | None = None
     throttle_window: timedelta | None = None
+    # In-app now, push after 10 minutes if unread, ...: ((Channel.INAPP, timedelta(0)),
+    # (Channel.PUSH, timedelta(minutes=10)), (Channel.SMS, timedelta(hours=1), True)), the
+    # third element (optional) for critical messages only.
+    escalation: tuple[tuple[Any, ...], ...] = ()
 
     def __post_init__(self) -> None:
         if not TYPE_KEY_RE.match(self.key):
@@ -55,6 +59,21 @@ class TypeSpec:
             raise ValueError(f"type {self.key!r}: a throttle's limit is at least 1")
         if self.throttle_window is not None and self.throttle_window.total_seconds() < 1:
             raise ValueError(f"type {self.key!r}: a throttle's window is at least a second")
+        from notifier.models.types import escalation_problem
+
+        problem = escalation_problem(self.escalation_json(), [str(c) for c in self.channels])
+        if problem:
+            raise ValueError(f"type {self.key!r}: escalation {problem}")
+
+    def escalation_json(self) -> list[dict[str, Any]]:
+        """The escalation as NotificationType.escalation stores it."""
+        steps: list[dict[str, Any]] = []
+        for channel, after, *rest in self.escalation:
+            step: dict[str, Any] = {"channel": str(channel), "after_s": int(after.total_seconds())}
+            if rest and rest[0]:
+                step["critical_only"] = True
+            steps.append(step)
+        return steps
 
 
 CATALOG: tuple[TypeSpec, ...] = (
@@ -159,6 +178,7 @@ def sync_catalog(specs: Iterable[TypeSpec] | None = None) -> int:
                 "throttle_window_s": (
                     int(spec.throttle_window.total_seconds()) if spec.throttle_window else None
                 ),
+                "escalation": spec.escalation_json(),
                 "code_defined": True,
             },
         )

@@ -14,6 +14,7 @@ from django.contrib.auth import get_user_model
 from django.db.models import Count, Prefetch, QuerySet, TextField
 from django.db.models.functions import Cast
 
+from channels.base import Channel
 from notifier.db import (
     UNREADABLE_ERRORS,
     any_of,
@@ -37,6 +38,7 @@ from notifier.models import (
     User,
 )
 from notifier.policies.preferences import ConsentRecord, ConsentState, Preferences
+from notifier.policies.routing import EscalationStep
 from notifier.policies.throttle import Throttle
 from notifier.queues import Lane, lane_for_kind
 from notifier.user_keys import UserKey
@@ -53,6 +55,7 @@ class TypeInfo:
     optional_context: frozenset[str]
     is_active: bool
     throttle: Throttle | None = None
+    escalation: tuple[EscalationStep, ...] = ()
 
     @property
     def lane(self) -> Lane:
@@ -70,7 +73,26 @@ class TypeInfo:
             throttle=Throttle(row.throttle_limit, timedelta(seconds=row.throttle_window_s))
             if row.throttle_limit and row.throttle_window_s
             else None,
+            escalation=escalation_steps(row.escalation),
         )
+
+
+def escalation_steps(stored: object) -> tuple[EscalationStep, ...]:
+    """A type's escalation as stored (checked by the admin and the catalog); a value that is not
+    a list of well-formed steps is no escalation (all channels at once, as before)."""
+    if not isinstance(stored, list):
+        return ()
+    try:
+        return tuple(
+            EscalationStep(
+                Channel(step["channel"]),
+                timedelta(seconds=int(step["after_s"])),
+                bool(step.get("critical_only", False)),
+            )
+            for step in stored
+        )
+    except (KeyError, TypeError, ValueError):
+        return ()
 
 
 _type_cache: dict[str, tuple[float, TypeInfo | None]] = {}

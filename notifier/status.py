@@ -143,6 +143,14 @@ class Reason(models.TextChoices):
         "snoozed",
         "The person snoozed this kind of message: it reached their inbox only",
     )
+    ESCALATION_WAIT = (
+        "escalation_wait",
+        "Waiting: it goes only if the first channel's message is not read by then",
+    )
+    ESCALATION_STOPPED = (
+        "escalation_stopped",
+        "Not needed: the person read, opened or clicked the message before this step",
+    )
     THROTTLED = (
         "throttled",
         "Its type allows only so many per key in a while, and they went out already",

@@ -51,6 +51,15 @@ class NotificationType(models.Model):
         validators=[MinValueValidator(1), MaxValueValidator(366 * 86400)],
         help_text="The throttle's window in seconds, e.g. 86400 for a day",
     )
+    # Escalation: [{"channel": "inapp", "after_s": 0}, {"channel": "push", "after_s": 600},
+    # {"channel": "sms", "after_s": 3600, "critical_only": true}]: the first step at once, each
+    # later one after its wait only if nothing of the message was read, opened or clicked.
+    escalation = models.JSONField(
+        default=list,
+        blank=True,
+        help_text='Steps: [{"channel": "inapp", "after_s": 0}, {"channel": "push", '
+        '"after_s": 600}, ...]; later steps go only if nothing was read by then',
+    )
     is_active = models.BooleanField(default=True)
     code_defined = models.BooleanField(default=False, editable=False)
     updated_at = models.DateTimeField(auto_now=True)
@@ -66,7 +75,42 @@ class NotificationType(models.Model):
             raise ValidationError(
                 "A throttle needs both its limit and its window (or neither, for no throttle)"
             )
+        problem = escalation_problem(self.escalation, list(self.channels or []))
+        if problem:
+            raise ValidationError({"escalation": problem})
 
     @property
     def is_bulk(self) -> bool:
         return self.kind in (Kind.MARKETING, Kind.SOCIAL)
+
+
+MAX_ESCALATION_WAIT_S = 30 * 86400
+
+
+def escalation_problem(steps: object, channels: list[str]) -> str:
+    """What is wrong with an escalation as stored (a list of steps), or ""."""
+    if steps in (None, []):
+        return ""
+    if not isinstance(steps, list) or len(steps) > 8:
+        return 'a list of at most 8 steps, each {"channel": ..., "after_s": ...}'
+    seen: set[str] = set()
+    last = -1
+    for index, step in enumerate(steps, 1):
+        if not isinstance(step, dict) or set(step) - {"channel", "after_s", "critical_only"}:
+            return f"step {index}: an object with channel, after_s and optional critical_only"
+        channel, after = step.get("channel"), step.get("after_s")
+        if channel not in channels:
+            return f"step {index}: {channel!r} is not one of the type's channels {channels}"
+        if channel in seen:
+            return f"step {index}: {channel} is in the escalation twice"
+        if type(after) is not int or not 0 <= after <= MAX_ESCALATION_WAIT_S:
+            return f"step {index}: after_s is whole seconds from 0 to {MAX_ESCALATION_WAIT_S}"
+        if index == 1 and after != 0:
+            return "step 1 goes at once: its after_s is 0"
+        if after < last:
+            return f"step {index}: its after_s is before the step before it"
+        if type(step.get("critical_only", False)) is not bool:
+            return f"step {index}: critical_only is true or false"
+        seen.add(channel)
+        last = after
+    return ""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import timedelta
 from enum import StrEnum
 
 import phonenumbers
@@ -128,9 +129,48 @@ DEFAULT_RULES: tuple[Rule, ...] = (
 
 
 @dataclass(frozen=True, slots=True)
+class EscalationStep:
+    """One step of a type's escalation: this channel, this long after the message was routed,
+    if by then nothing of the message was read, opened or clicked (`critical_only`: for
+    critical messages only)."""
+
+    channel: Channel
+    after: timedelta
+    critical_only: bool = False
+
+
+@dataclass(frozen=True, slots=True)
 class Plan:
     send_all: tuple[Channel, ...]  # all of these at once
     chain: tuple[Channel, ...] = ()  # the first that can reach the user, then the next on failure
+    # Escalation: each channel held this long, sent only if nothing was read by then.
+    later: tuple[tuple[Channel, timedelta], ...] = ()
+
+
+def escalation_plan(
+    steps: tuple[EscalationStep, ...], *, type_channels: tuple[str, ...], priority: str
+) -> Plan | None:
+    """The plan of a type that escalates: its first step now, each later one held for its wait
+    (those for critical messages only left out for the rest, and channels the type no longer
+    uses). None when nothing of it is left."""
+    usable = [
+        step
+        for step in steps
+        if str(step.channel) in type_channels and (not step.critical_only or priority == "critical")
+    ]
+    if not usable:
+        return None
+    first, *rest = usable
+    return Plan(
+        send_all=(first.channel,),
+        later=tuple((step.channel, step.after - first.after) for step in rest),
+    )
+
+
+def escalation_stops(engaged: bool) -> bool:
+    """Whether the steps still waiting are moot: something of the message was read, opened or
+    clicked (the person has seen it)."""
+    return engaged
 
 
 def match_rule(rules: tuple[Rule, ...], *, type_key: str, kind: str, priority: str) -> Rule | None:
@@ -143,12 +183,22 @@ def match_rule(rules: tuple[Rule, ...], *, type_key: str, kind: str, priority: s
 
 
 def plan_channels(
-    *, type_channels: tuple[str, ...], explicit: list[str], rule: Rule | None
+    *,
+    type_channels: tuple[str, ...],
+    explicit: list[str],
+    rule: Rule | None,
+    escalation: tuple[EscalationStep, ...] = (),
+    priority: str = "normal",
 ) -> Plan:
-    """The caller's channels win; else the rule's, restricted to channels the type uses; with no
-    rule (or nothing left of it), every channel of the type at once."""
+    """The caller's channels win; else the type's escalation; else the rule's, restricted to
+    channels the type uses; with no rule (or nothing left of it), every channel of the type at
+    once."""
     if explicit:
         return Plan(send_all=tuple(Channel(c) for c in explicit))
+    if escalation:
+        plan = escalation_plan(escalation, type_channels=type_channels, priority=priority)
+        if plan is not None:
+            return plan
     if rule is not None:
         send_all = tuple(Channel(c) for c in rule.send_all if c in type_channels)
         chain = tuple(

@@ -399,6 +399,7 @@ def routed(
     content: Content | RenderError | None,
     now: datetime,
     fallback_of: int | None = None,
+    wait: timedelta | None = None,
 ) -> Routed:
     row = partial(
         Routed,
@@ -418,6 +419,18 @@ def routed(
     if isinstance(content, RenderError):
         return row(S.FAILED, reason=Reason.RENDER_FAILED, last_error=str(content))
     assert content is not None
+    if wait is not None:  # a later step of an escalation: held for its wait, or longer
+        until = now + wait
+        if admission.status == S.HELD and admission.until and admission.until > until:
+            return row(
+                S.HELD,
+                reason=admission.reason,
+                content=content.as_dict(),
+                next_attempt_at=admission.until,
+            )
+        return row(
+            S.HELD, reason=Reason.ESCALATION_WAIT, content=content.as_dict(), next_attempt_at=until
+        )
     if admission.status == S.HELD:
         return row(
             S.HELD,
@@ -439,6 +452,7 @@ class RouteOutcome:
     decisions: dict[Channel, RouteDecision]
     chain_left: list[str]
     admission: Admission | None
+    waits: dict[Channel, timedelta] = field(default_factory=dict)  # escalation's later steps
 
 
 def _decide_plan(
@@ -446,6 +460,8 @@ def _decide_plan(
 ) -> tuple[dict[Channel, RouteDecision], list[str]]:
     """Decide every send-all channel, and the fallback chain up to the first that can send."""
     decisions = {channel: channel_decision(channel, message, audience) for channel in plan.send_all}
+    for channel, _ in plan.later:
+        decisions[channel] = channel_decision(channel, message, audience)
     for index, channel in enumerate(plan.chain):
         decisions[channel] = channel_decision(channel, message, audience)
         if decisions[channel].sends:
@@ -458,7 +474,13 @@ def message_route(message: Message, audience: Audience, now: datetime) -> RouteO
     can take them together (settle_caps)."""
     info = message_type(message)
     rule = match_rule(audience.rules, type_key=info.key, kind=info.kind, priority=message.priority)
-    plan = plan_channels(type_channels=info.channels, explicit=list(message.channels), rule=rule)
+    plan = plan_channels(
+        type_channels=info.channels,
+        explicit=list(message.channels),
+        rule=rule,
+        escalation=info.escalation if not message.is_test else (),
+        priority=message.priority,
+    )
     decisions, chain_left = _decide_plan(plan, message, audience)
     admission = (
         message_admission(
@@ -474,7 +496,7 @@ def message_route(message: Message, audience: Audience, now: datetime) -> RouteO
         if any(decision.sends for decision in decisions.values())
         else None
     )
-    return RouteOutcome(message, decisions, chain_left, admission)
+    return RouteOutcome(message, decisions, chain_left, admission, dict(plan.later))
 
 
 def route_many(
@@ -506,7 +528,15 @@ def outcome_rows(outcome: RouteOutcome, audience: Audience, now: datetime) -> li
         else {}
     )
     return [
-        routed(message, channel, decision, admission, contents.get(channel), now)
+        routed(
+            message,
+            channel,
+            decision,
+            admission,
+            contents.get(channel),
+            now,
+            wait=outcome.waits.get(channel),
+        )
         for channel, decision in outcome.decisions.items()
     ]
 
@@ -855,7 +885,13 @@ def _first_channels(
     if info is None:
         return []
     rule = match_rule(rules, type_key=info.key, kind=info.kind, priority=priority)
-    plan = plan_channels(type_channels=info.channels, explicit=asked, rule=rule)
+    plan = plan_channels(
+        type_channels=info.channels,
+        explicit=asked,
+        rule=rule,
+        escalation=info.escalation,
+        priority=priority,
+    )
     return list(dict.fromkeys([*plan.send_all, *plan.chain[:1]]))
 
 

@@ -26,6 +26,7 @@ from django.utils import timezone
 
 from channels.base import Channel
 from notifier.models import Delivery, EventKind, Message, recipients_attach
+from notifier.policies.routing import escalation_stops, suppress
 from notifier.queues import Lane
 from notifier.services.admission import Admission, message_admission, settle_caps
 from notifier.services.pipeline import (
@@ -36,7 +37,7 @@ from notifier.services.pipeline import (
     publish_queued,
 )
 from notifier.services.transitions import Event, deliveries_set
-from notifier.status import DeliveryStatus
+from notifier.status import DeliveryStatus, Reason
 
 S = DeliveryStatus
 # Where a held delivery goes when its time comes: out, held again, or suppressed.
@@ -89,11 +90,15 @@ def held_release(*, now: datetime | None = None, limit: int = 2000) -> ReleaseRe
             Delivery.objects.select_for_update(skip_locked=True, of=("self",))
             .filter(message_id__in=message_ids, status=S.HELD, next_attempt_at__lte=now)
             .order_by("priority_rank", "next_attempt_at", "pk")
-            .values_list("pk", "message_id", "channel")
+            .values_list("pk", "message_id", "channel", "reason")
         )
         held: dict[int, list[tuple[int, Channel]]] = defaultdict(list)
-        for pk, message_id, channel in due:
+        for pk, message_id, channel, _ in due:
             held[message_id].append((pk, Channel(channel)))
+        # An escalation's later step whose message was read, opened or clicked meanwhile.
+        stopped = _escalations_stopped(
+            {pk: message_id for pk, message_id, _, reason in due if reason == ESCALATION_WAIT}
+        )
         messages = {
             m.pk: m
             for m in Message.objects.filter(pk__in=list(held)).select_related(
@@ -102,10 +107,12 @@ def held_release(*, now: datetime | None = None, limit: int = 2000) -> ReleaseRe
         }
         recipients_attach(m.user for m in messages.values())
         audience = audience_of(list(messages.values()), now)
-        order = list(dict.fromkeys(message_id for _, message_id, _ in due))
+        order = list(dict.fromkeys(message_id for _, message_id, _, _ in due))
         decisions = {
             message_id: {
-                pk: channel_decision(channel, messages[message_id], audience)
+                pk: ESCALATION_MOOT
+                if pk in stopped
+                else channel_decision(channel, messages[message_id], audience)
                 for pk, channel in held[message_id]
             }
             for message_id in order
@@ -179,6 +186,25 @@ def held_release(*, now: datetime | None = None, limit: int = 2000) -> ReleaseRe
         )
         publish_queued(released, ids, {pk: Lane(m.lane) for pk, m in messages.items()})
     return report
+
+
+ESCALATION_WAIT = str(Reason.ESCALATION_WAIT)
+ESCALATION_MOOT = suppress(Reason.ESCALATION_STOPPED)
+# What says the person has seen a message: its escalation's later steps are then moot.
+SEEN = (S.OPENED, S.READ, S.CLICKED)
+
+
+def _escalations_stopped(waiting: dict[int, int]) -> set[int]:
+    """Of the escalation steps waiting (delivery id -> message id), those whose message has a
+    delivery the person read, opened or clicked (escalation_stops decides)."""
+    if not waiting:
+        return set()
+    seen = set(
+        Delivery.objects.filter(message_id__in=set(waiting.values()), status__in=SEEN)
+        .values_list("message_id", flat=True)
+        .distinct()
+    )
+    return {pk for pk, message_id in waiting.items() if escalation_stops(message_id in seen)}
 
 
 def held_release_due(*, budget_s: float = 10.0, limit: int = 2000) -> ReleaseReport:
