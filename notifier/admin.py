@@ -923,6 +923,8 @@ MESSAGE_FIELDS = (
     "not_before",
     "cancel_key",
     "throttle_key",
+    "digest_key",
+    "digest",
     "created_at",
     "routed_at",
 )
@@ -974,6 +976,8 @@ NOTIFICATION_TYPE_FIELDS = (
     "throttle_limit",
     "throttle_window_s",
     "escalation",
+    "digest_window_s",
+    "digest_first_now",
     "is_active",
     "code_defined",
     "updated_at",

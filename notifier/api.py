@@ -31,6 +31,7 @@ from notifier.errors import (
     InactiveNotificationType,
     InvalidCancelKey,
     InvalidContext,
+    InvalidDigestKey,
     InvalidExpiry,
     InvalidIdempotencyKey,
     InvalidRecipient,
@@ -669,6 +670,10 @@ def check_throttle_key(key: object) -> str | None:
     return _check_key(key, "throttle_key", InvalidThrottleKey)
 
 
+def check_digest_key(key: object) -> str | None:
+    return _check_key(key, "digest_key", InvalidDigestKey)
+
+
 def check_idempotency_key(key: object) -> str | None:
     return _check_key(key, "idempotency_key", InvalidIdempotencyKey)
 
@@ -689,13 +694,15 @@ def notify(
     if_past: str = "refuse",
     cancel_key: str | None = None,
     throttle_key: str | None = None,
+    digest_key: str | None = None,
 ) -> Message:
     """Notify one user. Returns the Message; the same idempotency key returns the same one.
 
     `send_at` (aware) or `send_at_local` (naive: the user's own wall-clock time) holds it until
     then; a time already past is refused unless `if_past="send_now"`. `cancel_key` names it for
     `notify_cancel` until it has gone out. `throttle_key` is what its type's throttle (if it
-    has one) counts it under, e.g. "product:42"; without one, the type itself."""
+    has one) counts it under, e.g. "product:42"; without one, the type itself. `digest_key` is
+    what its type's digest (if it has one) groups it under, e.g. "post:42"."""
     info = check_type(type_key)
     user_id = _user_id(user)
     chosen = check_channels(channels, info)
@@ -705,6 +712,7 @@ def notify(
     schedule = check_send_at(send_at, send_at_local, if_past)
     cancel = check_cancel_key(cancel_key)
     throttle = check_throttle_key(throttle_key)
+    digest = check_digest_key(digest_key)
     not_before = None
     if schedule is not None:
         try:
@@ -730,6 +738,7 @@ def notify(
             not_before=not_before,
             cancel_key=cancel,
             throttle_key=throttle,
+            digest_key=digest,
         ),
         check_recipient=lambda: check_recipients([user_id]),
     )
@@ -752,6 +761,7 @@ def same_call(
     send_at_local: datetime | None = None,
     cancel_key: str | None = None,
     throttle_key: str | None = None,
+    digest_key: str | None = None,
 ) -> bool:
     """Whether a repeated call with the message's idempotency key asked for the same thing:
     the same context (as JSON holds it), channels, expiry, send time and cancel key. Callers
@@ -774,6 +784,7 @@ def same_call(
         and message.not_before == not_before
         and message.cancel_key == cancel_key
         and message.throttle_key == throttle_key
+        and message.digest_key == digest_key
     )
 
 
@@ -814,6 +825,7 @@ def notify_many(
     if_past: str = "refuse",
     cancel_key: str | None = None,
     throttle_key: str | None = None,
+    digest_key: str | None = None,
 ) -> BulkResult:
     """Notify many users with one INSERT per thousand and one task per batch.
 
@@ -838,6 +850,7 @@ def notify_many(
     schedule = check_send_at(send_at, send_at_local, if_past)
     cancel = check_cancel_key(cancel_key)
     throttle = check_throttle_key(throttle_key)
+    digest = check_digest_key(digest_key)
     overrides = check_contexts(contexts, user_ids)
     send_times_of = _bulk_send_times(schedule, user_ids, expiry, key, info.key)
 
@@ -865,6 +878,7 @@ def notify_many(
                 not_before=send_times_of.get(user_id),
                 cancel_key=cancel,
                 throttle_key=throttle,
+                digest_key=digest,
             )
         )
     written = messages_create(rows=rows)

@@ -47,6 +47,10 @@ class TypeSpec:
     # (Channel.PUSH, timedelta(minutes=10)), (Channel.SMS, timedelta(hours=1), True)), the
     # third element (optional) for critical messages only.
     escalation: tuple[tuple[Any, ...], ...] = ()
+    # Collect this type's messages per person and digest key (the caller's `digest_key`) for
+    # this long and send them as one; `digest_first_now`: the first of a window goes at once.
+    digest_window: timedelta | None = None
+    digest_first_now: bool = False
 
     def __post_init__(self) -> None:
         if not TYPE_KEY_RE.match(self.key):
@@ -130,6 +134,21 @@ CATALOG: tuple[TypeSpec, ...] = (
         optional_context=("coupon_code",),
     ),
     TypeSpec(
+        "social.new_comment",
+        "New comment",
+        Kind.SOCIAL,
+        Priority.LOW,
+        (Channel.INAPP, Channel.PUSH),
+        description="Someone commented on the user's post. The first goes at once; the rest "
+        "of the next 10 minutes on the same post come as one digest (digest_key: the post).",
+        customer_name=_("Comments on your posts"),
+        customer_description=_(
+            "When someone comments on what you posted; many at once come together."
+        ),
+        digest_window=timedelta(minutes=10),
+        digest_first_now=True,
+    ),
+    TypeSpec(
         "social.new_follower",
         "New follower",
         Kind.SOCIAL,
@@ -179,6 +198,10 @@ def sync_catalog(specs: Iterable[TypeSpec] | None = None) -> int:
                     int(spec.throttle_window.total_seconds()) if spec.throttle_window else None
                 ),
                 "escalation": spec.escalation_json(),
+                "digest_window_s": (
+                    int(spec.digest_window.total_seconds()) if spec.digest_window else None
+                ),
+                "digest_first_now": spec.digest_first_now,
                 "code_defined": True,
             },
         )

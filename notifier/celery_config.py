@@ -42,6 +42,7 @@ TASK_ROUTES: dict[str, dict[str, str]] = {
     for name in (
         "notifier.requeue_stuck_work",
         "notifier.release_held",
+        "notifier.flush_digests",
         "campaigns.start_due_steps",
         "campaigns.evaluate_triggers",
         "campaigns.rollup_stats",

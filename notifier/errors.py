@@ -73,5 +73,9 @@ class InvalidThrottleKey(NotifyError):
     """throttle_key is not a non-empty text of at most 255 characters."""
 
 
+class InvalidDigestKey(NotifyError):
+    """digest_key is not a non-empty text of at most 255 characters."""
+
+
 class IdempotencyKeyReused(NotifyError):
     """The key already belongs to a message for another user or type."""

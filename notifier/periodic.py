@@ -42,6 +42,13 @@ BEAT_SCHEDULE: dict[str, dict[str, Any]] = {
         "schedule": 15.0,
         "options": {"queue": MAINTENANCE_QUEUE, "expires": 14},
     },
+    # Every 15 seconds: send each digest whose window has ended as one message (a digest is
+    # at most a tick late; two beat processes flush disjoint digests).
+    "flush-digests": {
+        "task": "notifier.flush_digests",
+        "schedule": 15.0,
+        "options": {"queue": MAINTENANCE_QUEUE, "expires": 14},
+    },
     # Every 30 seconds: start campaign steps whose moment has come (each exactly once: the
     # step row moves pending -> running under a skip_locked lock), skip missed ones with a
     # reason, revive fan-out walks whose task was lost, and close finished steps.

@@ -55,7 +55,7 @@ from notifier.sandbox import (  # RenderError and RenderBudgetExceeded are raise
 )
 
 SYSTEM_VARIABLES = frozenset(
-    {"user", "site_name", "site_url", "preferences_url", "unsubscribe_url"}
+    {"user", "site_name", "site_url", "preferences_url", "unsubscribe_url", "digest"}
 )
 # What `user` holds in every template: plain values, never the model (no user.password, no
 # user.delivery_set).
@@ -236,6 +236,9 @@ def missing_parts(type_key: str, channel: Channel) -> list[str]:
 def template_context(context: Mapping[str, Any], user: Mapping[str, Any]) -> dict[str, Any]:
     return {
         **context,
+        # A digest's message carries what it collected (notifier.services.digests); every
+        # other message renders with none, so a type's templates can ask `{% if digest %}`.
+        "digest": context.get("digest"),
         "user": dict(user),
         "site_name": settings.NOTIFIER_SITE_NAME,
         # Without a trailing slash: templates write {{ site_url }}/account/reset/.

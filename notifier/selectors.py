@@ -56,6 +56,8 @@ class TypeInfo:
     is_active: bool
     throttle: Throttle | None = None
     escalation: tuple[EscalationStep, ...] = ()
+    digest_window: timedelta | None = None
+    digest_first_now: bool = False
 
     @property
     def lane(self) -> Lane:
@@ -74,6 +76,8 @@ class TypeInfo:
             if row.throttle_limit and row.throttle_window_s
             else None,
             escalation=escalation_steps(row.escalation),
+            digest_window=timedelta(seconds=row.digest_window_s) if row.digest_window_s else None,
+            digest_first_now=row.digest_first_now,
         )
 
 

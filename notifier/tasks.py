@@ -21,6 +21,7 @@ from notifier.services.deliveries import (
     requeue_expired_claims,
     requeue_stuck_work,
 )
+from notifier.services.digests import digests_flush_due
 from notifier.services.erasure import ERASE_AGAIN_TASK, recipient_erase_again
 from notifier.services.quarantine import messages_prepare_guarded
 from notifier.services.release import held_release_due
@@ -136,6 +137,12 @@ def release_held_task() -> dict[str, int]:
     """Beat: release held deliveries that are due (quiet hours over, queues drained, new cap
     window), highest priority first."""
     return held_release_due().__dict__
+
+
+@shared_task(name="notifier.flush_digests", ignore_result=True)
+def flush_digests_task() -> dict[str, int]:
+    """Beat: send each digest whose window has ended as one message."""
+    return digests_flush_due().__dict__
 
 
 @shared_task(name="notifier.failure_alerts", ignore_result=True)

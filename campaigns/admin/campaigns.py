@@ -269,6 +269,7 @@ RESERVED_NAMES = {
     "site_url": "the site's address",
     "preferences_url": "the recipient's preference page",
     "unsubscribe_url": "the unsubscribe link",
+    "digest": "what a digest collected (a type's digests)",
     "campaign": "the campaign's name and event time",
     "event_at": "the campaign's event time",
 }

@@ -123,6 +123,11 @@ class NotifyIn(Schema):
         description="What the type's throttle (if it has one) counts it under, e.g. "
         "product:42 (default: the type itself)",
     )
+    digest_key: StrictStr | None = Field(
+        default=None,
+        description="What the type's digest (if it has one) groups it under, e.g. post:42 "
+        "(default: the type itself)",
+    )
 
 
 class Accepted(Schema):
@@ -168,6 +173,11 @@ class NotifyManyIn(Schema):
         default=None,
         description="What the type's throttle (if it has one) counts it under, e.g. "
         "product:42 (default: the type itself)",
+    )
+    digest_key: StrictStr | None = Field(
+        default=None,
+        description="What the type's digest (if it has one) groups it under, e.g. post:42 "
+        "(default: the type itself)",
     )
 
 
@@ -272,6 +282,7 @@ def _same_request(message: Message, *, context: dict[str, Any], body: Any) -> bo
         send_at_local=body.send_at_local,
         cancel_key=body.cancel_key,
         throttle_key=body.throttle_key,
+        digest_key=body.digest_key,
     )
 
 
@@ -298,6 +309,7 @@ def notify_one(request: HttpRequest, body: NotifyIn) -> Status[dict[str, int]]:
         if_past=body.if_past,
         cancel_key=body.cancel_key,
         throttle_key=body.throttle_key,
+        digest_key=body.digest_key,
     )
     if key is not None and not _same_request(message, context=body.context, body=body):
         raise ApiError(
@@ -342,6 +354,7 @@ def notify_bulk(request: HttpRequest, body: NotifyManyIn) -> Status[dict[str, An
             if_past=body.if_past,
             cancel_key=body.cancel_key,
             throttle_key=body.throttle_key,
+            digest_key=body.digest_key,
         )
         if key is not None and result.existing:
             _check_repeats(key, users, result.message_ids, contexts, body)

@@ -1,6 +1,7 @@
 """The core models: users and their contact points, notification types, the delivery log."""
 
 from notifier.models.api_keys import ApiKey, ApiScope, RefusedCall
+from notifier.models.digests import Digest, DigestStatus
 from notifier.models.erasure import ErasedIdentifier, ErasureRecord, IdentifierKind
 from notifier.models.inbox import Feedback, InboxItem
 from notifier.models.messages import (
@@ -61,6 +62,8 @@ __all__ = [
     "Delivery",
     "DeliveryEvent",
     "Device",
+    "Digest",
+    "DigestStatus",
     "ErasedIdentifier",
     "ErasureRecord",
     "EventKind",

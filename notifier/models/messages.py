@@ -64,6 +64,22 @@ class Message(models.Model):
     is_test = models.BooleanField(default=False, help_text="A marketer's 'send test to me'")
     # The caller's name for what it may take back before it goes out (notify_cancel): any
     # number of messages, of any users, may share one.
+    # A type that digests: what its messages are grouped under ("post:42"; NULL: the type),
+    # and the digest it was collected into (or, for the digest's own message, that digest).
+    digest_key = models.CharField(  # noqa: DJ001
+        max_length=255,
+        null=True,
+        blank=True,
+        help_text="The caller's key its type's digest groups it under",
+    )
+    digest = models.ForeignKey(
+        "notifier.Digest",
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="messages",
+        db_index=False,
+    )
     # What its type's throttle counts it under (e.g. "product:42"); NULL: the type itself.
     throttle_key = models.CharField(  # noqa: DJ001
         max_length=255,
@@ -119,6 +135,10 @@ class Message(models.Model):
                 condition=Q(campaign__isnull=False),
             ),
             models.Index(fields=["step"], name="message_step_idx", condition=Q(step__isnull=False)),
+            # A digest's messages (the flush reads them); NULL on every other message.
+            models.Index(
+                fields=["digest"], name="message_digest_idx", condition=Q(digest__isnull=False)
+            ),
             # notify_cancel's look-up; NULL on every message sent without a key.
             models.Index(
                 fields=["cancel_key"],

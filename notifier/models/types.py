@@ -51,6 +51,18 @@ class NotificationType(models.Model):
         validators=[MinValueValidator(1), MaxValueValidator(366 * 86400)],
         help_text="The throttle's window in seconds, e.g. 86400 for a day",
     )
+    # A digest: this type's messages to one person under one digest key are collected for
+    # digest_window_s and sent as one (with digest_first_now, the first goes at once alone).
+    digest_window_s = models.PositiveIntegerField(
+        null=True,
+        blank=True,
+        validators=[MinValueValidator(1), MaxValueValidator(31 * 86400)],
+        help_text="Collect this type's messages per person and digest key this long, then "
+        "send them as one (empty: no digest)",
+    )
+    digest_first_now = models.BooleanField(
+        default=False, help_text="With a digest: the first of a window goes at once, alone"
+    )
     # Escalation: [{"channel": "inapp", "after_s": 0}, {"channel": "push", "after_s": 600},
     # {"channel": "sms", "after_s": 3600, "critical_only": true}]: the first step at once, each
     # later one after its wait only if nothing of the message was read, opened or clicked.

@@ -57,6 +57,8 @@ COLUMNS = (
     "is_test",
     "cancel_key",
     "throttle_key",
+    "digest_key",
+    "digest",
 )
 
 
@@ -77,6 +79,8 @@ class NewMessage:
     is_test: bool = False
     cancel_key: str | None = None
     throttle_key: str | None = None
+    digest_key: str | None = None
+    digest_id: int | None = None  # a digest's own message: the digest it sends
 
 
 def _values(row: NewMessage, now: datetime) -> tuple[Any, ...]:
@@ -98,6 +102,8 @@ def _values(row: NewMessage, now: datetime) -> tuple[Any, ...]:
         row.is_test,
         row.cancel_key,
         row.throttle_key,
+        row.digest_key,
+        row.digest_id,
     )
 
 
@@ -204,6 +210,8 @@ def as_message(row: NewMessage, pk: int, now: datetime) -> Message:
         "is_test": row.is_test,
         "cancel_key": row.cancel_key,
         "throttle_key": row.throttle_key,
+        "digest_key": row.digest_key,
+        "digest_id": row.digest_id,
         "idempotency_key": row.idempotency_key,
         "campaign_id": row.campaign_id,
         "created_at": now,
@@ -229,7 +237,7 @@ def _message_defaults() -> tuple[tuple[str, Callable[[], Any]], ...]:
     given = {
         "id", "user_id", "type_id", "context", "channels", "lane", "priority", "expires_at",
         "step_id", "variant_id", "not_before", "is_test", "cancel_key", "throttle_key",
-        "idempotency_key",
+        "digest_key", "digest_id", "idempotency_key",
         "campaign_id", "created_at",
     }  # fmt: skip
     return tuple(
@@ -339,10 +347,11 @@ def messages_unwritten(rows: Sequence[NewMessage]) -> list[NewMessage]:
     return [row for row in rows if row.idempotency_key is None or row.idempotency_key not in taken]
 
 
-# The fan-out's messages (campaigns) carry no cancel or throttle key: a campaign is cancelled
-# as a whole, and a throttled type counts its messages under the type itself.
+# The fan-out's messages (campaigns) carry no cancel, throttle or digest key: a campaign is
+# cancelled as a whole, a throttled type counts its messages under the type itself, and a
+# campaign's messages are not digested.
 COPY_COLUMNS = (
-    *(c for c in COLUMNS if c not in ("cancel_key", "throttle_key")),
+    *(c for c in COLUMNS if c not in ("cancel_key", "throttle_key", "digest_key", "digest")),
     "routed_at",
     "cap_day",
     "cap_week",

@@ -103,6 +103,7 @@ from notifier.selectors import (
 )
 from notifier.services.admission import Admission, message_admission, settle_caps
 from notifier.services.breakers import breaker_waiters_wake
+from notifier.services.digests import digests_collect
 from notifier.services.messages import (
     NewMessage,
     as_message,
@@ -541,6 +542,8 @@ def outcome_rows(outcome: RouteOutcome, audience: Audience, now: datetime) -> li
     ]
 
 
+COLLECTED = "collected"  # prepare's count of messages collected into a digest
+
 TERMINAL_ON_ROUTE = frozenset({S.SUPPRESSED, S.FAILED, S.CANCELLED, S.SENT})
 
 
@@ -770,6 +773,11 @@ def messages_prepare(*, message_ids: Sequence[int], run_id: int | None = None) -
                 },
                 now=now,
             )
+        # A digest type's messages are collected into their digest, not routed one by one.
+        collected = digests_collect(messages, now)
+        if collected:
+            written[COLLECTED] += len(collected)
+            messages = [m for m in messages if m.pk not in collected]
         if not messages:
             return written
         audience = audience_of(messages, now)

@@ -59,6 +59,7 @@ ARGUMENTS = (
     "if_past",
     "cancel_key",
     "throttle_key",
+    "digest_key",
 )
 CANCEL_ARGUMENTS = ("cancel_key", "users", "recipients")
 MAX_MESSAGE = 2000
@@ -141,6 +142,7 @@ def notify_call(
             if_past=call.get("if_past", "refuse"),
             cancel_key=call.get("cancel_key"),
             throttle_key=call.get("throttle_key"),
+            digest_key=call.get("digest_key"),
         )
         if call.get("idempotency_key") and not same_call(
             message,
@@ -151,6 +153,7 @@ def notify_call(
             send_at_local=send_at_local,
             cancel_key=call.get("cancel_key"),
             throttle_key=call.get("throttle_key"),
+            digest_key=call.get("digest_key"),
         ):
             raise IdempotencyKeyReused(
                 f"idempotency_key {call['idempotency_key']!r} was used for another call; "

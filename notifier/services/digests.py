@@ -1,0 +1,183 @@
+"""Digests: "Ana and 4 others commented" instead of five messages.
+
+A type with a digest window collects its messages per person and digest key (the caller's
+`digest_key`, e.g. "post:42"; without one, the type itself) into an open `Digest`, and sends
+them as one message when the window ends. PostgreSQL is the record of all of it, so a worker
+killed, a task run twice or two beat processes at once cost nothing:
+
+- **Collecting** happens when a message is prepared, in the prepare run's transaction: the
+  person's open digest for the key is locked (made when there is none: one open per person,
+  type and key, by a partial unique index), the message is attached to it and counted, and it
+  counts as routed, with no delivery of its own. With `digest_first_now`, a message that finds
+  no open digest goes out at once as usual and opens one for the rest of the window.
+- **Flushing** (beat, every 15 s: `digests_flush_due`) takes the open digests whose window has
+  ended, skipping those another run holds, and for each, in one transaction: reads what it
+  collected, writes the one message that carries it (its context is the newest message's,
+  plus `digest`: the count and the items, newest last), and closes it. A flush that dies
+  rolls back whole and the next tick does it again; the message is keyed by the digest
+  (`digest:<id>`), so it can be written once only.
+- **A message arriving during a flush** waits for the digest's row lock; when the flush
+  commits, the digest is no longer open, and the message opens the next one. Never lost,
+  never in two.
+
+The digest's message goes through routing like any other (preferences, quiet hours, caps,
+escalation); its templates see `digest` (`{% if digest %}{{ digest.count }} new comments`).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from django.db import transaction
+from django.db.models import F
+from django.utils import timezone
+
+from notifier.db import insert_rows
+from notifier.models import Digest, DigestStatus, Message
+from notifier.selectors import TypeInfo, type_info_get
+from notifier.services.messages import NewMessage, messages_create
+
+MAX_ITEMS = 50  # the newest this many collected contexts ride in the digest's context
+D = DigestStatus
+
+
+@dataclass
+class FlushReport:
+    sent: int = 0  # digests sent as one message each
+    empty: int = 0  # closed with nothing collected (their first went out alone)
+    digests: int = 0  # digests the run took
+
+
+def _rule(message: Message) -> TypeInfo | None:
+    """The type's digest, when this message is one to collect: not a digest's own message,
+    not a marketer's test."""
+    if message.digest_id is not None or message.is_test:
+        return None
+    info = type_info_get(message.type_id)
+    return info if info is not None and info.digest_window is not None else None
+
+
+def digests_collect(messages: Sequence[Message], now: datetime) -> set[int]:
+    """Collect the messages of digest types into their open digests; returns the ids collected
+    (they count as routed now, with no delivery: the caller routes the rest). Inside the
+    caller's transaction, which holds the messages' locks."""
+    collected: set[int] = set()
+    for message in sorted(messages, key=lambda m: (m.created_at, m.pk)):
+        info = _rule(message)
+        if info is None:
+            continue
+        assert info.digest_window is not None
+        digest, opened = _open_digest(message, info.digest_window, now)
+        if opened and info.digest_first_now:
+            continue  # the first of its window: routed at once, alone
+        Digest.objects.filter(pk=digest).update(count=F("count") + 1)
+        collected.add(message.pk)
+        Message.objects.filter(pk=message.pk).update(digest_id=digest, routed_at=now)
+    return collected
+
+
+def _open_digest(message: Message, window: timedelta, now: datetime) -> tuple[int, bool]:
+    """The person's open digest for the message's key, locked: (its id, whether this call
+    opened it). Two runs opening one at once meet at the partial unique index; the loser
+    waits for the winner's commit and takes its digest."""
+    key = message.digest_key or ""
+    for _ in range(3):
+        found = (
+            Digest.objects.select_for_update()
+            .filter(user_id=message.user_id, type_id=message.type_id, key=key, status=D.OPEN)
+            .values_list("pk", flat=True)
+            .first()
+        )
+        if found is not None:
+            return found, False
+        made = insert_rows(
+            Digest,
+            ("user", "type", "key", "status", "opened_at", "due_at", "count"),
+            [(message.user_id, message.type_id, key, D.OPEN, now, now + window, 0)],
+            returning=("id",),
+            ignore_conflicts=True,
+        )
+        if made:
+            return made[0][0], True
+    raise RuntimeError(f"no open digest could be made or found for message {message.pk}")
+
+
+def digests_flush(*, now: datetime | None = None, limit: int = 500) -> FlushReport:
+    """Send the open digests whose window has ended (up to `limit`), each as one message, in
+    one transaction. Safe to run twice at once: another run's digests are skipped."""
+    now = now or timezone.now()
+    report = FlushReport()
+    with transaction.atomic():
+        due = list(
+            Digest.objects.select_for_update(skip_locked=True)
+            .filter(status=D.OPEN, due_at__lte=now)
+            .order_by("due_at", "pk")[:limit]
+        )
+        report.digests = len(due)
+        for digest in due:
+            items = list(
+                Message.objects.filter(digest_id=digest.pk)
+                .order_by("created_at", "pk")
+                .values_list("context", "created_at")
+            )
+            digest.flushed_at, digest.count = now, len(items)
+            if not items:
+                digest.status = D.EMPTY
+                report.empty += 1
+            else:
+                digest.message = _digest_message(digest, items)
+                digest.status = D.SENT
+                report.sent += 1
+            digest.save(update_fields=["status", "count", "flushed_at", "message"])
+    return report
+
+
+def _digest_message(digest: Digest, items: list[tuple[dict[str, object], datetime]]) -> Message:
+    info = type_info_get(digest.type_id)
+    assert info is not None  # the digest's type: deleting it deletes its digests
+    newest = dict(items[-1][0]) if isinstance(items[-1][0], dict) else {}
+    context = {
+        **newest,
+        "digest": {
+            "count": len(items),
+            "key": digest.key,
+            "messages": [
+                {**(values if isinstance(values, dict) else {}), "at": at.isoformat()}
+                for values, at in items[-MAX_ITEMS:]
+            ],
+            "since": digest.opened_at.isoformat(),
+        },
+    }
+    written = messages_create(
+        rows=[
+            NewMessage(
+                user_id=digest.user_id,
+                type_key=digest.type_id,
+                context=context,
+                channels=[],
+                lane=info.lane,
+                idempotency_key=f"digest:{digest.pk}",
+                priority=info.priority,
+                digest_key=digest.key or None,
+                digest_id=digest.pk,
+            )
+        ]
+    )
+    return written.messages[0]
+
+
+def digests_flush_due(*, budget_s: float = 10.0, limit: int = 500) -> FlushReport:
+    """Flush runs one after another while each finds a full batch and `budget_s` lasts (the
+    beat task): a burst of windows ending together goes out in one tick."""
+    report = FlushReport()
+    started = time.monotonic()
+    while True:
+        run = digests_flush(limit=limit)
+        report.sent += run.sent
+        report.empty += run.empty
+        report.digests += run.digests
+        if run.digests < limit or time.monotonic() - started >= budget_s:
+            return report

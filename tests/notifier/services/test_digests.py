@@ -1,0 +1,235 @@
+"""Digests, on PostgreSQL: a type's messages per person and digest key are collected over the
+window and sent as one message whose templates see the count and the messages; exactly one
+digest per window when two flushes run at once or one dies half-way, and a message arriving
+while a digest is being sent goes into the next one, never lost, never twice."""
+
+from __future__ import annotations
+
+import threading
+from datetime import timedelta
+from unittest import mock
+
+import pytest
+import time_machine
+from django.db import connection, transaction
+from django.utils import timezone
+
+from notifier.api import notify
+from notifier.errors import InvalidDigestKey
+from notifier.models import Delivery, Digest, DigestStatus, InboxItem, Message, NotificationType
+from notifier.selectors import type_cache_clear
+from notifier.services import digests
+from notifier.services.digests import digests_collect, digests_flush
+from notifier.services.pipeline import messages_prepare
+from notifier.status import DeliveryStatus
+from tests.factories import UserFactory
+
+pytestmark = pytest.mark.django_db
+S = DeliveryStatus
+D = DigestStatus
+
+
+def comment(user, who: str, post: str = "post:42", text: str = "Nice!") -> Message:
+    return notify(
+        user,
+        "social.new_comment",
+        {
+            "commenter_name": who,
+            "post_title": "My trip",
+            "excerpt": text,
+            "comment_url": f"https://x.test/{post}",
+        },
+        channels=["inapp"],
+        digest_key=post,
+    )
+
+
+def prepared(*messages: Message) -> dict[str, int]:
+    return dict(messages_prepare(message_ids=[m.pk for m in messages]))
+
+
+def test_the_first_goes_at_once_and_the_rest_of_the_window_comes_as_one(published):
+    user = UserFactory()
+    first = comment(user, "Ana")
+    assert prepared(first) == {"sent": 1}  # digest_first_now: at once, alone
+    more = [comment(user, name, text=f"{name} says hi") for name in ("Ben", "Cy", "Di")]
+    assert prepared(*more) == {"collected": 3}
+    assert not Delivery.objects.filter(message__in=more).exists()
+    digest = Digest.objects.get()
+    assert (digest.status, digest.count, digest.key) == (D.OPEN, 3, "post:42")
+    assert digests_flush(now=digest.due_at - timedelta(seconds=1)).digests == 0
+    report = digests_flush(now=digest.due_at)
+    assert (report.sent, report.empty) == (1, 0)
+    digest.refresh_from_db()
+    assert digest.status == D.SENT and digest.message is not None
+    sent = digest.message
+    assert sent.context["digest"]["count"] == 3
+    assert [m["commenter_name"] for m in sent.context["digest"]["messages"]] == ["Ben", "Cy", "Di"]
+    assert prepared(sent) == {"sent": 1}
+    item = InboxItem.objects.get(message=sent)
+    assert item.title == "Di and 2 others commented on My trip"
+    assert item.body.splitlines() == ["Ben: Ben says hi", "Cy: Cy says hi", "Di: Di says hi"]
+
+
+def test_each_digest_key_and_each_person_has_its_own_digest(published):
+    ann, bob = UserFactory(), UserFactory()
+    messages = [
+        comment(ann, "X", "post:1"),
+        comment(ann, "Y", "post:2"),
+        comment(bob, "Z", "post:1"),
+    ]
+    prepared(*messages)  # each the first of its window: all at once
+    prepared(
+        comment(ann, "X2", "post:1"), comment(ann, "Y2", "post:2"), comment(bob, "Z2", "post:1")
+    )
+    assert Digest.objects.filter(status=D.OPEN, count=1).count() == 3
+
+
+def test_without_first_now_the_first_waits_too_and_an_empty_window_sends_nothing(published):
+    NotificationType.objects.filter(pk="social.new_comment").update(digest_first_now=False)
+    type_cache_clear()
+    user = UserFactory()
+    assert prepared(comment(user, "Ana")) == {"collected": 1}
+    NotificationType.objects.filter(pk="social.new_comment").update(digest_first_now=True)
+    type_cache_clear()
+    other = UserFactory()
+    prepared(comment(other, "Solo"))  # first at once: its digest opens empty
+    later = timezone.now() + timedelta(minutes=11)
+    report = digests_flush(now=later)
+    assert (report.sent, report.empty) == (1, 1)
+
+
+def test_a_message_after_the_flush_opens_the_next_digest(published):
+    user = UserFactory()
+    prepared(comment(user, "Ana"))
+    prepared(comment(user, "Ben"))
+    with time_machine.travel(timezone.now() + timedelta(minutes=11)):
+        digests_flush()
+        late = comment(user, "Cy")
+        assert prepared(late) == {"sent": 1}  # the first of a new window: at once again
+        prepared(comment(user, "Di"))
+    assert list(Digest.objects.order_by("pk").values_list("status", "count")) == [
+        (D.SENT, 1),
+        (D.OPEN, 1),
+    ]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_two_flushes_at_once_send_each_digest_once(published):
+    users = UserFactory.create_batch(6)
+    for user in users:
+        prepared(comment(user, "Ana"))
+        prepared(comment(user, "Ben"), comment(user, "Cy"))
+    later = timezone.now() + timedelta(minutes=11)
+    start = threading.Barrier(2)
+    reports = []
+
+    def run() -> None:
+        try:
+            start.wait()
+            reports.append(digests_flush(now=later, limit=4))
+            reports.append(digests_flush(now=later, limit=4))
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=run) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert sum(r.sent for r in reports) == 6
+    assert Message.objects.filter(idempotency_key__startswith="digest:").count() == 6
+    assert set(Digest.objects.values_list("status", flat=True)) == {D.SENT}
+
+
+def test_a_flush_that_dies_half_way_leaves_the_digest_to_the_next_one_whole(published):
+    user = UserFactory()
+    prepared(comment(user, "Ana"))
+    prepared(comment(user, "Ben"), comment(user, "Cy"))
+    later = timezone.now() + timedelta(minutes=11)
+    real = digests.messages_create
+
+    def dies_after_writing(**kwargs):
+        real(**kwargs)
+        raise SystemExit("the worker is killed right after writing the digest's message")
+
+    with (
+        mock.patch.object(digests, "messages_create", dies_after_writing),
+        pytest.raises(SystemExit),
+    ):
+        digests_flush(now=later)
+    assert Digest.objects.get().status == D.OPEN  # rolled back whole
+    assert not Message.objects.filter(idempotency_key__startswith="digest:").exists()
+    assert digests_flush(now=later).sent == 1
+    assert Message.objects.filter(idempotency_key__startswith="digest:").count() == 1
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_message_arriving_during_a_flush_goes_into_the_next_digest(published):
+    user = UserFactory()
+    prepared(comment(user, "Ana"))
+    prepared(comment(user, "Ben"))
+    digest = Digest.objects.get()
+    writing, finish = threading.Event(), threading.Event()
+    real = digests._digest_message
+
+    def slow(*args, **kwargs):
+        message = real(*args, **kwargs)
+        writing.set()
+        assert finish.wait(timeout=20)
+        return message
+
+    def flush() -> None:
+        try:
+            with mock.patch.object(digests, "_digest_message", slow):
+                digests_flush(now=digest.due_at)
+        finally:
+            connection.close()
+
+    flusher = threading.Thread(target=flush)
+    flusher.start()
+    assert writing.wait(timeout=20)  # the flush holds the digest, mid-way
+    late = comment(user, "Cy")
+    arrived: list[dict[str, int]] = []
+
+    def collect() -> None:
+        try:
+            arrived.append(prepared(late))
+        finally:
+            connection.close()
+
+    collector = threading.Thread(target=collect)
+    collector.start()
+    collector.join(timeout=1)
+    assert collector.is_alive()  # it waits for the flush's lock
+    finish.set()
+    flusher.join(timeout=20)
+    collector.join(timeout=20)
+    assert arrived == [{"sent": 1}]  # the first of the next window (digest_first_now)
+    sent = Digest.objects.get(pk=digest.pk)
+    assert (sent.status, sent.count) == (D.SENT, 1)
+    assert Message.objects.get(pk=late.pk).digest_id != digest.pk
+    assert Digest.objects.filter(status=D.OPEN).count() == 1  # opened by the late one
+
+
+@pytest.mark.parametrize("key", ["", 5, "x" * 300])
+def test_a_digest_key_that_is_not_plain_text_is_refused(key):
+    with pytest.raises(InvalidDigestKey):
+        comment(UserFactory(), "Ana", post=key)
+    assert not Message.objects.exists()
+
+
+def test_a_prepare_run_that_dies_collects_nothing(published):
+    user = UserFactory()
+    prepared(comment(user, "Ana"))
+    message = comment(user, "Ben")
+
+    def prepare_that_dies() -> None:
+        with transaction.atomic():
+            digests_collect([Message.objects.get(pk=message.pk)], timezone.now())
+            raise RuntimeError("the prepare run dies")
+
+    with pytest.raises(RuntimeError):
+        prepare_that_dies()
+    assert Digest.objects.get().count == 0
+    assert Message.objects.get(pk=message.pk).routed_at is None
