@@ -845,6 +845,7 @@ class MessageRow:
     send_at: str = ""  # the send time a caller scheduled it for, as the column holds it
     cancel_key: str = ""
     cancellable: bool = False  # something of it has not gone out yet
+    digest: str = ""  # collected into a digest, or a digest's own message: in words
 
     @classmethod
     def of(
@@ -872,7 +873,21 @@ class MessageRow:
             send_at=getattr(message, "not_before_text", None) or "",
             cancel_key=message.cancel_key or "",
             cancellable=message.routed_at is None or any(d.status in CANCELLABLE for d in every),
+            digest=_digest_words(message),
         )
+
+
+def _digest_words(message: Message) -> str:
+    """What a digest did with the message, for support: collected (and sent as which
+    message), or the digest's own message (of how many)."""
+    digest = message.digest
+    if digest is None:
+        return ""
+    if digest.message_id == message.pk:
+        return f"The digest of {digest.count} messages under key {digest.key or '(the type)'}"
+    if digest.message_id is not None:
+        return f"Collected into digest #{digest.pk}, sent as message #{digest.message_id}"
+    return f"Collected into digest #{digest.pk}, which goes out at {digest.due_at:%Y-%m-%d %H:%M}"
 
 
 # What support may still cancel of a message (notifier.services.cancellation).

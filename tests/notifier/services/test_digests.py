@@ -12,6 +12,7 @@ from unittest import mock
 import pytest
 import time_machine
 from django.db import connection, transaction
+from django.urls import reverse
 from django.utils import timezone
 
 from notifier.api import notify
@@ -233,3 +234,22 @@ def test_a_prepare_run_that_dies_collects_nothing(published):
         prepare_that_dies()
     assert Digest.objects.get().count == 0
     assert Message.objects.get(pk=message.pk).routed_at is None
+
+
+def test_support_sees_where_each_message_went(published, admin_client):
+    user = UserFactory()
+    prepared(comment(user, "Ana"))
+    collected = [comment(user, "Ben"), comment(user, "Cy")]
+    prepared(*collected)
+    page = admin_client.get(
+        reverse("admin:notifier_user_customer", args=[user.pk])
+    ).content.decode()
+    digest = Digest.objects.get()
+    assert f"Collected into digest #{digest.pk}, which goes out at" in page
+    digests_flush(now=digest.due_at)
+    digest.refresh_from_db()
+    page = admin_client.get(
+        reverse("admin:notifier_user_customer", args=[user.pk])
+    ).content.decode()
+    assert f"Collected into digest #{digest.pk}, sent as message #{digest.message_id}" in page
+    assert "The digest of 2 messages under key post:42" in page
