@@ -37,6 +37,7 @@ from notifier.errors import (
     InvalidRecipient,
     InvalidSchedule,
     InvalidThrottleKey,
+    InvalidTopic,
     MissingContextVariable,
     NotifyError,
     RecipientErased,
@@ -46,6 +47,7 @@ from notifier.ids import MAX_ID
 from notifier.models import Message, Recipient, User
 from notifier.rendering import SYSTEM_VARIABLES, variables_used
 from notifier.selectors import TypeInfo, type_info_get
+from notifier.services import topics as topic_service
 from notifier.services.cancellation import CancelReport, messages_cancel
 from notifier.services.messages import NewMessage, message_create, messages_create
 from notifier.text import text_problem
@@ -64,7 +66,16 @@ MAX_CHANNEL_ENTRIES = 16  # there are four channels: more entries is a caller's 
 CHANNEL_NAMES = frozenset(channel.value for channel in Channel)
 UserRef = User | UserKey
 
-__all__ = ["BulkResult", "CancelReport", "notify", "notify_cancel", "notify_many"]
+__all__ = [
+    "BulkResult",
+    "CancelReport",
+    "notify",
+    "notify_cancel",
+    "notify_many",
+    "notify_topic",
+    "topic_subscribe",
+    "topic_unsubscribe",
+]
 
 _T = TypeVar("_T")
 _EPOCH_UTC = datetime(1970, 1, 1, tzinfo=UTC)
@@ -909,3 +920,54 @@ def _bulk_send_times(
         if not made:
             raise
         return send_times(schedule, [u for u in user_ids if u not in made], expiry)
+
+
+# --- Topics -----------------------------------------------------------------------------------
+
+
+def check_topic(key: object) -> str:
+    text = _check_key(key, "topic", InvalidTopic)
+    if text is None:
+        raise InvalidTopic('topic is required: your key for the object, e.g. "product:42"')
+    return text
+
+
+def topic_subscribe(topic: str, users: Iterable[UserRef]) -> int:
+    """These users follow `topic` (your key for an object, e.g. "product:42"); returns how many
+    did not already. Inactive or unknown users are refused, as by notify_many."""
+    key = check_topic(topic)
+    user_ids = check_recipients(_user_ids(users))
+    return topic_service.topic_subscribe(topic_key=key, user_ids=user_ids)
+
+
+def topic_unsubscribe(topic: str, users: Iterable[UserRef]) -> int:
+    key = check_topic(topic)
+    return topic_service.topic_unsubscribe(topic_key=key, user_ids=_user_ids(users))
+
+
+def notify_topic(
+    topic: str,
+    type_key: str,
+    context: Mapping[str, Any] | None = None,
+    *,
+    idempotency_key: str | None = None,
+    channels: Sequence[str] | None = None,
+    exclude: Iterable[UserRef] = (),
+) -> Any:
+    """Notify everyone following `topic` (but `exclude`, e.g. the one who acted) with the same
+    context. Returns the TopicSend at once; its subscribers are handed out in batches of a
+    thousand by a worker (see notifier.services.topics). The same idempotency key gives back
+    the first call's send."""
+    key = check_topic(topic)
+    info = check_type(type_key)
+    chosen = check_channels(channels, info)
+    clean_context = check_context(context, info, chosen)
+    idempotency = check_idempotency_key(idempotency_key)
+    return topic_service.topic_send_start(
+        topic_key=key,
+        info=info,
+        context=clean_context,
+        channels=chosen if channels is not None else [],
+        exclude=_user_ids(exclude),
+        idempotency_key=idempotency,
+    )

@@ -43,6 +43,7 @@ TASK_ROUTES: dict[str, dict[str, str]] = {
         "notifier.requeue_stuck_work",
         "notifier.release_held",
         "notifier.flush_digests",
+        "notifier.revive_topic_sends",
         "campaigns.start_due_steps",
         "campaigns.evaluate_triggers",
         "campaigns.rollup_stats",

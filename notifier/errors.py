@@ -79,3 +79,7 @@ class InvalidDigestKey(NotifyError):
 
 class IdempotencyKeyReused(NotifyError):
     """The key already belongs to a message for another user or type."""
+
+
+class InvalidTopic(NotifyError):
+    """A topic key that is not a non-empty text of at most 255 characters."""

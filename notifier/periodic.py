@@ -49,6 +49,12 @@ BEAT_SCHEDULE: dict[str, dict[str, Any]] = {
         "schedule": 15.0,
         "options": {"queue": MAINTENANCE_QUEUE, "expires": 14},
     },
+    # Every minute: walks of topic sends whose task was lost start again where they were.
+    "revive-topic-sends": {
+        "task": "notifier.revive_topic_sends",
+        "schedule": 60.0,
+        "options": {"queue": MAINTENANCE_QUEUE, "expires": 55},
+    },
     # Every 30 seconds: start campaign steps whose moment has come (each exactly once: the
     # step row moves pending -> running under a skip_locked lock), skip missed ones with a
     # reason, revive fan-out walks whose task was lost, and close finished steps.

@@ -27,6 +27,7 @@ from notifier.services.quarantine import messages_prepare_guarded
 from notifier.services.release import held_release_due
 from notifier.services.remote_calls import cancel_call, notify_call
 from notifier.services.retention import retention_run
+from notifier.services.topics import topic_send_walk, topic_sends_revive
 
 log = logging.getLogger(__name__)
 
@@ -143,6 +144,19 @@ def release_held_task() -> dict[str, int]:
 def flush_digests_task() -> dict[str, int]:
     """Beat: send each digest whose window has ended as one message."""
     return digests_flush_due().__dict__
+
+
+@shared_task(name="notifier.walk_topic_send", **PIPELINE_TASK_OPTIONS)
+def walk_topic_send(send_id: int) -> dict[str, object]:
+    """Hand a topic send's subscribers out, a thousand per transaction (and publish the next
+    run when its time is up)."""
+    return topic_send_walk(send_id=send_id).__dict__
+
+
+@shared_task(name="notifier.revive_topic_sends", ignore_result=True)
+def revive_topic_sends_task() -> list[int]:
+    """Beat: walks of topic sends whose task was lost start again where they were."""
+    return topic_sends_revive()
 
 
 @shared_task(name="notifier.failure_alerts", ignore_result=True)

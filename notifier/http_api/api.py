@@ -19,13 +19,13 @@ from ninja.parser import Parser
 from pydantic import Field, StrictInt, StrictStr
 
 from channels.push import vapid_public_key
-from notifier.api import notify, notify_cancel, notify_many, same_call
+from notifier.api import notify, notify_cancel, notify_many, notify_topic, same_call
 from notifier.errors import IdempotencyKeyReused, InvalidRecipient, NotifyError
 from notifier.http_api.auth import ApiError, ApiKeyAuth
 from notifier.http_api.common import Problem, answers
 from notifier.http_api.messages import router as messages_router
 from notifier.http_api.recipients import router as recipients_router
-from notifier.models import Message, Recipient
+from notifier.models import Message, Recipient, TopicSubscription
 from notifier.models.api_keys import ApiScope
 from notifier.services.devices import DeviceError, UnknownDevice
 from notifier.services.erasure import ErasureError
@@ -359,6 +359,54 @@ def notify_bulk(request: HttpRequest, body: NotifyManyIn) -> Status[dict[str, An
         if key is not None and result.existing:
             _check_repeats(key, users, result.message_ids, contexts, body)
     return Status(202, {"messages": result.message_ids, "created": result.created})
+
+
+class TopicNotifyIn(Schema):
+    type: StrictStr = Field(description="A notification type's key")
+    context: dict[str, Any] = Field(default_factory=dict, description="Shared by everyone")
+    channels: list[StrictStr] | None = None
+    exclude_users: list[UserKeyIn] = Field(
+        default_factory=list, description="Leave these users out (e.g. whoever acted)"
+    )
+    exclude_recipients: list[StrictStr] = Field(
+        default_factory=list, description="Or these recipients (external_ids)"
+    )
+
+
+class TopicSent(Schema):
+    send: int = Field(description="The topic send's id; the same for a repeated call")
+    subscribers: int = Field(description="How many follow the topic now")
+
+
+@api.post(
+    "/topics/{topic}/notify",
+    auth=ApiKeyAuth(ApiScope.NOTIFY),
+    response=answers({202: TopicSent}),
+    summary="Notify everyone following a topic",
+)
+def topic_notify_route(
+    request: HttpRequest, topic: str, body: TopicNotifyIn
+) -> Status[dict[str, int]]:
+    """Each follower gets the message (its preferences, quiet hours and caps applied), handed
+    out by a worker a thousand at a time. With an `Idempotency-Key`, a repeated call gives back
+    the first call's send."""
+    exclude: list[Any] = list(body.exclude_users)
+    if body.exclude_recipients:
+        exclude += list(
+            Recipient.objects.filter(external_id__in=set(body.exclude_recipients)).values_list(
+                "user_id", flat=True
+            )
+        )
+    send = notify_topic(
+        topic,
+        body.type,
+        body.context,
+        idempotency_key=_idempotency_key(request),
+        channels=body.channels,
+        exclude=exclude,
+    )
+    followers = TopicSubscription.objects.filter(topic_id=send.topic_id).count()
+    return Status(202, {"send": send.pk, "subscribers": followers})
 
 
 class CancelIn(Schema):

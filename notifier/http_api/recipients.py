@@ -17,6 +17,7 @@ from django.http import HttpRequest
 from ninja import Path, Router, Schema, Status
 from pydantic import Field, StrictBool, StrictStr
 
+from notifier.api import topic_subscribe, topic_unsubscribe
 from notifier.http_api.auth import ApiKeyAuth
 from notifier.http_api.common import answers
 from notifier.http_api.messages import MessageOut, recipient_messages
@@ -35,6 +36,7 @@ from notifier.services.preferences import (
 )
 from notifier.services.recipients import recipient_get, recipient_put
 from notifier.services.snoozes import snooze_lift, snooze_set, snoozes_list
+from notifier.services.topics import topics_of
 from notifier.user_keys import user_key_json
 
 router = Router(tags=["recipients"])
@@ -592,3 +594,45 @@ def snooze_delete(
     recipient = recipient_get(external_id)
     snooze_lift(user_id=recipient.user_id, type_key=type_key)
     return Status(200, snoozes_json(recipient.user_id))
+
+
+class TopicsOut(Schema):
+    topics: list[str] = Field(description="The topics they follow, by key")
+
+
+@router.get(
+    "/{external_id}/topics",
+    auth=ApiKeyAuth(ApiScope.RECIPIENTS, ApiScope.READ, app=True),
+    response=answers({200: TopicsOut}, 404),
+    summary="The topics a recipient follows",
+)
+def topics_read(request: HttpRequest, external_id: ExternalId) -> Status[dict[str, Any]]:
+    return Status(200, {"topics": topics_of(user_id=recipient_get(external_id).user_id)})
+
+
+@router.put(
+    "/{external_id}/topics/{topic}",
+    auth=ApiKeyAuth(ApiScope.RECIPIENTS, app=True),
+    response=answers({200: TopicsOut}, 404),
+    summary="A recipient follows a topic",
+)
+def topic_follow(
+    request: HttpRequest, external_id: ExternalId, topic: str
+) -> Status[dict[str, Any]]:
+    recipient = recipient_get(external_id)
+    topic_subscribe(topic, [recipient.user_id])
+    return Status(200, {"topics": topics_of(user_id=recipient.user_id)})
+
+
+@router.delete(
+    "/{external_id}/topics/{topic}",
+    auth=ApiKeyAuth(ApiScope.RECIPIENTS, app=True),
+    response=answers({200: TopicsOut}, 404),
+    summary="A recipient stops following a topic",
+)
+def topic_unfollow(
+    request: HttpRequest, external_id: ExternalId, topic: str
+) -> Status[dict[str, Any]]:
+    recipient = recipient_get(external_id)
+    topic_unsubscribe(topic, [recipient.user_id])
+    return Status(200, {"topics": topics_of(user_id=recipient.user_id)})

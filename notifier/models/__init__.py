@@ -48,6 +48,7 @@ from notifier.models.recipients import (
 )
 from notifier.models.routing import RoutingRule
 from notifier.models.support import SupportAction, SupportActionKind
+from notifier.models.topics import Topic, TopicSend, TopicSendStatus, TopicSubscription
 from notifier.models.types import Kind, NotificationType, Priority
 from notifier.models.users import Device, MarketingFrequency, Platform, User
 
@@ -90,6 +91,10 @@ __all__ = [
     "SuppressedAddress",
     "SuppressionReason",
     "ThrottleSlot",
+    "Topic",
+    "TopicSend",
+    "TopicSendStatus",
+    "TopicSubscription",
     "Unsubscribe",
     "User",
     "WebhookAttempt",

@@ -55,6 +55,7 @@ from notifier.models import (
     Delivery,
     DeliveryEvent,
     Device,
+    Digest,
     ErasedIdentifier,
     ErasureRecord,
     EventKind,
@@ -66,8 +67,11 @@ from notifier.models import (
     ProviderEvent,
     Recipient,
     RefusedCall,
+    Snooze,
     SupportAction,
     SuppressedAddress,
+    ThrottleSlot,
+    TopicSubscription,
     Unsubscribe,
     WebhookEvent,
     normalize_email,
@@ -275,9 +279,39 @@ CORE_TABLES: tuple[PersonalTable, ...] = (
         section="frequency_counters",
     ),
     PersonalTable(
+        "notifier.ThrottleSlot",
+        lambda p: ThrottleSlot.objects.filter(user_id=p.user_id),
+        delete=True,
+        why="Counts for a type's throttle; its key is the caller's and may name what they did",
+    ),
+    PersonalTable(
+        "notifier.Snooze",
+        lambda p: Snooze.objects.filter(user_id=p.user_id),
+        delete=True,
+        section="snoozes",
+    ),
+    PersonalTable(
+        "notifier.Digest",
+        lambda p: Digest.objects.filter(user_id=p.user_id),
+        delete=True,
+        why="What is being collected for them; the messages it sent are kept like any other",
+    ),
+    PersonalTable(
+        "notifier.TopicSubscription",
+        lambda p: TopicSubscription.objects.filter(user_id=p.user_id),
+        delete=True,
+        section="topics",
+    ),
+    PersonalTable(
         "notifier.Message",
         lambda p: Message.objects.filter(user_id=p.user_id),
-        blank={"context": {}, "idempotency_key": None},
+        blank={
+            "context": {},
+            "idempotency_key": None,
+            "cancel_key": None,
+            "throttle_key": None,
+            "digest_key": None,
+        },
         keep={
             "user": "the rows stay for campaign statistics; the user row is erased itself",
             "channels": "channel names",
@@ -417,6 +451,9 @@ NOT_PERSONAL: dict[str, str] = {
     "notifier.ErasureRecord": "the audit record: a profile id, counts, who erased and why",
     "notifier.ErasedIdentifier": "keyed digests of erased identifiers, unreadable by design",
     "notifier_channels.SandboxOutage": "a channel and a time",
+    "notifier.Topic": "the product's keys for its own objects (a product, a post)",
+    "notifier.TopicSend": "one notification to a topic: the same context for every follower, "
+    "and the user keys it left out",
 }
 
 _extra_tables: list[PersonalTable] = []

@@ -93,7 +93,7 @@ def test_the_check_finds_a_model_left_out_and_a_field_left_undeclared():
     ]
     assert undeclared(apps.get_models(), tables, NOT_PERSONAL) == [
         "notifier.Message: say what erasure does with user, channels, fallback_chain, "
-        "idempotency_key"
+        "digest_key, throttle_key, cancel_key, idempotency_key"
     ]
 
     class Note(models.Model):
