@@ -51,6 +51,7 @@ from notifier.models import (
     Delivery,
     DeliveryEvent,
     Device,
+    Digest,
     ErasedIdentifier,
     ErasureRecord,
     FrequencyCounter,
@@ -62,7 +63,10 @@ from notifier.models import (
     ProviderEvent,
     Recipient,
     RoutingRule,
+    Snooze,
     SuppressedAddress,
+    Topic,
+    TopicSend,
     User,
     normalize_email,
     recipient_for,
@@ -1395,6 +1399,56 @@ class FrequencyCounterAdmin(ReadOnlyMixin, admin.ModelAdmin):
     list_select_related = ["user"]
     list_filter = ["period"]
     search_fields = ["user__notifier_recipient__email"]
+
+
+@admin.register(Snooze)
+class SnoozeAdmin(ReadOnlyMixin, admin.ModelAdmin):
+    """Types people muted for a while (their inbox still gets them): set by them, not here."""
+
+    list_display = ["user", "type", "until", "at"]
+    list_select_related = ["user"]
+    list_filter = ["type"]
+    search_fields = ["user__notifier_recipient__email"]
+    ordering = ["-at"]
+
+
+# --- Workflows: digests and topics ------------------------------------------------------------
+
+
+@admin.register(Digest)
+class DigestAdmin(ReadOnlyMixin, admin.ModelAdmin):
+    """Messages collected per person and key; the flush sends each as one message."""
+
+    list_display = ["id", "user", "type", "key", "status", "count", "opened_at", "due_at"]
+    list_select_related = ["user"]
+    list_filter = ["status", "type"]
+    search_fields = ["=key", "user__notifier_recipient__email"]
+    ordering = ["-id"]
+    show_full_result_count = False
+
+
+@admin.register(Topic)
+class TopicAdmin(ReadOnlyMixin, admin.ModelAdmin):
+    """Objects people follow (by the product's key); notify_topic notifies the followers."""
+
+    list_display = ["key", "name", "followers", "created_at"]
+    search_fields = ["=key", "name"]
+    ordering = ["key"]
+
+    @admin.display(description="followers")
+    def followers(self, obj: Topic) -> int:
+        return obj.subscriptions.count()
+
+
+@admin.register(TopicSend)
+class TopicSendAdmin(ReadOnlyMixin, admin.ModelAdmin):
+    """Each notification to a topic and how far its walk has come."""
+
+    list_display = ["id", "topic", "type", "status", "sent", "created_at", "updated_at"]
+    list_select_related = ["topic"]
+    list_filter = ["status", "type"]
+    ordering = ["-id"]
+    exclude = ["context"]
 
 
 # --- Providers: the suppression list and webhook events ---------------------------------------
