@@ -35,8 +35,10 @@ from notifier.services.recipients import (
     RecipientConflict,
     RecipientError,
     UnknownRecipient,
+    check_external_id,
 )
 from notifier.services.snoozes import SnoozeError
+from notifier.text import text_problem
 
 
 class ObjectBodies(Parser):
@@ -392,11 +394,7 @@ def topic_notify_route(
     the first call's send."""
     exclude: list[Any] = list(body.exclude_users)
     if body.exclude_recipients:
-        exclude += list(
-            Recipient.objects.filter(external_id__in=set(body.exclude_recipients)).values_list(
-                "user_id", flat=True
-            )
-        )
+        exclude += _known_users(body.exclude_recipients)
     send = notify_topic(
         topic,
         body.type,
@@ -445,15 +443,26 @@ def notify_cancel_route(request: HttpRequest, body: CancelIn) -> Status[dict[str
         )
     users: list[Any] | None = body.users
     if body.recipients is not None:
-        users = list(
-            Recipient.objects.filter(external_id__in=set(body.recipients)).values_list(
-                "user_id", flat=True
-            )
-        )
+        users = _known_users(body.recipients)
     report = notify_cancel(body.cancel_key, users=users)
     return Status(
         200,
         {"messages": report.messages, "cancelled": report.cancelled, "too_late": report.too_late},
+    )
+
+
+def _known_users(external_ids: list[str]) -> list[Any]:
+    """The user keys of the recipients among `external_ids` (unknown ones are left out); each
+    must be an external id as recipients have them (422 otherwise)."""
+    for external_id in external_ids:
+        problem = text_problem(external_id)
+        if problem:
+            raise InvalidRecipient(f"{EXTERNAL_ID_RULE}: one {problem}")
+        check_external_id(external_id)
+    return list(
+        Recipient.objects.filter(external_id__in=set(external_ids)).values_list(
+            "user_id", flat=True
+        )
     )
 
 

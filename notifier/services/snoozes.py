@@ -17,6 +17,7 @@ from django.utils import timezone
 
 from notifier.models import NotificationType, Snooze
 from notifier.policies.preferences import can_switch_off
+from notifier.text import text_problem
 from notifier.user_keys import UserKey
 
 LENGTHS: dict[str, timedelta | None] = {
@@ -81,7 +82,7 @@ def snoozes_list(*, user_id: UserKey) -> list[SnoozeState]:
 
 
 def _type(type_key: object) -> NotificationType:
-    if not isinstance(type_key, str) or not type_key:
+    if not isinstance(type_key, str) or not type_key or text_problem(type_key):
         raise UnknownSnoozeType("type must be a notification type's key, e.g. promo.flash_sale")
     kind = NotificationType.objects.filter(pk=type_key[:100]).first()
     if kind is None:

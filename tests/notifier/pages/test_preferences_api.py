@@ -109,7 +109,7 @@ def test_types_are_grouped_under_their_kind_with_their_own_channels(client_for):
         "payment.succeeded",
     ]
     assert groups["marketing"] == ["promo.flash_sale"]
-    assert groups["social"] == ["social.new_follower"]
+    assert groups["social"] == ["social.new_comment", "social.new_follower"]
     assert set(category(state, "social.new_follower")["channels"]) == {"inapp", "push"}
     assert category(state, "promo.flash_sale")["name"] == "Flash sale"
 
@@ -117,7 +117,7 @@ def test_types_are_grouped_under_their_kind_with_their_own_channels(client_for):
 def test_inactive_types_are_not_listed(client_for):
     from notifier.models import NotificationType
 
-    NotificationType.objects.filter(pk="social.new_follower").update(is_active=False)
+    NotificationType.objects.filter(kind="social").update(is_active=False)
     state = client_for.get(URL).json()
     social = category(state, "social")
     assert social["types"] == []
