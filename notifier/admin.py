@@ -1419,9 +1419,9 @@ class SnoozeAdmin(ReadOnlyMixin, admin.ModelAdmin):
 class DigestAdmin(ReadOnlyMixin, admin.ModelAdmin):
     """Messages collected per person and key; the flush sends each as one message."""
 
-    list_display = ["id", "user", "type", "key", "status", "count", "opened_at", "due_at"]
+    list_display = ["id", "user", "type", "key", "state", "count", "opened_at", "due_at"]
     list_select_related = ["user"]
-    list_filter = ["status", "type"]
+    list_filter = ["state", "type"]
     search_fields = ["=key", "user__notifier_recipient__email"]
     ordering = ["-id"]
     show_full_result_count = False

@@ -685,8 +685,19 @@ def check_digest_key(key: object) -> str | None:
     return _check_key(key, "digest_key", InvalidDigestKey)
 
 
+# Keys Notifier gives its own messages (a digest's, a topic send's): a caller's key may not
+# start so, or it could take the place of one (notify_many appends ":<user>" to its key).
+RESERVED_KEY_PREFIXES = ("digest:", "topic:")
+
+
 def check_idempotency_key(key: object) -> str | None:
-    return _check_key(key, "idempotency_key", InvalidIdempotencyKey)
+    text = _check_key(key, "idempotency_key", InvalidIdempotencyKey)
+    if text is not None and text.startswith(RESERVED_KEY_PREFIXES):
+        raise InvalidIdempotencyKey(
+            f"idempotency_key may not start with {' or '.join(RESERVED_KEY_PREFIXES)}: Notifier "
+            "keys its own messages so; use another prefix"
+        )
+    return text
 
 
 # --- The API --------------------------------------------------------------------------------

@@ -269,6 +269,8 @@ def render(type_key: str, channel: Channel, context: Mapping[str, Any], locale: 
     """Render every part of one channel under one budget; raises RenderError with the
     template's complaint (RenderBudgetExceeded when it went over the budget)."""
     rendered: dict[str, str] = {}
+    if "digest" not in context:  # a caller other than the pipeline (a preview, a check)
+        context = {**context, "digest": None}
     shared = SharedContext(context)
     with render_budget(fresh=True):
         for part, template in _templates(type_key, channel, locale):

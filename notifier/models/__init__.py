@@ -1,7 +1,7 @@
 """The core models: users and their contact points, notification types, the delivery log."""
 
 from notifier.models.api_keys import ApiKey, ApiScope, RefusedCall
-from notifier.models.digests import Digest, DigestStatus
+from notifier.models.digests import Digest, DigestState
 from notifier.models.erasure import ErasedIdentifier, ErasureRecord, IdentifierKind
 from notifier.models.inbox import Feedback, InboxItem
 from notifier.models.messages import (
@@ -64,7 +64,7 @@ __all__ = [
     "DeliveryEvent",
     "Device",
     "Digest",
-    "DigestStatus",
+    "DigestState",
     "ErasedIdentifier",
     "ErasureRecord",
     "EventKind",

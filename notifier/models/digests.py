@@ -8,7 +8,7 @@ from django.db import models
 from django.db.models import Q
 
 
-class DigestStatus(models.TextChoices):
+class DigestState(models.TextChoices):
     OPEN = "open", "Collecting"
     SENT = "sent", "Sent as one message"
     EMPTY = "empty", "Closed with nothing to send"  # its first went out at once, alone
@@ -23,7 +23,7 @@ class Digest(models.Model):
     user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, db_index=False)
     type = models.ForeignKey("notifier.NotificationType", on_delete=models.CASCADE)
     key = models.CharField(max_length=255, blank=True, default="")
-    status = models.CharField(max_length=8, choices=DigestStatus.choices, default=DigestStatus.OPEN)
+    state = models.CharField(max_length=8, choices=DigestState.choices, default=DigestState.OPEN)
     opened_at = models.DateTimeField()
     due_at = models.DateTimeField()
     count = models.PositiveIntegerField(default=0, help_text="Messages collected into it")
@@ -42,13 +42,13 @@ class Digest(models.Model):
         constraints = [
             models.UniqueConstraint(
                 fields=["user", "type", "key"],
-                condition=Q(status="open"),
+                condition=Q(state="open"),
                 name="digest_one_open",
             )
         ]
         indexes = [
-            models.Index(fields=["due_at"], name="digest_due_idx", condition=Q(status="open")),
+            models.Index(fields=["due_at"], name="digest_due_idx", condition=Q(state="open")),
         ]
 
     def __str__(self) -> str:
-        return f"{self.type_id} [{self.key}]: {self.count} ({self.status})"
+        return f"{self.type_id} [{self.key}]: {self.count} ({self.state})"

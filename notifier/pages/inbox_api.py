@@ -39,6 +39,7 @@ from notifier.services.snoozes import (
     LENGTHS,
     SnoozeError,
     SnoozeState,
+    snoozable,
     snooze_lift,
     snooze_set,
     snoozes_list,
@@ -133,8 +134,8 @@ def item_json(item: InboxItem) -> dict[str, Any]:
         "read_at": item.read_at.isoformat() if item.read_at else None,
         "archived_at": item.archived_at.isoformat() if item.archived_at else None,
         "feedback": item.feedback or None,
-        # Whether its type may be snoozed (POST .../snooze/): what is not transactional.
-        "snoozable": item.category != Kind.TRANSACTIONAL,
+        # Whether its type may be snoozed (POST .../snooze/): what may be switched off.
+        "snoozable": snoozable(item.type_key),
         # Marketing in the inbox carries its way out, like marketing anywhere else.
         "unsubscribe_url": unsubscribe_url(
             user_id=item.user_id,
@@ -267,7 +268,7 @@ def inbox_snooze(request: HttpRequest, item_id: int) -> JsonResponse:
     type_key = inbox_item_type(user_id=_user_id(request), item_id=item_id)  # 404 first
     body = json_object(request, '{"for": "week"}')
     length = body.get("for")
-    if length not in LENGTHS:
+    if not isinstance(length, str) or length not in LENGTHS:
         raise BadRequest(f"for must be one of: {', '.join(LENGTHS)}")
     return JsonResponse(
         snooze_json(snooze_set(user_id=_user_id(request), type_key=type_key, length=length))

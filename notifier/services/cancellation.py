@@ -28,12 +28,13 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from django.db import transaction
-from django.db.models import Count, QuerySet
+from django.db.models import QuerySet
 from django.utils import timezone
 
 from notifier.db import any_of
 from notifier.models import Delivery, EventKind, Message
 from notifier.services.pipeline import Failure, messages_close
+from notifier.services.throttles import throttle_slots_release
 from notifier.services.transitions import deliveries_move
 from notifier.status import DeliveryStatus, Reason
 from notifier.user_keys import UserKey
@@ -132,10 +133,12 @@ def _cancel(
         Message.objects.filter(any_of("pk", ids)).exclude(fallback_chain=[]).update(
             fallback_chain=[]
         )
-        too_late = (
-            Delivery.objects.filter(any_of("message_id", ids), status__in=TOO_LATE).aggregate(
-                n=Count("pk")
-            )["n"]
-            or 0
+        gone = set(
+            Delivery.objects.filter(any_of("message_id", ids), status__in=TOO_LATE).values_list(
+                "message_id", flat=True
+            )
         )
+        too_late = Delivery.objects.filter(any_of("message_id", ids), status__in=TOO_LATE).count()
+        # What goes out of none of its channels gives its throttle slot back.
+        throttle_slots_release([pk for pk in ids if pk not in gone])
     return CancelReport(messages=len(rows), cancelled=cancelled, too_late=too_late)

@@ -26,22 +26,24 @@ escalation); its templates see `digest` (`{% if digest %}{{ digest.count }} new 
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from django.db import transaction
+from django.db import DatabaseError, transaction
 from django.db.models import F
 from django.utils import timezone
 
 from notifier.db import insert_rows
-from notifier.models import Digest, DigestStatus, Message
+from notifier.models import Digest, DigestState, Message
 from notifier.selectors import TypeInfo, type_info_get
 from notifier.services.messages import NewMessage, messages_create
 
+log = logging.getLogger(__name__)
 MAX_ITEMS = 50  # the newest this many collected contexts ride in the digest's context
-D = DigestStatus
+D = DigestState
 
 
 @dataclass
@@ -54,8 +56,8 @@ class FlushReport:
 def _rule(message: Message) -> TypeInfo | None:
     """The type's digest, when this message is one to collect: not a digest's own message,
     not a marketer's test."""
-    if message.digest_id is not None or message.is_test:
-        return None
+    if message.digest_id is not None or message.is_test or message.cancel_key is not None:
+        return None  # a cancel key names this message: it is sent, and cancelled, alone
     info = type_info_get(message.type_id)
     return info if info is not None and info.digest_window is not None else None
 
@@ -65,10 +67,16 @@ def digests_collect(messages: Sequence[Message], now: datetime) -> set[int]:
     (they count as routed now, with no delivery: the caller routes the rest). Inside the
     caller's transaction, which holds the messages' locks."""
     collected: set[int] = set()
-    for message in sorted(messages, key=lambda m: (m.created_at, m.pk)):
+    # Digests are locked in one order by every run (by person, type and key), so two runs
+    # touching the same two digests never wait for each other crosswise.
+    order = sorted(
+        messages,
+        key=lambda m: (str(m.user_id), m.type_id, m.digest_key or "", m.created_at, m.pk),
+    )
+    for message in order:
         info = _rule(message)
-        if info is None:
-            continue
+        if info is None or (message.not_before is not None and message.not_before > now):
+            continue  # a message scheduled for later goes at its time, alone
         assert info.digest_window is not None
         digest, opened = _open_digest(message, info.digest_window, now)
         if opened and info.digest_first_now:
@@ -87,7 +95,7 @@ def _open_digest(message: Message, window: timedelta, now: datetime) -> tuple[in
     for _ in range(3):
         found = (
             Digest.objects.select_for_update()
-            .filter(user_id=message.user_id, type_id=message.type_id, key=key, status=D.OPEN)
+            .filter(user_id=message.user_id, type_id=message.type_id, key=key, state=D.OPEN)
             .values_list("pk", flat=True)
             .first()
         )
@@ -95,7 +103,7 @@ def _open_digest(message: Message, window: timedelta, now: datetime) -> tuple[in
             return found, False
         made = insert_rows(
             Digest,
-            ("user", "type", "key", "status", "opened_at", "due_at", "count"),
+            ("user", "type", "key", "state", "opened_at", "due_at", "count"),
             [(message.user_id, message.type_id, key, D.OPEN, now, now + window, 0)],
             returning=("id",),
             ignore_conflicts=True,
@@ -113,29 +121,41 @@ def digests_flush(*, now: datetime | None = None, limit: int = 500) -> FlushRepo
     with transaction.atomic():
         due = list(
             Digest.objects.select_for_update(skip_locked=True)
-            .filter(status=D.OPEN, due_at__lte=now)
+            .filter(state=D.OPEN, due_at__lte=now)
             .order_by("due_at", "pk")[:limit]
         )
         report.digests = len(due)
         for digest in due:
-            items = list(
-                Message.objects.filter(digest_id=digest.pk)
-                .order_by("created_at", "pk")
-                .values_list("context", "created_at")
-            )
-            digest.flushed_at, digest.count = now, len(items)
-            if not items:
-                digest.status = D.EMPTY
-                report.empty += 1
-            else:
-                digest.message = _digest_message(digest, items)
-                digest.status = D.SENT
-                report.sent += 1
-            digest.save(update_fields=["status", "count", "flushed_at", "message"])
+            try:
+                with transaction.atomic():  # one digest that cannot be sent holds up no other
+                    _flush_one(digest, now, report)
+            except DatabaseError:
+                raise  # the database, not this digest: the run's transaction is lost anyway
+            except Exception:
+                log.exception("digest %s could not be sent; the next flush tries again", digest.pk)
     return report
 
 
-def _digest_message(digest: Digest, items: list[tuple[dict[str, object], datetime]]) -> Message:
+def _flush_one(digest: Digest, now: datetime, report: FlushReport) -> None:
+    items = list(
+        Message.objects.filter(digest_id=digest.pk)
+        .order_by("created_at", "pk")
+        .values_list("context", "created_at", "channels")
+    )
+    digest.flushed_at, digest.count = now, len(items)
+    if not items:
+        digest.state = D.EMPTY
+        report.empty += 1
+    else:
+        digest.message = _digest_message(digest, items)
+        digest.state = D.SENT
+        report.sent += 1
+    digest.save(update_fields=["state", "count", "flushed_at", "message"])
+
+
+def _digest_message(
+    digest: Digest, items: list[tuple[dict[str, object], datetime, object]]
+) -> Message:
     info = type_info_get(digest.type_id)
     assert info is not None  # the digest's type: deleting it deletes its digests
     newest = dict(items[-1][0]) if isinstance(items[-1][0], dict) else {}
@@ -146,7 +166,7 @@ def _digest_message(digest: Digest, items: list[tuple[dict[str, object], datetim
             "key": digest.key,
             "messages": [
                 {**(values if isinstance(values, dict) else {}), "at": at.isoformat()}
-                for values, at in items[-MAX_ITEMS:]
+                for values, at, _ in items[-MAX_ITEMS:]
             ],
             "since": digest.opened_at.isoformat(),
         },
@@ -157,7 +177,8 @@ def _digest_message(digest: Digest, items: list[tuple[dict[str, object], datetim
                 user_id=digest.user_id,
                 type_key=digest.type_id,
                 context=context,
-                channels=[],
+                # The channels the newest caller named (none: the type's routing decides).
+                channels=list(channels) if isinstance(channels := items[-1][2], list) else [],
                 lane=info.lane,
                 idempotency_key=f"digest:{digest.pk}",
                 priority=info.priority,

@@ -420,17 +420,17 @@ def routed(
     if isinstance(content, RenderError):
         return row(S.FAILED, reason=Reason.RENDER_FAILED, last_error=str(content))
     assert content is not None
-    if wait is not None:  # a later step of an escalation: held for its wait, or longer
-        until = now + wait
-        if admission.status == S.HELD and admission.until and admission.until > until:
-            return row(
-                S.HELD,
-                reason=admission.reason,
-                content=content.as_dict(),
-                next_attempt_at=admission.until,
-            )
+    if wait is not None:
+        # A later step of an escalation waits its turn after the first step goes: now, or
+        # when the message's hold (a send time, quiet hours, a cap) lets it go. It keeps the
+        # reason `escalation_wait` while held, which is what the release's "seen?" check
+        # looks for.
+        start = admission.until if admission.status == S.HELD and admission.until else now
         return row(
-            S.HELD, reason=Reason.ESCALATION_WAIT, content=content.as_dict(), next_attempt_at=until
+            S.HELD,
+            reason=Reason.ESCALATION_WAIT,
+            content=content.as_dict(),
+            next_attempt_at=start + wait,
         )
     if admission.status == S.HELD:
         return row(

@@ -36,6 +36,7 @@ from notifier.services.pipeline import (
     message_type,
     publish_queued,
 )
+from notifier.services.throttles import throttles_take
 from notifier.services.transitions import Event, deliveries_set
 from notifier.status import DeliveryStatus, Reason
 
@@ -96,9 +97,10 @@ def held_release(*, now: datetime | None = None, limit: int = 2000) -> ReleaseRe
         for pk, message_id, channel, _ in due:
             held[message_id].append((pk, Channel(channel)))
         # An escalation's later step whose message was read, opened or clicked meanwhile.
-        stopped = _escalations_stopped(
-            {pk: message_id for pk, message_id, _, reason in due if reason == ESCALATION_WAIT}
-        )
+        escalating = {
+            pk: message_id for pk, message_id, _, reason in due if reason == ESCALATION_WAIT
+        }
+        stopped = _escalations_stopped(escalating)
         messages = {
             m.pk: m
             for m in Message.objects.filter(pk__in=list(held)).select_related(
@@ -132,6 +134,12 @@ def held_release(*, now: datetime | None = None, limit: int = 2000) -> ReleaseRe
                 campaign=audience.campaigns.facts(message),
                 take_cap=False,
             )
+        # A scheduled message of a throttled type takes its slot as it goes, before the caps.
+        throttled = throttles_take(
+            [messages[i] for i, a in admitted.items() if a.status == S.QUEUED], now
+        )
+        for message_id in throttled:
+            admitted[message_id] = Admission(S.SUPPRESSED, Reason.THROTTLED)
         # One cap decision for the run: every channel of a message shares its message's slot.
         admitted = dict(zip(admitted, settle_caps(list(admitted.values())), strict=True))
         moves: list[tuple[Any, ...]] = []
@@ -148,6 +156,10 @@ def held_release(*, now: datetime | None = None, limit: int = 2000) -> ReleaseRe
                 else:
                     assert admission is not None
                     status, reason, until = admission.status, admission.reason, admission.until
+                # An escalation step held again (quiet hours, a cap) stays one: its row keeps
+                # `escalation_wait`, so the "seen?" check runs again when it comes up; its
+                # event says why it waits longer.
+                row_reason = ESCALATION_WAIT if status == S.HELD and pk in escalating else reason
                 if status == S.QUEUED:
                     report.released += 1
                     released.append(Routed(message_id, message.user_id, channel, S.QUEUED))
@@ -158,7 +170,7 @@ def held_release(*, now: datetime | None = None, limit: int = 2000) -> ReleaseRe
                 else:
                     report.suppressed += 1
                 moves.append(
-                    (pk, status, reason, until, now, now if status == S.SUPPRESSED else None)
+                    (pk, status, row_reason, until, now, now if status == S.SUPPRESSED else None)
                 )
                 events.append(
                     (

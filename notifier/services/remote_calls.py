@@ -41,6 +41,8 @@ from notifier.errors import (
     NotifyError,
 )
 from notifier.models import Recipient, RefusedCall
+from notifier.services.recipients import RecipientError, check_external_id
+from notifier.text import text_problem
 
 log = logging.getLogger(__name__)
 
@@ -197,8 +199,15 @@ def _cancel_users(call: Mapping[str, Any]) -> list[Any] | None:
         )
     if recipients is None:
         return users
-    if not isinstance(recipients, list) or not all(isinstance(r, str) for r in recipients):
-        raise InvalidRecipient("recipients must be a list of external_ids (text)")
+    if not isinstance(recipients, list) or not all(
+        isinstance(r, str) and not text_problem(r) for r in recipients
+    ):
+        raise InvalidRecipient("recipients must be a list of external_ids (plain text)")
+    for external_id in recipients:
+        try:
+            check_external_id(external_id)
+        except RecipientError as exc:
+            raise InvalidRecipient(str(exc)) from exc
     found = dict(
         Recipient.objects.filter(external_id__in=set(recipients)).values_list(
             "external_id", "user_id"

@@ -17,6 +17,7 @@ from django.utils import timezone
 
 from notifier.models import NotificationType, Snooze
 from notifier.policies.preferences import can_switch_off
+from notifier.selectors import type_info_get
 from notifier.text import text_problem
 from notifier.user_keys import UserKey
 
@@ -58,6 +59,12 @@ def snooze_set(*, user_id: UserKey, type_key: object, length: object) -> SnoozeS
             user_id=user_id, type_id=kind.key, defaults={"until": until, "at": now}
         )
     return SnoozeState(kind.key, until)
+
+
+def snoozable(type_key: str) -> bool:
+    """Whether a type may be snoozed (cached with the type: no query per inbox item)."""
+    info = type_info_get(type_key)
+    return info is not None and can_switch_off(info.kind, info.priority)
 
 
 def snooze_lift(*, user_id: UserKey, type_key: object) -> bool:

@@ -31,15 +31,27 @@ def _slot_key(message: Message) -> SlotKey:
 def throttles_take(messages: Sequence[Message], now: datetime) -> set[int]:
     """Take a slot for each of `messages` whose type has a throttle, where one is free; returns
     the ids of those that found none (to be suppressed, reason `throttled`). Messages of types
-    without a throttle, and marketers' test sends, take nothing."""
+    without a throttle, marketers' test sends, messages scheduled for later (they take theirs
+    when released) and those holding a slot already take nothing."""
     throttles: dict[str, Throttle] = {}
     bound: list[Message] = []
     for message in messages:
         info = type_info_get(message.type_id)
         if info is None or info.throttle is None or message.is_test:
             continue
+        if message.not_before is not None and message.not_before > now:
+            continue  # scheduled: it takes its slot when it goes (the release)
         throttles[message.type_id] = info.throttle
         bound.append(message)
+    if bound:
+        # A message holds one slot at most: one that took it when routed and was held (quiet
+        # hours) keeps it when released.
+        holding = set(
+            ThrottleSlot.objects.filter(message_id__in=[m.pk for m in bound]).values_list(
+                "message_id", flat=True
+            )
+        )
+        bound = [m for m in bound if m.pk not in holding]
     if not bound:
         return set()
     keys = {_slot_key(m) for m in bound}
@@ -79,3 +91,9 @@ def _taken(keys: set[SlotKey], throttles: dict[str, Throttle], now: datetime) ->
         if (user_id, type_key, key) in keys:
             counts[(user_id, type_key, key)] = counts.get((user_id, type_key, key), 0) + 1
     return counts
+
+
+def throttle_slots_release(message_ids: Sequence[int]) -> int:
+    """Give back the slots of messages that will not go out after all (cancelled)."""
+    deleted, _ = ThrottleSlot.objects.filter(message_id__in=list(message_ids)).delete()
+    return deleted

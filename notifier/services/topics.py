@@ -24,11 +24,12 @@ from functools import partial
 from typing import Any
 
 from django.contrib.auth import get_user_model
-from django.db import transaction
+from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from notifier import dispatch
 from notifier.db import insert_rows
+from notifier.errors import IdempotencyKeyReused
 from notifier.models import (
     Recipient,
     Topic,
@@ -104,11 +105,43 @@ def topic_send_start(
     """Record a notification to the topic and start its walk once this commits. The same
     idempotency key gives back the first call's send."""
     now = timezone.now()
+    if idempotency_key is not None:
+        found = _same_send(idempotency_key, topic_key, info)
+        if found is not None:
+            return found
+    try:
+        with transaction.atomic():
+            return _send_create(topic_key, info, context, channels, exclude, idempotency_key, now)
+    except IntegrityError:
+        # The same key, at the same moment, from another request: the first one's send.
+        found = _same_send(idempotency_key, topic_key, info) if idempotency_key else None
+        if found is None:
+            raise
+        return found
+
+
+def _same_send(idempotency_key: str, topic_key: str, info: TypeInfo) -> TopicSend | None:
+    found = (
+        TopicSend.objects.filter(idempotency_key=idempotency_key).select_related("topic").first()
+    )
+    if found is not None and (found.topic.key, found.type_id) != (topic_key, info.key):
+        raise IdempotencyKeyReused(
+            f"idempotency key {idempotency_key!r} already belongs to a send of "
+            f"{found.type_id} to {found.topic.key}; use a key unique to this one"
+        )
+    return found
+
+
+def _send_create(
+    topic_key: str,
+    info: TypeInfo,
+    context: dict[str, Any],
+    channels: Sequence[str],
+    exclude: Sequence[UserKey],
+    idempotency_key: str | None,
+    now: datetime,
+) -> TopicSend:
     with transaction.atomic():
-        if idempotency_key is not None:
-            found = TopicSend.objects.filter(idempotency_key=idempotency_key).first()
-            if found is not None:
-                return found
         send = TopicSend.objects.create(
             topic=topic_get_or_create(topic_key),
             type_id=info.key,

@@ -8,7 +8,7 @@ import pytest
 from django.utils import timezone
 
 from notifier.api import notify
-from notifier.models import Digest, DigestStatus, InboxItem, Message
+from notifier.models import Digest, DigestState, InboxItem, Message
 from notifier.queues import MAINTENANCE_QUEUE
 from notifier.tasks import flush_digests_task
 from tests.conftest import wait_until
@@ -51,4 +51,4 @@ def test_a_burst_of_comments_reaches_the_inbox_as_the_first_and_one_digest(worke
     newest = InboxItem.objects.filter(user=user).latest("created_at")
     assert newest.title == "Di and 2 others commented on My trip"
     digest.refresh_from_db()
-    assert (digest.status, digest.count) == (DigestStatus.SENT, 3)
+    assert (digest.state, digest.count) == (DigestState.SENT, 3)

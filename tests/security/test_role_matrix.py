@@ -40,6 +40,7 @@ from notifier.models import (
     DeadLetter,
     Delivery,
     Device,
+    Digest,
     ErasedIdentifier,
     ErasureRecord,
     FrequencyCounter,
@@ -50,6 +51,9 @@ from notifier.models import (
     Recipient,
     RefusedCall,
     RoutingRule,
+    Snooze,
+    Topic,
+    TopicSend,
     User,
     WebhookAttempt,
     WebhookEndpoint,
@@ -132,6 +136,10 @@ MODELS: dict[type[Model], Access] = {
     Preference: read_only(SUPPORT_ADMIN),
     Consent: read_only(SUPPORT_ADMIN),
     FrequencyCounter: read_only(ADMIN_ONLY),
+    Snooze: read_only(ADMIN_ONLY),
+    Digest: read_only(ADMIN_ONLY),
+    Topic: read_only(ADMIN_ONLY),
+    TopicSend: read_only(ADMIN_ONLY),
     # Written by provider webhooks only; an admin lifts a suppression once the mailbox works.
     SuppressedAddress: Access(SUPPORT_ADMIN, NOBODY, NOBODY, ADMIN_ONLY),
     ProviderEvent: read_only(SUPPORT_ADMIN),
@@ -224,6 +232,10 @@ ACTIONS: dict[type[Model], dict[str, frozenset[str]]] = {
     Preference: {"delete_selected": NOBODY},
     Consent: {"delete_selected": NOBODY},
     FrequencyCounter: {"delete_selected": NOBODY},
+    Snooze: {"delete_selected": NOBODY},
+    Digest: {"delete_selected": NOBODY},
+    Topic: {"delete_selected": NOBODY},
+    TopicSend: {"delete_selected": NOBODY},
     SuppressedAddress: {"delete_selected": ADMIN_ONLY},
     ProviderEvent: {"delete_selected": NOBODY},
     Device: {"delete_selected": ADMIN_ONLY},
@@ -334,6 +346,7 @@ def objects(monkeypatch) -> dict[type[Model], Model]:
         recipient_for(UserFactory(email="erased@example.com")), by="test", reason="ticket 1"
     )
     segment = Segment.objects.create(name="Fans")
+    topic = Topic.objects.create(key="product:1", created_at=datetime.now(UTC))
     campaign = campaign_create(
         name="Winter sale",
         category=NotificationType.objects.get(key="promo.flash_sale"),
@@ -379,6 +392,23 @@ def objects(monkeypatch) -> dict[type[Model], Model]:
             user=customer, period="day", window_start=datetime.now(UTC).date()
         ),
         Device: DeviceFactory(user=customer),
+        Snooze: Snooze.objects.create(
+            user=customer, type_id="promo.flash_sale", at=datetime.now(UTC)
+        ),
+        Digest: Digest.objects.create(
+            user=customer,
+            type_id="social.new_comment",
+            key="post:1",
+            opened_at=datetime.now(UTC),
+            due_at=datetime.now(UTC),
+        ),
+        Topic: topic,
+        TopicSend: TopicSend.objects.create(
+            topic=topic,
+            type_id="social.new_follower",
+            created_at=datetime.now(UTC),
+            updated_at=datetime.now(UTC),
+        ),
         SuppressedAddress: SuppressedAddress.objects.create(
             address="customer@example.com",
             reason=SuppressionReason.BOUNCED,

@@ -771,7 +771,13 @@ def code_template_cases() -> list[tuple[str, Channel, str]]:
 
 def realistic(names: frozenset[str]) -> dict[str, object]:
     values = {name: f"{name.replace('_', ' ')} A-1042, due Thursday" for name in names}
-    return {**values, **context(), "preferences_url": "https://shop.example.com/p/abc"}
+    # `digest` as the pipeline gives every message it does not send as a digest.
+    return {
+        **values,
+        **context(),
+        "preferences_url": "https://shop.example.com/p/abc",
+        "digest": None,
+    }
 
 
 def jinja_as_before() -> SandboxedEnvironment:

@@ -11,6 +11,7 @@ from django.utils import timezone
 
 from notifier.models import Delivery, Message
 from notifier.services.pipeline import messages_prepare
+from notifier.services.recipients import recipient_put
 from notifier.status import DeliveryStatus, Reason
 from tests.factories import UserFactory
 from tests.notifier.http_api.test_service_api import BULK, NOTIFY, post, shipped, token
@@ -116,13 +117,18 @@ def test_cancel_over_http_takes_back_the_scheduled_messages_and_says_what_it_did
 
 
 def test_cancel_for_named_recipients_only():
-    key = token()
-    ann, bob = UserFactory(), UserFactory()
-    for user in (ann, bob):
-        post(NOTIFY, shipped(user.pk, send_at=later(hours=1), cancel_key="c"), key)
-    answer = post(CANCEL, {"cancel_key": "c", "users": [ann.pk]}, key)
+    key = token("notify", "recipients")
+    ann = recipient_put("ann-1", {"email": "ann@example.com"}).recipient
+    bob = recipient_put("bob-1", {"email": "bob@example.com"}).recipient
+    for who in ("ann-1", "bob-1"):
+        body = {"recipient": who, "type": "order.shipped", "context": shipped(0)["context"]}
+        post(NOTIFY, {**body, "send_at": later(hours=1), "cancel_key": "c"}, key)
+    answer = post(CANCEL, {"cancel_key": "c", "recipients": ["ann-1", "nobody-9"]}, key)
     assert answer.json()["messages"] == 1
-    assert Message.objects.filter(user=bob, routed_at__isnull=True).exists()
+    assert Message.objects.get(user_id=ann.user_id).routed_at is not None  # closed, cancelled
+    assert Message.objects.filter(user_id=bob.user_id, routed_at__isnull=True).exists()
+    bad = post(CANCEL, {"cancel_key": "c", "recipients": ["a\u0000b"]}, key)
+    assert bad.status_code == 422
 
 
 @pytest.mark.parametrize(

@@ -16,8 +16,8 @@ from django.urls import reverse
 from django.utils import timezone
 
 from notifier.api import notify
-from notifier.errors import InvalidDigestKey
-from notifier.models import Delivery, Digest, DigestStatus, InboxItem, Message, NotificationType
+from notifier.errors import InvalidDigestKey, InvalidIdempotencyKey
+from notifier.models import Delivery, Digest, DigestState, InboxItem, Message, NotificationType
 from notifier.selectors import type_cache_clear
 from notifier.services import digests
 from notifier.services.digests import digests_collect, digests_flush
@@ -27,7 +27,7 @@ from tests.factories import UserFactory
 
 pytestmark = pytest.mark.django_db
 S = DeliveryStatus
-D = DigestStatus
+D = DigestState
 
 
 def comment(user, who: str, post: str = "post:42", text: str = "Nice!") -> Message:
@@ -57,12 +57,12 @@ def test_the_first_goes_at_once_and_the_rest_of_the_window_comes_as_one(publishe
     assert prepared(*more) == {"collected": 3}
     assert not Delivery.objects.filter(message__in=more).exists()
     digest = Digest.objects.get()
-    assert (digest.status, digest.count, digest.key) == (D.OPEN, 3, "post:42")
+    assert (digest.state, digest.count, digest.key) == (D.OPEN, 3, "post:42")
     assert digests_flush(now=digest.due_at - timedelta(seconds=1)).digests == 0
     report = digests_flush(now=digest.due_at)
     assert (report.sent, report.empty) == (1, 0)
     digest.refresh_from_db()
-    assert digest.status == D.SENT and digest.message is not None
+    assert digest.state == D.SENT and digest.message is not None
     sent = digest.message
     assert sent.context["digest"]["count"] == 3
     assert [m["commenter_name"] for m in sent.context["digest"]["messages"]] == ["Ben", "Cy", "Di"]
@@ -83,7 +83,7 @@ def test_each_digest_key_and_each_person_has_its_own_digest(published):
     prepared(
         comment(ann, "X2", "post:1"), comment(ann, "Y2", "post:2"), comment(bob, "Z2", "post:1")
     )
-    assert Digest.objects.filter(status=D.OPEN, count=1).count() == 3
+    assert Digest.objects.filter(state=D.OPEN, count=1).count() == 3
 
 
 def test_without_first_now_the_first_waits_too_and_an_empty_window_sends_nothing(published):
@@ -109,7 +109,7 @@ def test_a_message_after_the_flush_opens_the_next_digest(published):
         late = comment(user, "Cy")
         assert prepared(late) == {"sent": 1}  # the first of a new window: at once again
         prepared(comment(user, "Di"))
-    assert list(Digest.objects.order_by("pk").values_list("status", "count")) == [
+    assert list(Digest.objects.order_by("pk").values_list("state", "count")) == [
         (D.SENT, 1),
         (D.OPEN, 1),
     ]
@@ -140,7 +140,7 @@ def test_two_flushes_at_once_send_each_digest_once(published):
         thread.join(timeout=60)
     assert sum(r.sent for r in reports) == 6
     assert Message.objects.filter(idempotency_key__startswith="digest:").count() == 6
-    assert set(Digest.objects.values_list("status", flat=True)) == {D.SENT}
+    assert set(Digest.objects.values_list("state", flat=True)) == {D.SENT}
 
 
 def test_a_flush_that_dies_half_way_leaves_the_digest_to_the_next_one_whole(published):
@@ -159,7 +159,7 @@ def test_a_flush_that_dies_half_way_leaves_the_digest_to_the_next_one_whole(publ
         pytest.raises(SystemExit),
     ):
         digests_flush(now=later)
-    assert Digest.objects.get().status == D.OPEN  # rolled back whole
+    assert Digest.objects.get().state == D.OPEN  # rolled back whole
     assert not Message.objects.filter(idempotency_key__startswith="digest:").exists()
     assert digests_flush(now=later).sent == 1
     assert Message.objects.filter(idempotency_key__startswith="digest:").count() == 1
@@ -208,9 +208,9 @@ def test_a_message_arriving_during_a_flush_goes_into_the_next_digest(published):
     collector.join(timeout=20)
     assert arrived == [{"sent": 1}]  # the first of the next window (digest_first_now)
     sent = Digest.objects.get(pk=digest.pk)
-    assert (sent.status, sent.count) == (D.SENT, 1)
+    assert (sent.state, sent.count) == (D.SENT, 1)
     assert Message.objects.get(pk=late.pk).digest_id != digest.pk
-    assert Digest.objects.filter(status=D.OPEN).count() == 1  # opened by the late one
+    assert Digest.objects.filter(state=D.OPEN).count() == 1  # opened by the late one
 
 
 @pytest.mark.parametrize("key", ["", 5, "x" * 300])
@@ -253,3 +253,47 @@ def test_support_sees_where_each_message_went(published, admin_client):
     ).content.decode()
     assert f"Collected into digest #{digest.pk}, sent as message #{digest.message_id}" in page
     assert "The digest of 2 messages under key post:42" in page
+
+
+def test_a_message_with_a_cancel_key_or_a_later_send_time_is_not_collected(published):
+    user = UserFactory()
+    prepared(comment(user, "Ana"))  # opens the window
+    keyed = notify(
+        user,
+        "social.new_comment",
+        {"commenter_name": "Ben", "post_title": "T", "excerpt": "x", "comment_url": "u"},
+        channels=["inapp"],
+        digest_key="post:42",
+        cancel_key="comment:9",
+    )
+    later = notify(
+        user,
+        "social.new_comment",
+        {"commenter_name": "Cy", "post_title": "T", "excerpt": "x", "comment_url": "u"},
+        channels=["inapp"],
+        digest_key="post:42",
+        send_at=timezone.now() + timedelta(hours=1),
+    )
+    assert prepared(keyed, later) == {"sent": 1, "held": 1}
+    assert Digest.objects.get().count == 0
+
+
+def test_the_digest_goes_on_the_channels_its_newest_caller_named(published):
+    user = UserFactory()
+    prepared(comment(user, "Ana"))
+    prepared(comment(user, "Ben"))  # channels=["inapp"]
+    digest = Digest.objects.get()
+    digests_flush(now=digest.due_at)
+    digest.refresh_from_db()
+    assert digest.message.channels == ["inapp"]
+
+
+def test_a_callers_key_cannot_take_the_place_of_a_digests_or_a_topics():
+    for key in ("digest:1", "topic:7"):
+        with pytest.raises(InvalidIdempotencyKey, match="Notifier keys its own"):
+            notify(
+                UserFactory(),
+                "social.new_comment",
+                {"commenter_name": "A", "post_title": "T", "excerpt": "x", "comment_url": "u"},
+                idempotency_key=key,
+            )

@@ -141,7 +141,7 @@ def test_the_product_reports_success_with_the_cancel_key_and_the_rest_is_cancell
     assert rows(message)["push"] == (S.CANCELLED, Reason.SENDER_CANCELLED)
 
 
-def test_a_step_due_in_quiet_hours_waits_for_the_morning(published):
+def test_a_step_due_in_quiet_hours_waits_for_the_morning_and_still_stops_if_read(published):
     escalating(
         [{"channel": "inapp", "after_s": 0}, {"channel": "push", "after_s": 600}],
         type_key="social.new_follower",
@@ -160,7 +160,27 @@ def test_a_step_due_in_quiet_hours_waits_for_the_morning(published):
     with time_machine.travel(evening + timedelta(minutes=30)):  # 22:15: quiet
         report = held_release()
     assert report.held_again == 1
-    assert rows(message)["push"] == (S.HELD, Reason.QUIET_HOURS)
+    push = Delivery.objects.get(message=message, channel="push")
+    assert (push.status, push.reason) == (S.HELD, Reason.ESCALATION_WAIT)  # still a step
+    event = DeliveryEvent.objects.filter(delivery=push, kind="released").get()
+    assert event.reason == Reason.QUIET_HOURS  # why it waits longer
+    inbox_mark_read(user_id=user.pk, item_id=InboxItem.objects.get(message=message).pk)
+    with time_machine.travel(push.next_attempt_at + timedelta(seconds=1)):  # the morning
+        held_release()
+    assert rows(message)["push"] == (S.SUPPRESSED, Reason.ESCALATION_STOPPED)
+
+
+def test_a_scheduled_message_escalates_counting_from_its_send_time(published, reachable):
+    escalating()
+    send_at = timezone.now() + timedelta(hours=3)
+    message = notify(reachable, "order.shipped", order_context(), send_at=send_at)
+    messages_prepare(message_ids=[message.pk])
+    due = {
+        d.channel: (d.reason, d.next_attempt_at) for d in Delivery.objects.filter(message=message)
+    }
+    assert due["inapp"] == (Reason.SCHEDULED, send_at)
+    assert due["push"] == (Reason.ESCALATION_WAIT, send_at + timedelta(minutes=10))
+    assert due["email"] == (Reason.ESCALATION_WAIT, send_at + timedelta(hours=1))
 
 
 @pytest.mark.parametrize(

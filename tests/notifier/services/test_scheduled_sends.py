@@ -319,3 +319,12 @@ def test_one_release_tick_lets_out_every_due_message_not_just_one_batch(publishe
         report = held_release_due(limit=2)  # three runs of at most two messages
     assert (report.messages, report.released) == (5, 5)
     assert set(Delivery.objects.values_list("status", flat=True)) == {S.QUEUED}
+
+
+def test_the_celery_cancel_task_refuses_recipient_ids_that_cannot_be_ids():
+    from notifier.models import RefusedCall
+    from notifier.services.remote_calls import cancel_call
+
+    for recipients in (["a\x00b"], ["\ud800"], ["has/slash"], "not-a-list"):
+        assert cancel_call({"cancel_key": "k", "recipients": recipients}, caller="t") is None
+    assert RefusedCall.objects.filter(error_type="InvalidRecipient").count() == 4

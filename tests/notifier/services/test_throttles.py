@@ -14,7 +14,7 @@ from django.core.exceptions import ValidationError
 from django.db import connection, transaction
 from django.utils import timezone
 
-from notifier.api import notify, notify_many
+from notifier.api import notify, notify_cancel, notify_many
 from notifier.catalog import TypeSpec
 from notifier.errors import InvalidThrottleKey
 from notifier.models import Delivery, Message, NotificationType, ThrottleSlot
@@ -22,6 +22,7 @@ from notifier.models.types import Kind, Priority
 from notifier.policies.throttle import throttle_admits
 from notifier.selectors import type_cache_clear
 from notifier.services.pipeline import messages_prepare
+from notifier.services.release import held_release
 from notifier.services.throttles import throttles_take
 from notifier.status import DeliveryStatus, Reason
 from tests.factories import UserFactory, order_context
@@ -103,15 +104,52 @@ def test_the_window_slides_and_old_slots_are_pruned(published):
     assert list(ThrottleSlot.objects.values_list("message_id", flat=True)) == [later.pk]
 
 
-def test_a_held_message_keeps_its_slot_so_the_next_one_is_throttled(published):
+def test_a_scheduled_message_takes_its_slot_when_it_goes(published):
     throttle(limit=1)
     user = UserFactory()
-    scheduled = shipped(user, throttle_key="k", send_at=timezone.now() + timedelta(hours=2))
-    now = shipped(user, throttle_key="k")
+    send_at = timezone.now() + timedelta(hours=2)
+    scheduled = shipped(user, throttle_key="k", send_at=send_at)
     messages_prepare(message_ids=[scheduled.pk])
+    assert not ThrottleSlot.objects.exists()  # not yet: it has not gone
+    now = shipped(user, throttle_key="k")
     messages_prepare(message_ids=[now.pk])
-    assert {status for status, _ in outcome(scheduled)} == {S.HELD}
-    assert outcome(now) == {(S.SUPPRESSED, Reason.THROTTLED)}
+    assert S.SUPPRESSED not in {status for status, _ in outcome(now)}
+    with time_machine.travel(send_at + timedelta(seconds=1)):
+        held_release()  # inside the window of the one sent now: throttled at its time
+    assert outcome(scheduled) == {(S.SUPPRESSED, Reason.THROTTLED)}
+    assert list(ThrottleSlot.objects.values_list("message_id", flat=True)) == [now.pk]
+
+
+def test_a_message_held_for_quiet_hours_keeps_the_slot_it_took(published):
+    throttle("social.new_follower", limit=1)
+    user = UserFactory(time_zone="Etc/UTC", quiet_hours_enabled=True)
+    night = timezone.now().replace(hour=23, minute=0, second=0, microsecond=0)
+    follower = {"follower_name": "Fan", "follower_url": "https://x.test/fan"}
+    with time_machine.travel(night):
+        held = notify(user, "social.new_follower", follower, throttle_key="k")
+        messages_prepare(message_ids=[held.pk])
+        second = notify(user, "social.new_follower", follower, throttle_key="k")
+        messages_prepare(message_ids=[second.pk])
+    assert {status for status, _ in outcome(held)} == {S.HELD}
+    assert outcome(second) == {(S.SUPPRESSED, Reason.THROTTLED)}
+    with time_machine.travel(night + timedelta(hours=10)):  # the morning
+        held_release()
+    assert {status for status, _ in outcome(held)} == {S.QUEUED}  # its own slot, not twice
+    assert ThrottleSlot.objects.count() == 1
+
+
+def test_a_cancelled_message_gives_its_slot_back(published):
+    throttle(limit=1)
+    user = UserFactory()
+    first = notify(
+        user, "order.shipped", order_context(), channels=["email"], throttle_key="k", cancel_key="c"
+    )
+    messages_prepare(message_ids=[first.pk])  # queued: not out yet
+    assert notify_cancel("c").cancelled == 1
+    assert not ThrottleSlot.objects.exists()
+    again = shipped(user, throttle_key="k")
+    messages_prepare(message_ids=[again.pk])
+    assert S.SUPPRESSED not in {status for status, _ in outcome(again)}
 
 
 def test_a_route_that_rolls_back_gives_its_slot_back():

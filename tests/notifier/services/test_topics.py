@@ -18,7 +18,12 @@ from django.utils import timezone
 
 from notifier import dispatch
 from notifier.api import notify_topic, topic_subscribe, topic_unsubscribe
-from notifier.errors import InvalidRecipient, InvalidTopic, MissingContextVariable
+from notifier.errors import (
+    IdempotencyKeyReused,
+    InvalidRecipient,
+    InvalidTopic,
+    MissingContextVariable,
+)
 from notifier.models import Message, Topic, TopicSend, TopicSendStatus, TopicSubscription, User
 from notifier.services import topics
 from notifier.services.erasure import recipient_erase
@@ -147,6 +152,8 @@ def test_the_same_key_gives_back_the_first_send_and_a_lost_walk_is_revived(publi
     first = notify_topic("product:42", "social.new_follower", FOLLOWER, idempotency_key="drop:1")
     again = notify_topic("product:42", "social.new_follower", FOLLOWER, idempotency_key="drop:1")
     assert again.pk == first.pk
+    with pytest.raises(IdempotencyKeyReused):  # the same key for another topic
+        notify_topic("product:43", "social.new_follower", FOLLOWER, idempotency_key="drop:1")
     TopicSend.objects.filter(pk=first.pk).update(updated_at=timezone.now() - timedelta(minutes=5))
     assert topic_sends_revive() == [first.pk]
     assert topic_sends_revive() == []  # its clock restarted: not twice
