@@ -56,19 +56,22 @@ def prepare_messages(message_ids: list[int]) -> dict[str, int]:
     return dict(messages_prepare_guarded(message_ids=message_ids))
 
 
-@shared_task(
-    name="notifier.notify",
-    bind=True,
-    acks_late=True,
-    reject_on_worker_lost=True,
-    # The database away for a moment (a failover, a restart): tried again, not lost. The
-    # task's id is the message's key unless the caller gave one, so a retry makes no second.
-    autoretry_for=(OperationalError, InterfaceError),
-    retry_backoff=2,
-    retry_backoff_max=300,
-    retry_jitter=True,
-    max_retries=12,
-)
+# The tasks another codebase sends by name. The database away for a moment (a failover, a
+# restart): tried again, not lost. A notify task's id is the message's key unless the caller
+# gave one, so a retry makes no second; a cancel run again cancels nothing more.
+REMOTE_CALL_OPTIONS: dict[str, Any] = {
+    "bind": True,
+    "acks_late": True,
+    "reject_on_worker_lost": True,
+    "autoretry_for": (OperationalError, InterfaceError),
+    "retry_backoff": 2,
+    "retry_backoff_max": 300,
+    "retry_jitter": True,
+    "max_retries": 12,
+}
+
+
+@shared_task(name="notifier.notify", **REMOTE_CALL_OPTIONS)
 def notify_task(self: Any, *args: Any, **kwargs: Any) -> int | None:
     """`notify()` for another codebase on the same broker (`send_task("notifier.notify",
     kwargs={...})`; arguments in notifier.services.remote_calls). Returns the message id; a
@@ -76,17 +79,7 @@ def notify_task(self: Any, *args: Any, **kwargs: Any) -> int | None:
     return notify_call(kwargs, caller=self.request.id or "", positional=args)
 
 
-@shared_task(
-    name="notifier.cancel",
-    bind=True,
-    acks_late=True,
-    reject_on_worker_lost=True,
-    autoretry_for=(OperationalError, InterfaceError),
-    retry_backoff=2,
-    retry_backoff_max=300,
-    retry_jitter=True,
-    max_retries=12,
-)
+@shared_task(name="notifier.cancel", **REMOTE_CALL_OPTIONS)
 def cancel_task(self: Any, *args: Any, **kwargs: Any) -> dict[str, int] | None:
     """`notify_cancel()` for another codebase (`send_task("notifier.cancel", kwargs={
     "cancel_key": ...})`). Running twice cancels nothing more; a refused call is recorded

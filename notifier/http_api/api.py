@@ -83,7 +83,43 @@ api = Api(
 UserKeyIn = StrictInt | StrictStr
 
 
-class NotifyIn(Schema):
+class Workflow(Schema):
+    """What /notify and /notify/bulk say beyond the message: when it goes, and the keys that
+    cancel, throttle and digest it (see README, "Workflows")."""
+
+    send_at: datetime | None = Field(
+        default=None,
+        description="Hold it until this moment (ISO 8601 with its time zone); "
+        "cancel it meanwhile with its cancel_key",
+    )
+    send_at_local: datetime | None = Field(
+        default=None,
+        description="Or hold it until this wall-clock time in each recipient's own time zone "
+        "(ISO 8601 without a zone, e.g. 2026-12-24T09:00:00)",
+    )
+    if_past: Literal["refuse", "send_now"] = Field(
+        default="refuse",
+        description="A send time already past (more than a minute): refuse the call (422), "
+        "or send at once",
+    )
+    cancel_key: StrictStr | None = Field(
+        default=None,
+        description="Your name for it: POST /notify/cancel with it takes back what has not "
+        "gone out. Any number of messages may share one",
+    )
+    throttle_key: StrictStr | None = Field(
+        default=None,
+        description="What the type's throttle (if it has one) counts it under, e.g. "
+        "product:42 (default: the type itself)",
+    )
+    digest_key: StrictStr | None = Field(
+        default=None,
+        description="What the type's digest (if it has one) groups it under, e.g. post:42 "
+        "(default: the type itself)",
+    )
+
+
+class NotifyIn(Workflow):
     user: UserKeyIn | None = Field(
         default=None, description="The recipient: the key (pk) of a user of the product"
     )
@@ -100,43 +136,13 @@ class NotifyIn(Schema):
     expires_at: datetime | None = Field(
         default=None, description="Not worth sending after this (with a time zone)"
     )
-    send_at: datetime | None = Field(
-        default=None,
-        description="Hold it until this moment (ISO 8601 with its time zone); "
-        "cancel it meanwhile with its cancel_key",
-    )
-    send_at_local: datetime | None = Field(
-        default=None,
-        description="Or hold it until this wall-clock time in each recipient's own time zone "
-        "(ISO 8601 without a zone, e.g. 2026-12-24T09:00:00)",
-    )
-    if_past: Literal["refuse", "send_now"] = Field(
-        default="refuse",
-        description="A send time already past (more than a minute): refuse the call (422), "
-        "or send at once",
-    )
-    cancel_key: StrictStr | None = Field(
-        default=None,
-        description="Your name for it: POST /notify/cancel with it takes back what has not "
-        "gone out. Any number of messages may share one",
-    )
-    throttle_key: StrictStr | None = Field(
-        default=None,
-        description="What the type's throttle (if it has one) counts it under, e.g. "
-        "product:42 (default: the type itself)",
-    )
-    digest_key: StrictStr | None = Field(
-        default=None,
-        description="What the type's digest (if it has one) groups it under, e.g. post:42 "
-        "(default: the type itself)",
-    )
 
 
 class Accepted(Schema):
     message: int = Field(description="The message's id; the same for a repeated call")
 
 
-class NotifyManyIn(Schema):
+class NotifyManyIn(Workflow):
     users: list[UserKeyIn] | None = Field(
         default=None, description="The recipients' user keys, each once"
     )
@@ -151,36 +157,6 @@ class NotifyManyIn(Schema):
     )
     channels: list[StrictStr] | None = None
     expires_at: datetime | None = None
-    send_at: datetime | None = Field(
-        default=None,
-        description="Hold it until this moment (ISO 8601 with its time zone); "
-        "cancel it meanwhile with its cancel_key",
-    )
-    send_at_local: datetime | None = Field(
-        default=None,
-        description="Or hold it until this wall-clock time in each recipient's own time zone "
-        "(ISO 8601 without a zone, e.g. 2026-12-24T09:00:00)",
-    )
-    if_past: Literal["refuse", "send_now"] = Field(
-        default="refuse",
-        description="A send time already past (more than a minute): refuse the call (422), "
-        "or send at once",
-    )
-    cancel_key: StrictStr | None = Field(
-        default=None,
-        description="Your name for it: POST /notify/cancel with it takes back what has not "
-        "gone out. Any number of messages may share one",
-    )
-    throttle_key: StrictStr | None = Field(
-        default=None,
-        description="What the type's throttle (if it has one) counts it under, e.g. "
-        "product:42 (default: the type itself)",
-    )
-    digest_key: StrictStr | None = Field(
-        default=None,
-        description="What the type's digest (if it has one) groups it under, e.g. post:42 "
-        "(default: the type itself)",
-    )
 
 
 class AcceptedMany(Schema):
