@@ -56,3 +56,32 @@ def test_all_mixes_table_has_each_mix() -> None:
     text = table_of(result)
     assert "campaign fan-out, inapp, 1000000 users" in text
     assert "campaign fan-out, email, 1000000 users" in text
+
+
+WORKFLOWS = {
+    "digest_events": 20000,
+    "digest_collect_events_per_s": 1200.0,
+    "digest_flush_events_per_s": 2500.0,
+    "digest_flush_digests_per_s": 600.0,
+    "escalation_steps": 3000,
+    "escalation_load_recipients": 40000,
+    "escalation_step_lateness_ms_p50": 7400.0,
+    "escalation_step_lateness_ms_p99": 14400.0,
+    "escalation_step_lateness_ms_max": 14900.0,
+    "topic_followers": 200000,
+    "topic_subscribe_per_s": 19000.0,
+    "topic_fanout_recipients_per_s": 4100.0,
+    "topic_peak_worker_rss_mb": 125.0,
+}
+
+
+def test_a_workflows_only_run_has_the_workflow_rows_alone() -> None:
+    text = table_of(WORKFLOWS)
+    assert "digest flush (as the beat task)" in text and "2500 events/s" in text
+    assert "7.4 / 14.4 s" in text
+    assert "topic fan-out, 200000 followers" in text and "4100 rcpt/s" in text
+    assert "campaign fan-out" not in text and "naive baseline" not in text
+
+
+def test_other_phases_alone_have_no_workflow_rows() -> None:
+    assert "digest" not in table_of(ONE_MIX)

@@ -17,7 +17,10 @@ Every phase runs on the same PostgreSQL and Redis with real worker processes:
 7. (`--only profile`, also in `all`) one campaign batch of 1,000 users (in-app + email) written
    and delivered in this process after a warm-up batch, publishing stubbed: ms per recipient
    of a second batch, unprofiled, and where a third batch's time goes under cProfile: self time
-   by area in % (notifier_site.bench_profile; helpers charged to their callers' areas).
+   by area in % (notifier_site.bench_profile; helpers charged to their callers' areas);
+8. (`--only workflows`, also in `all`) digest collection and flush throughput, escalation
+   timer lateness under a running campaign with the deployed beat, and one topic's fan-out to
+   --topic-followers (notifier_site.bench_workflows).
 
 The campaign phase (`--only campaign`) runs a campaign step to N users over in-app + email, in-app
 only and email only, each beside two naive baselines run on the same channels, both one Celery
@@ -81,6 +84,7 @@ from notifier.services.api_keys import api_key_create
 from notifier.status import TERMINAL, DeliveryStatus
 from notifier_site.bench_http import KeptConnection, LoopbackSite
 from notifier_site.bench_profile import AREAS, area_shares
+from notifier_site.bench_workflows import workflow_phases, workflow_rows
 from notifier_site.benchmarks import (
     NAIVE_QUEUE,
     THIN_LOG_CREATE,
@@ -213,8 +217,14 @@ class Command(BaseCommand):
             help="also write the profiled batch's cProfile stats to this file (pstats format)",
         )
         parser.add_argument(
+            "--topic-followers",
+            type=int,
+            default=200_000,
+            help="followers of the workflows phase's topic (one notify_topic, in-app)",
+        )
+        parser.add_argument(
             "--only",
-            choices=["all", "pipeline", "campaign", "per-channel", "api", "profile"],
+            choices=["all", "pipeline", "campaign", "per-channel", "api", "profile", "workflows"],
             default="all",
         )
 
@@ -238,6 +248,8 @@ class Command(BaseCommand):
             result.update(self.api_phases(options))
         if options["only"] in ("all", "profile"):
             result.update(self.profile_phases(options["profile_out"]))
+        if options["only"] in ("all", "workflows"):
+            result.update(workflow_phases(self, options))
         self.table(result)
         self.stdout.write(json.dumps(result))
 
@@ -722,6 +734,10 @@ class Command(BaseCommand):
                 raise CommandError(f"the bench worker {label} did not start")
         return worker
 
+    @staticmethod
+    def rss_sampler(pool: list[subprocess.Popen[bytes]]) -> RssSampler:
+        return RssSampler(pool)
+
     def workers(self, specs: list[tuple[str, list[str], int, dict[str, str]]]) -> Any:
         command = self
 
@@ -1026,6 +1042,7 @@ class Command(BaseCommand):
                 (f"  {area}", f"{result['profile_batch_pct'][area]:.1f} %", "of self time")
                 for area in AREAS
             ]
+        rows += workflow_rows(result)
         self.stdout.write(f"{'measure':42} {'value':24} note")
         for name, value, note in rows:
             self.stdout.write(f"{name:42} {value:24} {note}")
