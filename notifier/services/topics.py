@@ -207,6 +207,7 @@ def _walk_one(send_id: int) -> tuple[int, bool] | None:
                         lane=info.lane,
                         idempotency_key=f"topic:{send.pk}:{user_id}",
                         priority=info.priority,
+                        topic_id=send.topic_id,
                     )
                     for user_id in users
                 ]
