@@ -12,6 +12,9 @@ class Topic(models.Model):
     name = models.CharField(max_length=200, blank=True, default="")
     created_at = models.DateTimeField()
 
+    class Meta:
+        permissions = [("notify_topic", "Can notify a topic's followers from the admin")]
+
     def __str__(self) -> str:
         return self.key
 

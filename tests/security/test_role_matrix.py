@@ -170,6 +170,9 @@ EXTRA_PAGES: dict[str, tuple[str, frozenset[str]]] = {
     "notifier_recipient_delivery_history": ("GET", SUPPORT_ADMIN),
     "notifier_recipient_admin_log": ("GET", SUPPORT_ADMIN),
     "auth_user_password_change": ("GET", ADMIN_ONLY),  # Django's own, named "auth_user_..."
+    # Notifying a topic's followers (notifier.notify_topic): an empty POST is a form with errors.
+    "notifier_topic_notify": ("GET", ADMIN_ONLY),
+    "notifier_topic_notify:POST": ("POST", ADMIN_ONLY),
     "campaigns_segment_count_new": ("GET", MARKETING_SUPPORT),
     "campaigns_segment_count": ("GET", MARKETING_SUPPORT),
     "campaigns_segment_import": ("GET", MARKETING),
@@ -499,6 +502,7 @@ def extra_url(name: str, objects: dict[type[Model], Model]) -> str:
     model = {
         "notifier_user": User,
         "notifier_recipient": Recipient,
+        "notifier_topic": Topic,
         "auth_user": User,
         "campaigns_segment": Segment,
         "campaigns_campaign": Campaign,

@@ -116,7 +116,9 @@ def test_a_batch_looks_its_topic_snoozes_up_in_one_query(published):
         messages_prepare(message_ids=ids)
     snooze_queries = [q for q in queries if "topicsnooze" in q["sql"]]
     assert len(snooze_queries) == 1
-    reasons = dict(Delivery.objects.filter(message_id__in=ids).values_list("message__user", "reason"))
+    reasons = dict(
+        Delivery.objects.filter(message_id__in=ids).values_list("message__user", "reason")
+    )
     assert sorted(r for r in reasons.values()) == ["", "", "", *[Reason.TOPIC_SNOOZED] * 3]
 
 
