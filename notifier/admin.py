@@ -859,6 +859,7 @@ class MessageRow:
     cancel_key: str = ""
     cancellable: bool = False  # something of it has not gone out yet
     digest: str = ""  # collected into a digest, or a digest's own message: in words
+    topic: str = ""  # the topic whose send handed it out (its snooze mutes it)
 
     @classmethod
     def of(
@@ -887,6 +888,7 @@ class MessageRow:
             cancel_key=message.cancel_key or "",
             cancellable=message.routed_at is None or any(d.status in CANCELLABLE for d in every),
             digest=_digest_words(message),
+            topic=message.topic.key if message.topic is not None else "",
         )
 
 

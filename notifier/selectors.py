@@ -217,7 +217,7 @@ def user_history(*, user_id: UserKey) -> QuerySet[Message]:
             channels_text=Cast("channels", output_field=TextField()),
             not_before_text=Cast("not_before", output_field=TextField()),
         )
-        .select_related("type", "campaign", "digest")
+        .select_related("type", "campaign", "digest", "topic")
         .prefetch_related(Prefetch("deliveries", queryset=deliveries))
         .order_by("-created_at", "-id")
     )

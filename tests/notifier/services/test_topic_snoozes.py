@@ -30,6 +30,7 @@ from notifier.services.snoozes import (
 from notifier.services.topics import topic_send_walk
 from notifier.status import Reason
 from tests.factories import UserFactory, order_context
+from tests.notifier.http_api.test_recipients_api import app_token
 from tests.notifier.http_api.test_service_api import token
 
 pytestmark = pytest.mark.django_db
@@ -84,6 +85,18 @@ def test_a_topic_snooze_lifted_or_ended_lets_email_through_again(published):
     assert topic_snooze_lift(user_id=user.pk, topic_key=TOPIC) is True
     assert topic_send()[user.pk]["email"] == ""
     assert topic_snooze_lift(user_id=user.pk, topic_key=TOPIC) is False
+
+
+def test_support_sees_the_topic_and_the_reason_on_the_customer_page(published, admin_client):
+    user = UserFactory()
+    topic_subscribe(TOPIC, [user])
+    topic_snooze_set(user_id=user.pk, topic_key=TOPIC, length="week")
+    topic_send()
+    page = admin_client.get(
+        reverse("admin:notifier_user_customer", args=[user.pk])
+    ).content.decode()
+    assert f"Sent to the followers of topic <code>{TOPIC}</code>" in page
+    assert Reason.TOPIC_SNOOZED.label in page
 
 
 def test_a_transactional_type_sent_to_a_snoozed_topic_still_goes_everywhere(published):
@@ -189,6 +202,20 @@ def test_the_service_api_snoozes_a_topic_lists_and_unmutes():
     assert bad.status_code == 422
     assert client.delete(f"{url}/{TOPIC}", **auth).json() == {"snoozes": []}
     assert not TopicSnooze.objects.exists()
+
+
+def test_a_persons_own_app_snoozes_their_topic_and_nobody_elses():
+    mine = recipient_put("app-1", {}).recipient
+    theirs = recipient_put("app-2", {}).recipient
+    topic_subscribe(TOPIC, [mine.user_id, theirs.user_id])
+    app = app_token("app-1")
+    body = {"data": json.dumps({"for": "day"}), "content_type": "application/json"}
+    auth = {"HTTP_AUTHORIZATION": f"Bearer {app}"}
+    own = Client().put(f"/api/v1/recipients/app-1/topic-snoozes/{TOPIC}", **body, **auth)
+    assert own.status_code == 200, own.json()
+    other = Client().put(f"/api/v1/recipients/app-2/topic-snoozes/{TOPIC}", **body, **auth)
+    assert other.status_code == 403
+    assert list(TopicSnooze.objects.values_list("user_id", flat=True)) == [mine.user_id]
 
 
 # --- From the inbox ---------------------------------------------------------------------------
