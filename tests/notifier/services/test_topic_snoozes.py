@@ -20,6 +20,7 @@ from notifier.api import notify, notify_topic, topic_snooze, topic_subscribe, to
 from notifier.models import Delivery, InboxItem, Message, TopicSnooze
 from notifier.services.pipeline import messages_prepare
 from notifier.services.recipients import recipient_put
+from notifier.services.release import held_release
 from notifier.services.snoozes import (
     SnoozeError,
     UnknownSnoozeTopic,
@@ -28,7 +29,7 @@ from notifier.services.snoozes import (
     topic_snoozes_list,
 )
 from notifier.services.topics import topic_send_walk
-from notifier.status import Reason
+from notifier.status import DeliveryStatus, Reason
 from tests.factories import UserFactory, order_context
 from tests.notifier.http_api.test_recipients_api import app_token
 from tests.notifier.http_api.test_service_api import token
@@ -107,6 +108,23 @@ def test_a_transactional_type_sent_to_a_snoozed_topic_still_goes_everywhere(publ
         "inapp": "",
         "email": "",
     }
+
+
+def test_a_topic_message_held_before_the_snooze_is_checked_again_at_release(published):
+    user = UserFactory()
+    topic_subscribe(TOPIC, [user])
+    send = notify_topic(TOPIC, "subscription.renewal_reminder", RENEWAL, channels=["email"])
+    topic_send_walk(send_id=send.pk)
+    later = timezone.now() + timedelta(hours=1)
+    Message.objects.filter(topic__key=TOPIC).update(not_before=later)  # held until then
+    (message,) = Message.objects.filter(topic__key=TOPIC)
+    messages_prepare(message_ids=[message.pk])
+    assert Delivery.objects.get(message=message).status == DeliveryStatus.HELD
+    topic_snooze_set(user_id=user.pk, topic_key=TOPIC, length="week")
+    with time_machine.travel(later + timedelta(minutes=1)):
+        held_release()
+    email = Delivery.objects.get(message=message)
+    assert (email.status, email.reason) == (DeliveryStatus.SUPPRESSED, Reason.TOPIC_SNOOZED)
 
 
 def test_a_snooze_of_another_topic_changes_nothing(published):

@@ -5,11 +5,12 @@ counted, and a digest as long as any message points at it."""
 
 from __future__ import annotations
 
+import threading
 from datetime import timedelta
 
 import pytest
 import time_machine
-from django.db import connection
+from django.db import connection, transaction
 from django.utils import timezone
 
 from notifier.api import topic_subscribe
@@ -153,6 +154,40 @@ def test_throttle_slots_go_once_out_of_their_types_window(published):
     with time_machine.travel(now + timedelta(hours=1, minutes=1)):
         assert retention_run(days=0).workflows.counts["throttle_slots"] == 1
     assert not ThrottleSlot.objects.exists()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_row_locked_by_someone_snoozing_again_is_skipped_not_waited_for(published):
+    user, other = UserFactory(), UserFactory()
+    ended = timezone.now() - timedelta(minutes=1)
+    locked = Snooze.objects.create(user=user, type_id="social.new_follower", until=ended, at=ended)
+    free = Snooze.objects.create(user=other, type_id="social.new_follower", until=ended, at=ended)
+    holding, release = threading.Event(), threading.Event()
+
+    def snoozing_again() -> None:
+        try:
+            with transaction.atomic():
+                Snooze.objects.select_for_update().filter(pk=locked.pk).update(
+                    until=timezone.now() + timedelta(days=7)
+                )
+                holding.set()
+                release.wait(timeout=30)
+        finally:
+            connection.close()
+
+    thread = threading.Thread(target=snoozing_again)
+    thread.start()
+    try:
+        assert holding.wait(timeout=10)
+        report = retention_run(days=0)
+        assert release.is_set() is False  # the run did not wait for the lock
+    finally:
+        release.set()
+        thread.join(timeout=30)
+    assert report.workflows.counts["snoozes"] == 1
+    assert alive(locked) and not alive(free)
+    locked.refresh_from_db()
+    assert locked.until is not None and locked.until > timezone.now()  # the new snooze stands
 
 
 def test_pruning_goes_in_batches_and_a_dry_run_only_counts(published, tmp_path):
