@@ -53,15 +53,13 @@ class SnoozeState:
 
 def snooze_set(*, user_id: UserKey, type_key: object, length: object) -> SnoozeState:
     """Mute `type_key` for the person for `length` ("day", "week" or "until_unmuted")."""
-    if not isinstance(length, str) or length not in LENGTHS:
-        raise SnoozeError(f"snooze for one of: {', '.join(LENGTHS)}; got {str(length)[:40]!r}")
+    span = _length(length)
     kind = _type(type_key)
     if not can_switch_off(kind.kind, kind.priority):
         raise SnoozeError(
             f"{kind.key} cannot be snoozed: transactional and critical messages always go out"
         )
     now = timezone.now()
-    span = LENGTHS[length]
     until = now + span if span is not None else None
     with transaction.atomic():
         Snooze.objects.update_or_create(

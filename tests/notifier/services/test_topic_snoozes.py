@@ -16,7 +16,14 @@ from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 from django.utils import timezone
 
-from notifier.api import notify, notify_topic, topic_snooze, topic_subscribe, topic_unsnooze
+from notifier.api import (
+    notify,
+    notify_topic,
+    topic_snooze,
+    topic_subscribe,
+    topic_unsnooze,
+    topic_unsubscribe,
+)
 from notifier.models import Delivery, InboxItem, Message, TopicSnooze
 from notifier.services.pipeline import messages_prepare
 from notifier.services.recipients import recipient_put
@@ -174,6 +181,17 @@ def test_snoozing_again_replaces_the_first_and_the_python_api_says_the_same(publ
     assert TopicSnooze.objects.count() == 1
     assert topic_unsnooze(TOPIC, user) is True
     assert not TopicSnooze.objects.exists()
+
+
+def test_unfollowing_a_topic_ends_its_snooze(published):
+    user, other = UserFactory(), UserFactory()
+    topic_subscribe(TOPIC, [user, other])
+    for person in (user, other):
+        topic_snooze_set(user_id=person.pk, topic_key=TOPIC, length="until_unmuted")
+    topic_unsubscribe(TOPIC, [user])
+    assert list(TopicSnooze.objects.values_list("user_id", flat=True)) == [other.pk]
+    topic_subscribe(TOPIC, [user])  # following it again starts unmuted
+    assert topic_send()[user.pk]["email"] == ""
 
 
 @pytest.mark.parametrize(
