@@ -69,6 +69,7 @@ from notifier.models import (
     SuppressedAddress,
     Topic,
     TopicSend,
+    TopicSnooze,
     User,
     normalize_email,
     recipient_for,
@@ -1556,6 +1557,17 @@ class TopicSendAdmin(ReadOnlyMixin, admin.ModelAdmin):
     list_filter = ["status", "type"]
     ordering = ["-id"]
     exclude = ["context"]
+
+
+@admin.register(TopicSnooze)
+class TopicSnoozeAdmin(ReadOnlyMixin, admin.ModelAdmin):
+    """Topics people muted for a while (their inbox still gets what the topic's sends hand
+    out): set by them, not here."""
+
+    list_display = ["user", "topic", "until", "at"]
+    list_select_related = ["user", "topic"]
+    search_fields = ["=topic__key"]
+    ordering = ["-at"]
 
 
 # --- Providers: the suppression list and webhook events ---------------------------------------

@@ -54,6 +54,7 @@ from notifier.models import (
     Snooze,
     Topic,
     TopicSend,
+    TopicSnooze,
     User,
     WebhookAttempt,
     WebhookEndpoint,
@@ -140,6 +141,7 @@ MODELS: dict[type[Model], Access] = {
     Digest: read_only(ADMIN_ONLY),
     Topic: read_only(ADMIN_ONLY),
     TopicSend: read_only(ADMIN_ONLY),
+    TopicSnooze: read_only(ADMIN_ONLY),
     # Written by provider webhooks only; an admin lifts a suppression once the mailbox works.
     SuppressedAddress: Access(SUPPORT_ADMIN, NOBODY, NOBODY, ADMIN_ONLY),
     ProviderEvent: read_only(SUPPORT_ADMIN),
@@ -239,6 +241,7 @@ ACTIONS: dict[type[Model], dict[str, frozenset[str]]] = {
     Digest: {"delete_selected": NOBODY},
     Topic: {"delete_selected": NOBODY},
     TopicSend: {"delete_selected": NOBODY},
+    TopicSnooze: {"delete_selected": NOBODY},
     SuppressedAddress: {"delete_selected": ADMIN_ONLY},
     ProviderEvent: {"delete_selected": NOBODY},
     Device: {"delete_selected": ADMIN_ONLY},
@@ -411,6 +414,9 @@ def objects(monkeypatch) -> dict[type[Model], Model]:
             type_id="social.new_follower",
             created_at=datetime.now(UTC),
             updated_at=datetime.now(UTC),
+        ),
+        TopicSnooze: TopicSnooze.objects.create(
+            user=customer, topic=topic, until=None, at=datetime.now(UTC)
         ),
         SuppressedAddress: SuppressedAddress.objects.create(
             address="customer@example.com",
