@@ -43,7 +43,9 @@ from django_celery_beat.admin import PeriodicTaskAdmin as BeatPeriodicTaskAdmin
 from django_celery_beat.models import PeriodicTask
 
 from channels.base import Channel
+from notifier.api import notify_topic
 from notifier.customer_page import FIX_FORMS, FixForm, Masker, customer_overview
+from notifier.errors import NotifyError
 from notifier.forms import BOUNDED_JSON
 from notifier.models import (
     Consent,
@@ -67,13 +69,20 @@ from notifier.models import (
     SuppressedAddress,
     Topic,
     TopicSend,
+    TopicSnooze,
     User,
     normalize_email,
     recipient_for,
     recipient_update,
 )
 from notifier.models.users import normalize_phone, phone_from_text
-from notifier.roles import ERASE_RECIPIENT, EXPORT_RECIPIENT, FIX_RECIPIENT, VIEW_CONTACT_DETAILS
+from notifier.roles import (
+    ERASE_RECIPIENT,
+    EXPORT_RECIPIENT,
+    FIX_RECIPIENT,
+    NOTIFY_TOPIC,
+    VIEW_CONTACT_DETAILS,
+)
 from notifier.selectors import MESSAGE_CALLER_FIELDS, message_read_caller_fields, user_history
 from notifier.services.deliveries import deliveries_retry_now
 from notifier.services.erasure import (
@@ -94,6 +103,7 @@ from notifier.services.support import (
     support_suppression_lift,
 )
 from notifier.status import NOT_SENT, DeliveryStatus, Reason
+from notifier.text import strict_json_loads
 from notifier.user_keys import user_key_from_text
 
 HISTORY_PAGE_SIZE = 25
@@ -850,6 +860,7 @@ class MessageRow:
     cancel_key: str = ""
     cancellable: bool = False  # something of it has not gone out yet
     digest: str = ""  # collected into a digest, or a digest's own message: in words
+    topic: str = ""  # the topic whose send handed it out (its snooze mutes it)
 
     @classmethod
     def of(
@@ -878,6 +889,7 @@ class MessageRow:
             cancel_key=message.cancel_key or "",
             cancellable=message.routed_at is None or any(d.status in CANCELLABLE for d in every),
             digest=_digest_words(message),
+            topic=message.topic.key if message.topic is not None else "",
         )
 
 
@@ -1429,7 +1441,8 @@ class DigestAdmin(ReadOnlyMixin, admin.ModelAdmin):
 
 @admin.register(Topic)
 class TopicAdmin(ReadOnlyMixin, admin.ModelAdmin):
-    """Objects people follow (by the product's key); notify_topic notifies the followers."""
+    """Objects people follow (by the product's key); notify_topic notifies the followers, and
+    so does this admin's *Notify followers* page for staff with `notifier.notify_topic`."""
 
     list_display = ["key", "name", "followers", "created_at"]
     search_fields = ["=key", "name"]
@@ -1438,6 +1451,101 @@ class TopicAdmin(ReadOnlyMixin, admin.ModelAdmin):
     @admin.display(description="followers")
     def followers(self, obj: Topic) -> int:
         return obj.subscriptions.count()
+
+    def get_urls(self) -> list[URLPattern]:
+        info = self.opts.app_label, self.opts.model_name
+        return [
+            path(
+                "<path:object_id>/notify/",
+                self.admin_site.admin_view(self.notify_view),
+                name="{}_{}_notify".format(*info),
+            ),
+            *super().get_urls(),
+        ]
+
+    def render_change_form(
+        self, request: HttpRequest, context: dict[str, Any], *args: Any, **kwargs: Any
+    ) -> HttpResponse:
+        context["may_notify"] = request.user.has_perm(NOTIFY_TOPIC)
+        return super().render_change_form(request, context, *args, **kwargs)
+
+    def notify_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
+        """A type and its context (JSON), checked as notify_topic checks them; nothing is
+        written until all is well. The form's token is the send's idempotency key: the same
+        submission twice (a double click, a reload) starts one send."""
+        if not request.user.has_perm(NOTIFY_TOPIC):
+            raise PermissionDenied
+        topic = self.get_object(request, unquote(object_id))
+        if topic is None:
+            raise Http404("no such topic")
+        form = TopicNotifyForm(request.POST if request.method == "POST" else None)
+        if form.is_valid():
+            send = form.start(topic)
+            if send is not None:
+                self.log_change(
+                    request,
+                    topic,
+                    f"Notified its followers: {send.type_id} (topic send {send.pk}, "
+                    f"key {send.idempotency_key})",
+                )
+                self.message_user(
+                    request,
+                    f"Topic send {send.pk} started: {send.type_id} to the followers of "
+                    f"{topic.key}.",
+                    messages.SUCCESS,
+                )
+                return HttpResponseRedirect(
+                    reverse("admin:notifier_topicsend_change", args=[send.pk])
+                )
+        context = {
+            **self.admin_site.each_context(request),
+            "opts": self.opts,
+            "original": topic,
+            "title": f"Notify the followers of {topic.key}",
+            "followers": topic.subscriptions.count(),
+            "form": form,
+        }
+        request.current_app = self.admin_site.name
+        return TemplateResponse(request, "admin/notifier/topic/notify.html", context)
+
+
+class TopicNotifyForm(forms.Form):
+    type = forms.ModelChoiceField(
+        queryset=NotificationType.objects.filter(is_active=True).order_by("key"),
+        to_field_name="key",
+        help_text="What the followers are sent",
+    )
+    context = forms.CharField(
+        widget=forms.Textarea(attrs={"rows": 8, "cols": 70}),
+        initial="{}",
+        help_text='The template variables as a JSON object, e.g. {"product_name": "Kettle"}',
+    )
+    # Drawn when the form is shown: the send's idempotency key.
+    token = forms.UUIDField(widget=forms.HiddenInput, initial=uuid.uuid4)
+
+    def clean_context(self) -> dict[str, Any]:
+        try:
+            value = strict_json_loads(self.cleaned_data["context"])
+        except (ValueError, RecursionError) as exc:
+            raise ValidationError(f"This is not JSON: {exc}") from exc
+        if not isinstance(value, dict):
+            raise ValidationError('Write a JSON object, e.g. {"product_name": "Kettle"}')
+        return value
+
+    def start(self, topic: Topic) -> TopicSend | None:
+        """Start the send through notify_topic; None, with the error on the form, when it
+        refuses (a missing template variable, a bad value): nothing is written then."""
+        try:
+            send: TopicSend = notify_topic(
+                topic.key,
+                self.cleaned_data["type"].key,
+                self.cleaned_data["context"],
+                idempotency_key=f"admin-topic:{self.cleaned_data['token'].hex}",
+            )
+        except NotifyError as exc:
+            self.add_error("context", str(exc))
+            return None
+        return send
 
 
 @admin.register(TopicSend)
@@ -1449,6 +1557,17 @@ class TopicSendAdmin(ReadOnlyMixin, admin.ModelAdmin):
     list_filter = ["status", "type"]
     ordering = ["-id"]
     exclude = ["context"]
+
+
+@admin.register(TopicSnooze)
+class TopicSnoozeAdmin(ReadOnlyMixin, admin.ModelAdmin):
+    """Topics people muted for a while (their inbox still gets what the topic's sends hand
+    out): set by them, not here."""
+
+    list_display = ["user", "topic", "until", "at"]
+    list_select_related = ["user", "topic"]
+    search_fields = ["=topic__key"]
+    ordering = ["-at"]
 
 
 # --- Providers: the suppression list and webhook events ---------------------------------------

@@ -47,6 +47,7 @@ from notifier.ids import MAX_ID
 from notifier.models import Message, Recipient, User
 from notifier.rendering import SYSTEM_VARIABLES, variables_used
 from notifier.selectors import TypeInfo, type_info_get
+from notifier.services import snoozes as snooze_service
 from notifier.services import topics as topic_service
 from notifier.services.cancellation import CancelReport, messages_cancel
 from notifier.services.messages import NewMessage, message_create, messages_create
@@ -73,7 +74,9 @@ __all__ = [
     "notify_cancel",
     "notify_many",
     "notify_topic",
+    "topic_snooze",
     "topic_subscribe",
+    "topic_unsnooze",
     "topic_unsubscribe",
 ]
 
@@ -982,3 +985,17 @@ def notify_topic(
         exclude=_user_ids(exclude),
         idempotency_key=idempotency,
     )
+
+
+def topic_snooze(topic: str, user: UserRef, *, length: str = "week") -> Any:
+    """Mute `topic`, which `user` follows, for a "day", a "week" or "until_unmuted": what its
+    sends hand out then reaches them in the inbox only (transactional and critical types go
+    everywhere still). Again replaces it. SnoozeError says what to fix."""
+    key = check_topic(topic)
+    return snooze_service.topic_snooze_set(user_id=_user_id(user), topic_key=key, length=length)
+
+
+def topic_unsnooze(topic: str, user: UserRef) -> bool:
+    """Unmute `topic` for `user`; whether a snooze was running."""
+    key = check_topic(topic)
+    return snooze_service.topic_snooze_lift(user_id=_user_id(user), topic_key=key)

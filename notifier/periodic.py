@@ -108,7 +108,9 @@ BEAT_SCHEDULE: dict[str, dict[str, Any]] = {
     },
     # Nightly: archive then delete finished delivery-log rows older than
     # NOTIFIER_RETENTION_DAYS (off by default), in short batches, for at most
-    # NOTIFIER_RETENTION_BUDGET_S; a run that is cut short goes on the next night.
+    # NOTIFIER_RETENTION_BUDGET_S; a run that is cut short goes on the next night. Then the
+    # workflows' rows: closed digests and finished topic sends past the same window, and
+    # (even with retention off) ended snoozes and throttle slots out of their window.
     "delivery-log-retention": {
         "task": "notifier.retention",
         "schedule": crontab(hour=2, minute=45),

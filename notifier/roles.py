@@ -75,6 +75,9 @@ FIX_RECIPIENT = "notifier.fix_recipient"
 # Erasing a person's data, and exporting all of it (GDPR/PIPL): the Admin role only.
 ERASE_RECIPIENT = "notifier.erase_recipient"
 EXPORT_RECIPIENT = "notifier.export_recipient"
+# Notifying every follower of a topic from the Topic admin: the Admin role only (it reaches
+# everyone who follows, like a campaign without a marketer's approval).
+NOTIFY_TOPIC = "notifier.notify_topic"
 APPROVE_CAMPAIGN = "campaigns.approve_campaign"
 # Letting a campaign send in customers' quiet hours: a lead's decision, never a marketer's.
 ALLOW_QUIET_HOURS = "campaigns.allow_quiet_hours"

@@ -35,6 +35,7 @@ from notifier.models import (
     Preference,
     Recipient,
     Snooze,
+    TopicSnooze,
     User,
 )
 from notifier.policies.preferences import ConsentRecord, ConsentState, Preferences
@@ -131,6 +132,21 @@ def snoozes_of(*, user_ids: Iterable[UserKey], now: datetime) -> dict[UserKey, d
     return dict(found)
 
 
+def topic_snoozes_of(
+    *, user_ids: Iterable[UserKey], now: datetime
+) -> dict[UserKey, dict[int, Any]]:
+    """Each user's topic snoozes still running at `now`: topic id -> until (None: until
+    unmuted). Users with none are left out."""
+    found: dict[UserKey, dict[int, Any]] = defaultdict(dict)
+    for user_id, topic_id, until in (
+        TopicSnooze.objects.filter(any_of("user_id", user_ids))
+        .exclude(until__lte=now)
+        .values_list("user_id", "topic_id", "until")
+    ):
+        found[user_id][topic_id] = until
+    return dict(found)
+
+
 def type_cache_clear() -> None:
     _type_cache.clear()
 
@@ -164,6 +180,17 @@ def inbox_page(
     return items[:limit], next_cursor
 
 
+def inbox_item_topics(*, message_ids: Iterable[int]) -> dict[int, str]:
+    """The topic key of each of these messages a topic's send handed out (message id -> key),
+    in one query for a page of inbox items."""
+    wanted = list(message_ids)
+    if not wanted:
+        return {}
+    return dict(
+        Message.objects.filter(pk__in=wanted, topic__isnull=False).values_list("pk", "topic__key")
+    )
+
+
 def inbox_unread_count(*, user_id: UserKey) -> int:
     return InboxItem.objects.filter(
         user_id=user_id, read_at__isnull=True, archived_at__isnull=True
@@ -190,7 +217,7 @@ def user_history(*, user_id: UserKey) -> QuerySet[Message]:
             channels_text=Cast("channels", output_field=TextField()),
             not_before_text=Cast("not_before", output_field=TextField()),
         )
-        .select_related("type", "campaign", "digest")
+        .select_related("type", "campaign", "digest", "topic")
         .prefetch_related(Prefetch("deliveries", queryset=deliveries))
         .order_by("-created_at", "-id")
     )

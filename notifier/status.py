@@ -143,6 +143,10 @@ class Reason(models.TextChoices):
         "snoozed",
         "The person snoozed this kind of message: it reached their inbox only",
     )
+    TOPIC_SNOOZED = (
+        "topic_snoozed",
+        "The person snoozed the topic it was sent to: it reached their inbox only",
+    )
     ESCALATION_WAIT = (
         "escalation_wait",
         "Waiting: it goes only if the first channel's message is not read by then",

@@ -161,7 +161,8 @@ def failure_alerts_task() -> dict[str, list[str] | list[int]]:
 
 @shared_task(name="notifier.retention", ignore_result=True)
 def retention_task() -> dict[str, object]:
-    """Beat, nightly: archive then delete finished delivery-log rows past the retention."""
+    """Beat, nightly: archive then delete finished delivery-log rows past the retention, then
+    prune the workflows' rows that are done with (notifier.services.workflow_retention)."""
     report = retention_run()
     log.info("retention: %s", report.summary())
     return {"messages": report.messages, "deliveries": report.deliveries, "files": report.files}

@@ -37,6 +37,18 @@ urlpatterns = [
         inbox.inbox_snooze_lift,
         name="inbox-snooze-lift",
     ),
+    path(
+        "api/inbox/<int:item_id>/snooze-topic/",
+        inbox.inbox_snooze_topic,
+        name="inbox-snooze-topic",
+    ),
+    path("api/inbox/topic-snoozes/", inbox.inbox_topic_snoozes, name="inbox-topic-snoozes"),
+    # A topic key may hold a slash ("game/7"): the rest of the path up to /lift/ is the key.
+    path(
+        "api/inbox/topic-snoozes/<path:topic_key>/lift/",
+        inbox.inbox_topic_snooze_lift,
+        name="inbox-topic-snooze-lift",
+    ),
     path("api/preferences/", preferences.preferences_json, name="preferences-api"),
     path("api/preferences/consent/", preferences.consent_json, name="preferences-consent"),
     # Signed links in messages: no login, the token says whose preferences change.

@@ -35,7 +35,14 @@ from notifier.services.preferences import (
     preferences_update,
 )
 from notifier.services.recipients import recipient_get, recipient_put
-from notifier.services.snoozes import snooze_lift, snooze_set, snoozes_list
+from notifier.services.snoozes import (
+    snooze_lift,
+    snooze_set,
+    snoozes_list,
+    topic_snooze_lift,
+    topic_snooze_set,
+    topic_snoozes_list,
+)
 from notifier.services.topics import topics_of
 from notifier.user_keys import user_key_json
 
@@ -636,3 +643,61 @@ def topic_unfollow(
     recipient = recipient_get(external_id)
     topic_unsubscribe(topic, [recipient.user_id])
     return Status(200, {"topics": topics_of(user_id=recipient.user_id)})
+
+
+class TopicSnoozeOut(Schema):
+    topic: str
+    until: datetime | None = Field(description="When it ends; null: until unmuted")
+
+
+class TopicSnoozesOut(Schema):
+    snoozes: list[TopicSnoozeOut] = Field(description="Running now, soonest to end first")
+
+
+def topic_snoozes_json(user_id: Any) -> dict[str, Any]:
+    return {
+        "snoozes": [
+            {"topic": s.topic_key, "until": s.until} for s in topic_snoozes_list(user_id=user_id)
+        ]
+    }
+
+
+@router.get(
+    "/{external_id}/topic-snoozes",
+    auth=ApiKeyAuth(ApiScope.RECIPIENTS, ApiScope.READ, app=True),
+    response=answers({200: TopicSnoozesOut}, 404),
+    summary="The topics a recipient muted for now",
+)
+def topic_snoozes_read(request: HttpRequest, external_id: ExternalId) -> Status[dict[str, Any]]:
+    return Status(200, topic_snoozes_json(recipient_get(external_id).user_id))
+
+
+@router.put(
+    "/{external_id}/topic-snoozes/{topic}",
+    auth=ApiKeyAuth(ApiScope.RECIPIENTS, app=True),
+    response=answers({200: TopicSnoozesOut}, 404),
+    summary="Snooze a topic a recipient follows",
+)
+def topic_snooze_put(
+    request: HttpRequest, external_id: ExternalId, topic: str, body: SnoozeIn
+) -> Status[dict[str, Any]]:
+    """Until it ends, what the topic's sends hand out reaches them in the inbox only (no
+    email, SMS or push; transactional and critical types still go everywhere). `for`: `day`,
+    `week` or `until_unmuted`; again replaces it. A topic they do not follow: 422."""
+    recipient = recipient_get(external_id)
+    topic_snooze_set(user_id=recipient.user_id, topic_key=topic, length=body.length)
+    return Status(200, topic_snoozes_json(recipient.user_id))
+
+
+@router.delete(
+    "/{external_id}/topic-snoozes/{topic}",
+    auth=ApiKeyAuth(ApiScope.RECIPIENTS, app=True),
+    response=answers({200: TopicSnoozesOut}, 404),
+    summary="Unmute a topic for a recipient",
+)
+def topic_snooze_delete(
+    request: HttpRequest, external_id: ExternalId, topic: str
+) -> Status[dict[str, Any]]:
+    recipient = recipient_get(external_id)
+    topic_snooze_lift(user_id=recipient.user_id, topic_key=topic)
+    return Status(200, topic_snoozes_json(recipient.user_id))

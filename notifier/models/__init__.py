@@ -48,7 +48,13 @@ from notifier.models.recipients import (
 )
 from notifier.models.routing import RoutingRule
 from notifier.models.support import SupportAction, SupportActionKind
-from notifier.models.topics import Topic, TopicSend, TopicSendStatus, TopicSubscription
+from notifier.models.topics import (
+    Topic,
+    TopicSend,
+    TopicSendStatus,
+    TopicSnooze,
+    TopicSubscription,
+)
 from notifier.models.types import Kind, NotificationType, Priority
 from notifier.models.users import Device, MarketingFrequency, Platform, User
 
@@ -94,6 +100,7 @@ __all__ = [
     "Topic",
     "TopicSend",
     "TopicSendStatus",
+    "TopicSnooze",
     "TopicSubscription",
     "Unsubscribe",
     "User",

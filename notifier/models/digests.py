@@ -48,6 +48,10 @@ class Digest(models.Model):
         ]
         indexes = [
             models.Index(fields=["due_at"], name="digest_due_idx", condition=Q(state="open")),
+            # Retention's SET NULL when it deletes a digest's own message.
+            models.Index(
+                fields=["message"], name="digest_message_idx", condition=Q(message__isnull=False)
+            ),
         ]
 
     def __str__(self) -> str:

@@ -80,6 +80,16 @@ class Message(models.Model):
         related_name="messages",
         db_index=False,
     )
+    # The topic whose send handed it out (notifier.services.topics), for the person's topic
+    # snoozes; NULL on every other message.
+    topic = models.ForeignKey(
+        "notifier.Topic",
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="+",
+        db_index=False,
+    )
     # What its type's throttle counts it under (e.g. "product:42"); NULL: the type itself.
     throttle_key = models.CharField(  # noqa: DJ001
         max_length=255,
@@ -138,6 +148,10 @@ class Message(models.Model):
             # A digest's messages (the flush reads them); NULL on every other message.
             models.Index(
                 fields=["digest"], name="message_digest_idx", condition=Q(digest__isnull=False)
+            ),
+            # A topic's messages (the SET NULL when a topic is deleted); NULL on the others.
+            models.Index(
+                fields=["topic"], name="message_topic_idx", condition=Q(topic__isnull=False)
             ),
             # notify_cancel's look-up; NULL on every message sent without a key.
             models.Index(

@@ -12,6 +12,9 @@ class Topic(models.Model):
     name = models.CharField(max_length=200, blank=True, default="")
     created_at = models.DateTimeField()
 
+    class Meta:
+        permissions = [("notify_topic", "Can notify a topic's followers from the admin")]
+
     def __str__(self) -> str:
         return self.key
 
@@ -31,6 +34,25 @@ class TopicSubscription(models.Model):
 
     def __str__(self) -> str:
         return f"{self.user_id} follows {self.topic_id}"
+
+
+class TopicSnooze(models.Model):
+    """A person muted a topic they follow for a while (`until`) or until they unmute it
+    (`until` empty): messages its sends hand out reach them in the inbox only
+    (`notifier.policies.preferences.snooze_reason`). One row per person and topic."""
+
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, db_index=False)
+    topic = models.ForeignKey(Topic, on_delete=models.CASCADE, related_name="snoozes")
+    until = models.DateTimeField(null=True, blank=True, help_text="Empty: until they unmute")
+    at = models.DateTimeField()
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["user", "topic"], name="topic_snooze_user_topic"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.topic_id} until {self.until or 'unmuted'}"
 
 
 class TopicSendStatus(models.TextChoices):

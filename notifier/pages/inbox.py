@@ -1,7 +1,8 @@
 """The end user's inbox page: server-rendered, with a little JavaScript on the inbox JSON API.
 
 GET  /inbox/?cursor=...   the newest items (or the page after `cursor`) and the unread badge
-POST /inbox/              action=read|archive|snooze|useful|meh|irrelevant with item=<id>, or
+POST /inbox/              action=read|archive|snooze|snooze-topic|useful|meh|irrelevant with
+                          item=<id>, or
                           action=read-all: the inbox services the JSON API calls, for browsers
                           without JavaScript; answers with a redirect back to the page (303)
 
@@ -12,6 +13,7 @@ Bad input is a 400 page and another user's item a 404, as in the JSON API.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, cast
 from urllib.parse import urlencode
 
@@ -34,12 +36,13 @@ from notifier.pages.inbox_api import (
     BadRequest,
     decode_cursor,
     encode_cursor,
+    inbox_item_topic,
     inbox_item_type,
     item_json,
 )
 from notifier.pages.language import finish, language_links, reader_for, speaking
 from notifier.pages.words import FEEDBACK_WORDS, kind_topic, topic_of
-from notifier.selectors import inbox_page, inbox_unread_count
+from notifier.selectors import inbox_item_topics, inbox_page, inbox_unread_count
 from notifier.services.inbox import (
     InboxItemNotFound,
     inbox_archive,
@@ -47,7 +50,12 @@ from notifier.services.inbox import (
     inbox_mark_all_read,
     inbox_mark_read,
 )
-from notifier.services.snoozes import SnoozeError, snooze_set
+from notifier.services.snoozes import (
+    SnoozeError,
+    UnknownSnoozeTopic,
+    snooze_set,
+    topic_snooze_set,
+)
 from notifier.user_keys import UserKey
 
 PAGE_SIZE = 20
@@ -58,7 +66,7 @@ FEEDBACK_FACES = {
     Feedback.MEH: "M6.5 13 L13.5 13",
     Feedback.IRRELEVANT: "M6.5 14.5 Q10 11 13.5 14.5",
 }
-ITEM_ACTIONS = {"read", "archive", "snooze", *Feedback.values}
+ITEM_ACTIONS = {"read", "archive", "snooze", "snooze-topic", *Feedback.values}
 
 
 def category_labels() -> dict[str, str]:
@@ -75,9 +83,11 @@ def safe_link(link: str | None) -> str:
     return link if link and link.lower().startswith(("https://", "http://", "/")) else ""
 
 
-def _item_view(item: InboxItem, labels: dict[str, str]) -> dict[str, Any]:
+def _item_view(
+    item: InboxItem, labels: dict[str, str], topics: Mapping[int, str]
+) -> dict[str, Any]:
     """What the JSON API says about the item, plus what only the template needs."""
-    view = item_json(item)
+    view = item_json(item, topics)
     return {
         **view,
         "link": safe_link(view["link"]),
@@ -99,6 +109,7 @@ PROTOTYPE: dict[str, Any] = {
     "category_label": "",
     "unsubscribe_url": "#",
     "snoozable": True,
+    "topic": "",
 }
 
 
@@ -112,6 +123,9 @@ def _script_words() -> dict[str, str]:
         "marked": gettext("Marked {n} as read."),
         "nothing_unread": gettext("Nothing was unread."),
         "snoozed": gettext("Snoozed for a week: these come to this inbox only until then."),
+        "topic_snoozed": gettext(
+            "Topic snoozed for a week: its messages come to this inbox only until then."
+        ),
         "loaded": gettext("Loaded {n} older messages."),
         # Intl.DateTimeFormat's locale and how its parts make a time like the server's.
         "date_locale": gettext("en-US"),
@@ -192,7 +206,8 @@ def inbox_page_view(request: HttpRequest) -> HttpResponse:
 
     def labelled_items() -> list[dict[str, Any]]:  # in the page's language: called inside it
         labels = category_labels()
-        return [_item_view(item, labels) for item in items]
+        topics = inbox_item_topics(message_ids=[item.message_id for item in items])
+        return [_item_view(item, labels, topics) for item in items]
 
     return _page(
         request,
@@ -240,6 +255,9 @@ def _act(request: HttpRequest) -> HttpResponse:
         elif action == "snooze":  # the page offers a week; the JSON API any length
             type_key = inbox_item_type(user_id=user_id, item_id=item_id)
             snooze_set(user_id=user_id, type_key=type_key, length="week")
+        elif action == "snooze-topic":
+            topic_key = inbox_item_topic(user_id=user_id, item_id=item_id)
+            topic_snooze_set(user_id=user_id, topic_key=topic_key, length="week")
         else:
             inbox_feedback(user_id=user_id, item_id=item_id, feedback=Feedback(action))
     except BadRequest as exc:
@@ -249,6 +267,13 @@ def _act(request: HttpRequest) -> HttpResponse:
     except InboxItemNotFound:
         return _problem(
             request, 404, _("That message is not in your inbox"), _("Nothing was changed.")
+        )
+    except UnknownSnoozeTopic:
+        return _problem(
+            request,
+            400,
+            _("Nothing was changed"),
+            _("This message did not come from a topic you follow: snooze its kind instead."),
         )
     except SnoozeError:
         return _problem(

@@ -9,6 +9,9 @@ POST /api/inbox/<id>/feedback/       {"feedback": "useful" | "meh" | "irrelevant
 POST /api/inbox/<id>/snooze/         {"for": "day" | "week" | "until_unmuted"}: mute its type
 GET  /api/inbox/snoozes/
 POST /api/inbox/snoozes/<type>/lift/
+POST /api/inbox/<id>/snooze-topic/   {"for": ...}: mute the topic it was sent to ("topic" set)
+GET  /api/inbox/topic-snoozes/
+POST /api/inbox/topic-snoozes/<topic>/lift/
 
 Errors are JSON {"error": "..."} with a 4xx status that says what to fix.
 """
@@ -16,7 +19,7 @@ Errors are JSON {"error": "..."} with a 4xx status that says what to fix.
 from __future__ import annotations
 
 import base64
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import datetime, timedelta
 from functools import wraps
 from typing import Any, cast
@@ -27,7 +30,7 @@ from django.views.decorators.http import require_GET, require_POST
 from notifier.ids import parse_id
 from notifier.links import unsubscribe_url
 from notifier.models import Feedback, InboxItem, Kind
-from notifier.selectors import inbox_page, inbox_unread_count
+from notifier.selectors import inbox_item_topics, inbox_page, inbox_unread_count
 from notifier.services.inbox import (
     InboxItemNotFound,
     inbox_archive,
@@ -39,10 +42,15 @@ from notifier.services.snoozes import (
     LENGTHS,
     SnoozeError,
     SnoozeState,
+    TopicSnoozeState,
+    UnknownSnoozeTopic,
     snoozable,
     snooze_lift,
     snooze_set,
     snoozes_list,
+    topic_snooze_lift,
+    topic_snooze_set,
+    topic_snoozes_list,
 )
 from notifier.text import json_value_problem, strict_json_loads
 from notifier.user_keys import UserKey
@@ -122,7 +130,11 @@ def _user_id(request: HttpRequest) -> UserKey:
     return cast(UserKey, request.user.pk)
 
 
-def item_json(item: InboxItem) -> dict[str, Any]:
+def item_json(item: InboxItem, topics: Mapping[int, str] | None = None) -> dict[str, Any]:
+    """The item as the API shows it; `topics` (message id -> topic key) saves a page of items
+    a query each (inbox_item_topics), and without it the item's own topic is looked up."""
+    if topics is None:
+        topics = inbox_item_topics(message_ids=[item.message_id])
     return {
         "id": item.pk,
         "category": item.category,
@@ -136,6 +148,8 @@ def item_json(item: InboxItem) -> dict[str, Any]:
         "feedback": item.feedback or None,
         # Whether its type may be snoozed (POST .../snooze/): what may be switched off.
         "snoozable": snoozable(item.type_key),
+        # The topic whose send it came from (POST .../snooze-topic/ mutes it), or null.
+        "topic": topics.get(item.message_id),
         # Marketing in the inbox carries its way out, like marketing anywhere else.
         "unsubscribe_url": unsubscribe_url(
             user_id=item.user_id,
@@ -199,9 +213,10 @@ def inbox_list(request: HttpRequest) -> JsonResponse:
         unread_only=_flag(request, "unread"),
         archived=_flag(request, "archived"),
     )
+    topics = inbox_item_topics(message_ids=[item.message_id for item in items])
     return JsonResponse(
         {
-            "items": [item_json(item) for item in items],
+            "items": [item_json(item, topics) for item in items],
             "next_cursor": encode_cursor(next_cursor),
             "unread_count": inbox_unread_count(user_id=user_id),
         }
@@ -287,3 +302,50 @@ def inbox_snoozes(request: HttpRequest) -> JsonResponse:
 @api
 def inbox_snooze_lift(request: HttpRequest, type_key: str) -> JsonResponse:
     return JsonResponse({"lifted": snooze_lift(user_id=_user_id(request), type_key=type_key)})
+
+
+def topic_snooze_json(snooze: TopicSnoozeState) -> dict[str, Any]:
+    return {"topic": snooze.topic_key, "until": snooze.until.isoformat() if snooze.until else None}
+
+
+def inbox_item_topic(*, user_id: UserKey, item_id: int) -> str:
+    """The topic one of the user's inbox items was sent to (InboxItemNotFound for anyone
+    else's item; UnknownSnoozeTopic, a 422, for an item no topic's send handed out)."""
+    message_id = (
+        InboxItem.objects.filter(pk=item_id, user_id=user_id)
+        .values_list("message_id", flat=True)
+        .first()
+    )
+    if message_id is None:
+        raise InboxItemNotFound(f"inbox item {item_id} not found")
+    topic = inbox_item_topics(message_ids=[message_id]).get(message_id)
+    if topic is None:
+        raise UnknownSnoozeTopic(f"inbox item {item_id} was not sent to a topic; snooze its type")
+    return topic
+
+
+@require_POST
+@api
+def inbox_snooze_topic(request: HttpRequest, item_id: int) -> JsonResponse:
+    """Mute the topic the item was sent to for a while: its sends reach the inbox only."""
+    topic_key = inbox_item_topic(user_id=_user_id(request), item_id=item_id)  # 404 first
+    body = json_object(request, '{"for": "week"}')
+    length = body.get("for")
+    if not isinstance(length, str) or length not in LENGTHS:
+        raise BadRequest(f"for must be one of: {', '.join(LENGTHS)}")
+    snooze = topic_snooze_set(user_id=_user_id(request), topic_key=topic_key, length=length)
+    return JsonResponse(topic_snooze_json(snooze))
+
+
+@require_GET
+@api
+def inbox_topic_snoozes(request: HttpRequest) -> JsonResponse:
+    snoozes = topic_snoozes_list(user_id=_user_id(request))
+    return JsonResponse({"snoozes": [topic_snooze_json(s) for s in snoozes]})
+
+
+@require_POST
+@api
+def inbox_topic_snooze_lift(request: HttpRequest, topic_key: str) -> JsonResponse:
+    lifted = topic_snooze_lift(user_id=_user_id(request), topic_key=topic_key)
+    return JsonResponse({"lifted": lifted})

@@ -107,3 +107,24 @@ def snooze_reason(
         return None
     until = snoozed[type_key]
     return Reason.SNOOZED if until is None or until > now else None
+
+
+def topic_snooze_reason(
+    snoozed_topics: Mapping[int, datetime | None],
+    *,
+    topic_id: int | None,
+    kind: str,
+    priority: str,
+    channel: str,
+    now: datetime,
+) -> Reason | None:
+    """Why a topic snooze rules this channel out: the message was handed out by a send to a
+    topic the person muted (`snoozed_topics` maps topic ids to the snooze's end, or None until
+    they unmute it). The same rule as a type's snooze: the inbox keeps it, and what cannot be
+    switched off goes out anyway."""
+    if topic_id is None or topic_id not in snoozed_topics:
+        return None
+    if channel == "inapp" or not can_switch_off(kind, priority):
+        return None
+    until = snoozed_topics[topic_id]
+    return Reason.TOPIC_SNOOZED if until is None or until > now else None

@@ -71,6 +71,7 @@ from notifier.models import (
     SupportAction,
     SuppressedAddress,
     ThrottleSlot,
+    TopicSnooze,
     TopicSubscription,
     Unsubscribe,
     WebhookEvent,
@@ -301,6 +302,12 @@ CORE_TABLES: tuple[PersonalTable, ...] = (
         lambda p: TopicSubscription.objects.filter(user_id=p.user_id),
         delete=True,
         section="topics",
+    ),
+    PersonalTable(
+        "notifier.TopicSnooze",
+        lambda p: TopicSnooze.objects.filter(user_id=p.user_id),
+        delete=True,
+        section="topic_snoozes",
     ),
     PersonalTable(
         "notifier.Message",

@@ -59,6 +59,7 @@ COLUMNS = (
     "throttle_key",
     "digest_key",
     "digest",
+    "topic",
 )
 
 
@@ -81,6 +82,7 @@ class NewMessage:
     throttle_key: str | None = None
     digest_key: str | None = None
     digest_id: int | None = None  # a digest's own message: the digest it sends
+    topic_id: int | None = None  # handed out by a send to this topic
 
 
 def _values(row: NewMessage, now: datetime) -> tuple[Any, ...]:
@@ -104,6 +106,7 @@ def _values(row: NewMessage, now: datetime) -> tuple[Any, ...]:
         row.throttle_key,
         row.digest_key,
         row.digest_id,
+        row.topic_id,
     )
 
 
@@ -212,6 +215,7 @@ def as_message(row: NewMessage, pk: int, now: datetime) -> Message:
         "throttle_key": row.throttle_key,
         "digest_key": row.digest_key,
         "digest_id": row.digest_id,
+        "topic_id": row.topic_id,
         "idempotency_key": row.idempotency_key,
         "campaign_id": row.campaign_id,
         "created_at": now,
@@ -237,7 +241,7 @@ def _message_defaults() -> tuple[tuple[str, Callable[[], Any]], ...]:
     given = {
         "id", "user_id", "type_id", "context", "channels", "lane", "priority", "expires_at",
         "step_id", "variant_id", "not_before", "is_test", "cancel_key", "throttle_key",
-        "digest_key", "digest_id", "idempotency_key",
+        "digest_key", "digest_id", "topic_id", "idempotency_key",
         "campaign_id", "created_at",
     }  # fmt: skip
     return tuple(
@@ -347,11 +351,12 @@ def messages_unwritten(rows: Sequence[NewMessage]) -> list[NewMessage]:
     return [row for row in rows if row.idempotency_key is None or row.idempotency_key not in taken]
 
 
-# The fan-out's messages (campaigns) carry no cancel, throttle or digest key: a campaign is
-# cancelled as a whole, a throttled type counts its messages under the type itself, and a
-# campaign's messages are not digested.
+# The fan-out's messages (campaigns) carry no cancel, throttle or digest key, nor a topic: a
+# campaign is cancelled as a whole, a throttled type counts its messages under the type
+# itself, a campaign's messages are not digested, and a campaign is no topic's send.
+NOT_COPIED = ("cancel_key", "throttle_key", "digest_key", "digest", "topic")
 COPY_COLUMNS = (
-    *(c for c in COLUMNS if c not in ("cancel_key", "throttle_key", "digest_key", "digest")),
+    *(c for c in COLUMNS if c not in NOT_COPIED),
     "routed_at",
     "cap_day",
     "cap_week",

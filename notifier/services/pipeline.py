@@ -70,6 +70,7 @@ from notifier.policies.preferences import (
     consent_reason,
     preference_reason,
     snooze_reason,
+    topic_snooze_reason,
 )
 from notifier.policies.routing import (
     DEFAULT_RULES,
@@ -99,6 +100,7 @@ from notifier.selectors import (
     message_unreadable_reason,
     preferences_of,
     snoozes_of,
+    topic_snoozes_of,
     type_info_get,
 )
 from notifier.services.admission import Admission, message_admission, settle_caps
@@ -161,6 +163,9 @@ class Audience:
     suppressed_emails: frozenset[str] = frozenset()
     # Types each user snoozed, still running: type key -> until (None: until unmuted).
     snoozes: Mapping[UserKey, Mapping[str, datetime | None]] = field(default_factory=dict)
+    # Topics each user snoozed, still running: topic id -> until; loaded only for a batch with
+    # a topic's messages in it (one query, not one per recipient).
+    topic_snoozes: Mapping[UserKey, Mapping[int, datetime | None]] = field(default_factory=dict)
     now: datetime | None = None  # the moment routing decides for
 
 
@@ -193,6 +198,11 @@ def audience_of(
             recipient_for(m.user).email for m in messages if _may_email(m)
         ),
         snoozes=snoozes_of(user_ids=user_ids, now=now),
+        topic_snoozes=topic_snoozes_of(
+            user_ids={m.user_id for m in messages if m.topic_id is not None}, now=now
+        )
+        if any(m.topic_id is not None for m in messages)
+        else {},
         now=now,
     )
 
@@ -260,6 +270,15 @@ def channel_decision(channel: Channel, message: Message, audience: Audience) -> 
             audience.snoozes[user.pk],
             kind=info.kind,
             type_key=info.key,
+            priority=message.priority,
+            channel=channel,
+            now=audience.now or timezone.now(),
+        )
+    if not reason and user.pk in audience.topic_snoozes:
+        reason = topic_snooze_reason(
+            audience.topic_snoozes[user.pk],
+            topic_id=message.topic_id,
+            kind=info.kind,
             priority=message.priority,
             channel=channel,
             now=audience.now or timezone.now(),

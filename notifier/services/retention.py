@@ -20,6 +20,9 @@ item nested) and fsynced, and only then deleted. A failed batch removes its file
 back. A crash between the file's rename and the commit leaves a file whose rows are archived
 again by the next run: the archive is at-least-once, keyed by message id, never lossy.
 
+The workflows' own rows (closed digests, finished topic sends, ended snoozes, throttle slots out
+of their window) are pruned after the messages by notifier.services.workflow_retention.
+
 Files, not an archive table: the point is to take the bytes out of the primary database (its
 indexes, vacuum and backups); gzip makes them about ten times smaller, and they can go to cheap
 storage and be read with `zcat | jq`.
@@ -49,9 +52,10 @@ from django.utils import timezone
 
 from notifier.db import readable, table_name
 from notifier.hooks import retention_keeps
-from notifier.models import Delivery, DeliveryEvent, InboxItem, Message
+from notifier.models import Delivery, DeliveryEvent, Digest, InboxItem, Message
 from notifier.models.preferences import Unsubscribe
 from notifier.selectors import MESSAGE_CALLER_FIELDS
+from notifier.services.workflow_retention import WorkflowPruneReport, workflow_rows_prune
 from notifier.status import TERMINAL
 
 # Below this the pipeline's own look-backs (the 30-day feedback penalty, a week's caps) would
@@ -72,16 +76,19 @@ class RetentionReport:
     files: list[str] = field(default_factory=list)
     # False when the time budget ran out with eligible rows left (the next run goes on).
     finished: bool = True
+    # The workflows' rows pruned (or, dry, that would be) after the messages.
+    workflows: WorkflowPruneReport = field(default_factory=WorkflowPruneReport)
 
     def summary(self) -> str:
+        pruned = f"{'would prune' if self.dry_run else 'pruned'} {self.workflows.summary()}"
         if self.cutoff is None:
-            return "retention is off (NOTIFIER_RETENTION_DAYS=0)"
+            return f"retention is off (NOTIFIER_RETENTION_DAYS=0); {pruned}"
         verb = "would archive" if self.dry_run else "archived and deleted"
         tail = "" if self.finished else "; time budget spent, the next run continues"
         return (
             f"{verb} {self.messages} messages, {self.deliveries} deliveries, {self.events} "
             f"events, {self.inbox_items} inbox items older than {self.cutoff:%Y-%m-%d %H:%M} "
-            f"UTC in {self.batches} batches{tail}"
+            f"UTC in {self.batches} batches; {pruned}{tail}"
         )
 
 
@@ -222,6 +229,11 @@ def _delete(message_ids: list[int], delivery_ids: list[int]) -> None:
         cursor.execute(
             f"DELETE FROM {table_name(InboxItem)} WHERE message_id = ANY(%s)", [message_ids]
         )
+        # A digest outlives the message it was sent as (Django's SET NULL, done here).
+        cursor.execute(
+            f"UPDATE {table_name(Digest)} SET message_id = NULL WHERE message_id = ANY(%s)",
+            [message_ids],
+        )
         cursor.execute(
             f"DELETE FROM {table_name(Delivery)} WHERE message_id = ANY(%s)", [message_ids]
         )
@@ -329,30 +341,44 @@ def retention_run(
     batch by batch until none is left or `budget_s` is spent. Safe to run twice, and twice at
     once."""
     days = settings.NOTIFIER_RETENTION_DAYS if days is None else days
-    if not days:
-        return RetentionReport(cutoff=None, dry_run=dry_run)
+    limit = batch_size or settings.NOTIFIER_RETENTION_BATCH
+    budget = settings.NOTIFIER_RETENTION_BUDGET_S if budget_s is None else budget_s
+    now = now or timezone.now()
+    if not days:  # the log is kept whole; the workflows' dead state goes all the same
+        report = RetentionReport(cutoff=None, dry_run=dry_run)
+        report.workflows = workflow_rows_prune(
+            now=now, cutoff=None, limit=limit, deadline=time.monotonic() + budget, dry_run=dry_run
+        )
+        return report
     if days < MIN_RETENTION_DAYS:
         raise ImproperlyConfigured(
             f"NOTIFIER_RETENTION_DAYS={days}: keep at least {MIN_RETENTION_DAYS} days (the "
             "feedback penalty and the caps read that far back), or 0 to keep everything"
         )
-    limit = batch_size or settings.NOTIFIER_RETENTION_BATCH
-    budget = settings.NOTIFIER_RETENTION_BUDGET_S if budget_s is None else budget_s
     directory = Path(archive_dir or settings.NOTIFIER_ARCHIVE_DIR)
-    cutoff = (now or timezone.now()) - timedelta(days=days)
+    cutoff = now - timedelta(days=days)
     boundary = _boundary_id(cutoff)
+    deadline = time.monotonic() + budget
     if dry_run:
-        return _count_eligible(boundary=boundary, cutoff=cutoff, limit=limit)
+        report = _count_eligible(boundary=boundary, cutoff=cutoff, limit=limit)
+        report.workflows = workflow_rows_prune(
+            now=now, cutoff=cutoff, limit=limit, deadline=deadline, dry_run=True
+        )
+        return report
 
     report = RetentionReport(cutoff=cutoff)
     run = uuid.uuid4().hex[:8]
-    deadline = time.monotonic() + budget
     after = 0
     while True:
         after, counts, archive = _archive_batch(
             after=after, boundary=boundary, cutoff=cutoff, limit=limit, directory=directory, run=run
         )
         if not after:
+            # After the messages: a digest goes once none of its messages is left.
+            report.workflows = workflow_rows_prune(
+                now=now, cutoff=cutoff, limit=limit, deadline=deadline
+            )
+            report.finished = report.workflows.finished
             return report
         if archive is not None:
             report.batches += 1
@@ -362,5 +388,10 @@ def retention_run(
         report.events += counts["events"]
         report.inbox_items += counts["inbox_items"]
         if time.monotonic() >= deadline:  # checked after a batch: every run makes progress
+            # The workflows' rows get their one batch each all the same: a long backlog of
+            # messages never holds up the dead state behind it.
+            report.workflows = workflow_rows_prune(
+                now=now, cutoff=cutoff, limit=limit, deadline=deadline
+            )
             report.finished = False
             return report

@@ -35,6 +35,7 @@ from notifier.models import (
     Topic,
     TopicSend,
     TopicSendStatus,
+    TopicSnooze,
     TopicSubscription,
 )
 from notifier.queues import Lane, prepare_queue
@@ -79,9 +80,14 @@ def topic_subscribe(*, topic_key: str, user_ids: Iterable[UserKey]) -> int:
 
 
 def topic_unsubscribe(*, topic_key: str, user_ids: Iterable[UserKey]) -> int:
-    deleted, _ = TopicSubscription.objects.filter(
-        topic__key=topic_key, user_id__in=list(user_ids)
-    ).delete()
+    """Unsubscribe these users; their snoozes of the topic go with it (following it again
+    later starts unmuted). Returns how many were subscribed."""
+    users = list(user_ids)
+    with transaction.atomic():
+        TopicSnooze.objects.filter(topic__key=topic_key, user_id__in=users).delete()
+        deleted, _ = TopicSubscription.objects.filter(
+            topic__key=topic_key, user_id__in=users
+        ).delete()
     return deleted
 
 
@@ -207,6 +213,7 @@ def _walk_one(send_id: int) -> tuple[int, bool] | None:
                         lane=info.lane,
                         idempotency_key=f"topic:{send.pk}:{user_id}",
                         priority=info.priority,
+                        topic_id=send.topic_id,
                     )
                     for user_id in users
                 ]

@@ -9,7 +9,10 @@ from zoneinfo import ZoneInfo
 import pytest
 from playwright.sync_api import expect
 
-from notifier.models import Delivery, DeliveryEvent, InboxItem
+from notifier.api import notify_topic, topic_subscribe
+from notifier.models import Delivery, DeliveryEvent, InboxItem, Message, TopicSnooze
+from notifier.services.pipeline import messages_prepare
+from notifier.services.topics import topic_send_walk
 from notifier.status import DeliveryStatus
 from tests.browser.conftest import assert_fits, small_tap_targets
 from tests.factories import UserFactory
@@ -219,3 +222,28 @@ def test_without_javascript_the_forms_still_work(phone):
     )
     other.refresh_from_db()
     assert other.feedback == "meh"
+
+
+def test_an_item_from_a_topic_offers_snoozing_the_topic_and_does_it(phone):
+    user = UserFactory()
+    (plain,) = deliver_inbox(user, 1)
+    topic_subscribe("card:42", [user])
+    send = notify_topic(
+        "card:42", "social.new_follower", {"follower_name": "Ana", "follower_url": "/x"}
+    )
+    topic_send_walk(send_id=send.pk)
+    messages_prepare(
+        message_ids=list(Message.objects.filter(topic__key="card:42").values_list("pk", flat=True))
+    )
+    from_topic = InboxItem.objects.get(user=user, message__topic__key="card:42")
+    page = phone(user)
+    button = "Snooze this topic a week"
+    expect(row(page, plain).get_by_role("button", name=button)).to_be_hidden()
+
+    row(page, from_topic).get_by_role("button", name=button).tap()
+
+    expect(page.locator("#inbox-status")).to_have_text(
+        "Topic snoozed for a week: its messages come to this inbox only until then."
+    )
+    snooze = TopicSnooze.objects.get(user=user)
+    assert snooze.topic.key == "card:42" and snooze.until is not None

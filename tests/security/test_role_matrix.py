@@ -54,6 +54,7 @@ from notifier.models import (
     Snooze,
     Topic,
     TopicSend,
+    TopicSnooze,
     User,
     WebhookAttempt,
     WebhookEndpoint,
@@ -140,6 +141,7 @@ MODELS: dict[type[Model], Access] = {
     Digest: read_only(ADMIN_ONLY),
     Topic: read_only(ADMIN_ONLY),
     TopicSend: read_only(ADMIN_ONLY),
+    TopicSnooze: read_only(ADMIN_ONLY),
     # Written by provider webhooks only; an admin lifts a suppression once the mailbox works.
     SuppressedAddress: Access(SUPPORT_ADMIN, NOBODY, NOBODY, ADMIN_ONLY),
     ProviderEvent: read_only(SUPPORT_ADMIN),
@@ -170,6 +172,9 @@ EXTRA_PAGES: dict[str, tuple[str, frozenset[str]]] = {
     "notifier_recipient_delivery_history": ("GET", SUPPORT_ADMIN),
     "notifier_recipient_admin_log": ("GET", SUPPORT_ADMIN),
     "auth_user_password_change": ("GET", ADMIN_ONLY),  # Django's own, named "auth_user_..."
+    # Notifying a topic's followers (notifier.notify_topic): an empty POST is a form with errors.
+    "notifier_topic_notify": ("GET", ADMIN_ONLY),
+    "notifier_topic_notify:POST": ("POST", ADMIN_ONLY),
     "campaigns_segment_count_new": ("GET", MARKETING_SUPPORT),
     "campaigns_segment_count": ("GET", MARKETING_SUPPORT),
     "campaigns_segment_import": ("GET", MARKETING),
@@ -236,6 +241,7 @@ ACTIONS: dict[type[Model], dict[str, frozenset[str]]] = {
     Digest: {"delete_selected": NOBODY},
     Topic: {"delete_selected": NOBODY},
     TopicSend: {"delete_selected": NOBODY},
+    TopicSnooze: {"delete_selected": NOBODY},
     SuppressedAddress: {"delete_selected": ADMIN_ONLY},
     ProviderEvent: {"delete_selected": NOBODY},
     Device: {"delete_selected": ADMIN_ONLY},
@@ -409,6 +415,9 @@ def objects(monkeypatch) -> dict[type[Model], Model]:
             created_at=datetime.now(UTC),
             updated_at=datetime.now(UTC),
         ),
+        TopicSnooze: TopicSnooze.objects.create(
+            user=customer, topic=topic, until=None, at=datetime.now(UTC)
+        ),
         SuppressedAddress: SuppressedAddress.objects.create(
             address="customer@example.com",
             reason=SuppressionReason.BOUNCED,
@@ -499,6 +508,7 @@ def extra_url(name: str, objects: dict[type[Model], Model]) -> str:
     model = {
         "notifier_user": User,
         "notifier_recipient": Recipient,
+        "notifier_topic": Topic,
         "auth_user": User,
         "campaigns_segment": Segment,
         "campaigns_campaign": Campaign,

@@ -13,8 +13,9 @@ from notifier.services.retention import retention_run
 class Command(BaseCommand):
     help = (
         "Archive finished messages older than NOTIFIER_RETENTION_DAYS (with their deliveries, "
-        "events and inbox items) to gzip JSON Lines in NOTIFIER_ARCHIVE_DIR, then delete them. "
-        "The nightly beat job does the same; this runs it by hand."
+        "events and inbox items) to gzip JSON Lines in NOTIFIER_ARCHIVE_DIR, then delete them; "
+        "then prune closed digests, finished topic sends, ended snoozes and expired throttle "
+        "slots. The nightly beat job does the same; this runs it by hand."
     )
 
     def add_arguments(self, parser: CommandParser) -> None:
