@@ -25,7 +25,12 @@ STREAM_PATH = "/api/inbox/stream/"
 
 @dataclass
 class UvicornServer(GunicornServer):
+    # A port to listen on again (a restarted server that open pages reconnect to); 0: any free.
+    port_wanted: int = 0
+
     def command(self) -> list[str]:
+        if self.port_wanted:  # instead of the free one GunicornServer picked
+            self.port = self.port_wanted
         return [
             sys.executable,
             "-m",

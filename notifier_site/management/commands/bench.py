@@ -18,6 +18,9 @@ Every phase runs on the same PostgreSQL and Redis with real worker processes:
    and delivered in this process after a warm-up batch, publishing stubbed: ms per recipient
    of a second batch, unprofiled, and where a third batch's time goes under cProfile: self time
    by area in % (notifier_site.bench_profile; helpers charged to their callers' areas).
+8. (`--only live`, also in `all`) idle inbox streams held by one uvicorn process: connections,
+   memory per connection, and one change for all their users reaching them, p50/p99
+   (notifier_site.bench_live).
 
 The campaign phase (`--only campaign`) runs a campaign step to N users over in-app + email, in-app
 only and email only, each beside two naive baselines run on the same channels, both one Celery
@@ -80,6 +83,7 @@ from notifier.redis_client import broker_client, broker_redis_url
 from notifier.services.api_keys import api_key_create
 from notifier.status import TERMINAL, DeliveryStatus
 from notifier_site.bench_http import KeptConnection, LoopbackSite
+from notifier_site.bench_live import live_phases, live_table_rows
 from notifier_site.bench_profile import AREAS, area_shares
 from notifier_site.benchmarks import (
     NAIVE_QUEUE,
@@ -214,7 +218,7 @@ class Command(BaseCommand):
         )
         parser.add_argument(
             "--only",
-            choices=["all", "pipeline", "campaign", "per-channel", "api", "profile"],
+            choices=["all", "pipeline", "campaign", "per-channel", "api", "profile", "live"],
             default="all",
         )
 
@@ -238,6 +242,8 @@ class Command(BaseCommand):
             result.update(self.api_phases(options))
         if options["only"] in ("all", "profile"):
             result.update(self.profile_phases(options["profile_out"]))
+        if options["only"] in ("all", "live"):
+            result.update(live_phases(root=ROOT, say=self.say))
         self.table(result)
         self.stdout.write(json.dumps(result))
 
@@ -1026,6 +1032,8 @@ class Command(BaseCommand):
                 (f"  {area}", f"{result['profile_batch_pct'][area]:.1f} %", "of self time")
                 for area in AREAS
             ]
+        if "sse_connections_per_process" in result:
+            rows += live_table_rows(result)
         self.stdout.write(f"{'measure':42} {'value':24} note")
         for name, value, note in rows:
             self.stdout.write(f"{name:42} {value:24} {note}")
