@@ -15,7 +15,8 @@ Built to hold thousands of idle streams in one ASGI process (uvicorn, notifier_s
   its database connection, once it has started;
 - one Redis pub/sub connection per process (`InboxHub`) subscribes to the channels of the users
   with a stream open here and fans each message out to their streams;
-- unread counts are read on a few threads of their own (NOTIFIER_LIVE_DB_THREADS).
+- unread counts are read in grouped queries (`UnreadCounts`: one for a burst of streams) on a
+  few threads of their own (NOTIFIER_LIVE_DB_THREADS).
 
 A burst of (re)connects (a deploy restarts the server; every tab comes back within the retry
 hint) would otherwise run thousands of requests' sync parts at once, each on a thread with a
@@ -51,7 +52,7 @@ from django.views.decorators.http import require_GET
 
 from notifier.live_inbox import inbox_channel, live_inbox_enabled
 from notifier.redis_client import state_async_client_new
-from notifier.selectors import inbox_unread_count
+from notifier.selectors import inbox_unread_counts
 from notifier.user_keys import UserKey
 
 log = logging.getLogger(__name__)
@@ -67,6 +68,8 @@ SUBSCRIBE_TIMEOUT_S = 5.0
 # Streams of one process being set up at once (the request's sync parts, its database queries),
 # until their first event is on its way.
 SETUPS_AT_ONCE = 8
+# Users' unread counts read in one grouped query, at most.
+COUNTS_PER_QUERY = 1000
 # The hub's idle read returns this often, so its pub/sub connection is pinged (redis-py's
 # health check) and a Redis that vanished is noticed within a minute, not hours.
 HUB_POLL_S = 10.0
@@ -91,6 +94,7 @@ class InboxHub:
         self._commands = asyncio.Lock()
         self._reader: asyncio.Task[None] | None = None
         self._lost = False
+        self.counts = UnreadCounts()
 
     @property
     def channels(self) -> int:
@@ -224,17 +228,59 @@ def _db_executor() -> ThreadPoolExecutor:
     return _db_threads
 
 
-def _unread_count_now(user_id: UserKey) -> int:
+def _unread_counts_now(user_ids: list[UserKey]) -> dict[UserKey, int]:
     """On one of the stream threads, which keep their connection: drop one the database
     closed (a restart) instead of failing every count after it."""
     if connection.connection is not None and not connection.is_usable():
         connection.close()
-    return inbox_unread_count(user_id=user_id)
+    return inbox_unread_counts(user_ids=user_ids)
 
 
-async def _unread_count(user_id: UserKey) -> int:
-    loop = asyncio.get_running_loop()
-    return await loop.run_in_executor(_db_executor(), _unread_count_now, user_id)
+class UnreadCounts:
+    """The unread counts this process's streams ask for, read in grouped queries: a change
+    published to two thousand users costs a few queries, not two thousand. A count asked for
+    while a query runs waits for the next one, so it is always read after it was asked for
+    (after the change that prompted it committed)."""
+
+    def __init__(self) -> None:
+        self._asked: dict[UserKey, list[asyncio.Future[int]]] = {}
+        self._reading = False
+
+    async def count(self, user_id: UserKey) -> int:
+        answer = asyncio.get_running_loop().create_future()
+        self._asked.setdefault(user_id, []).append(answer)
+        if not self._reading:
+            self._reading = True
+            asyncio.get_running_loop().create_task(self._read())
+        return await answer
+
+    async def _read(self) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            while self._asked:
+                asked, self._asked = self._asked, {}
+                users = list(asked)
+                for start in range(0, len(users), COUNTS_PER_QUERY):
+                    chunk = users[start : start + COUNTS_PER_QUERY]
+                    counts: dict[UserKey, int] = {}
+                    failure: Exception | None = None
+                    try:
+                        counts = await loop.run_in_executor(
+                            _db_executor(), _unread_counts_now, chunk
+                        )
+                    except Exception as exc:  # the database is away: those streams end
+                        log.warning("could not read unread counts", exc_info=True)
+                        failure = exc
+                    for user_id in chunk:
+                        for answer in asked[user_id]:
+                            if answer.done():
+                                continue
+                            if failure is not None:
+                                answer.set_exception(failure)
+                            else:
+                                answer.set_result(counts[user_id])
+        finally:
+            self._reading = False
 
 
 def _hand_back_request_thread() -> None:
@@ -263,7 +309,7 @@ async def _events(
     heartbeat_s = float(settings.NOTIFIER_LIVE_HEARTBEAT_S)
     try:
         # Counted after the subscription was confirmed: nothing between the two is missed.
-        first = _event(await _unread_count(user_id), [RESYNC])
+        first = _event(await hub_.counts.count(user_id), [RESYNC])
         yield f"retry: {int(settings.NOTIFIER_LIVE_RETRY_MS)}\n".encode() + first
         _hand_back_request_thread()
         while True:
@@ -274,7 +320,7 @@ async def _events(
                 continue
             while not queue.empty():  # a burst (read-all in another tab, a digest): one event
                 changes.append(queue.get_nowait())
-            yield _event(await _unread_count(user_id), changes)
+            yield _event(await hub_.counts.count(user_id), changes)
     finally:
         hub_.unsubscribe(channel, queue)
 
