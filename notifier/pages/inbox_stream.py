@@ -96,14 +96,6 @@ class InboxHub:
         self._lost = False
         self.counts = UnreadCounts()
 
-    @property
-    def channels(self) -> int:
-        return len(self._streams)
-
-    @property
-    def streams(self) -> int:
-        return sum(len(queues) for queues in self._streams.values())
-
     async def subscribe(self, channel: str) -> asyncio.Queue[dict[str, Any]]:
         """A queue that gets every message on `channel` published after this returns."""
         queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue(maxsize=QUEUE_SIZE)
@@ -135,10 +127,12 @@ class InboxHub:
             asyncio.get_running_loop().create_task(self._unsubscribe(channel))
 
     async def _unsubscribe(self, channel: str) -> None:
-        if channel in self._streams:
-            return  # a stream of that user came back meanwhile
         try:
             async with self._commands:
+                # Checked holding the lock: a stream of that user that came back meanwhile
+                # subscribed again either before this (then it stays) or after it.
+                if channel in self._streams:
+                    return
                 await self._pubsub.unsubscribe(channel)
         except (redis.RedisError, OSError):  # the reconnect re-subscribes only what is open
             log.info("could not unsubscribe from %s", channel, exc_info=True)
