@@ -281,7 +281,9 @@ def _hand_back_request_thread() -> None:
     """Let the thread Django's ASGI handler keeps for this request's sync code (asgiref's
     per-request executor) end now, closing its database connection first, instead of idling
     for as long as the stream is open: what lets one process hold thousands of streams. A
-    later sync call of this request (Django closing the response) makes a new one."""
+    later sync call of this request (Django closing the response) makes a new one. This reads
+    asgiref's executor map (SyncToAsync.context_to_thread_executor, asgiref 3.x): should it
+    change, nothing is handed back, and test_500_idle_streams_hold_no_thread_each_... fails."""
     context = SyncToAsync.thread_sensitive_context.get(None)
     if context is None:
         return
