@@ -77,6 +77,7 @@ class EventStream:
         self.status = 0
         self.headers: dict[str, str] = {}
         self.comments = 0
+        self.retry_ms = 0
 
     def _fill(self, deadline: float) -> None:
         left = deadline - time.monotonic()
@@ -140,6 +141,8 @@ class EventStream:
             value = value.removeprefix(" ")
             if field == "":
                 self.comments += 1
+            elif field == "retry":
+                self.retry_ms = int(value)
             elif field == "event":
                 name = value
             elif field == "data":

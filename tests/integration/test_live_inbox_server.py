@@ -104,6 +104,17 @@ def test_a_stream_hears_only_its_own_user(server):
     stream.close()
 
 
+def test_an_idle_stream_gets_a_comment_line_every_heartbeat_and_a_retry_hint(uvicorn_server):
+    server = uvicorn_server(**SERVER_ENV, NOTIFIER_LIVE_HEARTBEAT_S="0.2")
+    stream = EventStream(server.port, session_cookie(UserFactory()))
+    stream.next_event()
+    assert stream.retry_ms == settings.NOTIFIER_LIVE_RETRY_MS
+    with pytest.raises(TimeoutError):
+        stream.next_event(timeout=1.0)  # no change: comments only
+    assert stream.comments >= 3
+    stream.close()
+
+
 def test_an_anonymous_stream_is_refused(server):
     stream = EventStream(server.port, "sessionid=nobody")
     assert stream.read_head() == 401
