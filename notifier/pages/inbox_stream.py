@@ -63,8 +63,10 @@ RESYNC: dict[str, Any] = {"change": "resync"}
 # Changes a stream may hold unsent (a client that stopped reading): past this they fold into
 # one resync, which tells the page everything anyway.
 QUEUE_SIZE = 100
-# How long a new stream waits for Redis to confirm its subscription before giving up (503).
+# How long a new stream waits for Redis to confirm its subscription before giving up, and how
+# long the browser then waits to try again.
 SUBSCRIBE_TIMEOUT_S = 5.0
+UNAVAILABLE_RETRY_MS = 10_000
 # Streams of one process being set up at once (the request's sync parts, its database queries),
 # until their first event is on its way.
 SETUPS_AT_ONCE = 8
@@ -299,9 +301,16 @@ def _event(unread_count: int, changes: list[dict[str, Any]]) -> bytes:
     return f"event: inbox\ndata: {data}\n\n".encode()
 
 
-async def _events(
-    user_id: UserKey, channel: str, queue: asyncio.Queue[dict[str, Any]], hub_: InboxHub
-) -> AsyncIterator[bytes]:
+async def _events(user_id: UserKey, channel: str, hub_: InboxHub) -> AsyncIterator[bytes]:
+    # Subscribed here, not in the view: a client gone before the body starts leaves no
+    # subscription behind (an async generator never started never runs its `finally`).
+    try:
+        queue = await hub_.subscribe(channel)
+    except (redis.RedisError, OSError, TimeoutError):
+        log.warning("could not open an inbox stream", exc_info=True)
+        # The stream ends; the browser tries again after this, the page polls meanwhile.
+        yield f"retry: {UNAVAILABLE_RETRY_MS}\n: live updates are unavailable\n\n".encode()
+        return
     heartbeat_s = float(settings.NOTIFIER_LIVE_HEARTBEAT_S)
     try:
         # Counted after the subscription was confirmed: nothing between the two is missed.
@@ -333,16 +342,8 @@ async def inbox_stream(request: HttpRequest) -> HttpResponseBase:
     if hub_ is None:
         return HttpResponse(status=204)
     user_id = cast(UserKey, user.pk)
-    channel = inbox_channel(user_id)
-    try:
-        queue = await hub_.subscribe(channel)
-    except (redis.RedisError, OSError, TimeoutError):
-        log.warning("could not open an inbox stream", exc_info=True)
-        response = JsonResponse({"error": "live updates are unavailable; try again"}, status=503)
-        response["Retry-After"] = "5"
-        return response
     stream = StreamingHttpResponse(
-        _events(user_id, channel, queue, hub_), content_type="text/event-stream"
+        _events(user_id, inbox_channel(user_id), hub_), content_type="text/event-stream"
     )
     stream["X-Accel-Buffering"] = "no"  # nginx: pass each event on at once
     return stream

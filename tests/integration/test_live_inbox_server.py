@@ -115,6 +115,17 @@ def test_an_idle_stream_gets_a_comment_line_every_heartbeat_and_a_retry_hint(uvi
     stream.close()
 
 
+def test_without_redis_the_stream_says_so_and_ends_for_the_browser_to_retry_later(uvicorn_server):
+    server = uvicorn_server(**SERVER_ENV, REDIS_URL="redis://127.0.0.1:1/0")
+    stream = EventStream(server.port, session_cookie(UserFactory()))
+    with pytest.raises(ConnectionError):  # the server ended the stream
+        stream.next_event(timeout=10)
+    assert stream.status == 200
+    assert stream.retry_ms == 10_000
+    assert stream.comments == 1  # ": live updates are unavailable"
+    stream.close()
+
+
 def test_an_anonymous_stream_is_refused(server):
     stream = EventStream(server.port, "sessionid=nobody")
     assert stream.read_head() == 401
