@@ -260,7 +260,7 @@ def live_table_rows(result: dict[str, Any]) -> list[tuple[str, str, str]]:
         (
             "  one change to all their users p50 / p99",
             f"{result['sse_event_p50_ms']:.0f} / {result['sse_event_p99_ms']:.0f} ms",
-            f"{result['sse_event_rounds']} rounds, count read per stream",
+            f"{result['sse_event_rounds']} rounds, the counts read grouped",
         ),
     ]
 
