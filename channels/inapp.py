@@ -79,6 +79,7 @@ class InAppProvider:
         With `new_deliveries` (written in this transaction: none can have an item yet) by
         COPY, as the fan-out writes its other rows."""
         from notifier.db import copy_rows, insert_rows
+        from notifier.live_inbox import InboxChange, inbox_changed
         from notifier.models import InboxItem
 
         now = at or timezone.now()
@@ -101,3 +102,6 @@ class InAppProvider:
             copy_rows(InboxItem, INBOX_COLUMNS, rows)
         else:  # the delivery's inbox item may exist already: nothing to add then
             insert_rows(InboxItem, INBOX_COLUMNS, rows, ignore_conflicts=True)
+        # Open inbox pages hear of it after commit (an item that existed already costs its
+        # user one needless refetch, not a wrong badge).
+        inbox_changed((e.user_id for e in entries), InboxChange.NEW)

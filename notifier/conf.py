@@ -262,6 +262,24 @@ NOTIFIER_SANDBOX_PERMANENT_FAILURE_RATE = 0.0
 # (Postmark's and FCM's take 500): a deliver task's batch (NOTIFIER_BATCH_SIZE) in one request.
 NOTIFIER_SANDBOX_BATCH = 500
 
+# --- The live inbox (notifier/live_inbox.py, notifier/pages/inbox_stream.py) -----------------
+# Publish inbox changes to Redis pub/sub and serve the inbox page's event stream
+# (GET <mount>/api/inbox/stream/). Needs the state Redis (NOTIFIER_REDIS_URL or a Redis broker);
+# off, or without one, the stream answers 204 and the page polls. Serve the stream path from an
+# ASGI server (uvicorn): under WSGI each open stream holds a worker thread.
+NOTIFIER_LIVE_INBOX = True
+# A comment line sent on an idle stream this often, so proxies and load balancers that close
+# quiet connections keep it open and a dead client is noticed.
+NOTIFIER_LIVE_HEARTBEAT_S = 15.0
+# How long a browser waits before reconnecting a dropped stream (the SSE `retry:` field).
+NOTIFIER_LIVE_RETRY_MS = 3000
+# The page's fallback without a stream (no EventSource, the stream off or failing): it polls the
+# unread count and the newest items this often.
+NOTIFIER_LIVE_POLL_S = 30.0
+# Threads each stream-serving process reads unread counts on (each keeps one database
+# connection): the streams themselves hold none.
+NOTIFIER_LIVE_DB_THREADS = 4
+
 # --- Provider webhooks ----------------------------------------------------------------------
 # Only these ESPs' anymail tracking webhooks may write (default: the anymail ESP EMAIL_BACKEND
 # sends through); name one here when sending through its SMTP relay, e.g. ["mailgun"].

@@ -20,6 +20,7 @@ from __future__ import annotations
 import threading
 
 import redis
+import redis.asyncio
 from django.conf import settings
 
 # URL schemes redis-py connects to (unix:// is a socket path).
@@ -95,3 +96,21 @@ def redis_client(
                     decode_responses=decode_responses,
                 )
     return client
+
+
+def state_async_client_new() -> redis.asyncio.Redis | None:
+    """A new asyncio client for the state Redis (None where `state_client` is None), for the
+    caller to keep: an asyncio client belongs to the event loop it first runs on, so it cannot
+    be shared process-wide like the others. Its reads wait as long as they must (a pub/sub
+    listener is idle for hours); connecting is bounded as everywhere else, and TCP keepalive
+    notices a peer that vanished without closing."""
+    url = state_redis_url()
+    if settings.NOTIFIER_EMBEDDED or not url:
+        return None
+    return redis.asyncio.Redis.from_url(
+        url,
+        socket_timeout=None,
+        socket_connect_timeout=FAST_TIMEOUT_S,
+        socket_keepalive=True,
+        health_check_interval=HEALTH_CHECK_INTERVAL_S,
+    )

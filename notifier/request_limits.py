@@ -82,6 +82,9 @@ GROUPS: dict[str, dict[Scope, str]] = {
     "tracking": {Scope.IP: "6000/m", Scope.TOKEN: "60/m"},
     # The inbox API, polled for the unread badge by each open tab.
     "inbox_api": {Scope.USER: "300/m", Scope.IP: "600/m"},
+    # The inbox's live stream: one request per tab and (re)connect, which the stream's retry
+    # hint spaces out; many people behind one office NAT reconnect at once after a restart.
+    "inbox_stream": {Scope.USER: "60/m", Scope.IP: "6000/m"},
     "preferences_api": {Scope.USER: "60/m", Scope.IP: "300/m"},
     # Provider callbacks (delivery receipts, inbound SMS) arrive in bursts from few addresses.
     "webhook": {Scope.IP: "3000/m"},
@@ -107,6 +110,7 @@ ENDPOINTS: dict[str, str | None] = {
     "notifier:health-ready": None,
     "notifier:inbox-list": "inbox_api",
     "notifier:inbox-unread-count": "inbox_api",
+    "notifier:inbox-stream": "inbox_stream",
     "notifier:inbox-read-all": "inbox_api",
     "notifier:inbox-read": "inbox_api",
     "notifier:inbox-archive": "inbox_api",

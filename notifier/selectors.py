@@ -197,6 +197,19 @@ def inbox_unread_count(*, user_id: UserKey) -> int:
     ).count()
 
 
+def inbox_unread_counts(*, user_ids: Iterable[UserKey]) -> dict[UserKey, int]:
+    """Many users' badges in one grouped query (the live streams of a burst); 0 for none."""
+    users = list(user_ids)
+    counted = (
+        InboxItem.objects.filter(user_id__in=users, read_at__isnull=True, archived_at__isnull=True)
+        .values("user_id")
+        .annotate(unread=Count("id"))
+        .order_by()
+    )
+    found = {row["user_id"]: row["unread"] for row in counted}
+    return {user_id: found.get(user_id, 0) for user_id in users}
+
+
 # --- Support: a user's whole history --------------------------------------------------------
 
 

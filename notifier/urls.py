@@ -14,7 +14,7 @@ from notifier.operations import views as health
 from notifier.operations.metrics import metrics_view
 from notifier.pages import inbox as inbox_page
 from notifier.pages import inbox_api as inbox
-from notifier.pages import preferences
+from notifier.pages import inbox_stream, preferences
 from notifier.webhooks import views as webhooks
 
 app_name = "notifier"
@@ -26,6 +26,8 @@ urlpatterns = [
     path("metrics/", metrics_view, name="metrics"),  # bearer token: NOTIFIER_METRICS_TOKEN
     path("api/inbox/", inbox.inbox_list, name="inbox-list"),
     path("api/inbox/unread-count/", inbox.inbox_unread, name="inbox-unread-count"),
+    # Server-Sent Events: serve this path from the ASGI server (web-live); WSGI answers 204.
+    path("api/inbox/stream/", inbox_stream.inbox_stream, name="inbox-stream"),
     path("api/inbox/read-all/", inbox.inbox_read_all, name="inbox-read-all"),
     path("api/inbox/<int:item_id>/read/", inbox.inbox_read, name="inbox-read"),
     path("api/inbox/<int:item_id>/archive/", inbox.inbox_archive_item, name="inbox-archive"),

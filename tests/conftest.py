@@ -272,3 +272,30 @@ def gunicorn_server(django_db_setup: None, django_db_blocker: Any) -> Iterator[C
     finally:
         for running in started.values():
             running.stop()
+
+
+@pytest.fixture(scope="session")
+def uvicorn_server(django_db_setup: None, django_db_blocker: Any) -> Iterator[Callable[..., Any]]:
+    """`uvicorn_server(**env)`: a running `uvicorn notifier_site.asgi` (tests/uvicorn.py), one
+    process per distinct environment, shared by the session's tests, as `gunicorn_server`.
+    The file limit is raised first (the server inherits it): tests hold hundreds of streams."""
+    import resource
+
+    from tests.uvicorn import UvicornServer
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, 8192)), hard))
+    started: dict[tuple[tuple[str, str], ...], UvicornServer] = {}
+
+    def server(**env: str) -> UvicornServer:
+        key = tuple(sorted(env.items()))
+        if key not in started or started[key].process.poll() is not None:
+            started[key] = UvicornServer(dict(env))
+            started[key].wait_ready()
+        return started[key]
+
+    try:
+        yield server
+    finally:
+        for running in started.values():
+            running.stop()

@@ -87,29 +87,32 @@ class GunicornServer:
             prefix="gunicorn-", suffix=".log", delete=False
         )
         self.process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "gunicorn",
-                "notifier_site.wsgi",
-                f"--bind=127.0.0.1:{self.port}",
-                "--workers=1",
-                "--timeout=60",
-                "--graceful-timeout=5",
-                # The longest request line gunicorn takes (its default, 4094, answers a
-                # fuzzed query string a little over 4 KB with its own HTML 414 before the
-                # app sees it: the fuzz tests judge the API, not gunicorn's front door).
-                "--limit-request-line=8190",
-                # Each test server alone: gunicorn 27 otherwise shares one control socket
-                # (~/.gunicorn/gunicorn.ctl) among all servers on the machine.
-                "--no-control-socket",
-            ],
+            self.command(),
             cwd=ROOT,
             env=env,
             stdout=self.log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
+
+    def command(self) -> list[str]:
+        return [
+            sys.executable,
+            "-m",
+            "gunicorn",
+            "notifier_site.wsgi",
+            f"--bind=127.0.0.1:{self.port}",
+            "--workers=1",
+            "--timeout=60",
+            "--graceful-timeout=5",
+            # The longest request line gunicorn takes (its default, 4094, answers a
+            # fuzzed query string a little over 4 KB with its own HTML 414 before the
+            # app sees it: the fuzz tests judge the API, not gunicorn's front door).
+            "--limit-request-line=8190",
+            # Each test server alone: gunicorn 27 otherwise shares one control socket
+            # (~/.gunicorn/gunicorn.ctl) among all servers on the machine.
+            "--no-control-socket",
+        ]
 
     @property
     def base_url(self) -> str:

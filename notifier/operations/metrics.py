@@ -72,6 +72,12 @@ SEND_LATENCY = Histogram(
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0),
 )
 
+LIVE_PUBLISH_FAILURES = Counter(
+    "notifier_live_inbox_publish_failures",
+    "Inbox change events that could not be published to open inbox pages (Redis down); "
+    "those pages catch up when their stream reconnects",
+)
+
 BREAKER_VALUES = {"closed": 0, "half_open": 1, "open": 2, "unknown": -1}
 
 
@@ -96,6 +102,14 @@ def record_send(
             RETRIES.labels(channel, provider).inc(retried)
     except Exception:  # a full disk under the multiprocess dir must not stop sending
         log.warning("could not record send metrics", exc_info=True)
+
+
+def record_live_publish_failure(events: int) -> None:
+    """Count inbox change events lost to a failed publish. Never raises."""
+    try:
+        LIVE_PUBLISH_FAILURES.inc(events)
+    except Exception:  # a full disk under the multiprocess dir must not stop sending
+        log.warning("could not record live inbox metrics", exc_info=True)
 
 
 # --- State read at scrape time ----------------------------------------------------------------

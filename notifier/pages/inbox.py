@@ -31,6 +31,7 @@ from django.views.decorators.http import require_http_methods
 
 from notifier.ids import parse_id
 from notifier.links import preferences_url
+from notifier.live_inbox import live_inbox_enabled
 from notifier.models import Feedback, InboxItem, Kind, NotificationType
 from notifier.pages.inbox_api import (
     BadRequest,
@@ -226,6 +227,9 @@ def inbox_page_view(request: HttpRequest) -> HttpResponse:
             "category_labels": category_labels,
             "script_words": _script_words,
             "preferences_url": preferences_url(user_id=user_id),
+            # The live badge and list (notifier/pages/inbox_stream.py): the stream, or polling.
+            "live_stream": live_inbox_enabled(),
+            "poll_ms": int(float(settings.NOTIFIER_LIVE_POLL_S) * 1000),
         },
     )
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from django.db import transaction
 from django.utils import timezone
 
+from notifier.live_inbox import InboxChange, inbox_changed
 from notifier.models import Delivery, EventKind, Feedback, InboxItem
 from notifier.services.transitions import deliveries_move, delivery_advance, delivery_note
 from notifier.status import DeliveryStatus, sources_of
@@ -31,6 +32,7 @@ def inbox_mark_read(*, user_id: UserKey, item_id: int) -> InboxItem:
             delivery_advance(
                 item.delivery_id, DeliveryStatus.READ, kind=EventKind.ENGAGEMENT, at=now
             )
+            inbox_changed([user_id], InboxChange.READ, item_id=item.pk)
     return item
 
 
@@ -56,6 +58,8 @@ def inbox_mark_all_read(*, user_id: UserKey) -> int:
             detail={"via": "mark all read"},
             opened_at=now,
         )
+        if count:
+            inbox_changed([user_id], InboxChange.READ_ALL)
     return count
 
 
@@ -63,9 +67,10 @@ def inbox_archive(*, user_id: UserKey, item_id: int) -> InboxItem:
     item = _item(user_id, item_id)
     if item.archived_at is None:
         item.archived_at = timezone.now()
-        InboxItem.objects.filter(pk=item.pk, archived_at__isnull=True).update(
+        if InboxItem.objects.filter(pk=item.pk, archived_at__isnull=True).update(
             archived_at=item.archived_at
-        )
+        ):
+            inbox_changed([user_id], InboxChange.ARCHIVED, item_id=item.pk)
     return item
 
 

@@ -1,5 +1,5 @@
 """deploy/Dockerfile, read as text: what it copies exists, and every module the deployed
-commands name (gunicorn's WSGI module, celery's -A app) is in the image."""
+commands name (gunicorn's WSGI module, uvicorn's ASGI one, celery's -A app) is in the image."""
 
 from __future__ import annotations
 
@@ -33,7 +33,7 @@ def test_the_modules_the_deployed_commands_name_are_in_the_image():
     commands.append(re.findall(r'"([^"]+)"', cmd[1]))
     packages = set()
     for argv in commands:
-        if argv[:1] == ["gunicorn"]:
+        if argv[:1] in (["gunicorn"], ["uvicorn"]):
             packages.add(argv[1].split(".")[0])
         if argv[:2] == ["celery", "-A"]:
             packages.add(argv[2].split(".")[0])

@@ -20,7 +20,10 @@ Every phase runs on the same PostgreSQL and Redis with real worker processes:
    by area in % (notifier_site.bench_profile; helpers charged to their callers' areas);
 8. (`--only workflows`, also in `all`) digest collection and flush throughput, escalation
    timer lateness under a running campaign with the deployed beat, and one topic's fan-out to
-   --topic-followers (notifier_site.bench_workflows).
+   --topic-followers (notifier_site.bench_workflows);
+9. (`--only live`, also in `all`) idle inbox streams held by one uvicorn process: connections,
+   memory per connection, and one change for all their users reaching them, p50/p99
+   (notifier_site.bench_live).
 
 The campaign phase (`--only campaign`) runs a campaign step to N users over in-app + email, in-app
 only and email only, each beside two naive baselines run on the same channels, both one Celery
@@ -83,6 +86,7 @@ from notifier.redis_client import broker_client, broker_redis_url
 from notifier.services.api_keys import api_key_create
 from notifier.status import TERMINAL, DeliveryStatus
 from notifier_site.bench_http import KeptConnection, LoopbackSite
+from notifier_site.bench_live import live_phases, live_table_rows
 from notifier_site.bench_profile import AREAS, area_shares
 from notifier_site.bench_workflows import workflow_phases, workflow_rows
 from notifier_site.benchmarks import (
@@ -224,7 +228,16 @@ class Command(BaseCommand):
         )
         parser.add_argument(
             "--only",
-            choices=["all", "pipeline", "campaign", "per-channel", "api", "profile", "workflows"],
+            choices=[
+                "all",
+                "pipeline",
+                "campaign",
+                "per-channel",
+                "api",
+                "profile",
+                "workflows",
+                "live",
+            ],
             default="all",
         )
 
@@ -250,6 +263,8 @@ class Command(BaseCommand):
             result.update(self.profile_phases(options["profile_out"]))
         if options["only"] in ("all", "workflows"):
             result.update(workflow_phases(self, options))
+        if options["only"] in ("all", "live"):
+            result.update(live_phases(root=ROOT, say=self.say))
         self.table(result)
         self.stdout.write(json.dumps(result))
 
@@ -1043,6 +1058,8 @@ class Command(BaseCommand):
                 for area in AREAS
             ]
         rows += workflow_rows(result)
+        if "sse_connections_per_process" in result:
+            rows += live_table_rows(result)
         self.stdout.write(f"{'measure':42} {'value':24} note")
         for name, value, note in rows:
             self.stdout.write(f"{name:42} {value:24} {note}")
