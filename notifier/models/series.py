@@ -123,9 +123,7 @@ class RecipientDate(models.Model):
 
     class Meta:
         constraints = [
-            models.UniqueConstraint(
-                fields=["user", "series", "key"], name="recipient_date_once"
-            ),
+            models.UniqueConstraint(fields=["user", "series", "key"], name="recipient_date_once"),
         ]
 
     def __str__(self) -> str:

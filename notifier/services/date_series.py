@@ -205,9 +205,9 @@ def series_steps_stopped(waiting: dict[int, str]) -> dict[int, SeriesStop]:
     never waiting on a move that waits on these messages)."""
     parsed: dict[int, tuple[int, int]] = {}
     for message_id, cancel_key in waiting.items():
-        date_id, _, version = cancel_key.removeprefix(SERIES_KEY_PREFIX).partition(":")
-        if date_id.isdigit() and version.isdigit():
-            parsed[message_id] = (int(date_id), int(version))
+        date_text, _, version_text = cancel_key.removeprefix(SERIES_KEY_PREFIX).partition(":")
+        if date_text.isdigit() and version_text.isdigit():
+            parsed[message_id] = (int(date_text), int(version_text))
     if not parsed:
         return {}
     dates = {
@@ -218,12 +218,12 @@ def series_steps_stopped(waiting: dict[int, str]) -> dict[int, SeriesStop]:
     }
     keys = {series_cancel_key(*pair) for pair in parsed.values()}
     acted: dict[str, set[str]] = {}
-    for cancel_key, status in (
+    for acted_key, status in (
         Delivery.objects.filter(message__cancel_key__in=keys, status__in=(*SEEN, *CLICKED))
         .values_list("message__cancel_key", "status")
         .distinct()
     ):
-        acted.setdefault(cancel_key, set()).add(status)
+        acted.setdefault(acted_key or "", set()).add(status)
     stopped: dict[int, SeriesStop] = {}
     clicked_dates: dict[int, str] = {}
     for message_id, (date_id, version) in parsed.items():

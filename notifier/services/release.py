@@ -26,10 +26,11 @@ from django.utils import timezone
 
 from channels.base import Channel
 from notifier.models import Delivery, EventKind, Message, recipients_attach
+from notifier.models.series import SERIES_KEY_PREFIX
 from notifier.policies.routing import escalation_stops, suppress
 from notifier.queues import Lane
-from notifier.models.series import SERIES_KEY_PREFIX
 from notifier.services.admission import Admission, message_admission, settle_caps
+from notifier.services.date_series import series_steps_stopped
 from notifier.services.pipeline import (
     Routed,
     audience_of,
@@ -37,7 +38,6 @@ from notifier.services.pipeline import (
     message_type,
     publish_queued,
 )
-from notifier.services.date_series import series_steps_stopped
 from notifier.services.throttles import throttles_take
 from notifier.services.transitions import Event, deliveries_set
 from notifier.status import DeliveryStatus, Reason

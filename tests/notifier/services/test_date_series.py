@@ -159,7 +159,7 @@ def test_two_moves_at_once_leave_exactly_one_dates_steps(points, published, tran
         try:
             barrier.wait()
             date_set(user, "points.expiring", in_days(days), key="p", context=CONTEXT)
-        except BaseException as exc:  # noqa: BLE001 (reported by the test below)
+        except BaseException as exc:
             errors.append(exc)
         finally:
             connection.close()
@@ -237,7 +237,8 @@ def test_a_date_of_a_series_that_never_exits_goes_on_after_a_click(points, publi
     points.save()
     user = UserFactory()
     at = in_days(10)
-    first, second, _ = step_messages(date_set(user, "points.expiring", at, key="p", context=CONTEXT))
+    date = date_set(user, "points.expiring", at, key="p", context=CONTEXT)
+    first, second, _ = step_messages(date)
     messages_prepare(message_ids=[first.pk, second.pk])
     held_release(now=at - timedelta(days=3) + timedelta(seconds=1))
     Delivery.objects.filter(message=first, channel="email").update(status=S.CLICKED)
@@ -252,7 +253,7 @@ def test_a_date_of_a_series_that_never_exits_goes_on_after_a_click(points, publi
     [
         (lambda u: date_set(u, "no.such", in_days(5), key="p", context=CONTEXT), UnknownDateSeries,
          "no date series"),
-        (lambda u: date_set(u, "points.expiring", datetime(2030, 1, 1), key="p", context=CONTEXT),
+        (lambda u: date_set(u, "points.expiring", datetime(2030, 1, 1), key="p", context=CONTEXT),  # noqa: DTZ001
          InvalidSeriesDate, "no UTC offset"),
         (lambda u: date_set(u, "points.expiring", in_days(5000), key="p", context=CONTEXT),
          InvalidSeriesDate, "ten years"),
