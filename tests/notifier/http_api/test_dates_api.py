@@ -44,9 +44,9 @@ def test_put_sets_a_date_and_its_steps_and_a_second_put_moves_them(recipient):
     moved = call("put", URL, {"at": in_days(20), "context": CONTEXT})
     assert moved.status_code == 200
     assert moved.json()["dates"][0]["version"] == 2
-    assert set(
-        Delivery.objects.filter(message_id__in=old_ids).values_list("status", "reason")
-    ) == {(S.CANCELLED, Reason.SERIES_MOVED)}
+    assert set(Delivery.objects.filter(message_id__in=old_ids).values_list("status", "reason")) == {
+        (S.CANCELLED, Reason.SERIES_MOVED)
+    }
     assert call("get", "/api/v1/recipients/cust-7/dates").json() == moved.json()
 
 
