@@ -47,6 +47,7 @@ from notifier.customer_page import FIX_FORMS, FixForm, Masker, customer_overview
 from notifier.forms import BOUNDED_JSON
 from notifier.models import (
     Consent,
+    DateSeries,
     DeadLetter,
     Delivery,
     DeliveryEvent,
@@ -62,6 +63,7 @@ from notifier.models import (
     Preference,
     ProviderEvent,
     Recipient,
+    RecipientDate,
     RoutingRule,
     Snooze,
     SuppressedAddress,
@@ -1412,7 +1414,46 @@ class SnoozeAdmin(ReadOnlyMixin, admin.ModelAdmin):
     ordering = ["-at"]
 
 
-# --- Workflows: digests and topics ------------------------------------------------------------
+# --- Workflows: date series, digests and topics ----------------------------------------------
+
+DATE_SERIES_FIELDS = ("key", "name", "type", "steps", "exit_on", "is_active", "code_defined")
+
+
+@admin.register(DateSeries)
+class DateSeriesAdmin(admin.ModelAdmin):
+    """Reminders around each person's own date. Series from a catalog are synced after
+    migrate: only is_active is editable; one made here is validated as a catalog's is."""
+
+    formfield_overrides = BOUNDED_JSON
+
+    list_display = ["key", "name", "type", "steps", "exit_on", "is_active", "code_defined"]
+    list_filter = ["is_active", "code_defined", "exit_on"]
+    search_fields = ["key", "name"]
+    fields = DATE_SERIES_FIELDS
+
+    def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> list[str]:
+        if obj is not None and obj.code_defined:
+            return [f for f in DATE_SERIES_FIELDS if f != "is_active"]
+        return ["code_defined"] if obj is None else ["key", "code_defined"]
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        if obj is not None and obj.code_defined:
+            return False
+        return super().has_delete_permission(request, obj)
+
+
+@admin.register(RecipientDate)
+class RecipientDateAdmin(ReadOnlyMixin, admin.ModelAdmin):
+    """People's own dates (set by the product through the API): each one's steps are on the
+    person's customer page, with what became of each."""
+
+    list_display = ["id", "user", "series", "key", "at", "state", "version", "updated_at"]
+    list_select_related = ["user"]
+    list_filter = ["state", "series"]
+    search_fields = ["=key", "user__notifier_recipient__email"]
+    ordering = ["-updated_at"]
+    exclude = ["context"]
+    show_full_result_count = False
 
 
 @admin.register(Digest)
