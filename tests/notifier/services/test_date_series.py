@@ -289,3 +289,55 @@ def test_the_persons_dates_are_listed_soonest_first(points, published):
     date_set(user, "points.expiring", in_days(30), key="later", context=CONTEXT)
     date_set(user, "points.expiring", in_days(10), key="sooner", context=CONTEXT)
     assert [d.key for d in recipient_dates_of(user_id=user.pk)] == ["sooner", "later"]
+
+
+# --- By task name, and from the admin ------------------------------------------------------
+
+
+def test_another_codebase_sets_clears_and_exits_a_date_by_task_name(points, published):
+    from notifier.models import RefusedCall
+    from notifier.services.remote_calls import date_call
+
+    user = UserFactory()
+    call = {"user": user.pk, "series": "points.expiring", "key": "p"}
+    at = in_days(10).isoformat()
+    assert date_call({**call, "at": at, "context": CONTEXT}, action="set", caller="t1") == {
+        "version": 1
+    }
+    assert date_call({**call, "at": at, "context": CONTEXT}, action="set", caller="t2") == {
+        "version": 1
+    }  # delivered twice: nothing moves
+    assert date_call({**call, "reason": "renewed"}, action="exit", caller="t3") == {"found": True}
+    assert date_call(call, action="clear", caller="t4") == {"found": True}
+    assert RecipientDate.objects.get().state == DateState.REMOVED
+    assert date_call({**call, "at": "next week"}, action="set", caller="t5") is None
+    assert date_call({**call, "colour": "red"}, action="clear", caller="t6") is None
+    refused = list(RefusedCall.objects.order_by("pk").values_list("source", "message"))
+    assert refused[0][0] == "celery task notifier.date_set" and "ISO 8601" in refused[0][1]
+    assert refused[1][0] == "celery task notifier.date_clear" and "'colour'" in refused[1][1]
+
+
+def test_a_series_made_in_the_admin_is_validated_and_then_used(admin_client, published):
+    url = "/admin/notifier/dateseries/add/"
+    form = {
+        "key": "booking.visit",
+        "name": "Visit reminders",
+        "type": "subscription.renewal_reminder",
+        "exit_on": "seen",
+        "is_active": "on",
+    }
+    refused = admin_client.post(url, {**form, "steps": '[{"before_s": 3600, "after_s": 1}]'})
+    assert refused.status_code == 200
+    assert "step 1: one of" in " ".join(refused.context["adminform"].form.errors["steps"])
+    assert not DateSeries.objects.filter(key="booking.visit").exists()
+    made = admin_client.post(url, {**form, "steps": '[{"days_before": 1, "at": "18:00"}]'})
+    assert made.status_code == 302
+    date = date_set(UserFactory(), "booking.visit", in_days(5), key="visit:9", context=CONTEXT)
+    assert len(step_messages(date)) == 1
+
+
+def test_a_catalog_series_is_only_switched_on_and_off_in_the_admin(admin_client):
+    page = admin_client.get("/admin/notifier/dateseries/subscription.renewal/change/")
+    assert page.status_code == 200
+    form = page.context["adminform"].form
+    assert set(form.fields) == {"is_active"}
