@@ -74,6 +74,7 @@ from notifier.models import (
     recipient_for,
     recipient_update,
 )
+from notifier.models.series import SERIES_KEY_PREFIX
 from notifier.models.users import normalize_phone, phone_from_text
 from notifier.roles import ERASE_RECIPIENT, EXPORT_RECIPIENT, FIX_RECIPIENT, VIEW_CONTACT_DETAILS
 from notifier.selectors import MESSAGE_CALLER_FIELDS, message_read_caller_fields, user_history
@@ -852,6 +853,7 @@ class MessageRow:
     cancel_key: str = ""
     cancellable: bool = False  # something of it has not gone out yet
     digest: str = ""  # collected into a digest, or a digest's own message: in words
+    series: str = ""  # a step of a person's date series: which, in words
 
     @classmethod
     def of(
@@ -880,7 +882,23 @@ class MessageRow:
             cancel_key=message.cancel_key or "",
             cancellable=message.routed_at is None or any(d.status in CANCELLABLE for d in every),
             digest=_digest_words(message),
+            series=_series_words(message.idempotency_key or ""),
         )
+
+
+def _series_words(idempotency_key: str) -> str:
+    """A date series' step says so (its key: series:<date>:<version>:<step>), with no query:
+    the date itself is in the page's Dates section."""
+    date, _, rest = idempotency_key.removeprefix(SERIES_KEY_PREFIX).partition(":")
+    version, _, step = rest.partition(":")
+    if not idempotency_key.startswith(SERIES_KEY_PREFIX) or not step:
+        return ""
+    return f"Step {step} of the reminders around date #{date} (as set the {_nth(version)} time)"
+
+
+def _nth(number: str) -> str:
+    suffix = {"1": "st", "2": "nd", "3": "rd"}.get(number[-1:], "th")
+    return f"{number}{'th' if number[-2:-1] == '1' else suffix}"
 
 
 def _digest_words(message: Message) -> str:

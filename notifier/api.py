@@ -1002,11 +1002,12 @@ def notify_topic(
 SERIES_VARIABLES = frozenset({"series_date", "series_step"})
 
 
-def check_series(series_key: object) -> DateSeries:
-    """The active series by its key, whose type is on."""
+def check_series(series_key: object, *, to_set: bool = True) -> DateSeries:
+    """The series by its key; one to set a date in is on, and so is its type (a date of a
+    series switched off may still be removed or exited)."""
     key = _exact_str(series_key)
     series = (
-        DateSeries.objects.select_related("type").filter(pk=key).first()
+        DateSeries.objects.filter(pk=key).first()
         if key and len(key) <= MAX_KEY_LENGTH and not text_problem(key)
         else None
     )
@@ -1015,9 +1016,8 @@ def check_series(series_key: object) -> DateSeries:
             f"no date series {_describe(series_key)}; declare it in a catalog's SERIES "
             "(then migrate) or in the admin"
         )
-    if not series.is_active:
+    if to_set and not series.is_active:
         raise UnknownDateSeries(f"date series {key!r} is switched off; switch it on in the admin")
-    check_type(series.type_id)
     return series
 
 
@@ -1069,7 +1069,7 @@ def date_set(
 def date_clear(user: UserRef, series_key: str, *, key: str) -> bool:
     """Remove the user's date: what has not gone out of its steps is cancelled (reason
     `series_removed`). Whether there was such a date (removing twice is no error)."""
-    series = check_series(series_key)
+    series = check_series(series_key, to_set=False)
     date = series_service.recipient_date_clear(
         user_id=_user_id(user), series_key=series.key, key=_date_key(key)
     )
@@ -1079,7 +1079,7 @@ def date_clear(user: UserRef, series_key: str, *, key: str) -> bool:
 def date_exit(user: UserRef, series_key: str, *, key: str, reason: str = "") -> bool:
     """The user acted (renewed, converted): the rest of the date's steps are cancelled (reason
     `series_exited`, with yours on the support timeline). Whether there was such a date."""
-    series = check_series(series_key)
+    series = check_series(series_key, to_set=False)
     note = _check_key(reason, "reason", InvalidSeriesDate) if reason else ""
     date = series_service.recipient_date_exit(
         user_id=_user_id(user), series_key=series.key, key=_date_key(key), note=note or ""

@@ -54,7 +54,9 @@ def test_a_date_moved_twice_at_once_sends_exactly_the_final_dates_steps_once(
     )
     user = UserFactory()
     start = timezone.now()
-    first = date_set(user, "test.soon", start + timedelta(seconds=60), key="plan:1", context=CONTEXT)
+    first = date_set(
+        user, "test.soon", start + timedelta(seconds=60), key="plan:1", context=CONTEXT
+    )
     # Two moves at once, from two tasks that the worker's two processes take together.
     moves = {seconds: start + timedelta(seconds=seconds) for seconds in (9, 11)}
     for at in moves.values():

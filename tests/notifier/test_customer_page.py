@@ -399,4 +399,6 @@ def test_a_persons_dates_show_each_step_and_why_it_was_not_sent(clients, custome
     history = html[html.index('id="history-filters"') :]
     assert f"#{old[0]}" in history
     assert "Its date moved: this reminder was replaced by those of the new date" in history
+    assert f"Step 1 of the reminders around date #{first.pk} (as set the 1st time)" in history
+    assert f"Step 3 of the reminders around date #{first.pk} (as set the 2nd time)" in history
     assert RecipientDate.objects.filter(user=customer).count() == 2

@@ -284,6 +284,15 @@ def test_a_switched_off_series_is_refused(points):
         date_set(UserFactory(), "points.expiring", in_days(5), key="p", context=CONTEXT)
 
 
+def test_a_date_of_a_series_switched_off_may_still_be_removed(points, published):
+    user = UserFactory()
+    date = date_set(user, "points.expiring", in_days(10), key="p", context=CONTEXT)
+    points.is_active = False
+    points.save()
+    assert date_clear(user, "points.expiring", key="p") is True
+    assert reasons(step_messages(date)) == {(S.CANCELLED, Reason.SERIES_REMOVED)}
+
+
 def test_the_persons_dates_are_listed_soonest_first(points, published):
     user = UserFactory()
     date_set(user, "points.expiring", in_days(30), key="later", context=CONTEXT)
