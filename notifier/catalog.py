@@ -259,10 +259,15 @@ def sync_catalog(specs: Iterable[TypeSpec] | None = None) -> int:
 
 def sync_series(series: Iterable[SeriesSpec] | None = None) -> int:
     """Upsert code-defined date series (after the types they send); keeps the on/off switch."""
-    from notifier.models import DateSeries
+    from notifier.models import DateSeries, NotificationType
 
     count = 0
     for spec in series if series is not None else all_series():
+        if not NotificationType.objects.filter(key=spec.type).exists():
+            raise ValueError(
+                f"date series {spec.key!r} sends type {spec.type!r}, which no catalog declares "
+                "and the admin has not made"
+            )
         DateSeries.objects.update_or_create(
             key=spec.key,
             defaults={

@@ -76,3 +76,18 @@ def test_steps_are_validated_with_what_to_fix():
     assert "days_before" in series_steps_problem([{"days_before": -1, "at": "10:00"}])
     assert series_steps_problem([{"before_s": 1, "after_s": 1}]).startswith("step 1: one of")
     assert series_steps_problem(["3 days"]).startswith("step 1: one of")
+
+
+def test_a_catalog_series_says_what_is_wrong_with_it():
+    import pytest
+
+    from notifier.catalog import SeriesSpec
+
+    with pytest.raises(ValueError, match="must look like"):
+        SeriesSpec("Renewal", "Renewal", "subscription.renewal_reminder", ({"before_s": 60},))
+    with pytest.raises(ValueError, match="step 1: before_s is whole seconds"):
+        SeriesSpec("plan.renewal", "Renewal", "subscription.renewal_reminder", ({"before_s": -1},))
+    with pytest.raises(ValueError, match="exit_on is one of"):
+        SeriesSpec(
+            "plan.renewal", "R", "subscription.renewal_reminder", ({"before_s": 1},), "bought"
+        )

@@ -350,3 +350,13 @@ def test_a_catalog_series_is_only_switched_on_and_off_in_the_admin(admin_client)
     assert page.status_code == 200
     form = page.context["adminform"].form
     assert set(form.fields) == {"is_active"}
+
+
+def test_a_catalog_series_of_an_unknown_type_is_a_loud_error_at_sync(db):
+    from notifier.catalog import SeriesSpec, sync_series
+
+    spec = SeriesSpec("plan.renewal", "Renewal", "no.such_type", ({"before_s": 60},))
+    with pytest.raises(ValueError, match="which no catalog declares"):
+        sync_series([spec])
+    assert sync_series() == 1  # the built-in one
+    assert DateSeries.objects.get(key="subscription.renewal").code_defined
