@@ -49,6 +49,7 @@ from notifier.errors import NotifyError
 from notifier.forms import BOUNDED_JSON
 from notifier.models import (
     Consent,
+    DateSeries,
     DeadLetter,
     Delivery,
     DeliveryEvent,
@@ -64,6 +65,7 @@ from notifier.models import (
     Preference,
     ProviderEvent,
     Recipient,
+    RecipientDate,
     RoutingRule,
     Snooze,
     SuppressedAddress,
@@ -75,6 +77,7 @@ from notifier.models import (
     recipient_for,
     recipient_update,
 )
+from notifier.models.series import SERIES_KEY_PREFIX
 from notifier.models.users import normalize_phone, phone_from_text
 from notifier.roles import (
     ERASE_RECIPIENT,
@@ -861,6 +864,7 @@ class MessageRow:
     cancellable: bool = False  # something of it has not gone out yet
     digest: str = ""  # collected into a digest, or a digest's own message: in words
     topic: str = ""  # the topic whose send handed it out (its snooze mutes it)
+    series: str = ""  # a step of a person's date series: which, in words
 
     @classmethod
     def of(
@@ -890,7 +894,23 @@ class MessageRow:
             cancellable=message.routed_at is None or any(d.status in CANCELLABLE for d in every),
             digest=_digest_words(message),
             topic=message.topic.key if message.topic is not None else "",
+            series=_series_words(message.idempotency_key or ""),
         )
+
+
+def _series_words(idempotency_key: str) -> str:
+    """A date series' step says so (its key: series:<date>:<version>:<step>), with no query:
+    the date itself is in the page's Dates section."""
+    date, _, rest = idempotency_key.removeprefix(SERIES_KEY_PREFIX).partition(":")
+    version, _, step = rest.partition(":")
+    if not idempotency_key.startswith(SERIES_KEY_PREFIX) or not step:
+        return ""
+    return f"Step {step} of the reminders around date #{date} (as set the {_nth(version)} time)"
+
+
+def _nth(number: str) -> str:
+    suffix = {"1": "st", "2": "nd", "3": "rd"}.get(number[-1:], "th")
+    return f"{number}{'th' if number[-2:-1] == '1' else suffix}"
 
 
 def _digest_words(message: Message) -> str:
@@ -1424,7 +1444,46 @@ class SnoozeAdmin(ReadOnlyMixin, admin.ModelAdmin):
     ordering = ["-at"]
 
 
-# --- Workflows: digests and topics ------------------------------------------------------------
+# --- Workflows: date series, digests and topics ----------------------------------------------
+
+DATE_SERIES_FIELDS = ("key", "name", "type", "steps", "exit_on", "is_active", "code_defined")
+
+
+@admin.register(DateSeries)
+class DateSeriesAdmin(admin.ModelAdmin):
+    """Reminders around each person's own date. Series from a catalog are synced after
+    migrate: only is_active is editable; one made here is validated as a catalog's is."""
+
+    formfield_overrides = BOUNDED_JSON
+
+    list_display = ["key", "name", "type", "steps", "exit_on", "is_active", "code_defined"]
+    list_filter = ["is_active", "code_defined", "exit_on"]
+    search_fields = ["key", "name"]
+    fields = DATE_SERIES_FIELDS
+
+    def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> list[str]:
+        if obj is not None and obj.code_defined:
+            return [f for f in DATE_SERIES_FIELDS if f != "is_active"]
+        return ["code_defined"] if obj is None else ["key", "code_defined"]
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        if obj is not None and obj.code_defined:
+            return False
+        return super().has_delete_permission(request, obj)
+
+
+@admin.register(RecipientDate)
+class RecipientDateAdmin(ReadOnlyMixin, admin.ModelAdmin):
+    """People's own dates (set by the product through the API): each one's steps are on the
+    person's customer page, with what became of each."""
+
+    list_display = ["id", "user", "series", "key", "at", "state", "version", "updated_at"]
+    list_select_related = ["user"]
+    list_filter = ["state", "series"]
+    search_fields = ["=key", "user__notifier_recipient__email"]
+    ordering = ["-updated_at"]
+    exclude = ["context"]
+    show_full_result_count = False
 
 
 @admin.register(Digest)

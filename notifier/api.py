@@ -36,17 +36,21 @@ from notifier.errors import (
     InvalidIdempotencyKey,
     InvalidRecipient,
     InvalidSchedule,
+    InvalidSeriesDate,
     InvalidThrottleKey,
     InvalidTopic,
     MissingContextVariable,
     NotifyError,
     RecipientErased,
+    UnknownDateSeries,
     UnknownNotificationType,
 )
 from notifier.ids import MAX_ID
-from notifier.models import Message, Recipient, User
+from notifier.models import DateSeries, Message, Recipient, RecipientDate, User
+from notifier.models.series import SERIES_KEY_PREFIX
 from notifier.rendering import SYSTEM_VARIABLES, variables_used
 from notifier.selectors import TypeInfo, type_info_get
+from notifier.services import date_series as series_service
 from notifier.services import snoozes as snooze_service
 from notifier.services import topics as topic_service
 from notifier.services.cancellation import CancelReport, messages_cancel
@@ -70,6 +74,9 @@ UserRef = User | UserKey
 __all__ = [
     "BulkResult",
     "CancelReport",
+    "date_clear",
+    "date_exit",
+    "date_set",
     "notify",
     "notify_cancel",
     "notify_many",
@@ -677,7 +684,13 @@ def _check_key(key: object, name: str, error: type[NotifyError]) -> str | None:
 
 
 def check_cancel_key(key: object) -> str | None:
-    return _check_key(key, "cancel_key", InvalidCancelKey)
+    text = _check_key(key, "cancel_key", InvalidCancelKey)
+    if text is not None and text.startswith(SERIES_KEY_PREFIX):
+        raise InvalidCancelKey(
+            f"cancel_key may not start with {SERIES_KEY_PREFIX}: Notifier names a date series' "
+            "steps so (date_clear or date_exit cancels them); use another prefix"
+        )
+    return text
 
 
 def check_throttle_key(key: object) -> str | None:
@@ -690,14 +703,14 @@ def check_digest_key(key: object) -> str | None:
 
 # Keys Notifier gives its own messages (a digest's, a topic send's): a caller's key may not
 # start so, or it could take the place of one (notify_many appends ":<user>" to its key).
-RESERVED_KEY_PREFIXES = ("digest:", "topic:")
+RESERVED_KEY_PREFIXES = ("digest:", "topic:", SERIES_KEY_PREFIX)
 
 
 def check_idempotency_key(key: object) -> str | None:
     text = _check_key(key, "idempotency_key", InvalidIdempotencyKey)
     if text is not None and text.startswith(RESERVED_KEY_PREFIXES):
         raise InvalidIdempotencyKey(
-            f"idempotency_key may not start with {' or '.join(RESERVED_KEY_PREFIXES)}: Notifier "
+            f"idempotency_key may not start with {', '.join(RESERVED_KEY_PREFIXES)}: Notifier "
             "keys its own messages so; use another prefix"
         )
     return text
@@ -999,3 +1012,93 @@ def topic_unsnooze(topic: str, user: UserRef) -> bool:
     """Unmute `topic` for `user`; whether a snooze was running."""
     key = check_topic(topic)
     return snooze_service.topic_snooze_lift(user_id=_user_id(user), topic_key=key)
+
+
+# --- Per-recipient date series ----------------------------------------------------------------
+
+SERIES_VARIABLES = frozenset({"series_date", "series_step"})
+
+
+def check_series(series_key: object, *, to_set: bool = True) -> DateSeries:
+    """The series by its key; one to set a date in is on, and so is its type (a date of a
+    series switched off may still be removed or exited)."""
+    key = _exact_str(series_key)
+    series = (
+        DateSeries.objects.filter(pk=key).first()
+        if key and len(key) <= MAX_KEY_LENGTH and not text_problem(key)
+        else None
+    )
+    if series is None:
+        raise UnknownDateSeries(
+            f"no date series {_describe(series_key)}; declare it in a catalog's SERIES "
+            "(then migrate) or in the admin"
+        )
+    if to_set and not series.is_active:
+        raise UnknownDateSeries(f"date series {key!r} is switched off; switch it on in the admin")
+    return series
+
+
+def _date_key(key: object) -> str:
+    text = _check_key(key, "key", InvalidSeriesDate)
+    if text is None:
+        raise InvalidSeriesDate(
+            'key is required: your name for the dated thing, e.g. "subscription:42"'
+        )
+    return text
+
+
+def date_set(
+    user: UserRef,
+    series_key: str,
+    at: datetime,
+    *,
+    key: str,
+    context: Mapping[str, Any] | None = None,
+) -> RecipientDate:
+    """Set the user's date in a series (or move it): its steps are scheduled around `at`, and
+    the steps still pending of a date set before under the same key are cancelled (reason
+    `series_moved`). A step already past is not sent (the date's `plan` says so). Setting the
+    same date and context again changes nothing. `context` is what the steps' templates see,
+    with `series_date` (the date, ISO 8601) and `series_step` (1, 2, ...)."""
+    series = check_series(series_key)
+    user_id = _user_id(user)
+    date_key = _date_key(key)
+    since_epoch = _since_epoch(at, "at", InvalidSeriesDate)
+    if abs(since_epoch - _now_since_epoch()) > MAX_SCHEDULE_DISTANCE:
+        raise InvalidSeriesDate(
+            f"at is more than {MAX_SCHEDULE_DISTANCE.days} days (ten years) from now"
+        )
+    moment = _EPOCH_UTC + since_epoch
+    info = check_type(series.type_id)
+    plain = {} if context is None else plain_json_object(context)
+    taken = sorted(SERIES_VARIABLES & set(plain))
+    if taken:
+        raise InvalidContext(f"context may not set {', '.join(taken)}: the series provides them")
+    check_context(
+        series_service.step_context(plain, moment, 1), info, info.channels, label="context"
+    )
+    check_recipients([user_id])
+    return series_service.recipient_date_set(
+        user_id=user_id, series=series, key=date_key, at=moment, context=plain
+    )
+
+
+def date_clear(user: UserRef, series_key: str, *, key: str) -> bool:
+    """Remove the user's date: what has not gone out of its steps is cancelled (reason
+    `series_removed`). Whether there was such a date (removing twice is no error)."""
+    series = check_series(series_key, to_set=False)
+    date = series_service.recipient_date_clear(
+        user_id=_user_id(user), series_key=series.key, key=_date_key(key)
+    )
+    return date is not None
+
+
+def date_exit(user: UserRef, series_key: str, *, key: str, reason: str = "") -> bool:
+    """The user acted (renewed, converted): the rest of the date's steps are cancelled (reason
+    `series_exited`, with yours on the support timeline). Whether there was such a date."""
+    series = check_series(series_key, to_set=False)
+    note = _check_key(reason, "reason", InvalidSeriesDate) if reason else ""
+    date = series_service.recipient_date_exit(
+        user_id=_user_id(user), series_key=series.key, key=_date_key(key), note=note or ""
+    )
+    return date is not None

@@ -161,6 +161,54 @@ CATALOG: tuple[TypeSpec, ...] = (
 )
 
 
+@dataclass(frozen=True)
+class SeriesSpec:
+    """A per-recipient date series (notifier.services.date_series): steps of `type` around
+    each person's own date. Steps as DateSeries.steps stores them: {"before_s": 259200},
+    {"after_s": 3600}, or {"days_before": 1, "at": "10:00"} (the recipient's local time)."""
+
+    key: str
+    name: str
+    type: str
+    steps: tuple[dict[str, Any], ...]
+    exit_on: str = "clicked"  # notifier.models.series.SeriesExit
+
+    def __post_init__(self) -> None:
+        from notifier.models.series import SeriesExit, series_steps_problem
+
+        if not TYPE_KEY_RE.match(self.key):
+            raise ValueError(f"series key {self.key!r} must look like 'points.expiring'")
+        problem = series_steps_problem(list(self.steps))
+        if problem:
+            raise ValueError(f"series {self.key!r}: {problem}")
+        if self.exit_on not in SeriesExit.values:
+            raise ValueError(f"series {self.key!r}: exit_on is one of {SeriesExit.values}")
+
+
+SERIES: tuple[SeriesSpec, ...] = (
+    # The 3-2-1 rule around each subscriber's own renewal date: 10:00 their time three days
+    # and one day before, then an hour before; a click on one stops the rest.
+    SeriesSpec(
+        "subscription.renewal",
+        "Subscription renewal reminders",
+        "subscription.renewal_reminder",
+        (
+            {"days_before": 3, "at": "10:00"},
+            {"days_before": 1, "at": "10:00"},
+            {"before_s": 3600},
+        ),
+    ),
+)
+
+
+def all_series() -> list[SeriesSpec]:
+    """The built-in series plus the SERIES of each module named by NOTIFIER_CATALOGS."""
+    series = list(SERIES)
+    for module_path in getattr(settings, "NOTIFIER_CATALOGS", []):
+        series.extend(getattr(importlib.import_module(module_path), "SERIES", ()))
+    return series
+
+
 def all_specs() -> list[TypeSpec]:
     """The built-in catalog plus every TypeSpec in the modules named by NOTIFIER_CATALOGS."""
     specs = list(CATALOG)
@@ -209,5 +257,31 @@ def sync_catalog(specs: Iterable[TypeSpec] | None = None) -> int:
     return count
 
 
+def sync_series(series: Iterable[SeriesSpec] | None = None) -> int:
+    """Upsert code-defined date series (after the types they send); keeps the on/off switch."""
+    from notifier.models import DateSeries, NotificationType
+
+    count = 0
+    for spec in series if series is not None else all_series():
+        if not NotificationType.objects.filter(key=spec.type).exists():
+            raise ValueError(
+                f"date series {spec.key!r} sends type {spec.type!r}, which no catalog declares "
+                "and the admin has not made"
+            )
+        DateSeries.objects.update_or_create(
+            key=spec.key,
+            defaults={
+                "name": spec.name,
+                "type_id": spec.type,
+                "steps": list(spec.steps),
+                "exit_on": spec.exit_on,
+                "code_defined": True,
+            },
+        )
+        count += 1
+    return count
+
+
 def sync_catalog_after_migrate(**kwargs: Any) -> None:
     sync_catalog()
+    sync_series()

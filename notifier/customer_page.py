@@ -1,7 +1,8 @@
 """What the customer page shows above the delivery history, read for one person: contact
 points (masked for staff without `notifier.view_contact_details`), time zone and locale with
 their local time now, consent per channel with its history, preferences, frequency caps used
-this week, push devices, suppressions, and support's fixes and notes. Plus the fix forms.
+this week, push devices, suppressions, their dates (date series) with what became of each
+step, and support's fixes and notes. Plus the fix forms.
 
 Reads only; the fixes themselves are `notifier.services.support`.
 """
@@ -12,6 +13,7 @@ import uuid
 import zoneinfo
 from dataclasses import dataclass, field
 from datetime import datetime
+from itertools import groupby
 from typing import Any
 
 from django import forms
@@ -24,11 +26,13 @@ from notifier.models import (
     ALL_CHANNELS,
     CapPeriod,
     Consent,
+    Delivery,
     Device,
     FrequencyCounter,
     Kind,
     Preference,
     Recipient,
+    RecipientDate,
     SupportAction,
     SuppressedAddress,
     normalize_email,
@@ -37,6 +41,7 @@ from notifier.models.users import display_name
 from notifier.policies.caps import caps_for, windows_at
 from notifier.policies.preferences import Preferences, can_switch_off, channel_enabled
 from notifier.services.support import MAX_WHY
+from notifier.status import Reason
 
 # --- Reads ----------------------------------------------------------------------------------
 
@@ -183,6 +188,62 @@ def suppressions_of(profile: Recipient) -> list[SuppressedAddress]:
     return list(SuppressedAddress.objects.filter(address__in=addresses).order_by("-at"))
 
 
+@dataclass(frozen=True)
+class DateStepRow:
+    step: int
+    at: datetime
+    message_id: int | None
+    outcome: str  # what became of it, in words
+
+
+@dataclass(frozen=True)
+class DateRow:
+    date: RecipientDate
+    steps: list[DateStepRow]
+
+
+def _reason_words(reason: str) -> str:
+    return str(Reason(reason).label) if reason in Reason.values else reason
+
+
+def dates_of(user_id: Any) -> list[DateRow]:
+    """The person's dates, soonest first, each step of its latest version with what became of
+    it (per channel, with the reason): two queries for the lot."""
+    dates = list(
+        RecipientDate.objects.filter(user_id=user_id).select_related("series").order_by("at")
+    )
+    ids = [step["message"] for date in dates for step in date.plan if step.get("message")]
+    rows = (
+        Delivery.objects.filter(message_id__in=ids)
+        .order_by("message_id", "channel")
+        .values_list("message_id", "channel", "status", "reason")
+    )
+    outcomes = {
+        message_id: "; ".join(
+            f"{channel} {status}" + (f" ({_reason_words(reason)})" if reason else "")
+            for _, channel, status, reason in group
+        )
+        for message_id, group in groupby(rows, key=lambda row: row[0])
+    }
+    return [
+        DateRow(
+            date,
+            [
+                DateStepRow(
+                    step["step"],
+                    datetime.fromisoformat(step["at"]),
+                    step.get("message"),
+                    "Not sent: its time had gone when the date was set"
+                    if step.get("skipped")
+                    else outcomes.get(step.get("message") or 0, "not routed yet"),
+                )
+                for step in date.plan
+            ],
+        )
+        for date in dates
+    ]
+
+
 @dataclass
 class Overview:
     profile: Recipient
@@ -197,6 +258,7 @@ class Overview:
     inactive_devices: list[Device]
     suppressions: list[SuppressedAddress]
     actions: list[SupportAction] = field(default_factory=list)
+    dates: list[DateRow] = field(default_factory=list)
 
 
 def customer_overview(*, user: Any, profile: Recipient, masker: Masker) -> Overview:
@@ -228,6 +290,7 @@ def customer_overview(*, user: Any, profile: Recipient, masker: Masker) -> Overv
         inactive_devices=[d for d in devices if not d.active],
         suppressions=suppressions,
         actions=actions,
+        dates=dates_of(user.pk),
     )
 
 

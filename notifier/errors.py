@@ -83,3 +83,12 @@ class IdempotencyKeyReused(NotifyError):
 
 class InvalidTopic(NotifyError):
     """A topic key that is not a non-empty text of at most 255 characters."""
+
+
+class UnknownDateSeries(NotifyError):
+    """No date series by that key, or it is switched off (or its type is)."""
+
+
+class InvalidSeriesDate(NotifyError):
+    """A date series call's date or key is not what it must be: an aware datetime within ten
+    years, a non-empty plain text key of at most 255 characters."""

@@ -57,6 +57,8 @@ SUPPORT_VIEWS_NOTIFIER = (
     "recipient",  # the user's contact points and profile (an inline on the user)
     "device",
     "notificationtype",
+    "dateseries",
+    "recipientdate",  # a person's own dates (a renewal), around which reminders go
     "message",
     "delivery",
     "deliveryevent",
@@ -98,7 +100,7 @@ class Role:
 MARKETER_PERMISSIONS = (
     _perms("campaigns", CRUD, CAMPAIGN_EDITABLE)
     | _perms("campaigns", ["view"], CAMPAIGN_READ_ONLY)
-    | _perms("notifier", ["view"], ["notificationtype", "routingrule"])
+    | _perms("notifier", ["view"], ["notificationtype", "routingrule", "dateseries"])
 )
 
 MARKETER = Role(

@@ -159,6 +159,18 @@ class Reason(models.TextChoices):
         "throttled",
         "Its type allows only so many per key in a while, and they went out already",
     )
+    SERIES_MOVED = (
+        "series_moved",
+        "Its date moved: this reminder was replaced by those of the new date",
+    )
+    SERIES_REMOVED = (
+        "series_removed",
+        "Its date was removed: the reminders still to come were cancelled",
+    )
+    SERIES_EXITED = (
+        "series_exited",
+        "The person acted (renewed, converted or clicked): the rest of the reminders stop",
+    )
     SUPPORT_CANCELLED = (
         "support_cancelled",
         "Support cancelled it before it went out (see the support log)",

@@ -25,7 +25,7 @@ from notifier.services.digests import digests_flush_due
 from notifier.services.erasure import ERASE_AGAIN_TASK, recipient_erase_again
 from notifier.services.quarantine import messages_prepare_guarded
 from notifier.services.release import held_release_due
-from notifier.services.remote_calls import cancel_call, notify_call
+from notifier.services.remote_calls import cancel_call, date_call, notify_call
 from notifier.services.retention import retention_run
 from notifier.services.topics import topic_send_walk, topic_sends_revive
 
@@ -85,6 +85,26 @@ def cancel_task(self: Any, *args: Any, **kwargs: Any) -> dict[str, int] | None:
     "cancel_key": ...})`). Running twice cancels nothing more; a refused call is recorded
     for the operator (RefusedCall) and returns None."""
     return cancel_call(kwargs, caller=self.request.id or "", positional=args)
+
+
+@shared_task(name="notifier.date_set", **REMOTE_CALL_OPTIONS)
+def date_set_task(self: Any, *args: Any, **kwargs: Any) -> dict[str, Any] | None:
+    """`date_set()` for another codebase: a person's date in a series, set or moved (its
+    steps move with it). The same call again changes nothing; a refused call is recorded
+    (RefusedCall) and returns None."""
+    return date_call(kwargs, action="set", caller=self.request.id or "", positional=args)
+
+
+@shared_task(name="notifier.date_clear", **REMOTE_CALL_OPTIONS)
+def date_clear_task(self: Any, *args: Any, **kwargs: Any) -> dict[str, Any] | None:
+    """`date_clear()` for another codebase: the date removed, its pending steps cancelled."""
+    return date_call(kwargs, action="clear", caller=self.request.id or "", positional=args)
+
+
+@shared_task(name="notifier.date_exit", **REMOTE_CALL_OPTIONS)
+def date_exit_task(self: Any, *args: Any, **kwargs: Any) -> dict[str, Any] | None:
+    """`date_exit()` for another codebase: the person acted, the rest of the steps stop."""
+    return date_call(kwargs, action="exit", caller=self.request.id or "", positional=args)
 
 
 @shared_task(name=ERASE_AGAIN_TASK, ignore_result=True, acks_late=True)

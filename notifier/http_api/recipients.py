@@ -17,7 +17,7 @@ from django.http import HttpRequest
 from ninja import Path, Router, Schema, Status
 from pydantic import Field, StrictBool, StrictStr
 
-from notifier.api import topic_subscribe, topic_unsubscribe
+from notifier.api import date_clear, date_exit, date_set, topic_subscribe, topic_unsubscribe
 from notifier.http_api.auth import ApiKeyAuth
 from notifier.http_api.common import answers
 from notifier.http_api.messages import MessageOut, recipient_messages
@@ -26,6 +26,7 @@ from notifier.models.api_keys import ApiScope
 from notifier.pages.preferences import preference_centre
 from notifier.request_limits import request_ip
 from notifier.services.app_tokens import app_token_issue
+from notifier.services.date_series import recipient_dates_of
 from notifier.services.devices import device_register, device_unregister, devices_of
 from notifier.services.erasure import recipient_erase, recipient_export, suppressed
 from notifier.services.preferences import (
@@ -701,3 +702,118 @@ def topic_snooze_delete(
     recipient = recipient_get(external_id)
     topic_snooze_lift(user_id=recipient.user_id, topic_key=topic)
     return Status(200, topic_snoozes_json(recipient.user_id))
+
+
+# --- Dates: reminders around each person's own date ------------------------------------------
+
+
+class DateStepOut(Schema):
+    step: int
+    at: datetime = Field(description="When it goes (or would have gone)")
+    message_id: int | None = Field(description="Its message; null: not sent")
+    skipped: str | None = Field(description='"past": its time had gone when the date was set')
+
+
+class DateOut(Schema):
+    series: str
+    key: str
+    at: datetime
+    state: Literal["active", "removed", "exited"]
+    note: str = Field(description="Why it stopped, when it did")
+    version: int = Field(description="How many times it was set or moved")
+    steps: list[DateStepOut] = Field(description="The steps of its latest date")
+
+
+class DatesOut(Schema):
+    dates: list[DateOut] = Field(description="Soonest first")
+
+
+class DateIn(Schema):
+    at: datetime = Field(description="The date, with its time zone (ISO 8601)")
+    context: dict[str, Any] = Field(
+        default_factory=dict, description="What the steps' templates see (besides series_date)"
+    )
+
+
+class DateExitIn(Schema):
+    reason: StrictStr = Field(default="", description='Why, e.g. "renewed" (support reads it)')
+
+
+def dates_json(user_id: Any) -> dict[str, Any]:
+    return {
+        "dates": [
+            {
+                "series": date.series_id,
+                "key": date.key,
+                "at": date.at,
+                "state": date.state,
+                "note": date.state_note,
+                "version": date.version,
+                "steps": [
+                    {
+                        "step": step["step"],
+                        "at": step["at"],
+                        "message_id": step.get("message"),
+                        "skipped": step.get("skipped"),
+                    }
+                    for step in date.plan
+                ],
+            }
+            for date in recipient_dates_of(user_id=user_id)
+        ]
+    }
+
+
+@router.get(
+    "/{external_id}/dates",
+    auth=ApiKeyAuth(ApiScope.RECIPIENTS, ApiScope.READ),
+    response=answers({200: DatesOut}, 404),
+    summary="A recipient's dates and the reminders around them",
+)
+def dates_read(request: HttpRequest, external_id: ExternalId) -> Status[dict[str, Any]]:
+    return Status(200, dates_json(recipient_get(external_id).user_id))
+
+
+@router.put(
+    "/{external_id}/dates/{series}/{key}",
+    auth=ApiKeyAuth(ApiScope.RECIPIENTS),
+    response=answers({200: DatesOut}, 404, 422),
+    summary="Set or move a recipient's date in a series",
+)
+def date_put(
+    request: HttpRequest, external_id: ExternalId, series: str, key: str, body: DateIn
+) -> Status[dict[str, Any]]:
+    """The series' steps are scheduled around `at`; a date set before under the same key has
+    its pending steps cancelled (moved). Steps already past are not sent. The same body again
+    changes nothing."""
+    recipient = recipient_get(external_id)
+    date_set(recipient.user_id, series, body.at, key=key, context=body.context)
+    return Status(200, dates_json(recipient.user_id))
+
+
+@router.delete(
+    "/{external_id}/dates/{series}/{key}",
+    auth=ApiKeyAuth(ApiScope.RECIPIENTS),
+    response=answers({200: DatesOut}, 404, 422),
+    summary="Remove a recipient's date: its pending steps are cancelled",
+)
+def date_delete(
+    request: HttpRequest, external_id: ExternalId, series: str, key: str
+) -> Status[dict[str, Any]]:
+    recipient = recipient_get(external_id)
+    date_clear(recipient.user_id, series, key=key)
+    return Status(200, dates_json(recipient.user_id))
+
+
+@router.post(
+    "/{external_id}/dates/{series}/{key}/exit",
+    auth=ApiKeyAuth(ApiScope.RECIPIENTS),
+    response=answers({200: DatesOut}, 404, 422),
+    summary="The recipient acted (renewed, converted): the rest of the steps stop",
+)
+def date_exit_route(
+    request: HttpRequest, external_id: ExternalId, series: str, key: str, body: DateExitIn
+) -> Status[dict[str, Any]]:
+    recipient = recipient_get(external_id)
+    date_exit(recipient.user_id, series, key=key, reason=body.reason)
+    return Status(200, dates_json(recipient.user_id))

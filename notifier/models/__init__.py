@@ -47,6 +47,7 @@ from notifier.models.recipients import (
     recipients_for,
 )
 from notifier.models.routing import RoutingRule
+from notifier.models.series import DateSeries, DateState, RecipientDate, SeriesExit
 from notifier.models.support import SupportAction, SupportActionKind
 from notifier.models.topics import (
     Topic,
@@ -65,6 +66,8 @@ __all__ = [
     "CapPeriod",
     "Consent",
     "ConsentPurpose",
+    "DateSeries",
+    "DateState",
     "DeadLetter",
     "Delivery",
     "DeliveryEvent",
@@ -89,8 +92,10 @@ __all__ = [
     "Priority",
     "ProviderEvent",
     "Recipient",
+    "RecipientDate",
     "RefusedCall",
     "RoutingRule",
+    "SeriesExit",
     "Snooze",
     "SupportAction",
     "SupportActionKind",

@@ -72,6 +72,20 @@ def messages_cancel(
     )
 
 
+def messages_cancel_because(
+    *, cancel_key: str, reason: Reason, words: str, detail: dict[str, str], now: datetime
+) -> CancelReport:
+    """Cancel what has not gone out of the messages carrying `cancel_key`, for Notifier's own
+    reason (a date series' step whose date moved, was removed or exited)."""
+    return _cancel(
+        Message.objects.filter(cancel_key=cancel_key),
+        reason=reason,
+        words=words,
+        detail=detail,
+        now=now,
+    )
+
+
 def message_cancel(*, message_id: int, by: str, now: datetime | None = None) -> CancelReport:
     """Cancel what has not gone out of one message: support's fix, from the customer page
     (`notifier.services.support.support_cancel` records who and why)."""

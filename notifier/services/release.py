@@ -26,9 +26,11 @@ from django.utils import timezone
 
 from channels.base import Channel
 from notifier.models import Delivery, EventKind, Message, recipients_attach
+from notifier.models.series import SERIES_KEY_PREFIX
 from notifier.policies.routing import escalation_stops, suppress
 from notifier.queues import Lane
 from notifier.services.admission import Admission, message_admission, settle_caps
+from notifier.services.date_series import series_steps_stopped
 from notifier.services.pipeline import (
     Routed,
     audience_of,
@@ -108,11 +110,22 @@ def held_release(*, now: datetime | None = None, limit: int = 2000) -> ReleaseRe
             )
         }
         recipients_attach(m.user for m in messages.values())
+        # A date series' step whose date moved, was removed or exited, or whose earlier step
+        # the person clicked: the rest of the series is moot.
+        series_stopped = series_steps_stopped(
+            {
+                m.pk: m.cancel_key
+                for m in messages.values()
+                if m.cancel_key and m.cancel_key.startswith(SERIES_KEY_PREFIX)
+            }
+        )
         audience = audience_of(list(messages.values()), now)
         order = list(dict.fromkeys(message_id for _, message_id, _, _ in due))
         decisions = {
             message_id: {
-                pk: ESCALATION_MOOT
+                pk: suppress(series_stopped[message_id].reason)
+                if message_id in series_stopped
+                else ESCALATION_MOOT
                 if pk in stopped
                 else channel_decision(channel, messages[message_id], audience)
                 for pk, channel in held[message_id]

@@ -19,6 +19,12 @@ for an answer.
     app.send_task("notifier.cancel", kwargs={"cancel_key": "order-A-1001"},
                   queue="transactional.prepare")   # optional: "users" or "recipients"
 
+    app.send_task("notifier.date_set", kwargs={   # a person's own date: reminders around it
+        "user": 42, "series": "subscription.renewal", "key": "plan:42",
+        "at": "2027-06-10T12:00:00+08:00", "context": {"plan": "Pro", "renews_on": "10 June"},
+    }, queue="transactional.prepare")   # notifier.date_clear / notifier.date_exit: the same
+                                        # user/recipient, series and key (exit: and a reason)
+
 Without an idempotency key, the task's id is the key: a task the broker delivers twice (a
 worker lost mid-task) makes one message.
 """
@@ -32,12 +38,13 @@ from typing import Any
 
 from django.utils import timezone
 
-from notifier.api import notify, notify_cancel, same_call
+from notifier.api import date_clear, date_exit, date_set, notify, notify_cancel, same_call
 from notifier.errors import (
     IdempotencyKeyReused,
     InvalidExpiry,
     InvalidRecipient,
     InvalidSchedule,
+    InvalidSeriesDate,
     NotifyError,
 )
 from notifier.models import Recipient, RefusedCall
@@ -64,6 +71,11 @@ ARGUMENTS = (
     "digest_key",
 )
 CANCEL_ARGUMENTS = ("cancel_key", "users", "recipients")
+DATE_ARGUMENTS = {
+    "set": ("user", "recipient", "series", "key", "at", "context"),
+    "clear": ("user", "recipient", "series", "key"),
+    "exit": ("user", "recipient", "series", "key", "reason"),
+}
 MAX_MESSAGE = 2000
 
 
@@ -189,6 +201,37 @@ def cancel_call(
         refusal_record(caller=caller, error=exc, type_key=None, source=CANCEL_SOURCE)
         return None
     return {"messages": report.messages, "cancelled": report.cancelled, "too_late": report.too_late}
+
+
+def date_call(
+    call: Mapping[str, Any], *, action: str, caller: str, positional: tuple[Any, ...] = ()
+) -> dict[str, Any] | None:
+    """`date_set`, `date_clear` or `date_exit` (`action`) from another codebase: the date's
+    version (set) or whether there was such a date; None when refused (and recorded)."""
+    task, arguments = f"notifier.date_{action}", DATE_ARGUMENTS[action]
+    try:
+        if positional:
+            raise InvalidCall(f"{task} takes keyword arguments only: send them as kwargs={{...}}")
+        unknown = sorted(set(call) - set(arguments))
+        if unknown:
+            raise InvalidCall(
+                f"{task} takes no argument {unknown[0]!r}; its arguments are "
+                f"{', '.join(arguments)} (as keyword arguments)"
+            )
+        user, series, key = _user(call), call.get("series", ""), call.get("key", "")
+        if action == "set":
+            at = _moment(call.get("at"), "at", InvalidSeriesDate, zoned=True)
+            if at is None:
+                raise InvalidCall("at is required: the date, ISO 8601 with its zone")
+            date = date_set(user, series, at, key=key, context=call.get("context"))
+            return {"version": date.version}
+        if action == "clear":
+            return {"found": date_clear(user, series, key=key)}
+        found = date_exit(user, series, key=key, reason=call.get("reason") or "")
+        return {"found": found}
+    except NotifyError as exc:
+        refusal_record(caller=caller, error=exc, type_key=None, source=f"celery task {task}")
+        return None
 
 
 def _cancel_users(call: Mapping[str, Any]) -> list[Any] | None:

@@ -364,3 +364,41 @@ def test_the_change_pages_lead_to_the_customer_page(clients, customer):
     ):
         html = clients["Support"].get(change).content.decode()
         assert f'href="{page}" class="historylink">Customer page</a>' in html
+
+
+def test_a_persons_dates_show_each_step_and_why_it_was_not_sent(clients, customer):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from notifier.api import date_exit, date_set
+    from notifier.models import Message, RecipientDate
+
+    context = {"plan": "Pro", "renews_on": "10 June"}
+    renews = timezone.now().replace(microsecond=0) + timedelta(days=10)
+    first = date_set(customer, "subscription.renewal", renews, key="plan:42", context=context)
+    old = list(Message.objects.filter(cancel_key=first.cancel_key).values_list("pk", flat=True))
+    messages_prepare(message_ids=old)
+    moved = date_set(
+        customer, "subscription.renewal", renews + timedelta(days=7), key="plan:42", context=context
+    )
+    new = list(Message.objects.filter(cancel_key=moved.cancel_key).values_list("pk", flat=True))
+    messages_prepare(message_ids=new)
+    soon = timezone.now() + timedelta(days=2)  # its "3 days before" has gone already
+    date_set(customer, "subscription.renewal", soon, key="plan:7", context=context)
+    date_exit(customer, "subscription.renewal", key="plan:7", reason="renewed early")
+    html = clients["Support"].get(customer_url(customer)).content.decode()
+    assert html.index('id="suppression"') < html.index('id="dates"') < html.index('id="fixes"')
+    dates = section(html, "dates", "fixes")
+    assert "<code>plan:42</code>" in dates and "set or moved 2 times" in dates
+    assert f"message #{new[0]} — inapp held (Scheduled: held until its send time)" in dates
+    assert "Exited: the person acted" in dates and "renewed early" in dates
+    assert "Not sent: its time had gone when the date was set" in dates
+    assert "The person acted (renewed, converted or clicked)" in dates  # plan:7's steps
+    # The first date's steps are in the history, each saying why it did not go.
+    history = html[html.index('id="history-filters"') :]
+    assert f"#{old[0]}" in history
+    assert "Its date moved: this reminder was replaced by those of the new date" in history
+    assert f"Step 1 of the reminders around date #{first.pk} (as set the 1st time)" in history
+    assert f"Step 3 of the reminders around date #{first.pk} (as set the 2nd time)" in history
+    assert RecipientDate.objects.filter(user=customer).count() == 2

@@ -37,6 +37,7 @@ from notifier.events_out.sending import endpoint_create
 from notifier.models import (
     ApiKey,
     Consent,
+    DateSeries,
     DeadLetter,
     Delivery,
     Device,
@@ -49,6 +50,7 @@ from notifier.models import (
     NotificationType,
     Preference,
     Recipient,
+    RecipientDate,
     RefusedCall,
     RoutingRule,
     Snooze,
@@ -138,6 +140,9 @@ MODELS: dict[type[Model], Access] = {
     Consent: read_only(SUPPORT_ADMIN),
     FrequencyCounter: read_only(ADMIN_ONLY),
     Snooze: read_only(ADMIN_ONLY),
+    # A code-defined series: only is_active may change, and it cannot be deleted.
+    DateSeries: Access(MARKETING_SUPPORT, ADMIN_ONLY, ADMIN_ONLY, NOBODY),
+    RecipientDate: read_only(SUPPORT_ADMIN),
     Digest: read_only(ADMIN_ONLY),
     Topic: read_only(ADMIN_ONLY),
     TopicSend: read_only(ADMIN_ONLY),
@@ -238,6 +243,8 @@ ACTIONS: dict[type[Model], dict[str, frozenset[str]]] = {
     Consent: {"delete_selected": NOBODY},
     FrequencyCounter: {"delete_selected": NOBODY},
     Snooze: {"delete_selected": NOBODY},
+    DateSeries: {"delete_selected": ADMIN_ONLY},
+    RecipientDate: {"delete_selected": NOBODY},
     Digest: {"delete_selected": NOBODY},
     Topic: {"delete_selected": NOBODY},
     TopicSend: {"delete_selected": NOBODY},
@@ -400,6 +407,15 @@ def objects(monkeypatch) -> dict[type[Model], Model]:
         Device: DeviceFactory(user=customer),
         Snooze: Snooze.objects.create(
             user=customer, type_id="promo.flash_sale", at=datetime.now(UTC)
+        ),
+        DateSeries: DateSeries.objects.get(key="subscription.renewal"),
+        RecipientDate: RecipientDate.objects.create(
+            user=customer,
+            series_id="subscription.renewal",
+            key="plan:1",
+            at=datetime.now(UTC) + timedelta(days=10),
+            created_at=datetime.now(UTC),
+            updated_at=datetime.now(UTC),
         ),
         Digest: Digest.objects.create(
             user=customer,

@@ -1,0 +1,256 @@
+"""Per-recipient date series: the 3-2-1 rule around each person's own date.
+
+A `RecipientDate` is one person's date in a series (their points expire on 1 June, plan 42
+renews on the 9th). Setting it writes the series' steps as scheduled messages (held in
+PostgreSQL until their time, released by the release job like any `send_at`), all carrying the
+cancel key `series:<date id>:<version>` and each an idempotency key of its own. Every change
+happens with the date's row locked, in one transaction:
+
+- a move bumps the version, cancels what has not gone out of the old version's steps (reason
+  `series_moved`) and writes the new ones: two moves at once queue on the row lock, and the
+  second cancels the first's steps, so exactly the final date's steps remain;
+- a removal cancels them (`series_removed`), an exit too (`series_exited`);
+- setting the same date and context again changes nothing (a retried call or task).
+
+A step whose time has already gone when the date is set is not sent (more than a minute past:
+notifier.policies.series.PAST_GRACE); the date's `plan` records it as skipped. What the person
+does stops the rest too: when a step comes up, the release job suppresses it (`series_exited`)
+if an earlier step of the same date was clicked (or read, per the series' `exit_on`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from django.db import transaction
+from django.utils import timezone
+
+from notifier.models import (
+    DateSeries,
+    DateState,
+    Delivery,
+    Recipient,
+    RecipientDate,
+)
+from notifier.models.series import SERIES_KEY_PREFIX, series_cancel_key
+from notifier.policies.series import series_exits, step_times
+from notifier.selectors import type_info_get
+from notifier.services.cancellation import messages_cancel_because
+from notifier.services.messages import NewMessage, messages_create
+from notifier.status import DeliveryStatus, Reason
+from notifier.user_keys import UserKey
+
+S = DeliveryStatus
+SEEN = (S.OPENED, S.READ)
+CLICKED = (S.CLICKED,)
+
+
+def step_context(context: dict[str, Any], at: datetime, step: int) -> dict[str, Any]:
+    """What a step's templates see: the date's context, the date (ISO 8601) and the step."""
+    return {**context, "series_date": at.isoformat(), "series_step": step}
+
+
+def recipient_date_set(
+    *,
+    user_id: UserKey,
+    series: DateSeries,
+    key: str,
+    at: datetime,
+    context: dict[str, Any],
+    now: datetime | None = None,
+) -> RecipientDate:
+    """Set (or move) the person's date: its pending steps move with it. Trusts its input
+    (notifier.api.date_set checks it)."""
+    now = now or timezone.now()
+    with transaction.atomic():
+        RecipientDate.objects.get_or_create(
+            user_id=user_id,
+            series=series,
+            key=key,
+            defaults={"at": at, "context": context, "created_at": now, "updated_at": now},
+        )
+        date = RecipientDate.objects.select_for_update().get(
+            user_id=user_id, series=series, key=key
+        )
+        if (
+            date.version
+            and date.state in (DateState.ACTIVE, DateState.EXITED)
+            and date.at == at
+            and date.context == context
+        ):
+            # The same call again (a retry, a host re-syncing its dates): nothing moves, and
+            # a date the person acted on stays exited. A removed one is set afresh.
+            return date
+        if date.version:
+            _cancel_steps(date, Reason.SERIES_MOVED, "its date moved", now)
+        date.version += 1
+        date.at, date.context = at, context
+        date.state, date.state_note = DateState.ACTIVE, ""
+        date.plan = _write_steps(date, series, now)
+        date.updated_at = now
+        date.save()
+    return date
+
+
+def _write_steps(date: RecipientDate, series: DateSeries, now: datetime) -> list[dict[str, Any]]:
+    info = type_info_get(series.type_id)
+    assert info is not None  # the API checked the series' type
+    zone = (
+        Recipient.objects.filter(user_id=date.user_id).values_list("time_zone", flat=True).first()
+    )
+    times = step_times(date.at, series.steps, zone or "UTC", now)
+    rows = [
+        NewMessage(
+            user_id=date.user_id,
+            type_key=info.key,
+            context=step_context(date.context, date.at, step.step),
+            channels=[],
+            lane=info.lane,
+            idempotency_key=f"{date.cancel_key}:{step.step}",
+            priority=info.priority,
+            not_before=step.at,
+            cancel_key=date.cancel_key,
+        )
+        for step in times
+        if not step.past
+    ]
+    written = iter(messages_create(rows=rows).messages)
+    return [
+        {"step": step.step, "at": step.at.isoformat(), "skipped": "past"}
+        if step.past
+        else {"step": step.step, "at": step.at.isoformat(), "message": next(written).pk}
+        for step in times
+    ]
+
+
+def _cancel_steps(date: RecipientDate, reason: Reason, why: str, now: datetime) -> int:
+    report = messages_cancel_because(
+        cancel_key=date.cancel_key,
+        reason=reason,
+        words=f"not sent: {why} ({date.series_id} {date.key})",
+        detail={"action": why, "series": date.series_id, "key": date.key},
+        now=now,
+    )
+    return report.cancelled
+
+
+def _locked(user_id: UserKey, series_key: str, key: str) -> RecipientDate | None:
+    return (
+        RecipientDate.objects.select_for_update()
+        .filter(user_id=user_id, series_id=series_key, key=key)
+        .first()
+    )
+
+
+def recipient_date_clear(
+    *, user_id: UserKey, series_key: str, key: str, now: datetime | None = None
+) -> RecipientDate | None:
+    """Remove the person's date: what has not gone out of its steps is cancelled. None: they
+    had no such date (not an error: removing twice is the same as once)."""
+    return _stop(user_id, series_key, key, DateState.REMOVED, "", now)
+
+
+def recipient_date_exit(
+    *, user_id: UserKey, series_key: str, key: str, note: str, now: datetime | None = None
+) -> RecipientDate | None:
+    """The person acted (renewed, converted): the rest of the date's steps are cancelled.
+    Setting the date again starts its steps afresh."""
+    return _stop(user_id, series_key, key, DateState.EXITED, note, now)
+
+
+def _stop(
+    user_id: UserKey,
+    series_key: str,
+    key: str,
+    state: DateState,
+    note: str,
+    now: datetime | None,
+) -> RecipientDate | None:
+    now = now or timezone.now()
+    reason, why = (
+        (Reason.SERIES_REMOVED, "its date was removed")
+        if state == DateState.REMOVED
+        else (Reason.SERIES_EXITED, f"the person acted ({note})" if note else "the person acted")
+    )
+    with transaction.atomic():
+        date = _locked(user_id, series_key, key)
+        if date is None or date.state == state:
+            return date
+        _cancel_steps(date, reason, why, now)
+        date.state, date.state_note, date.updated_at = state, note, now
+        date.save(update_fields=["state", "state_note", "updated_at"])
+    return date
+
+
+def recipient_dates_of(*, user_id: UserKey) -> list[RecipientDate]:
+    """The person's dates, soonest first (support's customer page, the API)."""
+    return list(
+        RecipientDate.objects.filter(user_id=user_id).select_related("series").order_by("at", "pk")
+    )
+
+
+@dataclass(frozen=True)
+class SeriesStop:
+    reason: Reason
+    note: str
+
+
+def series_steps_stopped(waiting: dict[int, str]) -> dict[int, SeriesStop]:
+    """Of the series steps coming up (message id -> its cancel key), those not to send: their
+    date was moved, removed or exited meanwhile, or an earlier step of the same date was
+    clicked (or seen, per the series' exit_on). Read by the release job, under its message
+    locks; a date found clicked is marked exited if its row is free this instant (skip_locked:
+    never waiting on a move that waits on these messages)."""
+    parsed: dict[int, tuple[int, int]] = {}
+    for message_id, cancel_key in waiting.items():
+        date_text, _, version_text = cancel_key.removeprefix(SERIES_KEY_PREFIX).partition(":")
+        if date_text.isdigit() and version_text.isdigit():
+            parsed[message_id] = (int(date_text), int(version_text))
+    if not parsed:
+        return {}
+    dates = {
+        row[0]: row
+        for row in RecipientDate.objects.filter(
+            pk__in={date_id for date_id, _ in parsed.values()}
+        ).values_list("pk", "version", "state", "series__exit_on")
+    }
+    keys = {series_cancel_key(*pair) for pair in parsed.values()}
+    acted: dict[str, set[str]] = {}
+    for acted_key, status in (
+        Delivery.objects.filter(message__cancel_key__in=keys, status__in=(*SEEN, *CLICKED))
+        .values_list("message__cancel_key", "status")
+        .distinct()
+    ):
+        acted.setdefault(acted_key or "", set()).add(status)
+    stopped: dict[int, SeriesStop] = {}
+    clicked_dates: dict[int, str] = {}
+    for message_id, (date_id, version) in parsed.items():
+        row = dates.get(date_id)
+        if row is None:
+            continue  # erased with its person: the erasure deals with their messages
+        _, current, state, exit_on = row
+        if state == DateState.REMOVED:
+            stopped[message_id] = SeriesStop(Reason.SERIES_REMOVED, "its date was removed")
+        elif state == DateState.EXITED:
+            stopped[message_id] = SeriesStop(Reason.SERIES_EXITED, "the person acted")
+        elif current != version:
+            stopped[message_id] = SeriesStop(Reason.SERIES_MOVED, "its date moved")
+        else:
+            statuses = acted.get(series_cancel_key(date_id, version), set())
+            clicked = bool(statuses & set(CLICKED))
+            if series_exits(exit_on, seen=bool(statuses & set(SEEN)), clicked=clicked):
+                note = "clicked an earlier reminder" if clicked else "read an earlier reminder"
+                stopped[message_id] = SeriesStop(Reason.SERIES_EXITED, note)
+                clicked_dates[date_id] = note
+    for date_id, note in clicked_dates.items():
+        free = (
+            RecipientDate.objects.select_for_update(skip_locked=True)
+            .filter(pk=date_id, state=DateState.ACTIVE)
+            .values_list("pk", flat=True)
+        )
+        RecipientDate.objects.filter(pk__in=list(free)).update(
+            state=DateState.EXITED, state_note=note, updated_at=timezone.now()
+        )
+    return stopped

@@ -1,0 +1,362 @@
+"""Per-recipient date series on PostgreSQL: setting a date schedules its steps, moving it
+moves them (once, twice, at once from two sessions), removing or exiting cancels them, a click
+stops the rest, a retried call writes nothing twice, and bad input is refused whole."""
+
+from __future__ import annotations
+
+import threading
+from datetime import UTC, datetime, timedelta
+
+import pytest
+import time_machine
+from django.db import connection
+from django.utils import timezone
+
+from notifier.api import date_clear, date_exit, date_set, notify
+from notifier.errors import (
+    InvalidCancelKey,
+    InvalidContext,
+    InvalidIdempotencyKey,
+    InvalidRecipient,
+    InvalidSeriesDate,
+    MissingContextVariable,
+    UnknownDateSeries,
+)
+from notifier.models import (
+    DateSeries,
+    DateState,
+    Delivery,
+    DeliveryEvent,
+    Message,
+    RecipientDate,
+)
+from notifier.services.date_series import recipient_dates_of
+from notifier.services.pipeline import messages_prepare
+from notifier.services.release import held_release
+from notifier.status import DeliveryStatus, Reason
+from tests.factories import UserFactory, order_context
+
+pytestmark = pytest.mark.django_db
+S = DeliveryStatus
+CONTEXT = {"plan": "Pro", "renews_on": "10 June"}
+THREE_TWO_ONE = [{"before_s": 3 * 86400}, {"before_s": 2 * 86400}, {"before_s": 3600}]
+
+
+@pytest.fixture
+def points(db) -> DateSeries:
+    return DateSeries.objects.create(
+        key="points.expiring",
+        name="Points expiring",
+        type_id="subscription.renewal_reminder",
+        steps=THREE_TWO_ONE,
+    )
+
+
+def in_days(days: float) -> datetime:
+    return timezone.now().replace(microsecond=0) + timedelta(days=days)
+
+
+def step_messages(date: RecipientDate) -> list[Message]:
+    return list(Message.objects.filter(cancel_key=date.cancel_key).order_by("not_before"))
+
+
+def reasons(messages: list[Message]) -> set[tuple[str, str]]:
+    return set(
+        Delivery.objects.filter(message__in=messages).values_list("status", "reason").distinct()
+    )
+
+
+# --- Setting a date --------------------------------------------------------------------------
+
+
+def test_setting_a_date_schedules_each_step_as_a_message_held_until_its_time(points, published):
+    user = UserFactory()
+    at = in_days(10)
+    date = date_set(user, "points.expiring", at, key="points:2027", context=CONTEXT)
+    messages = step_messages(date)
+    assert [m.not_before for m in messages] == [
+        at - timedelta(days=3),
+        at - timedelta(days=2),
+        at - timedelta(hours=1),
+    ]
+    assert {m.cancel_key for m in messages} == {f"series:{date.pk}:1"}
+    assert messages[0].context == {**CONTEXT, "series_date": at.isoformat(), "series_step": 1}
+    assert [p["message"] for p in date.plan] == [m.pk for m in messages]
+    messages_prepare(message_ids=[m.pk for m in messages])
+    assert reasons(messages) <= {(S.HELD, Reason.SCHEDULED), (S.SUPPRESSED, "no_active_device")}
+
+
+def test_a_local_time_step_is_the_recipients_own_morning(published):
+    user = UserFactory(time_zone="Asia/Shanghai")
+    renews = in_days(20).replace(hour=12, minute=0, second=0)  # 20:00 in Shanghai
+    date = date_set(user, "subscription.renewal", renews, key="plan:42", context=CONTEXT)
+    first, second, third = step_messages(date)
+    day_before = (renews - timedelta(days=1)).date()
+    assert second.not_before == datetime.combine(day_before, datetime.min.time(), UTC).replace(
+        hour=2
+    )  # 10:00 in Shanghai
+    assert third.not_before == renews - timedelta(hours=1)
+    assert first.not_before == second.not_before - timedelta(days=2)
+
+
+def test_steps_already_past_are_skipped_and_say_so_in_the_plan(points, published):
+    date = date_set(UserFactory(), "points.expiring", in_days(2.5), key="p", context=CONTEXT)
+    assert len(step_messages(date)) == 2
+    assert date.plan[0]["skipped"] == "past" and "message" not in date.plan[0]
+    assert all("message" in step for step in date.plan[1:])
+
+
+def test_the_same_date_set_again_writes_nothing(points, published):
+    user, at = UserFactory(), in_days(10)
+    first = date_set(user, "points.expiring", at, key="p", context=CONTEXT)
+    again = date_set(user, "points.expiring", at, key="p", context=CONTEXT)
+    assert again.version == first.version == 1
+    assert Message.objects.count() == 3
+
+
+# --- Moving, removing, exiting ---------------------------------------------------------------
+
+
+def test_moving_a_date_cancels_the_old_steps_and_schedules_the_new(points, published):
+    user = UserFactory()
+    old = date_set(user, "points.expiring", in_days(10), key="p", context=CONTEXT)
+    old_messages = step_messages(old)
+    messages_prepare(message_ids=[m.pk for m in old_messages])
+    new_at = in_days(20)
+    moved = date_set(user, "points.expiring", new_at, key="p", context=CONTEXT)
+    assert moved.pk == old.pk and moved.version == 2
+    assert reasons(old_messages) <= {
+        (S.CANCELLED, Reason.SERIES_MOVED),
+        (S.SUPPRESSED, "no_active_device"),
+    }
+    assert (S.CANCELLED, Reason.SERIES_MOVED) in reasons(old_messages)
+    assert [m.not_before for m in step_messages(moved)] == [
+        new_at - timedelta(days=3),
+        new_at - timedelta(days=2),
+        new_at - timedelta(hours=1),
+    ]
+
+
+def test_a_date_moved_twice_keeps_only_the_final_dates_steps(points, published):
+    user = UserFactory()
+    for days in (10, 12, 14):
+        date = date_set(user, "points.expiring", in_days(days), key="p", context=CONTEXT)
+    messages_prepare(message_ids=list(Message.objects.values_list("pk", flat=True)))
+    live = Message.objects.filter(
+        deliveries__status=S.HELD, deliveries__reason=Reason.SCHEDULED
+    ).distinct()
+    assert {m.cancel_key for m in live} == {f"series:{date.pk}:3"}
+    assert sorted(m.not_before for m in live) == [m.not_before for m in step_messages(date)]
+
+
+def test_two_moves_at_once_leave_exactly_one_dates_steps(points, published, transactional_db):
+    user = UserFactory()
+    date_set(user, "points.expiring", in_days(10), key="p", context=CONTEXT)
+    barrier = threading.Barrier(2)
+    errors: list[BaseException] = []
+
+    def move(days: int) -> None:
+        try:
+            barrier.wait()
+            date_set(user, "points.expiring", in_days(days), key="p", context=CONTEXT)
+        except BaseException as exc:
+            errors.append(exc)
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=move, args=(days,)) for days in (20, 30)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors
+    date = RecipientDate.objects.get()
+    assert date.version == 3
+    pending = Message.objects.filter(cancel_key__startswith="series:").exclude(
+        deliveries__status=S.CANCELLED
+    )
+    messages_prepare(message_ids=list(pending.values_list("pk", flat=True)))
+    live = Message.objects.filter(deliveries__status=S.HELD).distinct()
+    assert {m.cancel_key for m in live} == {date.cancel_key}
+    assert sorted(m.not_before for m in live) == [
+        date.at - timedelta(days=3),
+        date.at - timedelta(days=2),
+        date.at - timedelta(hours=1),
+    ]
+
+
+def test_removing_a_date_cancels_its_pending_steps(points, published):
+    user = UserFactory()
+    date = date_set(user, "points.expiring", in_days(10), key="p", context=CONTEXT)
+    messages = step_messages(date)
+    messages_prepare(message_ids=[m.pk for m in messages[:1]])  # one routed, two not yet
+    assert date_clear(user, "points.expiring", key="p") is True
+    assert (S.CANCELLED, Reason.SERIES_REMOVED) in reasons(messages[:1])
+    assert {d.reason for d in Delivery.objects.filter(message__in=messages[1:])} == {
+        Reason.SERIES_REMOVED
+    }
+    assert RecipientDate.objects.get().state == DateState.REMOVED
+    assert date_clear(user, "points.expiring", key="p") is True  # again: nothing more
+    assert date_clear(user, "points.expiring", key="nothing") is False
+
+
+def test_exiting_cancels_the_rest_with_the_callers_reason(points, published):
+    user = UserFactory()
+    date = date_set(user, "points.expiring", in_days(10), key="p", context=CONTEXT)
+    assert date_exit(user, "points.expiring", key="p", reason="renewed") is True
+    event = DeliveryEvent.objects.filter(delivery__message__in=step_messages(date)).first()
+    assert event is not None and event.reason == Reason.SERIES_EXITED
+    assert "renewed" in event.detail["action"]
+    row = RecipientDate.objects.get()
+    assert (row.state, row.state_note) == (DateState.EXITED, "renewed")
+    # The same date set again (a host re-syncing its dates) does not start it again ...
+    assert date_set(user, "points.expiring", row.at, key="p", context=CONTEXT).version == 1
+    # ... a new date does.
+    assert date_set(user, "points.expiring", in_days(40), key="p", context=CONTEXT).version == 2
+
+
+def test_a_click_on_one_step_stops_the_rest_when_they_come_up(points, published):
+    user = UserFactory()
+    at = in_days(10)
+    date = date_set(user, "points.expiring", at, key="p", context=CONTEXT)
+    first, second, third = step_messages(date)
+    messages_prepare(message_ids=[first.pk, second.pk, third.pk])
+    assert held_release(now=at - timedelta(days=3) + timedelta(seconds=1)).released >= 1
+    Delivery.objects.filter(message=first, channel="email").update(status=S.CLICKED)
+    with time_machine.travel(at - timedelta(days=2) + timedelta(seconds=1)):
+        report = held_release()
+    assert report.released == 0 and report.suppressed >= 1
+    assert (S.SUPPRESSED, Reason.SERIES_EXITED) in reasons([second])
+    row = RecipientDate.objects.get()
+    assert (row.state, row.state_note) == (DateState.EXITED, "clicked an earlier reminder")
+    assert (S.HELD, Reason.SCHEDULED) in reasons([third])  # held until its own time: stopped then
+
+
+def test_a_date_of_a_series_that_never_exits_goes_on_after_a_click(points, published):
+    points.exit_on = "never"
+    points.save()
+    user = UserFactory()
+    at = in_days(10)
+    date = date_set(user, "points.expiring", at, key="p", context=CONTEXT)
+    first, second, _ = step_messages(date)
+    messages_prepare(message_ids=[first.pk, second.pk])
+    held_release(now=at - timedelta(days=3) + timedelta(seconds=1))
+    Delivery.objects.filter(message=first, channel="email").update(status=S.CLICKED)
+    assert held_release(now=at - timedelta(days=2) + timedelta(seconds=1)).released >= 1
+
+
+# --- Bad input -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("call", "error", "words"),
+    [
+        (lambda u: date_set(u, "no.such", in_days(5), key="p", context=CONTEXT), UnknownDateSeries,
+         "no date series"),
+        (lambda u: date_set(u, "points.expiring", datetime(2030, 1, 1), key="p", context=CONTEXT),  # noqa: DTZ001
+         InvalidSeriesDate, "no UTC offset"),
+        (lambda u: date_set(u, "points.expiring", in_days(5000), key="p", context=CONTEXT),
+         InvalidSeriesDate, "ten years"),
+        (lambda u: date_set(u, "points.expiring", in_days(5), key="", context=CONTEXT),
+         InvalidSeriesDate, "key must be"),
+        (lambda u: date_set(u, "points.expiring", in_days(5), key="p", context={"plan": "Pro"}),
+         MissingContextVariable, "renews_on"),
+        (lambda u: date_set(u, "points.expiring", in_days(5), key="p",
+                            context={**CONTEXT, "series_step": 9}), InvalidContext, "series_step"),
+        (lambda u: date_set(987654321, "points.expiring", in_days(5), key="p", context=CONTEXT),
+         InvalidRecipient, "987654321"),
+        (lambda u: notify(u, "order.shipped", order_context(), cancel_key="series:1:1"),
+         InvalidCancelKey, "series:"),
+        (lambda u: notify(u, "order.shipped", order_context(), idempotency_key="series:1:1:1"),
+         InvalidIdempotencyKey, "series:"),
+    ],
+)  # fmt: skip
+def test_bad_input_is_refused_with_what_to_fix_and_nothing_written(points, call, error, words):
+    with pytest.raises(error, match=words):
+        call(UserFactory())
+    assert not RecipientDate.objects.exists() and not Message.objects.exists()
+
+
+def test_a_switched_off_series_is_refused(points):
+    points.is_active = False
+    points.save()
+    with pytest.raises(UnknownDateSeries, match="switched off"):
+        date_set(UserFactory(), "points.expiring", in_days(5), key="p", context=CONTEXT)
+
+
+def test_a_date_of_a_series_switched_off_may_still_be_removed(points, published):
+    user = UserFactory()
+    date = date_set(user, "points.expiring", in_days(10), key="p", context=CONTEXT)
+    points.is_active = False
+    points.save()
+    assert date_clear(user, "points.expiring", key="p") is True
+    assert reasons(step_messages(date)) == {(S.CANCELLED, Reason.SERIES_REMOVED)}
+
+
+def test_the_persons_dates_are_listed_soonest_first(points, published):
+    user = UserFactory()
+    date_set(user, "points.expiring", in_days(30), key="later", context=CONTEXT)
+    date_set(user, "points.expiring", in_days(10), key="sooner", context=CONTEXT)
+    assert [d.key for d in recipient_dates_of(user_id=user.pk)] == ["sooner", "later"]
+
+
+# --- By task name, and from the admin ------------------------------------------------------
+
+
+def test_another_codebase_sets_clears_and_exits_a_date_by_task_name(points, published):
+    from notifier.models import RefusedCall
+    from notifier.services.remote_calls import date_call
+
+    user = UserFactory()
+    call = {"user": user.pk, "series": "points.expiring", "key": "p"}
+    at = in_days(10).isoformat()
+    assert date_call({**call, "at": at, "context": CONTEXT}, action="set", caller="t1") == {
+        "version": 1
+    }
+    assert date_call({**call, "at": at, "context": CONTEXT}, action="set", caller="t2") == {
+        "version": 1
+    }  # delivered twice: nothing moves
+    assert date_call({**call, "reason": "renewed"}, action="exit", caller="t3") == {"found": True}
+    assert date_call(call, action="clear", caller="t4") == {"found": True}
+    assert RecipientDate.objects.get().state == DateState.REMOVED
+    assert date_call({**call, "at": "next week"}, action="set", caller="t5") is None
+    assert date_call({**call, "colour": "red"}, action="clear", caller="t6") is None
+    refused = list(RefusedCall.objects.order_by("pk").values_list("source", "message"))
+    assert refused[0][0] == "celery task notifier.date_set" and "ISO 8601" in refused[0][1]
+    assert refused[1][0] == "celery task notifier.date_clear" and "'colour'" in refused[1][1]
+
+
+def test_a_series_made_in_the_admin_is_validated_and_then_used(admin_client, published):
+    url = "/admin/notifier/dateseries/add/"
+    form = {
+        "key": "booking.visit",
+        "name": "Visit reminders",
+        "type": "subscription.renewal_reminder",
+        "exit_on": "seen",
+        "is_active": "on",
+    }
+    refused = admin_client.post(url, {**form, "steps": '[{"before_s": 3600, "after_s": 1}]'})
+    assert refused.status_code == 200
+    assert "step 1: one of" in " ".join(refused.context["adminform"].form.errors["steps"])
+    assert not DateSeries.objects.filter(key="booking.visit").exists()
+    made = admin_client.post(url, {**form, "steps": '[{"days_before": 1, "at": "18:00"}]'})
+    assert made.status_code == 302
+    date = date_set(UserFactory(), "booking.visit", in_days(5), key="visit:9", context=CONTEXT)
+    assert len(step_messages(date)) == 1
+
+
+def test_a_catalog_series_is_only_switched_on_and_off_in_the_admin(admin_client):
+    page = admin_client.get("/admin/notifier/dateseries/subscription.renewal/change/")
+    assert page.status_code == 200
+    form = page.context["adminform"].form
+    assert set(form.fields) == {"is_active"}
+
+
+def test_a_catalog_series_of_an_unknown_type_is_a_loud_error_at_sync(db):
+    from notifier.catalog import SeriesSpec, sync_series
+
+    spec = SeriesSpec("plan.renewal", "Renewal", "no.such_type", ({"before_s": 60},))
+    with pytest.raises(ValueError, match="which no catalog declares"):
+        sync_series([spec])
+    assert sync_series() == 1  # the built-in one
+    assert DateSeries.objects.get(key="subscription.renewal").code_defined
