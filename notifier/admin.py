@@ -997,6 +997,8 @@ NOTIFICATION_TYPE_FIELDS = (
     "escalation",
     "digest_window_s",
     "digest_first_now",
+    "digest_cadence",
+    "throttle_over",
     "is_active",
     "code_defined",
     "updated_at",

@@ -35,6 +35,7 @@ from notifier.models import (
     Preference,
     Recipient,
     Snooze,
+    ThrottleOver,
     User,
 )
 from notifier.policies.preferences import ConsentRecord, ConsentState, Preferences
@@ -58,6 +59,13 @@ class TypeInfo:
     escalation: tuple[EscalationStep, ...] = ()
     digest_window: timedelta | None = None
     digest_first_now: bool = False
+    digest_cadence: bool = False  # each recipient's cadence decides their window
+    throttle_folds: bool = False  # over the throttle: into a digest, not dropped
+
+    @property
+    def digests(self) -> bool:
+        """Whether any of its messages may be collected into a digest."""
+        return self.digest_window is not None or self.digest_cadence or self.throttle_folds
 
     @property
     def lane(self) -> Lane:
@@ -78,6 +86,9 @@ class TypeInfo:
             escalation=escalation_steps(row.escalation),
             digest_window=timedelta(seconds=row.digest_window_s) if row.digest_window_s else None,
             digest_first_now=row.digest_first_now,
+            digest_cadence=row.digest_cadence,
+            throttle_folds=row.throttle_over == ThrottleOver.DIGEST
+            and row.throttle_limit is not None,
         )
 
 

@@ -24,6 +24,7 @@ from notifier.models.preferences import (
     CapPeriod,
     Consent,
     ConsentPurpose,
+    DigestCadence,
     FrequencyCounter,
     Preference,
     Snooze,
@@ -49,7 +50,7 @@ from notifier.models.recipients import (
 from notifier.models.routing import RoutingRule
 from notifier.models.support import SupportAction, SupportActionKind
 from notifier.models.topics import Topic, TopicSend, TopicSendStatus, TopicSubscription
-from notifier.models.types import Kind, NotificationType, Priority
+from notifier.models.types import Kind, NotificationType, Priority, ThrottleOver
 from notifier.models.users import Device, MarketingFrequency, Platform, User
 
 __all__ = [
@@ -64,6 +65,7 @@ __all__ = [
     "DeliveryEvent",
     "Device",
     "Digest",
+    "DigestCadence",
     "DigestState",
     "ErasedIdentifier",
     "ErasureRecord",
@@ -90,6 +92,7 @@ __all__ = [
     "SupportActionKind",
     "SuppressedAddress",
     "SuppressionReason",
+    "ThrottleOver",
     "ThrottleSlot",
     "Topic",
     "TopicSend",
