@@ -96,6 +96,7 @@ from notifier.selectors import (
     TypeInfo,
     consent_of,
     irrelevant_feedback_counts,
+    message_inbox_group,
     message_unreadable_reason,
     preferences_of,
     snoozes_of,
@@ -619,6 +620,7 @@ def inbox_items_write(
             r.content.get("title", ""),
             r.content.get("body", ""),
             r.content.get("link", ""),
+            *message_inbox_group(messages[r.message_id]),
         )
         for r in rows
         if r.status == S.SENT and (r.message_id, r.channel) in ids
