@@ -889,9 +889,11 @@ def _digest_words(message: Message) -> str:
         return ""
     if digest.message_id == message.pk:
         return f"The digest of {digest.count} messages under key {digest.key or '(the type)'}"
+    # Over its type's throttle, it was folded in rather than dropped: support says why.
+    why = "Over its throttle (key full), folded" if message.throttled_into_digest else "Collected"
     if digest.message_id is not None:
-        return f"Collected into digest #{digest.pk}, sent as message #{digest.message_id}"
-    return f"Collected into digest #{digest.pk}, which goes out at {digest.due_at:%Y-%m-%d %H:%M}"
+        return f"{why} into digest #{digest.pk}, sent as message #{digest.message_id}"
+    return f"{why} into digest #{digest.pk}, which goes out at {digest.due_at:%Y-%m-%d %H:%M}"
 
 
 # What support may still cancel of a message (notifier.services.cancellation).
