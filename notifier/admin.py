@@ -52,6 +52,7 @@ from notifier.models import (
     DeliveryEvent,
     Device,
     Digest,
+    DigestCadence,
     ErasedIdentifier,
     ErasureRecord,
     FrequencyCounter,
@@ -1384,6 +1385,17 @@ class PreferenceAdmin(ReadOnlyMixin, admin.ModelAdmin):
         "user__notifier_recipient__phone",
         "category",
     ]
+
+
+@admin.register(DigestCadence)
+class DigestCadenceAdmin(ReadOnlyMixin, admin.ModelAdmin):
+    """How often people want their digests (for all types, or one); chosen by them (preference
+    centre, the service API), like their other preferences."""
+
+    list_display = ["user", "scope", "cadence", "at", "weekday", "updated_at"]
+    list_select_related = ["user"]
+    list_filter = ["cadence"]
+    search_fields = ["user__notifier_recipient__email", "scope"]
 
 
 @admin.register(Consent)

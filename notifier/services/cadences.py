@@ -19,6 +19,7 @@ from django.db import transaction
 from notifier.models import DigestCadence, NotificationType
 from notifier.policies.digests import DEFAULT_AT, DEFAULT_WEEKDAY, Cadence, never_digested
 from notifier.selectors import type_info_get
+from notifier.services.preferences import PreferenceError
 from notifier.text import text_problem
 from notifier.user_keys import UserKey
 
@@ -26,8 +27,9 @@ ALL_TYPES = ""  # the scope of a choice for every type that honours it
 WEEKDAYS = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
 
 
-class CadenceError(ValueError):
-    """A cadence that cannot be saved as given; the message says what to fix."""
+class CadenceError(PreferenceError):
+    """A cadence that cannot be saved as given; the message says what to fix (a preference
+    error: the preference centre's API answers 400 and the service API 422, like the rest)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,6 +126,15 @@ def digest_cadence_clear(*, user_id: UserKey, scope: object) -> bool:
         raise CadenceError("type must be a notification type's key, or empty for all types")
     deleted, _ = DigestCadence.objects.filter(user_id=user_id, scope=key).delete()
     return bool(deleted)
+
+
+def digest_cadences_json(*, user_id: UserKey) -> dict[str, object]:
+    """What the APIs answer: the person's choices and what they may choose."""
+    return {
+        "cadences": [state.as_json() for state in digest_cadences_of(user_id=user_id)],
+        "types": cadence_types(),
+        "choices": [str(c) for c in Cadence],
+    }
 
 
 def digest_cadences_of(*, user_id: UserKey) -> list[CadenceState]:
