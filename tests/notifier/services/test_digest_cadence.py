@@ -6,11 +6,13 @@ what is over its limit into the digest of its key, with the reason for support."
 
 from __future__ import annotations
 
+import threading
 from datetime import UTC, datetime, time, timedelta
 
 import pytest
 import time_machine
 from django.core.exceptions import ValidationError
+from django.db import connection
 from django.urls import reverse
 
 from notifier.api import notify
@@ -197,3 +199,32 @@ def test_folding_needs_a_throttle():
     kind.throttle_limit = kind.throttle_window_s = None
     with pytest.raises(ValidationError, match="needs a throttle"):
         kind.clean()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_two_prepare_runs_over_the_throttle_at_once_fold_into_one_digest(published):
+    folding(limit=1)
+    user = UserFactory()
+    prepared(followed(user))  # takes the one slot
+    over = [followed(user), followed(user)]
+    start = threading.Barrier(2)
+    results: list[dict[str, int]] = []
+
+    def run(message: Message) -> None:
+        try:
+            start.wait()
+            results.append(prepared(message))
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=run, args=(m,)) for m in over]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert results == [{"collected": 1}, {"collected": 1}]
+    digest = Digest.objects.get()
+    assert (digest.state, digest.count) == ("open", 2)
+    assert set(Message.objects.filter(digest=digest).values_list("pk", flat=True)) == {
+        m.pk for m in over
+    }
