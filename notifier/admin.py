@@ -986,6 +986,8 @@ INBOX_ITEM_FIELDS = (
     "archived_at",
     "feedback",
     "feedback_at",
+    "group_key",
+    "group_count",
 )
 NOTIFICATION_TYPE_FIELDS = (
     "key",

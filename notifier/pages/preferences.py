@@ -933,7 +933,7 @@ def _page_cadences_save(
             (at is not None and state.at.strftime("%H:%M") != at)
             or (weekday is not None and str(state.weekday) != weekday)
         )
-        if wanted == row.chosen and not (wanted and moved):
+        if wanted == row.chosen and not (wanted in ("daily", "weekly") and moved):
             continue
         if wanted:
             digest_cadence_set(
