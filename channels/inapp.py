@@ -28,6 +28,10 @@ class InboxEntry(NamedTuple):
     title: str
     body: str
     link: str
+    # A digest group (its digest key; None: not a digest type's message) and how many
+    # messages this one stands for: the group's live item is updated in place, not added to.
+    group_key: str | None = None
+    group_count: int = 1
 
 
 INBOX_COLUMNS = (
@@ -54,6 +58,9 @@ class InAppProvider:
         return []
 
     def send_many(self, outgoings: Sequence[Outgoing]) -> list[SendResult]:
+        from notifier.selectors import inbox_groups
+
+        groups = inbox_groups({o.message_id: o.type_key for o in outgoings})
         self.inbox_write(
             [
                 InboxEntry(
@@ -65,6 +72,7 @@ class InAppProvider:
                     o.content.title,
                     o.content.body,
                     o.content.link,
+                    *groups.get(o.message_id, (None, 1)),
                 )
                 for o in outgoings
             ]
@@ -77,12 +85,18 @@ class InAppProvider:
     ) -> None:
         """Insert the entries' inbox items; a delivery that has its item already keeps it.
         With `new_deliveries` (written in this transaction: none can have an item yet) by
-        COPY, as the fan-out writes its other rows."""
+        COPY, as the fan-out writes its other rows. An entry of a digest group updates the
+        group's live item instead, when it has one (`_group_write`)."""
         from notifier.db import copy_rows, insert_rows
         from notifier.live_inbox import InboxChange, inbox_changed
         from notifier.models import InboxItem
 
         now = at or timezone.now()
+        users = [e.user_id for e in entries]  # a group's item updated in place is news too
+        grouped = [e for e in entries if e.group_key is not None]
+        if grouped:
+            _group_write(grouped, now)
+            entries = [e for e in entries if e.group_key is None]
         rows = [
             (
                 e.user_id,
@@ -104,4 +118,82 @@ class InAppProvider:
             insert_rows(InboxItem, INBOX_COLUMNS, rows, ignore_conflicts=True)
         # Open inbox pages hear of it after commit (an item that existed already costs its
         # user one needless refetch, not a wrong badge).
-        inbox_changed((e.user_id for e in entries), InboxChange.NEW)
+        inbox_changed(users, InboxChange.NEW)
+
+
+def _group_write(entries: Sequence[InboxEntry], now: datetime) -> None:
+    """Each entry updates its group's live (not archived) item in place: the new title, body,
+    link and count, at the top again and unread again; with none live, it is inserted. Race
+    safe: the live item is locked first (groups in one order, so two batches never wait for
+    each other crosswise), and two inserts of one group meet at the partial unique index
+    `inbox_one_live_group` (the loser waits for the winner's commit, then updates its item).
+    An entry older than the item's message (a late retry) leaves it as it is; a delivery that
+    has its item already (a retried send) keeps it."""
+    from notifier.db import insert_rows
+    from notifier.models import InboxItem
+
+    entries = sorted(
+        entries, key=lambda e: (str(e.user_id), e.type_key, e.group_key or "", e.message_id)
+    )
+    done = set(
+        InboxItem.objects.filter(delivery_id__in=[e.delivery_id for e in entries]).values_list(
+            "delivery_id", flat=True
+        )
+    )
+    for entry in entries:
+        if entry.delivery_id in done:
+            continue
+        fields = {
+            "message_id": entry.message_id,
+            "delivery_id": entry.delivery_id,
+            "category": entry.category,
+            "title": entry.title[:300],
+            "body": entry.body,
+            "link": entry.link[:2000],
+            "created_at": now,
+            "read_at": None,
+            "group_count": entry.group_count,
+        }
+        for _ in range(3):
+            live = (
+                InboxItem.objects.select_for_update()
+                .filter(
+                    user_id=entry.user_id,
+                    type_key=entry.type_key,
+                    group_key=entry.group_key,
+                    archived_at__isnull=True,
+                )
+                .values_list("pk", "message_id")
+                .first()
+            )
+            if live is not None:
+                if live[1] < entry.message_id:
+                    InboxItem.objects.filter(pk=live[0]).update(**fields)
+                break
+            columns = (*INBOX_COLUMNS, "group_key", "group_count")
+            made = insert_rows(
+                InboxItem,
+                columns,
+                [
+                    (
+                        entry.user_id,
+                        entry.message_id,
+                        entry.delivery_id,
+                        entry.category,
+                        entry.type_key,
+                        entry.title[:300],
+                        entry.body,
+                        entry.link[:2000],
+                        now,
+                        "",
+                        entry.group_key,
+                        entry.group_count,
+                    )
+                ],
+                returning=("id",),
+                ignore_conflicts=True,
+            )
+            if made:
+                break
+        else:
+            raise RuntimeError(f"no inbox item could be written for delivery {entry.delivery_id}")

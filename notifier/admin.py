@@ -55,6 +55,7 @@ from notifier.models import (
     DeliveryEvent,
     Device,
     Digest,
+    DigestCadence,
     ErasedIdentifier,
     ErasureRecord,
     FrequencyCounter,
@@ -921,9 +922,11 @@ def _digest_words(message: Message) -> str:
         return ""
     if digest.message_id == message.pk:
         return f"The digest of {digest.count} messages under key {digest.key or '(the type)'}"
+    # Over its type's throttle, it was folded in rather than dropped: support says why.
+    why = "Over its throttle (key full), folded" if message.throttled_into_digest else "Collected"
     if digest.message_id is not None:
-        return f"Collected into digest #{digest.pk}, sent as message #{digest.message_id}"
-    return f"Collected into digest #{digest.pk}, which goes out at {digest.due_at:%Y-%m-%d %H:%M}"
+        return f"{why} into digest #{digest.pk}, sent as message #{digest.message_id}"
+    return f"{why} into digest #{digest.pk}, which goes out at {digest.due_at:%Y-%m-%d %H:%M}"
 
 
 # What support may still cancel of a message (notifier.services.cancellation).
@@ -1015,6 +1018,8 @@ INBOX_ITEM_FIELDS = (
     "archived_at",
     "feedback",
     "feedback_at",
+    "group_key",
+    "group_count",
 )
 NOTIFICATION_TYPE_FIELDS = (
     "key",
@@ -1029,6 +1034,8 @@ NOTIFICATION_TYPE_FIELDS = (
     "escalation",
     "digest_window_s",
     "digest_first_now",
+    "digest_cadence",
+    "throttle_over",
     "is_active",
     "code_defined",
     "updated_at",
@@ -1412,6 +1419,17 @@ class PreferenceAdmin(ReadOnlyMixin, admin.ModelAdmin):
         "user__notifier_recipient__phone",
         "category",
     ]
+
+
+@admin.register(DigestCadence)
+class DigestCadenceAdmin(ReadOnlyMixin, admin.ModelAdmin):
+    """How often people want their digests (for all types, or one); chosen by them (preference
+    centre, the service API), like their other preferences."""
+
+    list_display = ["user", "scope", "cadence", "at", "weekday", "updated_at"]
+    list_select_related = ["user"]
+    list_filter = ["cadence"]
+    search_fields = ["user__notifier_recipient__email", "scope"]
 
 
 @admin.register(Consent)

@@ -51,6 +51,11 @@ class TypeSpec:
     # this long and send them as one; `digest_first_now`: the first of a window goes at once.
     digest_window: timedelta | None = None
     digest_first_now: bool = False
+    # `digest_cadence`: each recipient's chosen cadence decides their window (the one above
+    # is for those who chose none); `throttle_over`: "digest" folds what is over the throttle
+    # into the digest of its key instead of dropping it.
+    digest_cadence: bool = False
+    throttle_over: str = "drop"
 
     def __post_init__(self) -> None:
         if not TYPE_KEY_RE.match(self.key):
@@ -63,6 +68,13 @@ class TypeSpec:
             raise ValueError(f"type {self.key!r}: a throttle's limit is at least 1")
         if self.throttle_window is not None and self.throttle_window.total_seconds() < 1:
             raise ValueError(f"type {self.key!r}: a throttle's window is at least a second")
+        if self.throttle_over not in ("drop", "digest"):
+            raise ValueError(f"type {self.key!r}: throttle_over is 'drop' or 'digest'")
+        if self.throttle_over == "digest" and self.throttle_limit is None:
+            raise ValueError(f"type {self.key!r}: folding into a digest needs a throttle")
+        digests = self.digest_window or self.digest_cadence or self.throttle_over == "digest"
+        if digests and (self.kind == Kind.TRANSACTIONAL or self.priority == Priority.CRITICAL):
+            raise ValueError(f"type {self.key!r}: transactional and critical are never digested")
         from notifier.models.types import escalation_problem
 
         problem = escalation_problem(self.escalation_json(), [str(c) for c in self.channels])
@@ -147,6 +159,7 @@ CATALOG: tuple[TypeSpec, ...] = (
         ),
         digest_window=timedelta(minutes=10),
         digest_first_now=True,
+        digest_cadence=True,
     ),
     TypeSpec(
         "social.new_follower",
@@ -250,6 +263,8 @@ def sync_catalog(specs: Iterable[TypeSpec] | None = None) -> int:
                     int(spec.digest_window.total_seconds()) if spec.digest_window else None
                 ),
                 "digest_first_now": spec.digest_first_now,
+                "digest_cadence": spec.digest_cadence,
+                "throttle_over": spec.throttle_over,
                 "code_defined": True,
             },
         )

@@ -39,7 +39,9 @@ from notifier.models import (
 )
 from notifier.models.users import display_name
 from notifier.policies.caps import caps_for, windows_at
+from notifier.policies.digests import Cadence
 from notifier.policies.preferences import Preferences, can_switch_off, channel_enabled
+from notifier.services.cadences import WEEKDAYS, CadenceState, digest_cadences_of
 from notifier.services.support import MAX_WHY
 from notifier.status import Reason
 
@@ -259,6 +261,8 @@ class Overview:
     suppressions: list[SuppressedAddress]
     actions: list[SupportAction] = field(default_factory=list)
     dates: list[DateRow] = field(default_factory=list)
+    # How often their digests come, in words: "all: daily at 09:00", "social.new_comment: ...".
+    digest_cadences: list[str] = field(default_factory=list)
 
 
 def customer_overview(*, user: Any, profile: Recipient, masker: Masker) -> Overview:
@@ -291,7 +295,17 @@ def customer_overview(*, user: Any, profile: Recipient, masker: Masker) -> Overv
         suppressions=suppressions,
         actions=actions,
         dates=dates_of(user.pk),
+        digest_cadences=[_cadence_words(c) for c in digest_cadences_of(user_id=user.pk)],
     )
+
+
+def _cadence_words(state: CadenceState) -> str:
+    scope = state.scope or "all types"
+    if state.cadence == Cadence.DAILY:
+        return f"{scope}: daily at {state.at:%H:%M} their time"
+    if state.cadence == Cadence.WEEKLY:
+        return f"{scope}: weekly, {WEEKDAYS[state.weekday]} at {state.at:%H:%M} their time"
+    return f"{scope}: {state.cadence}"
 
 
 # --- The fix forms --------------------------------------------------------------------------

@@ -65,6 +65,7 @@ SUPPORT_VIEWS_NOTIFIER = (
     "deadletter",
     "inboxitem",
     "preference",
+    "digestcadence",  # how often their digests come: a preference like the others
     "consent",
     "suppressedaddress",  # "why no email?": the address bounced or complained
     "providerevent",  # what each provider webhook said and did

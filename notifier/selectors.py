@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import time
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -35,6 +35,7 @@ from notifier.models import (
     Preference,
     Recipient,
     Snooze,
+    ThrottleOver,
     TopicSnooze,
     User,
 )
@@ -59,6 +60,13 @@ class TypeInfo:
     escalation: tuple[EscalationStep, ...] = ()
     digest_window: timedelta | None = None
     digest_first_now: bool = False
+    digest_cadence: bool = False  # each recipient's cadence decides their window
+    throttle_folds: bool = False  # over the throttle: into a digest, not dropped
+
+    @property
+    def digests(self) -> bool:
+        """Whether any of its messages may be collected into a digest."""
+        return self.digest_window is not None or self.digest_cadence or self.throttle_folds
 
     @property
     def lane(self) -> Lane:
@@ -79,6 +87,9 @@ class TypeInfo:
             escalation=escalation_steps(row.escalation),
             digest_window=timedelta(seconds=row.digest_window_s) if row.digest_window_s else None,
             digest_first_now=row.digest_first_now,
+            digest_cadence=row.digest_cadence,
+            throttle_folds=row.throttle_over == ThrottleOver.DIGEST
+            and row.throttle_limit is not None,
         )
 
 
@@ -189,6 +200,29 @@ def inbox_item_topics(*, message_ids: Iterable[int]) -> dict[int, str]:
     return dict(
         Message.objects.filter(pk__in=wanted, topic__isnull=False).values_list("pk", "topic__key")
     )
+
+
+def message_inbox_group(message: Message) -> tuple[str | None, int]:
+    """The inbox group of a message of a type that digests (its digest key, else its throttle
+    key when the type folds its throttle's overflow, else "": the type itself) and how many
+    messages it stands for (a digest's count, or one); (None, 1) for any other message."""
+    info = type_info_get(message.type_id)
+    if info is None or not info.digests or message.is_test:
+        return None, 1
+    key = message.digest_key or (message.throttle_key if info.throttle_folds else None) or ""
+    carried = message.context.get("digest") if isinstance(message.context, dict) else None
+    count = carried.get("count") if message.digest_id and isinstance(carried, dict) else None
+    return key, count if type(count) is int and count > 0 else 1
+
+
+def inbox_groups(types: Mapping[int, str]) -> dict[int, tuple[str | None, int]]:
+    """`message_inbox_group` of the messages (id -> type key) whose types digest; one query,
+    none when no type does."""
+    ids = [pk for pk, key in types.items() if (info := type_info_get(key)) and info.digests]
+    if not ids:
+        return {}
+    fields = ("id", "type_id", "digest_id", "digest_key", "throttle_key", "is_test", "context")
+    return {m.pk: message_inbox_group(m) for m in Message.objects.filter(pk__in=ids).only(*fields)}
 
 
 def inbox_unread_count(*, user_id: UserKey) -> int:

@@ -26,6 +26,11 @@ from notifier.models.api_keys import ApiScope
 from notifier.pages.preferences import preference_centre
 from notifier.request_limits import request_ip
 from notifier.services.app_tokens import app_token_issue
+from notifier.services.cadences import (
+    digest_cadence_clear,
+    digest_cadence_set,
+    digest_cadences_json,
+)
 from notifier.services.date_series import recipient_dates_of
 from notifier.services.devices import device_register, device_unregister, devices_of
 from notifier.services.erasure import recipient_erase, recipient_export, suppressed
@@ -602,6 +607,78 @@ def snooze_delete(
     recipient = recipient_get(external_id)
     snooze_lift(user_id=recipient.user_id, type_key=type_key)
     return Status(200, snoozes_json(recipient.user_id))
+
+
+class CadenceOut(Schema):
+    type: str | None = Field(description="A type's key; null: every type that honours it")
+    cadence: str
+    at: str = Field(description="Daily and weekly: the local time, HH:MM")
+    weekday: str = Field(description="Weekly: the day, monday .. sunday")
+
+
+class CadencesOut(Schema):
+    cadences: list[CadenceOut] = Field(description="Their choices, the one for all types first")
+    types: list[str] = Field(description="The types that come as digests at their cadence")
+    choices: list[str]
+
+
+class CadenceIn(Schema):
+    type: StrictStr | None = Field(
+        default=None, description="A type's key; null or absent: every type that honours it"
+    )
+    cadence: Literal["immediately", "hourly", "daily", "weekly"]
+    at: StrictStr | None = Field(default=None, description='Local time, "09:00" if absent')
+    weekday: StrictStr | None = Field(default=None, description='"monday" if absent')
+
+
+@router.get(
+    "/{external_id}/digest-cadence",
+    auth=ApiKeyAuth(ApiScope.RECIPIENTS, ApiScope.READ, app=True),
+    response=answers({200: CadencesOut}, 404),
+    summary="How often a recipient's digests come",
+)
+def digest_cadence_read(request: HttpRequest, external_id: ExternalId) -> Status[dict[str, Any]]:
+    return Status(200, digest_cadences_json(user_id=recipient_get(external_id).user_id))
+
+
+@router.put(
+    "/{external_id}/digest-cadence",
+    auth=ApiKeyAuth(ApiScope.RECIPIENTS, app=True),
+    response=answers({200: CadencesOut}, 404),
+    summary="Choose how often a recipient's digests come",
+)
+def digest_cadence_put(
+    request: HttpRequest, external_id: ExternalId, body: CadenceIn
+) -> Status[dict[str, Any]]:
+    """For every type that honours it (`type` null) or for one (which wins): `immediately`
+    (each as it comes), `hourly`, `daily` at `at` or `weekly` on `weekday` at `at`, on their
+    own clock. The next digest that opens follows it. A type that is not sent as digests, or
+    a time or day that is not one, is refused (422)."""
+    recipient = recipient_get(external_id)
+    digest_cadence_set(
+        user_id=recipient.user_id,
+        scope=body.type,
+        cadence=body.cadence,
+        at=body.at,
+        weekday=body.weekday,
+    )
+    return Status(200, digest_cadences_json(user_id=recipient.user_id))
+
+
+@router.delete(
+    "/{external_id}/digest-cadence",
+    auth=ApiKeyAuth(ApiScope.RECIPIENTS, app=True),
+    response=answers({200: CadencesOut}, 404),
+    summary="Forget a recipient's cadence choice",
+)
+def digest_cadence_delete(
+    request: HttpRequest, external_id: ExternalId, type: str | None = None
+) -> Status[dict[str, Any]]:
+    """`?type=` the type's choice (back to the one for all types); without it, the one for
+    all types (back to each type's own window)."""
+    recipient = recipient_get(external_id)
+    digest_cadence_clear(user_id=recipient.user_id, scope=type)
+    return Status(200, digest_cadences_json(user_id=recipient.user_id))
 
 
 class TopicsOut(Schema):

@@ -9,7 +9,7 @@ class Migration(migrations.Migration):
 
     dependencies = [
         ('campaigns', '0017_campaign_seed_list'),
-        ('notifier', '0038_date_series'),
+        ('notifier', '0039_digest_cadence'),
     ]
 
     operations = [

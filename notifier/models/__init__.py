@@ -24,6 +24,7 @@ from notifier.models.preferences import (
     CapPeriod,
     Consent,
     ConsentPurpose,
+    DigestCadence,
     FrequencyCounter,
     Preference,
     Snooze,
@@ -56,7 +57,7 @@ from notifier.models.topics import (
     TopicSnooze,
     TopicSubscription,
 )
-from notifier.models.types import Kind, NotificationType, Priority
+from notifier.models.types import Kind, NotificationType, Priority, ThrottleOver
 from notifier.models.users import Device, MarketingFrequency, Platform, User
 
 __all__ = [
@@ -73,6 +74,7 @@ __all__ = [
     "DeliveryEvent",
     "Device",
     "Digest",
+    "DigestCadence",
     "DigestState",
     "ErasedIdentifier",
     "ErasureRecord",
@@ -101,6 +103,7 @@ __all__ = [
     "SupportActionKind",
     "SuppressedAddress",
     "SuppressionReason",
+    "ThrottleOver",
     "ThrottleSlot",
     "Topic",
     "TopicSend",

@@ -34,8 +34,20 @@ class InboxItem(models.Model):
     archived_at = models.DateTimeField(null=True, blank=True)
     feedback = models.CharField(max_length=12, choices=Feedback.choices, blank=True, default="")
     feedback_at = models.DateTimeField(null=True, blank=True)
+    # A digest's group (its digest key, "" for the type itself; NULL: not a digest type's):
+    # while its item is not archived, the group's next in-app message updates it in place.
+    group_key = models.CharField(max_length=255, null=True, blank=True)  # noqa: DJ001
+    group_count = models.PositiveIntegerField(db_default=1, help_text="Messages it stands for")
 
     class Meta:
+        constraints = [
+            # One live item per digest group: two deliveries of one group at once meet here.
+            models.UniqueConstraint(
+                fields=["user", "type_key", "group_key"],
+                condition=Q(group_key__isnull=False, archived_at__isnull=True),
+                name="inbox_one_live_group",
+            ),
+        ]
         indexes = [
             # The inbox pages (current and archived, filtered on archived_at), and every lookup
             # by user: erasure, feedback counts, the foreign-key check when a user goes. One

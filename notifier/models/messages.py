@@ -90,6 +90,11 @@ class Message(models.Model):
         related_name="+",
         db_index=False,
     )
+    # Collected into its digest because its throttle was full (the type folds what is over
+    # its throttle), not because its type digests: the support timeline says which.
+    throttled_into_digest = models.BooleanField(
+        db_default=False, editable=False, help_text="Over its throttle, folded into its digest"
+    )
     # What its type's throttle counts it under (e.g. "product:42"); NULL: the type itself.
     throttle_key = models.CharField(  # noqa: DJ001
         max_length=255,

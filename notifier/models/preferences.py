@@ -36,6 +36,35 @@ class Preference(models.Model):
         return f"{self.category} on {self.channel}: {'on' if self.enabled else 'off'}"
 
 
+class DigestCadence(models.Model):
+    """How often a person wants their digests (`notifier.policies.digests`): for every type that
+    honours it (`scope` empty), or for one type (`scope` is its key), which wins over the first.
+    No row: the type's own window. Only types with `digest_cadence` on listen to it."""
+
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, db_index=False)
+    scope = models.CharField(max_length=100, blank=True, default="", help_text="Empty: all types")
+    cadence = models.CharField(
+        max_length=12,
+        choices=[
+            ("immediately", "Immediately"),
+            ("hourly", "Hourly"),
+            ("daily", "Daily"),
+            ("weekly", "Weekly"),
+        ],
+    )
+    at = models.TimeField(help_text="Daily and weekly: the local time it comes")
+    weekday = models.PositiveSmallIntegerField(default=0, help_text="Weekly: 0 Monday - 6 Sunday")
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["user", "scope"], name="digest_cadence_user_scope")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.scope or 'all'}: {self.cadence}"
+
+
 class ConsentPurpose(models.TextChoices):
     MARKETING = "marketing", "Marketing messages"
 

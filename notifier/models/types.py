@@ -24,6 +24,11 @@ class Priority(models.TextChoices):
 PRIORITY_RANK = {Priority.CRITICAL: 0, Priority.HIGH: 1, Priority.NORMAL: 2, Priority.LOW: 3}
 
 
+class ThrottleOver(models.TextChoices):
+    DROP = "drop", "Dropped (suppressed, reason throttled)"
+    DIGEST = "digest", "Folded into a digest for the same key"
+
+
 class NotificationType(models.Model):
     """Code-defined types are synced from `notifier.catalog` after every migrate."""
 
@@ -63,6 +68,22 @@ class NotificationType(models.Model):
     digest_first_now = models.BooleanField(
         default=False, help_text="With a digest: the first of a window goes at once, alone"
     )
+    # Each recipient's own cadence (notifier.models.DigestCadence) decides the window of their
+    # digest; digest_window_s is then the window of those who chose none (empty: immediately).
+    digest_cadence = models.BooleanField(
+        default=False,
+        help_text="Digest at each recipient's chosen cadence (immediately, hourly, daily, "
+        "weekly); the window above is for those who chose none",
+    )
+    # What becomes of the messages over the throttle's limit: dropped, or collected into the
+    # digest for the same recipient and key (the throttle key when there is no digest key).
+    throttle_over = models.CharField(
+        max_length=8,
+        choices=ThrottleOver.choices,
+        default=ThrottleOver.DROP,
+        help_text="Over the throttle: dropped, or folded into a digest sent when the digest's "
+        "window (or else the throttle's) ends",
+    )
     # Escalation: [{"channel": "inapp", "after_s": 0}, {"channel": "push", "after_s": 600},
     # {"channel": "sms", "after_s": 3600, "critical_only": true}]: the first step at once, each
     # later one after its wait only if nothing of the message was read, opened or clicked.
@@ -86,6 +107,16 @@ class NotificationType(models.Model):
         if (self.throttle_limit is None) != (self.throttle_window_s is None):
             raise ValidationError(
                 "A throttle needs both its limit and its window (or neither, for no throttle)"
+            )
+        if self.throttle_over == ThrottleOver.DIGEST and self.throttle_limit is None:
+            raise ValidationError(
+                {"throttle_over": "Folding into a digest needs a throttle (its limit and window)"}
+            )
+        digests = self.digest_window_s or self.digest_cadence or self.throttle_over == "digest"
+        if digests and (self.kind == Kind.TRANSACTIONAL or self.priority == Priority.CRITICAL):
+            raise ValidationError(
+                "Transactional and critical messages are never digested: leave the digest "
+                "window, the cadence and the throttle's folding off"
             )
         problem = escalation_problem(self.escalation, list(self.channels or []))
         if problem:

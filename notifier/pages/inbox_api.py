@@ -146,6 +146,10 @@ def item_json(item: InboxItem, topics: Mapping[int, str] | None = None) -> dict[
         "read_at": item.read_at.isoformat() if item.read_at else None,
         "archived_at": item.archived_at.isoformat() if item.archived_at else None,
         "feedback": item.feedback or None,
+        # A digest's group, one item that updates: its digest key and how many it stands for.
+        "group": {"key": item.group_key, "count": item.group_count}
+        if item.group_key is not None
+        else None,
         # Whether its type may be snoozed (POST .../snooze/): what may be switched off.
         "snoozable": snoozable(item.type_key),
         # The topic whose send it came from (POST .../snooze-topic/ mutes it), or null.

@@ -4,7 +4,10 @@ JSON (session-authenticated; PATCH and POST need the CSRF token like any Django 
 
 GET   /api/preferences/           every category's switches, marketing frequency, consent
 PATCH /api/preferences/           {"preferences": [{"category": "marketing", "channel": "email",
-                                   "enabled": false}], "marketing_frequency": "weekly"}
+                                   "enabled": false}], "marketing_frequency": "weekly",
+                                   "digest_cadences": [{"type": null, "cadence": "daily",
+                                   "at": "09:00"}, {"type": "social.new_comment",
+                                   "cadence": null}]}  (null cadence: forget that choice)
 POST  /api/preferences/consent/   {"channel": "email", "granted": true, "wording": "..."}
 
 Pages behind a signed link (no login; the token names the user, nothing in the request can):
@@ -32,6 +35,7 @@ from django.db import transaction
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import render
 from django.urls import reverse
+from django.utils.dates import WEEKDAYS
 from django.utils.translation import gettext
 from django.utils.translation import gettext_lazy as _
 from django.views.decorators.cache import never_cache
@@ -66,9 +70,17 @@ from notifier.pages.words import (
     topic_of,
     type_words,
 )
+from notifier.policies.digests import DEFAULT_AT, DEFAULT_WEEKDAY, Cadence
 from notifier.policies.preferences import ConsentState, Preferences, can_switch_off, channel_enabled
 from notifier.request_limits import request_ip
 from notifier.selectors import consent_of, preferences_of
+from notifier.services.cadences import (
+    CadenceState,
+    cadence_types,
+    digest_cadence_clear,
+    digest_cadence_set,
+    digest_cadences_of,
+)
 from notifier.services.preferences import (
     CONCRETE_CHANNELS,
     Category,
@@ -181,6 +193,12 @@ class PreferenceCentre:
     groups: tuple[Group, ...]
     marketing_frequency: str
     consent: tuple[ConsentView, ...]
+    # Digest cadence: the person's choices, and the types that come at it (key, name).
+    cadences: tuple[CadenceState, ...] = ()
+    cadence_types: tuple[tuple[str, str], ...] = ()
+
+    def cadence_for(self, scope: str) -> CadenceState | None:
+        return next((c for c in self.cadences if c.scope == scope), None)
 
     def categories(self) -> list[CategoryView]:
         return [c for group in self.groups for c in (group.kind, *group.types)]
@@ -198,6 +216,9 @@ class PreferenceCentre:
                 c.channel: {"granted": c.granted, "at": c.at.isoformat() if c.at else None}
                 for c in self.consent
             },
+            "digest_cadences": [c.as_json() for c in self.cadences],
+            "digest_cadence_types": [key for key, _ in self.cadence_types],
+            "digest_cadence_choices": [str(c) for c in Cadence],
         }
 
 
@@ -271,10 +292,13 @@ def preference_centre(*, user_id: UserKey) -> PreferenceCentre:
             if t.kind == kind
         )
         groups.append(Group(kind=kind_view, types=type_views))
+    with_cadence = set(cadence_types())
     return PreferenceCentre(
         groups=tuple(groups),
         marketing_frequency=prefs.marketing_frequency,
         consent=tuple(_consent_view(consent, c) for c in settings.NOTIFIER_CONSENT_CHANNELS),
+        cadences=tuple(digest_cadences_of(user_id=user_id)),
+        cadence_types=tuple((t.key, t.name) for t in types if t.key in with_cadence),
     )
 
 
@@ -339,6 +363,33 @@ def _changes_from(items: object) -> list[PreferenceChange]:
     return changes
 
 
+def _cadences_from(items: object) -> list[dict[str, Any]]:
+    example = '[{"type": null, "cadence": "daily", "at": "09:00"}]'
+    if not isinstance(items, list) or len(items) > 100:
+        raise BadRequest(f"digest_cadences must be a list such as {example}")
+    for n, item in enumerate(items):
+        if not isinstance(item, dict) or set(item) - {"type", "cadence", "at", "weekday"}:
+            raise BadRequest(
+                f"digest_cadences[{n}] must be an object with type, cadence and optional at "
+                "and weekday"
+            )
+    return items
+
+
+def _cadence_apply(user_id: UserKey, item: dict[str, Any]) -> None:
+    """One cadence choice from the API: set it, or (cadence null) forget it."""
+    if item.get("cadence") is None:
+        digest_cadence_clear(user_id=user_id, scope=item.get("type"))
+    else:
+        digest_cadence_set(
+            user_id=user_id,
+            scope=item.get("type"),
+            cadence=item["cadence"],
+            at=item.get("at"),
+            weekday=item.get("weekday"),
+        )
+
+
 @require_http_methods(["GET", "PATCH"])
 @preferences_api
 def preferences_json(request: HttpRequest) -> JsonResponse:
@@ -350,15 +401,19 @@ def preferences_json(request: HttpRequest) -> JsonResponse:
             '{"preferences": [{"category": "marketing", "channel": "email", '
             '"enabled": false}], "marketing_frequency": "weekly"}',
         )
-        if "preferences" not in body and "marketing_frequency" not in body:
-            raise BadRequest("send preferences, marketing_frequency or both")
+        if not {"preferences", "marketing_frequency", "digest_cadences"} & set(body):
+            raise BadRequest("send preferences, marketing_frequency, digest_cadences or some")
         changes = _changes_from(body.get("preferences", []))
+        cadences = _cadences_from(body.get("digest_cadences", []))
         frequency = body.get("marketing_frequency")
         if frequency is not None and not isinstance(frequency, str):
             raise BadRequest(
                 f"marketing_frequency must be one of {', '.join(MarketingFrequency.values)}"
             )
-        preferences_update(user_id=user_id, changes=changes, marketing_frequency=frequency)
+        with transaction.atomic():  # all of it, or none
+            preferences_update(user_id=user_id, changes=changes, marketing_frequency=frequency)
+            for item in cadences:
+                _cadence_apply(user_id, item)
     return JsonResponse(preference_centre(user_id=user_id).as_json())
 
 
@@ -813,11 +868,87 @@ def _page_save(request: HttpRequest, *, user_id: UserKey, centre: PreferenceCent
                     ip_address=ip,
                 )
                 done.append(gettext("%(what)s %(channel)s: agreement withdrawn") % words)
+        done += _page_cadences_save(request, user_id=user_id, centre=centre)
     switched = [_switch_line(change) for change in changes]
     if frequency and frequency != centre.marketing_frequency:
         label = str(FREQUENCY_NAMES.get(frequency, frequency))
         switched.append(gettext("How often we send offers: %(choice)s") % {"choice": label})
     return switched + done
+
+
+# How often digests come, as the page names the choices ("": the type's own way).
+CADENCE_NAMES: dict[str, Any] = {
+    "": _("As each kind of message usually comes"),
+    "immediately": _("Each one as it happens"),
+    "hourly": _("Together, once an hour"),
+    "daily": _("Together, once a day"),
+    "weekly": _("Together, once a week"),
+}
+SAME_AS_ALL = _("Like the rest")
+
+
+@dataclass(frozen=True, slots=True)
+class CadenceRow:
+    """One cadence select on the page: for all types (`scope` "") or one type."""
+
+    field: str
+    scope: str
+    name: str
+    chosen: str  # a cadence, or "" for no choice
+
+
+def cadence_rows(centre: PreferenceCentre) -> list[CadenceRow]:
+    """The page's cadence selects: the one for all types, then one per type."""
+    if not centre.cadence_types:
+        return []
+    rows = [CadenceRow("digest_cadence", "", "", _chosen(centre, ""))]
+    for key, name in centre.cadence_types:
+        # The customer's words for the type, in the language being spoken.
+        name = type_words(type_key=key, name=name, description="")[0]
+        rows.append(CadenceRow(f"digest_cadence:{key}", key, name, _chosen(centre, key)))
+    return rows
+
+
+def _chosen(centre: PreferenceCentre, scope: str) -> str:
+    state = centre.cadence_for(scope)
+    return str(state.cadence) if state is not None else ""
+
+
+def _page_cadences_save(
+    request: HttpRequest, *, user_id: UserKey, centre: PreferenceCentre
+) -> list[str]:
+    """Save the cadence selects that changed (and the time and day, when they changed for a
+    choice that uses them); what changed, in words. Inside the page's transaction."""
+    rows = cadence_rows(centre)
+    if not rows or "digest_cadence" not in request.POST:
+        return []  # the page showed no cadences (or an older page posted): leave them be
+    overall = centre.cadence_for("")
+    at = request.POST.get("digest_at") or (overall.at.strftime("%H:%M") if overall else None)
+    weekday = request.POST.get("digest_weekday") or None
+    done = []
+    for row in rows:
+        wanted = request.POST.get(row.field, row.chosen)
+        state = centre.cadence_for(row.scope)
+        moved = state is not None and (
+            (at is not None and state.at.strftime("%H:%M") != at)
+            or (weekday is not None and str(state.weekday) != weekday)
+        )
+        if wanted == row.chosen and not (wanted in ("daily", "weekly") and moved):
+            continue
+        if wanted:
+            digest_cadence_set(
+                user_id=user_id,
+                scope=row.scope,
+                cadence=wanted,
+                at=at,
+                weekday=int(weekday) if weekday and weekday.isdigit() else weekday,
+            )
+        else:
+            digest_cadence_clear(user_id=user_id, scope=row.scope)
+        choice = str(CADENCE_NAMES.get(wanted, wanted)) if wanted or row.scope == "" else ""
+        words = {"what": row.name or gettext("Summaries"), "choice": choice or str(SAME_AS_ALL)}
+        done.append(gettext("%(what)s: %(choice)s") % words)
+    return done
 
 
 @never_cache
@@ -842,6 +973,12 @@ def preferences_page(request: HttpRequest, token: str) -> HttpResponse:
             "sections": page_sections(centre),
             "centre": centre,
             "frequencies": [(v, str(n)) for v, n in FREQUENCY_NAMES.items()],
+            "cadence_rows": cadence_rows(centre),
+            "cadence_names": [(v, str(n)) for v, n in CADENCE_NAMES.items()],
+            "cadence_at": _cadence_at(centre),
+            "cadence_weekday": (c.weekday if (c := centre.cadence_for("")) else DEFAULT_WEEKDAY),
+            "weekdays": list(WEEKDAYS.items()),
+            "same_as_all": str(SAME_AS_ALL),
             "saved": saved,
             "changed": changed,
             "problem": problem,
@@ -853,3 +990,8 @@ def preferences_page(request: HttpRequest, token: str) -> HttpResponse:
         user_id=user_id,
         status=400 if problem else 200,
     )
+
+
+def _cadence_at(centre: PreferenceCentre) -> str:
+    state = centre.cadence_for("")
+    return (state.at if state is not None else DEFAULT_AT).strftime("%H:%M")

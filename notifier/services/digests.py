@@ -20,6 +20,16 @@ killed, a task run twice or two beat processes at once cost nothing:
   commits, the digest is no longer open, and the message opens the next one. Never lost,
   never in two.
 
+- **Each person's cadence**: a type with `digest_cadence` takes the window from the person's
+  choice (`DigestCadence`: immediately, hourly, daily or weekly at their local time; for the
+  type, or else for all such types; none: the type's window). The due time is worked out once,
+  when the digest opens (`notifier.policies.digests.digest_due_at`), and stored on it: the
+  flush reads the `due_at` index and computes nothing per row. Transactional and critical
+  messages are never collected.
+- **Folding a throttle's overflow**: a type with `throttle_over = "digest"` collects the
+  messages its throttle stops (`digests_fold`, after routing) into the digest of their key
+  (the digest key, or else the throttle key), marked `throttled_into_digest` for support.
+
 The digest's message goes through routing like any other (preferences, quiet hours, caps,
 escalation); its templates see `digest` (`{% if digest %}{{ digest.count }} new comments`).
 """
@@ -36,8 +46,11 @@ from django.db import DatabaseError, transaction
 from django.db.models import F
 from django.utils import timezone
 
-from notifier.db import insert_rows
-from notifier.models import Digest, DigestState, Message
+from notifier.db import any_of, insert_rows
+from notifier.local_formats import zone_of
+from notifier.models import Digest, DigestCadence, DigestState, Message
+from notifier.models.recipients import recipient_for
+from notifier.policies.digests import Cadence, CadenceChoice, digest_due_at, never_digested
 from notifier.selectors import TypeInfo, type_info_get
 from notifier.services.messages import NewMessage, messages_create
 
@@ -54,12 +67,53 @@ class FlushReport:
 
 
 def _rule(message: Message) -> TypeInfo | None:
-    """The type's digest, when this message is one to collect: not a digest's own message,
-    not a marketer's test."""
+    """The type, when this message is one its type may collect: not a digest's own message,
+    not a marketer's test, not one with a cancel key, never a transactional or critical one."""
     if message.digest_id is not None or message.is_test or message.cancel_key is not None:
         return None  # a cancel key names this message: it is sent, and cancelled, alone
     info = type_info_get(message.type_id)
-    return info if info is not None and info.digest_window is not None else None
+    if info is None or not info.digests:
+        return None
+    return None if never_digested(kind=info.kind, priority=message.priority) else info
+
+
+def cadences_of(messages: Sequence[Message]) -> dict[tuple[object, str], CadenceChoice]:
+    """The cadences the messages' people chose, by (user id, scope): one query for the batch,
+    and none when no message is of a type that honours them."""
+    users = {
+        m.user_id for m in messages if (info := type_info_get(m.type_id)) and info.digest_cadence
+    }
+    if not users:
+        return {}
+    rows = DigestCadence.objects.filter(any_of("user_id", users)).values_list(
+        "user_id", "scope", "cadence", "at", "weekday"
+    )
+    return {
+        (user_id, scope): CadenceChoice(Cadence(cadence), at, weekday)
+        for user_id, scope, cadence, at, weekday in rows
+    }
+
+
+def _due_at(
+    message: Message,
+    info: TypeInfo,
+    cadences: dict[tuple[object, str], CadenceChoice],
+    now: datetime,
+    fallback: timedelta | None = None,
+) -> datetime | None:
+    """When a digest this message opens is due: at the person's cadence when the type honours
+    it and they chose one (for this type, or else for all), else at the end of the type's
+    window (or `fallback`'s). None: the message is not collected (it goes as it comes)."""
+    if info.digest_cadence:
+        choice = cadences.get((message.user_id, message.type_id)) or cadences.get(
+            (message.user_id, "")
+        )
+        if choice is not None and choice.cadence == Cadence.IMMEDIATELY:
+            return now + fallback if fallback is not None else None
+        if choice is not None:
+            return digest_due_at(choice, zone_of(recipient_for(message.user).time_zone), now)
+    window = info.digest_window or fallback
+    return now + window if window is not None else None
 
 
 def digests_collect(messages: Sequence[Message], now: datetime) -> set[int]:
@@ -67,31 +121,69 @@ def digests_collect(messages: Sequence[Message], now: datetime) -> set[int]:
     (they count as routed now, with no delivery: the caller routes the rest). Inside the
     caller's transaction, which holds the messages' locks."""
     collected: set[int] = set()
-    # Digests are locked in one order by every run (by person, type and key), so two runs
-    # touching the same two digests never wait for each other crosswise.
-    order = sorted(
-        messages,
-        key=lambda m: (str(m.user_id), m.type_id, m.digest_key or "", m.created_at, m.pk),
-    )
-    for message in order:
+    cadences = cadences_of(messages)
+    for message in _lock_order(messages):
         info = _rule(message)
         if info is None or (message.not_before is not None and message.not_before > now):
             continue  # a message scheduled for later goes at its time, alone
-        assert info.digest_window is not None
-        digest, opened = _open_digest(message, info.digest_window, now)
+        due = _due_at(message, info, cadences, now)
+        if due is None:
+            continue  # no window for this person: it goes as it comes
+        digest, opened = _open_digest(message, message.digest_key or "", due, now)
         if opened and info.digest_first_now:
             continue  # the first of its window: routed at once, alone
-        Digest.objects.filter(pk=digest).update(count=F("count") + 1)
+        _attach(message, digest, now)
         collected.add(message.pk)
-        Message.objects.filter(pk=message.pk).update(digest_id=digest, routed_at=now)
     return collected
 
 
-def _open_digest(message: Message, window: timedelta, now: datetime) -> tuple[int, bool]:
-    """The person's open digest for the message's key, locked: (its id, whether this call
+def digests_fold(messages: Sequence[Message], now: datetime) -> set[int]:
+    """Fold messages their throttle stopped into the open digest for their key (the digest key,
+    or else the throttle key), for the types that fold rather than drop; returns the ids folded
+    (they count as routed, marked `throttled_into_digest`). A digest they open is due at the
+    person's cadence or the type's digest window, or else when the throttle's window ends."""
+    folded: set[int] = set()
+    cadences = cadences_of(messages)
+    for message in _lock_order(messages):
+        info = _rule(message)
+        if info is None or not info.throttle_folds or info.throttle is None:
+            continue
+        due = _due_at(message, info, cadences, now, fallback=info.throttle.window)
+        assert due is not None  # the throttle's window is the fallback
+        key = message.digest_key or message.throttle_key or ""
+        digest, _ = _open_digest(message, key, due, now)
+        _attach(message, digest, now, throttled=True)
+        folded.add(message.pk)
+    return folded
+
+
+def _lock_order(messages: Sequence[Message]) -> list[Message]:
+    # Digests are locked in one order by every run (by person, type and key), so two runs
+    # touching the same two digests never wait for each other crosswise.
+    return sorted(
+        messages,
+        key=lambda m: (
+            str(m.user_id),
+            m.type_id,
+            m.digest_key or m.throttle_key or "",
+            m.created_at,
+            m.pk,
+        ),
+    )
+
+
+def _attach(message: Message, digest: int, now: datetime, *, throttled: bool = False) -> None:
+    Digest.objects.filter(pk=digest).update(count=F("count") + 1)
+    Message.objects.filter(pk=message.pk).update(
+        digest_id=digest, routed_at=now, throttled_into_digest=throttled
+    )
+
+
+def _open_digest(message: Message, key: str, due: datetime, now: datetime) -> tuple[int, bool]:
+    """The person's open digest for the type and `key`, locked: (its id, whether this call
     opened it). Two runs opening one at once meet at the partial unique index; the loser
-    waits for the winner's commit and takes its digest."""
-    key = message.digest_key or ""
+    waits for the winner's commit and takes its digest. An open digest keeps the due time it
+    opened with, even when the person changes their cadence meanwhile."""
     for _ in range(3):
         found = (
             Digest.objects.select_for_update()
@@ -104,7 +196,7 @@ def _open_digest(message: Message, window: timedelta, now: datetime) -> tuple[in
         made = insert_rows(
             Digest,
             ("user", "type", "key", "state", "opened_at", "due_at", "count"),
-            [(message.user_id, message.type_id, key, D.OPEN, now, now + window, 0)],
+            [(message.user_id, message.type_id, key, D.OPEN, now, due, 0)],
             returning=("id",),
             ignore_conflicts=True,
         )

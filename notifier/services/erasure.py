@@ -56,6 +56,7 @@ from notifier.models import (
     DeliveryEvent,
     Device,
     Digest,
+    DigestCadence,
     ErasedIdentifier,
     ErasureRecord,
     EventKind,
@@ -293,6 +294,12 @@ CORE_TABLES: tuple[PersonalTable, ...] = (
         section="snoozes",
     ),
     PersonalTable(
+        "notifier.DigestCadence",
+        lambda p: DigestCadence.objects.filter(user_id=p.user_id),
+        delete=True,
+        section="digest_cadences",
+    ),
+    PersonalTable(
         "notifier.Digest",
         lambda p: Digest.objects.filter(user_id=p.user_id),
         delete=True,
@@ -351,7 +358,7 @@ CORE_TABLES: tuple[PersonalTable, ...] = (
     PersonalTable(
         "notifier.InboxItem",
         lambda p: InboxItem.objects.filter(user_id=p.user_id),
-        blank={"title": "", "body": "", "link": ""},
+        blank={"title": "", "body": "", "link": "", "group_key": None},
         keep={
             "user": "reads and feedback count in campaign statistics",
             "category": "a notification kind",

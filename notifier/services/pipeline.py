@@ -97,6 +97,7 @@ from notifier.selectors import (
     TypeInfo,
     consent_of,
     irrelevant_feedback_counts,
+    message_inbox_group,
     message_unreadable_reason,
     preferences_of,
     snoozes_of,
@@ -105,7 +106,7 @@ from notifier.selectors import (
 )
 from notifier.services.admission import Admission, message_admission, settle_caps
 from notifier.services.breakers import breaker_waiters_wake
-from notifier.services.digests import digests_collect
+from notifier.services.digests import digests_collect, digests_fold
 from notifier.services.messages import (
     NewMessage,
     as_message,
@@ -638,6 +639,7 @@ def inbox_items_write(
             r.content.get("title", ""),
             r.content.get("body", ""),
             r.content.get("link", ""),
+            *message_inbox_group(messages[r.message_id]),
         )
         for r in rows
         if r.status == S.SENT and (r.message_id, r.channel) in ids
@@ -802,7 +804,17 @@ def messages_prepare(*, message_ids: Sequence[int], run_id: int | None = None) -
         audience = audience_of(messages, now)
         rows: list[Routed] = []
         updates: list[tuple[Any, ...]] = []
-        for outcome in route_many(messages, audience, now):
+        outcomes = route_many(messages, audience, now)
+        # What a folding type's throttle stopped goes into the digest of its key instead.
+        folded = digests_fold(
+            [o.message for o in outcomes if o.admission and o.admission.reason == Reason.THROTTLED],
+            now,
+        )
+        if folded:
+            written[COLLECTED] += len(folded)
+            outcomes = [o for o in outcomes if o.message.pk not in folded]
+            messages = [m for m in messages if m.pk not in folded]
+        for outcome in outcomes:
             rows += outcome_rows(outcome, audience, now)
             cap = outcome.admission.cap if outcome.admission else None
             updates.append(

@@ -39,6 +39,8 @@ def throttles_take(messages: Sequence[Message], now: datetime) -> set[int]:
         info = type_info_get(message.type_id)
         if info is None or info.throttle is None or message.is_test:
             continue
+        if message.digest_id is not None:
+            continue  # a digest's own message: one a window already, what it carries counted
         if message.not_before is not None and message.not_before > now:
             continue  # scheduled: it takes its slot when it goes (the release)
         throttles[message.type_id] = info.throttle

@@ -340,8 +340,9 @@ def test_history_makes_a_bounded_number_of_queries(
 
     few, many = user_with(10), user_with(30)
     support_client.get(history_url(few))  # warm up the session and the type cache
-    # The customer page's sections above the history (consent, preferences, caps,
-    # suppressions, dates, support's fixes) are one query each, whatever the history's length.
+    # The customer page's sections above the history (consent, preferences, digest cadences,
+    # caps, suppressions, dates, support's fixes) are one query each, whatever the history's
+    # length.
     with django_assert_max_num_queries(17) as ten:
         assert support_client.get(history_url(few)).status_code == 200
     with django_assert_max_num_queries(17) as thirty:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, time, timedelta
 from typing import Any
 
 import pytest
@@ -42,6 +42,7 @@ from notifier.models import (
     Delivery,
     Device,
     Digest,
+    DigestCadence,
     ErasedIdentifier,
     ErasureRecord,
     FrequencyCounter,
@@ -137,6 +138,7 @@ MODELS: dict[type[Model], Access] = {
     DeadLetter: read_only(SUPPORT_ADMIN),
     InboxItem: read_only(SUPPORT_ADMIN),
     Preference: read_only(SUPPORT_ADMIN),
+    DigestCadence: read_only(SUPPORT_ADMIN),
     Consent: read_only(SUPPORT_ADMIN),
     FrequencyCounter: read_only(ADMIN_ONLY),
     Snooze: read_only(ADMIN_ONLY),
@@ -240,6 +242,7 @@ ACTIONS: dict[type[Model], dict[str, frozenset[str]]] = {
     DeadLetter: {"delete_selected": NOBODY, "retry_now": SUPPORT_ADMIN},
     InboxItem: {"delete_selected": NOBODY},
     Preference: {"delete_selected": NOBODY},
+    DigestCadence: {"delete_selected": NOBODY},
     Consent: {"delete_selected": NOBODY},
     FrequencyCounter: {"delete_selected": NOBODY},
     Snooze: {"delete_selected": NOBODY},
@@ -400,6 +403,9 @@ def objects(monkeypatch) -> dict[type[Model], Model]:
         DeadLetter: DeadLetter.objects.get(pk=failed.pk),
         InboxItem: InboxItem.objects.get(message=message),
         Preference: Preference.objects.get(user=customer),
+        DigestCadence: DigestCadence.objects.create(
+            user=customer, scope="", cadence="daily", at=time(9, 0)
+        ),
         Consent: Consent.objects.get(user=customer),
         FrequencyCounter: FrequencyCounter.objects.create(
             user=customer, period="day", window_start=datetime.now(UTC).date()

@@ -224,7 +224,7 @@ def test_switching_off_a_locked_category_is_400_and_nothing_is_written(
     [
         ("{not json", "send a JSON body"),
         ("[1, 2]", "JSON object"),
-        ({}, "send preferences, marketing_frequency or both"),
+        ({}, "send preferences, marketing_frequency, digest_cadences or some"),
         ({"preferences": {"category": "social"}}, "preferences must be a list"),
         ({"preferences": ["social"]}, "preferences[0] must be an object"),
         ({"preferences": [{"channel": "all", "enabled": False}]}, "preferences[0].category"),

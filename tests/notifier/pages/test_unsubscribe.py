@@ -398,7 +398,7 @@ def test_the_preference_page_shows_the_users_switches_frequency_and_consent(user
     # Offers on a channel that needs consent is one box, the consent: no second switch.
     assert "switch:marketing:email" not in form.checkboxes
     assert form.checkboxes["switch:marketing:inapp"] is True
-    assert form.selects == {"marketing_frequency": "as_sent"}
+    assert form.selects["marketing_frequency"] == "as_sent"
     assert form.checkboxes["consent:email"] is True
     assert form.checkboxes["consent:sms"] is False
     assert state(user) == ({("social", "push", False)}, "as_sent", [("email", True)])
@@ -443,7 +443,7 @@ def test_the_preference_page_saves_switches_frequency_and_consent(user, browser)
     assert saved.checkboxes["switch:marketing:inapp"] is False
     assert saved.checkboxes["consent:email"] is False
     assert saved.checkboxes["consent:sms"] is True
-    assert saved.selects == {"marketing_frequency": "weekly"}
+    assert saved.selects["marketing_frequency"] == "weekly"
 
 
 def test_saving_the_page_unchanged_writes_nothing(user, browser):

@@ -1,0 +1,138 @@
+"""The inbox shows a digest group (person, type, digest key) as one item that updates: the
+group's next in-app message updates its live item in place (new words and count, at the top,
+unread again), an archived one is left alone, and two deliveries of one group at once leave
+one item, the newer message's, with the unread count right."""
+
+from __future__ import annotations
+
+import threading
+from datetime import timedelta
+from unittest import mock
+
+import pytest
+from django.db import connection
+from django.utils import timezone
+
+import channels.inapp as inapp
+from notifier.models import Digest, InboxItem, Message, NotificationType
+from notifier.pages.inbox_api import item_json
+from notifier.selectors import inbox_unread_count, type_cache_clear
+from notifier.services.digests import digests_flush
+from notifier.services.inbox import inbox_archive, inbox_mark_read
+from tests.factories import UserFactory
+from tests.notifier.services.test_digests import comment, prepared
+
+pytestmark = pytest.mark.django_db
+
+
+def digest_of(user, *names: str, post: str = "post:42") -> Message:
+    """A digest's own message carrying `names`' comments (not yet prepared)."""
+    messages = [comment(user, name, post) for name in names]
+    prepared(*messages)
+    digest = Digest.objects.get(user=user, state="open", key=post)
+    digests_flush(now=digest.due_at)
+    digest.refresh_from_db()
+    assert digest.message is not None
+    return digest.message
+
+
+def all_wait():
+    NotificationType.objects.filter(pk="social.new_comment").update(digest_first_now=False)
+    type_cache_clear()
+
+
+def test_the_groups_digest_updates_the_item_of_its_first_in_place(published):
+    user = UserFactory()
+    other = comment(user, "Zed", "post:7")
+    prepared(comment(user, "Ana"), other)  # each the first of its window: at once, alone
+    first = InboxItem.objects.get(message__digest_key="post:42")
+    assert (first.group_key, first.group_count) == ("post:42", 1)
+    inbox_mark_read(user_id=user.pk, item_id=first.pk)
+    sent = digest_of(user, "Ben", "Cy")
+    assert prepared(sent) == {"sent": 1}
+    item = InboxItem.objects.get(user=user, group_key="post:42")  # still one
+    assert item.pk == first.pk and item.message_id == sent.pk
+    assert item.title == "Cy and 1 other commented on My trip"
+    assert item.group_count == 2
+    assert item.read_at is None  # unread again
+    assert item.created_at > first.created_at  # at the top again
+    assert InboxItem.objects.filter(user=user).count() == 2  # post:7 has its own
+    assert inbox_unread_count(user_id=user.pk) == 2
+    assert item_json(item)["group"] == {"key": "post:42", "count": 2}
+
+
+def test_an_archived_group_item_is_not_brought_back(published):
+    user = UserFactory()
+    prepared(comment(user, "Ana"))
+    first = InboxItem.objects.get(user=user)
+    inbox_archive(user_id=user.pk, item_id=first.pk)
+    sent = digest_of(user, "Ben")
+    prepared(sent)
+    first.refresh_from_db()
+    assert first.archived_at is not None and first.message.pk != sent.pk
+    new = InboxItem.objects.get(user=user, archived_at__isnull=True)
+    assert new.pk != first.pk and new.message_id == sent.pk
+    assert inbox_unread_count(user_id=user.pk) == 1
+
+
+def test_an_older_digest_delivered_late_does_not_replace_a_newer_one(published):
+    all_wait()
+    user = UserFactory()
+    older = digest_of(user, "Ana")
+    newer = digest_of(user, "Ben", "Cy")
+    prepared(newer)
+    prepared(older)
+    item = InboxItem.objects.get(user=user)
+    assert (item.message_id, item.group_count) == (newer.pk, 2)
+
+
+def test_a_message_of_a_type_that_does_not_digest_gets_an_item_of_its_own(published):
+    user = UserFactory()
+    prepared(comment(user, "Ana"))
+    NotificationType.objects.filter(pk="social.new_comment").update(
+        digest_window_s=None, digest_first_now=False, digest_cadence=False
+    )
+    type_cache_clear()
+    prepared(comment(user, "Ben"))
+    items = InboxItem.objects.filter(user=user).order_by("pk")
+    assert [i.group_key for i in items] == ["post:42", None]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_two_deliveries_of_one_group_at_once_leave_one_item(published):
+    all_wait()
+    user = UserFactory()
+    first, second = digest_of(user, "Ana"), digest_of(user, "Ben", "Cy")
+    wrote, finish = threading.Event(), threading.Event()
+    real = inapp._group_write
+
+    def holds_its_transaction(*args, **kwargs):
+        real(*args, **kwargs)
+        wrote.set()
+        assert finish.wait(timeout=20)
+
+    def deliver(message: Message, slow: bool) -> None:
+        try:
+            if slow:
+                with mock.patch.object(inapp, "_group_write", holds_its_transaction):
+                    prepared(message)
+            else:
+                prepared(message)
+        finally:
+            connection.close()
+
+    a = threading.Thread(target=deliver, args=(first, True))
+    a.start()
+    assert wrote.wait(timeout=20)  # the first has inserted the group's item, uncommitted
+    b = threading.Thread(target=deliver, args=(second, False))
+    b.start()
+    b.join(timeout=1)
+    assert b.is_alive()  # it waits for the first's insert to commit or roll back
+    finish.set()
+    a.join(timeout=20)
+    b.join(timeout=20)
+    items = list(InboxItem.objects.filter(user=user))
+    assert len(items) == 1
+    assert (items[0].message_id, items[0].group_count) == (second.pk, 2)
+    assert inbox_unread_count(user_id=user.pk) == 1
+    assert timezone.now() - items[0].created_at < timedelta(minutes=1)
