@@ -46,7 +46,7 @@ from django.db import DatabaseError, transaction
 from django.db.models import F
 from django.utils import timezone
 
-from notifier.db import any_of, insert_rows
+from notifier.db import any_of, insert_rows, update_rows
 from notifier.local_formats import zone_of
 from notifier.models import Digest, DigestCadence, DigestState, Message
 from notifier.models.recipients import recipient_for
@@ -217,37 +217,67 @@ def digests_flush(*, now: datetime | None = None, limit: int = 500) -> FlushRepo
             .order_by("due_at", "pk")[:limit]
         )
         report.digests = len(due)
+        if not due:
+            return report
+        # All together first: one read of what they collected, one insert of their messages
+        # and one publish per thousand (a digest at a time cost three statements, a savepoint
+        # and a publish each: a third of the flush).
+        try:
+            with transaction.atomic():
+                report.sent, report.empty = _flush_many(due, now)
+            return report
+        except DatabaseError:
+            raise  # the database, not a digest: the run's transaction is lost anyway
+        except Exception:
+            log.exception("a flush of %s digests failed; each is tried alone", len(due))
         for digest in due:
             try:
                 with transaction.atomic():  # one digest that cannot be sent holds up no other
-                    _flush_one(digest, now, report)
+                    sent, empty = _flush_many([digest], now)
+                report.sent, report.empty = report.sent + sent, report.empty + empty
             except DatabaseError:
-                raise  # the database, not this digest: the run's transaction is lost anyway
+                raise
             except Exception:
                 log.exception("digest %s could not be sent; the next flush tries again", digest.pk)
     return report
 
 
-def _flush_one(digest: Digest, now: datetime, report: FlushReport) -> None:
-    items = list(
-        Message.objects.filter(digest_id=digest.pk)
-        .order_by("created_at", "pk")
-        .values_list("context", "created_at", "channels")
+Item = tuple[dict[str, object], datetime, object]
+
+
+def _flush_many(due: Sequence[Digest], now: datetime) -> tuple[int, int]:
+    """Close these locked digests: each that collected something as one message, the others
+    empty. (sent, empty)."""
+    items: dict[int, list[Item]] = {digest.pk: [] for digest in due}
+    collected = (
+        Message.objects.filter(digest_id__in=list(items))
+        .order_by("digest_id", "created_at", "pk")
+        .values_list("digest_id", "context", "created_at", "channels")
     )
-    digest.flushed_at, digest.count = now, len(items)
-    if not items:
-        digest.state = D.EMPTY
-        report.empty += 1
-    else:
-        digest.message = _digest_message(digest, items)
-        digest.state = D.SENT
-        report.sent += 1
-    digest.save(update_fields=["state", "count", "flushed_at", "message"])
+    for digest_id, values, at, channels in collected:
+        items[digest_id].append((values, at, channels))
+    sending = [digest for digest in due if items[digest.pk]]
+    written = messages_create(rows=[_digest_row(d, items[d.pk]) for d in sending])
+    for digest, message in zip(sending, written.messages, strict=True):
+        digest.message = message
+    update_rows(
+        Digest,
+        ("state", "count", "flushed_at", "message"),
+        [
+            (
+                digest.pk,
+                D.SENT if items[digest.pk] else D.EMPTY,
+                len(items[digest.pk]),
+                now,
+                digest.message.pk if digest.message is not None else None,
+            )
+            for digest in due
+        ],
+    )
+    return len(sending), len(due) - len(sending)
 
 
-def _digest_message(
-    digest: Digest, items: list[tuple[dict[str, object], datetime, object]]
-) -> Message:
+def _digest_row(digest: Digest, items: list[Item]) -> NewMessage:
     info = type_info_get(digest.type_id)
     assert info is not None  # the digest's type: deleting it deletes its digests
     newest = dict(items[-1][0]) if isinstance(items[-1][0], dict) else {}
@@ -263,23 +293,18 @@ def _digest_message(
             "since": digest.opened_at.isoformat(),
         },
     }
-    written = messages_create(
-        rows=[
-            NewMessage(
-                user_id=digest.user_id,
-                type_key=digest.type_id,
-                context=context,
-                # The channels the newest caller named (none: the type's routing decides).
-                channels=list(channels) if isinstance(channels := items[-1][2], list) else [],
-                lane=info.lane,
-                idempotency_key=f"digest:{digest.pk}",
-                priority=info.priority,
-                digest_key=digest.key or None,
-                digest_id=digest.pk,
-            )
-        ]
+    return NewMessage(
+        user_id=digest.user_id,
+        type_key=digest.type_id,
+        context=context,
+        # The channels the newest caller named (none: the type's routing decides).
+        channels=list(channels) if isinstance(channels := items[-1][2], list) else [],
+        lane=info.lane,
+        idempotency_key=f"digest:{digest.pk}",
+        priority=info.priority,
+        digest_key=digest.key or None,
+        digest_id=digest.pk,
     )
-    return written.messages[0]
 
 
 def digests_flush_due(*, budget_s: float = 10.0, limit: int = 500) -> FlushReport:

@@ -172,7 +172,7 @@ def test_a_message_arriving_during_a_flush_goes_into_the_next_digest(published):
     prepared(comment(user, "Ben"))
     digest = Digest.objects.get()
     writing, finish = threading.Event(), threading.Event()
-    real = digests._digest_message
+    real = digests._digest_row
 
     def slow(*args, **kwargs):
         message = real(*args, **kwargs)
@@ -182,7 +182,7 @@ def test_a_message_arriving_during_a_flush_goes_into_the_next_digest(published):
 
     def flush() -> None:
         try:
-            with mock.patch.object(digests, "_digest_message", slow):
+            with mock.patch.object(digests, "_digest_row", slow):
                 digests_flush(now=digest.due_at)
         finally:
             connection.close()
@@ -297,3 +297,51 @@ def test_a_callers_key_cannot_take_the_place_of_a_digests_or_a_topics():
                 {"commenter_name": "A", "post_title": "T", "excerpt": "x", "comment_url": "u"},
                 idempotency_key=key,
             )
+
+
+def test_a_flush_writes_its_digests_messages_together_and_publishes_once(
+    published, django_capture_on_commit_callbacks
+):
+    users = UserFactory.create_batch(5)
+    for user in users:
+        prepared(comment(user, "Ana"))
+        prepared(comment(user, "Ben"), comment(user, "Cy"))
+    later = timezone.now() + timedelta(minutes=11)
+    published.prepare.clear()
+    with (
+        mock.patch.object(digests, "messages_create", wraps=digests.messages_create) as spy,
+        django_capture_on_commit_callbacks(execute=True),
+    ):
+        report = digests_flush(now=later)
+    assert (report.sent, report.digests) == (5, 5)
+    assert spy.call_count == 1 and len(spy.call_args.kwargs["rows"]) == 5
+    assert len(published.prepare) == 1 and sorted(published.prepare[0][0]) == sorted(
+        Message.objects.filter(idempotency_key__startswith="digest:").values_list("pk", flat=True)
+    )
+    for digest in Digest.objects.all():
+        assert (digest.state, digest.count) == (D.SENT, 2)
+        assert digest.message.context["digest"]["count"] == 2
+        assert digest.message.user_id == digest.user_id
+
+
+def test_one_digest_that_cannot_be_sent_holds_up_no_other(published, caplog):
+    users = UserFactory.create_batch(3)
+    for user in users:
+        prepared(comment(user, "Ana"))
+        prepared(comment(user, "Ben"))
+    broken = Digest.objects.get(user=users[1])
+    real = digests._digest_row
+
+    def row(digest, items):
+        if digest.pk == broken.pk:
+            raise ValueError("this digest's context cannot be built")
+        return real(digest, items)
+
+    later = timezone.now() + timedelta(minutes=11)
+    with mock.patch.object(digests, "_digest_row", row):
+        report = digests_flush(now=later)
+    assert report.sent == 2
+    assert Digest.objects.get(pk=broken.pk).state == D.OPEN  # the next flush tries again
+    assert set(Digest.objects.exclude(pk=broken.pk).values_list("state", flat=True)) == {D.SENT}
+    assert f"digest {broken.pk} could not be sent" in caplog.text
+    assert digests_flush(now=later).sent == 1
