@@ -242,7 +242,7 @@ def digests_flush(*, now: datetime | None = None, limit: int = 500) -> FlushRepo
     return report
 
 
-Item = tuple[dict[str, object], datetime, object]
+Item = tuple[dict[str, object], datetime, object, int | None]  # context, at, channels, topic
 
 
 def _flush_many(due: Sequence[Digest], now: datetime) -> tuple[int, int]:
@@ -252,10 +252,10 @@ def _flush_many(due: Sequence[Digest], now: datetime) -> tuple[int, int]:
     collected = (
         Message.objects.filter(digest_id__in=list(items))
         .order_by("digest_id", "created_at", "pk")
-        .values_list("digest_id", "context", "created_at", "channels")
+        .values_list("digest_id", "context", "created_at", "channels", "topic_id")
     )
-    for digest_id, values, at, channels in collected:
-        items[digest_id].append((values, at, channels))
+    for digest_id, values, at, channels, topic_id in collected:
+        items[digest_id].append((values, at, channels, topic_id))
     sending = [digest for digest in due if items[digest.pk]]
     written = messages_create(rows=[_digest_row(d, items[d.pk]) for d in sending])
     for digest, message in zip(sending, written.messages, strict=True):
@@ -288,7 +288,7 @@ def _digest_row(digest: Digest, items: list[Item]) -> NewMessage:
             "key": digest.key,
             "messages": [
                 {**(values if isinstance(values, dict) else {}), "at": at.isoformat()}
-                for values, at, _ in items[-MAX_ITEMS:]
+                for values, at, _, _ in items[-MAX_ITEMS:]
             ],
             "since": digest.opened_at.isoformat(),
         },
@@ -304,6 +304,9 @@ def _digest_row(digest: Digest, items: list[Item]) -> NewMessage:
         priority=info.priority,
         digest_key=digest.key or None,
         digest_id=digest.pk,
+        # The one topic its items were all sent to (a topic snooze applies to the digest as to
+        # them); items of several topics, or sent directly, make a digest of no topic.
+        topic_id=topics.pop() if len(topics := {item[3] for item in items}) == 1 else None,
     )
 
 

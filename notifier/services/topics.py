@@ -4,10 +4,11 @@
 doing it twice changes nothing). `topic_send_start` records one notification to a topic (a
 `TopicSend`) and, once that commits, starts its walk; `topic_send_walk` hands the subscribers
 out in keyset batches of a thousand by subscription id: each batch's messages (through the
-same insert as `notify_many`, keyed `topic:<send>:<user>`) and the walk's cursor are written in
-one transaction, so a walk that dies resumes where it was, a walk that runs twice writes
-nothing twice, and memory holds one batch whatever the topic's size. Every message then takes
-the pipeline as any other: preferences, consent, quiet hours, caps, snoozes, throttles.
+same insert as `notify_many`, keyed `topic:<send>:<user>`, digest key `topic:<topic id>`) and
+the walk's cursor are written in one transaction, so a walk that dies resumes where it was,
+a walk that runs twice writes nothing twice, and memory holds one batch whatever the topic's
+size. Every message then takes the pipeline as any other: preferences, consent, quiet hours,
+caps, snoozes, throttles.
 
 A walk runs for up to `WALK_BUDGET_S` and publishes its next run; beat revives a walk whose
 task was lost (`topic_sends_revive`).
@@ -214,6 +215,10 @@ def _walk_one(send_id: int) -> tuple[int, bool] | None:
                         idempotency_key=f"topic:{send.pk}:{user_id}",
                         priority=info.priority,
                         topic_id=send.topic_id,
+                        # A digesting type collects a topic's messages apart from others' (a
+                        # person's comments on two cards are two digests, each its topic's,
+                        # so a topic snooze still applies to its digest).
+                        digest_key=f"topic:{send.topic_id}",
                     )
                     for user_id in users
                 ]

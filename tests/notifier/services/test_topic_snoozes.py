@@ -24,7 +24,17 @@ from notifier.api import (
     topic_unsnooze,
     topic_unsubscribe,
 )
-from notifier.models import Delivery, InboxItem, Message, TopicSnooze
+from notifier.models import (
+    Delivery,
+    Digest,
+    InboxItem,
+    Message,
+    NotificationType,
+    Topic,
+    TopicSnooze,
+)
+from notifier.selectors import type_cache_clear
+from notifier.services.digests import digests_flush
 from notifier.services.pipeline import messages_prepare
 from notifier.services.recipients import recipient_put
 from notifier.services.release import held_release
@@ -37,7 +47,7 @@ from notifier.services.snoozes import (
 )
 from notifier.services.topics import topic_send_walk
 from notifier.status import DeliveryStatus, Reason
-from tests.factories import UserFactory, order_context
+from tests.factories import DeviceFactory, UserFactory, order_context
 from tests.notifier.http_api.test_recipients_api import app_token
 from tests.notifier.http_api.test_service_api import token
 
@@ -136,6 +146,7 @@ def test_a_topic_message_held_before_the_snooze_is_checked_again_at_release(publ
 
 def test_a_snooze_of_another_topic_changes_nothing(published):
     user = UserFactory()
+    DeviceFactory(user=user)
     topic_subscribe(TOPIC, [user])
     topic_subscribe("card:43", [user])
     topic_snooze_set(user_id=user.pk, topic_key="card:43", length="week")
@@ -335,3 +346,84 @@ def test_the_inbox_page_offers_a_topic_snooze_on_items_from_a_topic_and_makes_it
 def test_lifting_needs_no_valid_topic_but_a_key(published):
     with pytest.raises(UnknownSnoozeTopic):
         topic_snooze_lift(user_id=UserFactory().pk, topic_key="")
+
+
+COMMENT = {
+    "commenter_name": "Ana",
+    "post_title": "My trip",
+    "excerpt": "hi",
+    "comment_url": "https://x.test/1",
+}
+
+
+def comment_sends(topic: str, times: int) -> list[int]:
+    """Notify the topic of social.new_comment (a digesting type) `times`, walk and route."""
+    written = []
+    for _ in range(times):
+        send = notify_topic(topic, "social.new_comment", COMMENT, channels=["inapp", "push"])
+        topic_send_walk(send_id=send.pk)
+        ids = list(
+            Message.objects.filter(idempotency_key__startswith=f"topic:{send.pk}:").values_list(
+                "pk", flat=True
+            )
+        )
+        messages_prepare(message_ids=ids)
+        written += ids
+    return written
+
+
+@pytest.fixture
+def collected_at_once(published):
+    """social.new_comment collects every message (its first too) until the window ends."""
+    NotificationType.objects.filter(pk="social.new_comment").update(digest_first_now=False)
+    type_cache_clear()
+    yield
+    NotificationType.objects.filter(pk="social.new_comment").update(digest_first_now=True)
+    type_cache_clear()
+
+
+def test_a_digest_of_a_snoozed_topics_messages_reaches_the_inbox_only(collected_at_once):
+    snoozer, other = UserFactory(), UserFactory()
+    for person in (snoozer, other):
+        DeviceFactory(user=person)
+    topic_subscribe(TOPIC, [snoozer, other])
+    topic_snooze_set(user_id=snoozer.pk, topic_key=TOPIC, length="week")
+    comment_sends(TOPIC, 2)
+    reasons = {}
+    for person in (snoozer, other):
+        digest = Digest.objects.get(user=person)
+        digests_flush(now=digest.due_at)
+        digest.refresh_from_db()
+        assert digest.count == 2
+        messages_prepare(message_ids=[digest.message_id])
+        reasons[person.pk] = dict(
+            Delivery.objects.filter(message_id=digest.message_id).values_list("channel", "reason")
+        )
+    assert reasons[snoozer.pk] == {"inapp": "", "push": Reason.TOPIC_SNOOZED}
+    assert reasons[other.pk] == {"inapp": "", "push": ""}
+
+
+def test_a_persons_messages_of_two_topics_make_two_digests(collected_at_once):
+    user = UserFactory()
+    DeviceFactory(user=user)
+    topic_subscribe(TOPIC, [user])
+    topic_subscribe("card:43", [user])
+    topic_snooze_set(user_id=user.pk, topic_key=TOPIC, length="week")
+    comment_sends(TOPIC, 2)
+    comment_sends("card:43", 1)
+    digests = {d.key: d for d in Digest.objects.filter(user=user)}
+    topics = dict(Topic.objects.values_list("key", "pk"))
+    assert {key: d.count for key, d in digests.items()} == {
+        f"topic:{topics[TOPIC]}": 2,
+        f"topic:{topics['card:43']}": 1,
+    }
+    for digest in digests.values():
+        digests_flush(now=digest.due_at)
+        digest.refresh_from_db()
+        messages_prepare(message_ids=[digest.message_id])
+    pushed = dict(
+        Delivery.objects.filter(message__digest__user=user, channel="push")
+        .exclude(message__digest_id=None)
+        .values_list("message__topic__key", "reason")
+    )
+    assert pushed == {TOPIC: Reason.TOPIC_SNOOZED, "card:43": ""}
