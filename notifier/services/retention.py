@@ -54,6 +54,7 @@ from notifier.db import readable, table_name
 from notifier.hooks import retention_keeps
 from notifier.models import Delivery, DeliveryEvent, Digest, InboxItem, Message
 from notifier.models.preferences import Unsubscribe
+from notifier.models.series import SERIES_KEY_PREFIX
 from notifier.selectors import MESSAGE_CALLER_FIELDS
 from notifier.services.workflow_retention import WorkflowPruneReport, workflow_rows_prune
 from notifier.status import TERMINAL
@@ -97,10 +98,19 @@ def _candidates_sql(*, lock: bool) -> str:
     terminal = ", ".join(f"'{status}'" for status in sorted(TERMINAL))
     # What plug-ins keep (campaigns: a live campaign's messages, those a conversion points at).
     kept = "".join(f"\n          AND NOT ({keep})" for keep in retention_keeps())
+    # A date series' step stays while a later step of the same date (its cancel key) still
+    # waits: that step, when it comes up, reads the earlier steps' clicks to stop itself.
+    # (cancel_key is indexed; a series is a few steps.)
+    series = f"""
+          AND NOT (m.cancel_key LIKE '{SERIES_KEY_PREFIX}%%' AND EXISTS (
+              SELECT 1 FROM {message} w WHERE w.cancel_key = m.cancel_key AND w.id <> m.id
+                AND (w.routed_at IS NULL OR EXISTS (
+                    SELECT 1 FROM {delivery} wd WHERE wd.message_id = w.id
+                      AND wd.status NOT IN ({terminal})))))"""
     return f"""
         SELECT m.id FROM {message} m
         WHERE m.id > %(after)s AND m.id < %(boundary)s
-          AND m.created_at < %(cutoff)s AND m.routed_at IS NOT NULL{kept}
+          AND m.created_at < %(cutoff)s AND m.routed_at IS NOT NULL{kept}{series}
           AND NOT EXISTS (
               SELECT 1 FROM {delivery} d WHERE d.message_id = m.id
                 AND (d.status NOT IN ({terminal}) OR d.updated_at >= %(cutoff)s))

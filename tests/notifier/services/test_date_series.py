@@ -33,6 +33,7 @@ from notifier.models import (
 from notifier.services.date_series import recipient_dates_of
 from notifier.services.pipeline import messages_prepare
 from notifier.services.release import held_release
+from notifier.services.retention import retention_run
 from notifier.status import DeliveryStatus, Reason
 from tests.factories import UserFactory, order_context
 
@@ -360,3 +361,39 @@ def test_a_catalog_series_of_an_unknown_type_is_a_loud_error_at_sync(db):
         sync_series([spec])
     assert sync_series() == 1  # the built-in one
     assert DateSeries.objects.get(key="subscription.renewal").code_defined
+
+
+def test_a_click_whose_step_retention_pruned_still_stops_the_rest(published, tmp_path):
+    """The earlier step's message is kept while a later step of its date still waits: the
+    click that stops the rest is read from it when that step comes up."""
+    DateSeries.objects.create(
+        key="long",
+        name="Long",
+        type_id="subscription.renewal_reminder",
+        steps=[{"before_s": 80 * 86400}, {"before_s": 7 * 86400}],
+    )
+    user, other = UserFactory(), UserFactory()
+    at = in_days(81)
+    date = date_set(user, "long", at, key="p", context=CONTEXT)
+    old = notify(other, "order.shipped", order_context())  # no series: pruned as ever
+    first, second = step_messages(date)
+    messages_prepare(message_ids=[first.pk, second.pk, old.pk])
+    clicked_at = at - timedelta(days=80) + timedelta(seconds=1)
+    with time_machine.travel(clicked_at):
+        assert held_release(now=clicked_at).released >= 1
+        Delivery.objects.filter(message__in=[first, old]).update(
+            status=S.CLICKED, updated_at=clicked_at
+        )
+    second_at = at - timedelta(days=7) + timedelta(seconds=1)
+    with time_machine.travel(second_at - timedelta(hours=1)):
+        report = retention_run(days=30, archive_dir=tmp_path)
+    assert report.messages == 1 and not Message.objects.filter(pk=old.pk).exists()
+    assert Message.objects.filter(pk=first.pk).exists()
+    with time_machine.travel(second_at):
+        held_release(now=second_at)
+    assert (S.SUPPRESSED, Reason.SERIES_EXITED) in reasons([second])
+    assert RecipientDate.objects.get(pk=date.pk).state == DateState.EXITED
+    # Once no step of the date waits, its steps are pruned as any message.
+    with time_machine.travel(at + timedelta(days=40)):
+        retention_run(days=30, archive_dir=tmp_path)
+    assert not Message.objects.filter(cancel_key=date.cancel_key).exists()
