@@ -42,6 +42,7 @@ from notifier.policies.caps import caps_for, windows_at
 from notifier.policies.digests import Cadence
 from notifier.policies.preferences import Preferences, can_switch_off, channel_enabled
 from notifier.services.cadences import WEEKDAYS, CadenceState, digest_cadences_of
+from notifier.services.date_series import steps_archived
 from notifier.services.support import MAX_WHY
 from notifier.status import Reason
 
@@ -220,6 +221,7 @@ def dates_of(user_id: Any) -> list[DateRow]:
         .order_by("message_id", "channel")
         .values_list("message_id", "channel", "status", "reason")
     )
+    archived = steps_archived(dates)
     outcomes = {
         message_id: "; ".join(
             f"{channel} {status}" + (f" ({_reason_words(reason)})" if reason else "")
@@ -237,6 +239,8 @@ def dates_of(user_id: Any) -> list[DateRow]:
                     step.get("message"),
                     "Not sent: its time had gone when the date was set"
                     if step.get("skipped")
+                    else "archived by retention (its record is in the archive)"
+                    if step.get("message") in archived
                     else outcomes.get(step.get("message") or 0, "not routed yet"),
                 )
                 for step in date.plan

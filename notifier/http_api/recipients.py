@@ -31,7 +31,7 @@ from notifier.services.cadences import (
     digest_cadence_set,
     digest_cadences_json,
 )
-from notifier.services.date_series import recipient_dates_of
+from notifier.services.date_series import recipient_dates_of, steps_archived
 from notifier.services.devices import device_register, device_unregister, devices_of
 from notifier.services.erasure import recipient_erase, recipient_export, suppressed
 from notifier.services.preferences import (
@@ -789,6 +789,10 @@ class DateStepOut(Schema):
     at: datetime = Field(description="When it goes (or would have gone)")
     message_id: int | None = Field(description="Its message; null: not sent")
     skipped: str | None = Field(description='"past": its time had gone when the date was set')
+    archived: bool = Field(
+        description="Retention archived its message: message_id is in the archive, no longer "
+        "in the delivery log"
+    )
 
 
 class DateOut(Schema):
@@ -817,6 +821,8 @@ class DateExitIn(Schema):
 
 
 def dates_json(user_id: Any) -> dict[str, Any]:
+    dates = recipient_dates_of(user_id=user_id)
+    archived = steps_archived(dates)
     return {
         "dates": [
             {
@@ -832,11 +838,12 @@ def dates_json(user_id: Any) -> dict[str, Any]:
                         "at": step["at"],
                         "message_id": step.get("message"),
                         "skipped": step.get("skipped"),
+                        "archived": step.get("message") in archived,
                     }
                     for step in date.plan
                 ],
             }
-            for date in recipient_dates_of(user_id=user_id)
+            for date in dates
         ]
     }
 

@@ -31,6 +31,7 @@ from notifier.models import (
     DateSeries,
     DateState,
     Delivery,
+    Message,
     Recipient,
     RecipientDate,
 )
@@ -189,6 +190,13 @@ def recipient_dates_of(*, user_id: UserKey) -> list[RecipientDate]:
     return list(
         RecipientDate.objects.filter(user_id=user_id).select_related("series").order_by("at", "pk")
     )
+
+
+def steps_archived(dates: list[RecipientDate]) -> set[int]:
+    """The message ids of these dates' steps that are no longer in the log: retention
+    archived them (a step's message is never deleted otherwise). One query."""
+    ids = {step["message"] for date in dates for step in date.plan if step.get("message")}
+    return ids - set(Message.objects.filter(pk__in=ids).values_list("pk", flat=True))
 
 
 @dataclass(frozen=True)

@@ -402,3 +402,29 @@ def test_a_persons_dates_show_each_step_and_why_it_was_not_sent(clients, custome
     assert f"Step 1 of the reminders around date #{first.pk} (as set the 1st time)" in history
     assert f"Step 3 of the reminders around date #{first.pk} (as set the 2nd time)" in history
     assert RecipientDate.objects.filter(user=customer).count() == 2
+
+
+def test_a_dates_steps_pruned_by_retention_say_archived(clients, customer, tmp_path):
+    from datetime import timedelta
+
+    import time_machine
+    from django.utils import timezone
+
+    from notifier.api import date_exit, date_set
+    from notifier.models import Message
+    from notifier.services.retention import retention_run
+
+    context = {"plan": "Pro", "renews_on": "10 June"}
+    renews = timezone.now().replace(microsecond=0) + timedelta(days=10)
+    date = date_set(customer, "subscription.renewal", renews, key="plan:42", context=context)
+    ids = list(Message.objects.filter(cancel_key=date.cancel_key).values_list("pk", flat=True))
+    messages_prepare(message_ids=ids)
+    date_exit(customer, "subscription.renewal", key="plan:42", reason="renewed")
+    with time_machine.travel(timezone.now() + timedelta(days=40)):
+        retention_run(days=30, archive_dir=tmp_path)
+    assert not Message.objects.filter(pk__in=ids).exists()
+    dates = section(
+        clients["Support"].get(customer_url(customer)).content.decode(), "dates", "fixes"
+    )
+    assert f"message #{ids[0]} — archived by retention" in dates
+    assert "not routed yet" not in dates

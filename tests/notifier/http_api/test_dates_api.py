@@ -99,3 +99,22 @@ def test_bad_input_is_a_4xx_saying_what_to_fix_and_writes_nothing(
 def test_setting_dates_needs_the_recipients_scope(recipient):
     response = call("put", URL, {"at": in_days(10), "context": CONTEXT}, key=token("notify"))
     assert response.status_code == 403
+
+
+def test_steps_whose_messages_retention_pruned_say_archived(recipient, tmp_path):
+    import time_machine
+
+    from notifier.services.pipeline import messages_prepare
+    from notifier.services.retention import retention_run
+
+    (date,) = call("put", URL, {"at": in_days(10), "context": CONTEXT}).json()["dates"]
+    ids = [step["message_id"] for step in date["steps"]]
+    assert [step["archived"] for step in date["steps"]] == [False, False, False]
+    messages_prepare(message_ids=ids)
+    call("post", f"{URL}/exit", {"reason": "renewed"})
+    with time_machine.travel(timezone.now() + timedelta(days=40)):
+        assert retention_run(days=30, archive_dir=tmp_path).messages == 3
+    (date,) = call("get", "/api/v1/recipients/cust-7/dates").json()["dates"]
+    assert [(step["message_id"], step["archived"]) for step in date["steps"]] == [
+        (message_id, True) for message_id in ids
+    ]
