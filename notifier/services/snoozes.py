@@ -106,11 +106,20 @@ def topic_snooze_set(*, user_id: UserKey, topic_key: object, length: object) -> 
     "until_unmuted"); snoozing again replaces it."""
     span = _length(length)
     topic = _topic(topic_key)
-    if not TopicSubscription.objects.filter(topic=topic, user_id=user_id).exists():
-        raise UnknownSnoozeTopic(f"{topic.key} cannot be snoozed: it is not a topic they follow")
     now = timezone.now()
     until = now + span if span is not None else None
     with transaction.atomic():
+        # The subscription locked: an unfollow at the same moment (which deletes it, then the
+        # snoozes) either goes first, and this finds none, or waits and deletes this snooze.
+        following = (
+            TopicSubscription.objects.select_for_update()
+            .filter(topic=topic, user_id=user_id)
+            .exists()
+        )
+        if not following:
+            raise UnknownSnoozeTopic(
+                f"{topic.key} cannot be snoozed: it is not a topic they follow"
+            )
         TopicSnooze.objects.update_or_create(
             user_id=user_id, topic=topic, defaults={"until": until, "at": now}
         )

@@ -85,10 +85,12 @@ def topic_unsubscribe(*, topic_key: str, user_ids: Iterable[UserKey]) -> int:
     later starts unmuted). Returns how many were subscribed."""
     users = list(user_ids)
     with transaction.atomic():
-        TopicSnooze.objects.filter(topic__key=topic_key, user_id__in=users).delete()
+        # The subscriptions first: deleting them waits for a snooze being made (it locks the
+        # subscription), so the snoozes' delete after it sees that snooze and ends it too.
         deleted, _ = TopicSubscription.objects.filter(
             topic__key=topic_key, user_id__in=users
         ).delete()
+        TopicSnooze.objects.filter(topic__key=topic_key, user_id__in=users).delete()
     return deleted
 
 

@@ -6,11 +6,13 @@ inbox JSON API and the inbox page."""
 from __future__ import annotations
 
 import json
+import threading
+import time
 from datetime import timedelta
 
 import pytest
 import time_machine
-from django.db import connection
+from django.db import connection, transaction
 from django.test import Client
 from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
@@ -427,3 +429,70 @@ def test_a_persons_messages_of_two_topics_make_two_digests(collected_at_once):
         .values_list("message__topic__key", "reason")
     )
     assert pushed == {TOPIC: Reason.TOPIC_SNOOZED, "card:43": ""}
+
+
+def _run_while_held(hold, then) -> list[BaseException]:
+    """Run `hold` in a transaction on one connection and, while it is open, `then` on another;
+    commit `hold` once `then` is done or waits on a row lock (polled, with a deadline)."""
+    errors: list[BaseException] = []
+    held, done = threading.Event(), threading.Event()
+
+    def first() -> None:
+        try:
+            with transaction.atomic():
+                hold()
+                held.set()
+                deadline = time.monotonic() + 10
+                while not done.is_set() and time.monotonic() < deadline:
+                    with connection.cursor() as cursor:
+                        cursor.execute(
+                            "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+                            " AND datname = current_database()"
+                        )
+                        if cursor.fetchone()[0]:
+                            break
+                    time.sleep(0.02)
+        except BaseException as exc:
+            errors.append(exc)
+        finally:
+            held.set()
+            connection.close()
+
+    def second() -> None:
+        try:
+            held.wait(10)
+            then()
+        except BaseException as exc:
+            errors.append(exc)
+        finally:
+            done.set()
+            connection.close()
+
+    threads = [threading.Thread(target=first), threading.Thread(target=second)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(20)
+    return errors
+
+
+def test_a_snooze_made_while_unfollowing_is_refused(transactional_db):
+    user = UserFactory()
+    topic_subscribe(TOPIC, [user])
+    errors = _run_while_held(
+        lambda: topic_unsubscribe(TOPIC, [user]),
+        lambda: topic_snooze_set(user_id=user.pk, topic_key=TOPIC, length="week"),
+    )
+    assert [type(error) for error in errors] == [UnknownSnoozeTopic]
+    assert not TopicSnooze.objects.exists()
+
+
+def test_unfollowing_while_a_snooze_is_made_ends_it(transactional_db):
+    user = UserFactory()
+    topic_subscribe(TOPIC, [user])
+    errors = _run_while_held(
+        lambda: topic_snooze_set(user_id=user.pk, topic_key=TOPIC, length="week"),
+        lambda: topic_unsubscribe(TOPIC, [user]),
+    )
+    assert not errors
+    assert not TopicSnooze.objects.exists()
