@@ -1044,6 +1044,12 @@ def _date_key(key: object) -> str:
         raise InvalidSeriesDate(
             'key is required: your name for the dated thing, e.g. "subscription:42"'
         )
+    if "/" in text:
+        # The HTTP API names a date in its path (/dates/<series>/<key>): a key with "/" could be
+        # set from Python or a task but never reached over HTTP.
+        raise InvalidSeriesDate(
+            f'key may not contain "/" (got {text[:60]!r}); use ":" instead, e.g. "plan:42"'
+        )
     return text
 
 
