@@ -2,8 +2,11 @@
 
 Deployed as the `web-live` service, which the proxy sends <mount>/api/inbox/stream/ to: one
 uvicorn process holds thousands of idle streams (notifier/pages/inbox_stream.py), where each
-would hold a gunicorn worker. Every other path stays on gunicorn (notifier_site/wsgi.py), whose
-wrapper refuses the request bodies Django trips on; the stream takes none (GET only).
+would hold a gunicorn worker. `application` answers the stream and the health probes only (a
+404 for anything else, whoever reaches its port): every other path stays on gunicorn
+(notifier_site/wsgi.py), whose wrapper refuses the request bodies Django trips on; the stream
+takes none (GET only). `site_application` is the whole site on ASGI, for the browser tests
+that need the pages and the stream on one origin without a proxy.
 """
 
 import os
@@ -13,7 +16,11 @@ from django.core.asgi import get_asgi_application
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "notifier_site.settings")
 django_application = get_asgi_application()  # loads the apps: imports from them after it
 
-from notifier.pages.inbox_stream import streams_admitted_gradually  # noqa: E402
+from notifier.pages.inbox_stream import (  # noqa: E402
+    stream_paths_only,
+    streams_admitted_gradually,
+)
 
 # A burst of reconnects is set up a few streams at a time, within PostgreSQL's connections.
-application = streams_admitted_gradually(django_application)
+site_application = streams_admitted_gradually(django_application)
+application = stream_paths_only(site_application)

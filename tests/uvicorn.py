@@ -27,6 +27,9 @@ STREAM_PATH = "/api/inbox/stream/"
 class UvicornServer(GunicornServer):
     # A port to listen on again (a restarted server that open pages reconnect to); 0: any free.
     port_wanted: int = 0
+    # The ASGI application: the deployed one (the stream and health only), or
+    # "notifier_site.asgi:site_application" for the whole site on one origin.
+    app: str = "notifier_site.asgi:application"
 
     def command(self) -> list[str]:
         if self.port_wanted:  # instead of the free one GunicornServer picked
@@ -35,7 +38,7 @@ class UvicornServer(GunicornServer):
             sys.executable,
             "-m",
             "uvicorn",
-            "notifier_site.asgi:application",
+            self.app,
             "--host=127.0.0.1",
             f"--port={self.port}",
             "--no-access-log",

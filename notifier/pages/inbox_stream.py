@@ -390,3 +390,41 @@ def streams_admitted_gradually(application: AsgiApp, *, at_once: int = SETUPS_AT
                 gate.release()
 
     return admitted
+
+
+# What the stream server answers besides the stream: the health probes of its container.
+HEALTH_PATH_ENDS = ("health/live/", "health/ready/")
+NOT_HERE = (
+    b"Not found: this server answers only the live inbox stream (api/inbox/stream/) and the "
+    b"health probes; the rest of the site is on the web service.\n"
+)
+
+
+def stream_paths_only(application: AsgiApp) -> AsgiApp:
+    """Wraps an ASGI application: HTTP requests for the inbox stream and the health probes go
+    through; any other path is a 404 before Django sees it (the proxy sends only the stream
+    here; the rest of the site, and the request bodies the WSGI wrapper vets, stay on the web
+    service)."""
+
+    async def only(
+        scope: dict[str, Any],
+        receive: Callable[[], Awaitable[Any]],
+        send: Callable[[Any], Awaitable[None]],
+    ) -> None:
+        path = scope.get("path", "")
+        if scope["type"] != "http" or path.endswith((STREAM_PATH_END, *HEALTH_PATH_ENDS)):
+            await application(scope, receive, send)
+            return
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 404,
+                "headers": [
+                    (b"content-type", b"text/plain; charset=utf-8"),
+                    (b"content-length", str(len(NOT_HERE)).encode()),
+                ],
+            }
+        )
+        await send({"type": "http.response.body", "body": NOT_HERE})
+
+    return only

@@ -21,12 +21,14 @@ pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 
 # Polling once a minute: what the tabs show within seconds came over the stream.
 SERVER_ENV = {"NOTIFIER_LIVE_POLL_S": "60", "NOTIFIER_LIVE_RETRY_MS": "300"}
+# The whole site on uvicorn (the deployed web-live answers the stream only; no proxy here).
+SITE = "notifier_site.asgi:site_application"
 
 
 @pytest.fixture
 def server(django_db_setup) -> Iterator[UvicornServer]:
     """The whole site on uvicorn (the pages and the stream on one origin, as behind the proxy)."""
-    started = [UvicornServer(dict(SERVER_ENV))]
+    started = [UvicornServer(dict(SERVER_ENV), app=SITE)]
     started[0].wait_ready()
     yield started[0]
     for running in started:
@@ -107,7 +109,7 @@ def test_after_the_stream_server_restarts_the_badge_is_right_again(browser, serv
     )
     expect(page.locator("#unread-count")).to_have_text("0")  # nobody told it yet
 
-    again = UvicornServer(dict(SERVER_ENV), port_wanted=port)
+    again = UvicornServer(dict(SERVER_ENV), port_wanted=port, app=SITE)
     try:
         again.wait_ready()
         expect(page.locator("#unread-count")).to_have_text("2", timeout=10_000)

@@ -237,3 +237,26 @@ def test_a_failed_publish_costs_the_stream_its_event_but_not_the_read(server, mo
 def test_channels_carry_the_redis_database_number():
     database = redis.connection.parse_url(settings.NOTIFIER_REDIS_URL).get("db", 0)
     assert inbox_channel_prefix() == f"notifier:inbox:{database}:"
+
+
+def test_the_stream_server_answers_the_stream_and_health_and_nothing_else(server):
+    """web-live takes only the stream off the proxy: the rest of the site (and its request
+    bodies, which the WSGI wrapper vets) stays on the web service."""
+    assert server.request("GET", "/health/live/").status == 200
+    assert server.request("GET", "/health/ready/?beat=0").status in (200, 503)
+    stream = EventStream(server.port, session_cookie(UserFactory()))
+    assert stream.next_event().data == {"unread_count": 0, "changes": [{"change": "resync"}]}
+    assert stream.status == 200
+    stream.close()
+    for method, path, body in (
+        ("GET", "/inbox/", b""),
+        ("GET", "/admin/login/", b""),
+        ("GET", "/api/inbox/", b""),
+        ("POST", "/api/v1/notify", b'{"type": "order.shipped"}'),
+        ("POST", "/login/", b"\xff\xfe"),
+    ):
+        answer = server.request(
+            method, path, body, headers={"Content-Type": "text/plain; charset=latin-7"}
+        )
+        assert answer.status == 404, (method, path, answer.status)
+        assert "only the live inbox stream" in answer.text
