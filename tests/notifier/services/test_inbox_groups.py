@@ -16,9 +16,11 @@ from django.utils import timezone
 
 import channels.inapp as inapp
 import notifier.services.inbox as inbox_service
+from notifier.api import notify
 from notifier.models import Delivery, Digest, Feedback, InboxItem, Message, NotificationType
 from notifier.pages.inbox_api import item_json
 from notifier.selectors import inbox_unread_count, type_cache_clear
+from notifier.services.deliveries import deliveries_deliver
 from notifier.services.digests import digests_flush
 from notifier.services.inbox import (
     inbox_archive,
@@ -228,3 +230,44 @@ def test_a_read_racing_a_group_update_reads_what_it_marks(published):
     shown = Delivery.objects.get(pk=item.delivery_id)
     assert (item.read_at is not None) == (shown.status == "read")
     assert Delivery.objects.get(message=first).status == "read"
+
+
+def _sent_alone(user, **kwargs) -> Message:
+    message = notify(
+        user,
+        "social.new_comment",
+        {
+            "commenter_name": "Bo",
+            "post_title": "My trip",
+            "excerpt": "!",
+            "comment_url": "https://x.test/1",
+        },
+        channels=["inapp"],
+        digest_key="post:42",
+        **kwargs,
+    )
+    return message
+
+
+@pytest.mark.parametrize("how", ["cancel_key", "critical", "scheduled"])
+def test_a_message_its_type_never_collects_does_not_replace_the_group_item(published, how):
+    user = UserFactory()
+    prepared(comment(user, "Ana"))
+    group = InboxItem.objects.get(user=user)
+    if how == "cancel_key":
+        alone = _sent_alone(user, cancel_key="reminder:1")
+    elif how == "critical":
+        alone = _sent_alone(user)
+        Message.objects.filter(pk=alone.pk).update(priority="critical")
+    else:
+        with time_machine.travel(timezone.now() - timedelta(hours=1)):
+            alone = _sent_alone(user, send_at=timezone.now() + timedelta(minutes=30))
+            prepared(alone)  # held for its time
+        held_release()  # its time has come: the deliver task writes its item
+        queued = Delivery.objects.filter(message=alone).values_list("pk", flat=True)
+        deliveries_deliver(delivery_ids=list(queued))
+    prepared(Message.objects.get(pk=alone.pk))
+    items = {i.message_id: i for i in InboxItem.objects.filter(user=user)}
+    assert set(items) == {group.message_id, alone.pk}  # the group's item kept its content
+    assert items[alone.pk].group_key is None
+    assert inbox_unread_count(user_id=user.pk) == 2
