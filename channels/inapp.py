@@ -177,6 +177,12 @@ def _group_write(entries: Sequence[InboxEntry], now: datetime) -> None:
                     # reads it too (`inbox_mark_read`). One read already reads what it showed.
                     kept = None if read_at is not None else [*(superseded or ()), replaced]
                     InboxItem.objects.filter(pk=pk).update(**fields, superseded=kept)
+                elif read_at is None and entry.delivery_id not in (superseded or ()):
+                    # A late older one (or a retry of one replaced), shown by no item: it is
+                    # read with this one.
+                    InboxItem.objects.filter(pk=pk).update(
+                        superseded=[*(superseded or ()), entry.delivery_id]
+                    )
                 break
             columns = (*INBOX_COLUMNS, "group_key", "group_count")
             made = insert_rows(

@@ -271,3 +271,15 @@ def test_a_message_its_type_never_collects_does_not_replace_the_group_item(publi
     assert set(items) == {group.message_id, alone.pk}  # the group's item kept its content
     assert items[alone.pk].group_key is None
     assert inbox_unread_count(user_id=user.pk) == 2
+
+
+def test_reading_the_group_item_reads_an_older_delivery_that_came_late(published):
+    all_wait()
+    user = UserFactory()
+    older = digest_of(user, "Ana")
+    newer = digest_of(user, "Ben", "Cy")
+    prepared(newer)
+    prepared(older)  # a late retry: it leaves the newer item as it is, with no item of its own
+    item = InboxItem.objects.get(user=user)
+    inbox_mark_read(user_id=user.pk, item_id=item.pk)
+    assert Delivery.objects.get(message=older).status == "read"
