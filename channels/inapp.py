@@ -128,7 +128,8 @@ def _group_write(entries: Sequence[InboxEntry], now: datetime) -> None:
     each other crosswise), and two inserts of one group meet at the partial unique index
     `inbox_one_live_group` (the loser waits for the winner's commit, then updates its item).
     An entry older than the item's message (a late retry) leaves it as it is; a delivery that
-    has its item already (a retried send) keeps it."""
+    has its item already (a retried send) keeps it. The delivery an unread item showed before
+    is kept in its `superseded`, for the read to come."""
     from notifier.db import insert_rows
     from notifier.models import InboxItem
 
@@ -153,6 +154,9 @@ def _group_write(entries: Sequence[InboxEntry], now: datetime) -> None:
             "created_at": now,
             "read_at": None,
             "group_count": entry.group_count,
+            # A 👎 was about the words replaced: the new ones start with none.
+            "feedback": "",
+            "feedback_at": None,
         }
         for _ in range(3):
             live = (
@@ -163,12 +167,22 @@ def _group_write(entries: Sequence[InboxEntry], now: datetime) -> None:
                     group_key=entry.group_key,
                     archived_at__isnull=True,
                 )
-                .values_list("pk", "message_id")
+                .values_list("pk", "message_id", "delivery_id", "read_at", "superseded")
                 .first()
             )
             if live is not None:
-                if live[1] < entry.message_id:
-                    InboxItem.objects.filter(pk=live[0]).update(**fields)
+                pk, message_id, replaced, read_at, superseded = live
+                if message_id < entry.message_id:
+                    # The replaced delivery has no item of its own any more: reading this one
+                    # reads it too (`inbox_mark_read`). One read already reads what it showed.
+                    kept = None if read_at is not None else [*(superseded or ()), replaced]
+                    InboxItem.objects.filter(pk=pk).update(**fields, superseded=kept)
+                elif read_at is None and entry.delivery_id not in (superseded or ()):
+                    # A late older one (or a retry of one replaced), shown by no item: it is
+                    # read with this one.
+                    InboxItem.objects.filter(pk=pk).update(
+                        superseded=[*(superseded or ()), entry.delivery_id]
+                    )
                 break
             columns = (*INBOX_COLUMNS, "group_key", "group_count")
             made = insert_rows(

@@ -39,6 +39,7 @@ from notifier.models import (
     TopicSnooze,
     User,
 )
+from notifier.policies.digests import collectable
 from notifier.policies.preferences import ConsentRecord, ConsentState, Preferences
 from notifier.policies.routing import EscalationStep
 from notifier.policies.throttle import Throttle
@@ -205,9 +206,25 @@ def inbox_item_topics(*, message_ids: Iterable[int]) -> dict[int, str]:
 def message_inbox_group(message: Message) -> tuple[str | None, int]:
     """The inbox group of a message of a type that digests (its digest key, else its throttle
     key when the type folds its throttle's overflow, else "": the type itself) and how many
-    messages it stands for (a digest's count, or one); (None, 1) for any other message."""
+    messages it stands for (a digest's count, or one); (None, 1) for any other message.
+
+    Only a digest's own message and the messages the digest could have collected are grouped
+    (as digests' `_rule` decides, with `collectable`): a campaign's message, a scheduled send,
+    a cancel key's, a critical one would replace the person's unread group item, so each has
+    an item of its own."""
     info = type_info_get(message.type_id)
-    if info is None or not info.digests or message.is_test:
+    if info is None or not info.digests:
+        return None, 1
+    if message.digest_id is None and (
+        message.campaign_id is not None
+        or message.not_before is not None
+        or not collectable(
+            kind=info.kind,
+            priority=message.priority,
+            is_test=message.is_test,
+            has_cancel_key=message.cancel_key is not None,
+        )
+    ):
         return None, 1
     key = message.digest_key or (message.throttle_key if info.throttle_folds else None) or ""
     carried = message.context.get("digest") if isinstance(message.context, dict) else None
@@ -221,7 +238,10 @@ def inbox_groups(types: Mapping[int, str]) -> dict[int, tuple[str | None, int]]:
     ids = [pk for pk, key in types.items() if (info := type_info_get(key)) and info.digests]
     if not ids:
         return {}
-    fields = ("id", "type_id", "digest_id", "digest_key", "throttle_key", "is_test", "context")
+    fields = (
+        *("id", "type_id", "digest_id", "digest_key", "throttle_key", "is_test", "context"),
+        *("campaign_id", "not_before", "cancel_key", "priority"),
+    )
     return {m.pk: message_inbox_group(m) for m in Message.objects.filter(pk__in=ids).only(*fields)}
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from django.conf import settings
+from django.contrib.postgres.fields import ArrayField
 from django.db import models
 from django.db.models import Q
 
@@ -38,6 +39,10 @@ class InboxItem(models.Model):
     # while its item is not archived, the group's next in-app message updates it in place.
     group_key = models.CharField(max_length=255, null=True, blank=True)  # noqa: DJ001
     group_count = models.PositiveIntegerField(db_default=1, help_text="Messages it stands for")
+    # The in-app deliveries whose content this group item replaced while it was unread: they
+    # have no item of their own any more, so reading this one reads them too (escalation,
+    # mark all read and a date series' exit_on=seen look at their statuses). NULL: none.
+    superseded = ArrayField(models.BigIntegerField(), null=True, blank=True)
 
     class Meta:
         constraints = [

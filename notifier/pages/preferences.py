@@ -929,9 +929,15 @@ def _page_cadences_save(
     for row in rows:
         wanted = request.POST.get(row.field, row.chosen)
         state = centre.cadence_for(row.scope)
-        moved = state is not None and (
-            (at is not None and state.at.strftime("%H:%M") != at)
-            or (weekday is not None and str(state.weekday) != weekday)
+        # The page's one time and day are the all-types choice's: a type's own daily or weekly
+        # choice keeps its time unless that type's choice itself changes.
+        moved = (
+            row.scope == ""
+            and state is not None
+            and (
+                (at is not None and state.at.strftime("%H:%M") != at)
+                or (weekday is not None and str(state.weekday) != weekday)
+            )
         )
         if wanted == row.chosen and not (wanted in ("daily", "weekly") and moved):
             continue
@@ -941,7 +947,7 @@ def _page_cadences_save(
                 scope=row.scope,
                 cadence=wanted,
                 at=at,
-                weekday=int(weekday) if weekday and weekday.isdigit() else weekday,
+                weekday=weekday,  # check_weekday takes the form's "0".."6"
             )
         else:
             digest_cadence_clear(user_id=user_id, scope=row.scope)

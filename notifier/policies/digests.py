@@ -43,6 +43,13 @@ def never_digested(*, kind: str, priority: str) -> bool:
     return kind == Kind.TRANSACTIONAL or priority == Priority.CRITICAL
 
 
+def collectable(*, kind: str, priority: str, is_test: bool, has_cancel_key: bool) -> bool:
+    """Whether a digest type may collect this message: never a transactional or critical one,
+    a marketer's test, nor one a cancel key names (it is sent, and cancelled, alone). The
+    rule of digests' `_rule`, for the inbox's grouping (selectors.message_inbox_group)."""
+    return not (is_test or has_cancel_key or never_digested(kind=kind, priority=priority))
+
+
 def _local_moment(day: date, wall: time, tz: ZoneInfo) -> datetime:
     # fold=0: a gap time lands the same distance after the gap, a doubled time on its first.
     return datetime.combine(day, wall, tzinfo=tz).astimezone(UTC)

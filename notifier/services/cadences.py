@@ -55,14 +55,26 @@ def check_scope(scope: object) -> str:
     """ "" (or None) for all types, or the key of a type that honours the person's cadence."""
     if scope in (None, ALL_TYPES):
         return ALL_TYPES
-    if not isinstance(scope, str) or text_problem(scope):
-        raise CadenceError("type must be a notification type's key, or empty for all types")
-    info = type_info_get(scope[:100])
+    key = _scope_key(scope)
+    info = type_info_get(key)
     if info is None:
-        raise CadenceError(f"there is no notification type {scope[:100]!r}")
+        raise CadenceError(f"there is no notification type {key!r}")
     if not info.digest_cadence or never_digested(kind=info.kind, priority=info.priority):
         raise CadenceError(f"{info.key} does not come as a digest: it has no cadence to choose")
     return info.key
+
+
+TYPE_KEY_LENGTH = 100  # NotificationType.key's max_length
+
+
+def _scope_key(scope: object) -> str:
+    """A type key as given: refused, not cut, when longer than a key can be (cut, a longer
+    string starting with a real key would be taken for it)."""
+    if not isinstance(scope, str) or text_problem(scope):
+        raise CadenceError("type must be a notification type's key, or empty for all types")
+    if len(scope) > TYPE_KEY_LENGTH:
+        raise CadenceError(f"a type's key is at most {TYPE_KEY_LENGTH} characters")
+    return scope
 
 
 def check_cadence(cadence: object) -> Cadence:
@@ -91,6 +103,9 @@ def check_weekday(weekday: object) -> int:
         return DEFAULT_WEEKDAY
     if isinstance(weekday, str) and weekday.lower() in WEEKDAYS:
         return WEEKDAYS.index(weekday.lower())
+    # A form's number: only these seven strings ("²".isdigit() is true, and int() refuses it).
+    if isinstance(weekday, str) and len(weekday) == 1 and weekday in "0123456":
+        return int(weekday)
     if type(weekday) is int and 0 <= weekday <= 6:
         return weekday
     raise CadenceError(f"weekday is one of {', '.join(WEEKDAYS)}; got {str(weekday)[:40]!r}")
@@ -118,12 +133,7 @@ def digest_cadence_set(
 def digest_cadence_clear(*, user_id: UserKey, scope: object) -> bool:
     """Forget a choice (back to the all-types one, or the type's own window); whether there
     was one. `scope` may name a type that no longer honours cadences, to clear what is left."""
-    if scope in (None, ALL_TYPES):
-        key = ALL_TYPES
-    elif isinstance(scope, str) and not text_problem(scope):
-        key = scope[:100]
-    else:
-        raise CadenceError("type must be a notification type's key, or empty for all types")
+    key = ALL_TYPES if scope in (None, ALL_TYPES) else _scope_key(scope)
     deleted, _ = DigestCadence.objects.filter(user_id=user_id, scope=key).delete()
     return bool(deleted)
 

@@ -806,6 +806,14 @@ def messages_prepare(*, message_ids: Sequence[int], run_id: int | None = None) -
         updates: list[tuple[Any, ...]] = []
         outcomes = route_many(messages, audience, now)
         # What a folding type's throttle stopped goes into the digest of its key instead.
+        # Lock order, known and accepted: this run locked digest rows in `digests_collect`, the
+        # throttles' advisory locks in `route_many`, and now digest rows again. Each step takes
+        # its locks in one sorted order, but two runs whose batches meet on the same person's
+        # digests and throttle keys across these steps can wait for each other crosswise.
+        # PostgreSQL then aborts one (deadlock_detected, after deadlock_timeout): its whole
+        # transaction rolls back, nothing half-written, and the prepare task's service runs it
+        # once more at once, not counted as a crash (quarantine, `_prepare_again_after_a_
+        # deadlock`). Rare: it needs one person's collect and fold of one type in two runs.
         folded = digests_fold(
             [o.message for o in outcomes if o.admission and o.admission.reason == Reason.THROTTLED],
             now,

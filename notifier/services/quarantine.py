@@ -31,9 +31,10 @@ from datetime import datetime
 from functools import partial
 
 from django.conf import settings
-from django.db import connection, transaction
+from django.db import OperationalError, connection, transaction
 from django.db.models import F
 from django.utils import timezone
+from psycopg2.errors import DeadlockDetected
 
 from notifier import dispatch
 from notifier.db import table_name
@@ -167,7 +168,7 @@ def messages_prepare_guarded(*, message_ids: Sequence[int]) -> Counter[str]:
     # Committed before the work: if this run dies, the record stays and says so.
     run = PrepareRun.objects.create(message_ids=batch, started_at=timezone.now())
     try:
-        written.update(messages_prepare(message_ids=batch, run_id=run.pk))
+        written.update(_prepare_again_after_a_deadlock(batch, run.pk))
     except RenderTimedOut as cut:  # rolled back, record included: nothing was written
         PrepareRun.objects.filter(pk=run.pk).delete()  # over, and not dead
         if len(batch) == 1:  # alone in its task: the time it took was its own
@@ -183,6 +184,20 @@ def messages_prepare_guarded(*, message_ids: Sequence[int]) -> Counter[str]:
             )
             written["republished"] = _publish_alone(_unrouted(batch))
     return written
+
+
+def _prepare_again_after_a_deadlock(batch: list[int], run_id: int) -> Counter[str]:
+    """`messages_prepare`, run once more at once when PostgreSQL aborted it to break a deadlock
+    (the known lock-order window of collect, throttles and fold: notifier.services.pipeline).
+    Rolled back whole, its run record back in place: not a crash of its messages, and the
+    other run holds the locks now. A second abort goes the way of any error."""
+    try:
+        return messages_prepare(message_ids=batch, run_id=run_id)
+    except OperationalError as exc:
+        if not isinstance(exc.__cause__, DeadlockDetected):
+            raise
+        log.info("a prepare run of %d messages broke a deadlock; run again", len(batch))
+        return messages_prepare(message_ids=batch, run_id=run_id)
 
 
 def unrouted_republish(rows: Sequence[Unrouted]) -> tuple[int, int]:

@@ -117,3 +117,69 @@ def test_after_the_stream_server_restarts_the_badge_is_right_again(browser, serv
         expect(page.locator("#inbox-items")).to_have_attribute("data-live", "stream")
     finally:
         again.stop()
+
+
+def test_a_group_item_updated_in_place_is_redrawn_on_top_and_a_new_item_of_the_burst_too(
+    browser, server, monkeypatch
+):
+    """A digest replaces the words of its group's item (read, lower in the list) and another
+    message lands in the same burst: the tab draws the new words and count, unread again, on
+    top, and still inserts the other item."""
+    from django.db import transaction
+
+    from notifier import dispatch
+    from notifier.models import Digest, Message, NotificationType
+    from notifier.selectors import type_cache_clear
+    from notifier.services.digests import digests_flush
+    from notifier.services.pipeline import messages_prepare
+
+    # Prepared here, in the test's process: nothing waits on the broker.
+    monkeypatch.setattr(dispatch, "publish_prepare", lambda ids, lane: None)
+    monkeypatch.setattr(dispatch, "publish_deliver", lambda *args, **kwargs: None)
+    NotificationType.objects.filter(pk="social.new_comment").update(digest_first_now=True)
+    type_cache_clear()
+    user = UserFactory()
+
+    def comment(name: str):
+        return notify(
+            user,
+            "social.new_comment",
+            {
+                "commenter_name": name,
+                "post_title": "My trip",
+                "excerpt": "Nice!",
+                "comment_url": "https://x.test/post",
+            },
+            channels=["inapp"],
+            digest_key="post:42",
+        )
+
+    def prepare(*messages) -> None:
+        messages_prepare(message_ids=[m.pk for m in messages])
+
+    prepare(comment("Ana"))  # the first of its window: its own item at once
+    prepare(comment("Ben"), comment("Cy"))  # collected
+    digest = Digest.objects.get(user=user)
+    digests_flush(now=digest.due_at)
+    digest.refresh_from_db()
+    send(user, "Fay")
+    fay = Message.objects.get(user=user, type_id="social.new_follower")
+    [page] = tabs(browser, server, user, 1)
+    group = InboxItem.objects.get(user=user)
+    row = page.locator(f'#inbox-items li[data-id="{group.pk}"]')
+    expect(row.locator(".title")).to_have_text("Ana commented on My trip")
+    page.get_by_role("button", name="Mark read").click()
+    expect(row).not_to_have_class(re.compile(r"\bunread\b"))
+    expect(page.locator("#unread-count")).to_have_text("0")
+
+    with transaction.atomic():  # one burst: both items' news after one commit
+        prepare(fay)  # a new item, older than the group's update below it in the list
+        prepare(digest.message)
+
+    items = page.locator("#inbox-items > li")
+    expect(items).to_have_count(2)
+    expect(items.nth(0).locator(".title")).to_have_text("Cy and 1 other commented on My trip")
+    expect(items.nth(0)).to_have_class(re.compile(r"\bunread\b"))
+    expect(items.nth(0)).to_have_attribute("data-id", str(group.pk))
+    expect(items.nth(1).locator(".title")).to_have_text("Fay followed you")
+    expect(page.locator("#unread-count")).to_have_text("2")

@@ -139,3 +139,24 @@ def test_support_sees_the_cadence_on_the_customer_page(admin_client):
     digest_cadence_set(user_id=user.pk, scope="", cadence="weekly", at="07:00", weekday="friday")
     page = admin_client.get(reverse("admin:notifier_user_customer", args=[user.pk]))
     assert "all types: weekly, friday at 07:00 their time" in page.content.decode()
+
+
+def test_saving_the_page_keeps_a_types_own_time():
+    user, browser = UserFactory(), Client(enforce_csrf_checks=True)
+    digest_cadence_set(user_id=user.pk, scope="", cadence="daily", at="09:00")
+    digest_cadence_set(user_id=user.pk, scope="social.new_comment", cadence="weekly", at="18:00")
+    url = prefs_url(user)
+    response = browser.post(url, form_of(browser.get(url)).submission())
+    assert response.status_code == 200
+    assert ("social.new_comment", "weekly", time(18, 0), 0) in chosen(user)
+
+
+@pytest.mark.parametrize("weekday", ["\u00b2", "7", "-1", "mon day"])
+def test_a_bad_weekday_on_the_page_says_what_to_fix_and_saves_nothing(weekday):
+    user, browser = UserFactory(), Client(enforce_csrf_checks=True)
+    url = prefs_url(user)
+    data = form_of(browser.get(url)).submission(digest_cadence="weekly", digest_weekday=weekday)
+    response = browser.post(url, data)
+    assert response.status_code == 400
+    assert "Nothing was saved: weekday is one of" in response.content.decode()
+    assert chosen(user) == set()

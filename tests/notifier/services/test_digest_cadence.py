@@ -123,6 +123,9 @@ def test_a_critical_message_of_a_digest_type_is_never_collected(published):
         ("", "weekly", "09:00", "funday", "weekday is one of"),
         ("order.shipped", "daily", None, None, "does not come as a digest"),
         ("no.such", "daily", None, None, "no notification type"),
+        ("", "weekly", "09:00", "\u00b2", "weekday is one of"),  # a digit, but no weekday
+        ("", "weekly", "09:00", "7", "weekday is one of"),
+        ("social.new_comment" + "x" * 150, "daily", None, None, "at most 100 characters"),
     ],
 )
 def test_a_bad_cadence_says_what_to_fix_and_writes_nothing(scope, cadence, at, weekday, words):

@@ -30,7 +30,13 @@ S = DeliveryStatus
 D = DigestState
 
 
-def comment(user, who: str, post: str = "post:42", text: str = "Nice!") -> Message:
+def comment(
+    user,
+    who: str,
+    post: str = "post:42",
+    text: str = "Nice!",
+    channels: tuple[str, ...] | None = ("inapp",),  # None: the type's routing decides
+) -> Message:
     return notify(
         user,
         "social.new_comment",
@@ -40,7 +46,7 @@ def comment(user, who: str, post: str = "post:42", text: str = "Nice!") -> Messa
             "excerpt": text,
             "comment_url": f"https://x.test/{post}",
         },
-        channels=["inapp"],
+        channels=list(channels) if channels else None,
         digest_key=post,
     )
 

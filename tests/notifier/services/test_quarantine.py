@@ -396,3 +396,32 @@ def test_a_run_at_work_is_not_taken_for_a_dead_one():
         assert seen_from_another_session() == []  # at work
         raise WorkerDied
     assert seen_from_another_session() == [(run.pk, [1, 2, 3])]  # died
+
+
+def test_a_run_postgresql_aborts_to_break_a_deadlock_runs_again_at_once_and_is_no_crash(
+    published, monkeypatch
+):
+    """The prepare run's known lock-order window (pipeline.py: collect, throttles, fold): the
+    run PostgreSQL picks to abort rolled back whole; it is run again at once, not left for the
+    re-queue job with a crash counted against its messages."""
+    from django.db import OperationalError
+    from psycopg2.errors import DeadlockDetected
+
+    ids = batch_of(2)
+    real, runs = quarantine.messages_prepare, []
+
+    def aborted_first(**kwargs):
+        runs.append(kwargs["message_ids"])
+        if len(runs) == 1:
+            try:
+                raise DeadlockDetected("deadlock detected")
+            except DeadlockDetected as exc:  # as Django raises it: psycopg2's error its cause
+                raise OperationalError("deadlock detected") from exc
+        return real(**kwargs)
+
+    monkeypatch.setattr(quarantine, "messages_prepare", aborted_first)
+    prepare_messages(ids)
+    assert runs == [ids, ids]
+    assert all(routed(pk) for pk in ids)
+    assert not PrepareRun.objects.exists()
+    assert set(Message.objects.filter(pk__in=ids).values_list("prepare_crashes", flat=True)) == {0}
