@@ -68,10 +68,10 @@ def inbox_changed(
     if item_id is not None:
         event["item"] = item_id
     payload = json.dumps(event, separators=(",", ":"))
-    transaction.on_commit(partial(_publish, users, payload))
+    transaction.on_commit(partial(_publish, users, payload, change))
 
 
-def _publish(user_ids: list[UserKey], payload: str) -> None:
+def _publish(user_ids: list[UserKey], payload: str, change: InboxChange) -> None:
     client = state_client()
     if client is None:  # embedded mode: no Redis, the page polls
         return
@@ -84,4 +84,4 @@ def _publish(user_ids: list[UserKey], payload: str) -> None:
             pipe.execute()
     except redis.RedisError:
         log.warning("could not publish %d inbox change(s)", len(user_ids), exc_info=True)
-        record_live_publish_failure(len(user_ids))
+        record_live_publish_failure(len(user_ids), str(change))

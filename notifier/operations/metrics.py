@@ -76,6 +76,9 @@ LIVE_PUBLISH_FAILURES = Counter(
     "notifier_live_inbox_publish_failures",
     "Inbox change events that could not be published to open inbox pages (Redis down); "
     "those pages catch up when their stream reconnects",
+    # Labelled, so that importing this module creates no file in the multiprocess directory
+    # (an unlabelled counter does at once, and `manage.py migrate` runs before it exists).
+    ["change"],
 )
 
 BREAKER_VALUES = {"closed": 0, "half_open": 1, "open": 2, "unknown": -1}
@@ -104,10 +107,10 @@ def record_send(
         log.warning("could not record send metrics", exc_info=True)
 
 
-def record_live_publish_failure(events: int) -> None:
+def record_live_publish_failure(events: int, change: str) -> None:
     """Count inbox change events lost to a failed publish. Never raises."""
     try:
-        LIVE_PUBLISH_FAILURES.inc(events)
+        LIVE_PUBLISH_FAILURES.labels(change).inc(events)
     except Exception:  # a full disk under the multiprocess dir must not stop sending
         log.warning("could not record live inbox metrics", exc_info=True)
 

@@ -220,12 +220,12 @@ def test_a_failed_publish_costs_the_stream_its_event_but_not_the_read(server, mo
     [item] = deliver_inbox(user, 1)
     stream = EventStream(server.port, session_cookie(user))
     assert stream.next_event().data["unread_count"] == 1
-    before = LIVE_PUBLISH_FAILURES._value.get()
+    before = LIVE_PUBLISH_FAILURES.labels("read")._value.get()
     nowhere = redis.Redis(host="127.0.0.1", port=1, socket_connect_timeout=0.2)
     monkeypatch.setattr(live_inbox, "state_client", lambda: nowhere)
     inbox_mark_read(user_id=user.pk, item_id=item.pk)
     assert InboxItem.objects.get(pk=item.pk).read_at is not None
-    assert LIVE_PUBLISH_FAILURES._value.get() == before + 1
+    assert LIVE_PUBLISH_FAILURES.labels("read")._value.get() == before + 1
     with pytest.raises(TimeoutError):
         stream.next_event(timeout=0.5)
     stream.close()

@@ -170,11 +170,11 @@ def test_a_publish_that_fails_fails_no_delivery(listen, monkeypatch):
 
     nowhere = redis.Redis(host="127.0.0.1", port=1, socket_connect_timeout=0.2)
     monkeypatch.setattr(live_inbox, "state_client", lambda: nowhere)
-    before = LIVE_PUBLISH_FAILURES._value.get()
+    before = LIVE_PUBLISH_FAILURES.labels("new")._value.get()
     user = UserFactory()
     send_inapp(user, user)
     assert InboxItem.objects.filter(user=user).count() == 2
     assert set(Delivery.objects.filter(message__user=user).values_list("status", flat=True)) == {
         "sent"
     }
-    assert LIVE_PUBLISH_FAILURES._value.get() == before + 1  # one user's event lost
+    assert LIVE_PUBLISH_FAILURES.labels("new")._value.get() == before + 1  # one user's event lost
