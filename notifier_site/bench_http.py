@@ -22,7 +22,29 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
-class LoopbackSite:
+class LoggedServer:
+    """A server process on loopback whose output goes to a temporary log file: its last lines
+    for an error message, and a stop that cleans up."""
+
+    process: subprocess.Popen[bytes]
+    log: Any
+
+    def tail(self, lines: int = 30) -> str:
+        return "\n".join(Path(self.log.name).read_text(errors="replace").splitlines()[-lines:])
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self.log.close()
+        Path(self.log.name).unlink(missing_ok=True)
+
+
+class LoopbackSite(LoggedServer):
     """`gunicorn notifier_site.wsgi`, one worker process with one thread. The gthread worker,
     because deploy/'s sync workers close the connection after each answer: a caller that
     keeps its connection (a service's HTTP client pool) would reconnect on every call."""
@@ -71,20 +93,6 @@ class LoopbackSite:
                 pass
             time.sleep(0.1)
         raise RuntimeError(f"gunicorn did not answer in {timeout:.0f} s: {self.tail()}")
-
-    def tail(self, lines: int = 30) -> str:
-        return "\n".join(Path(self.log.name).read_text(errors="replace").splitlines()[-lines:])
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        self.log.close()
-        Path(self.log.name).unlink(missing_ok=True)
 
 
 class KeptConnection:

@@ -37,7 +37,7 @@ from django.utils.crypto import get_random_string
 from notifier.live_inbox import InboxChange, inbox_changed
 from notifier.models import User
 from notifier.redis_client import state_client
-from notifier_site.bench_http import free_port
+from notifier_site.bench_http import LoggedServer, free_port
 
 LIVE_CONNECTIONS = 2000
 LIVE_ROUNDS = 5
@@ -46,7 +46,7 @@ USER_PREFIX = "bench-live-"
 SESSION_KEY_CHARS = string.ascii_lowercase + string.digits  # as Django's own session keys
 
 
-class LiveSite:
+class LiveSite(LoggedServer):
     """`uvicorn notifier_site.asgi`, one process, DEBUG off, the public limits off (every
     stream comes from one address)."""
 
@@ -80,20 +80,6 @@ class LiveSite:
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-
-    def tail(self, lines: int = 30) -> str:
-        return "\n".join(Path(self.log.name).read_text(errors="replace").splitlines()[-lines:])
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        self.log.close()
-        Path(self.log.name).unlink(missing_ok=True)
 
 
 def live_users(count: int) -> list[tuple[int, str]]:
