@@ -50,7 +50,7 @@ from notifier.db import any_of, insert_rows, update_rows
 from notifier.local_formats import zone_of
 from notifier.models import Digest, DigestCadence, DigestState, Message
 from notifier.models.recipients import recipient_for
-from notifier.policies.digests import Cadence, CadenceChoice, digest_due_at, never_digested
+from notifier.policies.digests import Cadence, CadenceChoice, collectable, digest_due_at
 from notifier.selectors import TypeInfo, type_info_get
 from notifier.services.messages import NewMessage, messages_create
 
@@ -69,12 +69,18 @@ class FlushReport:
 def _rule(message: Message) -> TypeInfo | None:
     """The type, when this message is one its type may collect: not a digest's own message,
     not a marketer's test, not one with a cancel key, never a transactional or critical one."""
-    if message.digest_id is not None or message.is_test or message.cancel_key is not None:
-        return None  # a cancel key names this message: it is sent, and cancelled, alone
+    if message.digest_id is not None:
+        return None
     info = type_info_get(message.type_id)
     if info is None or not info.digests:
         return None
-    return None if never_digested(kind=info.kind, priority=message.priority) else info
+    may = collectable(
+        kind=info.kind,
+        priority=message.priority,
+        is_test=message.is_test,
+        has_cancel_key=message.cancel_key is not None,
+    )
+    return info if may else None
 
 
 def cadences_of(messages: Sequence[Message]) -> dict[tuple[object, str], CadenceChoice]:
