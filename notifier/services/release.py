@@ -31,6 +31,7 @@ from notifier.policies.routing import escalation_stops, suppress
 from notifier.queues import Lane
 from notifier.services.admission import Admission, message_admission, settle_caps
 from notifier.services.date_series import series_steps_stopped
+from notifier.services.digests import digests_fold
 from notifier.services.pipeline import (
     Routed,
     audience_of,
@@ -148,9 +149,13 @@ def held_release(*, now: datetime | None = None, limit: int = 2000) -> ReleaseRe
                 take_cap=False,
             )
         # A scheduled message of a throttled type takes its slot as it goes, before the caps.
+        # Over the throttle, a folding type's message joins the digest of its key (its held
+        # deliveries are not sent on their own: suppressed, the event naming the digest); a
+        # dropping type's is suppressed.
         throttled = throttles_take(
             [messages[i] for i, a in admitted.items() if a.status == S.QUEUED], now
         )
+        folded = digests_fold([messages[i] for i in throttled], now)
         for message_id in throttled:
             admitted[message_id] = Admission(S.SUPPRESSED, Reason.THROTTLED)
         # One cap decision for the run: every channel of a message shares its message's slot.
@@ -195,7 +200,11 @@ def held_release(*, now: datetime | None = None, limit: int = 2000) -> ReleaseRe
                         None,
                         "",
                         "",
-                        {"until": until.isoformat()} if status == S.HELD and until else {},
+                        {"until": until.isoformat()}
+                        if status == S.HELD and until
+                        else {"folded_into_digest": True}
+                        if message_id in folded
+                        else {},
                     )
                 )
             if admission is not None and admission.cap is not None:

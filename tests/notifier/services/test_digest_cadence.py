@@ -25,6 +25,7 @@ from notifier.services.cadences import (
     digest_cadences_of,
 )
 from notifier.services.digests import digests_flush
+from notifier.services.release import held_release
 from notifier.status import DeliveryStatus, Reason
 from tests.factories import UserFactory
 from tests.notifier.services.test_digests import comment, prepared
@@ -231,3 +232,40 @@ def test_two_prepare_runs_over_the_throttle_at_once_fold_into_one_digest(publish
     assert set(Message.objects.filter(digest=digest).values_list("pk", flat=True)) == {
         m.pk for m in over
     }
+
+
+def test_a_scheduled_message_released_over_a_folding_throttle_joins_the_digest(
+    published, admin_client
+):
+    """Scheduled, it takes its throttle slot when it goes; the key is full by then, and the type
+    folds: it goes into the key's digest rather than being dropped, its held deliveries not
+    sent on their own."""
+    folding(limit=1)
+    user = UserFactory()
+    context = {"follower_name": "Ben", "follower_url": "https://x.test/ben"}
+    with time_machine.travel(MONDAY, tick=False):
+        scheduled = notify(
+            user,
+            "social.new_follower",
+            context,
+            channels=["inapp"],
+            throttle_key="follows:today",
+            send_at=MONDAY + timedelta(minutes=30),
+        )
+        assert prepared(scheduled) == {"held": 1}
+        assert prepared(followed(user)) == {"sent": 1}  # takes the key's one slot
+    with time_machine.travel(MONDAY + timedelta(minutes=31), tick=False):
+        report = held_release()
+    assert (report.released, report.suppressed) == (0, 1)
+    digest = Digest.objects.get()
+    assert (digest.key, digest.count) == ("follows:today", 1)
+    scheduled.refresh_from_db()
+    assert scheduled.digest_id == digest.pk and scheduled.throttled_into_digest
+    assert set(Delivery.objects.filter(message=scheduled).values_list("status", "reason")) == {
+        (S.SUPPRESSED, Reason.THROTTLED)
+    }
+    page = admin_client.get(reverse("admin:notifier_user_customer", args=[user.pk]))
+    assert f"Over its throttle (key full), folded into digest #{digest.pk}" in page.content.decode()
+    assert digests_flush(now=digest.due_at).sent == 1
+    digest.refresh_from_db()
+    assert digest.message is not None and digest.message.context["digest"]["count"] == 1
