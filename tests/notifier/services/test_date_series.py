@@ -505,20 +505,87 @@ def test_another_codebase_sets_clears_and_exits_a_date_by_task_name(points, publ
     user = UserFactory()
     call = {"user": user.pk, "series": "points.expiring", "key": "p"}
     at = in_days(10).isoformat()
-    assert date_call({**call, "at": at, "context": CONTEXT}, action="set", caller="t1") == {
-        "version": 1
-    }
-    assert date_call({**call, "at": at, "context": CONTEXT}, action="set", caller="t2") == {
-        "version": 1
+    set_call = {**call, "at": at, "context": CONTEXT}
+    assert date_call(set_call, action="set", caller="t1") == {"version": 1, "applied": True}
+    assert date_call(set_call, action="set", caller="t2") == {
+        "version": 1,
+        "applied": True,
     }  # delivered twice: nothing moves
-    assert date_call({**call, "reason": "renewed"}, action="exit", caller="t3") == {"found": True}
-    assert date_call(call, action="clear", caller="t4") == {"found": True}
+    assert date_call({**call, "reason": "renewed"}, action="exit", caller="t3") == {
+        "found": True,
+        "applied": True,
+    }
+    assert date_call(call, action="clear", caller="t4") == {"found": True, "applied": True}
     assert RecipientDate.objects.get().state == DateState.REMOVED
     assert date_call({**call, "at": "next week"}, action="set", caller="t5") is None
     assert date_call({**call, "colour": "red"}, action="clear", caller="t6") is None
     refused = list(RefusedCall.objects.order_by("pk").values_list("source", "message"))
     assert refused[0][0] == "celery task notifier.date_set" and "ISO 8601" in refused[0][1]
     assert refused[1][0] == "celery task notifier.date_clear" and "'colour'" in refused[1][1]
+
+
+def test_a_task_redelivered_late_says_it_was_not_applied(points, published):
+    from notifier.services.remote_calls import date_call
+
+    user = UserFactory()
+    call = {"user": user.pk, "series": "points.expiring", "key": "p"}
+    t1, t2, t3 = (ago(hours).isoformat() for hours in (3, 2, 1))
+    newer = {**call, "at": in_days(20).isoformat(), "context": CONTEXT, "as_of": t2}
+    older = {**newer, "at": in_days(10).isoformat(), "as_of": t1}
+    assert date_call(newer, action="set", caller="t1") == {"version": 1, "applied": True}
+    assert date_call(older, action="set", caller="t2") == {"version": 1, "applied": False}
+    assert RecipientDate.objects.get().at == datetime.fromisoformat(newer["at"])
+    assert date_call({**call, "as_of": t1}, action="exit", caller="t3") == {
+        "found": True,
+        "applied": False,
+    }
+    assert date_call({**call, "as_of": t3}, action="clear", caller="t4") == {
+        "found": True,
+        "applied": True,
+    }
+    other = {**call, "key": "q"}
+    assert date_call({**other, "as_of": t2}, action="clear", caller="t5") == {
+        "found": False,
+        "applied": True,
+    }  # a tombstone: its older set, arriving next, is ignored
+    assert date_call({**other, "at": older["at"], "context": CONTEXT, "as_of": t1},
+                     action="set", caller="t6") == {"version": 0, "applied": False}  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("as_of", "words"),
+    [
+        ("2026-12-01T09:30:00", "as_of has no UTC offset"),
+        ("next week", "as_of must be ISO 8601 text with its zone"),
+        (12, "as_of must be ISO 8601 text with its zone"),
+        ("2999-01-01T00:00:00+00:00", "ahead of this server's clock"),
+    ],
+)
+def test_a_task_with_a_bad_as_of_is_refused_and_recorded(points, published, as_of, words):
+    from notifier.models import RefusedCall
+    from notifier.services.remote_calls import date_call
+
+    call = {"user": UserFactory().pk, "series": "points.expiring", "key": "p", "as_of": as_of}
+    assert date_call(call, action="clear", caller="t1") is None
+    set_call = {**call, "at": in_days(10).isoformat(), "context": CONTEXT}
+    assert date_call(set_call, action="set", caller="t2") is None
+    refused = list(RefusedCall.objects.order_by("pk").values_list("source", "message"))
+    assert [source for source, _ in refused] == [
+        "celery task notifier.date_clear",
+        "celery task notifier.date_set",
+    ]
+    assert all(words in message for _, message in refused)
+    assert not RecipientDate.objects.exists() and not Message.objects.exists()
+
+
+def test_a_task_naming_an_unknown_argument_is_told_of_as_of(points):
+    from notifier.models import RefusedCall
+    from notifier.services.remote_calls import date_call
+
+    call = {"user": UserFactory().pk, "series": "points.expiring", "key": "p", "asof": "x"}
+    assert date_call(call, action="exit", caller="t1") is None
+    message = RefusedCall.objects.get().message
+    assert "'asof'" in message and "reason, as_of" in message
 
 
 def test_a_series_made_in_the_admin_is_validated_and_then_used(admin_client, published):
