@@ -1493,9 +1493,10 @@ class DateSeriesAdmin(admin.ModelAdmin):
 @admin.register(RecipientDate)
 class RecipientDateAdmin(ReadOnlyMixin, admin.ModelAdmin):
     """People's own dates (set by the product through the API): each one's steps are on the
-    person's customer page, with what became of each."""
+    person's customer page, with what became of each. Version 0 is a tombstone, never set: a
+    clear or exit with as_of that came before the date's set (which it makes ignored)."""
 
-    list_display = ["id", "user", "series", "key", "at", "state", "version", "updated_at"]
+    list_display = ["id", "user", "series", "key", "at", "state", "version", "as_of", "updated_at"]
     list_select_related = ["user"]
     list_filter = ["state", "series"]
     search_fields = ["=key", "user__notifier_recipient__email"]

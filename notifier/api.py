@@ -1053,6 +1053,35 @@ def _date_key(key: object) -> str:
     return text
 
 
+# How far ahead of this server's clock an as_of may be: the caller's clock is a little off,
+# never a day. Further back than any date can be (ten years) is refused too.
+MAX_AS_OF_AHEAD = timedelta(days=1)
+AS_OF_WORDS = (
+    "when the change happened in your system (an aware datetime, e.g. the updated_at of the "
+    "row the date comes from)"
+)
+
+
+def _as_of(as_of: object) -> datetime | None:
+    """The caller's as_of checked: None, or an aware datetime at most a day ahead, in UTC."""
+    if as_of is None:
+        return None
+    since_epoch = _since_epoch(as_of, "as_of", InvalidSeriesDate)
+    now = _now_since_epoch()
+    if since_epoch - now > MAX_AS_OF_AHEAD:
+        # Said as a length, not a date: one near year 9999 may not be a date in UTC.
+        raise InvalidSeriesDate(
+            f"as_of is {since_epoch - now} ahead of this server's clock, and at most a day is "
+            f"allowed (for clocks that differ); send {AS_OF_WORDS}, or leave it out"
+        )
+    if now - since_epoch > MAX_SCHEDULE_DISTANCE:
+        raise InvalidSeriesDate(
+            f"as_of is more than {MAX_SCHEDULE_DISTANCE.days} days (ten years) ago; send "
+            f"{AS_OF_WORDS}, or leave it out"
+        )
+    return _EPOCH_UTC + since_epoch
+
+
 def date_set(
     user: UserRef,
     series_key: str,
@@ -1060,12 +1089,33 @@ def date_set(
     *,
     key: str,
     context: Mapping[str, Any] | None = None,
+    as_of: datetime | None = None,
 ) -> RecipientDate:
     """Set the user's date in a series (or move it): its steps are scheduled around `at`, and
     the steps still pending of a date set before under the same key are cancelled (reason
     `series_moved`). A step already past is not sent (the date's `plan` says so). Setting the
     same date and context again changes nothing. `context` is what the steps' templates see,
-    with `series_date` (the date, ISO 8601) and `series_step` (1, 2, ...)."""
+    with `series_date` (the date, ISO 8601) and `series_step` (1, 2, ...).
+
+    `as_of`: when the change happened in your system. A call older than the date's last
+    applied one (a task redelivered late) changes nothing and returns the date as it stands;
+    without it, calls apply in the order they run."""
+    change = date_set_change(user, series_key, at, key=key, context=context, as_of=as_of)
+    assert change.date is not None  # a set always leaves its date
+    return change.date
+
+
+def date_set_change(
+    user: UserRef,
+    series_key: str,
+    at: datetime,
+    *,
+    key: str,
+    context: Mapping[str, Any] | None = None,
+    as_of: datetime | None = None,
+) -> series_service.DateChange:
+    """`date_set`, and whether it was applied (False: `as_of` was older than the date's), for
+    the doors that report it (the Celery task)."""
     series = check_series(series_key)
     user_id = _user_id(user)
     date_key = _date_key(key)
@@ -1075,6 +1125,7 @@ def date_set(
             f"at is more than {MAX_SCHEDULE_DISTANCE.days} days (ten years) from now"
         )
     moment = _EPOCH_UTC + since_epoch
+    checked_as_of = _as_of(as_of)
     info = check_type(series.type_id)
     plain = {} if context is None else plain_json_object(context)
     taken = sorted(SERIES_VARIABLES & set(plain))
@@ -1085,26 +1136,64 @@ def date_set(
     )
     check_recipients([user_id])
     return series_service.recipient_date_set(
-        user_id=user_id, series=series, key=date_key, at=moment, context=plain
+        user_id=user_id,
+        series=series,
+        key=date_key,
+        at=moment,
+        context=plain,
+        as_of=checked_as_of,
     )
 
 
-def date_clear(user: UserRef, series_key: str, *, key: str) -> bool:
+def date_clear(user: UserRef, series_key: str, *, key: str, as_of: datetime | None = None) -> bool:
     """Remove the user's date: what has not gone out of its steps is cancelled (reason
-    `series_removed`). Whether there was such a date (removing twice is no error)."""
+    `series_removed`). Whether there was such a date (removing twice is no error).
+
+    `as_of`: when the removal happened in your system. Older than the date's last applied call:
+    nothing changes. With it, removing a date not set yet leaves a mark (still "no such date")
+    so that its set, if older and arriving later, is ignored."""
+    return date_clear_change(user, series_key, key=key, as_of=as_of).found
+
+
+def date_clear_change(
+    user: UserRef, series_key: str, *, key: str, as_of: datetime | None = None
+) -> series_service.DateChange:
+    """`date_clear`, and whether it was applied (False: `as_of` was older than the date's)."""
     series = check_series(series_key, to_set=False)
-    date = series_service.recipient_date_clear(
-        user_id=_user_id(user), series_key=series.key, key=_date_key(key)
+    user_id, date_key, checked_as_of = _user_id(user), _date_key(key), _as_of(as_of)
+    return series_service.recipient_date_clear(
+        user_id=user_id, series_key=series.key, key=date_key, as_of=checked_as_of
     )
-    return date is not None
 
 
-def date_exit(user: UserRef, series_key: str, *, key: str, reason: str = "") -> bool:
+def date_exit(
+    user: UserRef,
+    series_key: str,
+    *,
+    key: str,
+    reason: str = "",
+    as_of: datetime | None = None,
+) -> bool:
     """The user acted (renewed, converted): the rest of the date's steps are cancelled (reason
-    `series_exited`, with yours on the support timeline). Whether there was such a date."""
+    `series_exited`, with yours on the support timeline). Whether there was such a date.
+
+    `as_of`: when they acted, in your system; as `date_clear`'s (a set older than the exit,
+    arriving after it, is ignored, even when the exit came first)."""
+    return date_exit_change(user, series_key, key=key, reason=reason, as_of=as_of).found
+
+
+def date_exit_change(
+    user: UserRef,
+    series_key: str,
+    *,
+    key: str,
+    reason: str = "",
+    as_of: datetime | None = None,
+) -> series_service.DateChange:
+    """`date_exit`, and whether it was applied (False: `as_of` was older than the date's)."""
     series = check_series(series_key, to_set=False)
     note = _check_key(reason, "reason", InvalidSeriesDate) if reason else ""
-    date = series_service.recipient_date_exit(
-        user_id=_user_id(user), series_key=series.key, key=_date_key(key), note=note or ""
+    user_id, date_key, checked_as_of = _user_id(user), _date_key(key), _as_of(as_of)
+    return series_service.recipient_date_exit(
+        user_id=user_id, series_key=series.key, key=date_key, note=note or "", as_of=checked_as_of
     )
-    return date is not None

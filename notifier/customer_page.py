@@ -42,7 +42,7 @@ from notifier.policies.caps import caps_for, windows_at
 from notifier.policies.digests import Cadence
 from notifier.policies.preferences import Preferences, can_switch_off, channel_enabled
 from notifier.services.cadences import WEEKDAYS, CadenceState, digest_cadences_of
-from notifier.services.date_series import steps_archived
+from notifier.services.date_series import recipient_dates_of, steps_archived
 from notifier.services.support import MAX_WHY
 from notifier.status import Reason
 
@@ -212,9 +212,7 @@ def _reason_words(reason: str) -> str:
 def dates_of(user_id: Any) -> list[DateRow]:
     """The person's dates, soonest first, each step of its latest version with what became of
     it (per channel, with the reason): two queries for the lot."""
-    dates = list(
-        RecipientDate.objects.filter(user_id=user_id).select_related("series").order_by("at")
-    )
+    dates = recipient_dates_of(user_id=user_id)
     ids = [step["message"] for date in dates for step in date.plan if step.get("message")]
     rows = (
         Delivery.objects.filter(message_id__in=ids)

@@ -90,5 +90,6 @@ class UnknownDateSeries(NotifyError):
 
 
 class InvalidSeriesDate(NotifyError):
-    """A date series call's date or key is not what it must be: an aware datetime within ten
-    years, a non-empty plain text key of at most 255 characters."""
+    """A date series call's date, key or as_of is not what it must be: an aware datetime within
+    ten years, a non-empty plain text key of at most 255 characters, an aware as_of at most a
+    day ahead."""

@@ -90,20 +90,23 @@ def cancel_task(self: Any, *args: Any, **kwargs: Any) -> dict[str, int] | None:
 @shared_task(name="notifier.date_set", **REMOTE_CALL_OPTIONS)
 def date_set_task(self: Any, *args: Any, **kwargs: Any) -> dict[str, Any] | None:
     """`date_set()` for another codebase: a person's date in a series, set or moved (its
-    steps move with it). The same call again changes nothing; a refused call is recorded
-    (RefusedCall) and returns None."""
+    steps move with it). The same call again changes nothing, and so does one whose `as_of`
+    (ISO 8601) is older than the date's (a task redelivered late: `"applied": false`); a
+    refused call is recorded (RefusedCall) and returns None."""
     return date_call(kwargs, action="set", caller=self.request.id or "", positional=args)
 
 
 @shared_task(name="notifier.date_clear", **REMOTE_CALL_OPTIONS)
 def date_clear_task(self: Any, *args: Any, **kwargs: Any) -> dict[str, Any] | None:
-    """`date_clear()` for another codebase: the date removed, its pending steps cancelled."""
+    """`date_clear()` for another codebase: the date removed, its pending steps cancelled
+    (unless its `as_of` is older than the date's)."""
     return date_call(kwargs, action="clear", caller=self.request.id or "", positional=args)
 
 
 @shared_task(name="notifier.date_exit", **REMOTE_CALL_OPTIONS)
 def date_exit_task(self: Any, *args: Any, **kwargs: Any) -> dict[str, Any] | None:
-    """`date_exit()` for another codebase: the person acted, the rest of the steps stop."""
+    """`date_exit()` for another codebase: the person acted, the rest of the steps stop
+    (unless its `as_of` is older than the date's)."""
     return date_call(kwargs, action="exit", caller=self.request.id or "", positional=args)
 
 

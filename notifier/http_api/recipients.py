@@ -14,7 +14,7 @@ from decimal import Decimal
 from typing import Annotated, Any, Literal
 
 from django.http import HttpRequest
-from ninja import Path, Router, Schema, Status
+from ninja import Path, Query, Router, Schema, Status
 from pydantic import Field, StrictBool, StrictStr
 
 from notifier.api import date_clear, date_exit, date_set, topic_subscribe, topic_unsubscribe
@@ -809,15 +809,24 @@ class DatesOut(Schema):
     dates: list[DateOut] = Field(description="Soonest first")
 
 
+AS_OF_DESCRIPTION = (
+    "When the change happened in your system, with its time zone (ISO 8601), at most a day "
+    "ahead of this server's clock. A call older than the date's last applied one changes "
+    "nothing (a retry behind a newer call); without it, calls apply in the order they arrive"
+)
+
+
 class DateIn(Schema):
     at: datetime = Field(description="The date, with its time zone (ISO 8601)")
     context: dict[str, Any] = Field(
         default_factory=dict, description="What the steps' templates see (besides series_date)"
     )
+    as_of: datetime | None = Field(default=None, description=AS_OF_DESCRIPTION)
 
 
 class DateExitIn(Schema):
     reason: StrictStr = Field(default="", description='Why, e.g. "renewed" (support reads it)')
+    as_of: datetime | None = Field(default=None, description=AS_OF_DESCRIPTION)
 
 
 def dates_json(user_id: Any) -> dict[str, Any]:
@@ -869,9 +878,10 @@ def date_put(
 ) -> Status[dict[str, Any]]:
     """The series' steps are scheduled around `at`; a date set before under the same key has
     its pending steps cancelled (moved). Steps already past are not sent. The same body again
-    changes nothing."""
+    changes nothing, and so does one whose `as_of` is older than the date's: the answer is
+    always the dates as they stand."""
     recipient = recipient_get(external_id)
-    date_set(recipient.user_id, series, body.at, key=key, context=body.context)
+    date_set(recipient.user_id, series, body.at, key=key, context=body.context, as_of=body.as_of)
     return Status(200, dates_json(recipient.user_id))
 
 
@@ -882,10 +892,16 @@ def date_put(
     summary="Remove a recipient's date: its pending steps are cancelled",
 )
 def date_delete(
-    request: HttpRequest, external_id: ExternalId, series: str, key: str
+    request: HttpRequest,
+    external_id: ExternalId,
+    series: str,
+    key: str,
+    as_of: Annotated[datetime | None, Query(description=AS_OF_DESCRIPTION)] = None,
 ) -> Status[dict[str, Any]]:
+    """No such date is no error. With `as_of`, a date not set yet stays unset when its set,
+    older, arrives later. The answer is the dates as they stand."""
     recipient = recipient_get(external_id)
-    date_clear(recipient.user_id, series, key=key)
+    date_clear(recipient.user_id, series, key=key, as_of=as_of)
     return Status(200, dates_json(recipient.user_id))
 
 
@@ -898,6 +914,7 @@ def date_delete(
 def date_exit_route(
     request: HttpRequest, external_id: ExternalId, series: str, key: str, body: DateExitIn
 ) -> Status[dict[str, Any]]:
+    """With `as_of`, as DELETE's. The answer is the dates as they stand."""
     recipient = recipient_get(external_id)
-    date_exit(recipient.user_id, series, key=key, reason=body.reason)
+    date_exit(recipient.user_id, series, key=key, reason=body.reason, as_of=body.as_of)
     return Status(200, dates_json(recipient.user_id))

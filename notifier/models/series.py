@@ -106,7 +106,10 @@ class RecipientDate(models.Model):
     """One person's date in a series (their points' expiry, their plan's renewal), by a key of
     the product's ("subscription:42"). Each set or move bumps `version`; the steps of a version
     are messages with the cancel key `series:<id>:<version>`, so a move cancels exactly the old
-    version's steps. `plan` says what became of each step of the current version."""
+    version's steps. `plan` says what became of each step of the current version.
+
+    Version 0 is a date never set: a clear or exit with `as_of` that came before its set (a
+    tombstone, so the older set arriving late is ignored); the lists of dates leave it out."""
 
     user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, db_index=False)
     series = models.ForeignKey(DateSeries, on_delete=models.CASCADE, related_name="dates")
@@ -118,6 +121,12 @@ class RecipientDate(models.Model):
     state_note = models.CharField(max_length=255, blank=True, default="")
     # [{"step": 1, "at": "...", "message": 123} | {"step": 2, "at": "...", "skipped": "past"}]
     plan = models.JSONField(default=list, blank=True)
+    as_of = models.DateTimeField(
+        null=True,
+        blank=True,
+        help_text="The newest as_of of the calls applied to it (when the change happened in "
+        "the caller's system): a call with an older one changes nothing",
+    )
     created_at = models.DateTimeField()
     updated_at = models.DateTimeField()
 
@@ -132,6 +141,11 @@ class RecipientDate(models.Model):
     @property
     def cancel_key(self) -> str:
         return series_cancel_key(self.pk, self.version)
+
+    @property
+    def ever_set(self) -> bool:
+        """False for a tombstone: a clear or exit (with as_of) ahead of the date's set."""
+        return self.version > 0
 
 
 SERIES_KEY_PREFIX = "series:"

@@ -12,6 +12,12 @@ happens with the date's row locked, in one transaction:
 - a removal cancels them (`series_removed`), an exit too (`series_exited`);
 - setting the same date and context again changes nothing (a retried call or task).
 
+Calls apply in the order they run, unless they say when their change happened in the caller's
+system (`as_of`): then one older than the date's own `as_of` (the newest applied) changes
+nothing, so a task redelivered late or an HTTP retry behind a newer call cannot move the date
+back. A clear or exit with `as_of` of a date not set yet leaves a tombstone (version 0, never
+listed) for the older set still on its way to find.
+
 A step whose time has already gone when the date is set is not sent (more than a minute past:
 notifier.policies.series.PAST_GRACE); the date's `plan` records it as skipped. What the person
 does stops the rest too: when a step comes up, the release job suppresses it (`series_exited`)
@@ -20,6 +26,7 @@ if an earlier step of the same date was clicked (or read, per the series' `exit_
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -43,9 +50,41 @@ from notifier.services.messages import NewMessage, messages_create
 from notifier.status import DeliveryStatus, Reason
 from notifier.user_keys import UserKey
 
+log = logging.getLogger(__name__)
+
 S = DeliveryStatus
 SEEN = (S.OPENED, S.READ)
 CLICKED = (S.CLICKED,)
+
+
+@dataclass(frozen=True)
+class DateChange:
+    """What a call did to a date: the date as it stands afterwards (None: there is none), and
+    whether the call was applied (False: its as_of was older than the date's, which stands)."""
+
+    date: RecipientDate | None
+    applied: bool
+
+    @property
+    def found(self) -> bool:
+        """Whether there is such a date (a tombstone is not one: it was never set)."""
+        return self.date is not None and self.date.ever_set
+
+
+def _stale(date: RecipientDate, as_of: datetime | None, action: str) -> bool:
+    """Whether the call is older than what the date already holds (then it changes nothing)."""
+    if as_of is None or date.as_of is None or as_of >= date.as_of:
+        return False
+    log.info(
+        "date series call ignored as stale: %s of %s %s for %s as of %s, the date is as of %s",
+        action,
+        date.series_id,
+        date.key,
+        date.user_id,
+        as_of.isoformat(),
+        date.as_of.isoformat(),
+    )
+    return True
 
 
 def step_context(context: dict[str, Any], at: datetime, step: int) -> dict[str, Any]:
@@ -60,10 +99,11 @@ def recipient_date_set(
     key: str,
     at: datetime,
     context: dict[str, Any],
+    as_of: datetime | None = None,
     now: datetime | None = None,
-) -> RecipientDate:
-    """Set (or move) the person's date: its pending steps move with it. Trusts its input
-    (notifier.api.date_set checks it)."""
+) -> DateChange:
+    """Set (or move) the person's date: its pending steps move with it; not applied when
+    `as_of` is older than the date's. Trusts its input (notifier.api.date_set checks it)."""
     now = now or timezone.now()
     with transaction.atomic():
         RecipientDate.objects.get_or_create(
@@ -75,6 +115,8 @@ def recipient_date_set(
         date = RecipientDate.objects.select_for_update().get(
             user_id=user_id, series=series, key=key
         )
+        if _stale(date, as_of, "set"):
+            return DateChange(date, applied=False)
         if (
             date.version
             and date.state in (DateState.ACTIVE, DateState.EXITED)
@@ -83,16 +125,20 @@ def recipient_date_set(
         ):
             # The same call again (a retry, a host re-syncing its dates): nothing moves, and
             # a date the person acted on stays exited. A removed one is set afresh.
-            return date
+            if as_of is not None and as_of != date.as_of:
+                date.as_of = as_of
+                date.save(update_fields=["as_of"])
+            return DateChange(date, applied=True)
         if date.version:
             _cancel_steps(date, Reason.SERIES_MOVED, "its date moved", now)
         date.version += 1
         date.at, date.context = at, context
         date.state, date.state_note = DateState.ACTIVE, ""
         date.plan = _write_steps(date, series, now)
+        date.as_of = as_of if as_of is not None else date.as_of
         date.updated_at = now
         date.save()
-    return date
+    return DateChange(date, applied=True)
 
 
 def _write_steps(date: RecipientDate, series: DateSeries, now: datetime) -> list[dict[str, Any]]:
@@ -146,19 +192,31 @@ def _locked(user_id: UserKey, series_key: str, key: str) -> RecipientDate | None
 
 
 def recipient_date_clear(
-    *, user_id: UserKey, series_key: str, key: str, now: datetime | None = None
-) -> RecipientDate | None:
-    """Remove the person's date: what has not gone out of its steps is cancelled. None: they
-    had no such date (not an error: removing twice is the same as once)."""
-    return _stop(user_id, series_key, key, DateState.REMOVED, "", now)
+    *,
+    user_id: UserKey,
+    series_key: str,
+    key: str,
+    as_of: datetime | None = None,
+    now: datetime | None = None,
+) -> DateChange:
+    """Remove the person's date: what has not gone out of its steps is cancelled. No date:
+    not an error (removing twice is the same as once); with `as_of`, a tombstone is left so
+    that an older set arriving later is ignored."""
+    return _stop(user_id, series_key, key, DateState.REMOVED, "", as_of, now)
 
 
 def recipient_date_exit(
-    *, user_id: UserKey, series_key: str, key: str, note: str, now: datetime | None = None
-) -> RecipientDate | None:
+    *,
+    user_id: UserKey,
+    series_key: str,
+    key: str,
+    note: str,
+    as_of: datetime | None = None,
+    now: datetime | None = None,
+) -> DateChange:
     """The person acted (renewed, converted): the rest of the date's steps are cancelled.
-    Setting the date again starts its steps afresh."""
-    return _stop(user_id, series_key, key, DateState.EXITED, note, now)
+    Setting the date again starts its steps afresh (unless that set is older than `as_of`)."""
+    return _stop(user_id, series_key, key, DateState.EXITED, note, as_of, now)
 
 
 def _stop(
@@ -167,8 +225,9 @@ def _stop(
     key: str,
     state: DateState,
     note: str,
+    as_of: datetime | None,
     now: datetime | None,
-) -> RecipientDate | None:
+) -> DateChange:
     now = now or timezone.now()
     reason, why = (
         (Reason.SERIES_REMOVED, "its date was removed")
@@ -176,19 +235,52 @@ def _stop(
         else (Reason.SERIES_EXITED, f"the person acted ({note})" if note else "the person acted")
     )
     with transaction.atomic():
+        if as_of is not None:
+            # Ahead of the date's set (which may be a task still on its way): a tombstone,
+            # version 0, for that set to find older than this call.
+            tombstone, created = RecipientDate.objects.get_or_create(
+                user_id=user_id,
+                series_id=series_key,
+                key=key,
+                defaults={
+                    "at": as_of,
+                    "context": {},
+                    "state": state,
+                    "state_note": note,
+                    "plan": [],
+                    "as_of": as_of,
+                    "created_at": now,
+                    "updated_at": now,
+                },
+            )
+            if created:
+                return DateChange(tombstone, applied=True)
         date = _locked(user_id, series_key, key)
-        if date is None or date.state == state:
-            return date
-        _cancel_steps(date, reason, why, now)
-        date.state, date.state_note, date.updated_at = state, note, now
-        date.save(update_fields=["state", "state_note", "updated_at"])
-    return date
+        if date is None:
+            return DateChange(None, applied=True)
+        if _stale(date, as_of, "clear" if state == DateState.REMOVED else "exit"):
+            return DateChange(date, applied=False)
+        newer = as_of is not None and as_of != date.as_of
+        if date.state == state and not newer:
+            return DateChange(date, applied=True)
+        if date.state != state:
+            if date.ever_set:
+                _cancel_steps(date, reason, why, now)
+            date.state, date.state_note = state, note
+        if as_of is not None:
+            date.as_of = as_of
+        date.updated_at = now
+        date.save(update_fields=["state", "state_note", "as_of", "updated_at"])
+    return DateChange(date, applied=True)
 
 
 def recipient_dates_of(*, user_id: UserKey) -> list[RecipientDate]:
-    """The person's dates, soonest first (support's customer page, the API)."""
+    """The person's dates, soonest first (support's customer page, the API); never a
+    tombstone (a date cleared or exited with as_of before it was ever set)."""
     return list(
-        RecipientDate.objects.filter(user_id=user_id).select_related("series").order_by("at", "pk")
+        RecipientDate.objects.filter(user_id=user_id, version__gt=0)
+        .select_related("series")
+        .order_by("at", "pk")
     )
 
 

@@ -22,6 +22,7 @@ for an answer.
     app.send_task("notifier.date_set", kwargs={   # a person's own date: reminders around it
         "user": 42, "series": "subscription.renewal", "key": "plan:42",
         "at": "2027-06-10T12:00:00+08:00", "context": {"plan": "Pro", "renews_on": "10 June"},
+        "as_of": "2026-12-01T09:30:00+00:00",   # optional: when it changed in your system
     }, queue="transactional.prepare")   # notifier.date_clear / notifier.date_exit: the same
                                         # user/recipient, series and key (exit: and a reason)
 
@@ -38,7 +39,14 @@ from typing import Any
 
 from django.utils import timezone
 
-from notifier.api import date_clear, date_exit, date_set, notify, notify_cancel, same_call
+from notifier.api import (
+    date_clear_change,
+    date_exit_change,
+    date_set_change,
+    notify,
+    notify_cancel,
+    same_call,
+)
 from notifier.errors import (
     IdempotencyKeyReused,
     InvalidExpiry,
@@ -72,9 +80,9 @@ ARGUMENTS = (
 )
 CANCEL_ARGUMENTS = ("cancel_key", "users", "recipients")
 DATE_ARGUMENTS = {
-    "set": ("user", "recipient", "series", "key", "at", "context"),
-    "clear": ("user", "recipient", "series", "key"),
-    "exit": ("user", "recipient", "series", "key", "reason"),
+    "set": ("user", "recipient", "series", "key", "at", "context", "as_of"),
+    "clear": ("user", "recipient", "series", "key", "as_of"),
+    "exit": ("user", "recipient", "series", "key", "reason", "as_of"),
 }
 MAX_MESSAGE = 2000
 
@@ -207,7 +215,9 @@ def date_call(
     call: Mapping[str, Any], *, action: str, caller: str, positional: tuple[Any, ...] = ()
 ) -> dict[str, Any] | None:
     """`date_set`, `date_clear` or `date_exit` (`action`) from another codebase: the date's
-    version (set) or whether there was such a date; None when refused (and recorded)."""
+    version (set) or whether there is such a date, and whether the call was `applied` (False:
+    its `as_of` was older than the date's, whose state stands); None when refused (and
+    recorded)."""
     task, arguments = f"notifier.date_{action}", DATE_ARGUMENTS[action]
     try:
         if positional:
@@ -219,16 +229,22 @@ def date_call(
                 f"{', '.join(arguments)} (as keyword arguments)"
             )
         user, series, key = _user(call), call.get("series", ""), call.get("key", "")
+        as_of = _moment(call.get("as_of"), "as_of", InvalidSeriesDate, zoned=True)
         if action == "set":
             at = _moment(call.get("at"), "at", InvalidSeriesDate, zoned=True)
             if at is None:
                 raise InvalidCall("at is required: the date, ISO 8601 with its zone")
-            date = date_set(user, series, at, key=key, context=call.get("context"))
-            return {"version": date.version}
+            change = date_set_change(
+                user, series, at, key=key, context=call.get("context"), as_of=as_of
+            )
+            assert change.date is not None  # a set always leaves its date
+            return {"version": change.date.version, "applied": change.applied}
         if action == "clear":
-            return {"found": date_clear(user, series, key=key)}
-        found = date_exit(user, series, key=key, reason=call.get("reason") or "")
-        return {"found": found}
+            change = date_clear_change(user, series, key=key, as_of=as_of)
+        else:
+            reason = call.get("reason") or ""
+            change = date_exit_change(user, series, key=key, reason=reason, as_of=as_of)
+        return {"found": change.found, "applied": change.applied}
     except NotifyError as exc:
         refusal_record(caller=caller, error=exc, type_key=None, source=f"celery task {task}")
         return None

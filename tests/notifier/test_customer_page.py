@@ -404,6 +404,24 @@ def test_a_persons_dates_show_each_step_and_why_it_was_not_sent(clients, custome
     assert RecipientDate.objects.filter(user=customer).count() == 2
 
 
+def test_a_date_cleared_before_it_was_ever_set_is_not_shown_as_a_date(clients, customer):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from notifier.api import date_clear
+    from notifier.models import RecipientDate
+
+    date_clear(
+        customer, "subscription.renewal", key="plan:9", as_of=timezone.now() - timedelta(hours=1)
+    )
+    assert RecipientDate.objects.filter(user=customer, version=0).exists()  # its tombstone
+    dates = section(
+        clients["Support"].get(customer_url(customer)).content.decode(), "dates", "fixes"
+    )
+    assert "plan:9" not in dates and "No dates: the product has set none" in dates
+
+
 def test_a_dates_steps_pruned_by_retention_say_archived(clients, customer, tmp_path):
     from datetime import timedelta
 

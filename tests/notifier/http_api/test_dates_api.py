@@ -5,6 +5,7 @@ saying what to fix, with nothing written."""
 from __future__ import annotations
 
 from datetime import timedelta
+from urllib.parse import urlencode
 
 import pytest
 from django.utils import timezone
@@ -92,6 +93,66 @@ def test_bad_input_is_a_4xx_saying_what_to_fix_and_writes_nothing(
         body = {**body, "at": in_days(10)}
     response = call("put", url, body)
     assert response.status_code == status, response.json()
+    assert words in response.json()["message"]
+    assert not RecipientDate.objects.exists() and not Message.objects.exists()
+
+
+def hours_ago(hours: float) -> str:
+    return (timezone.now() - timedelta(hours=hours)).isoformat()
+
+
+def test_a_put_retried_behind_a_newer_one_leaves_the_newer_date(recipient):
+    t1, t2 = hours_ago(2), hours_ago(1)
+    newer = call("put", URL, {"at": in_days(20), "context": CONTEXT, "as_of": t2})
+    assert newer.status_code == 200, newer.json()
+    late = call("put", URL, {"at": in_days(10), "context": CONTEXT, "as_of": t1})
+    assert late.status_code == 200, late.json()  # not an error: the newer state stands
+    assert late.json() == newer.json()
+    assert not Delivery.objects.filter(status=S.CANCELLED).exists()
+
+
+def test_a_delete_with_as_of_ahead_of_its_put_keeps_the_older_put_out(recipient):
+    t1, t2, t3 = hours_ago(3), hours_ago(2), hours_ago(1)
+    removed = call("delete", URL, QUERY_STRING=urlencode({"as_of": t2}))
+    assert removed.status_code == 200, removed.json()
+    assert removed.json() == {"dates": []}  # the mark it leaves is no date
+    late = call("put", URL, {"at": in_days(10), "context": CONTEXT, "as_of": t1})
+    assert late.status_code == 200 and late.json() == {"dates": []}
+    assert not Message.objects.exists()
+    newer = call("put", URL, {"at": in_days(10), "context": CONTEXT, "as_of": t3})
+    (date,) = newer.json()["dates"]
+    assert (date["state"], date["version"], len(date["steps"])) == ("active", 1, 3)
+
+
+def test_an_exit_with_as_of_keeps_a_stale_put_from_restarting_the_steps(recipient):
+    call("put", URL, {"at": in_days(10), "context": CONTEXT, "as_of": hours_ago(3)})
+    exited = call("post", f"{URL}/exit", {"reason": "renewed", "as_of": hours_ago(1)})
+    assert exited.status_code == 200
+    late = call("put", URL, {"at": in_days(30), "context": CONTEXT, "as_of": hours_ago(2)})
+    assert late.status_code == 200
+    assert late.json() == exited.json()
+    assert late.json()["dates"][0]["state"] == "exited"
+
+
+@pytest.mark.parametrize(
+    ("method", "url", "body", "query", "words"),
+    [
+        ("put", URL, {"as_of": "2026-12-01T09:30:00"}, None, "as_of has no UTC offset"),
+        ("put", URL, {"as_of": "2999-01-01T00:00:00Z"}, None, "ahead of this server's clock"),
+        ("put", URL, {"as_of": "last tuesday"}, None, "as_of"),
+        ("put", URL, {"as_of": 1.5e300}, None, "as_of"),
+        ("delete", URL, None, {"as_of": "2026-12-01T09:30:00"}, "as_of has no UTC offset"),
+        ("delete", URL, None, {"as_of": "9999-12-31T23:00:00-05:00"}, "at most a day"),
+        ("delete", URL, None, {"as_of": "soon"}, "as_of"),
+        ("post", f"{URL}/exit", {"as_of": "0001-01-01T00:00:00+01:00"}, None, "as_of"),
+    ],
+)  # fmt: skip
+def test_a_bad_as_of_is_a_422_saying_what_to_fix(recipient, method, url, body, query, words):
+    if method == "put":
+        body = {"at": in_days(10), "context": CONTEXT, **body}
+    extra = {"QUERY_STRING": urlencode(query)} if query else {}
+    response = call(method, url, body, **extra)
+    assert response.status_code == 422, response.json()
     assert words in response.json()["message"]
     assert not RecipientDate.objects.exists() and not Message.objects.exists()
 

@@ -12,7 +12,15 @@ import time_machine
 from django.db import connection
 from django.utils import timezone
 
-from notifier.api import date_clear, date_exit, date_set, notify
+from notifier.api import (
+    date_clear,
+    date_clear_change,
+    date_exit,
+    date_exit_change,
+    date_set,
+    date_set_change,
+    notify,
+)
 from notifier.errors import (
     InvalidCancelKey,
     InvalidContext,
@@ -246,6 +254,172 @@ def test_a_date_of_a_series_that_never_exits_goes_on_after_a_click(points, publi
     assert held_release(now=at - timedelta(days=2) + timedelta(seconds=1)).released >= 1
 
 
+# --- Out of order: as_of ---------------------------------------------------------------------
+# A task redelivered late, or an HTTP retry behind a newer call: the caller says when its change
+# happened (as_of), and a call older than what the date holds changes nothing.
+
+
+def ago(hours: float) -> datetime:
+    return timezone.now() - timedelta(hours=hours)
+
+
+def pending(date: RecipientDate) -> list[tuple[int, datetime | None]]:
+    """The date's step messages not cancelled, by id and time."""
+    return list(
+        Message.objects.filter(cancel_key__startswith="series:")
+        .exclude(deliveries__status=S.CANCELLED)
+        .order_by("pk")
+        .values_list("pk", "not_before")
+    )
+
+
+def test_a_set_redelivered_late_with_an_older_as_of_moves_nothing(points, published, caplog):
+    user, t1, t2 = UserFactory(), ago(2), ago(1)
+    newer = date_set(user, "points.expiring", in_days(20), key="p", context=CONTEXT, as_of=t2)
+    messages_prepare(message_ids=[m.pk for m in step_messages(newer)])
+    before = pending(newer)
+    with caplog.at_level("INFO", logger="notifier.services.date_series"):
+        late = date_set_change(
+            user, "points.expiring", in_days(10), key="p", context=CONTEXT, as_of=t1
+        )
+    assert late.applied is False
+    assert late.date is not None and (late.date.at, late.date.version) == (newer.at, 1)
+    row = RecipientDate.objects.get()
+    assert (row.at, row.version, row.as_of) == (newer.at, 1, t2)
+    assert pending(row) == before and len(before) == 3
+    assert not Delivery.objects.filter(status=S.CANCELLED).exists()
+    assert "ignored as stale: set of points.expiring p" in caplog.text
+    # date_set itself answers with the date as it stands
+    assert date_set(
+        user, "points.expiring", in_days(10), key="p", context=CONTEXT, as_of=t1
+    ).at == (newer.at)
+
+
+def test_a_clear_ahead_of_its_set_leaves_a_tombstone_the_older_set_finds(points, published):
+    user, t1, t2, t3 = UserFactory(), ago(3), ago(2), ago(1)
+    assert date_clear(user, "points.expiring", key="p", as_of=t2) is False  # "no such date"
+    tombstone = RecipientDate.objects.get()
+    assert (tombstone.state, tombstone.version, tombstone.plan, tombstone.context) == (
+        DateState.REMOVED,
+        0,
+        [],
+        {},
+    )
+    assert tombstone.at == tombstone.as_of == t2
+    assert recipient_dates_of(user_id=user.pk) == []  # never listed as a date
+    stale = date_set_change(
+        user, "points.expiring", in_days(10), key="p", context=CONTEXT, as_of=t1
+    )
+    assert stale.applied is False and not stale.found
+    assert not Message.objects.exists()
+    newer = date_set_change(
+        user, "points.expiring", in_days(10), key="p", context=CONTEXT, as_of=t3
+    )
+    assert newer.applied and newer.found
+    assert newer.date is not None and newer.date.version == 1
+    assert newer.date.state == DateState.ACTIVE and newer.date.as_of == t3
+    assert len(step_messages(newer.date)) == 3
+    assert not Delivery.objects.filter(status=S.CANCELLED).exists()  # version 0: none to cancel
+    assert [d.key for d in recipient_dates_of(user_id=user.pk)] == ["p"]
+
+
+def test_an_exit_then_a_stale_set_leaves_the_date_exited(points, published):
+    user, t0, t1, t2 = UserFactory(), ago(3), ago(2), ago(1)
+    date = date_set(user, "points.expiring", in_days(10), key="p", context=CONTEXT, as_of=t0)
+    assert date_exit(user, "points.expiring", key="p", reason="renewed", as_of=t2) is True
+    late = date_set_change(user, "points.expiring", in_days(30), key="p", context=CONTEXT, as_of=t1)
+    assert late.applied is False
+    row = RecipientDate.objects.get()
+    assert (row.state, row.state_note, row.version, row.at) == (
+        DateState.EXITED,
+        "renewed",
+        1,
+        date.at,
+    )
+    assert Message.objects.count() == 3
+    assert reasons(step_messages(date)) == {(S.CANCELLED, Reason.SERIES_EXITED)}
+
+
+def test_an_exit_ahead_of_its_set_makes_the_older_set_ignored(points, published):
+    user, t1, t2 = UserFactory(), ago(2), ago(1)
+    assert date_exit(user, "points.expiring", key="p", reason="renewed", as_of=t2) is False
+    assert recipient_dates_of(user_id=user.pk) == []
+    late = date_set_change(user, "points.expiring", in_days(10), key="p", context=CONTEXT, as_of=t1)
+    assert late.applied is False and not Message.objects.exists()
+    assert RecipientDate.objects.get().version == 0
+
+
+def test_a_call_older_than_a_clear_or_exit_changes_nothing_either(points, published):
+    user, t1, t2 = UserFactory(), ago(2), ago(1)
+    date_set(user, "points.expiring", in_days(10), key="p", context=CONTEXT, as_of=t2)
+    assert date_clear_change(user, "points.expiring", key="p", as_of=t1).applied is False
+    assert date_exit_change(user, "points.expiring", key="p", as_of=t1).applied is False
+    assert RecipientDate.objects.get().state == DateState.ACTIVE
+    assert not Delivery.objects.filter(status=S.CANCELLED).exists()
+
+
+def test_the_same_call_again_with_the_same_as_of_changes_nothing(points, published):
+    user, t1 = UserFactory(), ago(1)
+    first = date_set_change(
+        user, "points.expiring", in_days(10), key="p", context=CONTEXT, as_of=t1
+    )
+    again = date_set_change(
+        user, "points.expiring", in_days(10), key="p", context=CONTEXT, as_of=t1
+    )
+    assert first.applied and again.applied  # not stale: the same moment
+    assert again.date is not None and again.date.version == 1
+    assert Message.objects.count() == 3
+    t2 = ago(0.5)
+    assert date_clear_change(user, "points.expiring", key="p", as_of=t2).applied
+    removed = RecipientDate.objects.get()
+    events = DeliveryEvent.objects.count()
+    assert date_clear_change(user, "points.expiring", key="p", as_of=t2).applied
+    assert DeliveryEvent.objects.count() == events
+    row = RecipientDate.objects.get()
+    assert (row.state, row.updated_at, row.as_of) == (DateState.REMOVED, removed.updated_at, t2)
+
+
+def test_a_different_call_with_an_equal_as_of_applies(points, published):
+    user, t1 = UserFactory(), ago(1)
+    date_set(user, "points.expiring", in_days(10), key="p", context=CONTEXT, as_of=t1)
+    moved = date_set(user, "points.expiring", in_days(20), key="p", context=CONTEXT, as_of=t1)
+    assert moved.version == 2
+
+
+def test_a_newer_as_of_on_the_same_date_is_kept_for_the_next_call(points, published):
+    user, t1, t2, t3 = UserFactory(), ago(3), ago(2), ago(1)
+    date = date_set(user, "points.expiring", in_days(10), key="p", context=CONTEXT, as_of=t1)
+    date_set(user, "points.expiring", in_days(10), key="p", context=CONTEXT, as_of=t3)  # re-sync
+    assert RecipientDate.objects.get().as_of == t3
+    late = date_set_change(user, "points.expiring", in_days(20), key="p", context=CONTEXT, as_of=t2)
+    assert late.applied is False
+    assert RecipientDate.objects.get().at == date.at
+
+
+def test_a_call_without_as_of_applies_as_before_and_keeps_the_stored_one(points, published):
+    user, t2 = UserFactory(), ago(1)
+    date_set(user, "points.expiring", in_days(20), key="p", context=CONTEXT, as_of=t2)
+    moved = date_set_change(user, "points.expiring", in_days(10), key="p", context=CONTEXT)
+    assert moved.applied and moved.date is not None and moved.date.version == 2
+    row = RecipientDate.objects.get()
+    assert (row.at, row.as_of) == (moved.date.at, t2)
+    assert date_clear(user, "points.expiring", key="p") is True
+    assert RecipientDate.objects.get().as_of == t2
+    assert date_clear(user, "points.expiring", key="never") is False
+    assert RecipientDate.objects.count() == 1  # no tombstone without as_of
+
+
+def test_erasing_a_person_deletes_their_tombstones_too(points, published):
+    from notifier.models import Recipient
+    from notifier.services.erasure import recipient_erase
+
+    user = UserFactory()
+    date_clear(user, "points.expiring", key="p", as_of=ago(1))
+    assert RecipientDate.objects.filter(user_id=user.pk).exists()
+    recipient_erase(Recipient.objects.get(user_id=user.pk), by="test", reason="ticket 1")
+    assert not RecipientDate.objects.filter(user_id=user.pk).exists()
+
+
 # --- Bad input -------------------------------------------------------------------------------
 
 
@@ -274,6 +448,22 @@ def test_a_date_of_a_series_that_never_exits_goes_on_after_a_click(points, publi
          InvalidCancelKey, "series:"),
         (lambda u: notify(u, "order.shipped", order_context(), idempotency_key="series:1:1:1"),
          InvalidIdempotencyKey, "series:"),
+        (lambda u: date_set(u, "points.expiring", in_days(5), key="p", context=CONTEXT,
+                            as_of=datetime(2026, 1, 1)),  # noqa: DTZ001
+         InvalidSeriesDate, "as_of has no UTC offset"),
+        (lambda u: date_set(u, "points.expiring", in_days(5), key="p", context=CONTEXT,
+                            as_of=timezone.now() + timedelta(days=3)),
+         InvalidSeriesDate, "ahead of this server's clock"),
+        (lambda u: date_set(u, "points.expiring", in_days(5), key="p", context=CONTEXT,
+                            as_of=datetime(9999, 12, 31, 23, tzinfo=UTC)),
+         InvalidSeriesDate, "at most a day"),
+        (lambda u: date_set(u, "points.expiring", in_days(5), key="p", context=CONTEXT,
+                            as_of=datetime(1, 1, 1, tzinfo=UTC)),
+         InvalidSeriesDate, "ten years"),
+        (lambda u: date_clear(u, "points.expiring", key="p", as_of="yesterday"),
+         InvalidSeriesDate, "as_of must be a timezone-aware datetime"),
+        (lambda u: date_exit(u, "points.expiring", key="p", as_of=1767225600),
+         InvalidSeriesDate, "as_of must be a timezone-aware datetime"),
     ],
 )  # fmt: skip
 def test_bad_input_is_refused_with_what_to_fix_and_nothing_written(points, call, error, words):
@@ -315,20 +505,87 @@ def test_another_codebase_sets_clears_and_exits_a_date_by_task_name(points, publ
     user = UserFactory()
     call = {"user": user.pk, "series": "points.expiring", "key": "p"}
     at = in_days(10).isoformat()
-    assert date_call({**call, "at": at, "context": CONTEXT}, action="set", caller="t1") == {
-        "version": 1
-    }
-    assert date_call({**call, "at": at, "context": CONTEXT}, action="set", caller="t2") == {
-        "version": 1
+    set_call = {**call, "at": at, "context": CONTEXT}
+    assert date_call(set_call, action="set", caller="t1") == {"version": 1, "applied": True}
+    assert date_call(set_call, action="set", caller="t2") == {
+        "version": 1,
+        "applied": True,
     }  # delivered twice: nothing moves
-    assert date_call({**call, "reason": "renewed"}, action="exit", caller="t3") == {"found": True}
-    assert date_call(call, action="clear", caller="t4") == {"found": True}
+    assert date_call({**call, "reason": "renewed"}, action="exit", caller="t3") == {
+        "found": True,
+        "applied": True,
+    }
+    assert date_call(call, action="clear", caller="t4") == {"found": True, "applied": True}
     assert RecipientDate.objects.get().state == DateState.REMOVED
     assert date_call({**call, "at": "next week"}, action="set", caller="t5") is None
     assert date_call({**call, "colour": "red"}, action="clear", caller="t6") is None
     refused = list(RefusedCall.objects.order_by("pk").values_list("source", "message"))
     assert refused[0][0] == "celery task notifier.date_set" and "ISO 8601" in refused[0][1]
     assert refused[1][0] == "celery task notifier.date_clear" and "'colour'" in refused[1][1]
+
+
+def test_a_task_redelivered_late_says_it_was_not_applied(points, published):
+    from notifier.services.remote_calls import date_call
+
+    user = UserFactory()
+    call = {"user": user.pk, "series": "points.expiring", "key": "p"}
+    t1, t2, t3 = (ago(hours).isoformat() for hours in (3, 2, 1))
+    newer = {**call, "at": in_days(20).isoformat(), "context": CONTEXT, "as_of": t2}
+    older = {**newer, "at": in_days(10).isoformat(), "as_of": t1}
+    assert date_call(newer, action="set", caller="t1") == {"version": 1, "applied": True}
+    assert date_call(older, action="set", caller="t2") == {"version": 1, "applied": False}
+    assert RecipientDate.objects.get().at == datetime.fromisoformat(newer["at"])
+    assert date_call({**call, "as_of": t1}, action="exit", caller="t3") == {
+        "found": True,
+        "applied": False,
+    }
+    assert date_call({**call, "as_of": t3}, action="clear", caller="t4") == {
+        "found": True,
+        "applied": True,
+    }
+    other = {**call, "key": "q"}
+    assert date_call({**other, "as_of": t2}, action="clear", caller="t5") == {
+        "found": False,
+        "applied": True,
+    }  # a tombstone: its older set, arriving next, is ignored
+    assert date_call({**other, "at": older["at"], "context": CONTEXT, "as_of": t1},
+                     action="set", caller="t6") == {"version": 0, "applied": False}  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("as_of", "words"),
+    [
+        ("2026-12-01T09:30:00", "as_of has no UTC offset"),
+        ("next week", "as_of must be ISO 8601 text with its zone"),
+        (12, "as_of must be ISO 8601 text with its zone"),
+        ("2999-01-01T00:00:00+00:00", "ahead of this server's clock"),
+    ],
+)
+def test_a_task_with_a_bad_as_of_is_refused_and_recorded(points, published, as_of, words):
+    from notifier.models import RefusedCall
+    from notifier.services.remote_calls import date_call
+
+    call = {"user": UserFactory().pk, "series": "points.expiring", "key": "p", "as_of": as_of}
+    assert date_call(call, action="clear", caller="t1") is None
+    set_call = {**call, "at": in_days(10).isoformat(), "context": CONTEXT}
+    assert date_call(set_call, action="set", caller="t2") is None
+    refused = list(RefusedCall.objects.order_by("pk").values_list("source", "message"))
+    assert [source for source, _ in refused] == [
+        "celery task notifier.date_clear",
+        "celery task notifier.date_set",
+    ]
+    assert all(words in message for _, message in refused)
+    assert not RecipientDate.objects.exists() and not Message.objects.exists()
+
+
+def test_a_task_naming_an_unknown_argument_is_told_of_as_of(points):
+    from notifier.models import RefusedCall
+    from notifier.services.remote_calls import date_call
+
+    call = {"user": UserFactory().pk, "series": "points.expiring", "key": "p", "asof": "x"}
+    assert date_call(call, action="exit", caller="t1") is None
+    message = RefusedCall.objects.get().message
+    assert "'asof'" in message and "reason, as_of" in message
 
 
 def test_a_series_made_in_the_admin_is_validated_and_then_used(admin_client, published):
