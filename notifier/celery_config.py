@@ -42,6 +42,7 @@ TASK_ROUTES: dict[str, dict[str, str]] = {
     for name in (
         "notifier.requeue_stuck_work",
         "notifier.release_held",
+        "notifier.release_held_at",
         "notifier.flush_digests",
         "notifier.revive_topic_sends",
         "campaigns.start_due_steps",

@@ -63,6 +63,10 @@ NOTIFIER_REQUEUE_AFTER_S = 120
 # (EMAIL_TIMEOUT, the 10 s HTTP timeouts of Twilio and Web Push).
 NOTIFIER_CLAIM_LEASE_S = 15.0
 NOTIFIER_CLAIM_SWEEP_S = 5.0
+# The release beat (every 15 s) also publishes a wake-up at the time of each second in which
+# held deliveries come due within this many seconds (an escalation step, a scheduled send), so
+# they go at their time rather than up to a tick late. 0: releases happen at the ticks only.
+NOTIFIER_RELEASE_LOOKAHEAD_S = 16.0
 # Transactional deliveries queued this long past due are presumed lost (their task died with
 # a worker) and published again by the claims sweep; the rest wait NOTIFIER_REQUEUE_AFTER_S.
 NOTIFIER_TRANSACTIONAL_REQUEUE_AFTER_S = 10

@@ -9,6 +9,7 @@ means for the batch is the service's business (`notifier.services.quarantine`).
 from __future__ import annotations
 
 import logging
+from datetime import timedelta
 from typing import Any
 
 from celery import shared_task
@@ -24,7 +25,7 @@ from notifier.services.deliveries import (
 from notifier.services.digests import digests_flush_due
 from notifier.services.erasure import ERASE_AGAIN_TASK, recipient_erase_again
 from notifier.services.quarantine import messages_prepare_guarded
-from notifier.services.release import held_release_due
+from notifier.services.release import held_release_due, held_wakeups_publish
 from notifier.services.remote_calls import cancel_call, date_call, notify_call
 from notifier.services.retention import retention_run
 from notifier.services.topics import topic_send_walk, topic_sends_revive
@@ -152,7 +153,18 @@ def requeue_expired_claims_task() -> dict[str, int]:
 @shared_task(name="notifier.release_held", ignore_result=True)
 def release_held_task() -> dict[str, int]:
     """Beat: release held deliveries that are due (quiet hours over, queues drained, new cap
-    window), highest priority first."""
+    window), highest priority first; then publish wake-ups for those coming due before the
+    next tick (NOTIFIER_RELEASE_LOOKAHEAD_S), so they go at their time."""
+    report = held_release_due().__dict__
+    if settings.NOTIFIER_RELEASE_LOOKAHEAD_S > 0:
+        held_wakeups_publish(within=timedelta(seconds=settings.NOTIFIER_RELEASE_LOOKAHEAD_S))
+    return report
+
+
+@shared_task(name="notifier.release_held_at", ignore_result=True)
+def release_held_at_task() -> dict[str, int]:
+    """A wake-up the release beat published for deliveries coming due between its ticks:
+    release what is due now (and publish no wake-ups of its own)."""
     return held_release_due().__dict__
 
 

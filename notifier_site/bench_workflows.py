@@ -7,8 +7,8 @@
 - **Escalation timer accuracy**: messages whose email step waits after the in-app one, sent
   over half a minute while a campaign fans out on the same two cores; the deployed beat
   process releases the steps. Lateness is from a step's due time to its release
-  (`escalation_step_lateness_ms_p50/p99/max`). The beat's release tick is 15 s, so up to 15 s
-  is the design, not a fault.
+  (`escalation_step_lateness_ms_p50/p99/max`). The beat's release tick is 15 s; each tick
+  publishes wake-ups for the steps coming due before the next (NOTIFIER_RELEASE_LOOKAHEAD_S).
 - **Topic fan-out**: one notify_topic to N followers (200,000 by default), in-app, walked and
   delivered by the bulk lane's workers (`topic_fanout_recipients_per_s`), with the workers'
   peak RSS.
@@ -336,7 +336,7 @@ def workflow_rows(result: dict[str, Any]) -> list[tuple[str, str, str]]:
             "escalation step lateness p50 / p99",
             f"{result['escalation_step_lateness_ms_p50'] / 1000:.1f} / "
             f"{result['escalation_step_lateness_ms_p99'] / 1000:.1f} s",
-            f"{result['escalation_steps']} steps, 15 s beat tick, campaign running",
+            f"{result['escalation_steps']} steps, 15 s tick + wake-ups, campaign running",
         ),
         (
             f"topic fan-out, {result['topic_followers']} followers",

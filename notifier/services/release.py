@@ -14,21 +14,24 @@ yields to a higher-priority one of the same user that is due later the same day
 
 from __future__ import annotations
 
+import logging
 import time
 from collections import defaultdict
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from django.db import transaction
-from django.db.models import Exists, Min, OuterRef, Subquery
+from django.db.models import Exists, Max, Min, OuterRef, Subquery
+from django.db.models.functions import Trunc
 from django.utils import timezone
 
 from channels.base import Channel
+from notifier import dispatch
 from notifier.models import Delivery, EventKind, Message, recipients_attach
 from notifier.models.series import SERIES_KEY_PREFIX
 from notifier.policies.routing import escalation_stops, suppress
-from notifier.queues import Lane
+from notifier.queues import MAINTENANCE_QUEUE, Lane
 from notifier.services.admission import Admission, message_admission, settle_caps
 from notifier.services.date_series import series_steps_stopped
 from notifier.services.digests import digests_fold
@@ -43,7 +46,9 @@ from notifier.services.throttles import throttles_take
 from notifier.services.transitions import Event, deliveries_set
 from notifier.status import DeliveryStatus, Reason
 
+log = logging.getLogger(__name__)
 S = DeliveryStatus
+WAKE_TASK = "notifier.release_held_at"
 # Where a held delivery goes when its time comes: out, held again, or suppressed.
 RELEASE_OUTCOMES = frozenset({S.QUEUED, S.HELD, S.SUPPRESSED})
 
@@ -253,3 +258,44 @@ def held_release_due(*, budget_s: float = 10.0, limit: int = 2000) -> ReleaseRep
         report.add(run)
         if run.messages < limit or time.monotonic() - started >= budget_s:
             return report
+
+
+def held_wakeups(
+    *, within: timedelta, now: datetime | None = None, limit: int = 64
+) -> list[datetime]:
+    """When to run the release so that what is held and comes due in the next `within` goes at
+    its time: for each second in which some comes due, the latest due time in it (a run then
+    finds that second's deliveries all due). Soonest first, at most `limit`."""
+    now = now or timezone.now()
+    return list(
+        Delivery.objects.filter(
+            status=S.HELD, next_attempt_at__gt=now, next_attempt_at__lte=now + within
+        )
+        .annotate(second=Trunc("next_attempt_at", "second"))
+        .values("second")
+        .annotate(last=Max("next_attempt_at"))
+        .order_by("second")
+        .values_list("last", flat=True)[:limit]
+    )
+
+
+def held_wakeups_publish(*, within: timedelta, now: datetime | None = None) -> int:
+    """Publish a release run (WAKE_TASK) for each of `held_wakeups`, counted down to its time
+    and expiring a tick later (the beat's own run covers it then). Two beat processes publish
+    the same wake-ups: the second run at a time finds nothing left (skip_locked, due only).
+    Returns how many it published; a broker that cannot take them leaves the beat's ticks."""
+    now = now or timezone.now()
+    wakeups = held_wakeups(within=within, now=now)
+    for at in wakeups:
+        wait = max(0.0, (at - now).total_seconds())
+        try:
+            dispatch.publish(WAKE_TASK, queue=MAINTENANCE_QUEUE, countdown=wait + WAKE_MARGIN_S)
+        except Exception:
+            log.exception("could not publish a release wake-up; the next beat tick releases")
+            return 0
+    return len(wakeups)
+
+
+# A wake-up runs this much after the due time it was set for: a run at exactly that instant
+# could read the clock a hair before it.
+WAKE_MARGIN_S = 0.02

@@ -114,3 +114,21 @@ def test_a_cancel_sent_by_task_name_stops_a_scheduled_send_for_good(
     assert held_release_due().messages == 0  # beat's tick: nothing of it is due any more
     assert email_of(message).reason == Reason.SENDER_CANCELLED
     assert not SandboxSend.objects.filter(message_id=message.pk).exists()
+
+
+def test_a_send_due_between_beat_ticks_goes_at_its_time_not_at_the_next_tick(worker):
+    """The release beat ticks every 15 s; a tick before a send's time publishes a wake-up for
+    it, and with no further tick it goes out at its time (never before it)."""
+    send_at = timezone.now() + timedelta(seconds=8)
+    message = notify(
+        UserFactory(), "order.shipped", order_context(), channels=["email"], send_at=send_at
+    )
+    wait_until(lambda: status_is(message, S.HELD), message="the worker to route it, held")
+    release_held_task.apply_async(queue=MAINTENANCE_QUEUE)  # a tick, the last of this test
+    ticked = timezone.now()
+    assert ticked < send_at - timedelta(seconds=2), "the tick came too late to prove anything"
+    wait_until(
+        lambda: status_is(message, S.SENT), timeout=30, message="the email to go at its time"
+    )
+    released = DeliveryEvent.objects.get(delivery=email_of(message), kind="released").at
+    assert send_at <= released < send_at + timedelta(seconds=3), (send_at, released)

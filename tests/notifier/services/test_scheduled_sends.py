@@ -6,18 +6,25 @@ not gone out, with the reason on the timeline."""
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from unittest import mock
 from zoneinfo import ZoneInfo
 
 import pytest
 import time_machine
 from django.utils import timezone
 
+from notifier import dispatch
 from notifier.api import notify, notify_cancel, notify_many, same_call
 from notifier.errors import InvalidCancelKey, InvalidSchedule
 from notifier.models import Delivery, DeliveryEvent, EventKind, InboxItem, Message
 from notifier.services.deliveries import deliveries_deliver
 from notifier.services.pipeline import messages_prepare
-from notifier.services.release import held_release, held_release_due
+from notifier.services.release import (
+    held_release,
+    held_release_due,
+    held_wakeups,
+    held_wakeups_publish,
+)
 from notifier.status import DeliveryStatus, Reason
 from tests.factories import UserFactory, order_context
 
@@ -328,3 +335,29 @@ def test_the_celery_cancel_task_refuses_recipient_ids_that_cannot_be_ids():
     for recipients in (["a\x00b"], ["\ud800"], ["has/slash"], "not-a-list"):
         assert cancel_call({"cancel_key": "k", "recipients": recipients}, caller="t") is None
     assert RefusedCall.objects.filter(error_type="InvalidRecipient").count() == 4
+
+
+def test_the_release_wakes_up_once_per_second_in_which_held_sends_come_due(published):
+    now = timezone.now().replace(microsecond=0)
+    user = UserFactory()
+    times = [
+        now + timedelta(seconds=3, milliseconds=100),
+        now + timedelta(seconds=3, milliseconds=700),
+        now + timedelta(seconds=9, milliseconds=250),
+        now + timedelta(seconds=40),  # beyond the look-ahead: the beat's own ticks
+    ]
+    for at in times:
+        messages_prepare(
+            message_ids=[
+                notify(user, "order.shipped", order_context(), channels=["email"], send_at=at).pk
+            ]
+        )
+    assert Delivery.objects.filter(status=S.HELD).count() == 4
+    # The latest due time of each second, within the look-ahead only, soonest first.
+    wakeups = held_wakeups(within=timedelta(seconds=16), now=now)
+    assert wakeups == [times[1], times[2]]
+    with mock.patch.object(dispatch, "publish") as publish:
+        assert held_wakeups_publish(within=timedelta(seconds=16), now=now) == 2
+    countdowns = [call.kwargs["countdown"] for call in publish.call_args_list]
+    assert countdowns == pytest.approx([3.72, 9.27])
+    assert {call.args[0] for call in publish.call_args_list} == {"notifier.release_held_at"}
