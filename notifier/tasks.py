@@ -15,6 +15,7 @@ from typing import Any
 from celery import shared_task
 from django.conf import settings
 from django.db import InterfaceError, OperationalError
+from django.utils import timezone
 
 from notifier.operations.alerts import failure_alerts_run
 from notifier.services.deliveries import (
@@ -25,7 +26,7 @@ from notifier.services.deliveries import (
 from notifier.services.digests import digests_flush_due
 from notifier.services.erasure import ERASE_AGAIN_TASK, recipient_erase_again
 from notifier.services.quarantine import messages_prepare_guarded
-from notifier.services.release import held_release_due, held_wakeups_publish
+from notifier.services.release import held_release, held_release_due, held_wakeups_publish
 from notifier.services.remote_calls import cancel_call, date_call, notify_call
 from notifier.services.retention import retention_run
 from notifier.services.topics import topic_send_walk, topic_sends_revive
@@ -153,19 +154,22 @@ def requeue_expired_claims_task() -> dict[str, int]:
 @shared_task(name="notifier.release_held", ignore_result=True)
 def release_held_task() -> dict[str, int]:
     """Beat: release held deliveries that are due (quiet hours over, queues drained, new cap
-    window), highest priority first; then publish wake-ups for those coming due before the
-    next tick (NOTIFIER_RELEASE_LOOKAHEAD_S), so they go at their time."""
+    window), highest priority first; then publish wake-ups for the scheduled sends and
+    escalation steps coming due before the next tick (NOTIFIER_RELEASE_LOOKAHEAD_S), so they
+    go at their time."""
+    started = timezone.now()
     report = held_release_due().__dict__
     if settings.NOTIFIER_RELEASE_LOOKAHEAD_S > 0:
-        held_wakeups_publish(within=timedelta(seconds=settings.NOTIFIER_RELEASE_LOOKAHEAD_S))
+        lookahead = timedelta(seconds=settings.NOTIFIER_RELEASE_LOOKAHEAD_S)
+        held_wakeups_publish(since=started, within=lookahead)
     return report
 
 
 @shared_task(name="notifier.release_held_at", ignore_result=True)
 def release_held_at_task() -> dict[str, int]:
-    """A wake-up the release beat published for deliveries coming due between its ticks:
-    release what is due now (and publish no wake-ups of its own)."""
-    return held_release_due().__dict__
+    """A wake-up the release beat published for a second in which sends come due between its
+    ticks: one release run (the ticks take care of anything larger), no wake-ups of its own."""
+    return held_release().__dict__
 
 
 @shared_task(name="notifier.flush_digests", ignore_result=True)

@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from django.contrib.auth import get_user_model
 from django.db import transaction
 from django.utils import timezone
 
@@ -116,6 +117,11 @@ def recipient_date_set(
             user_id=user_id, series=series, key=key
         )
         if _stale(date, as_of, "set"):
+            return DateChange(date, applied=False)
+        if as_of is not None and as_of == date.as_of and date.state != DateState.ACTIVE:
+            # A tie: the clear or exit made at the same moment wins (a caller's calls from one
+            # transaction share its clock), so a redelivered set cannot bring the date back.
+            log.info("date series set ignored: the %s as of %s stands", date.state, as_of)
             return DateChange(date, applied=False)
         if (
             date.version
@@ -235,7 +241,10 @@ def _stop(
         else (Reason.SERIES_EXITED, f"the person acted ({note})" if note else "the person acted")
     )
     with transaction.atomic():
-        if as_of is not None:
+        date = _locked(user_id, series_key, key)
+        if date is None:
+            if as_of is None or not _may_hold_dates(user_id):
+                return DateChange(None, applied=True)
             # Ahead of the date's set (which may be a task still on its way): a tombstone,
             # version 0, for that set to find older than this call.
             tombstone, created = RecipientDate.objects.get_or_create(
@@ -255,9 +264,8 @@ def _stop(
             )
             if created:
                 return DateChange(tombstone, applied=True)
-        date = _locked(user_id, series_key, key)
-        if date is None:
-            return DateChange(None, applied=True)
+            date = _locked(user_id, series_key, key)  # a set made it meanwhile
+            assert date is not None
         if _stale(date, as_of, "clear" if state == DateState.REMOVED else "exit"):
             return DateChange(date, applied=False)
         newer = as_of is not None and as_of != date.as_of
@@ -272,6 +280,14 @@ def _stop(
         date.updated_at = now
         date.save(update_fields=["state", "state_note", "as_of", "updated_at"])
     return DateChange(date, applied=True)
+
+
+def _may_hold_dates(user_id: UserKey) -> bool:
+    """Whether a tombstone may be written for this person: they exist and were not erased."""
+    return (
+        get_user_model().objects.filter(pk=user_id).exists()
+        and not Recipient.objects.filter(user_id=user_id, erased_at__isnull=False).exists()
+    )
 
 
 def recipient_dates_of(*, user_id: UserKey) -> list[RecipientDate]:

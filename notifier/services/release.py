@@ -154,9 +154,10 @@ def held_release(*, now: datetime | None = None, limit: int = 2000) -> ReleaseRe
                 take_cap=False,
             )
         # A scheduled message of a throttled type takes its slot as it goes, before the caps.
-        # Over the throttle, a folding type's message joins the digest of its key (its held
-        # deliveries are not sent on their own: suppressed, the event naming the digest); a
-        # dropping type's is suppressed.
+        # Over the throttle, a folding type's message joins the digest of its key: its held
+        # deliveries, these and any later escalation step, are not sent on their own
+        # (suppressed `throttled`, their events marked `folded_into_digest`); a dropping
+        # type's is suppressed.
         throttled = throttles_take(
             [messages[i] for i, a in admitted.items() if a.status == S.QUEUED], now
         )
@@ -207,8 +208,8 @@ def held_release(*, now: datetime | None = None, limit: int = 2000) -> ReleaseRe
                         "",
                         {"until": until.isoformat()}
                         if status == S.HELD and until
-                        else {"folded_into_digest": True}
-                        if message_id in folded
+                        else FOLDED
+                        if message_id in folded and reason == Reason.THROTTLED
                         else {},
                     )
                 )
@@ -216,6 +217,12 @@ def held_release(*, now: datetime | None = None, limit: int = 2000) -> ReleaseRe
                 Message.objects.filter(pk=message_id).update(
                     cap_day=admission.cap.day, cap_week=admission.cap.week
                 )
+        for pk in _later_steps(folded, {pk for pk, _, _, _ in due}):
+            report.suppressed += 1
+            moves.append((pk, S.SUPPRESSED, Reason.THROTTLED, None, now, now))
+            events.append(
+                (pk, now, EventKind.RELEASED, S.SUPPRESSED, Reason.THROTTLED, None, "", "", FOLDED)
+            )
         deliveries_set(
             ("status", "reason", "next_attempt_at", "updated_at", "finished_at"),
             moves,
@@ -228,6 +235,23 @@ def held_release(*, now: datetime | None = None, limit: int = 2000) -> ReleaseRe
 
 
 ESCALATION_WAIT = str(Reason.ESCALATION_WAIT)
+FOLDED: dict[str, Any] = {"folded_into_digest": True}
+
+
+def _later_steps(message_ids: set[int], taken: set[int]) -> list[int]:
+    """The held deliveries of these messages not due yet (an escalation's later steps), locked:
+    a message folded into a digest goes with the digest, none of its steps alone."""
+    if not message_ids:
+        return []
+    return list(
+        Delivery.objects.select_for_update(of=("self",))
+        .filter(message_id__in=message_ids, status=S.HELD)
+        .exclude(pk__in=taken)
+        .order_by("pk")
+        .values_list("pk", flat=True)
+    )
+
+
 ESCALATION_MOOT = suppress(Reason.ESCALATION_STOPPED)
 # What says the person has seen a message: its escalation's later steps are then moot.
 SEEN = (S.OPENED, S.READ, S.CLICKED)
@@ -260,16 +284,19 @@ def held_release_due(*, budget_s: float = 10.0, limit: int = 2000) -> ReleaseRep
             return report
 
 
-def held_wakeups(
-    *, within: timedelta, now: datetime | None = None, limit: int = 64
-) -> list[datetime]:
-    """When to run the release so that what is held and comes due in the next `within` goes at
-    its time: for each second in which some comes due, the latest due time in it (a run then
-    finds that second's deliveries all due). Soonest first, at most `limit`."""
-    now = now or timezone.now()
+def held_wakeups(*, since: datetime, within: timedelta, limit: int = 64) -> list[datetime]:
+    """When to run the release so that what waits for a time of its own (a scheduled send, an
+    escalation's later step) and comes due after `since` and within `within` of it goes at its
+    time: for each second in which some comes due, the latest due time in it (a run then finds
+    that second's deliveries all due). Soonest first, at most `limit`. Holds that end on a
+    schedule of their own (quiet hours spread over the morning, caps, backpressure) are left to
+    the beat's ticks."""
     return list(
         Delivery.objects.filter(
-            status=S.HELD, next_attempt_at__gt=now, next_attempt_at__lte=now + within
+            status=S.HELD,
+            reason__in=WAKE_REASONS,
+            next_attempt_at__gt=since,
+            next_attempt_at__lte=since + within,
         )
         .annotate(second=Trunc("next_attempt_at", "second"))
         .values("second")
@@ -279,23 +306,31 @@ def held_wakeups(
     )
 
 
-def held_wakeups_publish(*, within: timedelta, now: datetime | None = None) -> int:
+def held_wakeups_publish(*, since: datetime, within: timedelta) -> int:
     """Publish a release run (WAKE_TASK) for each of `held_wakeups`, counted down to its time
-    and expiring a tick later (the beat's own run covers it then). Two beat processes publish
-    the same wake-ups: the second run at a time finds nothing left (skip_locked, due only).
-    Returns how many it published; a broker that cannot take them leaves the beat's ticks."""
-    now = now or timezone.now()
-    wakeups = held_wakeups(within=within, now=now)
+    (at once for one already due) and expiring `within` later, when the beat's own ticks have
+    covered it. Two beat processes publish the same wake-ups: the second run at a time finds
+    nothing left (skip_locked, due only). Returns how many it published; a broker that cannot
+    take them leaves the rest to the beat's ticks."""
+    wakeups = held_wakeups(since=since, within=within)
+    published = 0
     for at in wakeups:
-        wait = max(0.0, (at - now).total_seconds())
+        wait = max(0.0, (at - timezone.now()).total_seconds()) + WAKE_MARGIN_S
         try:
-            dispatch.publish(WAKE_TASK, queue=MAINTENANCE_QUEUE, countdown=wait + WAKE_MARGIN_S)
+            dispatch.publish(
+                WAKE_TASK,
+                queue=MAINTENANCE_QUEUE,
+                countdown=wait,
+                expires=wait + within.total_seconds(),
+            )
         except Exception:
             log.exception("could not publish a release wake-up; the next beat tick releases")
-            return 0
-    return len(wakeups)
+            break
+        published += 1
+    return published
 
 
+WAKE_REASONS = (str(Reason.SCHEDULED), str(Reason.ESCALATION_WAIT))
 # A wake-up runs this much after the due time it was set for: a run at exactly that instant
 # could read the clock a hair before it.
 WAKE_MARGIN_S = 0.02

@@ -359,13 +359,9 @@ def test_a_call_older_than_a_clear_or_exit_changes_nothing_either(points, publis
 
 
 def test_the_same_call_again_with_the_same_as_of_changes_nothing(points, published):
-    user, t1 = UserFactory(), ago(1)
-    first = date_set_change(
-        user, "points.expiring", in_days(10), key="p", context=CONTEXT, as_of=t1
-    )
-    again = date_set_change(
-        user, "points.expiring", in_days(10), key="p", context=CONTEXT, as_of=t1
-    )
+    user, t1, when = UserFactory(), ago(1), in_days(10)  # one date: in_days reads the clock
+    first = date_set_change(user, "points.expiring", when, key="p", context=CONTEXT, as_of=t1)
+    again = date_set_change(user, "points.expiring", when, key="p", context=CONTEXT, as_of=t1)
     assert first.applied and again.applied  # not stale: the same moment
     assert again.date is not None and again.date.version == 1
     assert Message.objects.count() == 3
@@ -387,9 +383,9 @@ def test_a_different_call_with_an_equal_as_of_applies(points, published):
 
 
 def test_a_newer_as_of_on_the_same_date_is_kept_for_the_next_call(points, published):
-    user, t1, t2, t3 = UserFactory(), ago(3), ago(2), ago(1)
-    date = date_set(user, "points.expiring", in_days(10), key="p", context=CONTEXT, as_of=t1)
-    date_set(user, "points.expiring", in_days(10), key="p", context=CONTEXT, as_of=t3)  # re-sync
+    user, t1, t2, t3, when = UserFactory(), ago(3), ago(2), ago(1), in_days(10)
+    date = date_set(user, "points.expiring", when, key="p", context=CONTEXT, as_of=t1)
+    date_set(user, "points.expiring", when, key="p", context=CONTEXT, as_of=t3)  # re-sync
     assert RecipientDate.objects.get().as_of == t3
     late = date_set_change(user, "points.expiring", in_days(20), key="p", context=CONTEXT, as_of=t2)
     assert late.applied is False
@@ -658,3 +654,28 @@ def test_a_click_whose_step_retention_pruned_still_stops_the_rest(published, tmp
     with time_machine.travel(at + timedelta(days=40)):
         retention_run(days=30, archive_dir=tmp_path)
     assert not Message.objects.filter(cancel_key=date.cancel_key).exists()
+
+
+def test_a_set_redelivered_after_a_clear_of_the_same_moment_stays_cleared(points, published):
+    """A caller's set and clear made in one transaction share its clock: on a tie of as_of,
+    the clear (or exit) wins, so the set's task redelivered after it brings nothing back."""
+    user, t1, when = UserFactory(), ago(1), in_days(10)
+    date_set(user, "points.expiring", when, key="p", context=CONTEXT, as_of=t1)
+    assert date_clear(user, "points.expiring", key="p", as_of=t1) is True
+    late = date_set_change(user, "points.expiring", when, key="p", context=CONTEXT, as_of=t1)
+    assert late.applied is False
+    row = RecipientDate.objects.get()
+    assert (row.state, row.version) == (DateState.REMOVED, 1)
+    assert not Delivery.objects.filter(status=S.HELD).exists()
+    # The same with an exit.
+    date_set(user, "points.expiring", when, key="q", context=CONTEXT, as_of=t1)
+    assert date_exit(user, "points.expiring", key="q", reason="renewed", as_of=t1) is True
+    again = date_set_change(user, "points.expiring", when, key="q", context=CONTEXT, as_of=t1)
+    assert again.applied is False
+    assert RecipientDate.objects.get(key="q").state == DateState.EXITED
+
+
+def test_a_clear_with_as_of_for_someone_who_does_not_exist_writes_nothing(points, published):
+    assert date_clear(987654321, "points.expiring", key="p", as_of=ago(1)) is False
+    assert date_exit(987654321, "points.expiring", key="p", as_of=ago(1)) is False
+    assert not RecipientDate.objects.exists()

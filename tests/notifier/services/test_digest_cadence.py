@@ -27,7 +27,7 @@ from notifier.services.cadences import (
 from notifier.services.digests import digests_flush
 from notifier.services.release import held_release
 from notifier.status import DeliveryStatus, Reason
-from tests.factories import UserFactory
+from tests.factories import DeviceFactory, UserFactory
 from tests.notifier.services.test_digests import comment, prepared
 
 pytestmark = pytest.mark.django_db
@@ -269,3 +269,35 @@ def test_a_scheduled_message_released_over_a_folding_throttle_joins_the_digest(
     assert digests_flush(now=digest.due_at).sent == 1
     digest.refresh_from_db()
     assert digest.message is not None and digest.message.context["digest"]["count"] == 1
+
+
+def test_a_folded_scheduled_messages_later_escalation_step_is_not_sent_alone(published):
+    """Folded at its release, the message goes with the digest: its escalation's later step
+    (push, ten minutes on) is suppressed with it, not sent alone when its time comes."""
+    folding(limit=1)
+    NotificationType.objects.filter(pk="social.new_follower").update(
+        escalation=[{"channel": "inapp", "after_s": 0}, {"channel": "push", "after_s": 600}]
+    )
+    type_cache_clear()
+    user = UserFactory()
+    DeviceFactory(user=user)
+    context = {"follower_name": "Ben", "follower_url": "https://x.test/ben"}
+    with time_machine.travel(MONDAY, tick=False):
+        scheduled = notify(
+            user,
+            "social.new_follower",
+            context,
+            throttle_key="follows:today",
+            send_at=MONDAY + timedelta(minutes=30),
+        )
+        prepared(scheduled)
+        assert prepared(followed(user)) == {"sent": 1}  # takes the key's one slot
+    with time_machine.travel(MONDAY + timedelta(minutes=31), tick=False):
+        assert held_release().suppressed == 2
+    assert set(Delivery.objects.filter(message=scheduled).values_list("channel", "status")) == {
+        ("inapp", S.SUPPRESSED),
+        ("push", S.SUPPRESSED),
+    }
+    with time_machine.travel(MONDAY + timedelta(minutes=45), tick=False):
+        assert held_release().released == 0
+    assert Message.objects.get(pk=scheduled.pk).digest_id == Digest.objects.get().pk

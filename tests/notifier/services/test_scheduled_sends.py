@@ -354,10 +354,37 @@ def test_the_release_wakes_up_once_per_second_in_which_held_sends_come_due(publi
         )
     assert Delivery.objects.filter(status=S.HELD).count() == 4
     # The latest due time of each second, within the look-ahead only, soonest first.
-    wakeups = held_wakeups(within=timedelta(seconds=16), now=now)
+    wakeups = held_wakeups(since=now, within=timedelta(seconds=16))
     assert wakeups == [times[1], times[2]]
     with mock.patch.object(dispatch, "publish") as publish:
-        assert held_wakeups_publish(within=timedelta(seconds=16), now=now) == 2
+        assert held_wakeups_publish(since=now, within=timedelta(seconds=16)) == 2
+    # Counted down to each from the clock as it publishes (a moment after `now`).
+    late = (timezone.now() - now).total_seconds()
     countdowns = [call.kwargs["countdown"] for call in publish.call_args_list]
-    assert countdowns == pytest.approx([3.72, 9.27])
+    assert countdowns == pytest.approx([3.72 - late, 9.27 - late], abs=0.05)
+    assert [call.kwargs["expires"] for call in publish.call_args_list] == [
+        pytest.approx(countdown + 16) for countdown in countdowns
+    ]
     assert {call.args[0] for call in publish.call_args_list} == {"notifier.release_held_at"}
+
+
+def test_only_sends_with_a_time_of_their_own_get_a_wake_up(published):
+    """Quiet hours end on a schedule of their own (spread over the morning): the ticks
+    release them; a scheduled send due as soon gets its wake-up."""
+    now = timezone.now()
+    user = UserFactory()
+    scheduled = notify(
+        user,
+        "order.shipped",
+        order_context(),
+        channels=["email"],
+        send_at=now + timedelta(seconds=5),
+    )
+    quiet = notify(user, "order.shipped", order_context(), channels=["sms"])
+    messages_prepare(message_ids=[scheduled.pk, quiet.pk])
+    Delivery.objects.filter(message=quiet).update(
+        status=S.HELD, reason=Reason.QUIET_HOURS, next_attempt_at=now + timedelta(seconds=3)
+    )
+    assert held_wakeups(since=now, within=timedelta(seconds=16)) == [
+        Delivery.objects.get(message=scheduled).next_attempt_at
+    ]
