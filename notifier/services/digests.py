@@ -41,12 +41,13 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
-from django.db import DatabaseError, transaction
+from django.db import DatabaseError, connection, transaction
 from django.db.models import F
 from django.utils import timezone
 
-from notifier.db import any_of, insert_rows, update_rows
+from notifier.db import any_of, insert_rows, table_name, update_rows
 from notifier.local_formats import zone_of
 from notifier.models import Digest, DigestCadence, DigestState, Message
 from notifier.models.recipients import recipient_for
@@ -126,8 +127,8 @@ def digests_collect(messages: Sequence[Message], now: datetime) -> set[int]:
     """Collect the messages of digest types into their open digests; returns the ids collected
     (they count as routed now, with no delivery: the caller routes the rest). Inside the
     caller's transaction, which holds the messages' locks."""
-    collected: set[int] = set()
     cadences = cadences_of(messages)
+    wanted: list[tuple[Message, TypeInfo, datetime]] = []
     for message in _lock_order(messages):
         info = _rule(message)
         if info is None or (message.not_before is not None and message.not_before > now):
@@ -135,12 +136,96 @@ def digests_collect(messages: Sequence[Message], now: datetime) -> set[int]:
         due = _due_at(message, info, cadences, now)
         if due is None:
             continue  # no window for this person: it goes as it comes
+        wanted.append((message, info, due))
+    if not wanted:
+        return set()
+    if connection.vendor == "postgresql":
+        return _collect_many(wanted, now)
+    collected: set[int] = set()
+    for message, info, due in wanted:
         digest, opened = _open_digest(message, message.digest_key or "", due, now)
         if opened and info.digest_first_now:
             continue  # the first of its window: routed at once, alone
         _attach(message, digest, now)
         collected.add(message.pk)
     return collected
+
+
+DigestKey = tuple[object, str, str]  # (user id, type key, digest key)
+
+
+def _collect_many(wanted: list[tuple[Message, TypeInfo, datetime]], now: datetime) -> set[int]:
+    """`digests_collect` for a batch in three statements: every open digest the batch needs is
+    opened or locked by one INSERT ... ON CONFLICT DO UPDATE in the one order every run uses
+    (`wanted` is in lock order), its count set by one UPDATE and the messages attached by
+    another. A digest another run is opening is waited for at the conflict and then taken."""
+    first_due: dict[DigestKey, datetime] = {}
+    for message, _, due in wanted:
+        first_due.setdefault(_key(message), due)
+    digests = _open_digests(first_due, now)
+    counts: dict[DigestKey, int] = {}
+    attach: list[tuple[int, int, datetime, bool]] = []
+    for message, info, _ in wanted:
+        key = _key(message)
+        digest, opened, _ = digests[key]
+        if opened and info.digest_first_now and key not in counts:
+            counts[key] = 0  # the first of its window: routed at once, alone
+            continue
+        counts[key] = counts.get(key, 0) + 1
+        attach.append((message.pk, digest, now, False))
+    update_rows(
+        Digest,
+        ("count",),
+        [(digests[key][0], digests[key][2] + added) for key, added in counts.items() if added],
+    )
+    update_rows(Message, ("digest", "routed_at", "throttled_into_digest"), attach)
+    return {pk for pk, _, _, _ in attach}
+
+
+def _key(message: Message) -> DigestKey:
+    return (message.user_id, message.type_id, message.digest_key or "")
+
+
+OPEN_DIGESTS = """
+INSERT INTO {table} AS d (user_id, type_id, key, state, opened_at, due_at, count)
+VALUES {values}
+ON CONFLICT (user_id, type_id, key) WHERE state = 'open'
+DO UPDATE SET count = d.count
+RETURNING d.id, d.user_id, d.type_id, d.key, d.count, (d.xmax = 0) AS opened
+"""
+
+
+def _open_digests(
+    first_due: dict[DigestKey, datetime], now: datetime
+) -> dict[DigestKey, tuple[int, bool, int]]:
+    """Each key's open digest, locked: (its id, whether this call opened it, its count). A new
+    one is due when the first message that opens it says. The no-op update on conflict is what
+    locks an open digest (and waits for one another run is opening, then takes it)."""
+    keys = list(first_due)
+    user_field = Digest._meta.get_field("user")
+    values = ", ".join(["(%s, %s, %s, %s, %s, %s, 0)"] * len(keys))
+    params: list[Any] = []
+    for user_id, type_key, key in keys:
+        params += [
+            user_field.get_db_prep_value(user_id, connection),
+            type_key,
+            key,
+            D.OPEN,
+            now,
+            first_due[(user_id, type_key, key)],
+        ]
+    sql = OPEN_DIGESTS.format(table=table_name(Digest), values=values)
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        rows = cursor.fetchall()
+    by_key = {
+        (user_field.to_python(user_id), type_key, key): (pk, bool(opened), count)
+        for pk, user_id, type_key, key, count, opened in rows
+    }
+    missing = set(keys) - set(by_key)
+    if missing:  # a key whose user id the database spells differently than the caller
+        raise RuntimeError(f"no open digest came back for {sorted(map(str, missing))[:3]}")
+    return by_key
 
 
 def digests_fold(messages: Sequence[Message], now: datetime) -> set[int]:

@@ -12,6 +12,7 @@ from unittest import mock
 import pytest
 import time_machine
 from django.db import connection, transaction
+from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 from django.utils import timezone
 
@@ -351,3 +352,55 @@ def test_one_digest_that_cannot_be_sent_holds_up_no_other(published, caplog):
     assert set(Digest.objects.exclude(pk=broken.pk).values_list("state", flat=True)) == {D.SENT}
     assert f"digest {broken.pk} could not be sent" in caplog.text
     assert digests_flush(now=later).sent == 1
+
+
+def test_one_batch_collects_many_people_and_keys_in_a_few_statements(published):
+    """A prepare batch is collected together: the first of a new window goes alone, the rest
+    of it and those of digests already open are attached and counted, whatever the batch's
+    size (three statements for the batch, not a few per message)."""
+    ann, bob = UserFactory(), UserFactory()
+    prepared(comment(bob, "Ana", post="post:7"), comment(bob, "Ben", post="post:7"))
+    burst = [comment(ann, who) for who in ("Ana", "Ben", "Cy")]  # a new window for ann
+    burst += [comment(bob, "Cy", post="post:7"), comment(bob, "Di", post="post:8")]
+    batch = list(Message.objects.filter(pk__in=[m.pk for m in burst]))
+    with CaptureQueriesContext(connection) as queries:
+        collected = digests_collect(batch, timezone.now())
+    assert collected == {burst[1].pk, burst[2].pk, burst[3].pk}
+    # The people's cadences, the digests opened or locked, their counts, the messages.
+    assert len(queries) == 4, [q["sql"][:80] for q in queries]
+    counts = dict(Digest.objects.values_list("key", "count").filter(user__in=[ann, bob]))
+    assert Digest.objects.get(user=ann).count == 2
+    assert Digest.objects.get(user=bob, key="post:7").count == 2
+    assert Digest.objects.get(user=bob, key="post:8").count == 0  # its first goes alone
+    assert counts.keys() == {"post:42", "post:7", "post:8"}
+    assert Message.objects.get(pk=burst[1].pk).digest == Digest.objects.get(user=ann)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_two_batches_crossing_the_same_digests_at_once_collect_each_message_once(published):
+    """Two prepare runs whose batches hold the same people's comments in either order: every
+    run locks and opens digests in one order, so neither waits for the other crosswise, and
+    each message is collected once into the one open digest of its post."""
+    users = UserFactory.create_batch(20)
+    for user in users:
+        prepared(comment(user, "Ana"))  # the first of each window goes at once
+    left = [comment(user, "Ben") for user in users]
+    right = [comment(user, "Cy") for user in reversed(users)]
+    start = threading.Barrier(2)
+    results: list[dict[str, int]] = []
+
+    def run(batch: list[Message]) -> None:
+        try:
+            start.wait()
+            results.append(prepared(*batch))
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=run, args=(batch,)) for batch in (left, right)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert results == [{"collected": 20}, {"collected": 20}]
+    assert set(Digest.objects.values_list("state", "count")) == {(D.OPEN, 2)}
+    assert Digest.objects.count() == 20
