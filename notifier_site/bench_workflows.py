@@ -334,8 +334,8 @@ def workflow_rows(result: dict[str, Any]) -> list[tuple[str, str, str]]:
         ),
         (
             "escalation step lateness p50 / p99",
-            f"{result['escalation_step_lateness_ms_p50'] / 1000:.1f} / "
-            f"{result['escalation_step_lateness_ms_p99'] / 1000:.1f} s",
+            f"{result['escalation_step_lateness_ms_p50']:.0f} / "
+            f"{result['escalation_step_lateness_ms_p99']:.0f} ms",
             f"{result['escalation_steps']} steps, 15 s tick + wake-ups, campaign running",
         ),
         (
