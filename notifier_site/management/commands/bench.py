@@ -17,7 +17,9 @@ Every phase runs on the same PostgreSQL and Redis with real worker processes:
 7. (`--only profile`, also in `all`) one campaign batch of 1,000 users (in-app + email) written
    and delivered in this process after a warm-up batch, publishing stubbed: ms per recipient
    of a second batch, unprofiled, and where a third batch's time goes under cProfile: self time
-   by area in % (notifier_site.bench_profile; helpers charged to their callers' areas);
+   by area in % (notifier_site.bench_profile; helpers charged to their callers' areas); then
+   a batch of email of real size (about 35 KB of HTML each) with the large-value columns
+   stored by pglz, PostgreSQL's default, and by LZ4 (migration notifier.0044), in turn;
 8. (`--only workflows`, also in `all`) digest collection and flush throughput, escalation
    timer lateness under a running campaign with the deployed beat, and one topic's fan-out to
    --topic-followers (notifier_site.bench_workflows);
@@ -130,6 +132,43 @@ PER_CHANNEL_USERS = 5000
 API_SAMPLES = 500
 API_WARMUP = 30
 PROFILE_BATCH = 1000
+# A marketing email of real size: inline styles and a grid of products, about 35 KB of HTML
+# (the campaign phases' email is a few lines), greeting the customer by name.
+_CARD = (
+    '<td class="card" style="padding:12px;border:1px solid #e4e4e7;border-radius:8px;'
+    "font-family:Helvetica,Arial,sans-serif;font-size:14px;line-height:20px;color:#18181b;"
+    'vertical-align:top;width:50%">'
+    '<a href="https://shop.example.com/p/{n}?utm_source=email&amp;utm_campaign=sale" '
+    'style="color:#18181b;text-decoration:none">'
+    '<img src="https://cdn.shop.example.com/p/{n}/600x600.jpg" width="260" height="260" '
+    'alt="Product {n}" style="display:block;border:0;width:260px;height:260px;'
+    'border-radius:6px"/>'
+    '<p style="margin:12px 0 4px 0;font-weight:bold;font-size:16px">Product {n}: the one '
+    "you looked at, now for less</p>"
+    '<p style="margin:0 0 8px 0;color:#52525b">Soft, light and made to last, in six colours. '
+    "Free returns within 30 days, and delivery in two days to most addresses.</p>"
+    '<p style="margin:0;font-size:18px;color:#dc2626"><s style="color:#a1a1aa;'
+    'font-size:14px">$ {was}.00</s> $ {now}.99</p></a></td>'
+)
+LARGE_EMAIL_HTML = (
+    '<table role="presentation" width="100%" cellpadding="0" cellspacing="0" '
+    'style="background:#f4f4f5"><tr><td align="center" style="padding:24px">'
+    '<table role="presentation" width="600" cellpadding="0" cellspacing="8" '
+    'style="background:#ffffff;border-radius:12px">'
+    '<tr><td colspan="2" style="padding:24px;font-family:Helvetica,Arial,sans-serif;'
+    'font-size:22px;font-weight:bold">Hi {{ user.first_name }}, the sale starts now</td></tr>'
+    + "".join(
+        "<tr>"
+        + _CARD.format(n=2 * row, was=90 + row, now=59 + row)
+        + _CARD.format(n=2 * row + 1, was=120 + row, now=79 + row)
+        + "</tr>"
+        for row in range(20)
+    )
+    + '<tr><td colspan="2" style="padding:24px;font-family:Helvetica,Arial,sans-serif;'
+    'font-size:12px;color:#71717a">You get this because you shop with us. '
+    '<a href="https://shop.example.com/help" style="color:#71717a">Help</a></td></tr>'
+    "</table></td></tr></table>"
+)
 # The campaign phase's runs at N users: the existing key prefix ("" for in-app + email) and
 # channels of each.
 # Deliveries on their way (the partial index `delivery_due_idx` holds exactly these): a
@@ -500,8 +539,8 @@ class Command(BaseCommand):
         def collect(delivery_ids: Sequence[int], *args: object, **kwargs: object) -> None:
             published.append(list(delivery_ids))
 
-        def one_batch(recipient_ids: list[int]) -> None:
-            step_fanout_batch(step_id=step.pk, recipient_ids=recipient_ids)
+        def one_batch(recipient_ids: list[int], step_id: int = step.pk) -> None:
+            step_fanout_batch(step_id=step_id, recipient_ids=recipient_ids)
             while published:  # a delivery put back for later is not delivered again here
                 for batch in dispatch.chunks(published.pop(0)):
                     deliveries_deliver(delivery_ids=batch)
@@ -520,6 +559,7 @@ class Command(BaseCommand):
             profiler.enable()
             one_batch(batches[2])
             profiler.disable()
+            large = self.large_email_batches(batches, one_batch)
         self.broker().delete(*ALL_QUEUES)  # anything else the batches published: no worker ran
         self.clean()
         if out:
@@ -529,7 +569,61 @@ class Command(BaseCommand):
             "profile_batch_users": PROFILE_BATCH,
             "profile_batch_ms_per_recipient": round(elapsed * 1000 / PROFILE_BATCH, 3),
             "profile_batch_pct": area_shares(stats),
+            **large,
         }
+
+    def large_email_batches(
+        self, batches: list[list[int]], one_batch: Callable[[list[int], int], None]
+    ) -> dict[str, Any]:
+        """An email step whose HTML is of a real marketing email's size, one batch written and
+        delivered with the large-value columns on pglz, then one on LZ4 (after a warm-up batch):
+        ms per recipient of each, and the ratio. Nothing where the server has no LZ4."""
+        from django.db import connection
+
+        from notifier.migrations._compression import lz4_available
+
+        if not lz4_available(connection):
+            self.say("large email: this PostgreSQL has no LZ4, not measured")
+            return {}
+        step = self.campaign_step(
+            len(batches) * PROFILE_BATCH, "bench-profile", ["email"], email_html=LARGE_EMAIL_HTML
+        )
+        self.say(f"large email: {len(LARGE_EMAIL_HTML)} bytes of HTML, pglz then LZ4")
+        ms: dict[str, float] = {}
+        for batch, method in zip(batches, ["lz4", "pglz", "lz4"], strict=True):
+            self.large_value_compression(method)
+            start = time.perf_counter()
+            one_batch(batch, step.pk)
+            # The first (a warm-up) is overwritten by the third.
+            ms[method] = (time.perf_counter() - start) * 1000 / len(batch)
+        self.large_value_compression("lz4")
+        return {
+            "large_email_html_bytes": len(LARGE_EMAIL_HTML),
+            "large_email_ms_per_recipient_pglz": round(ms["pglz"], 3),
+            "large_email_ms_per_recipient_lz4": round(ms["lz4"], 3),
+            "large_email_lz4_speedup": round(ms["pglz"] / ms["lz4"], 2),
+        }
+
+    @staticmethod
+    def large_value_compression(method: str) -> None:
+        from django.db import connection
+
+        from channels.models import SandboxSend
+        from notifier.models import Delivery, InboxItem, Message
+
+        quote = connection.ops.quote_name
+        columns = [
+            (Delivery, "content"),
+            (Message, "context"),
+            (InboxItem, "body"),
+            (SandboxSend, "payload"),
+        ]  # as notifier.0044 and notifier_channels.0004 set them
+        with connection.cursor() as cursor:
+            for model, field in columns:
+                cursor.execute(
+                    f"ALTER TABLE {quote(model._meta.db_table)} ALTER COLUMN {quote(field)} "
+                    f"SET COMPRESSION {method}"
+                )
 
     @staticmethod
     def broker() -> redis.Redis:
@@ -572,9 +666,12 @@ class Command(BaseCommand):
         with connection.cursor() as cursor:
             cursor.execute("VACUUM notifier_recipient")
 
-    def campaign_step(self, size: int, tag: str, channels: Sequence[str]) -> Any:
+    def campaign_step(
+        self, size: int, tag: str, channels: Sequence[str], email_html: str = ""
+    ) -> Any:
         """A running, approved one-step campaign to the users tagged `tag`, with the bench's
-        copy for `channels` (a marketing promotion): its step."""
+        copy for `channels` (a marketing promotion; `email_html`: other HTML for the email):
+        its step."""
         from campaigns.models import Campaign, CampaignStep, Segment, VariantTemplate
         from campaigns.services.definitions import campaign_definition
         from campaigns.services.lifecycle import campaign_create
@@ -610,7 +707,8 @@ class Command(BaseCommand):
                 subject="{{ campaign.name }}: {{ headline }}",
                 body="Hi {{ user.first_name }}, see https://shop.example.com/sale\n"
                 "{{ unsubscribe_url }}",
-                html='<p>Hi {{ user.first_name }}</p><a href="https://shop.example.com/sale">'
+                html=email_html
+                or '<p>Hi {{ user.first_name }}</p><a href="https://shop.example.com/sale">'
                 "Sale</a>",
             )
         # As a lead would leave it: approved (the walk checks what approval covered), running.
@@ -1056,6 +1154,15 @@ class Command(BaseCommand):
             rows += [
                 (f"  {area}", f"{result['profile_batch_pct'][area]:.1f} %", "of self time")
                 for area in AREAS
+            ]
+        if "large_email_lz4_speedup" in result:
+            rows += [
+                (
+                    f"email of {result['large_email_html_bytes'] // 1000} KB, pglz / LZ4",
+                    f"{result['large_email_ms_per_recipient_pglz']:.3f} / "
+                    f"{result['large_email_ms_per_recipient_lz4']:.3f} ms/rcpt",
+                    f"LZ4 {result['large_email_lz4_speedup']:.2f}x, written and delivered",
+                )
             ]
         rows += workflow_rows(result)
         if "sse_connections_per_process" in result:
