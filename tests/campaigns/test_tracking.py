@@ -168,6 +168,38 @@ def test_html_hrefs_go_through_the_redirect_and_the_originals_are_recorded_in_or
     assert "shop.example.com" not in tracked.html
 
 
+def test_the_same_link_tags_in_many_messages_each_get_that_messages_own_token_and_order():
+    # The tags' cuts are kept per process: what one message's copy put in must never show in
+    # another's, and each message numbers its own links in its own order.
+    shoes = "<a class='x' href='https://shop.example.com/shoes'>Shoes</a>"
+    sale = '<a style="color:red" href="https://shop.example.com/sale?a=1&amp;b=2">Sale</a>'
+    untracked = '<a href="mailto:help@example.com">Mail us</a>'
+    first = track_content(
+        Content(html=f"<p>{sale} {shoes} {untracked}</p>"), message_id=11, channel=Channel.EMAIL
+    )
+    second = track_content(
+        Content(html=f"<p>{shoes} {sale} {untracked}</p>"), message_id=12, channel=Channel.EMAIL
+    )
+    long_tag = f'<a title="{"x" * 3000}" href="https://shop.example.com/shoes">Shoes</a>'
+    third = track_content(Content(html=long_tag), message_id=13, channel=Channel.EMAIL)
+
+    sale_url, shoes_url = "https://shop.example.com/sale?a=1&b=2", "https://shop.example.com/shoes"
+    assert (first.links, second.links, third.links) == (
+        (sale_url, shoes_url),
+        (shoes_url, sale_url),
+        (shoes_url,),
+    )
+    for tracked, message_id in ((first, 11), (second, 12), (third, 13)):
+        hrefs = re.findall(r'href="([^"]*)"', tracked.html)
+        claims = [claim_of(href) for href in hrefs if "/t/c/" in href]
+        assert [(c.message_id, c.index) for c in claims] == [
+            (message_id, i) for i in range(len(tracked.links))
+        ]
+    assert ' href="mailto:help@example.com"' in second.html  # left as it was
+    assert first.html.startswith('<p><a style="color:red" href="') and "class='x'" in first.html
+    assert third.html.startswith(f'<a title="{"x" * 3000}" href="')
+
+
 def test_urls_in_plain_text_are_rewritten_on_email_and_sms_without_their_punctuation():
     body = (
         "Sale: https://shop.example.com/sale. Shoes (https://shop.example.com/shoes)\n"
