@@ -273,13 +273,29 @@ def _copy_datetime(value: Any) -> str:
     return value.isoformat() if type(value) is datetime else _copy_text(value)
 
 
+def _copy_datetimes() -> Callable[[Any], str]:
+    """`_copy_datetime` for one COPY's column, keeping the last value's text: a batch's rows
+    mostly carry the one moment they were written at (created, updated, routed...)."""
+    last: list[Any] = [None, "\\N"]
+
+    def encode(value: Any) -> str:
+        if value is last[0]:  # None at first, written \N
+            return str(last[1])
+        if type(value) is not datetime:
+            return _copy_text(value)
+        last[0], last[1] = value, value.isoformat()
+        return str(last[1])
+
+    return encode
+
+
 def _copy_encoder(field: models.Field[Any, Any]) -> Callable[[Any], str]:
     """How a column's values go into COPY's text: the type the column usually holds first
     (one call per value), anything else the general way (`_copy_text`)."""
     if isinstance(field, models.JSONField):
         return _copy_json
     if isinstance(field, models.DateTimeField):
-        return _copy_datetime
+        return _copy_datetimes()
     if isinstance(field, models.CharField | models.TextField):
         return _copy_str
     if isinstance(field, models.IntegerField | models.ForeignKey):
@@ -431,8 +447,9 @@ def copy_rows(
         for f in model._meta.concrete_fields
         if f.attname not in given and not f.primary_key and f.has_default()
     ]
-    constant = [f for f in defaulted if not callable(f.default)]
-    per_row = [f for f in defaulted if callable(f.default)]
+    # `dict` and `list` make a new empty value per row, always written the same way.
+    constant = [f for f in defaulted if not callable(f.default) or f.default in (dict, list)]
+    per_row = [f for f in defaulted if f not in constant]
     table = model._meta.db_table
     columns = [f.get_attname_column()[1] for f in (*fields, *constant, *per_row)]
     if with_ids and ids is None:

@@ -112,3 +112,26 @@ def test_copy_writes_nulls_and_defaults_of_columns_left_out():
         ("a@example.com", "email", "bounce", "te\\st", "", at),
         ("b@example.com", "email", "complaint", "", "", at),
     ]
+
+
+def test_copy_writes_each_rows_own_moment_and_empty_json_defaults():
+    # The COPY keeps the text of the last moment it wrote (most rows of a batch share one):
+    # the same moment again, another one, the first again, a NULL and a moment after it.
+    first = datetime(2030, 5, 6, 7, 8, 9, 123456, tzinfo=UTC)
+    second = datetime(2031, 1, 2, 3, 4, 5, tzinfo=UTC)
+    user = UserFactory()
+    moments = [first, first, second, datetime(2030, 5, 6, 7, 8, 9, 123456, tzinfo=UTC), None]
+    ids = copy_rows(
+        Message,
+        ("user", "type", "lane", "idempotency_key", "created_at", "expires_at"),
+        [
+            (user.pk, "order.shipped", "bulk", f"moment-{i}", first, moment)
+            for i, moment in enumerate([*moments, second])
+        ],
+        with_ids=True,
+    )
+    stored = list(Message.objects.filter(pk__in=ids).order_by("pk"))
+    assert [m.expires_at for m in stored] == [*moments, second]
+    assert {m.created_at for m in stored} == {first}
+    # A JSON column left out gets its empty default on each row, as the ORM gives it.
+    assert [m.context for m in stored] == [{}] * 6 and [m.channels for m in stored] == [[]] * 6
