@@ -8,6 +8,7 @@ from io import StringIO
 
 from django.core.management.base import OutputWrapper
 
+from notifier_site.bench_profile import AREAS
 from notifier_site.management.commands.bench import Command
 
 ONE_MIX = {
@@ -85,3 +86,22 @@ def test_a_workflows_only_run_has_the_workflow_rows_alone() -> None:
 
 def test_other_phases_alone_have_no_workflow_rows() -> None:
     assert "digest" not in table_of(ONE_MIX)
+
+
+def test_the_large_email_row_shows_both_stores_and_is_left_out_without_lz4() -> None:
+    profile = {
+        "profile_batch_users": 1000,
+        "profile_batch_ms_per_recipient": 0.6,
+        "profile_batch_pct": dict.fromkeys(AREAS, 10.0),
+    }
+    large = {
+        "large_email_html_bytes": 36451,
+        "large_email_ms_per_recipient_pglz": 1.29,
+        "large_email_ms_per_recipient_lz4": 1.104,
+        "large_email_lz4_speedup": 1.17,
+    }
+    with_lz4 = table_of(profile | large)
+    assert "email of 36 KB, pglz / LZ4" in with_lz4
+    assert "1.290 / 1.104 ms/rcpt" in with_lz4 and "LZ4 1.17x" in with_lz4
+    without = table_of(profile)
+    assert "pglz / LZ4" not in without
