@@ -292,7 +292,7 @@ def _cut_href(tag: str) -> tuple[str, str, str] | None:
 # Kept per process: every recipient's copy of a campaign holds the same link tags, and cutting
 # each anew was most of the cost of tracking a real-sized email. What the cut gives depends on
 # the tag's text alone; the message's own token goes in afterwards.
-_href_parts = functools.lru_cache(maxsize=4096)(_cut_href)
+_href_parts = functools.lru_cache(maxsize=1024)(_cut_href)  # at most about 2 MB
 
 
 def _with_pixel(markup: str, pixel_url: str) -> str:
