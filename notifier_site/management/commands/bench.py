@@ -606,24 +606,12 @@ class Command(BaseCommand):
 
     @staticmethod
     def large_value_compression(method: str) -> None:
+        from django.apps import apps
         from django.db import connection
 
-        from channels.models import SandboxSend
-        from notifier.models import Delivery, InboxItem, Message
+        from notifier.migrations._compression import LARGE_VALUE_COLUMNS, compression_set
 
-        quote = connection.ops.quote_name
-        columns = [
-            (Delivery, "content"),
-            (Message, "context"),
-            (InboxItem, "body"),
-            (SandboxSend, "payload"),
-        ]  # as notifier.0044 and notifier_channels.0004 set them
-        with connection.cursor() as cursor:
-            for model, field in columns:
-                cursor.execute(
-                    f"ALTER TABLE {quote(model._meta.db_table)} ALTER COLUMN {quote(field)} "
-                    f"SET COMPRESSION {method}"
-                )
+        compression_set(connection, apps, LARGE_VALUE_COLUMNS, method)
 
     @staticmethod
     def broker() -> redis.Redis:
