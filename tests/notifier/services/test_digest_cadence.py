@@ -27,7 +27,7 @@ from notifier.services.cadences import (
 from notifier.services.digests import digests_flush
 from notifier.services.release import held_release
 from notifier.status import DeliveryStatus, Reason
-from tests.factories import DeviceFactory, UserFactory
+from tests.factories import DeviceFactory, UserFactory, daytime_zone
 from tests.notifier.services.test_digests import comment, prepared
 
 pytestmark = pytest.mark.django_db
@@ -164,7 +164,7 @@ def test_over_the_throttle_a_folding_type_collects_into_the_digest_of_the_key(
     published, admin_client
 ):
     folding(limit=1)
-    user = UserFactory()
+    user = UserFactory(time_zone=daytime_zone(MONDAY))  # in their afternoon on MONDAY
     with time_machine.travel(MONDAY, tick=False):
         first = followed(user)
         assert prepared(first) == {"sent": 1}
@@ -181,7 +181,8 @@ def test_over_the_throttle_a_folding_type_collects_into_the_digest_of_the_key(
     assert digests_flush(now=digest.due_at).sent == 1
     digest.refresh_from_db()
     assert digest.message is not None and digest.message.context["digest"]["count"] == 2
-    assert prepared(digest.message) == {"sent": 1}  # the digest itself is not throttled
+    with time_machine.travel(digest.due_at, tick=False):  # the digest itself is not throttled
+        assert prepared(digest.message) == {"sent": 1}
 
 
 def test_a_dropping_throttle_still_suppresses_with_the_reason(published):
@@ -242,7 +243,7 @@ def test_a_scheduled_message_released_over_a_folding_throttle_joins_the_digest(
     folds: it goes into the key's digest rather than being dropped, its held deliveries not
     sent on their own."""
     folding(limit=1)
-    user = UserFactory()
+    user = UserFactory(time_zone=daytime_zone(MONDAY))  # in their afternoon on MONDAY
     context = {"follower_name": "Ben", "follower_url": "https://x.test/ben"}
     with time_machine.travel(MONDAY, tick=False):
         scheduled = notify(
@@ -280,7 +281,7 @@ def test_a_folded_scheduled_messages_later_escalation_step_is_not_sent_alone(pub
         escalation=[{"channel": "inapp", "after_s": 0}, {"channel": "push", "after_s": 600}]
     )
     type_cache_clear()
-    user = UserFactory()
+    user = UserFactory(time_zone=daytime_zone(MONDAY))  # in their afternoon on MONDAY
     DeviceFactory(user=user)
     context = {"follower_name": "Ben", "follower_url": "https://x.test/ben"}
     with time_machine.travel(MONDAY, tick=False):
