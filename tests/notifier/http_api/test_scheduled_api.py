@@ -7,6 +7,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 import pytest
+import time_machine
 from django.utils import timezone
 
 from notifier.models import Delivery, Message
@@ -37,8 +38,9 @@ def test_notify_with_send_at_and_a_cancel_key_writes_both():
 
 
 def test_send_at_local_is_read_in_the_recipients_zone():
-    user = UserFactory(time_zone="Asia/Tokyo")
-    response = post(NOTIFY, shipped(user.pk, send_at_local="2027-05-01T08:00:00"), token())
+    with time_machine.travel(datetime(2027, 1, 4, 12, 0, tzinfo=UTC)):  # before that moment
+        user = UserFactory(time_zone="Asia/Tokyo")
+        response = post(NOTIFY, shipped(user.pk, send_at_local="2027-05-01T08:00:00"), token())
     assert response.status_code == 202, response.json()
     message = Message.objects.get(pk=response.json()["message"])
     assert message.not_before == datetime(2027, 4, 30, 23, 0, tzinfo=UTC)

@@ -73,11 +73,18 @@ def test_a_message_sent_for_later_is_held_until_then_and_released_at_its_time(
     assert sorted(published.delivered_ids()) == sorted(d.pk for d in rows)
 
 
+# The local times below are in 2027: the tests that schedule them run at this moment.
+BEFORE_2027_SPRING = datetime(2027, 1, 4, 12, 0, tzinfo=UTC)
+
+
 def test_send_at_local_is_each_recipients_own_wall_clock_time():
     shanghai = UserFactory(time_zone="Asia/Shanghai")
     lisbon = UserFactory(time_zone="Europe/Lisbon")
     nine = wall_clock("2027-06-01T09:00")  #: nine in the morning wherever each one lives
-    result = notify_many([shanghai, lisbon], "order.shipped", order_context(), send_at_local=nine)
+    with time_machine.travel(BEFORE_2027_SPRING):  # ahead of the moments, whenever this runs
+        result = notify_many(
+            [shanghai, lisbon], "order.shipped", order_context(), send_at_local=nine
+        )
     by_user = dict(
         Message.objects.filter(pk__in=result.message_ids).values_list("user_id", "not_before")
     )
@@ -90,7 +97,8 @@ def test_send_at_local_is_each_recipients_own_wall_clock_time():
 def test_a_wall_clock_time_skipped_by_daylight_saving_falls_the_gap_later():
     user = UserFactory(time_zone="America/New_York")
     # 14 March 2027, 02:00 EST jumps to 03:00 EDT: 02:30 never happens that night.
-    message = shipped(user, send_at_local=wall_clock("2027-03-14T02:30"))
+    with time_machine.travel(BEFORE_2027_SPRING):
+        message = shipped(user, send_at_local=wall_clock("2027-03-14T02:30"))
     moment = Message.objects.get(pk=message.pk).not_before
     assert moment == datetime(2027, 3, 14, 7, 30, tzinfo=UTC)
     assert moment.astimezone(ZoneInfo("America/New_York")).strftime("%H:%M") == "03:30"
