@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
 from typing import Any, TypeVar, cast
 
+import orjson
 from django.db import OperationalError, connection, models, transaction
 from django.db.models import F, Lookup, QuerySet
 from django.db.models.lookups import In
@@ -39,7 +40,7 @@ def _preparer(field: models.Field[Any, Any]) -> Callable[[Any], Any]:
         # psycopg2 takes aware datetimes as they are, and JSON as text that the column casts;
         # the ORM's per-value preparation would cost more than the database work.
         if isinstance(field, models.JSONField):
-            return lambda value: None if value is None else json.dumps(value)
+            return lambda value: None if value is None else json_text(value)
         return _identity
     if isinstance(field, (models.JSONField, models.DateTimeField)):
         return lambda value: field.get_db_prep_save(value, connection)
@@ -242,22 +243,41 @@ def _copy_text(value: Any) -> str:
     if kind is bool:
         return "t" if value else "f"
     if isinstance(value, (dict, list)):
-        value = json.dumps(value)
+        value = json_text(value)
     elif isinstance(value, datetime):
         value = value.isoformat()
     return _copy_escaped(str(value))
 
 
-# Compact JSON, one encoder for every value: jsonb stores the same value whatever the spacing.
-_json_text = json.JSONEncoder(separators=(",", ":")).encode
+def json_text(value: Any) -> str:
+    """Compact JSON text of a value for a jsonb column (jsonb stores the same value whatever the
+    spacing): by orjson, several times faster than the standard library on a fan-out's rows;
+    what orjson refuses (an integer beyond 64 bits) by the standard library, which takes it."""
+    try:
+        return orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS).decode()
+    except orjson.JSONEncodeError:
+        return json.dumps(value, separators=(",", ":"))
 
 
-def _copy_json(value: Any) -> str:
+def _copy_json_value(value: Any) -> str:
     kind = type(value)
     if kind is dict or kind is list:
-        # JSON text has no raw tab or newline (json escapes them): only backslashes to double.
-        return _json_text(value).replace("\\", "\\\\")
+        # JSON text has no raw tab or newline (both are escaped): only backslashes to double.
+        return json_text(value).replace("\\", "\\\\")
     return _copy_text(value)
+
+
+def _copy_json() -> Callable[[Any], str]:
+    """`_copy_json_value` for one COPY's column, keeping the last value's text: rows of a batch
+    often share one value (an event's detail, a default)."""
+    last: list[Any] = [None, "\\N"]
+
+    def encode(value: Any) -> str:
+        if value is not last[0]:
+            last[0], last[1] = value, _copy_json_value(value)
+        return str(last[1])
+
+    return encode
 
 
 def _copy_str(value: Any) -> str:
@@ -293,7 +313,7 @@ def _copy_encoder(field: models.Field[Any, Any]) -> Callable[[Any], str]:
     """How a column's values go into COPY's text: the type the column usually holds first
     (one call per value), anything else the general way (`_copy_text`)."""
     if isinstance(field, models.JSONField):
-        return _copy_json
+        return _copy_json()
     if isinstance(field, models.DateTimeField):
         return _copy_datetimes()
     if isinstance(field, models.CharField | models.TextField):

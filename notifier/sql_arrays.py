@@ -9,12 +9,13 @@ PostgreSQL only.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
 from django.db import connection, models
+
+from notifier.db import json_text
 
 # Between elements while a column is escaped as one string: text PostgreSQL can hold never
 # contains it.
@@ -42,7 +43,7 @@ def array_text(values: Sequence[Any]) -> str:
     if all(type(value) is str for value in values):
         return _quoted(values)
     if all(isinstance(value, (dict, list)) for value in values):
-        return _quoted([json.dumps(value) for value in values])
+        return _quoted([json_text(value) for value in values])
     try:
         written = {value: _element(value) for value in set(values)}
     except TypeError:  # JSON among other values: unhashable
@@ -66,7 +67,7 @@ def _element(value: Any) -> str:
     if value is True or value is False:
         return "t" if value else "f"
     if isinstance(value, (dict, list)):
-        text = json.dumps(value)
+        text = json_text(value)
     elif isinstance(value, datetime):
         text = value.isoformat()
     else:

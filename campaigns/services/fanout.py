@@ -589,6 +589,9 @@ def recipients(
     # The send time depends only on the zone and usual hour, which many users share.
     send_times: dict[tuple[str, int | None], datetime | None] = {}
     event_at, percent = campaign.event_at, campaign.holdout_percent
+    # One context and one channel list for the batch's messages: nothing changes a message's
+    # own in place, and COPY writes a value its rows share once.
+    variables, channels = dict(campaign.variables), list(campaign.channels)
     for user in users:
         profile = recipient_for(user)
         pk, tz, hour = user.pk, profile.time_zone, profile.usual_active_hour
@@ -614,8 +617,8 @@ def recipients(
             NewMessage(
                 user_id=pk,
                 type_key=campaign.category_id,
-                context=dict(campaign.variables),
-                channels=list(campaign.channels),
+                context=variables,
+                channels=channels,
                 lane=Lane.BULK,
                 idempotency_key=key,
                 priority=campaign.priority,

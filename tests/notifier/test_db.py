@@ -135,3 +135,40 @@ def test_copy_writes_each_rows_own_moment_and_empty_json_defaults():
     assert {m.created_at for m in stored} == {first}
     # A JSON column left out gets its empty default on each row, as the ORM gives it.
     assert [m.context for m in stored] == [{}] * 6 and [m.channels for m in stored] == [[]] * 6
+
+
+def test_copy_stores_json_orjson_refuses_and_rows_sharing_one_value_as_the_orm_does():
+    # orjson writes the JSON text; what it refuses (an integer beyond 64 bits) goes through the
+    # standard library. Rows may share one value object (COPY encodes it once), with another
+    # between them: each row is stored with its own.
+    user = UserFactory()
+    now = timezone.now()
+    shared = {"code": "SPRING", "n": 1}
+    contexts = [
+        shared,
+        shared,
+        {"big": 2**70, "negative": -(2**64)},
+        shared,
+        {1: "int key", "s": "str key"},
+        AWKWARD,
+    ]
+    ids = copy_rows(
+        Message,
+        ("user", "type", "lane", "idempotency_key", "created_at", "context"),
+        [(user.pk, "order.shipped", "bulk", f"json-{i}", now, c) for i, c in enumerate(contexts)],
+        with_ids=True,
+    )
+    stored = [m.context for m in Message.objects.filter(pk__in=ids).order_by("pk")]
+    by_orm = []
+    for i, context in enumerate(contexts):
+        message = Message.objects.create(
+            user_id=user.pk,
+            type_id="order.shipped",
+            idempotency_key=f"orm-{i}",
+            context=context,
+            created_at=now,
+        )
+        by_orm.append(Message.objects.get(pk=message.pk).context)
+    assert stored == by_orm
+    assert stored[2] == {"big": 2**70, "negative": -(2**64)}
+    assert stored[4] == {"1": "int key", "s": "str key"}

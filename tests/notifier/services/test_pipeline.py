@@ -146,7 +146,7 @@ def test_preparing_twice_writes_nothing_more(published):
     messages_prepare(message_ids=[message.pk])
     assert messages_prepare(message_ids=[message.pk]) == {}
     assert Delivery.objects.filter(message=message).count() == 4
-    assert DeliveryEvent.objects.count() == 5  # four routed, and the in-app one's attempt
+    assert DeliveryEvent.objects.count() == 4  # three routed, and the in-app one sent on route
     assert InboxItem.objects.count() == 1
 
 
@@ -192,11 +192,10 @@ def test_an_inapp_delivery_due_now_is_sent_in_the_routing_transaction(
         "Your order A1001 is on its way",
     )
     assert item.category == "transactional" and item.type_key == "order.shipped"
-    # the timeline support reads: routed, then the attempt, as through the queue
+    # the timeline support reads: one event, the attempt, saying it was sent as it was routed
     events = list(DeliveryEvent.objects.filter(delivery=delivery).order_by("at", "id"))
-    assert [(e.kind, e.status, e.attempt, e.provider, e.detail) for e in events] == [
-        (EventKind.ROUTED, S.QUEUED, None, "", {}),
-        (EventKind.ATTEMPT, S.SENT, 1, "inapp", {"outcome": "sent"}),
+    assert [(e.kind, e.status, e.reason, e.attempt, e.provider, e.detail) for e in events] == [
+        (EventKind.ATTEMPT, S.SENT, "", 1, "inapp", {"outcome": "sent", "on_route": "routed"}),
     ]
     assert published.deliver == []  # no second hop
     assert [(c["channel"], c["provider"], c["sent"], c["failed"]) for c in counted] == [
@@ -204,7 +203,7 @@ def test_an_inapp_delivery_due_now_is_sent_in_the_routing_transaction(
     ]
 
 
-def test_the_reason_routing_gave_stays_on_the_routed_event_not_the_sent_row(published):
+def test_the_reason_routing_gave_stays_on_the_sent_event_not_the_sent_row(published):
     message = notify(UserFactory(), "order.shipped", order_context(), channels=["inapp"])
     # a marketing lead let it go out in quiet hours: routing says so on a queued row
     rows = [
@@ -218,8 +217,13 @@ def test_the_reason_routing_gave_stays_on_the_routed_event_not_the_sent_row(publ
     ids = pipeline.write_routed(sent, now)
     delivery = Delivery.objects.get(pk=ids[(message.pk, "inapp")])
     assert (delivery.status, delivery.reason) == (S.SENT, "")
-    routed = DeliveryEvent.objects.get(delivery=delivery, kind=EventKind.ROUTED)
-    assert (routed.status, routed.reason) == (S.QUEUED, Reason.QUIET_HOURS_ALLOWED)
+    event = DeliveryEvent.objects.get(delivery=delivery)
+    assert (event.kind, event.status, event.reason, event.detail["on_route"]) == (
+        EventKind.ATTEMPT,
+        S.SENT,
+        Reason.QUIET_HOURS_ALLOWED,
+        EventKind.ROUTED,
+    )
 
 
 def test_inapp_takes_the_queue_when_its_provider_has_a_rate_limit(
@@ -283,8 +287,9 @@ def test_two_prepares_at_once_write_each_inapp_delivery_and_inbox_item_once(publ
     assert sum(c["sent"] for c in counts) == 20
     assert Delivery.objects.filter(status=S.SENT, channel="inapp").count() == 20
     assert InboxItem.objects.count() == 20
+    # each delivery's one event (sent as it was routed), written once
     assert DeliveryEvent.objects.filter(kind=EventKind.ATTEMPT).count() == 20
-    assert DeliveryEvent.objects.filter(kind=EventKind.ROUTED).count() == 20
+    assert DeliveryEvent.objects.count() == 20
 
 
 @pytest.mark.django_db(transaction=True)
