@@ -259,25 +259,12 @@ def json_text(value: Any) -> str:
         return json.dumps(value, separators=(",", ":"))
 
 
-def _copy_json_value(value: Any) -> str:
+def _copy_json(value: Any) -> str:
     kind = type(value)
     if kind is dict or kind is list:
         # JSON text has no raw tab or newline (both are escaped): only backslashes to double.
         return json_text(value).replace("\\", "\\\\")
     return _copy_text(value)
-
-
-def _copy_json() -> Callable[[Any], str]:
-    """`_copy_json_value` for one COPY's column, keeping the last value's text: rows of a batch
-    often share one value (an event's detail, a default)."""
-    last: list[Any] = [None, "\\N"]
-
-    def encode(value: Any) -> str:
-        if value is not last[0]:
-            last[0], last[1] = value, _copy_json_value(value)
-        return str(last[1])
-
-    return encode
 
 
 def _copy_str(value: Any) -> str:
@@ -293,29 +280,28 @@ def _copy_datetime(value: Any) -> str:
     return value.isoformat() if type(value) is datetime else _copy_text(value)
 
 
-def _copy_datetimes() -> Callable[[Any], str]:
-    """`_copy_datetime` for one COPY's column, keeping the last value's text: a batch's rows
-    mostly carry the one moment they were written at (created, updated, routed...)."""
-    last: list[Any] = [None, "\\N"]
+def _keeping_last(encode: Callable[[Any], str]) -> Callable[[Any], str]:
+    """`encode` for one COPY's column, keeping the text of the last value it was given: a
+    batch's rows mostly share one moment (created, updated, routed...) and often one JSON value
+    (the campaign's context, an event's detail). By identity, so a value is never mistaken for
+    another that merely compares equal (1 and True, 0.0 and -0.0)."""
+    last: list[Any] = [None, "\\N"]  # None at first, written \N
 
-    def encode(value: Any) -> str:
-        if value is last[0]:  # None at first, written \N
-            return str(last[1])
-        if type(value) is not datetime:
-            return _copy_text(value)
-        last[0], last[1] = value, value.isoformat()
+    def keep(value: Any) -> str:
+        if value is not last[0]:
+            last[0], last[1] = value, encode(value)
         return str(last[1])
 
-    return encode
+    return keep
 
 
 def _copy_encoder(field: models.Field[Any, Any]) -> Callable[[Any], str]:
     """How a column's values go into COPY's text: the type the column usually holds first
     (one call per value), anything else the general way (`_copy_text`)."""
     if isinstance(field, models.JSONField):
-        return _copy_json()
+        return _keeping_last(_copy_json)
     if isinstance(field, models.DateTimeField):
-        return _copy_datetimes()
+        return _keeping_last(_copy_datetime)
     if isinstance(field, models.CharField | models.TextField):
         return _copy_str
     if isinstance(field, models.IntegerField | models.ForeignKey):
